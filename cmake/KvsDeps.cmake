@@ -1,0 +1,12 @@
+# Every dependency is a Debian package, found through pkg-config or its CMake config.
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+pkg_check_modules(KVS_ZSTD REQUIRED IMPORTED_TARGET libzstd)
+pkg_check_modules(KVS_XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+pkg_check_modules(KVS_SODIUM REQUIRED IMPORTED_TARGET libsodium)
+pkg_check_modules(KVS_ROCKSDB REQUIRED IMPORTED_TARGET rocksdb)
+pkg_check_modules(KVS_EVENT REQUIRED IMPORTED_TARGET libevent libevent_pthreads)
+pkg_check_modules(KVS_CUNIT REQUIRED IMPORTED_TARGET cunit)
+pkg_check_modules(KVS_OPENBLAS REQUIRED IMPORTED_TARGET openblas)
+find_package(nng CONFIG REQUIRED)
+find_library(KVS_LIBM m REQUIRED)

@@ -1,0 +1,36 @@
+# Helpers shared by every folder's CMakeLists.txt.
+
+# kvs_add_test(NAME n SOURCES s... [LIBS l...] [LABELS x...] [TIMEOUT sec] [ARGS a...])
+# A CUnit test binary registered with ctest. Exit code 77 means "skipped"
+# (GPU tests without a device, tests whose model could not be fetched).
+function(kvs_add_test)
+  cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS;ARGS;ENV" ${ARGN})
+  add_executable(test_${T_NAME} ${T_SOURCES})
+  target_link_libraries(test_${T_NAME} PRIVATE kvs_testutil ${T_LIBS})
+  add_test(NAME ${T_NAME} COMMAND test_${T_NAME} ${T_ARGS})
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 600)
+  endif()
+  set_tests_properties(${T_NAME} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT ${T_TIMEOUT}
+                       ENVIRONMENT "KVS_SOURCE_DIR=${PROJECT_SOURCE_DIR};KVS_BUILD_DIR=${PROJECT_BINARY_DIR};${T_ENV}")
+  if(T_LABELS)
+    set_tests_properties(${T_NAME} PROPERTIES LABELS "${T_LABELS}")
+  endif()
+endfunction()
+
+# kvs_add_fuzz(NAME n SOURCE file [LIBS l...] [CORPUS dir])
+# A libFuzzer target (fuzz_n, with KVS_FUZZ=ON and clang) that also builds,
+# with any compiler, as a regression test replaying every file in CORPUS.
+function(kvs_add_fuzz)
+  cmake_parse_arguments(F "" "NAME;SOURCE;CORPUS" "LIBS" ${ARGN})
+  add_executable(fuzzreplay_${F_NAME} ${F_SOURCE} ${PROJECT_SOURCE_DIR}/tests/common/fuzz_replay.c)
+  target_link_libraries(fuzzreplay_${F_NAME} PRIVATE ${F_LIBS})
+  add_test(NAME fuzz_${F_NAME}_replay COMMAND fuzzreplay_${F_NAME} ${F_CORPUS})
+  set_tests_properties(fuzz_${F_NAME}_replay PROPERTIES LABELS fuzz TIMEOUT 600)
+  if(KVS_FUZZ AND CMAKE_C_COMPILER_ID STREQUAL "Clang")
+    add_executable(fuzz_${F_NAME} ${F_SOURCE})
+    target_compile_options(fuzz_${F_NAME} PRIVATE -fsanitize=fuzzer,address,undefined)
+    target_link_options(fuzz_${F_NAME} PRIVATE -fsanitize=fuzzer,address,undefined)
+    target_link_libraries(fuzz_${F_NAME} PRIVATE ${F_LIBS})
+  endif()
+endfunction()

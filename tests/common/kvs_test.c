@@ -1,0 +1,68 @@
+#include "kvs_test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int kvs_test_run_fixture(const char *suite, const kvs_test_case *cases, int (*init)(void),
+                         int (*clean)(void)) {
+  if (CU_initialize_registry() != CUE_SUCCESS) return 1;
+  CU_pSuite s = CU_add_suite(suite, init, clean);
+  if (!s) {
+    CU_cleanup_registry();
+    return 1;
+  }
+  for (const kvs_test_case *c = cases; c->name; c++)
+    if (!CU_add_test(s, c->name, c->fn)) {
+      CU_cleanup_registry();
+      return 1;
+    }
+  CU_basic_set_mode(CU_BRM_VERBOSE);
+  CU_basic_run_tests();
+  unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+  unsigned ran = CU_get_number_of_tests_run();
+  int suite_failed = CU_get_number_of_suites_failed();
+  CU_cleanup_registry();
+  if (suite_failed || failed) return 1;
+  return ran > 0 ? 0 : 1;
+}
+
+int kvs_test_run(const char *suite, const kvs_test_case *cases) {
+  return kvs_test_run_fixture(suite, cases, NULL, NULL);
+}
+
+static const char *join(const char *env, const char *fallback, const char *rel) {
+  static char buf[4096];
+  const char *base = getenv(env);
+  if (!base) base = fallback;
+  snprintf(buf, sizeof buf, "%s/%s", base, rel);
+  return buf;
+}
+
+const char *kvs_test_src_path(const char *rel) { return join("KVS_SOURCE_DIR", ".", rel); }
+const char *kvs_test_build_path(const char *rel) { return join("KVS_BUILD_DIR", ".", rel); }
+
+const char *kvs_test_model_path(void) {
+  static char buf[4096];
+  const char *p = getenv("KVS_MODEL_PATH");
+  if (p && access(p, R_OK) == 0) return p;
+  const char *dir = getenv("KVS_MODEL_DIR");
+  if (dir)
+    snprintf(buf, sizeof buf, "%s/SmolLM2-135M-Instruct.Q4_1.gguf", dir);
+  else
+    snprintf(buf, sizeof buf, "%s/.cache/kvstash/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+             getenv("HOME") ? getenv("HOME") : "/root");
+  return access(buf, R_OK) == 0 ? buf : NULL;
+}
+
+unsigned long long kvs_test_rand(unsigned long long *s) {
+  unsigned long long z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+float kvs_test_randf(unsigned long long *s) {
+  return (float)((kvs_test_rand(s) >> 40) * (1.0 / 16777216.0) * 2.0 - 1.0);
+}
