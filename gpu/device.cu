@@ -1,4 +1,5 @@
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kvs_gpu_int.h"
@@ -37,4 +38,83 @@ extern "C" kvs_err kvs_gpu_device_info(int dev, char *name, size_t len, int *ccm
   if (ccmaj) *ccmaj = p.major;
   if (ccmin) *ccmin = p.minor;
   return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_alloc(void **p, size_t n) {
+  if (!p) return KVS_EINVAL;
+  *p = NULL;
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  KVS_CUDA_TRY(cudaMalloc(p, n ? n : 1));
+  return KVS_OK;
+}
+extern "C" void kvs_gpu_free(void *p) {
+  if (p) cudaFree(p);
+}
+extern "C" kvs_err kvs_gpu_alloc_host(void **p, size_t n) {
+  if (!p) return KVS_EINVAL;
+  *p = NULL;
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  KVS_CUDA_TRY(cudaMallocHost(p, n ? n : 1));
+  return KVS_OK;
+}
+extern "C" void kvs_gpu_free_host(void *p) {
+  if (p) cudaFreeHost(p);
+}
+extern "C" kvs_err kvs_gpu_memset(void *p, int v, size_t n) {
+  KVS_CUDA_TRY(cudaMemset(p, v, n));
+  return KVS_OK;
+}
+extern "C" kvs_err kvs_gpu_copy_h2d(void *d, const void *s, size_t n, void *st) {
+  KVS_CUDA_TRY(cudaMemcpyAsync(d, s, n, cudaMemcpyHostToDevice, (cudaStream_t)st));
+  return KVS_OK;
+}
+extern "C" kvs_err kvs_gpu_copy_d2h(void *d, const void *s, size_t n, void *st) {
+  KVS_CUDA_TRY(cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToHost, (cudaStream_t)st));
+  KVS_CUDA_TRY(cudaStreamSynchronize((cudaStream_t)st));
+  return KVS_OK;
+}
+extern "C" kvs_err kvs_gpu_sync(void *st) {
+  if (st) KVS_CUDA_TRY(cudaStreamSynchronize((cudaStream_t)st));
+  else KVS_CUDA_TRY(cudaDeviceSynchronize());
+  return KVS_OK;
+}
+extern "C" kvs_err kvs_gpu_stream_create(void **st) {
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  cudaStream_t s;
+  KVS_CUDA_TRY(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  *st = (void *)s;
+  return KVS_OK;
+}
+extern "C" void kvs_gpu_stream_free(void *st) {
+  if (st) cudaStreamDestroy((cudaStream_t)st);
+}
+struct kvs_gpu_timer {
+  cudaEvent_t a, b;
+};
+extern "C" kvs_err kvs_gpu_timer_create(kvs_gpu_timer **t) {
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  kvs_gpu_timer *x = (kvs_gpu_timer *)calloc(1, sizeof *x);
+  if (!x) return KVS_ENOMEM;
+  if (cudaEventCreate(&x->a) != cudaSuccess || cudaEventCreate(&x->b) != cudaSuccess) {
+    free(x);
+    return KVS_ECUDA;
+  }
+  *t = x;
+  return KVS_OK;
+}
+extern "C" kvs_err kvs_gpu_timer_start(kvs_gpu_timer *t, void *st) {
+  KVS_CUDA_TRY(cudaEventRecord(t->a, (cudaStream_t)st));
+  return KVS_OK;
+}
+extern "C" kvs_err kvs_gpu_timer_stop_ms(kvs_gpu_timer *t, void *st, float *ms) {
+  KVS_CUDA_TRY(cudaEventRecord(t->b, (cudaStream_t)st));
+  KVS_CUDA_TRY(cudaEventSynchronize(t->b));
+  KVS_CUDA_TRY(cudaEventElapsedTime(ms, t->a, t->b));
+  return KVS_OK;
+}
+extern "C" void kvs_gpu_timer_free(kvs_gpu_timer *t) {
+  if (!t) return;
+  cudaEventDestroy(t->a);
+  cudaEventDestroy(t->b);
+  free(t);
 }

@@ -7,3 +7,41 @@ kvs_err kvs_gpu_device_info(int dev, char *name, size_t len, int *ccmaj, int *cc
   (void)dev, (void)name, (void)len, (void)ccmaj, (void)ccmin;
   return KVS_ENODEV;
 }
+
+kvs_err kvs_gpu_alloc(void **p, size_t n) {
+  (void)n;
+  if (p) *p = NULL;
+  return KVS_ENODEV;
+}
+void kvs_gpu_free(void *p) { (void)p; }
+kvs_err kvs_gpu_alloc_host(void **p, size_t n) {
+  (void)n;
+  if (p) *p = NULL;
+  return KVS_ENODEV;
+}
+void kvs_gpu_free_host(void *p) { (void)p; }
+kvs_err kvs_gpu_memset(void *p, int v, size_t n) { (void)p, (void)v, (void)n; return KVS_ENODEV; }
+kvs_err kvs_gpu_copy_h2d(void *d, const void *s, size_t n, void *st) {
+  (void)d, (void)s, (void)n, (void)st;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_copy_d2h(void *d, const void *s, size_t n, void *st) {
+  (void)d, (void)s, (void)n, (void)st;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_sync(void *st) { (void)st; return KVS_ENODEV; }
+kvs_err kvs_gpu_stream_create(void **st) {
+  if (st) *st = NULL;
+  return KVS_ENODEV;
+}
+void kvs_gpu_stream_free(void *st) { (void)st; }
+kvs_err kvs_gpu_timer_create(kvs_gpu_timer **t) {
+  if (t) *t = NULL;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_timer_start(kvs_gpu_timer *t, void *st) { (void)t, (void)st; return KVS_ENODEV; }
+kvs_err kvs_gpu_timer_stop_ms(kvs_gpu_timer *t, void *st, float *ms) {
+  (void)t, (void)st, (void)ms;
+  return KVS_ENODEV;
+}
+void kvs_gpu_timer_free(kvs_gpu_timer *t) { (void)t; }
