@@ -76,7 +76,7 @@ void kvs__err_where(int err, const char *file, int line, const char *what);
 #define KVS_TRY(expr)                                                         \
   do {                                                                        \
     int kvs__rc = (expr);                                                     \
-    if (kvs__rc < 0) return kvs__rc;                                          \
+    if (kvs__rc < 0) return (kvs_err)kvs__rc;                                 \
   } while (0)
 
 #ifdef __cplusplus
