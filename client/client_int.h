@@ -1,0 +1,99 @@
+/* client_int.h - internals of libkvstash shared by its source files (and by
+ * the white-box tests in tests/client). Nothing here is installed. */
+#ifndef KVS_CLIENT_INT_H
+#define KVS_CLIENT_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#include "kvstash.h"
+
+#define KVS__ERRMSG_LEN 256
+
+/* One REQ context of the pool and the aio that drives it. A slot serves one
+ * call at a time; idle slots wait in the client's free list. */
+typedef struct kvs__slot {
+  nng_ctx ctx;
+  nng_aio *aio;
+  uint32_t sock;            /* index into kvs_client.socks */
+  struct kvs__call *call;   /* the call it serves now, NULL when idle */
+  struct kvs__slot *next;   /* free list / all list */
+  struct kvs__slot *all_next;
+} kvs__slot;
+
+typedef struct kvs__call kvs__call;
+/* Called once when a call finishes (success or error), on an nng thread or on
+ * the starting thread when the call fails to start. The call stays valid until
+ * kvs__call_free. */
+typedef void (*kvs__call_done_fn)(kvs__call *call, void *arg);
+/* Inspects a reply before it is accepted: returns KVS_OK, or an error (a
+ * KVS_EBUSY/KVS_EAGAIN reply makes an idempotent call retry). May write the
+ * reason into call->errmsg. */
+typedef int (*kvs__call_check_fn)(kvs__call *call, nng_msg *rep);
+
+enum { KVS__ST_IDLE, KVS__ST_SEND, KVS__ST_RECV, KVS__ST_SLEEP, KVS__ST_DONE };
+
+struct kvs__call {
+  kvs_client *c;
+  nng_msg *req;             /* the request, kept for retries; owned by the call */
+  nng_msg *rep;             /* the accepted reply after success; owned by the call */
+  int rv;                   /* kvs_err of the call */
+  int idempotent;
+  int state;
+  uint32_t attempt;
+  uint64_t deadline_ns;     /* kvs_now_ns() clock */
+  uint64_t seed;            /* backoff jitter */
+  kvs__slot *slot;
+  kvs__call_check_fn check;
+  kvs__call_done_fn done;
+  void *arg;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int finished;
+  char errmsg[KVS__ERRMSG_LEN];
+};
+
+struct kvs_client {
+  kvs_client_opts o;
+  char *url, *tenant, *token;
+  nng_socket *socks;
+  uint32_t n_socks;
+  pthread_mutex_t mu;       /* guards everything below */
+  pthread_cond_t cv;        /* pipes changed / a call ended */
+  kvs__slot *free_slots;
+  kvs__slot *all_slots;
+  uint32_t rr;              /* next socket for a new slot */
+  int closed;
+  int active;               /* calls started and not yet finished */
+  int pipes;                /* connections up */
+  atomic_uint_fast64_t next_id;
+};
+
+/* Records err with a printf message as this thread's last error on c and
+ * returns err. */
+int kvs__seterr(kvs_client *c, int err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+kvs_err kvs__err_from_nng(int nng_rv);
+
+/* The transport: one request, one reply, with retries and a deadline.
+ * kvs__call_start takes ownership of req. timeout_ms 0 = the client's
+ * request_timeout_ms. */
+kvs__call *kvs__call_new(kvs_client *c, nng_msg *req, int idempotent, uint32_t timeout_ms,
+                         kvs__call_check_fn check, kvs__call_done_fn done, void *arg);
+void kvs__call_start(kvs__call *call);
+/* Blocks until the call is finished; returns call->rv. */
+int kvs__call_wait(kvs__call *call);
+/* Frees the call (waits for it first); also frees any reply still held. */
+void kvs__call_free(kvs__call *call);
+/* Synchronous convenience: send req, wait, hand the reply to *rep (caller
+ * frees with nng_msg_free). On error the message is recorded on c. */
+int kvs__roundtrip(kvs_client *c, nng_msg *req, int idempotent, kvs__call_check_fn check,
+                   nng_msg **rep);
+
+#endif

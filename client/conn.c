@@ -1,0 +1,436 @@
+/* conn.c - the connection pool and the transport under every call: one
+ * request, one reply, on a REQ context taken from the pool, with a deadline
+ * and retries with exponential backoff. Everything is driven by the slot's
+ * nng aio, so a call never holds a thread while it waits; the synchronous
+ * forms simply wait for the asynchronous one. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client_int.h"
+
+/* ------------------------------------------------------------ errors */
+static __thread struct {
+  const kvs_client *c;
+  char msg[KVS__ERRMSG_LEN];
+} kvs__tl_err;
+
+int kvs__seterr(kvs_client *c, int err, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(kvs__tl_err.msg, sizeof kvs__tl_err.msg, fmt, ap);
+  va_end(ap);
+  kvs__tl_err.c = c;
+  KVS_LOGD("client", "call failed", "err=%s why=\"%s\"", kvs_errname(err), kvs__tl_err.msg);
+  return err;
+}
+
+const char *kvs_client_errmsg(kvs_client *c) {
+  return c && kvs__tl_err.c == c ? kvs__tl_err.msg : "";
+}
+
+kvs_err kvs__err_from_nng(int rv) {
+  switch (rv) {
+  case 0: return KVS_OK;
+  case NNG_ETIMEDOUT: return KVS_ETIMEDOUT;
+  case NNG_ECLOSED: return KVS_ECLOSED;
+  case NNG_ECANCELED: return KVS_ECANCELED;
+  case NNG_ENOMEM: return KVS_ENOMEM;
+  case NNG_EMSGSIZE: return KVS_ETOOBIG;
+  case NNG_EPROTO: return KVS_EPROTO;
+  case NNG_EINVAL:
+  case NNG_EADDRINVAL: return KVS_EINVAL;
+  case NNG_EAGAIN: return KVS_EAGAIN;
+  case NNG_EPERM: return KVS_EPERM;
+  case NNG_ENOTSUP: return KVS_ENOTSUP;
+  case NNG_ECONNREFUSED:
+  case NNG_ECONNSHUT:
+  case NNG_ECONNRESET:
+  case NNG_ECONNABORTED:
+  case NNG_EUNREACHABLE:
+  case NNG_EPEERAUTH: return KVS_ECONN;
+  default: return KVS_EIO;
+  }
+}
+
+/* ------------------------------------------------------------ options */
+const char *kvs_client_version(void) { return "0.1.0"; }
+
+void kvs_client_opts_init(kvs_client_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->connect_timeout_ms = 2000;
+  o->request_timeout_ms = 10000;
+  o->n_sockets = 2;
+  o->max_retries = 3;
+  o->retry_backoff_ms = 10;
+  o->max_msg_bytes = 1u << 30;
+}
+
+/* -------------------------------------------------------------- pool */
+static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
+  kvs_client *c = arg;
+  (void)p;
+  pthread_mutex_lock(&c->mu);
+  if (ev == NNG_PIPE_EV_ADD_POST) c->pipes++;
+  else if (ev == NNG_PIPE_EV_REM_POST && c->pipes > 0) c->pipes--;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+}
+
+int kvs_client_connected(kvs_client *c) {
+  if (!c) return 0;
+  pthread_mutex_lock(&c->mu);
+  int n = c->pipes;
+  pthread_mutex_unlock(&c->mu);
+  return n;
+}
+
+static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
+
+kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
+  if (!out) return KVS_EINVAL;
+  *out = NULL;
+  if (!o || !o->url || !*o->url) return KVS_EINVAL;
+  if (strncmp(o->url, "tcp://", 6) && strncmp(o->url, "ipc://", 6)) return KVS_EINVAL;
+  kvs_client *c = calloc(1, sizeof *c);
+  if (!c) return KVS_ENOMEM;
+  c->o = *o;
+  kvs_client_opts d;
+  kvs_client_opts_init(&d);
+  if (!c->o.connect_timeout_ms) c->o.connect_timeout_ms = d.connect_timeout_ms;
+  if (!c->o.request_timeout_ms) c->o.request_timeout_ms = d.request_timeout_ms;
+  if (!c->o.n_sockets) c->o.n_sockets = d.n_sockets;
+  if (c->o.n_sockets > 64) c->o.n_sockets = 64;
+  if (!c->o.retry_backoff_ms) c->o.retry_backoff_ms = 1;
+  if (!c->o.max_msg_bytes) c->o.max_msg_bytes = d.max_msg_bytes;
+  c->url = dupstr(o->url);
+  c->tenant = dupstr(o->tenant && *o->tenant ? o->tenant : "default");
+  c->token = dupstr(o->token ? o->token : "");
+  c->socks = calloc(c->o.n_sockets, sizeof *c->socks);
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+  atomic_init(&c->next_id, 1);
+  c->o.url = c->url;
+  c->o.tenant = c->tenant;
+  c->o.token = c->token;
+  if (!c->url || !c->tenant || !c->token || !c->socks) {
+    kvs_client_free(c);
+    return KVS_ENOMEM;
+  }
+  *out = c;
+  for (uint32_t i = 0; i < c->o.n_sockets; i++) {
+    int rv = nng_req0_open(&c->socks[i]);
+    if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "nng_req0_open: %s", nng_strerror(rv));
+    c->n_socks++;
+    nng_socket s = c->socks[i];
+    /* our own retries replace REQ's blind resend, which would repeat a
+     * slow put every minute */
+    nng_socket_set_ms(s, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, c->o.max_msg_bytes);
+    nng_socket_set_ms(s, NNG_OPT_RECONNMINT, 10);
+    nng_socket_set_ms(s, NNG_OPT_RECONNMAXT, 500);
+    nng_pipe_notify(s, NNG_PIPE_EV_ADD_POST, pipe_event, c);
+    nng_pipe_notify(s, NNG_PIPE_EV_REM_POST, pipe_event, c);
+    rv = nng_dial(s, c->url, NULL, NNG_FLAG_NONBLOCK);
+    if (rv)
+      return kvs__seterr(c, kvs__err_from_nng(rv), "dial %s: %s", c->url, nng_strerror(rv));
+  }
+  if (c->o.flags & KVS_CLIENT_LAZY) return KVS_OK;
+  uint64_t deadline = kvs_now_ns() + (uint64_t)c->o.connect_timeout_ms * 1000000ull;
+  pthread_mutex_lock(&c->mu);
+  while (c->pipes == 0 && kvs_now_ns() < deadline) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 5 * 1000000;
+    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+    pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+  }
+  int up = c->pipes;
+  pthread_mutex_unlock(&c->mu);
+  if (!up)
+    return kvs__seterr(c, KVS_ECONN, "no connection to %s within %u ms (is kvstashd running?)",
+                       c->url, c->o.connect_timeout_ms);
+  return KVS_OK;
+}
+
+void kvs_client_free(kvs_client *c) {
+  if (!c) return;
+  pthread_mutex_lock(&c->mu);
+  c->closed = 1;
+  size_t n = 0;
+  for (kvs__slot *s = c->all_slots; s; s = s->all_next) n++;
+  nng_aio **aios = calloc(n ? n : 1, sizeof *aios);
+  n = 0;
+  for (kvs__slot *s = c->all_slots; s && aios; s = s->all_next) aios[n++] = s->aio;
+  pthread_mutex_unlock(&c->mu);
+  /* closing the sockets ends sends and receives; a call sleeping in a
+   * backoff is woken by the abort */
+  for (uint32_t i = 0; i < c->n_socks; i++) nng_close(c->socks[i]);
+  for (size_t i = 0; i < n; i++) nng_aio_abort(aios[i], NNG_ECLOSED);
+  free(aios);
+  pthread_mutex_lock(&c->mu);
+  while (c->active > 0) pthread_cond_wait(&c->cv, &c->mu);
+  pthread_mutex_unlock(&c->mu);
+  kvs__slot *s = c->all_slots;
+  while (s) {
+    kvs__slot *next = s->all_next;
+    nng_aio_free(s->aio);
+    free(s);
+    s = next;
+  }
+  pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->cv);
+  free(c->socks);
+  free(c->url);
+  free(c->tenant);
+  free(c->token);
+  free(c);
+}
+
+/* ----------------------------------------------------------- calls */
+static void slot_cb(void *arg);
+
+/* Takes an idle slot or makes one on the next socket; under c->mu. */
+static kvs__slot *slot_get_locked(kvs_client *c) {
+  kvs__slot *s = c->free_slots;
+  if (s) {
+    c->free_slots = s->next;
+    return s;
+  }
+  s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->sock = c->rr++ % c->n_socks;
+  if (nng_aio_alloc(&s->aio, slot_cb, s)) {
+    free(s);
+    return NULL;
+  }
+  if (nng_ctx_open(&s->ctx, c->socks[s->sock])) {
+    nng_aio_free(s->aio);
+    free(s);
+    return NULL;
+  }
+  s->all_next = c->all_slots;
+  c->all_slots = s;
+  return s;
+}
+
+kvs__call *kvs__call_new(kvs_client *c, nng_msg *req, int idempotent, uint32_t timeout_ms,
+                         kvs__call_check_fn check, kvs__call_done_fn done, void *arg) {
+  kvs__call *call = calloc(1, sizeof *call);
+  if (!call) {
+    nng_msg_free(req);
+    return NULL;
+  }
+  call->c = c;
+  call->req = req;
+  call->idempotent = idempotent;
+  call->check = check;
+  call->done = done;
+  call->arg = arg;
+  uint64_t now = kvs_now_ns();
+  call->deadline_ns = now + (uint64_t)(timeout_ms ? timeout_ms : c->o.request_timeout_ms) * 1000000ull;
+  call->seed = now ^ (uint64_t)(uintptr_t)call;
+  pthread_mutex_init(&call->mu, NULL);
+  pthread_cond_init(&call->cv, NULL);
+  return call;
+}
+
+static void call_finish(kvs__call *call, int rv) {
+  kvs_client *c = call->c;
+  call->rv = rv;
+  call->state = KVS__ST_DONE;
+  pthread_mutex_lock(&c->mu);
+  if (call->slot) {
+    call->slot->call = NULL;
+    call->slot->next = c->free_slots;
+    c->free_slots = call->slot;
+    call->slot = NULL;
+  }
+  c->active--;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  kvs__call_done_fn done = call->done;
+  void *arg = call->arg;
+  pthread_mutex_lock(&call->mu);
+  call->finished = 1;
+  pthread_cond_broadcast(&call->cv);
+  pthread_mutex_unlock(&call->mu);
+  /* done may free the call: nothing touches it after this */
+  if (done) done(call, arg);
+}
+
+static int64_t remaining_ms(const kvs__call *call) {
+  uint64_t now = kvs_now_ns();
+  if (now >= call->deadline_ns) return 0;
+  return (int64_t)((call->deadline_ns - now + 999999) / 1000000);
+}
+
+static void fail(kvs__call *call, int rv, const char *what, int nng_rv) {
+  if (!call->errmsg[0] || rv != call->rv) {
+    if (nng_rv)
+      snprintf(call->errmsg, sizeof call->errmsg, "%s %s: %s", what, call->c->url,
+               nng_strerror(nng_rv));
+    else if (!call->errmsg[0])
+      snprintf(call->errmsg, sizeof call->errmsg, "%s %s", what, call->c->url);
+  }
+  call_finish(call, rv);
+}
+
+static void send_attempt(kvs__call *call) {
+  kvs__slot *s = call->slot;
+  int64_t ms = remaining_ms(call);
+  if (ms <= 0) {
+    snprintf(call->errmsg, sizeof call->errmsg, "deadline passed before attempt %u to %s",
+             call->attempt + 1, call->c->url);
+    call_finish(call, KVS_ETIMEDOUT);
+    return;
+  }
+  nng_msg *m;
+  if (nng_msg_dup(&m, call->req)) {
+    fail(call, KVS_ENOMEM, "copying the request for", 0);
+    return;
+  }
+  call->state = KVS__ST_SEND;
+  nng_aio_set_msg(s->aio, m);
+  nng_aio_set_timeout(s->aio, (nng_duration)ms);
+  nng_ctx_send(s->ctx, s->aio);
+}
+
+static int retryable(int rv) { return rv == KVS_ECONN || rv == KVS_EBUSY || rv == KVS_EAGAIN; }
+
+/* Retries after a backoff when the call may be repeated and time is left;
+ * finishes it otherwise. sent: whether the request may have reached the server. */
+static void retry_or_fail(kvs__call *call, int rv, int sent, const char *what, int nng_rv) {
+  kvs_client *c = call->c;
+  if (retryable(rv) && (call->idempotent || !sent) && call->attempt < c->o.max_retries) {
+    uint64_t ms = (uint64_t)c->o.retry_backoff_ms << (call->attempt < 16 ? call->attempt : 16);
+    call->seed = call->seed * 6364136223846793005ull + 1442695040888963407ull;
+    ms = ms / 2 + (call->seed >> 33) % (ms + 1); /* 0.5x .. 1.5x */
+    if ((int64_t)ms < remaining_ms(call)) {
+      KVS_LOGD("client", "retrying", "attempt=%u backoff_ms=%llu err=%s", call->attempt + 1,
+               (unsigned long long)ms, kvs_errname(rv));
+      call->attempt++;
+      call->state = KVS__ST_SLEEP;
+      nng_sleep_aio((nng_duration)(ms ? ms : 1), call->slot->aio);
+      return;
+    }
+  }
+  fail(call, rv, what, nng_rv);
+}
+
+/* A deadline that passed while no connection was up is a connection
+ * failure, and says so. */
+static int no_connection(kvs__call *call) {
+  if (kvs_client_connected(call->c) > 0) return 0;
+  snprintf(call->errmsg, sizeof call->errmsg,
+           "no connection to %s before the deadline (is kvstashd running?)", call->c->url);
+  call_finish(call, KVS_ECONN);
+  return 1;
+}
+
+static void slot_cb(void *arg) {
+  kvs__slot *s = arg;
+  kvs__call *call = s->call;
+  if (!call) return; /* an abort of an idle slot at close */
+  int nrv = nng_aio_result(s->aio);
+  switch (call->state) {
+  case KVS__ST_SEND:
+    if (nrv) {
+      nng_msg *m = nng_aio_get_msg(s->aio);
+      if (m) nng_msg_free(m);
+      if (nrv == NNG_ETIMEDOUT && no_connection(call)) return;
+      retry_or_fail(call, kvs__err_from_nng(nrv), 0, "sending to", nrv);
+      return;
+    }
+    call->state = KVS__ST_RECV;
+    {
+      int64_t ms = remaining_ms(call);
+      nng_aio_set_timeout(s->aio, (nng_duration)(ms > 0 ? ms : 1));
+    }
+    nng_ctx_recv(s->ctx, s->aio);
+    return;
+  case KVS__ST_RECV: {
+    if (nrv) {
+      if (nrv == NNG_ETIMEDOUT && no_connection(call)) return;
+      retry_or_fail(call, kvs__err_from_nng(nrv), 1, "waiting for the reply from", nrv);
+      return;
+    }
+    nng_msg *rep = nng_aio_get_msg(s->aio);
+    int rv = call->check ? call->check(call, rep) : KVS_OK;
+    if (rv < 0) {
+      nng_msg_free(rep);
+      retry_or_fail(call, rv, 1, "request refused by", 0);
+      return;
+    }
+    call->rep = rep;
+    call_finish(call, KVS_OK);
+    return;
+  }
+  case KVS__ST_SLEEP:
+    if (nrv) {
+      fail(call, nrv == NNG_ECLOSED ? KVS_ECLOSED : kvs__err_from_nng(nrv), "backoff ended for",
+           nrv);
+      return;
+    }
+    send_attempt(call);
+    return;
+  default: return;
+  }
+}
+
+void kvs__call_start(kvs__call *call) {
+  kvs_client *c = call->c;
+  pthread_mutex_lock(&c->mu);
+  c->active++; /* call_finish gives it back */
+  if (c->closed) {
+    pthread_mutex_unlock(&c->mu);
+    snprintf(call->errmsg, sizeof call->errmsg, "client closed");
+    call_finish(call, KVS_ECLOSED);
+    return;
+  }
+  kvs__slot *s = slot_get_locked(c);
+  pthread_mutex_unlock(&c->mu);
+  if (!s) {
+    snprintf(call->errmsg, sizeof call->errmsg, "no memory for a context");
+    call_finish(call, KVS_ENOMEM);
+    return;
+  }
+  s->call = call;
+  call->slot = s;
+  send_attempt(call);
+}
+
+int kvs__call_wait(kvs__call *call) {
+  pthread_mutex_lock(&call->mu);
+  while (!call->finished) pthread_cond_wait(&call->cv, &call->mu);
+  pthread_mutex_unlock(&call->mu);
+  return call->rv;
+}
+
+void kvs__call_free(kvs__call *call) {
+  if (!call) return;
+  kvs__call_wait(call);
+  if (call->req) nng_msg_free(call->req);
+  if (call->rep) nng_msg_free(call->rep);
+  pthread_mutex_destroy(&call->mu);
+  pthread_cond_destroy(&call->cv);
+  free(call);
+}
+
+int kvs__roundtrip(kvs_client *c, nng_msg *req, int idempotent, kvs__call_check_fn check,
+                   nng_msg **rep) {
+  *rep = NULL;
+  kvs__call *call = kvs__call_new(c, req, idempotent, 0, check, NULL, NULL);
+  if (!call) return kvs__seterr(c, KVS_ENOMEM, "no memory for a call");
+  kvs__call_start(call);
+  int rv = kvs__call_wait(call);
+  if (rv == KVS_OK) {
+    *rep = call->rep;
+    call->rep = NULL;
+  } else {
+    kvs__seterr(c, rv, "%s", call->errmsg);
+  }
+  kvs__call_free(call);
+  return rv;
+}
