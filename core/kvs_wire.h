@@ -1,0 +1,382 @@
+/* kvs_wire.h - the binary frames of the kvstash data plane (kvstashd <-> libkvstash).
+ *
+ * Pure C, no I/O, no allocation: encoders write into caller buffers sized by
+ * the *_size() / *_bound() functions, decoders check every length before use,
+ * bound every count and return views (pointers into the caller's buffer, valid
+ * as long as that buffer is). The byte-offset tables are in docs/protocol.md;
+ * this header and that document change together, and the version below is
+ * bumped on any incompatible change.
+ *
+ * Everything on the wire is little-endian. Arrays of int32 token ids and u64
+ * segment offsets are exposed as raw little-endian bytes (`*_le` pointers, not
+ * necessarily aligned): read them with kvs_wire_rd32()/kvs_wire_rd64(). On the
+ * (little-endian) hosts kvstash supports, the bytes of a native int32_t array
+ * are exactly its wire form, so an encoder may be given (const uint8_t *)tokens.
+ *
+ * A frame = 128-byte header + payload (payload_len bytes). Every request gets
+ * exactly one response frame with the same request id and op, the RESPONSE
+ * flag set and a status (a kvs_err: 0 ok, negative error). An error response's
+ * payload is a short UTF-8 message (<= KVS_WIRE_MAX_ERRMSG bytes, no NUL). */
+#ifndef KVS_WIRE_H
+#define KVS_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvs_core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "kvs_wire assumes a little-endian host"
+#endif
+
+/* ------------------------------------------------------------ constants */
+#define KVS_WIRE_MAGIC 0x5753564Bu /* "KVSW" as bytes 4B 56 53 57 */
+#define KVS_WIRE_VERSION 1u
+#define KVS_WIRE_HDR_SIZE 128u
+#define KVS_WIRE_TENANT_MAX 32u   /* tenant name bytes, [A-Za-z0-9_.-] */
+#define KVS_WIRE_TOKEN_MAX 64u    /* bearer token bytes */
+#define KVS_WIRE_MAX_ERRMSG 256u
+
+/* Hard limits the decoders enforce (a server may configure smaller ones). */
+#define KVS_WIRE_MAX_TOKENS 65536u        /* token ids per entry */
+#define KVS_WIRE_MAX_SEGMENTS 4096u       /* layer-group segments per entry */
+#define KVS_WIRE_MAX_CODEC_PARAMS 4096u   /* opaque codec parameter bytes */
+#define KVS_WIRE_MAX_VALUE (1ull << 34)   /* 16 GiB encoded bytes per entry */
+#define KVS_WIRE_MAX_PAYLOAD 0xFFFFFFFFu  /* payload_len is a u32 */
+#define KVS_WIRE_MAX_LOOKUP 4096u         /* chunks per LOOKUP */
+#define KVS_WIRE_MAX_LIST 1024u           /* items per LIST / EXPORT page */
+#define KVS_WIRE_MAX_STATS 64u            /* counters in a STATS answer */
+
+typedef enum {
+  KVS_OP_PING = 1,    /* empty -> empty; liveness + auth check */
+  KVS_OP_PUT = 2,     /* meta + value -> empty */
+  KVS_OP_GET = 3,     /* get_req -> get_resp (meta and/or a range of segments) */
+  KVS_OP_LOOKUP = 4,  /* lookup_req -> lookup_resp (batched) */
+  KVS_OP_EXISTS = 5,  /* key_req -> exists_resp */
+  KVS_OP_DELETE = 6,  /* key_req -> empty */
+  KVS_OP_PIN = 7,     /* key_req -> empty */
+  KVS_OP_UNPIN = 8,   /* key_req -> empty */
+  KVS_OP_TTL = 9,     /* key_req (arg = seconds, 0 = none) -> empty */
+  KVS_OP_STATS = 10,  /* empty -> stats_resp */
+  KVS_OP_LIST = 11,   /* page_req -> list_resp */
+  KVS_OP_EXPORT = 12, /* page_req -> export_resp (records) */
+  KVS_OP_IMPORT = 13, /* import_req (records) -> import_resp */
+  KVS__OP_MAX = 13
+} kvs_wire_op;
+
+/* header flags */
+#define KVS_WIRE_F_RESPONSE 0x1u /* set on every response frame */
+#define KVS_WIRE_F_NX 0x2u       /* PUT: fail with KVS_EEXIST if the key is present */
+#define KVS_WIRE_F_SYNC 0x4u     /* PUT/IMPORT: sync the WAL before acknowledging
+                                    even when the server runs in async mode */
+#define KVS_WIRE_F_KNOWN (KVS_WIRE_F_RESPONSE | KVS_WIRE_F_NX | KVS_WIRE_F_SYNC)
+
+typedef enum { KVS_KEY_KIND_PREFIX = 1, KVS_KEY_KIND_CONTENT = 2 } kvs_key_kind;
+
+/* -------------------------------------------------------------- header */
+typedef struct kvs_wire_hdr {
+  uint32_t magic;       /* KVS_WIRE_MAGIC */
+  uint16_t version;     /* KVS_WIRE_VERSION */
+  uint16_t op;          /* kvs_wire_op */
+  uint32_t flags;       /* KVS_WIRE_F_* */
+  int32_t status;       /* kvs_err in responses, 0 in requests */
+  uint64_t req_id;      /* chosen by the client, echoed */
+  uint32_t payload_len; /* bytes after the header */
+  uint8_t tenant_len;   /* 1..32 in requests */
+  uint8_t token_len;    /* 0..64 */
+  uint16_t reserved;    /* 0 */
+  char tenant[KVS_WIRE_TENANT_MAX];   /* not NUL-terminated; zero padded */
+  uint8_t token[KVS_WIRE_TOKEN_MAX];  /* zero padded */
+} kvs_wire_hdr;
+
+/* Fills a request header. tenant: 1..32 chars of [A-Za-z0-9_.-]; token may be
+ * NULL (no auth) or up to 64 bytes. KVS_EINVAL otherwise. */
+kvs_err kvs_wire_hdr_init(kvs_wire_hdr *h, uint16_t op, uint64_t req_id, const char *tenant,
+                          const void *token, size_t token_len);
+/* Writes exactly KVS_WIRE_HDR_SIZE bytes. */
+kvs_err kvs_wire_hdr_encode(const kvs_wire_hdr *h, uint8_t out[KVS_WIRE_HDR_SIZE]);
+/* Decodes and checks a header at the start of a frame of n bytes: magic,
+ * version, op, flags, tenant/token lengths and characters, padding, and
+ * payload_len == n - KVS_WIRE_HDR_SIZE. A request must carry a tenant. */
+kvs_err kvs_wire_hdr_decode(const uint8_t *buf, size_t n, kvs_wire_hdr *h);
+/* Copies the tenant into out (NUL-terminated). */
+void kvs_wire_hdr_tenant(const kvs_wire_hdr *h, char out[KVS_WIRE_TENANT_MAX + 1]);
+const char *kvs_wire_op_name(uint16_t op); /* "PUT", ..., "?" */
+
+/* ------------------------------------------------------- entry metadata */
+/* What the server knows of an entry. In a PUT the client fills the first
+ * block; the server fills the second (ignored on PUT).
+ * Segment g of the value spans [g ? seg_end[g-1] : 0, seg_end[g]); segments
+ * are layer groups chosen by the client's codec; seg_end[n_segments-1] ==
+ * value_bytes. Encoded size: kvs_wire_meta_size(). */
+typedef struct kvs_wire_meta {
+  kvs_key key;            /* unsalted client key (kvs_key_prefix/_content) */
+  kvs_model_id model;
+  uint8_t key_kind;       /* kvs_key_kind */
+  uint32_t n_tokens;      /* 1..KVS_WIRE_MAX_TOKENS */
+  kvs_layout layout;      /* of the decoded KV */
+  uint32_t codec_profile; /* codec's profile id, opaque to the server */
+  uint32_t codec_params_len;
+  uint32_t n_segments;    /* 1..KVS_WIRE_MAX_SEGMENTS */
+  uint32_t ttl_s;         /* 0 = no expiry */
+  uint64_t value_bytes;   /* encoded bytes */
+  uint64_t checksum;      /* kvs_checksum64 of the encoded bytes */
+  const uint8_t *tokens_le;       /* n_tokens x int32 LE */
+  const uint8_t *codec_params;    /* codec_params_len bytes */
+  const uint8_t *seg_end_le;      /* n_segments x u64 LE */
+  /* server-maintained */
+  uint8_t tier;           /* 0 RAM, 1 primary disk, 2 cold disk */
+  uint8_t pinned;
+  uint8_t flags;          /* reserved, 0 */
+  uint64_t created_ms, last_used_ms, hits;
+} kvs_wire_meta;
+
+#define KVS_WIRE_META_FIXED 128u
+size_t kvs_wire_meta_size(const kvs_wire_meta *m); /* 0 when counts exceed the limits */
+kvs_err kvs_wire_meta_encode(const kvs_wire_meta *m, uint8_t *out, size_t cap, size_t *written);
+/* Decodes and validates (counts, kind, segment offsets monotone and ending at
+ * value_bytes). *consumed = meta size. Views point into p. */
+kvs_err kvs_wire_meta_decode(const uint8_t *p, size_t n, kvs_wire_meta *m, size_t *consumed);
+/* Byte range of segment g (g < n_segments). */
+void kvs_wire_meta_seg_range(const kvs_wire_meta *m, uint32_t g, uint64_t *off, uint64_t *len);
+
+/* ---------------------------------------------------------------- PUT */
+/* payload = meta || value (exactly meta.value_bytes bytes). A client sending
+ * a large value writes the meta with kvs_wire_meta_encode and appends the
+ * value (no need to build the payload in one buffer). */
+kvs_err kvs_wire_put_decode(const uint8_t *p, size_t n, kvs_wire_meta *m, const uint8_t **value);
+
+/* ---------------------------------------------------------------- GET */
+/* A GET names an entry by key and proves it wants exactly this chunk: model
+ * id and token ids must match the stored ones (else KVS_EMODEL / KVS_ETOKENS).
+ * It returns the meta (flag GET_META) and/or segments [seg_first, seg_first +
+ * seg_count) (seg_count KVS_WIRE_SEG_ALL = to the end; 0 = none). A client
+ * streaming by layer group sends GET_META first, then keeps several GETs of
+ * single segments in flight, decoding segment g while g+1 is arriving. */
+#define KVS_WIRE_GET_META 0x1u
+#define KVS_WIRE_SEG_ALL 0xFFFFFFFFu
+typedef struct kvs_wire_get_req {
+  kvs_key key;
+  kvs_model_id model;
+  uint32_t flags;      /* KVS_WIRE_GET_* */
+  uint32_t seg_first;
+  uint32_t seg_count;
+  uint32_t n_tokens;   /* 1..KVS_WIRE_MAX_TOKENS */
+  const uint8_t *tokens_le;
+} kvs_wire_get_req;
+#define KVS_WIRE_GET_REQ_FIXED 48u
+size_t kvs_wire_get_req_size(const kvs_wire_get_req *r);
+kvs_err kvs_wire_get_req_encode(const kvs_wire_get_req *r, uint8_t *out, size_t cap,
+                                size_t *written);
+kvs_err kvs_wire_get_req_decode(const uint8_t *p, size_t n, kvs_wire_get_req *r);
+
+typedef struct kvs_wire_get_resp {
+  uint32_t seg_first, seg_count; /* the segments actually returned */
+  uint64_t byte_off, byte_len;   /* their byte range within the value */
+  uint64_t value_bytes;          /* whole value */
+  uint64_t checksum;             /* of the whole value */
+  uint32_t meta_len;             /* 0 when the meta was not asked for */
+  kvs_wire_meta meta;            /* valid when meta_len > 0 */
+  const uint8_t *bytes;          /* byte_len bytes */
+} kvs_wire_get_resp;
+#define KVS_WIRE_GET_RESP_FIXED 48u
+/* Writes the fixed part + the meta (when meta != NULL); the caller appends
+ * byte_len bytes of value after *written. */
+kvs_err kvs_wire_get_resp_encode_head(const kvs_wire_get_resp *r, const kvs_wire_meta *meta,
+                                      uint8_t *out, size_t cap, size_t *written);
+kvs_err kvs_wire_get_resp_decode(const uint8_t *p, size_t n, kvs_wire_get_resp *r);
+
+/* ------------------------------------------------------------- LOOKUP */
+/* For a token sequence cut into chunks, which chunks are cached. Each chunk
+ * names its key and its token range within the shared token array; the server
+ * checks model and tokens of every candidate. mode PREFIX stops at the first
+ * miss (for prefix chains: the answer's n_prefix is the longest cached prefix
+ * in chunks); mode EACH answers every chunk (content keys). */
+#define KVS_WIRE_LOOKUP_EACH 0u
+#define KVS_WIRE_LOOKUP_PREFIX 1u
+typedef struct kvs_wire_lookup_chunk {
+  kvs_key key;
+  uint32_t tok_off, tok_len; /* within tokens; tok_len >= 1 */
+} kvs_wire_lookup_chunk;
+typedef struct kvs_wire_lookup_req {
+  kvs_model_id model;
+  uint32_t mode;
+  uint32_t n_chunks; /* 1..KVS_WIRE_MAX_LOOKUP */
+  uint32_t n_tokens; /* 1..KVS_WIRE_MAX_TOKENS * 16 */
+  const uint8_t *chunks_raw; /* n_chunks x 24 bytes; read with kvs_wire_lookup_chunk_at */
+  const uint8_t *tokens_le;
+} kvs_wire_lookup_req;
+#define KVS_WIRE_LOOKUP_FIXED 32u
+#define KVS_WIRE_LOOKUP_CHUNK 24u
+#define KVS_WIRE_LOOKUP_MAX_TOKENS (KVS_WIRE_MAX_TOKENS * 16u)
+size_t kvs_wire_lookup_req_size(uint32_t n_chunks, uint32_t n_tokens);
+/* chunks: n_chunks native structs; tokens: n_tokens int32. */
+kvs_err kvs_wire_lookup_req_encode(const kvs_model_id *model, uint32_t mode,
+                                   const kvs_wire_lookup_chunk *chunks, uint32_t n_chunks,
+                                   const int32_t *tokens, uint32_t n_tokens, uint8_t *out,
+                                   size_t cap, size_t *written);
+kvs_err kvs_wire_lookup_req_decode(const uint8_t *p, size_t n, kvs_wire_lookup_req *r);
+void kvs_wire_lookup_chunk_at(const kvs_wire_lookup_req *r, uint32_t i, kvs_wire_lookup_chunk *c);
+
+/* answer: per chunk 0 = not cached, 1 + tier when cached (and model/tokens match). */
+typedef struct kvs_wire_lookup_resp {
+  uint32_t n_chunks;
+  uint32_t n_prefix;      /* leading chunks cached */
+  const uint8_t *status;  /* n_chunks bytes */
+} kvs_wire_lookup_resp;
+size_t kvs_wire_lookup_resp_size(uint32_t n_chunks);
+kvs_err kvs_wire_lookup_resp_encode(uint32_t n_prefix, const uint8_t *status, uint32_t n_chunks,
+                                    uint8_t *out, size_t cap, size_t *written);
+kvs_err kvs_wire_lookup_resp_decode(const uint8_t *p, size_t n, kvs_wire_lookup_resp *r);
+
+/* ------------------------------- EXISTS / DELETE / PIN / UNPIN / TTL */
+typedef struct kvs_wire_key_req {
+  kvs_key key;
+  kvs_model_id model; /* EXISTS: must match; others: ignored (zero) */
+  uint32_t arg;       /* TTL: seconds from now, 0 = never expire; others 0 */
+} kvs_wire_key_req;
+#define KVS_WIRE_KEY_REQ_SIZE 40u
+kvs_err kvs_wire_key_req_encode(const kvs_wire_key_req *r, uint8_t *out, size_t cap,
+                                size_t *written);
+kvs_err kvs_wire_key_req_decode(const uint8_t *p, size_t n, kvs_wire_key_req *r);
+
+typedef struct kvs_wire_exists_resp {
+  uint8_t present; /* 0/1 */
+  uint8_t tier;
+  uint8_t pinned;
+  uint64_t value_bytes;
+} kvs_wire_exists_resp;
+#define KVS_WIRE_EXISTS_RESP_SIZE 16u
+kvs_err kvs_wire_exists_resp_encode(const kvs_wire_exists_resp *r, uint8_t *out, size_t cap,
+                                    size_t *written);
+kvs_err kvs_wire_exists_resp_decode(const uint8_t *p, size_t n, kvs_wire_exists_resp *r);
+
+/* -------------------------------------------------------------- STATS */
+/* Counters for the requesting tenant's view of the server (global where a
+ * counter is not per tenant), in this order; a newer server may send more. */
+typedef enum {
+  KVS_STAT_ENTRIES = 0,
+  KVS_STAT_BYTES_T0,
+  KVS_STAT_BYTES_T1,
+  KVS_STAT_BYTES_T2,
+  KVS_STAT_HITS,
+  KVS_STAT_MISSES,
+  KVS_STAT_PUTS,
+  KVS_STAT_EVICTIONS,
+  KVS_STAT_QUARANTINES,
+  KVS_STAT_EXPIRED,
+  KVS_STAT_BYTES_IN,
+  KVS_STAT_BYTES_OUT,
+  KVS_STAT_REQUESTS,
+  KVS_STAT_ERRORS,
+  KVS__STAT_COUNT
+} kvs_wire_stat;
+const char *kvs_wire_stat_name(uint32_t i); /* "entries", ... or "?" */
+typedef struct kvs_wire_stats_resp {
+  uint32_t n;
+  uint64_t v[KVS_WIRE_MAX_STATS];
+} kvs_wire_stats_resp;
+kvs_err kvs_wire_stats_resp_encode(const uint64_t *v, uint32_t n, uint8_t *out, size_t cap,
+                                   size_t *written);
+kvs_err kvs_wire_stats_resp_decode(const uint8_t *p, size_t n, kvs_wire_stats_resp *r);
+
+/* -------------------------------------------------- LIST / EXPORT pages */
+/* A page request: start after `cursor` (opaque, from the previous answer;
+ * has_cursor 0 = from the start), at most `limit` items (<= KVS_WIRE_MAX_LIST;
+ * EXPORT pages are also cut by the server's max message size). */
+typedef struct kvs_wire_page_req {
+  uint8_t has_cursor;
+  uint8_t cursor[16];
+  uint32_t limit;
+} kvs_wire_page_req;
+#define KVS_WIRE_PAGE_REQ_SIZE 24u
+kvs_err kvs_wire_page_req_encode(const kvs_wire_page_req *r, uint8_t *out, size_t cap,
+                                 size_t *written);
+kvs_err kvs_wire_page_req_decode(const uint8_t *p, size_t n, kvs_wire_page_req *r);
+
+typedef struct kvs_wire_list_item {
+  kvs_key key;
+  kvs_model_id model;
+  uint32_t n_tokens;
+  uint8_t key_kind, tier, pinned;
+  uint64_t value_bytes, hits, last_used_ms, created_ms;
+  uint32_t ttl_s;
+} kvs_wire_list_item;
+#define KVS_WIRE_LIST_ITEM_SIZE 80u
+#define KVS_WIRE_PAGE_RESP_FIXED 24u
+/* Page answer head: n items, more (1 = call again with next_cursor). */
+typedef struct kvs_wire_page_resp {
+  uint32_t n;
+  uint8_t more;
+  uint8_t next_cursor[16];
+  const uint8_t *items; /* LIST: n x 80 bytes; EXPORT: n records */
+  size_t items_len;
+} kvs_wire_page_resp;
+kvs_err kvs_wire_page_resp_encode_head(uint32_t n, uint8_t more, const uint8_t next_cursor[16],
+                                       uint8_t *out, size_t cap, size_t *written);
+/* op = KVS_OP_LIST checks n * 80 == items_len; KVS_OP_EXPORT walks the records. */
+kvs_err kvs_wire_page_resp_decode(uint16_t op, const uint8_t *p, size_t n, kvs_wire_page_resp *r);
+kvs_err kvs_wire_list_item_encode(const kvs_wire_list_item *it, uint8_t *out, size_t cap);
+void kvs_wire_list_item_decode(const uint8_t *p, kvs_wire_list_item *it); /* p: 80 bytes */
+
+/* ------------------------------------------ records (EXPORT / IMPORT) */
+/* record = u64 rec_len || PUT payload (meta || value) || zero pad to 8, with
+ * the meta's server block carrying created/hits/pin/ttl so an import restores
+ * them. IMPORT request = u32 n || u32 0 || n records. */
+#define KVS_WIRE_IMPORT_FIXED 8u
+size_t kvs_wire_record_size(const kvs_wire_meta *m); /* incl. length and pad */
+/* Writes a record head (length + meta); the caller appends value_bytes bytes
+ * and zero padding up to kvs_wire_record_size(). */
+kvs_err kvs_wire_record_encode_head(const kvs_wire_meta *m, uint8_t *out, size_t cap,
+                                    size_t *written);
+/* Iterates records: the cursor (p, n) advances past one record per call;
+ * KVS_ENOENT at the end. */
+kvs_err kvs_wire_record_next(const uint8_t **p, size_t *n, kvs_wire_meta *m,
+                             const uint8_t **value);
+kvs_err kvs_wire_import_req_decode(const uint8_t *p, size_t n, uint32_t *count,
+                                   const uint8_t **records, size_t *records_len);
+typedef struct kvs_wire_import_resp {
+  uint32_t n_ok, n_failed;
+} kvs_wire_import_resp;
+kvs_err kvs_wire_import_resp_encode(const kvs_wire_import_resp *r, uint8_t *out, size_t cap,
+                                    size_t *written);
+kvs_err kvs_wire_import_resp_decode(const uint8_t *p, size_t n, kvs_wire_import_resp *r);
+
+/* ------------------------------------------------------ whole requests */
+/* A decoded request, as the server sees it (views into the frame). */
+typedef struct kvs_wire_req {
+  kvs_wire_hdr hdr;
+  union {
+    struct { kvs_wire_meta meta; const uint8_t *value; } put;
+    kvs_wire_get_req get;
+    kvs_wire_lookup_req lookup;
+    kvs_wire_key_req key;
+    kvs_wire_page_req page;
+    struct { uint32_t count; const uint8_t *records; size_t records_len; } import;
+  } u;
+} kvs_wire_req;
+/* Header + payload of a request frame, per op; every payload fully checked. */
+kvs_err kvs_wire_req_decode(const uint8_t *buf, size_t n, kvs_wire_req *r);
+
+/* ------------------------------------------------------------ helpers */
+static inline uint32_t kvs_wire_rd32(const uint8_t *p, size_t i) {
+  const uint8_t *q = p + 4 * i;
+  return (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
+}
+static inline uint64_t kvs_wire_rd64(const uint8_t *p, size_t i) {
+  const uint8_t *q = p + 8 * i;
+  uint64_t v = 0;
+  for (int k = 7; k >= 0; k--) v = v << 8 | q[k];
+  return v;
+}
+/* 1 when the n LE int32 at le equal tokens[0..n). */
+int kvs_wire_tokens_equal(const uint8_t *le, const int32_t *tokens, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
