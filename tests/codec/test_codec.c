@@ -1,0 +1,376 @@
+/* Round trips of every profile, head ranges, paged output, streaming by
+ * segment, and bad input (truncated, corrupt, mismatched bytes). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvs_codec.h"
+#include "kvs_synth.h"
+#include "kvs_test.h"
+
+static kvs_layout lay(uint32_t L, uint32_t H, uint32_t D, uint32_t dtype) {
+  kvs_layout l = {.n_layers = L, .n_kv_heads = H, .head_dim = D, .dtype = dtype,
+                  .rope_type = KVS_ROPE_NORM, .rope_dims = D, .rope_theta = 10000.0f,
+                  .rope_freq_scale = 1.0f};
+  return l;
+}
+
+static float elem(const void *p, uint32_t dtype, size_t i) {
+  if (dtype == KVS_DTYPE_F32) return ((const float *)p)[i];
+  uint16_t h = ((const uint16_t *)p)[i];
+  return dtype == KVS_DTYPE_BF16 ? kvs_bf16_to_f32(h) : kvs_f16_to_f32(h);
+}
+
+typedef struct enc_t {
+  uint8_t *bytes;
+  size_t len;
+  void *kv;
+  size_t kv_elems;
+} enc_t;
+
+static enc_t encode(int profile, const kvs_layout *l, uint32_t T, uint32_t lpg, uint64_t seed) {
+  enc_t e = {0};
+  e.kv_elems = 2ull * l->n_layers * T * l->n_kv_heads * l->head_dim;
+  e.kv = malloc(e.kv_elems * 2);
+  kvs_synth_kv(l, T, seed, e.kv);
+  kvs_codec_params p;
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_params_default(profile, l->n_layers, &p), KVS_OK);
+  p.layers_per_group = lpg;
+  size_t cap = kvs_codec_encode_bound(&p, l, T);
+  CU_ASSERT_FATAL(cap > 0);
+  e.bytes = malloc(cap);
+  kvs_err rc = kvs_codec_encode(&p, l, T, e.kv, e.bytes, cap, &e.len);
+  if (rc != KVS_OK) fprintf(stderr, "encode %d: %s\n", profile, kvs_errname(rc));
+  CU_ASSERT_EQUAL_FATAL(rc, KVS_OK);
+  CU_ASSERT(e.len <= cap);
+  return e;
+}
+
+static void enc_free(enc_t *e) {
+  free(e->bytes);
+  free(e->kv);
+}
+
+/* relative MSE and whether any output is not finite */
+static double rel_mse(const enc_t *e, uint32_t in_dtype, const void *out, uint32_t out_dtype,
+                      int *nonfinite) {
+  double num = 0, den = 0;
+  *nonfinite = 0;
+  for (size_t i = 0; i < e->kv_elems; i++) {
+    double a = elem(e->kv, in_dtype, i), b = elem(out, out_dtype, i);
+    if (!isfinite(b)) *nonfinite = 1;
+    num += (a - b) * (a - b);
+    den += a * a;
+  }
+  return num / (den > 0 ? den : 1);
+}
+
+/* Upper bounds of relative MSE on the synthetic KV, well above what each
+ * profile measures and well below what a broken decoder produces (~1). */
+static double bound_of(int profile) {
+  switch (profile) {
+  case KVS_PROFILE_LOSSLESS: return 0;
+  case KVS_PROFILE_INT8: return 3e-4;
+  case KVS_PROFILE_KIVI4: return 8e-3;
+  case KVS_PROFILE_KIVI2: return 0.16;
+  case KVS_PROFILE_FP4: return 0.03;
+  case KVS_PROFILE_CACHEGEN: return 0.05;
+  case KVS_PROFILE_DENSE: return 0.1;
+  }
+  return 0;
+}
+
+static const int k_profiles[] = {KVS_PROFILE_LOSSLESS, KVS_PROFILE_INT8, KVS_PROFILE_KIVI2,
+                                 KVS_PROFILE_KIVI4, KVS_PROFILE_FP4, KVS_PROFILE_CACHEGEN,
+                                 KVS_PROFILE_DENSE};
+#define N_PROFILES (sizeof k_profiles / sizeof k_profiles[0])
+
+static int built(int profile) {
+  kvs_codec_params p;
+  kvs_layout l = lay(2, 1, 32, KVS_DTYPE_F16);
+  kvs_codec_params_default(profile, 2, &p);
+  return kvs_codec_encode_bound(&p, &l, 8) > 0;
+}
+
+static void roundtrip_one(int profile, const kvs_layout *l, uint32_t T, uint32_t lpg,
+                          uint32_t out_dtype) {
+  enc_t e = encode(profile, l, T, lpg, 1234 + T);
+  kvs_codec_info info;
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_parse_header(e.bytes, e.len, &info), KVS_OK);
+  CU_ASSERT_EQUAL(info.profile, (uint32_t)profile);
+  CU_ASSERT_EQUAL(info.n_tokens, T);
+  CU_ASSERT(kvs_layout_equal(&info.layout, l));
+  CU_ASSERT_EQUAL(info.total_bytes, e.len);
+  CU_ASSERT_EQUAL(kvs_codec_verify(e.bytes, e.len, NULL), KVS_OK);
+  kvs_codec_out o = kvs_codec_out_contiguous(NULL, 0, out_dtype);
+  size_t ob = kvs_codec_out_bytes(&info, &o);
+  o.base_bytes = ob;
+  CU_ASSERT_EQUAL(ob, e.kv_elems * kvs_dtype_size(out_dtype));
+  uint8_t *out = malloc(ob);
+  memset(out, 0xab, ob);
+  o.base = out;
+  size_t wsn = kvs_codec_decode_workspace_bound(&info);
+  void *ws = malloc(wsn);
+  kvs_err rc = kvs_codec_decode(e.bytes, e.len, &o, ws, wsn);
+  CU_ASSERT_EQUAL(rc, KVS_OK);
+  if (rc != KVS_OK) fprintf(stderr, "decode %s: %s\n", kvs_codec_profile_name(profile),
+                            kvs_errname(rc));
+  int nf;
+  double m = rel_mse(&e, l->dtype, out, out_dtype, &nf);
+  CU_ASSERT_FALSE(nf);
+  CU_ASSERT(m <= bound_of(profile));
+  if (m > bound_of(profile))
+    fprintf(stderr, "%s T=%u rel_mse=%g > %g\n", kvs_codec_profile_name(profile), T, m,
+            bound_of(profile));
+  if (profile == KVS_PROFILE_LOSSLESS && out_dtype == l->dtype)
+    CU_ASSERT_EQUAL(memcmp(out, e.kv, ob), 0);
+  if (profile != KVS_PROFILE_LOSSLESS) CU_ASSERT(m > 0); /* lossy means lossy: not a copy */
+  /* a smaller workspace is refused, never overrun */
+  if (wsn > 64) CU_ASSERT_EQUAL(kvs_codec_decode(e.bytes, e.len, &o, ws, 16), KVS_EINVAL);
+  free(ws);
+  free(out);
+  enc_free(&e);
+}
+
+static void test_roundtrip(void) {
+  kvs_layout a = lay(3, 2, 64, KVS_DTYPE_F16), b = lay(2, 3, 32, KVS_DTYPE_BF16);
+  for (size_t i = 0; i < N_PROFILES; i++) {
+    int p = k_profiles[i];
+    if (!built(p)) continue;
+    roundtrip_one(p, &a, 256, 1, KVS_DTYPE_F16);
+    roundtrip_one(p, &a, 37, 2, KVS_DTYPE_F32);
+    roundtrip_one(p, &b, 100, 1, KVS_DTYPE_BF16);
+    roundtrip_one(p, &b, 1, 3, KVS_DTYPE_F16);
+  }
+}
+
+static void test_names(void) {
+  for (size_t i = 0; i < N_PROFILES; i++) {
+    const char *n = kvs_codec_profile_name(k_profiles[i]);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(n);
+    CU_ASSERT_EQUAL(kvs_codec_profile_from_name(n), k_profiles[i]);
+  }
+  CU_ASSERT_PTR_NULL(kvs_codec_profile_name(0));
+  CU_ASSERT_EQUAL(kvs_codec_profile_from_name("zip"), -1);
+  kvs_codec_params p;
+  CU_ASSERT_EQUAL(kvs_codec_params_default(99, 30, &p), KVS_EINVAL);
+}
+
+/* Heads [h0,h1) decoded alone equal the same heads of a full decode, and
+ * paged output equals contiguous output with guard bytes untouched. */
+static void test_heads_paged_segments(void) {
+  kvs_layout l = lay(4, 3, 64, KVS_DTYPE_F16);
+  uint32_t T = 70, H = 3, D = 64;
+  for (size_t pi = 0; pi < N_PROFILES; pi++) {
+    int p = k_profiles[pi];
+    if (!built(p)) continue;
+    enc_t e = encode(p, &l, T, 3, 99);
+    kvs_codec_info info;
+    CU_ASSERT_EQUAL_FATAL(kvs_codec_parse_header(e.bytes, e.len, &info), KVS_OK);
+    CU_ASSERT_EQUAL(info.n_segments, 2u);
+    size_t full_n = e.kv_elems;
+    uint16_t *full = malloc(full_n * 2);
+    kvs_codec_out o = kvs_codec_out_contiguous(full, full_n * 2, KVS_DTYPE_F16);
+    CU_ASSERT_EQUAL_FATAL(kvs_codec_decode(e.bytes, e.len, &o, NULL, 0), KVS_OK);
+    /* heads [1,3) */
+    size_t part_n = 2ull * 4 * T * 2 * D;
+    uint16_t *part = malloc(part_n * 2);
+    kvs_codec_out op = kvs_codec_out_contiguous(part, part_n * 2, KVS_DTYPE_F16);
+    op.head_begin = 1, op.head_end = 3;
+    CU_ASSERT_EQUAL(kvs_codec_out_bytes(&info, &op), part_n * 2);
+    CU_ASSERT_EQUAL_FATAL(kvs_codec_decode(e.bytes, e.len, &op, NULL, 0), KVS_OK);
+    int same = 1;
+    for (uint32_t pl = 0; pl < 8; pl++)
+      for (uint32_t t = 0; t < T; t++)
+        same &= memcmp(part + (((size_t)pl * T + t) * 2) * D,
+                       full + (((size_t)pl * T + t) * H + 1) * D, 2 * D * 2) == 0;
+    CU_ASSERT(same);
+    /* streamed: segment by segment into a fresh buffer */
+    uint16_t *seg = malloc(full_n * 2);
+    kvs_codec_out os = kvs_codec_out_contiguous(seg, full_n * 2, KVS_DTYPE_F16);
+    size_t wsn = kvs_codec_decode_workspace_bound(&info);
+    void *ws = malloc(wsn);
+    for (uint32_t g = 0; g < info.n_segments; g++)
+      CU_ASSERT_EQUAL(kvs_codec_decode_segment(&info, g, e.bytes + info.seg_offset[g],
+                                               info.seg_offset[g + 1] - info.seg_offset[g], &os,
+                                               ws, wsn),
+                      KVS_OK);
+    CU_ASSERT_EQUAL(memcmp(seg, full, full_n * 2), 0);
+    /* paged: block size 16, blocks in reverse order, one guard block */
+    uint32_t bs = 16, nblk = (T + bs - 1) / bs, num_blocks = nblk + 2;
+    int32_t table[16];
+    for (uint32_t i = 0; i < nblk; i++) table[i] = (int32_t)(nblk - i);
+    size_t cache_n = (size_t)num_blocks * bs * H * D;
+    void *kc[4], *vc[4];
+    for (int i = 0; i < 4; i++) {
+      kc[i] = malloc(cache_n * 2), vc[i] = malloc(cache_n * 2);
+      memset(kc[i], 0x5a, cache_n * 2), memset(vc[i], 0x5a, cache_n * 2);
+    }
+    kvs_codec_out og = {.dtype = KVS_DTYPE_F16, .k_cache = kc, .v_cache = vc,
+                        .block_table = table, .block_size = bs, .num_blocks = num_blocks,
+                        .n_layers = 4};
+    CU_ASSERT_EQUAL(kvs_codec_decode(e.bytes, e.len, &og, ws, wsn), KVS_OK);
+    same = 1;
+    int guard = 1;
+    for (uint32_t layer = 0; layer < 4; layer++)
+      for (uint32_t kv = 0; kv < 2; kv++) {
+        uint16_t *c = kv ? vc[layer] : kc[layer];
+        for (uint32_t t = 0; t < T; t++) {
+          size_t slot = (size_t)table[t / bs] * bs + t % bs;
+          same &= memcmp(c + slot * H * D, full + (((size_t)(2 * layer + kv) * T + t) * H) * D,
+                         H * D * 2) == 0;
+        }
+        const uint8_t *g0 = (const uint8_t *)c; /* block 0 is not in the table */
+        for (size_t i = 0; i < (size_t)bs * H * D * 2; i++) guard &= g0[i] == 0x5a;
+        /* slots past T in the last used block (table[nblk-1] = 1) stay untouched */
+        const uint8_t *tail = (const uint8_t *)(c + ((size_t)1 * bs + T % bs) * H * D);
+        for (size_t i = 0; i < (size_t)(bs - T % bs) * H * D * 2; i++) guard &= tail[i] == 0x5a;
+      }
+    CU_ASSERT(same);
+    CU_ASSERT(guard);
+    /* a block table entry out of range is refused */
+    table[0] = (int32_t)num_blocks;
+    CU_ASSERT_EQUAL(kvs_codec_decode(e.bytes, e.len, &og, ws, wsn), KVS_EINVAL);
+    for (int i = 0; i < 4; i++) free(kc[i]), free(vc[i]);
+    free(ws), free(seg), free(part), free(full);
+    enc_free(&e);
+  }
+}
+
+static int all_nan(const uint16_t *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!isnan(kvs_f16_to_f32(p[i]))) return 0;
+  return 1;
+}
+
+static void rehash_header(uint8_t *b) {
+  uint32_t nseg = kvs__rd32(b + KVS_CH_N_SEGMENTS);
+  if (nseg == 0 || nseg > KVS_CODEC_MAX_SEGMENTS) return;
+  uint8_t buf[KVS_CODEC_HEADER_BYTES + 8 * KVS_CODEC_MAX_SEGMENTS];
+  memcpy(buf, b, KVS_CH_CHECKSUM);
+  memcpy(buf + KVS_CH_CHECKSUM, b + KVS_CODEC_HEADER_BYTES, 8u * nseg);
+  kvs__wr64(b + KVS_CH_CHECKSUM, kvs_checksum64(buf, KVS_CH_CHECKSUM + 8u * nseg));
+}
+
+static void test_bad_input(void) {
+  kvs_layout l = lay(3, 2, 32, KVS_DTYPE_F16);
+  uint32_t T = 40;
+  for (size_t pi = 0; pi < N_PROFILES; pi++) {
+    int p = k_profiles[pi];
+    if (!built(p)) continue;
+    enc_t e = encode(p, &l, T, 1, 7);
+    uint16_t *out = malloc(e.kv_elems * 2);
+    kvs_codec_out o = kvs_codec_out_contiguous(out, e.kv_elems * 2, KVS_DTYPE_F16);
+    uint8_t *c = malloc(e.len);
+    /* truncation at many lengths: an error, and never output that looks valid */
+    for (size_t n = 0; n < e.len; n += 1 + e.len / 97) {
+      memset(out, 0, e.kv_elems * 2);
+      kvs_err rc = kvs_codec_decode(e.bytes, n, &o, NULL, 0);
+      CU_ASSERT(rc == KVS_ETRUNC || rc == KVS_ECORRUPT);
+      if (n >= 1024) CU_ASSERT(all_nan(out, e.kv_elems));
+    }
+    /* one flipped bit anywhere: a checksum error (or a header error) */
+    uint64_t s = 5;
+    for (int k = 0; k < 60; k++) {
+      memcpy(c, e.bytes, e.len);
+      size_t at = kvs_synth_rand(&s) % e.len;
+      c[at] ^= (uint8_t)(1u << (kvs_synth_rand(&s) % 8));
+      kvs_err rc = kvs_codec_decode(c, e.len, &o, NULL, 0);
+      CU_ASSERT(rc < 0);
+      CU_ASSERT(all_nan(out, e.kv_elems));
+    }
+    /* header fields changed and re-hashed: mismatch errors, not crashes */
+    struct { size_t off; uint32_t val; kvs_err want; } cases[] = {
+        {KVS_CH_MAGIC, 0x12345678u, KVS_EMAGIC},
+        {KVS_CH_VERSION, 2, KVS_EVERSION},
+        {KVS_CH_N_LAYERS, 4, KVS_ECORRUPT},
+        {KVS_CH_HEAD_DIM, 0, KVS_ELAYOUT},
+        {KVS_CH_DTYPE, KVS_DTYPE_F32, KVS_ELAYOUT},
+        {KVS_CH_N_TOKENS, 0, KVS_ECORRUPT},
+        {KVS_CH_N_TOKENS, 41, KVS_ELAYOUT},
+        {KVS_CH_N_TOKENS, 39, KVS_ECORRUPT},
+        {KVS_CH_N_SEGMENTS, 2, KVS_ECHECKSUM},
+        {KVS_CH_TOTAL_BYTES, 8, KVS_ECORRUPT},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+      memcpy(c, e.bytes, e.len);
+      kvs__wr32(c + cases[k].off, cases[k].val);
+      if (cases[k].want != KVS_ECHECKSUM) rehash_header(c);
+      kvs_err rc = kvs_codec_decode(c, e.len, &o, NULL, 0);
+      if (rc >= 0 || (cases[k].want != KVS_ECORRUPT && rc != cases[k].want))
+        fprintf(stderr, "%s case %zu: got %s\n", kvs_codec_profile_name(p), k, kvs_errname(rc));
+      CU_ASSERT(rc < 0);
+      if (cases[k].want != KVS_ECORRUPT) CU_ASSERT_EQUAL(rc, cases[k].want);
+    }
+    /* unknown profile id and flags */
+    memcpy(c, e.bytes, e.len);
+    c[KVS_CH_PROFILE] = 42;
+    rehash_header(c);
+    CU_ASSERT_EQUAL(kvs_codec_decode(c, e.len, &o, NULL, 0), KVS_ENOTSUP);
+    /* a segment given at the wrong index */
+    kvs_codec_info info;
+    CU_ASSERT_EQUAL_FATAL(kvs_codec_parse_header(e.bytes, e.len, &info), KVS_OK);
+    CU_ASSERT(kvs_codec_decode_segment(&info, 1, e.bytes + info.seg_offset[0],
+                                       info.seg_offset[1] - info.seg_offset[0], &o, NULL,
+                                       0) < 0);
+    CU_ASSERT_EQUAL(kvs_codec_decode_segment(&info, 9, e.bytes, e.len, &o, NULL, 0), KVS_EINVAL);
+    /* trailing bytes after a valid encoding */
+    uint8_t *longer = malloc(e.len + 8);
+    memcpy(longer, e.bytes, e.len);
+    memset(longer + e.len, 0, 8);
+    CU_ASSERT_EQUAL(kvs_codec_decode(longer, e.len + 8, &o, NULL, 0), KVS_ECORRUPT);
+    free(longer);
+    /* bad output arguments */
+    kvs_codec_out ob = kvs_codec_out_contiguous(out, e.kv_elems * 2, 7);
+    CU_ASSERT_EQUAL(kvs_codec_decode(e.bytes, e.len, &ob, NULL, 0), KVS_EINVAL);
+    ob = kvs_codec_out_contiguous(out, e.kv_elems * 2, KVS_DTYPE_F16);
+    ob.head_begin = 2, ob.head_end = 2;
+    CU_ASSERT_EQUAL(kvs_codec_decode(e.bytes, e.len, &ob, NULL, 0), KVS_EINVAL);
+    free(c);
+    free(out);
+    enc_free(&e);
+  }
+  /* encoder argument checks */
+  kvs_codec_params p;
+  kvs_codec_params_default(KVS_PROFILE_INT8, 3, &p);
+  kvs_layout bad = l;
+  bad.dtype = KVS_DTYPE_F32;
+  CU_ASSERT_EQUAL(kvs_codec_encode_bound(&p, &bad, 4), 0u);
+  uint8_t small[64];
+  size_t len;
+  uint16_t kv[2 * 3 * 4 * 2 * 32] = {0};
+  CU_ASSERT_EQUAL(kvs_codec_encode(&p, &bad, 4, kv, small, sizeof small, &len), KVS_ELAYOUT);
+  CU_ASSERT_EQUAL(kvs_codec_encode(&p, &l, 4, kv, small, sizeof small, &len), KVS_ENOSPC);
+  CU_ASSERT_EQUAL(kvs_codec_encode(&p, &l, 0, kv, small, sizeof small, &len), KVS_EINVAL);
+}
+
+/* Inf and NaN in the input must not crash an encoder (they are not KV a
+ * model produces, but a buggy producer must get bytes that decode). */
+static void test_nonfinite_input(void) {
+  kvs_layout l = lay(1, 1, 32, KVS_DTYPE_F16);
+  uint16_t kv[2 * 8 * 32];
+  for (int i = 0; i < 2 * 8 * 32; i++) kv[i] = kvs_f32_to_f16((float)(i % 7) - 3.0f);
+  kv[5] = 0x7c00, kv[40] = 0xfc00, kv[300] = 0x7e00;
+  for (size_t pi = 0; pi < N_PROFILES; pi++) {
+    if (!built(k_profiles[pi])) continue;
+    kvs_codec_params p;
+    kvs_codec_params_default(k_profiles[pi], 1, &p);
+    size_t cap = kvs_codec_encode_bound(&p, &l, 8), len;
+    uint8_t *b = malloc(cap);
+    CU_ASSERT_EQUAL(kvs_codec_encode(&p, &l, 8, kv, b, cap, &len), KVS_OK);
+    uint16_t out[2 * 8 * 32];
+    kvs_codec_out o = kvs_codec_out_contiguous(out, sizeof out, KVS_DTYPE_F16);
+    CU_ASSERT_EQUAL(kvs_codec_decode(b, len, &o, NULL, 0), KVS_OK);
+    free(b);
+  }
+}
+
+static const kvs_test_case cases[] = {{"names", test_names},
+                                      {"roundtrip", test_roundtrip},
+                                      {"heads_paged_segments", test_heads_paged_segments},
+                                      {"bad_input", test_bad_input},
+                                      {"nonfinite_input", test_nonfinite_input},
+                                      {NULL, NULL}};
+
+int main(void) { return kvs_test_run("codec", cases); }
