@@ -1,0 +1,169 @@
+/* rans.c - warp-interleaved rANS (the layout is in kvs_codec_format.h).
+ *
+ * 32-bit states in [2^16, 2^32), 16-bit renormalisation words, 12-bit
+ * probabilities: each symbol moves at most one word, which is what lets 32
+ * GPU lanes decode one stream in lock step (a ballot + prefix count gives
+ * each lane its word). The CPU twin below walks the lanes in the same order. */
+#include "codec_int.h"
+
+kvs_err kvs__rans_normalize(const uint32_t *counts, uint32_t n, uint16_t *freq) {
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < n; i++) total += counts[i];
+  if (total == 0 || n > 256) return KVS_EINVAL;
+  int32_t sum = 0, best = -1;
+  for (uint32_t i = 0; i < n; i++) {
+    if (!counts[i]) {
+      freq[i] = 0;
+      continue;
+    }
+    uint64_t f = (counts[i] * (uint64_t)KVS_RANS_PROB_SCALE + total / 2) / total;
+    freq[i] = (uint16_t)(f ? f : 1);
+    sum += freq[i];
+    if (best < 0 || freq[i] > freq[best]) best = (int32_t)i;
+  }
+  /* fix the total on the largest entries, never dropping one to zero */
+  while (sum != (int32_t)KVS_RANS_PROB_SCALE) {
+    if (sum < (int32_t)KVS_RANS_PROB_SCALE) {
+      freq[best] += (uint16_t)(KVS_RANS_PROB_SCALE - sum);
+      sum = KVS_RANS_PROB_SCALE;
+    } else {
+      int32_t big = -1;
+      for (uint32_t i = 0; i < n; i++)
+        if (freq[i] > 1 && (big < 0 || freq[i] > freq[big])) big = (int32_t)i;
+      if (big < 0) return KVS_EINTERNAL; /* n > 4096 symbols: impossible here */
+      int32_t take = sum - (int32_t)KVS_RANS_PROB_SCALE;
+      if (take > freq[big] - 1) take = freq[big] - 1;
+      if (take > (freq[big] + 7) / 8) take = (freq[big] + 7) / 8; /* spread the cut */
+      if (take < 1) take = 1;
+      freq[big] = (uint16_t)(freq[big] - take);
+      sum -= take;
+    }
+  }
+  return KVS_OK;
+}
+
+kvs_err kvs__rans_table_init(kvs__rans_table *t, const uint16_t *freq, uint32_t n_sym) {
+  KVS_RETURN_ERROR_IF(n_sym == 0 || n_sym > 256, KVS_ECORRUPT, "rANS alphabet size");
+  uint32_t c = 0;
+  t->n_sym = n_sym;
+  for (uint32_t i = 0; i < n_sym; i++) {
+    t->freq[i] = freq[i];
+    t->cum[i] = (uint16_t)c;
+    c += freq[i];
+    KVS_RETURN_ERROR_IF(c > KVS_RANS_PROB_SCALE, KVS_ECORRUPT, "rANS frequencies");
+  }
+  KVS_RETURN_ERROR_IF(c != KVS_RANS_PROB_SCALE, KVS_ECORRUPT, "rANS frequencies sum");
+  t->cum[n_sym] = (uint16_t)c;
+  return KVS_OK;
+}
+
+void kvs__rans_build_lut(const kvs__rans_table *t, uint8_t *lut) {
+  for (uint32_t s = 0; s < t->n_sym; s++)
+    memset(lut + t->cum[s], (int)s, t->freq[s]);
+}
+
+size_t kvs__rans_block_bound(uint32_t n) { return KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * n); }
+
+kvs_err kvs__rans_enc_block(const uint8_t *sym, uint32_t n, const kvs__rans_table *const *tabs,
+                            int per_lane, uint8_t *out, size_t cap, size_t *len,
+                            uint16_t *words) {
+  uint32_t x[KVS_RANS_LANES];
+  for (uint32_t j = 0; j < KVS_RANS_LANES; j++) x[j] = KVS_RANS_L;
+  uint32_t nw = 0;
+  /* reverse of the decoder's order: last step first, lanes 31..0 */
+  for (uint32_t i = n; i-- > 0;) {
+    uint32_t j = i % KVS_RANS_LANES;
+    const kvs__rans_table *t = tabs[per_lane ? j : 0];
+    uint32_t s = sym[i];
+    KVS_RETURN_ERROR_IF(s >= t->n_sym || t->freq[s] == 0, KVS_EINTERNAL, "symbol not in table");
+    uint32_t f = t->freq[s], xs = x[j];
+    if ((uint64_t)xs >= ((uint64_t)f << 20)) { /* x_max = (L >> 12) << 16 * f */
+      words[nw++] = (uint16_t)xs;
+      xs >>= 16;
+    }
+    x[j] = ((xs / f) << KVS_RANS_PROB_BITS) + (xs % f) + t->cum[s];
+  }
+  size_t need = KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * nw);
+  KVS_RETURN_ERROR_IF(cap < need, KVS_ENOSPC, "output too small");
+  kvs__wr32(out, nw);
+  for (uint32_t j = 0; j < KVS_RANS_LANES; j++) kvs__wr32(out + 4 + 4 * j, x[j]);
+  uint8_t *w = out + KVS_RANS_BLOCK_HDR;
+  for (uint32_t k = 0; k < nw; k++) kvs__wr16(w + 2 * k, words[nw - 1 - k]);
+  memset(w + 2ull * nw, 0, need - KVS_RANS_BLOCK_HDR - 2ull * nw);
+  *len = need;
+  return KVS_OK;
+}
+
+static inline uint32_t find_sym(const kvs__rans_table *t, uint32_t slot) {
+  uint32_t lo = 0, hi = t->n_sym; /* largest s with cum[s] <= slot */
+  while (hi - lo > 1) {
+    uint32_t mid = (lo + hi) / 2;
+    if (t->cum[mid] <= slot) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+kvs_err kvs__rans_dec_block(const uint8_t *blk, size_t avail, uint32_t n,
+                            const kvs__rans_table *const *tabs, int per_lane, const uint8_t *lut,
+                            uint8_t *sym, size_t *used) {
+  KVS_RETURN_ERROR_IF(avail < KVS_RANS_BLOCK_HDR, KVS_ECORRUPT, "rANS block truncated");
+  uint32_t nw = kvs__rd32(blk);
+  KVS_RETURN_ERROR_IF(nw > n || KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * nw) > avail, KVS_ECORRUPT,
+                      "rANS word count");
+  uint32_t x[KVS_RANS_LANES];
+  for (uint32_t j = 0; j < KVS_RANS_LANES; j++) {
+    x[j] = kvs__rd32(blk + 4 + 4 * j);
+    KVS_RETURN_ERROR_IF(x[j] < KVS_RANS_L, KVS_ECORRUPT, "rANS state");
+  }
+  const uint8_t *w = blk + KVS_RANS_BLOCK_HDR;
+  uint32_t pos = 0;
+  const uint32_t mask = KVS_RANS_PROB_SCALE - 1;
+  if (!per_lane) {
+    const kvs__rans_table *t = tabs[0];
+    uint32_t full = n / KVS_RANS_LANES * KVS_RANS_LANES;
+    for (uint32_t i = 0; i < full; i += KVS_RANS_LANES) {
+      /* pos may pass nw by at most 32 here; checked after each step */
+      for (uint32_t j = 0; j < KVS_RANS_LANES; j++) {
+        uint32_t xs = x[j], slot = xs & mask, s = lut[slot];
+        xs = t->freq[s] * (xs >> KVS_RANS_PROB_BITS) + slot - t->cum[s];
+        if (xs < KVS_RANS_L) {
+          uint32_t k = pos < nw ? pos : 0;
+          xs = (xs << 16) | kvs__rd16(w + 2 * k);
+          pos++;
+        }
+        x[j] = xs;
+        sym[i + j] = (uint8_t)s;
+      }
+      KVS_RETURN_ERROR_IF(pos > nw, KVS_ECORRUPT, "rANS stream overrun");
+    }
+    for (uint32_t i = full; i < n; i++) {
+      uint32_t j = i % KVS_RANS_LANES, xs = x[j], slot = xs & mask, s = lut[slot];
+      xs = t->freq[s] * (xs >> KVS_RANS_PROB_BITS) + slot - t->cum[s];
+      if (xs < KVS_RANS_L) {
+        KVS_RETURN_ERROR_IF(pos >= nw, KVS_ECORRUPT, "rANS stream overrun");
+        xs = (xs << 16) | kvs__rd16(w + 2 * pos++);
+      }
+      x[j] = xs;
+      sym[i] = (uint8_t)s;
+    }
+  } else {
+    for (uint32_t i = 0; i < n; i++) {
+      uint32_t j = i % KVS_RANS_LANES;
+      const kvs__rans_table *t = tabs[j];
+      uint32_t xs = x[j], slot = xs & mask, s = find_sym(t, slot);
+      xs = t->freq[s] * (xs >> KVS_RANS_PROB_BITS) + slot - t->cum[s];
+      if (xs < KVS_RANS_L) {
+        KVS_RETURN_ERROR_IF(pos >= nw, KVS_ECORRUPT, "rANS stream overrun");
+        xs = (xs << 16) | kvs__rd16(w + 2 * pos++);
+      }
+      x[j] = xs;
+      sym[i] = (uint8_t)s;
+    }
+  }
+  KVS_RETURN_ERROR_IF(pos != nw, KVS_ECORRUPT, "rANS stream not used exactly");
+  for (uint32_t j = 0; j < KVS_RANS_LANES; j++)
+    KVS_RETURN_ERROR_IF(x[j] != KVS_RANS_L, KVS_ECORRUPT, "rANS final state");
+  *used = KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * nw);
+  return KVS_OK;
+}
