@@ -20,10 +20,14 @@
  * kvs_client_errmsg() says what went wrong in words.
  * Deadlines: every network call finishes (successfully or with
  * KVS_ETIMEDOUT) within opts.request_timeout_ms, retries included.
- * Retries: idempotent calls (everything except put/delete/pin/unpin/ttl, which
- * are retried only when the request provably never left) are retried with
- * exponential backoff on connection errors and on KVS_EBUSY/KVS_EAGAIN
- * replies, within the deadline. */
+ * Retries: idempotent calls (lookup, get, exists, stats, ping, and put, whose
+ * key names its bytes) are retried with exponential backoff on connection
+ * errors and on KVS_EBUSY/KVS_EAGAIN replies, within the deadline; delete,
+ * pin, unpin, ttl and put with KVS_PUT_NX only when the request never left.
+ *
+ * Same-host fast path: when kvstashd offers shared memory, bulk bytes of a get
+ * will be read in place through the same calls (not in this version: every
+ * byte travels through the socket). */
 #ifndef KVSTASH_H
 #define KVSTASH_H
 
@@ -116,6 +120,139 @@ void kvs_client_free(kvs_client *c);
 const char *kvs_client_errmsg(kvs_client *c);
 /* Connections currently up (over all sockets of the pool). */
 int kvs_client_connected(kvs_client *c);
+
+/* ------------------------------------------------------------- simple ops */
+/* Liveness and auth check (a PING round trip). */
+kvs_err kvs_ping(kvs_client *c);
+
+typedef struct kvs_entry_info {
+  int present;          /* 0/1 */
+  int tier;             /* 0 RAM, 1 disk, 2 cold disk */
+  int pinned;
+  uint64_t value_bytes; /* encoded bytes */
+} kvs_entry_info;
+/* Whether `key` of `model` is stored for this tenant. */
+kvs_err kvs_exists(kvs_client *c, const kvs_model_id *model, const kvs_key *key,
+                   kvs_entry_info *info);
+/* KVS_ENOENT when absent. */
+kvs_err kvs_delete(kvs_client *c, const kvs_key *key);
+kvs_err kvs_pin(kvs_client *c, const kvs_key *key);
+kvs_err kvs_unpin(kvs_client *c, const kvs_key *key);
+/* Expire `key` ttl_s seconds from now (0 = never). */
+kvs_err kvs_ttl(kvs_client *c, const kvs_key *key, uint32_t ttl_s);
+
+/* Server counters: v[0..*n) in the order of kvs_stat_name(i); at most cap. */
+kvs_err kvs_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n);
+const char *kvs_stat_name(uint32_t i); /* "entries", "bytes_t0", ... or "?" */
+
+/* ---------------------------------------------------------------- lookup */
+#define KVS_LOOKUP_EACH 0u   /* answer every chunk (content keys) */
+#define KVS_LOOKUP_PREFIX 1u /* stop at the first miss (prefix chains) */
+/* Which of chunks[n_chunks] (cut from tokens[n_tokens] by kvs_chunk_*) are
+ * cached: status[i] = 0 when not, 1 + tier when it is (model and tokens
+ * checked by the server). *n_prefix (may be NULL) = leading chunks cached.
+ * Any number of chunks: large batches are split into several requests. */
+kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                   size_t n_tokens, const kvs_chunk *chunks, size_t n_chunks, uint32_t mode,
+                   uint8_t *status, size_t *n_prefix);
+
+/* ------------------------------------------------------------------- put */
+/* Profiles: KVS_PROFILE_RAW (0, uncompressed, always there) or one of the
+ * codec's (kvs_codec.h: 1 lossless, 2 int8, 3 kivi2, 4 kivi4, 5 fp4,
+ * 6 cachegen-ref, 7 dense) when libkvstash was built with the codec. */
+#define KVS_PROFILE_RAW 0u
+/* Id of "raw", "lossless", "int8", ...; -1 when unknown or not built in. */
+int kvs_profile_from_name(const char *name);
+/* 1 when the codec is compiled in (profiles other than raw work). */
+int kvs_client_has_codec(void);
+
+typedef struct kvs_put_opts {
+  uint32_t profile;          /* KVS_PROFILE_RAW default */
+  uint32_t layers_per_group; /* segment granularity of streamed gets (0 = 1) */
+  uint32_t ttl_s;            /* 0 = no expiry */
+  uint32_t flags;            /* KVS_PUT_* */
+} kvs_put_opts;
+#define KVS_PUT_NX 1u     /* fail with KVS_EEXIST when the key is stored */
+#define KVS_PUT_SYNC 2u   /* the server syncs its log before answering */
+#define KVS_PUT_DEVICE 4u /* kv is CUDA device memory (copied to the host to encode) */
+
+/* Stores the KV of chunk (tokens[chunk->start .. +n_tokens)) under
+ * chunk->key. kv: canonical layout of `layout` for chunk->n_tokens tokens,
+ *   (n_layers, 2 [K,V], n_tokens, n_kv_heads, head_dim), F16 or BF16.
+ * o may be NULL (defaults). Encodes on the calling thread. A put of the same
+ * key carries the same bytes, so it is retried like an idempotent call
+ * (except with KVS_PUT_NX). */
+kvs_err kvs_put(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                const kvs_chunk *chunk, const kvs_layout *layout, const void *kv,
+                const kvs_put_opts *o);
+
+/* ------------------------------------------------------------------- get */
+/* A get in flight (kvs_get_start) or a put in flight (kvs_put_start). */
+typedef struct kvs_op kvs_op;
+
+/* Called when layers [layer_begin, layer_end) of the output are decoded
+ * (groups arrive in any order in kvs_get_start, in order in kvs_get). */
+typedef void (*kvs_group_fn)(void *user, uint32_t layer_begin, uint32_t layer_end);
+
+typedef struct kvs_get_opts {
+  uint32_t dtype;      /* output element type: 0 = stored dtype, or KVS_DTYPE_F32 */
+  uint32_t head_begin; /* fetch only KV heads [head_begin, head_end); */
+  uint32_t head_end;   /*   head_end 0 = all heads */
+  uint32_t window;     /* segment requests in flight (0 = 4) */
+  uint32_t flags;      /* KVS_GET_* */
+  kvs_group_fn on_group;
+  void *user;
+} kvs_get_opts;
+#define KVS_GET_DEVICE 1u /* out is CUDA device memory (decoded on the host, then copied) */
+
+/* Bytes of the output of a get of n_tokens tokens under opts o (NULL =
+ * defaults): 2 * n_layers * n_tokens * heads * head_dim * dtype size. */
+uint64_t kvs_get_bound(const kvs_layout *layout, uint32_t n_tokens, const kvs_get_opts *o);
+
+/* Fetches chunk's KV into out (out_cap >= kvs_get_bound), laid out as the
+ * canonical layout with kv_heads = head_end - head_begin:
+ *   (n_layers, 2 [K,V], n_tokens, heads, head_dim)
+ * streamed by layer group: group g is decoded (and o->on_group called, on this
+ * thread, in layer order) while later groups are still arriving. The server
+ * checks model and token ids (KVS_EMODEL / KVS_ETOKENS), layout must equal the
+ * stored one (KVS_ELAYOUT), KVS_ENOENT on a miss. On an error, out's content
+ * is unspecified. */
+kvs_err kvs_get(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                const kvs_chunk *chunk, const kvs_layout *layout, void *out, uint64_t out_cap,
+                const kvs_get_opts *o);
+
+/* Asynchronous get: returns at once with *op; o->on_group is called on an
+ * nng thread as each group lands (any order). tokens are copied; out must stay
+ * valid until kvs_op_wait returns. */
+kvs_err kvs_get_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                      const kvs_chunk *chunk, const kvs_layout *layout, void *out,
+                      uint64_t out_cap, const kvs_get_opts *o, kvs_op **op);
+/* Asynchronous put: encodes on this thread, then returns while the bytes
+ * travel. kv may be reused as soon as this returns. */
+kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                      const kvs_chunk *chunk, const kvs_layout *layout, const void *kv,
+                      const kvs_put_opts *o, kvs_op **op);
+/* Waits until layers [0, layer_end) of a get are decoded (0 = the whole op).
+ * Returns the op's error if it failed. */
+kvs_err kvs_op_wait_layers(kvs_op *op, uint32_t layer_end);
+/* Waits for the whole op; returns its result. The error message is then
+ * this thread's kvs_client_errmsg. */
+kvs_err kvs_op_wait(kvs_op *op);
+/* 1 when finished (kvs_op_wait would not block). */
+int kvs_op_done(kvs_op *op);
+/* Waits for the op, then frees it. kvs_op_free(NULL) does nothing. */
+void kvs_op_free(kvs_op *op);
+
+/* Batches: n gets (or puts) in flight at once; returns the first error, and
+ * per-chunk results in rv[n] when rv != NULL. outs[i] sized by kvs_get_bound
+ * for chunks[i]. */
+kvs_err kvs_get_batch(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                      const kvs_chunk *chunks, size_t n, const kvs_layout *layout,
+                      void *const *outs, const uint64_t *out_caps, const kvs_get_opts *o,
+                      kvs_err *rv);
+kvs_err kvs_put_batch(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                      const kvs_chunk *chunks, size_t n, const kvs_layout *layout,
+                      const void *const *kvs, const kvs_put_opts *o, kvs_err *rv);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,253 @@
+/* codec_seam.c - encode/decode behind one small interface: the raw profile
+ * (always there) and the KV codec (when codec/ is in the build). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec_seam.h"
+#include "kvs_wire.h"
+
+#ifdef KVS_CLIENT_HAVE_CODEC
+#include "kvs_codec.h"
+#endif
+
+int kvs__codec_compiled(void) {
+#ifdef KVS_CLIENT_HAVE_CODEC
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+void kvs__encoded_free(kvs__encoded *e) {
+  if (!e) return;
+  free(e->bytes);
+  free(e->seg_end);
+  memset(e, 0, sizeof *e);
+}
+
+static void wr32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t rd32(const uint8_t *p) { return kvs_wire_rd32(p, 0); }
+
+/* Layers per group so that 1 + groups * heads segments fit on the wire. */
+static uint32_t raw_lpg(const kvs_layout *l, uint32_t want) {
+  uint32_t lpg = want ? want : 1;
+  if (lpg > l->n_layers) lpg = l->n_layers;
+  while (1 + ((l->n_layers + lpg - 1) / lpg) * l->n_kv_heads > KVS_WIRE_MAX_SEGMENTS &&
+         lpg < l->n_layers)
+    lpg++;
+  return lpg;
+}
+
+static kvs_err raw_encode(uint32_t lpg_want, const kvs_layout *l, uint32_t T, const void *kv,
+                          kvs__encoded *e) {
+  const uint32_t L = l->n_layers, H = l->n_kv_heads, D = l->head_dim;
+  const size_t es = kvs_dtype_size(l->dtype);
+  const uint32_t lpg = raw_lpg(l, lpg_want), G = (L + lpg - 1) / lpg;
+  if (1 + (uint64_t)G * H > KVS_WIRE_MAX_SEGMENTS) return KVS_ETOOBIG;
+  const size_t row = (size_t)D * es, plane = (size_t)T * H * row;
+  e->len = KVS__RAW_DESC_BYTES + 2 * (size_t)L * plane;
+  e->n_segs = 1 + G * H;
+  e->bytes = malloc(e->len);
+  e->seg_end = malloc(e->n_segs * sizeof *e->seg_end);
+  if (!e->bytes || !e->seg_end) {
+    kvs__encoded_free(e);
+    return KVS_ENOMEM;
+  }
+  uint8_t *p = e->bytes;
+  const uint32_t desc[10] = {KVS__RAW_MAGIC, 1, L, H, D, l->dtype, T, lpg, G, 0};
+  for (int i = 0; i < 10; i++) wr32(p + 4 * i, desc[i]);
+  p += KVS__RAW_DESC_BYTES;
+  e->seg_end[0] = KVS__RAW_DESC_BYTES;
+  const uint8_t *src = kv;
+  for (uint32_t g = 0; g < G; g++) {
+    uint32_t lb = g * lpg, le = lb + lpg < L ? lb + lpg : L;
+    for (uint32_t h = 0; h < H; h++) {
+      for (uint32_t ly = lb; ly < le; ly++)
+        for (int kvi = 0; kvi < 2; kvi++) {
+          const uint8_t *pl = src + (2 * (size_t)ly + kvi) * plane + h * row;
+          for (uint32_t t = 0; t < T; t++, p += row) memcpy(p, pl + (size_t)t * H * row, row);
+        }
+      e->seg_end[1 + g * H + h] = (uint64_t)(p - e->bytes);
+    }
+  }
+  return KVS_OK;
+}
+
+kvs_err kvs__encode(uint32_t profile, uint32_t lpg, const kvs_layout *layout, uint32_t n_tokens,
+                    const void *kv, kvs__encoded *out) {
+  memset(out, 0, sizeof *out);
+  KVS_TRY(kvs_layout_validate(layout));
+  if (n_tokens == 0 || !kv) return KVS_EINVAL;
+  if (profile == KVS_PROFILE_RAW) return raw_encode(lpg, layout, n_tokens, kv, out);
+#ifdef KVS_CLIENT_HAVE_CODEC
+  kvs_codec_params p;
+  KVS_TRY(kvs_codec_params_default((int)profile, layout->n_layers, &p));
+  p.layers_per_group = lpg;
+  size_t cap = kvs_codec_encode_bound(&p, layout, n_tokens);
+  if (!cap) return KVS_EINVAL;
+  out->bytes = malloc(cap);
+  if (!out->bytes) return KVS_ENOMEM;
+  kvs_err rv = kvs_codec_encode(&p, layout, n_tokens, kv, out->bytes, cap, &out->len);
+  kvs_codec_info *info = malloc(sizeof *info);
+  if (rv == KVS_OK && !info) rv = KVS_ENOMEM;
+  if (rv == KVS_OK) rv = kvs_codec_parse_header(out->bytes, out->len, info);
+  if (rv == KVS_OK) {
+    out->n_segs = 1 + info->n_segments;
+    out->seg_end = malloc(out->n_segs * sizeof *out->seg_end);
+    if (!out->seg_end) rv = KVS_ENOMEM;
+    else
+      for (uint32_t g = 0; g < out->n_segs; g++) out->seg_end[g] = info->seg_offset[g];
+    /* seg_offset[0] is where segment 0 starts = the end of the prefix */
+  }
+  free(info);
+  if (rv != KVS_OK) kvs__encoded_free(out);
+  return rv;
+#else
+  return KVS_ENOTSUP;
+#endif
+}
+
+struct kvs__decoder {
+  uint32_t profile;
+  kvs_layout layout;
+  uint32_t T, lpg, G;
+#ifdef KVS_CLIENT_HAVE_CODEC
+  kvs_codec_info info;
+#endif
+};
+
+kvs_err kvs__decoder_open(uint32_t profile, const kvs_layout *layout, uint32_t T,
+                          const uint8_t *prefix, size_t len, kvs__decoder **out) {
+  *out = NULL;
+  kvs__decoder *d = calloc(1, sizeof *d);
+  if (!d) return KVS_ENOMEM;
+  d->profile = profile;
+  d->layout = *layout;
+  d->T = T;
+  kvs_err rv = KVS_OK;
+  if (profile == KVS_PROFILE_RAW) {
+    if (len != KVS__RAW_DESC_BYTES) rv = KVS_ERR_AT(KVS_ECORRUPT, "raw descriptor size");
+    else if (rd32(prefix) != KVS__RAW_MAGIC) rv = KVS_ERR_AT(KVS_EMAGIC, "raw magic");
+    else if (rd32(prefix + 4) != 1) rv = KVS_ERR_AT(KVS_EVERSION, "raw version");
+    else if (rd32(prefix + 8) != layout->n_layers || rd32(prefix + 12) != layout->n_kv_heads ||
+             rd32(prefix + 16) != layout->head_dim || rd32(prefix + 20) != layout->dtype)
+      rv = KVS_ERR_AT(KVS_ELAYOUT, "raw descriptor layout");
+    else if (rd32(prefix + 24) != T) rv = KVS_ERR_AT(KVS_ECORRUPT, "raw descriptor tokens");
+    else {
+      d->lpg = rd32(prefix + 28);
+      d->G = rd32(prefix + 32);
+      if (d->lpg == 0 || d->G != (layout->n_layers + d->lpg - 1) / d->lpg)
+        rv = KVS_ERR_AT(KVS_ECORRUPT, "raw descriptor groups");
+    }
+  } else {
+#ifdef KVS_CLIENT_HAVE_CODEC
+    rv = kvs_codec_parse_header(prefix, len, &d->info);
+    if (rv == KVS_OK && !kvs_layout_equal(&d->info.layout, layout))
+      rv = KVS_ERR_AT(KVS_ELAYOUT, "codec header layout");
+    if (rv == KVS_OK && (d->info.n_tokens != T || d->info.prefix_bytes != len))
+      rv = KVS_ERR_AT(KVS_ECORRUPT, "codec header tokens/prefix");
+    d->lpg = d->info.layers_per_group;
+    d->G = d->info.n_segments;
+#else
+    rv = KVS_ENOTSUP;
+#endif
+  }
+  if (rv != KVS_OK) {
+    free(d);
+    return rv;
+  }
+  *out = d;
+  return KVS_OK;
+}
+
+void kvs__decoder_free(kvs__decoder *d) { free(d); }
+uint32_t kvs__decoder_groups(const kvs__decoder *d) { return d->G; }
+
+void kvs__decoder_group_layers(const kvs__decoder *d, uint32_t g, uint32_t *lb, uint32_t *le) {
+  *lb = g * d->lpg;
+  *le = *lb + d->lpg < d->layout.n_layers ? *lb + d->lpg : d->layout.n_layers;
+}
+
+void kvs__decoder_group_segs(const kvs__decoder *d, uint32_t g, uint32_t hb, uint32_t he,
+                             uint32_t *seg_first, uint32_t *seg_count) {
+  if (d->profile == KVS_PROFILE_RAW) {
+    *seg_first = 1 + g * d->layout.n_kv_heads + hb;
+    *seg_count = he - hb;
+  } else {
+    *seg_first = 1 + g; /* the codec's segments carry every head */
+    *seg_count = 1;
+  }
+}
+
+size_t kvs__decoder_ws_bytes(const kvs__decoder *d) {
+#ifdef KVS_CLIENT_HAVE_CODEC
+  if (d->profile != KVS_PROFILE_RAW) return kvs_codec_decode_workspace_bound(&d->info);
+#endif
+  (void)d;
+  return 0;
+}
+
+static void raw_rows(const uint8_t *src, uint8_t *dst, uint32_t n, uint32_t D, uint32_t sdt,
+                     uint32_t ddt, size_t dst_stride) {
+  const size_t srow = (size_t)D * kvs_dtype_size(sdt);
+  for (uint32_t t = 0; t < n; t++, src += srow, dst += dst_stride) {
+    if (sdt == ddt) {
+      memcpy(dst, src, srow);
+    } else {
+      float *o = (float *)(void *)dst;
+      const uint16_t *s = (const uint16_t *)(const void *)src;
+      if (sdt == KVS_DTYPE_F16)
+        for (uint32_t i = 0; i < D; i++) o[i] = kvs_f16_to_f32(s[i]);
+      else
+        for (uint32_t i = 0; i < D; i++) o[i] = kvs_bf16_to_f32(s[i]);
+    }
+  }
+}
+
+kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *bytes, size_t len,
+                            void *out, uint64_t out_bytes, uint32_t dtype, uint32_t hb, uint32_t he, void *ws,
+                            size_t ws_len) {
+  const kvs_layout *l = &d->layout;
+  if (g >= d->G || hb >= he || he > l->n_kv_heads) return KVS_EINVAL;
+  if (d->profile == KVS_PROFILE_RAW) {
+    uint32_t lb, le;
+    kvs__decoder_group_layers(d, g, &lb, &le);
+    const uint32_t D = l->head_dim, Hn = he - hb, T = d->T;
+    const size_t srow = (size_t)D * kvs_dtype_size(l->dtype);
+    const size_t drow = (size_t)D * kvs_dtype_size(dtype);
+    const size_t want = (size_t)(he - hb) * (le - lb) * 2 * T * srow;
+    KVS_RETURN_ERROR_IF(len != want, KVS_ECORRUPT, "raw group size");
+    if (dtype != l->dtype && dtype != KVS_DTYPE_F32) return KVS_ENOTSUP;
+    const size_t dplane = (size_t)T * Hn * drow;
+    const uint8_t *p = bytes;
+    for (uint32_t h = hb; h < he; h++)
+      for (uint32_t ly = lb; ly < le; ly++)
+        for (int kvi = 0; kvi < 2; kvi++, p += (size_t)T * srow)
+          raw_rows(p, (uint8_t *)out + (2 * (size_t)ly + kvi) * dplane + (h - hb) * drow, T, D,
+                   l->dtype, dtype, (size_t)Hn * drow);
+    return KVS_OK;
+  }
+#ifdef KVS_CLIENT_HAVE_CODEC
+  kvs_codec_out o = kvs_codec_out_contiguous(out, out_bytes, dtype);
+  o.head_begin = hb;
+  o.head_end = he;
+  return kvs_codec_decode_segment(&d->info, g, bytes, len, &o, ws, ws_len);
+#else
+  (void)bytes, (void)len, (void)out, (void)out_bytes, (void)ws, (void)ws_len;
+  return KVS_ENOTSUP;
+#endif
+}
+
+int kvs_profile_from_name(const char *name) {
+  if (!name) return -1;
+  if (!strcmp(name, "raw")) return (int)KVS_PROFILE_RAW;
+#ifdef KVS_CLIENT_HAVE_CODEC
+  return kvs_codec_profile_from_name(name);
+#else
+  return -1;
+#endif
+}
+
+int kvs_client_has_codec(void) { return kvs__codec_compiled(); }

@@ -1,0 +1,61 @@
+/* codec_seam.h - the client's small seam over the KV codec, so that
+ * libkvstash builds (with the raw profile only) before and without codec/.
+ *
+ * A stored value is always laid out as wire segment 0 = a prefix that
+ * describes the rest (the codec's header + segment directory, or the raw
+ * descriptor below), then one wire segment per data segment. */
+#ifndef KVS_CODEC_SEAM_H
+#define KVS_CODEC_SEAM_H
+
+#include "kvstash.h"
+
+/* Raw profile (id 0; the codec's ids start at 1): uncompressed, head-major.
+ * Descriptor (wire segment 0), little-endian u32s:
+ *   magic "KVSR", version 1, n_layers, n_kv_heads, head_dim, dtype, n_tokens,
+ *   layers_per_group, n_groups, 0                                   (40 bytes)
+ * Data segment 1 + g*H + h (group g, KV head h) holds, for each layer l of the
+ * group: K_l[:, h, :] then V_l[:, h, :], each (n_tokens, head_dim). A range of
+ * heads of a group is therefore one contiguous run of segments, which is how a
+ * tensor-parallel rank fetches its heads without moving the others. */
+#define KVS__RAW_MAGIC 0x5253564Bu
+#define KVS__RAW_DESC_BYTES 40u
+
+/* An encoded value with its segment table (seg_end[n_segs], wire form). */
+typedef struct kvs__encoded {
+  uint8_t *bytes;
+  size_t len;
+  uint64_t *seg_end;
+  uint32_t n_segs;
+} kvs__encoded;
+void kvs__encoded_free(kvs__encoded *e);
+
+/* Encodes kv (canonical layout, n_tokens) with profile (KVS_PROFILE_RAW or a
+ * codec id). KVS_ENOTSUP when the profile needs the codec and it is absent. */
+kvs_err kvs__encode(uint32_t profile, uint32_t layers_per_group, const kvs_layout *layout,
+                    uint32_t n_tokens, const void *kv, kvs__encoded *out);
+
+/* A parsed prefix: how to fetch and decode the data segments. */
+typedef struct kvs__decoder kvs__decoder;
+/* prefix = wire segment 0. Checks it against the stored meta's layout and
+ * token count. *out owned by the caller (kvs__decoder_free). */
+kvs_err kvs__decoder_open(uint32_t profile, const kvs_layout *layout, uint32_t n_tokens,
+                          const uint8_t *prefix, size_t len, kvs__decoder **out);
+void kvs__decoder_free(kvs__decoder *d);
+uint32_t kvs__decoder_groups(const kvs__decoder *d);
+/* Layers [*lb, *le) of group g. */
+void kvs__decoder_group_layers(const kvs__decoder *d, uint32_t g, uint32_t *lb, uint32_t *le);
+/* The run of wire segments that group g needs for heads [hb, he). */
+void kvs__decoder_group_segs(const kvs__decoder *d, uint32_t g, uint32_t hb, uint32_t he,
+                             uint32_t *seg_first, uint32_t *seg_count);
+/* Scratch bytes one concurrent decode needs. */
+size_t kvs__decoder_ws_bytes(const kvs__decoder *d);
+/* Decodes group g from the bytes of its segment run into out: canonical
+ * layout with kv_heads = he - hb, element type dtype (the stored dtype, or
+ * F32). ws: kvs__decoder_ws_bytes() bytes. */
+kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *bytes, size_t len,
+                            void *out, uint64_t out_bytes, uint32_t dtype, uint32_t hb, uint32_t he, void *ws,
+                            size_t ws_len);
+
+int kvs__codec_compiled(void);
+
+#endif

@@ -1,0 +1,772 @@
+/* ops.c - the calls of libkvstash on the kvstash wire protocol (kvs_wire.h,
+ * docs/protocol.md): frames, simple key ops, stats, batched lookup, put, and
+ * the layer-streamed get with its asynchronous and batch forms. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client_int.h"
+#include "codec_seam.h"
+#include "kvs_gpu.h"
+#include "kvs_wire.h"
+
+_Static_assert(KVS_CHUNK_PREFIX == KVS_KEY_KIND_PREFIX, "key kinds match the wire");
+_Static_assert(KVS_CHUNK_CONTENT == KVS_KEY_KIND_CONTENT, "key kinds match the wire");
+
+/* ------------------------------------------------------------- frames */
+/* A request frame: 128 header bytes (sealed by frame_seal) + payload bytes
+ * (written in place by the payload encoders). */
+static int frame_new(size_t payload, nng_msg **m) {
+  if (nng_msg_alloc(m, KVS_WIRE_HDR_SIZE + payload)) return KVS_ENOMEM;
+  memset(nng_msg_body(*m), 0, KVS_WIRE_HDR_SIZE);
+  return KVS_OK;
+}
+
+static uint8_t *frame_payload(nng_msg *m) { return (uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE; }
+
+static int frame_seal(kvs_client *c, nng_msg *m, uint16_t op) {
+  kvs_wire_hdr h;
+  int rv = kvs_wire_hdr_init(&h, op, atomic_fetch_add(&c->next_id, 1), c->tenant, c->token,
+                             strlen(c->token));
+  if (rv) return rv;
+  h.payload_len = (uint32_t)(nng_msg_len(m) - KVS_WIRE_HDR_SIZE);
+  return kvs_wire_hdr_encode(&h, nng_msg_body(m));
+}
+
+/* Accepts a response to call->req: right op, RESPONSE flag, status 0. A
+ * server error comes back as its kvs_err with the server's message. */
+static int check_reply(kvs__call *call, nng_msg *rep) {
+  const uint8_t *b = nng_msg_body(rep);
+  size_t n = nng_msg_len(rep);
+  kvs_wire_hdr h;
+  int rv = kvs_wire_hdr_decode(b, n, &h);
+  if (rv) {
+    snprintf(call->errmsg, sizeof call->errmsg, "malformed reply from %s (%s)", call->c->url,
+             kvs_errname(rv));
+    return KVS_EPROTO;
+  }
+  const uint8_t *q = nng_msg_body(call->req);
+  uint16_t op = (uint16_t)(q[6] | q[7] << 8);
+  if (!(h.flags & KVS_WIRE_F_RESPONSE) || h.op != op) {
+    snprintf(call->errmsg, sizeof call->errmsg, "reply from %s is not an answer to %s",
+             call->c->url, kvs_wire_op_name(op));
+    return KVS_EPROTO;
+  }
+  if (h.status < 0) {
+    size_t ml = h.payload_len < KVS_WIRE_MAX_ERRMSG ? h.payload_len : KVS_WIRE_MAX_ERRMSG;
+    snprintf(call->errmsg, sizeof call->errmsg, "kvstashd %s: %s: %.*s", kvs_wire_op_name(op),
+             kvs_errname(h.status), (int)ml, (const char *)b + KVS_WIRE_HDR_SIZE);
+    return h.status;
+  }
+  return KVS_OK;
+}
+
+static const uint8_t *reply_payload(nng_msg *rep, size_t *n) {
+  *n = nng_msg_len(rep) - KVS_WIRE_HDR_SIZE;
+  return (const uint8_t *)nng_msg_body(rep) + KVS_WIRE_HDR_SIZE;
+}
+
+/* Seals req and does one round trip; *rep (may be NULL) gets the reply. */
+static int roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, nng_msg **rep) {
+  int rv = frame_seal(c, req, op);
+  if (rv) {
+    nng_msg_free(req);
+    return kvs__seterr(c, rv, "bad request header (tenant \"%s\"?)", c->tenant);
+  }
+  nng_msg *r = NULL;
+  rv = kvs__roundtrip(c, req, idempotent, check_reply, &r);
+  if (rv == KVS_OK && rep) *rep = r;
+  else if (r) nng_msg_free(r);
+  return rv;
+}
+
+/* --------------------------------------------------------- simple ops */
+kvs_err kvs_ping(kvs_client *c) {
+  if (!c) return KVS_EINVAL;
+  nng_msg *m;
+  if (frame_new(0, &m)) return KVS_ENOMEM;
+  return roundtrip(c, m, KVS_OP_PING, 1, NULL);
+}
+
+static int key_op(kvs_client *c, uint16_t op, const kvs_model_id *model, const kvs_key *key,
+                  uint32_t arg, int idempotent, nng_msg **rep) {
+  if (!c || !key) return KVS_EINVAL;
+  kvs_wire_key_req r = {.key = *key, .arg = arg};
+  if (model) r.model = *model;
+  nng_msg *m;
+  if (frame_new(KVS_WIRE_KEY_REQ_SIZE, &m)) return KVS_ENOMEM;
+  size_t w;
+  int rv = kvs_wire_key_req_encode(&r, frame_payload(m), KVS_WIRE_KEY_REQ_SIZE, &w);
+  if (rv) {
+    nng_msg_free(m);
+    return rv;
+  }
+  return roundtrip(c, m, op, idempotent, rep);
+}
+
+kvs_err kvs_exists(kvs_client *c, const kvs_model_id *model, const kvs_key *key,
+                   kvs_entry_info *info) {
+  if (!model || !info) return KVS_EINVAL;
+  nng_msg *rep = NULL;
+  KVS_TRY(key_op(c, KVS_OP_EXISTS, model, key, 0, 1, &rep));
+  size_t n;
+  const uint8_t *p = reply_payload(rep, &n);
+  kvs_wire_exists_resp r;
+  int rv = kvs_wire_exists_resp_decode(p, n, &r);
+  nng_msg_free(rep);
+  if (rv) return kvs__seterr(c, KVS_EPROTO, "bad EXISTS answer (%s)", kvs_errname(rv));
+  info->present = r.present;
+  info->tier = r.tier;
+  info->pinned = r.pinned;
+  info->value_bytes = r.value_bytes;
+  return KVS_OK;
+}
+
+kvs_err kvs_delete(kvs_client *c, const kvs_key *key) {
+  return key_op(c, KVS_OP_DELETE, NULL, key, 0, 0, NULL);
+}
+kvs_err kvs_pin(kvs_client *c, const kvs_key *key) {
+  return key_op(c, KVS_OP_PIN, NULL, key, 0, 0, NULL);
+}
+kvs_err kvs_unpin(kvs_client *c, const kvs_key *key) {
+  return key_op(c, KVS_OP_UNPIN, NULL, key, 0, 0, NULL);
+}
+kvs_err kvs_ttl(kvs_client *c, const kvs_key *key, uint32_t ttl_s) {
+  return key_op(c, KVS_OP_TTL, NULL, key, ttl_s, 0, NULL);
+}
+
+const char *kvs_stat_name(uint32_t i) { return kvs_wire_stat_name(i); }
+
+kvs_err kvs_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n) {
+  if (!c || !n || (cap && !v)) return KVS_EINVAL;
+  nng_msg *m, *rep = NULL;
+  if (frame_new(0, &m)) return KVS_ENOMEM;
+  KVS_TRY(roundtrip(c, m, KVS_OP_STATS, 1, &rep));
+  size_t pn;
+  const uint8_t *p = reply_payload(rep, &pn);
+  kvs_wire_stats_resp r;
+  int rv = kvs_wire_stats_resp_decode(p, pn, &r);
+  nng_msg_free(rep);
+  if (rv) return kvs__seterr(c, KVS_EPROTO, "bad STATS answer (%s)", kvs_errname(rv));
+  *n = r.n < cap ? r.n : cap;
+  memcpy(v, r.v, *n * sizeof *v);
+  return KVS_OK;
+}
+
+/* ------------------------------------------------------------- lookup */
+kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                   size_t n_tokens, const kvs_chunk *chunks, size_t n_chunks, uint32_t mode,
+                   uint8_t *status, size_t *n_prefix) {
+  if (!c || !model || !tokens || (n_chunks && (!chunks || !status))) return KVS_EINVAL;
+  if (mode != KVS_LOOKUP_EACH && mode != KVS_LOOKUP_PREFIX) return KVS_EINVAL;
+  for (size_t i = 0; i < n_chunks; i++) {
+    if (!chunks[i].n_tokens || (uint64_t)chunks[i].start + chunks[i].n_tokens > n_tokens ||
+        chunks[i].n_tokens > KVS_WIRE_MAX_TOKENS)
+      return kvs__seterr(c, KVS_ERANGE, "chunk %zu lies outside the %zu tokens", i, n_tokens);
+  }
+  memset(status, 0, n_chunks);
+  kvs_wire_lookup_chunk *wc = malloc((n_chunks ? n_chunks : 1) * sizeof *wc);
+  if (!wc) return KVS_ENOMEM;
+  int rv = KVS_OK, stop = 0;
+  size_t i = 0;
+  while (i < n_chunks && !stop) {
+    /* a batch: as many chunks as fit, with the token span they cover */
+    uint32_t lo = chunks[i].start, hi = chunks[i].start + chunks[i].n_tokens;
+    size_t j = i + 1;
+    while (j < n_chunks && j - i < KVS_WIRE_MAX_LOOKUP) {
+      uint32_t nlo = chunks[j].start < lo ? chunks[j].start : lo;
+      uint32_t e = chunks[j].start + chunks[j].n_tokens, nhi = e > hi ? e : hi;
+      if (nhi - nlo > KVS_WIRE_LOOKUP_MAX_TOKENS) break;
+      lo = nlo, hi = nhi, j++;
+    }
+    uint32_t nb = (uint32_t)(j - i);
+    for (uint32_t k = 0; k < nb; k++) {
+      wc[k].key = chunks[i + k].key;
+      wc[k].tok_off = chunks[i + k].start - lo;
+      wc[k].tok_len = chunks[i + k].n_tokens;
+    }
+    size_t sz = kvs_wire_lookup_req_size(nb, hi - lo), w;
+    nng_msg *m, *rep = NULL;
+    if (frame_new(sz, &m)) {
+      rv = KVS_ENOMEM;
+      break;
+    }
+    rv = kvs_wire_lookup_req_encode(model, mode, wc, nb, tokens + lo, hi - lo, frame_payload(m),
+                                    sz, &w);
+    if (rv) {
+      nng_msg_free(m);
+      kvs__seterr(c, rv, "cannot encode a LOOKUP of %u chunks", nb);
+      break;
+    }
+    rv = roundtrip(c, m, KVS_OP_LOOKUP, 1, &rep);
+    if (rv) break;
+    size_t pn;
+    const uint8_t *p = reply_payload(rep, &pn);
+    kvs_wire_lookup_resp r;
+    rv = kvs_wire_lookup_resp_decode(p, pn, &r);
+    if (rv == KVS_OK && r.n_chunks != nb) rv = KVS_EPROTO;
+    if (rv == KVS_OK) {
+      memcpy(status + i, r.status, nb);
+      if (mode == KVS_LOOKUP_PREFIX && r.n_prefix < nb) {
+        memset(status + i + r.n_prefix, 0, nb - r.n_prefix);
+        stop = 1;
+      }
+    } else {
+      kvs__seterr(c, KVS_EPROTO, "bad LOOKUP answer (%s)", kvs_errname(rv));
+      rv = KVS_EPROTO;
+    }
+    nng_msg_free(rep);
+    if (rv) break;
+    i = j;
+  }
+  free(wc);
+  if (rv == KVS_OK && n_prefix) {
+    size_t k = 0;
+    while (k < n_chunks && status[k]) k++;
+    *n_prefix = k;
+  }
+  return rv;
+}
+
+/* ---------------------------------------------------------------- ops */
+enum { KVS__OP_GET = 1, KVS__OP_PUT = 2 };
+
+struct kvs_op {
+  int kind;
+  kvs_client *c;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int pending;   /* calls outstanding */
+  int failed;
+  int finished;
+  int rv;
+  char errmsg[KVS__ERRMSG_LEN];
+  /* get */
+  kvs_model_id model;
+  kvs_key key;
+  int32_t *tokens;
+  uint32_t T;
+  kvs_layout layout;
+  uint8_t *out;      /* host output (or the staging buffer of a device get) */
+  void *dev_out;     /* KVS_GET_DEVICE: the caller's device buffer */
+  uint64_t out_bytes;
+  uint32_t dtype, hb, he, window;
+  kvs_group_fn on_group;
+  void *user;
+  int sync;          /* on_group is called by kvs_get on its thread */
+  kvs__decoder *dec; /* set once the first answer is in */
+  uint32_t G, next_g, n_ready;
+  uint8_t *ready;    /* [G] */
+  uint8_t *ws;       /* window x ws_each */
+  size_t ws_each;
+  uint8_t *ws_busy;  /* [window] */
+};
+
+typedef struct kvs__sub {
+  kvs_op *op;
+  uint32_t g, seg_first, seg_count, idx;
+} kvs__sub;
+
+static kvs_op *op_new(kvs_client *c, int kind) {
+  kvs_op *op = calloc(1, sizeof *op);
+  if (!op) return NULL;
+  op->kind = kind;
+  op->c = c;
+  pthread_mutex_init(&op->mu, NULL);
+  pthread_cond_init(&op->cv, NULL);
+  return op;
+}
+
+/* Under op->mu: the op is finished when no call is outstanding and it either
+ * failed or has every group. */
+static void op_update_locked(kvs_op *op) {
+  if (op->pending == 0 && (op->failed || op->kind == KVS__OP_PUT || (op->dec && op->n_ready == op->G)))
+    op->finished = 1;
+  pthread_cond_broadcast(&op->cv);
+}
+
+static void op_fail_locked(kvs_op *op, int rv, const char *msg) {
+  if (!op->failed) {
+    op->failed = 1;
+    op->rv = rv;
+    snprintf(op->errmsg, sizeof op->errmsg, "%s", msg);
+  }
+}
+
+static int get_request(kvs_op *op, uint32_t flags, uint32_t seg_first, uint32_t seg_count,
+                       nng_msg **m) {
+  kvs_wire_get_req r = {.key = op->key,
+                        .model = op->model,
+                        .flags = flags,
+                        .seg_first = seg_first,
+                        .seg_count = seg_count,
+                        .n_tokens = op->T,
+                        .tokens_le = (const uint8_t *)op->tokens};
+  size_t sz = kvs_wire_get_req_size(&r), w;
+  if (!sz || frame_new(sz, m)) return KVS_ENOMEM;
+  int rv = kvs_wire_get_req_encode(&r, frame_payload(*m), sz, &w);
+  if (!rv) rv = frame_seal(op->c, *m, KVS_OP_GET);
+  if (rv) nng_msg_free(*m);
+  return rv;
+}
+
+static void group_done(kvs__call *call, void *arg);
+
+/* Starts group requests until the window is full. The caller holds one
+ * pending reference (its own call, not yet counted off), so the op cannot
+ * finish (and be freed by a waiter) while this runs; the caller drops it. */
+static void issue_more(kvs_op *op) {
+  for (;;) {
+    pthread_mutex_lock(&op->mu);
+    if (op->failed || op->next_g >= op->G || op->pending - 1 >= (int)op->window) {
+      pthread_mutex_unlock(&op->mu);
+      return;
+    }
+    uint32_t g = op->next_g++, idx = 0;
+    while (op->ws_busy[idx]) idx++;
+    op->ws_busy[idx] = 1;
+    op->pending++;
+    pthread_mutex_unlock(&op->mu);
+    kvs__sub *sub = malloc(sizeof *sub);
+    nng_msg *m = NULL;
+    int rv = sub ? KVS_OK : KVS_ENOMEM;
+    if (sub) {
+      *sub = (kvs__sub){op, g, 0, 0, idx};
+      kvs__decoder_group_segs(op->dec, g, op->hb, op->he, &sub->seg_first, &sub->seg_count);
+      rv = get_request(op, 0, sub->seg_first, sub->seg_count, &m);
+    }
+    kvs__call *call = rv ? NULL : kvs__call_new(op->c, m, 1, 0, check_reply, group_done, sub);
+    if (!call) {
+      free(sub);
+      pthread_mutex_lock(&op->mu);
+      op_fail_locked(op, rv ? rv : KVS_ENOMEM, "cannot build a GET request");
+      op->pending--;
+      op->ws_busy[idx] = 0;
+      pthread_mutex_unlock(&op->mu);
+      return;
+    }
+    kvs__call_start(call);
+  }
+}
+
+static void group_done(kvs__call *call, void *arg) {
+  kvs__sub *sub = arg;
+  kvs_op *op = sub->op;
+  int rv = call->rv;
+  char msg[KVS__ERRMSG_LEN];
+  snprintf(msg, sizeof msg, "%s", call->errmsg);
+  if (rv == KVS_OK) {
+    size_t pn;
+    const uint8_t *p = reply_payload(call->rep, &pn);
+    kvs_wire_get_resp r;
+    rv = kvs_wire_get_resp_decode(p, pn, &r);
+    if (rv == KVS_OK && (r.seg_first != sub->seg_first || r.seg_count != sub->seg_count))
+      rv = KVS_EPROTO;
+    if (rv) {
+      snprintf(msg, sizeof msg, "bad GET answer for group %u (%s)", sub->g, kvs_errname(rv));
+      rv = KVS_EPROTO;
+    } else {
+      rv = kvs__decoder_decode(op->dec, sub->g, r.bytes, r.byte_len, op->out, op->out_bytes,
+                               op->dtype, op->hb,
+                               op->he, op->ws + sub->idx * op->ws_each, op->ws_each);
+      if (rv) snprintf(msg, sizeof msg, "decoding group %u failed (%s)", sub->g, kvs_errname(rv));
+    }
+  }
+  uint32_t lb, le;
+  kvs__decoder_group_layers(op->dec, sub->g, &lb, &le);
+  if (rv == KVS_OK && op->dev_out) {
+    uint64_t plane = op->out_bytes / (2 * (uint64_t)op->layout.n_layers);
+    rv = kvs_gpu_copy_h2d((uint8_t *)op->dev_out + 2 * lb * plane, op->out + 2 * lb * plane,
+                          2 * (le - lb) * plane, NULL);
+    if (rv == KVS_OK) rv = kvs_gpu_sync(NULL);
+    if (rv) snprintf(msg, sizeof msg, "copy of group %u to the device failed", sub->g);
+  }
+  kvs__call_free(call);
+  if (rv == KVS_OK && !op->sync && op->on_group) op->on_group(op->user, lb, le);
+  pthread_mutex_lock(&op->mu);
+  op->ws_busy[sub->idx] = 0;
+  if (rv == KVS_OK) {
+    op->ready[sub->g] = 1;
+    op->n_ready++;
+  } else {
+    op_fail_locked(op, rv, msg);
+  }
+  pthread_cond_broadcast(&op->cv);
+  pthread_mutex_unlock(&op->mu);
+  free(sub);
+  issue_more(op);
+  /* the last touch of op: a waiter may free it as soon as this unlocks */
+  pthread_mutex_lock(&op->mu);
+  op->pending--;
+  op_update_locked(op);
+  pthread_mutex_unlock(&op->mu);
+}
+
+/* The first answer: the meta (checked against what the caller expects) and
+ * segment 0, the prefix that says how to decode the rest. */
+static void first_done(kvs__call *call, void *arg) {
+  kvs_op *op = arg;
+  int rv = call->rv;
+  char msg[KVS__ERRMSG_LEN];
+  snprintf(msg, sizeof msg, "%s", call->errmsg);
+  kvs__decoder *dec = NULL;
+  if (rv == KVS_OK) {
+    size_t pn;
+    const uint8_t *p = reply_payload(call->rep, &pn);
+    kvs_wire_get_resp r;
+    rv = kvs_wire_get_resp_decode(p, pn, &r);
+    if (rv == KVS_OK && (r.meta_len == 0 || r.seg_first != 0 || r.seg_count != 1)) rv = KVS_EPROTO;
+    if (rv) {
+      snprintf(msg, sizeof msg, "bad GET answer (%s)", kvs_errname(rv));
+      rv = KVS_EPROTO;
+    } else if (!kvs_layout_equal(&r.meta.layout, &op->layout)) {
+      rv = KVS_ELAYOUT;
+      snprintf(msg, sizeof msg,
+               "stored layout (%u layers, %u heads, %u dim, %s) differs from the caller's",
+               r.meta.layout.n_layers, r.meta.layout.n_kv_heads, r.meta.layout.head_dim,
+               kvs_dtype_name(r.meta.layout.dtype));
+    } else if (r.meta.n_tokens != op->T) {
+      rv = KVS_ETOKENS;
+      snprintf(msg, sizeof msg, "stored entry has %u tokens, not %u", r.meta.n_tokens, op->T);
+    } else {
+      rv = kvs__decoder_open(r.meta.codec_profile, &op->layout, op->T, r.bytes, r.byte_len, &dec);
+      if (rv)
+        snprintf(msg, sizeof msg, "cannot decode profile %u stored for this key (%s)",
+                 r.meta.codec_profile, kvs_errname(rv));
+    }
+  }
+  kvs__call_free(call);
+  if (rv == KVS_OK) {
+    uint32_t G = kvs__decoder_groups(dec);
+    op->ws_each = (kvs__decoder_ws_bytes(dec) + 63) & ~(size_t)63;
+    op->ready = calloc(G ? G : 1, 1);
+    op->ws_busy = calloc(op->window, 1);
+    op->ws = op->ws_each ? malloc(op->ws_each * op->window) : NULL;
+    if (!op->ready || !op->ws_busy || (op->ws_each && !op->ws)) {
+      rv = KVS_ENOMEM;
+      snprintf(msg, sizeof msg, "no memory for the decoder");
+      kvs__decoder_free(dec);
+      dec = NULL;
+    } else {
+      pthread_mutex_lock(&op->mu);
+      op->G = G;
+      op->dec = dec;
+      pthread_mutex_unlock(&op->mu);
+    }
+  }
+  if (rv) {
+    pthread_mutex_lock(&op->mu);
+    op_fail_locked(op, rv, msg);
+    pthread_mutex_unlock(&op->mu);
+  } else {
+    issue_more(op);
+  }
+  pthread_mutex_lock(&op->mu);
+  op->pending--;
+  op_update_locked(op);
+  pthread_mutex_unlock(&op->mu);
+}
+
+uint64_t kvs_get_bound(const kvs_layout *l, uint32_t n_tokens, const kvs_get_opts *o) {
+  if (!l || kvs_layout_validate(l)) return 0;
+  uint32_t dt = o && o->dtype ? o->dtype : l->dtype;
+  uint32_t hb = o ? o->head_begin : 0, he = o && o->head_end ? o->head_end : l->n_kv_heads;
+  if (hb >= he || he > l->n_kv_heads || !kvs_dtype_size(dt)) return 0;
+  return 2ull * l->n_layers * n_tokens * (he - hb) * l->head_dim * kvs_dtype_size(dt);
+}
+
+static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                         const kvs_chunk *chunk, const kvs_layout *layout, void *out,
+                         uint64_t out_cap, const kvs_get_opts *o, int sync, kvs_op **opp) {
+  if (!opp) return KVS_EINVAL;
+  *opp = NULL;
+  if (!c || !model || !tokens || !chunk || !layout || !out) return KVS_EINVAL;
+  if (kvs_layout_validate(layout)) return kvs__seterr(c, KVS_ELAYOUT, "invalid layout");
+  if (!chunk->n_tokens || chunk->n_tokens > KVS_WIRE_MAX_TOKENS)
+    return kvs__seterr(c, KVS_ERANGE, "a chunk has 1..%u tokens", KVS_WIRE_MAX_TOKENS);
+  kvs_get_opts d = {0};
+  if (!o) o = &d;
+  uint64_t need = kvs_get_bound(layout, chunk->n_tokens, o);
+  if (!need) return kvs__seterr(c, KVS_EINVAL, "bad head range or dtype");
+  if (o->dtype && o->dtype != layout->dtype && o->dtype != KVS_DTYPE_F32)
+    return kvs__seterr(c, KVS_ENOTSUP, "output dtype must be the stored one or f32");
+  if (out_cap < need)
+    return kvs__seterr(c, KVS_ERANGE, "output holds %llu bytes, the chunk needs %llu",
+                       (unsigned long long)out_cap, (unsigned long long)need);
+  kvs_op *op = op_new(c, KVS__OP_GET);
+  if (!op) return KVS_ENOMEM;
+  op->model = *model;
+  op->key = chunk->key;
+  op->T = chunk->n_tokens;
+  op->layout = *layout;
+  op->out_bytes = need;
+  op->dtype = o->dtype ? o->dtype : layout->dtype;
+  op->hb = o->head_begin;
+  op->he = o->head_end ? o->head_end : layout->n_kv_heads;
+  op->window = o->window ? o->window : 4;
+  if (op->window > 64) op->window = 64;
+  op->on_group = o->on_group;
+  op->user = o->user;
+  op->sync = sync;
+  op->tokens = malloc(op->T * sizeof *op->tokens);
+  if (op->tokens) memcpy(op->tokens, tokens + chunk->start, op->T * sizeof *op->tokens);
+  if (o->flags & KVS_GET_DEVICE) {
+    op->dev_out = out;
+    op->out = malloc(need);
+  } else {
+    op->out = out;
+  }
+  nng_msg *m = NULL;
+  int rv = op->tokens && op->out ? KVS_OK : KVS_ENOMEM;
+  if (!rv) rv = get_request(op, KVS_WIRE_GET_META, 0, 1, &m);
+  kvs__call *call = rv ? NULL : kvs__call_new(c, m, 1, 0, check_reply, first_done, op);
+  if (!call) {
+    op->finished = 1;
+    kvs_op_free(op);
+    return kvs__seterr(c, rv ? rv : KVS_ENOMEM, "cannot build the GET request");
+  }
+  op->pending = 1;
+  *opp = op;
+  kvs__call_start(call);
+  return KVS_OK;
+}
+
+kvs_err kvs_get_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                      const kvs_chunk *chunk, const kvs_layout *layout, void *out,
+                      uint64_t out_cap, const kvs_get_opts *o, kvs_op **opp) {
+  return get_start(c, model, tokens, chunk, layout, out, out_cap, o, 0, opp);
+}
+
+/* Waits until op->dec is known and group g is in (or the op failed). */
+static int wait_group_locked(kvs_op *op, uint32_t g) {
+  while (!op->finished && !op->failed && (!op->dec || !op->ready[g]))
+    pthread_cond_wait(&op->cv, &op->mu);
+  return op->failed ? op->rv : KVS_OK;
+}
+
+kvs_err kvs_op_wait_layers(kvs_op *op, uint32_t layer_end) {
+  if (!op) return KVS_EINVAL;
+  if (op->kind != KVS__OP_GET || layer_end == 0) return kvs_op_wait(op);
+  pthread_mutex_lock(&op->mu);
+  while (!op->finished && !op->failed && !op->dec) pthread_cond_wait(&op->cv, &op->mu);
+  int rv = op->failed ? op->rv : KVS_OK;
+  for (uint32_t g = 0; rv == KVS_OK && op->dec && g < op->G; g++) {
+    uint32_t lb, le;
+    kvs__decoder_group_layers(op->dec, g, &lb, &le);
+    if (lb >= layer_end) break;
+    rv = wait_group_locked(op, g);
+  }
+  pthread_mutex_unlock(&op->mu);
+  if (rv) kvs__seterr(op->c, rv, "%s", op->errmsg);
+  return rv;
+}
+
+kvs_err kvs_op_wait(kvs_op *op) {
+  if (!op) return KVS_EINVAL;
+  pthread_mutex_lock(&op->mu);
+  while (!op->finished) pthread_cond_wait(&op->cv, &op->mu);
+  int rv = op->rv;
+  pthread_mutex_unlock(&op->mu);
+  if (rv) kvs__seterr(op->c, rv, "%s", op->errmsg);
+  return rv;
+}
+
+int kvs_op_done(kvs_op *op) {
+  if (!op) return 1;
+  pthread_mutex_lock(&op->mu);
+  int f = op->finished;
+  pthread_mutex_unlock(&op->mu);
+  return f;
+}
+
+void kvs_op_free(kvs_op *op) {
+  if (!op) return;
+  pthread_mutex_lock(&op->mu);
+  while (!op->finished) pthread_cond_wait(&op->cv, &op->mu);
+  pthread_mutex_unlock(&op->mu);
+  kvs__decoder_free(op->dec);
+  if (op->dev_out) free(op->out);
+  free(op->tokens);
+  free(op->ready);
+  free(op->ws);
+  free(op->ws_busy);
+  pthread_mutex_destroy(&op->mu);
+  pthread_cond_destroy(&op->cv);
+  free(op);
+}
+
+kvs_err kvs_get(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                const kvs_chunk *chunk, const kvs_layout *layout, void *out, uint64_t out_cap,
+                const kvs_get_opts *o) {
+  kvs_op *op;
+  kvs_get_opts d = {0};
+  if (!o) o = &d;
+  KVS_TRY(get_start(c, model, tokens, chunk, layout, out, out_cap, o, 1, &op));
+  pthread_mutex_lock(&op->mu);
+  while (!op->finished && !op->failed && !op->dec) pthread_cond_wait(&op->cv, &op->mu);
+  int rv = op->failed ? op->rv : KVS_OK;
+  for (uint32_t g = 0; rv == KVS_OK && op->dec && g < op->G; g++) {
+    rv = wait_group_locked(op, g);
+    if (rv == KVS_OK && o->on_group) {
+      uint32_t lb, le;
+      kvs__decoder_group_layers(op->dec, g, &lb, &le);
+      pthread_mutex_unlock(&op->mu);
+      o->on_group(o->user, lb, le);
+      pthread_mutex_lock(&op->mu);
+    }
+  }
+  pthread_mutex_unlock(&op->mu);
+  rv = kvs_op_wait(op);
+  kvs_op_free(op);
+  return rv;
+}
+
+/* ---------------------------------------------------------------- put */
+static void put_done(kvs__call *call, void *arg) {
+  kvs_op *op = arg;
+  int rv = call->rv;
+  char msg[KVS__ERRMSG_LEN];
+  snprintf(msg, sizeof msg, "%s", call->errmsg);
+  kvs__call_free(call);
+  pthread_mutex_lock(&op->mu);
+  if (rv) op_fail_locked(op, rv, msg);
+  op->pending--;
+  op_update_locked(op);
+  pthread_mutex_unlock(&op->mu);
+}
+
+kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                      const kvs_chunk *chunk, const kvs_layout *layout, const void *kv,
+                      const kvs_put_opts *o, kvs_op **opp) {
+  if (!opp) return KVS_EINVAL;
+  *opp = NULL;
+  if (!c || !model || !tokens || !chunk || !layout || !kv) return KVS_EINVAL;
+  if (kvs_layout_validate(layout)) return kvs__seterr(c, KVS_ELAYOUT, "invalid layout");
+  if (layout->dtype != KVS_DTYPE_F16 && layout->dtype != KVS_DTYPE_BF16)
+    return kvs__seterr(c, KVS_ENOTSUP, "stored KV is f16 or bf16");
+  if (!chunk->n_tokens || chunk->n_tokens > KVS_WIRE_MAX_TOKENS)
+    return kvs__seterr(c, KVS_ERANGE, "a chunk has 1..%u tokens", KVS_WIRE_MAX_TOKENS);
+  kvs_put_opts d = {0};
+  if (!o) o = &d;
+  const void *host = kv;
+  void *staged = NULL;
+  if (o->flags & KVS_PUT_DEVICE) {
+    size_t bytes = kvs_layout_token_bytes(layout) * chunk->n_tokens;
+    staged = malloc(bytes);
+    if (!staged) return KVS_ENOMEM;
+    int rv = kvs_gpu_copy_d2h(staged, kv, bytes, NULL);
+    if (rv == KVS_OK) rv = kvs_gpu_sync(NULL);
+    if (rv) {
+      free(staged);
+      return kvs__seterr(c, rv, "copying the KV from the device failed");
+    }
+    host = staged;
+  }
+  kvs__encoded e;
+  int rv = kvs__encode(o->profile, o->layers_per_group, layout, chunk->n_tokens, host, &e);
+  free(staged);
+  if (rv)
+    return kvs__seterr(c, rv, "encoding with profile %u failed%s", o->profile,
+                       rv == KVS_ENOTSUP ? " (codec not built in)" : "");
+  kvs_wire_meta meta = {.key = chunk->key,
+                        .model = *model,
+                        .key_kind = (uint8_t)chunk->kind,
+                        .n_tokens = chunk->n_tokens,
+                        .layout = *layout,
+                        .codec_profile = o->profile,
+                        .n_segments = e.n_segs,
+                        .ttl_s = o->ttl_s,
+                        .value_bytes = e.len,
+                        .checksum = kvs_checksum64(e.bytes, e.len),
+                        .tokens_le = (const uint8_t *)(tokens + chunk->start),
+                        .seg_end_le = (const uint8_t *)e.seg_end};
+  size_t ms = kvs_wire_meta_size(&meta), w;
+  nng_msg *m = NULL;
+  rv = ms ? frame_new(ms + e.len, &m) : KVS_ETOOBIG;
+  if (!rv) rv = kvs_wire_meta_encode(&meta, frame_payload(m), ms, &w);
+  if (!rv) memcpy(frame_payload(m) + ms, e.bytes, e.len);
+  kvs__encoded_free(&e);
+  if (!rv) rv = frame_seal(c, m, KVS_OP_PUT);
+  if (!rv && (o->flags & KVS_PUT_SYNC)) {
+    uint8_t *h = nng_msg_body(m);
+    h[8] |= KVS_WIRE_F_SYNC;
+  }
+  if (!rv && (o->flags & KVS_PUT_NX)) {
+    uint8_t *h = nng_msg_body(m);
+    h[8] |= KVS_WIRE_F_NX;
+  }
+  if (rv) {
+    if (m) nng_msg_free(m);
+    return kvs__seterr(c, rv, "cannot build the PUT request");
+  }
+  kvs_op *op = op_new(c, KVS__OP_PUT);
+  kvs__call *call = op ? kvs__call_new(c, m, !(o->flags & KVS_PUT_NX), 0, check_reply, put_done, op)
+                       : NULL;
+  if (!call) {
+    if (!op) nng_msg_free(m);
+    free(op);
+    return KVS_ENOMEM;
+  }
+  op->pending = 1;
+  *opp = op;
+  kvs__call_start(call);
+  return KVS_OK;
+}
+
+kvs_err kvs_put(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                const kvs_chunk *chunk, const kvs_layout *layout, const void *kv,
+                const kvs_put_opts *o) {
+  kvs_op *op;
+  KVS_TRY(kvs_put_start(c, model, tokens, chunk, layout, kv, o, &op));
+  int rv = kvs_op_wait(op);
+  kvs_op_free(op);
+  return rv;
+}
+
+/* -------------------------------------------------------------- batches */
+kvs_err kvs_get_batch(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                      const kvs_chunk *chunks, size_t n, const kvs_layout *layout,
+                      void *const *outs, const uint64_t *out_caps, const kvs_get_opts *o,
+                      kvs_err *rvs) {
+  if (!c || (n && (!chunks || !outs || !out_caps))) return KVS_EINVAL;
+  kvs_op **ops = calloc(n ? n : 1, sizeof *ops);
+  if (!ops) return KVS_ENOMEM;
+  int first = KVS_OK;
+  for (size_t i = 0; i < n; i++) {
+    int rv = kvs_get_start(c, model, tokens, &chunks[i], layout, outs[i], out_caps[i], o, &ops[i]);
+    if (rvs) rvs[i] = rv;
+    if (rv && !first) first = rv;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (!ops[i]) continue;
+    int rv = kvs_op_wait(ops[i]);
+    if (rvs) rvs[i] = rv;
+    if (rv && !first) first = rv;
+    kvs_op_free(ops[i]);
+  }
+  free(ops);
+  return first;
+}
+
+kvs_err kvs_put_batch(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                      const kvs_chunk *chunks, size_t n, const kvs_layout *layout,
+                      const void *const *kvs, const kvs_put_opts *o, kvs_err *rvs) {
+  if (!c || (n && (!chunks || !kvs))) return KVS_EINVAL;
+  kvs_op **ops = calloc(n ? n : 1, sizeof *ops);
+  if (!ops) return KVS_ENOMEM;
+  int first = KVS_OK;
+  for (size_t i = 0; i < n; i++) {
+    int rv = kvs_put_start(c, model, tokens, &chunks[i], layout, kvs[i], o, &ops[i]);
+    if (rvs) rvs[i] = rv;
+    if (rv && !first) first = rv;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (!ops[i]) continue;
+    int rv = kvs_op_wait(ops[i]);
+    if (rvs) rvs[i] = rv;
+    if (rv && !first) first = rv;
+    kvs_op_free(ops[i]);
+  }
+  free(ops);
+  return first;
+}

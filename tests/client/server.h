@@ -1,0 +1,20 @@
+/* server.h - start the server the client tests talk to: the real kvstashd
+ * binary ($KVS_KVSTASHD, set by CMake when the target exists) on a free
+ * loopback port with a temporary data dir, or the in-test stand-in. */
+#ifndef KVS_TEST_SERVER_H
+#define KVS_TEST_SERVER_H
+#include <sys/types.h>
+
+typedef struct test_server {
+  int real;
+  pid_t pid;
+  char url[128];
+  char dir[256];
+  void *fake;
+} test_server;
+
+/* mode "real" or "fake". Returns 0 when up, 77 when the real binary is
+ * missing (the caller skips), 1 on failure. Messages on stderr. */
+int test_server_start(test_server *s, const char *mode);
+void test_server_stop(test_server *s);
+#endif
