@@ -1,0 +1,397 @@
+"""kvstash - Python binding of libkvstash (ctypes), numpy in and out.
+
+KV arrays use the canonical chunk layout of kvstash: shape
+(n_layers, 2, n_tokens, n_kv_heads, head_dim) - per layer K then V - with
+dtype float16 (layout dtype "f16"), uint16 holding bf16 bits ("bf16"), or
+float32 (get only). Token ids are int32 arrays.
+"""
+import ctypes
+import ctypes.util
+import os
+
+import numpy as np
+
+__all__ = [
+    "Error", "Client", "Layout", "Chunk", "model_id_from_hex", "model_id_from_bytes",
+    "chunk_prefix", "chunk_spans", "profile_from_name", "has_codec", "load_library",
+]
+
+# ---------------------------------------------------------------- library
+_LIB = None
+
+
+def _candidates():
+    env = os.environ.get("KVSTASH_LIB")
+    if env:
+        yield env
+    found = ctypes.util.find_library("kvstash")
+    if found:
+        yield found
+    here = os.path.dirname(os.path.abspath(__file__))
+    for up in (os.path.join(here, "..", "..", ".."), os.getcwd()):
+        for sub in ("build/release/client", "build/test/client", "build/dev/client"):
+            yield os.path.join(up, sub, "libkvstash.so")
+    yield "libkvstash.so"
+
+
+def load_library(path=None):
+    """Loads libkvstash (once). path overrides the search."""
+    global _LIB
+    if _LIB is not None and path is None:
+        return _LIB
+    errors = []
+    for cand in ([path] if path else _candidates()):
+        try:
+            lib = ctypes.CDLL(cand)
+        except OSError as e:
+            errors.append(f"{cand}: {e}")
+            continue
+        _declare(lib)
+        _LIB = lib
+        return lib
+    raise OSError("libkvstash.so not found; set KVSTASH_LIB. Tried:\n  " + "\n  ".join(errors))
+
+
+class _Hash(ctypes.Structure):
+    _fields_ = [("b", ctypes.c_uint8 * 16)]
+
+
+class _Layout(ctypes.Structure):
+    _fields_ = [("n_layers", ctypes.c_uint32), ("n_kv_heads", ctypes.c_uint32),
+                ("head_dim", ctypes.c_uint32), ("dtype", ctypes.c_uint32),
+                ("rope_type", ctypes.c_uint32), ("rope_dims", ctypes.c_uint32),
+                ("rope_theta", ctypes.c_float), ("rope_freq_scale", ctypes.c_float)]
+
+
+class _Chunk(ctypes.Structure):
+    _fields_ = [("key", _Hash), ("start", ctypes.c_uint32), ("n_tokens", ctypes.c_uint32),
+                ("kind", ctypes.c_uint32)]
+
+
+class _Span(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint32), ("n_tokens", ctypes.c_uint32)]
+
+
+class _ClientOpts(ctypes.Structure):
+    _fields_ = [("url", ctypes.c_char_p), ("tenant", ctypes.c_char_p), ("token", ctypes.c_char_p),
+                ("connect_timeout_ms", ctypes.c_uint32), ("request_timeout_ms", ctypes.c_uint32),
+                ("n_sockets", ctypes.c_uint32), ("max_retries", ctypes.c_uint32),
+                ("retry_backoff_ms", ctypes.c_uint32), ("max_msg_bytes", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32)]
+
+
+class _PutOpts(ctypes.Structure):
+    _fields_ = [("profile", ctypes.c_uint32), ("layers_per_group", ctypes.c_uint32),
+                ("ttl_s", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+_GROUP_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
+
+
+class _GetOpts(ctypes.Structure):
+    _fields_ = [("dtype", ctypes.c_uint32), ("head_begin", ctypes.c_uint32),
+                ("head_end", ctypes.c_uint32), ("window", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("on_group", _GROUP_FN), ("user", ctypes.c_void_p)]
+
+
+class _EntryInfo(ctypes.Structure):
+    _fields_ = [("present", ctypes.c_int), ("tier", ctypes.c_int), ("pinned", ctypes.c_int),
+                ("value_bytes", ctypes.c_uint64)]
+
+
+def _declare(lib):
+    P, u32, u64, i32p = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_void_p
+    sz = ctypes.c_size_t
+    sigs = {
+        "kvs_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+        "kvs_errname": (ctypes.c_char_p, [ctypes.c_int]),
+        "kvs_client_version": (ctypes.c_char_p, []),
+        "kvs_client_opts_init": (None, [ctypes.POINTER(_ClientOpts)]),
+        "kvs_client_create": (ctypes.c_int, [ctypes.POINTER(_ClientOpts), ctypes.POINTER(P)]),
+        "kvs_client_free": (None, [P]),
+        "kvs_client_errmsg": (ctypes.c_char_p, [P]),
+        "kvs_client_connected": (ctypes.c_int, [P]),
+        "kvs_hash128_from_hex": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_Hash)]),
+        "kvs_chunk_prefix_count": (sz, [sz, u32, ctypes.c_uint]),
+        "kvs_chunk_prefix": (ctypes.c_int, [ctypes.POINTER(_Hash), i32p, sz, u32, ctypes.c_uint,
+                                            P, sz, ctypes.POINTER(sz)]),
+        "kvs_chunk_spans": (ctypes.c_int, [ctypes.POINTER(_Hash), i32p, sz, P, sz, P]),
+        "kvs_ping": (ctypes.c_int, [P]),
+        "kvs_exists": (ctypes.c_int, [P, ctypes.POINTER(_Hash), ctypes.POINTER(_Hash),
+                                      ctypes.POINTER(_EntryInfo)]),
+        "kvs_delete": (ctypes.c_int, [P, ctypes.POINTER(_Hash)]),
+        "kvs_pin": (ctypes.c_int, [P, ctypes.POINTER(_Hash)]),
+        "kvs_unpin": (ctypes.c_int, [P, ctypes.POINTER(_Hash)]),
+        "kvs_ttl": (ctypes.c_int, [P, ctypes.POINTER(_Hash), u32]),
+        "kvs_stats": (ctypes.c_int, [P, P, sz, ctypes.POINTER(sz)]),
+        "kvs_stat_name": (ctypes.c_char_p, [u32]),
+        "kvs_lookup": (ctypes.c_int, [P, ctypes.POINTER(_Hash), i32p, sz, P, sz, u32, P,
+                                      ctypes.POINTER(sz)]),
+        "kvs_profile_from_name": (ctypes.c_int, [ctypes.c_char_p]),
+        "kvs_client_has_codec": (ctypes.c_int, []),
+        "kvs_put": (ctypes.c_int, [P, ctypes.POINTER(_Hash), i32p, ctypes.POINTER(_Chunk),
+                                   ctypes.POINTER(_Layout), P, ctypes.POINTER(_PutOpts)]),
+        "kvs_get_bound": (u64, [ctypes.POINTER(_Layout), u32, ctypes.POINTER(_GetOpts)]),
+        "kvs_get": (ctypes.c_int, [P, ctypes.POINTER(_Hash), i32p, ctypes.POINTER(_Chunk),
+                                   ctypes.POINTER(_Layout), P, u64, ctypes.POINTER(_GetOpts)]),
+    }
+    for name, (res, args) in sigs.items():
+        f = getattr(lib, name)
+        f.restype = res
+        f.argtypes = args
+
+
+# ---------------------------------------------------------------- values
+class Error(Exception):
+    """A kvs_err: .code (negative int), .name ("KVS_ENOENT"), .message."""
+
+    def __init__(self, code, message=""):
+        lib = load_library()
+        self.code = code
+        self.name = lib.kvs_errname(code).decode()
+        self.message = message or lib.kvs_strerror(code).decode()
+        super().__init__(f"{self.name}: {self.message}")
+
+
+_DTYPES = {"f16": (1, np.float16), "bf16": (2, np.uint16), "f32": (3, np.float32)}
+
+
+class Layout:
+    """What one token's KV looks like (kvs_layout)."""
+
+    def __init__(self, n_layers, n_kv_heads, head_dim, dtype="f16", rope_theta=10000.0,
+                 rope_dims=None, rope_type=0, rope_freq_scale=1.0):
+        self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
+        self.dtype = dtype
+        self.rope_theta, self.rope_type, self.rope_freq_scale = rope_theta, rope_type, rope_freq_scale
+        self.rope_dims = head_dim if rope_dims is None else rope_dims
+
+    def _c(self):
+        return _Layout(self.n_layers, self.n_kv_heads, self.head_dim, _DTYPES[self.dtype][0],
+                       self.rope_type, self.rope_dims, self.rope_theta, self.rope_freq_scale)
+
+    def shape(self, n_tokens, heads=None):
+        h = self.n_kv_heads if heads is None else heads[1] - heads[0]
+        return (self.n_layers, 2, n_tokens, h, self.head_dim)
+
+
+class Chunk:
+    """A chunk of a token sequence: tokens[start:start+n_tokens] under `key` (16 bytes)."""
+
+    __slots__ = ("key", "start", "n_tokens", "kind")
+
+    def __init__(self, key, start, n_tokens, kind):
+        self.key, self.start, self.n_tokens, self.kind = bytes(key), start, n_tokens, kind
+
+    def __repr__(self):
+        k = "prefix" if self.kind == 1 else "content"
+        return f"Chunk({k}, start={self.start}, n={self.n_tokens}, key={self.key.hex()})"
+
+    def _c(self):
+        c = _Chunk()
+        c.key.b[:] = self.key
+        c.start, c.n_tokens, c.kind = self.start, self.n_tokens, self.kind
+        return c
+
+    @staticmethod
+    def _from_c(c):
+        return Chunk(bytes(c.key.b), c.start, c.n_tokens, c.kind)
+
+
+def _hash(b):
+    h = _Hash()
+    h.b[:] = bytes(b)
+    return h
+
+
+def model_id_from_bytes(b):
+    """A 16-byte model fingerprint (as kvs_model_id_compute makes it)."""
+    if len(b) != 16:
+        raise ValueError("a model id is 16 bytes")
+    return bytes(b)
+
+
+def model_id_from_hex(s):
+    return model_id_from_bytes(bytes.fromhex(s))
+
+
+def _tokens(tokens):
+    t = np.ascontiguousarray(tokens, dtype=np.int32)
+    if t.ndim != 1:
+        raise ValueError("tokens must be 1-D")
+    return t
+
+
+def _check(rv, client=None):
+    if rv < 0:
+        msg = ""
+        if client is not None:
+            msg = load_library().kvs_client_errmsg(client).decode(errors="replace")
+        raise Error(rv, msg)
+    return rv
+
+
+def chunk_prefix(model, tokens, chunk_tokens=256, tail=False):
+    """Multi-turn: fixed-size chunks chained as a hash list (keys as the server computes)."""
+    lib = load_library()
+    t = _tokens(tokens)
+    flags = 1 if tail else 0
+    n = lib.kvs_chunk_prefix_count(len(t), chunk_tokens, flags)
+    arr = (_Chunk * max(n, 1))()
+    got = ctypes.c_size_t()
+    _check(lib.kvs_chunk_prefix(_hash(model), t.ctypes.data, len(t), chunk_tokens, flags, arr,
+                                n, ctypes.byref(got)))
+    return [Chunk._from_c(arr[i]) for i in range(got.value)]
+
+
+def chunk_spans(model, tokens, spans):
+    """RAG: one position-independent content chunk per (start, n_tokens) span."""
+    lib = load_library()
+    t = _tokens(tokens)
+    sp = (_Span * max(len(spans), 1))(*[_Span(int(a), int(b)) for a, b in spans])
+    arr = (_Chunk * max(len(spans), 1))()
+    _check(lib.kvs_chunk_spans(_hash(model), t.ctypes.data, len(t), sp, len(spans), arr))
+    return [Chunk._from_c(arr[i]) for i in range(len(spans))]
+
+
+def profile_from_name(name):
+    """Profile id of "raw", "lossless", "int8", ... (ValueError when unknown / not built in)."""
+    p = load_library().kvs_profile_from_name(name.encode())
+    if p < 0:
+        raise ValueError(f"unknown codec profile {name!r} (or codec not built in)")
+    return p
+
+
+def has_codec():
+    return bool(load_library().kvs_client_has_codec())
+
+
+# ----------------------------------------------------------------- client
+class Client:
+    """A connection pool to kvstashd (thread-safe). Use as a context manager or call close()."""
+
+    def __init__(self, url, tenant="default", token=None, timeout_ms=10000,
+                 connect_timeout_ms=2000, sockets=2, retries=3, lazy=False):
+        lib = load_library()
+        self._lib = lib
+        o = _ClientOpts()
+        lib.kvs_client_opts_init(ctypes.byref(o))
+        self._strs = [url.encode(), tenant.encode(), token.encode() if token else None]
+        o.url, o.tenant, o.token = self._strs
+        o.request_timeout_ms, o.connect_timeout_ms = timeout_ms, connect_timeout_ms
+        o.n_sockets, o.max_retries, o.flags = sockets, retries, 1 if lazy else 0
+        h = ctypes.c_void_p()
+        rv = lib.kvs_client_create(ctypes.byref(o), ctypes.byref(h))
+        if rv < 0:
+            msg = lib.kvs_client_errmsg(h).decode(errors="replace") if h.value else ""
+            lib.kvs_client_free(h)
+            raise Error(rv, msg)
+        self._h = h
+
+    def close(self):
+        if getattr(self, "_h", None):
+            self._lib.kvs_client_free(self._h)
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def _ok(self, rv):
+        return _check(rv, self._h)
+
+    def ping(self):
+        self._ok(self._lib.kvs_ping(self._h))
+
+    def connected(self):
+        return self._lib.kvs_client_connected(self._h)
+
+    # -- lookup
+    def lookup(self, model, tokens, chunks, mode="each"):
+        """Which chunks are cached: (status uint8 array - 0 miss, 1 + tier hit -, n_prefix)."""
+        t = _tokens(tokens)
+        arr = (_Chunk * max(len(chunks), 1))(*[c._c() for c in chunks])
+        st = np.zeros(len(chunks), dtype=np.uint8)
+        npfx = ctypes.c_size_t()
+        m = {"each": 0, "prefix": 1}[mode]
+        self._ok(self._lib.kvs_lookup(self._h, _hash(model), t.ctypes.data, len(t), arr,
+                                      len(chunks), m, st.ctypes.data, ctypes.byref(npfx)))
+        return st, npfx.value
+
+    # -- put / get
+    def put(self, model, tokens, chunk, layout, kv, profile="raw", layers_per_group=0, ttl=0,
+            nx=False, sync=False):
+        """Stores kv, shape (n_layers, 2, chunk.n_tokens, n_kv_heads, head_dim)."""
+        t = _tokens(tokens)
+        want = layout.shape(chunk.n_tokens)
+        npdt = _DTYPES[layout.dtype][1]
+        a = np.ascontiguousarray(kv)
+        if a.shape != want or a.dtype != npdt:
+            raise ValueError(f"kv must be {npdt.__name__} of shape {want}, got {a.dtype} {a.shape}")
+        if chunk.start + chunk.n_tokens > len(t):
+            raise ValueError("chunk lies outside tokens")
+        p = profile if isinstance(profile, int) else profile_from_name(profile)
+        o = _PutOpts(p, layers_per_group, ttl, (1 if nx else 0) | (2 if sync else 0))
+        c, lay = chunk._c(), layout._c()
+        self._ok(self._lib.kvs_put(self._h, _hash(model), t.ctypes.data, ctypes.byref(c),
+                                   ctypes.byref(lay), a.ctypes.data, ctypes.byref(o)))
+
+    def get(self, model, tokens, chunk, layout, dtype=None, heads=None, out=None, on_group=None,
+            window=0):
+        """Fetches a chunk's KV: array (n_layers, 2, n_tokens, heads, head_dim).
+
+        dtype: None (stored) or "f32"; heads: (begin, end) KV-head range;
+        on_group(layer_begin, layer_end) is called as each layer group lands."""
+        t = _tokens(tokens)
+        o = _GetOpts()
+        if dtype is not None:
+            o.dtype = _DTYPES[dtype][0]
+        if heads is not None:
+            o.head_begin, o.head_end = heads
+        o.window = window
+        if on_group is not None:
+            cb = _GROUP_FN(lambda user, lb, le: on_group(lb, le))
+            o.on_group = cb
+        c, lay = chunk._c(), layout._c()
+        nb = self._lib.kvs_get_bound(ctypes.byref(lay), chunk.n_tokens, ctypes.byref(o))
+        if nb == 0:
+            raise ValueError("bad layout, head range or dtype")
+        npdt = _DTYPES[dtype or layout.dtype][1]
+        shape = layout.shape(chunk.n_tokens, heads)
+        if out is None:
+            out = np.empty(shape, dtype=npdt)
+        elif out.shape != shape or out.dtype != npdt or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous {npdt.__name__} of shape {shape}")
+        self._ok(self._lib.kvs_get(self._h, _hash(model), t.ctypes.data, ctypes.byref(c),
+                                   ctypes.byref(lay), out.ctypes.data, out.nbytes, ctypes.byref(o)))
+        return out
+
+    # -- key ops
+    def exists(self, model, key):
+        i = _EntryInfo()
+        self._ok(self._lib.kvs_exists(self._h, _hash(model), _hash(key), ctypes.byref(i)))
+        return {"present": bool(i.present), "tier": i.tier, "pinned": bool(i.pinned),
+                "value_bytes": i.value_bytes}
+
+    def delete(self, key):
+        self._ok(self._lib.kvs_delete(self._h, _hash(key)))
+
+    def pin(self, key):
+        self._ok(self._lib.kvs_pin(self._h, _hash(key)))
+
+    def unpin(self, key):
+        self._ok(self._lib.kvs_unpin(self._h, _hash(key)))
+
+    def ttl(self, key, seconds):
+        self._ok(self._lib.kvs_ttl(self._h, _hash(key), seconds))
+
+    def stats(self):
+        v = (ctypes.c_uint64 * 64)()
+        n = ctypes.c_size_t()
+        self._ok(self._lib.kvs_stats(self._h, v, 64, ctypes.byref(n)))
+        return {self._lib.kvs_stat_name(i).decode(): v[i] for i in range(n.value)}

@@ -1,0 +1,110 @@
+"""The Python binding end to end against a server (see conftest.py)."""
+import os
+
+import numpy as np
+import pytest
+
+import kvstash
+
+LAYOUT = kvstash.Layout(n_layers=4, n_kv_heads=2, head_dim=16, dtype="f16")
+MODEL = kvstash.model_id_from_hex("0f" * 16)
+RNG = np.random.default_rng(7)
+
+
+def kv_of(n_tokens, layout=LAYOUT):
+    return RNG.standard_normal(layout.shape(n_tokens)).astype(np.float16)
+
+
+@pytest.fixture
+def client(server_url):
+    with kvstash.Client(server_url, tenant=f"py-{os.getpid()}", timeout_ms=20000) as c:
+        yield c
+
+
+def test_chunk_keys():
+    toks = RNG.integers(0, 32000, 600).astype(np.int32)
+    ch = kvstash.chunk_prefix(MODEL, toks, 256)
+    assert [(c.start, c.n_tokens) for c in ch] == [(0, 256), (256, 256)]
+    assert len(kvstash.chunk_prefix(MODEL, toks, 256, tail=True)) == 3
+    # a passage's content key does not depend on where it sits
+    other = np.concatenate([RNG.integers(0, 32000, 37).astype(np.int32), toks[100:180]])
+    a = kvstash.chunk_spans(MODEL, toks, [(100, 80)])[0]
+    b = kvstash.chunk_spans(MODEL, other, [(37, 80)])[0]
+    assert a.key == b.key and a.start != b.start
+    with pytest.raises(kvstash.Error) as e:
+        kvstash.chunk_spans(MODEL, toks, [(590, 20)])
+    assert e.value.name == "KVS_ERANGE"
+
+
+def test_put_get_roundtrip(client):
+    toks = RNG.integers(0, 32000, 50).astype(np.int32)
+    ch = kvstash.chunk_spans(MODEL, toks, [(0, 50)])[0]
+    kv = kv_of(50)
+    client.put(MODEL, toks, ch, LAYOUT, kv)
+    seen = []
+    got = client.get(MODEL, toks, ch, LAYOUT, on_group=lambda lb, le: seen.append((lb, le)))
+    assert got.dtype == np.float16 and got.shape == kv.shape
+    assert np.array_equal(got.view(np.uint16), kv.view(np.uint16))
+    assert seen[0][0] == 0 and seen[-1][1] == LAYOUT.n_layers
+    # one KV head, as f32
+    h1 = client.get(MODEL, toks, ch, LAYOUT, dtype="f32", heads=(1, 2))
+    assert h1.shape == (4, 2, 50, 1, 16) and h1.dtype == np.float32
+    assert np.array_equal(h1[:, :, :, 0, :], kv[:, :, :, 1, :].astype(np.float32))
+    with pytest.raises(ValueError):
+        client.put(MODEL, toks, ch, LAYOUT, kv.astype(np.float32))
+
+
+def test_lookup_and_misses(client):
+    toks = RNG.integers(0, 32000, 3 * 64).astype(np.int32)
+    ch = kvstash.chunk_prefix(MODEL, toks, 64)
+    client.put(MODEL, toks, ch[0], LAYOUT, kv_of(64))
+    client.put(MODEL, toks, ch[2], LAYOUT, kv_of(64))
+    st, n = client.lookup(MODEL, toks, ch, mode="each")
+    assert list(st > 0) == [True, False, True] and n == 1
+    st, n = client.lookup(MODEL, toks, ch, mode="prefix")
+    assert n == 1 and not st[2]
+    with pytest.raises(kvstash.Error) as e:
+        client.get(MODEL, toks, ch[1], LAYOUT)
+    assert e.value.name == "KVS_ENOENT"
+    bad = toks.copy()
+    bad[ch[0].start + 3] += 1
+    with pytest.raises(kvstash.Error) as e:
+        client.get(MODEL, bad, ch[0], LAYOUT)
+    assert e.value.name == "KVS_ETOKENS"
+
+
+def test_key_ops(client):
+    toks = RNG.integers(0, 32000, 20).astype(np.int32)
+    ch = kvstash.chunk_spans(MODEL, toks, [(0, 20)])[0]
+    assert not client.exists(MODEL, ch.key)["present"]
+    client.put(MODEL, toks, ch, LAYOUT, kv_of(20))
+    info = client.exists(MODEL, ch.key)
+    assert info["present"] and info["value_bytes"] >= 4 * 2 * 20 * 2 * 16 * 2
+    client.pin(ch.key)
+    assert client.exists(MODEL, ch.key)["pinned"]
+    client.unpin(ch.key)
+    client.ttl(ch.key, 600)
+    client.delete(ch.key)
+    assert not client.exists(MODEL, ch.key)["present"]
+    s = client.stats()
+    assert s["puts"] >= 1 and "entries" in s
+
+
+@pytest.mark.skipif(not kvstash.has_codec(), reason="codec not built in")
+def test_codec_profiles(client):
+    toks = RNG.integers(0, 32000, 64).astype(np.int32)
+    a, b = kvstash.chunk_spans(MODEL, toks, [(0, 32), (32, 32)])
+    kv = kv_of(32)
+    client.put(MODEL, toks, a, LAYOUT, kv, profile="lossless")
+    client.put(MODEL, toks, b, LAYOUT, kv, profile="int8")
+    assert np.array_equal(client.get(MODEL, toks, a, LAYOUT).view(np.uint16), kv.view(np.uint16))
+    q = client.get(MODEL, toks, b, LAYOUT).astype(np.float32)
+    ref = kv.astype(np.float32)
+    rel = np.sum((q - ref) ** 2) / np.sum(ref ** 2)
+    assert 0 < rel < 1e-3
+
+
+def test_connect_failure():
+    with pytest.raises(kvstash.Error) as e:
+        kvstash.Client("ipc:///tmp/kvs-nobody-listens-here.sock", connect_timeout_ms=100)
+    assert e.value.name == "KVS_ECONN" and "kvs-nobody" in e.value.message
