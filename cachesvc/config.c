@@ -1,0 +1,274 @@
+/* config.c - kvstashd's options: a `key = value` file and the same keys as
+ * flags. The format is small on purpose (docs/kvstashd.md): one option per
+ * line, `#` starts a comment, whitespace around key and value is ignored,
+ * sizes take K/M/G/T suffixes (powers of 1024). */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "svc_int.h"
+
+void kvs_svc_config_defaults(kvs_svc_config *c) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->data_dir, sizeof c->data_dir, "./kvstash-data");
+  snprintf(c->listen[0], sizeof c->listen[0], "tcp://127.0.0.1:7878");
+  c->n_listen = 0; /* the default applies only when no listen option is given */
+  snprintf(c->http, sizeof c->http, "127.0.0.1:7879");
+  c->workers = 8;
+  c->max_msg = 64ull << 20;
+  c->deadline_ms = 10000;
+  c->durability_sync = 1;
+  c->ram_bytes = 1ull << 30;
+  c->disk_bytes = 64ull << 30;
+  c->cold_bytes = 256ull << 30;
+  c->blob_min = 64ull << 10;
+  c->half_life_s = 3600;
+  c->prefill_cost = 1.0;
+  c->flush_interval_ms = 5000;
+  c->log_level = KVS_LOG_WARN;
+}
+
+static int bad(const char *key, const char *value, const char *why) {
+  KVS_LOGE("config", "bad option", "key=%s value=\"%s\" why=\"%s\"", key, value ? value : "", why);
+  return KVS_EINVAL;
+}
+
+static int parse_size(const char *v, uint64_t *out) {
+  errno = 0;
+  char *end;
+  double x = strtod(v, &end);
+  if (errno || end == v || x < 0) return -1;
+  double mul = 1;
+  switch (toupper((unsigned char)*end)) {
+  case 'K': mul = 1024.0; end++; break;
+  case 'M': mul = 1024.0 * 1024; end++; break;
+  case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+  case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+  default: break;
+  }
+  if (toupper((unsigned char)*end) == 'I') end++; /* KiB */
+  if (toupper((unsigned char)*end) == 'B') end++;
+  if (*end) return -1;
+  x *= mul;
+  if (x > 1.8e19) return -1;
+  *out = (uint64_t)x;
+  return 0;
+}
+
+static int parse_u32(const char *v, uint32_t *out) {
+  errno = 0;
+  char *end;
+  unsigned long long x = strtoull(v, &end, 10);
+  if (errno || end == v || *end || x > 0xFFFFFFFFull) return -1;
+  *out = (uint32_t)x;
+  return 0;
+}
+
+static int copy_str(char *dst, size_t cap, const char *v) {
+  size_t n = strlen(v);
+  if (n >= cap) return -1;
+  memcpy(dst, v, n + 1);
+  return 0;
+}
+
+static int name_ok(const char *s, size_t n) {
+  if (n == 0 || n > KVS_WIRE_TENANT_MAX) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '-' || s[i] == '.')) return 0;
+  return 1;
+}
+
+kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
+  if (!c || !key || !v) return KVS_EINVAL;
+  uint32_t u;
+  if (!strcmp(key, "data_dir")) {
+    if (!*v || copy_str(c->data_dir, sizeof c->data_dir, v)) return bad(key, v, "path");
+  } else if (!strcmp(key, "cold_dir")) {
+    if (copy_str(c->cold_dir, sizeof c->cold_dir, v)) return bad(key, v, "path too long");
+  } else if (!strcmp(key, "listen")) {
+    /* comma-separated list; appends */
+    char tmp[1024];
+    if (copy_str(tmp, sizeof tmp, v)) return bad(key, v, "too long");
+    for (char *save = NULL, *tok = strtok_r(tmp, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+      if (strncmp(tok, "tcp://", 6) && strncmp(tok, "ipc://", 6) && strncmp(tok, "tls+tcp://", 10))
+        return bad(key, tok, "tcp://, ipc:// or tls+tcp:// URL expected");
+      if (c->n_listen >= KVS_SVC_MAX_LISTEN) return bad(key, tok, "too many listeners");
+      if (copy_str(c->listen[c->n_listen], sizeof c->listen[0], tok)) return bad(key, tok, "too long");
+      c->n_listen++;
+    }
+  } else if (!strcmp(key, "http")) {
+    if (copy_str(c->http, sizeof c->http, v)) return bad(key, v, "too long");
+    if (*v && !strchr(v, ':')) return bad(key, v, "host:port expected (or empty)");
+  } else if (!strcmp(key, "admin_token")) {
+    if (copy_str(c->admin_token, sizeof c->admin_token, v)) return bad(key, v, "at most 64 bytes");
+  } else if (!strcmp(key, "workers")) {
+    if (parse_u32(v, &u) || u < 1 || u > 256) return bad(key, v, "1..256");
+    c->workers = (int)u;
+  } else if (!strcmp(key, "max_msg")) {
+    if (parse_size(v, &c->max_msg) || c->max_msg < 4096 || c->max_msg > 0xFFFFFFFFull)
+      return bad(key, v, "4K..4G");
+  } else if (!strcmp(key, "request_deadline_ms")) {
+    if (parse_u32(v, &c->deadline_ms) || c->deadline_ms == 0) return bad(key, v, "ms > 0");
+  } else if (!strcmp(key, "durability")) {
+    if (!strcmp(v, "sync")) c->durability_sync = 1;
+    else if (!strcmp(v, "async")) c->durability_sync = 0;
+    else return bad(key, v, "sync or async");
+  } else if (!strcmp(key, "ram_bytes")) {
+    if (parse_size(v, &c->ram_bytes)) return bad(key, v, "size");
+  } else if (!strcmp(key, "disk_bytes")) {
+    if (parse_size(v, &c->disk_bytes) || c->disk_bytes == 0) return bad(key, v, "size > 0");
+  } else if (!strcmp(key, "cold_bytes")) {
+    if (parse_size(v, &c->cold_bytes)) return bad(key, v, "size");
+  } else if (!strcmp(key, "blob_min")) {
+    if (parse_size(v, &c->blob_min)) return bad(key, v, "size");
+  } else if (!strcmp(key, "default_ttl_s")) {
+    if (parse_u32(v, &c->default_ttl_s)) return bad(key, v, "seconds");
+  } else if (!strcmp(key, "half_life_s")) {
+    char *end;
+    c->half_life_s = strtod(v, &end);
+    if (end == v || *end || c->half_life_s < 0) return bad(key, v, "seconds >= 0");
+  } else if (!strcmp(key, "prefill_cost")) {
+    char *end;
+    c->prefill_cost = strtod(v, &end);
+    if (end == v || *end || c->prefill_cost <= 0) return bad(key, v, "number > 0");
+  } else if (!strcmp(key, "model_cost")) {
+    const char *colon = strchr(v, ':');
+    if (!colon || colon - v != 32) return bad(key, v, "<32 hex model id>:<cost>");
+    if (c->n_model_costs >= KVS_SVC_MAX_MODEL_COSTS) return bad(key, v, "too many");
+    char hex[33];
+    memcpy(hex, v, 32);
+    hex[32] = 0;
+    kvs_svc_model_cost *mc = &c->model_costs[c->n_model_costs];
+    char *end;
+    mc->cost = strtod(colon + 1, &end);
+    if (kvs_hash128_from_hex(hex, &mc->model) != KVS_OK || end == colon + 1 || *end ||
+        mc->cost <= 0)
+      return bad(key, v, "<32 hex model id>:<cost>");
+    c->n_model_costs++;
+  } else if (!strcmp(key, "tenant")) {
+    const char *colon = strchr(v, ':');
+    if (!colon || !name_ok(v, (size_t)(colon - v))) return bad(key, v, "<name>:<token>");
+    size_t tl = strlen(colon + 1);
+    if (tl == 0 || tl > KVS_WIRE_TOKEN_MAX) return bad(key, "(hidden)", "token of 1..64 bytes");
+    if (c->n_tenants >= KVS_SVC_MAX_TENANTS) return bad(key, "(hidden)", "too many tenants");
+    kvs_svc_tenant *t = &c->tenants[c->n_tenants++];
+    memcpy(t->name, v, (size_t)(colon - v));
+    t->name[colon - v] = 0;
+    memcpy(t->token, colon + 1, tl + 1);
+  } else if (!strcmp(key, "flush_interval_ms")) {
+    if (parse_u32(v, &c->flush_interval_ms) || c->flush_interval_ms == 0) return bad(key, v, "ms");
+  } else if (!strcmp(key, "log_level")) {
+    int l = kvs_log_parse_level(v);
+    if (l < 0) return bad(key, v, "error|warn|info|debug|trace");
+    c->log_level = l;
+  } else {
+    return bad(key, v, "unknown option");
+  }
+  return KVS_OK;
+}
+
+static char *trim(char *s) {
+  while (isspace((unsigned char)*s)) s++;
+  char *e = s + strlen(s);
+  while (e > s && isspace((unsigned char)e[-1])) *--e = 0;
+  return s;
+}
+
+kvs_err kvs_svc_config_load(kvs_svc_config *c, const char *path) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    KVS_LOGE("config", "cannot open config", "path=%s err=\"%s\"", path, strerror(errno));
+    return kvs_err_from_errno(errno);
+  }
+  char line[2048];
+  int lineno = 0;
+  kvs_err rc = KVS_OK;
+  while (rc == KVS_OK && fgets(line, sizeof line, f)) {
+    lineno++;
+    char *hash = strchr(line, '#');
+    if (hash) *hash = 0;
+    char *s = trim(line);
+    if (!*s) continue;
+    char *eq = strchr(s, '=');
+    if (!eq) {
+      KVS_LOGE("config", "expected key = value", "path=%s line=%d", path, lineno);
+      rc = KVS_EINVAL;
+      break;
+    }
+    *eq = 0;
+    rc = kvs_svc_config_set(c, trim(s), trim(eq + 1));
+    if (rc != KVS_OK) KVS_LOGE("config", "in config file", "path=%s line=%d", path, lineno);
+  }
+  fclose(f);
+  return rc;
+}
+
+kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help) {
+  *help = 0;
+  /* the config file first, so that flags override it */
+  for (int i = 1; i < argc; i++) {
+    const char *file = NULL;
+    if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc) file = argv[++i];
+    else if (!strncmp(argv[i], "--config=", 9)) file = argv[i] + 9;
+    if (file) KVS_TRY(kvs_svc_config_load(c, file));
+  }
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+      *help = 1;
+      return KVS_OK;
+    }
+    if (!strcmp(a, "-c") || !strcmp(a, "--config")) {
+      i++;
+      continue;
+    }
+    if (!strncmp(a, "--config=", 9)) continue;
+    if (strncmp(a, "--", 2) != 0) return bad(a, "", "options are --key=value");
+    char key[64];
+    const char *val;
+    const char *eq = strchr(a, '=');
+    if (eq) {
+      size_t kl = (size_t)(eq - a - 2);
+      if (kl >= sizeof key) return bad(a, "", "unknown option");
+      memcpy(key, a + 2, kl);
+      key[kl] = 0;
+      val = eq + 1;
+    } else {
+      if (strlen(a + 2) >= sizeof key || i + 1 >= argc) return bad(a, "", "missing value");
+      snprintf(key, sizeof key, "%s", a + 2);
+      val = argv[++i];
+    }
+    for (char *p = key; *p; p++)
+      if (*p == '-') *p = '_';
+    KVS_TRY(kvs_svc_config_set(c, key, val));
+  }
+  return KVS_OK;
+}
+
+void kvs_svc_config_usage(FILE *f) {
+  fputs("usage: kvstashd [-c FILE] [--key=value ...]\n"
+        "Every option can be given in the config file (key = value) or as a flag.\n"
+        "  data_dir            T1 store and server secret        (./kvstash-data)\n"
+        "  cold_dir            T2 store on a colder disk; empty = no T2 ()\n"
+        "  listen              nng URLs, comma list or repeated   (tcp://127.0.0.1:7878)\n"
+        "  http                control plane host:port; empty = off (127.0.0.1:7879)\n"
+        "  admin_token         bearer token required by /v1/      ()\n"
+        "  tenant              name:token, repeated; none = auth off\n"
+        "  workers             data-plane threads                 (8)\n"
+        "  max_msg             largest frame, bytes               (64M)\n"
+        "  request_deadline_ms answer or log as late after        (10000)\n"
+        "  durability          sync | async                       (sync)\n"
+        "  ram_bytes           T0 RAM budget                      (1G)\n"
+        "  disk_bytes          T1 capacity                        (64G)\n"
+        "  cold_bytes          T2 capacity                        (256G)\n"
+        "  blob_min            values >= this go to blob files    (64K)\n"
+        "  default_ttl_s       idle TTL when a PUT gives none; 0 = none (0)\n"
+        "  half_life_s         age half-life of the eviction score (3600)\n"
+        "  prefill_cost        per-token recompute cost, default  (1.0)\n"
+        "  model_cost          <hex model id>:<cost>, repeated\n"
+        "  flush_interval_ms   hit counters to disk every         (5000)\n"
+        "  log_level           error|warn|info|debug|trace        (warn)\n",
+        f);
+}

@@ -1,0 +1,458 @@
+/* dataplane.c - the nng REP data plane of kvstashd.
+ *
+ * One REP socket listening on every configured URL (tcp:// and ipc:// at
+ * once); `workers` threads, each with its own REP context and aio, receive a
+ * frame, decode it, check auth before anything else, run it against the store
+ * and send one answer. nng bounds the frame size (recv-size-max) before it is
+ * buffered; the decoders bound everything inside it. */
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "svc_int.h"
+
+enum { W_IDLE = 0, W_RECV = 1, W_BUSY = 2 };
+
+typedef struct worker {
+  pthread_t th;
+  nng_ctx ctx;
+  nng_aio *aio;
+  pthread_mutex_t mu;
+  int state;
+  int started;
+  struct kvs__dataplane *d;
+} worker;
+
+struct kvs__dataplane {
+  kvs_svc_config cfg;
+  kvs__store *st;
+  kvs__metrics *met;
+  nng_socket sock;
+  int sock_open;
+  worker *w;
+  int nw;
+  atomic_int draining;
+};
+
+/* ------------------------------------------------------------ answers */
+static nng_msg *answer_alloc(uint16_t op, uint64_t req_id, int32_t status, size_t payload) {
+  nng_msg *m = NULL;
+  if (nng_msg_alloc(&m, KVS_WIRE_HDR_SIZE + payload) != 0) return NULL;
+  kvs_wire_hdr h;
+  memset(&h, 0, sizeof h);
+  h.magic = KVS_WIRE_MAGIC;
+  h.version = KVS_WIRE_VERSION;
+  h.op = (op >= 1 && op <= KVS__OP_MAX) ? op : KVS_OP_PING;
+  h.flags = KVS_WIRE_F_RESPONSE;
+  h.status = status;
+  h.req_id = req_id;
+  h.payload_len = (uint32_t)payload;
+  kvs_wire_hdr_encode(&h, nng_msg_body(m));
+  return m;
+}
+
+static nng_msg *answer_err(uint16_t op, uint64_t req_id, kvs_err err, const char *detail) {
+  char msg[KVS_WIRE_MAX_ERRMSG + 1];
+  int n = snprintf(msg, sizeof msg, "%s%s%s", kvs_strerror(err), detail ? ": " : "",
+                   detail ? detail : "");
+  size_t len = n < 0 ? 0 : (size_t)n > KVS_WIRE_MAX_ERRMSG ? KVS_WIRE_MAX_ERRMSG : (size_t)n;
+  nng_msg *m = answer_alloc(op, req_id, err, len);
+  if (m) memcpy((uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE, msg, len);
+  return m;
+}
+
+static uint8_t *payload_of(nng_msg *m) { return (uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE; }
+
+/* --------------------------------------------------------------- auth */
+/* Constant-time in the token; a missing tenant costs the same compare. */
+static int auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h) {
+  if (c->n_tenants == 0) return 1;
+  char tenant[KVS_WIRE_TENANT_MAX + 1];
+  kvs_wire_hdr_tenant(h, tenant);
+  uint8_t want[KVS_WIRE_TOKEN_MAX + 1], got[KVS_WIRE_TOKEN_MAX + 1];
+  memset(want, 0xFF, sizeof want); /* no tenant: matches no token */
+  for (int i = 0; i < c->n_tenants; i++)
+    if (strcmp(c->tenants[i].name, tenant) == 0) {
+      size_t tl = strlen(c->tenants[i].token);
+      memset(want, 0, sizeof want);
+      memcpy(want, c->tenants[i].token, tl);
+      want[KVS_WIRE_TOKEN_MAX] = (uint8_t)tl;
+      break;
+    }
+  memset(got, 0, sizeof got);
+  memcpy(got, h->token, h->token_len);
+  got[KVS_WIRE_TOKEN_MAX] = h->token_len;
+  return h->token_len > 0 && sodium_memcmp(want, got, sizeof want) == 0;
+}
+
+/* ---------------------------------------------------------------- ops */
+static nng_msg *op_get(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant) {
+  const kvs_wire_get_req *g = &r->u.get;
+  kvs__skey sk;
+  kvs__store_skey(d->st, tenant, &g->key, &sk);
+  kvs__vref v;
+  kvs_err rc = kvs__store_get(d->st, &sk, &g->model, g->tokens_le, g->n_tokens, &v);
+  if (rc != KVS_OK) return answer_err(KVS_OP_GET, r->hdr.req_id, rc, NULL);
+  uint32_t nseg = v.m.n_segments;
+  kvs_wire_get_resp a;
+  memset(&a, 0, sizeof a);
+  if (g->seg_first > nseg || (g->seg_count != KVS_WIRE_SEG_ALL && g->seg_count > nseg - g->seg_first)) {
+    kvs__vref_release(&v);
+    return answer_err(KVS_OP_GET, r->hdr.req_id, KVS_ERANGE, "segment range");
+  }
+  a.seg_first = g->seg_first;
+  a.seg_count = g->seg_count == KVS_WIRE_SEG_ALL ? nseg - g->seg_first : g->seg_count;
+  if (a.seg_count) {
+    uint64_t off, len, off2, len2;
+    kvs_wire_meta_seg_range(&v.m, a.seg_first, &off, &len);
+    kvs_wire_meta_seg_range(&v.m, a.seg_first + a.seg_count - 1, &off2, &len2);
+    a.byte_off = off;
+    a.byte_len = off2 + len2 - off;
+  }
+  a.value_bytes = v.m.value_bytes;
+  a.checksum = v.m.checksum;
+  int with_meta = (g->flags & KVS_WIRE_GET_META) != 0;
+  size_t head = KVS_WIRE_GET_RESP_FIXED + (with_meta ? v.meta_len : 0);
+  nng_msg *m = answer_alloc(KVS_OP_GET, r->hdr.req_id, KVS_OK, head + a.byte_len);
+  if (m) {
+    uint8_t *p = payload_of(m);
+    size_t w = 0;
+    kvs_wire_get_resp_encode_head(&a, with_meta ? &v.m : NULL, p, head, &w);
+    memcpy(p + head, v.buf->data + a.byte_off, (size_t)a.byte_len);
+    KVS__INC(d->met, KVS_STAT_BYTES_OUT, a.byte_len);
+  }
+  kvs__vref_release(&v);
+  return m ? m : answer_err(KVS_OP_GET, r->hdr.req_id, KVS_ENOMEM, NULL);
+}
+
+static nng_msg *op_lookup(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant) {
+  const kvs_wire_lookup_req *q = &r->u.lookup;
+  uint8_t status[KVS_WIRE_MAX_LOOKUP];
+  memset(status, 0, q->n_chunks);
+  uint32_t n_prefix = 0;
+  int in_prefix = 1;
+  for (uint32_t i = 0; i < q->n_chunks; i++) {
+    kvs_wire_lookup_chunk c;
+    kvs_wire_lookup_chunk_at(q, i, &c);
+    kvs__skey sk;
+    kvs__store_skey(d->st, tenant, &c.key, &sk);
+    status[i] = (uint8_t)kvs__store_probe(d->st, &sk, &q->model, q->tokens_le + 4u * c.tok_off,
+                                          c.tok_len);
+    if (status[i] && in_prefix) n_prefix++;
+    if (!status[i]) {
+      in_prefix = 0;
+      if (q->mode == KVS_WIRE_LOOKUP_PREFIX) break;
+    }
+  }
+  size_t n = kvs_wire_lookup_resp_size(q->n_chunks);
+  nng_msg *m = answer_alloc(KVS_OP_LOOKUP, r->hdr.req_id, KVS_OK, n);
+  if (m) kvs_wire_lookup_resp_encode(n_prefix, status, q->n_chunks, payload_of(m), n, NULL);
+  return m;
+}
+
+static nng_msg *op_page(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant) {
+  uint16_t op = r->hdr.op;
+  const kvs_wire_page_req *q = &r->u.page;
+  uint8_t tid[8];
+  kvs__store_tenant_id(d->st, tenant, tid);
+  kvs__item *items = malloc(sizeof *items * q->limit);
+  if (!items) return answer_err(op, r->hdr.req_id, KVS_ENOMEM, NULL);
+  uint32_t n = 0;
+  int more = 0;
+  kvs_err rc = kvs__store_list(d->st, tid, q->has_cursor ? q->cursor : NULL, q->limit, items, &n,
+                               &more);
+  nng_msg *m = NULL;
+  if (rc != KVS_OK) {
+    m = answer_err(op, r->hdr.req_id, rc, NULL);
+  } else if (op == KVS_OP_LIST) {
+    m = answer_alloc(op, r->hdr.req_id, KVS_OK,
+                     KVS_WIRE_PAGE_RESP_FIXED + (size_t)n * KVS_WIRE_LIST_ITEM_SIZE);
+    if (m) {
+      uint8_t *p = payload_of(m);
+      kvs_wire_page_resp_encode_head(n, (uint8_t)more, n ? items[n - 1].sk.b + 8 : NULL, p,
+                                     KVS_WIRE_PAGE_RESP_FIXED, NULL);
+      for (uint32_t i = 0; i < n; i++)
+        kvs_wire_list_item_encode(&items[i].it,
+                                  p + KVS_WIRE_PAGE_RESP_FIXED + (size_t)i * KVS_WIRE_LIST_ITEM_SIZE,
+                                  KVS_WIRE_LIST_ITEM_SIZE);
+    }
+  } else { /* EXPORT: records, cut at the max message size */
+    if (nng_msg_alloc(&m, KVS_WIRE_HDR_SIZE + KVS_WIRE_PAGE_RESP_FIXED) == 0) {
+      uint32_t k = 0;
+      size_t budget = d->cfg.max_msg;
+      size_t used = KVS_WIRE_HDR_SIZE + KVS_WIRE_PAGE_RESP_FIXED;
+      for (uint32_t i = 0; i < n; i++) {
+        kvs__vref v;
+        if (kvs__store_read(d->st, &items[i].sk, &v) != KVS_OK) continue; /* gone or bad */
+        size_t rs = kvs_wire_record_size(&v.m);
+        if (k > 0 && used + rs > budget) {
+          kvs__vref_release(&v);
+          more = 1;
+          n = i; /* resume from the last record sent */
+          break;
+        }
+        size_t at = nng_msg_len(m);
+        if (nng_msg_realloc(m, at + rs) != 0) {
+          kvs__vref_release(&v);
+          break;
+        }
+        uint8_t *p = (uint8_t *)nng_msg_body(m) + at;
+        memset(p, 0, rs);
+        size_t w = 0;
+        kvs_wire_record_encode_head(&v.m, p, rs, &w);
+        memcpy(p + w, v.buf->data, v.buf->len);
+        used += rs;
+        k++;
+        KVS__INC(d->met, KVS_STAT_BYTES_OUT, v.buf->len);
+        kvs__vref_release(&v);
+      }
+      kvs_wire_hdr h;
+      memset(&h, 0, sizeof h);
+      h.magic = KVS_WIRE_MAGIC;
+      h.version = KVS_WIRE_VERSION;
+      h.op = op;
+      h.flags = KVS_WIRE_F_RESPONSE;
+      h.req_id = r->hdr.req_id;
+      h.payload_len = (uint32_t)(nng_msg_len(m) - KVS_WIRE_HDR_SIZE);
+      kvs_wire_hdr_encode(&h, nng_msg_body(m));
+      kvs_wire_page_resp_encode_head(k, (uint8_t)more, n ? items[n - 1].sk.b + 8 : NULL,
+                                     payload_of(m), KVS_WIRE_PAGE_RESP_FIXED, NULL);
+    }
+  }
+  free(items);
+  return m;
+}
+
+static nng_msg *op_import(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant) {
+  const uint8_t *q = r->u.import.records;
+  size_t left = r->u.import.records_len;
+  kvs_wire_import_resp a = {0, 0};
+  kvs_wire_meta m;
+  const uint8_t *v;
+  while (kvs_wire_record_next(&q, &left, &m, &v) == KVS_OK) {
+    kvs__skey sk;
+    kvs__store_skey(d->st, tenant, &m.key, &sk);
+    if (kvs__store_put(d->st, &sk, &m, v, r->hdr.flags & KVS_WIRE_F_SYNC, 1) == KVS_OK) {
+      a.n_ok++;
+      KVS__INC(d->met, KVS_STAT_BYTES_IN, m.value_bytes);
+    } else {
+      a.n_failed++;
+    }
+  }
+  nng_msg *out = answer_alloc(KVS_OP_IMPORT, r->hdr.req_id, KVS_OK, 8);
+  if (out) kvs_wire_import_resp_encode(&a, payload_of(out), 8, NULL);
+  return out;
+}
+
+static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r) {
+  char tenant[KVS_WIRE_TENANT_MAX + 1];
+  kvs_wire_hdr_tenant(&r->hdr, tenant);
+  uint16_t op = r->hdr.op;
+  uint64_t id = r->hdr.req_id;
+  kvs__skey sk;
+  kvs_err rc;
+  switch (op) {
+  case KVS_OP_PING: return answer_alloc(op, id, KVS_OK, 0);
+  case KVS_OP_PUT: {
+    if (r->u.put.meta.value_bytes + KVS_WIRE_HDR_SIZE > d->cfg.max_msg)
+      return answer_err(op, id, KVS_ETOOBIG, "value over max_msg");
+    kvs__store_skey(d->st, tenant, &r->u.put.meta.key, &sk);
+    rc = kvs__store_put(d->st, &sk, &r->u.put.meta, r->u.put.value,
+                        r->hdr.flags & (KVS_WIRE_F_NX | KVS_WIRE_F_SYNC), 0);
+    if (rc == KVS_OK) KVS__INC(d->met, KVS_STAT_BYTES_IN, r->u.put.meta.value_bytes);
+    return rc == KVS_OK ? answer_alloc(op, id, KVS_OK, 0) : answer_err(op, id, rc, NULL);
+  }
+  case KVS_OP_GET: return op_get(d, r, tenant);
+  case KVS_OP_LOOKUP: return op_lookup(d, r, tenant);
+  case KVS_OP_EXISTS: {
+    kvs__store_skey(d->st, tenant, &r->u.key.key, &sk);
+    kvs_wire_exists_resp e;
+    rc = kvs__store_exists(d->st, &sk, &r->u.key.model, &e);
+    if (rc != KVS_OK) return answer_err(op, id, rc, NULL);
+    nng_msg *m = answer_alloc(op, id, KVS_OK, KVS_WIRE_EXISTS_RESP_SIZE);
+    if (m) kvs_wire_exists_resp_encode(&e, payload_of(m), KVS_WIRE_EXISTS_RESP_SIZE, NULL);
+    return m;
+  }
+  case KVS_OP_DELETE:
+  case KVS_OP_PIN:
+  case KVS_OP_UNPIN:
+  case KVS_OP_TTL:
+    kvs__store_skey(d->st, tenant, &r->u.key.key, &sk);
+    rc = op == KVS_OP_DELETE ? kvs__store_delete(d->st, &sk)
+         : op == KVS_OP_TTL  ? kvs__store_ttl(d->st, &sk, r->u.key.arg)
+                             : kvs__store_pin(d->st, &sk, op == KVS_OP_PIN);
+    return rc == KVS_OK ? answer_alloc(op, id, KVS_OK, 0) : answer_err(op, id, rc, NULL);
+  case KVS_OP_STATS: {
+    uint64_t v[KVS__STAT_COUNT];
+    kvs__store_stats(d->st, v);
+    nng_msg *m = answer_alloc(op, id, KVS_OK, 8 + 8 * KVS__STAT_COUNT);
+    if (m) kvs_wire_stats_resp_encode(v, KVS__STAT_COUNT, payload_of(m), 8 + 8 * KVS__STAT_COUNT,
+                                      NULL);
+    return m;
+  }
+  case KVS_OP_LIST:
+  case KVS_OP_EXPORT: return op_page(d, r, tenant);
+  case KVS_OP_IMPORT: return op_import(d, r, tenant);
+  default: return answer_err(op, id, KVS_ENOTSUP, NULL);
+  }
+}
+
+/* One frame in, one answer out. Never fails to answer (except out of memory). */
+static nng_msg *handle(kvs__dataplane *d, nng_msg *req, uint16_t *op_out) {
+  const uint8_t *body = nng_msg_body(req);
+  size_t len = nng_msg_len(req);
+  KVS__INC(d->met, KVS_STAT_REQUESTS, 1);
+  kvs_wire_hdr h;
+  kvs_err rc = kvs_wire_hdr_decode(body, len, &h);
+  *op_out = 0;
+  if (rc != KVS_OK) {
+    uint64_t id = 0;
+    if (len >= 24) memcpy(&id, body + 16, 8);
+    atomic_fetch_add_explicit(&d->met->bad_frames, 1, memory_order_relaxed);
+    KVS_LOGD("data", "bad frame", "len=%zu err=%s", len, kvs_errname(rc));
+    return answer_err(KVS_OP_PING, id, rc, "bad frame header");
+  }
+  *op_out = h.op;
+  if (h.flags & KVS_WIRE_F_RESPONSE) return answer_err(h.op, h.req_id, KVS_EPROTO, "not a request");
+  if (!auth_ok(&d->cfg, &h)) { /* before any other work */
+    atomic_fetch_add_explicit(&d->met->auth_failures, 1, memory_order_relaxed);
+    char t[KVS_WIRE_TENANT_MAX + 1];
+    kvs_wire_hdr_tenant(&h, t);
+    KVS_LOGW("data", "auth refused", "tenant=%s op=%s", t, kvs_wire_op_name(h.op));
+    return answer_err(h.op, h.req_id, KVS_EAUTH, NULL);
+  }
+  if (atomic_load(&d->draining)) return answer_err(h.op, h.req_id, KVS_EBUSY, "draining");
+  kvs_wire_req r;
+  rc = kvs_wire_req_decode(body, len, &r);
+  if (rc != KVS_OK) {
+    atomic_fetch_add_explicit(&d->met->bad_frames, 1, memory_order_relaxed);
+    return answer_err(h.op, h.req_id, rc, "bad payload");
+  }
+  return dispatch(d, &r);
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  kvs__dataplane *d = w->d;
+  for (;;) {
+    pthread_mutex_lock(&w->mu);
+    if (atomic_load(&d->draining)) {
+      pthread_mutex_unlock(&w->mu);
+      break;
+    }
+    w->state = W_RECV;
+    nng_ctx_recv(w->ctx, w->aio);
+    pthread_mutex_unlock(&w->mu);
+    nng_aio_wait(w->aio);
+    pthread_mutex_lock(&w->mu);
+    w->state = W_BUSY;
+    pthread_mutex_unlock(&w->mu);
+    int r = nng_aio_result(w->aio);
+    if (r != 0) {
+      if (r == NNG_ECLOSED || r == NNG_ECANCELED || atomic_load(&d->draining)) break;
+      continue;
+    }
+    uint64_t t0 = kvs_now_ns();
+    nng_msg *req = nng_aio_get_msg(w->aio);
+    uint16_t op = 0;
+    nng_msg *rep = handle(d, req, &op);
+    nng_msg_free(req);
+    if (rep) {
+      int32_t st;
+      memcpy(&st, (uint8_t *)nng_msg_body(rep) + 12, 4);
+      if (st != 0) KVS__INC(d->met, KVS_STAT_ERRORS, 1);
+      nng_aio_set_msg(w->aio, rep);
+      nng_ctx_send(w->ctx, w->aio);
+      nng_aio_wait(w->aio);
+      if (nng_aio_result(w->aio) != 0) nng_msg_free(rep);
+    }
+    uint64_t dt = kvs_now_ns() - t0;
+    if (op >= 1 && op <= KVS__OP_MAX) kvs__hist_observe(&d->met->op_latency[op], dt);
+    if (dt > (uint64_t)d->cfg.deadline_ms * 1000000ull) {
+      atomic_fetch_add_explicit(&d->met->timeouts, 1, memory_order_relaxed);
+      KVS_LOGW("data", "request over deadline", "op=%s ms=%llu", kvs_wire_op_name(op),
+               (unsigned long long)(dt / 1000000));
+    }
+  }
+  pthread_mutex_lock(&w->mu);
+  w->state = W_IDLE;
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,
+                             kvs__dataplane **out) {
+  kvs__dataplane *d = calloc(1, sizeof *d);
+  if (!d) return KVS_ENOMEM;
+  d->cfg = *c;
+  d->st = st;
+  d->met = met;
+  int rv = nng_rep0_open(&d->sock);
+  if (rv != 0) {
+    free(d);
+    return KVS_EINTERNAL;
+  }
+  d->sock_open = 1;
+  nng_socket_set_size(d->sock, NNG_OPT_RECVMAXSZ, (size_t)c->max_msg);
+  for (int i = 0; i < c->n_listen; i++) {
+    nng_listener l;
+    rv = nng_listener_create(&l, d->sock, c->listen[i]);
+    if (rv == 0 && strncmp(c->listen[i], "ipc://", 6) == 0)
+      (void)nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
+    if (rv == 0) rv = nng_listener_start(l, 0);
+    if (rv != 0) {
+      KVS_LOGE("data", "cannot listen", "url=%s err=\"%s\"", c->listen[i], nng_strerror(rv));
+      kvs__dataplane_stop(d);
+      return rv == NNG_EADDRINUSE ? KVS_EBUSY : KVS_ECONN;
+    }
+    KVS_LOGI("data", "listening", "url=%s", c->listen[i]);
+  }
+  d->nw = c->workers > 0 ? c->workers : 1;
+  d->w = calloc((size_t)d->nw, sizeof *d->w);
+  if (!d->w) {
+    kvs__dataplane_stop(d);
+    return KVS_ENOMEM;
+  }
+  for (int i = 0; i < d->nw; i++) {
+    worker *w = &d->w[i];
+    w->d = d;
+    pthread_mutex_init(&w->mu, NULL);
+    if (nng_ctx_open(&w->ctx, d->sock) != 0 || nng_aio_alloc(&w->aio, NULL, NULL) != 0) {
+      kvs__dataplane_stop(d);
+      return KVS_EINTERNAL;
+    }
+    nng_ctx_set_ms(w->ctx, NNG_OPT_SENDTIMEO, (nng_duration)c->deadline_ms);
+    if (pthread_create(&w->th, NULL, worker_main, w) != 0) {
+      kvs__dataplane_stop(d);
+      return KVS_EINTERNAL;
+    }
+    w->started = 1;
+  }
+  *out = d;
+  return KVS_OK;
+}
+
+void kvs__dataplane_stop(kvs__dataplane *d) {
+  if (!d) return;
+  atomic_store(&d->draining, 1);
+  /* Wake workers waiting for a request; those answering one finish it. */
+  for (int i = 0; d->w && i < d->nw; i++) {
+    worker *w = &d->w[i];
+    if (!w->started) continue;
+    pthread_mutex_lock(&w->mu);
+    if (w->state == W_RECV) nng_aio_cancel(w->aio);
+    pthread_mutex_unlock(&w->mu);
+  }
+  for (int i = 0; d->w && i < d->nw; i++)
+    if (d->w[i].started) pthread_join(d->w[i].th, NULL);
+  if (d->sock_open) nng_close(d->sock);
+  for (int i = 0; d->w && i < d->nw; i++) {
+    if (d->w[i].aio) nng_aio_free(d->w[i].aio);
+    pthread_mutex_destroy(&d->w[i].mu);
+  }
+  free(d->w);
+  free(d);
+}

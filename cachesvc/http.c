@@ -1,0 +1,284 @@
+/* http.c - kvstashd's control plane on libevent's evhttp, in its own thread.
+ *
+ *   GET  /health             200 while the process runs
+ *   GET  /ready              200 when the store is open and not draining, else 503
+ *   GET  /metrics            Prometheus text
+ *   GET  /v1/stats           JSON counters
+ *   GET  /v1/entries?tenant=T[&limit=N][&cursor=HEX]   a page of a tenant's entries
+ *   GET  /v1/entry?tenant=T&key=HEX                    one entry
+ *   POST /v1/evict?tenant=T&key=HEX                    drop an entry
+ *   POST /v1/pin?tenant=T&key=HEX[&pin=0]              pin (or unpin)
+ * /v1/ requires `Authorization: Bearer <admin_token>` when admin_token is set.
+ * Bound to loopback by default. */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <sodium.h>
+#include <sys/queue.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "svc_int.h"
+
+#define RET(x)                                                                \
+  do {                                                                        \
+    x;                                                                        \
+    return;                                                                   \
+  } while (0)
+
+static void use_pthreads(void) { (void)evthread_use_pthreads(); }
+
+struct kvs__http {
+  kvs_svc_config cfg;
+  kvs__store *st;
+  kvs__metrics *met;
+  atomic_int *ready;
+  struct event_base *base;
+  struct evhttp *http;
+  pthread_t th;
+  int started;
+};
+
+static void reply(struct evhttp_request *req, int code, const char *ctype, const char *body) {
+  struct evbuffer *b = evbuffer_new();
+  if (!b) return;
+  evbuffer_add(b, body, strlen(body));
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+  evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
+  evbuffer_free(b);
+}
+
+static void reply_err(struct evhttp_request *req, int code, kvs_err e, const char *what) {
+  char body[256];
+  snprintf(body, sizeof body, "{\"error\":\"%s\",\"code\":%d,\"message\":\"%s\"}\n",
+           kvs_errname(e), (int)e, what ? what : kvs_strerror(e));
+  reply(req, code, "application/json", body);
+}
+
+static int status_of(kvs_err e) {
+  switch (e) {
+  case KVS_ENOENT: return 404;
+  case KVS_EINVAL: return 400;
+  case KVS_EAUTH: return 401;
+  case KVS_EQUARANTINE: return 410;
+  default: return 500;
+  }
+}
+
+static int admin_ok(kvs__http *h, struct evhttp_request *req) {
+  if (!h->cfg.admin_token[0]) return 1;
+  const char *a = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+  if (!a || strncmp(a, "Bearer ", 7) != 0) return 0;
+  a += 7;
+  size_t n = strlen(h->cfg.admin_token);
+  if (strlen(a) != n) return 0;
+  return sodium_memcmp(a, h->cfg.admin_token, n) == 0;
+}
+
+/* tenant + key query args -> storage key. */
+static kvs_err entry_key(kvs__http *h, struct evkeyvalq *q, kvs__skey *sk) {
+  const char *tenant = evhttp_find_header(q, "tenant");
+  const char *key = evhttp_find_header(q, "key");
+  kvs_key k;
+  if (!tenant || !*tenant || strlen(tenant) > KVS_WIRE_TENANT_MAX || !key ||
+      strlen(key) != 32 || kvs_hash128_from_hex(key, &k) != KVS_OK)
+    return KVS_EINVAL;
+  kvs__store_skey(h->st, tenant, &k, sk);
+  return KVS_OK;
+}
+
+static void item_json(struct evbuffer *b, const kvs__item *it) {
+  char key[33], model[33];
+  kvs_hash128_hex(&it->it.key, key);
+  kvs_hash128_hex(&it->it.model, model);
+  evbuffer_add_printf(b,
+                      "{\"key\":\"%s\",\"model\":\"%s\",\"kind\":\"%s\",\"tokens\":%u,"
+                      "\"tier\":%u,\"pinned\":%s,\"quarantined\":%s,\"bytes\":%llu,"
+                      "\"hits\":%llu,\"created_ms\":%llu,\"last_used_ms\":%llu,\"ttl_s\":%u}",
+                      key, model, it->it.key_kind == KVS_KEY_KIND_PREFIX ? "prefix" : "content",
+                      it->it.n_tokens, it->it.tier, it->it.pinned ? "true" : "false",
+                      it->quarantined ? "true" : "false", (unsigned long long)it->it.value_bytes,
+                      (unsigned long long)it->it.hits, (unsigned long long)it->it.created_ms,
+                      (unsigned long long)it->it.last_used_ms, it->it.ttl_s);
+}
+
+static void send_json(struct evhttp_request *req, struct evbuffer *b) {
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+  evhttp_send_reply(req, 200, "OK", b);
+  evbuffer_free(b);
+}
+
+static void handle_v1(kvs__http *h, struct evhttp_request *req, const char *path,
+                      struct evkeyvalq *q) {
+  enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+  if (!admin_ok(h, req)) RET(reply_err(req, 401, KVS_EAUTH, NULL));
+  if (!strcmp(path, "/v1/stats")) {
+    uint64_t v[KVS__STAT_COUNT];
+    kvs__store_stats(h->st, v);
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "{");
+    for (int i = 0; i < KVS__STAT_COUNT; i++)
+      evbuffer_add_printf(b, "%s\"%s\":%llu", i ? "," : "", kvs_wire_stat_name((uint32_t)i),
+                          (unsigned long long)v[i]);
+    evbuffer_add_printf(b, ",\"auth_failures\":%llu,\"bad_frames\":%llu}\n",
+                        (unsigned long long)atomic_load(&h->met->auth_failures),
+                        (unsigned long long)atomic_load(&h->met->bad_frames));
+    RET(send_json(req, b));
+  }
+  if (!strcmp(path, "/v1/entries")) {
+    const char *tenant = evhttp_find_header(q, "tenant");
+    const char *lim = evhttp_find_header(q, "limit");
+    const char *cur = evhttp_find_header(q, "cursor");
+    uint32_t limit = lim ? (uint32_t)strtoul(lim, NULL, 10) : 100;
+    if (limit == 0 || limit > KVS_WIRE_MAX_LIST) limit = KVS_WIRE_MAX_LIST;
+    if (!tenant || !*tenant || strlen(tenant) > KVS_WIRE_TENANT_MAX)
+      RET(reply_err(req, 400, KVS_EINVAL, "tenant= required"));
+    kvs_hash128 c;
+    if (cur && kvs_hash128_from_hex(cur, &c) != KVS_OK)
+      RET(reply_err(req, 400, KVS_EINVAL, "cursor"));
+    uint8_t tid[8];
+    kvs__store_tenant_id(h->st, tenant, tid);
+    kvs__item *items = malloc(sizeof *items * limit);
+    uint32_t n = 0;
+    int more = 0;
+    if (!items || kvs__store_list(h->st, tid, cur ? c.b : NULL, limit, items, &n, &more) != KVS_OK) {
+      free(items);
+      RET(reply_err(req, 500, KVS_ENOMEM, NULL));
+    }
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "{\"items\":[");
+    for (uint32_t i = 0; i < n; i++) {
+      if (i) evbuffer_add_printf(b, ",");
+      item_json(b, &items[i]);
+    }
+    char next[33] = "";
+    if (n) {
+      kvs_hash128 nc;
+      memcpy(nc.b, items[n - 1].sk.b + 8, 16);
+      kvs_hash128_hex(&nc, next);
+    }
+    evbuffer_add_printf(b, "],\"more\":%s,\"next_cursor\":\"%s\"}\n", more ? "true" : "false",
+                        next);
+    free(items);
+    RET(send_json(req, b));
+  }
+  kvs__skey sk;
+  if (!strcmp(path, "/v1/entry")) {
+    if (entry_key(h, q, &sk) != KVS_OK) RET(reply_err(req, 400, KVS_EINVAL, "tenant=, key="));
+    kvs__item it;
+    kvs_err e = kvs__store_info(h->st, &sk, &it);
+    if (e != KVS_OK) RET(reply_err(req, status_of(e), e, NULL));
+    struct evbuffer *b = evbuffer_new();
+    item_json(b, &it);
+    evbuffer_add_printf(b, "\n");
+    RET(send_json(req, b));
+  }
+  if (!strcmp(path, "/v1/evict") || !strcmp(path, "/v1/pin")) {
+    if (cmd != EVHTTP_REQ_POST) RET(reply_err(req, 405, KVS_EINVAL, "POST required"));
+    if (entry_key(h, q, &sk) != KVS_OK) RET(reply_err(req, 400, KVS_EINVAL, "tenant=, key="));
+    kvs_err e;
+    if (path[4] == 'e') {
+      e = kvs__store_delete(h->st, &sk);
+    } else {
+      const char *pin = evhttp_find_header(q, "pin");
+      e = kvs__store_pin(h->st, &sk, !(pin && !strcmp(pin, "0")));
+    }
+    if (e != KVS_OK) RET(reply_err(req, status_of(e), e, NULL));
+    RET(reply(req, 200, "application/json", "{\"ok\":true}\n"));
+  }
+  reply_err(req, 404, KVS_ENOENT, "no such endpoint");
+}
+
+static void on_request(struct evhttp_request *req, void *arg) {
+  kvs__http *h = arg;
+  const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+  const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+  if (!path) RET(reply_err(req, 400, KVS_EINVAL, "bad URI"));
+  if (!strcmp(path, "/health")) RET(reply(req, 200, "text/plain", "ok\n"));
+  if (!strcmp(path, "/ready")) {
+    int r = atomic_load(h->ready);
+    RET(reply(req, r ? 200 : 503, "text/plain", r ? "ready\n" : "not ready\n"));
+  }
+  if (!strcmp(path, "/metrics")) {
+    char *t = kvs__metrics_text(h->met, h->st);
+    reply(req, 200, "text/plain; version=0.0.4", t ? t : "");
+    free(t);
+    return;
+  }
+  if (!strncmp(path, "/v1/", 4)) {
+    struct evkeyvalq q;
+    TAILQ_INIT(&q);
+    const char *qs = evhttp_uri_get_query(uri);
+    if (qs && evhttp_parse_query_str(qs, &q) != 0) {
+      evhttp_clear_headers(&q);
+      RET(reply_err(req, 400, KVS_EINVAL, "bad query"));
+    }
+    handle_v1(h, req, path, &q);
+    evhttp_clear_headers(&q);
+    return;
+  }
+  reply_err(req, 404, KVS_ENOENT, "no such endpoint");
+}
+
+static void *http_main(void *arg) {
+  kvs__http *h = arg;
+  event_base_dispatch(h->base);
+  return NULL;
+}
+
+kvs_err kvs__http_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,
+                        atomic_int *ready, kvs__http **out) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, use_pthreads);
+  kvs__http *h = calloc(1, sizeof *h);
+  if (!h) return KVS_ENOMEM;
+  h->cfg = *c;
+  h->st = st;
+  h->met = met;
+  h->ready = ready;
+  char host[128];
+  snprintf(host, sizeof host, "%s", c->http);
+  char *colon = strrchr(host, ':');
+  if (!colon) {
+    free(h);
+    return KVS_EINVAL;
+  }
+  *colon = 0;
+  int port = atoi(colon + 1);
+  h->base = event_base_new();
+  h->http = h->base ? evhttp_new(h->base) : NULL;
+  if (!h->http) {
+    kvs__http_stop(h);
+    return KVS_ENOMEM;
+  }
+  evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+  evhttp_set_max_body_size(h->http, 1 << 16);
+  evhttp_set_gencb(h->http, on_request, h);
+  if (!evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)port)) {
+    KVS_LOGE("http", "cannot bind", "addr=%s", c->http);
+    kvs__http_stop(h);
+    return KVS_EBUSY;
+  }
+  if (pthread_create(&h->th, NULL, http_main, h) != 0) {
+    kvs__http_stop(h);
+    return KVS_EINTERNAL;
+  }
+  h->started = 1;
+  KVS_LOGI("http", "control plane listening", "addr=%s", c->http);
+  *out = h;
+  return KVS_OK;
+}
+
+void kvs__http_stop(kvs__http *h) {
+  if (!h) return;
+  if (h->started) {
+    event_base_loopbreak(h->base);
+    pthread_join(h->th, NULL);
+  }
+  if (h->http) evhttp_free(h->http);
+  if (h->base) event_base_free(h->base);
+  free(h);
+}

@@ -1,0 +1,95 @@
+/* kvs_svc.h - kvstashd, the kvstash cache service, as a library.
+ *
+ * The kvstashd binary (main.c) is a thin shell around this: load a config,
+ * create the service, start it, wait for SIGTERM, stop it. Tests and the
+ * benchmark start the binary as a separate process; this header exists so the
+ * service can also be embedded.
+ *
+ * What it does (docs/kvstashd.md has the operator's view, docs/protocol.md the
+ * wire format): an nng REP data plane (tcp:// and ipc:// at once), an HTTP
+ * control plane on libevent, and tiered storage: T0 RAM (byte budget, LRU,
+ * refcounted buffers), T1 RocksDB on the primary path, T2 a second RocksDB on a
+ * colder path; cost-aware eviction, TTL expiry, pins, checksums on every disk
+ * read with quarantine, per-tenant key salting and bearer-token auth. */
+#ifndef KVS_SVC_H
+#define KVS_SVC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kvs_core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVS_SVC_MAX_LISTEN 8
+#define KVS_SVC_MAX_TENANTS 64
+#define KVS_SVC_MAX_MODEL_COSTS 32
+
+typedef struct kvs_svc_tenant {
+  char name[33];  /* [A-Za-z0-9_.-], 1..32 */
+  char token[65]; /* bearer token, 1..64 bytes */
+} kvs_svc_tenant;
+
+typedef struct kvs_svc_model_cost {
+  kvs_model_id model;
+  double cost; /* relative prefill cost per token */
+} kvs_svc_model_cost;
+
+/* Every option, with its config-file key (= the flag name, `--key=value`). */
+typedef struct kvs_svc_config {
+  char data_dir[512];      /* data_dir: T1 RocksDB + secret; default ./kvstash-data */
+  char cold_dir[512];      /* cold_dir: T2 RocksDB; "" = no T2 */
+  char listen[KVS_SVC_MAX_LISTEN][256]; /* listen: nng URLs (comma list or repeated) */
+  int n_listen;
+  char http[128];          /* http: host:port of the control plane; "" = off */
+  char admin_token[65];    /* admin_token: bearer token for /v1/ ("" = none) */
+  int workers;             /* workers: data-plane threads */
+  uint64_t max_msg;        /* max_msg: largest frame accepted, bytes */
+  uint32_t deadline_ms;    /* request_deadline_ms */
+  int durability_sync;     /* durability: sync (1) | async (0) */
+  uint64_t ram_bytes;      /* ram_bytes: T0 budget */
+  uint64_t disk_bytes;     /* disk_bytes: T1 capacity (values + metadata) */
+  uint64_t cold_bytes;     /* cold_bytes: T2 capacity */
+  uint64_t blob_min;       /* blob_min: values at least this large go to blob files */
+  uint32_t default_ttl_s;  /* default_ttl_s: applied when a PUT has ttl 0; 0 = none */
+  double half_life_s;      /* half_life_s: age decay of the eviction score */
+  double prefill_cost;     /* prefill_cost: default per-token cost */
+  kvs_svc_model_cost model_costs[KVS_SVC_MAX_MODEL_COSTS]; /* model_cost: <hex id>:<cost> */
+  int n_model_costs;
+  kvs_svc_tenant tenants[KVS_SVC_MAX_TENANTS]; /* tenant: <name>:<token> (repeat) */
+  int n_tenants;           /* 0 = auth off: any tenant name, no token */
+  uint32_t flush_interval_ms; /* flush_interval_ms: hit counters to disk */
+  int log_level;           /* log_level: error|warn|info|debug|trace */
+} kvs_svc_config;
+
+/* Fills the defaults (loopback only, data dir ./kvstash-data, sync). */
+void kvs_svc_config_defaults(kvs_svc_config *c);
+/* Sets one option from its text form. `listen` and `tenant` and `model_cost`
+ * append. KVS_EINVAL with a logged reason for an unknown key or bad value. */
+kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *value);
+/* Reads a config file: `key = value` lines, `#` comments, blank lines. */
+kvs_err kvs_svc_config_load(kvs_svc_config *c, const char *path);
+/* Parses argv: `-c FILE` / `--config=FILE` first, then every `--key=value`
+ * or `--key value` over it. *help set on -h/--help. */
+kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help);
+void kvs_svc_config_usage(FILE *f);
+
+typedef struct kvs_svc kvs_svc;
+
+/* Opens the stores (creating the data dir and the server secret on first
+ * run), loads the index, binds the listeners and the HTTP port, and starts the
+ * threads. The config is copied. */
+kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out);
+/* Graceful stop: refuse new work, let requests in flight finish, flush hit
+ * counters and the WAL, close. Idempotent. */
+void kvs_svc_stop(kvs_svc *s);
+/* Stops (if not yet) and frees. NULL does nothing. */
+void kvs_svc_free(kvs_svc *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,143 @@
+/* svc_int.h - internals of kvstashd shared by its files (not installed).
+ *
+ *   store.c     index + T0 RAM tier + T1/T2 RocksDB, eviction, TTL, quarantine
+ *   record.c    the stored metadata record (parsed from disk: fuzzed)
+ *   metrics.c   counters, latency histograms, Prometheus text
+ *   dataplane.c nng REP workers: decode, auth, dispatch to the store
+ *   http.c      libevent control plane
+ *   config.c    config file + flags
+ *   svc.c       wiring: create / stop / free */
+#ifndef KVS_SVC_INT_H
+#define KVS_SVC_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "kvs_svc.h"
+#include "kvs_wire.h"
+
+/* ------------------------------------------------------------- metrics */
+#define KVS__HIST_BUCKETS 14
+extern const double kvs__hist_bounds_s[KVS__HIST_BUCKETS]; /* last is +Inf */
+typedef struct kvs__hist {
+  atomic_uint_fast64_t bucket[KVS__HIST_BUCKETS];
+  atomic_uint_fast64_t count;
+  atomic_uint_fast64_t sum_ns;
+} kvs__hist;
+
+typedef struct kvs__metrics {
+  atomic_uint_fast64_t stat[KVS__STAT_COUNT]; /* kvs_wire_stat order; bytes_t* and
+                                                 entries are gauges set by the store */
+  atomic_uint_fast64_t auth_failures;
+  atomic_uint_fast64_t bad_frames;
+  atomic_uint_fast64_t timeouts;
+  atomic_uint_fast64_t promotions, demotions;
+  kvs__hist op_latency[KVS__OP_MAX + 1];
+} kvs__metrics;
+
+void kvs__hist_observe(kvs__hist *h, uint64_t ns);
+#define KVS__INC(m, i, v) atomic_fetch_add_explicit(&(m)->stat[i], (v), memory_order_relaxed)
+
+/* --------------------------------------------------------------- store */
+/* A storage key: tenant id (8 bytes) || salted key (16 bytes). Both are
+ * keyed BLAKE2b of the server secret, so neither reveals nor lets a client
+ * choose another tenant's keys. */
+typedef struct kvs__skey {
+  uint8_t b[24];
+} kvs__skey;
+
+/* Refcounted bytes of one value; the T0 tier and every reader hold a ref, so
+ * eviction never frees bytes under a reader. */
+typedef struct kvs__buf {
+  atomic_int refs;
+  size_t len;
+  uint8_t data[];
+} kvs__buf;
+kvs__buf *kvs__buf_new(size_t len); /* refs = 1; NULL on ENOMEM */
+void kvs__buf_ref(kvs__buf *b);
+void kvs__buf_unref(kvs__buf *b);
+
+/* What a GET gets: a ref on the bytes and a copy of the current meta
+ * (wire encoding, server fields filled in). Release with kvs__vref_release. */
+typedef struct kvs__vref {
+  kvs__buf *buf;
+  uint8_t *meta;    /* malloc'd */
+  size_t meta_len;
+  kvs_wire_meta m;  /* decoded view of meta */
+  uint8_t tier;     /* where it was found */
+} kvs__vref;
+void kvs__vref_release(kvs__vref *v);
+
+typedef struct kvs__store kvs__store;
+kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store **out);
+/* Flushes hit counters and the WAL, closes. NULL does nothing. */
+void kvs__store_close(kvs__store *s);
+/* Maintenance: TTL expiry and hit-counter flush; called about once a second. */
+void kvs__store_tick(kvs__store *s);
+
+void kvs__store_skey(const kvs__store *s, const char *tenant, const kvs_key *key, kvs__skey *out);
+void kvs__store_tenant_id(const kvs__store *s, const char *tenant, uint8_t out[8]);
+
+/* PUT: value already parsed (m->value_bytes bytes). flags: KVS_WIRE_F_NX,
+ * KVS_WIRE_F_SYNC. keep_server_fields: IMPORT restores created/hits/pin. */
+kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m,
+                       const uint8_t *value, uint32_t flags, int keep_server_fields);
+/* GET: model and tokens must match (KVS_EMODEL / KVS_ETOKENS); tokens NULL
+ * skips the token check (EXPORT only). Counts a hit. */
+kvs_err kvs__store_get(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
+                       const uint8_t *tokens_le, uint32_t n_tokens, kvs__vref *out);
+/* 0 = miss, 1 + tier = cached and matching. No bytes read, no hit counted. */
+int kvs__store_probe(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
+                     const uint8_t *tokens_le, uint32_t n_tokens);
+kvs_err kvs__store_exists(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
+                          kvs_wire_exists_resp *out);
+kvs_err kvs__store_delete(kvs__store *s, const kvs__skey *k);
+kvs_err kvs__store_pin(kvs__store *s, const kvs__skey *k, int pin);
+kvs_err kvs__store_ttl(kvs__store *s, const kvs__skey *k, uint32_t ttl_s);
+/* Fills v[KVS__STAT_COUNT] (gauges from the store, counters from metrics). */
+void kvs__store_stats(kvs__store *s, uint64_t *v);
+
+/* A page of a tenant's entries in salted-key order, after cursor (NULL =
+ * from the start). Writes up to limit items; *more, next_cursor set. */
+typedef struct kvs__item {
+  kvs__skey sk;
+  kvs_wire_list_item it;
+  uint8_t quarantined;
+} kvs__item;
+kvs_err kvs__store_list(kvs__store *s, const uint8_t tenant_id[8], const uint8_t *cursor,
+                        uint32_t limit, kvs__item *items, uint32_t *n, int *more);
+/* Entry info by storage key (admin). */
+kvs_err kvs__store_info(kvs__store *s, const kvs__skey *k, kvs__item *out);
+/* Server-side read for EXPORT: no token check, no hit counted. */
+kvs_err kvs__store_read(kvs__store *s, const kvs__skey *k, kvs__vref *out);
+/* RocksDB property of tier 1 or 2 as a number (0 when absent). */
+uint64_t kvs__store_rocksdb_prop(kvs__store *s, int tier, const char *prop);
+int kvs__store_has_cold(const kvs__store *s);
+
+/* -------------------------------------------------------- stored record */
+/* The value of a metadata key in RocksDB:
+ *   0 u32 magic "KVSR" | 4 u16 version 1 | 6 u8 state (0 ok, 1 quarantined)
+ *   7 u8 0 | 8 u64 XXH3-64 of bytes 16.. | 16 wire meta (docs/protocol.md) */
+#define KVS__REC_MAGIC 0x5253564Bu
+#define KVS__REC_HEAD 16u
+size_t kvs__record_size(const kvs_wire_meta *m);
+kvs_err kvs__record_encode(const kvs_wire_meta *m, uint8_t state, uint8_t *out, size_t cap,
+                           size_t *written);
+/* Checks magic, version, checksum, then the meta. Views point into p. */
+kvs_err kvs__record_decode(const uint8_t *p, size_t n, kvs_wire_meta *m, uint8_t *state);
+
+/* ------------------------------------------------------------ planes */
+typedef struct kvs__dataplane kvs__dataplane;
+kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,
+                             kvs__dataplane **out);
+/* Drain: stop taking requests, finish those in flight, close listeners. */
+void kvs__dataplane_stop(kvs__dataplane *d);
+
+typedef struct kvs__http kvs__http;
+kvs_err kvs__http_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,
+                        atomic_int *ready, kvs__http **out);
+void kvs__http_stop(kvs__http *h);
+/* Prometheus text exposition into a malloc'd string. */
+char *kvs__metrics_text(kvs__metrics *m, kvs__store *st);
+
+#endif
