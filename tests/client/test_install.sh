@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs the "client" component into a temporary prefix, then builds a tiny
+# program against it twice: with `pkg-config --cflags --libs kvstash`, and
+# with CMake's find_package(kvstash). Both must compile, link and run.
+#   test_install.sh BUILD_DIR CC [EXTRA_CFLAGS]
+set -euo pipefail
+build=$1 cc=$2 extra=${3:-}
+tmp=$(mktemp -d /tmp/kvs-install-test.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+cmake --install "$build" --component client --prefix "$tmp/prefix" >/dev/null
+export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
+cat > "$tmp/hello.c" <<'C'
+#include <stdio.h>
+#include <string.h>
+#include <kvstash.h>
+int main(void) {
+  kvs_model_id m = kvs_hash128_buf("m", 1);
+  int32_t tok[600];
+  for (int i = 0; i < 600; i++) tok[i] = i;
+  kvs_chunk ch[4];
+  size_t n = 0;
+  if (kvs_chunk_prefix(&m, tok, 600, 256, 0, ch, 4, &n) || n != 2) return 1;
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = "ipc:///tmp/kvs-install-test-nobody.sock";
+  o.connect_timeout_ms = 50;
+  kvs_client *c = NULL;
+  kvs_err rv = kvs_client_create(&o, &c);
+  printf("kvstash %s: create on a dead url -> %s (%s)\n", kvs_client_version(), kvs_errname(rv),
+         kvs_client_errmsg(c));
+  kvs_client_free(c);
+  return rv == KVS_ECONN ? 0 : 1;
+}
+C
+flags=$(pkg-config --cflags --libs kvstash)
+echo "pkg-config --cflags --libs kvstash: $flags"
+# shellcheck disable=SC2086
+"$cc" -std=c11 -Wall -Werror $extra "$tmp/hello.c" -o "$tmp/hello_pc" $flags
+LD_LIBRARY_PATH="$tmp/prefix/lib" "$tmp/hello_pc"
+
+mkdir -p "$tmp/proj"
+cp "$tmp/hello.c" "$tmp/proj/"
+cat > "$tmp/proj/CMakeLists.txt" <<'CM'
+cmake_minimum_required(VERSION 3.16)
+project(hello C)
+find_package(kvstash 0.1 REQUIRED)
+add_executable(hello hello.c)
+target_link_libraries(hello PRIVATE kvstash::kvstash)
+CM
+cmake -S "$tmp/proj" -B "$tmp/proj/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" \
+  -DCMAKE_C_COMPILER="$cc" -DCMAKE_C_FLAGS="$extra" >/dev/null
+cmake --build "$tmp/proj/build" >/dev/null
+"$tmp/proj/build/hello"
+
+# The Python package: `pip install ./client/python` into a venv (offline:
+# setuptools from Debian), then import it against the installed library.
+src=$(cd "$(dirname "$0")/../.." && pwd)
+if /usr/bin/python3 -m venv --system-site-packages "$tmp/venv" >/dev/null 2>&1; then
+  cp -r "$src/client/python" "$tmp/pysrc"
+  "$tmp/venv/bin/pip" install -q --no-build-isolation --no-index "$tmp/pysrc"
+  preload=""
+  case "$extra" in *address*) preload=$("$cc" -print-file-name=libasan.so) ;; esac
+  (cd "$tmp" && KVSTASH_LIB="$tmp/prefix/lib/libkvstash.so" LD_PRELOAD="$preload" \
+    ASAN_OPTIONS=detect_leaks=0 "$tmp/venv/bin/python" -c \
+    "import kvstash; c = kvstash.chunk_prefix(b'm' * 16, list(range(600)), 256); assert len(c) == 2; print('pip-installed', kvstash.__file__)")
+else
+  echo "python3 -m venv unavailable: pip install not checked"
+fi
+echo "install test: ok"
