@@ -1,0 +1,42 @@
+/* model_int.h - private to model/: shared helpers and the model struct. */
+#ifndef KVS_MODEL_INT_H
+#define KVS_MODEL_INT_H
+
+#include <stdint.h>
+
+#include "kvs_model.h"
+
+/* ---- string -> int32 hash table (open addressing, keys copied) */
+typedef struct kvs__strmap {
+  uint64_t cap;  /* power of two */
+  uint64_t n;
+  int32_t *slot; /* index into keys, -1 = empty */
+  const char **key;
+  uint32_t *klen;
+  int32_t *val;
+  char *arena;
+  uint64_t arena_used, arena_cap;
+  uint64_t n_keys_cap;
+} kvs__strmap;
+kvs_err kvs__strmap_init(kvs__strmap *m, uint64_t n_keys, uint64_t total_bytes);
+/* Adds key -> val; an existing key keeps its first value. */
+kvs_err kvs__strmap_put(kvs__strmap *m, const char *k, uint32_t len, int32_t val);
+int32_t kvs__strmap_get(const kvs__strmap *m, const char *k, uint32_t len); /* -1 if absent */
+void kvs__strmap_free(kvs__strmap *m);
+
+
+
+/* ---- model internals shared with the engine and the GPU path */
+uint64_t kvs__model_seed(const kvs_model *m);
+kvs_err kvs__seq_set_len(kvs_seq *s, uint32_t n);
+
+/* CPU twins of the gpu/model kernels.
+ * x, y (n, E); w (E): y = x / sqrt(mean(x^2) + eps) * w */
+void kvs_model_rmsnorm_cpu(const float *x, const float *w, float *y, uint32_t n, uint32_t E,
+                           float eps);
+/* x (n, heads, D) rotated in place, adjacent pairs, angle pos[t] * theta^(-2i/D) */
+void kvs_model_rope_cpu(float *x, uint32_t n, uint32_t heads, uint32_t D, const uint32_t *pos,
+                        float theta);
+/* g[i] = silu(g[i]) * u[i] */
+void kvs_model_swiglu_cpu(float *g, const float *u, size_t n);
+#endif
