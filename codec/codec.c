@@ -379,7 +379,7 @@ double kvs_codec_bits_per_elem(const kvs_codec_info *info) {
 
 static size_t lossless_ws(const kvs_codec_info *info) {
   size_t raw = 2ull * info->layers_per_group * plane_elems(&info->layout, info->n_tokens) * 2;
-  return KVS__PAD8(ZSTD_estimateDCtxSize()) + raw;
+  return KVS__PAD8(ZSTD_estimateDCtxSize()) + raw + 16;
 }
 
 size_t kvs_codec_decode_workspace_bound(const kvs_codec_info *info) {
@@ -448,7 +448,10 @@ static kvs_err dec_lossless(const kvs_codec_info *info, uint32_t first, uint32_t
   size_t dsz = KVS__PAD8(ZSTD_estimateDCtxSize());
   uint64_t pe = plane_elems(&info->layout, info->n_tokens);
   size_t raw = 2ull * nl * pe * 2;
-  KVS_RETURN_ERROR_IF(ws_len < dsz + raw, KVS_EINVAL, "workspace too small");
+  uint8_t *aligned = (uint8_t *)(((uintptr_t)ws + 15) & ~(uintptr_t)15);
+  KVS_RETURN_ERROR_IF(ws_len < dsz + raw + (size_t)(aligned - ws), KVS_EINVAL,
+                      "workspace too small");
+  ws = aligned; /* zstd wants its static context 8-byte aligned */
   ZSTD_DCtx *dctx = ZSTD_initStaticDCtx(ws, dsz);
   KVS_RETURN_ERROR_IF(!dctx, KVS_EINTERNAL, "zstd static context");
   uint8_t *tmp = ws + dsz;

@@ -43,10 +43,15 @@ static inline uint8_t *kvs__row_ptr(const kvs__writer *w, uint32_t t, uint32_t h
   return cache + (slot * hs + (h - w->h0)) * w->D * w->esize;
 }
 
+/* f32 -> f16 of n floats with the F16C instruction when the CPU has it
+ * (round to nearest even, like kvs_f32_to_f16); returns 0 when it did not. */
+int kvs__f16c_store(uint8_t *dst, const float *row, uint32_t n);
+
 static inline void kvs__store_f32(uint8_t *dst, uint32_t dtype, const float *row, uint32_t n) {
   if (dtype == KVS_DTYPE_F32) {
     memcpy(dst, row, (size_t)n * 4);
   } else if (dtype == KVS_DTYPE_F16) {
+    if (n >= 8 && kvs__f16c_store(dst, row, n)) return;
     for (uint32_t i = 0; i < n; i++) {
       kvs_f16 h = kvs_f32_to_f16(row[i]);
       memcpy(dst + 2 * i, &h, 2);
@@ -106,24 +111,37 @@ kvs_err kvs__rans_table_init(kvs__rans_table *t, const uint16_t *freq, uint32_t 
 kvs_err kvs__rans_enc_block(const uint8_t *sym, uint32_t n, const kvs__rans_table *const *tabs,
                             int per_lane, uint8_t *out, size_t cap, size_t *len,
                             uint16_t *words_tmp);
-/* Decodes a block of n symbols into sym; lut (2^12 entries) maps a slot to
- * its symbol for a shared table (per_lane == 0); per-lane tables search cum.
+/* Decodes a block of n symbols into sym; lut (2^12 packed entries, see
+ * KVS_RANS_LUT_ENTRY) maps a slot to its symbol for a shared table (per_lane == 0); per-lane tables search cum.
  * Verifies the stream is used exactly and every lane ends at 2^16. */
 kvs_err kvs__rans_dec_block(const uint8_t *blk, size_t avail, uint32_t n,
-                            const kvs__rans_table *const *tabs, int per_lane, const uint8_t *lut,
+                            const kvs__rans_table *const *tabs, int per_lane, const uint32_t *lut,
                             uint8_t *sym, size_t *used);
 size_t kvs__rans_block_bound(uint32_t n);
-void kvs__rans_build_lut(const kvs__rans_table *t, uint8_t *lut /* [4096] */);
+void kvs__rans_build_lut(const kvs__rans_table *t, uint32_t *lut /* [4096] */);
 
-/* In-place orthonormal Walsh-Hadamard transform of x[n], n a power of 2. */
+/* In-place orthonormal Walsh-Hadamard transform of x[n], n a power of 2.
+ * The first two stages are done four at a time so the rest vectorizes. */
 static inline void kvs__fwht(float *x, uint32_t n) {
-  for (uint32_t len = 1; len < n; len <<= 1)
-    for (uint32_t i = 0; i < n; i += len << 1)
-      for (uint32_t j = i; j < i + len; j++) {
-        float a = x[j], b = x[j + len];
-        x[j] = a + b;
-        x[j + len] = a - b;
+  if (n >= 4) {
+    for (uint32_t i = 0; i < n; i += 4) {
+      float a = x[i], b = x[i + 1], c = x[i + 2], d = x[i + 3];
+      float s0 = a + b, s1 = a - b, s2 = c + d, s3 = c - d;
+      x[i] = s0 + s2, x[i + 1] = s1 + s3, x[i + 2] = s0 - s2, x[i + 3] = s1 - s3;
+    }
+  } else if (n == 2) {
+    float a = x[0], b = x[1];
+    x[0] = a + b, x[1] = a - b;
+  }
+  for (uint32_t len = 4; len < n; len <<= 1)
+    for (uint32_t i = 0; i < n; i += len << 1) {
+      float *lo = x + i, *hi = x + i + len;
+      for (uint32_t j = 0; j < len; j++) {
+        float a = lo[j], b = hi[j];
+        lo[j] = a + b;
+        hi[j] = a - b;
       }
+    }
   float s = 1.0f / sqrtf((float)n);
   for (uint32_t i = 0; i < n; i++) x[i] *= s;
 }

@@ -118,6 +118,12 @@ enum {
 #define KVS_RANS_PROB_SCALE (1u << KVS_RANS_PROB_BITS)
 #define KVS_RANS_L (1u << 16)
 #define KVS_RANS_BLOCK_HDR (4u + 4u * KVS_RANS_LANES)
+/* Decoder lookup entry of slot cum[s]+k (not on the wire; shared by the CPU
+ * and GPU decoders): symbol | (freq-1) << 8 | k << 20. */
+#define KVS_RANS_LUT_ENTRY(s, f, k) ((uint32_t)(s) | ((uint32_t)((f)-1u) << 8) | ((uint32_t)(k) << 20))
+#define KVS_RANS_LUT_SYM(e) ((e)&0xffu)
+#define KVS_RANS_LUT_FREQ(e) ((((e) >> 8) & 0xfffu) + 1u)
+#define KVS_RANS_LUT_BIAS(e) ((e) >> 20)
 
 /* ---------------------------------------------------- plane bodies (v1) */
 /* int8:  f16 scale[T][H] | i8 code[T][H][D] | pad4

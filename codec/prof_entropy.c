@@ -147,7 +147,7 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
 }
 
 static size_t dense_ws(const kvs__plane *pl) {
-  return KVS_RANS_PROB_SCALE + (size_t)pl->T * pl->D + 64;
+  return 4 * KVS_RANS_PROB_SCALE + (size_t)pl->T * pl->D + 64;
 }
 
 static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const kvs__writer *w,
@@ -175,9 +175,10 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
   uint32_t nbh = dense_nbh(pl);
   KVS_RETURN_ERROR_IF(kvs__rd32(q) != nbh, KVS_ECORRUPT, "dense block count");
   const uint8_t *offs = q + 4;
-  uint8_t *lut = ws, *sym = ws + KVS_RANS_PROB_SCALE;
+  uint32_t *lut = (uint32_t *)(void *)(((uintptr_t)ws + 15) & ~(uintptr_t)15);
+  uint8_t *sym = (uint8_t *)(lut + KVS_RANS_PROB_SCALE);
   kvs__rans_build_lut(&tab, lut);
-  float deq[256], row[KVS_MAX_HEAD_DIM];
+  float deq[256], row[KVS_MAX_HEAD_DIM], mf[KVS_MAX_HEAD_DIM];
   for (uint32_t s = 0; s < n_sym; s++) deq[s] = (float)(qmin + (int)s) * step;
   const kvs__rans_table *tp = &tab;
   uint64_t per_head = (uint64_t)T * D, blk = 32ull * S;
@@ -198,6 +199,7 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
       expect_next = off + used;
     }
     if (want) {
+      for (uint32_t d = 0; d < D; d++) mf[d] = kvs_f16_to_f32(kvs__rd16(mean + 2ull * (h * D + d)));
       for (uint32_t t = 0; t < T; t++) {
         const uint8_t *sr = sym + (uint64_t)t * D;
         for (uint32_t d = 0; d < D; d++) {
@@ -205,7 +207,7 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
           row[d] = deq[sr[d]];
         }
         if (rot) kvs__fwht(row, D);
-        for (uint32_t d = 0; d < D; d++) row[d] += kvs_f16_to_f32(kvs__rd16(mean + 2ull * (h * D + d)));
+        for (uint32_t d = 0; d < D; d++) row[d] += mf[d];
         kvs__store_row(w, t, h, row);
       }
     } else {

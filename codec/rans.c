@@ -57,9 +57,10 @@ kvs_err kvs__rans_table_init(kvs__rans_table *t, const uint16_t *freq, uint32_t 
   return KVS_OK;
 }
 
-void kvs__rans_build_lut(const kvs__rans_table *t, uint8_t *lut) {
+void kvs__rans_build_lut(const kvs__rans_table *t, uint32_t *lut) {
   for (uint32_t s = 0; s < t->n_sym; s++)
-    memset(lut + t->cum[s], (int)s, t->freq[s]);
+    for (uint32_t k = 0; k < t->freq[s]; k++)
+      lut[t->cum[s] + k] = KVS_RANS_LUT_ENTRY(s, t->freq[s], k);
 }
 
 size_t kvs__rans_block_bound(uint32_t n) { return KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * n); }
@@ -105,7 +106,7 @@ static inline uint32_t find_sym(const kvs__rans_table *t, uint32_t slot) {
 }
 
 kvs_err kvs__rans_dec_block(const uint8_t *blk, size_t avail, uint32_t n,
-                            const kvs__rans_table *const *tabs, int per_lane, const uint8_t *lut,
+                            const kvs__rans_table *const *tabs, int per_lane, const uint32_t *lut,
                             uint8_t *sym, size_t *used) {
   KVS_RETURN_ERROR_IF(avail < KVS_RANS_BLOCK_HDR, KVS_ECORRUPT, "rANS block truncated");
   uint32_t nw = kvs__rd32(blk);
@@ -120,33 +121,23 @@ kvs_err kvs__rans_dec_block(const uint8_t *blk, size_t avail, uint32_t n,
   uint32_t pos = 0;
   const uint32_t mask = KVS_RANS_PROB_SCALE - 1;
   if (!per_lane) {
-    const kvs__rans_table *t = tabs[0];
-    uint32_t full = n / KVS_RANS_LANES * KVS_RANS_LANES;
-    for (uint32_t i = 0; i < full; i += KVS_RANS_LANES) {
-      /* pos may pass nw by at most 32 here; checked after each step */
-      for (uint32_t j = 0; j < KVS_RANS_LANES; j++) {
-        uint32_t xs = x[j], slot = xs & mask, s = lut[slot];
-        xs = t->freq[s] * (xs >> KVS_RANS_PROB_BITS) + slot - t->cum[s];
-        if (xs < KVS_RANS_L) {
-          uint32_t k = pos < nw ? pos : 0;
-          xs = (xs << 16) | kvs__rd16(w + 2 * k);
-          pos++;
-        }
-        x[j] = xs;
-        sym[i + j] = (uint8_t)s;
-      }
-      KVS_RETURN_ERROR_IF(pos > nw, KVS_ECORRUPT, "rANS stream overrun");
-    }
-    for (uint32_t i = full; i < n; i++) {
-      uint32_t j = i % KVS_RANS_LANES, xs = x[j], slot = xs & mask, s = lut[slot];
-      xs = t->freq[s] * (xs >> KVS_RANS_PROB_BITS) + slot - t->cum[s];
-      if (xs < KVS_RANS_L) {
-        KVS_RETURN_ERROR_IF(pos >= nw, KVS_ECORRUPT, "rANS stream overrun");
-        xs = (xs << 16) | kvs__rd16(w + 2 * pos++);
-      }
+    /* branchless: a lane past the end of the stream reads a harmless word
+       and the count check below catches it */
+    static const uint8_t zero2[2] = {0, 0};
+    const uint8_t *wp = nw ? w : zero2;
+    uint32_t last = nw ? nw - 1 : 0;
+    for (uint32_t i = 0; i < n; i++) {
+      uint32_t j = i % KVS_RANS_LANES, xs = x[j];
+      uint32_t e = lut[xs & mask];
+      xs = KVS_RANS_LUT_FREQ(e) * (xs >> KVS_RANS_PROB_BITS) + KVS_RANS_LUT_BIAS(e);
+      uint32_t need = xs < KVS_RANS_L;
+      uint32_t word = kvs__rd16(wp + 2 * (pos < last ? pos : last));
+      xs = need ? (xs << 16) | word : xs;
+      pos += need;
       x[j] = xs;
-      sym[i] = (uint8_t)s;
+      sym[i] = (uint8_t)KVS_RANS_LUT_SYM(e);
     }
+    KVS_RETURN_ERROR_IF(pos > nw, KVS_ECORRUPT, "rANS stream overrun");
   } else {
     for (uint32_t i = 0; i < n; i++) {
       uint32_t j = i % KVS_RANS_LANES;
