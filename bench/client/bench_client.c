@@ -1,0 +1,256 @@
+/* kvs-bench-client - the prefix-hit fetch: a context of N tokens, stored in
+ * kvstashd as 256-token prefix chunks, is looked up and fetched + decoded
+ * into host memory (or device memory with --device) through libkvstash, over
+ * tcp:// and ipc:// loopback, per codec profile; beside it, in the same run, a
+ * plain memcpy of the same fp16 KV (the floor: the bytes are already in this
+ * process). Prints a table and, last, one line of JSON.
+ *
+ *   kvs-bench-client [--tokens 2048] [--chunk 256] [--layers 32] [--heads 8]
+ *                    [--dim 128] [--iters 5] [--profiles raw,int8]
+ *                    [--kvstashd PATH | --url URL[,URL2]] [--device]
+ *
+ * Without --url it starts kvstashd itself (RAM tier large enough to hold
+ * everything, temp data dir) and stops it at the end. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvs_gpu.h"
+#include "kvstash.h"
+
+#ifndef KVS_BENCH_KVSTASHD
+#define KVS_BENCH_KVSTASHD ""
+#endif
+
+static double now_ms(void) { return (double)kvs_now_ns() / 1e6; }
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_d);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static pid_t spawn(const char *bin, const char *tcp, const char *ipc, const char *dir,
+                   uint64_t ram, uint64_t max_msg) {
+  char a1[200], a2[200], a3[300], a4[64], a5[64];
+  snprintf(a1, sizeof a1, "--listen=%s", tcp);
+  snprintf(a2, sizeof a2, "--listen=%s", ipc);
+  snprintf(a3, sizeof a3, "--data_dir=%s/data", dir);
+  snprintf(a4, sizeof a4, "--ram_bytes=%llu", (unsigned long long)ram);
+  snprintf(a5, sizeof a5, "--max_msg=%llu", (unsigned long long)max_msg);
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    execl(bin, bin, a1, a2, a3, a4, a5, "--http=", "--durability=async", (char *)NULL);
+    fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
+    _exit(127);
+  }
+  return pid;
+}
+
+static kvs_client *connect_to(const char *url) {
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = url;
+  o.tenant = "bench";
+  o.connect_timeout_ms = 10000;
+  o.request_timeout_ms = 120000;
+  o.n_sockets = 4;
+  kvs_client *c = NULL;
+  if (kvs_client_create(&o, &c) || kvs_ping(c)) {
+    fprintf(stderr, "cannot reach %s: %s\n", url, kvs_client_errmsg(c));
+    kvs_client_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+int main(int argc, char **argv) {
+  uint32_t T = 2048, CT = 256, L = 32, H = 8, D = 128;
+  int iters = 5, device = 0;
+  const char *profiles = "raw,int8", *bin = getenv("KVS_KVSTASHD"), *urls = NULL;
+  if (!bin || !*bin) bin = KVS_BENCH_KVSTASHD;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--device")) device = 1;
+    else if (v && !strcmp(a, "--tokens")) T = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--chunk")) CT = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--layers")) L = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--heads")) H = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--dim")) D = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--iters")) iters = atoi(v), i++;
+    else if (v && !strcmp(a, "--profiles")) profiles = v, i++;
+    else if (v && !strcmp(a, "--kvstashd")) bin = v, i++;
+    else if (v && !strcmp(a, "--url")) urls = v, i++;
+    else {
+      fprintf(stderr, "usage: see the comment at the top of bench/client/bench_client.c\n");
+      return 2;
+    }
+  }
+  if (iters < 1 || iters > 100 || !CT || T < CT) return 2;
+  if (device && kvs_gpu_device_count() < 1) {
+    fprintf(stderr, "--device: no GPU device here\n");
+    return 77;
+  }
+  const kvs_layout lay = {.n_layers = L, .n_kv_heads = H, .head_dim = D, .dtype = KVS_DTYPE_F16,
+                          .rope_type = KVS_ROPE_NORM, .rope_dims = D, .rope_theta = 500000.0f,
+                          .rope_freq_scale = 1.0f};
+  const size_t n_chunks = T / CT, chunk_bytes = kvs_layout_token_bytes(&lay) * CT;
+  const size_t total = n_chunks * chunk_bytes;
+  printf("kvs-bench-client: %u tokens (%zu chunks of %u) of L=%u H=%u D=%u f16 = %.1f MiB, "
+         "%d iterations, median\n",
+         (unsigned)(n_chunks * CT), n_chunks, CT, L, H, D, total / 1048576.0, iters);
+
+  /* the KV: random f16 in [-4, 4) (random data is the worst case for a codec) */
+  unsigned long long st = 0x9E3779B97F4A7C15ull;
+  uint16_t *kv = malloc(total);
+  uint8_t *dst = malloc(total);
+  if (!kv || !dst) return 1;
+  for (size_t i = 0; i < total / 2; i++) {
+    st = st * 6364136223846793005ull + 1442695040888963407ull;
+    kv[i] = kvs_f32_to_f16((float)((int)(st >> 40) % 8192) / 1024.0f - 4.0f);
+  }
+  int32_t *tok = malloc(n_chunks * CT * sizeof *tok);
+  for (size_t i = 0; i < n_chunks * CT; i++) tok[i] = (int32_t)((i * 2654435761u) % 49152);
+  kvs_model_id model = kvs_hash128_buf("bench-client", 12);
+  kvs_chunk *ch = malloc(n_chunks * sizeof *ch);
+  size_t nc;
+  kvs_chunk_prefix(&model, tok, n_chunks * CT, CT, 0, ch, n_chunks, &nc);
+
+  /* baseline: memcpy of the same bytes, chunk by chunk, into a warm buffer */
+  memcpy(dst, kv, total);
+  double *t = malloc((size_t)iters * sizeof *t);
+  for (int it = 0; it < iters; it++) {
+    double t0 = now_ms();
+    for (size_t c = 0; c < n_chunks; c++)
+      memcpy(dst + c * chunk_bytes, (uint8_t *)kv + c * chunk_bytes, chunk_bytes);
+    t[it] = now_ms() - t0;
+  }
+  double memcpy_ms = median(t, iters);
+  printf("%-28s %9.2f ms %8.2f GB/s\n", "memcpy (host, baseline)", memcpy_ms,
+         total / memcpy_ms / 1e6);
+
+  /* the server */
+  char dir[64] = "", tcp[64], ipc[128];
+  pid_t pid = -1;
+  if (!urls) {
+    if (!bin || access(bin, X_OK)) {
+      fprintf(stderr, "kvstashd not found (--kvstashd PATH or $KVS_KVSTASHD)\n");
+      return 77;
+    }
+    snprintf(dir, sizeof dir, "/tmp/kvs-bench-client.XXXXXX");
+    if (!mkdtemp(dir)) return 1;
+    srand((unsigned)getpid());
+    snprintf(tcp, sizeof tcp, "tcp://127.0.0.1:%d", 20000 + rand() % 20000);
+    snprintf(ipc, sizeof ipc, "ipc://%s/kvstashd.sock", dir);
+    pid = spawn(bin, tcp, ipc, dir, (uint64_t)total * 4 + (64u << 20), chunk_bytes + (8u << 20));
+  } else {
+    snprintf(tcp, sizeof tcp, "%s", urls);
+    char *comma = strchr(tcp, ',');
+    if (comma) *comma = 0, snprintf(ipc, sizeof ipc, "%s", strchr(urls, ',') + 1);
+    else ipc[0] = 0;
+  }
+  const char *url_v[2] = {tcp, ipc};
+  const char *url_name[2] = {"tcp", "ipc"};
+  kvs_client *cl[2] = {connect_to(tcp), ipc[0] ? connect_to(ipc) : NULL};
+  int rc = cl[0] ? 0 : 1;
+
+  char json[4096];
+  int jn = snprintf(json, sizeof json,
+                    "{\"bench\":\"client\",\"tokens\":%zu,\"chunk\":%u,\"layers\":%u,\"heads\":%u,"
+                    "\"dim\":%u,\"bytes\":%zu,\"iters\":%d,\"device\":%d,\"memcpy_ms\":%.3f",
+                    n_chunks * CT, CT, L, H, D, total, iters, device, memcpy_ms);
+  void *dev = NULL;
+  if (device && kvs_gpu_alloc(&dev, total)) rc = 1;
+  void **outs = malloc(n_chunks * sizeof *outs);
+  uint64_t *caps = malloc(n_chunks * sizeof *caps);
+  uint8_t *status = malloc(n_chunks);
+  char prof[256];
+  snprintf(prof, sizeof prof, "%s", profiles);
+  for (char *save = NULL, *p = strtok_r(prof, ",", &save); p && !rc; p = strtok_r(NULL, ",", &save)) {
+    int id = kvs_profile_from_name(p);
+    if (id < 0) {
+      fprintf(stderr, "profile %s unknown or codec not built in: skipped\n", p);
+      continue;
+    }
+    /* a fresh model id per profile, so that keys differ */
+    kvs_model_id pm = kvs_hash128_buf(p, strlen(p));
+    kvs_chunk_prefix(&pm, tok, n_chunks * CT, CT, 0, ch, n_chunks, &nc);
+    const void **kvp = malloc(n_chunks * sizeof *kvp);
+    for (size_t c = 0; c < n_chunks; c++) kvp[c] = (uint8_t *)kv + c * chunk_bytes;
+    kvs_put_opts po = {.profile = (uint32_t)id, .layers_per_group = 1};
+    double t0 = now_ms();
+    int rv = kvs_put_batch(cl[0], &pm, tok, ch, n_chunks, &lay, kvp, &po, NULL);
+    double put_ms = now_ms() - t0;
+    free(kvp);
+    if (rv) {
+      fprintf(stderr, "put (%s): %s\n", p, kvs_client_errmsg(cl[0]));
+      rc = 1;
+      break;
+    }
+    printf("%-28s %9.2f ms (encode + store, not the measured path)\n", p, put_ms);
+    for (int u = 0; u < 2 && !rc; u++) {
+      if (!cl[u]) continue;
+      double err = 0;
+      for (int it = 0; it < iters && !rc; it++) {
+        memset(dst, 0, total);
+        for (size_t c = 0; c < n_chunks; c++)
+          outs[c] = (device ? (uint8_t *)dev : dst) + c * chunk_bytes, caps[c] = chunk_bytes;
+        kvs_get_opts go = {.window = 4, .flags = device ? KVS_GET_DEVICE : 0};
+        size_t np = 0;
+        t0 = now_ms();
+        rv = kvs_lookup(cl[u], &pm, tok, n_chunks * CT, ch, n_chunks, KVS_LOOKUP_PREFIX, status,
+                        &np);
+        if (!rv && np != n_chunks) rv = KVS_ENOENT;
+        if (!rv) rv = kvs_get_batch(cl[u], &pm, tok, ch, n_chunks, &lay, outs, caps, &go, NULL);
+        t[it] = now_ms() - t0;
+        if (rv) {
+          fprintf(stderr, "get (%s, %s): %s\n", p, url_v[u], kvs_client_errmsg(cl[u]));
+          rc = 1;
+        }
+      }
+      if (rc) break;
+      if (device) kvs_gpu_copy_d2h(dst, dev, total, NULL);
+      /* check what came back: exact for raw/lossless, a relative error otherwise */
+      double num = 0, den = 0;
+      for (size_t i = 0; i < total / 2; i += 7) {
+        double a = kvs_f16_to_f32(((uint16_t *)(void *)dst)[i]), b = kvs_f16_to_f32(kv[i]);
+        num += (a - b) * (a - b), den += b * b;
+      }
+      err = den > 0 ? num / den : 0;
+      double ms = median(t, iters);
+      char name[64];
+      snprintf(name, sizeof name, "%s %s fetch+decode", url_name[u], p);
+      printf("%-28s %9.2f ms %8.2f GB/s  %5.2fx memcpy  rel.err %.2e\n", name, ms,
+             total / ms / 1e6, ms / memcpy_ms, err);
+      jn += snprintf(json + jn, sizeof json - (size_t)jn,
+                     ",\"%s_%s_ms\":%.3f,\"%s_%s_vs_memcpy\":%.2f,\"%s_%s_relerr\":%.3g", url_name[u],
+                     p, ms, url_name[u], p, ms / memcpy_ms, url_name[u], p, err);
+    }
+  }
+  printf("%s}\n", json);
+  for (int u = 0; u < 2; u++) kvs_client_free(cl[u]);
+  if (pid > 0) {
+    kill(pid, SIGTERM);
+    int ws;
+    waitpid(pid, &ws, 0);
+  }
+  if (dir[0]) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", dir);
+  }
+  kvs_gpu_free(dev);
+  free(outs), free(caps), free(status), free(t), free(ch), free(tok), free(kv), free(dst);
+  return rc;
+}
