@@ -997,7 +997,10 @@ static kvs_err open_db(kvs__store *s, int tier, const char *dir) {
 
 /* Rebuilds the index from the metadata records of a tier. */
 static kvs_err load_tier(kvs__store *s, int tier) {
-  rocksdb_iterator_t *it = rocksdb_create_iterator(s->t[tier].db, s->ro);
+  /* bounded to the 'm' keys: positioning on a 'v' key would read its blob */
+  rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+  rocksdb_readoptions_set_iterate_upper_bound(ro, "n", 1);
+  rocksdb_iterator_t *it = rocksdb_create_iterator(s->t[tier].db, ro);
   rocksdb_iter_seek(it, "m", 1);
   size_t loaded = 0, bad = 0;
   for (; rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
@@ -1026,6 +1029,7 @@ static kvs_err load_tier(kvs__store *s, int tier) {
       free(e);
       free(meta);
       rocksdb_iter_destroy(it);
+      rocksdb_readoptions_destroy(ro);
       return KVS_ENOMEM;
     }
     memcpy(meta, val + KVS__REC_HEAD, vl - KVS__REC_HEAD);
@@ -1053,6 +1057,7 @@ static kvs_err load_tier(kvs__store *s, int tier) {
   char *err = NULL;
   rocksdb_iter_get_error(it, &err);
   rocksdb_iter_destroy(it);
+  rocksdb_readoptions_destroy(ro);
   if (err) return rerr(err, "load");
   KVS_LOGI("store", "tier loaded", "tier=%d entries=%zu bad=%zu bytes=%llu", tier, loaded, bad,
            (unsigned long long)s->t[tier].used);
@@ -1124,6 +1129,12 @@ void kvs__store_close(kvs__store *s) {
     char *err = NULL;
     rocksdb_flush_wal(s->t[t].db, 1, &err);
     (void)rerr(err, "flush wal");
+    /* memtables to SST/blob files, so a restart does not replay the WAL */
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    rocksdb_flushoptions_set_wait(fo, 1);
+    rocksdb_flush(s->t[t].db, fo, &err);
+    (void)rerr(err, "flush");
+    rocksdb_flushoptions_destroy(fo);
     rocksdb_close(s->t[t].db);
     rocksdb_options_destroy(s->t[t].opt);
   }

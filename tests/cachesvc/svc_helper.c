@@ -1,0 +1,376 @@
+#include "svc_helper.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t l = sizeof a;
+  int port = -1;
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(fd, (struct sockaddr *)&a, &l) == 0)
+    port = ntohs(a.sin_port);
+  close(fd);
+  return port;
+}
+
+static const char *daemon_path(void) {
+  static char p[1024];
+  const char *b = getenv("KVS_BUILD_DIR");
+  snprintf(p, sizeof p, "%s/cachesvc/kvstashd", b ? b : ".");
+  return p;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+int th_daemon_start(th_daemon *d, const char *const *extra) {
+  if (!d->dir[0]) {
+    snprintf(d->dir, sizeof d->dir, "/tmp/kvs-svc-test-XXXXXX");
+    if (!mkdtemp(d->dir)) return -1;
+  }
+  d->port = free_port();
+  d->http_port = free_port();
+  if (d->port < 0 || d->http_port < 0) return -1;
+  snprintf(d->url, sizeof d->url, "tcp://127.0.0.1:%d", d->port);
+  snprintf(d->ipc, sizeof d->ipc, "ipc://%s/kvs.sock", d->dir);
+  snprintf(d->log, sizeof d->log, "%s/kvstashd.log", d->dir);
+  char a_data[320], a_listen[700], a_http[64];
+  snprintf(a_data, sizeof a_data, "--data_dir=%s/data", d->dir);
+  snprintf(a_listen, sizeof a_listen, "--listen=%s,%s", d->url, d->ipc);
+  snprintf(a_http, sizeof a_http, "--http=127.0.0.1:%d", d->http_port);
+  const char *argv[64];
+  int n = 0;
+  argv[n++] = daemon_path();
+  argv[n++] = a_data;
+  argv[n++] = a_listen;
+  argv[n++] = a_http;
+  argv[n++] = "--workers=4";
+  argv[n++] = "--log_level=info";
+  for (int i = 0; extra && extra[i] && n < 62; i++) argv[n++] = extra[i];
+  argv[n] = NULL;
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd >= 0) {
+      dup2(fd, 2);
+      dup2(fd, 1);
+      close(fd);
+    }
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  d->pid = pid;
+  /* ready = answers a PING (auth errors count: it answered) */
+  for (int i = 0; i < 200; i++) {
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      d->pid = 0;
+      th_daemon_dump_log(d);
+      return -1;
+    }
+    th_conn c;
+    if (th_connect(&c, d->url, "probe", NULL, 300) == 0) {
+      int rc = th_call(&c, KVS_OP_PING, 0, NULL, 0, NULL, NULL);
+      th_close(&c);
+      if (rc == KVS_OK || rc == KVS_EAUTH) return 0;
+    }
+    sleep_ms(100);
+  }
+  th_daemon_kill9(d);
+  return -1;
+}
+
+int th_daemon_stop(th_daemon *d) {
+  if (d->pid <= 0) return -1;
+  kill(d->pid, SIGTERM);
+  for (int i = 0; i < 300; i++) {
+    int st;
+    pid_t r = waitpid(d->pid, &st, WNOHANG);
+    if (r == d->pid) {
+      d->pid = 0;
+      return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    }
+    sleep_ms(100);
+  }
+  th_daemon_kill9(d);
+  return -1;
+}
+
+void th_daemon_kill9(th_daemon *d) {
+  if (d->pid <= 0) return;
+  kill(d->pid, SIGKILL);
+  int st;
+  waitpid(d->pid, &st, 0);
+  d->pid = 0;
+}
+
+void th_daemon_cleanup(th_daemon *d) {
+  if (d->pid > 0) th_daemon_kill9(d);
+  if (!d->dir[0] || strncmp(d->dir, "/tmp/kvs-svc-test-", 18) != 0) return;
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", d->dir);
+  d->dir[0] = 0;
+}
+
+void th_daemon_dump_log(const th_daemon *d) {
+  FILE *f = fopen(d->log, "r");
+  if (!f) return;
+  char line[1024];
+  fprintf(stderr, "---- kvstashd log %s ----\n", d->log);
+  while (fgets(line, sizeof line, f)) fputs(line, stderr);
+  fclose(f);
+}
+
+/* --------------------------------------------------------------- client */
+int th_connect(th_conn *c, const char *url, const char *tenant, const char *token, int timeout_ms) {
+  memset(c, 0, sizeof *c);
+  if (nng_req0_open(&c->s) != 0) return -1;
+  c->open = 1;
+  nng_socket_set_ms(c->s, NNG_OPT_RECVTIMEO, timeout_ms);
+  nng_socket_set_ms(c->s, NNG_OPT_SENDTIMEO, timeout_ms);
+  nng_socket_set_size(c->s, NNG_OPT_RECVMAXSZ, 0);
+  nng_socket_set_ms(c->s, NNG_OPT_REQ_RESENDTIME, 600000);
+  if (nng_dial(c->s, url, NULL, 0) != 0) {
+    th_close(c);
+    return -1;
+  }
+  snprintf(c->tenant, sizeof c->tenant, "%s", tenant);
+  if (token) snprintf(c->token, sizeof c->token, "%s", token);
+  c->next_id = 1;
+  return 0;
+}
+
+void th_close(th_conn *c) {
+  if (c->open) nng_close(c->s);
+  c->open = 0;
+}
+
+static int exchange(th_conn *c, nng_msg *m, uint64_t id, uint16_t op, int check, uint8_t **reply,
+                    size_t *reply_len) {
+  if (reply) *reply = NULL;
+  if (reply_len) *reply_len = 0;
+  int rv = nng_sendmsg(c->s, m, 0);
+  if (rv != 0) {
+    nng_msg_free(m);
+    return rv == NNG_ETIMEDOUT ? KVS_ETIMEDOUT : KVS_ECONN;
+  }
+  nng_msg *a = NULL;
+  rv = nng_recvmsg(c->s, &a, 0);
+  if (rv != 0) return rv == NNG_ETIMEDOUT ? KVS_ETIMEDOUT : KVS_ECONN;
+  kvs_wire_hdr h;
+  int rc = kvs_wire_hdr_decode(nng_msg_body(a), nng_msg_len(a), &h);
+  if (rc == KVS_OK && !(h.flags & KVS_WIRE_F_RESPONSE)) rc = KVS_EPROTO;
+  if (rc == KVS_OK && check && (h.req_id != id || h.op != op)) rc = KVS_EPROTO;
+  if (rc == KVS_OK) {
+    rc = h.status;
+    if (reply) {
+      *reply = malloc(h.payload_len ? h.payload_len : 1);
+      memcpy(*reply, (uint8_t *)nng_msg_body(a) + KVS_WIRE_HDR_SIZE, h.payload_len);
+    }
+    if (reply_len) *reply_len = h.payload_len;
+  }
+  nng_msg_free(a);
+  return rc;
+}
+
+int th_call(th_conn *c, uint16_t op, uint32_t flags, const void *payload, size_t n,
+            uint8_t **reply, size_t *reply_len) {
+  kvs_wire_hdr h;
+  uint64_t id = c->next_id++;
+  if (kvs_wire_hdr_init(&h, op, id, c->tenant, c->token[0] ? c->token : NULL, strlen(c->token)) !=
+      KVS_OK)
+    return KVS_EINVAL;
+  h.flags = flags;
+  h.payload_len = (uint32_t)n;
+  nng_msg *m;
+  if (nng_msg_alloc(&m, KVS_WIRE_HDR_SIZE + n) != 0) return KVS_ENOMEM;
+  kvs_wire_hdr_encode(&h, nng_msg_body(m));
+  if (n) memcpy((uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE, payload, n);
+  return exchange(c, m, id, op, 1, reply, reply_len);
+}
+
+int th_send_raw(th_conn *c, const void *frame, size_t n, uint8_t **reply, size_t *reply_len) {
+  nng_msg *m;
+  if (nng_msg_alloc(&m, n) != 0) return KVS_ENOMEM;
+  if (n) memcpy(nng_msg_body(m), frame, n);
+  return exchange(c, m, 0, 0, 0, reply, reply_len);
+}
+
+/* --------------------------------------------------------------- chunks */
+static uint64_t mix(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+void th_chunk_make(th_chunk *c, uint64_t seed, uint32_t n_tokens, size_t vbytes, uint32_t n_seg) {
+  memset(c, 0, sizeof *c);
+  uint64_t st = seed * 7919 + 1;
+  c->model = kvs_hash128_buf("test-model", 10);
+  c->n_tokens = n_tokens;
+  c->tokens = malloc(4u * n_tokens);
+  for (uint32_t i = 0; i < n_tokens; i++) c->tokens[i] = (int32_t)(mix(&st) % 49152);
+  c->key = kvs_key_content(&c->model, c->tokens, n_tokens);
+  c->vbytes = vbytes;
+  c->value = malloc(vbytes ? vbytes : 1);
+  for (size_t i = 0; i + 8 <= vbytes; i += 8) {
+    uint64_t r = mix(&st);
+    memcpy(c->value + i, &r, 8);
+  }
+  for (size_t i = vbytes & ~(size_t)7; i < vbytes; i++) c->value[i] = (uint8_t)mix(&st);
+  c->n_seg = n_seg;
+  c->seg_end = malloc(8u * n_seg);
+  for (uint32_t g = 0; g < n_seg; g++) c->seg_end[g] = (uint64_t)vbytes * (g + 1) / n_seg;
+}
+
+void th_chunk_free(th_chunk *c) {
+  free(c->tokens);
+  free(c->value);
+  free(c->seg_end);
+  memset(c, 0, sizeof *c);
+}
+
+static void chunk_meta(const th_chunk *ch, kvs_wire_meta *m) {
+  memset(m, 0, sizeof *m);
+  m->key = ch->key;
+  m->model = ch->model;
+  m->key_kind = KVS_KEY_KIND_CONTENT;
+  m->n_tokens = ch->n_tokens;
+  kvs_layout l = {2, 2, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 10000.f, 1.f};
+  m->layout = l;
+  m->codec_profile = 1;
+  m->n_segments = ch->n_seg;
+  m->ttl_s = ch->ttl_s;
+  m->value_bytes = ch->vbytes;
+  m->checksum = kvs_checksum64(ch->value, ch->vbytes);
+  m->tokens_le = (const uint8_t *)ch->tokens;
+  m->seg_end_le = (const uint8_t *)ch->seg_end;
+}
+
+int th_put(th_conn *c, const th_chunk *ch, uint32_t flags) {
+  kvs_wire_meta m;
+  chunk_meta(ch, &m);
+  size_t ml = kvs_wire_meta_size(&m);
+  uint8_t *p = malloc(ml + ch->vbytes);
+  kvs_wire_meta_encode(&m, p, ml, NULL);
+  memcpy(p + ml, ch->value, ch->vbytes);
+  int rc = th_call(c, KVS_OP_PUT, flags, p, ml + ch->vbytes, NULL, NULL);
+  free(p);
+  return rc;
+}
+
+int th_get(th_conn *c, const th_chunk *ch, uint8_t **value, size_t *len) {
+  kvs_wire_get_req g = {.key = ch->key, .model = ch->model, .flags = KVS_WIRE_GET_META,
+                        .seg_first = 0, .seg_count = KVS_WIRE_SEG_ALL, .n_tokens = ch->n_tokens,
+                        .tokens_le = (const uint8_t *)ch->tokens};
+  size_t n = kvs_wire_get_req_size(&g);
+  uint8_t *p = malloc(n);
+  kvs_wire_get_req_encode(&g, p, n, NULL);
+  uint8_t *rep = NULL;
+  size_t rl = 0;
+  int rc = th_call(c, KVS_OP_GET, 0, p, n, &rep, &rl);
+  free(p);
+  if (value) *value = NULL;
+  if (rc == KVS_OK) {
+    kvs_wire_get_resp a;
+    rc = kvs_wire_get_resp_decode(rep, rl, &a);
+    if (rc == KVS_OK && (a.meta_len == 0 || a.byte_len != a.value_bytes ||
+                         kvs_checksum64(a.bytes, a.byte_len) != a.checksum))
+      rc = KVS_ECHECKSUM;
+    if (rc == KVS_OK && value) {
+      *value = malloc(a.byte_len ? a.byte_len : 1);
+      memcpy(*value, a.bytes, a.byte_len);
+      if (len) *len = a.byte_len;
+    }
+  }
+  free(rep);
+  return rc;
+}
+
+int th_key_op(th_conn *c, uint16_t op, const th_chunk *ch, uint32_t arg, uint8_t **reply,
+              size_t *reply_len) {
+  kvs_wire_key_req k = {.key = ch->key, .model = ch->model, .arg = arg};
+  uint8_t p[KVS_WIRE_KEY_REQ_SIZE];
+  kvs_wire_key_req_encode(&k, p, sizeof p, NULL);
+  return th_call(c, op, 0, p, sizeof p, reply, reply_len);
+}
+
+int th_stats(th_conn *c, uint64_t v[KVS__STAT_COUNT]) {
+  uint8_t *rep = NULL;
+  size_t rl = 0;
+  int rc = th_call(c, KVS_OP_STATS, 0, NULL, 0, &rep, &rl);
+  if (rc == KVS_OK) {
+    kvs_wire_stats_resp s;
+    rc = kvs_wire_stats_resp_decode(rep, rl, &s);
+    for (int i = 0; i < KVS__STAT_COUNT; i++) v[i] = (uint32_t)i < s.n ? s.v[i] : 0;
+  }
+  free(rep);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- http */
+int th_http(int port, const char *method, const char *path, char **body) {
+  *body = NULL;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct timeval tv = {5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+    close(fd);
+    return -1;
+  }
+  char req[1024];
+  int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+                   method, path);
+  if (write(fd, req, (size_t)n) != n) {
+    close(fd);
+    return -1;
+  }
+  size_t cap = 65536, len = 0;
+  char *buf = malloc(cap);
+  for (;;) {
+    if (len + 4096 > cap) {
+      cap *= 2;
+      buf = realloc(buf, cap);
+    }
+    ssize_t r = read(fd, buf + len, cap - len - 1);
+    if (r <= 0) break;
+    len += (size_t)r;
+  }
+  close(fd);
+  buf[len] = 0;
+  int code = -1;
+  if (sscanf(buf, "HTTP/1.%*d %d", &code) != 1) code = -1;
+  char *b = strstr(buf, "\r\n\r\n");
+  *body = strdup(b ? b + 4 : "");
+  free(buf);
+  return code;
+}
