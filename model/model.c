@@ -15,9 +15,7 @@
 
 #include "model_int.h"
 
-typedef struct layer_w {
-  float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
-} layer_w;
+typedef kvs__layer_weights layer_w;
 
 struct kvs_model {
   kvs_model_cfg cfg;
@@ -276,6 +274,20 @@ fail:
 
 uint64_t kvs__model_seed(const kvs_model *m) { return m->seed; }
 
+void kvs__model_weights_get(const kvs_model *m, kvs__model_weights *w) {
+  memset(w, 0, sizeof *w);
+  w->cfg = m->cfg;
+  w->host = m->host_weights;
+  w->random = m->g == NULL;
+  w->seed = m->seed;
+  if (m->host_weights) {
+    w->tok_embd = m->tok_embd;
+    w->output = m->output;
+    w->out_norm = m->out_norm;
+    w->layers = m->layers;
+  }
+}
+
 /* ---------------------------------------------------------- sequences */
 kvs_err kvs_seq_create(kvs_model *m, uint32_t capacity, kvs_seq **out) {
   if (!m || !out || !capacity) return KVS_EINVAL;
@@ -349,6 +361,36 @@ void kvs_model_rope_cpu(float *x, uint32_t n, uint32_t heads, uint32_t D, const 
 
 void kvs_model_swiglu_cpu(float *g, const float *u, size_t n) {
   for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void kvs_model_attn_cpu(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, float *out,
+                        uint32_t n, uint32_t H, uint32_t G, uint32_t D, uint32_t past,
+                        uint32_t kv_len) {
+  float *sc = malloc((size_t)(kv_len ? kv_len : 1) * sizeof *sc);
+  if (!sc) return;
+  float scale = 1.0f / sqrtf((float)D);
+  for (uint32_t i = 0; i < n; i++)
+    for (uint32_t h = 0; h < H; h++) {
+      uint32_t g = h / (H / G), lim = past + i + 1 < kv_len ? past + i + 1 : kv_len;
+      const kvs_f16 *qi = q + ((size_t)i * H + h) * D;
+      float mx = -INFINITY, sum = 0;
+      for (uint32_t j = 0; j < lim; j++) {
+        const kvs_f16 *kj = k + ((size_t)j * G + g) * D;
+        float d = 0;
+        for (uint32_t c = 0; c < D; c++) d += kvs_f16_to_f32(qi[c]) * kvs_f16_to_f32(kj[c]);
+        sc[j] = d * scale;
+        mx = sc[j] > mx ? sc[j] : mx;
+      }
+      for (uint32_t j = 0; j < lim; j++) sum += (sc[j] = expf(sc[j] - mx));
+      float *o = out + ((size_t)i * H + h) * D;
+      for (uint32_t c = 0; c < D; c++) o[c] = 0;
+      for (uint32_t j = 0; j < lim; j++) {
+        const kvs_f16 *vj = v + ((size_t)j * G + g) * D;
+        float p = sc[j] / sum;
+        for (uint32_t c = 0; c < D; c++) o[c] += p * kvs_f16_to_f32(vj[c]);
+      }
+    }
+  free(sc);
 }
 
 /* y (n, out) = x (n, in) W^T, W (out, in) */

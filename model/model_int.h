@@ -6,6 +6,10 @@
 
 #include "kvs_model.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- string -> int32 hash table (open addressing, keys copied) */
 typedef struct kvs__strmap {
   uint64_t cap;  /* power of two */
@@ -39,4 +43,29 @@ void kvs_model_rope_cpu(float *x, uint32_t n, uint32_t heads, uint32_t D, const 
                         float theta);
 /* g[i] = silu(g[i]) * u[i] */
 void kvs_model_swiglu_cpu(float *g, const float *u, size_t n);
+/* Twin of the flash attention kernel: out (n, H, D) f32 = causal softmax
+ * attention of q (n, H, D) at slots past..past+n-1 over k, v (kv_len, G, D),
+ * all fp16 inputs, f32 math, scale 1/sqrt(D). */
+void kvs_model_attn_cpu(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, float *out,
+                        uint32_t n, uint32_t H, uint32_t G, uint32_t D, uint32_t past,
+                        uint32_t kv_len);
+/* The weights of a model, for the GPU path to upload. Shapes as in model.c;
+ * all NULL when the model has no host weights (random GPU-only models: the
+ * GPU generates them from seed with model_rand.h). Valid while the model lives. */
+typedef struct kvs__layer_weights {
+  float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+} kvs__layer_weights;
+typedef struct kvs__model_weights {
+  kvs_model_cfg cfg;
+  const float *tok_embd, *output, *out_norm; /* output == tok_embd when tied */
+  const kvs__layer_weights *layers;           /* [n_layers] */
+  int host;                                   /* 1 when the pointers are set */
+  int random;                                 /* 1 for kvs_model_create_random models */
+  uint64_t seed;
+} kvs__model_weights;
+void kvs__model_weights_get(const kvs_model *m, kvs__model_weights *w);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

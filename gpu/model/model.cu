@@ -1,0 +1,640 @@
+/* model.cu - the reference model's forward pass on the GPU (see kvs_gpu_model.h).
+ *
+ * Device buffers (E = n_embd, H/G heads/kv heads, D head_dim, F n_ff, T max tokens):
+ *   weights fp16: embd (V, E); per layer wqkv (H*D + 2*G*D, E) = [wq; wk; wv],
+ *   wo (E, H*D), wgu (2F, E) = [gate; up], wdown (E, F); output (V, E) (may
+ *   alias embd); norms f32 (E).
+ *   kv fp16: (L, 2, cap, G, D).  activations: x f32 (T, E) residual, xn fp16
+ *   (T, E), qkv f32 (T, H*D + 2*G*D), q fp16 (T, H, D), att fp16 (T, H*D),
+ *   gu fp16 (T, 2F), act fp16 (T, F). */
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvs_gpu_int.h"
+#include "kvs_gpu_model.h"
+#include "model_rand.h"
+
+using namespace nvcuda;
+
+#define CUBLAS_TRY(call)                                                                \
+  do {                                                                                  \
+    cublasStatus_t s_ = (call);                                                         \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                  \
+      KVS_LOGE("gpu", "cublas failed", "status=%d what=\"%s\"", (int)s_, #call);        \
+      return KVS_ECUDA;                                                                 \
+    }                                                                                   \
+  } while (0)
+
+/* ------------------------------------------------------------- kernels */
+__global__ void k_embed(const half *__restrict__ emb, const int *__restrict__ tok,
+                        float *__restrict__ x, int E) {
+  int i = blockIdx.x;
+  const half *row = emb + (size_t)tok[i] * E;
+  for (int j = threadIdx.x; j < E; j += blockDim.x) x[(size_t)i * E + j] = __half2float(row[j]);
+}
+
+/* one block (256 threads) per row: y = half(x * rsqrt(mean(x^2) + eps) * w) */
+__global__ void k_rmsnorm(const float *__restrict__ x, const float *__restrict__ w,
+                          half *__restrict__ y, int E, float eps) {
+  __shared__ float red[32];
+  const float *xi = x + (size_t)blockIdx.x * E;
+  float ss = 0.f;
+  for (int j = threadIdx.x; j < E; j += blockDim.x) ss += xi[j] * xi[j];
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    ss = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (threadIdx.x == 0) red[0] = ss;
+  }
+  __syncthreads();
+  float r = rsqrtf(red[0] / (float)E + eps);
+  for (int j = threadIdx.x; j < E; j += blockDim.x)
+    y[(size_t)blockIdx.x * E + j] = __float2half(xi[j] * r * w[j]);
+}
+
+/* Angle of pair i at position pos, in double as the CPU twin does. */
+__device__ __forceinline__ void rope_cs(uint32_t pos, int i, int D, double log_theta, float *c,
+                                        float *s) {
+  double a = (double)pos * exp(-2.0 * i / D * log_theta);
+  double sd, cd;
+  sincos(a, &sd, &cd);
+  *c = (float)cd;
+  *s = (float)sd;
+}
+
+/* qkv (n, H*D + 2*G*D) f32 -> q (n, H, D) fp16 rotated; K rotated and V into
+ * the cache at slots past + i. One block per token. */
+__global__ void k_rope_qkv(const float *__restrict__ qkv, half *__restrict__ q,
+                           half *__restrict__ Kc, half *__restrict__ Vc, int H, int G, int D,
+                           int past, double log_theta) {
+  int i = blockIdx.x;
+  uint32_t pos = (uint32_t)(past + i);
+  int HD = H * D, GD = G * D, W = HD + 2 * GD;
+  const float *row = qkv + (size_t)i * W;
+  int pairs = (H + G) * (D / 2);
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    int head = p / (D / 2), j = p % (D / 2);
+    float c, s;
+    rope_cs(pos, j, D, log_theta, &c, &s);
+    const float *src = row + head * D + 2 * j; /* q heads then k heads are contiguous */
+    float x0 = src[0], x1 = src[1];
+    half o0 = __float2half(x0 * c - x1 * s), o1 = __float2half(x0 * s + x1 * c);
+    if (head < H) {
+      q[(size_t)i * HD + head * D + 2 * j] = o0;
+      q[(size_t)i * HD + head * D + 2 * j + 1] = o1;
+    } else {
+      size_t o = (size_t)pos * GD + (head - H) * D + 2 * j;
+      Kc[o] = o0;
+      Kc[o + 1] = o1;
+    }
+  }
+  for (int j = threadIdx.x; j < GD; j += blockDim.x)
+    Vc[(size_t)pos * GD + j] = __float2half(row[HD + GD + j]);
+}
+
+/* in-place f32 rope for the twin test: x (n, H, D) */
+__global__ void k_rope_f32(float *x, const uint32_t *pos, int H, int D, double log_theta) {
+  int i = blockIdx.x;
+  for (int p = threadIdx.x; p < H * (D / 2); p += blockDim.x) {
+    int head = p / (D / 2), j = p % (D / 2);
+    float c, s;
+    rope_cs(pos[i], j, D, log_theta, &c, &s);
+    float *e = x + ((size_t)i * H + head) * D + 2 * j;
+    float x0 = e[0], x1 = e[1];
+    e[0] = x0 * c - x1 * s;
+    e[1] = x0 * s + x1 * c;
+  }
+}
+
+__global__ void k_swiglu(const half *__restrict__ gu, half *__restrict__ out, int F, size_t total) {
+  for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
+       t += (size_t)gridDim.x * blockDim.x) {
+    size_t i = t / F, j = t % F;
+    float g = __half2float(gu[i * 2 * F + j]), u = __half2float(gu[i * 2 * F + F + j]);
+    out[t] = __float2half(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+__global__ void k_rand_half(half *dst, size_t n, uint64_t seed, uint32_t tid, kvs__rscale s) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x)
+    dst[i] = __float2half(kvs__rand_weight(seed, tid, i, s));
+}
+__global__ void k_rand_f32(float *dst, size_t n, uint64_t seed, uint32_t tid, kvs__rscale s) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x)
+    dst[i] = kvs__rand_weight(seed, tid, i, s);
+}
+
+/* Flash attention, causal, GQA. Block = NW warps = BR = 16*NW query rows of
+ * one head; key tiles of BC = 64. Per warp: S (16, 64) = Q K^T with WMMA,
+ * online softmax row by row (the whole warp on one row: conflict-free), P
+ * rounded to fp16, O (16, D) += P V with WMMA, kept in shared f32 and rescaled
+ * per row. Scores never leave shared memory. */
+template <int D, int NW>
+__global__ void __launch_bounds__(NW * 32)
+    k_flash_attn(const half *__restrict__ Q, const half *__restrict__ K, const half *__restrict__ V,
+                 half *__restrict__ O, int n, int H, int G, int past, int kv_len, float scale_log2) {
+  constexpr int BR = 16 * NW, BC = 64, TW = BC > D ? BC : D;
+  extern __shared__ __align__(128) unsigned char smem[];
+  half *sQ = reinterpret_cast<half *>(smem);
+  half *sK = sQ + BR * D;
+  half *sV = sK + BC * D;
+  float *sT = reinterpret_cast<float *>(sV + BC * D);
+  half *sP = reinterpret_cast<half *>(sT + NW * 16 * TW);
+  float *sO = reinterpret_cast<float *>(sP + NW * 16 * BC);
+  float *sM = sO + NW * 16 * D;
+  float *sL = sM + BR;
+  float *sA = sL + BR;
+  const int h = blockIdx.y, g = h / (H / G), q0 = blockIdx.x * BR;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const size_t ldq = (size_t)H * D, ldk = (size_t)G * D;
+  for (int i = tid; i < BR * D / 8; i += NW * 32) {
+    int r = i / (D / 8), c = (i % (D / 8)) * 8;
+    int4 val = make_int4(0, 0, 0, 0);
+    if (q0 + r < n) val = *reinterpret_cast<const int4 *>(Q + (size_t)(q0 + r) * ldq + h * D + c);
+    *reinterpret_cast<int4 *>(sQ + r * D + c) = val;
+  }
+  for (int i = tid; i < NW * 16 * D; i += NW * 32) sO[i] = 0.f;
+  for (int i = tid; i < BR; i += NW * 32) {
+    sM[i] = -INFINITY;
+    sL[i] = 0.f;
+    sA[i] = 0.f;
+  }
+  const int last_q = min(q0 + BR, n) - 1;
+  const int kend = min(kv_len, past + last_q + 1);
+  const int wr = warp * 16;
+  float *wT = sT + warp * 16 * TW;
+  half *wP = sP + warp * 16 * BC;
+  float *wO = sO + warp * 16 * D;
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> qa[D / 16];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qa[kk], sQ + wr * D + kk * 16, D);
+  for (int kt = 0; kt < kend; kt += BC) {
+    __syncthreads(); /* everyone is done with the previous K/V tile */
+    for (int i = tid; i < BC * D / 8; i += NW * 32) {
+      int r = i / (D / 8), c = (i % (D / 8)) * 8;
+      int4 kv = make_int4(0, 0, 0, 0), vv = make_int4(0, 0, 0, 0);
+      if (kt + r < kend) {
+        kv = *reinterpret_cast<const int4 *>(K + (size_t)(kt + r) * ldk + g * D + c);
+        vv = *reinterpret_cast<const int4 *>(V + (size_t)(kt + r) * ldk + g * D + c);
+      }
+      *reinterpret_cast<int4 *>(sK + r * D + c) = kv;
+      *reinterpret_cast<int4 *>(sV + r * D + c) = vv;
+    }
+    __syncthreads();
+    if (kt > past + q0 + wr + 15) continue; /* every row of this warp precedes the tile */
+#pragma unroll
+    for (int j = 0; j < BC / 16; j++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> kb;
+        wmma::load_matrix_sync(kb, sK + j * 16 * D + kk * 16, D);
+        wmma::mma_sync(acc, qa[kk], kb, acc);
+      }
+      wmma::store_matrix_sync(wT + j * 16, acc, BC, wmma::mem_row_major);
+    }
+    __syncwarp();
+    for (int rr = 0; rr < 16; rr++) {
+      int qs = past + q0 + wr + rr;
+      int k0 = kt + lane, k1 = kt + lane + 32;
+      float v0 = wT[rr * BC + lane] * scale_log2, v1 = wT[rr * BC + lane + 32] * scale_log2;
+      if (k0 > qs || k0 >= kend) v0 = -INFINITY;
+      if (k1 > qs || k1 >= kend) v1 = -INFINITY;
+      float mx = fmaxf(v0, v1);
+      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      float m_old = sM[wr + rr];
+      float m_new = fmaxf(m_old, mx); /* finite: key 0 is in the first tile of every row */
+      half p0 = __float2half(v0 == -INFINITY ? 0.f : exp2f(v0 - m_new));
+      half p1 = __float2half(v1 == -INFINITY ? 0.f : exp2f(v1 - m_new));
+      wP[rr * BC + lane] = p0;
+      wP[rr * BC + lane + 32] = p1;
+      float sum = __half2float(p0) + __half2float(p1);
+      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      float alpha = m_old == -INFINITY ? 0.f : exp2f(m_old - m_new);
+      __syncwarp();
+      if (lane == 0) {
+        sM[wr + rr] = m_new;
+        sL[wr + rr] = sL[wr + rr] * alpha + sum;
+        sA[wr + rr] = alpha;
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < D / 16; j++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> pa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> vb;
+        wmma::load_matrix_sync(pa, wP + kk * 16, BC);
+        wmma::load_matrix_sync(vb, sV + kk * 16 * D + j * 16, D);
+        wmma::mma_sync(acc, pa, vb, acc);
+      }
+      wmma::store_matrix_sync(wT + j * 16, acc, D, wmma::mem_row_major);
+    }
+    __syncwarp();
+    for (int rr = 0; rr < 16; rr++) {
+      float a = sA[wr + rr];
+      for (int c = lane; c < D; c += 32) wO[rr * D + c] = wO[rr * D + c] * a + wT[rr * D + c];
+    }
+    __syncwarp();
+  }
+  __syncwarp();
+  for (int rr = 0; rr < 16; rr++) {
+    int row = q0 + wr + rr;
+    if (row >= n) break;
+    float inv = 1.f / sL[wr + rr];
+    for (int c = lane; c < D; c += 32)
+      O[(size_t)row * ldq + h * D + c] = __float2half(wO[rr * D + c] * inv);
+  }
+}
+
+template <int D, int NW>
+static size_t flash_smem() {
+  const int BR = 16 * NW, BC = 64, TW = BC > D ? BC : D;
+  return (size_t)(BR * D + 2 * BC * D) * 2 + (size_t)NW * 16 * TW * 4 + (size_t)NW * 16 * BC * 2 +
+         (size_t)NW * 16 * D * 4 + 3 * (size_t)BR * 4;
+}
+
+#define FA_NW 8
+template <int D>
+static kvs_err launch_flash_t(const half *q, const half *k, const half *v, half *o, int n, int H,
+                              int G, int past, int kv_len, cudaStream_t st) {
+  size_t smem = flash_smem<D, FA_NW>();
+  static int configured = 0;
+  if (!configured) {
+    KVS_CUDA_TRY(cudaFuncSetAttribute(k_flash_attn<D, FA_NW>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    configured = 1;
+  }
+  dim3 grid((unsigned)((n + 16 * FA_NW - 1) / (16 * FA_NW)), (unsigned)H);
+  float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
+  k_flash_attn<D, FA_NW><<<grid, FA_NW * 32, smem, st>>>(q, k, v, o, n, H, G, past, kv_len,
+                                                         scale_log2);
+  KVS_CUDA_TRY(cudaGetLastError());
+  return KVS_OK;
+}
+
+static kvs_err launch_flash(const half *q, const half *k, const half *v, half *o, int n, int H,
+                            int G, int D, int past, int kv_len, cudaStream_t st) {
+  if (n <= 0) return KVS_OK;
+  if (D == 64) return launch_flash_t<64>(q, k, v, o, n, H, G, past, kv_len, st);
+  if (D == 128) return launch_flash_t<128>(q, k, v, o, n, H, G, past, kv_len, st);
+  return KVS_ENOTSUP;
+}
+
+/* ------------------------------------------------------------- model */
+typedef struct gpu_layer {
+  float *attn_norm, *ffn_norm;
+  half *wqkv, *wo, *wgu, *wdown;
+} gpu_layer;
+
+struct kvs_gpu_model {
+  kvs_model_cfg cfg;
+  cublasHandle_t blas;
+  cudaStream_t st;
+  cudaEvent_t ev0, ev1;
+  half *embd, *output;
+  float *out_norm;
+  gpu_layer *layers;
+  half *kv;
+  uint32_t cap, len;
+  int *tok;
+  float *x, *qkv;
+  half *xn, *q, *att, *gu, *act;
+  float *logits;
+  size_t logits_rows;
+};
+
+static int blocks_for(size_t n) {
+  size_t b = (n + 255) / 256;
+  return (int)(b > 65535 ? 65535 : (b ? b : 1));
+}
+
+/* dst (rows, cols) fp16 from host f32 src, converted in chunks */
+static kvs_err upload_half(half *dst, const float *src, size_t n) {
+  const size_t chunk = 1u << 22;
+  kvs_f16 *tmp = (kvs_f16 *)malloc(chunk * sizeof(kvs_f16));
+  if (!tmp) return KVS_ENOMEM;
+  for (size_t a = 0; a < n; a += chunk) {
+    size_t m = n - a < chunk ? n - a : chunk;
+    for (size_t i = 0; i < m; i++) tmp[i] = kvs_f32_to_f16(src[a + i]);
+    cudaError_t e = cudaMemcpy(dst + a, tmp, m * sizeof(kvs_f16), cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+      free(tmp);
+      return kvs__cuda_err(e, __FILE__, __LINE__, "upload");
+    }
+  }
+  free(tmp);
+  return KVS_OK;
+}
+
+static kvs_err put_half(kvs_gpu_model *g, const kvs__model_weights *w, half *dst, const float *src,
+                        size_t n, uint32_t tid) {
+  if (w->host) return upload_half(dst, src, n);
+  k_rand_half<<<blocks_for(n), 256, 0, g->st>>>(dst, n, w->seed, tid, kvs__rand_scale(&w->cfg, tid));
+  KVS_CUDA_TRY(cudaGetLastError());
+  return KVS_OK;
+}
+static kvs_err put_f32(kvs_gpu_model *g, const kvs__model_weights *w, float *dst, const float *src,
+                       size_t n, uint32_t tid) {
+  if (w->host) {
+    KVS_CUDA_TRY(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyHostToDevice));
+    return KVS_OK;
+  }
+  k_rand_f32<<<blocks_for(n), 256, 0, g->st>>>(dst, n, w->seed, tid, kvs__rand_scale(&w->cfg, tid));
+  KVS_CUDA_TRY(cudaGetLastError());
+  return KVS_OK;
+}
+
+#define DMALLOC(p, bytes) KVS_CUDA_TRY(cudaMalloc((void **)&(p), (bytes)))
+
+static kvs_err create(kvs_gpu_model *g, const kvs__model_weights *w, uint32_t T) {
+  const kvs_model_cfg *c = &w->cfg;
+  size_t E = c->n_embd, HD = (size_t)c->n_heads * c->head_dim, GD = (size_t)c->n_kv_heads * c->head_dim;
+  size_t F = c->n_ff, V = c->n_vocab, L = c->n_layers;
+  if (c->head_dim != 64 && c->head_dim != 128) return KVS_ENOTSUP;
+  if (E % 8 || HD % 8) return KVS_ENOTSUP;
+  KVS_CUDA_TRY(cudaStreamCreateWithFlags(&g->st, cudaStreamNonBlocking));
+  KVS_CUDA_TRY(cudaEventCreate(&g->ev0));
+  KVS_CUDA_TRY(cudaEventCreate(&g->ev1));
+  CUBLAS_TRY(cublasCreate(&g->blas));
+  CUBLAS_TRY(cublasSetStream(g->blas, g->st));
+  g->layers = (gpu_layer *)calloc(L, sizeof *g->layers);
+  if (!g->layers) return KVS_ENOMEM;
+  DMALLOC(g->embd, V * E * 2);
+  KVS_TRY(put_half(g, w, g->embd, w->tok_embd, V * E, KVS__RT_EMBD));
+  if (w->host && w->output == w->tok_embd) {
+    g->output = g->embd;
+  } else {
+    DMALLOC(g->output, V * E * 2);
+    KVS_TRY(put_half(g, w, g->output, w->output, V * E, KVS__RT_OUTPUT));
+  }
+  DMALLOC(g->out_norm, E * 4);
+  KVS_TRY(put_f32(g, w, g->out_norm, w->out_norm, E, KVS__RT_OUT_NORM));
+  for (size_t l = 0; l < L; l++) {
+    gpu_layer *gl = &g->layers[l];
+    const kvs__layer_weights *hl = w->host ? &w->layers[l] : NULL;
+    uint32_t b = KVS__RT_LAYER(l);
+    DMALLOC(gl->attn_norm, E * 4);
+    DMALLOC(gl->ffn_norm, E * 4);
+    DMALLOC(gl->wqkv, (HD + 2 * GD) * E * 2);
+    DMALLOC(gl->wo, E * HD * 2);
+    DMALLOC(gl->wgu, 2 * F * E * 2);
+    DMALLOC(gl->wdown, E * F * 2);
+    KVS_TRY(put_f32(g, w, gl->attn_norm, hl ? hl->attn_norm : NULL, E, b + 0));
+    KVS_TRY(put_half(g, w, gl->wqkv, hl ? hl->wq : NULL, HD * E, b + 1));
+    KVS_TRY(put_half(g, w, gl->wqkv + HD * E, hl ? hl->wk : NULL, GD * E, b + 2));
+    KVS_TRY(put_half(g, w, gl->wqkv + (HD + GD) * E, hl ? hl->wv : NULL, GD * E, b + 3));
+    KVS_TRY(put_half(g, w, gl->wo, hl ? hl->wo : NULL, E * HD, b + 4));
+    KVS_TRY(put_f32(g, w, gl->ffn_norm, hl ? hl->ffn_norm : NULL, E, b + 5));
+    KVS_TRY(put_half(g, w, gl->wgu, hl ? hl->w_gate : NULL, F * E, b + 6));
+    KVS_TRY(put_half(g, w, gl->wgu + F * E, hl ? hl->w_up : NULL, F * E, b + 7));
+    KVS_TRY(put_half(g, w, gl->wdown, hl ? hl->w_down : NULL, E * F, b + 8));
+  }
+  g->cap = T;
+  DMALLOC(g->kv, L * 2 * (size_t)T * GD * 2);
+  DMALLOC(g->tok, (size_t)T * 4);
+  DMALLOC(g->x, (size_t)T * E * 4);
+  DMALLOC(g->xn, (size_t)T * E * 2);
+  DMALLOC(g->qkv, (size_t)T * (HD + 2 * GD) * 4);
+  DMALLOC(g->q, (size_t)T * HD * 2);
+  DMALLOC(g->att, (size_t)T * HD * 2);
+  DMALLOC(g->gu, (size_t)T * 2 * F * 2);
+  DMALLOC(g->act, (size_t)T * F * 2);
+  KVS_CUDA_TRY(cudaStreamSynchronize(g->st));
+  return KVS_OK;
+}
+
+extern "C" void kvs_gpu_model_free(kvs_gpu_model *g) {
+  if (!g) return;
+  if (g->st) cudaStreamSynchronize(g->st);
+  if (g->output != g->embd) cudaFree(g->output);
+  cudaFree(g->embd);
+  cudaFree(g->out_norm);
+  for (uint32_t l = 0; g->layers && l < g->cfg.n_layers; l++) {
+    gpu_layer *gl = &g->layers[l];
+    cudaFree(gl->attn_norm);
+    cudaFree(gl->ffn_norm);
+    cudaFree(gl->wqkv);
+    cudaFree(gl->wo);
+    cudaFree(gl->wgu);
+    cudaFree(gl->wdown);
+  }
+  free(g->layers);
+  cudaFree(g->kv);
+  cudaFree(g->tok);
+  cudaFree(g->x);
+  cudaFree(g->xn);
+  cudaFree(g->qkv);
+  cudaFree(g->q);
+  cudaFree(g->att);
+  cudaFree(g->gu);
+  cudaFree(g->act);
+  cudaFree(g->logits);
+  if (g->blas) cublasDestroy(g->blas);
+  if (g->ev0) cudaEventDestroy(g->ev0);
+  if (g->ev1) cudaEventDestroy(g->ev1);
+  if (g->st) cudaStreamDestroy(g->st);
+  free(g);
+}
+
+extern "C" kvs_err kvs_gpu_model_create(const kvs__model_weights *w, uint32_t max_tokens,
+                                        kvs_gpu_model **out) {
+  if (!w || !out || !max_tokens || (!w->host && !w->random)) return KVS_EINVAL;
+  *out = NULL;
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  kvs_gpu_model *g = (kvs_gpu_model *)calloc(1, sizeof *g);
+  if (!g) return KVS_ENOMEM;
+  g->cfg = w->cfg;
+  kvs_err e = create(g, w, max_tokens);
+  if (e) {
+    kvs_gpu_model_free(g);
+    return e;
+  }
+  *out = g;
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_model_reset(kvs_gpu_model *g) {
+  if (!g) return KVS_EINVAL;
+  g->len = 0;
+  return KVS_OK;
+}
+extern "C" uint32_t kvs_gpu_model_len(const kvs_gpu_model *g) { return g ? g->len : 0; }
+
+/* Y (n, out) = X (n, in) W^T with W (out, in) row-major; beta = 1 accumulates. */
+static kvs_err gemm(kvs_gpu_model *g, const half *W, const half *X, void *Y, cudaDataType yt, int n,
+                    int in, int out, float beta) {
+  float alpha = 1.0f;
+  CUBLAS_TRY(cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, W, CUDA_R_16F, in,
+                          X, CUDA_R_16F, in, &beta, Y, yt, out, CUBLAS_COMPUTE_32F,
+                          CUBLAS_GEMM_DEFAULT));
+  return KVS_OK;
+}
+
+static size_t plane(const kvs_gpu_model *g) {
+  return (size_t)g->cap * g->cfg.n_kv_heads * g->cfg.head_dim;
+}
+
+extern "C" kvs_err kvs_gpu_model_prefill(kvs_gpu_model *g, const int32_t *tokens, uint32_t n,
+                                         int all_logits, float *logits, double *ms) {
+  if (!g || (!tokens && n)) return KVS_EINVAL;
+  if (n > g->cap - g->len) return KVS_ERANGE;
+  if (!n) return KVS_OK;
+  const kvs_model_cfg *c = &g->cfg;
+  for (uint32_t i = 0; i < n; i++)
+    if (tokens[i] < 0 || (uint32_t)tokens[i] >= c->n_vocab) return KVS_EINVAL;
+  int E = (int)c->n_embd, H = (int)c->n_heads, G = (int)c->n_kv_heads, D = (int)c->head_dim;
+  int HD = H * D, GD = G * D, F = (int)c->n_ff, V = (int)c->n_vocab, N = (int)n;
+  int past = (int)g->len;
+  double log_theta = log((double)c->rope_theta);
+  size_t rows = logits ? (all_logits ? n : 1) : 0;
+  if (rows > g->logits_rows) {
+    cudaFree(g->logits);
+    g->logits = NULL;
+    g->logits_rows = 0;
+    DMALLOC(g->logits, rows * (size_t)V * 4);
+    g->logits_rows = rows;
+  }
+  KVS_CUDA_TRY(cudaMemcpyAsync(g->tok, tokens, n * 4, cudaMemcpyHostToDevice, g->st));
+  KVS_CUDA_TRY(cudaEventRecord(g->ev0, g->st));
+  k_embed<<<N, 256, 0, g->st>>>(g->embd, g->tok, g->x, E);
+  for (uint32_t l = 0; l < c->n_layers; l++) {
+    gpu_layer *gl = &g->layers[l];
+    half *Kc = g->kv + (size_t)2 * l * plane(g), *Vc = Kc + plane(g);
+    k_rmsnorm<<<N, 256, 0, g->st>>>(g->x, gl->attn_norm, g->xn, E, c->norm_eps);
+    KVS_TRY(gemm(g, gl->wqkv, g->xn, g->qkv, CUDA_R_32F, N, E, HD + 2 * GD, 0.0f));
+    k_rope_qkv<<<N, 256, 0, g->st>>>(g->qkv, g->q, Kc, Vc, H, G, D, past, log_theta);
+    KVS_TRY(launch_flash(g->q, Kc, Vc, g->att, N, H, G, D, past, past + N, g->st));
+    KVS_TRY(gemm(g, gl->wo, g->att, g->x, CUDA_R_32F, N, HD, E, 1.0f));
+    k_rmsnorm<<<N, 256, 0, g->st>>>(g->x, gl->ffn_norm, g->xn, E, c->norm_eps);
+    KVS_TRY(gemm(g, gl->wgu, g->xn, g->gu, CUDA_R_16F, N, E, 2 * F, 0.0f));
+    size_t tot = (size_t)N * F;
+    k_swiglu<<<blocks_for(tot), 256, 0, g->st>>>(g->gu, g->act, F, tot);
+    KVS_TRY(gemm(g, gl->wdown, g->act, g->x, CUDA_R_32F, N, F, E, 1.0f));
+  }
+  if (rows) {
+    const float *xr = g->x + (all_logits ? 0 : (size_t)(N - 1) * E);
+    k_rmsnorm<<<(unsigned)rows, 256, 0, g->st>>>(xr, g->out_norm, g->xn, E, c->norm_eps);
+    KVS_TRY(gemm(g, g->output, g->xn, g->logits, CUDA_R_32F, (int)rows, E, V, 0.0f));
+  }
+  KVS_CUDA_TRY(cudaEventRecord(g->ev1, g->st));
+  KVS_CUDA_TRY(cudaGetLastError());
+  if (rows)
+    KVS_CUDA_TRY(cudaMemcpyAsync(logits, g->logits, rows * (size_t)V * 4, cudaMemcpyDeviceToHost,
+                                 g->st));
+  KVS_CUDA_TRY(cudaStreamSynchronize(g->st));
+  if (ms) {
+    float f;
+    KVS_CUDA_TRY(cudaEventElapsedTime(&f, g->ev0, g->ev1));
+    *ms = f;
+  }
+  g->len += n;
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_model_kv_read(kvs_gpu_model *g, uint32_t layer, uint32_t start,
+                                         uint32_t n, kvs_f16 *k, kvs_f16 *v) {
+  if (!g || layer >= g->cfg.n_layers || (n && (!k || !v))) return KVS_EINVAL;
+  if (start > g->len || n > g->len - start) return KVS_ERANGE;
+  size_t row = (size_t)g->cfg.n_kv_heads * g->cfg.head_dim;
+  const half *Kc = g->kv + (size_t)2 * layer * plane(g), *Vc = Kc + plane(g);
+  KVS_CUDA_TRY(cudaMemcpy(k, Kc + start * row, n * row * 2, cudaMemcpyDeviceToHost));
+  KVS_CUDA_TRY(cudaMemcpy(v, Vc + start * row, n * row * 2, cudaMemcpyDeviceToHost));
+  return KVS_OK;
+}
+
+/* ------------------------------------------------ single-kernel wrappers */
+template <typename T>
+static kvs_err to_dev(T **d, const void *h, size_t bytes) {
+  KVS_CUDA_TRY(cudaMalloc((void **)d, bytes ? bytes : 1));
+  if (h && bytes) KVS_CUDA_TRY(cudaMemcpy(*d, h, bytes, cudaMemcpyHostToDevice));
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_rmsnorm_host(const float *x, const float *w, kvs_f16 *y, uint32_t n,
+                                        uint32_t E, float eps) {
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  float *dx = NULL, *dw = NULL;
+  half *dy = NULL;
+  kvs_err e = to_dev(&dx, x, (size_t)n * E * 4);
+  if (!e) e = to_dev(&dw, w, (size_t)E * 4);
+  if (!e) e = to_dev(&dy, NULL, (size_t)n * E * 2);
+  if (!e && n) {
+    k_rmsnorm<<<n, 256>>>(dx, dw, dy, (int)E, eps);
+    cudaError_t ce = cudaMemcpy(y, dy, (size_t)n * E * 2, cudaMemcpyDeviceToHost);
+    if (ce != cudaSuccess) e = kvs__cuda_err(ce, __FILE__, __LINE__, "rmsnorm");
+  }
+  cudaFree(dx);
+  cudaFree(dw);
+  cudaFree(dy);
+  return e;
+}
+
+extern "C" kvs_err kvs_gpu_rope_host(float *q, uint32_t n, uint32_t H, uint32_t D,
+                                     const uint32_t *pos, float theta) {
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  float *dq = NULL;
+  uint32_t *dp = NULL;
+  kvs_err e = to_dev(&dq, q, (size_t)n * H * D * 4);
+  if (!e) e = to_dev(&dp, pos, (size_t)n * 4);
+  if (!e && n) {
+    k_rope_f32<<<n, 256>>>(dq, dp, (int)H, (int)D, log((double)theta));
+    cudaError_t ce = cudaMemcpy(q, dq, (size_t)n * H * D * 4, cudaMemcpyDeviceToHost);
+    if (ce != cudaSuccess) e = kvs__cuda_err(ce, __FILE__, __LINE__, "rope");
+  }
+  cudaFree(dq);
+  cudaFree(dp);
+  return e;
+}
+
+extern "C" kvs_err kvs_gpu_swiglu_host(const kvs_f16 *gu, kvs_f16 *out, uint32_t n, uint32_t F) {
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  half *dg = NULL, *dout = NULL;
+  size_t tot = (size_t)n * F;
+  kvs_err e = to_dev(&dg, gu, tot * 4);
+  if (!e) e = to_dev(&dout, NULL, tot * 2);
+  if (!e && tot) {
+    k_swiglu<<<blocks_for(tot), 256>>>(dg, dout, (int)F, tot);
+    cudaError_t ce = cudaMemcpy(out, dout, tot * 2, cudaMemcpyDeviceToHost);
+    if (ce != cudaSuccess) e = kvs__cuda_err(ce, __FILE__, __LINE__, "swiglu");
+  }
+  cudaFree(dg);
+  cudaFree(dout);
+  return e;
+}
+
+extern "C" kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v,
+                                           kvs_f16 *out, uint32_t n, uint32_t H, uint32_t G,
+                                           uint32_t D, uint32_t past, uint32_t kv_len) {
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  if (!G || H % G || kv_len < past + n) return KVS_EINVAL;
+  half *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
+  kvs_err e = to_dev(&dq, q, (size_t)n * H * D * 2);
+  if (!e) e = to_dev(&dk, k, (size_t)kv_len * G * D * 2);
+  if (!e) e = to_dev(&dv, v, (size_t)kv_len * G * D * 2);
+  if (!e) e = to_dev(&dout, NULL, (size_t)n * H * D * 2);
+  if (!e) e = launch_flash(dq, dk, dv, dout, (int)n, (int)H, (int)G, (int)D, (int)past, (int)kv_len, 0);
+  if (!e && n) {
+    cudaError_t ce = cudaMemcpy(out, dout, (size_t)n * H * D * 2, cudaMemcpyDeviceToHost);
+    if (ce != cudaSuccess) e = kvs__cuda_err(ce, __FILE__, __LINE__, "flash_attn");
+  }
+  cudaFree(dq);
+  cudaFree(dk);
+  cudaFree(dv);
+  cudaFree(dout);
+  return e;
+}

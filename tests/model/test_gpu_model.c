@@ -1,0 +1,274 @@
+/* GPU forward (gpu/model) against its CPU twins and against the CPU forward
+ * and llama.cpp's fixture logits. Label gpu; skips (77) without a device. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvs_gpu_model.h"
+#include "kvs_model.h"
+#include "kvs_test.h"
+
+/* same tolerances as test_forward.c (CPU vs llama.cpp) */
+#define LOGIT_TOL 2.0f
+#define MARGIN_TOL 0.75f
+/* GPU (fp16 weights and activations into the GEMMs) vs CPU (f32) */
+#define GPU_CPU_LOGIT_TOL 1.0f
+
+static kvs_model *g_m;
+
+static uint8_t *read_file(const char *path, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long sz = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  uint8_t *b = malloc((size_t)sz + 1);
+  if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
+    free(b);
+    b = NULL;
+  }
+  fclose(f);
+  *n = (size_t)sz;
+  return b;
+}
+
+static void fill_f16(kvs_f16 *p, size_t n, unsigned long long *rs, float scale) {
+  for (size_t i = 0; i < n; i++) p[i] = kvs_f32_to_f16(kvs_test_randf(rs) * scale);
+}
+
+static void test_kernel_twins(void) {
+  unsigned long long rs = 42;
+  /* rmsnorm */
+  uint32_t n = 37, E = 576;
+  float *x = malloc((size_t)n * E * 4), *w = malloc(E * 4), *y = malloc((size_t)n * E * 4);
+  kvs_f16 *yg = malloc((size_t)n * E * 2);
+  for (size_t i = 0; i < (size_t)n * E; i++) x[i] = kvs_test_randf(&rs) * 3;
+  for (uint32_t i = 0; i < E; i++) w[i] = 1 + kvs_test_randf(&rs) * 0.5f;
+  kvs_model_rmsnorm_cpu(x, w, y, n, E, 1e-5f);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_rmsnorm_host(x, w, yg, n, E, 1e-5f), KVS_OK);
+  double md = 0;
+  for (size_t i = 0; i < (size_t)n * E; i++)
+    md = fmax(md, fabs(kvs_f16_to_f32(yg[i]) - y[i]) / (fabs(y[i]) + 1e-2));
+  printf("\n  rmsnorm: max rel err %.3g\n", md);
+  CU_ASSERT(md < 2e-3);
+  /* rope */
+  uint32_t H = 9, D = 64;
+  float *q = malloc((size_t)n * H * D * 4), *qg = malloc((size_t)n * H * D * 4);
+  uint32_t pos[37];
+  for (uint32_t i = 0; i < n; i++) pos[i] = i * 997 % 32768;
+  for (size_t i = 0; i < (size_t)n * H * D; i++) q[i] = qg[i] = kvs_test_randf(&rs);
+  kvs_model_rope_cpu(q, n, H, D, pos, 100000.0f);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_rope_host(qg, n, H, D, pos, 100000.0f), KVS_OK);
+  md = 0;
+  for (size_t i = 0; i < (size_t)n * H * D; i++) md = fmax(md, fabs(q[i] - qg[i]));
+  printf("  rope: max abs err %.3g\n", md);
+  CU_ASSERT(md < 1e-5);
+  /* swiglu */
+  uint32_t F = 1536;
+  kvs_f16 *gu = malloc((size_t)n * 2 * F * 2), *og = malloc((size_t)n * F * 2);
+  fill_f16(gu, (size_t)n * 2 * F, &rs, 4);
+  float *g = malloc((size_t)n * F * 4), *u = malloc((size_t)n * F * 4);
+  for (uint32_t i = 0; i < n; i++)
+    for (uint32_t j = 0; j < F; j++) {
+      g[(size_t)i * F + j] = kvs_f16_to_f32(gu[(size_t)i * 2 * F + j]);
+      u[(size_t)i * F + j] = kvs_f16_to_f32(gu[(size_t)i * 2 * F + F + j]);
+    }
+  kvs_model_swiglu_cpu(g, u, (size_t)n * F);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_swiglu_host(gu, og, n, F), KVS_OK);
+  md = 0;
+  for (size_t i = 0; i < (size_t)n * F; i++)
+    md = fmax(md, fabs(kvs_f16_to_f32(og[i]) - g[i]) / (fabs(g[i]) + 1e-2));
+  printf("  swiglu: max rel err %.3g\n", md);
+  CU_ASSERT(md < 2e-3);
+  free(x), free(w), free(y), free(yg), free(q), free(qg), free(gu), free(og), free(g), free(u);
+}
+
+static void attn_case(uint32_t n, uint32_t H, uint32_t G, uint32_t D, uint32_t past) {
+  unsigned long long rs = n * 31 + D;
+  uint32_t kv_len = past + n;
+  kvs_f16 *q = malloc((size_t)n * H * D * 2), *k = malloc((size_t)kv_len * G * D * 2);
+  kvs_f16 *v = malloc((size_t)kv_len * G * D * 2), *og = malloc((size_t)n * H * D * 2);
+  float *o = malloc((size_t)n * H * D * 4);
+  fill_f16(q, (size_t)n * H * D, &rs, 2.0f);
+  fill_f16(k, (size_t)kv_len * G * D, &rs, 2.0f);
+  fill_f16(v, (size_t)kv_len * G * D, &rs, 1.0f);
+  kvs_model_attn_cpu(q, k, v, o, n, H, G, D, past, kv_len);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_flash_attn_host(q, k, v, og, n, H, G, D, past, kv_len), KVS_OK);
+  double md = 0;
+  size_t nan = 0;
+  for (size_t i = 0; i < (size_t)n * H * D; i++) {
+    float a = kvs_f16_to_f32(og[i]);
+    nan += isnan(a) != isnan(o[i]);
+    md = fmax(md, fabs(a - o[i]));
+  }
+  printf("  flash attn n=%u H=%u G=%u D=%u past=%u: max abs err %.3g\n", n, H, G, D, past, md);
+  CU_ASSERT_EQUAL(nan, 0);
+  CU_ASSERT(md < 5e-3);
+  free(q), free(k), free(v), free(og), free(o);
+}
+
+static void test_flash_attn(void) {
+  printf("\n");
+  attn_case(1, 9, 3, 64, 0);
+  attn_case(200, 9, 3, 64, 0);
+  attn_case(77, 9, 3, 64, 300);
+  attn_case(1, 32, 8, 128, 511);
+  attn_case(300, 32, 8, 128, 65);
+}
+
+static void test_vs_cpu_and_llamacpp(void) {
+  size_t ln;
+  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.bin"), &ln);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(l);
+  kvs__model_weights w;
+  kvs__model_weights_get(g_m, &w);
+  kvs_gpu_model *gm;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_create(&w, 1024, &gm), KVS_OK);
+  uint32_t V = w.cfg.n_vocab;
+  size_t off = 0;
+  uint32_t positions = 0, checked = 0, agree = 0, ties = 0, cpu_agree = 0, cpu_checked = 0;
+  float max_err = 0, max_cpu = 0, max_k = 0;
+  while (off + 4 <= ln) {
+    uint32_t n;
+    memcpy(&n, l + off, 4);
+    kvs_token *ids = malloc(n * sizeof *ids);
+    memcpy(ids, l + off + 4, 4 * (size_t)n);
+    const uint8_t *top = l + off + 4 + 4 * (size_t)n;
+    off += 4 + 4 * (size_t)n + 64 * (size_t)n;
+    float *lg = malloc((size_t)n * V * 4), *lc = malloc((size_t)n * V * 4);
+    CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_reset(gm), KVS_OK);
+    double ms;
+    CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_prefill(gm, ids, n, 1, lg, &ms), KVS_OK);
+    kvs_seq *s;
+    CU_ASSERT_EQUAL_FATAL(kvs_seq_create(g_m, n, &s), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(kvs_model_prefill(g_m, s, ids, n, 1, lc), KVS_OK);
+    /* KV: the GPU cache against the CPU cache */
+    size_t row = (size_t)w.cfg.n_kv_heads * w.cfg.head_dim;
+    kvs_f16 *kb = malloc(n * row * 2), *vb = malloc(n * row * 2);
+    for (uint32_t layer = 0; layer < w.cfg.n_layers; layer += 7) {
+      CU_ASSERT_EQUAL(kvs_gpu_model_kv_read(gm, layer, 0, n, kb, vb), KVS_OK);
+      for (size_t i = 0; i < n * row; i++)
+        max_k = fmaxf(max_k, fabsf(kvs_f16_to_f32(kb[i]) - kvs_f16_to_f32(kvs_seq_k(s, layer)[i])));
+    }
+    free(kb), free(vb);
+    for (uint32_t p = 0; p < n; p++) {
+      int32_t rid[8];
+      float rv[8];
+      for (int k = 0; k < 8; k++) {
+        memcpy(&rid[k], top + ((size_t)p * 8 + k) * 8, 4);
+        memcpy(&rv[k], top + ((size_t)p * 8 + k) * 8 + 4, 4);
+      }
+      const float *row_g = lg + (size_t)p * V, *row_c = lc + (size_t)p * V;
+      for (int k = 0; k < 8; k++) max_err = fmaxf(max_err, fabsf(row_g[rid[k]] - rv[k]));
+      for (uint32_t v = 0; v < V; v++) max_cpu = fmaxf(max_cpu, fabsf(row_g[v] - row_c[v]));
+      kvs_token ours = kvs_argmax(row_g, V), cpu = kvs_argmax(row_c, V);
+      positions++;
+      if (rv[0] - rv[1] > MARGIN_TOL) {
+        checked++;
+        agree += ours == rid[0];
+        if (ours != rid[0]) printf("\n  DISAGREE pos %u: gpu %d llama.cpp %d (margin %.3f)", p, ours, rid[0], rv[0] - rv[1]);
+      } else {
+        ties++;
+      }
+      /* CPU's own margin decides where GPU and CPU must agree */
+      float c1 = row_c[cpu], c2 = -INFINITY;
+      for (uint32_t v = 0; v < V; v++)
+        if (v != (uint32_t)cpu && row_c[v] > c2) c2 = row_c[v];
+      if (c1 - c2 > MARGIN_TOL) {
+        cpu_checked++;
+        cpu_agree += ours == cpu;
+      }
+    }
+    free(lg), free(lc), free(ids);
+    kvs_seq_free(s);
+  }
+  printf("\n  gpu: positions=%u checked(margin>%.2f)=%u agree=%u near_ties=%u max_logit_err_vs_llamacpp=%.4f"
+         "\n  gpu vs cpu: max |dlogit| %.4f (tol %.2f), top-1 equal at %u/%u clear positions, max |dK| %.4f"
+         "\n  top1_agreement_gpu=%.4f\n",
+         positions, MARGIN_TOL, checked, agree, ties, max_err, max_cpu, GPU_CPU_LOGIT_TOL, cpu_agree,
+         cpu_checked, max_k, checked ? (double)agree / checked : 0.0);
+  CU_ASSERT_EQUAL(agree, checked);
+  CU_ASSERT(max_err < LOGIT_TOL);
+  CU_ASSERT(max_cpu < GPU_CPU_LOGIT_TOL);
+  CU_ASSERT_EQUAL(cpu_agree, cpu_checked);
+  kvs_gpu_model_free(gm);
+  free(l);
+}
+
+/* Device-generated random weights == host-generated ones: a small random
+ * model run on the CPU (host weights) and on the GPU (weights made on the
+ * device from the seed) gives the same logits. Then the 8B shape runs. */
+static void test_random_models(void) {
+  kvs_model_cfg small = {.n_vocab = 1000, .n_embd = 256, .n_layers = 2, .n_heads = 4,
+                         .n_kv_heads = 2, .head_dim = 64, .n_ff = 512, .n_ctx_train = 512,
+                         .rope_theta = 10000.0f, .norm_eps = 1e-5f};
+  kvs_model *cpu, *dev;
+  CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 9, 1, &cpu), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 9, 0, &dev), KVS_OK);
+  kvs__model_weights w;
+  kvs__model_weights_get(dev, &w);
+  kvs_gpu_model *gm;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_create(&w, 256, &gm), KVS_OK);
+  kvs_token t[100];
+  for (int i = 0; i < 100; i++) t[i] = (i * 37) % 1000;
+  float *lg = malloc(1000 * 4), *lc = malloc(1000 * 4);
+  CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, t, 60, 0, NULL, NULL), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, t + 60, 40, 0, lg, NULL), KVS_OK); /* on top of KV */
+  kvs_seq *s;
+  CU_ASSERT_EQUAL_FATAL(kvs_seq_create(cpu, 100, &s), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_model_prefill(cpu, s, t, 100, 0, lc), KVS_OK);
+  float md = 0;
+  for (int v = 0; v < 1000; v++) md = fmaxf(md, fabsf(lg[v] - lc[v]));
+  printf("\n  random small model, device-made weights vs host: max |dlogit| %.4f\n", md);
+  CU_ASSERT(md < 0.1f);
+  CU_ASSERT_EQUAL(kvs_argmax(lg, 1000), kvs_argmax(lc, 1000));
+  kvs_seq_free(s);
+  kvs_gpu_model_free(gm);
+  kvs_model_free(cpu);
+  kvs_model_free(dev);
+  free(lg), free(lc);
+  /* the Llama-3-8B shape */
+  kvs_model *big;
+  CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(NULL, 1, 0, &big), KVS_OK);
+  kvs__model_weights_get(big, &w);
+  if (kvs_gpu_model_create(&w, 2048, &gm) == KVS_OK) {
+    kvs_token *tb = malloc(2048 * sizeof *tb);
+    for (int i = 0; i < 2048; i++) tb[i] = (kvs_token)((i * 7919) % 128256);
+    float *lb = malloc(128256 * 4);
+    double ms = 0;
+    CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, tb, 2048, 0, lb, &ms), KVS_OK);
+    int finite = 1;
+    for (int v = 0; v < 128256; v++) finite &= isfinite(lb[v]);
+    CU_ASSERT(finite);
+    printf("  8B shape: prefill 2048 tokens in %.1f ms\n", ms);
+    free(tb), free(lb);
+    kvs_gpu_model_free(gm);
+  } else {
+    printf("  8B shape: not enough GPU memory, not run\n");
+  }
+  kvs_model_free(big);
+}
+
+static int init(void) { return kvs_model_load(kvs_test_model_path(), &g_m) != KVS_OK; }
+static int clean(void) {
+  kvs_model_free(g_m);
+  return 0;
+}
+
+int main(void) {
+  if (kvs_gpu_device_count() == 0) {
+    printf("no CUDA device (compiled=%d): skipped\n", kvs_gpu_compiled());
+    return KVS_TEST_SKIP;
+  }
+  if (!kvs_test_model_path()) {
+    printf("model not fetched: skipped\n");
+    return KVS_TEST_SKIP;
+  }
+  static const kvs_test_case cases[] = {{"kernel twins", test_kernel_twins},
+                                        {"flash attention twin", test_flash_attn},
+                                        {"forward vs CPU and llama.cpp", test_vs_cpu_and_llamacpp},
+                                        {"random and 8B-shaped models", test_random_models},
+                                        {NULL, NULL}};
+  return kvs_test_run_fixture("model_gpu", cases, init, clean);
+}
