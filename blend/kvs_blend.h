@@ -109,6 +109,63 @@ typedef struct kvs_load_plan {
 kvs_load_plan kvs_blend_plan(const kvs_cost_model *m, uint64_t encoded_bytes,
                              uint64_t decoded_bytes, uint32_t n_tokens);
 
+/* ------------------------------------------------------- the pipeline */
+struct kvs_engine;
+struct kvs_engine_seq;
+
+typedef enum {
+  KVS_SEG_PREFIX = 0,  /* reused as a prefix: its KV is exact where it lands */
+  KVS_SEG_CONTENT = 1, /* reused out of place: K re-rotated, tokens blended */
+  KVS_SEG_NEW = 2      /* new text (the question): prefilled on top, at the tail */
+} kvs_seg_kind;
+
+/* One piece of the prompt, in prompt order. Slots are assigned in order from
+ * the sequence's current length; a token's slot is its RoPE position. */
+typedef struct kvs_blend_segment {
+  uint32_t kind;          /* kvs_seg_kind */
+  const int32_t *tokens;  /* [n_tokens] */
+  uint32_t n_tokens;
+  int64_t stored_pos0;    /* position of tokens[0] when its KV was computed */
+  int cached;             /* PREFIX/CONTENT: 1 = KV comes from load(), 0 = missing:
+                           * its tokens are recomputed in full, layer by layer */
+} kvs_blend_segment;
+
+/* Supplies one cached segment's KV for one layer at its stored positions:
+ * k, v (n_tokens, n_kv_heads, head_dim) of the engine's KV dtype, host memory.
+ * Called on blend's loader thread, one call at a time, layers in order; it
+ * must not call the engine. This is where a client decodes layer group g+1
+ * of a fetched chunk while layer g recomputes. */
+typedef kvs_err (*kvs_blend_load_fn)(void *ctx, uint32_t seg, uint32_t layer, void *k, void *v);
+
+typedef struct kvs_blend_opts {
+  kvs_sel_params sel;
+  uint32_t check_layer;   /* layer whose KV deviation picks the tokens (default 1) */
+  int no_overlap;         /* 1: load each layer on the calling thread (for comparison) */
+} kvs_blend_opts;
+
+typedef struct kvs_blend_stats {
+  uint32_t n_ctx;         /* slots before the new tokens */
+  uint32_t n_candidates;  /* tokens of CONTENT segments */
+  uint32_t n_recomputed;  /* tokens run through the layers after the check layer */
+  uint32_t n_forced;      /* tokens of missing segments (always recomputed) */
+  uint32_t n_prefilled;   /* NEW tokens */
+  double t_load_wait_s;   /* time the engine waited for the loader */
+  double t_recompute_s;   /* embed + layers + selection */
+  double t_prefill_s;     /* the NEW tokens */
+  double t_total_s;
+} kvs_blend_stats;
+
+/* Runs one request: injects the cached segments' KV layer by layer (loaded
+ * one layer ahead on a worker thread), recomputes the tokens the strategy
+ * picks (CacheBlend-style: all candidates up to the check layer, then only
+ * the chosen ones), then prefills the NEW tail and writes the last token's
+ * logits into logits[n_vocab] (may be NULL). The sequence must be empty. The
+ * engine must keep hidden states in host memory (KVS_ENOTSUP otherwise). */
+kvs_err kvs_blend_run(struct kvs_engine *e, struct kvs_engine_seq *s,
+                      const kvs_blend_segment *segs, uint32_t n_segs, kvs_blend_load_fn load,
+                      void *load_ctx, const kvs_blend_opts *opts, float *logits,
+                      kvs_blend_stats *stats);
+
 #ifdef __cplusplus
 }
 #endif
