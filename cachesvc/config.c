@@ -101,6 +101,8 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
   } else if (!strcmp(key, "http")) {
     if (copy_str(c->http, sizeof c->http, v)) return bad(key, v, "too long");
     if (*v && !strchr(v, ':')) return bad(key, v, "host:port expected (or empty)");
+  } else if (!strcmp(key, "tls_cert_key_file")) {
+    if (copy_str(c->tls_cert_key_file, sizeof c->tls_cert_key_file, v)) return bad(key, v, "too long");
   } else if (!strcmp(key, "admin_token")) {
     if (copy_str(c->admin_token, sizeof c->admin_token, v)) return bad(key, v, "at most 64 bytes");
   } else if (!strcmp(key, "workers")) {
@@ -255,6 +257,7 @@ void kvs_svc_config_usage(FILE *f) {
         "  listen              nng URLs, comma list or repeated   (tcp://127.0.0.1:7878)\n"
         "  http                control plane host:port; empty = off (127.0.0.1:7879)\n"
         "  admin_token         bearer token required by /v1/      ()\n"
+        "  tls_cert_key_file   PEM cert + key for tls+tcp:// listeners ()\n"
         "  tenant              name:token, repeated; none = auth off\n"
         "  workers             data-plane threads                 (8)\n"
         "  max_msg             largest frame, bytes               (64M)\n"

@@ -7,6 +7,7 @@
  * buffered; the decoders bound everything inside it. */
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
+#include <nng/supplemental/tls/tls.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,7 @@ struct kvs__dataplane {
   kvs__metrics *met;
   nng_socket sock;
   int sock_open;
+  nng_tls_config *tls;
   worker *w;
   int nw;
   atomic_int draining;
@@ -402,6 +404,18 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
     rv = nng_listener_create(&l, d->sock, c->listen[i]);
     if (rv == 0 && strncmp(c->listen[i], "ipc://", 6) == 0)
       (void)nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
+    if (rv == 0 && strncmp(c->listen[i], "tls+tcp://", 10) == 0) {
+      if (!d->tls) {
+        if (!c->tls_cert_key_file[0]) {
+          KVS_LOGE("data", "tls+tcp:// needs tls_cert_key_file", "url=%s", c->listen[i]);
+          kvs__dataplane_stop(d);
+          return KVS_EINVAL;
+        }
+        rv = nng_tls_config_alloc(&d->tls, NNG_TLS_MODE_SERVER);
+        if (rv == 0) rv = nng_tls_config_cert_key_file(d->tls, c->tls_cert_key_file, NULL);
+      }
+      if (rv == 0) rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, d->tls);
+    }
     if (rv == 0) rv = nng_listener_start(l, 0);
     if (rv != 0) {
       KVS_LOGE("data", "cannot listen", "url=%s err=\"%s\"", c->listen[i], nng_strerror(rv));
@@ -449,6 +463,7 @@ void kvs__dataplane_stop(kvs__dataplane *d) {
   for (int i = 0; d->w && i < d->nw; i++)
     if (d->w[i].started) pthread_join(d->w[i].th, NULL);
   if (d->sock_open) nng_close(d->sock);
+  if (d->tls) nng_tls_config_free(d->tls);
   for (int i = 0; d->w && i < d->nw; i++) {
     if (d->w[i].aio) nng_aio_free(d->w[i].aio);
     pthread_mutex_destroy(&d->w[i].mu);

@@ -46,6 +46,8 @@ typedef struct kvs_svc_config {
   int n_listen;
   char http[128];          /* http: host:port of the control plane; "" = off */
   char admin_token[65];    /* admin_token: bearer token for /v1/ ("" = none) */
+  char tls_cert_key_file[512]; /* tls_cert_key_file: PEM with certificate + key, for
+                                  tls+tcp:// listeners */
   int workers;             /* workers: data-plane threads */
   uint64_t max_msg;        /* max_msg: largest frame accepted, bytes */
   uint32_t deadline_ms;    /* request_deadline_ms */

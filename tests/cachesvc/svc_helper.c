@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/tls/tls.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int free_port(void) {
+int th_free_port(void) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return -1;
   struct sockaddr_in a;
@@ -48,8 +49,8 @@ int th_daemon_start(th_daemon *d, const char *const *extra) {
     snprintf(d->dir, sizeof d->dir, "/tmp/kvs-svc-test-XXXXXX");
     if (!mkdtemp(d->dir)) return -1;
   }
-  d->port = free_port();
-  d->http_port = free_port();
+  d->port = th_free_port();
+  d->http_port = th_free_port();
   if (d->port < 0 || d->http_port < 0) return -1;
   snprintf(d->url, sizeof d->url, "tcp://127.0.0.1:%d", d->port);
   snprintf(d->ipc, sizeof d->ipc, "ipc://%s/kvs.sock", d->dir);
@@ -144,7 +145,8 @@ void th_daemon_dump_log(const th_daemon *d) {
 }
 
 /* --------------------------------------------------------------- client */
-int th_connect(th_conn *c, const char *url, const char *tenant, const char *token, int timeout_ms) {
+static int connect_impl(th_conn *c, const char *url, const char *ca_file, const char *tenant,
+                        const char *token, int timeout_ms) {
   memset(c, 0, sizeof *c);
   if (nng_req0_open(&c->s) != 0) return -1;
   c->open = 1;
@@ -152,7 +154,19 @@ int th_connect(th_conn *c, const char *url, const char *tenant, const char *toke
   nng_socket_set_ms(c->s, NNG_OPT_SENDTIMEO, timeout_ms);
   nng_socket_set_size(c->s, NNG_OPT_RECVMAXSZ, 0);
   nng_socket_set_ms(c->s, NNG_OPT_REQ_RESENDTIME, 600000);
-  if (nng_dial(c->s, url, NULL, 0) != 0) {
+  nng_dialer dl;
+  int rv = nng_dialer_create(&dl, c->s, url);
+  if (rv == 0 && ca_file) {
+    nng_tls_config *tc = NULL;
+    rv = nng_tls_config_alloc(&tc, NNG_TLS_MODE_CLIENT);
+    if (rv == 0) rv = nng_tls_config_ca_file(tc, ca_file);
+    if (rv == 0) rv = nng_tls_config_server_name(tc, "localhost");
+    if (rv == 0) rv = nng_tls_config_auth_mode(tc, NNG_TLS_AUTH_MODE_REQUIRED);
+    if (rv == 0) rv = nng_dialer_set_ptr(dl, NNG_OPT_TLS_CONFIG, tc);
+    if (tc) nng_tls_config_free(tc);
+  }
+  if (rv == 0) rv = nng_dialer_start(dl, 0);
+  if (rv != 0) {
     th_close(c);
     return -1;
   }
@@ -160,6 +174,15 @@ int th_connect(th_conn *c, const char *url, const char *tenant, const char *toke
   if (token) snprintf(c->token, sizeof c->token, "%s", token);
   c->next_id = 1;
   return 0;
+}
+
+int th_connect(th_conn *c, const char *url, const char *tenant, const char *token, int timeout_ms) {
+  return connect_impl(c, url, NULL, tenant, token, timeout_ms);
+}
+
+int th_connect_tls(th_conn *c, const char *url, const char *ca_file, const char *tenant,
+                   const char *token, int timeout_ms) {
+  return connect_impl(c, url, ca_file, tenant, token, timeout_ms);
 }
 
 void th_close(th_conn *c) {

@@ -44,6 +44,10 @@ typedef struct th_conn {
 
 /* Dials url; every call waits at most timeout_ms for its answer. */
 int th_connect(th_conn *c, const char *url, const char *tenant, const char *token, int timeout_ms);
+/* Same over tls+tcp://, trusting the certificates in ca_file. */
+int th_connect_tls(th_conn *c, const char *url, const char *ca_file, const char *tenant,
+                   const char *token, int timeout_ms);
+int th_free_port(void);
 void th_close(th_conn *c);
 /* Sends one request frame; returns the answer's status, or KVS_ETIMEDOUT /
  * KVS_ECONN on transport failure, KVS_EPROTO when the answer is malformed or

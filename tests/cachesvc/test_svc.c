@@ -751,6 +751,54 @@ static void test_capacity(void) {
   th_daemon_cleanup(&d);
 }
 
+/* tls+tcp:// with a self-signed certificate made by openssl for the test. */
+static void test_tls(void) {
+  if (system("command -v openssl >/dev/null 2>&1") != 0) {
+    fprintf(stderr, "openssl not found: TLS test skipped\n");
+    return;
+  }
+  th_daemon d;
+  memset(&d, 0, sizeof d);
+  snprintf(d.dir, sizeof d.dir, "/tmp/kvs-svc-test-XXXXXX");
+  CU_ASSERT_FATAL(mkdtemp(d.dir) != NULL);
+  char cmd[1400];
+  snprintf(cmd, sizeof cmd,
+           "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+           "-keyout key.pem -out cert.pem -days 1 -subj /CN=localhost "
+           "-addext subjectAltName=DNS:localhost >/dev/null 2>&1 && cat cert.pem key.pem > both.pem",
+           d.dir);
+  CU_ASSERT_FATAL(system(cmd) == 0);
+  int port = th_free_port();
+  char listen[160], certarg[400], ca[400], url[128];
+  snprintf(url, sizeof url, "tls+tcp://127.0.0.1:%d", port);
+  snprintf(listen, sizeof listen, "--listen=%s", url);
+  snprintf(certarg, sizeof certarg, "--tls_cert_key_file=%s/both.pem", d.dir);
+  snprintf(ca, sizeof ca, "%s/cert.pem", d.dir);
+  const char *const args[] = {listen, certarg, NULL};
+  CU_ASSERT_FATAL(th_daemon_start(&d, args) == 0);
+  th_conn c;
+  CU_ASSERT_FATAL(th_connect_tls(&c, url, ca, "t", NULL, 10000) == 0);
+  th_chunk ch;
+  th_chunk_make(&ch, 31337, 32, 50000, 2);
+  CU_ASSERT_EQUAL(th_put(&c, &ch, 0), KVS_OK);
+  uint8_t *v = NULL;
+  size_t n = 0;
+  CU_ASSERT_EQUAL(th_get(&c, &ch, &v, &n), KVS_OK);
+  CU_ASSERT(v && n == ch.vbytes && memcmp(v, ch.value, n) == 0);
+  free(v);
+  th_close(&c);
+  /* plain tcp to the TLS port: the dial fails, or no answer comes */
+  char plain[128];
+  snprintf(plain, sizeof plain, "tcp://127.0.0.1:%d", port);
+  if (th_connect(&c, plain, "t", NULL, 1000) == 0) {
+    CU_ASSERT_NOT_EQUAL(th_call(&c, KVS_OP_PING, 0, NULL, 0, NULL, NULL), KVS_OK);
+    th_close(&c);
+  }
+  th_chunk_free(&ch);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
+  th_daemon_cleanup(&d);
+}
+
 static const kvs_test_case cases[] = {
     {"put_get", test_put_get},
     {"segments", test_segments},
@@ -766,6 +814,7 @@ static const kvs_test_case cases[] = {
     {"restart", test_restart},
     {"corruption", test_corruption},
     {"capacity", test_capacity},
+    {"tls", test_tls},
     {NULL, NULL}};
 
 int main(void) { return kvs_test_run_fixture("cachesvc_daemon", cases, suite_init, suite_clean); }
