@@ -7,6 +7,8 @@
  *
  *   kvs-bench-client [--tokens 2048] [--chunk 256] [--layers 32] [--heads 8]
  *                    [--dim 128] [--iters 5] [--profiles raw,int8]
+ *                    [--window 4 (group requests in flight per chunk)]
+ *                    [--lpg 1 (layers per group)]
  *                    [--kvstashd PATH | --url URL[,URL2]] [--device]
  *
  * Without --url it starts kvstashd itself (RAM tier large enough to hold
@@ -77,7 +79,7 @@ static kvs_client *connect_to(const char *url) {
 
 int main(int argc, char **argv) {
   uint32_t T = 2048, CT = 256, L = 32, H = 8, D = 128;
-  int iters = 5, device = 0;
+  int iters = 5, device = 0, window = 4, lpg = 1;
   const char *profiles = "raw,int8", *bin = getenv("KVS_KVSTASHD"), *urls = NULL;
   if (!bin || !*bin) bin = KVS_BENCH_KVSTASHD;
   for (int i = 1; i < argc; i++) {
@@ -89,6 +91,8 @@ int main(int argc, char **argv) {
     else if (v && !strcmp(a, "--heads")) H = (uint32_t)atoi(v), i++;
     else if (v && !strcmp(a, "--dim")) D = (uint32_t)atoi(v), i++;
     else if (v && !strcmp(a, "--iters")) iters = atoi(v), i++;
+    else if (v && !strcmp(a, "--window")) window = atoi(v), i++;
+    else if (v && !strcmp(a, "--lpg")) lpg = atoi(v), i++;
     else if (v && !strcmp(a, "--profiles")) profiles = v, i++;
     else if (v && !strcmp(a, "--kvstashd")) bin = v, i++;
     else if (v && !strcmp(a, "--url")) urls = v, i++;
@@ -168,8 +172,9 @@ int main(int argc, char **argv) {
   char json[4096];
   int jn = snprintf(json, sizeof json,
                     "{\"bench\":\"client\",\"tokens\":%zu,\"chunk\":%u,\"layers\":%u,\"heads\":%u,"
-                    "\"dim\":%u,\"bytes\":%zu,\"iters\":%d,\"device\":%d,\"memcpy_ms\":%.3f",
-                    n_chunks * CT, CT, L, H, D, total, iters, device, memcpy_ms);
+                    "\"dim\":%u,\"bytes\":%zu,\"iters\":%d,\"device\":%d,\"window\":%d,"
+                    "\"lpg\":%d,\"memcpy_ms\":%.3f",
+                    n_chunks * CT, CT, L, H, D, total, iters, device, window, lpg, memcpy_ms);
   void *dev = NULL;
   if (device && kvs_gpu_alloc(&dev, total)) rc = 1;
   void **outs = malloc(n_chunks * sizeof *outs);
@@ -188,7 +193,7 @@ int main(int argc, char **argv) {
     kvs_chunk_prefix(&pm, tok, n_chunks * CT, CT, 0, ch, n_chunks, &nc);
     const void **kvp = malloc(n_chunks * sizeof *kvp);
     for (size_t c = 0; c < n_chunks; c++) kvp[c] = (uint8_t *)kv + c * chunk_bytes;
-    kvs_put_opts po = {.profile = (uint32_t)id, .layers_per_group = 1};
+    kvs_put_opts po = {.profile = (uint32_t)id, .layers_per_group = (uint32_t)lpg};
     double t0 = now_ms();
     int rv = kvs_put_batch(cl[0], &pm, tok, ch, n_chunks, &lay, kvp, &po, NULL);
     double put_ms = now_ms() - t0;
@@ -206,7 +211,7 @@ int main(int argc, char **argv) {
         memset(dst, 0, total);
         for (size_t c = 0; c < n_chunks; c++)
           outs[c] = (device ? (uint8_t *)dev : dst) + c * chunk_bytes, caps[c] = chunk_bytes;
-        kvs_get_opts go = {.window = 4, .flags = device ? KVS_GET_DEVICE : 0};
+        kvs_get_opts go = {.window = (uint32_t)window, .flags = device ? KVS_GET_DEVICE : 0};
         size_t np = 0;
         t0 = now_ms();
         rv = kvs_lookup(cl[u], &pm, tok, n_chunks * CT, ch, n_chunks, KVS_LOOKUP_PREFIX, status,
