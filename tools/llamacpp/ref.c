@@ -9,9 +9,9 @@
  *       IN as for tok; each record is tokenized, run in ONE batch with every
  *       position's logits kept (fresh context per prompt), and written as
  *       { u32 n | n x i32 ids | n x K x (i32 id, f32 logit) } (top-K, descending)
- *   kvs-llama-ref bench MODEL N_PROMPT N_GEN THREADS
- *       prefill of N_PROMPT tokens then N_GEN greedy decode steps; prints
- *       {"prefill_tok_s":..,"decode_tok_s":..}
+ *   kvs-llama-ref bench MODEL IDS N_GEN THREADS
+ *       prefill of the prompt in IDS (raw i32 token ids) in one batch, then
+ *       N_GEN greedy decode steps; prints {"prefill_tok_s":..,"decode_tok_s":..}
  * All integers little-endian (x86). */
 #include <stdint.h>
 #include <stdio.h>
@@ -127,12 +127,20 @@ int main(int argc, char **argv) {
     fclose(in);
     fclose(out);
   } else if (!strcmp(argv[1], "bench")) {
-    if (argc < 6) die("need N_PROMPT N_GEN THREADS");
-    int np = atoi(argv[3]), ng = atoi(argv[4]), th = atoi(argv[5]);
+    if (argc < 6) die("need IDS N_GEN THREADS");
+    FILE *fi = fopen(argv[3], "rb");
+    if (!fi) die("open ids");
+    fseek(fi, 0, SEEK_END);
+    int np = (int)(ftell(fi) / 4);
+    fseek(fi, 0, SEEK_SET);
+    int32_t *pids = malloc((size_t)(np ? np : 1) * 4);
+    if (np <= 0 || fread(pids, 4, (size_t)np, fi) != (size_t)np) die("read ids");
+    fclose(fi);
+    int ng = atoi(argv[4]), th = atoi(argv[5]);
     struct llama_context *ctx = new_ctx(model, (uint32_t)(np + ng + 1), th);
     struct llama_batch b = llama_batch_init(np, 0, 1);
     for (int i = 0; i < np; i++) {
-      b.token[i] = (int32_t)((i * 7919u) % (uint32_t)n_vocab);
+      b.token[i] = pids[i];
       b.pos[i] = i;
       b.n_seq_id[i] = 1;
       b.seq_id[i][0] = 0;
@@ -157,6 +165,7 @@ int main(int argc, char **argv) {
            ng > 0 ? ng / (t2 - t1) : 0.0);
     llama_batch_free(b);
     llama_free(ctx);
+    free(pids);
   } else {
     die("unknown mode");
   }

@@ -1,0 +1,371 @@
+/* kvs-bench-model: speed of the reference engine, with its baselines measured
+ * in the same run.
+ *
+ *   kvs-bench-model [--model GGUF] [--cpu-tokens 512,2048] [--decode 32]
+ *                   [--gpu-tokens 1024,2048,4096,8192,16384,32768] [--no-gpu] [--no-8b]
+ *                   [--llama-ref PATH] [--check-reference] [--fixtures DIR] [--torch-script PATH]
+ *
+ * CPU: prefill tokens/s and greedy decode tokens/s of kvs_model on real text
+ * (MuSiQue passages, token ids from the fixture), and llama.cpp's on the SAME
+ * ids (tools/llamacpp's kvs-llama-ref, when built), 2 threads each.
+ * GPU (when a device is there): prefill time at each --gpu-tokens size for
+ * SmolLM2 and for the Llama-3-8B shape (seeded random weights), beside a
+ * PyTorch scaled_dot_product_attention prefill of the same shape
+ * (bench/model/torch_prefill.py) when torch with CUDA is importable.
+ * --check-reference: top-1 agreement with llama.cpp on the fixtures
+ * (positions whose llama.cpp top-2 margin > 0.75), CPU and GPU.
+ * Last line: one JSON object with every figure. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "kvs_gpu_model.h"
+#include "kvs_model.h"
+
+#ifndef KVS_SOURCE_DIR
+#define KVS_SOURCE_DIR "."
+#endif
+#define MARGIN_TOL 0.75f
+
+static char json[16384];
+static size_t jlen;
+static void jadd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void jadd(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  if (jlen < sizeof json) jlen += (size_t)vsnprintf(json + jlen, sizeof json - jlen, fmt, ap);
+  va_end(ap);
+}
+
+static uint8_t *read_file(const char *path, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long sz = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  uint8_t *b = malloc((size_t)sz + 1);
+  if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
+    free(b);
+    b = NULL;
+  }
+  fclose(f);
+  *n = (size_t)sz;
+  return b;
+}
+
+static int parse_list(const char *s, uint32_t *out, int cap) {
+  int n = 0;
+  while (s && *s && n < cap) {
+    out[n++] = (uint32_t)strtoul(s, NULL, 10);
+    s = strchr(s, ',');
+    if (s) s++;
+  }
+  return n;
+}
+
+/* Real-text prompt: MuSiQue passages' llama.cpp ids from the fixture,
+ * concatenated until n tokens (wrapping around if needed). */
+static kvs_token *real_prompt(const char *fixdir, uint32_t n) {
+  char p[8192];
+  snprintf(p, sizeof p, "%s/musique_tok.bin.zst", fixdir);
+  size_t zn;
+  uint8_t *z = read_file(p, &zn);
+  if (!z) return NULL;
+  unsigned long long rn = ZSTD_getFrameContentSize(z, zn);
+  if (rn == ZSTD_CONTENTSIZE_ERROR || rn == ZSTD_CONTENTSIZE_UNKNOWN) {
+    free(z);
+    return NULL;
+  }
+  uint8_t *raw = malloc(rn);
+  if (!raw || ZSTD_decompress(raw, rn, z, zn) != rn) {
+    free(z);
+    free(raw);
+    return NULL;
+  }
+  free(z);
+  kvs_token *ids = malloc(n * sizeof *ids);
+  uint32_t k = 0;
+  while (k < n) {
+    size_t off = 0;
+    while (off + 8 <= rn && k < n) {
+      uint32_t len, cnt;
+      memcpy(&len, raw + off + 4, 4);
+      off += 8 + len;
+      memcpy(&cnt, raw + off, 4);
+      for (uint32_t i = 0; i < cnt && k < n; i++) {
+        uint16_t v;
+        memcpy(&v, raw + off + 4 + 2 * i, 2);
+        ids[k++] = v;
+      }
+      off += 4 + 2 * (size_t)cnt;
+    }
+  }
+  free(raw);
+  return ids;
+}
+
+static void bench_cpu(kvs_model *m, const char *fixdir, const char *ref, const char *gguf,
+                      const uint32_t *sizes, int ns, uint32_t n_dec) {
+  uint32_t V = kvs_model_config(m)->n_vocab;
+  float *lg = malloc((size_t)V * 4);
+  jadd("\"cpu\":[");
+  for (int si = 0; si < ns; si++) {
+    uint32_t n = sizes[si];
+    kvs_token *ids = real_prompt(fixdir, n);
+    if (!ids) {
+      fprintf(stderr, "no fixture prompt in %s\n", fixdir);
+      break;
+    }
+    kvs_seq *s;
+    if (kvs_seq_create(m, n + n_dec + 1, &s) != KVS_OK) break;
+    uint64_t t0 = kvs_now_ns();
+    kvs_err e = kvs_model_prefill(m, s, ids, n, 0, lg);
+    double pf = (double)(kvs_now_ns() - t0) * 1e-9;
+    t0 = kvs_now_ns();
+    for (uint32_t i = 0; !e && i < n_dec; i++) {
+      kvs_token t = kvs_argmax(lg, V);
+      e = kvs_model_prefill(m, s, &t, 1, 0, lg);
+    }
+    double dc = (double)(kvs_now_ns() - t0) * 1e-9;
+    kvs_seq_free(s);
+    double ours_pf = n / pf, ours_dc = n_dec ? n_dec / dc : 0;
+    /* llama.cpp on the same ids, same run */
+    double ll_pf = -1, ll_dc = -1;
+    if (ref && access(ref, X_OK) == 0) {
+      char tmp[] = "/tmp/kvs-bench-ids-XXXXXX";
+      int fd = mkstemp(tmp);
+      if (fd >= 0) {
+        FILE *f = fdopen(fd, "wb");
+        fwrite(ids, 4, n, f);
+        fclose(f);
+        char cmd[16384];
+        snprintf(cmd, sizeof cmd, "'%s' bench '%s' '%s' %u 2 2>/dev/null", ref, gguf, tmp, n_dec);
+        FILE *pp = popen(cmd, "r");
+        char line[512];
+        while (pp && fgets(line, sizeof line, pp)) {
+          if (sscanf(line, "{\"prefill_tok_s\":%lf,\"decode_tok_s\":%lf}", &ll_pf, &ll_dc) == 2) break;
+        }
+        if (pp) pclose(pp);
+        unlink(tmp);
+      }
+    }
+    printf("cpu  prompt %5u tokens: prefill %8.1f tok/s  decode %6.1f tok/s | llama.cpp prefill %8.1f tok/s  decode %6.1f tok/s | ratio prefill %.2f decode %.2f%s\n",
+           n, ours_pf, ours_dc, ll_pf, ll_dc, ll_pf > 0 ? ours_pf / ll_pf : 0, ll_dc > 0 ? ours_dc / ll_dc : 0,
+           e ? " (ERROR)" : "");
+    fflush(stdout);
+    jadd("%s{\"tokens\":%u,\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"llamacpp_prefill_tok_s\":%.2f,"
+         "\"llamacpp_decode_tok_s\":%.2f}",
+         si ? "," : "", n, ours_pf, ours_dc, ll_pf, ll_dc);
+    free(ids);
+  }
+  jadd("],");
+  free(lg);
+}
+
+/* fraction of fixture positions (llama.cpp margin > MARGIN_TOL) where our top-1 agrees */
+static void check_reference(kvs_model *m, const char *fixdir) {
+  char p[8192];
+  snprintf(p, sizeof p, "%s/logits_top8.bin", fixdir);
+  size_t ln;
+  uint8_t *l = read_file(p, &ln);
+  if (!l) {
+    printf("check-reference: no fixtures in %s\n", fixdir);
+    return;
+  }
+  uint32_t V = kvs_model_config(m)->n_vocab;
+  kvs__model_weights w;
+  kvs__model_weights_get(m, &w);
+  kvs_gpu_model *gm = NULL;
+  int gpu = kvs_gpu_model_create(&w, 1024, &gm) == KVS_OK;
+  uint32_t pos = 0, chk = 0, agree = 0, agree_g = 0, ties = 0;
+  float maxe = 0, maxe_g = 0;
+  size_t off = 0;
+  while (off + 4 <= ln) {
+    uint32_t n;
+    memcpy(&n, l + off, 4);
+    kvs_token *ids = malloc(n * sizeof *ids);
+    memcpy(ids, l + off + 4, 4 * (size_t)n);
+    const uint8_t *top = l + off + 4 + 4 * (size_t)n;
+    off += 4 + 4 * (size_t)n + 64 * (size_t)n;
+    float *lg = malloc((size_t)n * V * 4), *lgg = gpu ? malloc((size_t)n * V * 4) : NULL;
+    kvs_seq *s;
+    if (kvs_seq_create(m, n, &s) || kvs_model_prefill(m, s, ids, n, 1, lg)) {
+      printf("check-reference: CPU prefill failed\n");
+      exit(1);
+    }
+    kvs_seq_free(s);
+    if (gpu && (kvs_gpu_model_reset(gm) || kvs_gpu_model_prefill(gm, ids, n, 1, lgg, NULL))) gpu = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      int32_t rid[8];
+      float rv[8];
+      for (int k = 0; k < 8; k++) {
+        memcpy(&rid[k], top + ((size_t)i * 8 + k) * 8, 4);
+        memcpy(&rv[k], top + ((size_t)i * 8 + k) * 8 + 4, 4);
+      }
+      for (int k = 0; k < 8; k++) {
+        maxe = fmaxf(maxe, fabsf(lg[(size_t)i * V + rid[k]] - rv[k]));
+        if (gpu) maxe_g = fmaxf(maxe_g, fabsf(lgg[(size_t)i * V + rid[k]] - rv[k]));
+      }
+      pos++;
+      if (rv[0] - rv[1] > MARGIN_TOL) {
+        chk++;
+        agree += kvs_argmax(lg + (size_t)i * V, V) == rid[0];
+        if (gpu) agree_g += kvs_argmax(lgg + (size_t)i * V, V) == rid[0];
+      } else {
+        ties++;
+      }
+    }
+    free(ids), free(lg), free(lgg);
+  }
+  printf("check-reference: %u positions, %u with llama.cpp top-2 margin > %.2f, %u near-ties\n", pos,
+         chk, MARGIN_TOL, ties);
+  printf("top1_agreement_vs_llamacpp=%.4f (cpu, max |dlogit| over llama.cpp top-8 %.3f)\n",
+         chk ? (double)agree / chk : 0, maxe);
+  if (gpu)
+    printf("top1_agreement_vs_llamacpp_gpu=%.4f (gpu, max |dlogit| %.3f)\n", chk ? (double)agree_g / chk : 0,
+           maxe_g);
+  jadd("\"top1_agreement_vs_llamacpp\":%.4f,\"reference_positions\":%u,\"reference_checked\":%u,"
+       "\"reference_near_ties\":%u,\"max_logit_err\":%.4f,",
+       chk ? (double)agree / chk : 0, pos, chk, ties, maxe);
+  if (gpu) jadd("\"top1_agreement_vs_llamacpp_gpu\":%.4f,\"max_logit_err_gpu\":%.4f,",
+                chk ? (double)agree_g / chk : 0, maxe_g);
+  kvs_gpu_model_free(gm);
+  free(l);
+}
+
+/* PyTorch SDPA prefill of the same shape: {"tokens":T,"ms":x} lines */
+static int torch_ms(const char *script, const char *shape, uint32_t T, double *ms) {
+  char cmd[8400];
+  snprintf(cmd, sizeof cmd, "python3 '%s' --shape %s --tokens %u 2>/dev/null", script, shape, T);
+  FILE *pp = popen(cmd, "r");
+  if (!pp) return 0;
+  char line[512];
+  int ok = 0;
+  while (fgets(line, sizeof line, pp)) {
+    unsigned t;
+    double v;
+    if (sscanf(line, "{\"tokens\":%u,\"ms\":%lf}", &t, &v) == 2 && t == T) {
+      *ms = v;
+      ok = 1;
+    }
+  }
+  pclose(pp);
+  return ok;
+}
+
+static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int ns, const char *torch,
+                      int have_torch, int *first) {
+  kvs__model_weights w;
+  kvs__model_weights_get(m, &w);
+  uint32_t maxT = 0;
+  for (int i = 0; i < ns; i++) maxT = sizes[i] > maxT ? sizes[i] : maxT;
+  kvs_gpu_model *gm;
+  kvs_err e = kvs_gpu_model_create(&w, maxT, &gm);
+  if (e) {
+    printf("gpu  %s: not run (%s)\n", name, kvs_errname(e));
+    return;
+  }
+  uint32_t V = w.cfg.n_vocab;
+  kvs_token *ids = malloc(maxT * sizeof *ids);
+  for (uint32_t i = 0; i < maxT; i++) ids[i] = (kvs_token)((i * 7919u + 13) % V);
+  float *lg = malloc((size_t)V * 4);
+  for (int i = 0; i < ns; i++) {
+    uint32_t T = sizes[i];
+    double ms = 0, best = 1e30;
+    for (int rep = 0; rep < 3; rep++) { /* first run warms up cuBLAS and the caches */
+      kvs_gpu_model_reset(gm);
+      e = kvs_gpu_model_prefill(gm, ids, T, 0, lg, &ms);
+      if (e) break;
+      if (rep > 0 && ms < best) best = ms;
+    }
+    if (e) {
+      printf("gpu  %s %6u tokens: error %s\n", name, T, kvs_errname(e));
+      break;
+    }
+    double tms = -1;
+    if (have_torch) torch_ms(torch, name, T, &tms);
+    printf("gpu  %-8s %6u tokens: prefill %9.2f ms (%9.0f tok/s) | torch sdpa %9.2f ms | ours/torch %.2f\n",
+           name, T, best, T / best * 1e3, tms, tms > 0 ? best / tms : 0);
+    fflush(stdout);
+    jadd("%s{\"model\":\"%s\",\"tokens\":%u,\"ms\":%.3f,\"torch_ms\":%.3f}", *first ? "" : ",", name, T,
+         best, tms);
+    *first = 0;
+  }
+  free(ids);
+  free(lg);
+  kvs_gpu_model_free(gm);
+}
+
+int main(int argc, char **argv) {
+  const char *home = getenv("HOME") ? getenv("HOME") : "/root";
+  char model_path[4096], ref_path[4096], fixdir[4096], torch[4096];
+  snprintf(model_path, sizeof model_path, "%s/.cache/kvstash/models/SmolLM2-135M-Instruct.Q4_1.gguf", home);
+  if (getenv("KVS_MODEL_PATH")) snprintf(model_path, sizeof model_path, "%s", getenv("KVS_MODEL_PATH"));
+  snprintf(ref_path, sizeof ref_path, "%s/.cache/kvstash/llama.cpp/bin/kvs-llama-ref", home);
+  snprintf(fixdir, sizeof fixdir, "%s/tests/model/fixtures", KVS_SOURCE_DIR);
+  snprintf(torch, sizeof torch, "%s/bench/model/torch_prefill.py", KVS_SOURCE_DIR);
+  uint32_t cpu_sizes[16] = {512, 2048}, gpu_sizes[16] = {1024, 2048, 4096, 8192, 16384, 32768};
+  int n_cpu = 2, n_gpu = 6, no_gpu = 0, no_8b = 0, check = 0;
+  uint32_t n_dec = 32;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--model") && v) snprintf(model_path, sizeof model_path, "%s", v), i++;
+    else if (!strcmp(a, "--llama-ref") && v) snprintf(ref_path, sizeof ref_path, "%s", v), i++;
+    else if (!strcmp(a, "--fixtures") && v) snprintf(fixdir, sizeof fixdir, "%s", v), i++;
+    else if (!strcmp(a, "--torch-script") && v) snprintf(torch, sizeof torch, "%s", v), i++;
+    else if (!strcmp(a, "--cpu-tokens") && v) n_cpu = parse_list(v, cpu_sizes, 16), i++;
+    else if (!strcmp(a, "--gpu-tokens") && v) n_gpu = parse_list(v, gpu_sizes, 16), i++;
+    else if (!strcmp(a, "--decode") && v) n_dec = (uint32_t)atoi(v), i++;
+    else if (!strcmp(a, "--no-gpu")) no_gpu = 1;
+    else if (!strcmp(a, "--no-8b")) no_8b = 1;
+    else if (!strcmp(a, "--check-reference")) check = 1;
+    else {
+      fprintf(stderr, "usage: see the comment at the top of bench/model/bench_model.c\n");
+      return 2;
+    }
+  }
+  kvs_model *m;
+  kvs_err e = kvs_model_load(model_path, &m);
+  if (e) {
+    fprintf(stderr, "cannot load %s: %s\n", model_path, kvs_strerror(e));
+    return 1;
+  }
+  jadd("{\"bench\":\"model\",");
+  if (check) check_reference(m, fixdir);
+  int have_llama = access(ref_path, X_OK) == 0;
+  printf("llama.cpp reference: %s\n", have_llama ? ref_path : "not built (tools/llamacpp/build.sh)");
+  bench_cpu(m, fixdir, have_llama ? ref_path : NULL, model_path, cpu_sizes, n_cpu, n_dec);
+  int gpu = !no_gpu && kvs_gpu_device_count() > 0;
+  jadd("\"gpu_device\":");
+  if (gpu) {
+    char name[256] = "";
+    int maj = 0, mn = 0;
+    kvs_gpu_device_info(0, name, sizeof name, &maj, &mn);
+    printf("gpu device: %s (sm_%d%d)\n", name, maj, mn);
+    jadd("\"%s\",", name);
+    int have_torch = system("python3 -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' "
+                            ">/dev/null 2>&1") == 0;
+    printf("pytorch: %s\n", have_torch ? "available" : "not importable (torch columns are -1)");
+    jadd("\"gpu\":[");
+    int first = 1;
+    bench_gpu("smollm2", m, gpu_sizes, n_gpu, torch, have_torch, &first);
+    if (!no_8b) {
+      kvs_model *big;
+      if (kvs_model_create_random(NULL, 1, 0, &big) == KVS_OK) {
+        bench_gpu("8b", big, gpu_sizes, n_gpu, torch, have_torch, &first);
+        kvs_model_free(big);
+      }
+    }
+    jadd("]}");
+  } else {
+    printf("gpu: none (%s)\n", kvs_gpu_compiled() ? "no device" : "built without CUDA");
+    jadd("null,\"gpu\":[]}");
+  }
+  kvs_model_free(m);
+  printf("%s\n", json);
+  return 0;
+}
