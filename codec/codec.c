@@ -46,9 +46,13 @@ kvs_err kvs_codec_params_default(int profile, uint32_t n_layers, kvs_codec_param
     break;
   }
   case KVS_CODEC_DENSE:
+    /* chosen on real SmolLM2 KV of MuSiQue items 0-3 (bench_real.c): an
+       exact sink token and per-token V scales cut KL 3x at equal size; the
+       rotation did not pay on real KV (it does on synthetic outliers) */
     p->group = 256;
-    p->k_step = 1.0f, p->v_step = 1.0f;
+    p->k_step = 0.5f, p->v_step = 0.5f;
     p->fine_layers = 0, p->fine_scale = 0.5f;
+    p->k_flags = KVS_DENSE_SINK, p->v_flags = KVS_DENSE_TOKEN | KVS_DENSE_SINK;
     break;
   }
   return KVS_OK;
@@ -100,6 +104,8 @@ static kvs_err params_check(const kvs_codec_params *p, const kvs_layout *l) {
                             !(p->v_step > 1e-4f && p->v_step < 1e4f) ||
                             !(p->fine_scale > 1e-3f && p->fine_scale <= 1e3f),
                         KVS_EINVAL, "dense steps");
+    KVS_RETURN_ERROR_IF((p->k_flags | p->v_flags) & ~KVS_DENSE_FLAGS_ALL, KVS_EINVAL,
+                        "dense flags");
     break;
   default: return KVS_ERR_AT(KVS_ENOTSUP, "unknown profile");
   }
@@ -137,7 +143,7 @@ static size_t seg_payload_bound(const kvs_codec_params *p, const kvs_layout *l, 
   size_t s = 0;
   for (uint32_t i = 0; i < nl; i++)
     for (uint32_t kv = 0; kv < 2; kv++) {
-      kvs__plane pl = {T, l->n_kv_heads, l->head_dim, first + i, kv, l->n_layers, p};
+      kvs__plane pl = {T, l->n_kv_heads, l->head_dim, first + i, kv, l->n_layers, p, l->dtype};
       s += ops->bound(&pl);
     }
   return KVS__PAD8(s);
@@ -169,6 +175,8 @@ static void put_params(uint8_t *q, const kvs_codec_params *p) {
     q[KVS_CP_V_BINS2] = (uint8_t)(p->cg_bins[4] - 1);
   } else {
     kvs__wr16(q + KVS_CP_FINE_LAYERS, (uint16_t)p->fine_layers);
+    q[KVS_CP_K_FLAGS] = (uint8_t)p->k_flags;
+    q[KVS_CP_V_FLAGS] = (uint8_t)p->v_flags;
   }
   memcpy(&u, &p->fine_scale, 4), kvs__wr32(q + KVS_CP_FINE_SCALE, u);
   kvs__wr16(q + KVS_CP_ZSTD_LEVEL, (uint16_t)(int16_t)p->zstd_level);
@@ -191,6 +199,8 @@ static void get_params(const uint8_t *q, uint32_t profile, kvs_codec_params *p) 
     p->cg_bins[4] = q[KVS_CP_V_BINS2] + 1u;
   } else {
     p->fine_layers = kvs__rd16(q + KVS_CP_FINE_LAYERS);
+    p->k_flags = q[KVS_CP_K_FLAGS];
+    p->v_flags = q[KVS_CP_V_FLAGS];
   }
   u = kvs__rd32(q + KVS_CP_FINE_SCALE), memcpy(&p->fine_scale, &u, 4);
   p->zstd_level = (int16_t)kvs__rd16(q + KVS_CP_ZSTD_LEVEL);
@@ -254,7 +264,7 @@ kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *l, uint32_
       rc = enc_lossless(p, src, (size_t)(2 * nl * pe * 2), pay, room, &plen);
     } else {
       for (uint32_t i = 0; i < nl * 2 && rc == KVS_OK; i++) {
-        kvs__plane pl = {T, l->n_kv_heads, l->head_dim, first + i / 2, i % 2, l->n_layers, p};
+        kvs__plane pl = {T, l->n_kv_heads, l->head_dim, first + i / 2, i % 2, l->n_layers, p, l->dtype};
         const uint8_t *ps = src + (uint64_t)i * pe * 2;
         for (uint64_t e = 0; e < pe; e++) x[e] = kvs__load_elem(ps, l->dtype, e);
         size_t n = 0;
@@ -391,7 +401,7 @@ size_t kvs_codec_decode_workspace_bound(const kvs_codec_info *info) {
   for (uint32_t l = 0; l < info->layout.n_layers; l++)
     for (uint32_t kv = 0; kv < 2; kv++) {
       kvs__plane pl = {info->n_tokens, info->layout.n_kv_heads, info->layout.head_dim, l, kv,
-                       info->layout.n_layers, &info->params};
+                       info->layout.n_layers, &info->params, info->layout.dtype};
       size_t s = ops->ws_bound(&pl);
       if (s > m) m = s;
     }
@@ -515,7 +525,7 @@ static kvs_err decode_segment(const kvs_codec_info *info, uint32_t g, const uint
   uint32_t h0 = o->head_begin, h1 = o->head_end ? o->head_end : H;
   size_t es = kvs_dtype_size(o->dtype), pos = 0;
   for (uint32_t i = 0; i < 2 * nl; i++) {
-    kvs__plane pl = {T, H, D, first + i / 2, i % 2, info->layout.n_layers, &info->params};
+    kvs__plane pl = {T, H, D, first + i / 2, i % 2, info->layout.n_layers, &info->params, info->layout.dtype};
     kvs__writer w = {o, T, H, D, h0, h1, first + i / 2, i % 2, es};
     KVS_RETURN_ERROR_IF(pn - pos < 4, KVS_ECORRUPT, "plane truncated");
     uint32_t pb = kvs__rd32(pay + pos);

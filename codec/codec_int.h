@@ -17,6 +17,7 @@ typedef struct kvs__plane {
   uint32_t T, H, D;
   uint32_t layer, kv, n_layers;
   const kvs_codec_params *p;
+  uint32_t dtype; /* of the encoded input (F16 or BF16) */
 } kvs__plane;
 
 /* Where decoded rows go: contiguous or paged, heads [h0, h1). */

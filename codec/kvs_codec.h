@@ -59,9 +59,11 @@ typedef struct kvs_codec_params {
   uint32_t k_bits, v_bits;   /* kivi: 2 or 4 */
   uint32_t group;            /* kivi group (default 32); dense/cachegen rANS steps
                                 per lane (default 256 / unused) */
-  float k_step, v_step;      /* dense: quantizer step / RMS of the plane (default 1.0) */
+  float k_step, v_step;      /* dense: quantizer step / RMS of the plane (default 0.5) */
   uint32_t fine_layers;      /* dense: first layers with step * fine_scale */
   float fine_scale;          /* dense: (default 0.5) */
+  uint32_t k_flags, v_flags; /* dense: KVS_DENSE_ROTATED | _CHAN | _TOKEN | _SINK for K and
+                                V planes (default K: SINK, V: TOKEN | SINK) */
   int zstd_level;            /* lossless (default 3) */
   /* cachegen-ref (defaults scale LMCache's Llama-7B table to n_layers):
      K layers [0,kf) get bins[0], [kf,km) bins[1], the rest bins[2];

@@ -93,7 +93,9 @@ enum {
   KVS_CP_BINS = 24,        /* 4 x u8: cachegen key_first, key_second, key_third, value_first bins;
                               value_second bins at KVS_CP_BINS+4 */
   KVS_CP_V_BINS2 = 28,     /* u8 */
-  KVS_CP_RESERVED = 29     /* 3 bytes, 0 */
+  KVS_CP_K_FLAGS = 29,     /* u8: dense K plane options (KVS_DENSE_*) */
+  KVS_CP_V_FLAGS = 30,     /* u8: dense V plane options */
+  KVS_CP_RESERVED = 31     /* 1 byte, 0 */
 };
 
 /* -------------------------------------------------------- segment header */
@@ -133,13 +135,23 @@ enum {
  * cachegen: u16 n_sym | u16 0 | f16 tokmax[T] (pad4) | u16 freq[H*D][n_sym] (pad4)
  *        | u32 block_off[ceil(H*D/32)] (from plane start) | rANS blocks; lane j of block b
  *        codes channel c = 32b+j over tokens t = 0..T-1 (steps = T).
- * dense: u8 n_sym | i8 qmin | u8 flags (bit0 rotated) | u8 0 | f32 step
- *        | u16 freq[n_sym] (pad4) | f16 mean[H][D] (pad4) | u32 nblk_per_head
+ * dense: u8 n_sym | i8 qmin | u8 flags (KVS_DENSE_*) | u8 0 | f32 step
+ *        | u16 freq[n_sym] (pad4) | f16 mean[H][D] (pad4)
+ *        | f16 chan_scale[H][D] (pad4, when KVS_DENSE_CHAN)
+ *        | f16 tok_scale[T] (pad4, when KVS_DENSE_TOKEN)
+ *        | sink[H][D] token 0 verbatim in the input dtype (pad4, when KVS_DENSE_SINK)
+ *        | u32 nblk_per_head
  *        | u32 block_off[H][nblk_per_head] (from plane start) | rANS blocks.
  *        Head h's symbols are its rows in order [T][D]; block i covers symbols
  *        [i*32*S, (i+1)*32*S) of that head, S = KVS_CP_GROUP steps.
- *        value = inverse_hadamard(q * step) + mean, q = symbol + qmin. */
-#define KVS_DENSE_ROTATED 1u
+ *        value = inverse_hadamard(q * step) * tok_scale[t] * chan_scale[h][d] + mean[h][d],
+ *        q = symbol + qmin (absent scales are 1); with KVS_DENSE_SINK token 0 is the
+ *        stored row (its symbols are coded as 0 and ignored). */
+#define KVS_DENSE_ROTATED 1u /* rows rotated by the Walsh-Hadamard transform */
+#define KVS_DENSE_CHAN 2u    /* channels divided by their RMS over the tokens */
+#define KVS_DENSE_TOKEN 4u   /* tokens divided by their RMS over heads x head_dim */
+#define KVS_DENSE_SINK 8u    /* token 0 (the attention sink) kept exact, out of the statistics */
+#define KVS_DENSE_FLAGS_ALL 15u
 #define KVS_FP4_BLOCK 32u
 
 /* ------------------------------------------------ explicit LE byte loads */

@@ -32,14 +32,24 @@ static inline int is_pow2(uint32_t x) { return x && !(x & (x - 1)); }
 /* ---------------------------------------------------------------- dense */
 static uint32_t dense_steps(const kvs__plane *pl) { return pl->p->group; }
 
+/* the plane's options: the header's, less rotation where head_dim forbids it */
+static uint32_t dense_pflags(const kvs__plane *pl) {
+  uint32_t f = pl->kv ? pl->p->v_flags : pl->p->k_flags;
+  if (!(is_pow2(pl->D) && pl->D >= 2)) f &= ~KVS_DENSE_ROTATED;
+  return f;
+}
+
 static uint32_t dense_nbh(const kvs__plane *pl) {
   uint64_t per_head = (uint64_t)pl->T * pl->D, blk = 32ull * dense_steps(pl);
   return (uint32_t)((per_head + blk - 1) / blk);
 }
 
 static size_t dense_fixed(const kvs__plane *pl, uint32_t n_sym) {
-  return 12 + KVS__PAD4(2ull * n_sym) + KVS__PAD4(2ull * pl->H * pl->D) + 4 +
-         4ull * pl->H * dense_nbh(pl);
+  uint32_t f = dense_pflags(pl);
+  size_t hd = KVS__PAD4(2ull * pl->H * pl->D);
+  return 12 + KVS__PAD4(2ull * n_sym) + hd + ((f & KVS_DENSE_CHAN) ? hd : 0) +
+         ((f & KVS_DENSE_TOKEN) ? KVS__PAD4(2ull * pl->T) : 0) + ((f & KVS_DENSE_SINK) ? hd : 0) +
+         4 + 4ull * pl->H * dense_nbh(pl);
 }
 
 static size_t dense_bound(const kvs__plane *pl) {
@@ -57,35 +67,61 @@ static float dense_step(const kvs__plane *pl, double rms) {
   return s > 1e-30f && s < 1e30f ? s : 1.0f;
 }
 
+/* a scale as stored (f16), never 0, Inf or subnormal */
+static float f16_scale(double v) {
+  if (!(v >= 6.2e-5)) return 1.0f;
+  if (v > 65504.0) return 65504.0f;
+  return kvs__f16r((float)v);
+}
+
 static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, size_t cap,
                          size_t *len) {
-  uint32_t T = pl->T, H = pl->H, D = pl->D, S = dense_steps(pl);
-  uint64_t n = (uint64_t)T * H * D;
-  int rot = is_pow2(D) && D >= 2;
-  float *y = malloc(n * sizeof(float) + n + 32ull * S * 2 + (size_t)H * D * sizeof(float));
+  uint32_t T = pl->T, H = pl->H, D = pl->D, HD = H * D, S = dense_steps(pl);
+  uint32_t pf = dense_pflags(pl);
+  uint64_t n = (uint64_t)T * HD;
+  int rot = (pf & KVS_DENSE_ROTATED) != 0;
+  float *y = malloc(n * sizeof(float) + n + 32ull * S * 2 + (size_t)(3 * HD + T) * sizeof(float));
   if (!y) return KVS_ENOMEM;
   uint8_t *sym = (uint8_t *)(y + n);
   uint16_t *words = (uint16_t *)(sym + n);
-  float *mean = (float *)(words + 32ull * S);
+  float *mean = (float *)(words + 32ull * S), *cs = mean + HD, *acc = cs + HD, *ts = acc + HD;
+  /* token 0 kept exact: out of every statistic, coded as zeros */
+  uint32_t t0 = (pf & KVS_DENSE_SINK) && T > 1 ? 1 : 0, Ts = T - t0;
   /* per-channel mean over tokens, rounded to the stored f16 */
-  for (uint32_t c = 0; c < H * D; c++) {
+  for (uint32_t c = 0; c < HD; c++) {
     double m = 0;
-    for (uint32_t t = 0; t < T; t++) {
-      float v = x[(uint64_t)t * H * D + c];
+    for (uint32_t t = t0; t < T; t++) {
+      float v = x[(uint64_t)t * HD + c];
       if (isfinite(v)) m += v;
     }
-    mean[c] = kvs__f16r((float)(m / T));
+    m /= Ts;
+    mean[c] = kvs__f16r((float)(m > 65504 ? 65504 : m < -65504 ? -65504 : m));
+    cs[c] = 1.0f, acc[c] = 0;
+  }
+  for (uint64_t i = 0; i < n; i++) {
+    float v = x[i] - mean[i % HD];
+    y[i] = isfinite(v) && i >= (uint64_t)t0 * HD ? v : 0.0f;
+  }
+  if (pf & KVS_DENSE_CHAN) {
+    for (uint64_t i = 0; i < n; i++) acc[i % HD] += y[i] * y[i];
+    for (uint32_t c = 0; c < HD; c++) cs[c] = f16_scale(sqrt(acc[c] / Ts));
+    for (uint64_t i = 0; i < n; i++) y[i] /= cs[i % HD];
+  }
+  for (uint32_t t = 0; t < T; t++) {
+    float *r = y + (uint64_t)t * HD;
+    ts[t] = 1.0f;
+    if (pf & KVS_DENSE_TOKEN) {
+      double ss = 0;
+      for (uint32_t c = 0; c < HD; c++) ss += (double)r[c] * r[c];
+      ts[t] = f16_scale(sqrt(ss / HD));
+      for (uint32_t c = 0; c < HD; c++) r[c] /= ts[t];
+    }
+    if (rot)
+      for (uint32_t h = 0; h < H; h++) kvs__fwht(r + h * D, D);
   }
   double ss = 0;
-  for (uint32_t t = 0; t < T; t++)
-    for (uint32_t h = 0; h < H; h++) {
-      const float *r = x + ((uint64_t)t * H + h) * D;
-      float *o = y + ((uint64_t)t * H + h) * D;
-      for (uint32_t d = 0; d < D; d++) o[d] = isfinite(r[d]) ? r[d] - mean[h * D + d] : 0.0f;
-      if (rot) kvs__fwht(o, D);
-      for (uint32_t d = 0; d < D; d++) ss += (double)o[d] * o[d];
-    }
-  float step = dense_step(pl, sqrt(ss / (double)n));
+  for (uint64_t i = 0; i < n; i++) ss += (double)y[i] * y[i];
+  float step = dense_step(pl, sqrt(ss / ((double)Ts * HD)));
   int qmin = 127, qmax = -127;
   /* symbols per head in (t, d) order */
   for (uint32_t t = 0; t < T; t++)
@@ -114,15 +150,29 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
   memset(out, 0, fixed);
   out[4] = (uint8_t)n_sym; /* 256 symbols cannot happen: |q| <= 127 */
   out[5] = (uint8_t)(int8_t)qmin;
-  out[6] = rot ? KVS_DENSE_ROTATED : 0;
+  out[6] = (uint8_t)pf;
   uint32_t u;
   memcpy(&u, &step, 4);
   kvs__wr32(out + 8, u);
   uint8_t *q = out + 12;
-  for (uint32_t s = 0; s < n_sym; s++) kvs__wr16(q + 2 * s, freq[s]);
+  for (uint32_t s2 = 0; s2 < n_sym; s2++) kvs__wr16(q + 2 * s2, freq[s2]);
   q += KVS__PAD4(2ull * n_sym);
-  for (uint32_t c = 0; c < H * D; c++) kvs__wr16(q + 2 * c, kvs_f32_to_f16(mean[c]));
-  q += KVS__PAD4(2ull * H * D);
+  for (uint32_t c = 0; c < HD; c++) kvs__wr16(q + 2 * c, kvs_f32_to_f16(mean[c]));
+  q += KVS__PAD4(2ull * HD);
+  if (pf & KVS_DENSE_CHAN) {
+    for (uint32_t c = 0; c < HD; c++) kvs__wr16(q + 2 * c, kvs_f32_to_f16(cs[c]));
+    q += KVS__PAD4(2ull * HD);
+  }
+  if (pf & KVS_DENSE_TOKEN) {
+    for (uint32_t t = 0; t < T; t++) kvs__wr16(q + 2 * t, kvs_f32_to_f16(ts[t]));
+    q += KVS__PAD4(2ull * T);
+  }
+  if (pf & KVS_DENSE_SINK) { /* exact: x came from this dtype */
+    for (uint32_t c = 0; c < HD; c++)
+      kvs__wr16(q + 2 * c, pl->dtype == KVS_DTYPE_BF16 ? kvs_f32_to_bf16(x[c])
+                                                        : kvs_f32_to_f16(x[c]));
+    q += KVS__PAD4(2ull * HD);
+  }
   uint32_t nbh = dense_nbh(pl);
   kvs__wr32(q, nbh);
   uint8_t *offs = q + 4;
@@ -147,19 +197,18 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
 }
 
 static size_t dense_ws(const kvs__plane *pl) {
-  return 4 * KVS_RANS_PROB_SCALE + (size_t)pl->T * pl->D + 64;
+  return 4 * KVS_RANS_PROB_SCALE + (size_t)pl->T * pl->D + 4ull * pl->T + 64;
 }
 
 static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const kvs__writer *w,
                          uint8_t *ws, size_t ws_len) {
-  uint32_t T = pl->T, H = pl->H, D = pl->D, S = dense_steps(pl);
+  uint32_t T = pl->T, H = pl->H, D = pl->D, HD = H * D, S = dense_steps(pl);
   KVS_RETURN_ERROR_IF(n < 12, KVS_ECORRUPT, "dense plane truncated");
   uint32_t n_sym = b[4], flags = b[6];
   int qmin = (int8_t)b[5];
-  KVS_RETURN_ERROR_IF(n_sym == 0 || b[7] || (flags & ~KVS_DENSE_ROTATED), KVS_ECORRUPT,
+  KVS_RETURN_ERROR_IF(n_sym == 0 || b[7] || flags != dense_pflags(pl), KVS_ECORRUPT,
                       "dense plane header");
   int rot = (flags & KVS_DENSE_ROTATED) != 0;
-  KVS_RETURN_ERROR_IF(rot && !is_pow2(D), KVS_ECORRUPT, "rotation needs a power-of-2 head_dim");
   float step;
   uint32_t u = kvs__rd32(b + 8);
   memcpy(&step, &u, 4);
@@ -167,19 +216,27 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
   size_t fixed = dense_fixed(pl, n_sym);
   KVS_RETURN_ERROR_IF(n < fixed, KVS_ECORRUPT, "dense plane truncated");
   uint16_t freq[256];
-  for (uint32_t s = 0; s < n_sym; s++) freq[s] = kvs__rd16(b + 12 + 2 * s);
+  for (uint32_t s2 = 0; s2 < n_sym; s2++) freq[s2] = kvs__rd16(b + 12 + 2 * s2);
   kvs__rans_table tab;
   KVS_TRY(kvs__rans_table_init(&tab, freq, n_sym));
   const uint8_t *mean = b + 12 + KVS__PAD4(2ull * n_sym);
-  const uint8_t *q = mean + KVS__PAD4(2ull * H * D);
+  const uint8_t *q = mean + KVS__PAD4(2ull * HD), *chan = NULL, *tokp = NULL, *sink = NULL;
+  if (flags & KVS_DENSE_CHAN) chan = q, q += KVS__PAD4(2ull * HD);
+  if (flags & KVS_DENSE_TOKEN) tokp = q, q += KVS__PAD4(2ull * T);
+  if (flags & KVS_DENSE_SINK) sink = q, q += KVS__PAD4(2ull * HD);
   uint32_t nbh = dense_nbh(pl);
   KVS_RETURN_ERROR_IF(kvs__rd32(q) != nbh, KVS_ECORRUPT, "dense block count");
   const uint8_t *offs = q + 4;
   uint32_t *lut = (uint32_t *)(void *)(((uintptr_t)ws + 15) & ~(uintptr_t)15);
-  uint8_t *sym = (uint8_t *)(lut + KVS_RANS_PROB_SCALE);
+  float *ts = (float *)(lut + KVS_RANS_PROB_SCALE);
+  uint8_t *sym = (uint8_t *)(ts + T);
   kvs__rans_build_lut(&tab, lut);
-  float deq[256], row[KVS_MAX_HEAD_DIM], mf[KVS_MAX_HEAD_DIM];
-  for (uint32_t s = 0; s < n_sym; s++) deq[s] = (float)(qmin + (int)s) * step;
+  for (uint32_t t = 0; t < T; t++) {
+    ts[t] = tokp ? kvs_f16_to_f32(kvs__rd16(tokp + 2 * t)) : 1.0f;
+    KVS_RETURN_ERROR_IF(!(ts[t] > 0 && ts[t] < INFINITY), KVS_ECORRUPT, "dense token scale");
+  }
+  float deq[256] = {0}, row[KVS_MAX_HEAD_DIM], mf[KVS_MAX_HEAD_DIM], cf[KVS_MAX_HEAD_DIM];
+  for (uint32_t s2 = 0; s2 < n_sym; s2++) deq[s2] = (float)(qmin + (int)s2) * step;
   const kvs__rans_table *tp = &tab;
   uint64_t per_head = (uint64_t)T * D, blk = 32ull * S;
   size_t expect_next = fixed;
@@ -187,8 +244,8 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
     int want = h >= w->h0 && h < w->h1;
     for (uint32_t bi = 0; bi < nbh; bi++) {
       uint32_t off = kvs__rd32(offs + 4ull * (h * nbh + bi));
-      /* blocks are contiguous and in order: each offset must be where the
-         previous block ended (checked for the blocks we decode) */
+      /* blocks are contiguous and in order: each decoded block must start
+         where the previous decoded one ended */
       KVS_RETURN_ERROR_IF(off < fixed || off >= n, KVS_ECORRUPT, "dense block offset");
       if (!want) continue;
       KVS_RETURN_ERROR_IF(off != expect_next && expect_next != 0, KVS_ECORRUPT,
@@ -198,20 +255,36 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
       KVS_TRY(kvs__rans_dec_block(b + off, n - off, (uint32_t)cnt, &tp, 0, lut, sym + i0, &used));
       expect_next = off + used;
     }
-    if (want) {
-      for (uint32_t d = 0; d < D; d++) mf[d] = kvs_f16_to_f32(kvs__rd16(mean + 2ull * (h * D + d)));
-      for (uint32_t t = 0; t < T; t++) {
-        const uint8_t *sr = sym + (uint64_t)t * D;
-        for (uint32_t d = 0; d < D; d++) {
-          KVS_RETURN_ERROR_IF(sr[d] >= n_sym, KVS_ECORRUPT, "dense symbol");
-          row[d] = deq[sr[d]];
-        }
-        if (rot) kvs__fwht(row, D);
-        for (uint32_t d = 0; d < D; d++) row[d] += mf[d];
-        kvs__store_row(w, t, h, row);
+    if (!want) {
+      expect_next = 0; /* skipped head: the next decoded block is checked by range only */
+      continue;
+    }
+    for (uint32_t d = 0; d < D; d++) {
+      mf[d] = kvs_f16_to_f32(kvs__rd16(mean + 2ull * (h * D + d)));
+      cf[d] = chan ? kvs_f16_to_f32(kvs__rd16(chan + 2ull * (h * D + d))) : 1.0f;
+      KVS_RETURN_ERROR_IF(!(cf[d] > 0 && cf[d] < INFINITY) || !isfinite(mf[d]), KVS_ECORRUPT,
+                          "dense channel mean or scale");
+    }
+    for (uint32_t t = 0; t < T; t++) {
+      const uint8_t *sr = sym + (uint64_t)t * D;
+      uint32_t bad = 0;
+      for (uint32_t d = 0; d < D; d++) {
+        bad |= sr[d] >= n_sym;
+        row[d] = deq[sr[d]];
       }
-    } else {
-      expect_next = 0; /* skipped head: next decoded block is checked by range only */
+      KVS_RETURN_ERROR_IF(bad, KVS_ECORRUPT, "dense symbol");
+      if (t == 0 && sink) {
+        for (uint32_t d = 0; d < D; d++) {
+          uint16_t hb = kvs__rd16(sink + 2ull * (h * D + d));
+          row[d] = pl->dtype == KVS_DTYPE_BF16 ? kvs_bf16_to_f32(hb) : kvs_f16_to_f32(hb);
+        }
+        kvs__store_row(w, t, h, row);
+        continue;
+      }
+      if (rot) kvs__fwht(row, D);
+      float g = ts[t];
+      for (uint32_t d = 0; d < D; d++) row[d] = row[d] * g * cf[d] + mf[d];
+      kvs__store_row(w, t, h, row);
     }
   }
   /* the last block of the last head must end the plane */

@@ -367,7 +367,47 @@ static void test_nonfinite_input(void) {
   }
 }
 
-static const kvs_test_case cases[] = {{"names", test_names},
+/* Every dense option combination, with head_dim a power of 2 (rotation
+ * possible) and not (rotation silently off), round-trips within bounds and
+ * keeps the sink token exact when asked. */
+static void test_dense_flags(void) {
+  kvs_layout ls[2] = {lay(2, 2, 64, KVS_DTYPE_BF16), lay(2, 2, 48, KVS_DTYPE_F16)};
+  for (int li = 0; li < 2; li++)
+    for (uint32_t f = 0; f <= KVS_DENSE_FLAGS_ALL; f++) {
+      const kvs_layout *l = &ls[li];
+      uint32_t T = 90;
+      size_t ne = 2ull * l->n_layers * T * l->n_kv_heads * l->head_dim;
+      uint16_t *kv = malloc(ne * 2), *out = malloc(ne * 2);
+      kvs_synth_kv(l, T, 77 + f, kv);
+      kvs_codec_params p;
+      kvs_codec_params_default(KVS_PROFILE_DENSE, l->n_layers, &p);
+      p.k_flags = f, p.v_flags = f ^ KVS_DENSE_TOKEN, p.group = 7; /* odd block size too */
+      size_t cap = kvs_codec_encode_bound(&p, l, T), len;
+      uint8_t *b = malloc(cap);
+      CU_ASSERT_EQUAL_FATAL(kvs_codec_encode(&p, l, T, kv, b, cap, &len), KVS_OK);
+      kvs_codec_info info;
+      CU_ASSERT_EQUAL_FATAL(kvs_codec_parse_header(b, len, &info), KVS_OK);
+      CU_ASSERT_EQUAL(info.params.k_flags, f);
+      CU_ASSERT_EQUAL(info.params.v_flags, f ^ KVS_DENSE_TOKEN);
+      kvs_codec_out o = kvs_codec_out_contiguous(out, ne * 2, l->dtype);
+      CU_ASSERT_EQUAL_FATAL(kvs_codec_decode(b, len, &o, NULL, 0), KVS_OK);
+      double num = 0, den = 0;
+      for (size_t i = 0; i < ne; i++) {
+        double a = elem(kv, l->dtype, i), c = elem(out, l->dtype, i);
+        num += (a - c) * (a - c), den += a * a;
+      }
+      CU_ASSERT(num / den < 0.05);
+      /* the sink row (token 0 of every K plane when f has SINK) is exact */
+      size_t row = (size_t)l->n_kv_heads * l->head_dim;
+      if (f & KVS_DENSE_SINK)
+        for (uint32_t layer = 0; layer < l->n_layers; layer++)
+          CU_ASSERT_EQUAL(memcmp(kv + (size_t)2 * layer * T * row,
+                                 out + (size_t)2 * layer * T * row, row * 2), 0);
+      free(b), free(kv), free(out);
+    }
+}
+
+static const kvs_test_case cases[] = {{"dense_flags", test_dense_flags},{"names", test_names},
                                       {"roundtrip", test_roundtrip},
                                       {"heads_paged_segments", test_heads_paged_segments},
                                       {"bad_input", test_bad_input},
