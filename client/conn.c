@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "client_int.h"
+#include "kvs_wire.h"
 
 /* ------------------------------------------------------------ errors */
 static __thread struct {
@@ -119,6 +120,11 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
     return KVS_ENOMEM;
   }
   *out = c;
+  kvs_wire_hdr probe;
+  if (kvs_wire_hdr_init(&probe, KVS_OP_PING, 0, c->tenant, c->token, strlen(c->token)))
+    return kvs__seterr(c, KVS_EINVAL,
+                       "tenant must be 1..%u of [A-Za-z0-9_.-] and the token at most %u bytes",
+                       KVS_WIRE_TENANT_MAX, KVS_WIRE_TOKEN_MAX);
   for (uint32_t i = 0; i < c->o.n_sockets; i++) {
     int rv = nng_req0_open(&c->socks[i]);
     if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "nng_req0_open: %s", nng_strerror(rv));

@@ -16,5 +16,7 @@ typedef struct test_server {
 /* mode "real" or "fake". Returns 0 when up, 77 when the real binary is
  * missing (the caller skips), 1 on failure. Messages on stderr. */
 int test_server_start(test_server *s, const char *mode);
+/* Same, with one extra kvstashd flag (e.g. "--tenant=a:secret"; NULL = none). */
+int test_server_start_flag(test_server *s, const char *mode, const char *flag);
 void test_server_stop(test_server *s);
 #endif

@@ -342,6 +342,40 @@ static void test_codec(void) {
   free(hout), free(out), free(kv), free(tok);
 }
 
+/* Auth: a second daemon with one tenant and its token. */
+static void test_auth(void) {
+  if (!srv.real) {
+    fprintf(stderr, "(stand-in has no auth: test not run)\n");
+    return;
+  }
+  test_server a;
+  CU_ASSERT_EQUAL_FATAL(test_server_start_flag(&a, "real", "--tenant=alice:s3cret-token"), 0);
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = a.url;
+  o.tenant = "alice";
+  o.token = "s3cret-token";
+  kvs_client *ok = NULL, *bad = NULL;
+  CU_ASSERT_EQUAL(kvs_client_create(&o, &ok), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_ping(ok), KVS_OK);
+  o.token = "wrong";
+  CU_ASSERT_EQUAL(kvs_client_create(&o, &bad), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_ping(bad), KVS_EAUTH);
+  CU_ASSERT_PTR_NOT_NULL(strstr(kvs_client_errmsg(bad), "KVS_EAUTH"));
+  uint8_t st;
+  kvs_chunk ch = {.start = 0, .n_tokens = 1, .kind = KVS_CHUNK_CONTENT};
+  int32_t t0 = 5;
+  CU_ASSERT_EQUAL(kvs_lookup(bad, &model, &t0, 1, &ch, 1, KVS_LOOKUP_EACH, &st, NULL), KVS_EAUTH);
+  kvs_client_free(ok);
+  kvs_client_free(bad);
+  test_server_stop(&a);
+  /* a tenant name the protocol cannot carry is refused at create */
+  o.tenant = "no spaces allowed";
+  kvs_client *c = NULL;
+  CU_ASSERT_EQUAL(kvs_client_create(&o, &c), KVS_EINVAL);
+  kvs_client_free(c);
+}
+
 static int init(void) {
   model = kvs_hash128_buf("client-ops-test", 15);
   snprintf(tenant, sizeof tenant, "t-%d", (int)getpid());
@@ -362,6 +396,7 @@ static const kvs_test_case cases[] = {{"ping", test_ping},
                                       {"tenants", test_tenants},
                                       {"async_batch", test_async_batch},
                                       {"codec", test_codec},
+                                      {"auth", test_auth},
                                       {NULL, NULL}};
 
 int main(int argc, char **argv) {
