@@ -493,6 +493,8 @@ static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t
   if (out_cap < need)
     return kvs__seterr(c, KVS_ERANGE, "output holds %llu bytes, the chunk needs %llu",
                        (unsigned long long)out_cap, (unsigned long long)need);
+  if ((o->flags & KVS_GET_DEVICE) && kvs_gpu_device_count() < 1)
+    return kvs__seterr(c, KVS_ENODEV, "KVS_GET_DEVICE without a CUDA device");
   kvs_op *op = op_new(c, KVS__OP_GET);
   if (!op) return KVS_ENOMEM;
   op->model = *model;
@@ -651,6 +653,8 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
   const void *host = kv;
   void *staged = NULL;
   if (o->flags & KVS_PUT_DEVICE) {
+    if (kvs_gpu_device_count() < 1)
+      return kvs__seterr(c, KVS_ENODEV, "KVS_PUT_DEVICE without a CUDA device");
     size_t bytes = kvs_layout_token_bytes(layout) * chunk->n_tokens;
     staged = malloc(bytes);
     if (!staged) return KVS_ENOMEM;

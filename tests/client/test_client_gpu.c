@@ -1,0 +1,80 @@
+/* Device memory through libkvstash (ctest label gpu; exit 77 without a CUDA
+ * device): put from device memory, get into device memory (whole and a head
+ * range, raw and codec), compared with the host copy. Runs against the real
+ * kvstashd when it is built, else against the in-test stand-in. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvs_gpu.h"
+#include "kvs_test.h"
+#include "kvstash.h"
+#include "server.h"
+
+static test_server srv;
+static kvs_client *cl;
+static const kvs_layout lay = {.n_layers = 4, .n_kv_heads = 4, .head_dim = 64,
+                               .dtype = KVS_DTYPE_F16, .rope_type = KVS_ROPE_NORM,
+                               .rope_dims = 64, .rope_theta = 10000.0f, .rope_freq_scale = 1.0f};
+
+static void roundtrip(const char *profile) {
+  int id = kvs_profile_from_name(profile);
+  if (id < 0) return;
+  const uint32_t T = 128;
+  unsigned long long st = 11;
+  size_t nb = kvs_layout_token_bytes(&lay) * T;
+  uint16_t *kv = malloc(nb), *back = malloc(nb);
+  for (size_t i = 0; i < nb / 2; i++) kv[i] = kvs_f32_to_f16(kvs_test_randf(&st));
+  int32_t tok[128];
+  for (int i = 0; i < 128; i++) tok[i] = i * 3 + id;
+  kvs_model_id m = kvs_hash128_buf(profile, strlen(profile));
+  kvs_span sp = {0, T};
+  kvs_chunk ch;
+  kvs_chunk_spans(&m, tok, T, &sp, 1, &ch);
+  void *dkv = NULL, *dout = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&dkv, nb), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&dout, nb), KVS_OK);
+  kvs_gpu_copy_h2d(dkv, kv, nb, NULL);
+  kvs_gpu_sync(NULL);
+  kvs_put_opts po = {.profile = (uint32_t)id, .flags = KVS_PUT_DEVICE};
+  CU_ASSERT_EQUAL(kvs_put(cl, &m, tok, &ch, &lay, dkv, &po), KVS_OK);
+  kvs_get_opts go = {.flags = KVS_GET_DEVICE};
+  CU_ASSERT_EQUAL(kvs_get(cl, &m, tok, &ch, &lay, dout, nb, &go), KVS_OK);
+  kvs_gpu_copy_d2h(back, dout, nb, NULL);
+  kvs_gpu_sync(NULL);
+  if (!strcmp(profile, "raw") || !strcmp(profile, "lossless")) CU_ASSERT(memcmp(back, kv, nb) == 0);
+  /* heads [2, 4) into device memory */
+  kvs_get_opts ho = {.flags = KVS_GET_DEVICE, .head_begin = 2, .head_end = 4};
+  CU_ASSERT_EQUAL(kvs_get(cl, &m, tok, &ch, &lay, dout, nb / 2, &ho), KVS_OK);
+  kvs_gpu_copy_d2h(back, dout, nb / 2, NULL);
+  kvs_gpu_sync(NULL);
+  if (!strcmp(profile, "raw"))
+    CU_ASSERT(memcmp(back, kv + 2 * lay.head_dim, 2 * lay.head_dim * 2) == 0);
+  kvs_gpu_free(dkv);
+  kvs_gpu_free(dout);
+  free(kv), free(back);
+}
+
+static void test_raw(void) { roundtrip("raw"); }
+static void test_lossless(void) { roundtrip("lossless"); }
+
+static const kvs_test_case cases[] = {{"raw", test_raw}, {"lossless", test_lossless}, {NULL, NULL}};
+
+int main(void) {
+  if (kvs_gpu_device_count() < 1) {
+    fprintf(stderr, "SKIP: no CUDA device\n");
+    return KVS_TEST_SKIP;
+  }
+  const char *bin = getenv("KVS_KVSTASHD");
+  int rv = test_server_start(&srv, bin && *bin ? "real" : "fake");
+  if (rv) return rv;
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = srv.url;
+  o.tenant = "gpu";
+  if (kvs_client_create(&o, &cl) == KVS_OK) rv = kvs_test_run("client_gpu", cases);
+  else rv = 1;
+  kvs_client_free(cl);
+  test_server_stop(&srv);
+  return rv;
+}
