@@ -4,6 +4,7 @@
 #include "codec_int.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 
 __attribute__((target("avx,f16c"))) static void store_f16c(uint8_t *dst, const float *row,
@@ -21,9 +22,15 @@ __attribute__((target("avx,f16c"))) static void store_f16c(uint8_t *dst, const f
 
 int kvs__f16c_store(uint8_t *dst, const float *row, uint32_t n) {
   static int have = -1;
-  if (have < 0) {
-    __builtin_cpu_init();
-    have = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  if (have < 0) { /* F16C, AVX and OS-enabled YMM state (cpuid leaf 1, xgetbv) */
+    unsigned a, b, c, d;
+    have = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) && (c & (1u << 28)) &&
+        (c & (1u << 27))) {
+      unsigned lo, hi;
+      __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+      have = (lo & 6u) == 6u;
+    }
   }
   if (!have) return 0;
   store_f16c(dst, row, n);

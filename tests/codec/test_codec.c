@@ -407,7 +407,56 @@ static void test_dense_flags(void) {
     }
 }
 
-static const kvs_test_case cases[] = {{"dense_flags", test_dense_flags},{"names", test_names},
+/* Golden vectors (written by kvs-codec-gengolden): every encoding decodes to
+ * the same f16 bytes as when it was written, and every bad one fails with
+ * the same error. Catches accidental format changes. */
+static void test_golden(void) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", kvs_test_src_path("tests/codec/golden"));
+  char mp[4200];
+  snprintf(mp, sizeof mp, "%s/MANIFEST", dir);
+  FILE *m = fopen(mp, "r");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+  char line[512], file[256], err[64], hash[64];
+  int n = 0, n_ok = 0, n_bad = 0;
+  while (fgets(line, sizeof line, m)) {
+    if (line[0] == '#' || sscanf(line, "%255s %63s %63s", file, err, hash) != 3) continue;
+    char fp[4600];
+    snprintf(fp, sizeof fp, "%s/%s", dir, file);
+    FILE *f = fopen(fp, "rb");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc((size_t)sz + 1);
+    CU_ASSERT_EQUAL(fread(b, 1, (size_t)sz, f), (size_t)sz);
+    fclose(f);
+    size_t ne = 2ull * 2 * 24 * 2 * 32; /* the golden chunk's shape */
+    uint16_t *out = malloc(ne * 2);
+    kvs_codec_out o = kvs_codec_out_contiguous(out, ne * 2, KVS_DTYPE_F16);
+    kvs_err rc = kvs_codec_decode(b, (size_t)sz, &o, NULL, 0);
+    if (strcmp(kvs_errname(rc), err) != 0)
+      fprintf(stderr, "golden %s: got %s, want %s\n", file, kvs_errname(rc), err);
+    CU_ASSERT_STRING_EQUAL(kvs_errname(rc), err);
+    if (rc == KVS_OK) {
+      char h[32];
+      snprintf(h, sizeof h, "%016llx", (unsigned long long)kvs_checksum64(out, ne * 2));
+      CU_ASSERT_STRING_EQUAL(h, hash);
+      n_ok++;
+    } else {
+      CU_ASSERT(all_nan(out, ne)); /* failed decodes never look like KV */
+      n_bad++;
+    }
+    free(b), free(out);
+    n++;
+  }
+  fclose(m);
+  CU_ASSERT(n_ok >= 7);
+  CU_ASSERT(n_bad >= 8);
+}
+
+static const kvs_test_case cases[] = {{"dense_flags", test_dense_flags},
+                                      {"golden", test_golden},{"names", test_names},
                                       {"roundtrip", test_roundtrip},
                                       {"heads_paged_segments", test_heads_paged_segments},
                                       {"bad_input", test_bad_input},
