@@ -10,6 +10,7 @@
  * prefill over injected KV compute with the very same numbers. */
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -451,6 +452,13 @@ kvs_err kvs_model_layer_kv(kvs_model *m, uint32_t layer, uint32_t n, const uint3
   return KVS_OK;
 }
 
+/* fp16 -> f32 by table: attention converts the whole context per call */
+static float f16_lut[65536];
+static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
+static void f16_init(void) {
+  for (uint32_t i = 0; i < 65536; i++) f16_lut[i] = kvs_f16_to_f32((kvs_f16)i);
+}
+
 /* Causal attention of n queries q (n, H, D) at slots idx over cache slots
  * 0..idx[i] of `layer`, into att (n, H, D). Queries are taken in blocks of
  * QB rows so the score block (QB, ctx) stays small. */
@@ -466,9 +474,10 @@ static kvs_err attend(kvs_model *m, kvs_seq *s, uint32_t layer, uint32_t n, cons
   float *sc = scratch(m, S_SCORE, (size_t)QB * ctx);
   if (!kf || !vf || !sc) return KVS_ENOMEM;
   const kvs_f16 *K = kvs_seq_k(s, layer), *V = kvs_seq_v(s, layer);
+  pthread_once(&f16_once, f16_init);
   for (size_t i = 0; i < kvn; i++) {
-    kf[i] = kvs_f16_to_f32(K[i]);
-    vf[i] = kvs_f16_to_f32(V[i]);
+    kf[i] = f16_lut[K[i]];
+    vf[i] = f16_lut[V[i]];
   }
   float scale = 1.0f / sqrtf((float)D);
   for (uint32_t r0 = 0; r0 < n; r0 += QB) {

@@ -237,24 +237,29 @@ static void check_reference(kvs_model *m, const char *fixdir) {
   free(l);
 }
 
-/* PyTorch SDPA prefill of the same shape: {"tokens":T,"ms":x} lines */
-static int torch_ms(const char *script, const char *shape, uint32_t T, double *ms) {
-  char cmd[8400];
-  snprintf(cmd, sizeof cmd, "python3 '%s' --shape %s --tokens %u 2>/dev/null", script, shape, T);
+/* PyTorch SDPA prefill of the same shape, all sizes in one process:
+ * {"tokens":T,"ms":x} lines */
+static void torch_ms(const char *script, const char *shape, const uint32_t *sizes, int ns, double *ms) {
+  char list[512] = "";
+  size_t w = 0;
+  for (int i = 0; i < ns; i++) {
+    ms[i] = -1;
+    w += (size_t)snprintf(list + w, sizeof list - w, "%s%u", i ? "," : "", sizes[i]);
+    if (w >= sizeof list) return;
+  }
+  char cmd[8800];
+  snprintf(cmd, sizeof cmd, "python3 '%s' --shape %s --tokens %s 2>/dev/null", script, shape, list);
   FILE *pp = popen(cmd, "r");
-  if (!pp) return 0;
+  if (!pp) return;
   char line[512];
-  int ok = 0;
   while (fgets(line, sizeof line, pp)) {
     unsigned t;
     double v;
-    if (sscanf(line, "{\"tokens\":%u,\"ms\":%lf}", &t, &v) == 2 && t == T) {
-      *ms = v;
-      ok = 1;
-    }
+    if (sscanf(line, "{\"tokens\":%u,\"ms\":%lf}", &t, &v) == 2)
+      for (int i = 0; i < ns; i++)
+        if (sizes[i] == t) ms[i] = v;
   }
   pclose(pp);
-  return ok;
 }
 
 static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int ns, const char *torch,
@@ -273,31 +278,36 @@ static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int
   kvs_token *ids = malloc(maxT * sizeof *ids);
   for (uint32_t i = 0; i < maxT; i++) ids[i] = (kvs_token)((i * 7919u + 13) % V);
   float *lg = malloc((size_t)V * 4);
+  double ours[16], tms[16];
+  int done = 0;
   for (int i = 0; i < ns; i++) {
-    uint32_t T = sizes[i];
     double ms = 0, best = 1e30;
-    for (int rep = 0; rep < 3; rep++) { /* first run warms up cuBLAS and the caches */
+    for (int rep = 0; rep < 3; rep++) { /* the first run warms up cuBLAS and the caches */
       kvs_gpu_model_reset(gm);
-      e = kvs_gpu_model_prefill(gm, ids, T, 0, lg, &ms);
+      e = kvs_gpu_model_prefill(gm, ids, sizes[i], 0, lg, &ms);
       if (e) break;
       if (rep > 0 && ms < best) best = ms;
     }
     if (e) {
-      printf("gpu  %s %6u tokens: error %s\n", name, T, kvs_errname(e));
+      printf("gpu  %s %6u tokens: error %s\n", name, sizes[i], kvs_errname(e));
       break;
     }
-    double tms = -1;
-    if (have_torch) torch_ms(torch, name, T, &tms);
-    printf("gpu  %-8s %6u tokens: prefill %9.2f ms (%9.0f tok/s) | torch sdpa %9.2f ms | ours/torch %.2f\n",
-           name, T, best, T / best * 1e3, tms, tms > 0 ? best / tms : 0);
-    fflush(stdout);
-    jadd("%s{\"model\":\"%s\",\"tokens\":%u,\"ms\":%.3f,\"torch_ms\":%.3f}", *first ? "" : ",", name, T,
-         best, tms);
-    *first = 0;
+    ours[done++] = best;
   }
   free(ids);
   free(lg);
-  kvs_gpu_model_free(gm);
+  kvs_gpu_model_free(gm); /* torch gets the memory back */
+  for (int i = 0; i < done; i++) tms[i] = -1;
+  if (have_torch && done) torch_ms(torch, name, sizes, done, tms);
+  for (int i = 0; i < done; i++) {
+    uint32_t T = sizes[i];
+    printf("gpu  %-8s %6u tokens: prefill %9.2f ms (%9.0f tok/s) | torch sdpa %9.2f ms | ours/torch %.2f\n",
+           name, T, ours[i], T / ours[i] * 1e3, tms[i], tms[i] > 0 ? ours[i] / tms[i] : 0);
+    jadd("%s{\"model\":\"%s\",\"tokens\":%u,\"ms\":%.3f,\"torch_ms\":%.3f}", *first ? "" : ",", name, T,
+         ours[i], tms[i]);
+    *first = 0;
+  }
+  fflush(stdout);
 }
 
 int main(int argc, char **argv) {

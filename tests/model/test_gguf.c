@@ -240,6 +240,45 @@ static void test_real_truncated(void) {
   kvs_gguf_free(full);
 }
 
+/* Exact BPE on the tiny vocabulary of ok_tok.gguf: byte symbols are ids
+ * 0-255 in byte order, then Ġw=256 or=257 ld=258 Ġwor=259 Ġworld=260,
+ * <|im_start|>=261 <|im_end|>=262; merges in that order. */
+static void test_tiny_tokenizer(void) {
+  size_t n;
+  uint8_t *b = read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_tok.gguf"), &n);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(b);
+  kvs_gguf *g;
+  CU_ASSERT_EQUAL_FATAL(kvs_gguf_open_mem(b, n, &g), KVS_OK);
+  kvs_tok *t;
+  CU_ASSERT_EQUAL_FATAL(kvs_tok_create(g, &t), KVS_OK);
+  kvs_gguf_free(g); /* the tokenizer keeps its own copy */
+  free(b);
+  kvs_token ids[32];
+  size_t k;
+  /* " world" -> Ġworld; "world" has no leading space: w + or + ld */
+  CU_ASSERT_EQUAL(kvs_tok_encode(t, " world", 6, 0, 0, ids, 32, &k), KVS_OK);
+  CU_ASSERT(k == 1 && ids[0] == 260);
+  CU_ASSERT_EQUAL(kvs_tok_encode(t, "world", 5, 0, 0, ids, 32, &k), KVS_OK);
+  CU_ASSERT(k == 3 && ids[0] == 'w' && ids[1] == 257 && ids[2] == 258);
+  /* digits split one by one; the special cut out with parse_special */
+  CU_ASSERT_EQUAL(kvs_tok_encode(t, "<|im_start|>42 world", 20, 1, 0, ids, 32, &k), KVS_OK);
+  CU_ASSERT(k == 4 && ids[0] == 261 && ids[1] == '4' && ids[2] == '2' && ids[3] == 260);
+  CU_ASSERT_EQUAL(kvs_tok_encode(t, "<|im_start|>", 12, 0, 0, ids, 32, &k), KVS_OK);
+  CU_ASSERT(k > 1 && ids[0] == '<');
+  /* two spaces before a word: the first stands alone (\s+(?!\S)) */
+  CU_ASSERT_EQUAL(kvs_tok_encode(t, "a  world", 8, 0, 0, ids, 32, &k), KVS_OK);
+  CU_ASSERT(k == 3 && ids[0] == 'a' && ids[1] == ' ');
+  CU_ASSERT(k == 3 && ids[2] == 260);
+  char out[64];
+  size_t ol;
+  CU_ASSERT_EQUAL(kvs_tok_decode(t, ids, k, out, sizeof out, &ol), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(out, "a  world");
+  CU_ASSERT_EQUAL(kvs_tok_bos(t), 261);
+  CU_ASSERT_EQUAL(kvs_tok_eos(t), 262);
+  kvs_tok_free(t);
+  kvs_tok_free(NULL);
+}
+
 int main(void) {
   kvs_log_set_level(KVS_LOG_ERROR);
   static const kvs_test_case cases[] = {{"q4_0 blocks", test_q4_0},
@@ -249,6 +288,7 @@ int main(void) {
                                         {"golden files", test_golden_files},
                                         {"small file contents and prefixes", test_small_contents},
                                         {"real model truncated", test_real_truncated},
+                                        {"tiny BPE vocabulary", test_tiny_tokenizer},
                                         {NULL, NULL}};
   return kvs_test_run("model_gguf", cases);
 }

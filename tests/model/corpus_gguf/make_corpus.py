@@ -76,6 +76,31 @@ files = {
     "bad_ECORRUPT_dim0.gguf": build([], [tensor_info("t", [0], 0, 0)], b"\0" * 64),
     "bad_ECORRUPT_alignval.gguf": build([kv("general.alignment", 4, struct.pack("<I", 24))], [], b""),
 }
+# A tiny byte-level BPE vocabulary: the 256 GPT-2 byte symbols (ids 0-255 in
+# byte order), five merges, two specials. test_gguf checks exact ids on it.
+def byte_sym(b):
+    keep = (33 <= b <= 126) or (0xA1 <= b <= 0xAC) or (0xAE <= b <= 0xFF)
+    if keep:
+        return chr(b)
+    n = sum(1 for x in range(b) if not ((33 <= x <= 126) or (0xA1 <= x <= 0xAC) or (0xAE <= x <= 0xFF)))
+    return chr(256 + n)
+
+toks = [byte_sym(b) for b in range(256)]
+toks += ["\u0120w", "or", "ld", "\u0120wor", "\u0120world", "<|im_start|>", "<|im_end|>"]
+types = [1] * 261 + [3, 3]
+merges = ["\u0120 w", "o r", "l d", "\u0120w or", "\u0120wor ld"]
+def sarr(xs):
+    return struct.pack("<IQ", 8, len(xs)) + b"".join(s(x) for x in xs)
+tok_kvs = [
+    kv("tokenizer.ggml.model", 8, s("gpt2")), kv("tokenizer.ggml.pre", 8, s("smollm")),
+    kv("tokenizer.ggml.tokens", 9, sarr(toks)),
+    kv("tokenizer.ggml.token_type", 9, struct.pack("<IQ", 5, len(types)) + struct.pack("<%di" % len(types), *types)),
+    kv("tokenizer.ggml.merges", 9, sarr(merges)),
+    kv("tokenizer.ggml.bos_token_id", 4, struct.pack("<I", 261)),
+    kv("tokenizer.ggml.eos_token_id", 4, struct.pack("<I", 262)),
+]
+files["ok_tok.gguf"] = build(tok_kvs, [], b"")
+
 for name, blob in files.items():
     open(os.path.join(here, name), "wb").write(blob)
 print("wrote %d files" % len(files))
