@@ -134,25 +134,39 @@ __global__ void k_rand_f32(float *dst, size_t n, uint64_t seed, uint32_t tid, kv
 }
 
 /* Flash attention, causal, GQA. Block = NW warps = BR = 16*NW query rows of
- * one head; key tiles of BC = 64. Per warp: S (16, 64) = Q K^T with WMMA,
- * online softmax row by row (the whole warp on one row: conflict-free), P
- * rounded to fp16, O (16, D) += P V with WMMA, kept in shared f32 and rescaled
- * per row. Scores never leave shared memory. */
+ * one head; key/value tiles of BC = 64 rows staged in shared memory. Per warp
+ * (16 rows): S (16, 64) = Q K^T with WMMA (fp16 in, f32 accumulate) into
+ * shared memory, online softmax row by row (the whole warp on one row, so
+ * no bank conflicts), P rounded to fp16, O (16, D) kept in WMMA accumulator
+ * fragments: rescaled by the per-row factor through a row-broadcast
+ * fragment (fragments of one type map elements alike, so x[i] * a.x[i] is a
+ * per-row scale), then O += P V. The Q tile's shared memory is reused for
+ * S/P once Q sits in registers. Scores never leave shared memory; no T x T. */
 template <int D, int NW>
-__global__ void __launch_bounds__(NW * 32)
+struct fa_smem {
+  static constexpr int BR = 16 * NW, BC = 64;
+  static constexpr size_t q = (size_t)BR * D * 2;
+  static constexpr size_t s = (size_t)NW * 16 * BC * 4, p = (size_t)NW * 16 * BC * 2,
+                          r = (size_t)NW * 16 * 16 * 4;
+  static constexpr size_t a = q > s + p + r ? q : s + p + r;
+  static constexpr size_t total = a + 2 * (size_t)BC * D * 2 + 2 * (size_t)BR * 4;
+};
+
+template <int D, int NW>
+__global__ void __launch_bounds__(NW * 32, 2)
     k_flash_attn(const half *__restrict__ Q, const half *__restrict__ K, const half *__restrict__ V,
                  half *__restrict__ O, int n, int H, int G, int past, int kv_len, float scale_log2) {
-  constexpr int BR = 16 * NW, BC = 64, TW = BC > D ? BC : D;
+  typedef fa_smem<D, NW> L;
+  constexpr int BR = L::BR, BC = L::BC;
   extern __shared__ __align__(128) unsigned char smem[];
   half *sQ = reinterpret_cast<half *>(smem);
-  half *sK = sQ + BR * D;
+  float *sS = reinterpret_cast<float *>(smem);
+  half *sP = reinterpret_cast<half *>(smem + L::s);
+  float *sR = reinterpret_cast<float *>(smem + L::s + L::p);
+  half *sK = reinterpret_cast<half *>(smem + L::a);
   half *sV = sK + BC * D;
-  float *sT = reinterpret_cast<float *>(sV + BC * D);
-  half *sP = reinterpret_cast<half *>(sT + NW * 16 * TW);
-  float *sO = reinterpret_cast<float *>(sP + NW * 16 * BC);
-  float *sM = sO + NW * 16 * D;
+  float *sM = reinterpret_cast<float *>(sV + BC * D);
   float *sL = sM + BR;
-  float *sA = sL + BR;
   const int h = blockIdx.y, g = h / (H / G), q0 = blockIdx.x * BR;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const size_t ldq = (size_t)H * D, ldk = (size_t)G * D;
@@ -162,24 +176,24 @@ __global__ void __launch_bounds__(NW * 32)
     if (q0 + r < n) val = *reinterpret_cast<const int4 *>(Q + (size_t)(q0 + r) * ldq + h * D + c);
     *reinterpret_cast<int4 *>(sQ + r * D + c) = val;
   }
-  for (int i = tid; i < NW * 16 * D; i += NW * 32) sO[i] = 0.f;
   for (int i = tid; i < BR; i += NW * 32) {
     sM[i] = -INFINITY;
     sL[i] = 0.f;
-    sA[i] = 0.f;
   }
   const int last_q = min(q0 + BR, n) - 1;
   const int kend = min(kv_len, past + last_q + 1);
   const int wr = warp * 16;
-  float *wT = sT + warp * 16 * TW;
-  half *wP = sP + warp * 16 * BC;
-  float *wO = sO + warp * 16 * D;
   __syncthreads();
   wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> qa[D / 16];
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qa[kk], sQ + wr * D + kk * 16, D);
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> o[D / 16];
+#pragma unroll
+  for (int j = 0; j < D / 16; j++) wmma::fill_fragment(o[j], 0.f);
+  float *wS = sS + warp * 16 * BC, *wR = sR + warp * 256;
+  half *wP = sP + warp * 16 * BC;
   for (int kt = 0; kt < kend; kt += BC) {
-    __syncthreads(); /* everyone is done with the previous K/V tile */
+    __syncthreads(); /* the Q tile (first pass) and the previous K/V tile are done with */
     for (int i = tid; i < BC * D / 8; i += NW * 32) {
       int r = i / (D / 8), c = (i % (D / 8)) * 8;
       int4 kv = make_int4(0, 0, 0, 0), vv = make_int4(0, 0, 0, 0);
@@ -202,17 +216,17 @@ __global__ void __launch_bounds__(NW * 32)
         wmma::load_matrix_sync(kb, sK + j * 16 * D + kk * 16, D);
         wmma::mma_sync(acc, qa[kk], kb, acc);
       }
-      wmma::store_matrix_sync(wT + j * 16, acc, BC, wmma::mem_row_major);
+      wmma::store_matrix_sync(wS + j * 16, acc, BC, wmma::mem_row_major);
     }
     __syncwarp();
     for (int rr = 0; rr < 16; rr++) {
       int qs = past + q0 + wr + rr;
       int k0 = kt + lane, k1 = kt + lane + 32;
-      float v0 = wT[rr * BC + lane] * scale_log2, v1 = wT[rr * BC + lane + 32] * scale_log2;
+      float v0 = wS[rr * BC + lane] * scale_log2, v1 = wS[rr * BC + lane + 32] * scale_log2;
       if (k0 > qs || k0 >= kend) v0 = -INFINITY;
       if (k1 > qs || k1 >= kend) v1 = -INFINITY;
       float mx = fmaxf(v0, v1);
-      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
       float m_old = sM[wr + rr];
       float m_new = fmaxf(m_old, mx); /* finite: key 0 is in the first tile of every row */
       half p0 = __float2half(v0 == -INFINITY ? 0.f : exp2f(v0 - m_new));
@@ -220,52 +234,61 @@ __global__ void __launch_bounds__(NW * 32)
       wP[rr * BC + lane] = p0;
       wP[rr * BC + lane + 32] = p1;
       float sum = __half2float(p0) + __half2float(p1);
-      for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
       float alpha = m_old == -INFINITY ? 0.f : exp2f(m_old - m_new);
-      __syncwarp();
+      if (lane < 16) wR[rr * 16 + lane] = alpha;
+      __syncwarp(); /* every lane has read sM[wr + rr] */
       if (lane == 0) {
         sM[wr + rr] = m_new;
         sL[wr + rr] = sL[wr + rr] * alpha + sum;
-        sA[wr + rr] = alpha;
       }
     }
     __syncwarp();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> af;
+    wmma::load_matrix_sync(af, wR, 16, wmma::mem_row_major);
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+      for (int e = 0; e < af.num_elements; e++) o[j].x[e] *= af.x[e];
 #pragma unroll
       for (int kk = 0; kk < BC / 16; kk++) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> pa;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> vb;
         wmma::load_matrix_sync(pa, wP + kk * 16, BC);
         wmma::load_matrix_sync(vb, sV + kk * 16 * D + j * 16, D);
-        wmma::mma_sync(acc, pa, vb, acc);
+        wmma::mma_sync(o[j], pa, vb, o[j]);
       }
-      wmma::store_matrix_sync(wT + j * 16, acc, D, wmma::mem_row_major);
+    }
+    __syncwarp(); /* wS, wP, wR are rewritten by the next tile */
+  }
+  /* O / l, through wS in slices of BC columns */
+  __syncwarp();
+  if (lane < 16)
+    for (int rr = 0; rr < 16; rr++) wR[rr * 16 + lane] = 1.f / sL[wr + rr];
+  __syncwarp();
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> lf;
+  wmma::load_matrix_sync(lf, wR, 16, wmma::mem_row_major);
+#pragma unroll
+  for (int j0 = 0; j0 < D / 16; j0 += BC / 16) {
+#pragma unroll
+    for (int j = j0; j < j0 + BC / 16 && j < D / 16; j++) {
+      for (int e = 0; e < lf.num_elements; e++) o[j].x[e] *= lf.x[e];
+      wmma::store_matrix_sync(wS + (j - j0) * 16, o[j], BC, wmma::mem_row_major);
     }
     __syncwarp();
     for (int rr = 0; rr < 16; rr++) {
-      float a = sA[wr + rr];
-      for (int c = lane; c < D; c += 32) wO[rr * D + c] = wO[rr * D + c] * a + wT[rr * D + c];
+      int row = q0 + wr + rr;
+      if (row >= n) break;
+      for (int c = lane; c < BC && j0 * 16 + c < D; c += 32)
+        O[(size_t)row * ldq + h * D + j0 * 16 + c] = __float2half(wS[rr * BC + c]);
     }
     __syncwarp();
-  }
-  __syncwarp();
-  for (int rr = 0; rr < 16; rr++) {
-    int row = q0 + wr + rr;
-    if (row >= n) break;
-    float inv = 1.f / sL[wr + rr];
-    for (int c = lane; c < D; c += 32)
-      O[(size_t)row * ldq + h * D + c] = __float2half(wO[rr * D + c] * inv);
   }
 }
 
 template <int D, int NW>
 static size_t flash_smem() {
-  const int BR = 16 * NW, BC = 64, TW = BC > D ? BC : D;
-  return (size_t)(BR * D + 2 * BC * D) * 2 + (size_t)NW * 16 * TW * 4 + (size_t)NW * 16 * BC * 2 +
-         (size_t)NW * 16 * D * 4 + 3 * (size_t)BR * 4;
+  return fa_smem<D, NW>::total;
 }
 
 #define FA_NW 8
