@@ -74,15 +74,17 @@ __device__ __forceinline__ void rope_cs(uint32_t pos, int i, int D, double log_t
 __global__ void k_rope_qkv(const float *__restrict__ qkv, half *__restrict__ q,
                            half *__restrict__ Kc, half *__restrict__ Vc, int H, int G, int D,
                            int past, double log_theta) {
+  __shared__ float cs[KVS_MAX_HEAD_DIM / 2], sn[KVS_MAX_HEAD_DIM / 2];
   int i = blockIdx.x;
   uint32_t pos = (uint32_t)(past + i);
   int HD = H * D, GD = G * D, W = HD + 2 * GD;
   const float *row = qkv + (size_t)i * W;
+  for (int j = threadIdx.x; j < D / 2; j += blockDim.x) rope_cs(pos, j, D, log_theta, &cs[j], &sn[j]);
+  __syncthreads();
   int pairs = (H + G) * (D / 2);
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
     int head = p / (D / 2), j = p % (D / 2);
-    float c, s;
-    rope_cs(pos, j, D, log_theta, &c, &s);
+    float c = cs[j], s = sn[j];
     const float *src = row + head * D + 2 * j; /* q heads then k heads are contiguous */
     float x0 = src[0], x1 = src[1];
     half o0 = __float2half(x0 * c - x1 * s), o1 = __float2half(x0 * s + x1 * c);
