@@ -40,9 +40,16 @@ struct kvs__dataplane {
 };
 
 /* ------------------------------------------------------------ answers */
-static nng_msg *answer_alloc(uint16_t op, uint64_t req_id, int32_t status, size_t payload) {
+/* An answer: header written, `payload` bytes to follow. The body is reserved,
+ * not zero-filled (nng_msg_alloc would memset it): callers append the
+ * payload, or get it zeroed with answer_alloc. */
+static nng_msg *answer_begin(uint16_t op, uint64_t req_id, int32_t status, size_t payload) {
   nng_msg *m = NULL;
-  if (nng_msg_alloc(&m, KVS_WIRE_HDR_SIZE + payload) != 0) return NULL;
+  if (nng_msg_alloc(&m, 0) != 0) return NULL;
+  if (nng_msg_reserve(m, KVS_WIRE_HDR_SIZE + payload) != 0) {
+    nng_msg_free(m);
+    return NULL;
+  }
   kvs_wire_hdr h;
   memset(&h, 0, sizeof h);
   h.magic = KVS_WIRE_MAGIC;
@@ -52,7 +59,20 @@ static nng_msg *answer_alloc(uint16_t op, uint64_t req_id, int32_t status, size_
   h.status = status;
   h.req_id = req_id;
   h.payload_len = (uint32_t)payload;
-  kvs_wire_hdr_encode(&h, nng_msg_body(m));
+  uint8_t hb[KVS_WIRE_HDR_SIZE];
+  kvs_wire_hdr_encode(&h, hb);
+  nng_msg_append(m, hb, sizeof hb); /* within the reserve: cannot fail */
+  return m;
+}
+
+/* An answer with a small payload the caller fills in place (zeroed). */
+static nng_msg *answer_alloc(uint16_t op, uint64_t req_id, int32_t status, size_t payload) {
+  nng_msg *m = answer_begin(op, req_id, status, payload);
+  if (m && payload && nng_msg_realloc(m, KVS_WIRE_HDR_SIZE + payload) != 0) {
+    nng_msg_free(m);
+    return NULL;
+  }
+  if (m && payload) memset((uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE, 0, payload);
   return m;
 }
 
@@ -118,14 +138,20 @@ static nng_msg *op_get(kvs__dataplane *d, const kvs_wire_req *r, const char *ten
   a.checksum = v.m.checksum;
   int with_meta = (g->flags & KVS_WIRE_GET_META) != 0;
   size_t head = KVS_WIRE_GET_RESP_FIXED + (with_meta ? v.meta_len : 0);
-  nng_msg *m = answer_alloc(KVS_OP_GET, r->hdr.req_id, KVS_OK, head + a.byte_len);
-  if (m) {
-    uint8_t *p = payload_of(m);
-    size_t w = 0;
-    kvs_wire_get_resp_encode_head(&a, with_meta ? &v.m : NULL, p, head, &w);
-    memcpy(p + head, v.buf->data + a.byte_off, (size_t)a.byte_len);
+  /* the one copy of the value on the way out: T0 (or the disk read) -> message */
+  nng_msg *m = answer_begin(KVS_OP_GET, r->hdr.req_id, KVS_OK, head + a.byte_len);
+  uint8_t hb[KVS_WIRE_GET_RESP_FIXED + 2048];
+  uint8_t *hp = head <= sizeof hb ? hb : malloc(head);
+  size_t w = 0;
+  if (m && hp && kvs_wire_get_resp_encode_head(&a, with_meta ? &v.m : NULL, hp, head, &w) == KVS_OK) {
+    nng_msg_append(m, hp, head);
+    nng_msg_append(m, v.buf->data + a.byte_off, (size_t)a.byte_len);
     KVS__INC(d->met, KVS_STAT_BYTES_OUT, a.byte_len);
+  } else if (m) {
+    nng_msg_free(m);
+    m = NULL;
   }
+  if (hp != hb) free(hp);
   kvs__vref_release(&v);
   return m ? m : answer_err(KVS_OP_GET, r->hdr.req_id, KVS_ENOMEM, NULL);
 }

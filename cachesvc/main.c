@@ -1,4 +1,5 @@
 /* kvstashd - the kvstash cache service. See docs/kvstashd.md. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,10 @@
 #include "kvs_svc.h"
 
 int main(int argc, char **argv) {
+  /* Answers of MiBs are allocated and freed per request: keep them in the
+   * heap instead of an mmap + page faults + munmap each time. */
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
   kvs_svc_config cfg;
   kvs_svc_config_defaults(&cfg);
   const char *env = getenv("KVS_LOG");

@@ -1,0 +1,628 @@
+/* kvs-bench-service: kvstashd against redis-server, both started by this
+ * program on this machine in the same run.
+ *
+ *   kvs-bench-service [--quick] [--seconds S] [--sizes 64K,1M,8M]
+ *                     [--clients 1,4,16,64] [--no-put] [--no-tokens]
+ *
+ * For each value size and client count: PUT then GET throughput (req/s,
+ * GB/s) and latency (p50, p99) of
+ *   kvstashd over tcp:// and ipc://  (durability = sync: the WAL is fsync'ed
+ *                                     before each PUT is acknowledged)
+ *   redis-server over TCP and its Unix socket (no persistence: save "",
+ *                                     appendonly no)
+ * Each client is a thread with its own connection doing one request at a
+ * time. GETs read random keys of a working set put first (RAM-resident on
+ * both sides). Then the KV-tokens-per-second comparison: a 256-token chunk of
+ * SmolLM2-135M-shaped synthetic KV, stored by kvstashd encoded with the dense
+ * codec and by Redis as raw fp16; tokens delivered per second = GET req/s x
+ * 256 (fetch only; decoding is the GPU library's job and is not timed here).
+ * Prints a table and a last line of JSON. Every loop is bounded in time and in
+ * count; both servers are stopped on exit. */
+#include <errno.h>
+#include <hiredis.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvs_codec.h"
+#include "kvs_synth.h"
+#include "kvs_wire.h"
+
+#ifndef KVS_BENCH_KVSTASHD
+#define KVS_BENCH_KVSTASHD "kvstashd"
+#endif
+
+#define MAX_OPS_PER_THREAD 200000
+#define MAX_CLIENTS 64
+
+static double now_s(void) { return (double)kvs_now_ns() * 1e-9; }
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* ------------------------------------------------------------ servers */
+static char g_dir[256];
+static pid_t g_kvs_pid, g_redis_pid;
+static char g_kvs_tcp[128], g_kvs_ipc[300], g_redis_sock[300];
+static int g_redis_port;
+
+static int free_port(void) {
+  /* ports from the pid, away from the defaults; bind-checked by the servers */
+  static int next = 0;
+  return 20000 + (int)(getpid() % 20000) + next++;
+}
+
+static pid_t spawn(char *const argv[], const char *log) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    FILE *f = freopen(log, "a", stderr);
+    (void)f;
+    if (!freopen("/dev/null", "w", stdout)) _exit(126);
+    execvp(argv[0], argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+static void stop(pid_t *pid) {
+  if (*pid <= 0) return;
+  kill(*pid, SIGTERM);
+  for (int i = 0; i < 300; i++) {
+    int st;
+    if (waitpid(*pid, &st, WNOHANG) == *pid) {
+      *pid = 0;
+      return;
+    }
+    sleep_ms(100);
+  }
+  kill(*pid, SIGKILL);
+  waitpid(*pid, NULL, 0);
+  *pid = 0;
+}
+
+static void cleanup(void) {
+  stop(&g_kvs_pid);
+  stop(&g_redis_pid);
+  if (g_dir[0]) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+  }
+}
+
+static void on_signal(int sig) {
+  (void)sig;
+  cleanup();
+  _exit(1);
+}
+
+/* --------------------------------------------------------- kvs client */
+typedef struct kconn {
+  nng_socket s;
+} kconn;
+
+static int kconnect(kconn *c, const char *url) {
+  if (nng_req0_open(&c->s) != 0) return -1;
+  nng_socket_set_ms(c->s, NNG_OPT_RECVTIMEO, 30000);
+  nng_socket_set_ms(c->s, NNG_OPT_SENDTIMEO, 30000);
+  nng_socket_set_size(c->s, NNG_OPT_RECVMAXSZ, 0);
+  nng_socket_set_ms(c->s, NNG_OPT_REQ_RESENDTIME, 600000);
+  if (nng_dial(c->s, url, NULL, 0) != 0) {
+    nng_close(c->s);
+    return -1;
+  }
+  return 0;
+}
+
+typedef struct kentry {
+  kvs_model_id model;
+  kvs_key key;
+  int32_t tokens[64];
+  uint8_t *frame_get; /* a GET request frame */
+  size_t get_len;
+} kentry;
+
+static int kcall(kconn *c, nng_msg *m, size_t *reply_len) {
+  if (nng_sendmsg(c->s, m, 0) != 0) {
+    nng_msg_free(m);
+    return -1;
+  }
+  nng_msg *a;
+  if (nng_recvmsg(c->s, &a, 0) != 0) return -1;
+  int32_t st;
+  memcpy(&st, (uint8_t *)nng_msg_body(a) + 12, 4);
+  *reply_len = nng_msg_len(a);
+  nng_msg_free(a);
+  return st;
+}
+
+static nng_msg *kput_msg(const kentry *e, const uint8_t *value, size_t n, uint64_t checksum,
+                         uint32_t profile) {
+  uint64_t seg_end = n;
+  kvs_wire_meta m;
+  memset(&m, 0, sizeof m);
+  m.key = e->key;
+  m.model = e->model;
+  m.key_kind = KVS_KEY_KIND_CONTENT;
+  m.n_tokens = 64;
+  kvs_layout l = {30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NEOX, 64, 100000.f, 1.f};
+  m.layout = l;
+  m.codec_profile = profile;
+  m.n_segments = 1;
+  m.value_bytes = n;
+  m.checksum = checksum;
+  m.tokens_le = (const uint8_t *)e->tokens;
+  m.seg_end_le = (const uint8_t *)&seg_end;
+  size_t ml = kvs_wire_meta_size(&m);
+  /* reserve + append: nng_msg_alloc of the full size would also zero it */
+  nng_msg *msg;
+  uint8_t head[KVS_WIRE_HDR_SIZE + 1024];
+  if (ml > 1024 || nng_msg_alloc(&msg, 0) != 0) return NULL;
+  if (nng_msg_reserve(msg, KVS_WIRE_HDR_SIZE + ml + n) != 0) {
+    nng_msg_free(msg);
+    return NULL;
+  }
+  kvs_wire_hdr h;
+  kvs_wire_hdr_init(&h, KVS_OP_PUT, 1, "bench", NULL, 0);
+  h.payload_len = (uint32_t)(ml + n);
+  kvs_wire_hdr_encode(&h, head);
+  kvs_wire_meta_encode(&m, head + KVS_WIRE_HDR_SIZE, ml, NULL);
+  nng_msg_append(msg, head, KVS_WIRE_HDR_SIZE + ml);
+  nng_msg_append(msg, value, n);
+  return msg;
+}
+
+static void kentry_init(kentry *e, uint64_t id) {
+  e->model = kvs_hash128_buf("bench-model", 11);
+  uint64_t s = id * 31 + 7;
+  for (int i = 0; i < 64; i++) e->tokens[i] = (int32_t)(kvs_synth_rand(&s) % 49152);
+  e->key = kvs_key_content(&e->model, e->tokens, 64);
+  kvs_wire_get_req g = {.key = e->key, .model = e->model, .flags = 0, .seg_first = 0,
+                        .seg_count = KVS_WIRE_SEG_ALL, .n_tokens = 64,
+                        .tokens_le = (const uint8_t *)e->tokens};
+  size_t pl = kvs_wire_get_req_size(&g);
+  e->get_len = KVS_WIRE_HDR_SIZE + pl;
+  e->frame_get = malloc(e->get_len);
+  kvs_wire_hdr h;
+  kvs_wire_hdr_init(&h, KVS_OP_GET, 2, "bench", NULL, 0);
+  h.payload_len = (uint32_t)pl;
+  kvs_wire_hdr_encode(&h, e->frame_get);
+  kvs_wire_get_req_encode(&g, e->frame_get + KVS_WIRE_HDR_SIZE, pl, NULL);
+}
+
+/* Redis GET on the connection's socket: the command out, "$len\r\n" and
+ * exactly len + 2 bytes read straight into buf. hiredis 0.14 grows its reply
+ * buffer piecewise, which for multi-MiB values measured the client rather
+ * than the server; this is the fastest a client can read RESP, so Redis is
+ * compared at its best. Returns the value length or -1. */
+static long redis_raw_get(int fd, const uint8_t key[16], uint8_t *buf, size_t cap) {
+  uint8_t cmd[64];
+  memcpy(cmd, "*2\r\n$3\r\nGET\r\n$16\r\n", 18);
+  memcpy(cmd + 18, key, 16);
+  memcpy(cmd + 34, "\r\n", 2);
+  if (write(fd, cmd, 36) != 36) return -1;
+  char head[32];
+  size_t h = 0;
+  while (h < sizeof head - 1) { /* "$<len>\r\n", byte by byte: a few bytes */
+    if (read(fd, head + h, 1) != 1) return -1;
+    if (head[h++] == '\n') break;
+  }
+  head[h] = 0;
+  if (head[0] != '$') return -1;
+  long len = strtol(head + 1, NULL, 10);
+  if (len < 0 || (size_t)len + 2 > cap) return -1;
+  size_t got = 0, need = (size_t)len + 2;
+  while (got < need) {
+    ssize_t r = read(fd, buf + got, need - got);
+    if (r <= 0) return -1;
+    got += (size_t)r;
+  }
+  return len;
+}
+
+/* ------------------------------------------------------------ workload */
+enum { SYS_KVS_TCP, SYS_KVS_IPC, SYS_REDIS_TCP, SYS_REDIS_UNIX, N_SYS };
+static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc", "redis tcp", "redis unix"};
+static const char *sys_key[N_SYS] = {"kvs_tcp", "kvs_ipc", "redis_tcp", "redis_unix"};
+
+typedef struct run_cfg {
+  int sys, put, clients;
+  int fill; /* put every key once, one client */
+  size_t size;
+  int n_keys;
+  kentry *keys;
+  const uint8_t *value;
+  uint64_t checksum;
+  uint32_t profile;
+  double seconds;
+} run_cfg;
+
+typedef struct thr {
+  const run_cfg *rc;
+  int id;
+  pthread_barrier_t *bar;
+  double *lat;
+  long n, errors;
+} thr;
+
+static void *thr_main(void *p) {
+  thr *t = p;
+  const run_cfg *rc = t->rc;
+  kconn kc;
+  redisContext *rcx = NULL;
+  int ok = 0;
+  if (rc->sys == SYS_KVS_TCP || rc->sys == SYS_KVS_IPC)
+    ok = kconnect(&kc, rc->sys == SYS_KVS_TCP ? g_kvs_tcp : g_kvs_ipc) == 0;
+  else {
+    rcx = rc->sys == SYS_REDIS_TCP ? redisConnect("127.0.0.1", g_redis_port)
+                                   : redisConnectUnix(g_redis_sock);
+    ok = rcx && !rcx->err;
+  }
+  pthread_barrier_wait(t->bar);
+  if (!ok) {
+    t->errors++;
+    if (rcx) redisFree(rcx);
+    return NULL;
+  }
+  uint64_t rs = 0x1234 + (uint64_t)t->id * 977;
+  uint8_t *rbuf = rcx && !rc->put ? malloc(rc->size + 2) : NULL;
+  double t_end = now_s() + rc->seconds;
+  long i = 0;
+  while (t->n < MAX_OPS_PER_THREAD) {
+    int k;
+    if (rc->fill) {
+      if (i >= rc->n_keys) break;
+      k = (int)i;
+    } else if (rc->put) /* each client its own keys */
+      k = (int)((t->id + (long)rc->clients * i) % rc->n_keys);
+    else
+      k = (int)(kvs_synth_rand(&rs) % (uint64_t)rc->n_keys);
+    i++;
+    const kentry *e = &rc->keys[k];
+    double t0 = now_s();
+    int good = 0;
+    if (!rcx) {
+      nng_msg *m = NULL;
+      if (rc->put) {
+        m = kput_msg(e, rc->value, rc->size, rc->checksum, rc->profile);
+      } else if (nng_msg_alloc(&m, e->get_len) == 0) {
+        memcpy(nng_msg_body(m), e->frame_get, e->get_len);
+      }
+      size_t rl = 0;
+      good = m && kcall(&kc, m, &rl) == 0 &&
+             (rc->put || rl == KVS_WIRE_HDR_SIZE + KVS_WIRE_GET_RESP_FIXED + rc->size);
+    } else {
+      if (rc->put) {
+        redisReply *r = redisCommand(rcx, "SET %b %b", e->key.b, (size_t)16, rc->value, rc->size);
+        good = r && r->type == REDIS_REPLY_STATUS;
+        if (r) freeReplyObject(r);
+      } else {
+        good = rbuf && redis_raw_get(rcx->fd, e->key.b, rbuf, rc->size + 2) == (long)rc->size;
+      }
+    }
+    double t1 = now_s();
+    if (good) t->lat[t->n++] = t1 - t0;
+    else if (++t->errors > 100) break;
+    if (t1 >= t_end && !rc->fill) break;
+    if (t1 >= t_end + 120) break; /* a fill is bounded too */
+  }
+  free(rbuf);
+  if (rcx) redisFree(rcx);
+  else nng_close(kc.s);
+  return NULL;
+}
+
+static int dcmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+typedef struct result {
+  double rps, gbs, p50, p99;
+  double cpu_us; /* server CPU (user + system) per request */
+  long n, errors;
+} result;
+
+/* CPU seconds (user + system) a process has used, from /proc/PID/stat. */
+static double proc_cpu_s(pid_t pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *p = strrchr(buf, ')');
+  unsigned long ut = 0, st = 0;
+  if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+    return 0;
+  return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static result run(const run_cfg *rc) {
+  thr t[MAX_CLIENTS];
+  pthread_t th[MAX_CLIENTS];
+  pthread_barrier_t bar;
+  pthread_barrier_init(&bar, NULL, (unsigned)rc->clients + 1);
+  for (int i = 0; i < rc->clients; i++) {
+    t[i] = (thr){rc, i, &bar, malloc(sizeof(double) * MAX_OPS_PER_THREAD), 0, 0};
+    pthread_create(&th[i], NULL, thr_main, &t[i]);
+  }
+  pid_t server = rc->sys == SYS_KVS_TCP || rc->sys == SYS_KVS_IPC ? g_kvs_pid : g_redis_pid;
+  double cpu0 = proc_cpu_s(server);
+  pthread_barrier_wait(&bar);
+  double t0 = now_s();
+  for (int i = 0; i < rc->clients; i++) pthread_join(th[i], NULL);
+  double el = now_s() - t0;
+  double cpu = proc_cpu_s(server) - cpu0;
+  pthread_barrier_destroy(&bar);
+  long n = 0, err = 0;
+  for (int i = 0; i < rc->clients; i++) {
+    n += t[i].n;
+    err += t[i].errors;
+  }
+  double *all = malloc(sizeof(double) * (size_t)(n ? n : 1));
+  long k = 0;
+  for (int i = 0; i < rc->clients; i++) {
+    memcpy(all + k, t[i].lat, sizeof(double) * (size_t)t[i].n);
+    k += t[i].n;
+    free(t[i].lat);
+  }
+  qsort(all, (size_t)n, sizeof(double), dcmp);
+  result r = {0};
+  r.n = n;
+  r.errors = err;
+  r.rps = (double)n / el;
+  r.cpu_us = n ? cpu / (double)n * 1e6 : 0;
+  r.gbs = r.rps * (double)rc->size / 1e9;
+  r.p50 = n ? all[n / 2] * 1e6 : 0;
+  r.p99 = n ? all[(size_t)((double)(n - 1) * 0.99)] * 1e6 : 0;
+  free(all);
+  return r;
+}
+
+/* --------------------------------------------------------------- setup */
+static int start_servers(void) {
+  snprintf(g_dir, sizeof g_dir, "/tmp/kvs-bench-svc-XXXXXX");
+  if (!mkdtemp(g_dir)) return -1;
+  int kport = free_port();
+  g_redis_port = free_port();
+  snprintf(g_kvs_tcp, sizeof g_kvs_tcp, "tcp://127.0.0.1:%d", kport);
+  snprintf(g_kvs_ipc, sizeof g_kvs_ipc, "ipc://%s/kvs.sock", g_dir);
+  snprintf(g_redis_sock, sizeof g_redis_sock, "%s/redis.sock", g_dir);
+  char a_data[300], a_listen[500], log[300];
+  snprintf(a_data, sizeof a_data, "--data_dir=%s/data", g_dir);
+  snprintf(a_listen, sizeof a_listen, "--listen=%s,%s", g_kvs_tcp, g_kvs_ipc);
+  snprintf(log, sizeof log, "%s/kvstashd.log", g_dir);
+  char *kargv[] = {KVS_BENCH_KVSTASHD, a_data, a_listen, "--http=", "--durability=sync",
+                   "--ram_bytes=3G", "--max_msg=64M", "--workers=8", NULL};
+  g_kvs_pid = spawn(kargv, log);
+  char port[16], rlog[300];
+  snprintf(port, sizeof port, "%d", g_redis_port);
+  snprintf(rlog, sizeof rlog, "%s/redis.log", g_dir);
+  char *rargv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--unixsocket",
+                   g_redis_sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                   "--dir", g_dir, "--logfile", rlog, NULL};
+  g_redis_pid = spawn(rargv, rlog);
+  for (int i = 0; i < 100; i++) { /* both up within 10 s */
+    sleep_ms(100);
+    kconn c;
+    int kok = 0, rok = 0;
+    if (kconnect(&c, g_kvs_tcp) == 0) {
+      nng_close(c.s);
+      kok = 1;
+    }
+    redisContext *r = redisConnectUnix(g_redis_sock);
+    if (r && !r->err) rok = 1;
+    if (r) redisFree(r);
+    if (kok && rok) return 0;
+  }
+  return -1;
+}
+
+static int parse_list(const char *s, long *out, int max) {
+  int n = 0;
+  char tmp[256];
+  snprintf(tmp, sizeof tmp, "%s", s);
+  for (char *sv = NULL, *t = strtok_r(tmp, ",", &sv); t && n < max; t = strtok_r(NULL, ",", &sv)) {
+    char *end;
+    long v = strtol(t, &end, 10);
+    if (*end == 'K' || *end == 'k') v <<= 10;
+    else if (*end == 'M' || *end == 'm') v <<= 20;
+    out[n++] = v;
+  }
+  return n;
+}
+
+int main(int argc, char **argv) {
+  long sizes[8] = {64 << 10, 1 << 20, 8 << 20}, clients[8] = {1, 4, 16, 64};
+  int n_sizes = 3, n_clients = 4, do_tokens = 1, do_put = 1;
+  double seconds = 1.0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--quick")) {
+      sizes[0] = 1 << 20;
+      n_sizes = 1;
+      clients[0] = 1;
+      clients[1] = 4;
+      n_clients = 2;
+      seconds = 0.5;
+    } else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
+      seconds = atof(argv[++i]);
+    } else if (!strcmp(argv[i], "--sizes") && i + 1 < argc) {
+      n_sizes = parse_list(argv[++i], sizes, 8);
+    } else if (!strcmp(argv[i], "--clients") && i + 1 < argc) {
+      n_clients = parse_list(argv[++i], clients, 8);
+    } else if (!strcmp(argv[i], "--no-put")) {
+      do_put = 0;
+    } else if (!strcmp(argv[i], "--no-tokens")) {
+      do_tokens = 0;
+    } else {
+      fprintf(stderr, "usage: kvs-bench-service [--quick] [--seconds S] [--sizes 64K,1M,8M] "
+                      "[--clients 1,4,16,64] [--no-put] [--no-tokens]\n");
+      return 2;
+    }
+  }
+  if (seconds <= 0 || seconds > 30) seconds = 1.0;
+  for (int i = 0; i < n_clients; i++)
+    if (clients[i] < 1 || clients[i] > MAX_CLIENTS) clients[i] = 1;
+  atexit(cleanup);
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
+  signal(SIGPIPE, SIG_IGN);
+  if (start_servers() != 0) {
+    fprintf(stderr, "could not start kvstashd (%s) and redis-server\n", KVS_BENCH_KVSTASHD);
+    return 1;
+  }
+  printf("kvs-bench-service: kvstashd (durability=sync) vs redis-server (no persistence), "
+         "%.1f s per point, %ld cores\n",
+         seconds, sysconf(_SC_NPROCESSORS_ONLN));
+  printf("%-14s %-4s %7s %7s %10s %8s %9s %9s %9s %6s\n", "system", "op", "size", "clients",
+         "req/s", "GB/s", "p50 us", "p99 us", "srvCPUus", "errors");
+  static char json[1 << 16];
+  size_t jn = (size_t)snprintf(json, sizeof json, "{\"bench\":\"service\",\"seconds\":%.2f,\"rows\":[",
+                               seconds);
+  int first = 1;
+  /* get ratios at 1 MiB: [client index] tcp vs tcp, ipc vs unix */
+  double ratio_tcp[8] = {0}, ratio_ipc[8] = {0}, p99r_tcp[8] = {0}, p99r_ipc[8] = {0};
+  int have_1m = 0;
+  for (int si = 0; si < n_sizes; si++) {
+    size_t size = (size_t)sizes[si];
+    int n_keys = (int)((256u << 20) / size);
+    if (n_keys > 256) n_keys = 256;
+    if (n_keys < 16) n_keys = 16;
+    uint8_t *value = malloc(size);
+    uint64_t s = size;
+    for (size_t i = 0; i + 8 <= size; i += 8) {
+      uint64_t r = kvs_synth_rand(&s);
+      memcpy(value + i, &r, 8);
+    }
+    uint64_t ck = kvs_checksum64(value, size);
+    kentry *keys = calloc((size_t)n_keys, sizeof *keys);
+    for (int k = 0; k < n_keys; k++) kentry_init(&keys[k], (uint64_t)k + 1000000u * (uint64_t)si);
+    for (int sys = 0; sys < N_SYS; sys++) { /* the working set, on both servers */
+      if (sys == SYS_KVS_IPC || sys == SYS_REDIS_UNIX) continue; /* same servers */
+      run_cfg fill = {sys, 1, 1, 1, size, n_keys, keys, value, ck, 0, seconds};
+      result r = run(&fill);
+      if (r.n != n_keys) fprintf(stderr, "fill of %s: %ld of %d keys\n", sys_name[sys], r.n, n_keys);
+    }
+    for (int ci = 0; ci < n_clients; ci++) {
+      result res[N_SYS][2];
+      memset(res, 0, sizeof res);
+      for (int op = do_put; op >= 0; op--) /* PUT, then GET */
+        for (int sys = 0; sys < N_SYS; sys++) {
+          run_cfg rc = {sys, op, (int)clients[ci], 0, size, n_keys, keys, value, ck, 0, seconds};
+          res[sys][op] = run(&rc);
+          result *r = &res[sys][op];
+          printf("%-14s %-4s %6zuK %7ld %10.0f %8.3f %9.0f %9.0f %9.1f %6ld\n", sys_name[sys],
+                 op ? "PUT" : "GET", size >> 10, clients[ci], r->rps, r->gbs, r->p50, r->p99,
+                 r->cpu_us, r->errors);
+          fflush(stdout);
+          if (jn < sizeof json - 400)
+            jn += (size_t)snprintf(json + jn, sizeof json - jn,
+                                   "%s{\"system\":\"%s\",\"op\":\"%s\",\"size\":%zu,\"clients\":%ld,"
+                                   "\"rps\":%.1f,\"gbs\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
+                                   "\"server_cpu_us\":%.1f,\"errors\":%ld}",
+                                   first ? "" : ",", sys_key[sys], op ? "put" : "get", size,
+                                   clients[ci], r->rps, r->gbs, r->p50, r->p99, r->cpu_us,
+                                   r->errors);
+          first = 0;
+        }
+      if (size == (1u << 20)) {
+        have_1m = 1;
+        ratio_tcp[ci] = res[SYS_KVS_TCP][0].rps / (res[SYS_REDIS_TCP][0].rps + 1e-9);
+        ratio_ipc[ci] = res[SYS_KVS_IPC][0].rps / (res[SYS_REDIS_UNIX][0].rps + 1e-9);
+        p99r_tcp[ci] = res[SYS_KVS_TCP][0].p99 / (res[SYS_REDIS_TCP][0].p99 + 1e-9);
+        p99r_ipc[ci] = res[SYS_KVS_IPC][0].p99 / (res[SYS_REDIS_UNIX][0].p99 + 1e-9);
+      }
+    }
+    for (int k = 0; k < n_keys; k++) free(keys[k].frame_get);
+    free(keys);
+    free(value);
+  }
+  jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
+  if (have_1m) {
+    printf("\nGET at 1 MiB, kvstashd / redis:\n");
+    jn += (size_t)snprintf(json + jn, sizeof json - jn, ",\"get_ratio_vs_redis_1MiB\":[");
+    for (int ci = 0; ci < n_clients; ci++) {
+      printf("  %3ld clients: req/s tcp %.2fx, ipc-vs-unix %.2fx; p99 tcp %.2fx, ipc-vs-unix %.2fx\n",
+             clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci]);
+      jn += (size_t)snprintf(json + jn, sizeof json - jn,
+                             "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
+                             "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f}",
+                             ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci],
+                             p99r_tcp[ci], p99r_ipc[ci]);
+    }
+    jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
+  }
+  if (do_tokens) {
+    /* 256 tokens of SmolLM2-135M-shaped KV: raw fp16 in Redis, dense in kvstashd */
+    kvs_layout l = {30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NEOX, 64, 100000.f, 1.f};
+    uint32_t T = 256;
+    size_t raw = (size_t)(2ull * l.n_layers * T * l.n_kv_heads * l.head_dim * 2);
+    uint16_t *kv = malloc(raw);
+    kvs_synth_kv(&l, T, 42, kv);
+    kvs_codec_params p;
+    kvs_codec_params_default(KVS_PROFILE_DENSE, l.n_layers, &p);
+    size_t cap = kvs_codec_encode_bound(&p, &l, T), enc_len = 0;
+    uint8_t *enc = malloc(cap);
+    if (kvs_codec_encode(&p, &l, T, kv, enc, cap, &enc_len) == KVS_OK) {
+      kentry keys[16];
+      for (int k = 0; k < 16; k++) kentry_init(&keys[k], 9000000u + (uint64_t)k);
+      printf("\nKV tokens/s: 256-token chunk, %zu B raw fp16 (redis) vs %zu B dense (kvstashd), "
+             "%.2f bits/elem\n",
+             raw, enc_len, 8.0 * (double)enc_len / ((double)raw / 2));
+      jn += (size_t)snprintf(json + jn, sizeof json - jn,
+                             ",\"tokens\":{\"chunk_tokens\":%u,\"raw_bytes\":%zu,\"dense_bytes\":%zu,"
+                             "\"rows\":[",
+                             T, raw, enc_len);
+      long tc[2] = {1, 4};
+      for (int ci = 0; ci < 2; ci++) {
+        double tps[N_SYS];
+        for (int sys = 0; sys < N_SYS; sys++) {
+          int is_kvs = sys == SYS_KVS_TCP || sys == SYS_KVS_IPC;
+          size_t sz = is_kvs ? enc_len : raw;
+          const uint8_t *val = is_kvs ? enc : (const uint8_t *)kv;
+          run_cfg fill = {sys, 1, 1, 1, sz, 16, keys, val, kvs_checksum64(val, sz),
+                          KVS_PROFILE_DENSE, seconds};
+          (void)run(&fill);
+          run_cfg rc = fill;
+          rc.put = 0;
+          rc.fill = 0;
+          rc.clients = (int)tc[ci];
+          rc.seconds = seconds;
+          result r = run(&rc);
+          tps[sys] = r.rps * T;
+          printf("  %-14s %ld clients: %10.0f tokens/s (%.0f req/s, p99 %.0f us)\n", sys_name[sys],
+                 tc[ci], tps[sys], r.rps, r.p99);
+        }
+        double rt = tps[SYS_KVS_TCP] / (tps[SYS_REDIS_TCP] + 1e-9);
+        double ri = tps[SYS_KVS_IPC] / (tps[SYS_REDIS_UNIX] + 1e-9);
+        printf("  -> dense kvstashd / raw redis: tcp %.2fx, ipc-vs-unix %.2fx\n", rt, ri);
+        jn += (size_t)snprintf(json + jn, sizeof json - jn,
+                               "%s{\"clients\":%ld,\"kvs_tcp\":%.0f,\"kvs_ipc\":%.0f,"
+                               "\"redis_tcp\":%.0f,\"redis_unix\":%.0f,\"ratio_tcp\":%.3f,"
+                               "\"ratio_ipc_vs_unix\":%.3f}",
+                               ci ? "," : "", tc[ci], tps[SYS_KVS_TCP], tps[SYS_KVS_IPC],
+                               tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri);
+      }
+      jn += (size_t)snprintf(json + jn, sizeof json - jn, "]}");
+      for (int k = 0; k < 16; k++) free(keys[k].frame_get);
+    } else {
+      printf("\ndense encode failed: tokens/s comparison skipped\n");
+    }
+    free(enc);
+    free(kv);
+  }
+  snprintf(json + jn, sizeof json - jn, "}");
+  printf("%s\n", json);
+  return 0;
+}
