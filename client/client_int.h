@@ -18,9 +18,9 @@
 typedef struct kvs__slot {
   nng_ctx ctx;
   nng_aio *aio;
-  uint32_t sock;            /* index into kvs_client.socks */
-  struct kvs__call *call;   /* the call it serves now, NULL when idle */
-  struct kvs__slot *next;   /* free list / all list */
+  uint32_t sock;          /* index into kvs_client.socks */
+  struct kvs__call *call; /* the call it serves now, NULL when idle */
+  struct kvs__slot *next; /* free list / all list */
   struct kvs__slot *all_next;
 } kvs__slot;
 
@@ -38,14 +38,14 @@ enum { KVS__ST_IDLE, KVS__ST_SEND, KVS__ST_RECV, KVS__ST_SLEEP, KVS__ST_DONE };
 
 struct kvs__call {
   kvs_client *c;
-  nng_msg *req;             /* the request, kept for retries; owned by the call */
-  nng_msg *rep;             /* the accepted reply after success; owned by the call */
-  int rv;                   /* kvs_err of the call */
+  nng_msg *req; /* the request, kept for retries; owned by the call */
+  nng_msg *rep; /* the accepted reply after success; owned by the call */
+  int rv;       /* kvs_err of the call */
   int idempotent;
   int state;
   uint32_t attempt;
-  uint64_t deadline_ns;     /* kvs_now_ns() clock */
-  uint64_t seed;            /* backoff jitter */
+  uint64_t deadline_ns; /* kvs_now_ns() clock */
+  uint64_t seed;        /* backoff jitter */
   kvs__slot *slot;
   kvs__call_check_fn check;
   kvs__call_done_fn done;
@@ -61,14 +61,14 @@ struct kvs_client {
   char *url, *tenant, *token;
   nng_socket *socks;
   uint32_t n_socks;
-  pthread_mutex_t mu;       /* guards everything below */
-  pthread_cond_t cv;        /* pipes changed / a call ended */
+  pthread_mutex_t mu; /* guards everything below */
+  pthread_cond_t cv;  /* pipes changed / a call ended */
   kvs__slot *free_slots;
   kvs__slot *all_slots;
-  uint32_t rr;              /* next socket for a new slot */
+  uint32_t rr; /* next socket for a new slot */
   int closed;
-  int active;               /* calls started and not yet finished */
-  int pipes;                /* connections up */
+  int active; /* calls started and not yet finished */
+  int pipes;  /* connections up */
   atomic_uint_fast64_t next_id;
 };
 

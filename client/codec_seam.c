@@ -26,7 +26,8 @@ void kvs__encoded_free(kvs__encoded *e) {
 }
 
 static void wr32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+  for (int i = 0; i < 4; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
 }
 static uint32_t rd32(const uint8_t *p) { return kvs_wire_rd32(p, 0); }
 
@@ -57,7 +58,8 @@ static kvs_err raw_encode(uint32_t lpg_want, const kvs_layout *l, uint32_t T, co
   }
   uint8_t *p = e->bytes;
   const uint32_t desc[10] = {KVS__RAW_MAGIC, 1, L, H, D, l->dtype, T, lpg, G, 0};
-  for (int i = 0; i < 10; i++) wr32(p + 4 * i, desc[i]);
+  for (int i = 0; i < 10; i++)
+    wr32(p + 4 * i, desc[i]);
   p += KVS__RAW_DESC_BYTES;
   e->seg_end[0] = KVS__RAW_DESC_BYTES;
   const uint8_t *src = kv;
@@ -67,7 +69,8 @@ static kvs_err raw_encode(uint32_t lpg_want, const kvs_layout *l, uint32_t T, co
       for (uint32_t ly = lb; ly < le; ly++)
         for (int kvi = 0; kvi < 2; kvi++) {
           const uint8_t *pl = src + (2 * (size_t)ly + kvi) * plane + h * row;
-          for (uint32_t t = 0; t < T; t++, p += row) memcpy(p, pl + (size_t)t * H * row, row);
+          for (uint32_t t = 0; t < T; t++, p += row)
+            memcpy(p, pl + (size_t)t * H * row, row);
         }
       e->seg_end[1 + g * H + h] = (uint64_t)(p - e->bytes);
     }
@@ -96,9 +99,11 @@ kvs_err kvs__encode(uint32_t profile, uint32_t lpg, const kvs_layout *layout, ui
   if (rv == KVS_OK) {
     out->n_segs = 1 + info->n_segments;
     out->seg_end = malloc(out->n_segs * sizeof *out->seg_end);
-    if (!out->seg_end) rv = KVS_ENOMEM;
+    if (!out->seg_end)
+      rv = KVS_ENOMEM;
     else
-      for (uint32_t g = 0; g < out->n_segs; g++) out->seg_end[g] = info->seg_offset[g];
+      for (uint32_t g = 0; g < out->n_segs; g++)
+        out->seg_end[g] = info->seg_offset[g];
     /* seg_offset[0] is where segment 0 starts = the end of the prefix */
   }
   free(info);
@@ -128,13 +133,17 @@ kvs_err kvs__decoder_open(uint32_t profile, const kvs_layout *layout, uint32_t T
   d->T = T;
   kvs_err rv = KVS_OK;
   if (profile == KVS_PROFILE_RAW) {
-    if (len != KVS__RAW_DESC_BYTES) rv = KVS_ERR_AT(KVS_ECORRUPT, "raw descriptor size");
-    else if (rd32(prefix) != KVS__RAW_MAGIC) rv = KVS_ERR_AT(KVS_EMAGIC, "raw magic");
-    else if (rd32(prefix + 4) != 1) rv = KVS_ERR_AT(KVS_EVERSION, "raw version");
+    if (len != KVS__RAW_DESC_BYTES)
+      rv = KVS_ERR_AT(KVS_ECORRUPT, "raw descriptor size");
+    else if (rd32(prefix) != KVS__RAW_MAGIC)
+      rv = KVS_ERR_AT(KVS_EMAGIC, "raw magic");
+    else if (rd32(prefix + 4) != 1)
+      rv = KVS_ERR_AT(KVS_EVERSION, "raw version");
     else if (rd32(prefix + 8) != layout->n_layers || rd32(prefix + 12) != layout->n_kv_heads ||
              rd32(prefix + 16) != layout->head_dim || rd32(prefix + 20) != layout->dtype)
       rv = KVS_ERR_AT(KVS_ELAYOUT, "raw descriptor layout");
-    else if (rd32(prefix + 24) != T) rv = KVS_ERR_AT(KVS_ECORRUPT, "raw descriptor tokens");
+    else if (rd32(prefix + 24) != T)
+      rv = KVS_ERR_AT(KVS_ECORRUPT, "raw descriptor tokens");
     else {
       d->lpg = rd32(prefix + 28);
       d->G = rd32(prefix + 32);
@@ -199,16 +208,18 @@ static void raw_rows(const uint8_t *src, uint8_t *dst, uint32_t n, uint32_t D, u
       float *o = (float *)(void *)dst;
       const uint16_t *s = (const uint16_t *)(const void *)src;
       if (sdt == KVS_DTYPE_F16)
-        for (uint32_t i = 0; i < D; i++) o[i] = kvs_f16_to_f32(s[i]);
+        for (uint32_t i = 0; i < D; i++)
+          o[i] = kvs_f16_to_f32(s[i]);
       else
-        for (uint32_t i = 0; i < D; i++) o[i] = kvs_bf16_to_f32(s[i]);
+        for (uint32_t i = 0; i < D; i++)
+          o[i] = kvs_bf16_to_f32(s[i]);
     }
   }
 }
 
 kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *bytes, size_t len,
-                            void *out, uint64_t out_bytes, uint32_t dtype, uint32_t hb, uint32_t he, void *ws,
-                            size_t ws_len) {
+                            void *out, uint64_t out_bytes, uint32_t dtype, uint32_t hb, uint32_t he,
+                            void *ws, size_t ws_len) {
   const kvs_layout *l = &d->layout;
   if (g >= d->G || hb >= he || he > l->n_kv_heads) return KVS_EINVAL;
   if (d->profile == KVS_PROFILE_RAW) {

@@ -17,7 +17,7 @@
  * group: K_l[:, h, :] then V_l[:, h, :], each (n_tokens, head_dim). A range of
  * heads of a group is therefore one contiguous run of segments, which is how a
  * tensor-parallel rank fetches its heads without moving the others. */
-#define KVS__RAW_MAGIC 0x5253564Bu
+#define KVS__RAW_MAGIC      0x5253564Bu
 #define KVS__RAW_DESC_BYTES 40u
 
 /* An encoded value with its segment table (seg_end[n_segs], wire form). */
@@ -53,8 +53,8 @@ size_t kvs__decoder_ws_bytes(const kvs__decoder *d);
  * layout with kv_heads = he - hb, element type dtype (the stored dtype, or
  * F32). ws: kvs__decoder_ws_bytes() bytes. */
 kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *bytes, size_t len,
-                            void *out, uint64_t out_bytes, uint32_t dtype, uint32_t hb, uint32_t he, void *ws,
-                            size_t ws_len);
+                            void *out, uint64_t out_bytes, uint32_t dtype, uint32_t hb, uint32_t he,
+                            void *ws, size_t ws_len);
 
 int kvs__codec_compiled(void);
 

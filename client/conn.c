@@ -73,8 +73,10 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
   kvs_client *c = arg;
   (void)p;
   pthread_mutex_lock(&c->mu);
-  if (ev == NNG_PIPE_EV_ADD_POST) c->pipes++;
-  else if (ev == NNG_PIPE_EV_REM_POST && c->pipes > 0) c->pipes--;
+  if (ev == NNG_PIPE_EV_ADD_POST)
+    c->pipes++;
+  else if (ev == NNG_PIPE_EV_REM_POST && c->pipes > 0)
+    c->pipes--;
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
 }
@@ -139,8 +141,7 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
     nng_pipe_notify(s, NNG_PIPE_EV_ADD_POST, pipe_event, c);
     nng_pipe_notify(s, NNG_PIPE_EV_REM_POST, pipe_event, c);
     rv = nng_dial(s, c->url, NULL, NNG_FLAG_NONBLOCK);
-    if (rv)
-      return kvs__seterr(c, kvs__err_from_nng(rv), "dial %s: %s", c->url, nng_strerror(rv));
+    if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "dial %s: %s", c->url, nng_strerror(rv));
   }
   if (c->o.flags & KVS_CLIENT_LAZY) return KVS_OK;
   uint64_t deadline = kvs_now_ns() + (uint64_t)c->o.connect_timeout_ms * 1000000ull;
@@ -165,18 +166,23 @@ void kvs_client_free(kvs_client *c) {
   pthread_mutex_lock(&c->mu);
   c->closed = 1;
   size_t n = 0;
-  for (kvs__slot *s = c->all_slots; s; s = s->all_next) n++;
+  for (kvs__slot *s = c->all_slots; s; s = s->all_next)
+    n++;
   nng_aio **aios = calloc(n ? n : 1, sizeof *aios);
   n = 0;
-  for (kvs__slot *s = c->all_slots; s && aios; s = s->all_next) aios[n++] = s->aio;
+  for (kvs__slot *s = c->all_slots; s && aios; s = s->all_next)
+    aios[n++] = s->aio;
   pthread_mutex_unlock(&c->mu);
   /* closing the sockets ends sends and receives; a call sleeping in a
    * backoff is woken by the abort */
-  for (uint32_t i = 0; i < c->n_socks; i++) nng_close(c->socks[i]);
-  for (size_t i = 0; i < n; i++) nng_aio_abort(aios[i], NNG_ECLOSED);
+  for (uint32_t i = 0; i < c->n_socks; i++)
+    nng_close(c->socks[i]);
+  for (size_t i = 0; i < n; i++)
+    nng_aio_abort(aios[i], NNG_ECLOSED);
   free(aios);
   pthread_mutex_lock(&c->mu);
-  while (c->active > 0) pthread_cond_wait(&c->cv, &c->mu);
+  while (c->active > 0)
+    pthread_cond_wait(&c->cv, &c->mu);
   pthread_mutex_unlock(&c->mu);
   kvs__slot *s = c->all_slots;
   while (s) {
@@ -235,7 +241,8 @@ kvs__call *kvs__call_new(kvs_client *c, nng_msg *req, int idempotent, uint32_t t
   call->done = done;
   call->arg = arg;
   uint64_t now = kvs_now_ns();
-  call->deadline_ns = now + (uint64_t)(timeout_ms ? timeout_ms : c->o.request_timeout_ms) * 1000000ull;
+  call->deadline_ns =
+      now + (uint64_t)(timeout_ms ? timeout_ms : c->o.request_timeout_ms) * 1000000ull;
   call->seed = now ^ (uint64_t)(uintptr_t)call;
   pthread_mutex_init(&call->mu, NULL);
   pthread_cond_init(&call->cv, NULL);
@@ -409,7 +416,8 @@ void kvs__call_start(kvs__call *call) {
 
 int kvs__call_wait(kvs__call *call) {
   pthread_mutex_lock(&call->mu);
-  while (!call->finished) pthread_cond_wait(&call->cv, &call->mu);
+  while (!call->finished)
+    pthread_cond_wait(&call->cv, &call->mu);
   pthread_mutex_unlock(&call->mu);
   return call->rv;
 }

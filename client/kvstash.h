@@ -49,7 +49,7 @@ const char *kvs_client_version(void);
 /* A chunk of a token sequence and its key. Keys are computed exactly as the
  * server computes them (before it salts them with the tenant secret). */
 /* Key kinds (the same numbers as on the wire). */
-#define KVS_CHUNK_PREFIX 1u  /* multi-turn: hash chain, K at absolute positions */
+#define KVS_CHUNK_PREFIX  1u /* multi-turn: hash chain, K at absolute positions */
 #define KVS_CHUNK_CONTENT 2u /* RAG: position-independent, K as if at position 0 */
 
 typedef struct kvs_chunk {
@@ -126,8 +126,8 @@ int kvs_client_connected(kvs_client *c);
 kvs_err kvs_ping(kvs_client *c);
 
 typedef struct kvs_entry_info {
-  int present;          /* 0/1 */
-  int tier;             /* 0 RAM, 1 disk, 2 cold disk */
+  int present; /* 0/1 */
+  int tier;    /* 0 RAM, 1 disk, 2 cold disk */
   int pinned;
   uint64_t value_bytes; /* encoded bytes */
 } kvs_entry_info;
@@ -146,15 +146,15 @@ kvs_err kvs_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n);
 const char *kvs_stat_name(uint32_t i); /* "entries", "bytes_t0", ... or "?" */
 
 /* ---------------------------------------------------------------- lookup */
-#define KVS_LOOKUP_EACH 0u   /* answer every chunk (content keys) */
+#define KVS_LOOKUP_EACH   0u /* answer every chunk (content keys) */
 #define KVS_LOOKUP_PREFIX 1u /* stop at the first miss (prefix chains) */
 /* Which of chunks[n_chunks] (cut from tokens[n_tokens] by kvs_chunk_*) are
  * cached: status[i] = 0 when not, 1 + tier when it is (model and tokens
  * checked by the server). *n_prefix (may be NULL) = leading chunks cached.
  * Any number of chunks: large batches are split into several requests. */
-kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
-                   size_t n_tokens, const kvs_chunk *chunks, size_t n_chunks, uint32_t mode,
-                   uint8_t *status, size_t *n_prefix);
+kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *tokens, size_t n_tokens,
+                   const kvs_chunk *chunks, size_t n_chunks, uint32_t mode, uint8_t *status,
+                   size_t *n_prefix);
 
 /* ------------------------------------------------------------------- put */
 /* Profiles: KVS_PROFILE_RAW (0, uncompressed, always there) or one of the
@@ -172,8 +172,8 @@ typedef struct kvs_put_opts {
   uint32_t ttl_s;            /* 0 = no expiry */
   uint32_t flags;            /* KVS_PUT_* */
 } kvs_put_opts;
-#define KVS_PUT_NX 1u     /* fail with KVS_EEXIST when the key is stored */
-#define KVS_PUT_SYNC 2u   /* the server syncs its log before answering */
+#define KVS_PUT_NX     1u /* fail with KVS_EEXIST when the key is stored */
+#define KVS_PUT_SYNC   2u /* the server syncs its log before answering */
 #define KVS_PUT_DEVICE 4u /* kv is CUDA device memory (copied to the host to encode) */
 
 /* Stores the KV of chunk (tokens[chunk->start .. +n_tokens)) under
@@ -225,8 +225,8 @@ kvs_err kvs_get(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
  * nng thread as each group lands (any order). tokens are copied; out must stay
  * valid until kvs_op_wait returns. */
 kvs_err kvs_get_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
-                      const kvs_chunk *chunk, const kvs_layout *layout, void *out,
-                      uint64_t out_cap, const kvs_get_opts *o, kvs_op **op);
+                      const kvs_chunk *chunk, const kvs_layout *layout, void *out, uint64_t out_cap,
+                      const kvs_get_opts *o, kvs_op **op);
 /* Asynchronous put: encodes on this thread, then returns while the bytes
  * travel. kv may be reused as soon as this returns. */
 kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,

@@ -75,8 +75,10 @@ static int roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, n
   }
   nng_msg *r = NULL;
   rv = kvs__roundtrip(c, req, idempotent, check_reply, &r);
-  if (rv == KVS_OK && rep) *rep = r;
-  else if (r) nng_msg_free(r);
+  if (rv == KVS_OK && rep)
+    *rep = r;
+  else if (r)
+    nng_msg_free(r);
   return rv;
 }
 
@@ -154,9 +156,9 @@ kvs_err kvs_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n) {
 }
 
 /* ------------------------------------------------------------- lookup */
-kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
-                   size_t n_tokens, const kvs_chunk *chunks, size_t n_chunks, uint32_t mode,
-                   uint8_t *status, size_t *n_prefix) {
+kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *tokens, size_t n_tokens,
+                   const kvs_chunk *chunks, size_t n_chunks, uint32_t mode, uint8_t *status,
+                   size_t *n_prefix) {
   if (!c || !model || !tokens || (n_chunks && (!chunks || !status))) return KVS_EINVAL;
   if (mode != KVS_LOOKUP_EACH && mode != KVS_LOOKUP_PREFIX) return KVS_EINVAL;
   for (size_t i = 0; i < n_chunks; i++) {
@@ -191,8 +193,8 @@ kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *toke
       rv = KVS_ENOMEM;
       break;
     }
-    rv = kvs_wire_lookup_req_encode(model, mode, wc, nb, tokens + lo, hi - lo, frame_payload(m),
-                                    sz, &w);
+    rv = kvs_wire_lookup_req_encode(model, mode, wc, nb, tokens + lo, hi - lo, frame_payload(m), sz,
+                                    &w);
     if (rv) {
       nng_msg_free(m);
       kvs__seterr(c, rv, "cannot encode a LOOKUP of %u chunks", nb);
@@ -222,7 +224,8 @@ kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *toke
   free(wc);
   if (rv == KVS_OK && n_prefix) {
     size_t k = 0;
-    while (k < n_chunks && status[k]) k++;
+    while (k < n_chunks && status[k])
+      k++;
     *n_prefix = k;
   }
   return rv;
@@ -236,7 +239,7 @@ struct kvs_op {
   kvs_client *c;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  int pending;   /* calls outstanding */
+  int pending; /* calls outstanding */
   int failed;
   int finished;
   int rv;
@@ -247,8 +250,8 @@ struct kvs_op {
   int32_t *tokens;
   uint32_t T;
   kvs_layout layout;
-  uint8_t *out;      /* host output (or the staging buffer of a device get) */
-  void *dev_out;     /* KVS_GET_DEVICE: the caller's device buffer */
+  uint8_t *out;  /* host output (or the staging buffer of a device get) */
+  void *dev_out; /* KVS_GET_DEVICE: the caller's device buffer */
   uint64_t out_bytes;
   uint32_t dtype, hb, he, window;
   kvs_group_fn on_group;
@@ -256,10 +259,10 @@ struct kvs_op {
   int sync;          /* on_group is called by kvs_get on its thread */
   kvs__decoder *dec; /* set once the first answer is in */
   uint32_t G, next_g, n_ready;
-  uint8_t *ready;    /* [G] */
-  uint8_t *ws;       /* window x ws_each */
+  uint8_t *ready; /* [G] */
+  uint8_t *ws;    /* window x ws_each */
   size_t ws_each;
-  uint8_t *ws_busy;  /* [window] */
+  uint8_t *ws_busy; /* [window] */
 };
 
 typedef struct kvs__sub {
@@ -280,7 +283,8 @@ static kvs_op *op_new(kvs_client *c, int kind) {
 /* Under op->mu: the op is finished when no call is outstanding and it either
  * failed or has every group. */
 static void op_update_locked(kvs_op *op) {
-  if (op->pending == 0 && (op->failed || op->kind == KVS__OP_PUT || (op->dec && op->n_ready == op->G)))
+  if (op->pending == 0 &&
+      (op->failed || op->kind == KVS__OP_PUT || (op->dec && op->n_ready == op->G)))
     op->finished = 1;
   pthread_cond_broadcast(&op->cv);
 }
@@ -323,7 +327,8 @@ static void issue_more(kvs_op *op) {
       return;
     }
     uint32_t g = op->next_g++, idx = 0;
-    while (op->ws_busy[idx]) idx++;
+    while (op->ws_busy[idx])
+      idx++;
     op->ws_busy[idx] = 1;
     op->pending++;
     pthread_mutex_unlock(&op->mu);
@@ -367,8 +372,8 @@ static void group_done(kvs__call *call, void *arg) {
       rv = KVS_EPROTO;
     } else {
       rv = kvs__decoder_decode(op->dec, sub->g, r.bytes, r.byte_len, op->out, op->out_bytes,
-                               op->dtype, op->hb,
-                               op->he, op->ws + sub->idx * op->ws_each, op->ws_each);
+                               op->dtype, op->hb, op->he, op->ws + sub->idx * op->ws_each,
+                               op->ws_each);
       if (rv) snprintf(msg, sizeof msg, "decoding group %u failed (%s)", sub->g, kvs_errname(rv));
     }
   }
@@ -534,8 +539,8 @@ static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t
 }
 
 kvs_err kvs_get_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
-                      const kvs_chunk *chunk, const kvs_layout *layout, void *out,
-                      uint64_t out_cap, const kvs_get_opts *o, kvs_op **opp) {
+                      const kvs_chunk *chunk, const kvs_layout *layout, void *out, uint64_t out_cap,
+                      const kvs_get_opts *o, kvs_op **opp) {
   return get_start(c, model, tokens, chunk, layout, out, out_cap, o, 0, opp);
 }
 
@@ -550,7 +555,8 @@ kvs_err kvs_op_wait_layers(kvs_op *op, uint32_t layer_end) {
   if (!op) return KVS_EINVAL;
   if (op->kind != KVS__OP_GET || layer_end == 0) return kvs_op_wait(op);
   pthread_mutex_lock(&op->mu);
-  while (!op->finished && !op->failed && !op->dec) pthread_cond_wait(&op->cv, &op->mu);
+  while (!op->finished && !op->failed && !op->dec)
+    pthread_cond_wait(&op->cv, &op->mu);
   int rv = op->failed ? op->rv : KVS_OK;
   for (uint32_t g = 0; rv == KVS_OK && op->dec && g < op->G; g++) {
     uint32_t lb, le;
@@ -566,7 +572,8 @@ kvs_err kvs_op_wait_layers(kvs_op *op, uint32_t layer_end) {
 kvs_err kvs_op_wait(kvs_op *op) {
   if (!op) return KVS_EINVAL;
   pthread_mutex_lock(&op->mu);
-  while (!op->finished) pthread_cond_wait(&op->cv, &op->mu);
+  while (!op->finished)
+    pthread_cond_wait(&op->cv, &op->mu);
   int rv = op->rv;
   pthread_mutex_unlock(&op->mu);
   if (rv) kvs__seterr(op->c, rv, "%s", op->errmsg);
@@ -584,7 +591,8 @@ int kvs_op_done(kvs_op *op) {
 void kvs_op_free(kvs_op *op) {
   if (!op) return;
   pthread_mutex_lock(&op->mu);
-  while (!op->finished) pthread_cond_wait(&op->cv, &op->mu);
+  while (!op->finished)
+    pthread_cond_wait(&op->cv, &op->mu);
   pthread_mutex_unlock(&op->mu);
   kvs__decoder_free(op->dec);
   if (op->dev_out) free(op->out);
@@ -605,7 +613,8 @@ kvs_err kvs_get(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
   if (!o) o = &d;
   KVS_TRY(get_start(c, model, tokens, chunk, layout, out, out_cap, o, 1, &op));
   pthread_mutex_lock(&op->mu);
-  while (!op->finished && !op->failed && !op->dec) pthread_cond_wait(&op->cv, &op->mu);
+  while (!op->finished && !op->failed && !op->dec)
+    pthread_cond_wait(&op->cv, &op->mu);
   int rv = op->failed ? op->rv : KVS_OK;
   for (uint32_t g = 0; rv == KVS_OK && op->dec && g < op->G; g++) {
     rv = wait_group_locked(op, g);
@@ -704,8 +713,8 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
     return kvs__seterr(c, rv, "cannot build the PUT request");
   }
   kvs_op *op = op_new(c, KVS__OP_PUT);
-  kvs__call *call = op ? kvs__call_new(c, m, !(o->flags & KVS_PUT_NX), 0, check_reply, put_done, op)
-                       : NULL;
+  kvs__call *call =
+      op ? kvs__call_new(c, m, !(o->flags & KVS_PUT_NX), 0, check_reply, put_done, op) : NULL;
   if (!call) {
     if (!op) nng_msg_free(m);
     free(op);

@@ -42,8 +42,8 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static pid_t spawn(const char *bin, const char *tcp, const char *ipc, const char *dir,
-                   uint64_t ram, uint64_t max_msg) {
+static pid_t spawn(const char *bin, const char *tcp, const char *ipc, const char *dir, uint64_t ram,
+                   uint64_t max_msg) {
   char a1[200], a2[200], a3[300], a4[64], a5[64];
   snprintf(a1, sizeof a1, "--listen=%s", tcp);
   snprintf(a2, sizeof a2, "--listen=%s", ipc);
@@ -84,18 +84,30 @@ int main(int argc, char **argv) {
   if (!bin || !*bin) bin = KVS_BENCH_KVSTASHD;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--device")) device = 1;
-    else if (v && !strcmp(a, "--tokens")) T = (uint32_t)atoi(v), i++;
-    else if (v && !strcmp(a, "--chunk")) CT = (uint32_t)atoi(v), i++;
-    else if (v && !strcmp(a, "--layers")) L = (uint32_t)atoi(v), i++;
-    else if (v && !strcmp(a, "--heads")) H = (uint32_t)atoi(v), i++;
-    else if (v && !strcmp(a, "--dim")) D = (uint32_t)atoi(v), i++;
-    else if (v && !strcmp(a, "--iters")) iters = atoi(v), i++;
-    else if (v && !strcmp(a, "--window")) window = atoi(v), i++;
-    else if (v && !strcmp(a, "--lpg")) lpg = atoi(v), i++;
-    else if (v && !strcmp(a, "--profiles")) profiles = v, i++;
-    else if (v && !strcmp(a, "--kvstashd")) bin = v, i++;
-    else if (v && !strcmp(a, "--url")) urls = v, i++;
+    if (!strcmp(a, "--device"))
+      device = 1;
+    else if (v && !strcmp(a, "--tokens"))
+      T = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--chunk"))
+      CT = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--layers"))
+      L = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--heads"))
+      H = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--dim"))
+      D = (uint32_t)atoi(v), i++;
+    else if (v && !strcmp(a, "--iters"))
+      iters = atoi(v), i++;
+    else if (v && !strcmp(a, "--window"))
+      window = atoi(v), i++;
+    else if (v && !strcmp(a, "--lpg"))
+      lpg = atoi(v), i++;
+    else if (v && !strcmp(a, "--profiles"))
+      profiles = v, i++;
+    else if (v && !strcmp(a, "--kvstashd"))
+      bin = v, i++;
+    else if (v && !strcmp(a, "--url"))
+      urls = v, i++;
     else {
       fprintf(stderr, "usage: see the comment at the top of bench/client/bench_client.c\n");
       return 2;
@@ -106,8 +118,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "--device: no GPU device here\n");
     return 77;
   }
-  const kvs_layout lay = {.n_layers = L, .n_kv_heads = H, .head_dim = D, .dtype = KVS_DTYPE_F16,
-                          .rope_type = KVS_ROPE_NORM, .rope_dims = D, .rope_theta = 500000.0f,
+  const kvs_layout lay = {.n_layers = L,
+                          .n_kv_heads = H,
+                          .head_dim = D,
+                          .dtype = KVS_DTYPE_F16,
+                          .rope_type = KVS_ROPE_NORM,
+                          .rope_dims = D,
+                          .rope_theta = 500000.0f,
                           .rope_freq_scale = 1.0f};
   const size_t n_chunks = T / CT, chunk_bytes = kvs_layout_token_bytes(&lay) * CT;
   const size_t total = n_chunks * chunk_bytes;
@@ -125,7 +142,8 @@ int main(int argc, char **argv) {
     kv[i] = kvs_f32_to_f16((float)((int)(st >> 40) % 8192) / 1024.0f - 4.0f);
   }
   int32_t *tok = malloc(n_chunks * CT * sizeof *tok);
-  for (size_t i = 0; i < n_chunks * CT; i++) tok[i] = (int32_t)((i * 2654435761u) % 49152);
+  for (size_t i = 0; i < n_chunks * CT; i++)
+    tok[i] = (int32_t)((i * 2654435761u) % 49152);
   kvs_model_id model = kvs_hash128_buf("bench-client", 12);
   kvs_chunk *ch = malloc(n_chunks * sizeof *ch);
   size_t nc;
@@ -161,8 +179,10 @@ int main(int argc, char **argv) {
   } else {
     snprintf(tcp, sizeof tcp, "%s", urls);
     char *comma = strchr(tcp, ',');
-    if (comma) *comma = 0, snprintf(ipc, sizeof ipc, "%s", strchr(urls, ',') + 1);
-    else ipc[0] = 0;
+    if (comma)
+      *comma = 0, snprintf(ipc, sizeof ipc, "%s", strchr(urls, ',') + 1);
+    else
+      ipc[0] = 0;
   }
   const char *url_v[2] = {tcp, ipc};
   const char *url_name[2] = {"tcp", "ipc"};
@@ -182,7 +202,8 @@ int main(int argc, char **argv) {
   uint8_t *status = malloc(n_chunks);
   char prof[256];
   snprintf(prof, sizeof prof, "%s", profiles);
-  for (char *save = NULL, *p = strtok_r(prof, ",", &save); p && !rc; p = strtok_r(NULL, ",", &save)) {
+  for (char *save = NULL, *p = strtok_r(prof, ",", &save); p && !rc;
+       p = strtok_r(NULL, ",", &save)) {
     int id = kvs_profile_from_name(p);
     if (id < 0) {
       fprintf(stderr, "profile %s unknown or codec not built in: skipped\n", p);
@@ -192,7 +213,8 @@ int main(int argc, char **argv) {
     kvs_model_id pm = kvs_hash128_buf(p, strlen(p));
     kvs_chunk_prefix(&pm, tok, n_chunks * CT, CT, 0, ch, n_chunks, &nc);
     const void **kvp = malloc(n_chunks * sizeof *kvp);
-    for (size_t c = 0; c < n_chunks; c++) kvp[c] = (uint8_t *)kv + c * chunk_bytes;
+    for (size_t c = 0; c < n_chunks; c++)
+      kvp[c] = (uint8_t *)kv + c * chunk_bytes;
     kvs_put_opts po = {.profile = (uint32_t)id, .layers_per_group = (uint32_t)lpg};
     double t0 = now_ms();
     int rv = kvs_put_batch(cl[0], &pm, tok, ch, n_chunks, &lay, kvp, &po, NULL);
@@ -236,15 +258,16 @@ int main(int argc, char **argv) {
       double ms = median(t, iters);
       char name[64];
       snprintf(name, sizeof name, "%s %s fetch+decode", url_name[u], p);
-      printf("%-28s %9.2f ms %8.2f GB/s  %5.2fx memcpy  rel.err %.2e\n", name, ms,
-             total / ms / 1e6, ms / memcpy_ms, err);
+      printf("%-28s %9.2f ms %8.2f GB/s  %5.2fx memcpy  rel.err %.2e\n", name, ms, total / ms / 1e6,
+             ms / memcpy_ms, err);
       jn += snprintf(json + jn, sizeof json - (size_t)jn,
-                     ",\"%s_%s_ms\":%.3f,\"%s_%s_vs_memcpy\":%.2f,\"%s_%s_relerr\":%.3g", url_name[u],
-                     p, ms, url_name[u], p, ms / memcpy_ms, url_name[u], p, err);
+                     ",\"%s_%s_ms\":%.3f,\"%s_%s_vs_memcpy\":%.2f,\"%s_%s_relerr\":%.3g",
+                     url_name[u], p, ms, url_name[u], p, ms / memcpy_ms, url_name[u], p, err);
     }
   }
   printf("%s}\n", json);
-  for (int u = 0; u < 2; u++) kvs_client_free(cl[u]);
+  for (int u = 0; u < 2; u++)
+    kvs_client_free(cl[u]);
   if (pid > 0) {
     kill(pid, SIGTERM);
     int ws;

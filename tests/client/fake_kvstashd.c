@@ -147,13 +147,16 @@ static void serve(fake_kvstashd *f, nng_msg *m) {
       kvs_wire_meta_seg_range(&e->meta, first + cnt - 1, &o2, &l2);
       len = o2 + l2 - off;
     }
-    kvs_wire_get_resp gr = {.seg_first = first, .seg_count = cnt, .byte_off = off,
-                            .byte_len = len, .value_bytes = e->meta.value_bytes,
+    kvs_wire_get_resp gr = {.seg_first = first,
+                            .seg_count = cnt,
+                            .byte_off = off,
+                            .byte_len = len,
+                            .value_bytes = e->meta.value_bytes,
                             .checksum = e->meta.checksum};
     size_t cap = KVS_WIRE_GET_RESP_FIXED + kvs_wire_meta_size(&e->meta);
     uint8_t *head = malloc(cap);
-    kvs_wire_get_resp_encode_head(&gr, (g->flags & KVS_WIRE_GET_META) ? &e->meta : NULL, head,
-                                  cap, &w);
+    kvs_wire_get_resp_encode_head(&gr, (g->flags & KVS_WIRE_GET_META) ? &e->meta : NULL, head, cap,
+                                  &w);
     f->hits++;
     f->bytes_out += len;
     answer(f->s, &r.hdr, 0, head, w, e->value + off, len);
@@ -252,7 +255,8 @@ void fake_kvstashd_stop(fake_kvstashd *f) {
   if (!f) return;
   nng_close(f->s);
   pthread_join(f->th, NULL);
-  while (f->n) drop(f, &f->e[0]);
+  while (f->n)
+    drop(f, &f->e[0]);
   free(f->e);
   free(f);
 }

@@ -19,7 +19,8 @@ static kvs_model_id model(void) { return kvs_hash128_buf("test-model", 10); }
 static void test_chunk_prefix(void) {
   kvs_model_id m = model();
   int32_t tok[1000];
-  for (int i = 0; i < 1000; i++) tok[i] = i * 7 + 3;
+  for (int i = 0; i < 1000; i++)
+    tok[i] = i * 7 + 3;
   CU_ASSERT_EQUAL(kvs_chunk_prefix_count(1000, 256, 0), 3);
   CU_ASSERT_EQUAL(kvs_chunk_prefix_count(1000, 256, KVS_CHUNK_TAIL), 4);
   CU_ASSERT_EQUAL(kvs_chunk_prefix_count(1024, 256, KVS_CHUNK_TAIL), 4);
@@ -45,7 +46,8 @@ static void test_chunk_prefix(void) {
   kvs_chunk ch2[4];
   CU_ASSERT_EQUAL(kvs_chunk_prefix(&m, tok, 1000, 256, 0, ch2, 4, &n), KVS_OK);
   CU_ASSERT_EQUAL(n, 3);
-  for (int i = 0; i < 3; i++) CU_ASSERT(!kvs_hash128_equal(&ch[i].key, &ch2[i].key));
+  for (int i = 0; i < 3; i++)
+    CU_ASSERT(!kvs_hash128_equal(&ch[i].key, &ch2[i].key));
   CU_ASSERT_EQUAL(kvs_chunk_prefix(&m, tok, 10, 0, 0, ch2, 4, &n), KVS_EINVAL);
 }
 
@@ -53,9 +55,11 @@ static void test_chunk_spans(void) {
   kvs_model_id m = model();
   int32_t a[300], b[300];
   unsigned long long st = 5;
-  for (int i = 0; i < 300; i++) a[i] = b[i] = (int32_t)(kvs_test_rand(&st) % 50000);
+  for (int i = 0; i < 300; i++)
+    a[i] = b[i] = (int32_t)(kvs_test_rand(&st) % 50000);
   /* the same passage at offsets 10 (in a) and 120 (in b) gets the same key */
-  for (int i = 0; i < 64; i++) b[120 + i] = a[10 + i];
+  for (int i = 0; i < 64; i++)
+    b[120 + i] = a[10 + i];
   kvs_span sa[2] = {{10, 64}, {100, 50}}, sb[1] = {{120, 64}};
   kvs_chunk ca[2], cb[1];
   CU_ASSERT_EQUAL(kvs_chunk_spans(&m, a, 300, sa, 2, ca), KVS_OK);
@@ -316,7 +320,8 @@ static void test_close_in_flight(void) {
     closer k = {c, 1};
     pthread_t th;
     pthread_create(&th, NULL, mute_call, &k);
-    while (atomic_load(&f.seen) == 0) usleep(1000);
+    while (atomic_load(&f.seen) == 0)
+      usleep(1000);
     kvs_client_free(c);
     pthread_join(th, NULL);
     CU_ASSERT_EQUAL(k.rv, KVS_ECLOSED);

@@ -13,9 +13,14 @@
 
 static test_server srv;
 static kvs_client *cl;
-static const kvs_layout lay = {.n_layers = 4, .n_kv_heads = 4, .head_dim = 64,
-                               .dtype = KVS_DTYPE_F16, .rope_type = KVS_ROPE_NORM,
-                               .rope_dims = 64, .rope_theta = 10000.0f, .rope_freq_scale = 1.0f};
+static const kvs_layout lay = {.n_layers = 4,
+                               .n_kv_heads = 4,
+                               .head_dim = 64,
+                               .dtype = KVS_DTYPE_F16,
+                               .rope_type = KVS_ROPE_NORM,
+                               .rope_dims = 64,
+                               .rope_theta = 10000.0f,
+                               .rope_freq_scale = 1.0f};
 
 static void roundtrip(const char *profile) {
   int id = kvs_profile_from_name(profile);
@@ -24,9 +29,11 @@ static void roundtrip(const char *profile) {
   unsigned long long st = 11;
   size_t nb = kvs_layout_token_bytes(&lay) * T;
   uint16_t *kv = malloc(nb), *back = malloc(nb);
-  for (size_t i = 0; i < nb / 2; i++) kv[i] = kvs_f32_to_f16(kvs_test_randf(&st));
+  for (size_t i = 0; i < nb / 2; i++)
+    kv[i] = kvs_f32_to_f16(kvs_test_randf(&st));
   int32_t tok[128];
-  for (int i = 0; i < 128; i++) tok[i] = i * 3 + id;
+  for (int i = 0; i < 128; i++)
+    tok[i] = i * 3 + id;
   kvs_model_id m = kvs_hash128_buf(profile, strlen(profile));
   kvs_span sp = {0, T};
   kvs_chunk ch;
@@ -72,8 +79,10 @@ int main(void) {
   kvs_client_opts_init(&o);
   o.url = srv.url;
   o.tenant = "gpu";
-  if (kvs_client_create(&o, &cl) == KVS_OK) rv = kvs_test_run("client_gpu", cases);
-  else rv = 1;
+  if (kvs_client_create(&o, &cl) == KVS_OK)
+    rv = kvs_test_run("client_gpu", cases);
+  else
+    rv = 1;
   kvs_client_free(cl);
   test_server_stop(&srv);
   return rv;

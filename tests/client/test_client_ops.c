@@ -17,9 +17,14 @@
 static test_server srv;
 static kvs_client *cl;
 static kvs_model_id model;
-static const kvs_layout lay = {.n_layers = 6, .n_kv_heads = 4, .head_dim = 32,
-                               .dtype = KVS_DTYPE_F16, .rope_type = KVS_ROPE_NORM,
-                               .rope_dims = 32, .rope_theta = 10000.0f, .rope_freq_scale = 1.0f};
+static const kvs_layout lay = {.n_layers = 6,
+                               .n_kv_heads = 4,
+                               .head_dim = 32,
+                               .dtype = KVS_DTYPE_F16,
+                               .rope_type = KVS_ROPE_NORM,
+                               .rope_dims = 32,
+                               .rope_theta = 10000.0f,
+                               .rope_freq_scale = 1.0f};
 static unsigned long long seed = 42;
 static char tenant[40];
 
@@ -42,13 +47,15 @@ static kvs_client *connect_as(const char *t) {
 static uint16_t *make_kv(uint32_t T) {
   size_t n = kvs_layout_token_bytes(&lay) * T / 2;
   uint16_t *kv = malloc(n * 2);
-  for (size_t i = 0; i < n; i++) kv[i] = kvs_f32_to_f16(kvs_test_randf(&seed) * 4.0f);
+  for (size_t i = 0; i < n; i++)
+    kv[i] = kvs_f32_to_f16(kvs_test_randf(&seed) * 4.0f);
   return kv;
 }
 
 static int32_t *make_tokens(size_t n) {
   int32_t *t = malloc(n * sizeof *t);
-  for (size_t i = 0; i < n; i++) t[i] = (int32_t)(kvs_test_rand(&seed) % 49152);
+  for (size_t i = 0; i < n; i++)
+    t[i] = (int32_t)(kvs_test_rand(&seed) % 49152);
   return t;
 }
 
@@ -176,7 +183,7 @@ static void test_lookup(void) {
   CU_ASSERT_EQUAL(np, 2);
   /* RAG: passages stored alone are found inside a new prompt at other offsets */
   int32_t *prompt = make_tokens(300);
-  memcpy(prompt + 50, tok, 32 * sizeof *tok);  /* passage A = tok[0..32) */
+  memcpy(prompt + 50, tok, 32 * sizeof *tok); /* passage A = tok[0..32) */
   memcpy(prompt + 200, tok + 64, 20 * sizeof *tok);
   kvs_span sa = {0, 32};
   kvs_chunk ca;
@@ -261,13 +268,15 @@ static void test_async_batch(void) {
   CU_ASSERT_EQUAL_FATAL(kvs_chunk_prefix(&model, tok, T * N, T, 0, ch, N, &n), KVS_OK);
   uint16_t *kv[N];
   const void *kvp[N];
-  for (int i = 0; i < N; i++) kvp[i] = kv[i] = make_kv(T);
+  for (int i = 0; i < N; i++)
+    kvp[i] = kv[i] = make_kv(T);
   kvs_err rvs[N];
   CU_ASSERT_EQUAL(kvs_put_batch(cl, &model, tok, ch, N, &lay, kvp, NULL, rvs), KVS_OK);
   uint64_t nb = kvs_get_bound(&lay, T, NULL);
   void *outs[N];
   uint64_t caps[N];
-  for (int i = 0; i < N; i++) outs[i] = malloc(nb), caps[i] = nb;
+  for (int i = 0; i < N; i++)
+    outs[i] = malloc(nb), caps[i] = nb;
   CU_ASSERT_EQUAL(kvs_get_batch(cl, &model, tok, ch, N, &lay, outs, caps, NULL, rvs), KVS_OK);
   for (int i = 0; i < N; i++) {
     CU_ASSERT_EQUAL(rvs[i], KVS_OK);
@@ -289,11 +298,11 @@ static void test_async_batch(void) {
   /* a batch with one miss reports it per chunk */
   kvs_chunk miss[2] = {ch[0], ch[1]};
   miss[1].key.b[0] ^= 1;
-  CU_ASSERT_EQUAL(kvs_get_batch(cl, &model, tok, miss, 2, &lay, outs, caps, NULL, rvs),
-                  KVS_ENOENT);
+  CU_ASSERT_EQUAL(kvs_get_batch(cl, &model, tok, miss, 2, &lay, outs, caps, NULL, rvs), KVS_ENOENT);
   CU_ASSERT_EQUAL(rvs[0], KVS_OK);
   CU_ASSERT_EQUAL(rvs[1], KVS_ENOENT);
-  for (int i = 0; i < N; i++) free(outs[i]), free(kv[i]);
+  for (int i = 0; i < N; i++)
+    free(outs[i]), free(kv[i]);
   free(tok);
 }
 
