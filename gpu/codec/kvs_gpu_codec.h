@@ -1,0 +1,56 @@
+/* kvs_gpu_codec.h - GPU decode of encoded KV chunks (every lossy profile:
+ * int8, kivi2, kivi4, fp4, cachegen-ref, dense) straight into a contiguous
+ * canonical buffer or into paged KV blocks. The CPU twins are the decoders
+ * of codec/ (kvs_codec_decode*): integer codes and rANS symbols are decoded
+ * bit for bit the same way; floats agree within the tolerance the tests
+ * state (fp32 arithmetic in a different order, same f16 rounding).
+ *
+ * The host parses and verifies the bytes first (kvs_codec_parse_header and
+ * kvs_codec_verify on the host copy: the checksums are checked there, not on
+ * the GPU); the kernels still bound every offset they read and report a
+ * corrupt stream through the workspace's status word.
+ *
+ * Every pointer in `out` is a device pointer except k_cache / v_cache, which
+ * are host arrays (n_layers entries) of device pointers; block_table is a
+ * device pointer. Calls only enqueue work on `stream` (a cudaStream_t, NULL
+ * for the default stream); kvs_gpu_codec_status() waits for it and says
+ * whether every kernel found its input well-formed.
+ *
+ * Without CUDA or a device every function returns KVS_ENODEV. */
+#ifndef KVS_GPU_CODEC_H
+#define KVS_GPU_CODEC_H
+
+#include "kvs_codec.h"
+#include "kvs_gpu.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Device workspace bytes for decoding this chunk (status word, plane
+ * offsets, per-plane decode tables, cache pointer arrays). */
+size_t kvs_gpu_codec_workspace_bound(const kvs_codec_info *info);
+
+/* Decodes the whole chunk: d_bytes is the device copy of the encoding
+ * (info->total_bytes). KVS_ENOTSUP for lossless (decode it on the CPU or
+ * copy raw fp16 instead) and for dense planes whose rotation the kernel
+ * does not cover (head_dim not 32, 64 or 128, or blocks not row-aligned). */
+kvs_err kvs_gpu_codec_decode(const kvs_codec_info *info, const void *d_bytes,
+                             const kvs_codec_out *out, void *d_ws, size_t ws_len, void *stream);
+
+/* Decodes segment g only; d_seg is the device copy of bytes
+ * [info->seg_offset[g], info->seg_offset[g+1]). Segments may be decoded in
+ * any order as they arrive, with one workspace per concurrent call. */
+kvs_err kvs_gpu_codec_decode_segment(const kvs_codec_info *info, uint32_t g, const void *d_seg,
+                                     const kvs_codec_out *out, void *d_ws, size_t ws_len,
+                                     void *stream);
+
+/* Waits for `stream` and returns KVS_OK, KVS_ECORRUPT when a kernel found a
+ * malformed stream since the workspace was last used (its output is then
+ * undefined and must not be used), or the CUDA error. */
+kvs_err kvs_gpu_codec_status(void *d_ws, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
