@@ -134,6 +134,10 @@ def _declare(lib):
         "kvs_get_bound": (u64, [ctypes.POINTER(_Layout), u32, ctypes.POINTER(_GetOpts)]),
         "kvs_get": (ctypes.c_int, [P, ctypes.POINTER(_Hash), i32p, ctypes.POINTER(_Chunk),
                                    ctypes.POINTER(_Layout), P, u64, ctypes.POINTER(_GetOpts)]),
+        "kvs_get_batch": (ctypes.c_int, [P, ctypes.POINTER(_Hash), i32p, P, sz,
+                                         ctypes.POINTER(_Layout), P, P, ctypes.POINTER(_GetOpts), P]),
+        "kvs_put_batch": (ctypes.c_int, [P, ctypes.POINTER(_Hash), i32p, P, sz,
+                                         ctypes.POINTER(_Layout), P, ctypes.POINTER(_PutOpts), P]),
     }
     for name, (res, args) in sigs.items():
         f = getattr(lib, name)
@@ -370,6 +374,52 @@ class Client:
         self._ok(self._lib.kvs_get(self._h, _hash(model), t.ctypes.data, ctypes.byref(c),
                                    ctypes.byref(lay), out.ctypes.data, out.nbytes, ctypes.byref(o)))
         return out
+
+    def put_batch(self, model, tokens, chunks, layout, kvs, profile="raw", layers_per_group=0,
+                  ttl=0):
+        """Stores several chunks at once (all in flight together); kvs[i] as for put().
+        Returns the per-chunk error codes (0 = stored); raises on the first error."""
+        t = _tokens(tokens)
+        npdt = _DTYPES[layout.dtype][1]
+        arrs = []
+        for ch, kv in zip(chunks, kvs):
+            a = np.ascontiguousarray(kv)
+            if a.shape != layout.shape(ch.n_tokens) or a.dtype != npdt:
+                raise ValueError(f"kv for {ch} must be {npdt.__name__} {layout.shape(ch.n_tokens)}")
+            if ch.start + ch.n_tokens > len(t):
+                raise ValueError("chunk lies outside tokens")
+            arrs.append(a)
+        n = len(arrs)
+        carr = (_Chunk * max(n, 1))(*[c._c() for c in chunks])
+        ptrs = (ctypes.c_void_p * max(n, 1))(*[a.ctypes.data for a in arrs])
+        rvs = np.zeros(max(n, 1), dtype=np.int32)
+        p = profile if isinstance(profile, int) else profile_from_name(profile)
+        o = _PutOpts(p, layers_per_group, ttl, 0)
+        lay = layout._c()
+        self._ok(self._lib.kvs_put_batch(self._h, _hash(model), t.ctypes.data, carr, n,
+                                         ctypes.byref(lay), ptrs, ctypes.byref(o), rvs.ctypes.data))
+        return rvs[:n]
+
+    def get_batch(self, model, tokens, chunks, layout, dtype=None, heads=None):
+        """Fetches several chunks at once (all in flight together): list of arrays as get()."""
+        t = _tokens(tokens)
+        o = _GetOpts()
+        if dtype is not None:
+            o.dtype = _DTYPES[dtype][0]
+        if heads is not None:
+            o.head_begin, o.head_end = heads
+        npdt = _DTYPES[dtype or layout.dtype][1]
+        outs = [np.empty(layout.shape(c.n_tokens, heads), dtype=npdt) for c in chunks]
+        n = len(outs)
+        carr = (_Chunk * max(n, 1))(*[c._c() for c in chunks])
+        ptrs = (ctypes.c_void_p * max(n, 1))(*[a.ctypes.data for a in outs])
+        caps = (ctypes.c_uint64 * max(n, 1))(*[a.nbytes for a in outs])
+        rvs = np.zeros(max(n, 1), dtype=np.int32)
+        lay = layout._c()
+        self._ok(self._lib.kvs_get_batch(self._h, _hash(model), t.ctypes.data, carr, n,
+                                         ctypes.byref(lay), ptrs, caps, ctypes.byref(o),
+                                         rvs.ctypes.data))
+        return outs
 
     # -- key ops
     def exists(self, model, key):

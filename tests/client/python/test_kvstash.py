@@ -73,6 +73,19 @@ def test_lookup_and_misses(client):
     assert e.value.name == "KVS_ETOKENS"
 
 
+def test_batches(client):
+    toks = RNG.integers(0, 32000, 4 * 32).astype(np.int32)
+    ch = kvstash.chunk_prefix(MODEL, toks, 32)
+    kvs = [kv_of(32) for _ in ch]
+    assert list(client.put_batch(MODEL, toks, ch, LAYOUT, kvs)) == [0, 0, 0, 0]
+    got = client.get_batch(MODEL, toks, ch, LAYOUT)
+    assert all(np.array_equal(g.view(np.uint16), k.view(np.uint16)) for g, k in zip(got, kvs))
+    missing = kvstash.Chunk(bytes(16), 0, 32, ch[0].kind)
+    with pytest.raises(kvstash.Error) as e:
+        client.get_batch(MODEL, toks, [ch[0], missing], LAYOUT)
+    assert e.value.name == "KVS_ENOENT"
+
+
 def test_key_ops(client):
     toks = RNG.integers(0, 32000, 20).astype(np.int32)
     ch = kvstash.chunk_spans(MODEL, toks, [(0, 20)])[0]
