@@ -1,57 +1,254 @@
-/* kvs-demo - the main job of kvstash, end to end, as far as it exists today.
- * Run through `tools/dev demo`. It prints only what it computed. */
+/* kvs-demo - the main job of kvstash end to end (run it through `tools/dev demo`):
+ *   1. start a local kvstashd on a temporary RocksDB (ipc:// socket);
+ *   2. load SmolLM2 (the reference engine) and one MuSiQue item;
+ *   3. pre-warm: compute each passage's KV alone, encode it with the codec and
+ *      put it into kvstashd (content keys), and the instruction (prefix key);
+ *   4. answer the question twice: full prefill, then with kvstash reuse
+ *      (lookup, layer-streamed get + decode, RoPE correction, selective
+ *      recompute, prefill of the question only);
+ *   5. print both answers, time to first token, tokens recomputed, bytes fetched.
+ * Everything printed is computed in this run. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
-#include "kvs_core.h"
+#include "kvs_blend.h"
 #include "kvs_gpu.h"
+#include "kvs_model.h"
+#include "kvs_rag.h"
+#include "kvstash.h"
 
-static kvs_err hash_file(const char *path, kvs_hash128 *out, size_t *bytes) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return KVS_ENOENT;
-  kvs_hasher *h = kvs_hasher_create();
-  if (!h) {
-    fclose(f);
-    return KVS_ENOMEM;
-  }
-  static unsigned char buf[1 << 20];
-  size_t n;
-  *bytes = 0;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
-    kvs_hasher_update(h, buf, n);
-    *bytes += n;
-  }
-  int err = ferror(f);
-  fclose(f);
-  *out = kvs_hasher_digest(h);
-  kvs_hasher_free(h);
-  return err ? KVS_EIO : KVS_OK;
+extern char **environ;
+
+typedef struct fetch {
+  kvs_op *op[KVS_RAG_MAX_PASSAGES + 2];
+  void *buf[KVS_RAG_MAX_PASSAGES + 2];
+  const kvs_rag_prompt *p;
+  size_t plane_bytes_per_token;
+  uint32_t n_layers;
+} fetch;
+
+/* blend's loader thread: wait for layer `layer` of segment `seg` to be decoded */
+static kvs_err load_layer(void *ctx, uint32_t seg, uint32_t layer, void *k, void *v) {
+  fetch *f = ctx;
+  KVS_TRY(kvs_op_wait_layers(f->op[seg], layer + 1));
+  size_t plane = f->plane_bytes_per_token * f->p->len[seg];
+  memcpy(k, (char *)f->buf[seg] + 2 * layer * plane, plane);
+  memcpy(v, (char *)f->buf[seg] + (2 * layer + 1) * plane, plane);
+  return KVS_OK;
 }
 
-int main(void) {
-  printf("kvstash demo\n");
-  char name[256] = "-";
-  int maj = 0, min = 0;
-  if (kvs_gpu_device_count() > 0) kvs_gpu_device_info(0, name, sizeof name, &maj, &min);
-  printf("  CUDA compiled: %s; GPU now: %s\n", kvs_gpu_compiled() ? "yes" : "no",
-         kvs_gpu_device_count() > 0 ? name : "none (CPU path)");
-  const char *model = getenv("KVS_MODEL_PATH");
-  if (!model) {
-    fprintf(stderr, "demo: KVS_MODEL_PATH is not set (run through tools/dev demo)\n");
+static pid_t start_daemon(const char *bin, const char *dir, const char *url) {
+  char a1[700], a2[700];
+  snprintf(a1, sizeof a1, "--data-dir=%s/db", dir);
+  snprintf(a2, sizeof a2, "--listen=%s", url);
+  char *argv[] = {(char *)bin, a1, a2, "--http=", "--log-level=error", NULL};
+  pid_t pid;
+  if (posix_spawn(&pid, bin, NULL, NULL, argv, environ) != 0) return -1;
+  return pid;
+}
+
+static void usage(void) {
+  fprintf(stderr, "usage: kvs-demo --model GGUF --data MUSIQUE_JSON --kvstashd BIN [--item N]\n"
+                  "                [--strategy none|cacheblend|epic|adaptive] [--profile NAME]\n");
+}
+
+int main(int argc, char **argv) {
+  const char *model_path = getenv("KVS_MODEL_PATH"), *data = NULL, *daemon = NULL;
+  const char *strategy = "adaptive", *profile = "dense";
+  int item_no = 0;
+  static struct option lo[] = {{"model", 1, 0, 'm'},   {"data", 1, 0, 'd'},
+                               {"kvstashd", 1, 0, 'k'}, {"item", 1, 0, 'i'},
+                               {"strategy", 1, 0, 's'}, {"profile", 1, 0, 'p'},
+                               {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+  for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
+    switch (c) {
+    case 'm': model_path = optarg; break;
+    case 'd': data = optarg; break;
+    case 'k': daemon = optarg; break;
+    case 'i': item_no = atoi(optarg); break;
+    case 's': strategy = optarg; break;
+    case 'p': profile = optarg; break;
+    default: usage(); return c == 'h' ? 0 : 2;
+    }
+  }
+  if (!model_path || !data || !daemon) {
+    usage();
+    return 2;
+  }
+  int strat = kvs_sel_parse(strategy), prof = kvs_profile_from_name(profile);
+  if (strat < 0 || prof < 0) {
+    fprintf(stderr, "demo: unknown strategy '%s' or profile '%s'\n", strategy, profile);
+    return 2;
+  }
+  char gpu[256] = "none (CPU path)";
+  if (kvs_gpu_device_count() > 0) kvs_gpu_device_info(0, gpu, sizeof gpu, NULL, NULL);
+  printf("kvstash demo: a MuSiQue question answered with and without KV reuse\n");
+  printf("  CUDA compiled: %s; GPU: %s\n", kvs_gpu_compiled() ? "yes" : "no", gpu);
+
+  /* 1. kvstashd on a temporary RocksDB */
+  char dir[] = "/tmp/kvstash-demo.XXXXXX";
+  if (!mkdtemp(dir)) {
+    perror("mkdtemp");
     return 1;
   }
-  kvs_hash128 h;
-  size_t bytes = 0;
-  uint64_t t0 = kvs_now_ns();
-  kvs_err e = hash_file(model, &h, &bytes);
+  char url[600];
+  snprintf(url, sizeof url, "ipc://%s/kvstashd.sock", dir);
+  pid_t pid = start_daemon(daemon, dir, url);
+  if (pid < 0) {
+    fprintf(stderr, "demo: cannot start %s\n", daemon);
+    return 1;
+  }
+  int rc = 1;
+  kvs_client *cl = NULL;
+  kvs_model *model = NULL;
+  kvs_engine *eng = NULL;
+  kvs_rag_item *items = NULL;
+  size_t n_items = 0;
+  kvs_rag_prompt pr = {0};
+  void *kv = NULL;
+  fetch f = {0};
+  kvs_client_opts co;
+  kvs_client_opts_init(&co);
+  co.url = url, co.connect_timeout_ms = 10000;
+  kvs_err e = kvs_client_create(&co, &cl);
   if (e) {
-    fprintf(stderr, "demo: cannot read %s: %s\n", model, kvs_strerror(e));
-    return 1;
+    fprintf(stderr, "demo: kvstashd did not answer at %s: %s\n", url, kvs_strerror(e));
+    goto out;
   }
+  printf("  kvstashd: pid %d, RocksDB in %s/db, data plane %s\n", (int)pid, dir, url);
+
+  /* 2. model and question */
+  uint64_t t0 = kvs_now_ns();
+  if ((e = kvs_model_load(model_path, &model)) || (e = kvs_model_engine(model, &eng))) {
+    fprintf(stderr, "demo: model %s: %s\n", model_path, kvs_strerror(e));
+    goto out;
+  }
+  kvs_engine_info info;
+  eng->ops->info(eng, &info);
+  const kvs_tok *tok = kvs_model_tok(model);
+  const kvs_model_id *mid = kvs_model_get_id(model);
   char hex[33];
-  kvs_hash128_hex(&h, hex);
-  printf("  model file: %s (%zu bytes), content hash %s in %.1f ms\n", model, bytes, hex,
-         (kvs_now_ns() - t0) / 1e6);
-  return 0;
+  kvs_hash128_hex(mid, hex);
+  printf("  model: SmolLM2-135M-Instruct Q4_1, %u layers, id %s, loaded in %.2f s\n",
+         info.layout.n_layers, hex, (kvs_now_ns() - t0) / 1e9);
+  if ((e = kvs_rag_load(data, &items, &n_items)) || item_no < 0 || (size_t)item_no >= n_items) {
+    fprintf(stderr, "demo: %s: %s\n", data, e ? kvs_strerror(e) : "no such item");
+    goto out;
+  }
+  const kvs_rag_item *it = &items[item_no];
+  if ((e = kvs_rag_prompt_build(tok, it, &pr))) goto out;
+  uint32_t n_pass = pr.n_segs - 2;
+  printf("  item %d: \"%s\"\n  prompt: %u tokens = instruction %u + %u passages + question %u\n",
+         item_no, it->question, pr.n_tokens, pr.len[0], n_pass, pr.len[pr.n_segs - 1]);
+
+  /* 3. pre-warm: chunk KV computed alone, encoded, stored */
+  kvs_chunk ch[KVS_RAG_MAX_PASSAGES + 2];
+  size_t n_ch = 0;
+  if ((e = kvs_chunk_prefix(mid, pr.tokens, pr.len[0], pr.len[0], KVS_CHUNK_TAIL, ch, 1, &n_ch)))
+    goto out;
+  kvs_span spans[KVS_RAG_MAX_PASSAGES];
+  for (uint32_t i = 0; i < n_pass; i++) spans[i].start = pr.start[i + 1], spans[i].n_tokens = pr.len[i + 1];
+  if ((e = kvs_chunk_spans(mid, pr.tokens, pr.n_tokens, spans, n_pass, ch + 1))) goto out;
+  uint64_t tb = kvs_layout_token_bytes(&info.layout);
+  uint32_t max_len = 0;
+  for (uint32_t i = 0; i + 1 < pr.n_segs; i++) max_len = pr.len[i] > max_len ? pr.len[i] : max_len;
+  kv = malloc(tb * max_len);
+  if (!kv) goto out;
+  kvs_put_opts po = {.profile = (uint32_t)prof, .layers_per_group = 2};
+  uint64_t raw = 0, stored = 0;
+  t0 = kvs_now_ns();
+  for (uint32_t i = 0; i + 1 < pr.n_segs; i++) {
+    if ((e = kvs_rag_chunk_kv(eng, pr.tokens + pr.start[i], pr.len[i], kv)) ||
+        (e = kvs_put(cl, mid, pr.tokens, &ch[i], &info.layout, kv, &po))) {
+      fprintf(stderr, "demo: pre-warm of chunk %u: %s (%s)\n", i, kvs_strerror(e),
+              kvs_client_errmsg(cl));
+      goto out;
+    }
+    kvs_entry_info ei;
+    if (kvs_exists(cl, mid, &ch[i].key, &ei) == KVS_OK) stored += ei.value_bytes;
+    raw += tb * pr.len[i];
+  }
+  printf("  pre-warm: %u chunks computed alone and stored in %.2f s: %.2f MB fp16 -> %.2f MB "
+         "'%s' (%.2f bits/element)\n",
+         pr.n_segs - 1, (kvs_now_ns() - t0) / 1e9, raw / 1e6, stored / 1e6, profile,
+         16.0 * stored / raw);
+
+  /* 4a. full prefill */
+  kvs_rag_answer full = {0}, reuse = {0};
+  uint32_t max_new = 24;
+  if ((e = kvs_rag_answer_full(eng, tok, &pr, max_new, &full))) goto out;
+
+  /* 4b. with reuse: lookup, streamed gets, blend */
+  t0 = kvs_now_ns();
+  uint8_t status[KVS_RAG_MAX_PASSAGES + 2];
+  int cached[KVS_RAG_MAX_PASSAGES + 2] = {0};
+  if ((e = kvs_lookup(cl, mid, pr.tokens, pr.n_tokens, ch, pr.n_segs - 1, KVS_LOOKUP_EACH,
+                      status, NULL)))
+    goto out;
+  f.p = &pr, f.n_layers = info.layout.n_layers;
+  f.plane_bytes_per_token = (size_t)info.layout.n_kv_heads * info.layout.head_dim * 2;
+  uint64_t fetched = 0;
+  uint32_t hits = 0;
+  for (uint32_t i = 0; i + 1 < pr.n_segs; i++) {
+    if (!status[i]) continue;
+    uint64_t cap = kvs_get_bound(&info.layout, pr.len[i], NULL);
+    f.buf[i] = malloc(cap);
+    if (!f.buf[i] || (e = kvs_get_start(cl, mid, pr.tokens, &ch[i], &info.layout, f.buf[i], cap,
+                                        NULL, &f.op[i])))
+      goto out;
+    kvs_entry_info ei;
+    if (kvs_exists(cl, mid, &ch[i].key, &ei) == KVS_OK) fetched += ei.value_bytes;
+    cached[i] = 1, hits++;
+  }
+  double t_start = (kvs_now_ns() - t0) / 1e9;
+  kvs_blend_opts bo = {.sel = kvs_sel_defaults((uint32_t)strat), .check_layer = 1};
+  if ((e = kvs_rag_answer_blend(eng, tok, &pr, cached, load_layer, &f, &bo, max_new, &reuse))) {
+    fprintf(stderr, "demo: blended answer: %s (%s)\n", kvs_strerror(e), kvs_client_errmsg(cl));
+    goto out;
+  }
+  double ttft_reuse = t_start + reuse.ttft_s;
+
+  /* 5. what happened */
+  printf("\n  gold answer:        %s\n", it->answers[0]);
+  printf("  full prefill:       \"%s\"  (F1 %.2f)\n", full.text,
+         kvs_rag_f1(full.text, it->answers, it->n_answers));
+  printf("  kvstash reuse:      \"%s\"  (F1 %.2f)  -> %s the full-prefill answer\n", reuse.text,
+         kvs_rag_f1(reuse.text, it->answers, it->n_answers),
+         kvs_rag_same_answer(full.text, reuse.text) ? "same as" : "differs from");
+  printf("\n  time to first token: full prefill %.3f s, with reuse %.3f s (%.2fx faster)\n",
+         full.ttft_s, ttft_reuse, full.ttft_s / ttft_reuse);
+  printf("    reuse: %u/%u chunks hit, %.2f MB fetched over ipc:// and decoded ('%s'), "
+         "engine waited %.3f s for KV\n",
+         hits, pr.n_segs - 1, fetched / 1e6, profile, reuse.blend.t_load_wait_s);
+  printf("    strategy '%s': recomputed %u of %u reused passage tokens (%.1f%%), "
+         "recompute %.3f s, question prefill %u tokens %.3f s\n",
+         strategy, reuse.blend.n_recomputed, reuse.blend.n_candidates,
+         100.0 * reuse.blend.n_recomputed / (reuse.blend.n_candidates ? reuse.blend.n_candidates : 1),
+         reuse.blend.t_recompute_s, reuse.blend.n_prefilled, reuse.blend.t_prefill_s);
+  rc = 0;
+out:
+  for (int i = 0; i < KVS_RAG_MAX_PASSAGES + 2; i++) kvs_op_free(f.op[i]), free(f.buf[i]);
+  free(kv);
+  kvs_rag_prompt_free(&pr);
+  kvs_rag_items_free(items, n_items);
+  kvs_engine_free(eng);
+  kvs_model_free(model);
+  kvs_client_free(cl);
+  kill(pid, SIGTERM);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) fprintf(stderr, "demo: could not remove %s\n", dir);
+  if (rc == 0)
+    printf("  kvstashd stopped (exit %d), %s removed\n", WIFEXITED(st) ? WEXITSTATUS(st) : -1, dir);
+  return rc;
 }

@@ -1,0 +1,286 @@
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "kvs_rag.h"
+
+static const char *INSTRUCTION =
+    "<|im_start|>system\nYou are a helpful assistant. Answer the question using the passages. "
+    "Reply with a short answer only.<|im_end|>\n<|im_start|>user\n";
+
+static char *dupstr(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+void kvs_rag_items_free(kvs_rag_item *it, size_t n) {
+  for (size_t i = 0; it && i < n; i++) {
+    free(it[i].question);
+    for (size_t j = 0; j < it[i].n_answers; j++) free(it[i].answers[j]);
+    free(it[i].answers);
+    for (size_t j = 0; j < it[i].n_passages; j++) free(it[i].title[j]), free(it[i].text[j]);
+  }
+  free(it);
+}
+
+kvs_err kvs_rag_load(const char *path, kvs_rag_item **out, size_t *n_out) {
+  *out = NULL, *n_out = 0;
+  FILE *f = fopen(path, "rb");
+  if (!f) return KVS_ENOENT;
+  fseek(f, 0, SEEK_END);
+  long sz = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *buf = malloc(sz > 0 ? (size_t)sz + 1 : 1);
+  size_t got = buf && sz > 0 ? fread(buf, 1, (size_t)sz, f) : 0;
+  fclose(f);
+  if (!buf) return KVS_ENOMEM;
+  buf[got] = 0;
+  cJSON *root = cJSON_Parse(buf);
+  free(buf);
+  if (!cJSON_IsArray(root)) {
+    cJSON_Delete(root);
+    return KVS_ECORRUPT;
+  }
+  size_t n = (size_t)cJSON_GetArraySize(root);
+  kvs_rag_item *it = calloc(n ? n : 1, sizeof *it);
+  kvs_err err = it ? KVS_OK : KVS_ENOMEM;
+  for (size_t i = 0; !err && i < n; i++) {
+    cJSON *x = cJSON_GetArrayItem(root, (int)i);
+    cJSON *q = cJSON_GetObjectItem(x, "question"), *a = cJSON_GetObjectItem(x, "answers");
+    cJSON *c = cJSON_GetObjectItem(x, "ctxs");
+    if (!cJSON_IsString(q) || !cJSON_IsArray(a) || !cJSON_IsArray(c)) {
+      err = KVS_ECORRUPT;
+      break;
+    }
+    it[i].question = dupstr(q->valuestring);
+    it[i].n_answers = (size_t)cJSON_GetArraySize(a);
+    it[i].answers = calloc(it[i].n_answers ? it[i].n_answers : 1, sizeof(char *));
+    for (size_t j = 0; j < it[i].n_answers; j++) {
+      cJSON *s = cJSON_GetArrayItem(a, (int)j);
+      it[i].answers[j] = dupstr(cJSON_IsString(s) ? s->valuestring : "");
+    }
+    size_t np = (size_t)cJSON_GetArraySize(c);
+    if (np > KVS_RAG_MAX_PASSAGES) np = KVS_RAG_MAX_PASSAGES;
+    for (size_t j = 0; j < np; j++) {
+      cJSON *p = cJSON_GetArrayItem(c, (int)j);
+      cJSON *t = cJSON_GetObjectItem(p, "title"), *tx = cJSON_GetObjectItem(p, "text");
+      it[i].title[j] = dupstr(cJSON_IsString(t) ? t->valuestring : "");
+      it[i].text[j] = dupstr(cJSON_IsString(tx) ? tx->valuestring : "");
+    }
+    it[i].n_passages = np;
+  }
+  cJSON_Delete(root);
+  if (err) {
+    kvs_rag_items_free(it, n);
+    return err;
+  }
+  *out = it, *n_out = n;
+  return KVS_OK;
+}
+
+static kvs_err append(const kvs_tok *tok, const char *text, int special, kvs_rag_prompt *p,
+                      uint32_t *cap) {
+  size_t len = strlen(text), need = kvs_tok_bound(len) + 2, n = 0;
+  if (p->n_tokens + need > *cap) {
+    uint32_t nc = (uint32_t)((p->n_tokens + need) * 2);
+    int32_t *t = realloc(p->tokens, nc * sizeof *t);
+    if (!t) return KVS_ENOMEM;
+    p->tokens = t, *cap = nc;
+  }
+  KVS_TRY(kvs_tok_encode(tok, text, len, special, 0, p->tokens + p->n_tokens, *cap - p->n_tokens,
+                         &n));
+  p->start[p->n_segs] = p->n_tokens;
+  p->len[p->n_segs] = (uint32_t)n;
+  p->n_tokens += (uint32_t)n;
+  p->n_segs++;
+  return KVS_OK;
+}
+
+kvs_err kvs_rag_prompt_build(const kvs_tok *tok, const kvs_rag_item *item, kvs_rag_prompt *p) {
+  memset(p, 0, sizeof *p);
+  uint32_t cap = 0;
+  kvs_err err = append(tok, INSTRUCTION, 1, p, &cap);
+  for (size_t i = 0; !err && i < item->n_passages; i++) {
+    size_t n = strlen(item->title[i]) + strlen(item->text[i]) + 16;
+    char *s = malloc(n);
+    if (!s) return KVS_ENOMEM;
+    snprintf(s, n, "%s\n%s\n\n", item->title[i], item->text[i]);
+    err = append(tok, s, 0, p, &cap); /* passage text never parses special tokens */
+    free(s);
+  }
+  if (!err) {
+    size_t n = strlen(item->question) + 128;
+    char *s = malloc(n);
+    if (!s) return KVS_ENOMEM;
+    snprintf(s, n, "Question: %s<|im_end|>\n<|im_start|>assistant\n", item->question);
+    err = append(tok, s, 1, p, &cap);
+    free(s);
+  }
+  if (err) kvs_rag_prompt_free(p);
+  return err;
+}
+
+void kvs_rag_prompt_free(kvs_rag_prompt *p) {
+  free(p->tokens);
+  memset(p, 0, sizeof *p);
+}
+
+kvs_err kvs_rag_chunk_kv(kvs_engine *e, const int32_t *tokens, uint32_t n, void *out) {
+  kvs_engine_info in;
+  KVS_TRY(e->ops->info(e, &in));
+  kvs_engine_seq *s;
+  KVS_TRY(e->ops->seq_create(e, n, &s));
+  kvs_err err = e->ops->prefill(e, s, tokens, n, 0, NULL);
+  size_t plane = (size_t)kvs_layout_plane_elems(&in.layout, n) * kvs_dtype_size(in.layout.dtype);
+  for (uint32_t l = 0; !err && l < in.layout.n_layers; l++)
+    err = e->ops->kv_read(e, s, l, 0, n, (char *)out + 2 * l * plane,
+                          (char *)out + (2 * l + 1) * plane);
+  e->ops->seq_free(e, s);
+  return err;
+}
+
+/* greedy continuation from the logits of the last prompt token */
+static kvs_err decode(kvs_engine *e, const kvs_tok *tok, kvs_engine_seq *s, float *logits,
+                      uint32_t n_vocab, uint32_t max_new, kvs_rag_answer *a) {
+  kvs_token end = kvs_tok_find(tok, "<|im_end|>"), eos = kvs_tok_eos(tok);
+  a->n = 0;
+  if (max_new > KVS_RAG_MAX_ANSWER) max_new = KVS_RAG_MAX_ANSWER;
+  for (uint32_t i = 0; i < max_new; i++) {
+    int32_t t = kvs_argmax(logits, n_vocab);
+    if (t == end || t == eos) break;
+    a->ids[a->n++] = t;
+    if (i + 1 < max_new) KVS_TRY(e->ops->prefill(e, s, &t, 1, 0, logits));
+  }
+  size_t n = 0;
+  kvs_err de = kvs_tok_decode(tok, a->ids, a->n, a->text, sizeof a->text, &n);
+  return de == KVS_ERANGE ? KVS_OK : de; /* a long answer is cut, not an error */
+}
+
+kvs_err kvs_rag_answer_full(kvs_engine *e, const kvs_tok *tok, const kvs_rag_prompt *p,
+                            uint32_t max_new, kvs_rag_answer *a) {
+  kvs_engine_info in;
+  KVS_TRY(e->ops->info(e, &in));
+  float *lg = malloc(in.n_vocab * sizeof *lg);
+  if (!lg) return KVS_ENOMEM;
+  kvs_engine_seq *s;
+  kvs_err err = e->ops->seq_create(e, p->n_tokens + max_new + 1, &s);
+  if (err) {
+    free(lg);
+    return err;
+  }
+  uint64_t t0 = kvs_now_ns();
+  err = e->ops->prefill(e, s, p->tokens, p->n_tokens, 0, lg);
+  a->ttft_s = (kvs_now_ns() - t0) / 1e9;
+  memset(&a->blend, 0, sizeof a->blend);
+  if (!err && a->first_logits) memcpy(a->first_logits, lg, in.n_vocab * sizeof *lg);
+  if (!err) err = decode(e, tok, s, lg, in.n_vocab, max_new, a);
+  e->ops->seq_free(e, s);
+  free(lg);
+  return err;
+}
+
+kvs_err kvs_rag_answer_blend(kvs_engine *e, const kvs_tok *tok, const kvs_rag_prompt *p,
+                             const int *seg_cached, kvs_blend_load_fn load, void *ctx,
+                             const kvs_blend_opts *o, uint32_t max_new, kvs_rag_answer *a) {
+  kvs_engine_info in;
+  KVS_TRY(e->ops->info(e, &in));
+  kvs_blend_segment segs[KVS_RAG_MAX_PASSAGES + 2];
+  for (uint32_t i = 0; i < p->n_segs; i++) {
+    segs[i].kind = i == 0 ? KVS_SEG_PREFIX : i + 1 == p->n_segs ? KVS_SEG_NEW : KVS_SEG_CONTENT;
+    segs[i].tokens = p->tokens + p->start[i];
+    segs[i].n_tokens = p->len[i];
+    segs[i].stored_pos0 = 0;
+    segs[i].cached = i + 1 < p->n_segs && seg_cached[i];
+  }
+  float *lg = malloc(in.n_vocab * sizeof *lg);
+  if (!lg) return KVS_ENOMEM;
+  kvs_engine_seq *s;
+  kvs_err err = e->ops->seq_create(e, p->n_tokens + max_new + 1, &s);
+  if (err) {
+    free(lg);
+    return err;
+  }
+  uint64_t t0 = kvs_now_ns();
+  err = kvs_blend_run(e, s, segs, p->n_segs, load, ctx, o, lg, &a->blend);
+  a->ttft_s = (kvs_now_ns() - t0) / 1e9;
+  if (!err && a->first_logits) memcpy(a->first_logits, lg, in.n_vocab * sizeof *lg);
+  if (!err) err = decode(e, tok, s, lg, in.n_vocab, max_new, a);
+  e->ops->seq_free(e, s);
+  free(lg);
+  return err;
+}
+
+/* ------------------------------------------------------------ scoring */
+static size_t normalize(const char *s, char *out, size_t cap) {
+  size_t k = 0;
+  int space = 1;
+  for (const unsigned char *p = (const unsigned char *)s; *p && k + 1 < cap; p++) {
+    int c = *p;
+    if (isalnum(c) || c >= 0x80) {
+      out[k++] = (char)tolower(c);
+      space = 0;
+    } else if (isspace(c) || c == '-' || c == '/') {
+      if (!space) out[k++] = ' ';
+      space = 1;
+    } /* other punctuation dropped */
+  }
+  while (k && out[k - 1] == ' ') k--;
+  out[k] = 0;
+  return k;
+}
+
+/* split into words, dropping a, an, the */
+static size_t words(char *s, char **w, size_t cap) {
+  size_t n = 0;
+  for (char *t = strtok(s, " "); t && n < cap; t = strtok(NULL, " "))
+    if (strcmp(t, "a") && strcmp(t, "an") && strcmp(t, "the")) w[n++] = t;
+  return n;
+}
+
+static double f1_one(const char *pred, const char *gold) {
+  char a[1024], b[1024];
+  normalize(pred, a, sizeof a), normalize(gold, b, sizeof b);
+  char *wa[128], *wb[128];
+  size_t na = words(a, wa, 128), nb = words(b, wb, 128);
+  if (na == 0 || nb == 0) return na == nb;
+  int used[128] = {0};
+  size_t common = 0;
+  for (size_t i = 0; i < na; i++)
+    for (size_t j = 0; j < nb; j++)
+      if (!used[j] && strcmp(wa[i], wb[j]) == 0) {
+        used[j] = 1, common++;
+        break;
+      }
+  if (!common) return 0;
+  double p = (double)common / na, r = (double)common / nb;
+  return 2 * p * r / (p + r);
+}
+
+double kvs_rag_f1(const char *pred, char *const *golds, size_t n) {
+  double best = 0;
+  for (size_t i = 0; i < n; i++) best = fmax(best, f1_one(pred, golds[i]));
+  return best;
+}
+
+int kvs_rag_same_answer(const char *x, const char *y) {
+  char a[1024], b[1024];
+  normalize(x, a, sizeof a), normalize(y, b, sizeof b);
+  return strcmp(a, b) == 0;
+}
+
+double kvs_rag_kl(const float *lp, const float *lq, uint32_t n) {
+  double mp = -INFINITY, mq = -INFINITY, zp = 0, zq = 0, kl = 0;
+  for (uint32_t i = 0; i < n; i++) mp = fmax(mp, lp[i]), mq = fmax(mq, lq[i]);
+  for (uint32_t i = 0; i < n; i++) zp += exp(lp[i] - mp), zq += exp(lq[i] - mq);
+  for (uint32_t i = 0; i < n; i++) {
+    double p = exp(lp[i] - mp) / zp;
+    if (p > 0) kl += p * ((lp[i] - mp - log(zp)) - (lq[i] - mq - log(zq)));
+  }
+  return kl < 0 ? 0 : kl;
+}
