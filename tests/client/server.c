@@ -54,14 +54,21 @@ int test_server_start_flag(test_server *s, const char *mode, const char *flag) {
     return 77;
   }
   s->real = 1;
+  snprintf(s->bin, sizeof s->bin, "%s", bin);
+  if (flag) snprintf(s->flag, sizeof s->flag, "%s", flag);
   snprintf(s->dir, sizeof s->dir, "/tmp/kvs-client-test.XXXXXX");
   if (!mkdtemp(s->dir)) return 1;
   int port = free_port();
   if (port < 0) return 1;
   snprintf(s->url, sizeof s->url, "tcp://127.0.0.1:%d", port);
+  return test_server_restart(s);
+}
+
+int test_server_restart(test_server *s) {
   char a_listen[200], a_data[300];
   snprintf(a_listen, sizeof a_listen, "--listen=%s", s->url);
   snprintf(a_data, sizeof a_data, "--data_dir=%s/data", s->dir);
+  const char *bin = s->bin, *flag = s->flag[0] ? s->flag : NULL;
   s->pid = fork();
   if (s->pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
@@ -91,28 +98,29 @@ int test_server_start_flag(test_server *s, const char *mode, const char *flag) {
   return 0;
 }
 
+void test_server_kill(test_server *s) {
+  if (s->pid <= 0) return;
+  kill(s->pid, SIGTERM);
+  int st;
+  for (int i = 0; i < 100; i++) {
+    if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+      s->pid = 0;
+      return;
+    }
+    struct timespec ts = {0, 50 * 1000000};
+    nanosleep(&ts, NULL);
+  }
+  kill(s->pid, SIGKILL);
+  waitpid(s->pid, &st, 0);
+  s->pid = 0;
+}
+
 void test_server_stop(test_server *s) {
   if (s->fake) {
     fake_kvstashd_stop(s->fake);
     unlink(s->url + 6);
     s->fake = NULL;
   }
-  if (s->pid > 0) {
-    kill(s->pid, SIGTERM);
-    int st;
-    for (int i = 0; i < 100; i++) {
-      if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-        s->pid = 0;
-        break;
-      }
-      struct timespec ts = {0, 50 * 1000000};
-      nanosleep(&ts, NULL);
-    }
-    if (s->pid > 0) {
-      kill(s->pid, SIGKILL);
-      waitpid(s->pid, &st, 0);
-      s->pid = 0;
-    }
-  }
+  test_server_kill(s);
   if (s->real) rm_rf(s->dir);
 }

@@ -10,6 +10,8 @@ typedef struct test_server {
   pid_t pid;
   char url[128];
   char dir[256];
+  char bin[512];
+  char flag[128];
   void *fake;
 } test_server;
 
@@ -19,4 +21,8 @@ int test_server_start(test_server *s, const char *mode);
 /* Same, with one extra kvstashd flag (e.g. "--tenant=a:secret"; NULL = none). */
 int test_server_start_flag(test_server *s, const char *mode, const char *flag);
 void test_server_stop(test_server *s);
+/* Real server only: stops the daemon keeping its data dir (and URL). */
+void test_server_kill(test_server *s);
+/* Real server only: starts it again on the same URL and data dir. */
+int test_server_restart(test_server *s);
 #endif

@@ -351,6 +351,67 @@ static void test_codec(void) {
   free(hout), free(out), free(kv), free(tok);
 }
 
+/* Many chunks in one lookup: split into protocol-sized batches. */
+static void test_lookup_many(void) {
+  enum { N = 5000 };
+  int32_t *tok = make_tokens(N);
+  kvs_chunk *ch = malloc(N * sizeof *ch);
+  uint8_t *st = malloc(N);
+  size_t n = 0, np = 0;
+  CU_ASSERT_EQUAL_FATAL(kvs_chunk_prefix(&model, tok, N, 1, 0, ch, N, &n), KVS_OK);
+  uint16_t *kv = make_kv(1);
+  for (int i = 0; i < 3; i++)
+    CU_ASSERT_EQUAL(kvs_put(cl, &model, tok, &ch[i], &lay, kv, NULL), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_put(cl, &model, tok, &ch[4500], &lay, kv, NULL), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_lookup(cl, &model, tok, N, ch, N, KVS_LOOKUP_EACH, st, &np), KVS_OK);
+  CU_ASSERT_EQUAL(np, 3);
+  CU_ASSERT(st[0] && st[2] && !st[3] && st[4500] && !st[4499] && !st[4999]);
+  size_t hits = 0;
+  for (int i = 0; i < N; i++)
+    hits += st[i] != 0;
+  CU_ASSERT_EQUAL(hits, 4);
+  CU_ASSERT_EQUAL(kvs_lookup(cl, &model, tok, N, ch, N, KVS_LOOKUP_PREFIX, st, &np), KVS_OK);
+  CU_ASSERT_EQUAL(np, 3);
+  CU_ASSERT(!st[4500]); /* prefix mode stops at the first miss */
+  free(kv), free(st), free(ch), free(tok);
+}
+
+/* The daemon goes away and comes back on the same port and data dir: calls
+ * fail with KVS_ECONN (not a hang) while it is down, the same client works
+ * again after, and what was stored is still there. */
+static void test_restart(void) {
+  if (!srv.real) {
+    fprintf(stderr, "(stand-in cannot restart: test not run)\n");
+    return;
+  }
+  const uint32_t T = 32;
+  int32_t *tok = make_tokens(T);
+  uint16_t *kv = make_kv(T);
+  kvs_span sp = {0, T};
+  kvs_chunk ch;
+  kvs_chunk_spans(&model, tok, T, &sp, 1, &ch);
+  kvs_put_opts po = {.flags = KVS_PUT_SYNC};
+  CU_ASSERT_EQUAL(kvs_put(cl, &model, tok, &ch, &lay, kv, &po), KVS_OK);
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = srv.url;
+  o.tenant = tenant;
+  o.request_timeout_ms = 300;
+  kvs_client *quick = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &quick), KVS_OK);
+  test_server_kill(&srv);
+  CU_ASSERT_EQUAL(kvs_ping(quick), KVS_ECONN);
+  CU_ASSERT_PTR_NOT_NULL(strstr(kvs_client_errmsg(quick), "no connection"));
+  CU_ASSERT_EQUAL_FATAL(test_server_restart(&srv), 0);
+  CU_ASSERT_EQUAL(kvs_ping(cl), KVS_OK); /* the long-deadline client redials on its own */
+  uint64_t nb = kvs_get_bound(&lay, T, NULL);
+  uint16_t *out = malloc(nb);
+  CU_ASSERT_EQUAL(kvs_get(cl, &model, tok, &ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, kv, nb) == 0);
+  kvs_client_free(quick);
+  free(out), free(kv), free(tok);
+}
+
 /* Auth: a second daemon with one tenant and its token. */
 static void test_auth(void) {
   if (!srv.real) {
@@ -406,6 +467,8 @@ static const kvs_test_case cases[] = {{"ping", test_ping},
                                       {"async_batch", test_async_batch},
                                       {"codec", test_codec},
                                       {"auth", test_auth},
+                                      {"lookup_many", test_lookup_many},
+                                      {"restart", test_restart},
                                       {NULL, NULL}};
 
 int main(int argc, char **argv) {
