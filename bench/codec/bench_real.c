@@ -178,7 +178,8 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
   const char *dl = getenv("KVS_BENCH_DENSE");
   char dbuf[2048];
   snprintf(dbuf, sizeof dbuf, "%s",
-           dl ? dl : "1,5,0.35,0.35,0;1,5,0.5,0.5,0;1,5,0.7,0.7,0;1,5,1.0,1.0,0");
+           dl ? dl : "8,12,0.2,0.2,0;8,12,0.25,0.25,0;8,12,0.35,0.35,0;8,12,0.5,0.5,0;8,12,0.7,0.7,0;"
+           "8,12,1.0,1.0,0;9,13,0.35,0.35,0;9,13,0.5,0.5,0;0,0,0.35,0.35,0;0,0,0.5,0.5,0");
   for (char *sv = NULL, *tokn = strtok_r(dbuf, ";", &sv); tokn && nc < 64;
        tokn = strtok_r(NULL, ";", &sv)) {
     unsigned kf, vf, fl;
