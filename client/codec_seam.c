@@ -205,14 +205,13 @@ static void raw_rows(const uint8_t *src, uint8_t *dst, uint32_t n, uint32_t D, u
     if (sdt == ddt) {
       memcpy(dst, src, srow);
     } else {
-      float *o = (float *)(void *)dst;
-      const uint16_t *s = (const uint16_t *)(const void *)src;
-      if (sdt == KVS_DTYPE_F16)
-        for (uint32_t i = 0; i < D; i++)
-          o[i] = kvs_f16_to_f32(s[i]);
-      else
-        for (uint32_t i = 0; i < D; i++)
-          o[i] = kvs_bf16_to_f32(s[i]);
+      /* bytes from the wire need not be aligned: load and store through memcpy */
+      for (uint32_t i = 0; i < D; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * (size_t)i, 2);
+        float f = sdt == KVS_DTYPE_F16 ? kvs_f16_to_f32(h) : kvs_bf16_to_f32(h);
+        memcpy(dst + 4 * (size_t)i, &f, 4);
+      }
     }
   }
 }
@@ -232,6 +231,8 @@ kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *by
     KVS_RETURN_ERROR_IF(len != want, KVS_ECORRUPT, "raw group size");
     if (dtype != l->dtype && dtype != KVS_DTYPE_F32) return KVS_ENOTSUP;
     const size_t dplane = (size_t)T * Hn * drow;
+    KVS_RETURN_ERROR_IF(2 * (uint64_t)l->n_layers * dplane > out_bytes, KVS_ERANGE,
+                        "raw output size");
     const uint8_t *p = bytes;
     for (uint32_t h = hb; h < he; h++)
       for (uint32_t ly = lb; ly < le; ly++)
