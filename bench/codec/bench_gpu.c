@@ -69,6 +69,7 @@ void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const 
     }
     size_t wsn = kvs_gpu_codec_workspace_bound(&info);
     cudaMalloc(&ws, wsn);
+    kvs_gpu_codec_workspace_init(ws, NULL);
     cudaMemcpy(db, hb, len, cudaMemcpyHostToDevice);
     kvs_codec_out o = kvs_codec_out_contiguous(d_out, ob, KVS_DTYPE_F16);
     kvs_err rc = kvs_gpu_codec_decode(&info, db, &o, ws, wsn, NULL); /* warm-up */

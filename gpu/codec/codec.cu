@@ -518,7 +518,6 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
     starts[g] = info->seg_offset[g] - base_off;
     lens[g] = info->seg_offset[g + 1] - info->seg_offset[g];
   }
-  KVS_CUDA_TRY(cudaMemsetAsync(ws + w.flag, 0, 4, st));
   KVS_CUDA_TRY(cudaMemcpyAsync(ws + w.seg_start, starts, 8ull * info->n_segments,
                                cudaMemcpyHostToDevice, st));
   KVS_CUDA_TRY(cudaMemcpyAsync(ws + w.seg_len, lens, 8ull * info->n_segments,
@@ -620,11 +619,19 @@ extern "C" kvs_err kvs_gpu_codec_decode_segment(const kvs_codec_info *info, uint
                 (cudaStream_t)stream);
 }
 
+extern "C" kvs_err kvs_gpu_codec_workspace_init(void *d_ws, void *stream) {
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  if (!d_ws) return KVS_EINVAL;
+  KVS_CUDA_TRY(cudaMemsetAsync(d_ws, 0, 256, (cudaStream_t)stream));
+  return KVS_OK;
+}
+
 extern "C" kvs_err kvs_gpu_codec_status(void *d_ws, void *stream) {
   if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
   if (!d_ws) return KVS_EINVAL;
   int flag = 0;
   KVS_CUDA_TRY(cudaMemcpyAsync(&flag, d_ws, 4, cudaMemcpyDeviceToHost, (cudaStream_t)stream));
   KVS_CUDA_TRY(cudaStreamSynchronize((cudaStream_t)stream));
+  if (flag) KVS_CUDA_TRY(cudaMemset(d_ws, 0, 4)); /* the next call starts clean */
   return flag ? KVS_ERR_AT(KVS_ECORRUPT, "GPU decode found a malformed stream") : KVS_OK;
 }

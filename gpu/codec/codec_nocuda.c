@@ -20,6 +20,11 @@ kvs_err kvs_gpu_codec_decode_segment(const kvs_codec_info *info, uint32_t g, con
   return KVS_ENODEV;
 }
 
+kvs_err kvs_gpu_codec_workspace_init(void *d_ws, void *stream) {
+  (void)d_ws, (void)stream;
+  return KVS_ENODEV;
+}
+
 kvs_err kvs_gpu_codec_status(void *d_ws, void *stream) {
   (void)d_ws, (void)stream;
   return KVS_ENODEV;

@@ -45,9 +45,13 @@ kvs_err kvs_gpu_codec_decode_segment(const kvs_codec_info *info, uint32_t g, con
                                      const kvs_codec_out *out, void *d_ws, size_t ws_len,
                                      void *stream);
 
-/* Waits for `stream` and returns KVS_OK, KVS_ECORRUPT when a kernel found a
- * malformed stream since the workspace was last used (its output is then
- * undefined and must not be used), or the CUDA error. */
+/* Zeroes the workspace's status word: once, after allocating it. */
+kvs_err kvs_gpu_codec_workspace_init(void *d_ws, void *stream);
+
+/* Waits for `stream` and returns KVS_OK, or KVS_ECORRUPT when a kernel found
+ * a malformed stream in any decode enqueued with this workspace since the
+ * last status call (the output of those calls must then not be used), or
+ * the CUDA error. Resets the status word. */
 kvs_err kvs_gpu_codec_status(void *d_ws, void *stream);
 
 #ifdef __cplusplus

@@ -88,6 +88,7 @@ static void one(int profile, const kvs_layout *l, uint32_t T, uint32_t lpg, uint
   CK(cudaMemcpy(db, b, len, cudaMemcpyHostToDevice));
   size_t wsn = kvs_gpu_codec_workspace_bound(&info);
   CK(cudaMalloc((void **)&ws, wsn));
+  CU_ASSERT_EQUAL(kvs_gpu_codec_workspace_init(ws, NULL), KVS_OK);
   /* whole chunk, contiguous */
   uint8_t *dout = dalloc_guarded(ne * 2);
   CU_ASSERT_PTR_NOT_NULL_FATAL(dout);
