@@ -1,10 +1,14 @@
 /* dataplane.c - the nng REP data plane of kvstashd.
  *
- * One REP socket listening on every configured URL (tcp:// and ipc:// at
- * once); `workers` threads, each with its own REP context and aio, receive a
- * frame, decode it, check auth before anything else, run it against the store
- * and send one answer. nng bounds the frame size (recv-size-max) before it is
- * buffered; the decoders bound everything inside it. */
+ * One REP socket listening on every configured URL (tcp://, ipc://, tls+tcp://
+ * at once) with a pool of asynchronous REP contexts. A context's callback (on
+ * nng's task threads) decodes the frame, checks auth before anything else and
+ * answers at once what never blocks: PING, EXISTS, LOOKUP, STATS and GETs
+ * served from the RAM tier. Everything that may touch the disk (PUT, GETs from
+ * T1/T2, DELETE, PIN, TTL, LIST, EXPORT, IMPORT) is queued to `workers`
+ * threads. A request that waited in that queue past request_deadline_ms is
+ * answered KVS_ETIMEDOUT without being run. nng bounds the frame size
+ * (recv-size-max) before it is buffered; the decoders bound everything inside. */
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/supplemental/tls/tls.h>
@@ -15,17 +19,17 @@
 
 #include "svc_int.h"
 
-enum { W_IDLE = 0, W_RECV = 1, W_BUSY = 2 };
-
-typedef struct worker {
-  pthread_t th;
+typedef struct rctx {
+  struct kvs__dataplane *d;
   nng_ctx ctx;
   nng_aio *aio;
-  pthread_mutex_t mu;
-  int state;
-  int started;
-  struct kvs__dataplane *d;
-} worker;
+  int open;
+  int sending;
+  nng_msg *req;    /* while queued for a worker */
+  uint64_t t0;     /* when the request arrived */
+  uint16_t op;
+  struct rctx *next;
+} rctx;
 
 struct kvs__dataplane {
   kvs_svc_config cfg;
@@ -34,9 +38,16 @@ struct kvs__dataplane {
   nng_socket sock;
   int sock_open;
   nng_tls_config *tls;
-  worker *w;
+  rctx *ctx;
+  int nctx;
+  pthread_t *workers;
   int nw;
-  atomic_int draining;
+  pthread_mutex_t qmu;
+  pthread_cond_t qcv;
+  rctx *qhead, *qtail;
+  int qstop;
+  atomic_int draining, closing;
+  atomic_int inflight;
 };
 
 /* ------------------------------------------------------------ answers */
@@ -111,12 +122,18 @@ static int auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h) {
 }
 
 /* ---------------------------------------------------------------- ops */
-static nng_msg *op_get(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant) {
+static nng_msg *op_get(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant, int fast,
+                       int *defer) {
   const kvs_wire_get_req *g = &r->u.get;
   kvs__skey sk;
   kvs__store_skey(d->st, tenant, &g->key, &sk);
   kvs__vref v;
-  kvs_err rc = kvs__store_get(d->st, &sk, &g->model, g->tokens_le, g->n_tokens, &v);
+  kvs_err rc = fast ? kvs__store_get_t0(d->st, &sk, &g->model, g->tokens_le, g->n_tokens, &v)
+                    : kvs__store_get(d->st, &sk, &g->model, g->tokens_le, g->n_tokens, &v);
+  if (rc == KVS_EAGAIN && fast) {
+    *defer = 1;
+    return NULL;
+  }
   if (rc != KVS_OK) return answer_err(KVS_OP_GET, r->hdr.req_id, rc, NULL);
   uint32_t nseg = v.m.n_segments;
   kvs_wire_get_resp a;
@@ -275,13 +292,20 @@ static nng_msg *op_import(kvs__dataplane *d, const kvs_wire_req *r, const char *
   return out;
 }
 
-static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r) {
+/* fast: on an nng task thread, answer only what cannot block; set *defer for
+ * the rest. */
+static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int *defer) {
   char tenant[KVS_WIRE_TENANT_MAX + 1];
   kvs_wire_hdr_tenant(&r->hdr, tenant);
   uint16_t op = r->hdr.op;
   uint64_t id = r->hdr.req_id;
   kvs__skey sk;
   kvs_err rc;
+  if (fast && op != KVS_OP_PING && op != KVS_OP_GET && op != KVS_OP_LOOKUP &&
+      op != KVS_OP_EXISTS && op != KVS_OP_STATS) {
+    *defer = 1;
+    return NULL;
+  }
   switch (op) {
   case KVS_OP_PING: return answer_alloc(op, id, KVS_OK, 0);
   case KVS_OP_PUT: {
@@ -293,7 +317,7 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r) {
     if (rc == KVS_OK) KVS__INC(d->met, KVS_STAT_BYTES_IN, r->u.put.meta.value_bytes);
     return rc == KVS_OK ? answer_alloc(op, id, KVS_OK, 0) : answer_err(op, id, rc, NULL);
   }
-  case KVS_OP_GET: return op_get(d, r, tenant);
+  case KVS_OP_GET: return op_get(d, r, tenant, fast, defer);
   case KVS_OP_LOOKUP: return op_lookup(d, r, tenant);
   case KVS_OP_EXISTS: {
     kvs__store_skey(d->st, tenant, &r->u.key.key, &sk);
@@ -328,14 +352,15 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r) {
   }
 }
 
-/* One frame in, one answer out. Never fails to answer (except out of memory). */
-static nng_msg *handle(kvs__dataplane *d, nng_msg *req, uint16_t *op_out) {
+/* One frame in, one answer out (NULL only when out of memory, or with
+ * *defer set when `fast` and the request needs a worker). */
+static nng_msg *handle(kvs__dataplane *d, nng_msg *req, int fast, uint16_t *op_out, int *defer) {
   const uint8_t *body = nng_msg_body(req);
   size_t len = nng_msg_len(req);
-  KVS__INC(d->met, KVS_STAT_REQUESTS, 1);
   kvs_wire_hdr h;
   kvs_err rc = kvs_wire_hdr_decode(body, len, &h);
   *op_out = 0;
+  *defer = 0;
   if (rc != KVS_OK) {
     uint64_t id = 0;
     if (len >= 24) memcpy(&id, body + 16, 8);
@@ -352,62 +377,105 @@ static nng_msg *handle(kvs__dataplane *d, nng_msg *req, uint16_t *op_out) {
     KVS_LOGW("data", "auth refused", "tenant=%s op=%s", t, kvs_wire_op_name(h.op));
     return answer_err(h.op, h.req_id, KVS_EAUTH, NULL);
   }
-  if (atomic_load(&d->draining)) return answer_err(h.op, h.req_id, KVS_EBUSY, "draining");
+  if (fast && atomic_load(&d->draining)) return answer_err(h.op, h.req_id, KVS_EBUSY, "draining");
   kvs_wire_req r;
   rc = kvs_wire_req_decode(body, len, &r);
   if (rc != KVS_OK) {
     atomic_fetch_add_explicit(&d->met->bad_frames, 1, memory_order_relaxed);
     return answer_err(h.op, h.req_id, rc, "bad payload");
   }
-  return dispatch(d, &r);
+  return dispatch(d, &r, fast, defer);
+}
+
+static void rctx_send(rctx *c, nng_msg *rep) {
+  kvs__dataplane *d = c->d;
+  KVS__INC(d->met, KVS_STAT_REQUESTS, 1);
+  if (!rep) { /* out of memory: no answer (the client times out), next request */
+    KVS__INC(d->met, KVS_STAT_ERRORS, 1);
+    atomic_fetch_sub(&d->inflight, 1);
+    if (!atomic_load(&d->closing)) nng_ctx_recv(c->ctx, c->aio);
+    return;
+  }
+  int32_t st;
+  memcpy(&st, (uint8_t *)nng_msg_body(rep) + 12, 4);
+  if (st != 0) KVS__INC(d->met, KVS_STAT_ERRORS, 1);
+  c->sending = 1;
+  nng_aio_set_msg(c->aio, rep);
+  nng_ctx_send(c->ctx, c->aio);
+}
+
+static void rctx_cb(void *arg) {
+  rctx *c = arg;
+  kvs__dataplane *d = c->d;
+  int rv = nng_aio_result(c->aio);
+  if (c->sending) {
+    c->sending = 0;
+    if (rv != 0) nng_msg_free(nng_aio_get_msg(c->aio));
+    uint64_t dt = kvs_now_ns() - c->t0;
+    if (c->op >= 1 && c->op <= KVS__OP_MAX) kvs__hist_observe(&d->met->op_latency[c->op], dt);
+    atomic_fetch_sub(&d->inflight, 1);
+    if (!atomic_load(&d->closing)) nng_ctx_recv(c->ctx, c->aio);
+    return;
+  }
+  if (rv != 0) {
+    if (rv != NNG_ECLOSED && rv != NNG_ECANCELED && !atomic_load(&d->closing))
+      nng_ctx_recv(c->ctx, c->aio);
+    return;
+  }
+  nng_msg *req = nng_aio_get_msg(c->aio);
+  atomic_fetch_add(&d->inflight, 1);
+  c->t0 = kvs_now_ns();
+  int defer = 0;
+  nng_msg *rep = handle(d, req, 1, &c->op, &defer);
+  if (defer) {
+    c->req = req;
+    pthread_mutex_lock(&d->qmu);
+    c->next = NULL;
+    if (d->qtail) d->qtail->next = c;
+    else d->qhead = c;
+    d->qtail = c;
+    pthread_cond_signal(&d->qcv);
+    pthread_mutex_unlock(&d->qmu);
+    return;
+  }
+  nng_msg_free(req);
+  rctx_send(c, rep);
 }
 
 static void *worker_main(void *arg) {
-  worker *w = arg;
-  kvs__dataplane *d = w->d;
+  kvs__dataplane *d = arg;
   for (;;) {
-    pthread_mutex_lock(&w->mu);
-    if (atomic_load(&d->draining)) {
-      pthread_mutex_unlock(&w->mu);
+    pthread_mutex_lock(&d->qmu);
+    while (!d->qhead && !d->qstop) pthread_cond_wait(&d->qcv, &d->qmu);
+    rctx *c = d->qhead;
+    if (!c) { /* stopping and nothing left */
+      pthread_mutex_unlock(&d->qmu);
       break;
     }
-    w->state = W_RECV;
-    nng_ctx_recv(w->ctx, w->aio);
-    pthread_mutex_unlock(&w->mu);
-    nng_aio_wait(w->aio);
-    pthread_mutex_lock(&w->mu);
-    w->state = W_BUSY;
-    pthread_mutex_unlock(&w->mu);
-    int r = nng_aio_result(w->aio);
-    if (r != 0) {
-      if (r == NNG_ECLOSED || r == NNG_ECANCELED || atomic_load(&d->draining)) break;
-      continue;
-    }
-    uint64_t t0 = kvs_now_ns();
-    nng_msg *req = nng_aio_get_msg(w->aio);
-    uint16_t op = 0;
-    nng_msg *rep = handle(d, req, &op);
-    nng_msg_free(req);
-    if (rep) {
-      int32_t st;
-      memcpy(&st, (uint8_t *)nng_msg_body(rep) + 12, 4);
-      if (st != 0) KVS__INC(d->met, KVS_STAT_ERRORS, 1);
-      nng_aio_set_msg(w->aio, rep);
-      nng_ctx_send(w->ctx, w->aio);
-      nng_aio_wait(w->aio);
-      if (nng_aio_result(w->aio) != 0) nng_msg_free(rep);
-    }
-    uint64_t dt = kvs_now_ns() - t0;
-    if (op >= 1 && op <= KVS__OP_MAX) kvs__hist_observe(&d->met->op_latency[op], dt);
-    if (dt > (uint64_t)d->cfg.deadline_ms * 1000000ull) {
+    d->qhead = c->next;
+    if (!d->qhead) d->qtail = NULL;
+    pthread_mutex_unlock(&d->qmu);
+    nng_msg *rep;
+    uint64_t waited = kvs_now_ns() - c->t0;
+    if (waited > (uint64_t)d->cfg.deadline_ms * 1000000ull) {
       atomic_fetch_add_explicit(&d->met->timeouts, 1, memory_order_relaxed);
-      KVS_LOGW("data", "request over deadline", "op=%s ms=%llu", kvs_wire_op_name(op),
-               (unsigned long long)(dt / 1000000));
+      kvs_wire_hdr h;
+      uint64_t id = 0;
+      if (kvs_wire_hdr_decode(nng_msg_body(c->req), nng_msg_len(c->req), &h) == KVS_OK)
+        id = h.req_id;
+      rep = answer_err(c->op, id, KVS_ETIMEDOUT, "queued past the request deadline");
+    } else {
+      int defer = 0;
+      rep = handle(d, c->req, 0, &c->op, &defer);
     }
+    nng_msg_free(c->req);
+    c->req = NULL;
+    uint64_t dt = kvs_now_ns() - c->t0;
+    if (dt > (uint64_t)d->cfg.deadline_ms * 1000000ull)
+      KVS_LOGW("data", "request over deadline", "op=%s ms=%llu", kvs_wire_op_name(c->op),
+               (unsigned long long)(dt / 1000000));
+    rctx_send(c, rep);
   }
-  pthread_mutex_lock(&w->mu);
-  w->state = W_IDLE;
-  pthread_mutex_unlock(&w->mu);
   return NULL;
 }
 
@@ -450,50 +518,66 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
     }
     KVS_LOGI("data", "listening", "url=%s", c->listen[i]);
   }
+  pthread_mutex_init(&d->qmu, NULL);
+  pthread_cond_init(&d->qcv, NULL);
   d->nw = c->workers > 0 ? c->workers : 1;
-  d->w = calloc((size_t)d->nw, sizeof *d->w);
-  if (!d->w) {
+  d->workers = calloc((size_t)d->nw, sizeof *d->workers);
+  d->nctx = d->nw * 4 > 64 ? d->nw * 4 : 64;
+  d->ctx = calloc((size_t)d->nctx, sizeof *d->ctx);
+  if (!d->workers || !d->ctx) {
     kvs__dataplane_stop(d);
     return KVS_ENOMEM;
   }
   for (int i = 0; i < d->nw; i++) {
-    worker *w = &d->w[i];
-    w->d = d;
-    pthread_mutex_init(&w->mu, NULL);
-    if (nng_ctx_open(&w->ctx, d->sock) != 0 || nng_aio_alloc(&w->aio, NULL, NULL) != 0) {
+    if (pthread_create(&d->workers[i], NULL, worker_main, d) != 0) {
+      d->nw = i;
       kvs__dataplane_stop(d);
       return KVS_EINTERNAL;
     }
-    nng_ctx_set_ms(w->ctx, NNG_OPT_SENDTIMEO, (nng_duration)c->deadline_ms);
-    if (pthread_create(&w->th, NULL, worker_main, w) != 0) {
-      kvs__dataplane_stop(d);
-      return KVS_EINTERNAL;
-    }
-    w->started = 1;
   }
+  for (int i = 0; i < d->nctx; i++) {
+    rctx *x = &d->ctx[i];
+    x->d = d;
+    if (nng_aio_alloc(&x->aio, rctx_cb, x) != 0 || nng_ctx_open(&x->ctx, d->sock) != 0) {
+      kvs__dataplane_stop(d);
+      return KVS_EINTERNAL;
+    }
+    x->open = 1;
+    nng_ctx_set_ms(x->ctx, NNG_OPT_SENDTIMEO, (nng_duration)c->deadline_ms);
+  }
+  for (int i = 0; i < d->nctx; i++) nng_ctx_recv(d->ctx[i].ctx, d->ctx[i].aio);
   *out = d;
   return KVS_OK;
 }
 
 void kvs__dataplane_stop(kvs__dataplane *d) {
   if (!d) return;
+  /* Drain: new requests get KVS_EBUSY; wait (at most 10 s) for those in flight. */
   atomic_store(&d->draining, 1);
-  /* Wake workers waiting for a request; those answering one finish it. */
-  for (int i = 0; d->w && i < d->nw; i++) {
-    worker *w = &d->w[i];
-    if (!w->started) continue;
-    pthread_mutex_lock(&w->mu);
-    if (w->state == W_RECV) nng_aio_cancel(w->aio);
-    pthread_mutex_unlock(&w->mu);
+  for (int i = 0; i < 10000 && atomic_load(&d->inflight) > 0; i++) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
   }
-  for (int i = 0; d->w && i < d->nw; i++)
-    if (d->w[i].started) pthread_join(d->w[i].th, NULL);
+  atomic_store(&d->closing, 1);
   if (d->sock_open) nng_close(d->sock);
-  if (d->tls) nng_tls_config_free(d->tls);
-  for (int i = 0; d->w && i < d->nw; i++) {
-    if (d->w[i].aio) nng_aio_free(d->w[i].aio);
-    pthread_mutex_destroy(&d->w[i].mu);
+  d->sock_open = 0;
+  for (int i = 0; d->ctx && i < d->nctx; i++)
+    if (d->ctx[i].aio) nng_aio_stop(d->ctx[i].aio);
+  if (d->workers) {
+    pthread_mutex_lock(&d->qmu);
+    d->qstop = 1;
+    pthread_cond_broadcast(&d->qcv);
+    pthread_mutex_unlock(&d->qmu);
+    for (int i = 0; i < d->nw; i++) pthread_join(d->workers[i], NULL);
+    pthread_mutex_destroy(&d->qmu);
+    pthread_cond_destroy(&d->qcv);
   }
-  free(d->w);
+  for (int i = 0; d->ctx && i < d->nctx; i++) {
+    if (d->ctx[i].req) nng_msg_free(d->ctx[i].req);
+    if (d->ctx[i].aio) nng_aio_free(d->ctx[i].aio);
+  }
+  if (d->tls) nng_tls_config_free(d->tls);
+  free(d->ctx);
+  free(d->workers);
   free(d);
 }

@@ -675,6 +675,7 @@ static kvs_err get_impl(kvs__store *s, const kvs__skey *k, const kvs_model_id *m
   }
   pthread_mutex_unlock(&s->mu);
   if (rc != KVS_OK) return rc;
+  if (count_hit == 2) return KVS_EAGAIN; /* T0 only: the caller may not block */
 
   pthread_rwlock_t *sl = stripe_of(s, k);
   pthread_rwlock_rdlock(sl);
@@ -722,6 +723,13 @@ kvs_err kvs__store_get(kvs__store *s, const kvs__skey *k, const kvs_model_id *mo
                        const uint8_t *tokens_le, uint32_t n_tokens, kvs__vref *out) {
   kvs_err rc = get_impl(s, k, model, tokens_le, n_tokens, 1, out);
   KVS__INC(s->met, rc == KVS_OK ? KVS_STAT_HITS : KVS_STAT_MISSES, 1);
+  return rc;
+}
+
+kvs_err kvs__store_get_t0(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
+                          const uint8_t *tokens_le, uint32_t n_tokens, kvs__vref *out) {
+  kvs_err rc = get_impl(s, k, model, tokens_le, n_tokens, 2, out);
+  if (rc != KVS_EAGAIN) KVS__INC(s->met, rc == KVS_OK ? KVS_STAT_HITS : KVS_STAT_MISSES, 1);
   return rc;
 }
 
@@ -777,7 +785,9 @@ static kvs_err delete_impl(kvs__store *s, const kvs__skey *k, int only_expired) 
 
 kvs_err kvs__store_delete(kvs__store *s, const kvs__skey *k) { return delete_impl(s, k, 0); }
 
-static kvs_err rewrite_meta(kvs__store *s, const kvs__skey *k) {
+/* Rewrites e's metadata record. sync: pins and TTLs follow the durability
+ * mode; hit counters (advisory) never wait for an fsync. */
+static kvs_err rewrite_meta(kvs__store *s, const kvs__skey *k, int sync) {
   pthread_rwlock_t *sl = stripe_of(s, k);
   pthread_rwlock_wrlock(sl);
   pthread_mutex_lock(&s->mu);
@@ -797,7 +807,7 @@ static kvs_err rewrite_meta(kvs__store *s, const kvs__skey *k) {
     char km[KEYLEN];
     dbkey(km, 'm', k);
     char *err = NULL;
-    rocksdb_put(s->t[tier].db, s->cfg.durability_sync ? s->wo_sync : s->wo_async, km, KEYLEN,
+    rocksdb_put(s->t[tier].db, sync && s->cfg.durability_sync ? s->wo_sync : s->wo_async, km, KEYLEN,
                 (const char *)rec, rl, &err);
     rc = rerr(err, "put meta");
   }
@@ -812,7 +822,7 @@ kvs_err kvs__store_pin(kvs__store *s, const kvs__skey *k, int pin) {
   kvs_err rc = check_hit(e, NULL, NULL, 0, kvs_wall_ms());
   if (rc == KVS_OK) e->pinned = pin ? 1 : 0;
   pthread_mutex_unlock(&s->mu);
-  return rc == KVS_OK ? rewrite_meta(s, k) : rc;
+  return rc == KVS_OK ? rewrite_meta(s, k, 1) : rc;
 }
 
 kvs_err kvs__store_ttl(kvs__store *s, const kvs__skey *k, uint32_t ttl_s) {
@@ -826,7 +836,7 @@ kvs_err kvs__store_ttl(kvs__store *s, const kvs__skey *k, uint32_t ttl_s) {
     e->expire_ms = ttl_s ? now + 1000ull * ttl_s : 0;
   }
   pthread_mutex_unlock(&s->mu);
-  return rc == KVS_OK ? rewrite_meta(s, k) : rc;
+  return rc == KVS_OK ? rewrite_meta(s, k, 1) : rc;
 }
 
 void kvs__store_stats(kvs__store *s, uint64_t *v) {
@@ -910,7 +920,7 @@ kvs_err kvs__store_info(kvs__store *s, const kvs__skey *k, kvs__item *out) {
 }
 
 /* ------------------------------------------------------ maintenance */
-void kvs__store_tick(kvs__store *s) {
+void kvs__store_tick(kvs__store *s, int flush_counters) {
   enum { BATCH = 256 };
   kvs__skey ks[BATCH];
   int n = 0;
@@ -923,13 +933,14 @@ void kvs__store_tick(kvs__store *s) {
   for (int i = 0; i < n; i++)
     if (delete_impl(s, &ks[i], 1) == KVS_OK) KVS__INC(s->met, KVS_STAT_EXPIRED, 1);
   /* hit counters and last-used times go to disk lazily */
+  if (!flush_counters) return;
   n = 0;
   pthread_mutex_lock(&s->mu);
   for (size_t i = 0; i < s->nbucket && n < BATCH; i++)
     for (entry *e = s->bucket[i]; e && n < BATCH; e = e->hnext)
       if (e->dirty) ks[n++] = e->sk;
   pthread_mutex_unlock(&s->mu);
-  for (int i = 0; i < n; i++) (void)rewrite_meta(s, &ks[i]);
+  for (int i = 0; i < n; i++) (void)rewrite_meta(s, &ks[i], 0);
 }
 
 /* ------------------------------------------------------- open, close */
@@ -1116,7 +1127,7 @@ void kvs__store_close(kvs__store *s) {
       pthread_mutex_unlock(&s->mu);
       if (!n) break;
       for (int i = 0; i < n; i++)
-        if (rewrite_meta(s, &ks[i]) != KVS_OK) {
+        if (rewrite_meta(s, &ks[i], 0) != KVS_OK) {
           pthread_mutex_lock(&s->mu);
           entry *e = find(s, &ks[i]);
           if (e) e->dirty = 0;

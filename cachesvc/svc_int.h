@@ -72,8 +72,9 @@ typedef struct kvs__store kvs__store;
 kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store **out);
 /* Flushes hit counters and the WAL, closes. NULL does nothing. */
 void kvs__store_close(kvs__store *s);
-/* Maintenance: TTL expiry and hit-counter flush; called about once a second. */
-void kvs__store_tick(kvs__store *s);
+/* Maintenance, about once a second: TTL expiry; with flush_counters, hit
+ * counters and last-use times written back (without fsync). */
+void kvs__store_tick(kvs__store *s, int flush_counters);
 
 void kvs__store_skey(const kvs__store *s, const char *tenant, const kvs_key *key, kvs__skey *out);
 void kvs__store_tenant_id(const kvs__store *s, const char *tenant, uint8_t out[8]);
@@ -86,6 +87,10 @@ kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m
  * skips the token check (EXPORT only). Counts a hit. */
 kvs_err kvs__store_get(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
                        const uint8_t *tokens_le, uint32_t n_tokens, kvs__vref *out);
+/* The same from RAM only, never blocking on disk: KVS_EAGAIN when the entry
+ * is cached but not in T0 (nothing counted then). */
+kvs_err kvs__store_get_t0(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
+                          const uint8_t *tokens_le, uint32_t n_tokens, kvs__vref *out);
 /* 0 = miss, 1 + tier = cached and matching. No bytes read, no hit counted. */
 int kvs__store_probe(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
                      const uint8_t *tokens_le, uint32_t n_tokens);
