@@ -396,12 +396,20 @@ void kvs_model_attn_cpu(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, fl
 
 /* y (n, out) = x (n, in) W^T, W (out, in) */
 static void matmul(const float *x, const float *W, float *y, uint32_t n, uint32_t in, uint32_t out) {
+  if (n == 1) { /* decode: sgemv streams W once; sgemm would pack it first */
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, W, (int)in, x, 1, 0.0f, y, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x, (int)in,
               W, (int)in, 0.0f, y, (int)out);
 }
 /* y += x W^T */
 static void matmul_acc(const float *x, const float *W, float *y, uint32_t n, uint32_t in,
                        uint32_t out) {
+  if (n == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, W, (int)in, x, 1, 1.0f, y, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x, (int)in,
               W, (int)in, 1.0f, y, (int)out);
 }
