@@ -1,0 +1,199 @@
+/* kvs-bench-blend - fidelity and time to first token of RAG chunk reuse.
+ *
+ * For each MuSiQue item: instruction prefix + passages as content chunks +
+ * the question, greedy answer with SmolLM2. Each passage's KV is computed
+ * alone from position 0 (what kvstash stores), optionally passed through a
+ * codec profile, then reused by each strategy through kvs_blend_run. Against
+ * the full prefill of the same prompt, in the same run:
+ *   answer agreement (same first 16 tokens, or the same normalized answer),
+ *   F1 against the gold answers, KL(full || reuse) at the first answer token,
+ *   share of reused tokens recomputed, time to first token.
+ * Tune on items 0-99 only; 100-149 are held out for acceptance figures.
+ * Last line: JSON. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvs_codec.h"
+#include "kvs_rag.h"
+
+typedef struct mem_kv {
+  void *kv[KVS_RAG_MAX_PASSAGES + 2];
+  const kvs_rag_prompt *p;
+  size_t tok_plane_bytes;
+} mem_kv;
+
+static kvs_err load_mem(void *ctx, uint32_t seg, uint32_t layer, void *k, void *v) {
+  mem_kv *m = ctx;
+  size_t plane = m->tok_plane_bytes * m->p->len[seg];
+  memcpy(k, (char *)m->kv[seg] + 2 * layer * plane, plane);
+  memcpy(v, (char *)m->kv[seg] + (2 * layer + 1) * plane, plane);
+  return KVS_OK;
+}
+
+typedef struct agg {
+  double agree, f1, kl, frac, ttft;
+  int n;
+} agg;
+
+static int parse_range(const char *s, int *a, int *b) {
+  if (sscanf(s, "%d-%d", a, b) == 2) return *a >= 0 && *b >= *a;
+  if (sscanf(s, "%d", a) == 1) return *b = *a, *a >= 0;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  const char *model_path = getenv("KVS_MODEL_PATH"), *data = NULL, *profile = "none";
+  char strategies[256] = "none,epic,cacheblend,adaptive";
+  int a = 0, b = 4, passages = 0;
+  uint32_t max_new = 16;
+  float ratio = -1;
+  static struct option lo[] = {{"model", 1, 0, 'm'},      {"data", 1, 0, 'd'},
+                               {"items", 1, 0, 'i'},      {"passages", 1, 0, 'p'},
+                               {"strategies", 1, 0, 's'}, {"ratio", 1, 0, 'r'},
+                               {"profile", 1, 0, 'c'},    {"max-new", 1, 0, 'n'},
+                               {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+  for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
+    switch (c) {
+    case 'm': model_path = optarg; break;
+    case 'd': data = optarg; break;
+    case 'i':
+      if (!parse_range(optarg, &a, &b)) return fprintf(stderr, "bad --items\n"), 2;
+      break;
+    case 'p': passages = atoi(optarg); break;
+    case 's': snprintf(strategies, sizeof strategies, "%s", optarg); break;
+    case 'r': ratio = (float)atof(optarg); break;
+    case 'c': profile = optarg; break;
+    case 'n': max_new = (uint32_t)atoi(optarg); break;
+    default:
+      fprintf(stderr, "usage: kvs-bench-blend --model GGUF --data MUSIQUE --items A-B "
+                      "[--passages N] [--strategies a,b] [--ratio R] [--profile P|none]\n");
+      return c == 'h' ? 0 : 2;
+    }
+  }
+  if (!model_path || !data) return fprintf(stderr, "need --model and --data\n"), 2;
+  int prof = strcmp(profile, "none") ? kvs_codec_profile_from_name(profile) : -1;
+  if (strcmp(profile, "none") && prof < 0) return fprintf(stderr, "unknown profile\n"), 2;
+  int strat[8], n_strat = 0;
+  for (char *t = strtok(strategies, ","); t && n_strat < 8; t = strtok(NULL, ",")) {
+    if ((strat[n_strat] = kvs_sel_parse(t)) < 0) return fprintf(stderr, "bad strategy %s\n", t), 2;
+    n_strat++;
+  }
+  kvs_model *model;
+  kvs_engine *eng;
+  kvs_err e;
+  if ((e = kvs_model_load(model_path, &model)) || (e = kvs_model_engine(model, &eng)))
+    return fprintf(stderr, "model: %s\n", kvs_strerror(e)), 1;
+  kvs_engine_info info;
+  eng->ops->info(eng, &info);
+  const kvs_tok *tok = kvs_model_tok(model);
+  kvs_rag_item *items;
+  size_t n_items;
+  if ((e = kvs_rag_load(data, &items, &n_items))) return fprintf(stderr, "data: %s\n", kvs_strerror(e)), 1;
+  if ((size_t)b >= n_items) b = (int)n_items - 1;
+  if (a < 100 && b >= 100)
+    fprintf(stderr, "note: items %d-%d include held-out items (100-149): report, never tune\n", a, b);
+
+  agg full = {0}, st[8];
+  memset(st, 0, sizeof st);
+  double bits_sum = 0;
+  int bits_n = 0;
+  float *lf = malloc(info.n_vocab * 4), *lb = malloc(info.n_vocab * 4);
+  size_t tb = kvs_layout_token_bytes(&info.layout);
+  printf("kvs-bench-blend: items %d-%d, passages %s, KV %s, strategies %s\n", a, b,
+         passages ? "limited" : "all", profile, strategies);
+  for (int i = a; i <= b; i++) {
+    kvs_rag_item it = items[i];
+    if (passages > 0 && (size_t)passages < it.n_passages) it.n_passages = (size_t)passages;
+    kvs_rag_prompt p;
+    if ((e = kvs_rag_prompt_build(tok, &it, &p))) return fprintf(stderr, "prompt: %s\n", kvs_strerror(e)), 1;
+    kvs_rag_answer af = {.first_logits = lf};
+    if ((e = kvs_rag_answer_full(eng, tok, &p, max_new, &af))) return fprintf(stderr, "full: %s\n", kvs_strerror(e)), 1;
+    double f1_full = kvs_rag_f1(af.text, it.answers, it.n_answers);
+    full.f1 += f1_full, full.ttft += af.ttft_s, full.n++;
+    mem_kv m = {.p = &p, .tok_plane_bytes = (size_t)info.layout.n_kv_heads * info.layout.head_dim * 2};
+    int cached[KVS_RAG_MAX_PASSAGES + 2];
+    uint64_t raw = 0, enc = 0;
+    for (uint32_t s = 0; s + 1 < p.n_segs; s++) {
+      cached[s] = 1;
+      m.kv[s] = malloc(tb * p.len[s]);
+      if ((e = kvs_rag_chunk_kv(eng, p.tokens + p.start[s], p.len[s], m.kv[s]))) return 1;
+      if (prof >= 0) { /* what a fetch would give back: encode, then decode */
+        kvs_codec_params cp;
+        kvs_codec_params_default(prof, info.layout.n_layers, &cp);
+        size_t cap = kvs_codec_encode_bound(&cp, &info.layout, p.len[s]), len = 0;
+        void *buf = malloc(cap);
+        if ((e = kvs_codec_encode(&cp, &info.layout, p.len[s], m.kv[s], buf, cap, &len)))
+          return fprintf(stderr, "encode: %s\n", kvs_strerror(e)), 1;
+        kvs_codec_out o = kvs_codec_out_contiguous(m.kv[s], tb * p.len[s], KVS_DTYPE_F16);
+        if ((e = kvs_codec_decode(buf, len, &o, NULL, 0)))
+          return fprintf(stderr, "decode: %s\n", kvs_strerror(e)), 1;
+        raw += tb * p.len[s], enc += len;
+        free(buf);
+      }
+    }
+    if (raw) bits_sum += 16.0 * enc / raw, bits_n++;
+    printf("item %3d (%u tokens) full: \"%s\" F1 %.2f ttft %.2fs\n", i, p.n_tokens, af.text,
+           f1_full, af.ttft_s);
+    for (int s = 0; s < n_strat; s++) {
+      kvs_blend_opts o = {.sel = kvs_sel_defaults((uint32_t)strat[s]), .check_layer = 1};
+      if (ratio >= 0 && (strat[s] == KVS_SEL_CACHEBLEND || strat[s] == KVS_SEL_ADAPTIVE))
+        o.sel.ratio = ratio;
+      kvs_rag_answer ab = {.first_logits = lb};
+      if ((e = kvs_rag_answer_blend(eng, tok, &p, cached, load_mem, &m, &o, max_new, &ab)))
+        return fprintf(stderr, "blend: %s\n", kvs_strerror(e)), 1;
+      int same16 = ab.n == af.n || (ab.n >= 16 && af.n >= 16);
+      for (uint32_t t = 0; same16 && t < ab.n && t < 16; t++) same16 = ab.ids[t] == af.ids[t];
+      int agree = same16 || kvs_rag_same_answer(ab.text, af.text);
+      double f1 = kvs_rag_f1(ab.text, it.answers, it.n_answers);
+      double kl = kvs_rag_kl(lf, lb, info.n_vocab);
+      double frac = ab.blend.n_candidates ? (double)ab.blend.n_recomputed / ab.blend.n_candidates : 0;
+      st[s].agree += agree, st[s].f1 += f1, st[s].kl += kl, st[s].frac += frac;
+      st[s].ttft += ab.ttft_s, st[s].n++;
+      printf("   %-10s %s F1 %.2f KL %.4f recompute %4.1f%% ttft %.2fs \"%s\"\n",
+             kvs_sel_name((uint32_t)strat[s]), agree ? "agree " : "DIFFER", f1, kl, 100 * frac,
+             ab.ttft_s, ab.text);
+    }
+    for (uint32_t s = 0; s + 1 < p.n_segs; s++) free(m.kv[s]);
+    kvs_rag_prompt_free(&p);
+    fflush(stdout);
+  }
+  int n = full.n ? full.n : 1;
+  printf("\n%-11s %9s %6s %8s %8s %10s %8s %8s\n", "strategy", "agreement", "F1", "F1-full",
+         "KL", "recompute", "ttft_s", "speedup");
+  printf("%-11s %9s %6.3f %8s %8s %10s %8.3f %8s\n", "full", "-", full.f1 / n, "-", "-", "100%",
+         full.ttft / n, "1.00x");
+  char json[4096];
+  int k = snprintf(json, sizeof json,
+                   "{\"bench\":\"blend\",\"items\":\"%d-%d\",\"n_items\":%d,\"kv\":\"%s\","
+                   "\"bits_per_elem\":%.3f,\"full\":{\"f1\":%.4f,\"ttft_s\":%.4f},\"strategies\":{",
+                   a, b, full.n, profile, bits_n ? bits_sum / bits_n : 16.0, full.f1 / n, full.ttft / n);
+  for (int s = 0; s < n_strat; s++) {
+    agg *g = &st[s];
+    double sp = g->ttft > 0 ? full.ttft / g->ttft : 0;
+    printf("%-11s %9.3f %6.3f %+8.3f %8.4f %9.1f%% %8.3f %7.2fx\n", kvs_sel_name((uint32_t)strat[s]),
+           g->agree / n, g->f1 / n, (g->f1 - full.f1) / n, g->kl / n, 100 * g->frac / n, g->ttft / n, sp);
+    k += snprintf(json + k, sizeof json - (size_t)k,
+                  "%s\"%s\":{\"answer_agreement\":%.4f,\"f1\":%.4f,\"f1_delta\":%.4f,\"kl\":%.5f,"
+                  "\"recompute_frac\":%.4f,\"ttft_s\":%.4f,\"speedup\":%.3f}",
+                  s ? "," : "", kvs_sel_name((uint32_t)strat[s]), g->agree / n, g->f1 / n,
+                  (g->f1 - full.f1) / n, g->kl / n, g->frac / n, g->ttft / n, sp);
+  }
+  int ours = -1;
+  for (int s = 0; s < n_strat; s++)
+    if (strat[s] == KVS_SEL_ADAPTIVE) ours = s;
+  if (ours >= 0)
+    k += snprintf(json + k, sizeof json - (size_t)k,
+                  "},\"answer_agreement\":%.4f,\"f1_delta\":%.4f}", st[ours].agree / n,
+                  (st[ours].f1 - full.f1) / n);
+  else
+    k += snprintf(json + k, sizeof json - (size_t)k, "}}");
+  printf("%s\n", json);
+  free(lf), free(lb);
+  kvs_rag_items_free(items, n_items);
+  kvs_engine_free(eng);
+  kvs_model_free(model);
+  return 0;
+}
