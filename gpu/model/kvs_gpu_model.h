@@ -41,6 +41,55 @@ kvs_err kvs_gpu_model_prefill(kvs_gpu_model *g, const int32_t *tokens, uint32_t 
 /* Copies KV of `layer`, slots [start, start+n), to host k/v (n, G, D) fp16. */
 kvs_err kvs_gpu_model_kv_read(kvs_gpu_model *g, uint32_t layer, uint32_t start, uint32_t n,
                               kvs_f16 *k, kvs_f16 *v);
+const kvs_model_cfg *kvs_gpu_model_config(const kvs_gpu_model *g);
+/* Largest n of one embed/layer/layer_kv call (prefill slices longer inputs). */
+uint32_t kvs_gpu_model_max_tokens(const kvs_gpu_model *g);
+/* Measured GPU seconds per prefilled token so far (0 before any prefill). */
+double kvs_gpu_model_prefill_sec_per_token(const kvs_gpu_model *g);
+
+/* ---- sequences and layer-wise calls (what the GPU engine ops run on).
+ * A kvs_gpu_seq is a KV cache on the device, (L, 2, cap, G, D) fp16, owned
+ * by the caller and freed before its model. Hidden states, logits and the
+ * k/v buffers of layer_kv are device memory; token ids, idx and pos arrays
+ * are host memory. Every call returns when its work is done. */
+typedef struct kvs_gpu_seq kvs_gpu_seq;
+kvs_err kvs_gpu_seq_create(kvs_gpu_model *g, uint32_t capacity, kvs_gpu_seq **out);
+void kvs_gpu_seq_free(kvs_gpu_seq *s);
+uint32_t kvs_gpu_seq_len(const kvs_gpu_seq *s);
+uint32_t kvs_gpu_seq_capacity(const kvs_gpu_seq *s);
+kvs_err kvs_gpu_seq_truncate(kvs_gpu_seq *s, uint32_t n);
+/* As kvs_gpu_model_prefill on sequence s; logits_dev (device) may be NULL. */
+kvs_err kvs_gpu_seq_prefill(kvs_gpu_model *g, kvs_gpu_seq *s, const int32_t *tokens, uint32_t n,
+                            int all_logits, float *logits_dev, double *ms);
+/* KV of slots [start, start+n) of `layer` to/from k, v (n, G, D) fp16 in
+ * host or device memory (the copy direction is inferred). */
+kvs_err kvs_gpu_seq_kv_read(kvs_gpu_seq *s, uint32_t layer, uint32_t start, uint32_t n, void *k,
+                            void *v);
+kvs_err kvs_gpu_seq_kv_write(kvs_gpu_seq *s, uint32_t layer, uint32_t start, uint32_t n,
+                             const void *k, const void *v);
+/* hidden_dev (n, E) f32 = embeddings of tokens[n]; n <= max_tokens */
+kvs_err kvs_gpu_embed(kvs_gpu_model *g, const int32_t *tokens, uint32_t n, float *hidden_dev);
+/* kvs_model_layer on the GPU: tokens in slots idx[n] at positions pos[n]
+ * (NULL: idx) write their K/V, attend slots 0..idx[i], hidden_dev updated. */
+kvs_err kvs_gpu_layer(kvs_gpu_model *g, kvs_gpu_seq *s, uint32_t layer, uint32_t n,
+                      const uint32_t *idx, const uint32_t *pos, float *hidden_dev);
+/* kvs_model_layer_kv on the GPU: fresh K/V into k_dev/v_dev (n, G, D) fp16. */
+kvs_err kvs_gpu_layer_kv(kvs_gpu_model *g, uint32_t layer, uint32_t n, const uint32_t *pos,
+                         const float *hidden_dev, void *k_dev, void *v_dev);
+/* logits_dev (n, V) from hidden_dev (n, E). */
+kvs_err kvs_gpu_logits(kvs_gpu_model *g, uint32_t n, const float *hidden_dev, float *logits_dev);
+
+/* Device buffers for callers that have no CUDA headers (tests, blend):
+ * allocate, free (NULL is fine), copy between any host/device memory. */
+kvs_err kvs_gpu_buffer_alloc(size_t bytes, void **out);
+void kvs_gpu_buffer_free(void *p);
+kvs_err kvs_gpu_copy(void *dst, const void *src, size_t bytes);
+
+/* The engine ops of blend/kvs_engine.h on this GPU model (info.mem =
+ * KVS_ENGINE_MEM_DEVICE). `id` is the model id of the CPU model the weights
+ * came from (kvs_model_get_id). Borrows g: free the engine first. */
+struct kvs_engine;
+kvs_err kvs_gpu_model_engine(kvs_gpu_model *g, const kvs_model_id *id, struct kvs_engine **out);
 
 /* Single kernels over host buffers (for the twin tests).
  * y (n, E) fp16 = rmsnorm(x (n, E) f32) * w (E) */

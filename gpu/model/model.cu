@@ -69,21 +69,24 @@ __device__ __forceinline__ void rope_cs(uint32_t pos, int i, int D, double log_t
   *s = (float)sd;
 }
 
-/* qkv (n, H*D + 2*G*D) f32 -> q (n, H, D) fp16 rotated; K rotated and V into
- * the cache at slots past + i. One block per token. */
+/* qkv (n, H*D + 2*G*D) f32 -> q (n, H, D) fp16 rotated (skipped when q is
+ * NULL); K rotated and V into Kc/Vc rows slot[i] (NULL: past + i), RoPE
+ * position pos[i] (NULL: past + i). One block per token. */
 __global__ void k_rope_qkv(const float *__restrict__ qkv, half *__restrict__ q,
                            half *__restrict__ Kc, half *__restrict__ Vc, int H, int G, int D,
-                           int past, double log_theta) {
+                           int past, const int *__restrict__ pos_arr,
+                           const int *__restrict__ slot_arr, double log_theta) {
   __shared__ float cs[KVS_MAX_HEAD_DIM / 2], sn[KVS_MAX_HEAD_DIM / 2];
   int i = blockIdx.x;
-  uint32_t pos = (uint32_t)(past + i);
+  uint32_t pos = (uint32_t)(pos_arr ? pos_arr[i] : past + i);
+  size_t slot = (size_t)(slot_arr ? slot_arr[i] : past + i);
   int HD = H * D, GD = G * D, W = HD + 2 * GD;
   const float *row = qkv + (size_t)i * W;
   for (int j = threadIdx.x; j < D / 2; j += blockDim.x) rope_cs(pos, j, D, log_theta, &cs[j], &sn[j]);
   __syncthreads();
-  int pairs = (H + G) * (D / 2);
+  int h0 = q ? 0 : H, pairs = (H + G - h0) * (D / 2);
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
-    int head = p / (D / 2), j = p % (D / 2);
+    int head = h0 + p / (D / 2), j = p % (D / 2);
     float c = cs[j], s = sn[j];
     const float *src = row + head * D + 2 * j; /* q heads then k heads are contiguous */
     float x0 = src[0], x1 = src[1];
@@ -92,13 +95,13 @@ __global__ void k_rope_qkv(const float *__restrict__ qkv, half *__restrict__ q,
       q[(size_t)i * HD + head * D + 2 * j] = o0;
       q[(size_t)i * HD + head * D + 2 * j + 1] = o1;
     } else {
-      size_t o = (size_t)pos * GD + (head - H) * D + 2 * j;
+      size_t o = slot * GD + (head - H) * D + 2 * j;
       Kc[o] = o0;
       Kc[o + 1] = o1;
     }
   }
   for (int j = threadIdx.x; j < GD; j += blockDim.x)
-    Vc[(size_t)pos * GD + j] = __float2half(row[HD + GD + j]);
+    Vc[slot * GD + j] = __float2half(row[HD + GD + j]);
 }
 
 /* in-place f32 rope for the twin test: x (n, H, D) */
@@ -151,13 +154,14 @@ struct fa_smem {
   static constexpr size_t s = (size_t)NW * 16 * BC * 4, p = (size_t)NW * 16 * BC * 2,
                           r = (size_t)NW * 16 * 16 * 4;
   static constexpr size_t a = q > s + p + r ? q : s + p + r;
-  static constexpr size_t total = a + 2 * (size_t)BC * D * 2 + 2 * (size_t)BR * 4;
+  static constexpr size_t total = a + 2 * (size_t)BC * D * 2 + 2 * (size_t)BR * 4 + NW * 4;
 };
 
 template <int D, int NW>
 __global__ void __launch_bounds__(NW * 32, 2)
     k_flash_attn(const half *__restrict__ Q, const half *__restrict__ K, const half *__restrict__ V,
-                 half *__restrict__ O, int n, int H, int G, int past, int kv_len, float scale_log2) {
+                 half *__restrict__ O, int n, int H, int G, int past, const int *__restrict__ qslot,
+                 int kv_len, float scale_log2) {
   typedef fa_smem<D, NW> L;
   constexpr int BR = L::BR, BC = L::BC;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -169,6 +173,7 @@ __global__ void __launch_bounds__(NW * 32, 2)
   half *sV = sK + BC * D;
   float *sM = reinterpret_cast<float *>(sV + BC * D);
   float *sL = sM + BR;
+  int *sW = reinterpret_cast<int *>(sL + BR);
   const int h = blockIdx.y, g = h / (H / G), q0 = blockIdx.x * BR;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const size_t ldq = (size_t)H * D, ldk = (size_t)G * D;
@@ -182,10 +187,18 @@ __global__ void __launch_bounds__(NW * 32, 2)
     sM[i] = -INFINITY;
     sL[i] = 0.f;
   }
-  const int last_q = min(q0 + BR, n) - 1;
-  const int kend = min(kv_len, past + last_q + 1);
   const int wr = warp * 16;
+  /* slot of this lane's row (lanes 0-15; rows past n take slot 0: key 0
+   * keeps their softmax finite and they are never written) */
+  int my_slot = 0;
+  if (lane < 16 && q0 + wr + lane < n) my_slot = qslot ? qslot[q0 + wr + lane] : past + q0 + wr + lane;
+  int warp_max = my_slot;
+  for (int off = 16; off > 0; off >>= 1) warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, off));
+  if (lane == 0) sW[warp] = warp_max;
   __syncthreads();
+  int block_max = 0;
+  for (int w = 0; w < NW; w++) block_max = max(block_max, sW[w]);
+  const int kend = min(kv_len, block_max + 1);
   wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> qa[D / 16];
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qa[kk], sQ + wr * D + kk * 16, D);
@@ -207,7 +220,7 @@ __global__ void __launch_bounds__(NW * 32, 2)
       *reinterpret_cast<int4 *>(sV + r * D + c) = vv;
     }
     __syncthreads();
-    if (kt > past + q0 + wr + 15) continue; /* every row of this warp precedes the tile */
+    if (kt > warp_max) continue; /* every row of this warp precedes the tile */
 #pragma unroll
     for (int j = 0; j < BC / 16; j++) {
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
@@ -222,7 +235,7 @@ __global__ void __launch_bounds__(NW * 32, 2)
     }
     __syncwarp();
     for (int rr = 0; rr < 16; rr++) {
-      int qs = past + q0 + wr + rr;
+      int qs = __shfl_sync(0xffffffffu, my_slot, rr);
       int k0 = kt + lane, k1 = kt + lane + 32;
       float v0 = wS[rr * BC + lane] * scale_log2, v1 = wS[rr * BC + lane + 32] * scale_log2;
       if (k0 > qs || k0 >= kend) v0 = -INFINITY;
@@ -296,7 +309,7 @@ static size_t flash_smem() {
 #define FA_NW 8
 template <int D>
 static kvs_err launch_flash_t(const half *q, const half *k, const half *v, half *o, int n, int H,
-                              int G, int past, int kv_len, cudaStream_t st) {
+                              int G, int past, const int *qslot, int kv_len, cudaStream_t st) {
   size_t smem = flash_smem<D, FA_NW>();
   static int configured = 0;
   if (!configured) {
@@ -306,17 +319,19 @@ static kvs_err launch_flash_t(const half *q, const half *k, const half *v, half 
   }
   dim3 grid((unsigned)((n + 16 * FA_NW - 1) / (16 * FA_NW)), (unsigned)H);
   float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-  k_flash_attn<D, FA_NW><<<grid, FA_NW * 32, smem, st>>>(q, k, v, o, n, H, G, past, kv_len,
-                                                         scale_log2);
+  k_flash_attn<D, FA_NW><<<grid, FA_NW * 32, smem, st>>>(q, k, v, o, n, H, G, past, qslot,
+                                                         kv_len, scale_log2);
   KVS_CUDA_TRY(cudaGetLastError());
   return KVS_OK;
 }
 
+/* Query i sits in slot qslot[i] (device array; NULL: past + i) and attends
+ * slots 0..its slot, all < kv_len. */
 static kvs_err launch_flash(const half *q, const half *k, const half *v, half *o, int n, int H,
-                            int G, int D, int past, int kv_len, cudaStream_t st) {
+                            int G, int D, int past, const int *qslot, int kv_len, cudaStream_t st) {
   if (n <= 0) return KVS_OK;
-  if (D == 64) return launch_flash_t<64>(q, k, v, o, n, H, G, past, kv_len, st);
-  if (D == 128) return launch_flash_t<128>(q, k, v, o, n, H, G, past, kv_len, st);
+  if (D == 64) return launch_flash_t<64>(q, k, v, o, n, H, G, past, qslot, kv_len, st);
+  if (D == 128) return launch_flash_t<128>(q, k, v, o, n, H, G, past, qslot, kv_len, st);
   return KVS_ENOTSUP;
 }
 
@@ -326,6 +341,12 @@ typedef struct gpu_layer {
   half *wqkv, *wo, *wgu, *wdown;
 } gpu_layer;
 
+struct kvs_gpu_seq {
+  kvs_gpu_model *g;
+  half *kv; /* (L, 2, cap, G, D) */
+  uint32_t cap, len;
+};
+
 struct kvs_gpu_model {
   kvs_model_cfg cfg;
   cublasHandle_t blas;
@@ -334,13 +355,14 @@ struct kvs_gpu_model {
   half *embd, *output;
   float *out_norm;
   gpu_layer *layers;
-  half *kv;
-  uint32_t cap, len;
-  int *tok;
+  uint32_t T; /* tokens per call (activation buffers) */
+  kvs_gpu_seq *seq0;
+  int *tok, *d_idx, *d_pos;
   float *x, *qkv;
   half *xn, *q, *att, *gu, *act;
   float *logits;
   size_t logits_rows;
+  double pf_ms, pf_tokens;
 };
 
 static int blocks_for(size_t n) {
@@ -429,9 +451,10 @@ static kvs_err create(kvs_gpu_model *g, const kvs__model_weights *w, uint32_t T)
     KVS_TRY(put_half(g, w, gl->wgu + F * E, hl ? hl->w_up : NULL, F * E, b + 7));
     KVS_TRY(put_half(g, w, gl->wdown, hl ? hl->w_down : NULL, E * F, b + 8));
   }
-  g->cap = T;
-  DMALLOC(g->kv, L * 2 * (size_t)T * GD * 2);
+  g->T = T;
   DMALLOC(g->tok, (size_t)T * 4);
+  DMALLOC(g->d_idx, (size_t)T * 4);
+  DMALLOC(g->d_pos, (size_t)T * 4);
   DMALLOC(g->x, (size_t)T * E * 4);
   DMALLOC(g->xn, (size_t)T * E * 2);
   DMALLOC(g->qkv, (size_t)T * (HD + 2 * GD) * 4);
@@ -440,12 +463,20 @@ static kvs_err create(kvs_gpu_model *g, const kvs__model_weights *w, uint32_t T)
   DMALLOC(g->gu, (size_t)T * 2 * F * 2);
   DMALLOC(g->act, (size_t)T * F * 2);
   KVS_CUDA_TRY(cudaStreamSynchronize(g->st));
-  return KVS_OK;
+  return kvs_gpu_seq_create(g, T, &g->seq0);
+}
+
+extern "C" void kvs_gpu_seq_free(kvs_gpu_seq *s) {
+  if (!s) return;
+  cudaStreamSynchronize(s->g->st);
+  cudaFree(s->kv);
+  free(s);
 }
 
 extern "C" void kvs_gpu_model_free(kvs_gpu_model *g) {
   if (!g) return;
   if (g->st) cudaStreamSynchronize(g->st);
+  kvs_gpu_seq_free(g->seq0);
   if (g->output != g->embd) cudaFree(g->output);
   cudaFree(g->embd);
   cudaFree(g->out_norm);
@@ -459,8 +490,9 @@ extern "C" void kvs_gpu_model_free(kvs_gpu_model *g) {
     cudaFree(gl->wdown);
   }
   free(g->layers);
-  cudaFree(g->kv);
   cudaFree(g->tok);
+  cudaFree(g->d_idx);
+  cudaFree(g->d_pos);
   cudaFree(g->x);
   cudaFree(g->xn);
   cudaFree(g->qkv);
@@ -493,12 +525,41 @@ extern "C" kvs_err kvs_gpu_model_create(const kvs__model_weights *w, uint32_t ma
   return KVS_OK;
 }
 
-extern "C" kvs_err kvs_gpu_model_reset(kvs_gpu_model *g) {
-  if (!g) return KVS_EINVAL;
-  g->len = 0;
+extern "C" const kvs_model_cfg *kvs_gpu_model_config(const kvs_gpu_model *g) {
+  return g ? &g->cfg : NULL;
+}
+extern "C" uint32_t kvs_gpu_model_max_tokens(const kvs_gpu_model *g) { return g ? g->T : 0; }
+
+static size_t seq_plane(const kvs_gpu_seq *s) {
+  return (size_t)s->cap * s->g->cfg.n_kv_heads * s->g->cfg.head_dim;
+}
+
+extern "C" kvs_err kvs_gpu_seq_create(kvs_gpu_model *g, uint32_t cap, kvs_gpu_seq **out) {
+  if (!g || !cap || !out) return KVS_EINVAL;
+  *out = NULL;
+  kvs_gpu_seq *s = (kvs_gpu_seq *)calloc(1, sizeof *s);
+  if (!s) return KVS_ENOMEM;
+  s->g = g;
+  s->cap = cap;
+  size_t bytes = (size_t)g->cfg.n_layers * 2 * seq_plane(s) * 2;
+  cudaError_t e = cudaMalloc((void **)&s->kv, bytes);
+  if (e != cudaSuccess) {
+    free(s);
+    return kvs__cuda_err(e, __FILE__, __LINE__, "kv cache");
+  }
+  *out = s;
   return KVS_OK;
 }
-extern "C" uint32_t kvs_gpu_model_len(const kvs_gpu_model *g) { return g ? g->len : 0; }
+extern "C" uint32_t kvs_gpu_seq_len(const kvs_gpu_seq *s) { return s ? s->len : 0; }
+extern "C" uint32_t kvs_gpu_seq_capacity(const kvs_gpu_seq *s) { return s ? s->cap : 0; }
+extern "C" kvs_err kvs_gpu_seq_truncate(kvs_gpu_seq *s, uint32_t n) {
+  if (!s || n > s->len) return KVS_EINVAL;
+  s->len = n;
+  return KVS_OK;
+}
+
+static half *seq_k(kvs_gpu_seq *s, uint32_t l) { return s->kv + (size_t)2 * l * seq_plane(s); }
+static half *seq_v(kvs_gpu_seq *s, uint32_t l) { return seq_k(s, l) + seq_plane(s); }
 
 /* Y (n, out) = X (n, in) W^T with W (out, in) row-major; beta = 1 accumulates. */
 static kvs_err gemm(kvs_gpu_model *g, const half *W, const half *X, void *Y, cudaDataType yt, int n,
@@ -510,75 +571,233 @@ static kvs_err gemm(kvs_gpu_model *g, const half *W, const half *X, void *Y, cud
   return KVS_OK;
 }
 
-static size_t plane(const kvs_gpu_model *g) {
-  return (size_t)g->cap * g->cfg.n_kv_heads * g->cfg.head_dim;
+/* One layer for N tokens with hidden x (N, E) f32 on the device, in place.
+ * Token i: cache slot d_slot[i], RoPE position d_pos[i] (device arrays;
+ * NULL: past + i); attention over slots 0..slot, all < kv_len. */
+static kvs_err run_layer(kvs_gpu_model *g, kvs_gpu_seq *s, uint32_t l, int N, float *x, int past,
+                         const int *d_pos, const int *d_slot, int kv_len) {
+  const kvs_model_cfg *c = &g->cfg;
+  int E = (int)c->n_embd, H = (int)c->n_heads, G = (int)c->n_kv_heads, D = (int)c->head_dim;
+  int HD = H * D, GD = G * D, F = (int)c->n_ff;
+  gpu_layer *gl = &g->layers[l];
+  half *Kc = seq_k(s, l), *Vc = seq_v(s, l);
+  k_rmsnorm<<<N, 256, 0, g->st>>>(x, gl->attn_norm, g->xn, E, c->norm_eps);
+  KVS_TRY(gemm(g, gl->wqkv, g->xn, g->qkv, CUDA_R_32F, N, E, HD + 2 * GD, 0.0f));
+  k_rope_qkv<<<N, 256, 0, g->st>>>(g->qkv, g->q, Kc, Vc, H, G, D, past, d_pos, d_slot,
+                                   log((double)c->rope_theta));
+  KVS_TRY(launch_flash(g->q, Kc, Vc, g->att, N, H, G, D, past, d_slot, kv_len, g->st));
+  KVS_TRY(gemm(g, gl->wo, g->att, x, CUDA_R_32F, N, HD, E, 1.0f));
+  k_rmsnorm<<<N, 256, 0, g->st>>>(x, gl->ffn_norm, g->xn, E, c->norm_eps);
+  KVS_TRY(gemm(g, gl->wgu, g->xn, g->gu, CUDA_R_16F, N, E, 2 * F, 0.0f));
+  size_t tot = (size_t)N * F;
+  k_swiglu<<<blocks_for(tot), 256, 0, g->st>>>(g->gu, g->act, F, tot);
+  KVS_TRY(gemm(g, gl->wdown, g->act, x, CUDA_R_32F, N, F, E, 1.0f));
+  return KVS_OK;
 }
+
+/* final norm + head for `rows` hidden rows (device) into logits (device) */
+static kvs_err run_logits(kvs_gpu_model *g, const float *x, int rows, float *logits) {
+  int E = (int)g->cfg.n_embd, V = (int)g->cfg.n_vocab;
+  for (int a = 0; a < rows; a += (int)g->T) {
+    int nb = rows - a < (int)g->T ? rows - a : (int)g->T;
+    k_rmsnorm<<<nb, 256, 0, g->st>>>(x + (size_t)a * E, g->out_norm, g->xn, E, g->cfg.norm_eps);
+    KVS_TRY(gemm(g, g->output, g->xn, logits + (size_t)a * V, CUDA_R_32F, nb, E, V, 0.0f));
+  }
+  return KVS_OK;
+}
+
+static kvs_err check_tokens(const kvs_gpu_model *g, const int32_t *tokens, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++)
+    if (tokens[i] < 0 || (uint32_t)tokens[i] >= g->cfg.n_vocab) return KVS_EINVAL;
+  return KVS_OK;
+}
+
+/* Appends tokens in slices of T; logits_dev: last row, or all rows (n, V). */
+static kvs_err seq_prefill(kvs_gpu_model *g, kvs_gpu_seq *s, const int32_t *tokens, uint32_t n,
+                           int all_logits, float *logits_dev) {
+  int E = (int)g->cfg.n_embd, V = (int)g->cfg.n_vocab;
+  for (uint32_t a = 0; a < n; a += g->T) {
+    int nb = (int)(n - a < g->T ? n - a : g->T);
+    int past = (int)s->len;
+    KVS_CUDA_TRY(cudaMemcpyAsync(g->tok, tokens + a, (size_t)nb * 4, cudaMemcpyHostToDevice, g->st));
+    k_embed<<<nb, 256, 0, g->st>>>(g->embd, g->tok, g->x, E);
+    for (uint32_t l = 0; l < g->cfg.n_layers; l++)
+      KVS_TRY(run_layer(g, s, l, nb, g->x, past, NULL, NULL, past + nb));
+    s->len += (uint32_t)nb;
+    if (logits_dev && all_logits) KVS_TRY(run_logits(g, g->x, nb, logits_dev + (size_t)a * V));
+    else if (logits_dev && a + (uint32_t)nb == n)
+      KVS_TRY(run_logits(g, g->x + (size_t)(nb - 1) * E, 1, logits_dev));
+  }
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_seq_prefill(kvs_gpu_model *g, kvs_gpu_seq *s, const int32_t *tokens,
+                                       uint32_t n, int all_logits, float *logits_dev, double *ms) {
+  if (!g || !s || s->g != g || (!tokens && n)) return KVS_EINVAL;
+  if (n > s->cap - s->len) return KVS_ERANGE;
+  KVS_TRY(check_tokens(g, tokens, n));
+  if (!n) return KVS_OK;
+  KVS_CUDA_TRY(cudaEventRecord(g->ev0, g->st));
+  KVS_TRY(seq_prefill(g, s, tokens, n, all_logits, logits_dev));
+  KVS_CUDA_TRY(cudaEventRecord(g->ev1, g->st));
+  KVS_CUDA_TRY(cudaEventSynchronize(g->ev1));
+  KVS_CUDA_TRY(cudaGetLastError());
+  float f;
+  KVS_CUDA_TRY(cudaEventElapsedTime(&f, g->ev0, g->ev1));
+  g->pf_ms += f;
+  g->pf_tokens += n;
+  if (ms) *ms = f;
+  return KVS_OK;
+}
+
+extern "C" double kvs_gpu_model_prefill_sec_per_token(const kvs_gpu_model *g) {
+  return g && g->pf_tokens > 0 ? g->pf_ms * 1e-3 / g->pf_tokens : 0.0;
+}
+
+extern "C" kvs_err kvs_gpu_model_reset(kvs_gpu_model *g) {
+  if (!g) return KVS_EINVAL;
+  g->seq0->len = 0;
+  return KVS_OK;
+}
+extern "C" uint32_t kvs_gpu_model_len(const kvs_gpu_model *g) { return g ? g->seq0->len : 0; }
 
 extern "C" kvs_err kvs_gpu_model_prefill(kvs_gpu_model *g, const int32_t *tokens, uint32_t n,
                                          int all_logits, float *logits, double *ms) {
   if (!g || (!tokens && n)) return KVS_EINVAL;
-  if (n > g->cap - g->len) return KVS_ERANGE;
-  if (!n) return KVS_OK;
-  const kvs_model_cfg *c = &g->cfg;
-  for (uint32_t i = 0; i < n; i++)
-    if (tokens[i] < 0 || (uint32_t)tokens[i] >= c->n_vocab) return KVS_EINVAL;
-  int E = (int)c->n_embd, H = (int)c->n_heads, G = (int)c->n_kv_heads, D = (int)c->head_dim;
-  int HD = H * D, GD = G * D, F = (int)c->n_ff, V = (int)c->n_vocab, N = (int)n;
-  int past = (int)g->len;
-  double log_theta = log((double)c->rope_theta);
   size_t rows = logits ? (all_logits ? n : 1) : 0;
   if (rows > g->logits_rows) {
     cudaFree(g->logits);
     g->logits = NULL;
     g->logits_rows = 0;
-    DMALLOC(g->logits, rows * (size_t)V * 4);
+    DMALLOC(g->logits, rows * (size_t)g->cfg.n_vocab * 4);
     g->logits_rows = rows;
   }
-  KVS_CUDA_TRY(cudaMemcpyAsync(g->tok, tokens, n * 4, cudaMemcpyHostToDevice, g->st));
-  KVS_CUDA_TRY(cudaEventRecord(g->ev0, g->st));
-  k_embed<<<N, 256, 0, g->st>>>(g->embd, g->tok, g->x, E);
-  for (uint32_t l = 0; l < c->n_layers; l++) {
-    gpu_layer *gl = &g->layers[l];
-    half *Kc = g->kv + (size_t)2 * l * plane(g), *Vc = Kc + plane(g);
-    k_rmsnorm<<<N, 256, 0, g->st>>>(g->x, gl->attn_norm, g->xn, E, c->norm_eps);
-    KVS_TRY(gemm(g, gl->wqkv, g->xn, g->qkv, CUDA_R_32F, N, E, HD + 2 * GD, 0.0f));
-    k_rope_qkv<<<N, 256, 0, g->st>>>(g->qkv, g->q, Kc, Vc, H, G, D, past, log_theta);
-    KVS_TRY(launch_flash(g->q, Kc, Vc, g->att, N, H, G, D, past, past + N, g->st));
-    KVS_TRY(gemm(g, gl->wo, g->att, g->x, CUDA_R_32F, N, HD, E, 1.0f));
-    k_rmsnorm<<<N, 256, 0, g->st>>>(g->x, gl->ffn_norm, g->xn, E, c->norm_eps);
-    KVS_TRY(gemm(g, gl->wgu, g->xn, g->gu, CUDA_R_16F, N, E, 2 * F, 0.0f));
-    size_t tot = (size_t)N * F;
-    k_swiglu<<<blocks_for(tot), 256, 0, g->st>>>(g->gu, g->act, F, tot);
-    KVS_TRY(gemm(g, gl->wdown, g->act, g->x, CUDA_R_32F, N, F, E, 1.0f));
-  }
-  if (rows) {
-    const float *xr = g->x + (all_logits ? 0 : (size_t)(N - 1) * E);
-    k_rmsnorm<<<(unsigned)rows, 256, 0, g->st>>>(xr, g->out_norm, g->xn, E, c->norm_eps);
-    KVS_TRY(gemm(g, g->output, g->xn, g->logits, CUDA_R_32F, (int)rows, E, V, 0.0f));
-  }
-  KVS_CUDA_TRY(cudaEventRecord(g->ev1, g->st));
-  KVS_CUDA_TRY(cudaGetLastError());
+  KVS_TRY(kvs_gpu_seq_prefill(g, g->seq0, tokens, n, all_logits, rows ? g->logits : NULL, ms));
   if (rows)
-    KVS_CUDA_TRY(cudaMemcpyAsync(logits, g->logits, rows * (size_t)V * 4, cudaMemcpyDeviceToHost,
-                                 g->st));
-  KVS_CUDA_TRY(cudaStreamSynchronize(g->st));
-  if (ms) {
-    float f;
-    KVS_CUDA_TRY(cudaEventElapsedTime(&f, g->ev0, g->ev1));
-    *ms = f;
-  }
-  g->len += n;
+    KVS_CUDA_TRY(cudaMemcpy(logits, g->logits, rows * (size_t)g->cfg.n_vocab * 4, cudaMemcpyDeviceToHost));
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_seq_kv_read(kvs_gpu_seq *s, uint32_t layer, uint32_t start, uint32_t n,
+                                       void *k, void *v) {
+  if (!s || layer >= s->g->cfg.n_layers || (n && (!k || !v))) return KVS_EINVAL;
+  if (start > s->len || n > s->len - start) return KVS_ERANGE;
+  size_t row = (size_t)s->g->cfg.n_kv_heads * s->g->cfg.head_dim;
+  KVS_CUDA_TRY(cudaMemcpy(k, seq_k(s, layer) + start * row, n * row * 2, cudaMemcpyDefault));
+  KVS_CUDA_TRY(cudaMemcpy(v, seq_v(s, layer) + start * row, n * row * 2, cudaMemcpyDefault));
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_seq_kv_write(kvs_gpu_seq *s, uint32_t layer, uint32_t start, uint32_t n,
+                                        const void *k, const void *v) {
+  if (!s || layer >= s->g->cfg.n_layers || (n && (!k || !v))) return KVS_EINVAL;
+  if (start > s->cap || n > s->cap - start) return KVS_ERANGE;
+  size_t row = (size_t)s->g->cfg.n_kv_heads * s->g->cfg.head_dim;
+  KVS_CUDA_TRY(cudaStreamSynchronize(s->g->st));
+  KVS_CUDA_TRY(cudaMemcpy(seq_k(s, layer) + start * row, k, n * row * 2, cudaMemcpyDefault));
+  KVS_CUDA_TRY(cudaMemcpy(seq_v(s, layer) + start * row, v, n * row * 2, cudaMemcpyDefault));
+  if (start + n > s->len) s->len = start + n;
   return KVS_OK;
 }
 
 extern "C" kvs_err kvs_gpu_model_kv_read(kvs_gpu_model *g, uint32_t layer, uint32_t start,
                                          uint32_t n, kvs_f16 *k, kvs_f16 *v) {
-  if (!g || layer >= g->cfg.n_layers || (n && (!k || !v))) return KVS_EINVAL;
-  if (start > g->len || n > g->len - start) return KVS_ERANGE;
-  size_t row = (size_t)g->cfg.n_kv_heads * g->cfg.head_dim;
-  const half *Kc = g->kv + (size_t)2 * layer * plane(g), *Vc = Kc + plane(g);
-  KVS_CUDA_TRY(cudaMemcpy(k, Kc + start * row, n * row * 2, cudaMemcpyDeviceToHost));
-  KVS_CUDA_TRY(cudaMemcpy(v, Vc + start * row, n * row * 2, cudaMemcpyDeviceToHost));
+  if (!g) return KVS_EINVAL;
+  return kvs_gpu_seq_kv_read(g->seq0, layer, start, n, k, v);
+}
+
+extern "C" kvs_err kvs_gpu_embed(kvs_gpu_model *g, const int32_t *tokens, uint32_t n,
+                                 float *hidden_dev) {
+  if (!g || (n && (!tokens || !hidden_dev))) return KVS_EINVAL;
+  if (n > g->T) return KVS_ERANGE;
+  KVS_TRY(check_tokens(g, tokens, n));
+  if (!n) return KVS_OK;
+  KVS_CUDA_TRY(cudaMemcpyAsync(g->tok, tokens, (size_t)n * 4, cudaMemcpyHostToDevice, g->st));
+  k_embed<<<n, 256, 0, g->st>>>(g->embd, g->tok, hidden_dev, (int)g->cfg.n_embd);
+  KVS_CUDA_TRY(cudaGetLastError());
+  KVS_CUDA_TRY(cudaStreamSynchronize(g->st));
+  return KVS_OK;
+}
+
+/* idx/pos (host) -> d_idx/d_pos; *kv_len = max idx + 1 */
+static kvs_err upload_slots(kvs_gpu_model *g, uint32_t n, const uint32_t *idx, const uint32_t *pos,
+                            uint32_t cap, int *kv_len) {
+  uint32_t mx = 0;
+  if (idx) {
+    for (uint32_t i = 0; i < n; i++) {
+      if (idx[i] >= cap) return KVS_ERANGE;
+      mx = idx[i] > mx ? idx[i] : mx;
+    }
+    KVS_CUDA_TRY(cudaMemcpyAsync(g->d_idx, idx, (size_t)n * 4, cudaMemcpyHostToDevice, g->st));
+  }
+  const uint32_t *p = pos ? pos : idx;
+  for (uint32_t i = 0; i < n; i++)
+    if (p[i] > INT32_MAX) return KVS_ERANGE;
+  KVS_CUDA_TRY(cudaMemcpyAsync(g->d_pos, p, (size_t)n * 4, cudaMemcpyHostToDevice, g->st));
+  if (kv_len) *kv_len = (int)mx + 1;
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_layer(kvs_gpu_model *g, kvs_gpu_seq *s, uint32_t layer, uint32_t n,
+                                 const uint32_t *idx, const uint32_t *pos, float *hidden_dev) {
+  if (!g || !s || s->g != g || layer >= g->cfg.n_layers || (n && (!idx || !hidden_dev)))
+    return KVS_EINVAL;
+  if (n > g->T) return KVS_ERANGE;
+  if (!n) return KVS_OK;
+  int kv_len = 0;
+  KVS_TRY(upload_slots(g, n, idx, pos, s->cap, &kv_len));
+  KVS_TRY(run_layer(g, s, layer, (int)n, hidden_dev, 0, g->d_pos, g->d_idx, kv_len));
+  if ((uint32_t)kv_len > s->len) s->len = (uint32_t)kv_len;
+  KVS_CUDA_TRY(cudaGetLastError());
+  KVS_CUDA_TRY(cudaStreamSynchronize(g->st));
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_layer_kv(kvs_gpu_model *g, uint32_t layer, uint32_t n,
+                                    const uint32_t *pos, const float *hidden_dev, void *k_dev,
+                                    void *v_dev) {
+  if (!g || layer >= g->cfg.n_layers || !pos || (n && (!hidden_dev || !k_dev || !v_dev)))
+    return KVS_EINVAL;
+  if (n > g->T) return KVS_ERANGE;
+  if (!n) return KVS_OK;
+  const kvs_model_cfg *c = &g->cfg;
+  int E = (int)c->n_embd, HD = (int)(c->n_heads * c->head_dim), GD = (int)(c->n_kv_heads * c->head_dim);
+  KVS_TRY(upload_slots(g, n, NULL, pos, 0, NULL));
+  gpu_layer *gl = &g->layers[layer];
+  k_rmsnorm<<<n, 256, 0, g->st>>>(hidden_dev, gl->attn_norm, g->xn, E, c->norm_eps);
+  KVS_TRY(gemm(g, gl->wqkv, g->xn, g->qkv, CUDA_R_32F, (int)n, E, HD + 2 * GD, 0.0f));
+  k_rope_qkv<<<n, 256, 0, g->st>>>(g->qkv, NULL, (half *)k_dev, (half *)v_dev, (int)c->n_heads,
+                                   (int)c->n_kv_heads, (int)c->head_dim, 0, g->d_pos, NULL,
+                                   log((double)c->rope_theta));
+  KVS_CUDA_TRY(cudaGetLastError());
+  KVS_CUDA_TRY(cudaStreamSynchronize(g->st));
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_logits(kvs_gpu_model *g, uint32_t n, const float *hidden_dev,
+                                  float *logits_dev) {
+  if (!g || (n && (!hidden_dev || !logits_dev))) return KVS_EINVAL;
+  if (!n) return KVS_OK;
+  KVS_TRY(run_logits(g, hidden_dev, (int)n, logits_dev));
+  KVS_CUDA_TRY(cudaGetLastError());
+  KVS_CUDA_TRY(cudaStreamSynchronize(g->st));
+  return KVS_OK;
+}
+
+extern "C" kvs_err kvs_gpu_buffer_alloc(size_t bytes, void **out) {
+  if (!out) return KVS_EINVAL;
+  *out = NULL;
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  KVS_CUDA_TRY(cudaMalloc(out, bytes ? bytes : 1));
+  return KVS_OK;
+}
+extern "C" void kvs_gpu_buffer_free(void *p) {
+  if (p) cudaFree(p);
+}
+extern "C" kvs_err kvs_gpu_copy(void *dst, const void *src, size_t bytes) {
+  if (!bytes) return KVS_OK;
+  if (!dst || !src) return KVS_EINVAL;
+  KVS_CUDA_TRY(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
   return KVS_OK;
 }
 
@@ -652,7 +871,7 @@ extern "C" kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, c
   if (!e) e = to_dev(&dk, k, (size_t)kv_len * G * D * 2);
   if (!e) e = to_dev(&dv, v, (size_t)kv_len * G * D * 2);
   if (!e) e = to_dev(&dout, NULL, (size_t)n * H * D * 2);
-  if (!e) e = launch_flash(dq, dk, dv, dout, (int)n, (int)H, (int)G, (int)D, (int)past, (int)kv_len, 0);
+  if (!e) e = launch_flash(dq, dk, dv, dout, (int)n, (int)H, (int)G, (int)D, (int)past, NULL, (int)kv_len, 0);
   if (!e && n) {
     cudaError_t ce = cudaMemcpy(out, dout, (size_t)n * H * D * 2, cudaMemcpyDeviceToHost);
     if (ce != cudaSuccess) e = kvs__cuda_err(ce, __FILE__, __LINE__, "flash_attn");

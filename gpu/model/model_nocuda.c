@@ -47,3 +47,76 @@ kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, const kvs_f1
   (void)q, (void)k, (void)v, (void)out, (void)n, (void)H, (void)G, (void)D, (void)past, (void)kv_len;
   return KVS_ENODEV;
 }
+const kvs_model_cfg *kvs_gpu_model_config(const kvs_gpu_model *g) {
+  (void)g;
+  return NULL;
+}
+uint32_t kvs_gpu_model_max_tokens(const kvs_gpu_model *g) {
+  (void)g;
+  return 0;
+}
+double kvs_gpu_model_prefill_sec_per_token(const kvs_gpu_model *g) {
+  (void)g;
+  return 0.0;
+}
+kvs_err kvs_gpu_seq_create(kvs_gpu_model *g, uint32_t capacity, kvs_gpu_seq **out) {
+  (void)g, (void)capacity;
+  if (out) *out = NULL;
+  return KVS_ENODEV;
+}
+void kvs_gpu_seq_free(kvs_gpu_seq *s) { (void)s; }
+uint32_t kvs_gpu_seq_len(const kvs_gpu_seq *s) {
+  (void)s;
+  return 0;
+}
+uint32_t kvs_gpu_seq_capacity(const kvs_gpu_seq *s) {
+  (void)s;
+  return 0;
+}
+kvs_err kvs_gpu_seq_truncate(kvs_gpu_seq *s, uint32_t n) {
+  (void)s, (void)n;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_seq_prefill(kvs_gpu_model *g, kvs_gpu_seq *s, const int32_t *tokens, uint32_t n,
+                            int all_logits, float *logits_dev, double *ms) {
+  (void)g, (void)s, (void)tokens, (void)n, (void)all_logits, (void)logits_dev, (void)ms;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_seq_kv_read(kvs_gpu_seq *s, uint32_t layer, uint32_t start, uint32_t n, void *k,
+                            void *v) {
+  (void)s, (void)layer, (void)start, (void)n, (void)k, (void)v;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_seq_kv_write(kvs_gpu_seq *s, uint32_t layer, uint32_t start, uint32_t n,
+                             const void *k, const void *v) {
+  (void)s, (void)layer, (void)start, (void)n, (void)k, (void)v;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_embed(kvs_gpu_model *g, const int32_t *tokens, uint32_t n, float *hidden_dev) {
+  (void)g, (void)tokens, (void)n, (void)hidden_dev;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_layer(kvs_gpu_model *g, kvs_gpu_seq *s, uint32_t layer, uint32_t n,
+                      const uint32_t *idx, const uint32_t *pos, float *hidden_dev) {
+  (void)g, (void)s, (void)layer, (void)n, (void)idx, (void)pos, (void)hidden_dev;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_layer_kv(kvs_gpu_model *g, uint32_t layer, uint32_t n, const uint32_t *pos,
+                         const float *hidden_dev, void *k_dev, void *v_dev) {
+  (void)g, (void)layer, (void)n, (void)pos, (void)hidden_dev, (void)k_dev, (void)v_dev;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_logits(kvs_gpu_model *g, uint32_t n, const float *hidden_dev, float *logits_dev) {
+  (void)g, (void)n, (void)hidden_dev, (void)logits_dev;
+  return KVS_ENODEV;
+}
+kvs_err kvs_gpu_buffer_alloc(size_t bytes, void **out) {
+  (void)bytes;
+  if (out) *out = NULL;
+  return KVS_ENODEV;
+}
+void kvs_gpu_buffer_free(void *p) { (void)p; }
+kvs_err kvs_gpu_copy(void *dst, const void *src, size_t bytes) {
+  (void)dst, (void)src, (void)bytes;
+  return KVS_ENODEV;
+}

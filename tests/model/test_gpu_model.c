@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvs_engine.h"
 #include "kvs_gpu_model.h"
 #include "kvs_model.h"
 #include "kvs_test.h"
@@ -250,6 +251,126 @@ static void test_random_models(void) {
   kvs_model_free(big);
 }
 
+static const char *RAG =
+    "<|im_start|>system\nAnswer from the passage.<|im_end|>\n<|im_start|>user\nThe Eiffel Tower "
+    "is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the "
+    "engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889.\n"
+    "Question: who designed the Eiffel Tower?<|im_end|>\n<|im_start|>assistant\n";
+
+static float max_diff(const float *a, const float *b, size_t n) {
+  float m = 0;
+  for (size_t i = 0; i < n; i++) m = fmaxf(m, fabsf(a[i] - b[i]));
+  return m;
+}
+
+/* The GPU engine ops (device buffers) against the CPU model: prefill, layer
+ * by layer, prefill over injected KV, subset recompute with layer_kv. */
+static void test_gpu_engine(void) {
+  size_t cap = strlen(RAG) + 8, nn;
+  kvs_token *ids = malloc(cap * sizeof *ids);
+  CU_ASSERT_EQUAL_FATAL(kvs_tok_encode(kvs_model_tok(g_m), RAG, strlen(RAG), 1, 0, ids, cap, &nn), KVS_OK);
+  uint32_t n = (uint32_t)nn;
+  kvs__model_weights w;
+  kvs__model_weights_get(g_m, &w);
+  uint32_t V = w.cfg.n_vocab, E = w.cfg.n_embd, L = w.cfg.n_layers;
+  size_t row = (size_t)w.cfg.n_kv_heads * w.cfg.head_dim;
+  kvs_gpu_model *gm;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_create(&w, 256, &gm), KVS_OK);
+  kvs_engine *e;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_engine(gm, kvs_model_get_id(g_m), &e), KVS_OK);
+  const kvs_engine_ops *o = e->ops;
+  kvs_engine_info info;
+  CU_ASSERT_EQUAL(o->info(e, &info), KVS_OK);
+  CU_ASSERT_EQUAL(info.mem, KVS_ENGINE_MEM_DEVICE);
+  CU_ASSERT_EQUAL(kvs_layout_validate(&info.layout), KVS_OK);
+  CU_ASSERT(kvs_hash128_equal(&info.model_id, kvs_model_get_id(g_m)));
+  float *d_lg, *d_h;
+  void *d_k, *d_v, *d_k2, *d_v2;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_buffer_alloc((size_t)n * V * 4, (void **)&d_lg), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_buffer_alloc((size_t)n * E * 4, (void **)&d_h), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_buffer_alloc(n * row * 2, &d_k), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_buffer_alloc(n * row * 2, &d_v), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_buffer_alloc(n * row * 2, &d_k2), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_buffer_alloc(n * row * 2, &d_v2), KVS_OK);
+  float *ref = malloc((size_t)n * V * 4), *lg = malloc((size_t)n * V * 4), *cpu = malloc((size_t)n * V * 4);
+  /* full prefill, all logits, vs the CPU */
+  kvs_engine_seq *a, *b, *c;
+  CU_ASSERT_EQUAL_FATAL(o->seq_create(e, n, &a), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(o->seq_create(e, n, &b), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(o->seq_create(e, n, &c), KVS_OK);
+  CU_ASSERT_EQUAL(o->prefill(e, a, ids, n, 1, d_lg), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_gpu_copy(ref, d_lg, (size_t)n * V * 4), KVS_OK);
+  kvs_seq *cs;
+  CU_ASSERT_EQUAL_FATAL(kvs_seq_create(g_m, n, &cs), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_model_prefill(g_m, cs, ids, n, 1, cpu), KVS_OK);
+  kvs_seq_free(cs);
+  float d_cpu = max_diff(ref, cpu, (size_t)n * V);
+  CU_ASSERT(d_cpu < GPU_CPU_LOGIT_TOL);
+  CU_ASSERT_EQUAL(kvs_argmax(ref + (size_t)(n - 1) * V, V), kvs_argmax(cpu + (size_t)(n - 1) * V, V));
+  /* layer by layer over all tokens */
+  uint32_t *idx = malloc(n * sizeof *idx);
+  for (uint32_t i = 0; i < n; i++) idx[i] = i;
+  CU_ASSERT_EQUAL(o->embed(e, ids, n, d_h), KVS_OK);
+  for (uint32_t l = 0; l < L; l++) CU_ASSERT_EQUAL(o->layer(e, b, l, n, idx, NULL, d_h), KVS_OK);
+  CU_ASSERT_EQUAL(o->logits(e, n, d_h, d_lg), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_gpu_copy(lg, d_lg, (size_t)n * V * 4), KVS_OK);
+  float d_lw = max_diff(lg, ref, (size_t)n * V);
+  CU_ASSERT(d_lw < 1e-3f);
+  CU_ASSERT_EQUAL(o->seq_len(e, b), n);
+  /* injected KV: copy n-11 tokens of a into c (device to device), prefill the rest */
+  uint32_t k = n - 11;
+  for (uint32_t l = 0; l < L; l++) {
+    CU_ASSERT_EQUAL(o->kv_read(e, a, l, 0, k, d_k, d_v), KVS_OK);
+    CU_ASSERT_EQUAL(o->kv_write(e, c, l, 0, k, d_k, d_v), KVS_OK);
+  }
+  CU_ASSERT_EQUAL(o->prefill(e, c, ids + k, n - k, 0, d_lg), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_gpu_copy(lg, d_lg, (size_t)V * 4), KVS_OK);
+  float d_inj = max_diff(lg, ref + (size_t)(n - 1) * V, V);
+  CU_ASSERT(d_inj < 2e-2f);
+  CU_ASSERT_EQUAL(kvs_argmax(lg, V), kvs_argmax(ref + (size_t)(n - 1) * V, V));
+  /* subset recompute on top of a's full KV: every 5th token and the last */
+  uint32_t ns = 0;
+  for (uint32_t i = 0; i < n; i++)
+    if (i % 5 == 2 || i == n - 1) idx[ns++] = i;
+  kvs_token *sub = malloc(ns * sizeof *sub);
+  for (uint32_t j = 0; j < ns; j++) sub[j] = ids[idx[j]];
+  CU_ASSERT_EQUAL(o->embed(e, sub, ns, d_h), KVS_OK);
+  kvs_f16 *h1 = malloc(row * 2), *h2 = malloc(row * 2);
+  size_t kv_diff = 0;
+  for (uint32_t l = 0; l < L; l++) {
+    CU_ASSERT_EQUAL(o->layer_kv(e, l, ns, idx, d_h, d_k2, d_v2), KVS_OK);
+    CU_ASSERT_EQUAL(o->layer(e, a, l, ns, idx, NULL, d_h), KVS_OK);
+    for (uint32_t j = 0; j < ns; j += 4) { /* fresh K from layer_kv == what layer wrote */
+      CU_ASSERT_EQUAL(kvs_gpu_copy(h1, (char *)d_k2 + j * row * 2, row * 2), KVS_OK);
+      CU_ASSERT_EQUAL(o->kv_read(e, a, l, idx[j], 1, d_k, d_v), KVS_OK);
+      CU_ASSERT_EQUAL(kvs_gpu_copy(h2, d_k, row * 2), KVS_OK);
+      kv_diff += memcmp(h1, h2, row * 2) != 0;
+    }
+  }
+  CU_ASSERT_EQUAL(kv_diff, 0);
+  CU_ASSERT_EQUAL(o->logits(e, ns, d_h, d_lg), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_gpu_copy(lg, d_lg, (size_t)ns * V * 4), KVS_OK);
+  float d_sub = 0;
+  for (uint32_t j = 0; j < ns; j++) {
+    d_sub = fmaxf(d_sub, max_diff(lg + (size_t)j * V, ref + (size_t)idx[j] * V, V));
+    CU_ASSERT_EQUAL(kvs_argmax(lg + (size_t)j * V, V), kvs_argmax(ref + (size_t)idx[j] * V, V));
+  }
+  CU_ASSERT(d_sub < 2e-2f);
+  double spt = 0;
+  CU_ASSERT_EQUAL(o->prefill_cost(e, 0, &spt), KVS_OK);
+  CU_ASSERT(spt > 0);
+  printf("\n  gpu engine: vs cpu %.4f, layer-by-layer %.3g, injected %.3g, subset %.3g (max |dlogit|), %.3g s/token\n",
+         d_cpu, d_lw, d_inj, d_sub, spt);
+  free(h1), free(h2), free(sub), free(idx), free(ref), free(lg), free(cpu), free(ids);
+  o->seq_free(e, a);
+  o->seq_free(e, b);
+  o->seq_free(e, c);
+  kvs_gpu_buffer_free(d_lg), kvs_gpu_buffer_free(d_h), kvs_gpu_buffer_free(d_k);
+  kvs_gpu_buffer_free(d_v), kvs_gpu_buffer_free(d_k2), kvs_gpu_buffer_free(d_v2);
+  kvs_engine_free(e);
+  kvs_gpu_model_free(gm);
+}
+
 static int init(void) { return kvs_model_load(kvs_test_model_path(), &g_m) != KVS_OK; }
 static int clean(void) {
   kvs_model_free(g_m);
@@ -269,6 +390,7 @@ int main(void) {
                                         {"flash attention twin", test_flash_attn},
                                         {"forward vs CPU and llama.cpp", test_vs_cpu_and_llamacpp},
                                         {"random and 8B-shaped models", test_random_models},
+                                        {"GPU engine ops", test_gpu_engine},
                                         {NULL, NULL}};
   return kvs_test_run_fixture("model_gpu", cases, init, clean);
 }
