@@ -10,6 +10,9 @@
  *                                     before each PUT is acknowledged)
  *   redis-server over TCP and its Unix socket (no persistence: save "",
  *                                     appendonly no)
+ *   a bare nng REP server (GET only): the transport's ceiling, a minimal
+ *                                     server that allocates and copies the
+ *                                     answer and does nothing else
  * Each client is a thread with its own connection doing one request at a
  * time. GETs read random keys of a working set put first (RAM-resident on
  * both sides). Then the KV-tokens-per-second comparison: a 256-token chunk of
@@ -21,12 +24,14 @@
 #include <errno.h>
 #include <hiredis.h>
 #include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -51,7 +56,9 @@ static void sleep_ms(int ms) {
 
 /* ------------------------------------------------------------ servers */
 static char g_dir[256];
-static pid_t g_kvs_pid, g_redis_pid;
+static pid_t g_kvs_pid, g_redis_pid, g_bare_pid;
+static char g_bare_tcp[128], g_bare_ipc[300];
+static volatile uint64_t *g_bare_size; /* shared with the bare server process */
 static char g_kvs_tcp[128], g_kvs_ipc[300], g_redis_sock[300];
 static int g_redis_port;
 
@@ -90,6 +97,7 @@ static void stop(pid_t *pid) {
 }
 
 static void cleanup(void) {
+  stop(&g_bare_pid);
   stop(&g_kvs_pid);
   stop(&g_redis_pid);
   if (g_dir[0]) {
@@ -230,9 +238,42 @@ static long redis_raw_get(int fd, const uint8_t key[16], uint8_t *buf, size_t ca
 }
 
 /* ------------------------------------------------------------ workload */
-enum { SYS_KVS_TCP, SYS_KVS_IPC, SYS_REDIS_TCP, SYS_REDIS_UNIX, N_SYS };
-static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc", "redis tcp", "redis unix"};
-static const char *sys_key[N_SYS] = {"kvs_tcp", "kvs_ipc", "redis_tcp", "redis_unix"};
+enum { SYS_KVS_TCP, SYS_KVS_IPC, SYS_REDIS_TCP, SYS_REDIS_UNIX, SYS_BARE_TCP, SYS_BARE_IPC, N_SYS };
+static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc", "redis tcp",
+                                      "redis unix",   "bare-nng tcp", "bare-nng ipc"};
+static const char *sys_key[N_SYS] = {"kvs_tcp",    "kvs_ipc",     "redis_tcp",
+                                     "redis_unix", "bare_nng_tcp", "bare_nng_ipc"};
+#define IS_NNG(sys) ((sys) == SYS_KVS_TCP || (sys) == SYS_KVS_IPC || (sys) >= SYS_BARE_TCP)
+
+/* The transport's ceiling: a minimal synchronous nng REP server (its own
+ * process) answering every request with a GET answer of *g_bare_size value
+ * bytes, allocated and copied per request as any server must. */
+static void bare_server(void) {
+  nng_socket s;
+  if (nng_rep0_open(&s) != 0 || nng_listen(s, g_bare_tcp, NULL, 0) != 0 ||
+      nng_listen(s, g_bare_ipc, NULL, 0) != 0)
+    _exit(1);
+  size_t cap = 0;
+  uint8_t *src = NULL;
+  for (;;) {
+    nng_msg *req;
+    if (nng_recvmsg(s, &req, 0) != 0) continue;
+    nng_msg_free(req);
+    size_t n = (size_t)*g_bare_size;
+    if (n > cap) {
+      free(src);
+      src = calloc(1, n);
+      cap = src ? n : 0;
+      if (!src) _exit(1);
+    }
+    nng_msg *m;
+    if (nng_msg_alloc(&m, 0) != 0) continue;
+    uint8_t head[KVS_WIRE_HDR_SIZE + KVS_WIRE_GET_RESP_FIXED] = {0};
+    nng_msg_append(m, head, sizeof head);
+    nng_msg_append(m, src, n);
+    if (nng_sendmsg(s, m, 0) != 0) nng_msg_free(m);
+  }
+}
 
 typedef struct run_cfg {
   int sys, put, clients;
@@ -260,8 +301,11 @@ static void *thr_main(void *p) {
   kconn kc;
   redisContext *rcx = NULL;
   int ok = 0;
-  if (rc->sys == SYS_KVS_TCP || rc->sys == SYS_KVS_IPC)
-    ok = kconnect(&kc, rc->sys == SYS_KVS_TCP ? g_kvs_tcp : g_kvs_ipc) == 0;
+  if (IS_NNG(rc->sys))
+    ok = kconnect(&kc, rc->sys == SYS_KVS_TCP   ? g_kvs_tcp
+                       : rc->sys == SYS_KVS_IPC ? g_kvs_ipc
+                       : rc->sys == SYS_BARE_TCP ? g_bare_tcp
+                                                 : g_bare_ipc) == 0;
   else {
     rcx = rc->sys == SYS_REDIS_TCP ? redisConnect("127.0.0.1", g_redis_port)
                                    : redisConnectUnix(g_redis_sock);
@@ -357,7 +401,9 @@ static result run(const run_cfg *rc) {
     t[i] = (thr){rc, i, &bar, malloc(sizeof(double) * MAX_OPS_PER_THREAD), 0, 0};
     pthread_create(&th[i], NULL, thr_main, &t[i]);
   }
-  pid_t server = rc->sys == SYS_KVS_TCP || rc->sys == SYS_KVS_IPC ? g_kvs_pid : g_redis_pid;
+  pid_t server = rc->sys >= SYS_BARE_TCP                          ? g_bare_pid
+                 : rc->sys == SYS_KVS_TCP || rc->sys == SYS_KVS_IPC ? g_kvs_pid
+                                                                    : g_redis_pid;
   double cpu0 = proc_cpu_s(server);
   pthread_barrier_wait(&bar);
   double t0 = now_s();
@@ -399,6 +445,13 @@ static int start_servers(void) {
   snprintf(g_kvs_tcp, sizeof g_kvs_tcp, "tcp://127.0.0.1:%d", kport);
   snprintf(g_kvs_ipc, sizeof g_kvs_ipc, "ipc://%s/kvs.sock", g_dir);
   snprintf(g_redis_sock, sizeof g_redis_sock, "%s/redis.sock", g_dir);
+  snprintf(g_bare_tcp, sizeof g_bare_tcp, "tcp://127.0.0.1:%d", free_port());
+  snprintf(g_bare_ipc, sizeof g_bare_ipc, "ipc://%s/bare.sock", g_dir);
+  g_bare_size = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (g_bare_size == MAP_FAILED) return -1;
+  *g_bare_size = 1;
+  g_bare_pid = fork(); /* before this process has any thread */
+  if (g_bare_pid == 0) bare_server();
   char a_data[300], a_listen[500], log[300];
   snprintf(a_data, sizeof a_data, "--data_dir=%s/data", g_dir);
   snprintf(a_listen, sizeof a_listen, "--listen=%s,%s", g_kvs_tcp, g_kvs_ipc);
@@ -493,6 +546,7 @@ int main(int argc, char **argv) {
   int first = 1;
   /* get ratios at 1 MiB: [client index] tcp vs tcp, ipc vs unix */
   double ratio_tcp[8] = {0}, ratio_ipc[8] = {0}, p99r_tcp[8] = {0}, p99r_ipc[8] = {0};
+  double bare_tcp[8] = {0}, bare_ipc[8] = {0};
   int have_1m = 0;
   for (int si = 0; si < n_sizes; si++) {
     size_t size = (size_t)sizes[si];
@@ -515,10 +569,12 @@ int main(int argc, char **argv) {
       if (r.n != n_keys) fprintf(stderr, "fill of %s: %ld of %d keys\n", sys_name[sys], r.n, n_keys);
     }
     for (int ci = 0; ci < n_clients; ci++) {
-      result res[N_SYS][2];
+      static result res[N_SYS][2];
       memset(res, 0, sizeof res);
+      *g_bare_size = size;
       for (int op = do_put; op >= 0; op--) /* PUT, then GET */
         for (int sys = 0; sys < N_SYS; sys++) {
+          if (op == 1 && sys >= SYS_BARE_TCP) continue; /* the bare server only answers GETs */
           run_cfg rc = {sys, op, (int)clients[ci], 0, size, n_keys, keys, value, ck, 0, seconds};
           res[sys][op] = run(&rc);
           result *r = &res[sys][op];
@@ -542,6 +598,8 @@ int main(int argc, char **argv) {
         ratio_ipc[ci] = res[SYS_KVS_IPC][0].rps / (res[SYS_REDIS_UNIX][0].rps + 1e-9);
         p99r_tcp[ci] = res[SYS_KVS_TCP][0].p99 / (res[SYS_REDIS_TCP][0].p99 + 1e-9);
         p99r_ipc[ci] = res[SYS_KVS_IPC][0].p99 / (res[SYS_REDIS_UNIX][0].p99 + 1e-9);
+        bare_tcp[ci] = res[SYS_KVS_TCP][0].rps / (res[SYS_BARE_TCP][0].rps + 1e-9);
+        bare_ipc[ci] = res[SYS_KVS_IPC][0].rps / (res[SYS_BARE_IPC][0].rps + 1e-9);
       }
     }
     for (int k = 0; k < n_keys; k++) free(keys[k].frame_get);
@@ -553,13 +611,16 @@ int main(int argc, char **argv) {
     printf("\nGET at 1 MiB, kvstashd / redis:\n");
     jn += (size_t)snprintf(json + jn, sizeof json - jn, ",\"get_ratio_vs_redis_1MiB\":[");
     for (int ci = 0; ci < n_clients; ci++) {
-      printf("  %3ld clients: req/s tcp %.2fx, ipc-vs-unix %.2fx; p99 tcp %.2fx, ipc-vs-unix %.2fx\n",
-             clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci]);
+      printf("  %3ld clients: req/s tcp %.2fx, ipc-vs-unix %.2fx; p99 tcp %.2fx, ipc-vs-unix %.2fx;"
+             " kvstashd / bare nng: tcp %.2fx, ipc %.2fx\n",
+             clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci],
+             bare_ipc[ci]);
       jn += (size_t)snprintf(json + jn, sizeof json - jn,
                              "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
-                             "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f}",
+                             "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f,"
+                             "\"vs_bare_nng_tcp\":%.3f,\"vs_bare_nng_ipc\":%.3f}",
                              ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci],
-                             p99r_tcp[ci], p99r_ipc[ci]);
+                             p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci], bare_ipc[ci]);
     }
     jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
   }
@@ -587,7 +648,7 @@ int main(int argc, char **argv) {
       long tc[2] = {1, 4};
       for (int ci = 0; ci < 2; ci++) {
         double tps[N_SYS];
-        for (int sys = 0; sys < N_SYS; sys++) {
+        for (int sys = 0; sys < SYS_BARE_TCP; sys++) {
           int is_kvs = sys == SYS_KVS_TCP || sys == SYS_KVS_IPC;
           size_t sz = is_kvs ? enc_len : raw;
           const uint8_t *val = is_kvs ? enc : (const uint8_t *)kv;

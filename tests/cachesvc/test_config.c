@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "kvs_svc.h"
+#include "svc_int.h"
 #include "kvs_test.h"
 
 static void test_defaults(void) {
@@ -84,4 +85,47 @@ static const kvs_test_case cases[] = {{"defaults", test_defaults},
                                       {"rejects", test_rejects},
                                       {NULL, NULL}};
 
-int main(void) { return kvs_test_run("cachesvc_config", cases); }
+/* Seed corpus of fuzz_record: valid records (ok and quarantined), one cut short. */
+static int write_record_corpus(const char *dir) {
+  int32_t tok[5] = {1, 2, 3, 4, 5};
+  uint64_t seg[2] = {10, 30};
+  kvs_wire_meta m;
+  memset(&m, 0, sizeof m);
+  m.model = kvs_hash128_buf("m", 1);
+  m.key = kvs_key_content(&m.model, tok, 5);
+  m.key_kind = KVS_KEY_KIND_CONTENT;
+  m.n_tokens = 5;
+  m.n_segments = 2;
+  m.value_bytes = 30;
+  m.codec_profile = 3;
+  m.codec_params = (const uint8_t *)"abc";
+  m.codec_params_len = 3;
+  m.tokens_le = (const uint8_t *)tok;
+  m.seg_end_le = (const uint8_t *)seg;
+  m.hits = 7;
+  m.pinned = 1;
+  uint8_t buf[1024];
+  size_t n = 0;
+  for (int state = 0; state <= 1; state++) {
+    if (kvs__record_encode(&m, (uint8_t)state, buf, sizeof buf, &n) != KVS_OK) return 1;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/record_%d", dir, state);
+    FILE *f = fopen(path, "wb");
+    if (!f) return 1;
+    fwrite(buf, 1, state ? n : n, f);
+    fclose(f);
+  }
+  char path[1024];
+  snprintf(path, sizeof path, "%s/record_short", dir);
+  FILE *f = fopen(path, "wb");
+  if (!f) return 1;
+  fwrite(buf, 1, n - 9, f);
+  fclose(f);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--write-record-corpus") == 0)
+    return write_record_corpus(argv[2]);
+  return kvs_test_run("cachesvc_config", cases);
+}
