@@ -6,8 +6,8 @@
 
 #include "codec_int.h"
 
-static const char *const k_names[] = {NULL,  "lossless", "int8",         "kivi2",
-                                      "kivi4", "fp4",    "cachegen-ref", "dense"};
+static const char *const k_names[] = {NULL,    "lossless", "int8",         "kivi2",
+                                      "kivi4", "fp4",      "cachegen-ref", "dense"};
 
 const char *kvs_codec_profile_name(int profile) {
   if (profile < 1 || profile > KVS_CODEC_PROFILE_MAX) return NULL;
@@ -171,7 +171,8 @@ static void put_params(uint8_t *q, const kvs_codec_params *p) {
     kvs__wr16(q + KVS_CP_FINE_LAYERS, (uint16_t)p->cg_key_first_layers);
     kvs__wr16(q + KVS_CP_MID_LAYERS, (uint16_t)p->cg_key_second_layers);
     kvs__wr16(q + KVS_CP_V_FINE_LAYERS, (uint16_t)p->cg_value_first_layers);
-    for (int i = 0; i < 4; i++) q[KVS_CP_BINS + i] = (uint8_t)(p->cg_bins[i] - 1);
+    for (int i = 0; i < 4; i++)
+      q[KVS_CP_BINS + i] = (uint8_t)(p->cg_bins[i] - 1);
     q[KVS_CP_V_BINS2] = (uint8_t)(p->cg_bins[4] - 1);
   } else {
     kvs__wr16(q + KVS_CP_FINE_LAYERS, (uint16_t)p->fine_layers);
@@ -195,7 +196,8 @@ static void get_params(const uint8_t *q, uint32_t profile, kvs_codec_params *p) 
     p->cg_key_first_layers = kvs__rd16(q + KVS_CP_FINE_LAYERS);
     p->cg_key_second_layers = kvs__rd16(q + KVS_CP_MID_LAYERS);
     p->cg_value_first_layers = kvs__rd16(q + KVS_CP_V_FINE_LAYERS);
-    for (int i = 0; i < 4; i++) p->cg_bins[i] = q[KVS_CP_BINS + i] + 1u;
+    for (int i = 0; i < 4; i++)
+      p->cg_bins[i] = q[KVS_CP_BINS + i] + 1u;
     p->cg_bins[4] = q[KVS_CP_V_BINS2] + 1u;
   } else {
     p->fine_layers = kvs__rd16(q + KVS_CP_FINE_LAYERS);
@@ -213,7 +215,8 @@ static kvs_err enc_lossless(const kvs_codec_params *p, const uint8_t *src, size_
   uint8_t *tmp = malloc(raw ? raw : 1);
   if (!tmp) return KVS_ENOMEM;
   size_t half = raw / 2;
-  for (size_t i = 0; i < half; i++) tmp[i] = src[2 * i], tmp[half + i] = src[2 * i + 1];
+  for (size_t i = 0; i < half; i++)
+    tmp[i] = src[2 * i], tmp[half + i] = src[2 * i + 1];
   size_t r = ZSTD_compress(out, cap, tmp, raw, p->zstd_level);
   free(tmp);
   if (ZSTD_isError(r)) return KVS_ENOSPC;
@@ -221,8 +224,8 @@ static kvs_err enc_lossless(const kvs_codec_params *p, const uint8_t *src, size_
   return KVS_OK;
 }
 
-kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *l, uint32_t T,
-                         const void *kv, void *out, size_t cap, size_t *out_len) {
+kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *l, uint32_t T, const void *kv,
+                         void *out, size_t cap, size_t *out_len) {
   KVS_TRY(check_inputs(p, l, T));
   KVS_RETURN_ERROR_IF(!kv || !out || !out_len, KVS_EINVAL, "null buffer");
   uint32_t lpg = eff_lpg(p, l->n_layers), nseg = KVS__CDIV(l->n_layers, lpg);
@@ -256,7 +259,10 @@ kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *l, uint32_
   kvs_err rc = KVS_OK;
   for (uint32_t g = 0; g < nseg && rc == KVS_OK; g++) {
     uint32_t first = g * lpg, nl = l->n_layers - first < lpg ? l->n_layers - first : lpg;
-    if (cap - pos < KVS_CODEC_SEG_HEADER_BYTES) { rc = KVS_ENOSPC; break; }
+    if (cap - pos < KVS_CODEC_SEG_HEADER_BYTES) {
+      rc = KVS_ENOSPC;
+      break;
+    }
     uint8_t *sh = o + pos, *pay = sh + KVS_CODEC_SEG_HEADER_BYTES;
     size_t room = cap - pos - KVS_CODEC_SEG_HEADER_BYTES, plen = 0;
     const uint8_t *src = (const uint8_t *)kv + (uint64_t)2 * first * pe * 2;
@@ -264,9 +270,11 @@ kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *l, uint32_
       rc = enc_lossless(p, src, (size_t)(2 * nl * pe * 2), pay, room, &plen);
     } else {
       for (uint32_t i = 0; i < nl * 2 && rc == KVS_OK; i++) {
-        kvs__plane pl = {T, l->n_kv_heads, l->head_dim, first + i / 2, i % 2, l->n_layers, p, l->dtype};
+        kvs__plane pl = {T,     l->n_kv_heads, l->head_dim, first + i / 2,
+                         i % 2, l->n_layers,   p,           l->dtype};
         const uint8_t *ps = src + (uint64_t)i * pe * 2;
-        for (uint64_t e = 0; e < pe; e++) x[e] = kvs__load_elem(ps, l->dtype, e);
+        for (uint64_t e = 0; e < pe; e++)
+          x[e] = kvs__load_elem(ps, l->dtype, e);
         size_t n = 0;
         rc = ops->enc(&pl, x, pay + plen, room - plen, &n);
         plen += n;
@@ -274,7 +282,10 @@ kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *l, uint32_
     }
     if (rc != KVS_OK) break;
     size_t padded = KVS__PAD8(plen);
-    if (padded > room) { rc = KVS_ENOSPC; break; }
+    if (padded > room) {
+      rc = KVS_ENOSPC;
+      break;
+    }
     memset(pay + plen, 0, padded - plen);
     kvs__wr32(sh + KVS_SH_MAGIC, KVS_CODEC_SEG_MAGIC);
     kvs__wr32(sh + KVS_SH_INDEX, g);
@@ -363,8 +374,8 @@ kvs_err kvs_codec_parse_header(const void *bytes, size_t n, kvs_codec_info *info
   uint64_t off = need;
   for (uint32_t g = 0; g < nseg; g++) {
     uint64_t s = kvs__rd64(b + KVS_CODEC_HEADER_BYTES + 8u * g);
-    KVS_RETURN_ERROR_IF(s < KVS_CODEC_SEG_HEADER_BYTES || s > (1ull << 48) || (s & 7),
-                        KVS_ECORRUPT, "segment size");
+    KVS_RETURN_ERROR_IF(s < KVS_CODEC_SEG_HEADER_BYTES || s > (1ull << 48) || (s & 7), KVS_ECORRUPT,
+                        "segment size");
     info->seg_offset[g] = off;
     off += s;
   }
@@ -400,8 +411,8 @@ size_t kvs_codec_decode_workspace_bound(const kvs_codec_info *info) {
   size_t m = 64;
   for (uint32_t l = 0; l < info->layout.n_layers; l++)
     for (uint32_t kv = 0; kv < 2; kv++) {
-      kvs__plane pl = {info->n_tokens, info->layout.n_kv_heads, info->layout.head_dim, l, kv,
-                       info->layout.n_layers, &info->params, info->layout.dtype};
+      kvs__plane pl = {info->n_tokens,        info->layout.n_kv_heads, info->layout.head_dim, l, kv,
+                       info->layout.n_layers, &info->params,           info->layout.dtype};
       size_t s = ops->ws_bound(&pl);
       if (s > m) m = s;
     }
@@ -417,13 +428,13 @@ static kvs_err check_out(const kvs_codec_info *info, const kvs_codec_out *o) {
   KVS_RETURN_ERROR_IF(o->head_begin >= h1 || h1 > info->layout.n_kv_heads, KVS_EINVAL,
                       "head range");
   if (o->base) {
-    KVS_RETURN_ERROR_IF(!o->base_bytes || kvs_codec_out_bytes(info, o) > o->base_bytes,
-                        KVS_ELAYOUT, "output buffer smaller than the encoded KV");
+    KVS_RETURN_ERROR_IF(!o->base_bytes || kvs_codec_out_bytes(info, o) > o->base_bytes, KVS_ELAYOUT,
+                        "output buffer smaller than the encoded KV");
   } else {
     KVS_RETURN_ERROR_IF(o->n_layers != info->layout.n_layers, KVS_ELAYOUT,
                         "paged output has a different layer count");
-    KVS_RETURN_ERROR_IF(!o->k_cache || !o->v_cache || !o->block_table || !o->block_size,
-                        KVS_EINVAL, "paged output needs caches, block table and block size");
+    KVS_RETURN_ERROR_IF(!o->k_cache || !o->v_cache || !o->block_table || !o->block_size, KVS_EINVAL,
+                        "paged output needs caches, block table and block size");
     uint32_t nb = KVS__CDIV(info->n_tokens, o->block_size);
     for (uint32_t i = 0; i < nb; i++)
       KVS_RETURN_ERROR_IF(o->block_table[i] < 0 || (uint32_t)o->block_table[i] >= o->num_blocks,
@@ -447,7 +458,8 @@ static void poison(const kvs_codec_info *info, const kvs_codec_out *o, uint32_t 
         memset(kvs__row_ptr(&w, 0, h0), 0xff, row * T * (h1 - h0));
       } else {
         for (uint32_t t = 0; t < T; t++)
-          for (uint32_t h = h0; h < h1; h++) memset(kvs__row_ptr(&w, t, h), 0xff, row);
+          for (uint32_t h = h0; h < h1; h++)
+            memset(kvs__row_ptr(&w, t, h), 0xff, row);
       }
     }
 }
@@ -468,7 +480,8 @@ static kvs_err dec_lossless(const kvs_codec_info *info, uint32_t first, uint32_t
   /* the payload is one frame followed by zero padding to 8 bytes */
   size_t fsz = ZSTD_findFrameCompressedSize(pay, n);
   KVS_RETURN_ERROR_IF(ZSTD_isError(fsz) || n - fsz >= 8, KVS_ECORRUPT, "zstd frame size");
-  for (size_t i = fsz; i < n; i++) KVS_RETURN_ERROR_IF(pay[i], KVS_ECORRUPT, "padding");
+  for (size_t i = fsz; i < n; i++)
+    KVS_RETURN_ERROR_IF(pay[i], KVS_ECORRUPT, "padding");
   unsigned long long content = ZSTD_getFrameContentSize(pay, fsz);
   KVS_RETURN_ERROR_IF(content != raw, KVS_ECORRUPT, "zstd content size");
   size_t r = ZSTD_decompressDCtx(dctx, tmp, raw, pay, fsz);
@@ -525,7 +538,8 @@ static kvs_err decode_segment(const kvs_codec_info *info, uint32_t g, const uint
   uint32_t h0 = o->head_begin, h1 = o->head_end ? o->head_end : H;
   size_t es = kvs_dtype_size(o->dtype), pos = 0;
   for (uint32_t i = 0; i < 2 * nl; i++) {
-    kvs__plane pl = {T, H, D, first + i / 2, i % 2, info->layout.n_layers, &info->params, info->layout.dtype};
+    kvs__plane pl = {
+        T, H, D, first + i / 2, i % 2, info->layout.n_layers, &info->params, info->layout.dtype};
     kvs__writer w = {o, T, H, D, h0, h1, first + i / 2, i % 2, es};
     KVS_RETURN_ERROR_IF(pn - pos < 4, KVS_ECORRUPT, "plane truncated");
     uint32_t pb = kvs__rd32(pay + pos);
@@ -535,7 +549,8 @@ static kvs_err decode_segment(const kvs_codec_info *info, uint32_t g, const uint
     pos += pb;
   }
   KVS_RETURN_ERROR_IF(pn - pos >= 8, KVS_ECORRUPT, "trailing bytes in segment");
-  for (; pos < pn; pos++) KVS_RETURN_ERROR_IF(pay[pos], KVS_ECORRUPT, "padding");
+  for (; pos < pn; pos++)
+    KVS_RETURN_ERROR_IF(pay[pos], KVS_ECORRUPT, "padding");
   return KVS_OK;
 }
 
@@ -570,10 +585,10 @@ kvs_err kvs_codec_verify(const void *bytes, size_t n, kvs_codec_info *info) {
     KVS_RETURN_ERROR_IF(kvs__rd32(s) != KVS_CODEC_SEG_MAGIC, KVS_EMAGIC, "segment magic");
     KVS_RETURN_ERROR_IF(kvs__rd64(s + KVS_SH_PAYLOAD) != len - KVS_CODEC_SEG_HEADER_BYTES,
                         KVS_ECORRUPT, "payload size");
-    KVS_RETURN_ERROR_IF(kvs_checksum64(s + KVS_CODEC_SEG_HEADER_BYTES,
-                                       len - KVS_CODEC_SEG_HEADER_BYTES) !=
-                            kvs__rd64(s + KVS_SH_CHECKSUM),
-                        KVS_ECHECKSUM, "segment checksum");
+    KVS_RETURN_ERROR_IF(
+        kvs_checksum64(s + KVS_CODEC_SEG_HEADER_BYTES, len - KVS_CODEC_SEG_HEADER_BYTES) !=
+            kvs__rd64(s + KVS_SH_CHECKSUM),
+        KVS_ECHECKSUM, "segment checksum");
   }
   return KVS_OK;
 }

@@ -8,8 +8,8 @@
 
 #include "kvs_codec.h"
 
-#define KVS__PAD4(n) (((n) + 3u) & ~(size_t)3u)
-#define KVS__PAD8(n) (((n) + 7u) & ~(size_t)7u)
+#define KVS__PAD4(n)    (((n) + 3u) & ~(size_t)3u)
+#define KVS__PAD8(n)    (((n) + 7u) & ~(size_t)7u)
 #define KVS__CDIV(a, b) (((a) + (b)-1u) / (b))
 
 /* One plane: layer `layer`'s K (kv = 0) or V (kv = 1), (T, H, D). */
@@ -39,8 +39,8 @@ static inline uint8_t *kvs__row_ptr(const kvs__writer *w, uint32_t t, uint32_t h
     return (uint8_t *)o->base + row * w->D * w->esize;
   }
   uint8_t *cache = (uint8_t *)(w->kv ? o->v_cache[w->layer] : o->k_cache[w->layer]);
-  uint64_t slot = (uint64_t)(uint32_t)o->block_table[t / o->block_size] * o->block_size +
-                  t % o->block_size;
+  uint64_t slot =
+      (uint64_t)(uint32_t)o->block_table[t / o->block_size] * o->block_size + t % o->block_size;
   return cache + (slot * hs + (h - w->h0)) * w->D * w->esize;
 }
 
@@ -113,8 +113,8 @@ kvs_err kvs__rans_enc_block(const uint8_t *sym, uint32_t n, const kvs__rans_tabl
                             int per_lane, uint8_t *out, size_t cap, size_t *len,
                             uint16_t *words_tmp);
 /* Decodes a block of n symbols into sym; lut (2^12 packed entries, see
- * KVS_RANS_LUT_ENTRY) maps a slot to its symbol for a shared table (per_lane == 0); per-lane tables search cum.
- * Verifies the stream is used exactly and every lane ends at 2^16. */
+ * KVS_RANS_LUT_ENTRY) maps a slot to its symbol for a shared table (per_lane == 0); per-lane tables
+ * search cum. Verifies the stream is used exactly and every lane ends at 2^16. */
 kvs_err kvs__rans_dec_block(const uint8_t *blk, size_t avail, uint32_t n,
                             const kvs__rans_table *const *tabs, int per_lane, const uint32_t *lut,
                             uint8_t *sym, size_t *used);
@@ -144,7 +144,8 @@ static inline void kvs__fwht(float *x, uint32_t n) {
       }
     }
   float s = 1.0f / sqrtf((float)n);
-  for (uint32_t i = 0; i < n; i++) x[i] *= s;
+  for (uint32_t i = 0; i < n; i++)
+    x[i] *= s;
 }
 
 #endif

@@ -8,7 +8,7 @@
 #include <immintrin.h>
 
 __attribute__((target("avx,f16c"))) static void store_f16c(uint8_t *dst, const float *row,
-                                                             uint32_t n) {
+                                                           uint32_t n) {
   uint32_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(row + i), _MM_FROUND_TO_NEAREST_INT);

@@ -90,14 +90,14 @@ kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *layout, ui
 
 /* What the header says. Plain value: owns nothing, points into nothing. */
 typedef struct kvs_codec_info {
-  kvs_layout layout;         /* of the encoded KV (dtype = the encoder's input) */
+  kvs_layout layout; /* of the encoded KV (dtype = the encoder's input) */
   uint32_t n_tokens;
   uint32_t profile;
-  kvs_codec_params params;   /* as decoded from the header */
+  kvs_codec_params params; /* as decoded from the header */
   uint32_t layers_per_group;
   uint32_t n_segments;
-  uint32_t prefix_bytes;     /* header + directory: where segment 0 starts */
-  uint64_t total_bytes;      /* of the whole encoding */
+  uint32_t prefix_bytes;                           /* header + directory: where segment 0 starts */
+  uint64_t total_bytes;                            /* of the whole encoding */
   uint64_t seg_offset[KVS_CODEC_MAX_SEGMENTS + 1]; /* from byte 0; [n_segments] = total */
 } kvs_codec_info;
 
@@ -114,14 +114,14 @@ kvs_err kvs_codec_parse_header(const void *bytes, size_t n, kvs_codec_info *info
 
 /* Where decoded KV goes. */
 typedef struct kvs_codec_out {
-  uint32_t dtype;       /* KVS_DTYPE_F16, BF16 or F32 */
-  uint32_t head_begin;  /* decode only KV heads [head_begin, head_end); */
-  uint32_t head_end;    /* head_end == 0 means all heads */
+  uint32_t dtype;      /* KVS_DTYPE_F16, BF16 or F32 */
+  uint32_t head_begin; /* decode only KV heads [head_begin, head_end); */
+  uint32_t head_end;   /* head_end == 0 means all heads */
   /* contiguous: canonical layout with kv_heads = head_end - head_begin;
      base is the start of layer 0 K even when decoding one segment */
   void *base;
-  uint64_t base_bytes;  /* size of base: decode refuses (KVS_ELAYOUT) an
-                           encoding whose output would not fit */
+  uint64_t base_bytes; /* size of base: decode refuses (KVS_ELAYOUT) an
+                          encoding whose output would not fit */
   /* paged (base == NULL): per layer, K and V caches each
      (num_blocks, block_size, heads, head_dim) with heads = head_end-head_begin;
      token t lands in block block_table[t / block_size], slot t % block_size */
@@ -129,7 +129,7 @@ typedef struct kvs_codec_out {
   void *const *v_cache;       /* [n_layers] */
   const int32_t *block_table; /* [ceil(n_tokens / block_size)] */
   uint32_t block_size, num_blocks;
-  uint32_t n_layers;          /* entries in k_cache / v_cache */
+  uint32_t n_layers; /* entries in k_cache / v_cache */
 } kvs_codec_out;
 
 static inline kvs_codec_out kvs_codec_out_contiguous(void *base, uint64_t bytes, uint32_t dtype) {
@@ -159,8 +159,7 @@ kvs_err kvs_codec_decode(const void *bytes, size_t n, const kvs_codec_out *out, 
  * segment header against info and the payload checksum. On error, that
  * segment's layers of `out` are filled with NaN. */
 kvs_err kvs_codec_decode_segment(const kvs_codec_info *info, uint32_t g, const void *seg,
-                                 size_t seg_len, const kvs_codec_out *out, void *ws,
-                                 size_t ws_len);
+                                 size_t seg_len, const kvs_codec_out *out, void *ws, size_t ws_len);
 
 /* Checks every checksum of a full encoding without decoding (what a GPU
  * decode path runs on the host bytes first). */

@@ -30,12 +30,12 @@
 #endif
 
 /* "KVSC" and "KVSG" read as little-endian u32. */
-#define KVS_CODEC_MAGIC 0x4353564Bu
-#define KVS_CODEC_SEG_MAGIC 0x4753564Bu
-#define KVS_CODEC_VERSION 1u
-#define KVS_CODEC_HEADER_BYTES 128u
+#define KVS_CODEC_MAGIC            0x4353564Bu
+#define KVS_CODEC_SEG_MAGIC        0x4753564Bu
+#define KVS_CODEC_VERSION          1u
+#define KVS_CODEC_HEADER_BYTES     128u
 #define KVS_CODEC_SEG_HEADER_BYTES 32u
-#define KVS_CODEC_MAX_SEGMENTS 128u
+#define KVS_CODEC_MAX_SEGMENTS     128u
 /* Largest token count one chunk may carry (keeps every size in 64 bits and
  * every per-plane element count in 32 bits for the kernels). */
 #define KVS_CODEC_MAX_TOKENS (1u << 20)
@@ -55,47 +55,48 @@ enum {
 /* ---------------------------------------------------------- chunk header */
 /* Byte offsets of the 128-byte chunk header. */
 enum {
-  KVS_CH_MAGIC = 0,          /* u32 KVS_CODEC_MAGIC */
-  KVS_CH_VERSION = 4,        /* u16 */
-  KVS_CH_HEADER_BYTES = 6,   /* u16, 128 */
-  KVS_CH_PROFILE = 8,        /* u8 */
-  KVS_CH_RESERVED0 = 9,      /* u8, 0 */
-  KVS_CH_FLAGS = 10,         /* u16, 0 (no flag defined in version 1) */
-  KVS_CH_N_LAYERS = 12,      /* u32  -- kvs_layout, field by field */
-  KVS_CH_N_KV_HEADS = 16,    /* u32 */
-  KVS_CH_HEAD_DIM = 20,      /* u32 */
-  KVS_CH_DTYPE = 24,         /* u32 kvs_dtype of the encoder's input */
-  KVS_CH_ROPE_TYPE = 28,     /* u32 */
-  KVS_CH_ROPE_DIMS = 32,     /* u32 */
-  KVS_CH_ROPE_THETA = 36,    /* f32 bits */
-  KVS_CH_ROPE_SCALE = 40,    /* f32 bits */
-  KVS_CH_N_TOKENS = 44,      /* u32 */
+  KVS_CH_MAGIC = 0,             /* u32 KVS_CODEC_MAGIC */
+  KVS_CH_VERSION = 4,           /* u16 */
+  KVS_CH_HEADER_BYTES = 6,      /* u16, 128 */
+  KVS_CH_PROFILE = 8,           /* u8 */
+  KVS_CH_RESERVED0 = 9,         /* u8, 0 */
+  KVS_CH_FLAGS = 10,            /* u16, 0 (no flag defined in version 1) */
+  KVS_CH_N_LAYERS = 12,         /* u32  -- kvs_layout, field by field */
+  KVS_CH_N_KV_HEADS = 16,       /* u32 */
+  KVS_CH_HEAD_DIM = 20,         /* u32 */
+  KVS_CH_DTYPE = 24,            /* u32 kvs_dtype of the encoder's input */
+  KVS_CH_ROPE_TYPE = 28,        /* u32 */
+  KVS_CH_ROPE_DIMS = 32,        /* u32 */
+  KVS_CH_ROPE_THETA = 36,       /* f32 bits */
+  KVS_CH_ROPE_SCALE = 40,       /* f32 bits */
+  KVS_CH_N_TOKENS = 44,         /* u32 */
   KVS_CH_LAYERS_PER_GROUP = 48, /* u32 */
-  KVS_CH_N_SEGMENTS = 52,    /* u32 = ceil(n_layers / layers_per_group) */
-  KVS_CH_PARAMS = 56,        /* 32 bytes of profile parameters, see below */
-  KVS_CH_TOTAL_BYTES = 88,   /* u64: header + directory + all segments */
-  KVS_CH_RESERVED1 = 96,     /* 24 bytes, 0 */
-  KVS_CH_CHECKSUM = 120      /* u64 XXH3-64 of bytes [0,120) followed by the directory */
+  KVS_CH_N_SEGMENTS = 52,       /* u32 = ceil(n_layers / layers_per_group) */
+  KVS_CH_PARAMS = 56,           /* 32 bytes of profile parameters, see below */
+  KVS_CH_TOTAL_BYTES = 88,      /* u64: header + directory + all segments */
+  KVS_CH_RESERVED1 = 96,        /* 24 bytes, 0 */
+  KVS_CH_CHECKSUM = 120         /* u64 XXH3-64 of bytes [0,120) followed by the directory */
 };
 
 /* Profile parameters, 32 bytes at KVS_CH_PARAMS (offsets relative to it). */
 enum {
-  KVS_CP_K_BITS = 0,       /* u8: kivi 2|4; fp4 4; int8 8; others 0 */
-  KVS_CP_V_BITS = 1,       /* u8 */
-  KVS_CP_GROUP = 2,        /* u16: kivi group size; fp4 block (32); dense/cachegen: rANS steps per lane */
-  KVS_CP_K_STEP = 4,       /* f32: dense K step relative to the plane's RMS */
-  KVS_CP_V_STEP = 8,       /* f32: dense V step relative to the plane's RMS */
-  KVS_CP_FINE_LAYERS = 12, /* u16: dense: layers [0,n) use step*fine_scale; cachegen: key_first_layers */
-  KVS_CP_MID_LAYERS = 14,  /* u16: cachegen: key_second_layers */
-  KVS_CP_FINE_SCALE = 16,  /* f32: dense */
+  KVS_CP_K_BITS = 0, /* u8: kivi 2|4; fp4 4; int8 8; others 0 */
+  KVS_CP_V_BITS = 1, /* u8 */
+  KVS_CP_GROUP = 2,  /* u16: kivi group size; fp4 block (32); dense/cachegen: rANS steps per lane */
+  KVS_CP_K_STEP = 4, /* f32: dense K step relative to the plane's RMS */
+  KVS_CP_V_STEP = 8, /* f32: dense V step relative to the plane's RMS */
+  KVS_CP_FINE_LAYERS =
+      12, /* u16: dense: layers [0,n) use step*fine_scale; cachegen: key_first_layers */
+  KVS_CP_MID_LAYERS = 14,    /* u16: cachegen: key_second_layers */
+  KVS_CP_FINE_SCALE = 16,    /* f32: dense */
   KVS_CP_V_FINE_LAYERS = 20, /* u16: cachegen: value_first_layers */
-  KVS_CP_ZSTD_LEVEL = 22,  /* i16: lossless */
-  KVS_CP_BINS = 24,        /* 4 x u8: cachegen key_first, key_second, key_third, value_first bins;
-                              value_second bins at KVS_CP_BINS+4 */
-  KVS_CP_V_BINS2 = 28,     /* u8 */
-  KVS_CP_K_FLAGS = 29,     /* u8: dense K plane options (KVS_DENSE_*) */
-  KVS_CP_V_FLAGS = 30,     /* u8: dense V plane options */
-  KVS_CP_RESERVED = 31     /* 1 byte, 0 */
+  KVS_CP_ZSTD_LEVEL = 22,    /* i16: lossless */
+  KVS_CP_BINS = 24,          /* 4 x u8: cachegen key_first, key_second, key_third, value_first bins;
+                                value_second bins at KVS_CP_BINS+4 */
+  KVS_CP_V_BINS2 = 28,       /* u8 */
+  KVS_CP_K_FLAGS = 29,       /* u8: dense K plane options (KVS_DENSE_*) */
+  KVS_CP_V_FLAGS = 30,       /* u8: dense V plane options */
+  KVS_CP_RESERVED = 31       /* 1 byte, 0 */
 };
 
 /* -------------------------------------------------------- segment header */
@@ -115,15 +116,16 @@ enum {
  * order. Frequencies are normalised to 2^12. A block is
  *   u32 n_words | u32 state[32] | u16 word[n_words] | pad to 4 bytes
  * and every lane ends (decoder side) in state 2^16 exactly: a check. */
-#define KVS_RANS_LANES 32u
-#define KVS_RANS_PROB_BITS 12u
+#define KVS_RANS_LANES      32u
+#define KVS_RANS_PROB_BITS  12u
 #define KVS_RANS_PROB_SCALE (1u << KVS_RANS_PROB_BITS)
-#define KVS_RANS_L (1u << 16)
-#define KVS_RANS_BLOCK_HDR (4u + 4u * KVS_RANS_LANES)
+#define KVS_RANS_L          (1u << 16)
+#define KVS_RANS_BLOCK_HDR  (4u + 4u * KVS_RANS_LANES)
 /* Decoder lookup entry of slot cum[s]+k (not on the wire; shared by the CPU
  * and GPU decoders): symbol | (freq-1) << 8 | k << 20. */
-#define KVS_RANS_LUT_ENTRY(s, f, k) ((uint32_t)(s) | ((uint32_t)((f)-1u) << 8) | ((uint32_t)(k) << 20))
-#define KVS_RANS_LUT_SYM(e) ((e)&0xffu)
+#define KVS_RANS_LUT_ENTRY(s, f, k)                                                                \
+  ((uint32_t)(s) | ((uint32_t)((f)-1u) << 8) | ((uint32_t)(k) << 20))
+#define KVS_RANS_LUT_SYM(e)  ((e)&0xffu)
 #define KVS_RANS_LUT_FREQ(e) ((((e) >> 8) & 0xfffu) + 1u)
 #define KVS_RANS_LUT_BIAS(e) ((e) >> 20)
 
@@ -147,17 +149,15 @@ enum {
  *        value = inverse_hadamard(q * step) * tok_scale[t] * chan_scale[h][d] + mean[h][d],
  *        q = symbol + qmin (absent scales are 1); with KVS_DENSE_SINK token 0 is the
  *        stored row (its symbols are coded as 0 and ignored). */
-#define KVS_DENSE_ROTATED 1u /* rows rotated by the Walsh-Hadamard transform */
-#define KVS_DENSE_CHAN 2u    /* channels divided by their RMS over the tokens */
-#define KVS_DENSE_TOKEN 4u   /* tokens divided by their RMS over heads x head_dim */
-#define KVS_DENSE_SINK 8u    /* token 0 (the attention sink) kept exact, out of the statistics */
+#define KVS_DENSE_ROTATED   1u /* rows rotated by the Walsh-Hadamard transform */
+#define KVS_DENSE_CHAN      2u /* channels divided by their RMS over the tokens */
+#define KVS_DENSE_TOKEN     4u /* tokens divided by their RMS over heads x head_dim */
+#define KVS_DENSE_SINK      8u /* token 0 (the attention sink) kept exact, out of the statistics */
 #define KVS_DENSE_FLAGS_ALL 15u
-#define KVS_FP4_BLOCK 32u
+#define KVS_FP4_BLOCK       32u
 
 /* ------------------------------------------------ explicit LE byte loads */
-KVS_FMT_FN uint16_t kvs__rd16(const uint8_t *p) {
-  return (uint16_t)(p[0] | (p[1] << 8));
-}
+KVS_FMT_FN uint16_t kvs__rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 KVS_FMT_FN uint32_t kvs__rd32(const uint8_t *p) {
   return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
@@ -180,12 +180,14 @@ KVS_FMT_FN void kvs__wr64(uint8_t *p, uint64_t v) {
 }
 
 /* E2M1 magnitudes of fp4 codes 0..7 (bit 3 is the sign). */
-#define KVS_FP4_VALUES {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f}
+#define KVS_FP4_VALUES                                                                             \
+  { 0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f }
 
 /* Sizes the format relies on (the offsets above are the layout). */
 KVS_FMT_STATIC_ASSERT(KVS_CH_CHECKSUM + 8 == KVS_CODEC_HEADER_BYTES, "chunk header is 128 bytes");
 KVS_FMT_STATIC_ASSERT(KVS_CH_PARAMS + 32 == KVS_CH_TOTAL_BYTES, "params are 32 bytes");
-KVS_FMT_STATIC_ASSERT(KVS_SH_CHECKSUM + 8 == KVS_CODEC_SEG_HEADER_BYTES, "segment header is 32 bytes");
+KVS_FMT_STATIC_ASSERT(KVS_SH_CHECKSUM + 8 == KVS_CODEC_SEG_HEADER_BYTES,
+                      "segment header is 32 bytes");
 KVS_FMT_STATIC_ASSERT(KVS_RANS_BLOCK_HDR == 132, "rANS block header is 132 bytes");
 KVS_FMT_STATIC_ASSERT(sizeof(uint16_t) == 2 && sizeof(float) == 4, "wire scalar sizes");
 

@@ -80,11 +80,15 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
   uint32_t pf = dense_pflags(pl);
   uint64_t n = (uint64_t)T * HD;
   int rot = (pf & KVS_DENSE_ROTATED) != 0;
-  float *y = malloc(n * sizeof(float) + n + 32ull * S * 2 + (size_t)(3 * HD + T) * sizeof(float));
-  if (!y) return KVS_ENOMEM;
-  uint8_t *sym = (uint8_t *)(y + n);
-  uint16_t *words = (uint16_t *)(sym + n);
-  float *mean = (float *)(words + 32ull * S), *cs = mean + HD, *acc = cs + HD, *ts = acc + HD;
+  float *y = malloc(n * sizeof(float));
+  uint8_t *sym = malloc(n);
+  uint16_t *words = malloc(32ull * S * sizeof(uint16_t));
+  float *mean = malloc((size_t)(3 * HD + T) * sizeof(float));
+  if (!y || !sym || !words || !mean) {
+    free(y), free(sym), free(words), free(mean);
+    return KVS_ENOMEM;
+  }
+  float *cs = mean + HD, *acc = cs + HD, *ts = acc + HD;
   /* token 0 kept exact: out of every statistic, coded as zeros */
   uint32_t t0 = (pf & KVS_DENSE_SINK) && T > 1 ? 1 : 0, Ts = T - t0;
   /* per-channel mean over tokens, rounded to the stored f16 */
@@ -103,24 +107,31 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
     y[i] = isfinite(v) && i >= (uint64_t)t0 * HD ? v : 0.0f;
   }
   if (pf & KVS_DENSE_CHAN) {
-    for (uint64_t i = 0; i < n; i++) acc[i % HD] += y[i] * y[i];
-    for (uint32_t c = 0; c < HD; c++) cs[c] = f16_scale(sqrt(acc[c] / Ts));
-    for (uint64_t i = 0; i < n; i++) y[i] /= cs[i % HD];
+    for (uint64_t i = 0; i < n; i++)
+      acc[i % HD] += y[i] * y[i];
+    for (uint32_t c = 0; c < HD; c++)
+      cs[c] = f16_scale(sqrt(acc[c] / Ts));
+    for (uint64_t i = 0; i < n; i++)
+      y[i] /= cs[i % HD];
   }
   for (uint32_t t = 0; t < T; t++) {
     float *r = y + (uint64_t)t * HD;
     ts[t] = 1.0f;
     if (pf & KVS_DENSE_TOKEN) {
       double ss = 0;
-      for (uint32_t c = 0; c < HD; c++) ss += (double)r[c] * r[c];
+      for (uint32_t c = 0; c < HD; c++)
+        ss += (double)r[c] * r[c];
       ts[t] = f16_scale(sqrt(ss / HD));
-      for (uint32_t c = 0; c < HD; c++) r[c] /= ts[t];
+      for (uint32_t c = 0; c < HD; c++)
+        r[c] /= ts[t];
     }
     if (rot)
-      for (uint32_t h = 0; h < H; h++) kvs__fwht(r + h * D, D);
+      for (uint32_t h = 0; h < H; h++)
+        kvs__fwht(r + h * D, D);
   }
   double ss = 0;
-  for (uint64_t i = 0; i < n; i++) ss += (double)y[i] * y[i];
+  for (uint64_t i = 0; i < n; i++)
+    ss += (double)y[i] * y[i];
   float step = dense_step(pl, sqrt(ss / ((double)Ts * HD)));
   int qmin = 127, qmax = -127;
   /* symbols per head in (t, d) order */
@@ -144,7 +155,7 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
   size_t fixed = dense_fixed(pl, n_sym);
   if (rc == KVS_OK && cap < fixed) rc = KVS_ENOSPC;
   if (rc != KVS_OK) {
-    free(y);
+    free(y), free(sym), free(words), free(mean);
     return rc;
   }
   memset(out, 0, fixed);
@@ -155,22 +166,26 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
   memcpy(&u, &step, 4);
   kvs__wr32(out + 8, u);
   uint8_t *q = out + 12;
-  for (uint32_t s2 = 0; s2 < n_sym; s2++) kvs__wr16(q + 2 * s2, freq[s2]);
+  for (uint32_t s2 = 0; s2 < n_sym; s2++)
+    kvs__wr16(q + 2 * s2, freq[s2]);
   q += KVS__PAD4(2ull * n_sym);
-  for (uint32_t c = 0; c < HD; c++) kvs__wr16(q + 2 * c, kvs_f32_to_f16(mean[c]));
+  for (uint32_t c = 0; c < HD; c++)
+    kvs__wr16(q + 2 * c, kvs_f32_to_f16(mean[c]));
   q += KVS__PAD4(2ull * HD);
   if (pf & KVS_DENSE_CHAN) {
-    for (uint32_t c = 0; c < HD; c++) kvs__wr16(q + 2 * c, kvs_f32_to_f16(cs[c]));
+    for (uint32_t c = 0; c < HD; c++)
+      kvs__wr16(q + 2 * c, kvs_f32_to_f16(cs[c]));
     q += KVS__PAD4(2ull * HD);
   }
   if (pf & KVS_DENSE_TOKEN) {
-    for (uint32_t t = 0; t < T; t++) kvs__wr16(q + 2 * t, kvs_f32_to_f16(ts[t]));
+    for (uint32_t t = 0; t < T; t++)
+      kvs__wr16(q + 2 * t, kvs_f32_to_f16(ts[t]));
     q += KVS__PAD4(2ull * T);
   }
   if (pf & KVS_DENSE_SINK) { /* exact: x came from this dtype */
     for (uint32_t c = 0; c < HD; c++)
-      kvs__wr16(q + 2 * c, pl->dtype == KVS_DTYPE_BF16 ? kvs_f32_to_bf16(x[c])
-                                                        : kvs_f32_to_f16(x[c]));
+      kvs__wr16(q + 2 * c,
+                pl->dtype == KVS_DTYPE_BF16 ? kvs_f32_to_bf16(x[c]) : kvs_f32_to_f16(x[c]));
     q += KVS__PAD4(2ull * HD);
   }
   uint32_t nbh = dense_nbh(pl);
@@ -184,11 +199,11 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
       uint64_t i0 = b * blk, cnt = per_head - i0 < blk ? per_head - i0 : blk;
       size_t bl = 0;
       kvs__wr32(offs + 4ull * (h * nbh + b), (uint32_t)pos);
-      rc = kvs__rans_enc_block(sym + h * per_head + i0, (uint32_t)cnt, &tp, 0, out + pos,
-                               cap - pos, &bl, words);
+      rc = kvs__rans_enc_block(sym + h * per_head + i0, (uint32_t)cnt, &tp, 0, out + pos, cap - pos,
+                               &bl, words);
       pos += bl;
     }
-  free(y);
+  free(y), free(sym), free(words), free(mean);
   if (rc != KVS_OK) return rc;
   KVS_RETURN_ERROR_IF(pos > UINT32_MAX, KVS_ETOOBIG, "plane over 4 GiB");
   kvs__wr32(out, (uint32_t)pos);
@@ -216,7 +231,8 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
   size_t fixed = dense_fixed(pl, n_sym);
   KVS_RETURN_ERROR_IF(n < fixed, KVS_ECORRUPT, "dense plane truncated");
   uint16_t freq[256];
-  for (uint32_t s2 = 0; s2 < n_sym; s2++) freq[s2] = kvs__rd16(b + 12 + 2 * s2);
+  for (uint32_t s2 = 0; s2 < n_sym; s2++)
+    freq[s2] = kvs__rd16(b + 12 + 2 * s2);
   kvs__rans_table tab;
   KVS_TRY(kvs__rans_table_init(&tab, freq, n_sym));
   const uint8_t *mean = b + 12 + KVS__PAD4(2ull * n_sym);
@@ -228,7 +244,7 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
   KVS_RETURN_ERROR_IF(kvs__rd32(q) != nbh, KVS_ECORRUPT, "dense block count");
   const uint8_t *offs = q + 4;
   uint32_t *lut = (uint32_t *)(void *)(((uintptr_t)ws + 15) & ~(uintptr_t)15);
-  float *ts = (float *)(lut + KVS_RANS_PROB_SCALE);
+  float *ts = (float *)(void *)((uint8_t *)lut + 4 * KVS_RANS_PROB_SCALE);
   uint8_t *sym = (uint8_t *)(ts + T);
   kvs__rans_build_lut(&tab, lut);
   for (uint32_t t = 0; t < T; t++) {
@@ -236,7 +252,8 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
     KVS_RETURN_ERROR_IF(!(ts[t] > 0 && ts[t] < INFINITY), KVS_ECORRUPT, "dense token scale");
   }
   float deq[256] = {0}, row[KVS_MAX_HEAD_DIM], mf[KVS_MAX_HEAD_DIM], cf[KVS_MAX_HEAD_DIM];
-  for (uint32_t s2 = 0; s2 < n_sym; s2++) deq[s2] = (float)(qmin + (int)s2) * step;
+  for (uint32_t s2 = 0; s2 < n_sym; s2++)
+    deq[s2] = (float)(qmin + (int)s2) * step;
   const kvs__rans_table *tp = &tab;
   uint64_t per_head = (uint64_t)T * D, blk = 32ull * S;
   size_t expect_next = fixed;
@@ -283,7 +300,8 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
       }
       if (rot) kvs__fwht(row, D);
       float g = ts[t];
-      for (uint32_t d = 0; d < D; d++) row[d] = row[d] * g * cf[d] + mf[d];
+      for (uint32_t d = 0; d < D; d++)
+        row[d] = row[d] * g * cf[d] + mf[d];
       kvs__store_row(w, t, h, row);
     }
   }
@@ -315,8 +333,7 @@ static size_t cg_bound(const kvs__plane *pl) {
   return cg_fixed(pl) + cg_nb(pl) * kvs__rans_block_bound(32u * pl->T);
 }
 
-static kvs_err cg_enc(const kvs__plane *pl, const float *x, uint8_t *out, size_t cap,
-                      size_t *len) {
+static kvs_err cg_enc(const kvs__plane *pl, const float *x, uint8_t *out, size_t cap, size_t *len) {
   uint32_t T = pl->T, HD = pl->H * pl->D, B = cg_bins(pl), n_sym = B - 1, half = B / 2 - 1;
   uint32_t nb = cg_nb(pl);
   size_t fixed = cg_fixed(pl);
@@ -361,7 +378,8 @@ static kvs_err cg_enc(const kvs__plane *pl, const float *x, uint8_t *out, size_t
   }
   size_t pos = fixed;
   for (uint32_t b = 0; b < nb && rc == KVS_OK; b++) {
-    for (uint32_t j = 0; j < 32; j++) lane_tabs[j] = 32 * b + j < HD ? &tabs[32 * b + j] : pad;
+    for (uint32_t j = 0; j < 32; j++)
+      lane_tabs[j] = 32 * b + j < HD ? &tabs[32 * b + j] : pad;
     size_t bl = 0;
     kvs__wr32(offs + 4ull * b, (uint32_t)pos);
     rc = kvs__rans_enc_block(sym + (size_t)b * 32 * T, 32 * T, lane_tabs, 1, out + pos, cap - pos,
@@ -389,7 +407,8 @@ static kvs_err cg_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const kv
   KVS_RETURN_ERROR_IF(n < fixed, KVS_ECORRUPT, "cachegen plane truncated");
   KVS_RETURN_ERROR_IF(kvs__rd16(b + 4) != n_sym || kvs__rd16(b + 6), KVS_ECORRUPT,
                       "cachegen bins differ from the header's");
-  const uint8_t *tm = b + 8, *fr = tm + KVS__PAD4(2ull * T), *offs = fr + KVS__PAD4(2ull * HD * n_sym);
+  const uint8_t *tm = b + 8, *fr = tm + KVS__PAD4(2ull * T),
+                *offs = fr + KVS__PAD4(2ull * HD * n_sym);
   kvs__rans_table *tabs = (kvs__rans_table *)(void *)(((uintptr_t)ws + 15) & ~(uintptr_t)15);
   uint8_t *sym = (uint8_t *)(tabs + 33);
   const kvs__rans_table *lane_tabs[32];
@@ -399,13 +418,14 @@ static kvs_err cg_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const kv
   size_t expect = fixed;
   for (uint32_t bi = c0 / 32; bi < nb && bi * 32 < c1; bi++) {
     uint32_t off = kvs__rd32(offs + 4ull * bi);
-    KVS_RETURN_ERROR_IF(off < fixed || off >= n || (bi > c0 / 32 && off != expect),
-                        KVS_ECORRUPT, "cachegen block offset");
+    KVS_RETURN_ERROR_IF(off < fixed || off >= n || (bi > c0 / 32 && off != expect), KVS_ECORRUPT,
+                        "cachegen block offset");
     for (uint32_t j = 0; j < 32; j++) {
       uint32_t c = bi * 32 + j;
       if (c < HD) {
         uint16_t f[256];
-        for (uint32_t s = 0; s < n_sym; s++) f[s] = kvs__rd16(fr + 2 * ((size_t)c * n_sym + s));
+        for (uint32_t s = 0; s < n_sym; s++)
+          f[s] = kvs__rd16(fr + 2 * ((size_t)c * n_sym + s));
         KVS_TRY(kvs__rans_table_init(&tabs[j], f, n_sym));
         lane_tabs[j] = &tabs[j];
       } else {
@@ -421,8 +441,8 @@ static kvs_err cg_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const kv
       if (c < c0 || c >= c1 || c >= HD) continue;
       uint32_t h = c / D, d = c % D;
       for (uint32_t t = 0; t < T; t++) {
-        float v = ((float)sym[(size_t)t * 32 + j] - half) / half *
-                  kvs_f16_to_f32(kvs__rd16(tm + 2 * t));
+        float v =
+            ((float)sym[(size_t)t * 32 + j] - half) / half * kvs_f16_to_f32(kvs__rd16(tm + 2 * t));
         uint8_t *dst = kvs__row_ptr(w, t, h);
         kvs__store_f32(dst + (size_t)d * w->esize, w->o->dtype, &v, 1);
       }

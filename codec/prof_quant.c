@@ -32,7 +32,8 @@ static kvs_err int8_enc(const kvs__plane *pl, const float *x, uint8_t *out, size
   for (uint64_t r = 0; r < rows; r++) {
     const float *row = x + r * pl->D;
     float amax = 0;
-    for (uint32_t d = 0; d < pl->D; d++) amax = fmaxf(amax, fabsf(row[d]));
+    for (uint32_t d = 0; d < pl->D; d++)
+      amax = fmaxf(amax, fabsf(row[d]));
     kvs_f16 hs = kvs_f32_to_f16(amax / 127.0f);
     float s = kvs_f16_to_f32(hs);
     kvs__wr16(sc + 2 * r, hs);
@@ -54,7 +55,8 @@ static kvs_err int8_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const 
       uint64_t r = (uint64_t)t * pl->H + h;
       float s = rd_f16(sc + 2 * r);
       const int8_t *c = (const int8_t *)codes + r * pl->D;
-      for (uint32_t d = 0; d < pl->D; d++) row[d] = (float)c[d] * s;
+      for (uint32_t d = 0; d < pl->D; d++)
+        row[d] = (float)c[d] * s;
       kvs__store_row(w, t, h, row);
     }
   return KVS_OK;
@@ -98,7 +100,8 @@ static kvs_err kivi_enc(const kvs__plane *pl, const float *x, uint8_t *out, size
   float *mn = malloc(ng * 2 * sizeof(float));
   if (!mn) return KVS_ENOMEM;
   float *mx = mn + ng;
-  for (uint64_t i = 0; i < ng; i++) mn[i] = INFINITY, mx[i] = -INFINITY;
+  for (uint64_t i = 0; i < ng; i++)
+    mn[i] = INFINITY, mx[i] = -INFINITY;
   for (uint32_t t = 0; t < T; t++)
     for (uint32_t h = 0; h < H; h++)
       for (uint32_t d = 0; d < D; d++) {
@@ -192,7 +195,8 @@ static kvs_err fp4_enc(const kvs__plane *pl, const float *x, uint8_t *out, size_
         uint32_t sign = v < 0 ? 8u : 0u, m = 0;
         float a = fabsf(v);
         if (a == a)
-          while (m < 7 && a >= mid[m]) m++;
+          while (m < 7 && a >= mid[m])
+            m++;
         uint64_t i = r * D + d;
         codes[i >> 1] |= (uint8_t)((sign | m) << ((i & 1) * 4));
       }

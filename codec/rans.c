@@ -8,7 +8,8 @@
 
 kvs_err kvs__rans_normalize(const uint32_t *counts, uint32_t n, uint16_t *freq) {
   uint64_t total = 0;
-  for (uint32_t i = 0; i < n; i++) total += counts[i];
+  for (uint32_t i = 0; i < n; i++)
+    total += counts[i];
   if (total == 0 || n > 256) return KVS_EINVAL;
   int32_t sum = 0, best = -1;
   for (uint32_t i = 0; i < n; i++) {
@@ -66,10 +67,10 @@ void kvs__rans_build_lut(const kvs__rans_table *t, uint32_t *lut) {
 size_t kvs__rans_block_bound(uint32_t n) { return KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * n); }
 
 kvs_err kvs__rans_enc_block(const uint8_t *sym, uint32_t n, const kvs__rans_table *const *tabs,
-                            int per_lane, uint8_t *out, size_t cap, size_t *len,
-                            uint16_t *words) {
+                            int per_lane, uint8_t *out, size_t cap, size_t *len, uint16_t *words) {
   uint32_t x[KVS_RANS_LANES];
-  for (uint32_t j = 0; j < KVS_RANS_LANES; j++) x[j] = KVS_RANS_L;
+  for (uint32_t j = 0; j < KVS_RANS_LANES; j++)
+    x[j] = KVS_RANS_L;
   uint32_t nw = 0;
   /* reverse of the decoder's order: last step first, lanes 31..0 */
   for (uint32_t i = n; i-- > 0;) {
@@ -87,9 +88,11 @@ kvs_err kvs__rans_enc_block(const uint8_t *sym, uint32_t n, const kvs__rans_tabl
   size_t need = KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * nw);
   KVS_RETURN_ERROR_IF(cap < need, KVS_ENOSPC, "output too small");
   kvs__wr32(out, nw);
-  for (uint32_t j = 0; j < KVS_RANS_LANES; j++) kvs__wr32(out + 4 + 4 * j, x[j]);
+  for (uint32_t j = 0; j < KVS_RANS_LANES; j++)
+    kvs__wr32(out + 4 + 4 * j, x[j]);
   uint8_t *w = out + KVS_RANS_BLOCK_HDR;
-  for (uint32_t k = 0; k < nw; k++) kvs__wr16(w + 2 * k, words[nw - 1 - k]);
+  for (uint32_t k = 0; k < nw; k++)
+    kvs__wr16(w + 2 * k, words[nw - 1 - k]);
   memset(w + 2ull * nw, 0, need - KVS_RANS_BLOCK_HDR - 2ull * nw);
   *len = need;
   return KVS_OK;
@@ -99,8 +102,10 @@ static inline uint32_t find_sym(const kvs__rans_table *t, uint32_t slot) {
   uint32_t lo = 0, hi = t->n_sym; /* largest s with cum[s] <= slot */
   while (hi - lo > 1) {
     uint32_t mid = (lo + hi) / 2;
-    if (t->cum[mid] <= slot) lo = mid;
-    else hi = mid;
+    if (t->cum[mid] <= slot)
+      lo = mid;
+    else
+      hi = mid;
   }
   return lo;
 }

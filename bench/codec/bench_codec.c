@@ -109,18 +109,19 @@ int main(int argc, char **argv) {
     } else if (!strcmp(argv[i], "--quick")) {
       quick = 1;
     } else {
-      fprintf(stderr, "usage: %s [--tokens a,b,c] [--shape smol|8b|both] [--gpu] [--real N] "
-                      "[--quick]\n", argv[0]);
+      fprintf(stderr,
+              "usage: %s [--tokens a,b,c] [--shape smol|8b|both] [--gpu] [--real N] "
+              "[--quick]\n",
+              argv[0]);
       return 2;
     }
   }
   double min_time = quick ? 0.05 : 0.3;
-  kvs_layout shapes[2] = {
-      {30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 100000.0f, 1.0f},
-      {32, 8, 128, KVS_DTYPE_BF16, KVS_ROPE_NORM, 128, 500000.0f, 1.0f}};
+  kvs_layout shapes[2] = {{30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 100000.0f, 1.0f},
+                          {32, 8, 128, KVS_DTYPE_BF16, KVS_ROPE_NORM, 128, 500000.0f, 1.0f}};
   const char *shape_name[2] = {"smollm2-135m", "llama3-8b"};
   static const int profiles[] = {KVS_PROFILE_LOSSLESS, KVS_PROFILE_INT8, KVS_PROFILE_KIVI4,
-                                 KVS_PROFILE_KIVI2, KVS_PROFILE_FP4, KVS_PROFILE_CACHEGEN};
+                                 KVS_PROFILE_KIVI2,    KVS_PROFILE_FP4,  KVS_PROFILE_CACHEGEN};
   char json[65536];
   size_t jn = 0;
   jn += (size_t)snprintf(json + jn, sizeof json - jn, "{\"bench\":\"codec\",\"synthetic\":[");
@@ -156,11 +157,12 @@ int main(int argc, char **argv) {
         }
         printf("%-14s %8.3f %11.3e %10.4f %10.3f %10.3f\n", r->name, r->bits, r->rel_mse,
                r->max_err, r->enc_gbs, r->dec_gbs);
-        jn += (size_t)snprintf(json + jn, sizeof json - jn,
-                               "%s{\"shape\":\"%s\",\"tokens\":%u,\"profile\":\"%s\",\"bits_per_elem\":"
-                               "%.4f,\"rel_mse\":%.4e,\"max_err\":%.4f,\"enc_gbs\":%.3f,\"dec_gbs\":%.3f}",
-                               first_json ? "" : ",", shape_name[si], T, r->name, r->bits,
-                               r->rel_mse, r->max_err, r->enc_gbs, r->dec_gbs);
+        jn += (size_t)snprintf(
+            json + jn, sizeof json - jn,
+            "%s{\"shape\":\"%s\",\"tokens\":%u,\"profile\":\"%s\",\"bits_per_elem\":"
+            "%.4f,\"rel_mse\":%.4e,\"max_err\":%.4f,\"enc_gbs\":%.3f,\"dec_gbs\":%.3f}",
+            first_json ? "" : ",", shape_name[si], T, r->name, r->bits, r->rel_mse, r->max_err,
+            r->enc_gbs, r->dec_gbs);
         first_json = 0;
         if (jn > sizeof json - 512) jn = sizeof json - 512;
       }
@@ -173,10 +175,10 @@ int main(int argc, char **argv) {
             (!best || rows[i].bits < best->bits))
           best = &rows[i];
       if (cg && best) {
-        printf("dense at cachegen-ref's error: %s %.3f bits/el vs cachegen-ref %.3f (%.2fx smaller), "
-               "rel_mse %.3e vs %.3e\n",
-               best->name, best->bits, cg->bits, cg->bits / best->bits, best->rel_mse,
-               cg->rel_mse);
+        printf(
+            "dense at cachegen-ref's error: %s %.3f bits/el vs cachegen-ref %.3f (%.2fx smaller), "
+            "rel_mse %.3e vs %.3e\n",
+            best->name, best->bits, cg->bits, cg->bits / best->bits, best->rel_mse, cg->rel_mse);
         if (!have_cmp) {
           have_cmp = 1;
           cmp_cg_bits = cg->bits, cmp_cg_mse = cg->rel_mse;
@@ -189,10 +191,11 @@ int main(int argc, char **argv) {
   }
   jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
   if (have_cmp)
-    jn += (size_t)snprintf(json + jn, sizeof json - jn,
-                           ",\"dense_vs_cachegen_synthetic\":{\"dense_step\":%.2f,\"dense_bits\":%.4f,"
-                           "\"dense_rel_mse\":%.4e,\"cachegen_bits\":%.4f,\"cachegen_rel_mse\":%.4e}",
-                           cmp_dense_step, cmp_dense_bits, cmp_dense_mse, cmp_cg_bits, cmp_cg_mse);
+    jn += (size_t)snprintf(
+        json + jn, sizeof json - jn,
+        ",\"dense_vs_cachegen_synthetic\":{\"dense_step\":%.2f,\"dense_bits\":%.4f,"
+        "\"dense_rel_mse\":%.4e,\"cachegen_bits\":%.4f,\"cachegen_rel_mse\":%.4e}",
+        cmp_dense_step, cmp_dense_bits, cmp_dense_mse, cmp_cg_bits, cmp_cg_mse);
   if (real) {
     bench_codec_real(real, json, sizeof json, &jn);
   } else {

@@ -46,15 +46,16 @@ void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const 
   int reps = 20;
   cudaMemcpy(d_raw, h_pinned, ob, cudaMemcpyHostToDevice);
   cudaEventRecord(e0, 0);
-  for (int i = 0; i < reps; i++) cudaMemcpyAsync(d_raw, h_pinned, ob, cudaMemcpyHostToDevice, 0);
+  for (int i = 0; i < reps; i++)
+    cudaMemcpyAsync(d_raw, h_pinned, ob, cudaMemcpyHostToDevice, 0);
   cudaEventRecord(e1, 0);
   cudaEventSynchronize(e1);
   double pcie = ob * reps / (time_ms(e0, e1) * 1e-3) / 1e9;
   printf("GPU %s: raw fp16 host->device (pinned) %.1f GB/s\n", name, pcie);
   printf("%-14s %10s %12s %14s %s\n", "profile", "bits/el", "decode GB/s", "copy+dec GB/s",
          "status");
-  static const int profiles[] = {KVS_PROFILE_INT8, KVS_PROFILE_KIVI4, KVS_PROFILE_KIVI2,
-                                 KVS_PROFILE_FP4, KVS_PROFILE_CACHEGEN, KVS_PROFILE_DENSE};
+  static const int profiles[] = {KVS_PROFILE_INT8, KVS_PROFILE_KIVI4,    KVS_PROFILE_KIVI2,
+                                 KVS_PROFILE_FP4,  KVS_PROFILE_CACHEGEN, KVS_PROFILE_DENSE};
   for (size_t pi = 0; pi < sizeof profiles / sizeof profiles[0]; pi++) {
     kvs_codec_params p;
     kvs_codec_params_default(profiles[pi], l->n_layers, &p);
@@ -77,7 +78,8 @@ void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const 
     double dec = 0, both = 0;
     if (rc == KVS_OK) {
       cudaEventRecord(e0, 0);
-      for (int i = 0; i < reps; i++) kvs_gpu_codec_decode(&info, db, &o, ws, wsn, NULL);
+      for (int i = 0; i < reps; i++)
+        kvs_gpu_codec_decode(&info, db, &o, ws, wsn, NULL);
       cudaEventRecord(e1, 0);
       cudaEventSynchronize(e1);
       dec = ob * reps / (time_ms(e0, e1) * 1e-3) / 1e9;

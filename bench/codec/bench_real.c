@@ -38,10 +38,14 @@ static char *json_str(const char **p) {
     }
     s++;
     char c = *s++;
-    if (c == 'n') o[n++] = '\n';
-    else if (c == 't') o[n++] = '\t';
-    else if (c == 'r') o[n++] = '\r';
-    else if (c == 'b' || c == 'f') o[n++] = ' ';
+    if (c == 'n')
+      o[n++] = '\n';
+    else if (c == 't')
+      o[n++] = '\t';
+    else if (c == 'r')
+      o[n++] = '\r';
+    else if (c == 'b' || c == 'f')
+      o[n++] = ' ';
     else if (c == 'u') {
       unsigned cp = (unsigned)strtoul((char[5]){s[0], s[1], s[2], s[3], 0}, NULL, 16);
       s += 4;
@@ -50,8 +54,10 @@ static char *json_str(const char **p) {
         s += 6;
         cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
       }
-      if (cp < 0x80) o[n++] = (char)cp;
-      else if (cp < 0x800) o[n++] = (char)(0xc0 | cp >> 6), o[n++] = (char)(0x80 | (cp & 63));
+      if (cp < 0x80)
+        o[n++] = (char)cp;
+      else if (cp < 0x800)
+        o[n++] = (char)(0xc0 | cp >> 6), o[n++] = (char)(0x80 | (cp & 63));
       else if (cp < 0x10000)
         o[n++] = (char)(0xe0 | cp >> 12), o[n++] = (char)(0x80 | ((cp >> 6) & 63)),
         o[n++] = (char)(0x80 | (cp & 63));
@@ -91,8 +97,10 @@ static int load_items(const char *path, item *items, int max) {
     if (t && t < q) {
       p = t + 9;
       char *s = json_str(&p);
-      if (np < 2) items[n].passage[np++] = s;
-      else free(s);
+      if (np < 2)
+        items[n].passage[np++] = s;
+      else
+        free(s);
     } else {
       p = q + 13;
       items[n].question = json_str(&p);
@@ -122,7 +130,8 @@ static double kl_div(const float *ref, const float *got, uint32_t V, int *same_t
     if (got[i] > mg) mg = got[i], ag = i;
   }
   double zr = 0, zg = 0;
-  for (uint32_t i = 0; i < V; i++) zr += exp(ref[i] - mr), zg += exp(got[i] - mg);
+  for (uint32_t i = 0; i < V; i++)
+    zr += exp(ref[i] - mr), zg += exp(got[i] - mg);
   double lzr = log(zr) + mr, lzg = log(zg) + mg, kl = 0;
   for (uint32_t i = 0; i < V; i++) {
     double lp = ref[i] - lzr, lq = got[i] - lzg;
@@ -134,8 +143,10 @@ static double kl_div(const float *ref, const float *got, uint32_t V, int *same_t
 
 static double logprob(const float *lg, uint32_t V, int32_t tok) {
   double m = -INFINITY, z = 0;
-  for (uint32_t i = 0; i < V; i++) m = lg[i] > m ? lg[i] : m;
-  for (uint32_t i = 0; i < V; i++) z += exp(lg[i] - m);
+  for (uint32_t i = 0; i < V; i++)
+    m = lg[i] > m ? lg[i] : m;
+  for (uint32_t i = 0; i < V; i++)
+    z += exp(lg[i] - m);
   return lg[tok] - m - log(z);
 }
 
@@ -161,14 +172,13 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
   }
   const kvs_tok *tok = kvs_model_tok(m);
   kvs_layout lay = kvs_model_layout(m);
-  uint32_t V = kvs_model_config(m)->n_vocab, L = lay.n_layers, H = lay.n_kv_heads,
-           D = lay.head_dim;
+  uint32_t V = kvs_model_config(m)->n_vocab, L = lay.n_layers, H = lay.n_kv_heads, D = lay.head_dim;
   /* fixed-rate profiles, then dense settings "kflags,vflags,step,fine_layers"
      (KVS_BENCH_DENSE="k,v,s,f;k,v,s,f;..." replaces the default list) */
   cfg cfgs[64];
   int nc = 0;
-  static const int fixed[] = {KVS_PROFILE_LOSSLESS, KVS_PROFILE_INT8,  KVS_PROFILE_KIVI4,
-                              KVS_PROFILE_KIVI2,    KVS_PROFILE_FP4,   KVS_PROFILE_CACHEGEN};
+  static const int fixed[] = {KVS_PROFILE_LOSSLESS, KVS_PROFILE_INT8, KVS_PROFILE_KIVI4,
+                              KVS_PROFILE_KIVI2,    KVS_PROFILE_FP4,  KVS_PROFILE_CACHEGEN};
   memset(cfgs, 0, sizeof cfgs);
   for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
     cfgs[nc].profile = fixed[i];
@@ -178,8 +188,9 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
   const char *dl = getenv("KVS_BENCH_DENSE");
   char dbuf[2048];
   snprintf(dbuf, sizeof dbuf, "%s",
-           dl ? dl : "8,12,0.2,0.2,0;8,12,0.25,0.25,0;8,12,0.35,0.35,0;8,12,0.5,0.5,0;8,12,0.7,0.7,0;"
-           "8,12,1.0,1.0,0;9,13,0.35,0.35,0;9,13,0.5,0.5,0;0,0,0.35,0.35,0;0,0,0.5,0.5,0");
+           dl ? dl
+              : "8,12,0.2,0.2,0;8,12,0.25,0.25,0;8,12,0.35,0.35,0;8,12,0.5,0.5,0;8,12,0.7,0.7,0;"
+                "8,12,1.0,1.0,0;9,13,0.35,0.35,0;9,13,0.5,0.5,0;0,0,0.35,0.35,0;0,0,0.5,0.5,0");
   for (char *sv = NULL, *tokn = strtok_r(dbuf, ";", &sv); tokn && nc < 64;
        tokn = strtok_r(NULL, ";", &sv)) {
     unsigned kf, vf, fl;
@@ -206,8 +217,8 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
     size_t tn = 0;
     snprintf(text, 1 << 16,
              "<|im_start|>system\nAnswer the question from the passages.<|im_end|>\n"
-             "<|im_start|>user\n%s\n\n%s", x->passage[0] ? x->passage[0] : "",
-             x->passage[1] ? x->passage[1] : "");
+             "<|im_start|>user\n%s\n\n%s",
+             x->passage[0] ? x->passage[0] : "", x->passage[1] ? x->passage[1] : "");
     if (kvs_tok_encode(tok, text, strlen(text), 1, 0, ids, 4096, &tn) != KVS_OK) continue;
     uint32_t T = tn < max_ctx ? (uint32_t)tn : max_ctx;
     snprintf(text, 1 << 16, "\n\nQuestion: %s<|im_end|>\n<|im_start|>assistant\n", x->question);
@@ -226,8 +237,7 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
       kvs_codec_params_default(cfgs[c].profile, L, &p);
       if (cfgs[c].profile == KVS_PROFILE_DENSE)
         p.k_step = cfgs[c].step, p.v_step = cfgs[c].v_step, p.fine_layers = cfgs[c].fine_layers,
-        p.fine_scale = cfgs[c].fine_scale, p.k_flags = cfgs[c].k_flags,
-        p.v_flags = cfgs[c].v_flags;
+        p.fine_scale = cfgs[c].fine_scale, p.k_flags = cfgs[c].k_flags, p.v_flags = cfgs[c].v_flags;
       size_t bcap = kvs_codec_encode_bound(&p, &lay, T), blen = 0;
       uint8_t *b = malloc(bcap);
       kvs_codec_info info;
@@ -269,7 +279,8 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
             qn, (double)kvs_now_ns() * 1e-9 - t_start);
   }
   printf("\n== real SmolLM2-135M KV, MuSiQue items 0..%d (context <= %u tokens, first 2 "
-         "passages)\n", n_items - 1, max_ctx);
+         "passages)\n",
+         n_items - 1, max_ctx);
   printf("%-18s %8s %10s %9s %10s\n", "profile", "bits/el", "KL", "top1", "ppl chg");
   int best = -1;
   *jn += (size_t)snprintf(json + *jn, cap - *jn, ",\"real\":[");
@@ -277,8 +288,7 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
     cfg *r = &cfgs[c];
     if (!r->n) continue;
     r->kl /= r->n, r->top1 /= r->n, r->dppl /= r->n, r->bits /= r->n;
-    printf("%-18s %8.3f %10.5f %9.4f %+9.4f%%\n", r->name, r->bits, r->kl, r->top1,
-           100 * r->dppl);
+    printf("%-18s %8.3f %10.5f %9.4f %+9.4f%%\n", r->name, r->bits, r->kl, r->top1, 100 * r->dppl);
     *jn += (size_t)snprintf(json + *jn, cap - *jn,
                             "%s{\"profile\":\"%s\",\"bits_per_elem\":%.4f,\"kl\":%.6f,"
                             "\"top1_agreement\":%.4f,\"ppl_change\":%.5f,\"items\":%d}",
@@ -293,8 +303,8 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
                             cfgs[best].name, cfgs[best].bits, cfgs[best].kl, cfgs[best].top1);
   else
     *jn += (size_t)snprintf(json + *jn, cap - *jn, ",\"best_at_parity\":null");
-  for (int i = 0; i < 100; i++) free(items[i].passage[0]), free(items[i].passage[1]),
-                                 free(items[i].question);
+  for (int i = 0; i < 100; i++)
+    free(items[i].passage[0]), free(items[i].passage[1]), free(items[i].question);
   free(items), free(kv), free(dec), free(ref), free(got), free(ids), free(text);
   kvs_seq_free(seq);
   kvs_model_free(m);

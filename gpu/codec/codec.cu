@@ -17,9 +17,9 @@
 #include "kvs_gpu_codec.h"
 #include "kvs_gpu_int.h"
 
-#define G_PAD4(n) (((n) + 3ull) & ~3ull)
+#define G_PAD4(n)    (((n) + 3ull) & ~3ull)
 #define G_CDIV(a, b) (((a) + (b)-1) / (b))
-#define NO_PLANE (~0ull)
+#define NO_PLANE     (~0ull)
 
 namespace {
 
@@ -32,10 +32,10 @@ struct gout {
 };
 
 struct gctx {
-  const uint8_t *base;        /* segment bytes are addressed from here */
-  const uint64_t *plane_off;  /* [2*n_layers], from base */
-  const uint32_t *lut;        /* dense: [2*n_layers][4096] */
-  uint32_t p0, p1;            /* planes to decode: [p0, p1) */
+  const uint8_t *base;       /* segment bytes are addressed from here */
+  const uint64_t *plane_off; /* [2*n_layers], from base */
+  const uint32_t *lut;       /* dense: [2*n_layers][4096] */
+  uint32_t p0, p1;           /* planes to decode: [p0, p1) */
   uint32_t T, H, D, h0, h1, n_layers, in_dtype;
   kvs_codec_params prm;
   int *flag;
@@ -88,7 +88,8 @@ __global__ void k_walk(const uint8_t *base, const uint64_t *seg_start, const uin
   uint32_t g = g0 + blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= g1) return;
   uint32_t first = g * lpg, nl = n_layers - first < lpg ? n_layers - first : lpg;
-  for (uint32_t i = 0; i < 2 * nl; i++) plane_off[2 * first + i] = NO_PLANE;
+  for (uint32_t i = 0; i < 2 * nl; i++)
+    plane_off[2 * first + i] = NO_PLANE;
   const uint8_t *s = base + seg_start[g];
   uint64_t len = seg_len[g];
   if (len < KVS_CODEC_SEG_HEADER_BYTES || kvs__rd32(s + KVS_SH_MAGIC) != KVS_CODEC_SEG_MAGIC ||
@@ -116,8 +117,7 @@ __global__ void k_walk(const uint8_t *base, const uint64_t *seg_start, const uin
 
 /* --------------------------------------------------- fixed-rate profiles */
 /* One warp per output row (plane, t, h): lanes stride over head_dim. */
-template <int PROF>
-__global__ void k_fixed(gctx c) {
+template <int PROF> __global__ void k_fixed(gctx c) {
   uint32_t Hs = c.h1 - c.h0;
   uint64_t rows_per_plane = (uint64_t)c.T * Hs;
   uint64_t item = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -139,7 +139,8 @@ __global__ void k_fixed(gctx c) {
     }
     float s = f16f(b + 4 + 2 * row);
     const int8_t *codes = (const int8_t *)(b + 4 + rows * 2 + row * D);
-    for (uint32_t d = lane; d < D; d += 32) store(c, layer, kv, t, h, d, __fmul_rn((float)codes[d], s));
+    for (uint32_t d = lane; d < D; d += 32)
+      store(c, layer, kv, t, h, d, __fmul_rn((float)codes[d], s));
   } else if (PROF == KVS_CODEC_KIVI2 || PROF == KVS_CODEC_KIVI4) {
     uint32_t bits = PROF == KVS_CODEC_KIVI2 ? 2 : 4, G = c.prm.group, qmask = (1u << bits) - 1;
     uint64_t ng = kv == 0 ? (uint64_t)G_CDIV(c.T, G) * H * D : rows * G_CDIV(D, G);
@@ -152,7 +153,8 @@ __global__ void k_fixed(gctx c) {
       uint64_t g = kv == 0 ? ((uint64_t)(t / G) * H + h) * D + d : row * G_CDIV(D, G) + d / G;
       uint64_t bit = (row * D + d) * bits;
       uint32_t q = (codes[bit >> 3] >> (bit & 7)) & qmask;
-      store(c, layer, kv, t, h, d, __fadd_rn(__fmul_rn((float)q, f16f(gp + 4 * g)), f16f(gp + 4 * g + 2)));
+      store(c, layer, kv, t, h, d,
+            __fadd_rn(__fmul_rn((float)q, f16f(gp + 4 * g)), f16f(gp + 4 * g + 2)));
     }
   } else { /* fp4 */
     uint32_t nb = G_CDIV(D, KVS_FP4_BLOCK);
@@ -202,8 +204,10 @@ __device__ __forceinline__ uint32_t renorm(uint32_t x, bool need, uint32_t lane,
   uint32_t m = __ballot_sync(0xffffffffu, need);
   uint32_t k = *pos + __popc(m & ((1u << lane) - 1u));
   if (need) {
-    if (k < rb.nw) x = (x << 16) | kvs__rd16(rb.w + 2ull * k);
-    else *bad = true;
+    if (k < rb.nw)
+      x = (x << 16) | kvs__rd16(rb.w + 2ull * k);
+    else
+      *bad = true;
   }
   *pos += __popc(m);
   return x;
@@ -217,8 +221,9 @@ __device__ __forceinline__ bool close_block(uint32_t x, uint32_t pos, const rans
 /* ----------------------------------------------------------- cachegen-ref */
 __device__ uint32_t cg_bins_dev(const kvs_codec_params &p, uint32_t layer, uint32_t kv) {
   if (kv == 0)
-    return layer < p.cg_key_first_layers ? p.cg_bins[0]
-           : layer < p.cg_key_second_layers ? p.cg_bins[1] : p.cg_bins[2];
+    return layer < p.cg_key_first_layers    ? p.cg_bins[0]
+           : layer < p.cg_key_second_layers ? p.cg_bins[1]
+                                            : p.cg_bins[2];
   return layer < p.cg_value_first_layers ? p.cg_bins[3] : p.cg_bins[4];
 }
 
@@ -333,7 +338,8 @@ __global__ void k_dense_lut(gctx c, uint32_t *lut_all) {
   dense_hdr hd = dense_parse(c, b, p % 2);
   if (threadIdx.x == 0) {
     uint32_t a = 0;
-    for (uint32_t s = 0; hd.ok && s < hd.n_sym; s++) cum[s] = a, a += kvs__rd16(b + 12 + 2 * s);
+    for (uint32_t s = 0; hd.ok && s < hd.n_sym; s++)
+      cum[s] = a, a += kvs__rd16(b + 12 + 2 * s);
     cum[hd.ok ? hd.n_sym : 0] = a;
     ok = hd.ok && a == KVS_RANS_PROB_SCALE;
     if (!ok) fail(c.flag);
@@ -345,8 +351,10 @@ __global__ void k_dense_lut(gctx c, uint32_t *lut_all) {
     uint32_t lo = 0, hi = hd.n_sym; /* largest s with cum[s] <= slot */
     while (hi - lo > 1) {
       uint32_t mid = (lo + hi) / 2;
-      if (cum[mid] <= slot) lo = mid;
-      else hi = mid;
+      if (cum[mid] <= slot)
+        lo = mid;
+      else
+        hi = mid;
     }
     lut[slot] = KVS_RANS_LUT_ENTRY(lo, cum[lo + 1] - cum[lo], slot - cum[lo]);
   }
@@ -355,8 +363,7 @@ __global__ void k_dense_lut(gctx c, uint32_t *lut_all) {
 /* One warp per (plane, head, rANS block). Without rotation each decoded
  * symbol is stored at once (32 consecutive elements per step); with it, M
  * steps make one row that is rotated across the warp before the stores. */
-template <int M>
-__global__ void k_dense(gctx c) {
+template <int M> __global__ void k_dense(gctx c) {
   uint32_t Hs = c.h1 - c.h0, S = c.prm.group;
   uint32_t nbh = (uint32_t)G_CDIV((uint64_t)c.T * c.D, 32ull * S);
   uint64_t per_plane = (uint64_t)Hs * nbh;
@@ -425,8 +432,8 @@ __global__ void k_dense(gctx c) {
       for (int jj = 0; jj < (int)MM; jj++)
         if (jj == (int)j) v[jj] = q;
       if (j != MM - 1) continue;
-      /* the CPU twin's butterflies, in the same order: strides 1..16 across
-         lanes, 32.. inside the lane; then the 1/sqrt(D) scale */
+        /* the CPU twin's butterflies, in the same order: strides 1..16 across
+           lanes, 32.. inside the lane; then the 1/sqrt(D) scale */
 #pragma unroll
       for (int jj = 0; jj < M; jj++)
         for (uint32_t st = 1; st < 32; st <<= 1) {
@@ -498,8 +505,9 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
                      out->n_layers != l->n_layers))
     return KVS_EINVAL;
   size_t osz = out->dtype == KVS_DTYPE_F32 ? 4 : 2;
-  if (out->base && (!out->base_bytes || 2ull * l->n_layers * info->n_tokens * (h1 - h0) *
-                                                l->head_dim * osz > out->base_bytes))
+  if (out->base &&
+      (!out->base_bytes ||
+       2ull * l->n_layers * info->n_tokens * (h1 - h0) * l->head_dim * osz > out->base_bytes))
     return KVS_ELAYOUT;
   uint32_t D = l->head_dim;
   int rot_m = 0;
@@ -520,13 +528,13 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
   }
   KVS_CUDA_TRY(cudaMemcpyAsync(ws + w.seg_start, starts, 8ull * info->n_segments,
                                cudaMemcpyHostToDevice, st));
-  KVS_CUDA_TRY(cudaMemcpyAsync(ws + w.seg_len, lens, 8ull * info->n_segments,
-                               cudaMemcpyHostToDevice, st));
+  KVS_CUDA_TRY(
+      cudaMemcpyAsync(ws + w.seg_len, lens, 8ull * info->n_segments, cudaMemcpyHostToDevice, st));
   if (!out->base) {
-    KVS_CUDA_TRY(cudaMemcpyAsync(ws + w.kc, out->k_cache, 8ull * l->n_layers,
-                                 cudaMemcpyHostToDevice, st));
-    KVS_CUDA_TRY(cudaMemcpyAsync(ws + w.vc, out->v_cache, 8ull * l->n_layers,
-                                 cudaMemcpyHostToDevice, st));
+    KVS_CUDA_TRY(
+        cudaMemcpyAsync(ws + w.kc, out->k_cache, 8ull * l->n_layers, cudaMemcpyHostToDevice, st));
+    KVS_CUDA_TRY(
+        cudaMemcpyAsync(ws + w.vc, out->v_cache, 8ull * l->n_layers, cudaMemcpyHostToDevice, st));
   }
   /* pageable copies above return once the source is consumed: the arrays
      on our stack may go */
@@ -534,8 +542,8 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
   int *flag = (int *)(ws + w.flag);
   uint64_t *plane_off = (uint64_t *)(ws + w.plane_off);
   k_walk<<<G_CDIV(g1 - g0, 64u), 64, 0, st>>>(d_base, (const uint64_t *)(ws + w.seg_start),
-                                             (const uint64_t *)(ws + w.seg_len), g0, g1,
-                                             info->layers_per_group, l->n_layers, plane_off, flag);
+                                              (const uint64_t *)(ws + w.seg_len), g0, g1,
+                                              info->layers_per_group, l->n_layers, plane_off, flag);
   KVS_CUDA_TRY(cudaGetLastError());
   gctx c;
   memset(&c, 0, sizeof c);
@@ -543,8 +551,8 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
   c.plane_off = plane_off;
   c.lut = (const uint32_t *)(ws + w.lut);
   c.p0 = 2 * g0 * info->layers_per_group;
-  c.p1 = 2 * (g1 * info->layers_per_group < l->n_layers ? g1 * info->layers_per_group
-                                                         : l->n_layers);
+  c.p1 =
+      2 * (g1 * info->layers_per_group < l->n_layers ? g1 * info->layers_per_group : l->n_layers);
   c.T = info->n_tokens, c.H = l->n_kv_heads, c.D = D, c.h0 = h0, c.h1 = h1;
   c.n_layers = l->n_layers, c.in_dtype = l->dtype, c.prm = info->params, c.flag = flag;
   c.o.dtype = out->dtype, c.o.T = info->n_tokens, c.o.Hs = h1 - h0, c.o.D = D, c.o.h0 = h0;
@@ -561,10 +569,14 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
   case KVS_CODEC_FP4: {
     warps = (uint64_t)np * c.T * (h1 - h0);
     unsigned grid = (unsigned)G_CDIV(warps * 32, (uint64_t)tpb);
-    if (info->profile == KVS_CODEC_INT8) k_fixed<KVS_CODEC_INT8><<<grid, tpb, 0, st>>>(c);
-    else if (info->profile == KVS_CODEC_KIVI2) k_fixed<KVS_CODEC_KIVI2><<<grid, tpb, 0, st>>>(c);
-    else if (info->profile == KVS_CODEC_KIVI4) k_fixed<KVS_CODEC_KIVI4><<<grid, tpb, 0, st>>>(c);
-    else k_fixed<KVS_CODEC_FP4><<<grid, tpb, 0, st>>>(c);
+    if (info->profile == KVS_CODEC_INT8)
+      k_fixed<KVS_CODEC_INT8><<<grid, tpb, 0, st>>>(c);
+    else if (info->profile == KVS_CODEC_KIVI2)
+      k_fixed<KVS_CODEC_KIVI2><<<grid, tpb, 0, st>>>(c);
+    else if (info->profile == KVS_CODEC_KIVI4)
+      k_fixed<KVS_CODEC_KIVI4><<<grid, tpb, 0, st>>>(c);
+    else
+      k_fixed<KVS_CODEC_FP4><<<grid, tpb, 0, st>>>(c);
     break;
   }
   case KVS_CODEC_CACHEGEN: {

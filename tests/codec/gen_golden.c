@@ -63,19 +63,20 @@ int main(int argc, char **argv) {
     char name[128];
     snprintf(name, sizeof name, "%s.kvc", kvs_codec_profile_name(prof));
     put(gdir, name, b, n);
-    fprintf(man, "%s KVS_OK %016llx\n", name,
-            (unsigned long long)kvs_checksum64(out, ne * 2));
+    fprintf(man, "%s KVS_OK %016llx\n", name, (unsigned long long)kvs_checksum64(out, ne * 2));
     snprintf(name, sizeof name, "seed_%s.kvc", kvs_codec_profile_name(prof));
     put(cdir, name, b, n);
     /* must-fail vectors, from the int8 and dense encodings */
     if (prof == KVS_CODEC_INT8 || prof == KVS_CODEC_DENSE) {
       const char *pn = kvs_codec_profile_name(prof);
       uint8_t *c = malloc(n);
-      struct { const char *what; const char *err; } bad[] = {
-          {"truncated", "KVS_ETRUNC"},  {"checksum", "KVS_ECHECKSUM"},
-          {"version", "KVS_EVERSION"},  {"magic", "KVS_EMAGIC"},
-          {"layout", "KVS_ELAYOUT"},    {"profile", "KVS_ENOTSUP"},
-          {"segsize", "KVS_ECORRUPT"},  {"payload", "KVS_ECHECKSUM"}};
+      struct {
+        const char *what;
+        const char *err;
+      } bad[] = {{"truncated", "KVS_ETRUNC"}, {"checksum", "KVS_ECHECKSUM"},
+                 {"version", "KVS_EVERSION"}, {"magic", "KVS_EMAGIC"},
+                 {"layout", "KVS_ELAYOUT"},   {"profile", "KVS_ENOTSUP"},
+                 {"segsize", "KVS_ECORRUPT"}, {"payload", "KVS_ECHECKSUM"}};
       for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         size_t cn = n;
         memcpy(c, b, n);

@@ -10,8 +10,13 @@
 #include "kvs_test.h"
 
 static kvs_layout lay(uint32_t L, uint32_t H, uint32_t D, uint32_t dtype) {
-  kvs_layout l = {.n_layers = L, .n_kv_heads = H, .head_dim = D, .dtype = dtype,
-                  .rope_type = KVS_ROPE_NORM, .rope_dims = D, .rope_theta = 10000.0f,
+  kvs_layout l = {.n_layers = L,
+                  .n_kv_heads = H,
+                  .head_dim = D,
+                  .dtype = dtype,
+                  .rope_type = KVS_ROPE_NORM,
+                  .rope_dims = D,
+                  .rope_theta = 10000.0f,
                   .rope_freq_scale = 1.0f};
   return l;
 }
@@ -82,7 +87,7 @@ static double bound_of(int profile) {
 }
 
 static const int k_profiles[] = {KVS_PROFILE_LOSSLESS, KVS_PROFILE_INT8, KVS_PROFILE_KIVI2,
-                                 KVS_PROFILE_KIVI4, KVS_PROFILE_FP4, KVS_PROFILE_CACHEGEN,
+                                 KVS_PROFILE_KIVI4,    KVS_PROFILE_FP4,  KVS_PROFILE_CACHEGEN,
                                  KVS_PROFILE_DENSE};
 #define N_PROFILES (sizeof k_profiles / sizeof k_profiles[0])
 
@@ -114,8 +119,8 @@ static void roundtrip_one(int profile, const kvs_layout *l, uint32_t T, uint32_t
   void *ws = malloc(wsn);
   kvs_err rc = kvs_codec_decode(e.bytes, e.len, &o, ws, wsn);
   CU_ASSERT_EQUAL(rc, KVS_OK);
-  if (rc != KVS_OK) fprintf(stderr, "decode %s: %s\n", kvs_codec_profile_name(profile),
-                            kvs_errname(rc));
+  if (rc != KVS_OK)
+    fprintf(stderr, "decode %s: %s\n", kvs_codec_profile_name(profile), kvs_errname(rc));
   int nf;
   double m = rel_mse(&e, l->dtype, out, out_dtype, &nf);
   CU_ASSERT_FALSE(nf);
@@ -194,22 +199,27 @@ static void test_heads_paged_segments(void) {
     void *ws = malloc(wsn);
     for (uint32_t g = 0; g < info.n_segments; g++)
       CU_ASSERT_EQUAL(kvs_codec_decode_segment(&info, g, e.bytes + info.seg_offset[g],
-                                               info.seg_offset[g + 1] - info.seg_offset[g], &os,
-                                               ws, wsn),
+                                               info.seg_offset[g + 1] - info.seg_offset[g], &os, ws,
+                                               wsn),
                       KVS_OK);
     CU_ASSERT_EQUAL(memcmp(seg, full, full_n * 2), 0);
     /* paged: block size 16, blocks in reverse order, one guard block */
     uint32_t bs = 16, nblk = (T + bs - 1) / bs, num_blocks = nblk + 2;
-    int32_t table[16];
-    for (uint32_t i = 0; i < nblk; i++) table[i] = (int32_t)(nblk - i);
+    int32_t table[16] = {0};
+    for (uint32_t i = 0; i < nblk; i++)
+      table[i] = (int32_t)(nblk - i);
     size_t cache_n = (size_t)num_blocks * bs * H * D;
     void *kc[4], *vc[4];
     for (int i = 0; i < 4; i++) {
       kc[i] = malloc(cache_n * 2), vc[i] = malloc(cache_n * 2);
       memset(kc[i], 0x5a, cache_n * 2), memset(vc[i], 0x5a, cache_n * 2);
     }
-    kvs_codec_out og = {.dtype = KVS_DTYPE_F16, .k_cache = kc, .v_cache = vc,
-                        .block_table = table, .block_size = bs, .num_blocks = num_blocks,
+    kvs_codec_out og = {.dtype = KVS_DTYPE_F16,
+                        .k_cache = kc,
+                        .v_cache = vc,
+                        .block_table = table,
+                        .block_size = bs,
+                        .num_blocks = num_blocks,
                         .n_layers = 4};
     CU_ASSERT_EQUAL(kvs_codec_decode(e.bytes, e.len, &og, ws, wsn), KVS_OK);
     same = 1;
@@ -223,17 +233,20 @@ static void test_heads_paged_segments(void) {
                          H * D * 2) == 0;
         }
         const uint8_t *g0 = (const uint8_t *)c; /* block 0 is not in the table */
-        for (size_t i = 0; i < (size_t)bs * H * D * 2; i++) guard &= g0[i] == 0x5a;
+        for (size_t i = 0; i < (size_t)bs * H * D * 2; i++)
+          guard &= g0[i] == 0x5a;
         /* slots past T in the last used block (table[nblk-1] = 1) stay untouched */
         const uint8_t *tail = (const uint8_t *)(c + ((size_t)1 * bs + T % bs) * H * D);
-        for (size_t i = 0; i < (size_t)(bs - T % bs) * H * D * 2; i++) guard &= tail[i] == 0x5a;
+        for (size_t i = 0; i < (size_t)(bs - T % bs) * H * D * 2; i++)
+          guard &= tail[i] == 0x5a;
       }
     CU_ASSERT(same);
     CU_ASSERT(guard);
     /* a block table entry out of range is refused */
     table[0] = (int32_t)num_blocks;
     CU_ASSERT_EQUAL(kvs_codec_decode(e.bytes, e.len, &og, ws, wsn), KVS_EINVAL);
-    for (int i = 0; i < 4; i++) free(kc[i]), free(vc[i]);
+    for (int i = 0; i < 4; i++)
+      free(kc[i]), free(vc[i]);
     free(ws), free(seg), free(part), free(full);
     enc_free(&e);
   }
@@ -282,17 +295,16 @@ static void test_bad_input(void) {
       CU_ASSERT(all_nan(out, e.kv_elems));
     }
     /* header fields changed and re-hashed: mismatch errors, not crashes */
-    struct { size_t off; uint32_t val; kvs_err want; } cases[] = {
-        {KVS_CH_MAGIC, 0x12345678u, KVS_EMAGIC},
-        {KVS_CH_VERSION, 2, KVS_EVERSION},
-        {KVS_CH_N_LAYERS, 4, KVS_ECORRUPT},
-        {KVS_CH_HEAD_DIM, 0, KVS_ELAYOUT},
-        {KVS_CH_DTYPE, KVS_DTYPE_F32, KVS_ELAYOUT},
-        {KVS_CH_N_TOKENS, 0, KVS_ECORRUPT},
-        {KVS_CH_N_TOKENS, 41, KVS_ELAYOUT},
-        {KVS_CH_N_TOKENS, 39, KVS_ECORRUPT},
-        {KVS_CH_N_SEGMENTS, 2, KVS_ECHECKSUM},
-        {KVS_CH_TOTAL_BYTES, 8, KVS_ECORRUPT},
+    struct {
+      size_t off;
+      uint32_t val;
+      kvs_err want;
+    } cases[] = {
+        {KVS_CH_MAGIC, 0x12345678u, KVS_EMAGIC},    {KVS_CH_VERSION, 2, KVS_EVERSION},
+        {KVS_CH_N_LAYERS, 4, KVS_ECORRUPT},         {KVS_CH_HEAD_DIM, 0, KVS_ELAYOUT},
+        {KVS_CH_DTYPE, KVS_DTYPE_F32, KVS_ELAYOUT}, {KVS_CH_N_TOKENS, 0, KVS_ECORRUPT},
+        {KVS_CH_N_TOKENS, 41, KVS_ELAYOUT},         {KVS_CH_N_TOKENS, 39, KVS_ECORRUPT},
+        {KVS_CH_N_SEGMENTS, 2, KVS_ECHECKSUM},      {KVS_CH_TOTAL_BYTES, 8, KVS_ECORRUPT},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
       memcpy(c, e.bytes, e.len);
@@ -313,8 +325,7 @@ static void test_bad_input(void) {
     kvs_codec_info info;
     CU_ASSERT_EQUAL_FATAL(kvs_codec_parse_header(e.bytes, e.len, &info), KVS_OK);
     CU_ASSERT(kvs_codec_decode_segment(&info, 1, e.bytes + info.seg_offset[0],
-                                       info.seg_offset[1] - info.seg_offset[0], &o, NULL,
-                                       0) < 0);
+                                       info.seg_offset[1] - info.seg_offset[0], &o, NULL, 0) < 0);
     CU_ASSERT_EQUAL(kvs_codec_decode_segment(&info, 9, e.bytes, e.len, &o, NULL, 0), KVS_EINVAL);
     /* trailing bytes after a valid encoding */
     uint8_t *longer = malloc(e.len + 8);
@@ -351,7 +362,8 @@ static void test_bad_input(void) {
 static void test_nonfinite_input(void) {
   kvs_layout l = lay(1, 1, 32, KVS_DTYPE_F16);
   uint16_t kv[2 * 8 * 32];
-  for (int i = 0; i < 2 * 8 * 32; i++) kv[i] = kvs_f32_to_f16((float)(i % 7) - 3.0f);
+  for (int i = 0; i < 2 * 8 * 32; i++)
+    kv[i] = kvs_f32_to_f16((float)(i % 7) - 3.0f);
   kv[5] = 0x7c00, kv[40] = 0xfc00, kv[300] = 0x7e00;
   for (size_t pi = 0; pi < N_PROFILES; pi++) {
     if (!built(k_profiles[pi])) continue;
@@ -401,8 +413,9 @@ static void test_dense_flags(void) {
       size_t row = (size_t)l->n_kv_heads * l->head_dim;
       if (f & KVS_DENSE_SINK)
         for (uint32_t layer = 0; layer < l->n_layers; layer++)
-          CU_ASSERT_EQUAL(memcmp(kv + (size_t)2 * layer * T * row,
-                                 out + (size_t)2 * layer * T * row, row * 2), 0);
+          CU_ASSERT_EQUAL(
+              memcmp(kv + (size_t)2 * layer * T * row, out + (size_t)2 * layer * T * row, row * 2),
+              0);
       free(b), free(kv), free(out);
     }
 }
@@ -456,7 +469,8 @@ static void test_golden(void) {
 }
 
 static const kvs_test_case cases[] = {{"dense_flags", test_dense_flags},
-                                      {"golden", test_golden},{"names", test_names},
+                                      {"golden", test_golden},
+                                      {"names", test_names},
                                       {"roundtrip", test_roundtrip},
                                       {"heads_paged_segments", test_heads_paged_segments},
                                       {"bad_input", test_bad_input},

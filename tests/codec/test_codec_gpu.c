@@ -21,8 +21,13 @@
 #define CK(x) CU_ASSERT_EQUAL_FATAL((x), cudaSuccess)
 
 static kvs_layout lay(uint32_t L, uint32_t H, uint32_t D, uint32_t dtype) {
-  kvs_layout l = {.n_layers = L, .n_kv_heads = H, .head_dim = D, .dtype = dtype,
-                  .rope_type = KVS_ROPE_NORM, .rope_dims = D, .rope_theta = 10000.0f,
+  kvs_layout l = {.n_layers = L,
+                  .n_kv_heads = H,
+                  .head_dim = D,
+                  .dtype = dtype,
+                  .rope_type = KVS_ROPE_NORM,
+                  .rope_dims = D,
+                  .rope_theta = 10000.0f,
                   .rope_freq_scale = 1.0f};
   return l;
 }
@@ -39,7 +44,8 @@ static int guards_ok(uint8_t *d, size_t n) {
   uint8_t *h = malloc(n + 2 * GUARD);
   cudaMemcpy(h, d - GUARD, n + 2 * GUARD, cudaMemcpyDeviceToHost);
   int ok = 1;
-  for (size_t i = 0; i < GUARD; i++) ok &= h[i] == 0xa5 && h[GUARD + n + i] == 0xa5;
+  for (size_t i = 0; i < GUARD; i++)
+    ok &= h[i] == 0xa5 && h[GUARD + n + i] == 0xa5;
   free(h);
   return ok;
 }
@@ -101,8 +107,9 @@ static void one(int profile, const kvs_layout *l, uint32_t T, uint32_t lpg, uint
   /* segment by segment, as they arrive */
   CK(cudaMemset(dout, 0, ne * 2));
   for (uint32_t g = 0; g < info.n_segments; g++)
-    CU_ASSERT_EQUAL(kvs_gpu_codec_decode_segment(&info, g, db + info.seg_offset[g], &go, ws, wsn,
-                                                 NULL), KVS_OK);
+    CU_ASSERT_EQUAL(
+        kvs_gpu_codec_decode_segment(&info, g, db + info.seg_offset[g], &go, ws, wsn, NULL),
+        KVS_OK);
   CU_ASSERT_EQUAL(kvs_gpu_codec_status(ws, NULL), KVS_OK);
   uint16_t *got2 = malloc(ne * 2);
   CK(cudaMemcpy(got2, dout, ne * 2, cudaMemcpyDeviceToHost));
@@ -132,7 +139,8 @@ static void one(int profile, const kvs_layout *l, uint32_t T, uint32_t lpg, uint
     uint32_t bs = 16, nblk = (T + bs - 1) / bs, num_blocks = nblk + 1;
     size_t cache_b = (size_t)num_blocks * bs * H * l->head_dim * 2;
     int32_t *table = malloc(sizeof(int32_t) * nblk);
-    for (uint32_t i = 0; i < nblk; i++) table[i] = (int32_t)(nblk - i);
+    for (uint32_t i = 0; i < nblk; i++)
+      table[i] = (int32_t)(nblk - i);
     void **hk = malloc(sizeof(void *) * l->n_layers), **hv = malloc(sizeof(void *) * l->n_layers);
     void **dk = malloc(sizeof(void *) * l->n_layers), **dv = malloc(sizeof(void *) * l->n_layers);
     for (uint32_t i = 0; i < l->n_layers; i++) {
@@ -144,8 +152,12 @@ static void one(int profile, const kvs_layout *l, uint32_t T, uint32_t lpg, uint
     int32_t *dtable = NULL;
     CK(cudaMalloc((void **)&dtable, sizeof(int32_t) * nblk));
     CK(cudaMemcpy(dtable, table, sizeof(int32_t) * nblk, cudaMemcpyHostToDevice));
-    kvs_codec_out cp = {.dtype = KVS_DTYPE_F16, .k_cache = hk, .v_cache = hv,
-                        .block_table = table, .block_size = bs, .num_blocks = num_blocks,
+    kvs_codec_out cp = {.dtype = KVS_DTYPE_F16,
+                        .k_cache = hk,
+                        .v_cache = hv,
+                        .block_table = table,
+                        .block_size = bs,
+                        .num_blocks = num_blocks,
                         .n_layers = l->n_layers};
     CU_ASSERT_EQUAL(kvs_codec_decode(b, len, &cp, NULL, 0), KVS_OK);
     kvs_codec_out gp = cp;
@@ -189,8 +201,8 @@ static void one(int profile, const kvs_layout *l, uint32_t T, uint32_t lpg, uint
 
 static void test_gpu_vs_cpu(void) {
   kvs_layout smol = lay(4, 3, 64, KVS_DTYPE_F16), big = lay(2, 8, 128, KVS_DTYPE_BF16);
-  static const int profiles[] = {KVS_PROFILE_INT8, KVS_PROFILE_KIVI2, KVS_PROFILE_KIVI4,
-                                 KVS_PROFILE_FP4, KVS_PROFILE_CACHEGEN, KVS_PROFILE_DENSE};
+  static const int profiles[] = {KVS_PROFILE_INT8, KVS_PROFILE_KIVI2,    KVS_PROFILE_KIVI4,
+                                 KVS_PROFILE_FP4,  KVS_PROFILE_CACHEGEN, KVS_PROFILE_DENSE};
   kvs_codec_params d;
   kvs_codec_params_default(KVS_PROFILE_DENSE, 4, &d);
   for (size_t i = 0; i < sizeof profiles / sizeof profiles[0]; i++) {
@@ -221,9 +233,8 @@ static void test_lossless_refused(void) {
   free(b), free(kv);
 }
 
-static const kvs_test_case cases[] = {{"gpu_vs_cpu", test_gpu_vs_cpu},
-                                      {"lossless_refused", test_lossless_refused},
-                                      {NULL, NULL}};
+static const kvs_test_case cases[] = {
+    {"gpu_vs_cpu", test_gpu_vs_cpu}, {"lossless_refused", test_lossless_refused}, {NULL, NULL}};
 
 int main(void) {
   if (kvs_gpu_device_count() == 0) {
