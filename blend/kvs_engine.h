@@ -52,13 +52,13 @@ extern "C" {
 typedef enum { KVS_ENGINE_MEM_HOST = 0, KVS_ENGINE_MEM_DEVICE = 1 } kvs_engine_mem;
 
 typedef struct kvs_engine_info {
-  kvs_layout layout;      /* of the KV this engine reads and writes */
-  kvs_model_id model_id;  /* what KV from kvstash must carry to be used here */
-  uint32_t n_embd;        /* hidden state width */
-  uint32_t n_vocab;       /* logits width */
-  uint32_t max_tokens;    /* largest sequence capacity accepted */
-  uint32_t mem;           /* kvs_engine_mem: where hidden/KV/logit buffers live */
-  const char *name;       /* static, e.g. "kvs-model-cpu" */
+  kvs_layout layout;     /* of the KV this engine reads and writes */
+  kvs_model_id model_id; /* what KV from kvstash must carry to be used here */
+  uint32_t n_embd;       /* hidden state width */
+  uint32_t n_vocab;      /* logits width */
+  uint32_t max_tokens;   /* largest sequence capacity accepted */
+  uint32_t mem;          /* kvs_engine_mem: where hidden/KV/logit buffers live */
+  const char *name;      /* static, e.g. "kvs-model-cpu" */
 } kvs_engine_info;
 
 typedef struct kvs_engine_seq kvs_engine_seq; /* opaque, engine-defined */
@@ -81,8 +81,8 @@ typedef struct kvs_engine_ops {
    * them (len grows to start+n when beyond it); capacity bounds it. */
   kvs_err (*kv_read)(kvs_engine *e, kvs_engine_seq *s, uint32_t layer, uint32_t start, uint32_t n,
                      void *k, void *v);
-  kvs_err (*kv_write)(kvs_engine *e, kvs_engine_seq *s, uint32_t layer, uint32_t start,
-                      uint32_t n, const void *k, const void *v);
+  kvs_err (*kv_write)(kvs_engine *e, kvs_engine_seq *s, uint32_t layer, uint32_t start, uint32_t n,
+                      const void *k, const void *v);
 
   /* ---- layer-wise forward (selective recompute)
    * embed: hidden (n, n_embd) = token embeddings of tokens[n]. */

@@ -11,7 +11,7 @@ typedef struct cpu_engine {
   kvs_model *m;
 } cpu_engine;
 
-#define M(e) (((cpu_engine *)(e))->m)
+#define M(e)   (((cpu_engine *)(e))->m)
 #define SEQ(s) ((kvs_seq *)(s))
 
 static kvs_err e_info(kvs_engine *e, kvs_engine_info *out) {
@@ -92,7 +92,8 @@ static kvs_err e_prefill_cost(kvs_engine *e, uint32_t n_probe, double *spt) {
     KVS_TRY(kvs_seq_create(M(e), n_probe, &s));
     int32_t *tok = calloc(n_probe, sizeof *tok);
     kvs_err err = tok ? KVS_OK : KVS_ENOMEM;
-    for (uint32_t i = 0; !err && i < n_probe; i++) tok[i] = (int32_t)((i * 7919u) % kvs_model_config(M(e))->n_vocab);
+    for (uint32_t i = 0; !err && i < n_probe; i++)
+      tok[i] = (int32_t)((i * 7919u) % kvs_model_config(M(e))->n_vocab);
     if (!err) err = kvs_model_prefill(M(e), s, tok, n_probe, 0, NULL);
     free(tok);
     kvs_seq_free(s);

@@ -40,7 +40,8 @@ typedef struct cur {
   const uint8_t *p, *end;
 } cur;
 
-#define NEED(c, n) KVS_RETURN_ERROR_IF((uint64_t)((c)->end - (c)->p) < (uint64_t)(n), KVS_ETRUNC, "gguf: truncated")
+#define NEED(c, n)                                                                                 \
+  KVS_RETURN_ERROR_IF((uint64_t)((c)->end - (c)->p) < (uint64_t)(n), KVS_ETRUNC, "gguf: truncated")
 
 static uint32_t rd32(const uint8_t *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -69,10 +70,17 @@ static kvs_err get_str(cur *c, const char **s, uint64_t *len) {
 
 static uint32_t scalar_size(uint32_t t) {
   switch (t) {
-  case KVS_GGUF_U8: case KVS_GGUF_I8: case KVS_GGUF_BOOL: return 1;
-  case KVS_GGUF_U16: case KVS_GGUF_I16: return 2;
-  case KVS_GGUF_U32: case KVS_GGUF_I32: case KVS_GGUF_F32: return 4;
-  case KVS_GGUF_U64: case KVS_GGUF_I64: case KVS_GGUF_F64: return 8;
+  case KVS_GGUF_U8:
+  case KVS_GGUF_I8:
+  case KVS_GGUF_BOOL: return 1;
+  case KVS_GGUF_U16:
+  case KVS_GGUF_I16: return 2;
+  case KVS_GGUF_U32:
+  case KVS_GGUF_I32:
+  case KVS_GGUF_F32: return 4;
+  case KVS_GGUF_U64:
+  case KVS_GGUF_I64:
+  case KVS_GGUF_F64: return 8;
   default: return 0;
   }
 }
@@ -128,15 +136,20 @@ static kvs_err skip_value(cur *c, uint32_t type, gguf_kv *kv) {
 
 uint32_t kvs_ggml_block_elems(uint32_t type) {
   switch (type) {
-  case KVS_GGML_F32: case KVS_GGML_F16: case KVS_GGML_BF16: return 1;
-  case KVS_GGML_Q4_0: case KVS_GGML_Q4_1: case KVS_GGML_Q8_0: return 32;
+  case KVS_GGML_F32:
+  case KVS_GGML_F16:
+  case KVS_GGML_BF16: return 1;
+  case KVS_GGML_Q4_0:
+  case KVS_GGML_Q4_1:
+  case KVS_GGML_Q8_0: return 32;
   default: return 0;
   }
 }
 uint32_t kvs_ggml_block_bytes(uint32_t type) {
   switch (type) {
   case KVS_GGML_F32: return 4;
-  case KVS_GGML_F16: case KVS_GGML_BF16: return 2;
+  case KVS_GGML_F16:
+  case KVS_GGML_BF16: return 2;
   case KVS_GGML_Q4_0: return 18;
   case KVS_GGML_Q4_1: return 20;
   case KVS_GGML_Q8_0: return 34;
@@ -212,7 +225,8 @@ static kvs_err parse(kvs_gguf *g) {
     KVS_RETURN_ERROR_IF(t->n_dims == 0 || t->n_dims > KVS_GGUF_MAX_DIMS, KVS_ECORRUPT,
                         "gguf: n_dims");
     t->n_elems = 1;
-    for (uint32_t d = 0; d < KVS_GGUF_MAX_DIMS; d++) t->ne[d] = 1;
+    for (uint32_t d = 0; d < KVS_GGUF_MAX_DIMS; d++)
+      t->ne[d] = 1;
     for (uint32_t d = 0; d < t->n_dims; d++) {
       KVS_TRY(get_u64(&c, &t->ne[d]));
       KVS_RETURN_ERROR_IF(t->ne[d] == 0 || t->ne[d] > (1ull << 40), KVS_ECORRUPT, "gguf: dim");
@@ -325,10 +339,12 @@ int64_t kvs_gguf_find_kv(const kvs_gguf *g, const char *key) {
   return -1;
 }
 
-static kvs_err scalar_i(uint32_t type, const uint8_t *p, int64_t *si, uint64_t *ui, int *is_signed) {
+static kvs_err scalar_i(uint32_t type, const uint8_t *p, int64_t *si, uint64_t *ui,
+                        int *is_signed) {
   *is_signed = 0;
   switch (type) {
-  case KVS_GGUF_U8: case KVS_GGUF_BOOL: *ui = p[0]; return KVS_OK;
+  case KVS_GGUF_U8:
+  case KVS_GGUF_BOOL: *ui = p[0]; return KVS_OK;
   case KVS_GGUF_U16: *ui = (uint64_t)p[0] | (uint64_t)p[1] << 8; return KVS_OK;
   case KVS_GGUF_U32: *ui = rd32(p); return KVS_OK;
   case KVS_GGUF_U64: *ui = rd64(p); return KVS_OK;
@@ -412,8 +428,10 @@ kvs_err kvs_gguf_get_arr(const kvs_gguf *g, const char *key, uint32_t *elem_type
 static const gguf_kv *arr(const kvs_gguf *g, const char *key, kvs_err *e) {
   int64_t i = kvs_gguf_find_kv(g, key);
   *e = KVS_OK;
-  if (i < 0) *e = KVS_ENOENT;
-  else if (g->kv[i].type != KVS_GGUF_ARRAY) *e = KVS_EINVAL;
+  if (i < 0)
+    *e = KVS_ENOENT;
+  else if (g->kv[i].type != KVS_GGUF_ARRAY)
+    *e = KVS_EINVAL;
   return *e ? NULL : &g->kv[i];
 }
 
@@ -447,8 +465,8 @@ kvs_err kvs_gguf_get_arr_i32(const kvs_gguf *g, const char *key, int32_t *out, u
   return KVS_OK;
 }
 
-kvs_err kvs_gguf_get_arr_str(const kvs_gguf *g, const char *key, const char **ptrs,
-                             uint32_t *lens, uint64_t cap) {
+kvs_err kvs_gguf_get_arr_str(const kvs_gguf *g, const char *key, const char **ptrs, uint32_t *lens,
+                             uint64_t cap) {
   kvs_err e;
   const gguf_kv *kv = arr(g, key, &e);
   if (!kv) return e;
@@ -487,10 +505,12 @@ kvs_err kvs_dequant(uint32_t type, const void *src, float *dst, uint64_t n) {
   switch (type) {
   case KVS_GGML_F32: memcpy(dst, p, n * 4); return KVS_OK;
   case KVS_GGML_F16:
-    for (uint64_t i = 0; i < n; i++) dst[i] = kvs_f16_to_f32((kvs_f16)(p[2 * i] | p[2 * i + 1] << 8));
+    for (uint64_t i = 0; i < n; i++)
+      dst[i] = kvs_f16_to_f32((kvs_f16)(p[2 * i] | p[2 * i + 1] << 8));
     return KVS_OK;
   case KVS_GGML_BF16:
-    for (uint64_t i = 0; i < n; i++) dst[i] = kvs_bf16_to_f32((kvs_bf16)(p[2 * i] | p[2 * i + 1] << 8));
+    for (uint64_t i = 0; i < n; i++)
+      dst[i] = kvs_bf16_to_f32((kvs_bf16)(p[2 * i] | p[2 * i + 1] << 8));
     return KVS_OK;
   case KVS_GGML_Q4_0: /* { f16 d; u8 qs[16] }: x[j] = (lo4 - 8) d, x[j+16] = (hi4 - 8) d */
     for (uint64_t b = 0; b < n / 32; b++, p += 18, dst += 32) {
@@ -514,7 +534,8 @@ kvs_err kvs_dequant(uint32_t type, const void *src, float *dst, uint64_t n) {
   case KVS_GGML_Q8_0: /* { f16 d; i8 qs[32] }: x = q d */
     for (uint64_t b = 0; b < n / 32; b++, p += 34, dst += 32) {
       float d = kvs_f16_to_f32((kvs_f16)(p[0] | p[1] << 8));
-      for (int j = 0; j < 32; j++) dst[j] = (float)(int8_t)p[2 + j] * d;
+      for (int j = 0; j < 32; j++)
+        dst[j] = (float)(int8_t)p[2 + j] * d;
     }
     return KVS_OK;
   default: return KVS_ENOTSUP;

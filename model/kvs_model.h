@@ -23,35 +23,48 @@ extern "C" {
 /* ================================================================= GGUF */
 /* GGUF value types (gguf.h, GGUF_TYPE_*). */
 typedef enum {
-  KVS_GGUF_U8 = 0, KVS_GGUF_I8 = 1, KVS_GGUF_U16 = 2, KVS_GGUF_I16 = 3,
-  KVS_GGUF_U32 = 4, KVS_GGUF_I32 = 5, KVS_GGUF_F32 = 6, KVS_GGUF_BOOL = 7,
-  KVS_GGUF_STRING = 8, KVS_GGUF_ARRAY = 9, KVS_GGUF_U64 = 10, KVS_GGUF_I64 = 11,
+  KVS_GGUF_U8 = 0,
+  KVS_GGUF_I8 = 1,
+  KVS_GGUF_U16 = 2,
+  KVS_GGUF_I16 = 3,
+  KVS_GGUF_U32 = 4,
+  KVS_GGUF_I32 = 5,
+  KVS_GGUF_F32 = 6,
+  KVS_GGUF_BOOL = 7,
+  KVS_GGUF_STRING = 8,
+  KVS_GGUF_ARRAY = 9,
+  KVS_GGUF_U64 = 10,
+  KVS_GGUF_I64 = 11,
   KVS_GGUF_F64 = 12
 } kvs_gguf_type;
 
 /* ggml tensor types we can read (ggml.h, GGML_TYPE_*). Others are listed in
  * the tensor table but kvs_dequant refuses them with KVS_ENOTSUP. */
 typedef enum {
-  KVS_GGML_F32 = 0, KVS_GGML_F16 = 1, KVS_GGML_Q4_0 = 2, KVS_GGML_Q4_1 = 3,
-  KVS_GGML_Q8_0 = 8, KVS_GGML_BF16 = 30
+  KVS_GGML_F32 = 0,
+  KVS_GGML_F16 = 1,
+  KVS_GGML_Q4_0 = 2,
+  KVS_GGML_Q4_1 = 3,
+  KVS_GGML_Q8_0 = 8,
+  KVS_GGML_BF16 = 30
 } kvs_ggml_type;
 
 #define KVS_GGUF_MAX_DIMS 4
 /* Limits that keep a hostile header from making us allocate without bound. */
 #define KVS_GGUF_MAX_TENSORS (1u << 16)
-#define KVS_GGUF_MAX_KV (1u << 16)
+#define KVS_GGUF_MAX_KV      (1u << 16)
 
 typedef struct kvs_gguf kvs_gguf;
 
 typedef struct kvs_gguf_tensor {
-  const char *name;   /* NOT NUL-terminated: name_len bytes inside the file map */
+  const char *name; /* NOT NUL-terminated: name_len bytes inside the file map */
   uint32_t name_len;
-  uint32_t type;      /* ggml type number */
+  uint32_t type; /* ggml type number */
   uint32_t n_dims;
   uint64_t ne[KVS_GGUF_MAX_DIMS]; /* ne[0] is the contiguous dim; unused dims are 1 */
   uint64_t n_elems;
-  uint64_t n_bytes;   /* 0 when the type is unknown to us (then data is NULL) */
-  const void *data;   /* inside the map, valid until kvs_gguf_free */
+  uint64_t n_bytes; /* 0 when the type is unknown to us (then data is NULL) */
+  const void *data; /* inside the map, valid until kvs_gguf_free */
 } kvs_gguf_tensor;
 
 /* Opens and validates a GGUF (v2 or v3, little-endian) by mmap. Every string,
@@ -87,8 +100,8 @@ kvs_err kvs_gguf_get_arr(const kvs_gguf *g, const char *key, uint32_t *elem_type
 kvs_err kvs_gguf_get_arr_f32(const kvs_gguf *g, const char *key, float *out, uint64_t cap);
 kvs_err kvs_gguf_get_arr_i32(const kvs_gguf *g, const char *key, int32_t *out, uint64_t cap);
 /* String array: ptrs[i]/lens[i] point into the map; caller gives cap slots. */
-kvs_err kvs_gguf_get_arr_str(const kvs_gguf *g, const char *key, const char **ptrs,
-                             uint32_t *lens, uint64_t cap);
+kvs_err kvs_gguf_get_arr_str(const kvs_gguf *g, const char *key, const char **ptrs, uint32_t *lens,
+                             uint64_t cap);
 
 uint64_t kvs_gguf_tensor_count(const kvs_gguf *g);
 const kvs_gguf_tensor *kvs_gguf_tensor_at(const kvs_gguf *g, uint64_t i);
@@ -211,8 +224,8 @@ kvs_err kvs_model_embed(kvs_model *m, const kvs_token *tokens, uint32_t n, float
  * computes their K/V, writes them into the cache at idx, attends each token i
  * over slots 0..idx[i] and replaces hidden (n, n_embd) with the layer output.
  * Slots <= max idx must hold valid KV (len grows to max idx + 1). */
-kvs_err kvs_model_layer(kvs_model *m, kvs_seq *s, uint32_t layer, uint32_t n,
-                        const uint32_t *idx, const uint32_t *pos, float *hidden);
+kvs_err kvs_model_layer(kvs_model *m, kvs_seq *s, uint32_t layer, uint32_t n, const uint32_t *idx,
+                        const uint32_t *pos, float *hidden);
 /* Fresh K/V of `layer` for hidden states entering it, at positions pos[n],
  * into k_out/v_out (n, kv_heads, head_dim) fp16; no cache is touched. */
 kvs_err kvs_model_layer_kv(kvs_model *m, uint32_t layer, uint32_t n, const uint32_t *pos,

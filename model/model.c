@@ -61,10 +61,12 @@ static float *own(kvs_model *m, size_t n) {
 
 void kvs_model_free(kvs_model *m) {
   if (!m) return;
-  for (uint32_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
+  for (uint32_t i = 0; i < m->n_owned; i++)
+    free(m->owned[i]);
   free(m->owned);
   free(m->layers);
-  for (int i = 0; i < 12; i++) free(m->sc[i]);
+  for (int i = 0; i < 12; i++)
+    free(m->sc[i]);
   kvs_tok_free(m->tok);
   kvs_gguf_free(m->g);
   free(m);
@@ -108,8 +110,8 @@ static kvs_err check_cfg(const kvs_model_cfg *c) {
                       "model: head_dim");
   KVS_RETURN_ERROR_IF(c->n_layers > KVS_MAX_LAYERS || c->n_kv_heads > KVS_MAX_KV_HEADS,
                       KVS_ECORRUPT, "model: layers/heads");
-  KVS_RETURN_ERROR_IF(c->n_embd > 65536 || c->n_ff > 1 << 20 || c->n_vocab > 1 << 24,
-                      KVS_ECORRUPT, "model: size");
+  KVS_RETURN_ERROR_IF(c->n_embd > 65536 || c->n_ff > 1 << 20 || c->n_vocab > 1 << 24, KVS_ECORRUPT,
+                      "model: size");
   KVS_RETURN_ERROR_IF(!(c->rope_theta > 0) || !(c->norm_eps > 0), KVS_ECORRUPT, "model: theta/eps");
   return KVS_OK;
 }
@@ -172,8 +174,8 @@ static kvs_err load(kvs_model *m) {
   for (uint32_t l = 0; l < c->n_layers; l++) {
     layer_w *L = &m->layers[l];
     char nm[96];
-#define LW(field, suffix, cols, rows)                                          \
-  snprintf(nm, sizeof nm, "blk.%u." suffix ".weight", l);                      \
+#define LW(field, suffix, cols, rows)                                                              \
+  snprintf(nm, sizeof nm, "blk.%u." suffix ".weight", l);                                          \
   KVS_TRY(load_w(m, nm, cols, rows, &L->field))
     LW(attn_norm, "attn_norm", E, 1);
     LW(wq, "attn_q", E, HD);
@@ -218,10 +220,16 @@ kvs_err kvs_model_load(const char *path, kvs_model **out) {
 
 kvs_err kvs_model_create_random(const kvs_model_cfg *cfg, uint64_t seed, int host_weights,
                                 kvs_model **out) {
-  static const kvs_model_cfg llama3_8b = {.n_vocab = 128256, .n_embd = 4096, .n_layers = 32,
-                                          .n_heads = 32, .n_kv_heads = 8, .head_dim = 128,
-                                          .n_ff = 14336, .n_ctx_train = 8192,
-                                          .rope_theta = 500000.0f, .norm_eps = 1e-5f};
+  static const kvs_model_cfg llama3_8b = {.n_vocab = 128256,
+                                          .n_embd = 4096,
+                                          .n_layers = 32,
+                                          .n_heads = 32,
+                                          .n_kv_heads = 8,
+                                          .head_dim = 128,
+                                          .n_ff = 14336,
+                                          .n_ctx_train = 8192,
+                                          .rope_theta = 500000.0f,
+                                          .norm_eps = 1e-5f};
   if (!out) return KVS_EINVAL;
   *out = NULL;
   kvs_model *m = calloc(1, sizeof *m);
@@ -238,10 +246,10 @@ kvs_err kvs_model_create_random(const kvs_model_cfg *cfg, uint64_t seed, int hos
   m->layers = calloc(c->n_layers, sizeof *m->layers);
   if (!m->owned || !m->layers) goto fail;
   if (host_weights) {
-#define RW(dst, tid, n)                                                        \
-  do {                                                                         \
-    if (!((dst) = own(m, (size_t)(n)))) goto fail;                             \
-    kvs__rand_fill(dst, seed, tid, (size_t)(n), kvs__rand_scale(c, tid));      \
+#define RW(dst, tid, n)                                                                            \
+  do {                                                                                             \
+    if (!((dst) = own(m, (size_t)(n)))) goto fail;                                                 \
+    kvs__rand_fill(dst, seed, tid, (size_t)(n), kvs__rand_scale(c, tid));                          \
   } while (0)
     RW(m->tok_embd, KVS__RT_EMBD, (size_t)c->n_vocab * E);
     RW(m->out_norm, KVS__RT_OUT_NORM, E);
@@ -322,7 +330,9 @@ static size_t plane(const kvs_seq *s) {
   return (size_t)s->cap * s->m->cfg.n_kv_heads * s->m->cfg.head_dim;
 }
 kvs_f16 *kvs_seq_k(kvs_seq *s, uint32_t layer) { return s->kv + (size_t)2 * layer * plane(s); }
-kvs_f16 *kvs_seq_v(kvs_seq *s, uint32_t layer) { return s->kv + (size_t)(2 * layer + 1) * plane(s); }
+kvs_f16 *kvs_seq_v(kvs_seq *s, uint32_t layer) {
+  return s->kv + (size_t)(2 * layer + 1) * plane(s);
+}
 kvs_err kvs__seq_set_len(kvs_seq *s, uint32_t n) {
   if (n > s->cap) return KVS_ERANGE;
   s->len = n;
@@ -336,9 +346,11 @@ void kvs_model_rmsnorm_cpu(const float *x, const float *w, float *y, uint32_t n,
   for (uint32_t i = 0; i < n; i++) {
     const float *xi = x + (size_t)i * E;
     double ss = 0;
-    for (uint32_t j = 0; j < E; j++) ss += (double)xi[j] * xi[j];
+    for (uint32_t j = 0; j < E; j++)
+      ss += (double)xi[j] * xi[j];
     float r = (float)(1.0 / sqrt(ss / E + eps));
-    for (uint32_t j = 0; j < E; j++) y[(size_t)i * E + j] = xi[j] * r * w[j];
+    for (uint32_t j = 0; j < E; j++)
+      y[(size_t)i * E + j] = xi[j] * r * w[j];
   }
 }
 
@@ -361,7 +373,8 @@ void kvs_model_rope_cpu(float *x, uint32_t n, uint32_t heads, uint32_t D, const 
 }
 
 void kvs_model_swiglu_cpu(float *g, const float *u, size_t n) {
-  for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  for (size_t i = 0; i < n; i++)
+    g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 void kvs_model_attn_cpu(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, float *out,
@@ -378,24 +391,29 @@ void kvs_model_attn_cpu(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, fl
       for (uint32_t j = 0; j < lim; j++) {
         const kvs_f16 *kj = k + ((size_t)j * G + g) * D;
         float d = 0;
-        for (uint32_t c = 0; c < D; c++) d += kvs_f16_to_f32(qi[c]) * kvs_f16_to_f32(kj[c]);
+        for (uint32_t c = 0; c < D; c++)
+          d += kvs_f16_to_f32(qi[c]) * kvs_f16_to_f32(kj[c]);
         sc[j] = d * scale;
         mx = sc[j] > mx ? sc[j] : mx;
       }
-      for (uint32_t j = 0; j < lim; j++) sum += (sc[j] = expf(sc[j] - mx));
+      for (uint32_t j = 0; j < lim; j++)
+        sum += (sc[j] = expf(sc[j] - mx));
       float *o = out + ((size_t)i * H + h) * D;
-      for (uint32_t c = 0; c < D; c++) o[c] = 0;
+      for (uint32_t c = 0; c < D; c++)
+        o[c] = 0;
       for (uint32_t j = 0; j < lim; j++) {
         const kvs_f16 *vj = v + ((size_t)j * G + g) * D;
         float p = sc[j] / sum;
-        for (uint32_t c = 0; c < D; c++) o[c] += p * kvs_f16_to_f32(vj[c]);
+        for (uint32_t c = 0; c < D; c++)
+          o[c] += p * kvs_f16_to_f32(vj[c]);
       }
     }
   free(sc);
 }
 
 /* y (n, out) = x (n, in) W^T, W (out, in) */
-static void matmul(const float *x, const float *W, float *y, uint32_t n, uint32_t in, uint32_t out) {
+static void matmul(const float *x, const float *W, float *y, uint32_t n, uint32_t in,
+                   uint32_t out) {
   if (n == 1) { /* decode: sgemv streams W once; sgemm would pack it first */
     cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, W, (int)in, x, 1, 0.0f, y, 1);
     return;
@@ -464,7 +482,8 @@ kvs_err kvs_model_layer_kv(kvs_model *m, uint32_t layer, uint32_t n, const uint3
 static float f16_lut[65536];
 static pthread_once_t f16_once = PTHREAD_ONCE_INIT;
 static void f16_init(void) {
-  for (uint32_t i = 0; i < 65536; i++) f16_lut[i] = kvs_f16_to_f32((kvs_f16)i);
+  for (uint32_t i = 0; i < 65536; i++)
+    f16_lut[i] = kvs_f16_to_f32((kvs_f16)i);
 }
 
 /* Causal attention of n queries q (n, H, D) at slots idx over cache slots
@@ -476,7 +495,8 @@ static kvs_err attend(kvs_model *m, kvs_seq *s, uint32_t layer, uint32_t n, cons
   const kvs_model_cfg *c = &m->cfg;
   uint32_t H = c->n_heads, G = c->n_kv_heads, D = c->head_dim, grp = H / G;
   uint32_t ctx = 0;
-  for (uint32_t i = 0; i < n; i++) ctx = idx[i] + 1 > ctx ? idx[i] + 1 : ctx;
+  for (uint32_t i = 0; i < n; i++)
+    ctx = idx[i] + 1 > ctx ? idx[i] + 1 : ctx;
   size_t kvn = (size_t)ctx * G * D;
   float *kf = scratch(m, S_KF, kvn), *vf = scratch(m, S_VF, kvn);
   float *sc = scratch(m, S_SCORE, (size_t)QB * ctx);
@@ -491,7 +511,8 @@ static kvs_err attend(kvs_model *m, kvs_seq *s, uint32_t layer, uint32_t n, cons
   for (uint32_t r0 = 0; r0 < n; r0 += QB) {
     uint32_t nb = n - r0 < QB ? n - r0 : QB;
     uint32_t kmax = 0;
-    for (uint32_t i = r0; i < r0 + nb; i++) kmax = idx[i] + 1 > kmax ? idx[i] + 1 : kmax;
+    for (uint32_t i = r0; i < r0 + nb; i++)
+      kmax = idx[i] + 1 > kmax ? idx[i] + 1 : kmax;
     for (uint32_t h = 0; h < H; h++) {
       uint32_t g = h / grp;
       /* sc (nb, kmax) = q_h (nb, D) K_g^T; rows of q_h are H*D apart, of K_g G*D */
@@ -502,15 +523,18 @@ static kvs_err attend(kvs_model *m, kvs_seq *s, uint32_t layer, uint32_t n, cons
         float *row = sc + (size_t)i * kmax;
         uint32_t lim = idx[r0 + i] + 1;
         float mx = -INFINITY;
-        for (uint32_t j = 0; j < lim; j++) mx = row[j] > mx ? row[j] : mx;
+        for (uint32_t j = 0; j < lim; j++)
+          mx = row[j] > mx ? row[j] : mx;
         float sum = 0;
         for (uint32_t j = 0; j < lim; j++) {
           row[j] = expf(row[j] - mx);
           sum += row[j];
         }
         float inv = 1.0f / sum;
-        for (uint32_t j = 0; j < lim; j++) row[j] *= inv;
-        for (uint32_t j = lim; j < kmax; j++) row[j] = 0.0f;
+        for (uint32_t j = 0; j < lim; j++)
+          row[j] *= inv;
+        for (uint32_t j = lim; j < kmax; j++)
+          row[j] = 0.0f;
       }
       /* att_h (nb, D) = sc (nb, kmax) V_g (kmax, D) */
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nb, (int)D, (int)kmax, 1.0f, sc,
@@ -589,9 +613,11 @@ kvs_err kvs_model_prefill(kvs_model *m, kvs_seq *s, const kvs_token *tokens, uin
       return KVS_ENOMEM;
     }
     uint32_t base = s->len;
-    for (uint32_t i = 0; i < nb; i++) idx[i] = base + i;
+    for (uint32_t i = 0; i < nb; i++)
+      idx[i] = base + i;
     kvs_err e = kvs_model_embed(m, tokens + a, nb, x);
-    for (uint32_t l = 0; !e && l < m->cfg.n_layers; l++) e = kvs_model_layer(m, s, l, nb, idx, NULL, x);
+    for (uint32_t l = 0; !e && l < m->cfg.n_layers; l++)
+      e = kvs_model_layer(m, s, l, nb, idx, NULL, x);
     free(idx);
     if (e) return e;
     if (logits && all_logits) {

@@ -12,7 +12,7 @@ extern "C" {
 
 /* ---- string -> int32 hash table (open addressing, keys copied) */
 typedef struct kvs__strmap {
-  uint64_t cap;  /* power of two */
+  uint64_t cap; /* power of two */
   uint64_t n;
   int32_t *slot; /* index into keys, -1 = empty */
   const char **key;
@@ -27,8 +27,6 @@ kvs_err kvs__strmap_init(kvs__strmap *m, uint64_t n_keys, uint64_t total_bytes);
 kvs_err kvs__strmap_put(kvs__strmap *m, const char *k, uint32_t len, int32_t val);
 int32_t kvs__strmap_get(const kvs__strmap *m, const char *k, uint32_t len); /* -1 if absent */
 void kvs__strmap_free(kvs__strmap *m);
-
-
 
 /* ---- model internals shared with the engine and the GPU path */
 uint64_t kvs__model_seed(const kvs_model *m);
@@ -58,9 +56,9 @@ typedef struct kvs__layer_weights {
 typedef struct kvs__model_weights {
   kvs_model_cfg cfg;
   const float *tok_embd, *output, *out_norm; /* output == tok_embd when tied */
-  const kvs__layer_weights *layers;           /* [n_layers] */
-  int host;                                   /* 1 when the pointers are set */
-  int random;                                 /* 1 for kvs_model_create_random models */
+  const kvs__layer_weights *layers;          /* [n_layers] */
+  int host;                                  /* 1 when the pointers are set */
+  int random;                                /* 1 for kvs_model_create_random models */
   uint64_t seed;
 } kvs__model_weights;
 void kvs__model_weights_get(const kvs_model *m, kvs__model_weights *w);

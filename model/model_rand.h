@@ -12,9 +12,9 @@
 
 #include "kvs_model.h"
 
-#define KVS__RT_EMBD 0u
+#define KVS__RT_EMBD     0u
 #define KVS__RT_OUT_NORM 1u
-#define KVS__RT_OUTPUT 2u
+#define KVS__RT_OUTPUT   2u
 #define KVS__RT_LAYER(l) (16u + 16u * (uint32_t)(l))
 
 typedef struct kvs__rscale {
@@ -34,19 +34,35 @@ KVS_HD float kvs__rand_weight(uint64_t seed, uint32_t tid, uint64_t i, kvs__rsca
  * stay O(1) through 32 layers; the embedding O(1). */
 static inline kvs__rscale kvs__rand_scale(const kvs_model_cfg *c, uint32_t tid) {
   kvs__rscale s = {0.0f, 0.0f};
-  if (tid == KVS__RT_EMBD) { s.mul = 1.0f; return s; }
-  if (tid == KVS__RT_OUT_NORM) { s.mul = 0.1f; s.add = 1.0f; return s; }
-  if (tid == KVS__RT_OUTPUT) { s.mul = 1.7f / sqrtf((float)c->n_embd); return s; }
+  if (tid == KVS__RT_EMBD) {
+    s.mul = 1.0f;
+    return s;
+  }
+  if (tid == KVS__RT_OUT_NORM) {
+    s.mul = 0.1f;
+    s.add = 1.0f;
+    return s;
+  }
+  if (tid == KVS__RT_OUTPUT) {
+    s.mul = 1.7f / sqrtf((float)c->n_embd);
+    return s;
+  }
   uint32_t k = (tid - 16u) % 16u;
   float in = (float)c->n_embd;
-  if (k == 0 || k == 5) { s.mul = 0.1f; s.add = 1.0f; return s; }
+  if (k == 0 || k == 5) {
+    s.mul = 0.1f;
+    s.add = 1.0f;
+    return s;
+  }
   if (k == 4) in = (float)(c->n_heads * c->head_dim);
   if (k == 8) in = (float)c->n_ff;
   s.mul = 1.7f / sqrtf(in);
   return s;
 }
 
-static inline void kvs__rand_fill(float *dst, uint64_t seed, uint32_t tid, size_t n, kvs__rscale s) {
-  for (size_t i = 0; i < n; i++) dst[i] = kvs__rand_weight(seed, tid, i, s);
+static inline void kvs__rand_fill(float *dst, uint64_t seed, uint32_t tid, size_t n,
+                                  kvs__rscale s) {
+  for (size_t i = 0; i < n; i++)
+    dst[i] = kvs__rand_weight(seed, tid, i, s);
 }
 #endif

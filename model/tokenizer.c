@@ -21,7 +21,8 @@
 kvs_err kvs__strmap_init(kvs__strmap *m, uint64_t n_keys, uint64_t total_bytes) {
   memset(m, 0, sizeof *m);
   m->cap = 16;
-  while (m->cap < n_keys * 2) m->cap <<= 1;
+  while (m->cap < n_keys * 2)
+    m->cap <<= 1;
   m->slot = malloc(m->cap * sizeof *m->slot);
   m->key = malloc((n_keys + 1) * sizeof *m->key);
   m->klen = malloc((n_keys + 1) * sizeof *m->klen);
@@ -90,14 +91,14 @@ enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5
 
 struct kvs_tok {
   uint32_t n_vocab;
-  char **text;       /* token text (mapped code points for normal tokens), NUL-terminated */
+  char **text; /* token text (mapped code points for normal tokens), NUL-terminated */
   uint32_t *len;
   int32_t *type;
-  char **bytes;      /* decoded bytes of each token */
+  char **bytes; /* decoded bytes of each token */
   uint32_t *bytes_len;
-  kvs__strmap vocab; /* text -> id */
-  kvs__strmap merges;/* "a b" -> rank */
-  int32_t *special;  /* ids of special tokens, longest text first */
+  kvs__strmap vocab;  /* text -> id */
+  kvs__strmap merges; /* "a b" -> rank */
+  int32_t *special;   /* ids of special tokens, longest text first */
   uint32_t n_special;
   kvs_token bos, eos;
   int add_bos;
@@ -107,7 +108,8 @@ struct kvs_tok {
 
 static void init_byte_map(kvs_tok *t) {
   int n = 0;
-  for (int i = 0; i < 512; i++) t->cp_byte[i] = -1;
+  for (int i = 0; i < 512; i++)
+    t->cp_byte[i] = -1;
   for (int b = 0; b < 256; b++) {
     int keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
     t->byte_cp[b] = (uint16_t)(keep ? b : 256 + n++);
@@ -117,8 +119,10 @@ static void init_byte_map(kvs_tok *t) {
 
 void kvs_tok_free(kvs_tok *t) {
   if (!t) return;
-  for (uint32_t i = 0; t->text && i < t->n_vocab; i++) free(t->text[i]);
-  for (uint32_t i = 0; t->bytes && i < t->n_vocab; i++) free(t->bytes[i]);
+  for (uint32_t i = 0; t->text && i < t->n_vocab; i++)
+    free(t->text[i]);
+  for (uint32_t i = 0; t->bytes && i < t->n_vocab; i++)
+    free(t->bytes[i]);
   free(t->text);
   free(t->len);
   free(t->type);
@@ -143,7 +147,9 @@ static uint32_t utf8_next(const uint8_t *s, size_t n, size_t *i) {
   return (uint32_t)cp;
 }
 
-static int is_special_type(int32_t ty) { return ty == TT_CONTROL || ty == TT_USER || ty == TT_UNKNOWN; }
+static int is_special_type(int32_t ty) {
+  return ty == TT_CONTROL || ty == TT_USER || ty == TT_UNKNOWN;
+}
 
 static int cmp_special(const void *a, const void *b, void *ctx) {
   const kvs_tok *t = ctx;
@@ -188,7 +194,8 @@ kvs_err kvs_tok_create(const kvs_gguf *g, kvs_tok **out) {
   e = KVS_ENOMEM;
   if (!ptrs || !lens || !t->text || !t->len || !t->type || !t->bytes || !t->bytes_len) goto fail;
   if ((e = kvs_gguf_get_arr_str(g, "tokenizer.ggml.tokens", ptrs, lens, nv))) goto fail;
-  for (uint64_t i = 0; i < nv; i++) t->type[i] = TT_NORMAL;
+  for (uint64_t i = 0; i < nv; i++)
+    t->type[i] = TT_NORMAL;
   uint64_t ntt;
   if (kvs_gguf_get_arr(g, "tokenizer.ggml.token_type", &et, &ntt) == KVS_OK) {
     if (ntt != nv) {
@@ -198,7 +205,8 @@ kvs_err kvs_tok_create(const kvs_gguf *g, kvs_tok **out) {
     if ((e = kvs_gguf_get_arr_i32(g, "tokenizer.ggml.token_type", t->type, nv))) goto fail;
   }
   uint64_t total = 0;
-  for (uint64_t i = 0; i < nv; i++) total += lens[i];
+  for (uint64_t i = 0; i < nv; i++)
+    total += lens[i];
   if ((e = kvs__strmap_init(&t->vocab, nv, total))) goto fail;
   for (uint64_t i = 0; i < nv; i++) {
     e = KVS_ENOMEM;
@@ -248,14 +256,17 @@ kvs_err kvs_tok_create(const kvs_gguf *g, kvs_tok **out) {
     if (!mptrs || !mlens) goto fail;
     if ((e = kvs_gguf_get_arr_str(g, "tokenizer.ggml.merges", mptrs, mlens, nm))) goto fail;
     total = 0;
-    for (uint64_t i = 0; i < nm; i++) total += mlens[i];
+    for (uint64_t i = 0; i < nm; i++)
+      total += mlens[i];
     if ((e = kvs__strmap_init(&t->merges, nm, total))) goto fail;
     for (uint64_t i = 0; i < nm; i++)
       if ((e = kvs__strmap_put(&t->merges, mptrs[i], mlens[i], (int32_t)i))) goto fail;
   }
   uint32_t v;
-  t->bos = kvs_gguf_get_u32(g, "tokenizer.ggml.bos_token_id", &v) == KVS_OK && v < nv ? (int32_t)v : -1;
-  t->eos = kvs_gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &v) == KVS_OK && v < nv ? (int32_t)v : -1;
+  t->bos =
+      kvs_gguf_get_u32(g, "tokenizer.ggml.bos_token_id", &v) == KVS_OK && v < nv ? (int32_t)v : -1;
+  t->eos =
+      kvs_gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &v) == KVS_OK && v < nv ? (int32_t)v : -1;
   int ab = 0;
   t->add_bos = kvs_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &ab) == KVS_OK && ab;
   free(ptrs);
@@ -305,18 +316,32 @@ enum { F_LETTER = 1, F_NUMBER = 2, F_SPACE = 4 };
 
 static int cp_flags(uint32_t cp) {
   switch (cp) {
-  case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x20: case 0x85: case 0xA0:
-  case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
-    return F_SPACE;
+  case 0x09:
+  case 0x0A:
+  case 0x0B:
+  case 0x0C:
+  case 0x0D:
+  case 0x20:
+  case 0x85:
+  case 0xA0:
+  case 0x1680:
+  case 0x2028:
+  case 0x2029:
+  case 0x202F:
+  case 0x205F:
+  case 0x3000: return F_SPACE;
   default: break;
   }
   if (cp >= 0x2000 && cp <= 0x200A) return F_SPACE;
   switch (utf8proc_category((utf8proc_int32_t)cp)) {
-  case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
-  case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO:
-    return F_LETTER;
-  case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_NO:
-    return F_NUMBER;
+  case UTF8PROC_CATEGORY_LU:
+  case UTF8PROC_CATEGORY_LL:
+  case UTF8PROC_CATEGORY_LT:
+  case UTF8PROC_CATEGORY_LM:
+  case UTF8PROC_CATEGORY_LO: return F_LETTER;
+  case UTF8PROC_CATEGORY_ND:
+  case UTF8PROC_CATEGORY_NL:
+  case UTF8PROC_CATEGORY_NO: return F_NUMBER;
   default: return 0;
   }
 }
@@ -326,8 +351,8 @@ typedef struct work {
   uint32_t *cp;
   size_t *off; /* byte offset of cp[i] in the fragment; off[n] = length */
   int *fl;
-  char *mapped;       /* mapped UTF-8 of the current word */
-  size_t *sym_start;  /* symbols: byte ranges in mapped */
+  char *mapped;      /* mapped UTF-8 of the current word */
+  size_t *sym_start; /* symbols: byte ranges in mapped */
   size_t *sym_len;
   size_t cap;
 } work;
@@ -387,11 +412,10 @@ static void gpt2_split(const kvs_tok *t, work *wk, const uint8_t *frag, size_t a
                        outbuf *o) {
   size_t pos = a, prev = a;
 #define FL(p) ((p) < b ? wk->fl[p] : -1)
-#define WORD(end)                                                                  \
-  do {                                                                             \
-    if ((end) > prev)                                                              \
-      bpe_word(t, wk, frag + wk->off[prev], wk->off[end] - wk->off[prev], o);      \
-    prev = (end);                                                                  \
+#define WORD(end)                                                                                  \
+  do {                                                                                             \
+    if ((end) > prev) bpe_word(t, wk, frag + wk->off[prev], wk->off[end] - wk->off[prev], o);      \
+    prev = (end);                                                                                  \
   } while (0)
   while (pos < b) {
     uint32_t c = wk->cp[pos];
@@ -414,24 +438,28 @@ static void gpt2_split(const kvs_tok *t, work *wk, const uint8_t *frag, size_t a
     int f2 = c == ' ' ? FL(pos + 1) : wk->fl[pos];
     if (f2 > 0 && (f2 & F_LETTER)) {
       pos += c == ' ';
-      while (FL(pos) > 0 && (FL(pos) & F_LETTER)) pos++;
+      while (FL(pos) > 0 && (FL(pos) & F_LETTER))
+        pos++;
       WORD(pos);
       continue;
     }
     if (f2 > 0 && (f2 & F_NUMBER)) {
       pos += c == ' ';
-      while (FL(pos) > 0 && (FL(pos) & F_NUMBER)) pos++;
+      while (FL(pos) > 0 && (FL(pos) & F_NUMBER))
+        pos++;
       WORD(pos);
       continue;
     }
     if (f2 == 0) { /* in range, not space/letter/number */
       pos += c == ' ';
-      while (FL(pos) == 0) pos++;
+      while (FL(pos) == 0)
+        pos++;
       WORD(pos);
       continue;
     }
     size_t nws = 0;
-    while (FL(pos + nws) > 0 && (FL(pos + nws) & F_SPACE)) nws++;
+    while (FL(pos + nws) > 0 && (FL(pos + nws) & F_SPACE))
+      nws++;
     if (nws > 1 && pos + nws < b) { /* \s+(?!\S): leave the last space to the next word */
       pos += nws - 1;
       WORD(pos);
@@ -558,8 +586,10 @@ kvs_err kvs_tok_decode(const kvs_tok *t, const kvs_token *ids, size_t n, char *o
   for (size_t i = 0; i < n; i++) {
     if (ids[i] < 0 || (uint32_t)ids[i] >= t->n_vocab) return KVS_EINVAL;
     uint32_t l = t->bytes_len[ids[i]];
-    if (w + l < cap && !full) memcpy(out + w, t->bytes[ids[i]], l);
-    else full = 1;
+    if (w + l < cap && !full)
+      memcpy(out + w, t->bytes[ids[i]], l);
+    else
+      full = 1;
     w += l;
   }
   if (cap) out[w < cap ? w : cap - 1] = 0;
@@ -572,12 +602,14 @@ kvs_err kvs_chat_format(const kvs_chat_msg *msgs, size_t n, int add_generation_p
   if ((!msgs && n) || (!out && cap) || !n_out) return KVS_EINVAL;
   size_t w = 0;
   int full = 0;
-#define PUT(str)                                                                   \
-  do {                                                                             \
-    size_t l_ = strlen(str);                                                       \
-    if (w + l_ < cap && !full) memcpy(out + w, (str), l_);                         \
-    else full = 1;                                                                 \
-    w += l_;                                                                       \
+#define PUT(str)                                                                                   \
+  do {                                                                                             \
+    size_t l_ = strlen(str);                                                                       \
+    if (w + l_ < cap && !full)                                                                     \
+      memcpy(out + w, (str), l_);                                                                  \
+    else                                                                                           \
+      full = 1;                                                                                    \
+    w += l_;                                                                                       \
   } while (0)
   for (size_t i = 0; i < n; i++) {
     if (!msgs[i].role || !msgs[i].content) return KVS_EINVAL;

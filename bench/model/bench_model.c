@@ -147,17 +147,20 @@ static void bench_cpu(kvs_model *m, const char *fixdir, const char *ref, const c
         FILE *pp = popen(cmd, "r");
         char line[512];
         while (pp && fgets(line, sizeof line, pp)) {
-          if (sscanf(line, "{\"prefill_tok_s\":%lf,\"decode_tok_s\":%lf}", &ll_pf, &ll_dc) == 2) break;
+          if (sscanf(line, "{\"prefill_tok_s\":%lf,\"decode_tok_s\":%lf}", &ll_pf, &ll_dc) == 2)
+            break;
         }
         if (pp) pclose(pp);
         unlink(tmp);
       }
     }
-    printf("cpu  prompt %5u tokens: prefill %8.1f tok/s  decode %6.1f tok/s | llama.cpp prefill %8.1f tok/s  decode %6.1f tok/s | ratio prefill %.2f decode %.2f%s\n",
-           n, ours_pf, ours_dc, ll_pf, ll_dc, ll_pf > 0 ? ours_pf / ll_pf : 0, ll_dc > 0 ? ours_dc / ll_dc : 0,
-           e ? " (ERROR)" : "");
+    printf("cpu  prompt %5u tokens: prefill %8.1f tok/s  decode %6.1f tok/s | llama.cpp prefill "
+           "%8.1f tok/s  decode %6.1f tok/s | ratio prefill %.2f decode %.2f%s\n",
+           n, ours_pf, ours_dc, ll_pf, ll_dc, ll_pf > 0 ? ours_pf / ll_pf : 0,
+           ll_dc > 0 ? ours_dc / ll_dc : 0, e ? " (ERROR)" : "");
     fflush(stdout);
-    jadd("%s{\"tokens\":%u,\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"llamacpp_prefill_tok_s\":%.2f,"
+    jadd("%s{\"tokens\":%u,\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"llamacpp_prefill_tok_s\":"
+         "%.2f,"
          "\"llamacpp_decode_tok_s\":%.2f}",
          si ? "," : "", n, ours_pf, ours_dc, ll_pf, ll_dc);
     free(ids);
@@ -198,7 +201,8 @@ static void check_reference(kvs_model *m, const char *fixdir) {
       exit(1);
     }
     kvs_seq_free(s);
-    if (gpu && (kvs_gpu_model_reset(gm) || kvs_gpu_model_prefill(gm, ids, n, 1, lgg, NULL))) gpu = 0;
+    if (gpu && (kvs_gpu_model_reset(gm) || kvs_gpu_model_prefill(gm, ids, n, 1, lgg, NULL)))
+      gpu = 0;
     for (uint32_t i = 0; i < n; i++) {
       int32_t rid[8];
       float rv[8];
@@ -221,25 +225,27 @@ static void check_reference(kvs_model *m, const char *fixdir) {
     }
     free(ids), free(lg), free(lgg);
   }
-  printf("check-reference: %u positions, %u with llama.cpp top-2 margin > %.2f, %u near-ties\n", pos,
-         chk, MARGIN_TOL, ties);
+  printf("check-reference: %u positions, %u with llama.cpp top-2 margin > %.2f, %u near-ties\n",
+         pos, chk, MARGIN_TOL, ties);
   printf("top1_agreement_vs_llamacpp=%.4f (cpu, max |dlogit| over llama.cpp top-8 %.3f)\n",
          chk ? (double)agree / chk : 0, maxe);
   if (gpu)
-    printf("top1_agreement_vs_llamacpp_gpu=%.4f (gpu, max |dlogit| %.3f)\n", chk ? (double)agree_g / chk : 0,
-           maxe_g);
+    printf("top1_agreement_vs_llamacpp_gpu=%.4f (gpu, max |dlogit| %.3f)\n",
+           chk ? (double)agree_g / chk : 0, maxe_g);
   jadd("\"top1_agreement_vs_llamacpp\":%.4f,\"reference_positions\":%u,\"reference_checked\":%u,"
        "\"reference_near_ties\":%u,\"max_logit_err\":%.4f,",
        chk ? (double)agree / chk : 0, pos, chk, ties, maxe);
-  if (gpu) jadd("\"top1_agreement_vs_llamacpp_gpu\":%.4f,\"max_logit_err_gpu\":%.4f,",
-                chk ? (double)agree_g / chk : 0, maxe_g);
+  if (gpu)
+    jadd("\"top1_agreement_vs_llamacpp_gpu\":%.4f,\"max_logit_err_gpu\":%.4f,",
+         chk ? (double)agree_g / chk : 0, maxe_g);
   kvs_gpu_model_free(gm);
   free(l);
 }
 
 /* PyTorch SDPA prefill of the same shape, all sizes in one process:
  * {"tokens":T,"ms":x} lines */
-static void torch_ms(const char *script, const char *shape, const uint32_t *sizes, int ns, double *ms) {
+static void torch_ms(const char *script, const char *shape, const uint32_t *sizes, int ns,
+                     double *ms) {
   char list[512] = "";
   size_t w = 0;
   for (int i = 0; i < ns; i++) {
@@ -262,12 +268,13 @@ static void torch_ms(const char *script, const char *shape, const uint32_t *size
   pclose(pp);
 }
 
-static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int ns, const char *torch,
-                      int have_torch, int *first) {
+static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int ns,
+                      const char *torch, int have_torch, int *first) {
   kvs__model_weights w;
   kvs__model_weights_get(m, &w);
   uint32_t maxT = 0;
-  for (int i = 0; i < ns; i++) maxT = sizes[i] > maxT ? sizes[i] : maxT;
+  for (int i = 0; i < ns; i++)
+    maxT = sizes[i] > maxT ? sizes[i] : maxT;
   kvs_gpu_model *gm;
   kvs_err e = kvs_gpu_model_create(&w, maxT, &gm);
   if (e) {
@@ -276,7 +283,8 @@ static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int
   }
   uint32_t V = w.cfg.n_vocab;
   kvs_token *ids = malloc(maxT * sizeof *ids);
-  for (uint32_t i = 0; i < maxT; i++) ids[i] = (kvs_token)((i * 7919u + 13) % V);
+  for (uint32_t i = 0; i < maxT; i++)
+    ids[i] = (kvs_token)((i * 7919u + 13) % V);
   float *lg = malloc((size_t)V * 4);
   double ours[16], tms[16];
   int done = 0;
@@ -297,14 +305,16 @@ static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int
   free(ids);
   free(lg);
   kvs_gpu_model_free(gm); /* torch gets the memory back */
-  for (int i = 0; i < done; i++) tms[i] = -1;
+  for (int i = 0; i < done; i++)
+    tms[i] = -1;
   if (have_torch && done) torch_ms(torch, name, sizes, done, tms);
   for (int i = 0; i < done; i++) {
     uint32_t T = sizes[i];
-    printf("gpu  %-8s %6u tokens: prefill %9.2f ms (%9.0f tok/s) | torch sdpa %9.2f ms | ours/torch %.2f\n",
+    printf("gpu  %-8s %6u tokens: prefill %9.2f ms (%9.0f tok/s) | torch sdpa %9.2f ms | "
+           "ours/torch %.2f\n",
            name, T, ours[i], T / ours[i] * 1e3, tms[i], tms[i] > 0 ? ours[i] / tms[i] : 0);
-    jadd("%s{\"model\":\"%s\",\"tokens\":%u,\"ms\":%.3f,\"torch_ms\":%.3f}", *first ? "" : ",", name, T,
-         ours[i], tms[i]);
+    jadd("%s{\"model\":\"%s\",\"tokens\":%u,\"ms\":%.3f,\"torch_ms\":%.3f}", *first ? "" : ",",
+         name, T, ours[i], tms[i]);
     *first = 0;
   }
   fflush(stdout);
@@ -313,8 +323,10 @@ static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int
 int main(int argc, char **argv) {
   const char *home = getenv("HOME") ? getenv("HOME") : "/root";
   char model_path[4096], ref_path[4096], fixdir[4096], torch[4096];
-  snprintf(model_path, sizeof model_path, "%s/.cache/kvstash/models/SmolLM2-135M-Instruct.Q4_1.gguf", home);
-  if (getenv("KVS_MODEL_PATH")) snprintf(model_path, sizeof model_path, "%s", getenv("KVS_MODEL_PATH"));
+  snprintf(model_path, sizeof model_path,
+           "%s/.cache/kvstash/models/SmolLM2-135M-Instruct.Q4_1.gguf", home);
+  if (getenv("KVS_MODEL_PATH"))
+    snprintf(model_path, sizeof model_path, "%s", getenv("KVS_MODEL_PATH"));
   snprintf(ref_path, sizeof ref_path, "%s/.cache/kvstash/llama.cpp/bin/kvs-llama-ref", home);
   snprintf(fixdir, sizeof fixdir, "%s/tests/model/fixtures", KVS_SOURCE_DIR);
   snprintf(torch, sizeof torch, "%s/bench/model/torch_prefill.py", KVS_SOURCE_DIR);
@@ -323,16 +335,26 @@ int main(int argc, char **argv) {
   uint32_t n_dec = 32;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--model") && v) snprintf(model_path, sizeof model_path, "%s", v), i++;
-    else if (!strcmp(a, "--llama-ref") && v) snprintf(ref_path, sizeof ref_path, "%s", v), i++;
-    else if (!strcmp(a, "--fixtures") && v) snprintf(fixdir, sizeof fixdir, "%s", v), i++;
-    else if (!strcmp(a, "--torch-script") && v) snprintf(torch, sizeof torch, "%s", v), i++;
-    else if (!strcmp(a, "--cpu-tokens") && v) n_cpu = parse_list(v, cpu_sizes, 16), i++;
-    else if (!strcmp(a, "--gpu-tokens") && v) n_gpu = parse_list(v, gpu_sizes, 16), i++;
-    else if (!strcmp(a, "--decode") && v) n_dec = (uint32_t)atoi(v), i++;
-    else if (!strcmp(a, "--no-gpu")) no_gpu = 1;
-    else if (!strcmp(a, "--no-8b")) no_8b = 1;
-    else if (!strcmp(a, "--check-reference")) check = 1;
+    if (!strcmp(a, "--model") && v)
+      snprintf(model_path, sizeof model_path, "%s", v), i++;
+    else if (!strcmp(a, "--llama-ref") && v)
+      snprintf(ref_path, sizeof ref_path, "%s", v), i++;
+    else if (!strcmp(a, "--fixtures") && v)
+      snprintf(fixdir, sizeof fixdir, "%s", v), i++;
+    else if (!strcmp(a, "--torch-script") && v)
+      snprintf(torch, sizeof torch, "%s", v), i++;
+    else if (!strcmp(a, "--cpu-tokens") && v)
+      n_cpu = parse_list(v, cpu_sizes, 16), i++;
+    else if (!strcmp(a, "--gpu-tokens") && v)
+      n_gpu = parse_list(v, gpu_sizes, 16), i++;
+    else if (!strcmp(a, "--decode") && v)
+      n_dec = (uint32_t)atoi(v), i++;
+    else if (!strcmp(a, "--no-gpu"))
+      no_gpu = 1;
+    else if (!strcmp(a, "--no-8b"))
+      no_8b = 1;
+    else if (!strcmp(a, "--check-reference"))
+      check = 1;
     else {
       fprintf(stderr, "usage: see the comment at the top of bench/model/bench_model.c\n");
       return 2;
@@ -347,7 +369,8 @@ int main(int argc, char **argv) {
   jadd("{\"bench\":\"model\",");
   if (check) check_reference(m, fixdir);
   int have_llama = access(ref_path, X_OK) == 0;
-  printf("llama.cpp reference: %s\n", have_llama ? ref_path : "not built (tools/llamacpp/build.sh)");
+  printf("llama.cpp reference: %s\n",
+         have_llama ? ref_path : "not built (tools/llamacpp/build.sh)");
   bench_cpu(m, fixdir, have_llama ? ref_path : NULL, model_path, cpu_sizes, n_cpu, n_dec);
   int gpu = !no_gpu && kvs_gpu_device_count() > 0;
   jadd("\"gpu_device\":");
@@ -357,8 +380,9 @@ int main(int argc, char **argv) {
     kvs_gpu_device_info(0, name, sizeof name, &maj, &mn);
     printf("gpu device: %s (sm_%d%d)\n", name, maj, mn);
     jadd("\"%s\",", name);
-    int have_torch = system("python3 -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' "
-                            ">/dev/null 2>&1") == 0;
+    int have_torch =
+        system("python3 -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' "
+               ">/dev/null 2>&1") == 0;
     printf("pytorch: %s\n", have_torch ? "available" : "not importable (torch columns are -1)");
     jadd("\"gpu\":[");
     int first = 1;

@@ -15,8 +15,8 @@ typedef struct gpu_engine {
   kvs_model_id id;
 } gpu_engine;
 
-#define GE(e) ((gpu_engine *)(e))
-#define G(e) (GE(e)->g)
+#define GE(e)  ((gpu_engine *)(e))
+#define G(e)   (GE(e)->g)
 #define SEQ(s) ((kvs_gpu_seq *)(s))
 
 static kvs_err e_info(kvs_engine *e, kvs_engine_info *out) {
@@ -87,7 +87,8 @@ static kvs_err e_prefill_cost(kvs_engine *e, uint32_t n_probe, double *spt) {
     int32_t *tok = calloc(n_probe, sizeof *tok);
     kvs_err err = tok ? KVS_OK : KVS_ENOMEM;
     uint32_t V = kvs_gpu_model_config(G(e))->n_vocab;
-    for (uint32_t i = 0; !err && i < n_probe; i++) tok[i] = (int32_t)((i * 7919u) % V);
+    for (uint32_t i = 0; !err && i < n_probe; i++)
+      tok[i] = (int32_t)((i * 7919u) % V);
     if (!err) err = kvs_gpu_seq_prefill(G(e), s, tok, n_probe, 0, NULL, NULL);
     free(tok);
     kvs_gpu_seq_free(s);

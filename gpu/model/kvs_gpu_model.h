@@ -26,8 +26,7 @@ typedef struct kvs_gpu_model kvs_gpu_model;
 /* Uploads w (host f32 weights converted to fp16) or, for a random model
  * without host weights, generates the same seeded weights on the device.
  * max_tokens bounds the KV cache and the activations of one prefill call. */
-kvs_err kvs_gpu_model_create(const kvs__model_weights *w, uint32_t max_tokens,
-                             kvs_gpu_model **out);
+kvs_err kvs_gpu_model_create(const kvs__model_weights *w, uint32_t max_tokens, kvs_gpu_model **out);
 void kvs_gpu_model_free(kvs_gpu_model *g);
 /* Empties the KV cache. */
 kvs_err kvs_gpu_model_reset(kvs_gpu_model *g);
@@ -102,9 +101,9 @@ kvs_err kvs_gpu_rope_host(float *q, uint32_t n, uint32_t H, uint32_t D, const ui
 kvs_err kvs_gpu_swiglu_host(const kvs_f16 *gu, kvs_f16 *out, uint32_t n, uint32_t F);
 /* out (n, H, D) fp16: causal attention of q (n, H, D) fp16 at slots past..past+n-1
  * over k, v (kv_len, G, D) fp16 (kv_len >= past + n), D = 64 or 128. */
-kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v,
-                                kvs_f16 *out, uint32_t n, uint32_t H, uint32_t G, uint32_t D,
-                                uint32_t past, uint32_t kv_len);
+kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, kvs_f16 *out,
+                                uint32_t n, uint32_t H, uint32_t G, uint32_t D, uint32_t past,
+                                uint32_t kv_len);
 
 #ifdef __cplusplus
 }

@@ -21,13 +21,13 @@
 
 using namespace nvcuda;
 
-#define CUBLAS_TRY(call)                                                                \
-  do {                                                                                  \
-    cublasStatus_t s_ = (call);                                                         \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                  \
-      KVS_LOGE("gpu", "cublas failed", "status=%d what=\"%s\"", (int)s_, #call);        \
-      return KVS_ECUDA;                                                                 \
-    }                                                                                   \
+#define CUBLAS_TRY(call)                                                                           \
+  do {                                                                                             \
+    cublasStatus_t s_ = (call);                                                                    \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                             \
+      KVS_LOGE("gpu", "cublas failed", "status=%d what=\"%s\"", (int)s_, #call);                   \
+      return KVS_ECUDA;                                                                            \
+    }                                                                                              \
   } while (0)
 
 /* ------------------------------------------------------------- kernels */
@@ -35,7 +35,8 @@ __global__ void k_embed(const half *__restrict__ emb, const int *__restrict__ to
                         float *__restrict__ x, int E) {
   int i = blockIdx.x;
   const half *row = emb + (size_t)tok[i] * E;
-  for (int j = threadIdx.x; j < E; j += blockDim.x) x[(size_t)i * E + j] = __half2float(row[j]);
+  for (int j = threadIdx.x; j < E; j += blockDim.x)
+    x[(size_t)i * E + j] = __half2float(row[j]);
 }
 
 /* one block (256 threads) per row: y = half(x * rsqrt(mean(x^2) + eps) * w) */
@@ -44,13 +45,16 @@ __global__ void k_rmsnorm(const float *__restrict__ x, const float *__restrict__
   __shared__ float red[32];
   const float *xi = x + (size_t)blockIdx.x * E;
   float ss = 0.f;
-  for (int j = threadIdx.x; j < E; j += blockDim.x) ss += xi[j] * xi[j];
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  for (int j = threadIdx.x; j < E; j += blockDim.x)
+    ss += xi[j] * xi[j];
+  for (int o = 16; o > 0; o >>= 1)
+    ss += __shfl_xor_sync(0xffffffffu, ss, o);
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
   __syncthreads();
   if (threadIdx.x < 32) {
     ss = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    for (int o = 16; o > 0; o >>= 1)
+      ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if (threadIdx.x == 0) red[0] = ss;
   }
   __syncthreads();
@@ -82,7 +86,8 @@ __global__ void k_rope_qkv(const float *__restrict__ qkv, half *__restrict__ q,
   size_t slot = (size_t)(slot_arr ? slot_arr[i] : past + i);
   int HD = H * D, GD = G * D, W = HD + 2 * GD;
   const float *row = qkv + (size_t)i * W;
-  for (int j = threadIdx.x; j < D / 2; j += blockDim.x) rope_cs(pos, j, D, log_theta, &cs[j], &sn[j]);
+  for (int j = threadIdx.x; j < D / 2; j += blockDim.x)
+    rope_cs(pos, j, D, log_theta, &cs[j], &sn[j]);
   __syncthreads();
   int h0 = q ? 0 : H, pairs = (H + G - h0) * (D / 2);
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
@@ -147,8 +152,7 @@ __global__ void k_rand_f32(float *dst, size_t n, uint64_t seed, uint32_t tid, kv
  * fragment (fragments of one type map elements alike, so x[i] * a.x[i] is a
  * per-row scale), then O += P V. The Q tile's shared memory is reused for
  * S/P once Q sits in registers. Scores never leave shared memory; no T x T. */
-template <int D, int NW>
-struct fa_smem {
+template <int D, int NW> struct fa_smem {
   static constexpr int BR = 16 * NW, BC = 64;
   static constexpr size_t q = (size_t)BR * D * 2;
   static constexpr size_t s = (size_t)NW * 16 * BC * 4, p = (size_t)NW * 16 * BC * 2,
@@ -191,20 +195,25 @@ __global__ void __launch_bounds__(NW * 32, 2)
   /* slot of this lane's row (lanes 0-15; rows past n take slot 0: key 0
    * keeps their softmax finite and they are never written) */
   int my_slot = 0;
-  if (lane < 16 && q0 + wr + lane < n) my_slot = qslot ? qslot[q0 + wr + lane] : past + q0 + wr + lane;
+  if (lane < 16 && q0 + wr + lane < n)
+    my_slot = qslot ? qslot[q0 + wr + lane] : past + q0 + wr + lane;
   int warp_max = my_slot;
-  for (int off = 16; off > 0; off >>= 1) warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, off));
+  for (int off = 16; off > 0; off >>= 1)
+    warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, off));
   if (lane == 0) sW[warp] = warp_max;
   __syncthreads();
   int block_max = 0;
-  for (int w = 0; w < NW; w++) block_max = max(block_max, sW[w]);
+  for (int w = 0; w < NW; w++)
+    block_max = max(block_max, sW[w]);
   const int kend = min(kv_len, block_max + 1);
   wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> qa[D / 16];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qa[kk], sQ + wr * D + kk * 16, D);
+  for (int kk = 0; kk < D / 16; kk++)
+    wmma::load_matrix_sync(qa[kk], sQ + wr * D + kk * 16, D);
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> o[D / 16];
 #pragma unroll
-  for (int j = 0; j < D / 16; j++) wmma::fill_fragment(o[j], 0.f);
+  for (int j = 0; j < D / 16; j++)
+    wmma::fill_fragment(o[j], 0.f);
   float *wS = sS + warp * 16 * BC, *wR = sR + warp * 256;
   half *wP = sP + warp * 16 * BC;
   for (int kt = 0; kt < kend; kt += BC) {
@@ -241,7 +250,8 @@ __global__ void __launch_bounds__(NW * 32, 2)
       if (k0 > qs || k0 >= kend) v0 = -INFINITY;
       if (k1 > qs || k1 >= kend) v1 = -INFINITY;
       float mx = fmaxf(v0, v1);
-      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      for (int off = 16; off > 0; off >>= 1)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
       float m_old = sM[wr + rr];
       float m_new = fmaxf(m_old, mx); /* finite: key 0 is in the first tile of every row */
       half p0 = __float2half(v0 == -INFINITY ? 0.f : exp2f(v0 - m_new));
@@ -249,7 +259,8 @@ __global__ void __launch_bounds__(NW * 32, 2)
       wP[rr * BC + lane] = p0;
       wP[rr * BC + lane + 32] = p1;
       float sum = __half2float(p0) + __half2float(p1);
-      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      for (int off = 16; off > 0; off >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, off);
       float alpha = m_old == -INFINITY ? 0.f : exp2f(m_old - m_new);
       if (lane < 16) wR[rr * 16 + lane] = alpha;
       __syncwarp(); /* every lane has read sM[wr + rr] */
@@ -264,7 +275,8 @@ __global__ void __launch_bounds__(NW * 32, 2)
 #pragma unroll
     for (int j = 0; j < D / 16; j++) {
 #pragma unroll
-      for (int e = 0; e < af.num_elements; e++) o[j].x[e] *= af.x[e];
+      for (int e = 0; e < af.num_elements; e++)
+        o[j].x[e] *= af.x[e];
 #pragma unroll
       for (int kk = 0; kk < BC / 16; kk++) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> pa;
@@ -279,7 +291,8 @@ __global__ void __launch_bounds__(NW * 32, 2)
   /* O / l, through wS in slices of BC columns */
   __syncwarp();
   if (lane < 16)
-    for (int rr = 0; rr < 16; rr++) wR[rr * 16 + lane] = 1.f / sL[wr + rr];
+    for (int rr = 0; rr < 16; rr++)
+      wR[rr * 16 + lane] = 1.f / sL[wr + rr];
   __syncwarp();
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> lf;
   wmma::load_matrix_sync(lf, wR, 16, wmma::mem_row_major);
@@ -287,7 +300,8 @@ __global__ void __launch_bounds__(NW * 32, 2)
   for (int j0 = 0; j0 < D / 16; j0 += BC / 16) {
 #pragma unroll
     for (int j = j0; j < j0 + BC / 16 && j < D / 16; j++) {
-      for (int e = 0; e < lf.num_elements; e++) o[j].x[e] *= lf.x[e];
+      for (int e = 0; e < lf.num_elements; e++)
+        o[j].x[e] *= lf.x[e];
       wmma::store_matrix_sync(wS + (j - j0) * 16, o[j], BC, wmma::mem_row_major);
     }
     __syncwarp();
@@ -301,10 +315,7 @@ __global__ void __launch_bounds__(NW * 32, 2)
   }
 }
 
-template <int D, int NW>
-static size_t flash_smem() {
-  return fa_smem<D, NW>::total;
-}
+template <int D, int NW> static size_t flash_smem() { return fa_smem<D, NW>::total; }
 
 #define FA_NW 8
 template <int D>
@@ -319,8 +330,8 @@ static kvs_err launch_flash_t(const half *q, const half *k, const half *v, half 
   }
   dim3 grid((unsigned)((n + 16 * FA_NW - 1) / (16 * FA_NW)), (unsigned)H);
   float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-  k_flash_attn<D, FA_NW><<<grid, FA_NW * 32, smem, st>>>(q, k, v, o, n, H, G, past, qslot,
-                                                         kv_len, scale_log2);
+  k_flash_attn<D, FA_NW>
+      <<<grid, FA_NW * 32, smem, st>>>(q, k, v, o, n, H, G, past, qslot, kv_len, scale_log2);
   KVS_CUDA_TRY(cudaGetLastError());
   return KVS_OK;
 }
@@ -377,7 +388,8 @@ static kvs_err upload_half(half *dst, const float *src, size_t n) {
   if (!tmp) return KVS_ENOMEM;
   for (size_t a = 0; a < n; a += chunk) {
     size_t m = n - a < chunk ? n - a : chunk;
-    for (size_t i = 0; i < m; i++) tmp[i] = kvs_f32_to_f16(src[a + i]);
+    for (size_t i = 0; i < m; i++)
+      tmp[i] = kvs_f32_to_f16(src[a + i]);
     cudaError_t e = cudaMemcpy(dst + a, tmp, m * sizeof(kvs_f16), cudaMemcpyHostToDevice);
     if (e != cudaSuccess) {
       free(tmp);
@@ -391,7 +403,8 @@ static kvs_err upload_half(half *dst, const float *src, size_t n) {
 static kvs_err put_half(kvs_gpu_model *g, const kvs__model_weights *w, half *dst, const float *src,
                         size_t n, uint32_t tid) {
   if (w->host) return upload_half(dst, src, n);
-  k_rand_half<<<blocks_for(n), 256, 0, g->st>>>(dst, n, w->seed, tid, kvs__rand_scale(&w->cfg, tid));
+  k_rand_half<<<blocks_for(n), 256, 0, g->st>>>(dst, n, w->seed, tid,
+                                                kvs__rand_scale(&w->cfg, tid));
   KVS_CUDA_TRY(cudaGetLastError());
   return KVS_OK;
 }
@@ -410,7 +423,8 @@ static kvs_err put_f32(kvs_gpu_model *g, const kvs__model_weights *w, float *dst
 
 static kvs_err create(kvs_gpu_model *g, const kvs__model_weights *w, uint32_t T) {
   const kvs_model_cfg *c = &w->cfg;
-  size_t E = c->n_embd, HD = (size_t)c->n_heads * c->head_dim, GD = (size_t)c->n_kv_heads * c->head_dim;
+  size_t E = c->n_embd, HD = (size_t)c->n_heads * c->head_dim,
+         GD = (size_t)c->n_kv_heads * c->head_dim;
   size_t F = c->n_ff, V = c->n_vocab, L = c->n_layers;
   if (c->head_dim != 64 && c->head_dim != 128) return KVS_ENOTSUP;
   if (E % 8 || HD % 8) return KVS_ENOTSUP;
@@ -619,12 +633,14 @@ static kvs_err seq_prefill(kvs_gpu_model *g, kvs_gpu_seq *s, const int32_t *toke
   for (uint32_t a = 0; a < n; a += g->T) {
     int nb = (int)(n - a < g->T ? n - a : g->T);
     int past = (int)s->len;
-    KVS_CUDA_TRY(cudaMemcpyAsync(g->tok, tokens + a, (size_t)nb * 4, cudaMemcpyHostToDevice, g->st));
+    KVS_CUDA_TRY(
+        cudaMemcpyAsync(g->tok, tokens + a, (size_t)nb * 4, cudaMemcpyHostToDevice, g->st));
     k_embed<<<nb, 256, 0, g->st>>>(g->embd, g->tok, g->x, E);
     for (uint32_t l = 0; l < g->cfg.n_layers; l++)
       KVS_TRY(run_layer(g, s, l, nb, g->x, past, NULL, NULL, past + nb));
     s->len += (uint32_t)nb;
-    if (logits_dev && all_logits) KVS_TRY(run_logits(g, g->x, nb, logits_dev + (size_t)a * V));
+    if (logits_dev && all_logits)
+      KVS_TRY(run_logits(g, g->x, nb, logits_dev + (size_t)a * V));
     else if (logits_dev && a + (uint32_t)nb == n)
       KVS_TRY(run_logits(g, g->x + (size_t)(nb - 1) * E, 1, logits_dev));
   }
@@ -674,7 +690,8 @@ extern "C" kvs_err kvs_gpu_model_prefill(kvs_gpu_model *g, const int32_t *tokens
   }
   KVS_TRY(kvs_gpu_seq_prefill(g, g->seq0, tokens, n, all_logits, rows ? g->logits : NULL, ms));
   if (rows)
-    KVS_CUDA_TRY(cudaMemcpy(logits, g->logits, rows * (size_t)g->cfg.n_vocab * 4, cudaMemcpyDeviceToHost));
+    KVS_CUDA_TRY(
+        cudaMemcpy(logits, g->logits, rows * (size_t)g->cfg.n_vocab * 4, cudaMemcpyDeviceToHost));
   return KVS_OK;
 }
 
@@ -761,7 +778,8 @@ extern "C" kvs_err kvs_gpu_layer_kv(kvs_gpu_model *g, uint32_t layer, uint32_t n
   if (n > g->T) return KVS_ERANGE;
   if (!n) return KVS_OK;
   const kvs_model_cfg *c = &g->cfg;
-  int E = (int)c->n_embd, HD = (int)(c->n_heads * c->head_dim), GD = (int)(c->n_kv_heads * c->head_dim);
+  int E = (int)c->n_embd, HD = (int)(c->n_heads * c->head_dim),
+      GD = (int)(c->n_kv_heads * c->head_dim);
   KVS_TRY(upload_slots(g, n, NULL, pos, 0, NULL));
   gpu_layer *gl = &g->layers[layer];
   k_rmsnorm<<<n, 256, 0, g->st>>>(hidden_dev, gl->attn_norm, g->xn, E, c->norm_eps);
@@ -802,8 +820,7 @@ extern "C" kvs_err kvs_gpu_copy(void *dst, const void *src, size_t bytes) {
 }
 
 /* ------------------------------------------------ single-kernel wrappers */
-template <typename T>
-static kvs_err to_dev(T **d, const void *h, size_t bytes) {
+template <typename T> static kvs_err to_dev(T **d, const void *h, size_t bytes) {
   KVS_CUDA_TRY(cudaMalloc((void **)d, bytes ? bytes : 1));
   if (h && bytes) KVS_CUDA_TRY(cudaMemcpy(*d, h, bytes, cudaMemcpyHostToDevice));
   return KVS_OK;
@@ -871,7 +888,9 @@ extern "C" kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, c
   if (!e) e = to_dev(&dk, k, (size_t)kv_len * G * D * 2);
   if (!e) e = to_dev(&dv, v, (size_t)kv_len * G * D * 2);
   if (!e) e = to_dev(&dout, NULL, (size_t)n * H * D * 2);
-  if (!e) e = launch_flash(dq, dk, dv, dout, (int)n, (int)H, (int)G, (int)D, (int)past, NULL, (int)kv_len, 0);
+  if (!e)
+    e = launch_flash(dq, dk, dv, dout, (int)n, (int)H, (int)G, (int)D, (int)past, NULL, (int)kv_len,
+                     0);
   if (!e && n) {
     cudaError_t ce = cudaMemcpy(out, dout, (size_t)n * H * D * 2, cudaMemcpyDeviceToHost);
     if (ce != cudaSuccess) e = kvs__cuda_err(ce, __FILE__, __LINE__, "flash_attn");

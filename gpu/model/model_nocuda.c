@@ -2,7 +2,8 @@
  * KVS_ENODEV so that callers take the CPU path. */
 #include "kvs_gpu_model.h"
 
-kvs_err kvs_gpu_model_create(const kvs__model_weights *w, uint32_t max_tokens, kvs_gpu_model **out) {
+kvs_err kvs_gpu_model_create(const kvs__model_weights *w, uint32_t max_tokens,
+                             kvs_gpu_model **out) {
   (void)w;
   (void)max_tokens;
   if (out) *out = NULL;
@@ -41,10 +42,11 @@ kvs_err kvs_gpu_swiglu_host(const kvs_f16 *gu, kvs_f16 *out, uint32_t n, uint32_
   (void)gu, (void)out, (void)n, (void)F;
   return KVS_ENODEV;
 }
-kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v,
-                                kvs_f16 *out, uint32_t n, uint32_t H, uint32_t G, uint32_t D,
-                                uint32_t past, uint32_t kv_len) {
-  (void)q, (void)k, (void)v, (void)out, (void)n, (void)H, (void)G, (void)D, (void)past, (void)kv_len;
+kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, kvs_f16 *out,
+                                uint32_t n, uint32_t H, uint32_t G, uint32_t D, uint32_t past,
+                                uint32_t kv_len) {
+  (void)q, (void)k, (void)v, (void)out, (void)n, (void)H, (void)G, (void)D, (void)past,
+      (void)kv_len;
   return KVS_ENODEV;
 }
 const kvs_model_cfg *kvs_gpu_model_config(const kvs_gpu_model *g) {

@@ -43,7 +43,8 @@ static uint8_t *read_file(const char *path, size_t *n) {
 static kvs_token *prompt_ids(const char *text, int special, uint32_t *n) {
   size_t cap = strlen(text) + 8, nn;
   kvs_token *ids = malloc(cap * sizeof *ids);
-  CU_ASSERT_EQUAL(kvs_tok_encode(kvs_model_tok(g_m), text, strlen(text), special, 0, ids, cap, &nn), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_tok_encode(kvs_model_tok(g_m), text, strlen(text), special, 0, ids, cap, &nn),
+                  KVS_OK);
   *n = (uint32_t)nn;
   return ids;
 }
@@ -108,8 +109,7 @@ static void test_reference_agreement(void) {
   printf("\n  positions=%u checked(margin>%.2f)=%u agree=%u near_ties=%u (of which top-1 equal %u)"
          " max_logit_err=%.4f (tol %.2f) mean_logit_err=%.4f\n  top1_agreement=%.4f\n",
          positions, MARGIN_TOL, checked, agree, ties, tie_agree, max_err, LOGIT_TOL,
-         n_err ? sum_err / n_err : 0.0,
-         checked ? (double)agree / checked : 0.0);
+         n_err ? sum_err / n_err : 0.0, checked ? (double)agree / checked : 0.0);
   CU_ASSERT(positions > 500);
   CU_ASSERT_EQUAL(agree, checked);
   CU_ASSERT(max_err < LOGIT_TOL);
@@ -130,14 +130,16 @@ static void test_layerwise(void) {
   CU_ASSERT_EQUAL_FATAL(kvs_model_prefill(g_m, a, ids, n, 1, ref), KVS_OK);
   float *h = malloc((size_t)n * E * sizeof *h);
   uint32_t *idx = malloc(n * sizeof *idx);
-  for (uint32_t i = 0; i < n; i++) idx[i] = i;
+  for (uint32_t i = 0; i < n; i++)
+    idx[i] = i;
   CU_ASSERT_EQUAL(kvs_model_embed(g_m, ids, n, h), KVS_OK);
   for (uint32_t l = 0; l < c->n_layers; l++)
     CU_ASSERT_EQUAL(kvs_model_layer(g_m, b, l, n, idx, NULL, h), KVS_OK);
   CU_ASSERT_EQUAL(kvs_model_logits(g_m, n, h, lg), KVS_OK);
   CU_ASSERT_EQUAL(kvs_seq_len(b), n);
   double md = 0;
-  for (size_t i = 0; i < (size_t)n * V; i++) md = fmax(md, fabs(lg[i] - ref[i]));
+  for (size_t i = 0; i < (size_t)n * V; i++)
+    md = fmax(md, fabs(lg[i] - ref[i]));
   printf("\n  layer-by-layer vs prefill: max |dlogit| = %.3g over %u tokens\n", md, n);
   CU_ASSERT(md < 1e-4);
   size_t plane = (size_t)n * c->n_kv_heads * c->head_dim;
@@ -158,7 +160,8 @@ static void test_layerwise(void) {
         kvs_seq_v(b, l)[idx[j] * row + d] = kvs_f32_to_f16(-3.0f);
       }
   kvs_token *sub = malloc(ns * sizeof *sub);
-  for (uint32_t j = 0; j < ns; j++) sub[j] = ids[idx[j]];
+  for (uint32_t j = 0; j < ns; j++)
+    sub[j] = ids[idx[j]];
   CU_ASSERT_EQUAL(kvs_model_embed(g_m, sub, ns, h), KVS_OK);
   kvs_f16 *kf = malloc(ns * row * 2), *vf = malloc(ns * row * 2);
   size_t kv_diff = 0;
@@ -176,7 +179,8 @@ static void test_layerwise(void) {
   CU_ASSERT_EQUAL(kvs_model_logits(g_m, ns, h, lg), KVS_OK);
   md = 0;
   for (uint32_t j = 0; j < ns; j++)
-    for (uint32_t v = 0; v < V; v++) md = fmax(md, fabs(lg[(size_t)j * V + v] - ref[(size_t)idx[j] * V + v]));
+    for (uint32_t v = 0; v < V; v++)
+      md = fmax(md, fabs(lg[(size_t)j * V + v] - ref[(size_t)idx[j] * V + v]));
   printf("  subset recompute (%u of %u tokens): max |dlogit| = %.3g\n", ns, n, md);
   /* only the sgemm batch shapes differ from the prefill: float rounding */
   CU_ASSERT(md < 2e-2);
@@ -232,7 +236,8 @@ static void test_inject_via_engine(void) {
   CU_ASSERT_EQUAL(o->kv_read(e, b, 0, 1, k, kb, vb), KVS_ERANGE);
   CU_ASSERT_EQUAL(o->prefill(e, b, ids + k, n - k, 0, lg), KVS_OK);
   double md = 0;
-  for (uint32_t v = 0; v < V; v++) md = fmax(md, fabs(lg[v] - ref[v]));
+  for (uint32_t v = 0; v < V; v++)
+    md = fmax(md, fabs(lg[v] - ref[v]));
   printf("\n  prefill over injected KV vs full prefill: max |dlogit| = %.3g\n", md);
   CU_ASSERT(md < 2e-2); /* float rounding of differently shaped sgemms */
   CU_ASSERT_EQUAL(kvs_argmax(lg, V), kvs_argmax(ref, V));
@@ -276,9 +281,16 @@ static void test_model_id(void) {
   const kvs_model_id *id = kvs_model_get_id(g_m);
   kvs_model_id zero = {{0}};
   CU_ASSERT(!kvs_hash128_equal(id, &zero));
-  kvs_model_cfg small = {.n_vocab = 256, .n_embd = 64, .n_layers = 2, .n_heads = 4,
-                         .n_kv_heads = 2, .head_dim = 16, .n_ff = 96, .n_ctx_train = 128,
-                         .rope_theta = 10000.0f, .norm_eps = 1e-5f};
+  kvs_model_cfg small = {.n_vocab = 256,
+                         .n_embd = 64,
+                         .n_layers = 2,
+                         .n_heads = 4,
+                         .n_kv_heads = 2,
+                         .head_dim = 16,
+                         .n_ff = 96,
+                         .n_ctx_train = 128,
+                         .rope_theta = 10000.0f,
+                         .norm_eps = 1e-5f};
   kvs_model *r1, *r2, *r3;
   CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 1, 1, &r1), KVS_OK);
   CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 1, 1, &r2), KVS_OK);
@@ -295,7 +307,8 @@ static void test_model_id(void) {
   CU_ASSERT_EQUAL(kvs_model_prefill(r2, s2, t, 10, 0, l2), KVS_OK);
   CU_ASSERT(!memcmp(l1, l2, sizeof l1));
   int finite = 1;
-  for (int i = 0; i < 256; i++) finite &= isfinite(l1[i]);
+  for (int i = 0; i < 256; i++)
+    finite &= isfinite(l1[i]);
   CU_ASSERT(finite);
   kvs_seq *s3;
   CU_ASSERT_EQUAL_FATAL(kvs_seq_create(r3, 16, &s3), KVS_OK);
@@ -326,11 +339,12 @@ int main(void) {
     printf("model not fetched: skipped\n");
     return KVS_TEST_SKIP;
   }
-  static const kvs_test_case cases[] = {{"agreement with llama.cpp", test_reference_agreement},
-                                        {"layer by layer and subsets", test_layerwise},
-                                        {"prefill on injected KV (engine ops)", test_inject_via_engine},
-                                        {"greedy generation", test_generate},
-                                        {"model id and random models", test_model_id},
-                                        {NULL, NULL}};
+  static const kvs_test_case cases[] = {
+      {"agreement with llama.cpp", test_reference_agreement},
+      {"layer by layer and subsets", test_layerwise},
+      {"prefill on injected KV (engine ops)", test_inject_via_engine},
+      {"greedy generation", test_generate},
+      {"model id and random models", test_model_id},
+      {NULL, NULL}};
   return kvs_test_run_fixture("model_forward", cases, init, clean);
 }

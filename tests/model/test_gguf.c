@@ -38,7 +38,8 @@ static void test_q4_0(void) {
   for (int b = 0; b < 2; b++) {
     uint8_t *p = blk + 18 * b;
     put16(p, kvs_f32_to_f16(b ? -0.5f : 0.5f));
-    for (int j = 0; j < 16; j++) p[2 + j] = (uint8_t)(j | (15 - j) << 4);
+    for (int j = 0; j < 16; j++)
+      p[2 + j] = (uint8_t)(j | (15 - j) << 4);
   }
   CU_ASSERT_EQUAL(kvs_ggml_row_bytes(KVS_GGML_Q4_0, 64), 36);
   CU_ASSERT_EQUAL(kvs_dequant(KVS_GGML_Q4_0, blk, out, 64), KVS_OK);
@@ -55,7 +56,8 @@ static void test_q4_1(void) {
   float out[32];
   put16(blk, kvs_f32_to_f16(0.25f));
   put16(blk + 2, kvs_f32_to_f16(-1.0f));
-  for (int j = 0; j < 16; j++) blk[4 + j] = (uint8_t)((j * 7) % 16 | ((j * 3) % 16) << 4);
+  for (int j = 0; j < 16; j++)
+    blk[4 + j] = (uint8_t)((j * 7) % 16 | ((j * 3) % 16) << 4);
   CU_ASSERT_EQUAL(kvs_ggml_block_bytes(KVS_GGML_Q4_1), 20);
   CU_ASSERT_EQUAL(kvs_dequant(KVS_GGML_Q4_1, blk, out, 32), KVS_OK);
   for (int j = 0; j < 16; j++) {
@@ -68,9 +70,11 @@ static void test_q8_0(void) {
   uint8_t blk[34];
   float out[32];
   put16(blk, kvs_f32_to_f16(0.125f));
-  for (int j = 0; j < 32; j++) blk[2 + j] = (uint8_t)(int8_t)(j * 9 - 128);
+  for (int j = 0; j < 32; j++)
+    blk[2 + j] = (uint8_t)(int8_t)(j * 9 - 128);
   CU_ASSERT_EQUAL(kvs_dequant(KVS_GGML_Q8_0, blk, out, 32), KVS_OK);
-  for (int j = 0; j < 32; j++) CU_ASSERT_EQUAL(out[j], (float)(int8_t)(j * 9 - 128) * 0.125f);
+  for (int j = 0; j < 32; j++)
+    CU_ASSERT_EQUAL(out[j], (float)(int8_t)(j * 9 - 128) * 0.125f);
 }
 
 static void test_float_types(void) {
@@ -83,7 +87,8 @@ static void test_float_types(void) {
     memcpy(f + 4 * i, &vals[i], 4);
   }
   CU_ASSERT_EQUAL(kvs_dequant(KVS_GGML_F16, h, out, 4), KVS_OK);
-  for (int i = 0; i < 4; i++) CU_ASSERT_EQUAL(out[i], vals[i]); /* all exact in fp16 */
+  for (int i = 0; i < 4; i++)
+    CU_ASSERT_EQUAL(out[i], vals[i]); /* all exact in fp16 */
   CU_ASSERT_EQUAL(kvs_dequant(KVS_GGML_BF16, bf, out, 4), KVS_OK);
   CU_ASSERT_EQUAL(out[0], 1.0f);
   CU_ASSERT_EQUAL(out[1], -2.5f);
@@ -225,7 +230,8 @@ static void test_real_truncated(void) {
   unsigned long long rs = 7;
   int n = 0, failed = 0;
   for (int i = 0; i < 400; i++) {
-    size_t cut = i < 250 ? (size_t)(kvs_test_rand(&rs) % 1700000) : (size_t)(kvs_test_rand(&rs) % size);
+    size_t cut =
+        i < 250 ? (size_t)(kvs_test_rand(&rs) % 1700000) : (size_t)(kvs_test_rand(&rs) % size);
     if (i < 20) cut = (size_t)i * 3;
     kvs_gguf *g = NULL;
     kvs_err e = kvs_gguf_open_mem(bytes, cut, &g);

@@ -11,7 +11,7 @@
 #include "kvs_test.h"
 
 /* same tolerances as test_forward.c (CPU vs llama.cpp) */
-#define LOGIT_TOL 2.0f
+#define LOGIT_TOL  2.0f
 #define MARGIN_TOL 0.75f
 /* GPU (fp16 weights and activations into the GEMMs) vs CPU (f32) */
 #define GPU_CPU_LOGIT_TOL 1.0f
@@ -35,7 +35,8 @@ static uint8_t *read_file(const char *path, size_t *n) {
 }
 
 static void fill_f16(kvs_f16 *p, size_t n, unsigned long long *rs, float scale) {
-  for (size_t i = 0; i < n; i++) p[i] = kvs_f32_to_f16(kvs_test_randf(rs) * scale);
+  for (size_t i = 0; i < n; i++)
+    p[i] = kvs_f32_to_f16(kvs_test_randf(rs) * scale);
 }
 
 static void test_kernel_twins(void) {
@@ -44,8 +45,10 @@ static void test_kernel_twins(void) {
   uint32_t n = 37, E = 576;
   float *x = malloc((size_t)n * E * 4), *w = malloc(E * 4), *y = malloc((size_t)n * E * 4);
   kvs_f16 *yg = malloc((size_t)n * E * 2);
-  for (size_t i = 0; i < (size_t)n * E; i++) x[i] = kvs_test_randf(&rs) * 3;
-  for (uint32_t i = 0; i < E; i++) w[i] = 1 + kvs_test_randf(&rs) * 0.5f;
+  for (size_t i = 0; i < (size_t)n * E; i++)
+    x[i] = kvs_test_randf(&rs) * 3;
+  for (uint32_t i = 0; i < E; i++)
+    w[i] = 1 + kvs_test_randf(&rs) * 0.5f;
   kvs_model_rmsnorm_cpu(x, w, y, n, E, 1e-5f);
   CU_ASSERT_EQUAL_FATAL(kvs_gpu_rmsnorm_host(x, w, yg, n, E, 1e-5f), KVS_OK);
   double md = 0;
@@ -57,12 +60,15 @@ static void test_kernel_twins(void) {
   uint32_t H = 9, D = 64;
   float *q = malloc((size_t)n * H * D * 4), *qg = malloc((size_t)n * H * D * 4);
   uint32_t pos[37];
-  for (uint32_t i = 0; i < n; i++) pos[i] = i * 997 % 32768;
-  for (size_t i = 0; i < (size_t)n * H * D; i++) q[i] = qg[i] = kvs_test_randf(&rs);
+  for (uint32_t i = 0; i < n; i++)
+    pos[i] = i * 997 % 32768;
+  for (size_t i = 0; i < (size_t)n * H * D; i++)
+    q[i] = qg[i] = kvs_test_randf(&rs);
   kvs_model_rope_cpu(q, n, H, D, pos, 100000.0f);
   CU_ASSERT_EQUAL_FATAL(kvs_gpu_rope_host(qg, n, H, D, pos, 100000.0f), KVS_OK);
   md = 0;
-  for (size_t i = 0; i < (size_t)n * H * D; i++) md = fmax(md, fabs(q[i] - qg[i]));
+  for (size_t i = 0; i < (size_t)n * H * D; i++)
+    md = fmax(md, fabs(q[i] - qg[i]));
   printf("  rope: max abs err %.3g\n", md);
   CU_ASSERT(md < 1e-5);
   /* swiglu */
@@ -161,14 +167,18 @@ static void test_vs_cpu_and_llamacpp(void) {
         memcpy(&rv[k], top + ((size_t)p * 8 + k) * 8 + 4, 4);
       }
       const float *row_g = lg + (size_t)p * V, *row_c = lc + (size_t)p * V;
-      for (int k = 0; k < 8; k++) max_err = fmaxf(max_err, fabsf(row_g[rid[k]] - rv[k]));
-      for (uint32_t v = 0; v < V; v++) max_cpu = fmaxf(max_cpu, fabsf(row_g[v] - row_c[v]));
+      for (int k = 0; k < 8; k++)
+        max_err = fmaxf(max_err, fabsf(row_g[rid[k]] - rv[k]));
+      for (uint32_t v = 0; v < V; v++)
+        max_cpu = fmaxf(max_cpu, fabsf(row_g[v] - row_c[v]));
       kvs_token ours = kvs_argmax(row_g, V), cpu = kvs_argmax(row_c, V);
       positions++;
       if (rv[0] - rv[1] > MARGIN_TOL) {
         checked++;
         agree += ours == rid[0];
-        if (ours != rid[0]) printf("\n  DISAGREE pos %u: gpu %d llama.cpp %d (margin %.3f)", p, ours, rid[0], rv[0] - rv[1]);
+        if (ours != rid[0])
+          printf("\n  DISAGREE pos %u: gpu %d llama.cpp %d (margin %.3f)", p, ours, rid[0],
+                 rv[0] - rv[1]);
       } else {
         ties++;
       }
@@ -184,11 +194,13 @@ static void test_vs_cpu_and_llamacpp(void) {
     free(lg), free(lc), free(ids);
     kvs_seq_free(s);
   }
-  printf("\n  gpu: positions=%u checked(margin>%.2f)=%u agree=%u near_ties=%u max_logit_err_vs_llamacpp=%.4f"
-         "\n  gpu vs cpu: max |dlogit| %.4f (tol %.2f), top-1 equal at %u/%u clear positions, max |dK| %.4f"
+  printf("\n  gpu: positions=%u checked(margin>%.2f)=%u agree=%u near_ties=%u "
+         "max_logit_err_vs_llamacpp=%.4f"
+         "\n  gpu vs cpu: max |dlogit| %.4f (tol %.2f), top-1 equal at %u/%u clear positions, max "
+         "|dK| %.4f"
          "\n  top1_agreement_gpu=%.4f\n",
-         positions, MARGIN_TOL, checked, agree, ties, max_err, max_cpu, GPU_CPU_LOGIT_TOL, cpu_agree,
-         cpu_checked, max_k, checked ? (double)agree / checked : 0.0);
+         positions, MARGIN_TOL, checked, agree, ties, max_err, max_cpu, GPU_CPU_LOGIT_TOL,
+         cpu_agree, cpu_checked, max_k, checked ? (double)agree / checked : 0.0);
   CU_ASSERT_EQUAL(agree, checked);
   CU_ASSERT(max_err < LOGIT_TOL);
   CU_ASSERT(max_cpu < GPU_CPU_LOGIT_TOL);
@@ -201,9 +213,16 @@ static void test_vs_cpu_and_llamacpp(void) {
  * model run on the CPU (host weights) and on the GPU (weights made on the
  * device from the seed) gives the same logits. Then the 8B shape runs. */
 static void test_random_models(void) {
-  kvs_model_cfg small = {.n_vocab = 1000, .n_embd = 256, .n_layers = 2, .n_heads = 4,
-                         .n_kv_heads = 2, .head_dim = 64, .n_ff = 512, .n_ctx_train = 512,
-                         .rope_theta = 10000.0f, .norm_eps = 1e-5f};
+  kvs_model_cfg small = {.n_vocab = 1000,
+                         .n_embd = 256,
+                         .n_layers = 2,
+                         .n_heads = 4,
+                         .n_kv_heads = 2,
+                         .head_dim = 64,
+                         .n_ff = 512,
+                         .n_ctx_train = 512,
+                         .rope_theta = 10000.0f,
+                         .norm_eps = 1e-5f};
   kvs_model *cpu, *dev;
   CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 9, 1, &cpu), KVS_OK);
   CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 9, 0, &dev), KVS_OK);
@@ -212,7 +231,8 @@ static void test_random_models(void) {
   kvs_gpu_model *gm;
   CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_create(&w, 256, &gm), KVS_OK);
   kvs_token t[100];
-  for (int i = 0; i < 100; i++) t[i] = (i * 37) % 1000;
+  for (int i = 0; i < 100; i++)
+    t[i] = (i * 37) % 1000;
   float *lg = malloc(1000 * 4), *lc = malloc(1000 * 4);
   CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, t, 60, 0, NULL, NULL), KVS_OK);
   CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, t + 60, 40, 0, lg, NULL), KVS_OK); /* on top of KV */
@@ -220,7 +240,8 @@ static void test_random_models(void) {
   CU_ASSERT_EQUAL_FATAL(kvs_seq_create(cpu, 100, &s), KVS_OK);
   CU_ASSERT_EQUAL(kvs_model_prefill(cpu, s, t, 100, 0, lc), KVS_OK);
   float md = 0;
-  for (int v = 0; v < 1000; v++) md = fmaxf(md, fabsf(lg[v] - lc[v]));
+  for (int v = 0; v < 1000; v++)
+    md = fmaxf(md, fabsf(lg[v] - lc[v]));
   printf("\n  random small model, device-made weights vs host: max |dlogit| %.4f\n", md);
   CU_ASSERT(md < 0.1f);
   CU_ASSERT_EQUAL(kvs_argmax(lg, 1000), kvs_argmax(lc, 1000));
@@ -235,12 +256,14 @@ static void test_random_models(void) {
   kvs__model_weights_get(big, &w);
   if (kvs_gpu_model_create(&w, 2048, &gm) == KVS_OK) {
     kvs_token *tb = malloc(2048 * sizeof *tb);
-    for (int i = 0; i < 2048; i++) tb[i] = (kvs_token)((i * 7919) % 128256);
+    for (int i = 0; i < 2048; i++)
+      tb[i] = (kvs_token)((i * 7919) % 128256);
     float *lb = malloc(128256 * 4);
     double ms = 0;
     CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, tb, 2048, 0, lb, &ms), KVS_OK);
     int finite = 1;
-    for (int v = 0; v < 128256; v++) finite &= isfinite(lb[v]);
+    for (int v = 0; v < 128256; v++)
+      finite &= isfinite(lb[v]);
     CU_ASSERT(finite);
     printf("  8B shape: prefill 2048 tokens in %.1f ms\n", ms);
     free(tb), free(lb);
@@ -259,7 +282,8 @@ static const char *RAG =
 
 static float max_diff(const float *a, const float *b, size_t n) {
   float m = 0;
-  for (size_t i = 0; i < n; i++) m = fmaxf(m, fabsf(a[i] - b[i]));
+  for (size_t i = 0; i < n; i++)
+    m = fmaxf(m, fabsf(a[i] - b[i]));
   return m;
 }
 
@@ -268,7 +292,8 @@ static float max_diff(const float *a, const float *b, size_t n) {
 static void test_gpu_engine(void) {
   size_t cap = strlen(RAG) + 8, nn;
   kvs_token *ids = malloc(cap * sizeof *ids);
-  CU_ASSERT_EQUAL_FATAL(kvs_tok_encode(kvs_model_tok(g_m), RAG, strlen(RAG), 1, 0, ids, cap, &nn), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_tok_encode(kvs_model_tok(g_m), RAG, strlen(RAG), 1, 0, ids, cap, &nn),
+                        KVS_OK);
   uint32_t n = (uint32_t)nn;
   kvs__model_weights w;
   kvs__model_weights_get(g_m, &w);
@@ -292,7 +317,8 @@ static void test_gpu_engine(void) {
   CU_ASSERT_EQUAL_FATAL(kvs_gpu_buffer_alloc(n * row * 2, &d_v), KVS_OK);
   CU_ASSERT_EQUAL_FATAL(kvs_gpu_buffer_alloc(n * row * 2, &d_k2), KVS_OK);
   CU_ASSERT_EQUAL_FATAL(kvs_gpu_buffer_alloc(n * row * 2, &d_v2), KVS_OK);
-  float *ref = malloc((size_t)n * V * 4), *lg = malloc((size_t)n * V * 4), *cpu = malloc((size_t)n * V * 4);
+  float *ref = malloc((size_t)n * V * 4), *lg = malloc((size_t)n * V * 4),
+        *cpu = malloc((size_t)n * V * 4);
   /* full prefill, all logits, vs the CPU */
   kvs_engine_seq *a, *b, *c;
   CU_ASSERT_EQUAL_FATAL(o->seq_create(e, n, &a), KVS_OK);
@@ -306,12 +332,15 @@ static void test_gpu_engine(void) {
   kvs_seq_free(cs);
   float d_cpu = max_diff(ref, cpu, (size_t)n * V);
   CU_ASSERT(d_cpu < GPU_CPU_LOGIT_TOL);
-  CU_ASSERT_EQUAL(kvs_argmax(ref + (size_t)(n - 1) * V, V), kvs_argmax(cpu + (size_t)(n - 1) * V, V));
+  CU_ASSERT_EQUAL(kvs_argmax(ref + (size_t)(n - 1) * V, V),
+                  kvs_argmax(cpu + (size_t)(n - 1) * V, V));
   /* layer by layer over all tokens */
   uint32_t *idx = malloc(n * sizeof *idx);
-  for (uint32_t i = 0; i < n; i++) idx[i] = i;
+  for (uint32_t i = 0; i < n; i++)
+    idx[i] = i;
   CU_ASSERT_EQUAL(o->embed(e, ids, n, d_h), KVS_OK);
-  for (uint32_t l = 0; l < L; l++) CU_ASSERT_EQUAL(o->layer(e, b, l, n, idx, NULL, d_h), KVS_OK);
+  for (uint32_t l = 0; l < L; l++)
+    CU_ASSERT_EQUAL(o->layer(e, b, l, n, idx, NULL, d_h), KVS_OK);
   CU_ASSERT_EQUAL(o->logits(e, n, d_h, d_lg), KVS_OK);
   CU_ASSERT_EQUAL(kvs_gpu_copy(lg, d_lg, (size_t)n * V * 4), KVS_OK);
   float d_lw = max_diff(lg, ref, (size_t)n * V);
@@ -333,7 +362,8 @@ static void test_gpu_engine(void) {
   for (uint32_t i = 0; i < n; i++)
     if (i % 5 == 2 || i == n - 1) idx[ns++] = i;
   kvs_token *sub = malloc(ns * sizeof *sub);
-  for (uint32_t j = 0; j < ns; j++) sub[j] = ids[idx[j]];
+  for (uint32_t j = 0; j < ns; j++)
+    sub[j] = ids[idx[j]];
   CU_ASSERT_EQUAL(o->embed(e, sub, ns, d_h), KVS_OK);
   kvs_f16 *h1 = malloc(row * 2), *h2 = malloc(row * 2);
   size_t kv_diff = 0;
@@ -359,7 +389,8 @@ static void test_gpu_engine(void) {
   double spt = 0;
   CU_ASSERT_EQUAL(o->prefill_cost(e, 0, &spt), KVS_OK);
   CU_ASSERT(spt > 0);
-  printf("\n  gpu engine: vs cpu %.4f, layer-by-layer %.3g, injected %.3g, subset %.3g (max |dlogit|), %.3g s/token\n",
+  printf("\n  gpu engine: vs cpu %.4f, layer-by-layer %.3g, injected %.3g, subset %.3g (max "
+         "|dlogit|), %.3g s/token\n",
          d_cpu, d_lw, d_inj, d_sub, spt);
   free(h1), free(h2), free(sub), free(idx), free(ref), free(lg), free(cpu), free(ids);
   o->seq_free(e, a);

@@ -43,7 +43,8 @@ static int check_text(const char *text, uint32_t len, int special, const int32_t
   int ok = e == KVS_OK && n == n_want && !memcmp(ids, want, n * sizeof *ids);
   if (!ok && verbose) {
     size_t i = 0;
-    while (i < n && i < n_want && ids[i] == want[i]) i++;
+    while (i < n && i < n_want && ids[i] == want[i])
+      i++;
     size_t pl, wl;
     const char *p = i < n ? kvs_tok_piece(g_tok, ids[i], &pl) : "";
     const char *w = i < n_want ? kvs_tok_piece(g_tok, want[i], &wl) : "";
@@ -106,7 +107,8 @@ static void test_fixture_prompts(void) {
   while (po + 8 <= pn) {
     uint32_t flags = rd32(p + po), len = rd32(p + po + 4);
     uint32_t n = rd32(l + lo);
-    CU_ASSERT(check_text((const char *)p + po + 8, len, flags & 1, (const int32_t *)(l + lo + 4), n, 1));
+    CU_ASSERT(
+        check_text((const char *)p + po + 8, len, flags & 1, (const int32_t *)(l + lo + 4), n, 1));
     po += 8 + len;
     lo += 4 + 4 * (size_t)n + 64 * (size_t)n;
     k++;
@@ -121,8 +123,9 @@ static void test_special_and_chat(void) {
   char buf[256];
   size_t n;
   CU_ASSERT_EQUAL(kvs_chat_format(msgs, 2, 1, buf, sizeof buf, &n), KVS_OK);
-  CU_ASSERT_STRING_EQUAL(buf, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                              "<|im_start|>assistant\n");
+  CU_ASSERT_STRING_EQUAL(buf,
+                         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                         "<|im_start|>assistant\n");
   CU_ASSERT_EQUAL(n, strlen(buf));
   char small[8];
   CU_ASSERT_EQUAL(kvs_chat_format(msgs, 2, 1, small, sizeof small, &n), KVS_ERANGE);
@@ -134,13 +137,15 @@ static void test_special_and_chat(void) {
   CU_ASSERT_EQUAL(kvs_tok_encode(g_tok, buf, strlen(buf), 1, 1, ids, 64, &ni), KVS_OK);
   CU_ASSERT_EQUAL(ids[0], ims); /* no BOS: SmolLM2 says add_bos_token = false */
   size_t n_ims = 0;
-  for (size_t i = 0; i < ni; i++) n_ims += ids[i] == ims;
+  for (size_t i = 0; i < ni; i++)
+    n_ims += ids[i] == ims;
   CU_ASSERT_EQUAL(n_ims, 3);
   /* without parse_special the markers are plain text */
   size_t nplain;
   CU_ASSERT_EQUAL(kvs_tok_encode(g_tok, buf, strlen(buf), 0, 0, ids, 64, &nplain), KVS_OK);
   CU_ASSERT(nplain > ni);
-  for (size_t i = 0; i < nplain; i++) CU_ASSERT(ids[i] != ims);
+  for (size_t i = 0; i < nplain; i++)
+    CU_ASSERT(ids[i] != ims);
   /* cap too small reports the needed size */
   size_t need;
   CU_ASSERT_EQUAL(kvs_tok_encode(g_tok, buf, strlen(buf), 1, 0, ids, 2, &need), KVS_ERANGE);

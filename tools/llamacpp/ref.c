@@ -110,7 +110,8 @@ int main(int argc, char **argv) {
         if (llama_decode(ctx, b) != 0) die("decode");
         for (int32_t i = 0; i < n; i++) {
           const float *lg = llama_get_logits_ith(ctx, i);
-          for (int32_t j = 0; j < n_vocab; j++) pr[j] = (pair){j, lg[j]};
+          for (int32_t j = 0; j < n_vocab; j++)
+            pr[j] = (pair){j, lg[j]};
           qsort(pr, (size_t)n_vocab, sizeof *pr, cmp_pair);
           for (int j = 0; j < k; j++) {
             fwrite(&pr[j].id, 4, 1, out);
