@@ -159,8 +159,9 @@ typedef struct kvs_blend_stats {
  * one layer ahead on a worker thread), recomputes the tokens the strategy
  * picks (CacheBlend-style: all candidates up to the check layer, then only
  * the chosen ones), then prefills the NEW tail and writes the last token's
- * logits into logits[n_vocab] (may be NULL). The sequence must be empty. The
- * engine must keep hidden states in host memory (KVS_ENOTSUP otherwise). */
+ * logits into logits[n_vocab] (may be NULL), in the engine's memory (host, or
+ * device for a GPU engine: then hidden states, the check-layer deviation and
+ * the row compaction stay on the GPU). The sequence must be empty. */
 kvs_err kvs_blend_run(struct kvs_engine *e, struct kvs_engine_seq *s,
                       const kvs_blend_segment *segs, uint32_t n_segs, kvs_blend_load_fn load,
                       void *load_ctx, const kvs_blend_opts *opts, float *logits,

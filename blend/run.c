@@ -12,6 +12,20 @@
 
 #include "kvs_blend.h"
 #include "kvs_engine.h"
+#include "kvs_gpu.h"
+#include "kvs_gpu_blend.h"
+
+/* Buffers the engine reads live in its memory (host, or device for a GPU
+ * engine); everything blend decides on stays on the host. */
+static void *emalloc(int dev, size_t n) {
+  void *p = NULL;
+  if (dev) return kvs_gpu_alloc(&p, n ? n : 1) == KVS_OK ? p : NULL;
+  return malloc(n ? n : 1);
+}
+static void efree(int dev, void *p) {
+  if (dev) kvs_gpu_free(p);
+  else free(p);
+}
 
 typedef struct stage {
   void *k, *v;          /* per cached segment, packed in segment order */
@@ -129,7 +143,8 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   memset(&r, 0, sizeof r);
   r.e = e, r.segs = segs, r.n_segs = n_segs, r.load = load, r.ctx = load_ctx;
   KVS_TRY(ops->info(e, &r.info));
-  if (r.info.mem != KVS_ENGINE_MEM_HOST) return KVS_ENOTSUP;
+  const int dv = r.info.mem == KVS_ENGINE_MEM_DEVICE;
+  if (!dv && r.info.mem != KVS_ENGINE_MEM_HOST) return KVS_ENOTSUP;
   if (ops->seq_len(e, s) != 0) return KVS_EINVAL;
   const uint32_t L = r.info.layout.n_layers;
   const size_t W = tok_elems(&r.info), es = kvs_dtype_size(r.info.layout.dtype);
@@ -172,14 +187,16 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   uint32_t *idx = NULL;
   int32_t *tok = NULL;
   uint8_t *cstart = NULL, *forced = NULL, *sel = NULL;
-  float *hidden = NULL, *dev = NULL;
+  float *hidden = NULL, *hidden2 = NULL, *dev = NULL, *d_dev = NULL;
   void *kz = NULL, *kf = NULL, *vf = NULL, *kl = NULL, *vl = NULL;
   r.stage_elems = (size_t)n_cached_tok * W;
   if (!err) {
     size_t nc = n_cand ? n_cand : 1;
     idx = malloc(nc * sizeof *idx), tok = malloc(nc * sizeof *tok);
     cstart = calloc(nc, 1), forced = calloc(nc, 1), sel = calloc(nc, 1);
-    hidden = malloc(nc * E * sizeof *hidden);
+    hidden = emalloc(dv, nc * E * sizeof *hidden);
+    if (dv) hidden2 = emalloc(dv, nc * E * sizeof *hidden);
+    if (dv && !hidden2) err = KVS_ENOMEM;
     for (int b = 0; b < 2; b++) {
       r.st[b].k = malloc(r.stage_elems * es + 1);
       r.st[b].v = malloc(r.stage_elems * es + 1);
@@ -259,10 +276,11 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
     uint64_t t0 = kvs_now_ns();
     if (needs_dev && l == check && m) {
       /* fresh K/V of every candidate vs what was loaded */
-      kf = kf ? kf : malloc((size_t)m * W * es), vf = vf ? vf : malloc((size_t)m * W * es);
-      kl = kl ? kl : malloc((size_t)m * W * es), vl = vl ? vl : malloc((size_t)m * W * es);
-      dev = dev ? dev : malloc((size_t)m * sizeof *dev);
-      if (!kf || !vf || !kl || !vl || !dev) {
+      size_t kvb = (size_t)m * W * es;
+      kf = emalloc(dv, kvb), vf = emalloc(dv, kvb), kl = emalloc(dv, kvb), vl = emalloc(dv, kvb);
+      dev = malloc((size_t)m * sizeof *dev);
+      if (dv) d_dev = emalloc(dv, (size_t)m * sizeof *dev);
+      if (!kf || !vf || !kl || !vl || !dev || (dv && !d_dev)) {
         err = KVS_ENOMEM;
         break;
       }
@@ -279,14 +297,35 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
         err = KVS_ENOTSUP;
         break;
       }
-      err = kvs_blend_deviation_f16(&r.info.layout, m, kf, vf, kl, vl, dev);
+      if (dv) {
+        err = kvs_gpu_blend_deviation_f16(&r.info.layout, m, kf, vf, kl, vl, d_dev, NULL);
+        if (!err) err = kvs_gpu_copy_d2h(dev, d_dev, (size_t)m * sizeof *dev, NULL);
+      } else {
+        err = kvs_blend_deviation_f16(&r.info.layout, m, kf, vf, kl, vl, dev);
+      }
       for (uint32_t i = 0; i < m; i++)
         if (forced[i]) dev[i] = 0; /* ranked apart: added below regardless */
       uint32_t ns = 0;
       if (!err) err = kvs_blend_select(&opts->sel, m, dev, cstart, sel, &ns, NULL);
       if (err) break;
       for (uint32_t i = 0; i < m; i++) sel[i] |= forced[i];
-      n_run = compact(hidden, idx, m, E, sel);
+      if (dv) { /* gather the kept rows into the second buffer, then swap */
+        uint32_t *rows = malloc((size_t)m * sizeof *rows), k = 0;
+        if (!rows) {
+          err = KVS_ENOMEM;
+          break;
+        }
+        for (uint32_t i = 0; i < m; i++)
+          if (sel[i]) rows[k] = i, idx[k] = idx[i], k++;
+        err = kvs_gpu_gather_rows_f32(hidden2, hidden, rows, k, E, NULL);
+        free(rows);
+        float *t = hidden;
+        hidden = hidden2, hidden2 = t;
+        n_run = k;
+        if (err) break;
+      } else {
+        n_run = compact(hidden, idx, m, E, sel);
+      }
     }
     if (n_run) err = ops->layer(e, s, l, n_run, idx, NULL, hidden);
     rc_s += (kvs_now_ns() - t0) / 1e9;
@@ -323,7 +362,8 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   stz.t_total_s = (kvs_now_ns() - t_start) / 1e9;
   if (stats) *stats = stz;
   free(r.slot0), free(r.off), free(idx), free(tok), free(cstart), free(forced), free(sel);
-  free(hidden), free(dev), free(kz), free(kf), free(vf), free(kl), free(vl);
+  efree(dv, hidden), efree(dv, hidden2), efree(dv, d_dev), free(dev), free(kz);
+  efree(dv, kf), efree(dv, vf), efree(dv, kl), efree(dv, vl);
   for (int b = 0; b < 2; b++) free(r.st[b].k), free(r.st[b].v);
   return err;
 }

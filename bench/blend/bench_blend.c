@@ -17,6 +17,8 @@
 #include <string.h>
 
 #include "kvs_codec.h"
+#include "kvs_gpu.h"
+#include "kvs_gpu_model.h"
 #include "kvs_rag.h"
 
 typedef struct mem_kv {
@@ -31,6 +33,100 @@ static kvs_err load_mem(void *ctx, uint32_t seg, uint32_t layer, void *k, void *
   memcpy(k, (char *)m->kv[seg] + 2 * layer * plane, plane);
   memcpy(v, (char *)m->kv[seg] + (2 * layer + 1) * plane, plane);
   return KVS_OK;
+}
+
+/* The same model on the GPU (fp16 weights, device KV and hidden states). */
+static kvs_err gpu_engine(kvs_model *m, uint32_t max_tokens, kvs_gpu_model **gm, kvs_engine **e) {
+  kvs__model_weights w;
+  kvs__model_weights_get(m, &w);
+  KVS_TRY(kvs_gpu_model_create(&w, max_tokens, gm));
+  return kvs_gpu_model_engine(*gm, kvs_model_get_id(m), e);
+}
+
+/* Speed at the 8B shape (seeded random weights, GPU): a prefix chunk, n_pass
+ * passages of pass_tok random tokens held in host RAM (the RAM tier), and a
+ * question. Times to first token are medians of `reps` runs. */
+static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps, float ratio) {
+  kvs_model *m;
+  kvs_gpu_model *gm;
+  kvs_engine *e;
+  kvs_err err;
+  uint32_t prefix = 32, n = prefix + n_pass * pass_tok + q_tok;
+  if ((err = kvs_model_create_random(NULL, 42, 0, &m)) || (err = gpu_engine(m, n + 64, &gm, &e))) {
+    fprintf(stderr, "speed8b: %s\n", kvs_strerror(err));
+    return err == KVS_ENODEV ? 77 : 1;
+  }
+  kvs_engine_info in;
+  e->ops->info(e, &in);
+  kvs_rag_prompt p = {0};
+  p.tokens = malloc(n * sizeof *p.tokens);
+  unsigned long long r = 7;
+  for (uint32_t i = 0; i < n; i++) r = r * 6364136223846793005ull + 1442695040888963407ull,
+                                    p.tokens[i] = (int32_t)((r >> 33) % in.n_vocab);
+  p.start[0] = 0, p.len[0] = prefix, p.n_segs = 1;
+  for (uint32_t i = 0; i < n_pass; i++, p.n_segs++)
+    p.start[p.n_segs] = prefix + i * pass_tok, p.len[p.n_segs] = pass_tok;
+  p.start[p.n_segs] = n - q_tok, p.len[p.n_segs] = q_tok, p.n_segs++;
+  p.n_tokens = n;
+  size_t tb = kvs_layout_token_bytes(&in.layout);
+  mem_kv mk = {.p = &p, .tok_plane_bytes = (size_t)in.layout.n_kv_heads * in.layout.head_dim * 2};
+  int cached[KVS_RAG_MAX_PASSAGES + 2];
+  for (uint32_t s = 0; s + 1 < p.n_segs; s++) {
+    cached[s] = 1;
+    kvs_gpu_alloc_host(&mk.kv[s], tb * p.len[s]); /* pinned: the RAM tier of a local kvstashd */
+    if (!mk.kv[s] || (err = kvs_rag_chunk_kv(e, p.tokens + p.start[s], p.len[s], mk.kv[s])))
+      return fprintf(stderr, "chunk kv: %s\n", kvs_strerror(err)), 1;
+  }
+  printf("kvs-bench-blend --speed8b: Llama-3-8B shape (random weights) on the GPU, %u tokens = "
+         "prefix %u + %u x %u passages + question %u; KV %.1f MB in pinned host RAM\n",
+         n, prefix, n_pass, pass_tok, q_tok, tb * (n - q_tok) / 1e6);
+  const char *names[] = {"full", "prefix-only", "none", "epic", "cacheblend", "adaptive"};
+  double med[6];
+  double rec[6] = {1, 1, 0, 0, 0, 0};
+  for (int k = 0; k < 6; k++) {
+    double t[16];
+    int R = reps > 16 ? 16 : reps;
+    for (int rep = 0; rep < R; rep++) {
+      kvs_rag_answer a = {0};
+      if (k == 0) {
+        err = kvs_rag_answer_full(e, NULL, &p, 1, &a);
+      } else if (k == 1) { /* reuse the prefix only: every passage is prefilled */
+        kvs_rag_prompt q = p;
+        q.n_segs = 2, q.len[1] = n - prefix, q.start[1] = prefix;
+        int c1[2] = {1, 0};
+        kvs_blend_opts o = {.sel = kvs_sel_defaults(KVS_SEL_NONE)};
+        err = kvs_rag_answer_blend(e, NULL, &q, c1, load_mem, &mk, &o, 1, &a);
+      } else {
+        uint32_t sel[] = {0, 0, KVS_SEL_NONE, KVS_SEL_EPIC, KVS_SEL_CACHEBLEND, KVS_SEL_ADAPTIVE};
+        kvs_blend_opts o = {.sel = kvs_sel_defaults(sel[k]), .check_layer = 1};
+        if (ratio >= 0 && (sel[k] == KVS_SEL_CACHEBLEND || sel[k] == KVS_SEL_ADAPTIVE)) o.sel.ratio = ratio;
+        err = kvs_rag_answer_blend(e, NULL, &p, cached, load_mem, &mk, &o, 1, &a);
+        rec[k] = a.blend.n_candidates ? (double)a.blend.n_recomputed / a.blend.n_candidates : 0;
+      }
+      if (err) return fprintf(stderr, "%s: %s\n", names[k], kvs_strerror(err)), 1;
+      t[rep] = a.ttft_s;
+    }
+    for (int i = 1; i < R; i++) /* insertion sort for the median */
+      for (int j = i; j > 0 && t[j] < t[j - 1]; j--) { double x = t[j]; t[j] = t[j - 1], t[j - 1] = x; }
+    med[k] = t[R / 2];
+  }
+  printf("%-12s %10s %10s %9s\n", "strategy", "ttft_ms", "speedup", "recompute");
+  char json[2048];
+  int k2 = snprintf(json, sizeof json, "{\"bench\":\"blend-speed8b\",\"tokens\":%u,\"passages\":%u,"
+                    "\"passage_tokens\":%u,\"ttft_ms\":{", n, n_pass, pass_tok);
+  for (int k = 0; k < 6; k++) {
+    printf("%-12s %10.2f %9.2fx %8.1f%%\n", names[k], med[k] * 1e3, med[0] / med[k], 100 * rec[k]);
+    k2 += snprintf(json + k2, sizeof json - (size_t)k2, "%s\"%s\":%.3f", k ? "," : "", names[k], med[k] * 1e3);
+  }
+  snprintf(json + k2, sizeof json - (size_t)k2, "},\"speedup_adaptive\":%.3f,\"speedup_cacheblend\":%.3f}",
+           med[0] / med[5], med[0] / med[4]);
+  printf("%s\n", json);
+  for (uint32_t s = 0; s + 1 < p.n_segs; s++) kvs_gpu_free_host(mk.kv[s]);
+  free(p.tokens);
+  kvs_engine_free(e);
+  kvs_gpu_model_free(gm);
+  kvs_model_free(m);
+  return 0;
 }
 
 typedef struct agg {
@@ -48,12 +144,15 @@ int main(int argc, char **argv) {
   const char *model_path = getenv("KVS_MODEL_PATH"), *data = NULL, *profile = "none";
   char strategies[256] = "none,epic,cacheblend,adaptive";
   int a = 0, b = 4, passages = 0;
-  uint32_t max_new = 16;
+  uint32_t max_new = 16, s8_pass = 8, s8_tok = 512;
   float ratio = -1;
+  int use_gpu = 0, s8 = 0;
   static struct option lo[] = {{"model", 1, 0, 'm'},      {"data", 1, 0, 'd'},
                                {"items", 1, 0, 'i'},      {"passages", 1, 0, 'p'},
                                {"strategies", 1, 0, 's'}, {"ratio", 1, 0, 'r'},
                                {"profile", 1, 0, 'c'},    {"max-new", 1, 0, 'n'},
+                               {"gpu", 0, 0, 'g'},        {"speed8b", 0, 0, '8'},
+                               {"passage-tokens", 1, 0, 't'}, {"n-passages", 1, 0, 'q'},
                                {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     switch (c) {
@@ -67,12 +166,17 @@ int main(int argc, char **argv) {
     case 'r': ratio = (float)atof(optarg); break;
     case 'c': profile = optarg; break;
     case 'n': max_new = (uint32_t)atoi(optarg); break;
+    case 'g': use_gpu = 1; break;
+    case '8': s8 = 1; break;
+    case 't': s8_tok = (uint32_t)atoi(optarg); break;
+    case 'q': s8_pass = (uint32_t)atoi(optarg); break;
     default:
       fprintf(stderr, "usage: kvs-bench-blend --model GGUF --data MUSIQUE --items A-B "
                       "[--passages N] [--strategies a,b] [--ratio R] [--profile P|none]\n");
       return c == 'h' ? 0 : 2;
     }
   }
+  if (s8) return speed8b(s8_pass, s8_tok, 64, 5, ratio);
   if (!model_path || !data) return fprintf(stderr, "need --model and --data\n"), 2;
   int prof = strcmp(profile, "none") ? kvs_codec_profile_from_name(profile) : -1;
   if (strcmp(profile, "none") && prof < 0) return fprintf(stderr, "unknown profile\n"), 2;
@@ -86,6 +190,11 @@ int main(int argc, char **argv) {
   kvs_err e;
   if ((e = kvs_model_load(model_path, &model)) || (e = kvs_model_engine(model, &eng)))
     return fprintf(stderr, "model: %s\n", kvs_strerror(e)), 1;
+  kvs_gpu_model *gm = NULL;
+  if (use_gpu) {
+    kvs_engine_free(eng);
+    if ((e = gpu_engine(model, 16384, &gm, &eng))) return fprintf(stderr, "gpu: %s\n", kvs_strerror(e)), 1;
+  }
   kvs_engine_info info;
   eng->ops->info(eng, &info);
   const kvs_tok *tok = kvs_model_tok(model);
@@ -102,8 +211,8 @@ int main(int argc, char **argv) {
   int bits_n = 0;
   float *lf = malloc(info.n_vocab * 4), *lb = malloc(info.n_vocab * 4);
   size_t tb = kvs_layout_token_bytes(&info.layout);
-  printf("kvs-bench-blend: items %d-%d, passages %s, KV %s, strategies %s\n", a, b,
-         passages ? "limited" : "all", profile, strategies);
+  printf("kvs-bench-blend: items %d-%d, passages %s, KV %s, strategies %s, engine %s\n", a, b,
+         passages ? "limited" : "all", profile, strategies, info.name);
   for (int i = a; i <= b; i++) {
     kvs_rag_item it = items[i];
     if (passages > 0 && (size_t)passages < it.n_passages) it.n_passages = (size_t)passages;
@@ -194,6 +303,7 @@ int main(int argc, char **argv) {
   free(lf), free(lb);
   kvs_rag_items_free(items, n_items);
   kvs_engine_free(eng);
+  kvs_gpu_model_free(gm);
   kvs_model_free(model);
   return 0;
 }

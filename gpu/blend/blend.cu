@@ -110,3 +110,28 @@ extern "C" kvs_err kvs_gpu_blend_deviation_f16(const kvs_layout *l, uint32_t n, 
   KVS_CUDA_TRY(cudaGetLastError());
   return KVS_OK;
 }
+
+__global__ void gather_rows_kernel(float *dst, const float *src, const uint32_t *rows, size_t width) {
+  const float *s = src + (size_t)rows[blockIdx.x] * width;
+  float *d = dst + (size_t)blockIdx.x * width;
+  for (size_t j = threadIdx.x; j < width; j += blockDim.x) d[j] = s[j];
+}
+
+extern "C" kvs_err kvs_gpu_gather_rows_f32(float *dst, const float *src, const uint32_t *rows,
+                                           uint32_t n, size_t width, void *stream) {
+  if ((!dst || !src || !rows) && n) return KVS_EINVAL;
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  if (n == 0) return KVS_OK;
+  uint32_t *d_rows = NULL;
+  cudaStream_t st = (cudaStream_t)stream;
+  KVS_CUDA_TRY(cudaMalloc(&d_rows, n * sizeof *d_rows));
+  cudaError_t e = cudaMemcpyAsync(d_rows, rows, n * sizeof *d_rows, cudaMemcpyHostToDevice, st);
+  if (e == cudaSuccess) {
+    gather_rows_kernel<<<n, 256, 0, st>>>(dst, src, d_rows, width);
+    e = cudaGetLastError();
+  }
+  if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+  cudaFree(d_rows);
+  if (e != cudaSuccess) return kvs__cuda_err(e, __FILE__, __LINE__, "gather_rows");
+  return KVS_OK;
+}

@@ -11,3 +11,8 @@ kvs_err kvs_gpu_blend_deviation_f16(const kvs_layout *l, uint32_t n, const kvs_f
   (void)l, (void)n, (void)ka, (void)va, (void)kb, (void)vb, (void)dev, (void)stream;
   return KVS_ENODEV;
 }
+kvs_err kvs_gpu_gather_rows_f32(float *dst, const float *src, const uint32_t *rows, uint32_t n,
+                                size_t width, void *stream) {
+  (void)dst, (void)src, (void)rows, (void)n, (void)width, (void)stream;
+  return KVS_ENODEV;
+}

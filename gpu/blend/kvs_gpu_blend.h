@@ -17,6 +17,10 @@ kvs_err kvs_gpu_rope_shift(const kvs_layout *l, void *d_k, uint32_t n_tokens,
 kvs_err kvs_gpu_blend_deviation_f16(const kvs_layout *l, uint32_t n, const kvs_f16 *d_ka,
                                     const kvs_f16 *d_va, const kvs_f16 *d_kb,
                                     const kvs_f16 *d_vb, float *d_dev, void *stream);
+/* dst row i = src row rows[i] (rows: host array of n indices), rows of
+ * `width` floats, device memory. dst and src must not overlap. */
+kvs_err kvs_gpu_gather_rows_f32(float *d_dst, const float *d_src, const uint32_t *rows, uint32_t n,
+                                size_t width, void *stream);
 #ifdef __cplusplus
 }
 #endif

@@ -6,7 +6,35 @@
 
 #include <cjson/cJSON.h>
 
+#include "kvs_gpu.h"
 #include "kvs_rag.h"
+
+/* Logits come back in the engine's memory: a device buffer for a GPU engine,
+ * copied to the host for the greedy choice. */
+typedef struct lbuf {
+  float *host, *eng;
+  int dev;
+  uint32_t n;
+} lbuf;
+
+static kvs_err lbuf_init(lbuf *b, const kvs_engine_info *in) {
+  memset(b, 0, sizeof *b);
+  b->n = in->n_vocab, b->dev = in->mem == KVS_ENGINE_MEM_DEVICE;
+  b->host = malloc(b->n * sizeof(float));
+  if (!b->host) return KVS_ENOMEM;
+  if (!b->dev) {
+    b->eng = b->host;
+    return KVS_OK;
+  }
+  return kvs_gpu_alloc((void **)&b->eng, b->n * sizeof(float));
+}
+static kvs_err lbuf_sync(lbuf *b) {
+  return b->dev ? kvs_gpu_copy_d2h(b->host, b->eng, b->n * sizeof(float), NULL) : KVS_OK;
+}
+static void lbuf_free(lbuf *b) {
+  if (b->dev) kvs_gpu_free(b->eng);
+  free(b->host);
+}
 
 static const char *INSTRUCTION =
     "<|im_start|>system\nYou are a helpful assistant. Answer the question using the passages. "
@@ -146,18 +174,25 @@ kvs_err kvs_rag_chunk_kv(kvs_engine *e, const int32_t *tokens, uint32_t n, void 
 }
 
 /* greedy continuation from the logits of the last prompt token */
-static kvs_err decode(kvs_engine *e, const kvs_tok *tok, kvs_engine_seq *s, float *logits,
+static kvs_err decode(kvs_engine *e, const kvs_tok *tok, kvs_engine_seq *s, lbuf *lb,
                       uint32_t n_vocab, uint32_t max_new, kvs_rag_answer *a) {
-  kvs_token end = kvs_tok_find(tok, "<|im_end|>"), eos = kvs_tok_eos(tok);
+  float *logits = lb->host;
+  /* tok may be NULL (random-weight speed runs): no stop tokens, no text */
+  kvs_token end = tok ? kvs_tok_find(tok, "<|im_end|>") : -1, eos = tok ? kvs_tok_eos(tok) : -1;
   a->n = 0;
   if (max_new > KVS_RAG_MAX_ANSWER) max_new = KVS_RAG_MAX_ANSWER;
   for (uint32_t i = 0; i < max_new; i++) {
     int32_t t = kvs_argmax(logits, n_vocab);
     if (t == end || t == eos) break;
     a->ids[a->n++] = t;
-    if (i + 1 < max_new) KVS_TRY(e->ops->prefill(e, s, &t, 1, 0, logits));
+    if (i + 1 < max_new) {
+      KVS_TRY(e->ops->prefill(e, s, &t, 1, 0, lb->eng));
+      KVS_TRY(lbuf_sync(lb));
+    }
   }
   size_t n = 0;
+  a->text[0] = 0;
+  if (!tok) return KVS_OK;
   kvs_err de = kvs_tok_decode(tok, a->ids, a->n, a->text, sizeof a->text, &n);
   return de == KVS_ERANGE ? KVS_OK : de; /* a long answer is cut, not an error */
 }
@@ -166,22 +201,24 @@ kvs_err kvs_rag_answer_full(kvs_engine *e, const kvs_tok *tok, const kvs_rag_pro
                             uint32_t max_new, kvs_rag_answer *a) {
   kvs_engine_info in;
   KVS_TRY(e->ops->info(e, &in));
-  float *lg = malloc(in.n_vocab * sizeof *lg);
-  if (!lg) return KVS_ENOMEM;
-  kvs_engine_seq *s;
-  kvs_err err = e->ops->seq_create(e, p->n_tokens + max_new + 1, &s);
+  lbuf lb;
+  kvs_err err = lbuf_init(&lb, &in);
+  kvs_engine_seq *s = NULL;
+  if (!err) err = e->ops->seq_create(e, p->n_tokens + max_new + 1, &s);
   if (err) {
-    free(lg);
+    lbuf_free(&lb);
     return err;
   }
+  float *lg = lb.host;
   uint64_t t0 = kvs_now_ns();
-  err = e->ops->prefill(e, s, p->tokens, p->n_tokens, 0, lg);
+  err = e->ops->prefill(e, s, p->tokens, p->n_tokens, 0, lb.eng);
+  if (!err) err = lbuf_sync(&lb);
   a->ttft_s = (kvs_now_ns() - t0) / 1e9;
   memset(&a->blend, 0, sizeof a->blend);
   if (!err && a->first_logits) memcpy(a->first_logits, lg, in.n_vocab * sizeof *lg);
-  if (!err) err = decode(e, tok, s, lg, in.n_vocab, max_new, a);
+  if (!err) err = decode(e, tok, s, &lb, in.n_vocab, max_new, a);
   e->ops->seq_free(e, s);
-  free(lg);
+  lbuf_free(&lb);
   return err;
 }
 
@@ -198,21 +235,23 @@ kvs_err kvs_rag_answer_blend(kvs_engine *e, const kvs_tok *tok, const kvs_rag_pr
     segs[i].stored_pos0 = 0;
     segs[i].cached = i + 1 < p->n_segs && seg_cached[i];
   }
-  float *lg = malloc(in.n_vocab * sizeof *lg);
-  if (!lg) return KVS_ENOMEM;
-  kvs_engine_seq *s;
-  kvs_err err = e->ops->seq_create(e, p->n_tokens + max_new + 1, &s);
+  lbuf lb;
+  kvs_err err = lbuf_init(&lb, &in);
+  kvs_engine_seq *s = NULL;
+  if (!err) err = e->ops->seq_create(e, p->n_tokens + max_new + 1, &s);
   if (err) {
-    free(lg);
+    lbuf_free(&lb);
     return err;
   }
+  float *lg = lb.host;
   uint64_t t0 = kvs_now_ns();
-  err = kvs_blend_run(e, s, segs, p->n_segs, load, ctx, o, lg, &a->blend);
+  err = kvs_blend_run(e, s, segs, p->n_segs, load, ctx, o, lb.eng, &a->blend);
+  if (!err) err = lbuf_sync(&lb);
   a->ttft_s = (kvs_now_ns() - t0) / 1e9;
   if (!err && a->first_logits) memcpy(a->first_logits, lg, in.n_vocab * sizeof *lg);
-  if (!err) err = decode(e, tok, s, lg, in.n_vocab, max_new, a);
+  if (!err) err = decode(e, tok, s, &lb, in.n_vocab, max_new, a);
   e->ops->seq_free(e, s);
-  free(lg);
+  lbuf_free(&lb);
   return err;
 }
 
