@@ -4,6 +4,7 @@
  *   kvs-bench-model [--model GGUF] [--cpu-tokens 512,2048] [--decode 32]
  *                   [--gpu-tokens 1024,2048,4096,8192,16384,32768] [--no-gpu] [--no-8b]
  *                   [--llama-ref PATH] [--check-reference] [--fixtures DIR] [--torch-script PATH]
+ *                   [--no-recompute]
  *
  * CPU: prefill tokens/s and greedy decode tokens/s of kvs_model on real text
  * (MuSiQue passages, token ids from the fixture), and llama.cpp's on the SAME
@@ -12,6 +13,8 @@
  * SmolLM2 and for the Llama-3-8B shape (seeded random weights), beside a
  * PyTorch scaled_dot_product_attention prefill of the same shape
  * (bench/model/torch_prefill.py) when torch with CUDA is importable.
+ * Also (unless --no-recompute): 15% of the longest CPU prompt recomputed layer
+ * by layer over copied KV plus 32 new tokens, against its full prefill.
  * --check-reference: top-1 agreement with llama.cpp on the fixtures
  * (positions whose llama.cpp top-2 margin > 0.75), CPU and GPU.
  * Last line: one JSON object with every figure. */
@@ -167,6 +170,48 @@ static void bench_cpu(kvs_model *m, const char *fixdir, const char *ref, const c
   }
   jadd("],");
   free(lg);
+}
+
+/* What selective recompute costs on this engine: a full prefill of n tokens
+ * against running every layer for a fraction of them over KV copied in (the
+ * blend path through the engine ops), then 32 new tokens prefilled on top. */
+static void bench_recompute(kvs_model *m, const char *fixdir, uint32_t n, double frac) {
+  const kvs_model_cfg *c = kvs_model_config(m);
+  kvs_token *ids = real_prompt(fixdir, n + 32);
+  if (!ids) return;
+  kvs_seq *a, *b;
+  if (kvs_seq_create(m, n + 32, &a) || kvs_seq_create(m, n + 32, &b)) return;
+  uint64_t t0 = kvs_now_ns();
+  kvs_err e = kvs_model_prefill(m, a, ids, n, 0, NULL);
+  double full = (double)(kvs_now_ns() - t0) * 1e-9;
+  size_t plane = (size_t)n * c->n_kv_heads * c->head_dim * sizeof(kvs_f16);
+  for (uint32_t l = 0; l < c->n_layers; l++) {
+    memcpy(kvs_seq_k(b, l), kvs_seq_k(a, l), plane);
+    memcpy(kvs_seq_v(b, l), kvs_seq_v(a, l), plane);
+  }
+  uint32_t ns = 0, step = (uint32_t)(1.0 / frac + 0.5);
+  uint32_t *idx = malloc(n * sizeof *idx);
+  kvs_token *sub = malloc(n * sizeof *sub);
+  for (uint32_t i = 0; i < n; i += step)
+    idx[ns] = i, sub[ns++] = ids[i];
+  float *h = malloc((size_t)ns * c->n_embd * sizeof *h);
+  t0 = kvs_now_ns();
+  if (!e) e = kvs_model_embed(m, sub, ns, h);
+  for (uint32_t l = 0; !e && l < c->n_layers; l++)
+    e = kvs_model_layer(m, b, l, ns, idx, NULL, h);
+  double rec = (double)(kvs_now_ns() - t0) * 1e-9;
+  t0 = kvs_now_ns();
+  if (!e) e = kvs_model_prefill(m, b, ids + n, 32, 0, NULL);
+  double suf = (double)(kvs_now_ns() - t0) * 1e-9;
+  printf("cpu  recompute %u of %u tokens layer by layer: %.3f s + 32 new tokens %.3f s | full "
+         "prefill %.3f s | speedup %.2fx%s\n",
+         ns, n, rec, suf, full, full / (rec + suf), e ? " (ERROR)" : "");
+  jadd("\"cpu_recompute\":{\"tokens\":%u,\"recomputed\":%u,\"recompute_s\":%.4f,\"suffix_s\":%.4f,"
+       "\"full_prefill_s\":%.4f},",
+       n, ns, rec, suf, full);
+  free(idx), free(sub), free(h), free(ids);
+  kvs_seq_free(a);
+  kvs_seq_free(b);
 }
 
 /* fraction of fixture positions (llama.cpp margin > MARGIN_TOL) where our top-1 agrees */
@@ -331,7 +376,7 @@ int main(int argc, char **argv) {
   snprintf(fixdir, sizeof fixdir, "%s/tests/model/fixtures", KVS_SOURCE_DIR);
   snprintf(torch, sizeof torch, "%s/bench/model/torch_prefill.py", KVS_SOURCE_DIR);
   uint32_t cpu_sizes[16] = {512, 2048}, gpu_sizes[16] = {1024, 2048, 4096, 8192, 16384, 32768};
-  int n_cpu = 2, n_gpu = 6, no_gpu = 0, no_8b = 0, check = 0;
+  int n_cpu = 2, n_gpu = 6, no_gpu = 0, no_8b = 0, check = 0, recompute = 1;
   uint32_t n_dec = 32;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -353,6 +398,8 @@ int main(int argc, char **argv) {
       no_gpu = 1;
     else if (!strcmp(a, "--no-8b"))
       no_8b = 1;
+    else if (!strcmp(a, "--no-recompute"))
+      recompute = 0;
     else if (!strcmp(a, "--check-reference"))
       check = 1;
     else {
@@ -372,6 +419,7 @@ int main(int argc, char **argv) {
   printf("llama.cpp reference: %s\n",
          have_llama ? ref_path : "not built (tools/llamacpp/build.sh)");
   bench_cpu(m, fixdir, have_llama ? ref_path : NULL, model_path, cpu_sizes, n_cpu, n_dec);
+  if (recompute) bench_recompute(m, fixdir, cpu_sizes[n_cpu - 1], 0.15);
   int gpu = !no_gpu && kvs_gpu_device_count() > 0;
   jadd("\"gpu_device\":");
   if (gpu) {
