@@ -526,6 +526,7 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
     starts[g] = info->seg_offset[g] - base_off;
     lens[g] = info->seg_offset[g + 1] - info->seg_offset[g];
   }
+  KVS_CUDA_TRY(cudaMemsetAsync(ws + w.flag, 0, 4, st)); /* status: this call only */
   KVS_CUDA_TRY(cudaMemcpyAsync(ws + w.seg_start, starts, 8ull * info->n_segments,
                                cudaMemcpyHostToDevice, st));
   KVS_CUDA_TRY(

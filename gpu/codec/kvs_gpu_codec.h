@@ -45,13 +45,14 @@ kvs_err kvs_gpu_codec_decode_segment(const kvs_codec_info *info, uint32_t g, con
                                      const kvs_codec_out *out, void *d_ws, size_t ws_len,
                                      void *stream);
 
-/* Zeroes the workspace's status word: once, after allocating it. */
+/* Zeroes the workspace's status word (optional: every decode call does). */
 kvs_err kvs_gpu_codec_workspace_init(void *d_ws, void *stream);
 
-/* Waits for `stream` and returns KVS_OK, or KVS_ECORRUPT when a kernel found
- * a malformed stream in any decode enqueued with this workspace since the
- * last status call (the output of those calls must then not be used), or
- * the CUDA error. Resets the status word. */
+/* Waits for `stream` and returns KVS_OK, or KVS_ECORRUPT when a kernel of
+ * the last decode call enqueued with this workspace found a malformed
+ * stream (that call's output must then not be used), or the CUDA error.
+ * Each decode call resets the status word: check it after every call whose
+ * output you use (streamed segments: after each segment). */
 kvs_err kvs_gpu_codec_status(void *d_ws, void *stream);
 
 #ifdef __cplusplus
