@@ -14,7 +14,8 @@
  * PyTorch scaled_dot_product_attention prefill of the same shape
  * (bench/model/torch_prefill.py) when torch with CUDA is importable.
  * Also (unless --no-recompute): 15% of the longest CPU prompt recomputed layer
- * by layer over copied KV plus 32 new tokens, against its full prefill.
+ * by layer over copied KV plus 32 new tokens, against its full prefill; on
+ * the GPU the same probe at min(largest size, 8192) tokens per model.
  * --check-reference: top-1 agreement with llama.cpp on the fixtures
  * (positions whose llama.cpp top-2 margin > 0.75), CPU and GPU.
  * Last line: one JSON object with every figure. */
@@ -214,6 +215,63 @@ static void bench_recompute(kvs_model *m, const char *fixdir, uint32_t n, double
   kvs_seq_free(b);
 }
 
+/* JSON of the GPU recompute probes, emitted after the "gpu" array */
+static char rjson[4096];
+static size_t rlen;
+
+/* The same probe on the GPU engine path (device buffers), n tokens. */
+static void bench_gpu_recompute(const char *name, kvs_gpu_model *gm, uint32_t n) {
+  const kvs_model_cfg *c = kvs_gpu_model_config(gm);
+  uint32_t V = c->n_vocab;
+  size_t row = (size_t)c->n_kv_heads * c->head_dim;
+  kvs_token *ids = malloc((n + 32) * sizeof *ids);
+  uint32_t *idx = malloc(n * sizeof *idx);
+  kvs_token *sub = malloc(n * sizeof *sub);
+  kvs_gpu_seq *a = NULL, *b = NULL;
+  void *kb = NULL, *vb = NULL, *h = NULL;
+  double full = 0, rec = 0, suf = 0;
+  uint32_t ns = 0;
+  kvs_err e = ids && idx && sub ? KVS_OK : KVS_ENOMEM;
+  for (uint32_t i = 0; !e && i < n + 32; i++)
+    ids[i] = (kvs_token)((i * 7919u + 13) % V);
+  for (uint32_t i = 0; !e && i < n; i += 7)
+    idx[ns] = i, sub[ns++] = ids[i];
+  if (!e) e = kvs_gpu_seq_create(gm, n + 32, &a);
+  if (!e) e = kvs_gpu_seq_create(gm, n + 32, &b);
+  if (!e) e = kvs_gpu_buffer_alloc(n * row * 2, &kb);
+  if (!e) e = kvs_gpu_buffer_alloc(n * row * 2, &vb);
+  if (!e) e = kvs_gpu_buffer_alloc((size_t)ns * c->n_embd * 4, &h);
+  if (!e) e = kvs_gpu_seq_prefill(gm, a, ids, n, 0, NULL, NULL); /* warm-up */
+  if (!e) e = kvs_gpu_seq_truncate(a, 0);
+  if (!e) e = kvs_gpu_seq_prefill(gm, a, ids, n, 0, NULL, &full);
+  for (uint32_t l = 0; !e && l < c->n_layers; l++) {
+    e = kvs_gpu_seq_kv_read(a, l, 0, n, kb, vb);
+    if (!e) e = kvs_gpu_seq_kv_write(b, l, 0, n, kb, vb);
+  }
+  uint64_t t0 = kvs_now_ns();
+  if (!e) e = kvs_gpu_embed(gm, sub, ns, h);
+  for (uint32_t l = 0; !e && l < c->n_layers; l++)
+    e = kvs_gpu_layer(gm, b, l, ns, idx, NULL, h);
+  rec = (double)(kvs_now_ns() - t0) * 1e-6;
+  if (!e) e = kvs_gpu_seq_prefill(gm, b, ids + n, 32, 0, NULL, &suf);
+  if (e) {
+    printf("gpu  %s recompute probe: error %s\n", name, kvs_errname(e));
+  } else {
+    printf("gpu  %-8s recompute %u of %u tokens layer by layer: %.2f ms + 32 new tokens %.2f ms | "
+           "full prefill %.2f ms | speedup %.2fx\n",
+           name, ns, n, rec, suf, full, full / (rec + suf));
+    if (rlen < sizeof rjson)
+      rlen += (size_t)snprintf(rjson + rlen, sizeof rjson - rlen,
+                               "%s{\"model\":\"%s\",\"recompute_tokens\":%u,\"of\":%u,"
+                               "\"recompute_ms\":%.3f,\"suffix_ms\":%.3f,\"full_ms\":%.3f}",
+                               rlen ? "," : "", name, ns, n, rec, suf, full);
+  }
+  kvs_gpu_buffer_free(kb), kvs_gpu_buffer_free(vb), kvs_gpu_buffer_free(h);
+  kvs_gpu_seq_free(a);
+  kvs_gpu_seq_free(b);
+  free(ids), free(idx), free(sub);
+}
+
 /* fraction of fixture positions (llama.cpp margin > MARGIN_TOL) where our top-1 agrees */
 static void check_reference(kvs_model *m, const char *fixdir) {
   char p[8192];
@@ -349,6 +407,7 @@ static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int
   }
   free(ids);
   free(lg);
+  if (done) bench_gpu_recompute(name, gm, sizes[done - 1] < 8192 ? sizes[done - 1] : 8192);
   kvs_gpu_model_free(gm); /* torch gets the memory back */
   for (int i = 0; i < done; i++)
     tms[i] = -1;
@@ -442,7 +501,7 @@ int main(int argc, char **argv) {
         kvs_model_free(big);
       }
     }
-    jadd("]}");
+    jadd("],\"gpu_recompute\":[%s]}", rjson);
   } else {
     printf("gpu: none (%s)\n", kvs_gpu_compiled() ? "no device" : "built without CUDA");
     jadd("null,\"gpu\":[]}");
