@@ -95,8 +95,8 @@ kvs_err kvs_gguf_get_bool(const kvs_gguf *g, const char *key, int *out);
 kvs_err kvs_gguf_get_str(const kvs_gguf *g, const char *key, const char **s, uint64_t *len);
 /* Array metadata: element type and count. */
 kvs_err kvs_gguf_get_arr(const kvs_gguf *g, const char *key, uint32_t *elem_type, uint64_t *n);
-/* Copies up to cap numeric elements converted to double/int (f32 arrays,
- * i32 arrays...). */
+/* Copy up to cap elements: _f32 from an f32 array, _i32 from any integer
+ * array (converted). KVS_EINVAL on another element type. */
 kvs_err kvs_gguf_get_arr_f32(const kvs_gguf *g, const char *key, float *out, uint64_t cap);
 kvs_err kvs_gguf_get_arr_i32(const kvs_gguf *g, const char *key, int32_t *out, uint64_t cap);
 /* String array: ptrs[i]/lens[i] point into the map; caller gives cap slots. */
@@ -140,7 +140,7 @@ kvs_token kvs_tok_find(const kvs_tok *t, const char *text);
  * With add_bos, the BOS token leads when the vocabulary says to add it.
  * Writes at most cap ids into out; *n_out gets the full count, and
  * KVS_ERANGE is returned when cap was too small (call again with *n_out).
- * Never more than kvs_tok_bound(len) + 1 ids. */
+ * Never more than kvs_tok_bound(len) ids (BOS included). */
 kvs_err kvs_tok_encode(const kvs_tok *t, const char *text, size_t len, int parse_special,
                        int add_bos, kvs_token *out, size_t cap, size_t *n_out);
 size_t kvs_tok_bound(size_t text_len);

@@ -299,7 +299,9 @@ const char *kvs_tok_piece(const kvs_tok *t, kvs_token id, size_t *len) {
   return t->bytes[id];
 }
 
-size_t kvs_tok_bound(size_t text_len) { return text_len + 1; }
+/* A byte yields at most one token, except an invalid UTF-8 byte, which becomes
+ * U+FFFD (3 bytes) and so at most 3 tokens. */
+size_t kvs_tok_bound(size_t text_len) { return 3 * text_len + 1; }
 
 /* ---------------------------------------------------------- encoding */
 typedef struct outbuf {

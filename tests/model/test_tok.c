@@ -153,7 +153,10 @@ static void test_special_and_chat(void) {
   /* invalid UTF-8 does not crash and decodes to replacement characters */
   const char bad[] = "ab\xff\xfe cd \xe2\x82";
   CU_ASSERT_EQUAL(kvs_tok_encode(g_tok, bad, sizeof bad - 1, 0, 0, ids, 64, &ni), KVS_OK);
-  CU_ASSERT(ni > 0);
+  CU_ASSERT(ni > 0 && ni <= kvs_tok_bound(sizeof bad - 1));
+  const char junk[] = "\xff\xfe\xfd\x80\x81";
+  CU_ASSERT_EQUAL(kvs_tok_encode(g_tok, junk, 5, 0, 1, ids, 64, &ni), KVS_OK);
+  CU_ASSERT(ni <= kvs_tok_bound(5));
 }
 
 static int init(void) {
