@@ -18,7 +18,9 @@
  *    entering a layer. embed -> layer 0 -> ... -> layer L-1 -> logits is the
  *    forward pass.
  *  - KV buffers passed to kv_read/kv_write/layer_kv are (n, n_kv_heads,
- *    head_dim) of the layout dtype, in info.mem memory too.
+ *    head_dim) of the layout dtype, in info.mem memory too (the reference
+ *    GPU engine, gpu/model, also takes host memory in kv_read/kv_write).
+ *    Token ids, idx and pos arrays are always host memory.
  *
  * How blend uses it (one request, chunks c_1..c_m fetched from kvstash):
  *    seq_create; for each chunk: kv_write every layer at its slots (K
