@@ -27,6 +27,7 @@ void kvs_svc_config_defaults(kvs_svc_config *c) {
   c->half_life_s = 3600;
   c->prefill_cost = 1.0;
   c->flush_interval_ms = 5000;
+  c->lease_ms = 5000;
   c->log_level = KVS_LOG_WARN;
 }
 
@@ -159,6 +160,15 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     memcpy(t->name, v, (size_t)(colon - v));
     t->name[colon - v] = 0;
     memcpy(t->token, colon + 1, tl + 1);
+  } else if (!strcmp(key, "shm")) {
+    if (!strcmp(v, "on")) c->shm = 1;
+    else if (!strcmp(v, "off")) c->shm = 0;
+    else return bad(key, v, "on or off");
+  } else if (!strcmp(key, "shm_bytes")) {
+    if (parse_size(v, &c->shm_bytes)) return bad(key, v, "size");
+  } else if (!strcmp(key, "lease_ms")) {
+    if (parse_u32(v, &c->lease_ms) || c->lease_ms == 0 || c->lease_ms > 600000)
+      return bad(key, v, "1..600000 ms");
   } else if (!strcmp(key, "flush_interval_ms")) {
     if (parse_u32(v, &c->flush_interval_ms) || c->flush_interval_ms == 0) return bad(key, v, "ms");
   } else if (!strcmp(key, "log_level")) {
@@ -272,6 +282,9 @@ void kvs_svc_config_usage(FILE *f) {
         "  prefill_cost        per-token recompute cost, default  (1.0)\n"
         "  model_cost          <hex model id>:<cost>, repeated\n"
         "  flush_interval_ms   hit counters to disk every         (5000)\n"
+        "  shm                 same-host shared-memory fast path on|off (off)\n"
+        "  shm_bytes           per-tenant segment size; 0 = ram_bytes (0)\n"
+        "  lease_ms            how long a LEASE pins its range    (5000)\n"
         "  log_level           error|warn|info|debug|trace        (warn)\n",
         f);
 }

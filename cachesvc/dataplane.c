@@ -173,6 +173,48 @@ static nng_msg *op_get(kvs__dataplane *d, const kvs_wire_req *r, const char *ten
   return m ? m : answer_err(KVS_OP_GET, r->hdr.req_id, KVS_ENOMEM, NULL);
 }
 
+static nng_msg *op_lease(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant, int fast,
+                         int *defer) {
+  const kvs_wire_lease_req *q = &r->u.lease;
+  uint8_t tid[8];
+  kvs__store_tenant_id(d->st, tenant, tid);
+  if (q->release_id) (void)kvs__store_release(d->st, tid, q->release_id); /* may be gone */
+  kvs__skey sk;
+  kvs__store_skey(d->st, tenant, &q->get.key, &sk);
+  kvs__lease_out lo;
+  kvs_err rc = kvs__store_lease(d->st, &sk, &q->get.model, q->get.tokens_le, q->get.n_tokens,
+                                !fast, &lo);
+  if (rc == KVS_EAGAIN && fast) {
+    *defer = 1;
+    return NULL;
+  }
+  if (rc != KVS_OK)
+    return answer_err(KVS_OP_LEASE, r->hdr.req_id, rc,
+                      rc == KVS_EAGAIN ? "not in shared memory: use GET" : NULL);
+  kvs_wire_lease_resp a;
+  memset(&a, 0, sizeof a);
+  a.lease_id = lo.lease_id;
+  a.expires_ms = lo.expires_ms;
+  a.offset = lo.offset;
+  a.value_bytes = lo.v.m.value_bytes;
+  a.checksum = lo.v.m.checksum;
+  snprintf(a.shm_name, sizeof a.shm_name, "%s", lo.shm_name);
+  int with_meta = (q->get.flags & KVS_WIRE_GET_META) != 0;
+  size_t n = KVS_WIRE_LEASE_RESP_FIXED + (with_meta ? lo.v.meta_len : 0);
+  nng_msg *m = answer_alloc(KVS_OP_LEASE, r->hdr.req_id, KVS_OK, n);
+  if (m && kvs_wire_lease_resp_encode(&a, with_meta ? &lo.v.m : NULL, payload_of(m), n, NULL) !=
+               KVS_OK) {
+    nng_msg_free(m);
+    m = NULL;
+  }
+  kvs__vref_release(&lo.v);
+  if (!m) { /* no answer: give the range back now rather than at expiry */
+    (void)kvs__store_release(d->st, tid, a.lease_id);
+    return answer_err(KVS_OP_LEASE, r->hdr.req_id, KVS_ENOMEM, NULL);
+  }
+  return m;
+}
+
 static nng_msg *op_lookup(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant) {
   const kvs_wire_lookup_req *q = &r->u.lookup;
   uint8_t status[KVS_WIRE_MAX_LOOKUP];
@@ -302,7 +344,7 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
   kvs__skey sk;
   kvs_err rc;
   if (fast && op != KVS_OP_PING && op != KVS_OP_GET && op != KVS_OP_LOOKUP &&
-      op != KVS_OP_EXISTS && op != KVS_OP_STATS) {
+      op != KVS_OP_EXISTS && op != KVS_OP_STATS && op != KVS_OP_LEASE && op != KVS_OP_RELEASE) {
     *defer = 1;
     return NULL;
   }
@@ -348,6 +390,13 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
   case KVS_OP_LIST:
   case KVS_OP_EXPORT: return op_page(d, r, tenant);
   case KVS_OP_IMPORT: return op_import(d, r, tenant);
+  case KVS_OP_LEASE: return op_lease(d, r, tenant, fast, defer);
+  case KVS_OP_RELEASE: {
+    uint8_t tid[8];
+    kvs__store_tenant_id(d->st, tenant, tid);
+    rc = kvs__store_release(d->st, tid, r->u.release_id);
+    return rc == KVS_OK ? answer_alloc(op, id, KVS_OK, 0) : answer_err(op, id, rc, NULL);
+  }
   default: return answer_err(op, id, KVS_ENOTSUP, NULL);
   }
 }

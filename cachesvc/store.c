@@ -36,11 +36,32 @@ kvs__buf *kvs__buf_new(size_t len) {
   if (!b) return NULL;
   atomic_init(&b->refs, 1);
   b->len = len;
+  b->data = b->inline_data;
+  b->shm = NULL;
+  b->shm_off = 0;
+  return b;
+}
+kvs__buf *kvs__buf_new_shm(kvs__shm *m, size_t len) {
+  uint64_t off;
+  if (!m || !kvs__shm_alloc(m, len, &off)) return NULL;
+  kvs__buf *b = malloc(sizeof *b);
+  if (!b) {
+    kvs__shm_free(m, off, len);
+    return NULL;
+  }
+  atomic_init(&b->refs, 1);
+  b->len = len;
+  b->data = kvs__shm_base(m) + off;
+  b->shm = m;
+  b->shm_off = off;
   return b;
 }
 void kvs__buf_ref(kvs__buf *b) { atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed); }
 void kvs__buf_unref(kvs__buf *b) {
-  if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) free(b);
+  if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
+    if (b->shm) kvs__shm_free(b->shm, b->shm_off, b->len); /* the range may be reused now */
+    free(b);
+  }
 }
 void kvs__vref_release(kvs__vref *v) {
   if (!v) return;
@@ -71,8 +92,28 @@ typedef struct tierdb {
   pthread_mutex_t evict_mu;
 } tierdb;
 
+#define MAX_SEGS 64
+#define MAX_LEASES 65536
+
+typedef struct lease {
+  uint64_t id, expires_ms;
+  uint8_t tid[8];
+  kvs__buf *b;
+} lease;
+
 struct kvs__store {
   kvs_svc_config cfg;
+  /* same-host fast path: one segment per tenant id, leases on their ranges */
+  pthread_mutex_t shm_mu;
+  struct {
+    uint8_t tid[8];
+    kvs__shm *seg;
+  } segs[MAX_SEGS];
+  int nsegs;
+  char inst[9]; /* hex id of this daemon's data dir, in segment names */
+  lease *leases; /* guarded by mu */
+  size_t nleases, capleases;
+  uint64_t lease_seq;
   kvs__metrics *met;
   uint8_t secret[32];
   tierdb t[3]; /* [1], [2]; [0] unused */
@@ -120,6 +161,41 @@ void kvs__store_skey(const kvs__store *s, const char *tenant, const kvs_key *key
   memcpy(in + 2 + tl, key->b, 16);
   kvs__store_tenant_id(s, tenant, out->b);
   crypto_generichash(out->b + 8, 16, in, 2 + tl + 16, s->secret, sizeof s->secret);
+}
+
+/* The tenant's segment, created on first use; NULL when shm is off or the
+ * segment cannot be made. Takes shm_mu only. */
+static kvs__shm *seg_for(kvs__store *s, const uint8_t tid[8]) {
+  if (!s->cfg.shm) return NULL;
+  kvs__shm *m = NULL;
+  pthread_mutex_lock(&s->shm_mu);
+  for (int i = 0; i < s->nsegs; i++)
+    if (memcmp(s->segs[i].tid, tid, 8) == 0) m = s->segs[i].seg;
+  if (!m && s->nsegs < MAX_SEGS) {
+    char name[KVS_WIRE_SHM_NAME_MAX + 1];
+    kvs_hash128 h;
+    memcpy(h.b, tid, 8);
+    memset(h.b + 8, 0, 8);
+    char hex[33];
+    kvs_hash128_hex(&h, hex);
+    hex[16] = 0;
+    snprintf(name, sizeof name, "/kvstash-%s-%s", s->inst, hex);
+    m = kvs__shm_create(name, s->cfg.shm_bytes ? s->cfg.shm_bytes : s->cfg.ram_bytes);
+    if (m) {
+      memcpy(s->segs[s->nsegs].tid, tid, 8);
+      s->segs[s->nsegs++].seg = m;
+    }
+  }
+  pthread_mutex_unlock(&s->shm_mu);
+  return m;
+}
+
+/* A copy of value in the tenant's segment, or on the heap. */
+static kvs__buf *t0_copy(kvs__store *s, const kvs__skey *k, const uint8_t *value, size_t n) {
+  kvs__buf *b = kvs__buf_new_shm(seg_for(s, k->b), n);
+  if (!b) b = kvs__buf_new(n);
+  if (b) memcpy(b->data, value, n);
+  return b;
 }
 
 /* ------------------------------------------------------------ the index */
@@ -531,10 +607,8 @@ kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m
   uint64_t need = rl + mm.value_bytes;
   rc = KVS_ETOOBIG;
   if (need > s->t[1].cap) goto out;
-  if (s->cfg.ram_bytes && mm.value_bytes <= s->cfg.ram_bytes / 2) {
-    copy = kvs__buf_new((size_t)mm.value_bytes);
-    if (copy) memcpy(copy->data, value, (size_t)mm.value_bytes);
-  }
+  if (s->cfg.ram_bytes && mm.value_bytes <= s->cfg.ram_bytes / 2)
+    copy = t0_copy(s, k, value, (size_t)mm.value_bytes);
   rc = ensure_room(s, 1, need);
   if (rc != KVS_OK) goto out;
 
@@ -698,17 +772,27 @@ static kvs_err get_impl(kvs__store *s, const kvs__skey *k, const kvs_model_id *m
     return KVS_EQUARANTINE;
   }
   if (rc != KVS_OK) return rc;
+  kvs__buf *t0b = b; /* what T0 keeps: in the tenant's segment when shm is on */
+  if (count_hit && s->cfg.shm && !b->shm && b->len <= s->cfg.ram_bytes / 2) {
+    kvs__buf *sb = kvs__buf_new_shm(seg_for(s, k->b), b->len);
+    if (sb) {
+      memcpy(sb->data, b->data, b->len);
+      t0b = sb;
+    }
+  }
   pthread_mutex_lock(&s->mu);
   e = find(s, k);
   if (!e) { /* deleted while we read: serve nothing rather than a ghost */
     pthread_mutex_unlock(&s->mu);
+    if (t0b != b) kvs__buf_unref(t0b);
     kvs__buf_unref(b);
     return KVS_ENOENT;
   }
   if (count_hit) {
     touch(e, now);
-    t0_put(s, e, b);
+    t0_put(s, e, t0b);
   }
+  if (t0b != b) kvs__buf_unref(t0b);
   fill_vref(s, e, b, (uint8_t)tier, out);
   pthread_mutex_unlock(&s->mu);
   if (!out->meta) {
@@ -761,6 +845,105 @@ kvs_err kvs__store_exists(kvs__store *s, const kvs__skey *k, const kvs_model_id 
   }
   pthread_mutex_unlock(&s->mu);
   return rc == KVS_ENOENT || rc == KVS_EMODEL ? KVS_OK : rc;
+}
+
+/* ------------------------------------------------------------- leases */
+kvs_err kvs__store_lease(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
+                         const uint8_t *tokens_le, uint32_t n_tokens, int may_block,
+                         kvs__lease_out *out) {
+  memset(out, 0, sizeof *out);
+  if (!s->cfg.shm) return KVS_ENOTSUP;
+  for (int attempt = 0; attempt < 2; attempt++) {
+    uint64_t now = kvs_wall_ms();
+    pthread_mutex_lock(&s->mu);
+    entry *e = find(s, k);
+    kvs_err rc = check_hit(e, model, tokens_le, n_tokens, now);
+    if (rc == KVS_OK && e->t0 && e->t0->shm) {
+      if (s->nleases >= MAX_LEASES) {
+        pthread_mutex_unlock(&s->mu);
+        return KVS_EBUSY;
+      }
+      if (s->nleases == s->capleases) {
+        size_t nc = s->capleases ? 2 * s->capleases : 256;
+        lease *nl = realloc(s->leases, nc * sizeof *nl);
+        if (!nl) {
+          pthread_mutex_unlock(&s->mu);
+          return KVS_ENOMEM;
+        }
+        s->leases = nl;
+        s->capleases = nc;
+      }
+      touch(e, now);
+      kvs__buf *b = e->t0;
+      lease *l = &s->leases[s->nleases++];
+      l->id = ++s->lease_seq;
+      l->expires_ms = now + s->cfg.lease_ms;
+      memcpy(l->tid, k->b, 8);
+      l->b = b;
+      kvs__buf_ref(b); /* the lease's */
+      kvs__buf_ref(b); /* out->v's */
+      fill_vref(s, e, b, 0, &out->v);
+      out->lease_id = l->id;
+      out->expires_ms = l->expires_ms;
+      out->offset = b->shm_off;
+      snprintf(out->shm_name, sizeof out->shm_name, "%s", kvs__shm_name(b->shm));
+      pthread_mutex_unlock(&s->mu);
+      KVS__INC(s->met, KVS_STAT_HITS, 1);
+      if (!out->v.meta) {
+        kvs__vref_release(&out->v);
+        (void)kvs__store_release(s, k->b, out->lease_id);
+        return KVS_ENOMEM;
+      }
+      return KVS_OK;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc != KVS_OK) {
+      KVS__INC(s->met, KVS_STAT_MISSES, 1);
+      return rc;
+    }
+    if (!may_block || attempt == 1) return KVS_EAGAIN;
+    /* read it (from disk) into T0, which places it in the segment, then retry */
+    kvs__vref v;
+    rc = get_impl(s, k, model, tokens_le, n_tokens, 1, &v);
+    if (rc != KVS_OK) return rc;
+    kvs__vref_release(&v);
+  }
+  return KVS_EAGAIN;
+}
+
+kvs_err kvs__store_release(kvs__store *s, const uint8_t tenant_id[8], uint64_t lease_id) {
+  kvs__buf *b = NULL;
+  pthread_mutex_lock(&s->mu);
+  for (size_t i = 0; i < s->nleases; i++)
+    if (s->leases[i].id == lease_id && memcmp(s->leases[i].tid, tenant_id, 8) == 0) {
+      b = s->leases[i].b;
+      s->leases[i] = s->leases[--s->nleases];
+      break;
+    }
+  pthread_mutex_unlock(&s->mu);
+  if (!b) return KVS_ENOENT;
+  kvs__buf_unref(b);
+  return KVS_OK;
+}
+
+static void expire_leases(kvs__store *s, uint64_t now, int all) {
+  enum { B = 256 };
+  kvs__buf *drop[B];
+  int n;
+  do {
+    n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->nleases && n < B;) {
+      if (all || s->leases[i].expires_ms <= now) {
+        drop[n++] = s->leases[i].b;
+        s->leases[i] = s->leases[--s->nleases];
+      } else {
+        i++;
+      }
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n; i++) kvs__buf_unref(drop[i]);
+  } while (n == B);
 }
 
 /* ----------------------------------------------- delete, pin, ttl, stats */
@@ -925,6 +1108,7 @@ void kvs__store_tick(kvs__store *s, int flush_counters) {
   kvs__skey ks[BATCH];
   int n = 0;
   uint64_t now = kvs_wall_ms();
+  expire_leases(s, now, 0);
   pthread_mutex_lock(&s->mu);
   for (size_t i = 0; i < s->nbucket && n < BATCH; i++)
     for (entry *e = s->bucket[i]; e && n < BATCH; e = e->hnext)
@@ -1082,6 +1266,7 @@ kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store *
   s->cfg = *c;
   s->met = met;
   pthread_mutex_init(&s->mu, NULL);
+  pthread_mutex_init(&s->shm_mu, NULL);
   for (int i = 0; i < NSTRIPES; i++) pthread_rwlock_init(&s->stripe[i], NULL);
   for (int i = 0; i < 3; i++) pthread_mutex_init(&s->t[i].evict_mu, NULL);
   s->t[1].cap = c->disk_bytes;
@@ -1095,6 +1280,11 @@ kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store *
   kvs_err rc = s->bucket ? KVS_OK : KVS_ENOMEM;
   if (rc == KVS_OK) rc = mkdirs(c->data_dir);
   if (rc == KVS_OK) rc = load_secret(s);
+  if (rc == KVS_OK) { /* names this daemon's segments: stable across restarts */
+    uint8_t h[16];
+    crypto_generichash(h, 16, (const uint8_t *)"I", 1, s->secret, sizeof s->secret);
+    snprintf(s->inst, sizeof s->inst, "%02x%02x%02x%02x", h[0], h[1], h[2], h[3]);
+  }
   char p1[600];
   snprintf(p1, sizeof p1, "%s/t1", c->data_dir);
   if (rc == KVS_OK) rc = open_db(s, 1, p1);
@@ -1149,6 +1339,8 @@ void kvs__store_close(kvs__store *s) {
     rocksdb_close(s->t[t].db);
     rocksdb_options_destroy(s->t[t].opt);
   }
+  expire_leases(s, 0, 1);
+  free(s->leases);
   if (s->bucket) {
     for (size_t i = 0; i < s->nbucket; i++) {
       entry *e = s->bucket[i];
@@ -1162,6 +1354,8 @@ void kvs__store_close(kvs__store *s) {
     }
     free(s->bucket);
   }
+  for (int i = 0; i < s->nsegs; i++) kvs__shm_destroy(s->segs[i].seg); /* no buffer left */
+  pthread_mutex_destroy(&s->shm_mu);
   if (s->wo_sync) rocksdb_writeoptions_destroy(s->wo_sync);
   if (s->wo_async) rocksdb_writeoptions_destroy(s->wo_async);
   if (s->ro) rocksdb_readoptions_destroy(s->ro);

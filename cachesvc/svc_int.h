@@ -46,14 +46,31 @@ typedef struct kvs__skey {
   uint8_t b[24];
 } kvs__skey;
 
-/* Refcounted bytes of one value; the T0 tier and every reader hold a ref, so
- * eviction never frees bytes under a reader. */
+/* ------------------------------------------------ shared-memory segments */
+typedef struct kvs__shm kvs__shm;
+/* Creates (or truncates) the POSIX shm object `name`, mode 0600, and maps it. */
+kvs__shm *kvs__shm_create(const char *name, uint64_t size);
+/* Unmaps and unlinks. Every buffer in it must be gone. NULL does nothing. */
+void kvs__shm_destroy(kvs__shm *m);
+const char *kvs__shm_name(const kvs__shm *m);
+uint8_t *kvs__shm_base(const kvs__shm *m);
+int kvs__shm_alloc(kvs__shm *m, uint64_t len, uint64_t *off); /* 1 = ok */
+void kvs__shm_free(kvs__shm *m, uint64_t off, uint64_t len);
+uint64_t kvs__shm_used(kvs__shm *m);
+
+/* Refcounted bytes of one value; the T0 tier, every reader and every lease
+ * hold a ref, so eviction never frees (or lets anyone reuse) bytes under a
+ * reader. The bytes are inline, or a range of a shared-memory segment. */
 typedef struct kvs__buf {
   atomic_int refs;
   size_t len;
-  uint8_t data[];
+  uint8_t *data;
+  kvs__shm *shm; /* data = shm base + shm_off when set */
+  uint64_t shm_off;
+  uint8_t inline_data[];
 } kvs__buf;
 kvs__buf *kvs__buf_new(size_t len); /* refs = 1; NULL on ENOMEM */
+kvs__buf *kvs__buf_new_shm(kvs__shm *m, size_t len); /* NULL when the segment is full */
 void kvs__buf_ref(kvs__buf *b);
 void kvs__buf_unref(kvs__buf *b);
 
@@ -91,6 +108,20 @@ kvs_err kvs__store_get(kvs__store *s, const kvs__skey *k, const kvs_model_id *mo
  * is cached but not in T0 (nothing counted then). */
 kvs_err kvs__store_get_t0(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
                           const uint8_t *tokens_le, uint32_t n_tokens, kvs__vref *out);
+/* LEASE: like GET, but the value must be (or, with may_block, be brought)
+ * in the tenant's shared-memory segment; the lease holds a ref until
+ * released or expired. KVS_EAGAIN: not in shared memory (use GET), or
+ * !may_block and it would need the disk. KVS_ENOTSUP when shm is off. */
+typedef struct kvs__lease_out {
+  uint64_t lease_id, expires_ms, offset;
+  char shm_name[KVS_WIRE_SHM_NAME_MAX + 1];
+  kvs__vref v; /* meta + a ref on the bytes (release it) */
+} kvs__lease_out;
+kvs_err kvs__store_lease(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
+                         const uint8_t *tokens_le, uint32_t n_tokens, int may_block,
+                         kvs__lease_out *out);
+/* Releases a lease of this tenant (KVS_ENOENT when unknown or expired). */
+kvs_err kvs__store_release(kvs__store *s, const uint8_t tenant_id[8], uint64_t lease_id);
 /* 0 = miss, 1 + tier = cached and matching. No bytes read, no hit counted. */
 int kvs__store_probe(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
                      const uint8_t *tokens_le, uint32_t n_tokens);

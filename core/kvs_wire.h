@@ -65,7 +65,9 @@ typedef enum {
   KVS_OP_LIST = 11,   /* page_req -> list_resp */
   KVS_OP_EXPORT = 12, /* page_req -> export_resp (records) */
   KVS_OP_IMPORT = 13, /* import_req (records) -> import_resp */
-  KVS__OP_MAX = 13
+  KVS_OP_LEASE = 14,  /* lease_req -> lease_resp (same-host shared-memory read) */
+  KVS_OP_RELEASE = 15, /* u64 lease id -> empty */
+  KVS__OP_MAX = 15
 } kvs_wire_op;
 
 /* header flags */
@@ -346,6 +348,36 @@ kvs_err kvs_wire_import_resp_encode(const kvs_wire_import_resp *r, uint8_t *out,
                                     size_t *written);
 kvs_err kvs_wire_import_resp_decode(const uint8_t *p, size_t n, kvs_wire_import_resp *r);
 
+/* ------------------------------------------------ LEASE / RELEASE (shm) */
+/* Same-host fast path (kvstashd `shm = on`): the value's bytes stay in the
+ * tenant's shared-memory segment and the answer says where. The server never
+ * frees or reuses a leased range until the lease is released or expires.
+ * Request: release_id u64 (a previous lease to release in the same round
+ * trip, 0 = none) || a GET request (flags: GET_META; segment fields ignored).
+ * KVS_EAGAIN when the entry is cached but not in shared memory: use GET. */
+#define KVS_WIRE_SHM_NAME_MAX 64u
+typedef struct kvs_wire_lease_req {
+  uint64_t release_id;
+  kvs_wire_get_req get;
+} kvs_wire_lease_req;
+kvs_err kvs_wire_lease_req_decode(const uint8_t *p, size_t n, kvs_wire_lease_req *r);
+
+typedef struct kvs_wire_lease_resp {
+  uint64_t lease_id;
+  uint64_t expires_ms;  /* wall clock; the range may be reused after it */
+  uint64_t offset;      /* of the value in the segment */
+  uint64_t value_bytes;
+  uint64_t checksum;    /* of the value */
+  char shm_name[KVS_WIRE_SHM_NAME_MAX + 1]; /* shm_open name, NUL-terminated */
+  uint32_t meta_len;
+  kvs_wire_meta meta;   /* valid when meta_len > 0 */
+} kvs_wire_lease_resp;
+#define KVS_WIRE_LEASE_RESP_FIXED 120u /* 5 x u64, name[64], meta_len u32, pad u32 */
+/* Writes fixed part + meta (when meta != NULL). */
+kvs_err kvs_wire_lease_resp_encode(const kvs_wire_lease_resp *r, const kvs_wire_meta *meta,
+                                   uint8_t *out, size_t cap, size_t *written);
+kvs_err kvs_wire_lease_resp_decode(const uint8_t *p, size_t n, kvs_wire_lease_resp *r);
+
 /* ------------------------------------------------------ whole requests */
 /* A decoded request, as the server sees it (views into the frame). */
 typedef struct kvs_wire_req {
@@ -357,6 +389,8 @@ typedef struct kvs_wire_req {
     kvs_wire_key_req key;
     kvs_wire_page_req page;
     struct { uint32_t count; const uint8_t *records; size_t records_len; } import;
+    kvs_wire_lease_req lease;
+    uint64_t release_id;
   } u;
 } kvs_wire_req;
 /* Header + payload of a request frame, per op; every payload fully checked. */

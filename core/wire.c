@@ -49,7 +49,9 @@ int kvs_wire_tokens_equal(const uint8_t *le, const int32_t *tokens, size_t n) {
 const char *kvs_wire_op_name(uint16_t op) {
   static const char *names[] = {"?",      "PING",  "PUT",   "GET",   "LOOKUP",
                                 "EXISTS", "DELETE", "PIN",  "UNPIN", "TTL",
-                                "STATS",  "LIST",  "EXPORT", "IMPORT"};
+                                "STATS",  "LIST",  "EXPORT", "IMPORT", "LEASE",
+                                "RELEASE"};
+  _Static_assert(sizeof names / sizeof names[0] == KVS__OP_MAX + 1, "op names");
   return op <= KVS__OP_MAX ? names[op] : "?";
 }
 
@@ -730,6 +732,66 @@ kvs_err kvs_wire_import_resp_decode(const uint8_t *p, size_t n, kvs_wire_import_
   return KVS_OK;
 }
 
+/* -------------------------------------------------------- LEASE/RELEASE */
+kvs_err kvs_wire_lease_req_decode(const uint8_t *p, size_t n, kvs_wire_lease_req *r) {
+  KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
+  KVS_RETURN_ERROR_IF(n < 8, KVS_ETRUNC, "LEASE release id");
+  r->release_id = rd64(p);
+  return kvs_wire_get_req_decode(p + 8, n - 8, &r->get);
+}
+
+kvs_err kvs_wire_lease_resp_encode(const kvs_wire_lease_resp *r, const kvs_wire_meta *meta,
+                                   uint8_t *out, size_t cap, size_t *written) {
+  if (!r || !out) return KVS_EINVAL;
+  size_t ml = meta ? kvs_wire_meta_size(meta) : 0;
+  if (meta && ml == 0) return KVS_ERANGE;
+  if (cap < KVS_WIRE_LEASE_RESP_FIXED + ml) return KVS_ETOOBIG;
+  size_t nl = strnlen(r->shm_name, KVS_WIRE_SHM_NAME_MAX + 1);
+  if (nl == 0 || nl > KVS_WIRE_SHM_NAME_MAX) return KVS_EINVAL;
+  memset(out, 0, KVS_WIRE_LEASE_RESP_FIXED);
+  wr64(out, r->lease_id);
+  wr64(out + 8, r->expires_ms);
+  wr64(out + 16, r->offset);
+  wr64(out + 24, r->value_bytes);
+  wr64(out + 32, r->checksum);
+  memcpy(out + 40, r->shm_name, nl);
+  wr32(out + 104, (uint32_t)ml);
+  if (meta) KVS_TRY(kvs_wire_meta_encode(meta, out + KVS_WIRE_LEASE_RESP_FIXED, ml, NULL));
+  if (written) *written = KVS_WIRE_LEASE_RESP_FIXED + ml;
+  return KVS_OK;
+}
+
+kvs_err kvs_wire_lease_resp_decode(const uint8_t *p, size_t n, kvs_wire_lease_resp *r) {
+  KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
+  KVS_RETURN_ERROR_IF(n < KVS_WIRE_LEASE_RESP_FIXED, KVS_ETRUNC, "LEASE answer");
+  memset(r, 0, sizeof *r);
+  r->lease_id = rd64(p);
+  r->expires_ms = rd64(p + 8);
+  r->offset = rd64(p + 16);
+  r->value_bytes = rd64(p + 24);
+  r->checksum = rd64(p + 32);
+  memcpy(r->shm_name, p + 40, KVS_WIRE_SHM_NAME_MAX);
+  r->shm_name[KVS_WIRE_SHM_NAME_MAX] = 0;
+  size_t nl = strlen(r->shm_name);
+  KVS_RETURN_ERROR_IF(nl == 0 || r->shm_name[0] != '/', KVS_EPROTO, "LEASE segment name");
+  KVS_RETURN_ERROR_IF(!all_zero(p + 40 + nl, KVS_WIRE_SHM_NAME_MAX - nl), KVS_EPROTO,
+                      "LEASE name padding");
+  KVS_RETURN_ERROR_IF(r->value_bytes > KVS_WIRE_MAX_VALUE ||
+                          r->offset > UINT64_MAX - r->value_bytes,
+                      KVS_ERANGE, "LEASE range");
+  r->meta_len = rd32(p + 104);
+  KVS_RETURN_ERROR_IF(rd32(p + 108) != 0 || !all_zero(p + 112, 8), KVS_EPROTO, "LEASE reserved");
+  KVS_RETURN_ERROR_IF(r->meta_len != n - KVS_WIRE_LEASE_RESP_FIXED, KVS_ETRUNC, "LEASE meta");
+  if (r->meta_len) {
+    size_t used = 0;
+    KVS_TRY(kvs_wire_meta_decode(p + KVS_WIRE_LEASE_RESP_FIXED, r->meta_len, &r->meta, &used));
+    KVS_RETURN_ERROR_IF(used != r->meta_len || r->meta.value_bytes != r->value_bytes ||
+                            r->meta.checksum != r->checksum,
+                        KVS_EPROTO, "LEASE meta disagrees");
+  }
+  return KVS_OK;
+}
+
 /* ------------------------------------------------------- whole request */
 kvs_err kvs_wire_req_decode(const uint8_t *buf, size_t n, kvs_wire_req *r) {
   KVS_RETURN_ERROR_IF(!buf || !r, KVS_EINVAL, "null");
@@ -761,6 +823,12 @@ kvs_err kvs_wire_req_decode(const uint8_t *buf, size_t n, kvs_wire_req *r) {
   case KVS_OP_IMPORT:
     return kvs_wire_import_req_decode(p, pn, &r->u.import.count, &r->u.import.records,
                                       &r->u.import.records_len);
+  case KVS_OP_LEASE:
+    return kvs_wire_lease_req_decode(p, pn, &r->u.lease);
+  case KVS_OP_RELEASE:
+    KVS_RETURN_ERROR_IF(pn != 8, KVS_ETRUNC, "RELEASE length");
+    r->u.release_id = rd64(p);
+    return KVS_OK;
   default:
     return KVS_ERR_AT(KVS_ENOTSUP, "op");
   }

@@ -48,6 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       touch(r.u.put.value, (size_t)r.u.put.meta.value_bytes);
       break;
     case KVS_OP_GET: touch(r.u.get.tokens_le, 4u * r.u.get.n_tokens); break;
+    case KVS_OP_LEASE: touch(r.u.lease.get.tokens_le, 4u * r.u.lease.get.n_tokens); break;
     case KVS_OP_LOOKUP:
       for (uint32_t i = 0; i < r.u.lookup.n_chunks; i++) {
         kvs_wire_lookup_chunk c;
@@ -101,6 +102,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   (void)kvs_wire_page_resp_decode(KVS_OP_EXPORT, p, n, &pg);
   kvs_wire_import_resp ir;
   (void)kvs_wire_import_resp_decode(p, n, &ir);
+  kvs_wire_lease_resp lr;
+  if (kvs_wire_lease_resp_decode(p, n, &lr) == KVS_OK && lr.meta_len) check_meta(&lr.meta);
   free(buf);
   return 0;
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -352,6 +353,40 @@ int th_stats(th_conn *c, uint64_t v[KVS__STAT_COUNT]) {
   }
   free(rep);
   return rc;
+}
+
+int th_lease(th_conn *c, const th_chunk *ch, uint64_t release_id, kvs_wire_lease_resp *out) {
+  kvs_wire_get_req g = {.key = ch->key, .model = ch->model, .flags = KVS_WIRE_GET_META,
+                        .seg_first = 0, .seg_count = 0, .n_tokens = ch->n_tokens,
+                        .tokens_le = (const uint8_t *)ch->tokens};
+  size_t n = kvs_wire_get_req_size(&g);
+  uint8_t *p = malloc(8 + n);
+  memcpy(p, &release_id, 8);
+  kvs_wire_get_req_encode(&g, p + 8, n, NULL);
+  uint8_t *rep = NULL;
+  size_t rl = 0;
+  int rc = th_call(c, KVS_OP_LEASE, 0, p, 8 + n, &rep, &rl);
+  free(p);
+  if (rc == KVS_OK) rc = kvs_wire_lease_resp_decode(rep, rl, out);
+  free(rep);
+  return rc;
+}
+
+int th_release(th_conn *c, uint64_t lease_id) {
+  return th_call(c, KVS_OP_RELEASE, 0, &lease_id, 8, NULL, NULL);
+}
+
+const uint8_t *th_shm_map(const char *name, size_t *size) {
+  int fd = shm_open(name, O_RDONLY, 0);
+  if (fd < 0) return NULL;
+  struct stat st;
+  void *p = MAP_FAILED;
+  if (fstat(fd, &st) == 0 && st.st_size > 0)
+    p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) return NULL;
+  *size = (size_t)st.st_size;
+  return p;
 }
 
 /* ---------------------------------------------------------------- http */

@@ -79,6 +79,11 @@ int th_get(th_conn *c, const th_chunk *ch, uint8_t **value, size_t *len);
 int th_key_op(th_conn *c, uint16_t op, const th_chunk *ch, uint32_t arg, uint8_t **reply,
               size_t *reply_len);
 int th_stats(th_conn *c, uint64_t v[KVS__STAT_COUNT]);
+/* LEASE (releasing release_id in the same trip); *out decoded on KVS_OK. */
+int th_lease(th_conn *c, const th_chunk *ch, uint64_t release_id, kvs_wire_lease_resp *out);
+int th_release(th_conn *c, uint64_t lease_id);
+/* Maps a segment read-only (munmap(p, *size) when done); NULL on failure. */
+const uint8_t *th_shm_map(const char *name, size_t *size);
 
 /* A plain HTTP/1.0 GET or POST to 127.0.0.1:port; returns the status code
  * (or -1) and the body (malloc'd). */

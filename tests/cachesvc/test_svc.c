@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -799,6 +800,79 @@ static void test_tls(void) {
   th_daemon_cleanup(&d);
 }
 
+/* Same-host fast path: LEASE says where the bytes are in the tenant's
+ * segment; a leased range is never reused until released or expired. */
+static void test_shm_lease(void) {
+  th_conn c0;
+  conn_alpha(&c0); /* the shared daemon runs with shm off */
+  th_chunk ch;
+  th_chunk_make(&ch, 4242, 32, 200000, 2);
+  CU_ASSERT_EQUAL(th_put(&c0, &ch, 0), KVS_OK);
+  kvs_wire_lease_resp lr;
+  CU_ASSERT_EQUAL(th_lease(&c0, &ch, 0, &lr), KVS_ENOTSUP);
+  th_close(&c0);
+
+  th_daemon d;
+  memset(&d, 0, sizeof d);
+  const char *const args[] = {"--shm=on", "--ram_bytes=1M", "--lease_ms=1500",
+                              "--tenant=t:tok-t", "--tenant=u:tok-u", NULL};
+  CU_ASSERT_FATAL(th_daemon_start(&d, args) == 0);
+  th_conn c, cu;
+  CU_ASSERT_FATAL(th_connect(&c, d.url, "t", "tok-t", 10000) == 0);
+  CU_ASSERT_FATAL(th_connect(&cu, d.url, "u", "tok-u", 10000) == 0);
+  CU_ASSERT_EQUAL(th_lease(&c, &ch, 0, &lr), KVS_ENOENT);
+  CU_ASSERT_EQUAL_FATAL(th_put(&c, &ch, 0), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(th_lease(&c, &ch, 0, &lr), KVS_OK);
+  CU_ASSERT_EQUAL(lr.value_bytes, ch.vbytes);
+  CU_ASSERT_EQUAL(lr.meta.n_tokens, 32);
+  CU_ASSERT(lr.expires_ms > kvs_wall_ms());
+  char path[200];
+  snprintf(path, sizeof path, "/dev/shm%s", lr.shm_name);
+  struct stat st;
+  CU_ASSERT(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600); /* the daemon's user only */
+  size_t msz = 0;
+  const uint8_t *map = th_shm_map(lr.shm_name, &msz);
+  CU_ASSERT_FATAL(map != NULL);
+  CU_ASSERT_FATAL(lr.offset + lr.value_bytes <= msz);
+  CU_ASSERT(memcmp(map + lr.offset, ch.value, ch.vbytes) == 0);
+  CU_ASSERT_EQUAL(kvs_checksum64(map + lr.offset, ch.vbytes), lr.checksum);
+  /* another tenant: neither the entry nor the lease */
+  kvs_wire_lease_resp lu;
+  CU_ASSERT_EQUAL(th_lease(&cu, &ch, 0, &lu), KVS_ENOENT);
+  CU_ASSERT_EQUAL(th_release(&cu, lr.lease_id), KVS_ENOENT);
+  /* delete the entry and churn the RAM tier: the leased range stays intact */
+  CU_ASSERT_EQUAL(th_key_op(&c, KVS_OP_DELETE, &ch, 0, NULL, NULL), KVS_OK);
+  for (int i = 0; i < 8; i++) {
+    th_chunk o;
+    th_chunk_make(&o, 5000 + (uint64_t)i, 32, 200000, 1);
+    CU_ASSERT_EQUAL(th_put(&c, &o, 0), KVS_OK);
+    kvs_wire_lease_resp lo;
+    if (th_lease(&c, &o, 0, &lo) == KVS_OK) {
+      CU_ASSERT(lo.offset + lo.value_bytes <= lr.offset || lo.offset >= lr.offset + lr.value_bytes);
+      CU_ASSERT_EQUAL(th_release(&c, lo.lease_id), KVS_OK);
+    }
+    th_chunk_free(&o);
+  }
+  CU_ASSERT(memcmp(map + lr.offset, ch.value, ch.vbytes) == 0);
+  CU_ASSERT_EQUAL(th_release(&c, lr.lease_id), KVS_OK);
+  CU_ASSERT_EQUAL(th_release(&c, lr.lease_id), KVS_ENOENT);
+  /* a lease expires by itself; release in the same trip as the next lease */
+  CU_ASSERT_EQUAL(th_put(&c, &ch, 0), KVS_OK);
+  kvs_wire_lease_resp l1, l2;
+  CU_ASSERT_EQUAL_FATAL(th_lease(&c, &ch, 0, &l1), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(th_lease(&c, &ch, l1.lease_id, &l2), KVS_OK);
+  CU_ASSERT_EQUAL(th_release(&c, l1.lease_id), KVS_ENOENT); /* released by the second LEASE */
+  usleep(3000 * 1000);
+  CU_ASSERT_EQUAL(th_release(&c, l2.lease_id), KVS_ENOENT); /* expired */
+  munmap((void *)map, msz);
+  th_close(&c);
+  th_close(&cu);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
+  CU_ASSERT(stat(path, &st) != 0); /* segments are unlinked at shutdown */
+  th_chunk_free(&ch);
+  th_daemon_cleanup(&d);
+}
+
 static const kvs_test_case cases[] = {
     {"put_get", test_put_get},
     {"segments", test_segments},
@@ -815,6 +889,7 @@ static const kvs_test_case cases[] = {
     {"corruption", test_corruption},
     {"capacity", test_capacity},
     {"tls", test_tls},
+    {"shm_lease", test_shm_lease},
     {NULL, NULL}};
 
 int main(void) { return kvs_test_run_fixture("cachesvc_daemon", cases, suite_init, suite_clean); }

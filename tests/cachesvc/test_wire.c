@@ -388,6 +388,59 @@ static void test_records(void) {
   free(f);
 }
 
+static void test_lease(void) {
+  size_t n;
+  uint8_t *f = make_put(6, 2, 77, &n, NULL);
+  kvs_wire_req r;
+  CU_ASSERT_EQUAL_FATAL(kvs_wire_req_decode(f, n, &r), KVS_OK);
+  kvs_wire_lease_resp a;
+  memset(&a, 0, sizeof a);
+  a.lease_id = 99;
+  a.expires_ms = 123456789;
+  a.offset = 4096;
+  a.value_bytes = 77;
+  a.checksum = r.u.put.meta.checksum;
+  snprintf(a.shm_name, sizeof a.shm_name, "/kvstash-abc-0011");
+  uint8_t out[2048];
+  size_t w;
+  CU_ASSERT_EQUAL(kvs_wire_lease_resp_encode(&a, &r.u.put.meta, out, sizeof out, &w), KVS_OK);
+  kvs_wire_lease_resp d;
+  CU_ASSERT_EQUAL_FATAL(kvs_wire_lease_resp_decode(out, w, &d), KVS_OK);
+  CU_ASSERT_EQUAL(d.lease_id, 99);
+  CU_ASSERT_EQUAL(d.offset, 4096);
+  CU_ASSERT_STRING_EQUAL(d.shm_name, "/kvstash-abc-0011");
+  CU_ASSERT_EQUAL(d.meta.n_tokens, 6);
+  CU_ASSERT_EQUAL(kvs_wire_lease_resp_decode(out, w - 1, &d), KVS_ETRUNC);
+  out[40] = 'x'; /* a name that is not a shm name */
+  CU_ASSERT_EQUAL(kvs_wire_lease_resp_decode(out, w, &d), KVS_EPROTO);
+  out[40] = '/';
+  uint64_t big = ~0ull; /* offset + size wraps */
+  memcpy(out + 16, &big, 8);
+  CU_ASSERT_EQUAL(kvs_wire_lease_resp_decode(out, w, &d), KVS_ERANGE);
+  /* requests: LEASE = release id + GET; RELEASE = 8 bytes */
+  uint8_t req[KVS_WIRE_HDR_SIZE + 8 + 48 + 24];
+  kvs_wire_hdr h;
+  kvs_wire_hdr_init(&h, KVS_OP_LEASE, 1, "t", NULL, 0);
+  h.payload_len = 8 + 48 + 24;
+  kvs_wire_hdr_encode(&h, req);
+  uint64_t rel = 5;
+  memcpy(req + KVS_WIRE_HDR_SIZE, &rel, 8);
+  int32_t tok[6] = {1, 2, 3, 4, 5, 6};
+  kvs_wire_get_req g = {.n_tokens = 6, .tokens_le = (const uint8_t *)tok};
+  kvs_wire_get_req_encode(&g, req + KVS_WIRE_HDR_SIZE + 8, 72, NULL);
+  CU_ASSERT_EQUAL_FATAL(kvs_wire_req_decode(req, sizeof req, &r), KVS_OK);
+  CU_ASSERT_EQUAL(r.u.lease.release_id, 5);
+  CU_ASSERT_EQUAL(r.u.lease.get.n_tokens, 6);
+  kvs_wire_hdr_init(&h, KVS_OP_RELEASE, 2, "t", NULL, 0);
+  h.payload_len = 8;
+  kvs_wire_hdr_encode(&h, req);
+  CU_ASSERT_EQUAL(kvs_wire_req_decode(req, KVS_WIRE_HDR_SIZE + 8, &r), KVS_OK);
+  CU_ASSERT_EQUAL(r.u.release_id, 5);
+  CU_ASSERT_EQUAL(kvs_wire_req_decode(req, KVS_WIRE_HDR_SIZE + 7, &r), KVS_ETRUNC);
+  CU_ASSERT_STRING_EQUAL(kvs_wire_op_name(KVS_OP_RELEASE), "RELEASE");
+  free(f);
+}
+
 /* A deterministic mutation sweep: flip each byte of valid frames; the decoder
  * must never crash and never accept a frame whose view escapes the buffer. */
 static void test_mutation_sweep(void) {
@@ -470,6 +523,21 @@ static int write_corpus(const char *dir) {
   kvs_wire_get_resp_encode_head(&a, &r.u.put.meta, pl, sizeof pl, &w);
   memcpy(pl + w, r.u.put.value, 48);
   write_file(dir, "get_resp", pl, w + 48);
+  /* LEASE request and answer */
+  uint64_t rel = 3;
+  memcpy(pl, &rel, 8);
+  kvs_wire_get_req_encode(&g, pl + 8, sizeof pl - 8, &w);
+  write_file(dir, "lease", buf, frame(buf, KVS_OP_LEASE, pl, 8 + w));
+  write_file(dir, "release", buf, frame(buf, KVS_OP_RELEASE, pl, 8));
+  kvs_wire_lease_resp lr;
+  memset(&lr, 0, sizeof lr);
+  lr.lease_id = 1;
+  lr.offset = 64;
+  lr.value_bytes = 48;
+  lr.checksum = r.u.put.meta.checksum;
+  snprintf(lr.shm_name, sizeof lr.shm_name, "/kvstash-0-1");
+  kvs_wire_lease_resp_encode(&lr, &r.u.put.meta, pl, sizeof pl, &w);
+  write_file(dir, "lease_resp", pl, w);
   free(f);
   printf("corpus written to %s\n", dir);
   return 0;
@@ -485,6 +553,7 @@ static const kvs_test_case cases[] = {
     {"small_ops", test_small_ops},
     {"records", test_records},
     {"mutation_sweep", test_mutation_sweep},
+    {"lease", test_lease},
     {NULL, NULL}};
 
 int main(int argc, char **argv) {
