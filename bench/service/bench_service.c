@@ -13,6 +13,9 @@
  *   a bare nng REP server (GET only): the transport's ceiling, a minimal
  *                                     server that allocates and copies the
  *                                     answer and does nothing else
+ *   kvstashd shm (GET only): the same-host fast path (shm = on): LEASE over
+ *                                     ipc://, bytes copied out of the mapped
+ *                                     segment into the reader's buffer
  * Each client is a thread with its own connection doing one request at a
  * time. GETs read random keys of a working set put first (RAM-resident on
  * both sides). Then the KV-tokens-per-second comparison: a 256-token chunk of
@@ -31,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -137,6 +141,8 @@ typedef struct kentry {
   int32_t tokens[64];
   uint8_t *frame_get; /* a GET request frame */
   size_t get_len;
+  uint8_t *frame_lease; /* a LEASE request frame (release id at byte 128) */
+  size_t lease_len;
 } kentry;
 
 static int kcall(kconn *c, nng_msg *m, size_t *reply_len) {
@@ -205,6 +211,70 @@ static void kentry_init(kentry *e, uint64_t id) {
   h.payload_len = (uint32_t)pl;
   kvs_wire_hdr_encode(&h, e->frame_get);
   kvs_wire_get_req_encode(&g, e->frame_get + KVS_WIRE_HDR_SIZE, pl, NULL);
+  e->lease_len = KVS_WIRE_HDR_SIZE + 8 + pl;
+  e->frame_lease = calloc(1, e->lease_len);
+  kvs_wire_hdr_init(&h, KVS_OP_LEASE, 3, "bench", NULL, 0);
+  h.payload_len = (uint32_t)(8 + pl);
+  kvs_wire_hdr_encode(&h, e->frame_lease);
+  kvs_wire_get_req_encode(&g, e->frame_lease + KVS_WIRE_HDR_SIZE + 8, pl, NULL);
+}
+
+static void kentry_free(kentry *e) {
+  free(e->frame_get);
+  free(e->frame_lease);
+}
+
+/* Same-host read: LEASE (releasing the previous lease in the same trip),
+ * then the bytes copied out of the mapped segment into the reader's buffer,
+ * as an engine would into its staging buffer. */
+typedef struct shm_reader {
+  char name[KVS_WIRE_SHM_NAME_MAX + 1];
+  const uint8_t *map;
+  size_t map_len;
+  uint64_t last_lease;
+} shm_reader;
+
+static int shm_get(kconn *c, shm_reader *sr, const kentry *e, uint8_t *dst, size_t size) {
+  nng_msg *m;
+  if (nng_msg_alloc(&m, 0) != 0) return 0;
+  nng_msg_append(m, e->frame_lease, e->lease_len);
+  memcpy((uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE, &sr->last_lease, 8);
+  if (nng_sendmsg(c->s, m, 0) != 0) {
+    nng_msg_free(m);
+    return 0;
+  }
+  nng_msg *a;
+  if (nng_recvmsg(c->s, &a, 0) != 0) return 0;
+  int ok = 0;
+  kvs_wire_hdr h;
+  kvs_wire_lease_resp lr;
+  if (kvs_wire_hdr_decode(nng_msg_body(a), nng_msg_len(a), &h) == KVS_OK && h.status == 0 &&
+      kvs_wire_lease_resp_decode((uint8_t *)nng_msg_body(a) + KVS_WIRE_HDR_SIZE,
+                                 nng_msg_len(a) - KVS_WIRE_HDR_SIZE, &lr) == KVS_OK &&
+      lr.value_bytes == size) {
+    sr->last_lease = lr.lease_id;
+    if (!sr->map || strcmp(sr->name, lr.shm_name) != 0) {
+      if (sr->map) munmap((void *)sr->map, sr->map_len);
+      sr->map = NULL;
+      int fd = shm_open(lr.shm_name, O_RDONLY, 0);
+      struct stat st;
+      if (fd >= 0 && fstat(fd, &st) == 0) {
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        if (p != MAP_FAILED) {
+          sr->map = p;
+          sr->map_len = (size_t)st.st_size;
+          snprintf(sr->name, sizeof sr->name, "%s", lr.shm_name);
+        }
+      }
+      if (fd >= 0) close(fd);
+    }
+    if (sr->map && lr.offset + size <= sr->map_len) {
+      memcpy(dst, sr->map + lr.offset, size);
+      ok = 1;
+    }
+  }
+  nng_msg_free(a);
+  return ok;
 }
 
 /* Redis GET on the connection's socket: the command out, "$len\r\n" and
@@ -238,12 +308,21 @@ static long redis_raw_get(int fd, const uint8_t key[16], uint8_t *buf, size_t ca
 }
 
 /* ------------------------------------------------------------ workload */
-enum { SYS_KVS_TCP, SYS_KVS_IPC, SYS_REDIS_TCP, SYS_REDIS_UNIX, SYS_BARE_TCP, SYS_BARE_IPC, N_SYS };
-static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc", "redis tcp",
-                                      "redis unix",   "bare-nng tcp", "bare-nng ipc"};
-static const char *sys_key[N_SYS] = {"kvs_tcp",    "kvs_ipc",     "redis_tcp",
-                                     "redis_unix", "bare_nng_tcp", "bare_nng_ipc"};
-#define IS_NNG(sys) ((sys) == SYS_KVS_TCP || (sys) == SYS_KVS_IPC || (sys) >= SYS_BARE_TCP)
+enum {
+  SYS_KVS_TCP,
+  SYS_KVS_IPC,
+  SYS_REDIS_TCP,
+  SYS_REDIS_UNIX,
+  SYS_BARE_TCP,
+  SYS_BARE_IPC,
+  SYS_KVS_SHM,
+  N_SYS
+};
+static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc", "redis tcp",   "redis unix",
+                                      "bare-nng tcp", "bare-nng ipc", "kvstashd shm"};
+static const char *sys_key[N_SYS] = {"kvs_tcp",      "kvs_ipc",      "redis_tcp", "redis_unix",
+                                     "bare_nng_tcp", "bare_nng_ipc", "kvs_shm"};
+#define IS_NNG(sys) ((sys) != SYS_REDIS_TCP && (sys) != SYS_REDIS_UNIX)
 
 /* The transport's ceiling: a minimal synchronous nng REP server (its own
  * process) answering every request with a GET answer of *g_bare_size value
@@ -302,8 +381,8 @@ static void *thr_main(void *p) {
   redisContext *rcx = NULL;
   int ok = 0;
   if (IS_NNG(rc->sys))
-    ok = kconnect(&kc, rc->sys == SYS_KVS_TCP   ? g_kvs_tcp
-                       : rc->sys == SYS_KVS_IPC ? g_kvs_ipc
+    ok = kconnect(&kc, rc->sys == SYS_KVS_TCP                               ? g_kvs_tcp
+                       : rc->sys == SYS_KVS_IPC || rc->sys == SYS_KVS_SHM ? g_kvs_ipc
                        : rc->sys == SYS_BARE_TCP ? g_bare_tcp
                                                  : g_bare_ipc) == 0;
   else {
@@ -318,7 +397,9 @@ static void *thr_main(void *p) {
     return NULL;
   }
   uint64_t rs = 0x1234 + (uint64_t)t->id * 977;
-  uint8_t *rbuf = rcx && !rc->put ? malloc(rc->size + 2) : NULL;
+  uint8_t *rbuf = (rcx || rc->sys == SYS_KVS_SHM) && !rc->put ? malloc(rc->size + 2) : NULL;
+  shm_reader sr;
+  memset(&sr, 0, sizeof sr);
   double t_end = now_s() + rc->seconds;
   long i = 0;
   while (t->n < MAX_OPS_PER_THREAD) {
@@ -334,7 +415,9 @@ static void *thr_main(void *p) {
     const kentry *e = &rc->keys[k];
     double t0 = now_s();
     int good = 0;
-    if (!rcx) {
+    if (rc->sys == SYS_KVS_SHM && !rc->put) {
+      good = rbuf && shm_get(&kc, &sr, e, rbuf, rc->size);
+    } else if (!rcx) {
       nng_msg *m = NULL;
       if (rc->put) {
         m = kput_msg(e, rc->value, rc->size, rc->checksum, rc->profile);
@@ -359,6 +442,21 @@ static void *thr_main(void *p) {
     if (t1 >= t_end && !rc->fill) break;
     if (t1 >= t_end + 120) break; /* a fill is bounded too */
   }
+  if (sr.last_lease) { /* give the last range back */
+    nng_msg *m;
+    if (nng_msg_alloc(&m, 0) == 0) {
+      kvs_wire_hdr h;
+      uint8_t f[KVS_WIRE_HDR_SIZE + 8];
+      kvs_wire_hdr_init(&h, KVS_OP_RELEASE, 4, "bench", NULL, 0);
+      h.payload_len = 8;
+      kvs_wire_hdr_encode(&h, f);
+      memcpy(f + KVS_WIRE_HDR_SIZE, &sr.last_lease, 8);
+      nng_msg_append(m, f, sizeof f);
+      size_t rl;
+      (void)kcall(&kc, m, &rl);
+    }
+  }
+  if (sr.map) munmap((void *)sr.map, sr.map_len);
   free(rbuf);
   if (rcx) redisFree(rcx);
   else nng_close(kc.s);
@@ -401,8 +499,8 @@ static result run(const run_cfg *rc) {
     t[i] = (thr){rc, i, &bar, malloc(sizeof(double) * MAX_OPS_PER_THREAD), 0, 0};
     pthread_create(&th[i], NULL, thr_main, &t[i]);
   }
-  pid_t server = rc->sys >= SYS_BARE_TCP                          ? g_bare_pid
-                 : rc->sys == SYS_KVS_TCP || rc->sys == SYS_KVS_IPC ? g_kvs_pid
+  pid_t server = rc->sys == SYS_BARE_TCP || rc->sys == SYS_BARE_IPC ? g_bare_pid
+                 : IS_NNG(rc->sys)                                  ? g_kvs_pid
                                                                     : g_redis_pid;
   double cpu0 = proc_cpu_s(server);
   pthread_barrier_wait(&bar);
@@ -456,8 +554,9 @@ static int start_servers(void) {
   snprintf(a_data, sizeof a_data, "--data_dir=%s/data", g_dir);
   snprintf(a_listen, sizeof a_listen, "--listen=%s,%s", g_kvs_tcp, g_kvs_ipc);
   snprintf(log, sizeof log, "%s/kvstashd.log", g_dir);
-  char *kargv[] = {KVS_BENCH_KVSTASHD, a_data, a_listen, "--http=", "--durability=sync",
-                   "--ram_bytes=3G", "--max_msg=64M", "--workers=8", NULL};
+  char *kargv[] = {KVS_BENCH_KVSTASHD, a_data,         a_listen,        "--http=",
+                   "--durability=sync", "--ram_bytes=3G", "--max_msg=64M", "--workers=8",
+                   "--shm=on",          NULL};
   g_kvs_pid = spawn(kargv, log);
   char port[16], rlog[300];
   snprintf(port, sizeof port, "%d", g_redis_port);
@@ -546,7 +645,7 @@ int main(int argc, char **argv) {
   int first = 1;
   /* get ratios at 1 MiB: [client index] tcp vs tcp, ipc vs unix */
   double ratio_tcp[8] = {0}, ratio_ipc[8] = {0}, p99r_tcp[8] = {0}, p99r_ipc[8] = {0};
-  double bare_tcp[8] = {0}, bare_ipc[8] = {0};
+  double bare_tcp[8] = {0}, bare_ipc[8] = {0}, shm_unix[8] = {0};
   int have_1m = 0;
   for (int si = 0; si < n_sizes; si++) {
     size_t size = (size_t)sizes[si];
@@ -574,7 +673,7 @@ int main(int argc, char **argv) {
       *g_bare_size = size;
       for (int op = do_put; op >= 0; op--) /* PUT, then GET */
         for (int sys = 0; sys < N_SYS; sys++) {
-          if (op == 1 && sys >= SYS_BARE_TCP) continue; /* the bare server only answers GETs */
+          if (op == 1 && sys >= SYS_BARE_TCP) continue; /* bare server, shm: GETs only */
           run_cfg rc = {sys, op, (int)clients[ci], 0, size, n_keys, keys, value, ck, 0, seconds};
           res[sys][op] = run(&rc);
           result *r = &res[sys][op];
@@ -600,9 +699,10 @@ int main(int argc, char **argv) {
         p99r_ipc[ci] = res[SYS_KVS_IPC][0].p99 / (res[SYS_REDIS_UNIX][0].p99 + 1e-9);
         bare_tcp[ci] = res[SYS_KVS_TCP][0].rps / (res[SYS_BARE_TCP][0].rps + 1e-9);
         bare_ipc[ci] = res[SYS_KVS_IPC][0].rps / (res[SYS_BARE_IPC][0].rps + 1e-9);
+        shm_unix[ci] = res[SYS_KVS_SHM][0].rps / (res[SYS_REDIS_UNIX][0].rps + 1e-9);
       }
     }
-    for (int k = 0; k < n_keys; k++) free(keys[k].frame_get);
+    for (int k = 0; k < n_keys; k++) kentry_free(&keys[k]);
     free(keys);
     free(value);
   }
@@ -612,15 +712,17 @@ int main(int argc, char **argv) {
     jn += (size_t)snprintf(json + jn, sizeof json - jn, ",\"get_ratio_vs_redis_1MiB\":[");
     for (int ci = 0; ci < n_clients; ci++) {
       printf("  %3ld clients: req/s tcp %.2fx, ipc-vs-unix %.2fx; p99 tcp %.2fx, ipc-vs-unix %.2fx;"
-             " kvstashd / bare nng: tcp %.2fx, ipc %.2fx\n",
+             " kvstashd / bare nng: tcp %.2fx, ipc %.2fx; shm-lease vs unix %.2fx\n",
              clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci],
-             bare_ipc[ci]);
+             bare_ipc[ci], shm_unix[ci]);
       jn += (size_t)snprintf(json + jn, sizeof json - jn,
                              "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
                              "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f,"
-                             "\"vs_bare_nng_tcp\":%.3f,\"vs_bare_nng_ipc\":%.3f}",
+                             "\"vs_bare_nng_tcp\":%.3f,\"vs_bare_nng_ipc\":%.3f,"
+                             "\"shm_vs_unix\":%.3f}",
                              ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci],
-                             p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci], bare_ipc[ci]);
+                             p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci], bare_ipc[ci],
+                             shm_unix[ci]);
     }
     jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
   }
@@ -676,7 +778,7 @@ int main(int argc, char **argv) {
                                tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri);
       }
       jn += (size_t)snprintf(json + jn, sizeof json - jn, "]}");
-      for (int k = 0; k < 16; k++) free(keys[k].frame_get);
+      for (int k = 0; k < 16; k++) kentry_free(&keys[k]);
     } else {
       printf("\ndense encode failed: tokens/s comparison skipped\n");
     }
