@@ -64,9 +64,11 @@ static int check_text(const char *text, uint32_t len, int special, const int32_t
   return ok;
 }
 
-static void test_musique_all(void) {
+/* Records { u32 flags | u32 len | text | u32 n | n x u16 ids } (zstd):
+ * every text must tokenize to llama.cpp's ids. */
+static void check_tok_fixture(const char *rel, const char *what, size_t want_texts) {
   size_t zn;
-  uint8_t *z = read_file(kvs_test_src_path("tests/model/fixtures/musique_tok.bin.zst"), &zn);
+  uint8_t *z = read_file(kvs_test_src_path(rel), &zn);
   CU_ASSERT_PTR_NOT_NULL_FATAL(z);
   unsigned long long rn = ZSTD_getFrameContentSize(z, zn);
   CU_ASSERT_FATAL(rn != ZSTD_CONTENTSIZE_ERROR && rn != ZSTD_CONTENTSIZE_UNKNOWN);
@@ -90,12 +92,20 @@ static void test_musique_all(void) {
     tokens += n;
     equal += (size_t)check_text(text, len, flags & 1, want, n, texts - equal <= 3);
   }
-  printf("\n  musique: %zu/%zu texts tokenized as llama.cpp does (%zu tokens)\n", equal, texts,
+  printf("\n  %s: %zu/%zu texts tokenized as llama.cpp does (%zu tokens)\n", what, equal, texts,
          tokens);
-  CU_ASSERT_EQUAL(texts, 1650);
+  CU_ASSERT_EQUAL(texts, want_texts);
   CU_ASSERT_EQUAL(equal, texts);
   free(want);
   free(raw);
+}
+
+static void test_musique_all(void) {
+  check_tok_fixture("tests/model/fixtures/musique_tok.bin.zst", "musique", 1650);
+}
+
+static void test_tricky(void) {
+  check_tok_fixture("tests/model/fixtures/tricky_tok.bin.zst", "edge cases", 400);
 }
 
 static void test_fixture_prompts(void) {
@@ -178,6 +188,7 @@ int main(void) {
   static const kvs_test_case cases[] = {{"fixture prompts", test_fixture_prompts},
                                         {"special tokens and ChatML", test_special_and_chat},
                                         {"all MuSiQue passages vs llama.cpp", test_musique_all},
+                                        {"Unicode edge cases vs llama.cpp", test_tricky},
                                         {NULL, NULL}};
   return kvs_test_run_fixture("model_tok", cases, init, clean);
 }
