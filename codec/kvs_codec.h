@@ -59,7 +59,8 @@ typedef struct kvs_codec_params {
   uint32_t k_bits, v_bits;   /* kivi: 2 or 4 */
   uint32_t group;            /* kivi group (default 32); dense/cachegen rANS steps
                                 per lane (default 256 / unused) */
-  float k_step, v_step;      /* dense: quantizer step / RMS of the plane (default 0.5) */
+  float k_step, v_step;      /* dense: quantizer step / RMS of the plane (default K 0.25,
+                                V 0.5) */
   uint32_t fine_layers;      /* dense: first layers with step * fine_scale */
   float fine_scale;          /* dense: (default 0.5) */
   uint32_t k_flags, v_flags; /* dense: KVS_DENSE_ROTATED | _CHAN | _TOKEN | _SINK for K and

@@ -33,7 +33,7 @@ static int measure(int profile, float step, const kvs_layout *l, uint32_t T, con
                    double min_time, row *r) {
   kvs_codec_params p;
   kvs_codec_params_default(profile, l->n_layers, &p);
-  if (profile == KVS_PROFILE_DENSE && step > 0) p.k_step = p.v_step = step;
+  if (profile == KVS_PROFILE_DENSE && step > 0) p.k_step = step, p.v_step = 2 * step;
   size_t cap = kvs_codec_encode_bound(&p, l, T), len = 0;
   uint64_t elems = 2ull * l->n_layers * T * l->n_kv_heads * l->head_dim;
   uint8_t *buf = malloc(cap);
@@ -42,7 +42,7 @@ static int measure(int profile, float step, const kvs_layout *l, uint32_t T, con
   r->profile = profile;
   r->step = step;
   if (profile == KVS_PROFILE_DENSE && step > 0)
-    snprintf(r->name, sizeof r->name, "dense@%.2f", step);
+    snprintf(r->name, sizeof r->name, "dense@%.2f/%.2f", step, 2 * step);
   else
     snprintf(r->name, sizeof r->name, "%s", kvs_codec_profile_name(profile));
   if (!buf || !out) goto done;
@@ -88,7 +88,7 @@ done:
   return r->ok;
 }
 
-static const float k_dense_steps[] = {0.35f, 0.5f, 0.7f, 1.0f, 1.4f, 2.0f};
+static const float k_dense_steps[] = {0.15f, 0.25f, 0.35f, 0.5f, 0.7f, 1.0f};
 #define N_STEPS (sizeof k_dense_steps / sizeof k_dense_steps[0])
 
 int main(int argc, char **argv) {
