@@ -2,7 +2,7 @@
  * program on this machine in the same run.
  *
  *   kvs-bench-service [--quick] [--seconds S] [--sizes 64K,1M,8M]
- *                     [--clients 1,4,16,64] [--no-put] [--no-tokens]
+ *                     [--clients 1,4,16,64] [--no-put] [--no-tokens] [--tokens-only]
  *
  * For each value size and client count: PUT then GET throughput (req/s,
  * GB/s) and latency (p50, p99) of
@@ -613,13 +613,15 @@ int main(int argc, char **argv) {
       n_sizes = parse_list(argv[++i], sizes, 8);
     } else if (!strcmp(argv[i], "--clients") && i + 1 < argc) {
       n_clients = parse_list(argv[++i], clients, 8);
+    } else if (!strcmp(argv[i], "--tokens-only")) {
+      n_sizes = 0;
     } else if (!strcmp(argv[i], "--no-put")) {
       do_put = 0;
     } else if (!strcmp(argv[i], "--no-tokens")) {
       do_tokens = 0;
     } else {
       fprintf(stderr, "usage: kvs-bench-service [--quick] [--seconds S] [--sizes 64K,1M,8M] "
-                      "[--clients 1,4,16,64] [--no-put] [--no-tokens]\n");
+                      "[--clients 1,4,16,64] [--no-put] [--no-tokens] [--tokens-only]\n");
       return 2;
     }
   }
@@ -749,14 +751,17 @@ int main(int argc, char **argv) {
                              T, raw, enc_len);
       long tc[2] = {1, 4};
       for (int ci = 0; ci < 2; ci++) {
-        double tps[N_SYS];
-        for (int sys = 0; sys < SYS_BARE_TCP; sys++) {
-          int is_kvs = sys == SYS_KVS_TCP || sys == SYS_KVS_IPC;
+        double tps[N_SYS] = {0};
+        for (int sys = 0; sys < N_SYS; sys++) {
+          if (sys == SYS_BARE_TCP || sys == SYS_BARE_IPC) continue;
+          int is_kvs = IS_NNG(sys);
           size_t sz = is_kvs ? enc_len : raw;
           const uint8_t *val = is_kvs ? enc : (const uint8_t *)kv;
           run_cfg fill = {sys, 1, 1, 1, sz, 16, keys, val, kvs_checksum64(val, sz),
                           KVS_PROFILE_DENSE, seconds};
+          if (sys == SYS_KVS_SHM) fill.sys = SYS_KVS_IPC; /* the shm path only reads */
           (void)run(&fill);
+          fill.sys = sys;
           run_cfg rc = fill;
           rc.put = 0;
           rc.fill = 0;
@@ -769,13 +774,17 @@ int main(int argc, char **argv) {
         }
         double rt = tps[SYS_KVS_TCP] / (tps[SYS_REDIS_TCP] + 1e-9);
         double ri = tps[SYS_KVS_IPC] / (tps[SYS_REDIS_UNIX] + 1e-9);
-        printf("  -> dense kvstashd / raw redis: tcp %.2fx, ipc-vs-unix %.2fx\n", rt, ri);
+        double rs = tps[SYS_KVS_SHM] / (tps[SYS_REDIS_UNIX] + 1e-9);
+        printf("  -> dense kvstashd / raw redis: tcp %.2fx, ipc-vs-unix %.2fx, shm-vs-unix %.2fx\n",
+               rt, ri, rs);
         jn += (size_t)snprintf(json + jn, sizeof json - jn,
                                "%s{\"clients\":%ld,\"kvs_tcp\":%.0f,\"kvs_ipc\":%.0f,"
-                               "\"redis_tcp\":%.0f,\"redis_unix\":%.0f,\"ratio_tcp\":%.3f,"
-                               "\"ratio_ipc_vs_unix\":%.3f}",
+                               "\"kvs_shm\":%.0f,\"redis_tcp\":%.0f,\"redis_unix\":%.0f,"
+                               "\"ratio_tcp\":%.3f,\"ratio_ipc_vs_unix\":%.3f,"
+                               "\"ratio_shm_vs_unix\":%.3f}",
                                ci ? "," : "", tc[ci], tps[SYS_KVS_TCP], tps[SYS_KVS_IPC],
-                               tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri);
+                               tps[SYS_KVS_SHM], tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri,
+                               rs);
       }
       jn += (size_t)snprintf(json + jn, sizeof json - jn, "]}");
       for (int k = 0; k < 16; k++) kentry_free(&keys[k]);
