@@ -27,6 +27,13 @@ struct kvs_model {
   uint64_t seed; /* random models */
   float *tok_embd, *output, *out_norm;
   layer_w *layers;
+  /* fp16 copies of the matrices for single-token calls (decode streams half
+   * the bytes); the f32 matrices hold exactly these fp16 values, so every
+   * path multiplies with the same weights (as the GPU does) */
+  struct layer16 {
+    kvs_f16 *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
+  } * l16;
+  kvs_f16 *embd16, *out16;
   float **owned; /* every weight allocation, freed at the end */
   uint32_t n_owned;
   /* scratch, grown on demand */
@@ -65,6 +72,15 @@ void kvs_model_free(kvs_model *m) {
     free(m->owned[i]);
   free(m->owned);
   free(m->layers);
+  if (m->l16) {
+    for (uint32_t l = 0; l < m->cfg.n_layers; l++) {
+      free(m->l16[l].wq), free(m->l16[l].wk), free(m->l16[l].wv), free(m->l16[l].wo);
+      free(m->l16[l].w_gate), free(m->l16[l].w_up), free(m->l16[l].w_down);
+    }
+    free(m->l16);
+  }
+  if (m->out16 != m->embd16) free(m->out16);
+  free(m->embd16);
   for (int i = 0; i < 12; i++)
     free(m->sc[i]);
   kvs_tok_free(m->tok);
@@ -193,6 +209,37 @@ static kvs_err load(kvs_model *m) {
   return compute_id(m, kvs_hash128_buf(bytes, sz));
 }
 
+/* Rounds a matrix to fp16 values in place and returns its fp16 copy. */
+static kvs_f16 *to_f16(float *w, size_t n) {
+  kvs_f16 *h = malloc(n * sizeof *h);
+  if (!h) return NULL;
+  for (size_t i = 0; i < n; i++) {
+    h[i] = kvs_f32_to_f16(w[i]);
+    w[i] = kvs_f16_to_f32(h[i]);
+  }
+  return h;
+}
+
+static kvs_err make_f16(kvs_model *m) {
+  const kvs_model_cfg *c = &m->cfg;
+  size_t E = c->n_embd, HD = (size_t)c->n_heads * c->head_dim;
+  size_t GD = (size_t)c->n_kv_heads * c->head_dim, F = c->n_ff;
+  m->l16 = calloc(c->n_layers, sizeof *m->l16);
+  if (!m->l16 || !(m->embd16 = to_f16(m->tok_embd, (size_t)c->n_vocab * E))) return KVS_ENOMEM;
+  m->out16 = m->output == m->tok_embd ? m->embd16 : to_f16(m->output, (size_t)c->n_vocab * E);
+  if (!m->out16) return KVS_ENOMEM;
+  for (uint32_t l = 0; l < c->n_layers; l++) {
+    layer_w *L = &m->layers[l];
+    struct layer16 *h = &m->l16[l];
+    if (!(h->wq = to_f16(L->wq, HD * E)) || !(h->wk = to_f16(L->wk, GD * E)) ||
+        !(h->wv = to_f16(L->wv, GD * E)) || !(h->wo = to_f16(L->wo, E * HD)) ||
+        !(h->w_gate = to_f16(L->w_gate, F * E)) || !(h->w_up = to_f16(L->w_up, F * E)) ||
+        !(h->w_down = to_f16(L->w_down, E * F)))
+      return KVS_ENOMEM;
+  }
+  return KVS_OK;
+}
+
 kvs_err kvs_model_load(const char *path, kvs_model **out) {
   if (!path || !out) return KVS_EINVAL;
   *out = NULL;
@@ -201,6 +248,7 @@ kvs_err kvs_model_load(const char *path, kvs_model **out) {
   m->host_weights = 1;
   kvs_err e = kvs_gguf_open(path, &m->g);
   if (!e) e = load(m);
+  if (!e) e = make_f16(m);
   if (e) {
     KVS_LOGW("model", "load failed", "path=\"%s\" err=%s", path, kvs_errname(e));
     kvs_model_free(m);
@@ -268,6 +316,7 @@ kvs_err kvs_model_create_random(const kvs_model_cfg *cfg, uint64_t seed, int hos
       RW(L->w_down, b + 8, (size_t)E * c->n_ff);
     }
 #undef RW
+    if ((e = make_f16(m))) goto fail;
   }
   /* the "weights hash" of a random model: its generator and seed */
   uint8_t idb[16] = {'k', 'v', 's', '-', 'r', 'a', 'n', 'd'};
@@ -411,21 +460,80 @@ void kvs_model_attn_cpu(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, fl
   free(sc);
 }
 
-/* y (n, out) = x (n, in) W^T, W (out, in) */
-static void matmul(const float *x, const float *W, float *y, uint32_t n, uint32_t in,
-                   uint32_t out) {
-  if (n == 1) { /* decode: sgemv streams W once; sgemm would pack it first */
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, W, (int)in, x, 1, 0.0f, y, 1);
+/* y[o] (+)= W16[o] . x for one token: fp16 weights, f32 math. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+__attribute__((target("avx2,fma,f16c"))) static void
+matvec16_avx2(const kvs_f16 *W, const float *x, float *y, uint32_t in, uint32_t out, int acc) {
+  for (uint32_t o = 0; o < out; o++) {
+    const kvs_f16 *w = W + (size_t)o * in;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    uint32_t i = 0;
+    for (; i + 16 <= in; i += 16) {
+      __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i)));
+      __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + 8)));
+      a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
+      a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
+    }
+    a0 = _mm256_add_ps(a0, a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+    float sum = _mm_cvtss_f32(h);
+    for (; i < in; i++)
+      sum += kvs_f16_to_f32(w[i]) * x[i];
+    y[o] = acc ? y[o] + sum : sum;
+  }
+}
+static int have_avx2(void) {
+  static int v = -1;
+  if (v < 0) {
+    unsigned a, b, c = 0, d;
+    int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    v = f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
+  return v;
+}
+#else
+static void matvec16_avx2(const kvs_f16 *W, const float *x, float *y, uint32_t in, uint32_t out,
+                          int acc) {
+  (void)W, (void)x, (void)y, (void)in, (void)out, (void)acc;
+}
+static int have_avx2(void) { return 0; }
+#endif
+
+static void matvec16(const kvs_f16 *W, const float *x, float *y, uint32_t in, uint32_t out,
+                     int acc) {
+  if (have_avx2()) {
+    matvec16_avx2(W, x, y, in, out, acc);
+    return;
+  }
+  for (uint32_t o = 0; o < out; o++) {
+    const kvs_f16 *w = W + (size_t)o * in;
+    float sum = 0;
+    for (uint32_t i = 0; i < in; i++)
+      sum += kvs_f16_to_f32(w[i]) * x[i];
+    y[o] = acc ? y[o] + sum : sum;
+  }
+}
+
+/* y (n, out) = x (n, in) W^T, W (out, in); one token goes through the fp16
+ * copy W16 (same values, half the bytes to stream) */
+static void matmul(const float *x, const float *W, const kvs_f16 *W16, float *y, uint32_t n,
+                   uint32_t in, uint32_t out) {
+  if (n == 1 && W16) {
+    matvec16(W16, x, y, in, out, 0);
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x, (int)in,
               W, (int)in, 0.0f, y, (int)out);
 }
 /* y += x W^T */
-static void matmul_acc(const float *x, const float *W, float *y, uint32_t n, uint32_t in,
-                       uint32_t out) {
-  if (n == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.0f, W, (int)in, x, 1, 1.0f, y, 1);
+static void matmul_acc(const float *x, const float *W, const kvs_f16 *W16, float *y, uint32_t n,
+                       uint32_t in, uint32_t out) {
+  if (n == 1 && W16) {
+    matvec16(W16, x, y, in, out, 1);
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x, (int)in,
@@ -453,9 +561,10 @@ static void qkv(kvs_model *m, uint32_t layer, uint32_t n, const uint32_t *pos, c
   const layer_w *L = &m->layers[layer];
   uint32_t E = c->n_embd, HD = c->n_heads * c->head_dim, GD = c->n_kv_heads * c->head_dim;
   kvs_model_rmsnorm_cpu(hidden, L->attn_norm, xn, n, E, c->norm_eps);
-  if (q) matmul(xn, L->wq, q, n, E, HD);
-  matmul(xn, L->wk, k, n, E, GD);
-  matmul(xn, L->wv, v, n, E, GD);
+  const struct layer16 *h = &m->l16[layer];
+  if (q) matmul(xn, L->wq, h->wq, q, n, E, HD);
+  matmul(xn, L->wk, h->wk, k, n, E, GD);
+  matmul(xn, L->wv, h->wv, v, n, E, GD);
   if (q) kvs_model_rope_cpu(q, n, c->n_heads, c->head_dim, pos, c->rope_theta);
   kvs_model_rope_cpu(k, n, c->n_kv_heads, c->head_dim, pos, c->rope_theta);
 }
@@ -574,12 +683,13 @@ kvs_err kvs_model_layer(kvs_model *m, kvs_seq *s, uint32_t layer, uint32_t n, co
     }
   if (maxi + 1 > s->len) s->len = maxi + 1;
   KVS_TRY(attend(m, s, layer, n, idx, q, att));
-  matmul_acc(att, L->wo, hidden, n, HD, E);
+  const struct layer16 *h = &m->l16[layer];
+  matmul_acc(att, L->wo, h->wo, hidden, n, HD, E);
   kvs_model_rmsnorm_cpu(hidden, L->ffn_norm, xn, n, E, c->norm_eps);
-  matmul(xn, L->w_gate, gt, n, E, c->n_ff);
-  matmul(xn, L->w_up, up, n, E, c->n_ff);
+  matmul(xn, L->w_gate, h->w_gate, gt, n, E, c->n_ff);
+  matmul(xn, L->w_up, h->w_up, up, n, E, c->n_ff);
   kvs_model_swiglu_cpu(gt, up, (size_t)n * c->n_ff);
-  matmul_acc(gt, L->w_down, hidden, n, c->n_ff, E);
+  matmul_acc(gt, L->w_down, h->w_down, hidden, n, c->n_ff, E);
   return KVS_OK;
 }
 
@@ -591,7 +701,7 @@ kvs_err kvs_model_logits(kvs_model *m, uint32_t n, const float *hidden, float *l
   float *xn = scratch(m, S_TMP, (size_t)n * E);
   if (!xn) return KVS_ENOMEM;
   kvs_model_rmsnorm_cpu(hidden, m->out_norm, xn, n, E, m->cfg.norm_eps);
-  matmul(xn, m->output, logits, n, E, m->cfg.n_vocab);
+  matmul(xn, m->output, m->out16, logits, n, E, m->cfg.n_vocab);
   return KVS_OK;
 }
 

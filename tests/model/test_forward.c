@@ -241,6 +241,18 @@ static void test_inject_via_engine(void) {
   printf("\n  prefill over injected KV vs full prefill: max |dlogit| = %.3g\n", md);
   CU_ASSERT(md < 2e-2); /* float rounding of differently shaped sgemms */
   CU_ASSERT_EQUAL(kvs_argmax(lg, V), kvs_argmax(ref, V));
+  /* the single-token path (fp16 matvec) on top of an (n-1)-token prefill */
+  kvs_engine_seq *d;
+  CU_ASSERT_EQUAL_FATAL(o->seq_create(e, n, &d), KVS_OK);
+  CU_ASSERT_EQUAL(o->prefill(e, d, ids, n - 1, 0, NULL), KVS_OK);
+  CU_ASSERT_EQUAL(o->prefill(e, d, ids + n - 1, 1, 0, lg), KVS_OK);
+  double mdd = 0;
+  for (uint32_t v = 0; v < V; v++)
+    mdd = fmax(mdd, fabs(lg[v] - ref[v]));
+  printf("  decode step vs full prefill: max |dlogit| = %.3g\n", mdd);
+  CU_ASSERT(mdd < 2e-2);
+  CU_ASSERT_EQUAL(kvs_argmax(lg, V), kvs_argmax(ref, V));
+  o->seq_free(e, d);
   double spt;
   CU_ASSERT_EQUAL(o->prefill_cost(e, 0, &spt), KVS_OK);
   printf("  prefill cost: %.3g s/token\n", spt);
