@@ -142,6 +142,9 @@ enum {
  *        | f16 chan_scale[H][D] (pad4, when KVS_DENSE_CHAN)
  *        | f16 tok_scale[T] (pad4, when KVS_DENSE_TOKEN)
  *        | sink[H][D] token 0 verbatim in the input dtype (pad4, when KVS_DENSE_SINK)
+ *        | u32 n_exc | u32 exc_index[n_exc] | exc_value[n_exc] in the input dtype (pad4)
+ *          (elements clipped at +-127 steps, kept exact; index = (h*T + t)*D + d,
+ *          strictly increasing, n_exc <= T*H*D/16)
  *        | u32 nblk_per_head
  *        | u32 block_off[H][nblk_per_head] (from plane start) | rANS blocks.
  *        Head h's symbols are its rows in order [T][D]; block i covers symbols

@@ -44,17 +44,25 @@ static uint32_t dense_nbh(const kvs__plane *pl) {
   return (uint32_t)((per_head + blk - 1) / blk);
 }
 
-static size_t dense_fixed(const kvs__plane *pl, uint32_t n_sym) {
+/* Elements whose value would be clipped at +-127 steps (massive activations)
+ * are kept exact as exceptions, at most one per KVS_DENSE_EXC_RATIO. */
+#define KVS_DENSE_EXC_RATIO 16u
+
+static uint32_t dense_max_exc(const kvs__plane *pl) {
+  return (uint32_t)((uint64_t)pl->T * pl->H * pl->D / KVS_DENSE_EXC_RATIO);
+}
+
+static size_t dense_fixed(const kvs__plane *pl, uint32_t n_sym, uint32_t n_exc) {
   uint32_t f = dense_pflags(pl);
   size_t hd = KVS__PAD4(2ull * pl->H * pl->D);
   return 12 + KVS__PAD4(2ull * n_sym) + hd + ((f & KVS_DENSE_CHAN) ? hd : 0) +
          ((f & KVS_DENSE_TOKEN) ? KVS__PAD4(2ull * pl->T) : 0) + ((f & KVS_DENSE_SINK) ? hd : 0) +
-         4 + 4ull * pl->H * dense_nbh(pl);
+         4 + 4ull * n_exc + KVS__PAD4(2ull * n_exc) + 4 + 4ull * pl->H * dense_nbh(pl);
 }
 
 static size_t dense_bound(const kvs__plane *pl) {
   uint64_t per_head = (uint64_t)pl->T * pl->D, blk = 32ull * dense_steps(pl);
-  size_t s = dense_fixed(pl, 255);
+  size_t s = dense_fixed(pl, 255, dense_max_exc(pl));
   for (uint64_t i = 0; i < per_head; i += blk)
     s += pl->H * kvs__rans_block_bound((uint32_t)(per_head - i < blk ? per_head - i : blk));
   return s;
@@ -134,12 +142,23 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
     ss += (double)y[i] * y[i];
   float step = dense_step(pl, sqrt(ss / ((double)Ts * HD)));
   int qmin = 127, qmax = -127;
-  /* symbols per head in (t, d) order */
-  for (uint32_t t = 0; t < T; t++)
-    for (uint32_t h = 0; h < H; h++)
+  uint32_t n_exc = 0, max_exc = dense_max_exc(pl);
+  uint32_t *exc = malloc(sizeof(uint32_t) * (max_exc ? max_exc : 1));
+  if (!exc) {
+    free(y), free(sym), free(words), free(mean);
+    return KVS_ENOMEM;
+  }
+  /* symbols per head in (t, d) order; clipped elements become exceptions
+     (in that order too), their symbols stay clipped */
+  for (uint32_t h = 0; h < H; h++)
+    for (uint32_t t = 0; t < T; t++)
       for (uint32_t d = 0; d < D; d++) {
-        int q = qclamp(y[((uint64_t)t * H + h) * D + d] / step, -127, 127);
-        sym[((uint64_t)h * T + t) * D + d] = (uint8_t)(int8_t)q;
+        uint64_t xi = ((uint64_t)t * H + h) * D + d, si = ((uint64_t)h * T + t) * D + d;
+        float r = y[xi] / step;
+        int q = qclamp(r, -127, 127);
+        if (!(fabsf(r) <= 127.5f) && n_exc < max_exc && isfinite(x[xi]))
+          exc[n_exc++] = (uint32_t)si;
+        sym[si] = (uint8_t)(int8_t)q;
         if (q < qmin) qmin = q;
         if (q > qmax) qmax = q;
       }
@@ -152,10 +171,10 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
   uint16_t freq[256];
   kvs_err rc = kvs__rans_normalize(counts, n_sym, freq);
   if (rc == KVS_OK) rc = kvs__rans_table_init(&tab, freq, n_sym);
-  size_t fixed = dense_fixed(pl, n_sym);
+  size_t fixed = dense_fixed(pl, n_sym, n_exc);
   if (rc == KVS_OK && cap < fixed) rc = KVS_ENOSPC;
   if (rc != KVS_OK) {
-    free(y), free(sym), free(words), free(mean);
+    free(y), free(sym), free(words), free(mean), free(exc);
     return rc;
   }
   memset(out, 0, fixed);
@@ -188,6 +207,17 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
                 pl->dtype == KVS_DTYPE_BF16 ? kvs_f32_to_bf16(x[c]) : kvs_f32_to_f16(x[c]));
     q += KVS__PAD4(2ull * HD);
   }
+  kvs__wr32(q, n_exc);
+  q += 4;
+  for (uint32_t i = 0; i < n_exc; i++) {
+    uint32_t si = exc[i], h = si / (T * D), t = (si / D) % T, d = si % D;
+    float v = x[((uint64_t)t * H + h) * D + d]; /* exact: x came from this dtype */
+    kvs__wr32(q + 4ull * i, si);
+    kvs__wr16(q + 4ull * n_exc + 2ull * i,
+              pl->dtype == KVS_DTYPE_BF16 ? kvs_f32_to_bf16(v) : kvs_f32_to_f16(v));
+  }
+  q += 4ull * n_exc + KVS__PAD4(2ull * n_exc);
+  free(exc);
   uint32_t nbh = dense_nbh(pl);
   kvs__wr32(q, nbh);
   uint8_t *offs = q + 4;
@@ -228,8 +258,8 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
   uint32_t u = kvs__rd32(b + 8);
   memcpy(&step, &u, 4);
   KVS_RETURN_ERROR_IF(!(step > 0 && step < 1e30f), KVS_ECORRUPT, "dense step");
-  size_t fixed = dense_fixed(pl, n_sym);
-  KVS_RETURN_ERROR_IF(n < fixed, KVS_ECORRUPT, "dense plane truncated");
+  size_t fixed0 = dense_fixed(pl, n_sym, 0);
+  KVS_RETURN_ERROR_IF(n < fixed0, KVS_ECORRUPT, "dense plane truncated");
   uint16_t freq[256];
   for (uint32_t s2 = 0; s2 < n_sym; s2++)
     freq[s2] = kvs__rd16(b + 12 + 2 * s2);
@@ -240,6 +270,18 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
   if (flags & KVS_DENSE_CHAN) chan = q, q += KVS__PAD4(2ull * HD);
   if (flags & KVS_DENSE_TOKEN) tokp = q, q += KVS__PAD4(2ull * T);
   if (flags & KVS_DENSE_SINK) sink = q, q += KVS__PAD4(2ull * HD);
+  uint32_t n_exc = kvs__rd32(q);
+  KVS_RETURN_ERROR_IF(n_exc > dense_max_exc(pl), KVS_ECORRUPT, "dense exception count");
+  size_t fixed = dense_fixed(pl, n_sym, n_exc);
+  KVS_RETURN_ERROR_IF(n < fixed, KVS_ECORRUPT, "dense plane truncated");
+  const uint8_t *exc_i = q + 4, *exc_v = exc_i + 4ull * n_exc;
+  q = exc_v + KVS__PAD4(2ull * n_exc);
+  uint32_t xi = 0; /* exception cursor: sorted in (h, t, d) order */
+  for (uint32_t i = 1; i < n_exc; i++)
+    KVS_RETURN_ERROR_IF(kvs__rd32(exc_i + 4ull * i) <= kvs__rd32(exc_i + 4ull * (i - 1)),
+                        KVS_ECORRUPT, "dense exceptions out of order");
+  KVS_RETURN_ERROR_IF(n_exc && kvs__rd32(exc_i + 4ull * (n_exc - 1)) >= (uint64_t)T * HD,
+                      KVS_ECORRUPT, "dense exception index");
   uint32_t nbh = dense_nbh(pl);
   KVS_RETURN_ERROR_IF(kvs__rd32(q) != nbh, KVS_ECORRUPT, "dense block count");
   const uint8_t *offs = q + 4;
@@ -302,6 +344,14 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
       float g = ts[t];
       for (uint32_t d = 0; d < D; d++)
         row[d] = row[d] * g * cf[d] + mf[d];
+      uint64_t r0 = ((uint64_t)h * T + t) * D;
+      while (xi < n_exc && kvs__rd32(exc_i + 4ull * xi) < r0)
+        xi++;
+      for (; xi < n_exc && kvs__rd32(exc_i + 4ull * xi) < r0 + D; xi++) {
+        uint16_t hb = kvs__rd16(exc_v + 2ull * xi);
+        row[kvs__rd32(exc_i + 4ull * xi) - r0] =
+            pl->dtype == KVS_DTYPE_BF16 ? kvs_bf16_to_f32(hb) : kvs_f16_to_f32(hb);
+      }
       kvs__store_row(w, t, h, row);
     }
   }

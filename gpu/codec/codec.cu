@@ -293,10 +293,10 @@ __device__ __forceinline__ uint32_t dense_pflags_dev(const gctx &c, uint32_t kv)
 }
 
 struct dense_hdr {
-  uint32_t n_sym, flags, nbh;
+  uint32_t n_sym, flags, nbh, n_exc;
   int qmin;
   float step;
-  const uint8_t *mean, *chan, *tok, *sink, *offs;
+  const uint8_t *mean, *chan, *tok, *sink, *offs, *exc_i, *exc_v;
   uint64_t fixed, n;
   bool ok;
 };
@@ -320,9 +320,18 @@ __device__ dense_hdr dense_parse(const gctx &c, const uint8_t *b, uint32_t kv) {
   q += (r.flags & KVS_DENSE_TOKEN) ? G_PAD4(2ull * c.T) : 0;
   r.sink = (r.flags & KVS_DENSE_SINK) ? q : NULL;
   q += (r.flags & KVS_DENSE_SINK) ? hd : 0;
+  /* bound n_exc before using it to find what follows */
+  uint64_t max_exc = (uint64_t)c.T * HD / 16;
+  bool room = r.n >= (uint64_t)(q - b) + 4;
+  r.n_exc = room ? kvs__rd32(q) : 0;
+  room = room && r.n_exc <= max_exc;
+  if (!room) r.n_exc = 0;
+  r.exc_i = q + 4;
+  r.exc_v = r.exc_i + 4ull * r.n_exc;
+  q = r.exc_v + G_PAD4(2ull * r.n_exc);
   r.fixed = (uint64_t)(q - b) + 4 + 4ull * c.H * r.nbh;
   r.offs = q + 4;
-  r.ok = r.n >= 12 && r.n_sym > 0 && b[7] == 0 && r.flags == dense_pflags_dev(c, kv) &&
+  r.ok = room && r.n >= 12 && r.n_sym > 0 && b[7] == 0 && r.flags == dense_pflags_dev(c, kv) &&
          r.step > 0.0f && r.step < 1e30f && r.n >= r.fixed && kvs__rd32(q) == r.nbh;
   return r;
 }
@@ -469,6 +478,28 @@ template <int M> __global__ void k_dense(gctx c) {
   if (!close_block(x, pos, rb, bad) && lane == 0) fail(c.flag);
 }
 
+/* Exceptions (elements clipped at +-127 steps) overwrite their decoded
+ * value with the exact one: one block per plane, after k_dense. */
+__global__ void k_dense_exc(gctx c) {
+  uint32_t p = c.p0 + blockIdx.x;
+  uint64_t off = c.plane_off[p];
+  if (off == NO_PLANE) return;
+  const uint8_t *b = c.base + off;
+  dense_hdr hd = dense_parse(c, b, p % 2);
+  if (!hd.ok) return;
+  uint64_t total = (uint64_t)c.T * c.H * c.D;
+  for (uint32_t i = threadIdx.x; i < hd.n_exc; i += blockDim.x) {
+    uint32_t si = kvs__rd32(hd.exc_i + 4ull * i);
+    if (si >= total || (i > 0 && si <= kvs__rd32(hd.exc_i + 4ull * (i - 1)))) {
+      fail(c.flag);
+      continue;
+    }
+    uint32_t h = si / (c.T * c.D), t = (si / c.D) % c.T, d = si % c.D;
+    if (h < c.h0 || h >= c.h1) continue;
+    store(c, p / 2, p % 2, t, h, d, raw_f(hd.exc_v + 2ull * i, c.in_dtype));
+  }
+}
+
 /* ------------------------------------------------------------------ host */
 struct ws_layout {
   size_t flag, seg_start, seg_len, plane_off, kc, vc, lut, total;
@@ -598,6 +629,8 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
     if (rot_m == 1) k_dense<1><<<grid, 128, 0, st>>>(c);
     if (rot_m == 2) k_dense<2><<<grid, 128, 0, st>>>(c);
     if (rot_m == 4) k_dense<4><<<grid, 128, 0, st>>>(c);
+    KVS_CUDA_TRY(cudaGetLastError());
+    k_dense_exc<<<np, 256, 0, st>>>(c); /* after the rows it overwrites */
     break;
   }
   default: return KVS_ENOTSUP;

@@ -468,7 +468,39 @@ static void test_golden(void) {
   CU_ASSERT(n_bad >= 8);
 }
 
+/* Massive activations (a few elements 1000x the rest) in K planes are kept
+ * exact by the dense exception list instead of being clipped at 127 steps;
+ * the TP head-range path applies them too. (V planes with per-token scales
+ * never clip: an outlier raises its token's scale instead.) */
+static void test_dense_exceptions(void) {
+  kvs_layout l = lay(2, 2, 64, KVS_DTYPE_F16);
+  uint32_t T = 64;
+  size_t ne = 2ull * 2 * T * 2 * 64;
+  uint16_t *kv = malloc(ne * 2), *out = malloc(ne * 2);
+  kvs_synth_kv(&l, T, 3, kv);
+  size_t spots[] = {1000, 5000, 17000, 17001, 24575}; /* K planes: [0,8192), [16384,24576) */
+  for (size_t i = 0; i < 5; i++)
+    kv[spots[i]] = kvs_f32_to_f16(i % 2 ? -3000.0f : 2500.0f);
+  kvs_codec_params p;
+  kvs_codec_params_default(KVS_PROFILE_DENSE, 2, &p);
+  size_t cap = kvs_codec_encode_bound(&p, &l, T), len;
+  uint8_t *b = malloc(cap);
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_encode(&p, &l, T, kv, b, cap, &len), KVS_OK);
+  kvs_codec_out o = kvs_codec_out_contiguous(out, ne * 2, KVS_DTYPE_F16);
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_decode(b, len, &o, NULL, 0), KVS_OK);
+  for (size_t i = 0; i < 5; i++)
+    CU_ASSERT_EQUAL(out[spots[i]], kv[spots[i]]);
+  /* head 1 alone: element 24575 is (layer 1 K, t 63, head 1, d 63) */
+  uint16_t *half = malloc(ne);
+  kvs_codec_out oh = kvs_codec_out_contiguous(half, ne, KVS_DTYPE_F16);
+  oh.head_begin = 1;
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_decode(b, len, &oh, NULL, 0), KVS_OK);
+  CU_ASSERT_EQUAL(half[2 * 64 * 64 + 63 * 64 + 63], kv[24575]);
+  free(b), free(kv), free(out), free(half);
+}
+
 static const kvs_test_case cases[] = {{"dense_flags", test_dense_flags},
+                                      {"dense_exceptions", test_dense_exceptions},
                                       {"golden", test_golden},
                                       {"names", test_names},
                                       {"roundtrip", test_roundtrip},
