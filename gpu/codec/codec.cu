@@ -303,8 +303,10 @@ struct dense_hdr {
 
 __device__ dense_hdr dense_parse(const gctx &c, const uint8_t *b, uint32_t kv) {
   dense_hdr r;
+  memset(&r, 0, sizeof r);
   uint32_t HD = c.H * c.D, S = c.prm.group;
   r.n = kvs__rd32(b);
+  if (r.n < 12) return r; /* not ok: nothing past plane_bytes may be read */
   r.n_sym = b[4];
   r.qmin = (int8_t)b[5];
   r.flags = b[6];
