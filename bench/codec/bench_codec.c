@@ -5,7 +5,7 @@
  * reference model is built), next-token KL and top-1 agreement on real
  * SmolLM2 KV of MuSiQue passages (items 0-99 only).
  *
- *   kvs-bench-codec [--tokens 256,1024,4096] [--shape smol|8b|both] [--gpu]
+ *   kvs-bench-codec [--tokens 256,1024,4096] [--shape smol|8b|both] [--gpu|--gpu-only]
  *                   [--real N] [--quick]
  * Prints a table per shape, and a last line of JSON. Single-threaded: GB/s
  * figures are per core, counted in fp16 bytes of KV (2 bytes per element). */
@@ -104,13 +104,15 @@ int main(int argc, char **argv) {
       shape = !strcmp(argv[i], "smol") ? 1 : !strcmp(argv[i], "8b") ? 2 : 3;
     } else if (!strcmp(argv[i], "--gpu")) {
       gpu = 1;
+    } else if (!strcmp(argv[i], "--gpu-only")) {
+      gpu = 2; /* skip the CPU table (encodes still run on the CPU) */
     } else if (!strcmp(argv[i], "--real") && i + 1 < argc) {
       real = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--quick")) {
       quick = 1;
     } else {
       fprintf(stderr,
-              "usage: %s [--tokens a,b,c] [--shape smol|8b|both] [--gpu] [--real N] "
+              "usage: %s [--tokens a,b,c] [--shape smol|8b|both] [--gpu|--gpu-only] [--real N] "
               "[--quick]\n",
               argv[0]);
       return 2;
@@ -145,9 +147,9 @@ int main(int argc, char **argv) {
              "enc GB/s", "dec GB/s");
       row rows[16];
       int nr = 0;
-      for (size_t pi = 0; pi < sizeof profiles / sizeof profiles[0]; pi++)
+      for (size_t pi = 0; gpu < 2 && pi < sizeof profiles / sizeof profiles[0]; pi++)
         measure(profiles[pi], 0, l, T, kv, min_time, &rows[nr++]);
-      for (size_t k = 0; k < N_STEPS; k++)
+      for (size_t k = 0; gpu < 2 && k < N_STEPS; k++)
         measure(KVS_PROFILE_DENSE, k_dense_steps[k], l, T, kv, min_time, &rows[nr++]);
       for (int i = 0; i < nr; i++) {
         row *r = &rows[i];

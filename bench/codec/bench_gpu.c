@@ -95,8 +95,9 @@ void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const 
     }
     printf("%-14s %10.3f %12.1f %14.1f %s\n", kvs_codec_profile_name(profiles[pi]),
            kvs_codec_bits_per_elem(&info), dec, both, kvs_errname(rc));
+    *jn += (size_t)snprintf(json + *jn, cap - *jn, "%s", json[*jn - 1] == '[' ? "" : ",");
     *jn += (size_t)snprintf(json + *jn, cap - *jn,
-                            ",{\"shape\":\"%s\",\"tokens\":%u,\"gpu\":\"%s\",\"profile\":\"%s\","
+                            "{\"shape\":\"%s\",\"tokens\":%u,\"gpu\":\"%s\",\"profile\":\"%s\","
                             "\"gpu_decode_gbs\":%.1f,\"gpu_copy_decode_gbs\":%.1f,"
                             "\"pcie_raw_gbs\":%.1f,\"status\":\"%s\"}",
                             shape, T, name, kvs_codec_profile_name(profiles[pi]), dec, both, pcie,
