@@ -742,11 +742,42 @@ static void test_capacity(void) {
   }
   CU_ASSERT_EQUAL(present + gone, N);
   CU_ASSERT(gone > 0 && present > 2);
+  /* a hit on a T2 entry moves it back up when T1 has room */
+  int t2 = -1;
+  for (int i = 0; i < N && t2 < 0; i++) {
+    uint8_t *rep;
+    size_t rl;
+    kvs_wire_exists_resp e;
+    if (th_key_op(&c, KVS_OP_EXISTS, &ch[i], 0, &rep, &rl) == KVS_OK &&
+        kvs_wire_exists_resp_decode(rep, rl, &e) == KVS_OK && e.present && e.tier == 2)
+      t2 = i;
+    free(rep);
+  }
   th_close(&c);
+  CU_ASSERT(t2 >= 0); /* T2 holds more entries than T0 can */
   char *body = NULL;
   CU_ASSERT_EQUAL(th_http(d.http_port, "GET", "/metrics", &body), 200);
   CU_ASSERT(body && strstr(body, "kvstash_demotions_total"));
+  unsigned long long promo0 = 0, promo1 = 0;
+  const char *pm = body ? strstr(body, "\nkvstash_promotions_total ") : NULL;
+  if (pm) promo0 = strtoull(pm + 26, NULL, 10);
   free(body);
+  if (t2 >= 0) { /* make room in T1, then hit the T2 entry */
+    CU_ASSERT_FATAL(th_connect(&c, d.url, "t", NULL, 20000) == 0);
+    for (int i = 0; i < N; i++)
+      if (i != t2 && i != 0) (void)th_key_op(&c, KVS_OP_DELETE, &ch[i], 0, NULL, NULL);
+    uint8_t *val = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL(th_get(&c, &ch[t2], &val, &n), KVS_OK);
+    CU_ASSERT(val && n == ch[t2].vbytes && memcmp(val, ch[t2].value, n) == 0);
+    free(val);
+    th_close(&c);
+    CU_ASSERT_EQUAL(th_http(d.http_port, "GET", "/metrics", &body), 200);
+    pm = body ? strstr(body, "\nkvstash_promotions_total ") : NULL;
+    if (pm) promo1 = strtoull(pm + 26, NULL, 10);
+    CU_ASSERT_EQUAL(promo1, promo0 + 1);
+    free(body);
+  }
   CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   for (int i = 0; i < N; i++) th_chunk_free(&ch[i]);
   th_daemon_cleanup(&d);
