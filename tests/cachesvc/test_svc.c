@@ -783,6 +783,47 @@ static void test_capacity(void) {
   th_daemon_cleanup(&d);
 }
 
+/* Eviction keeps what saves the most recompute per byte: entries with hits
+ * (and more tokens) outlive cold ones of the same size. */
+static void test_eviction_order(void) {
+  th_daemon d;
+  memset(&d, 0, sizeof d);
+  const char *const args[] = {"--disk_bytes=2M", "--ram_bytes=0", "--cold_dir=", NULL};
+  CU_ASSERT_FATAL(th_daemon_start(&d, args) == 0);
+  th_conn c;
+  CU_ASSERT_FATAL(th_connect(&c, d.url, "t", NULL, 20000) == 0);
+  enum { N = 14 };
+  th_chunk ch[N];
+  for (int i = 0; i < N; i++) /* entry 2 has 4x the tokens of the others */
+    th_chunk_make(&ch[i], 40000 + (uint64_t)i, i == 2 ? 512 : 128, 256 * 1024, 1);
+  for (int i = 0; i < 6; i++) CU_ASSERT_EQUAL(th_put(&c, &ch[i], 0), KVS_OK);
+  for (int k = 0; k < 5; k++) { /* entries 0 and 1 are hot */
+    CU_ASSERT_EQUAL(th_get(&c, &ch[0], NULL, NULL), KVS_OK);
+    CU_ASSERT_EQUAL(th_get(&c, &ch[1], NULL, NULL), KVS_OK);
+  }
+  for (int i = 6; i < N; i++) CU_ASSERT_EQUAL(th_put(&c, &ch[i], 0), KVS_OK);
+  uint64_t v[KVS__STAT_COUNT];
+  CU_ASSERT_EQUAL(th_stats(&c, v), KVS_OK);
+  CU_ASSERT(v[KVS_STAT_EVICTIONS] >= 6);
+  int st[N];
+  for (int i = 0; i < N; i++) {
+    uint8_t *rep;
+    size_t rl;
+    kvs_wire_exists_resp e = {0};
+    st[i] = th_key_op(&c, KVS_OP_EXISTS, &ch[i], 0, &rep, &rl) == KVS_OK &&
+            kvs_wire_exists_resp_decode(rep, rl, &e) == KVS_OK && e.present;
+    free(rep);
+  }
+  CU_ASSERT(st[0] && st[1]); /* hot */
+  CU_ASSERT(st[2]);          /* many tokens for its bytes */
+  CU_ASSERT(!st[3] && !st[4] && !st[5]); /* cold, oldest */
+  CU_ASSERT(st[N - 1]);      /* just written */
+  th_close(&c);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
+  for (int i = 0; i < N; i++) th_chunk_free(&ch[i]);
+  th_daemon_cleanup(&d);
+}
+
 /* tls+tcp:// with a self-signed certificate made by openssl for the test. */
 static void test_tls(void) {
   if (system("command -v openssl >/dev/null 2>&1") != 0) {
@@ -926,6 +967,7 @@ static const kvs_test_case cases[] = {
     {"restart", test_restart},
     {"corruption", test_corruption},
     {"capacity", test_capacity},
+    {"eviction_order", test_eviction_order},
     {"tls", test_tls},
     {"shm_lease", test_shm_lease},
     {NULL, NULL}};
