@@ -74,6 +74,16 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
   for (int t = 0; t < 3; t++)
     sb_printf(&b, "kvstash_tier_bytes{tier=\"%d\"} %llu\n", t,
               (unsigned long long)v[KVS_STAT_BYTES_T0 + t]);
+  sb_printf(&b, "# HELP kvstash_tier_bytes_out_total value bytes served, by the tier they came from\n"
+                "# TYPE kvstash_tier_bytes_out_total counter\n");
+  for (int t = 0; t < 3; t++)
+    sb_printf(&b, "kvstash_tier_bytes_out_total{tier=\"%d\"} %llu\n", t,
+              (unsigned long long)ld(&m->bytes_out_tier[t]));
+  sb_printf(&b, "# HELP kvstash_tier_bytes_moved_total bytes moved between disk tiers\n"
+                "# TYPE kvstash_tier_bytes_moved_total counter\n"
+                "kvstash_tier_bytes_moved_total{from=\"1\",to=\"2\"} %llu\n"
+                "kvstash_tier_bytes_moved_total{from=\"2\",to=\"1\"} %llu\n",
+            (unsigned long long)ld(&m->bytes_demoted), (unsigned long long)ld(&m->bytes_promoted));
   sb_printf(&b, "# TYPE kvstash_auth_failures_total counter\nkvstash_auth_failures_total %llu\n",
             (unsigned long long)ld(&m->auth_failures));
   sb_printf(&b, "# TYPE kvstash_bad_frames_total counter\nkvstash_bad_frames_total %llu\n",

@@ -522,6 +522,7 @@ static int evict_one(kvs__store *s, int tier, const kvs__skey *k) {
     }
     pthread_mutex_unlock(&s->mu);
     atomic_fetch_add_explicit(&s->met->demotions, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->met->bytes_demoted, db, memory_order_relaxed);
   } else {
     (void)db_del(s, tier, k, sync);
     pthread_mutex_lock(&s->mu);
@@ -724,6 +725,7 @@ static void promote(kvs__store *s, const kvs__skey *k, kvs__buf *val) {
     }
     pthread_mutex_unlock(&s->mu);
     atomic_fetch_add_explicit(&s->met->promotions, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->met->bytes_promoted, db, memory_order_relaxed);
   }
   free(rec);
   pthread_rwlock_unlock(sl);

@@ -32,6 +32,8 @@ typedef struct kvs__metrics {
   atomic_uint_fast64_t bad_frames;
   atomic_uint_fast64_t timeouts;
   atomic_uint_fast64_t promotions, demotions;
+  atomic_uint_fast64_t bytes_out_tier[3]; /* GET/EXPORT bytes by the tier that served them */
+  atomic_uint_fast64_t bytes_demoted, bytes_promoted;
   kvs__hist op_latency[KVS__OP_MAX + 1];
 } kvs__metrics;
 

@@ -479,6 +479,8 @@ static void test_http(void) {
   CU_ASSERT(body && strstr(body, "kvstash_hits_total"));
   CU_ASSERT(body && strstr(body, "kvstash_request_seconds_bucket{op=\"GET\""));
   CU_ASSERT(body && strstr(body, "kvstash_rocksdb{tier=\"1\""));
+  CU_ASSERT(body && strstr(body, "kvstash_tier_bytes_out_total{tier=\"0\"} "));
+  CU_ASSERT(body && !strstr(body, "kvstash_tier_bytes_out_total{tier=\"0\"} 0\n")); /* T0 served */
   free(body);
   th_conn c;
   conn_alpha(&c);
