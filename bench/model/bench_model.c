@@ -46,6 +46,7 @@ static void jadd(const char *fmt, ...) {
 }
 
 static uint8_t *read_file(const char *path, size_t *n) {
+  *n = 0;
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   fseek(f, 0, SEEK_END);

@@ -12,6 +12,7 @@
 #include "kvs_test.h"
 
 static uint8_t *read_file(const char *path, size_t *n) {
+  *n = 0;
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   fseek(f, 0, SEEK_END);

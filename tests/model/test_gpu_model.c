@@ -19,6 +19,7 @@
 static kvs_model *g_m;
 
 static uint8_t *read_file(const char *path, size_t *n) {
+  *n = 0;
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   fseek(f, 0, SEEK_END);
