@@ -45,6 +45,7 @@ typedef struct run {
   kvs_blend_load_fn load;
   void *ctx;
   stage st[2];
+  int gpu_shift;        /* device engine: K is re-rotated on the GPU, not here */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int stop;
@@ -63,7 +64,7 @@ static kvs_err fill(run *r, stage *b, uint32_t layer) {
     char *k = (char *)b->k + r->off[i] * es, *v = (char *)b->v + r->off[i] * es;
     KVS_TRY(r->load(r->ctx, i, layer, k, v));
     int64_t delta = (int64_t)r->slot0[i] - sg->stored_pos0;
-    if (delta) {
+    if (delta && !r->gpu_shift) {
       float table[KVS_MAX_HEAD_DIM];
       KVS_TRY(kvs_rope_shift_table(&r->info.layout, delta, table));
       KVS_TRY(kvs_rope_shift(&r->info.layout, k, sg->n_tokens, tok_elems(&r->info), table));
@@ -187,7 +188,8 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   uint32_t *idx = NULL;
   int32_t *tok = NULL;
   uint8_t *cstart = NULL, *forced = NULL, *sel = NULL;
-  float *hidden = NULL, *hidden2 = NULL, *dev = NULL, *d_dev = NULL;
+  float *hidden = NULL, *hidden2 = NULL, *dev = NULL, *d_dev = NULL, *tables = NULL;
+  void *d_stk = NULL, *d_stv = NULL; /* device copy of a layer's stage (GPU engine) */
   void *kz = NULL, *kf = NULL, *vf = NULL, *kl = NULL, *vl = NULL;
   r.stage_elems = (size_t)n_cached_tok * W;
   if (!err) {
@@ -197,10 +199,26 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
     hidden = emalloc(dv, nc * E * sizeof *hidden);
     if (dv) hidden2 = emalloc(dv, nc * E * sizeof *hidden);
     if (dv && !hidden2) err = KVS_ENOMEM;
-    for (int b = 0; b < 2; b++) {
-      r.st[b].k = malloc(r.stage_elems * es + 1);
-      r.st[b].v = malloc(r.stage_elems * es + 1);
+    r.gpu_shift = dv;
+    for (int b = 0; b < 2; b++) { /* pinned for a GPU engine: one DMA per layer */
+      if (dv) {
+        kvs_gpu_alloc_host(&r.st[b].k, r.stage_elems * es + 1);
+        kvs_gpu_alloc_host(&r.st[b].v, r.stage_elems * es + 1);
+      } else {
+        r.st[b].k = malloc(r.stage_elems * es + 1);
+        r.st[b].v = malloc(r.stage_elems * es + 1);
+      }
       if (!r.st[b].k || !r.st[b].v) err = KVS_ENOMEM;
+    }
+    if (dv && !err && n_cached_tok) {
+      d_stk = emalloc(dv, r.stage_elems * es), d_stv = emalloc(dv, r.stage_elems * es);
+      tables = malloc((size_t)n_segs * KVS_MAX_HEAD_DIM * sizeof *tables);
+      if (!d_stk || !d_stv || !tables) err = KVS_ENOMEM;
+      for (uint32_t i = 0; !err && i < n_segs; i++)
+        if (segs[i].kind != KVS_SEG_NEW && segs[i].cached &&
+            (int64_t)r.slot0[i] != segs[i].stored_pos0)
+          err = kvs_rope_shift_table(&r.info.layout, (int64_t)r.slot0[i] - segs[i].stored_pos0,
+                                     tables + (size_t)i * KVS_MAX_HEAD_DIM);
     }
     if (!idx || !tok || !cstart || !forced || !sel || !hidden) err = KVS_ENOMEM;
   }
@@ -260,12 +278,21 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   for (uint32_t l = 0; !err && l < L; l++) {
     if (n_cached_tok) {
       err = take(&r, l, threaded, &stz.t_load_wait_s);
+      const char *bk = r.st[l & 1].k, *bv = r.st[l & 1].v;
+      if (!err && dv) { /* the layer's stage to the GPU in two copies, then shift there */
+        err = kvs_gpu_copy_h2d(d_stk, bk, r.stage_elems * es, NULL);
+        if (!err) err = kvs_gpu_copy_h2d(d_stv, bv, r.stage_elems * es, NULL);
+        bk = d_stk, bv = d_stv;
+      }
       for (uint32_t i = 0; !err && i < tail; i++) {
         const kvs_blend_segment *sg = &segs[i];
-        if (sg->cached)
-          err = ops->kv_write(e, s, l, r.slot0[i], sg->n_tokens,
-                              (char *)r.st[l & 1].k + r.off[i] * es,
-                              (char *)r.st[l & 1].v + r.off[i] * es);
+        if (!sg->cached) continue;
+        if (dv && (int64_t)r.slot0[i] != sg->stored_pos0)
+          err = kvs_gpu_rope_shift(&r.info.layout, (char *)bk + r.off[i] * es, sg->n_tokens, W,
+                                   tables + (size_t)i * KVS_MAX_HEAD_DIM, NULL);
+        if (!err)
+          err = ops->kv_write(e, s, l, r.slot0[i], sg->n_tokens, bk + r.off[i] * es,
+                              bv + r.off[i] * es);
       }
       if (err) break;
       give_back(&r, l, threaded);
@@ -364,6 +391,10 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   free(r.slot0), free(r.off), free(idx), free(tok), free(cstart), free(forced), free(sel);
   efree(dv, hidden), efree(dv, hidden2), efree(dv, d_dev), free(dev), free(kz);
   efree(dv, kf), efree(dv, vf), efree(dv, kl), efree(dv, vl);
-  for (int b = 0; b < 2; b++) free(r.st[b].k), free(r.st[b].v);
+  for (int b = 0; b < 2; b++) {
+    if (dv) kvs_gpu_free_host(r.st[b].k), kvs_gpu_free_host(r.st[b].v);
+    else free(r.st[b].k), free(r.st[b].v);
+  }
+  efree(dv, d_stk), efree(dv, d_stv), free(tables);
   return err;
 }
