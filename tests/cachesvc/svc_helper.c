@@ -33,6 +33,51 @@ int th_free_port(void) {
   return port;
 }
 
+/* Daemons and dirs still alive, so that a test that fails half-way (a
+ * CUnit FATAL assertion leaves the function) does not leave them behind:
+ * at exit every one left is killed and removed. */
+#define TH_MAX 32
+static pid_t g_pids[TH_MAX];
+static char g_dirs[TH_MAX][256];
+static int g_atexit;
+
+static void th_reap_all(void) {
+  for (int i = 0; i < TH_MAX; i++)
+    if (g_pids[i] > 0) {
+      kill(g_pids[i], SIGKILL);
+      waitpid(g_pids[i], NULL, 0);
+      g_pids[i] = 0;
+    }
+  for (int i = 0; i < TH_MAX; i++)
+    if (g_dirs[i][0] && strncmp(g_dirs[i], "/tmp/kvs-svc-test-", 18) == 0) {
+      char cmd[400];
+      snprintf(cmd, sizeof cmd, "rm -rf '%.255s'", g_dirs[i]);
+      if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dirs[i]);
+      g_dirs[i][0] = 0;
+    }
+}
+
+static void track_pid(pid_t pid, int add) {
+  if (!g_atexit) {
+    atexit(th_reap_all);
+    g_atexit = 1;
+  }
+  for (int i = 0; i < TH_MAX; i++)
+    if (add ? g_pids[i] == 0 : g_pids[i] == pid) {
+      g_pids[i] = add ? pid : 0;
+      return;
+    }
+}
+
+static void track_dir(const char *dir, int add) {
+  for (int i = 0; i < TH_MAX; i++)
+    if (add ? !g_dirs[i][0] : strcmp(g_dirs[i], dir) == 0) {
+      if (add) snprintf(g_dirs[i], sizeof g_dirs[i], "%.255s", dir);
+      else g_dirs[i][0] = 0;
+      return;
+    }
+}
+
 static const char *daemon_path(void) {
   static char p[1024];
   const char *b = getenv("KVS_BUILD_DIR");
@@ -50,6 +95,9 @@ int th_daemon_start(th_daemon *d, const char *const *extra) {
     snprintf(d->dir, sizeof d->dir, "/tmp/kvs-svc-test-XXXXXX");
     if (!mkdtemp(d->dir)) return -1;
   }
+  int known = 0;
+  for (int i = 0; i < TH_MAX; i++) known |= strcmp(g_dirs[i], d->dir) == 0;
+  if (!known) track_dir(d->dir, 1);
   d->port = th_free_port();
   d->http_port = th_free_port();
   if (d->port < 0 || d->http_port < 0) return -1;
@@ -83,10 +131,12 @@ int th_daemon_start(th_daemon *d, const char *const *extra) {
     _exit(127);
   }
   d->pid = pid;
+  track_pid(pid, 1);
   /* ready = answers a PING (auth errors count: it answered) */
   for (int i = 0; i < 200; i++) {
     int st;
     if (waitpid(pid, &st, WNOHANG) == pid) {
+      track_pid(pid, 0);
       d->pid = 0;
       th_daemon_dump_log(d);
       return -1;
@@ -110,6 +160,7 @@ int th_daemon_stop(th_daemon *d) {
     int st;
     pid_t r = waitpid(d->pid, &st, WNOHANG);
     if (r == d->pid) {
+      track_pid(d->pid, 0);
       d->pid = 0;
       return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     }
@@ -124,6 +175,7 @@ void th_daemon_kill9(th_daemon *d) {
   kill(d->pid, SIGKILL);
   int st;
   waitpid(d->pid, &st, 0);
+  track_pid(d->pid, 0);
   d->pid = 0;
 }
 
@@ -133,6 +185,7 @@ void th_daemon_cleanup(th_daemon *d) {
   char cmd[400];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", d->dir);
+  track_dir(d->dir, 0);
   d->dir[0] = 0;
 }
 
