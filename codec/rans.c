@@ -135,9 +135,9 @@ kvs_err kvs__rans_dec_block(const uint8_t *blk, size_t avail, uint32_t n,
       uint32_t j = i % KVS_RANS_LANES, xs = x[j];
       uint32_t e = lut[xs & mask];
       xs = KVS_RANS_LUT_FREQ(e) * (xs >> KVS_RANS_PROB_BITS) + KVS_RANS_LUT_BIAS(e);
-      uint32_t need = xs < KVS_RANS_L;
+      uint32_t need = xs < KVS_RANS_L, m = 0u - need;
       uint32_t word = kvs__rd16(wp + 2 * (pos < last ? pos : last));
-      xs = need ? (xs << 16) | word : xs;
+      xs = (((xs << 16) | word) & m) | (xs & ~m);
       pos += need;
       x[j] = xs;
       sym[i] = (uint8_t)KVS_RANS_LUT_SYM(e);
