@@ -14,6 +14,7 @@
  * serialize disk work per key (readers shared, writers exclusive). Order:
  * stripe, then mu; never two stripes except by trylock (eviction skips a busy
  * victim). The T0 fast path takes only mu. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -110,7 +112,8 @@ struct kvs__store {
     kvs__shm *seg;
   } segs[MAX_SEGS];
   int nsegs;
-  char inst[9]; /* hex id of this daemon's data dir, in segment names */
+  char inst[9];  /* hex id of this daemon's data dir, in segment names */
+  char nonce[9]; /* random per start: a client never maps a previous run's segment */
   lease *leases; /* guarded by mu */
   size_t nleases, capleases;
   uint64_t lease_seq;
@@ -179,7 +182,7 @@ static kvs__shm *seg_for(kvs__store *s, const uint8_t tid[8]) {
     char hex[33];
     kvs_hash128_hex(&h, hex);
     hex[16] = 0;
-    snprintf(name, sizeof name, "/kvstash-%s-%s", s->inst, hex);
+    snprintf(name, sizeof name, "/kvstash-%s-%s-%s", s->inst, s->nonce, hex);
     m = kvs__shm_create(name, s->cfg.shm_bytes ? s->cfg.shm_bytes : s->cfg.ram_bytes);
     if (m) {
       memcpy(s->segs[s->nsegs].tid, tid, 8);
@@ -1290,6 +1293,19 @@ kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store *
     uint8_t h[16];
     crypto_generichash(h, 16, (const uint8_t *)"I", 1, s->secret, sizeof s->secret);
     snprintf(s->inst, sizeof s->inst, "%02x%02x%02x%02x", h[0], h[1], h[2], h[3]);
+    snprintf(s->nonce, sizeof s->nonce, "%08x", randombytes_random());
+    /* segments a previous run of this store left behind (killed): unlink */
+    char prefix[32];
+    int pl = snprintf(prefix, sizeof prefix, "kvstash-%s-", s->inst);
+    DIR *dd = opendir("/dev/shm");
+    struct dirent *de;
+    while (dd && (de = readdir(dd))) {
+      if (strncmp(de->d_name, prefix, (size_t)pl) != 0) continue;
+      char nm[300];
+      snprintf(nm, sizeof nm, "/%s", de->d_name);
+      if (shm_unlink(nm) == 0) KVS_LOGI("shm", "stale segment removed", "name=%s", nm);
+    }
+    if (dd) closedir(dd);
   }
   char p1[600];
   snprintf(p1, sizeof p1, "%s/t1", c->data_dir);
