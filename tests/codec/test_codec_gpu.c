@@ -146,9 +146,9 @@ static void one(int profile, const kvs_layout *l, uint32_t T, uint32_t lpg, uint
     void **dk = malloc(sizeof(void *) * l->n_layers), **dv = malloc(sizeof(void *) * l->n_layers);
     for (uint32_t i = 0; i < l->n_layers; i++) {
       hk[i] = malloc(cache_b), hv[i] = malloc(cache_b);
-      memset(hk[i], 0x5a, cache_b), memset(hv[i], 0x5a, cache_b);
+      memset(hk[i], 0, cache_b), memset(hv[i], 0, cache_b);
       dk[i] = dalloc_guarded(cache_b), dv[i] = dalloc_guarded(cache_b);
-      cudaMemset(dk[i], 0x5a, cache_b), cudaMemset(dv[i], 0x5a, cache_b);
+      cudaMemset(dk[i], 0, cache_b), cudaMemset(dv[i], 0, cache_b);
     }
     int32_t *dtable = NULL;
     CK(cudaMalloc((void **)&dtable, sizeof(int32_t) * nblk));
