@@ -82,9 +82,14 @@ __device__ __forceinline__ void store(const gctx &c, uint32_t layer, uint32_t kv
 }
 
 /* ------------------------------------------------------------ plane walk */
-__global__ void k_walk(const uint8_t *base, const uint64_t *seg_start, const uint64_t *seg_len,
-                       uint32_t g0, uint32_t g1, uint32_t lpg, uint32_t n_layers,
-                       uint64_t *plane_off, int *flag) {
+/* segment places, by value: the kernel parameter space holds them (2 KiB) */
+struct seg_table {
+  uint64_t start[KVS_CODEC_MAX_SEGMENTS], len[KVS_CODEC_MAX_SEGMENTS];
+};
+
+__global__ void k_walk(const uint8_t *base, const seg_table segs, uint32_t g0, uint32_t g1,
+                       uint32_t lpg, uint32_t n_layers, uint64_t *plane_off, int *flag) {
+  const uint64_t *seg_start = segs.start, *seg_len = segs.len;
   uint32_t g = g0 + blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= g1) return;
   uint32_t first = g * lpg, nl = n_layers - first < lpg ? n_layers - first : lpg;
@@ -554,29 +559,25 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
     }
   }
   uint8_t *ws = (uint8_t *)d_ws;
-  uint64_t starts[KVS_CODEC_MAX_SEGMENTS + 1], lens[KVS_CODEC_MAX_SEGMENTS + 1];
+  static_assert(sizeof(seg_table) <= 2048, "kernel parameters stay small");
+  seg_table segs;
   for (uint32_t g = 0; g < info->n_segments; g++) {
-    starts[g] = info->seg_offset[g] - base_off;
-    lens[g] = info->seg_offset[g + 1] - info->seg_offset[g];
+    segs.start[g] = info->seg_offset[g] - base_off;
+    segs.len[g] = info->seg_offset[g + 1] - info->seg_offset[g];
   }
   KVS_CUDA_TRY(cudaMemsetAsync(ws + w.flag, 0, 4, st)); /* status: this call only */
-  KVS_CUDA_TRY(cudaMemcpyAsync(ws + w.seg_start, starts, 8ull * info->n_segments,
-                               cudaMemcpyHostToDevice, st));
-  KVS_CUDA_TRY(
-      cudaMemcpyAsync(ws + w.seg_len, lens, 8ull * info->n_segments, cudaMemcpyHostToDevice, st));
   if (!out->base) {
     KVS_CUDA_TRY(
         cudaMemcpyAsync(ws + w.kc, out->k_cache, 8ull * l->n_layers, cudaMemcpyHostToDevice, st));
     KVS_CUDA_TRY(
         cudaMemcpyAsync(ws + w.vc, out->v_cache, 8ull * l->n_layers, cudaMemcpyHostToDevice, st));
+    /* the caller's pointer arrays may change once we return */
+    KVS_CUDA_TRY(cudaStreamSynchronize(st));
   }
-  /* no sync needed: a host->device copy from pageable memory returns once
-     the source has been staged, so the arrays on our stack may go */
   int *flag = (int *)(ws + w.flag);
   uint64_t *plane_off = (uint64_t *)(ws + w.plane_off);
-  k_walk<<<G_CDIV(g1 - g0, 64u), 64, 0, st>>>(d_base, (const uint64_t *)(ws + w.seg_start),
-                                              (const uint64_t *)(ws + w.seg_len), g0, g1,
-                                              info->layers_per_group, l->n_layers, plane_off, flag);
+  k_walk<<<G_CDIV(g1 - g0, 64u), 64, 0, st>>>(d_base, segs, g0, g1, info->layers_per_group,
+                                              l->n_layers, plane_off, flag);
   KVS_CUDA_TRY(cudaGetLastError());
   gctx c;
   memset(&c, 0, sizeof c);
