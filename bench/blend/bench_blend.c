@@ -84,7 +84,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
   double med[6];
   double rec[6] = {1, 1, 0, 0, 0, 0};
   for (int k = 0; k < 6; k++) {
-    double t[16];
+    double t[16] = {0};
     int R = reps > 16 ? 16 : reps;
     for (int rep = 0; rep < R; rep++) {
       kvs_rag_answer a = {0};
