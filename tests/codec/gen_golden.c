@@ -15,7 +15,10 @@
 
 static void put(const char *dir, const char *name, const uint8_t *b, size_t n) {
   char p[1024];
-  snprintf(p, sizeof p, "%s/%s", dir, name);
+  if (snprintf(p, sizeof p, "%s/%s", dir, name) >= (int)sizeof p) {
+    fprintf(stderr, "gen_golden: path too long: %s/%s\n", dir, name);
+    exit(1);
+  }
   FILE *f = fopen(p, "wb");
   if (!f || fwrite(b, 1, n, f) != n) {
     perror(p);
