@@ -83,4 +83,4 @@ for T in [int(t) for t in args.tokens.split(",")]:
         ms = e0.elapsed_time(e1)
         if rep > 0:
             best = ms if best is None else min(best, ms)
-    print(json.dumps({"tokens": T, "ms": round(best, 3)}), flush=True)
+    print(json.dumps({"tokens": T, "ms": round(best, 3)}, separators=(",", ":")), flush=True)
