@@ -70,6 +70,7 @@ struct kvs_client {
   int active; /* calls started and not yet finished */
   int pipes;  /* connections up */
   atomic_uint_fast64_t next_id;
+  atomic_int in_nng; /* threads inside an nng ctx/aio call of this client */
 };
 
 /* Records err with a printf message as this thread's last error on c and

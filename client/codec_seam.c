@@ -6,8 +6,10 @@
 #include "codec_seam.h"
 #include "kvs_wire.h"
 
+#include "kvs_gpu.h"
 #ifdef KVS_CLIENT_HAVE_CODEC
 #include "kvs_codec.h"
+#include "kvs_gpu_codec.h"
 #endif
 
 int kvs__codec_compiled(void) {
@@ -248,6 +250,77 @@ kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *by
   return kvs_codec_decode_segment(&d->info, g, bytes, len, &o, ws, ws_len);
 #else
   (void)bytes, (void)len, (void)out, (void)out_bytes, (void)ws, (void)ws_len;
+  return KVS_ENOTSUP;
+#endif
+}
+
+/* ------------------------------------------------------ device decode */
+int kvs__decoder_gpu_ok(const kvs__decoder *d) {
+#ifdef KVS_CLIENT_HAVE_CODEC
+  if (d->profile == KVS_PROFILE_RAW || d->profile == KVS_CODEC_LOSSLESS) return 0;
+  if (kvs_gpu_device_count() < 1) return 0;
+  /* dense needs a head_dim the Hadamard kernel covers */
+  if (d->profile == KVS_CODEC_DENSE && d->layout.head_dim != 32 && d->layout.head_dim != 64 &&
+      d->layout.head_dim != 128)
+    return 0;
+  return 1;
+#else
+  (void)d;
+  return 0;
+#endif
+}
+
+void kvs__devslot_free(kvs__devslot *s) {
+  if (!s) return;
+  kvs_gpu_free(s->d_seg);
+  kvs_gpu_free(s->d_ws);
+  if (s->stream) kvs_gpu_stream_free(s->stream);
+  memset(s, 0, sizeof *s);
+}
+
+kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg) {
+  memset(s, 0, sizeof *s);
+#ifdef KVS_CLIENT_HAVE_CODEC
+  s->seg_cap = max_seg ? max_seg : 1;
+  s->ws_len = kvs_gpu_codec_workspace_bound(&d->info);
+  kvs_err rv = kvs_gpu_alloc(&s->d_seg, s->seg_cap);
+  if (!rv) rv = kvs_gpu_alloc(&s->d_ws, s->ws_len ? s->ws_len : 1);
+  if (!rv) rv = kvs_gpu_stream_create(&s->stream);
+  if (rv) kvs__devslot_free(s);
+  return rv;
+#else
+  (void)d, (void)max_seg;
+  return KVS_ENOTSUP;
+#endif
+}
+
+kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint8_t *bytes,
+                                   size_t len, void *d_out, uint64_t out_bytes, uint32_t dtype,
+                                   uint32_t hb, uint32_t he, kvs__devslot *s) {
+#ifdef KVS_CLIENT_HAVE_CODEC
+  const kvs_codec_info *info = &d->info;
+  if (g >= d->G || hb >= he || he > d->layout.n_kv_heads) return KVS_EINVAL;
+  /* the kernels bound their reads but do not check checksums: do it here */
+  KVS_RETURN_ERROR_IF(len != info->seg_offset[g + 1] - info->seg_offset[g] ||
+                          len < KVS_CODEC_SEG_HEADER_BYTES || len > s->seg_cap,
+                      KVS_ECORRUPT, "segment size");
+  KVS_RETURN_ERROR_IF(kvs_wire_rd32(bytes + KVS_SH_MAGIC, 0) != KVS_CODEC_SEG_MAGIC ||
+                          kvs_wire_rd32(bytes + KVS_SH_INDEX, 0) != g,
+                      KVS_ECORRUPT, "segment header");
+  uint64_t pay = kvs_wire_rd64(bytes + KVS_SH_PAYLOAD, 0);
+  KVS_RETURN_ERROR_IF(pay != len - KVS_CODEC_SEG_HEADER_BYTES, KVS_ECORRUPT, "segment payload");
+  KVS_RETURN_ERROR_IF(kvs_checksum64(bytes + KVS_CODEC_SEG_HEADER_BYTES, pay) !=
+                          kvs_wire_rd64(bytes + KVS_SH_CHECKSUM, 0),
+                      KVS_ECHECKSUM, "segment checksum");
+  kvs_codec_out o = kvs_codec_out_contiguous(d_out, out_bytes, dtype);
+  o.head_begin = hb;
+  o.head_end = he;
+  KVS_TRY(kvs_gpu_copy_h2d(s->d_seg, bytes, len, s->stream));
+  KVS_TRY(kvs_gpu_codec_decode_segment(info, g, s->d_seg, &o, s->d_ws, s->ws_len, s->stream));
+  return kvs_gpu_codec_status(s->d_ws, s->stream);
+#else
+  (void)d, (void)g, (void)bytes, (void)len, (void)d_out, (void)out_bytes, (void)dtype;
+  (void)hb, (void)he, (void)s;
   return KVS_ENOTSUP;
 #endif
 }

@@ -56,6 +56,27 @@ kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *by
                             void *out, uint64_t out_bytes, uint32_t dtype, uint32_t hb, uint32_t he,
                             void *ws, size_t ws_len);
 
+/* ---- device decode (KVS_GET_DEVICE with a lossy codec profile) */
+/* 1 when group segments of d can be decoded by the GPU codec kernels
+ * (codec and CUDA built in, a device present, a profile they cover). */
+int kvs__decoder_gpu_ok(const kvs__decoder *d);
+/* Device buffers of one concurrent decode: segment bytes, workspace, stream. */
+typedef struct kvs__devslot {
+  void *d_seg;
+  size_t seg_cap;
+  void *d_ws;
+  size_t ws_len;
+  void *stream;
+} kvs__devslot;
+kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes);
+void kvs__devslot_free(kvs__devslot *s);
+/* Checks group g's segment on the host (header, checksum), copies it to the
+ * device and decodes it there into d_out (device memory, canonical layout
+ * with heads [hb, he)); returns once the kernels are done. */
+kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint8_t *bytes,
+                                   size_t len, void *d_out, uint64_t out_bytes, uint32_t dtype,
+                                   uint32_t hb, uint32_t he, kvs__devslot *s);
+
 int kvs__codec_compiled(void);
 
 #endif

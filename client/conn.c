@@ -81,6 +81,8 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
   pthread_mutex_unlock(&c->mu);
 }
 
+void kvs_client_lib_fini(void) { nng_fini(); }
+
 int kvs_client_connected(kvs_client *c) {
   if (!c) return 0;
   pthread_mutex_lock(&c->mu);
@@ -114,6 +116,7 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
   pthread_mutex_init(&c->mu, NULL);
   pthread_cond_init(&c->cv, NULL);
   atomic_init(&c->next_id, 1);
+  atomic_init(&c->in_nng, 0);
   c->o.url = c->url;
   c->o.tenant = c->tenant;
   c->o.token = c->token;
@@ -163,27 +166,42 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
 
 void kvs_client_free(kvs_client *c) {
   if (!c) return;
+  /* No call starts a new nng operation once closed is set (see allowed());
+   * those in flight are aborted until none is left, and only then are the
+   * sockets closed: closing a socket under a context operation that is just
+   * starting is a race inside nng 1.5 (it panics). */
   pthread_mutex_lock(&c->mu);
   c->closed = 1;
-  size_t n = 0;
-  for (kvs__slot *s = c->all_slots; s; s = s->all_next)
-    n++;
-  nng_aio **aios = calloc(n ? n : 1, sizeof *aios);
-  n = 0;
-  for (kvs__slot *s = c->all_slots; s && aios; s = s->all_next)
-    aios[n++] = s->aio;
+  while (c->active > 0) {
+    size_t n = 0;
+    for (kvs__slot *s = c->all_slots; s; s = s->all_next)
+      n++;
+    nng_aio **aios = calloc(n ? n : 1, sizeof *aios);
+    n = 0;
+    for (kvs__slot *s = c->all_slots; s && aios; s = s->all_next)
+      aios[n++] = s->aio;
+    pthread_mutex_unlock(&c->mu);
+    for (size_t i = 0; i < n; i++)
+      nng_aio_abort(aios[i], NNG_ECLOSED);
+    free(aios);
+    pthread_mutex_lock(&c->mu);
+    if (c->active > 0) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 10 * 1000000;
+      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+      pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+    }
+  }
   pthread_mutex_unlock(&c->mu);
-  /* closing the sockets ends sends and receives; a call sleeping in a
-   * backoff is woken by the abort */
+  /* an nng_ctx_send can still be returning on another thread after its
+   * call has finished; closing the socket under it is the nng race */
+  while (atomic_load(&c->in_nng) > 0) {
+    struct timespec ts = {0, 200000};
+    nanosleep(&ts, NULL);
+  }
   for (uint32_t i = 0; i < c->n_socks; i++)
     nng_close(c->socks[i]);
-  for (size_t i = 0; i < n; i++)
-    nng_aio_abort(aios[i], NNG_ECLOSED);
-  free(aios);
-  pthread_mutex_lock(&c->mu);
-  while (c->active > 0)
-    pthread_cond_wait(&c->cv, &c->mu);
-  pthread_mutex_unlock(&c->mu);
   kvs__slot *s = c->all_slots;
   while (s) {
     kvs__slot *next = s->all_next;
@@ -290,6 +308,20 @@ static void fail(kvs__call *call, int rv, const char *what, int nng_rv) {
   call_finish(call, rv);
 }
 
+/* Whether the call may start another nng operation; finishes it with
+ * KVS_ECLOSED when the client is closing. */
+static int allowed(kvs__call *call) {
+  kvs_client *c = call->c;
+  pthread_mutex_lock(&c->mu);
+  int ok = !c->closed;
+  pthread_mutex_unlock(&c->mu);
+  if (!ok) {
+    snprintf(call->errmsg, sizeof call->errmsg, "client closed");
+    call_finish(call, KVS_ECLOSED);
+  }
+  return ok;
+}
+
 static void send_attempt(kvs__call *call) {
   kvs__slot *s = call->slot;
   int64_t ms = remaining_ms(call);
@@ -304,10 +336,17 @@ static void send_attempt(kvs__call *call) {
     fail(call, KVS_ENOMEM, "copying the request for", 0);
     return;
   }
+  if (!allowed(call)) {
+    nng_msg_free(m);
+    return;
+  }
   call->state = KVS__ST_SEND;
   nng_aio_set_msg(s->aio, m);
   nng_aio_set_timeout(s->aio, (nng_duration)ms);
+  kvs_client *c = call->c; /* the call may be finished and freed before send returns */
+  atomic_fetch_add(&c->in_nng, 1);
   nng_ctx_send(s->ctx, s->aio);
+  atomic_fetch_sub(&c->in_nng, 1);
 }
 
 static int retryable(int rv) { return rv == KVS_ECONN || rv == KVS_EBUSY || rv == KVS_EAGAIN; }
@@ -323,9 +362,12 @@ static void retry_or_fail(kvs__call *call, int rv, int sent, const char *what, i
     if ((int64_t)ms < remaining_ms(call)) {
       KVS_LOGD("client", "retrying", "attempt=%u backoff_ms=%llu err=%s", call->attempt + 1,
                (unsigned long long)ms, kvs_errname(rv));
+      if (!allowed(call)) return;
       call->attempt++;
       call->state = KVS__ST_SLEEP;
+      atomic_fetch_add(&c->in_nng, 1);
       nng_sleep_aio((nng_duration)(ms ? ms : 1), call->slot->aio);
+      atomic_fetch_sub(&c->in_nng, 1);
       return;
     }
   }
@@ -356,12 +398,18 @@ static void slot_cb(void *arg) {
       retry_or_fail(call, kvs__err_from_nng(nrv), 0, "sending to", nrv);
       return;
     }
+    if (!allowed(call)) return;
     call->state = KVS__ST_RECV;
     {
       int64_t ms = remaining_ms(call);
       nng_aio_set_timeout(s->aio, (nng_duration)(ms > 0 ? ms : 1));
     }
-    nng_ctx_recv(s->ctx, s->aio);
+    {
+      kvs_client *c = call->c; /* the call may be gone before recv returns */
+      atomic_fetch_add(&c->in_nng, 1);
+      nng_ctx_recv(s->ctx, s->aio);
+      atomic_fetch_sub(&c->in_nng, 1);
+    }
     return;
   case KVS__ST_RECV: {
     if (nrv) {

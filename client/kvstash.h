@@ -120,6 +120,11 @@ void kvs_client_free(kvs_client *c);
 const char *kvs_client_errmsg(kvs_client *c);
 /* Connections currently up (over all sockets of the pool). */
 int kvs_client_connected(kvs_client *c);
+/* Optional, at the end of a process, once every client is freed: releases
+ * the network layer's global state (nng's threads and what its reaper still
+ * holds), so that leak checkers see a clean exit. No client may be used
+ * after it. */
+void kvs_client_lib_fini(void);
 
 /* ------------------------------------------------------------- simple ops */
 /* Liveness and auth check (a PING round trip). */

@@ -239,7 +239,8 @@ struct kvs_op {
   kvs_client *c;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  int pending; /* calls outstanding */
+  int pending;  /* references held by calls and callbacks still running */
+  int inflight; /* group requests issued and not yet answered (<= window) */
   int failed;
   int finished;
   int rv;
@@ -250,8 +251,10 @@ struct kvs_op {
   int32_t *tokens;
   uint32_t T;
   kvs_layout layout;
-  uint8_t *out;  /* host output (or the staging buffer of a device get) */
-  void *dev_out; /* KVS_GET_DEVICE: the caller's device buffer */
+  uint8_t *out;           /* host output (or the staging buffer of a device get) */
+  void *dev_out;          /* KVS_GET_DEVICE: the caller's device buffer */
+  int gpu_decode;         /* device get decoded by the GPU codec kernels */
+  kvs__devslot *devslots; /* [window] when gpu_decode */
   uint64_t out_bytes;
   uint32_t dtype, hb, he, window;
   kvs_group_fn on_group;
@@ -322,7 +325,7 @@ static void group_done(kvs__call *call, void *arg);
 static void issue_more(kvs_op *op) {
   for (;;) {
     pthread_mutex_lock(&op->mu);
-    if (op->failed || op->next_g >= op->G || op->pending - 1 >= (int)op->window) {
+    if (op->failed || op->next_g >= op->G || op->inflight >= (int)op->window) {
       pthread_mutex_unlock(&op->mu);
       return;
     }
@@ -330,6 +333,7 @@ static void issue_more(kvs_op *op) {
     while (op->ws_busy[idx])
       idx++;
     op->ws_busy[idx] = 1;
+    op->inflight++;
     op->pending++;
     pthread_mutex_unlock(&op->mu);
     kvs__sub *sub = malloc(sizeof *sub);
@@ -346,6 +350,7 @@ static void issue_more(kvs_op *op) {
       pthread_mutex_lock(&op->mu);
       op_fail_locked(op, rv ? rv : KVS_ENOMEM, "cannot build a GET request");
       op->pending--;
+      op->inflight--;
       op->ws_busy[idx] = 0;
       pthread_mutex_unlock(&op->mu);
       return;
@@ -371,15 +376,20 @@ static void group_done(kvs__call *call, void *arg) {
       snprintf(msg, sizeof msg, "bad GET answer for group %u (%s)", sub->g, kvs_errname(rv));
       rv = KVS_EPROTO;
     } else {
-      rv = kvs__decoder_decode(op->dec, sub->g, r.bytes, r.byte_len, op->out, op->out_bytes,
-                               op->dtype, op->hb, op->he, op->ws + sub->idx * op->ws_each,
-                               op->ws_each);
+      if (op->gpu_decode)
+        rv = kvs__decoder_decode_device(op->dec, sub->g, r.bytes, r.byte_len, op->dev_out,
+                                        op->out_bytes, op->dtype, op->hb, op->he,
+                                        &op->devslots[sub->idx]);
+      else
+        rv = kvs__decoder_decode(op->dec, sub->g, r.bytes, r.byte_len, op->out, op->out_bytes,
+                                 op->dtype, op->hb, op->he, op->ws + sub->idx * op->ws_each,
+                                 op->ws_each);
       if (rv) snprintf(msg, sizeof msg, "decoding group %u failed (%s)", sub->g, kvs_errname(rv));
     }
   }
   uint32_t lb, le;
   kvs__decoder_group_layers(op->dec, sub->g, &lb, &le);
-  if (rv == KVS_OK && op->dev_out) {
+  if (rv == KVS_OK && op->dev_out && !op->gpu_decode) {
     uint64_t plane = op->out_bytes / (2 * (uint64_t)op->layout.n_layers);
     rv = kvs_gpu_copy_h2d((uint8_t *)op->dev_out + 2 * lb * plane, op->out + 2 * lb * plane,
                           2 * (le - lb) * plane, NULL);
@@ -390,6 +400,7 @@ static void group_done(kvs__call *call, void *arg) {
   if (rv == KVS_OK && !op->sync && op->on_group) op->on_group(op->user, lb, le);
   pthread_mutex_lock(&op->mu);
   op->ws_busy[sub->idx] = 0;
+  op->inflight--;
   if (rv == KVS_OK) {
     op->ready[sub->g] = 1;
     op->n_ready++;
@@ -415,6 +426,7 @@ static void first_done(kvs__call *call, void *arg) {
   char msg[KVS__ERRMSG_LEN];
   snprintf(msg, sizeof msg, "%s", call->errmsg);
   kvs__decoder *dec = NULL;
+  uint64_t max_seg = 0;
   if (rv == KVS_OK) {
     size_t pn;
     const uint8_t *p = reply_payload(call->rep, &pn);
@@ -435,6 +447,11 @@ static void first_done(kvs__call *call, void *arg) {
       snprintf(msg, sizeof msg, "stored entry has %u tokens, not %u", r.meta.n_tokens, op->T);
     } else {
       rv = kvs__decoder_open(r.meta.codec_profile, &op->layout, op->T, r.bytes, r.byte_len, &dec);
+      for (uint32_t i = 1; i < r.meta.n_segments; i++) {
+        uint64_t off, len;
+        kvs_wire_meta_seg_range(&r.meta, i, &off, &len);
+        if (len > max_seg) max_seg = len;
+      }
       if (rv)
         snprintf(msg, sizeof msg, "cannot decode profile %u stored for this key (%s)",
                  r.meta.codec_profile, kvs_errname(rv));
@@ -447,7 +464,21 @@ static void first_done(kvs__call *call, void *arg) {
     op->ready = calloc(G ? G : 1, 1);
     op->ws_busy = calloc(op->window, 1);
     op->ws = op->ws_each ? malloc(op->ws_each * op->window) : NULL;
-    if (!op->ready || !op->ws_busy || (op->ws_each && !op->ws)) {
+    if (op->dev_out && kvs__decoder_gpu_ok(dec)) {
+      op->devslots = calloc(op->window, sizeof *op->devslots);
+      op->gpu_decode = op->devslots != NULL;
+      for (uint32_t i = 0; op->gpu_decode && i < op->window; i++)
+        if (kvs__devslot_init(&op->devslots[i], dec, max_seg)) op->gpu_decode = 0;
+      if (!op->gpu_decode) { /* fall back to decoding on the host */
+        for (uint32_t i = 0; op->devslots && i < op->window; i++)
+          kvs__devslot_free(&op->devslots[i]);
+        free(op->devslots);
+        op->devslots = NULL;
+      }
+    }
+    if (op->dev_out && !op->gpu_decode) op->out = malloc(op->out_bytes);
+    if (!op->ready || !op->ws_busy || (op->ws_each && !op->ws) ||
+        (op->dev_out && !op->gpu_decode && !op->out)) {
       rv = KVS_ENOMEM;
       snprintf(msg, sizeof msg, "no memory for the decoder");
       kvs__decoder_free(dec);
@@ -518,13 +549,12 @@ static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t
   op->tokens = malloc(op->T * sizeof *op->tokens);
   if (op->tokens) memcpy(op->tokens, tokens + chunk->start, op->T * sizeof *op->tokens);
   if (o->flags & KVS_GET_DEVICE) {
-    op->dev_out = out;
-    op->out = malloc(need);
+    op->dev_out = out; /* the host staging buffer, if needed, comes with the decoder */
   } else {
     op->out = out;
   }
   nng_msg *m = NULL;
-  int rv = op->tokens && op->out ? KVS_OK : KVS_ENOMEM;
+  int rv = op->tokens ? KVS_OK : KVS_ENOMEM;
   if (!rv) rv = get_request(op, KVS_WIRE_GET_META, 0, 1, &m);
   kvs__call *call = rv ? NULL : kvs__call_new(c, m, 1, 0, check_reply, first_done, op);
   if (!call) {
@@ -594,6 +624,9 @@ void kvs_op_free(kvs_op *op) {
   while (!op->finished)
     pthread_cond_wait(&op->cv, &op->mu);
   pthread_mutex_unlock(&op->mu);
+  for (uint32_t i = 0; op->devslots && i < op->window; i++)
+    kvs__devslot_free(&op->devslots[i]);
+  free(op->devslots);
   kvs__decoder_free(op->dec);
   if (op->dev_out) free(op->out);
   free(op->tokens);

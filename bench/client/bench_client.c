@@ -268,6 +268,7 @@ int main(int argc, char **argv) {
   printf("%s}\n", json);
   for (int u = 0; u < 2; u++)
     kvs_client_free(cl[u]);
+  kvs_client_lib_fini();
   if (pid > 0) {
     kill(pid, SIGTERM);
     int ws;

@@ -344,5 +344,6 @@ int main(void) {
   snprintf(url, sizeof url, "ipc:///tmp/kvs-test-client-%d.sock", (int)getpid());
   int rv = kvs_test_run("client_conn", cases);
   unlink(url + 6);
+  kvs_client_lib_fini();
   return rv;
 }

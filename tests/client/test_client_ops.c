@@ -479,5 +479,6 @@ int main(int argc, char **argv) {
   snprintf(suite, sizeof suite, "client_ops_%s", mode);
   rv = kvs_test_run_fixture(suite, cases, init, clean);
   test_server_stop(&srv);
+  kvs_client_lib_fini();
   return rv;
 }

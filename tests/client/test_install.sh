@@ -29,6 +29,7 @@ int main(void) {
   printf("kvstash %s: create on a dead url -> %s (%s)\n", kvs_client_version(), kvs_errname(rv),
          kvs_client_errmsg(c));
   kvs_client_free(c);
+  kvs_client_lib_fini();
   return rv == KVS_ECONN ? 0 : 1;
 }
 C
