@@ -208,7 +208,9 @@ typedef struct kvs_get_opts {
   kvs_group_fn on_group;
   void *user;
 } kvs_get_opts;
-#define KVS_GET_DEVICE 1u /* out is CUDA device memory (decoded on the host, then copied) */
+#define KVS_GET_DEVICE                                                                             \
+  1u /* out is CUDA device memory: lossy codec profiles are decoded by                             \
+        the GPU kernels, raw/lossless on the host then copied */
 
 /* Bytes of the output of a get of n_tokens tokens under opts o (NULL =
  * defaults): 2 * n_layers * n_tokens * heads * head_dim * dtype size. */
