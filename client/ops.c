@@ -255,6 +255,7 @@ struct kvs_op {
   void *dev_out;          /* KVS_GET_DEVICE: the caller's device buffer */
   int gpu_decode;         /* device get decoded by the GPU codec kernels */
   kvs__devslot *devslots; /* [window] when gpu_decode */
+  void *copy_stream;      /* device get decoded on the host: its copies */
   uint64_t out_bytes;
   uint32_t dtype, hb, he, window;
   kvs_group_fn on_group;
@@ -391,9 +392,10 @@ static void group_done(kvs__call *call, void *arg) {
   kvs__decoder_group_layers(op->dec, sub->g, &lb, &le);
   if (rv == KVS_OK && op->dev_out && !op->gpu_decode) {
     uint64_t plane = op->out_bytes / (2 * (uint64_t)op->layout.n_layers);
+    /* on the op's own stream: syncing the whole device would also wait for the engine */
     rv = kvs_gpu_copy_h2d((uint8_t *)op->dev_out + 2 * lb * plane, op->out + 2 * lb * plane,
-                          2 * (le - lb) * plane, NULL);
-    if (rv == KVS_OK) rv = kvs_gpu_sync(NULL);
+                          2 * (le - lb) * plane, op->copy_stream);
+    if (rv == KVS_OK) rv = kvs_gpu_sync(op->copy_stream);
     if (rv) snprintf(msg, sizeof msg, "copy of group %u to the device failed", sub->g);
   }
   kvs__call_free(call);
@@ -476,7 +478,10 @@ static void first_done(kvs__call *call, void *arg) {
         op->devslots = NULL;
       }
     }
-    if (op->dev_out && !op->gpu_decode) op->out = malloc(op->out_bytes);
+    if (op->dev_out && !op->gpu_decode) {
+      op->out = malloc(op->out_bytes);
+      if (kvs_gpu_stream_create(&op->copy_stream)) op->copy_stream = NULL; /* default stream */
+    }
     if (!op->ready || !op->ws_busy || (op->ws_each && !op->ws) ||
         (op->dev_out && !op->gpu_decode && !op->out)) {
       rv = KVS_ENOMEM;
@@ -627,6 +632,7 @@ void kvs_op_free(kvs_op *op) {
   for (uint32_t i = 0; op->devslots && i < op->window; i++)
     kvs__devslot_free(&op->devslots[i]);
   free(op->devslots);
+  if (op->copy_stream) kvs_gpu_stream_free(op->copy_stream);
   kvs__decoder_free(op->dec);
   if (op->dev_out) free(op->out);
   free(op->tokens);
