@@ -151,7 +151,7 @@ kvs_err kvs_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n) {
   nng_msg_free(rep);
   if (rv) return kvs__seterr(c, KVS_EPROTO, "bad STATS answer (%s)", kvs_errname(rv));
   *n = r.n < cap ? r.n : cap;
-  memcpy(v, r.v, *n * sizeof *v);
+  if (*n) memcpy(v, r.v, *n * sizeof *v);
   return KVS_OK;
 }
 
@@ -165,6 +165,10 @@ kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *toke
     if (!chunks[i].n_tokens || (uint64_t)chunks[i].start + chunks[i].n_tokens > n_tokens ||
         chunks[i].n_tokens > KVS_WIRE_MAX_TOKENS)
       return kvs__seterr(c, KVS_ERANGE, "chunk %zu lies outside the %zu tokens", i, n_tokens);
+  }
+  if (n_chunks == 0) {
+    if (n_prefix) *n_prefix = 0;
+    return KVS_OK;
   }
   memset(status, 0, n_chunks);
   kvs_wire_lookup_chunk *wc = malloc((n_chunks ? n_chunks : 1) * sizeof *wc);

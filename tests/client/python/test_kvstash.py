@@ -63,6 +63,8 @@ def test_lookup_and_misses(client):
     assert list(st > 0) == [True, False, True] and n == 1
     st, n = client.lookup(MODEL, toks, ch, mode="prefix")
     assert n == 1 and not st[2]
+    st, n = client.lookup(MODEL, toks, [])
+    assert len(st) == 0 and n == 0
     with pytest.raises(kvstash.Error) as e:
         client.get(MODEL, toks, ch[1], LAYOUT)
     assert e.value.name == "KVS_ENOENT"
