@@ -260,6 +260,7 @@ struct kvs_op {
   int gpu_decode;         /* device get decoded by the GPU codec kernels */
   kvs__devslot *devslots; /* [window] when gpu_decode */
   void *copy_stream;      /* device get decoded on the host: its copies */
+  uint64_t deadline_ns;   /* of the whole get: every group request shares it */
   uint64_t out_bytes;
   uint32_t dtype, hb, he, window;
   kvs_group_fn on_group;
@@ -349,11 +350,19 @@ static void issue_more(kvs_op *op) {
       kvs__decoder_group_segs(op->dec, g, op->hb, op->he, &sub->seg_first, &sub->seg_count);
       rv = get_request(op, 0, sub->seg_first, sub->seg_count, &m);
     }
-    kvs__call *call = rv ? NULL : kvs__call_new(op->c, m, 1, 0, check_reply, group_done, sub);
+    uint64_t now = kvs_now_ns();
+    if (!rv && now + 1000000 >= op->deadline_ns) {
+      nng_msg_free(m);
+      rv = KVS_ETIMEDOUT;
+    }
+    uint32_t left = rv ? 0 : (uint32_t)((op->deadline_ns - now) / 1000000);
+    kvs__call *call = rv ? NULL : kvs__call_new(op->c, m, 1, left, check_reply, group_done, sub);
     if (!call) {
       free(sub);
       pthread_mutex_lock(&op->mu);
-      op_fail_locked(op, rv ? rv : KVS_ENOMEM, "cannot build a GET request");
+      op_fail_locked(op, rv ? rv : KVS_ENOMEM,
+                     rv == KVS_ETIMEDOUT ? "the get's deadline passed between groups"
+                                         : "cannot build a GET request");
       op->pending--;
       op->inflight--;
       op->ws_busy[idx] = 0;
@@ -551,6 +560,7 @@ static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t
   op->hb = o->head_begin;
   op->he = o->head_end ? o->head_end : layout->n_kv_heads;
   op->window = o->window ? o->window : 4;
+  op->deadline_ns = kvs_now_ns() + (uint64_t)c->o.request_timeout_ms * 1000000ull;
   if (op->window > 64) op->window = 64;
   op->on_group = o->on_group;
   op->user = o->user;
