@@ -276,7 +276,7 @@ static void bench_gpu_recompute(const char *name, kvs_gpu_model *gm, uint32_t n)
 /* fraction of fixture positions (llama.cpp margin > MARGIN_TOL) where our top-1 agrees */
 static void check_reference(kvs_model *m, const char *fixdir) {
   char p[8192];
-  snprintf(p, sizeof p, "%s/logits_top8.bin", fixdir);
+  snprintf(p, sizeof p, "%s/logits_top8.dat", fixdir);
   size_t ln;
   uint8_t *l = read_file(p, &ln);
   if (!l) {

@@ -58,7 +58,7 @@ static const char *RAG =
 
 static void test_reference_agreement(void) {
   size_t ln;
-  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.bin"), &ln);
+  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
   CU_ASSERT_PTR_NOT_NULL_FATAL(l);
   size_t off = 0;
   uint32_t positions = 0, checked = 0, agree = 0, ties = 0, tie_agree = 0;

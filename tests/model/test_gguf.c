@@ -144,7 +144,7 @@ static void test_golden_files(void) {
 
 static void test_small_contents(void) {
   size_t n;
-  uint8_t *b = read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_small.gguf"), &n);
+  uint8_t *b = read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_small.gguf.case"), &n);
   CU_ASSERT_PTR_NOT_NULL_FATAL(b);
   kvs_gguf *g;
   CU_ASSERT_EQUAL_FATAL(kvs_gguf_open_mem(b, n, &g), KVS_OK);
@@ -252,7 +252,7 @@ static void test_real_truncated(void) {
  * <|im_start|>=261 <|im_end|>=262; merges in that order. */
 static void test_tiny_tokenizer(void) {
   size_t n;
-  uint8_t *b = read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_tok.gguf"), &n);
+  uint8_t *b = read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_tok.gguf.case"), &n);
   CU_ASSERT_PTR_NOT_NULL_FATAL(b);
   kvs_gguf *g;
   CU_ASSERT_EQUAL_FATAL(kvs_gguf_open_mem(b, n, &g), KVS_OK);

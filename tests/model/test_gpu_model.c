@@ -127,7 +127,7 @@ static void test_flash_attn(void) {
 
 static void test_vs_cpu_and_llamacpp(void) {
   size_t ln;
-  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.bin"), &ln);
+  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
   CU_ASSERT_PTR_NOT_NULL_FATAL(l);
   kvs__model_weights w;
   kvs__model_weights_get(g_m, &w);

@@ -111,8 +111,8 @@ static void test_tricky(void) {
 
 static void test_fixture_prompts(void) {
   size_t pn, ln;
-  uint8_t *p = read_file(kvs_test_src_path("tests/model/fixtures/prompts.bin"), &pn);
-  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.bin"), &ln);
+  uint8_t *p = read_file(kvs_test_src_path("tests/model/fixtures/prompts.dat"), &pn);
+  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
   CU_ASSERT_FATAL(p && l);
   size_t po = 0, lo = 0, k = 0;
   while (po + 8 <= pn) {

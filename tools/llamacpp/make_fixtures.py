@@ -4,8 +4,8 @@
   python3 tools/llamacpp/make_fixtures.py [--model GGUF] [--ref kvs-llama-ref]
 
 Writes
-  prompts.bin        the fixture prompts: { u32 flags (bit0 parse_special) | u32 len | text }
-  logits_top8.bin    llama.cpp's answer per prompt: { u32 n | n x i32 ids |
+  prompts.dat        the fixture prompts: { u32 flags (bit0 parse_special) | u32 len | text }
+  logits_top8.dat    llama.cpp's answer per prompt: { u32 n | n x i32 ids |
                      n x 8 x (i32 id, f32 logit) } (all positions, one batch each)
   tricky_tok.bin.zst 400 seeded random mixes of scripts, digits, spaces, marks,
                      emoji, contractions and special-token texts (odd ones with
@@ -64,9 +64,9 @@ def run(mode, recs, extra=()):
 
 os.makedirs(out_dir, exist_ok=True)
 precs = [rec(t, s) for t, s in prompts]
-open(os.path.join(out_dir, "prompts.bin"), "wb").write(b"".join(precs))
+open(os.path.join(out_dir, "prompts.dat"), "wb").write(b"".join(precs))
 lg = run("logits", precs, ["8"])
-open(os.path.join(out_dir, "logits_top8.bin"), "wb").write(lg)
+open(os.path.join(out_dir, "logits_top8.dat"), "wb").write(lg)
 pos, off = 0, 0
 for _ in prompts:
     n = struct.unpack_from("<I", lg, off)[0]

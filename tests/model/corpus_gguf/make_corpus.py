@@ -102,5 +102,5 @@ tok_kvs = [
 files["ok_tok.gguf"] = build(tok_kvs, [], b"")
 
 for name, blob in files.items():
-    open(os.path.join(here, name), "wb").write(blob)
+    open(os.path.join(here, name + ".case"), "wb").write(blob)  # .case: test data, not a model
 print("wrote %d files" % len(files))
