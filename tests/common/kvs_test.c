@@ -7,6 +7,8 @@
 
 int kvs_test_run_fixture(const char *suite, const kvs_test_case *cases, int (*init)(void),
                          int (*clean)(void)) {
+  /* unbuffered: when ctest kills a hung test, its log still shows which case hung */
+  setvbuf(stdout, NULL, _IONBF, 0);
   if (CU_initialize_registry() != CUE_SUCCESS) return 1;
   CU_pSuite s = CU_add_suite(suite, init, clean);
   if (!s) {
