@@ -58,6 +58,23 @@ const char *kvs_test_model_path(void) {
   return access(buf, R_OK) == 0 ? buf : NULL;
 }
 
+unsigned char *kvs_test_read_file(const char *path, size_t *n) {
+  *n = 0;
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long sz = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  unsigned char *b = sz >= 0 ? malloc((size_t)sz + 1) : NULL;
+  if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
+    free(b);
+    b = NULL;
+  }
+  fclose(f);
+  *n = b ? (size_t)sz : 0;
+  return b;
+}
+
 unsigned long long kvs_test_rand(unsigned long long *s) {
   unsigned long long z = (*s += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

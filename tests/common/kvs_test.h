@@ -30,6 +30,9 @@ const char *kvs_test_build_path(const char *rel); /* static buffer, valid until 
 /* Path of the fetched SmolLM2 GGUF ($KVS_MODEL_PATH, or the model cache), or
  * NULL when it is not there (tests then skip with a message). */
 const char *kvs_test_model_path(void);
+/* Reads a whole file into a new buffer (one spare byte at the end); *n gets
+ * its size. NULL when it cannot be opened or read. The caller frees it. */
+unsigned char *kvs_test_read_file(const char *path, size_t *n);
 /* Deterministic pseudo-random numbers for test data (splitmix64). */
 unsigned long long kvs_test_rand(unsigned long long *state);
 float kvs_test_randf(unsigned long long *state); /* uniform in [-1, 1) */

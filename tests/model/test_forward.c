@@ -24,23 +24,6 @@
 static kvs_model *g_m;
 static uint32_t V, E;
 
-static uint8_t *read_file(const char *path, size_t *n) {
-  *n = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long sz = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc((size_t)sz + 1);
-  if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-    free(b);
-    b = NULL;
-  }
-  fclose(f);
-  *n = (size_t)sz;
-  return b;
-}
-
 static kvs_token *prompt_ids(const char *text, int special, uint32_t *n) {
   size_t cap = strlen(text) + 8, nn;
   kvs_token *ids = malloc(cap * sizeof *ids);
@@ -58,7 +41,7 @@ static const char *RAG =
 
 static void test_reference_agreement(void) {
   size_t ln;
-  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
+  uint8_t *l = kvs_test_read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
   CU_ASSERT_PTR_NOT_NULL_FATAL(l);
   size_t off = 0;
   uint32_t positions = 0, checked = 0, agree = 0, ties = 0, tie_agree = 0;

@@ -11,23 +11,6 @@
 #include "kvs_model.h"
 #include "kvs_test.h"
 
-static uint8_t *read_file(const char *path, size_t *n) {
-  *n = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long sz = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc((size_t)sz + 1);
-  if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-    free(b);
-    b = NULL;
-  }
-  fclose(f);
-  *n = (size_t)sz;
-  return b;
-}
-
 static void put16(uint8_t *p, uint16_t v) {
   p[0] = (uint8_t)v;
   p[1] = (uint8_t)(v >> 8);
@@ -144,7 +127,7 @@ static void test_golden_files(void) {
 
 static void test_small_contents(void) {
   size_t n;
-  uint8_t *b = read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_small.gguf.case"), &n);
+  uint8_t *b = kvs_test_read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_small.gguf.case"), &n);
   CU_ASSERT_PTR_NOT_NULL_FATAL(b);
   kvs_gguf *g;
   CU_ASSERT_EQUAL_FATAL(kvs_gguf_open_mem(b, n, &g), KVS_OK);
@@ -252,7 +235,7 @@ static void test_real_truncated(void) {
  * <|im_start|>=261 <|im_end|>=262; merges in that order. */
 static void test_tiny_tokenizer(void) {
   size_t n;
-  uint8_t *b = read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_tok.gguf.case"), &n);
+  uint8_t *b = kvs_test_read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_tok.gguf.case"), &n);
   CU_ASSERT_PTR_NOT_NULL_FATAL(b);
   kvs_gguf *g;
   CU_ASSERT_EQUAL_FATAL(kvs_gguf_open_mem(b, n, &g), KVS_OK);

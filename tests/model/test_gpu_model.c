@@ -18,23 +18,6 @@
 
 static kvs_model *g_m;
 
-static uint8_t *read_file(const char *path, size_t *n) {
-  *n = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long sz = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc((size_t)sz + 1);
-  if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-    free(b);
-    b = NULL;
-  }
-  fclose(f);
-  *n = (size_t)sz;
-  return b;
-}
-
 static void fill_f16(kvs_f16 *p, size_t n, unsigned long long *rs, float scale) {
   for (size_t i = 0; i < n; i++)
     p[i] = kvs_f32_to_f16(kvs_test_randf(rs) * scale);
@@ -127,7 +110,7 @@ static void test_flash_attn(void) {
 
 static void test_vs_cpu_and_llamacpp(void) {
   size_t ln;
-  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
+  uint8_t *l = kvs_test_read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
   CU_ASSERT_PTR_NOT_NULL_FATAL(l);
   kvs__model_weights w;
   kvs__model_weights_get(g_m, &w);

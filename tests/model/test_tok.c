@@ -12,23 +12,6 @@
 static kvs_gguf *g_gguf;
 static kvs_tok *g_tok;
 
-static uint8_t *read_file(const char *path, size_t *n) {
-  *n = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long sz = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc((size_t)sz + 1);
-  if (b && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
-    free(b);
-    b = NULL;
-  }
-  fclose(f);
-  *n = (size_t)sz;
-  return b;
-}
-
 static uint32_t rd32(const uint8_t *p) {
   uint32_t v;
   memcpy(&v, p, 4);
@@ -69,7 +52,7 @@ static int check_text(const char *text, uint32_t len, int special, const int32_t
  * every text must tokenize to llama.cpp's ids. */
 static void check_tok_fixture(const char *rel, const char *what, size_t want_texts) {
   size_t zn;
-  uint8_t *z = read_file(kvs_test_src_path(rel), &zn);
+  uint8_t *z = kvs_test_read_file(kvs_test_src_path(rel), &zn);
   CU_ASSERT_PTR_NOT_NULL_FATAL(z);
   unsigned long long rn = ZSTD_getFrameContentSize(z, zn);
   CU_ASSERT_FATAL(rn != ZSTD_CONTENTSIZE_ERROR && rn != ZSTD_CONTENTSIZE_UNKNOWN);
@@ -111,8 +94,8 @@ static void test_tricky(void) {
 
 static void test_fixture_prompts(void) {
   size_t pn, ln;
-  uint8_t *p = read_file(kvs_test_src_path("tests/model/fixtures/prompts.dat"), &pn);
-  uint8_t *l = read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
+  uint8_t *p = kvs_test_read_file(kvs_test_src_path("tests/model/fixtures/prompts.dat"), &pn);
+  uint8_t *l = kvs_test_read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
   CU_ASSERT_FATAL(p && l);
   size_t po = 0, lo = 0, k = 0;
   while (po + 8 <= pn) {
