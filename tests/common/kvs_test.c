@@ -1,14 +1,52 @@
 #include "kvs_test.h"
 
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
+
+/* Watchdog ($KVS_TEST_WATCHDOG_S, set by kvs_add_test a little under the
+ * ctest timeout): a test still running then prints the backtraces of its
+ * threads and of its child processes (a kvstashd it started), through gdb
+ * where it is installed, and exits 1, so a hang leaves evidence in the log
+ * instead of a bare ctest timeout. */
+static void *watchdog(void *arg) {
+  long secs = (long)(intptr_t)arg;
+  struct timespec ts = {secs, 0};
+  while (nanosleep(&ts, &ts) != 0) {
+  }
+  fprintf(stderr, "\nkvs_test watchdog: still running after %ld s; backtraces follow\n", secs);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd,
+           "kids=$(pgrep -P %d | grep -vx $$); command -v gdb >/dev/null && "
+           "for p in %d $kids; do echo \"== pid $p\"; "
+           "timeout 60 gdb -p $p -batch -nx -ex 'thread apply all bt' 2>/dev/null | "
+           "grep -E '^(Thread|#)'; done >&2; [ -n \"$kids\" ] && kill -9 $kids; true",
+           (int)getpid(), (int)getpid());
+  if (system(cmd) != 0) fprintf(stderr, "kvs_test watchdog: no backtraces (gdb missing?)\n");
+  _exit(1);
+}
+
+static void start_watchdog(void) {
+  const char *w = getenv("KVS_TEST_WATCHDOG_S");
+  long secs = w ? strtol(w, NULL, 10) : 0;
+  if (secs <= 0) return;
+#ifdef PR_SET_PTRACER
+  prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0); /* let gdb attach under yama */
+#endif
+  pthread_t th;
+  if (pthread_create(&th, NULL, watchdog, (void *)(intptr_t)secs) == 0) pthread_detach(th);
+}
 
 int kvs_test_run_fixture(const char *suite, const kvs_test_case *cases, int (*init)(void),
                          int (*clean)(void)) {
   /* unbuffered: when ctest kills a hung test, its log still shows which case hung */
   setvbuf(stdout, NULL, _IONBF, 0);
+  start_watchdog();
   if (CU_initialize_registry() != CUE_SUCCESS) return 1;
   CU_pSuite s = CU_add_suite(suite, init, clean);
   if (!s) {
