@@ -60,6 +60,16 @@ extern "C" kvs_err kvs_gpu_alloc_host(void **p, size_t n) {
 extern "C" void kvs_gpu_free_host(void *p) {
   if (p) cudaFreeHost(p);
 }
+extern "C" kvs_err kvs_gpu_host_register(const void *p, size_t n, int read_only) {
+  if (!p || !n) return KVS_EINVAL;
+  if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
+  unsigned flags = cudaHostRegisterPortable | (read_only ? cudaHostRegisterReadOnly : 0u);
+  KVS_CUDA_TRY(cudaHostRegister(const_cast<void *>(p), n, flags));
+  return KVS_OK;
+}
+extern "C" void kvs_gpu_host_unregister(const void *p) {
+  if (p) cudaHostUnregister(const_cast<void *>(p));
+}
 extern "C" kvs_err kvs_gpu_memset(void *p, int v, size_t n) {
   KVS_CUDA_TRY(cudaMemset(p, v, n));
   return KVS_OK;

@@ -20,6 +20,11 @@ kvs_err kvs_gpu_alloc_host(void **p, size_t n) {
   return KVS_ENODEV;
 }
 void kvs_gpu_free_host(void *p) { (void)p; }
+kvs_err kvs_gpu_host_register(const void *p, size_t n, int read_only) {
+  (void)p, (void)n, (void)read_only;
+  return KVS_ENODEV;
+}
+void kvs_gpu_host_unregister(const void *p) { (void)p; }
 kvs_err kvs_gpu_memset(void *p, int v, size_t n) { (void)p, (void)v, (void)n; return KVS_ENODEV; }
 kvs_err kvs_gpu_copy_h2d(void *d, const void *s, size_t n, void *st) {
   (void)d, (void)s, (void)n, (void)st;

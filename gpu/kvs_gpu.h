@@ -31,6 +31,11 @@ kvs_err kvs_gpu_alloc(void **dptr, size_t bytes);
 void kvs_gpu_free(void *dptr);
 kvs_err kvs_gpu_alloc_host(void **hptr, size_t bytes); /* pinned host memory */
 void kvs_gpu_free_host(void *hptr);
+/* Page-locks existing host memory (e.g. a read-only shared-memory mapping) so
+ * that copies from it are DMA; the memory stays the caller's. read_only: the
+ * pages are mapped PROT_READ. */
+kvs_err kvs_gpu_host_register(const void *hptr, size_t bytes, int read_only);
+void kvs_gpu_host_unregister(const void *hptr);
 kvs_err kvs_gpu_memset(void *dptr, int value, size_t bytes);
 kvs_err kvs_gpu_copy_h2d(void *dst, const void *src, size_t bytes, void *stream);
 kvs_err kvs_gpu_copy_d2h(void *dst, const void *src, size_t bytes, void *stream);
