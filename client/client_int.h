@@ -56,9 +56,29 @@ struct kvs__call {
   char errmsg[KVS__ERRMSG_LEN];
 };
 
+/* A tenant segment mapped read-only (same-host fast path). Mappings live until
+ * kvs_client_free: a get may still read one after the server moved on to a
+ * new segment (restart), so none is unmapped earlier. */
+typedef struct kvs__shmmap {
+  char name[72];
+  const uint8_t *base;
+  uint64_t size;
+  int registered; /* cudaHostRegister'ed (device gets DMA from it) */
+  struct kvs__shmmap *next;
+} kvs__shmmap;
+
+/* A job of the client's worker threads (decodes of shared-memory groups). */
+typedef struct kvs__job {
+  void (*fn)(void *arg);
+  void *arg;
+  struct kvs__job *next;
+} kvs__job;
+
 struct kvs_client {
   kvs_client_opts o;
   char *url, *tenant, *token;
+  char *tls_ca, *tls_name, *tls_cert;
+  void *tls; /* nng_tls_config *, tls+tcp:// only */
   nng_socket *socks;
   uint32_t n_socks;
   pthread_mutex_t mu; /* guards everything below */
@@ -71,6 +91,18 @@ struct kvs_client {
   int pipes;  /* connections up */
   atomic_uint_fast64_t next_id;
   atomic_int in_nng; /* threads inside an nng ctx/aio call of this client */
+  /* same-host fast path */
+  atomic_int shm_on;     /* gets try LEASE first */
+  pthread_mutex_t shm_mu; /* guards maps and the workers below */
+  pthread_cond_t work_cv;
+  kvs__shmmap *maps;
+  kvs__job *jobs, *jobs_tail;
+  pthread_t *workers;
+  int n_workers, work_stop;
+  atomic_int bg_calls; /* fire-and-forget calls (RELEASE) whose done has not returned */
+  /* kvs_client_counters, as atomics */
+  atomic_uint_fast64_t n_gets, n_shm_gets, n_shm_fallbacks, n_shm_regroups, n_shm_bytes,
+      n_leases, n_releases, n_release_lost, n_shm_maps;
 };
 
 /* Records err with a printf message as this thread's last error on c and
@@ -96,5 +128,18 @@ void kvs__call_free(kvs__call *call);
  * frees with nng_msg_free). On error the message is recorded on c. */
 int kvs__roundtrip(kvs_client *c, nng_msg *req, int idempotent, kvs__call_check_fn check,
                    nng_msg **rep);
+
+/* ---- same-host fast path (conn.c) */
+/* The mapping of segment `name` (mapped read-only on first use, then cached).
+ * KVS_EIO / KVS_EPERM / KVS_ENOENT with the reason in errbuf when it cannot
+ * be opened. register_host: also make it DMA-able for the GPU (once; a
+ * failure to register is not an error). */
+kvs_err kvs__shm_map(kvs_client *c, const char *name, int register_host, kvs__shmmap **out,
+                     char *errbuf, size_t errlen);
+/* Runs fn(arg) on one of the client's worker threads (started on first use).
+ * KVS_ECLOSED when the client is closing (fn is then not run). */
+kvs_err kvs__work_submit(kvs_client *c, void (*fn)(void *), void *arg);
+/* Wall clock in ms, the clock of a lease's expires_ms. */
+uint64_t kvs__wall_ms(void);
 
 #endif

@@ -3,12 +3,21 @@
  * and retries with exponential backoff. Everything is driven by the slot's
  * nng aio, so a call never holds a thread while it waits; the synchronous
  * forms simply wait for the asynchronous one. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "client_int.h"
+
+#include <nng/supplemental/tls/tls.h>
+#include "kvs_gpu.h"
 #include "kvs_wire.h"
 
 /* ------------------------------------------------------------ errors */
@@ -93,11 +102,73 @@ int kvs_client_connected(kvs_client *c) {
 
 static char *dupstr(const char *s) { return s ? strdup(s) : NULL; }
 
+/* Whether gets should try the shared-memory path: only where the server can
+ * be on this host - ipc://, or tcp:// to a loopback address - unless the
+ * caller says otherwise. Never over TLS (a TLS client is remote by intent). */
+static int shm_wanted(const char *url, uint32_t flags) {
+  if (flags & KVS_CLIENT_NO_SHM) return 0;
+  if (!strncmp(url, "tls+tcp://", 10)) return 0;
+  if (flags & KVS_CLIENT_SHM) return 1;
+  if (!strncmp(url, "ipc://", 6)) return 1;
+  const char *h = url + 6;
+  return !strncmp(h, "127.", 4) || !strncmp(h, "localhost:", 10) || !strncmp(h, "[::1]:", 6);
+}
+
+/* The host of a tls+tcp:// URL, the name its certificate must carry by default. */
+static void url_host(const char *url, char *out, size_t cap) {
+  const char *h = strstr(url, "://");
+  h = h ? h + 3 : url;
+  size_t n = 0;
+  if (*h == '[') { /* [v6]:port */
+    h++;
+    while (h[n] && h[n] != ']') n++;
+  } else {
+    while (h[n] && h[n] != ':' && h[n] != '/') n++;
+  }
+  if (n >= cap) n = cap - 1;
+  memcpy(out, h, n);
+  out[n] = 0;
+}
+
+/* The client TLS config of a tls+tcp:// client: the server is always
+ * verified against tls_ca_file. */
+static int tls_setup(kvs_client *c) {
+  if (!c->tls_ca || !*c->tls_ca)
+    return kvs__seterr(c, KVS_EINVAL,
+                       "tls+tcp:// needs opts.tls_ca_file (the CA or self-signed certificate "
+                       "the server's certificate is checked against)");
+  nng_tls_config *cfg = NULL;
+  int rv = nng_tls_config_alloc(&cfg, NNG_TLS_MODE_CLIENT);
+  if (rv)
+    return kvs__seterr(c, rv == NNG_ENOTSUP ? KVS_ENOTSUP : kvs__err_from_nng(rv),
+                       "TLS is not available in this nng (%s)", nng_strerror(rv));
+  c->tls = cfg;
+  char host[256];
+  if (c->tls_name && *c->tls_name)
+    snprintf(host, sizeof host, "%s", c->tls_name);
+  else
+    url_host(c->url, host, sizeof host);
+  rv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED);
+  if (rv == 0) rv = nng_tls_config_server_name(cfg, host);
+  if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "TLS config: %s", nng_strerror(rv));
+  rv = nng_tls_config_ca_file(cfg, c->tls_ca);
+  if (rv)
+    return kvs__seterr(c, KVS_EINVAL, "TLS CA file %s: %s", c->tls_ca, nng_strerror(rv));
+  if (c->tls_cert && *c->tls_cert) {
+    rv = nng_tls_config_cert_key_file(cfg, c->tls_cert, NULL);
+    if (rv)
+      return kvs__seterr(c, KVS_EINVAL, "TLS certificate/key file %s: %s", c->tls_cert,
+                         nng_strerror(rv));
+  }
+  return KVS_OK;
+}
+
 kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
   if (!out) return KVS_EINVAL;
   *out = NULL;
   if (!o || !o->url || !*o->url) return KVS_EINVAL;
-  if (strncmp(o->url, "tcp://", 6) && strncmp(o->url, "ipc://", 6)) return KVS_EINVAL;
+  int tls = strncmp(o->url, "tls+tcp://", 10) == 0;
+  if (strncmp(o->url, "tcp://", 6) && strncmp(o->url, "ipc://", 6) && !tls) return KVS_EINVAL;
   kvs_client *c = calloc(1, sizeof *c);
   if (!c) return KVS_ENOMEM;
   c->o = *o;
@@ -112,9 +183,18 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
   c->url = dupstr(o->url);
   c->tenant = dupstr(o->tenant && *o->tenant ? o->tenant : "default");
   c->token = dupstr(o->token ? o->token : "");
+  c->tls_ca = dupstr(o->tls_ca_file);
+  c->tls_name = dupstr(o->tls_server_name);
+  c->tls_cert = dupstr(o->tls_cert_key_file);
+  c->o.tls_ca_file = c->tls_ca;
+  c->o.tls_server_name = c->tls_name;
+  c->o.tls_cert_key_file = c->tls_cert;
   c->socks = calloc(c->o.n_sockets, sizeof *c->socks);
   pthread_mutex_init(&c->mu, NULL);
   pthread_cond_init(&c->cv, NULL);
+  pthread_mutex_init(&c->shm_mu, NULL);
+  pthread_cond_init(&c->work_cv, NULL);
+  atomic_init(&c->shm_on, shm_wanted(c->url, c->o.flags));
   atomic_init(&c->next_id, 1);
   atomic_init(&c->in_nng, 0);
   c->o.url = c->url;
@@ -130,6 +210,10 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
     return kvs__seterr(c, KVS_EINVAL,
                        "tenant must be 1..%u of [A-Za-z0-9_.-] and the token at most %u bytes",
                        KVS_WIRE_TENANT_MAX, KVS_WIRE_TOKEN_MAX);
+  if (tls) {
+    int rv = tls_setup(c);
+    if (rv) return rv;
+  }
   for (uint32_t i = 0; i < c->o.n_sockets; i++) {
     int rv = nng_req0_open(&c->socks[i]);
     if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "nng_req0_open: %s", nng_strerror(rv));
@@ -143,7 +227,10 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
     nng_socket_set_ms(s, NNG_OPT_RECONNMAXT, 500);
     nng_pipe_notify(s, NNG_PIPE_EV_ADD_POST, pipe_event, c);
     nng_pipe_notify(s, NNG_PIPE_EV_REM_POST, pipe_event, c);
-    rv = nng_dial(s, c->url, NULL, NNG_FLAG_NONBLOCK);
+    nng_dialer dl;
+    rv = nng_dialer_create(&dl, s, c->url);
+    if (rv == 0 && c->tls) rv = nng_dialer_set_ptr(dl, NNG_OPT_TLS_CONFIG, c->tls);
+    if (rv == 0) rv = nng_dialer_start(dl, NNG_FLAG_NONBLOCK);
     if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "dial %s: %s", c->url, nng_strerror(rv));
   }
   if (c->o.flags & KVS_CLIENT_LAZY) return KVS_OK;
@@ -172,6 +259,16 @@ void kvs_client_free(kvs_client *c) {
    * starting is a race inside nng 1.5 (it panics). */
   pthread_mutex_lock(&c->mu);
   c->closed = 1;
+  pthread_mutex_unlock(&c->mu);
+  /* the workers first: a job may still start a call (a group it re-fetches
+   * through the socket), which then ends at once with KVS_ECLOSED */
+  pthread_mutex_lock(&c->shm_mu);
+  c->work_stop = 1;
+  pthread_cond_broadcast(&c->work_cv);
+  pthread_mutex_unlock(&c->shm_mu);
+  for (int i = 0; i < c->n_workers; i++)
+    pthread_join(c->workers[i], NULL);
+  pthread_mutex_lock(&c->mu);
   while (c->active > 0) {
     size_t n = 0;
     for (kvs__slot *s = c->all_slots; s; s = s->all_next)
@@ -194,6 +291,12 @@ void kvs_client_free(kvs_client *c) {
     }
   }
   pthread_mutex_unlock(&c->mu);
+  /* a finished call's done callback may still be running (it runs after the
+   * call left `active`); RELEASE's touches the client */
+  while (atomic_load(&c->bg_calls) > 0) {
+    struct timespec ts = {0, 200000};
+    nanosleep(&ts, NULL);
+  }
   /* an nng_ctx_send can still be returning on another thread after its
    * call has finished; closing the socket under it is the nng race */
   while (atomic_load(&c->in_nng) > 0) {
@@ -209,9 +312,23 @@ void kvs_client_free(kvs_client *c) {
     free(s);
     s = next;
   }
+  for (kvs__shmmap *m = c->maps; m;) {
+    kvs__shmmap *next = m->next;
+    if (m->registered) kvs_gpu_host_unregister(m->base);
+    munmap((void *)(uintptr_t)m->base, (size_t)m->size);
+    free(m);
+    m = next;
+  }
+  if (c->tls) nng_tls_config_free(c->tls);
+  free(c->workers);
+  pthread_mutex_destroy(&c->shm_mu);
+  pthread_cond_destroy(&c->work_cv);
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cv);
   free(c->socks);
+  free(c->tls_ca);
+  free(c->tls_name);
+  free(c->tls_cert);
   free(c->url);
   free(c->tenant);
   free(c->token);
@@ -495,4 +612,126 @@ int kvs__roundtrip(kvs_client *c, nng_msg *req, int idempotent, kvs__call_check_
   }
   kvs__call_free(call);
   return rv;
+}
+
+/* --------------------------------------------- same-host fast path */
+uint64_t kvs__wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int kvs_client_shm_enabled(kvs_client *c) { return c ? atomic_load(&c->shm_on) : 0; }
+
+kvs_err kvs_client_get_counters(kvs_client *c, kvs_client_counters *o) {
+  if (!c || !o) return KVS_EINVAL;
+  o->gets = atomic_load(&c->n_gets);
+  o->shm_gets = atomic_load(&c->n_shm_gets);
+  o->shm_fallbacks = atomic_load(&c->n_shm_fallbacks);
+  o->shm_regroups = atomic_load(&c->n_shm_regroups);
+  o->shm_bytes = atomic_load(&c->n_shm_bytes);
+  o->leases = atomic_load(&c->n_leases);
+  o->releases = atomic_load(&c->n_releases);
+  o->release_lost = atomic_load(&c->n_release_lost);
+  o->shm_maps = atomic_load(&c->n_shm_maps);
+  return KVS_OK;
+}
+
+kvs_err kvs__shm_map(kvs_client *c, const char *name, int register_host, kvs__shmmap **out,
+                     char *errbuf, size_t errlen) {
+  *out = NULL;
+  if (!name || name[0] != '/' || strlen(name) >= sizeof((kvs__shmmap *)0)->name) {
+    snprintf(errbuf, errlen, "bad segment name");
+    return KVS_EPROTO;
+  }
+  pthread_mutex_lock(&c->shm_mu);
+  kvs__shmmap *m = c->maps;
+  while (m && strcmp(m->name, name))
+    m = m->next;
+  kvs_err rv = KVS_OK;
+  if (!m) {
+    /* mapped under shm_mu: two gets of a new segment map it once */
+    int fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || st.st_size <= 0) {
+      int e = errno;
+      snprintf(errbuf, errlen, "cannot open segment %s: %s", name, strerror(e));
+      rv = e == EACCES || e == EPERM ? KVS_EPERM : e == ENOENT ? KVS_ENOENT : KVS_EIO;
+    } else {
+      void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+      m = p == MAP_FAILED ? NULL : calloc(1, sizeof *m);
+      if (!m) {
+        snprintf(errbuf, errlen, "cannot map segment %s: %s", name,
+                 p == MAP_FAILED ? strerror(errno) : "no memory");
+        if (p != MAP_FAILED) munmap(p, (size_t)st.st_size);
+        rv = KVS_EIO;
+      } else {
+        snprintf(m->name, sizeof m->name, "%s", name);
+        m->base = p;
+        m->size = (uint64_t)st.st_size;
+        m->next = c->maps;
+        c->maps = m;
+        atomic_fetch_add(&c->n_shm_maps, 1);
+      }
+    }
+    if (fd >= 0) close(fd);
+  }
+  if (m && register_host && !m->registered) {
+    /* once per mapping: copies to the device are then DMA from the segment */
+    m->registered = kvs_gpu_host_register(m->base, (size_t)m->size, 1) == KVS_OK ? 1 : -1;
+  }
+  pthread_mutex_unlock(&c->shm_mu);
+  *out = m;
+  return rv;
+}
+
+static void *worker_main(void *arg) {
+  kvs_client *c = arg;
+  pthread_mutex_lock(&c->shm_mu);
+  for (;;) {
+    while (!c->jobs && !c->work_stop)
+      pthread_cond_wait(&c->work_cv, &c->shm_mu);
+    kvs__job *j = c->jobs;
+    if (!j) break; /* stopping, and nothing is left */
+    c->jobs = j->next;
+    if (!c->jobs) c->jobs_tail = NULL;
+    pthread_mutex_unlock(&c->shm_mu);
+    j->fn(j->arg);
+    free(j);
+    pthread_mutex_lock(&c->shm_mu);
+  }
+  pthread_mutex_unlock(&c->shm_mu);
+  return NULL;
+}
+
+kvs_err kvs__work_submit(kvs_client *c, void (*fn)(void *), void *arg) {
+  kvs__job *j = malloc(sizeof *j);
+  if (!j) return KVS_ENOMEM;
+  *j = (kvs__job){fn, arg, NULL};
+  pthread_mutex_lock(&c->shm_mu);
+  if (c->work_stop) {
+    pthread_mutex_unlock(&c->shm_mu);
+    free(j);
+    return KVS_ECLOSED;
+  }
+  if (!c->workers) { /* first use: one thread per core, 2..8 */
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    int want = n < 2 ? 2 : n > 8 ? 8 : (int)n;
+    c->workers = calloc((size_t)want, sizeof *c->workers);
+    for (int i = 0; c->workers && i < want; i++)
+      if (pthread_create(&c->workers[i], NULL, worker_main, c) == 0) c->n_workers++;
+  }
+  if (c->n_workers == 0) {
+    pthread_mutex_unlock(&c->shm_mu);
+    free(j);
+    return KVS_ENOMEM;
+  }
+  if (c->jobs_tail)
+    c->jobs_tail->next = j;
+  else
+    c->jobs = j;
+  c->jobs_tail = j;
+  pthread_cond_signal(&c->work_cv);
+  pthread_mutex_unlock(&c->shm_mu);
+  return KVS_OK;
 }

@@ -25,9 +25,14 @@
  * errors and on KVS_EBUSY/KVS_EAGAIN replies, within the deadline; delete,
  * pin, unpin, ttl and put with KVS_PUT_NX only when the request never left.
  *
- * Same-host fast path: when kvstashd offers shared memory, bulk bytes of a get
- * will be read in place through the same calls (not in this version: every
- * byte travels through the socket). */
+ * Same-host fast path: when kvstashd runs with `shm = on` and the client is on
+ * the same host (an ipc:// URL or tcp:// to loopback, or KVS_CLIENT_SHM), a
+ * get asks for a LEASE, reads the encoded bytes in place from the tenant's
+ * shared-memory segment (mapped once per client) and RELEASEs it; every byte
+ * decoded is first checked against a stored XXH3. When the server refuses
+ * the lease, the segment cannot be mapped, the entry is not in the RAM tier
+ * or the lease runs out mid-read, the same get goes through the socket
+ * instead. Same API; kvs_client_get_counters() says which path was taken. */
 #ifndef KVSTASH_H
 #define KVSTASH_H
 
@@ -89,7 +94,7 @@ kvs_err kvs_chunk_spans(const kvs_model_id *model, const int32_t *tokens, size_t
 typedef struct kvs_client kvs_client;
 
 typedef struct kvs_client_opts {
-  const char *url;             /* "tcp://host:port" or "ipc:///path"; required */
+  const char *url; /* "tcp://host:port", "ipc:///path" or "tls+tcp://host:port"; required */
   const char *tenant;          /* namespace; NULL or "" = "default" */
   const char *token;           /* auth token; NULL = none */
   uint32_t connect_timeout_ms; /* create waits this long for a first connection (2000) */
@@ -99,11 +104,25 @@ typedef struct kvs_client_opts {
   uint32_t retry_backoff_ms;   /* first backoff; doubles each retry, with jitter (10) */
   uint32_t max_msg_bytes;      /* largest reply accepted (1 GiB) */
   uint32_t flags;              /* KVS_CLIENT_* */
+  /* tls+tcp:// only (NULL otherwise): PEM file of the CA (or the self-signed
+   * certificate) that the server's certificate must chain to - required, the
+   * server is always verified; the name to verify (NULL = the URL's host);
+   * a PEM holding a client certificate and its key (NULL = none). */
+  const char *tls_ca_file;
+  const char *tls_server_name;
+  const char *tls_cert_key_file;
 } kvs_client_opts;
 
 /* Do not wait for a first connection in kvs_client_create: calls made while
  * the server is down fail with KVS_ECONN at their deadline. */
 #define KVS_CLIENT_LAZY 1u
+/* Never use the shared-memory fast path (every byte through the socket). */
+#define KVS_CLIENT_NO_SHM 2u
+/* Try the shared-memory fast path whatever the URL (by default only for
+ * ipc:// and tcp:// to a loopback address), e.g. for tcp:// to this host's
+ * own address. Harmless when the server is elsewhere: the segment cannot be
+ * opened and gets fall back to the socket. */
+#define KVS_CLIENT_SHM 4u
 
 /* Fills the defaults given above; url must still be set. */
 void kvs_client_opts_init(kvs_client_opts *o);
@@ -120,6 +139,23 @@ void kvs_client_free(kvs_client *c);
 const char *kvs_client_errmsg(kvs_client *c);
 /* Connections currently up (over all sockets of the pool). */
 int kvs_client_connected(kvs_client *c);
+/* What a client's gets did (monotonic counters since kvs_client_create). */
+typedef struct kvs_client_counters {
+  uint64_t gets;            /* gets started */
+  uint64_t shm_gets;        /* gets served from shared memory under a lease */
+  uint64_t shm_fallbacks;   /* gets that tried a lease and went through the socket */
+  uint64_t shm_regroups;    /* groups re-fetched by socket: the lease ran out mid-read */
+  uint64_t shm_bytes;       /* encoded bytes read in place */
+  uint64_t leases;          /* leases granted */
+  uint64_t releases;        /* RELEASEs the server confirmed */
+  uint64_t release_lost;    /* RELEASEs refused (lease expired first) or not delivered */
+  uint64_t shm_maps;        /* segments mapped */
+} kvs_client_counters;
+kvs_err kvs_client_get_counters(kvs_client *c, kvs_client_counters *out);
+/* 1 when gets of c will try the shared-memory path (the URL or flags allow
+ * it and the server has not refused it). */
+int kvs_client_shm_enabled(kvs_client *c);
+
 /* Optional, at the end of a process, once every client is freed: releases
  * the network layer's global state (nng's threads and what its reaper still
  * holds), so that leak checkers see a clean exit. No client may be used

@@ -272,7 +272,18 @@ struct kvs_op {
   uint8_t *ws;    /* window x ws_each */
   size_t ws_each;
   uint8_t *ws_busy; /* [window] */
+  /* same-host fast path: the value read in place under a lease */
+  int lease_state;         /* 0 none, 1 held, 2 released (or being released) */
+  atomic_int shm_dead;     /* the lease ran out: the remaining groups go by socket */
+  uint64_t lease_id, lease_expires_ms;
+  const uint8_t *shm_val;  /* the value's bytes in the mapped segment */
+  uint64_t *seg_end;       /* [n_segs] end offsets of the wire segments in the value */
+  uint32_t n_segs;
 };
+
+/* A lease is used only while this much of it is left when a group starts;
+ * a group whose read outlived the lease is re-fetched through the socket. */
+#define KVS__LEASE_MARGIN_MS 50u
 
 typedef struct kvs__sub {
   kvs_op *op;
@@ -324,10 +335,35 @@ static int get_request(kvs_op *op, uint32_t flags, uint32_t seg_first, uint32_t 
 }
 
 static void group_done(kvs__call *call, void *arg);
+static void group_finish(kvs__sub *sub, int rv, const char *msg);
+static void shm_group_job(void *arg);
 
-/* Starts group requests until the window is full. The caller holds one
- * pending reference (its own call, not yet counted off), so the op cannot
- * finish (and be freed by a waiter) while this runs; the caller drops it. */
+/* Sends group sub->g's GET through the socket (group_done finishes it). */
+static void start_group_get(kvs__sub *sub) {
+  kvs_op *op = sub->op;
+  nng_msg *m = NULL;
+  int rv = get_request(op, 0, sub->seg_first, sub->seg_count, &m);
+  uint64_t now = kvs_now_ns();
+  if (!rv && now + 1000000 >= op->deadline_ns) {
+    nng_msg_free(m);
+    rv = KVS_ETIMEDOUT;
+  }
+  uint32_t left = rv ? 0 : (uint32_t)((op->deadline_ns - now) / 1000000);
+  kvs__call *call = rv ? NULL : kvs__call_new(op->c, m, 1, left, check_reply, group_done, sub);
+  if (!call) {
+    group_finish(sub, rv ? rv : KVS_ENOMEM,
+                 rv == KVS_ETIMEDOUT ? "the get's deadline passed between groups"
+                                     : "cannot build a GET request");
+    return;
+  }
+  kvs__call_start(call);
+}
+
+/* Starts group requests until the window is full: a job reading shared
+ * memory while the lease holds, a GET through the socket otherwise. The
+ * caller holds one pending reference (its own call, not yet counted off),
+ * so the op cannot finish (and be freed by a waiter) while this runs; the
+ * caller drops it. */
 static void issue_more(kvs_op *op) {
   for (;;) {
     pthread_mutex_lock(&op->mu);
@@ -341,36 +377,33 @@ static void issue_more(kvs_op *op) {
     op->ws_busy[idx] = 1;
     op->inflight++;
     op->pending++;
+    int shm = op->lease_state == 1 && !atomic_load(&op->shm_dead);
     pthread_mutex_unlock(&op->mu);
     kvs__sub *sub = malloc(sizeof *sub);
-    nng_msg *m = NULL;
-    int rv = sub ? KVS_OK : KVS_ENOMEM;
-    if (sub) {
-      *sub = (kvs__sub){op, g, 0, 0, idx};
-      kvs__decoder_group_segs(op->dec, g, op->hb, op->he, &sub->seg_first, &sub->seg_count);
-      rv = get_request(op, 0, sub->seg_first, sub->seg_count, &m);
-    }
-    uint64_t now = kvs_now_ns();
-    if (!rv && now + 1000000 >= op->deadline_ns) {
-      nng_msg_free(m);
-      rv = KVS_ETIMEDOUT;
-    }
-    uint32_t left = rv ? 0 : (uint32_t)((op->deadline_ns - now) / 1000000);
-    kvs__call *call = rv ? NULL : kvs__call_new(op->c, m, 1, left, check_reply, group_done, sub);
-    if (!call) {
-      free(sub);
+    if (!sub) {
       pthread_mutex_lock(&op->mu);
-      op_fail_locked(op, rv ? rv : KVS_ENOMEM,
-                     rv == KVS_ETIMEDOUT ? "the get's deadline passed between groups"
-                                         : "cannot build a GET request");
+      op_fail_locked(op, KVS_ENOMEM, "no memory for a group request");
       op->pending--;
       op->inflight--;
       op->ws_busy[idx] = 0;
       pthread_mutex_unlock(&op->mu);
       return;
     }
-    kvs__call_start(call);
+    *sub = (kvs__sub){op, g, 0, 0, idx};
+    kvs__decoder_group_segs(op->dec, g, op->hb, op->he, &sub->seg_first, &sub->seg_count);
+    if (shm && kvs__work_submit(op->c, shm_group_job, sub) == KVS_OK) continue;
+    start_group_get(sub);
   }
+}
+
+/* Decodes group sub->g from its encoded bytes (on the host, or on the GPU for
+ * a device get of a lossy profile). */
+static int decode_group(kvs_op *op, const kvs__sub *sub, const uint8_t *bytes, size_t len) {
+  if (op->gpu_decode)
+    return kvs__decoder_decode_device(op->dec, sub->g, bytes, len, op->dev_out, op->out_bytes,
+                                      op->dtype, op->hb, op->he, &op->devslots[sub->idx]);
+  return kvs__decoder_decode(op->dec, sub->g, bytes, len, op->out, op->out_bytes, op->dtype,
+                             op->hb, op->he, op->ws + sub->idx * op->ws_each, op->ws_each);
 }
 
 static void group_done(kvs__call *call, void *arg) {
@@ -390,17 +423,77 @@ static void group_done(kvs__call *call, void *arg) {
       snprintf(msg, sizeof msg, "bad GET answer for group %u (%s)", sub->g, kvs_errname(rv));
       rv = KVS_EPROTO;
     } else {
-      if (op->gpu_decode)
-        rv = kvs__decoder_decode_device(op->dec, sub->g, r.bytes, r.byte_len, op->dev_out,
-                                        op->out_bytes, op->dtype, op->hb, op->he,
-                                        &op->devslots[sub->idx]);
-      else
-        rv = kvs__decoder_decode(op->dec, sub->g, r.bytes, r.byte_len, op->out, op->out_bytes,
-                                 op->dtype, op->hb, op->he, op->ws + sub->idx * op->ws_each,
-                                 op->ws_each);
+      rv = decode_group(op, sub, r.bytes, r.byte_len);
       if (rv) snprintf(msg, sizeof msg, "decoding group %u failed (%s)", sub->g, kvs_errname(rv));
     }
   }
+  kvs__call_free(call);
+  group_finish(sub, rv, msg);
+}
+
+static void release_done(kvs__call *call, void *arg) {
+  kvs_client *c = arg;
+  atomic_fetch_add(call->rv == KVS_OK ? &c->n_releases : &c->n_release_lost, 1);
+  kvs__call_free(call);
+  atomic_fetch_sub(&c->bg_calls, 1); /* the last touch of c */
+}
+
+/* Gives a lease back without waiting for the answer. */
+static void send_release(kvs_client *c, uint64_t lease_id) {
+  nng_msg *m = NULL;
+  if (frame_new(8, &m) == KVS_OK) {
+    uint8_t *p = frame_payload(m);
+    for (int i = 0; i < 8; i++)
+      p[i] = (uint8_t)(lease_id >> (8 * i));
+    if (frame_seal(c, m, KVS_OP_RELEASE)) {
+      nng_msg_free(m);
+      m = NULL;
+    }
+  }
+  atomic_fetch_add(&c->bg_calls, 1);
+  kvs__call *call = m ? kvs__call_new(c, m, 1, 0, check_reply, release_done, c) : NULL;
+  if (!call) { /* the server frees it at expiry */
+    atomic_fetch_add(&c->n_release_lost, 1);
+    atomic_fetch_sub(&c->bg_calls, 1);
+    return;
+  }
+  kvs__call_start(call);
+}
+
+/* A group read in place: checked-then-decoded straight from the mapped
+ * segment, on a worker thread. The lease must hold from before the read
+ * starts until the decode is over; otherwise (or when the bytes do not pass
+ * the codec's checksums) the group is fetched through the socket. */
+static void shm_group_job(void *arg) {
+  kvs__sub *sub = arg;
+  kvs_op *op = sub->op;
+  kvs_client *c = op->c;
+  uint64_t off = sub->seg_first ? op->seg_end[sub->seg_first - 1] : 0;
+  uint64_t len = op->seg_end[sub->seg_first + sub->seg_count - 1] - off;
+  int rv = KVS_ETIMEDOUT;
+  if (!atomic_load(&op->shm_dead) && kvs__wall_ms() + KVS__LEASE_MARGIN_MS < op->lease_expires_ms) {
+    rv = decode_group(op, sub, op->shm_val + off, (size_t)len);
+    if (rv == KVS_OK && kvs__wall_ms() >= op->lease_expires_ms) rv = KVS_ETIMEDOUT;
+  }
+  if (rv == KVS_OK) {
+    atomic_fetch_add(&c->n_shm_bytes, len);
+    group_finish(sub, KVS_OK, "");
+    return;
+  }
+  /* never trust those bytes: the same group through the socket */
+  KVS_LOGD("client", "group re-fetched by socket", "group=%u why=%s", sub->g, kvs_errname(rv));
+  if (rv == KVS_ETIMEDOUT) atomic_store(&op->shm_dead, 1);
+  atomic_fetch_add(&c->n_shm_regroups, 1);
+  start_group_get(sub);
+}
+
+/* The end of one group, from whichever path: output copied to the device
+ * when it was decoded on the host, on_group, bookkeeping, the lease given
+ * back after the last group, more requests. */
+static void group_finish(kvs__sub *sub, int rv, const char *why) {
+  kvs_op *op = sub->op;
+  char msg[KVS__ERRMSG_LEN];
+  snprintf(msg, sizeof msg, "%s", why);
   uint32_t lb, le;
   kvs__decoder_group_layers(op->dec, sub->g, &lb, &le);
   if (rv == KVS_OK && op->dev_out && !op->gpu_decode) {
@@ -411,7 +504,6 @@ static void group_done(kvs__call *call, void *arg) {
     if (rv == KVS_OK) rv = kvs_gpu_sync(op->copy_stream);
     if (rv) snprintf(msg, sizeof msg, "copy of group %u to the device failed", sub->g);
   }
-  kvs__call_free(call);
   if (rv == KVS_OK && !op->sync && op->on_group) op->on_group(op->user, lb, le);
   pthread_mutex_lock(&op->mu);
   op->ws_busy[sub->idx] = 0;
@@ -422,11 +514,87 @@ static void group_done(kvs__call *call, void *arg) {
   } else {
     op_fail_locked(op, rv, msg);
   }
+  int release = op->lease_state == 1 && op->inflight == 0 && (op->failed || op->n_ready == op->G);
+  if (release) op->lease_state = 2;
   pthread_cond_broadcast(&op->cv);
   pthread_mutex_unlock(&op->mu);
   free(sub);
+  if (release) send_release(op->c, op->lease_id);
   issue_more(op);
   /* the last touch of op: a waiter may free it as soon as this unlocks */
+  pthread_mutex_lock(&op->mu);
+  op->pending--;
+  op_update_locked(op);
+  pthread_mutex_unlock(&op->mu);
+}
+
+/* The stored entry's meta against what the caller expects. */
+static int check_meta(const kvs_op *op, const kvs_wire_meta *m, char *msg, size_t cap) {
+  if (!kvs_layout_equal(&m->layout, &op->layout)) {
+    snprintf(msg, cap, "stored layout (%u layers, %u heads, %u dim, %s) differs from the caller's",
+             m->layout.n_layers, m->layout.n_kv_heads, m->layout.head_dim,
+             kvs_dtype_name(m->layout.dtype));
+    return KVS_ELAYOUT;
+  }
+  if (m->n_tokens != op->T) {
+    snprintf(msg, cap, "stored entry has %u tokens, not %u", m->n_tokens, op->T);
+    return KVS_ETOKENS;
+  }
+  return KVS_OK;
+}
+
+/* Buffers of the decode once the decoder is known; then the first groups go
+ * out. Consumes dec; on failure the op fails. */
+static void op_begin_groups(kvs_op *op, kvs__decoder *dec, uint64_t max_seg) {
+  int rv = KVS_OK;
+  uint32_t G = kvs__decoder_groups(dec);
+  op->ws_each = (kvs__decoder_ws_bytes(dec) + 63) & ~(size_t)63;
+  op->ready = calloc(G ? G : 1, 1);
+  op->ws_busy = calloc(op->window, 1);
+  op->ws = op->ws_each ? malloc(op->ws_each * op->window) : NULL;
+  if (op->dev_out && kvs__decoder_gpu_ok(dec)) {
+    op->devslots = calloc(op->window, sizeof *op->devslots);
+    op->gpu_decode = op->devslots != NULL;
+    for (uint32_t i = 0; op->gpu_decode && i < op->window; i++)
+      if (kvs__devslot_init(&op->devslots[i], dec, max_seg)) op->gpu_decode = 0;
+    if (!op->gpu_decode) { /* fall back to decoding on the host */
+      for (uint32_t i = 0; op->devslots && i < op->window; i++)
+        kvs__devslot_free(&op->devslots[i]);
+      free(op->devslots);
+      op->devslots = NULL;
+    }
+  }
+  if (op->dev_out && !op->gpu_decode) {
+    op->out = malloc(op->out_bytes);
+    if (kvs_gpu_stream_create(&op->copy_stream)) op->copy_stream = NULL; /* default stream */
+  }
+  if (!op->ready || !op->ws_busy || (op->ws_each && !op->ws) ||
+      (op->dev_out && !op->gpu_decode && !op->out)) {
+    rv = KVS_ENOMEM;
+    kvs__decoder_free(dec);
+  } else {
+    pthread_mutex_lock(&op->mu);
+    op->G = G;
+    op->dec = dec;
+    pthread_mutex_unlock(&op->mu);
+  }
+  if (rv) {
+    pthread_mutex_lock(&op->mu);
+    op_fail_locked(op, rv, "no memory for the decoder");
+    pthread_mutex_unlock(&op->mu);
+    return;
+  }
+  issue_more(op);
+}
+
+/* Drops the reference of the first call; the op may finish. */
+static void op_first_over(kvs_op *op, int rv, const char *msg) {
+  pthread_mutex_lock(&op->mu);
+  if (rv) op_fail_locked(op, rv, msg);
+  int release = op->lease_state == 1 && op->failed && op->inflight == 0;
+  if (release) op->lease_state = 2;
+  pthread_mutex_unlock(&op->mu);
+  if (release) send_release(op->c, op->lease_id);
   pthread_mutex_lock(&op->mu);
   op->pending--;
   op_update_locked(op);
@@ -451,16 +619,7 @@ static void first_done(kvs__call *call, void *arg) {
     if (rv) {
       snprintf(msg, sizeof msg, "bad GET answer (%s)", kvs_errname(rv));
       rv = KVS_EPROTO;
-    } else if (!kvs_layout_equal(&r.meta.layout, &op->layout)) {
-      rv = KVS_ELAYOUT;
-      snprintf(msg, sizeof msg,
-               "stored layout (%u layers, %u heads, %u dim, %s) differs from the caller's",
-               r.meta.layout.n_layers, r.meta.layout.n_kv_heads, r.meta.layout.head_dim,
-               kvs_dtype_name(r.meta.layout.dtype));
-    } else if (r.meta.n_tokens != op->T) {
-      rv = KVS_ETOKENS;
-      snprintf(msg, sizeof msg, "stored entry has %u tokens, not %u", r.meta.n_tokens, op->T);
-    } else {
+    } else if ((rv = check_meta(op, &r.meta, msg, sizeof msg)) == KVS_OK) {
       rv = kvs__decoder_open(r.meta.codec_profile, &op->layout, op->T, r.bytes, r.byte_len, &dec);
       for (uint32_t i = 1; i < r.meta.n_segments; i++) {
         uint64_t off, len;
@@ -473,52 +632,158 @@ static void first_done(kvs__call *call, void *arg) {
     }
   }
   kvs__call_free(call);
-  if (rv == KVS_OK) {
-    uint32_t G = kvs__decoder_groups(dec);
-    op->ws_each = (kvs__decoder_ws_bytes(dec) + 63) & ~(size_t)63;
-    op->ready = calloc(G ? G : 1, 1);
-    op->ws_busy = calloc(op->window, 1);
-    op->ws = op->ws_each ? malloc(op->ws_each * op->window) : NULL;
-    if (op->dev_out && kvs__decoder_gpu_ok(dec)) {
-      op->devslots = calloc(op->window, sizeof *op->devslots);
-      op->gpu_decode = op->devslots != NULL;
-      for (uint32_t i = 0; op->gpu_decode && i < op->window; i++)
-        if (kvs__devslot_init(&op->devslots[i], dec, max_seg)) op->gpu_decode = 0;
-      if (!op->gpu_decode) { /* fall back to decoding on the host */
-        for (uint32_t i = 0; op->devslots && i < op->window; i++)
-          kvs__devslot_free(&op->devslots[i]);
-        free(op->devslots);
-        op->devslots = NULL;
+  if (rv == KVS_OK) op_begin_groups(op, dec, max_seg);
+  op_first_over(op, rv, msg);
+}
+
+/* The get through the socket: META + segment 0 first. The op's pending
+ * reference goes to that call. */
+static int start_first_get(kvs_op *op, uint32_t timeout_ms) {
+  nng_msg *m = NULL;
+  int rv = get_request(op, KVS_WIRE_GET_META, 0, 1, &m);
+  kvs__call *call = rv ? NULL : kvs__call_new(op->c, m, 1, timeout_ms, check_reply, first_done, op);
+  if (!call) return rv ? rv : KVS_ENOMEM;
+  kvs__call_start(call);
+  return KVS_OK;
+}
+
+/* The answer to a LEASE: map the segment, check what lies there, decode the
+ * groups in place. Whatever stands in the way of reading in place sends the
+ * get through the socket instead; only the answers a GET would give too
+ * (miss, wrong tokens or model, auth) end the get here. */
+static void lease_done(kvs__call *call, void *arg) {
+  kvs_op *op = arg;
+  kvs_client *c = op->c;
+  int rv = call->rv, fallback = 0;
+  char msg[KVS__ERRMSG_LEN];
+  snprintf(msg, sizeof msg, "%s", call->errmsg);
+  kvs__decoder *dec = NULL;
+  uint64_t max_seg = 0;
+  if (rv == KVS_ENOTSUP) { /* the server runs with shm off: stop asking */
+    atomic_store(&c->shm_on, 0);
+    fallback = 1;
+  } else if (rv == KVS_ENOENT || rv == KVS_ETOKENS || rv == KVS_EMODEL || rv == KVS_EAUTH ||
+             rv == KVS_EQUARANTINE || rv == KVS_ECLOSED) {
+    /* the answer of a GET as well */
+  } else if (rv != KVS_OK) {
+    fallback = 1; /* not in shared memory (EAGAIN), too many leases, a lost answer... */
+  } else {
+    size_t pn;
+    const uint8_t *p = reply_payload(call->rep, &pn);
+    kvs_wire_lease_resp r;
+    rv = kvs_wire_lease_resp_decode(p, pn, &r);
+    if (rv == KVS_OK && r.meta_len == 0) rv = KVS_EPROTO;
+    if (rv) {
+      snprintf(msg, sizeof msg, "bad LEASE answer (%s)", kvs_errname(rv));
+      rv = KVS_EPROTO;
+      fallback = 1;
+    } else {
+      atomic_fetch_add(&c->n_leases, 1);
+      op->lease_id = r.lease_id;
+      op->lease_expires_ms = r.expires_ms;
+      op->lease_state = 1;
+      rv = check_meta(op, &r.meta, msg, sizeof msg);
+    }
+    kvs__shmmap *map = NULL;
+    if (rv == KVS_OK) {
+      rv = kvs__shm_map(c, r.shm_name, op->dev_out != NULL, &map, msg, sizeof msg);
+      if (rv == KVS_EPERM || rv == KVS_ENOENT) { /* another user or another host: stop trying */
+        KVS_LOGI("client", "shared memory not usable, gets go through the socket", "why=\"%s\"",
+                 msg);
+        atomic_store(&c->shm_on, 0);
+      }
+      fallback = rv != KVS_OK;
+    }
+    uint32_t ns = rv == KVS_OK ? r.meta.n_segments : 0;
+    if (rv == KVS_OK) {
+      /* where the value lies, and that it is what the meta describes */
+      uint64_t last_off = 0, last_len = 0;
+      if (ns) kvs_wire_meta_seg_range(&r.meta, ns - 1, &last_off, &last_len);
+      if (!ns || r.value_bytes != r.meta.value_bytes || r.checksum != r.meta.checksum ||
+          last_off + last_len != r.value_bytes || r.offset > map->size ||
+          r.value_bytes > map->size - r.offset) {
+        rv = KVS_EPROTO;
+        snprintf(msg, sizeof msg, "leased range does not fit segment %s", r.shm_name);
+        fallback = 1;
       }
     }
-    if (op->dev_out && !op->gpu_decode) {
-      op->out = malloc(op->out_bytes);
-      if (kvs_gpu_stream_create(&op->copy_stream)) op->copy_stream = NULL; /* default stream */
+    if (rv == KVS_OK) {
+      op->shm_val = map->base + r.offset;
+      op->seg_end = malloc(ns * sizeof *op->seg_end);
+      op->n_segs = ns;
+      for (uint32_t i = 0; op->seg_end && i < ns; i++) {
+        uint64_t off, len;
+        kvs_wire_meta_seg_range(&r.meta, i, &off, &len);
+        op->seg_end[i] = off + len;
+        if (i && len > max_seg) max_seg = len;
+      }
+      if (!op->seg_end) rv = KVS_ENOMEM, fallback = 1;
     }
-    if (!op->ready || !op->ws_busy || (op->ws_each && !op->ws) ||
-        (op->dev_out && !op->gpu_decode && !op->out)) {
-      rv = KVS_ENOMEM;
-      snprintf(msg, sizeof msg, "no memory for the decoder");
-      kvs__decoder_free(dec);
-      dec = NULL;
-    } else {
-      pthread_mutex_lock(&op->mu);
-      op->G = G;
-      op->dec = dec;
-      pthread_mutex_unlock(&op->mu);
+    if (rv == KVS_OK && r.meta.codec_profile == KVS_PROFILE_RAW) {
+      /* raw segments carry no checksum of their own: the whole value is
+       * checked against the one the server stored, before any decode.
+       * (Codec entries are checked piece by piece by the decoder: header
+       * and directory at open, each segment right before it is decoded.) */
+      if (kvs_checksum64(op->shm_val, r.value_bytes) != r.checksum) {
+        rv = KVS_ECHECKSUM;
+        snprintf(msg, sizeof msg, "leased bytes fail their checksum");
+        fallback = 1;
+      }
+    }
+    if (rv == KVS_OK) {
+      rv = kvs__decoder_open(r.meta.codec_profile, &op->layout, op->T, op->shm_val,
+                             (size_t)op->seg_end[0], &dec);
+      if (rv) {
+        snprintf(msg, sizeof msg, "cannot decode profile %u stored for this key (%s)",
+                 r.meta.codec_profile, kvs_errname(rv));
+        fallback = 1; /* a bad prefix in place: the socket's copy decides */
+      }
     }
   }
+  kvs__call_free(call);
+  if (fallback) {
+    KVS_LOGD("client", "get falls back to the socket", "why=\"%s\"", msg);
+    atomic_fetch_add(&c->n_shm_fallbacks, 1);
+    if (op->lease_state == 1) {
+      op->lease_state = 2;
+      send_release(c, op->lease_id);
+    }
+    uint64_t now = kvs_now_ns();
+    rv = now + 1000000 < op->deadline_ns
+             ? start_first_get(op, (uint32_t)((op->deadline_ns - now) / 1000000))
+             : KVS_ETIMEDOUT;
+    if (rv == KVS_OK) return; /* the op's reference went to the GET */
+    snprintf(msg, sizeof msg, "cannot fall back to a GET (%s)", kvs_errname(rv));
+  } else if (rv == KVS_OK) {
+    atomic_fetch_add(&c->n_shm_gets, 1);
+    op_begin_groups(op, dec, max_seg);
+  }
+  op_first_over(op, rv, msg);
+}
+
+/* The LEASE that starts a same-host get: a GET request (META) behind the id
+ * of a lease to release (none). Not retried after it left: a refusal goes
+ * straight to the socket path. */
+static int start_lease(kvs_op *op) {
+  kvs_wire_get_req r = {.key = op->key,
+                        .model = op->model,
+                        .flags = KVS_WIRE_GET_META,
+                        .n_tokens = op->T,
+                        .tokens_le = (const uint8_t *)op->tokens};
+  size_t sz = kvs_wire_get_req_size(&r), w;
+  nng_msg *m;
+  if (!sz || frame_new(8 + sz, &m)) return KVS_ENOMEM;
+  memset(frame_payload(m), 0, 8);
+  int rv = kvs_wire_get_req_encode(&r, frame_payload(m) + 8, sz, &w);
+  if (!rv) rv = frame_seal(op->c, m, KVS_OP_LEASE);
   if (rv) {
-    pthread_mutex_lock(&op->mu);
-    op_fail_locked(op, rv, msg);
-    pthread_mutex_unlock(&op->mu);
-  } else {
-    issue_more(op);
+    nng_msg_free(m);
+    return rv;
   }
-  pthread_mutex_lock(&op->mu);
-  op->pending--;
-  op_update_locked(op);
-  pthread_mutex_unlock(&op->mu);
+  kvs__call *call = kvs__call_new(op->c, m, 0, 0, check_reply, lease_done, op);
+  if (!call) return KVS_ENOMEM;
+  kvs__call_start(call);
+  return KVS_OK;
 }
 
 uint64_t kvs_get_bound(const kvs_layout *l, uint32_t n_tokens, const kvs_get_opts *o) {
@@ -572,18 +837,16 @@ static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t
   } else {
     op->out = out;
   }
-  nng_msg *m = NULL;
+  atomic_fetch_add(&c->n_gets, 1);
+  op->pending = 1;
   int rv = op->tokens ? KVS_OK : KVS_ENOMEM;
-  if (!rv) rv = get_request(op, KVS_WIRE_GET_META, 0, 1, &m);
-  kvs__call *call = rv ? NULL : kvs__call_new(c, m, 1, 0, check_reply, first_done, op);
-  if (!call) {
+  if (!rv) rv = atomic_load(&c->shm_on) ? start_lease(op) : start_first_get(op, 0);
+  if (rv) {
     op->finished = 1;
     kvs_op_free(op);
-    return kvs__seterr(c, rv ? rv : KVS_ENOMEM, "cannot build the GET request");
+    return kvs__seterr(c, rv, "cannot build the GET request");
   }
-  op->pending = 1;
   *opp = op;
-  kvs__call_start(call);
   return KVS_OK;
 }
 
@@ -653,6 +916,7 @@ void kvs_op_free(kvs_op *op) {
   free(op->ready);
   free(op->ws);
   free(op->ws_busy);
+  free(op->seg_end);
   pthread_mutex_destroy(&op->mu);
   pthread_cond_destroy(&op->cv);
   free(op);

@@ -72,10 +72,16 @@ int test_server_restart(test_server *s) {
   s->pid = fork();
   if (s->pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-    if (flag)
-      execl(bin, bin, a_listen, a_data, "--http=", "--log_level=error", flag, (char *)NULL);
-    else
-      execl(bin, bin, a_listen, a_data, "--http=", "--log_level=error", (char *)NULL);
+    /* flag: zero or more kvstashd flags separated by spaces */
+    char fl[sizeof s->flag], *argv[16] = {(char *)bin, a_listen, a_data, "--http=",
+                                           "--log_level=error"};
+    int n = 5;
+    snprintf(fl, sizeof fl, "%s", flag ? flag : "");
+    for (char *save = NULL, *t = strtok_r(fl, " ", &save); t && n < 15;
+         t = strtok_r(NULL, " ", &save))
+      argv[n++] = t;
+    argv[n] = NULL;
+    execv(bin, argv);
     fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
     _exit(127);
   }

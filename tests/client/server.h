@@ -11,14 +11,15 @@ typedef struct test_server {
   char url[128];
   char dir[256];
   char bin[512];
-  char flag[128];
+  char flag[256];
   void *fake;
 } test_server;
 
 /* mode "real" or "fake". Returns 0 when up, 77 when the real binary is
  * missing (the caller skips), 1 on failure. Messages on stderr. */
 int test_server_start(test_server *s, const char *mode);
-/* Same, with one extra kvstashd flag (e.g. "--tenant=a:secret"; NULL = none). */
+/* Same, with extra kvstashd flags separated by spaces (e.g. "--tenant=a:secret";
+ * NULL = none). */
 int test_server_start_flag(test_server *s, const char *mode, const char *flag);
 void test_server_stop(test_server *s);
 /* Real server only: stops the daemon keeping its data dir (and URL). */

@@ -446,6 +446,389 @@ static void test_auth(void) {
   kvs_client_free(c);
 }
 
+
+/* ------------------------------------------------ same-host shared memory */
+static void counters(kvs_client *c, kvs_client_counters *k) {
+  memset(k, 0, sizeof *k);
+  CU_ASSERT_EQUAL(kvs_client_get_counters(c, k), KVS_OK);
+}
+
+/* RELEASE is sent without waiting: give the answers a moment to land. */
+static void wait_released(kvs_client *c, kvs_client_counters *k) {
+  for (int i = 0; i < 300; i++) {
+    counters(c, k);
+    if (k->releases + k->release_lost >= k->leases) return;
+    usleep(10000);
+  }
+}
+
+/* The shared daemon runs with shm off: a loopback client tries a lease once,
+ * is refused, and from then on goes straight to the socket. */
+static void test_shm_off_fallback(void) {
+  kvs_client *c = connect_as(tenant);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  CU_ASSERT_EQUAL(kvs_client_shm_enabled(c), 1); /* tcp://127.0.0.1, or the stand-in's ipc:// */
+  const uint32_t T = 20;
+  int32_t *tok = make_tokens(T);
+  uint16_t *kv = make_kv(T);
+  kvs_span sp = {0, T};
+  kvs_chunk ch;
+  kvs_chunk_spans(&model, tok, T, &sp, 1, &ch);
+  CU_ASSERT_EQUAL(kvs_put(c, &model, tok, &ch, &lay, kv, NULL), KVS_OK);
+  uint64_t nb = kvs_get_bound(&lay, T, NULL);
+  uint16_t *out = malloc(nb);
+  for (int i = 0; i < 2; i++) {
+    memset(out, 0, nb);
+    CU_ASSERT_EQUAL(kvs_get(c, &model, tok, &ch, &lay, out, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(out, kv, nb) == 0);
+  }
+  kvs_client_counters k;
+  counters(c, &k);
+  CU_ASSERT_EQUAL(k.gets, 2);
+  CU_ASSERT_EQUAL(k.shm_gets, 0);
+  CU_ASSERT_EQUAL(k.leases, 0);
+  CU_ASSERT_EQUAL(k.shm_fallbacks, 1); /* the first get only */
+  CU_ASSERT_EQUAL(kvs_client_shm_enabled(c), 0);
+  kvs_client_free(c);
+  /* asked not to: never tries */
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = srv.url;
+  o.tenant = tenant;
+  o.flags = KVS_CLIENT_NO_SHM;
+  c = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &c), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_client_shm_enabled(c), 0);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, tok, &ch, &lay, out, nb, NULL), KVS_OK);
+  counters(c, &k);
+  CU_ASSERT_EQUAL(k.shm_fallbacks, 0);
+  kvs_client_free(c);
+  free(out), free(kv), free(tok);
+}
+
+/* A daemon with shm on, 4 MiB segments and 1.5 s leases. */
+static test_server shm_srv;
+static kvs_client *shm_cl;
+
+static int shm_up(void) {
+  if (!srv.real) {
+    fprintf(stderr, "(stand-in has no shared memory: test not run)\n");
+    return 0;
+  }
+  if (shm_cl) return 1;
+  if (test_server_start_flag(&shm_srv, "real", "--shm=on --shm_bytes=4M --lease_ms=1500")) {
+    CU_FAIL("kvstashd with shm on did not start");
+    return 0;
+  }
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = shm_srv.url;
+  o.tenant = tenant;
+  o.request_timeout_ms = 20000;
+  if (kvs_client_create(&o, &shm_cl)) {
+    CU_FAIL("connect to the shm daemon");
+    kvs_client_free(shm_cl);
+    shm_cl = NULL;
+    return 0;
+  }
+  return 1;
+}
+
+static void put_one(kvs_client *c, uint32_t T, uint32_t profile, int32_t **tok, uint16_t **kv,
+                    kvs_chunk *ch) {
+  *tok = make_tokens(T);
+  *kv = make_kv(T);
+  kvs_span sp = {0, T};
+  kvs_chunk_spans(&model, *tok, T, &sp, 1, ch);
+  kvs_put_opts po = {.profile = profile, .layers_per_group = 1};
+  CU_ASSERT_EQUAL(kvs_put(c, &model, *tok, ch, &lay, *kv, &po), KVS_OK);
+}
+
+static void test_shm_get(void) {
+  if (!shm_up()) return;
+  kvs_client_counters k0, k;
+  counters(shm_cl, &k0);
+  CU_ASSERT_EQUAL(kvs_client_shm_enabled(shm_cl), 1);
+  const uint32_t T = 100;
+  int32_t *tok;
+  uint16_t *kv;
+  kvs_chunk ch;
+  put_one(shm_cl, T, KVS_PROFILE_RAW, &tok, &kv, &ch);
+  uint64_t nb = kvs_get_bound(&lay, T, NULL);
+  uint16_t *out = malloc(nb);
+  memset(out, 0, nb);
+  groups g = {0, 0, 1};
+  kvs_get_opts go = {.on_group = on_group, .user = &g, .window = 2};
+  CU_ASSERT_EQUAL(kvs_get(shm_cl, &model, tok, &ch, &lay, out, nb, &go), KVS_OK);
+  CU_ASSERT(memcmp(out, kv, nb) == 0);
+  CU_ASSERT_EQUAL(g.calls, lay.n_layers);
+  CU_ASSERT(g.in_order);
+  /* a head range and f32, in place too */
+  kvs_get_opts ho = {.head_begin = 1, .head_end = 3, .dtype = KVS_DTYPE_F32};
+  uint64_t hb = kvs_get_bound(&lay, T, &ho);
+  float *hout = malloc(hb);
+  CU_ASSERT_EQUAL(kvs_get(shm_cl, &model, tok, &ch, &lay, hout, hb, &ho), KVS_OK);
+  int same = 1;
+  for (uint32_t p = 0; p < 2 * lay.n_layers; p++)
+    for (uint32_t t = 0; t < T; t++)
+      for (uint32_t h = 1; h < 3; h++)
+        for (uint32_t d = 0; d < lay.head_dim; d++)
+          if (hout[(((size_t)p * T + t) * 2 + (h - 1)) * lay.head_dim + d] !=
+              kvs_f16_to_f32(kv[(((size_t)p * T + t) * lay.n_kv_heads + h) * lay.head_dim + d]))
+            same = 0;
+  CU_ASSERT(same);
+  /* a codec profile: checked segment by segment, decoded in place */
+  int int8 = kvs_profile_from_name("int8");
+  if (int8 > 0) {
+    int32_t *tok2;
+    uint16_t *kv2;
+    kvs_chunk ch2;
+    put_one(shm_cl, T, (uint32_t)int8, &tok2, &kv2, &ch2);
+    kvs_client_opts o;
+    kvs_client_opts_init(&o);
+    o.url = shm_srv.url;
+    o.tenant = tenant;
+    o.flags = KVS_CLIENT_NO_SHM;
+    kvs_client *sock = NULL;
+    CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &sock), KVS_OK);
+    uint16_t *viasock = malloc(nb);
+    memset(out, 0, nb);
+    CU_ASSERT_EQUAL(kvs_get(shm_cl, &model, tok2, &ch2, &lay, out, nb, NULL), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_get(sock, &model, tok2, &ch2, &lay, viasock, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(out, viasock, nb) == 0); /* the same decode, whichever path */
+    kvs_client_free(sock);
+    free(viasock), free(kv2), free(tok2);
+  }
+  wait_released(shm_cl, &k);
+  uint64_t n = int8 > 0 ? 3 : 2;
+  CU_ASSERT_EQUAL(k.gets - k0.gets, n);
+  CU_ASSERT_EQUAL(k.shm_gets - k0.shm_gets, n);
+  CU_ASSERT_EQUAL(k.leases - k0.leases, n);
+  CU_ASSERT_EQUAL(k.releases - k0.releases, n); /* every lease given back, the server agreed */
+  CU_ASSERT_EQUAL(k.shm_fallbacks - k0.shm_fallbacks, 0);
+  CU_ASSERT(k.shm_bytes > k0.shm_bytes);
+  CU_ASSERT_EQUAL(k.shm_maps, 1); /* one segment per tenant, mapped once */
+  /* a miss is a miss, not a fallback */
+  tok[3]++;
+  CU_ASSERT_EQUAL(kvs_get(shm_cl, &model, tok, &ch, &lay, out, nb, NULL), KVS_ETOKENS);
+  free(hout), free(out), free(kv), free(tok);
+}
+
+/* A value too large for the 4 MiB segment stays in ordinary RAM: the lease
+ * is refused and the get goes through the socket. */
+static void test_shm_not_in_segment(void) {
+  if (!shm_up()) return;
+  kvs_client_counters k0, k;
+  counters(shm_cl, &k0);
+  const uint32_t T = 2000; /* 6 MB raw */
+  int32_t *tok;
+  uint16_t *kv;
+  kvs_chunk ch;
+  put_one(shm_cl, T, KVS_PROFILE_RAW, &tok, &kv, &ch);
+  uint64_t nb = kvs_get_bound(&lay, T, NULL);
+  uint16_t *out = malloc(nb);
+  CU_ASSERT_EQUAL(kvs_get(shm_cl, &model, tok, &ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, kv, nb) == 0);
+  counters(shm_cl, &k);
+  CU_ASSERT_EQUAL(k.shm_fallbacks - k0.shm_fallbacks, 1);
+  CU_ASSERT_EQUAL(k.leases - k0.leases, 0);
+  CU_ASSERT_EQUAL(kvs_client_shm_enabled(shm_cl), 1); /* still on for the next get */
+  kvs_delete(shm_cl, &ch.key);
+  free(out), free(kv), free(tok);
+}
+
+typedef struct reader {
+  const int32_t *tok;
+  const kvs_chunk *ch;
+  const uint16_t *kv;
+  int bad;
+} reader;
+
+static void *reader_main(void *arg) {
+  reader *r = arg;
+  uint64_t nb = kvs_get_bound(&lay, r->ch->n_tokens, NULL);
+  uint16_t *out = malloc(nb);
+  for (int i = 0; i < 10; i++) {
+    memset(out, 0, nb);
+    if (kvs_get(shm_cl, &model, r->tok, r->ch, &lay, out, nb, NULL) || memcmp(out, r->kv, nb))
+      r->bad++;
+  }
+  free(out);
+  return NULL;
+}
+
+static void test_shm_concurrent(void) {
+  if (!shm_up()) return;
+  kvs_client_counters k0, k;
+  counters(shm_cl, &k0);
+  int32_t *tok[2];
+  uint16_t *kv[2];
+  kvs_chunk ch[2];
+  for (int i = 0; i < 2; i++)
+    put_one(shm_cl, 64, KVS_PROFILE_RAW, &tok[i], &kv[i], &ch[i]);
+  pthread_t th[6];
+  reader r[6];
+  for (int i = 0; i < 6; i++) {
+    r[i] = (reader){tok[i % 2], &ch[i % 2], kv[i % 2], 0};
+    pthread_create(&th[i], NULL, reader_main, &r[i]);
+  }
+  for (int i = 0; i < 6; i++) {
+    pthread_join(th[i], NULL);
+    CU_ASSERT_EQUAL(r[i].bad, 0);
+  }
+  wait_released(shm_cl, &k);
+  CU_ASSERT_EQUAL(k.shm_gets - k0.shm_gets, 60);
+  CU_ASSERT_EQUAL(k.releases - k0.releases, 60);
+  CU_ASSERT_EQUAL(k.release_lost - k0.release_lost, 0);
+  for (int i = 0; i < 2; i++)
+    free(tok[i]), free(kv[i]);
+}
+
+/* An async get held after its first group (window 1, one layer per group):
+ * meanwhile the test deletes or churns. */
+typedef struct hold {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int at_first, go;
+} hold;
+
+static void hold_group(void *user, uint32_t lb, uint32_t le) {
+  hold *h = user;
+  (void)le;
+  if (lb != 0) return;
+  pthread_mutex_lock(&h->mu);
+  h->at_first = 1;
+  pthread_cond_broadcast(&h->cv);
+  while (!h->go)
+    pthread_cond_wait(&h->cv, &h->mu);
+  pthread_mutex_unlock(&h->mu);
+}
+
+static kvs_op *start_held(hold *h, const int32_t *tok, const kvs_chunk *ch, void *out,
+                          uint64_t nb) {
+  pthread_mutex_init(&h->mu, NULL);
+  pthread_cond_init(&h->cv, NULL);
+  h->at_first = h->go = 0;
+  kvs_get_opts go = {.window = 1, .on_group = hold_group, .user = h};
+  kvs_op *op = NULL;
+  CU_ASSERT_EQUAL(kvs_get_start(shm_cl, &model, tok, ch, &lay, out, nb, &go, &op), KVS_OK);
+  pthread_mutex_lock(&h->mu);
+  while (op && !h->at_first && !kvs_op_done(op)) {
+    pthread_mutex_unlock(&h->mu);
+    usleep(1000);
+    pthread_mutex_lock(&h->mu);
+  }
+  pthread_mutex_unlock(&h->mu);
+  return op;
+}
+
+static void release_held(hold *h) {
+  pthread_mutex_lock(&h->mu);
+  h->go = 1;
+  pthread_cond_broadcast(&h->cv);
+  pthread_mutex_unlock(&h->mu);
+}
+
+/* The segment's other values churn through the space. */
+static void churn(int n) {
+  for (int i = 0; i < n; i++) {
+    int32_t *t;
+    uint16_t *v;
+    kvs_chunk c;
+    put_one(shm_cl, 100, KVS_PROFILE_RAW, &t, &v, &c);
+    kvs_delete(shm_cl, &c.key);
+    free(t), free(v);
+  }
+}
+
+/* Deleted and its space churned while a reader holds the lease: the reader
+ * still gets exactly what was stored. */
+static void test_shm_evicted_while_leased(void) {
+  if (!shm_up()) return;
+  const uint32_t T = 100;
+  int32_t *tok;
+  uint16_t *kv;
+  kvs_chunk ch;
+  put_one(shm_cl, T, KVS_PROFILE_RAW, &tok, &kv, &ch);
+  uint64_t nb = kvs_get_bound(&lay, T, NULL);
+  uint16_t *out = malloc(nb);
+  kvs_client_counters k0, k;
+  counters(shm_cl, &k0);
+  hold h;
+  kvs_op *op = start_held(&h, tok, &ch, out, nb);
+  CU_ASSERT_EQUAL(kvs_delete(shm_cl, &ch.key), KVS_OK);
+  churn(6);
+  release_held(&h);
+  CU_ASSERT_EQUAL(kvs_op_wait(op), KVS_OK);
+  kvs_op_free(op);
+  CU_ASSERT(memcmp(out, kv, nb) == 0);
+  wait_released(shm_cl, &k);
+  CU_ASSERT_EQUAL(k.shm_gets - k0.shm_gets, 1);
+  CU_ASSERT_EQUAL(k.shm_regroups - k0.shm_regroups, 0);
+  CU_ASSERT_EQUAL(k.releases - k0.releases, 1);
+  pthread_mutex_destroy(&h.mu);
+  pthread_cond_destroy(&h.cv);
+  free(out), free(kv), free(tok);
+}
+
+/* A reader that outlives its lease: the groups left are fetched through the
+ * socket (the stored value), or - once the entry is gone - the get fails.
+ * Never KV read from a range that may have been reused. */
+static void test_shm_lease_expiry(void) {
+  if (!shm_up()) return;
+  const uint32_t T = 100;
+  int32_t *tok;
+  uint16_t *kv;
+  kvs_chunk ch;
+  put_one(shm_cl, T, KVS_PROFILE_RAW, &tok, &kv, &ch);
+  uint64_t nb = kvs_get_bound(&lay, T, NULL);
+  uint16_t *out = malloc(nb);
+  kvs_client_counters k0, k;
+  counters(shm_cl, &k0);
+  hold h;
+  kvs_op *op = start_held(&h, tok, &ch, out, nb);
+  usleep(1700 * 1000); /* lease_ms = 1500 */
+  release_held(&h);
+  CU_ASSERT_EQUAL(kvs_op_wait(op), KVS_OK);
+  kvs_op_free(op);
+  CU_ASSERT(memcmp(out, kv, nb) == 0);
+  counters(shm_cl, &k);
+  CU_ASSERT_EQUAL(k.shm_regroups - k0.shm_regroups, 1); /* the first to notice; the rest go by socket */
+  pthread_mutex_destroy(&h.mu);
+  pthread_cond_destroy(&h.cv);
+  /* again, and this time the entry is deleted and its space reused after expiry */
+  op = start_held(&h, tok, &ch, out, nb);
+  usleep(1700 * 1000);
+  CU_ASSERT_EQUAL(kvs_delete(shm_cl, &ch.key), KVS_OK);
+  churn(6);
+  release_held(&h);
+  CU_ASSERT_EQUAL(kvs_op_wait(op), KVS_ENOENT);
+  kvs_op_free(op);
+  pthread_mutex_destroy(&h.mu);
+  pthread_cond_destroy(&h.cv);
+  free(out), free(kv), free(tok);
+}
+
+/* tls+tcp://: the server is always verified, so a CA file is required. */
+static void test_tls_url(void) {
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = "tls+tcp://127.0.0.1:1";
+  kvs_client *c = NULL;
+  CU_ASSERT_EQUAL(kvs_client_create(&o, &c), KVS_EINVAL);
+  CU_ASSERT_PTR_NOT_NULL(strstr(kvs_client_errmsg(c), "tls_ca_file"));
+  kvs_client_free(c);
+  o.tls_ca_file = "/nonexistent/ca.pem";
+  c = NULL;
+  CU_ASSERT_EQUAL(kvs_client_create(&o, &c), KVS_EINVAL);
+  CU_ASSERT_PTR_NOT_NULL(strstr(kvs_client_errmsg(c), "CA file"));
+  kvs_client_free(c);
+  o.url = "udp://127.0.0.1:1";
+  c = NULL;
+  CU_ASSERT_EQUAL(kvs_client_create(&o, &c), KVS_EINVAL);
+  kvs_client_free(c);
+}
+
 static int init(void) {
   model = kvs_hash128_buf("client-ops-test", 15);
   snprintf(tenant, sizeof tenant, "t-%d", (int)getpid());
@@ -454,6 +837,8 @@ static int init(void) {
 }
 
 static int clean(void) {
+  kvs_client_free(shm_cl);
+  if (shm_srv.pid > 0) test_server_stop(&shm_srv);
   kvs_client_free(cl);
   return 0;
 }
@@ -468,6 +853,13 @@ static const kvs_test_case cases[] = {{"ping", test_ping},
                                       {"codec", test_codec},
                                       {"auth", test_auth},
                                       {"lookup_many", test_lookup_many},
+                                      {"shm_off_fallback", test_shm_off_fallback},
+                                      {"shm_get", test_shm_get},
+                                      {"shm_not_in_segment", test_shm_not_in_segment},
+                                      {"shm_concurrent", test_shm_concurrent},
+                                      {"shm_evicted_while_leased", test_shm_evicted_while_leased},
+                                      {"shm_lease_expiry", test_shm_lease_expiry},
+                                      {"tls_url", test_tls_url},
                                       {"restart", test_restart},
                                       {NULL, NULL}};
 

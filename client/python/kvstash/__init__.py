@@ -77,7 +77,14 @@ class _ClientOpts(ctypes.Structure):
                 ("connect_timeout_ms", ctypes.c_uint32), ("request_timeout_ms", ctypes.c_uint32),
                 ("n_sockets", ctypes.c_uint32), ("max_retries", ctypes.c_uint32),
                 ("retry_backoff_ms", ctypes.c_uint32), ("max_msg_bytes", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32)]
+                ("flags", ctypes.c_uint32), ("tls_ca_file", ctypes.c_char_p),
+                ("tls_server_name", ctypes.c_char_p), ("tls_cert_key_file", ctypes.c_char_p)]
+
+
+class _Counters(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in (
+        "gets", "shm_gets", "shm_fallbacks", "shm_regroups", "shm_bytes", "leases", "releases",
+        "release_lost", "shm_maps")]
 
 
 class _PutOpts(ctypes.Structure):
@@ -111,6 +118,8 @@ def _declare(lib):
         "kvs_client_free": (None, [P]),
         "kvs_client_errmsg": (ctypes.c_char_p, [P]),
         "kvs_client_connected": (ctypes.c_int, [P]),
+        "kvs_client_get_counters": (ctypes.c_int, [P, ctypes.POINTER(_Counters)]),
+        "kvs_client_shm_enabled": (ctypes.c_int, [P]),
         "kvs_hash128_from_hex": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_Hash)]),
         "kvs_chunk_prefix_count": (sz, [sz, u32, ctypes.c_uint]),
         "kvs_chunk_prefix": (ctypes.c_int, [ctypes.POINTER(_Hash), i32p, sz, u32, ctypes.c_uint,
@@ -275,15 +284,29 @@ class Client:
     """A connection pool to kvstashd (thread-safe). Use as a context manager or call close()."""
 
     def __init__(self, url, tenant="default", token=None, timeout_ms=10000,
-                 connect_timeout_ms=2000, sockets=2, retries=3, lazy=False):
+                 connect_timeout_ms=2000, sockets=2, retries=3, lazy=False, shm=None,
+                 tls_ca_file=None, tls_server_name=None, tls_cert_key_file=None):
+        """shm: None = the same-host shared-memory path where the URL allows it (ipc://,
+        tcp:// to loopback), False = never, True = try it whatever the URL.
+        tls_*: for tls+tcp:// URLs (tls_ca_file required)."""
         lib = load_library()
         self._lib = lib
         o = _ClientOpts()
         lib.kvs_client_opts_init(ctypes.byref(o))
-        self._strs = [url.encode(), tenant.encode(), token.encode() if token else None]
-        o.url, o.tenant, o.token = self._strs
+
+        def enc(x):
+            return x.encode() if x else None
+        self._strs = [url.encode(), tenant.encode(), enc(token), enc(tls_ca_file),
+                      enc(tls_server_name), enc(tls_cert_key_file)]
+        o.url, o.tenant, o.token = self._strs[:3]
+        o.tls_ca_file, o.tls_server_name, o.tls_cert_key_file = self._strs[3:]
         o.request_timeout_ms, o.connect_timeout_ms = timeout_ms, connect_timeout_ms
-        o.n_sockets, o.max_retries, o.flags = sockets, retries, 1 if lazy else 0
+        flags = 1 if lazy else 0
+        if shm is False:
+            flags |= 2
+        elif shm is True:
+            flags |= 4
+        o.n_sockets, o.max_retries, o.flags = sockets, retries, flags
         h = ctypes.c_void_p()
         rv = lib.kvs_client_create(ctypes.byref(o), ctypes.byref(h))
         if rv < 0:
@@ -311,6 +334,18 @@ class Client:
 
     def ping(self):
         self._ok(self._lib.kvs_ping(self._h))
+
+    @property
+    def shm_enabled(self):
+        """Whether gets try the same-host shared-memory path."""
+        return bool(self._lib.kvs_client_shm_enabled(self._h))
+
+    def counters(self):
+        """What this client's gets did: dict of gets, shm_gets, shm_fallbacks, shm_regroups,
+        shm_bytes, leases, releases, release_lost, shm_maps."""
+        c = _Counters()
+        _check(self._lib.kvs_client_get_counters(self._h, ctypes.byref(c)))
+        return {n: getattr(c, n) for n, _ in _Counters._fields_}
 
     def connected(self):
         return self._lib.kvs_client_connected(self._h)
