@@ -829,6 +829,67 @@ static void test_tls_url(void) {
   kvs_client_free(c);
 }
 
+/* A real TLS round trip: kvstashd with a self-signed certificate (openssl)
+ * on a tls+tcp:// listener beside its tcp:// one. */
+static void test_tls_roundtrip(void) {
+  if (!srv.real || system("command -v openssl >/dev/null 2>&1") != 0) {
+    fprintf(stderr, "(no real daemon or no openssl: TLS round trip not run)\n");
+    return;
+  }
+  char dir[] = "/tmp/kvs-client-tls.XXXXXX", cmd[600];
+  CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
+  snprintf(cmd, sizeof cmd,
+           "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+           "-keyout key.pem -out cert.pem -days 1 -subj /CN=localhost "
+           "-addext subjectAltName=DNS:localhost >/dev/null 2>&1 && cat cert.pem key.pem > both.pem",
+           dir);
+  CU_ASSERT_FATAL(system(cmd) == 0);
+  int port = 20000 + (int)(getpid() % 20000);
+  char url[80], flags[256], ca[128];
+  snprintf(url, sizeof url, "tls+tcp://127.0.0.1:%d", port);
+  snprintf(flags, sizeof flags, "--listen=%s --tls_cert_key_file=%s/both.pem", url, dir);
+  snprintf(ca, sizeof ca, "%s/cert.pem", dir);
+  test_server t;
+  if (test_server_start_flag(&t, "real", flags) == 0) {
+    kvs_client_opts o;
+    kvs_client_opts_init(&o);
+    o.url = url;
+    o.tenant = tenant;
+    o.tls_ca_file = ca;
+    o.tls_server_name = "localhost";
+    kvs_client *c = NULL;
+    int rv = kvs_client_create(&o, &c);
+    CU_ASSERT_EQUAL(rv, KVS_OK);
+    if (rv) fprintf(stderr, "tls: %s\n", kvs_client_errmsg(c));
+    CU_ASSERT_EQUAL(kvs_client_shm_enabled(c), 0); /* never over TLS */
+    CU_ASSERT_EQUAL(kvs_ping(c), KVS_OK);
+    const uint32_t T = 16;
+    int32_t *tok = make_tokens(T);
+    uint16_t *kv = make_kv(T);
+    kvs_span sp = {0, T};
+    kvs_chunk ch;
+    kvs_chunk_spans(&model, tok, T, &sp, 1, &ch);
+    CU_ASSERT_EQUAL(kvs_put(c, &model, tok, &ch, &lay, kv, NULL), KVS_OK);
+    uint64_t nb = kvs_get_bound(&lay, T, NULL);
+    uint16_t *out = malloc(nb);
+    CU_ASSERT_EQUAL(kvs_get(c, &model, tok, &ch, &lay, out, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(out, kv, nb) == 0);
+    kvs_client_free(c);
+    /* a name the certificate does not carry: no connection */
+    o.tls_server_name = "not-the-server";
+    o.connect_timeout_ms = 500;
+    c = NULL;
+    CU_ASSERT_EQUAL(kvs_client_create(&o, &c), KVS_ECONN);
+    kvs_client_free(c);
+    free(out), free(kv), free(tok);
+    test_server_stop(&t);
+  } else {
+    CU_FAIL("kvstashd with a TLS listener did not start");
+  }
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
 static int init(void) {
   model = kvs_hash128_buf("client-ops-test", 15);
   snprintf(tenant, sizeof tenant, "t-%d", (int)getpid());
@@ -860,6 +921,7 @@ static const kvs_test_case cases[] = {{"ping", test_ping},
                                       {"shm_evicted_while_leased", test_shm_evicted_while_leased},
                                       {"shm_lease_expiry", test_shm_lease_expiry},
                                       {"tls_url", test_tls_url},
+                                      {"tls_roundtrip", test_tls_roundtrip},
                                       {"restart", test_restart},
                                       {NULL, NULL}};
 

@@ -123,3 +123,64 @@ def test_connect_failure():
     with pytest.raises(kvstash.Error) as e:
         kvstash.Client("ipc:///tmp/kvs-nobody-listens-here.sock", connect_timeout_ms=100)
     assert e.value.name == "KVS_ECONN" and "kvs-nobody" in e.value.message
+
+
+def test_shm_option_and_counters(server_url):
+    """shm=False never tries the shared-memory path; the counters say what a get did."""
+    toks = RNG.integers(0, 32000, 30).astype(np.int32)
+    ch = kvstash.chunk_spans(MODEL, toks, [(0, 30)])[0]
+    kv = kv_of(30)
+    with kvstash.Client(server_url, tenant=f"py-{os.getpid()}", shm=False) as c:
+        assert not c.shm_enabled
+        c.put(MODEL, toks, ch, LAYOUT, kv)
+        assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)
+        k = c.counters()
+        assert k["gets"] == 1 and k["leases"] == 0 and k["shm_fallbacks"] == 0
+    with kvstash.Client(server_url, tenant=f"py-{os.getpid()}") as c:
+        assert c.shm_enabled  # loopback tcp:// or ipc://; the server has shm off
+        assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)
+        assert c.counters()["shm_fallbacks"] == 1 and not c.shm_enabled
+
+
+def test_shm_get_real(tmp_path):
+    """Against a kvstashd with shm on: the get is served in place and the lease released."""
+    import signal
+    import socket
+    import subprocess
+    import time
+    if os.environ.get("KVS_CLIENT_SERVER", "fake") != "real":
+        pytest.skip("the stand-in has no shared memory")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    proc = subprocess.Popen([os.environ["KVS_KVSTASHD"], f"--listen={url}",
+                             f"--data_dir={tmp_path}/data", "--http=", "--shm=on",
+                             "--shm_bytes=4M"], env=env)
+    try:
+        deadline = time.time() + 15
+        while True:
+            try:
+                with kvstash.Client(url, connect_timeout_ms=500, timeout_ms=2000) as c:
+                    c.ping()
+                break
+            except kvstash.Error:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+        toks = RNG.integers(0, 32000, 40).astype(np.int32)
+        ch = kvstash.chunk_spans(MODEL, toks, [(0, 40)])[0]
+        kv = kv_of(40)
+        with kvstash.Client(url, tenant="pyshm") as c:
+            c.put(MODEL, toks, ch, LAYOUT, kv)
+            assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)
+            for _ in range(200):
+                k = c.counters()
+                if k["releases"] >= k["leases"]:
+                    break
+                time.sleep(0.01)
+            assert k["shm_gets"] == 1 and k["leases"] == 1 and k["releases"] == 1
+            assert k["shm_bytes"] > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
