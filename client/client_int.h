@@ -100,6 +100,8 @@ struct kvs_client {
   pthread_t *workers;
   int n_workers, work_stop;
   atomic_int bg_calls; /* fire-and-forget calls (RELEASE) whose done has not returned */
+  struct kvs__devnode *devpool; /* device decode buffers of finished gets (ops.c), under shm_mu */
+  int n_devpool;
   /* kvs_client_counters, as atomics */
   atomic_uint_fast64_t n_gets, n_shm_gets, n_shm_fallbacks, n_shm_regroups, n_shm_bytes,
       n_leases, n_releases, n_release_lost, n_shm_maps;
@@ -141,5 +143,7 @@ kvs_err kvs__shm_map(kvs_client *c, const char *name, int register_host, kvs__sh
 kvs_err kvs__work_submit(kvs_client *c, void (*fn)(void *), void *arg);
 /* Wall clock in ms, the clock of a lease's expires_ms. */
 uint64_t kvs__wall_ms(void);
+/* Frees the pool of device decode buffers (ops.c); at kvs_client_free. */
+void kvs__devpool_free(kvs_client *c);
 
 #endif

@@ -278,6 +278,15 @@ void kvs__devslot_free(kvs__devslot *s) {
   memset(s, 0, sizeof *s);
 }
 
+int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_seg) {
+#ifdef KVS_CLIENT_HAVE_CODEC
+  return s->d_seg && s->seg_cap >= max_seg && s->ws_len >= kvs_gpu_codec_workspace_bound(&d->info);
+#else
+  (void)s, (void)d, (void)max_seg;
+  return 0;
+#endif
+}
+
 kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg) {
   memset(s, 0, sizeof *s);
 #ifdef KVS_CLIENT_HAVE_CODEC

@@ -70,6 +70,10 @@ typedef struct kvs__devslot {
 } kvs__devslot;
 kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes);
 void kvs__devslot_free(kvs__devslot *s);
+/* 1 when s (made by kvs__devslot_init for another entry) is large enough to
+ * decode d's segments of up to max_seg_bytes: device buffers are reused
+ * across gets, since cudaFree synchronizes the whole device. */
+int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes);
 /* Checks group g's segment on the host (header, checksum), copies it to the
  * device and decodes it there into d_out (device memory, canonical layout
  * with heads [hb, he)); returns once the kernels are done. */

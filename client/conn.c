@@ -320,6 +320,7 @@ void kvs_client_free(kvs_client *c) {
     m = next;
   }
   if (c->tls) nng_tls_config_free(c->tls);
+  kvs__devpool_free(c);
   free(c->workers);
   pthread_mutex_destroy(&c->shm_mu);
   pthread_cond_destroy(&c->work_cv);

@@ -283,7 +283,9 @@ kvs_err kvs_op_wait_layers(kvs_op *op, uint32_t layer_end);
 kvs_err kvs_op_wait(kvs_op *op);
 /* 1 when finished (kvs_op_wait would not block). */
 int kvs_op_done(kvs_op *op);
-/* Waits for the op, then frees it. kvs_op_free(NULL) does nothing. */
+/* Waits for the op, then frees it (before kvs_client_free of its client: a
+ * device get gives its device buffers back to the client). kvs_op_free(NULL)
+ * does nothing. */
 void kvs_op_free(kvs_op *op);
 
 /* Batches: n gets (or puts) in flight at once; returns the first error, and

@@ -543,6 +543,56 @@ static int check_meta(const kvs_op *op, const kvs_wire_meta *m, char *msg, size_
   return KVS_OK;
 }
 
+/* Device decode buffers outlive their get in a small per-client pool. */
+struct kvs__devnode {
+  kvs__devslot s;
+  struct kvs__devnode *next;
+};
+#define KVS__DEVPOOL_MAX 64
+
+static kvs_err devslot_take(kvs_client *c, kvs__devslot *s, const kvs__decoder *dec,
+                            uint64_t max_seg) {
+  pthread_mutex_lock(&c->shm_mu);
+  for (struct kvs__devnode **pp = &c->devpool; *pp; pp = &(*pp)->next) {
+    struct kvs__devnode *n = *pp;
+    if (kvs__devslot_fits(&n->s, dec, (size_t)max_seg)) {
+      *pp = n->next;
+      c->n_devpool--;
+      pthread_mutex_unlock(&c->shm_mu);
+      *s = n->s;
+      free(n);
+      return KVS_OK;
+    }
+  }
+  pthread_mutex_unlock(&c->shm_mu);
+  return kvs__devslot_init(s, dec, (size_t)max_seg);
+}
+
+static void devslot_give(kvs_client *c, kvs__devslot *s) {
+  if (!s->d_seg) return;
+  struct kvs__devnode *n = NULL;
+  pthread_mutex_lock(&c->shm_mu);
+  if (c->n_devpool < KVS__DEVPOOL_MAX && (n = malloc(sizeof *n))) {
+    n->s = *s;
+    n->next = c->devpool;
+    c->devpool = n;
+    c->n_devpool++;
+  }
+  pthread_mutex_unlock(&c->shm_mu);
+  if (!n) kvs__devslot_free(s);
+  memset(s, 0, sizeof *s);
+}
+
+void kvs__devpool_free(kvs_client *c) {
+  while (c->devpool) {
+    struct kvs__devnode *n = c->devpool;
+    c->devpool = n->next;
+    kvs__devslot_free(&n->s);
+    free(n);
+  }
+  c->n_devpool = 0;
+}
+
 /* Buffers of the decode once the decoder is known; then the first groups go
  * out. Consumes dec; on failure the op fails. */
 static void op_begin_groups(kvs_op *op, kvs__decoder *dec, uint64_t max_seg) {
@@ -556,10 +606,10 @@ static void op_begin_groups(kvs_op *op, kvs__decoder *dec, uint64_t max_seg) {
     op->devslots = calloc(op->window, sizeof *op->devslots);
     op->gpu_decode = op->devslots != NULL;
     for (uint32_t i = 0; op->gpu_decode && i < op->window; i++)
-      if (kvs__devslot_init(&op->devslots[i], dec, max_seg)) op->gpu_decode = 0;
+      if (devslot_take(op->c, &op->devslots[i], dec, max_seg)) op->gpu_decode = 0;
     if (!op->gpu_decode) { /* fall back to decoding on the host */
       for (uint32_t i = 0; op->devslots && i < op->window; i++)
-        kvs__devslot_free(&op->devslots[i]);
+        devslot_give(op->c, &op->devslots[i]);
       free(op->devslots);
       op->devslots = NULL;
     }
@@ -907,7 +957,7 @@ void kvs_op_free(kvs_op *op) {
     pthread_cond_wait(&op->cv, &op->mu);
   pthread_mutex_unlock(&op->mu);
   for (uint32_t i = 0; op->devslots && i < op->window; i++)
-    kvs__devslot_free(&op->devslots[i]);
+    devslot_give(op->c, &op->devslots[i]);
   free(op->devslots);
   if (op->copy_stream) kvs_gpu_stream_free(op->copy_stream);
   kvs__decoder_free(op->dec);

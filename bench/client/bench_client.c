@@ -1,18 +1,24 @@
 /* kvs-bench-client - the prefix-hit fetch: a context of N tokens, stored in
  * kvstashd as 256-token prefix chunks, is looked up and fetched + decoded
- * into host memory (or device memory with --device) through libkvstash, over
- * tcp:// and ipc:// loopback, per codec profile; beside it, in the same run, a
- * plain memcpy of the same fp16 KV (the floor: the bytes are already in this
- * process). Prints a table and, last, one line of JSON.
+ * into host memory (or device memory with --gpu) through libkvstash, over
+ * tcp:// and ipc:// loopback and through the same-host shared-memory path
+ * (LEASE, bytes decoded in place), per codec profile; beside it, in the same
+ * run, a plain memcpy of the same fp16 KV (the floor: the bytes are already in
+ * this process) and, with --gpu, a copy of the raw fp16 KV from pinned RAM to
+ * the device. One untimed warm-up per row. Prints a table and, last, one line
+ * of JSON.
  *
  *   kvs-bench-client [--tokens 2048] [--chunk 256] [--layers 32] [--heads 8]
- *                    [--dim 128] [--iters 5] [--profiles raw,int8]
+ *                    [--dim 128] [--iters 5] [--profiles raw,int8 (--gpu: int8,dense)]
  *                    [--window 4 (group requests in flight per chunk)]
- *                    [--lpg 1 (layers per group)]
- *                    [--kvstashd PATH | --url URL[,URL2]] [--device]
+ *                    [--lpg 1 (layers per group)] [--no-shm]
+ *                    [--kvstashd PATH | --url URL[,URL2]] [--gpu | --device]
  *
  * Without --url it starts kvstashd itself (RAM tier large enough to hold
- * everything, temp data dir) and stops it at the end. */
+ * everything, shm = on with a segment as large as the encoded values when
+ * /dev/shm has the room, temp data dir) and stops it at the end. With --url
+ * the shm row uses the second URL (or the first) and needs the daemon's shm
+ * on; rows where a get fell back to the socket say so. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +26,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,27 +50,33 @@ static double median(double *v, int n) {
 }
 
 static pid_t spawn(const char *bin, const char *tcp, const char *ipc, const char *dir, uint64_t ram,
-                   uint64_t max_msg) {
-  char a1[200], a2[200], a3[300], a4[64], a5[64];
+                   uint64_t max_msg, uint64_t shm_bytes) {
+  char a1[200], a2[200], a3[300], a4[64], a5[64], a6[64];
   snprintf(a1, sizeof a1, "--listen=%s", tcp);
   snprintf(a2, sizeof a2, "--listen=%s", ipc);
   snprintf(a3, sizeof a3, "--data_dir=%s/data", dir);
   snprintf(a4, sizeof a4, "--ram_bytes=%llu", (unsigned long long)ram);
   snprintf(a5, sizeof a5, "--max_msg=%llu", (unsigned long long)max_msg);
+  snprintf(a6, sizeof a6, "--shm_bytes=%llu", (unsigned long long)shm_bytes);
   pid_t pid = fork();
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    execl(bin, bin, a1, a2, a3, a4, a5, "--http=", "--durability=async", (char *)NULL);
+    if (shm_bytes)
+      execl(bin, bin, a1, a2, a3, a4, a5, "--http=", "--durability=async", "--shm=on", a6,
+            (char *)NULL);
+    else
+      execl(bin, bin, a1, a2, a3, a4, a5, "--http=", "--durability=async", (char *)NULL);
     fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
     _exit(127);
   }
   return pid;
 }
 
-static kvs_client *connect_to(const char *url) {
+static kvs_client *connect_to(const char *url, int shm) {
   kvs_client_opts o;
   kvs_client_opts_init(&o);
   o.url = url;
+  o.flags = shm ? KVS_CLIENT_SHM : KVS_CLIENT_NO_SHM;
   o.tenant = "bench";
   o.connect_timeout_ms = 10000;
   o.request_timeout_ms = 120000;
@@ -79,13 +92,15 @@ static kvs_client *connect_to(const char *url) {
 
 int main(int argc, char **argv) {
   uint32_t T = 2048, CT = 256, L = 32, H = 8, D = 128;
-  int iters = 5, device = 0, window = 4, lpg = 1;
-  const char *profiles = "raw,int8", *bin = getenv("KVS_KVSTASHD"), *urls = NULL;
+  int iters = 5, device = 0, window = 4, lpg = 1, use_shm = 1;
+  const char *profiles = NULL, *bin = getenv("KVS_KVSTASHD"), *urls = NULL;
   if (!bin || !*bin) bin = KVS_BENCH_KVSTASHD;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--device"))
+    if (!strcmp(a, "--device") || !strcmp(a, "--gpu"))
       device = 1;
+    else if (!strcmp(a, "--no-shm"))
+      use_shm = 0;
     else if (v && !strcmp(a, "--tokens"))
       T = (uint32_t)atoi(v), i++;
     else if (v && !strcmp(a, "--chunk"))
@@ -114,6 +129,7 @@ int main(int argc, char **argv) {
     }
   }
   if (iters < 1 || iters > 100 || !CT || T < CT) return 2;
+  if (!profiles) profiles = device ? "int8,dense" : "raw,int8";
   if (device && kvs_gpu_device_count() < 1) {
     fprintf(stderr, "--device: no GPU device here\n");
     return 77;
@@ -161,6 +177,27 @@ int main(int argc, char **argv) {
   double memcpy_ms = median(t, iters);
   printf("%-28s %9.2f ms %8.2f GB/s\n", "memcpy (host, baseline)", memcpy_ms,
          total / memcpy_ms / 1e6);
+  /* --gpu: the raw fp16 KV copied to the device from pinned RAM (the copy a
+   * cache in pinned host memory would cost) */
+  double h2d_ms = -1;
+  void *dev = NULL, *pinned = NULL;
+  if (device) {
+    if (kvs_gpu_alloc(&dev, total) || kvs_gpu_alloc_host(&pinned, total)) {
+      fprintf(stderr, "cannot allocate %zu bytes on the device / pinned\n", total);
+      return 1;
+    }
+    memcpy(pinned, kv, total);
+    for (int it = -1; it < iters; it++) {
+      double t0 = now_ms();
+      kvs_gpu_copy_h2d(dev, pinned, total, NULL);
+      kvs_gpu_sync(NULL);
+      if (it >= 0) t[it] = now_ms() - t0;
+    }
+    h2d_ms = median(t, iters);
+    printf("%-28s %9.2f ms %8.2f GB/s\n", "H2D pinned fp16 (baseline)", h2d_ms,
+           total / h2d_ms / 1e6);
+    kvs_gpu_free_host(pinned);
+  }
 
   /* the server */
   char dir[64] = "", tcp[64], ipc[128];
@@ -175,7 +212,19 @@ int main(int argc, char **argv) {
     srand((unsigned)getpid());
     snprintf(tcp, sizeof tcp, "tcp://127.0.0.1:%d", 20000 + rand() % 20000);
     snprintf(ipc, sizeof ipc, "ipc://%s/kvstashd.sock", dir);
-    pid = spawn(bin, tcp, ipc, dir, (uint64_t)total * 4 + (64u << 20), chunk_bytes + (8u << 20));
+    /* the segment holds every profile's values (raw is the largest): room
+     * for twice the raw bytes, when /dev/shm has it */
+    uint64_t shm_bytes = use_shm ? (uint64_t)total * 2 + (64u << 20) : 0;
+    struct statvfs sv;
+    if (shm_bytes && (statvfs("/dev/shm", &sv) != 0 ||
+                      (uint64_t)sv.f_bavail * sv.f_frsize < shm_bytes + (256u << 20))) {
+      fprintf(stderr, "/dev/shm has less than %.1f GiB free: no shm rows\n",
+              (shm_bytes + (256u << 20)) / 1073741824.0);
+      shm_bytes = 0;
+    }
+    use_shm = shm_bytes != 0;
+    pid = spawn(bin, tcp, ipc, dir, (uint64_t)total * 4 + (64u << 20), chunk_bytes + (8u << 20),
+                shm_bytes);
   } else {
     snprintf(tcp, sizeof tcp, "%s", urls);
     char *comma = strchr(tcp, ',');
@@ -184,19 +233,19 @@ int main(int argc, char **argv) {
     else
       ipc[0] = 0;
   }
-  const char *url_v[2] = {tcp, ipc};
-  const char *url_name[2] = {"tcp", "ipc"};
-  kvs_client *cl[2] = {connect_to(tcp), ipc[0] ? connect_to(ipc) : NULL};
+  const char *url_v[3] = {tcp, ipc, ipc[0] ? ipc : tcp};
+  const char *url_name[3] = {"tcp", "ipc", "shm"};
+  kvs_client *cl[3] = {connect_to(tcp, 0), ipc[0] ? connect_to(ipc, 0) : NULL,
+                       use_shm ? connect_to(url_v[2], 1) : NULL};
   int rc = cl[0] ? 0 : 1;
 
   char json[4096];
   int jn = snprintf(json, sizeof json,
                     "{\"bench\":\"client\",\"tokens\":%zu,\"chunk\":%u,\"layers\":%u,\"heads\":%u,"
                     "\"dim\":%u,\"bytes\":%zu,\"iters\":%d,\"device\":%d,\"window\":%d,"
-                    "\"lpg\":%d,\"memcpy_ms\":%.3f",
-                    n_chunks * CT, CT, L, H, D, total, iters, device, window, lpg, memcpy_ms);
-  void *dev = NULL;
-  if (device && kvs_gpu_alloc(&dev, total)) rc = 1;
+                    "\"lpg\":%d,\"memcpy_ms\":%.3f,\"h2d_pinned_ms\":%.3f",
+                    n_chunks * CT, CT, L, H, D, total, iters, device, window, lpg, memcpy_ms,
+                    h2d_ms);
   void **outs = malloc(n_chunks * sizeof *outs);
   uint64_t *caps = malloc(n_chunks * sizeof *caps);
   uint8_t *status = malloc(n_chunks);
@@ -226,10 +275,12 @@ int main(int argc, char **argv) {
       break;
     }
     printf("%-28s %9.2f ms (encode + store, not the measured path)\n", p, put_ms);
-    for (int u = 0; u < 2 && !rc; u++) {
+    for (int u = 0; u < 3 && !rc; u++) {
       if (!cl[u]) continue;
       double err = 0;
-      for (int it = 0; it < iters && !rc; it++) {
+      kvs_client_counters k0, k1;
+      kvs_client_get_counters(cl[u], &k0);
+      for (int it = -1; it < iters && !rc; it++) { /* -1: warm-up, untimed */
         memset(dst, 0, total);
         for (size_t c = 0; c < n_chunks; c++)
           outs[c] = (device ? (uint8_t *)dev : dst) + c * chunk_bytes, caps[c] = chunk_bytes;
@@ -240,7 +291,7 @@ int main(int argc, char **argv) {
                         &np);
         if (!rv && np != n_chunks) rv = KVS_ENOENT;
         if (!rv) rv = kvs_get_batch(cl[u], &pm, tok, ch, n_chunks, &lay, outs, caps, &go, NULL);
-        t[it] = now_ms() - t0;
+        if (it >= 0) t[it] = now_ms() - t0;
         if (rv) {
           fprintf(stderr, "get (%s, %s): %s\n", p, url_v[u], kvs_client_errmsg(cl[u]));
           rc = 1;
@@ -256,17 +307,27 @@ int main(int argc, char **argv) {
       }
       err = den > 0 ? num / den : 0;
       double ms = median(t, iters);
-      char name[64];
+      kvs_client_get_counters(cl[u], &k1);
+      uint64_t in_place = k1.shm_gets - k0.shm_gets, fell = k1.shm_fallbacks - k0.shm_fallbacks;
+      char name[64], note[96] = "";
       snprintf(name, sizeof name, "%s %s fetch+decode", url_name[u], p);
-      printf("%-28s %9.2f ms %8.2f GB/s  %5.2fx memcpy  rel.err %.2e\n", name, ms, total / ms / 1e6,
-             ms / memcpy_ms, err);
+      if (u == 2)
+        snprintf(note, sizeof note, "  in place %llu/%llu gets%s", (unsigned long long)in_place,
+                 (unsigned long long)(n_chunks * (size_t)(iters + 1)),
+                 fell ? " (SOME FELL BACK TO THE SOCKET)" : "");
+      printf("%-28s %9.2f ms %8.2f GB/s  %5.2fx memcpy  rel.err %.2e%s\n", name, ms,
+             total / ms / 1e6, ms / memcpy_ms, err, note);
       jn += snprintf(json + jn, sizeof json - (size_t)jn,
                      ",\"%s_%s_ms\":%.3f,\"%s_%s_vs_memcpy\":%.2f,\"%s_%s_relerr\":%.3g",
                      url_name[u], p, ms, url_name[u], p, ms / memcpy_ms, url_name[u], p, err);
+      if (u == 2)
+        jn += snprintf(json + jn, sizeof json - (size_t)jn,
+                       ",\"shm_%s_in_place\":%llu,\"shm_%s_fallbacks\":%llu", p,
+                       (unsigned long long)in_place, p, (unsigned long long)fell);
     }
   }
   printf("%s}\n", json);
-  for (int u = 0; u < 2; u++)
+  for (int u = 0; u < 3; u++)
     kvs_client_free(cl[u]);
   kvs_client_lib_fini();
   if (pid > 0) {
