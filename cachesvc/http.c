@@ -5,7 +5,10 @@
  *   GET  /metrics            Prometheus text
  *   GET  /v1/stats           JSON counters
  *   GET  /v1/entries?tenant=T[&limit=N][&cursor=HEX]   a page of a tenant's entries
- *   GET  /v1/entry?tenant=T&key=HEX                    one entry
+ *   GET  /v1/entry?tenant=T&key=HEX[&detail=1]         one entry (detail: layout, codec,
+ *                                                      segments, checksum check, token ids)
+ *   GET  /v1/info                                      configuration an operator needs
+ *   GET  /v1/tenants                                   entries and bytes of configured tenants
  *   POST /v1/evict?tenant=T&key=HEX                    drop an entry
  *   POST /v1/pin?tenant=T&key=HEX[&pin=0]              pin (or unpin)
  * /v1/ requires `Authorization: Bearer <admin_token>` when admin_token is set.
@@ -90,19 +93,84 @@ static kvs_err entry_key(kvs__http *h, struct evkeyvalq *q, kvs__skey *sk) {
   return KVS_OK;
 }
 
-static void item_json(struct evbuffer *b, const kvs__item *it) {
+/* The item's fields after an opening brace, without the closing one. */
+static void item_json_open(struct evbuffer *b, const kvs__item *it) {
   char key[33], model[33];
   kvs_hash128_hex(&it->it.key, key);
   kvs_hash128_hex(&it->it.model, model);
   evbuffer_add_printf(b,
                       "{\"key\":\"%s\",\"model\":\"%s\",\"kind\":\"%s\",\"tokens\":%u,"
                       "\"tier\":%u,\"pinned\":%s,\"quarantined\":%s,\"bytes\":%llu,"
-                      "\"hits\":%llu,\"created_ms\":%llu,\"last_used_ms\":%llu,\"ttl_s\":%u}",
+                      "\"hits\":%llu,\"created_ms\":%llu,\"last_used_ms\":%llu,\"ttl_s\":%u",
                       key, model, it->it.key_kind == KVS_KEY_KIND_PREFIX ? "prefix" : "content",
                       it->it.n_tokens, it->it.tier, it->it.pinned ? "true" : "false",
                       it->quarantined ? "true" : "false", (unsigned long long)it->it.value_bytes,
                       (unsigned long long)it->it.hits, (unsigned long long)it->it.created_ms,
                       (unsigned long long)it->it.last_used_ms, it->it.ttl_s);
+}
+
+/* The rest of an entry for `kvstash show`: what only the metadata record
+ * and the value hold. Reads the value (no hit counted) to check it against
+ * its checksum now. */
+static void detail_json(struct evbuffer *b, kvs__http *h, const kvs__skey *sk, int quarantined) {
+  kvs__vref v;
+  if (quarantined || kvs__store_read(h->st, sk, &v) != KVS_OK) {
+    evbuffer_add_printf(b, ",\"checksum_ok\":%s", quarantined ? "false" : "null");
+    return;
+  }
+  const kvs_wire_meta *m = &v.m;
+  const kvs_layout *l = &m->layout;
+  evbuffer_add_printf(b,
+                      ",\"layout\":{\"n_layers\":%u,\"n_kv_heads\":%u,\"head_dim\":%u,"
+                      "\"dtype\":\"%s\",\"rope_type\":%u,\"rope_dims\":%u,\"rope_theta\":%g,"
+                      "\"rope_freq_scale\":%g}",
+                      l->n_layers, l->n_kv_heads, l->head_dim, kvs_dtype_name(l->dtype),
+                      l->rope_type, l->rope_dims, (double)l->rope_theta,
+                      (double)l->rope_freq_scale);
+  int ok = v.buf && v.buf->len == m->value_bytes &&
+           kvs_checksum64(v.buf->data, v.buf->len) == m->checksum;
+  evbuffer_add_printf(b,
+                      ",\"codec_profile\":%u,\"codec_params_bytes\":%u,\"segments\":%u,"
+                      "\"checksum\":\"%016llx\",\"checksum_ok\":%s,\"meta_bytes\":%zu,"
+                      "\"token_ids\":[",
+                      m->codec_profile, m->codec_params_len, m->n_segments,
+                      (unsigned long long)m->checksum, ok ? "true" : "false", v.meta_len);
+  for (uint32_t i = 0; i < m->n_tokens; i++)
+    evbuffer_add_printf(b, "%s%d", i ? "," : "", (int32_t)kvs_wire_rd32(m->tokens_le, i));
+  evbuffer_add_printf(b, "]");
+  kvs__vref_release(&v);
+}
+
+/* Entries and bytes of one tenant, by walking its listing. */
+static void tenant_usage(kvs__http *h, const char *tenant, uint64_t *entries, uint64_t *bytes,
+                         uint64_t *pinned) {
+  uint8_t tid[8], cur[16];
+  kvs__store_tenant_id(h->st, tenant, tid);
+  *entries = *bytes = *pinned = 0;
+  kvs__item *items = malloc(sizeof *items * KVS_WIRE_MAX_LIST);
+  if (!items) return;
+  int more = 1, first = 1;
+  while (more) {
+    uint32_t n = 0;
+    more = 0;
+    if (kvs__store_list(h->st, tid, first ? NULL : cur, KVS_WIRE_MAX_LIST, items, &n, &more) !=
+            KVS_OK ||
+        n == 0)
+      break;
+    for (uint32_t i = 0; i < n; i++) {
+      *entries += 1;
+      *bytes += items[i].it.value_bytes;
+      *pinned += items[i].it.pinned;
+    }
+    memcpy(cur, items[n - 1].sk.b + 8, 16);
+    first = 0;
+  }
+  free(items);
+}
+
+static void item_json(struct evbuffer *b, const kvs__item *it) {
+  item_json_open(b, it);
+  evbuffer_add_printf(b, "}");
 }
 
 static void send_json(struct evhttp_request *req, struct evbuffer *b) {
@@ -172,8 +240,46 @@ static void handle_v1(kvs__http *h, struct evhttp_request *req, const char *path
     kvs_err e = kvs__store_info(h->st, &sk, &it);
     if (e != KVS_OK) RET(reply_err(req, status_of(e), e, NULL));
     struct evbuffer *b = evbuffer_new();
-    item_json(b, &it);
+    item_json_open(b, &it);
+    const char *detail = evhttp_find_header(q, "detail");
+    if (detail && strcmp(detail, "0") != 0) detail_json(b, h, &sk, it.quarantined);
+    evbuffer_add_printf(b, "}");
     evbuffer_add_printf(b, "\n");
+    RET(send_json(req, b));
+  }
+  if (!strcmp(path, "/v1/info")) {
+    const kvs_svc_config *c = &h->cfg;
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b,
+                        "{\"wire_version\":%u,\"ram_bytes\":%llu,\"disk_bytes\":%llu,"
+                        "\"cold_bytes\":%llu,\"cold_tier\":%s,\"durability\":\"%s\","
+                        "\"workers\":%d,\"max_msg\":%llu,\"auth\":%s,\"tenants\":%d,"
+                        "\"shm\":%s,\"default_ttl_s\":%u,\"half_life_s\":%g,\"listen\":[",
+                        KVS_WIRE_VERSION, (unsigned long long)c->ram_bytes,
+                        (unsigned long long)c->disk_bytes, (unsigned long long)c->cold_bytes,
+                        kvs__store_has_cold(h->st) ? "true" : "false",
+                        c->durability_sync ? "sync" : "async", c->workers,
+                        (unsigned long long)c->max_msg, c->n_tenants ? "true" : "false",
+                        c->n_tenants, c->shm ? "true" : "false", c->default_ttl_s, c->half_life_s);
+    for (int i = 0; i < c->n_listen; i++)
+      evbuffer_add_printf(b, "%s\"%s\"", i ? "," : "", c->listen[i]);
+    evbuffer_add_printf(b, "]}\n");
+    RET(send_json(req, b));
+  }
+  if (!strcmp(path, "/v1/tenants")) {
+    /* only configured tenants have names the server knows; with auth off
+     * any name is a tenant and none can be enumerated (keys are salted) */
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "{\"tenants\":[");
+    for (int i = 0; i < h->cfg.n_tenants; i++) {
+      uint64_t e, by, pn;
+      tenant_usage(h, h->cfg.tenants[i].name, &e, &by, &pn);
+      evbuffer_add_printf(b, "%s{\"tenant\":\"%s\",\"entries\":%llu,\"bytes\":%llu,"
+                             "\"pinned\":%llu}",
+                          i ? "," : "", h->cfg.tenants[i].name, (unsigned long long)e,
+                          (unsigned long long)by, (unsigned long long)pn);
+    }
+    evbuffer_add_printf(b, "],\"enumerable\":%s}\n", h->cfg.n_tenants ? "true" : "false");
     RET(send_json(req, b));
   }
   if (!strcmp(path, "/v1/evict") || !strcmp(path, "/v1/pin")) {
