@@ -82,8 +82,7 @@ static int page_call(kvs_client *c, uint16_t op, kvs_admin_cursor *cur, uint32_t
   if (rv) {
     nng_msg_free(*rep);
     *rep = NULL;
-    return kvs__seterr(c, KVS_EPROTO, "bad %s answer (%s)", kvs_wire_op_name(op),
-                       kvs_errname(rv));
+    return kvs__seterr(c, KVS_EPROTO, "bad %s answer (%s)", kvs_wire_op_name(op), kvs_errname(rv));
   }
   if (r->more && r->n == 0) { /* no progress: would loop forever */
     nng_msg_free(*rep);

@@ -21,22 +21,22 @@ extern "C" {
 
 /* One entry as LIST sees it (no value, no token ids). */
 typedef struct kvs_admin_item {
-  kvs_key key;       /* the client's (unsalted) key */
+  kvs_key key; /* the client's (unsalted) key */
   kvs_model_id model;
   uint32_t n_tokens;
-  uint8_t kind;      /* KVS_CHUNK_PREFIX / KVS_CHUNK_CONTENT */
-  uint8_t tier;      /* 0 RAM, 1 disk, 2 cold disk */
+  uint8_t kind; /* KVS_CHUNK_PREFIX / KVS_CHUNK_CONTENT */
+  uint8_t tier; /* 0 RAM, 1 disk, 2 cold disk */
   uint8_t pinned;
   uint64_t value_bytes, hits, last_used_ms, created_ms;
-  uint32_t ttl_s;    /* 0 = no expiry */
+  uint32_t ttl_s; /* 0 = no expiry */
 } kvs_admin_item;
 
 /* Where a paged walk stands. Zero it (or kvs_admin_cursor_init) to start;
  * `done` is set once the last page was returned. */
 typedef struct kvs_admin_cursor {
-  uint8_t has;       /* 0 = from the start */
+  uint8_t has; /* 0 = from the start */
   uint8_t done;
-  uint8_t next[16];  /* opaque, from the server */
+  uint8_t next[16]; /* opaque, from the server */
 } kvs_admin_cursor;
 void kvs_admin_cursor_init(kvs_admin_cursor *cur);
 

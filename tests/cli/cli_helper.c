@@ -15,8 +15,10 @@ static const char *cli_path(void) {
 }
 
 static void set_or_unset(const char *k, const char *v) {
-  if (v) setenv(k, v, 1);
-  else unsetenv(k);
+  if (v)
+    setenv(k, v, 1);
+  else
+    unsetenv(k);
 }
 
 int cli_run(const cli_env *env, char **out, const char *const *args) {
@@ -26,10 +28,12 @@ int cli_run(const cli_env *env, char **out, const char *const *args) {
   const char *argv[64];
   int n = 0;
   argv[n++] = cli_path();
-  for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
+  for (int i = 0; args[i] && n < 63; i++)
+    argv[n++] = args[i];
   argv[n] = NULL;
   fprintf(stderr, "  $ kvstash");
-  for (int i = 1; i < n; i++) fprintf(stderr, " %s", argv[i]);
+  for (int i = 1; i < n; i++)
+    fprintf(stderr, " %s", argv[i]);
   fprintf(stderr, "\n");
   pid_t pid = fork();
   if (pid < 0) return -1;
@@ -64,8 +68,10 @@ int cli_run(const cli_env *env, char **out, const char *const *args) {
   if (buf) buf[len] = 0;
   int st = 0;
   waitpid(pid, &st, 0);
-  if (out) *out = buf;
-  else free(buf);
+  if (out)
+    *out = buf;
+  else
+    free(buf);
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 

@@ -40,12 +40,17 @@ static int suite_init(void) {
   if (th_daemon_start(&g_d, extra) != 0) return -1;
   if (th_connect(&g_c, g_d.url, "ten", "tok", 5000) != 0) return -1;
   /* sizes 8K..48K, so that size filters and byte targets can be told apart */
-  for (int i = 0; i < N_CHUNKS; i++) th_chunk_make(&g_ch[i], 100 + (uint64_t)i, 16 + (uint32_t)i, 8192u * (uint32_t)(i + 1), 2);
+  for (int i = 0; i < N_CHUNKS; i++)
+    th_chunk_make(&g_ch[i], 100 + (uint64_t)i, 16 + (uint32_t)i, 8192u * (uint32_t)(i + 1), 2);
   if (put_all() != 0) return -1;
   snprintf(g_http, sizeof g_http, "127.0.0.1:%d", g_d.http_port);
   snprintf(g_dir, sizeof g_dir, "%s", g_d.dir);
-  g_env = (cli_env){.url = g_d.url, .http = g_http, .tenant = "ten", .token = "tok",
-                    .admin_token = "adm", .model_path = "/nonexistent/model.gguf"};
+  g_env = (cli_env){.url = g_d.url,
+                    .http = g_http,
+                    .tenant = "ten",
+                    .token = "tok",
+                    .admin_token = "adm",
+                    .model_path = "/nonexistent/model.gguf"};
   return 0;
 }
 
@@ -53,7 +58,8 @@ static int suite_clean(void) {
   th_close(&g_c);
   th_daemon_stop(&g_d);
   th_daemon_cleanup(&g_d);
-  for (int i = 0; i < N_CHUNKS; i++) th_chunk_free(&g_ch[i]);
+  for (int i = 0; i < N_CHUNKS; i++)
+    th_chunk_free(&g_ch[i]);
   return 0;
 }
 
@@ -76,8 +82,8 @@ static void test_help_and_usage(void) {
   CU_ASSERT_EQUAL(cli_run(&g_env, &out, CLI_ARGS("--help")), 0);
   CU_ASSERT_PTR_NOT_NULL(out && strstr(out, "exit codes") ? out : NULL);
   free(out);
-  const char *verbs[] = {"status", "ls", "show", "evict", "pin", "unpin", "ttl", "export",
-                         "import", "warmup", "bench", "doctor", NULL};
+  const char *verbs[] = {"status", "ls",     "show",   "evict", "pin",    "unpin", "ttl",
+                         "export", "import", "warmup", "bench", "doctor", NULL};
   for (int i = 0; verbs[i]; i++) {
     CU_ASSERT_EQUAL(cli_run(&g_env, &out, CLI_ARGS(verbs[i], "--help")), 0);
     CU_ASSERT_PTR_NOT_NULL(out && strstr(out, "example") ? out : NULL);
@@ -170,8 +176,9 @@ static void test_ls(void) {
   items = cJSON_GetObjectItem(j, "items");
   CU_ASSERT_EQUAL(num(cJSON_GetArrayItem(items, 0), "bytes"), 8192.0 * N_CHUNKS);
   cJSON_Delete(j);
-  CU_ASSERT_EQUAL(cli_run_json(&g_env, &j, CLI_ARGS("ls", "--json", "--sort", "size", "--reverse",
-                                                    "--limit", "2", "--offset", "1")),
+  CU_ASSERT_EQUAL(cli_run_json(&g_env, &j,
+                               CLI_ARGS("ls", "--json", "--sort", "size", "--reverse", "--limit",
+                                        "2", "--offset", "1")),
                   0);
   items = cJSON_GetObjectItem(j, "items");
   CU_ASSERT_EQUAL(cJSON_GetArraySize(items), 2);
@@ -201,7 +208,8 @@ static void test_show(void) {
   CU_ASSERT(cJSON_IsTrue(cJSON_GetObjectItem(j, "checksum_ok")));
   const cJSON *ids = cJSON_GetObjectItem(j, "token_ids");
   CU_ASSERT_EQUAL(cJSON_GetArraySize(ids), (int)c->n_tokens);
-  CU_ASSERT_EQUAL(cJSON_GetArrayItem(ids, 0) ? cJSON_GetArrayItem(ids, 0)->valueint : -1, c->tokens[0]);
+  CU_ASSERT_EQUAL(cJSON_GetArrayItem(ids, 0) ? cJSON_GetArrayItem(ids, 0)->valueint : -1,
+                  c->tokens[0]);
   CU_ASSERT(cJSON_IsFalse(cJSON_GetObjectItem(j, "model_known")));
   cJSON_Delete(j);
   /* a key prefix resolves; a missing key is exit 1 */
@@ -253,8 +261,9 @@ static void test_pin_ttl(void) {
 
 static void test_bench(void) {
   cJSON *j;
-  CU_ASSERT_EQUAL_FATAL(cli_run_json(&g_env, &j, CLI_ARGS("bench", "--seconds", "0.3", "--entries",
-                                                          "2", "--size", "16K", "--json")),
+  CU_ASSERT_EQUAL_FATAL(cli_run_json(&g_env, &j,
+                                     CLI_ARGS("bench", "--seconds", "0.3", "--entries", "2",
+                                              "--size", "16K", "--json")),
                         0);
   CU_ASSERT(num(j, "gets") > 0);
   CU_ASSERT(num(j, "put_per_s") > 0);
@@ -262,8 +271,8 @@ static void test_bench(void) {
   cJSON_Delete(j);
   /* people's output ends with a JSON line */
   char *out;
-  CU_ASSERT_EQUAL(cli_run(&g_env, &out, CLI_ARGS("bench", "--seconds", "0.2", "--entries", "1",
-                                                 "--size", "8K")),
+  CU_ASSERT_EQUAL(cli_run(&g_env, &out,
+                          CLI_ARGS("bench", "--seconds", "0.2", "--entries", "1", "--size", "8K")),
                   0);
   char *last = out ? strrchr(out, '{') : NULL;
   cJSON *l = last ? cJSON_Parse(last) : NULL;
@@ -328,7 +337,8 @@ static long value_offset(const unsigned char *a, size_t n, int i) {
     uint32_t ml = (uint32_t)a[off + 4] | (uint32_t)a[off + 5] << 8 | (uint32_t)a[off + 6] << 16 |
                   (uint32_t)a[off + 7] << 24;
     uint64_t vl = 0;
-    for (int b = 7; b >= 0; b--) vl = vl << 8 | a[off + 8 + b];
+    for (int b = 7; b >= 0; b--)
+      vl = vl << 8 | a[off + 8 + b];
     if (k == i) return (long)(off + 40 + ml);
     off += 40 + ml + vl;
   }
@@ -349,7 +359,8 @@ static void test_export_import(void) {
   snprintf(cut, sizeof cut, "%s/cut.kvsa", g_dir);
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("pin", hexkey(&g_ch[4].key))), 0);
   cJSON *j;
-  CU_ASSERT_EQUAL_FATAL(cli_run_json(&g_env, &j, CLI_ARGS("export", arc, "--json", "--page", "2")), 0);
+  CU_ASSERT_EQUAL_FATAL(cli_run_json(&g_env, &j, CLI_ARGS("export", arc, "--json", "--page", "2")),
+                        0);
   CU_ASSERT_EQUAL(num(j, "entries"), N_CHUNKS);
   cJSON_Delete(j);
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("import", "--verify-only", arc)), 0);

@@ -47,24 +47,25 @@ static void test_warmup(void) {
   fputs("{\"title\": \"Everest\", \"text\": \"Mount Everest is the highest mountain.\"}\n", f);
   fclose(f);
   cJSON *j;
-  CU_ASSERT_EQUAL_FATAL(cli_run_json(&g_env, &j, CLI_ARGS("warmup", a, b, "--chunk-tokens", "12",
-                                                          "--profile", "int8", "--json")),
-                        0);
+  CU_ASSERT_EQUAL_FATAL(
+      cli_run_json(&g_env, &j,
+                   CLI_ARGS("warmup", a, b, "--chunk-tokens", "12", "--profile", "int8", "--json")),
+      0);
   int computed = (int)num(j, "computed");
   CU_ASSERT(computed >= 2);
   CU_ASSERT_EQUAL(num(j, "already_cached"), 0);
   CU_ASSERT(num(j, "stored_bytes") > 0);
   cJSON_Delete(j);
   /* again: every chunk is found cached, nothing computed */
-  CU_ASSERT_EQUAL(cli_run_json(&g_env, &j, CLI_ARGS("warmup", a, b, "--chunk-tokens", "12",
-                                                    "--profile", "int8", "--json")),
-                  0);
+  CU_ASSERT_EQUAL(
+      cli_run_json(&g_env, &j,
+                   CLI_ARGS("warmup", a, b, "--chunk-tokens", "12", "--profile", "int8", "--json")),
+      0);
   CU_ASSERT_EQUAL(num(j, "computed"), 0);
   CU_ASSERT_EQUAL(num(j, "already_cached"), computed);
   cJSON_Delete(j);
-  CU_ASSERT_EQUAL_FATAL(cli_run_json(&g_env, &j, CLI_ARGS("ls", "--json", "--sort", "created",
-                                                          "--reverse")),
-                        0);
+  CU_ASSERT_EQUAL_FATAL(
+      cli_run_json(&g_env, &j, CLI_ARGS("ls", "--json", "--sort", "created", "--reverse")), 0);
   CU_ASSERT_EQUAL(num(j, "matched"), computed);
   const cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "items"), 0);
   const cJSON *k = first ? cJSON_GetObjectItem(first, "key") : NULL;

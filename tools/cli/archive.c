@@ -9,10 +9,12 @@
 #include "kvs_wire.h"
 
 static void wr32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+  for (int i = 0; i < 4; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
 }
 static void wr64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+  for (int i = 0; i < 8; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
 }
 static uint32_t rd32(const uint8_t *p) { return kvs_wire_rd32(p, 0); }
 static uint64_t rd64(const uint8_t *p) { return kvs_wire_rd64(p, 0); }
@@ -116,14 +118,14 @@ kvs_err kvs_arc_next(kvs_arc_reader *r, kvs_arc_entry *e) {
   if (err) return stop(e, err, "archive ends without a trailer");
   uint32_t magic = rd32(h);
   if (magic == KVS_ARC_TRAILER_MAGIC) {
-    if ((err = get(r, h + 4, KVS_ARC_TRAILER_SIZE - 4)))
-      return stop(e, err, "truncated trailer");
+    if ((err = get(r, h + 4, KVS_ARC_TRAILER_SIZE - 4))) return stop(e, err, "truncated trailer");
     if (rd64(h + 24) != kvs_checksum64(h, 24)) return stop(e, KVS_ECHECKSUM, "trailer checksum");
     if (rd32(h + 4) != 0) return stop(e, KVS_ECORRUPT, "trailer reserved bytes");
     if (rd64(h + 8) != r->index)
       return stop(e, KVS_ECORRUPT, "trailer count differs from the entries read");
     if (rd64(h + 16) != r->chain)
-      return stop(e, KVS_ECHECKSUM, "trailer chain checksum differs (entries missing or reordered)");
+      return stop(e, KVS_ECHECKSUM,
+                  "trailer chain checksum differs (entries missing or reordered)");
     uint8_t extra;
     if (fread(&extra, 1, 1, r->f) == 1) return stop(e, KVS_ECORRUPT, "bytes after the trailer");
     r->at_end = 1;

@@ -25,14 +25,14 @@
 #include "kvs_core.h"
 #include "kvs_err.h"
 
-#define KVS_ARC_MAGIC "KVSARCHV"
-#define KVS_ARC_VERSION 1u
-#define KVS_ARC_HEADER_SIZE 32u
-#define KVS_ARC_ENTRY_HEAD 40u
-#define KVS_ARC_TRAILER_SIZE 32u
-#define KVS_ARC_ENTRY_MAGIC 0x4553564Bu   /* "KVSE" */
+#define KVS_ARC_MAGIC         "KVSARCHV"
+#define KVS_ARC_VERSION       1u
+#define KVS_ARC_HEADER_SIZE   32u
+#define KVS_ARC_ENTRY_HEAD    40u
+#define KVS_ARC_TRAILER_SIZE  32u
+#define KVS_ARC_ENTRY_MAGIC   0x4553564Bu /* "KVSE" */
 #define KVS_ARC_TRAILER_MAGIC 0x5453564Bu /* "KVST" */
-#define KVS_ARC_MAX_META (1u << 20)       /* a wire meta is < 300 KiB at the limits */
+#define KVS_ARC_MAX_META      (1u << 20)  /* a wire meta is < 300 KiB at the limits */
 
 typedef struct kvs_arc_writer {
   FILE *f;
@@ -52,7 +52,7 @@ typedef struct kvs_arc_reader {
   uint64_t size;      /* file size when seekable, else UINT64_MAX */
   uint64_t max_value; /* largest value accepted (allocation bound) */
   uint64_t created_ms;
-  uint64_t index;     /* entries seen (good or bad) */
+  uint64_t index; /* entries seen (good or bad) */
   uint64_t chain;
   int at_end;
 } kvs_arc_reader;
@@ -66,7 +66,7 @@ typedef struct kvs_arc_entry {
   uint32_t meta_len;
   uint8_t *value;
   uint64_t value_len;
-  int key_known;   /* key below valid (the meta decoded) */
+  int key_known; /* key below valid (the meta decoded) */
   kvs_key key;
   const char *why; /* static reason when the entry is bad */
 } kvs_arc_entry;

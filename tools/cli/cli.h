@@ -26,8 +26,8 @@ enum {
 
 typedef struct cli {
   /* settings: flag > environment > config file > default */
-  char url[512];         /* data plane, tcp:// or ipc:// */
-  char http[256];        /* control plane host:port ("" = none) */
+  char url[512];  /* data plane, tcp:// or ipc:// */
+  char http[256]; /* control plane host:port ("" = none) */
   char tenant[64];
   char token[128];
   char admin_token[128];

@@ -155,6 +155,7 @@ int cmd_import(cli *x, int argc, char **argv) {
       bytes += en.value_len;
     } else if (refused || e == KVS_ECHECKSUM || e == KVS_ECORRUPT) {
       if (!refused) n_bad++;
+      if (!why) why = kvs_strerror(e);
       fprintf(stderr, "kvstash import: entry %llu (offset %llu, key %s) skipped: %s\n",
               (unsigned long long)en.index, (unsigned long long)en.offset, hex, why);
       if (skipped) {
@@ -163,7 +164,7 @@ int cmd_import(cli *x, int argc, char **argv) {
         cJSON_AddNumberToObject(s, "offset", (double)en.offset);
         cJSON_AddStringToObject(s, "key", hex);
         cJSON_AddStringToObject(s, "error", kvs_errname(e));
-        cJSON_AddStringToObject(s, "reason", why ? why : "");
+        cJSON_AddStringToObject(s, "reason", why);
         cJSON_AddItemToArray(skipped, s);
       }
     } else {

@@ -47,7 +47,8 @@ int cmd_status(cli *x, int argc, char **argv) {
   size_t n = 0;
   kvs_err e = kvs_stats(x->c, v, 64, &n);
   if (e) return cli_fail(x, "status", e, "STATS: %s", kvs_client_errmsg(x->c));
-  for (size_t i = n; i < KVS__STAT_COUNT; i++) v[i] = 0;
+  for (size_t i = n; i < KVS__STAT_COUNT; i++)
+    v[i] = 0;
   /* control plane: optional (status still reports the data plane) */
   cJSON *info = NULL, *ten = NULL, *hstats = NULL;
   kvs_err he = cli_http_json(x, "GET", "/v1/info", &info);
@@ -62,7 +63,8 @@ int cmd_status(cli *x, int argc, char **argv) {
   size_t n_items = 0;
   uint64_t t_bytes = 0, t_pinned = 0;
   if (cli_list_all(x, &items, &n_items) == KVS_OK)
-    for (size_t i = 0; i < n_items; i++) t_bytes += items[i].value_bytes, t_pinned += items[i].pinned;
+    for (size_t i = 0; i < n_items; i++)
+      t_bytes += items[i].value_bytes, t_pinned += items[i].pinned;
   free(items);
 
   uint64_t hits = v[KVS_STAT_HITS], misses = v[KVS_STAT_MISSES];
@@ -72,7 +74,8 @@ int cmd_status(cli *x, int argc, char **argv) {
   const cJSON *tl = ten ? cJSON_GetObjectItem(ten, "tenants") : NULL;
   int nt = cJSON_IsArray(tl) ? cJSON_GetArraySize(tl) : 0;
   const cJSON **tops = calloc((size_t)(nt ? nt : 1), sizeof *tops);
-  for (int i = 0; i < nt && tops; i++) tops[i] = cJSON_GetArrayItem(tl, i);
+  for (int i = 0; i < nt && tops; i++)
+    tops[i] = cJSON_GetArrayItem(tl, i);
   if (tops && nt) qsort(tops, (size_t)nt, sizeof *tops, cmp_tenant_bytes);
 
   if (x->json) {
@@ -85,7 +88,8 @@ int cmd_status(cli *x, int argc, char **argv) {
     if (he != KVS_OK) cJSON_AddStringToObject(srv, "http_error", kvs_errname(he));
     cJSON_AddBoolToObject(srv, "ready", st == 200);
     cJSON *c = cJSON_AddObjectToObject(j, "counters");
-    for (size_t i = 0; i < n; i++) cJSON_AddNumberToObject(c, kvs_stat_name((uint32_t)i), (double)v[i]);
+    for (size_t i = 0; i < n; i++)
+      cJSON_AddNumberToObject(c, kvs_stat_name((uint32_t)i), (double)v[i]);
     if (hstats) {
       cJSON_AddNumberToObject(c, "auth_failures", (double)jnum(hstats, "auth_failures"));
       cJSON_AddNumberToObject(c, "bad_frames", (double)jnum(hstats, "bad_frames"));
@@ -99,7 +103,8 @@ int cmd_status(cli *x, int argc, char **argv) {
       cJSON_AddNumberToObject(o, "bytes", (double)v[KVS_STAT_BYTES_T0 + t]);
       if (info) cJSON_AddNumberToObject(o, "capacity", (double)jnum(info, tier_key[t]));
       if (t == 2 && info)
-        cJSON_AddBoolToObject(o, "configured", cJSON_IsTrue(cJSON_GetObjectItem(info, "cold_tier")));
+        cJSON_AddBoolToObject(o, "configured",
+                              cJSON_IsTrue(cJSON_GetObjectItem(info, "cold_tier")));
       cJSON_AddItemToArray(tiers, o);
     }
     cJSON *tt = cJSON_AddArrayToObject(j, "top_tenants");
@@ -130,18 +135,21 @@ int cmd_status(cli *x, int argc, char **argv) {
       }
       if (cap)
         printf("tier %-5s %s of %s (%.1f%%)\n", cli_tier_name((unsigned)t),
-               cli_fmt_bytes(v[KVS_STAT_BYTES_T0 + t], b1, sizeof b1), cli_fmt_bytes(cap, b2, sizeof b2),
+               cli_fmt_bytes(v[KVS_STAT_BYTES_T0 + t], b1, sizeof b1),
+               cli_fmt_bytes(cap, b2, sizeof b2),
                100.0 * (double)v[KVS_STAT_BYTES_T0 + t] / (double)cap);
       else
-        printf("tier %-5s %s\n", cli_tier_name((unsigned)t), cli_fmt_bytes(v[KVS_STAT_BYTES_T0 + t], b1, sizeof b1));
+        printf("tier %-5s %s\n", cli_tier_name((unsigned)t),
+               cli_fmt_bytes(v[KVS_STAT_BYTES_T0 + t], b1, sizeof b1));
     }
     printf("hit rate   %.1f%%  (%llu hits, %llu misses)\n", 100 * hit_rate,
            (unsigned long long)hits, (unsigned long long)misses);
     printf("activity   %llu puts, %llu evictions, %llu expired, %llu quarantined\n",
-           (unsigned long long)v[KVS_STAT_PUTS], (unsigned long long)v[KVS_STAT_EVICTIONS], (unsigned long long)v[KVS_STAT_EXPIRED],
-           (unsigned long long)v[KVS_STAT_QUARANTINES]);
+           (unsigned long long)v[KVS_STAT_PUTS], (unsigned long long)v[KVS_STAT_EVICTIONS],
+           (unsigned long long)v[KVS_STAT_EXPIRED], (unsigned long long)v[KVS_STAT_QUARANTINES]);
     printf("traffic    in %s, out %s, %llu requests, %llu errors\n",
-           cli_fmt_bytes(v[KVS_STAT_BYTES_IN], b1, sizeof b1), cli_fmt_bytes(v[KVS_STAT_BYTES_OUT], b2, sizeof b2),
+           cli_fmt_bytes(v[KVS_STAT_BYTES_IN], b1, sizeof b1),
+           cli_fmt_bytes(v[KVS_STAT_BYTES_OUT], b2, sizeof b2),
            (unsigned long long)v[KVS_STAT_REQUESTS], (unsigned long long)v[KVS_STAT_ERRORS]);
     printf("tenant     %s: %zu entries, %s, %llu pinned\n", x->tenant, n_items,
            cli_fmt_bytes(t_bytes, b1, sizeof b1), (unsigned long long)t_pinned);
@@ -166,8 +174,8 @@ int cmd_status(cli *x, int argc, char **argv) {
 
 /* ------------------------------------------------------------ filters */
 typedef struct filt {
-  const char *model; /* hex prefix */
-  int tier, kind, pinned; /* -1 = any */
+  const char *model;         /* hex prefix */
+  int tier, kind, pinned;    /* -1 = any */
   uint64_t older_s, newer_s; /* UINT64_MAX = unset */
   uint64_t min_size, max_size;
 } filt;
@@ -207,23 +215,30 @@ static int filt_opt(filt *f, int c, const char *arg, const char *verb) {
     f->tier = arg[0] - '0';
     return 1;
   case O_KIND:
-    if (!strcmp(arg, "prefix")) f->kind = KVS_CHUNK_PREFIX;
-    else if (!strcmp(arg, "content")) f->kind = KVS_CHUNK_CONTENT;
-    else return cli_usage_err(verb, "--kind takes prefix or content"), -1;
+    if (!strcmp(arg, "prefix"))
+      f->kind = KVS_CHUNK_PREFIX;
+    else if (!strcmp(arg, "content"))
+      f->kind = KVS_CHUNK_CONTENT;
+    else
+      return cli_usage_err(verb, "--kind takes prefix or content"), -1;
     return 1;
   case O_PINNED: f->pinned = 1; return 1;
   case O_UNPINNED: f->pinned = 0; return 1;
   case O_OLDER:
   case O_NEWER:
     if (cli_parse_duration(arg, &u)) return cli_usage_err(verb, "bad duration '%s'", arg), -1;
-    if (c == O_OLDER) f->older_s = u;
-    else f->newer_s = u;
+    if (c == O_OLDER)
+      f->older_s = u;
+    else
+      f->newer_s = u;
     return 1;
   case O_MINSZ:
   case O_MAXSZ:
     if (cli_parse_size(arg, &u)) return cli_usage_err(verb, "bad size '%s'", arg), -1;
-    if (c == O_MINSZ) f->min_size = u;
-    else f->max_size = u;
+    if (c == O_MINSZ)
+      f->min_size = u;
+    else
+      f->max_size = u;
     return 1;
   default: return 0;
   }
@@ -231,7 +246,9 @@ static int filt_opt(filt *f, int c, const char *arg, const char *verb) {
 #define FILT_OPTS                                                                                  \
   {"model", 1, 0, O_MODEL}, {"tier", 1, 0, O_TIER}, {"kind", 1, 0, O_KIND},                        \
       {"pinned", 0, 0, O_PINNED}, {"unpinned", 0, 0, O_UNPINNED}, {"older-than", 1, 0, O_OLDER},   \
-      {"newer-than", 1, 0, O_NEWER}, {"min-size", 1, 0, O_MINSZ}, {"max-size", 1, 0, O_MAXSZ}
+      {"newer-than", 1, 0, O_NEWER}, {"min-size", 1, 0, O_MINSZ}, {                                \
+    "max-size", 1, 0, O_MAXSZ                                                                      \
+  }
 
 /* ------------------------------------------------------------------ ls */
 static int sort_field;
@@ -262,8 +279,10 @@ static void print_table(const kvs_admin_item *v, size_t n, int full_keys, uint64
     kvs_hash128_hex(&it->model, model);
     if (!full_keys) key[12] = 0;
     model[8] = 0;
-    if (it->ttl_s) cli_fmt_age((uint64_t)it->ttl_s * 1000, ttl, sizeof ttl);
-    else snprintf(ttl, sizeof ttl, "-");
+    if (it->ttl_s)
+      cli_fmt_age((uint64_t)it->ttl_s * 1000, ttl, sizeof ttl);
+    else
+      snprintf(ttl, sizeof ttl, "-");
     printf("%-*s %-7s %6u %10s %-4s %3s %6llu %6s %6s  %s\n", full_keys ? 32 : 12, key,
            it->kind == KVS_CHUNK_PREFIX ? "prefix" : "content", it->n_tokens,
            cli_fmt_bytes(it->value_bytes, sz, sizeof sz), cli_tier_name(it->tier),
@@ -301,7 +320,8 @@ int cmd_ls(cli *x, int argc, char **argv) {
       sort_field = -1;
       for (int i = 0; i < 6; i++)
         if (!strcmp(optarg, names[i])) sort_field = i;
-      if (sort_field < 0) return cli_usage_err("ls", "--sort takes used|created|size|hits|tokens|key");
+      if (sort_field < 0)
+        return cli_usage_err("ls", "--sort takes used|created|size|hits|tokens|key");
       break;
     }
     case O_REV: sort_rev = 1; break;
@@ -309,8 +329,10 @@ int cmd_ls(cli *x, int argc, char **argv) {
     case O_OFFSET: {
       long v = strtol(optarg, &end, 10);
       if (*end || v < 0) return cli_usage_err("ls", "bad number '%s'", optarg);
-      if (c == O_LIMIT) limit = v;
-      else offset = v;
+      if (c == O_LIMIT)
+        limit = v;
+      else
+        offset = v;
       break;
     }
     case O_FULL: full = 1; break;
@@ -332,7 +354,8 @@ int cmd_ls(cli *x, int argc, char **argv) {
   size_t first = (size_t)offset < m ? (size_t)offset : m;
   size_t shown = limit == 0 || (size_t)limit > m - first ? m - first : (size_t)limit;
   uint64_t total_bytes = 0;
-  for (size_t i = 0; i < m; i++) total_bytes += v[i].value_bytes;
+  for (size_t i = 0; i < m; i++)
+    total_bytes += v[i].value_bytes;
   if (x->json) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "tenant", x->tenant);
@@ -340,7 +363,8 @@ int cmd_ls(cli *x, int argc, char **argv) {
     cJSON_AddNumberToObject(j, "matched_bytes", (double)total_bytes);
     cJSON_AddNumberToObject(j, "offset", (double)first);
     cJSON *a = cJSON_AddArrayToObject(j, "items");
-    for (size_t i = 0; i < shown; i++) cJSON_AddItemToArray(a, cli_item_json(&v[first + i]));
+    for (size_t i = 0; i < shown; i++)
+      cJSON_AddItemToArray(a, cli_item_json(&v[first + i]));
     cli_print_json(j);
   } else {
     char b[32];
@@ -372,7 +396,8 @@ static char *tokens_text(const char *path, const char *model_hex, const cJSON *i
     int32_t *t = malloc(sizeof *t * (size_t)(n ? n : 1));
     size_t need = 0;
     if (t) {
-      for (int i = 0; i < n; i++) t[i] = (int32_t)cJSON_GetArrayItem(ids, i)->valuedouble;
+      for (int i = 0; i < n; i++)
+        t[i] = (int32_t)cJSON_GetArrayItem(ids, i)->valuedouble;
       kvs_tok_decode(tok, t, (size_t)n, NULL, 0, &need);
       out = malloc(need + 1);
       if (out && kvs_tok_decode(tok, t, (size_t)n, out, need + 1, &need) != KVS_OK) {
@@ -393,9 +418,12 @@ int cmd_show(cli *x, int argc, char **argv) {
   optind = 0;
   opterr = 0;
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
-    if (c == 'n') text = 0;
-    else if (c == 'm') snprintf(x->model_path, sizeof x->model_path, "%s", optarg);
-    else return cli_usage_err("show", "unknown option '%s'", argv[optind - 1]);
+    if (c == 'n')
+      text = 0;
+    else if (c == 'm')
+      snprintf(x->model_path, sizeof x->model_path, "%s", optarg);
+    else
+      return cli_usage_err("show", "unknown option '%s'", argv[optind - 1]);
   }
   if (optind != argc - 1) return cli_usage_err("show", "one KEY expected");
   kvs_key k;
@@ -447,7 +475,8 @@ int cmd_show(cli *x, int argc, char **argv) {
   printf("hits         %llu\n", (unsigned long long)N("hits"));
   printf("created      %s ago\n", cli_fmt_age(now - N("created_ms"), age, sizeof age));
   printf("last used    %s ago\n", cli_fmt_age(now - N("last_used_ms"), age, sizeof age));
-  printf("ttl          %s\n", N("ttl_s") ? cli_fmt_age(N("ttl_s") * 1000, age, sizeof age) : "none");
+  printf("ttl          %s\n",
+         N("ttl_s") ? cli_fmt_age(N("ttl_s") * 1000, age, sizeof age) : "none");
   const cJSON *l = cJSON_GetObjectItem(j, "layout");
   if (l) {
     const cJSON *dt = cJSON_GetObjectItem(l, "dtype");
@@ -458,8 +487,8 @@ int cmd_show(cli *x, int argc, char **argv) {
            (unsigned long long)jnum(l, "rope_type"), (unsigned long long)jnum(l, "rope_dims"),
            cJSON_GetObjectItem(l, "rope_theta") ? cJSON_GetObjectItem(l, "rope_theta")->valuedouble
                                                 : 0.0);
-    uint64_t raw = 2 * jnum(l, "n_layers") * jnum(l, "n_kv_heads") * jnum(l, "head_dim") * 2 *
-                   N("tokens");
+    uint64_t raw =
+        2 * jnum(l, "n_layers") * jnum(l, "n_kv_heads") * jnum(l, "head_dim") * 2 * N("tokens");
     printf("codec        profile %llu, %llu parameter bytes, %llu segments; %.2fx vs fp16\n",
            (unsigned long long)N("codec_profile"), (unsigned long long)N("codec_params_bytes"),
            (unsigned long long)N("segments"), N("bytes") ? (double)raw / (double)N("bytes") : 0);
@@ -473,11 +502,14 @@ int cmd_show(cli *x, int argc, char **argv) {
   if (cJSON_IsArray(ids)) {
     int n = cJSON_GetArraySize(ids);
     printf("token ids   ");
-    for (int i = 0; i < n && i < 16; i++) printf(" %d", (int)cJSON_GetArrayItem(ids, i)->valuedouble);
+    for (int i = 0; i < n && i < 16; i++)
+      printf(" %d", (int)cJSON_GetArrayItem(ids, i)->valuedouble);
     printf("%s\n", n > 16 ? " ..." : "");
   }
-  if (txt) printf("text         \"%s\"\n", txt);
-  else if (text) printf("text         (model not known here: --model GGUF of model %.8s...)\n", S("model"));
+  if (txt)
+    printf("text         \"%s\"\n", txt);
+  else if (text)
+    printf("text         (model not known here: --model GGUF of model %.8s...)\n", S("model"));
 #undef S
 #undef N
   free(txt);
@@ -554,7 +586,8 @@ int cmd_evict(cli *x, int argc, char **argv) {
         return rc;
       }
       size_t j = 0;
-      while (j < n && memcmp(v[j].key.b, k.b, 16)) j++;
+      while (j < n && memcmp(v[j].key.b, k.b, 16))
+        j++;
       if (j == n) {
         free(sel);
         free(v);
@@ -566,14 +599,16 @@ int cmd_evict(cli *x, int argc, char **argv) {
     v = sel;
   } else {
     uint64_t total = 0;
-    for (size_t i = 0; i < n; i++) total += v[i].value_bytes;
+    for (size_t i = 0; i < n; i++)
+      total += v[i].value_bytes;
     for (size_t i = 0; i < n; i++)
       if ((incpin || !v[i].pinned) && filt_match(&f, &v[i], now)) v[m++] = v[i];
     if (to_bytes != UINT64_MAX) { /* lowest score first, until the tenant fits */
       score_now = now;
       qsort(v, m, sizeof *v, cmp_score);
       size_t k = 0;
-      while (k < m && total > to_bytes) total -= v[k++].value_bytes;
+      while (k < m && total > to_bytes)
+        total -= v[k++].value_bytes;
       m = k;
     }
   }
@@ -632,11 +667,15 @@ int cmd_pin(cli *x, int argc, char **argv) {
       rc = cli_fail(x, verb, e, "%s: %s", hex, kvs_client_errmsg(x->c));
       break;
     }
-    if (a) cJSON_AddItemToArray(a, cJSON_CreateString(hex));
-    else printf("%s %s\n", pin ? "pinned" : "unpinned", hex);
+    if (a)
+      cJSON_AddItemToArray(a, cJSON_CreateString(hex));
+    else
+      printf("%s %s\n", pin ? "pinned" : "unpinned", hex);
   }
-  if (j && rc == CLI_OK) cli_print_json(j);
-  else cJSON_Delete(j);
+  if (j && rc == CLI_OK)
+    cli_print_json(j);
+  else
+    cJSON_Delete(j);
   return rc;
 }
 

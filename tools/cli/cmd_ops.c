@@ -42,9 +42,9 @@ static kvs_err warm_chunks(warm *w, const int32_t *tokens, size_t n_tokens, cons
                            size_t n) {
   uint8_t *st = calloc(n ? n : 1, 1);
   if (!st) return KVS_ENOMEM;
-  kvs_err e = w->force ? KVS_OK
-                       : kvs_lookup(w->x->c, w->mid, tokens, n_tokens, ch, n, KVS_LOOKUP_EACH, st,
-                                    NULL);
+  kvs_err e = w->force
+                  ? KVS_OK
+                  : kvs_lookup(w->x->c, w->mid, tokens, n_tokens, ch, n, KVS_LOOKUP_EACH, st, NULL);
   for (size_t i = 0; i < n && e == KVS_OK; i++) {
     if (st[i]) {
       w->cached++;
@@ -84,8 +84,8 @@ static kvs_err warm_text(warm *w, const char *text, size_t len, uint32_t chunk_t
   if (e == KVS_OK && (!sp || !ch)) e = KVS_ENOMEM;
   for (size_t i = 0; e == KVS_OK && i < nc; i++) {
     sp[i].start = (uint32_t)(i * chunk_tokens);
-    sp[i].n_tokens = (uint32_t)(n - i * chunk_tokens < chunk_tokens ? n - i * chunk_tokens
-                                                                    : chunk_tokens);
+    sp[i].n_tokens =
+        (uint32_t)(n - i * chunk_tokens < chunk_tokens ? n - i * chunk_tokens : chunk_tokens);
   }
   if (e == KVS_OK && nc) e = kvs_chunk_spans(w->mid, t, n, sp, nc, ch);
   if (e == KVS_OK && nc) e = warm_chunks(w, t, n, ch, nc);
@@ -124,9 +124,12 @@ static const char *fmt_of(const char *path) {
 int cmd_warmup(cli *x, int argc, char **argv) {
   if (help_asked(argc, argv, "warmup")) return CLI_OK;
   enum { O_FMT = 1, O_MODEL, O_PROF, O_CHUNK, O_ITEMS, O_FORCE };
-  static struct option lo[] = {{"format", 1, 0, O_FMT},       {"model", 1, 0, O_MODEL},
-                               {"profile", 1, 0, O_PROF},     {"chunk-tokens", 1, 0, O_CHUNK},
-                               {"items", 1, 0, O_ITEMS},      {"force", 0, 0, O_FORCE},
+  static struct option lo[] = {{"format", 1, 0, O_FMT},
+                               {"model", 1, 0, O_MODEL},
+                               {"profile", 1, 0, O_PROF},
+                               {"chunk-tokens", 1, 0, O_CHUNK},
+                               {"items", 1, 0, O_ITEMS},
+                               {"force", 0, 0, O_FORCE},
                                {0, 0, 0, 0}};
   const char *format = NULL, *profile = "dense";
   long chunk = 256, items = 1;
@@ -141,7 +144,8 @@ int cmd_warmup(cli *x, int argc, char **argv) {
     case O_PROF: profile = optarg; break;
     case O_CHUNK:
       chunk = strtol(optarg, &end, 10);
-      if (*end || chunk < 1 || chunk > 8192) return cli_usage_err("warmup", "--chunk-tokens 1..8192");
+      if (*end || chunk < 1 || chunk > 8192)
+        return cli_usage_err("warmup", "--chunk-tokens 1..8192");
       break;
     case O_ITEMS:
       items = strtol(optarg, &end, 10);
@@ -155,11 +159,13 @@ int cmd_warmup(cli *x, int argc, char **argv) {
   if (format && strcmp(format, "text") && strcmp(format, "jsonl") && strcmp(format, "musique"))
     return cli_usage_err("warmup", "--format takes text, jsonl or musique");
   int prof = kvs_profile_from_name(profile);
-  if (prof < 0) return cli_usage_err("warmup", "unknown or unavailable codec profile '%s'", profile);
+  if (prof < 0)
+    return cli_usage_err("warmup", "unknown or unavailable codec profile '%s'", profile);
   FILE *mf = fopen(x->model_path, "rb");
   if (!mf)
     return cli_fail(x, "warmup", KVS_ENOENT,
-                    "no model at %s (--model, $KVS_MODEL_PATH, or tools/fetch-model)", x->model_path);
+                    "no model at %s (--model, $KVS_MODEL_PATH, or tools/fetch-model)",
+                    x->model_path);
   fclose(mf);
   int rc = cli_client(x, "warmup");
   if (rc) return rc;
@@ -201,7 +207,8 @@ int cmd_warmup(cli *x, int argc, char **argv) {
         uint32_t n_pass = pr.n_segs - 2;
         e = kvs_chunk_prefix(w.mid, pr.tokens, pr.len[0], pr.len[0], KVS_CHUNK_TAIL, ch, 1, &n_ch);
         kvs_span sp[KVS_RAG_MAX_PASSAGES];
-        for (uint32_t p = 0; p < n_pass; p++) sp[p].start = pr.start[p + 1], sp[p].n_tokens = pr.len[p + 1];
+        for (uint32_t p = 0; p < n_pass; p++)
+          sp[p].start = pr.start[p + 1], sp[p].n_tokens = pr.len[p + 1];
         if (e == KVS_OK) e = kvs_chunk_spans(w.mid, pr.tokens, pr.n_tokens, sp, n_pass, ch + 1);
         if (e == KVS_OK) e = warm_chunks(&w, pr.tokens, pr.n_tokens, ch, 1 + n_pass);
         kvs_rag_prompt_free(&pr);
@@ -268,8 +275,10 @@ static int cmp_u64(const void *a, const void *b) {
 int cmd_bench(cli *x, int argc, char **argv) {
   if (help_asked(argc, argv, "bench")) return CLI_OK;
   enum { O_SEC = 1, O_SIZE, O_N, O_PROF };
-  static struct option lo[] = {{"seconds", 1, 0, O_SEC}, {"size", 1, 0, O_SIZE},
-                               {"entries", 1, 0, O_N},   {"profile", 1, 0, O_PROF},
+  static struct option lo[] = {{"seconds", 1, 0, O_SEC},
+                               {"size", 1, 0, O_SIZE},
+                               {"entries", 1, 0, O_N},
+                               {"profile", 1, 0, O_PROF},
                                {0, 0, 0, 0}};
   double seconds = 3;
   uint64_t size = 256 << 10;
@@ -282,7 +291,8 @@ int cmd_bench(cli *x, int argc, char **argv) {
     switch (c) {
     case O_SEC:
       seconds = strtod(optarg, &end);
-      if (*end || seconds <= 0 || seconds > 3600) return cli_usage_err("bench", "--seconds 0..3600");
+      if (*end || seconds <= 0 || seconds > 3600)
+        return cli_usage_err("bench", "--seconds 0..3600");
       break;
     case O_SIZE:
       if (cli_parse_size(optarg, &size) || size < 4096 || size > (256ull << 20))
@@ -302,8 +312,13 @@ int cmd_bench(cli *x, int argc, char **argv) {
   int rc = cli_client(x, "bench");
   if (rc) return rc;
   /* synthetic KV: 4 layers x 4 kv heads x 64 dims f16 = 4 KiB a token */
-  kvs_layout l = {.n_layers = 4, .n_kv_heads = 4, .head_dim = 64, .dtype = KVS_DTYPE_F16,
-                  .rope_type = KVS_ROPE_NORM, .rope_dims = 64, .rope_theta = 10000.0f,
+  kvs_layout l = {.n_layers = 4,
+                  .n_kv_heads = 4,
+                  .head_dim = 64,
+                  .dtype = KVS_DTYPE_F16,
+                  .rope_type = KVS_ROPE_NORM,
+                  .rope_dims = 64,
+                  .rope_theta = 10000.0f,
                   .rope_freq_scale = 1.0f};
   uint64_t tb = kvs_layout_token_bytes(&l);
   uint32_t nt = (uint32_t)(size / tb ? size / tb : 1);
@@ -331,7 +346,8 @@ int cmd_bench(cli *x, int argc, char **argv) {
     seed = seed * 6364136223846793005ull + 1442695040888963407ull;
     kv[i] = (uint16_t)(0x3400 | ((seed >> 48) & 0x07FF)); /* finite, 0.25..1 */
   }
-  for (long i = 0; i < n; i++) sp[i].start = (uint32_t)i * nt, sp[i].n_tokens = nt;
+  for (long i = 0; i < n; i++)
+    sp[i].start = (uint32_t)i * nt, sp[i].n_tokens = nt;
   kvs_err e = kvs_chunk_spans(&mid, tok, nt * (size_t)n, sp, (size_t)n, ch);
   kvs_put_opts po = {.profile = (uint32_t)prof, .layers_per_group = 1};
   uint64_t stored = 0;
@@ -368,7 +384,8 @@ int cmd_bench(cli *x, int argc, char **argv) {
   kvs_err err_run = e;
   char msg[256];
   snprintf(msg, sizeof msg, "%s", kvs_client_errmsg(x->c));
-  for (long i = 0; i < n; i++) kvs_delete(x->c, &ch[i].key); /* clean up, best effort */
+  for (long i = 0; i < n; i++)
+    kvs_delete(x->c, &ch[i].key); /* clean up, best effort */
   size_t nl = gets < lat_cap ? gets : lat_cap;
   qsort(lat, nl, sizeof *lat, cmp_u64);
   double p50 = nl ? (double)lat[nl / 2] / 1e6 : 0, p99 = nl ? (double)lat[nl * 99 / 100] / 1e6 : 0;
@@ -445,10 +462,12 @@ static int sha256_file(const char *path, char hex[65]) {
   crypto_hash_sha256_state st;
   crypto_hash_sha256_init(&st);
   unsigned char buf[1 << 16], out[32];
-  for (size_t r; (r = fread(buf, 1, sizeof buf, f)) > 0;) crypto_hash_sha256_update(&st, buf, r);
+  for (size_t r; (r = fread(buf, 1, sizeof buf, f)) > 0;)
+    crypto_hash_sha256_update(&st, buf, r);
   fclose(f);
   crypto_hash_sha256_final(&st, out);
-  for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", out[i]);
+  for (int i = 0; i < 32; i++)
+    snprintf(hex + 2 * i, 3, "%02x", out[i]);
   return 0;
 }
 
@@ -459,9 +478,12 @@ int cmd_doctor(cli *x, int argc, char **argv) {
   optind = 0;
   opterr = 0;
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
-    if (c == 'm') snprintf(x->model_path, sizeof x->model_path, "%s", optarg);
-    else if (c == 's') sha = 1;
-    else return cli_usage_err("doctor", "unknown option '%s'", argv[optind - 1]);
+    if (c == 'm')
+      snprintf(x->model_path, sizeof x->model_path, "%s", optarg);
+    else if (c == 's')
+      sha = 1;
+    else
+      return cli_usage_err("doctor", "unknown option '%s'", argv[optind - 1]);
   }
   if (optind < argc) return cli_usage_err("doctor", "unexpected argument '%s'", argv[optind]);
   checks c = {.json = x->json};
@@ -512,9 +534,12 @@ int cmd_doctor(cli *x, int argc, char **argv) {
       check(&c, "ready", 2, "/ready answered %d (draining or not open)", st);
     free(body);
     e = cli_http_json(x, "GET", "/v1/info", &info);
-    if (e == KVS_EAUTH) check(&c, "admin token", 2, "HTTP admin API refused it (--admin-token)");
-    else if (e) check(&c, "admin api", 2, "/v1/info: %s", kvs_strerror(e));
-    else check(&c, "admin api", 0, "admin token accepted");
+    if (e == KVS_EAUTH)
+      check(&c, "admin token", 2, "HTTP admin API refused it (--admin-token)");
+    else if (e)
+      check(&c, "admin api", 2, "/v1/info: %s", kvs_strerror(e));
+    else
+      check(&c, "admin api", 0, "admin token accepted");
     if (info) cli_http_json(x, "GET", "/v1/stats", &hs);
   }
 
@@ -527,11 +552,15 @@ int cmd_doctor(cli *x, int argc, char **argv) {
     } else {
       int bad = 0;
       if (v[KVS_STAT_QUARANTINES])
-        check(&c, "store", 1, "%llu entries quarantined (checksum or RocksDB corruption; see "
-              "the server log)", (unsigned long long)v[KVS_STAT_QUARANTINES]), bad = 1;
+        check(&c, "store", 1,
+              "%llu entries quarantined (checksum or RocksDB corruption; see "
+              "the server log)",
+              (unsigned long long)v[KVS_STAT_QUARANTINES]),
+            bad = 1;
       if (v[KVS_STAT_REQUESTS] > 100 && v[KVS_STAT_ERRORS] * 10 > v[KVS_STAT_REQUESTS])
-        check(&c, "store", 1, "%llu of %llu requests failed", (unsigned long long)v[KVS_STAT_ERRORS],
-              (unsigned long long)v[KVS_STAT_REQUESTS]), bad = 1;
+        check(&c, "store", 1, "%llu of %llu requests failed",
+              (unsigned long long)v[KVS_STAT_ERRORS], (unsigned long long)v[KVS_STAT_REQUESTS]),
+            bad = 1;
       const char *cap_key[3] = {"ram_bytes", "disk_bytes", "cold_bytes"};
       for (int t = 0; t < 3 && info; t++) {
         const cJSON *cv = cJSON_GetObjectItem(info, cap_key[t]);
@@ -539,7 +568,8 @@ int cmd_doctor(cli *x, int argc, char **argv) {
         if (t == 2 && !cJSON_IsTrue(cJSON_GetObjectItem(info, "cold_tier"))) continue;
         if (cap > 0 && (double)v[KVS_STAT_BYTES_T0 + t] > 0.95 * cap)
           check(&c, "capacity", 1, "tier %s at %.0f%% of its capacity", cli_tier_name((unsigned)t),
-                100.0 * (double)v[KVS_STAT_BYTES_T0 + t] / cap), bad = 1;
+                100.0 * (double)v[KVS_STAT_BYTES_T0 + t] / cap),
+              bad = 1;
       }
       if (!bad)
         check(&c, "store", 0, "%llu entries, %llu quarantined, %llu errors of %llu requests",
@@ -555,8 +585,10 @@ int cmd_doctor(cli *x, int argc, char **argv) {
         char *sp = strchr(p, ' ');
         if (sp) errs += strtoull(sp + 1, NULL, 10);
       }
-      if (errs) check(&c, "rocksdb", 2, "%llu background errors (disk full or failing?)", errs);
-      else check(&c, "rocksdb", 0, "no background errors");
+      if (errs)
+        check(&c, "rocksdb", 2, "%llu background errors (disk full or failing?)", errs);
+      else
+        check(&c, "rocksdb", 0, "no background errors");
     }
     free(body);
   }
@@ -573,7 +605,8 @@ int cmd_doctor(cli *x, int argc, char **argv) {
     long size = ftell(mf);
     fclose(mf);
     if (got != 4 || memcmp(magic, "GGUF", 4))
-      check(&c, "model", 2, "%s is not a GGUF file (re-fetch it: tools/fetch-model)", x->model_path);
+      check(&c, "model", 2, "%s is not a GGUF file (re-fetch it: tools/fetch-model)",
+            x->model_path);
     else if (!sha)
       check(&c, "model", 0, "%s: GGUF, %.1f MB (--sha256 to verify its hash)", x->model_path,
             (double)size / 1e6);
@@ -584,10 +617,14 @@ int cmd_doctor(cli *x, int argc, char **argv) {
         if (fscanf(hf, "%64s", want) != 1) want[0] = 0;
         fclose(hf);
       }
-      if (sha256_file(x->model_path, hex)) check(&c, "model", 2, "cannot hash %s", x->model_path);
-      else if (!want[0]) check(&c, "model", 1, "sha256 %s (no %s to compare)", hex, KVS_CLI_MODEL_SHA256_FILE);
-      else if (strcmp(hex, want)) check(&c, "model", 2, "sha256 %s differs from %s (re-fetch)", hex, want);
-      else check(&c, "model", 0, "%s: sha256 matches tools/model.sha256", x->model_path);
+      if (sha256_file(x->model_path, hex))
+        check(&c, "model", 2, "cannot hash %s", x->model_path);
+      else if (!want[0])
+        check(&c, "model", 1, "sha256 %s (no %s to compare)", hex, KVS_CLI_MODEL_SHA256_FILE);
+      else if (strcmp(hex, want))
+        check(&c, "model", 2, "sha256 %s differs from %s (re-fetch)", hex, want);
+      else
+        check(&c, "model", 0, "%s: sha256 matches tools/model.sha256", x->model_path);
     }
   }
 

@@ -36,12 +36,12 @@ static const verb verbs[] = {
     {NULL, NULL, NULL}};
 
 static void main_help(FILE *f) {
-  fprintf(f,
-          "kvstash - admin CLI of the kvstash KV-cache store\n\n"
-          "usage: kvstash [global options] VERB [options] [args]\n"
-          "       kvstash VERB --help     (every verb has help with an example)\n\n"
-          "verbs:\n");
-  for (const verb *v = verbs; v->name; v++) fprintf(f, "  %-8s %s\n", v->name, v->summary);
+  fprintf(f, "kvstash - admin CLI of the kvstash KV-cache store\n\n"
+             "usage: kvstash [global options] VERB [options] [args]\n"
+             "       kvstash VERB --help     (every verb has help with an example)\n\n"
+             "verbs:\n");
+  for (const verb *v = verbs; v->name; v++)
+    fprintf(f, "  %-8s %s\n", v->name, v->summary);
   fprintf(f,
           "\nglobal options (anywhere on the line):\n"
           "  -u, --url URL          data plane, tcp://HOST:PORT or ipc://PATH  [$KVS_URL]\n"
@@ -68,9 +68,11 @@ static void main_help(FILE *f) {
 static void set(char *dst, size_t cap, const char *v) { snprintf(dst, cap, "%s", v ? v : ""); }
 
 static char *trim(char *s) {
-  while (isspace((unsigned char)*s)) s++;
+  while (isspace((unsigned char)*s))
+    s++;
   size_t n = strlen(s);
-  while (n && isspace((unsigned char)s[n - 1])) s[--n] = 0;
+  while (n && isspace((unsigned char)s[n - 1]))
+    s[--n] = 0;
   return s;
 }
 
@@ -125,15 +127,14 @@ typedef struct gopt {
   char shrt;
   int arg;
 } gopt;
-static const gopt gopts[] = {{"url", 'u', 1},         {"http", 0, 1},        {"tenant", 't', 1},
-                             {"token", 'k', 1},       {"admin-token", 0, 1}, {"config", 'c', 1},
-                             {"timeout", 0, 1},       {"json", 0, 0},        {"no-progress", 0, 0},
+static const gopt gopts[] = {{"url", 'u', 1},   {"http", 0, 1},        {"tenant", 't', 1},
+                             {"token", 'k', 1}, {"admin-token", 0, 1}, {"config", 'c', 1},
+                             {"timeout", 0, 1}, {"json", 0, 0},        {"no-progress", 0, 0},
                              {NULL, 0, 0}};
 
 /* Is argv[i] a global option? Sets *g and *val (value, possibly argv[i+1]:
  * *used = 2). */
-static int match_global(int argc, char **argv, int i, const gopt **g, const char **val,
-                        int *used) {
+static int match_global(int argc, char **argv, int i, const gopt **g, const char **val, int *used) {
   const char *a = argv[i];
   *used = 1;
   *val = NULL;
@@ -174,7 +175,8 @@ int main(int argc, char **argv) {
     const char *val;
     int used;
     if (!strcmp(argv[i], "--")) { /* the rest is the verb's */
-      while (i < argc) rest[nrest++] = argv[i++];
+      while (i < argc)
+        rest[nrest++] = argv[i++];
       break;
     }
     int m = match_global(argc, argv, i, &g, &val, &used);
@@ -188,15 +190,24 @@ int main(int argc, char **argv) {
       continue;
     }
     i += used - 1;
-    if (!strcmp(g->lng, "url")) f_url = val;
-    else if (!strcmp(g->lng, "http")) f_http = val;
-    else if (!strcmp(g->lng, "tenant")) f_tenant = val;
-    else if (!strcmp(g->lng, "token")) f_token = val;
-    else if (!strcmp(g->lng, "admin-token")) f_admin = val;
-    else if (!strcmp(g->lng, "config")) f_config = val;
-    else if (!strcmp(g->lng, "timeout")) f_timeout = val;
-    else if (!strcmp(g->lng, "json")) x.json = 1;
-    else if (!strcmp(g->lng, "no-progress")) no_progress = 1;
+    if (!strcmp(g->lng, "url"))
+      f_url = val;
+    else if (!strcmp(g->lng, "http"))
+      f_http = val;
+    else if (!strcmp(g->lng, "tenant"))
+      f_tenant = val;
+    else if (!strcmp(g->lng, "token"))
+      f_token = val;
+    else if (!strcmp(g->lng, "admin-token"))
+      f_admin = val;
+    else if (!strcmp(g->lng, "config"))
+      f_config = val;
+    else if (!strcmp(g->lng, "timeout"))
+      f_timeout = val;
+    else if (!strcmp(g->lng, "json"))
+      x.json = 1;
+    else if (!strcmp(g->lng, "no-progress"))
+      no_progress = 1;
   }
   if (help || nrest == 0) {
     main_help(help ? stdout : stderr);
@@ -204,13 +215,16 @@ int main(int argc, char **argv) {
     return help ? CLI_OK : CLI_USAGE;
   }
   if (!strcmp(rest[0], "help")) {
-    if (nrest > 1) cli_verb_help(rest[1]);
-    else main_help(stdout);
+    if (nrest > 1)
+      cli_verb_help(rest[1]);
+    else
+      main_help(stdout);
     free(rest);
     return CLI_OK;
   }
   const verb *v = verbs;
-  while (v->name && strcmp(v->name, rest[0])) v++;
+  while (v->name && strcmp(v->name, rest[0]))
+    v++;
   if (!v->name) {
     int rc = cli_usage_err(NULL, "unknown verb '%s' (kvstash --help lists them)", rest[0]);
     free(rest);

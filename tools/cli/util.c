@@ -26,30 +26,28 @@ static const help helps[] = {
      "hit rate, traffic counters, and the largest tenants (configured tenants; with auth\n"
      "off tenants cannot be enumerated, so the current tenant's usage is shown).\n\n"
      "example:\n  kvstash status --json | jq .hit_rate\n"},
-    {"ls",
-     "usage: kvstash ls [options]\n\n"
-     "Entries of the tenant (-t), newest use first.\n"
-     "  --model HEX        model id (or a prefix of it)\n"
-     "  --tier N           0 RAM, 1 disk, 2 cold\n"
-     "  --kind K           prefix | content\n"
-     "  --pinned / --unpinned\n"
-     "  --older-than DUR   last used more than DUR ago (30s, 15m, 2h, 7d)\n"
-     "  --newer-than DUR   last used less than DUR ago\n"
-     "  --min-size SIZE    value bytes (K, M, G suffixes)\n"
-     "  --max-size SIZE\n"
-     "  --sort FIELD       used (default) | created | size | hits | tokens | key\n"
-     "  --reverse          reverse the order\n"
-     "  --limit N          rows shown (default 50, 0 = all)\n"
-     "  --offset N         skip N rows first (paging)\n"
-     "  --full-keys        print whole 32-hex keys\n\n"
-     "example:\n  kvstash ls --tier 1 --min-size 1M --sort size --limit 10\n"},
-    {"show",
-     "usage: kvstash show KEY [--no-text] [--model GGUF]\n\n"
-     "One entry: metadata, layout, codec profile, sizes, segments, checksum (verified now\n"
-     "against the stored bytes), token ids and, when the reference model at --model /\n"
-     "$KVS_MODEL_PATH has the entry's model id, the tokens decoded to text.\n"
-     "KEY is 32 hex digits or an unambiguous prefix. Uses the HTTP admin API.\n\n"
-     "example:\n  kvstash show 3fa9c2 --json\n"},
+    {"ls", "usage: kvstash ls [options]\n\n"
+           "Entries of the tenant (-t), newest use first.\n"
+           "  --model HEX        model id (or a prefix of it)\n"
+           "  --tier N           0 RAM, 1 disk, 2 cold\n"
+           "  --kind K           prefix | content\n"
+           "  --pinned / --unpinned\n"
+           "  --older-than DUR   last used more than DUR ago (30s, 15m, 2h, 7d)\n"
+           "  --newer-than DUR   last used less than DUR ago\n"
+           "  --min-size SIZE    value bytes (K, M, G suffixes)\n"
+           "  --max-size SIZE\n"
+           "  --sort FIELD       used (default) | created | size | hits | tokens | key\n"
+           "  --reverse          reverse the order\n"
+           "  --limit N          rows shown (default 50, 0 = all)\n"
+           "  --offset N         skip N rows first (paging)\n"
+           "  --full-keys        print whole 32-hex keys\n\n"
+           "example:\n  kvstash ls --tier 1 --min-size 1M --sort size --limit 10\n"},
+    {"show", "usage: kvstash show KEY [--no-text] [--model GGUF]\n\n"
+             "One entry: metadata, layout, codec profile, sizes, segments, checksum (verified now\n"
+             "against the stored bytes), token ids and, when the reference model at --model /\n"
+             "$KVS_MODEL_PATH has the entry's model id, the tokens decoded to text.\n"
+             "KEY is 32 hex digits or an unambiguous prefix. Uses the HTTP admin API.\n\n"
+             "example:\n  kvstash show 3fa9c2 --json\n"},
     {"evict",
      "usage: kvstash evict [KEY...] [filters] [--dry-run]\n\n"
      "Deletes the named keys, or every entry matching the filters (pinned entries are\n"
@@ -77,13 +75,12 @@ static const help helps[] = {
      "Streams every entry of the tenant into FILE ('-' = stdout): a self-describing,\n"
      "checksummed archive (docs/cli.md). Written to FILE.part and renamed when complete.\n\n"
      "example:\n  kvstash -t rag export rag-$(date +%F).kvsa\n"},
-    {"import",
-     "usage: kvstash import FILE [--verify-only]\n\n"
-     "Reads an archive ('-' = stdin), verifies every entry (header and value checksums,\n"
-     "metadata) before sending it; a bad entry is reported and skipped, the others are\n"
-     "imported; the server writes each entry whole or not at all. Exit 1 when any entry\n"
-     "was skipped or refused. --verify-only checks the archive and sends nothing.\n\n"
-     "example:\n  kvstash -t rag import rag-2025-01-31.kvsa\n"},
+    {"import", "usage: kvstash import FILE [--verify-only]\n\n"
+               "Reads an archive ('-' = stdin), verifies every entry (header and value checksums,\n"
+               "metadata) before sending it; a bad entry is reported and skipped, the others are\n"
+               "imported; the server writes each entry whole or not at all. Exit 1 when any entry\n"
+               "was skipped or refused. --verify-only checks the archive and sends nothing.\n\n"
+               "example:\n  kvstash -t rag import rag-2025-01-31.kvsa\n"},
     {"warmup",
      "usage: kvstash warmup FILE... [options]\n\n"
      "Runs documents through the reference engine and stores their chunk KV (content\n"
@@ -97,13 +94,12 @@ static const help helps[] = {
      "  --items N          MuSiQue items to warm (default 1)\n"
      "  --force            recompute and store even when cached\n\n"
      "example:\n  kvstash warmup docs/*.txt --profile int8\n"},
-    {"bench",
-     "usage: kvstash bench [--seconds S] [--size BYTES] [--entries N] [--profile NAME]\n\n"
-     "Puts N synthetic chunks of about BYTES each (default 16 x 256K), then GETs them\n"
-     "in a loop for S seconds (default 3); prints throughput and latency (p50/p99) and\n"
-     "a last JSON line. With --profile the client-side codec encode/decode is part of\n"
-     "the figures. The bench entries are deleted at the end.\n\n"
-     "example:\n  kvstash bench --seconds 10 --size 1M --profile int8\n"},
+    {"bench", "usage: kvstash bench [--seconds S] [--size BYTES] [--entries N] [--profile NAME]\n\n"
+              "Puts N synthetic chunks of about BYTES each (default 16 x 256K), then GETs them\n"
+              "in a loop for S seconds (default 3); prints throughput and latency (p50/p99) and\n"
+              "a last JSON line. With --profile the client-side codec encode/decode is part of\n"
+              "the figures. The bench entries are deleted at the end.\n\n"
+              "example:\n  kvstash bench --seconds 10 --size 1M --profile int8\n"},
     {"doctor",
      "usage: kvstash doctor [--model GGUF] [--sha256]\n\n"
      "Checks: data plane reachable, token accepted, HTTP control plane and admin token,\n"
@@ -186,8 +182,10 @@ int cli_client(cli *x, const char *verb) {
   }
   e = kvs_ping(x->c);
   if (e == KVS_EAUTH)
-    return cli_fail(x, verb, e, "kvstashd at %s refused the token of tenant '%s' (--token / "
-                    "$KVS_TOKEN)", x->url, x->tenant);
+    return cli_fail(x, verb, e,
+                    "kvstashd at %s refused the token of tenant '%s' (--token / "
+                    "$KVS_TOKEN)",
+                    x->url, x->tenant);
   if (e != KVS_OK)
     return cli_fail(x, verb, e == KVS_ETIMEDOUT ? KVS_ECONN : e, "kvstashd at %s: %s", x->url,
                     kvs_client_errmsg(x->c));
@@ -386,10 +384,22 @@ int cli_parse_size(const char *s, uint64_t *out) {
   if (errno || end == s || v < 0) return -1;
   double mul = 1;
   switch (toupper((unsigned char)*end)) {
-  case 'K': mul = 1024.0; end++; break;
-  case 'M': mul = 1048576.0; end++; break;
-  case 'G': mul = 1073741824.0; end++; break;
-  case 'T': mul = 1099511627776.0; end++; break;
+  case 'K':
+    mul = 1024.0;
+    end++;
+    break;
+  case 'M':
+    mul = 1048576.0;
+    end++;
+    break;
+  case 'G':
+    mul = 1073741824.0;
+    end++;
+    break;
+  case 'T':
+    mul = 1099511627776.0;
+    end++;
+    break;
   default: break;
   }
   if (toupper((unsigned char)*end) == 'I') end++;
@@ -405,11 +415,16 @@ int cli_parse_duration(const char *s, uint64_t *seconds) {
   double v = strtod(s, &end);
   if (errno || end == s || v < 0) return -1;
   double mul = 1;
-  if (*end == 's') end++;
-  else if (*end == 'm') mul = 60, end++;
-  else if (*end == 'h') mul = 3600, end++;
-  else if (*end == 'd') mul = 86400, end++;
-  else if (*end == 'w') mul = 604800, end++;
+  if (*end == 's')
+    end++;
+  else if (*end == 'm')
+    mul = 60, end++;
+  else if (*end == 'h')
+    mul = 3600, end++;
+  else if (*end == 'd')
+    mul = 86400, end++;
+  else if (*end == 'w')
+    mul = 604800, end++;
   if (*end || v * mul > 1e15) return -1;
   *seconds = (uint64_t)(v * mul);
   return 0;
@@ -419,18 +434,25 @@ const char *cli_fmt_bytes(uint64_t b, char *buf, size_t cap) {
   static const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = (double)b;
   int i = 0;
-  while (v >= 1024 && i < 4) v /= 1024, i++;
-  if (i == 0) snprintf(buf, cap, "%llu B", (unsigned long long)b);
-  else snprintf(buf, cap, "%.1f %s", v, u[i]);
+  while (v >= 1024 && i < 4)
+    v /= 1024, i++;
+  if (i == 0)
+    snprintf(buf, cap, "%llu B", (unsigned long long)b);
+  else
+    snprintf(buf, cap, "%.1f %s", v, u[i]);
   return buf;
 }
 
 const char *cli_fmt_age(uint64_t ms, char *buf, size_t cap) {
   uint64_t s = ms / 1000;
-  if (s < 60) snprintf(buf, cap, "%llus", (unsigned long long)s);
-  else if (s < 3600) snprintf(buf, cap, "%llum", (unsigned long long)(s / 60));
-  else if (s < 86400) snprintf(buf, cap, "%lluh", (unsigned long long)(s / 3600));
-  else snprintf(buf, cap, "%llud", (unsigned long long)(s / 86400));
+  if (s < 60)
+    snprintf(buf, cap, "%llus", (unsigned long long)s);
+  else if (s < 3600)
+    snprintf(buf, cap, "%llum", (unsigned long long)(s / 60));
+  else if (s < 86400)
+    snprintf(buf, cap, "%lluh", (unsigned long long)(s / 3600));
+  else
+    snprintf(buf, cap, "%llud", (unsigned long long)(s / 86400));
   return buf;
 }
 
@@ -456,7 +478,8 @@ static void progress_draw(cli_progress *p, int final) {
     double f = p->done >= p->total ? 1.0 : (double)p->done / (double)p->total;
     int w = 30, fill = (int)(f * w);
     char bar[31];
-    for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+    for (int i = 0; i < w; i++)
+      bar[i] = i < fill ? '#' : '.';
     bar[w] = 0;
     double eta = f > 0 && !final ? t / f - t : 0;
     fprintf(stderr, "\r%s [%s] %3.0f%% %llu/%llu  %s/s  ETA %.0fs   ", p->label, bar, f * 100,
