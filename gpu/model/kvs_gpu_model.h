@@ -100,10 +100,11 @@ kvs_err kvs_gpu_rope_host(float *q, uint32_t n, uint32_t H, uint32_t D, const ui
 /* out (n, F) fp16 = silu(gu[:, :F]) * gu[:, F:], gu (n, 2F) fp16 */
 kvs_err kvs_gpu_swiglu_host(const kvs_f16 *gu, kvs_f16 *out, uint32_t n, uint32_t F);
 /* out (n, H, D) fp16: causal attention of q (n, H, D) fp16 at slots past..past+n-1
- * over k, v (kv_len, G, D) fp16 (kv_len >= past + n), D = 64 or 128. */
+ * over k, v (kv_len, G, D) fp16 (kv_len >= past + n), D = 64 or 128. split: 0 = one
+ * grid, 1 = split over the keys where the grid is small (as the engine does). */
 kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, kvs_f16 *out,
                                 uint32_t n, uint32_t H, uint32_t G, uint32_t D, uint32_t past,
-                                uint32_t kv_len);
+                                uint32_t kv_len, int split);
 
 #ifdef __cplusplus
 }

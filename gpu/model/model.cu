@@ -9,7 +9,6 @@
  *   gu fp16 (T, 2F), act fp16 (T, F). */
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -19,7 +18,6 @@
 #include "kvs_gpu_model.h"
 #include "model_rand.h"
 
-using namespace nvcuda;
 
 #define CUBLAS_TRY(call)                                                                           \
   do {                                                                                             \
@@ -143,206 +141,323 @@ __global__ void k_rand_f32(float *dst, size_t n, uint64_t seed, uint32_t tid, kv
     dst[i] = kvs__rand_weight(seed, tid, i, s);
 }
 
-/* Flash attention, causal, GQA. Block = NW warps = BR = 16*NW query rows of
- * one head; key/value tiles of BC = 64 rows staged in shared memory. Per warp
- * (16 rows): S (16, 64) = Q K^T with WMMA (fp16 in, f32 accumulate) into
- * shared memory, online softmax row by row (the whole warp on one row, so
- * no bank conflicts), P rounded to fp16, O (16, D) kept in WMMA accumulator
- * fragments: rescaled by the per-row factor through a row-broadcast
- * fragment (fragments of one type map elements alike, so x[i] * a.x[i] is a
- * per-row scale), then O += P V. The Q tile's shared memory is reused for
- * S/P once Q sits in registers. Scores never leave shared memory; no T x T. */
-template <int D, int NW> struct fa_smem {
-  static constexpr int BR = 16 * NW, BC = 64;
-  static constexpr size_t q = (size_t)BR * D * 2;
-  static constexpr size_t s = (size_t)NW * 16 * BC * 4, p = (size_t)NW * 16 * BC * 2,
-                          r = (size_t)NW * 16 * 16 * 4;
-  static constexpr size_t a = q > s + p + r ? q : s + p + r;
-  static constexpr size_t total = a + 2 * (size_t)BC * D * 2 + 2 * (size_t)BR * 4 + NW * 4;
+/* Flash attention, causal, GQA, FlashAttention-2 style on mma.sync
+ * (m16n8k16, fp16 in, f32 accumulate). Block = 4 warps = 64 query rows of one
+ * head; each warp owns 16 rows and keeps its scores, probabilities and output
+ * in registers: thread (group g = lane/4, t = lane%4) holds rows g and g+8,
+ * columns 2t, 2t+1 of every 8-wide tile, so a row's max and sum need two quad
+ * shuffles. Key/value tiles of BC = 64 rows stream through shared memory with
+ * cp.async, double-buffered (tile t+1 loads while tile t computes); rows are
+ * padded by 8 halves so the fragment loads are free of bank conflicts, and V
+ * fragments come transposed through ldmatrix.trans. Probabilities go from
+ * the S accumulators straight into the A operand of P V (the accumulator
+ * layout of two 8-wide tiles is the A layout of one 16-wide one). No T x T
+ * matrix, and no scores in shared memory. Blocks run heaviest first (the
+ * last query rows see the most keys).
+ * Split over the keys (flash-decoding) when there are few query rows (decode,
+ * a question prefilled on top of 8K reused tokens, a recomputed subset): grid
+ * z = nsplit blocks share one query block, each takes a contiguous range of
+ * key tiles and writes its unnormalized O with its row max and sum (f32) to a
+ * workspace; k_flash_combine merges them. Without it such a call would run on
+ * H blocks of a 132-SM GPU. */
+#define FA_NW 4
+#define FA_BC 64
+
+__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+               "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const half *p) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+__device__ __forceinline__ void cp_async16(half *dst, const half *src, int bytes) {
+  unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float a, float b) {
+  half2 h = __floats2half2_rn(a, b); /* a in the low half: the lower column */
+  return *reinterpret_cast<uint32_t *>(&h);
+}
+
+template <int D> struct fa_smem {
+  static constexpr int LDS = D + 8; /* padded row, in halves */
+  static constexpr size_t tile = (size_t)FA_BC * LDS;
+  static constexpr size_t total = 2 /* stages */ * 2 /* K, V */ * tile * sizeof(half);
 };
 
-template <int D, int NW>
-__global__ void __launch_bounds__(NW * 32, 2)
+template <int D>
+__global__ void __launch_bounds__(FA_NW * 32)
     k_flash_attn(const half *__restrict__ Q, const half *__restrict__ K, const half *__restrict__ V,
                  half *__restrict__ O, int n, int H, int G, int past, const int *__restrict__ qslot,
-                 int kv_len, float scale_log2) {
-  typedef fa_smem<D, NW> L;
-  constexpr int BR = L::BR, BC = L::BC;
+                 int kv_len, float scale_log2, float *__restrict__ ws) {
+  typedef fa_smem<D> L;
+  constexpr int BR = 16 * FA_NW, BC = FA_BC, LDS = L::LDS, NT = D / 8;
   extern __shared__ __align__(128) unsigned char smem[];
-  half *sQ = reinterpret_cast<half *>(smem);
-  float *sS = reinterpret_cast<float *>(smem);
-  half *sP = reinterpret_cast<half *>(smem + L::s);
-  float *sR = reinterpret_cast<float *>(smem + L::s + L::p);
-  half *sK = reinterpret_cast<half *>(smem + L::a);
-  half *sV = sK + BC * D;
-  float *sM = reinterpret_cast<float *>(sV + BC * D);
-  float *sL = sM + BR;
-  int *sW = reinterpret_cast<int *>(sL + BR);
-  const int h = blockIdx.y, g = h / (H / G), q0 = blockIdx.x * BR;
+  half *sK = reinterpret_cast<half *>(smem); /* [stage][BC][LDS] */
+  half *sV = sK + 2 * L::tile;
+  __shared__ int sW[FA_NW];
+  const int h = blockIdx.y, grp = h / (H / G);
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * BR; /* heaviest first */
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g8 = lane >> 2, t4 = lane & 3;
   const size_t ldq = (size_t)H * D, ldk = (size_t)G * D;
-  for (int i = tid; i < BR * D / 8; i += NW * 32) {
-    int r = i / (D / 8), c = (i % (D / 8)) * 8;
-    int4 val = make_int4(0, 0, 0, 0);
-    if (q0 + r < n) val = *reinterpret_cast<const int4 *>(Q + (size_t)(q0 + r) * ldq + h * D + c);
-    *reinterpret_cast<int4 *>(sQ + r * D + c) = val;
-  }
-  for (int i = tid; i < BR; i += NW * 32) {
-    sM[i] = -INFINITY;
-    sL[i] = 0.f;
-  }
-  const int wr = warp * 16;
-  /* slot of this lane's row (lanes 0-15; rows past n take slot 0: key 0
-   * keeps their softmax finite and they are never written) */
-  int my_slot = 0;
-  if (lane < 16 && q0 + wr + lane < n)
-    my_slot = qslot ? qslot[q0 + wr + lane] : past + q0 + wr + lane;
-  int warp_max = my_slot;
+  const int r0 = q0 + warp * 16 + g8, r1 = r0 + 8;
+  /* slots of this thread's two rows (rows past n: slot 0, never written) */
+  const int qs0 = r0 < n ? (qslot ? qslot[r0] : past + r0) : 0;
+  const int qs1 = r1 < n ? (qslot ? qslot[r1] : past + r1) : 0;
+  int wmax = max(qs0, qs1);
   for (int off = 16; off > 0; off >>= 1)
-    warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, off));
-  if (lane == 0) sW[warp] = warp_max;
+    wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, off));
+  if (lane == 0) sW[warp] = wmax;
+  /* Q fragments straight from global memory, once */
+  uint32_t qa[D / 16][4];
+  {
+    const half *p0 = Q + (size_t)r0 * ldq + h * D + t4 * 2, *p1 = Q + (size_t)r1 * ldq + h * D + t4 * 2;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+      qa[kk][0] = r0 < n ? *reinterpret_cast<const uint32_t *>(p0 + kk * 16) : 0u;
+      qa[kk][1] = r1 < n ? *reinterpret_cast<const uint32_t *>(p1 + kk * 16) : 0u;
+      qa[kk][2] = r0 < n ? *reinterpret_cast<const uint32_t *>(p0 + kk * 16 + 8) : 0u;
+      qa[kk][3] = r1 < n ? *reinterpret_cast<const uint32_t *>(p1 + kk * 16 + 8) : 0u;
+    }
+  }
   __syncthreads();
-  int block_max = 0;
-  for (int w = 0; w < NW; w++)
-    block_max = max(block_max, sW[w]);
-  const int kend = min(kv_len, block_max + 1);
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> qa[D / 16];
+  int bmax = 0;
 #pragma unroll
-  for (int kk = 0; kk < D / 16; kk++)
-    wmma::load_matrix_sync(qa[kk], sQ + wr * D + kk * 16, D);
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> o[D / 16];
-#pragma unroll
-  for (int j = 0; j < D / 16; j++)
-    wmma::fill_fragment(o[j], 0.f);
-  float *wS = sS + warp * 16 * BC, *wR = sR + warp * 256;
-  half *wP = sP + warp * 16 * BC;
-  for (int kt = 0; kt < kend; kt += BC) {
-    __syncthreads(); /* the Q tile (first pass) and the previous K/V tile are done with */
-    for (int i = tid; i < BC * D / 8; i += NW * 32) {
+  for (int w = 0; w < FA_NW; w++)
+    bmax = max(bmax, sW[w]);
+  const int kend = min(kv_len, bmax + 1), all_tiles = (kend + BC - 1) / BC;
+  /* this block's key tiles: all of them, or its share of a split */
+  const int nsplit = gridDim.z, per = (all_tiles + nsplit - 1) / nsplit;
+  const int tfirst = blockIdx.z * per, ntiles = min(all_tiles, tfirst + per);
+
+  /* one K/V tile into stage s: 16-byte copies, rows at or past kend zero-filled */
+  auto load_tile = [&](int t, int s) {
+    const int kt = t * BC;
+    half *dk = sK + s * L::tile, *dv = sV + s * L::tile;
+    for (int i = tid; i < BC * D / 8; i += FA_NW * 32) {
       int r = i / (D / 8), c = (i % (D / 8)) * 8;
-      int4 kv = make_int4(0, 0, 0, 0), vv = make_int4(0, 0, 0, 0);
-      if (kt + r < kend) {
-        kv = *reinterpret_cast<const int4 *>(K + (size_t)(kt + r) * ldk + g * D + c);
-        vv = *reinterpret_cast<const int4 *>(V + (size_t)(kt + r) * ldk + g * D + c);
-      }
-      *reinterpret_cast<int4 *>(sK + r * D + c) = kv;
-      *reinterpret_cast<int4 *>(sV + r * D + c) = vv;
+      int ok = kt + r < kend;
+      size_t off = ok ? (size_t)(kt + r) * ldk + grp * D + c : 0;
+      cp_async16(dk + r * LDS + c, K + off, ok ? 16 : 0);
+      cp_async16(dv + r * LDS + c, V + off, ok ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+
+  float o[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+    o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+  if (tfirst < ntiles) load_tile(tfirst, tfirst & 1);
+  for (int t = tfirst; t < ntiles; t++) {
+    if (t + 1 < ntiles) {
+      load_tile(t + 1, (t + 1) & 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
     __syncthreads();
-    if (kt > warp_max) continue; /* every row of this warp precedes the tile */
+    const int kt = t * BC;
+    if (kt <= wmax) { /* else every row of this warp precedes the tile */
+      const half *tk = sK + (t & 1) * L::tile, *tv = sV + (t & 1) * L::tile;
+      float s[BC / 8][4];
 #pragma unroll
-    for (int j = 0; j < BC / 16; j++) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.f);
+      for (int j = 0; j < BC / 8; j++) {
+        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+        const half *kr = tk + (j * 8 + g8) * LDS + t4 * 2;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> kb;
-        wmma::load_matrix_sync(kb, sK + j * 16 * D + kk * 16, D);
-        wmma::mma_sync(acc, qa[kk], kb, acc);
+        for (int kk = 0; kk < D / 16; kk++) {
+          uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kk * 16);
+          uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kk * 16 + 8);
+          mma16816(s[j], qa[kk], b0, b1);
+        }
       }
-      wmma::store_matrix_sync(wS + j * 16, acc, BC, wmma::mem_row_major);
-    }
-    __syncwarp();
-    for (int rr = 0; rr < 16; rr++) {
-      int qs = __shfl_sync(0xffffffffu, my_slot, rr);
-      int k0 = kt + lane, k1 = kt + lane + 32;
-      float v0 = wS[rr * BC + lane] * scale_log2, v1 = wS[rr * BC + lane + 32] * scale_log2;
-      if (k0 > qs || k0 >= kend) v0 = -INFINITY;
-      if (k1 > qs || k1 >= kend) v1 = -INFINITY;
-      float mx = fmaxf(v0, v1);
-      for (int off = 16; off > 0; off >>= 1)
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      float m_old = sM[wr + rr];
-      float m_new = fmaxf(m_old, mx); /* finite: key 0 is in the first tile of every row */
-      half p0 = __float2half(v0 == -INFINITY ? 0.f : exp2f(v0 - m_new));
-      half p1 = __float2half(v1 == -INFINITY ? 0.f : exp2f(v1 - m_new));
-      wP[rr * BC + lane] = p0;
-      wP[rr * BC + lane + 32] = p1;
-      float sum = __half2float(p0) + __half2float(p1);
-      for (int off = 16; off > 0; off >>= 1)
-        sum += __shfl_xor_sync(0xffffffffu, sum, off);
-      float alpha = m_old == -INFINITY ? 0.f : exp2f(m_old - m_new);
-      if (lane < 16) wR[rr * 16 + lane] = alpha;
-      __syncwarp(); /* every lane has read sM[wr + rr] */
-      if (lane == 0) {
-        sM[wr + rr] = m_new;
-        sL[wr + rr] = sL[wr + rr] * alpha + sum;
+      /* scale, mask (causal by slot, and the end of the keys), row max */
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < BC / 8; j++) {
+        int k0 = kt + j * 8 + t4 * 2, k1 = k0 + 1;
+        s[j][0] = (k0 <= qs0 && k0 < kend) ? s[j][0] * scale_log2 : -INFINITY;
+        s[j][1] = (k1 <= qs0 && k1 < kend) ? s[j][1] * scale_log2 : -INFINITY;
+        s[j][2] = (k0 <= qs1 && k0 < kend) ? s[j][2] * scale_log2 : -INFINITY;
+        s[j][3] = (k1 <= qs1 && k1 < kend) ? s[j][3] * scale_log2 : -INFINITY;
+        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      /* A row sees no key yet (m = -inf) only in a split that starts past its
+       * slot: subtract 0 then, so exp2 gives 0, never inf - inf. */
+      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+      const float a0 = mn0 == -INFINITY ? 1.f : exp2f(m0 - mn0); /* 0 while m was -inf */
+      const float a1 = mn1 == -INFINITY ? 1.f : exp2f(m1 - mn1);
+      m0 = mn0, m1 = mn1;
+      const float ms0 = mn0 == -INFINITY ? 0.f : mn0, ms1 = mn1 == -INFINITY ? 0.f : mn1;
+      float ls0 = 0.f, ls1 = 0.f;
+#pragma unroll
+      for (int j = 0; j < BC / 8; j++) {
+        s[j][0] = exp2f(s[j][0] - ms0), s[j][1] = exp2f(s[j][1] - ms0);
+        s[j][2] = exp2f(s[j][2] - ms1), s[j][3] = exp2f(s[j][3] - ms1);
+        ls0 += s[j][0] + s[j][1];
+        ls1 += s[j][2] + s[j][3];
+      }
+      l0 = l0 * a0 + ls0; /* per-thread partial sums, reduced over the quad at the end */
+      l1 = l1 * a1 + ls1;
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        o[j][0] *= a0, o[j][1] *= a0;
+        o[j][2] *= a1, o[j][3] *= a1;
+      }
+      /* O += P V, 16 keys at a time */
+#pragma unroll
+      for (int kc = 0; kc < BC / 16; kc++) {
+        uint32_t pa[4] = {pack_half2(s[2 * kc][0], s[2 * kc][1]),
+                          pack_half2(s[2 * kc][2], s[2 * kc][3]),
+                          pack_half2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                          pack_half2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+        const half *vr = tv + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + (lane >> 4) * 8;
+#pragma unroll
+        for (int np = 0; np < D / 16; np++) {
+          uint32_t b[4];
+          ldsm_x4_t(b, vr + np * 16);
+          mma16816(o[2 * np], pa, b[0], b[1]);
+          mma16816(o[2 * np + 1], pa, b[2], b[3]);
+        }
       }
     }
-    __syncwarp();
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> af;
-    wmma::load_matrix_sync(af, wR, 16, wmma::mem_row_major);
-#pragma unroll
-    for (int j = 0; j < D / 16; j++) {
-#pragma unroll
-      for (int e = 0; e < af.num_elements; e++)
-        o[j].x[e] *= af.x[e];
-#pragma unroll
-      for (int kk = 0; kk < BC / 16; kk++) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> pa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::row_major> vb;
-        wmma::load_matrix_sync(pa, wP + kk * 16, BC);
-        wmma::load_matrix_sync(vb, sV + kk * 16 * D + j * 16, D);
-        wmma::mma_sync(o[j], pa, vb, o[j]);
-      }
-    }
-    __syncwarp(); /* wS, wP, wR are rewritten by the next tile */
+    __syncthreads(); /* stage t&1 is reloaded by the next iteration */
   }
-  /* O / l, through wS in slices of BC columns */
-  __syncwarp();
-  if (lane < 16)
-    for (int rr = 0; rr < 16; rr++)
-      wR[rr * 16 + lane] = 1.f / sL[wr + rr];
-  __syncwarp();
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> lf;
-  wmma::load_matrix_sync(lf, wR, 16, wmma::mem_row_major);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  if (nsplit > 1) { /* partial: O unnormalized, then (m, l) per row; merged by k_flash_combine */
+    float *po = ws + ((size_t)blockIdx.z * n * H) * D, *pml = ws + (size_t)nsplit * n * H * D;
 #pragma unroll
-  for (int j0 = 0; j0 < D / 16; j0 += BC / 16) {
+    for (int j = 0; j < NT; j++) {
+      const int c = j * 8 + t4 * 2;
+      if (r0 < n)
+        *reinterpret_cast<float2 *>(po + ((size_t)r0 * H + h) * D + c) = make_float2(o[j][0], o[j][1]);
+      if (r1 < n)
+        *reinterpret_cast<float2 *>(po + ((size_t)r1 * H + h) * D + c) = make_float2(o[j][2], o[j][3]);
+    }
+    if (t4 == 0) {
+      size_t b = (size_t)blockIdx.z * n * H;
+      if (r0 < n) *reinterpret_cast<float2 *>(pml + 2 * (b + (size_t)r0 * H + h)) = make_float2(m0, l0);
+      if (r1 < n) *reinterpret_cast<float2 *>(pml + 2 * (b + (size_t)r1 * H + h)) = make_float2(m1, l1);
+    }
+    return;
+  }
+  const float i0 = 1.f / l0, i1 = 1.f / l1;
 #pragma unroll
-    for (int j = j0; j < j0 + BC / 16 && j < D / 16; j++) {
-      for (int e = 0; e < lf.num_elements; e++)
-        o[j].x[e] *= lf.x[e];
-      wmma::store_matrix_sync(wS + (j - j0) * 16, o[j], BC, wmma::mem_row_major);
-    }
-    __syncwarp();
-    for (int rr = 0; rr < 16; rr++) {
-      int row = q0 + wr + rr;
-      if (row >= n) break;
-      for (int c = lane; c < BC && j0 * 16 + c < D; c += 32)
-        O[(size_t)row * ldq + h * D + j0 * 16 + c] = __float2half(wS[rr * BC + c]);
-    }
-    __syncwarp();
+  for (int j = 0; j < NT; j++) {
+    const int c = h * D + j * 8 + t4 * 2;
+    if (r0 < n)
+      *reinterpret_cast<half2 *>(O + (size_t)r0 * ldq + c) =
+          __floats2half2_rn(o[j][0] * i0, o[j][1] * i0);
+    if (r1 < n)
+      *reinterpret_cast<half2 *>(O + (size_t)r1 * ldq + c) =
+          __floats2half2_rn(o[j][2] * i1, o[j][3] * i1);
   }
 }
 
-template <int D, int NW> static size_t flash_smem() { return fa_smem<D, NW>::total; }
+/* One thread per (row, head, 2 columns): merge the nsplit partial results. */
+template <int D>
+__global__ void k_flash_combine(const float *__restrict__ ws, half *__restrict__ O, int n, int H,
+                                int nsplit) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (size_t)n * H * (D / 2)) return;
+  const size_t rh = i / (D / 2);
+  const int c = (int)(i % (D / 2)) * 2;
+  const float *pml = ws + (size_t)nsplit * n * H * D;
+  float mx = -INFINITY;
+  for (int z = 0; z < nsplit; z++) mx = fmaxf(mx, pml[2 * ((size_t)z * n * H + rh)]);
+  float a = 0.f, b = 0.f, l = 0.f;
+  for (int z = 0; z < nsplit; z++) {
+    const size_t zr = (size_t)z * n * H + rh;
+    const float m = pml[2 * zr];
+    if (m == -INFINITY) continue; /* this split saw no key of the row */
+    const float w = exp2f(m - mx);
+    l += w * pml[2 * zr + 1];
+    const float2 o = *reinterpret_cast<const float2 *>(ws + zr * D + c);
+    a += w * o.x, b += w * o.y;
+  }
+  *reinterpret_cast<half2 *>(O + rh * D + c) = __floats2half2_rn(a / l, b / l);
+}
 
-#define FA_NW 8
+/* ws (may be NULL: no split) is a workspace grown on demand (*ws_bytes). */
 template <int D>
 static kvs_err launch_flash_t(const half *q, const half *k, const half *v, half *o, int n, int H,
-                              int G, int past, const int *qslot, int kv_len, cudaStream_t st) {
-  size_t smem = flash_smem<D, FA_NW>();
-  static int configured = 0;
+                              int G, int past, const int *qslot, int kv_len, cudaStream_t st,
+                              float **ws, size_t *ws_bytes) {
+  size_t smem = fa_smem<D>::total;
+  static int configured = 0, n_sm = 0;
   if (!configured) {
-    KVS_CUDA_TRY(cudaFuncSetAttribute(k_flash_attn<D, FA_NW>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    KVS_CUDA_TRY(cudaFuncSetAttribute(k_flash_attn<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem));
+    int dev = 0;
+    KVS_CUDA_TRY(cudaGetDevice(&dev));
+    KVS_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
     configured = 1;
   }
-  dim3 grid((unsigned)((n + 16 * FA_NW - 1) / (16 * FA_NW)), (unsigned)H);
+  const int nqb = (n + 16 * FA_NW - 1) / (16 * FA_NW);
+  /* split when the grid would not fill two waves, keeping >= 4 key tiles per split */
+  int nsplit = 1;
+  if (ws && nqb * H < 2 * n_sm) {
+    int by_sm = (2 * n_sm + nqb * H - 1) / (nqb * H), by_keys = (kv_len + 4 * FA_BC - 1) / (4 * FA_BC);
+    nsplit = by_sm < by_keys ? by_sm : by_keys;
+    if (nsplit > 32) nsplit = 32;
+    if (nsplit < 1) nsplit = 1;
+  }
+  if (nsplit > 1) {
+    size_t need = (size_t)nsplit * n * H * (D + 2) * sizeof(float);
+    if (need > *ws_bytes) {
+      cudaFree(*ws);
+      *ws = NULL, *ws_bytes = 0;
+      KVS_CUDA_TRY(cudaMalloc(ws, need));
+      *ws_bytes = need;
+    }
+  }
+  dim3 grid((unsigned)nqb, (unsigned)H, (unsigned)nsplit);
   float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-  k_flash_attn<D, FA_NW>
-      <<<grid, FA_NW * 32, smem, st>>>(q, k, v, o, n, H, G, past, qslot, kv_len, scale_log2);
+  k_flash_attn<D><<<grid, FA_NW * 32, smem, st>>>(q, k, v, o, n, H, G, past, qslot, kv_len,
+                                                  scale_log2, nsplit > 1 ? *ws : NULL);
   KVS_CUDA_TRY(cudaGetLastError());
+  if (nsplit > 1) {
+    size_t th = (size_t)n * H * (D / 2);
+    k_flash_combine<D><<<(unsigned)((th + 255) / 256), 256, 0, st>>>(*ws, o, n, H, nsplit);
+    KVS_CUDA_TRY(cudaGetLastError());
+  }
   return KVS_OK;
 }
 
 /* Query i sits in slot qslot[i] (device array; NULL: past + i) and attends
  * slots 0..its slot, all < kv_len. */
 static kvs_err launch_flash(const half *q, const half *k, const half *v, half *o, int n, int H,
-                            int G, int D, int past, const int *qslot, int kv_len, cudaStream_t st) {
+                            int G, int D, int past, const int *qslot, int kv_len, cudaStream_t st,
+                            float **ws, size_t *ws_bytes) {
   if (n <= 0) return KVS_OK;
-  if (D == 64) return launch_flash_t<64>(q, k, v, o, n, H, G, past, qslot, kv_len, st);
-  if (D == 128) return launch_flash_t<128>(q, k, v, o, n, H, G, past, qslot, kv_len, st);
+  if (D == 64) return launch_flash_t<64>(q, k, v, o, n, H, G, past, qslot, kv_len, st, ws, ws_bytes);
+  if (D == 128)
+    return launch_flash_t<128>(q, k, v, o, n, H, G, past, qslot, kv_len, st, ws, ws_bytes);
   return KVS_ENOTSUP;
 }
 
@@ -374,6 +489,8 @@ struct kvs_gpu_model {
   float *logits;
   size_t logits_rows;
   double pf_ms, pf_tokens;
+  float *fa_ws; /* split-K attention workspace, grown on demand */
+  size_t fa_ws_bytes;
 };
 
 static int blocks_for(size_t n) {
@@ -515,6 +632,7 @@ extern "C" void kvs_gpu_model_free(kvs_gpu_model *g) {
   cudaFree(g->gu);
   cudaFree(g->act);
   cudaFree(g->logits);
+  cudaFree(g->fa_ws);
   if (g->blas) cublasDestroy(g->blas);
   if (g->ev0) cudaEventDestroy(g->ev0);
   if (g->ev1) cudaEventDestroy(g->ev1);
@@ -599,7 +717,8 @@ static kvs_err run_layer(kvs_gpu_model *g, kvs_gpu_seq *s, uint32_t l, int N, fl
   KVS_TRY(gemm(g, gl->wqkv, g->xn, g->qkv, CUDA_R_32F, N, E, HD + 2 * GD, 0.0f));
   k_rope_qkv<<<N, 256, 0, g->st>>>(g->qkv, g->q, Kc, Vc, H, G, D, past, d_pos, d_slot,
                                    log((double)c->rope_theta));
-  KVS_TRY(launch_flash(g->q, Kc, Vc, g->att, N, H, G, D, past, d_slot, kv_len, g->st));
+  KVS_TRY(launch_flash(g->q, Kc, Vc, g->att, N, H, G, D, past, d_slot, kv_len, g->st, &g->fa_ws,
+                       &g->fa_ws_bytes));
   KVS_TRY(gemm(g, gl->wo, g->att, x, CUDA_R_32F, N, HD, E, 1.0f));
   k_rmsnorm<<<N, 256, 0, g->st>>>(x, gl->ffn_norm, g->xn, E, c->norm_eps);
   KVS_TRY(gemm(g, gl->wgu, g->xn, g->gu, CUDA_R_16F, N, E, 2 * F, 0.0f));
@@ -700,8 +819,11 @@ extern "C" kvs_err kvs_gpu_seq_kv_read(kvs_gpu_seq *s, uint32_t layer, uint32_t 
   if (!s || layer >= s->g->cfg.n_layers || (n && (!k || !v))) return KVS_EINVAL;
   if (start > s->len || n > s->len - start) return KVS_ERANGE;
   size_t row = (size_t)s->g->cfg.n_kv_heads * s->g->cfg.head_dim;
+  KVS_CUDA_TRY(cudaStreamSynchronize(s->g->st)); /* the layers that wrote it are done */
   KVS_CUDA_TRY(cudaMemcpy(k, seq_k(s, layer) + start * row, n * row * 2, cudaMemcpyDefault));
   KVS_CUDA_TRY(cudaMemcpy(v, seq_v(s, layer) + start * row, n * row * 2, cudaMemcpyDefault));
+  /* a device-to-device cudaMemcpy returns before it completes: finish it here */
+  KVS_CUDA_TRY(cudaStreamSynchronize(cudaStreamLegacy));
   return KVS_OK;
 }
 
@@ -713,6 +835,12 @@ extern "C" kvs_err kvs_gpu_seq_kv_write(kvs_gpu_seq *s, uint32_t layer, uint32_t
   KVS_CUDA_TRY(cudaStreamSynchronize(s->g->st));
   KVS_CUDA_TRY(cudaMemcpy(seq_k(s, layer) + start * row, k, n * row * 2, cudaMemcpyDefault));
   KVS_CUDA_TRY(cudaMemcpy(seq_v(s, layer) + start * row, v, n * row * 2, cudaMemcpyDefault));
+  /* The layers run on g->st, a non-blocking stream that does not wait for the
+   * legacy stream, and a device-to-device cudaMemcpy returns before it
+   * completes: finish the copies (and any kernel the caller queued on the
+   * legacy stream for k, v) before the next layer reads the cache, and before
+   * the caller reuses k, v. */
+  KVS_CUDA_TRY(cudaStreamSynchronize(cudaStreamLegacy));
   if (start + n > s->len) s->len = start + n;
   return KVS_OK;
 }
@@ -880,7 +1008,7 @@ extern "C" kvs_err kvs_gpu_swiglu_host(const kvs_f16 *gu, kvs_f16 *out, uint32_t
 
 extern "C" kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v,
                                            kvs_f16 *out, uint32_t n, uint32_t H, uint32_t G,
-                                           uint32_t D, uint32_t past, uint32_t kv_len) {
+                                           uint32_t D, uint32_t past, uint32_t kv_len, int split) {
   if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
   if (!G || H % G || kv_len < past + n) return KVS_EINVAL;
   half *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
@@ -888,9 +1016,12 @@ extern "C" kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, c
   if (!e) e = to_dev(&dk, k, (size_t)kv_len * G * D * 2);
   if (!e) e = to_dev(&dv, v, (size_t)kv_len * G * D * 2);
   if (!e) e = to_dev(&dout, NULL, (size_t)n * H * D * 2);
+  float *ws = NULL;
+  size_t ws_bytes = 0;
   if (!e)
     e = launch_flash(dq, dk, dv, dout, (int)n, (int)H, (int)G, (int)D, (int)past, NULL, (int)kv_len,
-                     0);
+                     0, split ? &ws : NULL, &ws_bytes);
+  cudaFree(ws);
   if (!e && n) {
     cudaError_t ce = cudaMemcpy(out, dout, (size_t)n * H * D * 2, cudaMemcpyDeviceToHost);
     if (ce != cudaSuccess) e = kvs__cuda_err(ce, __FILE__, __LINE__, "flash_attn");

@@ -44,9 +44,9 @@ kvs_err kvs_gpu_swiglu_host(const kvs_f16 *gu, kvs_f16 *out, uint32_t n, uint32_
 }
 kvs_err kvs_gpu_flash_attn_host(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, kvs_f16 *out,
                                 uint32_t n, uint32_t H, uint32_t G, uint32_t D, uint32_t past,
-                                uint32_t kv_len) {
+                                uint32_t kv_len, int split) {
   (void)q, (void)k, (void)v, (void)out, (void)n, (void)H, (void)G, (void)D, (void)past,
-      (void)kv_len;
+      (void)kv_len, (void)split;
   return KVS_ENODEV;
 }
 const kvs_model_cfg *kvs_gpu_model_config(const kvs_gpu_model *g) {

@@ -85,17 +85,21 @@ static void attn_case(uint32_t n, uint32_t H, uint32_t G, uint32_t D, uint32_t p
   fill_f16(k, (size_t)kv_len * G * D, &rs, 2.0f);
   fill_f16(v, (size_t)kv_len * G * D, &rs, 1.0f);
   kvs_model_attn_cpu(q, k, v, o, n, H, G, D, past, kv_len);
-  CU_ASSERT_EQUAL_FATAL(kvs_gpu_flash_attn_host(q, k, v, og, n, H, G, D, past, kv_len), KVS_OK);
-  double md = 0;
-  size_t nan = 0;
-  for (size_t i = 0; i < (size_t)n * H * D; i++) {
-    float a = kvs_f16_to_f32(og[i]);
-    nan += isnan(a) != isnan(o[i]);
-    md = fmax(md, fabs(a - o[i]));
+  for (int split = 0; split < 2; split++) { /* one grid, then split over the keys where it pays */
+    CU_ASSERT_EQUAL_FATAL(kvs_gpu_flash_attn_host(q, k, v, og, n, H, G, D, past, kv_len, split),
+                          KVS_OK);
+    double md = 0;
+    size_t nan = 0;
+    for (size_t i = 0; i < (size_t)n * H * D; i++) {
+      float a = kvs_f16_to_f32(og[i]);
+      nan += isnan(a) != isnan(o[i]);
+      md = fmax(md, fabs(a - o[i]));
+    }
+    printf("  flash attn n=%u H=%u G=%u D=%u past=%u split=%d: max abs err %.3g\n", n, H, G, D,
+           past, split, md);
+    CU_ASSERT_EQUAL(nan, 0);
+    CU_ASSERT(md < 5e-3);
   }
-  printf("  flash attn n=%u H=%u G=%u D=%u past=%u: max abs err %.3g\n", n, H, G, D, past, md);
-  CU_ASSERT_EQUAL(nan, 0);
-  CU_ASSERT(md < 5e-3);
   free(q), free(k), free(v), free(og), free(o);
 }
 
@@ -106,6 +110,10 @@ static void test_flash_attn(void) {
   attn_case(77, 9, 3, 64, 300);
   attn_case(1, 32, 8, 128, 511);
   attn_case(300, 32, 8, 128, 65);
+  attn_case(1000, 9, 3, 64, 0);     /* many tiles, causal skips, a ragged last block */
+  attn_case(129, 32, 8, 128, 2000); /* long past: queries see every key tile */
+  attn_case(64, 32, 8, 128, 8192);  /* a question on 8K reused tokens: split over the keys */
+  attn_case(3, 9, 3, 64, 5000);     /* decode-like, SmolLM2 heads */
 }
 
 static void test_vs_cpu_and_llamacpp(void) {
