@@ -131,7 +131,8 @@ typedef struct kvs_blend_segment {
 } kvs_blend_segment;
 
 /* Supplies one cached segment's KV for one layer at its stored positions:
- * k, v (n_tokens, n_kv_heads, head_dim) of the engine's KV dtype, host memory.
+ * k, v (n_tokens, n_kv_heads, head_dim) of the engine's KV dtype, host memory
+ * (device memory when kvs_blend_opts.load_device is set for a device engine).
  * Called on blend's loader thread, one call at a time, layers in order; it
  * must not call the engine. This is where a client decodes layer group g+1
  * of a fetched chunk while layer g recomputes. */
@@ -141,6 +142,11 @@ typedef struct kvs_blend_opts {
   kvs_sel_params sel;
   uint32_t check_layer;   /* layer whose KV deviation picks the tokens (default 1) */
   int no_overlap;         /* 1: load each layer on the calling thread (for comparison) */
+  int load_device;        /* device engines: 1 = load() writes k, v straight into device
+                           * memory (an H2D copy from pinned or shared memory, or the
+                           * codec's GPU decode of encoded bytes) and has finished when it
+                           * returns; saves the host staging copy and the second copy to
+                           * the device. Ignored for host engines. */
 } kvs_blend_opts;
 
 typedef struct kvs_blend_stats {

@@ -46,6 +46,7 @@ typedef struct run {
   void *ctx;
   stage st[2];
   int gpu_shift;        /* device engine: K is re-rotated on the GPU, not here */
+  int dev_stage;        /* device engine + load_device: stage buffers are device memory */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int stop;
@@ -200,8 +201,12 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
     if (dv) hidden2 = emalloc(dv, nc * E * sizeof *hidden);
     if (dv && !hidden2) err = KVS_ENOMEM;
     r.gpu_shift = dv;
+    r.dev_stage = dv && opts->load_device;
     for (int b = 0; b < 2; b++) { /* pinned for a GPU engine: one DMA per layer */
-      if (dv) {
+      if (r.dev_stage) { /* load() fills device memory itself */
+        r.st[b].k = emalloc(dv, r.stage_elems * es + 1);
+        r.st[b].v = emalloc(dv, r.stage_elems * es + 1);
+      } else if (dv) {
         kvs_gpu_alloc_host(&r.st[b].k, r.stage_elems * es + 1);
         kvs_gpu_alloc_host(&r.st[b].v, r.stage_elems * es + 1);
       } else {
@@ -211,9 +216,12 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
       if (!r.st[b].k || !r.st[b].v) err = KVS_ENOMEM;
     }
     if (dv && !err && n_cached_tok) {
-      d_stk = emalloc(dv, r.stage_elems * es), d_stv = emalloc(dv, r.stage_elems * es);
+      if (!r.dev_stage) {
+        d_stk = emalloc(dv, r.stage_elems * es), d_stv = emalloc(dv, r.stage_elems * es);
+        if (!d_stk || !d_stv) err = KVS_ENOMEM;
+      }
       tables = malloc((size_t)n_segs * KVS_MAX_HEAD_DIM * sizeof *tables);
-      if (!d_stk || !d_stv || !tables) err = KVS_ENOMEM;
+      if (!tables) err = KVS_ENOMEM;
       for (uint32_t i = 0; !err && i < n_segs; i++)
         if (segs[i].kind != KVS_SEG_NEW && segs[i].cached &&
             (int64_t)r.slot0[i] != segs[i].stored_pos0)
@@ -279,7 +287,7 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
     if (n_cached_tok) {
       err = take(&r, l, threaded, &stz.t_load_wait_s);
       const char *bk = r.st[l & 1].k, *bv = r.st[l & 1].v;
-      if (!err && dv) { /* the layer's stage to the GPU in two copies, then shift there */
+      if (!err && dv && !r.dev_stage) { /* the stage to the GPU in two copies, shift there */
         err = kvs_gpu_copy_h2d(d_stk, bk, r.stage_elems * es, NULL);
         if (!err) err = kvs_gpu_copy_h2d(d_stv, bv, r.stage_elems * es, NULL);
         bk = d_stk, bv = d_stv;
@@ -392,7 +400,8 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   efree(dv, hidden), efree(dv, hidden2), efree(dv, d_dev), free(dev), free(kz);
   efree(dv, kf), efree(dv, vf), efree(dv, kl), efree(dv, vl);
   for (int b = 0; b < 2; b++) {
-    if (dv) kvs_gpu_free_host(r.st[b].k), kvs_gpu_free_host(r.st[b].v);
+    if (r.dev_stage) efree(dv, r.st[b].k), efree(dv, r.st[b].v);
+    else if (dv) kvs_gpu_free_host(r.st[b].k), kvs_gpu_free_host(r.st[b].v);
     else free(r.st[b].k), free(r.st[b].v);
   }
   efree(dv, d_stk), efree(dv, d_stv), free(tables);
