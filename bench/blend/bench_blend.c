@@ -98,7 +98,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
   enum { NR = 10 };
   const char *names[NR] = {"full", "prefix-only", "none", "epic", "cacheblend", "adaptive",
                            "none/dev", "epic/dev", "cacheblend/dev", "adaptive/dev"};
-  double med[NR];
+  double med[NR], brk[NR][3] = {{0}}; /* last run: load wait, recompute, prefill (ms) */
   double rec[NR] = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
   for (int k = 0; k < NR; k++) {
     double t[16] = {0};
@@ -124,17 +124,21 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
       }
       if (err) return fprintf(stderr, "%s: %s\n", names[k], kvs_strerror(err)), 1;
       t[rep] = a.ttft_s;
+      brk[k][0] = a.blend.t_load_wait_s * 1e3, brk[k][1] = a.blend.t_recompute_s * 1e3;
+      brk[k][2] = a.blend.t_prefill_s * 1e3;
     }
     for (int i = 1; i < R; i++) /* insertion sort for the median */
       for (int j = i; j > 0 && t[j] < t[j - 1]; j--) { double x = t[j]; t[j] = t[j - 1], t[j - 1] = x; }
     med[k] = t[R / 2];
   }
-  printf("%-14s %10s %10s %9s\n", "strategy", "ttft_ms", "speedup", "recompute");
+  printf("%-14s %10s %10s %9s %10s %10s %10s\n", "strategy", "ttft_ms", "speedup", "recompute",
+         "load_wait", "recomp_ms", "prefill_ms");
   char json[2048];
   int k2 = snprintf(json, sizeof json, "{\"bench\":\"blend-speed8b\",\"tokens\":%u,\"passages\":%u,"
                     "\"passage_tokens\":%u,\"ttft_ms\":{", n, n_pass, pass_tok);
   for (int k = 0; k < NR; k++) {
-    printf("%-14s %10.2f %9.2fx %8.1f%%\n", names[k], med[k] * 1e3, med[0] / med[k], 100 * rec[k]);
+    printf("%-14s %10.2f %9.2fx %8.1f%% %10.2f %10.2f %10.2f\n", names[k], med[k] * 1e3,
+           med[0] / med[k], 100 * rec[k], brk[k][0], brk[k][1], brk[k][2]);
     k2 += snprintf(json + k2, sizeof json - (size_t)k2, "%s\"%s\":%.3f", k ? "," : "", names[k], med[k] * 1e3);
   }
   snprintf(json + k2, sizeof json - (size_t)k2,
