@@ -298,9 +298,21 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
         if (dv && (int64_t)r.slot0[i] != sg->stored_pos0)
           err = kvs_gpu_rope_shift(&r.info.layout, (char *)bk + r.off[i] * es, sg->n_tokens, W,
                                    tables + (size_t)i * KVS_MAX_HEAD_DIM, NULL);
-        if (!err)
-          err = ops->kv_write(e, s, l, r.slot0[i], sg->n_tokens, bk + r.off[i] * es,
-                              bv + r.off[i] * es);
+      }
+      /* one kv_write per run of cached segments that sit back to back both in
+       * the stage and in the slots (usually all of them): a device engine
+       * pays a synchronised copy per call */
+      for (uint32_t i = 0; !err && i < tail;) {
+        if (!segs[i].cached) {
+          i++;
+          continue;
+        }
+        uint32_t j = i + 1, n_run_tok = segs[i].n_tokens;
+        while (j < tail && segs[j].cached && r.slot0[j] == r.slot0[i] + n_run_tok &&
+               r.off[j] == r.off[i] + (size_t)n_run_tok * W)
+          n_run_tok += segs[j++].n_tokens;
+        err = ops->kv_write(e, s, l, r.slot0[i], n_run_tok, bk + r.off[i] * es, bv + r.off[i] * es);
+        i = j;
       }
       if (err) break;
       give_back(&r, l, threaded);
