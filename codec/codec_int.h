@@ -118,8 +118,49 @@ kvs_err kvs__rans_enc_block(const uint8_t *sym, uint32_t n, const kvs__rans_tabl
 kvs_err kvs__rans_dec_block(const uint8_t *blk, size_t avail, uint32_t n,
                             const kvs__rans_table *const *tabs, int per_lane, const uint32_t *lut,
                             uint8_t *sym, size_t *used);
+/* Two shared-table blocks of n symbols each (a, then b: same checks and
+ * results as two kvs__rans_dec_block calls), decoded together where the
+ * SIMD path runs. */
+kvs_err kvs__rans_dec_block2(const uint8_t *blk_a, size_t avail_a, const uint8_t *blk_b,
+                             size_t avail_b, uint32_t n, const uint32_t *lut, uint8_t *sym_a,
+                             uint8_t *sym_b, size_t *used_a, size_t *used_b);
 size_t kvs__rans_block_bound(uint32_t n);
 void kvs__rans_build_lut(const kvs__rans_table *t, uint32_t *lut /* [4096] */);
+
+/* ------------------------------------------------------ run-time SIMD */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define KVS__HAVE_AVX2_PATH 1
+#else
+#define KVS__HAVE_AVX2_PATH 0
+#endif
+/* 1 when the AVX2 decode paths run: the CPU has AVX2 (+ F16C, OS YMM
+ * state) and kvs__codec_set_simd(0) was not called. Detected once. */
+int kvs__codec_simd(void);
+int kvs__cpu_has_avx2(void);
+/* Tests and benchmarks only (process-wide, not thread-safe): 0 forces the
+ * scalar reference paths, 1 restores the automatic choice. */
+void kvs__codec_set_simd(int on);
+#if KVS__HAVE_AVX2_PATH
+/* `steps` full steps (32 symbols each) of a shared-table rANS block from
+ * states x[32] (updated) and word position pos (returned); words past nw
+ * read as 0 (the caller's count check fails such a block). */
+uint32_t kvs__rans_dec_steps_avx2(uint32_t *x, const uint8_t *w, uint32_t nw, uint32_t pos,
+                                  uint32_t steps, const uint32_t *lut, uint8_t *sym);
+/* The same for two blocks a and b at once (equal step counts). */
+void kvs__rans_dec_steps2_avx2(uint32_t *xa, const uint8_t *wa, uint32_t nwa, uint32_t *posa,
+                               uint8_t *syma, uint32_t *xb, const uint8_t *wb, uint32_t nwb,
+                               uint32_t *posb, uint8_t *symb, uint32_t steps, const uint32_t *lut);
+/* row[d] = (qmin + sr[d]) * step; nonzero when some sr[d] >= n_sym. */
+uint32_t kvs__dense_deq_avx2(const uint8_t *sr, uint32_t D, uint32_t n_sym, int qmin, float step,
+                             float *row);
+/* row[d] = row[d] * g * cf[d] + mf[d], in that order. */
+void kvs__dense_affine_avx2(float *row, uint32_t D, float g, const float *cf, const float *mf);
+/* Both of the above for an unrotated row, then to f16 at dst (F16C, nearest
+ * even, as kvs__store_f32); nonzero when some sr[d] >= n_sym. */
+uint32_t kvs__dense_row_f16_avx2(const uint8_t *sr, uint32_t D, uint32_t n_sym, int qmin,
+                                 float step, float g, const float *cf, const float *mf,
+                                 uint8_t *dst);
+#endif
 
 /* In-place orthonormal Walsh-Hadamard transform of x[n], n a power of 2.
  * The first two stages are done four at a time so the rest vectorizes. */

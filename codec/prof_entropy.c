@@ -299,6 +299,7 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
   const kvs__rans_table *tp = &tab;
   uint64_t per_head = (uint64_t)T * D, blk = 32ull * S;
   size_t expect_next = fixed;
+  const int simd = kvs__codec_simd();
   for (uint32_t h = 0; h < H; h++) {
     int want = h >= w->h0 && h < w->h1;
     for (uint32_t bi = 0; bi < nbh; bi++) {
@@ -311,6 +312,19 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
                           "dense block offset");
       uint64_t i0 = bi * blk, cnt = per_head - i0 < blk ? per_head - i0 : blk;
       size_t used = 0;
+      /* two full blocks at once where the next one starts where this one's
+         header says it ends (else one by one, which reports the error) */
+      if (simd && bi + 1 < nbh && per_head - i0 >= 2 * blk && n - off >= KVS_RANS_BLOCK_HDR) {
+        uint32_t off2 = kvs__rd32(offs + 4ull * (h * nbh + bi + 1));
+        if (off2 < n && off2 == off + KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * kvs__rd32(b + off))) {
+          size_t used2 = 0;
+          KVS_TRY(kvs__rans_dec_block2(b + off, n - off, b + off2, n - off2, (uint32_t)blk, lut,
+                                       sym + i0, sym + i0 + blk, &used, &used2));
+          expect_next = off2 + used2;
+          bi++;
+          continue;
+        }
+      }
       KVS_TRY(kvs__rans_dec_block(b + off, n - off, (uint32_t)cnt, &tp, 0, lut, sym + i0, &used));
       expect_next = off + used;
     }
@@ -327,9 +341,30 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
     for (uint32_t t = 0; t < T; t++) {
       const uint8_t *sr = sym + (uint64_t)t * D;
       uint32_t bad = 0;
-      for (uint32_t d = 0; d < D; d++) {
-        bad |= sr[d] >= n_sym;
-        row[d] = deq[sr[d]];
+#if KVS__HAVE_AVX2_PATH
+      /* the common row (no rotation, f16 out, not the sink, no exception):
+         symbols to f16 in one pass */
+      if (simd && !rot && w->o->dtype == KVS_DTYPE_F16 && !(t == 0 && sink)) {
+        uint64_t r0 = ((uint64_t)h * T + t) * D;
+        while (xi < n_exc && kvs__rd32(exc_i + 4ull * xi) < r0)
+          xi++;
+        if (!(xi < n_exc && kvs__rd32(exc_i + 4ull * xi) < r0 + D)) {
+          bad = kvs__dense_row_f16_avx2(sr, D, n_sym, qmin, step, ts[t], cf, mf,
+                                        kvs__row_ptr(w, t, h));
+          KVS_RETURN_ERROR_IF(bad, KVS_ECORRUPT, "dense symbol");
+          continue;
+        }
+      }
+#endif
+      if (simd) {
+#if KVS__HAVE_AVX2_PATH
+        bad = kvs__dense_deq_avx2(sr, D, n_sym, qmin, step, row);
+#endif
+      } else {
+        for (uint32_t d = 0; d < D; d++) {
+          bad |= sr[d] >= n_sym;
+          row[d] = deq[sr[d]];
+        }
       }
       KVS_RETURN_ERROR_IF(bad, KVS_ECORRUPT, "dense symbol");
       if (t == 0 && sink) {
@@ -342,8 +377,14 @@ static kvs_err dense_dec(const kvs__plane *pl, const uint8_t *b, size_t n, const
       }
       if (rot) kvs__fwht(row, D);
       float g = ts[t];
-      for (uint32_t d = 0; d < D; d++)
-        row[d] = row[d] * g * cf[d] + mf[d];
+      if (simd) {
+#if KVS__HAVE_AVX2_PATH
+        kvs__dense_affine_avx2(row, D, g, cf, mf);
+#endif
+      } else {
+        for (uint32_t d = 0; d < D; d++)
+          row[d] = row[d] * g * cf[d] + mf[d];
+      }
       uint64_t r0 = ((uint64_t)h * T + t) * D;
       while (xi < n_exc && kvs__rd32(exc_i + 4ull * xi) < r0)
         xi++;

@@ -110,56 +110,110 @@ static inline uint32_t find_sym(const kvs__rans_table *t, uint32_t slot) {
   return lo;
 }
 
+/* A block being decoded: its words, states and word position. */
+typedef struct dec_state {
+  const uint8_t *w;
+  uint32_t nw, pos;
+  uint32_t x[KVS_RANS_LANES];
+} dec_state;
+
+static kvs_err dec_open(dec_state *d, const uint8_t *blk, size_t avail, uint32_t n) {
+  KVS_RETURN_ERROR_IF(avail < KVS_RANS_BLOCK_HDR, KVS_ECORRUPT, "rANS block truncated");
+  d->nw = kvs__rd32(blk);
+  KVS_RETURN_ERROR_IF(d->nw > n || KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * d->nw) > avail,
+                      KVS_ECORRUPT, "rANS word count");
+  for (uint32_t j = 0; j < KVS_RANS_LANES; j++) {
+    d->x[j] = kvs__rd32(blk + 4 + 4 * j);
+    KVS_RETURN_ERROR_IF(d->x[j] < KVS_RANS_L, KVS_ECORRUPT, "rANS state");
+  }
+  d->w = blk + KVS_RANS_BLOCK_HDR;
+  d->pos = 0;
+  return KVS_OK;
+}
+
+/* symbols [i, n) with a shared table. Branchless: a lane past the end of
+   the stream reads a harmless word and the count check of dec_close
+   catches it. */
+static void dec_shared(dec_state *d, uint32_t i, uint32_t n, const uint32_t *lut, uint8_t *sym) {
+  static const uint8_t zero2[2] = {0, 0};
+  const uint8_t *wp = d->nw ? d->w : zero2;
+  uint32_t last = d->nw ? d->nw - 1 : 0, pos = d->pos;
+  const uint32_t mask = KVS_RANS_PROB_SCALE - 1;
+  for (; i < n; i++) {
+    uint32_t j = i % KVS_RANS_LANES, xs = d->x[j];
+    uint32_t e = lut[xs & mask];
+    xs = KVS_RANS_LUT_FREQ(e) * (xs >> KVS_RANS_PROB_BITS) + KVS_RANS_LUT_BIAS(e);
+    uint32_t need = xs < KVS_RANS_L, m = 0u - need;
+    uint32_t word = kvs__rd16(wp + 2 * (pos < last ? pos : last));
+    xs = (((xs << 16) | word) & m) | (xs & ~m);
+    pos += need;
+    d->x[j] = xs;
+    sym[i] = (uint8_t)KVS_RANS_LUT_SYM(e);
+  }
+  d->pos = pos;
+}
+
+static kvs_err dec_close(const dec_state *d, size_t *used) {
+  KVS_RETURN_ERROR_IF(d->pos > d->nw, KVS_ECORRUPT, "rANS stream overrun");
+  KVS_RETURN_ERROR_IF(d->pos != d->nw, KVS_ECORRUPT, "rANS stream not used exactly");
+  for (uint32_t j = 0; j < KVS_RANS_LANES; j++)
+    KVS_RETURN_ERROR_IF(d->x[j] != KVS_RANS_L, KVS_ECORRUPT, "rANS final state");
+  *used = KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * d->nw);
+  return KVS_OK;
+}
+
 kvs_err kvs__rans_dec_block(const uint8_t *blk, size_t avail, uint32_t n,
                             const kvs__rans_table *const *tabs, int per_lane, const uint32_t *lut,
                             uint8_t *sym, size_t *used) {
-  KVS_RETURN_ERROR_IF(avail < KVS_RANS_BLOCK_HDR, KVS_ECORRUPT, "rANS block truncated");
-  uint32_t nw = kvs__rd32(blk);
-  KVS_RETURN_ERROR_IF(nw > n || KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * nw) > avail, KVS_ECORRUPT,
-                      "rANS word count");
-  uint32_t x[KVS_RANS_LANES];
-  for (uint32_t j = 0; j < KVS_RANS_LANES; j++) {
-    x[j] = kvs__rd32(blk + 4 + 4 * j);
-    KVS_RETURN_ERROR_IF(x[j] < KVS_RANS_L, KVS_ECORRUPT, "rANS state");
-  }
-  const uint8_t *w = blk + KVS_RANS_BLOCK_HDR;
-  uint32_t pos = 0;
+  dec_state d;
+  KVS_TRY(dec_open(&d, blk, avail, n));
   const uint32_t mask = KVS_RANS_PROB_SCALE - 1;
   if (!per_lane) {
-    /* branchless: a lane past the end of the stream reads a harmless word
-       and the count check below catches it */
-    static const uint8_t zero2[2] = {0, 0};
-    const uint8_t *wp = nw ? w : zero2;
-    uint32_t last = nw ? nw - 1 : 0;
-    for (uint32_t i = 0; i < n; i++) {
-      uint32_t j = i % KVS_RANS_LANES, xs = x[j];
-      uint32_t e = lut[xs & mask];
-      xs = KVS_RANS_LUT_FREQ(e) * (xs >> KVS_RANS_PROB_BITS) + KVS_RANS_LUT_BIAS(e);
-      uint32_t need = xs < KVS_RANS_L, m = 0u - need;
-      uint32_t word = kvs__rd16(wp + 2 * (pos < last ? pos : last));
-      xs = (((xs << 16) | word) & m) | (xs & ~m);
-      pos += need;
-      x[j] = xs;
-      sym[i] = (uint8_t)KVS_RANS_LUT_SYM(e);
+    uint32_t i = 0;
+#if KVS__HAVE_AVX2_PATH
+    if (kvs__codec_simd() && n >= KVS_RANS_LANES) {
+      uint32_t steps = n / KVS_RANS_LANES;
+      d.pos = kvs__rans_dec_steps_avx2(d.x, d.w, d.nw, 0, steps, lut, sym);
+      i = steps * KVS_RANS_LANES; /* the last partial step, below */
     }
-    KVS_RETURN_ERROR_IF(pos > nw, KVS_ECORRUPT, "rANS stream overrun");
+#endif
+    dec_shared(&d, i, n, lut, sym);
   } else {
+    uint32_t pos = 0;
     for (uint32_t i = 0; i < n; i++) {
       uint32_t j = i % KVS_RANS_LANES;
       const kvs__rans_table *t = tabs[j];
-      uint32_t xs = x[j], slot = xs & mask, s = find_sym(t, slot);
+      uint32_t xs = d.x[j], slot = xs & mask, s = find_sym(t, slot);
       xs = t->freq[s] * (xs >> KVS_RANS_PROB_BITS) + slot - t->cum[s];
       if (xs < KVS_RANS_L) {
-        KVS_RETURN_ERROR_IF(pos >= nw, KVS_ECORRUPT, "rANS stream overrun");
-        xs = (xs << 16) | kvs__rd16(w + 2 * pos++);
+        KVS_RETURN_ERROR_IF(pos >= d.nw, KVS_ECORRUPT, "rANS stream overrun");
+        xs = (xs << 16) | kvs__rd16(d.w + 2 * pos++);
       }
-      x[j] = xs;
+      d.x[j] = xs;
       sym[i] = (uint8_t)s;
     }
+    d.pos = pos;
   }
-  KVS_RETURN_ERROR_IF(pos != nw, KVS_ECORRUPT, "rANS stream not used exactly");
-  for (uint32_t j = 0; j < KVS_RANS_LANES; j++)
-    KVS_RETURN_ERROR_IF(x[j] != KVS_RANS_L, KVS_ECORRUPT, "rANS final state");
-  *used = KVS__PAD4(KVS_RANS_BLOCK_HDR + 2ull * nw);
-  return KVS_OK;
+  return dec_close(&d, used);
+}
+
+kvs_err kvs__rans_dec_block2(const uint8_t *blk_a, size_t avail_a, const uint8_t *blk_b,
+                             size_t avail_b, uint32_t n, const uint32_t *lut, uint8_t *sym_a,
+                             uint8_t *sym_b, size_t *used_a, size_t *used_b) {
+#if KVS__HAVE_AVX2_PATH
+  if (kvs__codec_simd() && n >= KVS_RANS_LANES) {
+    dec_state a, b;
+    KVS_TRY(dec_open(&a, blk_a, avail_a, n));
+    KVS_TRY(dec_open(&b, blk_b, avail_b, n));
+    uint32_t steps = n / KVS_RANS_LANES;
+    kvs__rans_dec_steps2_avx2(a.x, a.w, a.nw, &a.pos, sym_a, b.x, b.w, b.nw, &b.pos, sym_b, steps,
+                              lut);
+    dec_shared(&a, steps * KVS_RANS_LANES, n, lut, sym_a);
+    dec_shared(&b, steps * KVS_RANS_LANES, n, lut, sym_b);
+    KVS_TRY(dec_close(&a, used_a));
+    return dec_close(&b, used_b);
+  }
+#endif
+  KVS_TRY(kvs__rans_dec_block(blk_a, avail_a, n, NULL, 0, lut, sym_a, used_a));
+  return kvs__rans_dec_block(blk_b, avail_b, n, NULL, 0, lut, sym_b, used_b);
 }

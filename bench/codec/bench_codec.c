@@ -6,7 +6,7 @@
  * SmolLM2 KV of MuSiQue passages (items 0-99 only).
  *
  *   kvs-bench-codec [--tokens 256,1024,4096] [--shape smol|8b|both] [--gpu|--gpu-only]
- *                   [--real N] [--quick]
+ *                   [--real N] [--quick] [--dense-dec]
  * Prints a table per shape, and a last line of JSON. Single-threaded: GB/s
  * figures are per core, counted in fp16 bytes of KV (2 bytes per element). */
 #include <float.h>
@@ -14,8 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bench_codec.h"
+#include "codec_int.h" /* kvs__codec_set_simd: scalar vs SIMD side by side */
 #include "kvs_codec.h"
 #include "kvs_synth.h"
 
@@ -88,12 +90,77 @@ done:
   return r->ok;
 }
 
+/* thread CPU seconds: on a loaded machine, the time this core spent on the
+ * work (wall time also counts other processes' turns) */
+static double cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* --dense-dec: CPU decode of the default dense profile, scalar reference
+ * path vs the run-time SIMD path vs memcpy of the fp16 output, interleaved,
+ * `reps` rounds; prints the best and the worst round of each, by wall time
+ * and by thread CPU time. */
+static int dense_dec_bench(const kvs_layout *l, const char *shape, uint32_t T, int reps,
+                           double min_time) {
+  uint64_t elems = 2ull * l->n_layers * T * l->n_kv_heads * l->head_dim;
+  uint16_t *kv = malloc(elems * 2), *out = malloc(elems * 2), *out2 = malloc(elems * 2);
+  kvs_codec_params p;
+  kvs_codec_params_default(KVS_PROFILE_DENSE, l->n_layers, &p);
+  size_t cap = kvs_codec_encode_bound(&p, l, T), len = 0;
+  uint8_t *buf = malloc(cap);
+  kvs_codec_info info;
+  if (!kv || !out || !out2 || !buf) return 1;
+  kvs_synth_kv(l, T, 42 + T, kv);
+  if (kvs_codec_encode(&p, l, T, kv, buf, cap, &len) != KVS_OK ||
+      kvs_codec_parse_header(buf, len, &info) != KVS_OK)
+    return 1;
+  size_t wsn = kvs_codec_decode_workspace_bound(&info);
+  void *ws = malloc(wsn);
+  kvs_codec_out o = kvs_codec_out_contiguous(out, elems * 2, KVS_DTYPE_F16);
+  double best[2][3] = {{0}}, worst[2][3] = {{1e30, 1e30, 1e30}, {1e30, 1e30, 1e30}};
+  const char *names[3] = {"scalar", "simd", "memcpy"};
+  for (int r = 0; r < reps; r++)
+    for (int m = 0; m < 3; m++) {
+      kvs__codec_set_simd(m == 1);
+      int n = 0;
+      double t0 = now_s(), c0 = cpu_s(), t1;
+      do {
+        if (m == 2)
+          memcpy(out2, out, elems * 2);
+        else if (kvs_codec_decode(buf, len, &o, ws, wsn) != KVS_OK)
+          return 1;
+        n++;
+        t1 = now_s();
+      } while (t1 - t0 < min_time);
+      double g[2] = {(double)elems * 2 * n / (t1 - t0) / 1e9,
+                     (double)elems * 2 * n / (cpu_s() - c0) / 1e9};
+      for (int k = 0; k < 2; k++) {
+        if (g[k] > best[k][m]) best[k][m] = g[k];
+        if (g[k] < worst[k][m]) worst[k][m] = g[k];
+      }
+    }
+  kvs__codec_set_simd(1);
+  printf("dense decode, %s, %u tokens, %.2f bits/el, fp16 out, 1 thread, %d rounds, GB/s best "
+         "(worst), avx2 %s\n",
+         shape, T, kvs_codec_bits_per_elem(&info), reps, kvs__cpu_has_avx2() ? "yes" : "no");
+  for (int k = 0; k < 2; k++) {
+    printf("  %-9s", k ? "cpu time" : "wall");
+    for (int m = 0; m < 3; m++)
+      printf("  %s %.3f (%.3f)", names[m], best[k][m], worst[k][m]);
+    printf("  simd/scalar %.2fx\n", best[k][1] / best[k][0]);
+  }
+  free(kv), free(out), free(out2), free(buf), free(ws);
+  return 0;
+}
+
 static const float k_dense_steps[] = {0.15f, 0.25f, 0.35f, 0.5f, 0.7f, 1.0f};
 #define N_STEPS (sizeof k_dense_steps / sizeof k_dense_steps[0])
 
 int main(int argc, char **argv) {
   uint32_t tokens[8] = {256, 1024, 4096};
-  int n_tok = 3, shape = 3, gpu = 0, real = 0, quick = 0;
+  int n_tok = 3, shape = 3, gpu = 0, real = 0, quick = 0, dense_dec = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--tokens") && i + 1 < argc) {
       n_tok = 0;
@@ -110,10 +177,12 @@ int main(int argc, char **argv) {
       real = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--quick")) {
       quick = 1;
+    } else if (!strcmp(argv[i], "--dense-dec")) {
+      dense_dec = 1;
     } else {
       fprintf(stderr,
               "usage: %s [--tokens a,b,c] [--shape smol|8b|both] [--gpu|--gpu-only] [--real N] "
-              "[--quick]\n",
+              "[--quick] [--dense-dec]\n",
               argv[0]);
       return 2;
     }
@@ -122,6 +191,13 @@ int main(int argc, char **argv) {
   kvs_layout shapes[2] = {{30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 100000.0f, 1.0f},
                           {32, 8, 128, KVS_DTYPE_BF16, KVS_ROPE_NORM, 128, 500000.0f, 1.0f}};
   const char *shape_name[2] = {"smollm2-135m", "llama3-8b"};
+  if (dense_dec) {
+    for (int si = 0; si < 2; si++)
+      for (int ti = 0; shape & (1 << si) && ti < n_tok; ti++)
+        if (dense_dec_bench(&shapes[si], shape_name[si], tokens[ti], 3, quick ? 0.1 : 0.4))
+          return 1;
+    return 0;
+  }
   static const int profiles[] = {KVS_PROFILE_LOSSLESS, KVS_PROFILE_INT8, KVS_PROFILE_KIVI4,
                                  KVS_PROFILE_KIVI2,    KVS_PROFILE_FP4,  KVS_PROFILE_CACHEGEN};
   char json[65536];

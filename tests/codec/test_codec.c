@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_int.h" /* kvs__codec_set_simd */
 #include "kvs_codec.h"
 #include "kvs_synth.h"
 #include "kvs_test.h"
@@ -499,7 +500,83 @@ static void test_dense_exceptions(void) {
   free(b), free(kv), free(out), free(half);
 }
 
-static const kvs_test_case cases[] = {{"dense_flags", test_dense_flags},
+/* The run-time SIMD decode paths (AVX2 where the CPU has it) give the same
+ * bytes as the scalar reference paths, for every dense option, head dims
+ * that are and are not multiples of 8, blocks that end mid-step, head
+ * ranges and every output dtype; and corrupt streams fail the same way. */
+static void test_dense_simd_equal(void) {
+  if (!kvs__cpu_has_avx2()) fprintf(stderr, "dense_simd_equal: no AVX2 here, scalar vs scalar\n");
+  struct {
+    uint32_t H, D, T, group, dtype;
+  } shapes[] = {{2, 64, 90, 7, KVS_DTYPE_BF16},
+                {3, 20, 33, 256, KVS_DTYPE_F16},
+                {2, 128, 300, 256, KVS_DTYPE_F16},
+                {1, 32, 1, 1, KVS_DTYPE_F16},
+                {4, 48, 129, 5, KVS_DTYPE_BF16}};
+  const uint32_t flags[] = {0, KVS_DENSE_SINK, KVS_DENSE_TOKEN | KVS_DENSE_SINK,
+                            KVS_DENSE_FLAGS_ALL, KVS_DENSE_CHAN | KVS_DENSE_ROTATED};
+  const uint32_t odt[] = {KVS_DTYPE_F16, KVS_DTYPE_BF16, KVS_DTYPE_F32};
+  int n_cmp = 0;
+  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+    for (size_t fi = 0; fi < sizeof flags / sizeof flags[0]; fi++) {
+      kvs_layout l = lay(2, shapes[si].H, shapes[si].D, shapes[si].dtype);
+      uint32_t T = shapes[si].T;
+      size_t ne = 2ull * l.n_layers * T * l.n_kv_heads * l.head_dim;
+      uint16_t *kv = malloc(ne * 2);
+      kvs_synth_kv(&l, T, 500 + si * 10 + fi, kv);
+      kv[ne / 3] = kvs_f32_to_f16(4000.0f); /* an exception or two */
+      kvs_codec_params p;
+      kvs_codec_params_default(KVS_PROFILE_DENSE, l.n_layers, &p);
+      p.k_flags = flags[fi], p.v_flags = flags[fi] ^ KVS_DENSE_TOKEN, p.group = shapes[si].group;
+      p.k_step = 0.2f + 0.1f * (float)fi;
+      size_t cap = kvs_codec_encode_bound(&p, &l, T), len;
+      uint8_t *b = malloc(cap);
+      CU_ASSERT_EQUAL_FATAL(kvs_codec_encode(&p, &l, T, kv, b, cap, &len), KVS_OK);
+      uint8_t *o1 = malloc(ne * 4), *o2 = malloc(ne * 4);
+      for (size_t di = 0; di < 3; di++)
+        for (uint32_t h0 = 0; h0 < 2 && h0 < l.n_kv_heads; h0++) {
+          size_t ob = ne * kvs_dtype_size(odt[di]) / l.n_kv_heads * (l.n_kv_heads - h0);
+          kvs_codec_out o = kvs_codec_out_contiguous(o1, ob, odt[di]);
+          o.head_begin = h0;
+          memset(o1, 0x11, ob), memset(o2, 0x22, ob);
+          kvs__codec_set_simd(0);
+          CU_ASSERT_EQUAL(kvs_codec_decode(b, len, &o, NULL, 0), KVS_OK);
+          kvs__codec_set_simd(1);
+          o.base = o2;
+          CU_ASSERT_EQUAL(kvs_codec_decode(b, len, &o, NULL, 0), KVS_OK);
+          CU_ASSERT_EQUAL(memcmp(o1, o2, ob), 0);
+          n_cmp++;
+        }
+      /* a flipped stream byte: same error either way (the checksum is fixed up) */
+      kvs_codec_info info;
+      CU_ASSERT_EQUAL_FATAL(kvs_codec_parse_header(b, len, &info), KVS_OK);
+      for (int k = 0; k < 4; k++) {
+        uint8_t *c = malloc(len);
+        memcpy(c, b, len);
+        size_t seg = info.seg_offset[k % info.n_segments],
+               seg_end = info.seg_offset[k % info.n_segments + 1];
+        size_t at = seg_end - 1 - (size_t)(k * 37) % ((seg_end - seg) / 3);
+        c[at] ^= (uint8_t)(1u << k);
+        kvs__wr64(c + seg + KVS_SH_CHECKSUM,
+                  kvs_checksum64(c + seg + KVS_CODEC_SEG_HEADER_BYTES,
+                                 seg_end - seg - KVS_CODEC_SEG_HEADER_BYTES));
+        kvs_codec_out o = kvs_codec_out_contiguous(o1, ne * 2, KVS_DTYPE_F16);
+        kvs__codec_set_simd(0);
+        kvs_err r0 = kvs_codec_decode(c, len, &o, NULL, 0);
+        kvs__codec_set_simd(1);
+        o.base = o2;
+        kvs_err r1 = kvs_codec_decode(c, len, &o, NULL, 0);
+        CU_ASSERT_EQUAL(r0, r1);
+        if (r0 == KVS_OK) CU_ASSERT_EQUAL(memcmp(o1, o2, ne * 2), 0);
+        free(c);
+      }
+      free(b), free(kv), free(o1), free(o2);
+    }
+  CU_ASSERT(n_cmp >= 100);
+}
+
+static const kvs_test_case cases[] = {{"dense_simd_equal", test_dense_simd_equal},
+                                      {"dense_flags", test_dense_flags},
                                       {"dense_exceptions", test_dense_exceptions},
                                       {"golden", test_golden},
                                       {"names", test_names},
