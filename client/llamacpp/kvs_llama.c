@@ -240,6 +240,12 @@ kvs_err kvs_llama_prefill(kvs_llama *a, int32_t seq, const int32_t *tokens, size
                kvs_errname(err), kvs_client_errmsg(a->client));
       st->n_failed++;
       n_prefix = 0;
+    } else {
+      /* a miss of every chunk is also what another model id (another
+       * llama.cpp build, other weights, flash attention) looks like */
+      char hex[33];
+      kvs_hash128_hex(&a->id, hex);
+      KVS_LOGI(COMP, "prefix lookup", "model_id=%s chunks=%zu cached=%zu", hex, got, n_prefix);
     }
     if (n_prefix) {
       const uint64_t cb = kvs_get_bound(&a->layout, a->chunk, NULL);
