@@ -225,10 +225,30 @@ static kvs_err enc_lossless(const kvs_codec_params *p, const uint8_t *src, size_
   return KVS_OK;
 }
 
+static kvs_err encode_with(const kvs_codec_params *p, const kvs_layout *l, uint32_t T,
+                           const void *kv, kvs_codec_plane_fn fn, void *ctx, void *out, size_t cap,
+                           size_t *out_len);
+
 kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *l, uint32_t T, const void *kv,
                          void *out, size_t cap, size_t *out_len) {
+  KVS_RETURN_ERROR_IF(!kv, KVS_EINVAL, "null buffer");
+  return encode_with(p, l, T, kv, NULL, NULL, out, cap, out_len);
+}
+
+kvs_err kvs_codec_encode_planes(const kvs_codec_params *p, const kvs_layout *l, uint32_t T,
+                                kvs_codec_plane_fn fn, void *ctx, void *out, size_t cap,
+                                size_t *out_len) {
+  KVS_RETURN_ERROR_IF(!fn, KVS_EINVAL, "null plane function");
+  KVS_RETURN_ERROR_IF(p && p->profile == KVS_CODEC_LOSSLESS, KVS_ENOTSUP, "lossless has no planes");
+  return encode_with(p, l, T, NULL, fn, ctx, out, cap, out_len);
+}
+
+/* The container around planes made by ops->enc from kv, or by fn. */
+static kvs_err encode_with(const kvs_codec_params *p, const kvs_layout *l, uint32_t T,
+                           const void *kv, kvs_codec_plane_fn fn, void *ctx, void *out, size_t cap,
+                           size_t *out_len) {
   KVS_TRY(check_inputs(p, l, T));
-  KVS_RETURN_ERROR_IF(!kv || !out || !out_len, KVS_EINVAL, "null buffer");
+  KVS_RETURN_ERROR_IF(!out || !out_len, KVS_EINVAL, "null buffer");
   uint32_t lpg = eff_lpg(p, l->n_layers), nseg = KVS__CDIV(l->n_layers, lpg);
   size_t prefix = KVS_CODEC_HEADER_BYTES + 8u * nseg;
   KVS_RETURN_ERROR_IF(cap < prefix, KVS_ENOSPC, "output too small");
@@ -255,7 +275,7 @@ kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *l, uint32_
   const kvs__profile_ops *ops = ops_of(p->profile);
   uint64_t pe = plane_elems(l, T);
   float *x = NULL;
-  if (ops && !(x = malloc(pe * sizeof(float)))) return KVS_ENOMEM;
+  if (ops && !fn && !(x = malloc(pe * sizeof(float)))) return KVS_ENOMEM;
   size_t pos = prefix;
   kvs_err rc = KVS_OK;
   for (uint32_t g = 0; g < nseg && rc == KVS_OK; g++) {
@@ -266,18 +286,24 @@ kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *l, uint32_
     }
     uint8_t *sh = o + pos, *pay = sh + KVS_CODEC_SEG_HEADER_BYTES;
     size_t room = cap - pos - KVS_CODEC_SEG_HEADER_BYTES, plen = 0;
-    const uint8_t *src = (const uint8_t *)kv + (uint64_t)2 * first * pe * 2;
+    const uint8_t *src = kv ? (const uint8_t *)kv + (uint64_t)2 * first * pe * 2 : NULL;
     if (!ops) {
       rc = enc_lossless(p, src, (size_t)(2 * nl * pe * 2), pay, room, &plen);
     } else {
       for (uint32_t i = 0; i < nl * 2 && rc == KVS_OK; i++) {
         kvs__plane pl = {T,     l->n_kv_heads, l->head_dim, first + i / 2,
                          i % 2, l->n_layers,   p,           l->dtype};
-        const uint8_t *ps = src + (uint64_t)i * pe * 2;
-        for (uint64_t e = 0; e < pe; e++)
-          x[e] = kvs__load_elem(ps, l->dtype, e);
         size_t n = 0;
-        rc = ops->enc(&pl, x, pay + plen, room - plen, &n);
+        if (fn) {
+          rc = fn(ctx, first + i / 2, i % 2, pay + plen, room - plen, &n);
+          if (rc == KVS_OK && (n < 4 || (n & 3) || n > room - plen || kvs__rd32(pay + plen) != n))
+            rc = KVS_EINTERNAL;
+        } else {
+          const uint8_t *ps = src + (uint64_t)i * pe * 2;
+          for (uint64_t e = 0; e < pe; e++)
+            x[e] = kvs__load_elem(ps, l->dtype, e);
+          rc = ops->enc(&pl, x, pay + plen, room - plen, &n);
+        }
         plen += n;
       }
     }

@@ -90,6 +90,21 @@ size_t kvs_codec_encode_bound(const kvs_codec_params *p, const kvs_layout *layou
 kvs_err kvs_codec_encode(const kvs_codec_params *p, const kvs_layout *layout, uint32_t n_tokens,
                          const void *kv, void *out, size_t cap, size_t *out_len);
 
+/* A plane made elsewhere (the GPU encoder, gpu/codec): writes the body of
+ * layer `layer`'s K (kv = 0) or V (kv = 1) plane, exactly as the CPU
+ * encoder of the profile would, into out[0, cap) and its size into *len
+ * (its leading u32 plane_bytes included). KVS_ENOSPC when cap is short. */
+typedef kvs_err (*kvs_codec_plane_fn)(void *ctx, uint32_t layer, uint32_t kv, uint8_t *out,
+                                      size_t cap, size_t *len);
+
+/* kvs_codec_encode for a lossy profile with the planes from fn, called in
+ * order (layer 0 K, layer 0 V, layer 1 K, ...): the header, directory,
+ * segment headers and checksums around them. Same bound, same errors;
+ * KVS_EINTERNAL when fn returns a body whose plane_bytes is not its size. */
+kvs_err kvs_codec_encode_planes(const kvs_codec_params *p, const kvs_layout *layout,
+                                uint32_t n_tokens, kvs_codec_plane_fn fn, void *ctx, void *out,
+                                size_t cap, size_t *out_len);
+
 /* What the header says. Plain value: owns nothing, points into nothing. */
 typedef struct kvs_codec_info {
   kvs_layout layout; /* of the encoded KV (dtype = the encoder's input) */

@@ -137,9 +137,16 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
       for (uint32_t h = 0; h < H; h++)
         kvs__fwht(r + h * D, D);
   }
+  /* sum of per-token sums, each over the row in order: a GPU encoder
+     (gpu/codec) reproduces it bit for bit with one thread per token */
   double ss = 0;
-  for (uint64_t i = 0; i < n; i++)
-    ss += (double)y[i] * y[i];
+  for (uint32_t t = 0; t < T; t++) {
+    const float *r = y + (uint64_t)t * HD;
+    double st = 0;
+    for (uint32_t c = 0; c < HD; c++)
+      st += (double)r[c] * r[c];
+    ss += st;
+  }
   float step = dense_step(pl, sqrt(ss / ((double)Ts * HD)));
   int qmin = 127, qmax = -127;
   uint32_t n_exc = 0, max_exc = dense_max_exc(pl);

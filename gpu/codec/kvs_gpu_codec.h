@@ -1,5 +1,6 @@
 /* kvs_gpu_codec.h - GPU decode of encoded KV chunks (every lossy profile:
- * int8, kivi2, kivi4, fp4, cachegen-ref, dense) straight into a contiguous
+ * int8, kivi2, kivi4, fp4, cachegen-ref, dense; GPU encode of dense is at
+ * the end) straight into a contiguous
  * canonical buffer or into paged KV blocks. The CPU twins are the decoders
  * of codec/ (kvs_codec_decode*): integer codes and rANS symbols are decoded
  * bit for bit the same way; floats agree within the tolerance the tests
@@ -54,6 +55,22 @@ kvs_err kvs_gpu_codec_workspace_init(void *d_ws, void *stream);
  * Each decode call resets the status word: check it after every call whose
  * output you use (streamed segments: after each segment). */
 kvs_err kvs_gpu_codec_status(void *d_ws, void *stream);
+
+/* ---------------------------------------------------------------- encode
+ * GPU encode of the dense profile (the others encode on the CPU): the same
+ * bytes kvs_codec_encode writes for the same input and parameters, bit for
+ * bit. d_kv is a device copy of the canonical layout (f16 or bf16); the
+ * statistics, quantisation and rANS run on the GPU, the container (headers,
+ * checksums) on the host. out is host memory of kvs_codec_encode_bound()
+ * bytes. Synchronous: returns when out holds *out_len bytes; uses `stream`
+ * and d_ws (kvs_gpu_codec_encode_workspace_bound bytes, about 8 bytes per
+ * KV element), and allocates host scratch of about the encoded size.
+ * KVS_ENOTSUP for other profiles; the CPU encoder's argument errors. */
+size_t kvs_gpu_codec_encode_workspace_bound(const kvs_codec_params *p, const kvs_layout *layout,
+                                            uint32_t n_tokens);
+kvs_err kvs_gpu_codec_encode(const kvs_codec_params *p, const kvs_layout *layout, uint32_t n_tokens,
+                             const void *d_kv, void *out, size_t cap, size_t *out_len, void *d_ws,
+                             size_t ws_len, void *stream);
 
 #ifdef __cplusplus
 }

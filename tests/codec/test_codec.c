@@ -575,7 +575,56 @@ static void test_dense_simd_equal(void) {
   CU_ASSERT(n_cmp >= 100);
 }
 
-static const kvs_test_case cases[] = {{"dense_simd_equal", test_dense_simd_equal},
+/* kvs_codec_encode_planes (the GPU encoder's container) around the CPU
+ * encoder's own plane bodies gives the CPU encoder's bytes; a body whose
+ * plane_bytes lies is refused. */
+typedef struct planes_src {
+  const uint8_t *body[64];
+  uint32_t len[64];
+  int lie;
+} planes_src;
+
+static kvs_err planes_fn(void *ctx, uint32_t layer, uint32_t kv, uint8_t *out, size_t cap,
+                         size_t *len) {
+  planes_src *ps = ctx;
+  uint32_t p = 2 * layer + kv;
+  if (ps->len[p] > cap) return KVS_ENOSPC;
+  memcpy(out, ps->body[p], ps->len[p]);
+  *len = ps->len[p] - (ps->lie ? 4 : 0);
+  return KVS_OK;
+}
+
+static void test_encode_planes(void) {
+  kvs_layout l = lay(5, 2, 64, KVS_DTYPE_BF16);
+  enc_t e = encode(KVS_PROFILE_DENSE, &l, 70, 2, 9);
+  kvs_codec_info info;
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_parse_header(e.bytes, e.len, &info), KVS_OK);
+  planes_src ps = {{0}, {0}, 0};
+  for (uint32_t g = 0; g < info.n_segments; g++) {
+    const uint8_t *q = e.bytes + info.seg_offset[g] + KVS_CODEC_SEG_HEADER_BYTES;
+    for (uint32_t i = 0; i < 2 * kvs__rd32(e.bytes + info.seg_offset[g] + KVS_SH_N_LAYERS); i++) {
+      uint32_t p = 2 * g * info.layers_per_group + i;
+      ps.body[p] = q, ps.len[p] = kvs__rd32(q);
+      q += ps.len[p];
+    }
+  }
+  kvs_codec_params p;
+  kvs_codec_params_default(KVS_PROFILE_DENSE, l.n_layers, &p);
+  p.layers_per_group = 2;
+  size_t cap = kvs_codec_encode_bound(&p, &l, 70), len = 0;
+  uint8_t *b = malloc(cap);
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_encode_planes(&p, &l, 70, planes_fn, &ps, b, cap, &len), KVS_OK);
+  CU_ASSERT_EQUAL(len, e.len);
+  CU_ASSERT_EQUAL(memcmp(b, e.bytes, len), 0);
+  ps.lie = 1;
+  CU_ASSERT_EQUAL(kvs_codec_encode_planes(&p, &l, 70, planes_fn, &ps, b, cap, &len), KVS_EINTERNAL);
+  CU_ASSERT_EQUAL(kvs_codec_encode_planes(&p, &l, 70, NULL, &ps, b, cap, &len), KVS_EINVAL);
+  free(b);
+  enc_free(&e);
+}
+
+static const kvs_test_case cases[] = {{"encode_planes", test_encode_planes},
+                                      {"dense_simd_equal", test_dense_simd_equal},
                                       {"dense_flags", test_dense_flags},
                                       {"dense_exceptions", test_dense_exceptions},
                                       {"golden", test_golden},

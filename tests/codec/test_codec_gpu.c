@@ -1,10 +1,9 @@
 /* GPU decode against its CPU twin (codec/): for every lossy profile, shapes
  * of SmolLM2 and Llama-3-8B, contiguous, per-segment, head-range and paged
- * output. Tolerance: max |gpu - cpu| <= 1e-3 x RMS of the CPU output (one
- * wrong rANS symbol or code moves an element by a quantizer step, 0.1-1 x
- * RMS, so this also proves the symbols equal); NaN positions equal; guard
- * bytes around every output untouched. Bit-exact element counts are printed.
- * Skips (77) without a GPU. */
+ * output; GPU encode of dense against the CPU encoder, byte for byte. Tolerance: max |gpu - cpu| <=
+ * 1e-3 x RMS of the CPU output (one wrong rANS symbol or code moves an element by a quantizer step,
+ * 0.1-1 x RMS, so this also proves the symbols equal); NaN positions equal; guard bytes around
+ * every output untouched. Bit-exact element counts are printed. Skips (77) without a GPU. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -234,8 +233,85 @@ static void test_lossless_refused(void) {
   free(b), free(kv);
 }
 
-static const kvs_test_case cases[] = {
-    {"gpu_vs_cpu", test_gpu_vs_cpu}, {"lossless_refused", test_lossless_refused}, {NULL, NULL}};
+/* GPU encode of dense: the very bytes of the CPU encoder. */
+static void enc_one(const kvs_layout *l, uint32_t T, uint32_t lpg, uint32_t group, uint32_t kf,
+                    uint32_t vf, int spikes) {
+  size_t ne = 2ull * l->n_layers * T * l->n_kv_heads * l->head_dim;
+  uint16_t *kv = malloc(ne * 2);
+  kvs_synth_kv(l, T, 11 + T, kv);
+  if (spikes) { /* clipped elements (exceptions), an Inf and a NaN */
+    for (size_t i = 7; i < ne; i += ne / 9 + 1)
+      kv[i] = l->dtype == KVS_DTYPE_BF16 ? kvs_f32_to_bf16(3000.0f) : kvs_f32_to_f16(3000.0f);
+    kv[ne / 2 + 1] = l->dtype == KVS_DTYPE_BF16 ? 0x7f80 : 0x7c00;
+    kv[ne / 3 + 5] = l->dtype == KVS_DTYPE_BF16 ? 0x7fc1 : 0x7e01;
+  }
+  kvs_codec_params p;
+  kvs_codec_params_default(KVS_PROFILE_DENSE, l->n_layers, &p);
+  p.layers_per_group = lpg, p.group = group, p.k_flags = kf, p.v_flags = vf;
+  p.fine_layers = 1;
+  size_t cap = kvs_codec_encode_bound(&p, l, T), len = 0, glen = 0;
+  uint8_t *ref = malloc(cap), *got = malloc(cap);
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_encode(&p, l, T, kv, ref, cap, &len), KVS_OK);
+  size_t wsn = kvs_gpu_codec_encode_workspace_bound(&p, l, T);
+  CU_ASSERT_FATAL(wsn > 0);
+  uint8_t *d_kv = dalloc_guarded(ne * 2), *d_ws = dalloc_guarded(wsn);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(d_kv);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(d_ws);
+  CK(cudaMemcpy(d_kv, kv, ne * 2, cudaMemcpyHostToDevice));
+  memset(got, 0x5a, cap);
+  kvs_err rc = kvs_gpu_codec_encode(&p, l, T, d_kv, got, cap, &glen, d_ws, wsn, NULL);
+  CU_ASSERT_EQUAL(rc, KVS_OK);
+  CU_ASSERT_EQUAL(glen, len);
+  size_t first = 0;
+  while (first < len && first < glen && ref[first] == got[first])
+    first++;
+  printf("  dense encode %ux%ux%u T=%u S=%u flags %u/%u%s: %zu bytes, %s (first difference at "
+         "%zu)\n",
+         l->n_layers, l->n_kv_heads, l->head_dim, T, group, kf, vf, spikes ? " spikes" : "", len,
+         rc == KVS_OK && glen == len && first == len ? "identical" : "DIFFERENT", first);
+  CU_ASSERT_EQUAL(first, len);
+  CU_ASSERT(guards_ok(d_kv, ne * 2));
+  CU_ASSERT(guards_ok(d_ws, wsn));
+  /* a workspace one byte short is refused */
+  CU_ASSERT_EQUAL(kvs_gpu_codec_encode(&p, l, T, d_kv, got, cap, &glen, d_ws, wsn - 1, NULL),
+                  KVS_EINVAL);
+  cudaFree(d_kv - GUARD), cudaFree(d_ws - GUARD);
+  free(kv), free(ref), free(got);
+}
+
+static void test_dense_encode(void) {
+  kvs_layout smol = lay(4, 3, 64, KVS_DTYPE_F16), big = lay(2, 8, 128, KVS_DTYPE_BF16);
+  kvs_layout odd = lay(3, 2, 48, KVS_DTYPE_F16);
+  kvs_codec_params d;
+  kvs_codec_params_default(KVS_PROFILE_DENSE, 4, &d);
+  uint32_t all = KVS_DENSE_FLAGS_ALL;
+  enc_one(&smol, 300, 3, 256, d.k_flags, d.v_flags, 0);
+  enc_one(&big, 257, 1, 256, d.k_flags, d.v_flags, 0);
+  enc_one(&big, 1024, 2, 256, d.k_flags, d.v_flags, 1);
+  enc_one(&smol, 300, 2, 7, KVS_DENSE_ROTATED | KVS_DENSE_SINK, all, 1);
+  enc_one(&big, 257, 1, 256, all, KVS_DENSE_ROTATED, 0);
+  enc_one(&smol, 1, 4, 256, 0, KVS_DENSE_TOKEN, 0);
+  enc_one(&odd, 90, 1, 5, all, KVS_DENSE_CHAN, 1);
+  for (uint32_t f = 0; f <= KVS_DENSE_FLAGS_ALL; f++)
+    enc_one(&smol, 64, 2, 3, f, f ^ KVS_DENSE_TOKEN, f & 1);
+}
+
+static void test_encode_refused(void) {
+  kvs_layout l = lay(2, 2, 64, KVS_DTYPE_F16);
+  kvs_codec_params p;
+  kvs_codec_params_default(KVS_PROFILE_INT8, 2, &p);
+  uint8_t b[16];
+  size_t len;
+  CU_ASSERT_EQUAL(kvs_gpu_codec_encode_workspace_bound(&p, &l, 16), 0);
+  CU_ASSERT_EQUAL(kvs_gpu_codec_encode(&p, &l, 16, b, b, sizeof b, &len, b, 1 << 20, NULL),
+                  KVS_ENOTSUP);
+}
+
+static const kvs_test_case cases[] = {{"gpu_vs_cpu", test_gpu_vs_cpu},
+                                      {"lossless_refused", test_lossless_refused},
+                                      {"dense_encode", test_dense_encode},
+                                      {"encode_refused", test_encode_refused},
+                                      {NULL, NULL}};
 
 int main(void) {
   if (kvs_gpu_device_count() == 0) {
