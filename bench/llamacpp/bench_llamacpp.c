@@ -93,18 +93,30 @@ int main(int argc, char **argv) {
   size_t min_tokens = 1024;
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *k = argv[i], *v = argv[i + 1];
-    if (!strcmp(k, "--model")) model_path = v;
-    else if (!strcmp(k, "--data")) data = v;
-    else if (!strcmp(k, "--url")) url = v;
-    else if (!strcmp(k, "--item")) item = atoi(v);
-    else if (!strcmp(k, "--threads")) threads = atoi(v);
-    else if (!strcmp(k, "--reps")) reps = atoi(v);
-    else if (!strcmp(k, "--min-tokens")) min_tokens = (size_t)atol(v);
-    else if (!strcmp(k, "--rag-items")) rag_items = atoi(v);
-    else if (!strcmp(k, "--rag-passages")) rag_passages = atoi(v);
-    else if (!strcmp(k, "--recompute")) recompute = atoi(v);
-    else if (!strcmp(k, "--gpu-layers")) ngl = atoi(v);
+    if (!strcmp(k, "--model"))
+      model_path = v;
+    else if (!strcmp(k, "--data"))
+      data = v;
+    else if (!strcmp(k, "--url"))
+      url = v;
+    else if (!strcmp(k, "--item"))
+      item = atoi(v);
+    else if (!strcmp(k, "--threads"))
+      threads = atoi(v);
+    else if (!strcmp(k, "--reps"))
+      reps = atoi(v);
+    else if (!strcmp(k, "--min-tokens"))
+      min_tokens = (size_t)atol(v);
+    else if (!strcmp(k, "--rag-items"))
+      rag_items = atoi(v);
+    else if (!strcmp(k, "--rag-passages"))
+      rag_passages = atoi(v);
+    else if (!strcmp(k, "--recompute"))
+      recompute = atoi(v);
+    else if (!strcmp(k, "--gpu-layers"))
+      ngl = atoi(v);
   }
+  setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in a log */
   if (!model_path || !data || reps < 1 || reps > 32 || rag_items > 100) {
     fprintf(stderr, "usage: kvs-bench-llamacpp --model GGUF --data musique_s.json [options]\n");
     return 2;
@@ -171,12 +183,15 @@ int main(int argc, char **argv) {
            it->n_answers ? it->answers[0] : "");
   tok_append(&t, q, 1);
   const size_t n1 = t.n;
-  tok_append(&t, "<|im_end|>\n<|im_start|>user\nWhich passage says so? Give its title."
-                 "<|im_end|>\n<|im_start|>assistant\n", 1);
+  tok_append(&t,
+             "<|im_end|>\n<|im_start|>user\nWhich passage says so? Give its title."
+             "<|im_end|>\n<|im_start|>assistant\n",
+             1);
   const size_t n2 = t.n;
   kvs_llama_stats st;
   uint64_t t0 = kvs_now_ns();
   kvs_llama_prefill(kv, 0, t.v, n1, &st);
+  llama_synchronize(ctx); /* a GPU decode returns before the logits are there */
   double turn1 = (double)(kvs_now_ns() - t0) * 1e-9;
   kvs_llama_store(kv, 0, t.v, n1, &st);
   printf("turn 1: %zu tokens, prefill %.3f s, stored %u chunks in %.3f s (failed %u)\n", n1, turn1,
@@ -188,16 +203,19 @@ int main(int argc, char **argv) {
   for (int r = 0; r < reps; r++) {
     t0 = kvs_now_ns();
     kvs_llama_prefill(alone, 0, t.v, n2, &st); /* clears the context, decodes all */
+    llama_synchronize(ctx);
     a_s[r] = (double)(kvs_now_ns() - t0) * 1e-9;
     memcpy(ref, llama_get_logits_ith(ctx, -1), (size_t)g_nv * sizeof *ref);
     t0 = kvs_now_ns();
     kvs_llama_prefill(kv, 0, t.v, n2, &st);
+    llama_synchronize(ctx);
     k_s[r] = (double)(kvs_now_ns() - t0) * 1e-9;
     restored = st.n_restored;
     exact &= memcmp(ref, llama_get_logits_ith(ctx, -1), (size_t)g_nv * sizeof *ref) == 0;
     printf("  rep %d: alone %.3f s | kvstash %.3f s (restored %u, lookup %.1f ms, fetch %.1f ms, "
-           "restore %.1f ms, decode %.1f ms)\n", r, a_s[r], k_s[r], st.n_restored,
-           st.t_lookup_s * 1e3, st.t_fetch_s * 1e3, st.t_restore_s * 1e3, st.t_decode_s * 1e3);
+           "restore %.1f ms, decode %.1f ms)\n",
+           r, a_s[r], k_s[r], st.n_restored, st.t_lookup_s * 1e3, st.t_fetch_s * 1e3,
+           st.t_restore_s * 1e3, st.t_decode_s * 1e3);
     /* warm slot: turn 1 still in the context, decode the follow-up only */
     kvs_llama_prefill(alone, 0, t.v, n1, NULL);
     struct llama_batch b = llama_batch_init((int32_t)(n2 - n1), 0, 1);
@@ -209,6 +227,7 @@ int main(int argc, char **argv) {
     b.n_tokens = (int32_t)(n2 - n1);
     t0 = kvs_now_ns();
     llama_decode(ctx, b);
+    llama_synchronize(ctx);
     w_s[r] = (double)(kvs_now_ns() - t0) * 1e-9;
     llama_batch_free(b);
   }
@@ -258,7 +277,8 @@ int main(int argc, char **argv) {
     f_rr += kvs_rag_f1(ar, x->answers, x->n_answers);
     n_rag++;
     printf("  rag item %d (%zu tokens): full \"%s\" | reuse \"%s\" | reuse+recompute%d \"%s\" | "
-           "gold \"%s\"\n", ii, r.n, full, a0, recompute, ar, x->n_answers ? x->answers[0] : "");
+           "gold \"%s\"\n",
+           ii, r.n, full, a0, recompute, ar, x->n_answers ? x->answers[0] : "");
     free(r.v);
   }
   if (n_rag)

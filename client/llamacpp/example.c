@@ -36,8 +36,8 @@ static int tok_append(const struct llama_vocab *vocab, toks *t, const char *text
     if (!v) return -1;
     t->v = v, t->cap = need * 2;
   }
-  int32_t k = llama_tokenize(vocab, text, len, t->v + t->n, (int32_t)(t->cap - t->n), false,
-                             special != 0);
+  int32_t k =
+      llama_tokenize(vocab, text, len, t->v + t->n, (int32_t)(t->cap - t->n), false, special != 0);
   if (k < 0) return -1;
   t->n += (size_t)k;
   return 0;
@@ -70,22 +70,28 @@ static void generate(struct llama_context *ctx, const struct llama_vocab *vocab,
 static void show(const char *what, const kvs_llama_stats *s) {
   printf("  [%s] tokens=%u restored=%u decoded=%u put=%u failed=%u  lookup %.1f ms, fetch %.1f "
          "ms, restore %.1f ms, decode %.1f ms, put %.1f ms\n",
-         what, s->n_tokens, s->n_restored, s->n_decoded, s->n_put, s->n_failed,
-         s->t_lookup_s * 1e3, s->t_fetch_s * 1e3, s->t_restore_s * 1e3, s->t_decode_s * 1e3,
-         s->t_put_s * 1e3);
+         what, s->n_tokens, s->n_restored, s->n_decoded, s->n_put, s->n_failed, s->t_lookup_s * 1e3,
+         s->t_fetch_s * 1e3, s->t_restore_s * 1e3, s->t_decode_s * 1e3, s->t_put_s * 1e3);
 }
 
 int main(int argc, char **argv) {
   const char *model_path = NULL, *data = NULL, *url = NULL;
   int item = 0, threads = 2, recompute = 8;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--model")) model_path = argv[i + 1];
-    else if (!strcmp(argv[i], "--data")) data = argv[i + 1];
-    else if (!strcmp(argv[i], "--url")) url = argv[i + 1];
-    else if (!strcmp(argv[i], "--item")) item = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--recompute")) recompute = atoi(argv[i + 1]);
+    if (!strcmp(argv[i], "--model"))
+      model_path = argv[i + 1];
+    else if (!strcmp(argv[i], "--data"))
+      data = argv[i + 1];
+    else if (!strcmp(argv[i], "--url"))
+      url = argv[i + 1];
+    else if (!strcmp(argv[i], "--item"))
+      item = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--threads"))
+      threads = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--recompute"))
+      recompute = atoi(argv[i + 1]);
   }
+  setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in a log */
   if (!model_path || !data) {
     fprintf(stderr, "usage: kvs-llama-chat --model GGUF --data musique.json [--url URL] "
                     "[--item N] [--threads N] [--recompute R]\n");
@@ -107,8 +113,8 @@ int main(int argc, char **argv) {
   struct llama_context_params cp = llama_context_default_params();
   cp.n_ctx = 8192;
   cp.n_batch = 8192;
-  cp.n_ubatch = 256;  /* kvstash: chunk_tokens (256) is a multiple: exact logits */
-  cp.n_seq_max = 2;   /* kvstash: seq 1 is the RAG scratch sequence */
+  cp.n_ubatch = 256; /* kvstash: chunk_tokens (256) is a multiple: exact logits */
+  cp.n_seq_max = 2;  /* kvstash: seq 1 is the RAG scratch sequence */
   cp.kv_unified = true;
   cp.n_threads = cp.n_threads_batch = threads;
   struct llama_context *ctx = llama_init_from_model(model, cp);
@@ -159,8 +165,10 @@ int main(int argc, char **argv) {
   /* turn 2: the conversation so far + a follow-up; a server would land here
    * on any replica, or after the slot was reused: the prefix comes back from
    * kvstashd */
-  tok_append(vocab, &t, "<|im_end|>\n<|im_start|>user\nIn which passage did you find it? "
-                        "Give its title.<|im_end|>\n<|im_start|>assistant\n", 1);
+  tok_append(vocab, &t,
+             "<|im_end|>\n<|im_start|>user\nIn which passage did you find it? "
+             "Give its title.<|im_end|>\n<|im_start|>assistant\n",
+             1);
   printf("turn 2 (%zu tokens): ", t.n);
   kvs_llama_prefill(kv, 0, t.v, t.n, &st);
   size_t n2 = t.n;

@@ -52,7 +52,8 @@ static kvs_err hash_file(const char *path, kvs_hash128 *out) {
   char *buf = malloc(1 << 20);
   kvs_err err = h && buf ? KVS_OK : KVS_ENOMEM;
   size_t got;
-  while (!err && (got = fread(buf, 1, 1 << 20, f)) > 0) kvs_hasher_update(h, buf, got);
+  while (!err && (got = fread(buf, 1, 1 << 20, f)) > 0)
+    kvs_hasher_update(h, buf, got);
   if (!err && ferror(f)) err = KVS_EIO;
   if (!err) *out = kvs_hasher_digest(h);
   kvs_hasher_free(h);
@@ -99,8 +100,8 @@ kvs_err kvs_llama_create(struct llama_model *model, struct llama_context *ctx,
   char arch[64] = "", key[96], val[64] = "";
   llama_model_meta_val_str(model, "general.architecture", arch, sizeof arch);
   snprintf(key, sizeof key, "%s.rope.freq_base", arch);
-  l->rope_theta = llama_model_meta_val_str(model, key, val, sizeof val) > 0 ? strtof(val, NULL)
-                                                                           : 10000.0f;
+  l->rope_theta =
+      llama_model_meta_val_str(model, key, val, sizeof val) > 0 ? strtof(val, NULL) : 10000.0f;
   if (rope != LLAMA_ROPE_TYPE_NORM && rope != LLAMA_ROPE_TYPE_NEOX) {
     KVS_LOGE(COMP, "unsupported rope type", "rope=%d", rope);
     err = KVS_ENOTSUP;
@@ -134,13 +135,16 @@ kvs_err kvs_llama_create(struct llama_model *model, struct llama_context *ctx,
   }
   const uint32_t ub = llama_n_ubatch(ctx);
   if (ub == 0 || a->chunk % ub != 0)
-    KVS_LOGI(COMP, "chunk_tokens is not a multiple of n_ubatch: restored logits may differ "
-             "from a plain decode in the last bits", "chunk=%u n_ubatch=%u", a->chunk, ub);
+    KVS_LOGI(COMP,
+             "chunk_tokens is not a multiple of n_ubatch: restored logits may differ "
+             "from a plain decode in the last bits",
+             "chunk=%u n_ubatch=%u", a->chunk, ub);
   char hex[33];
   kvs_hash128_hex(&a->id, hex);
-  KVS_LOGI(COMP, "attached", "model_id=%s desc=\"%s\" layers=%u kv_heads=%u head_dim=%u "
-           "n_stream=%u v_trans=%u", hex, a->desc, l->n_layers, l->n_kv_heads, l->head_dim,
-           a->n_stream, a->v_trans);
+  KVS_LOGI(COMP, "attached",
+           "model_id=%s desc=\"%s\" layers=%u kv_heads=%u head_dim=%u "
+           "n_stream=%u v_trans=%u",
+           hex, a->desc, l->n_layers, l->n_kv_heads, l->head_dim, a->n_stream, a->v_trans);
   *out = a;
   return KVS_OK;
 }
@@ -262,7 +266,8 @@ kvs_err kvs_llama_prefill(kvs_llama *a, int32_t seq, const int32_t *tokens, size
         err = kvs_get_batch(a->client, &a->id, tokens, ch, n_prefix, &a->layout, outs, caps, NULL,
                             rv);
         st->t_fetch_s = secs(t0);
-        while (n_ok < n_prefix && rv[n_ok] == KVS_OK) n_ok++;
+        while (n_ok < n_prefix && rv[n_ok] == KVS_OK)
+          n_ok++;
         if (n_ok < n_prefix) {
           KVS_LOGW(COMP, "kvstash get failed: restoring the chunks before it only",
                    "chunk=%zu err=%s msg=\"%s\"", n_ok, kvs_errname(rv[n_ok]),
@@ -354,8 +359,8 @@ kvs_err kvs_llama_store(kvs_llama *a, int32_t seq, const int32_t *tokens, size_t
   if (!err) {
     err = kvs_lookup(a->client, &a->id, tokens, n, ch, got, KVS_LOOKUP_PREFIX, status, &n_prefix);
     if (err)
-      KVS_LOGW(COMP, "kvstash lookup failed: nothing stored", "err=%s msg=\"%s\"",
-               kvs_errname(err), kvs_client_errmsg(a->client));
+      KVS_LOGW(COMP, "kvstash lookup failed: nothing stored", "err=%s msg=\"%s\"", kvs_errname(err),
+               kvs_client_errmsg(a->client));
   }
   kvs_llama_state_info in;
   if (!err && n_prefix < got) {
@@ -389,9 +394,8 @@ kvs_err kvs_llama_store(kvs_llama *a, int32_t seq, const int32_t *tokens, size_t
 /* ----------------------------------------------------------------- RAG */
 /* Brings the KV of span sp (tokens computed alone at 0..len-1) into scratch:
  * fetched from kvstash (hit) or decoded there and put (miss). */
-static void rag_chunk_into_scratch(kvs_llama *a, int32_t scratch, const int32_t *tokens,
-                                   size_t n, const kvs_chunk *c, int hit, kvs_llama_stats *st,
-                                   int *decoded) {
+static void rag_chunk_into_scratch(kvs_llama *a, int32_t scratch, const int32_t *tokens, size_t n,
+                                   const kvs_chunk *c, int hit, kvs_llama_stats *st, int *decoded) {
   const uint32_t len = c->n_tokens;
   const uint64_t cb = kvs_get_bound(&a->layout, len, NULL);
   *decoded = 0;
@@ -447,8 +451,8 @@ static void rag_chunk_into_scratch(kvs_llama *a, int32_t scratch, const int32_t 
 }
 
 kvs_err kvs_llama_prefill_rag(kvs_llama *a, int32_t seq, const int32_t *tokens, size_t n,
-                              const kvs_span *spans, size_t n_spans,
-                              const kvs_llama_rag_opts *o, kvs_llama_stats *st) {
+                              const kvs_span *spans, size_t n_spans, const kvs_llama_rag_opts *o,
+                              kvs_llama_stats *st) {
   kvs_llama_stats dummy;
   if (!st) st = &dummy;
   st_init(st, n);
@@ -461,11 +465,12 @@ kvs_err kvs_llama_prefill_rag(kvs_llama *a, int32_t seq, const int32_t *tokens, 
   const int32_t scratch = o && o->scratch_seq >= 0 ? o->scratch_seq : (int32_t)a->n_seq_max - 1;
   const uint32_t r = o ? o->recompute_first : 0;
   int usable = !a->disabled && n_spans > 0;
-  if (usable && (scratch == seq || scratch < 0 || (uint32_t)scratch >= a->n_seq_max ||
-                 a->n_stream != 1)) {
-    KVS_LOGW(COMP, "RAG reuse needs a unified KV cache with a free scratch sequence "
-             "(n_seq_max >= 2, kv_unified): decoding everything", "n_seq_max=%u n_stream=%u",
-             a->n_seq_max, a->n_stream);
+  if (usable &&
+      (scratch == seq || scratch < 0 || (uint32_t)scratch >= a->n_seq_max || a->n_stream != 1)) {
+    KVS_LOGW(COMP,
+             "RAG reuse needs a unified KV cache with a free scratch sequence "
+             "(n_seq_max >= 2, kv_unified): decoding everything",
+             "n_seq_max=%u n_stream=%u", a->n_seq_max, a->n_stream);
     usable = 0;
   }
   if (usable && !llama_memory_can_shift(a->mem)) {
@@ -490,8 +495,8 @@ kvs_err kvs_llama_prefill_rag(kvs_llama *a, int32_t seq, const int32_t *tokens, 
   kvs_err err = kvs_chunk_spans(&a->id, tokens, n, spans, n_spans, ch);
   if (!err && a->client) {
     uint64_t t0 = kvs_now_ns();
-    kvs_err le = kvs_lookup(a->client, &a->id, tokens, n, ch, n_spans, KVS_LOOKUP_EACH, status,
-                            NULL);
+    kvs_err le =
+        kvs_lookup(a->client, &a->id, tokens, n, ch, n_spans, KVS_LOOKUP_EACH, status, NULL);
     st->t_lookup_s = secs(t0);
     if (le) {
       KVS_LOGW(COMP, "kvstash lookup failed: computing every chunk", "err=%s msg=\"%s\"",

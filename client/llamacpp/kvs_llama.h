@@ -105,13 +105,13 @@ kvs_err kvs_llama_state_from_canonical(const kvs_layout *layout, const kvs_llama
 typedef struct kvs_llama kvs_llama;
 
 typedef struct kvs_llama_opts {
-  kvs_client *client;     /* NULL: no reuse at all (the adapter only decodes) */
-  const char *gguf_path;  /* the model file, hashed into the model id; required */
-  int flash_attn;         /* the context's cparams.flash_attn (checked against states) */
-  uint32_t chunk_tokens;  /* prefix chunk size (KVS_DEFAULT_CHUNK_TOKENS); a multiple
-                             of the context's n_ubatch keeps logits bit-exact */
-  uint32_t profile;       /* put profile (KVS_PROFILE_RAW) */
-  const char *id_salt;    /* extra text hashed into the model id (NULL = none) */
+  kvs_client *client;    /* NULL: no reuse at all (the adapter only decodes) */
+  const char *gguf_path; /* the model file, hashed into the model id; required */
+  int flash_attn;        /* the context's cparams.flash_attn (checked against states) */
+  uint32_t chunk_tokens; /* prefix chunk size (KVS_DEFAULT_CHUNK_TOKENS); a multiple
+                            of the context's n_ubatch keeps logits bit-exact */
+  uint32_t profile;      /* put profile (KVS_PROFILE_RAW) */
+  const char *id_salt;   /* extra text hashed into the model id (NULL = none) */
 } kvs_llama_opts;
 void kvs_llama_opts_init(kvs_llama_opts *o);
 
@@ -127,11 +127,11 @@ const kvs_model_id *kvs_llama_model_id(const kvs_llama *a);
 const kvs_layout *kvs_llama_layout(const kvs_llama *a);
 
 typedef struct kvs_llama_stats {
-  uint32_t n_tokens;      /* prompt tokens */
-  uint32_t n_restored;    /* tokens whose KV came from kvstash */
-  uint32_t n_decoded;     /* tokens decoded by llama.cpp */
-  uint32_t n_put;         /* chunks stored (store / rag misses) */
-  uint32_t n_failed;      /* store errors met (logged, not fatal) */
+  uint32_t n_tokens;   /* prompt tokens */
+  uint32_t n_restored; /* tokens whose KV came from kvstash */
+  uint32_t n_decoded;  /* tokens decoded by llama.cpp */
+  uint32_t n_put;      /* chunks stored (store / rag misses) */
+  uint32_t n_failed;   /* store errors met (logged, not fatal) */
   double t_lookup_s, t_fetch_s, t_restore_s, t_decode_s, t_put_s;
 } kvs_llama_stats;
 
@@ -162,8 +162,8 @@ typedef struct kvs_llama_rag_opts {
  * re-decoded, and the tokens outside spans decoded; logits of the last token
  * are ready. tokens[n-1] must not be inside a span. */
 kvs_err kvs_llama_prefill_rag(kvs_llama *a, int32_t seq, const int32_t *tokens, size_t n,
-                              const kvs_span *spans, size_t n_spans,
-                              const kvs_llama_rag_opts *o, kvs_llama_stats *st);
+                              const kvs_span *spans, size_t n_spans, const kvs_llama_rag_opts *o,
+                              kvs_llama_stats *st);
 
 #ifdef __cplusplus
 }

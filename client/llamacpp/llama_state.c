@@ -36,10 +36,10 @@ static const uint8_t *rd_take(rd *r, uint64_t len) {
 /* Where the parts of a parsed blob are. */
 typedef struct parsed {
   kvs_llama_state_info info;
-  const uint8_t *meta;        /* cell records (12 bytes each) */
+  const uint8_t *meta;              /* cell records (12 bytes each) */
   const uint8_t *k[KVS_MAX_LAYERS]; /* per layer: cells x row */
   const uint8_t *v[KVS_MAX_LAYERS]; /* per layer: cells x row, or row-major transposed */
-  uint32_t *order;            /* order[t] = cell index of position pos0 + t (malloc'd) */
+  uint32_t *order;                  /* order[t] = cell index of position pos0 + t (malloc'd) */
 } parsed;
 
 #define FAIL(e, what)                                                                              \
@@ -156,8 +156,8 @@ kvs_err kvs_llama_state_parse(const kvs_layout *l, const void *state, size_t n,
   return err;
 }
 
-kvs_err kvs_llama_state_to_canonical(const kvs_layout *l, const void *state, size_t n,
-                                     uint32_t b, uint32_t e, void *out, size_t out_cap) {
+kvs_err kvs_llama_state_to_canonical(const kvs_layout *l, const void *state, size_t n, uint32_t b,
+                                     uint32_t e, void *out, size_t out_cap) {
   parsed *ps = malloc(sizeof *ps);
   if (!ps) return KVS_ENOMEM;
   kvs_err err = parse(l, state, n, ps);
@@ -186,7 +186,8 @@ kvs_err kvs_llama_state_to_canonical(const kvs_layout *l, const void *state, siz
       uint16_t *dst = (uint16_t *)(void *)v;
       for (uint32_t t = 0; t < cnt; t++) {
         const size_t c = ps->order[b + t];
-        for (size_t j = 0; j < width; j++) dst[t * width + j] = src[j * cells + c];
+        for (size_t j = 0; j < width; j++)
+          dst[t * width + j] = src[j * cells + c];
       }
     }
   }
@@ -224,7 +225,8 @@ kvs_err kvs_llama_state_from_canonical(const kvs_layout *l, const kvs_llama_stat
       in->pos0 < 0 || (n_parts && (!parts || !part_tokens)))
     return KVS_ERR_AT(KVS_EINVAL, "from_canonical args");
   uint64_t sum = 0;
-  for (size_t i = 0; i < n_parts; i++) sum += part_tokens[i];
+  for (size_t i = 0; i < n_parts; i++)
+    sum += part_tokens[i];
   if (sum != in->n_tokens) return KVS_ERR_AT(KVS_EINVAL, "part tokens");
   const size_t need = kvs_llama_state_bound(l, in);
   if (cap < need) return KVS_ERR_AT(KVS_ERANGE, "state cap");
@@ -263,9 +265,10 @@ kvs_err kvs_llama_state_from_canonical(const kvs_layout *l, const kvs_llama_stat
           for (size_t j = 0; j < width; j++) {
             for (size_t i = 0; i < n_parts; i++) {
               const size_t pt = part_tokens[i], plane = row * pt;
-              const uint16_t *src =
-                  (const uint16_t *)(const void *)((const uint8_t *)parts[i] + (2 * li + 1) * plane);
-              for (size_t t = 0; t < pt; t++) *dst++ = src[t * width + j];
+              const uint16_t *src = (const uint16_t *)(const void *)((const uint8_t *)parts[i] +
+                                                                     (2 * li + 1) * plane);
+              for (size_t t = 0; t < pt; t++)
+                *dst++ = src[t * width + j];
             }
           }
           p += row * cells;

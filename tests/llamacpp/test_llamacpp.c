@@ -30,7 +30,8 @@ static const char *TEXT1 =
     "a major north-flowing river in northeastern Africa. It flows into the Mediterranean Sea. "
     "The Nile is among the longest rivers in the world; its drainage basin covers eleven "
     "countries, from Tanzania and Uganda in the south to Egypt in the north, where most of the "
-    "people of the country live along its banks. The White Nile and the Blue Nile meet at Khartoum, the capital of Sudan. Which "
+    "people of the country live along its banks. The White Nile and the Blue Nile meet at "
+    "Khartoum, the capital of Sudan. Which "
     "sea does the Nile flow into?<|im_end|>\n<|im_start|>assistant\nThe Mediterranean Sea.";
 static const char *TEXT2 =
     "<|im_end|>\n<|im_start|>user\nAnd where do its two main branches meet? Answer in one "
@@ -173,8 +174,8 @@ static void roundtrip(int fa) {
   CU_ASSERT_EQUAL_FATAL(kvs_llama_state_to_canonical(l, st, sz, 0, in.n_tokens, kv, cb), KVS_OK);
   const void *parts[1] = {kv};
   CU_ASSERT_EQUAL(kvs_llama_state_bound(l, &in), sz);
-  CU_ASSERT_EQUAL_FATAL(kvs_llama_state_from_canonical(l, &in, parts, &in.n_tokens, 1, back, sz,
-                                                       &got), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(
+      kvs_llama_state_from_canonical(l, &in, parts, &in.n_tokens, 1, back, sz, &got), KVS_OK);
   CU_ASSERT_EQUAL(got, sz);
   CU_ASSERT(memcmp(st, back, sz) == 0);
   /* and canonical -> state -> canonical, in two parts (as chunks are) */
@@ -341,7 +342,8 @@ static void test_corrupt_entry(void) {
   bad.head_dim = bad.rope_dims = 32; /* half the real rows */
   size_t nb = (size_t)kvs_layout_token_bytes(&bad) * CHUNK;
   uint8_t *junk = malloc(nb);
-  for (size_t i = 0; i < nb; i++) junk[i] = (uint8_t)(i * 131u);
+  for (size_t i = 0; i < nb; i++)
+    junk[i] = (uint8_t)(i * 131u);
   kvs_err pe = kvs_put(c, kvs_llama_model_id(a), g_t1, ch, &bad, junk, NULL);
   if (pe) fprintf(stderr, "put: %s %s\n", kvs_errname(pe), kvs_client_errmsg(c));
   CU_ASSERT_EQUAL(pe, KVS_OK);

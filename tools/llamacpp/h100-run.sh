@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# tools/llamacpp/h100-run.sh - on the H100 after the two carries of
+# pack-h100.sh: unpack, join the model, run kvs-bench-llamacpp with every
+# layer on the GPU (and once on the CPU of that host for reference).
+# Logs and JSON lines under $OUT.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+out=${OUT:-/tmp/kvs-out}
+mkdir -p "$out"
+tar -C "$root/.carry" -xJf /tmp/kvs/a.tar.xz
+g=$root/.carry/gpu
+cat "$g/model.part1" "$root/.carry/llama-h100/b.bin" >/tmp/kvs/model.gguf
+[ "$(sha256sum /tmp/kvs/model.gguf | cut -d' ' -f1)" = "$(cat "$g/model.sha256")" ] || { echo "model sha256 mismatch" >&2; exit 1; }
+nvidia-smi -L | tee "$out/gpu.txt"
+args=(--model /tmp/kvs/model.gguf --data "$g/musique_s.json" --item 0 --min-tokens 1024 --reps 5)
+"$root/tools/gpu-run" kvs-bench-llamacpp "${args[@]}" --gpu-layers 99 --threads 8 2>&1 | tee "$out/bench-gpu.log"
+"$root/tools/gpu-run" kvs-bench-llamacpp "${args[@]}" --gpu-layers 99 --threads 8 --min-tokens 2048 --item 2 2>&1 | tee "$out/bench-gpu-2k.log"
+"$root/tools/gpu-run" kvs-bench-llamacpp "${args[@]}" --gpu-layers 0 --threads 16 2>&1 | tee "$out/bench-cpu.log"
+grep -h '^{' "$out"/bench-*.log
