@@ -8,7 +8,7 @@
  *
  *   kvs-llama-chat --model SmolLM2-135M-Instruct.Q4_1.gguf
  *                  --data musique_s.json [--item 0] [--url tcp://127.0.0.1:7070]
- *                  [--threads 2] [--recompute 8]
+ *                  [--threads 2] [--recompute 8] [--passages 5]
  * Without --url (or with kvstashd down) it runs, without reuse. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,7 +76,7 @@ static void show(const char *what, const kvs_llama_stats *s) {
 
 int main(int argc, char **argv) {
   const char *model_path = NULL, *data = NULL, *url = NULL;
-  int item = 0, threads = 2, recompute = 8;
+  int item = 0, threads = 2, recompute = 8, max_passages = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model"))
       model_path = argv[i + 1];
@@ -88,13 +88,15 @@ int main(int argc, char **argv) {
       item = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--threads"))
       threads = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--passages"))
+      max_passages = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--recompute"))
       recompute = atoi(argv[i + 1]);
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in a log */
   if (!model_path || !data) {
     fprintf(stderr, "usage: kvs-llama-chat --model GGUF --data musique.json [--url URL] "
-                    "[--item N] [--threads N] [--recompute R]\n");
+                    "[--item N] [--threads N] [--recompute R] [--passages N]\n");
     return 2;
   }
   kvs_rag_item *items = NULL;
@@ -147,7 +149,7 @@ int main(int argc, char **argv) {
   /* ---- chat: turn 1 = system + passages + question */
   toks t = {0};
   tok_append(vocab, &t, INSTRUCTION, 1);
-  for (size_t i = 0; i < it->n_passages; i++) {
+  for (size_t i = 0; i < it->n_passages && (int)i < max_passages; i++) {
     char buf[8192];
     snprintf(buf, sizeof buf, "%s\n%s\n\n", it->title[i], it->text[i]);
     tok_append(vocab, &t, buf, 0);
@@ -182,7 +184,7 @@ int main(int argc, char **argv) {
   size_t ns = 0;
   tok_append(vocab, &r, INSTRUCTION, 1);
   spans[ns++] = (kvs_span){0, (uint32_t)r.n};
-  for (size_t i = 0; i < it->n_passages; i++) {
+  for (size_t i = 0; i < it->n_passages && (int)i < max_passages; i++) {
     char buf[8192];
     size_t s0 = r.n;
     snprintf(buf, sizeof buf, "%s\n%s\n\n", it->title[i], it->text[i]);
