@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# tools/llamacpp/h100-run.sh - on the H100 after the two carries of
-# pack-h100.sh: unpack, join the model, run kvs-bench-llamacpp with every
-# layer on the GPU (and once on the CPU of that host for reference).
+# tools/llamacpp/h100-run.sh - on the H100 once every file of pack-h100.sh is
+# in /tmp/kvs: unpack, join the model, run kvs-bench-llamacpp with every
+# layer on the GPU, and once with --gpu-layers 0 (weights on the host; llama.cpp
+# may still offload large matrix products to the GPU).
 # Logs and JSON lines under $OUT.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -9,7 +10,7 @@ out=${OUT:-/tmp/kvs-out}
 mkdir -p "$out"
 tar -C "$root/.carry" -xJf /tmp/kvs/a.tar.xz
 g=$root/.carry/gpu
-cat "$g/model.part1" "$root/.carry/llama-h100/b.bin" >/tmp/kvs/model.gguf
+cat /tmp/kvs/m.a? >/tmp/kvs/model.gguf
 [ "$(sha256sum /tmp/kvs/model.gguf | cut -d' ' -f1)" = "$(cat "$g/model.sha256")" ] || { echo "model sha256 mismatch" >&2; exit 1; }
 nvidia-smi -L | tee "$out/gpu.txt"
 args=(--model /tmp/kvs/model.gguf --data "$g/musique_s.json" --item 0 --min-tokens 1024 --reps 5)

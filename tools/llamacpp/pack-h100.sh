@@ -2,12 +2,13 @@
 # tools/llamacpp/pack-h100.sh - pack kvs-bench-llamacpp for the H100 run: the
 # bench and kvstashd built against the CUDA libllama (build-cuda.sh first),
 # their shared libraries (tools/gpu-pack), the MuSiQue file and the SmolLM2
-# GGUF split in two (a carry holds 64 MiB), under .carry/llama-h100/:
-#   a.tar.xz   bench + kvstashd + .so files + musique_s.json, model part 1
-#   b.bin      model part 2
-# On the H100 (two calls of the device tool, the machine stays warm between):
-#   1. carry .carry/llama-h100/a.tar.xz:  mkdir -p /tmp/kvs && cp .carry/llama-h100/a.tar.xz /tmp/kvs/
-#   2. carry .carry/llama-h100/b.bin:     tools/llamacpp/h100-run.sh
+# GGUF split in 30 MB parts (one carry holds 64 MiB), under .carry/llama-h100/:
+#   a.tar.xz          bench + kvstashd + .so files + musique_s.json + model sha256
+#   m.aa m.ab m.ac m.ad   the model
+# On the H100, calls of the device tool while the machine stays warm, each
+# carrying at most 64 MiB of those files and running
+#   mkdir -p /tmp/kvs && cp .carry/llama-h100/* /tmp/kvs/
+# and the last one: ... && tools/llamacpp/h100-run.sh
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cuda_dir=${KVS_LLAMA_CUDA_DIR:-$HOME/.cache/kvstash/llama.cpp-cuda}
@@ -21,10 +22,7 @@ mkdir -p "$g/cachesvc" && cp "$g/bin/kvstashd" "$g/cachesvc/kvstashd" # where th
 cp "$data" "$g/musique_s.json"
 out=$root/.carry/llama-h100
 rm -rf "$out" && mkdir -p "$out"
-half=$(( $(stat -c %s "$model") / 2 ))
-head -c "$half" "$model" >"$g/model.part1"
-tail -c +$((half + 1)) "$model" >"$out/b.bin"
+split -b 30M "$model" "$out/m."
 sha256sum "$model" | cut -d' ' -f1 >"$g/model.sha256"
 tar -C "$root/.carry" -cJf "$out/a.tar.xz" gpu
-rm -f "$g/model.part1"
 ls -la "$out"
