@@ -8,58 +8,6 @@
 #include "kvs_wire.h"
 #include "kvstash_admin.h"
 
-/* The frame helpers of ops.c are file-static there; these three are their
- * admin twins (a header, the reply check, the payload view). */
-static int admin_frame(size_t payload, nng_msg **m) {
-  if (nng_msg_alloc(m, KVS_WIRE_HDR_SIZE + payload)) return KVS_ENOMEM;
-  memset(nng_msg_body(*m), 0, KVS_WIRE_HDR_SIZE);
-  return KVS_OK;
-}
-
-static uint8_t *admin_payload(nng_msg *m) { return (uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE; }
-
-static int admin_check(kvs__call *call, nng_msg *rep) {
-  const uint8_t *b = nng_msg_body(rep);
-  size_t n = nng_msg_len(rep);
-  kvs_wire_hdr h;
-  int rv = kvs_wire_hdr_decode(b, n, &h);
-  if (rv) {
-    snprintf(call->errmsg, sizeof call->errmsg, "malformed reply from %s (%s)", call->c->url,
-             kvs_errname(rv));
-    return KVS_EPROTO;
-  }
-  const uint8_t *q = nng_msg_body(call->req);
-  uint16_t op = (uint16_t)(q[6] | q[7] << 8);
-  if (!(h.flags & KVS_WIRE_F_RESPONSE) || h.op != op) {
-    snprintf(call->errmsg, sizeof call->errmsg, "reply from %s is not an answer to %s",
-             call->c->url, kvs_wire_op_name(op));
-    return KVS_EPROTO;
-  }
-  if (h.status < 0) {
-    size_t ml = h.payload_len < KVS_WIRE_MAX_ERRMSG ? h.payload_len : KVS_WIRE_MAX_ERRMSG;
-    snprintf(call->errmsg, sizeof call->errmsg, "kvstashd %s: %s: %.*s", kvs_wire_op_name(op),
-             kvs_errname(h.status), (int)ml, (const char *)b + KVS_WIRE_HDR_SIZE);
-    return h.status;
-  }
-  return KVS_OK;
-}
-
-static int admin_roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent,
-                           nng_msg **rep) {
-  kvs_wire_hdr h;
-  int rv = kvs_wire_hdr_init(&h, op, atomic_fetch_add(&c->next_id, 1), c->tenant, c->token,
-                             strlen(c->token));
-  if (rv == KVS_OK) {
-    h.payload_len = (uint32_t)(nng_msg_len(req) - KVS_WIRE_HDR_SIZE);
-    rv = kvs_wire_hdr_encode(&h, nng_msg_body(req));
-  }
-  if (rv) {
-    nng_msg_free(req);
-    return kvs__seterr(c, rv, "bad request header (tenant \"%s\"?)", c->tenant);
-  }
-  return kvs__roundtrip(c, req, idempotent, admin_check, rep);
-}
-
 void kvs_admin_cursor_init(kvs_admin_cursor *cur) { memset(cur, 0, sizeof *cur); }
 
 /* One LIST or EXPORT page request; *rep holds the checked answer, *r its
@@ -70,15 +18,15 @@ static int page_call(kvs_client *c, uint16_t op, kvs_admin_cursor *cur, uint32_t
   kvs_wire_page_req q = {.has_cursor = cur->has, .limit = limit};
   memcpy(q.cursor, cur->next, 16);
   nng_msg *m;
-  if (admin_frame(KVS_WIRE_PAGE_REQ_SIZE, &m)) return KVS_ENOMEM;
-  int rv = kvs_wire_page_req_encode(&q, admin_payload(m), KVS_WIRE_PAGE_REQ_SIZE, NULL);
+  if (kvs__frame_new(KVS_WIRE_PAGE_REQ_SIZE, &m)) return KVS_ENOMEM;
+  int rv = kvs_wire_page_req_encode(&q, kvs__frame_payload(m), KVS_WIRE_PAGE_REQ_SIZE, NULL);
   if (rv) {
     nng_msg_free(m);
     return rv;
   }
-  KVS_TRY(admin_roundtrip(c, m, op, 1, rep));
+  KVS_TRY(kvs__frame_roundtrip(c, m, op, 1, rep));
   size_t n = nng_msg_len(*rep) - KVS_WIRE_HDR_SIZE;
-  rv = kvs_wire_page_resp_decode(op, admin_payload(*rep), n, r);
+  rv = kvs_wire_page_resp_decode(op, kvs__frame_payload(*rep), n, r);
   if (rv) {
     nng_msg_free(*rep);
     *rep = NULL;
@@ -205,8 +153,8 @@ kvs_err kvs_admin_import(kvs_client *c, const uint8_t *meta, size_t meta_len, co
     return kvs__seterr(c, KVS_ETOOBIG, "entry of %llu bytes is too large for one frame",
                        (unsigned long long)value_bytes);
   nng_msg *f;
-  if (admin_frame(KVS_WIRE_IMPORT_FIXED + rs, &f)) return KVS_ENOMEM;
-  uint8_t *p = admin_payload(f);
+  if (kvs__frame_new(KVS_WIRE_IMPORT_FIXED + rs, &f)) return KVS_ENOMEM;
+  uint8_t *p = kvs__frame_payload(f);
   memset(p, 0, KVS_WIRE_IMPORT_FIXED + rs);
   p[0] = 1; /* u32 count = 1, u32 reserved = 0 */
   size_t w = 0;
@@ -218,9 +166,9 @@ kvs_err kvs_admin_import(kvs_client *c, const uint8_t *meta, size_t meta_len, co
   if (value_bytes) memcpy(p + KVS_WIRE_IMPORT_FIXED + w, value, (size_t)value_bytes);
   nng_msg *rep = NULL;
   /* an import of the same bytes under the same key is the same entry */
-  KVS_TRY(admin_roundtrip(c, f, KVS_OP_IMPORT, 1, &rep));
+  KVS_TRY(kvs__frame_roundtrip(c, f, KVS_OP_IMPORT, 1, &rep));
   kvs_wire_import_resp a;
-  rv = kvs_wire_import_resp_decode(admin_payload(rep), nng_msg_len(rep) - KVS_WIRE_HDR_SIZE, &a);
+  rv = kvs_wire_import_resp_decode(kvs__frame_payload(rep), nng_msg_len(rep) - KVS_WIRE_HDR_SIZE, &a);
   nng_msg_free(rep);
   if (rv) return kvs__seterr(c, KVS_EPROTO, "bad IMPORT answer (%s)", kvs_errname(rv));
   if (a.n_ok != 1)

@@ -131,6 +131,15 @@ void kvs__call_free(kvs__call *call);
 int kvs__roundtrip(kvs_client *c, nng_msg *req, int idempotent, kvs__call_check_fn check,
                    nng_msg **rep);
 
+/* ---- request frames (ops.c), shared with admin.c */
+/* A request frame: 128 zeroed header bytes + payload bytes written in place. */
+int kvs__frame_new(size_t payload, nng_msg **m);
+uint8_t *kvs__frame_payload(nng_msg *m);
+/* Seals req's header for op, does one round trip and checks the reply (right
+ * op, a response, status 0; a server error comes back with its message);
+ * *rep (may be NULL) gets the reply. req is consumed. */
+int kvs__frame_roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, nng_msg **rep);
+
 /* ---- same-host fast path (conn.c) */
 /* The mapping of segment `name` (mapped read-only on first use, then cached).
  * KVS_EIO / KVS_EPERM / KVS_ENOENT with the reason in errbuf when it cannot

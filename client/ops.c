@@ -16,13 +16,13 @@ _Static_assert(KVS_CHUNK_CONTENT == KVS_KEY_KIND_CONTENT, "key kinds match the w
 /* ------------------------------------------------------------- frames */
 /* A request frame: 128 header bytes (sealed by frame_seal) + payload bytes
  * (written in place by the payload encoders). */
-static int frame_new(size_t payload, nng_msg **m) {
+int kvs__frame_new(size_t payload, nng_msg **m) {
   if (nng_msg_alloc(m, KVS_WIRE_HDR_SIZE + payload)) return KVS_ENOMEM;
   memset(nng_msg_body(*m), 0, KVS_WIRE_HDR_SIZE);
   return KVS_OK;
 }
 
-static uint8_t *frame_payload(nng_msg *m) { return (uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE; }
+uint8_t *kvs__frame_payload(nng_msg *m) { return (uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE; }
 
 static int frame_seal(kvs_client *c, nng_msg *m, uint16_t op) {
   kvs_wire_hdr h;
@@ -67,7 +67,7 @@ static const uint8_t *reply_payload(nng_msg *rep, size_t *n) {
 }
 
 /* Seals req and does one round trip; *rep (may be NULL) gets the reply. */
-static int roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, nng_msg **rep) {
+int kvs__frame_roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, nng_msg **rep) {
   int rv = frame_seal(c, req, op);
   if (rv) {
     nng_msg_free(req);
@@ -86,8 +86,8 @@ static int roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, n
 kvs_err kvs_ping(kvs_client *c) {
   if (!c) return KVS_EINVAL;
   nng_msg *m;
-  if (frame_new(0, &m)) return KVS_ENOMEM;
-  return roundtrip(c, m, KVS_OP_PING, 1, NULL);
+  if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
+  return kvs__frame_roundtrip(c, m, KVS_OP_PING, 1, NULL);
 }
 
 static int key_op(kvs_client *c, uint16_t op, const kvs_model_id *model, const kvs_key *key,
@@ -96,14 +96,14 @@ static int key_op(kvs_client *c, uint16_t op, const kvs_model_id *model, const k
   kvs_wire_key_req r = {.key = *key, .arg = arg};
   if (model) r.model = *model;
   nng_msg *m;
-  if (frame_new(KVS_WIRE_KEY_REQ_SIZE, &m)) return KVS_ENOMEM;
+  if (kvs__frame_new(KVS_WIRE_KEY_REQ_SIZE, &m)) return KVS_ENOMEM;
   size_t w;
-  int rv = kvs_wire_key_req_encode(&r, frame_payload(m), KVS_WIRE_KEY_REQ_SIZE, &w);
+  int rv = kvs_wire_key_req_encode(&r, kvs__frame_payload(m), KVS_WIRE_KEY_REQ_SIZE, &w);
   if (rv) {
     nng_msg_free(m);
     return rv;
   }
-  return roundtrip(c, m, op, idempotent, rep);
+  return kvs__frame_roundtrip(c, m, op, idempotent, rep);
 }
 
 kvs_err kvs_exists(kvs_client *c, const kvs_model_id *model, const kvs_key *key,
@@ -142,8 +142,8 @@ const char *kvs_stat_name(uint32_t i) { return kvs_wire_stat_name(i); }
 kvs_err kvs_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n) {
   if (!c || !n || (cap && !v)) return KVS_EINVAL;
   nng_msg *m, *rep = NULL;
-  if (frame_new(0, &m)) return KVS_ENOMEM;
-  KVS_TRY(roundtrip(c, m, KVS_OP_STATS, 1, &rep));
+  if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
+  KVS_TRY(kvs__frame_roundtrip(c, m, KVS_OP_STATS, 1, &rep));
   size_t pn;
   const uint8_t *p = reply_payload(rep, &pn);
   kvs_wire_stats_resp r;
@@ -193,18 +193,18 @@ kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *toke
     }
     size_t sz = kvs_wire_lookup_req_size(nb, hi - lo), w;
     nng_msg *m, *rep = NULL;
-    if (frame_new(sz, &m)) {
+    if (kvs__frame_new(sz, &m)) {
       rv = KVS_ENOMEM;
       break;
     }
-    rv = kvs_wire_lookup_req_encode(model, mode, wc, nb, tokens + lo, hi - lo, frame_payload(m), sz,
+    rv = kvs_wire_lookup_req_encode(model, mode, wc, nb, tokens + lo, hi - lo, kvs__frame_payload(m), sz,
                                     &w);
     if (rv) {
       nng_msg_free(m);
       kvs__seterr(c, rv, "cannot encode a LOOKUP of %u chunks", nb);
       break;
     }
-    rv = roundtrip(c, m, KVS_OP_LOOKUP, 1, &rep);
+    rv = kvs__frame_roundtrip(c, m, KVS_OP_LOOKUP, 1, &rep);
     if (rv) break;
     size_t pn;
     const uint8_t *p = reply_payload(rep, &pn);
@@ -327,8 +327,8 @@ static int get_request(kvs_op *op, uint32_t flags, uint32_t seg_first, uint32_t 
                         .n_tokens = op->T,
                         .tokens_le = (const uint8_t *)op->tokens};
   size_t sz = kvs_wire_get_req_size(&r), w;
-  if (!sz || frame_new(sz, m)) return KVS_ENOMEM;
-  int rv = kvs_wire_get_req_encode(&r, frame_payload(*m), sz, &w);
+  if (!sz || kvs__frame_new(sz, m)) return KVS_ENOMEM;
+  int rv = kvs_wire_get_req_encode(&r, kvs__frame_payload(*m), sz, &w);
   if (!rv) rv = frame_seal(op->c, *m, KVS_OP_GET);
   if (rv) nng_msg_free(*m);
   return rv;
@@ -441,8 +441,8 @@ static void release_done(kvs__call *call, void *arg) {
 /* Gives a lease back without waiting for the answer. */
 static void send_release(kvs_client *c, uint64_t lease_id) {
   nng_msg *m = NULL;
-  if (frame_new(8, &m) == KVS_OK) {
-    uint8_t *p = frame_payload(m);
+  if (kvs__frame_new(8, &m) == KVS_OK) {
+    uint8_t *p = kvs__frame_payload(m);
     for (int i = 0; i < 8; i++)
       p[i] = (uint8_t)(lease_id >> (8 * i));
     if (frame_seal(c, m, KVS_OP_RELEASE)) {
@@ -822,9 +822,9 @@ static int start_lease(kvs_op *op) {
                         .tokens_le = (const uint8_t *)op->tokens};
   size_t sz = kvs_wire_get_req_size(&r), w;
   nng_msg *m;
-  if (!sz || frame_new(8 + sz, &m)) return KVS_ENOMEM;
-  memset(frame_payload(m), 0, 8);
-  int rv = kvs_wire_get_req_encode(&r, frame_payload(m) + 8, sz, &w);
+  if (!sz || kvs__frame_new(8 + sz, &m)) return KVS_ENOMEM;
+  memset(kvs__frame_payload(m), 0, 8);
+  int rv = kvs_wire_get_req_encode(&r, kvs__frame_payload(m) + 8, sz, &w);
   if (!rv) rv = frame_seal(op->c, m, KVS_OP_LEASE);
   if (rv) {
     nng_msg_free(m);
@@ -1062,9 +1062,9 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
                         .seg_end_le = (const uint8_t *)e.seg_end};
   size_t ms = kvs_wire_meta_size(&meta), w;
   nng_msg *m = NULL;
-  rv = ms ? frame_new(ms + e.len, &m) : KVS_ETOOBIG;
-  if (!rv) rv = kvs_wire_meta_encode(&meta, frame_payload(m), ms, &w);
-  if (!rv) memcpy(frame_payload(m) + ms, e.bytes, e.len);
+  rv = ms ? kvs__frame_new(ms + e.len, &m) : KVS_ETOOBIG;
+  if (!rv) rv = kvs_wire_meta_encode(&meta, kvs__frame_payload(m), ms, &w);
+  if (!rv) memcpy(kvs__frame_payload(m) + ms, e.bytes, e.len);
   kvs__encoded_free(&e);
   if (!rv) rv = frame_seal(c, m, KVS_OP_PUT);
   if (!rv && (o->flags & KVS_PUT_SYNC)) {
