@@ -93,8 +93,9 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     char tmp[1024];
     if (copy_str(tmp, sizeof tmp, v)) return bad(key, v, "too long");
     for (char *save = NULL, *tok = strtok_r(tmp, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
-      if (strncmp(tok, "tcp://", 6) && strncmp(tok, "ipc://", 6) && strncmp(tok, "tls+tcp://", 10))
-        return bad(key, tok, "tcp://, ipc:// or tls+tcp:// URL expected");
+      if (strncmp(tok, "tcp://", 6) && strncmp(tok, "ipc://", 6) &&
+          strncmp(tok, "tls+tcp://", 10) && !kvs__stream_url(tok))
+        return bad(key, tok, "tcp://, ipc://, tls+tcp://, tcp+stream:// or ipc+stream:// URL expected");
       if (c->n_listen >= KVS_SVC_MAX_LISTEN) return bad(key, tok, "too many listeners");
       if (copy_str(c->listen[c->n_listen], sizeof c->listen[0], tok)) return bad(key, tok, "too long");
       c->n_listen++;
@@ -265,6 +266,7 @@ void kvs_svc_config_usage(FILE *f) {
         "  data_dir            T1 store and server secret        (./kvstash-data)\n"
         "  cold_dir            T2 store on a colder disk; empty = no T2 ()\n"
         "  listen              nng URLs, comma list or repeated   (tcp://127.0.0.1:7878)\n"
+        "                      tcp+stream:// ipc+stream://: byte-stream GET listeners\n"
         "  http                control plane host:port; empty = off (127.0.0.1:7879)\n"
         "  admin_token         bearer token required by /v1/      ()\n"
         "  tls_cert_key_file   PEM cert + key for tls+tcp:// listeners ()\n"

@@ -101,7 +101,7 @@ static uint8_t *payload_of(nng_msg *m) { return (uint8_t *)nng_msg_body(m) + KVS
 
 /* --------------------------------------------------------------- auth */
 /* Constant-time in the token; a missing tenant costs the same compare. */
-static int auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h) {
+int kvs__auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h) {
   if (c->n_tenants == 0) return 1;
   char tenant[KVS_WIRE_TENANT_MAX + 1];
   kvs_wire_hdr_tenant(h, tenant);
@@ -421,7 +421,7 @@ static nng_msg *handle(kvs__dataplane *d, nng_msg *req, int fast, uint16_t *op_o
   }
   *op_out = h.op;
   if (h.flags & KVS_WIRE_F_RESPONSE) return answer_err(h.op, h.req_id, KVS_EPROTO, "not a request");
-  if (!auth_ok(&d->cfg, &h)) { /* before any other work */
+  if (!kvs__auth_ok(&d->cfg, &h)) { /* before any other work */
     atomic_fetch_add_explicit(&d->met->auth_failures, 1, memory_order_relaxed);
     char t[KVS_WIRE_TENANT_MAX + 1];
     kvs_wire_hdr_tenant(&h, t);
@@ -545,6 +545,7 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
   d->sock_open = 1;
   nng_socket_set_size(d->sock, NNG_OPT_RECVMAXSZ, (size_t)c->max_msg);
   for (int i = 0; i < c->n_listen; i++) {
+    if (kvs__stream_url(c->listen[i])) continue; /* stream.c's */
     nng_listener l;
     rv = nng_listener_create(&l, d->sock, c->listen[i]);
     if (rv == 0 && strncmp(c->listen[i], "ipc://", 6) == 0)

@@ -11,6 +11,7 @@ struct kvs_svc {
   kvs__metrics met;
   kvs__store *st;
   kvs__dataplane *dp;
+  kvs__streamplane *sp;
   kvs__http *http;
   atomic_int ready;
   pthread_t maint;
@@ -55,6 +56,7 @@ kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
     KVS_LOGW("svc", "no tenant configured: auth is off, any tenant name is accepted", "%s", "");
   kvs_err rc = kvs__store_open(&s->cfg, &s->met, &s->st);
   if (rc == KVS_OK) rc = kvs__dataplane_start(&s->cfg, s->st, &s->met, &s->dp);
+  if (rc == KVS_OK) rc = kvs__stream_start(&s->cfg, s->st, &s->met, &s->sp);
   if (rc == KVS_OK && s->cfg.http[0])
     rc = kvs__http_start(&s->cfg, s->st, &s->met, &s->ready, &s->http);
   if (rc == KVS_OK) {
@@ -77,7 +79,9 @@ void kvs_svc_stop(kvs_svc *s) {
   s->stopped = 1;
   atomic_store(&s->ready, 0);
   KVS_LOGI("svc", "draining", "%s", "");
-  kvs__dataplane_stop(s->dp); /* finishes requests in flight */
+  kvs__stream_stop(s->sp); /* both planes finish the requests in flight */
+  s->sp = NULL;
+  kvs__dataplane_stop(s->dp);
   s->dp = NULL;
   pthread_mutex_lock(&s->mu);
   s->stopping = 1;

@@ -4,6 +4,7 @@
  *   record.c    the stored metadata record (parsed from disk: fuzzed)
  *   metrics.c   counters, latency histograms, Prometheus text
  *   dataplane.c nng REP workers: decode, auth, dispatch to the store
+ *   stream.c    byte-stream GET listeners (tcp+stream://, ipc+stream://)
  *   http.c      libevent control plane
  *   config.c    config file + flags
  *   svc.c       wiring: create / stop / free */
@@ -170,6 +171,22 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
                              kvs__dataplane **out);
 /* Drain: stop taking requests, finish those in flight, close listeners. */
 void kvs__dataplane_stop(kvs__dataplane *d);
+
+/* Whether the frame header's tenant + token pass the configured tenants
+ * (constant time in the token; always 1 with auth off). */
+int kvs__auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h);
+/* 1 for a tcp+stream:// or ipc+stream:// listen URL (served by stream.c,
+ * not by the REP socket). */
+int kvs__stream_url(const char *url);
+
+typedef struct kvs__streamplane kvs__streamplane;
+/* Listens on every +stream URL of c->listen (*out NULL when there is none).
+ * c must outlive the plane. */
+kvs_err kvs__stream_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,
+                          kvs__streamplane **out);
+/* Drain (new requests: KVS_EBUSY; those in flight finish, at most 10 s),
+ * then close listeners and connections and free. NULL does nothing. */
+void kvs__stream_stop(kvs__streamplane *p);
 
 typedef struct kvs__http kvs__http;
 kvs_err kvs__http_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,

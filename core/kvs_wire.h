@@ -378,6 +378,41 @@ kvs_err kvs_wire_lease_resp_encode(const kvs_wire_lease_resp *r, const kvs_wire_
                                    uint8_t *out, size_t cap, size_t *written);
 kvs_err kvs_wire_lease_resp_decode(const uint8_t *p, size_t n, kvs_wire_lease_resp *r);
 
+/* --------------------------------------------------------- byte streams */
+/* kvstashd's byte-stream listeners (`listen = tcp+stream://...` or
+ * `ipc+stream://...`, docs/protocol.md "Byte streams") carry these same frames
+ * back to back on a plain TCP or IPC connection, without nng's message
+ * framing: the header's payload_len (bytes 24..27) is the length prefix. One
+ * request at a time per connection; each request gets exactly one answer
+ * frame. A reader takes the 128 header bytes, checks them with
+ * kvs_wire_hdr_decode_head, bounds payload_len (before allocating anything),
+ * then reads the payload. So that a GET answer's value can be read straight
+ * into its destination, its head (fixed part + meta) can be decoded before
+ * the value bytes arrive. */
+
+/* Largest request payload a stream listener reads: a GET (or LEASE) of
+ * KVS_WIRE_MAX_TOKENS tokens. Bigger: KVS_ETOOBIG and the connection closed. */
+#define KVS_WIRE_STREAM_MAX_REQ (KVS_WIRE_GET_REQ_FIXED + 8u + 4u * KVS_WIRE_MAX_TOKENS)
+/* Upper bound of an encoded meta (kvs_wire_meta_size at every hard limit). */
+#define KVS_WIRE_MAX_META                                                                      \
+  (KVS_WIRE_META_FIXED + 8u * KVS_WIRE_MAX_SEGMENTS + 4u * KVS_WIRE_MAX_TOKENS +                 \
+   KVS_WIRE_MAX_CODEC_PARAMS)
+
+/* The checks of kvs_wire_hdr_decode on a header read without its payload
+ * (every field but the frame length; h->payload_len is what follows). */
+kvs_err kvs_wire_hdr_decode_head(const uint8_t buf[KVS_WIRE_HDR_SIZE], kvs_wire_hdr *h);
+/* From the fixed part of a GET answer whose payload is payload_len bytes:
+ * *head_len = fixed part + meta, the bytes to read before the value.
+ * KVS_ETRUNC / KVS_ETOOBIG when the meta cannot fit. */
+kvs_err kvs_wire_get_resp_head_len(const uint8_t fixed[KVS_WIRE_GET_RESP_FIXED],
+                                   uint32_t payload_len, size_t *head_len);
+/* Decodes a GET answer's head (p: head_len bytes from kvs_wire_get_resp_head_len)
+ * with every check of kvs_wire_get_resp_decode; r->bytes is NULL: the
+ * r->byte_len value bytes are the rest of the payload (checked to be
+ * payload_len - head_len). Views point into p. */
+kvs_err kvs_wire_get_resp_decode_head(const uint8_t *p, size_t head_len, uint32_t payload_len,
+                                      kvs_wire_get_resp *r);
+
 /* ------------------------------------------------------ whole requests */
 /* A decoded request, as the server sees it (views into the frame). */
 typedef struct kvs_wire_req {

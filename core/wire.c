@@ -108,7 +108,9 @@ kvs_err kvs_wire_hdr_encode(const kvs_wire_hdr *h, uint8_t out[KVS_WIRE_HDR_SIZE
   return KVS_OK;
 }
 
-kvs_err kvs_wire_hdr_decode(const uint8_t *buf, size_t n, kvs_wire_hdr *h) {
+/* whole: n is the frame's length (payload_len must match it); otherwise
+ * only the header is there. */
+static kvs_err hdr_decode(const uint8_t *buf, size_t n, int whole, kvs_wire_hdr *h) {
   KVS_RETURN_ERROR_IF(!buf || !h, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(n < KVS_WIRE_HDR_SIZE, KVS_ETRUNC, "frame shorter than header");
   memset(h, 0, sizeof *h);
@@ -123,8 +125,8 @@ kvs_err kvs_wire_hdr_decode(const uint8_t *buf, size_t n, kvs_wire_hdr *h) {
   h->status = (int32_t)rd32(buf + 12);
   h->req_id = rd64(buf + 16);
   h->payload_len = rd32(buf + 24);
-  KVS_RETURN_ERROR_IF((uint64_t)h->payload_len != (uint64_t)(n - KVS_WIRE_HDR_SIZE), KVS_ETRUNC,
-                      "payload length != frame length");
+  KVS_RETURN_ERROR_IF(whole && (uint64_t)h->payload_len != (uint64_t)(n - KVS_WIRE_HDR_SIZE),
+                      KVS_ETRUNC, "payload length != frame length");
   h->tenant_len = buf[28];
   h->token_len = buf[29];
   h->reserved = rd16(buf + 30);
@@ -143,6 +145,14 @@ kvs_err kvs_wire_hdr_decode(const uint8_t *buf, size_t n, kvs_wire_hdr *h) {
   KVS_RETURN_ERROR_IF(!all_zero(buf + 64 + h->token_len, KVS_WIRE_TOKEN_MAX - h->token_len),
                       KVS_EPROTO, "token padding");
   return KVS_OK;
+}
+
+kvs_err kvs_wire_hdr_decode(const uint8_t *buf, size_t n, kvs_wire_hdr *h) {
+  return hdr_decode(buf, n, 1, h);
+}
+
+kvs_err kvs_wire_hdr_decode_head(const uint8_t buf[KVS_WIRE_HDR_SIZE], kvs_wire_hdr *h) {
+  return hdr_decode(buf, KVS_WIRE_HDR_SIZE, 0, h);
 }
 
 void kvs_wire_hdr_tenant(const kvs_wire_hdr *h, char out[KVS_WIRE_TENANT_MAX + 1]) {
@@ -351,8 +361,41 @@ kvs_err kvs_wire_get_resp_encode_head(const kvs_wire_get_resp *r, const kvs_wire
   return KVS_OK;
 }
 
+static kvs_err get_resp_decode(const uint8_t *p, size_t n, uint64_t absent,
+                               kvs_wire_get_resp *r);
+
+kvs_err kvs_wire_get_resp_head_len(const uint8_t fixed[KVS_WIRE_GET_RESP_FIXED],
+                                   uint32_t payload_len, size_t *head_len) {
+  KVS_RETURN_ERROR_IF(!fixed || !head_len, KVS_EINVAL, "null");
+  KVS_RETURN_ERROR_IF(payload_len < KVS_WIRE_GET_RESP_FIXED, KVS_ETRUNC, "GET answer fixed part");
+  uint32_t ml = rd32(fixed + 40);
+  KVS_RETURN_ERROR_IF(ml > KVS_WIRE_MAX_META, KVS_ETOOBIG, "GET answer meta length");
+  KVS_RETURN_ERROR_IF(ml > payload_len - KVS_WIRE_GET_RESP_FIXED, KVS_ETRUNC, "GET answer meta");
+  *head_len = KVS_WIRE_GET_RESP_FIXED + (size_t)ml;
+  return KVS_OK;
+}
+
+kvs_err kvs_wire_get_resp_decode_head(const uint8_t *p, size_t head_len, uint32_t payload_len,
+                                      kvs_wire_get_resp *r) {
+  KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
+  KVS_RETURN_ERROR_IF(head_len < KVS_WIRE_GET_RESP_FIXED, KVS_ETRUNC, "GET answer fixed part");
+  size_t want = 0;
+  KVS_TRY(kvs_wire_get_resp_head_len(p, payload_len, &want));
+  KVS_RETURN_ERROR_IF(want != head_len, KVS_EPROTO, "GET answer head length");
+  KVS_TRY(get_resp_decode(p, head_len, (uint64_t)payload_len - head_len, r));
+  r->bytes = NULL;
+  return KVS_OK;
+}
+
 kvs_err kvs_wire_get_resp_decode(const uint8_t *p, size_t n, kvs_wire_get_resp *r) {
   KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
+  return get_resp_decode(p, n, 0, r);
+}
+
+/* n bytes at p; `absent` value bytes of the payload are not in p (stream
+ * head) and count as if they followed. */
+static kvs_err get_resp_decode(const uint8_t *p, size_t n, uint64_t absent,
+                               kvs_wire_get_resp *r) {
   KVS_RETURN_ERROR_IF(n < KVS_WIRE_GET_RESP_FIXED, KVS_ETRUNC, "GET answer fixed part");
   memset(r, 0, sizeof *r);
   r->seg_first = rd32(p);
@@ -376,7 +419,7 @@ kvs_err kvs_wire_get_resp_decode(const uint8_t *p, size_t n, kvs_wire_get_resp *
                         KVS_EPROTO, "GET answer meta disagrees");
   }
   rest -= r->meta_len;
-  KVS_RETURN_ERROR_IF((uint64_t)rest != r->byte_len, KVS_ETRUNC, "GET answer bytes");
+  KVS_RETURN_ERROR_IF((uint64_t)rest + absent != r->byte_len, KVS_ETRUNC, "GET answer bytes");
   r->bytes = p + KVS_WIRE_GET_RESP_FIXED + r->meta_len;
   return KVS_OK;
 }

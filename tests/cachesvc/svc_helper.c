@@ -100,13 +100,15 @@ int th_daemon_start(th_daemon *d, const char *const *extra) {
   if (!known) track_dir(d->dir, 1);
   d->port = th_free_port();
   d->http_port = th_free_port();
-  if (d->port < 0 || d->http_port < 0) return -1;
+  d->sport = th_free_port();
+  if (d->port < 0 || d->http_port < 0 || d->sport < 0) return -1;
+  snprintf(d->surl, sizeof d->surl, "tcp+stream://127.0.0.1:%d", d->sport);
   snprintf(d->url, sizeof d->url, "tcp://127.0.0.1:%d", d->port);
   snprintf(d->ipc, sizeof d->ipc, "ipc://%s/kvs.sock", d->dir);
   snprintf(d->log, sizeof d->log, "%s/kvstashd.log", d->dir);
-  char a_data[320], a_listen[700], a_http[64];
+  char a_data[320], a_listen[1000], a_http[64];
   snprintf(a_data, sizeof a_data, "--data_dir=%s/data", d->dir);
-  snprintf(a_listen, sizeof a_listen, "--listen=%s,%s", d->url, d->ipc);
+  snprintf(a_listen, sizeof a_listen, "--listen=%s,%s,%s", d->url, d->ipc, d->surl);
   snprintf(a_http, sizeof a_http, "--http=127.0.0.1:%d", d->http_port);
   const char *argv[64];
   int n = 0;
@@ -293,6 +295,172 @@ int th_send_raw(th_conn *c, const void *frame, size_t n, uint8_t **reply, size_t
   if (nng_msg_alloc(&m, n) != 0) return KVS_ENOMEM;
   if (n) memcpy(nng_msg_body(m), frame, n);
   return exchange(c, m, 0, 0, 0, reply, reply_len);
+}
+
+/* --------------------------------------------------------------- streams */
+int th_sconnect(th_sconn *c, const char *url, const char *tenant, const char *token,
+                int timeout_ms) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->tenant, sizeof c->tenant, "%s", tenant);
+  snprintf(c->token, sizeof c->token, "%s", token ? token : "");
+  c->next_id = 1;
+  c->timeout_ms = timeout_ms;
+  char u[320];
+  snprintf(u, sizeof u, "%.3s%s", url, strstr(url, "://") ? strstr(url, "://") : "");
+  nng_stream_dialer *d = NULL;
+  nng_aio *aio = NULL;
+  int rv = nng_stream_dialer_alloc(&d, u);
+  if (rv == 0) rv = nng_aio_alloc(&aio, NULL, NULL);
+  if (rv == 0) {
+    nng_aio_set_timeout(aio, timeout_ms);
+    nng_stream_dialer_dial(d, aio);
+    nng_aio_wait(aio);
+    rv = nng_aio_result(aio);
+    if (rv == 0) c->s = nng_aio_get_output(aio, 0);
+  }
+  if (aio) nng_aio_free(aio);
+  if (d) nng_stream_dialer_free(d);
+  return rv == 0 ? 0 : -1;
+}
+
+void th_sclose(th_sconn *c) {
+  if (c->s) nng_stream_free(c->s);
+  c->s = NULL;
+}
+
+static int sio(th_sconn *c, void *p, size_t n, int wr) {
+  nng_aio *aio;
+  if (!c->s) return KVS_ECONN;
+  if (nng_aio_alloc(&aio, NULL, NULL) != 0) return KVS_ENOMEM;
+  int rc = KVS_OK;
+  size_t done = 0;
+  while (done < n) {
+    nng_iov iov = {(uint8_t *)p + done, n - done};
+    nng_aio_set_iov(aio, 1, &iov);
+    nng_aio_set_timeout(aio, c->timeout_ms);
+    if (wr)
+      nng_stream_send(c->s, aio);
+    else
+      nng_stream_recv(c->s, aio);
+    nng_aio_wait(aio);
+    int rv = nng_aio_result(aio);
+    if (rv != 0) {
+      rc = rv == NNG_ETIMEDOUT ? KVS_ETIMEDOUT : KVS_ECONN;
+      break;
+    }
+    done += nng_aio_count(aio);
+  }
+  nng_aio_free(aio);
+  return rc;
+}
+
+int th_swrite(th_sconn *c, const void *p, size_t n) { return sio(c, (void *)p, n, 1); }
+int th_sread(th_sconn *c, void *p, size_t n) { return sio(c, p, n, 0); }
+
+int th_sread_answer(th_sconn *c, kvs_wire_hdr *h, uint8_t **payload) {
+  uint8_t hb[KVS_WIRE_HDR_SIZE];
+  if (payload) *payload = NULL;
+  int rc = th_sread(c, hb, sizeof hb);
+  if (rc) return rc;
+  if (kvs_wire_hdr_decode_head(hb, h) != KVS_OK || !(h->flags & KVS_WIRE_F_RESPONSE))
+    return KVS_EPROTO;
+  uint8_t *p = malloc(h->payload_len ? h->payload_len : 1);
+  if (!p) return KVS_ENOMEM;
+  rc = th_sread(c, p, h->payload_len);
+  if (rc || !payload)
+    free(p);
+  else
+    *payload = p;
+  return rc ? rc : h->status;
+}
+
+static int s_send_req(th_sconn *c, uint16_t op, const void *payload, size_t n, uint64_t *id) {
+  kvs_wire_hdr h;
+  *id = c->next_id++;
+  if (kvs_wire_hdr_init(&h, op, *id, c->tenant, c->token[0] ? c->token : NULL,
+                        strlen(c->token)) != KVS_OK)
+    return KVS_EINVAL;
+  h.payload_len = (uint32_t)n;
+  uint8_t *f = malloc(KVS_WIRE_HDR_SIZE + n);
+  if (!f) return KVS_ENOMEM;
+  kvs_wire_hdr_encode(&h, f);
+  if (n) memcpy(f + KVS_WIRE_HDR_SIZE, payload, n);
+  int rc = th_swrite(c, f, KVS_WIRE_HDR_SIZE + n);
+  free(f);
+  return rc;
+}
+
+int th_scall(th_sconn *c, uint16_t op, const void *payload, size_t n, uint8_t **reply,
+             size_t *reply_len) {
+  uint64_t id;
+  int rc = s_send_req(c, op, payload, n, &id);
+  if (rc) return rc;
+  kvs_wire_hdr h;
+  uint8_t *p = NULL;
+  rc = th_sread_answer(c, &h, &p);
+  if (rc == KVS_ECONN || rc == KVS_ETIMEDOUT || rc == KVS_EPROTO || rc == KVS_ENOMEM) {
+    free(p);
+    return rc;
+  }
+  if (h.req_id != id || h.op != op) {
+    free(p);
+    return KVS_EPROTO;
+  }
+  if (reply)
+    *reply = p;
+  else
+    free(p);
+  if (reply_len) *reply_len = h.payload_len;
+  return rc;
+}
+
+int th_sget(th_sconn *c, const th_chunk *ch, uint32_t seg_first, uint32_t seg_count,
+            uint8_t **value, size_t *len) {
+  kvs_wire_get_req g = {.key = ch->key, .model = ch->model, .flags = KVS_WIRE_GET_META,
+                        .seg_first = seg_first, .seg_count = seg_count,
+                        .n_tokens = ch->n_tokens, .tokens_le = (const uint8_t *)ch->tokens};
+  size_t n = kvs_wire_get_req_size(&g);
+  uint8_t *p = malloc(n);
+  kvs_wire_get_req_encode(&g, p, n, NULL);
+  uint64_t id;
+  int rc = s_send_req(c, KVS_OP_GET, p, n, &id);
+  free(p);
+  if (value) *value = NULL;
+  if (rc) return rc;
+  uint8_t hb[KVS_WIRE_HDR_SIZE];
+  kvs_wire_hdr h;
+  if ((rc = th_sread(c, hb, sizeof hb))) return rc;
+  if (kvs_wire_hdr_decode_head(hb, &h) != KVS_OK || h.req_id != id || h.op != KVS_OP_GET)
+    return KVS_EPROTO;
+  if (h.status != 0) { /* the error message */
+    uint8_t *m = malloc(h.payload_len + 1);
+    rc = th_sread(c, m, h.payload_len);
+    free(m);
+    return rc ? rc : h.status;
+  }
+  uint8_t fixed[KVS_WIRE_GET_RESP_FIXED];
+  size_t head_len;
+  if ((rc = th_sread(c, fixed, sizeof fixed))) return rc;
+  if (kvs_wire_get_resp_head_len(fixed, h.payload_len, &head_len) != KVS_OK) return KVS_EPROTO;
+  uint8_t *head = malloc(head_len);
+  memcpy(head, fixed, sizeof fixed);
+  rc = th_sread(c, head + sizeof fixed, head_len - sizeof fixed);
+  kvs_wire_get_resp a;
+  if (!rc && kvs_wire_get_resp_decode_head(head, head_len, h.payload_len, &a) != KVS_OK)
+    rc = KVS_EPROTO;
+  free(head);
+  if (rc) return rc;
+  uint8_t *v = malloc(a.byte_len ? a.byte_len : 1); /* the value, straight in */
+  rc = th_sread(c, v, a.byte_len);
+  if (!rc && a.byte_len == a.value_bytes && kvs_checksum64(v, a.byte_len) != a.checksum)
+    rc = KVS_ECHECKSUM;
+  if (rc || !value) {
+    free(v);
+    return rc;
+  }
+  *value = v;
+  if (len) *len = a.byte_len;
+  return KVS_OK;
 }
 
 /* --------------------------------------------------------------- chunks */

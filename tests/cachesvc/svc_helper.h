@@ -18,7 +18,8 @@ typedef struct th_daemon {
   char dir[256];   /* temp dir: data/, cold/, log, ipc socket */
   char url[300];   /* tcp://127.0.0.1:PORT */
   char ipc[300];   /* ipc://DIR/kvs.sock */
-  int port, http_port;
+  char surl[300];  /* tcp+stream://127.0.0.1:SPORT (byte-stream GET listener) */
+  int port, http_port, sport;
   char log[300];
 } th_daemon;
 
@@ -84,6 +85,33 @@ int th_lease(th_conn *c, const th_chunk *ch, uint64_t release_id, kvs_wire_lease
 int th_release(th_conn *c, uint64_t lease_id);
 /* Maps a segment read-only (munmap(p, *size) when done); NULL on failure. */
 const uint8_t *th_shm_map(const char *name, size_t *size);
+
+/* ---- the byte-stream listener (tcp+stream://), driven by nng's stream API */
+typedef struct th_sconn {
+  nng_stream *s;
+  char tenant[33];
+  char token[65];
+  uint64_t next_id;
+  int timeout_ms;
+} th_sconn;
+/* Dials a tcp+stream:// or ipc+stream:// URL. 0 on success. */
+int th_sconnect(th_sconn *c, const char *url, const char *tenant, const char *token,
+                int timeout_ms);
+void th_sclose(th_sconn *c);
+/* Exactly n bytes out / in: KVS_OK, KVS_ECONN (closed) or KVS_ETIMEDOUT. */
+int th_swrite(th_sconn *c, const void *p, size_t n);
+int th_sread(th_sconn *c, void *p, size_t n);
+/* One answer frame: header checked, payload (malloc'd, may be NULL) read
+ * whole. Returns the status, or a transport / KVS_EPROTO error. */
+int th_sread_answer(th_sconn *c, kvs_wire_hdr *h, uint8_t **payload);
+/* A request of op over the stream and its answer (see th_call). */
+int th_scall(th_sconn *c, uint16_t op, const void *payload, size_t n, uint8_t **reply,
+             size_t *reply_len);
+/* GET of segments [seg_first, +seg_count) (with meta) over the stream: the
+ * head is read first, then the value bytes straight into *value (malloc'd,
+ * checked against the checksum when the whole value came). */
+int th_sget(th_sconn *c, const th_chunk *ch, uint32_t seg_first, uint32_t seg_count,
+            uint8_t **value, size_t *len);
 
 /* A plain HTTP/1.0 GET or POST to 127.0.0.1:port; returns the status code
  * (or -1) and the body (malloc'd). */

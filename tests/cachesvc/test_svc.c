@@ -6,8 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kvs_test.h"
@@ -965,6 +970,304 @@ static void test_shm_lease(void) {
   th_daemon_cleanup(&d);
 }
 
+/* ------------------------------------------------ byte-stream listener */
+static void sconn_alpha(th_sconn *c) {
+  CU_ASSERT_FATAL(th_sconnect(c, g_d.surl, "alpha", "tok-alpha-123", 10000) == 0);
+}
+
+/* GETs over tcp+stream:// equal what was PUT (whole value and single
+ * segments), several requests on one connection, errors keep it usable. */
+static void test_stream_get(void) {
+  th_conn c;
+  conn_alpha(&c);
+  th_chunk ch;
+  th_chunk_make(&ch, 4101, 300, 1000003, 5);
+  CU_ASSERT_EQUAL_FATAL(th_put(&c, &ch, 0), KVS_OK);
+  th_sconn s;
+  sconn_alpha(&s);
+  CU_ASSERT_EQUAL(th_scall(&s, KVS_OP_PING, NULL, 0, NULL, NULL), KVS_OK);
+  for (int round = 0; round < 3; round++) {
+    uint8_t *v = NULL;
+    size_t n = 0;
+    CU_ASSERT_EQUAL_FATAL(th_sget(&s, &ch, 0, KVS_WIRE_SEG_ALL, &v, &n), KVS_OK);
+    CU_ASSERT_EQUAL(n, ch.vbytes);
+    CU_ASSERT(v && memcmp(v, ch.value, n) == 0);
+    free(v);
+  }
+  for (uint32_t g = 0; g < ch.n_seg; g++) {
+    uint8_t *v = NULL;
+    size_t n = 0;
+    uint64_t off = g ? ch.seg_end[g - 1] : 0;
+    CU_ASSERT_EQUAL_FATAL(th_sget(&s, &ch, g, 1, &v, &n), KVS_OK);
+    CU_ASSERT_EQUAL(n, ch.seg_end[g] - off);
+    CU_ASSERT(v && memcmp(v, ch.value + off, n) == 0);
+    free(v);
+  }
+  CU_ASSERT_EQUAL(th_sget(&s, &ch, 9, 1, NULL, NULL), KVS_ERANGE);
+  th_chunk miss;
+  th_chunk_make(&miss, 4102, 16, 100, 1);
+  CU_ASSERT_EQUAL(th_sget(&s, &miss, 0, KVS_WIRE_SEG_ALL, NULL, NULL), KVS_ENOENT);
+  /* wrong tokens, other ops, bad payloads: an answer, and the connection goes on */
+  ch.tokens[3] ^= 1;
+  CU_ASSERT_EQUAL(th_sget(&s, &ch, 0, KVS_WIRE_SEG_ALL, NULL, NULL), KVS_ETOKENS);
+  ch.tokens[3] ^= 1;
+  uint8_t kr[KVS_WIRE_KEY_REQ_SIZE] = {0};
+  CU_ASSERT_EQUAL(th_scall(&s, KVS_OP_EXISTS, kr, sizeof kr, NULL, NULL), KVS_ENOTSUP);
+  CU_ASSERT_EQUAL(th_scall(&s, KVS_OP_GET, kr, 7, NULL, NULL), KVS_ETRUNC);
+  CU_ASSERT_EQUAL(th_scall(&s, KVS_OP_PING, NULL, 0, NULL, NULL), KVS_OK);
+  /* another tenant does not see it */
+  th_sconn b;
+  CU_ASSERT_FATAL(th_sconnect(&b, g_d.surl, "beta", "tok-beta-456", 10000) == 0);
+  CU_ASSERT_EQUAL(th_sget(&b, &ch, 0, KVS_WIRE_SEG_ALL, NULL, NULL), KVS_ENOENT);
+  th_sclose(&b);
+  /* an entry on disk only (T1) comes the same way: evict it from RAM by
+   * filling the 8 MiB tier with others */
+  th_chunk fill[6];
+  for (int i = 0; i < 6; i++) {
+    th_chunk_make(&fill[i], 4200 + (uint64_t)i, 64, 2u << 20, 2);
+    CU_ASSERT_EQUAL(th_put(&c, &fill[i], 0), KVS_OK);
+  }
+  uint8_t *v = NULL;
+  size_t n = 0;
+  CU_ASSERT_EQUAL(th_sget(&s, &ch, 0, KVS_WIRE_SEG_ALL, &v, &n), KVS_OK);
+  CU_ASSERT(v && n == ch.vbytes && memcmp(v, ch.value, n) == 0);
+  free(v);
+  for (int i = 0; i < 6; i++) {
+    th_key_op(&c, KVS_OP_DELETE, &fill[i], 0, NULL, NULL);
+    th_chunk_free(&fill[i]);
+  }
+  th_key_op(&c, KVS_OP_DELETE, &ch, 0, NULL, NULL);
+  th_chunk_free(&miss);
+  th_chunk_free(&ch);
+  th_sclose(&s);
+  th_close(&c);
+}
+
+/* Wrong or missing tokens are refused before anything is looked up. */
+static void test_stream_auth(void) {
+  th_conn c;
+  conn_alpha(&c);
+  th_chunk ch;
+  th_chunk_make(&ch, 4301, 32, 5000, 1);
+  CU_ASSERT_EQUAL_FATAL(th_put(&c, &ch, 0), KVS_OK);
+  th_sconn s;
+  CU_ASSERT_FATAL(th_sconnect(&s, g_d.surl, "alpha", "tok-wrong", 10000) == 0);
+  CU_ASSERT_EQUAL(th_sget(&s, &ch, 0, KVS_WIRE_SEG_ALL, NULL, NULL), KVS_EAUTH);
+  CU_ASSERT_EQUAL(th_scall(&s, KVS_OP_PING, NULL, 0, NULL, NULL), KVS_EAUTH);
+  th_sclose(&s);
+  CU_ASSERT_FATAL(th_sconnect(&s, g_d.surl, "alpha", "", 10000) == 0);
+  CU_ASSERT_EQUAL(th_sget(&s, &ch, 0, KVS_WIRE_SEG_ALL, NULL, NULL), KVS_EAUTH);
+  th_sclose(&s);
+  th_key_op(&c, KVS_OP_DELETE, &ch, 0, NULL, NULL);
+  th_chunk_free(&ch);
+  th_close(&c);
+}
+
+static int stream_alive(void) {
+  th_sconn s;
+  if (th_sconnect(&s, g_d.surl, "alpha", "tok-alpha-123", 10000) != 0) return 0;
+  int ok = th_scall(&s, KVS_OP_PING, NULL, 0, NULL, NULL) == KVS_OK;
+  th_sclose(&s);
+  return ok;
+}
+
+/* Bad framing: an answer where one can be given, then the connection is
+ * closed; never a crash or a hang. */
+static void test_stream_bad_frames(void) {
+  kvs_wire_hdr h, a;
+  uint8_t f[KVS_WIRE_HDR_SIZE];
+  th_sconn s;
+  /* oversized length prefix: refused before any allocation, then closed */
+  sconn_alpha(&s);
+  kvs_wire_hdr_init(&h, KVS_OP_GET, 9, "alpha", "tok-alpha-123", 13);
+  h.payload_len = 0xFFFFFFF0u;
+  kvs_wire_hdr_encode(&h, f);
+  CU_ASSERT_EQUAL(th_swrite(&s, f, sizeof f), KVS_OK);
+  CU_ASSERT_EQUAL(th_sread_answer(&s, &a, NULL), KVS_ETOOBIG);
+  CU_ASSERT_EQUAL(a.req_id, 9);
+  uint8_t one;
+  CU_ASSERT_EQUAL(th_sread(&s, &one, 1), KVS_ECONN);
+  th_sclose(&s);
+  /* just over the stream's request bound */
+  sconn_alpha(&s);
+  h.payload_len = KVS_WIRE_STREAM_MAX_REQ + 1;
+  kvs_wire_hdr_encode(&h, f);
+  CU_ASSERT_EQUAL(th_swrite(&s, f, sizeof f), KVS_OK);
+  CU_ASSERT_EQUAL(th_sread_answer(&s, &a, NULL), KVS_ETOOBIG);
+  th_sclose(&s);
+  /* garbage header */
+  sconn_alpha(&s);
+  uint8_t junk[KVS_WIRE_HDR_SIZE];
+  for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)(i * 37 + 11);
+  CU_ASSERT_EQUAL(th_swrite(&s, junk, sizeof junk), KVS_OK);
+  CU_ASSERT_EQUAL(th_sread_answer(&s, &a, NULL), KVS_EMAGIC);
+  CU_ASSERT_EQUAL(th_sread(&s, &one, 1), KVS_ECONN);
+  th_sclose(&s);
+  /* a header mutation of each kind */
+  struct {
+    size_t off;
+    uint8_t val;
+    int want;
+  } muts[] = {{4, 9, KVS_EVERSION}, {6, 200, KVS_ENOTSUP}, {8, 0x40, KVS_EPROTO},
+              {28, 0, KVS_EPROTO},  {32, '!', KVS_EPROTO}, {12, 1, KVS_EPROTO}};
+  kvs_wire_hdr_init(&h, KVS_OP_PING, 10, "alpha", "tok-alpha-123", 13);
+  kvs_wire_hdr_encode(&h, f);
+  for (size_t i = 0; i < sizeof muts / sizeof muts[0]; i++) {
+    uint8_t g[KVS_WIRE_HDR_SIZE];
+    memcpy(g, f, sizeof g);
+    g[muts[i].off] = muts[i].val;
+    sconn_alpha(&s);
+    CU_ASSERT_EQUAL(th_swrite(&s, g, sizeof g), KVS_OK);
+    CU_ASSERT_EQUAL(th_sread_answer(&s, &a, NULL), muts[i].want);
+    th_sclose(&s);
+  }
+  /* truncated: part of a header, part of a payload, then the peer goes */
+  sconn_alpha(&s);
+  CU_ASSERT_EQUAL(th_swrite(&s, f, 50), KVS_OK);
+  th_sclose(&s);
+  sconn_alpha(&s);
+  kvs_wire_hdr_init(&h, KVS_OP_GET, 11, "alpha", "tok-alpha-123", 13);
+  h.payload_len = 1000;
+  kvs_wire_hdr_encode(&h, f);
+  CU_ASSERT_EQUAL(th_swrite(&s, f, sizeof f), KVS_OK);
+  CU_ASSERT_EQUAL(th_swrite(&s, junk, 20), KVS_OK);
+  th_sclose(&s);
+  /* an SP (nng REQ) client dialing the stream port gets nowhere, harmlessly */
+  th_conn r;
+  char u[300];
+  snprintf(u, sizeof u, "tcp://127.0.0.1:%d", g_d.sport);
+  if (th_connect(&r, u, "alpha", "tok-alpha-123", 300) == 0) {
+    CU_ASSERT(th_call(&r, KVS_OP_PING, 0, NULL, 0, NULL, NULL) != KVS_OK);
+    th_close(&r);
+  }
+  CU_ASSERT(stream_alive());
+  CU_ASSERT(alive());
+}
+
+/* A reader killed in the middle of a large answer: the server's send fails,
+ * the entry's ref is dropped, nothing is wedged; the bytes of an entry
+ * deleted while a GET was sending it stay intact until sent. */
+static void test_stream_killed_client(void) {
+  th_conn c;
+  conn_alpha(&c);
+  th_chunk ch;
+  th_chunk_make(&ch, 4401, 128, 6u << 20, 3);
+  CU_ASSERT_EQUAL_FATAL(th_put(&c, &ch, 0), KVS_OK);
+  kvs_wire_get_req g = {.key = ch.key, .model = ch.model, .flags = KVS_WIRE_GET_META,
+                        .seg_first = 0, .seg_count = KVS_WIRE_SEG_ALL,
+                        .n_tokens = ch.n_tokens, .tokens_le = (const uint8_t *)ch.tokens};
+  size_t pl = kvs_wire_get_req_size(&g);
+  uint8_t *frame = malloc(KVS_WIRE_HDR_SIZE + pl);
+  kvs_wire_hdr h;
+  kvs_wire_hdr_init(&h, KVS_OP_GET, 1, "alpha", "tok-alpha-123", 13);
+  h.payload_len = (uint32_t)pl;
+  kvs_wire_hdr_encode(&h, frame);
+  kvs_wire_get_req_encode(&g, frame + KVS_WIRE_HDR_SIZE, pl, NULL);
+  for (int k = 0; k < 3; k++) {
+    /* a child on a plain socket: sends the GET, reads 100 bytes, stalls; killed */
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      struct sockaddr_in sa;
+      memset(&sa, 0, sizeof sa);
+      sa.sin_family = AF_INET;
+      sa.sin_port = htons((uint16_t)g_d.sport);
+      sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) _exit(1);
+      size_t n = KVS_WIRE_HDR_SIZE + pl, w = 0;
+      while (w < n) {
+        ssize_t r = write(fd, frame + w, n - w);
+        if (r <= 0) _exit(1);
+        w += (size_t)r;
+      }
+      uint8_t b[100];
+      if (read(fd, b, sizeof b) <= 0) _exit(1);
+      for (;;) pause();
+    }
+    usleep(200000);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+  }
+  /* a reader that stops half-way while the entry is deleted and its RAM reused */
+  th_sconn s;
+  sconn_alpha(&s);
+  CU_ASSERT_EQUAL(th_swrite(&s, frame, KVS_WIRE_HDR_SIZE + pl), KVS_OK);
+  uint8_t hb[KVS_WIRE_HDR_SIZE];
+  CU_ASSERT_EQUAL(th_sread(&s, hb, sizeof hb), KVS_OK);
+  kvs_wire_hdr a;
+  CU_ASSERT_EQUAL_FATAL(kvs_wire_hdr_decode_head(hb, &a), KVS_OK);
+  CU_ASSERT_EQUAL(a.status, 0);
+  CU_ASSERT_EQUAL(th_key_op(&c, KVS_OP_DELETE, &ch, 0, NULL, NULL), KVS_OK);
+  th_chunk other;
+  th_chunk_make(&other, 4402, 128, 6u << 20, 3);
+  CU_ASSERT_EQUAL(th_put(&c, &other, 0), KVS_OK);
+  uint8_t *rest = malloc(a.payload_len);
+  CU_ASSERT_EQUAL(th_sread(&s, rest, a.payload_len), KVS_OK);
+  kvs_wire_get_resp r;
+  CU_ASSERT_EQUAL_FATAL(kvs_wire_get_resp_decode(rest, a.payload_len, &r), KVS_OK);
+  CU_ASSERT(r.byte_len == ch.vbytes && memcmp(r.bytes, ch.value, ch.vbytes) == 0);
+  free(rest);
+  th_sclose(&s);
+  th_key_op(&c, KVS_OP_DELETE, &other, 0, NULL, NULL);
+  th_chunk_free(&other);
+  free(frame);
+  th_chunk_free(&ch);
+  th_close(&c);
+  CU_ASSERT(stream_alive());
+  CU_ASSERT(alive());
+}
+
+/* kvstashd stops (drains and exits 0) with stream connections open in
+ * every state: idle, mid-frame, and an answer not read. */
+static void test_stream_stop(void) {
+  th_daemon d;
+  memset(&d, 0, sizeof d);
+  const char *const args[] = {"--ram_bytes=64M", NULL};
+  CU_ASSERT_FATAL(th_daemon_start(&d, args) == 0);
+  th_conn c;
+  CU_ASSERT_FATAL(th_connect(&c, d.url, "t", NULL, 10000) == 0);
+  th_chunk ch;
+  th_chunk_make(&ch, 4501, 64, 8u << 20, 2);
+  CU_ASSERT_EQUAL(th_put(&c, &ch, 0), KVS_OK);
+  th_sconn idle, mid, unread;
+  CU_ASSERT_FATAL(th_sconnect(&idle, d.surl, "t", NULL, 5000) == 0);
+  CU_ASSERT_FATAL(th_sconnect(&mid, d.surl, "t", NULL, 5000) == 0);
+  CU_ASSERT_FATAL(th_sconnect(&unread, d.surl, "t", NULL, 5000) == 0);
+  CU_ASSERT_EQUAL(th_scall(&idle, KVS_OP_PING, NULL, 0, NULL, NULL), KVS_OK);
+  uint8_t f[KVS_WIRE_HDR_SIZE];
+  kvs_wire_hdr h;
+  kvs_wire_hdr_init(&h, KVS_OP_PING, 1, "t", NULL, 0);
+  kvs_wire_hdr_encode(&h, f);
+  CU_ASSERT_EQUAL(th_swrite(&mid, f, 60), KVS_OK);
+  kvs_wire_get_req g = {.key = ch.key, .model = ch.model, .seg_first = 0,
+                        .seg_count = KVS_WIRE_SEG_ALL, .n_tokens = ch.n_tokens,
+                        .tokens_le = (const uint8_t *)ch.tokens};
+  uint8_t p[KVS_WIRE_GET_REQ_FIXED + 4 * 64];
+  size_t pl = kvs_wire_get_req_size(&g);
+  kvs_wire_get_req_encode(&g, p, sizeof p, NULL);
+  kvs_wire_hdr_init(&h, KVS_OP_GET, 2, "t", NULL, 0);
+  h.payload_len = (uint32_t)pl;
+  uint8_t fr[KVS_WIRE_HDR_SIZE + sizeof p];
+  kvs_wire_hdr_encode(&h, fr);
+  memcpy(fr + KVS_WIRE_HDR_SIZE, p, pl);
+  CU_ASSERT_EQUAL(th_swrite(&unread, fr, KVS_WIRE_HDR_SIZE + pl), KVS_OK);
+  usleep(100000);
+  uint64_t t0 = kvs_now_ns();
+  int st = th_daemon_stop(&d);
+  CU_ASSERT_EQUAL(st, 0);
+  CU_ASSERT((kvs_now_ns() - t0) / 1000000000ull < 15);
+  if (st != 0) th_daemon_dump_log(&d);
+  uint8_t one;
+  CU_ASSERT_EQUAL(th_sread(&idle, &one, 1), KVS_ECONN);
+  th_sclose(&idle);
+  th_sclose(&mid);
+  th_sclose(&unread);
+  th_close(&c);
+  th_chunk_free(&ch);
+  th_daemon_cleanup(&d);
+}
+
 static const kvs_test_case cases[] = {
     {"put_get", test_put_get},
     {"segments", test_segments},
@@ -983,6 +1286,11 @@ static const kvs_test_case cases[] = {
     {"eviction_order", test_eviction_order},
     {"tls", test_tls},
     {"shm_lease", test_shm_lease},
+    {"stream_get", test_stream_get},
+    {"stream_auth", test_stream_auth},
+    {"stream_bad_frames", test_stream_bad_frames},
+    {"stream_killed_client", test_stream_killed_client},
+    {"stream_stop", test_stream_stop},
     {NULL, NULL}};
 
 int main(void) { return kvs_test_run_fixture("cachesvc_daemon", cases, suite_init, suite_clean); }
