@@ -16,6 +16,11 @@
  *   kvstashd shm (GET only): the same-host fast path (shm = on): LEASE over
  *                                     ipc://, bytes copied out of the mapped
  *                                     segment into the reader's buffer
+ *   kvstashd stream (GET only): the byte-stream listener (tcp+stream://, nng's
+ *                                     stream API): the daemon writes the value
+ *                                     from its RAM tier to the socket; the
+ *                                     reader reads the head, then the value
+ *                                     straight into its buffer
  * Each client is a thread with its own connection doing one request at a
  * time. GETs read random keys of a working set put first (RAM-resident on
  * both sides). Then the KV-tokens-per-second comparison: a 256-token chunk of
@@ -63,7 +68,7 @@ static char g_dir[256];
 static pid_t g_kvs_pid, g_redis_pid, g_bare_pid;
 static char g_bare_tcp[128], g_bare_ipc[300];
 static volatile uint64_t *g_bare_size; /* shared with the bare server process */
-static char g_kvs_tcp[128], g_kvs_ipc[300], g_redis_sock[300];
+static char g_kvs_tcp[128], g_kvs_ipc[300], g_redis_sock[300], g_kvs_stream[128];
 static int g_redis_port;
 
 static int free_port(void) {
@@ -277,6 +282,76 @@ static int shm_get(kconn *c, shm_reader *sr, const kentry *e, uint8_t *dst, size
   return ok;
 }
 
+/* The byte-stream GET: one connection (nng_stream), one request at a time. */
+typedef struct sconn {
+  nng_stream *s;
+  nng_aio *aio;
+} sconn;
+
+static int sconnect(sconn *c, const char *url) {
+  memset(c, 0, sizeof *c);
+  char u[160];
+  snprintf(u, sizeof u, "tcp%s", strstr(url, "://")); /* tcp+stream://x -> tcp://x */
+  nng_stream_dialer *d;
+  if (nng_stream_dialer_alloc(&d, u) != 0) return -1;
+  int rv = nng_aio_alloc(&c->aio, NULL, NULL);
+  if (rv == 0) {
+    nng_aio_set_timeout(c->aio, 30000);
+    nng_stream_dialer_dial(d, c->aio);
+    nng_aio_wait(c->aio);
+    rv = nng_aio_result(c->aio);
+    if (rv == 0) c->s = nng_aio_get_output(c->aio, 0);
+  }
+  nng_stream_dialer_free(d);
+  return rv == 0 ? 0 : -1;
+}
+
+static void sclose(sconn *c) {
+  if (c->s) nng_stream_free(c->s);
+  if (c->aio) nng_aio_free(c->aio);
+  memset(c, 0, sizeof *c);
+}
+
+/* Exactly n bytes out (wr) or in; 0 on success. */
+static int sio(sconn *c, void *p, size_t n, int wr) {
+  size_t done = 0;
+  while (done < n) {
+    nng_iov iov = {(uint8_t *)p + done, n - done};
+    nng_aio_set_iov(c->aio, 1, &iov);
+    if (wr)
+      nng_stream_send(c->s, c->aio);
+    else
+      nng_stream_recv(c->s, c->aio);
+    nng_aio_wait(c->aio);
+    if (nng_aio_result(c->aio) != 0) return -1;
+    done += nng_aio_count(c->aio);
+  }
+  return 0;
+}
+
+/* GET over the stream: the request out, the 128-byte header and the GET
+ * head in, then the value straight into dst. Returns the value length or -1. */
+static long stream_get(sconn *c, const kentry *e, uint8_t *dst, size_t cap) {
+  if (sio(c, e->frame_get, e->get_len, 1) != 0) return -1;
+  uint8_t head[KVS_WIRE_HDR_SIZE + KVS_WIRE_GET_RESP_FIXED];
+  if (sio(c, head, KVS_WIRE_HDR_SIZE, 0) != 0) return -1;
+  kvs_wire_hdr h;
+  if (kvs_wire_hdr_decode_head(head, &h) != KVS_OK || h.status != 0 ||
+      h.payload_len < KVS_WIRE_GET_RESP_FIXED)
+    return -1;
+  uint8_t *fixed = head + KVS_WIRE_HDR_SIZE;
+  size_t head_len;
+  kvs_wire_get_resp r;
+  if (sio(c, fixed, KVS_WIRE_GET_RESP_FIXED, 0) != 0 ||
+      kvs_wire_get_resp_head_len(fixed, h.payload_len, &head_len) != KVS_OK ||
+      head_len != KVS_WIRE_GET_RESP_FIXED || /* no meta asked */
+      kvs_wire_get_resp_decode_head(fixed, head_len, h.payload_len, &r) != KVS_OK ||
+      r.byte_len > cap)
+    return -1;
+  if (sio(c, dst, (size_t)r.byte_len, 0) != 0) return -1;
+  return (long)r.byte_len;
+}
+
 /* Redis GET on the connection's socket: the command out, "$len\r\n" and
  * exactly len + 2 bytes read straight into buf. hiredis 0.14 grows its reply
  * buffer piecewise, which for multi-MiB values measured the client rather
@@ -316,13 +391,17 @@ enum {
   SYS_BARE_TCP,
   SYS_BARE_IPC,
   SYS_KVS_SHM,
+  SYS_KVS_STREAM,
   N_SYS
 };
-static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc", "redis tcp",   "redis unix",
-                                      "bare-nng tcp", "bare-nng ipc", "kvstashd shm"};
-static const char *sys_key[N_SYS] = {"kvs_tcp",      "kvs_ipc",      "redis_tcp", "redis_unix",
-                                     "bare_nng_tcp", "bare_nng_ipc", "kvs_shm"};
+static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc", "redis tcp",
+                                      "redis unix",   "bare-nng tcp", "bare-nng ipc",
+                                      "kvstashd shm", "kvstashd strm"};
+static const char *sys_key[N_SYS] = {"kvs_tcp",      "kvs_ipc",      "redis_tcp",
+                                     "redis_unix",   "bare_nng_tcp", "bare_nng_ipc",
+                                     "kvs_shm",      "kvs_stream_tcp"};
 #define IS_NNG(sys) ((sys) != SYS_REDIS_TCP && (sys) != SYS_REDIS_UNIX)
+#define IS_READONLY(sys) ((sys) >= SYS_BARE_TCP) /* bare server, shm, stream: GETs only */
 
 /* The transport's ceiling: a minimal synchronous nng REP server (its own
  * process) answering every request with a GET answer of *g_bare_size value
@@ -378,9 +457,13 @@ static void *thr_main(void *p) {
   thr *t = p;
   const run_cfg *rc = t->rc;
   kconn kc;
+  sconn sc;
+  memset(&sc, 0, sizeof sc);
   redisContext *rcx = NULL;
   int ok = 0;
-  if (IS_NNG(rc->sys))
+  if (rc->sys == SYS_KVS_STREAM)
+    ok = sconnect(&sc, g_kvs_stream) == 0;
+  else if (IS_NNG(rc->sys))
     ok = kconnect(&kc, rc->sys == SYS_KVS_TCP                               ? g_kvs_tcp
                        : rc->sys == SYS_KVS_IPC || rc->sys == SYS_KVS_SHM ? g_kvs_ipc
                        : rc->sys == SYS_BARE_TCP ? g_bare_tcp
@@ -397,7 +480,9 @@ static void *thr_main(void *p) {
     return NULL;
   }
   uint64_t rs = 0x1234 + (uint64_t)t->id * 977;
-  uint8_t *rbuf = (rcx || rc->sys == SYS_KVS_SHM) && !rc->put ? malloc(rc->size + 2) : NULL;
+  uint8_t *rbuf = (rcx || rc->sys == SYS_KVS_SHM || rc->sys == SYS_KVS_STREAM) && !rc->put
+                      ? malloc(rc->size + 2)
+                      : NULL;
   shm_reader sr;
   memset(&sr, 0, sizeof sr);
   double t_end = now_s() + rc->seconds;
@@ -417,6 +502,8 @@ static void *thr_main(void *p) {
     int good = 0;
     if (rc->sys == SYS_KVS_SHM && !rc->put) {
       good = rbuf && shm_get(&kc, &sr, e, rbuf, rc->size);
+    } else if (rc->sys == SYS_KVS_STREAM) {
+      good = rbuf && !rc->put && stream_get(&sc, e, rbuf, rc->size) == (long)rc->size;
     } else if (!rcx) {
       nng_msg *m = NULL;
       if (rc->put) {
@@ -459,6 +546,7 @@ static void *thr_main(void *p) {
   if (sr.map) munmap((void *)sr.map, sr.map_len);
   free(rbuf);
   if (rcx) redisFree(rcx);
+  else if (rc->sys == SYS_KVS_STREAM) sclose(&sc);
   else nng_close(kc.s);
   return NULL;
 }
@@ -542,6 +630,7 @@ static int start_servers(void) {
   g_redis_port = free_port();
   snprintf(g_kvs_tcp, sizeof g_kvs_tcp, "tcp://127.0.0.1:%d", kport);
   snprintf(g_kvs_ipc, sizeof g_kvs_ipc, "ipc://%s/kvs.sock", g_dir);
+  snprintf(g_kvs_stream, sizeof g_kvs_stream, "tcp+stream://127.0.0.1:%d", free_port());
   snprintf(g_redis_sock, sizeof g_redis_sock, "%s/redis.sock", g_dir);
   snprintf(g_bare_tcp, sizeof g_bare_tcp, "tcp://127.0.0.1:%d", free_port());
   snprintf(g_bare_ipc, sizeof g_bare_ipc, "ipc://%s/bare.sock", g_dir);
@@ -550,9 +639,9 @@ static int start_servers(void) {
   *g_bare_size = 1;
   g_bare_pid = fork(); /* before this process has any thread */
   if (g_bare_pid == 0) bare_server();
-  char a_data[300], a_listen[500], log[300];
+  char a_data[300], a_listen[700], log[300];
   snprintf(a_data, sizeof a_data, "--data_dir=%s/data", g_dir);
-  snprintf(a_listen, sizeof a_listen, "--listen=%s,%s", g_kvs_tcp, g_kvs_ipc);
+  snprintf(a_listen, sizeof a_listen, "--listen=%s,%s,%s", g_kvs_tcp, g_kvs_ipc, g_kvs_stream);
   snprintf(log, sizeof log, "%s/kvstashd.log", g_dir);
   char *kargv[] = {KVS_BENCH_KVSTASHD, a_data,         a_listen,        "--http=",
                    "--durability=sync", "--ram_bytes=3G", "--max_msg=64M", "--workers=8",
@@ -648,6 +737,7 @@ int main(int argc, char **argv) {
   /* get ratios at 1 MiB: [client index] tcp vs tcp, ipc vs unix */
   double ratio_tcp[8] = {0}, ratio_ipc[8] = {0}, p99r_tcp[8] = {0}, p99r_ipc[8] = {0};
   double bare_tcp[8] = {0}, bare_ipc[8] = {0}, shm_unix[8] = {0};
+  double ratio_stream[8] = {0}, p99r_stream[8] = {0};
   int have_1m = 0;
   for (int si = 0; si < n_sizes; si++) {
     size_t size = (size_t)sizes[si];
@@ -664,7 +754,8 @@ int main(int argc, char **argv) {
     kentry *keys = calloc((size_t)n_keys, sizeof *keys);
     for (int k = 0; k < n_keys; k++) kentry_init(&keys[k], (uint64_t)k + 1000000u * (uint64_t)si);
     for (int sys = 0; sys < N_SYS; sys++) { /* the working set, on both servers */
-      if (sys == SYS_KVS_IPC || sys == SYS_REDIS_UNIX) continue; /* same servers */
+      if (sys == SYS_KVS_IPC || sys == SYS_REDIS_UNIX || sys == SYS_KVS_STREAM)
+        continue; /* same servers */
       run_cfg fill = {sys, 1, 1, 1, size, n_keys, keys, value, ck, 0, seconds};
       result r = run(&fill);
       if (r.n != n_keys) fprintf(stderr, "fill of %s: %ld of %d keys\n", sys_name[sys], r.n, n_keys);
@@ -675,7 +766,7 @@ int main(int argc, char **argv) {
       *g_bare_size = size;
       for (int op = do_put; op >= 0; op--) /* PUT, then GET */
         for (int sys = 0; sys < N_SYS; sys++) {
-          if (op == 1 && sys >= SYS_BARE_TCP) continue; /* bare server, shm: GETs only */
+          if (op == 1 && IS_READONLY(sys)) continue; /* bare server, shm, stream: GETs only */
           run_cfg rc = {sys, op, (int)clients[ci], 0, size, n_keys, keys, value, ck, 0, seconds};
           res[sys][op] = run(&rc);
           result *r = &res[sys][op];
@@ -702,6 +793,8 @@ int main(int argc, char **argv) {
         bare_tcp[ci] = res[SYS_KVS_TCP][0].rps / (res[SYS_BARE_TCP][0].rps + 1e-9);
         bare_ipc[ci] = res[SYS_KVS_IPC][0].rps / (res[SYS_BARE_IPC][0].rps + 1e-9);
         shm_unix[ci] = res[SYS_KVS_SHM][0].rps / (res[SYS_REDIS_UNIX][0].rps + 1e-9);
+        ratio_stream[ci] = res[SYS_KVS_STREAM][0].rps / (res[SYS_REDIS_TCP][0].rps + 1e-9);
+        p99r_stream[ci] = res[SYS_KVS_STREAM][0].p99 / (res[SYS_REDIS_TCP][0].p99 + 1e-9);
       }
     }
     for (int k = 0; k < n_keys; k++) kentry_free(&keys[k]);
@@ -714,18 +807,28 @@ int main(int argc, char **argv) {
     jn += (size_t)snprintf(json + jn, sizeof json - jn, ",\"get_ratio_vs_redis_1MiB\":[");
     for (int ci = 0; ci < n_clients; ci++) {
       printf("  %3ld clients: req/s tcp %.2fx, ipc-vs-unix %.2fx; p99 tcp %.2fx, ipc-vs-unix %.2fx;"
-             " kvstashd / bare nng: tcp %.2fx, ipc %.2fx; shm-lease vs unix %.2fx\n",
+             " kvstashd / bare nng: tcp %.2fx, ipc %.2fx; shm-lease vs unix %.2fx;"
+             " stream tcp %.2fx (p99 %.2fx)\n",
              clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci],
-             bare_ipc[ci], shm_unix[ci]);
+             bare_ipc[ci], shm_unix[ci], ratio_stream[ci], p99r_stream[ci]);
       jn += (size_t)snprintf(json + jn, sizeof json - jn,
                              "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
                              "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f,"
                              "\"vs_bare_nng_tcp\":%.3f,\"vs_bare_nng_ipc\":%.3f,"
-                             "\"shm_vs_unix\":%.3f}",
+                             "\"shm_vs_unix\":%.3f,\"stream_tcp\":%.3f,"
+                             "\"p99_ratio_stream_tcp\":%.3f}",
                              ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci],
                              p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci], bare_ipc[ci],
-                             shm_unix[ci]);
+                             shm_unix[ci], ratio_stream[ci], p99r_stream[ci]);
     }
+    jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
+    /* the byte-stream GET path against Redis over TCP, by client count */
+    jn += (size_t)snprintf(json + jn, sizeof json - jn, ",\"stream_get_ratio_vs_redis_1MiB\":[");
+    for (int ci = 0; ci < n_clients; ci++)
+      jn += (size_t)snprintf(json + jn, sizeof json - jn,
+                             "%s{\"clients\":%ld,\"get_ratio_vs_redis\":%.3f,"
+                             "\"p99_ratio_vs_redis\":%.3f}",
+                             ci ? "," : "", clients[ci], ratio_stream[ci], p99r_stream[ci]);
     jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
   }
   if (do_tokens) {
@@ -759,7 +862,7 @@ int main(int argc, char **argv) {
           const uint8_t *val = is_kvs ? enc : (const uint8_t *)kv;
           run_cfg fill = {sys, 1, 1, 1, sz, 16, keys, val, kvs_checksum64(val, sz),
                           KVS_PROFILE_DENSE, seconds};
-          if (sys == SYS_KVS_SHM) fill.sys = SYS_KVS_IPC; /* the shm path only reads */
+          if (IS_READONLY(sys)) fill.sys = SYS_KVS_IPC; /* shm and stream only read */
           (void)run(&fill);
           fill.sys = sys;
           run_cfg rc = fill;
@@ -775,16 +878,19 @@ int main(int argc, char **argv) {
         double rt = tps[SYS_KVS_TCP] / (tps[SYS_REDIS_TCP] + 1e-9);
         double ri = tps[SYS_KVS_IPC] / (tps[SYS_REDIS_UNIX] + 1e-9);
         double rs = tps[SYS_KVS_SHM] / (tps[SYS_REDIS_UNIX] + 1e-9);
-        printf("  -> dense kvstashd / raw redis: tcp %.2fx, ipc-vs-unix %.2fx, shm-vs-unix %.2fx\n",
-               rt, ri, rs);
+        double rst = tps[SYS_KVS_STREAM] / (tps[SYS_REDIS_TCP] + 1e-9);
+        printf("  -> dense kvstashd / raw redis: tcp %.2fx, ipc-vs-unix %.2fx, shm-vs-unix %.2fx, "
+               "stream-vs-tcp %.2fx\n",
+               rt, ri, rs, rst);
         jn += (size_t)snprintf(json + jn, sizeof json - jn,
                                "%s{\"clients\":%ld,\"kvs_tcp\":%.0f,\"kvs_ipc\":%.0f,"
                                "\"kvs_shm\":%.0f,\"redis_tcp\":%.0f,\"redis_unix\":%.0f,"
                                "\"ratio_tcp\":%.3f,\"ratio_ipc_vs_unix\":%.3f,"
-                               "\"ratio_shm_vs_unix\":%.3f}",
+                               "\"ratio_shm_vs_unix\":%.3f,\"kvs_stream_tcp\":%.0f,"
+                               "\"ratio_stream_vs_tcp\":%.3f}",
                                ci ? "," : "", tc[ci], tps[SYS_KVS_TCP], tps[SYS_KVS_IPC],
                                tps[SYS_KVS_SHM], tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri,
-                               rs);
+                               rs, tps[SYS_KVS_STREAM], rst);
       }
       jn += (size_t)snprintf(json + jn, sizeof json - jn, "]}");
       for (int k = 0; k < 16; k++) kentry_free(&keys[k]);
