@@ -290,7 +290,11 @@ int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_s
 kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg) {
   memset(s, 0, sizeof *s);
 #ifdef KVS_CLIENT_HAVE_CODEC
-  s->seg_cap = max_seg ? max_seg : 1;
+  /* rounded up so that entries of nearby sizes share pooled buffers */
+  size_t cap = 4096;
+  while (cap < max_seg && cap < ((size_t)1 << 40))
+    cap <<= 1;
+  s->seg_cap = cap;
   s->ws_len = kvs_gpu_codec_workspace_bound(&d->info);
   kvs_err rv = kvs_gpu_alloc(&s->d_seg, s->seg_cap);
   if (!rv) rv = kvs_gpu_alloc(&s->d_ws, s->ws_len ? s->ws_len : 1);
@@ -309,7 +313,10 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
 #ifdef KVS_CLIENT_HAVE_CODEC
   const kvs_codec_info *info = &d->info;
   if (g >= d->G || hb >= he || he > d->layout.n_kv_heads) return KVS_EINVAL;
-  /* the kernels bound their reads but do not check checksums: do it here */
+  /* the kernels bound their reads but do not check checksums: the host does,
+     while the copy and the decode run (a group whose bytes fail is reported
+     failed, and its output, already written, must not be used: the caller
+     re-fetches or fails the get) */
   KVS_RETURN_ERROR_IF(len != info->seg_offset[g + 1] - info->seg_offset[g] ||
                           len < KVS_CODEC_SEG_HEADER_BYTES || len > s->seg_cap,
                       KVS_ECORRUPT, "segment size");
@@ -318,15 +325,19 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
                       KVS_ECORRUPT, "segment header");
   uint64_t pay = kvs_wire_rd64(bytes + KVS_SH_PAYLOAD, 0);
   KVS_RETURN_ERROR_IF(pay != len - KVS_CODEC_SEG_HEADER_BYTES, KVS_ECORRUPT, "segment payload");
-  KVS_RETURN_ERROR_IF(kvs_checksum64(bytes + KVS_CODEC_SEG_HEADER_BYTES, pay) !=
-                          kvs_wire_rd64(bytes + KVS_SH_CHECKSUM, 0),
-                      KVS_ECHECKSUM, "segment checksum");
   kvs_codec_out o = kvs_codec_out_contiguous(d_out, out_bytes, dtype);
   o.head_begin = hb;
   o.head_end = he;
-  KVS_TRY(kvs_gpu_copy_h2d(s->d_seg, bytes, len, s->stream));
-  KVS_TRY(kvs_gpu_codec_decode_segment(info, g, s->d_seg, &o, s->d_ws, s->ws_len, s->stream));
-  return kvs_gpu_codec_status(s->d_ws, s->stream);
+  kvs_err rv = kvs_gpu_copy_h2d(s->d_seg, bytes, len, s->stream);
+  if (rv == KVS_OK)
+    rv = kvs_gpu_codec_decode_segment(info, g, s->d_seg, &o, s->d_ws, s->ws_len, s->stream);
+  int sum_ok = kvs_checksum64(bytes + KVS_CODEC_SEG_HEADER_BYTES, pay) ==
+               kvs_wire_rd64(bytes + KVS_SH_CHECKSUM, 0);
+  /* always wait for the stream: the slot's buffers are reused after this */
+  kvs_err st = kvs_gpu_codec_status(s->d_ws, s->stream);
+  if (rv == KVS_OK) rv = st;
+  KVS_RETURN_ERROR_IF(rv == KVS_OK && !sum_ok, KVS_ECHECKSUM, "segment checksum");
+  return rv;
 #else
   (void)d, (void)g, (void)bytes, (void)len, (void)d_out, (void)out_bytes, (void)dtype;
   (void)hb, (void)he, (void)s;

@@ -74,9 +74,12 @@ void kvs__devslot_free(kvs__devslot *s);
  * decode d's segments of up to max_seg_bytes: device buffers are reused
  * across gets, since cudaFree synchronizes the whole device. */
 int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes);
-/* Checks group g's segment on the host (header, checksum), copies it to the
+/* Checks group g's segment header on the host, copies the segment to the
  * device and decodes it there into d_out (device memory, canonical layout
- * with heads [hb, he)); returns once the kernels are done. */
+ * with heads [hb, he)); the host checks the checksum while the copy and the
+ * kernels run. Returns once the kernels are done: KVS_ECHECKSUM (or
+ * KVS_ECORRUPT) means the group's output was written from bad bytes and
+ * must not be used. */
 kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint8_t *bytes,
                                    size_t len, void *d_out, uint64_t out_bytes, uint32_t dtype,
                                    uint32_t hb, uint32_t he, kvs__devslot *s);

@@ -268,6 +268,7 @@ void kvs_client_free(kvs_client *c) {
   pthread_mutex_unlock(&c->shm_mu);
   for (int i = 0; i < c->n_workers; i++)
     pthread_join(c->workers[i], NULL);
+  kvs__stream_close(c); /* stream gets end; a fallback among them ends at once */
   pthread_mutex_lock(&c->mu);
   while (c->active > 0) {
     size_t n = 0;
@@ -715,9 +716,9 @@ kvs_err kvs__work_submit(kvs_client *c, void (*fn)(void *), void *arg) {
     free(j);
     return KVS_ECLOSED;
   }
-  if (!c->workers) { /* first use: one thread per core, 2..8 */
+  if (!c->workers) { /* first use: one thread per core, 2..16 */
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    int want = n < 2 ? 2 : n > 8 ? 8 : (int)n;
+    int want = n < 2 ? 2 : n > 16 ? 16 : (int)n;
     c->workers = calloc((size_t)want, sizeof *c->workers);
     for (int i = 0; c->workers && i < want; i++)
       if (pthread_create(&c->workers[i], NULL, worker_main, c) == 0) c->n_workers++;

@@ -258,7 +258,7 @@ struct kvs_op {
   uint8_t *out;           /* host output (or the staging buffer of a device get) */
   void *dev_out;          /* KVS_GET_DEVICE: the caller's device buffer */
   int gpu_decode;         /* device get decoded by the GPU codec kernels */
-  kvs__devslot *devslots; /* [window] when gpu_decode */
+  uint64_t max_seg;       /* largest group segment: the device staging it needs */
   void *copy_stream;      /* device get decoded on the host: its copies */
   uint64_t deadline_ns;   /* of the whole get: every group request shares it */
   uint64_t out_bytes;
@@ -334,7 +334,7 @@ static int get_request(kvs_op *op, uint32_t flags, uint32_t seg_first, uint32_t 
   return rv;
 }
 
-static void group_done(kvs__call *call, void *arg);
+static void group_done(void *arg, int rv, const char *errmsg, const uint8_t *p, size_t pn);
 static void group_finish(kvs__sub *sub, int rv, const char *msg);
 static void shm_group_job(void *arg);
 
@@ -348,15 +348,15 @@ static void start_group_get(kvs__sub *sub) {
     nng_msg_free(m);
     rv = KVS_ETIMEDOUT;
   }
-  uint32_t left = rv ? 0 : (uint32_t)((op->deadline_ns - now) / 1000000);
-  kvs__call *call = rv ? NULL : kvs__call_new(op->c, m, 1, left, check_reply, group_done, sub);
-  if (!call) {
-    group_finish(sub, rv ? rv : KVS_ENOMEM,
+  if (rv) {
+    group_finish(sub, rv,
                  rv == KVS_ETIMEDOUT ? "the get's deadline passed between groups"
                                      : "cannot build a GET request");
     return;
   }
-  kvs__call_start(call);
+  /* by the byte stream when the client has one, else REQ/REP */
+  kvs__get_call(op->c, m, (uint32_t)((op->deadline_ns - now) / 1000000), check_reply, group_done,
+                sub);
 }
 
 /* Starts group requests until the window is full: a job reading shared
@@ -396,25 +396,91 @@ static void issue_more(kvs_op *op) {
   }
 }
 
+/* Device decode buffers (segment staging, workspace, stream): one set per
+ * group decode in progress, taken from a per-client pool and given back, so
+ * the pool holds about as many as threads decode at once. */
+struct kvs__devnode {
+  kvs__devslot s;
+  struct kvs__devnode *next;
+};
+#define KVS__DEVPOOL_MAX 64
+
+static kvs_err devslot_take(kvs_client *c, kvs__devslot *s, const kvs__decoder *dec,
+                            uint64_t max_seg) {
+  pthread_mutex_lock(&c->shm_mu);
+  for (struct kvs__devnode **pp = &c->devpool; *pp; pp = &(*pp)->next) {
+    struct kvs__devnode *n = *pp;
+    if (kvs__devslot_fits(&n->s, dec, (size_t)max_seg)) {
+      *pp = n->next;
+      c->n_devpool--;
+      pthread_mutex_unlock(&c->shm_mu);
+      *s = n->s;
+      free(n);
+      return KVS_OK;
+    }
+  }
+  /* none fits: a full pool gives up one set that is too small */
+  struct kvs__devnode *drop = NULL;
+  if (c->n_devpool >= KVS__DEVPOOL_MAX && c->devpool) {
+    drop = c->devpool;
+    c->devpool = drop->next;
+    c->n_devpool--;
+  }
+  pthread_mutex_unlock(&c->shm_mu);
+  if (drop) {
+    kvs__devslot_free(&drop->s);
+    free(drop);
+  }
+  return kvs__devslot_init(s, dec, (size_t)max_seg);
+}
+
+static void devslot_give(kvs_client *c, kvs__devslot *s) {
+  if (!s->d_seg) return;
+  struct kvs__devnode *n = NULL;
+  pthread_mutex_lock(&c->shm_mu);
+  if (c->n_devpool < KVS__DEVPOOL_MAX && (n = malloc(sizeof *n))) {
+    n->s = *s;
+    n->next = c->devpool;
+    c->devpool = n;
+    c->n_devpool++;
+  }
+  pthread_mutex_unlock(&c->shm_mu);
+  if (!n) kvs__devslot_free(s);
+  memset(s, 0, sizeof *s);
+}
+
+void kvs__devpool_free(kvs_client *c) {
+  while (c->devpool) {
+    struct kvs__devnode *n = c->devpool;
+    c->devpool = n->next;
+    kvs__devslot_free(&n->s);
+    free(n);
+  }
+  c->n_devpool = 0;
+}
+
 /* Decodes group sub->g from its encoded bytes (on the host, or on the GPU for
  * a device get of a lossy profile). */
 static int decode_group(kvs_op *op, const kvs__sub *sub, const uint8_t *bytes, size_t len) {
-  if (op->gpu_decode)
-    return kvs__decoder_decode_device(op->dec, sub->g, bytes, len, op->dev_out, op->out_bytes,
-                                      op->dtype, op->hb, op->he, &op->devslots[sub->idx]);
+  if (op->gpu_decode) {
+    kvs__devslot s;
+    int rv = devslot_take(op->c, &s, op->dec, op->max_seg);
+    if (rv) return rv;
+    rv = kvs__decoder_decode_device(op->dec, sub->g, bytes, len, op->dev_out, op->out_bytes,
+                                    op->dtype, op->hb, op->he, &s);
+    devslot_give(op->c, &s);
+    return rv;
+  }
   return kvs__decoder_decode(op->dec, sub->g, bytes, len, op->out, op->out_bytes, op->dtype,
                              op->hb, op->he, op->ws + sub->idx * op->ws_each, op->ws_each);
 }
 
-static void group_done(kvs__call *call, void *arg) {
+static void group_done(void *arg, int rv, const char *errmsg, const uint8_t *p, size_t pn) {
   kvs__sub *sub = arg;
   kvs_op *op = sub->op;
-  int rv = call->rv;
   char msg[KVS__ERRMSG_LEN];
-  snprintf(msg, sizeof msg, "%s", call->errmsg);
+  snprintf(msg, sizeof msg, "%s", errmsg);
   if (rv == KVS_OK) {
-    size_t pn;
-    const uint8_t *p = reply_payload(call->rep, &pn);
     kvs_wire_get_resp r;
     rv = kvs_wire_get_resp_decode(p, pn, &r);
     if (rv == KVS_OK && (r.seg_first != sub->seg_first || r.seg_count != sub->seg_count))
@@ -427,7 +493,6 @@ static void group_done(kvs__call *call, void *arg) {
       if (rv) snprintf(msg, sizeof msg, "decoding group %u failed (%s)", sub->g, kvs_errname(rv));
     }
   }
-  kvs__call_free(call);
   group_finish(sub, rv, msg);
 }
 
@@ -543,56 +608,6 @@ static int check_meta(const kvs_op *op, const kvs_wire_meta *m, char *msg, size_
   return KVS_OK;
 }
 
-/* Device decode buffers outlive their get in a small per-client pool. */
-struct kvs__devnode {
-  kvs__devslot s;
-  struct kvs__devnode *next;
-};
-#define KVS__DEVPOOL_MAX 64
-
-static kvs_err devslot_take(kvs_client *c, kvs__devslot *s, const kvs__decoder *dec,
-                            uint64_t max_seg) {
-  pthread_mutex_lock(&c->shm_mu);
-  for (struct kvs__devnode **pp = &c->devpool; *pp; pp = &(*pp)->next) {
-    struct kvs__devnode *n = *pp;
-    if (kvs__devslot_fits(&n->s, dec, (size_t)max_seg)) {
-      *pp = n->next;
-      c->n_devpool--;
-      pthread_mutex_unlock(&c->shm_mu);
-      *s = n->s;
-      free(n);
-      return KVS_OK;
-    }
-  }
-  pthread_mutex_unlock(&c->shm_mu);
-  return kvs__devslot_init(s, dec, (size_t)max_seg);
-}
-
-static void devslot_give(kvs_client *c, kvs__devslot *s) {
-  if (!s->d_seg) return;
-  struct kvs__devnode *n = NULL;
-  pthread_mutex_lock(&c->shm_mu);
-  if (c->n_devpool < KVS__DEVPOOL_MAX && (n = malloc(sizeof *n))) {
-    n->s = *s;
-    n->next = c->devpool;
-    c->devpool = n;
-    c->n_devpool++;
-  }
-  pthread_mutex_unlock(&c->shm_mu);
-  if (!n) kvs__devslot_free(s);
-  memset(s, 0, sizeof *s);
-}
-
-void kvs__devpool_free(kvs_client *c) {
-  while (c->devpool) {
-    struct kvs__devnode *n = c->devpool;
-    c->devpool = n->next;
-    kvs__devslot_free(&n->s);
-    free(n);
-  }
-  c->n_devpool = 0;
-}
-
 /* Buffers of the decode once the decoder is known; then the first groups go
  * out. Consumes dec; on failure the op fails. */
 static void op_begin_groups(kvs_op *op, kvs__decoder *dec, uint64_t max_seg) {
@@ -603,16 +618,12 @@ static void op_begin_groups(kvs_op *op, kvs__decoder *dec, uint64_t max_seg) {
   op->ws_busy = calloc(op->window, 1);
   op->ws = op->ws_each ? malloc(op->ws_each * op->window) : NULL;
   if (op->dev_out && kvs__decoder_gpu_ok(dec)) {
-    op->devslots = calloc(op->window, sizeof *op->devslots);
-    op->gpu_decode = op->devslots != NULL;
-    for (uint32_t i = 0; op->gpu_decode && i < op->window; i++)
-      if (devslot_take(op->c, &op->devslots[i], dec, max_seg)) op->gpu_decode = 0;
-    if (!op->gpu_decode) { /* fall back to decoding on the host */
-      for (uint32_t i = 0; op->devslots && i < op->window; i++)
-        devslot_give(op->c, &op->devslots[i]);
-      free(op->devslots);
-      op->devslots = NULL;
-    }
+    /* one device buffer set is taken per group decode, from the client's
+       pool; make sure the first can be had, else decode on the host */
+    kvs__devslot s;
+    op->max_seg = max_seg;
+    op->gpu_decode = devslot_take(op->c, &s, dec, max_seg) == KVS_OK;
+    if (op->gpu_decode) devslot_give(op->c, &s);
   }
   if (op->dev_out && !op->gpu_decode) {
     op->out = malloc(op->out_bytes);
@@ -653,16 +664,13 @@ static void op_first_over(kvs_op *op, int rv, const char *msg) {
 
 /* The first answer: the meta (checked against what the caller expects) and
  * segment 0, the prefix that says how to decode the rest. */
-static void first_done(kvs__call *call, void *arg) {
+static void first_done(void *arg, int rv, const char *errmsg, const uint8_t *p, size_t pn) {
   kvs_op *op = arg;
-  int rv = call->rv;
   char msg[KVS__ERRMSG_LEN];
-  snprintf(msg, sizeof msg, "%s", call->errmsg);
+  snprintf(msg, sizeof msg, "%s", errmsg);
   kvs__decoder *dec = NULL;
   uint64_t max_seg = 0;
   if (rv == KVS_OK) {
-    size_t pn;
-    const uint8_t *p = reply_payload(call->rep, &pn);
     kvs_wire_get_resp r;
     rv = kvs_wire_get_resp_decode(p, pn, &r);
     if (rv == KVS_OK && (r.meta_len == 0 || r.seg_first != 0 || r.seg_count != 1)) rv = KVS_EPROTO;
@@ -681,7 +689,6 @@ static void first_done(kvs__call *call, void *arg) {
                  r.meta.codec_profile, kvs_errname(rv));
     }
   }
-  kvs__call_free(call);
   if (rv == KVS_OK) op_begin_groups(op, dec, max_seg);
   op_first_over(op, rv, msg);
 }
@@ -691,9 +698,8 @@ static void first_done(kvs__call *call, void *arg) {
 static int start_first_get(kvs_op *op, uint32_t timeout_ms) {
   nng_msg *m = NULL;
   int rv = get_request(op, KVS_WIRE_GET_META, 0, 1, &m);
-  kvs__call *call = rv ? NULL : kvs__call_new(op->c, m, 1, timeout_ms, check_reply, first_done, op);
-  if (!call) return rv ? rv : KVS_ENOMEM;
-  kvs__call_start(call);
+  if (rv) return rv;
+  kvs__get_call(op->c, m, timeout_ms, check_reply, first_done, op); /* stream or REQ/REP */
   return KVS_OK;
 }
 
@@ -956,9 +962,6 @@ void kvs_op_free(kvs_op *op) {
   while (!op->finished)
     pthread_cond_wait(&op->cv, &op->mu);
   pthread_mutex_unlock(&op->mu);
-  for (uint32_t i = 0; op->devslots && i < op->window; i++)
-    devslot_give(op->c, &op->devslots[i]);
-  free(op->devslots);
   if (op->copy_stream) kvs_gpu_stream_free(op->copy_stream);
   kvs__decoder_free(op->dec);
   if (op->dev_out) free(op->out);

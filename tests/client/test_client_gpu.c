@@ -8,6 +8,7 @@
 
 #include "kvs_gpu.h"
 #include "kvs_test.h"
+#include "codec_seam.h"
 #include "kvstash.h"
 #include "server.h"
 
@@ -75,6 +76,98 @@ static void roundtrip(const char *profile) {
   free(kv), free(back);
 }
 
+/* The device decode of one group checks its checksum while the GPU runs:
+ * a flipped payload byte fails the group (ECHECKSUM), never passes, and the
+ * device buffers stay usable (the intact bytes decode right after). */
+static void test_device_checksum(void) {
+  int id = kvs_profile_from_name("int8");
+  if (id < 0) return;
+  const uint32_t T = 64;
+  unsigned long long st = 5;
+  size_t nb = kvs_layout_token_bytes(&lay) * T;
+  uint16_t *kv = malloc(nb);
+  for (size_t i = 0; i < nb / 2; i++)
+    kv[i] = kvs_f32_to_f16(kvs_test_randf(&st));
+  kvs__encoded e;
+  memset(&e, 0, sizeof e);
+  CU_ASSERT_EQUAL_FATAL(kvs__encode((uint32_t)id, 1, &lay, T, kv, &e), KVS_OK);
+  kvs__decoder *dec = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs__decoder_open((uint32_t)id, &lay, T, e.bytes, e.seg_end[0], &dec),
+                        KVS_OK);
+  CU_ASSERT_FATAL(kvs__decoder_groups(dec) >= 2 && e.n_segs >= 3);
+  kvs__devslot s;
+  CU_ASSERT_EQUAL_FATAL(kvs__devslot_init(&s, dec, e.len), KVS_OK);
+  void *dout = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&dout, nb), KVS_OK);
+  uint8_t *g1 = e.bytes + e.seg_end[1];
+  size_t len1 = e.seg_end[2] - e.seg_end[1];
+  g1[len1 - 3] ^= 0x40; /* a payload byte of group 1 */
+  CU_ASSERT_EQUAL(
+      kvs__decoder_decode_device(dec, 1, g1, len1, dout, nb, KVS_DTYPE_F16, 0, lay.n_kv_heads, &s),
+      KVS_ECHECKSUM);
+  g1[len1 - 3] ^= 0x40;
+  CU_ASSERT_EQUAL(
+      kvs__decoder_decode_device(dec, 1, g1, len1, dout, nb, KVS_DTYPE_F16, 0, lay.n_kv_heads, &s),
+      KVS_OK);
+  /* a wrong group index in the header: refused before any copy */
+  CU_ASSERT_EQUAL(
+      kvs__decoder_decode_device(dec, 0, g1, len1, dout, nb, KVS_DTYPE_F16, 0, lay.n_kv_heads, &s),
+      KVS_ECORRUPT);
+  kvs__devslot_free(&s);
+  kvs__decoder_free(dec);
+  kvs__encoded_free(&e);
+  kvs_gpu_free(dout);
+  free(kv);
+}
+
+/* Many chunks fetched at once into device memory: groups of every chunk
+ * decode concurrently on pooled device buffers; each lands where it belongs. */
+static void test_batch_device(void) {
+  int id = kvs_profile_from_name("int8");
+  if (id < 0) return;
+  enum { N = 12, CT = 32 };
+  unsigned long long st = 9;
+  size_t cb = kvs_layout_token_bytes(&lay) * CT;
+  uint16_t *kv = malloc(cb * N), *back = malloc(cb * N), *ref = malloc(cb * N);
+  for (size_t i = 0; i < cb * N / 2; i++)
+    kv[i] = kvs_f32_to_f16(kvs_test_randf(&st));
+  int32_t tok[N * CT];
+  for (int i = 0; i < N * CT; i++)
+    tok[i] = 7 * i + 1;
+  kvs_model_id m = kvs_hash128_buf("batch", 5);
+  kvs_chunk ch[N];
+  size_t nc = 0;
+  CU_ASSERT_EQUAL_FATAL(kvs_chunk_prefix(&m, tok, N * CT, CT, 0, ch, N, &nc), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(nc, N);
+  const void *kvp[N];
+  void *outs[N], *houts[N];
+  uint64_t caps[N];
+  void *dout = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&dout, cb * N), KVS_OK);
+  for (int c = 0; c < N; c++) {
+    kvp[c] = (uint8_t *)kv + c * cb;
+    outs[c] = (uint8_t *)dout + c * cb;
+    houts[c] = (uint8_t *)ref + c * cb;
+    caps[c] = cb;
+  }
+  kvs_put_opts po = {.profile = (uint32_t)id, .layers_per_group = 1};
+  CU_ASSERT_EQUAL_FATAL(kvs_put_batch(cl, &m, tok, ch, N, &lay, kvp, &po, NULL), KVS_OK);
+  kvs_get_opts go = {.flags = KVS_GET_DEVICE, .window = 3};
+  for (int round = 0; round < 2; round++) { /* the second reuses the pooled buffers */
+    CU_ASSERT_EQUAL(kvs_get_batch(cl, &m, tok, ch, N, &lay, outs, caps, &go, NULL), KVS_OK);
+    kvs_gpu_copy_d2h(back, dout, cb * N, NULL);
+    CU_ASSERT_EQUAL(kvs_get_batch(cl, &m, tok, ch, N, &lay, houts, caps, NULL, NULL), KVS_OK);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < cb * N / 2; i++) {
+      double a = kvs_f16_to_f32(back[i]), b = kvs_f16_to_f32(ref[i]);
+      num += (a - b) * (a - b), den += b * b;
+    }
+    CU_ASSERT(den > 0 && num / den < 1e-6);
+  }
+  kvs_gpu_free(dout);
+  free(kv), free(back), free(ref);
+}
+
 static void test_raw(void) { roundtrip("raw"); }
 static void test_lossless(void) { roundtrip("lossless"); }
 static void test_int8(void) { roundtrip("int8"); }
@@ -84,6 +177,8 @@ static const kvs_test_case cases[] = {{"raw", test_raw},
                                       {"lossless", test_lossless},
                                       {"int8", test_int8},
                                       {"kivi4", test_kivi4},
+                                      {"device_checksum", test_device_checksum},
+                                      {"batch_device", test_batch_device},
                                       {NULL, NULL}};
 
 int main(void) {
