@@ -80,16 +80,24 @@ static kvs_err raw_encode(uint32_t lpg_want, const kvs_layout *l, uint32_t T, co
   return KVS_OK;
 }
 
-kvs_err kvs__encode(uint32_t profile, uint32_t lpg, const kvs_layout *layout, uint32_t n_tokens,
-                    const void *kv, kvs__encoded *out) {
+kvs_err kvs__encode(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
+                    const kvs_layout *layout, uint32_t n_tokens, const void *kv,
+                    kvs__encoded *out) {
   memset(out, 0, sizeof *out);
   KVS_TRY(kvs_layout_validate(layout));
   if (n_tokens == 0 || !kv) return KVS_EINVAL;
-  if (profile == KVS_PROFILE_RAW) return raw_encode(lpg, layout, n_tokens, kv, out);
+  if (profile == KVS_PROFILE_RAW && !params) return raw_encode(lpg, layout, n_tokens, kv, out);
 #ifdef KVS_CLIENT_HAVE_CODEC
   kvs_codec_params p;
-  KVS_TRY(kvs_codec_params_default((int)profile, layout->n_layers, &p));
-  p.layers_per_group = lpg;
+  if (params) {
+    KVS_RETURN_ERROR_IF(params->profile != profile, KVS_EINVAL,
+                        "codec parameters of another profile than the put's");
+    p = *params;
+    if (!p.layers_per_group) p.layers_per_group = lpg;
+  } else {
+    KVS_TRY(kvs_codec_params_default((int)profile, layout->n_layers, &p));
+    p.layers_per_group = lpg;
+  }
   size_t cap = kvs_codec_encode_bound(&p, layout, n_tokens);
   if (!cap) return KVS_EINVAL;
   out->bytes = malloc(cap);

@@ -30,8 +30,9 @@ typedef struct kvs__encoded {
 void kvs__encoded_free(kvs__encoded *e);
 
 /* Encodes kv (canonical layout, n_tokens) with profile (KVS_PROFILE_RAW or a
- * codec id). KVS_ENOTSUP when the profile needs the codec and it is absent. */
-kvs_err kvs__encode(uint32_t profile, uint32_t layers_per_group, const kvs_layout *layout,
+ * codec id) and params (NULL: the profile's defaults; see kvs_put_opts). KVS_ENOTSUP when the profile needs the codec and it is absent. */
+kvs_err kvs__encode(uint32_t profile, uint32_t layers_per_group,
+                    const struct kvs_codec_params *params, const kvs_layout *layout,
                     uint32_t n_tokens, const void *kv, kvs__encoded *out);
 
 /* A parsed prefix: how to fetch and decode the data segments. */

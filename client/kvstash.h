@@ -207,11 +207,20 @@ int kvs_profile_from_name(const char *name);
 /* 1 when the codec is compiled in (profiles other than raw work). */
 int kvs_client_has_codec(void);
 
+struct kvs_codec_params; /* kvs_codec.h */
 typedef struct kvs_put_opts {
   uint32_t profile;          /* KVS_PROFILE_RAW default */
-  uint32_t layers_per_group; /* segment granularity of streamed gets (0 = 1) */
+  uint32_t layers_per_group; /* segment granularity of streamed gets (0 = 1); a device get
+                                decodes a group per step, so a few layers per group (4 for
+                                32 layers) keep per-group costs off a large prefix hit */
   uint32_t ttl_s;            /* 0 = no expiry */
   uint32_t flags;            /* KVS_PUT_* */
+  /* NULL: the profile's defaults (kvs_codec_params_default). Else the codec
+   * parameters to encode with (e.g. the dense profile's quantizer steps:
+   * K = V = 0.1 is parity on SmolLM2); its profile must equal `profile`
+   * (KVS_EINVAL otherwise); its layers_per_group, when 0, is taken from
+   * above. The decoder reads every parameter from the stored header. */
+  const struct kvs_codec_params *codec;
 } kvs_put_opts;
 #define KVS_PUT_NX     1u /* fail with KVS_EEXIST when the key is stored */
 #define KVS_PUT_SYNC   2u /* the server syncs its log before answering */

@@ -1046,7 +1046,8 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
     host = staged;
   }
   kvs__encoded e;
-  int rv = kvs__encode(o->profile, o->layers_per_group, layout, chunk->n_tokens, host, &e);
+  int rv = kvs__encode(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, host,
+                       &e);
   free(staged);
   if (rv)
     return kvs__seterr(c, rv, "encoding with profile %u failed%s", o->profile,

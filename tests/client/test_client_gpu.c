@@ -90,7 +90,7 @@ static void test_device_checksum(void) {
     kv[i] = kvs_f32_to_f16(kvs_test_randf(&st));
   kvs__encoded e;
   memset(&e, 0, sizeof e);
-  CU_ASSERT_EQUAL_FATAL(kvs__encode((uint32_t)id, 1, &lay, T, kv, &e), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs__encode((uint32_t)id, 1, NULL, &lay, T, kv, &e), KVS_OK);
   kvs__decoder *dec = NULL;
   CU_ASSERT_EQUAL_FATAL(kvs__decoder_open((uint32_t)id, &lay, T, e.bytes, e.seg_end[0], &dec),
                         KVS_OK);

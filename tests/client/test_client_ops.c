@@ -12,6 +12,10 @@
 
 #include "kvs_test.h"
 #include "kvstash.h"
+#if __has_include("kvs_codec.h")
+#include "kvs_codec.h"
+#define KVS_TEST_CODEC_H 1
+#endif
 #include "server.h"
 
 static test_server srv;
@@ -349,6 +353,52 @@ static void test_codec(void) {
   CU_ASSERT_EQUAL(kvs_get(cl, &model, tok, &ch[0], &lay, hout, hb, &ho), KVS_OK);
   CU_ASSERT(memcmp(hout, kv + 2 * lay.head_dim, lay.head_dim * 2 * 2) == 0);
   free(hout), free(out), free(kv), free(tok);
+}
+
+/* Codec parameters chosen by the caller: dense at parity steps (0.1) is
+ * larger and closer than the defaults; parameters of another profile are
+ * refused before anything is stored. */
+static void test_codec_params(void) {
+#ifdef KVS_TEST_CODEC_H
+  int dense = kvs_profile_from_name("dense");
+  if (!kvs_client_has_codec() || dense < 0) return;
+  const uint32_t T = 128;
+  int32_t *tok = make_tokens(3 * T);
+  uint16_t *kv = make_kv(T);
+  kvs_span sp[3] = {{0, T}, {T, T}, {2 * T, T}};
+  kvs_chunk ch[3];
+  kvs_chunk_spans(&model, tok, 3 * T, sp, 3, ch);
+  kvs_codec_params fine;
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_params_default(dense, lay.n_layers, &fine), KVS_OK);
+  fine.k_step = fine.v_step = 0.1f;
+  kvs_put_opts po = {.profile = (uint32_t)dense};
+  CU_ASSERT_EQUAL(kvs_put(cl, &model, tok, &ch[0], &lay, kv, &po), KVS_OK);
+  po.codec = &fine;
+  CU_ASSERT_EQUAL(kvs_put(cl, &model, tok, &ch[1], &lay, kv, &po), KVS_OK);
+  kvs_codec_params other;
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_params_default(kvs_profile_from_name("int8"), lay.n_layers, &other),
+                        KVS_OK);
+  po.codec = &other;
+  CU_ASSERT_EQUAL(kvs_put(cl, &model, tok, &ch[2], &lay, kv, &po), KVS_EINVAL);
+  uint8_t st[3] = {9, 9, 9};
+  CU_ASSERT_EQUAL(kvs_lookup(cl, &model, tok, 3 * T, ch, 3, KVS_LOOKUP_EACH, st, NULL), KVS_OK);
+  CU_ASSERT(st[0] && st[1] && st[2] == 0);
+  uint64_t nb = kvs_get_bound(&lay, T, NULL);
+  uint16_t *out = malloc(nb);
+  double e[2] = {0, 0}, ref = 0;
+  for (int c = 0; c < 2; c++) {
+    CU_ASSERT_EQUAL(kvs_get(cl, &model, tok, &ch[c], &lay, out, nb, NULL), KVS_OK);
+    for (size_t i = 0; i < nb / 2; i++) {
+      double a = kvs_f16_to_f32(out[i]), b = kvs_f16_to_f32(kv[i]);
+      e[c] += (a - b) * (a - b);
+      if (c == 0) ref += b * b;
+    }
+  }
+  CU_ASSERT(ref > 0 && e[1] > 0 && e[1] < 0.5 * e[0]);
+  free(out), free(kv), free(tok);
+#else
+  CU_ASSERT(!kvs_client_has_codec()); /* a codec build must compile this test with it */
+#endif
 }
 
 /* Many chunks in one lookup: split into protocol-sized batches. */
@@ -912,6 +962,7 @@ static const kvs_test_case cases[] = {{"ping", test_ping},
                                       {"tenants", test_tenants},
                                       {"async_batch", test_async_batch},
                                       {"codec", test_codec},
+                                      {"codec_params", test_codec_params},
                                       {"auth", test_auth},
                                       {"lookup_many", test_lookup_many},
                                       {"shm_off_fallback", test_shm_off_fallback},
