@@ -10,6 +10,7 @@
  *
  *   kvs-bench-client [--tokens 2048] [--chunk 256] [--layers 32] [--heads 8]
  *                    [--dim 128] [--iters 5] [--profiles raw,int8 (--gpu: int8,dense)]
+ *                    (a profile may carry dense steps: dense:0.1/0.1 = K step / V step)
  *                    [--window 4 (group requests in flight per chunk)]
  *                    [--lpg 1 (layers per group)] [--no-shm]
  *                    [--kvstashd PATH | --url URL[,URL2]] [--gpu | --device]
@@ -33,6 +34,9 @@
 
 #include "kvs_gpu.h"
 #include "kvstash.h"
+#ifdef KVS_BENCH_HAVE_CODEC
+#include "kvs_codec.h"
+#endif
 
 #ifndef KVS_BENCH_KVSTASHD
 #define KVS_BENCH_KVSTASHD ""
@@ -253,7 +257,27 @@ int main(int argc, char **argv) {
   snprintf(prof, sizeof prof, "%s", profiles);
   for (char *save = NULL, *p = strtok_r(prof, ",", &save); p && !rc;
        p = strtok_r(NULL, ",", &save)) {
-    int id = kvs_profile_from_name(p);
+    char pname[64];
+    snprintf(pname, sizeof pname, "%s", p);
+    char *steps = strchr(pname, ':');
+    if (steps) *steps++ = 0;
+    int id = kvs_profile_from_name(pname);
+#ifdef KVS_BENCH_HAVE_CODEC
+    kvs_codec_params cp;
+    int have_cp = 0;
+    if (id > 0 && steps) {
+      float ks = 0, vs = 0;
+      if (sscanf(steps, "%f/%f", &ks, &vs) != 2 || ks <= 0 || vs <= 0 ||
+          kvs_codec_params_default(id, L, &cp) != KVS_OK) {
+        fprintf(stderr, "profile %s: steps are K/V, e.g. dense:0.1/0.1\n", p);
+        rc = 2;
+        break;
+      }
+      cp.k_step = ks, cp.v_step = vs, have_cp = 1;
+    }
+#else
+    if (steps) id = -1;
+#endif
     if (id < 0) {
       fprintf(stderr, "profile %s unknown or codec not built in: skipped\n", p);
       continue;
@@ -265,6 +289,9 @@ int main(int argc, char **argv) {
     for (size_t c = 0; c < n_chunks; c++)
       kvp[c] = (uint8_t *)kv + c * chunk_bytes;
     kvs_put_opts po = {.profile = (uint32_t)id, .layers_per_group = (uint32_t)lpg};
+#ifdef KVS_BENCH_HAVE_CODEC
+    if (have_cp) po.codec = &cp;
+#endif
     double t0 = now_ms();
     int rv = kvs_put_batch(cl[0], &pm, tok, ch, n_chunks, &lay, kvp, &po, NULL);
     double put_ms = now_ms() - t0;
@@ -274,7 +301,15 @@ int main(int argc, char **argv) {
       rc = 1;
       break;
     }
-    printf("%-28s %9.2f ms (encode + store, not the measured path)\n", p, put_ms);
+    uint64_t stored = 0;
+    for (size_t c = 0; c < n_chunks; c++) {
+      kvs_entry_info ei;
+      if (kvs_exists(cl[0], &pm, &ch[c].key, &ei) == KVS_OK && ei.present) stored += ei.value_bytes;
+    }
+    double bpe = stored * 8.0 / (total / 2.0);
+    printf("%-28s %9.2f ms (encode + store, not the measured path), %.2f bits/elem stored\n", p,
+           put_ms, bpe);
+    jn += snprintf(json + jn, sizeof json - (size_t)jn, ",\"%s_bits_per_elem\":%.3f", p, bpe);
     for (int u = 0; u < 3 && !rc; u++) {
       if (!cl[u]) continue;
       double err = 0;
