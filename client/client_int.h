@@ -105,6 +105,13 @@ struct kvs_client {
   /* kvs_client_counters, as atomics */
   atomic_uint_fast64_t n_gets, n_shm_gets, n_shm_fallbacks, n_shm_regroups, n_shm_bytes,
       n_leases, n_releases, n_release_lost, n_shm_maps;
+  /* byte-stream GETs (stream.c), under mu */
+  char *stream_url;                  /* kvs_client_stream's URL, NULL = off */
+  nng_stream_dialer *stream_dialer;
+  struct kvs__sconn *sidle, *sall;   /* idle connections / all of them */
+  int n_sconns, s_active;            /* connections made / serving a call */
+  uint64_t stream_retry_ns;          /* after a failed dial: REQ/REP until then */
+  atomic_uint_fast64_t n_stream_gets, n_stream_fallbacks;
 };
 
 /* Records err with a printf message as this thread's last error on c and
@@ -139,6 +146,25 @@ uint8_t *kvs__frame_payload(nng_msg *m);
  * op, a response, status 0; a server error comes back with its message);
  * *rep (may be NULL) gets the reply. req is consumed. */
 int kvs__frame_roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, nng_msg **rep);
+
+/* ---- byte-stream GETs (stream.c) */
+typedef struct kvs__sconn kvs__sconn;
+/* The answer of a GET: rv (a kvs_err; a server error with its message in
+ * errmsg) and, on KVS_OK, the answer's payload - a view valid only during
+ * the callback. Called once, on an nng thread (or on the caller's when the
+ * call cannot start). */
+typedef void (*kvs__get_done_fn)(void *arg, int rv, const char *errmsg, const uint8_t *payload,
+                                 size_t n);
+/* One GET round trip: over the client's byte stream when kvs_client_stream
+ * set one (the payload read into the connection's reused buffer, no nng
+ * message), otherwise - or when the stream cannot carry it before its answer
+ * began - by kvs__call with check (idempotent, retried). req is a sealed
+ * GET frame, consumed. timeout_ms 0 = the client's request timeout. */
+void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_check_fn check,
+                   kvs__get_done_fn done, void *arg);
+/* At kvs_client_free, once c->closed is set: ends the stream calls in
+ * flight (KVS_ECLOSED), waits for them, frees the connections. */
+void kvs__stream_close(kvs_client *c);
 
 /* ---- same-host fast path (conn.c) */
 /* The mapping of segment `name` (mapped read-only on first use, then cached).

@@ -124,6 +124,18 @@ typedef struct kvs_client_opts {
  * opened and gets fall back to the socket. */
 #define KVS_CLIENT_SHM 4u
 
+/* Byte-stream GETs: kvstashd listening on `tcp+stream://HOST:PORT` (or
+ * `ipc+stream:///path`, docs/kvstashd.md) answers GETs as plain frames on a
+ * stream, the value written from its RAM tier to the socket and read here
+ * into a reused buffer, with no nng message in between. After this call the
+ * client's socket gets go there (a pool of connections, dialed on demand, one
+ * request each at a time); everything else stays on opts.url. When the
+ * stream cannot be reached, or a connection drops before its answer began,
+ * the same get goes through opts.url, so nothing fails for it. Set once,
+ * before the client's first get; the URL is copied. KVS_EINVAL for another
+ * scheme, KVS_EBUSY when already set. */
+kvs_err kvs_client_stream(kvs_client *c, const char *stream_url);
+
 /* Fills the defaults given above; url must still be set. */
 void kvs_client_opts_init(kvs_client_opts *o);
 /* Opens the pool. On failure *out is still set when the handle could be made

@@ -1,0 +1,251 @@
+/* libkvstash's byte-stream gets (kvs_client_stream) against the real
+ * kvstashd with a tcp+stream:// listener: the same KV as over REQ/REP, the
+ * same errors, several gets in flight, and the fallback to REQ/REP when the
+ * stream is not there or its connections die with the daemon. Skipped (77)
+ * when the kvstashd binary is not built. White-box: reads the client's
+ * stream counters (client_int.h). */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "client_int.h"
+#include "kvs_test.h"
+#include "kvstash.h"
+#include "server.h"
+
+static test_server srv;
+static char surl[128];
+static kvs_model_id model;
+static const kvs_layout lay = {.n_layers = 8,
+                               .n_kv_heads = 4,
+                               .head_dim = 64,
+                               .dtype = KVS_DTYPE_F16,
+                               .rope_type = KVS_ROPE_NORM,
+                               .rope_dims = 64,
+                               .rope_theta = 10000.0f,
+                               .rope_freq_scale = 1.0f};
+static unsigned long long seed = 7;
+
+static int free_tcp_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t l = sizeof a;
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(fd, (struct sockaddr *)&a, &l) == 0)
+    port = ntohs(a.sin_port);
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+static int suite_init(void) {
+  int port = free_tcp_port();
+  snprintf(surl, sizeof surl, "tcp+stream://127.0.0.1:%d", port);
+  char flag[256];
+  snprintf(flag, sizeof flag, "--listen=%s --tenant=alpha:tok-a --tenant=beta:tok-b", surl);
+  int rv = test_server_start_flag(&srv, "real", flag);
+  if (rv == 77) exit(77);
+  model = kvs_hash128_buf("stream-model", 12);
+  return rv;
+}
+
+static int suite_clean(void) {
+  test_server_stop(&srv);
+  return 0;
+}
+
+static kvs_client *client(const char *tenant, const char *token, const char *stream) {
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = srv.url;
+  o.tenant = tenant;
+  o.token = token;
+  o.flags = KVS_CLIENT_NO_SHM;
+  o.request_timeout_ms = 20000;
+  kvs_client *c = NULL;
+  if (kvs_client_create(&o, &c)) {
+    fprintf(stderr, "connect: %s\n", kvs_client_errmsg(c));
+    kvs_client_free(c);
+    return NULL;
+  }
+  if (stream && kvs_client_stream(c, stream) != KVS_OK) {
+    fprintf(stderr, "stream: %s\n", kvs_client_errmsg(c));
+    kvs_client_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+typedef struct chunk {
+  int32_t *tok;
+  uint16_t *kv;
+  kvs_chunk ch;
+  uint32_t T;
+} chunk;
+
+static void chunk_make(chunk *k, uint32_t T) {
+  k->T = T;
+  k->tok = malloc(T * sizeof *k->tok);
+  for (uint32_t i = 0; i < T; i++)
+    k->tok[i] = (int32_t)(kvs_test_rand(&seed) % 49152);
+  size_t n = kvs_layout_token_bytes(&lay) * T / 2;
+  k->kv = malloc(n * 2);
+  for (size_t i = 0; i < n; i++)
+    k->kv[i] = kvs_f32_to_f16(kvs_test_randf(&seed) * 4.0f);
+  kvs_span sp = {0, T};
+  kvs_chunk_spans(&model, k->tok, T, &sp, 1, &k->ch);
+}
+
+static void chunk_free(chunk *k) {
+  free(k->tok);
+  free(k->kv);
+}
+
+static void test_stream_get(void) {
+  kvs_client *c = client("alpha", "tok-a", surl);
+  kvs_client *plain = client("alpha", "tok-a", NULL);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(plain);
+  chunk k;
+  chunk_make(&k, 256);
+  kvs_put_opts po = {.profile = KVS_PROFILE_RAW, .layers_per_group = 2};
+  CU_ASSERT_EQUAL_FATAL(kvs_put(plain, &model, k.tok, &k.ch, &lay, k.kv, &po), KVS_OK);
+  uint64_t nb = kvs_get_bound(&lay, k.T, NULL);
+  uint16_t *out = malloc(nb);
+  for (int i = 0; i < 3; i++) {
+    memset(out, 0, nb);
+    CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  }
+  CU_ASSERT(atomic_load(&c->n_stream_gets) >= 3 * 5); /* first answer + 4 groups, each get */
+  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 0);
+  /* a head range, f32 out: the same as REQ/REP gives */
+  kvs_get_opts go = {.dtype = KVS_DTYPE_F32, .head_begin = 1, .head_end = 3, .window = 3};
+  uint64_t nb2 = kvs_get_bound(&lay, k.T, &go);
+  float *a = malloc(nb2), *b = malloc(nb2);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, a, nb2, &go), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_get(plain, &model, k.tok, &k.ch, &lay, b, nb2, &go), KVS_OK);
+  CU_ASSERT(memcmp(a, b, nb2) == 0);
+  free(a), free(b);
+  /* a codec profile, when built in: byte-equal to the REQ/REP decode */
+  if (kvs_client_has_codec()) {
+    chunk q;
+    chunk_make(&q, 128);
+    kvs_put_opts pq = {.profile = (uint32_t)kvs_profile_from_name("int8"), .layers_per_group = 1};
+    CU_ASSERT_EQUAL(kvs_put(plain, &model, q.tok, &q.ch, &lay, q.kv, &pq), KVS_OK);
+    uint64_t nq = kvs_get_bound(&lay, q.T, NULL);
+    uint16_t *x = malloc(nq), *y = malloc(nq);
+    CU_ASSERT_EQUAL(kvs_get(c, &model, q.tok, &q.ch, &lay, x, nq, NULL), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_get(plain, &model, q.tok, &q.ch, &lay, y, nq, NULL), KVS_OK);
+    CU_ASSERT(memcmp(x, y, nq) == 0);
+    free(x), free(y);
+    chunk_free(&q);
+  }
+  /* errors come back as over REQ/REP */
+  chunk miss;
+  chunk_make(&miss, 16);
+  uint64_t nm = kvs_get_bound(&lay, miss.T, NULL);
+  uint16_t *om = malloc(nm);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, miss.tok, &miss.ch, &lay, om, nm, NULL), KVS_ENOENT);
+  kvs_model_id other = kvs_hash128_buf("other", 5);
+  CU_ASSERT_EQUAL(kvs_get(c, &other, k.tok, &k.ch, &lay, out, nb, NULL), KVS_EMODEL);
+  kvs_client *bad = client("alpha", "wrong", surl);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(bad);
+  CU_ASSERT_EQUAL(kvs_get(bad, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_EAUTH);
+  CU_ASSERT(strstr(kvs_client_errmsg(bad), "EAUTH") != NULL);
+  kvs_client_free(bad);
+  kvs_client *beta = client("beta", "tok-b", surl);
+  CU_ASSERT_EQUAL(kvs_get(beta, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_ENOENT);
+  kvs_client_free(beta);
+  free(om);
+  chunk_free(&miss);
+  free(out);
+  chunk_free(&k);
+  kvs_client_free(plain);
+  kvs_client_free(c);
+}
+
+/* Many gets in flight share the connection pool. */
+static void test_stream_batch(void) {
+  kvs_client *c = client("alpha", "tok-a", surl);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  enum { N = 12 };
+  chunk k[N];
+  kvs_chunk chs[N];
+  void *outs[N];
+  uint64_t caps[N];
+  kvs_err rvs[N];
+  uint32_t T = 64;
+  int32_t *tok = malloc(N * T * sizeof *tok);
+  for (int i = 0; i < N; i++) {
+    chunk_make(&k[i], T);
+    memcpy(tok + i * T, k[i].tok, T * sizeof *tok);
+    kvs_span sp = {(uint32_t)i * T, T};
+    kvs_chunk_spans(&model, tok, (size_t)N * T, &sp, 1, &chs[i]);
+    kvs_put_opts po = {.layers_per_group = 1};
+    CU_ASSERT_EQUAL(kvs_put(c, &model, tok, &chs[i], &lay, k[i].kv, &po), KVS_OK);
+    caps[i] = kvs_get_bound(&lay, T, NULL);
+    outs[i] = malloc(caps[i]);
+  }
+  kvs_get_opts go = {.window = 4};
+  CU_ASSERT_EQUAL(kvs_get_batch(c, &model, tok, chs, N, &lay, outs, caps, &go, rvs), KVS_OK);
+  for (int i = 0; i < N; i++) {
+    CU_ASSERT_EQUAL(rvs[i], KVS_OK);
+    CU_ASSERT(memcmp(outs[i], k[i].kv, caps[i]) == 0);
+    free(outs[i]);
+    chunk_free(&k[i]);
+  }
+  CU_ASSERT(c->n_sconns > 1);
+  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 0);
+  free(tok);
+  kvs_client_free(c);
+}
+
+/* No stream listener there, or the daemon restarted under pooled
+ * connections: the gets go through REQ/REP and succeed. */
+static void test_stream_fallback(void) {
+  kvs_client *c = client("alpha", "tok-a", NULL);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  CU_ASSERT_EQUAL(kvs_client_stream(c, "tcp://127.0.0.1:1"), KVS_EINVAL);
+  char nowhere[64];
+  snprintf(nowhere, sizeof nowhere, "tcp+stream://127.0.0.1:%d", free_tcp_port());
+  CU_ASSERT_EQUAL(kvs_client_stream(c, nowhere), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_client_stream(c, nowhere), KVS_EBUSY);
+  chunk k;
+  chunk_make(&k, 32);
+  CU_ASSERT_EQUAL_FATAL(kvs_put(c, &model, k.tok, &k.ch, &lay, k.kv, NULL), KVS_OK);
+  uint64_t nb = kvs_get_bound(&lay, k.T, NULL);
+  uint16_t *out = malloc(nb);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  CU_ASSERT(atomic_load(&c->n_stream_fallbacks) >= 1);
+  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_gets), 0);
+  kvs_client_free(c);
+  /* the daemon restarts: the pool's connections are dead */
+  c = client("alpha", "tok-a", surl);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  test_server_kill(&srv);
+  CU_ASSERT_EQUAL_FATAL(test_server_restart(&srv), 0);
+  for (int i = 0; i < 3; i++) {
+    memset(out, 0, nb);
+    CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  }
+  free(out);
+  chunk_free(&k);
+  kvs_client_free(c);
+}
+
+static const kvs_test_case cases[] = {{"stream_get", test_stream_get},
+                                      {"stream_batch", test_stream_batch},
+                                      {"stream_fallback", test_stream_fallback},
+                                      {NULL, NULL}};
+
+int main(void) { return kvs_test_run_fixture("client_stream", cases, suite_init, suite_clean); }
