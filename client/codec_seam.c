@@ -1,5 +1,6 @@
 /* codec_seam.c - encode/decode behind one small interface: the raw profile
  * (always there) and the KV codec (when codec/ is in the build). */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -278,8 +279,20 @@ int kvs__decoder_gpu_ok(const kvs__decoder *d) {
 #endif
 }
 
+int kvs__dma_staged(void) {
+  static atomic_int mode = -1;
+  int m = atomic_load(&mode);
+  if (m < 0) {
+    const char *e = getenv("KVS_CLIENT_DMA");
+    m = e && !strcmp(e, "direct") ? 0 : 1;
+    atomic_store(&mode, m);
+  }
+  return m;
+}
+
 void kvs__devslot_free(kvs__devslot *s) {
   if (!s) return;
+  if (s->h_stage) kvs_gpu_free_host(s->h_stage);
   kvs_gpu_free(s->d_seg);
   kvs_gpu_free(s->d_ws);
   if (s->stream) kvs_gpu_stream_free(s->stream);
@@ -288,7 +301,8 @@ void kvs__devslot_free(kvs__devslot *s) {
 
 int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_seg) {
 #ifdef KVS_CLIENT_HAVE_CODEC
-  return s->d_seg && s->seg_cap >= max_seg && s->ws_len >= kvs_gpu_codec_workspace_bound(&d->info);
+  return s->d_seg && s->seg_cap >= max_seg && (s->h_stage != NULL) == kvs__dma_staged() &&
+         s->ws_len >= kvs_gpu_codec_workspace_bound(&d->info);
 #else
   (void)s, (void)d, (void)max_seg;
   return 0;
@@ -305,6 +319,7 @@ kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg
   s->seg_cap = cap;
   s->ws_len = kvs_gpu_codec_workspace_bound(&d->info);
   kvs_err rv = kvs_gpu_alloc(&s->d_seg, s->seg_cap);
+  if (!rv && kvs__dma_staged()) rv = kvs_gpu_alloc_host(&s->h_stage, s->seg_cap);
   if (!rv) rv = kvs_gpu_alloc(&s->d_ws, s->ws_len ? s->ws_len : 1);
   if (!rv) rv = kvs_gpu_stream_create(&s->stream);
   if (rv) kvs__devslot_free(s);
@@ -314,6 +329,22 @@ kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg
   return KVS_ENOTSUP;
 #endif
 }
+
+#ifdef KVS_CLIENT_HAVE_CODEC
+/* Staged copies: pieces of this size, each DMA'd as soon as it is copied. */
+#define KVS__STAGE_PIECE ((size_t)256 << 10)
+typedef struct stage_ctx {
+  kvs__devslot *s;
+  kvs_err rv;
+} stage_ctx;
+static void stage_piece(void *arg, size_t off, size_t len) {
+  stage_ctx *sc = arg;
+  size_t at = KVS_CODEC_SEG_HEADER_BYTES + off;
+  if (sc->rv == KVS_OK)
+    sc->rv = kvs_gpu_copy_h2d((uint8_t *)sc->s->d_seg + at, (uint8_t *)sc->s->h_stage + at, len,
+                              sc->s->stream);
+}
+#endif
 
 kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint8_t *bytes,
                                    size_t len, void *d_out, uint64_t out_bytes, uint32_t dtype,
@@ -336,11 +367,25 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
   kvs_codec_out o = kvs_codec_out_contiguous(d_out, out_bytes, dtype);
   o.head_begin = hb;
   o.head_end = he;
-  kvs_err rv = kvs_gpu_copy_h2d(s->d_seg, bytes, len, s->stream);
-  if (rv == KVS_OK)
-    rv = kvs_gpu_codec_decode_segment(info, g, s->d_seg, &o, s->d_ws, s->ws_len, s->stream);
-  int sum_ok = kvs_checksum64(bytes + KVS_CODEC_SEG_HEADER_BYTES, pay) ==
-               kvs_wire_rd64(bytes + KVS_SH_CHECKSUM, 0);
+  kvs_err rv = KVS_OK;
+  uint64_t sum;
+  if (s->h_stage) { /* header, then the payload piece by piece, each DMA'd once staged */
+    stage_ctx sc = {s, KVS_OK};
+    memcpy(s->h_stage, bytes, KVS_CODEC_SEG_HEADER_BYTES);
+    rv = kvs_gpu_copy_h2d(s->d_seg, s->h_stage, KVS_CODEC_SEG_HEADER_BYTES, s->stream);
+    sum = kvs_checksum64_copy((uint8_t *)s->h_stage + KVS_CODEC_SEG_HEADER_BYTES,
+                              bytes + KVS_CODEC_SEG_HEADER_BYTES, pay, KVS__STAGE_PIECE,
+                              stage_piece, &sc);
+    if (rv == KVS_OK) rv = sc.rv;
+    if (rv == KVS_OK)
+      rv = kvs_gpu_codec_decode_segment(info, g, s->d_seg, &o, s->d_ws, s->ws_len, s->stream);
+  } else {
+    rv = kvs_gpu_copy_h2d(s->d_seg, bytes, len, s->stream);
+    if (rv == KVS_OK)
+      rv = kvs_gpu_codec_decode_segment(info, g, s->d_seg, &o, s->d_ws, s->ws_len, s->stream);
+    sum = kvs_checksum64(bytes + KVS_CODEC_SEG_HEADER_BYTES, pay);
+  }
+  int sum_ok = sum == kvs_wire_rd64(bytes + KVS_SH_CHECKSUM, 0);
   /* always wait for the stream: the slot's buffers are reused after this */
   kvs_err st = kvs_gpu_codec_status(s->d_ws, s->stream);
   if (rv == KVS_OK) rv = st;

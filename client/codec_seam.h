@@ -65,10 +65,18 @@ int kvs__decoder_gpu_ok(const kvs__decoder *d);
 typedef struct kvs__devslot {
   void *d_seg;
   size_t seg_cap;
+  void *h_stage; /* pinned staging of seg_cap bytes (staged copies, kvs__dma_staged) */
   void *d_ws;
   size_t ws_len;
   void *stream;
 } kvs__devslot;
+/* How a device decode moves a segment's bytes: staged (1) = the host copies
+ * them, checksumming as it goes, into a pinned buffer in pieces, each piece
+ * DMA'd as soon as it is there; direct (0) = one DMA from where they lie (a
+ * registered shared-memory segment, or pageable memory through the driver),
+ * checksummed beside it. $KVS_CLIENT_DMA = staged | direct, read once;
+ * default staged. */
+int kvs__dma_staged(void);
 kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes);
 void kvs__devslot_free(kvs__devslot *s);
 /* 1 when s (made by kvs__devslot_init for another entry) is large enough to

@@ -742,7 +742,9 @@ static void lease_done(kvs__call *call, void *arg) {
     }
     kvs__shmmap *map = NULL;
     if (rv == KVS_OK) {
-      rv = kvs__shm_map(c, r.shm_name, op->dev_out != NULL, &map, msg, sizeof msg);
+      /* direct DMA from the segment needs it registered; staged copies do not */
+      rv = kvs__shm_map(c, r.shm_name, op->dev_out != NULL && !kvs__dma_staged(), &map, msg,
+                        sizeof msg);
       if (rv == KVS_EPERM || rv == KVS_ENOENT) { /* another user or another host: stop trying */
         KVS_LOGI("client", "shared memory not usable, gets go through the socket", "why=\"%s\"",
                  msg);

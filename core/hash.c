@@ -65,6 +65,20 @@ kvs_err kvs_hash128_from_hex(const char *hex, kvs_hash128 *out) {
 
 uint64_t kvs_checksum64(const void *p, size_t n) { return XXH3_64bits(p, n); }
 
+uint64_t kvs_checksum64_copy(void *dst, const void *src, size_t n, size_t piece,
+                             void (*on_piece)(void *arg, size_t off, size_t len), void *arg) {
+  XXH3_state_t st;
+  XXH3_64bits_reset(&st);
+  if (!piece) piece = (size_t)256 << 10;
+  for (size_t off = 0; off < n; off += piece) {
+    size_t len = n - off < piece ? n - off : piece;
+    memcpy((uint8_t *)dst + off, (const uint8_t *)src + off, len);
+    XXH3_64bits_update(&st, (const uint8_t *)dst + off, len);
+    if (on_piece) on_piece(arg, off, len);
+  }
+  return XXH3_64bits_digest(&st);
+}
+
 static void put_u32(XXH3_state_t *st, uint32_t v) {
   uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
   XXH3_128bits_update(st, b, 4);

@@ -107,6 +107,12 @@ kvs_err kvs_hash128_from_hex(const char *hex, kvs_hash128 *out);
 
 /* Checksum of encoded bytes (XXH3-64). */
 uint64_t kvs_checksum64(const void *p, size_t n);
+/* Copies src to dst in pieces of `piece` bytes (0: 256 KiB) and returns
+ * kvs_checksum64 of the bytes as written to dst (each piece is hashed from
+ * dst while it is still in cache); after each piece, on_piece (may be NULL)
+ * is told its offset and length, e.g. to start a DMA of it. */
+uint64_t kvs_checksum64_copy(void *dst, const void *src, size_t n, size_t piece,
+                             void (*on_piece)(void *arg, size_t off, size_t len), void *arg);
 
 /* ---------------------------------------------------- model fingerprint */
 /* A KV cache is valid only for the exact model that made it. The model id

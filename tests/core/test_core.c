@@ -126,6 +126,14 @@ static void test_half_rounding(void) {
   CU_ASSERT(isinf(kvs_bf16_to_f32(kvs_f32_to_bf16(INFINITY))));
 }
 
+/* on_piece of kvs_checksum64_copy: pieces arrive in order, end to end */
+static void count_piece(void *arg, size_t off, size_t len) {
+  size_t *seen = arg;
+  CU_ASSERT_EQUAL(off, *seen);
+  CU_ASSERT(len > 0);
+  *seen += len;
+}
+
 static void test_hash_and_hex(void) {
   kvs_hash128 a = kvs_hash128_buf("abc", 3), b = kvs_hash128_buf("abd", 3);
   CU_ASSERT(!kvs_hash128_equal(&a, &b));
@@ -150,6 +158,19 @@ static void test_hash_and_hex(void) {
   kvs_hasher_free(h);
   kvs_hasher_free(NULL);
   CU_ASSERT_NOT_EQUAL(kvs_checksum64(big, 1000), kvs_checksum64(big, 999));
+  /* copy + checksum in pieces: the same checksum, the same bytes, every piece told */
+  static uint8_t dst[100000];
+  const size_t ns[] = {0, 1, 4095, 65536, 99999}, ps[] = {0, 1000, 4096, 65536};
+  for (size_t ia = 0; ia < 5; ia++)
+    for (size_t ib = 0; ib < 4; ib++) {
+      memset(dst, 0xEE, sizeof dst);
+      size_t seen = 0;
+      uint64_t sum = kvs_checksum64_copy(dst, big, ns[ia], ps[ib], count_piece, &seen);
+      CU_ASSERT_EQUAL(sum, kvs_checksum64(big, ns[ia]));
+      CU_ASSERT(memcmp(dst, big, ns[ia]) == 0);
+      CU_ASSERT_EQUAL(seen, ns[ia]);
+      if (ns[ia] < sizeof dst) CU_ASSERT_EQUAL(dst[ns[ia]], 0xEE);
+    }
 }
 
 static void test_model_id(void) {
