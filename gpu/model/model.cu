@@ -10,6 +10,7 @@
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,24 +143,32 @@ __global__ void k_rand_f32(float *dst, size_t n, uint64_t seed, uint32_t tid, kv
 }
 
 /* Flash attention, causal, GQA, FlashAttention-2 style on mma.sync
- * (m16n8k16, fp16 in, f32 accumulate). Block = 4 warps = 64 query rows of one
- * head; each warp owns 16 rows and keeps its scores, probabilities and output
- * in registers: thread (group g = lane/4, t = lane%4) holds rows g and g+8,
- * columns 2t, 2t+1 of every 8-wide tile, so a row's max and sum need two quad
- * shuffles. Key/value tiles of BC = 64 rows stream through shared memory with
- * cp.async, double-buffered (tile t+1 loads while tile t computes); rows are
- * padded by 8 halves so the fragment loads are free of bank conflicts, and V
- * fragments come transposed through ldmatrix.trans. Probabilities go from
- * the S accumulators straight into the A operand of P V (the accumulator
- * layout of two 8-wide tiles is the A layout of one 16-wide one). No T x T
- * matrix, and no scores in shared memory. Blocks run heaviest first (the
- * last query rows see the most keys).
+ * (m16n8k16, fp16 in, f32 accumulate). Block = 4 warps of one head; each warp
+ * owns MT m16 tiles (16 * MT query rows; block rows BR = 64 * MT) and keeps
+ * their scores, probabilities and output in registers: in tile mt, thread
+ * (group g = lane/4, t = lane%4) holds rows g and g+8, columns 2t, 2t+1 of
+ * every 8-wide tile, so a row's max and sum need two quad shuffles. Key/value
+ * tiles of BC = 64 rows stream through shared memory with cp.async,
+ * double-buffered (tile t+1 loads while tile t computes); rows are padded by
+ * 8 halves so the fragment loads are free of bank conflicts, and V fragments
+ * come transposed through ldmatrix.trans. Every K and V fragment a warp loads
+ * from shared memory feeds MT mma's: at D = 64 a warp of 16 rows was bound by
+ * shared-memory bandwidth, and MT = 2 halves the bytes read per MAC (D = 128
+ * keeps MT = 1: its O, Q and S fragments take 128 registers per m16 tile).
+ * Probabilities go from the S accumulators straight into the A operand of
+ * P V (the accumulator layout of two 8-wide tiles is the A layout of one
+ * 16-wide one). Row maxima are kept on raw scores, and the softmax scale is
+ * folded into the exponent: p = exp2(s * scale_log2 - m * scale_log2), one
+ * FFMA. Key tiles that no row of the warp needs masked (wholly at or before
+ * its smallest slot and before the end of the keys) skip the mask compares.
+ * No T x T matrix, and no scores in shared memory. Blocks run heaviest first
+ * (the last query rows see the most keys).
  * Split over the keys (flash-decoding) when there are few query rows (decode,
  * a question prefilled on top of 8K reused tokens, a recomputed subset): grid
  * z = nsplit blocks share one query block, each takes a contiguous range of
- * key tiles and writes its unnormalized O with its row max and sum (f32) to a
- * workspace; k_flash_combine merges them. Without it such a call would run on
- * H blocks of a 132-SM GPU. */
+ * key tiles and writes its unnormalized O with its row max (scaled by
+ * scale_log2) and sum (f32) to a workspace; k_flash_combine merges them.
+ * Without it such a call would run on H blocks of a 132-SM GPU. */
 #define FA_NW 4
 #define FA_BC 64
 
@@ -198,13 +207,17 @@ template <int D> struct fa_smem {
   static constexpr size_t total = 2 /* stages */ * 2 /* K, V */ * tile * sizeof(half);
 };
 
-template <int D>
-__global__ void __launch_bounds__(FA_NW * 32)
+/* MT: m16 tiles per warp (1 or 2). Blocks per SM: 3 with one tile per warp
+ * (D = 128 then fits in 168 registers without spilling; left free, ptxas took
+ * 172 and only 2 blocks fit), 2 with two (D = 64 takes 232 registers). */
+template <int D, int MT>
+__global__ void __launch_bounds__(FA_NW * 32, MT == 1 ? 3 : 2)
     k_flash_attn(const half *__restrict__ Q, const half *__restrict__ K, const half *__restrict__ V,
                  half *__restrict__ O, int n, int H, int G, int past, const int *__restrict__ qslot,
                  int kv_len, float scale_log2, float *__restrict__ ws) {
+  static_assert(MT == 1 || MT == 2, "one or two m16 tiles per warp");
   typedef fa_smem<D> L;
-  constexpr int BR = 16 * FA_NW, BC = FA_BC, LDS = L::LDS, NT = D / 8;
+  constexpr int BR = 16 * MT * FA_NW, BC = FA_BC, LDS = L::LDS, NT = D / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   half *sK = reinterpret_cast<half *>(smem); /* [stage][BC][LDS] */
   half *sV = sK + 2 * L::tile;
@@ -214,24 +227,38 @@ __global__ void __launch_bounds__(FA_NW * 32)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g8 = lane >> 2, t4 = lane & 3;
   const size_t ldq = (size_t)H * D, ldk = (size_t)G * D;
-  const int r0 = q0 + warp * 16 + g8, r1 = r0 + 8;
-  /* slots of this thread's two rows (rows past n: slot 0, never written) */
-  const int qs0 = r0 < n ? (qslot ? qslot[r0] : past + r0) : 0;
-  const int qs1 = r1 < n ? (qslot ? qslot[r1] : past + r1) : 0;
-  int wmax = max(qs0, qs1);
-  for (int off = 16; off > 0; off >>= 1)
+  /* this thread's rows: r[mt][0] = row g of the warp's m16 tile mt, r[mt][1]
+   * = row g + 8, and their slots (rows past n: slot 0, never written). wmax:
+   * the warp's largest slot; wmin: its smallest over rows < n. */
+  int r[MT][2], qs[MT][2], wmax = 0, wmin = INT_MAX;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int hi = 0; hi < 2; hi++) {
+      const int row = q0 + (warp * MT + mt) * 16 + hi * 8 + g8;
+      r[mt][hi] = row;
+      qs[mt][hi] = row < n ? (qslot ? qslot[row] : past + row) : 0;
+      wmax = max(wmax, qs[mt][hi]);
+      if (row < n) wmin = min(wmin, qs[mt][hi]);
+    }
+  for (int off = 16; off > 0; off >>= 1) {
     wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, off));
+    wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, off));
+  }
   if (lane == 0) sW[warp] = wmax;
   /* Q fragments straight from global memory, once */
-  uint32_t qa[D / 16][4];
-  {
-    const half *p0 = Q + (size_t)r0 * ldq + h * D + t4 * 2, *p1 = Q + (size_t)r1 * ldq + h * D + t4 * 2;
+  uint32_t qa[MT][D / 16][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    const int ra = r[mt][0], rb = r[mt][1];
+    const half *p0 = Q + (size_t)ra * ldq + h * D + t4 * 2,
+               *p1 = Q + (size_t)rb * ldq + h * D + t4 * 2;
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
-      qa[kk][0] = r0 < n ? *reinterpret_cast<const uint32_t *>(p0 + kk * 16) : 0u;
-      qa[kk][1] = r1 < n ? *reinterpret_cast<const uint32_t *>(p1 + kk * 16) : 0u;
-      qa[kk][2] = r0 < n ? *reinterpret_cast<const uint32_t *>(p0 + kk * 16 + 8) : 0u;
-      qa[kk][3] = r1 < n ? *reinterpret_cast<const uint32_t *>(p1 + kk * 16 + 8) : 0u;
+      qa[mt][kk][0] = ra < n ? *reinterpret_cast<const uint32_t *>(p0 + kk * 16) : 0u;
+      qa[mt][kk][1] = rb < n ? *reinterpret_cast<const uint32_t *>(p1 + kk * 16) : 0u;
+      qa[mt][kk][2] = ra < n ? *reinterpret_cast<const uint32_t *>(p0 + kk * 16 + 8) : 0u;
+      qa[mt][kk][3] = rb < n ? *reinterpret_cast<const uint32_t *>(p1 + kk * 16 + 8) : 0u;
     }
   }
   __syncthreads();
@@ -244,25 +271,38 @@ __global__ void __launch_bounds__(FA_NW * 32)
   const int nsplit = gridDim.z, per = (all_tiles + nsplit - 1) / nsplit;
   const int tfirst = blockIdx.z * per, ntiles = min(all_tiles, tfirst + per);
 
-  /* one K/V tile into stage s: 16-byte copies, rows at or past kend zero-filled */
+  /* one K/V tile into stage s: 16-byte copies, rows at or past kend
+   * zero-filled. Thread tid copies chunk c0 of rows tr0, tr0 + RS, ...: one
+   * base pointer and one row stride, not an address per copy, live across
+   * the loop (at D = 128 those addresses spilled). */
+  constexpr int CPR = D / 8, RS = FA_NW * 32 / CPR; /* chunks per row, rows per pass */
+  static_assert((FA_NW * 32) % CPR == 0 && BC % RS == 0, "whole rows per pass");
+  const int tr0 = tid / CPR, c0 = (tid % CPR) * 8;
+  const half *gk = K + grp * D + c0, *gv = V + grp * D + c0;
   auto load_tile = [&](int t, int s) {
     const int kt = t * BC;
-    half *dk = sK + s * L::tile, *dv = sV + s * L::tile;
-    for (int i = tid; i < BC * D / 8; i += FA_NW * 32) {
-      int r = i / (D / 8), c = (i % (D / 8)) * 8;
-      int ok = kt + r < kend;
-      size_t off = ok ? (size_t)(kt + r) * ldk + grp * D + c : 0;
-      cp_async16(dk + r * LDS + c, K + off, ok ? 16 : 0);
-      cp_async16(dv + r * LDS + c, V + off, ok ? 16 : 0);
+    half *dk = sK + s * L::tile + tr0 * LDS + c0, *dv = sV + s * L::tile + tr0 * LDS + c0;
+#pragma unroll
+    for (int p = 0; p < BC / RS; p++) {
+      const int row = kt + tr0 + p * RS;
+      const size_t off = row < kend ? (size_t)row * ldk : 0;
+      cp_async16(dk + p * RS * LDS, gk + off, row < kend ? 16 : 0);
+      cp_async16(dv + p * RS * LDS, gv + off, row < kend ? 16 : 0);
     }
     cp_async_commit();
   };
 
-  float o[NT][4];
+  /* o: unnormalized output; m: row max of the raw scores seen so far; l:
+   * this thread's part of the row sum (reduced over the quad at the end) */
+  float o[MT][NT][4], m[MT][2], l[MT][2];
 #pragma unroll
-  for (int j = 0; j < NT; j++)
-    o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+      o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
 
   if (tfirst < ntiles) load_tile(tfirst, tfirst & 1);
   for (int t = tfirst; t < ntiles; t++) {
@@ -276,107 +316,155 @@ __global__ void __launch_bounds__(FA_NW * 32)
     const int kt = t * BC;
     if (kt <= wmax) { /* else every row of this warp precedes the tile */
       const half *tk = sK + (t & 1) * L::tile, *tv = sV + (t & 1) * L::tile;
-      float s[BC / 8][4];
+      /* S = Q K^T: each K fragment feeds MT mma's */
+      float s[MT][BC / 8][4];
 #pragma unroll
       for (int j = 0; j < BC / 8; j++) {
-        s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+          s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
         const half *kr = tk + (j * 8 + g8) * LDS + t4 * 2;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
           uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kk * 16);
           uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kk * 16 + 8);
-          mma16816(s[j], qa[kk], b0, b1);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++)
+            mma16816(s[mt][j], qa[mt][kk], b0, b1);
         }
       }
-      /* scale, mask (causal by slot, and the end of the keys), row max */
-      float mx0 = -INFINITY, mx1 = -INFINITY;
+      /* mask (causal by slot, and the end of the keys), row max of raw scores */
+      float mx[MT][2];
 #pragma unroll
-      for (int j = 0; j < BC / 8; j++) {
-        int k0 = kt + j * 8 + t4 * 2, k1 = k0 + 1;
-        s[j][0] = (k0 <= qs0 && k0 < kend) ? s[j][0] * scale_log2 : -INFINITY;
-        s[j][1] = (k1 <= qs0 && k1 < kend) ? s[j][1] * scale_log2 : -INFINITY;
-        s[j][2] = (k0 <= qs1 && k0 < kend) ? s[j][2] * scale_log2 : -INFINITY;
-        s[j][3] = (k1 <= qs1 && k1 < kend) ? s[j][3] * scale_log2 : -INFINITY;
-        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      /* A row sees no key yet (m = -inf) only in a split that starts past its
-       * slot: subtract 0 then, so exp2 gives 0, never inf - inf. */
-      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-      const float a0 = mn0 == -INFINITY ? 1.f : exp2f(m0 - mn0); /* 0 while m was -inf */
-      const float a1 = mn1 == -INFINITY ? 1.f : exp2f(m1 - mn1);
-      m0 = mn0, m1 = mn1;
-      const float ms0 = mn0 == -INFINITY ? 0.f : mn0, ms1 = mn1 == -INFINITY ? 0.f : mn1;
-      float ls0 = 0.f, ls1 = 0.f;
+      for (int mt = 0; mt < MT; mt++)
+        mx[mt][0] = mx[mt][1] = -INFINITY;
+      if (kt + BC <= kend && kt + BC - 1 <= wmin) { /* warp-uniform: no key masked */
 #pragma unroll
-      for (int j = 0; j < BC / 8; j++) {
-        s[j][0] = exp2f(s[j][0] - ms0), s[j][1] = exp2f(s[j][1] - ms0);
-        s[j][2] = exp2f(s[j][2] - ms1), s[j][3] = exp2f(s[j][3] - ms1);
-        ls0 += s[j][0] + s[j][1];
-        ls1 += s[j][2] + s[j][3];
-      }
-      l0 = l0 * a0 + ls0; /* per-thread partial sums, reduced over the quad at the end */
-      l1 = l1 * a1 + ls1;
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-      for (int j = 0; j < NT; j++) {
-        o[j][0] *= a0, o[j][1] *= a0;
-        o[j][2] *= a1, o[j][3] *= a1;
+          for (int j = 0; j < BC / 8; j++) {
+            mx[mt][0] = fmaxf(mx[mt][0], fmaxf(s[mt][j][0], s[mt][j][1]));
+            mx[mt][1] = fmaxf(mx[mt][1], fmaxf(s[mt][j][2], s[mt][j][3]));
+          }
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+          for (int j = 0; j < BC / 8; j++) {
+            const int k0 = kt + j * 8 + t4 * 2, k1 = k0 + 1;
+            const int sa = qs[mt][0], sb = qs[mt][1];
+            s[mt][j][0] = (k0 <= sa && k0 < kend) ? s[mt][j][0] : -INFINITY;
+            s[mt][j][1] = (k1 <= sa && k1 < kend) ? s[mt][j][1] : -INFINITY;
+            s[mt][j][2] = (k0 <= sb && k0 < kend) ? s[mt][j][2] : -INFINITY;
+            s[mt][j][3] = (k1 <= sb && k1 < kend) ? s[mt][j][3] : -INFINITY;
+            mx[mt][0] = fmaxf(mx[mt][0], fmaxf(s[mt][j][0], s[mt][j][1]));
+            mx[mt][1] = fmaxf(mx[mt][1], fmaxf(s[mt][j][2], s[mt][j][3]));
+          }
       }
-      /* O += P V, 16 keys at a time */
+      /* online softmax, per row (mt, hi). A row sees no key yet (m = -inf)
+       * only in a split that starts past its slot: its bias is 0 then, so
+       * exp2 gives 0, never inf - inf. */
+      float a[MT][2], nb[MT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hi = 0; hi < 2; hi++) {
+          float x = mx[mt][hi];
+          x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+          x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+          const float mn = fmaxf(m[mt][hi], x);
+          nb[mt][hi] = mn == -INFINITY ? 0.f : -mn * scale_log2;
+          /* exp2((m - mn) * scale_log2): 0 while m was -inf */
+          a[mt][hi] = mn == -INFINITY ? 1.f : exp2f(fmaf(m[mt][hi], scale_log2, nb[mt][hi]));
+          m[mt][hi] = mn;
+        }
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        float ls0 = 0.f, ls1 = 0.f;
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+          s[mt][j][0] = exp2f(fmaf(s[mt][j][0], scale_log2, nb[mt][0]));
+          s[mt][j][1] = exp2f(fmaf(s[mt][j][1], scale_log2, nb[mt][0]));
+          s[mt][j][2] = exp2f(fmaf(s[mt][j][2], scale_log2, nb[mt][1]));
+          s[mt][j][3] = exp2f(fmaf(s[mt][j][3], scale_log2, nb[mt][1]));
+          ls0 += s[mt][j][0] + s[mt][j][1];
+          ls1 += s[mt][j][2] + s[mt][j][3];
+        }
+        l[mt][0] = l[mt][0] * a[mt][0] + ls0;
+        l[mt][1] = l[mt][1] * a[mt][1] + ls1;
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+          o[mt][j][0] *= a[mt][0], o[mt][j][1] *= a[mt][0];
+          o[mt][j][2] *= a[mt][1], o[mt][j][3] *= a[mt][1];
+        }
+      }
+      /* O += P V, 16 keys at a time: each V fragment feeds MT pairs of mma's */
 #pragma unroll
       for (int kc = 0; kc < BC / 16; kc++) {
-        uint32_t pa[4] = {pack_half2(s[2 * kc][0], s[2 * kc][1]),
-                          pack_half2(s[2 * kc][2], s[2 * kc][3]),
-                          pack_half2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                          pack_half2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-        const half *vr = tv + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + (lane >> 4) * 8;
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          pa[mt][0] = pack_half2(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+          pa[mt][1] = pack_half2(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+          pa[mt][2] = pack_half2(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+          pa[mt][3] = pack_half2(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+        }
+        const half *vr =
+            tv + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + (lane >> 4) * 8;
 #pragma unroll
         for (int np = 0; np < D / 16; np++) {
           uint32_t b[4];
           ldsm_x4_t(b, vr + np * 16);
-          mma16816(o[2 * np], pa, b[0], b[1]);
-          mma16816(o[2 * np + 1], pa, b[2], b[3]);
+#pragma unroll
+          for (int mt = 0; mt < MT; mt++) {
+            mma16816(o[mt][2 * np], pa[mt], b[0], b[1]);
+            mma16816(o[mt][2 * np + 1], pa[mt], b[2], b[3]);
+          }
         }
       }
     }
     __syncthreads(); /* stage t&1 is reloaded by the next iteration */
   }
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  if (nsplit > 1) { /* partial: O unnormalized, then (m, l) per row; merged by k_flash_combine */
-    float *po = ws + ((size_t)blockIdx.z * n * H) * D, *pml = ws + (size_t)nsplit * n * H * D;
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
-      const int c = j * 8 + t4 * 2;
-      if (r0 < n)
-        *reinterpret_cast<float2 *>(po + ((size_t)r0 * H + h) * D + c) = make_float2(o[j][0], o[j][1]);
-      if (r1 < n)
-        *reinterpret_cast<float2 *>(po + ((size_t)r1 * H + h) * D + c) = make_float2(o[j][2], o[j][3]);
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int hi = 0; hi < 2; hi++) {
+      l[mt][hi] += __shfl_xor_sync(0xffffffffu, l[mt][hi], 1);
+      l[mt][hi] += __shfl_xor_sync(0xffffffffu, l[mt][hi], 2);
     }
-    if (t4 == 0) {
-      size_t b = (size_t)blockIdx.z * n * H;
-      if (r0 < n) *reinterpret_cast<float2 *>(pml + 2 * (b + (size_t)r0 * H + h)) = make_float2(m0, l0);
-      if (r1 < n) *reinterpret_cast<float2 *>(pml + 2 * (b + (size_t)r1 * H + h)) = make_float2(m1, l1);
-    }
+  /* a split's partial: O unnormalized, then (m * scale_log2, l) per row, in
+   * the units k_flash_combine merges */
+  if (nsplit > 1) {
+    const size_t zb = (size_t)blockIdx.z * n * H;
+    float *po = ws + zb * D, *pml = ws + (size_t)nsplit * n * H * D;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int hi = 0; hi < 2; hi++) {
+        const int row = r[mt][hi];
+        if (row >= n) continue;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+          *reinterpret_cast<float2 *>(po + ((size_t)row * H + h) * D + j * 8 + t4 * 2) =
+              make_float2(o[mt][j][2 * hi], o[mt][j][2 * hi + 1]);
+        if (t4 == 0)
+          *reinterpret_cast<float2 *>(pml + 2 * (zb + (size_t)row * H + h)) =
+              make_float2(m[mt][hi] * scale_log2, l[mt][hi]);
+      }
     return;
   }
-  const float i0 = 1.f / l0, i1 = 1.f / l1;
 #pragma unroll
-  for (int j = 0; j < NT; j++) {
-    const int c = h * D + j * 8 + t4 * 2;
-    if (r0 < n)
-      *reinterpret_cast<half2 *>(O + (size_t)r0 * ldq + c) =
-          __floats2half2_rn(o[j][0] * i0, o[j][1] * i0);
-    if (r1 < n)
-      *reinterpret_cast<half2 *>(O + (size_t)r1 * ldq + c) =
-          __floats2half2_rn(o[j][2] * i1, o[j][3] * i1);
-  }
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int hi = 0; hi < 2; hi++) {
+      const int row = r[mt][hi];
+      if (row >= n) continue;
+      const float inv = 1.f / l[mt][hi];
+#pragma unroll
+      for (int j = 0; j < NT; j++)
+        *reinterpret_cast<half2 *>(O + (size_t)row * ldq + h * D + j * 8 + t4 * 2) =
+            __floats2half2_rn(o[mt][j][2 * hi] * inv, o[mt][j][2 * hi + 1] * inv);
+    }
 }
 
 /* One thread per (row, head, 2 columns): merge the nsplit partial results. */
@@ -389,7 +477,8 @@ __global__ void k_flash_combine(const float *__restrict__ ws, half *__restrict__
   const int c = (int)(i % (D / 2)) * 2;
   const float *pml = ws + (size_t)nsplit * n * H * D;
   float mx = -INFINITY;
-  for (int z = 0; z < nsplit; z++) mx = fmaxf(mx, pml[2 * ((size_t)z * n * H + rh)]);
+  for (int z = 0; z < nsplit; z++)
+    mx = fmaxf(mx, pml[2 * ((size_t)z * n * H + rh)]);
   float a = 0.f, b = 0.f, l = 0.f;
   for (int z = 0; z < nsplit; z++) {
     const size_t zr = (size_t)z * n * H + rh;
@@ -408,21 +497,27 @@ template <int D>
 static kvs_err launch_flash_t(const half *q, const half *k, const half *v, half *o, int n, int H,
                               int G, int past, const int *qslot, int kv_len, cudaStream_t st,
                               float **ws, size_t *ws_bytes) {
+  /* two m16 tiles per warp at D = 64; D = 128 has no registers for them */
+  constexpr int MT = D == 64 ? 2 : 1, BR = 16 * MT * FA_NW;
+  void (*const kern)(const half *, const half *, const half *, half *, int, int, int, int,
+                     const int *, int, float, float *) = k_flash_attn<D, MT>;
   size_t smem = fa_smem<D>::total;
   static int configured = 0, n_sm = 0;
   if (!configured) {
-    KVS_CUDA_TRY(cudaFuncSetAttribute(k_flash_attn<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)smem));
+    KVS_CUDA_TRY(
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     int dev = 0;
     KVS_CUDA_TRY(cudaGetDevice(&dev));
     KVS_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
     configured = 1;
   }
-  const int nqb = (n + 16 * FA_NW - 1) / (16 * FA_NW);
-  /* split when the grid would not fill two waves, keeping >= 4 key tiles per split */
+  const int nqb = (n + BR - 1) / BR;
+  /* split when the grid would not fill two blocks (8 warps) per SM, keeping
+   * >= 4 key tiles per split */
   int nsplit = 1;
   if (ws && nqb * H < 2 * n_sm) {
-    int by_sm = (2 * n_sm + nqb * H - 1) / (nqb * H), by_keys = (kv_len + 4 * FA_BC - 1) / (4 * FA_BC);
+    int by_sm = (2 * n_sm + nqb * H - 1) / (nqb * H),
+        by_keys = (kv_len + 4 * FA_BC - 1) / (4 * FA_BC);
     nsplit = by_sm < by_keys ? by_sm : by_keys;
     if (nsplit > 32) nsplit = 32;
     if (nsplit < 1) nsplit = 1;
@@ -438,8 +533,8 @@ static kvs_err launch_flash_t(const half *q, const half *k, const half *v, half 
   }
   dim3 grid((unsigned)nqb, (unsigned)H, (unsigned)nsplit);
   float scale_log2 = 1.4426950408889634f / sqrtf((float)D);
-  k_flash_attn<D><<<grid, FA_NW * 32, smem, st>>>(q, k, v, o, n, H, G, past, qslot, kv_len,
-                                                  scale_log2, nsplit > 1 ? *ws : NULL);
+  kern<<<grid, FA_NW * 32, smem, st>>>(q, k, v, o, n, H, G, past, qslot, kv_len, scale_log2,
+                                       nsplit > 1 ? *ws : NULL);
   KVS_CUDA_TRY(cudaGetLastError());
   if (nsplit > 1) {
     size_t th = (size_t)n * H * (D / 2);

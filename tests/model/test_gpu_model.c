@@ -114,6 +114,14 @@ static void test_flash_attn(void) {
   attn_case(129, 32, 8, 128, 2000); /* long past: queries see every key tile */
   attn_case(64, 32, 8, 128, 8192);  /* a question on 8K reused tokens: split over the keys */
   attn_case(3, 9, 3, 64, 5000);     /* decode-like, SmolLM2 heads */
+  /* D = 64 runs two m16 tiles per warp (128-row blocks): rows past n inside a
+   * warp's second tile, a block with one row, interior tiles with no mask */
+  attn_case(17, 9, 3, 64, 0);
+  attn_case(100, 9, 3, 64, 37);
+  attn_case(129, 9, 3, 64, 0);
+  attn_case(100, 9, 3, 64, 8000); /* split over the keys with every warp of the block busy */
+  attn_case(17, 32, 8, 128, 3);
+  attn_case(1000, 32, 8, 128, 0);
 }
 
 static void test_vs_cpu_and_llamacpp(void) {
