@@ -443,23 +443,30 @@ static void conn_free(sconn *c) {
 }
 
 /* From a callback or a worker: unlink, close, and let a worker free it
- * (an aio cannot be freed from its own callback). */
+ * (an aio cannot be freed from its own callback). Once the plane is
+ * closing, kvs__stream_stop owns every connection still listed: nothing is
+ * done here then. The job is queued under mu, so stop (which takes mu after
+ * setting closing) never misses one, and p outlives every queued job. */
 static void conn_close(sconn *c) {
   kvs__streamplane *p = c->p;
   pthread_mutex_lock(&p->mu);
+  if (atomic_load(&p->closing)) {
+    pthread_mutex_unlock(&p->mu);
+    return;
+  }
   if (c->prev)
     c->prev->next = c->next;
   else
     p->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   p->nconns--;
-  pthread_mutex_unlock(&p->mu);
   nng_stream_close(c->s);
   if (c->has_v) {
     kvs__vref_release(&c->v);
     c->has_v = 0;
   }
   job_push(p, c, 1);
+  pthread_mutex_unlock(&p->mu);
 }
 
 static void accept_cb(void *arg) {
@@ -624,17 +631,17 @@ void kvs__stream_stop(kvs__streamplane *p) {
     nng_stream_listener_close(p->ls[i].l);
   for (int i = 0; i < p->nl; i++)
     if (p->ls[i].acc) nng_aio_stop(p->ls[i].acc);
-  /* close every connection: their callbacks see `closing` and leave them */
+  /* close every connection still listed: from here on their callbacks (and
+   * conn_close) leave them alone, and the list no longer changes (accepts
+   * are stopped above) */
   pthread_mutex_lock(&p->mu);
   for (sconn *c = p->conns; c; c = c->next)
     nng_stream_close(c->s);
   pthread_mutex_unlock(&p->mu);
-  pthread_mutex_lock(&p->mu);
-  for (sconn *c = p->conns; c; c = c->next) {
+  for (sconn *c = p->conns; c; c = c->next) { /* outside mu: a callback may be waiting on it */
     nng_aio_stop(c->rx);
     nng_aio_stop(c->tx);
   }
-  pthread_mutex_unlock(&p->mu);
   /* the workers finish their queue (deferred GETs end on closed streams,
    * dead connections are freed), then stop */
   pthread_mutex_lock(&p->qmu);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "client_int.h"
 #include "kvs_wire.h"
@@ -333,21 +334,27 @@ kvs_err kvs_client_stream(kvs_client *c, const char *url) {
 void kvs__stream_close(kvs_client *c) {
   /* c->closed is set: no new stream call starts. Abort those in flight
    * (their done runs with KVS_ECLOSED, or they fall back to REQ/REP, which
-   * ends at once), wait until none is left, then free. */
+   * ends at once) until none is left - an abort that lands between two
+   * operations of a call does nothing, hence the loop - then free. The
+   * streams themselves are closed only here, after every callback is over. */
   pthread_mutex_lock(&c->mu);
   kvs__sconn *all = c->sall;
-  pthread_mutex_unlock(&c->mu);
-  for (kvs__sconn *s = all; s; s = s->all_next)
-    if (s->s) nng_stream_close(s->s);
-  if (c->stream_dialer) nng_stream_dialer_close(c->stream_dialer);
-  for (kvs__sconn *s = all; s; s = s->all_next)
-    nng_aio_abort(s->aio, NNG_ECLOSED);
-  pthread_mutex_lock(&c->mu);
-  while (c->s_active > 0)
-    pthread_cond_wait(&c->cv, &c->mu);
+  while (c->s_active > 0) {
+    pthread_mutex_unlock(&c->mu);
+    for (kvs__sconn *s = all; s; s = s->all_next) nng_aio_abort(s->aio, NNG_ECLOSED);
+    pthread_mutex_lock(&c->mu);
+    if (c->s_active > 0) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 10 * 1000000;
+      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+      pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+    }
+  }
   c->sall = NULL;
   c->sidle = NULL;
   pthread_mutex_unlock(&c->mu);
+  for (kvs__sconn *s = all; s; s = s->all_next) nng_aio_stop(s->aio);
   while (all) {
     kvs__sconn *n = all->all_next;
     nng_aio_free(all->aio);

@@ -1132,14 +1132,13 @@ static void test_stream_bad_frames(void) {
   CU_ASSERT_EQUAL(th_swrite(&s, f, sizeof f), KVS_OK);
   CU_ASSERT_EQUAL(th_swrite(&s, junk, 20), KVS_OK);
   th_sclose(&s);
-  /* an SP (nng REQ) client dialing the stream port gets nowhere, harmlessly */
-  th_conn r;
-  char u[300];
-  snprintf(u, sizeof u, "tcp://127.0.0.1:%d", g_d.sport);
-  if (th_connect(&r, u, "alpha", "tok-alpha-123", 300) == 0) {
-    CU_ASSERT(th_call(&r, KVS_OP_PING, 0, NULL, 0, NULL, NULL) != KVS_OK);
-    th_close(&r);
-  }
+  /* what an nng REQ client dialing the stream port would send (its SP
+   * header), then gone; (an nng socket itself is not used here: closing one
+   * whose handshake failed can deadlock in nng 1.5.2, nng#1543) */
+  sconn_alpha(&s);
+  const uint8_t sp[8] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
+  CU_ASSERT_EQUAL(th_swrite(&s, sp, sizeof sp), KVS_OK);
+  th_sclose(&s);
   CU_ASSERT(stream_alive());
   CU_ASSERT(alive());
 }
