@@ -284,7 +284,7 @@ int kvs__dma_staged(void) {
   int m = atomic_load(&mode);
   if (m < 0) {
     const char *e = getenv("KVS_CLIENT_DMA");
-    m = e && !strcmp(e, "direct") ? 0 : 1;
+    m = e && !strcmp(e, "staged") ? 1 : 0;
     atomic_store(&mode, m);
   }
   return m;

@@ -75,7 +75,7 @@ typedef struct kvs__devslot {
  * DMA'd as soon as it is there; direct (0) = one DMA from where they lie (a
  * registered shared-memory segment, or pageable memory through the driver),
  * checksummed beside it. $KVS_CLIENT_DMA = staged | direct, read once;
- * default staged. */
+ * default direct (faster on the H100 host: bench/RESULTS.md, client). */
 int kvs__dma_staged(void);
 kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes);
 void kvs__devslot_free(kvs__devslot *s);

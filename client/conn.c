@@ -716,9 +716,11 @@ kvs_err kvs__work_submit(kvs_client *c, void (*fn)(void *), void *arg) {
     free(j);
     return KVS_ECLOSED;
   }
-  if (!c->workers) { /* first use: one thread per core, 2..16 */
+  if (!c->workers) { /* first use: one thread per core, 2..16 ($KVS_CLIENT_WORKERS: 1..256) */
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     int want = n < 2 ? 2 : n > 16 ? 16 : (int)n;
+    const char *ew = getenv("KVS_CLIENT_WORKERS");
+    if (ew && atoi(ew) >= 1 && atoi(ew) <= 256) want = atoi(ew);
     c->workers = calloc((size_t)want, sizeof *c->workers);
     for (int i = 0; c->workers && i < want; i++)
       if (pthread_create(&c->workers[i], NULL, worker_main, c) == 0) c->n_workers++;
