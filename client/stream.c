@@ -169,7 +169,9 @@ static void sconn_cb(void *arg) {
   if (!s->req) return; /* an abort while idle */
   if (!s->s) {         /* the dial */
     if (rv) {          /* no listener there: the stream is not tried again for a second */
+      pthread_mutex_lock(&c->mu);
       c->stream_retry_ns = kvs_now_ns() + 1000000000ull;
+      pthread_mutex_unlock(&c->mu);
       fallback(s, "cannot reach the stream listener", rv);
       return;
     }
@@ -341,7 +343,8 @@ void kvs__stream_close(kvs_client *c) {
   kvs__sconn *all = c->sall;
   while (c->s_active > 0) {
     pthread_mutex_unlock(&c->mu);
-    for (kvs__sconn *s = all; s; s = s->all_next) nng_aio_abort(s->aio, NNG_ECLOSED);
+    for (kvs__sconn *s = all; s; s = s->all_next)
+      nng_aio_abort(s->aio, NNG_ECLOSED);
     pthread_mutex_lock(&c->mu);
     if (c->s_active > 0) {
       struct timespec ts;
@@ -354,7 +357,8 @@ void kvs__stream_close(kvs_client *c) {
   c->sall = NULL;
   c->sidle = NULL;
   pthread_mutex_unlock(&c->mu);
-  for (kvs__sconn *s = all; s; s = s->all_next) nng_aio_stop(s->aio);
+  for (kvs__sconn *s = all; s; s = s->all_next)
+    nng_aio_stop(s->aio);
   while (all) {
     kvs__sconn *n = all->all_next;
     nng_aio_free(all->aio);
