@@ -5,6 +5,8 @@
  *   kvs-bench-llamacpp --model GGUF --data musique_s.json [--item 0]
  *       [--min-tokens 1024] [--threads 2] [--reps 3] [--url tcp://...]
  *       [--rag-items 0] [--rag-passages 5] [--recompute 16] [--gpu-layers 0]
+ *       [--flash-attn 0|1 (llama.cpp's flash attention: its V cache is then not
+ *        transposed, which makes a restore one copy per layer)]
  * Without --url it starts kvstashd itself ($KVS_BUILD_DIR/cachesvc/kvstashd).
  * Chat: turn 1 = instruction + MuSiQue passages of --item (until --min-tokens)
  * + question + the gold answer; turn 2 = a follow-up question. "alone" = a
@@ -89,7 +91,8 @@ static void answer(struct llama_context *ctx, size_t n, int max_new, char *out, 
 
 int main(int argc, char **argv) {
   const char *model_path = NULL, *data = NULL, *url = NULL;
-  int item = 0, threads = 2, reps = 3, rag_items = 0, rag_passages = 5, recompute = 16, ngl = 0;
+  int item = 0, threads = 2, reps = 3, rag_items = 0, rag_passages = 5, recompute = 16, ngl = 0,
+      fa = 0;
   size_t min_tokens = 1024;
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *k = argv[i], *v = argv[i + 1];
@@ -115,6 +118,8 @@ int main(int argc, char **argv) {
       recompute = atoi(v);
     else if (!strcmp(k, "--gpu-layers"))
       ngl = atoi(v);
+    else if (!strcmp(k, "--flash-attn"))
+      fa = atoi(v) != 0;
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in a log */
   if (!model_path || !data || reps < 1 || reps > 32 || rag_items > 100) {
@@ -149,6 +154,7 @@ int main(int argc, char **argv) {
   cp.kv_unified = true;
   cp.n_threads = cp.n_threads_batch = threads;
   cp.no_perf = true;
+  cp.flash_attn = fa != 0;
   struct llama_context *ctx = llama_init_from_model(model, cp);
   kvs_client_opts co;
   kvs_client_opts_init(&co);
@@ -286,12 +292,13 @@ int main(int argc, char **argv) {
            "%.3f reuse %.3f recompute %.3f; prefill s/item full %.3f reuse %.3f recompute %.3f\n",
            n_rag, agree0, recompute, agreer, f_full / n_rag, f_r0 / n_rag, f_rr / n_rag,
            t_full / n_rag, t_r0 / n_rag, t_rr / n_rag);
-  printf("{\"bench\":\"llamacpp\",\"llama\":\"%s\",\"threads\":%d,\"gpu_layers\":%d,"
-         "\"turn2_tokens\":%zu,\"restored\":%u,\"ttft_alone_s\":%.4f,\"ttft_kvstash_s\":%.4f,"
-         "\"speedup\":%.3f,\"ttft_warm_slot_s\":%.4f,\"logits_exact\":%s,\"rag_items\":%d,"
-         "\"rag_same_reuse\":%d,\"rag_same_recompute\":%d}\n",
-         kvs_llama_build_version(), threads, ngl, n2, restored, am, km, am / km, wm,
-         exact ? "true" : "false", n_rag, agree0, agreer);
+  printf(
+      "{\"bench\":\"llamacpp\",\"llama\":\"%s\",\"threads\":%d,\"gpu_layers\":%d,\"flash_attn\":%d,"
+      "\"turn2_tokens\":%zu,\"restored\":%u,\"ttft_alone_s\":%.4f,\"ttft_kvstash_s\":%.4f,"
+      "\"speedup\":%.3f,\"ttft_warm_slot_s\":%.4f,\"logits_exact\":%s,\"rag_items\":%d,"
+      "\"rag_same_reuse\":%d,\"rag_same_recompute\":%d}\n",
+      kvs_llama_build_version(), threads, ngl, fa, n2, restored, am, km, am / km, wm,
+      exact ? "true" : "false", n_rag, agree0, agreer);
   free(ref), free(t.v);
   kvs_llama_free(kv), kvs_llama_free(alone);
   kvs_client_free(client);
