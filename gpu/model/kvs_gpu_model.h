@@ -2,8 +2,8 @@
  *
  * Weights live on the device in fp16 (the GEMMs are cuBLAS, fp16 inputs with
  * f32 accumulation); the residual stream stays f32; RMSNorm, RoPE, SwiGLU and
- * a tiled flash-style causal attention (tensor cores through WMMA, online
- * softmax, never a T x T score matrix) are our kernels. The KV cache is the
+ * a tiled flash-style causal attention (tensor cores through mma.sync m16n8k16,
+ * online softmax in registers, never a T x T score matrix) are our kernels. The KV cache is the
  * canonical layout in fp16: per layer K (cap, kv_heads, head_dim), then V.
  *
  * CPU twins (model/model_int.h): kvs_model_rmsnorm_cpu, kvs_model_rope_cpu,
