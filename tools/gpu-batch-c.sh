@@ -18,5 +18,5 @@ run() { # name, env, args
   KVS_CLIENT_DMA=$dma KVS_KVSTASHD=$PWD/.carry/gpu/bin/kvstashd timeout 200 tools/gpu-run kvs-bench-client --gpu --tokens 8192 "$@" > $OUT/bench_client_$name.log 2>&1; echo rc=$?
   grep -vE "^\{" $OUT/bench_client_$name.log | grep -E "shm|H2D|bits" 
 }
-KVS_CLIENT_WORKERS=16 run w16_lpg4 direct --iters 9 --lpg 4 --profiles int8,dense,dense:0.1/0.1
-KVS_CLIENT_WORKERS=64 run w64_win8_lpg4 direct --iters 9 --lpg 4 --window 8 --profiles int8,dense,dense:0.1/0.1
+run main_a direct --iters 9 --lpg 4 --profiles dense,dense:0.1/0.1,int8
+run main_b direct --iters 9 --lpg 4 --profiles dense,dense:0.1/0.1
