@@ -60,8 +60,10 @@ typedef struct kvs_codec_params {
   uint32_t group;            /* kivi group (default 32); dense/cachegen rANS steps
                                 per lane (default 256 / unused) */
   float k_step, v_step;      /* dense: quantizer step / RMS of the plane (default K 0.25,
-                                V 0.5: ~3.7 bits/element, KL 0.009 on SmolLM2; K = V = 0.1
-                                is parity, KL < 0.001 and top-1 > 0.99, ~5.6 bits) */
+                                V 0.5: ~3.7 bits/element, KL 0.009 on SmolLM2; K = V = 0.1:
+                                ~5.6 bits, KL < 0.001, top-1 0.991 on MuSiQue items 0-19 but
+                                0.983 on 20-39, where int8 is 0.985: near-tied positions, see
+                                bench/RESULTS.md; K = V = 0.05, ~6.6 bits, was >= 0.99 on both) */
   uint32_t fine_layers;      /* dense: first layers with step * fine_scale */
   float fine_scale;          /* dense: (default 0.5) */
   uint32_t k_flags, v_flags; /* dense: KVS_DENSE_ROTATED | _CHAN | _TOKEN | _SINK for K and

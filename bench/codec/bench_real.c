@@ -1,11 +1,17 @@
 /* Real-KV fidelity for kvs-bench-codec: SmolLM2-135M (model/) prefills a
  * context (ChatML system line + the first passages of a MuSiQue item, items
- * 0..n-1 only: 100-149 are held out), its KV goes through each profile, the
+ * of 0..99 only: 100-149 are held out), its KV goes through each profile, the
  * decoded KV replaces the cache, and the question is run on top of it. The
  * next-token distributions over the question's tokens are compared with the
  * ones computed on the original fp16 KV: KL(ref || decoded) averaged over
  * positions and items, top-1 agreement, and the perplexity change of the
- * question tokens themselves. */
+ * question tokens themselves.
+ *
+ * Environment (for sweeps): KVS_BENCH_DENSE replaces the dense settings (see
+ * below), KVS_BENCH_FIXED=0 drops the fixed-rate profiles, KVS_BENCH_ITEM0=k
+ * starts at item k (validation sets), KVS_BENCH_FLIPS=1 prints every top-1
+ * disagreement with the reference's logit gap between its top token and the
+ * decoded run's top token (near-ties flip under any perturbation). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,6 +124,7 @@ typedef struct cfg {
   uint32_t k_flags, v_flags;
   float step, v_step, fine_scale;
   uint32_t fine_layers;
+  uint32_t probe_lo, probe_hi, probe_kv; /* probe_kv != 0: only these planes lossy */
   double kl, top1, dppl, bits;
   int n;
 } cfg;
@@ -160,11 +167,16 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
   }
   const char *dp = getenv("KVS_RAG_DATA");
   if (!dp) dp = "/work/shared/data/rag/musique_s.json";
-  if (n_items > 100) n_items = 100; /* 100-149 are held out */
+  /* KVS_BENCH_ITEM0=k runs items k..k+n-1 (validation on items not used for
+     choosing); never past item 99: 100-149 are held out */
+  int item0 = getenv("KVS_BENCH_ITEM0") ? atoi(getenv("KVS_BENCH_ITEM0")) : 0;
+  if (item0 < 0) item0 = 0;
+  if (item0 > 99) item0 = 99;
+  if (item0 + n_items > 100) n_items = 100 - item0;
   item *items = calloc(100, sizeof *items);
   int have = load_items(dp, items, 100);
   kvs_model *m = NULL;
-  if (have < n_items || kvs_model_load(mp, &m) != KVS_OK) {
+  if (have < item0 + n_items || kvs_model_load(mp, &m) != KVS_OK) {
     printf("--real: model (%s) or data (%s) not available\n", mp, dp);
     *jn += (size_t)snprintf(json + *jn, cap - *jn, ",\"best_at_parity\":null");
     free(items);
@@ -173,14 +185,19 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
   const kvs_tok *tok = kvs_model_tok(m);
   kvs_layout lay = kvs_model_layout(m);
   uint32_t V = kvs_model_config(m)->n_vocab, L = lay.n_layers, H = lay.n_kv_heads, D = lay.head_dim;
-  /* fixed-rate profiles, then dense settings "kflags,vflags,step,fine_layers"
-     (KVS_BENCH_DENSE="k,v,s,f;k,v,s,f;..." replaces the default list) */
+  /* fixed-rate profiles, then dense settings "kflags,vflags,kstep,vstep,fine_layers
+     [,fine_scale[,lo,hi,kv]]" (KVS_BENCH_DENSE="k,v,ks,vs,f;k,v,ks,vs,f,fs;..." replaces
+     the default list; fine_scale defaults to 0.5). lo,hi,kv is a sensitivity probe:
+     only layers [lo,hi) take the decoded K (kv 1), V (2) or both (3), the other
+     planes stay exact (bits are still those of the whole encoding) */
   cfg cfgs[64];
   int nc = 0;
   static const int fixed[] = {KVS_PROFILE_LOSSLESS, KVS_PROFILE_INT8, KVS_PROFILE_KIVI4,
                               KVS_PROFILE_KIVI2,    KVS_PROFILE_FP4,  KVS_PROFILE_CACHEGEN};
   memset(cfgs, 0, sizeof cfgs);
-  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+  /* KVS_BENCH_FIXED=0 leaves the fixed-rate profiles out (dense sweeps) */
+  int want_fixed = !getenv("KVS_BENCH_FIXED") || atoi(getenv("KVS_BENCH_FIXED"));
+  for (size_t i = 0; want_fixed && i < sizeof fixed / sizeof fixed[0]; i++) {
     cfgs[nc].profile = fixed[i];
     snprintf(cfgs[nc].name, sizeof cfgs[nc].name, "%s", kvs_codec_profile_name(fixed[i]));
     nc++;
@@ -194,13 +211,23 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
   for (char *sv = NULL, *tokn = strtok_r(dbuf, ";", &sv); tokn && nc < 64;
        tokn = strtok_r(NULL, ";", &sv)) {
     unsigned kf, vf, fl;
-    float st, vst;
-    if (sscanf(tokn, "%u,%u,%f,%f,%u", &kf, &vf, &st, &vst, &fl) != 5) continue;
+    float st, vst, fs = 0.5f;
+    unsigned lo = 0, hi = 0, pkv = 0;
+    int got =
+        sscanf(tokn, "%u,%u,%f,%f,%u,%f,%u,%u,%u", &kf, &vf, &st, &vst, &fl, &fs, &lo, &hi, &pkv);
+    if (got < 5) continue;
     cfg *c = &cfgs[nc++];
+    c->probe_lo = lo, c->probe_hi = hi, c->probe_kv = got == 9 ? pkv : 0;
     c->profile = KVS_PROFILE_DENSE, c->k_flags = kf, c->v_flags = vf, c->step = st;
-    c->v_step = vst, c->fine_layers = fl, c->fine_scale = 0.5f;
-    snprintf(c->name, sizeof c->name, "dense:%u%u@%.2f/%.2f%s", kf, vf, st, vst, fl ? "/f" : "");
-    if (fl) snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), "%u", fl);
+    c->v_step = vst, c->fine_layers = fl, c->fine_scale = fs;
+    snprintf(c->name, sizeof c->name, "dense:%u,%u@%.3g/%.3g", kf, vf, st, vst);
+    if (fl)
+      snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), "/f%u*%.3g", fl, fs);
+    if (c->probe_kv)
+      snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " L%u-%u%s", lo, hi,
+               pkv == 1   ? "K"
+               : pkv == 2 ? "V"
+                          : "KV");
   }
 
   const uint32_t max_ctx = 512;
@@ -213,7 +240,7 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
   char *text = malloc(1 << 16);
   double t_start = (double)kvs_now_ns() * 1e-9;
   for (int it = 0; it < n_items; it++) {
-    item *x = &items[it];
+    item *x = &items[item0 + it];
     size_t tn = 0;
     snprintf(text, 1 << 16,
              "<|im_start|>system\nAnswer the question from the passages.<|im_end|>\n"
@@ -253,6 +280,12 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
         for (uint32_t pl = 0; pl < 2 * L; pl++)
           memcpy(dec + (size_t)pl * T * H * D, kv + (size_t)pl * T * H * D,
                  (size_t)atoi(getenv("KVS_BENCH_KEEP0")) * H * D * 2);
+      if (cfgs[c].probe_kv)
+        for (uint32_t pl = 0; pl < 2 * L; pl++) {
+          uint32_t l = pl / 2, kvb = 1u << (pl & 1);
+          if (l >= cfgs[c].probe_lo && l < cfgs[c].probe_hi && (cfgs[c].probe_kv & kvb)) continue;
+          memcpy(dec + (size_t)pl * T * H * D, kv + (size_t)pl * T * H * D, (size_t)T * H * D * 2);
+        }
       kvs_seq_truncate(seq, T);
       for (uint32_t l = 0; l < L; l++) {
         memcpy(kvs_seq_k(seq, l), dec + (2 * l) * (size_t)T * H * D, (size_t)T * H * D * 2);
@@ -264,6 +297,15 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
         int same;
         kl += kl_div(ref + (size_t)i * V, got + (size_t)i * V, V, &same);
         agree += same;
+        if (!same && getenv("KVS_BENCH_FLIPS")) { /* which positions flip, and how close
+                                                     the reference's top two were */
+          const float *r = ref + (size_t)i * V, *g2 = got + (size_t)i * V;
+          uint32_t ar = 0, ag = 0;
+          for (uint32_t j = 1; j < V; j++)
+            ar = r[j] > r[ar] ? j : ar, ag = g2[j] > g2[ag] ? j : ag;
+          fprintf(stderr, "flip: %s item %d pos %u ref gap %.4f\n", cfgs[c].name, item0 + it, i,
+                  r[ar] - r[ag]);
+        }
         if (i + 1 < qn) {
           lp_ref += logprob(ref + (size_t)i * V, V, ids[T + i + 1]);
           lp_got += logprob(got + (size_t)i * V, V, ids[T + i + 1]);
@@ -278,21 +320,21 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
     fprintf(stderr, "real: item %d/%d (ctx %u tokens, question %zu) %.0fs\n", it + 1, n_items, T,
             qn, (double)kvs_now_ns() * 1e-9 - t_start);
   }
-  printf("\n== real SmolLM2-135M KV, MuSiQue items 0..%d (context <= %u tokens, first 2 "
+  printf("\n== real SmolLM2-135M KV, MuSiQue items %d..%d (context <= %u tokens, first 2 "
          "passages)\n",
-         n_items - 1, max_ctx);
-  printf("%-18s %8s %10s %9s %10s\n", "profile", "bits/el", "KL", "top1", "ppl chg");
-  int best = -1;
-  *jn += (size_t)snprintf(json + *jn, cap - *jn, ",\"real\":[");
+         item0, item0 + n_items - 1, max_ctx);
+  printf("%-28s %8s %10s %9s %10s\n", "profile", "bits/el", "KL", "top1", "ppl chg");
+  int best = -1, emitted = 0;
+  *jn += (size_t)snprintf(json + *jn, cap - *jn, ",\"real_first_item\":%d,\"real\":[", item0);
   for (int c = 0; c < nc; c++) {
     cfg *r = &cfgs[c];
     if (!r->n) continue;
     r->kl /= r->n, r->top1 /= r->n, r->dppl /= r->n, r->bits /= r->n;
-    printf("%-18s %8.3f %10.5f %9.4f %+9.4f%%\n", r->name, r->bits, r->kl, r->top1, 100 * r->dppl);
+    printf("%-28s %8.3f %10.5f %9.4f %+9.4f%%\n", r->name, r->bits, r->kl, r->top1, 100 * r->dppl);
     *jn += (size_t)snprintf(json + *jn, cap - *jn,
                             "%s{\"profile\":\"%s\",\"bits_per_elem\":%.4f,\"kl\":%.6f,"
                             "\"top1_agreement\":%.4f,\"ppl_change\":%.5f,\"items\":%d}",
-                            c ? "," : "", r->name, r->bits, r->kl, r->top1, r->dppl, r->n);
+                            emitted++ ? "," : "", r->name, r->bits, r->kl, r->top1, r->dppl, r->n);
     if (r->kl <= 0.01 && r->top1 >= 0.99 && (best < 0 || r->bits < cfgs[best].bits)) best = c;
   }
   *jn += (size_t)snprintf(json + *jn, cap - *jn, "]");
