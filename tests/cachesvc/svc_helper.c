@@ -90,7 +90,30 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
+/* Three distinct free ports: a port probed and released can be handed out
+ * again by the very next probe (two listeners on one port: the daemon
+ * refuses to start, seen in a test run). */
+static int free_ports3(int *a, int *b, int *c) {
+  for (int tries = 0; tries < 50; tries++) {
+    *a = th_free_port(), *b = th_free_port(), *c = th_free_port();
+    if (*a < 0 || *b < 0 || *c < 0) return -1;
+    if (*a != *b && *a != *c && *b != *c) return 0;
+  }
+  return -1;
+}
+
+static int daemon_start_once(th_daemon *d, const char *const *extra);
+
+/* Another process may still take a probed port before the daemon binds it:
+ * a daemon that exits while starting is started again on new ports. */
 int th_daemon_start(th_daemon *d, const char *const *extra) {
+  int rc = -1;
+  for (int attempt = 0; attempt < 3 && rc != 0; attempt++)
+    rc = daemon_start_once(d, extra);
+  return rc;
+}
+
+static int daemon_start_once(th_daemon *d, const char *const *extra) {
   if (!d->dir[0]) {
     snprintf(d->dir, sizeof d->dir, "/tmp/kvs-svc-test-XXXXXX");
     if (!mkdtemp(d->dir)) return -1;
@@ -98,10 +121,7 @@ int th_daemon_start(th_daemon *d, const char *const *extra) {
   int known = 0;
   for (int i = 0; i < TH_MAX; i++) known |= strcmp(g_dirs[i], d->dir) == 0;
   if (!known) track_dir(d->dir, 1);
-  d->port = th_free_port();
-  d->http_port = th_free_port();
-  d->sport = th_free_port();
-  if (d->port < 0 || d->http_port < 0 || d->sport < 0) return -1;
+  if (free_ports3(&d->port, &d->http_port, &d->sport)) return -1;
   snprintf(d->surl, sizeof d->surl, "tcp+stream://127.0.0.1:%d", d->sport);
   snprintf(d->url, sizeof d->url, "tcp://127.0.0.1:%d", d->port);
   snprintf(d->ipc, sizeof d->ipc, "ipc://%s/kvs.sock", d->dir);

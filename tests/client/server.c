@@ -16,7 +16,7 @@
 #include "kvstash.h"
 #include "server.h"
 
-static int free_port(void) {
+static int probe_port(void) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   socklen_t len = sizeof a;
@@ -27,6 +27,22 @@ static int free_port(void) {
   if (fd >= 0) close(fd);
   return port;
 }
+
+/* A port probed and released can come back from the very next probe: never
+ * hand out one of the last few again in this process. */
+int test_free_port(void) {
+  static int recent[16], n;
+  for (int tries = 0; tries < 50; tries++) {
+    int p = probe_port(), seen = 0;
+    if (p < 0) return -1;
+    for (int i = 0; i < 16; i++) seen |= recent[i] == p;
+    if (seen) continue;
+    recent[n++ % 16] = p;
+    return p;
+  }
+  return -1;
+}
+#define free_port test_free_port
 
 static void rm_rf(const char *dir) {
   char cmd[400];

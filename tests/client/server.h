@@ -18,6 +18,8 @@ typedef struct test_server {
 /* mode "real" or "fake". Returns 0 when up, 77 when the real binary is
  * missing (the caller skips), 1 on failure. Messages on stderr. */
 int test_server_start(test_server *s, const char *mode);
+/* A free loopback TCP port, never one this process was handed recently. */
+int test_free_port(void);
 /* Same, with extra kvstashd flags separated by spaces (e.g. "--tenant=a:secret";
  * NULL = none). */
 int test_server_start_flag(test_server *s, const char *mode, const char *flag);

@@ -30,22 +30,9 @@ static const kvs_layout lay = {.n_layers = 8,
                                .rope_freq_scale = 1.0f};
 static unsigned long long seed = 7;
 
-static int free_tcp_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t l = sizeof a;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &l) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
 
 static int suite_init(void) {
-  int port = free_tcp_port();
+  int port = test_free_port();
   snprintf(surl, sizeof surl, "tcp+stream://127.0.0.1:%d", port);
   char flag[256];
   snprintf(flag, sizeof flag, "--listen=%s --tenant=alpha:tok-a --tenant=beta:tok-b", surl);
@@ -214,7 +201,7 @@ static void test_stream_fallback(void) {
   CU_ASSERT_PTR_NOT_NULL_FATAL(c);
   CU_ASSERT_EQUAL(kvs_client_stream(c, "tcp://127.0.0.1:1"), KVS_EINVAL);
   char nowhere[64];
-  snprintf(nowhere, sizeof nowhere, "tcp+stream://127.0.0.1:%d", free_tcp_port());
+  snprintf(nowhere, sizeof nowhere, "tcp+stream://127.0.0.1:%d", test_free_port());
   CU_ASSERT_EQUAL(kvs_client_stream(c, nowhere), KVS_OK);
   CU_ASSERT_EQUAL(kvs_client_stream(c, nowhere), KVS_EBUSY);
   chunk k;
