@@ -23,8 +23,9 @@ static void test_example_file(void) {
   CU_ASSERT_EQUAL_FATAL(kvs_svc_config_load(&c, kvs_test_src_path("cachesvc/kvstashd.conf.example")),
                         KVS_OK);
   CU_ASSERT_STRING_EQUAL(c.data_dir, "/var/lib/kvstash");
-  CU_ASSERT_EQUAL(c.n_listen, 2);
+  CU_ASSERT_EQUAL_FATAL(c.n_listen, 3);
   CU_ASSERT_STRING_EQUAL(c.listen[1], "ipc:///run/kvstash/kvstash.sock");
+  CU_ASSERT_STRING_EQUAL(c.listen[2], "tcp+stream://127.0.0.1:7880");
   CU_ASSERT_EQUAL(c.ram_bytes, 8ull << 30);
   CU_ASSERT_EQUAL(c.cold_bytes, 4ull << 40);
   CU_ASSERT_EQUAL(c.max_msg, 64ull << 20);
