@@ -229,7 +229,8 @@ typedef struct kvs_put_opts {
   uint32_t flags;            /* KVS_PUT_* */
   /* NULL: the profile's defaults (kvs_codec_params_default). Else the codec
    * parameters to encode with (e.g. the dense profile's quantizer steps:
-   * K = V = 0.1 is parity on SmolLM2); its profile must equal `profile`
+   * K = V = 0.1 met parity on SmolLM2 MuSiQue items 0-19, not on 20-39: see
+   * bench/RESULTS.md, codec); its profile must equal `profile`
    * (KVS_EINVAL otherwise); its layers_per_group, when 0, is taken from
    * above. The decoder reads every parameter from the stored header. */
   const struct kvs_codec_params *codec;
