@@ -16,7 +16,8 @@
  *   kvstashd shm (GET only): the same-host fast path (shm = on): LEASE over
  *                                     ipc://, bytes copied out of the mapped
  *                                     segment into the reader's buffer
- *   kvstashd stream (GET only): the byte-stream listener (tcp+stream://, nng's
+ *   kvstashd stream (GET only): the byte-stream listener (tcp+stream://, and
+ *                                     ipc+stream:// beside Redis's Unix socket; nng's
  *                                     stream API): the daemon writes the value
  *                                     from its RAM tier to the socket; the
  *                                     reader reads the head, then the value
@@ -55,7 +56,7 @@
 #endif
 
 #define MAX_OPS_PER_THREAD 200000
-#define MAX_CLIENTS 64
+#define MAX_CLIENTS        64
 
 static double now_s(void) { return (double)kvs_now_ns() * 1e-9; }
 static void sleep_ms(int ms) {
@@ -69,6 +70,7 @@ static pid_t g_kvs_pid, g_redis_pid, g_bare_pid;
 static char g_bare_tcp[128], g_bare_ipc[300];
 static volatile uint64_t *g_bare_size; /* shared with the bare server process */
 static char g_kvs_tcp[128], g_kvs_ipc[300], g_redis_sock[300], g_kvs_stream[128];
+static char g_kvs_stream_ipc[320];
 static int g_redis_port;
 
 static int free_port(void) {
@@ -203,10 +205,15 @@ static nng_msg *kput_msg(const kentry *e, const uint8_t *value, size_t n, uint64
 static void kentry_init(kentry *e, uint64_t id) {
   e->model = kvs_hash128_buf("bench-model", 11);
   uint64_t s = id * 31 + 7;
-  for (int i = 0; i < 64; i++) e->tokens[i] = (int32_t)(kvs_synth_rand(&s) % 49152);
+  for (int i = 0; i < 64; i++)
+    e->tokens[i] = (int32_t)(kvs_synth_rand(&s) % 49152);
   e->key = kvs_key_content(&e->model, e->tokens, 64);
-  kvs_wire_get_req g = {.key = e->key, .model = e->model, .flags = 0, .seg_first = 0,
-                        .seg_count = KVS_WIRE_SEG_ALL, .n_tokens = 64,
+  kvs_wire_get_req g = {.key = e->key,
+                        .model = e->model,
+                        .flags = 0,
+                        .seg_first = 0,
+                        .seg_count = KVS_WIRE_SEG_ALL,
+                        .n_tokens = 64,
                         .tokens_le = (const uint8_t *)e->tokens};
   size_t pl = kvs_wire_get_req_size(&g);
   e->get_len = KVS_WIRE_HDR_SIZE + pl;
@@ -291,7 +298,8 @@ typedef struct sconn {
 static int sconnect(sconn *c, const char *url) {
   memset(c, 0, sizeof *c);
   char u[160];
-  snprintf(u, sizeof u, "tcp%s", strstr(url, "://")); /* tcp+stream://x -> tcp://x */
+  /* tcp+stream://x -> tcp://x, ipc+stream://x -> ipc://x */
+  snprintf(u, sizeof u, "%s%s", strncmp(url, "ipc", 3) ? "tcp" : "ipc", strstr(url, "://"));
   nng_stream_dialer *d;
   if (nng_stream_dialer_alloc(&d, u) != 0) return -1;
   int rv = nng_aio_alloc(&c->aio, NULL, NULL);
@@ -392,15 +400,16 @@ enum {
   SYS_BARE_IPC,
   SYS_KVS_SHM,
   SYS_KVS_STREAM,
+  SYS_KVS_STREAM_IPC,
   N_SYS
 };
-static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc", "redis tcp",
-                                      "redis unix",   "bare-nng tcp", "bare-nng ipc",
-                                      "kvstashd shm", "kvstashd strm"};
-static const char *sys_key[N_SYS] = {"kvs_tcp",      "kvs_ipc",      "redis_tcp",
-                                     "redis_unix",   "bare_nng_tcp", "bare_nng_ipc",
-                                     "kvs_shm",      "kvs_stream_tcp"};
-#define IS_NNG(sys) ((sys) != SYS_REDIS_TCP && (sys) != SYS_REDIS_UNIX)
+static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc",  "redis tcp",
+                                      "redis unix",   "bare-nng tcp",  "bare-nng ipc",
+                                      "kvstashd shm", "kvstashd strm", "kvstashd strm-ipc"};
+static const char *sys_key[N_SYS] = {"kvs_tcp",    "kvs_ipc",        "redis_tcp",
+                                     "redis_unix", "bare_nng_tcp",   "bare_nng_ipc",
+                                     "kvs_shm",    "kvs_stream_tcp", "kvs_stream_ipc"};
+#define IS_NNG(sys)      ((sys) != SYS_REDIS_TCP && (sys) != SYS_REDIS_UNIX)
 #define IS_READONLY(sys) ((sys) >= SYS_BARE_TCP) /* bare server, shm, stream: GETs only */
 
 /* The transport's ceiling: a minimal synchronous nng REP server (its own
@@ -461,13 +470,13 @@ static void *thr_main(void *p) {
   memset(&sc, 0, sizeof sc);
   redisContext *rcx = NULL;
   int ok = 0;
-  if (rc->sys == SYS_KVS_STREAM)
-    ok = sconnect(&sc, g_kvs_stream) == 0;
+  if (rc->sys == SYS_KVS_STREAM || rc->sys == SYS_KVS_STREAM_IPC)
+    ok = sconnect(&sc, rc->sys == SYS_KVS_STREAM ? g_kvs_stream : g_kvs_stream_ipc) == 0;
   else if (IS_NNG(rc->sys))
-    ok = kconnect(&kc, rc->sys == SYS_KVS_TCP                               ? g_kvs_tcp
+    ok = kconnect(&kc, rc->sys == SYS_KVS_TCP                             ? g_kvs_tcp
                        : rc->sys == SYS_KVS_IPC || rc->sys == SYS_KVS_SHM ? g_kvs_ipc
-                       : rc->sys == SYS_BARE_TCP ? g_bare_tcp
-                                                 : g_bare_ipc) == 0;
+                       : rc->sys == SYS_BARE_TCP                          ? g_bare_tcp
+                                                                          : g_bare_ipc) == 0;
   else {
     rcx = rc->sys == SYS_REDIS_TCP ? redisConnect("127.0.0.1", g_redis_port)
                                    : redisConnectUnix(g_redis_sock);
@@ -480,7 +489,9 @@ static void *thr_main(void *p) {
     return NULL;
   }
   uint64_t rs = 0x1234 + (uint64_t)t->id * 977;
-  uint8_t *rbuf = (rcx || rc->sys == SYS_KVS_SHM || rc->sys == SYS_KVS_STREAM) && !rc->put
+  uint8_t *rbuf = (rcx || rc->sys == SYS_KVS_SHM || rc->sys == SYS_KVS_STREAM ||
+                   rc->sys == SYS_KVS_STREAM_IPC) &&
+                          !rc->put
                       ? malloc(rc->size + 2)
                       : NULL;
   shm_reader sr;
@@ -502,7 +513,7 @@ static void *thr_main(void *p) {
     int good = 0;
     if (rc->sys == SYS_KVS_SHM && !rc->put) {
       good = rbuf && shm_get(&kc, &sr, e, rbuf, rc->size);
-    } else if (rc->sys == SYS_KVS_STREAM) {
+    } else if (rc->sys == SYS_KVS_STREAM || rc->sys == SYS_KVS_STREAM_IPC) {
       good = rbuf && !rc->put && stream_get(&sc, e, rbuf, rc->size) == (long)rc->size;
     } else if (!rcx) {
       nng_msg *m = NULL;
@@ -524,8 +535,10 @@ static void *thr_main(void *p) {
       }
     }
     double t1 = now_s();
-    if (good) t->lat[t->n++] = t1 - t0;
-    else if (++t->errors > 100) break;
+    if (good)
+      t->lat[t->n++] = t1 - t0;
+    else if (++t->errors > 100)
+      break;
     if (t1 >= t_end && !rc->fill) break;
     if (t1 >= t_end + 120) break; /* a fill is bounded too */
   }
@@ -545,9 +558,12 @@ static void *thr_main(void *p) {
   }
   if (sr.map) munmap((void *)sr.map, sr.map_len);
   free(rbuf);
-  if (rcx) redisFree(rcx);
-  else if (rc->sys == SYS_KVS_STREAM) sclose(&sc);
-  else nng_close(kc.s);
+  if (rcx)
+    redisFree(rcx);
+  else if (rc->sys == SYS_KVS_STREAM || rc->sys == SYS_KVS_STREAM_IPC)
+    sclose(&sc);
+  else
+    nng_close(kc.s);
   return NULL;
 }
 
@@ -593,7 +609,8 @@ static result run(const run_cfg *rc) {
   double cpu0 = proc_cpu_s(server);
   pthread_barrier_wait(&bar);
   double t0 = now_s();
-  for (int i = 0; i < rc->clients; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < rc->clients; i++)
+    pthread_join(th[i], NULL);
   double el = now_s() - t0;
   double cpu = proc_cpu_s(server) - cpu0;
   pthread_barrier_destroy(&bar);
@@ -631,6 +648,7 @@ static int start_servers(void) {
   snprintf(g_kvs_tcp, sizeof g_kvs_tcp, "tcp://127.0.0.1:%d", kport);
   snprintf(g_kvs_ipc, sizeof g_kvs_ipc, "ipc://%s/kvs.sock", g_dir);
   snprintf(g_kvs_stream, sizeof g_kvs_stream, "tcp+stream://127.0.0.1:%d", free_port());
+  snprintf(g_kvs_stream_ipc, sizeof g_kvs_stream_ipc, "ipc+stream://%s/kvs-stream.sock", g_dir);
   snprintf(g_redis_sock, sizeof g_redis_sock, "%s/redis.sock", g_dir);
   snprintf(g_bare_tcp, sizeof g_bare_tcp, "tcp://127.0.0.1:%d", free_port());
   snprintf(g_bare_ipc, sizeof g_bare_ipc, "ipc://%s/bare.sock", g_dir);
@@ -639,20 +657,36 @@ static int start_servers(void) {
   *g_bare_size = 1;
   g_bare_pid = fork(); /* before this process has any thread */
   if (g_bare_pid == 0) bare_server();
-  char a_data[300], a_listen[700], log[300];
+  char a_data[300], a_listen[1000], log[300];
   snprintf(a_data, sizeof a_data, "--data_dir=%s/data", g_dir);
-  snprintf(a_listen, sizeof a_listen, "--listen=%s,%s,%s", g_kvs_tcp, g_kvs_ipc, g_kvs_stream);
+  snprintf(a_listen, sizeof a_listen, "--listen=%s,%s,%s,%s", g_kvs_tcp, g_kvs_ipc, g_kvs_stream,
+           g_kvs_stream_ipc);
   snprintf(log, sizeof log, "%s/kvstashd.log", g_dir);
-  char *kargv[] = {KVS_BENCH_KVSTASHD, a_data,         a_listen,        "--http=",
-                   "--durability=sync", "--ram_bytes=3G", "--max_msg=64M", "--workers=8",
-                   "--shm=on",          NULL};
+  char *kargv[] = {
+      KVS_BENCH_KVSTASHD, a_data,          a_listen,      "--http=",  "--durability=sync",
+      "--ram_bytes=3G",   "--max_msg=64M", "--workers=8", "--shm=on", NULL};
   g_kvs_pid = spawn(kargv, log);
   char port[16], rlog[300];
   snprintf(port, sizeof port, "%d", g_redis_port);
   snprintf(rlog, sizeof rlog, "%s/redis.log", g_dir);
-  char *rargv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--unixsocket",
-                   g_redis_sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-                   "--dir", g_dir, "--logfile", rlog, NULL};
+  char *rargv[] = {"redis-server",
+                   "--port",
+                   port,
+                   "--bind",
+                   "127.0.0.1",
+                   "--unixsocket",
+                   g_redis_sock,
+                   "--unixsocketperm",
+                   "700",
+                   "--save",
+                   "",
+                   "--appendonly",
+                   "no",
+                   "--dir",
+                   g_dir,
+                   "--logfile",
+                   rlog,
+                   NULL};
   g_redis_pid = spawn(rargv, rlog);
   for (int i = 0; i < 100; i++) { /* both up within 10 s */
     sleep_ms(100);
@@ -677,8 +711,10 @@ static int parse_list(const char *s, long *out, int max) {
   for (char *sv = NULL, *t = strtok_r(tmp, ",", &sv); t && n < max; t = strtok_r(NULL, ",", &sv)) {
     char *end;
     long v = strtol(t, &end, 10);
-    if (*end == 'K' || *end == 'k') v <<= 10;
-    else if (*end == 'M' || *end == 'm') v <<= 20;
+    if (*end == 'K' || *end == 'k')
+      v <<= 10;
+    else if (*end == 'M' || *end == 'm')
+      v <<= 20;
     out[n++] = v;
   }
   return n;
@@ -731,13 +767,13 @@ int main(int argc, char **argv) {
   printf("%-14s %-4s %7s %7s %10s %8s %9s %9s %9s %6s\n", "system", "op", "size", "clients",
          "req/s", "GB/s", "p50 us", "p99 us", "srvCPUus", "errors");
   static char json[1 << 16];
-  size_t jn = (size_t)snprintf(json, sizeof json, "{\"bench\":\"service\",\"seconds\":%.2f,\"rows\":[",
-                               seconds);
+  size_t jn = (size_t)snprintf(json, sizeof json,
+                               "{\"bench\":\"service\",\"seconds\":%.2f,\"rows\":[", seconds);
   int first = 1;
   /* get ratios at 1 MiB: [client index] tcp vs tcp, ipc vs unix */
   double ratio_tcp[8] = {0}, ratio_ipc[8] = {0}, p99r_tcp[8] = {0}, p99r_ipc[8] = {0};
   double bare_tcp[8] = {0}, bare_ipc[8] = {0}, shm_unix[8] = {0};
-  double ratio_stream[8] = {0}, p99r_stream[8] = {0};
+  double ratio_stream[8] = {0}, p99r_stream[8] = {0}, ratio_sipc[8] = {0}, p99r_sipc[8] = {0};
   int have_1m = 0;
   for (int si = 0; si < n_sizes; si++) {
     size_t size = (size_t)sizes[si];
@@ -752,13 +788,16 @@ int main(int argc, char **argv) {
     }
     uint64_t ck = kvs_checksum64(value, size);
     kentry *keys = calloc((size_t)n_keys, sizeof *keys);
-    for (int k = 0; k < n_keys; k++) kentry_init(&keys[k], (uint64_t)k + 1000000u * (uint64_t)si);
+    for (int k = 0; k < n_keys; k++)
+      kentry_init(&keys[k], (uint64_t)k + 1000000u * (uint64_t)si);
     for (int sys = 0; sys < N_SYS; sys++) { /* the working set, on both servers */
-      if (sys == SYS_KVS_IPC || sys == SYS_REDIS_UNIX || sys == SYS_KVS_STREAM)
+      if (sys == SYS_KVS_IPC || sys == SYS_REDIS_UNIX || sys == SYS_KVS_STREAM ||
+          sys == SYS_KVS_STREAM_IPC)
         continue; /* same servers */
       run_cfg fill = {sys, 1, 1, 1, size, n_keys, keys, value, ck, 0, seconds};
       result r = run(&fill);
-      if (r.n != n_keys) fprintf(stderr, "fill of %s: %ld of %d keys\n", sys_name[sys], r.n, n_keys);
+      if (r.n != n_keys)
+        fprintf(stderr, "fill of %s: %ld of %d keys\n", sys_name[sys], r.n, n_keys);
     }
     for (int ci = 0; ci < n_clients; ci++) {
       static result res[N_SYS][2];
@@ -775,13 +814,13 @@ int main(int argc, char **argv) {
                  r->cpu_us, r->errors);
           fflush(stdout);
           if (jn < sizeof json - 400)
-            jn += (size_t)snprintf(json + jn, sizeof json - jn,
-                                   "%s{\"system\":\"%s\",\"op\":\"%s\",\"size\":%zu,\"clients\":%ld,"
-                                   "\"rps\":%.1f,\"gbs\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
-                                   "\"server_cpu_us\":%.1f,\"errors\":%ld}",
-                                   first ? "" : ",", sys_key[sys], op ? "put" : "get", size,
-                                   clients[ci], r->rps, r->gbs, r->p50, r->p99, r->cpu_us,
-                                   r->errors);
+            jn +=
+                (size_t)snprintf(json + jn, sizeof json - jn,
+                                 "%s{\"system\":\"%s\",\"op\":\"%s\",\"size\":%zu,\"clients\":%ld,"
+                                 "\"rps\":%.1f,\"gbs\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
+                                 "\"server_cpu_us\":%.1f,\"errors\":%ld}",
+                                 first ? "" : ",", sys_key[sys], op ? "put" : "get", size,
+                                 clients[ci], r->rps, r->gbs, r->p50, r->p99, r->cpu_us, r->errors);
           first = 0;
         }
       if (size == (1u << 20)) {
@@ -795,9 +834,12 @@ int main(int argc, char **argv) {
         shm_unix[ci] = res[SYS_KVS_SHM][0].rps / (res[SYS_REDIS_UNIX][0].rps + 1e-9);
         ratio_stream[ci] = res[SYS_KVS_STREAM][0].rps / (res[SYS_REDIS_TCP][0].rps + 1e-9);
         p99r_stream[ci] = res[SYS_KVS_STREAM][0].p99 / (res[SYS_REDIS_TCP][0].p99 + 1e-9);
+        ratio_sipc[ci] = res[SYS_KVS_STREAM_IPC][0].rps / (res[SYS_REDIS_UNIX][0].rps + 1e-9);
+        p99r_sipc[ci] = res[SYS_KVS_STREAM_IPC][0].p99 / (res[SYS_REDIS_UNIX][0].p99 + 1e-9);
       }
     }
-    for (int k = 0; k < n_keys; k++) kentry_free(&keys[k]);
+    for (int k = 0; k < n_keys; k++)
+      kentry_free(&keys[k]);
     free(keys);
     free(value);
   }
@@ -808,18 +850,19 @@ int main(int argc, char **argv) {
     for (int ci = 0; ci < n_clients; ci++) {
       printf("  %3ld clients: req/s tcp %.2fx, ipc-vs-unix %.2fx; p99 tcp %.2fx, ipc-vs-unix %.2fx;"
              " kvstashd / bare nng: tcp %.2fx, ipc %.2fx; shm-lease vs unix %.2fx;"
-             " stream tcp %.2fx (p99 %.2fx)\n",
+             " stream tcp %.2fx (p99 %.2fx), stream ipc-vs-unix %.2fx (p99 %.2fx)\n",
              clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci],
-             bare_ipc[ci], shm_unix[ci], ratio_stream[ci], p99r_stream[ci]);
+             bare_ipc[ci], shm_unix[ci], ratio_stream[ci], p99r_stream[ci], ratio_sipc[ci],
+             p99r_sipc[ci]);
       jn += (size_t)snprintf(json + jn, sizeof json - jn,
                              "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
                              "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f,"
                              "\"vs_bare_nng_tcp\":%.3f,\"vs_bare_nng_ipc\":%.3f,"
                              "\"shm_vs_unix\":%.3f,\"stream_tcp\":%.3f,"
                              "\"p99_ratio_stream_tcp\":%.3f}",
-                             ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci],
-                             p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci], bare_ipc[ci],
-                             shm_unix[ci], ratio_stream[ci], p99r_stream[ci]);
+                             ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci],
+                             p99r_ipc[ci], bare_tcp[ci], bare_ipc[ci], shm_unix[ci],
+                             ratio_stream[ci], p99r_stream[ci]);
     }
     jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
     /* the byte-stream GET path against Redis over TCP, by client count */
@@ -827,8 +870,10 @@ int main(int argc, char **argv) {
     for (int ci = 0; ci < n_clients; ci++)
       jn += (size_t)snprintf(json + jn, sizeof json - jn,
                              "%s{\"clients\":%ld,\"get_ratio_vs_redis\":%.3f,"
-                             "\"p99_ratio_vs_redis\":%.3f}",
-                             ci ? "," : "", clients[ci], ratio_stream[ci], p99r_stream[ci]);
+                             "\"p99_ratio_vs_redis\":%.3f,\"ipc_vs_unix\":%.3f,"
+                             "\"p99_ratio_ipc_vs_unix\":%.3f}",
+                             ci ? "," : "", clients[ci], ratio_stream[ci], p99r_stream[ci],
+                             ratio_sipc[ci], p99r_sipc[ci]);
     jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
   }
   if (do_tokens) {
@@ -844,14 +889,16 @@ int main(int argc, char **argv) {
     uint8_t *enc = malloc(cap);
     if (kvs_codec_encode(&p, &l, T, kv, enc, cap, &enc_len) == KVS_OK) {
       kentry keys[16];
-      for (int k = 0; k < 16; k++) kentry_init(&keys[k], 9000000u + (uint64_t)k);
+      for (int k = 0; k < 16; k++)
+        kentry_init(&keys[k], 9000000u + (uint64_t)k);
       printf("\nKV tokens/s: 256-token chunk, %zu B raw fp16 (redis) vs %zu B dense (kvstashd), "
              "%.2f bits/elem\n",
              raw, enc_len, 8.0 * (double)enc_len / ((double)raw / 2));
-      jn += (size_t)snprintf(json + jn, sizeof json - jn,
-                             ",\"tokens\":{\"chunk_tokens\":%u,\"raw_bytes\":%zu,\"dense_bytes\":%zu,"
-                             "\"rows\":[",
-                             T, raw, enc_len);
+      jn +=
+          (size_t)snprintf(json + jn, sizeof json - jn,
+                           ",\"tokens\":{\"chunk_tokens\":%u,\"raw_bytes\":%zu,\"dense_bytes\":%zu,"
+                           "\"rows\":[",
+                           T, raw, enc_len);
       long tc[2] = {1, 4};
       for (int ci = 0; ci < 2; ci++) {
         double tps[N_SYS] = {0};
@@ -860,8 +907,8 @@ int main(int argc, char **argv) {
           int is_kvs = IS_NNG(sys);
           size_t sz = is_kvs ? enc_len : raw;
           const uint8_t *val = is_kvs ? enc : (const uint8_t *)kv;
-          run_cfg fill = {sys, 1, 1, 1, sz, 16, keys, val, kvs_checksum64(val, sz),
-                          KVS_PROFILE_DENSE, seconds};
+          run_cfg fill = {
+              sys, 1, 1, 1, sz, 16, keys, val, kvs_checksum64(val, sz), KVS_PROFILE_DENSE, seconds};
           if (IS_READONLY(sys)) fill.sys = SYS_KVS_IPC; /* shm and stream only read */
           (void)run(&fill);
           fill.sys = sys;
@@ -879,21 +926,23 @@ int main(int argc, char **argv) {
         double ri = tps[SYS_KVS_IPC] / (tps[SYS_REDIS_UNIX] + 1e-9);
         double rs = tps[SYS_KVS_SHM] / (tps[SYS_REDIS_UNIX] + 1e-9);
         double rst = tps[SYS_KVS_STREAM] / (tps[SYS_REDIS_TCP] + 1e-9);
+        double rsi = tps[SYS_KVS_STREAM_IPC] / (tps[SYS_REDIS_UNIX] + 1e-9);
         printf("  -> dense kvstashd / raw redis: tcp %.2fx, ipc-vs-unix %.2fx, shm-vs-unix %.2fx, "
-               "stream-vs-tcp %.2fx\n",
-               rt, ri, rs, rst);
+               "stream-vs-tcp %.2fx, stream-ipc-vs-unix %.2fx\n",
+               rt, ri, rs, rst, rsi);
         jn += (size_t)snprintf(json + jn, sizeof json - jn,
                                "%s{\"clients\":%ld,\"kvs_tcp\":%.0f,\"kvs_ipc\":%.0f,"
                                "\"kvs_shm\":%.0f,\"redis_tcp\":%.0f,\"redis_unix\":%.0f,"
                                "\"ratio_tcp\":%.3f,\"ratio_ipc_vs_unix\":%.3f,"
                                "\"ratio_shm_vs_unix\":%.3f,\"kvs_stream_tcp\":%.0f,"
-                               "\"ratio_stream_vs_tcp\":%.3f}",
+                               "\"ratio_stream_vs_tcp\":%.3f,\"ratio_stream_ipc_vs_unix\":%.3f}",
                                ci ? "," : "", tc[ci], tps[SYS_KVS_TCP], tps[SYS_KVS_IPC],
                                tps[SYS_KVS_SHM], tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri,
-                               rs, tps[SYS_KVS_STREAM], rst);
+                               rs, tps[SYS_KVS_STREAM], rst, rsi);
       }
       jn += (size_t)snprintf(json + jn, sizeof json - jn, "]}");
-      for (int k = 0; k < 16; k++) kentry_free(&keys[k]);
+      for (int k = 0; k < 16; k++)
+        kentry_free(&keys[k]);
     } else {
       printf("\ndense encode failed: tokens/s comparison skipped\n");
     }
