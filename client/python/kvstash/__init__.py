@@ -120,6 +120,7 @@ def _declare(lib):
         "kvs_client_connected": (ctypes.c_int, [P]),
         "kvs_client_get_counters": (ctypes.c_int, [P, ctypes.POINTER(_Counters)]),
         "kvs_client_shm_enabled": (ctypes.c_int, [P]),
+        "kvs_client_stream": (ctypes.c_int, [P, ctypes.c_char_p]),
         "kvs_hash128_from_hex": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(_Hash)]),
         "kvs_chunk_prefix_count": (sz, [sz, u32, ctypes.c_uint]),
         "kvs_chunk_prefix": (ctypes.c_int, [ctypes.POINTER(_Hash), i32p, sz, u32, ctypes.c_uint,
@@ -285,10 +286,13 @@ class Client:
 
     def __init__(self, url, tenant="default", token=None, timeout_ms=10000,
                  connect_timeout_ms=2000, sockets=2, retries=3, lazy=False, shm=None,
-                 tls_ca_file=None, tls_server_name=None, tls_cert_key_file=None):
+                 tls_ca_file=None, tls_server_name=None, tls_cert_key_file=None, stream=None):
         """shm: None = the same-host shared-memory path where the URL allows it (ipc://,
         tcp:// to loopback), False = never, True = try it whatever the URL.
-        tls_*: for tls+tcp:// URLs (tls_ca_file required)."""
+        tls_*: for tls+tcp:// URLs (tls_ca_file required).
+        stream: a kvstashd byte-stream listener (tcp+stream://host:port or
+        ipc+stream:///path) that gets go through; everything else uses url, and a get
+        whose stream cannot be reached goes through url too."""
         lib = load_library()
         self._lib = lib
         o = _ClientOpts()
@@ -314,6 +318,9 @@ class Client:
             lib.kvs_client_free(h)
             raise Error(rv, msg)
         self._h = h
+        if stream:
+            self._stream = stream.encode()
+            self._ok(lib.kvs_client_stream(h, self._stream))
 
     def close(self):
         if getattr(self, "_h", None):

@@ -184,3 +184,45 @@ def test_shm_get_real(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+def test_stream_get_real(tmp_path):
+    """Gets through kvstashd's byte-stream listener: the same KV as through REQ/REP."""
+    import signal
+    import socket
+    import subprocess
+    import time
+    if os.environ.get("KVS_CLIENT_SERVER", "fake") != "real":
+        pytest.skip("the stand-in has no byte-stream listener")
+    ports = set()
+    while len(ports) < 2:  # two distinct free ports
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.add(s.getsockname()[1])
+    p1, p2 = sorted(ports)
+    url, surl = f"tcp://127.0.0.1:{p1}", f"tcp+stream://127.0.0.1:{p2}"
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    proc = subprocess.Popen([os.environ["KVS_KVSTASHD"], f"--listen={url},{surl}",
+                             f"--data_dir={tmp_path}/data", "--http="], env=env)
+    try:
+        deadline = time.time() + 15
+        while True:
+            try:
+                with kvstash.Client(url, connect_timeout_ms=500, timeout_ms=2000) as c:
+                    c.ping()
+                break
+            except kvstash.Error:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+        toks = RNG.integers(0, 32000, 48).astype(np.int32)
+        ch = kvstash.chunk_spans(MODEL, toks, [(0, 48)])[0]
+        kv = kv_of(48)
+        with kvstash.Client(url, tenant="pystream", shm=False, stream=surl) as c:
+            c.put(MODEL, toks, ch, LAYOUT, kv)
+            assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)
+        with pytest.raises(kvstash.Error):  # not a stream URL
+            kvstash.Client(url, stream="tcp://127.0.0.1:1")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
