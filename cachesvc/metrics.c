@@ -66,6 +66,7 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
       {KVS_STAT_REQUESTS, "kvstash_requests_total", "counter", "data-plane requests"},
       {KVS_STAT_ERRORS, "kvstash_errors_total", "counter", "data-plane error answers"},
       {KVS_STAT_ENTRIES, "kvstash_entries", "gauge", "entries stored"},
+      {KVS_STAT_LEASES, "kvstash_leases", "gauge", "shared-memory leases held (all tenants)"},
   };
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
     sb_printf(&b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", rows[i].name, rows[i].help,

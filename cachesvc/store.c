@@ -1036,6 +1036,9 @@ void kvs__store_stats(kvs__store *s, uint64_t *v) {
   v[KVS_STAT_BYTES_T1] = s->t[1].used;
   v[KVS_STAT_BYTES_T2] = s->t[2].used;
   pthread_mutex_unlock(&s->mu);
+  pthread_mutex_lock(&s->shm_mu);
+  v[KVS_STAT_LEASES] = (uint64_t)s->nleases;
+  pthread_mutex_unlock(&s->shm_mu);
 }
 
 int kvs__store_has_cold(const kvs__store *s) { return s->has_cold; }

@@ -275,6 +275,7 @@ typedef enum {
   KVS_STAT_BYTES_OUT,
   KVS_STAT_REQUESTS,
   KVS_STAT_ERRORS,
+  KVS_STAT_LEASES, /* shared-memory leases held now (a gauge, all tenants) */
   KVS__STAT_COUNT
 } kvs_wire_stat;
 const char *kvs_wire_stat_name(uint32_t i); /* "entries", ... or "?" */

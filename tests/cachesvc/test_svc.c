@@ -976,8 +976,13 @@ static void test_shm_lease(void) {
     th_chunk_free(&o);
   }
   CU_ASSERT(memcmp(map + lr.offset, ch.value, ch.vbytes) == 0);
+  uint64_t sv[KVS__STAT_COUNT];
+  CU_ASSERT_EQUAL(th_stats(&c, sv), KVS_OK);
+  CU_ASSERT_EQUAL(sv[KVS_STAT_LEASES], 1); /* the gauge: this lease is held */
   CU_ASSERT_EQUAL(th_release(&c, lr.lease_id), KVS_OK);
   CU_ASSERT_EQUAL(th_release(&c, lr.lease_id), KVS_ENOENT);
+  CU_ASSERT_EQUAL(th_stats(&c, sv), KVS_OK);
+  CU_ASSERT_EQUAL(sv[KVS_STAT_LEASES], 0);
   /* a lease expires by itself; release in the same trip as the next lease */
   CU_ASSERT_EQUAL(th_put(&c, &ch, 0), KVS_OK);
   kvs_wire_lease_resp l1, l2;
