@@ -1,5 +1,10 @@
 """The Python binding end to end against a server (see conftest.py)."""
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +18,41 @@ RNG = np.random.default_rng(7)
 
 def kv_of(n_tokens, layout=LAYOUT):
     return RNG.standard_normal(layout.shape(n_tokens)).astype(np.float16)
+
+
+def _free_ports(n):
+    """n distinct free loopback ports (a released port can come back from the next probe)."""
+    ports = set()
+    while len(ports) < n:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.add(s.getsockname()[1])
+    return sorted(ports)
+
+
+@contextlib.contextmanager
+def _own_kvstashd(tmp_path, listen, *flags):
+    """A kvstashd of this test's own (real mode only), up once it answers a PING on listen[0]."""
+    if os.environ.get("KVS_CLIENT_SERVER", "fake") != "real":
+        pytest.skip("needs the real kvstashd")
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    proc = subprocess.Popen([os.environ["KVS_KVSTASHD"], "--listen=" + ",".join(listen),
+                             f"--data_dir={tmp_path}/data", "--http=", *flags], env=env)
+    try:
+        deadline = time.time() + 15
+        while True:
+            try:
+                with kvstash.Client(listen[0], connect_timeout_ms=500, timeout_ms=2000) as c:
+                    c.ping()
+                break
+            except kvstash.Error:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
 
 
 @pytest.fixture
@@ -144,30 +184,8 @@ def test_shm_option_and_counters(server_url):
 
 def test_shm_get_real(tmp_path):
     """Against a kvstashd with shm on: the get is served in place and the lease released."""
-    import signal
-    import socket
-    import subprocess
-    import time
-    if os.environ.get("KVS_CLIENT_SERVER", "fake") != "real":
-        pytest.skip("the stand-in has no shared memory")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        url = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    proc = subprocess.Popen([os.environ["KVS_KVSTASHD"], f"--listen={url}",
-                             f"--data_dir={tmp_path}/data", "--http=", "--shm=on",
-                             "--shm_bytes=4M"], env=env)
-    try:
-        deadline = time.time() + 15
-        while True:
-            try:
-                with kvstash.Client(url, connect_timeout_ms=500, timeout_ms=2000) as c:
-                    c.ping()
-                break
-            except kvstash.Error:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise
+    url = f"tcp://127.0.0.1:{_free_ports(1)[0]}"
+    with _own_kvstashd(tmp_path, [url], "--shm=on", "--shm_bytes=4M"):
         toks = RNG.integers(0, 32000, 40).astype(np.int32)
         ch = kvstash.chunk_spans(MODEL, toks, [(0, 40)])[0]
         kv = kv_of(40)
@@ -181,40 +199,13 @@ def test_shm_get_real(tmp_path):
                 time.sleep(0.01)
             assert k["shm_gets"] == 1 and k["leases"] == 1 and k["releases"] == 1
             assert k["shm_bytes"] > 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
 
 
 def test_stream_get_real(tmp_path):
     """Gets through kvstashd's byte-stream listener: the same KV as through REQ/REP."""
-    import signal
-    import socket
-    import subprocess
-    import time
-    if os.environ.get("KVS_CLIENT_SERVER", "fake") != "real":
-        pytest.skip("the stand-in has no byte-stream listener")
-    ports = set()
-    while len(ports) < 2:  # two distinct free ports
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.add(s.getsockname()[1])
-    p1, p2 = sorted(ports)
+    p1, p2 = _free_ports(2)
     url, surl = f"tcp://127.0.0.1:{p1}", f"tcp+stream://127.0.0.1:{p2}"
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    proc = subprocess.Popen([os.environ["KVS_KVSTASHD"], f"--listen={url},{surl}",
-                             f"--data_dir={tmp_path}/data", "--http="], env=env)
-    try:
-        deadline = time.time() + 15
-        while True:
-            try:
-                with kvstash.Client(url, connect_timeout_ms=500, timeout_ms=2000) as c:
-                    c.ping()
-                break
-            except kvstash.Error:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise
+    with _own_kvstashd(tmp_path, [url, surl]):
         toks = RNG.integers(0, 32000, 48).astype(np.int32)
         ch = kvstash.chunk_spans(MODEL, toks, [(0, 48)])[0]
         kv = kv_of(48)
@@ -223,6 +214,3 @@ def test_stream_get_real(tmp_path):
             assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)
         with pytest.raises(kvstash.Error):  # not a stream URL
             kvstash.Client(url, stream="tcp://127.0.0.1:1")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
