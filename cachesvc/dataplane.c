@@ -25,8 +25,8 @@ typedef struct rctx {
   nng_aio *aio;
   int open;
   int sending;
-  nng_msg *req;    /* while queued for a worker */
-  uint64_t t0;     /* when the request arrived */
+  nng_msg *req; /* while queued for a worker */
+  uint64_t t0;  /* when the request arrived */
   uint16_t op;
   struct rctx *next;
 } rctx;
@@ -122,45 +122,58 @@ int kvs__auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h) {
 }
 
 /* ---------------------------------------------------------------- ops */
+kvs_err kvs__get_prepare(kvs__store *st, const char *tenant, const kvs_wire_get_req *g, int fast,
+                         kvs__vref *v, kvs_wire_get_resp *a, size_t *head, const char **why) {
+  if (why) *why = NULL;
+  kvs__skey sk;
+  kvs__store_skey(st, tenant, &g->key, &sk);
+  kvs_err rc = fast ? kvs__store_get_t0(st, &sk, &g->model, g->tokens_le, g->n_tokens, v)
+                    : kvs__store_get(st, &sk, &g->model, g->tokens_le, g->n_tokens, v);
+  if (rc != KVS_OK) return rc;
+  uint32_t nseg = v->m.n_segments;
+  memset(a, 0, sizeof *a);
+  if (g->seg_first > nseg ||
+      (g->seg_count != KVS_WIRE_SEG_ALL && g->seg_count > nseg - g->seg_first)) {
+    kvs__vref_release(v);
+    if (why) *why = "segment range";
+    return KVS_ERANGE;
+  }
+  a->seg_first = g->seg_first;
+  a->seg_count = g->seg_count == KVS_WIRE_SEG_ALL ? nseg - g->seg_first : g->seg_count;
+  if (a->seg_count) {
+    uint64_t off, len, off2, len2;
+    kvs_wire_meta_seg_range(&v->m, a->seg_first, &off, &len);
+    kvs_wire_meta_seg_range(&v->m, a->seg_first + a->seg_count - 1, &off2, &len2);
+    a->byte_off = off;
+    a->byte_len = off2 + len2 - off;
+  }
+  a->value_bytes = v->m.value_bytes;
+  a->checksum = v->m.checksum;
+  *head = KVS_WIRE_GET_RESP_FIXED + ((g->flags & KVS_WIRE_GET_META) ? v->meta_len : 0);
+  return KVS_OK;
+}
+
 static nng_msg *op_get(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant, int fast,
                        int *defer) {
   const kvs_wire_get_req *g = &r->u.get;
-  kvs__skey sk;
-  kvs__store_skey(d->st, tenant, &g->key, &sk);
   kvs__vref v;
-  kvs_err rc = fast ? kvs__store_get_t0(d->st, &sk, &g->model, g->tokens_le, g->n_tokens, &v)
-                    : kvs__store_get(d->st, &sk, &g->model, g->tokens_le, g->n_tokens, &v);
+  kvs_wire_get_resp a;
+  size_t head = 0;
+  const char *why = NULL;
+  kvs_err rc = kvs__get_prepare(d->st, tenant, g, fast, &v, &a, &head, &why);
   if (rc == KVS_EAGAIN && fast) {
     *defer = 1;
     return NULL;
   }
-  if (rc != KVS_OK) return answer_err(KVS_OP_GET, r->hdr.req_id, rc, NULL);
-  uint32_t nseg = v.m.n_segments;
-  kvs_wire_get_resp a;
-  memset(&a, 0, sizeof a);
-  if (g->seg_first > nseg || (g->seg_count != KVS_WIRE_SEG_ALL && g->seg_count > nseg - g->seg_first)) {
-    kvs__vref_release(&v);
-    return answer_err(KVS_OP_GET, r->hdr.req_id, KVS_ERANGE, "segment range");
-  }
-  a.seg_first = g->seg_first;
-  a.seg_count = g->seg_count == KVS_WIRE_SEG_ALL ? nseg - g->seg_first : g->seg_count;
-  if (a.seg_count) {
-    uint64_t off, len, off2, len2;
-    kvs_wire_meta_seg_range(&v.m, a.seg_first, &off, &len);
-    kvs_wire_meta_seg_range(&v.m, a.seg_first + a.seg_count - 1, &off2, &len2);
-    a.byte_off = off;
-    a.byte_len = off2 + len2 - off;
-  }
-  a.value_bytes = v.m.value_bytes;
-  a.checksum = v.m.checksum;
+  if (rc != KVS_OK) return answer_err(KVS_OP_GET, r->hdr.req_id, rc, why);
   int with_meta = (g->flags & KVS_WIRE_GET_META) != 0;
-  size_t head = KVS_WIRE_GET_RESP_FIXED + (with_meta ? v.meta_len : 0);
   /* the one copy of the value on the way out: T0 (or the disk read) -> message */
   nng_msg *m = answer_begin(KVS_OP_GET, r->hdr.req_id, KVS_OK, head + a.byte_len);
   uint8_t hb[KVS_WIRE_GET_RESP_FIXED + 2048];
   uint8_t *hp = head <= sizeof hb ? hb : malloc(head);
   size_t w = 0;
-  if (m && hp && kvs_wire_get_resp_encode_head(&a, with_meta ? &v.m : NULL, hp, head, &w) == KVS_OK) {
+  if (m && hp &&
+      kvs_wire_get_resp_encode_head(&a, with_meta ? &v.m : NULL, hp, head, &w) == KVS_OK) {
     nng_msg_append(m, hp, head);
     nng_msg_append(m, v.buf->data + a.byte_off, (size_t)a.byte_len);
     KVS__INC(d->met, KVS_STAT_BYTES_OUT, a.byte_len);
@@ -184,8 +197,8 @@ static nng_msg *op_lease(kvs__dataplane *d, const kvs_wire_req *r, const char *t
   kvs__skey sk;
   kvs__store_skey(d->st, tenant, &q->get.key, &sk);
   kvs__lease_out lo;
-  kvs_err rc = kvs__store_lease(d->st, &sk, &q->get.model, q->get.tokens_le, q->get.n_tokens,
-                                !fast, &lo);
+  kvs_err rc =
+      kvs__store_lease(d->st, &sk, &q->get.model, q->get.tokens_le, q->get.n_tokens, !fast, &lo);
   if (rc == KVS_EAGAIN && fast) {
     *defer = 1;
     return NULL;
@@ -228,8 +241,8 @@ static nng_msg *op_lookup(kvs__dataplane *d, const kvs_wire_req *r, const char *
     kvs_wire_lookup_chunk_at(q, i, &c);
     kvs__skey sk;
     kvs__store_skey(d->st, tenant, &c.key, &sk);
-    status[i] = (uint8_t)kvs__store_probe(d->st, &sk, &q->model, q->tokens_le + 4u * c.tok_off,
-                                          c.tok_len);
+    status[i] =
+        (uint8_t)kvs__store_probe(d->st, &sk, &q->model, q->tokens_le + 4u * c.tok_off, c.tok_len);
     if (status[i] && in_prefix) n_prefix++;
     if (!status[i]) {
       in_prefix = 0;
@@ -251,8 +264,8 @@ static nng_msg *op_page(kvs__dataplane *d, const kvs_wire_req *r, const char *te
   if (!items) return answer_err(op, r->hdr.req_id, KVS_ENOMEM, NULL);
   uint32_t n = 0;
   int more = 0;
-  kvs_err rc = kvs__store_list(d->st, tid, q->has_cursor ? q->cursor : NULL, q->limit, items, &n,
-                               &more);
+  kvs_err rc =
+      kvs__store_list(d->st, tid, q->has_cursor ? q->cursor : NULL, q->limit, items, &n, &more);
   nng_msg *m = NULL;
   if (rc != KVS_OK) {
     m = answer_err(op, r->hdr.req_id, rc, NULL);
@@ -264,9 +277,9 @@ static nng_msg *op_page(kvs__dataplane *d, const kvs_wire_req *r, const char *te
       kvs_wire_page_resp_encode_head(n, (uint8_t)more, n ? items[n - 1].sk.b + 8 : NULL, p,
                                      KVS_WIRE_PAGE_RESP_FIXED, NULL);
       for (uint32_t i = 0; i < n; i++)
-        kvs_wire_list_item_encode(&items[i].it,
-                                  p + KVS_WIRE_PAGE_RESP_FIXED + (size_t)i * KVS_WIRE_LIST_ITEM_SIZE,
-                                  KVS_WIRE_LIST_ITEM_SIZE);
+        kvs_wire_list_item_encode(
+            &items[i].it, p + KVS_WIRE_PAGE_RESP_FIXED + (size_t)i * KVS_WIRE_LIST_ITEM_SIZE,
+            KVS_WIRE_LIST_ITEM_SIZE);
     }
   } else { /* EXPORT: records, cut at the max message size */
     if (nng_msg_alloc(&m, KVS_WIRE_HDR_SIZE + KVS_WIRE_PAGE_RESP_FIXED) == 0) {
@@ -345,8 +358,8 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
   uint64_t id = r->hdr.req_id;
   kvs__skey sk;
   kvs_err rc;
-  if (fast && op != KVS_OP_PING && op != KVS_OP_GET && op != KVS_OP_LOOKUP &&
-      op != KVS_OP_EXISTS && op != KVS_OP_STATS && op != KVS_OP_LEASE && op != KVS_OP_RELEASE) {
+  if (fast && op != KVS_OP_PING && op != KVS_OP_GET && op != KVS_OP_LOOKUP && op != KVS_OP_EXISTS &&
+      op != KVS_OP_STATS && op != KVS_OP_LEASE && op != KVS_OP_RELEASE) {
     *defer = 1;
     return NULL;
   }
@@ -385,8 +398,8 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
     uint64_t v[KVS__STAT_COUNT];
     kvs__store_stats(d->st, v);
     nng_msg *m = answer_alloc(op, id, KVS_OK, 8 + 8 * KVS__STAT_COUNT);
-    if (m) kvs_wire_stats_resp_encode(v, KVS__STAT_COUNT, payload_of(m), 8 + 8 * KVS__STAT_COUNT,
-                                      NULL);
+    if (m)
+      kvs_wire_stats_resp_encode(v, KVS__STAT_COUNT, payload_of(m), 8 + 8 * KVS__STAT_COUNT, NULL);
     return m;
   }
   case KVS_OP_LIST:
@@ -482,8 +495,10 @@ static void rctx_cb(void *arg) {
     c->req = req;
     pthread_mutex_lock(&d->qmu);
     c->next = NULL;
-    if (d->qtail) d->qtail->next = c;
-    else d->qhead = c;
+    if (d->qtail)
+      d->qtail->next = c;
+    else
+      d->qhead = c;
     d->qtail = c;
     pthread_cond_signal(&d->qcv);
     pthread_mutex_unlock(&d->qmu);
@@ -497,7 +512,8 @@ static void *worker_main(void *arg) {
   kvs__dataplane *d = arg;
   for (;;) {
     pthread_mutex_lock(&d->qmu);
-    while (!d->qhead && !d->qstop) pthread_cond_wait(&d->qcv, &d->qmu);
+    while (!d->qhead && !d->qstop)
+      pthread_cond_wait(&d->qcv, &d->qmu);
     rctx *c = d->qhead;
     if (!c) { /* stopping and nothing left */
       pthread_mutex_unlock(&d->qmu);
@@ -597,7 +613,8 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
     x->open = 1;
     nng_ctx_set_ms(x->ctx, NNG_OPT_SENDTIMEO, (nng_duration)c->deadline_ms);
   }
-  for (int i = 0; i < d->nctx; i++) nng_ctx_recv(d->ctx[i].ctx, d->ctx[i].aio);
+  for (int i = 0; i < d->nctx; i++)
+    nng_ctx_recv(d->ctx[i].ctx, d->ctx[i].aio);
   *out = d;
   return KVS_OK;
 }
@@ -620,7 +637,8 @@ void kvs__dataplane_stop(kvs__dataplane *d) {
     d->qstop = 1;
     pthread_cond_broadcast(&d->qcv);
     pthread_mutex_unlock(&d->qmu);
-    for (int i = 0; i < d->nw; i++) pthread_join(d->workers[i], NULL);
+    for (int i = 0; i < d->nw; i++)
+      pthread_join(d->workers[i], NULL);
     pthread_mutex_destroy(&d->qmu);
     pthread_cond_destroy(&d->qcv);
   }

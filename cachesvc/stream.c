@@ -183,38 +183,17 @@ static int do_get(sconn *c, const kvs_wire_req *r, int fast) {
   uint64_t id = r->hdr.req_id;
   char tenant[KVS_WIRE_TENANT_MAX + 1];
   kvs_wire_hdr_tenant(&r->hdr, tenant);
-  kvs__skey sk;
-  kvs__store_skey(p->st, tenant, &g->key, &sk);
   kvs__vref v;
-  kvs_err rc = fast ? kvs__store_get_t0(p->st, &sk, &g->model, g->tokens_le, g->n_tokens, &v)
-                    : kvs__store_get(p->st, &sk, &g->model, g->tokens_le, g->n_tokens, &v);
+  kvs_wire_get_resp a;
+  size_t head = 0;
+  const char *why = NULL;
+  kvs_err rc = kvs__get_prepare(p->st, tenant, g, fast, &v, &a, &head, &why);
   if (rc == KVS_EAGAIN && fast) return 1;
   if (rc != KVS_OK) {
-    answer_err(c, KVS_OP_GET, id, rc, NULL);
+    answer_err(c, KVS_OP_GET, id, rc, why);
     return 0;
   }
-  uint32_t nseg = v.m.n_segments;
-  if (g->seg_first > nseg ||
-      (g->seg_count != KVS_WIRE_SEG_ALL && g->seg_count > nseg - g->seg_first)) {
-    kvs__vref_release(&v);
-    answer_err(c, KVS_OP_GET, id, KVS_ERANGE, "segment range");
-    return 0;
-  }
-  kvs_wire_get_resp a;
-  memset(&a, 0, sizeof a);
-  a.seg_first = g->seg_first;
-  a.seg_count = g->seg_count == KVS_WIRE_SEG_ALL ? nseg - g->seg_first : g->seg_count;
-  if (a.seg_count) {
-    uint64_t off, len, off2, len2;
-    kvs_wire_meta_seg_range(&v.m, a.seg_first, &off, &len);
-    kvs_wire_meta_seg_range(&v.m, a.seg_first + a.seg_count - 1, &off2, &len2);
-    a.byte_off = off;
-    a.byte_len = off2 + len2 - off;
-  }
-  a.value_bytes = v.m.value_bytes;
-  a.checksum = v.m.checksum;
   int with_meta = (g->flags & KVS_WIRE_GET_META) != 0;
-  size_t head = KVS_WIRE_GET_RESP_FIXED + (with_meta ? v.meta_len : 0);
   size_t w = 0;
   if ((uint64_t)head + a.byte_len > KVS_WIRE_MAX_PAYLOAD) {
     kvs__vref_release(&v);

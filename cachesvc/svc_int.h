@@ -72,7 +72,7 @@ typedef struct kvs__buf {
   uint64_t shm_off;
   uint8_t inline_data[];
 } kvs__buf;
-kvs__buf *kvs__buf_new(size_t len); /* refs = 1; NULL on ENOMEM */
+kvs__buf *kvs__buf_new(size_t len);                  /* refs = 1; NULL on ENOMEM */
 kvs__buf *kvs__buf_new_shm(kvs__shm *m, size_t len); /* NULL when the segment is full */
 void kvs__buf_ref(kvs__buf *b);
 void kvs__buf_unref(kvs__buf *b);
@@ -81,10 +81,10 @@ void kvs__buf_unref(kvs__buf *b);
  * (wire encoding, server fields filled in). Release with kvs__vref_release. */
 typedef struct kvs__vref {
   kvs__buf *buf;
-  uint8_t *meta;    /* malloc'd */
+  uint8_t *meta; /* malloc'd */
   size_t meta_len;
-  kvs_wire_meta m;  /* decoded view of meta */
-  uint8_t tier;     /* where it was found */
+  kvs_wire_meta m; /* decoded view of meta */
+  uint8_t tier;    /* where it was found */
 } kvs__vref;
 void kvs__vref_release(kvs__vref *v);
 
@@ -111,6 +111,14 @@ kvs_err kvs__store_get(kvs__store *s, const kvs__skey *k, const kvs_model_id *mo
  * is cached but not in T0 (nothing counted then). */
 kvs_err kvs__store_get_t0(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
                           const uint8_t *tokens_le, uint32_t n_tokens, kvs__vref *out);
+/* A GET's lookup and answer fields, for both data planes (REQ/REP and byte
+ * streams): on KVS_OK *v holds the value (release it) and *a, *head (bytes of
+ * the answer's head, meta included when asked) describe the answer; the value
+ * bytes to send are v->buf->data + a->byte_off, a->byte_len long. Otherwise
+ * nothing is held: KVS_EAGAIN (fast and not in RAM: retry on a worker) or
+ * the error to answer, with *why (may be NULL) naming it. */
+kvs_err kvs__get_prepare(kvs__store *st, const char *tenant, const kvs_wire_get_req *g, int fast,
+                         kvs__vref *v, kvs_wire_get_resp *a, size_t *head, const char **why);
 /* LEASE: like GET, but the value must be (or, with may_block, be brought)
  * in the tenant's shared-memory segment; the lease holds a ref until
  * released or expired. KVS_EAGAIN: not in shared memory (use GET), or
@@ -158,7 +166,7 @@ int kvs__store_has_cold(const kvs__store *s);
  *   0 u32 magic "KVSR" | 4 u16 version 1 | 6 u8 state (0 ok, 1 quarantined)
  *   7 u8 0 | 8 u64 XXH3-64 of bytes 16.. | 16 wire meta (docs/protocol.md) */
 #define KVS__REC_MAGIC 0x5253564Bu
-#define KVS__REC_HEAD 16u
+#define KVS__REC_HEAD  16u
 size_t kvs__record_size(const kvs_wire_meta *m);
 kvs_err kvs__record_encode(const kvs_wire_meta *m, uint8_t state, uint8_t *out, size_t cap,
                            size_t *written);
