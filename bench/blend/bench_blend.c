@@ -157,7 +157,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
 }
 
 typedef struct agg {
-  double agree, f1, kl, frac, ttft;
+  double agree, agree1, f1, kl, frac, ttft;
   int n;
 } agg;
 
@@ -173,13 +173,15 @@ int main(int argc, char **argv) {
   int a = 0, b = 4, passages = 0;
   uint32_t max_new = 16, s8_pass = 8, s8_tok = 512;
   float ratio = -1;
-  int use_gpu = 0, s8 = 0;
+  int use_gpu = 0, s8 = 0, chunk_ctx = 0, style = 0;
+  uint32_t check_layer = 1;
   static struct option lo[] = {{"model", 1, 0, 'm'},      {"data", 1, 0, 'd'},
                                {"items", 1, 0, 'i'},      {"passages", 1, 0, 'p'},
                                {"strategies", 1, 0, 's'}, {"ratio", 1, 0, 'r'},
                                {"profile", 1, 0, 'c'},    {"max-new", 1, 0, 'n'},
                                {"gpu", 0, 0, 'g'},        {"speed8b", 0, 0, '8'},
                                {"passage-tokens", 1, 0, 't'}, {"n-passages", 1, 0, 'q'},
+                               {"chunk-ctx", 1, 0, 'x'}, {"style", 1, 0, 'y'},   {"check-layer", 1, 0, 'l'},
                                {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     switch (c) {
@@ -195,6 +197,9 @@ int main(int argc, char **argv) {
     case 'n': max_new = (uint32_t)atoi(optarg); break;
     case 'g': use_gpu = 1; break;
     case '8': s8 = 1; break;
+    case 'y': style = atoi(optarg); break;
+    case 'x': chunk_ctx = atoi(optarg); break;
+    case 'l': check_layer = (uint32_t)atoi(optarg); break;
     case 't': s8_tok = (uint32_t)atoi(optarg); break;
     case 'q': s8_pass = (uint32_t)atoi(optarg); break;
     default:
@@ -207,8 +212,17 @@ int main(int argc, char **argv) {
   if (!model_path || !data) return fprintf(stderr, "need --model and --data\n"), 2;
   int prof = strcmp(profile, "none") ? kvs_codec_profile_from_name(profile) : -1;
   if (strcmp(profile, "none") && prof < 0) return fprintf(stderr, "unknown profile\n"), 2;
-  int strat[8], n_strat = 0;
-  for (char *t = strtok(strategies, ","); t && n_strat < 8; t = strtok(NULL, ",")) {
+  /* a strategy with an optional parameter: cacheblend:0.3 (ratio), adaptive:0.3 (cap),
+   * epic:32 (tokens per chunk start) */
+  enum { MAX_STRAT = 16 };
+  int strat[MAX_STRAT], n_strat = 0;
+  float sparam[MAX_STRAT];
+  char label[MAX_STRAT][32];
+  for (char *t = strtok(strategies, ","); t && n_strat < MAX_STRAT; t = strtok(NULL, ",")) {
+    snprintf(label[n_strat], sizeof label[n_strat], "%s", t);
+    char *colon = strchr(t, ':');
+    sparam[n_strat] = colon ? (float)atof(colon + 1) : -1;
+    if (colon) *colon = 0;
     if ((strat[n_strat] = kvs_sel_parse(t)) < 0) return fprintf(stderr, "bad strategy %s\n", t), 2;
     n_strat++;
   }
@@ -232,19 +246,20 @@ int main(int argc, char **argv) {
   if (a < 100 && b >= 100)
     fprintf(stderr, "note: items %d-%d include held-out items (100-149): report, never tune\n", a, b);
 
-  agg full = {0}, st[8];
+  agg full = {0}, st[MAX_STRAT];
   memset(st, 0, sizeof st);
   double bits_sum = 0;
   int bits_n = 0;
   float *lf = malloc(info.n_vocab * 4), *lb = malloc(info.n_vocab * 4);
   size_t tb = kvs_layout_token_bytes(&info.layout);
-  printf("kvs-bench-blend: items %d-%d, passages %s, KV %s, strategies %s, engine %s\n", a, b,
-         passages ? "limited" : "all", profile, strategies, info.name);
+  printf("kvs-bench-blend: items %d-%d, passages %s, KV %s, strategies %s, engine %s, chunk ctx %d, "
+         "check layer %u, prompt style %d\n", a, b, passages ? "limited" : "all", profile, strategies,
+         info.name, chunk_ctx, check_layer, style);
   for (int i = a; i <= b; i++) {
     kvs_rag_item it = items[i];
     if (passages > 0 && (size_t)passages < it.n_passages) it.n_passages = (size_t)passages;
     kvs_rag_prompt p;
-    if ((e = kvs_rag_prompt_build(tok, &it, &p))) return fprintf(stderr, "prompt: %s\n", kvs_strerror(e)), 1;
+    if ((e = kvs_rag_prompt_build_style(tok, &it, style, &p))) return fprintf(stderr, "prompt: %s\n", kvs_strerror(e)), 1;
     kvs_rag_answer af = {.first_logits = lf};
     if ((e = kvs_rag_answer_full(eng, tok, &p, max_new, &af))) return fprintf(stderr, "full: %s\n", kvs_strerror(e)), 1;
     double f1_full = kvs_rag_f1(af.text, it.answers, it.n_answers);
@@ -255,7 +270,13 @@ int main(int argc, char **argv) {
     for (uint32_t s = 0; s + 1 < p.n_segs; s++) {
       cached[s] = 1;
       m.kv[s] = malloc(tb * p.len[s]);
-      if ((e = kvs_rag_chunk_kv(eng, p.tokens + p.start[s], p.len[s], m.kv[s]))) return 1;
+      /* passages after the first chunk_ctx tokens of the instruction (-1: all of it) */
+      /* -2: everything before the passage in this prompt (an oracle: the KV a full
+       * prefill has there, for checking the pipeline, not something a cache can hold) */
+      uint32_t nx = s == 0 ? 0 : chunk_ctx == -2 ? p.start[s]
+                    : chunk_ctx < 0 || (uint32_t)chunk_ctx > p.len[0] ? p.len[0] : (uint32_t)chunk_ctx;
+      if ((e = kvs_rag_chunk_kv_ctx(eng, p.tokens, nx, p.tokens + p.start[s], p.len[s], m.kv[s])))
+        return fprintf(stderr, "chunk kv: %s\n", kvs_strerror(e)), 1;
       if (prof >= 0) { /* what a fetch would give back: encode, then decode */
         kvs_codec_params cp;
         kvs_codec_params_default(prof, info.layout.n_layers, &cp);
@@ -274,9 +295,12 @@ int main(int argc, char **argv) {
     printf("item %3d (%u tokens) full: \"%s\" F1 %.2f ttft %.2fs\n", i, p.n_tokens, af.text,
            f1_full, af.ttft_s);
     for (int s = 0; s < n_strat; s++) {
-      kvs_blend_opts o = {.sel = kvs_sel_defaults((uint32_t)strat[s]), .check_layer = 1};
+      kvs_blend_opts o = {.sel = kvs_sel_defaults((uint32_t)strat[s]), .check_layer = check_layer};
       if (ratio >= 0 && (strat[s] == KVS_SEL_CACHEBLEND || strat[s] == KVS_SEL_ADAPTIVE))
         o.sel.ratio = ratio;
+      if (sparam[s] >= 0 && (strat[s] == KVS_SEL_CACHEBLEND || strat[s] == KVS_SEL_ADAPTIVE))
+        o.sel.ratio = sparam[s];
+      if (sparam[s] >= 0 && strat[s] == KVS_SEL_EPIC) o.sel.epic_first = (uint32_t)sparam[s];
       kvs_rag_answer ab = {.first_logits = lb};
       if ((e = kvs_rag_answer_blend(eng, tok, &p, cached, load_mem, &m, &o, max_new, &ab)))
         return fprintf(stderr, "blend: %s\n", kvs_strerror(e)), 1;
@@ -286,10 +310,11 @@ int main(int argc, char **argv) {
       double f1 = kvs_rag_f1(ab.text, it.answers, it.n_answers);
       double kl = kvs_rag_kl(lf, lb, info.n_vocab);
       double frac = ab.blend.n_candidates ? (double)ab.blend.n_recomputed / ab.blend.n_candidates : 0;
+      st[s].agree1 += ab.n && af.n ? ab.ids[0] == af.ids[0] : ab.n == af.n;
       st[s].agree += agree, st[s].f1 += f1, st[s].kl += kl, st[s].frac += frac;
       st[s].ttft += ab.ttft_s, st[s].n++;
       printf("   %-10s %s F1 %.2f KL %.4f recompute %4.1f%% ttft %.2fs \"%s\"\n",
-             kvs_sel_name((uint32_t)strat[s]), agree ? "agree " : "DIFFER", f1, kl, 100 * frac,
+             label[s], agree ? "agree " : "DIFFER", f1, kl, 100 * frac,
              ab.ttft_s, ab.text);
     }
     for (uint32_t s = 0; s + 1 < p.n_segs; s++) free(m.kv[s]);
@@ -297,11 +322,11 @@ int main(int argc, char **argv) {
     fflush(stdout);
   }
   int n = full.n ? full.n : 1;
-  printf("\n%-11s %9s %6s %8s %8s %10s %8s %8s\n", "strategy", "agreement", "F1", "F1-full",
-         "KL", "recompute", "ttft_s", "speedup");
-  printf("%-11s %9s %6.3f %8s %8s %10s %8.3f %8s\n", "full", "-", full.f1 / n, "-", "-", "100%",
-         full.ttft / n, "1.00x");
-  char json[4096];
+  printf("\n%-15s %9s %6s %6s %8s %8s %10s %8s %8s\n", "strategy", "agreement", "tok1", "F1",
+         "F1-full", "KL", "recompute", "ttft_s", "speedup");
+  printf("%-15s %9s %6s %6.3f %8s %8s %10s %8.3f %8s\n", "full", "-", "-", full.f1 / n, "-", "-",
+         "100%", full.ttft / n, "1.00x");
+  char json[8192];
   int k = snprintf(json, sizeof json,
                    "{\"bench\":\"blend\",\"items\":\"%d-%d\",\"n_items\":%d,\"kv\":\"%s\","
                    "\"bits_per_elem\":%.3f,\"full\":{\"f1\":%.4f,\"ttft_s\":%.4f},\"strategies\":{",
@@ -309,12 +334,12 @@ int main(int argc, char **argv) {
   for (int s = 0; s < n_strat; s++) {
     agg *g = &st[s];
     double sp = g->ttft > 0 ? full.ttft / g->ttft : 0;
-    printf("%-11s %9.3f %6.3f %+8.3f %8.4f %9.1f%% %8.3f %7.2fx\n", kvs_sel_name((uint32_t)strat[s]),
-           g->agree / n, g->f1 / n, (g->f1 - full.f1) / n, g->kl / n, 100 * g->frac / n, g->ttft / n, sp);
+    printf("%-15s %9.3f %6.3f %6.3f %+8.3f %8.4f %9.1f%% %8.3f %7.2fx\n", label[s],
+           g->agree / n, g->agree1 / n, g->f1 / n, (g->f1 - full.f1) / n, g->kl / n, 100 * g->frac / n, g->ttft / n, sp);
     k += snprintf(json + k, sizeof json - (size_t)k,
-                  "%s\"%s\":{\"answer_agreement\":%.4f,\"f1\":%.4f,\"f1_delta\":%.4f,\"kl\":%.5f,"
+                  "%s\"%s\":{\"answer_agreement\":%.4f,\"first_token_agreement\":%.4f,\"f1\":%.4f,\"f1_delta\":%.4f,\"kl\":%.5f,"
                   "\"recompute_frac\":%.4f,\"ttft_s\":%.4f,\"speedup\":%.3f}",
-                  s ? "," : "", kvs_sel_name((uint32_t)strat[s]), g->agree / n, g->f1 / n,
+                  s ? "," : "", label[s], g->agree / n, g->agree1 / n, g->f1 / n,
                   (g->f1 - full.f1) / n, g->kl / n, g->frac / n, g->ttft / n, sp);
   }
   int ours = -1;

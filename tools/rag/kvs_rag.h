@@ -38,11 +38,21 @@ typedef struct kvs_rag_prompt {
 } kvs_rag_prompt;
 
 kvs_err kvs_rag_prompt_build(const kvs_tok *tok, const kvs_rag_item *item, kvs_rag_prompt *p);
+/* The same with the question's turn in another style (0 is kvs_rag_prompt_build). */
+kvs_err kvs_rag_prompt_build_style(const kvs_tok *tok, const kvs_rag_item *item, int style,
+                                   kvs_rag_prompt *p);
+int kvs_rag_n_styles(void);
 void kvs_rag_prompt_free(kvs_rag_prompt *p);
 
 /* KV of tokens[n] prefilled alone from position 0, canonical layout
  * (n_layers, 2, n, kv_heads, head_dim) f16 into out (kvs_layout_token_bytes * n). */
 kvs_err kvs_rag_chunk_kv(kvs_engine *e, const int32_t *tokens, uint32_t n, void *out);
+/* The same, the chunk prefilled after ctx[n_ctx] (a fixed lead-in such as the
+ * chat template's first token, so the chunk's own first tokens do not turn into
+ * attention sinks); only the chunk's KV is kept, K re-rotated back to position
+ * 0. n_ctx 0 is kvs_rag_chunk_kv. */
+kvs_err kvs_rag_chunk_kv_ctx(kvs_engine *e, const int32_t *ctx, uint32_t n_ctx,
+                            const int32_t *tokens, uint32_t n, void *out);
 
 typedef struct kvs_rag_answer {
   int32_t ids[KVS_RAG_MAX_ANSWER];

@@ -130,10 +130,39 @@ static kvs_err append(const kvs_tok *tok, const char *text, int special, kvs_rag
   return KVS_OK;
 }
 
+/* A few-shot instruction: two made-up exchanges (not from MuSiQue) that show
+ * the short answer MuSiQue's gold answers are; it is the prefix chunk, reused
+ * exactly, so it costs nothing at answer time. */
+static const char *INSTRUCTION_SHOTS =
+    "<|im_start|>system\nYou are a helpful assistant. Answer the question using the passages. "
+    "Reply with a short answer only: a name, a place, a date or a number, no sentence.<|im_end|>\n"
+    "<|im_start|>user\nQuestion: What is the capital of the country where the Eiffel Tower "
+    "stands?<|im_end|>\n<|im_start|>assistant\nParis<|im_end|>\n"
+    "<|im_start|>user\nQuestion: Who wrote the novel that the film Jaws is based on?<|im_end|>\n"
+    "<|im_start|>assistant\nPeter Benchley<|im_end|>\n<|im_start|>user\n";
+
+/* The question's turn, by style (the passages and the instruction are the same
+ * in every style, so the chunks' KV is too). */
+static const char *const QUESTION_FMT[] = {
+    "Question: %s<|im_end|>\n<|im_start|>assistant\n",
+    "Question: %s\nAnswer in a few words.<|im_end|>\n<|im_start|>assistant\n",
+    "Question: %s<|im_end|>\n<|im_start|>assistant\nAnswer:",
+    "Question: %s\nAnswer in a few words.<|im_end|>\n<|im_start|>assistant\nAnswer:",
+    "Question: %s<|im_end|>\n<|im_start|>assistant\n", /* 4: with INSTRUCTION_SHOTS */
+};
+
+int kvs_rag_n_styles(void) { return (int)(sizeof QUESTION_FMT / sizeof *QUESTION_FMT); }
+
 kvs_err kvs_rag_prompt_build(const kvs_tok *tok, const kvs_rag_item *item, kvs_rag_prompt *p) {
+  return kvs_rag_prompt_build_style(tok, item, 0, p);
+}
+
+kvs_err kvs_rag_prompt_build_style(const kvs_tok *tok, const kvs_rag_item *item, int style,
+                                   kvs_rag_prompt *p) {
   memset(p, 0, sizeof *p);
+  if (style < 0 || style >= kvs_rag_n_styles()) return KVS_EINVAL;
   uint32_t cap = 0;
-  kvs_err err = append(tok, INSTRUCTION, 1, p, &cap);
+  kvs_err err = append(tok, style == 4 ? INSTRUCTION_SHOTS : INSTRUCTION, 1, p, &cap);
   for (size_t i = 0; !err && i < item->n_passages; i++) {
     size_t n = strlen(item->title[i]) + strlen(item->text[i]) + 16;
     char *s = malloc(n);
@@ -146,7 +175,7 @@ kvs_err kvs_rag_prompt_build(const kvs_tok *tok, const kvs_rag_item *item, kvs_r
     size_t n = strlen(item->question) + 128;
     char *s = malloc(n);
     if (!s) return KVS_ENOMEM;
-    snprintf(s, n, "Question: %s<|im_end|>\n<|im_start|>assistant\n", item->question);
+    snprintf(s, n, QUESTION_FMT[style], item->question);
     err = append(tok, s, 1, p, &cap);
     free(s);
   }
@@ -159,18 +188,27 @@ void kvs_rag_prompt_free(kvs_rag_prompt *p) {
   memset(p, 0, sizeof *p);
 }
 
-kvs_err kvs_rag_chunk_kv(kvs_engine *e, const int32_t *tokens, uint32_t n, void *out) {
+kvs_err kvs_rag_chunk_kv_ctx(kvs_engine *e, const int32_t *ctx, uint32_t n_ctx,
+                            const int32_t *tokens, uint32_t n, void *out) {
   kvs_engine_info in;
   KVS_TRY(e->ops->info(e, &in));
+  if (n_ctx && !ctx) return KVS_EINVAL;
   kvs_engine_seq *s;
-  KVS_TRY(e->ops->seq_create(e, n, &s));
-  kvs_err err = e->ops->prefill(e, s, tokens, n, 0, NULL);
+  KVS_TRY(e->ops->seq_create(e, n_ctx + n, &s));
+  kvs_err err = n_ctx ? e->ops->prefill(e, s, ctx, n_ctx, 0, NULL) : KVS_OK;
+  if (!err) err = e->ops->prefill(e, s, tokens, n, 0, NULL);
   size_t plane = (size_t)kvs_layout_plane_elems(&in.layout, n) * kvs_dtype_size(in.layout.dtype);
   for (uint32_t l = 0; !err && l < in.layout.n_layers; l++)
-    err = e->ops->kv_read(e, s, l, 0, n, (char *)out + 2 * l * plane,
+    err = e->ops->kv_read(e, s, l, n_ctx, n, (char *)out + 2 * l * plane,
                           (char *)out + (2 * l + 1) * plane);
   e->ops->seq_free(e, s);
+  /* stored as if the chunk started at position 0 (content keys, DESIGN.md) */
+  if (!err && n_ctx) err = kvs_rope_shift_chunk(&in.layout, out, n, -(int64_t)n_ctx);
   return err;
+}
+
+kvs_err kvs_rag_chunk_kv(kvs_engine *e, const int32_t *tokens, uint32_t n, void *out) {
+  return kvs_rag_chunk_kv_ctx(e, NULL, 0, tokens, n, out);
 }
 
 /* greedy continuation from the logits of the last prompt token */
