@@ -41,6 +41,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -289,50 +294,60 @@ static int shm_get(kconn *c, shm_reader *sr, const kentry *e, uint8_t *dst, size
   return ok;
 }
 
-/* The byte-stream GET: one connection (nng_stream), one request at a time. */
+/* The byte-stream GET: one plain socket, one request at a time, read with
+ * read() like the Redis reader below (redis_raw_get), so that both servers
+ * are measured with the same, fastest kind of client. (nng's stream API on
+ * this side added a task-thread hop per partial read: bench/RESULTS.md.) */
 typedef struct sconn {
-  nng_stream *s;
-  nng_aio *aio;
+  int fd;
 } sconn;
 
 static int sconnect(sconn *c, const char *url) {
-  memset(c, 0, sizeof *c);
-  char u[160];
-  /* tcp+stream://x -> tcp://x, ipc+stream://x -> ipc://x */
-  snprintf(u, sizeof u, "%s%s", strncmp(url, "ipc", 3) ? "tcp" : "ipc", strstr(url, "://"));
-  nng_stream_dialer *d;
-  if (nng_stream_dialer_alloc(&d, u) != 0) return -1;
-  int rv = nng_aio_alloc(&c->aio, NULL, NULL);
-  if (rv == 0) {
-    nng_aio_set_timeout(c->aio, 30000);
-    nng_stream_dialer_dial(d, c->aio);
-    nng_aio_wait(c->aio);
-    rv = nng_aio_result(c->aio);
-    if (rv == 0) c->s = nng_aio_get_output(c->aio, 0);
+  c->fd = -1;
+  const char *rest = strstr(url, "://");
+  if (!rest) return -1;
+  rest += 3;
+  if (!strncmp(url, "ipc", 3)) { /* ipc+stream:///path */
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(rest) >= sizeof a.sun_path) return -1;
+    memcpy(a.sun_path, rest, strlen(rest) + 1);
+    c->fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0) goto fail;
+    return 0;
   }
-  nng_stream_dialer_free(d);
-  return rv == 0 ? 0 : -1;
+  char host[128];
+  const char *colon = strrchr(rest, ':');
+  if (!colon || (size_t)(colon - rest) >= sizeof host) return -1;
+  memcpy(host, rest, (size_t)(colon - rest));
+  host[colon - rest] = 0;
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+  if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || !ai) return -1;
+  c->fd = socket(ai->ai_family, SOCK_STREAM, 0);
+  int one = 1, ok = c->fd >= 0 && connect(c->fd, ai->ai_addr, ai->ai_addrlen) == 0;
+  freeaddrinfo(ai);
+  if (!ok) goto fail;
+  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as hiredis does */
+  return 0;
+fail:
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  return -1;
 }
 
 static void sclose(sconn *c) {
-  if (c->s) nng_stream_free(c->s);
-  if (c->aio) nng_aio_free(c->aio);
-  memset(c, 0, sizeof *c);
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
 }
 
 /* Exactly n bytes out (wr) or in; 0 on success. */
 static int sio(sconn *c, void *p, size_t n, int wr) {
   size_t done = 0;
   while (done < n) {
-    nng_iov iov = {(uint8_t *)p + done, n - done};
-    nng_aio_set_iov(c->aio, 1, &iov);
-    if (wr)
-      nng_stream_send(c->s, c->aio);
-    else
-      nng_stream_recv(c->s, c->aio);
-    nng_aio_wait(c->aio);
-    if (nng_aio_result(c->aio) != 0) return -1;
-    done += nng_aio_count(c->aio);
+    ssize_t r = wr ? write(c->fd, (uint8_t *)p + done, n - done)
+                   : read(c->fd, (uint8_t *)p + done, n - done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    done += (size_t)r;
   }
   return 0;
 }
@@ -467,7 +482,7 @@ static void *thr_main(void *p) {
   const run_cfg *rc = t->rc;
   kconn kc;
   sconn sc;
-  memset(&sc, 0, sizeof sc);
+  sc.fd = -1;
   redisContext *rcx = NULL;
   int ok = 0;
   if (rc->sys == SYS_KVS_STREAM || rc->sys == SYS_KVS_STREAM_IPC)
