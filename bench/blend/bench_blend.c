@@ -10,11 +10,13 @@
  *   share of reused tokens recomputed, time to first token.
  * Tune on items 0-99 only; 100-149 are held out for acceptance figures.
  * Last line: JSON. */
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kvs_codec.h"
 #include "kvs_gpu.h"
@@ -26,6 +28,8 @@ typedef struct mem_kv {
   const kvs_rag_prompt *p;
   size_t tok_plane_bytes;
   void *stream; /* load_mem_dev: the loader's copy stream */
+  int fd[KVS_RAG_MAX_PASSAGES + 2]; /* load_disk_dev: one file per chunk */
+  void *bounce;  /* load_disk_dev: pinned buffer of one layer's K and V */
 } mem_kv;
 
 static kvs_err load_mem(void *ctx, uint32_t seg, uint32_t layer, void *k, void *v) {
@@ -46,6 +50,68 @@ static kvs_err load_mem_dev(void *ctx, uint32_t seg, uint32_t layer, void *k, vo
   return kvs_gpu_sync(m->stream);
 }
 
+/* From the disk tier into device memory: one read of the layer's K and V
+ * planes (they lie back to back in the chunk's file) into a pinned buffer,
+ * then one DMA each. The files were written, synced and dropped from the
+ * page cache (posix_fadvise DONTNEED), so the reads go to the device. */
+static kvs_err load_disk_dev(void *ctx, uint32_t seg, uint32_t layer, void *k, void *v) {
+  mem_kv *m = ctx;
+  size_t plane = m->tok_plane_bytes * m->p->len[seg], got = 0;
+  off_t off = (off_t)(2 * layer * plane);
+  while (got < 2 * plane) {
+    ssize_t r = pread(m->fd[seg], (char *)m->bounce + got, 2 * plane - got, off + (off_t)got);
+    if (r <= 0) return KVS_EIO;
+    got += (size_t)r;
+  }
+  KVS_TRY(kvs_gpu_copy_h2d(k, m->bounce, plane, m->stream));
+  KVS_TRY(kvs_gpu_copy_h2d(v, (char *)m->bounce + plane, plane, m->stream));
+  return kvs_gpu_sync(m->stream);
+}
+
+/* Writes each cached chunk's KV to DIR/chunkN, syncs it and drops it from the
+ * page cache; opens it for load_disk_dev. */
+static int disk_tier(mem_kv *mk, const kvs_rag_prompt *p, size_t tb, const char *dir) {
+  size_t maxb = 0;
+  for (uint32_t s = 0; s + 1 < p->n_segs; s++) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/kvs-blend-chunk%u", dir, s);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) return fprintf(stderr, "disk tier: cannot create %s\n", path), -1;
+    unlink(path); /* gone when closed */
+    size_t n = tb * p->len[s], done = 0;
+    while (done < n) {
+      ssize_t w = write(fd, (char *)mk->kv[s] + done, n - done);
+      if (w <= 0) return fprintf(stderr, "disk tier: write failed\n"), -1;
+      done += (size_t)w;
+    }
+    if (fsync(fd) != 0) return fprintf(stderr, "disk tier: fsync failed\n"), -1;
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    mk->fd[s] = fd;
+    size_t layer = 2 * mk->tok_plane_bytes * p->len[s];
+    if (layer > maxb) maxb = layer;
+  }
+  kvs_gpu_alloc_host(&mk->bounce, maxb);
+  return mk->bounce ? 0 : -1;
+}
+
+/* PyTorch SDPA prefill of the same 8B shape and length, same run (the
+ * model bench's script); -1 when torch is not importable. */
+static double torch_ms(uint32_t n) {
+  char cmd[4400];
+  const char *src = getenv("KVS_SOURCE_DIR"); /* tools/gpu-run sets it */
+  snprintf(cmd, sizeof cmd, "python3 %s/bench/model/torch_prefill.py --shape 8b --tokens %u 2>/dev/null",
+           src ? src : ".", n);
+  FILE *f = popen(cmd, "r");
+  double ms = -1;
+  char line[512];
+  while (f && fgets(line, sizeof line, f)) {
+    const char *q = strstr(line, "\"ms\":");
+    if (q) ms = atof(q + 5);
+  }
+  if (f) pclose(f);
+  return ms;
+}
+
 /* The same model on the GPU (fp16 weights, device KV and hidden states). */
 static kvs_err gpu_engine(kvs_model *m, uint32_t max_tokens, kvs_gpu_model **gm, kvs_engine **e) {
   kvs__model_weights w;
@@ -57,7 +123,8 @@ static kvs_err gpu_engine(kvs_model *m, uint32_t max_tokens, kvs_gpu_model **gm,
 /* Speed at the 8B shape (seeded random weights, GPU): a prefix chunk, n_pass
  * passages of pass_tok random tokens held in host RAM (the RAM tier), and a
  * question. Times to first token are medians of `reps` runs. */
-static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps, float ratio) {
+static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps, float ratio,
+                   const char *disk) {
   kvs_model *m;
   kvs_gpu_model *gm;
   kvs_engine *e;
@@ -93,14 +160,19 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
          n, prefix, n_pass, pass_tok, q_tok, tb * (n - q_tok) / 1e6);
   if ((err = kvs_gpu_stream_create(&mk.stream)))
     return fprintf(stderr, "stream: %s\n", kvs_strerror(err)), 1;
+  for (int s = 0; s < KVS_RAG_MAX_PASSAGES + 2; s++) mk.fd[s] = -1;
+  if (disk && disk_tier(&mk, &p, tb, disk) != 0) return 1;
   /* rows 2-5 load through a pinned host stage (a memcpy per layer, then one
-   * copy to the device); rows 6-9 load straight into device memory */
-  enum { NR = 10 };
+   * copy to the device); rows 6-9 load straight into device memory; rows
+   * 10-13 read the chunks from files (the disk tier) into device memory */
+  enum { NR = 14 };
   const char *names[NR] = {"full", "prefix-only", "none", "epic", "cacheblend", "adaptive",
-                           "none/dev", "epic/dev", "cacheblend/dev", "adaptive/dev"};
+                           "none/dev", "epic/dev", "cacheblend/dev", "adaptive/dev",
+                           "none/disk", "epic/disk", "cacheblend/disk", "adaptive/disk"};
   double med[NR], brk[NR][3] = {{0}}; /* last run: load wait, recompute, prefill (ms) */
-  double rec[NR] = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
-  for (int k = 0; k < NR; k++) {
+  double rec[NR] = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  int nr = disk ? NR : 10;
+  for (int k = 0; k < nr; k++) {
     double t[16] = {0};
     int R = reps > 16 ? 16 : reps;
     for (int rep = 0; rep < R; rep++) {
@@ -115,11 +187,12 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
         err = kvs_rag_answer_blend(e, NULL, &q, c1, load_mem, &mk, &o, 1, &a);
       } else {
         uint32_t sel[] = {0, 0, KVS_SEL_NONE, KVS_SEL_EPIC, KVS_SEL_CACHEBLEND, KVS_SEL_ADAPTIVE};
-        int dev = k >= 6;
-        uint32_t sk = sel[dev ? k - 4 : k];
+        int dev = k >= 6, dsk = k >= 10;
+        uint32_t sk = sel[dsk ? k - 8 : dev ? k - 4 : k];
         kvs_blend_opts o = {.sel = kvs_sel_defaults(sk), .check_layer = 1, .load_device = dev};
         if (ratio >= 0 && (sk == KVS_SEL_CACHEBLEND || sk == KVS_SEL_ADAPTIVE)) o.sel.ratio = ratio;
-        err = kvs_rag_answer_blend(e, NULL, &p, cached, dev ? load_mem_dev : load_mem, &mk, &o, 1, &a);
+        err = kvs_rag_answer_blend(e, NULL, &p, cached,
+                                   dsk ? load_disk_dev : dev ? load_mem_dev : load_mem, &mk, &o, 1, &a);
         rec[k] = a.blend.n_candidates ? (double)a.blend.n_recomputed / a.blend.n_candidates : 0;
       }
       if (err) return fprintf(stderr, "%s: %s\n", names[k], kvs_strerror(err)), 1;
@@ -131,23 +204,31 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
       for (int j = i; j > 0 && t[j] < t[j - 1]; j--) { double x = t[j]; t[j] = t[j - 1], t[j - 1] = x; }
     med[k] = t[R / 2];
   }
+  for (uint32_t s = 0; s + 1 < p.n_segs; s++) kvs_gpu_free_host(mk.kv[s]), mk.kv[s] = NULL;
+  kvs_engine_free(e), e = NULL;
+  kvs_gpu_model_free(gm), gm = NULL; /* PyTorch gets the memory */
+  double tms = torch_ms(n);
   printf("%-14s %10s %10s %9s %10s %10s %10s\n", "strategy", "ttft_ms", "speedup", "recompute",
          "load_wait", "recomp_ms", "prefill_ms");
   char json[2048];
   int k2 = snprintf(json, sizeof json, "{\"bench\":\"blend-speed8b\",\"tokens\":%u,\"passages\":%u,"
                     "\"passage_tokens\":%u,\"ttft_ms\":{", n, n_pass, pass_tok);
-  for (int k = 0; k < NR; k++) {
+  for (int k = 0; k < nr; k++) {
     printf("%-14s %10.2f %9.2fx %8.1f%% %10.2f %10.2f %10.2f\n", names[k], med[k] * 1e3,
            med[0] / med[k], 100 * rec[k], brk[k][0], brk[k][1], brk[k][2]);
     k2 += snprintf(json + k2, sizeof json - (size_t)k2, "%s\"%s\":%.3f", k ? "," : "", names[k], med[k] * 1e3);
   }
+  printf("%-14s %10.2f  (PyTorch SDPA full prefill, same shape, same run; ours/torch %.2f)\n",
+         "torch-sdpa", tms, tms > 0 ? med[0] / tms : 0);
   snprintf(json + k2, sizeof json - (size_t)k2,
-           "},\"speedup_adaptive\":%.3f,\"speedup_cacheblend\":%.3f,\"speedup_epic\":%.3f,"
+           "},\"torch_sdpa_ms\":%.3f,\"speedup_adaptive\":%.3f,\"speedup_cacheblend\":%.3f,\"speedup_epic\":%.3f,"
            "\"speedup_adaptive_dev\":%.3f,\"speedup_cacheblend_dev\":%.3f,\"speedup_epic_dev\":%.3f}",
-           med[0] / med[5], med[0] / med[4], med[0] / med[3], med[0] / med[9], med[0] / med[8],
+           tms, med[0] / med[5], med[0] / med[4], med[0] / med[3], med[0] / med[9], med[0] / med[8],
            med[0] / med[7]);
   printf("%s\n", json);
-  for (uint32_t s = 0; s + 1 < p.n_segs; s++) kvs_gpu_free_host(mk.kv[s]);
+  for (int s = 0; s < KVS_RAG_MAX_PASSAGES + 2; s++)
+    if (mk.fd[s] >= 0) close(mk.fd[s]);
+  if (mk.bounce) kvs_gpu_free_host(mk.bounce);
   kvs_gpu_stream_free(mk.stream);
   free(p.tokens);
   kvs_engine_free(e);
@@ -174,6 +255,7 @@ int main(int argc, char **argv) {
   uint32_t max_new = 16, s8_pass = 8, s8_tok = 512;
   float ratio = -1;
   int use_gpu = 0, s8 = 0, chunk_ctx = 0, style = 0;
+  const char *disk_dir = NULL;
   uint32_t check_layer = 1;
   static struct option lo[] = {{"model", 1, 0, 'm'},      {"data", 1, 0, 'd'},
                                {"items", 1, 0, 'i'},      {"passages", 1, 0, 'p'},
@@ -181,7 +263,7 @@ int main(int argc, char **argv) {
                                {"profile", 1, 0, 'c'},    {"max-new", 1, 0, 'n'},
                                {"gpu", 0, 0, 'g'},        {"speed8b", 0, 0, '8'},
                                {"passage-tokens", 1, 0, 't'}, {"n-passages", 1, 0, 'q'},
-                               {"chunk-ctx", 1, 0, 'x'}, {"style", 1, 0, 'y'},   {"check-layer", 1, 0, 'l'},
+                               {"chunk-ctx", 1, 0, 'x'}, {"style", 1, 0, 'y'}, {"disk", 1, 0, 'k'},   {"check-layer", 1, 0, 'l'},
                                {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     switch (c) {
@@ -198,6 +280,7 @@ int main(int argc, char **argv) {
     case 'g': use_gpu = 1; break;
     case '8': s8 = 1; break;
     case 'y': style = atoi(optarg); break;
+    case 'k': disk_dir = optarg; break;
     case 'x': chunk_ctx = atoi(optarg); break;
     case 'l': check_layer = (uint32_t)atoi(optarg); break;
     case 't': s8_tok = (uint32_t)atoi(optarg); break;
@@ -208,7 +291,7 @@ int main(int argc, char **argv) {
       return c == 'h' ? 0 : 2;
     }
   }
-  if (s8) return speed8b(s8_pass, s8_tok, 64, 5, ratio);
+  if (s8) return speed8b(s8_pass, s8_tok, 64, 5, ratio, disk_dir);
   if (!model_path || !data) return fprintf(stderr, "need --model and --data\n"), 2;
   int prof = strcmp(profile, "none") ? kvs_codec_profile_from_name(profile) : -1;
   if (strcmp(profile, "none") && prof < 0) return fprintf(stderr, "unknown profile\n"), 2;
