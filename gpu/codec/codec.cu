@@ -1,10 +1,12 @@
 /* codec.cu - GPU decode of every lossy codec profile (see kvs_gpu_codec.h).
  *
- * Three launches per call, whatever the number of segments:
+ * A few launches per call, whatever the number of segments:
  *   k_walk     one thread per segment: checks the segment header, finds
  *              every plane's offset (planes are length-prefixed);
  *   k_dense_lut / nothing   per dense plane, the 4096-entry rANS table;
- *   k_<profile> warps over (plane, row) or (plane, head, rANS block).
+ *   k_<profile> warps over (plane, row) or (plane, head, rANS block)
+ *              (dense: one launch, two where only K or V is rotated, then
+ *              k_dense_exc for the exceptions).
  * Every read is bounded by the plane's length; any inconsistency sets the
  * status word (kvs_gpu_codec_status -> KVS_ECORRUPT) and skips the store.
  * Arithmetic mirrors the CPU twin operation by operation with explicit
@@ -54,31 +56,42 @@ __device__ __forceinline__ float raw_f(const uint8_t *p, uint32_t dtype) {
                                  : __half2float(__ushort_as_half(h));
 }
 
-__device__ __forceinline__ void store(const gctx &c, uint32_t layer, uint32_t kv, uint32_t t,
-                                      uint32_t h, uint32_t d, float v) {
+/* the output row (t, h) of plane (layer, kv): the address of its element
+ * 0, or NULL where a paged block is out of range (reported) */
+__device__ __forceinline__ uint8_t *out_row(const gctx &c, uint32_t layer, uint32_t kv,
+                                            uint32_t t, uint32_t h) {
   const gout &o = c.o;
-  uint64_t idx;
+  uint64_t row;
   uint8_t *dst;
   if (!o.paged) {
-    idx = ((((uint64_t)(2u * layer + kv) * o.T + t) * o.Hs + (h - o.h0)) * o.D) + d;
+    row = ((uint64_t)(2u * layer + kv) * o.T + t) * o.Hs + (h - o.h0);
     dst = (uint8_t *)o.base;
   } else {
     int32_t blk = o.bt[t / o.bs];
     if (blk < 0 || (uint32_t)blk >= o.num_blocks) {
       fail(c.flag);
-      return;
+      return NULL;
     }
-    uint64_t slot = (uint64_t)blk * o.bs + t % o.bs;
-    idx = (slot * o.Hs + (h - o.h0)) * o.D + d;
+    row = ((uint64_t)blk * o.bs + t % o.bs) * o.Hs + (h - o.h0);
     dst = (uint8_t *)(kv ? o.vc[layer] : o.kc[layer]);
   }
-  if (o.dtype == KVS_DTYPE_F32) {
-    ((float *)dst)[idx] = v;
-  } else if (o.dtype == KVS_DTYPE_F16) {
-    ((__half *)dst)[idx] = __float2half_rn(v);
+  return dst + row * o.D * (o.dtype == KVS_DTYPE_F32 ? 4u : 2u);
+}
+
+__device__ __forceinline__ void put(uint8_t *row, uint32_t d, uint32_t dtype, float v) {
+  if (dtype == KVS_DTYPE_F32) {
+    ((float *)row)[d] = v;
+  } else if (dtype == KVS_DTYPE_F16) {
+    ((__half *)row)[d] = __float2half_rn(v);
   } else {
-    ((__nv_bfloat16 *)dst)[idx] = __float2bfloat16_rn(v);
+    ((__nv_bfloat16 *)row)[d] = __float2bfloat16_rn(v);
   }
+}
+
+__device__ __forceinline__ void store(const gctx &c, uint32_t layer, uint32_t kv, uint32_t t,
+                                      uint32_t h, uint32_t d, float v) {
+  uint8_t *row = out_row(c, layer, kv, t, h);
+  if (row) put(row, d, c.o.dtype, v);
 }
 
 /* ------------------------------------------------------------ plane walk */
@@ -376,113 +389,256 @@ __global__ void k_dense_lut(gctx c, uint32_t *lut_all) {
   }
 }
 
-/* One warp per (plane, head, rANS block). Without rotation each decoded
- * symbol is stored at once (32 consecutive elements per step); with it, M
- * steps make one row that is rotated across the warp before the stores. */
-template <int M> __global__ void k_dense(gctx c) {
-  uint32_t Hs = c.h1 - c.h0, S = c.prm.group;
-  uint32_t nbh = (uint32_t)G_CDIV((uint64_t)c.T * c.D, 32ull * S);
-  uint64_t per_plane = (uint64_t)Hs * nbh;
-  uint64_t item = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  uint32_t lane = threadIdx.x & 31;
-  if (item >= per_plane * (c.p1 - c.p0)) return;
-  uint32_t p = c.p0 + (uint32_t)(item / per_plane);
-  uint32_t r = (uint32_t)(item % per_plane), h = c.h0 + r / nbh, bi = r % nbh;
-  uint32_t layer = p / 2, kv = p % 2, D = c.D;
+/* The rANS words of one dense block, read ahead into registers: a window
+ * of 128 words from `base` (a multiple of 64), lane j holding the pairs of
+ * words base+2j, base+2j+1 (lo) and base+64+2j, base+65+2j (hi). A lane
+ * that renormalizes takes its word from the lane that holds it by a shuffle,
+ * so no global load sits on the decoder's serial path; when the low half is
+ * used up the window slides and the next 64 words are loaded, some 8 steps
+ * before they are needed. Pair i lies inside the block's checked bytes for
+ * i < npairs (a block is padded to 4 bytes), and only words k < nw are
+ * used, as by renorm(). */
+struct rans_window {
+  const uint8_t *w; /* word 0 */
+  uint32_t nw, npairs, base, pos, lo, hi;
+  bool al4; /* w is 4-byte aligned: one 32-bit load per pair */
+};
+
+__device__ __forceinline__ uint32_t win_pair(const rans_window &rw, uint32_t i) {
+  if (i >= rw.npairs) return 0;
+  const uint8_t *a = rw.w + 4ull * i;
+  return rw.al4 ? __ldg((const unsigned int *)a) : kvs__rd32(a);
+}
+
+/* open_block() with the window: false (for the whole warp) when malformed */
+__device__ __forceinline__ bool open_window(const uint8_t *blk, uint64_t avail, uint32_t lane,
+                                            uint32_t *x, rans_window *rw) {
+  bool ok = avail >= KVS_RANS_BLOCK_HDR;
+  uint32_t nw = ok ? kvs__rd32(blk) : 0;
+  ok = ok && G_PAD4(KVS_RANS_BLOCK_HDR + 2ull * nw) <= avail;
+  *x = ok ? kvs__rd32(blk + 4 + 4 * lane) : KVS_RANS_L;
+  ok = __all_sync(0xffffffffu, ok && *x >= KVS_RANS_L);
+  if (!ok) return false;
+  rw->w = blk + KVS_RANS_BLOCK_HDR;
+  rw->nw = nw, rw->npairs = nw / 2 + (nw & 1u);
+  rw->al4 = ((uintptr_t)rw->w & 3u) == 0;
+  rw->base = 0, rw->pos = 0;
+  rw->lo = win_pair(*rw, lane);
+  rw->hi = win_pair(*rw, 32 + lane);
+  return true;
+}
+
+/* renorm() from the window; lt: the lanes below this one */
+__device__ __forceinline__ uint32_t renorm_win(uint32_t x, bool need, uint32_t lane, uint32_t lt,
+                                               rans_window *rw, bool *bad) {
+  uint32_t m = __ballot_sync(0xffffffffu, need);
+  uint32_t k = rw->pos + __popc(m & lt), idx = k - rw->base; /* idx < 96 */
+  uint32_t src = (idx >> 1) & 31u;
+  uint32_t a = __shfl_sync(0xffffffffu, rw->lo, src), b = __shfl_sync(0xffffffffu, rw->hi, src);
+  uint32_t pair = idx < 64 ? a : b, word = (idx & 1u) ? pair >> 16 : pair & 0xffffu;
+  if (need) {
+    if (k < rw->nw)
+      x = (x << 16) | word;
+    else
+      *bad = true;
+  }
+  rw->pos += __popc(m);
+  if (rw->pos - rw->base >= 64) { /* the same for every lane */
+    rw->base += 64;
+    rw->lo = rw->hi;
+    rw->hi = win_pair(*rw, rw->base / 2 + 32 + lane);
+  }
+  return x;
+}
+
+/* one step of the warp's rANS block: the symbol of each active lane (0 for
+ * the others); lut is the plane's table in shared memory */
+__device__ __forceinline__ uint32_t dense_sym(uint32_t *x, bool act, const uint32_t *lut,
+                                              uint32_t lane, uint32_t lt, rans_window *rw,
+                                              bool *bad) {
+  uint32_t s = 0;
+  if (act) {
+    uint32_t e = lut[*x & (KVS_RANS_PROB_SCALE - 1)];
+    *x = KVS_RANS_LUT_FREQ(e) * (*x >> KVS_RANS_PROB_BITS) + KVS_RANS_LUT_BIAS(e);
+    s = KVS_RANS_LUT_SYM(e);
+  }
+  *x = renorm_win(*x, act && *x < KVS_RANS_L, lane, lt, rw, bad);
+  return s;
+}
+
+/* the CPU twin's checks of a dense plane's scales: finite channel means,
+ * channel and token scales positive and finite */
+__device__ __forceinline__ bool dense_scales_ok(float mean, float chan, float tok) {
+  return isfinite(mean) && chan > 0.0f && chan < INFINITY && tok > 0.0f && tok < INFINITY;
+}
+
+/* Any head_dim, element by element, no rotation: element i0+32k+lane at
+ * step k. (t, d) advance by 32 elements a step, so no division per element. */
+__device__ __forceinline__ void dense_elems(const gctx &c, const dense_hdr &hd,
+                                            const uint32_t *lut, uint32_t p, uint32_t h,
+                                            uint32_t bi, uint32_t lane, uint32_t *x,
+                                            rans_window *rw, bool *bad) {
+  uint32_t layer = p / 2, kv = p % 2, D = c.D, S = c.prm.group, lt = (1u << lane) - 1u;
+  uint64_t per_head = (uint64_t)c.T * D, i0 = (uint64_t)bi * 32 * S;
+  uint32_t cnt = (uint32_t)(per_head - i0 < 32ull * S ? per_head - i0 : 32ull * S);
+  uint32_t t = (uint32_t)(i0 / D), d = (uint32_t)(i0 % D) + lane;
+  t += d / D, d %= D;
+  uint32_t dt = 32 / D, dd = 32 % D; /* a step: 32 = dt rows + dd elements */
+  for (uint32_t k = 0; k * 32 < cnt; k++) {
+    bool act = k * 32 + lane < cnt;
+    uint32_t s = dense_sym(x, act, lut, lane, lt, rw, bad);
+    if (s >= hd.n_sym) *bad = true;
+    if (act) {
+      float q = __fmul_rn((float)(hd.qmin + (int)s), hd.step);
+      uint32_t ch = h * D + d;
+      float g = hd.tok ? f16f(hd.tok + 2ull * t) : 1.0f;
+      float cf = hd.chan ? f16f(hd.chan + 2ull * ch) : 1.0f;
+      float mf = f16f(hd.mean + 2ull * ch);
+      if (!dense_scales_ok(mf, cf, g)) *bad = true;
+      float y = t == 0 && hd.sink ? raw_f(hd.sink + 2ull * ch, c.in_dtype)
+                                  : __fadd_rn(__fmul_rn(__fmul_rn(q, g), cf), mf);
+      store(c, layer, kv, t, h, d, y);
+    }
+    d += dd, t += dt;
+    if (d >= D) d -= D, t++;
+  }
+}
+
+/* store one element of an output row, OUT a KVS_DTYPE_* known at compile time */
+template <uint32_t OUT> __device__ __forceinline__ void put_as(uint8_t *row, uint32_t d, float v) {
+  if (OUT == KVS_DTYPE_F32)
+    ((float *)row)[d] = v;
+  else if (OUT == KVS_DTYPE_F16)
+    ((__half *)row)[d] = __float2half_rn(v);
+  else
+    ((__nv_bfloat16 *)row)[d] = __float2bfloat16_rn(v);
+}
+
+/* head_dim = 32*DM and blocks of whole rows (the host checks): the DM steps
+ * of row t give its elements j*32+lane, j < DM. Channel means and scales
+ * stay in registers; the token scale, the row's address and whether it is
+ * the sink are found once a row, the output dtype (OUT) at compile time.
+ * ROT: the row is rotated across the warp first (the CPU twin's
+ * butterflies, in the same order), then scaled by 1/sqrt(D). */
+template <int DM, bool ROT, uint32_t OUT>
+__device__ __forceinline__ void dense_rows(const gctx &c, const dense_hdr &hd, const uint32_t *lut,
+                                           uint32_t p, uint32_t h, uint32_t bi, uint32_t lane,
+                                           uint32_t *x, rans_window *rw, bool *bad) {
+  constexpr uint32_t D = 32u * DM;
+  uint32_t layer = p / 2, kv = p % 2, lt = (1u << lane) - 1u;
+  uint32_t rpb = 32u * c.prm.group / D; /* rows per rANS block */
+  uint32_t t0 = bi * rpb, rows = c.T - t0 < rpb ? c.T - t0 : rpb;
+  uint64_t ch0 = (uint64_t)h * D + lane; /* channel of element j: ch0 + 32j */
+  float mf[DM], cf[DM];
+#pragma unroll
+  for (int j = 0; j < DM; j++) {
+    mf[j] = f16f(hd.mean + 2 * (ch0 + 32 * j));
+    cf[j] = hd.chan ? f16f(hd.chan + 2 * (ch0 + 32 * j)) : 1.0f;
+    if (!dense_scales_ok(mf[j], cf[j], 1.0f)) *bad = true;
+  }
+  float rs = ROT ? __fdiv_rn(1.0f, __fsqrt_rn((float)D)) : 1.0f;
+  for (uint32_t r = 0; r < rows; r++) {
+    uint32_t t = t0 + r;
+    float g = hd.tok ? f16f(hd.tok + 2ull * t) : 1.0f; /* loads while the row decodes */
+    if (!dense_scales_ok(0.0f, 1.0f, g)) *bad = true;
+    float v[DM];
+#pragma unroll
+    for (int j = 0; j < DM; j++) {
+      uint32_t s = dense_sym(x, true, lut, lane, lt, rw, bad);
+      if (s >= hd.n_sym) *bad = true;
+      v[j] = __fmul_rn((float)(hd.qmin + (int)s), hd.step);
+    }
+    if (ROT) {
+      /* strides 1..16 across lanes, 32.. inside the lane */
+#pragma unroll
+      for (int j = 0; j < DM; j++)
+#pragma unroll
+        for (uint32_t st = 1; st < 32; st <<= 1) {
+          float o = __shfl_xor_sync(0xffffffffu, v[j], st);
+          v[j] = (lane & st) ? __fsub_rn(o, v[j]) : __fadd_rn(v[j], o);
+        }
+#pragma unroll
+      for (int st = 1; st < DM; st <<= 1)
+#pragma unroll
+        for (int j = 0; j < DM; j++)
+          if (!(j & st)) {
+            float a = v[j], b = v[j + st];
+            v[j] = __fadd_rn(a, b);
+            v[j + st] = __fsub_rn(a, b);
+          }
+    }
+    uint8_t *dst = out_row(c, layer, kv, t, h);
+    if (!dst) continue; /* reported */
+    if (t == 0 && hd.sink) { /* token 0 kept exact */
+#pragma unroll
+      for (int j = 0; j < DM; j++)
+        put_as<OUT>(dst, j * 32 + lane, raw_f(hd.sink + 2 * (ch0 + 32 * j), c.in_dtype));
+      continue;
+    }
+#pragma unroll
+    for (int j = 0; j < DM; j++) {
+      float y = ROT ? __fadd_rn(__fmul_rn(__fmul_rn(__fmul_rn(v[j], rs), g), cf[j]), mf[j])
+                    : __fadd_rn(__fmul_rn(__fmul_rn(v[j], g), cf[j]), mf[j]);
+      put_as<OUT>(dst, j * 32 + lane, y);
+    }
+  }
+}
+
+/* warps per thread block of k_dense; a thread block decodes one plane */
+#define DENSE_WARPS 4
+
+/* One warp per (plane, head, rANS block); a thread block holds DENSE_WARPS
+ * of one plane (plane c.p0 + pfirst + blockIdx.y * pstride), parses its
+ * header once and copies its decode table into shared memory. DM > 0: rows
+ * of 32*DM elements (dense_rows), else dense_elems. ROT: the planes are
+ * rotated (the host launches K and V planes apart where they differ). */
+template <int DM, bool ROT>
+__global__ void __launch_bounds__(32 * DENSE_WARPS)
+    k_dense(gctx c, uint32_t pfirst, uint32_t pstride) {
+  __shared__ uint32_t lut[KVS_RANS_PROB_SCALE];
+  __shared__ dense_hdr shd;
+  uint32_t p = c.p0 + pfirst + blockIdx.y * pstride, lane = threadIdx.x & 31;
   uint64_t off = c.plane_off[p];
-  if (off == NO_PLANE) return;
+  if (off == NO_PLANE) return; /* the whole thread block */
   const uint8_t *b = c.base + off;
-  dense_hdr hd = dense_parse(c, b, kv);
-  if (!hd.ok) return; /* k_dense_lut reported it */
-  bool rot = (hd.flags & KVS_DENSE_ROTATED) != 0;
-  if (rot != (M > 0)) return; /* the host launched the other variant */
-  uint32_t boff = kvs__rd32(hd.offs + 4ull * (h * nbh + bi));
+  if (threadIdx.x == 0) shd = dense_parse(c, b, p % 2);
+  __syncthreads();
+  if (!shd.ok) return; /* k_dense_lut reported it */
+  const uint32_t *glut = c.lut + (uint64_t)p * KVS_RANS_PROB_SCALE;
+  for (uint32_t i = threadIdx.x; i < KVS_RANS_PROB_SCALE; i += blockDim.x)
+    lut[i] = glut[i];
+  __syncthreads();
+  const dense_hdr hd = shd;
+  uint64_t item = (uint64_t)blockIdx.x * DENSE_WARPS + threadIdx.x / 32;
+  if (item >= (uint64_t)(c.h1 - c.h0) * hd.nbh) return;
+  uint32_t h = c.h0 + (uint32_t)(item / hd.nbh), bi = (uint32_t)(item % hd.nbh);
+  if (((hd.flags & KVS_DENSE_ROTATED) != 0) != ROT) { /* the host's choice: cannot happen */
+    if (lane == 0) fail(c.flag);
+    return;
+  }
+  uint32_t boff = kvs__rd32(hd.offs + 4ull * (h * hd.nbh + bi));
   if (boff < hd.fixed || boff >= hd.n) {
     if (lane == 0) fail(c.flag);
     return;
   }
   uint32_t x;
-  rans_block rb = open_block(b + boff, hd.n - boff, lane, &x);
-  if (!rb.ok) {
+  rans_window rw;
+  if (!open_window(b + boff, hd.n - boff, lane, &x, &rw)) {
     if (lane == 0) fail(c.flag);
     return;
   }
-  const uint32_t *lut = c.lut + (uint64_t)p * KVS_RANS_PROB_SCALE;
-  uint64_t per_head = (uint64_t)c.T * D, i0 = (uint64_t)bi * 32 * S;
-  uint32_t cnt = (uint32_t)(per_head - i0 < 32ull * S ? per_head - i0 : 32ull * S);
-  uint32_t pos = 0;
   bool bad = false;
-  float rs = __fdiv_rn(1.0f, __fsqrt_rn((float)D));
-  float v[M > 0 ? M : 1];
-  for (uint32_t k = 0; k * 32 < cnt; k++) {
-    uint32_t i = k * 32 + lane;
-    bool act = i < cnt;
-    uint32_t s = 0;
-    if (act) {
-      uint32_t e = lut[x & (KVS_RANS_PROB_SCALE - 1)];
-      x = KVS_RANS_LUT_FREQ(e) * (x >> KVS_RANS_PROB_BITS) + KVS_RANS_LUT_BIAS(e);
-      s = KVS_RANS_LUT_SYM(e);
-    }
-    x = renorm(x, act && x < KVS_RANS_L, lane, &pos, rb, &bad);
-    if (s >= hd.n_sym) bad = true;
-    float q = __fmul_rn((float)(hd.qmin + (int)s), hd.step);
-    uint64_t ie = i0 + i;
-    uint32_t t = (uint32_t)(ie / D), d = (uint32_t)(ie % D);
-    if (M == 0) {
-      if (!act) continue;
-      float y;
-      if (t == 0 && hd.sink) {
-        y = raw_f(hd.sink + 2ull * (h * D + d), c.in_dtype);
-      } else {
-        float g = hd.tok ? f16f(hd.tok + 2ull * t) : 1.0f;
-        float cf = hd.chan ? f16f(hd.chan + 2ull * (h * D + d)) : 1.0f;
-        y = __fadd_rn(__fmul_rn(__fmul_rn(q, g), cf), f16f(hd.mean + 2ull * (h * D + d)));
-      }
-      store(c, layer, kv, t, h, d, y);
-    } else {
-      /* rows are whole inside a block (checked by the host): element
-         j*32+lane of the row arrives at step k = row*M + j */
-      constexpr uint32_t MM = M > 0 ? M : 1;
-      uint32_t j = k % MM;
-#pragma unroll
-      for (int jj = 0; jj < (int)MM; jj++)
-        if (jj == (int)j) v[jj] = q;
-      if (j != MM - 1) continue;
-        /* the CPU twin's butterflies, in the same order: strides 1..16 across
-           lanes, 32.. inside the lane; then the 1/sqrt(D) scale */
-#pragma unroll
-      for (int jj = 0; jj < M; jj++)
-        for (uint32_t st = 1; st < 32; st <<= 1) {
-          float o = __shfl_xor_sync(0xffffffffu, v[jj], st);
-          v[jj] = (lane & st) ? __fsub_rn(o, v[jj]) : __fadd_rn(v[jj], o);
-        }
-#pragma unroll
-      for (int st = 1; st < M; st <<= 1)
-#pragma unroll
-        for (int jj = 0; jj < M; jj++)
-          if (!(jj & st)) {
-            float a = v[jj], bb = v[jj + st];
-            v[jj] = __fadd_rn(a, bb);
-            v[jj + st] = __fsub_rn(a, bb);
-          }
-      uint32_t tr = t; /* row of this step's elements */
-      float g = hd.tok ? f16f(hd.tok + 2ull * tr) : 1.0f;
-#pragma unroll
-      for (int jj = 0; jj < M; jj++) {
-        uint32_t dd = jj * 32 + lane;
-        float y;
-        if (tr == 0 && hd.sink) {
-          y = raw_f(hd.sink + 2ull * (h * D + dd), c.in_dtype);
-        } else {
-          float cf = hd.chan ? f16f(hd.chan + 2ull * (h * D + dd)) : 1.0f;
-          y = __fadd_rn(__fmul_rn(__fmul_rn(__fmul_rn(v[jj], rs), g), cf),
-                        f16f(hd.mean + 2ull * (h * D + dd)));
-        }
-        store(c, layer, kv, tr, h, dd, y);
-      }
-    }
-  }
-  if (!close_block(x, pos, rb, bad) && lane == 0) fail(c.flag);
+  constexpr int R = DM ? DM : 1; /* k_dense<0> never takes that branch */
+  if (DM == 0)
+    dense_elems(c, hd, lut, p, h, bi, lane, &x, &rw, &bad);
+  else if (c.o.dtype == KVS_DTYPE_F16)
+    dense_rows<R, ROT, KVS_DTYPE_F16>(c, hd, lut, p, h, bi, lane, &x, &rw, &bad);
+  else if (c.o.dtype == KVS_DTYPE_BF16)
+    dense_rows<R, ROT, KVS_DTYPE_BF16>(c, hd, lut, p, h, bi, lane, &x, &rw, &bad);
+  else
+    dense_rows<R, ROT, KVS_DTYPE_F32>(c, hd, lut, p, h, bi, lane, &x, &rw, &bad);
+  if (!__all_sync(0xffffffffu, !bad && x == KVS_RANS_L && rw.pos == rw.nw) && lane == 0)
+    fail(c.flag);
 }
 
 /* Exceptions (elements clipped at +-127 steps) overwrite their decoded
@@ -526,6 +682,26 @@ ws_layout ws_of(const kvs_codec_info *info) {
   return w;
 }
 
+/* k_dense for `dm` (see launch) over the planes pfirst, pfirst + pstride, ...
+ * of [c.p0, c.p1): grid (thread blocks per plane, planes) */
+void launch_dense(uint32_t dm, bool rot, const gctx &c, uint32_t pfirst, uint32_t pstride,
+                  dim3 grid, cudaStream_t st) {
+  unsigned tpb = 32 * DENSE_WARPS;
+  if (rot) { /* head_dim 32, 64 or 128 */
+    if (dm == 1) k_dense<1, true><<<grid, tpb, 0, st>>>(c, pfirst, pstride);
+    if (dm == 2) k_dense<2, true><<<grid, tpb, 0, st>>>(c, pfirst, pstride);
+    if (dm == 4) k_dense<4, true><<<grid, tpb, 0, st>>>(c, pfirst, pstride);
+    return;
+  }
+  switch (dm) {
+  case 1: k_dense<1, false><<<grid, tpb, 0, st>>>(c, pfirst, pstride); break;
+  case 2: k_dense<2, false><<<grid, tpb, 0, st>>>(c, pfirst, pstride); break;
+  case 4: k_dense<4, false><<<grid, tpb, 0, st>>>(c, pfirst, pstride); break;
+  case 8: k_dense<8, false><<<grid, tpb, 0, st>>>(c, pfirst, pstride); break;
+  default: k_dense<0, false><<<grid, tpb, 0, st>>>(c, pfirst, pstride); break;
+  }
+}
+
 kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8_t *d_base,
                uint64_t base_off, const kvs_codec_out *out, void *d_ws, size_t ws_len,
                cudaStream_t st) {
@@ -548,14 +724,13 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
        2ull * l->n_layers * info->n_tokens * (h1 - h0) * l->head_dim * osz > out->base_bytes))
     return KVS_ELAYOUT;
   uint32_t D = l->head_dim;
-  int rot_m = 0;
   if (info->profile == KVS_CODEC_DENSE) {
+    /* rotation: rows of one warp step or a few, whole inside a rANS block */
     uint32_t pf = (info->params.k_flags | info->params.v_flags);
     bool pow2 = D >= 2 && (D & (D - 1)) == 0;
     if ((pf & KVS_DENSE_ROTATED) && pow2) {
       if (D != 32 && D != 64 && D != 128) return KVS_ENOTSUP;
       if ((32ull * info->params.group) % D) return KVS_ENOTSUP;
-      rot_m = (int)(D / 32);
     }
   }
   uint8_t *ws = (uint8_t *)d_ws;
@@ -622,15 +797,22 @@ kvs_err launch(const kvs_codec_info *info, uint32_t g0, uint32_t g1, const uint8
   case KVS_CODEC_DENSE: {
     k_dense_lut<<<np, 256, 0, st>>>(c, (uint32_t *)(ws + w.lut));
     KVS_CUDA_TRY(cudaGetLastError());
-    uint32_t nbh = (uint32_t)G_CDIV((uint64_t)c.T * D, 32ull * c.prm.group);
-    warps = (uint64_t)np * (h1 - h0) * nbh;
-    unsigned grid = (unsigned)G_CDIV(warps * 32, 128ull);
-    /* K and V planes may differ in rotation: both variants run, each
-       decodes the planes whose flags it matches */
-    k_dense<0><<<grid, 128, 0, st>>>(c);
-    if (rot_m == 1) k_dense<1><<<grid, 128, 0, st>>>(c);
-    if (rot_m == 2) k_dense<2><<<grid, 128, 0, st>>>(c);
-    if (rot_m == 4) k_dense<4><<<grid, 128, 0, st>>>(c);
+    /* rows of 32, 64, 128 or 256 elements that no rANS block splits go
+       row by row (rotation implies it: checked above), else element by
+       element */
+    uint32_t S = c.prm.group, dm = D % 32 == 0 && (32ull * S) % D == 0 ? D / 32 : 0;
+    if (dm != 1 && dm != 2 && dm != 4 && dm != 8) dm = 0;
+    bool pow2 = D >= 2 && (D & (D - 1)) == 0;
+    bool rot_k = pow2 && (c.prm.k_flags & KVS_DENSE_ROTATED);
+    bool rot_v = pow2 && (c.prm.v_flags & KVS_DENSE_ROTATED);
+    uint32_t nbh = (uint32_t)G_CDIV((uint64_t)c.T * D, 32ull * S);
+    unsigned bx = (unsigned)G_CDIV((uint64_t)(h1 - h0) * nbh, (uint64_t)DENSE_WARPS);
+    if (rot_k == rot_v) {
+      launch_dense(dm, rot_k, c, 0, 1, dim3(bx, np), st);
+    } else { /* K planes are even, V planes odd */
+      launch_dense(dm, rot_k, c, 0, 2, dim3(bx, np / 2), st);
+      launch_dense(dm, rot_v, c, 1, 2, dim3(bx, np / 2), st);
+    }
     KVS_CUDA_TRY(cudaGetLastError());
     k_dense_exc<<<np, 256, 0, st>>>(c); /* after the rows it overwrites */
     break;
