@@ -398,6 +398,61 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
 #endif
 }
 
+#ifdef KVS_CLIENT_HAVE_CODEC
+/* Segment g's header and checksum, from the encoding's own bytes. */
+static kvs_err check_segment(const kvs_codec_info *info, uint32_t g, const uint8_t *bytes,
+                             uint64_t len) {
+  KVS_RETURN_ERROR_IF(len < KVS_CODEC_SEG_HEADER_BYTES, KVS_ECORRUPT, "segment size");
+  KVS_RETURN_ERROR_IF(kvs_wire_rd32(bytes + KVS_SH_MAGIC, 0) != KVS_CODEC_SEG_MAGIC ||
+                          kvs_wire_rd32(bytes + KVS_SH_INDEX, 0) != g,
+                      KVS_ECORRUPT, "segment header");
+  uint64_t pay = kvs_wire_rd64(bytes + KVS_SH_PAYLOAD, 0);
+  KVS_RETURN_ERROR_IF(pay != len - KVS_CODEC_SEG_HEADER_BYTES, KVS_ECORRUPT, "segment payload");
+  KVS_RETURN_ERROR_IF(kvs_checksum64(bytes + KVS_CODEC_SEG_HEADER_BYTES, pay) !=
+                          kvs_wire_rd64(bytes + KVS_SH_CHECKSUM, 0),
+                      KVS_ECHECKSUM, "segment checksum");
+  (void)info;
+  return KVS_OK;
+}
+#endif
+
+kvs_err kvs__decoder_decode_device_all(const kvs__decoder *d, const uint8_t *value, size_t len,
+                                       void *d_out, uint64_t out_bytes, uint32_t dtype,
+                                       uint32_t hb, uint32_t he, kvs__devslot *s) {
+#ifdef KVS_CLIENT_HAVE_CODEC
+  const kvs_codec_info *info = &d->info;
+  if (hb >= he || he > d->layout.n_kv_heads || !info->n_segments) return KVS_EINVAL;
+  KVS_RETURN_ERROR_IF(len != info->seg_offset[info->n_segments] ||
+                          info->seg_offset[0] != info->prefix_bytes || len > s->seg_cap,
+                      KVS_ECORRUPT, "value size");
+  kvs_codec_out o = kvs_codec_out_contiguous(d_out, out_bytes, dtype);
+  o.head_begin = hb;
+  o.head_end = he;
+  kvs_err rv;
+  if (s->h_stage) { /* staged mode: one host copy into pinned memory, then the DMA */
+    memcpy(s->h_stage, value, len);
+    rv = kvs_gpu_copy_h2d(s->d_seg, s->h_stage, len, s->stream);
+  } else {
+    rv = kvs_gpu_copy_h2d(s->d_seg, value, len, s->stream);
+  }
+  if (rv == KVS_OK) rv = kvs_gpu_codec_decode(info, s->d_seg, &o, s->d_ws, s->ws_len, s->stream);
+  /* while the copy and the kernels run: every segment's header and checksum */
+  kvs_err chk = KVS_OK;
+  for (uint32_t g = 0; chk == KVS_OK && g < info->n_segments; g++)
+    chk = check_segment(info, g, value + info->seg_offset[g],
+                        info->seg_offset[g + 1] - info->seg_offset[g]);
+  /* always wait for the stream: the slot's buffers are reused after this */
+  kvs_err st = kvs_gpu_codec_status(s->d_ws, s->stream);
+  if (rv == KVS_OK) rv = st;
+  if (rv == KVS_OK) rv = chk;
+  return rv;
+#else
+  (void)d, (void)value, (void)len, (void)d_out, (void)out_bytes, (void)dtype;
+  (void)hb, (void)he, (void)s;
+  return KVS_ENOTSUP;
+#endif
+}
+
 int kvs_profile_from_name(const char *name) {
   if (!name) return -1;
   if (!strcmp(name, "raw")) return (int)KVS_PROFILE_RAW;

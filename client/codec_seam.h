@@ -93,6 +93,16 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
                                    size_t len, void *d_out, uint64_t out_bytes, uint32_t dtype,
                                    uint32_t hb, uint32_t he, kvs__devslot *s);
 
+/* Every group of a value at once, when its whole encoding lies in one place
+ * (a value leased in shared memory): value = the encoding from byte 0 (wire
+ * segment 0, the prefix, then the group segments), len = all of it. One DMA,
+ * one decode of all segments, each segment's header and checksum checked on
+ * the host meanwhile; same errors as kvs__decoder_decode_device. s must fit
+ * len bytes (kvs__devslot_fits with max_seg_bytes = len). */
+kvs_err kvs__decoder_decode_device_all(const kvs__decoder *d, const uint8_t *value, size_t len,
+                                       void *d_out, uint64_t out_bytes, uint32_t dtype,
+                                       uint32_t hb, uint32_t he, kvs__devslot *s);
+
 int kvs__codec_compiled(void);
 
 #endif

@@ -275,6 +275,7 @@ struct kvs_op {
   /* same-host fast path: the value read in place under a lease */
   int lease_state;         /* 0 none, 1 held, 2 released (or being released) */
   atomic_int shm_dead;     /* the lease ran out: the remaining groups go by socket */
+  int whole_failed;        /* the all-groups decode failed: group by group from now on */
   uint64_t lease_id, lease_expires_ms;
   const uint8_t *shm_val;  /* the value's bytes in the mapped segment */
   uint64_t *seg_end;       /* [n_segs] end offsets of the wire segments in the value */
@@ -359,12 +360,46 @@ static void start_group_get(kvs__sub *sub) {
                 sub);
 }
 
+static void shm_value_job(void *arg);
+
+/* A device get of a value leased whole in shared memory, with no caller
+ * waiting on single groups (no on_group), decodes every group at once: one
+ * DMA and one launch sequence instead of one per group, whose small grids
+ * left the GPU idle between them (bench/RESULTS.md, client).
+ * $KVS_CLIENT_BATCH=0 turns it off. Under op->mu. */
+static int whole_value_locked(const kvs_op *op) {
+  static atomic_int mode = -1;
+  int m = atomic_load(&mode);
+  if (m < 0) {
+    const char *e = getenv("KVS_CLIENT_BATCH");
+    m = !(e && !strcmp(e, "0"));
+    atomic_store(&mode, m);
+  }
+  return m && op->gpu_decode && !op->on_group && !op->whole_failed && op->lease_state == 1 &&
+         !atomic_load(&op->shm_dead) && op->next_g == 0 && op->inflight == 0 && op->G > 1 &&
+         op->n_segs == op->G + 1;
+}
+
 /* Starts group requests until the window is full: a job reading shared
  * memory while the lease holds, a GET through the socket otherwise. The
  * caller holds one pending reference (its own call, not yet counted off),
  * so the op cannot finish (and be freed by a waiter) while this runs; the
  * caller drops it. */
 static void issue_more(kvs_op *op) {
+  pthread_mutex_lock(&op->mu);
+  if (!op->failed && whole_value_locked(op)) {
+    op->next_g = op->G;
+    op->inflight++;
+    op->pending++;
+    pthread_mutex_unlock(&op->mu);
+    if (kvs__work_submit(op->c, shm_value_job, op) == KVS_OK) return;
+    pthread_mutex_lock(&op->mu); /* no worker: group by group after all */
+    op->whole_failed = 1;
+    op->next_g = 0;
+    op->inflight--;
+    op->pending--;
+  }
+  pthread_mutex_unlock(&op->mu);
   for (;;) {
     pthread_mutex_lock(&op->mu);
     if (op->failed || op->next_g >= op->G || op->inflight >= (int)op->window) {
@@ -550,6 +585,52 @@ static void shm_group_job(void *arg) {
   if (rv == KVS_ETIMEDOUT) atomic_store(&op->shm_dead, 1);
   atomic_fetch_add(&c->n_shm_regroups, 1);
   start_group_get(sub);
+}
+
+/* Every group of a leased value at once (whole_value_locked). On any failure
+ * the groups start over one by one (in place while the lease holds, else
+ * through the socket), so bad bytes are never kept. */
+static void shm_value_job(void *arg) {
+  kvs_op *op = arg;
+  kvs_client *c = op->c;
+  uint64_t len = op->seg_end[op->n_segs - 1];
+  int rv = KVS_ETIMEDOUT;
+  if (!atomic_load(&op->shm_dead) && kvs__wall_ms() + KVS__LEASE_MARGIN_MS < op->lease_expires_ms) {
+    kvs__devslot s;
+    rv = devslot_take(c, &s, op->dec, len);
+    if (rv == KVS_OK) {
+      rv = kvs__decoder_decode_device_all(op->dec, op->shm_val, (size_t)len, op->dev_out,
+                                          op->out_bytes, op->dtype, op->hb, op->he, &s);
+      devslot_give(c, &s);
+    }
+    if (rv == KVS_OK && kvs__wall_ms() >= op->lease_expires_ms) rv = KVS_ETIMEDOUT;
+  }
+  int release = 0;
+  pthread_mutex_lock(&op->mu);
+  op->inflight--;
+  if (rv == KVS_OK) {
+    memset(op->ready, 1, op->G);
+    op->n_ready = op->G;
+    release = op->lease_state == 1 && op->inflight == 0;
+    if (release) op->lease_state = 2;
+  } else {
+    op->whole_failed = 1;
+    op->next_g = 0;
+  }
+  pthread_cond_broadcast(&op->cv);
+  pthread_mutex_unlock(&op->mu);
+  if (rv == KVS_OK) {
+    atomic_fetch_add(&c->n_shm_bytes, len);
+    if (release) send_release(c, op->lease_id);
+  } else {
+    KVS_LOGD("client", "whole value re-done group by group", "why=%s", kvs_errname(rv));
+    if (rv == KVS_ETIMEDOUT) atomic_store(&op->shm_dead, 1);
+    issue_more(op);
+  }
+  pthread_mutex_lock(&op->mu);
+  op->pending--;
+  op_update_locked(op);
+  pthread_mutex_unlock(&op->mu);
 }
 
 /* The end of one group, from whichever path: output copied to the device
