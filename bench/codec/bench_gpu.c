@@ -56,7 +56,11 @@ void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const 
          "status");
   static const int profiles[] = {KVS_PROFILE_INT8, KVS_PROFILE_KIVI4,    KVS_PROFILE_KIVI2,
                                  KVS_PROFILE_FP4,  KVS_PROFILE_CACHEGEN, KVS_PROFILE_DENSE};
+  /* $KVS_BENCH_GPU_PROFILES=a,b: only those profiles (their CPU encodes are
+   * the slow part of a run); $KVS_BENCH_GPU_NO_ENC=1: no encode comparison */
+  const char *only = getenv("KVS_BENCH_GPU_PROFILES");
   for (size_t pi = 0; pi < sizeof profiles / sizeof profiles[0]; pi++) {
+    if (only && !strstr(only, kvs_codec_profile_name(profiles[pi]))) continue;
     kvs_codec_params p;
     kvs_codec_params_default(profiles[pi], l->n_layers, &p);
     size_t bcap = kvs_codec_encode_bound(&p, l, T), len = 0;
@@ -104,7 +108,7 @@ void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const 
                             kvs_errname(rc));
     cudaFree(db), cudaFree(ws), cudaFreeHost(hb);
   }
-  { /* dense encode: GPU (kvs_gpu_codec_encode, from device KV to host bytes) vs CPU, same run */
+  if (!getenv("KVS_BENCH_GPU_NO_ENC")) { /* dense encode: GPU (kvs_gpu_codec_encode, from device KV to host bytes) vs CPU, same run */
     kvs_codec_params p;
     kvs_codec_params_default(KVS_PROFILE_DENSE, l->n_layers, &p);
     size_t bcap = kvs_codec_encode_bound(&p, l, T), len = 0, glen = 0;
