@@ -1073,6 +1073,39 @@ static void test_stream_get(void) {
   th_close(&c);
 }
 
+/* A client that sends ahead: frames written back to back (whole, and one cut
+ * inside its header) are each answered, in order, and the stream stays in
+ * step. The listener reads as much as arrives, so this is its leftover path. */
+static void test_stream_pipelined(void) {
+  enum { NF = 4 };
+  uint8_t f[NF * KVS_WIRE_HDR_SIZE];
+  for (int i = 0; i < NF; i++) {
+    kvs_wire_hdr h;
+    CU_ASSERT_EQUAL_FATAL(kvs_wire_hdr_init(&h, KVS_OP_PING, 100 + (uint64_t)i, "alpha",
+                                            "tok-alpha-123", strlen("tok-alpha-123")),
+                          KVS_OK);
+    kvs_wire_hdr_encode(&h, f + i * KVS_WIRE_HDR_SIZE);
+  }
+  th_sconn s;
+  sconn_alpha(&s);
+  /* three whole frames and the first 40 bytes of the fourth in one write */
+  size_t first = 3 * KVS_WIRE_HDR_SIZE + 40;
+  CU_ASSERT_EQUAL_FATAL(th_swrite(&s, f, first), KVS_OK);
+  for (int i = 0; i < 3; i++) {
+    kvs_wire_hdr a;
+    CU_ASSERT_EQUAL(th_sread_answer(&s, &a, NULL), KVS_OK);
+    CU_ASSERT_EQUAL(a.req_id, 100 + (uint64_t)i);
+    CU_ASSERT_EQUAL(a.op, KVS_OP_PING);
+  }
+  /* the rest of the fourth */
+  CU_ASSERT_EQUAL_FATAL(th_swrite(&s, f + first, sizeof f - first), KVS_OK);
+  kvs_wire_hdr a;
+  CU_ASSERT_EQUAL(th_sread_answer(&s, &a, NULL), KVS_OK);
+  CU_ASSERT_EQUAL(a.req_id, 103);
+  CU_ASSERT_EQUAL(th_scall(&s, KVS_OP_PING, NULL, 0, NULL, NULL), KVS_OK);
+  th_sclose(&s);
+}
+
 /* Wrong or missing tokens are refused before anything is looked up. */
 static void test_stream_auth(void) {
   th_conn c;
@@ -1317,6 +1350,7 @@ static const kvs_test_case cases[] = {
     {"shm_lease", test_shm_lease},
     {"stream_get", test_stream_get},
     {"stream_auth", test_stream_auth},
+    {"stream_pipelined", test_stream_pipelined},
     {"stream_bad_frames", test_stream_bad_frames},
     {"stream_killed_client", test_stream_killed_client},
     {"stream_stop", test_stream_stop},
