@@ -1,14 +1,15 @@
 /* stream.c - kvstashd's byte-stream data plane: GET (and PING) on plain TCP
- * or IPC connections made with nng's stream API (listen = tcp+stream://... or
- * ipc+stream://...), beside the nng REQ/REP data plane of dataplane.c.
+ * or Unix-domain connections (listen = tcp+stream://host:port or
+ * ipc+stream:///path), beside the nng REQ/REP data plane of dataplane.c.
  *
  * Why: a GET answer over REQ/REP is an nng message, which nng 1.5 allocates
  * zero-filled and which the value is copied into before the kernel copies it
- * again. Here the answer is an iov: the answer's head (frame header + GET
- * head + meta, a few hundred bytes in a per-connection buffer) and the value's
- * bytes where the RAM tier holds them. The request keeps its ref on the value
- * (kvs__vref) until the kernel has taken the last byte, so the bytes can be
- * neither evicted nor reused under the send.
+ * again. Here the answer is a gather list written with one sendmsg: the answer's
+ * head (frame header + GET head + meta, a few hundred bytes in a
+ * per-connection buffer) and the value's bytes where the RAM tier holds them.
+ * The request keeps its ref on the value (kvs__vref) until sendmsg has handed
+ * the last byte to the kernel (which copies it), so the bytes can be neither
+ * evicted nor reused under the send.
  *
  * Framing (docs/protocol.md "Byte streams"): the frames of kvs_wire.h back to
  * back; the header's payload_len is the length prefix. A connection carries
@@ -21,35 +22,44 @@
  * within request_deadline_ms; an idle connection is closed after
  * KVS__STREAM_IDLE_MS; each send must progress within request_deadline_ms.
  *
- * Threads: everything runs in the aio callbacks (nng's task threads) except
- * GETs that need the disk (T1/T2) and the freeing of dead connections, which
- * go to this plane's own worker threads. A connection has at most one aio
- * operation outstanding (it reads a request, or writes its answer). */
-#include <nng/nng.h>
-#include <nng/supplemental/util/platform.h>
+ * Threads: one blocking thread per connection (read a request, answer it,
+ * repeat; an entry on disk is read on that thread too) and one accepting
+ * thread per listener. Plain sockets, not nng's stream API: its aio
+ * completions crossed from the poller to a task thread two or three times
+ * per request, which at one client cost more than the request itself
+ * (bench/RESULTS.md, service). A connection that ends on its own parks its
+ * thread on a list that the next accept (or stop) joins. */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "svc_int.h"
 
 #define KVS__STREAM_IDLE_MS   300000 /* an idle connection is closed after this */
 #define KVS__STREAM_MAX_CONNS 1024   /* more are accepted and closed at once */
+#define KVS__STREAM_STACK     (256u << 10)
 
 typedef struct sconn sconn;
 
-typedef struct sjob {
-  sconn *c;      /* a deferred GET of c, or c to free when dead */
-  int free_conn; /* 1: free c */
-  struct sjob *next;
-} sjob;
-
 typedef struct slisten {
   kvs__streamplane *p;
-  nng_stream_listener *l;
-  nng_aio *acc;
+  int fd;
+  pthread_t th;
+  int started;
+  char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* ipc: unlinked at stop */
 } slisten;
 
 struct kvs__streamplane {
@@ -58,26 +68,18 @@ struct kvs__streamplane {
   kvs__metrics *met;
   slisten ls[KVS_SVC_MAX_LISTEN];
   int nl;
-  pthread_mutex_t mu; /* guards conns, nconns */
-  sconn *conns;
+  pthread_mutex_t mu; /* guards conns, nconns, dead */
+  sconn *conns;       /* live connections (their threads run) */
+  sconn *dead;        /* ended on their own: to join and free */
   int nconns;
   atomic_int draining, closing, inflight;
-  pthread_mutex_t qmu; /* guards the job queue */
-  pthread_cond_t qcv;
-  sjob *qhead, *qtail;
-  int qstop;
-  pthread_t *w;
-  int nw;
 };
-
-enum { RX_HDR, RX_PAYLOAD, WORK, TX };
 
 struct sconn {
   kvs__streamplane *p;
-  nng_stream *s;
-  nng_aio *rx, *tx;
-  int state;
-  uint8_t *buf; /* the request frame: header + payload */
+  int fd;
+  pthread_t th;
+  uint8_t *buf; /* the request frame: header + payload, and what was read past it */
   size_t cap, have, want;
   uint64_t frame_deadline_ns, t0;
   kvs_wire_hdr h;
@@ -85,32 +87,14 @@ struct sconn {
   int has_v;
   uint8_t *head; /* the answer's head */
   size_t head_cap;
-  nng_iov iov[2];
-  unsigned niov;
+  struct iovec iov[2];
+  int niov;
+  int answered;    /* the handler left an answer in iov */
   int close_after; /* the framing is lost: close once the answer is out */
   sconn *prev, *next;
 };
 
 /* ------------------------------------------------------------ helpers */
-static void conn_close(sconn *c);
-
-static void job_push(kvs__streamplane *p, sconn *c, int free_conn) {
-  sjob *j = malloc(sizeof *j);
-  if (!j) { /* cannot queue: the conn leaks rather than being freed under a callback */
-    KVS_LOGE("stream", "no memory for a job", "%s", "");
-    return;
-  }
-  *j = (sjob){c, free_conn, NULL};
-  pthread_mutex_lock(&p->qmu);
-  if (p->qtail)
-    p->qtail->next = j;
-  else
-    p->qhead = j;
-  p->qtail = j;
-  pthread_cond_signal(&p->qcv);
-  pthread_mutex_unlock(&p->qmu);
-}
-
 static int head_reserve(sconn *c, size_t n) {
   if (n <= c->head_cap) return 1;
   uint8_t *h = realloc(c->head, n);
@@ -135,22 +119,15 @@ static void hdr_answer(uint8_t out[KVS_WIRE_HDR_SIZE], uint16_t op, uint64_t req
 }
 
 /* ------------------------------------------------------------ sending */
-static void tx_more(sconn *c) {
-  kvs__streamplane *p = c->p;
-  nng_aio_set_iov(c->tx, c->niov, c->iov); /* niov <= 2: cannot fail */
-  nng_aio_set_timeout(c->tx, (nng_duration)p->cfg->deadline_ms);
-  nng_stream_send(c->s, c->tx);
-}
-
-/* Sends what c->iov holds; the answer (head, and the value when has_v). */
+/* The answer (c->iov: head, and the value when has_v) goes out on the
+ * connection's own thread (conn_main), right after the handler returns. */
 static void tx_start(sconn *c) {
   kvs__streamplane *p = c->p;
   int32_t st;
   memcpy(&st, c->head + 12, 4);
   KVS__INC(p->met, KVS_STAT_REQUESTS, 1);
   if (st != 0) KVS__INC(p->met, KVS_STAT_ERRORS, 1);
-  c->state = TX;
-  tx_more(c);
+  c->answered = 1;
 }
 
 static void answer_err(sconn *c, uint16_t op, uint64_t id, kvs_err err, const char *detail) {
@@ -161,23 +138,18 @@ static void answer_err(sconn *c, uint16_t op, uint64_t id, kvs_err err, const ch
   if (!head_reserve(c, KVS_WIRE_HDR_SIZE + KVS_WIRE_MAX_ERRMSG)) { /* no memory: give up */
     c->close_after = 1;
     len = 0;
-    if (!c->head) {
-      atomic_fetch_sub(&c->p->inflight, 1);
-      conn_close(c);
-      return;
-    }
+    if (!c->head) return; /* nothing can be sent: the connection closes */
   }
   hdr_answer(c->head, op, id, err, (uint32_t)len);
   memcpy(c->head + KVS_WIRE_HDR_SIZE, msg, len);
-  c->iov[0] = (nng_iov){c->head, KVS_WIRE_HDR_SIZE + len};
+  c->iov[0] = (struct iovec){c->head, KVS_WIRE_HDR_SIZE + len};
   c->niov = 1;
   tx_start(c);
 }
 
 /* ---------------------------------------------------------------- GET */
-/* fast: on an nng thread, RAM tier only; returns 1 when the request must go
- * to a worker (the entry is on disk). Otherwise the answer is on its way. */
-static int do_get(sconn *c, const kvs_wire_req *r, int fast) {
+/* On the connection's thread: an entry on disk (T1/T2) is read here too. */
+static void do_get(sconn *c, const kvs_wire_req *r) {
   kvs__streamplane *p = c->p;
   const kvs_wire_get_req *g = &r->u.get;
   uint64_t id = r->hdr.req_id;
@@ -187,46 +159,43 @@ static int do_get(sconn *c, const kvs_wire_req *r, int fast) {
   kvs_wire_get_resp a;
   size_t head = 0;
   const char *why = NULL;
-  kvs_err rc = kvs__get_prepare(p->st, tenant, g, fast, &v, &a, &head, &why);
-  if (rc == KVS_EAGAIN && fast) return 1;
+  kvs_err rc = kvs__get_prepare(p->st, tenant, g, 0, &v, &a, &head, &why);
   if (rc != KVS_OK) {
     answer_err(c, KVS_OP_GET, id, rc, why);
-    return 0;
+    return;
   }
   int with_meta = (g->flags & KVS_WIRE_GET_META) != 0;
   size_t w = 0;
   if ((uint64_t)head + a.byte_len > KVS_WIRE_MAX_PAYLOAD) {
     kvs__vref_release(&v);
     answer_err(c, KVS_OP_GET, id, KVS_ETOOBIG, "answer over 4 GiB: ask for fewer segments");
-    return 0;
+    return;
   }
   if (!head_reserve(c, KVS_WIRE_HDR_SIZE + head) ||
       kvs_wire_get_resp_encode_head(&a, with_meta ? &v.m : NULL, c->head + KVS_WIRE_HDR_SIZE, head,
                                     &w) != KVS_OK) {
     kvs__vref_release(&v);
     answer_err(c, KVS_OP_GET, id, KVS_ENOMEM, NULL);
-    return 0;
+    return;
   }
   hdr_answer(c->head, KVS_OP_GET, id, KVS_OK, (uint32_t)(head + a.byte_len));
   /* no copy of the value: the kernel reads it from the RAM tier's buffer,
    * which c->v keeps alive until the send is over */
   c->v = v;
   c->has_v = 1;
-  c->iov[0] = (nng_iov){c->head, KVS_WIRE_HDR_SIZE + head};
-  c->iov[1] = (nng_iov){v.buf->data + a.byte_off, (size_t)a.byte_len};
+  c->iov[0] = (struct iovec){c->head, KVS_WIRE_HDR_SIZE + head};
+  c->iov[1] = (struct iovec){v.buf->data + a.byte_off, (size_t)a.byte_len};
   c->niov = a.byte_len ? 2 : 1;
   KVS__INC(p->met, KVS_STAT_BYTES_OUT, a.byte_len);
   atomic_fetch_add_explicit(&p->met->bytes_out_tier[v.tier < 3 ? v.tier : 2], a.byte_len,
                             memory_order_relaxed);
   tx_start(c);
-  return 0;
 }
 
 /* A whole request frame is in c->buf. */
 static void on_request(sconn *c) {
   kvs__streamplane *p = c->p;
   const kvs_wire_hdr *h = &c->h;
-  c->state = WORK;
   c->t0 = kvs_now_ns();
   atomic_fetch_add(&p->inflight, 1);
   if (h->flags & KVS_WIRE_F_RESPONSE) {
@@ -261,12 +230,12 @@ static void on_request(sconn *c) {
       return;
     }
     hdr_answer(c->head, KVS_OP_PING, h->req_id, KVS_OK, 0);
-    c->iov[0] = (nng_iov){c->head, KVS_WIRE_HDR_SIZE};
+    c->iov[0] = (struct iovec){c->head, KVS_WIRE_HDR_SIZE};
     c->niov = 1;
     tx_start(c);
     return;
   case KVS_OP_GET:
-    if (do_get(c, &r, 1)) job_push(p, c, 0); /* on disk: a worker reads it */
+    do_get(c, &r);
     return;
   default:
     answer_err(c, h->op, h->req_id, KVS_ENOTSUP,
@@ -276,31 +245,55 @@ static void on_request(sconn *c) {
 }
 
 /* ------------------------------------------------------------ reading */
-static void rx_more(sconn *c) {
-  kvs__streamplane *p = c->p;
-  nng_iov iov = {c->buf + c->have, c->want - c->have};
-  nng_aio_set_iov(c->rx, 1, &iov);
-  nng_duration ms = KVS__STREAM_IDLE_MS;
-  if (c->have > 0 || c->state == RX_PAYLOAD) { /* a frame has begun: its deadline */
-    uint64_t now = kvs_now_ns();
-    ms = now >= c->frame_deadline_ns ? 1
-                                     : (nng_duration)((c->frame_deadline_ns - now) / 1000000 + 1);
+/* Waits until fd is readable (POLLIN) or writable, at most ms (< 0: no
+ * limit). 1 ready, 0 timed out, -1 error. */
+static int wait_fd(int fd, short ev, int ms) {
+  struct pollfd pf = {fd, ev, 0};
+  for (;;) {
+    int r = poll(&pf, 1, ms);
+    if (r >= 0) return r > 0 ? 1 : 0;
+    if (errno != EINTR) return -1;
   }
-  (void)p;
-  nng_aio_set_timeout(c->rx, ms);
-  nng_stream_recv(c->s, c->rx);
 }
 
-static void rx_next_frame(sconn *c) {
-  c->state = RX_HDR;
-  c->have = 0;
-  c->want = KVS_WIRE_HDR_SIZE;
-  c->close_after = 0;
-  rx_more(c);
+static int ms_left(uint64_t deadline_ns) {
+  uint64_t now = kvs_now_ns();
+  return now >= deadline_ns ? 0 : (int)((deadline_ns - now) / 1000000 + 1);
 }
 
-/* The header is in: check it, bound the payload, then read it. */
-static void on_header(sconn *c) {
+/* Reads until c->have >= c->want, taking whatever else arrives (a client
+ * that sends ahead: kept for the next frame). The first byte of a frame may
+ * take KVS__STREAM_IDLE_MS, the rest must come by the frame's deadline.
+ * 0 when there, -1 when the connection is to close (peer gone, idle or too
+ * slow, or the plane closing). */
+static int fill(sconn *c) {
+  kvs__streamplane *p = c->p;
+  while (c->have < c->want) {
+    if (atomic_load(&p->closing)) return -1;
+    int ms = c->have ? ms_left(c->frame_deadline_ns) : KVS__STREAM_IDLE_MS;
+    int w = wait_fd(c->fd, POLLIN, ms);
+    if (w <= 0) {
+      if (w == 0 && c->have)
+        KVS_LOGD("stream", "request not completed", "have=%zu err=\"%s\"", c->have, "timed out");
+      return -1;
+    }
+    ssize_t n = read(c->fd, c->buf + c->have, c->cap - c->have);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) {
+      if (n < 0 && c->have)
+        KVS_LOGD("stream", "request not completed", "have=%zu err=\"%s\"", c->have, strerror(errno));
+      return -1;
+    }
+    if (c->have == 0)
+      c->frame_deadline_ns = kvs_now_ns() + (uint64_t)p->cfg->deadline_ms * 1000000ull;
+    c->have += (size_t)n;
+  }
+  return 0;
+}
+
+/* The header is in c->buf: check it, bound the payload, make room for it.
+ * 0 to read the payload, 1 when an error answer is ready instead. */
+static int on_header(sconn *c) {
   kvs__streamplane *p = c->p;
   kvs_err rc = kvs_wire_hdr_decode_head(c->buf, &c->h);
   uint64_t id = 0;
@@ -311,8 +304,9 @@ static void on_header(sconn *c) {
     c->close_after = 1; /* where the next frame starts is unknown */
     c->t0 = kvs_now_ns();
     atomic_fetch_add(&p->inflight, 1);
+    c->h.op = KVS_OP_PING;
     answer_err(c, KVS_OP_PING, id, rc, "bad frame header");
-    return;
+    return 1;
   }
   uint64_t limit = KVS_WIRE_STREAM_MAX_REQ;
   if (p->cfg->max_msg && p->cfg->max_msg - KVS_WIRE_HDR_SIZE < limit)
@@ -323,7 +317,7 @@ static void on_header(sconn *c) {
     c->t0 = kvs_now_ns();
     atomic_fetch_add(&p->inflight, 1);
     answer_err(c, c->h.op, c->h.req_id, KVS_ETOOBIG, "request over the stream limit");
-    return;
+    return 1;
   }
   size_t need = KVS_WIRE_HDR_SIZE + c->h.payload_len;
   if (need > c->cap) {
@@ -333,206 +327,236 @@ static void on_header(sconn *c) {
       c->t0 = kvs_now_ns();
       atomic_fetch_add(&p->inflight, 1);
       answer_err(c, c->h.op, c->h.req_id, KVS_ENOMEM, NULL);
-      return;
+      return 1;
     }
     c->buf = b;
     c->cap = need;
   }
   c->want = need;
-  if (c->have == c->want) {
-    on_request(c);
-    return;
-  }
-  c->state = RX_PAYLOAD;
-  rx_more(c);
+  return 0;
 }
 
-static void rx_cb(void *arg) {
-  sconn *c = arg;
-  kvs__streamplane *p = c->p;
-  int rv = nng_aio_result(c->rx);
-  if (rv != 0) {
-    /* peer gone, idle or too slow, or we are closing */
-    if (rv != NNG_ECLOSED && rv != NNG_ECANCELED && c->have > 0)
-      KVS_LOGD("stream", "request not completed", "have=%zu err=\"%s\"", c->have, nng_strerror(rv));
-    if (!atomic_load(&p->closing)) conn_close(c);
-    return;
-  }
-  if (c->have == 0)
-    c->frame_deadline_ns = kvs_now_ns() + (uint64_t)p->cfg->deadline_ms * 1000000ull;
-  c->have += nng_aio_count(c->rx);
-  if (c->have < c->want) {
-    rx_more(c);
-    return;
-  }
-  if (c->state == RX_HDR)
-    on_header(c);
-  else
-    on_request(c);
-}
-
-static void tx_cb(void *arg) {
-  sconn *c = arg;
-  kvs__streamplane *p = c->p;
-  int rv = nng_aio_result(c->tx);
-  if (rv == 0) {
-    size_t n = nng_aio_count(c->tx);
-    unsigned k = 0;
-    for (unsigned i = 0; i < c->niov; i++) { /* drop what went out */
-      size_t d = n < c->iov[i].iov_len ? n : c->iov[i].iov_len;
-      n -= d;
-      c->iov[i].iov_buf = (uint8_t *)c->iov[i].iov_buf + d;
-      c->iov[i].iov_len -= d;
-      if (c->iov[i].iov_len) c->iov[k++] = c->iov[i];
+/* ------------------------------------------------------------ sending */
+/* Writes c->iov whole; each sendmsg must progress within the request
+ * deadline. 0 sent, -1 not (the connection closes). */
+static int send_all(sconn *c) {
+  struct iovec *iov = c->iov;
+  int n = c->niov;
+  while (n > 0) {
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+    ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL); /* a gone peer: EPIPE, not SIGPIPE */
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      /* EAGAIN: no progress for request_deadline_ms (SO_SNDTIMEO) */
+      if (errno != EPIPE && errno != ECONNRESET)
+        KVS_LOGD("stream", "answer not delivered", "err=\"%s\"", strerror(errno));
+      return -1;
     }
-    c->niov = k;
-    if (k > 0) {
-      tx_more(c);
-      return;
-    }
+    size_t d = (size_t)w;
+    while (n > 0 && d >= iov->iov_len) d -= iov->iov_len, iov++, n--;
+    if (n > 0) iov->iov_base = (uint8_t *)iov->iov_base + d, iov->iov_len -= d;
   }
-  /* the answer is out (or cannot be): the value may go */
-  if (c->has_v) {
-    kvs__vref_release(&c->v);
-    c->has_v = 0;
-  }
-  uint64_t dt = kvs_now_ns() - c->t0;
-  if (c->h.op >= 1 && c->h.op <= KVS__OP_MAX) kvs__hist_observe(&p->met->op_latency[c->h.op], dt);
-  atomic_fetch_sub(&p->inflight, 1);
-  if (rv != 0 || c->close_after) {
-    if (rv != 0 && rv != NNG_ECLOSED)
-      KVS_LOGD("stream", "answer not delivered", "err=\"%s\"", nng_strerror(rv));
-    if (!atomic_load(&p->closing)) conn_close(c);
-    return;
-  }
-  if (atomic_load(&p->closing)) return;
-  rx_next_frame(c);
+  return 0;
 }
 
 /* ------------------------------------------------------ connections */
 static void conn_free(sconn *c) {
-  nng_stream_close(c->s);
-  if (c->rx) nng_aio_free(c->rx); /* waits for a callback still returning */
-  if (c->tx) nng_aio_free(c->tx);
   if (c->has_v) kvs__vref_release(&c->v);
-  nng_stream_free(c->s);
+  if (c->fd >= 0) close(c->fd);
   free(c->buf);
   free(c->head);
   free(c);
 }
 
-/* From a callback or a worker: unlink, close, and let a worker free it
- * (an aio cannot be freed from its own callback). Once the plane is
- * closing, kvs__stream_stop owns every connection still listed: nothing is
- * done here then. The job is queued under mu, so stop (which takes mu after
- * setting closing) never misses one, and p outlives every queued job. */
-static void conn_close(sconn *c) {
+/* Joins and frees the connections that ended on their own. */
+static void reap(kvs__streamplane *p) {
+  pthread_mutex_lock(&p->mu);
+  sconn *d = p->dead;
+  p->dead = NULL;
+  pthread_mutex_unlock(&p->mu);
+  while (d) {
+    sconn *n = d->next;
+    pthread_join(d->th, NULL);
+    conn_free(d);
+    d = n;
+  }
+}
+
+/* One connection: read a request, answer it, until the peer goes, the
+ * framing is lost or the plane closes. */
+static void *conn_main(void *arg) {
+  sconn *c = arg;
   kvs__streamplane *p = c->p;
-  pthread_mutex_lock(&p->mu);
-  if (atomic_load(&p->closing)) {
-    pthread_mutex_unlock(&p->mu);
-    return;
-  }
-  if (c->prev)
-    c->prev->next = c->next;
-  else
-    p->conns = c->next;
-  if (c->next) c->next->prev = c->prev;
-  p->nconns--;
-  nng_stream_close(c->s);
-  if (c->has_v) {
-    kvs__vref_release(&c->v);
-    c->has_v = 0;
-  }
-  job_push(p, c, 1);
-  pthread_mutex_unlock(&p->mu);
-}
-
-static void accept_cb(void *arg) {
-  slisten *ls = arg;
-  kvs__streamplane *p = ls->p;
-  nng_aio *aio = ls->acc;
-  int rv = nng_aio_result(aio);
-  if (rv != 0) {
-    if (rv == NNG_ECLOSED || atomic_load(&p->closing)) return;
-    KVS_LOGW("stream", "accept failed", "err=\"%s\"", nng_strerror(rv));
-    nng_msleep(10); /* e.g. out of descriptors: do not spin */
-    nng_stream_listener_accept(ls->l, aio);
-    return;
-  }
-  nng_stream *s = nng_aio_get_output(aio, 0);
-  sconn *c = calloc(1, sizeof *c);
-  int ok = c && !atomic_load(&p->closing) && nng_aio_alloc(&c->rx, rx_cb, c) == 0 &&
-           nng_aio_alloc(&c->tx, tx_cb, c) == 0 && (c->buf = malloc(4096)) != NULL;
-  pthread_mutex_lock(&p->mu);
-  if (ok && p->nconns >= KVS__STREAM_MAX_CONNS) ok = 0;
-  if (ok) {
-    c->p = p;
-    c->s = s;
-    c->cap = 4096;
-    c->next = p->conns;
-    if (p->conns) p->conns->prev = c;
-    p->conns = c;
-    p->nconns++;
-  }
-  pthread_mutex_unlock(&p->mu);
-  if (!ok) {
-    if (c) {
-      if (c->rx) nng_aio_free(c->rx);
-      if (c->tx) nng_aio_free(c->tx);
-      free(c->buf);
-      free(c);
-    }
-    nng_stream_free(s);
-    KVS_LOGW("stream", "connection refused", "why=%s", "limit, closing or no memory");
-  } else {
-    (void)nng_stream_set_bool(s, NNG_OPT_TCP_NODELAY, true);
-    rx_next_frame(c);
-  }
-  if (!atomic_load(&p->closing)) nng_stream_listener_accept(ls->l, aio);
-}
-
-static void *worker_main(void *arg) {
-  kvs__streamplane *p = arg;
   for (;;) {
-    pthread_mutex_lock(&p->qmu);
-    while (!p->qhead && !p->qstop)
-      pthread_cond_wait(&p->qcv, &p->qmu);
-    sjob *j = p->qhead;
-    if (!j) {
-      pthread_mutex_unlock(&p->qmu);
+    /* the frame: what was read past the previous one comes first */
+    size_t extra = c->have > c->want ? c->have - c->want : 0;
+    if (extra) memmove(c->buf, c->buf + c->want, extra);
+    c->have = extra;
+    c->want = KVS_WIRE_HDR_SIZE;
+    c->answered = 0;
+    if (extra) c->frame_deadline_ns = kvs_now_ns() + (uint64_t)p->cfg->deadline_ms * 1000000ull;
+    if (fill(c) != 0) break;
+    if (on_header(c) == 0) {
+      if (fill(c) != 0) break;
+      on_request(c);
+    }
+    if (!c->answered) { /* no memory even for the error answer */
+      atomic_fetch_sub(&p->inflight, 1);
       break;
     }
-    p->qhead = j->next;
-    if (!p->qhead) p->qtail = NULL;
-    pthread_mutex_unlock(&p->qmu);
-    sconn *c = j->c;
-    int free_conn = j->free_conn;
-    free(j);
-    if (free_conn) {
-      conn_free(c);
-      continue;
+    int sent = send_all(c) == 0;
+    /* the answer is out (or cannot be): the value may go */
+    if (c->has_v) {
+      kvs__vref_release(&c->v);
+      c->has_v = 0;
     }
-    /* a GET of an entry on disk; c is not touched after its send started */
-    kvs_wire_req r;
-    if (kvs_wire_req_decode(c->buf, KVS_WIRE_HDR_SIZE + c->h.payload_len, &r) != KVS_OK) {
-      answer_err(c, c->h.op, c->h.req_id, KVS_EINTERNAL, NULL); /* decoded before: cannot happen */
-      continue;
-    }
-    uint64_t waited = kvs_now_ns() - c->t0;
-    if (waited > (uint64_t)p->cfg->deadline_ms * 1000000ull) {
-      atomic_fetch_add_explicit(&p->met->timeouts, 1, memory_order_relaxed);
-      answer_err(c, KVS_OP_GET, r.hdr.req_id, KVS_ETIMEDOUT, "queued past the request deadline");
-      continue;
-    }
-    (void)do_get(c, &r, 0);
+    uint64_t dt = kvs_now_ns() - c->t0;
+    if (c->h.op >= 1 && c->h.op <= KVS__OP_MAX) kvs__hist_observe(&p->met->op_latency[c->h.op], dt);
+    atomic_fetch_sub(&p->inflight, 1);
+    if (!sent || c->close_after || atomic_load(&p->closing)) break;
   }
+  /* unlink; stop owns the connections still listed once the plane closes */
+  pthread_mutex_lock(&p->mu);
+  if (!atomic_load(&p->closing)) {
+    if (c->prev)
+      c->prev->next = c->next;
+    else
+      p->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    p->nconns--;
+    c->prev = NULL;
+    c->next = p->dead;
+    p->dead = c;
+    shutdown(c->fd, SHUT_RDWR);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+static void *accept_main(void *arg) {
+  slisten *ls = arg;
+  kvs__streamplane *p = ls->p;
+  pthread_attr_t at;
+  pthread_attr_init(&at);
+  pthread_attr_setstacksize(&at, KVS__STREAM_STACK);
+  while (!atomic_load(&p->closing)) {
+    int fd = accept4(ls->fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (atomic_load(&p->closing)) break;
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      KVS_LOGW("stream", "accept failed", "err=\"%s\"", strerror(errno));
+      struct timespec ts = {0, 10000000}; /* e.g. out of descriptors: do not spin */
+      nanosleep(&ts, NULL);
+      continue;
+    }
+    reap(p);
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails on ipc: fine */
+    struct timeval tv = {p->cfg->deadline_ms / 1000, (p->cfg->deadline_ms % 1000) * 1000};
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* a send must progress */
+    sconn *c = calloc(1, sizeof *c);
+    int ok = c && (c->buf = malloc(4096)) != NULL;
+    pthread_mutex_lock(&p->mu);
+    if (ok && (p->nconns >= KVS__STREAM_MAX_CONNS || atomic_load(&p->closing))) ok = 0;
+    if (ok) {
+      c->p = p;
+      c->fd = fd;
+      c->cap = 4096;
+      c->want = KVS_WIRE_HDR_SIZE;
+      ok = pthread_create(&c->th, &at, conn_main, c) == 0;
+    }
+    if (ok) {
+      c->next = p->conns;
+      if (p->conns) p->conns->prev = c;
+      p->conns = c;
+      p->nconns++;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (!ok) {
+      if (c) free(c->buf);
+      free(c);
+      close(fd);
+      KVS_LOGW("stream", "connection refused", "why=%s", "limit, closing or no memory");
+    }
+  }
+  pthread_attr_destroy(&at);
   return NULL;
 }
 
 /* ------------------------------------------------------- start / stop */
 int kvs__stream_url(const char *url) {
   return !strncmp(url, "tcp+stream://", 13) || !strncmp(url, "ipc+stream://", 13);
+}
+
+/* A listening socket for tcp+stream://host:port ("*" or no host: every
+ * address; [v6] in brackets) or ipc+stream:///path (mode 0600; a stale
+ * socket file left by a dead daemon is replaced, a live one is not). */
+static kvs_err listen_on(const char *url, slisten *ls) {
+  const char *rest = url + 13;
+  ls->fd = -1;
+  if (!strncmp(url, "ipc", 3)) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(rest) >= sizeof a.sun_path) return KVS_EINVAL;
+    memcpy(a.sun_path, rest, strlen(rest) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return KVS_ECONN;
+    int b = bind(fd, (struct sockaddr *)&a, sizeof a);
+    if (b != 0 && errno == EADDRINUSE) {
+      int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      int live = probe >= 0 && connect(probe, (struct sockaddr *)&a, sizeof a) == 0;
+      if (probe >= 0) close(probe);
+      if (live) {
+        close(fd);
+        return KVS_EBUSY;
+      }
+      unlink(a.sun_path); /* stale: its daemon is gone */
+      b = bind(fd, (struct sockaddr *)&a, sizeof a);
+    }
+    if (b != 0) {
+      kvs_err rc = errno == EADDRINUSE ? KVS_EBUSY : KVS_ECONN;
+      close(fd);
+      return rc;
+    }
+    (void)chmod(a.sun_path, 0600);
+    if (listen(fd, 128) != 0) {
+      close(fd);
+      return KVS_ECONN;
+    }
+    memcpy(ls->path, a.sun_path, sizeof ls->path);
+    ls->fd = fd;
+    return KVS_OK;
+  }
+  char host[256], port[16];
+  const char *colon = strrchr(rest, ':');
+  if (!colon || strlen(colon + 1) == 0 || strlen(colon + 1) >= sizeof port) return KVS_EINVAL;
+  size_t hl = (size_t)(colon - rest);
+  if (hl >= 2 && rest[0] == '[' && rest[hl - 1] == ']') rest++, hl -= 2;
+  if (hl >= sizeof host) return KVS_EINVAL;
+  memcpy(host, rest, hl);
+  host[hl] = 0;
+  snprintf(port, sizeof port, "%s", colon + 1);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
+                  *ai = NULL;
+  int any = hl == 0 || !strcmp(host, "*");
+  if (getaddrinfo(any ? NULL : host, port, &hints, &ai) != 0 || !ai) return KVS_EINVAL;
+  kvs_err rc = KVS_ECONN;
+  for (struct addrinfo *x = ai; x && ls->fd < 0; x = x->ai_next) {
+    int fd = socket(x->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    int one = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (bind(fd, x->ai_addr, x->ai_addrlen) == 0 && listen(fd, 128) == 0) {
+      ls->fd = fd;
+      rc = KVS_OK;
+    } else {
+      rc = errno == EADDRINUSE ? KVS_EBUSY : KVS_ECONN;
+      close(fd);
+    }
+  }
+  freeaddrinfo(ai);
+  return rc;
 }
 
 kvs_err kvs__stream_start(const kvs_svc_config *cfg, kvs__store *st, kvs__metrics *met,
@@ -548,51 +572,27 @@ kvs_err kvs__stream_start(const kvs_svc_config *cfg, kvs__store *st, kvs__metric
   p->st = st;
   p->met = met;
   pthread_mutex_init(&p->mu, NULL);
-  pthread_mutex_init(&p->qmu, NULL);
-  pthread_cond_init(&p->qcv, NULL);
-  p->nw = cfg->workers / 2 > 1 ? cfg->workers / 2 : 1;
-  p->w = calloc((size_t)p->nw, sizeof *p->w);
-  if (!p->w) {
-    p->nw = 0;
-    kvs__stream_stop(p);
-    return KVS_ENOMEM;
-  }
-  for (int i = 0; i < p->nw; i++)
-    if (pthread_create(&p->w[i], NULL, worker_main, p) != 0) {
-      p->nw = i;
-      kvs__stream_stop(p);
-      return KVS_EINTERNAL;
-    }
   for (int i = 0; i < cfg->n_listen; i++) {
     const char *u = cfg->listen[i];
     if (!kvs__stream_url(u)) continue;
-    char nu[sizeof cfg->listen[0]]; /* tcp+stream://x -> tcp://x */
-    snprintf(nu, sizeof nu, "%.3s%s", u, u + 10);
-    nng_stream_listener *l = NULL;
-    int rv = nng_stream_listener_alloc(&l, nu);
-    if (rv == 0 && !strncmp(nu, "ipc://", 6))
-      (void)nng_stream_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
-    if (rv == 0) (void)nng_stream_listener_set_bool(l, NNG_OPT_TCP_NODELAY, true);
-    if (rv == 0) rv = nng_stream_listener_listen(l);
-    if (rv != 0) {
-      KVS_LOGE("stream", "cannot listen", "url=%s err=\"%s\"", u, nng_strerror(rv));
-      if (l) nng_stream_listener_free(l);
+    slisten *ls = &p->ls[p->nl];
+    ls->p = p;
+    kvs_err rc = listen_on(u, ls);
+    if (rc != KVS_OK) {
+      KVS_LOGE("stream", "cannot listen", "url=%s err=\"%s\"", u, kvs_strerror(rc));
       kvs__stream_stop(p);
-      return rv == NNG_EADDRINUSE ? KVS_EBUSY : KVS_ECONN;
+      return rc == KVS_EBUSY ? KVS_EBUSY : KVS_ECONN;
     }
-    p->ls[p->nl].p = p;
-    p->ls[p->nl].l = l;
     p->nl++;
     KVS_LOGI("stream", "listening", "url=%s", u);
   }
   for (int i = 0; i < p->nl; i++) {
-    if (nng_aio_alloc(&p->ls[i].acc, accept_cb, &p->ls[i]) != 0) {
+    if (pthread_create(&p->ls[i].th, NULL, accept_main, &p->ls[i]) != 0) {
       kvs__stream_stop(p);
-      return KVS_ENOMEM;
+      return KVS_EINTERNAL;
     }
+    p->ls[i].started = 1;
   }
-  for (int i = 0; i < p->nl; i++)
-    nng_stream_listener_accept(p->ls[i].l, p->ls[i].acc);
   *out = p;
   return KVS_OK;
 }
@@ -606,47 +606,27 @@ void kvs__stream_stop(kvs__streamplane *p) {
     nanosleep(&ts, NULL);
   }
   atomic_store(&p->closing, 1);
+  /* wake the accepts (shutdown makes a blocked accept return) and every
+   * connection's read or write; from here on the list no longer changes */
   for (int i = 0; i < p->nl; i++)
-    nng_stream_listener_close(p->ls[i].l);
+    if (p->ls[i].fd >= 0) shutdown(p->ls[i].fd, SHUT_RDWR);
   for (int i = 0; i < p->nl; i++)
-    if (p->ls[i].acc) nng_aio_stop(p->ls[i].acc);
-  /* close every connection still listed: from here on their callbacks (and
-   * conn_close) leave them alone, and the list no longer changes (accepts
-   * are stopped above) */
+    if (p->ls[i].started) pthread_join(p->ls[i].th, NULL);
   pthread_mutex_lock(&p->mu);
   for (sconn *c = p->conns; c; c = c->next)
-    nng_stream_close(c->s);
+    shutdown(c->fd, SHUT_RDWR);
   pthread_mutex_unlock(&p->mu);
-  for (sconn *c = p->conns; c; c = c->next) { /* outside mu: a callback may be waiting on it */
-    nng_aio_stop(c->rx);
-    nng_aio_stop(c->tx);
-  }
-  /* the workers finish their queue (deferred GETs end on closed streams,
-   * dead connections are freed), then stop */
-  pthread_mutex_lock(&p->qmu);
-  p->qstop = 1;
-  pthread_cond_broadcast(&p->qcv);
-  pthread_mutex_unlock(&p->qmu);
-  for (int i = 0; i < p->nw; i++)
-    pthread_join(p->w[i], NULL);
-  for (sjob *j = p->qhead; j;) { /* none left unless no worker ever ran */
-    sjob *n = j->next;
-    if (j->free_conn) conn_free(j->c);
-    free(j);
-    j = n;
-  }
   while (p->conns) {
     sconn *c = p->conns;
     p->conns = c->next;
+    pthread_join(c->th, NULL);
     conn_free(c);
   }
+  reap(p);
   for (int i = 0; i < p->nl; i++) {
-    if (p->ls[i].acc) nng_aio_free(p->ls[i].acc);
-    nng_stream_listener_free(p->ls[i].l);
+    if (p->ls[i].fd >= 0) close(p->ls[i].fd);
+    if (p->ls[i].path[0]) unlink(p->ls[i].path);
   }
   pthread_mutex_destroy(&p->mu);
-  pthread_mutex_destroy(&p->qmu);
-  pthread_cond_destroy(&p->qcv);
-  free(p->w);
   free(p);
 }
