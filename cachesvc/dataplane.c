@@ -621,12 +621,7 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
 
 void kvs__dataplane_stop(kvs__dataplane *d) {
   if (!d) return;
-  /* Drain: new requests get KVS_EBUSY; wait (at most 10 s) for those in flight. */
-  atomic_store(&d->draining, 1);
-  for (int i = 0; i < 10000 && atomic_load(&d->inflight) > 0; i++) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
-  }
+  kvs__drain(&d->draining, &d->inflight); /* new requests: KVS_EBUSY; those in flight finish */
   atomic_store(&d->closing, 1);
   if (d->sock_open) nng_close(d->sock);
   d->sock_open = 0;

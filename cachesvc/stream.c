@@ -599,12 +599,7 @@ kvs_err kvs__stream_start(const kvs_svc_config *cfg, kvs__store *st, kvs__metric
 
 void kvs__stream_stop(kvs__streamplane *p) {
   if (!p) return;
-  /* drain: new requests get KVS_EBUSY; wait (at most 10 s) for those in flight */
-  atomic_store(&p->draining, 1);
-  for (int i = 0; i < 10000 && atomic_load(&p->inflight) > 0; i++) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
-  }
+  kvs__drain(&p->draining, &p->inflight); /* new requests: KVS_EBUSY; those in flight finish */
   atomic_store(&p->closing, 1);
   /* wake the accepts (shutdown makes a blocked accept return) and every
    * connection's read or write; from here on the list no longer changes */

@@ -74,6 +74,14 @@ kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
   return KVS_OK;
 }
 
+void kvs__drain(atomic_int *draining, atomic_int *inflight) {
+  atomic_store(draining, 1);
+  for (int i = 0; i < 10000 && atomic_load(inflight) > 0; i++) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+}
+
 void kvs_svc_stop(kvs_svc *s) {
   if (!s || s->stopped) return;
   s->stopped = 1;

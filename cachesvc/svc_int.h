@@ -187,6 +187,10 @@ int kvs__auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h);
  * not by the REP socket). */
 int kvs__stream_url(const char *url);
 
+/* Drain: sets *draining (new requests get KVS_EBUSY), then waits at most
+ * 10 s for *inflight to reach 0. Both data planes stop this way. */
+void kvs__drain(atomic_int *draining, atomic_int *inflight);
+
 typedef struct kvs__streamplane kvs__streamplane;
 /* Listens on every +stream URL of c->listen (*out NULL when there is none).
  * c must outlive the plane. */
