@@ -286,8 +286,16 @@ int main(int argc, char **argv) {
     case 't': s8_tok = (uint32_t)atoi(optarg); break;
     case 'q': s8_pass = (uint32_t)atoi(optarg); break;
     default:
-      fprintf(stderr, "usage: kvs-bench-blend --model GGUF --data MUSIQUE --items A-B "
-                      "[--passages N] [--strategies a,b] [--ratio R] [--profile P|none]\n");
+      fprintf(stderr,
+              "usage: kvs-bench-blend --model GGUF --data MUSIQUE --items A-B [--gpu]\n"
+              "         [--passages N] [--strategies a[:param],b...] [--ratio R] [--profile P|none]\n"
+              "         [--max-new N] [--chunk-ctx N] [--style S] [--check-layer L]\n"
+              "       kvs-bench-blend --speed8b [--n-passages N] [--passage-tokens T] [--ratio R]\n"
+              "         [--disk DIR]\n"
+              "  strategies: none, epic[:first tokens], cacheblend[:ratio], adaptive[:cap], full\n"
+              "  --chunk-ctx N: passages prefilled after the instruction's first N tokens\n"
+              "    (-1 all of it, -2 everything before them: oracle KV); --style 0-4: the\n"
+              "    question turn / few-shot instruction; --disk: add rows read from files there\n");
       return c == 'h' ? 0 : 2;
     }
   }
