@@ -50,7 +50,7 @@
 
 #define KVS__STREAM_IDLE_MS   300000 /* an idle connection is closed after this */
 #define KVS__STREAM_MAX_CONNS 1024   /* more are accepted and closed at once */
-#define KVS__STREAM_STACK     (256u << 10)
+#define KVS__STREAM_STACK     (1u << 20) /* RocksDB reads (disk GETs) run on it too */
 
 typedef struct sconn sconn;
 
