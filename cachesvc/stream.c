@@ -505,8 +505,9 @@ static kvs_err listen_on(const char *url, slisten *ls) {
       int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
       int live = probe >= 0 && connect(probe, (struct sockaddr *)&a, sizeof a) == 0;
       if (probe >= 0) close(probe);
-      if (live) {
-        close(fd);
+      struct stat sb;
+      if (live || stat(a.sun_path, &sb) != 0 || !S_ISSOCK(sb.st_mode)) {
+        close(fd); /* a live daemon, or not a socket file: never removed */
         return KVS_EBUSY;
       }
       unlink(a.sun_path); /* stale: its daemon is gone */
