@@ -169,7 +169,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
   const char *names[NR] = {"full", "prefix-only", "none", "epic", "cacheblend", "adaptive",
                            "none/dev", "epic/dev", "cacheblend/dev", "adaptive/dev",
                            "none/disk", "epic/disk", "cacheblend/disk", "adaptive/disk"};
-  double med[NR], brk[NR][3] = {{0}}; /* last run: load wait, recompute, prefill (ms) */
+  double med[NR] = {0}, brk[NR][3] = {{0}}; /* last run: load wait, recompute, prefill (ms) */
   double rec[NR] = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   int nr = disk ? NR : 10;
   for (int k = 0; k < nr; k++) {

@@ -111,11 +111,13 @@ static int dense_dec_bench(const kvs_layout *l, const char *shape, uint32_t T, i
   size_t cap = kvs_codec_encode_bound(&p, l, T), len = 0;
   uint8_t *buf = malloc(cap);
   kvs_codec_info info;
-  if (!kv || !out || !out2 || !buf) return 1;
-  kvs_synth_kv(l, T, 42 + T, kv);
-  if (kvs_codec_encode(&p, l, T, kv, buf, cap, &len) != KVS_OK ||
-      kvs_codec_parse_header(buf, len, &info) != KVS_OK)
+  int ok = kv && out && out2 && buf;
+  if (ok) kvs_synth_kv(l, T, 42 + T, kv);
+  if (!ok || kvs_codec_encode(&p, l, T, kv, buf, cap, &len) != KVS_OK ||
+      kvs_codec_parse_header(buf, len, &info) != KVS_OK) {
+    free(kv), free(out), free(out2), free(buf);
     return 1;
+  }
   size_t wsn = kvs_codec_decode_workspace_bound(&info);
   void *ws = malloc(wsn);
   kvs_codec_out o = kvs_codec_out_contiguous(out, elems * 2, KVS_DTYPE_F16);
