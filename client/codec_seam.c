@@ -346,6 +346,19 @@ static void stage_piece(void *arg, size_t off, size_t len) {
 }
 #endif
 
+#ifdef KVS_CLIENT_HAVE_CODEC
+/* Segment g's own header against its len bytes: magic, index, payload size. */
+static kvs_err seg_head(const uint8_t *bytes, uint64_t len, uint32_t g, uint64_t *pay) {
+  KVS_RETURN_ERROR_IF(len < KVS_CODEC_SEG_HEADER_BYTES, KVS_ECORRUPT, "segment size");
+  KVS_RETURN_ERROR_IF(kvs_wire_rd32(bytes + KVS_SH_MAGIC, 0) != KVS_CODEC_SEG_MAGIC ||
+                          kvs_wire_rd32(bytes + KVS_SH_INDEX, 0) != g,
+                      KVS_ECORRUPT, "segment header");
+  *pay = kvs_wire_rd64(bytes + KVS_SH_PAYLOAD, 0);
+  KVS_RETURN_ERROR_IF(*pay != len - KVS_CODEC_SEG_HEADER_BYTES, KVS_ECORRUPT, "segment payload");
+  return KVS_OK;
+}
+#endif
+
 kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint8_t *bytes,
                                    size_t len, void *d_out, uint64_t out_bytes, uint32_t dtype,
                                    uint32_t hb, uint32_t he, kvs__devslot *s) {
@@ -356,14 +369,10 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
      while the copy and the decode run (a group whose bytes fail is reported
      failed, and its output, already written, must not be used: the caller
      re-fetches or fails the get) */
-  KVS_RETURN_ERROR_IF(len != info->seg_offset[g + 1] - info->seg_offset[g] ||
-                          len < KVS_CODEC_SEG_HEADER_BYTES || len > s->seg_cap,
+  KVS_RETURN_ERROR_IF(len != info->seg_offset[g + 1] - info->seg_offset[g] || len > s->seg_cap,
                       KVS_ECORRUPT, "segment size");
-  KVS_RETURN_ERROR_IF(kvs_wire_rd32(bytes + KVS_SH_MAGIC, 0) != KVS_CODEC_SEG_MAGIC ||
-                          kvs_wire_rd32(bytes + KVS_SH_INDEX, 0) != g,
-                      KVS_ECORRUPT, "segment header");
-  uint64_t pay = kvs_wire_rd64(bytes + KVS_SH_PAYLOAD, 0);
-  KVS_RETURN_ERROR_IF(pay != len - KVS_CODEC_SEG_HEADER_BYTES, KVS_ECORRUPT, "segment payload");
+  uint64_t pay;
+  KVS_TRY(seg_head(bytes, len, g, &pay));
   kvs_codec_out o = kvs_codec_out_contiguous(d_out, out_bytes, dtype);
   o.head_begin = hb;
   o.head_end = he;
@@ -400,18 +409,12 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
 
 #ifdef KVS_CLIENT_HAVE_CODEC
 /* Segment g's header and checksum, from the encoding's own bytes. */
-static kvs_err check_segment(const kvs_codec_info *info, uint32_t g, const uint8_t *bytes,
-                             uint64_t len) {
-  KVS_RETURN_ERROR_IF(len < KVS_CODEC_SEG_HEADER_BYTES, KVS_ECORRUPT, "segment size");
-  KVS_RETURN_ERROR_IF(kvs_wire_rd32(bytes + KVS_SH_MAGIC, 0) != KVS_CODEC_SEG_MAGIC ||
-                          kvs_wire_rd32(bytes + KVS_SH_INDEX, 0) != g,
-                      KVS_ECORRUPT, "segment header");
-  uint64_t pay = kvs_wire_rd64(bytes + KVS_SH_PAYLOAD, 0);
-  KVS_RETURN_ERROR_IF(pay != len - KVS_CODEC_SEG_HEADER_BYTES, KVS_ECORRUPT, "segment payload");
+static kvs_err check_segment(uint32_t g, const uint8_t *bytes, uint64_t len) {
+  uint64_t pay;
+  KVS_TRY(seg_head(bytes, len, g, &pay));
   KVS_RETURN_ERROR_IF(kvs_checksum64(bytes + KVS_CODEC_SEG_HEADER_BYTES, pay) !=
                           kvs_wire_rd64(bytes + KVS_SH_CHECKSUM, 0),
                       KVS_ECHECKSUM, "segment checksum");
-  (void)info;
   return KVS_OK;
 }
 #endif
@@ -439,8 +442,7 @@ kvs_err kvs__decoder_decode_device_all(const kvs__decoder *d, const uint8_t *val
   /* while the copy and the kernels run: every segment's header and checksum */
   kvs_err chk = KVS_OK;
   for (uint32_t g = 0; chk == KVS_OK && g < info->n_segments; g++)
-    chk = check_segment(info, g, value + info->seg_offset[g],
-                        info->seg_offset[g + 1] - info->seg_offset[g]);
+    chk = check_segment(g, value + info->seg_offset[g], info->seg_offset[g + 1] - info->seg_offset[g]);
   /* always wait for the stream: the slot's buffers are reused after this */
   kvs_err st = kvs_gpu_codec_status(s->d_ws, s->stream);
   if (rv == KVS_OK) rv = st;
