@@ -636,6 +636,8 @@ kvs_err kvs_client_get_counters(kvs_client *c, kvs_client_counters *o) {
   o->releases = atomic_load(&c->n_releases);
   o->release_lost = atomic_load(&c->n_release_lost);
   o->shm_maps = atomic_load(&c->n_shm_maps);
+  o->stream_gets = atomic_load(&c->n_stream_gets);
+  o->stream_fallbacks = atomic_load(&c->n_stream_fallbacks);
   return KVS_OK;
 }
 

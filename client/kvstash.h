@@ -162,6 +162,8 @@ typedef struct kvs_client_counters {
   uint64_t releases;        /* RELEASEs the server confirmed */
   uint64_t release_lost;    /* RELEASEs refused (lease expired first) or not delivered */
   uint64_t shm_maps;        /* segments mapped */
+  uint64_t stream_gets;      /* GET requests answered over the byte stream (kvs_client_stream) */
+  uint64_t stream_fallbacks; /* GET requests the stream could not carry (sent by REQ/REP) */
 } kvs_client_counters;
 kvs_err kvs_client_get_counters(kvs_client *c, kvs_client_counters *out);
 /* 1 when gets of c will try the shared-memory path (the URL or flags allow

@@ -1,7 +1,8 @@
 /* kvs-bench-client - the prefix-hit fetch: a context of N tokens, stored in
  * kvstashd as 256-token prefix chunks, is looked up and fetched + decoded
  * into host memory (or device memory with --gpu) through libkvstash, over
- * tcp:// and ipc:// loopback and through the same-host shared-memory path
+ * tcp:// and ipc:// loopback, over the byte-stream listener (tcp+stream://,
+ * kvs_client_stream) and through the same-host shared-memory path
  * (LEASE, bytes decoded in place), per codec profile; beside it, in the same
  * run, a plain memcpy of the same fp16 KV (the floor: the bytes are already in
  * this process) and, with --gpu, a copy of the raw fp16 KV from pinned RAM to
@@ -55,10 +56,10 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static pid_t spawn(const char *bin, const char *tcp, const char *ipc, const char *dir, uint64_t ram,
-                   uint64_t max_msg, uint64_t shm_bytes) {
-  char a1[200], a2[200], a3[300], a4[64], a5[64], a6[64];
-  snprintf(a1, sizeof a1, "--listen=%s", tcp);
+static pid_t spawn(const char *bin, const char *tcp, const char *stream, const char *ipc,
+                   const char *dir, uint64_t ram, uint64_t max_msg, uint64_t shm_bytes) {
+  char a1[300], a2[200], a3[300], a4[64], a5[64], a6[64];
+  snprintf(a1, sizeof a1, "--listen=%s,%s", tcp, stream);
   snprintf(a2, sizeof a2, "--listen=%s", ipc);
   snprintf(a3, sizeof a3, "--data_dir=%s/data", dir);
   snprintf(a4, sizeof a4, "--ram_bytes=%llu", (unsigned long long)ram);
@@ -241,7 +242,7 @@ int main(int argc, char **argv) {
   }
 
   /* the server */
-  char dir[64] = "", tcp[64], ipc[128];
+  char dir[64] = "", tcp[64], ipc[128], stream[80] = "";
   pid_t pid = -1;
   if (!urls) {
     if (!bin || access(bin, X_OK)) {
@@ -253,6 +254,7 @@ int main(int argc, char **argv) {
     srand((unsigned)getpid());
     snprintf(tcp, sizeof tcp, "tcp://127.0.0.1:%d", 20000 + rand() % 20000);
     snprintf(ipc, sizeof ipc, "ipc://%s/kvstashd.sock", dir);
+    snprintf(stream, sizeof stream, "tcp+stream://127.0.0.1:%d", 20000 + rand() % 20000);
     /* the segment holds every profile's values (raw is the largest): room
      * for twice the raw bytes, when /dev/shm has it */
     uint64_t shm_bytes = use_shm ? (uint64_t)total * 2 + (64u << 20) : 0;
@@ -264,7 +266,7 @@ int main(int argc, char **argv) {
       shm_bytes = 0;
     }
     use_shm = shm_bytes != 0;
-    pid = spawn(bin, tcp, ipc, dir, (uint64_t)total * 4 + (64u << 20), chunk_bytes + (8u << 20),
+    pid = spawn(bin, tcp, stream, ipc, dir, (uint64_t)total * 4 + (64u << 20), chunk_bytes + (8u << 20),
                 shm_bytes);
   } else {
     snprintf(tcp, sizeof tcp, "%s", urls);
@@ -274,10 +276,18 @@ int main(int argc, char **argv) {
     else
       ipc[0] = 0;
   }
-  const char *url_v[3] = {tcp, ipc, ipc[0] ? ipc : tcp};
-  const char *url_name[3] = {"tcp", "ipc", "shm"};
-  kvs_client *cl[3] = {connect_to(tcp, 0), ipc[0] ? connect_to(ipc, 0) : NULL,
-                       use_shm ? connect_to(url_v[2], 1) : NULL};
+  /* stream: GETs over the byte-stream listener (kvs_client_stream), the
+   * rest of the calls over tcp:// (only when this bench started kvstashd) */
+  const char *url_v[4] = {tcp, ipc, ipc[0] ? ipc : tcp, stream};
+  const char *url_name[4] = {"tcp", "ipc", "shm", "stream"};
+  kvs_client *cl[4] = {connect_to(tcp, 0), ipc[0] ? connect_to(ipc, 0) : NULL,
+                       use_shm ? connect_to(url_v[2], 1) : NULL,
+                       stream[0] ? connect_to(tcp, 0) : NULL};
+  if (cl[3] && kvs_client_stream(cl[3], stream) != KVS_OK) {
+    fprintf(stderr, "stream %s: %s\n", stream, kvs_client_errmsg(cl[3]));
+    kvs_client_free(cl[3]);
+    cl[3] = NULL;
+  }
   int rc = cl[0] ? 0 : 1;
 
   char json[4096];
@@ -347,7 +357,7 @@ int main(int argc, char **argv) {
     printf("%-28s %9.2f ms (encode + store, not the measured path), %.2f bits/elem stored\n", p,
            put_ms, bpe);
     jn += snprintf(json + jn, sizeof json - (size_t)jn, ",\"%s_bits_per_elem\":%.3f", p, bpe);
-    for (int u = 0; u < 3 && !rc; u++) {
+    for (int u = 0; u < 4 && !rc; u++) {
       if (!cl[u]) continue;
       double err = 0;
       kvs_client_counters k0, k1;
@@ -387,6 +397,10 @@ int main(int argc, char **argv) {
         snprintf(note, sizeof note, "  in place %llu/%llu gets%s", (unsigned long long)in_place,
                  (unsigned long long)(n_chunks * (size_t)(iters + 1)),
                  fell ? " (SOME FELL BACK TO THE SOCKET)" : "");
+      uint64_t sg = k1.stream_gets - k0.stream_gets, sf = k1.stream_fallbacks - k0.stream_fallbacks;
+      if (u == 3)
+        snprintf(note, sizeof note, "  %llu group GETs by stream%s", (unsigned long long)sg,
+                 sf ? " (SOME WENT BY REQ/REP)" : "");
       printf("%-28s %9.2f ms %8.2f GB/s  %5.2fx memcpy  rel.err %.2e%s\n", name, ms,
              total / ms / 1e6, ms / memcpy_ms, err, note);
       jn += snprintf(json + jn, sizeof json - (size_t)jn,
@@ -396,10 +410,14 @@ int main(int argc, char **argv) {
         jn += snprintf(json + jn, sizeof json - (size_t)jn,
                        ",\"shm_%s_in_place\":%llu,\"shm_%s_fallbacks\":%llu", p,
                        (unsigned long long)in_place, p, (unsigned long long)fell);
+      if (u == 3)
+        jn += snprintf(json + jn, sizeof json - (size_t)jn,
+                       ",\"stream_%s_gets\":%llu,\"stream_%s_fallbacks\":%llu", p,
+                       (unsigned long long)sg, p, (unsigned long long)sf);
     }
   }
   printf("%s}\n", json);
-  for (int u = 0; u < 3; u++)
+  for (int u = 0; u < 4; u++)
     kvs_client_free(cl[u]);
   kvs_client_lib_fini();
   if (pid > 0) {

@@ -41,10 +41,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -172,8 +175,9 @@ static int kcall(kconn *c, nng_msg *m, size_t *reply_len) {
 }
 
 static nng_msg *kput_msg(const kentry *e, const uint8_t *value, size_t n, uint64_t checksum,
-                         uint32_t profile) {
-  uint64_t seg_end = n;
+                         uint32_t profile, const uint64_t *seg_end, uint32_t n_seg) {
+  uint64_t whole = n;
+  if (!seg_end || !n_seg) seg_end = &whole, n_seg = 1;
   kvs_wire_meta m;
   memset(&m, 0, sizeof m);
   m.key = e->key;
@@ -183,16 +187,17 @@ static nng_msg *kput_msg(const kentry *e, const uint8_t *value, size_t n, uint64
   kvs_layout l = {30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NEOX, 64, 100000.f, 1.f};
   m.layout = l;
   m.codec_profile = profile;
-  m.n_segments = 1;
+  m.n_segments = n_seg;
   m.value_bytes = n;
   m.checksum = checksum;
   m.tokens_le = (const uint8_t *)e->tokens;
-  m.seg_end_le = (const uint8_t *)&seg_end;
+  m.seg_end_le = (const uint8_t *)seg_end; /* little-endian hosts only, as the rest */
   size_t ml = kvs_wire_meta_size(&m);
+  if (ml > 4096) return NULL;
   /* reserve + append: nng_msg_alloc of the full size would also zero it */
   nng_msg *msg;
-  uint8_t head[KVS_WIRE_HDR_SIZE + 1024];
-  if (ml > 1024 || nng_msg_alloc(&msg, 0) != 0) return NULL;
+  uint8_t head[KVS_WIRE_HDR_SIZE + 4096];
+  if (nng_msg_alloc(&msg, 0) != 0) return NULL;
   if (nng_msg_reserve(msg, KVS_WIRE_HDR_SIZE + ml + n) != 0) {
     nng_msg_free(msg);
     return NULL;
@@ -405,6 +410,121 @@ static long redis_raw_get(int fd, const uint8_t key[16], uint8_t *buf, size_t ca
   return len;
 }
 
+/* One caller, W connections: the value's segments split into W contiguous
+ * ranges, the W requests sent at once (one per connection), then the W
+ * answers read in order, each straight to its place in dst - how a client
+ * fetches one large entry over several connections (libkvstash keeps a
+ * window of segment GETs in flight the same way). kvstashd: GET with
+ * seg_first/seg_count over its stream listener; Redis: GETRANGE of the same
+ * byte ranges over its TCP port. Returns the bytes read or -1. */
+#define MAX_WINDOW 8
+static int g_window = 4;
+
+static long striped_get(sconn *c, int w, int redis, const kentry *e, const uint64_t *seg_end,
+                        uint32_t n_seg, uint8_t *dst, size_t size) {
+  uint64_t whole = size;
+  if (!seg_end || !n_seg) seg_end = &whole, n_seg = 1;
+  if (w > (int)n_seg) w = (int)n_seg;
+  if (seg_end[n_seg - 1] != size) return -1;
+  uint64_t off[MAX_WINDOW], len[MAX_WINDOW];
+  for (int p = 0; p < w; p++) { /* requests out */
+    uint32_t s0 = (uint32_t)((uint64_t)p * n_seg / (uint64_t)w);
+    uint32_t s1 = (uint32_t)((uint64_t)(p + 1) * n_seg / (uint64_t)w);
+    off[p] = s0 ? seg_end[s0 - 1] : 0;
+    len[p] = seg_end[s1 - 1] - off[p];
+    uint8_t req[KVS_WIRE_HDR_SIZE + 1024];
+    size_t rl;
+    if (redis) {
+      char a[24], b[24];
+      int la = snprintf(a, sizeof a, "%llu", (unsigned long long)off[p]);
+      int lb = snprintf(b, sizeof b, "%llu", (unsigned long long)(off[p] + len[p] - 1));
+      rl = (size_t)snprintf((char *)req, 64, "*4\r\n$8\r\nGETRANGE\r\n$16\r\n");
+      memcpy(req + rl, e->key.b, 16);
+      rl += 16;
+      rl += (size_t)snprintf((char *)req + rl, 96, "\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", la, a,
+                             lb, b);
+    } else {
+      kvs_wire_get_req g = {.key = e->key,
+                            .model = e->model,
+                            .seg_first = s0,
+                            .seg_count = s1 - s0,
+                            .n_tokens = 64,
+                            .tokens_le = (const uint8_t *)e->tokens};
+      size_t pl = kvs_wire_get_req_size(&g);
+      if (pl > 1024) return -1;
+      kvs_wire_hdr h;
+      kvs_wire_hdr_init(&h, KVS_OP_GET, 5, "bench", NULL, 0);
+      h.payload_len = (uint32_t)pl;
+      kvs_wire_hdr_encode(&h, req);
+      if (kvs_wire_get_req_encode(&g, req + KVS_WIRE_HDR_SIZE, pl, NULL) != KVS_OK) return -1;
+      rl = KVS_WIRE_HDR_SIZE + pl;
+    }
+    if (sio(&c[p], req, rl, 1) != 0) return -1;
+  }
+  /* answers in, from whichever connection has bytes: each is a head of
+   * known length (kvstashd: frame header + GET head; Redis: "$len\r\n"),
+   * the range (straight into dst) and a tail (Redis: "\r\n"), read with
+   * one recvmsg per readiness */
+  uint8_t head[MAX_WINDOW][KVS_WIRE_HDR_SIZE + KVS_WIRE_GET_RESP_FIXED], tail[MAX_WINDOW][2];
+  size_t hlen[MAX_WINDOW], tlen[MAX_WINDOW], got[MAX_WINDOW];
+  for (int p = 0; p < w; p++) {
+    char a[24];
+    hlen[p] = redis ? (size_t)snprintf(a, sizeof a, "$%llu", (unsigned long long)len[p]) + 2
+                    : sizeof head[p];
+    tlen[p] = redis ? 2 : 0;
+    got[p] = 0;
+  }
+  for (int left = w; left > 0;) {
+    struct pollfd pf[MAX_WINDOW];
+    int map[MAX_WINDOW], np = 0;
+    for (int p = 0; p < w; p++)
+      if (got[p] < hlen[p] + len[p] + tlen[p]) {
+        pf[np] = (struct pollfd){.fd = c[p].fd, .events = POLLIN};
+        map[np++] = p;
+      }
+    if (poll(pf, (nfds_t)np, 30000) <= 0) return -1;
+    for (int i = 0; i < np; i++) {
+      if (!(pf[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      int p = map[i];
+      struct iovec iov[3];
+      int n = 0;
+      size_t g = got[p], body = (size_t)len[p];
+      if (g < hlen[p]) iov[n++] = (struct iovec){head[p] + g, hlen[p] - g};
+      size_t b0 = g > hlen[p] ? g - hlen[p] : 0;
+      if (b0 < body) iov[n++] = (struct iovec){dst + off[p] + b0, body - b0};
+      size_t t0 = g > hlen[p] + body ? g - hlen[p] - body : 0;
+      if (t0 < tlen[p]) iov[n++] = (struct iovec){tail[p] + t0, tlen[p] - t0};
+      struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+      ssize_t r = recvmsg(c[p].fd, &m, MSG_DONTWAIT);
+      if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      if (r <= 0) return -1;
+      got[p] += (size_t)r;
+      if (got[p] == hlen[p] + body + tlen[p]) left--;
+    }
+  }
+  for (int p = 0; p < w; p++) { /* every answer is the one asked for */
+    if (redis) {
+      char want[32];
+      snprintf(want, sizeof want, "$%llu\r\n", (unsigned long long)len[p]);
+      if (memcmp(head[p], want, hlen[p]) != 0 || memcmp(tail[p], "\r\n", 2) != 0) return -1;
+      continue;
+    }
+    kvs_wire_hdr h;
+    size_t head_len;
+    kvs_wire_get_resp r;
+    uint8_t *fixed = head[p] + KVS_WIRE_HDR_SIZE;
+    if (kvs_wire_hdr_decode_head(head[p], &h) != KVS_OK || h.status != 0 ||
+        h.payload_len < KVS_WIRE_GET_RESP_FIXED ||
+        kvs_wire_get_resp_head_len(fixed, h.payload_len, &head_len) != KVS_OK ||
+        head_len != KVS_WIRE_GET_RESP_FIXED ||
+        kvs_wire_get_resp_decode_head(fixed, head_len, h.payload_len, &r) != KVS_OK ||
+        r.byte_off != off[p] || r.byte_len != len[p] ||
+        h.payload_len != KVS_WIRE_GET_RESP_FIXED + len[p])
+      return -1;
+  }
+  return (long)size;
+}
+
 /* ------------------------------------------------------------ workload */
 enum {
   SYS_KVS_TCP,
@@ -416,16 +536,23 @@ enum {
   SYS_KVS_SHM,
   SYS_KVS_STREAM,
   SYS_KVS_STREAM_IPC,
+  SYS_KVS_STREAM_W, /* one caller, g_window connections (striped_get) */
+  SYS_REDIS_TCP_W,  /* the same against Redis: GETRANGE on g_window connections */
   N_SYS
 };
-static const char *sys_name[N_SYS] = {"kvstashd tcp", "kvstashd ipc",  "redis tcp",
-                                      "redis unix",   "bare-nng tcp",  "bare-nng ipc",
-                                      "kvstashd shm", "kvstashd strm", "kvstashd strm-ipc"};
-static const char *sys_key[N_SYS] = {"kvs_tcp",    "kvs_ipc",        "redis_tcp",
-                                     "redis_unix", "bare_nng_tcp",   "bare_nng_ipc",
-                                     "kvs_shm",    "kvs_stream_tcp", "kvs_stream_ipc"};
-#define IS_NNG(sys)      ((sys) != SYS_REDIS_TCP && (sys) != SYS_REDIS_UNIX)
-#define IS_READONLY(sys) ((sys) >= SYS_BARE_TCP) /* bare server, shm, stream: GETs only */
+static const char *sys_name[N_SYS] = {
+    "kvstashd tcp", "kvstashd ipc",      "redis tcp",       "redis unix",   "bare-nng tcp",
+    "bare-nng ipc", "kvstashd shm",      "kvstashd strm",   "kvstashd strm-ipc",
+    "kvstashd strm-w", "redis tcp-w"};
+static const char *sys_key[N_SYS] = {
+    "kvs_tcp",      "kvs_ipc",        "redis_tcp",      "redis_unix",
+    "bare_nng_tcp", "bare_nng_ipc",   "kvs_shm",        "kvs_stream_tcp",
+    "kvs_stream_ipc", "kvs_stream_tcp_window", "redis_tcp_window"};
+#define IS_REDIS(sys)                                                                              \
+  ((sys) == SYS_REDIS_TCP || (sys) == SYS_REDIS_UNIX || (sys) == SYS_REDIS_TCP_W)
+#define IS_NNG(sys)      (!IS_REDIS(sys))
+#define IS_READONLY(sys) ((sys) >= SYS_BARE_TCP) /* bare server, shm, stream, windows: GETs only */
+#define IS_WINDOW(sys)   ((sys) == SYS_KVS_STREAM_W || (sys) == SYS_REDIS_TCP_W)
 
 /* The transport's ceiling: a minimal synchronous nng REP server (its own
  * process) answering every request with a GET answer of *g_bare_size value
@@ -467,6 +594,8 @@ typedef struct run_cfg {
   uint64_t checksum;
   uint32_t profile;
   double seconds;
+  const uint64_t *seg_end; /* the values' segment table (NULL: one segment) */
+  uint32_t n_seg;
 } run_cfg;
 
 typedef struct thr {
@@ -481,11 +610,19 @@ static void *thr_main(void *p) {
   thr *t = p;
   const run_cfg *rc = t->rc;
   kconn kc;
-  sconn sc;
+  sconn sc, wc[MAX_WINDOW];
   sc.fd = -1;
+  for (int j = 0; j < MAX_WINDOW; j++)
+    wc[j].fd = -1;
   redisContext *rcx = NULL;
-  int ok = 0;
-  if (rc->sys == SYS_KVS_STREAM || rc->sys == SYS_KVS_STREAM_IPC)
+  int ok = 0, nw = IS_WINDOW(rc->sys) ? g_window : 0;
+  if (nw) {
+    char rurl[64];
+    snprintf(rurl, sizeof rurl, "tcp://127.0.0.1:%d", g_redis_port);
+    ok = 1;
+    for (int j = 0; j < nw; j++)
+      ok = ok && sconnect(&wc[j], rc->sys == SYS_KVS_STREAM_W ? g_kvs_stream : rurl) == 0;
+  } else if (rc->sys == SYS_KVS_STREAM || rc->sys == SYS_KVS_STREAM_IPC)
     ok = sconnect(&sc, rc->sys == SYS_KVS_STREAM ? g_kvs_stream : g_kvs_stream_ipc) == 0;
   else if (IS_NNG(rc->sys))
     ok = kconnect(&kc, rc->sys == SYS_KVS_TCP                             ? g_kvs_tcp
@@ -501,10 +638,12 @@ static void *thr_main(void *p) {
   if (!ok) {
     t->errors++;
     if (rcx) redisFree(rcx);
+    for (int j = 0; j < MAX_WINDOW; j++)
+      sclose(&wc[j]);
     return NULL;
   }
   uint64_t rs = 0x1234 + (uint64_t)t->id * 977;
-  uint8_t *rbuf = (rcx || rc->sys == SYS_KVS_SHM || rc->sys == SYS_KVS_STREAM ||
+  uint8_t *rbuf = (rcx || nw || rc->sys == SYS_KVS_SHM || rc->sys == SYS_KVS_STREAM ||
                    rc->sys == SYS_KVS_STREAM_IPC) &&
                           !rc->put
                       ? malloc(rc->size + 2)
@@ -526,14 +665,18 @@ static void *thr_main(void *p) {
     const kentry *e = &rc->keys[k];
     double t0 = now_s();
     int good = 0;
-    if (rc->sys == SYS_KVS_SHM && !rc->put) {
+    if (nw) {
+      good = rbuf && !rc->put &&
+             striped_get(wc, nw, rc->sys == SYS_REDIS_TCP_W, e, rc->seg_end, rc->n_seg, rbuf,
+                         rc->size) == (long)rc->size;
+    } else if (rc->sys == SYS_KVS_SHM && !rc->put) {
       good = rbuf && shm_get(&kc, &sr, e, rbuf, rc->size);
     } else if (rc->sys == SYS_KVS_STREAM || rc->sys == SYS_KVS_STREAM_IPC) {
       good = rbuf && !rc->put && stream_get(&sc, e, rbuf, rc->size) == (long)rc->size;
     } else if (!rcx) {
       nng_msg *m = NULL;
       if (rc->put) {
-        m = kput_msg(e, rc->value, rc->size, rc->checksum, rc->profile);
+        m = kput_msg(e, rc->value, rc->size, rc->checksum, rc->profile, rc->seg_end, rc->n_seg);
       } else if (nng_msg_alloc(&m, e->get_len) == 0) {
         memcpy(nng_msg_body(m), e->frame_get, e->get_len);
       }
@@ -573,8 +716,12 @@ static void *thr_main(void *p) {
   }
   if (sr.map) munmap((void *)sr.map, sr.map_len);
   free(rbuf);
+  for (int j = 0; j < MAX_WINDOW; j++)
+    sclose(&wc[j]);
   if (rcx)
     redisFree(rcx);
+  else if (nw)
+    ;
   else if (rc->sys == SYS_KVS_STREAM || rc->sys == SYS_KVS_STREAM_IPC)
     sclose(&sc);
   else
@@ -652,6 +799,26 @@ static result run(const run_cfg *rc) {
   r.p99 = n ? all[(size_t)((double)(n - 1) * 0.99)] * 1e6 : 0;
   free(all);
   return r;
+}
+
+/* a / b, 0 where b was not measured (--only) */
+static double ratio(double a, double b) { return b > 0 ? a / b : 0; }
+
+/* The round with the median req/s (its p99 with it) of n rounds. */
+#define MAX_REPS 15
+static int g_reps = 1;
+static int g_sys_on[N_SYS];
+
+static int rps_cmp(const void *a, const void *b) {
+  double x = ((const result *)a)->rps, y = ((const result *)b)->rps;
+  return x < y ? -1 : x > y;
+}
+
+static result median_result(const result *r, int n) {
+  result t[MAX_REPS];
+  memcpy(t, r, sizeof(result) * (size_t)n);
+  qsort(t, (size_t)n, sizeof(result), rps_cmp);
+  return t[n / 2];
 }
 
 /* --------------------------------------------------------------- setup */
@@ -738,6 +905,7 @@ static int parse_list(const char *s, long *out, int max) {
 int main(int argc, char **argv) {
   long sizes[8] = {64 << 10, 1 << 20, 8 << 20}, clients[8] = {1, 4, 16, 64};
   int n_sizes = 3, n_clients = 4, do_tokens = 1, do_put = 1;
+  const char *only = NULL;
   double seconds = 1.0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick")) {
@@ -759,13 +927,29 @@ int main(int argc, char **argv) {
       do_put = 0;
     } else if (!strcmp(argv[i], "--no-tokens")) {
       do_tokens = 0;
+    } else if (!strcmp(argv[i], "--window") && i + 1 < argc) {
+      g_window = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
+      g_reps = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
+      only = argv[++i];
     } else {
       fprintf(stderr, "usage: kvs-bench-service [--quick] [--seconds S] [--sizes 64K,1M,8M] "
-                      "[--clients 1,4,16,64] [--no-put] [--no-tokens] [--tokens-only]\n");
+                      "[--clients 1,4,16,64] [--no-put] [--no-tokens] [--tokens-only] "
+                      "[--window W] [--reps N] [--only sys,sys,...]\n");
       return 2;
     }
   }
   if (seconds <= 0 || seconds > 30) seconds = 1.0;
+  if (g_window < 1 || g_window > MAX_WINDOW) g_window = 4;
+  if (g_reps < 1 || g_reps > MAX_REPS) g_reps = 1;
+  for (int sys = 0; sys < N_SYS; sys++) { /* --only: the systems named by their JSON keys */
+    char pat[64];
+    snprintf(pat, sizeof pat, ",%s,", sys_key[sys]);
+    char list[512];
+    snprintf(list, sizeof list, ",%s,", only ? only : "");
+    g_sys_on[sys] = !only || strstr(list, pat) != NULL;
+  }
   for (int i = 0; i < n_clients; i++)
     if (clients[i] < 1 || clients[i] > MAX_CLIENTS) clients[i] = 1;
   atexit(cleanup);
@@ -789,6 +973,7 @@ int main(int argc, char **argv) {
   double ratio_tcp[8] = {0}, ratio_ipc[8] = {0}, p99r_tcp[8] = {0}, p99r_ipc[8] = {0};
   double bare_tcp[8] = {0}, bare_ipc[8] = {0}, shm_unix[8] = {0};
   double ratio_stream[8] = {0}, p99r_stream[8] = {0}, ratio_sipc[8] = {0}, p99r_sipc[8] = {0};
+  double ratio_win[8] = {0}, p99r_win[8] = {0}, win_vs_redis_best[8] = {0};
   int have_1m = 0;
   for (int si = 0; si < n_sizes; si++) {
     size_t size = (size_t)sizes[si];
@@ -802,14 +987,19 @@ int main(int argc, char **argv) {
       memcpy(value + i, &r, 8);
     }
     uint64_t ck = kvs_checksum64(value, size);
+    /* stored as a KV entry is: in segments (30 layer groups + a prefix, as
+     * libkvstash puts a 30-layer model's chunk), equal here */
+    uint64_t seg_end[31];
+    for (int g = 0; g < 31; g++)
+      seg_end[g] = (uint64_t)size * (uint64_t)(g + 1) / 31u;
     kentry *keys = calloc((size_t)n_keys, sizeof *keys);
     for (int k = 0; k < n_keys; k++)
       kentry_init(&keys[k], (uint64_t)k + 1000000u * (uint64_t)si);
     for (int sys = 0; sys < N_SYS; sys++) { /* the working set, on both servers */
       if (sys == SYS_KVS_IPC || sys == SYS_REDIS_UNIX || sys == SYS_KVS_STREAM ||
-          sys == SYS_KVS_STREAM_IPC)
+          sys == SYS_KVS_STREAM_IPC || IS_WINDOW(sys))
         continue; /* same servers */
-      run_cfg fill = {sys, 1, 1, 1, size, n_keys, keys, value, ck, 0, seconds};
+      run_cfg fill = {sys, 1, 1, 1, size, n_keys, keys, value, ck, 0, seconds, seg_end, 31};
       result r = run(&fill);
       if (r.n != n_keys)
         fprintf(stderr, "fill of %s: %ld of %d keys\n", sys_name[sys], r.n, n_keys);
@@ -818,12 +1008,17 @@ int main(int argc, char **argv) {
       static result res[N_SYS][2];
       memset(res, 0, sizeof res);
       *g_bare_size = size;
-      for (int op = do_put; op >= 0; op--) /* PUT, then GET */
+      static result reps[N_SYS][MAX_REPS];
+      for (int op = do_put; op >= 0; op--) /* PUT, then GET (g_reps rounds, interleaved) */
+        for (int rep = 0; rep < (op ? 1 : g_reps); rep++)
         for (int sys = 0; sys < N_SYS; sys++) {
           if (op == 1 && IS_READONLY(sys)) continue; /* bare server, shm, stream: GETs only */
-          run_cfg rc = {sys, op, (int)clients[ci], 0, size, n_keys, keys, value, ck, 0, seconds};
-          res[sys][op] = run(&rc);
-          result *r = &res[sys][op];
+          if (!g_sys_on[sys]) continue;
+          run_cfg rc = {sys,  op, (int)clients[ci], 0, size, n_keys, keys, value, ck, 0,
+                        seconds, seg_end, 31};
+          result *r = op ? &res[sys][op] : &reps[sys][rep];
+          *r = run(&rc);
+          if (!op && rep == g_reps - 1) res[sys][0] = median_result(reps[sys], g_reps);
           printf("%-14s %-4s %6zuK %7ld %10.0f %8.3f %9.0f %9.0f %9.1f %6ld\n", sys_name[sys],
                  op ? "PUT" : "GET", size >> 10, clients[ci], r->rps, r->gbs, r->p50, r->p99,
                  r->cpu_us, r->errors);
@@ -840,17 +1035,23 @@ int main(int argc, char **argv) {
         }
       if (size == (1u << 20)) {
         have_1m = 1;
-        ratio_tcp[ci] = res[SYS_KVS_TCP][0].rps / (res[SYS_REDIS_TCP][0].rps + 1e-9);
-        ratio_ipc[ci] = res[SYS_KVS_IPC][0].rps / (res[SYS_REDIS_UNIX][0].rps + 1e-9);
-        p99r_tcp[ci] = res[SYS_KVS_TCP][0].p99 / (res[SYS_REDIS_TCP][0].p99 + 1e-9);
-        p99r_ipc[ci] = res[SYS_KVS_IPC][0].p99 / (res[SYS_REDIS_UNIX][0].p99 + 1e-9);
-        bare_tcp[ci] = res[SYS_KVS_TCP][0].rps / (res[SYS_BARE_TCP][0].rps + 1e-9);
-        bare_ipc[ci] = res[SYS_KVS_IPC][0].rps / (res[SYS_BARE_IPC][0].rps + 1e-9);
-        shm_unix[ci] = res[SYS_KVS_SHM][0].rps / (res[SYS_REDIS_UNIX][0].rps + 1e-9);
-        ratio_stream[ci] = res[SYS_KVS_STREAM][0].rps / (res[SYS_REDIS_TCP][0].rps + 1e-9);
-        p99r_stream[ci] = res[SYS_KVS_STREAM][0].p99 / (res[SYS_REDIS_TCP][0].p99 + 1e-9);
-        ratio_sipc[ci] = res[SYS_KVS_STREAM_IPC][0].rps / (res[SYS_REDIS_UNIX][0].rps + 1e-9);
-        p99r_sipc[ci] = res[SYS_KVS_STREAM_IPC][0].p99 / (res[SYS_REDIS_UNIX][0].p99 + 1e-9);
+        ratio_tcp[ci] = ratio(res[SYS_KVS_TCP][0].rps, res[SYS_REDIS_TCP][0].rps);
+        ratio_ipc[ci] = ratio(res[SYS_KVS_IPC][0].rps, res[SYS_REDIS_UNIX][0].rps);
+        p99r_tcp[ci] = ratio(res[SYS_KVS_TCP][0].p99, res[SYS_REDIS_TCP][0].p99);
+        p99r_ipc[ci] = ratio(res[SYS_KVS_IPC][0].p99, res[SYS_REDIS_UNIX][0].p99);
+        bare_tcp[ci] = ratio(res[SYS_KVS_TCP][0].rps, res[SYS_BARE_TCP][0].rps);
+        bare_ipc[ci] = ratio(res[SYS_KVS_IPC][0].rps, res[SYS_BARE_IPC][0].rps);
+        shm_unix[ci] = ratio(res[SYS_KVS_SHM][0].rps, res[SYS_REDIS_UNIX][0].rps);
+        ratio_stream[ci] = ratio(res[SYS_KVS_STREAM][0].rps, res[SYS_REDIS_TCP][0].rps);
+        p99r_stream[ci] = ratio(res[SYS_KVS_STREAM][0].p99, res[SYS_REDIS_TCP][0].p99);
+        ratio_sipc[ci] = ratio(res[SYS_KVS_STREAM_IPC][0].rps, res[SYS_REDIS_UNIX][0].rps);
+        p99r_sipc[ci] = ratio(res[SYS_KVS_STREAM_IPC][0].p99, res[SYS_REDIS_UNIX][0].p99);
+        ratio_win[ci] = ratio(res[SYS_KVS_STREAM_W][0].rps, res[SYS_REDIS_TCP_W][0].rps);
+        p99r_win[ci] = ratio(res[SYS_KVS_STREAM_W][0].p99, res[SYS_REDIS_TCP_W][0].p99);
+        double rb = res[SYS_REDIS_TCP][0].rps > res[SYS_REDIS_TCP_W][0].rps
+                        ? res[SYS_REDIS_TCP][0].rps
+                        : res[SYS_REDIS_TCP_W][0].rps;
+        win_vs_redis_best[ci] = ratio(res[SYS_KVS_STREAM_W][0].rps, rb);
       }
     }
     for (int k = 0; k < n_keys; k++)
@@ -869,6 +1070,9 @@ int main(int argc, char **argv) {
              clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci], bare_tcp[ci],
              bare_ipc[ci], shm_unix[ci], ratio_stream[ci], p99r_stream[ci], ratio_sipc[ci],
              p99r_sipc[ci]);
+      printf("               one caller on %d connections: stream-w / redis tcp-w %.2fx (p99 "
+             "%.2fx), stream-w / the better of redis tcp and tcp-w %.2fx\n",
+             g_window, ratio_win[ci], p99r_win[ci], win_vs_redis_best[ci]);
       jn += (size_t)snprintf(json + jn, sizeof json - jn,
                              "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
                              "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f,"
@@ -886,9 +1090,12 @@ int main(int argc, char **argv) {
       jn += (size_t)snprintf(json + jn, sizeof json - jn,
                              "%s{\"clients\":%ld,\"get_ratio_vs_redis\":%.3f,"
                              "\"p99_ratio_vs_redis\":%.3f,\"ipc_vs_unix\":%.3f,"
-                             "\"p99_ratio_ipc_vs_unix\":%.3f}",
+                             "\"p99_ratio_ipc_vs_unix\":%.3f,\"window\":%d,"
+                             "\"window_ratio_vs_redis_window\":%.3f,"
+                             "\"window_p99_ratio\":%.3f,\"window_vs_redis_best\":%.3f}",
                              ci ? "," : "", clients[ci], ratio_stream[ci], p99r_stream[ci],
-                             ratio_sipc[ci], p99r_sipc[ci]);
+                             ratio_sipc[ci], p99r_sipc[ci], g_window, ratio_win[ci], p99r_win[ci],
+                             win_vs_redis_best[ci]);
     jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
   }
   if (do_tokens) {
@@ -906,6 +1113,21 @@ int main(int argc, char **argv) {
       kentry keys[16];
       for (int k = 0; k < 16; k++)
         kentry_init(&keys[k], 9000000u + (uint64_t)k);
+      /* segment tables as libkvstash stores them: the codec's (prefix + one
+       * per layer group) for kvstashd; 30 layers + a prefix for raw fp16 */
+      uint64_t kseg[512], rseg[31];
+      uint32_t n_kseg = 0;
+      kvs_codec_info *info = malloc(sizeof *info);
+      if (info && kvs_codec_parse_header(enc, enc_len, info) == KVS_OK &&
+          info->n_segments + 1 <= 512) {
+        n_kseg = info->n_segments + 1;
+        for (uint32_t g = 0; g < n_kseg; g++)
+          kseg[g] = info->seg_offset[g];
+        if (kseg[n_kseg - 1] != enc_len) n_kseg = 0; /* then one segment */
+      }
+      free(info);
+      for (int g = 0; g < 31; g++)
+        rseg[g] = (uint64_t)raw * (uint64_t)(g + 1) / 31u;
       printf("\nKV tokens/s: 256-token chunk, %zu B raw fp16 (redis) vs %zu B dense (kvstashd), "
              "%.2f bits/elem\n",
              raw, enc_len, 8.0 * (double)enc_len / ((double)raw / 2));
@@ -915,45 +1137,76 @@ int main(int argc, char **argv) {
                            "\"rows\":[",
                            T, raw, enc_len);
       long tc[2] = {1, 4};
+      for (int kv_side = 1; kv_side >= 0; kv_side--) { /* the chunks, put once on each side */
+        size_t sz = kv_side ? enc_len : raw;
+        const uint8_t *val = kv_side ? enc : (const uint8_t *)kv;
+        run_cfg fill = {kv_side ? SYS_KVS_IPC : SYS_REDIS_TCP,
+                        1,
+                        1,
+                        1,
+                        sz,
+                        16,
+                        keys,
+                        val,
+                        kvs_checksum64(val, sz),
+                        KVS_PROFILE_DENSE,
+                        seconds,
+                        kv_side ? (n_kseg ? kseg : NULL) : rseg,
+                        kv_side ? n_kseg : 31};
+        result r = run(&fill);
+        if (r.n != 16) fprintf(stderr, "tokens fill: %ld of 16 chunks\n", r.n);
+      }
       for (int ci = 0; ci < 2; ci++) {
         double tps[N_SYS] = {0};
-        for (int sys = 0; sys < N_SYS; sys++) {
-          if (sys == SYS_BARE_TCP || sys == SYS_BARE_IPC) continue;
-          int is_kvs = IS_NNG(sys);
-          size_t sz = is_kvs ? enc_len : raw;
-          const uint8_t *val = is_kvs ? enc : (const uint8_t *)kv;
-          run_cfg fill = {
-              sys, 1, 1, 1, sz, 16, keys, val, kvs_checksum64(val, sz), KVS_PROFILE_DENSE, seconds};
-          if (IS_READONLY(sys)) fill.sys = SYS_KVS_IPC; /* shm and stream only read */
-          (void)run(&fill);
-          fill.sys = sys;
-          run_cfg rc = fill;
-          rc.put = 0;
-          rc.fill = 0;
-          rc.clients = (int)tc[ci];
-          rc.seconds = seconds;
-          result r = run(&rc);
-          tps[sys] = r.rps * T;
-          printf("  %-14s %ld clients: %10.0f tokens/s (%.0f req/s, p99 %.0f us)\n", sys_name[sys],
-                 tc[ci], tps[sys], r.rps, r.p99);
-        }
-        double rt = tps[SYS_KVS_TCP] / (tps[SYS_REDIS_TCP] + 1e-9);
-        double ri = tps[SYS_KVS_IPC] / (tps[SYS_REDIS_UNIX] + 1e-9);
-        double rs = tps[SYS_KVS_SHM] / (tps[SYS_REDIS_UNIX] + 1e-9);
-        double rst = tps[SYS_KVS_STREAM] / (tps[SYS_REDIS_TCP] + 1e-9);
-        double rsi = tps[SYS_KVS_STREAM_IPC] / (tps[SYS_REDIS_UNIX] + 1e-9);
+        static result reps[N_SYS][MAX_REPS];
+        for (int rep = 0; rep < g_reps; rep++)
+          for (int sys = 0; sys < N_SYS; sys++) {
+            if (sys == SYS_BARE_TCP || sys == SYS_BARE_IPC || !g_sys_on[sys]) continue;
+            int is_kvs = IS_NNG(sys);
+            run_cfg rc = {sys,
+                          0,
+                          (int)tc[ci],
+                          0,
+                          is_kvs ? enc_len : raw,
+                          16,
+                          keys,
+                          NULL,
+                          0,
+                          KVS_PROFILE_DENSE,
+                          seconds,
+                          is_kvs ? (n_kseg ? kseg : NULL) : rseg,
+                          is_kvs ? n_kseg : 31};
+            reps[sys][rep] = run(&rc);
+            result *r = &reps[sys][rep];
+            printf("  %-14s %ld clients: %10.0f tokens/s (%.0f req/s, p99 %.0f us)\n",
+                   sys_name[sys], tc[ci], r->rps * T, r->rps, r->p99);
+            fflush(stdout);
+            if (rep == g_reps - 1) tps[sys] = median_result(reps[sys], g_reps).rps * T;
+          }
+        double rt = ratio(tps[SYS_KVS_TCP], tps[SYS_REDIS_TCP]);
+        double ri = ratio(tps[SYS_KVS_IPC], tps[SYS_REDIS_UNIX]);
+        double rs = ratio(tps[SYS_KVS_SHM], tps[SYS_REDIS_UNIX]);
+        double rst = ratio(tps[SYS_KVS_STREAM], tps[SYS_REDIS_TCP]);
+        double rsi = ratio(tps[SYS_KVS_STREAM_IPC], tps[SYS_REDIS_UNIX]);
+        double rww = ratio(tps[SYS_KVS_STREAM_W], tps[SYS_REDIS_TCP_W]);
+        double rwb = ratio(tps[SYS_KVS_STREAM_W], fmax(tps[SYS_REDIS_TCP], tps[SYS_REDIS_TCP_W]));
         printf("  -> dense kvstashd / raw redis: tcp %.2fx, ipc-vs-unix %.2fx, shm-vs-unix %.2fx, "
-               "stream-vs-tcp %.2fx, stream-ipc-vs-unix %.2fx\n",
-               rt, ri, rs, rst, rsi);
+               "stream-vs-tcp %.2fx, stream-ipc-vs-unix %.2fx, stream-w-vs-tcp-w %.2fx "
+               "(vs the better redis tcp row %.2fx)\n",
+               rt, ri, rs, rst, rsi, rww, rwb);
         jn += (size_t)snprintf(json + jn, sizeof json - jn,
                                "%s{\"clients\":%ld,\"kvs_tcp\":%.0f,\"kvs_ipc\":%.0f,"
                                "\"kvs_shm\":%.0f,\"redis_tcp\":%.0f,\"redis_unix\":%.0f,"
                                "\"ratio_tcp\":%.3f,\"ratio_ipc_vs_unix\":%.3f,"
                                "\"ratio_shm_vs_unix\":%.3f,\"kvs_stream_tcp\":%.0f,"
-                               "\"ratio_stream_vs_tcp\":%.3f,\"ratio_stream_ipc_vs_unix\":%.3f}",
+                               "\"ratio_stream_vs_tcp\":%.3f,\"ratio_stream_ipc_vs_unix\":%.3f,"
+                               "\"window\":%d,\"kvs_stream_tcp_window\":%.0f,"
+                               "\"redis_tcp_window\":%.0f,\"ratio_window\":%.3f,"
+                               "\"ratio_window_vs_redis_best\":%.3f}",
                                ci ? "," : "", tc[ci], tps[SYS_KVS_TCP], tps[SYS_KVS_IPC],
                                tps[SYS_KVS_SHM], tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri,
-                               rs, tps[SYS_KVS_STREAM], rst, rsi);
+                               rs, tps[SYS_KVS_STREAM], rst, rsi, g_window,
+                               tps[SYS_KVS_STREAM_W], tps[SYS_REDIS_TCP_W], rww, rwb);
       }
       jn += (size_t)snprintf(json + jn, sizeof json - jn, "]}");
       for (int k = 0; k < 16; k++)

@@ -112,6 +112,10 @@ static void test_stream_get(void) {
   }
   CU_ASSERT(atomic_load(&c->n_stream_gets) >= 3 * 5); /* first answer + 4 groups, each get */
   CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 0);
+  kvs_client_counters kc;
+  CU_ASSERT_EQUAL(kvs_client_get_counters(c, &kc), KVS_OK); /* the same, through the API */
+  CU_ASSERT_EQUAL(kc.stream_gets, atomic_load(&c->n_stream_gets));
+  CU_ASSERT_EQUAL(kc.stream_fallbacks, 0);
   /* a head range, f32 out: the same as REQ/REP gives */
   kvs_get_opts go = {.dtype = KVS_DTYPE_F32, .head_begin = 1, .head_end = 3, .window = 3};
   uint64_t nb2 = kvs_get_bound(&lay, k.T, &go);

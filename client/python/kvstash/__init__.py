@@ -84,7 +84,7 @@ class _ClientOpts(ctypes.Structure):
 class _Counters(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in (
         "gets", "shm_gets", "shm_fallbacks", "shm_regroups", "shm_bytes", "leases", "releases",
-        "release_lost", "shm_maps")]
+        "release_lost", "shm_maps", "stream_gets", "stream_fallbacks")]
 
 
 class _PutOpts(ctypes.Structure):
@@ -349,7 +349,7 @@ class Client:
 
     def counters(self):
         """What this client's gets did: dict of gets, shm_gets, shm_fallbacks, shm_regroups,
-        shm_bytes, leases, releases, release_lost, shm_maps."""
+        shm_bytes, leases, releases, release_lost, shm_maps, stream_gets, stream_fallbacks."""
         c = _Counters()
         _check(self._lib.kvs_client_get_counters(self._h, ctypes.byref(c)))
         return {n: getattr(c, n) for n, _ in _Counters._fields_}
