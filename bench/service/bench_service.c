@@ -441,8 +441,7 @@ static long striped_get(sconn *c, int w, int redis, const kentry *e, const uint6
       rl = (size_t)snprintf((char *)req, 64, "*4\r\n$8\r\nGETRANGE\r\n$16\r\n");
       memcpy(req + rl, e->key.b, 16);
       rl += 16;
-      rl += (size_t)snprintf((char *)req + rl, 96, "\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", la, a,
-                             lb, b);
+      rl += (size_t)snprintf((char *)req + rl, 96, "\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", la, a, lb, b);
     } else {
       kvs_wire_get_req g = {.key = e->key,
                             .model = e->model,
@@ -540,19 +539,20 @@ enum {
   SYS_REDIS_TCP_W,  /* the same against Redis: GETRANGE on g_window connections */
   N_SYS
 };
-static const char *sys_name[N_SYS] = {
-    "kvstashd tcp", "kvstashd ipc",      "redis tcp",       "redis unix",   "bare-nng tcp",
-    "bare-nng ipc", "kvstashd shm",      "kvstashd strm",   "kvstashd strm-ipc",
-    "kvstashd strm-w", "redis tcp-w"};
+static const char *sys_name[N_SYS] = {"kvstashd tcp",    "kvstashd ipc",  "redis tcp",
+                                      "redis unix",      "bare-nng tcp",  "bare-nng ipc",
+                                      "kvstashd shm",    "kvstashd strm", "kvstashd strm-ipc",
+                                      "kvstashd strm-w", "redis tcp-w"};
 static const char *sys_key[N_SYS] = {
-    "kvs_tcp",      "kvs_ipc",        "redis_tcp",      "redis_unix",
-    "bare_nng_tcp", "bare_nng_ipc",   "kvs_shm",        "kvs_stream_tcp",
-    "kvs_stream_ipc", "kvs_stream_tcp_window", "redis_tcp_window"};
+    "kvs_tcp",         "kvs_ipc", "redis_tcp",      "redis_unix",     "bare_nng_tcp",
+    "bare_nng_ipc",    "kvs_shm", "kvs_stream_tcp", "kvs_stream_ipc", "kvs_stream_tcp_window",
+    "redis_tcp_window"};
 #define IS_REDIS(sys)                                                                              \
   ((sys) == SYS_REDIS_TCP || (sys) == SYS_REDIS_UNIX || (sys) == SYS_REDIS_TCP_W)
 #define IS_NNG(sys)      (!IS_REDIS(sys))
-#define IS_READONLY(sys) ((sys) >= SYS_BARE_TCP) /* bare server, shm, stream, windows: GETs only */
-#define IS_WINDOW(sys)   ((sys) == SYS_KVS_STREAM_W || (sys) == SYS_REDIS_TCP_W)
+#define IS_READONLY(sys) ((sys) >= SYS_BARE_TCP) /* bare server, shm, stream, windows: GETs only   \
+                                                  */
+#define IS_WINDOW(sys) ((sys) == SYS_KVS_STREAM_W || (sys) == SYS_REDIS_TCP_W)
 
 /* The transport's ceiling: a minimal synchronous nng REP server (its own
  * process) answering every request with a GET answer of *g_bare_size value
@@ -965,9 +965,15 @@ int main(int argc, char **argv) {
          seconds, sysconf(_SC_NPROCESSORS_ONLN));
   printf("%-14s %-4s %7s %7s %10s %8s %9s %9s %9s %6s\n", "system", "op", "size", "clients",
          "req/s", "GB/s", "p50 us", "p99 us", "srvCPUus", "errors");
-  static char json[1 << 16];
-  size_t jn = (size_t)snprintf(json, sizeof json,
-                               "{\"bench\":\"service\",\"seconds\":%.2f,\"rows\":[", seconds);
+  /* the last line's JSON, grown as rows come (a full sweep is well over 64 KiB) */
+  char *json = NULL;
+  size_t json_len = 0;
+  FILE *jf = open_memstream(&json, &json_len);
+  if (!jf) {
+    fprintf(stderr, "out of memory\n");
+    return 1;
+  }
+  fprintf(jf, "{\"bench\":\"service\",\"seconds\":%.2f,\"rows\":[", seconds);
   int first = 1;
   /* get ratios at 1 MiB: [client index] tcp vs tcp, ipc vs unix */
   double ratio_tcp[8] = {0}, ratio_ipc[8] = {0}, p99r_tcp[8] = {0}, p99r_ipc[8] = {0};
@@ -1011,28 +1017,26 @@ int main(int argc, char **argv) {
       static result reps[N_SYS][MAX_REPS];
       for (int op = do_put; op >= 0; op--) /* PUT, then GET (g_reps rounds, interleaved) */
         for (int rep = 0; rep < (op ? 1 : g_reps); rep++)
-        for (int sys = 0; sys < N_SYS; sys++) {
-          if (op == 1 && IS_READONLY(sys)) continue; /* bare server, shm, stream: GETs only */
-          if (!g_sys_on[sys]) continue;
-          run_cfg rc = {sys,  op, (int)clients[ci], 0, size, n_keys, keys, value, ck, 0,
-                        seconds, seg_end, 31};
-          result *r = op ? &res[sys][op] : &reps[sys][rep];
-          *r = run(&rc);
-          if (!op && rep == g_reps - 1) res[sys][0] = median_result(reps[sys], g_reps);
-          printf("%-14s %-4s %6zuK %7ld %10.0f %8.3f %9.0f %9.0f %9.1f %6ld\n", sys_name[sys],
-                 op ? "PUT" : "GET", size >> 10, clients[ci], r->rps, r->gbs, r->p50, r->p99,
-                 r->cpu_us, r->errors);
-          fflush(stdout);
-          if (jn < sizeof json - 400)
-            jn +=
-                (size_t)snprintf(json + jn, sizeof json - jn,
-                                 "%s{\"system\":\"%s\",\"op\":\"%s\",\"size\":%zu,\"clients\":%ld,"
-                                 "\"rps\":%.1f,\"gbs\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
-                                 "\"server_cpu_us\":%.1f,\"errors\":%ld}",
-                                 first ? "" : ",", sys_key[sys], op ? "put" : "get", size,
-                                 clients[ci], r->rps, r->gbs, r->p50, r->p99, r->cpu_us, r->errors);
-          first = 0;
-        }
+          for (int sys = 0; sys < N_SYS; sys++) {
+            if (op == 1 && IS_READONLY(sys)) continue; /* bare server, shm, stream: GETs only */
+            if (!g_sys_on[sys]) continue;
+            run_cfg rc = {sys, op, (int)clients[ci], 0,       size, n_keys, keys, value,
+                          ck,  0,  seconds,          seg_end, 31};
+            result *r = op ? &res[sys][op] : &reps[sys][rep];
+            *r = run(&rc);
+            if (!op && rep == g_reps - 1) res[sys][0] = median_result(reps[sys], g_reps);
+            printf("%-14s %-4s %6zuK %7ld %10.0f %8.3f %9.0f %9.0f %9.1f %6ld\n", sys_name[sys],
+                   op ? "PUT" : "GET", size >> 10, clients[ci], r->rps, r->gbs, r->p50, r->p99,
+                   r->cpu_us, r->errors);
+            fflush(stdout);
+            fprintf(jf,
+                    "%s{\"system\":\"%s\",\"op\":\"%s\",\"size\":%zu,\"clients\":%ld,"
+                    "\"rps\":%.1f,\"gbs\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
+                    "\"server_cpu_us\":%.1f,\"errors\":%ld}",
+                    first ? "" : ",", sys_key[sys], op ? "put" : "get", size, clients[ci], r->rps,
+                    r->gbs, r->p50, r->p99, r->cpu_us, r->errors);
+            first = 0;
+          }
       if (size == (1u << 20)) {
         have_1m = 1;
         ratio_tcp[ci] = ratio(res[SYS_KVS_TCP][0].rps, res[SYS_REDIS_TCP][0].rps);
@@ -1059,10 +1063,10 @@ int main(int argc, char **argv) {
     free(keys);
     free(value);
   }
-  jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
+  fprintf(jf, "]");
   if (have_1m) {
     printf("\nGET at 1 MiB, kvstashd / redis:\n");
-    jn += (size_t)snprintf(json + jn, sizeof json - jn, ",\"get_ratio_vs_redis_1MiB\":[");
+    fprintf(jf, ",\"get_ratio_vs_redis_1MiB\":[");
     for (int ci = 0; ci < n_clients; ci++) {
       printf("  %3ld clients: req/s tcp %.2fx, ipc-vs-unix %.2fx; p99 tcp %.2fx, ipc-vs-unix %.2fx;"
              " kvstashd / bare nng: tcp %.2fx, ipc %.2fx; shm-lease vs unix %.2fx;"
@@ -1073,30 +1077,28 @@ int main(int argc, char **argv) {
       printf("               one caller on %d connections: stream-w / redis tcp-w %.2fx (p99 "
              "%.2fx), stream-w / the better of redis tcp and tcp-w %.2fx\n",
              g_window, ratio_win[ci], p99r_win[ci], win_vs_redis_best[ci]);
-      jn += (size_t)snprintf(json + jn, sizeof json - jn,
-                             "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
-                             "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f,"
-                             "\"vs_bare_nng_tcp\":%.3f,\"vs_bare_nng_ipc\":%.3f,"
-                             "\"shm_vs_unix\":%.3f,\"stream_tcp\":%.3f,"
-                             "\"p99_ratio_stream_tcp\":%.3f}",
-                             ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci],
-                             p99r_ipc[ci], bare_tcp[ci], bare_ipc[ci], shm_unix[ci],
-                             ratio_stream[ci], p99r_stream[ci]);
+      fprintf(jf,
+              "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
+              "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f,"
+              "\"vs_bare_nng_tcp\":%.3f,\"vs_bare_nng_ipc\":%.3f,"
+              "\"shm_vs_unix\":%.3f,\"stream_tcp\":%.3f,"
+              "\"p99_ratio_stream_tcp\":%.3f}",
+              ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci],
+              bare_tcp[ci], bare_ipc[ci], shm_unix[ci], ratio_stream[ci], p99r_stream[ci]);
     }
-    jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
+    fprintf(jf, "]");
     /* the byte-stream GET path against Redis over TCP, by client count */
-    jn += (size_t)snprintf(json + jn, sizeof json - jn, ",\"stream_get_ratio_vs_redis_1MiB\":[");
+    fprintf(jf, ",\"stream_get_ratio_vs_redis_1MiB\":[");
     for (int ci = 0; ci < n_clients; ci++)
-      jn += (size_t)snprintf(json + jn, sizeof json - jn,
-                             "%s{\"clients\":%ld,\"get_ratio_vs_redis\":%.3f,"
-                             "\"p99_ratio_vs_redis\":%.3f,\"ipc_vs_unix\":%.3f,"
-                             "\"p99_ratio_ipc_vs_unix\":%.3f,\"window\":%d,"
-                             "\"window_ratio_vs_redis_window\":%.3f,"
-                             "\"window_p99_ratio\":%.3f,\"window_vs_redis_best\":%.3f}",
-                             ci ? "," : "", clients[ci], ratio_stream[ci], p99r_stream[ci],
-                             ratio_sipc[ci], p99r_sipc[ci], g_window, ratio_win[ci], p99r_win[ci],
-                             win_vs_redis_best[ci]);
-    jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
+      fprintf(jf,
+              "%s{\"clients\":%ld,\"get_ratio_vs_redis\":%.3f,"
+              "\"p99_ratio_vs_redis\":%.3f,\"ipc_vs_unix\":%.3f,"
+              "\"p99_ratio_ipc_vs_unix\":%.3f,\"window\":%d,"
+              "\"window_ratio_vs_redis_window\":%.3f,"
+              "\"window_p99_ratio\":%.3f,\"window_vs_redis_best\":%.3f}",
+              ci ? "," : "", clients[ci], ratio_stream[ci], p99r_stream[ci], ratio_sipc[ci],
+              p99r_sipc[ci], g_window, ratio_win[ci], p99r_win[ci], win_vs_redis_best[ci]);
+    fprintf(jf, "]");
   }
   if (do_tokens) {
     /* 256 tokens of SmolLM2-135M-shaped KV: raw fp16 in Redis, dense in kvstashd */
@@ -1131,11 +1133,10 @@ int main(int argc, char **argv) {
       printf("\nKV tokens/s: 256-token chunk, %zu B raw fp16 (redis) vs %zu B dense (kvstashd), "
              "%.2f bits/elem\n",
              raw, enc_len, 8.0 * (double)enc_len / ((double)raw / 2));
-      jn +=
-          (size_t)snprintf(json + jn, sizeof json - jn,
-                           ",\"tokens\":{\"chunk_tokens\":%u,\"raw_bytes\":%zu,\"dense_bytes\":%zu,"
-                           "\"rows\":[",
-                           T, raw, enc_len);
+      fprintf(jf,
+              ",\"tokens\":{\"chunk_tokens\":%u,\"raw_bytes\":%zu,\"dense_bytes\":%zu,"
+              "\"rows\":[",
+              T, raw, enc_len);
       long tc[2] = {1, 4};
       for (int kv_side = 1; kv_side >= 0; kv_side--) { /* the chunks, put once on each side */
         size_t sz = kv_side ? enc_len : raw;
@@ -1194,21 +1195,20 @@ int main(int argc, char **argv) {
                "stream-vs-tcp %.2fx, stream-ipc-vs-unix %.2fx, stream-w-vs-tcp-w %.2fx "
                "(vs the better redis tcp row %.2fx)\n",
                rt, ri, rs, rst, rsi, rww, rwb);
-        jn += (size_t)snprintf(json + jn, sizeof json - jn,
-                               "%s{\"clients\":%ld,\"kvs_tcp\":%.0f,\"kvs_ipc\":%.0f,"
-                               "\"kvs_shm\":%.0f,\"redis_tcp\":%.0f,\"redis_unix\":%.0f,"
-                               "\"ratio_tcp\":%.3f,\"ratio_ipc_vs_unix\":%.3f,"
-                               "\"ratio_shm_vs_unix\":%.3f,\"kvs_stream_tcp\":%.0f,"
-                               "\"ratio_stream_vs_tcp\":%.3f,\"ratio_stream_ipc_vs_unix\":%.3f,"
-                               "\"window\":%d,\"kvs_stream_tcp_window\":%.0f,"
-                               "\"redis_tcp_window\":%.0f,\"ratio_window\":%.3f,"
-                               "\"ratio_window_vs_redis_best\":%.3f}",
-                               ci ? "," : "", tc[ci], tps[SYS_KVS_TCP], tps[SYS_KVS_IPC],
-                               tps[SYS_KVS_SHM], tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri,
-                               rs, tps[SYS_KVS_STREAM], rst, rsi, g_window,
-                               tps[SYS_KVS_STREAM_W], tps[SYS_REDIS_TCP_W], rww, rwb);
+        fprintf(jf,
+                "%s{\"clients\":%ld,\"kvs_tcp\":%.0f,\"kvs_ipc\":%.0f,"
+                "\"kvs_shm\":%.0f,\"redis_tcp\":%.0f,\"redis_unix\":%.0f,"
+                "\"ratio_tcp\":%.3f,\"ratio_ipc_vs_unix\":%.3f,"
+                "\"ratio_shm_vs_unix\":%.3f,\"kvs_stream_tcp\":%.0f,"
+                "\"ratio_stream_vs_tcp\":%.3f,\"ratio_stream_ipc_vs_unix\":%.3f,"
+                "\"window\":%d,\"kvs_stream_tcp_window\":%.0f,"
+                "\"redis_tcp_window\":%.0f,\"ratio_window\":%.3f,"
+                "\"ratio_window_vs_redis_best\":%.3f}",
+                ci ? "," : "", tc[ci], tps[SYS_KVS_TCP], tps[SYS_KVS_IPC], tps[SYS_KVS_SHM],
+                tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri, rs, tps[SYS_KVS_STREAM], rst, rsi,
+                g_window, tps[SYS_KVS_STREAM_W], tps[SYS_REDIS_TCP_W], rww, rwb);
       }
-      jn += (size_t)snprintf(json + jn, sizeof json - jn, "]}");
+      fprintf(jf, "]}");
       for (int k = 0; k < 16; k++)
         kentry_free(&keys[k]);
     } else {
@@ -1217,7 +1217,9 @@ int main(int argc, char **argv) {
     free(enc);
     free(kv);
   }
-  snprintf(json + jn, sizeof json - jn, "}");
+  fputs("}", jf);
+  fclose(jf);
   printf("%s\n", json);
+  free(json);
   return 0;
 }
