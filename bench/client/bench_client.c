@@ -98,6 +98,14 @@ static kvs_client *connect_to(const char *url, int shm) {
 }
 
 int main(int argc, char **argv) {
+  /* the last line's JSON, grown as rows come (--profiles has no bound) */
+  char *json = NULL;
+  size_t json_len = 0;
+  FILE *jf = open_memstream(&json, &json_len);
+  if (!jf) {
+    fprintf(stderr, "out of memory\n");
+    return 1;
+  }
   uint32_t T = 2048, CT = 256, L = 32, H = 8, D = 128;
   int iters = 5, device = 0, window = 4, lpg = 1, use_shm = 1;
   const char *profiles = NULL, *bin = getenv("KVS_KVSTASHD"), *urls = NULL;
@@ -266,8 +274,8 @@ int main(int argc, char **argv) {
       shm_bytes = 0;
     }
     use_shm = shm_bytes != 0;
-    pid = spawn(bin, tcp, stream, ipc, dir, (uint64_t)total * 4 + (64u << 20), chunk_bytes + (8u << 20),
-                shm_bytes);
+    pid = spawn(bin, tcp, stream, ipc, dir, (uint64_t)total * 4 + (64u << 20),
+                chunk_bytes + (8u << 20), shm_bytes);
   } else {
     snprintf(tcp, sizeof tcp, "%s", urls);
     char *comma = strchr(tcp, ',');
@@ -290,13 +298,11 @@ int main(int argc, char **argv) {
   }
   int rc = cl[0] ? 0 : 1;
 
-  char json[4096];
-  int jn = snprintf(json, sizeof json,
-                    "{\"bench\":\"client\",\"tokens\":%zu,\"chunk\":%u,\"layers\":%u,\"heads\":%u,"
-                    "\"dim\":%u,\"bytes\":%zu,\"iters\":%d,\"device\":%d,\"window\":%d,"
-                    "\"lpg\":%d,\"memcpy_ms\":%.3f,\"h2d_pinned_ms\":%.3f",
-                    n_chunks * CT, CT, L, H, D, total, iters, device, window, lpg, memcpy_ms,
-                    h2d_ms);
+  fprintf(jf,
+          "{\"bench\":\"client\",\"tokens\":%zu,\"chunk\":%u,\"layers\":%u,\"heads\":%u,"
+          "\"dim\":%u,\"bytes\":%zu,\"iters\":%d,\"device\":%d,\"window\":%d,"
+          "\"lpg\":%d,\"memcpy_ms\":%.3f,\"h2d_pinned_ms\":%.3f",
+          n_chunks * CT, CT, L, H, D, total, iters, device, window, lpg, memcpy_ms, h2d_ms);
   void **outs = malloc(n_chunks * sizeof *outs);
   uint64_t *caps = malloc(n_chunks * sizeof *caps);
   uint8_t *status = malloc(n_chunks);
@@ -356,7 +362,7 @@ int main(int argc, char **argv) {
     double bpe = stored * 8.0 / (total / 2.0);
     printf("%-28s %9.2f ms (encode + store, not the measured path), %.2f bits/elem stored\n", p,
            put_ms, bpe);
-    jn += snprintf(json + jn, sizeof json - (size_t)jn, ",\"%s_bits_per_elem\":%.3f", p, bpe);
+    fprintf(jf, ",\"%s_bits_per_elem\":%.3f", p, bpe);
     for (int u = 0; u < 4 && !rc; u++) {
       if (!cl[u]) continue;
       double err = 0;
@@ -403,20 +409,19 @@ int main(int argc, char **argv) {
                  sf ? " (SOME WENT BY REQ/REP)" : "");
       printf("%-28s %9.2f ms %8.2f GB/s  %5.2fx memcpy  rel.err %.2e%s\n", name, ms,
              total / ms / 1e6, ms / memcpy_ms, err, note);
-      jn += snprintf(json + jn, sizeof json - (size_t)jn,
-                     ",\"%s_%s_ms\":%.3f,\"%s_%s_vs_memcpy\":%.2f,\"%s_%s_relerr\":%.3g",
-                     url_name[u], p, ms, url_name[u], p, ms / memcpy_ms, url_name[u], p, err);
+      fprintf(jf, ",\"%s_%s_ms\":%.3f,\"%s_%s_vs_memcpy\":%.2f,\"%s_%s_relerr\":%.3g", url_name[u],
+              p, ms, url_name[u], p, ms / memcpy_ms, url_name[u], p, err);
       if (u == 2)
-        jn += snprintf(json + jn, sizeof json - (size_t)jn,
-                       ",\"shm_%s_in_place\":%llu,\"shm_%s_fallbacks\":%llu", p,
-                       (unsigned long long)in_place, p, (unsigned long long)fell);
+        fprintf(jf, ",\"shm_%s_in_place\":%llu,\"shm_%s_fallbacks\":%llu", p,
+                (unsigned long long)in_place, p, (unsigned long long)fell);
       if (u == 3)
-        jn += snprintf(json + jn, sizeof json - (size_t)jn,
-                       ",\"stream_%s_gets\":%llu,\"stream_%s_fallbacks\":%llu", p,
-                       (unsigned long long)sg, p, (unsigned long long)sf);
+        fprintf(jf, ",\"stream_%s_gets\":%llu,\"stream_%s_fallbacks\":%llu", p,
+                (unsigned long long)sg, p, (unsigned long long)sf);
     }
   }
+  fclose(jf);
   printf("%s}\n", json);
+  free(json);
   for (int u = 0; u < 4; u++)
     kvs_client_free(cl[u]);
   kvs_client_lib_fini();

@@ -464,7 +464,8 @@ static long striped_get(sconn *c, int w, int redis, const kentry *e, const uint6
    * known length (kvstashd: frame header + GET head; Redis: "$len\r\n"),
    * the range (straight into dst) and a tail (Redis: "\r\n"), read with
    * one recvmsg per readiness */
-  uint8_t head[MAX_WINDOW][KVS_WIRE_HDR_SIZE + KVS_WIRE_GET_RESP_FIXED], tail[MAX_WINDOW][2];
+  uint8_t head[MAX_WINDOW][KVS_WIRE_HDR_SIZE + KVS_WIRE_GET_RESP_FIXED] = {{0}},
+                                               tail[MAX_WINDOW][2] = {{0}};
   size_t hlen[MAX_WINDOW], tlen[MAX_WINDOW], got[MAX_WINDOW];
   for (int p = 0; p < w; p++) {
     char a[24];
@@ -549,10 +550,10 @@ static const char *sys_key[N_SYS] = {
     "redis_tcp_window"};
 #define IS_REDIS(sys)                                                                              \
   ((sys) == SYS_REDIS_TCP || (sys) == SYS_REDIS_UNIX || (sys) == SYS_REDIS_TCP_W)
-#define IS_NNG(sys)      (!IS_REDIS(sys))
-#define IS_READONLY(sys) ((sys) >= SYS_BARE_TCP) /* bare server, shm, stream, windows: GETs only   \
-                                                  */
-#define IS_WINDOW(sys) ((sys) == SYS_KVS_STREAM_W || (sys) == SYS_REDIS_TCP_W)
+#define IS_NNG(sys) (!IS_REDIS(sys))
+/* bare server, shm, stream, windows: GETs only */
+#define IS_READONLY(sys) ((sys) >= SYS_BARE_TCP)
+#define IS_WINDOW(sys)   ((sys) == SYS_KVS_STREAM_W || (sys) == SYS_REDIS_TCP_W)
 
 /* The transport's ceiling: a minimal synchronous nng REP server (its own
  * process) answering every request with a GET answer of *g_bare_size value
