@@ -14,7 +14,8 @@ void kvs_svc_config_defaults(kvs_svc_config *c) {
   memset(c, 0, sizeof *c);
   snprintf(c->data_dir, sizeof c->data_dir, "./kvstash-data");
   snprintf(c->listen[0], sizeof c->listen[0], "tcp://127.0.0.1:7878");
-  c->n_listen = 0; /* the default applies only when no listen option is given */
+  snprintf(c->listen[1], sizeof c->listen[1], "tcp+stream://127.0.0.1:7880");
+  c->n_listen = 0; /* the defaults apply only when no listen option is given */
   snprintf(c->http, sizeof c->http, "127.0.0.1:7879");
   c->workers = 8;
   c->max_msg = 64ull << 20;
@@ -265,7 +266,8 @@ void kvs_svc_config_usage(FILE *f) {
         "Every option can be given in the config file (key = value) or as a flag.\n"
         "  data_dir            T1 store and server secret        (./kvstash-data)\n"
         "  cold_dir            T2 store on a colder disk; empty = no T2 ()\n"
-        "  listen              nng URLs, comma list or repeated   (tcp://127.0.0.1:7878)\n"
+        "  listen              nng URLs, comma list or repeated   (tcp://127.0.0.1:7878,\n"
+        "                      tcp+stream://127.0.0.1:7880)\n"
         "                      tcp+stream:// ipc+stream://: byte-stream GET listeners\n"
         "  http                control plane host:port; empty = off (127.0.0.1:7879)\n"
         "  admin_token         bearer token required by /v1/      ()\n"

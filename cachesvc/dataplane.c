@@ -99,6 +99,21 @@ static nng_msg *answer_err(uint16_t op, uint64_t req_id, kvs_err err, const char
 
 static uint8_t *payload_of(nng_msg *m) { return (uint8_t *)nng_msg_body(m) + KVS_WIRE_HDR_SIZE; }
 
+/* PING's answer: the +stream listen URLs, comma-separated, as configured
+ * (a wildcard host is the client's to replace with the one it dialed). */
+static size_t stream_adv(const kvs_svc_config *c, char *out, size_t cap) {
+  size_t n = 0;
+  for (int i = 0; i < c->n_listen; i++) {
+    if (!kvs__stream_url(c->listen[i])) continue;
+    size_t l = strlen(c->listen[i]);
+    if (n + l + 1 > cap) break;
+    if (n) out[n++] = ',';
+    memcpy(out + n, c->listen[i], l);
+    n += l;
+  }
+  return n;
+}
+
 /* --------------------------------------------------------------- auth */
 /* Constant-time in the token; a missing tenant costs the same compare. */
 int kvs__auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h) {
@@ -364,7 +379,13 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
     return NULL;
   }
   switch (op) {
-  case KVS_OP_PING: return answer_alloc(op, id, KVS_OK, 0);
+  case KVS_OP_PING: { /* the byte-stream listeners, for clients to find (protocol.md) */
+    char adv[KVS_SVC_MAX_LISTEN * 257];
+    size_t n = stream_adv(&d->cfg, adv, sizeof adv);
+    nng_msg *m = answer_alloc(op, id, KVS_OK, n);
+    if (m && n) memcpy(payload_of(m), adv, n);
+    return m;
+  }
   case KVS_OP_PUT: {
     if (r->u.put.meta.value_bytes + KVS_WIRE_HDR_SIZE > d->cfg.max_msg)
       return answer_err(op, id, KVS_ETOOBIG, "value over max_msg");

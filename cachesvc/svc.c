@@ -48,7 +48,7 @@ kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
   kvs_svc *s = calloc(1, sizeof *s);
   if (!s) return KVS_ENOMEM;
   s->cfg = *c;
-  if (s->cfg.n_listen == 0) s->cfg.n_listen = 1; /* listen[0] holds the default */
+  if (s->cfg.n_listen == 0) s->cfg.n_listen = 2; /* listen[0..1] hold the defaults */
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   kvs_log_set_level(s->cfg.log_level);

@@ -145,6 +145,12 @@ uint8_t *kvs__frame_payload(nng_msg *m);
 /* Seals req's header for op, does one round trip and checks the reply (right
  * op, a response, status 0; a server error comes back with its message);
  * *rep (may be NULL) gets the reply. req is consumed. */
+/* From PING's answer (adv[n]: comma-separated +stream listen URLs), the
+ * stream URL for a client of client_url (tcp:// or ipc://): the first of its
+ * transport, a wildcard host replaced by client_url's, written to out.
+ * KVS_ENOENT when none fits, KVS_EPROTO for a malformed list, KVS_ENOTSUP
+ * for another client scheme. (A parser of what a server sends: fuzzed.) */
+int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char *out, size_t cap);
 int kvs__frame_roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, nng_msg **rep);
 
 /* ---- byte-stream GETs (stream.c) */

@@ -133,7 +133,11 @@ typedef struct kvs_client_opts {
  * stream cannot be reached, or a connection drops before its answer began,
  * the same get goes through opts.url, so nothing fails for it. Set once,
  * before the client's first get; the URL is copied. KVS_EINVAL for another
- * scheme, KVS_EBUSY when already set. */
+ * scheme, KVS_EBUSY when already set.
+ * "auto" asks the daemon (one PING, now) which byte-stream listeners it has
+ * and takes the one of opts.url's transport (tcp:// or ipc://), a wildcard
+ * host replaced by opts.url's; KVS_ENOENT when it has none (gets then stay on
+ * opts.url), KVS_ENOTSUP for tls+tcp://, or the PING's error. */
 kvs_err kvs_client_stream(kvs_client *c, const char *stream_url);
 
 /* Fills the defaults given above; url must still be set. */

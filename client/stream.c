@@ -305,8 +305,75 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
   nng_stream_dialer_dial(c->stream_dialer, s->aio);
 }
 
+/* host of a "scheme://HOST:PORT" URL into out ("" when there is none) */
+static void url_host(const char *url, char *out, size_t cap) {
+  out[0] = 0;
+  const char *h = strstr(url, "://");
+  if (!h) return;
+  h += 3;
+  const char *colon = strrchr(h, ':');
+  size_t n = colon ? (size_t)(colon - h) : strlen(h);
+  if (n < cap) {
+    memcpy(out, h, n);
+    out[n] = 0;
+  }
+}
+
+int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char *out, size_t cap) {
+  int ipc = !strncmp(client_url, "ipc://", 6);
+  if (!ipc && strncmp(client_url, "tcp://", 6)) return KVS_ENOTSUP;
+  char list[4096];
+  if (n >= sizeof list || (n && memchr(adv, 0, n))) return KVS_EPROTO;
+  if (n) memcpy(list, adv, n);
+  list[n] = 0;
+  const char *want = ipc ? "ipc+stream://" : "tcp+stream://";
+  for (char *sv = NULL, *t = strtok_r(list, ",", &sv); t; t = strtok_r(NULL, ",", &sv)) {
+    if (strncmp(t, want, 13)) continue;
+    int w;
+    if (ipc) {
+      w = snprintf(out, cap, "%s", t);
+    } else {
+      const char *port = strrchr(t + 13, ':');
+      if (!port || strlen(port) < 2 || strlen(port) > 6 ||
+          strspn(port + 1, "0123456789") != strlen(port + 1))
+        continue;
+      char host[256], mine[256];
+      url_host(t, host, sizeof host);
+      url_host(client_url, mine, sizeof mine);
+      int wild =
+          !host[0] || !strcmp(host, "*") || !strcmp(host, "0.0.0.0") || !strcmp(host, "[::]");
+      w = snprintf(out, cap, "tcp+stream://%s%s", wild ? mine : host, port);
+    }
+    if (w > 0 && (size_t)w < cap) return KVS_OK;
+  }
+  return KVS_ENOENT;
+}
+
+/* "auto": PING, whose answer lists the daemon's +stream listeners
+ * (docs/protocol.md), and take the one kvs__stream_pick picks. */
+static kvs_err stream_auto(kvs_client *c) {
+  char url[600];
+  if (kvs__stream_pick(NULL, 0, c->url, url, sizeof url) == KVS_ENOTSUP)
+    return kvs__seterr(c, KVS_ENOTSUP, "stream \"auto\": only for tcp:// and ipc:// (not %s)",
+                       c->url);
+  nng_msg *m = NULL, *rep = NULL;
+  if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
+  kvs_err rv = kvs__frame_roundtrip(c, m, KVS_OP_PING, 1, &rep);
+  if (rv) return rv;
+  rv = kvs__stream_pick((const uint8_t *)nng_msg_body(rep) + KVS_WIRE_HDR_SIZE,
+                        nng_msg_len(rep) - KVS_WIRE_HDR_SIZE, c->url, url, sizeof url);
+  nng_msg_free(rep);
+  if (rv == KVS_EPROTO)
+    return kvs__seterr(c, rv, "PING answer from %s: not a list of listen URLs", c->url);
+  if (rv)
+    return kvs__seterr(c, rv, "kvstashd at %s has no %s listener", c->url,
+                       strncmp(c->url, "ipc://", 6) ? "tcp+stream://" : "ipc+stream://");
+  return kvs_client_stream(c, url);
+}
+
 kvs_err kvs_client_stream(kvs_client *c, const char *url) {
   if (!c || !url) return KVS_EINVAL;
+  if (!strcmp(url, "auto")) return stream_auto(c);
   int tcp = !strncmp(url, "tcp+stream://", 13), ipc = !strncmp(url, "ipc+stream://", 13);
   if (!tcp && !ipc)
     return kvs__seterr(c, KVS_EINVAL, "stream URL must be tcp+stream:// or ipc+stream://");

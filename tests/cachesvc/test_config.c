@@ -12,6 +12,8 @@ static void test_defaults(void) {
   kvs_svc_config c;
   kvs_svc_config_defaults(&c);
   CU_ASSERT_STRING_EQUAL(c.listen[0], "tcp://127.0.0.1:7878"); /* loopback only */
+  CU_ASSERT_STRING_EQUAL(c.listen[1], "tcp+stream://127.0.0.1:7880"); /* loopback too */
+  CU_ASSERT_EQUAL(c.n_listen, 0); /* both apply until a listen option is given */
   CU_ASSERT(strncmp(c.http, "127.0.0.1:", 10) == 0);
   CU_ASSERT_EQUAL(c.durability_sync, 1);
   CU_ASSERT_EQUAL(c.n_tenants, 0);

@@ -259,7 +259,12 @@ static void test_auth(void) {
   CU_ASSERT_EQUAL(th_call(&c, KVS_OP_GET, 0, "xx", 2, NULL, NULL), KVS_EAUTH);
   th_close(&c);
   CU_ASSERT_FATAL(th_connect(&c, g_d.url, "beta", "tok-beta-456", 10000) == 0);
-  CU_ASSERT_EQUAL(th_call(&c, KVS_OP_PING, 0, NULL, 0, NULL, NULL), KVS_OK);
+  /* PING answers with the byte-stream listeners (how clients find them) */
+  uint8_t *rep = NULL;
+  size_t rl = 0;
+  CU_ASSERT_EQUAL(th_call(&c, KVS_OP_PING, 0, NULL, 0, &rep, &rl), KVS_OK);
+  CU_ASSERT(rep && rl == strlen(g_d.surl) && memcmp(rep, g_d.surl, rl) == 0);
+  free(rep);
   th_close(&c);
   th_chunk_free(&ch);
 }

@@ -30,7 +30,6 @@ static const kvs_layout lay = {.n_layers = 8,
                                .rope_freq_scale = 1.0f};
 static unsigned long long seed = 7;
 
-
 static int suite_init(void) {
   int port = test_free_port();
   snprintf(surl, sizeof surl, "tcp+stream://127.0.0.1:%d", port);
@@ -234,7 +233,52 @@ static void test_stream_fallback(void) {
   kvs_client_free(c);
 }
 
+/* "auto": the daemon's PING answer names its stream listener; a daemon
+ * without one answers ENOENT and the client stays on REQ/REP. */
+static void test_stream_auto(void) {
+  kvs_client *c = client("alpha", "tok-a", "auto");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  CU_ASSERT_STRING_EQUAL(c->stream_url, surl);
+  CU_ASSERT_EQUAL(kvs_client_stream(c, "auto"), KVS_EBUSY);
+  chunk k;
+  chunk_make(&k, 64);
+  CU_ASSERT_EQUAL_FATAL(kvs_put(c, &model, k.tok, &k.ch, &lay, k.kv, NULL), KVS_OK);
+  uint64_t nb = kvs_get_bound(&lay, k.T, NULL);
+  uint16_t *out = malloc(nb);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  CU_ASSERT(atomic_load(&c->n_stream_gets) >= 1);
+  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 0);
+  kvs_client_free(c);
+  /* a bad token: the PING is refused, nothing is set */
+  c = client("alpha", "wrong", NULL);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  CU_ASSERT_EQUAL(kvs_client_stream(c, "auto"), KVS_EAUTH);
+  CU_ASSERT_PTR_NULL(c->stream_url);
+  kvs_client_free(c);
+  /* a daemon with no stream listener */
+  test_server plain;
+  CU_ASSERT_EQUAL_FATAL(test_server_start(&plain, "real"), 0);
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = plain.url;
+  o.flags = KVS_CLIENT_NO_SHM;
+  CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &c), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_client_stream(c, "auto"), KVS_ENOENT);
+  CU_ASSERT(strstr(kvs_client_errmsg(c), "no tcp+stream:// listener") != NULL);
+  CU_ASSERT_PTR_NULL(c->stream_url);
+  CU_ASSERT_EQUAL(kvs_put(c, &model, k.tok, &k.ch, &lay, k.kv, NULL), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_gets), 0);
+  kvs_client_free(c);
+  test_server_stop(&plain);
+  free(out);
+  chunk_free(&k);
+}
+
 static const kvs_test_case cases[] = {{"stream_get", test_stream_get},
+                                      {"stream_auto", test_stream_auto},
                                       {"stream_batch", test_stream_batch},
                                       {"stream_fallback", test_stream_fallback},
                                       {NULL, NULL}};

@@ -292,7 +292,9 @@ class Client:
         tls_*: for tls+tcp:// URLs (tls_ca_file required).
         stream: a kvstashd byte-stream listener (tcp+stream://host:port or
         ipc+stream:///path) that gets go through; everything else uses url, and a get
-        whose stream cannot be reached goes through url too."""
+        whose stream cannot be reached goes through url too. "auto" asks the daemon
+        for its listener (kvstashd's default config has one on 127.0.0.1:7880) and
+        raises Error (KVS_ENOENT) when it has none."""
         lib = load_library()
         self._lib = lib
         o = _ClientOpts()

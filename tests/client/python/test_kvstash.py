@@ -214,5 +214,8 @@ def test_stream_get_real(tmp_path):
             assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)
             k = c.counters()  # the get's requests went by the stream, none by REQ/REP
             assert k["stream_gets"] >= 2 and k["stream_fallbacks"] == 0
+        with kvstash.Client(url, tenant="pystream", shm=False, stream="auto") as c:
+            assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)  # found by PING
+            assert c.counters()["stream_gets"] >= 2
         with pytest.raises(kvstash.Error):  # not a stream URL
             kvstash.Client(url, stream="tcp://127.0.0.1:1")
