@@ -147,7 +147,8 @@ uint8_t *kvs__frame_payload(nng_msg *m);
  * *rep (may be NULL) gets the reply. req is consumed. */
 /* From PING's answer (adv[n]: comma-separated +stream listen URLs), the
  * stream URL for a client of client_url (tcp:// or ipc://): the first of its
- * transport, a wildcard host replaced by client_url's, written to out.
+ * transport, a wildcard host replaced by client_url's (a loopback one is
+ * skipped unless client_url is loopback too), written to out.
  * KVS_ENOENT when none fits, KVS_EPROTO for a malformed list, KVS_ENOTSUP
  * for another client scheme. (A parser of what a server sends: fuzzed.) */
 int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char *out, size_t cap);

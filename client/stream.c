@@ -305,18 +305,23 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
   nng_stream_dialer_dial(c->stream_dialer, s->aio);
 }
 
-/* host of a "scheme://HOST:PORT" URL into out ("" when there is none) */
-static void url_host(const char *url, char *out, size_t cap) {
+/* host of a "scheme://HOST:PORT" URL into out ("" when there is none);
+ * -1 when it does not fit */
+static int url_host(const char *url, char *out, size_t cap) {
   out[0] = 0;
   const char *h = strstr(url, "://");
-  if (!h) return;
+  if (!h) return 0;
   h += 3;
   const char *colon = strrchr(h, ':');
   size_t n = colon ? (size_t)(colon - h) : strlen(h);
-  if (n < cap) {
-    memcpy(out, h, n);
-    out[n] = 0;
-  }
+  if (n >= cap) return -1;
+  memcpy(out, h, n);
+  out[n] = 0;
+  return 0;
+}
+
+static int loopback(const char *host) {
+  return !strncmp(host, "127.", 4) || !strcmp(host, "localhost") || !strcmp(host, "[::1]");
 }
 
 int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char *out, size_t cap) {
@@ -338,10 +343,10 @@ int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char 
           strspn(port + 1, "0123456789") != strlen(port + 1))
         continue;
       char host[256], mine[256];
-      url_host(t, host, sizeof host);
-      url_host(client_url, mine, sizeof mine);
+      if (url_host(t, host, sizeof host) || url_host(client_url, mine, sizeof mine)) continue;
       int wild =
           !host[0] || !strcmp(host, "*") || !strcmp(host, "0.0.0.0") || !strcmp(host, "[::]");
+      if (loopback(host) && !loopback(mine)) continue; /* not reachable from where we are */
       w = snprintf(out, cap, "tcp+stream://%s%s", wild ? mine : host, port);
     }
     if (w > 0 && (size_t)w < cap) return KVS_OK;

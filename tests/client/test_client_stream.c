@@ -233,6 +233,44 @@ static void test_stream_fallback(void) {
   kvs_client_free(c);
 }
 
+/* What "auto" makes of a PING answer (kvs__stream_pick). */
+static void test_stream_pick(void) {
+  char out[128];
+#define PICK(adv, url) kvs__stream_pick((const uint8_t *)(adv), strlen(adv), url, out, sizeof out)
+  CU_ASSERT_EQUAL(PICK("tcp+stream://127.0.0.1:7880", "tcp://127.0.0.1:7878"), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(out, "tcp+stream://127.0.0.1:7880");
+  /* a wildcard host: the one the client dials */
+  CU_ASSERT_EQUAL(PICK("ipc+stream:///s.sock,tcp+stream://0.0.0.0:7880", "tcp://10.1.2.3:7878"),
+                  KVS_OK);
+  CU_ASSERT_STRING_EQUAL(out, "tcp+stream://10.1.2.3:7880");
+  CU_ASSERT_EQUAL(PICK("tcp+stream://[::]:9", "tcp://[::1]:7878"), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(out, "tcp+stream://[::1]:9");
+  /* loopback only: not for a client elsewhere; the next one fits */
+  CU_ASSERT_EQUAL(PICK("tcp+stream://127.0.0.1:7880", "tcp://10.1.2.3:7878"), KVS_ENOENT);
+  CU_ASSERT_EQUAL(PICK("tcp+stream://127.0.0.1:1,tcp+stream://10.1.2.3:2", "tcp://10.1.2.3:7"),
+                  KVS_OK);
+  CU_ASSERT_STRING_EQUAL(out, "tcp+stream://10.1.2.3:2");
+  /* the client's transport */
+  CU_ASSERT_EQUAL(PICK("tcp+stream://127.0.0.1:7880,ipc+stream:///run/k.sock", "ipc:///x"), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(out, "ipc+stream:///run/k.sock");
+  CU_ASSERT_EQUAL(PICK("tcp+stream://127.0.0.1:7880", "ipc:///x"), KVS_ENOENT);
+  CU_ASSERT_EQUAL(PICK("tcp+stream://127.0.0.1:7880", "tls+tcp://h:1"), KVS_ENOTSUP);
+  /* malformed: no port, a port that is not a number, nothing, a NUL */
+  CU_ASSERT_EQUAL(PICK("tcp+stream://h,tcp+stream://h:,tcp+stream://h:x1", "tcp://h:1"),
+                  KVS_ENOENT);
+  CU_ASSERT_EQUAL(PICK("", "tcp://h:1"), KVS_ENOENT);
+  CU_ASSERT_EQUAL(
+      kvs__stream_pick((const uint8_t *)"tcp+stream://h:1\0", 17, "tcp://h:1", out, sizeof out),
+      KVS_EPROTO);
+  /* longer than out: not taken */
+  char big[320];
+  snprintf(big, sizeof big, "tcp+stream://%0200d:1", 0);
+  CU_ASSERT_EQUAL(PICK(big, "tcp://h:1"), KVS_ENOENT);
+  snprintf(big, sizeof big, "tcp+stream://%0280d:1", 0); /* a host too long is not a wildcard */
+  CU_ASSERT_EQUAL(PICK(big, "tcp://h:1"), KVS_ENOENT);
+#undef PICK
+}
+
 /* "auto": the daemon's PING answer names its stream listener; a daemon
  * without one answers ENOENT and the client stays on REQ/REP. */
 static void test_stream_auto(void) {
@@ -277,10 +315,9 @@ static void test_stream_auto(void) {
   chunk_free(&k);
 }
 
-static const kvs_test_case cases[] = {{"stream_get", test_stream_get},
-                                      {"stream_auto", test_stream_auto},
-                                      {"stream_batch", test_stream_batch},
-                                      {"stream_fallback", test_stream_fallback},
-                                      {NULL, NULL}};
+static const kvs_test_case cases[] = {
+    {"stream_get", test_stream_get},           {"stream_pick", test_stream_pick},
+    {"stream_auto", test_stream_auto},         {"stream_batch", test_stream_batch},
+    {"stream_fallback", test_stream_fallback}, {NULL, NULL}};
 
 int main(void) { return kvs_test_run_fixture("client_stream", cases, suite_init, suite_clean); }
