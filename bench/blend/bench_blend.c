@@ -98,7 +98,7 @@ static int disk_tier(mem_kv *mk, const kvs_rag_prompt *p, size_t tb, const char 
  * model bench's script); -1 when torch is not importable. */
 static double torch_ms(uint32_t n) {
   char cmd[4400];
-  const char *src = getenv("KVS_SOURCE_DIR"); /* tools/gpu-run sets it */
+  const char *src = getenv("KVS_SOURCE_DIR"); /* tools/gpu run sets it */
   snprintf(cmd, sizeof cmd, "python3 %s/bench/model/torch_prefill.py --shape 8b --tokens %u 2>/dev/null",
            src ? src : ".", n);
   FILE *f = popen(cmd, "r");

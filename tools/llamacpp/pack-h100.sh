@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/llamacpp/pack-h100.sh - pack kvs-bench-llamacpp for the H100 run: the
 # bench and kvstashd built against the CUDA libllama (build-cuda.sh first),
-# their shared libraries (tools/gpu-pack), the MuSiQue file and the SmolLM2
+# their shared libraries (tools/gpu pack), the MuSiQue file and the SmolLM2
 # GGUF split in 30 MB parts (one carry holds 64 MiB), under .carry/llama-h100/:
 #   a.tar.xz          bench + kvstashd + .so files + musique_s.json + model sha256
 #   m.aa m.ab m.ac m.ad   the model
@@ -16,7 +16,7 @@ model=${KVS_MODEL_PATH:-$HOME/.cache/kvstash/models/SmolLM2-135M-Instruct.Q4_1.g
 data=${KVS_RAG_DATA:-$root/../shared/data/rag/musique_s.json}
 [ -f "$cuda_dir/build/bin/libllama.so" ] || { echo "no CUDA libllama: run tools/llamacpp/build-cuda.sh" >&2; exit 1; }
 [ -f "$model" ] && [ -f "$data" ] || { echo "model or MuSiQue data missing" >&2; exit 1; }
-KVS_LLAMA_DIR=$cuda_dir "$root/tools/gpu-pack" kvs-bench-llamacpp kvstashd
+KVS_LLAMA_DIR=$cuda_dir "$root/tools/gpu" pack kvs-bench-llamacpp kvstashd
 g=$root/.carry/gpu
 mkdir -p "$g/cachesvc" && cp "$g/bin/kvstashd" "$g/cachesvc/kvstashd" # where the bench starts it
 cp "$data" "$g/musique_s.json"
