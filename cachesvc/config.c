@@ -262,7 +262,7 @@ kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help)
 }
 
 void kvs_svc_config_usage(FILE *f) {
-  fputs("usage: kvstashd [-c FILE] [--key=value ...]\n"
+  fputs("usage: kvstashd [-c FILE] [--key=value ...]   (-V/--version, -h/--help)\n"
         "Every option can be given in the config file (key = value) or as a flag.\n"
         "  data_dir            T1 store and server secret        (./kvstash-data)\n"
         "  cold_dir            T2 store on a colder disk; empty = no T2 ()\n"

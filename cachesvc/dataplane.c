@@ -567,6 +567,12 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
+/* Connected clients (a gauge): nng pipes added and removed. */
+static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg) {
+  kvs__metrics *met = arg;
+  atomic_fetch_add(&met->clients_msg, ev == NNG_PIPE_EV_ADD_POST ? 1 : -1);
+}
+
 kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,
                              kvs__dataplane **out) {
   kvs__dataplane *d = calloc(1, sizeof *d);
@@ -581,6 +587,8 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
   }
   d->sock_open = 1;
   nng_socket_set_size(d->sock, NNG_OPT_RECVMAXSZ, (size_t)c->max_msg);
+  (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_ADD_POST, on_pipe, met);
+  (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_REM_POST, on_pipe, met);
   for (int i = 0; i < c->n_listen; i++) {
     if (kvs__stream_url(c->listen[i])) continue; /* stream.c's */
     nng_listener l;

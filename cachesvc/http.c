@@ -17,12 +17,14 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <cjson/cJSON.h>
 #include <event2/thread.h>
 #include <sodium.h>
 #include <sys/queue.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "svc_int.h"
 
@@ -179,6 +181,53 @@ static void send_json(struct evhttp_request *req, struct evbuffer *b) {
   evbuffer_free(b);
 }
 
+/* GET /v1/info: what the process is (version, pid, uptime, clients now)
+ * and the configuration an operator needs. Malloc'd, NULL on ENOMEM. */
+static char *info_json(kvs__http *h) {
+  const kvs_svc_config *c = &h->cfg;
+  const kvs__metrics *m = h->met;
+  cJSON *o = cJSON_CreateObject();
+  if (!o) return NULL;
+  int64_t msg = atomic_load(&h->met->clients_msg), str = atomic_load(&h->met->clients_stream);
+  cJSON_AddStringToObject(o, "version", kvs_version());
+  cJSON_AddNumberToObject(o, "wire_version", KVS_WIRE_VERSION);
+  cJSON_AddNumberToObject(o, "pid", (double)getpid());
+  cJSON_AddNumberToObject(o, "start_time_s", (double)(m->start_unix_ms / 1000u));
+  cJSON_AddNumberToObject(o, "uptime_s", (double)(kvs_now_ns() - m->start_mono_ns) * 1e-9);
+  cJSON_AddNumberToObject(o, "connected_clients", (double)(msg + str));
+  cJSON *cc = cJSON_AddObjectToObject(o, "connections");
+  if (cc) {
+    cJSON_AddNumberToObject(cc, "message", (double)msg);
+    cJSON_AddNumberToObject(cc, "stream", (double)str);
+  }
+  cJSON_AddNumberToObject(o, "ram_bytes", (double)c->ram_bytes);
+  cJSON_AddNumberToObject(o, "disk_bytes", (double)c->disk_bytes);
+  cJSON_AddNumberToObject(o, "cold_bytes", (double)c->cold_bytes);
+  cJSON_AddBoolToObject(o, "cold_tier", kvs__store_has_cold(h->st));
+  cJSON_AddStringToObject(o, "durability", c->durability_sync ? "sync" : "async");
+  cJSON_AddNumberToObject(o, "workers", c->workers);
+  cJSON_AddNumberToObject(o, "max_msg", (double)c->max_msg);
+  cJSON_AddBoolToObject(o, "auth", c->n_tenants > 0);
+  cJSON_AddNumberToObject(o, "tenants", c->n_tenants);
+  cJSON_AddBoolToObject(o, "shm", c->shm);
+  cJSON_AddNumberToObject(o, "default_ttl_s", c->default_ttl_s);
+  cJSON_AddNumberToObject(o, "half_life_s", c->half_life_s);
+  cJSON *l = cJSON_AddArrayToObject(o, "listen");
+  for (int i = 0; l && i < c->n_listen; i++)
+    cJSON_AddItemToArray(l, cJSON_CreateString(c->listen[i]));
+  char *t = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  if (!t) return NULL;
+  size_t n = strlen(t);
+  char *out = realloc(t, n + 2); /* a newline, like every other answer */
+  if (!out) {
+    free(t);
+    return NULL;
+  }
+  memcpy(out + n, "\n", 2);
+  return out;
+}
+
 static void handle_v1(kvs__http *h, struct evhttp_request *req, const char *path,
                       struct evkeyvalq *q) {
   enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
@@ -248,23 +297,11 @@ static void handle_v1(kvs__http *h, struct evhttp_request *req, const char *path
     RET(send_json(req, b));
   }
   if (!strcmp(path, "/v1/info")) {
-    const kvs_svc_config *c = &h->cfg;
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b,
-                        "{\"wire_version\":%u,\"ram_bytes\":%llu,\"disk_bytes\":%llu,"
-                        "\"cold_bytes\":%llu,\"cold_tier\":%s,\"durability\":\"%s\","
-                        "\"workers\":%d,\"max_msg\":%llu,\"auth\":%s,\"tenants\":%d,"
-                        "\"shm\":%s,\"default_ttl_s\":%u,\"half_life_s\":%g,\"listen\":[",
-                        KVS_WIRE_VERSION, (unsigned long long)c->ram_bytes,
-                        (unsigned long long)c->disk_bytes, (unsigned long long)c->cold_bytes,
-                        kvs__store_has_cold(h->st) ? "true" : "false",
-                        c->durability_sync ? "sync" : "async", c->workers,
-                        (unsigned long long)c->max_msg, c->n_tenants ? "true" : "false",
-                        c->n_tenants, c->shm ? "true" : "false", c->default_ttl_s, c->half_life_s);
-    for (int i = 0; i < c->n_listen; i++)
-      evbuffer_add_printf(b, "%s\"%s\"", i ? "," : "", c->listen[i]);
-    evbuffer_add_printf(b, "]}\n");
-    RET(send_json(req, b));
+    char *t = info_json(h);
+    if (!t) RET(reply_err(req, 500, KVS_ENOMEM, NULL));
+    reply(req, 200, "application/json", t);
+    free(t);
+    return;
   }
   if (!strcmp(path, "/v1/tenants")) {
     /* only configured tenants have names the server knows; with auth off

@@ -33,6 +33,13 @@ int main(int argc, char **argv) {
    * heap instead of an mmap + page faults + munmap each time. */
   mallopt(M_MMAP_THRESHOLD, 256 << 20);
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V")) {
+      printf("kvstashd %s\n", kvs_version());
+      return 0;
+    }
+    if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) i++; /* its value */
+  }
   kvs_svc_config cfg;
   kvs_svc_config_defaults(&cfg);
   const char *env = getenv("KVS_LOG");

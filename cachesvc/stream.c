@@ -424,6 +424,7 @@ static void *conn_main(void *arg) {
       p->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     p->nconns--;
+    atomic_fetch_sub(&p->met->clients_stream, 1);
     c->prev = NULL;
     c->next = p->dead;
     p->dead = c;
@@ -470,6 +471,7 @@ static void *accept_main(void *arg) {
       if (p->conns) p->conns->prev = c;
       p->conns = c;
       p->nconns++;
+      atomic_fetch_add(&p->met->clients_stream, 1);
     }
     pthread_mutex_unlock(&p->mu);
     if (!ok) {

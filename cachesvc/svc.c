@@ -49,6 +49,10 @@ kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
   if (!s) return KVS_ENOMEM;
   s->cfg = *c;
   if (s->cfg.n_listen == 0) s->cfg.n_listen = 2; /* listen[0..1] hold the defaults */
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  s->met.start_unix_ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+  s->met.start_mono_ns = kvs_now_ns();
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   kvs_log_set_level(s->cfg.log_level);

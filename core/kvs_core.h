@@ -17,6 +17,11 @@
 extern "C" {
 #endif
 
+/* ---------------------------------------------------------------- version */
+/* The library's version, "MAJOR.MINOR.PATCH" (the CMake project version;
+ * kvs_version.h has it as KVS_VERSION_STRING for compile time). Static. */
+const char *kvs_version(void);
+
 /* ---------------------------------------------------------------- logging */
 /* One line per event on stderr: `ts=... level=info comp=codec msg="..." k=v`.
  * The level starts from $KVS_LOG (error|warn|info|debug|trace, default warn
