@@ -264,6 +264,7 @@ static nng_msg *op_lookup(kvs__dataplane *d, const kvs_wire_req *r, const char *
       if (q->mode == KVS_WIRE_LOOKUP_PREFIX) break;
     }
   }
+  kvs__metrics_lookup(d->met, q, status);
   size_t n = kvs_wire_lookup_resp_size(q->n_chunks);
   nng_msg *m = answer_alloc(KVS_OP_LOOKUP, r->hdr.req_id, KVS_OK, n);
   if (m) kvs_wire_lookup_resp_encode(n_prefix, status, q->n_chunks, payload_of(m), n, NULL);

@@ -6,14 +6,15 @@
 
 #include "svc_int.h"
 
-const double kvs__hist_bounds_s[KVS__HIST_BUCKETS] = {
-    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 250e-3, 1.0,
-    1e300};
+const double kvs__hist_bounds_s[KVS__HIST_BUCKETS] = {25e-6,  50e-6,  100e-6, 250e-6, 500e-6,
+                                                      1e-3,   2.5e-3, 5e-3,   10e-3,  25e-3,
+                                                      100e-3, 250e-3, 1.0,    1e300};
 
 void kvs__hist_observe(kvs__hist *h, uint64_t ns) {
   double s = (double)ns * 1e-9;
   int i = 0;
-  while (i < KVS__HIST_BUCKETS - 1 && s > kvs__hist_bounds_s[i]) i++;
+  while (i < KVS__HIST_BUCKETS - 1 && s > kvs__hist_bounds_s[i])
+    i++;
   atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&h->sum_ns, ns, memory_order_relaxed);
@@ -44,18 +45,75 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
   }
 }
 
-static uint64_t ld(atomic_uint_fast64_t *a) { return atomic_load_explicit(a, memory_order_relaxed); }
+static uint64_t ld(atomic_uint_fast64_t *a) {
+  return atomic_load_explicit(a, memory_order_relaxed);
+}
+
+void kvs__metrics_lookup(kvs__metrics *m, const kvs_wire_lookup_req *q, const uint8_t *status) {
+  uint64_t hit = 0, tokens = 0, tokens_hit = 0;
+  for (uint32_t i = 0; i < q->n_chunks; i++) {
+    kvs_wire_lookup_chunk c;
+    kvs_wire_lookup_chunk_at(q, i, &c);
+    tokens += c.tok_len;
+    if (status[i]) {
+      hit++;
+      tokens_hit += c.tok_len;
+    }
+  }
+  KVS__INC(m, KVS_STAT_LOOKUPS, 1);
+  KVS__INC(m, KVS_STAT_LOOKUP_CHUNKS, q->n_chunks);
+  KVS__INC(m, KVS_STAT_LOOKUP_CHUNKS_HIT, hit);
+  KVS__INC(m, KVS_STAT_LOOKUP_TOKENS, tokens);
+  KVS__INC(m, KVS_STAT_LOOKUP_TOKENS_HIT, tokens_hit);
+}
+
+/* The tiers by the names the CLI and the docs use. */
+static const char *const tier_name[3] = {"ram", "disk", "cold"};
+
+static void family(sbuf *b, const char *name, const char *type, const char *help) {
+  sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void one(sbuf *b, const char *name, const char *type, const char *help, uint64_t v) {
+  family(b, name, type, help);
+  sb_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
 
 char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
   sbuf b = {0};
   uint64_t v[KVS__STAT_COUNT];
   kvs__store_stats(st, v);
+  family(&b, "kvstash_build_info", "gauge", "always 1; the labels say which kvstashd this is");
+  sb_printf(&b, "kvstash_build_info{version=\"%s\",wire_version=\"%u\"} 1\n", kvs_version(),
+            (unsigned)KVS_WIRE_VERSION);
+  family(&b, "kvstash_start_time_seconds", "gauge", "when this kvstashd started, Unix time");
+  sb_printf(&b, "kvstash_start_time_seconds %.3f\n", (double)m->start_unix_ms / 1000.0);
+  family(&b, "kvstash_connected_clients", "gauge",
+         "data-plane connections open now, by plane (message: nng tcp/ipc/tls, stream: "
+         "byte-stream GET listeners)");
+  sb_printf(&b, "kvstash_connected_clients{plane=\"message\"} %lld\n",
+            (long long)atomic_load(&m->clients_msg));
+  sb_printf(&b, "kvstash_connected_clients{plane=\"stream\"} %lld\n",
+            (long long)atomic_load(&m->clients_stream));
   static const struct {
     int stat;
     const char *name, *type, *help;
   } rows[] = {
-      {KVS_STAT_HITS, "kvstash_hits_total", "counter", "GET/LOOKUP hits"},
-      {KVS_STAT_MISSES, "kvstash_misses_total", "counter", "GET/LOOKUP misses"},
+      {KVS_STAT_LOOKUPS, "kvstash_lookup_requests_total", "counter",
+       "LOOKUP requests (an engine asking which chunks are cached before a prefill)"},
+      {KVS_STAT_LOOKUP_CHUNKS, "kvstash_lookup_chunks_total", "counter",
+       "chunks asked about by LOOKUP"},
+      {KVS_STAT_LOOKUP_CHUNKS_HIT, "kvstash_lookup_chunks_hit_total", "counter",
+       "chunks LOOKUP found cached (model and tokens matching)"},
+      {KVS_STAT_LOOKUP_TOKENS, "kvstash_lookup_tokens_total", "counter",
+       "tokens of the chunks asked about by LOOKUP"},
+      {KVS_STAT_LOOKUP_TOKENS_HIT, "kvstash_lookup_tokens_hit_total", "counter",
+       "tokens of the chunks LOOKUP found cached: the prefill work reuse can save"},
+      {KVS_STAT_HITS, "kvstash_get_hits_total", "counter",
+       "GET and LEASE requests answered with the value (one per request, whatever its "
+       "segments)"},
+      {KVS_STAT_MISSES, "kvstash_get_misses_total", "counter",
+       "GET and LEASE requests for a value not cached (or model/tokens not matching)"},
       {KVS_STAT_PUTS, "kvstash_puts_total", "counter", "entries stored"},
       {KVS_STAT_EVICTIONS, "kvstash_evictions_total", "counter", "entries evicted for capacity"},
       {KVS_STAT_QUARANTINES, "kvstash_quarantines_total", "counter",
@@ -69,34 +127,40 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
       {KVS_STAT_LEASES, "kvstash_leases", "gauge", "shared-memory leases held (all tenants)"},
   };
   for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
-    sb_printf(&b, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", rows[i].name, rows[i].help,
-              rows[i].name, rows[i].type, rows[i].name, (unsigned long long)v[rows[i].stat]);
-  sb_printf(&b, "# HELP kvstash_tier_bytes bytes held per tier\n# TYPE kvstash_tier_bytes gauge\n");
+    one(&b, rows[i].name, rows[i].type, rows[i].help, v[rows[i].stat]);
+  one(&b, "kvstash_lookup_chunks_missed_total", "counter",
+      "chunks asked about by LOOKUP and not cached (chunks_total - chunks_hit_total)",
+      v[KVS_STAT_LOOKUP_CHUNKS] - v[KVS_STAT_LOOKUP_CHUNKS_HIT]);
+  one(&b, "kvstash_lookup_tokens_missed_total", "counter",
+      "tokens of the chunks LOOKUP did not find cached: what must be prefilled",
+      v[KVS_STAT_LOOKUP_TOKENS] - v[KVS_STAT_LOOKUP_TOKENS_HIT]);
+  family(&b, "kvstash_tier_bytes", "gauge", "bytes held per tier (ram, disk, cold)");
   for (int t = 0; t < 3; t++)
-    sb_printf(&b, "kvstash_tier_bytes{tier=\"%d\"} %llu\n", t,
+    sb_printf(&b, "kvstash_tier_bytes{tier=\"%s\"} %llu\n", tier_name[t],
               (unsigned long long)v[KVS_STAT_BYTES_T0 + t]);
-  sb_printf(&b, "# HELP kvstash_tier_bytes_out_total value bytes served, by the tier they came from\n"
-                "# TYPE kvstash_tier_bytes_out_total counter\n");
+  family(&b, "kvstash_tier_bytes_out_total", "counter",
+         "value bytes served, by the tier they came from");
   for (int t = 0; t < 3; t++)
-    sb_printf(&b, "kvstash_tier_bytes_out_total{tier=\"%d\"} %llu\n", t,
+    sb_printf(&b, "kvstash_tier_bytes_out_total{tier=\"%s\"} %llu\n", tier_name[t],
               (unsigned long long)ld(&m->bytes_out_tier[t]));
-  sb_printf(&b, "# HELP kvstash_tier_bytes_moved_total bytes moved between disk tiers\n"
-                "# TYPE kvstash_tier_bytes_moved_total counter\n"
-                "kvstash_tier_bytes_moved_total{from=\"1\",to=\"2\"} %llu\n"
-                "kvstash_tier_bytes_moved_total{from=\"2\",to=\"1\"} %llu\n",
+  family(&b, "kvstash_tier_bytes_moved_total", "counter", "bytes moved between the disk tiers");
+  sb_printf(&b,
+            "kvstash_tier_bytes_moved_total{from=\"disk\",to=\"cold\"} %llu\n"
+            "kvstash_tier_bytes_moved_total{from=\"cold\",to=\"disk\"} %llu\n",
             (unsigned long long)ld(&m->bytes_demoted), (unsigned long long)ld(&m->bytes_promoted));
-  sb_printf(&b, "# TYPE kvstash_auth_failures_total counter\nkvstash_auth_failures_total %llu\n",
-            (unsigned long long)ld(&m->auth_failures));
-  sb_printf(&b, "# TYPE kvstash_bad_frames_total counter\nkvstash_bad_frames_total %llu\n",
-            (unsigned long long)ld(&m->bad_frames));
-  sb_printf(&b, "# TYPE kvstash_timeouts_total counter\nkvstash_timeouts_total %llu\n",
-            (unsigned long long)ld(&m->timeouts));
-  sb_printf(&b, "# TYPE kvstash_promotions_total counter\nkvstash_promotions_total %llu\n",
-            (unsigned long long)ld(&m->promotions));
-  sb_printf(&b, "# TYPE kvstash_demotions_total counter\nkvstash_demotions_total %llu\n",
-            (unsigned long long)ld(&m->demotions));
-  sb_printf(&b, "# HELP kvstash_request_seconds data-plane latency by op\n"
-                "# TYPE kvstash_request_seconds histogram\n");
+  one(&b, "kvstash_auth_failures_total", "counter",
+      "requests refused for a wrong or missing tenant token", ld(&m->auth_failures));
+  one(&b, "kvstash_bad_frames_total", "counter", "malformed frames received (answered or dropped)",
+      ld(&m->bad_frames));
+  one(&b, "kvstash_timeouts_total", "counter",
+      "requests answered KVS_ETIMEDOUT unrun after request_deadline_ms in the queue, and answers "
+      "whose send timed out",
+      ld(&m->timeouts));
+  one(&b, "kvstash_promotions_total", "counter",
+      "entries moved from the cold tier to the disk tier", ld(&m->promotions));
+  one(&b, "kvstash_demotions_total", "counter", "entries moved from the disk tier to the cold tier",
+      ld(&m->demotions));
+  family(&b, "kvstash_request_seconds", "histogram", "data-plane latency by op");
   for (int op = 1; op <= KVS__OP_MAX; op++) {
     kvs__hist *h = &m->op_latency[op];
     uint64_t cnt = ld(&h->count);
@@ -114,19 +178,18 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
     }
     sb_printf(&b, "kvstash_request_seconds_sum{op=\"%s\"} %.9f\n", name,
               (double)ld(&h->sum_ns) * 1e-9);
-    sb_printf(&b, "kvstash_request_seconds_count{op=\"%s\"} %llu\n", name,
-              (unsigned long long)cnt);
+    sb_printf(&b, "kvstash_request_seconds_count{op=\"%s\"} %llu\n", name, (unsigned long long)cnt);
   }
-  static const char *props[] = {"rocksdb.estimate-num-keys", "rocksdb.total-sst-files-size",
-                                "rocksdb.live-blob-file-size", "rocksdb.cur-size-all-mem-tables",
-                                "rocksdb.num-running-compactions", "rocksdb.background-errors"};
-  sb_printf(&b, "# HELP kvstash_rocksdb RocksDB properties per disk tier\n"
-                "# TYPE kvstash_rocksdb gauge\n");
+  static const char *props[] = {
+      "rocksdb.estimate-num-keys",       "rocksdb.total-sst-files-size",
+      "rocksdb.live-blob-file-size",     "rocksdb.cur-size-all-mem-tables",
+      "rocksdb.num-running-compactions", "rocksdb.background-errors"};
+  family(&b, "kvstash_rocksdb", "gauge", "RocksDB properties per disk tier (disk, cold)");
   for (int t = 1; t <= 2; t++) {
     if (t == 2 && !kvs__store_has_cold(st)) break;
     for (size_t i = 0; i < sizeof props / sizeof props[0]; i++)
-      sb_printf(&b, "kvstash_rocksdb{tier=\"%d\",property=\"%s\"} %llu\n", t, props[i] + 8,
-                (unsigned long long)kvs__store_rocksdb_prop(st, t, props[i]));
+      sb_printf(&b, "kvstash_rocksdb{tier=\"%s\",property=\"%s\"} %llu\n", tier_name[t],
+                props[i] + 8, (unsigned long long)kvs__store_rocksdb_prop(st, t, props[i]));
   }
   if (!b.p) b.p = calloc(1, 1);
   return b.p;

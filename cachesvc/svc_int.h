@@ -36,10 +36,6 @@ typedef struct kvs__metrics {
   atomic_uint_fast64_t bytes_out_tier[3]; /* GET/EXPORT bytes by the tier that served them */
   atomic_uint_fast64_t bytes_demoted, bytes_promoted;
   kvs__hist op_latency[KVS__OP_MAX + 1];
-  /* LOOKUP: what engines ask before a prefill (the hit rate operators watch);
-   * a chunk not probed after a PREFIX lookup's first miss counts as missed */
-  atomic_uint_fast64_t lookups, lookup_chunks, lookup_chunks_hit;
-  atomic_uint_fast64_t lookup_tokens, lookup_tokens_hit;
   /* connections open now: nng pipes (tcp/ipc/tls) and byte-stream sockets */
   atomic_int_fast64_t clients_msg, clients_stream;
   uint64_t start_unix_ms; /* set once at start, before any thread reads it */
@@ -47,6 +43,9 @@ typedef struct kvs__metrics {
 } kvs__metrics;
 
 void kvs__hist_observe(kvs__hist *h, uint64_t ns);
+/* Counts one LOOKUP: its chunks and tokens, and those status[] says cached
+ * (status[i] != 0; chunks after a PREFIX lookup's first miss count as missed). */
+void kvs__metrics_lookup(kvs__metrics *m, const kvs_wire_lookup_req *q, const uint8_t *status);
 #define KVS__INC(m, i, v) atomic_fetch_add_explicit(&(m)->stat[i], (v), memory_order_relaxed)
 
 /* --------------------------------------------------------------- store */

@@ -276,6 +276,15 @@ typedef enum {
   KVS_STAT_REQUESTS,
   KVS_STAT_ERRORS,
   KVS_STAT_LEASES, /* shared-memory leases held now (a gauge, all tenants) */
+  /* LOOKUP (what an engine asks before a prefill): requests, chunks and their
+   * tokens asked about, and those cached. A chunk a PREFIX lookup did not probe
+   * (after its first miss) counts as asked and not cached. HITS/MISSES above
+   * count segment GETs and LEASEs, one per request. */
+  KVS_STAT_LOOKUPS,
+  KVS_STAT_LOOKUP_CHUNKS,
+  KVS_STAT_LOOKUP_CHUNKS_HIT,
+  KVS_STAT_LOOKUP_TOKENS,
+  KVS_STAT_LOOKUP_TOKENS_HIT,
   KVS__STAT_COUNT
 } kvs_wire_stat;
 const char *kvs_wire_stat_name(uint32_t i); /* "entries", ... or "?" */

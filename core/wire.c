@@ -59,7 +59,9 @@ const char *kvs_wire_stat_name(uint32_t i) {
   static const char *names[] = {"entries",  "bytes_t0",    "bytes_t1", "bytes_t2",
                                 "hits",     "misses",      "puts",     "evictions",
                                 "quarantines", "expired",  "bytes_in", "bytes_out",
-                                "requests", "errors",      "leases"};
+                                "requests", "errors",      "leases",
+                                "lookups",  "lookup_chunks", "lookup_chunks_hit",
+                                "lookup_tokens", "lookup_tokens_hit"};
   _Static_assert(sizeof names / sizeof names[0] == KVS__STAT_COUNT, "stat names");
   return i < KVS__STAT_COUNT ? names[i] : "?";
 }

@@ -522,11 +522,11 @@ static void test_http(void) {
   CU_ASSERT_EQUAL(th_http(g_d.http_port, "GET", "/ready", &body), 200);
   free(body);
   CU_ASSERT_EQUAL(th_http(g_d.http_port, "GET", "/metrics", &body), 200);
-  CU_ASSERT(body && strstr(body, "kvstash_hits_total"));
+  CU_ASSERT(body && strstr(body, "kvstash_get_hits_total"));
   CU_ASSERT(body && strstr(body, "kvstash_request_seconds_bucket{op=\"GET\""));
-  CU_ASSERT(body && strstr(body, "kvstash_rocksdb{tier=\"1\""));
-  CU_ASSERT(body && strstr(body, "kvstash_tier_bytes_out_total{tier=\"0\"} "));
-  CU_ASSERT(body && !strstr(body, "kvstash_tier_bytes_out_total{tier=\"0\"} 0\n")); /* T0 served */
+  CU_ASSERT(body && strstr(body, "kvstash_rocksdb{tier=\"disk\""));
+  CU_ASSERT(body && strstr(body, "kvstash_tier_bytes_out_total{tier=\"ram\"} "));
+  CU_ASSERT(body && !strstr(body, "kvstash_tier_bytes_out_total{tier=\"ram\"} 0\n")); /* T0 served */
   free(body);
   th_conn c;
   conn_alpha(&c);
