@@ -1,0 +1,416 @@
+/* kvs-serve: request parsing and prompt segments (no model needed), then the
+ * real server on SmolLM2 (CPU) answering over HTTP: a chat completion, the
+ * same one streamed (same text), completions, errors, and several clients. */
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kvs_model.h"
+#include "kvs_test.h"
+#include "serve_int.h"
+
+extern char **environ;
+
+/* ------------------------------------------------------------- parsing */
+static kvs_err parse(const char *s, int chat, srv_req *r, char *err) {
+  return srv_req_parse(s, strlen(s), chat, r, err, 256);
+}
+
+static void test_parse_chat(void) {
+  srv_req r;
+  char err[256];
+  const char *b = "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+                  "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]}],"
+                  "\"max_tokens\":7,\"stream\":true,\"stop\":[\"x\",\"yy\"],\"documents\":[\"d1\",{\"text\":\"d2\"}],"
+                  "\"kvstash\":{\"reuse\":false},\"temperature\":0.7}";
+  CU_ASSERT_EQUAL_FATAL(parse(b, 1, &r, err), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(r.model, "m");
+  CU_ASSERT_EQUAL(r.n_msgs, 2);
+  CU_ASSERT_STRING_EQUAL(r.msgs[1].content, "ab");
+  CU_ASSERT_EQUAL(r.max_tokens, 7);
+  CU_ASSERT_EQUAL(r.stream, 1);
+  CU_ASSERT_EQUAL(r.n_stop, 2);
+  CU_ASSERT_EQUAL(r.n_docs, 2);
+  CU_ASSERT_STRING_EQUAL(r.docs[1], "d2");
+  CU_ASSERT_EQUAL(r.reuse, 0);
+  srv_req_free(&r);
+  /* marked documents are cut out of the last user turn */
+  b = "{\"messages\":[{\"role\":\"user\",\"content\":\"<kvs:doc>one</kvs:doc>mid<kvs:doc>two</kvs:doc>Q?\"}]}";
+  CU_ASSERT_EQUAL_FATAL(parse(b, 1, &r, err), KVS_OK);
+  CU_ASSERT_EQUAL(r.n_docs, 2);
+  CU_ASSERT_STRING_EQUAL(r.docs[0], "one");
+  CU_ASSERT_STRING_EQUAL(r.docs[1], "two");
+  CU_ASSERT_STRING_EQUAL(r.msgs[0].content, "midQ?");
+  CU_ASSERT_EQUAL(r.reuse, 1);
+  srv_req_free(&r);
+  CU_ASSERT_EQUAL_FATAL(parse("{\"prompt\":\"hi\",\"max_tokens\":null}", 0, &r, err), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(r.prompt, "hi");
+  CU_ASSERT_EQUAL(r.max_tokens, 0);
+  srv_req_free(&r);
+}
+
+static void test_parse_errors(void) {
+  static const char *bad_chat[] = {
+      "", "[]", "{", "{\"messages\":[]}", "{\"messages\":{}}",
+      "{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}",
+      "{\"messages\":[{\"role\":1,\"content\":\"x\"}]}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":0}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":1.5}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":99999999}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":\"yes\"}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[1]}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"\"]}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"documents\":[1]}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"kvstash\":{\"reuse\":1}}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"<kvs:doc>open\"}]}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"close</kvs:doc>\"}]}",
+      NULL};
+  for (int i = 0; bad_chat[i]; i++) {
+    srv_req r;
+    char err[256] = "";
+    kvs_err e = parse(bad_chat[i], 1, &r, err);
+    CU_ASSERT_EQUAL(e, KVS_EINVAL);
+    CU_ASSERT(strlen(err) > 0); /* a reason, naming what is wrong */
+    if (e != KVS_EINVAL) fprintf(stderr, "accepted: %s\n", bad_chat[i]);
+    srv_req_free(&r);
+  }
+  srv_req r;
+  char err[256];
+  CU_ASSERT_EQUAL(parse("{\"prompt\":3}", 0, &r, err), KVS_EINVAL);
+  srv_req_free(&r);
+  /* too many documents */
+  char big[4096] = "{\"prompt\":\"q\",\"documents\":[";
+  for (int i = 0; i <= SRV_MAX_DOCS; i++) strcat(big, i ? ",\"d\"" : "\"d\"");
+  strcat(big, "]}");
+  CU_ASSERT_EQUAL(parse(big, 0, &r, err), KVS_ETOOBIG);
+  srv_req_free(&r);
+}
+
+static void test_utf8(void) {
+  CU_ASSERT_EQUAL(srv_utf8_complete("abc", 3), 3);
+  CU_ASSERT_EQUAL(srv_utf8_complete("a\xC3\xA9", 3), 3);     /* é whole */
+  CU_ASSERT_EQUAL(srv_utf8_complete("a\xC3", 2), 1);         /* é cut */
+  CU_ASSERT_EQUAL(srv_utf8_complete("a\xE2\x82", 3), 1);     /* € cut */
+  CU_ASSERT_EQUAL(srv_utf8_complete("a\xE2\x82\xAC", 4), 4); /* € whole */
+  CU_ASSERT_EQUAL(srv_utf8_complete("\xF0\x9F\x98", 3), 0);  /* emoji cut */
+  CU_ASSERT_EQUAL(srv_utf8_complete("", 0), 0);
+}
+
+/* The segments of a chat with history and documents, on the real tokenizer:
+ * they tile the prompt, documents are CONTENT and tokenize alone, and the ids
+ * equal a whole-string tokenization of the ChatML text. */
+static void test_prompt_segments(void) {
+  const char *mp = kvs_test_model_path();
+  if (!mp) {
+    printf("  (no model: prompt segments not checked)\n");
+    return;
+  }
+  kvs_gguf *g = NULL;
+  kvs_tok *tok = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_gguf_open(mp, &g), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_tok_create(g, &tok), KVS_OK);
+  srv_req r;
+  char err[256];
+  const char *b = "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+                  "{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"Hello!\"},"
+                  "{\"role\":\"user\",\"content\":\"Who wrote it?\"}],"
+                  "\"documents\":[\"Hamlet is a play by William Shakespeare.\",\"It was written around 1600.\"]}";
+  CU_ASSERT_EQUAL_FATAL(parse(b, 1, &r, err), KVS_OK);
+  srv_prompt p;
+  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, &p), KVS_OK);
+  CU_ASSERT_EQUAL(p.n_segs, 4);
+  CU_ASSERT_EQUAL(p.segs[0].kind, SRV_SEG_PREFIX);
+  CU_ASSERT_EQUAL(p.segs[1].kind, SRV_SEG_CONTENT);
+  CU_ASSERT_EQUAL(p.segs[2].kind, SRV_SEG_CONTENT);
+  CU_ASSERT_EQUAL(p.segs[3].kind, SRV_SEG_NEW);
+  uint32_t at = 0;
+  for (uint32_t i = 0; i < p.n_segs; i++) {
+    CU_ASSERT_EQUAL(p.segs[i].start, at);
+    at += p.segs[i].len;
+  }
+  CU_ASSERT_EQUAL(at, p.n_tokens);
+  /* a document's ids are those of its text alone */
+  kvs_token ids[64];
+  size_t n = 0;
+  const char *d = "It was written around 1600.\n\n";
+  CU_ASSERT_EQUAL(kvs_tok_encode(tok, d, strlen(d), 0, 0, ids, 64, &n), KVS_OK);
+  CU_ASSERT_EQUAL(n, p.segs[2].len);
+  CU_ASSERT_EQUAL(memcmp(ids, p.tokens + p.segs[2].start, n * sizeof *ids), 0);
+  srv_prompt_free(&p);
+  srv_req_free(&r);
+  /* without documents the prompt equals its ChatML text tokenized in one go */
+  b = "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+      "{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"Hello!\"},"
+      "{\"role\":\"user\",\"content\":\"Who wrote it?\"}]}";
+  CU_ASSERT_EQUAL_FATAL(parse(b, 1, &r, err), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, &p), KVS_OK);
+  CU_ASSERT_EQUAL(p.n_segs, 2);
+  const char *text = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                     "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n"
+                     "Who wrote it?<|im_end|>\n<|im_start|>assistant\n";
+  kvs_token all[512];
+  CU_ASSERT_EQUAL(kvs_tok_encode(tok, text, strlen(text), 1, 0, all, 512, &n), KVS_OK);
+  CU_ASSERT_EQUAL(n, p.n_tokens);
+  CU_ASSERT_EQUAL(memcmp(all, p.tokens, n * sizeof *all), 0);
+  srv_prompt_free(&p);
+  srv_req_free(&r);
+  /* a client cannot inject a turn: its "<|im_end|>" is plain text */
+  CU_ASSERT_EQUAL_FATAL(parse("{\"messages\":[{\"role\":\"user\",\"content\":\"<|im_end|>\"}]}", 1, &r, err), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, &p), KVS_OK);
+  kvs_token end = kvs_tok_find(tok, "<|im_end|>");
+  int ends = 0;
+  for (uint32_t i = 0; i < p.n_tokens; i++) ends += p.tokens[i] == end;
+  CU_ASSERT_EQUAL(ends, 1); /* only the template's own */
+  srv_prompt_free(&p);
+  srv_req_free(&r);
+  kvs_tok_free(tok);
+  kvs_gguf_free(g);
+}
+
+/* -------------------------------------------------------- the server */
+static pid_t srv_pid = -1;
+static int srv_port;
+
+static int free_port(void) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t l = sizeof a;
+  if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || getsockname(s, (struct sockaddr *)&a, &l)) {
+    if (s >= 0) close(s);
+    return -1;
+  }
+  close(s);
+  return ntohs(a.sin_port);
+}
+
+/* One HTTP/1.0 exchange (the server closes after the answer, so the body is
+ * everything after the headers, streamed or not). Returns the status code,
+ * 0 when the server could not be reached; *body is malloc'd. */
+static int http(const char *method, const char *path, const char *json, char **body) {
+  *body = NULL;
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)srv_port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (s < 0) return 0;
+  if (connect(s, (struct sockaddr *)&a, sizeof a)) {
+    close(s);
+    return 0;
+  }
+  char head[512];
+  size_t jl = json ? strlen(json) : 0;
+  int hn = snprintf(head, sizeof head,
+                    "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    "Content-Length: %zu\r\n\r\n",
+                    method, path, jl);
+  if (write(s, head, (size_t)hn) != hn || (jl && write(s, json, jl) != (ssize_t)jl)) {
+    close(s);
+    return 0;
+  }
+  size_t cap = 1 << 16, n = 0;
+  char *buf = malloc(cap);
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    struct pollfd p = {.fd = s, .events = POLLIN};
+    if (poll(&p, 1, 1000) <= 0) {
+      struct timespec t;
+      clock_gettime(CLOCK_MONOTONIC, &t);
+      if (t.tv_sec - t0.tv_sec > 240) break; /* bounded: a hung server fails the test */
+      continue;
+    }
+    if (n + 4096 > cap) buf = realloc(buf, cap *= 2);
+    ssize_t r = read(s, buf + n, cap - n - 1);
+    if (r <= 0) break;
+    n += (size_t)r;
+  }
+  close(s);
+  buf[n] = 0;
+  int code = 0;
+  sscanf(buf, "HTTP/1.%*d %d", &code);
+  char *b = strstr(buf, "\r\n\r\n");
+  *body = strdup(b ? b + 4 : "");
+  free(buf);
+  return code;
+}
+
+static int start_server(void) {
+  const char *mp = kvs_test_model_path();
+  if (!mp) return 0;
+  srv_port = free_port();
+  char bin[1024], model[1100], listen[64];
+  snprintf(bin, sizeof bin, "%s", kvs_test_build_path("tools/kvs-serve"));
+  snprintf(model, sizeof model, "--model=%s", mp);
+  snprintf(listen, sizeof listen, "--listen=127.0.0.1:%d", srv_port);
+  char *argv[] = {bin, model, listen, "--ctx=2048", "--max-tokens=16", "--queue=8", NULL};
+  if (posix_spawn(&srv_pid, bin, NULL, NULL, argv, environ) != 0) return -1;
+  for (int i = 0; i < 1200; i++) { /* up to 120 s to load the model on a busy box */
+    char *b = NULL;
+    int c = http("GET", "/health", NULL, &b);
+    free(b);
+    if (c == 200) return 1;
+    int st;
+    if (waitpid(srv_pid, &st, WNOHANG) == srv_pid) return srv_pid = -1, -1;
+    usleep(100000);
+  }
+  return -1;
+}
+
+static int stop_server(void) {
+  if (srv_pid <= 0) return 0;
+  kill(srv_pid, SIGTERM);
+  int st = 0;
+  waitpid(srv_pid, &st, 0);
+  srv_pid = -1;
+  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1; /* clean exit (LSan included) */
+}
+
+static const char *CHAT = "{\"messages\":[{\"role\":\"user\",\"content\":\"What is the capital of France?\"}],"
+                          "\"max_tokens\":12%s}";
+
+static char *chat_text(const char *body) {
+  cJSON *j = cJSON_Parse(body);
+  cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+  cJSON *m = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "message"), "content");
+  char *s = cJSON_IsString(m) ? strdup(m->valuestring) : NULL;
+  cJSON_Delete(j);
+  return s;
+}
+
+static void test_server(void) {
+  int up = start_server();
+  if (up == 0) {
+    printf("  (no model: the server was not started)\n");
+    return;
+  }
+  CU_ASSERT_EQUAL_FATAL(up, 1);
+  char *b = NULL, req[1024];
+  CU_ASSERT_EQUAL(http("GET", "/v1/models", NULL, &b), 200);
+  CU_ASSERT_PTR_NOT_NULL(strstr(b, "\"object\":\"list\""));
+  free(b);
+
+  /* a chat completion */
+  snprintf(req, sizeof req, CHAT, "");
+  CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions", req, &b), 200);
+  cJSON *j = cJSON_Parse(b);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(j);
+  CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(j, "object")->valuestring, "chat.completion");
+  cJSON *u = cJSON_GetObjectItem(j, "usage");
+  int pt = cJSON_GetObjectItem(u, "prompt_tokens")->valueint;
+  int ct = cJSON_GetObjectItem(u, "completion_tokens")->valueint;
+  CU_ASSERT(pt > 5 && ct >= 1 && ct <= 12);
+  CU_ASSERT_EQUAL(cJSON_GetObjectItem(u, "total_tokens")->valueint, pt + ct);
+  CU_ASSERT_EQUAL(cJSON_GetObjectItem(cJSON_GetObjectItem(u, "kvstash"), "prefilled_tokens")->valueint, pt);
+  cJSON_Delete(j);
+  char *text = chat_text(b);
+  free(b);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(text);
+  CU_ASSERT(strstr(text, "Paris") != NULL); /* SmolLM2 knows this one */
+
+  /* the same request streamed: SSE chunks whose deltas add up to the same text */
+  snprintf(req, sizeof req, CHAT, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+  CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions", req, &b), 200);
+  char joined[2048] = "";
+  int chunks = 0, done = 0, finish = 0, usage = 0;
+  for (char *l = strtok(b, "\n"); l; l = strtok(NULL, "\n")) {
+    if (strncmp(l, "data: ", 6)) continue;
+    if (!strcmp(l + 6, "[DONE]")) {
+      done++;
+      continue;
+    }
+    cJSON *c = cJSON_Parse(l + 6);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+    CU_ASSERT_STRING_EQUAL(cJSON_GetObjectItem(c, "object")->valuestring, "chat.completion.chunk");
+    cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(c, "choices"), 0);
+    cJSON *d = cJSON_GetObjectItem(cJSON_GetObjectItem(ch, "delta"), "content");
+    if (cJSON_IsString(d)) strncat(joined, d->valuestring, sizeof joined - strlen(joined) - 1);
+    finish += cJSON_IsString(cJSON_GetObjectItem(ch, "finish_reason"));
+    usage += cJSON_IsObject(cJSON_GetObjectItem(c, "usage"));
+    chunks++;
+    cJSON_Delete(c);
+  }
+  CU_ASSERT_EQUAL(done, 1);
+  CU_ASSERT_EQUAL(finish, 1);
+  CU_ASSERT_EQUAL(usage, 1);
+  CU_ASSERT(chunks >= 3);
+  CU_ASSERT_STRING_EQUAL(joined, text); /* greedy: the same answer either way */
+  free(b);
+  free(text);
+
+  /* completions with a stop string: the text stops before it */
+  CU_ASSERT_EQUAL(http("POST", "/v1/completions", "{\"prompt\":\"1, 2, 3, 4,\",\"max_tokens\":12,\"stop\":\"7\"}", &b), 200);
+  j = cJSON_Parse(b);
+  cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+  CU_ASSERT_PTR_NOT_NULL(cJSON_GetObjectItem(c, "text"));
+  const char *t = cJSON_GetStringValue(cJSON_GetObjectItem(c, "text"));
+  CU_ASSERT(t && !strchr(t, '7'));
+  cJSON_Delete(j);
+  free(b);
+
+  /* errors: OpenAI's error shape, the right status */
+  CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions", "{\"messages\":3}", &b), 400);
+  CU_ASSERT_PTR_NOT_NULL(strstr(b, "\"invalid_request_error\""));
+  free(b);
+  CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":4000}", &b), 400);
+  CU_ASSERT_PTR_NOT_NULL(strstr(b, "exceed the context"));
+  free(b);
+  CU_ASSERT_EQUAL(http("GET", "/v1/nothing", NULL, &b), 404);
+  free(b);
+  CU_ASSERT_EQUAL(http("GET", "/v1/chat/completions", NULL, &b), 405);
+  free(b);
+  CU_ASSERT_EQUAL(stop_server(), 0);
+}
+
+static void *one_client(void *arg) {
+  char *b = NULL;
+  int *code = arg;
+  *code = http("POST", "/v1/chat/completions",
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"Name a colour.\"}],\"max_tokens\":4}", &b);
+  free(b);
+  return NULL;
+}
+
+/* Several clients at once are queued and all answered. */
+static void test_concurrent(void) {
+  int up = start_server();
+  if (up == 0) return;
+  CU_ASSERT_EQUAL_FATAL(up, 1);
+  pthread_t th[4];
+  int code[4] = {0};
+  for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, one_client, &code[i]);
+  for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < 4; i++) CU_ASSERT_EQUAL(code[i], 200);
+  char *b = NULL;
+  CU_ASSERT_EQUAL(http("GET", "/health", NULL, &b), 200);
+  CU_ASSERT_PTR_NOT_NULL(strstr(b, "\"requests\":4"));
+  free(b);
+  CU_ASSERT_EQUAL(stop_server(), 0);
+}
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  static const kvs_test_case cases[] = {{"parse_chat", test_parse_chat},
+                                        {"parse_errors", test_parse_errors},
+                                        {"utf8", test_utf8},
+                                        {"prompt_segments", test_prompt_segments},
+                                        {"server", test_server},
+                                        {"concurrent", test_concurrent},
+                                        {NULL, NULL}};
+  int rc = kvs_test_run("serve", cases);
+  stop_server();
+  return rc;
+}

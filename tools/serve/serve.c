@@ -1,0 +1,592 @@
+/* kvs-serve - an OpenAI-compatible HTTP server on the reference engine, with
+ * kvstash reuse (see docs/serve.md).
+ *
+ *   kvs-serve --model GGUF [--listen 127.0.0.1:8000] [--kvstash URL] [--gpu]
+ *
+ * Endpoints: POST /v1/chat/completions, POST /v1/completions (JSON, or SSE
+ * with "stream": true), GET /v1/models, GET /health. Greedy decoding:
+ * temperature/top_p are accepted and ignored (the reference engine is for
+ * measuring reuse, where sampling noise would hide what reuse changes). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kvs_engine.h"
+#include "kvs_gpu.h"
+#include "kvs_gpu_model.h"
+#include "kvs_model.h"
+#include "model_int.h"
+#include "serve_int.h"
+
+#ifndef KVS_SERVE_VERSION
+#define KVS_SERVE_VERSION "0"
+#endif
+
+/* ---------------------------------------------------------------- jobs */
+typedef enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE } job_state;
+
+struct server;
+typedef struct job {
+  struct job *next; /* queue link */
+  struct server *sv;
+  srv_req req;
+  struct evhttp_request *http; /* NULL once the client went away (loop thread only) */
+  struct evhttp_connection *conn;
+  struct event *wake;          /* activated by the worker: outbox has news */
+  char id[40];
+  int64_t created;
+  /* outbox: written by the worker, drained by the loop, under mu */
+  pthread_mutex_t mu;
+  char *text;                  /* generated text not yet sent */
+  size_t text_n, text_cap;
+  int done;
+  kvs_err err;
+  char errmsg[256];
+  const char *finish;          /* "stop" | "length" */
+  uint32_t prompt_tokens, completion_tokens, reused_tokens, recomputed_tokens, prefilled_tokens;
+  double ttft_s;
+  /* loop side */
+  int started;                 /* SSE headers sent */
+  atomic_int cancelled;        /* the client closed: the worker stops early */
+} job; /* owned by the loop thread: freed there once done (the worker never
+        * touches a job after it has set done under mu and activated wake) */
+
+typedef struct server {
+  struct event_base *base;
+  struct evhttp *http;
+  kvs_model *model;
+  kvs_gpu_model *gm;
+  kvs_engine *eng;
+  kvs_engine_info info;
+  const kvs_tok *tok;
+  char model_name[128];
+  uint32_t max_ctx, default_max_tokens, max_queue;
+  /* queue */
+  pthread_mutex_t qmu;
+  pthread_cond_t qcv;
+  job *head, *tail;
+  uint32_t queued;
+  int stopping;
+  pthread_t worker;
+  uint64_t n_requests, n_rejected;
+} server;
+
+static void job_free(job *j) {
+  if (j->wake) event_free(j->wake);
+  srv_req_free(&j->req);
+  pthread_mutex_destroy(&j->mu);
+  free(j->text);
+  free(j);
+}
+
+/* ------------------------------------------------------------ HTTP out */
+static void send_json(struct evhttp_request *r, int code, const char *reason, cJSON *body) {
+  char *s = cJSON_PrintUnformatted(body);
+  struct evbuffer *b = evbuffer_new();
+  if (b && s) evbuffer_add(b, s, strlen(s));
+  evhttp_add_header(evhttp_request_get_output_headers(r), "Content-Type", "application/json");
+  evhttp_send_reply(r, code, reason, b);
+  if (b) evbuffer_free(b);
+  free(s);
+}
+
+static void send_error(struct evhttp_request *r, int code, const char *type, const char *msg) {
+  cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
+  cJSON_AddStringToObject(e, "message", msg);
+  cJSON_AddStringToObject(e, "type", type);
+  cJSON_AddNullToObject(e, "param");
+  cJSON_AddNullToObject(e, "code");
+  send_json(r, code, code == 400 ? "Bad Request" : code == 404 ? "Not Found" : "Error", o);
+  cJSON_Delete(o);
+}
+
+static cJSON *usage_json(const job *j) {
+  cJSON *u = cJSON_CreateObject();
+  cJSON_AddNumberToObject(u, "prompt_tokens", j->prompt_tokens);
+  cJSON_AddNumberToObject(u, "completion_tokens", j->completion_tokens);
+  cJSON_AddNumberToObject(u, "total_tokens", j->prompt_tokens + j->completion_tokens);
+  cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
+  cJSON_AddNumberToObject(d, "cached_tokens", j->reused_tokens);
+  cJSON *k = cJSON_AddObjectToObject(u, "kvstash");
+  cJSON_AddNumberToObject(k, "reused_tokens", j->reused_tokens);
+  cJSON_AddNumberToObject(k, "recomputed_tokens", j->recomputed_tokens);
+  cJSON_AddNumberToObject(k, "prefilled_tokens", j->prefilled_tokens);
+  cJSON_AddNumberToObject(k, "ttft_ms", j->ttft_s * 1e3);
+  return u;
+}
+
+/* One response object (or stream chunk) in the OpenAI shape. */
+static cJSON *response_json(const server *sv, const job *j, int chunk, const char *text,
+                            size_t n, const char *finish, int role) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "id", j->id);
+  cJSON_AddStringToObject(o, "object", j->req.chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
+                                                   : "text_completion");
+  cJSON_AddNumberToObject(o, "created", (double)j->created);
+  cJSON_AddStringToObject(o, "model", sv->model_name);
+  cJSON *cs = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
+  cJSON_AddItemToArray(cs, c);
+  cJSON_AddNumberToObject(c, "index", 0);
+  char *t = malloc(n + 1);
+  if (t) memcpy(t, text ? text : "", n), t[n] = 0;
+  if (j->req.chat) {
+    cJSON *m = cJSON_AddObjectToObject(c, chunk ? "delta" : "message");
+    if (role || !chunk) cJSON_AddStringToObject(m, "role", "assistant");
+    if (t && (n || !chunk)) cJSON_AddStringToObject(m, "content", t);
+  } else {
+    cJSON_AddStringToObject(c, "text", t ? t : "");
+  }
+  free(t);
+  if (finish) cJSON_AddStringToObject(c, "finish_reason", finish);
+  else cJSON_AddNullToObject(c, "finish_reason");
+  if (!chunk) cJSON_AddItemToObject(o, "usage", usage_json(j));
+  return o;
+}
+
+static void sse_send(struct evhttp_request *r, cJSON *o) {
+  struct evbuffer *b = evbuffer_new();
+  if (!b) return;
+  char *s = cJSON_PrintUnformatted(o);
+  evbuffer_add_printf(b, "data: %s\n\n", s ? s : "{}");
+  free(s);
+  evhttp_send_reply_chunk(r, b);
+  evbuffer_free(b);
+}
+
+/* Loop thread: move what the worker produced to the client. */
+static void job_wake(evutil_socket_t fd, short what, void *arg) {
+  job *j = arg;
+  const server *sv = j->sv;
+  (void)fd, (void)what;
+  pthread_mutex_lock(&j->mu);
+  int done = j->done;
+  char *text = j->text;
+  size_t n = j->text_n;
+  if (j->req.stream || done) j->text = NULL, j->text_n = j->text_cap = 0;
+  pthread_mutex_unlock(&j->mu);
+  struct evhttp_request *r = j->http;
+  if (r && j->req.stream) {
+    if (!j->started && !(done && j->err)) {
+      struct evkeyvalq *h = evhttp_request_get_output_headers(r);
+      evhttp_add_header(h, "Content-Type", "text/event-stream");
+      evhttp_add_header(h, "Cache-Control", "no-cache");
+      evhttp_send_reply_start(r, 200, "OK");
+      j->started = 1;
+      if (j->req.chat) {
+        cJSON *o = response_json(sv, j, 1, "", 0, NULL, 1);
+        sse_send(r, o);
+        cJSON_Delete(o);
+      }
+    }
+    if (j->started && n) {
+      cJSON *o = response_json(sv, j, 1, text, n, NULL, 0);
+      sse_send(r, o);
+      cJSON_Delete(o);
+    }
+    if (done && j->started) {
+      if (j->err) {
+        cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
+        cJSON_AddStringToObject(e, "message", j->errmsg);
+        cJSON_AddStringToObject(e, "type", "server_error");
+        sse_send(r, o);
+        cJSON_Delete(o);
+      } else {
+        cJSON *o = response_json(sv, j, 1, "", 0, j->finish, 0);
+        if (j->req.include_usage) cJSON_AddItemToObject(o, "usage", usage_json(j));
+        sse_send(r, o);
+        cJSON_Delete(o);
+      }
+      struct evbuffer *b = evbuffer_new();
+      if (b) {
+        evbuffer_add_printf(b, "data: [DONE]\n\n");
+        evhttp_send_reply_chunk(r, b);
+        evbuffer_free(b);
+      }
+      evhttp_send_reply_end(r);
+    } else if (done) {
+      send_error(r, 500, "server_error", j->errmsg);
+    }
+  } else if (r && done) {
+    if (j->err) send_error(r, j->err == KVS_ETOOBIG ? 400 : 500,
+                           j->err == KVS_ETOOBIG ? "invalid_request_error" : "server_error", j->errmsg);
+    else {
+      cJSON *o = response_json(sv, j, 0, text, n, j->finish, 0);
+      send_json(r, 200, "OK", o);
+      cJSON_Delete(o);
+    }
+  }
+  if (done && r) {
+    evhttp_connection_set_closecb(j->conn, NULL, NULL);
+    j->http = NULL;
+  }
+  free(text);
+  if (done) job_free(j);
+}
+
+/* ------------------------------------------------------------- worker */
+static void out_text(job *j, const char *s, size_t n) {
+  pthread_mutex_lock(&j->mu);
+  if (j->text_n + n + 1 > j->text_cap) {
+    size_t c = j->text_cap ? j->text_cap : 256;
+    while (c < j->text_n + n + 1) c *= 2;
+    char *t = realloc(j->text, c);
+    if (!t) {
+      pthread_mutex_unlock(&j->mu);
+      return; /* dropped text; the job fails below on its next allocation */
+    }
+    j->text = t, j->text_cap = c;
+  }
+  memcpy(j->text + j->text_n, s, n);
+  j->text_n += n;
+  j->text[j->text_n] = 0;
+  pthread_mutex_unlock(&j->mu);
+  if (j->req.stream) event_active(j->wake, 0, 0);
+}
+
+/* Generates the answer of one job: full prefill (reuse comes through reuse/),
+ * greedy decode, text handed over as whole UTF-8 characters, stop strings
+ * checked on the text so far (never streamed past a stop). */
+static kvs_err run_job(server *sv, job *j) {
+  srv_prompt p;
+  KVS_TRY(srv_prompt_build(sv->tok, &j->req, &p));
+  uint32_t max_new = j->req.max_tokens ? j->req.max_tokens : sv->default_max_tokens;
+  kvs_err e = KVS_OK;
+  if (p.n_tokens + max_new + 1 > sv->max_ctx) {
+    snprintf(j->errmsg, sizeof j->errmsg, "prompt (%u tokens) + max_tokens (%u) exceed the context (%u)",
+             p.n_tokens, max_new, sv->max_ctx);
+    srv_prompt_free(&p);
+    return KVS_ETOOBIG;
+  }
+  j->prompt_tokens = p.n_tokens;
+  uint32_t V = sv->info.n_vocab;
+  float *host = malloc(V * sizeof *host), *lg = host;
+  char *gen = NULL; /* all generated bytes */
+  size_t gen_n = 0, gen_cap = 0, sent = 0;
+  kvs_engine_seq *s = NULL;
+  if (!host) e = KVS_ENOMEM;
+  int dev = sv->info.mem == KVS_ENGINE_MEM_DEVICE;
+  if (!e && dev) e = kvs_gpu_alloc((void **)&lg, V * sizeof *lg);
+  if (!e) e = sv->eng->ops->seq_create(sv->eng, p.n_tokens + max_new + 1, &s);
+  uint64_t t0 = kvs_now_ns();
+  if (!e) e = sv->eng->ops->prefill(sv->eng, s, p.tokens, p.n_tokens, 0, lg);
+  if (!e && dev) e = kvs_gpu_copy_d2h(host, lg, V * sizeof *host, NULL);
+  j->ttft_s = (kvs_now_ns() - t0) / 1e9;
+  j->prefilled_tokens = p.n_tokens;
+  kvs_token end = kvs_tok_find(sv->tok, "<|im_end|>"), eos = kvs_tok_eos(sv->tok);
+  j->finish = "length";
+  size_t hold = 0;
+  for (size_t i = 0; i < j->req.n_stop; i++)
+    if (strlen(j->req.stop[i]) > hold) hold = strlen(j->req.stop[i]);
+  for (uint32_t i = 0; !e && i < max_new; i++) {
+    if (atomic_load(&j->cancelled)) break;
+    int32_t t = kvs_argmax(host, V);
+    if (t == end || t == eos) {
+      j->finish = "stop";
+      break;
+    }
+    j->completion_tokens++;
+    size_t pl = 0;
+    const char *piece = kvs_tok_piece(sv->tok, t, &pl);
+    char buf[256];
+    size_t bn = 0;
+    /* the tokenizer's own decode turns byte-level pieces into text */
+    if (kvs_tok_decode(sv->tok, &t, 1, buf, sizeof buf, &bn) == KVS_OK) piece = buf, pl = bn;
+    if (gen_n + pl + 1 > gen_cap) {
+      size_t c = gen_cap ? gen_cap * 2 : 1024;
+      while (c < gen_n + pl + 1) c *= 2;
+      char *g = realloc(gen, c);
+      if (!g) {
+        e = KVS_ENOMEM;
+        break;
+      }
+      gen = g, gen_cap = c;
+    }
+    memcpy(gen + gen_n, piece, pl);
+    gen_n += pl;
+    gen[gen_n] = 0;
+    size_t stop_at = SIZE_MAX;
+    for (size_t k = 0; k < j->req.n_stop; k++) {
+      const char *f = strstr(gen + (sent > hold ? sent - hold : 0), j->req.stop[k]);
+      if (f && (size_t)(f - gen) < stop_at) stop_at = (size_t)(f - gen);
+    }
+    if (stop_at != SIZE_MAX) {
+      if (stop_at > sent) out_text(j, gen + sent, stop_at - sent);
+      sent = gen_n;
+      j->finish = "stop";
+      break;
+    }
+    /* send whole characters, keeping back what could still start a stop string */
+    size_t ready = srv_utf8_complete(gen, gen_n);
+    ready = ready > hold ? ready - (hold ? hold - 1 : 0) : 0;
+    ready = srv_utf8_complete(gen, ready);
+    if (ready > sent) out_text(j, gen + sent, ready - sent), sent = ready;
+    if (i + 1 < max_new) {
+      e = sv->eng->ops->prefill(sv->eng, s, &t, 1, 0, lg);
+      if (!e && dev) e = kvs_gpu_copy_d2h(host, lg, V * sizeof *host, NULL);
+    }
+  }
+  if (!e && gen_n > sent) out_text(j, gen + sent, gen_n - sent);
+  if (s) sv->eng->ops->seq_free(sv->eng, s);
+  if (dev && lg) kvs_gpu_free(lg);
+  free(host);
+  free(gen);
+  srv_prompt_free(&p);
+  return e;
+}
+
+static void *worker_main(void *arg) {
+  server *sv = arg;
+  for (;;) {
+    pthread_mutex_lock(&sv->qmu);
+    while (!sv->head && !sv->stopping) pthread_cond_wait(&sv->qcv, &sv->qmu);
+    job *j = sv->head;
+    if (!j) {
+      pthread_mutex_unlock(&sv->qmu);
+      return NULL;
+    }
+    sv->head = j->next;
+    if (!sv->head) sv->tail = NULL;
+    sv->queued--;
+    pthread_mutex_unlock(&sv->qmu);
+    kvs_err e = atomic_load(&j->cancelled) ? KVS_ECANCELED : run_job(sv, j);
+    pthread_mutex_lock(&j->mu);
+    j->err = e;
+    if (e && !j->errmsg[0]) snprintf(j->errmsg, sizeof j->errmsg, "generation failed: %s", kvs_strerror(e));
+    j->done = 1;
+    /* activated under mu: the loop cannot see done, and free the job, before
+     * this call has returned */
+    event_active(j->wake, 0, 0);
+    pthread_mutex_unlock(&j->mu);
+  }
+}
+
+/* ------------------------------------------------------------ HTTP in */
+static void on_close(struct evhttp_connection *c, void *arg) {
+  job *j = arg;
+  (void)c;
+  atomic_store(&j->cancelled, 1);
+  j->http = NULL; /* libevent frees the request with the connection */
+}
+
+static void handle_completion(struct evhttp_request *r, server *sv, int chat) {
+  if (evhttp_request_get_command(r) != EVHTTP_REQ_POST) {
+    send_error(r, 405, "invalid_request_error", "use POST");
+    return;
+  }
+  struct evbuffer *in = evhttp_request_get_input_buffer(r);
+  size_t len = evbuffer_get_length(in);
+  const char *body = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
+  job *j = calloc(1, sizeof *j);
+  if (!j) {
+    send_error(r, 500, "server_error", "out of memory");
+    return;
+  }
+  char err[256];
+  kvs_err e = srv_req_parse(body ? body : "", len, chat, &j->req, err, sizeof err);
+  if (e) {
+    send_error(r, e == KVS_ENOMEM ? 500 : 400, "invalid_request_error", err[0] ? err : kvs_strerror(e));
+    srv_req_free(&j->req);
+    free(j);
+    return;
+  }
+  pthread_mutex_init(&j->mu, NULL);
+  j->sv = sv, j->http = r, j->conn = evhttp_request_get_connection(r);
+  j->created = (int64_t)time(NULL);
+  static uint64_t seq;
+  snprintf(j->id, sizeof j->id, "%s-%" PRIx64 "%06" PRIu64, chat ? "chatcmpl" : "cmpl",
+           (uint64_t)j->created, ++seq);
+  j->wake = event_new(sv->base, -1, 0, job_wake, j);
+  pthread_mutex_lock(&sv->qmu);
+  int full = sv->queued >= sv->max_queue || !j->wake;
+  if (!full) {
+    if (sv->tail) sv->tail->next = j;
+    else sv->head = j;
+    sv->tail = j, sv->queued++, sv->n_requests++;
+    pthread_cond_signal(&sv->qcv);
+  } else {
+    sv->n_rejected++;
+  }
+  pthread_mutex_unlock(&sv->qmu);
+  if (full) {
+    send_error(r, 503, "server_busy", "the request queue is full; retry later");
+    job_free(j);
+    return;
+  }
+  evhttp_connection_set_closecb(j->conn, on_close, j);
+}
+
+static void handle(struct evhttp_request *r, void *arg) {
+  server *sv = arg;
+  const char *uri = evhttp_request_get_uri(r);
+  struct evhttp_uri *u = evhttp_uri_parse(uri);
+  const char *path = u ? evhttp_uri_get_path(u) : NULL;
+  if (!path) {
+    send_error(r, 400, "invalid_request_error", "bad URI");
+  } else if (!strcmp(path, "/v1/chat/completions")) {
+    handle_completion(r, sv, 1);
+  } else if (!strcmp(path, "/v1/completions")) {
+    handle_completion(r, sv, 0);
+  } else if (!strcmp(path, "/v1/models")) {
+    cJSON *o = cJSON_CreateObject(), *d = cJSON_AddArrayToObject(o, "data"), *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "list");
+    cJSON_AddStringToObject(m, "id", sv->model_name);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", 0);
+    cJSON_AddStringToObject(m, "owned_by", "kvstash");
+    cJSON_AddItemToArray(d, m);
+    send_json(r, 200, "OK", o);
+    cJSON_Delete(o);
+  } else if (!strcmp(path, "/health")) {
+    cJSON *o = cJSON_CreateObject();
+    pthread_mutex_lock(&sv->qmu);
+    cJSON_AddStringToObject(o, "status", "ok");
+    cJSON_AddNumberToObject(o, "queued", sv->queued);
+    cJSON_AddNumberToObject(o, "requests", (double)sv->n_requests);
+    cJSON_AddNumberToObject(o, "rejected", (double)sv->n_rejected);
+    pthread_mutex_unlock(&sv->qmu);
+    send_json(r, 200, "OK", o);
+    cJSON_Delete(o);
+  } else {
+    send_error(r, 404, "invalid_request_error", "no such endpoint");
+  }
+  if (u) evhttp_uri_free(u);
+}
+
+static void on_signal(evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  event_base_loopexit(arg, NULL);
+}
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: kvs-serve --model GGUF [options]\n"
+             "  --listen HOST:PORT    where to listen (default 127.0.0.1:8000)\n"
+             "  --model-name NAME     the id /v1/models reports (default: the file's name)\n"
+             "  --gpu                 run the CUDA engine (needs a device)\n"
+             "  --ctx N               context tokens per request (default 8192)\n"
+             "  --max-tokens N        default max_tokens (default 256)\n"
+             "  --queue N             requests waiting at most (default 64; more get 503)\n"
+             "  --version             print the version\n");
+}
+
+int main(int argc, char **argv) {
+  const char *model_path = NULL, *listen = "127.0.0.1:8000", *name = NULL;
+  int use_gpu = 0;
+  server sv = {.max_ctx = 8192, .default_max_tokens = 256, .max_queue = 64};
+  static struct option lo[] = {{"model", 1, 0, 'm'}, {"listen", 1, 0, 'l'}, {"model-name", 1, 0, 'n'},
+                               {"gpu", 0, 0, 'g'},   {"ctx", 1, 0, 'c'},    {"max-tokens", 1, 0, 't'},
+                               {"queue", 1, 0, 'q'}, {"version", 0, 0, 'V'}, {"help", 0, 0, 'h'},
+                               {0, 0, 0, 0}};
+  for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
+    char *end = NULL;
+    switch (c) {
+    case 'm': model_path = optarg; break;
+    case 'l': listen = optarg; break;
+    case 'n': name = optarg; break;
+    case 'g': use_gpu = 1; break;
+    case 'c': sv.max_ctx = (uint32_t)strtoul(optarg, &end, 10); break;
+    case 't': sv.default_max_tokens = (uint32_t)strtoul(optarg, &end, 10); break;
+    case 'q': sv.max_queue = (uint32_t)strtoul(optarg, &end, 10); break;
+    case 'V': printf("kvs-serve %s\n", KVS_SERVE_VERSION); return 0;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+    if (end && *end) {
+      fprintf(stderr, "kvs-serve: --%s wants a number, not '%s'\n", lo[0].name, optarg);
+      return 2;
+    }
+  }
+  if (!model_path) {
+    usage(stderr);
+    return 2;
+  }
+  if (sv.max_ctx < 16 || sv.default_max_tokens < 1 || sv.default_max_tokens > SRV_MAX_TOKENS_OUT) {
+    fprintf(stderr, "kvs-serve: --ctx must be >= 16 and --max-tokens in 1..%d\n", SRV_MAX_TOKENS_OUT);
+    return 2;
+  }
+  char host[256];
+  const char *colon = strrchr(listen, ':');
+  char *pe = NULL;
+  unsigned long port = colon ? strtoul(colon + 1, &pe, 10) : 0;
+  if (!colon || (size_t)(colon - listen) >= sizeof host || !pe || *pe || port < 1 || port > 65535) {
+    fprintf(stderr, "kvs-serve: --listen wants HOST:PORT with a port in 1..65535, not '%s'\n", listen);
+    return 2;
+  }
+  memcpy(host, listen, (size_t)(colon - listen));
+  host[colon - listen] = 0;
+
+  kvs_err e = kvs_model_load(model_path, &sv.model);
+  if (e) {
+    fprintf(stderr, "kvs-serve: model %s: %s\n", model_path, kvs_strerror(e));
+    return 1;
+  }
+  sv.tok = kvs_model_tok(sv.model);
+  if (use_gpu) {
+    kvs__model_weights w;
+    kvs__model_weights_get(sv.model, &w);
+    e = kvs_gpu_model_create(&w, sv.max_ctx, &sv.gm);
+    if (!e) e = kvs_gpu_model_engine(sv.gm, kvs_model_get_id(sv.model), &sv.eng);
+  } else {
+    e = kvs_model_engine(sv.model, &sv.eng);
+  }
+  if (!e) e = sv.eng->ops->info(sv.eng, &sv.info);
+  if (e || !sv.tok) {
+    fprintf(stderr, "kvs-serve: engine: %s\n", e ? kvs_strerror(e) : "the model has no tokenizer");
+    return 1;
+  }
+  const char *base = strrchr(model_path, '/');
+  snprintf(sv.model_name, sizeof sv.model_name, "%s", name ? name : base ? base + 1 : model_path);
+
+  evthread_use_pthreads();
+  sv.base = event_base_new();
+  sv.http = evhttp_new(sv.base);
+  if (!sv.base || !sv.http) return 1;
+  evhttp_set_max_body_size(sv.http, SRV_MAX_BODY);
+  evhttp_set_max_headers_size(sv.http, 64 << 10);
+  evhttp_set_timeout(sv.http, 600);
+  evhttp_set_allowed_methods(sv.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+  evhttp_set_gencb(sv.http, handle, &sv);
+  if (evhttp_bind_socket(sv.http, host, (uint16_t)port) != 0) {
+    fprintf(stderr, "kvs-serve: cannot listen on %s: %s\n", listen, strerror(errno));
+    return 1;
+  }
+  pthread_mutex_init(&sv.qmu, NULL);
+  pthread_cond_init(&sv.qcv, NULL);
+  if (pthread_create(&sv.worker, NULL, worker_main, &sv) != 0) return 1;
+  signal(SIGPIPE, SIG_IGN);
+  struct event *si = evsignal_new(sv.base, SIGINT, on_signal, sv.base);
+  struct event *st = evsignal_new(sv.base, SIGTERM, on_signal, sv.base);
+  event_add(si, NULL);
+  event_add(st, NULL);
+  fprintf(stderr, "kvs-serve: %s (%s, %u layers) on http://%s\n", sv.model_name, sv.info.name,
+          sv.info.layout.n_layers, listen);
+  event_base_dispatch(sv.base);
+
+  pthread_mutex_lock(&sv.qmu);
+  sv.stopping = 1;
+  for (job *j = sv.head; j; j = j->next) atomic_store(&j->cancelled, 1);
+  pthread_cond_signal(&sv.qcv);
+  pthread_mutex_unlock(&sv.qmu);
+  pthread_join(sv.worker, NULL);
+  event_free(si);
+  event_free(st);
+  evhttp_free(sv.http);
+  event_base_free(sv.base);
+  kvs_engine_free(sv.eng);
+  kvs_gpu_model_free(sv.gm);
+  kvs_model_free(sv.model);
+  fprintf(stderr, "kvs-serve: stopped\n");
+  return 0;
+}
