@@ -56,8 +56,9 @@ static pid_t start_daemon(const char *bin, const char *dir, const char *url) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: kvs-demo --model GGUF --data MUSIQUE_JSON --kvstashd BIN [--item N]\n"
-                  "                [--strategy none|cacheblend|epic|adaptive] [--profile NAME]\n");
+  fprintf(stderr,
+          "usage: kvs-demo --model GGUF --kvstashd BIN [--data MUSIQUE_JSON[.zst]] [--item N]\n"
+          "                [--strategy none|cacheblend|epic|adaptive] [--profile NAME]\n");
 }
 
 int main(int argc, char **argv) {
@@ -79,7 +80,8 @@ int main(int argc, char **argv) {
     default: usage(); return c == 'h' ? 0 : 2;
     }
   }
-  if (!model_path || !data || !daemon) {
+  data = kvs_rag_data_path(data); /* default: the repo's data/rag copy */
+  if (!model_path || !daemon) {
     usage();
     return 2;
   }

@@ -286,21 +286,23 @@ int main(int argc, char **argv) {
     case 't': s8_tok = (uint32_t)atoi(optarg); break;
     case 'q': s8_pass = (uint32_t)atoi(optarg); break;
     default:
-      fprintf(stderr,
-              "usage: kvs-bench-blend --model GGUF --data MUSIQUE --items A-B [--gpu]\n"
-              "         [--passages N] [--strategies a[:param],b...] [--ratio R] [--profile P|none]\n"
-              "         [--max-new N] [--chunk-ctx N] [--style S] [--check-layer L]\n"
-              "       kvs-bench-blend --speed8b [--n-passages N] [--passage-tokens T] [--ratio R]\n"
-              "         [--disk DIR]\n"
-              "  strategies: none, epic[:first tokens], cacheblend[:ratio], adaptive[:cap], full\n"
-              "  --chunk-ctx N: passages prefilled after the instruction's first N tokens\n"
-              "    (-1 all of it, -2 everything before them: oracle KV); --style 0-4: the\n"
-              "    question turn / few-shot instruction; --disk: add rows read from files there\n");
+      fprintf(
+          stderr,
+          "usage: kvs-bench-blend --model GGUF [--data MUSIQUE] --items A-B [--gpu]\n"
+          "         [--passages N] [--strategies a[:param],b...] [--ratio R] [--profile P|none]\n"
+          "         [--max-new N] [--chunk-ctx N] [--style S] [--check-layer L]\n"
+          "       kvs-bench-blend --speed8b [--n-passages N] [--passage-tokens T] [--ratio R]\n"
+          "         [--disk DIR]\n"
+          "  strategies: none, epic[:first tokens], cacheblend[:ratio], adaptive[:cap], full\n"
+          "  --chunk-ctx N: passages prefilled after the instruction's first N tokens\n"
+          "    (-1 all of it, -2 everything before them: oracle KV); --style 0-4: the\n"
+          "    question turn / few-shot instruction; --disk: add rows read from files there\n");
       return c == 'h' ? 0 : 2;
     }
   }
   if (s8) return speed8b(s8_pass, s8_tok, 64, 5, ratio, disk_dir);
-  if (!model_path || !data) return fprintf(stderr, "need --model and --data\n"), 2;
+  data = kvs_rag_data_path(data); /* default: the repo's data/rag copy */
+  if (!model_path) return fprintf(stderr, "need --model\n"), 2;
   int prof = strcmp(profile, "none") ? kvs_codec_profile_from_name(profile) : -1;
   if (strcmp(profile, "none") && prof < 0) return fprintf(stderr, "unknown profile\n"), 2;
   /* a strategy with an optional parameter: cacheblend:0.3 (ratio), adaptive:0.3 (cap),

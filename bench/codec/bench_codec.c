@@ -181,10 +181,12 @@ int main(int argc, char **argv) {
       quick = 1;
     } else if (!strcmp(argv[i], "--dense-dec")) {
       dense_dec = 1;
+    } else if (!strcmp(argv[i], "--data") && i + 1 < argc) {
+      setenv("KVS_RAG_DATA", argv[++i], 1); /* --real's MuSiQue file (read in bench_real.c) */
     } else {
       fprintf(stderr,
               "usage: %s [--tokens a,b,c] [--shape smol|8b|both] [--gpu|--gpu-only] [--real N] "
-              "[--quick] [--dense-dec]\n",
+              "[--quick] [--dense-dec] [--data MUSIQUE]\n",
               argv[0]);
       return 2;
     }

@@ -28,6 +28,7 @@ void bench_codec_real(int n, char *json, size_t cap, size_t *jn) {
 }
 #else
 #include "kvs_model.h"
+#include "kvs_rag.h"
 
 /* ---------------------------------------------- minimal MuSiQue reader */
 /* Reads the JSON string starting after the opening quote at *p into a new
@@ -86,15 +87,9 @@ typedef struct item {
 
 /* Items in file order: each item's "ctxs" texts come before its "question". */
 static int load_items(const char *path, item *items, int max) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return 0;
-  fseek(f, 0, SEEK_END);
-  long sz = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)sz + 1);
-  size_t got = fread(buf, 1, (size_t)sz, f);
-  buf[got] = 0;
-  fclose(f);
+  char *buf = NULL;
+  size_t got = 0;
+  if (kvs_rag_read(path, &buf, &got)) return 0; /* plain or .zst */
   int n = 0, np = 0;
   memset(items, 0, sizeof *items * (size_t)max);
   for (const char *p = buf; *p && n < max;) {
@@ -165,8 +160,7 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
              getenv("HOME") ? getenv("HOME") : ".");
     mp = def;
   }
-  const char *dp = getenv("KVS_RAG_DATA");
-  if (!dp) dp = "/work/shared/data/rag/musique_s.json";
+  const char *dp = kvs_rag_data_path(NULL); /* --data, else the repo's data/rag copy */
   /* KVS_BENCH_ITEM0=k runs items k..k+n-1 (validation on items not used for
      choosing); never past item 99: 100-149 are held out */
   int item0 = getenv("KVS_BENCH_ITEM0") ? atoi(getenv("KVS_BENCH_ITEM0")) : 0;

@@ -123,8 +123,10 @@ int main(int argc, char **argv) {
       fa = atoi(v) != 0;
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in a log */
-  if (!model_path || !data || reps < 1 || reps > 32 || rag_items > 100) {
-    fprintf(stderr, "usage: kvs-bench-llamacpp --model GGUF --data musique_s.json [options]\n");
+  data = kvs_rag_data_path(data);   /* default: the repo's data/rag copy */
+  if (!model_path || reps < 1 || reps > 32 || rag_items > 100) {
+    fprintf(stderr,
+            "usage: kvs-bench-llamacpp --model GGUF [--data musique_s.json[.zst]] [options]\n");
     return 2;
   }
   kvs_rag_item *items = NULL;

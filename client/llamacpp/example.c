@@ -94,8 +94,9 @@ int main(int argc, char **argv) {
       recompute = atoi(argv[i + 1]);
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in a log */
-  if (!model_path || !data) {
-    fprintf(stderr, "usage: kvs-llama-chat --model GGUF --data musique.json [--url URL] "
+  data = kvs_rag_data_path(data);   /* default: the repo's data/rag copy */
+  if (!model_path) {
+    fprintf(stderr, "usage: kvs-llama-chat --model GGUF [--data musique.json[.zst]] [--url URL] "
                     "[--item N] [--threads N] [--recompute R] [--passages N]\n");
     return 2;
   }

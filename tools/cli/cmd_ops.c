@@ -118,6 +118,7 @@ static const char *fmt_of(const char *path) {
   size_t n = strlen(path);
   if (n > 6 && !strcmp(path + n - 6, ".jsonl")) return "jsonl";
   if (n > 5 && !strcmp(path + n - 5, ".json")) return "musique";
+  if (n > 9 && !strcmp(path + n - 9, ".json.zst")) return "musique"; /* data/rag's copy */
   return "text";
 }
 

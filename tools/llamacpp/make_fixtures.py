@@ -25,9 +25,12 @@ home = os.path.expanduser("~")
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", default=os.path.join(home, ".cache/kvstash/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 ap.add_argument("--ref", default=os.path.join(home, ".cache/kvstash/llama.cpp/bin/kvs-llama-ref"))
-ap.add_argument("--rag", default=os.path.join(os.path.dirname(root), "shared/data/rag/musique_s.json"))
+ap.add_argument("--rag", default=os.path.join(root, "data", "rag", "musique_s.json.zst"))
 args = ap.parse_args()
-data = json.load(open(args.rag))
+if args.rag.endswith(".zst"):  # the repo's copy (data/README.md)
+    data = json.loads(subprocess.run(["zstd", "-dc", args.rag], check=True, capture_output=True).stdout)
+else:
+    data = json.load(open(args.rag))
 
 def rec(text, special):
     b = text.encode("utf-8")

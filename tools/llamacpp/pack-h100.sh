@@ -13,13 +13,13 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cuda_dir=${KVS_LLAMA_CUDA_DIR:-$HOME/.cache/kvstash/llama.cpp-cuda}
 model=${KVS_MODEL_PATH:-$HOME/.cache/kvstash/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-data=${KVS_RAG_DATA:-$root/../shared/data/rag/musique_s.json}
+data=${KVS_RAG_DATA:-$root/data/rag/musique_s.json.zst}
 [ -f "$cuda_dir/build/bin/libllama.so" ] || { echo "no CUDA libllama: run tools/llamacpp/build-cuda.sh" >&2; exit 1; }
 [ -f "$model" ] && [ -f "$data" ] || { echo "model or MuSiQue data missing" >&2; exit 1; }
 KVS_LLAMA_DIR=$cuda_dir "$root/tools/gpu" pack kvs-bench-llamacpp kvstashd
 g=$root/.carry/gpu
 mkdir -p "$g/cachesvc" && cp "$g/bin/kvstashd" "$g/cachesvc/kvstashd" # where the bench starts it
-cp "$data" "$g/musique_s.json"
+zstd -dcfq "$data" >"$g/musique_s.json" # plain JSON on the H100 (-f: a plain file passes through)
 out=$root/.carry/llama-h100
 rm -rf "$out" && mkdir -p "$out"
 split -b 30M "$model" "$out/m."

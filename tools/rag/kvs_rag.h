@@ -23,7 +23,14 @@ typedef struct kvs_rag_item {
   size_t n_passages;
 } kvs_rag_item;
 
-/* Reads the MuSiQue file (an array of {question, answers, ctxs[{title,text}]}).
+/* The MuSiQue file to read: arg when given, else $KVS_RAG_DATA, else the
+ * repository's copy (data/rag/musique_s.json.zst, KVS_RAG_DEFAULT_DATA). */
+const char *kvs_rag_data_path(const char *arg);
+/* A whole file into *buf (NUL-terminated, owned by the caller: free), a zstd
+ * frame decompressed on the fly. KVS_ENOENT, KVS_ECORRUPT (a bad frame). */
+kvs_err kvs_rag_read(const char *path, char **buf, size_t *n);
+
+/* Reads the MuSiQue file, plain or zstd (an array of {question, answers, ctxs[{title,text}]}).
  * *items owned by the caller: kvs_rag_items_free. */
 kvs_err kvs_rag_load(const char *path, kvs_rag_item **items, size_t *n);
 void kvs_rag_items_free(kvs_rag_item *items, size_t n);

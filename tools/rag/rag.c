@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <cjson/cJSON.h>
+#include <zstd.h>
 
 #include "kvs_gpu.h"
 #include "kvs_rag.h"
@@ -57,7 +58,15 @@ void kvs_rag_items_free(kvs_rag_item *it, size_t n) {
   free(it);
 }
 
-kvs_err kvs_rag_load(const char *path, kvs_rag_item **out, size_t *n_out) {
+const char *kvs_rag_data_path(const char *arg) {
+  if (arg && *arg) return arg;
+  const char *env = getenv("KVS_RAG_DATA");
+  return env && *env ? env : KVS_RAG_DEFAULT_DATA;
+}
+
+/* The file whole, NUL-terminated; a zstd frame (the repo's data/rag copy) is
+ * decompressed on the fly, anything else is returned as it is. */
+kvs_err kvs_rag_read(const char *path, char **out, size_t *n_out) {
   *out = NULL, *n_out = 0;
   FILE *f = fopen(path, "rb");
   if (!f) return KVS_ENOENT;
@@ -69,6 +78,39 @@ kvs_err kvs_rag_load(const char *path, kvs_rag_item **out, size_t *n_out) {
   fclose(f);
   if (!buf) return KVS_ENOMEM;
   buf[got] = 0;
+  static const unsigned char zmagic[4] = {0x28, 0xb5, 0x2f, 0xfd}; /* ZSTD_MAGICNUMBER, LE */
+  if (got >= 4 && !memcmp(buf, zmagic, 4)) {
+    unsigned long long dn = ZSTD_getFrameContentSize(buf, got);
+    /* the content size is in the frame header (zstd writes it for a file);
+       1 GiB bounds what a corrupt header can ask for */
+    if (dn == ZSTD_CONTENTSIZE_UNKNOWN || dn == ZSTD_CONTENTSIZE_ERROR || dn > (1ull << 30)) {
+      free(buf);
+      return KVS_ECORRUPT;
+    }
+    char *plain = malloc((size_t)dn + 1);
+    if (!plain) {
+      free(buf);
+      return KVS_ENOMEM;
+    }
+    size_t r = ZSTD_decompress(plain, (size_t)dn, buf, got);
+    free(buf);
+    if (ZSTD_isError(r) || r != dn) {
+      free(plain);
+      return KVS_ECORRUPT;
+    }
+    plain[r] = 0;
+    buf = plain, got = r;
+  }
+  *out = buf, *n_out = got;
+  return KVS_OK;
+}
+
+kvs_err kvs_rag_load(const char *path, kvs_rag_item **out, size_t *n_out) {
+  *out = NULL, *n_out = 0;
+  char *buf = NULL;
+  size_t got = 0;
+  kvs_err rerr = kvs_rag_read(path, &buf, &got);
+  if (rerr) return rerr;
   cJSON *root = cJSON_Parse(buf);
   free(buf);
   if (!cJSON_IsArray(root)) {

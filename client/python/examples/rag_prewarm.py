@@ -20,6 +20,7 @@ Only dev items (0-99) are used by default: items 100-149 are held out.
 """
 import argparse
 import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -32,9 +33,38 @@ REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "client", "python"))
 import kvstash  # noqa: E402
 
-DATA = "/work/shared/data/rag/musique_s.json"
+# The MuSiQue subset the repository carries (data/README.md: CC BY 4.0, items
+# 100-149 held out); --data reads another copy, plain JSON or .zst.
+DATA = os.path.join(REPO, "data", "rag", "musique_s.json.zst")
 INSTRUCTION = ("You will be asked a question after reading several passages. "
                "Answer with a short phrase taken from the passages.\n")
+
+
+def read_json(path):
+    """A JSON file, plain or zstd-compressed (the zstandard module when
+    installed, else libzstd through ctypes: libkvstash depends on it)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:4] == b"\x28\xb5\x2f\xfd":
+        try:
+            import zstandard
+            raw = zstandard.ZstdDecompressor().decompress(raw)
+        except ImportError:
+            z = ctypes.CDLL(ctypes.util.find_library("zstd") or "libzstd.so.1")
+            z.ZSTD_getFrameContentSize.restype = ctypes.c_ulonglong
+            z.ZSTD_getFrameContentSize.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+            z.ZSTD_decompress.restype = ctypes.c_size_t
+            z.ZSTD_decompress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+            z.ZSTD_isError.argtypes = [ctypes.c_size_t]
+            n = z.ZSTD_getFrameContentSize(raw, len(raw))
+            if n >= 2**63:  # ZSTD_CONTENTSIZE_UNKNOWN / _ERROR
+                raise ValueError(f"{path}: a zstd frame without its size")
+            buf = ctypes.create_string_buffer(n)
+            got = z.ZSTD_decompress(buf, n, raw, len(raw))
+            if z.ZSTD_isError(got) or got != n:
+                raise ValueError(f"{path}: a corrupt zstd frame")
+            raw = buf.raw[:n]
+    return json.loads(raw)
 
 
 class RefEngine:
@@ -141,8 +171,9 @@ def main():
     ap.add_argument("--gguf")
     ap.add_argument("--refengine")
     ap.add_argument("--profile", default="raw")
+    ap.add_argument("--data", default=DATA, help="MuSiQue JSON, plain or .zst (default: the repo's data/rag copy)")
     args = ap.parse_args()
-    items = json.load(open(DATA))
+    items = read_json(args.data)
     for i in list(item_range(args.items)) + [args.ask, args.mix]:
         if i >= 100:
             sys.exit("items 100-149 are held out: use 0-99")
