@@ -1,13 +1,14 @@
 /* config.c - kvstashd's options: a `key = value` file and the same keys as
- * flags. The format is small on purpose (docs/kvstashd.md): one option per
- * line, `#` starts a comment, whitespace around key and value is ignored,
- * sizes take K/M/G/T suffixes (powers of 1024). */
+ * flags. The file format is core/kvs_conf.h's (shared with the CLI): one
+ * option per line, `#` comments, quoted values; sizes take K/M/G/T suffixes
+ * (powers of 1024). Every error is one line (kvs_svc_config_error). */
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvs_conf.h"
 #include "svc_int.h"
 
 void kvs_svc_config_defaults(kvs_svc_config *c) {
@@ -32,9 +33,69 @@ void kvs_svc_config_defaults(kvs_svc_config *c) {
   c->log_level = KVS_LOG_WARN;
 }
 
+/* The last error of this thread, one line (kvs_svc_config_error). */
+static _Thread_local char g_err[640];
+static _Thread_local char g_flag[640]; /* the same error as a flag would say it */
+
+const char *kvs_svc_config_error(void) { return g_err; }
+
 static int bad(const char *key, const char *value, const char *why) {
-  KVS_LOGE("config", "bad option", "key=%s value=\"%s\" why=\"%s\"", key, value ? value : "", why);
+  snprintf(g_err, sizeof g_err, "%s = \"%.200s\": %s", key, value ? value : "", why);
+  snprintf(g_flag, sizeof g_flag, "--%s=%.200s: %s", key, value ? value : "", why);
   return KVS_EINVAL;
+}
+
+/* The option names, read from the usage text (so that a key documented
+ * there, by whichever file adds it, is also suggested for a typo). */
+static const char *suggest_key(const char *key) {
+  static _Thread_local char names[4096];
+  const char *cand[128];
+  size_t n = 0;
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  if (!f) return NULL;
+  kvs_svc_config_usage(f);
+  fclose(f);
+  size_t used = 0;
+  for (char *line = text; line && *line && n < 128;) {
+    char *nl = strchr(line, '\n');
+    size_t k = 0;
+    if (line[0] == ' ' && line[1] == ' ' && line[2] != ' ')
+      while (line[2 + k] == '_' || (line[2 + k] >= 'a' && line[2 + k] <= 'z')) k++;
+    if (k && (line[2 + k] == ' ' || line[2 + k] == '\n' || !line[2 + k]) &&
+        used + k + 1 < sizeof names) {
+      memcpy(names + used, line + 2, k);
+      names[used + k] = 0;
+      cand[n++] = names + used;
+      used += k + 1;
+    }
+    line = nl ? nl + 1 : NULL;
+  }
+  free(text);
+  return kvs_conf_suggest(key, cand, n);
+}
+
+static int unknown(const char *key) {
+  const char *s = suggest_key(key);
+  if (s) {
+    snprintf(g_err, sizeof g_err, "unknown option \"%.64s\" (did you mean \"%s\"?)", key, s);
+    snprintf(g_flag, sizeof g_flag, "unknown option --%.64s (did you mean --%s?)", key, s);
+  } else {
+    snprintf(g_err, sizeof g_err, "unknown option \"%.64s\" (kvstashd --help lists them)", key);
+    snprintf(g_flag, sizeof g_flag, "unknown option --%.64s (kvstashd --help lists them)", key);
+  }
+  return KVS_EINVAL;
+}
+
+/* tcp://HOST:PORT, tls+tcp://, tcp+stream://: the port 1..65535; ipc://,
+ * ipc+stream://: a path. */
+static int url_ok(const char *u) {
+  const char *sep = strstr(u, "://");
+  if (!sep) return 0;
+  const char *rest = sep + 3;
+  if (!strncmp(u, "ipc", 3)) return *rest != 0;
+  return *rest && kvs_conf_hostport(rest, NULL) == KVS_OK;
 }
 
 static int parse_size(const char *v, uint64_t *out) {
@@ -97,13 +158,15 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
       if (strncmp(tok, "tcp://", 6) && strncmp(tok, "ipc://", 6) &&
           strncmp(tok, "tls+tcp://", 10) && !kvs__stream_url(tok))
         return bad(key, tok, "tcp://, ipc://, tls+tcp://, tcp+stream:// or ipc+stream:// URL expected");
+      if (!url_ok(tok)) return bad(key, tok, "HOST:PORT with a port of 1..65535 (or ipc://PATH)");
       if (c->n_listen >= KVS_SVC_MAX_LISTEN) return bad(key, tok, "too many listeners");
       if (copy_str(c->listen[c->n_listen], sizeof c->listen[0], tok)) return bad(key, tok, "too long");
       c->n_listen++;
     }
   } else if (!strcmp(key, "http")) {
     if (copy_str(c->http, sizeof c->http, v)) return bad(key, v, "too long");
-    if (*v && !strchr(v, ':')) return bad(key, v, "host:port expected (or empty)");
+    if (*v && kvs_conf_hostport(v, NULL) != KVS_OK)
+      return bad(key, v, "HOST:PORT with a port of 1..65535 expected (or empty = off)");
   } else if (!strcmp(key, "tls_cert_key_file")) {
     if (copy_str(c->tls_cert_key_file, sizeof c->tls_cert_key_file, v)) return bad(key, v, "too long");
   } else if (!strcmp(key, "admin_token")) {
@@ -178,44 +241,21 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     if (l < 0) return bad(key, v, "error|warn|info|debug|trace");
     c->log_level = l;
   } else {
-    return bad(key, v, "unknown option");
+    return unknown(key);
   }
   return KVS_OK;
 }
 
-static char *trim(char *s) {
-  while (isspace((unsigned char)*s)) s++;
-  char *e = s + strlen(s);
-  while (e > s && isspace((unsigned char)e[-1])) *--e = 0;
-  return s;
+static kvs_err load_cb(void *ctx, const char *key, const char *value, char *why, size_t cap) {
+  kvs_err rc = kvs_svc_config_set(ctx, key, value);
+  if (rc != KVS_OK) snprintf(why, cap, "%s", g_err);
+  return rc;
 }
 
 kvs_err kvs_svc_config_load(kvs_svc_config *c, const char *path) {
-  FILE *f = fopen(path, "r");
-  if (!f) {
-    KVS_LOGE("config", "cannot open config", "path=%s err=\"%s\"", path, strerror(errno));
-    return kvs_err_from_errno(errno);
-  }
-  char line[2048];
-  int lineno = 0;
-  kvs_err rc = KVS_OK;
-  while (rc == KVS_OK && fgets(line, sizeof line, f)) {
-    lineno++;
-    char *hash = strchr(line, '#');
-    if (hash) *hash = 0;
-    char *s = trim(line);
-    if (!*s) continue;
-    char *eq = strchr(s, '=');
-    if (!eq) {
-      KVS_LOGE("config", "expected key = value", "path=%s line=%d", path, lineno);
-      rc = KVS_EINVAL;
-      break;
-    }
-    *eq = 0;
-    rc = kvs_svc_config_set(c, trim(s), trim(eq + 1));
-    if (rc != KVS_OK) KVS_LOGE("config", "in config file", "path=%s line=%d", path, lineno);
-  }
-  fclose(f);
+  char err[sizeof g_err];
+  kvs_err rc = kvs_conf_parse_file(path, load_cb, c, err, sizeof err);
+  if (rc != KVS_OK) snprintf(g_err, sizeof g_err, "%s", err);
   return rc;
 }
 
@@ -239,24 +279,43 @@ kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help)
       continue;
     }
     if (!strncmp(a, "--config=", 9)) continue;
-    if (strncmp(a, "--", 2) != 0) return bad(a, "", "options are --key=value");
+    if (strncmp(a, "--", 2) != 0) {
+      snprintf(g_err, sizeof g_err, "%.100s: options are --key=value or -c FILE", a);
+      return KVS_EINVAL;
+    }
     char key[64];
     const char *val;
     const char *eq = strchr(a, '=');
     if (eq) {
       size_t kl = (size_t)(eq - a - 2);
-      if (kl >= sizeof key) return bad(a, "", "unknown option");
+      if (kl >= sizeof key) {
+        unknown(a + 2);
+        memcpy(g_err, g_flag, sizeof g_err);
+        return KVS_EINVAL;
+      }
       memcpy(key, a + 2, kl);
       key[kl] = 0;
       val = eq + 1;
     } else {
-      if (strlen(a + 2) >= sizeof key || i + 1 >= argc) return bad(a, "", "missing value");
+      if (strlen(a + 2) >= sizeof key) {
+        unknown(a + 2);
+        memcpy(g_err, g_flag, sizeof g_err);
+        return KVS_EINVAL;
+      }
+      if (i + 1 >= argc) {
+        snprintf(g_err, sizeof g_err, "%.100s: no value (--key=value or --key value)", a);
+        return KVS_EINVAL;
+      }
       snprintf(key, sizeof key, "%s", a + 2);
       val = argv[++i];
     }
     for (char *p = key; *p; p++)
       if (*p == '-') *p = '_';
-    KVS_TRY(kvs_svc_config_set(c, key, val));
+    kvs_err rc = kvs_svc_config_set(c, key, val);
+    if (rc != KVS_OK) {
+      memcpy(g_err, g_flag, sizeof g_err);
+      return rc;
+    }
   }
   return KVS_OK;
 }

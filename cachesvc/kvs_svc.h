@@ -73,14 +73,20 @@ typedef struct kvs_svc_config {
 /* Fills the defaults (loopback only, data dir ./kvstash-data, sync). */
 void kvs_svc_config_defaults(kvs_svc_config *c);
 /* Sets one option from its text form. `listen` and `tenant` and `model_cost`
- * append. KVS_EINVAL with a logged reason for an unknown key or bad value. */
+ * append. KVS_EINVAL for an unknown key (with the nearest key suggested) or a
+ * bad value; kvs_svc_config_error() says which, in one line. */
 kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *value);
-/* Reads a config file: `key = value` lines, `#` comments, blank lines. */
+/* Reads a config file (core/kvs_conf.h's format: `key = value` lines, `#`
+ * comments, "quoted" or 'quoted' values, blank lines). */
 kvs_err kvs_svc_config_load(kvs_svc_config *c, const char *path);
 /* Parses argv: `-c FILE` / `--config=FILE` first, then every `--key=value`
  * or `--key value` over it. *help set on -h/--help. */
 kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help);
 void kvs_svc_config_usage(FILE *f);
+/* The last error of the three functions above on this thread, one line
+ * without a newline: `PATH:LINE: key = "value": why`, `--key=value: why`,
+ * `unknown option "lissten" (did you mean "listen"?)`. Static, thread-local. */
+const char *kvs_svc_config_error(void);
 
 typedef struct kvs_svc kvs_svc;
 

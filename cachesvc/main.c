@@ -51,8 +51,8 @@ int main(int argc, char **argv) {
     kvs_svc_config_usage(stdout);
     return 0;
   }
-  if (rc != KVS_OK) {
-    kvs_svc_config_usage(stderr);
+  if (rc != KVS_OK) { /* one line, and an exit status systemd does not restart on */
+    fprintf(stderr, "kvstashd: %s\n", kvs_svc_config_error());
     return 2;
   }
   /* Block the stop signals in every thread; this one waits for them. */

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kvs_conf.h"
 #include "kvs_svc.h"
 #include "svc_int.h"
 #include "kvs_test.h"
@@ -11,7 +12,7 @@
 static void test_defaults(void) {
   kvs_svc_config c;
   kvs_svc_config_defaults(&c);
-  CU_ASSERT_STRING_EQUAL(c.listen[0], "tcp://127.0.0.1:7878"); /* loopback only */
+  CU_ASSERT_STRING_EQUAL(c.listen[0], "tcp://127.0.0.1:7878");        /* loopback only */
   CU_ASSERT_STRING_EQUAL(c.listen[1], "tcp+stream://127.0.0.1:7880"); /* loopback too */
   CU_ASSERT_EQUAL(c.n_listen, 0); /* both apply until a listen option is given */
   CU_ASSERT(strncmp(c.http, "127.0.0.1:", 10) == 0);
@@ -22,8 +23,8 @@ static void test_defaults(void) {
 static void test_example_file(void) {
   kvs_svc_config c;
   kvs_svc_config_defaults(&c);
-  CU_ASSERT_EQUAL_FATAL(kvs_svc_config_load(&c, kvs_test_src_path("cachesvc/kvstashd.conf.example")),
-                        KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(
+      kvs_svc_config_load(&c, kvs_test_src_path("cachesvc/kvstashd.conf.example")), KVS_OK);
   CU_ASSERT_STRING_EQUAL(c.data_dir, "/var/lib/kvstash");
   CU_ASSERT_EQUAL_FATAL(c.n_listen, 3);
   CU_ASSERT_STRING_EQUAL(c.listen[1], "ipc:///run/kvstash/kvstash.sock");
@@ -82,7 +83,187 @@ static void test_rejects(void) {
   CU_ASSERT_EQUAL(kvs_svc_config_args(&c, 2, argv, &help), KVS_EINVAL);
 }
 
+/* A temp file holding text; its path in path (cap 64). */
+static void write_tmp(char *path, const char *text, size_t n) {
+  snprintf(path, 64, "/tmp/kvs-conf-XXXXXX");
+  int fd = mkstemp(path);
+  CU_ASSERT_FATAL(fd >= 0);
+  CU_ASSERT_EQUAL(write(fd, text, n), (ssize_t)n);
+  close(fd);
+}
+
+static void test_quotes(void) {
+  char path[64];
+  const char *text = "tenant = \"a:tok#1 x\"   # the token has a # and a space\n"
+                     "tenant = b:tok#2      # unquoted: # inside a word is kept\n"
+                     "tenant = 'c:it''s'    # no: text after the closing quote\n";
+  write_tmp(path, text, strlen(text));
+  kvs_svc_config c;
+  kvs_svc_config_defaults(&c);
+  CU_ASSERT_EQUAL(kvs_svc_config_load(&c, path), KVS_EINVAL);
+  CU_ASSERT_EQUAL_FATAL(c.n_tenants, 2);
+  CU_ASSERT_STRING_EQUAL(c.tenants[0].token, "tok#1 x");
+  CU_ASSERT_STRING_EQUAL(c.tenants[1].token, "tok#2");
+  const char *e = kvs_svc_config_error();
+  CU_ASSERT(strstr(e, path) == e && strstr(e, ":3: text after the closing quote") != NULL);
+  CU_ASSERT(!strchr(e, '\n'));
+  unlink(path);
+  /* escapes, single quotes, empty values, comments, CRLF, dashes in keys */
+  const char *t2 = "# top\r\n   # indented comment\n\ncold_dir = \"/mnt/a \\\"b\\\" \\\\c\"\n"
+                   "admin_token='x\\y#z'\r\nmax-msg = 1M#not a comment? no: a bad size\n";
+  write_tmp(path, t2, strlen(t2));
+  kvs_svc_config_defaults(&c);
+  CU_ASSERT_EQUAL(kvs_svc_config_load(&c, path), KVS_EINVAL);
+  CU_ASSERT_STRING_EQUAL(c.cold_dir, "/mnt/a \"b\" \\c");
+  CU_ASSERT_STRING_EQUAL(c.admin_token, "x\\y#z");
+  CU_ASSERT(strstr(kvs_svc_config_error(), ":6: max_msg = \"1M#not a comment? no: a bad size\"") !=
+            NULL);
+  unlink(path);
+  const char *t3 = "cold_dir =\nhttp = \"\"   # off\nworkers = 3 # trailing\n";
+  write_tmp(path, t3, strlen(t3));
+  kvs_svc_config_defaults(&c);
+  snprintf(c.cold_dir, sizeof c.cold_dir, "x");
+  CU_ASSERT_EQUAL(kvs_svc_config_load(&c, path), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(c.cold_dir, "");
+  CU_ASSERT_STRING_EQUAL(c.http, "");
+  CU_ASSERT_EQUAL(c.workers, 3);
+  unlink(path);
+}
+
+/* Each bad file: its one-line error ends with want. */
+static void test_file_errors(void) {
+  static const struct {
+    const char *text, *want;
+  } cases[] = {
+      {"workers 3\n", ":1: expected `key = value`"},
+      {"= 3\n", ":1: no key before `=`"},
+      {"\nwork ers = 3\n", ":2: a key is letters, digits"},
+      {"tenant = \"a:b\n", ":1: unterminated \" quote"},
+      {"tenant = 'a:b\n", ":1: unterminated ' quote"},
+      {"tenant = \"a:\\n\"\n", ":1: unknown escape"},
+      {"lissten = tcp://127.0.0.1:7000\n",
+       ":1: unknown option \"lissten\" (did you mean \"listen\"?)"},
+      {"ram-byte = 1G\n", ":1: unknown option \"ram_byte\" (did you mean \"ram_bytes\"?)"},
+      {"zzzzzz = 1\n", ":1: unknown option \"zzzzzz\" (kvstashd --help lists them)"},
+      {"listen = tcp://127.0.0.1:78790\n", "listen = \"tcp://127.0.0.1:78790\": HOST:PORT"},
+      {"listen = tcp://127.0.0.1:0\n", "listen = \"tcp://127.0.0.1:0\": HOST:PORT"},
+      {"listen = tcp+stream://127.0.0.1:7x\n", "HOST:PORT with a port of 1..65535 (or ipc://PATH)"},
+      {"listen = tcp://127.0.0.1\n", "HOST:PORT"},
+      {"http = 127.0.0.1:65536\n", "http = \"127.0.0.1:65536\": HOST:PORT"},
+      {"http = 127.0.0.1:-1\n", "HOST:PORT"},
+      {"workers = 0\n", ":1: workers = \"0\": 1..256"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char path[64];
+    write_tmp(path, cases[i].text, strlen(cases[i].text));
+    kvs_svc_config c;
+    kvs_svc_config_defaults(&c);
+    CU_ASSERT_EQUAL(kvs_svc_config_load(&c, path), KVS_EINVAL);
+    const char *e = kvs_svc_config_error();
+    if (!strstr(e, cases[i].want) || strchr(e, '\n') || strncmp(e, path, strlen(path)) != 0) {
+      fprintf(stderr, "case %zu: got <%s> want <%s>\n", i, e, cases[i].want);
+      CU_FAIL("config error text");
+    }
+    unlink(path);
+  }
+  /* a NUL byte, an overlong line, a missing file: one line each too */
+  char path[64];
+  write_tmp(path, "workers = 3\nx\0y = 1\n", 20);
+  kvs_svc_config c;
+  kvs_svc_config_defaults(&c);
+  CU_ASSERT_EQUAL(kvs_svc_config_load(&c, path), KVS_EINVAL);
+  CU_ASSERT(strstr(kvs_svc_config_error(), ":2: NUL byte") != NULL);
+  unlink(path);
+  char *big = malloc(6000);
+  CU_ASSERT_FATAL(big != NULL);
+  memset(big, 'a', 6000);
+  memcpy(big, "data_dir = ", 11);
+  write_tmp(path, big, 6000);
+  free(big);
+  CU_ASSERT_EQUAL(kvs_svc_config_load(&c, path), KVS_EINVAL);
+  CU_ASSERT(strstr(kvs_svc_config_error(), ":1: line longer than 4096 bytes") != NULL);
+  unlink(path);
+  CU_ASSERT_EQUAL(kvs_svc_config_load(&c, "/nonexistent/kvstashd.conf"), KVS_ENOENT);
+  CU_ASSERT_STRING_EQUAL(kvs_svc_config_error(),
+                         "/nonexistent/kvstashd.conf: No such file or directory");
+  /* flags say it as flags */
+  char *argv[] = {"kvstashd", "--lissten=tcp://127.0.0.1:7000", NULL};
+  int help = 0;
+  CU_ASSERT_EQUAL(kvs_svc_config_args(&c, 2, argv, &help), KVS_EINVAL);
+  CU_ASSERT_STRING_EQUAL(kvs_svc_config_error(),
+                         "unknown option --lissten (did you mean --listen?)");
+  char *argv2[] = {"kvstashd", "--workers", "999", NULL};
+  CU_ASSERT_EQUAL(kvs_svc_config_args(&c, 3, argv2, &help), KVS_EINVAL);
+  CU_ASSERT_STRING_EQUAL(kvs_svc_config_error(), "--workers=999: 1..256");
+  char *argv3[] = {"kvstashd", "--workers", NULL};
+  CU_ASSERT_EQUAL(kvs_svc_config_args(&c, 2, argv3, &help), KVS_EINVAL);
+  CU_ASSERT(strstr(kvs_svc_config_error(), "--workers: no value") != NULL);
+}
+
+static void test_ports(void) {
+  kvs_svc_config c;
+  kvs_svc_config_defaults(&c);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "listen", "tcp://127.0.0.1:1,tcp://[::1]:65535"), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "listen", "ipc:///tmp/x.sock,tls+tcp://h:443"), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "listen", "ipc://"), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "http", "0.0.0.0:8080"), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "http", ":8080"), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "http", "[::1]:8080"), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "http", "[::1]8080"), KVS_EINVAL);
+  int port = 0;
+  CU_ASSERT_EQUAL(kvs_conf_port("65535", &port), KVS_OK);
+  CU_ASSERT_EQUAL(port, 65535);
+  CU_ASSERT_EQUAL(kvs_conf_port("65536", &port), KVS_ERANGE);
+  CU_ASSERT_EQUAL(kvs_conf_port("0", &port), KVS_ERANGE);
+  CU_ASSERT_EQUAL(kvs_conf_port("+80", &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_conf_port("", &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_conf_port("123456", &port), KVS_EINVAL);
+}
+
+static void test_shared_parser(void) {
+  /* what the CLI calls: a tenant's token and single keys from a kvstashd.conf */
+  char path[64];
+  const char *text = "tenant = rag:tok-rag\ntenant = \"eng:tok # eng\"\n"
+                     "admin_token = adm\nlisten = tcp://a:1\nlisten = tcp://b:2\n";
+  write_tmp(path, text, strlen(text));
+  char tok[65], err[512];
+  CU_ASSERT_EQUAL(kvs_conf_tenant_token(path, "eng", tok, sizeof tok, err, sizeof err), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(tok, "tok # eng");
+  CU_ASSERT_EQUAL(kvs_conf_tenant_token(path, "rag", tok, sizeof tok, err, sizeof err), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(tok, "tok-rag");
+  CU_ASSERT_EQUAL(kvs_conf_tenant_token(path, "ra", tok, sizeof tok, err, sizeof err), KVS_ENOENT);
+  CU_ASSERT(strstr(err, "no tenant \"ra\" (tenants there: rag, eng)") != NULL);
+  CU_ASSERT_EQUAL(kvs_conf_tenant_token(path, "rag", tok, 4, err, sizeof err), KVS_ERANGE);
+  CU_ASSERT_EQUAL(kvs_conf_get(path, "admin_token", tok, sizeof tok, err, sizeof err), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(tok, "adm");
+  CU_ASSERT_EQUAL(kvs_conf_get(path, "listen", tok, sizeof tok, err, sizeof err), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(tok, "tcp://b:2");
+  CU_ASSERT_EQUAL(kvs_conf_get(path, "http", tok, sizeof tok, err, sizeof err), KVS_ENOENT);
+  CU_ASSERT_EQUAL(kvs_conf_tenant_token("/nonexistent", "a", tok, sizeof tok, err, sizeof err),
+                  KVS_ENOENT);
+  unlink(path);
+  /* the example config parses with the shared parser too */
+  CU_ASSERT_EQUAL(kvs_conf_get(kvs_test_src_path("cachesvc/kvstashd.conf.example"), "data_dir", tok,
+                               sizeof tok, err, sizeof err),
+                  KVS_OK);
+  CU_ASSERT_STRING_EQUAL(tok, "/var/lib/kvstash");
+  /* edit distance and suggestions */
+  CU_ASSERT_EQUAL(kvs_conf_edit_distance("listen", "lissten"), 1);
+  CU_ASSERT_EQUAL(kvs_conf_edit_distance("", "abc"), 3);
+  CU_ASSERT_EQUAL(kvs_conf_edit_distance("kitten", "sitting"), 3);
+  const char *keys[] = {"workers", "max_msg", "ram_bytes", "shm"};
+  CU_ASSERT_STRING_EQUAL(kvs_conf_suggest("worker", keys, 4), "workers");
+  CU_ASSERT_STRING_EQUAL(kvs_conf_suggest("max_mgs", keys, 4), "max_msg");
+  CU_ASSERT_PTR_NULL(kvs_conf_suggest("ab", keys, 4));
+  CU_ASSERT_PTR_NULL(kvs_conf_suggest("workers", keys, 4)); /* itself: no typo */
+  CU_ASSERT_PTR_NULL(kvs_conf_suggest("durability", keys, 4));
+}
+
 static const kvs_test_case cases[] = {{"defaults", test_defaults},
+                                      {"quotes", test_quotes},
+                                      {"file_errors", test_file_errors},
+                                      {"ports", test_ports},
+                                      {"shared_parser", test_shared_parser},
                                       {"example_file", test_example_file},
                                       {"flags_override", test_flags_override},
                                       {"rejects", test_rejects},

@@ -247,10 +247,42 @@ static void test_metrics(void) {
   th_daemon_cleanup(&d);
 }
 
+/* A config error: exit status 2 (the unit's RestartPreventExitStatus) and
+ * one line on stderr, no usage dump. */
+static void test_config_errors(void) {
+  char cmd[800];
+  int st = -1;
+  snprintf(cmd, sizeof cmd, "%s --lissten=tcp://127.0.0.1:7000 2>&1", daemon_bin());
+  char *out = run(cmd, &st);
+  CU_ASSERT_EQUAL(st, 2);
+  CU_ASSERT(out &&
+            strcmp(out, "kvstashd: unknown option --lissten (did you mean --listen?)\n") == 0);
+  free(out);
+  char path[] = "/tmp/kvs-ops-conf-XXXXXX";
+  int fd = mkstemp(path);
+  CU_ASSERT_FATAL(fd >= 0);
+  const char *text = "# ports are checked\nlisten = tcp://127.0.0.1:78790\n";
+  CU_ASSERT_EQUAL(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+  snprintf(cmd, sizeof cmd, "%s -c %s 2>&1", daemon_bin(), path);
+  out = run(cmd, &st);
+  CU_ASSERT_EQUAL(st, 2);
+  char want[300];
+  snprintf(want, sizeof want,
+           "kvstashd: %s:2: listen = \"tcp://127.0.0.1:78790\": HOST:PORT with a port of "
+           "1..65535 (or ipc://PATH)\n",
+           path);
+  CU_ASSERT(out && strcmp(out, want) == 0);
+  if (out && strcmp(out, want)) fprintf(stderr, "got: %s", out);
+  free(out);
+  unlink(path);
+}
+
 static const kvs_test_case cases[] = {
     {"version", test_version},
     {"info", test_info},
     {"metrics", test_metrics},
+    {"config_errors", test_config_errors},
     {NULL, NULL},
 };
 
