@@ -49,6 +49,11 @@ extern "C" {
 #define KVSTASH_VERSION_MINOR 1
 /* "0.1.0 wire=N codec=yes|no" - static string. */
 const char *kvs_client_version(void);
+/* The public structs as compiled (for bindings that mirror them): one line a
+ * struct, "NAME SIZE FIELD@OFFSET:SIZE ...", lines joined by '\n'. Writes at
+ * most cap bytes, NUL-terminated (out may be NULL with cap 0); returns the
+ * text's length without the NUL (abi.c). */
+size_t kvs_abi_layout(char *out, size_t cap);
 
 /* ------------------------------------------------------------- chunking */
 /* A chunk of a token sequence and its key. Keys are computed exactly as the

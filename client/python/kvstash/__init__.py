@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = [
     "Error", "Client", "Layout", "Chunk", "model_id_from_hex", "model_id_from_bytes",
-    "chunk_prefix", "chunk_spans", "profile_from_name", "has_codec", "load_library",
+    "chunk_prefix", "chunk_spans", "profile_from_name", "has_codec", "load_library", "AbiError",
 ]
 
 # ---------------------------------------------------------------- library
@@ -46,6 +46,7 @@ def load_library(path=None):
         except OSError as e:
             errors.append(f"{cand}: {e}")
             continue
+        _check_abi(lib, cand)
         _declare(lib)
         _LIB = lib
         return lib
@@ -89,7 +90,8 @@ class _Counters(ctypes.Structure):
 
 class _PutOpts(ctypes.Structure):
     _fields_ = [("profile", ctypes.c_uint32), ("layers_per_group", ctypes.c_uint32),
-                ("ttl_s", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+                ("ttl_s", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("codec", ctypes.c_void_p)]  # const struct kvs_codec_params * (NULL: defaults)
 
 
 _GROUP_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32)
@@ -104,6 +106,81 @@ class _GetOpts(ctypes.Structure):
 class _EntryInfo(ctypes.Structure):
     _fields_ = [("present", ctypes.c_int), ("tier", ctypes.c_int), ("pinned", ctypes.c_int),
                 ("value_bytes", ctypes.c_uint64)]
+
+
+# The C struct each ctypes mirror stands for: checked against the library's
+# own kvs_abi_layout() when it is loaded (sizes, and every field's offset and
+# size both ways), so a field added on one side only fails at load with the
+# difference named, instead of C reading or writing past a Python object.
+_ABI_MIRRORS = {
+    "kvs_hash128": _Hash, "kvs_layout": _Layout, "kvs_chunk": _Chunk, "kvs_span": _Span,
+    "kvs_client_opts": _ClientOpts, "kvs_client_counters": _Counters,
+    "kvs_entry_info": _EntryInfo, "kvs_put_opts": _PutOpts, "kvs_get_opts": _GetOpts,
+}
+
+
+class AbiError(ImportError):
+    """The loaded libkvstash lays out a public struct differently from this binding."""
+
+
+def _parse_abi(text):
+    """kvs_abi_layout()'s text -> {struct: (size, {field: (offset, size)})}."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        fields = {}
+        for f in parts[2:]:
+            name, _, rest = f.partition("@")
+            off, _, size = rest.partition(":")
+            fields[name] = (int(off), int(size))
+        out[parts[0]] = (int(parts[1]), fields)
+    return out
+
+
+def _abi_diff(text, mirrors=None):
+    """The differences between the library's layouts (text) and the ctypes
+    mirrors, one string each; [] when they agree."""
+    mirrors = _ABI_MIRRORS if mirrors is None else mirrors
+    lay = _parse_abi(text)
+    diffs = []
+    for cname, cls in mirrors.items():
+        if cname not in lay:
+            diffs.append(f"{cname}: not reported by the library")
+            continue
+        size, cfields = lay[cname]
+        if ctypes.sizeof(cls) != size:
+            diffs.append(f"{cname}: {size} bytes in C, {ctypes.sizeof(cls)} in the binding")
+        pyfields = {n: (getattr(cls, n).offset, getattr(cls, n).size) for n, *_ in cls._fields_}
+        for n, (off, fs) in cfields.items():
+            if n not in pyfields:
+                diffs.append(f"{cname}.{n}: in C (offset {off}, {fs} bytes), not in the binding")
+            elif pyfields[n] != (off, fs):
+                diffs.append(f"{cname}.{n}: offset {off} size {fs} in C, offset {pyfields[n][0]} "
+                             f"size {pyfields[n][1]} in the binding")
+        for n in pyfields:
+            if n not in cfields:
+                diffs.append(f"{cname}.{n}: in the binding, not in C")
+    return diffs
+
+
+def _abi_text(lib):
+    f = lib.kvs_abi_layout
+    f.restype, f.argtypes = ctypes.c_size_t, [ctypes.c_char_p, ctypes.c_size_t]
+    n = f(None, 0)
+    buf = ctypes.create_string_buffer(n + 1)
+    f(buf, n + 1)
+    return buf.value.decode()
+
+
+def _check_abi(lib, where):
+    if not hasattr(lib, "kvs_abi_layout"):
+        raise AbiError(f"{where} has no kvs_abi_layout(): a libkvstash older than this binding")
+    diffs = _abi_diff(_abi_text(lib))
+    if diffs:
+        raise AbiError(f"{where} and this binding (kvstash/__init__.py) lay out the public "
+                       "structs differently:\n  " + "\n  ".join(diffs))
 
 
 def _declare(lib):
@@ -489,3 +566,12 @@ class Client:
         n = ctypes.c_size_t()
         self._ok(self._lib.kvs_stats(self._h, v, 64, ctypes.byref(n)))
         return {self._lib.kvs_stat_name(i).decode(): v[i] for i in range(n.value)}
+
+
+# The library is loaded (and its struct layouts checked against the mirrors
+# above) at import when it can be found; when it cannot, the first call that
+# needs it says where it looked. A layout mismatch fails the import (AbiError).
+try:
+    load_library()
+except OSError:
+    pass
