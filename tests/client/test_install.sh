@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the "client" component into a temporary prefix, then builds a tiny
 # program against it twice: with `pkg-config --cflags --libs kvstash`, and
-# with CMake's find_package(kvstash). Both must compile, link and run.
+# with CMake's find_package(kvstash). Both must compile, link and run. Then the
+# same into a Debian multiarch /usr layout (DESTDIR; the library built again
+# from the source, Release, only its target: about 40 s on 2 cores).
 #   test_install.sh BUILD_DIR CC [EXTRA_CFLAGS]
 set -euo pipefail
 build=$1 cc=$2 extra=${3:-}
@@ -53,9 +55,39 @@ cmake -S "$tmp/proj" -B "$tmp/proj/build" -DCMAKE_PREFIX_PATH="$tmp/prefix" \
 cmake --build "$tmp/proj/build" >/dev/null
 "$tmp/proj/build/hello"
 
+# A Debian multiarch /usr install: the source configured with prefix /usr
+# (GNUInstallDirs then picks libdir lib/<multiarch>), only the library built,
+# installed under DESTDIR. kvstash.pc must resolve to DESTDIR/usr/include and
+# DESTDIR/usr/lib/<multiarch> (it once gave /usr/lib/include: ${pcfiledir}/../..
+# from a libdir two levels deep), and pkg-config and find_package must build.
+src=$(cd "$(dirname "$0")/../.." && pwd)
+usr=$tmp/usr-build root=$tmp/root
+cmake -S "$src" -B "$usr" -DCMAKE_BUILD_TYPE=Release -DKVS_CUDA=OFF -DCMAKE_INSTALL_PREFIX=/usr \
+  -DCMAKE_C_COMPILER="$cc" >"$tmp/usr-configure.log" 2>&1 || { cat "$tmp/usr-configure.log"; exit 1; }
+libdir=$(sed -n 's/^CMAKE_INSTALL_LIBDIR:PATH=//p' "$usr/CMakeCache.txt")
+case $libdir in
+  lib/*-linux-*) ;;
+  *) echo "prefix /usr: expected a multiarch libdir (lib/<triplet>), got '$libdir'"; exit 1 ;;
+esac
+cmake --build "$usr" -j2 --target kvstash >"$tmp/usr-build.log" 2>&1 || { tail -30 "$tmp/usr-build.log"; exit 1; }
+DESTDIR=$root cmake --install "$usr" --component client >/dev/null
+pcdir=$root/usr/$libdir/pkgconfig
+[ -f "$pcdir/kvstash.pc" ] || { echo "no kvstash.pc in $pcdir"; exit 1; }
+inc=$(PKG_CONFIG_PATH=$pcdir pkg-config --variable=includedir kvstash)
+lib=$(PKG_CONFIG_PATH=$pcdir pkg-config --variable=libdir kvstash)
+echo "multiarch /usr: libdir $libdir, .pc includedir=$inc libdir=$lib"
+[ "$(realpath -m "$inc")" = "$root/usr/include" ] || { echo "includedir resolves to $(realpath -m "$inc"), not $root/usr/include"; exit 1; }
+[ "$(realpath -m "$lib")" = "$root/usr/$libdir" ] || { echo "libdir resolves to $(realpath -m "$lib"), not $root/usr/$libdir"; exit 1; }
+# shellcheck disable=SC2046
+"$cc" -std=c11 -Wall -Werror "$tmp/hello.c" -o "$tmp/hello_usr" $(PKG_CONFIG_PATH=$pcdir pkg-config --cflags --libs kvstash)
+LD_LIBRARY_PATH="$root/usr/$libdir" "$tmp/hello_usr"
+cmake -S "$tmp/proj" -B "$tmp/proj/build-usr" -DCMAKE_PREFIX_PATH="$root/usr" \
+  -DCMAKE_C_COMPILER="$cc" >/dev/null
+cmake --build "$tmp/proj/build-usr" >/dev/null
+LD_LIBRARY_PATH="$root/usr/$libdir" "$tmp/proj/build-usr/hello"
+
 # The Python package: `pip install ./client/python` into a venv (offline:
 # setuptools from Debian), then import it against the installed library.
-src=$(cd "$(dirname "$0")/../.." && pwd)
 if /usr/bin/python3 -m venv --system-site-packages "$tmp/venv" >/dev/null 2>&1; then
   cp -r "$src/client/python" "$tmp/pysrc"
   "$tmp/venv/bin/pip" install -q --no-build-isolation --no-index "$tmp/pysrc"
