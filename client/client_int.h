@@ -92,25 +92,31 @@ struct kvs_client {
   atomic_uint_fast64_t next_id;
   atomic_int in_nng; /* threads inside an nng ctx/aio call of this client */
   /* same-host fast path */
-  atomic_int shm_on;     /* gets try LEASE first */
+  atomic_int shm_on;      /* gets try LEASE first */
   pthread_mutex_t shm_mu; /* guards maps and the workers below */
   pthread_cond_t work_cv;
   kvs__shmmap *maps;
   kvs__job *jobs, *jobs_tail;
   pthread_t *workers;
   int n_workers, work_stop;
-  atomic_int bg_calls; /* fire-and-forget calls (RELEASE) whose done has not returned */
+  atomic_int bg_calls;          /* fire-and-forget calls (RELEASE) whose done has not returned */
   struct kvs__devnode *devpool; /* device decode buffers of finished gets (ops.c), under shm_mu */
   int n_devpool;
   /* kvs_client_counters, as atomics */
-  atomic_uint_fast64_t n_gets, n_shm_gets, n_shm_fallbacks, n_shm_regroups, n_shm_bytes,
-      n_leases, n_releases, n_release_lost, n_shm_maps;
+  atomic_uint_fast64_t n_gets, n_shm_gets, n_shm_fallbacks, n_shm_regroups, n_shm_bytes, n_leases,
+      n_releases, n_release_lost, n_shm_maps;
   /* byte-stream GETs (stream.c), under mu */
-  char *stream_url;                  /* kvs_client_stream's URL, NULL = off */
+  char *stream_url; /* the stream's URL (named or found), NULL = off */
   nng_stream_dialer *stream_dialer;
-  struct kvs__sconn *sidle, *sall;   /* idle connections / all of them */
-  int n_sconns, s_active;            /* connections made / serving a call */
-  uint64_t stream_retry_ns;          /* after a failed dial: REQ/REP until then */
+  struct kvs__olddialer *old_dialers; /* replaced ones: a dial may still use them; freed at close */
+  int stream_auto;                    /* found by asking the daemon (not opted out, not named) */
+  int stream_named;                   /* set by kvs_client_stream */
+  int stream_asking;                  /* a thread is asking now */
+  int stream_known;                   /* asked since the last connection loss */
+  uint64_t stream_ask_ns;             /* after a failed ask: not again before this */
+  struct kvs__sconn *sidle, *sall;    /* idle connections / all of them */
+  int n_sconns, s_active;             /* connections made / serving a call */
+  uint64_t stream_retry_ns;           /* after a failed dial: REQ/REP until then */
   atomic_uint_fast64_t n_stream_gets, n_stream_fallbacks;
 };
 
@@ -153,6 +159,10 @@ uint8_t *kvs__frame_payload(nng_msg *m);
  * for another client scheme. (A parser of what a server sends: fuzzed.) */
 int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char *out, size_t cap);
 int kvs__frame_roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, nng_msg **rep);
+/* A PING with its own deadline, its reply checked; *rep gets it (caller
+ * frees). Unlike kvs__frame_roundtrip it leaves the thread's error message
+ * alone: for the client's own questions, not the caller's. */
+int kvs__ping_quiet(kvs_client *c, uint32_t timeout_ms, nng_msg **rep);
 
 /* ---- byte-stream GETs (stream.c) */
 typedef struct kvs__sconn kvs__sconn;
@@ -169,6 +179,11 @@ typedef void (*kvs__get_done_fn)(void *arg, int rv, const char *errmsg, const ui
  * GET frame, consumed. timeout_ms 0 = the client's request timeout. */
 void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_check_fn check,
                    kvs__get_done_fn done, void *arg);
+/* Before a get starts, on the caller's thread: when the client looks for the
+ * stream by itself and has not asked since it (re)connected, one PING asks
+ * the daemon for its listener (at most timeout_ms) and the answer is kept.
+ * Never fails: without an answer, gets go through REQ/REP. */
+void kvs__stream_default(kvs_client *c, uint32_t timeout_ms);
 /* At kvs_client_free, once c->closed is set: ends the stream calls in
  * flight (KVS_ECLOSED), waits for them, frees the connections. */
 void kvs__stream_close(kvs_client *c);

@@ -69,6 +69,7 @@ const char *kvs_client_version(void) { return "0.1.0"; }
 
 void kvs_client_opts_init(kvs_client_opts *o) {
   memset(o, 0, sizeof *o);
+  o->url = KVS_DEFAULT_URL;
   o->connect_timeout_ms = 2000;
   o->request_timeout_ms = 10000;
   o->n_sockets = 2;
@@ -86,6 +87,9 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
     c->pipes++;
   else if (ev == NNG_PIPE_EV_REM_POST && c->pipes > 0)
     c->pipes--;
+  /* a connection lost: the daemon may have restarted with other listeners,
+   * so the next get asks again which stream it offers */
+  if (ev == NNG_PIPE_EV_REM_POST) c->stream_known = 0;
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
 }
@@ -114,6 +118,18 @@ static int shm_wanted(const char *url, uint32_t flags) {
   return !strncmp(h, "127.", 4) || !strncmp(h, "localhost:", 10) || !strncmp(h, "[::1]:", 6);
 }
 
+/* Whether gets look for the daemon's byte stream by themselves: not when
+ * opted out (the flag, or $KVS_CLIENT_STREAM=off|0|no as a fallback for a
+ * program whose options cannot be changed), never over TLS (the stream is
+ * plain TCP). */
+static int stream_wanted(const char *url, uint32_t flags) {
+  if (flags & KVS_CLIENT_NO_STREAM) return 0;
+  if (!strncmp(url, "tls+tcp://", 10)) return 0;
+  const char *e = getenv("KVS_CLIENT_STREAM");
+  if (e && (!strcmp(e, "off") || !strcmp(e, "0") || !strcmp(e, "no"))) return 0;
+  return 1;
+}
+
 /* The host of a tls+tcp:// URL, the name its certificate must carry by default. */
 static void url_host(const char *url, char *out, size_t cap) {
   const char *h = strstr(url, "://");
@@ -121,9 +137,11 @@ static void url_host(const char *url, char *out, size_t cap) {
   size_t n = 0;
   if (*h == '[') { /* [v6]:port */
     h++;
-    while (h[n] && h[n] != ']') n++;
+    while (h[n] && h[n] != ']')
+      n++;
   } else {
-    while (h[n] && h[n] != ':' && h[n] != '/') n++;
+    while (h[n] && h[n] != ':' && h[n] != '/')
+      n++;
   }
   if (n >= cap) n = cap - 1;
   memcpy(out, h, n);
@@ -152,8 +170,7 @@ static int tls_setup(kvs_client *c) {
   if (rv == 0) rv = nng_tls_config_server_name(cfg, host);
   if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "TLS config: %s", nng_strerror(rv));
   rv = nng_tls_config_ca_file(cfg, c->tls_ca);
-  if (rv)
-    return kvs__seterr(c, KVS_EINVAL, "TLS CA file %s: %s", c->tls_ca, nng_strerror(rv));
+  if (rv) return kvs__seterr(c, KVS_EINVAL, "TLS CA file %s: %s", c->tls_ca, nng_strerror(rv));
   if (c->tls_cert && *c->tls_cert) {
     rv = nng_tls_config_cert_key_file(cfg, c->tls_cert, NULL);
     if (rv)
@@ -195,6 +212,7 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
   pthread_mutex_init(&c->shm_mu, NULL);
   pthread_cond_init(&c->work_cv, NULL);
   atomic_init(&c->shm_on, shm_wanted(c->url, c->o.flags));
+  c->stream_auto = stream_wanted(c->url, c->o.flags);
   atomic_init(&c->next_id, 1);
   atomic_init(&c->in_nng, 0);
   c->o.url = c->url;

@@ -6,8 +6,8 @@
  * that decoding group g overlaps fetching g+1.
  *
  *   kvs_client_opts o;
- *   kvs_client_opts_init(&o);
- *   o.url = "tcp://127.0.0.1:7070";
+ *   kvs_client_opts_init(&o);          // o.url = KVS_DEFAULT_URL, kvstashd's default
+ *   o.url = "tcp://127.0.0.1:7878";    // or wherever kvstashd listens
  *   o.tenant = "team-a";
  *   kvs_client *c;
  *   if (kvs_client_create(&o, &c) != KVS_OK) ...kvs_client_errmsg(c)...
@@ -25,14 +25,22 @@
  * errors and on KVS_EBUSY/KVS_EAGAIN replies, within the deadline; delete,
  * pin, unpin, ttl and put with KVS_PUT_NX only when the request never left.
  *
- * Same-host fast path: when kvstashd runs with `shm = on` and the client is on
- * the same host (an ipc:// URL or tcp:// to loopback, or KVS_CLIENT_SHM), a
- * get asks for a LEASE, reads the encoded bytes in place from the tenant's
+ * Fast paths, on by default (docs/client.md): gets take the fastest way the
+ * daemon offers, and fall back to REQ/REP on opts.url for any failure:
+ * - Byte stream: at the client's first get (and the first after a
+ *   reconnect) one PING asks kvstashd for its byte-stream GET listener of
+ *   opts.url's transport (kvstashd's default config has tcp+stream:// on
+ *   127.0.0.1:7880); socket gets then go there (kvs_client_stream below).
+ *   Opt out with KVS_CLIENT_NO_STREAM.
+ * - Same-host shared memory: when kvstashd runs with `shm = on` and the client
+ *   is on the same host (an ipc:// URL or tcp:// to loopback, or
+ *   KVS_CLIENT_SHM), a get asks for a LEASE, reads the encoded bytes in place from the tenant's
  * shared-memory segment (mapped once per client) and RELEASEs it; every byte
  * decoded is first checked against a stored XXH3. When the server refuses
  * the lease, the segment cannot be mapped, the entry is not in the RAM tier
  * or the lease runs out mid-read, the same get goes through the socket
- * instead. Same API; kvs_client_get_counters() says which path was taken. */
+ * instead. Opt out with KVS_CLIENT_NO_SHM.
+ * Same API; kvs_client_get_counters() says which path was taken. */
 #ifndef KVSTASH_H
 #define KVSTASH_H
 
@@ -98,8 +106,13 @@ kvs_err kvs_chunk_spans(const kvs_model_id *model, const int32_t *tokens, size_t
 /* ----------------------------------------------------------- connection */
 typedef struct kvs_client kvs_client;
 
+/* Where kvstashd listens when its config names no `listen` (its default,
+ * docs/kvstashd.md); kvs_client_opts_init puts it in opts.url. A test
+ * (client_defaults) checks that the two agree. */
+#define KVS_DEFAULT_URL "tcp://127.0.0.1:7878"
+
 typedef struct kvs_client_opts {
-  const char *url; /* "tcp://host:port", "ipc:///path" or "tls+tcp://host:port"; required */
+  const char *url; /* "tcp://host:port", "ipc:///path" or "tls+tcp://host:port" (KVS_DEFAULT_URL) */
   const char *tenant;          /* namespace; NULL or "" = "default" */
   const char *token;           /* auth token; NULL = none */
   uint32_t connect_timeout_ms; /* create waits this long for a first connection (2000) */
@@ -128,24 +141,32 @@ typedef struct kvs_client_opts {
  * own address. Harmless when the server is elsewhere: the segment cannot be
  * opened and gets fall back to the socket. */
 #define KVS_CLIENT_SHM 4u
+/* Do not look for the daemon's byte-stream listener: socket gets stay on
+ * REQ/REP unless kvs_client_stream names a stream. ($KVS_CLIENT_STREAM=off
+ * does the same for a program whose options cannot be changed; the flag is
+ * the way to say it in code.) */
+#define KVS_CLIENT_NO_STREAM 8u
 
 /* Byte-stream GETs: kvstashd listening on `tcp+stream://HOST:PORT` (or
  * `ipc+stream:///path`, docs/kvstashd.md) answers GETs as plain frames on a
  * stream, the value written from its RAM tier to the socket and read here
- * into a reused buffer, with no nng message in between. After this call the
- * client's socket gets go there (a pool of connections, dialed on demand, one
- * request each at a time); everything else stays on opts.url. When the
- * stream cannot be reached, or a connection drops before its answer began,
- * the same get goes through opts.url, so nothing fails for it. Set once,
- * before the client's first get; the URL is copied. KVS_EINVAL for another
- * scheme, KVS_EBUSY when already set.
+ * into a reused buffer, with no nng message in between. A client finds that
+ * listener by itself (at its first get, see above); this call names one
+ * instead, or with "auto" asks for it now. After it the client's socket gets
+ * go there (a pool of connections, dialed on demand, one request each at a
+ * time); everything else stays on opts.url. When the stream cannot be
+ * reached, or a connection drops before its answer began, the same get goes
+ * through opts.url, so nothing fails for it. Set once, best before the
+ * client's first get (it replaces what the client found by itself); the URL
+ * is copied. KVS_EINVAL for another scheme, KVS_EBUSY when already set by
+ * this call.
  * "auto" asks the daemon (one PING, now) which byte-stream listeners it has
  * and takes the one of opts.url's transport (tcp:// or ipc://), a wildcard
  * host replaced by opts.url's; KVS_ENOENT when it has none (gets then stay on
  * opts.url), KVS_ENOTSUP for tls+tcp://, or the PING's error. */
 kvs_err kvs_client_stream(kvs_client *c, const char *stream_url);
 
-/* Fills the defaults given above; url must still be set. */
+/* Fills the defaults given above (url = KVS_DEFAULT_URL). */
 void kvs_client_opts_init(kvs_client_opts *o);
 /* Opens the pool. On failure *out is still set when the handle could be made
  * (so that kvs_client_errmsg can say why) and must be freed; it is NULL only
@@ -162,16 +183,16 @@ const char *kvs_client_errmsg(kvs_client *c);
 int kvs_client_connected(kvs_client *c);
 /* What a client's gets did (monotonic counters since kvs_client_create). */
 typedef struct kvs_client_counters {
-  uint64_t gets;            /* gets started */
-  uint64_t shm_gets;        /* gets served from shared memory under a lease */
-  uint64_t shm_fallbacks;   /* gets that tried a lease and went through the socket */
-  uint64_t shm_regroups;    /* groups re-fetched by socket: the lease ran out mid-read */
-  uint64_t shm_bytes;       /* encoded bytes read in place */
-  uint64_t leases;          /* leases granted */
-  uint64_t releases;        /* RELEASEs the server confirmed */
-  uint64_t release_lost;    /* RELEASEs refused (lease expired first) or not delivered */
-  uint64_t shm_maps;        /* segments mapped */
-  uint64_t stream_gets;      /* GET requests answered over the byte stream (kvs_client_stream) */
+  uint64_t gets;             /* gets started */
+  uint64_t shm_gets;         /* gets served from shared memory under a lease */
+  uint64_t shm_fallbacks;    /* gets that tried a lease and went through the socket */
+  uint64_t shm_regroups;     /* groups re-fetched by socket: the lease ran out mid-read */
+  uint64_t shm_bytes;        /* encoded bytes read in place */
+  uint64_t leases;           /* leases granted */
+  uint64_t releases;         /* RELEASEs the server confirmed */
+  uint64_t release_lost;     /* RELEASEs refused (lease expired first) or not delivered */
+  uint64_t shm_maps;         /* segments mapped */
+  uint64_t stream_gets;      /* GET requests answered over the byte stream */
   uint64_t stream_fallbacks; /* GET requests the stream could not carry (sent by REQ/REP) */
 } kvs_client_counters;
 kvs_err kvs_client_get_counters(kvs_client *c, kvs_client_counters *out);

@@ -82,6 +82,27 @@ int kvs__frame_roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempoten
   return rv;
 }
 
+int kvs__ping_quiet(kvs_client *c, uint32_t timeout_ms, nng_msg **rep) {
+  *rep = NULL;
+  nng_msg *m;
+  if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
+  int rv = frame_seal(c, m, KVS_OP_PING);
+  if (rv) {
+    nng_msg_free(m);
+    return rv;
+  }
+  kvs__call *call = kvs__call_new(c, m, 1, timeout_ms ? timeout_ms : 1, check_reply, NULL, NULL);
+  if (!call) return KVS_ENOMEM;
+  kvs__call_start(call);
+  rv = kvs__call_wait(call);
+  if (rv == KVS_OK) {
+    *rep = call->rep;
+    call->rep = NULL;
+  }
+  kvs__call_free(call);
+  return rv;
+}
+
 /* --------------------------------------------------------- simple ops */
 kvs_err kvs_ping(kvs_client *c) {
   if (!c) return KVS_EINVAL;
@@ -197,8 +218,8 @@ kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *toke
       rv = KVS_ENOMEM;
       break;
     }
-    rv = kvs_wire_lookup_req_encode(model, mode, wc, nb, tokens + lo, hi - lo, kvs__frame_payload(m), sz,
-                                    &w);
+    rv = kvs_wire_lookup_req_encode(model, mode, wc, nb, tokens + lo, hi - lo,
+                                    kvs__frame_payload(m), sz, &w);
     if (rv) {
       nng_msg_free(m);
       kvs__seterr(c, rv, "cannot encode a LOOKUP of %u chunks", nb);
@@ -255,12 +276,12 @@ struct kvs_op {
   int32_t *tokens;
   uint32_t T;
   kvs_layout layout;
-  uint8_t *out;           /* host output (or the staging buffer of a device get) */
-  void *dev_out;          /* KVS_GET_DEVICE: the caller's device buffer */
-  int gpu_decode;         /* device get decoded by the GPU codec kernels */
-  uint64_t max_seg;       /* largest group segment: the device staging it needs */
-  void *copy_stream;      /* device get decoded on the host: its copies */
-  uint64_t deadline_ns;   /* of the whole get: every group request shares it */
+  uint8_t *out;         /* host output (or the staging buffer of a device get) */
+  void *dev_out;        /* KVS_GET_DEVICE: the caller's device buffer */
+  int gpu_decode;       /* device get decoded by the GPU codec kernels */
+  uint64_t max_seg;     /* largest group segment: the device staging it needs */
+  void *copy_stream;    /* device get decoded on the host: its copies */
+  uint64_t deadline_ns; /* of the whole get: every group request shares it */
   uint64_t out_bytes;
   uint32_t dtype, hb, he, window;
   kvs_group_fn on_group;
@@ -273,12 +294,12 @@ struct kvs_op {
   size_t ws_each;
   uint8_t *ws_busy; /* [window] */
   /* same-host fast path: the value read in place under a lease */
-  int lease_state;         /* 0 none, 1 held, 2 released (or being released) */
-  atomic_int shm_dead;     /* the lease ran out: the remaining groups go by socket */
-  int whole_failed;        /* the all-groups decode failed: group by group from now on */
+  int lease_state;     /* 0 none, 1 held, 2 released (or being released) */
+  atomic_int shm_dead; /* the lease ran out: the remaining groups go by socket */
+  int whole_failed;    /* the all-groups decode failed: group by group from now on */
   uint64_t lease_id, lease_expires_ms;
-  const uint8_t *shm_val;  /* the value's bytes in the mapped segment */
-  uint64_t *seg_end;       /* [n_segs] end offsets of the wire segments in the value */
+  const uint8_t *shm_val; /* the value's bytes in the mapped segment */
+  uint64_t *seg_end;      /* [n_segs] end offsets of the wire segments in the value */
   uint32_t n_segs;
 };
 
@@ -506,8 +527,8 @@ static int decode_group(kvs_op *op, const kvs__sub *sub, const uint8_t *bytes, s
     devslot_give(op->c, &s);
     return rv;
   }
-  return kvs__decoder_decode(op->dec, sub->g, bytes, len, op->out, op->out_bytes, op->dtype,
-                             op->hb, op->he, op->ws + sub->idx * op->ws_each, op->ws_each);
+  return kvs__decoder_decode(op->dec, sub->g, bytes, len, op->out, op->out_bytes, op->dtype, op->hb,
+                             op->he, op->ws + sub->idx * op->ws_each, op->ws_each);
 }
 
 static void group_done(void *arg, int rv, const char *errmsg, const uint8_t *p, size_t pn) {
@@ -919,7 +940,9 @@ static int start_lease(kvs_op *op) {
     nng_msg_free(m);
     return rv;
   }
-  kvs__call *call = kvs__call_new(op->c, m, 0, 0, check_reply, lease_done, op);
+  uint64_t now = kvs_now_ns();
+  uint32_t ms = op->deadline_ns > now ? (uint32_t)((op->deadline_ns - now) / 1000000) : 0;
+  kvs__call *call = kvs__call_new(op->c, m, 0, ms ? ms : 1, check_reply, lease_done, op);
   if (!call) return KVS_ENOMEM;
   kvs__call_start(call);
   return KVS_OK;
@@ -953,6 +976,9 @@ static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t
                        (unsigned long long)out_cap, (unsigned long long)need);
   if ((o->flags & KVS_GET_DEVICE) && kvs_gpu_device_count() < 1)
     return kvs__seterr(c, KVS_ENODEV, "KVS_GET_DEVICE without a CUDA device");
+  /* the get's deadline starts now; the stream question takes a part of it */
+  uint64_t deadline = kvs_now_ns() + (uint64_t)c->o.request_timeout_ms * 1000000ull;
+  kvs__stream_default(c, c->o.request_timeout_ms / 4 < 1000 ? c->o.request_timeout_ms / 4 : 1000);
   kvs_op *op = op_new(c, KVS__OP_GET);
   if (!op) return KVS_ENOMEM;
   op->model = *model;
@@ -964,7 +990,7 @@ static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t
   op->hb = o->head_begin;
   op->he = o->head_end ? o->head_end : layout->n_kv_heads;
   op->window = o->window ? o->window : 4;
-  op->deadline_ns = kvs_now_ns() + (uint64_t)c->o.request_timeout_ms * 1000000ull;
+  op->deadline_ns = deadline;
   if (op->window > 64) op->window = 64;
   op->on_group = o->on_group;
   op->user = o->user;
@@ -979,7 +1005,11 @@ static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t
   atomic_fetch_add(&c->n_gets, 1);
   op->pending = 1;
   int rv = op->tokens ? KVS_OK : KVS_ENOMEM;
-  if (!rv) rv = atomic_load(&c->shm_on) ? start_lease(op) : start_first_get(op, 0);
+  if (!rv) {
+    uint64_t now = kvs_now_ns();
+    uint32_t ms = deadline > now ? (uint32_t)((deadline - now) / 1000000) : 0;
+    rv = atomic_load(&c->shm_on) ? start_lease(op) : start_first_get(op, ms ? ms : 1);
+  }
   if (rv) {
     op->finished = 1;
     kvs_op_free(op);
@@ -1129,8 +1159,8 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
     host = staged;
   }
   kvs__encoded e;
-  int rv = kvs__encode(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, host,
-                       &e);
+  int rv =
+      kvs__encode(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, host, &e);
   free(staged);
   if (rv)
     return kvs__seterr(c, rv, "encoding with profile %u failed%s", o->profile,

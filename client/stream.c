@@ -25,8 +25,9 @@ enum { SC_SEND, SC_HDR, SC_BODY };
 
 struct kvs__sconn {
   kvs_client *c;
-  nng_stream *s; /* NULL until dialed */
-  nng_aio *aio;  /* dial, then one send or recv at a time */
+  nng_stream *s;   /* NULL until dialed */
+  const char *url; /* the stream URL of the call it serves (kept alive until close) */
+  nng_aio *aio;    /* dial, then one send or recv at a time */
   int state;
   int reused; /* came from the pool: a failure before any answer byte may be a stale conn */
   uint8_t hdr[KVS_WIRE_HDR_SIZE];
@@ -192,7 +193,7 @@ static void sconn_cb(void *arg) {
     }
     char msg[KVS__ERRMSG_LEN];
     snprintf(msg, sizeof msg, "stream %s %s: %s",
-             s->state == SC_SEND ? "sending to" : "waiting for the answer from", c->stream_url,
+             s->state == SC_SEND ? "sending to" : "waiting for the answer from", s->url,
              nng_strerror(rv));
     sconn_drop(s);
     finish(s, closing ? KVS_ECLOSED : kvs__err_from_nng(rv), msg, NULL, 0);
@@ -228,7 +229,7 @@ static void sconn_cb(void *arg) {
         s->buf = b, s->cap = h.payload_len;
     }
     if (e) {
-      snprintf(msg, sizeof msg, "bad answer from %s (%s)", c->stream_url, kvs_errname(e));
+      snprintf(msg, sizeof msg, "bad answer from %s (%s)", s->url, kvs_errname(e));
       sconn_drop(s); /* the framing is lost */
       finish(s, e == KVS_ENOMEM ? e : KVS_EPROTO, msg, NULL, 0);
       return;
@@ -264,8 +265,10 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
       kvs_now_ns() + (uint64_t)(timeout_ms ? timeout_ms : c->o.request_timeout_ms) * 1000000ull;
   kvs__sconn *s = NULL;
   int reused = 0;
+  nng_stream_dialer *dialer = NULL;
   pthread_mutex_lock(&c->mu);
   if (c->stream_dialer && !c->closed && kvs_now_ns() >= c->stream_retry_ns) {
+    dialer = c->stream_dialer; /* a replaced one stays alive until kvs_client_free */
     s = c->sidle;
     if (s) {
       c->sidle = s->next;
@@ -281,7 +284,10 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
         c->n_sconns++;
       }
     }
-    if (s) c->s_active++;
+    if (s) {
+      c->s_active++;
+      s->url = c->stream_url;
+    }
   }
   pthread_mutex_unlock(&c->mu);
   if (!s) { /* no stream, or every connection busy: the REQ/REP pool */
@@ -302,7 +308,7 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
     return;
   }
   nng_aio_set_timeout(s->aio, (nng_duration)c->o.connect_timeout_ms);
-  nng_stream_dialer_dial(c->stream_dialer, s->aio);
+  nng_stream_dialer_dial(dialer, s->aio);
 }
 
 /* host of a "scheme://HOST:PORT" URL into out ("" when there is none);
@@ -354,31 +360,19 @@ int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char 
   return KVS_ENOENT;
 }
 
-/* "auto": PING, whose answer lists the daemon's +stream listeners
- * (docs/protocol.md), and take the one kvs__stream_pick picks. */
-static kvs_err stream_auto(kvs_client *c) {
-  char url[600];
-  if (kvs__stream_pick(NULL, 0, c->url, url, sizeof url) == KVS_ENOTSUP)
-    return kvs__seterr(c, KVS_ENOTSUP, "stream \"auto\": only for tcp:// and ipc:// (not %s)",
-                       c->url);
-  nng_msg *m = NULL, *rep = NULL;
-  if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
-  kvs_err rv = kvs__frame_roundtrip(c, m, KVS_OP_PING, 1, &rep);
-  if (rv) return rv;
-  rv = kvs__stream_pick((const uint8_t *)nng_msg_body(rep) + KVS_WIRE_HDR_SIZE,
-                        nng_msg_len(rep) - KVS_WIRE_HDR_SIZE, c->url, url, sizeof url);
-  nng_msg_free(rep);
-  if (rv == KVS_EPROTO)
-    return kvs__seterr(c, rv, "PING answer from %s: not a list of listen URLs", c->url);
-  if (rv)
-    return kvs__seterr(c, rv, "kvstashd at %s has no %s listener", c->url,
-                       strncmp(c->url, "ipc://", 6) ? "tcp+stream://" : "ipc+stream://");
-  return kvs_client_stream(c, url);
-}
+/* A stream URL no longer in use: its dialer may still be dialing and its
+ * string may be in a message being written, so both live until close. */
+struct kvs__olddialer {
+  nng_stream_dialer *d;
+  char *url;
+  struct kvs__olddialer *next;
+};
 
-kvs_err kvs_client_stream(kvs_client *c, const char *url) {
-  if (!c || !url) return KVS_EINVAL;
-  if (!strcmp(url, "auto")) return stream_auto(c);
+/* Makes url (tcp+stream:// or ipc+stream://) the client's stream. named: by
+ * kvs_client_stream (KVS_EBUSY when it named one already); else found by
+ * asking, which never replaces a named one. The connections to the previous
+ * stream that sit idle are closed (the next get dials the new one). */
+static kvs_err stream_set(kvs_client *c, const char *url, int named) {
   int tcp = !strncmp(url, "tcp+stream://", 13), ipc = !strncmp(url, "ipc+stream://", 13);
   if (!tcp && !ipc)
     return kvs__seterr(c, KVS_EINVAL, "stream URL must be tcp+stream:// or ipc+stream://");
@@ -386,23 +380,145 @@ kvs_err kvs_client_stream(kvs_client *c, const char *url) {
   if (strlen(url) >= sizeof nu) return kvs__seterr(c, KVS_EINVAL, "stream URL too long");
   snprintf(nu, sizeof nu, "%.3s%s", url, url + 10);
   pthread_mutex_lock(&c->mu);
-  int busy = c->stream_dialer != NULL;
+  int busy = c->stream_named, same = c->stream_url && !strcmp(c->stream_url, url);
+  if (same || busy) {
+    if (same && named) c->stream_named = 1;
+    pthread_mutex_unlock(&c->mu);
+    return busy && named ? kvs__seterr(c, KVS_EBUSY, "the stream URL is set once per client")
+                         : KVS_OK;
+  }
   pthread_mutex_unlock(&c->mu);
-  if (busy) return kvs__seterr(c, KVS_EBUSY, "the stream URL is set once per client");
   nng_stream_dialer *d = NULL;
   int rv = nng_stream_dialer_alloc(&d, nu);
   if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "stream URL %s: %s", url, nng_strerror(rv));
   if (tcp) (void)nng_stream_dialer_set_bool(d, NNG_OPT_TCP_NODELAY, true);
   char *copy = strdup(url);
-  if (!copy) {
+  struct kvs__olddialer *old = malloc(sizeof *old);
+  if (!copy || !old) {
     nng_stream_dialer_free(d);
+    free(copy);
+    free(old);
     return KVS_ENOMEM;
   }
+  nng_stream *stale[KVS__SCONN_MAX];
+  int n_stale = 0;
   pthread_mutex_lock(&c->mu);
+  if (c->stream_named || c->closed) { /* named meanwhile on another thread */
+    int busy2 = c->stream_named && named;
+    pthread_mutex_unlock(&c->mu);
+    nng_stream_dialer_free(d);
+    free(copy);
+    free(old);
+    return busy2 ? kvs__seterr(c, KVS_EBUSY, "the stream URL is set once per client") : KVS_OK;
+  }
+  if (c->stream_dialer) {
+    *old = (struct kvs__olddialer){c->stream_dialer, c->stream_url, c->old_dialers};
+    c->old_dialers = old;
+    old = NULL;
+    for (kvs__sconn *x = c->sidle; x; x = x->next)
+      if (x->s && n_stale < KVS__SCONN_MAX) stale[n_stale++] = x->s, x->s = NULL;
+  }
   c->stream_url = copy;
   c->stream_dialer = d;
+  c->stream_retry_ns = 0;
+  if (named) c->stream_named = 1;
   pthread_mutex_unlock(&c->mu);
+  free(old);
+  for (int i = 0; i < n_stale; i++)
+    nng_stream_free(stale[i]);
   return KVS_OK;
+}
+
+/* The daemon no longer offers a stream (asked again after a reconnect):
+ * gets stay on REQ/REP. A named stream stays. */
+static void stream_unset(kvs_client *c) {
+  struct kvs__olddialer *old = malloc(sizeof *old);
+  pthread_mutex_lock(&c->mu);
+  if (old && c->stream_dialer && !c->stream_named) {
+    *old = (struct kvs__olddialer){c->stream_dialer, c->stream_url, c->old_dialers};
+    c->old_dialers = old;
+    old = NULL;
+    c->stream_dialer = NULL;
+    c->stream_url = NULL;
+  }
+  pthread_mutex_unlock(&c->mu);
+  free(old);
+}
+
+/* PING, whose answer lists the daemon's +stream listeners (docs/protocol.md),
+ * and the one kvs__stream_pick picks into url. quiet: the client's own
+ * question (the thread's error message is left alone). */
+static kvs_err stream_ask(kvs_client *c, uint32_t timeout_ms, int quiet, char *url, size_t cap) {
+  nng_msg *rep = NULL;
+  kvs_err rv;
+  if (quiet) {
+    rv = kvs__ping_quiet(c, timeout_ms, &rep);
+  } else {
+    nng_msg *m = NULL;
+    if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
+    rv = kvs__frame_roundtrip(c, m, KVS_OP_PING, 1, &rep);
+  }
+  if (rv) return rv;
+  rv = kvs__stream_pick((const uint8_t *)nng_msg_body(rep) + KVS_WIRE_HDR_SIZE,
+                        nng_msg_len(rep) - KVS_WIRE_HDR_SIZE, c->url, url, cap);
+  nng_msg_free(rep);
+  return rv;
+}
+
+void kvs__stream_default(kvs_client *c, uint32_t timeout_ms) {
+  pthread_mutex_lock(&c->mu);
+  int ask = c->stream_auto && !c->stream_named && !c->stream_known && !c->stream_asking &&
+            !c->closed && c->pipes > 0 && kvs_now_ns() >= c->stream_ask_ns;
+  if (ask) {
+    c->stream_asking = 1;
+    c->stream_known = 1; /* a connection lost while asking clears it again */
+  }
+  pthread_mutex_unlock(&c->mu);
+  if (!ask) return;
+  char url[600];
+  kvs_err rv = stream_ask(c, timeout_ms, 1, url, sizeof url);
+  int answered = rv == KVS_OK || rv == KVS_ENOENT || rv == KVS_EPROTO || rv == KVS_ENOTSUP;
+  if (rv == KVS_OK) {
+    if (stream_set(c, url, 0) != KVS_OK)
+      KVS_LOGI("client", "the daemon's stream listener is not usable", "url=%s", url);
+  } else if (answered) {
+    stream_unset(c);
+  }
+  KVS_LOGD("client", "asked for the stream listener", "url=%s err=%s", rv == KVS_OK ? url : "-",
+           kvs_errname(rv));
+  pthread_mutex_lock(&c->mu);
+  c->stream_asking = 0;
+  if (!answered) { /* no answer (down, refused, timed out): ask again a second later */
+    c->stream_known = 0;
+    c->stream_ask_ns = kvs_now_ns() + 1000000000ull;
+  }
+  pthread_mutex_unlock(&c->mu);
+}
+
+/* "auto", named: ask now and say what came of it. */
+static kvs_err stream_auto(kvs_client *c) {
+  char url[600];
+  if (kvs__stream_pick(NULL, 0, c->url, url, sizeof url) == KVS_ENOTSUP)
+    return kvs__seterr(c, KVS_ENOTSUP, "stream \"auto\": only for tcp:// and ipc:// (not %s)",
+                       c->url);
+  pthread_mutex_lock(&c->mu);
+  int busy = c->stream_named;
+  pthread_mutex_unlock(&c->mu);
+  if (busy) return kvs__seterr(c, KVS_EBUSY, "the stream URL is set once per client");
+  kvs_err rv = stream_ask(c, 0, 0, url, sizeof url);
+  if (rv == KVS_EPROTO)
+    return kvs__seterr(c, rv, "PING answer from %s: not a list of listen URLs", c->url);
+  if (rv == KVS_ENOENT)
+    return kvs__seterr(c, rv, "kvstashd at %s has no %s listener", c->url,
+                       strncmp(c->url, "ipc://", 6) ? "tcp+stream://" : "ipc+stream://");
+  if (rv) return rv;
+  return stream_set(c, url, 1);
+}
+
+kvs_err kvs_client_stream(kvs_client *c, const char *url) {
+  if (!c || !url) return KVS_EINVAL;
+  if (!strcmp(url, "auto")) return stream_auto(c);
+  return stream_set(c, url, 1);
 }
 
 void kvs__stream_close(kvs_client *c) {
@@ -443,4 +559,11 @@ void kvs__stream_close(kvs_client *c) {
   c->stream_dialer = NULL;
   free(c->stream_url);
   c->stream_url = NULL;
+  while (c->old_dialers) {
+    struct kvs__olddialer *o = c->old_dialers;
+    c->old_dialers = o->next;
+    nng_stream_dialer_free(o->d);
+    free(o->url);
+    free(o);
+  }
 }

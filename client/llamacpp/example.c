@@ -7,7 +7,7 @@
  *    computed alone once, restored at its offset (llama.cpp's K shift).
  *
  *   kvs-llama-chat --model SmolLM2-135M-Instruct.Q4_1.gguf
- *                  --data musique_s.json [--item 0] [--url tcp://127.0.0.1:7070]
+ *                  --data musique_s.json [--item 0] [--url tcp://127.0.0.1:7878]
  *                  [--threads 2] [--recompute 8] [--passages 5]
  * Without --url (or with kvstashd down) it runs, without reuse. */
 #include <stdio.h>

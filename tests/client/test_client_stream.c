@@ -3,13 +3,16 @@
  * same errors, several gets in flight, and the fallback to REQ/REP when the
  * stream is not there or its connections die with the daemon. Skipped (77)
  * when the kvstashd binary is not built. White-box: reads the client's
- * stream counters (client_int.h). */
+ * stream counters (client_int.h). And the defaults: a client made with
+ * kvs_client_opts_init and a URL finds the stream (and shared memory) by
+ * itself, asks again after a reconnect, and stays on REQ/REP without one. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "client_int.h"
@@ -52,7 +55,8 @@ static kvs_client *client(const char *tenant, const char *token, const char *str
   o.url = srv.url;
   o.tenant = tenant;
   o.token = token;
-  o.flags = KVS_CLIENT_NO_SHM;
+  /* no stream named: plain REQ/REP (the client would find the stream itself) */
+  o.flags = KVS_CLIENT_NO_SHM | (stream ? 0 : KVS_CLIENT_NO_STREAM);
   o.request_timeout_ms = 20000;
   kvs_client *c = NULL;
   if (kvs_client_create(&o, &c)) {
@@ -91,6 +95,28 @@ static void chunk_make(chunk *k, uint32_t T) {
 static void chunk_free(chunk *k) {
   free(k->tok);
   free(k->kv);
+}
+
+/* A default client: kvs_client_opts_init, the URL, nothing else. */
+static kvs_client *default_client(const char *url, const char *tenant, const char *token) {
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = url;
+  o.tenant = tenant;
+  o.token = token;
+  o.request_timeout_ms = 20000;
+  kvs_client *c = NULL;
+  if (kvs_client_create(&o, &c)) {
+    fprintf(stderr, "connect: %s\n", kvs_client_errmsg(c));
+    kvs_client_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+static uint64_t counter_stream_gets(kvs_client *c) {
+  kvs_client_counters k;
+  return kvs_client_get_counters(c, &k) == KVS_OK ? k.stream_gets : 0;
 }
 
 static void test_stream_get(void) {
@@ -310,14 +336,192 @@ static void test_stream_auto(void) {
   CU_ASSERT(memcmp(out, k.kv, nb) == 0);
   CU_ASSERT_EQUAL(atomic_load(&c->n_stream_gets), 0);
   kvs_client_free(c);
+  /* a default client there: its gets ask, find none, go by REQ/REP */
+  c = default_client(plain.url, NULL, NULL);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  for (int i = 0; i < 2; i++) {
+    memset(out, 0, nb);
+    CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  }
+  CU_ASSERT_PTR_NULL(c->stream_url);
+  CU_ASSERT_EQUAL(counter_stream_gets(c), 0);
+  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 0);
+  kvs_client_free(c);
   test_server_stop(&plain);
   free(out);
   chunk_free(&k);
 }
 
-static const kvs_test_case cases[] = {
-    {"stream_get", test_stream_get},           {"stream_pick", test_stream_pick},
-    {"stream_auto", test_stream_auto},         {"stream_batch", test_stream_batch},
-    {"stream_fallback", test_stream_fallback}, {NULL, NULL}};
+/* Nothing asked for: the first get finds the daemon's stream and every get
+ * goes there; opting out (flag, or $KVS_CLIENT_STREAM=off) keeps REQ/REP. */
+static void test_default_stream(void) {
+  kvs_client *c = default_client(srv.url, "alpha", "tok-a");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  CU_ASSERT_PTR_NULL(c->stream_url); /* nothing asked at create */
+  chunk k;
+  chunk_make(&k, 64);
+  kvs_put_opts po = {.layers_per_group = 4};
+  CU_ASSERT_EQUAL_FATAL(kvs_put(c, &model, k.tok, &k.ch, &lay, k.kv, &po), KVS_OK);
+  uint64_t nb = kvs_get_bound(&lay, k.T, NULL);
+  uint16_t *out = malloc(nb);
+  for (int i = 0; i < 2; i++) {
+    memset(out, 0, nb);
+    CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  }
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c->stream_url);
+  CU_ASSERT_STRING_EQUAL(c->stream_url, surl);
+  kvs_client_counters kc;
+  CU_ASSERT_EQUAL(kvs_client_get_counters(c, &kc), KVS_OK);
+  CU_ASSERT_EQUAL(kc.gets, 2);
+  CU_ASSERT_EQUAL(kc.stream_gets, 2 * 3); /* first answer + 2 groups, each get */
+  CU_ASSERT_EQUAL(kc.stream_fallbacks, 0);
+  /* other ops stay on REQ/REP and work */
+  kvs_entry_info info;
+  CU_ASSERT_EQUAL(kvs_exists(c, &model, &k.ch.key, &info), KVS_OK);
+  CU_ASSERT_EQUAL(info.present, 1);
+  /* a name given by the caller replaces what the client found */
+  CU_ASSERT_EQUAL(kvs_client_stream(c, surl), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_client_stream(c, surl), KVS_EBUSY);
+  kvs_client_free(c);
+
+  /* opted out by the flag */
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = srv.url;
+  o.tenant = "alpha";
+  o.token = "tok-a";
+  o.flags = KVS_CLIENT_NO_STREAM;
+  CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &c), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  CU_ASSERT_EQUAL(counter_stream_gets(c), 0);
+  CU_ASSERT_PTR_NULL(c->stream_url);
+  kvs_client_free(c);
+  /* opted out by the environment */
+  setenv("KVS_CLIENT_STREAM", "off", 1);
+  c = default_client(srv.url, "alpha", "tok-a");
+  unsetenv("KVS_CLIENT_STREAM");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT_EQUAL(counter_stream_gets(c), 0);
+  kvs_client_free(c);
+  free(out);
+  chunk_free(&k);
+}
+
+/* A default client against a daemon with `shm = on` and a stream listener:
+ * gets of values in the RAM tier are read in place; the stream carries what
+ * shared memory does not (a client that opts out of shm). */
+static void test_default_shm(void) {
+  test_server d;
+  char fl[256], su[96];
+  snprintf(su, sizeof su, "tcp+stream://127.0.0.1:%d", test_free_port());
+  snprintf(fl, sizeof fl, "--shm=on --shm_bytes=4M --listen=%s", su);
+  CU_ASSERT_EQUAL_FATAL(test_server_start_flag(&d, "real", fl), 0);
+  kvs_client *c = default_client(d.url, NULL, NULL);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  chunk k;
+  chunk_make(&k, 32);
+  CU_ASSERT_EQUAL_FATAL(kvs_put(c, &model, k.tok, &k.ch, &lay, k.kv, NULL), KVS_OK);
+  uint64_t nb = kvs_get_bound(&lay, k.T, NULL);
+  uint16_t *out = malloc(nb);
+  for (int i = 0; i < 2; i++) {
+    memset(out, 0, nb);
+    CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  }
+  kvs_client_counters kc;
+  CU_ASSERT_EQUAL(kvs_client_get_counters(c, &kc), KVS_OK);
+  CU_ASSERT_EQUAL(kc.gets, 2);
+  CU_ASSERT_EQUAL(kc.shm_gets, 2);
+  CU_ASSERT_EQUAL(kc.shm_fallbacks, 0);
+  CU_ASSERT_EQUAL(kc.stream_gets, 0); /* nothing went through a socket */
+  kvs_client_free(c);
+  /* shm opted out: the same default finds the stream */
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = d.url;
+  o.flags = KVS_CLIENT_NO_SHM;
+  CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &c), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  CU_ASSERT_EQUAL(kvs_client_get_counters(c, &kc), KVS_OK);
+  CU_ASSERT_EQUAL(kc.shm_gets, 0);
+  CU_ASSERT(kc.stream_gets >= 1);
+  kvs_client_free(c);
+  free(out);
+  chunk_free(&k);
+  test_server_stop(&d);
+}
+
+/* The answer is kept until a connection is lost: a daemon restarted with
+ * another stream listener is asked again, and one restarted without any
+ * leaves the gets on REQ/REP (they succeed). */
+static void test_default_reask(void) {
+  test_server d;
+  char fl[256], su1[96], su2[96];
+  snprintf(su1, sizeof su1, "tcp+stream://127.0.0.1:%d", test_free_port());
+  snprintf(su2, sizeof su2, "tcp+stream://127.0.0.1:%d", test_free_port());
+  snprintf(fl, sizeof fl, "--listen=%s", su1);
+  CU_ASSERT_EQUAL_FATAL(test_server_start_flag(&d, "real", fl), 0);
+  kvs_client *c = default_client(d.url, NULL, NULL);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  chunk k;
+  chunk_make(&k, 32);
+  kvs_put_opts po = {.flags = KVS_PUT_SYNC};
+  CU_ASSERT_EQUAL_FATAL(kvs_put(c, &model, k.tok, &k.ch, &lay, k.kv, &po), KVS_OK);
+  uint64_t nb = kvs_get_bound(&lay, k.T, NULL);
+  uint16_t *out = malloc(nb);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c->stream_url);
+  CU_ASSERT_STRING_EQUAL(c->stream_url, su1);
+  uint64_t n1 = counter_stream_gets(c);
+  CU_ASSERT(n1 >= 1);
+  /* the same daemon, now with the stream on another port */
+  test_server_kill(&d);
+  snprintf(d.flag, sizeof d.flag, "--listen=%s", su2);
+  CU_ASSERT_EQUAL_FATAL(test_server_restart(&d), 0);
+  for (int i = 0; i < 500 && kvs_client_connected(c) == 0; i++) {
+    struct timespec ts = {0, 10 * 1000000};
+    nanosleep(&ts, NULL);
+  }
+  CU_ASSERT(kvs_client_connected(c) > 0);
+  memset(out, 0, nb);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c->stream_url);
+  CU_ASSERT_STRING_EQUAL(c->stream_url, su2);
+  CU_ASSERT(counter_stream_gets(c) > n1);
+  /* and without any stream listener */
+  test_server_kill(&d);
+  d.flag[0] = 0;
+  CU_ASSERT_EQUAL_FATAL(test_server_restart(&d), 0);
+  for (int i = 0; i < 500 && kvs_client_connected(c) == 0; i++) {
+    struct timespec ts = {0, 10 * 1000000};
+    nanosleep(&ts, NULL);
+  }
+  uint64_t n2 = counter_stream_gets(c);
+  memset(out, 0, nb);
+  CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, k.kv, nb) == 0);
+  CU_ASSERT_PTR_NULL(c->stream_url);
+  CU_ASSERT_EQUAL(counter_stream_gets(c), n2);
+  kvs_client_free(c);
+  free(out);
+  chunk_free(&k);
+  test_server_stop(&d);
+}
+
+static const kvs_test_case cases[] = {{"stream_get", test_stream_get},
+                                      {"stream_pick", test_stream_pick},
+                                      {"stream_auto", test_stream_auto},
+                                      {"stream_batch", test_stream_batch},
+                                      {"stream_fallback", test_stream_fallback},
+                                      {"default_stream", test_default_stream},
+                                      {"default_shm", test_default_shm},
+                                      {"default_reask", test_default_reask},
+                                      {NULL, NULL}};
 
 int main(void) { return kvs_test_run_fixture("client_stream", cases, suite_init, suite_clean); }

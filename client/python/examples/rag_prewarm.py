@@ -2,7 +2,7 @@
 """RAG with kvstash: pre-warm MuSiQue passages, then ask which passages of a
 new prompt are already cached.
 
-  rag_prewarm.py --url tcp://127.0.0.1:7070 [--items 0-4] [--ask 3] [--gguf PATH]
+  rag_prewarm.py --url tcp://127.0.0.1:7878 [--items 0-4] [--ask 3] [--gguf PATH]
 
 1. For each passage of the pre-warm items, compute its token ids and its KV
    as a content chunk (prefilled alone at positions 0..n-1), and put it.

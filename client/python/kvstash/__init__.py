@@ -369,9 +369,10 @@ class Client:
         tls_*: for tls+tcp:// URLs (tls_ca_file required).
         stream: a kvstashd byte-stream listener (tcp+stream://host:port or
         ipc+stream:///path) that gets go through; everything else uses url, and a get
-        whose stream cannot be reached goes through url too. "auto" asks the daemon
-        for its listener (kvstashd's default config has one on 127.0.0.1:7880) and
-        raises Error (KVS_ENOENT) when it has none."""
+        whose stream cannot be reached goes through url too. None (default): the
+        client asks the daemon for its listener at the first get (kvstashd's default
+        config has one on 127.0.0.1:7880) and stays on url without one; False: never;
+        "auto": ask now, raising Error (KVS_ENOENT) when it has none."""
         lib = load_library()
         self._lib = lib
         o = _ClientOpts()
@@ -389,6 +390,8 @@ class Client:
             flags |= 2
         elif shm is True:
             flags |= 4
+        if stream is False:
+            flags |= 8  # KVS_CLIENT_NO_STREAM
         o.n_sockets, o.max_retries, o.flags = sockets, retries, flags
         h = ctypes.c_void_p()
         rv = lib.kvs_client_create(ctypes.byref(o), ctypes.byref(h))

@@ -217,5 +217,9 @@ def test_stream_get_real(tmp_path):
         with kvstash.Client(url, tenant="pystream", shm=False, stream="auto") as c:
             assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)  # found by PING
             assert c.counters()["stream_gets"] >= 2
+        for stream, want in ((None, True), (False, False)):  # by default, or opted out
+            with kvstash.Client(url, tenant="pystream", shm=False, stream=stream) as c:
+                assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)
+                assert (c.counters()["stream_gets"] >= 2) == want
         with pytest.raises(kvstash.Error):  # not a stream URL
             kvstash.Client(url, stream="tcp://127.0.0.1:1")
