@@ -3,7 +3,10 @@
  * into host memory (or device memory with --gpu) through libkvstash, over
  * tcp:// and ipc:// loopback, over the byte-stream listener (tcp+stream://,
  * kvs_client_stream) and through the same-host shared-memory path
- * (LEASE, bytes decoded in place), per codec profile; beside it, in the same
+ * (LEASE, bytes decoded in place), per codec profile, and with a client made
+ * with defaults only (kvs_client_opts_init, URL, tenant: the fastest path it
+ * finds by itself - in place when shm is on, else the byte stream); the
+ * tcp and ipc rows opt out of both (REQ/REP only); beside it, in the same
  * run, a plain memcpy of the same fp16 KV (the floor: the bytes are already in
  * this process) and, with --gpu, a copy of the raw fp16 KV from pinned RAM to
  * the device. One untimed warm-up per row. Prints a table and, last, one line
@@ -79,15 +82,19 @@ static pid_t spawn(const char *bin, const char *tcp, const char *stream, const c
   return pid;
 }
 
+/* shm: 1 = the shm row, 0 = REQ/REP (or a named stream) only, -1 = the
+ * default client: nothing but the URL and the tenant set */
 static kvs_client *connect_to(const char *url, int shm) {
   kvs_client_opts o;
   kvs_client_opts_init(&o);
   o.url = url;
-  o.flags = shm ? KVS_CLIENT_SHM : KVS_CLIENT_NO_SHM;
   o.tenant = "bench";
-  o.connect_timeout_ms = 10000;
-  o.request_timeout_ms = 120000;
-  o.n_sockets = 4;
+  if (shm >= 0) {
+    o.flags = (shm ? KVS_CLIENT_SHM : KVS_CLIENT_NO_SHM) | KVS_CLIENT_NO_STREAM;
+    o.connect_timeout_ms = 10000;
+    o.request_timeout_ms = 120000;
+    o.n_sockets = 4;
+  }
   kvs_client *c = NULL;
   if (kvs_client_create(&o, &c) || kvs_ping(c)) {
     fprintf(stderr, "cannot reach %s: %s\n", url, kvs_client_errmsg(c));
@@ -286,11 +293,11 @@ int main(int argc, char **argv) {
   }
   /* stream: GETs over the byte-stream listener (kvs_client_stream), the
    * rest of the calls over tcp:// (only when this bench started kvstashd) */
-  const char *url_v[4] = {tcp, ipc, ipc[0] ? ipc : tcp, stream};
-  const char *url_name[4] = {"tcp", "ipc", "shm", "stream"};
-  kvs_client *cl[4] = {connect_to(tcp, 0), ipc[0] ? connect_to(ipc, 0) : NULL,
+  const char *url_v[5] = {tcp, ipc, ipc[0] ? ipc : tcp, stream, tcp};
+  const char *url_name[5] = {"tcp", "ipc", "shm", "stream", "default"};
+  kvs_client *cl[5] = {connect_to(tcp, 0), ipc[0] ? connect_to(ipc, 0) : NULL,
                        use_shm ? connect_to(url_v[2], 1) : NULL,
-                       stream[0] ? connect_to(tcp, 0) : NULL};
+                       stream[0] ? connect_to(tcp, 0) : NULL, connect_to(tcp, -1)};
   if (cl[3] && kvs_client_stream(cl[3], stream) != KVS_OK) {
     fprintf(stderr, "stream %s: %s\n", stream, kvs_client_errmsg(cl[3]));
     kvs_client_free(cl[3]);
@@ -363,7 +370,7 @@ int main(int argc, char **argv) {
     printf("%-28s %9.2f ms (encode + store, not the measured path), %.2f bits/elem stored\n", p,
            put_ms, bpe);
     fprintf(jf, ",\"%s_bits_per_elem\":%.3f", p, bpe);
-    for (int u = 0; u < 4 && !rc; u++) {
+    for (int u = 0; u < 5 && !rc; u++) {
       if (!cl[u]) continue;
       double err = 0;
       kvs_client_counters k0, k1;
@@ -407,6 +414,10 @@ int main(int argc, char **argv) {
       if (u == 3)
         snprintf(note, sizeof note, "  %llu group GETs by stream%s", (unsigned long long)sg,
                  sf ? " (SOME WENT BY REQ/REP)" : "");
+      if (u == 4)
+        snprintf(note, sizeof note, "  %llu/%llu gets in place, %llu requests by stream",
+                 (unsigned long long)in_place, (unsigned long long)(n_chunks * (size_t)(iters + 1)),
+                 (unsigned long long)sg);
       printf("%-28s %9.2f ms %8.2f GB/s  %5.2fx memcpy  rel.err %.2e%s\n", name, ms,
              total / ms / 1e6, ms / memcpy_ms, err, note);
       fprintf(jf, ",\"%s_%s_ms\":%.3f,\"%s_%s_vs_memcpy\":%.2f,\"%s_%s_relerr\":%.3g", url_name[u],
@@ -417,12 +428,15 @@ int main(int argc, char **argv) {
       if (u == 3)
         fprintf(jf, ",\"stream_%s_gets\":%llu,\"stream_%s_fallbacks\":%llu", p,
                 (unsigned long long)sg, p, (unsigned long long)sf);
+      if (u == 4)
+        fprintf(jf, ",\"default_%s_in_place\":%llu,\"default_%s_stream_gets\":%llu", p,
+                (unsigned long long)in_place, p, (unsigned long long)sg);
     }
   }
   fclose(jf);
   printf("%s}\n", json);
   free(json);
-  for (int u = 0; u < 4; u++)
+  for (int u = 0; u < 5; u++)
     kvs_client_free(cl[u]);
   kvs_client_lib_fini();
   if (pid > 0) {

@@ -16,6 +16,18 @@
  *   kvstashd shm (GET only): the same-host fast path (shm = on): LEASE over
  *                                     ipc://, bytes copied out of the mapped
  *                                     segment into the reader's buffer
+ *   libkvstash (GET only): kvs_get of a raw KV entry of the row's size (1
+ *                                     layer, size/8192 heads of 128, 16 tokens),
+ *                                     tcp://, one kvs_client per caller:
+ *                                     "lib default" made with kvs_client_opts_init
+ *                                     and the URL only (here it reads in place:
+ *                                     shm = on), "lib no-shm" the same with
+ *                                     KVS_CLIENT_NO_SHM (what a client on another
+ *                                     host gets: the byte stream it finds by
+ *                                     itself), "lib req/rep" with
+ *                                     KVS_CLIENT_NO_STREAM too; each GET is two
+ *                                     requests (meta + descriptor, then the value)
+ *                                     and a decode into the caller's buffer
  *   kvstashd stream (GET only): the byte-stream listener (tcp+stream://, and
  *                                     ipc+stream:// beside Redis's Unix socket; nng's
  *                                     stream API): the daemon writes the value
@@ -36,6 +48,7 @@
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +71,7 @@
 #include "kvs_codec.h"
 #include "kvs_synth.h"
 #include "kvs_wire.h"
+#include "kvstash.h"
 
 #ifndef KVS_BENCH_KVSTASHD
 #define KVS_BENCH_KVSTASHD "kvstashd"
@@ -538,19 +552,23 @@ enum {
   SYS_KVS_STREAM_IPC,
   SYS_KVS_STREAM_W, /* one caller, g_window connections (striped_get) */
   SYS_REDIS_TCP_W,  /* the same against Redis: GETRANGE on g_window connections */
+  SYS_LIB_DEFAULT,  /* libkvstash, a default-configured client */
+  SYS_LIB_NOSHM,    /* the same, KVS_CLIENT_NO_SHM */
+  SYS_LIB_REQREP,   /* the same, KVS_CLIENT_NO_SHM | KVS_CLIENT_NO_STREAM */
   N_SYS
 };
-static const char *sys_name[N_SYS] = {"kvstashd tcp",    "kvstashd ipc",  "redis tcp",
-                                      "redis unix",      "bare-nng tcp",  "bare-nng ipc",
-                                      "kvstashd shm",    "kvstashd strm", "kvstashd strm-ipc",
-                                      "kvstashd strm-w", "redis tcp-w"};
+static const char *sys_name[N_SYS] = {
+    "kvstashd tcp", "kvstashd ipc", "redis tcp",     "redis unix",        "bare-nng tcp",
+    "bare-nng ipc", "kvstashd shm", "kvstashd strm", "kvstashd strm-ipc", "kvstashd strm-w",
+    "redis tcp-w",  "lib default",  "lib no-shm",    "lib req/rep"};
 static const char *sys_key[N_SYS] = {
-    "kvs_tcp",         "kvs_ipc", "redis_tcp",      "redis_unix",     "bare_nng_tcp",
-    "bare_nng_ipc",    "kvs_shm", "kvs_stream_tcp", "kvs_stream_ipc", "kvs_stream_tcp_window",
-    "redis_tcp_window"};
+    "kvs_tcp",          "kvs_ipc",     "redis_tcp",      "redis_unix",     "bare_nng_tcp",
+    "bare_nng_ipc",     "kvs_shm",     "kvs_stream_tcp", "kvs_stream_ipc", "kvs_stream_tcp_window",
+    "redis_tcp_window", "lib_default", "lib_no_shm",     "lib_reqrep"};
 #define IS_REDIS(sys)                                                                              \
   ((sys) == SYS_REDIS_TCP || (sys) == SYS_REDIS_UNIX || (sys) == SYS_REDIS_TCP_W)
-#define IS_NNG(sys) (!IS_REDIS(sys))
+#define IS_LIB(sys) ((sys) >= SYS_LIB_DEFAULT)
+#define IS_NNG(sys) (!IS_REDIS(sys) && !IS_LIB(sys))
 /* bare server, shm, stream, windows: GETs only */
 #define IS_READONLY(sys) ((sys) >= SYS_BARE_TCP)
 #define IS_WINDOW(sys)   ((sys) == SYS_KVS_STREAM_W || (sys) == SYS_REDIS_TCP_W)
@@ -585,6 +603,63 @@ static void bare_server(void) {
   }
 }
 
+/* libkvstash rows: their own entries, raw KV of the row's size */
+typedef struct lentry {
+  int32_t tok[16];
+  kvs_chunk ch;
+} lentry;
+static lentry *g_lkeys;
+static kvs_layout g_llay;
+static kvs_model_id g_lmodel;
+static int g_lib_ok;                                 /* entries stored for this size */
+static atomic_uint_fast64_t g_lib_shm, g_lib_stream; /* paths the rows' gets took */
+
+static kvs_client *lib_client(int sys) {
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = g_kvs_tcp;
+  o.tenant = "bench";
+  o.flags = sys == SYS_LIB_DEFAULT ? 0
+            : sys == SYS_LIB_NOSHM ? KVS_CLIENT_NO_SHM
+                                   : KVS_CLIENT_NO_SHM | KVS_CLIENT_NO_STREAM;
+  kvs_client *c = NULL;
+  if (kvs_client_create(&o, &c) != KVS_OK) {
+    fprintf(stderr, "libkvstash client: %s\n", kvs_client_errmsg(c));
+    kvs_client_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+/* Stores n entries of `size` bytes of raw KV (1 layer, size/8192 heads of
+ * 128 dims, 16 tokens) for the libkvstash rows; 0 when the size does not fit
+ * that shape. */
+static int lib_fill(size_t size, int n, const uint8_t *value) {
+  g_lib_ok = 0;
+  free(g_lkeys);
+  g_lkeys = NULL;
+  if (size % 8192 || size / 8192 < 1 || size / 8192 > KVS_MAX_KV_HEADS) return 0;
+  kvs_layout l = {1, (uint32_t)(size / 8192), 128, KVS_DTYPE_F16, KVS_ROPE_NEOX, 128, 1e4f, 1.f};
+  g_llay = l;
+  g_lmodel = kvs_hash128_buf("bench-lib", 9);
+  g_lkeys = calloc((size_t)n, sizeof *g_lkeys);
+  kvs_client *c = lib_client(SYS_LIB_REQREP);
+  int ok = g_lkeys && c;
+  uint64_t s = size * 7 + 1;
+  for (int k = 0; ok && k < n; k++) {
+    lentry *e = &g_lkeys[k];
+    for (int i = 0; i < 16; i++)
+      e->tok[i] = (int32_t)(kvs_synth_rand(&s) % 49152);
+    kvs_span sp = {0, 16};
+    ok = kvs_chunk_spans(&g_lmodel, e->tok, 16, &sp, 1, &e->ch) == KVS_OK &&
+         kvs_put(c, &g_lmodel, e->tok, &e->ch, &g_llay, value, NULL) == KVS_OK;
+    if (!ok) fprintf(stderr, "libkvstash fill: %s\n", kvs_client_errmsg(c));
+  }
+  kvs_client_free(c);
+  g_lib_ok = ok;
+  return ok;
+}
+
 typedef struct run_cfg {
   int sys, put, clients;
   int fill; /* put every key once, one client */
@@ -616,8 +691,16 @@ static void *thr_main(void *p) {
   for (int j = 0; j < MAX_WINDOW; j++)
     wc[j].fd = -1;
   redisContext *rcx = NULL;
+  kvs_client *lib = NULL;
   int ok = 0, nw = IS_WINDOW(rc->sys) ? g_window : 0;
-  if (nw) {
+  uint8_t *lbuf = IS_LIB(rc->sys) && !rc->put ? malloc(rc->size) : NULL;
+  if (IS_LIB(rc->sys)) {
+    /* one untimed get first: the client's first get asks for the stream and
+       maps the segment */
+    ok = g_lib_ok && lbuf && (lib = lib_client(rc->sys)) != NULL &&
+         kvs_get(lib, &g_lmodel, g_lkeys[0].tok, &g_lkeys[0].ch, &g_llay, lbuf, rc->size, NULL) ==
+             KVS_OK;
+  } else if (nw) {
     char rurl[64];
     snprintf(rurl, sizeof rurl, "tcp://127.0.0.1:%d", g_redis_port);
     ok = 1;
@@ -635,9 +718,13 @@ static void *thr_main(void *p) {
                                    : redisConnectUnix(g_redis_sock);
     ok = rcx && !rcx->err;
   }
+  kvs_client_counters k0 = {0};
+  if (lib) kvs_client_get_counters(lib, &k0);
   pthread_barrier_wait(t->bar);
   if (!ok) {
     t->errors++;
+    kvs_client_free(lib);
+    free(lbuf);
     if (rcx) redisFree(rcx);
     for (int j = 0; j < MAX_WINDOW; j++)
       sclose(&wc[j]);
@@ -666,7 +753,11 @@ static void *thr_main(void *p) {
     const kentry *e = &rc->keys[k];
     double t0 = now_s();
     int good = 0;
-    if (nw) {
+    if (lib) {
+      const lentry *le = &g_lkeys[k % rc->n_keys];
+      good = !rc->put &&
+             kvs_get(lib, &g_lmodel, le->tok, &le->ch, &g_llay, lbuf, rc->size, NULL) == KVS_OK;
+    } else if (nw) {
       good = rbuf && !rc->put &&
              striped_get(wc, nw, rc->sys == SYS_REDIS_TCP_W, e, rc->seg_end, rc->n_seg, rbuf,
                          rc->size) == (long)rc->size;
@@ -717,6 +808,15 @@ static void *thr_main(void *p) {
   }
   if (sr.map) munmap((void *)sr.map, sr.map_len);
   free(rbuf);
+  if (lib) {
+    kvs_client_counters k1;
+    kvs_client_get_counters(lib, &k1);
+    atomic_fetch_add(&g_lib_shm, k1.shm_gets - k0.shm_gets);
+    atomic_fetch_add(&g_lib_stream, k1.stream_gets - k0.stream_gets);
+    kvs_client_free(lib);
+    free(lbuf);
+    return NULL;
+  }
   for (int j = 0; j < MAX_WINDOW; j++)
     sclose(&wc[j]);
   if (rcx)
@@ -767,7 +867,7 @@ static result run(const run_cfg *rc) {
     pthread_create(&th[i], NULL, thr_main, &t[i]);
   }
   pid_t server = rc->sys == SYS_BARE_TCP || rc->sys == SYS_BARE_IPC ? g_bare_pid
-                 : IS_NNG(rc->sys)                                  ? g_kvs_pid
+                 : IS_NNG(rc->sys) || IS_LIB(rc->sys)               ? g_kvs_pid
                                                                     : g_redis_pid;
   double cpu0 = proc_cpu_s(server);
   pthread_barrier_wait(&bar);
@@ -981,6 +1081,7 @@ int main(int argc, char **argv) {
   double bare_tcp[8] = {0}, bare_ipc[8] = {0}, shm_unix[8] = {0};
   double ratio_stream[8] = {0}, p99r_stream[8] = {0}, ratio_sipc[8] = {0}, p99r_sipc[8] = {0};
   double ratio_win[8] = {0}, p99r_win[8] = {0}, win_vs_redis_best[8] = {0};
+  double lib_vs_redis[3][8] = {{0}}, lib_p99r[3][8] = {{0}}; /* default, no-shm, req/rep */
   int have_1m = 0;
   for (int si = 0; si < n_sizes; si++) {
     size_t size = (size_t)sizes[si];
@@ -1004,13 +1105,17 @@ int main(int argc, char **argv) {
       kentry_init(&keys[k], (uint64_t)k + 1000000u * (uint64_t)si);
     for (int sys = 0; sys < N_SYS; sys++) { /* the working set, on both servers */
       if (sys == SYS_KVS_IPC || sys == SYS_REDIS_UNIX || sys == SYS_KVS_STREAM ||
-          sys == SYS_KVS_STREAM_IPC || IS_WINDOW(sys))
+          sys == SYS_KVS_STREAM_IPC || IS_WINDOW(sys) || IS_LIB(sys))
         continue; /* same servers */
       run_cfg fill = {sys, 1, 1, 1, size, n_keys, keys, value, ck, 0, seconds, seg_end, 31};
       result r = run(&fill);
       if (r.n != n_keys)
         fprintf(stderr, "fill of %s: %ld of %d keys\n", sys_name[sys], r.n, n_keys);
     }
+    if ((g_sys_on[SYS_LIB_DEFAULT] || g_sys_on[SYS_LIB_NOSHM] || g_sys_on[SYS_LIB_REQREP]) &&
+        !lib_fill(size, n_keys, value))
+      fprintf(stderr, "no libkvstash rows at %zu bytes (not a multiple of 8 KiB up to 8 MiB)\n",
+              size);
     for (int ci = 0; ci < n_clients; ci++) {
       static result res[N_SYS][2];
       memset(res, 0, sizeof res);
@@ -1020,10 +1125,12 @@ int main(int argc, char **argv) {
         for (int rep = 0; rep < (op ? 1 : g_reps); rep++)
           for (int sys = 0; sys < N_SYS; sys++) {
             if (op == 1 && IS_READONLY(sys)) continue; /* bare server, shm, stream: GETs only */
-            if (!g_sys_on[sys]) continue;
+            if (!g_sys_on[sys] || (IS_LIB(sys) && !g_lib_ok)) continue;
             run_cfg rc = {sys, op, (int)clients[ci], 0,       size, n_keys, keys, value,
                           ck,  0,  seconds,          seg_end, 31};
             result *r = op ? &res[sys][op] : &reps[sys][rep];
+            atomic_store(&g_lib_shm, 0);
+            atomic_store(&g_lib_stream, 0);
             *r = run(&rc);
             if (!op && rep == g_reps - 1) res[sys][0] = median_result(reps[sys], g_reps);
             printf("%-14s %-4s %6zuK %7ld %10.0f %8.3f %9.0f %9.0f %9.1f %6ld\n", sys_name[sys],
@@ -1033,10 +1140,17 @@ int main(int argc, char **argv) {
             fprintf(jf,
                     "%s{\"system\":\"%s\",\"op\":\"%s\",\"size\":%zu,\"clients\":%ld,"
                     "\"rps\":%.1f,\"gbs\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
-                    "\"server_cpu_us\":%.1f,\"errors\":%ld}",
+                    "\"server_cpu_us\":%.1f,\"errors\":%ld",
                     first ? "" : ",", sys_key[sys], op ? "put" : "get", size, clients[ci], r->rps,
                     r->gbs, r->p50, r->p99, r->cpu_us, r->errors);
             first = 0;
+            if (IS_LIB(sys)) { /* which path the gets took (counters of the clients) */
+              unsigned long long a = atomic_load(&g_lib_shm), b = atomic_load(&g_lib_stream);
+              printf("%-14s      (%ld gets: %llu in place, %llu requests by the byte stream)\n", "",
+                     r->n, a, b);
+              fprintf(jf, ",\"shm_gets\":%llu,\"stream_requests\":%llu", a, b);
+            }
+            fputs("}", jf);
           }
       if (size == (1u << 20)) {
         have_1m = 1;
@@ -1057,6 +1171,10 @@ int main(int argc, char **argv) {
                         ? res[SYS_REDIS_TCP][0].rps
                         : res[SYS_REDIS_TCP_W][0].rps;
         win_vs_redis_best[ci] = ratio(res[SYS_KVS_STREAM_W][0].rps, rb);
+        for (int u = 0; u < 3; u++) {
+          lib_vs_redis[u][ci] = ratio(res[SYS_LIB_DEFAULT + u][0].rps, res[SYS_REDIS_TCP][0].rps);
+          lib_p99r[u][ci] = ratio(res[SYS_LIB_DEFAULT + u][0].p99, res[SYS_REDIS_TCP][0].p99);
+        }
       }
     }
     for (int k = 0; k < n_keys; k++)
@@ -1078,6 +1196,10 @@ int main(int argc, char **argv) {
       printf("               one caller on %d connections: stream-w / redis tcp-w %.2fx (p99 "
              "%.2fx), stream-w / the better of redis tcp and tcp-w %.2fx\n",
              g_window, ratio_win[ci], p99r_win[ci], win_vs_redis_best[ci]);
+      printf("               libkvstash kvs_get / redis tcp: default %.2fx (p99 %.2fx), no-shm "
+             "%.2fx (p99 %.2fx), req/rep %.2fx (p99 %.2fx)\n",
+             lib_vs_redis[0][ci], lib_p99r[0][ci], lib_vs_redis[1][ci], lib_p99r[1][ci],
+             lib_vs_redis[2][ci], lib_p99r[2][ci]);
       fprintf(jf,
               "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
               "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f,"
@@ -1087,6 +1209,15 @@ int main(int argc, char **argv) {
               ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci],
               bare_tcp[ci], bare_ipc[ci], shm_unix[ci], ratio_stream[ci], p99r_stream[ci]);
     }
+    fprintf(jf, "]");
+    /* libkvstash clients (kvs_get) against Redis over TCP, by client count */
+    fprintf(jf, ",\"lib_get_ratio_vs_redis_1MiB\":[");
+    for (int ci = 0; ci < n_clients; ci++)
+      fprintf(jf,
+              "%s{\"clients\":%ld,\"default\":%.3f,\"p99_default\":%.3f,\"no_shm\":%.3f,"
+              "\"p99_no_shm\":%.3f,\"reqrep\":%.3f,\"p99_reqrep\":%.3f}",
+              ci ? "," : "", clients[ci], lib_vs_redis[0][ci], lib_p99r[0][ci], lib_vs_redis[1][ci],
+              lib_p99r[1][ci], lib_vs_redis[2][ci], lib_p99r[2][ci]);
     fprintf(jf, "]");
     /* the byte-stream GET path against Redis over TCP, by client count */
     fprintf(jf, ",\"stream_get_ratio_vs_redis_1MiB\":[");
@@ -1163,7 +1294,8 @@ int main(int argc, char **argv) {
         static result reps[N_SYS][MAX_REPS];
         for (int rep = 0; rep < g_reps; rep++)
           for (int sys = 0; sys < N_SYS; sys++) {
-            if (sys == SYS_BARE_TCP || sys == SYS_BARE_IPC || !g_sys_on[sys]) continue;
+            if (sys == SYS_BARE_TCP || sys == SYS_BARE_IPC || IS_LIB(sys) || !g_sys_on[sys])
+              continue;
             int is_kvs = IS_NNG(sys);
             run_cfg rc = {sys,
                           0,
@@ -1222,5 +1354,6 @@ int main(int argc, char **argv) {
   fclose(jf);
   printf("%s\n", json);
   free(json);
+  free(g_lkeys);
   return 0;
 }
