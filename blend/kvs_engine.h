@@ -3,7 +3,8 @@
  * kvstash puts cached KV into a live request through these operations; any
  * inference engine that implements them can reuse chunks that are not a
  * prefix of the prompt (CacheBlend-style selective recompute). The reference
- * implementation is model/ (kvs_model_engine() in model/kvs_model.h).
+ * implementations are in engines/ (kvs_model_engine(), kvs_gpu_model_engine()
+ * in engines/kvs_engines.h; llama.cpp in engines/llamacpp).
  *
  * Concepts
  *  - A *sequence* is one request's KV cache: token slots 0..capacity-1. Slot
@@ -19,7 +20,7 @@
  *    forward pass.
  *  - KV buffers passed to kv_read/kv_write/layer_kv are (n, n_kv_heads,
  *    head_dim) of the layout dtype, in info.mem memory too (the reference
- *    GPU engine, gpu/model, also takes host memory in kv_read/kv_write).
+ *    GPU engine, model/cuda, also takes host memory in kv_read/kv_write).
  *    Token ids, idx and pos arrays are always host memory.
  *
  * How blend uses it (one request, chunks c_1..c_m fetched from kvstash):
@@ -86,7 +87,12 @@ typedef struct kvs_engine_ops {
   kvs_err (*kv_write)(kvs_engine *e, kvs_engine_seq *s, uint32_t layer, uint32_t start, uint32_t n,
                       const void *k, const void *v);
 
-  /* ---- layer-wise forward (selective recompute)
+  /* ---- layer-wise forward (selective recompute), optional
+   * embed, layer, layer_kv and logits may all be NULL: an engine that can
+   * only restore state and prefill (llama.cpp, engines/llamacpp) gets prefix
+   * and no-recompute reuse; kvs_blend_run answers KVS_ENOTSUP for a request
+   * that would recompute tokens on it (a missing segment, a strategy other
+   * than none).
    * embed: hidden (n, n_embd) = token embeddings of tokens[n]. */
   kvs_err (*embed)(kvs_engine *e, const int32_t *tokens, uint32_t n, float *hidden);
   /* layer: runs layer `layer` for n tokens living in slots idx[n] (distinct)

@@ -243,6 +243,11 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   uint32_t n_forced = 0;
   for (uint32_t i = 0; i < m; i++) n_forced += forced[i];
   stz.n_forced = n_forced;
+  /* an engine without layer ops (a state-restore engine) reuses only what
+   * needs no recompute: cached segments, strategy none, nothing missing */
+  if (!err && m && !(ops->embed && ops->layer && ops->layer_kv) &&
+      (strat != KVS_SEL_NONE || n_forced))
+    err = KVS_ENOTSUP;
 
   /* before the first layer: the strategies that need no deviation choose now */
   uint32_t n_run = 0;

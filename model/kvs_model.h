@@ -3,7 +3,7 @@
  * vocabulary, and a Llama-family forward pass (CPU, OpenBLAS) whose KV cache
  * is kept in kvstash's canonical layout (fp16, per layer K then V, each
  * (tokens, kv_heads, head_dim), K post-RoPE). It implements the engine ops of
- * blend/kvs_engine.h (kvs_model_engine()).
+ * blend/kvs_engine.h (kvs_model_engine() in engines/kvs_engines.h).
  *
  * Threading: a kvs_gguf and a kvs_tok are read-only after creation and may be
  * shared between threads; a kvs_model and its sequences are used by one
@@ -237,10 +237,10 @@ kvs_err kvs_model_logits(kvs_model *m, uint32_t n, const float *hidden, float *l
  * (0 when none ran yet). */
 double kvs_model_prefill_sec_per_token(const kvs_model *m);
 
-/* The engine ops of blend/kvs_engine.h backed by this model (CPU). The
- * returned engine borrows m: free it (kvs_engine_free) before the model. */
-struct kvs_engine;
-kvs_err kvs_model_engine(kvs_model *m, struct kvs_engine **out);
+/* Sets a sequence's length (n <= capacity) after its KV was written through
+ * kvs_seq_k/kvs_seq_v (the engine adapter's kv_write). */
+kvs_err kvs_seq_set_len(kvs_seq *s, uint32_t n);
+/* The engine ops over this model: kvs_model_engine in engines/kvs_engines.h. */
 
 #ifdef __cplusplus
 }

@@ -382,14 +382,15 @@ kvs_f16 *kvs_seq_k(kvs_seq *s, uint32_t layer) { return s->kv + (size_t)2 * laye
 kvs_f16 *kvs_seq_v(kvs_seq *s, uint32_t layer) {
   return s->kv + (size_t)(2 * layer + 1) * plane(s);
 }
-kvs_err kvs__seq_set_len(kvs_seq *s, uint32_t n) {
+kvs_err kvs_seq_set_len(kvs_seq *s, uint32_t n) {
+  if (!s) return KVS_EINVAL;
   if (n > s->cap) return KVS_ERANGE;
   s->len = n;
   return KVS_OK;
 }
 
 /* ------------------------------------------------------------ kernels */
-/* CPU twins of gpu/model kernels: the GPU path must match these. */
+/* CPU twins of the model/cuda kernels: the GPU path must match these. */
 void kvs_model_rmsnorm_cpu(const float *x, const float *w, float *y, uint32_t n, uint32_t E,
                            float eps) {
   for (uint32_t i = 0; i < n; i++) {

@@ -30,9 +30,8 @@ void kvs__strmap_free(kvs__strmap *m);
 
 /* ---- model internals shared with the engine and the GPU path */
 uint64_t kvs__model_seed(const kvs_model *m);
-kvs_err kvs__seq_set_len(kvs_seq *s, uint32_t n);
 
-/* CPU twins of the gpu/model kernels.
+/* CPU twins of the model/cuda kernels.
  * x, y (n, E); w (E): y = x / sqrt(mean(x^2) + eps) * w */
 void kvs_model_rmsnorm_cpu(const float *x, const float *w, float *y, uint32_t n, uint32_t E,
                            float eps);

@@ -21,6 +21,7 @@
 
 #include "kvs_blend.h"
 #include "kvs_gpu.h"
+#include "kvs_engines.h"
 #include "kvs_model.h"
 #include "kvs_rag.h"
 #include "kvstash.h"

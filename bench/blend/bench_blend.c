@@ -20,7 +20,9 @@
 
 #include "kvs_codec.h"
 #include "kvs_gpu.h"
+#include "kvs_engines.h"
 #include "kvs_gpu_model.h"
+#include "model_int.h" /* kvs__model_weights_get */
 #include "kvs_rag.h"
 
 typedef struct mem_kv {

@@ -28,6 +28,7 @@
 #include <zstd.h>
 
 #include "kvs_gpu_model.h"
+#include "model_int.h" /* kvs__model_weights_get */
 #include "kvs_model.h"
 
 #ifndef KVS_SOURCE_DIR

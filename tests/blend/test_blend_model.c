@@ -7,6 +7,7 @@
 
 #include "kvs_blend.h"
 #include "kvs_engine.h"
+#include "kvs_engines.h"
 #include "kvs_model.h"
 #include "kvs_test.h"
 

@@ -12,6 +12,8 @@
 #include "kvs_engine.h"
 #include "kvs_gpu.h"
 #include "kvs_gpu_model.h"
+#include "model_int.h" /* kvs__model_weights_get */
+#include "kvs_engines.h"
 #include "kvs_model.h"
 #include "kvs_test.h"
 

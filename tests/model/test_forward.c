@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kvs_engine.h"
+#include "kvs_engines.h"
 #include "kvs_model.h"
 #include "kvs_test.h"
 

@@ -1,4 +1,4 @@
-/* GPU forward (gpu/model) against its CPU twins and against the CPU forward
+/* GPU forward (model/cuda) against its CPU twins and against the CPU forward
  * and llama.cpp's fixture logits. Label gpu; skips (77) without a device. */
 #include <math.h>
 #include <stdio.h>
@@ -7,6 +7,8 @@
 
 #include "kvs_engine.h"
 #include "kvs_gpu_model.h"
+#include "model_int.h" /* kvs__model_weights_get */
+#include "kvs_engines.h"
 #include "kvs_model.h"
 #include "kvs_test.h"
 

@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "kvs_gpu.h"
+#include "kvs_engines.h"
 #include "kvs_model.h"
 #include "kvs_rag.h"
 

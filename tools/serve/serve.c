@@ -26,6 +26,7 @@
 
 #include "kvs_engine.h"
 #include "kvs_gpu.h"
+#include "kvs_engines.h"
 #include "kvs_gpu_model.h"
 #include "kvs_model.h"
 #include "model_int.h"

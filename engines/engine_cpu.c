@@ -4,7 +4,8 @@
 #include <string.h>
 
 #include "kvs_engine.h"
-#include "model_int.h"
+#include "kvs_engines.h"
+#include "kvs_model.h"
 
 typedef struct cpu_engine {
   kvs_engine base; /* first */
@@ -60,7 +61,7 @@ static kvs_err e_kv_write(kvs_engine *e, kvs_engine_seq *s, uint32_t layer, uint
   size_t row = (size_t)c->n_kv_heads * c->head_dim;
   memcpy(kvs_seq_k(SEQ(s), layer) + start * row, k, n * row * sizeof(kvs_f16));
   memcpy(kvs_seq_v(SEQ(s), layer) + start * row, v, n * row * sizeof(kvs_f16));
-  if (start + n > kvs_seq_len(SEQ(s))) KVS_TRY(kvs__seq_set_len(SEQ(s), start + n));
+  if (start + n > kvs_seq_len(SEQ(s))) KVS_TRY(kvs_seq_set_len(SEQ(s), start + n));
   return KVS_OK;
 }
 

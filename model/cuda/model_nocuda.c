@@ -2,7 +2,7 @@
  * KVS_ENODEV so that callers take the CPU path. */
 #include "kvs_gpu_model.h"
 
-kvs_err kvs_gpu_model_create(const kvs__model_weights *w, uint32_t max_tokens,
+kvs_err kvs_gpu_model_create(const struct kvs__model_weights *w, uint32_t max_tokens,
                              kvs_gpu_model **out) {
   (void)w;
   (void)max_tokens;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kvs_engine.h"
+#include "kvs_engines.h"
 #include "kvs_gpu_model.h"
 
 typedef struct gpu_engine {

@@ -6,7 +6,7 @@
  * online softmax in registers, never a T x T score matrix) are our kernels. The KV cache is the
  * canonical layout in fp16: per layer K (cap, kv_heads, head_dim), then V.
  *
- * CPU twins (model/model_int.h): kvs_model_rmsnorm_cpu, kvs_model_rope_cpu,
+ * CPU twins (model/model_int.h, private to model/): kvs_model_rmsnorm_cpu, kvs_model_rope_cpu,
  * kvs_model_swiglu_cpu, kvs_model_attn_cpu; the whole pass is checked against
  * kvs_model_prefill (tests/model/test_gpu_model.c, label gpu).
  *
@@ -15,18 +15,20 @@
 #define KVS_GPU_MODEL_H
 
 #include "kvs_gpu.h"
-#include "model_int.h"
+#include "kvs_model.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 typedef struct kvs_gpu_model kvs_gpu_model;
+/* The host weights of a kvs_model (model/model_int.h, kvs__model_weights_get). */
+struct kvs__model_weights;
 
 /* Uploads w (host f32 weights converted to fp16) or, for a random model
  * without host weights, generates the same seeded weights on the device.
  * max_tokens bounds the KV cache and the activations of one prefill call. */
-kvs_err kvs_gpu_model_create(const kvs__model_weights *w, uint32_t max_tokens, kvs_gpu_model **out);
+kvs_err kvs_gpu_model_create(const struct kvs__model_weights *w, uint32_t max_tokens, kvs_gpu_model **out);
 void kvs_gpu_model_free(kvs_gpu_model *g);
 /* Empties the KV cache. */
 kvs_err kvs_gpu_model_reset(kvs_gpu_model *g);
@@ -84,11 +86,7 @@ kvs_err kvs_gpu_buffer_alloc(size_t bytes, void **out);
 void kvs_gpu_buffer_free(void *p);
 kvs_err kvs_gpu_copy(void *dst, const void *src, size_t bytes);
 
-/* The engine ops of blend/kvs_engine.h on this GPU model (info.mem =
- * KVS_ENGINE_MEM_DEVICE). `id` is the model id of the CPU model the weights
- * came from (kvs_model_get_id). Borrows g: free the engine first. */
-struct kvs_engine;
-kvs_err kvs_gpu_model_engine(kvs_gpu_model *g, const kvs_model_id *id, struct kvs_engine **out);
+/* The engine ops over this model: kvs_gpu_model_engine in engines/kvs_engines.h. */
 
 /* Single kernels over host buffers (for the twin tests).
  * y (n, E) fp16 = rmsnorm(x (n, E) f32) * w (E) */

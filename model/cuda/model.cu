@@ -17,6 +17,7 @@
 
 #include "kvs_gpu_int.h"
 #include "kvs_gpu_model.h"
+#include "model_int.h"
 #include "model_rand.h"
 
 
