@@ -86,11 +86,15 @@ cmake -S "$tmp/proj" -B "$tmp/proj/build-usr" -DCMAKE_PREFIX_PATH="$root/usr" \
 cmake --build "$tmp/proj/build-usr" >/dev/null
 LD_LIBRARY_PATH="$root/usr/$libdir" "$tmp/proj/build-usr/hello"
 
-# The Python package: `pip install ./client/python` into a venv (offline:
-# setuptools from Debian), then import it against the installed library.
+# The Python package without its own library: `pip install ./client/python`
+# into a venv (offline: setuptools from Debian), then import it against the
+# installed library.
 if /usr/bin/python3 -m venv --system-site-packages "$tmp/venv" >/dev/null 2>&1; then
   cp -r "$src/client/python" "$tmp/pysrc"
-  "$tmp/venv/bin/pip" install -q --no-build-isolation --no-index "$tmp/pysrc"
+  # KVSTASH_NO_BUILD: the package without its own library (test_wheel.sh
+  # checks the one that carries it); it loads the installed one
+  KVSTASH_NO_BUILD=1 KVSTASH_SOURCE_DIR=$src \
+    "$tmp/venv/bin/pip" install -q --no-build-isolation --no-index "$tmp/pysrc"
   preload=""
   case "$extra" in *address*) preload=$("$cc" -print-file-name=libasan.so) ;; esac
   (cd "$tmp" && KVSTASH_LIB="$tmp/prefix/lib/libkvstash.so" LD_PRELOAD="$preload" \

@@ -14,7 +14,32 @@ import numpy as np
 __all__ = [
     "Error", "Client", "Layout", "Chunk", "model_id_from_hex", "model_id_from_bytes",
     "chunk_prefix", "chunk_spans", "profile_from_name", "has_codec", "load_library", "AbiError",
+    "library_version", "__version__",
 ]
+
+
+
+def _read_version():
+    """The CMake project version: written into _version.py by setup.py, or
+    read from the repository's CMakeLists.txt when run from a checkout."""
+    try:
+        from ._version import version
+        return version
+    except ImportError:
+        pass
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        with open(os.path.join(here, "..", "..", "..", "CMakeLists.txt")) as f:
+            import re
+            m = re.search(r"project\(kvstash\s+VERSION\s+([0-9.]+)", f.read())
+            if m:
+                return m.group(1)
+    except OSError:
+        pass
+    return "0+unknown"
+
+
+__version__ = _read_version()
 
 # ---------------------------------------------------------------- library
 _LIB = None
@@ -24,6 +49,10 @@ def _candidates():
     env = os.environ.get("KVSTASH_LIB")
     if env:
         yield env
+    # the library a wheel / `pip install` carries (client/python/setup.py)
+    own = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libkvstash.so")
+    if os.path.isfile(own):
+        yield own
     found = ctypes.util.find_library("kvstash")
     if found:
         yield found
@@ -230,6 +259,11 @@ def _declare(lib):
         f = getattr(lib, name)
         f.restype = res
         f.argtypes = args
+
+
+def library_version():
+    """The loaded libkvstash's version (kvs_client_version())."""
+    return load_library().kvs_client_version().decode()
 
 
 # ---------------------------------------------------------------- values
