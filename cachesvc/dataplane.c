@@ -374,8 +374,7 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
   uint64_t id = r->hdr.req_id;
   kvs__skey sk;
   kvs_err rc;
-  if (fast && op != KVS_OP_PING && op != KVS_OP_GET && op != KVS_OP_LOOKUP && op != KVS_OP_EXISTS &&
-      op != KVS_OP_STATS && op != KVS_OP_LEASE && op != KVS_OP_RELEASE) {
+  if (fast && !kvs_wire_op_fast(op)) { /* KVS_WIRE_OP_MAP's fast column */
     *defer = 1;
     return NULL;
   }

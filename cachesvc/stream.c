@@ -296,8 +296,7 @@ static int fill(sconn *c) {
 static int on_header(sconn *c) {
   kvs__streamplane *p = c->p;
   kvs_err rc = kvs_wire_hdr_decode_head(c->buf, &c->h);
-  uint64_t id = 0;
-  memcpy(&id, c->buf + 16, 8);
+  uint64_t id = kvs_wire_hdr_req_id(c->buf);
   if (rc != KVS_OK) {
     atomic_fetch_add_explicit(&p->met->bad_frames, 1, memory_order_relaxed);
     KVS_LOGD("stream", "bad frame header", "err=%s", kvs_errname(rc));

@@ -24,7 +24,7 @@ static int page_call(kvs_client *c, uint16_t op, kvs_admin_cursor *cur, uint32_t
     nng_msg_free(m);
     return rv;
   }
-  KVS_TRY(kvs__frame_roundtrip(c, m, op, 1, rep));
+  KVS_TRY(kvs__frame_roundtrip(c, m, op, kvs_wire_op_idempotent(op), rep));
   size_t n = nng_msg_len(*rep) - KVS_WIRE_HDR_SIZE;
   rv = kvs_wire_page_resp_decode(op, kvs__frame_payload(*rep), n, r);
   if (rv) {
@@ -166,7 +166,7 @@ kvs_err kvs_admin_import(kvs_client *c, const uint8_t *meta, size_t meta_len, co
   if (value_bytes) memcpy(p + KVS_WIRE_IMPORT_FIXED + w, value, (size_t)value_bytes);
   nng_msg *rep = NULL;
   /* an import of the same bytes under the same key is the same entry */
-  KVS_TRY(kvs__frame_roundtrip(c, f, KVS_OP_IMPORT, 1, &rep));
+  KVS_TRY(kvs__frame_roundtrip(c, f, KVS_OP_IMPORT, kvs_wire_op_idempotent(KVS_OP_IMPORT), &rep));
   kvs_wire_import_resp a;
   rv = kvs_wire_import_resp_decode(kvs__frame_payload(rep), nng_msg_len(rep) - KVS_WIRE_HDR_SIZE, &a);
   nng_msg_free(rep);

@@ -28,11 +28,8 @@ void kvs__encoded_free(kvs__encoded *e) {
   memset(e, 0, sizeof *e);
 }
 
-static void wr32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t rd32(const uint8_t *p) { return kvs_wire_rd32(p, 0); }
+static void wr32(uint8_t *p, uint32_t v) { kvs__wr32(p, v); } /* core/kvs_le.h */
+static uint32_t rd32(const uint8_t *p) { return kvs__rd32(p); }
 
 /* Layers per group so that 1 + groups * heads segments fit on the wire. */
 static uint32_t raw_lpg(const kvs_layout *l, uint32_t want) {

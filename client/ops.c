@@ -46,7 +46,7 @@ static int check_reply(kvs__call *call, nng_msg *rep) {
     return KVS_EPROTO;
   }
   const uint8_t *q = nng_msg_body(call->req);
-  uint16_t op = (uint16_t)(q[6] | q[7] << 8);
+  uint16_t op = kvs_wire_hdr_op(q);
   if (!(h.flags & KVS_WIRE_F_RESPONSE) || h.op != op) {
     snprintf(call->errmsg, sizeof call->errmsg, "reply from %s is not an answer to %s",
              call->c->url, kvs_wire_op_name(op));
@@ -91,7 +91,7 @@ int kvs__ping_quiet(kvs_client *c, uint32_t timeout_ms, nng_msg **rep) {
     nng_msg_free(m);
     return rv;
   }
-  kvs__call *call = kvs__call_new(c, m, 1, timeout_ms ? timeout_ms : 1, check_reply, NULL, NULL);
+  kvs__call *call = kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_PING), timeout_ms ? timeout_ms : 1, check_reply, NULL, NULL);
   if (!call) return KVS_ENOMEM;
   kvs__call_start(call);
   rv = kvs__call_wait(call);
@@ -108,7 +108,7 @@ kvs_err kvs_ping(kvs_client *c) {
   if (!c) return KVS_EINVAL;
   nng_msg *m;
   if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
-  return kvs__frame_roundtrip(c, m, KVS_OP_PING, 1, NULL);
+  return kvs__frame_roundtrip(c, m, KVS_OP_PING, kvs_wire_op_idempotent(KVS_OP_PING), NULL);
 }
 
 static int key_op(kvs_client *c, uint16_t op, const kvs_model_id *model, const kvs_key *key,
@@ -131,7 +131,7 @@ kvs_err kvs_exists(kvs_client *c, const kvs_model_id *model, const kvs_key *key,
                    kvs_entry_info *info) {
   if (!model || !info) return KVS_EINVAL;
   nng_msg *rep = NULL;
-  KVS_TRY(key_op(c, KVS_OP_EXISTS, model, key, 0, 1, &rep));
+  KVS_TRY(key_op(c, KVS_OP_EXISTS, model, key, 0, kvs_wire_op_idempotent(KVS_OP_EXISTS), &rep));
   size_t n;
   const uint8_t *p = reply_payload(rep, &n);
   kvs_wire_exists_resp r;
@@ -146,16 +146,16 @@ kvs_err kvs_exists(kvs_client *c, const kvs_model_id *model, const kvs_key *key,
 }
 
 kvs_err kvs_delete(kvs_client *c, const kvs_key *key) {
-  return key_op(c, KVS_OP_DELETE, NULL, key, 0, 0, NULL);
+  return key_op(c, KVS_OP_DELETE, NULL, key, 0, kvs_wire_op_idempotent(KVS_OP_DELETE), NULL);
 }
 kvs_err kvs_pin(kvs_client *c, const kvs_key *key) {
-  return key_op(c, KVS_OP_PIN, NULL, key, 0, 0, NULL);
+  return key_op(c, KVS_OP_PIN, NULL, key, 0, kvs_wire_op_idempotent(KVS_OP_PIN), NULL);
 }
 kvs_err kvs_unpin(kvs_client *c, const kvs_key *key) {
-  return key_op(c, KVS_OP_UNPIN, NULL, key, 0, 0, NULL);
+  return key_op(c, KVS_OP_UNPIN, NULL, key, 0, kvs_wire_op_idempotent(KVS_OP_UNPIN), NULL);
 }
 kvs_err kvs_ttl(kvs_client *c, const kvs_key *key, uint32_t ttl_s) {
-  return key_op(c, KVS_OP_TTL, NULL, key, ttl_s, 0, NULL);
+  return key_op(c, KVS_OP_TTL, NULL, key, ttl_s, kvs_wire_op_idempotent(KVS_OP_TTL), NULL);
 }
 
 const char *kvs_stat_name(uint32_t i) { return kvs_wire_stat_name(i); }
@@ -164,7 +164,7 @@ kvs_err kvs_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n) {
   if (!c || !n || (cap && !v)) return KVS_EINVAL;
   nng_msg *m, *rep = NULL;
   if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
-  KVS_TRY(kvs__frame_roundtrip(c, m, KVS_OP_STATS, 1, &rep));
+  KVS_TRY(kvs__frame_roundtrip(c, m, KVS_OP_STATS, kvs_wire_op_idempotent(KVS_OP_STATS), &rep));
   size_t pn;
   const uint8_t *p = reply_payload(rep, &pn);
   kvs_wire_stats_resp r;
@@ -225,7 +225,7 @@ kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *toke
       kvs__seterr(c, rv, "cannot encode a LOOKUP of %u chunks", nb);
       break;
     }
-    rv = kvs__frame_roundtrip(c, m, KVS_OP_LOOKUP, 1, &rep);
+    rv = kvs__frame_roundtrip(c, m, KVS_OP_LOOKUP, kvs_wire_op_idempotent(KVS_OP_LOOKUP), &rep);
     if (rv) break;
     size_t pn;
     const uint8_t *p = reply_payload(rep, &pn);
@@ -572,7 +572,7 @@ static void send_release(kvs_client *c, uint64_t lease_id) {
     }
   }
   atomic_fetch_add(&c->bg_calls, 1);
-  kvs__call *call = m ? kvs__call_new(c, m, 1, 0, check_reply, release_done, c) : NULL;
+  kvs__call *call = m ? kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_RELEASE), 0, check_reply, release_done, c) : NULL;
   if (!call) { /* the server frees it at expiry */
     atomic_fetch_add(&c->n_release_lost, 1);
     atomic_fetch_sub(&c->bg_calls, 1);
@@ -942,7 +942,7 @@ static int start_lease(kvs_op *op) {
   }
   uint64_t now = kvs_now_ns();
   uint32_t ms = op->deadline_ns > now ? (uint32_t)((op->deadline_ns - now) / 1000000) : 0;
-  kvs__call *call = kvs__call_new(op->c, m, 0, ms ? ms : 1, check_reply, lease_done, op);
+  kvs__call *call = kvs__call_new(op->c, m, kvs_wire_op_idempotent(KVS_OP_LEASE), ms ? ms : 1, check_reply, lease_done, op);
   if (!call) return KVS_ENOMEM;
   kvs__call_start(call);
   return KVS_OK;
@@ -1185,12 +1185,10 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
   kvs__encoded_free(&e);
   if (!rv) rv = frame_seal(c, m, KVS_OP_PUT);
   if (!rv && (o->flags & KVS_PUT_SYNC)) {
-    uint8_t *h = nng_msg_body(m);
-    h[8] |= KVS_WIRE_F_SYNC;
+    kvs_wire_hdr_add_flags(nng_msg_body(m), KVS_WIRE_F_SYNC);
   }
   if (!rv && (o->flags & KVS_PUT_NX)) {
-    uint8_t *h = nng_msg_body(m);
-    h[8] |= KVS_WIRE_F_NX;
+    kvs_wire_hdr_add_flags(nng_msg_body(m), KVS_WIRE_F_NX);
   }
   if (rv) {
     if (m) nng_msg_free(m);
@@ -1198,7 +1196,7 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
   }
   kvs_op *op = op_new(c, KVS__OP_PUT);
   kvs__call *call =
-      op ? kvs__call_new(c, m, !(o->flags & KVS_PUT_NX), 0, check_reply, put_done, op) : NULL;
+      op ? kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_PUT) && !(o->flags & KVS_PUT_NX), 0, check_reply, put_done, op) : NULL;
   if (!call) {
     if (!op) nng_msg_free(m);
     free(op);

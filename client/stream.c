@@ -74,7 +74,7 @@ static void via_nng(kvs_client *c, nng_msg *req, uint64_t deadline_ns, kvs__call
     return;
   }
   nng_get *g = malloc(sizeof *g);
-  kvs__call *call = g ? kvs__call_new(c, req, 1, (uint32_t)((deadline_ns - now) / 1000000), check,
+  kvs__call *call = g ? kvs__call_new(c, req, kvs_wire_op_idempotent(KVS_OP_GET), (uint32_t)((deadline_ns - now) / 1000000), check,
                                       nng_get_done, g)
                       : NULL;
   if (!call) {
@@ -243,8 +243,7 @@ static void sconn_cb(void *arg) {
     }
   }
   /* the whole answer: status through the caller's check, as over REQ/REP */
-  int32_t status;
-  memcpy(&status, s->hdr + 12, 4);
+  int32_t status = kvs_wire_hdr_status(s->hdr);
   if (status < 0) {
     size_t ml = s->want < KVS_WIRE_MAX_ERRMSG ? s->want : KVS_WIRE_MAX_ERRMSG;
     snprintf(msg, sizeof msg, "kvstashd %s: %s: %.*s", kvs_wire_op_name(s->op), kvs_errname(status),
@@ -296,8 +295,8 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
   }
   const uint8_t *h = nng_msg_body(req);
   s->req = req;
-  s->op = (uint16_t)(h[6] | h[7] << 8);
-  memcpy(&s->req_id, h + 16, 8);
+  s->op = kvs_wire_hdr_op(h);
+  s->req_id = kvs_wire_hdr_req_id(h);
   s->deadline_ns = deadline;
   s->check = check;
   s->done = done;
@@ -456,7 +455,7 @@ static kvs_err stream_ask(kvs_client *c, uint32_t timeout_ms, int quiet, char *u
   } else {
     nng_msg *m = NULL;
     if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
-    rv = kvs__frame_roundtrip(c, m, KVS_OP_PING, 1, &rep);
+    rv = kvs__frame_roundtrip(c, m, KVS_OP_PING, kvs_wire_op_idempotent(KVS_OP_PING), &rep);
   }
   if (rv) return rv;
   rv = kvs__stream_pick((const uint8_t *)nng_msg_body(rep) + KVS_WIRE_HDR_SIZE,

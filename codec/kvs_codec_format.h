@@ -17,6 +17,8 @@
 
 #include <stdint.h>
 
+#include "kvs_le.h"
+
 #if defined(__CUDACC__)
 #define KVS_FMT_FN __host__ __device__ __forceinline__
 #else
@@ -159,28 +161,7 @@ enum {
 #define KVS_DENSE_FLAGS_ALL 15u
 #define KVS_FP4_BLOCK       32u
 
-/* ------------------------------------------------ explicit LE byte loads */
-KVS_FMT_FN uint16_t kvs__rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-KVS_FMT_FN uint32_t kvs__rd32(const uint8_t *p) {
-  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-KVS_FMT_FN uint64_t kvs__rd64(const uint8_t *p) {
-  return (uint64_t)kvs__rd32(p) | ((uint64_t)kvs__rd32(p + 4) << 32);
-}
-KVS_FMT_FN void kvs__wr16(uint8_t *p, uint16_t v) {
-  p[0] = (uint8_t)v;
-  p[1] = (uint8_t)(v >> 8);
-}
-KVS_FMT_FN void kvs__wr32(uint8_t *p, uint32_t v) {
-  p[0] = (uint8_t)v;
-  p[1] = (uint8_t)(v >> 8);
-  p[2] = (uint8_t)(v >> 16);
-  p[3] = (uint8_t)(v >> 24);
-}
-KVS_FMT_FN void kvs__wr64(uint8_t *p, uint64_t v) {
-  kvs__wr32(p, (uint32_t)v);
-  kvs__wr32(p + 4, (uint32_t)(v >> 32));
-}
+/* Explicit LE byte loads/stores (kvs__rd16/32/64, kvs__wr16/32/64): core/kvs_le.h. */
 
 /* E2M1 magnitudes of fp4 codes 0..7 (bit 3 is the sign). */
 #define KVS_FP4_VALUES                                                                             \

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "kvs_core.h"
+#include "kvs_le.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,65 +35,119 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------ constants */
-#define KVS_WIRE_MAGIC 0x5753564Bu /* "KVSW" as bytes 4B 56 53 57 */
-#define KVS_WIRE_VERSION 1u
-#define KVS_WIRE_HDR_SIZE 128u
-#define KVS_WIRE_TENANT_MAX 32u   /* tenant name bytes, [A-Za-z0-9_.-] */
-#define KVS_WIRE_TOKEN_MAX 64u    /* bearer token bytes */
+#define KVS_WIRE_MAGIC      0x5753564Bu /* "KVSW" as bytes 4B 56 53 57 */
+#define KVS_WIRE_VERSION    1u
+#define KVS_WIRE_HDR_SIZE   128u
+#define KVS_WIRE_TENANT_MAX 32u /* tenant name bytes, [A-Za-z0-9_.-] */
+#define KVS_WIRE_TOKEN_MAX  64u /* bearer token bytes */
 #define KVS_WIRE_MAX_ERRMSG 256u
 
 /* Hard limits the decoders enforce (a server may configure smaller ones). */
-#define KVS_WIRE_MAX_TOKENS 65536u        /* token ids per entry */
-#define KVS_WIRE_MAX_SEGMENTS 4096u       /* layer-group segments per entry */
-#define KVS_WIRE_MAX_CODEC_PARAMS 4096u   /* opaque codec parameter bytes */
-#define KVS_WIRE_MAX_VALUE (1ull << 34)   /* 16 GiB encoded bytes per entry */
-#define KVS_WIRE_MAX_PAYLOAD 0xFFFFFFFFu  /* payload_len is a u32 */
-#define KVS_WIRE_MAX_LOOKUP 4096u         /* chunks per LOOKUP */
-#define KVS_WIRE_MAX_LIST 1024u           /* items per LIST / EXPORT page */
-#define KVS_WIRE_MAX_STATS 64u            /* counters in a STATS answer */
+#define KVS_WIRE_MAX_TOKENS       65536u       /* token ids per entry */
+#define KVS_WIRE_MAX_SEGMENTS     4096u        /* layer-group segments per entry */
+#define KVS_WIRE_MAX_CODEC_PARAMS 4096u        /* opaque codec parameter bytes */
+#define KVS_WIRE_MAX_VALUE        (1ull << 34) /* 16 GiB encoded bytes per entry */
+#define KVS_WIRE_MAX_PAYLOAD      0xFFFFFFFFu  /* payload_len is a u32 */
+#define KVS_WIRE_MAX_LOOKUP       4096u        /* chunks per LOOKUP */
+#define KVS_WIRE_MAX_LIST         1024u        /* items per LIST / EXPORT page */
+#define KVS_WIRE_MAX_STATS        64u          /* counters in a STATS answer */
 
-typedef enum {
-  KVS_OP_PING = 1,    /* empty -> empty; liveness + auth check */
-  KVS_OP_PUT = 2,     /* meta + value -> empty */
-  KVS_OP_GET = 3,     /* get_req -> get_resp (meta and/or a range of segments) */
-  KVS_OP_LOOKUP = 4,  /* lookup_req -> lookup_resp (batched) */
-  KVS_OP_EXISTS = 5,  /* key_req -> exists_resp */
-  KVS_OP_DELETE = 6,  /* key_req -> empty */
-  KVS_OP_PIN = 7,     /* key_req -> empty */
-  KVS_OP_UNPIN = 8,   /* key_req -> empty */
-  KVS_OP_TTL = 9,     /* key_req (arg = seconds, 0 = none) -> empty */
-  KVS_OP_STATS = 10,  /* empty -> stats_resp */
-  KVS_OP_LIST = 11,   /* page_req -> list_resp */
-  KVS_OP_EXPORT = 12, /* page_req -> export_resp (records) */
-  KVS_OP_IMPORT = 13, /* import_req (records) -> import_resp */
-  KVS_OP_LEASE = 14,  /* lease_req -> lease_resp (same-host shared-memory read) */
-  KVS_OP_RELEASE = 15, /* u64 lease id -> empty */
-  KVS__OP_MAX = 15
-} kvs_wire_op;
+/* The wire ops, one row each; the op enum, the name table, the data plane's
+ * fast-path test and the client's retry policy are generated from it.
+ * X(id, NAME, idempotent, fast, request payload, response payload):
+ *   idempotent  a resend after a lost reply is safe: the client retries it on
+ *               a connection error (PUT with KVS_WIRE_F_NX is not; the client
+ *               checks that flag itself)
+ *   fast        the data plane answers it on an nng task thread (no disk
+ *               write); other ops go to a worker thread
+ *   payloads    the types below (docs/protocol.md has their byte tables)
+ * Adding an op: a row here, its payload types + encoders/decoders below and in
+ * wire.c, kvs_wire_req_decode's case, the server's dispatch case
+ * (cachesvc/dataplane.c), the client call, docs/protocol.md (docs/architecture.md). */
+#define KVS_WIRE_OP_MAP(X)                                                                         \
+  X(1, PING, 1, 1, "empty", "text: stream listen URLs")                                            \
+  X(2, PUT, 1, 0, "meta + value", "empty")                                                         \
+  X(3, GET, 1, 1, "get_req", "get_resp: meta and/or a range of segments")                          \
+  X(4, LOOKUP, 1, 1, "lookup_req", "lookup_resp")                                                  \
+  X(5, EXISTS, 1, 1, "key_req", "exists_resp")                                                     \
+  X(6, DELETE, 0, 0, "key_req", "empty")                                                           \
+  X(7, PIN, 0, 0, "key_req", "empty")                                                              \
+  X(8, UNPIN, 0, 0, "key_req", "empty")                                                            \
+  X(9, TTL, 0, 0, "key_req (arg = seconds, 0 = none)", "empty")                                    \
+  X(10, STATS, 1, 1, "empty", "stats_resp")                                                        \
+  X(11, LIST, 1, 0, "page_req", "list_resp")                                                       \
+  X(12, EXPORT, 1, 0, "page_req", "export_resp (records)")                                         \
+  X(13, IMPORT, 1, 0, "import_req (records)", "import_resp")                                       \
+  X(14, LEASE, 0, 1, "lease_req", "lease_resp (same-host shared-memory read)")                     \
+  X(15, RELEASE, 1, 1, "u64 lease id", "empty")
+
+#define KVS__WIRE_OP_ENUM(id, name, idem, fast, rq, rs) KVS_OP_##name = id,
+#define KVS__WIRE_OP_ONE(id, name, idem, fast, rq, rs)  +1
+typedef enum { KVS_WIRE_OP_MAP(KVS__WIRE_OP_ENUM) } kvs_wire_op;
+enum { KVS__OP_MAX = 0 KVS_WIRE_OP_MAP(KVS__WIRE_OP_ONE) }; /* ids are 1..KVS__OP_MAX */
+#undef KVS__WIRE_OP_ENUM
+#undef KVS__WIRE_OP_ONE
+
+/* 1 when a resend of op after a lost reply is safe (the client's retry policy). */
+static inline int kvs_wire_op_idempotent(uint16_t op) {
+  switch (op) {
+#define KVS__WIRE_OP_IDEM(id, name, idem, fast, rq, rs)                                            \
+  case id: return idem;
+    KVS_WIRE_OP_MAP(KVS__WIRE_OP_IDEM)
+#undef KVS__WIRE_OP_IDEM
+  default: return 0;
+  }
+}
+/* 1 when the data plane answers op on its nng task thread (the fast path). */
+static inline int kvs_wire_op_fast(uint16_t op) {
+  switch (op) {
+#define KVS__WIRE_OP_FAST(id, name, idem, fast, rq, rs)                                            \
+  case id: return fast;
+    KVS_WIRE_OP_MAP(KVS__WIRE_OP_FAST)
+#undef KVS__WIRE_OP_FAST
+  default: return 0;
+  }
+}
 
 /* header flags */
 #define KVS_WIRE_F_RESPONSE 0x1u /* set on every response frame */
-#define KVS_WIRE_F_NX 0x2u       /* PUT: fail with KVS_EEXIST if the key is present */
-#define KVS_WIRE_F_SYNC 0x4u     /* PUT/IMPORT: sync the WAL before acknowledging
-                                    even when the server runs in async mode */
+#define KVS_WIRE_F_NX       0x2u /* PUT: fail with KVS_EEXIST if the key is present */
+#define KVS_WIRE_F_SYNC                                                                            \
+  0x4u /* PUT/IMPORT: sync the WAL before acknowledging                                            \
+          even when the server runs in async mode */
 #define KVS_WIRE_F_KNOWN (KVS_WIRE_F_RESPONSE | KVS_WIRE_F_NX | KVS_WIRE_F_SYNC)
 
 typedef enum { KVS_KEY_KIND_PREFIX = 1, KVS_KEY_KIND_CONTENT = 2 } kvs_key_kind;
 
 /* -------------------------------------------------------------- header */
+/* Byte offsets of the header fields in a frame (docs/protocol.md; wire.c
+ * checks that they tile the 128 bytes). All integers little-endian. */
+#define KVS_WIRE_OFF_MAGIC       0u  /* u32 */
+#define KVS_WIRE_OFF_VERSION     4u  /* u16 */
+#define KVS_WIRE_OFF_OP          6u  /* u16 */
+#define KVS_WIRE_OFF_FLAGS       8u  /* u32 */
+#define KVS_WIRE_OFF_STATUS      12u /* i32 */
+#define KVS_WIRE_OFF_REQ_ID      16u /* u64 */
+#define KVS_WIRE_OFF_PAYLOAD_LEN 24u /* u32 */
+#define KVS_WIRE_OFF_TENANT_LEN  28u /* u8 */
+#define KVS_WIRE_OFF_TOKEN_LEN   29u /* u8 */
+#define KVS_WIRE_OFF_RESERVED    30u /* u16, 0 */
+#define KVS_WIRE_OFF_TENANT      32u /* KVS_WIRE_TENANT_MAX bytes */
+#define KVS_WIRE_OFF_TOKEN       64u /* KVS_WIRE_TOKEN_MAX bytes */
+
 typedef struct kvs_wire_hdr {
-  uint32_t magic;       /* KVS_WIRE_MAGIC */
-  uint16_t version;     /* KVS_WIRE_VERSION */
-  uint16_t op;          /* kvs_wire_op */
-  uint32_t flags;       /* KVS_WIRE_F_* */
-  int32_t status;       /* kvs_err in responses, 0 in requests */
-  uint64_t req_id;      /* chosen by the client, echoed */
-  uint32_t payload_len; /* bytes after the header */
-  uint8_t tenant_len;   /* 1..32 in requests */
-  uint8_t token_len;    /* 0..64 */
-  uint16_t reserved;    /* 0 */
-  char tenant[KVS_WIRE_TENANT_MAX];   /* not NUL-terminated; zero padded */
-  uint8_t token[KVS_WIRE_TOKEN_MAX];  /* zero padded */
+  uint32_t magic;                    /* KVS_WIRE_MAGIC */
+  uint16_t version;                  /* KVS_WIRE_VERSION */
+  uint16_t op;                       /* kvs_wire_op */
+  uint32_t flags;                    /* KVS_WIRE_F_* */
+  int32_t status;                    /* kvs_err in responses, 0 in requests */
+  uint64_t req_id;                   /* chosen by the client, echoed */
+  uint32_t payload_len;              /* bytes after the header */
+  uint8_t tenant_len;                /* 1..32 in requests */
+  uint8_t token_len;                 /* 0..64 */
+  uint16_t reserved;                 /* 0 */
+  char tenant[KVS_WIRE_TENANT_MAX];  /* not NUL-terminated; zero padded */
+  uint8_t token[KVS_WIRE_TOKEN_MAX]; /* zero padded */
 } kvs_wire_hdr;
 
 /* Fills a request header. tenant: 1..32 chars of [A-Za-z0-9_.-]; token may be
@@ -108,6 +163,19 @@ kvs_err kvs_wire_hdr_decode(const uint8_t *buf, size_t n, kvs_wire_hdr *h);
 /* Copies the tenant into out (NUL-terminated). */
 void kvs_wire_hdr_tenant(const kvs_wire_hdr *h, char out[KVS_WIRE_TENANT_MAX + 1]);
 const char *kvs_wire_op_name(uint16_t op); /* "PUT", ..., "?" */
+/* Fields of an encoded header, read or changed in place (hdr: KVS_WIRE_HDR_SIZE bytes). */
+static inline uint16_t kvs_wire_hdr_op(const uint8_t *hdr) {
+  return kvs__rd16(hdr + KVS_WIRE_OFF_OP);
+}
+static inline uint64_t kvs_wire_hdr_req_id(const uint8_t *hdr) {
+  return kvs__rd64(hdr + KVS_WIRE_OFF_REQ_ID);
+}
+static inline int32_t kvs_wire_hdr_status(const uint8_t *hdr) {
+  return (int32_t)kvs__rd32(hdr + KVS_WIRE_OFF_STATUS);
+}
+static inline void kvs_wire_hdr_add_flags(uint8_t *hdr, uint32_t flags) {
+  kvs__wr32(hdr + KVS_WIRE_OFF_FLAGS, kvs__rd32(hdr + KVS_WIRE_OFF_FLAGS) | flags);
+}
 
 /* ------------------------------------------------------- entry metadata */
 /* What the server knows of an entry. In a PUT the client fills the first
@@ -116,24 +184,24 @@ const char *kvs_wire_op_name(uint16_t op); /* "PUT", ..., "?" */
  * are layer groups chosen by the client's codec; seg_end[n_segments-1] ==
  * value_bytes. Encoded size: kvs_wire_meta_size(). */
 typedef struct kvs_wire_meta {
-  kvs_key key;            /* unsalted client key (kvs_key_prefix/_content) */
+  kvs_key key; /* unsalted client key (kvs_key_prefix/_content) */
   kvs_model_id model;
   uint8_t key_kind;       /* kvs_key_kind */
   uint32_t n_tokens;      /* 1..KVS_WIRE_MAX_TOKENS */
   kvs_layout layout;      /* of the decoded KV */
   uint32_t codec_profile; /* codec's profile id, opaque to the server */
   uint32_t codec_params_len;
-  uint32_t n_segments;    /* 1..KVS_WIRE_MAX_SEGMENTS */
-  uint32_t ttl_s;         /* 0 = no expiry */
-  uint64_t value_bytes;   /* encoded bytes */
-  uint64_t checksum;      /* kvs_checksum64 of the encoded bytes */
-  const uint8_t *tokens_le;       /* n_tokens x int32 LE */
-  const uint8_t *codec_params;    /* codec_params_len bytes */
-  const uint8_t *seg_end_le;      /* n_segments x u64 LE */
+  uint32_t n_segments;         /* 1..KVS_WIRE_MAX_SEGMENTS */
+  uint32_t ttl_s;              /* 0 = no expiry */
+  uint64_t value_bytes;        /* encoded bytes */
+  uint64_t checksum;           /* kvs_checksum64 of the encoded bytes */
+  const uint8_t *tokens_le;    /* n_tokens x int32 LE */
+  const uint8_t *codec_params; /* codec_params_len bytes */
+  const uint8_t *seg_end_le;   /* n_segments x u64 LE */
   /* server-maintained */
-  uint8_t tier;           /* 0 RAM, 1 primary disk, 2 cold disk */
+  uint8_t tier; /* 0 RAM, 1 primary disk, 2 cold disk */
   uint8_t pinned;
-  uint8_t flags;          /* reserved, 0 */
+  uint8_t flags; /* reserved, 0 */
   uint64_t created_ms, last_used_ms, hits;
 } kvs_wire_meta;
 
@@ -160,14 +228,14 @@ kvs_err kvs_wire_put_decode(const uint8_t *p, size_t n, kvs_wire_meta *m, const 
  * streaming by layer group sends GET_META first, then keeps several GETs of
  * single segments in flight, decoding segment g while g+1 is arriving. */
 #define KVS_WIRE_GET_META 0x1u
-#define KVS_WIRE_SEG_ALL 0xFFFFFFFFu
+#define KVS_WIRE_SEG_ALL  0xFFFFFFFFu
 typedef struct kvs_wire_get_req {
   kvs_key key;
   kvs_model_id model;
-  uint32_t flags;      /* KVS_WIRE_GET_* */
+  uint32_t flags; /* KVS_WIRE_GET_* */
   uint32_t seg_first;
   uint32_t seg_count;
-  uint32_t n_tokens;   /* 1..KVS_WIRE_MAX_TOKENS */
+  uint32_t n_tokens; /* 1..KVS_WIRE_MAX_TOKENS */
   const uint8_t *tokens_le;
 } kvs_wire_get_req;
 #define KVS_WIRE_GET_REQ_FIXED 48u
@@ -198,7 +266,7 @@ kvs_err kvs_wire_get_resp_decode(const uint8_t *p, size_t n, kvs_wire_get_resp *
  * checks model and tokens of every candidate. mode PREFIX stops at the first
  * miss (for prefix chains: the answer's n_prefix is the longest cached prefix
  * in chunks); mode EACH answers every chunk (content keys). */
-#define KVS_WIRE_LOOKUP_EACH 0u
+#define KVS_WIRE_LOOKUP_EACH   0u
 #define KVS_WIRE_LOOKUP_PREFIX 1u
 typedef struct kvs_wire_lookup_chunk {
   kvs_key key;
@@ -207,13 +275,13 @@ typedef struct kvs_wire_lookup_chunk {
 typedef struct kvs_wire_lookup_req {
   kvs_model_id model;
   uint32_t mode;
-  uint32_t n_chunks; /* 1..KVS_WIRE_MAX_LOOKUP */
-  uint32_t n_tokens; /* 1..KVS_WIRE_MAX_TOKENS * 16 */
+  uint32_t n_chunks;         /* 1..KVS_WIRE_MAX_LOOKUP */
+  uint32_t n_tokens;         /* 1..KVS_WIRE_MAX_TOKENS * 16 */
   const uint8_t *chunks_raw; /* n_chunks x 24 bytes; read with kvs_wire_lookup_chunk_at */
   const uint8_t *tokens_le;
 } kvs_wire_lookup_req;
-#define KVS_WIRE_LOOKUP_FIXED 32u
-#define KVS_WIRE_LOOKUP_CHUNK 24u
+#define KVS_WIRE_LOOKUP_FIXED      32u
+#define KVS_WIRE_LOOKUP_CHUNK      24u
 #define KVS_WIRE_LOOKUP_MAX_TOKENS (KVS_WIRE_MAX_TOKENS * 16u)
 size_t kvs_wire_lookup_req_size(uint32_t n_chunks, uint32_t n_tokens);
 /* chunks: n_chunks native structs; tokens: n_tokens int32. */
@@ -227,8 +295,8 @@ void kvs_wire_lookup_chunk_at(const kvs_wire_lookup_req *r, uint32_t i, kvs_wire
 /* answer: per chunk 0 = not cached, 1 + tier when cached (and model/tokens match). */
 typedef struct kvs_wire_lookup_resp {
   uint32_t n_chunks;
-  uint32_t n_prefix;      /* leading chunks cached */
-  const uint8_t *status;  /* n_chunks bytes */
+  uint32_t n_prefix;     /* leading chunks cached */
+  const uint8_t *status; /* n_chunks bytes */
 } kvs_wire_lookup_resp;
 size_t kvs_wire_lookup_resp_size(uint32_t n_chunks);
 kvs_err kvs_wire_lookup_resp_encode(uint32_t n_prefix, const uint8_t *status, uint32_t n_chunks,
@@ -318,7 +386,7 @@ typedef struct kvs_wire_list_item {
   uint64_t value_bytes, hits, last_used_ms, created_ms;
   uint32_t ttl_s;
 } kvs_wire_list_item;
-#define KVS_WIRE_LIST_ITEM_SIZE 80u
+#define KVS_WIRE_LIST_ITEM_SIZE  80u
 #define KVS_WIRE_PAGE_RESP_FIXED 24u
 /* Page answer head: n items, more (1 = call again with next_cursor). */
 typedef struct kvs_wire_page_resp {
@@ -347,8 +415,7 @@ kvs_err kvs_wire_record_encode_head(const kvs_wire_meta *m, uint8_t *out, size_t
                                     size_t *written);
 /* Iterates records: the cursor (p, n) advances past one record per call;
  * KVS_ENOENT at the end. */
-kvs_err kvs_wire_record_next(const uint8_t **p, size_t *n, kvs_wire_meta *m,
-                             const uint8_t **value);
+kvs_err kvs_wire_record_next(const uint8_t **p, size_t *n, kvs_wire_meta *m, const uint8_t **value);
 kvs_err kvs_wire_import_req_decode(const uint8_t *p, size_t n, uint32_t *count,
                                    const uint8_t **records, size_t *records_len);
 typedef struct kvs_wire_import_resp {
@@ -374,13 +441,13 @@ kvs_err kvs_wire_lease_req_decode(const uint8_t *p, size_t n, kvs_wire_lease_req
 
 typedef struct kvs_wire_lease_resp {
   uint64_t lease_id;
-  uint64_t expires_ms;  /* wall clock; the range may be reused after it */
-  uint64_t offset;      /* of the value in the segment */
+  uint64_t expires_ms; /* wall clock; the range may be reused after it */
+  uint64_t offset;     /* of the value in the segment */
   uint64_t value_bytes;
-  uint64_t checksum;    /* of the value */
+  uint64_t checksum;                        /* of the value */
   char shm_name[KVS_WIRE_SHM_NAME_MAX + 1]; /* shm_open name, NUL-terminated */
   uint32_t meta_len;
-  kvs_wire_meta meta;   /* valid when meta_len > 0 */
+  kvs_wire_meta meta; /* valid when meta_len > 0 */
 } kvs_wire_lease_resp;
 #define KVS_WIRE_LEASE_RESP_FIXED 120u /* 5 x u64, name[64], meta_len u32, pad u32 */
 /* Writes fixed part + meta (when meta != NULL). */
@@ -404,8 +471,8 @@ kvs_err kvs_wire_lease_resp_decode(const uint8_t *p, size_t n, kvs_wire_lease_re
  * KVS_WIRE_MAX_TOKENS tokens. Bigger: KVS_ETOOBIG and the connection closed. */
 #define KVS_WIRE_STREAM_MAX_REQ (KVS_WIRE_GET_REQ_FIXED + 8u + 4u * KVS_WIRE_MAX_TOKENS)
 /* Upper bound of an encoded meta (kvs_wire_meta_size at every hard limit). */
-#define KVS_WIRE_MAX_META                                                                      \
-  (KVS_WIRE_META_FIXED + 8u * KVS_WIRE_MAX_SEGMENTS + 4u * KVS_WIRE_MAX_TOKENS +                 \
+#define KVS_WIRE_MAX_META                                                                          \
+  (KVS_WIRE_META_FIXED + 8u * KVS_WIRE_MAX_SEGMENTS + 4u * KVS_WIRE_MAX_TOKENS +                   \
    KVS_WIRE_MAX_CODEC_PARAMS)
 
 /* The checks of kvs_wire_hdr_decode on a header read without its payload
@@ -428,12 +495,19 @@ kvs_err kvs_wire_get_resp_decode_head(const uint8_t *p, size_t head_len, uint32_
 typedef struct kvs_wire_req {
   kvs_wire_hdr hdr;
   union {
-    struct { kvs_wire_meta meta; const uint8_t *value; } put;
+    struct {
+      kvs_wire_meta meta;
+      const uint8_t *value;
+    } put;
     kvs_wire_get_req get;
     kvs_wire_lookup_req lookup;
     kvs_wire_key_req key;
     kvs_wire_page_req page;
-    struct { uint32_t count; const uint8_t *records; size_t records_len; } import;
+    struct {
+      uint32_t count;
+      const uint8_t *records;
+      size_t records_len;
+    } import;
     kvs_wire_lease_req lease;
     uint64_t release_id;
   } u;
@@ -442,16 +516,9 @@ typedef struct kvs_wire_req {
 kvs_err kvs_wire_req_decode(const uint8_t *buf, size_t n, kvs_wire_req *r);
 
 /* ------------------------------------------------------------ helpers */
-static inline uint32_t kvs_wire_rd32(const uint8_t *p, size_t i) {
-  const uint8_t *q = p + 4 * i;
-  return (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
-}
-static inline uint64_t kvs_wire_rd64(const uint8_t *p, size_t i) {
-  const uint8_t *q = p + 8 * i;
-  uint64_t v = 0;
-  for (int k = 7; k >= 0; k--) v = v << 8 | q[k];
-  return v;
-}
+/* Element i of an LE u32 / u64 array (core/kvs_le.h does the byte loads). */
+static inline uint32_t kvs_wire_rd32(const uint8_t *p, size_t i) { return kvs__rd32(p + 4 * i); }
+static inline uint64_t kvs_wire_rd64(const uint8_t *p, size_t i) { return kvs__rd64(p + 8 * i); }
 /* 1 when the n LE int32 at le equal tokens[0..n). */
 int kvs_wire_tokens_equal(const uint8_t *le, const int32_t *tokens, size_t n);
 

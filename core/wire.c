@@ -6,30 +6,30 @@
 
 _Static_assert(sizeof(kvs_key) == 16, "keys are 16 bytes on the wire");
 _Static_assert(sizeof(kvs_layout) == 32, "layout is 32 bytes on the wire");
-_Static_assert(KVS_WIRE_HDR_SIZE == 32 + KVS_WIRE_TENANT_MAX + KVS_WIRE_TOKEN_MAX,
-               "header layout");
+_Static_assert(KVS_WIRE_HDR_SIZE == 32 + KVS_WIRE_TENANT_MAX + KVS_WIRE_TOKEN_MAX, "header layout");
+/* the named header offsets tile the header, each field after the last */
+_Static_assert(KVS_WIRE_OFF_MAGIC == 0 && KVS_WIRE_OFF_VERSION == KVS_WIRE_OFF_MAGIC + 4 &&
+                   KVS_WIRE_OFF_OP == KVS_WIRE_OFF_VERSION + 2 &&
+                   KVS_WIRE_OFF_FLAGS == KVS_WIRE_OFF_OP + 2 &&
+                   KVS_WIRE_OFF_STATUS == KVS_WIRE_OFF_FLAGS + 4 &&
+                   KVS_WIRE_OFF_REQ_ID == KVS_WIRE_OFF_STATUS + 4 &&
+                   KVS_WIRE_OFF_PAYLOAD_LEN == KVS_WIRE_OFF_REQ_ID + 8 &&
+                   KVS_WIRE_OFF_TENANT_LEN == KVS_WIRE_OFF_PAYLOAD_LEN + 4 &&
+                   KVS_WIRE_OFF_TOKEN_LEN == KVS_WIRE_OFF_TENANT_LEN + 1 &&
+                   KVS_WIRE_OFF_RESERVED == KVS_WIRE_OFF_TOKEN_LEN + 1 &&
+                   KVS_WIRE_OFF_TENANT == KVS_WIRE_OFF_RESERVED + 2 &&
+                   KVS_WIRE_OFF_TOKEN == KVS_WIRE_OFF_TENANT + KVS_WIRE_TENANT_MAX &&
+                   KVS_WIRE_HDR_SIZE == KVS_WIRE_OFF_TOKEN + KVS_WIRE_TOKEN_MAX,
+               "header offsets");
 
-/* ---------------------------------------------------- little-endian io */
-static void wr16(uint8_t *p, uint16_t v) {
-  p[0] = (uint8_t)v;
-  p[1] = (uint8_t)(v >> 8);
-}
-static void wr32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static void wr64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-static uint32_t rd32(const uint8_t *p) { return kvs_wire_rd32(p, 0); }
-static uint64_t rd64(const uint8_t *p) { return kvs_wire_rd64(p, 0); }
+/* ---------------------------------------------------- little-endian io (core/kvs_le.h) */
 static void wrf(uint8_t *p, float f) {
   uint32_t v;
   memcpy(&v, &f, 4);
-  wr32(p, v);
+  kvs__wr32(p, v);
 }
 static float rdf(const uint8_t *p) {
-  uint32_t v = rd32(p);
+  uint32_t v = kvs__rd32(p);
   float f;
   memcpy(&f, &v, 4);
   return f;
@@ -37,7 +37,8 @@ static float rdf(const uint8_t *p) {
 static size_t pad8(size_t n) { return (n + 7u) & ~(size_t)7u; }
 static int all_zero(const uint8_t *p, size_t n) {
   uint8_t acc = 0;
-  for (size_t i = 0; i < n; i++) acc |= p[i];
+  for (size_t i = 0; i < n; i++)
+    acc |= p[i];
   return acc == 0;
 }
 
@@ -47,11 +48,11 @@ int kvs_wire_tokens_equal(const uint8_t *le, const int32_t *tokens, size_t n) {
 }
 
 const char *kvs_wire_op_name(uint16_t op) {
-  static const char *names[] = {"?",      "PING",  "PUT",   "GET",   "LOOKUP",
-                                "EXISTS", "DELETE", "PIN",  "UNPIN", "TTL",
-                                "STATS",  "LIST",  "EXPORT", "IMPORT", "LEASE",
-                                "RELEASE"};
-  _Static_assert(sizeof names / sizeof names[0] == KVS__OP_MAX + 1, "op names");
+#define KVS__WIRE_OP_NAME(id, name, idem, fast, rq, rs) [id] = #name,
+  static const char *names[] = {[0] = "?", KVS_WIRE_OP_MAP(KVS__WIRE_OP_NAME)};
+#undef KVS__WIRE_OP_NAME
+  /* with designated ids, this holds only when the ids are exactly 1..KVS__OP_MAX */
+  _Static_assert(sizeof names / sizeof names[0] == KVS__OP_MAX + 1, "op ids are 1..KVS__OP_MAX");
   return op <= KVS__OP_MAX ? names[op] : "?";
 }
 
@@ -68,8 +69,8 @@ const char *kvs_wire_stat_name(uint32_t i) {
 
 /* --------------------------------------------------------------- header */
 static int tenant_char_ok(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '_' || c == '-' || c == '.';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-' || c == '.';
 }
 
 kvs_err kvs_wire_hdr_init(kvs_wire_hdr *h, uint16_t op, uint64_t req_id, const char *tenant,
@@ -96,17 +97,17 @@ kvs_err kvs_wire_hdr_encode(const kvs_wire_hdr *h, uint8_t out[KVS_WIRE_HDR_SIZE
   if (!h || !out) return KVS_EINVAL;
   if (h->tenant_len > KVS_WIRE_TENANT_MAX || h->token_len > KVS_WIRE_TOKEN_MAX) return KVS_EINVAL;
   memset(out, 0, KVS_WIRE_HDR_SIZE);
-  wr32(out + 0, h->magic);
-  wr16(out + 4, h->version);
-  wr16(out + 6, h->op);
-  wr32(out + 8, h->flags);
-  wr32(out + 12, (uint32_t)h->status);
-  wr64(out + 16, h->req_id);
-  wr32(out + 24, h->payload_len);
-  out[28] = h->tenant_len;
-  out[29] = h->token_len;
-  memcpy(out + 32, h->tenant, h->tenant_len);
-  memcpy(out + 64, h->token, h->token_len);
+  kvs__wr32(out + KVS_WIRE_OFF_MAGIC, h->magic);
+  kvs__wr16(out + KVS_WIRE_OFF_VERSION, h->version);
+  kvs__wr16(out + KVS_WIRE_OFF_OP, h->op);
+  kvs__wr32(out + KVS_WIRE_OFF_FLAGS, h->flags);
+  kvs__wr32(out + KVS_WIRE_OFF_STATUS, (uint32_t)h->status);
+  kvs__wr64(out + KVS_WIRE_OFF_REQ_ID, h->req_id);
+  kvs__wr32(out + KVS_WIRE_OFF_PAYLOAD_LEN, h->payload_len);
+  out[KVS_WIRE_OFF_TENANT_LEN] = h->tenant_len;
+  out[KVS_WIRE_OFF_TOKEN_LEN] = h->token_len;
+  memcpy(out + KVS_WIRE_OFF_TENANT, h->tenant, h->tenant_len);
+  memcpy(out + KVS_WIRE_OFF_TOKEN, h->token, h->token_len);
   return KVS_OK;
 }
 
@@ -116,36 +117,38 @@ static kvs_err hdr_decode(const uint8_t *buf, size_t n, int whole, kvs_wire_hdr 
   KVS_RETURN_ERROR_IF(!buf || !h, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(n < KVS_WIRE_HDR_SIZE, KVS_ETRUNC, "frame shorter than header");
   memset(h, 0, sizeof *h);
-  h->magic = rd32(buf);
+  h->magic = kvs__rd32(buf + KVS_WIRE_OFF_MAGIC);
   KVS_RETURN_ERROR_IF(h->magic != KVS_WIRE_MAGIC, KVS_EMAGIC, "frame magic");
-  h->version = rd16(buf + 4);
+  h->version = kvs__rd16(buf + KVS_WIRE_OFF_VERSION);
   KVS_RETURN_ERROR_IF(h->version != KVS_WIRE_VERSION, KVS_EVERSION, "frame version");
-  h->op = rd16(buf + 6);
+  h->op = kvs__rd16(buf + KVS_WIRE_OFF_OP);
   KVS_RETURN_ERROR_IF(h->op == 0 || h->op > KVS__OP_MAX, KVS_ENOTSUP, "frame op");
-  h->flags = rd32(buf + 8);
+  h->flags = kvs__rd32(buf + KVS_WIRE_OFF_FLAGS);
   KVS_RETURN_ERROR_IF(h->flags & ~KVS_WIRE_F_KNOWN, KVS_EPROTO, "unknown flags");
-  h->status = (int32_t)rd32(buf + 12);
-  h->req_id = rd64(buf + 16);
-  h->payload_len = rd32(buf + 24);
+  h->status = (int32_t)kvs__rd32(buf + KVS_WIRE_OFF_STATUS);
+  h->req_id = kvs__rd64(buf + KVS_WIRE_OFF_REQ_ID);
+  h->payload_len = kvs__rd32(buf + KVS_WIRE_OFF_PAYLOAD_LEN);
   KVS_RETURN_ERROR_IF(whole && (uint64_t)h->payload_len != (uint64_t)(n - KVS_WIRE_HDR_SIZE),
                       KVS_ETRUNC, "payload length != frame length");
-  h->tenant_len = buf[28];
-  h->token_len = buf[29];
-  h->reserved = rd16(buf + 30);
+  h->tenant_len = buf[KVS_WIRE_OFF_TENANT_LEN];
+  h->token_len = buf[KVS_WIRE_OFF_TOKEN_LEN];
+  h->reserved = kvs__rd16(buf + KVS_WIRE_OFF_RESERVED);
   KVS_RETURN_ERROR_IF(h->reserved != 0, KVS_EPROTO, "reserved header bytes");
   KVS_RETURN_ERROR_IF(h->tenant_len > KVS_WIRE_TENANT_MAX, KVS_EPROTO, "tenant length");
   KVS_RETURN_ERROR_IF(h->token_len > KVS_WIRE_TOKEN_MAX, KVS_EPROTO, "token length");
   int is_resp = (h->flags & KVS_WIRE_F_RESPONSE) != 0;
   KVS_RETURN_ERROR_IF(!is_resp && h->tenant_len == 0, KVS_EPROTO, "request without tenant");
   KVS_RETURN_ERROR_IF(!is_resp && h->status != 0, KVS_EPROTO, "request with a status");
-  memcpy(h->tenant, buf + 32, h->tenant_len);
+  memcpy(h->tenant, buf + KVS_WIRE_OFF_TENANT, h->tenant_len);
   for (unsigned i = 0; i < h->tenant_len; i++)
     KVS_RETURN_ERROR_IF(!tenant_char_ok(h->tenant[i]), KVS_EPROTO, "tenant characters");
-  KVS_RETURN_ERROR_IF(!all_zero(buf + 32 + h->tenant_len, KVS_WIRE_TENANT_MAX - h->tenant_len),
-                      KVS_EPROTO, "tenant padding");
-  memcpy(h->token, buf + 64, h->token_len);
-  KVS_RETURN_ERROR_IF(!all_zero(buf + 64 + h->token_len, KVS_WIRE_TOKEN_MAX - h->token_len),
-                      KVS_EPROTO, "token padding");
+  KVS_RETURN_ERROR_IF(
+      !all_zero(buf + KVS_WIRE_OFF_TENANT + h->tenant_len, KVS_WIRE_TENANT_MAX - h->tenant_len),
+      KVS_EPROTO, "tenant padding");
+  memcpy(h->token, buf + KVS_WIRE_OFF_TOKEN, h->token_len);
+  KVS_RETURN_ERROR_IF(
+      !all_zero(buf + KVS_WIRE_OFF_TOKEN + h->token_len, KVS_WIRE_TOKEN_MAX - h->token_len),
+      KVS_EPROTO, "token padding");
   return KVS_OK;
 }
 
@@ -173,22 +176,22 @@ size_t kvs_wire_meta_size(const kvs_wire_meta *m) {
 }
 
 static void layout_wr(uint8_t *p, const kvs_layout *l) {
-  wr32(p + 0, l->n_layers);
-  wr32(p + 4, l->n_kv_heads);
-  wr32(p + 8, l->head_dim);
-  wr32(p + 12, l->dtype);
-  wr32(p + 16, l->rope_type);
-  wr32(p + 20, l->rope_dims);
+  kvs__wr32(p + 0, l->n_layers);
+  kvs__wr32(p + 4, l->n_kv_heads);
+  kvs__wr32(p + 8, l->head_dim);
+  kvs__wr32(p + 12, l->dtype);
+  kvs__wr32(p + 16, l->rope_type);
+  kvs__wr32(p + 20, l->rope_dims);
   wrf(p + 24, l->rope_theta);
   wrf(p + 28, l->rope_freq_scale);
 }
 static void layout_rd(const uint8_t *p, kvs_layout *l) {
-  l->n_layers = rd32(p + 0);
-  l->n_kv_heads = rd32(p + 4);
-  l->head_dim = rd32(p + 8);
-  l->dtype = rd32(p + 12);
-  l->rope_type = rd32(p + 16);
-  l->rope_dims = rd32(p + 20);
+  l->n_layers = kvs__rd32(p + 0);
+  l->n_kv_heads = kvs__rd32(p + 4);
+  l->head_dim = kvs__rd32(p + 8);
+  l->dtype = kvs__rd32(p + 12);
+  l->rope_type = kvs__rd32(p + 16);
+  l->rope_dims = kvs__rd32(p + 20);
   l->rope_theta = rdf(p + 24);
   l->rope_freq_scale = rdf(p + 28);
 }
@@ -207,17 +210,17 @@ kvs_err kvs_wire_meta_encode(const kvs_wire_meta *m, uint8_t *out, size_t cap, s
   out[33] = m->tier;
   out[34] = m->pinned;
   out[35] = m->flags;
-  wr32(out + 36, m->n_tokens);
+  kvs__wr32(out + 36, m->n_tokens);
   layout_wr(out + 40, &m->layout);
-  wr32(out + 72, m->codec_profile);
-  wr32(out + 76, m->codec_params_len);
-  wr32(out + 80, m->n_segments);
-  wr32(out + 84, m->ttl_s);
-  wr64(out + 88, m->value_bytes);
-  wr64(out + 96, m->checksum);
-  wr64(out + 104, m->created_ms);
-  wr64(out + 112, m->last_used_ms);
-  wr64(out + 120, m->hits);
+  kvs__wr32(out + 72, m->codec_profile);
+  kvs__wr32(out + 76, m->codec_params_len);
+  kvs__wr32(out + 80, m->n_segments);
+  kvs__wr32(out + 84, m->ttl_s);
+  kvs__wr64(out + 88, m->value_bytes);
+  kvs__wr64(out + 96, m->checksum);
+  kvs__wr64(out + 104, m->created_ms);
+  kvs__wr64(out + 112, m->last_used_ms);
+  kvs__wr64(out + 120, m->hits);
   size_t o = KVS_WIRE_META_FIXED;
   memcpy(out + o, m->seg_end_le, 8u * m->n_segments);
   o += 8u * m->n_segments;
@@ -241,17 +244,17 @@ kvs_err kvs_wire_meta_decode(const uint8_t *p, size_t n, kvs_wire_meta *m, size_
   KVS_RETURN_ERROR_IF(m->key_kind != KVS_KEY_KIND_PREFIX && m->key_kind != KVS_KEY_KIND_CONTENT,
                       KVS_EPROTO, "key kind");
   KVS_RETURN_ERROR_IF(m->tier > 2 || m->pinned > 1 || m->flags != 0, KVS_EPROTO, "meta bytes");
-  m->n_tokens = rd32(p + 36);
+  m->n_tokens = kvs__rd32(p + 36);
   layout_rd(p + 40, &m->layout);
-  m->codec_profile = rd32(p + 72);
-  m->codec_params_len = rd32(p + 76);
-  m->n_segments = rd32(p + 80);
-  m->ttl_s = rd32(p + 84);
-  m->value_bytes = rd64(p + 88);
-  m->checksum = rd64(p + 96);
-  m->created_ms = rd64(p + 104);
-  m->last_used_ms = rd64(p + 112);
-  m->hits = rd64(p + 120);
+  m->codec_profile = kvs__rd32(p + 72);
+  m->codec_params_len = kvs__rd32(p + 76);
+  m->n_segments = kvs__rd32(p + 80);
+  m->ttl_s = kvs__rd32(p + 84);
+  m->value_bytes = kvs__rd64(p + 88);
+  m->checksum = kvs__rd64(p + 96);
+  m->created_ms = kvs__rd64(p + 104);
+  m->last_used_ms = kvs__rd64(p + 112);
+  m->hits = kvs__rd64(p + 120);
   KVS_RETURN_ERROR_IF(m->n_tokens == 0 || m->n_tokens > KVS_WIRE_MAX_TOKENS, KVS_ERANGE,
                       "token count");
   KVS_RETURN_ERROR_IF(m->n_segments == 0 || m->n_segments > KVS_WIRE_MAX_SEGMENTS, KVS_ERANGE,
@@ -311,10 +314,10 @@ kvs_err kvs_wire_get_req_encode(const kvs_wire_get_req *r, uint8_t *out, size_t 
   if (cap < need) return KVS_ETOOBIG;
   memcpy(out, r->key.b, 16);
   memcpy(out + 16, r->model.b, 16);
-  wr32(out + 32, r->flags);
-  wr32(out + 36, r->seg_first);
-  wr32(out + 40, r->seg_count);
-  wr32(out + 44, r->n_tokens);
+  kvs__wr32(out + 32, r->flags);
+  kvs__wr32(out + 36, r->seg_first);
+  kvs__wr32(out + 40, r->seg_count);
+  kvs__wr32(out + 44, r->n_tokens);
   memcpy(out + 48, r->tokens_le, 4u * r->n_tokens);
   if (written) *written = need;
   return KVS_OK;
@@ -326,10 +329,10 @@ kvs_err kvs_wire_get_req_decode(const uint8_t *p, size_t n, kvs_wire_get_req *r)
   memset(r, 0, sizeof *r);
   memcpy(r->key.b, p, 16);
   memcpy(r->model.b, p + 16, 16);
-  r->flags = rd32(p + 32);
-  r->seg_first = rd32(p + 36);
-  r->seg_count = rd32(p + 40);
-  r->n_tokens = rd32(p + 44);
+  r->flags = kvs__rd32(p + 32);
+  r->seg_first = kvs__rd32(p + 36);
+  r->seg_count = kvs__rd32(p + 40);
+  r->n_tokens = kvs__rd32(p + 44);
   KVS_RETURN_ERROR_IF(r->flags & ~KVS_WIRE_GET_META, KVS_EPROTO, "GET flags");
   KVS_RETURN_ERROR_IF(r->n_tokens == 0 || r->n_tokens > KVS_WIRE_MAX_TOKENS, KVS_ERANGE,
                       "GET token count");
@@ -351,26 +354,25 @@ kvs_err kvs_wire_get_resp_encode_head(const kvs_wire_get_resp *r, const kvs_wire
   }
   if (cap < KVS_WIRE_GET_RESP_FIXED + ml) return KVS_ETOOBIG;
   memset(out, 0, KVS_WIRE_GET_RESP_FIXED);
-  wr32(out + 0, r->seg_first);
-  wr32(out + 4, r->seg_count);
-  wr64(out + 8, r->byte_off);
-  wr64(out + 16, r->byte_len);
-  wr64(out + 24, r->value_bytes);
-  wr64(out + 32, r->checksum);
-  wr32(out + 40, (uint32_t)ml);
+  kvs__wr32(out + 0, r->seg_first);
+  kvs__wr32(out + 4, r->seg_count);
+  kvs__wr64(out + 8, r->byte_off);
+  kvs__wr64(out + 16, r->byte_len);
+  kvs__wr64(out + 24, r->value_bytes);
+  kvs__wr64(out + 32, r->checksum);
+  kvs__wr32(out + 40, (uint32_t)ml);
   if (meta) KVS_TRY(kvs_wire_meta_encode(meta, out + KVS_WIRE_GET_RESP_FIXED, ml, NULL));
   if (written) *written = KVS_WIRE_GET_RESP_FIXED + ml;
   return KVS_OK;
 }
 
-static kvs_err get_resp_decode(const uint8_t *p, size_t n, uint64_t absent,
-                               kvs_wire_get_resp *r);
+static kvs_err get_resp_decode(const uint8_t *p, size_t n, uint64_t absent, kvs_wire_get_resp *r);
 
 kvs_err kvs_wire_get_resp_head_len(const uint8_t fixed[KVS_WIRE_GET_RESP_FIXED],
                                    uint32_t payload_len, size_t *head_len) {
   KVS_RETURN_ERROR_IF(!fixed || !head_len, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(payload_len < KVS_WIRE_GET_RESP_FIXED, KVS_ETRUNC, "GET answer fixed part");
-  uint32_t ml = rd32(fixed + 40);
+  uint32_t ml = kvs__rd32(fixed + 40);
   KVS_RETURN_ERROR_IF(ml > KVS_WIRE_MAX_META, KVS_ETOOBIG, "GET answer meta length");
   KVS_RETURN_ERROR_IF(ml > payload_len - KVS_WIRE_GET_RESP_FIXED, KVS_ETRUNC, "GET answer meta");
   *head_len = KVS_WIRE_GET_RESP_FIXED + (size_t)ml;
@@ -396,18 +398,17 @@ kvs_err kvs_wire_get_resp_decode(const uint8_t *p, size_t n, kvs_wire_get_resp *
 
 /* n bytes at p; `absent` value bytes of the payload are not in p (stream
  * head) and count as if they followed. */
-static kvs_err get_resp_decode(const uint8_t *p, size_t n, uint64_t absent,
-                               kvs_wire_get_resp *r) {
+static kvs_err get_resp_decode(const uint8_t *p, size_t n, uint64_t absent, kvs_wire_get_resp *r) {
   KVS_RETURN_ERROR_IF(n < KVS_WIRE_GET_RESP_FIXED, KVS_ETRUNC, "GET answer fixed part");
   memset(r, 0, sizeof *r);
-  r->seg_first = rd32(p);
-  r->seg_count = rd32(p + 4);
-  r->byte_off = rd64(p + 8);
-  r->byte_len = rd64(p + 16);
-  r->value_bytes = rd64(p + 24);
-  r->checksum = rd64(p + 32);
-  r->meta_len = rd32(p + 40);
-  KVS_RETURN_ERROR_IF(rd32(p + 44) != 0, KVS_EPROTO, "GET answer reserved");
+  r->seg_first = kvs__rd32(p);
+  r->seg_count = kvs__rd32(p + 4);
+  r->byte_off = kvs__rd64(p + 8);
+  r->byte_len = kvs__rd64(p + 16);
+  r->value_bytes = kvs__rd64(p + 24);
+  r->checksum = kvs__rd64(p + 32);
+  r->meta_len = kvs__rd32(p + 40);
+  KVS_RETURN_ERROR_IF(kvs__rd32(p + 44) != 0, KVS_EPROTO, "GET answer reserved");
   KVS_RETURN_ERROR_IF(r->value_bytes > KVS_WIRE_MAX_VALUE, KVS_ETOOBIG, "value size");
   KVS_RETURN_ERROR_IF(r->byte_off > r->value_bytes || r->byte_len > r->value_bytes - r->byte_off,
                       KVS_ERANGE, "GET answer byte range");
@@ -443,17 +444,17 @@ kvs_err kvs_wire_lookup_req_encode(const kvs_model_id *model, uint32_t mode,
   if (cap < need) return KVS_ETOOBIG;
   memset(out, 0, KVS_WIRE_LOOKUP_FIXED);
   memcpy(out, model->b, 16);
-  wr32(out + 16, mode);
-  wr32(out + 20, n_chunks);
-  wr32(out + 24, n_tokens);
+  kvs__wr32(out + 16, mode);
+  kvs__wr32(out + 20, n_chunks);
+  kvs__wr32(out + 24, n_tokens);
   uint8_t *c = out + KVS_WIRE_LOOKUP_FIXED;
   for (uint32_t i = 0; i < n_chunks; i++, c += KVS_WIRE_LOOKUP_CHUNK) {
     if (chunks[i].tok_len == 0 || chunks[i].tok_off > n_tokens ||
         chunks[i].tok_len > n_tokens - chunks[i].tok_off)
       return KVS_ERANGE;
     memcpy(c, chunks[i].key.b, 16);
-    wr32(c + 16, chunks[i].tok_off);
-    wr32(c + 20, chunks[i].tok_len);
+    kvs__wr32(c + 16, chunks[i].tok_off);
+    kvs__wr32(c + 20, chunks[i].tok_len);
   }
   memcpy(c, tokens, 4u * (size_t)n_tokens);
   if (written) *written = need;
@@ -465,10 +466,10 @@ kvs_err kvs_wire_lookup_req_decode(const uint8_t *p, size_t n, kvs_wire_lookup_r
   KVS_RETURN_ERROR_IF(n < KVS_WIRE_LOOKUP_FIXED, KVS_ETRUNC, "LOOKUP fixed part");
   memset(r, 0, sizeof *r);
   memcpy(r->model.b, p, 16);
-  r->mode = rd32(p + 16);
-  r->n_chunks = rd32(p + 20);
-  r->n_tokens = rd32(p + 24);
-  KVS_RETURN_ERROR_IF(rd32(p + 28) != 0, KVS_EPROTO, "LOOKUP reserved");
+  r->mode = kvs__rd32(p + 16);
+  r->n_chunks = kvs__rd32(p + 20);
+  r->n_tokens = kvs__rd32(p + 24);
+  KVS_RETURN_ERROR_IF(kvs__rd32(p + 28) != 0, KVS_EPROTO, "LOOKUP reserved");
   KVS_RETURN_ERROR_IF(r->mode > KVS_WIRE_LOOKUP_PREFIX, KVS_EPROTO, "LOOKUP mode");
   KVS_RETURN_ERROR_IF(r->n_chunks == 0 || r->n_chunks > KVS_WIRE_MAX_LOOKUP, KVS_ERANGE,
                       "LOOKUP chunk count");
@@ -491,8 +492,8 @@ kvs_err kvs_wire_lookup_req_decode(const uint8_t *p, size_t n, kvs_wire_lookup_r
 void kvs_wire_lookup_chunk_at(const kvs_wire_lookup_req *r, uint32_t i, kvs_wire_lookup_chunk *c) {
   const uint8_t *q = r->chunks_raw + (size_t)KVS_WIRE_LOOKUP_CHUNK * i;
   memcpy(c->key.b, q, 16);
-  c->tok_off = rd32(q + 16);
-  c->tok_len = rd32(q + 20);
+  c->tok_off = kvs__rd32(q + 16);
+  c->tok_len = kvs__rd32(q + 20);
 }
 
 size_t kvs_wire_lookup_resp_size(uint32_t n_chunks) { return 8u + pad8(n_chunks); }
@@ -503,8 +504,8 @@ kvs_err kvs_wire_lookup_resp_encode(uint32_t n_prefix, const uint8_t *status, ui
   size_t need = kvs_wire_lookup_resp_size(n_chunks);
   if (cap < need) return KVS_ETOOBIG;
   memset(out, 0, need);
-  wr32(out, n_chunks);
-  wr32(out + 4, n_prefix);
+  kvs__wr32(out, n_chunks);
+  kvs__wr32(out + 4, n_prefix);
   memcpy(out + 8, status, n_chunks);
   if (written) *written = need;
   return KVS_OK;
@@ -513,8 +514,8 @@ kvs_err kvs_wire_lookup_resp_encode(uint32_t n_prefix, const uint8_t *status, ui
 kvs_err kvs_wire_lookup_resp_decode(const uint8_t *p, size_t n, kvs_wire_lookup_resp *r) {
   KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(n < 8, KVS_ETRUNC, "LOOKUP answer");
-  r->n_chunks = rd32(p);
-  r->n_prefix = rd32(p + 4);
+  r->n_chunks = kvs__rd32(p);
+  r->n_prefix = kvs__rd32(p + 4);
   KVS_RETURN_ERROR_IF(r->n_chunks > KVS_WIRE_MAX_LOOKUP || r->n_prefix > r->n_chunks, KVS_ERANGE,
                       "LOOKUP answer counts");
   KVS_RETURN_ERROR_IF(n != kvs_wire_lookup_resp_size(r->n_chunks), KVS_ETRUNC,
@@ -535,7 +536,7 @@ kvs_err kvs_wire_key_req_encode(const kvs_wire_key_req *r, uint8_t *out, size_t 
   memset(out, 0, KVS_WIRE_KEY_REQ_SIZE);
   memcpy(out, r->key.b, 16);
   memcpy(out + 16, r->model.b, 16);
-  wr32(out + 32, r->arg);
+  kvs__wr32(out + 32, r->arg);
   if (written) *written = KVS_WIRE_KEY_REQ_SIZE;
   return KVS_OK;
 }
@@ -545,8 +546,8 @@ kvs_err kvs_wire_key_req_decode(const uint8_t *p, size_t n, kvs_wire_key_req *r)
   KVS_RETURN_ERROR_IF(n != KVS_WIRE_KEY_REQ_SIZE, KVS_ETRUNC, "key request length");
   memcpy(r->key.b, p, 16);
   memcpy(r->model.b, p + 16, 16);
-  r->arg = rd32(p + 32);
-  KVS_RETURN_ERROR_IF(rd32(p + 36) != 0, KVS_EPROTO, "key request reserved");
+  r->arg = kvs__rd32(p + 32);
+  KVS_RETURN_ERROR_IF(kvs__rd32(p + 36) != 0, KVS_EPROTO, "key request reserved");
   return KVS_OK;
 }
 
@@ -558,7 +559,7 @@ kvs_err kvs_wire_exists_resp_encode(const kvs_wire_exists_resp *r, uint8_t *out,
   out[0] = r->present;
   out[1] = r->tier;
   out[2] = r->pinned;
-  wr64(out + 8, r->value_bytes);
+  kvs__wr64(out + 8, r->value_bytes);
   if (written) *written = KVS_WIRE_EXISTS_RESP_SIZE;
   return KVS_OK;
 }
@@ -569,7 +570,7 @@ kvs_err kvs_wire_exists_resp_decode(const uint8_t *p, size_t n, kvs_wire_exists_
   r->present = p[0];
   r->tier = p[1];
   r->pinned = p[2];
-  r->value_bytes = rd64(p + 8);
+  r->value_bytes = kvs__rd64(p + 8);
   KVS_RETURN_ERROR_IF(r->present > 1 || r->tier > 2 || r->pinned > 1, KVS_EPROTO,
                       "EXISTS answer bytes");
   return KVS_OK;
@@ -581,9 +582,10 @@ kvs_err kvs_wire_stats_resp_encode(const uint64_t *v, uint32_t n, uint8_t *out, 
   if (!v || !out || n > KVS_WIRE_MAX_STATS) return KVS_EINVAL;
   size_t need = 8u + 8u * n;
   if (cap < need) return KVS_ETOOBIG;
-  wr32(out, n);
-  wr32(out + 4, 0);
-  for (uint32_t i = 0; i < n; i++) wr64(out + 8 + 8 * i, v[i]);
+  kvs__wr32(out, n);
+  kvs__wr32(out + 4, 0);
+  for (uint32_t i = 0; i < n; i++)
+    kvs__wr64(out + 8 + 8 * i, v[i]);
   if (written) *written = need;
   return KVS_OK;
 }
@@ -592,10 +594,11 @@ kvs_err kvs_wire_stats_resp_decode(const uint8_t *p, size_t n, kvs_wire_stats_re
   KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(n < 8, KVS_ETRUNC, "STATS answer");
   memset(r, 0, sizeof *r);
-  r->n = rd32(p);
+  r->n = kvs__rd32(p);
   KVS_RETURN_ERROR_IF(r->n > KVS_WIRE_MAX_STATS, KVS_ERANGE, "STATS count");
   KVS_RETURN_ERROR_IF(n != 8u + 8u * r->n, KVS_ETRUNC, "STATS length");
-  for (uint32_t i = 0; i < r->n; i++) r->v[i] = kvs_wire_rd64(p + 8, i);
+  for (uint32_t i = 0; i < r->n; i++)
+    r->v[i] = kvs_wire_rd64(p + 8, i);
   return KVS_OK;
 }
 
@@ -607,7 +610,7 @@ kvs_err kvs_wire_page_req_encode(const kvs_wire_page_req *r, uint8_t *out, size_
   if (r->limit == 0 || r->limit > KVS_WIRE_MAX_LIST || r->has_cursor > 1) return KVS_ERANGE;
   memset(out, 0, KVS_WIRE_PAGE_REQ_SIZE);
   out[0] = r->has_cursor;
-  wr32(out + 4, r->limit);
+  kvs__wr32(out + 4, r->limit);
   if (r->has_cursor) memcpy(out + 8, r->cursor, 16);
   if (written) *written = KVS_WIRE_PAGE_REQ_SIZE;
   return KVS_OK;
@@ -619,7 +622,7 @@ kvs_err kvs_wire_page_req_decode(const uint8_t *p, size_t n, kvs_wire_page_req *
   memset(r, 0, sizeof *r);
   r->has_cursor = p[0];
   KVS_RETURN_ERROR_IF(r->has_cursor > 1 || p[1] || p[2] || p[3], KVS_EPROTO, "page request bytes");
-  r->limit = rd32(p + 4);
+  r->limit = kvs__rd32(p + 4);
   KVS_RETURN_ERROR_IF(r->limit == 0 || r->limit > KVS_WIRE_MAX_LIST, KVS_ERANGE, "page limit");
   memcpy(r->cursor, p + 8, 16);
   KVS_RETURN_ERROR_IF(!r->has_cursor && !all_zero(r->cursor, 16), KVS_EPROTO, "page cursor");
@@ -631,7 +634,7 @@ kvs_err kvs_wire_page_resp_encode_head(uint32_t n, uint8_t more, const uint8_t n
   if (!out || n > KVS_WIRE_MAX_LIST || more > 1) return KVS_EINVAL;
   if (cap < KVS_WIRE_PAGE_RESP_FIXED) return KVS_ETOOBIG;
   memset(out, 0, KVS_WIRE_PAGE_RESP_FIXED);
-  wr32(out, n);
+  kvs__wr32(out, n);
   out[4] = more;
   if (next_cursor) memcpy(out + 8, next_cursor, 16);
   if (written) *written = KVS_WIRE_PAGE_RESP_FIXED;
@@ -642,7 +645,7 @@ kvs_err kvs_wire_page_resp_decode(uint16_t op, const uint8_t *p, size_t n, kvs_w
   KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(n < KVS_WIRE_PAGE_RESP_FIXED, KVS_ETRUNC, "page answer");
   memset(r, 0, sizeof *r);
-  r->n = rd32(p);
+  r->n = kvs__rd32(p);
   r->more = p[4];
   KVS_RETURN_ERROR_IF(r->n > KVS_WIRE_MAX_LIST || r->more > 1, KVS_ERANGE, "page answer head");
   memcpy(r->next_cursor, p + 8, 16);
@@ -673,15 +676,15 @@ kvs_err kvs_wire_list_item_encode(const kvs_wire_list_item *it, uint8_t *out, si
   memset(out, 0, KVS_WIRE_LIST_ITEM_SIZE);
   memcpy(out, it->key.b, 16);
   memcpy(out + 16, it->model.b, 16);
-  wr32(out + 32, it->n_tokens);
+  kvs__wr32(out + 32, it->n_tokens);
   out[36] = it->key_kind;
   out[37] = it->tier;
   out[38] = it->pinned;
-  wr64(out + 40, it->value_bytes);
-  wr64(out + 48, it->hits);
-  wr64(out + 56, it->last_used_ms);
-  wr64(out + 64, it->created_ms);
-  wr32(out + 72, it->ttl_s);
+  kvs__wr64(out + 40, it->value_bytes);
+  kvs__wr64(out + 48, it->hits);
+  kvs__wr64(out + 56, it->last_used_ms);
+  kvs__wr64(out + 64, it->created_ms);
+  kvs__wr32(out + 72, it->ttl_s);
   return KVS_OK;
 }
 
@@ -689,15 +692,15 @@ void kvs_wire_list_item_decode(const uint8_t *p, kvs_wire_list_item *it) {
   memset(it, 0, sizeof *it);
   memcpy(it->key.b, p, 16);
   memcpy(it->model.b, p + 16, 16);
-  it->n_tokens = rd32(p + 32);
+  it->n_tokens = kvs__rd32(p + 32);
   it->key_kind = p[36];
   it->tier = p[37];
   it->pinned = p[38];
-  it->value_bytes = rd64(p + 40);
-  it->hits = rd64(p + 48);
-  it->last_used_ms = rd64(p + 56);
-  it->created_ms = rd64(p + 64);
-  it->ttl_s = rd32(p + 72);
+  it->value_bytes = kvs__rd64(p + 40);
+  it->hits = kvs__rd64(p + 48);
+  it->last_used_ms = kvs__rd64(p + 56);
+  it->created_ms = kvs__rd64(p + 64);
+  it->ttl_s = kvs__rd32(p + 72);
 }
 
 /* -------------------------------------------------------------- records */
@@ -713,7 +716,7 @@ kvs_err kvs_wire_record_encode_head(const kvs_wire_meta *m, uint8_t *out, size_t
   size_t ml = kvs_wire_meta_size(m);
   if (ml == 0) return KVS_ERANGE;
   if (cap < 8 + ml) return KVS_ETOOBIG;
-  wr64(out, ml + m->value_bytes);
+  kvs__wr64(out, ml + m->value_bytes);
   KVS_TRY(kvs_wire_meta_encode(m, out + 8, cap - 8, NULL));
   if (written) *written = 8 + ml;
   return KVS_OK;
@@ -726,7 +729,7 @@ kvs_err kvs_wire_record_next(const uint8_t **pp, size_t *np, kvs_wire_meta *m,
   size_t n = *np;
   if (n == 0) return KVS_ENOENT;
   KVS_RETURN_ERROR_IF(n < 8, KVS_ETRUNC, "record length");
-  uint64_t rl = rd64(p);
+  uint64_t rl = kvs__rd64(p);
   KVS_RETURN_ERROR_IF(rl > n - 8, KVS_ETRUNC, "record body");
   size_t padded = pad8((size_t)rl);
   KVS_RETURN_ERROR_IF(padded > n - 8, KVS_ETRUNC, "record padding");
@@ -741,8 +744,8 @@ kvs_err kvs_wire_import_req_decode(const uint8_t *p, size_t n, uint32_t *count,
                                    const uint8_t **records, size_t *records_len) {
   KVS_RETURN_ERROR_IF(!p || !count || !records || !records_len, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(n < KVS_WIRE_IMPORT_FIXED, KVS_ETRUNC, "IMPORT head");
-  *count = rd32(p);
-  KVS_RETURN_ERROR_IF(rd32(p + 4) != 0, KVS_EPROTO, "IMPORT reserved");
+  *count = kvs__rd32(p);
+  KVS_RETURN_ERROR_IF(kvs__rd32(p + 4) != 0, KVS_EPROTO, "IMPORT reserved");
   KVS_RETURN_ERROR_IF(*count == 0 || *count > KVS_WIRE_MAX_LIST, KVS_ERANGE, "IMPORT count");
   const uint8_t *q = p + KVS_WIRE_IMPORT_FIXED;
   size_t left = n - KVS_WIRE_IMPORT_FIXED;
@@ -763,8 +766,8 @@ kvs_err kvs_wire_import_resp_encode(const kvs_wire_import_resp *r, uint8_t *out,
                                     size_t *written) {
   if (!r || !out) return KVS_EINVAL;
   if (cap < 8) return KVS_ETOOBIG;
-  wr32(out, r->n_ok);
-  wr32(out + 4, r->n_failed);
+  kvs__wr32(out, r->n_ok);
+  kvs__wr32(out + 4, r->n_failed);
   if (written) *written = 8;
   return KVS_OK;
 }
@@ -772,8 +775,8 @@ kvs_err kvs_wire_import_resp_encode(const kvs_wire_import_resp *r, uint8_t *out,
 kvs_err kvs_wire_import_resp_decode(const uint8_t *p, size_t n, kvs_wire_import_resp *r) {
   KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(n != 8, KVS_ETRUNC, "IMPORT answer length");
-  r->n_ok = rd32(p);
-  r->n_failed = rd32(p + 4);
+  r->n_ok = kvs__rd32(p);
+  r->n_failed = kvs__rd32(p + 4);
   return KVS_OK;
 }
 
@@ -781,7 +784,7 @@ kvs_err kvs_wire_import_resp_decode(const uint8_t *p, size_t n, kvs_wire_import_
 kvs_err kvs_wire_lease_req_decode(const uint8_t *p, size_t n, kvs_wire_lease_req *r) {
   KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(n < 8, KVS_ETRUNC, "LEASE release id");
-  r->release_id = rd64(p);
+  r->release_id = kvs__rd64(p);
   return kvs_wire_get_req_decode(p + 8, n - 8, &r->get);
 }
 
@@ -794,13 +797,13 @@ kvs_err kvs_wire_lease_resp_encode(const kvs_wire_lease_resp *r, const kvs_wire_
   size_t nl = strnlen(r->shm_name, KVS_WIRE_SHM_NAME_MAX + 1);
   if (nl == 0 || nl > KVS_WIRE_SHM_NAME_MAX) return KVS_EINVAL;
   memset(out, 0, KVS_WIRE_LEASE_RESP_FIXED);
-  wr64(out, r->lease_id);
-  wr64(out + 8, r->expires_ms);
-  wr64(out + 16, r->offset);
-  wr64(out + 24, r->value_bytes);
-  wr64(out + 32, r->checksum);
+  kvs__wr64(out, r->lease_id);
+  kvs__wr64(out + 8, r->expires_ms);
+  kvs__wr64(out + 16, r->offset);
+  kvs__wr64(out + 24, r->value_bytes);
+  kvs__wr64(out + 32, r->checksum);
   memcpy(out + 40, r->shm_name, nl);
-  wr32(out + 104, (uint32_t)ml);
+  kvs__wr32(out + 104, (uint32_t)ml);
   if (meta) KVS_TRY(kvs_wire_meta_encode(meta, out + KVS_WIRE_LEASE_RESP_FIXED, ml, NULL));
   if (written) *written = KVS_WIRE_LEASE_RESP_FIXED + ml;
   return KVS_OK;
@@ -810,11 +813,11 @@ kvs_err kvs_wire_lease_resp_decode(const uint8_t *p, size_t n, kvs_wire_lease_re
   KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
   KVS_RETURN_ERROR_IF(n < KVS_WIRE_LEASE_RESP_FIXED, KVS_ETRUNC, "LEASE answer");
   memset(r, 0, sizeof *r);
-  r->lease_id = rd64(p);
-  r->expires_ms = rd64(p + 8);
-  r->offset = rd64(p + 16);
-  r->value_bytes = rd64(p + 24);
-  r->checksum = rd64(p + 32);
+  r->lease_id = kvs__rd64(p);
+  r->expires_ms = kvs__rd64(p + 8);
+  r->offset = kvs__rd64(p + 16);
+  r->value_bytes = kvs__rd64(p + 24);
+  r->checksum = kvs__rd64(p + 32);
   memcpy(r->shm_name, p + 40, KVS_WIRE_SHM_NAME_MAX);
   r->shm_name[KVS_WIRE_SHM_NAME_MAX] = 0;
   size_t nl = strlen(r->shm_name);
@@ -824,8 +827,9 @@ kvs_err kvs_wire_lease_resp_decode(const uint8_t *p, size_t n, kvs_wire_lease_re
   KVS_RETURN_ERROR_IF(r->value_bytes > KVS_WIRE_MAX_VALUE ||
                           r->offset > UINT64_MAX - r->value_bytes,
                       KVS_ERANGE, "LEASE range");
-  r->meta_len = rd32(p + 104);
-  KVS_RETURN_ERROR_IF(rd32(p + 108) != 0 || !all_zero(p + 112, 8), KVS_EPROTO, "LEASE reserved");
+  r->meta_len = kvs__rd32(p + 104);
+  KVS_RETURN_ERROR_IF(kvs__rd32(p + 108) != 0 || !all_zero(p + 112, 8), KVS_EPROTO,
+                      "LEASE reserved");
   KVS_RETURN_ERROR_IF(r->meta_len != n - KVS_WIRE_LEASE_RESP_FIXED, KVS_ETRUNC, "LEASE meta");
   if (r->meta_len) {
     size_t used = 0;
@@ -850,31 +854,24 @@ kvs_err kvs_wire_req_decode(const uint8_t *buf, size_t n, kvs_wire_req *r) {
   case KVS_OP_STATS:
     KVS_RETURN_ERROR_IF(pn != 0, KVS_EPROTO, "payload on an empty op");
     return KVS_OK;
-  case KVS_OP_PUT:
-    return kvs_wire_put_decode(p, pn, &r->u.put.meta, &r->u.put.value);
-  case KVS_OP_GET:
-    return kvs_wire_get_req_decode(p, pn, &r->u.get);
-  case KVS_OP_LOOKUP:
-    return kvs_wire_lookup_req_decode(p, pn, &r->u.lookup);
+  case KVS_OP_PUT: return kvs_wire_put_decode(p, pn, &r->u.put.meta, &r->u.put.value);
+  case KVS_OP_GET: return kvs_wire_get_req_decode(p, pn, &r->u.get);
+  case KVS_OP_LOOKUP: return kvs_wire_lookup_req_decode(p, pn, &r->u.lookup);
   case KVS_OP_EXISTS:
   case KVS_OP_DELETE:
   case KVS_OP_PIN:
   case KVS_OP_UNPIN:
-  case KVS_OP_TTL:
-    return kvs_wire_key_req_decode(p, pn, &r->u.key);
+  case KVS_OP_TTL: return kvs_wire_key_req_decode(p, pn, &r->u.key);
   case KVS_OP_LIST:
-  case KVS_OP_EXPORT:
-    return kvs_wire_page_req_decode(p, pn, &r->u.page);
+  case KVS_OP_EXPORT: return kvs_wire_page_req_decode(p, pn, &r->u.page);
   case KVS_OP_IMPORT:
     return kvs_wire_import_req_decode(p, pn, &r->u.import.count, &r->u.import.records,
                                       &r->u.import.records_len);
-  case KVS_OP_LEASE:
-    return kvs_wire_lease_req_decode(p, pn, &r->u.lease);
+  case KVS_OP_LEASE: return kvs_wire_lease_req_decode(p, pn, &r->u.lease);
   case KVS_OP_RELEASE:
     KVS_RETURN_ERROR_IF(pn != 8, KVS_ETRUNC, "RELEASE length");
-    r->u.release_id = rd64(p);
+    r->u.release_id = kvs__rd64(p);
     return KVS_OK;
-  default:
-    return KVS_ERR_AT(KVS_ENOTSUP, "op");
+  default: return KVS_ERR_AT(KVS_ENOTSUP, "op");
   }
 }

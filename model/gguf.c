@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "kvs_le.h"
 #include "model_int.h"
 
 typedef struct gguf_kv {
@@ -43,10 +44,8 @@ typedef struct cur {
 #define NEED(c, n)                                                                                 \
   KVS_RETURN_ERROR_IF((uint64_t)((c)->end - (c)->p) < (uint64_t)(n), KVS_ETRUNC, "gguf: truncated")
 
-static uint32_t rd32(const uint8_t *p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+static uint32_t rd32(const uint8_t *p) { return kvs__rd32(p); } /* core/kvs_le.h */
+static uint64_t rd64(const uint8_t *p) { return kvs__rd64(p); }
 
 static kvs_err get_u32(cur *c, uint32_t *v) {
   NEED(c, 4);

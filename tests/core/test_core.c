@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include "kvs_core.h"
+#include "kvs_le.h"
 #include "kvs_test.h"
+#include "kvs_wire.h"
 
 static void test_err_table(void) {
   CU_ASSERT_STRING_EQUAL(kvs_errname(KVS_OK), "KVS_OK");
@@ -53,8 +55,13 @@ static void test_log(void) {
 }
 
 static kvs_layout smol(void) {
-  kvs_layout l = {.n_layers = 30, .n_kv_heads = 3, .head_dim = 64, .dtype = KVS_DTYPE_F16,
-                  .rope_type = KVS_ROPE_NORM, .rope_dims = 64, .rope_theta = 100000.0f,
+  kvs_layout l = {.n_layers = 30,
+                  .n_kv_heads = 3,
+                  .head_dim = 64,
+                  .dtype = KVS_DTYPE_F16,
+                  .rope_type = KVS_ROPE_NORM,
+                  .rope_dims = 64,
+                  .rope_theta = 100000.0f,
                   .rope_freq_scale = 1.0f};
   return l;
 }
@@ -63,8 +70,13 @@ static void test_layout(void) {
   kvs_layout l = smol();
   CU_ASSERT_EQUAL(kvs_layout_validate(&l), KVS_OK);
   CU_ASSERT_EQUAL(kvs_layout_token_bytes(&l), 23040u); /* SmolLM2-135M: 23,040 B/token */
-  kvs_layout l8 = {.n_layers = 32, .n_kv_heads = 8, .head_dim = 128, .dtype = KVS_DTYPE_BF16,
-                   .rope_type = KVS_ROPE_NORM, .rope_dims = 128, .rope_theta = 500000.0f,
+  kvs_layout l8 = {.n_layers = 32,
+                   .n_kv_heads = 8,
+                   .head_dim = 128,
+                   .dtype = KVS_DTYPE_BF16,
+                   .rope_type = KVS_ROPE_NORM,
+                   .rope_dims = 128,
+                   .rope_theta = 500000.0f,
                    .rope_freq_scale = 1.0f};
   CU_ASSERT_EQUAL(kvs_layout_token_bytes(&l8), 131072u); /* Llama-3-8B */
   CU_ASSERT_EQUAL(kvs_layout_plane_elems(&l, 256), 256u * 3 * 64);
@@ -148,7 +160,8 @@ static void test_hash_and_hex(void) {
   CU_ASSERT_EQUAL(kvs_hash128_from_hex(hex, &c), KVS_EINVAL);
   /* streaming equals one-shot across odd split points */
   static uint8_t big[100000];
-  for (size_t i = 0; i < sizeof big; i++) big[i] = (uint8_t)(i * 31 + 7);
+  for (size_t i = 0; i < sizeof big; i++)
+    big[i] = (uint8_t)(i * 31 + 7);
   kvs_hasher *h = kvs_hasher_create();
   CU_ASSERT_PTR_NOT_NULL_FATAL(h);
   kvs_hasher_update(h, big, 777);
@@ -174,8 +187,13 @@ static void test_hash_and_hex(void) {
 }
 
 static void test_model_id(void) {
-  kvs_model_desc d = {.arch = "llama", .layout = smol(), .n_embd = 576, .n_heads = 9,
-                      .n_ff = 1536, .n_vocab = 49152, .norm_eps = 1e-5f};
+  kvs_model_desc d = {.arch = "llama",
+                      .layout = smol(),
+                      .n_embd = 576,
+                      .n_heads = 9,
+                      .n_ff = 1536,
+                      .n_vocab = 49152,
+                      .norm_eps = 1e-5f};
   d.weights = kvs_hash128_buf("weights", 7);
   kvs_model_id a, b;
   CU_ASSERT_EQUAL(kvs_model_id_compute(&d, &a), KVS_OK);
@@ -229,12 +247,86 @@ static void test_keys(void) {
   CU_ASSERT_STRING_EQUAL(hex, want);
 }
 
+/* core/kvs_le.h: byte order, unaligned access, round trips. */
+static void test_le(void) {
+  uint8_t b[11] = {0};
+  kvs__wr16(b + 1, 0x0102);
+  CU_ASSERT(b[1] == 0x02 && b[2] == 0x01);
+  CU_ASSERT_EQUAL(kvs__rd16(b + 1), 0x0102);
+  kvs__wr32(b + 1, 0x01020304u);
+  CU_ASSERT(b[1] == 0x04 && b[2] == 0x03 && b[3] == 0x02 && b[4] == 0x01);
+  CU_ASSERT_EQUAL(kvs__rd32(b + 1), 0x01020304u);
+  kvs__wr64(b + 3, 0x0102030405060708ull);
+  CU_ASSERT(b[3] == 0x08 && b[10] == 0x01 && b[2] == 0x03);
+  CU_ASSERT_EQUAL(kvs__rd64(b + 3), 0x0102030405060708ull);
+  CU_ASSERT_EQUAL(kvs__rd32(b + 3), 0x05060708u);
+  CU_ASSERT_EQUAL(kvs_wire_rd64(b + 3, 0), 0x0102030405060708ull);
+  kvs__wr32(b, 0xFFFFFFFFu);
+  CU_ASSERT_EQUAL(kvs__rd32(b), 0xFFFFFFFFu);
+  CU_ASSERT_EQUAL(kvs_wire_rd32(b, 0), 0xFFFFFFFFu);
+}
+
+/* KVS_WIRE_OP_MAP: names, the client's retry policy and the data plane's
+ * fast path as they were hand-written before the map (session 6). */
+static void test_wire_op_map(void) {
+  static const char *names[] = {"?",      "PING",   "PUT",   "GET",    "LOOKUP", "EXISTS",
+                                "DELETE", "PIN",    "UNPIN", "TTL",    "STATS",  "LIST",
+                                "EXPORT", "IMPORT", "LEASE", "RELEASE"};
+  static const int idem[] = {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1};
+  static const int fast[] = {0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1};
+  CU_ASSERT_EQUAL_FATAL(KVS__OP_MAX, 15);
+  for (unsigned op = 0; op <= KVS__OP_MAX; op++) {
+    CU_ASSERT_STRING_EQUAL(kvs_wire_op_name((uint16_t)op), names[op]);
+    CU_ASSERT_EQUAL(kvs_wire_op_idempotent((uint16_t)op), idem[op]);
+    CU_ASSERT_EQUAL(kvs_wire_op_fast((uint16_t)op), fast[op]);
+  }
+  CU_ASSERT_STRING_EQUAL(kvs_wire_op_name(KVS__OP_MAX + 1), "?");
+  CU_ASSERT_EQUAL(kvs_wire_op_idempotent(KVS__OP_MAX + 1), 0);
+  CU_ASSERT_EQUAL(kvs_wire_op_fast(0xFFFF), 0);
+  CU_ASSERT_EQUAL(KVS_OP_LEASE, 14);
+  CU_ASSERT_EQUAL(KVS_OP_RELEASE, 15);
+
+  /* the named header offsets address the fields kvs_wire_hdr_encode writes */
+  kvs_wire_hdr h;
+  uint8_t b[KVS_WIRE_HDR_SIZE];
+  CU_ASSERT_EQUAL_FATAL(kvs_wire_hdr_init(&h, KVS_OP_PUT, 0x1122334455667788ull, "ten", "tok", 3),
+                        KVS_OK);
+  h.payload_len = 77;
+  CU_ASSERT_EQUAL_FATAL(kvs_wire_hdr_encode(&h, b), KVS_OK);
+  CU_ASSERT_EQUAL(kvs__rd32(b + KVS_WIRE_OFF_MAGIC), KVS_WIRE_MAGIC);
+  CU_ASSERT_EQUAL(kvs__rd16(b + KVS_WIRE_OFF_VERSION), KVS_WIRE_VERSION);
+  CU_ASSERT_EQUAL(kvs_wire_hdr_op(b), KVS_OP_PUT);
+  CU_ASSERT_EQUAL(kvs_wire_hdr_req_id(b), 0x1122334455667788ull);
+  CU_ASSERT_EQUAL(kvs_wire_hdr_status(b), 0);
+  CU_ASSERT_EQUAL(kvs__rd32(b + KVS_WIRE_OFF_PAYLOAD_LEN), 77);
+  CU_ASSERT(b[KVS_WIRE_OFF_TENANT_LEN] == 3 && b[KVS_WIRE_OFF_TOKEN_LEN] == 3);
+  CU_ASSERT(memcmp(b + KVS_WIRE_OFF_TENANT, "ten", 3) == 0 &&
+            memcmp(b + KVS_WIRE_OFF_TOKEN, "tok", 3) == 0);
+  /* flags added in place: the same bytes as encoding them */
+  kvs_wire_hdr_add_flags(b, KVS_WIRE_F_SYNC);
+  kvs_wire_hdr_add_flags(b, KVS_WIRE_F_NX);
+  uint8_t want[KVS_WIRE_HDR_SIZE];
+  h.flags = KVS_WIRE_F_SYNC | KVS_WIRE_F_NX;
+  CU_ASSERT_EQUAL_FATAL(kvs_wire_hdr_encode(&h, want), KVS_OK);
+  CU_ASSERT(memcmp(b, want, sizeof b) == 0);
+  kvs_wire_hdr d;
+  uint8_t frame[KVS_WIRE_HDR_SIZE + 77] = {0};
+  memcpy(frame, b, sizeof b);
+  CU_ASSERT_EQUAL_FATAL(kvs_wire_hdr_decode(frame, sizeof frame, &d), KVS_OK);
+  CU_ASSERT_EQUAL(d.flags, KVS_WIRE_F_SYNC | KVS_WIRE_F_NX);
+}
+
 int main(void) {
-  static const kvs_test_case cases[] = {
-      {"error table", test_err_table},       {"logging", test_log},
-      {"layout", test_layout},               {"fp16 exhaustive", test_half_exhaustive},
-      {"fp16/bf16 rounding", test_half_rounding}, {"hash128 + hex", test_hash_and_hex},
-      {"model id", test_model_id},           {"chunk keys", test_keys},
-      {NULL, NULL}};
+  static const kvs_test_case cases[] = {{"error table", test_err_table},
+                                        {"logging", test_log},
+                                        {"layout", test_layout},
+                                        {"fp16 exhaustive", test_half_exhaustive},
+                                        {"fp16/bf16 rounding", test_half_rounding},
+                                        {"hash128 + hex", test_hash_and_hex},
+                                        {"model id", test_model_id},
+                                        {"chunk keys", test_keys},
+                                        {"little-endian helpers", test_le},
+                                        {"wire op map + header offsets", test_wire_op_map},
+                                        {NULL, NULL}};
   return kvs_test_run("core", cases);
 }

@@ -8,22 +8,11 @@
 #include "archive.h"
 #include "kvs_wire.h"
 
-static void wr32(uint8_t *p, uint32_t v) {
-  for (int i = 0; i < 4; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-static void wr64(uint8_t *p, uint64_t v) {
-  for (int i = 0; i < 8; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-static uint32_t rd32(const uint8_t *p) { return kvs_wire_rd32(p, 0); }
-static uint64_t rd64(const uint8_t *p) { return kvs_wire_rd64(p, 0); }
-
 static uint64_t chain_next(uint64_t chain, uint64_t meta_ck, uint64_t value_ck) {
   uint8_t b[24];
-  wr64(b, chain);
-  wr64(b + 8, meta_ck);
-  wr64(b + 16, value_ck);
+  kvs__wr64(b, chain);
+  kvs__wr64(b + 8, meta_ck);
+  kvs__wr64(b + 16, value_ck);
   return kvs_checksum64(b, sizeof b);
 }
 
@@ -38,10 +27,10 @@ kvs_err kvs_arc_write_begin(kvs_arc_writer *w, FILE *f, uint64_t created_ms) {
   w->f = f;
   uint8_t h[KVS_ARC_HEADER_SIZE];
   memcpy(h, KVS_ARC_MAGIC, 8);
-  wr32(h + 8, KVS_ARC_VERSION);
-  wr32(h + 12, 0);
-  wr64(h + 16, created_ms);
-  wr64(h + 24, kvs_checksum64(h, 24));
+  kvs__wr32(h + 8, KVS_ARC_VERSION);
+  kvs__wr32(h + 12, 0);
+  kvs__wr64(h + 16, created_ms);
+  kvs__wr64(h + 24, kvs_checksum64(h, 24));
   return put(w, h, sizeof h);
 }
 
@@ -51,12 +40,12 @@ kvs_err kvs_arc_write_entry(kvs_arc_writer *w, const uint8_t *meta, uint32_t met
     return KVS_EINVAL;
   uint8_t h[KVS_ARC_ENTRY_HEAD];
   uint64_t mck = kvs_checksum64(meta, meta_len), vck = kvs_checksum64(value, (size_t)value_len);
-  wr32(h, KVS_ARC_ENTRY_MAGIC);
-  wr32(h + 4, meta_len);
-  wr64(h + 8, value_len);
-  wr64(h + 16, mck);
-  wr64(h + 24, vck);
-  wr64(h + 32, kvs_checksum64(h, 32));
+  kvs__wr32(h, KVS_ARC_ENTRY_MAGIC);
+  kvs__wr32(h + 4, meta_len);
+  kvs__wr64(h + 8, value_len);
+  kvs__wr64(h + 16, mck);
+  kvs__wr64(h + 24, vck);
+  kvs__wr64(h + 32, kvs_checksum64(h, 32));
   KVS_TRY(put(w, h, sizeof h));
   KVS_TRY(put(w, meta, meta_len));
   KVS_TRY(put(w, value, (size_t)value_len));
@@ -67,11 +56,11 @@ kvs_err kvs_arc_write_entry(kvs_arc_writer *w, const uint8_t *meta, uint32_t met
 
 kvs_err kvs_arc_write_end(kvs_arc_writer *w) {
   uint8_t t[KVS_ARC_TRAILER_SIZE];
-  wr32(t, KVS_ARC_TRAILER_MAGIC);
-  wr32(t + 4, 0);
-  wr64(t + 8, w->count);
-  wr64(t + 16, w->chain);
-  wr64(t + 24, kvs_checksum64(t, 24));
+  kvs__wr32(t, KVS_ARC_TRAILER_MAGIC);
+  kvs__wr32(t + 4, 0);
+  kvs__wr64(t + 8, w->count);
+  kvs__wr64(t + 16, w->chain);
+  kvs__wr64(t + 24, kvs_checksum64(t, 24));
   KVS_TRY(put(w, t, sizeof t));
   return fflush(w->f) == 0 ? KVS_OK : KVS_EIO;
 }
@@ -96,10 +85,10 @@ kvs_err kvs_arc_read_begin(kvs_arc_reader *r, FILE *f, uint64_t max_value) {
   uint8_t h[KVS_ARC_HEADER_SIZE];
   KVS_TRY(get(r, h, sizeof h));
   KVS_RETURN_ERROR_IF(memcmp(h, KVS_ARC_MAGIC, 8) != 0, KVS_EMAGIC, "archive magic");
-  KVS_RETURN_ERROR_IF(rd64(h + 24) != kvs_checksum64(h, 24), KVS_ECHECKSUM, "archive header");
-  KVS_RETURN_ERROR_IF(rd32(h + 8) != KVS_ARC_VERSION, KVS_EVERSION, "archive version");
-  KVS_RETURN_ERROR_IF(rd32(h + 12) != 0, KVS_EVERSION, "archive flags");
-  r->created_ms = rd64(h + 16);
+  KVS_RETURN_ERROR_IF(kvs__rd64(h + 24) != kvs_checksum64(h, 24), KVS_ECHECKSUM, "archive header");
+  KVS_RETURN_ERROR_IF(kvs__rd32(h + 8) != KVS_ARC_VERSION, KVS_EVERSION, "archive version");
+  KVS_RETURN_ERROR_IF(kvs__rd32(h + 12) != 0, KVS_EVERSION, "archive flags");
+  r->created_ms = kvs__rd64(h + 16);
   return KVS_OK;
 }
 
@@ -116,14 +105,15 @@ kvs_err kvs_arc_next(kvs_arc_reader *r, kvs_arc_entry *e) {
   uint8_t h[KVS_ARC_ENTRY_HEAD];
   kvs_err err = get(r, h, 4);
   if (err) return stop(e, err, "archive ends without a trailer");
-  uint32_t magic = rd32(h);
+  uint32_t magic = kvs__rd32(h);
   if (magic == KVS_ARC_TRAILER_MAGIC) {
     if ((err = get(r, h + 4, KVS_ARC_TRAILER_SIZE - 4))) return stop(e, err, "truncated trailer");
-    if (rd64(h + 24) != kvs_checksum64(h, 24)) return stop(e, KVS_ECHECKSUM, "trailer checksum");
-    if (rd32(h + 4) != 0) return stop(e, KVS_ECORRUPT, "trailer reserved bytes");
-    if (rd64(h + 8) != r->index)
+    if (kvs__rd64(h + 24) != kvs_checksum64(h, 24))
+      return stop(e, KVS_ECHECKSUM, "trailer checksum");
+    if (kvs__rd32(h + 4) != 0) return stop(e, KVS_ECORRUPT, "trailer reserved bytes");
+    if (kvs__rd64(h + 8) != r->index)
       return stop(e, KVS_ECORRUPT, "trailer count differs from the entries read");
-    if (rd64(h + 16) != r->chain)
+    if (kvs__rd64(h + 16) != r->chain)
       return stop(e, KVS_ECHECKSUM,
                   "trailer chain checksum differs (entries missing or reordered)");
     uint8_t extra;
@@ -133,10 +123,10 @@ kvs_err kvs_arc_next(kvs_arc_reader *r, kvs_arc_entry *e) {
   }
   if (magic != KVS_ARC_ENTRY_MAGIC) return stop(e, KVS_EMAGIC, "no entry or trailer here");
   if ((err = get(r, h + 4, KVS_ARC_ENTRY_HEAD - 4))) return stop(e, err, "truncated entry head");
-  if (rd64(h + 32) != kvs_checksum64(h, 32))
+  if (kvs__rd64(h + 32) != kvs_checksum64(h, 32))
     return stop(e, KVS_ECHECKSUM, "entry head checksum (lengths cannot be trusted)");
-  uint32_t ml = rd32(h + 4);
-  uint64_t vl = rd64(h + 8), mck = rd64(h + 16), vck = rd64(h + 24);
+  uint32_t ml = kvs__rd32(h + 4);
+  uint64_t vl = kvs__rd64(h + 8), mck = kvs__rd64(h + 16), vck = kvs__rd64(h + 24);
   if (ml == 0 || ml > KVS_ARC_MAX_META) return stop(e, KVS_ECORRUPT, "metadata length");
   if (vl > r->max_value) return stop(e, KVS_ETOOBIG, "value larger than the import bound");
   if (r->size != UINT64_MAX && (uint64_t)ml + vl > r->size - r->off)
