@@ -72,6 +72,14 @@ static const abi_field k_fields[] = {
     F(kvs_get_opts, flags),
     F(kvs_get_opts, on_group),
     F(kvs_get_opts, user),
+    F(kvs_model_desc, arch),
+    F(kvs_model_desc, layout),
+    F(kvs_model_desc, n_embd),
+    F(kvs_model_desc, n_heads),
+    F(kvs_model_desc, n_ff),
+    F(kvs_model_desc, n_vocab),
+    F(kvs_model_desc, norm_eps),
+    F(kvs_model_desc, weights),
 };
 #undef F
 

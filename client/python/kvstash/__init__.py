@@ -14,7 +14,7 @@ import numpy as np
 __all__ = [
     "Error", "Client", "Layout", "Chunk", "model_id_from_hex", "model_id_from_bytes",
     "chunk_prefix", "chunk_spans", "profile_from_name", "has_codec", "load_library", "AbiError",
-    "library_version", "__version__",
+    "library_version", "__version__", "model_id",
 ]
 
 
@@ -132,6 +132,12 @@ class _GetOpts(ctypes.Structure):
                 ("flags", ctypes.c_uint32), ("on_group", _GROUP_FN), ("user", ctypes.c_void_p)]
 
 
+class _ModelDesc(ctypes.Structure):
+    _fields_ = [("arch", ctypes.c_char_p), ("layout", _Layout), ("n_embd", ctypes.c_uint32),
+                ("n_heads", ctypes.c_uint32), ("n_ff", ctypes.c_uint32),
+                ("n_vocab", ctypes.c_uint32), ("norm_eps", ctypes.c_float), ("weights", _Hash)]
+
+
 class _EntryInfo(ctypes.Structure):
     _fields_ = [("present", ctypes.c_int), ("tier", ctypes.c_int), ("pinned", ctypes.c_int),
                 ("value_bytes", ctypes.c_uint64)]
@@ -145,6 +151,7 @@ _ABI_MIRRORS = {
     "kvs_hash128": _Hash, "kvs_layout": _Layout, "kvs_chunk": _Chunk, "kvs_span": _Span,
     "kvs_client_opts": _ClientOpts, "kvs_client_counters": _Counters,
     "kvs_entry_info": _EntryInfo, "kvs_put_opts": _PutOpts, "kvs_get_opts": _GetOpts,
+    "kvs_model_desc": _ModelDesc,
 }
 
 
@@ -254,6 +261,11 @@ def _declare(lib):
                                          ctypes.POINTER(_Layout), P, P, ctypes.POINTER(_GetOpts), P]),
         "kvs_put_batch": (ctypes.c_int, [P, ctypes.POINTER(_Hash), i32p, P, sz,
                                          ctypes.POINTER(_Layout), P, ctypes.POINTER(_PutOpts), P]),
+        "kvs_model_id_compute": (ctypes.c_int, [ctypes.POINTER(_ModelDesc), ctypes.POINTER(_Hash)]),
+        "kvs_hasher_create": (P, []),
+        "kvs_hasher_update": (None, [P, ctypes.c_char_p, sz]),
+        "kvs_hasher_digest": (_Hash, [P]),
+        "kvs_hasher_free": (None, [P]),
     }
     for name, (res, args) in sigs.items():
         f = getattr(lib, name)
@@ -391,6 +403,225 @@ def has_codec():
     return bool(load_library().kvs_client_has_codec())
 
 
+# ------------------------------------------------------------- model ids
+def model_id(arch, layout, n_embd, n_heads, n_ff, n_vocab, norm_eps, weights):
+    """The model fingerprint (16 bytes) that keys a KV cache, as libkvstash's
+    kvs_model_id_compute makes it: the architecture, the KV layout (RoPE
+    included), the shape numbers that change KV without showing in the layout,
+    and the content hash of the weights. Two engines or models share cached KV
+    only when every one of these is equal; an id made up by hand (say
+    model_id_from_hex("00" * 16)) lets one model's entries answer another's
+    lookups, so make ids here.
+
+    arch: the architecture name, plus whatever else changes the KV's numbers
+      (engine and its version, attention kernel, quantization): e.g.
+      "llama|vllm-0.6|fa2". layout: a Layout.
+    weights: the weights' content: a file path (hashed whole, XXH3-128, as the
+      reference engine and the llama.cpp adapter hash a GGUF), a directory
+      (every regular file under it, in sorted relative-path order, each as its
+      path, a NUL and its bytes), or a 16-byte hash computed elsewhere."""
+    lib = load_library()
+    if isinstance(weights, (bytes, bytearray, memoryview)):
+        if len(weights) != 16:
+            raise ValueError("weights: a path, or a 16-byte content hash")
+        wh = _hash(weights)
+    else:
+        wh = _hash_weights(lib, os.fspath(weights))
+    d = _ModelDesc()
+    d.arch = arch.encode() if isinstance(arch, str) else bytes(arch)
+    d.layout = layout._c()
+    d.n_embd, d.n_heads, d.n_ff, d.n_vocab = int(n_embd), int(n_heads), int(n_ff), int(n_vocab)
+    d.norm_eps = float(norm_eps)
+    d.weights = wh
+    out = _Hash()
+    _check(lib.kvs_model_id_compute(ctypes.byref(d), ctypes.byref(out)))
+    return bytes(out.b)
+
+
+def _hash_weights(lib, path):
+    if os.path.isdir(path):
+        files = []
+        for root, _, names in os.walk(path):
+            for n in names:
+                full = os.path.join(root, n)
+                if os.path.isfile(full):
+                    files.append((os.path.relpath(full, path).replace(os.sep, "/"), full))
+        files.sort()
+        if not files:
+            raise ValueError(f"weights: no files under {path}")
+    elif os.path.isfile(path):
+        files = [(None, path)]
+    else:
+        raise FileNotFoundError(f"weights: {path} is not a file or directory")
+    h = lib.kvs_hasher_create()
+    if not h:
+        raise MemoryError("kvs_hasher_create")
+    try:
+        for rel, full in files:
+            if rel is not None:
+                name = rel.encode() + b"\0"
+                lib.kvs_hasher_update(h, name, len(name))
+            with open(full, "rb") as f:
+                while True:
+                    b = f.read(1 << 20)
+                    if not b:
+                        break
+                    lib.kvs_hasher_update(h, b, len(b))
+        return lib.kvs_hasher_digest(h)
+    finally:
+        lib.kvs_hasher_free(h)
+
+
+# ------------------------------------------------ arrays and tensors in/out
+# Element codes as in kvs_layout.dtype: 1 f16, 2 bf16, 3 f32.
+_CODE_NAME = {1: "f16", 2: "bf16", 3: "f32"}
+
+
+def _is_torch(x):
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "data_ptr")
+
+
+def _torch_code(t):
+    import torch
+    return {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.int16: 2}.get(t.dtype)
+
+
+def _torch_dtype(code):
+    import torch
+    return {1: torch.float16, 2: torch.bfloat16, 3: torch.float32}[code]
+
+
+class _Buf:
+    """Memory handed to C: pointer, bytes, whether it is CUDA device memory
+    (and which device), and what must stay alive meanwhile."""
+
+    __slots__ = ("ptr", "nbytes", "device", "dev_index", "keep", "torch_dev")
+
+    def __init__(self, ptr, nbytes, device=False, dev_index=0, keep=None, torch_dev=None):
+        self.ptr, self.nbytes, self.device, self.dev_index = ptr, nbytes, device, dev_index
+        self.keep, self.torch_dev = keep, torch_dev
+
+
+_CAI_CODE = {"<f2": 1, "<u2": 2, "<i2": 2, "<f4": 3}
+
+
+def _dlpack_buf(x):
+    """A borrowed view of x through DLPack (the capsule kept alive with it)."""
+    class DLDevice(ctypes.Structure):
+        _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+    class DLDataType(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+    class DLTensor(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32),
+                    ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                    ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+    dev = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else 1
+    # CUDA: ordered before the legacy default stream, the one libkvstash copies on
+    cap = x.__dlpack__(stream=1) if dev == 2 else x.__dlpack__()
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    t = DLTensor.from_address(get(cap, b"dltensor"))  # DLManagedTensor starts with its DLTensor
+    shape = tuple(t.shape[i] for i in range(t.ndim))
+    if t.strides:
+        want, acc = [], 1
+        for n in reversed(shape):
+            want.append(acc)
+            acc *= n
+        if tuple(t.strides[i] for i in range(t.ndim)) != tuple(reversed(want)):
+            raise ValueError("a DLPack tensor must be C-contiguous")
+    code = {(2, 16): 1, (4, 16): 2, (1, 16): 2, (0, 16): 2, (2, 32): 3}.get((t.dtype.code, t.dtype.bits))
+    if t.device.device_type not in (1, 2, 3):
+        raise ValueError(f"DLPack device type {t.device.device_type}: only CPU and CUDA memory")
+    size = 1
+    for n in shape:
+        size *= n
+    buf = _Buf((t.data or 0) + t.byte_offset, size * (t.dtype.bits // 8),
+               device=t.device.device_type == 2, dev_index=t.device.device_id, keep=(cap, x))
+    return buf, shape, code
+
+
+def _buf_of(x, what, writable):
+    """(buf, shape, code) of a numpy array, a torch tensor (CPU or CUDA), an
+    object with __cuda_array_interface__, or one with __dlpack__. Tensors must
+    be C-contiguous where written into (out=); read ones are made so."""
+    if isinstance(x, np.ndarray):
+        a = x if writable else np.ascontiguousarray(x)
+        if writable and not a.flags.c_contiguous:
+            raise ValueError(f"{what} must be C-contiguous")
+        code = {np.dtype(np.float16): 1, np.dtype(np.uint16): 2,
+                np.dtype(np.float32): 3}.get(a.dtype)
+        return _Buf(a.ctypes.data, a.nbytes, keep=a), a.shape, code
+    if _is_torch(x):
+        t = x.detach()
+        if not t.is_contiguous():
+            if writable:
+                raise ValueError(f"{what} must be a contiguous tensor")
+            t = t.contiguous()
+        dev = t.device.type == "cuda"
+        if t.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{what}: tensors on {t.device} are not supported (cpu, cuda)")
+        return (_Buf(t.data_ptr(), t.numel() * t.element_size(), device=dev,
+                     dev_index=t.device.index or 0, keep=t, torch_dev=t.device if dev else None),
+                tuple(t.shape), _torch_code(t))
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is not None:
+        shape = tuple(cai["shape"])
+        if cai.get("strides") is not None:
+            want, acc = [], int(cai["typestr"][2:])
+            for n in reversed(shape):
+                want.append(acc)
+                acc *= n
+            if tuple(cai["strides"]) != tuple(reversed(want)):
+                raise ValueError(f"{what} must be C-contiguous")
+        if writable and cai["data"][1]:
+            raise ValueError(f"{what} is read-only")
+        size = 1
+        for n in shape:
+            size *= n
+        code = _CAI_CODE.get(cai["typestr"])
+        return (_Buf(cai["data"][0], size * int(cai["typestr"][2:]), device=True, keep=x),
+                shape, code)
+    if hasattr(x, "__dlpack__"):
+        return _dlpack_buf(x)
+    a = np.ascontiguousarray(x)  # lists and the like (read only)
+    if writable:
+        raise ValueError(f"{what}: a numpy array, a torch tensor or a CUDA array")
+    return _buf_of(a, what, False)
+
+
+class _DeviceCall:
+    """Around a C call on device memory: the tensor's CUDA device made current
+    and torch's work on it finished first (libkvstash copies on the legacy
+    default stream)."""
+
+    def __init__(self, bufs):
+        self.tdev = next((b.torch_dev for b in bufs if b.torch_dev is not None), None)
+        self.ctx = None
+
+    def __enter__(self):
+        if self.tdev is not None:
+            import torch
+            self.ctx = torch.cuda.device(self.tdev)
+            self.ctx.__enter__()
+            torch.cuda.current_stream(self.tdev).synchronize()
+        return self
+
+    def __exit__(self, *a):
+        if self.ctx is not None:
+            self.ctx.__exit__(*a)
+
+
+def _check_kv(buf, shape, code, want_shape, want_code, what):
+    if tuple(shape) != tuple(want_shape) or code != want_code:
+        got = _CODE_NAME.get(code, "an unsupported dtype")
+        raise ValueError(f"{what} must be {_CODE_NAME[want_code]} (numpy: float16 / uint16 bf16 "
+                         f"bits / float32; torch: float16 / bfloat16 / float32) of shape "
+                         f"{tuple(want_shape)}, got {got} {tuple(shape)}")
+
+
 # ----------------------------------------------------------------- client
 class Client:
     """A connection pool to kvstashd (thread-safe). Use as a context manager or call close()."""
@@ -488,27 +719,34 @@ class Client:
     # -- put / get
     def put(self, model, tokens, chunk, layout, kv, profile="raw", layers_per_group=0, ttl=0,
             nx=False, sync=False):
-        """Stores kv, shape (n_layers, 2, chunk.n_tokens, n_kv_heads, head_dim)."""
+        """Stores kv, shape (n_layers, 2, chunk.n_tokens, n_kv_heads, head_dim) of the
+        layout's dtype: a numpy array (float16; uint16 holding bf16 bits), a torch tensor
+        (float16, bfloat16; CPU, or CUDA: copied from the device by libkvstash,
+        KVS_PUT_DEVICE), or a CUDA array (__cuda_array_interface__ / __dlpack__)."""
         t = _tokens(tokens)
-        want = layout.shape(chunk.n_tokens)
-        npdt = _DTYPES[layout.dtype][1]
-        a = np.ascontiguousarray(kv)
-        if a.shape != want or a.dtype != npdt:
-            raise ValueError(f"kv must be {npdt.__name__} of shape {want}, got {a.dtype} {a.shape}")
+        buf, shape, code = _buf_of(kv, "kv", False)
+        _check_kv(buf, shape, code, layout.shape(chunk.n_tokens), _DTYPES[layout.dtype][0], "kv")
         if chunk.start + chunk.n_tokens > len(t):
             raise ValueError("chunk lies outside tokens")
         p = profile if isinstance(profile, int) else profile_from_name(profile)
-        o = _PutOpts(p, layers_per_group, ttl, (1 if nx else 0) | (2 if sync else 0))
+        flags = (1 if nx else 0) | (2 if sync else 0) | (4 if buf.device else 0)
+        o = _PutOpts(p, layers_per_group, ttl, flags)
         c, lay = chunk._c(), layout._c()
-        self._ok(self._lib.kvs_put(self._h, _hash(model), t.ctypes.data, ctypes.byref(c),
-                                   ctypes.byref(lay), a.ctypes.data, ctypes.byref(o)))
+        with _DeviceCall([buf]):
+            self._ok(self._lib.kvs_put(self._h, _hash(model), t.ctypes.data, ctypes.byref(c),
+                                       ctypes.byref(lay), buf.ptr, ctypes.byref(o)))
 
     def get(self, model, tokens, chunk, layout, dtype=None, heads=None, out=None, on_group=None,
-            window=0):
+            window=0, device=None):
         """Fetches a chunk's KV: array (n_layers, 2, n_tokens, heads, head_dim).
 
         dtype: None (stored) or "f32"; heads: (begin, end) KV-head range;
-        on_group(layer_begin, layer_end) is called as each layer group lands."""
+        on_group(layer_begin, layer_end) is called as each layer group lands.
+        out: where to write - a numpy array, a torch tensor (float16 / bfloat16 /
+        float32, CPU or CUDA: a CUDA one is filled on the device, KVS_GET_DEVICE,
+        lossy profiles decoded by the GPU kernels) or a CUDA array; returned.
+        device: without out, a torch tensor is made there ("cpu", "cuda", "cuda:1",
+        a torch.device); None: a numpy array (bf16 as uint16 bits)."""
         t = _tokens(tokens)
         o = _GetOpts()
         if dtype is not None:
@@ -523,60 +761,93 @@ class Client:
         nb = self._lib.kvs_get_bound(ctypes.byref(lay), chunk.n_tokens, ctypes.byref(o))
         if nb == 0:
             raise ValueError("bad layout, head range or dtype")
-        npdt = _DTYPES[dtype or layout.dtype][1]
+        code = _DTYPES[dtype or layout.dtype][0]
         shape = layout.shape(chunk.n_tokens, heads)
         if out is None:
-            out = np.empty(shape, dtype=npdt)
-        elif out.shape != shape or out.dtype != npdt or not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous {npdt.__name__} of shape {shape}")
-        self._ok(self._lib.kvs_get(self._h, _hash(model), t.ctypes.data, ctypes.byref(c),
-                                   ctypes.byref(lay), out.ctypes.data, out.nbytes, ctypes.byref(o)))
+            if device is None:
+                out = np.empty(shape, dtype=_DTYPES[dtype or layout.dtype][1])
+            else:
+                import torch
+                out = torch.empty(shape, dtype=_torch_dtype(code), device=device)
+        buf, oshape, ocode = _buf_of(out, "out", True)
+        _check_kv(buf, oshape, ocode, shape, code, "out")
+        if buf.device:
+            o.flags |= 1  # KVS_GET_DEVICE
+        with _DeviceCall([buf]):
+            self._ok(self._lib.kvs_get(self._h, _hash(model), t.ctypes.data, ctypes.byref(c),
+                                       ctypes.byref(lay), buf.ptr, buf.nbytes, ctypes.byref(o)))
         return out
 
     def put_batch(self, model, tokens, chunks, layout, kvs, profile="raw", layers_per_group=0,
                   ttl=0):
-        """Stores several chunks at once (all in flight together); kvs[i] as for put().
+        """Stores several chunks at once (all in flight together); kvs[i] as for put()
+        (all on the host, or all on a CUDA device).
         Returns the per-chunk error codes (0 = stored); raises on the first error."""
         t = _tokens(tokens)
-        npdt = _DTYPES[layout.dtype][1]
-        arrs = []
+        want = _DTYPES[layout.dtype][0]
+        bufs = []
         for ch, kv in zip(chunks, kvs):
-            a = np.ascontiguousarray(kv)
-            if a.shape != layout.shape(ch.n_tokens) or a.dtype != npdt:
-                raise ValueError(f"kv for {ch} must be {npdt.__name__} {layout.shape(ch.n_tokens)}")
+            b, shape, code = _buf_of(kv, f"kv for {ch}", False)
+            _check_kv(b, shape, code, layout.shape(ch.n_tokens), want, f"kv for {ch}")
             if ch.start + ch.n_tokens > len(t):
                 raise ValueError("chunk lies outside tokens")
-            arrs.append(a)
-        n = len(arrs)
+            bufs.append(b)
+        if len({b.device for b in bufs}) > 1:
+            raise ValueError("kvs: all on the host or all on a CUDA device, not mixed")
+        n = len(bufs)
         carr = (_Chunk * max(n, 1))(*[c._c() for c in chunks])
-        ptrs = (ctypes.c_void_p * max(n, 1))(*[a.ctypes.data for a in arrs])
+        ptrs = (ctypes.c_void_p * max(n, 1))(*[b.ptr for b in bufs])
         rvs = np.zeros(max(n, 1), dtype=np.int32)
         p = profile if isinstance(profile, int) else profile_from_name(profile)
-        o = _PutOpts(p, layers_per_group, ttl, 0)
+        o = _PutOpts(p, layers_per_group, ttl, 4 if bufs and bufs[0].device else 0)
         lay = layout._c()
-        self._ok(self._lib.kvs_put_batch(self._h, _hash(model), t.ctypes.data, carr, n,
-                                         ctypes.byref(lay), ptrs, ctypes.byref(o), rvs.ctypes.data))
+        with _DeviceCall(bufs):
+            self._ok(self._lib.kvs_put_batch(self._h, _hash(model), t.ctypes.data, carr, n,
+                                             ctypes.byref(lay), ptrs, ctypes.byref(o),
+                                             rvs.ctypes.data))
         return rvs[:n]
 
-    def get_batch(self, model, tokens, chunks, layout, dtype=None, heads=None):
-        """Fetches several chunks at once (all in flight together): list of arrays as get()."""
+    def get_batch(self, model, tokens, chunks, layout, dtype=None, heads=None, outs=None,
+                  device=None):
+        """Fetches several chunks at once (all in flight together): list of arrays as
+        get(); outs / device as get()'s out / device (outs all on the host or all on a
+        CUDA device)."""
         t = _tokens(tokens)
         o = _GetOpts()
         if dtype is not None:
             o.dtype = _DTYPES[dtype][0]
         if heads is not None:
             o.head_begin, o.head_end = heads
-        npdt = _DTYPES[dtype or layout.dtype][1]
-        outs = [np.empty(layout.shape(c.n_tokens, heads), dtype=npdt) for c in chunks]
-        n = len(outs)
+        code = _DTYPES[dtype or layout.dtype][0]
+        if outs is None:
+            if device is None:
+                npdt = _DTYPES[dtype or layout.dtype][1]
+                outs = [np.empty(layout.shape(c.n_tokens, heads), dtype=npdt) for c in chunks]
+            else:
+                import torch
+                outs = [torch.empty(layout.shape(c.n_tokens, heads), dtype=_torch_dtype(code),
+                                    device=device) for c in chunks]
+        if len(outs) != len(chunks):
+            raise ValueError("outs: one per chunk")
+        bufs = []
+        for c, x in zip(chunks, outs):
+            b, shape, oc = _buf_of(x, f"out for {c}", True)
+            _check_kv(b, shape, oc, layout.shape(c.n_tokens, heads), code, f"out for {c}")
+            bufs.append(b)
+        if len({b.device for b in bufs}) > 1:
+            raise ValueError("outs: all on the host or all on a CUDA device, not mixed")
+        if bufs and bufs[0].device:
+            o.flags |= 1  # KVS_GET_DEVICE
+        n = len(bufs)
         carr = (_Chunk * max(n, 1))(*[c._c() for c in chunks])
-        ptrs = (ctypes.c_void_p * max(n, 1))(*[a.ctypes.data for a in outs])
-        caps = (ctypes.c_uint64 * max(n, 1))(*[a.nbytes for a in outs])
+        ptrs = (ctypes.c_void_p * max(n, 1))(*[b.ptr for b in bufs])
+        caps = (ctypes.c_uint64 * max(n, 1))(*[b.nbytes for b in bufs])
         rvs = np.zeros(max(n, 1), dtype=np.int32)
         lay = layout._c()
-        self._ok(self._lib.kvs_get_batch(self._h, _hash(model), t.ctypes.data, carr, n,
-                                         ctypes.byref(lay), ptrs, caps, ctypes.byref(o),
-                                         rvs.ctypes.data))
+        with _DeviceCall(bufs):
+            self._ok(self._lib.kvs_get_batch(self._h, _hash(model), t.ctypes.data, carr, n,
+                                             ctypes.byref(lay), ptrs, caps, ctypes.byref(o),
+                                             rvs.ctypes.data))
         return outs
 
     # -- key ops
