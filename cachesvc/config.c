@@ -321,7 +321,8 @@ kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help)
 }
 
 void kvs_svc_config_usage(FILE *f) {
-  fputs("usage: kvstashd [-c FILE] [--key=value ...]   (-V/--version, -h/--help)\n"
+  fputs("usage: kvstashd [-c FILE] [--key=value ...] [--check-config]   (-V/--version, -h/--help)\n"
+        "--check-config: read the config and the flags, say what is wrong or OK, exit (2 or 0).\n"
         "Every option can be given in the config file (key = value) or as a flag.\n"
         "  data_dir            T1 store and server secret        (./kvstash-data)\n"
         "  cold_dir            T2 store on a colder disk; empty = no T2 ()\n"

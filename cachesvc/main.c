@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <systemd/sd-daemon.h>
 
 #include "kvs_svc.h"
 
@@ -33,13 +34,23 @@ int main(int argc, char **argv) {
    * heap instead of an mmap + page faults + munmap each time. */
   mallopt(M_MMAP_THRESHOLD, 256 << 20);
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  /* --version answers at once; --check-config parses everything, says so, exits */
+  int check_only = 0, n = 1;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V")) {
       printf("kvstashd %s\n", kvs_version());
       return 0;
     }
-    if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) i++; /* its value */
+    if (!strcmp(argv[i], "--check-config")) {
+      check_only = 1;
+      continue;
+    }
+    argv[n++] = argv[i];
+    if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
+      argv[n++] = argv[++i]; /* its value */
   }
+  argc = n;
+  argv[argc] = NULL;
   kvs_svc_config cfg;
   kvs_svc_config_defaults(&cfg);
   const char *env = getenv("KVS_LOG");
@@ -54,6 +65,10 @@ int main(int argc, char **argv) {
   if (rc != KVS_OK) { /* one line, and an exit status systemd does not restart on */
     fprintf(stderr, "kvstashd: %s\n", kvs_svc_config_error());
     return 2;
+  }
+  if (check_only) {
+    printf("kvstashd: config OK\n");
+    return 0;
   }
   /* Block the stop signals in every thread; this one waits for them. */
   sigset_t set;
@@ -70,11 +85,15 @@ int main(int argc, char **argv) {
     return 1;
   }
   fprintf(stderr, "kvstashd: ready\n");
+  /* systemd (Type=notify): ready once the store is open and every listener is
+   * bound. Without $NOTIFY_SOCKET this does nothing. */
+  (void)sd_notifyf(0, "READY=1\nSTATUS=serving\nMAINPID=%lu", (unsigned long)getpid());
   for (;;) {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
     if (sig == SIGHUP) continue; /* no reload yet: keep running */
     KVS_LOGI("svc", "signal", "sig=%d", sig);
+    (void)sd_notify(0, "STOPPING=1\nSTATUS=draining");
     break;
   }
   pthread_t guard;

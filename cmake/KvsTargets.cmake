@@ -36,3 +36,24 @@ function(kvs_add_fuzz)
     target_link_libraries(fuzz_${F_NAME} PRIVATE ${F_LIBS})
   endif()
 endfunction()
+
+# kvs_man_page(TARGET t NAME n SECTION s SUMMARY "...")
+# <n>.<s>, generated at build time from `t --help` (cmake/KvsManPage.cmake),
+# installed into share/man/man<s> in component COMPONENT (default server).
+function(kvs_man_page)
+  cmake_parse_arguments(M "" "TARGET;NAME;SECTION;SUMMARY;COMPONENT" "" ${ARGN})
+  if(NOT M_COMPONENT)
+    set(M_COMPONENT server)
+  endif()
+  set(out ${CMAKE_CURRENT_BINARY_DIR}/${M_NAME}.${M_SECTION})
+  add_custom_command(OUTPUT ${out}
+                     COMMAND ${CMAKE_COMMAND} -DBIN=$<TARGET_FILE:${M_TARGET}> -DNAME=${M_NAME}
+                             -DSECTION=${M_SECTION} -DVERSION=${PROJECT_VERSION}
+                             "-DSUMMARY=${M_SUMMARY}" -DOUT=${out}
+                             -P ${PROJECT_SOURCE_DIR}/cmake/KvsManPage.cmake
+                     DEPENDS ${M_TARGET} ${PROJECT_SOURCE_DIR}/cmake/KvsManPage.cmake
+                     COMMENT "man page ${M_NAME}.${M_SECTION} from ${M_NAME} --help" VERBATIM)
+  add_custom_target(${M_NAME}-man ALL DEPENDS ${out})
+  include(GNUInstallDirs)
+  install(FILES ${out} DESTINATION ${CMAKE_INSTALL_MANDIR}/man${M_SECTION} COMPONENT ${M_COMPONENT})
+endfunction()

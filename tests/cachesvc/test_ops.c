@@ -3,6 +3,7 @@
  * systemd readiness notification. The real daemon, on loopback. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,7 +128,7 @@ static double metric(const char *body, const char *series) {
 
 /* promlint.py (the exposition rules `promtool check metrics` applies) over
  * text; its exit status, its output printed. */
-static int promlint(const char *dir, const char *text) {
+static int promlint(const char *dir, const char *text, int expect) {
   char path[400], cmd[1200];
   snprintf(path, sizeof path, "%s/metrics.prom", dir);
   FILE *f = fopen(path, "w");
@@ -138,7 +139,8 @@ static int promlint(const char *dir, const char *text) {
            kvs_test_src_path("tests/cachesvc/promlint.py"), path);
   int st = -1;
   char *out = run(cmd, &st);
-  if (st != 0) fprintf(stderr, "promlint:\n%s\n", out ? out : "");
+  if (st != expect)
+    fprintf(stderr, "promlint (exit %d, expected %d):\n%s\n", st, expect, out ? out : "");
   free(out);
   return st;
 }
@@ -225,8 +227,8 @@ static void test_metrics(void) {
   CU_ASSERT(types >= 20);
   CU_ASSERT_EQUAL(helps, types);
   /* the exposition rules: clean here, and the checker does catch a break */
-  CU_ASSERT_EQUAL(promlint(d.dir, body), 0);
-  CU_ASSERT_EQUAL(promlint(d.dir, "# TYPE kvstash_x counter\nkvstash_x 1\nkvstash_x 2\n"), 1);
+  CU_ASSERT_EQUAL(promlint(d.dir, body, 0), 0);
+  CU_ASSERT_EQUAL(promlint(d.dir, "# TYPE kvstash_x counter\nkvstash_x 1\nkvstash_x 2\n", 1), 1);
   free(body);
   /* /v1/stats has the lookup counters too (the CLI reads them) */
   cJSON *j = get_json(d.http_port, "/v1/stats");
@@ -275,15 +277,79 @@ static void test_config_errors(void) {
   CU_ASSERT(out && strcmp(out, want) == 0);
   if (out && strcmp(out, want)) fprintf(stderr, "got: %s", out);
   free(out);
+  snprintf(cmd, sizeof cmd, "%s -c %s --check-config 2>&1", daemon_bin(), path);
+  out = run(cmd, &st);
+  CU_ASSERT_EQUAL(st, 2);
+  CU_ASSERT(out && strcmp(out, want) == 0);
+  free(out);
   unlink(path);
+  /* --check-config: the example config is OK (and nothing is started) */
+  char bin[512]; /* kvs_test_*_path share one buffer */
+  snprintf(bin, sizeof bin, "%s", daemon_bin());
+  snprintf(cmd, sizeof cmd, "%s --check-config -c %s --workers=3 2>&1", bin,
+           kvs_test_src_path("cachesvc/kvstashd.conf.example"));
+  out = run(cmd, &st);
+  CU_ASSERT_EQUAL(st, 0);
+  CU_ASSERT(out && strcmp(out, "kvstashd: config OK\n") == 0);
+  free(out);
+  snprintf(cmd, sizeof cmd, "%s -c /nonexistent/kvstashd.conf --check-config 2>&1", daemon_bin());
+  out = run(cmd, &st);
+  CU_ASSERT_EQUAL(st, 2);
+  CU_ASSERT(out &&
+            strcmp(out, "kvstashd: /nonexistent/kvstashd.conf: No such file or directory\n") == 0);
+  free(out);
+}
+
+/* Waits (bounded) for a datagram on fd containing want; 1 when one came. */
+static int notified(int fd, const char *want, const char *also) {
+  for (int i = 0; i < 100; i++) {
+    struct pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, 200) != 1) continue;
+    char buf[512];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) continue;
+    buf[n] = 0;
+    if (strstr(buf, want) && (!also || strstr(buf, also))) return 1;
+  }
+  return 0;
+}
+
+/* systemd's Type=notify: READY=1 (with the daemon's pid) once it serves,
+ * STOPPING=1 on SIGTERM, on the datagram socket $NOTIFY_SOCKET names. */
+static void test_notify(void) {
+  char dir[] = "/tmp/kvs-notify-XXXXXX";
+  CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s/notify", dir);
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  CU_ASSERT_FATAL(fd >= 0);
+  CU_ASSERT_FATAL(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+  setenv("NOTIFY_SOCKET", sa.sun_path, 1);
+  th_daemon d;
+  memset(&d, 0, sizeof d);
+  int started = th_daemon_start(&d, NULL) == 0;
+  unsetenv("NOTIFY_SOCKET");
+  CU_ASSERT(started);
+  if (started) {
+    char pid[32];
+    snprintf(pid, sizeof pid, "MAINPID=%ld", (long)d.pid);
+    CU_ASSERT(notified(fd, "READY=1", pid));
+    int st = th_daemon_stop(&d);
+    CU_ASSERT_EQUAL(st, 0);
+    CU_ASSERT(notified(fd, "STOPPING=1", NULL));
+  }
+  th_daemon_cleanup(&d);
+  close(fd);
+  unlink(sa.sun_path);
+  rmdir(dir);
 }
 
 static const kvs_test_case cases[] = {
-    {"version", test_version},
-    {"info", test_info},
-    {"metrics", test_metrics},
-    {"config_errors", test_config_errors},
-    {NULL, NULL},
+    {"version", test_version}, {"info", test_info},
+    {"metrics", test_metrics}, {"config_errors", test_config_errors},
+    {"notify", test_notify},   {NULL, NULL},
 };
 
 int main(void) { return kvs_test_run("cachesvc_ops", cases); }
