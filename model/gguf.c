@@ -140,7 +140,12 @@ uint32_t kvs_ggml_block_elems(uint32_t type) {
   case KVS_GGML_BF16: return 1;
   case KVS_GGML_Q4_0:
   case KVS_GGML_Q4_1:
+  case KVS_GGML_Q5_0:
+  case KVS_GGML_Q5_1:
   case KVS_GGML_Q8_0: return 32;
+  case KVS_GGML_Q4_K:
+  case KVS_GGML_Q5_K:
+  case KVS_GGML_Q6_K: return 256;
   default: return 0;
   }
 }
@@ -151,7 +156,12 @@ uint32_t kvs_ggml_block_bytes(uint32_t type) {
   case KVS_GGML_BF16: return 2;
   case KVS_GGML_Q4_0: return 18;
   case KVS_GGML_Q4_1: return 20;
+  case KVS_GGML_Q5_0: return 22;
+  case KVS_GGML_Q5_1: return 24;
   case KVS_GGML_Q8_0: return 34;
+  case KVS_GGML_Q4_K: return 144;
+  case KVS_GGML_Q5_K: return 176;
+  case KVS_GGML_Q6_K: return 210;
   default: return 0;
   }
 }
@@ -162,7 +172,12 @@ const char *kvs_ggml_type_name(uint32_t type) {
   case KVS_GGML_BF16: return "bf16";
   case KVS_GGML_Q4_0: return "q4_0";
   case KVS_GGML_Q4_1: return "q4_1";
+  case KVS_GGML_Q5_0: return "q5_0";
+  case KVS_GGML_Q5_1: return "q5_1";
   case KVS_GGML_Q8_0: return "q8_0";
+  case KVS_GGML_Q4_K: return "q4_K";
+  case KVS_GGML_Q5_K: return "q5_K";
+  case KVS_GGML_Q6_K: return "q6_K";
   default: return "unsupported";
   }
 }
@@ -496,6 +511,75 @@ const kvs_gguf_tensor *kvs_gguf_find_tensor(const kvs_gguf *g, const char *name)
 }
 
 /* ------------------------------------------------------------- dequant */
+static float f16le(const uint8_t *p) { return kvs_f16_to_f32((kvs_f16)(p[0] | p[1] << 8)); }
+
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block from
+ * its 12 packed bytes (ggml get_scale_min_k4). */
+static void scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+/* Super-blocks of 256 (ggml dequantize_row_q4_K / _q5_K / _q6_K; the float
+ * operations in the same order, so the values are ggml's bit for bit). */
+static void dq_q4_K(const uint8_t *p, float *y, uint64_t nb) {
+  for (uint64_t b = 0; b < nb; b++, p += 144) {
+    float d = f16le(p), mn = f16le(p + 2);
+    const uint8_t *sc = p + 4, *q = p + 16;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
+      uint8_t s0, m0, s1, m1;
+      scale_min_k4(is, sc, &s0, &m0);
+      scale_min_k4(is + 1, sc, &s1, &m1);
+      float d1 = d * s0, n1 = mn * m0, d2 = d * s1, n2 = mn * m1;
+      for (int l = 0; l < 32; l++)
+        *y++ = d1 * (q[l] & 0xF) - n1;
+      for (int l = 0; l < 32; l++)
+        *y++ = d2 * (q[l] >> 4) - n2;
+    }
+  }
+}
+static void dq_q5_K(const uint8_t *p, float *y, uint64_t nb) {
+  for (uint64_t b = 0; b < nb; b++, p += 176) {
+    float d = f16le(p), mn = f16le(p + 2);
+    const uint8_t *sc = p + 4, *qh = p + 16, *ql = p + 48;
+    uint8_t u1 = 1, u2 = 2;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, ql += 32, u1 <<= 2, u2 <<= 2) {
+      uint8_t s0, m0, s1, m1;
+      scale_min_k4(is, sc, &s0, &m0);
+      scale_min_k4(is + 1, sc, &s1, &m1);
+      float d1 = d * s0, n1 = mn * m0, d2 = d * s1, n2 = mn * m1;
+      for (int l = 0; l < 32; l++)
+        *y++ = d1 * ((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - n1;
+      for (int l = 0; l < 32; l++)
+        *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - n2;
+    }
+  }
+}
+static void dq_q6_K(const uint8_t *p, float *y, uint64_t nb) {
+  for (uint64_t b = 0; b < nb; b++, p += 210) {
+    const uint8_t *ql = p, *qh = p + 128;
+    const int8_t *sc = (const int8_t *)(p + 192);
+    float d = f16le(p + 208);
+    for (int n = 0; n < 256; n += 128, y += 128, ql += 64, qh += 32, sc += 8)
+      for (int l = 0; l < 32; l++) {
+        int is = l / 16;
+        int q1 = (int8_t)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        int q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        int q3 = (int8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        int q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        y[l + 0] = d * sc[is + 0] * q1;
+        y[l + 32] = d * sc[is + 2] * q2;
+        y[l + 64] = d * sc[is + 4] * q3;
+        y[l + 96] = d * sc[is + 6] * q4;
+      }
+  }
+}
+
 kvs_err kvs_dequant(uint32_t type, const void *src, float *dst, uint64_t n) {
   uint32_t be = kvs_ggml_block_elems(type);
   if (!be) return KVS_ENOTSUP;
@@ -537,6 +621,31 @@ kvs_err kvs_dequant(uint32_t type, const void *src, float *dst, uint64_t n) {
         dst[j] = (float)(int8_t)p[2 + j] * d;
     }
     return KVS_OK;
+  case KVS_GGML_Q5_0: /* { f16 d; u8 qh[4]; u8 qs[16] }: x = (lo4 | bit j of qh << 4) - 16, times d
+                       */
+  case KVS_GGML_Q5_1: /* { f16 d; f16 m; u8 qh[4]; u8 qs[16] }: x = (lo4 | bit << 4) d + m */
+    for (uint64_t b = 0, bb = kvs_ggml_block_bytes(type); b < n / 32; b++, p += bb, dst += 32) {
+      int one = type == KVS_GGML_Q5_1;
+      float d = f16le(p), m = one ? f16le(p + 2) : 0.0f;
+      const uint8_t *h = p + 2 + 2 * one, *qs = h + 4;
+      uint32_t qh =
+          (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24;
+      for (int j = 0; j < 16; j++) {
+        int x0 = (qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10);
+        int x1 = (qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
+        if (one) {
+          dst[j] = x0 * d + m;
+          dst[j + 16] = x1 * d + m;
+        } else {
+          dst[j] = (x0 - 16) * d;
+          dst[j + 16] = (x1 - 16) * d;
+        }
+      }
+    }
+    return KVS_OK;
+  case KVS_GGML_Q4_K: dq_q4_K(p, dst, n / 256); return KVS_OK;
+  case KVS_GGML_Q5_K: dq_q5_K(p, dst, n / 256); return KVS_OK;
+  case KVS_GGML_Q6_K: dq_q6_K(p, dst, n / 256); return KVS_OK;
   default: return KVS_ENOTSUP;
   }
 }

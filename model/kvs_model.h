@@ -45,7 +45,12 @@ typedef enum {
   KVS_GGML_F16 = 1,
   KVS_GGML_Q4_0 = 2,
   KVS_GGML_Q4_1 = 3,
+  KVS_GGML_Q5_0 = 6,
+  KVS_GGML_Q5_1 = 7,
   KVS_GGML_Q8_0 = 8,
+  KVS_GGML_Q4_K = 12, /* super-blocks of 256 */
+  KVS_GGML_Q5_K = 13,
+  KVS_GGML_Q6_K = 14,
   KVS_GGML_BF16 = 30
 } kvs_ggml_type;
 
@@ -125,7 +130,8 @@ typedef struct kvs_tok kvs_tok;
 typedef int32_t kvs_token;
 
 /* Builds the tokenizer from tokenizer.ggml.* (model "gpt2": byte-level BPE;
- * pre-tokenizers "smollm", "gpt2", "starcoder", "refact" share one split).
+ * pre-tokenizers "smollm", "gpt2", "starcoder", "refact" share one split;
+ * "qwen2" has its own, llama.cpp's).
  * Copies what it needs: the GGUF may be freed afterwards. */
 kvs_err kvs_tok_create(const kvs_gguf *g, kvs_tok **out);
 void kvs_tok_free(kvs_tok *t);
@@ -165,14 +171,19 @@ kvs_err kvs_chat_format(const kvs_chat_msg *msgs, size_t n, int add_generation_p
 typedef struct kvs_model_cfg {
   uint32_t n_vocab, n_embd, n_layers, n_heads, n_kv_heads, head_dim, n_ff, n_ctx_train;
   float rope_theta, norm_eps;
+  uint32_t rope_type; /* kvs_rope_type: KVS_ROPE_NORM (llama), KVS_ROPE_NEOX (qwen2) */
+  uint32_t qkv_bias;  /* 1: Q, K and V projections add a bias (qwen2) */
 } kvs_model_cfg;
 
 typedef struct kvs_model kvs_model;
 typedef struct kvs_seq kvs_seq;
 
-/* Loads a llama-architecture GGUF: weights dequantized to f32 (the CPU path
- * runs f32 sgemm), the tokenizer, and the model id (kvs_model_id_compute over
- * the config and kvs_hash128 of the whole file). *out owned by the caller. */
+/* Loads a GGUF of architecture "llama" (NORM RoPE) or "qwen2" (Llama plus
+ * biases on Q, K and V, NEOX RoPE; output tied or not): weights dequantized
+ * to f32 (the CPU path runs f32 sgemm), the tokenizer, and the model id
+ * (kvs_model_id_compute over the config and kvs_hash128 of the whole file).
+ * Host memory: about 6 bytes per parameter (f32 + fp16 copies).
+ * *out owned by the caller. */
 kvs_err kvs_model_load(const char *gguf_path, kvs_model **out);
 /* A Llama-3-8B-shaped model (4096 embd, 32 layers, 32 heads, 8 KV heads,
  * 14336 ff, vocab 128256, theta 500000) with seeded random weights, or any

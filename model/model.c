@@ -3,6 +3,7 @@
  * Shapes (E = n_embd, H = heads, G = kv heads, D = head_dim, F = n_ff, V = vocab):
  *   tok_embd (V, E); per layer: attn_norm (E), wq (H*D, E), wk (G*D, E), wv (G*D, E),
  *   wo (E, H*D), ffn_norm (E), w_gate (F, E), w_up (F, E), w_down (E, F);
+ *   qwen2 adds biases bq (H*D), bk (G*D), bv (G*D) after the Q/K/V products;
  *   out_norm (E); output (V, E) (tied to tok_embd when the GGUF has no output.weight).
  * Weights are row-major (out, in) as GGUF stores them (ne[0] = in), so y = x W^T.
  * KV cache per sequence: for each layer K (cap, G, D) then V (cap, G, D), fp16;
@@ -98,7 +99,7 @@ kvs_layout kvs_model_layout(const kvs_model *m) {
                   .n_kv_heads = m->cfg.n_kv_heads,
                   .head_dim = m->cfg.head_dim,
                   .dtype = KVS_DTYPE_F16,
-                  .rope_type = KVS_ROPE_NORM,
+                  .rope_type = m->cfg.rope_type,
                   .rope_dims = m->cfg.head_dim,
                   .rope_theta = m->cfg.rope_theta,
                   .rope_freq_scale = 1.0f};
@@ -106,7 +107,7 @@ kvs_layout kvs_model_layout(const kvs_model *m) {
 }
 
 static kvs_err compute_id(kvs_model *m, kvs_hash128 weights) {
-  kvs_model_desc d = {.arch = "llama",
+  kvs_model_desc d = {.arch = m->cfg.qkv_bias ? "qwen2" : "llama",
                       .layout = kvs_model_layout(m),
                       .n_embd = m->cfg.n_embd,
                       .n_heads = m->cfg.n_heads,
@@ -129,6 +130,8 @@ static kvs_err check_cfg(const kvs_model_cfg *c) {
   KVS_RETURN_ERROR_IF(c->n_embd > 65536 || c->n_ff > 1 << 20 || c->n_vocab > 1 << 24, KVS_ECORRUPT,
                       "model: size");
   KVS_RETURN_ERROR_IF(!(c->rope_theta > 0) || !(c->norm_eps > 0), KVS_ECORRUPT, "model: theta/eps");
+  KVS_RETURN_ERROR_IF(c->rope_type != KVS_ROPE_NORM && c->rope_type != KVS_ROPE_NEOX, KVS_ECORRUPT,
+                      "model: rope type");
   return KVS_OK;
 }
 
@@ -155,30 +158,49 @@ static kvs_err load(kvs_model *m) {
   const char *arch;
   uint64_t alen;
   KVS_TRY(kvs_gguf_get_str(g, "general.architecture", &arch, &alen));
-  KVS_RETURN_ERROR_IF(alen != 5 || memcmp(arch, "llama", 5), KVS_ENOTSUP, "model: arch not llama");
   kvs_model_cfg *c = &m->cfg;
-  KVS_TRY(kvs_gguf_get_u32(g, "llama.embedding_length", &c->n_embd));
-  KVS_TRY(kvs_gguf_get_u32(g, "llama.block_count", &c->n_layers));
-  KVS_TRY(kvs_gguf_get_u32(g, "llama.feed_forward_length", &c->n_ff));
-  KVS_TRY(kvs_gguf_get_u32(g, "llama.attention.head_count", &c->n_heads));
+  const char *ak; /* metadata keys are "<arch>.<key>" */
+  if (alen == 5 && !memcmp(arch, "llama", 5)) {
+    ak = "llama";
+    c->rope_type = KVS_ROPE_NORM;
+  } else if (alen == 5 && !memcmp(arch, "qwen2", 5)) {
+    ak = "qwen2";
+    c->rope_type = KVS_ROPE_NEOX; /* llama.cpp: LLM_ARCH_QWEN2 -> LLAMA_ROPE_TYPE_NEOX */
+    c->qkv_bias = 1;
+  } else {
+    return KVS_ERR_AT(KVS_ENOTSUP, "model: architecture not llama or qwen2");
+  }
+  char key[64];
+#define AK(k) (snprintf(key, sizeof key, "%s." k, ak), key)
+  KVS_TRY(kvs_gguf_get_u32(g, AK("embedding_length"), &c->n_embd));
+  KVS_TRY(kvs_gguf_get_u32(g, AK("block_count"), &c->n_layers));
+  KVS_TRY(kvs_gguf_get_u32(g, AK("feed_forward_length"), &c->n_ff));
+  KVS_TRY(kvs_gguf_get_u32(g, AK("attention.head_count"), &c->n_heads));
   c->n_kv_heads = c->n_heads;
-  kvs_gguf_get_u32(g, "llama.attention.head_count_kv", &c->n_kv_heads);
+  kvs_gguf_get_u32(g, AK("attention.head_count_kv"), &c->n_kv_heads);
   c->n_ctx_train = 2048;
-  kvs_gguf_get_u32(g, "llama.context_length", &c->n_ctx_train);
+  kvs_gguf_get_u32(g, AK("context_length"), &c->n_ctx_train);
   c->rope_theta = 10000.0f;
-  kvs_gguf_get_f32(g, "llama.rope.freq_base", &c->rope_theta);
+  kvs_gguf_get_f32(g, AK("rope.freq_base"), &c->rope_theta);
   c->norm_eps = 1e-5f;
-  kvs_gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &c->norm_eps);
+  kvs_gguf_get_f32(g, AK("attention.layer_norm_rms_epsilon"), &c->norm_eps);
   KVS_RETURN_ERROR_IF(!c->n_heads || c->n_embd % c->n_heads, KVS_ECORRUPT, "model: head dim");
   c->head_dim = c->n_embd / c->n_heads;
   uint32_t rd;
-  if (kvs_gguf_get_u32(g, "llama.rope.dimension_count", &rd) == KVS_OK)
+  if (kvs_gguf_get_u32(g, AK("rope.dimension_count"), &rd) == KVS_OK)
     KVS_RETURN_ERROR_IF(rd != c->head_dim, KVS_ENOTSUP, "model: partial rope");
+  /* scaled RoPE (linear, YaRN, llama3) in the forward pass is not implemented */
+  const char *st;
+  uint64_t stl;
+  if (kvs_gguf_get_str(g, AK("rope.scaling.type"), &st, &stl) == KVS_OK)
+    KVS_RETURN_ERROR_IF(!(stl == 4 && !memcmp(st, "none", 4)), KVS_ENOTSUP,
+                        "model: rope scaling in the forward pass");
+#undef AK
   KVS_TRY(kvs_tok_create(g, &m->tok));
   c->n_vocab = kvs_tok_n_vocab(m->tok);
   KVS_TRY(check_cfg(c));
   uint32_t E = c->n_embd, HD = c->n_heads * c->head_dim, GD = c->n_kv_heads * c->head_dim;
-  m->owned = calloc(16 + 9 * (size_t)c->n_layers, sizeof *m->owned);
+  m->owned = calloc(16 + 12 * (size_t)c->n_layers, sizeof *m->owned);
   m->layers = calloc(c->n_layers, sizeof *m->layers);
   if (!m->owned || !m->layers) return KVS_ENOMEM;
   KVS_TRY(load_w(m, "token_embd.weight", E, c->n_vocab, &m->tok_embd));
@@ -203,6 +225,15 @@ static kvs_err load(kvs_model *m) {
     LW(w_up, "ffn_up", E, c->n_ff);
     LW(w_down, "ffn_down", c->n_ff, E);
 #undef LW
+    if (c->qkv_bias) {
+#define LB(field, suffix, n)                                                                       \
+  snprintf(nm, sizeof nm, "blk.%u." suffix ".bias", l);                                            \
+  KVS_TRY(load_w(m, nm, n, 1, &L->field))
+      LB(bq, "attn_q", HD);
+      LB(bk, "attn_k", GD);
+      LB(bv, "attn_v", GD);
+#undef LB
+    }
   }
   size_t sz;
   const void *bytes = kvs_gguf_bytes(g, &sz);
@@ -290,7 +321,7 @@ kvs_err kvs_model_create_random(const kvs_model_cfg *cfg, uint64_t seed, int hos
   kvs_model_cfg *c = &m->cfg;
   uint32_t E = c->n_embd, HD = c->n_heads * c->head_dim, GD = c->n_kv_heads * c->head_dim;
   e = KVS_ENOMEM;
-  m->owned = calloc(16 + 9 * (size_t)c->n_layers, sizeof *m->owned);
+  m->owned = calloc(16 + 12 * (size_t)c->n_layers, sizeof *m->owned);
   m->layers = calloc(c->n_layers, sizeof *m->layers);
   if (!m->owned || !m->layers) goto fail;
   if (host_weights) {
@@ -314,6 +345,11 @@ kvs_err kvs_model_create_random(const kvs_model_cfg *cfg, uint64_t seed, int hos
       RW(L->w_gate, b + 6, (size_t)c->n_ff * E);
       RW(L->w_up, b + 7, (size_t)c->n_ff * E);
       RW(L->w_down, b + 8, (size_t)E * c->n_ff);
+      if (c->qkv_bias) {
+        RW(L->bq, b + 9, HD);
+        RW(L->bk, b + 10, GD);
+        RW(L->bv, b + 11, GD);
+      }
     }
 #undef RW
     if ((e = make_f16(m))) goto fail;
@@ -404,19 +440,21 @@ void kvs_model_rmsnorm_cpu(const float *x, const float *w, float *y, uint32_t n,
   }
 }
 
-/* x (n, heads, D): adjacent pairs (2i, 2i+1) rotated by pos * theta^(-2i/D). */
+/* x (n, heads, D): pairs (2i, 2i+1) (NORM) or (i, i + D/2) (NEOX) rotated by
+ * pos * theta^(-2i/D). */
 void kvs_model_rope_cpu(float *x, uint32_t n, uint32_t heads, uint32_t D, const uint32_t *pos,
-                        float theta) {
+                        float theta, int neox) {
+  uint32_t step = neox ? 1 : 2, off = neox ? D / 2 : 1;
   for (uint32_t i = 0; i < D / 2; i++) {
     double inv = pow((double)theta, -2.0 * i / D);
     for (uint32_t t = 0; t < n; t++) {
       double a = (double)pos[t] * inv;
       float c = (float)cos(a), s = (float)sin(a);
       for (uint32_t h = 0; h < heads; h++) {
-        float *p = x + ((size_t)t * heads + h) * D + 2 * i;
-        float x0 = p[0], x1 = p[1];
+        float *p = x + ((size_t)t * heads + h) * D + step * i;
+        float x0 = p[0], x1 = p[off];
         p[0] = x0 * c - x1 * s;
-        p[1] = x0 * s + x1 * c;
+        p[off] = x0 * s + x1 * c;
       }
     }
   }
@@ -556,6 +594,14 @@ kvs_err kvs_model_embed(kvs_model *m, const kvs_token *tokens, uint32_t n, float
   return KVS_OK;
 }
 
+/* y (n, w) += b (w); y may be NULL (K/V only) */
+static void add_bias(float *y, const float *b, uint32_t n, uint32_t w) {
+  if (!y) return;
+  for (uint32_t i = 0; i < n; i++)
+    for (uint32_t j = 0; j < w; j++)
+      y[(size_t)i * w + j] += b[j];
+}
+
 static void qkv(kvs_model *m, uint32_t layer, uint32_t n, const uint32_t *pos, const float *hidden,
                 float *xn, float *q, float *k, float *v) {
   const kvs_model_cfg *c = &m->cfg;
@@ -566,8 +612,14 @@ static void qkv(kvs_model *m, uint32_t layer, uint32_t n, const uint32_t *pos, c
   if (q) matmul(xn, L->wq, h->wq, q, n, E, HD);
   matmul(xn, L->wk, h->wk, k, n, E, GD);
   matmul(xn, L->wv, h->wv, v, n, E, GD);
-  if (q) kvs_model_rope_cpu(q, n, c->n_heads, c->head_dim, pos, c->rope_theta);
-  kvs_model_rope_cpu(k, n, c->n_kv_heads, c->head_dim, pos, c->rope_theta);
+  if (c->qkv_bias) {
+    add_bias(q, L->bq, n, HD);
+    add_bias(k, L->bk, n, GD);
+    add_bias(v, L->bv, n, GD);
+  }
+  int neox = c->rope_type == KVS_ROPE_NEOX;
+  if (q) kvs_model_rope_cpu(q, n, c->n_heads, c->head_dim, pos, c->rope_theta, neox);
+  kvs_model_rope_cpu(k, n, c->n_kv_heads, c->head_dim, pos, c->rope_theta, neox);
 }
 
 kvs_err kvs_model_layer_kv(kvs_model *m, uint32_t layer, uint32_t n, const uint32_t *pos,

@@ -35,9 +35,10 @@ uint64_t kvs__model_seed(const kvs_model *m);
  * x, y (n, E); w (E): y = x / sqrt(mean(x^2) + eps) * w */
 void kvs_model_rmsnorm_cpu(const float *x, const float *w, float *y, uint32_t n, uint32_t E,
                            float eps);
-/* x (n, heads, D) rotated in place, adjacent pairs, angle pos[t] * theta^(-2i/D) */
+/* x (n, heads, D) rotated in place by angle pos[t] * theta^(-2i/D), pair i
+ * = (2i, 2i+1) (NORM, llama) or, with neox, (i, i + D/2) (NEOX, qwen2) */
 void kvs_model_rope_cpu(float *x, uint32_t n, uint32_t heads, uint32_t D, const uint32_t *pos,
-                        float theta);
+                        float theta, int neox);
 /* g[i] = silu(g[i]) * u[i] */
 void kvs_model_swiglu_cpu(float *g, const float *u, size_t n);
 /* Twin of the flash attention kernel: out (n, H, D) f32 = causal softmax
@@ -51,6 +52,7 @@ void kvs_model_attn_cpu(const kvs_f16 *q, const kvs_f16 *k, const kvs_f16 *v, fl
  * GPU generates them from seed with model_rand.h). Valid while the model lives. */
 typedef struct kvs__layer_weights {
   float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *w_gate, *w_up, *w_down;
+  float *bq, *bk, *bv; /* (H*D), (G*D), (G*D) when cfg.qkv_bias, else NULL */
 } kvs__layer_weights;
 typedef struct kvs__model_weights {
   kvs_model_cfg cfg;

@@ -54,6 +54,10 @@ static inline kvs__rscale kvs__rand_scale(const kvs_model_cfg *c, uint32_t tid) 
     s.add = 1.0f;
     return s;
   }
+  if (k >= 9 && k <= 11) { /* Q, K, V biases (qwen2-shaped models) */
+    s.mul = 0.5f;
+    return s;
+  }
   if (k == 4) in = (float)(c->n_heads * c->head_dim);
   if (k == 8) in = (float)c->n_ff;
   s.mul = 1.7f / sqrtf(in);

@@ -1,5 +1,6 @@
 /* tokenizer.c - GPT-2-style byte-level BPE over a GGUF vocabulary, with
- * llama.cpp's pre-tokenization for SmolLM2 ("smollm"):
+ * llama.cpp's pre-tokenization for Qwen2 ("qwen2": see qwen2_split) and for
+ * SmolLM2 ("smollm"):
  *   1. special tokens (control / user-defined) are cut out first, longest first;
  *   2. every \p{N} code point becomes its own piece (text between kept);
  *   3. each piece is split by the GPT-2 pattern
@@ -102,6 +103,7 @@ struct kvs_tok {
   uint32_t n_special;
   kvs_token bos, eos;
   int add_bos;
+  int qwen2;             /* pre-tokenizer "qwen2" (else the smollm/GPT-2 split) */
   uint16_t byte_cp[256]; /* byte -> GPT-2 code point */
   int16_t cp_byte[512];  /* code point (< 512) -> byte, -1 when unmapped */
 };
@@ -167,7 +169,7 @@ kvs_err kvs_tok_create(const kvs_gguf *g, kvs_tok **out) {
   if (e) return e == KVS_ENOENT ? KVS_ERR_AT(KVS_ENOTSUP, "tok: no tokenizer model") : e;
   if (slen != 4 || memcmp(s, "gpt2", 4)) return KVS_ERR_AT(KVS_ENOTSUP, "tok: model not gpt2");
   if (kvs_gguf_get_str(g, "tokenizer.ggml.pre", &s, &slen) == KVS_OK) {
-    static const char *ok[] = {"smollm", "gpt2", "starcoder", "refact", "default"};
+    static const char *ok[] = {"smollm", "gpt2", "starcoder", "refact", "default", "qwen2"};
     int good = 0;
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++)
       good |= strlen(ok[i]) == slen && !memcmp(ok[i], s, slen);
@@ -269,6 +271,8 @@ kvs_err kvs_tok_create(const kvs_gguf *g, kvs_tok **out) {
       kvs_gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &v) == KVS_OK && v < nv ? (int32_t)v : -1;
   int ab = 0;
   t->add_bos = kvs_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &ab) == KVS_OK && ab;
+  t->qwen2 = kvs_gguf_get_str(g, "tokenizer.ggml.pre", &s, &slen) == KVS_OK && slen == 5 &&
+             !memcmp(s, "qwen2", 5);
   free(ptrs);
   free(lens);
   free(mptrs);
@@ -479,6 +483,94 @@ static void gpt2_split(const kvs_tok *t, work *wk, const uint8_t *frag, size_t a
 #undef WORD
 }
 
+/* llama.cpp's "qwen2" split of code points [a, b): the pattern
+ *   (?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}
+ *   | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * (leftmost alternative first), written out as llama.cpp's hand-made matcher
+ * for the llama3 pattern, which differs only in \p{N}{1,3}. */
+static void qwen2_split(const kvs_tok *t, work *wk, const uint8_t *frag, size_t a, size_t b,
+                        outbuf *o) {
+  size_t pos = a, prev = a;
+#define FL(p)    ((p) < b ? wk->fl[p] : -1) /* -1 outside, 0 neither space, letter nor number */
+#define IS(p, F) (FL(p) > 0 && (FL(p) & (F)))
+#define WORD(end)                                                                                  \
+  do {                                                                                             \
+    if ((end) > prev) bpe_word(t, wk, frag + wk->off[prev], wk->off[end] - wk->off[prev], o);      \
+    prev = (end);                                                                                  \
+  } while (0)
+  while (pos < b) {
+    uint32_t c = wk->cp[pos];
+    if (c == '\'' && pos + 1 < b) {
+      uint32_t n1 = wk->cp[pos + 1] | 0x20; /* ASCII letters only: [sS] */
+      int ascii1 = wk->cp[pos + 1] < 128;
+      if (ascii1 && (n1 == 's' || n1 == 't' || n1 == 'm' || n1 == 'd')) {
+        pos += 2;
+        WORD(pos);
+        continue;
+      }
+      if (ascii1 && pos + 2 < b && wk->cp[pos + 2] < 128) {
+        uint32_t n2 = wk->cp[pos + 2] | 0x20;
+        if ((n1 == 'r' && n2 == 'e') || (n1 == 'v' && n2 == 'e') || (n1 == 'l' && n2 == 'l')) {
+          pos += 3;
+          WORD(pos);
+          continue;
+        }
+      }
+    }
+    /* [^\r\n\p{L}\p{N}]?\p{L}+ */
+    if (!(c == '\r' || c == '\n' || IS(pos, F_NUMBER)) &&
+        (IS(pos, F_LETTER) || IS(pos + 1, F_LETTER))) {
+      pos++;
+      while (IS(pos, F_LETTER))
+        pos++;
+      WORD(pos);
+      continue;
+    }
+    if (IS(pos, F_NUMBER)) { /* \p{N}: one at a time */
+      pos++;
+      WORD(pos);
+      continue;
+    }
+    /* ' ?[^\s\p{L}\p{N}]+[\r\n]*' (a lone space at the end lands here too, as in llama.cpp) */
+    int f2 = c == ' ' ? FL(pos + 1) : FL(pos);
+    if (f2 <= 0) {
+      pos += c == ' ';
+      while (FL(pos) == 0)
+        pos++;
+      while (pos < b && (wk->cp[pos] == '\r' || wk->cp[pos] == '\n'))
+        pos++;
+      WORD(pos);
+      continue;
+    }
+    size_t nws = 0, last_nl = 0;
+    while (IS(pos + nws, F_SPACE)) {
+      uint32_t c2 = wk->cp[pos + nws];
+      if (c2 == '\r' || c2 == '\n') last_nl = pos + nws + 1;
+      nws++;
+    }
+    if (last_nl > 0) { /* \s*[\r\n]+ */
+      pos = last_nl;
+      WORD(pos);
+      continue;
+    }
+    if (nws > 1 && pos + nws < b) { /* \s+(?!\S) */
+      pos += nws - 1;
+      WORD(pos);
+      continue;
+    }
+    if (nws > 0) {
+      pos += nws;
+      WORD(pos);
+      continue;
+    }
+    pos++;
+    WORD(pos);
+  }
+#undef FL
+#undef IS
+#undef WORD
+}
+
 static kvs_err encode_fragment(const kvs_tok *t, const uint8_t *s, size_t n, outbuf *o) {
   if (n == 0) return KVS_OK;
   work wk;
@@ -519,6 +611,12 @@ static kvs_err encode_fragment(const kvs_tok *t, const uint8_t *s, size_t n, out
       free(clean);
       goto done;
     }
+  }
+  if (t->qwen2) {
+    qwen2_split(t, &wk, clean, 0, ncp, o);
+    free(clean);
+    e = KVS_OK;
+    goto done;
   }
   /* stage 1: \p{N} code points alone; stage 2 on each piece */
   size_t a = 0;

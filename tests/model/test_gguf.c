@@ -80,7 +80,8 @@ static void test_float_types(void) {
   CU_ASSERT_EQUAL(kvs_dequant(KVS_GGML_F32, f, out, 4), KVS_OK);
   CU_ASSERT(!memcmp(out, vals, sizeof vals));
   /* refusals */
-  CU_ASSERT_EQUAL(kvs_dequant(12 /* Q4_K */, f, out, 4), KVS_ENOTSUP);
+  CU_ASSERT_EQUAL(kvs_dequant(10 /* Q2_K */, f, out, 256), KVS_ENOTSUP);
+  CU_ASSERT_EQUAL(kvs_dequant(KVS_GGML_Q4_K, f, out, 4), KVS_EINVAL); /* not whole blocks */
   CU_ASSERT_EQUAL(kvs_dequant(KVS_GGML_Q8_0, f, out, 31), KVS_EINVAL);
   CU_ASSERT_EQUAL(kvs_ggml_row_bytes(KVS_GGML_Q4_1, 33), 0);
 }
@@ -127,7 +128,8 @@ static void test_golden_files(void) {
 
 static void test_small_contents(void) {
   size_t n;
-  uint8_t *b = kvs_test_read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_small.gguf.case"), &n);
+  uint8_t *b =
+      kvs_test_read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_small.gguf.case"), &n);
   CU_ASSERT_PTR_NOT_NULL_FATAL(b);
   kvs_gguf *g;
   CU_ASSERT_EQUAL_FATAL(kvs_gguf_open_mem(b, n, &g), KVS_OK);
@@ -235,7 +237,8 @@ static void test_real_truncated(void) {
  * <|im_start|>=261 <|im_end|>=262; merges in that order. */
 static void test_tiny_tokenizer(void) {
   size_t n;
-  uint8_t *b = kvs_test_read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_tok.gguf.case"), &n);
+  uint8_t *b =
+      kvs_test_read_file(kvs_test_src_path("tests/model/corpus_gguf/ok_tok.gguf.case"), &n);
   CU_ASSERT_PTR_NOT_NULL_FATAL(b);
   kvs_gguf *g;
   CU_ASSERT_EQUAL_FATAL(kvs_gguf_open_mem(b, n, &g), KVS_OK);

@@ -50,7 +50,7 @@ static void test_kernel_twins(void) {
     pos[i] = i * 997 % 32768;
   for (size_t i = 0; i < (size_t)n * H * D; i++)
     q[i] = qg[i] = kvs_test_randf(&rs);
-  kvs_model_rope_cpu(q, n, H, D, pos, 100000.0f);
+  kvs_model_rope_cpu(q, n, H, D, pos, 100000.0f, 0);
   CU_ASSERT_EQUAL_FATAL(kvs_gpu_rope_host(qg, n, H, D, pos, 100000.0f), KVS_OK);
   md = 0;
   for (size_t i = 0; i < (size_t)n * H * D; i++)

@@ -12,6 +12,10 @@
  *   kvs-llama-ref bench MODEL IDS N_GEN THREADS
  *       prefill of the prompt in IDS (raw i32 token ids) in one batch, then
  *       N_GEN greedy decode steps; prints {"prefill_tok_s":..,"decode_tok_s":..}
+ *   kvs-llama-ref f32 MODEL OUT
+ *       writes MODEL with every tensor dequantized to F32 (llama_model_quantize,
+ *       ALL_F32): llama.cpp then multiplies with f32 activations, the reference
+ *       without its 8-bit activation rounding (docs/model.md says why)
  * All integers little-endian (x86). */
 #include <stdint.h>
 #include <stdio.h>
@@ -75,8 +79,17 @@ static int cmp_pair(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 3) die("usage: tok|logits|bench MODEL ...");
+  if (argc < 3) die("usage: tok|logits|bench|f32 MODEL ...");
   llama_backend_init();
+  if (!strcmp(argv[1], "f32")) {
+    if (argc < 4) die("need OUT");
+    struct llama_model_quantize_params qp = llama_model_quantize_default_params();
+    qp.ftype = LLAMA_FTYPE_ALL_F32;
+    qp.allow_requantize = 1;
+    if (llama_model_quantize(argv[2], argv[3], &qp) != 0) die("f32 conversion");
+    llama_backend_free();
+    return 0;
+  }
   struct llama_model_params mp = llama_model_default_params();
   struct llama_model *model = llama_model_load_from_file(argv[2], mp);
   if (!model) die("model load");
