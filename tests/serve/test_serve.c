@@ -198,54 +198,8 @@ static int free_port(void) {
   return ntohs(a.sin_port);
 }
 
-/* One HTTP/1.0 exchange (the server closes after the answer, so the body is
- * everything after the headers, streamed or not). Returns the status code,
- * 0 when the server could not be reached; *body is malloc'd. */
 static int http(const char *method, const char *path, const char *json, char **body) {
-  *body = NULL;
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)srv_port),
-                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  if (s < 0) return 0;
-  if (connect(s, (struct sockaddr *)&a, sizeof a)) {
-    close(s);
-    return 0;
-  }
-  char head[512];
-  size_t jl = json ? strlen(json) : 0;
-  int hn = snprintf(head, sizeof head,
-                    "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                    "Content-Length: %zu\r\n\r\n",
-                    method, path, jl);
-  if (write(s, head, (size_t)hn) != hn || (jl && write(s, json, jl) != (ssize_t)jl)) {
-    close(s);
-    return 0;
-  }
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap);
-  struct timespec t0;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  for (;;) {
-    struct pollfd p = {.fd = s, .events = POLLIN};
-    if (poll(&p, 1, 1000) <= 0) {
-      struct timespec t;
-      clock_gettime(CLOCK_MONOTONIC, &t);
-      if (t.tv_sec - t0.tv_sec > 240) break; /* bounded: a hung server fails the test */
-      continue;
-    }
-    if (n + 4096 > cap) buf = realloc(buf, cap *= 2);
-    ssize_t r = read(s, buf + n, cap - n - 1);
-    if (r <= 0) break;
-    n += (size_t)r;
-  }
-  close(s);
-  buf[n] = 0;
-  int code = 0;
-  sscanf(buf, "HTTP/1.%*d %d", &code);
-  char *b = strstr(buf, "\r\n\r\n");
-  *body = strdup(b ? b + 4 : "");
-  free(buf);
-  return code;
+  return srv_http("127.0.0.1", srv_port, method, path, json, 240000, NULL, NULL, body);
 }
 
 static int start_server(void) {

@@ -79,4 +79,15 @@ void srv_prompt_free(srv_prompt *p);
  * whole code point (what may be streamed without cutting a character). */
 size_t srv_utf8_complete(const char *s, size_t n);
 
+/* ---------------------------------------------------- a small client
+ * One blocking HTTP/1.0 exchange with host:port (the server closes after its
+ * answer, so a streamed body needs no chunk decoding). on_data, when given,
+ * sees the body's bytes as they arrive (SSE timing); the whole body is also
+ * returned in *body (malloc'd, NUL-terminated; may be NULL when not wanted).
+ * Returns the HTTP status, or 0 when the server could not be reached or did
+ * not answer within timeout_ms. */
+typedef void (*srv_http_data_fn)(void *ctx, const char *data, size_t n);
+int srv_http(const char *host, int port, const char *method, const char *path, const char *json,
+             int timeout_ms, srv_http_data_fn on_data, void *ctx, char **body);
+
 #endif
