@@ -106,9 +106,8 @@ struct kvs_client {
   atomic_uint_fast64_t n_gets, n_shm_gets, n_shm_fallbacks, n_shm_regroups, n_shm_bytes, n_leases,
       n_releases, n_release_lost, n_shm_maps;
   /* byte-stream GETs (stream.c), under mu */
-  char *stream_url; /* the stream's URL (named or found), NULL = off */
-  nng_stream_dialer *stream_dialer;
-  struct kvs__olddialer *old_dialers; /* replaced ones: a dial may still use them; freed at close */
+  char *stream_url;                   /* the stream's URL (named or found), NULL = off */
+  struct kvs__olddialer *old_dialers; /* URLs replaced: a connection may still name one */
   int stream_auto;                    /* found by asking the daemon (not opted out, not named) */
   int stream_named;                   /* set by kvs_client_stream */
   int stream_asking;                  /* a thread is asking now */
@@ -168,12 +167,12 @@ int kvs__ping_quiet(kvs_client *c, uint32_t timeout_ms, nng_msg **rep);
 typedef struct kvs__sconn kvs__sconn;
 /* The answer of a GET: rv (a kvs_err; a server error with its message in
  * errmsg) and, on KVS_OK, the answer's payload - a view valid only during
- * the callback. Called once, on an nng thread (or on the caller's when the
- * call cannot start). */
+ * the callback. Called once, on an nng thread or a stream connection's
+ * thread (or on the caller's when the call cannot start). */
 typedef void (*kvs__get_done_fn)(void *arg, int rv, const char *errmsg, const uint8_t *payload,
                                  size_t n);
-/* One GET round trip: over the client's byte stream when kvs_client_stream
- * set one (the payload read into the connection's reused buffer, no nng
+/* One GET round trip: over the client's byte stream when it has one (on the
+ * connection's own thread, the payload read into its reused buffer, no nng
  * message), otherwise - or when the stream cannot carry it before its answer
  * began - by kvs__call with check (idempotent, retried). req is a sealed
  * GET frame, consumed. timeout_ms 0 = the client's request timeout. */
@@ -185,7 +184,7 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
  * Never fails: without an answer, gets go through REQ/REP. */
 void kvs__stream_default(kvs_client *c, uint32_t timeout_ms);
 /* At kvs_client_free, once c->closed is set: ends the stream calls in
- * flight (KVS_ECLOSED), waits for them, frees the connections. */
+ * flight (KVS_ECLOSED), joins the connection threads, frees them. */
 void kvs__stream_close(kvs_client *c);
 
 /* ---- same-host fast path (conn.c) */

@@ -1,38 +1,54 @@
-/* stream.c - GETs over kvstashd's byte-stream listener (kvs_client_stream):
- * plain frames on TCP / IPC connections made with nng's stream API
- * (docs/protocol.md "Byte streams"), beside the REQ/REP pool of conn.c.
+/* stream.c - GETs over kvstashd's byte-stream listener (found by the
+ * client at its first get, or named with kvs_client_stream): plain frames on
+ * TCP / Unix-socket connections (docs/protocol.md "Byte streams"), beside the
+ * REQ/REP pool of conn.c.
  *
- * A connection carries one request at a time; idle ones wait in a pool
- * (dialed on demand, at most KVS__SCONN_MAX). The answer is read without an
- * nng message: header first (checked, payload_len bounded by max_msg_bytes
- * before anything is allocated), then the payload straight into the
- * connection's buffer, which is kept and reused - the decoder reads the value
- * from there, so a GET's bytes are copied once, socket to buffer, as a RESP
- * reader does. Whatever stands in the way of the stream (no listener, a
- * connection lost before the answer began) sends the same request through
- * the REQ/REP path instead, so a get never fails for the stream's sake. */
+ * A connection carries one request at a time and has a thread of its own
+ * that writes the request and reads the answer with plain send()/read(),
+ * as the daemon's side does: no nng aio in between, whose completion of
+ * every partial read is a hop to a task thread (a 1 MiB answer arrives in
+ * many pieces over loopback; each hop, on a busy box, a wait for a core).
+ * Idle connections wait in a pool (dialed on demand, at most
+ * KVS__SCONN_MAX). The answer is read without an nng message: header first
+ * (checked, payload_len bounded by max_msg_bytes before anything is
+ * allocated), then the payload straight into the connection's buffer, which
+ * is kept and reused - the decoder reads the value from there, so a GET's
+ * bytes are copied once, socket to buffer, as a RESP reader does. Whatever
+ * stands in the way of the stream (no listener, a connection lost before the
+ * answer began) sends the same request through the REQ/REP path instead, so
+ * a get never fails for the stream's sake. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "client_int.h"
 #include "kvs_wire.h"
 
 #define KVS__SCONN_MAX 64
-
-enum { SC_SEND, SC_HDR, SC_BODY };
+/* A blocked connection thread looks at the client's closing flag this often. */
+#define KVS__SCONN_SLICE_MS 100
 
 struct kvs__sconn {
   kvs_client *c;
-  nng_stream *s;   /* NULL until dialed */
+  int fd;          /* -1 until dialed (and after a failure) */
   const char *url; /* the stream URL of the call it serves (kept alive until close) */
-  nng_aio *aio;    /* dial, then one send or recv at a time */
-  int state;
-  int reused; /* came from the pool: a failure before any answer byte may be a stale conn */
+  pthread_t th;
+  pthread_cond_t cv; /* under c->mu: a call was handed over, or the client closes */
+  int has_call;
+  int reused; /* came from the pool connected: a failure before any answer byte may be stale */
   uint8_t hdr[KVS_WIRE_HDR_SIZE];
   uint8_t *buf; /* the answer's payload; kept between calls */
-  size_t cap, have, want;
+  size_t cap;
   /* the call it serves */
   nng_msg *req;
   uint16_t op;
@@ -74,9 +90,10 @@ static void via_nng(kvs_client *c, nng_msg *req, uint64_t deadline_ns, kvs__call
     return;
   }
   nng_get *g = malloc(sizeof *g);
-  kvs__call *call = g ? kvs__call_new(c, req, kvs_wire_op_idempotent(KVS_OP_GET), (uint32_t)((deadline_ns - now) / 1000000), check,
-                                      nng_get_done, g)
-                      : NULL;
+  kvs__call *call =
+      g ? kvs__call_new(c, req, kvs_wire_op_idempotent(KVS_OP_GET),
+                        (uint32_t)((deadline_ns - now) / 1000000), check, nng_get_done, g)
+        : NULL;
   if (!call) {
     if (!g) nng_msg_free(req);
     free(g);
@@ -88,14 +105,129 @@ static void via_nng(kvs_client *c, nng_msg *req, uint64_t deadline_ns, kvs__call
 }
 
 /* ---------------------------------------------------------- streams */
-static void sconn_cb(void *arg);
-
-static int64_t left_ms(const kvs__sconn *s) {
-  uint64_t now = kvs_now_ns();
-  return now >= s->deadline_ns ? 0 : (int64_t)((s->deadline_ns - now) / 1000000 + 1);
+static int closing(kvs_client *c) {
+  pthread_mutex_lock(&c->mu);
+  int v = c->closed;
+  pthread_mutex_unlock(&c->mu);
+  return v;
 }
 
-/* Back to the pool (or closed when the client is closing / the pool is full). */
+/* Waits until fd is ready for ev, in slices (the client may be closing):
+ * 0 ready, KVS_ETIMEDOUT at the deadline, KVS_ECLOSED when closing. */
+static int wait_fd(kvs__sconn *s, short ev, uint64_t deadline_ns) {
+  for (;;) {
+    if (closing(s->c)) return KVS_ECLOSED;
+    uint64_t now = kvs_now_ns();
+    if (now >= deadline_ns) return KVS_ETIMEDOUT;
+    uint64_t left = (deadline_ns - now) / 1000000 + 1;
+    struct pollfd pf = {s->fd, ev, 0};
+    int r = poll(&pf, 1, (int)(left < KVS__SCONN_SLICE_MS ? left : KVS__SCONN_SLICE_MS));
+    if (r > 0) return 0; /* ready, or an error the next send/read reports */
+    if (r < 0 && errno != EINTR) return KVS_EIO;
+  }
+}
+
+/* Writes or reads all n bytes. 0, or a kvs_err with *moved (bytes moved
+ * before it) for the caller to tell "nothing of the answer yet". */
+static int xfer(kvs__sconn *s, uint8_t *p, size_t n, int send_, size_t *moved) {
+  size_t have = 0;
+  *moved = 0;
+  while (have < n) {
+    ssize_t r =
+        send_ ? send(s->fd, p + have, n - have, MSG_NOSIGNAL) : read(s->fd, p + have, n - have);
+    if (r > 0) {
+      have += (size_t)r;
+      *moved = have;
+      continue;
+    }
+    if (r == 0 && !send_) return KVS_ECONN; /* the daemon closed the connection */
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return KVS_ECONN;
+    int w = wait_fd(s, send_ ? POLLOUT : POLLIN, s->deadline_ns);
+    if (w) return w;
+  }
+  return 0;
+}
+
+/* host and port of "tcp+stream://HOST:PORT" ([v6] brackets dropped), or the
+ * path of "ipc+stream:///path". -1 when malformed. */
+static int stream_addr(const char *url, char *host, size_t hcap, char *port, size_t pcap) {
+  const char *h = url + 13;
+  if (!strncmp(url, "ipc+stream://", 13)) {
+    if (!*h || strlen(h) >= hcap || strlen(h) >= sizeof((struct sockaddr_un *)0)->sun_path)
+      return -1;
+    snprintf(host, hcap, "%s", h);
+    port[0] = 0;
+    return 0;
+  }
+  if (strncmp(url, "tcp+stream://", 13)) return -1;
+  const char *colon = strrchr(h, ':');
+  if (!colon || colon == h || !colon[1] || strlen(colon + 1) >= pcap ||
+      strspn(colon + 1, "0123456789") != strlen(colon + 1))
+    return -1;
+  size_t n = (size_t)(colon - h);
+  if (h[0] == '[' && n >= 2 && h[n - 1] == ']') h++, n -= 2;
+  if (!n || n >= hcap) return -1;
+  memcpy(host, h, n);
+  host[n] = 0;
+  snprintf(port, pcap, "%s", colon + 1);
+  return 0;
+}
+
+/* A connection to the stream URL (non-blocking, TCP_NODELAY), within the
+ * client's connect timeout; -1 when there is none. */
+static int dial(kvs__sconn *s) {
+  kvs_client *c = s->c;
+  char host[256], port[16];
+  if (stream_addr(s->url, host, sizeof host, port, sizeof port)) return -1;
+  uint64_t dl = kvs_now_ns() + (uint64_t)c->o.connect_timeout_ms * 1000000ull;
+  if (dl > s->deadline_ns) dl = s->deadline_ns;
+  if (!port[0]) { /* ipc */
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, host, strlen(host) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+      close(fd);
+      return -1;
+    }
+    (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+  }
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+  if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai) return -1;
+  int fd = -1;
+  for (struct addrinfo *x = ai; x && fd < 0; x = x->ai_next) {
+    fd = socket(x->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) continue;
+    int rv = connect(fd, x->ai_addr, x->ai_addrlen), err = 0;
+    if (rv != 0 && errno == EINPROGRESS) {
+      s->fd = fd;
+      int w = wait_fd(s, POLLOUT, dl);
+      s->fd = -1;
+      socklen_t el = sizeof err;
+      if (w || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0) err = w ? w : errno;
+      rv = err ? -1 : 0;
+    }
+    if (rv != 0) {
+      close(fd);
+      fd = -1;
+    }
+  }
+  freeaddrinfo(ai);
+  if (fd >= 0) {
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  return fd;
+}
+
+static void sconn_drop(kvs__sconn *s) {
+  if (s->fd >= 0) close(s->fd);
+  s->fd = -1;
+}
+
+/* Back to the pool (a dropped one is dialed again on its next use). */
 static void sconn_idle(kvs__sconn *s) {
   kvs_client *c = s->c;
   pthread_mutex_lock(&c->mu);
@@ -108,49 +240,19 @@ static void sconn_idle(kvs__sconn *s) {
   pthread_mutex_unlock(&c->mu);
 }
 
-/* A dead connection: closed now, freed at kvs_client_free (its aio cannot
- * be freed from its own callback), or reused for a redial. */
-static void sconn_drop(kvs__sconn *s) {
-  if (s->s) {
-    nng_stream_free(s->s); /* closes; frees through nng's reaper */
-    s->s = NULL;
-  }
-}
-
-static void io(kvs__sconn *s, void *p, size_t n, int send) {
-  nng_iov iov = {p, n};
-  nng_aio_set_iov(s->aio, 1, &iov);
-  int64_t ms = left_ms(s);
-  nng_aio_set_timeout(s->aio, (nng_duration)(ms > 0 ? ms : 1));
-  if (send)
-    nng_stream_send(s->s, s->aio);
-  else
-    nng_stream_recv(s->s, s->aio);
-}
-
 static void finish(kvs__sconn *s, int rv, const char *msg, const uint8_t *p, size_t n) {
-  kvs__get_done_fn done = s->done;
-  void *arg = s->arg;
   nng_msg *req = s->req;
   s->req = NULL;
   if (rv == KVS_OK) atomic_fetch_add(&s->c->n_stream_gets, 1);
-  done(arg, rv, msg, p, n);
+  s->done(s->arg, rv, msg, p, n);
   nng_msg_free(req);
-  sconn_idle(s); /* a dropped one (s->s NULL) is redialed on its next use */
-}
-
-static void start_send(kvs__sconn *s) {
-  s->state = SC_SEND;
-  s->have = 0;
-  s->want = nng_msg_len(s->req);
-  io(s, nng_msg_body(s->req), s->want, 1);
+  sconn_idle(s);
 }
 
 /* The stream could not carry this request: the REQ/REP path takes it. */
-static void fallback(kvs__sconn *s, const char *why, int nng_rv) {
+static void fallback(kvs__sconn *s, const char *why, int err) {
   kvs_client *c = s->c;
-  KVS_LOGD("client", "stream get goes through REQ/REP", "why=\"%s\" err=\"%s\"", why,
-           nng_rv ? nng_strerror(nng_rv) : "");
+  KVS_LOGD("client", "stream get goes through REQ/REP", "why=\"%s\" err=%s", why, kvs_errname(err));
   atomic_fetch_add(&c->n_stream_fallbacks, 1);
   nng_msg *req = s->req;
   kvs__get_done_fn done = s->done;
@@ -163,99 +265,96 @@ static void fallback(kvs__sconn *s, const char *why, int nng_rv) {
   via_nng(c, req, deadline, check, done, arg);
 }
 
-static void sconn_cb(void *arg) {
-  kvs__sconn *s = arg;
+/* One request on the connection's own thread: dial if needed, write, read
+ * the head, then the payload into the kept buffer. */
+static void serve(kvs__sconn *s) {
   kvs_client *c = s->c;
-  int rv = nng_aio_result(s->aio);
-  if (!s->req) return; /* an abort while idle */
-  if (!s->s) {         /* the dial */
-    if (rv) {          /* no listener there: the stream is not tried again for a second */
+  char msg[KVS__ERRMSG_LEN] = "";
+  if (s->fd < 0) {
+    s->reused = 0;
+    s->fd = dial(s);
+    if (s->fd < 0) { /* no listener there: the stream is not tried again for a second */
       pthread_mutex_lock(&c->mu);
       c->stream_retry_ns = kvs_now_ns() + 1000000000ull;
       pthread_mutex_unlock(&c->mu);
-      fallback(s, "cannot reach the stream listener", rv);
+      fallback(s, "cannot reach the stream listener", KVS_ECONN);
       return;
     }
-    s->s = nng_aio_get_output(s->aio, 0);
-    start_send(s);
-    return;
   }
+  size_t moved = 0;
+  int stage = 0; /* 0 send, 1 head, 2 body */
+  int rv = xfer(s, nng_msg_body(s->req), nng_msg_len(s->req), 1, &moved);
+  if (!rv) stage = 1, rv = xfer(s, s->hdr, KVS_WIRE_HDR_SIZE, 0, &moved);
   if (rv) {
-    int closing;
-    pthread_mutex_lock(&c->mu);
-    closing = c->closed;
-    pthread_mutex_unlock(&c->mu);
     /* before any byte of the answer the request may be repeated (GET is
      * idempotent): a pooled connection the server closed, a listener gone */
-    if (!closing && rv != NNG_ETIMEDOUT && (s->state != SC_BODY && s->have == 0)) {
+    if (rv != KVS_ECLOSED && rv != KVS_ETIMEDOUT && (stage == 0 || moved == 0)) {
       fallback(s, s->reused ? "pooled stream connection lost" : "stream connection lost", rv);
       return;
     }
-    char msg[KVS__ERRMSG_LEN];
     snprintf(msg, sizeof msg, "stream %s %s: %s",
-             s->state == SC_SEND ? "sending to" : "waiting for the answer from", s->url,
-             nng_strerror(rv));
+             stage ? "waiting for the answer from" : "sending to", s->url, kvs_errname(rv));
     sconn_drop(s);
-    finish(s, closing ? KVS_ECLOSED : kvs__err_from_nng(rv), msg, NULL, 0);
+    finish(s, rv, msg, NULL, 0);
     return;
   }
-  s->have += nng_aio_count(s->aio);
-  if (s->have < s->want) {
-    if (s->state == SC_SEND)
-      io(s, (uint8_t *)nng_msg_body(s->req) + s->have, s->want - s->have, 1);
+  kvs_wire_hdr h;
+  int e = kvs_wire_hdr_decode_head(s->hdr, &h);
+  if (e == KVS_OK && (!(h.flags & KVS_WIRE_F_RESPONSE) || h.op != s->op || h.req_id != s->req_id))
+    e = KVS_EPROTO;
+  if (e == KVS_OK && h.payload_len > c->o.max_msg_bytes) e = KVS_ETOOBIG;
+  if (e == KVS_OK && h.payload_len > s->cap) { /* grows to the largest answer, then reused */
+    uint8_t *b = realloc(s->buf, h.payload_len);
+    if (!b)
+      e = KVS_ENOMEM;
     else
-      io(s, (s->state == SC_HDR ? s->hdr : s->buf) + s->have, s->want - s->have, 0);
+      s->buf = b, s->cap = h.payload_len;
+  }
+  if (e) {
+    snprintf(msg, sizeof msg, "bad answer from %s (%s)", s->url, kvs_errname(e));
+    sconn_drop(s); /* the framing is lost */
+    finish(s, e == KVS_ENOMEM ? e : KVS_EPROTO, msg, NULL, 0);
     return;
   }
-  if (s->state == SC_SEND) {
-    s->state = SC_HDR;
-    s->have = 0;
-    s->want = KVS_WIRE_HDR_SIZE;
-    io(s, s->hdr, s->want, 0);
+  size_t n = h.payload_len;
+  rv = n ? xfer(s, s->buf, n, 0, &moved) : 0;
+  if (rv) {
+    snprintf(msg, sizeof msg, "stream waiting for the answer from %s: %s", s->url, kvs_errname(rv));
+    sconn_drop(s);
+    finish(s, rv, msg, NULL, 0);
     return;
-  }
-  char msg[KVS__ERRMSG_LEN] = "";
-  if (s->state == SC_HDR) {
-    kvs_wire_hdr h;
-    int e = kvs_wire_hdr_decode_head(s->hdr, &h);
-    if (e == KVS_OK && (!(h.flags & KVS_WIRE_F_RESPONSE) || h.op != s->op || h.req_id != s->req_id))
-      e = KVS_EPROTO;
-    if (e == KVS_OK && h.payload_len > c->o.max_msg_bytes) e = KVS_ETOOBIG;
-    if (e == KVS_OK && h.payload_len > s->cap) { /* grows to the largest answer, then reused */
-      uint8_t *b = realloc(s->buf, h.payload_len);
-      if (!b)
-        e = KVS_ENOMEM;
-      else
-        s->buf = b, s->cap = h.payload_len;
-    }
-    if (e) {
-      snprintf(msg, sizeof msg, "bad answer from %s (%s)", s->url, kvs_errname(e));
-      sconn_drop(s); /* the framing is lost */
-      finish(s, e == KVS_ENOMEM ? e : KVS_EPROTO, msg, NULL, 0);
-      return;
-    }
-    s->state = SC_BODY;
-    s->have = 0;
-    s->want = h.payload_len;
-    if (s->want) {
-      io(s, s->buf, s->want, 0);
-      return;
-    }
   }
   /* the whole answer: status through the caller's check, as over REQ/REP */
   int32_t status = kvs_wire_hdr_status(s->hdr);
   if (status < 0) {
-    size_t ml = s->want < KVS_WIRE_MAX_ERRMSG ? s->want : KVS_WIRE_MAX_ERRMSG;
+    size_t ml = n < KVS_WIRE_MAX_ERRMSG ? n : KVS_WIRE_MAX_ERRMSG;
     snprintf(msg, sizeof msg, "kvstashd %s: %s: %.*s", kvs_wire_op_name(s->op), kvs_errname(status),
              (int)ml, (const char *)s->buf);
     if (status == KVS_EBUSY) { /* draining: the REQ/REP path retries, or says so */
-      fallback(s, "stream listener draining", 0);
+      fallback(s, "stream listener draining", status);
       return;
     }
     finish(s, status, msg, NULL, 0);
     return;
   }
-  finish(s, KVS_OK, "", s->buf, s->want);
+  finish(s, KVS_OK, "", s->buf, n);
+}
+
+static void *sconn_main(void *arg) {
+  kvs__sconn *s = arg;
+  kvs_client *c = s->c;
+  pthread_mutex_lock(&c->mu);
+  for (;;) {
+    while (!s->has_call && !c->closed)
+      pthread_cond_wait(&s->cv, &c->mu);
+    if (!s->has_call) break; /* closing, nothing handed over */
+    s->has_call = 0;
+    pthread_mutex_unlock(&c->mu);
+    serve(s);
+    pthread_mutex_lock(&c->mu);
+  }
+  pthread_mutex_unlock(&c->mu);
+  return NULL;
 }
 
 void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_check_fn check,
@@ -263,51 +362,49 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
   uint64_t deadline =
       kvs_now_ns() + (uint64_t)(timeout_ms ? timeout_ms : c->o.request_timeout_ms) * 1000000ull;
   kvs__sconn *s = NULL;
-  int reused = 0;
-  nng_stream_dialer *dialer = NULL;
+  int fresh = 0;
   pthread_mutex_lock(&c->mu);
-  if (c->stream_dialer && !c->closed && kvs_now_ns() >= c->stream_retry_ns) {
-    dialer = c->stream_dialer; /* a replaced one stays alive until kvs_client_free */
+  if (c->stream_url && !c->closed && kvs_now_ns() >= c->stream_retry_ns) {
     s = c->sidle;
     if (s) {
       c->sidle = s->next;
-      reused = s->s != NULL;
     } else if (c->n_sconns < KVS__SCONN_MAX && (s = calloc(1, sizeof *s))) {
-      if (nng_aio_alloc(&s->aio, sconn_cb, s)) {
+      s->c = c;
+      s->fd = -1;
+      pthread_cond_init(&s->cv, NULL);
+      fresh = 1;
+    }
+    if (s) {
+      c->s_active++;
+      s->url = c->stream_url;
+      s->reused = s->fd >= 0;
+      const uint8_t *h = nng_msg_body(req);
+      s->req = req;
+      s->op = kvs_wire_hdr_op(h);
+      s->req_id = kvs_wire_hdr_req_id(h);
+      s->deadline_ns = deadline;
+      s->check = check;
+      s->done = done;
+      s->arg = arg;
+      if (fresh && pthread_create(&s->th, NULL, sconn_main, s) != 0) {
+        pthread_cond_destroy(&s->cv);
         free(s);
         s = NULL;
-      } else {
-        s->c = c;
+        c->s_active--;
+      } else if (fresh) {
         s->all_next = c->sall;
         c->sall = s;
         c->n_sconns++;
       }
     }
     if (s) {
-      c->s_active++;
-      s->url = c->stream_url;
+      s->has_call = 1;
+      pthread_cond_signal(&s->cv);
     }
   }
   pthread_mutex_unlock(&c->mu);
-  if (!s) { /* no stream, or every connection busy: the REQ/REP pool */
+  if (!s) /* no stream, or every connection busy: the REQ/REP pool */
     via_nng(c, req, deadline, check, done, arg);
-    return;
-  }
-  const uint8_t *h = nng_msg_body(req);
-  s->req = req;
-  s->op = kvs_wire_hdr_op(h);
-  s->req_id = kvs_wire_hdr_req_id(h);
-  s->deadline_ns = deadline;
-  s->check = check;
-  s->done = done;
-  s->arg = arg;
-  s->reused = reused;
-  if (s->s) {
-    start_send(s);
-    return;
-  }
-  nng_aio_set_timeout(s->aio, (nng_duration)c->o.connect_timeout_ms);
-  nng_stream_dialer_dial(dialer, s->aio);
 }
 
 /* host of a "scheme://HOST:PORT" URL into out ("" when there is none);
@@ -359,10 +456,9 @@ int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char 
   return KVS_ENOENT;
 }
 
-/* A stream URL no longer in use: its dialer may still be dialing and its
- * string may be in a message being written, so both live until close. */
+/* A stream URL no longer in use: a connection thread may still be writing
+ * it into a message, so it lives until close. */
 struct kvs__olddialer {
-  nng_stream_dialer *d;
   char *url;
   struct kvs__olddialer *next;
 };
@@ -375,9 +471,10 @@ static kvs_err stream_set(kvs_client *c, const char *url, int named) {
   int tcp = !strncmp(url, "tcp+stream://", 13), ipc = !strncmp(url, "ipc+stream://", 13);
   if (!tcp && !ipc)
     return kvs__seterr(c, KVS_EINVAL, "stream URL must be tcp+stream:// or ipc+stream://");
-  char nu[512]; /* tcp+stream://x -> tcp://x */
-  if (strlen(url) >= sizeof nu) return kvs__seterr(c, KVS_EINVAL, "stream URL too long");
-  snprintf(nu, sizeof nu, "%.3s%s", url, url + 10);
+  char host[256], port[16];
+  if (strlen(url) >= 512 || stream_addr(url, host, sizeof host, port, sizeof port))
+    return kvs__seterr(c, KVS_EINVAL, "stream URL %.300s: not %s", url,
+                       tcp ? "tcp+stream://HOST:PORT" : "ipc+stream:///PATH");
   pthread_mutex_lock(&c->mu);
   int busy = c->stream_named, same = c->stream_url && !strcmp(c->stream_url, url);
   if (same || busy) {
@@ -387,44 +484,36 @@ static kvs_err stream_set(kvs_client *c, const char *url, int named) {
                          : KVS_OK;
   }
   pthread_mutex_unlock(&c->mu);
-  nng_stream_dialer *d = NULL;
-  int rv = nng_stream_dialer_alloc(&d, nu);
-  if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "stream URL %s: %s", url, nng_strerror(rv));
-  if (tcp) (void)nng_stream_dialer_set_bool(d, NNG_OPT_TCP_NODELAY, true);
   char *copy = strdup(url);
   struct kvs__olddialer *old = malloc(sizeof *old);
   if (!copy || !old) {
-    nng_stream_dialer_free(d);
     free(copy);
     free(old);
     return KVS_ENOMEM;
   }
-  nng_stream *stale[KVS__SCONN_MAX];
-  int n_stale = 0;
+  int stale[KVS__SCONN_MAX], n_stale = 0;
   pthread_mutex_lock(&c->mu);
   if (c->stream_named || c->closed) { /* named meanwhile on another thread */
     int busy2 = c->stream_named && named;
     pthread_mutex_unlock(&c->mu);
-    nng_stream_dialer_free(d);
     free(copy);
     free(old);
     return busy2 ? kvs__seterr(c, KVS_EBUSY, "the stream URL is set once per client") : KVS_OK;
   }
-  if (c->stream_dialer) {
-    *old = (struct kvs__olddialer){c->stream_dialer, c->stream_url, c->old_dialers};
+  if (c->stream_url) {
+    *old = (struct kvs__olddialer){c->stream_url, c->old_dialers};
     c->old_dialers = old;
     old = NULL;
     for (kvs__sconn *x = c->sidle; x; x = x->next)
-      if (x->s && n_stale < KVS__SCONN_MAX) stale[n_stale++] = x->s, x->s = NULL;
+      if (x->fd >= 0 && n_stale < KVS__SCONN_MAX) stale[n_stale++] = x->fd, x->fd = -1;
   }
   c->stream_url = copy;
-  c->stream_dialer = d;
   c->stream_retry_ns = 0;
   if (named) c->stream_named = 1;
   pthread_mutex_unlock(&c->mu);
   free(old);
   for (int i = 0; i < n_stale; i++)
-    nng_stream_free(stale[i]);
+    close(stale[i]);
   return KVS_OK;
 }
 
@@ -433,11 +522,10 @@ static kvs_err stream_set(kvs_client *c, const char *url, int named) {
 static void stream_unset(kvs_client *c) {
   struct kvs__olddialer *old = malloc(sizeof *old);
   pthread_mutex_lock(&c->mu);
-  if (old && c->stream_dialer && !c->stream_named) {
-    *old = (struct kvs__olddialer){c->stream_dialer, c->stream_url, c->old_dialers};
+  if (old && c->stream_url && !c->stream_named) {
+    *old = (struct kvs__olddialer){c->stream_url, c->old_dialers};
     c->old_dialers = old;
     old = NULL;
-    c->stream_dialer = NULL;
     c->stream_url = NULL;
   }
   pthread_mutex_unlock(&c->mu);
@@ -521,47 +609,34 @@ kvs_err kvs_client_stream(kvs_client *c, const char *url) {
 }
 
 void kvs__stream_close(kvs_client *c) {
-  /* c->closed is set: no new stream call starts. Abort those in flight
-   * (their done runs with KVS_ECLOSED, or they fall back to REQ/REP, which
-   * ends at once) until none is left - an abort that lands between two
-   * operations of a call does nothing, hence the loop - then free. The
-   * streams themselves are closed only here, after every callback is over. */
+  /* c->closed is set: no call is handed to a connection any more, and a
+   * connection thread sees it within KVS__SCONN_SLICE_MS wherever it waits
+   * (its call ends with KVS_ECLOSED, or falls back to REQ/REP, which ends
+   * at once). Wake the idle ones, join them all, then free. */
   pthread_mutex_lock(&c->mu);
   kvs__sconn *all = c->sall;
-  while (c->s_active > 0) {
-    pthread_mutex_unlock(&c->mu);
-    for (kvs__sconn *s = all; s; s = s->all_next)
-      nng_aio_abort(s->aio, NNG_ECLOSED);
-    pthread_mutex_lock(&c->mu);
-    if (c->s_active > 0) {
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_nsec += 10 * 1000000;
-      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-      pthread_cond_timedwait(&c->cv, &c->mu, &ts);
-    }
-  }
+  for (kvs__sconn *s = all; s; s = s->all_next)
+    pthread_cond_signal(&s->cv);
+  pthread_mutex_unlock(&c->mu);
+  for (kvs__sconn *s = all; s; s = s->all_next)
+    pthread_join(s->th, NULL);
+  pthread_mutex_lock(&c->mu);
   c->sall = NULL;
   c->sidle = NULL;
   pthread_mutex_unlock(&c->mu);
-  for (kvs__sconn *s = all; s; s = s->all_next)
-    nng_aio_stop(s->aio);
   while (all) {
     kvs__sconn *n = all->all_next;
-    nng_aio_free(all->aio);
-    if (all->s) nng_stream_free(all->s);
+    sconn_drop(all);
+    pthread_cond_destroy(&all->cv);
     free(all->buf);
     free(all);
     all = n;
   }
-  if (c->stream_dialer) nng_stream_dialer_free(c->stream_dialer);
-  c->stream_dialer = NULL;
   free(c->stream_url);
   c->stream_url = NULL;
   while (c->old_dialers) {
     struct kvs__olddialer *o = c->old_dialers;
     c->old_dialers = o->next;
-    nng_stream_dialer_free(o->d);
     free(o->url);
     free(o);
   }
