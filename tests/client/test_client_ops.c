@@ -907,6 +907,7 @@ static void test_tls_roundtrip(void) {
     o.tenant = tenant;
     o.tls_ca_file = ca;
     o.tls_server_name = "localhost";
+    o.connect_timeout_ms = 30000; /* a TLS handshake on a loaded 2-core box can take seconds */
     kvs_client *c = NULL;
     int rv = kvs_client_create(&o, &c);
     CU_ASSERT_EQUAL(rv, KVS_OK);
