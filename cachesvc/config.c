@@ -31,6 +31,7 @@ void kvs_svc_config_defaults(kvs_svc_config *c) {
   c->flush_interval_ms = 5000;
   c->lease_ms = 5000;
   c->log_level = KVS_LOG_WARN;
+  kvs__cluster_config_defaults(&c->cluster);
 }
 
 /* The last error of this thread, one line (kvs_svc_config_error). */
@@ -240,6 +241,9 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     int l = kvs_log_parse_level(v);
     if (l < 0) return bad(key, v, "error|warn|info|debug|trace");
     c->log_level = l;
+  } else if (!strncmp(key, "cluster", 7)) {
+    int r = kvs__cluster_config_set(&c->cluster, key, v); /* cluster.c; -2: no such key */
+    if (r) return r == -2 ? unknown(key) : bad(key, v, "see docs/cluster.md");
   } else {
     return unknown(key);
   }
@@ -351,4 +355,5 @@ void kvs_svc_config_usage(FILE *f) {
         "  lease_ms            how long a LEASE pins its range    (5000)\n"
         "  log_level           error|warn|info|debug|trace        (warn)\n",
         f);
+  kvs__cluster_usage(f);
 }

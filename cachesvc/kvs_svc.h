@@ -38,6 +38,20 @@ typedef struct kvs_svc_model_cost {
   double cost; /* relative prefill cost per token */
 } kvs_svc_model_cost;
 
+/* Cluster membership (docs/cluster.md); url "" = a node on its own. Parsed
+ * by cachesvc/cluster.c (keys cluster, cluster_*). */
+typedef struct kvs_svc_cluster_config {
+  char url[512];              /* cluster: etcd://host:2379[,host:port]/NAME */
+  char node_id[64];           /* cluster_node_id: default <hostname>-<data port> */
+  char advertise[256];        /* cluster_advertise: data URL the others dial (first tcp://) */
+  char advertise_stream[256]; /* cluster_advertise_stream: (first tcp+stream://) */
+  char zone[64];              /* cluster_zone */
+  char host_id[80];           /* cluster_host_id: same value = same host (/etc/machine-id) */
+  uint64_t capacity;          /* cluster_capacity: placement weight (0 = disk_bytes) */
+  uint32_t replicas;          /* cluster_replicas: R (2) */
+  uint32_t lease_ttl_s;       /* cluster_lease_ttl_s: the record's etcd lease (5) */
+} kvs_svc_cluster_config;
+
 /* Every option, with its config-file key (= the flag name, `--key=value`). */
 typedef struct kvs_svc_config {
   char data_dir[512];      /* data_dir: T1 RocksDB + secret; default ./kvstash-data */
@@ -68,6 +82,7 @@ typedef struct kvs_svc_config {
   uint64_t shm_bytes;      /* shm_bytes: size of each tenant's segment (0 = ram_bytes) */
   uint32_t lease_ms;       /* lease_ms: how long a LEASE holds its range */
   int log_level;           /* log_level: error|warn|info|debug|trace */
+  kvs_svc_cluster_config cluster; /* cluster, cluster_*: see docs/cluster.md */
 } kvs_svc_config;
 
 /* Fills the defaults (loopback only, data dir ./kvstash-data, sync). */

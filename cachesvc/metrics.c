@@ -191,6 +191,9 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
       sb_printf(&b, "kvstash_rocksdb{tier=\"%s\",property=\"%s\"} %llu\n", tier_name[t],
                 props[i] + 8, (unsigned long long)kvs__store_rocksdb_prop(st, t, props[i]));
   }
+  char cl[1024];
+  kvs__cluster_metrics(m, cl, sizeof cl); /* "" when not in a cluster */
+  sb_printf(&b, "%s", cl);
   if (!b.p) b.p = calloc(1, 1);
   return b.p;
 }

@@ -13,6 +13,7 @@ struct kvs_svc {
   kvs__dataplane *dp;
   kvs__streamplane *sp;
   kvs__http *http;
+  kvs__cluster *cl;
   atomic_int ready;
   pthread_t maint;
   int maint_started;
@@ -63,6 +64,7 @@ kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
   if (rc == KVS_OK) rc = kvs__stream_start(&s->cfg, s->st, &s->met, &s->sp);
   if (rc == KVS_OK && s->cfg.http[0])
     rc = kvs__http_start(&s->cfg, s->st, &s->met, &s->ready, &s->http);
+  if (rc == KVS_OK) rc = kvs__cluster_start(&s->cfg, s->st, &s->met, &s->cl);
   if (rc == KVS_OK) {
     rc = pthread_create(&s->maint, NULL, maint_main, s) == 0 ? KVS_OK : KVS_EINTERNAL;
     s->maint_started = rc == KVS_OK;
@@ -91,6 +93,8 @@ void kvs_svc_stop(kvs_svc *s) {
   s->stopped = 1;
   atomic_store(&s->ready, 0);
   KVS_LOGI("svc", "draining", "%s", "");
+  kvs__cluster_stop(s->cl); /* leave the cluster first: clients stop routing here */
+  s->cl = NULL;
   kvs__stream_stop(s->sp); /* both planes finish the requests in flight */
   s->sp = NULL;
   kvs__dataplane_stop(s->dp);

@@ -40,6 +40,7 @@ typedef struct kvs__metrics {
   atomic_int_fast64_t clients_msg, clients_stream;
   uint64_t start_unix_ms; /* set once at start, before any thread reads it */
   uint64_t start_mono_ns;
+  _Atomic(struct kvs__cluster *) cluster; /* set while in a cluster (cluster.c) */
 } kvs__metrics;
 
 void kvs__hist_observe(kvs__hist *h, uint64_t ns);
@@ -206,6 +207,22 @@ kvs_err kvs__stream_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics 
 /* Drain (new requests: KVS_EBUSY; those in flight finish, at most 10 s),
  * then close listeners and connections and free. NULL does nothing. */
 void kvs__stream_stop(kvs__streamplane *p);
+
+/* ------------------------------------------------------------ cluster */
+/* cluster.c: the cluster, cluster_* options, and the node's membership
+ * (record + lease in etcd, the view of the others). docs/cluster.md. */
+void kvs__cluster_config_defaults(kvs_svc_cluster_config *c);
+/* 0 ok, -1 bad value, -2 unknown key */
+int kvs__cluster_config_set(kvs_svc_cluster_config *c, const char *key, const char *v);
+void kvs__cluster_usage(FILE *f);
+typedef struct kvs__cluster kvs__cluster;
+/* *out NULL when c->cluster.url is empty. c must outlive it. */
+kvs_err kvs__cluster_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,
+                           kvs__cluster **out);
+/* Deregisters (deletes the record, revokes the lease; bounded), stops. */
+void kvs__cluster_stop(kvs__cluster *cl);
+/* Prometheus lines of the cluster (appended to /metrics); "" when off. */
+void kvs__cluster_metrics(kvs__metrics *m, char *out, size_t cap);
 
 typedef struct kvs__http kvs__http;
 kvs_err kvs__http_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,

@@ -117,7 +117,33 @@ struct kvs_client {
   int n_sconns, s_active;             /* connections made / serving a call */
   uint64_t stream_retry_ns;           /* after a failed dial: REQ/REP until then */
   atomic_uint_fast64_t n_stream_gets, n_stream_fallbacks;
+  struct kvs__cluster *cluster; /* an etcd:// client (cluster.c): every call goes there */
 };
+
+/* ---- cluster clients (cluster.c, kvstash_cluster.h): the calls' hooks */
+kvs_err kvs__cluster_create(const kvs_client_opts *o, kvs_client **out);
+void kvs__cluster_free(kvs_client *c);
+kvs_err kvs__cluster_put(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                         const kvs_chunk *chunk, const kvs_layout *layout, const void *kv,
+                         const kvs_put_opts *o);
+kvs_err kvs__cluster_get(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                         const kvs_chunk *chunk, const kvs_layout *layout, void *out,
+                         uint64_t out_cap, const kvs_get_opts *o);
+kvs_err kvs__cluster_exists(kvs_client *c, const kvs_model_id *model, const kvs_key *key,
+                            kvs_entry_info *info);
+kvs_err kvs__cluster_keyop(kvs_client *c, int op, const kvs_key *key, uint32_t arg);
+kvs_err kvs__cluster_ping(kvs_client *c);
+kvs_err kvs__cluster_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n);
+kvs_err kvs__cluster_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                            size_t n_tokens, const kvs_chunk *chunks, size_t n_chunks,
+                            uint32_t mode, uint8_t *status, size_t *n_prefix);
+kvs_err kvs__cluster_batch(kvs_client *c, int put, const kvs_model_id *model,
+                           const int32_t *tokens, const kvs_chunk *chunks, size_t n,
+                           const kvs_layout *layout, void *const *outs, const uint64_t *caps,
+                           const void *const *kvs, const kvs_get_opts *go,
+                           const kvs_put_opts *po, kvs_err *rvs);
+#define KVS__NOT_ON_CLUSTER(c)                                                                     \
+  kvs__seterr((c), KVS_ENOTSUP, "not on a cluster client (etcd://): use a node's URL")
 
 /* Records err with a printf message as this thread's last error on c and
  * returns err. */

@@ -184,6 +184,7 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
   if (!out) return KVS_EINVAL;
   *out = NULL;
   if (!o || !o->url || !*o->url) return KVS_EINVAL;
+  if (!strncmp(o->url, "etcd://", 7)) return kvs__cluster_create(o, out); /* cluster.c */
   int tls = strncmp(o->url, "tls+tcp://", 10) == 0;
   if (strncmp(o->url, "tcp://", 6) && strncmp(o->url, "ipc://", 6) && !tls) return KVS_EINVAL;
   kvs_client *c = calloc(1, sizeof *c);
@@ -271,6 +272,7 @@ kvs_err kvs_client_create(const kvs_client_opts *o, kvs_client **out) {
 
 void kvs_client_free(kvs_client *c) {
   if (!c) return;
+  if (c->cluster) return kvs__cluster_free(c);
   /* No call starts a new nng operation once closed is set (see allowed());
    * those in flight are aborted until none is left, and only then are the
    * sockets closed: closing a socket under a context operation that is just

@@ -68,6 +68,10 @@ static const uint8_t *reply_payload(nng_msg *rep, size_t *n) {
 
 /* Seals req and does one round trip; *rep (may be NULL) gets the reply. */
 int kvs__frame_roundtrip(kvs_client *c, nng_msg *req, uint16_t op, int idempotent, nng_msg **rep) {
+  if (c->cluster) {
+    nng_msg_free(req);
+    return KVS__NOT_ON_CLUSTER(c);
+  }
   int rv = frame_seal(c, req, op);
   if (rv) {
     nng_msg_free(req);
@@ -106,6 +110,7 @@ int kvs__ping_quiet(kvs_client *c, uint32_t timeout_ms, nng_msg **rep) {
 /* --------------------------------------------------------- simple ops */
 kvs_err kvs_ping(kvs_client *c) {
   if (!c) return KVS_EINVAL;
+  if (c->cluster) return kvs__cluster_ping(c);
   nng_msg *m;
   if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
   return kvs__frame_roundtrip(c, m, KVS_OP_PING, kvs_wire_op_idempotent(KVS_OP_PING), NULL);
@@ -130,6 +135,7 @@ static int key_op(kvs_client *c, uint16_t op, const kvs_model_id *model, const k
 kvs_err kvs_exists(kvs_client *c, const kvs_model_id *model, const kvs_key *key,
                    kvs_entry_info *info) {
   if (!model || !info) return KVS_EINVAL;
+  if (c && c->cluster) return kvs__cluster_exists(c, model, key, info);
   nng_msg *rep = NULL;
   KVS_TRY(key_op(c, KVS_OP_EXISTS, model, key, 0, kvs_wire_op_idempotent(KVS_OP_EXISTS), &rep));
   size_t n;
@@ -146,15 +152,19 @@ kvs_err kvs_exists(kvs_client *c, const kvs_model_id *model, const kvs_key *key,
 }
 
 kvs_err kvs_delete(kvs_client *c, const kvs_key *key) {
+  if (c && c->cluster) return kvs__cluster_keyop(c, 0, key, 0);
   return key_op(c, KVS_OP_DELETE, NULL, key, 0, kvs_wire_op_idempotent(KVS_OP_DELETE), NULL);
 }
 kvs_err kvs_pin(kvs_client *c, const kvs_key *key) {
+  if (c && c->cluster) return kvs__cluster_keyop(c, 1, key, 0);
   return key_op(c, KVS_OP_PIN, NULL, key, 0, kvs_wire_op_idempotent(KVS_OP_PIN), NULL);
 }
 kvs_err kvs_unpin(kvs_client *c, const kvs_key *key) {
+  if (c && c->cluster) return kvs__cluster_keyop(c, 2, key, 0);
   return key_op(c, KVS_OP_UNPIN, NULL, key, 0, kvs_wire_op_idempotent(KVS_OP_UNPIN), NULL);
 }
 kvs_err kvs_ttl(kvs_client *c, const kvs_key *key, uint32_t ttl_s) {
+  if (c && c->cluster) return kvs__cluster_keyop(c, 3, key, ttl_s);
   return key_op(c, KVS_OP_TTL, NULL, key, ttl_s, kvs_wire_op_idempotent(KVS_OP_TTL), NULL);
 }
 
@@ -162,6 +172,7 @@ const char *kvs_stat_name(uint32_t i) { return kvs_wire_stat_name(i); }
 
 kvs_err kvs_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n) {
   if (!c || !n || (cap && !v)) return KVS_EINVAL;
+  if (c->cluster) return kvs__cluster_stats(c, v, cap, n);
   nng_msg *m, *rep = NULL;
   if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
   KVS_TRY(kvs__frame_roundtrip(c, m, KVS_OP_STATS, kvs_wire_op_idempotent(KVS_OP_STATS), &rep));
@@ -182,6 +193,9 @@ kvs_err kvs_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *toke
                    size_t *n_prefix) {
   if (!c || !model || !tokens || (n_chunks && (!chunks || !status))) return KVS_EINVAL;
   if (mode != KVS_LOOKUP_EACH && mode != KVS_LOOKUP_PREFIX) return KVS_EINVAL;
+  if (c->cluster)
+    return kvs__cluster_lookup(c, model, tokens, n_tokens, chunks, n_chunks, mode, status,
+                               n_prefix);
   for (size_t i = 0; i < n_chunks; i++) {
     if (!chunks[i].n_tokens || (uint64_t)chunks[i].start + chunks[i].n_tokens > n_tokens ||
         chunks[i].n_tokens > KVS_WIRE_MAX_TOKENS)
@@ -1022,6 +1036,7 @@ static kvs_err get_start(kvs_client *c, const kvs_model_id *model, const int32_t
 kvs_err kvs_get_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
                       const kvs_chunk *chunk, const kvs_layout *layout, void *out, uint64_t out_cap,
                       const kvs_get_opts *o, kvs_op **opp) {
+  if (c && c->cluster) return KVS__NOT_ON_CLUSTER(c);
   return get_start(c, model, tokens, chunk, layout, out, out_cap, o, 0, opp);
 }
 
@@ -1094,6 +1109,7 @@ kvs_err kvs_get(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
   kvs_op *op;
   kvs_get_opts d = {0};
   if (!o) o = &d;
+  if (c && c->cluster) return kvs__cluster_get(c, model, tokens, chunk, layout, out, out_cap, o);
   KVS_TRY(get_start(c, model, tokens, chunk, layout, out, out_cap, o, 1, &op));
   pthread_mutex_lock(&op->mu);
   while (!op->finished && !op->failed && !op->dec)
@@ -1135,6 +1151,7 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
   if (!opp) return KVS_EINVAL;
   *opp = NULL;
   if (!c || !model || !tokens || !chunk || !layout || !kv) return KVS_EINVAL;
+  if (c->cluster) return KVS__NOT_ON_CLUSTER(c);
   if (kvs_layout_validate(layout)) return kvs__seterr(c, KVS_ELAYOUT, "invalid layout");
   if (layout->dtype != KVS_DTYPE_F16 && layout->dtype != KVS_DTYPE_BF16)
     return kvs__seterr(c, KVS_ENOTSUP, "stored KV is f16 or bf16");
@@ -1212,6 +1229,7 @@ kvs_err kvs_put(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
                 const kvs_chunk *chunk, const kvs_layout *layout, const void *kv,
                 const kvs_put_opts *o) {
   kvs_op *op;
+  if (c && c->cluster) return kvs__cluster_put(c, model, tokens, chunk, layout, kv, o);
   KVS_TRY(kvs_put_start(c, model, tokens, chunk, layout, kv, o, &op));
   int rv = kvs_op_wait(op);
   kvs_op_free(op);
@@ -1224,6 +1242,9 @@ kvs_err kvs_get_batch(kvs_client *c, const kvs_model_id *model, const int32_t *t
                       void *const *outs, const uint64_t *out_caps, const kvs_get_opts *o,
                       kvs_err *rvs) {
   if (!c || (n && (!chunks || !outs || !out_caps))) return KVS_EINVAL;
+  if (c->cluster)
+    return kvs__cluster_batch(c, 0, model, tokens, chunks, n, layout, outs, out_caps, NULL, o,
+                              NULL, rvs);
   kvs_op **ops = calloc(n ? n : 1, sizeof *ops);
   if (!ops) return KVS_ENOMEM;
   int first = KVS_OK;
@@ -1247,6 +1268,9 @@ kvs_err kvs_put_batch(kvs_client *c, const kvs_model_id *model, const int32_t *t
                       const kvs_chunk *chunks, size_t n, const kvs_layout *layout,
                       const void *const *kvs, const kvs_put_opts *o, kvs_err *rvs) {
   if (!c || (n && (!chunks || !kvs))) return KVS_EINVAL;
+  if (c->cluster)
+    return kvs__cluster_batch(c, 1, model, tokens, chunks, n, layout, NULL, NULL, kvs, NULL, o,
+                              rvs);
   kvs_op **ops = calloc(n ? n : 1, sizeof *ops);
   if (!ops) return KVS_ENOMEM;
   int first = KVS_OK;

@@ -604,6 +604,7 @@ static kvs_err stream_auto(kvs_client *c) {
 
 kvs_err kvs_client_stream(kvs_client *c, const char *url) {
   if (!c || !url) return KVS_EINVAL;
+  if (c->cluster) return KVS__NOT_ON_CLUSTER(c);
   if (!strcmp(url, "auto")) return stream_auto(c);
   return stream_set(c, url, 1);
 }

@@ -52,6 +52,7 @@ int cmd_import(cli *x, int argc, char **argv);
 int cmd_warmup(cli *x, int argc, char **argv);
 int cmd_bench(cli *x, int argc, char **argv);
 int cmd_doctor(cli *x, int argc, char **argv);
+int cmd_cluster(cli *x, int argc, char **argv); /* cmd_cluster.c */
 
 /* Prints a verb's help (usage, options, example) to stdout. */
 void cli_verb_help(const char *verb);

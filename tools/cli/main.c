@@ -33,6 +33,7 @@ static const verb verbs[] = {
     {"warmup", cmd_warmup, "compute chunk KV of documents with the reference engine and store it"},
     {"bench", cmd_bench, "PUT/GET throughput and latency against the running server"},
     {"doctor", cmd_doctor, "check server, auth, store, model cache and GPU; say what is wrong"},
+    {"cluster", cmd_cluster, "etcd:// clusters: status, nodes, drain NODE, rebalance"},
     {NULL, NULL, NULL}};
 
 static void main_help(FILE *f) {
