@@ -24,6 +24,7 @@
 #include "kvs_gpu_model.h"
 #include "model_int.h" /* kvs__model_weights_get */
 #include "kvs_rag.h"
+#include "bench_version.h"
 
 typedef struct mem_kv {
   void *kv[KVS_RAG_MAX_PASSAGES + 2];
@@ -251,6 +252,7 @@ static int parse_range(const char *s, int *a, int *b) {
 }
 
 int main(int argc, char **argv) {
+  if (kvs_bench_version(argc, argv, "kvs-bench-blend")) return 0;
   const char *model_path = getenv("KVS_MODEL_PATH"), *data = NULL, *profile = "none";
   char strategies[256] = "none,epic,cacheblend,adaptive";
   int a = 0, b = 4, passages = 0;

@@ -40,6 +40,7 @@
 
 #include "kvs_gpu.h"
 #include "kvstash.h"
+#include "bench_version.h"
 #ifdef KVS_BENCH_HAVE_CODEC
 #include "kvs_codec.h"
 #endif
@@ -105,6 +106,7 @@ static kvs_client *connect_to(const char *url, int shm) {
 }
 
 int main(int argc, char **argv) {
+  if (kvs_bench_version(argc, argv, "kvs-bench-client")) return 0;
   /* the last line's JSON, grown as rows come (--profiles has no bound) */
   char *json = NULL;
   size_t json_len = 0;

@@ -20,6 +20,7 @@
 #include "codec_int.h" /* kvs__codec_set_simd: scalar vs SIMD side by side */
 #include "kvs_codec.h"
 #include "kvs_synth.h"
+#include "bench_version.h"
 
 typedef struct row {
   char name[48];
@@ -161,6 +162,7 @@ static const float k_dense_steps[] = {0.15f, 0.25f, 0.35f, 0.5f, 0.7f, 1.0f};
 #define N_STEPS (sizeof k_dense_steps / sizeof k_dense_steps[0])
 
 int main(int argc, char **argv) {
+  if (kvs_bench_version(argc, argv, "kvs-bench-codec")) return 0;
   uint32_t tokens[8] = {256, 1024, 4096};
   int n_tok = 3, shape = 3, gpu = 0, real = 0, quick = 0, dense_dec = 0;
   for (int i = 1; i < argc; i++) {

@@ -23,6 +23,7 @@
 #include "kvs_rag.h"
 #include "llama.h"
 #include "svc_helper.h"
+#include "bench_version.h"
 
 static const char *INSTRUCTION =
     "<|im_start|>system\nYou are a helpful assistant. Answer the question using the passages. "
@@ -91,6 +92,7 @@ static void answer(struct llama_context *ctx, size_t n, int max_new, char *out, 
 }
 
 int main(int argc, char **argv) {
+  if (kvs_bench_version(argc, argv, "kvs-bench-llamacpp")) return 0;
   const char *model_path = NULL, *data = NULL, *url = NULL;
   int item = 0, threads = 2, reps = 3, rag_items = 0, rag_passages = 5, recompute = 16, ngl = 0,
       fa = 0;

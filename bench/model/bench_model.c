@@ -30,6 +30,7 @@
 #include "kvs_gpu_model.h"
 #include "model_int.h" /* kvs__model_weights_get */
 #include "kvs_model.h"
+#include "bench_version.h"
 
 #ifndef KVS_SOURCE_DIR
 #define KVS_SOURCE_DIR "."
@@ -427,6 +428,7 @@ static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int
 }
 
 int main(int argc, char **argv) {
+  if (kvs_bench_version(argc, argv, "kvs-bench-model")) return 0;
   const char *home = getenv("HOME") ? getenv("HOME") : "/root";
   char model_path[4096], ref_path[4096], fixdir[4096], torch[4096];
   snprintf(model_path, sizeof model_path,

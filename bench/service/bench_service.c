@@ -72,6 +72,7 @@
 #include "kvs_synth.h"
 #include "kvs_wire.h"
 #include "kvstash.h"
+#include "bench_version.h"
 
 #ifndef KVS_BENCH_KVSTASHD
 #define KVS_BENCH_KVSTASHD "kvstashd"
@@ -1004,6 +1005,7 @@ static int parse_list(const char *s, long *out, int max) {
 }
 
 int main(int argc, char **argv) {
+  if (kvs_bench_version(argc, argv, "kvs-bench-service")) return 0;
   long sizes[8] = {64 << 10, 1 << 20, 8 << 20}, clients[8] = {1, 4, 16, 64};
   int n_sizes = 3, n_clients = 4, do_tokens = 1, do_put = 1;
   const char *only = NULL;

@@ -96,6 +96,15 @@ static void test_help_and_usage(void) {
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict")), 2);
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("show", "not-hex")), 2);
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("--no-progress")), 2);
+  /* --version: the CMake project version (kvs_version() of the same build) */
+  char want[64];
+  snprintf(want, sizeof want, "kvstash %s ", kvs_version());
+  CU_ASSERT_EQUAL(cli_run(&g_env, &out, CLI_ARGS("--version")), 0);
+  CU_ASSERT_PTR_NOT_NULL(out && !strncmp(out, want, strlen(want)) ? out : NULL);
+  free(out);
+  CU_ASSERT_EQUAL(cli_run(&g_env, &out, CLI_ARGS("-V")), 0);
+  CU_ASSERT_PTR_NOT_NULL(out && !strncmp(out, want, strlen(want)) ? out : NULL);
+  free(out);
 }
 
 static void test_unreachable(void) {
@@ -148,11 +157,36 @@ static void test_status(void) {
   CU_ASSERT_EQUAL(num(t0, "entries"), N_CHUNKS);
   CU_ASSERT_EQUAL(num(cJSON_GetObjectItem(j, "tenant"), "entries"), N_CHUNKS);
   CU_ASSERT(num(j, "hit_rate") >= 0 && num(j, "hit_rate") <= 1);
+  /* the server's version, pid, uptime and clients (from /v1/info) */
+  const cJSON *srv = cJSON_GetObjectItem(j, "server");
+  const cJSON *ver = cJSON_GetObjectItem(srv, "version");
+  CU_ASSERT(cJSON_IsString(ver) && !strcmp(ver->valuestring, kvs_version()));
+  CU_ASSERT_EQUAL(num(srv, "pid"), (double)g_d.pid);
+  CU_ASSERT(num(srv, "uptime_s") >= 0 && num(srv, "uptime_s") < 3600);
+  CU_ASSERT(num(srv, "connected_clients") >= 1); /* g_c at least */
+  CU_ASSERT(cJSON_IsFalse(cJSON_GetObjectItem(srv, "admin_token_refused")));
   cJSON_Delete(j);
   char *out;
   CU_ASSERT_EQUAL(cli_run(&g_env, &out, CLI_ARGS("status")), 0);
   CU_ASSERT_PTR_NOT_NULL(out && strstr(out, "hit rate") ? out : NULL);
+  char pid[64];
+  snprintf(pid, sizeof pid, "version %s, pid %d, up ", kvs_version(), (int)g_d.pid);
+  CU_ASSERT_PTR_NOT_NULL(out && strstr(out, pid) ? out : NULL);
   free(out);
+  /* a refused admin token is not hidden: said, and exit 4 (the data plane
+     part still printed) */
+  cli_env e = g_env;
+  e.admin_token = "wrong";
+  CU_ASSERT_EQUAL(cli_run(&e, &out, CLI_ARGS("status")), 4);
+  CU_ASSERT_PTR_NOT_NULL(
+      out && strstr(out, "admin token refused") && strstr(out, "entries") ? out : NULL);
+  free(out);
+  CU_ASSERT_EQUAL(cli_run_json(&e, &j, CLI_ARGS("status", "--json")), 4);
+  srv = cJSON_GetObjectItem(j, "server");
+  CU_ASSERT(cJSON_IsTrue(cJSON_GetObjectItem(srv, "admin_token_refused")));
+  cJSON_Delete(j);
+  e.admin_token = NULL;
+  CU_ASSERT_EQUAL(cli_run(&e, NULL, CLI_ARGS("status")), 4);
 }
 
 static void test_ls(void) {

@@ -51,9 +51,13 @@ int cmd_status(cli *x, int argc, char **argv) {
     v[i] = 0;
   /* control plane: optional (status still reports the data plane) */
   cJSON *info = NULL, *ten = NULL, *hstats = NULL;
-  kvs_err he = cli_http_json(x, "GET", "/v1/info", &info);
-  if (he == KVS_OK) cli_http_json(x, "GET", "/v1/tenants", &ten);
-  if (he == KVS_OK) cli_http_json(x, "GET", "/v1/stats", &hstats);
+  kvs_err he = x->http[0] ? cli_http_json(x, "GET", "/v1/info", &info) : KVS_ENOENT;
+  kvs_err te = KVS_OK, se = KVS_OK;
+  if (he == KVS_OK) te = cli_http_json(x, "GET", "/v1/tenants", &ten);
+  if (he == KVS_OK) se = cli_http_json(x, "GET", "/v1/stats", &hstats);
+  /* a refused admin token is said, and is the exit code (4), never passed
+     over as if the control plane were merely absent */
+  int refused = he == KVS_EAUTH || te == KVS_EAUTH || se == KVS_EAUTH;
   int st = 0;
   char *ready = NULL;
   if (he == KVS_OK && cli_http(x, "GET", "/ready", &st, &ready) != KVS_OK) st = 0;
@@ -87,6 +91,15 @@ int cmd_status(cli *x, int argc, char **argv) {
     cJSON_AddBoolToObject(srv, "http_ok", he == KVS_OK);
     if (he != KVS_OK) cJSON_AddStringToObject(srv, "http_error", kvs_errname(he));
     cJSON_AddBoolToObject(srv, "ready", st == 200);
+    cJSON_AddBoolToObject(srv, "admin_token_refused", refused);
+    if (info) {
+      const cJSON *ver = cJSON_GetObjectItem(info, "version");
+      if (cJSON_IsString(ver)) cJSON_AddStringToObject(srv, "version", ver->valuestring);
+      cJSON_AddNumberToObject(srv, "pid", (double)jnum(info, "pid"));
+      cJSON_AddNumberToObject(srv, "uptime_s", (double)jnum(info, "uptime_s"));
+      cJSON_AddNumberToObject(srv, "start_time_s", (double)jnum(info, "start_time_s"));
+      cJSON_AddNumberToObject(srv, "connected_clients", (double)jnum(info, "connected_clients"));
+    }
     cJSON *c = cJSON_AddObjectToObject(j, "counters");
     for (size_t i = 0; i < n; i++)
       cJSON_AddNumberToObject(c, kvs_stat_name((uint32_t)i), (double)v[i]);
@@ -120,10 +133,19 @@ int cmd_status(cli *x, int argc, char **argv) {
   } else {
     char b1[32], b2[32];
     printf("kvstashd   %s  (data plane ok)\n", x->url);
+    if (info) {
+      const cJSON *ver = cJSON_GetObjectItem(info, "version");
+      printf("server     version %s, pid %llu, up %s, %llu clients connected\n",
+             cJSON_IsString(ver) ? ver->valuestring : "?", (unsigned long long)jnum(info, "pid"),
+             cli_fmt_age(jnum(info, "uptime_s") * 1000, b1, sizeof b1),
+             (unsigned long long)jnum(info, "connected_clients"));
+    }
     if (he == KVS_OK)
       printf("http       %s  (%s)\n", x->http, st == 200 ? "ready" : "not ready");
+    else if (!x->http[0])
+      printf("http       -  (no control plane given: --http)\n");
     else
-      printf("http       %s  (%s: %s)\n", x->http[0] ? x->http : "-",
+      printf("http       %s  (%s: %s)\n", x->http,
              he == KVS_EAUTH ? "admin token refused" : "unreachable", kvs_errname(he));
     printf("entries    %llu\n", (unsigned long long)v[KVS_STAT_ENTRIES]);
     for (int t = 0; t < 3; t++) {
@@ -161,15 +183,21 @@ int cmd_status(cli *x, int argc, char **argv) {
                (unsigned long long)jnum(tops[i], "entries"),
                cli_fmt_bytes(jnum(tops[i], "bytes"), b1, sizeof b1));
       }
-    } else if (he == KVS_OK) {
+    } else if (he == KVS_OK && te == KVS_OK) {
       printf("top tenants  (auth off: tenants are not enumerable)\n");
     }
   }
+  if (refused)
+    fprintf(stderr,
+            "kvstash status: the HTTP control plane (%s) refused the admin token (%s): server "
+            "info, capacities and tenants are not shown; set --admin-token or "
+            "$KVS_ADMIN_TOKEN (kvstashd.conf admin_token)\n",
+            x->http, x->admin_token[0] ? "the one given" : "none given");
   free(tops);
   cJSON_Delete(info);
   cJSON_Delete(ten);
   cJSON_Delete(hstats);
-  return CLI_OK;
+  return refused ? CLI_AUTH : CLI_OK;
 }
 
 /* ------------------------------------------------------------ filters */

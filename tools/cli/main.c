@@ -54,7 +54,8 @@ static void main_help(FILE *f) {
           "      --timeout MS       connect/request deadline (default 2000)\n"
           "      --json             one JSON document on stdout instead of tables\n"
           "      --no-progress      no progress bars (they show only on a terminal)\n"
-          "  -h, --help             this text\n\n"
+          "  -h, --help             this text\n"
+          "  -V, --version          the version (of the CLI, libkvstash, the wire protocol)\n\n"
           "config file keys: url (or listen: the first URL), http, tenant (NAME or NAME:TOKEN,\n"
           "  as in kvstashd.conf), token, admin_token. Default file: ~/.config/kvstash/cli.conf\n\n"
           "exit codes: 0 ok, 1 operation failed, 2 usage error, 3 server unreachable,\n"
@@ -187,6 +188,12 @@ int main(int argc, char **argv) {
     }
     if (m == 0) {
       if (nrest == 0 && (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))) help = 1;
+      if (nrest == 0 && (!strcmp(argv[i], "-V") || !strcmp(argv[i], "--version"))) {
+        printf("kvstash %s (libkvstash %s, wire %u)\n", kvs_version(), kvs_client_version(),
+               (unsigned)KVS_WIRE_VERSION);
+        free(rest);
+        return CLI_OK;
+      }
       rest[nrest++] = argv[i];
       continue;
     }
