@@ -1,5 +1,5 @@
-/* codec_seam.h - the client's small seam over the KV codec, so that
- * libkvstash builds (with the raw profile only) before and without codec/.
+/* codec_seam.h - the client's small seam over the KV codec (codec/: the raw
+ * profile and the compressed ones), behind one interface.
  *
  * A stored value is always laid out as wire segment 0 = a prefix that
  * describes the rest (the codec's header + segment directory, or the raw
@@ -9,16 +9,12 @@
 
 #include "kvstash.h"
 
-/* Raw profile (id 0; the codec's ids start at 1): uncompressed, head-major.
- * Descriptor (wire segment 0), little-endian u32s:
- *   magic "KVSR", version 1, n_layers, n_kv_heads, head_dim, dtype, n_tokens,
- *   layers_per_group, n_groups, 0                                   (40 bytes)
- * Data segment 1 + g*H + h (group g, KV head h) holds, for each layer l of the
- * group: K_l[:, h, :] then V_l[:, h, :], each (n_tokens, head_dim). A range of
- * heads of a group is therefore one contiguous run of segments, which is how a
- * tensor-parallel rank fetches its heads without moving the others. */
-#define KVS__RAW_MAGIC      0x5253564Bu
-#define KVS__RAW_DESC_BYTES 40u
+/* Raw profile (id 0 = KVS_CODEC_RAW; the other codec ids start at 1):
+ * uncompressed, head-major, defined in codec/kvs_codec_format.h and
+ * docs/codec-format.md ("Raw profile"): wire segment 0 is its 40-byte
+ * descriptor, data segment 1 + g*H + h holds group g's layers for KV head h,
+ * so a range of heads of a group is one contiguous run of segments (how a
+ * tensor-parallel rank fetches its heads without moving the others). */
 
 /* An encoded value with its segment table (seg_end[n_segs], wire form). */
 typedef struct kvs__encoded {
@@ -30,7 +26,7 @@ typedef struct kvs__encoded {
 void kvs__encoded_free(kvs__encoded *e);
 
 /* Encodes kv (canonical layout, n_tokens) with profile (KVS_PROFILE_RAW or a
- * codec id) and params (NULL: the profile's defaults; see kvs_put_opts). KVS_ENOTSUP when the profile needs the codec and it is absent. */
+ * codec id) and params (NULL: the profile's defaults; see kvs_put_opts). */
 kvs_err kvs__encode(uint32_t profile, uint32_t layers_per_group,
                     const struct kvs_codec_params *params, const kvs_layout *layout,
                     uint32_t n_tokens, const void *kv, kvs__encoded *out);
@@ -100,9 +96,7 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
  * the host meanwhile; same errors as kvs__decoder_decode_device. s must fit
  * len bytes (kvs__devslot_fits with max_seg_bytes = len). */
 kvs_err kvs__decoder_decode_device_all(const kvs__decoder *d, const uint8_t *value, size_t len,
-                                       void *d_out, uint64_t out_bytes, uint32_t dtype,
-                                       uint32_t hb, uint32_t he, kvs__devslot *s);
-
-int kvs__codec_compiled(void);
+                                       void *d_out, uint64_t out_bytes, uint32_t dtype, uint32_t hb,
+                                       uint32_t he, kvs__devslot *s);
 
 #endif

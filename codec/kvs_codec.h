@@ -187,6 +187,42 @@ kvs_err kvs_codec_verify(const void *bytes, size_t n, kvs_codec_info *info);
 /* Encoded bits per KV element (8 * total bytes / (2 * L * T * H * D)). */
 double kvs_codec_bits_per_elem(const kvs_codec_info *info);
 
+/* ------------------------------------------------------ the raw profile */
+/* KVS_CODEC_RAW (kvs_codec_format.h): uncompressed KV in per-(layer group,
+ * KV head) segments behind a 40-byte descriptor (docs/codec-format.md, "Raw
+ * profile"). Lossless; a decode may widen f16/bf16 to f32. */
+typedef struct kvs_codec_raw_info {
+  uint32_t n_layers, n_kv_heads, head_dim, dtype, n_tokens;
+  uint32_t layers_per_group, n_groups;
+  int legacy_magic; /* 1: the descriptor carried the old "KVSR" magic */
+} kvs_codec_raw_info;
+
+/* Layers per group: want (0 = 1) raised until 1 + groups * heads segments
+ * fit in max_segments (or every layer is in one group). */
+uint32_t kvs_codec_raw_lpg(const kvs_layout *layout, uint32_t want, uint32_t max_segments);
+/* Bytes of the raw encoding of n_tokens (descriptor included); 0 when the
+ * layout is invalid or the size overflows. */
+size_t kvs_codec_raw_bytes(const kvs_layout *layout, uint32_t n_tokens);
+/* Encodes kv (canonical layout [L][2][T][H][D], n_tokens) into out
+ * (kvs_codec_raw_bytes() bytes) with lpg layers per group, and writes the end
+ * offset of every segment into seg_end: [0] = the descriptor's end, then
+ * 1 + g*H + h for segment (g, h); *n_segs = 1 + groups * heads <= seg_cap. */
+kvs_err kvs_codec_raw_encode(const kvs_layout *layout, uint32_t n_tokens, uint32_t lpg,
+                             const void *kv, uint8_t *out, size_t cap, uint64_t *seg_end,
+                             uint32_t seg_cap, uint32_t *n_segs);
+/* Checks a descriptor (len must be KVS_RAW_DESC_BYTES) against the layout
+ * and token count the caller expects: KVS_EMAGIC, KVS_EVERSION, KVS_ELAYOUT
+ * or KVS_ECORRUPT with a message. Descriptors with the old magic "KVSR" are
+ * read as before (legacy_magic = 1). */
+kvs_err kvs_codec_raw_parse(const uint8_t *desc, size_t len, const kvs_layout *layout,
+                            uint32_t n_tokens, kvs_codec_raw_info *info);
+/* Decodes heads [hb, he) of group g from bytes (exactly those segments, len
+ * bytes) into out: [L][2][T][he-hb][D] in dtype (the descriptor's, or F32),
+ * only group g's layers written; out_bytes must hold all L layers. */
+kvs_err kvs_codec_raw_decode_group(const kvs_codec_raw_info *info, uint32_t g, uint32_t hb,
+                                   uint32_t he, const uint8_t *bytes, size_t len, void *out,
+                                   uint64_t out_bytes, uint32_t dtype);
+
 #ifdef __cplusplus
 }
 #endif

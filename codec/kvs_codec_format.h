@@ -54,6 +54,34 @@ enum {
   KVS_CODEC_PROFILE_MAX = 7
 };
 
+/* -------------------------------------------------------- raw profile */
+/* The raw profile (id 0; libkvstash's KVS_PROFILE_RAW): the KV uncompressed,
+ * cut into one segment per (layer group g, KV head h) so that a head range
+ * of a group is one contiguous run of segments. It is not a chunk (no chunk
+ * header): a value is a 40-byte descriptor | segment (0,0) | (0,1) | ... |
+ * (G-1,H-1); segment (g,h) holds, for each layer l of group g in order,
+ * K_l[:, h, :] then V_l[:, h, :], each n_tokens x head_dim in the descriptor's
+ * dtype. The reader knows the segment boundaries from elsewhere (the wire's
+ * seg_end list); every size follows from the descriptor. */
+#define KVS_CODEC_RAW 0u
+#define KVS_RAW_MAGIC 0x5752564Bu /* "KVRW" as bytes 4B 56 52 57 */
+/* "KVSR": descriptors written before session 6 (read, never written) */
+#define KVS_RAW_MAGIC_V0   0x5253564Bu
+#define KVS_RAW_VERSION    1u
+#define KVS_RAW_DESC_BYTES 40u
+enum {
+  KVS_RD_MAGIC = 0,             /* u32 KVS_RAW_MAGIC */
+  KVS_RD_VERSION = 4,           /* u32 KVS_RAW_VERSION */
+  KVS_RD_N_LAYERS = 8,          /* u32 */
+  KVS_RD_N_KV_HEADS = 12,       /* u32 */
+  KVS_RD_HEAD_DIM = 16,         /* u32 */
+  KVS_RD_DTYPE = 20,            /* u32 kvs_dtype (f16, bf16 or f32) */
+  KVS_RD_N_TOKENS = 24,         /* u32 */
+  KVS_RD_LAYERS_PER_GROUP = 28, /* u32 >= 1 */
+  KVS_RD_N_GROUPS = 32,         /* u32 = ceil(n_layers / layers_per_group) */
+  KVS_RD_RESERVED = 36          /* u32, 0 */
+};
+
 /* ---------------------------------------------------------- chunk header */
 /* Byte offsets of the 128-byte chunk header. */
 enum {
@@ -173,6 +201,7 @@ KVS_FMT_STATIC_ASSERT(KVS_CH_PARAMS + 32 == KVS_CH_TOTAL_BYTES, "params are 32 b
 KVS_FMT_STATIC_ASSERT(KVS_SH_CHECKSUM + 8 == KVS_CODEC_SEG_HEADER_BYTES,
                       "segment header is 32 bytes");
 KVS_FMT_STATIC_ASSERT(KVS_RANS_BLOCK_HDR == 132, "rANS block header is 132 bytes");
+KVS_FMT_STATIC_ASSERT(KVS_RD_RESERVED + 4 == KVS_RAW_DESC_BYTES, "raw descriptor is 40 bytes");
 KVS_FMT_STATIC_ASSERT(sizeof(uint16_t) == 2 && sizeof(float) == 4, "wire scalar sizes");
 
 #endif

@@ -5,7 +5,11 @@
  *                         heads, head_dim 32, 24 tokens, fp16, 1 layer/segment)
  * golden/bad_*.kvc        encodings that must fail, with the error they give
  * golden/MANIFEST         "file expected_error xxh3_of_f16_output" lines
- * corpus/seed_*.kvc       the same encodings, seeds for the fuzzer */
+ * corpus/seed_*.kvc       the same encodings, seeds for the fuzzer
+ * golden/raw.kvr          the raw profile (KVS_CODEC_RAW) of the same chunk, 1
+ *                         layer/group: descriptor + segments (not in MANIFEST)
+ * golden/raw_v0.kvr       the same with the pre-session-6 magic "KVSR"
+ * corpus_raw/seed_*.kvr   raw seeds for fuzz_codec_raw */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +108,25 @@ int main(int argc, char **argv) {
     free(b);
   }
   fclose(man);
+  /* the raw profile */
+  {
+    size_t rn = kvs_codec_raw_bytes(&l, T);
+    uint8_t *r = malloc(rn);
+    uint64_t seg_end[8];
+    uint32_t nseg;
+    char rdir[1000];
+    snprintf(rdir, sizeof rdir, "%s/corpus_raw", argv[1]);
+    if (kvs_codec_raw_encode(&l, T, 1, kv, r, rn, seg_end, 8, &nseg) != KVS_OK) return 1;
+    put(gdir, "raw.kvr", r, rn);
+    put(rdir, "seed_raw_lpg1.kvr", r, rn);
+    kvs__wr32(r + KVS_RD_MAGIC, KVS_RAW_MAGIC_V0);
+    put(gdir, "raw_v0.kvr", r, rn);
+    put(rdir, "seed_raw_v0.kvr", r, rn);
+    if (kvs_codec_raw_encode(&l, T, 2, kv, r, rn, seg_end, 8, &nseg) != KVS_OK) return 1;
+    put(rdir, "seed_raw_lpg2.kvr", r, rn);
+    put(rdir, "seed_raw_short.kvr", r, KVS_RAW_DESC_BYTES + 100);
+    free(r);
+  }
   free(kv), free(out);
   return 0;
 }

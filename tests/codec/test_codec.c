@@ -623,11 +623,125 @@ static void test_encode_planes(void) {
   enc_free(&e);
 }
 
+static uint8_t *slurp_golden(const char *name, size_t *n) {
+  char fp[4200];
+  snprintf(fp, sizeof fp, "%s/%s", kvs_test_src_path("tests/codec/golden"), name);
+  FILE *f = fopen(fp, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long sz = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  uint8_t *b = malloc(sz > 0 ? (size_t)sz : 1);
+  *n = b ? fread(b, 1, (size_t)sz, f) : 0;
+  fclose(f);
+  return b;
+}
+
+/* The raw profile (codec/raw.c): the golden vector is what the encoder
+ * writes today, byte for byte; it and the pre-session-6 form (magic "KVSR")
+ * decode to the input exactly, by head range and to f32; bad descriptors and
+ * group sizes fail with their errors. */
+static void test_raw(void) {
+  kvs_layout l = {2, 2, 32, KVS_DTYPE_F16, KVS_ROPE_NORM, 32, 10000.0f, 1.0f};
+  const uint32_t T = 24, H = 2, D = 32;
+  const size_t ne = 2ull * 2 * T * H * D;
+  uint16_t *kv = malloc(ne * 2), *out = malloc(ne * 2);
+  float *o32 = malloc(ne * 4);
+  kvs_synth_kv(&l, T, 2024, kv);
+  size_t rn = kvs_codec_raw_bytes(&l, T);
+  CU_ASSERT_EQUAL_FATAL(rn, KVS_RAW_DESC_BYTES + ne * 2);
+  uint8_t *r = malloc(rn);
+  uint64_t seg_end[8];
+  uint32_t nseg = 0;
+  CU_ASSERT_EQUAL_FATAL(kvs_codec_raw_encode(&l, T, 1, kv, r, rn, seg_end, 8, &nseg), KVS_OK);
+  CU_ASSERT_EQUAL(nseg, 1 + 2 * H);
+  CU_ASSERT_EQUAL(seg_end[0], KVS_RAW_DESC_BYTES);
+  CU_ASSERT_EQUAL(seg_end[nseg - 1], rn);
+  CU_ASSERT_EQUAL(kvs__rd32(r + KVS_RD_MAGIC), KVS_RAW_MAGIC);
+  CU_ASSERT(memcmp(r, "KVRW", 4) == 0);
+  size_t gn = 0, vn = 0;
+  uint8_t *gold = slurp_golden("raw.kvr", &gn), *v0 = slurp_golden("raw_v0.kvr", &vn);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(gold);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(v0);
+  CU_ASSERT(gn == rn && memcmp(gold, r, rn) == 0);
+  CU_ASSERT(vn == rn && memcmp(v0, "KVSR", 4) == 0 && memcmp(v0 + 4, r + 4, rn - 4) == 0);
+  for (int legacy = 0; legacy < 2; legacy++) {
+    const uint8_t *b = legacy ? v0 : gold;
+    kvs_codec_raw_info info;
+    CU_ASSERT_EQUAL_FATAL(kvs_codec_raw_parse(b, KVS_RAW_DESC_BYTES, &l, T, &info), KVS_OK);
+    CU_ASSERT_EQUAL(info.legacy_magic, legacy);
+    CU_ASSERT(info.layers_per_group == 1 && info.n_groups == 2);
+    memset(out, 0xFF, ne * 2);
+    for (uint32_t g = 0; g < info.n_groups; g++) {
+      uint64_t s0 = seg_end[g * H], s1 = seg_end[(g + 1) * H];
+      CU_ASSERT_EQUAL(
+          kvs_codec_raw_decode_group(&info, g, 0, H, b + s0, s1 - s0, out, ne * 2, KVS_DTYPE_F16),
+          KVS_OK);
+    }
+    CU_ASSERT(memcmp(out, kv, ne * 2) == 0);
+    /* head 1 of group 1 alone, widened to f32: [L][2][T][1][D] */
+    uint64_t s0 = seg_end[1 * H + 1], s1 = seg_end[2 * H];
+    CU_ASSERT_EQUAL(
+        kvs_codec_raw_decode_group(&info, 1, 1, 2, b + s0, s1 - s0, o32, ne * 2, KVS_DTYPE_F32),
+        KVS_OK);
+    int same = 1;
+    for (int kvi = 0; kvi < 2; kvi++)
+      for (uint32_t t = 0; t < T; t++)
+        for (uint32_t d = 0; d < D; d++) {
+          float want = kvs_f16_to_f32(kv[(((size_t)(2 * 1 + kvi) * T + t) * H + 1) * D + d]);
+          same &= o32[((size_t)(2 * 1 + kvi) * T + t) * D + d] == want;
+        }
+    CU_ASSERT(same);
+    CU_ASSERT_EQUAL(kvs_codec_raw_decode_group(&info, 0, 0, H, b + seg_end[0],
+                                               seg_end[H] - seg_end[0] - 1, out, ne * 2,
+                                               KVS_DTYPE_F16),
+                    KVS_ECORRUPT);
+    CU_ASSERT_EQUAL(kvs_codec_raw_decode_group(&info, 0, 0, H, b + seg_end[0],
+                                               seg_end[H] - seg_end[0], out, ne * 2 - 1,
+                                               KVS_DTYPE_F16),
+                    KVS_ERANGE);
+    CU_ASSERT_EQUAL(kvs_codec_raw_decode_group(&info, 2, 0, H, b, 1, out, ne * 2, KVS_DTYPE_F16),
+                    KVS_EINVAL);
+  }
+  /* bad descriptors */
+  kvs_codec_raw_info info;
+  uint8_t d[KVS_RAW_DESC_BYTES];
+  memcpy(d, gold, sizeof d);
+  d[0] = 'X';
+  CU_ASSERT_EQUAL(kvs_codec_raw_parse(d, sizeof d, &l, T, &info), KVS_EMAGIC);
+  memcpy(d, gold, 4);
+  kvs__wr32(d + 0, KVS_CODEC_MAGIC); /* a codec chunk's magic is not a raw descriptor */
+  CU_ASSERT_EQUAL(kvs_codec_raw_parse(d, sizeof d, &l, T, &info), KVS_EMAGIC);
+  memcpy(d, gold, sizeof d);
+  kvs__wr32(d + KVS_RD_VERSION, 2);
+  CU_ASSERT_EQUAL(kvs_codec_raw_parse(d, sizeof d, &l, T, &info), KVS_EVERSION);
+  memcpy(d, gold, sizeof d);
+  CU_ASSERT_EQUAL(kvs_codec_raw_parse(d, sizeof d - 1, &l, T, &info), KVS_ECORRUPT);
+  CU_ASSERT_EQUAL(kvs_codec_raw_parse(d, sizeof d, &l, T + 1, &info), KVS_ECORRUPT);
+  kvs_layout l2 = l;
+  l2.head_dim = 64;
+  CU_ASSERT_EQUAL(kvs_codec_raw_parse(d, sizeof d, &l2, T, &info), KVS_ELAYOUT);
+  kvs__wr32(d + KVS_RD_N_GROUPS, 3);
+  CU_ASSERT_EQUAL(kvs_codec_raw_parse(d, sizeof d, &l, T, &info), KVS_ECORRUPT);
+  kvs__wr32(d + KVS_RD_N_GROUPS, 2);
+  kvs__wr32(d + KVS_RD_LAYERS_PER_GROUP, 0);
+  CU_ASSERT_EQUAL(kvs_codec_raw_parse(d, sizeof d, &l, T, &info), KVS_ECORRUPT);
+  /* encoder arguments */
+  CU_ASSERT_EQUAL(kvs_codec_raw_encode(&l, T, 1, kv, r, rn - 1, seg_end, 8, &nseg), KVS_ENOSPC);
+  CU_ASSERT_EQUAL(kvs_codec_raw_encode(&l, T, 1, kv, r, rn, seg_end, 4, &nseg), KVS_ETOOBIG);
+  CU_ASSERT_EQUAL(kvs_codec_raw_encode(&l, T, 0, kv, r, rn, seg_end, 8, &nseg), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_codec_raw_lpg(&l, 0, 4096), 1);
+  CU_ASSERT_EQUAL(kvs_codec_raw_lpg(&l, 1, 3), 2); /* 1 + 2 groups x 2 heads > 3 */
+  CU_ASSERT_EQUAL(kvs_codec_raw_bytes(&l, 0), 0);
+  free(kv), free(out), free(o32), free(r), free(gold), free(v0);
+}
+
 static const kvs_test_case cases[] = {{"encode_planes", test_encode_planes},
                                       {"dense_simd_equal", test_dense_simd_equal},
                                       {"dense_flags", test_dense_flags},
                                       {"dense_exceptions", test_dense_exceptions},
                                       {"golden", test_golden},
+                                      {"raw", test_raw},
                                       {"names", test_names},
                                       {"roundtrip", test_roundtrip},
                                       {"heads_paged_segments", test_heads_paged_segments},
