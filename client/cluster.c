@@ -70,6 +70,9 @@ kvs_err kvs__cluster_create(const kvs_client_opts *o, kvs_client **out) {
   cl->o.tenant = c->tenant;
   cl->o.token = c->token;
   cl->o.tls_ca_file = cl->o.tls_server_name = cl->o.tls_cert_key_file = NULL;
+  /* a node that dies under a call costs its member's deadline: half of the
+   * caller's, so that the next owner still answers within it */
+  cl->o.request_timeout_ms = c->o.request_timeout_ms / 2 > 200 ? c->o.request_timeout_ms / 2 : 200;
   kvs__host_id(cl->host, sizeof cl->host);
   *out = c;
   if (!c->url || !c->tenant || !c->token) return KVS_ENOMEM;

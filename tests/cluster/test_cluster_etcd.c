@@ -4,6 +4,7 @@
  * every get served), the node's return and a rebalance, a graceful leave,
  * an etcd restart (reads never stop, nodes register again), a drain.
  * Skipped (77) only when no etcd binary is installed. Every wait is bounded. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +241,131 @@ static void test_return_rebalance(void) {
   CU_ASSERT_EQUAL(failed, 0);
 }
 
+/* 16 callers put and get their own keys for 6 s; n0 is killed (-9) after
+ * 2 s and started again after 4 s. Every acknowledged put must read back
+ * with its bytes, no get may return wrong bytes, and at least 99.9% of
+ * the gets must be answered (within the client's 5 s deadline). */
+#define STORM_T 16
+#define STORM_K 8
+typedef struct storm {
+  int id;
+  double end;
+  int acked[STORM_K];
+  uint64_t gets, get_ok, get_fail, wrong, puts_ok, put_fail;
+} storm;
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void *storm_main(void *arg) {
+  storm *s = arg;
+  uint16_t *out = malloc(kv_bytes);
+  for (uint64_t i = 0; mono_s() < s->end && i < 1000000; i++) {
+    int k = (int)(i % STORM_K), key = (s->id * STORM_K + k) % NKEY;
+    /* a key of this thread: its own token ids (key differs from ch[]) */
+    int32_t tk[T];
+    memcpy(tk, tok[key], sizeof tk);
+    tk[0] = 100000 + s->id * STORM_K + k;
+    kvs_span sp = {0, T};
+    kvs_chunk c1;
+    kvs_chunk_spans(&model, tk, T, &sp, 1, &c1);
+    if (!s->acked[k] || i % 5 == 0) {
+      int rv = kvs_put(cl, &model, tk, &c1, &lay, kv[key], NULL);
+      if (rv == KVS_OK)
+        s->acked[k] = 1, s->puts_ok++;
+      else
+        s->put_fail++;
+      continue;
+    }
+    s->gets++;
+    int rv = kvs_get(cl, &model, tk, &c1, &lay, out, kv_bytes, NULL);
+    if (rv != KVS_OK) {
+      s->get_fail++;
+      continue;
+    }
+    s->get_ok++;
+    if (memcmp(out, kv[key], kv_bytes)) s->wrong++;
+  }
+  free(out);
+  return NULL;
+}
+
+static void test_storm_kill9(void) {
+  storm st[STORM_T];
+  pthread_t th[STORM_T];
+  double t0 = mono_s();
+  for (int i = 0; i < STORM_T; i++) {
+    memset(&st[i], 0, sizeof st[i]);
+    st[i].id = i;
+    st[i].end = t0 + 6.0;
+    pthread_create(&th[i], NULL, storm_main, &st[i]);
+  }
+  sleep_ms(2000);
+  th_daemon_kill9(&nd[0]);
+  sleep_ms(2000);
+  int restarted = start_node(0) == 0;
+  uint64_t gets = 0, ok = 0, fail = 0, wrong = 0, puts = 0, pfail = 0;
+  for (int i = 0; i < STORM_T; i++) {
+    pthread_join(th[i], NULL);
+    gets += st[i].gets, ok += st[i].get_ok, fail += st[i].get_fail, wrong += st[i].wrong;
+    puts += st[i].puts_ok, pfail += st[i].put_fail;
+  }
+  printf("storm: %llu gets, %llu answered, %llu failed, %llu wrong; %llu puts acked, %llu "
+         "refused\n",
+         (unsigned long long)gets, (unsigned long long)ok, (unsigned long long)fail,
+         (unsigned long long)wrong, (unsigned long long)puts, (unsigned long long)pfail);
+  CU_ASSERT_TRUE(restarted);
+  CU_ASSERT_EQUAL(wrong, 0);
+  CU_ASSERT(gets > 0 && (double)ok >= 0.999 * (double)gets);
+  /* 0 acknowledged puts lost: each acked key reads back, right bytes */
+  CU_ASSERT_TRUE(wait_view(0x7, 15000));
+  uint16_t *out = malloc(kv_bytes);
+  int lost = 0, bad = 0, acked = 0;
+  for (int i = 0; i < STORM_T; i++)
+    for (int k = 0; k < STORM_K; k++) {
+      if (!st[i].acked[k]) continue;
+      acked++;
+      int key = (i * STORM_K + k) % NKEY;
+      int32_t tk[T];
+      memcpy(tk, tok[key], sizeof tk);
+      tk[0] = 100000 + i * STORM_K + k;
+      kvs_span sp = {0, T};
+      kvs_chunk c1;
+      kvs_chunk_spans(&model, tk, T, &sp, 1, &c1);
+      int rv = kvs_get(cl, &model, tk, &c1, &lay, out, kv_bytes, NULL);
+      if (rv != KVS_OK)
+        lost++;
+      else if (memcmp(out, kv[key], kv_bytes))
+        bad++;
+    }
+  free(out);
+  CU_ASSERT_EQUAL(acked, STORM_T * STORM_K);
+  CU_ASSERT_EQUAL(lost, 0);
+  CU_ASSERT_EQUAL(bad, 0);
+  /* the node is back: a rebalance catches it up */
+  kvs_cluster_rebalance_stats rs;
+  CU_ASSERT_EQUAL(kvs_cluster_rebalance(cl, 0, &rs), KVS_OK);
+  CU_ASSERT_EQUAL(rs.failed, 0);
+  uint64_t v[4];
+  size_t n = 0;
+  CU_ASSERT_EQUAL(kvs_stats(cl, v, 4, &n), KVS_OK);
+  CU_ASSERT_EQUAL(v[0], (uint64_t)(NKEY + STORM_T * STORM_K) * 2);
+  /* the storm keys go, so that the next cases count the 48 again */
+  for (int i = 0; i < STORM_T * STORM_K; i++) {
+    int32_t tk[T];
+    int key = i % NKEY;
+    memcpy(tk, tok[key], sizeof tk);
+    tk[0] = 100000 + i;
+    kvs_span sp = {0, T};
+    kvs_chunk c1;
+    kvs_chunk_spans(&model, tk, T, &sp, 1, &c1);
+    CU_ASSERT_EQUAL(kvs_delete(cl, &c1.key), KVS_OK);
+  }
+}
+
 static void test_join_fourth(void) {
   CU_ASSERT_EQUAL_FATAL(start_node(3), 0);
   CU_ASSERT_TRUE(wait_view(0xF, 15000));
@@ -329,6 +455,7 @@ int main(void) {
                                         {"put_get", test_put_get},
                                         {"kill9", test_kill9},
                                         {"return_rebalance", test_return_rebalance},
+                                        {"storm_kill9", test_storm_kill9},
                                         {"join_fourth", test_join_fourth},
                                         {"graceful_leave", test_graceful_leave},
                                         {"etcd_restart", test_etcd_restart},
