@@ -26,8 +26,11 @@ extern "C" {
 /* ------------------------------------------------- position correction */
 /* cos/sin of the rotation for a shift of `delta` positions, one pair per
  * rotated frequency: table[2*i] = cos(delta * f_i), table[2*i+1] = sin(..),
- * f_i = freq_scale * theta^(-2i/rope_dims), i < rope_dims/2. Computed in
- * double and rounded once, so CPU and GPU share the exact same table.
+ * f_i the effective frequency of pair i under l->rope_scaling (kvs_core.h:
+ * freq_scale * theta^(-2i/rope_dims) when NONE; YaRN and llama3 change it per
+ * pair), i < rope_dims/2. Computed in double and rounded once, so CPU and GPU
+ * share the exact same table. YaRN's magnitude scale is already in K and a
+ * shift does not change it.
  * table holds rope_dims floats. */
 kvs_err kvs_rope_shift_table(const kvs_layout *l, int64_t delta, float *table);
 
@@ -43,7 +46,8 @@ kvs_err kvs_rope_shift(const kvs_layout *l, void *k, uint32_t n_tokens, size_t t
 kvs_err kvs_rope_shift_chunk(const kvs_layout *l, void *kv, uint32_t n_tokens, int64_t delta);
 
 /* Reference RoPE (for tests and engines without their own): rotate
- * x: (n_tokens, n_heads, head_dim) f32 in place, token t at positions[t]. */
+ * x: (n_tokens, n_heads, head_dim) f32 in place, token t at positions[t]
+ * (with YaRN, also times its mscale, as llama.cpp does). */
 kvs_err kvs_rope_apply_f32(const kvs_layout *l, float *x, uint32_t n_tokens, uint32_t n_heads,
                            const int64_t *positions);
 

@@ -1,4 +1,7 @@
 #include <math.h>
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
 #include <string.h>
 
 #include "kvs_blend.h"
@@ -9,9 +12,44 @@ static kvs_err check_layout(const kvs_layout *l) {
   return KVS_OK;
 }
 
-/* f_i = freq_scale * theta^(-2i/rope_dims), as a double */
+/* YaRN correction dim of llama.cpp (ggml_rope_yarn_corr_dim): the dim whose
+ * wavelength turns n_rot times over the original context. */
+static double yarn_corr_dim(const kvs_layout *l, double n_rot) {
+  return l->rope_dims * log(l->rope_orig_ctx / (n_rot * 2 * M_PI)) / (2 * log(l->rope_theta));
+}
+
+/* Effective frequency f_i of pair i (kvs_core.h, kvs_rope_scaling), as a
+ * double: position p is rotated by p * f_i. */
 static double rope_freq(const kvs_layout *l, uint32_t i) {
-  return (double)l->rope_freq_scale * pow((double)l->rope_theta, -2.0 * i / (double)l->rope_dims);
+  double b = pow((double)l->rope_theta, -2.0 * i / (double)l->rope_dims);
+  double s = l->rope_freq_scale;
+  switch (l->rope_scaling) {
+  case KVS_ROPE_SCALING_YARN: {
+    /* ggml rope_yarn: theta = p b (s (1 - r) + r), r = ramp over the dims
+     * [floor(corr(beta_fast)), ceil(corr(beta_slow))] clamped to [0, dims-1] */
+    double lo = fmax(0.0, floor(yarn_corr_dim(l, l->rope_scale_a)));
+    double hi = fmin(l->rope_dims - 1.0, ceil(yarn_corr_dim(l, l->rope_scale_b)));
+    double y = ((double)i - lo) / fmax(0.001, hi - lo);
+    double r = 1.0 - fmin(1.0, fmax(0.0, y));
+    return b * (s * (1.0 - r) + r);
+  }
+  case KVS_ROPE_SCALING_LLAMA3: {
+    /* Llama 3.1: keep short wavelengths, divide long ones by the factor,
+     * mix smoothly between (transformers' _compute_llama3_parameters) */
+    double factor = 1.0 / s, lo = l->rope_scale_a, hi = l->rope_scale_b, orig = l->rope_orig_ctx;
+    double wavelen = 2 * M_PI / b;
+    if (wavelen < orig / hi) return b;
+    if (wavelen > orig / lo) return b / factor;
+    double smooth = (orig / wavelen - lo) / (hi - lo);
+    return (1.0 - smooth) * b / factor + smooth * b;
+  }
+  default: return s * b;
+  }
+}
+
+/* YaRN's magnitude scale of Q and K (1 for the other scalings). */
+static double rope_mscale(const kvs_layout *l) {
+  return l->rope_scaling == KVS_ROPE_SCALING_YARN ? 1.0 + 0.1 * log(1.0 / l->rope_freq_scale) : 1.0;
 }
 
 kvs_err kvs_rope_shift_table(const kvs_layout *l, int64_t delta, float *table) {
@@ -95,8 +133,8 @@ kvs_err kvs_rope_apply_f32(const kvs_layout *l, float *x, uint32_t n_tokens, uin
     for (uint32_t h = 0; h < n_heads; h++) {
       float *v = x + ((size_t)t * n_heads + h) * D;
       for (uint32_t i = 0; i < half; i++) {
-        double ang = (double)positions[t] * rope_freq(l, i);
-        float c = (float)cos(ang), s = (float)sin(ang);
+        double ang = (double)positions[t] * rope_freq(l, i), ms = rope_mscale(l);
+        float c = (float)(cos(ang) * ms), s = (float)(sin(ang) * ms);
         uint32_t a, b;
         pair_index(l, i, &a, &b);
         float x0 = v[a], x1 = v[b];

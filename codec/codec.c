@@ -126,6 +126,8 @@ static kvs_err check_inputs(const kvs_codec_params *p, const kvs_layout *l, uint
   KVS_RETURN_ERROR_IF(p->profile != KVS_CODEC_LOSSLESS && !ops_of(p->profile), KVS_ENOTSUP,
                       "profile not built");
   KVS_TRY(kvs_layout_validate(l));
+  KVS_RETURN_ERROR_IF(l->rope_scaling != KVS_ROPE_SCALING_NONE, KVS_ENOTSUP,
+                      "the header does not carry RoPE scaling yet");
   KVS_RETURN_ERROR_IF(l->dtype != KVS_DTYPE_F16 && l->dtype != KVS_DTYPE_BF16, KVS_ELAYOUT,
                       "input dtype must be f16 or bf16");
   KVS_RETURN_ERROR_IF(T == 0 || T > KVS_CODEC_MAX_TOKENS, KVS_EINVAL, "token count");

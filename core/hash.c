@@ -107,6 +107,12 @@ kvs_err kvs_model_id_compute(const kvs_model_desc *d, kvs_model_id *out) {
   put_u32(&st, l->rope_dims);
   put_f32(&st, l->rope_theta);
   put_f32(&st, l->rope_freq_scale);
+  if (l->rope_scaling != KVS_ROPE_SCALING_NONE) { /* unscaled ids stay what they were */
+    put_u32(&st, l->rope_scaling);
+    put_f32(&st, l->rope_orig_ctx);
+    put_f32(&st, l->rope_scale_a);
+    put_f32(&st, l->rope_scale_b);
+  }
   put_u32(&st, d->n_embd);
   put_u32(&st, d->n_heads);
   put_u32(&st, d->n_ff);

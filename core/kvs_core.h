@@ -61,6 +61,27 @@ typedef enum { KVS_DTYPE_F16 = 1, KVS_DTYPE_BF16 = 2, KVS_DTYPE_F32 = 3 } kvs_dt
  * llama.cpp does for the llama architecture; NEOX rotates (x[i], x[i+d/2]). */
 typedef enum { KVS_ROPE_NORM = 0, KVS_ROPE_NEOX = 2 } kvs_rope_type;
 
+/* RoPE frequency scaling. Each gives frequency i (i < rope_dims/2) of base
+ * b_i = theta^(-2i/rope_dims) an effective frequency f_i (blend/rope.c):
+ *   NONE (linear): f_i = rope_freq_scale * b_i
+ *   YARN (llama.cpp's, ext_factor 1, attn_factor 1): f_i = b_i * ((1 - r_i) * rope_freq_scale + r_i),
+ *        r_i the ramp between the correction dims of beta_fast = rope_scale_a and
+ *        beta_slow = rope_scale_b over rope_orig_ctx; K and Q are also multiplied by
+ *        mscale = 1 + 0.1 ln(1 / rope_freq_scale)
+ *   LLAMA3 (Llama 3.1 "llama3"): factor = 1 / rope_freq_scale, low_freq_factor = rope_scale_a,
+ *        high_freq_factor = rope_scale_b, original_max_position_embeddings = rope_orig_ctx;
+ *        wavelengths below orig/high keep b_i, above orig/low get b_i / factor, between
+ *        a smooth mix.
+ * Position p is rotated by p * f_i in every case, so moving K by delta is a
+ * rotation by delta * f_i. The codec header and the wire metadata carry only
+ * NONE layouts so far (their encoders refuse others with KVS_ENOTSUP; their
+ * readers set the fields to NONE / 0). */
+typedef enum {
+  KVS_ROPE_SCALING_NONE = 0,
+  KVS_ROPE_SCALING_YARN = 1,
+  KVS_ROPE_SCALING_LLAMA3 = 2
+} kvs_rope_scaling;
+
 /* What one token's KV looks like. The canonical chunk layout, for a chunk of
  * T tokens, is layer-major with K before V:
  *   for l in layers: K_l (T, n_kv_heads, head_dim), then V_l (same shape)
@@ -76,6 +97,10 @@ typedef struct kvs_layout {
   uint32_t rope_dims;   /* rotated dims per head, even, <= head_dim */
   float rope_theta;     /* base frequency, e.g. 10000 or 100000 */
   float rope_freq_scale;/* linear position scale, 1.0 when unscaled */
+  uint32_t rope_scaling;/* kvs_rope_scaling; 0 (NONE) unless a model says otherwise */
+  float rope_orig_ctx;  /* YARN / LLAMA3: the original training context */
+  float rope_scale_a;   /* YARN: beta_fast (32); LLAMA3: low_freq_factor (1) */
+  float rope_scale_b;   /* YARN: beta_slow (1); LLAMA3: high_freq_factor (4) */
 } kvs_layout;
 
 #define KVS_MAX_LAYERS 1024u

@@ -5,7 +5,7 @@
 #include "kvs_wire.h"
 
 _Static_assert(sizeof(kvs_key) == 16, "keys are 16 bytes on the wire");
-_Static_assert(sizeof(kvs_layout) == 32, "layout is 32 bytes on the wire");
+_Static_assert(offsetof(kvs_layout, rope_scaling) == 32, "the wire carries the layout's first 32 bytes");
 _Static_assert(KVS_WIRE_HDR_SIZE == 32 + KVS_WIRE_TENANT_MAX + KVS_WIRE_TOKEN_MAX, "header layout");
 /* the named header offsets tile the header, each field after the last */
 _Static_assert(KVS_WIRE_OFF_MAGIC == 0 && KVS_WIRE_OFF_VERSION == KVS_WIRE_OFF_MAGIC + 4 &&
@@ -194,6 +194,8 @@ static void layout_rd(const uint8_t *p, kvs_layout *l) {
   l->rope_dims = kvs__rd32(p + 20);
   l->rope_theta = rdf(p + 24);
   l->rope_freq_scale = rdf(p + 28);
+  l->rope_scaling = KVS_ROPE_SCALING_NONE; /* not carried yet (kvs_core.h) */
+  l->rope_orig_ctx = l->rope_scale_a = l->rope_scale_b = 0.0f;
 }
 
 kvs_err kvs_wire_meta_encode(const kvs_wire_meta *m, uint8_t *out, size_t cap, size_t *written) {
@@ -203,6 +205,7 @@ kvs_err kvs_wire_meta_encode(const kvs_wire_meta *m, uint8_t *out, size_t cap, s
   if (cap < need) return KVS_ETOOBIG;
   if (!m->tokens_le || !m->seg_end_le || (m->codec_params_len && !m->codec_params))
     return KVS_EINVAL;
+  if (m->layout.rope_scaling != KVS_ROPE_SCALING_NONE) return KVS_ENOTSUP; /* not carried yet */
   memset(out, 0, need);
   memcpy(out + 0, m->key.b, 16);
   memcpy(out + 16, m->model.b, 16);

@@ -90,7 +90,9 @@ class _Layout(ctypes.Structure):
     _fields_ = [("n_layers", ctypes.c_uint32), ("n_kv_heads", ctypes.c_uint32),
                 ("head_dim", ctypes.c_uint32), ("dtype", ctypes.c_uint32),
                 ("rope_type", ctypes.c_uint32), ("rope_dims", ctypes.c_uint32),
-                ("rope_theta", ctypes.c_float), ("rope_freq_scale", ctypes.c_float)]
+                ("rope_theta", ctypes.c_float), ("rope_freq_scale", ctypes.c_float),
+                ("rope_scaling", ctypes.c_uint32), ("rope_orig_ctx", ctypes.c_float),
+                ("rope_scale_a", ctypes.c_float), ("rope_scale_b", ctypes.c_float)]
 
 
 class _Chunk(ctypes.Structure):
