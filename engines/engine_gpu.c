@@ -28,7 +28,7 @@ static kvs_err e_info(kvs_engine *e, kvs_engine_info *out) {
   out->layout.n_kv_heads = c->n_kv_heads;
   out->layout.head_dim = c->head_dim;
   out->layout.dtype = KVS_DTYPE_F16;
-  out->layout.rope_type = KVS_ROPE_NORM;
+  out->layout.rope_type = c->rope_type; /* NORM (llama) or NEOX (qwen2) */
   out->layout.rope_dims = c->head_dim;
   out->layout.rope_theta = c->rope_theta;
   out->layout.rope_freq_scale = 1.0f;

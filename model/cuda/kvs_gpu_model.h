@@ -28,7 +28,8 @@ struct kvs__model_weights;
 /* Uploads w (host f32 weights converted to fp16) or, for a random model
  * without host weights, generates the same seeded weights on the device.
  * max_tokens bounds the KV cache and the activations of one prefill call. */
-kvs_err kvs_gpu_model_create(const struct kvs__model_weights *w, uint32_t max_tokens, kvs_gpu_model **out);
+kvs_err kvs_gpu_model_create(const struct kvs__model_weights *w, uint32_t max_tokens,
+                             kvs_gpu_model **out);
 void kvs_gpu_model_free(kvs_gpu_model *g);
 /* Empties the KV cache. */
 kvs_err kvs_gpu_model_reset(kvs_gpu_model *g);
@@ -92,9 +93,10 @@ kvs_err kvs_gpu_copy(void *dst, const void *src, size_t bytes);
  * y (n, E) fp16 = rmsnorm(x (n, E) f32) * w (E) */
 kvs_err kvs_gpu_rmsnorm_host(const float *x, const float *w, kvs_f16 *y, uint32_t n, uint32_t E,
                              float eps);
-/* q (n, H, D) f32 rotated in place at positions pos[n] (NORM pairs) */
+/* q (n, H, D) f32 rotated in place at positions pos[n] (NORM pairs, or
+ * NEOX ones with neox) */
 kvs_err kvs_gpu_rope_host(float *q, uint32_t n, uint32_t H, uint32_t D, const uint32_t *pos,
-                          float theta);
+                          float theta, int neox);
 /* out (n, F) fp16 = silu(gu[:, :F]) * gu[:, F:], gu (n, 2F) fp16 */
 kvs_err kvs_gpu_swiglu_host(const kvs_f16 *gu, kvs_f16 *out, uint32_t n, uint32_t F);
 /* out (n, H, D) fp16: causal attention of q (n, H, D) fp16 at slots past..past+n-1

@@ -20,7 +20,6 @@
 #include "model_int.h"
 #include "model_rand.h"
 
-
 #define CUBLAS_TRY(call)                                                                           \
   do {                                                                                             \
     cublasStatus_t s_ = (call);                                                                    \
@@ -73,13 +72,15 @@ __device__ __forceinline__ void rope_cs(uint32_t pos, int i, int D, double log_t
   *s = (float)sd;
 }
 
-/* qkv (n, H*D + 2*G*D) f32 -> q (n, H, D) fp16 rotated (skipped when q is
- * NULL); K rotated and V into Kc/Vc rows slot[i] (NULL: past + i), RoPE
- * position pos[i] (NULL: past + i). One block per token. */
+/* qkv (n, H*D + 2*G*D) f32 (+ bias (H*D + 2*G*D) when not NULL: qwen2) ->
+ * q (n, H, D) fp16 rotated (skipped when q is NULL); K rotated and V into
+ * Kc/Vc rows slot[i] (NULL: past + i), RoPE position pos[i] (NULL: past + i),
+ * pairs (2j, 2j+1) or, with neox, (j, j + D/2). One block per token. */
 __global__ void k_rope_qkv(const float *__restrict__ qkv, half *__restrict__ q,
                            half *__restrict__ Kc, half *__restrict__ Vc, int H, int G, int D,
                            int past, const int *__restrict__ pos_arr,
-                           const int *__restrict__ slot_arr, double log_theta) {
+                           const int *__restrict__ slot_arr, double log_theta,
+                           const float *__restrict__ bias, int neox) {
   __shared__ float cs[KVS_MAX_HEAD_DIM / 2], sn[KVS_MAX_HEAD_DIM / 2];
   int i = blockIdx.x;
   uint32_t pos = (uint32_t)(pos_arr ? pos_arr[i] : past + i);
@@ -90,36 +91,39 @@ __global__ void k_rope_qkv(const float *__restrict__ qkv, half *__restrict__ q,
     rope_cs(pos, j, D, log_theta, &cs[j], &sn[j]);
   __syncthreads();
   int h0 = q ? 0 : H, pairs = (H + G - h0) * (D / 2);
+  int a0 = neox ? 1 : 2, a1 = neox ? D / 2 : 1; /* element of pair j: a0 * j and a0 * j + a1 */
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
     int head = h0 + p / (D / 2), j = p % (D / 2);
     float c = cs[j], s = sn[j];
-    const float *src = row + head * D + 2 * j; /* q heads then k heads are contiguous */
-    float x0 = src[0], x1 = src[1];
+    int e0 = head * D + a0 * j, e1 = e0 + a1; /* q heads then k heads are contiguous */
+    float x0 = row[e0], x1 = row[e1];
+    if (bias) x0 += bias[e0], x1 += bias[e1];
     half o0 = __float2half(x0 * c - x1 * s), o1 = __float2half(x0 * s + x1 * c);
     if (head < H) {
-      q[(size_t)i * HD + head * D + 2 * j] = o0;
-      q[(size_t)i * HD + head * D + 2 * j + 1] = o1;
+      q[(size_t)i * HD + e0] = o0;
+      q[(size_t)i * HD + e1] = o1;
     } else {
-      size_t o = slot * GD + (head - H) * D + 2 * j;
+      size_t o = slot * GD + (e0 - HD);
       Kc[o] = o0;
-      Kc[o + 1] = o1;
+      Kc[o + a1] = o1;
     }
   }
   for (int j = threadIdx.x; j < GD; j += blockDim.x)
-    Vc[slot * GD + j] = __float2half(row[HD + GD + j]);
+    Vc[slot * GD + j] = __float2half(row[HD + GD + j] + (bias ? bias[HD + GD + j] : 0.0f));
 }
 
-/* in-place f32 rope for the twin test: x (n, H, D) */
-__global__ void k_rope_f32(float *x, const uint32_t *pos, int H, int D, double log_theta) {
-  int i = blockIdx.x;
+/* in-place f32 rope for the twin test: x (n, H, D), NORM or NEOX pairs */
+__global__ void k_rope_f32(float *x, const uint32_t *pos, int H, int D, double log_theta,
+                           int neox) {
+  int i = blockIdx.x, a0 = neox ? 1 : 2, a1 = neox ? D / 2 : 1;
   for (int p = threadIdx.x; p < H * (D / 2); p += blockDim.x) {
     int head = p / (D / 2), j = p % (D / 2);
     float c, s;
     rope_cs(pos[i], j, D, log_theta, &c, &s);
-    float *e = x + ((size_t)i * H + head) * D + 2 * j;
-    float x0 = e[0], x1 = e[1];
+    float *e = x + ((size_t)i * H + head) * D + a0 * j;
+    float x0 = e[0], x1 = e[a1];
     e[0] = x0 * c - x1 * s;
-    e[1] = x0 * s + x1 * c;
+    e[a1] = x0 * s + x1 * c;
   }
 }
 
@@ -551,7 +555,8 @@ static kvs_err launch_flash(const half *q, const half *k, const half *v, half *o
                             int G, int D, int past, const int *qslot, int kv_len, cudaStream_t st,
                             float **ws, size_t *ws_bytes) {
   if (n <= 0) return KVS_OK;
-  if (D == 64) return launch_flash_t<64>(q, k, v, o, n, H, G, past, qslot, kv_len, st, ws, ws_bytes);
+  if (D == 64)
+    return launch_flash_t<64>(q, k, v, o, n, H, G, past, qslot, kv_len, st, ws, ws_bytes);
   if (D == 128)
     return launch_flash_t<128>(q, k, v, o, n, H, G, past, qslot, kv_len, st, ws, ws_bytes);
   return KVS_ENOTSUP;
@@ -560,6 +565,7 @@ static kvs_err launch_flash(const half *q, const half *k, const half *v, half *o
 /* ------------------------------------------------------------- model */
 typedef struct gpu_layer {
   float *attn_norm, *ffn_norm;
+  float *bqkv; /* (H*D + 2*G*D) = [bq; bk; bv] when cfg.qkv_bias (qwen2), else NULL */
   half *wqkv, *wo, *wgu, *wdown;
 } gpu_layer;
 
@@ -677,6 +683,12 @@ static kvs_err create(kvs_gpu_model *g, const kvs__model_weights *w, uint32_t T)
     KVS_TRY(put_half(g, w, gl->wgu, hl ? hl->w_gate : NULL, F * E, b + 6));
     KVS_TRY(put_half(g, w, gl->wgu + F * E, hl ? hl->w_up : NULL, F * E, b + 7));
     KVS_TRY(put_half(g, w, gl->wdown, hl ? hl->w_down : NULL, E * F, b + 8));
+    if (c->qkv_bias) {
+      DMALLOC(gl->bqkv, (HD + 2 * GD) * 4);
+      KVS_TRY(put_f32(g, w, gl->bqkv, hl ? hl->bq : NULL, HD, b + 9));
+      KVS_TRY(put_f32(g, w, gl->bqkv + HD, hl ? hl->bk : NULL, GD, b + 10));
+      KVS_TRY(put_f32(g, w, gl->bqkv + HD + GD, hl ? hl->bv : NULL, GD, b + 11));
+    }
   }
   g->T = T;
   DMALLOC(g->tok, (size_t)T * 4);
@@ -712,6 +724,7 @@ extern "C" void kvs_gpu_model_free(kvs_gpu_model *g) {
     cudaFree(gl->attn_norm);
     cudaFree(gl->ffn_norm);
     cudaFree(gl->wqkv);
+    cudaFree(gl->bqkv);
     cudaFree(gl->wo);
     cudaFree(gl->wgu);
     cudaFree(gl->wdown);
@@ -812,7 +825,8 @@ static kvs_err run_layer(kvs_gpu_model *g, kvs_gpu_seq *s, uint32_t l, int N, fl
   k_rmsnorm<<<N, 256, 0, g->st>>>(x, gl->attn_norm, g->xn, E, c->norm_eps);
   KVS_TRY(gemm(g, gl->wqkv, g->xn, g->qkv, CUDA_R_32F, N, E, HD + 2 * GD, 0.0f));
   k_rope_qkv<<<N, 256, 0, g->st>>>(g->qkv, g->q, Kc, Vc, H, G, D, past, d_pos, d_slot,
-                                   log((double)c->rope_theta));
+                                   log((double)c->rope_theta), gl->bqkv,
+                                   c->rope_type == KVS_ROPE_NEOX);
   KVS_TRY(launch_flash(g->q, Kc, Vc, g->att, N, H, G, D, past, d_slot, kv_len, g->st, &g->fa_ws,
                        &g->fa_ws_bytes));
   KVS_TRY(gemm(g, gl->wo, g->att, x, CUDA_R_32F, N, HD, E, 1.0f));
@@ -1010,7 +1024,8 @@ extern "C" kvs_err kvs_gpu_layer_kv(kvs_gpu_model *g, uint32_t layer, uint32_t n
   KVS_TRY(gemm(g, gl->wqkv, g->xn, g->qkv, CUDA_R_32F, (int)n, E, HD + 2 * GD, 0.0f));
   k_rope_qkv<<<n, 256, 0, g->st>>>(g->qkv, NULL, (half *)k_dev, (half *)v_dev, (int)c->n_heads,
                                    (int)c->n_kv_heads, (int)c->head_dim, 0, g->d_pos, NULL,
-                                   log((double)c->rope_theta));
+                                   log((double)c->rope_theta), gl->bqkv,
+                                   c->rope_type == KVS_ROPE_NEOX);
   KVS_CUDA_TRY(cudaGetLastError());
   KVS_CUDA_TRY(cudaStreamSynchronize(g->st));
   return KVS_OK;
@@ -1070,14 +1085,14 @@ extern "C" kvs_err kvs_gpu_rmsnorm_host(const float *x, const float *w, kvs_f16 
 }
 
 extern "C" kvs_err kvs_gpu_rope_host(float *q, uint32_t n, uint32_t H, uint32_t D,
-                                     const uint32_t *pos, float theta) {
+                                     const uint32_t *pos, float theta, int neox) {
   if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
   float *dq = NULL;
   uint32_t *dp = NULL;
   kvs_err e = to_dev(&dq, q, (size_t)n * H * D * 4);
   if (!e) e = to_dev(&dp, pos, (size_t)n * 4);
   if (!e && n) {
-    k_rope_f32<<<n, 256>>>(dq, dp, (int)H, (int)D, log((double)theta));
+    k_rope_f32<<<n, 256>>>(dq, dp, (int)H, (int)D, log((double)theta), neox);
     cudaError_t ce = cudaMemcpy(q, dq, (size_t)n * H * D * 4, cudaMemcpyDeviceToHost);
     if (ce != cudaSuccess) e = kvs__cuda_err(ce, __FILE__, __LINE__, "rope");
   }

@@ -34,8 +34,8 @@ kvs_err kvs_gpu_rmsnorm_host(const float *x, const float *w, kvs_f16 *y, uint32_
   return KVS_ENODEV;
 }
 kvs_err kvs_gpu_rope_host(float *q, uint32_t n, uint32_t H, uint32_t D, const uint32_t *pos,
-                          float theta) {
-  (void)q, (void)n, (void)H, (void)D, (void)pos, (void)theta;
+                          float theta, int neox) {
+  (void)q, (void)n, (void)H, (void)D, (void)pos, (void)theta, (void)neox;
   return KVS_ENODEV;
 }
 kvs_err kvs_gpu_swiglu_host(const kvs_f16 *gu, kvs_f16 *out, uint32_t n, uint32_t F) {

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kvs_engine.h"
 #include "kvs_gpu_model.h"
@@ -50,13 +51,17 @@ static void test_kernel_twins(void) {
     pos[i] = i * 997 % 32768;
   for (size_t i = 0; i < (size_t)n * H * D; i++)
     q[i] = qg[i] = kvs_test_randf(&rs);
-  kvs_model_rope_cpu(q, n, H, D, pos, 100000.0f, 0);
-  CU_ASSERT_EQUAL_FATAL(kvs_gpu_rope_host(qg, n, H, D, pos, 100000.0f), KVS_OK);
-  md = 0;
-  for (size_t i = 0; i < (size_t)n * H * D; i++)
-    md = fmax(md, fabs(q[i] - qg[i]));
-  printf("  rope: max abs err %.3g\n", md);
-  CU_ASSERT(md < 1e-5);
+  for (int neox = 0; neox <= 1; neox++) {
+    for (size_t i = 0; i < (size_t)n * H * D; i++)
+      q[i] = qg[i] = kvs_test_randf(&rs);
+    kvs_model_rope_cpu(q, n, H, D, pos, 100000.0f, neox);
+    CU_ASSERT_EQUAL_FATAL(kvs_gpu_rope_host(qg, n, H, D, pos, 100000.0f, neox), KVS_OK);
+    md = 0;
+    for (size_t i = 0; i < (size_t)n * H * D; i++)
+      md = fmax(md, fabs(q[i] - qg[i]));
+    printf("  rope (%s): max abs err %.3g\n", neox ? "neox" : "norm", md);
+    CU_ASSERT(md < 1e-5);
+  }
   /* swiglu */
   uint32_t F = 1536;
   kvs_f16 *gu = malloc((size_t)n * 2 * F * 2), *og = malloc((size_t)n * F * 2);
@@ -126,12 +131,12 @@ static void test_flash_attn(void) {
   attn_case(1000, 32, 8, 128, 0);
 }
 
-static void test_vs_cpu_and_llamacpp(void) {
+static void vs_cpu_and_llamacpp(kvs_model *mdl, const char *fixture) {
   size_t ln;
-  uint8_t *l = kvs_test_read_file(kvs_test_src_path("tests/model/fixtures/logits_top8.dat"), &ln);
+  uint8_t *l = kvs_test_read_file(kvs_test_src_path(fixture), &ln);
   CU_ASSERT_PTR_NOT_NULL_FATAL(l);
   kvs__model_weights w;
-  kvs__model_weights_get(g_m, &w);
+  kvs__model_weights_get(mdl, &w);
   kvs_gpu_model *gm;
   CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_create(&w, 1024, &gm), KVS_OK);
   uint32_t V = w.cfg.n_vocab;
@@ -150,8 +155,8 @@ static void test_vs_cpu_and_llamacpp(void) {
     double ms;
     CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_prefill(gm, ids, n, 1, lg, &ms), KVS_OK);
     kvs_seq *s;
-    CU_ASSERT_EQUAL_FATAL(kvs_seq_create(g_m, n, &s), KVS_OK);
-    CU_ASSERT_EQUAL_FATAL(kvs_model_prefill(g_m, s, ids, n, 1, lc), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(kvs_seq_create(mdl, n, &s), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(kvs_model_prefill(mdl, s, ids, n, 1, lc), KVS_OK);
     /* KV: the GPU cache against the CPU cache */
     size_t row = (size_t)w.cfg.n_kv_heads * w.cfg.head_dim;
     kvs_f16 *kb = malloc(n * row * 2), *vb = malloc(n * row * 2);
@@ -211,47 +216,81 @@ static void test_vs_cpu_and_llamacpp(void) {
   free(l);
 }
 
+static void test_vs_cpu_and_llamacpp(void) {
+  vs_cpu_and_llamacpp(g_m, "tests/model/fixtures/logits_top8.dat");
+}
+
+/* Qwen2.5-Coder-1.5B (biases, NEOX RoPE, untied Q6_K output) when it is in
+ * the model cache: the same checks against llama.cpp's run on its weights
+ * dequantized to F32 (tools/llamacpp/make_qwen2_fixtures.py) and the CPU. */
+static void test_qwen2_15b(void) {
+  char path[4096];
+  const char *dir = getenv("KVS_MODEL_DIR"), *home = getenv("HOME");
+  snprintf(path, sizeof path, "%s/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+           dir    ? dir
+           : home ? home
+                  : ".");
+  if (!dir)
+    snprintf(path, sizeof path, "%s/.cache/kvstash/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+             home ? home : ".");
+  kvs_model *m;
+  if (access(path, R_OK) != 0 || kvs_model_load(path, &m) != KVS_OK) {
+    printf("\n  %s absent: skipped\n", path);
+    return;
+  }
+  vs_cpu_and_llamacpp(m, "tests/model/fixtures/qwen2_1.5b_top8.dat");
+  kvs_model_free(m);
+}
+
 /* Device-generated random weights == host-generated ones: a small random
  * model run on the CPU (host weights) and on the GPU (weights made on the
  * device from the seed) gives the same logits. Then the 8B shape runs. */
 static void test_random_models(void) {
-  kvs_model_cfg small = {.n_vocab = 1000,
-                         .n_embd = 256,
-                         .n_layers = 2,
-                         .n_heads = 4,
-                         .n_kv_heads = 2,
-                         .head_dim = 64,
-                         .n_ff = 512,
-                         .n_ctx_train = 512,
-                         .rope_theta = 10000.0f,
-                         .norm_eps = 1e-5f};
-  kvs_model *cpu, *dev;
-  CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 9, 1, &cpu), KVS_OK);
-  CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 9, 0, &dev), KVS_OK);
-  kvs__model_weights w;
-  kvs__model_weights_get(dev, &w);
-  kvs_gpu_model *gm;
-  CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_create(&w, 256, &gm), KVS_OK);
-  kvs_token t[100];
-  for (int i = 0; i < 100; i++)
-    t[i] = (i * 37) % 1000;
-  float *lg = malloc(1000 * 4), *lc = malloc(1000 * 4);
-  CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, t, 60, 0, NULL, NULL), KVS_OK);
-  CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, t + 60, 40, 0, lg, NULL), KVS_OK); /* on top of KV */
-  kvs_seq *s;
-  CU_ASSERT_EQUAL_FATAL(kvs_seq_create(cpu, 100, &s), KVS_OK);
-  CU_ASSERT_EQUAL(kvs_model_prefill(cpu, s, t, 100, 0, lc), KVS_OK);
-  float md = 0;
-  for (int v = 0; v < 1000; v++)
-    md = fmaxf(md, fabsf(lg[v] - lc[v]));
-  printf("\n  random small model, device-made weights vs host: max |dlogit| %.4f\n", md);
-  CU_ASSERT(md < 0.1f);
-  CU_ASSERT_EQUAL(kvs_argmax(lg, 1000), kvs_argmax(lc, 1000));
-  kvs_seq_free(s);
-  kvs_gpu_model_free(gm);
-  kvs_model_free(cpu);
-  kvs_model_free(dev);
-  free(lg), free(lc);
+  for (int qwen = 0; qwen <= 1; qwen++) {
+    kvs_model_cfg small = {.n_vocab = 1000,
+                           .n_embd = 256,
+                           .n_layers = 2,
+                           .n_heads = 4,
+                           .n_kv_heads = 2,
+                           .head_dim = 64,
+                           .n_ff = 512,
+                           .n_ctx_train = 512,
+                           .rope_theta = 10000.0f,
+                           .norm_eps = 1e-5f};
+    if (qwen) { /* qwen2-shaped: Q/K/V biases, NEOX pairs */
+      small.qkv_bias = 1;
+      small.rope_type = KVS_ROPE_NEOX;
+      small.rope_theta = 1e6f;
+    }
+    kvs_model *cpu, *dev;
+    CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 9, 1, &cpu), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(&small, 9, 0, &dev), KVS_OK);
+    kvs__model_weights w;
+    kvs__model_weights_get(dev, &w);
+    kvs_gpu_model *gm;
+    CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_create(&w, 256, &gm), KVS_OK);
+    kvs_token t[100];
+    for (int i = 0; i < 100; i++)
+      t[i] = (i * 37) % 1000;
+    float *lg = malloc(1000 * 4), *lc = malloc(1000 * 4);
+    CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, t, 60, 0, NULL, NULL), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_gpu_model_prefill(gm, t + 60, 40, 0, lg, NULL), KVS_OK); /* on top of KV */
+    kvs_seq *s;
+    CU_ASSERT_EQUAL_FATAL(kvs_seq_create(cpu, 100, &s), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_model_prefill(cpu, s, t, 100, 0, lc), KVS_OK);
+    float md = 0;
+    for (int v = 0; v < 1000; v++)
+      md = fmaxf(md, fabsf(lg[v] - lc[v]));
+    printf("\n  random small %s model, device-made weights vs host: max |dlogit| %.4f\n",
+           qwen ? "qwen2" : "llama", md);
+    CU_ASSERT(md < 0.1f);
+    CU_ASSERT_EQUAL(kvs_argmax(lg, 1000), kvs_argmax(lc, 1000));
+    kvs_seq_free(s);
+    kvs_gpu_model_free(gm);
+    kvs_model_free(cpu);
+    kvs_model_free(dev);
+    free(lg), free(lc);
+  }
   /* the Llama-3-8B shape */
   kvs_model *big;
   CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(NULL, 1, 0, &big), KVS_OK);
@@ -438,6 +477,7 @@ int main(void) {
   static const kvs_test_case cases[] = {{"kernel twins", test_kernel_twins},
                                         {"flash attention twin", test_flash_attn},
                                         {"forward vs CPU and llama.cpp", test_vs_cpu_and_llamacpp},
+                                        {"Qwen2.5-Coder-1.5B vs CPU and llama.cpp", test_qwen2_15b},
                                         {"random and 8B-shaped models", test_random_models},
                                         {"GPU engine ops", test_gpu_engine},
                                         {NULL, NULL}};
