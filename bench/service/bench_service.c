@@ -199,7 +199,7 @@ static nng_msg *kput_msg(const kentry *e, const uint8_t *value, size_t n, uint64
   m.model = e->model;
   m.key_kind = KVS_KEY_KIND_CONTENT;
   m.n_tokens = 64;
-  kvs_layout l = {30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NEOX, 64, 100000.f, 1.f};
+  kvs_layout l = {30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NEOX, 64, 100000.f, 1.f, 0, 0, 0, 0};
   m.layout = l;
   m.codec_profile = profile;
   m.n_segments = n_seg;
@@ -640,7 +640,7 @@ static int lib_fill(size_t size, int n, const uint8_t *value) {
   free(g_lkeys);
   g_lkeys = NULL;
   if (size % 8192 || size / 8192 < 1 || size / 8192 > KVS_MAX_KV_HEADS) return 0;
-  kvs_layout l = {1, (uint32_t)(size / 8192), 128, KVS_DTYPE_F16, KVS_ROPE_NEOX, 128, 1e4f, 1.f};
+  kvs_layout l = {1, (uint32_t)(size / 8192), 128, KVS_DTYPE_F16, KVS_ROPE_NEOX, 128, 1e4f, 1.f, 0, 0, 0, 0};
   g_llay = l;
   g_lmodel = kvs_hash128_buf("bench-lib", 9);
   g_lkeys = calloc((size_t)n, sizeof *g_lkeys);
@@ -1236,7 +1236,7 @@ int main(int argc, char **argv) {
   }
   if (do_tokens) {
     /* 256 tokens of SmolLM2-135M-shaped KV: raw fp16 in Redis, dense in kvstashd */
-    kvs_layout l = {30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NEOX, 64, 100000.f, 1.f};
+    kvs_layout l = {30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NEOX, 64, 100000.f, 1.f, 0, 0, 0, 0};
     uint32_t T = 256;
     size_t raw = (size_t)(2ull * l.n_layers * T * l.n_kv_heads * l.head_dim * 2);
     uint16_t *kv = malloc(raw);

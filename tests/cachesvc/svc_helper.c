@@ -524,7 +524,7 @@ static void chunk_meta(const th_chunk *ch, kvs_wire_meta *m) {
   m->model = ch->model;
   m->key_kind = KVS_KEY_KIND_CONTENT;
   m->n_tokens = ch->n_tokens;
-  kvs_layout l = {2, 2, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 10000.f, 1.f};
+  kvs_layout l = {2, 2, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 10000.f, 1.f, 0, 0, 0, 0};
   m->layout = l;
   m->codec_profile = 1;
   m->n_segments = ch->n_seg;

@@ -16,7 +16,7 @@ static int g_cunit = 1; /* 0 while writing the corpus (no suite running) */
   } while (0)
 
 static kvs_layout sample_layout(void) {
-  kvs_layout l = {4, 2, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 10000.f, 1.f};
+  kvs_layout l = {4, 2, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 10000.f, 1.f, 0, 0, 0, 0};
   return l;
 }
 

@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   fprintf(man, "# file expected_error xxh3_64_of_decoded_f16 (see gen_golden.c)\n");
-  kvs_layout l = {2, 2, 32, KVS_DTYPE_F16, KVS_ROPE_NORM, 32, 10000.0f, 1.0f};
+  kvs_layout l = {2, 2, 32, KVS_DTYPE_F16, KVS_ROPE_NORM, 32, 10000.0f, 1.0f, 0, 0, 0, 0};
   uint32_t T = 24;
   size_t ne = 2ull * 2 * T * 2 * 32;
   uint16_t *kv = malloc(ne * 2), *out = malloc(ne * 2);

@@ -292,6 +292,8 @@ static void test_random_models(void) {
     free(lg), free(lc);
   }
   /* the Llama-3-8B shape */
+  kvs__model_weights w;
+  kvs_gpu_model *gm;
   kvs_model *big;
   CU_ASSERT_EQUAL_FATAL(kvs_model_create_random(NULL, 1, 0, &big), KVS_OK);
   kvs__model_weights_get(big, &w);
