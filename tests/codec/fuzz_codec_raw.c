@@ -13,7 +13,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < KVS_RAW_DESC_BYTES) {
-    kvs_layout l = {2, 2, 32, KVS_DTYPE_F16, KVS_ROPE_NORM, 32, 10000.0f, 1.0f};
+    kvs_layout l = {2, 2, 32, KVS_DTYPE_F16, KVS_ROPE_NORM, 32, 10000.0f, 1.0f, 0, 0, 0, 0};
     kvs_codec_raw_info info;
     (void)kvs_codec_raw_parse(data, size, &l, 24, &info);
     return 0;

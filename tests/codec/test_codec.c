@@ -642,7 +642,7 @@ static uint8_t *slurp_golden(const char *name, size_t *n) {
  * decode to the input exactly, by head range and to f32; bad descriptors and
  * group sizes fail with their errors. */
 static void test_raw(void) {
-  kvs_layout l = {2, 2, 32, KVS_DTYPE_F16, KVS_ROPE_NORM, 32, 10000.0f, 1.0f};
+  kvs_layout l = {2, 2, 32, KVS_DTYPE_F16, KVS_ROPE_NORM, 32, 10000.0f, 1.0f, 0, 0, 0, 0};
   const uint32_t T = 24, H = 2, D = 32;
   const size_t ne = 2ull * 2 * T * H * D;
   uint16_t *kv = malloc(ne * 2), *out = malloc(ne * 2);
