@@ -32,7 +32,7 @@ case $(basename "$whl") in
   kvstash-"$want_version"-py3-none-linux_*.whl) ;;
   *) echo "wheel name: expected kvstash-$want_version-py3-none-linux_*"; exit 1 ;;
 esac
-"$py" -m zipfile -l "$whl" | grep -q 'kvstash/libkvstash.so' || { echo "no libkvstash.so in the wheel"; exit 1; }
+"$py" -m zipfile -l "$whl" | grep 'kvstash/libkvstash.so' >/dev/null || { echo "no libkvstash.so in the wheel"; exit 1; }
 "$tmp/venv/bin/pip" install -q --no-index --no-deps "$whl"
 rm -rf "$tmp/pysrc" # nothing of the source is left to fall back on
 
