@@ -25,7 +25,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                   KVS_ROPE_NORM,
                   0,
                   10000.0f,
-                  1.0f};
+                  1.0f,
+                  0,
+                  0,
+                  0,
+                  0};
   l.rope_dims = l.head_dim;
   uint32_t T = kvs__rd32(data + KVS_RD_N_TOKENS);
   kvs_codec_raw_info info;
