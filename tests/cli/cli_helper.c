@@ -21,7 +21,7 @@ static void set_or_unset(const char *k, const char *v) {
     unsetenv(k);
 }
 
-int cli_run(const cli_env *env, char **out, const char *const *args) {
+static int run_impl(const cli_env *env, char **out, const char *errpath, const char *const *args) {
   if (out) *out = NULL;
   int fd[2];
   if (pipe(fd) != 0) return -1;
@@ -43,6 +43,10 @@ int cli_run(const cli_env *env, char **out, const char *const *args) {
     close(fd[1]);
     int nul = open("/dev/null", O_RDONLY);
     if (nul >= 0) dup2(nul, 0);
+    if (errpath) {
+      int ef = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      if (ef >= 0) dup2(ef, 2);
+    }
     set_or_unset("KVS_URL", env->url);
     set_or_unset("KVS_HTTP", env->http);
     set_or_unset("KVS_TENANT", env->tenant);
@@ -73,6 +77,29 @@ int cli_run(const cli_env *env, char **out, const char *const *args) {
   else
     free(buf);
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int cli_run(const cli_env *env, char **out, const char *const *args) {
+  return run_impl(env, out, NULL, args);
+}
+
+int cli_run_err(const cli_env *env, char **out, char **err, const char *const *args) {
+  char path[] = "/tmp/kvs-cli-stderr.XXXXXX";
+  *err = NULL;
+  int fd = mkstemp(path);
+  if (fd < 0) return -1;
+  close(fd);
+  int rc = run_impl(env, out, path, args);
+  FILE *f = fopen(path, "rb");
+  if (f) {
+    char *b = calloc(1, 1 << 20);
+    size_t n = b ? fread(b, 1, (1 << 20) - 1, f) : 0;
+    if (b) b[n] = 0;
+    *err = b;
+    fclose(f);
+  }
+  unlink(path);
+  return rc;
 }
 
 int cli_run_json(const cli_env *env, cJSON **j, const char *const *args) {

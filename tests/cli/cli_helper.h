@@ -15,6 +15,8 @@ typedef struct cli_env {
  * stdout (malloc'd, NUL-ended; may be NULL). Returns the exit code, -1 when
  * it did not exit normally. stderr goes to the test's stderr. */
 int cli_run(const cli_env *env, char **out, const char *const *args);
+/* Same, with stderr captured into *err too (malloc'd, NUL-ended; at most 1 MiB). */
+int cli_run_err(const cli_env *env, char **out, char **err, const char *const *args);
 /* Same, stdout parsed as one JSON document (*j NULL when it does not parse;
  * cJSON_Delete it). */
 int cli_run_json(const cli_env *env, cJSON **j, const char *const *args);

@@ -126,6 +126,54 @@ static void test_unreachable(void) {
   CU_ASSERT_EQUAL(cli_run(&e, NULL, CLI_ARGS("show", hexkey(&g_ch[0].key))), 3);
 }
 
+static void test_bad_url_and_config(void) {
+  const char *bad[] = {"http://127.0.0.1:7878",
+                       "tcp://127.0.0.1:78790",
+                       "tcp://127.0.0.1",
+                       "tcp://:7878",
+                       "ipc://",
+                       "nonsense",
+                       NULL};
+  for (int i = 0; bad[i]; i++) {
+    cli_env e = g_env;
+    e.url = bad[i];
+    CU_ASSERT_EQUAL(cli_run(&e, NULL, CLI_ARGS("status")), 2);
+    CU_ASSERT_EQUAL(cli_run(&e, NULL, CLI_ARGS("ls", "--json")), 2);
+  }
+  cli_env e = g_env;
+  e.http = "127.0.0.1:0";
+  CU_ASSERT_EQUAL(cli_run(&e, NULL, CLI_ARGS("status")), 2);
+  e = g_env;
+  e.url = "tcp://127.0.0.1:1";
+  CU_ASSERT_EQUAL(cli_run(&e, NULL, CLI_ARGS("status", "--help")), 0); /* help needs no URL */
+  /* -t NAME takes NAME's token from a kvstashd.conf (the file's first tenant
+     is another one, with a # in its quoted token) */
+  char conf[400];
+  snprintf(conf, sizeof conf, "%s/kvstashd.conf", g_dir);
+  FILE *f = fopen(conf, "w");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  fprintf(f, "listen = %s\nhttp = %s\ntenant = \"other:x#1\"\ntenant = ten:tok  # ours\n", g_d.url,
+          g_http);
+  fclose(f);
+  cli_env c = {.admin_token = "adm", .model_path = "/nonexistent/model.gguf"};
+  cJSON *j;
+  CU_ASSERT_EQUAL(cli_run_json(&c, &j, CLI_ARGS("-c", conf, "-t", "ten", "ls", "--json")), 0);
+  CU_ASSERT_EQUAL(num(j, "matched"), N_CHUNKS);
+  cJSON_Delete(j);
+  /* the first tenant (other, x#1) is the default: the daemon refuses it */
+  CU_ASSERT_EQUAL(cli_run(&c, NULL, CLI_ARGS("-c", conf, "ls")), 4);
+  /* a tenant the file does not name: no token, refused */
+  CU_ASSERT_EQUAL(cli_run(&c, NULL, CLI_ARGS("-c", conf, "-t", "nobody", "ls")), 4);
+  /* a token given wins over the file */
+  CU_ASSERT_EQUAL(cli_run(&c, NULL, CLI_ARGS("-c", conf, "-t", "ten", "-k", "wrong", "ls")), 4);
+  /* a config that does not parse: one line, exit 2 */
+  f = fopen(conf, "w");
+  fputs("tenant = \"unclosed\n", f);
+  fclose(f);
+  CU_ASSERT_EQUAL(cli_run(&c, NULL, CLI_ARGS("-c", conf, "ls")), 2);
+  unlink(conf);
+}
+
 static void test_wrong_token(void) {
   cli_env e = g_env;
   e.token = "wrong";
@@ -316,6 +364,22 @@ static void test_bench(void) {
   CU_ASSERT_EQUAL(count_entries(), N_CHUNKS); /* the bench cleaned up after itself */
 }
 
+/* The status (0 ok, 1 warn, 2 fail, -1 absent) of doctor's check NAME. */
+static int check_status(const cli_env *env, const char *name) {
+  cJSON *j;
+  cli_run_json(env, &j, CLI_ARGS("doctor", "--json"));
+  const cJSON *arr = j ? cJSON_GetObjectItem(j, "checks") : NULL;
+  int st = -1;
+  for (int i = 0; i < cJSON_GetArraySize(arr); i++) {
+    const cJSON *c = cJSON_GetArrayItem(arr, i), *n = cJSON_GetObjectItem(c, "check"),
+                *s = cJSON_GetObjectItem(c, "status");
+    if (cJSON_IsString(n) && cJSON_IsString(s) && !strcmp(n->valuestring, name))
+      st = !strcmp(s->valuestring, "ok") ? 0 : !strcmp(s->valuestring, "warn") ? 1 : 2;
+  }
+  cJSON_Delete(j);
+  return st;
+}
+
 static void test_doctor(void) {
   cJSON *j;
   CU_ASSERT_EQUAL(cli_run_json(&g_env, &j, CLI_ARGS("doctor", "--json")), 0);
@@ -332,6 +396,21 @@ static void test_doctor(void) {
   CU_ASSERT_EQUAL(cli_run_json(&e, &j, CLI_ARGS("doctor", "--json")), 1);
   CU_ASSERT_EQUAL(num(j, "failed"), 1);
   cJSON_Delete(j);
+  CU_ASSERT_EQUAL(check_status(&g_env, "auth"), 0); /* on: tenant ten with a token */
+  /* a kvstashd without tenants: auth off is a warning (not a failure) */
+  th_daemon open;
+  CU_ASSERT_EQUAL_FATAL(th_daemon_start(&open, NULL), 0);
+  char http[64];
+  snprintf(http, sizeof http, "127.0.0.1:%d", open.http_port);
+  cli_env o = {
+      .url = open.url, .http = http, .tenant = "default", .model_path = "/nonexistent/model.gguf"};
+  CU_ASSERT_EQUAL(check_status(&o, "auth"), 1);
+  char *out;
+  cli_run(&o, &out, CLI_ARGS("doctor"));
+  CU_ASSERT_PTR_NOT_NULL(out && strstr(out, "auth is off") ? out : NULL);
+  free(out);
+  th_daemon_stop(&open);
+  th_daemon_cleanup(&open);
 }
 
 static void test_evict(void) {
@@ -356,9 +435,34 @@ static void test_evict(void) {
   CU_ASSERT(num(j, "matched_bytes") <= 60 * 1024);
   cJSON_Delete(j);
   CU_ASSERT_EQUAL(ls_field(&g_ch[5].key, "pinned"), 1);
-  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict", "--all")), 0); /* pinned stays */
+  /* a target the pinned 48K entry keeps out of reach: said first; the dry run
+     exits 0 with target_reachable false, the real one 1 (after evicting what
+     it may) */
+  char *out;
+  CU_ASSERT_EQUAL(
+      cli_run_json(&g_env, &j, CLI_ARGS("evict", "--to-bytes", "40K", "--dry-run", "--json")), 0);
+  CU_ASSERT(cJSON_IsFalse(cJSON_GetObjectItem(j, "target_reachable")));
+  CU_ASSERT_EQUAL(num(j, "bytes_left"), 48 * 1024);
+  CU_ASSERT_EQUAL(num(j, "pinned_bytes"), 48 * 1024);
+  cJSON_Delete(j);
+  CU_ASSERT_EQUAL(
+      cli_run_json(&g_env, &j, CLI_ARGS("evict", "--to-bytes", "100K", "--dry-run", "--json")), 0);
+  CU_ASSERT(cJSON_IsTrue(cJSON_GetObjectItem(j, "target_reachable")));
+  cJSON_Delete(j);
+  int before = count_entries();
+  CU_ASSERT_EQUAL(cli_run(&g_env, &out, CLI_ARGS("evict", "--to-bytes", "40K")), 1);
+  free(out);
+  CU_ASSERT_EQUAL(count_entries(), 1); /* every unpinned entry went, the pinned one stays */
+  CU_ASSERT(before >= 1);
+  CU_ASSERT_EQUAL(put_all(), 0);
+  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("pin", hexkey(&g_ch[5].key))), 0);
+  /* --all asks for --yes (exit 2, nothing deleted) */
+  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict", "--all")), 2);
+  CU_ASSERT_EQUAL(count_entries(), N_CHUNKS);
+  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict", "--all", "--yes")), 0); /* pinned stays */
   CU_ASSERT_EQUAL(count_entries(), 1);
-  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict", "--all", "--include-pinned")), 0);
+  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict", "--all", "--include-pinned", "--yes")),
+                  0);
   CU_ASSERT_EQUAL(count_entries(), 0);
   CU_ASSERT_EQUAL(put_all(), 0);
   CU_ASSERT_EQUAL(count_entries(), N_CHUNKS);
@@ -400,7 +504,8 @@ static void test_export_import(void) {
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("import", "--verify-only", arc)), 0);
 
   /* round trip: everything back, bytes and pin included */
-  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict", "--all", "--include-pinned")), 0);
+  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict", "--all", "--include-pinned", "--yes")),
+                  0);
   CU_ASSERT_EQUAL(count_entries(), 0);
   CU_ASSERT_EQUAL(cli_run_json(&g_env, &j, CLI_ARGS("import", arc, "--json")), 0);
   CU_ASSERT_EQUAL(num(j, "imported"), N_CHUNKS);
@@ -422,7 +527,8 @@ static void test_export_import(void) {
   CU_ASSERT_FATAL(vo > 0);
   a[vo + 100] ^= 0x5A;
   CU_ASSERT_EQUAL(write_file(bad, a, n), 0);
-  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict", "--all", "--include-pinned")), 0);
+  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict", "--all", "--include-pinned", "--yes")),
+                  0);
   CU_ASSERT_EQUAL(cli_run_json(&g_env, &j, CLI_ARGS("import", bad, "--json")), 1);
   CU_ASSERT_EQUAL(num(j, "imported"), N_CHUNKS - 1);
   CU_ASSERT_EQUAL(num(j, "bad"), 1);
@@ -462,6 +568,7 @@ static void test_export_import(void) {
 int main(void) {
   static const kvs_test_case cases[] = {{"help_and_usage", test_help_and_usage},
                                         {"unreachable", test_unreachable},
+                                        {"bad_url_and_config", test_bad_url_and_config},
                                         {"wrong_token", test_wrong_token},
                                         {"status", test_status},
                                         {"ls", test_ls},

@@ -47,10 +47,29 @@ static void test_warmup(void) {
   fputs("{\"title\": \"Everest\", \"text\": \"Mount Everest is the highest mountain.\"}\n", f);
   fclose(f);
   cJSON *j;
+  /* the bar (forced on: stderr is no terminal here) knows its total up front:
+     tokens, a rate, an ETA, and ends at 100% of that total */
+  char *out = NULL, *err = NULL;
+  setenv("KVS_PROGRESS", "always", 1);
   CU_ASSERT_EQUAL_FATAL(
-      cli_run_json(&g_env, &j,
-                   CLI_ARGS("warmup", a, b, "--chunk-tokens", "12", "--profile", "int8", "--json")),
+      cli_run_err(&g_env, &out, &err,
+                  CLI_ARGS("warmup", a, b, "--chunk-tokens", "12", "--profile", "int8", "--json")),
       0);
+  unsetenv("KVS_PROGRESS");
+  j = out ? cJSON_Parse(out) : NULL;
+  free(out);
+  const char *last = err ? strrchr(err, '\r') : NULL;
+  CU_ASSERT_PTR_NOT_NULL_FATAL(last);
+  unsigned long long done = 0, total = 0;
+  const char *pct = strstr(last, "100% ");
+  CU_ASSERT_PTR_NOT_NULL(pct);
+  CU_ASSERT(pct && sscanf(pct, "100%% %llu/%llu", &done, &total) == 2);
+  CU_ASSERT(total > 0 && done == total);
+  CU_ASSERT_EQUAL(total, (unsigned long long)num(j, "tokens")); /* every token computed */
+  CU_ASSERT_PTR_NOT_NULL(strstr(last, "tokens/s"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(last, "ETA"));
+  CU_ASSERT_PTR_NOT_NULL(strstr(last, "warmup ["));
+  free(err);
   int computed = (int)num(j, "computed");
   CU_ASSERT(computed >= 2);
   CU_ASSERT_EQUAL(num(j, "already_cached"), 0);

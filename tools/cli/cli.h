@@ -96,6 +96,8 @@ int cli_parse_duration(const char *s, uint64_t *seconds);
 const char *cli_fmt_bytes(uint64_t b, char *buf, size_t cap);
 const char *cli_fmt_age(uint64_t ms_ago, char *buf, size_t cap);
 const char *cli_tier_name(unsigned tier);
+/* A codec profile's name ("int8", "dense", ...; "?" when unknown here). */
+const char *cli_profile_name(int profile);
 
 /* JSON of one listed entry (for ls, evict). */
 cJSON *cli_item_json(const kvs_admin_item *it);
@@ -106,6 +108,7 @@ void cli_print_json(cJSON *j);
  * (total 0 = unknown), bytes for the rate. Call cli_progress_end once. */
 typedef struct cli_progress {
   const char *label;
+  const char *unit; /* set after start: the rate in units/s ("tokens/s"), else bytes/s */
   uint64_t total, done, bytes;
   uint64_t t0_ns, last_ns;
   int on;

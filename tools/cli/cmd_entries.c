@@ -479,8 +479,11 @@ int cmd_show(cli *x, int argc, char **argv) {
   int known = 0;
   if (text && cJSON_IsArray(ids) && cJSON_IsString(mid))
     txt = tokens_text(x->model_path, mid->valuestring, ids, &known);
+  const cJSON *cp = cJSON_GetObjectItem(j, "codec_profile");
+  const char *pname = cJSON_IsNumber(cp) ? cli_profile_name((int)cp->valuedouble) : "?";
   if (x->json) {
     cJSON_AddBoolToObject(j, "model_known", known);
+    if (cJSON_IsNumber(cp)) cJSON_AddStringToObject(j, "codec_profile_name", pname);
     if (txt) cJSON_AddStringToObject(j, "text", txt);
     cli_print_json(j);
     free(txt);
@@ -517,9 +520,11 @@ int cmd_show(cli *x, int argc, char **argv) {
                                                 : 0.0);
     uint64_t raw =
         2 * jnum(l, "n_layers") * jnum(l, "n_kv_heads") * jnum(l, "head_dim") * 2 * N("tokens");
-    printf("codec        profile %llu, %llu parameter bytes, %llu segments; %.2fx vs fp16\n",
-           (unsigned long long)N("codec_profile"), (unsigned long long)N("codec_params_bytes"),
-           (unsigned long long)N("segments"), N("bytes") ? (double)raw / (double)N("bytes") : 0);
+    printf("codec        profile '%s' (%llu), %llu parameter bytes, %llu segments; %.2fx vs "
+           "fp16\n",
+           pname, (unsigned long long)N("codec_profile"),
+           (unsigned long long)N("codec_params_bytes"), (unsigned long long)N("segments"),
+           N("bytes") ? (double)raw / (double)N("bytes") : 0);
     printf("checksum     %s  %s\n", S("checksum"),
            cJSON_IsTrue(cJSON_GetObjectItem(j, "checksum_ok")) ? "ok (verified now)" : "MISMATCH");
   } else {
@@ -561,16 +566,17 @@ static int cmp_score(const void *a, const void *b) {
 
 int cmd_evict(cli *x, int argc, char **argv) {
   HELP_OR_GO("evict");
-  enum { O_ALL = 2000, O_TO, O_INCPIN, O_DRY };
+  enum { O_ALL = 2000, O_TO, O_INCPIN, O_DRY, O_YES };
   static struct option lo[] = {FILT_OPTS,
                                {"all", 0, 0, O_ALL},
                                {"to-bytes", 1, 0, O_TO},
                                {"include-pinned", 0, 0, O_INCPIN},
                                {"dry-run", 0, 0, O_DRY},
+                               {"yes", 0, 0, O_YES},
                                {0, 0, 0, 0}};
   filt f;
   filt_init(&f);
-  int all = 0, incpin = 0, dry = 0, nfilt = 0;
+  int all = 0, incpin = 0, dry = 0, nfilt = 0, yes = 0;
   uint64_t to_bytes = UINT64_MAX;
   optind = 0;
   opterr = 0;
@@ -588,6 +594,7 @@ int cmd_evict(cli *x, int argc, char **argv) {
       break;
     case O_INCPIN: incpin = 1; break;
     case O_DRY: dry = 1; break;
+    case O_YES: yes = 1; break;
     default: return cli_usage_err("evict", "unknown option '%s'", argv[optind - 1]);
     }
   }
@@ -597,11 +604,17 @@ int cmd_evict(cli *x, int argc, char **argv) {
                                   "--tier, --kind, --min-size, --to-bytes)");
   if (nkeys && (nfilt || all || to_bytes != UINT64_MAX))
     return cli_usage_err("evict", "keys and filters do not mix");
+  if (all && !nfilt && to_bytes == UINT64_MAX && !dry && !yes)
+    return cli_usage_err("evict",
+                         "--all deletes every %sentry of tenant '%s': add --yes to do it "
+                         "(--dry-run lists them)",
+                         incpin ? "" : "unpinned ", x->tenant);
   int rc = cli_client(x, "evict");
   if (rc) return rc;
   kvs_admin_item *v = NULL;
   size_t n = 0, m = 0;
-  uint64_t now = kvs_wall_ms();
+  uint64_t now = kvs_wall_ms(), pinned_bytes = 0, left_bytes = 0;
+  int unreachable = 0;
   kvs_err e = cli_list_all(x, &v, &n);
   if (e) return cli_fail(x, "evict", e, "LIST: %s", kvs_client_errmsg(x->c));
   if (nkeys) { /* the named keys, in the given order; unknown ones are errors */
@@ -627,8 +640,10 @@ int cmd_evict(cli *x, int argc, char **argv) {
     v = sel;
   } else {
     uint64_t total = 0;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
       total += v[i].value_bytes;
+      if (v[i].pinned) pinned_bytes += v[i].value_bytes;
+    }
     for (size_t i = 0; i < n; i++)
       if ((incpin || !v[i].pinned) && filt_match(&f, &v[i], now)) v[m++] = v[i];
     if (to_bytes != UINT64_MAX) { /* lowest score first, until the tenant fits */
@@ -638,8 +653,18 @@ int cmd_evict(cli *x, int argc, char **argv) {
       while (k < m && total > to_bytes)
         total -= v[k++].value_bytes;
       m = k;
+      left_bytes = total;
+      unreachable = total > to_bytes;
     }
   }
+  char tb[32], lb[32], pb[32];
+  if (unreachable) /* said before anything is deleted, dry run or not */
+    fprintf(stderr,
+            "kvstash evict: --to-bytes %s is out of reach: evicting every %sentry that matches "
+            "leaves %s (%s of it pinned%s)\n",
+            cli_fmt_bytes(to_bytes, tb, sizeof tb), incpin ? "" : "unpinned ",
+            cli_fmt_bytes(left_bytes, lb, sizeof lb), cli_fmt_bytes(pinned_bytes, pb, sizeof pb),
+            incpin ? "" : "; --include-pinned counts them, or unpin some");
   uint64_t bytes = 0;
   size_t done = 0, failed = 0;
   cJSON *j = x->json ? cJSON_CreateObject() : NULL;
@@ -664,13 +689,19 @@ int cmd_evict(cli *x, int argc, char **argv) {
     cJSON_AddNumberToObject(j, "count", (double)done);
     cJSON_AddNumberToObject(j, "bytes", (double)bytes);
     cJSON_AddNumberToObject(j, "failed", (double)failed);
+    if (to_bytes != UINT64_MAX) {
+      cJSON_AddBoolToObject(j, "target_reachable", !unreachable);
+      cJSON_AddNumberToObject(j, "bytes_left", (double)left_bytes);
+      cJSON_AddNumberToObject(j, "pinned_bytes", (double)pinned_bytes);
+    }
     cli_print_json(j);
   } else {
     printf("%s %zu entries, %s%s\n", dry ? "would evict" : "evicted", done,
            cli_fmt_bytes(bytes, b, sizeof b), failed ? " (some failed, see above)" : "");
   }
   free(v);
-  return failed ? CLI_FAIL : CLI_OK;
+  /* a real eviction that could not reach its target did not do its job */
+  return failed || (unreachable && !dry) ? CLI_FAIL : CLI_OK;
 }
 
 /* ----------------------------------------------------------- pin / ttl */

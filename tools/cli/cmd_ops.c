@@ -38,6 +38,44 @@ typedef struct warm {
   cli_progress pr;
 } warm;
 
+/* The work, planned whole before any of it runs (so the bar knows its total):
+ * one job per document or MuSiQue item, its tokens and chunks. */
+typedef struct warm_job {
+  int32_t *tokens;
+  size_t n_tokens;
+  kvs_chunk *ch;
+  size_t n;
+} warm_job;
+typedef struct warm_plan {
+  warm_job *jobs;
+  size_t n, cap;
+  uint64_t chunk_tokens; /* tokens in all chunks: the bar's total */
+} warm_plan;
+
+/* Takes tokens and ch (malloc'd) into the plan. */
+static kvs_err plan_add(warm_plan *pl, int32_t *tokens, size_t n_tokens, kvs_chunk *ch, size_t n) {
+  if (pl->n == pl->cap) {
+    size_t nc = pl->cap ? pl->cap * 2 : 16;
+    warm_job *nj = realloc(pl->jobs, nc * sizeof *nj);
+    if (!nj) {
+      free(tokens);
+      free(ch);
+      return KVS_ENOMEM;
+    }
+    pl->jobs = nj, pl->cap = nc;
+  }
+  pl->jobs[pl->n++] = (warm_job){tokens, n_tokens, ch, n};
+  for (size_t i = 0; i < n; i++)
+    pl->chunk_tokens += ch[i].n_tokens;
+  return KVS_OK;
+}
+
+static void plan_free(warm_plan *pl) {
+  for (size_t i = 0; i < pl->n; i++)
+    free(pl->jobs[i].tokens), free(pl->jobs[i].ch);
+  free(pl->jobs);
+}
+
 /* Computes and stores the chunks of tokens not cached yet (all with force). */
 static kvs_err warm_chunks(warm *w, const int32_t *tokens, size_t n_tokens, const kvs_chunk *ch,
                            size_t n) {
@@ -49,7 +87,7 @@ static kvs_err warm_chunks(warm *w, const int32_t *tokens, size_t n_tokens, cons
   for (size_t i = 0; i < n && e == KVS_OK; i++) {
     if (st[i]) {
       w->cached++;
-      cli_progress_add(&w->pr, 1, 0);
+      cli_progress_add(&w->pr, ch[i].n_tokens, 0);
       continue;
     }
     uint32_t len = ch[i].n_tokens;
@@ -67,14 +105,15 @@ static kvs_err warm_chunks(warm *w, const int32_t *tokens, size_t n_tokens, cons
     if (kvs_exists(w->x->c, w->mid, &ch[i].key, &ei) == KVS_OK) w->bytes += ei.value_bytes;
     w->computed++;
     w->tokens += len;
-    cli_progress_add(&w->pr, 1, kvs_layout_token_bytes(&w->layout) * len);
+    cli_progress_add(&w->pr, len, kvs_layout_token_bytes(&w->layout) * len);
   }
   free(st);
   return e;
 }
 
-/* A document: its tokens cut into content chunks of chunk_tokens. */
-static kvs_err warm_text(warm *w, const char *text, size_t len, uint32_t chunk_tokens) {
+/* A document: its tokens cut into content chunks of chunk_tokens (planned). */
+static kvs_err warm_text(warm *w, warm_plan *pl, const char *text, size_t len,
+                         uint32_t chunk_tokens) {
   size_t cap = kvs_tok_bound(len), n = 0;
   int32_t *t = malloc(sizeof *t * (cap ? cap : 1));
   if (!t) return KVS_ENOMEM;
@@ -89,8 +128,8 @@ static kvs_err warm_text(warm *w, const char *text, size_t len, uint32_t chunk_t
         (uint32_t)(n - i * chunk_tokens < chunk_tokens ? n - i * chunk_tokens : chunk_tokens);
   }
   if (e == KVS_OK && nc) e = kvs_chunk_spans(w->mid, t, n, sp, nc, ch);
-  if (e == KVS_OK && nc) e = warm_chunks(w, t, n, ch, nc);
   free(sp);
+  if (e == KVS_OK && nc) return plan_add(pl, t, n, ch, nc);
   free(ch);
   free(t);
   return e;
@@ -190,8 +229,8 @@ int cmd_warmup(cli *x, int argc, char **argv) {
   w.tok = kvs_model_tok(w.model);
   w.mid = kvs_model_get_id(w.model);
   double t_load = (double)(kvs_now_ns() - t0) / 1e9;
-  cli_progress_start(x, &w.pr, "warmup (chunks)", 0);
   const char *failed_file = NULL;
+  warm_plan plan = {0};
   t0 = kvs_now_ns();
   for (int i = optind; i < argc && e == KVS_OK; i++) {
     const char *fm = format ? format : fmt_of(argv[i]);
@@ -212,7 +251,13 @@ int cmd_warmup(cli *x, int argc, char **argv) {
         for (uint32_t p = 0; p < n_pass; p++)
           sp[p].start = pr.start[p + 1], sp[p].n_tokens = pr.len[p + 1];
         if (e == KVS_OK) e = kvs_chunk_spans(w.mid, pr.tokens, pr.n_tokens, sp, n_pass, ch + 1);
-        if (e == KVS_OK) e = warm_chunks(&w, pr.tokens, pr.n_tokens, ch, 1 + n_pass);
+        kvs_chunk *chc = e == KVS_OK ? malloc((1 + n_pass) * sizeof *chc) : NULL;
+        if (e == KVS_OK && !chc) e = KVS_ENOMEM;
+        if (e == KVS_OK) {
+          memcpy(chc, ch, (1 + n_pass) * sizeof *chc);
+          e = plan_add(&plan, pr.tokens, pr.n_tokens, chc, 1 + n_pass);
+          pr.tokens = NULL; /* the plan owns them now */
+        }
         kvs_rag_prompt_free(&pr);
       }
       kvs_rag_items_free(it, n_it);
@@ -224,7 +269,7 @@ int cmd_warmup(cli *x, int argc, char **argv) {
         break;
       }
       if (!strcmp(fm, "text")) {
-        e = warm_text(&w, text, len, (uint32_t)chunk);
+        e = warm_text(&w, &plan, text, len, (uint32_t)chunk);
       } else { /* jsonl: {"text": ..., "title": ...} a line */
         char *save = NULL;
         for (char *line = strtok_r(text, "\n", &save); line && e == KVS_OK;
@@ -232,7 +277,7 @@ int cmd_warmup(cli *x, int argc, char **argv) {
           cJSON *o = cJSON_Parse(line);
           const cJSON *t = o ? cJSON_GetObjectItem(o, "text") : NULL;
           if (cJSON_IsString(t) && t->valuestring[0])
-            e = warm_text(&w, t->valuestring, strlen(t->valuestring), (uint32_t)chunk);
+            e = warm_text(&w, &plan, t->valuestring, strlen(t->valuestring), (uint32_t)chunk);
           else if (line[strspn(line, " \t\r")])
             fprintf(stderr, "kvstash warmup: %s: a line without \"text\" skipped\n", argv[i]);
           cJSON_Delete(o);
@@ -241,7 +286,15 @@ int cmd_warmup(cli *x, int argc, char **argv) {
       free(text);
     }
   }
+  /* the plan is whole: a bar with its total (tokens), rate and ETA */
+  cli_progress_start(x, &w.pr, "warmup", plan.chunk_tokens);
+  w.pr.unit = "tokens";
+  for (size_t i = 0; e == KVS_OK && i < plan.n; i++)
+    e = warm_chunks(&w, plan.jobs[i].tokens, plan.jobs[i].n_tokens, plan.jobs[i].ch,
+                    plan.jobs[i].n);
+  if (e && plan.n) failed_file = "storing chunks";
   cli_progress_end(&w.pr);
+  plan_free(&plan);
   double t_run = (double)(kvs_now_ns() - t0) / 1e9;
   free(w.kv);
   kvs_engine_free(w.eng);
@@ -393,7 +446,7 @@ int cmd_bench(cli *x, int argc, char **argv) {
   double p50 = nl ? (double)lat[nl / 2] / 1e6 : 0, p99 = nl ? (double)lat[nl * 99 / 100] / 1e6 : 0;
   free(tok), free(kv), free(out), free(ch), free(sp), free(lat);
   if (err_run) return cli_fail(x, "bench", err_run, "%s", msg);
-  double raw_mb = (double)(tb * nt) / 1e6;
+  double raw_mb = (double)(tb * nt) / 1048576.0; /* MiB: one unit system, powers of 1024 */
   cJSON *j = cJSON_CreateObject();
   cJSON_AddStringToObject(j, "profile", profile);
   cJSON_AddNumberToObject(j, "entries", (double)n);
@@ -401,18 +454,18 @@ int cmd_bench(cli *x, int argc, char **argv) {
   cJSON_AddNumberToObject(j, "raw_bytes_per_entry", (double)(tb * nt));
   cJSON_AddNumberToObject(j, "stored_bytes_per_entry", (double)stored / (double)n);
   cJSON_AddNumberToObject(j, "put_per_s", (double)n / t_put);
-  cJSON_AddNumberToObject(j, "put_raw_mb_per_s", (double)n * raw_mb / t_put);
+  cJSON_AddNumberToObject(j, "put_raw_mib_per_s", (double)n * raw_mb / t_put);
   cJSON_AddNumberToObject(j, "gets", (double)gets);
   cJSON_AddNumberToObject(j, "get_per_s", (double)gets / t_get);
-  cJSON_AddNumberToObject(j, "get_raw_mb_per_s", (double)gets * raw_mb / t_get);
+  cJSON_AddNumberToObject(j, "get_raw_mib_per_s", (double)gets * raw_mb / t_get);
   cJSON_AddNumberToObject(j, "get_p50_ms", p50);
   cJSON_AddNumberToObject(j, "get_p99_ms", p99);
   if (!x->json) {
-    printf("bench against %s, tenant %s: %ld entries of %u tokens (%.2f MB fp16, stored %.2f MB "
+    printf("bench against %s, tenant %s: %ld entries of %u tokens (%.2f MiB fp16, stored %.2f MiB "
            "'%s')\n",
-           x->url, x->tenant, n, nt, raw_mb, (double)stored / (double)n / 1e6, profile);
-    printf("  put  %8.1f /s  %8.1f MB/s (fp16)\n", (double)n / t_put, (double)n * raw_mb / t_put);
-    printf("  get  %8.1f /s  %8.1f MB/s (fp16)  p50 %.3f ms  p99 %.3f ms  (%zu gets in %.1f s)\n",
+           x->url, x->tenant, n, nt, raw_mb, (double)stored / (double)n / 1048576.0, profile);
+    printf("  put  %8.1f /s  %8.1f MiB/s (fp16)\n", (double)n / t_put, (double)n * raw_mb / t_put);
+    printf("  get  %8.1f /s  %8.1f MiB/s (fp16)  p50 %.3f ms  p99 %.3f ms  (%zu gets in %.1f s)\n",
            (double)gets / t_get, (double)gets * raw_mb / t_get, p50, p99, gets, t_get);
     char *s = cJSON_PrintUnformatted(j);
     printf("%s\n", s ? s : "{}");
@@ -544,6 +597,23 @@ int cmd_doctor(cli *x, int argc, char **argv) {
       check(&c, "admin api", 0, "admin token accepted");
     if (info) cli_http_json(x, "GET", "/v1/stats", &hs);
   }
+  /* auth: off means any client reads, writes and evicts every entry */
+  const cJSON *auth = info ? cJSON_GetObjectItem(info, "auth") : NULL;
+  if (cJSON_IsFalse(auth))
+    check(&c, "auth", 1,
+          "auth is off: any client that reaches %s can read, overwrite and evict every entry "
+          "(kvstashd.conf: tenant = NAME:TOKEN, and admin_token for the HTTP API)",
+          x->url);
+  else if (cJSON_IsTrue(auth))
+    check(&c, "auth", 0, "on (%llu tenants with tokens)",
+          (unsigned long long)(cJSON_IsNumber(cJSON_GetObjectItem(info, "tenants"))
+                                   ? cJSON_GetObjectItem(info, "tenants")->valuedouble
+                                   : 0));
+  else if (dp_ok && !x->token[0])
+    check(&c, "auth", 1,
+          "%s accepted a client without a token: auth is off (kvstashd.conf: tenant = "
+          "NAME:TOKEN)",
+          x->url);
 
   /* store sanity */
   if (dp_ok) {
@@ -596,6 +666,7 @@ int cmd_doctor(cli *x, int argc, char **argv) {
   }
 
   /* model cache */
+  char mb[32];
   FILE *mf = fopen(x->model_path, "rb");
   if (!mf) {
     check(&c, "model", 1, "no model at %s (warmup and show's text need it: tools/fetch-model)",
@@ -610,8 +681,8 @@ int cmd_doctor(cli *x, int argc, char **argv) {
       check(&c, "model", 2, "%s is not a GGUF file (re-fetch it: tools/fetch-model)",
             x->model_path);
     else if (!sha)
-      check(&c, "model", 0, "%s: GGUF, %.1f MB (--sha256 to verify its hash)", x->model_path,
-            (double)size / 1e6);
+      check(&c, "model", 0, "%s: GGUF, %s (--sha256 to verify its hash)", x->model_path,
+            cli_fmt_bytes((uint64_t)size, mb, sizeof mb));
     else {
       char hex[65], want[65] = "";
       FILE *hf = fopen(KVS_CLI_MODEL_SHA256_FILE, "r");

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "kvs_conf.h"
 
 typedef struct verb {
   const char *name;
@@ -67,61 +68,99 @@ static void main_help(FILE *f) {
           "  kvstash export backup.kvsa && kvstash import backup.kvsa\n");
 }
 
-static void set(char *dst, size_t cap, const char *v) { snprintf(dst, cap, "%s", v ? v : ""); }
-
-static char *trim(char *s) {
-  while (isspace((unsigned char)*s))
-    s++;
-  size_t n = strlen(s);
-  while (n && isspace((unsigned char)s[n - 1]))
-    s[--n] = 0;
-  return s;
+static void set(char *dst, size_t cap, const char *v) {
+  size_t n = v ? strlen(v) : 0;
+  if (n >= cap) n = cap - 1; /* cut at the field's size */
+  if (n) memcpy(dst, v, n);
+  dst[n] = 0;
 }
 
-/* Reads the keys the CLI knows from a `key = value` file; others (the rest of
- * a kvstashd.conf) are ignored. 0 ok, -1 when the file cannot be read. */
-static int load_config(cli *x, const char *path, int must_exist) {
-  FILE *f = fopen(path, "r");
-  if (!f) {
-    if (must_exist) fprintf(stderr, "kvstash: cannot read config %s\n", path);
-    return must_exist ? -1 : 0;
-  }
-  char line[1024];
-  int got_url = 0, got_tenant = 0;
-  while (fgets(line, sizeof line, f)) {
-    char *h = strchr(line, '#');
-    if (h) *h = 0;
-    char *eq = strchr(line, '=');
-    if (!eq) continue;
-    *eq = 0;
-    char *k = trim(line), *v = trim(eq + 1);
-    for (char *p = k; *p; p++)
-      if (*p == '-') *p = '_';
-    if (!strcmp(k, "url") || (!strcmp(k, "listen") && !got_url)) {
-      char *comma = strchr(v, ',');
-      if (comma) *comma = 0;
-      set(x->url, sizeof x->url, trim(v));
-      got_url = 1;
-    } else if (!strcmp(k, "http")) {
-      set(x->http, sizeof x->http, v);
-    } else if (!strcmp(k, "tenant") && !got_tenant) {
-      char *colon = strchr(v, ':'); /* kvstashd's NAME:TOKEN: the first one */
-      if (colon) {
-        *colon = 0;
-        set(x->token, sizeof x->token, colon + 1);
-      }
-      set(x->tenant, sizeof x->tenant, v);
-      got_tenant = 1;
-    } else if (!strcmp(k, "token")) {
-      set(x->token, sizeof x->token, v);
-    } else if (!strcmp(k, "admin_token")) {
-      set(x->admin_token, sizeof x->admin_token, v);
-    } else if (!strcmp(k, "model") || !strcmp(k, "model_path")) {
-      set(x->model_path, sizeof x->model_path, v);
+/* The keys the CLI takes from a `key = value` file, read with kvstashd's own
+ * parser (core/conf.c: quotes, comments, one-line errors); the rest of a
+ * kvstashd.conf is ignored. */
+typedef struct cfg_ctx {
+  cli *x;
+  int got_url, got_tenant, got_token;
+} cfg_ctx;
+
+static kvs_err cfg_cb(void *ctx, const char *k, const char *v, char *why, size_t why_cap) {
+  cfg_ctx *c = ctx;
+  cli *x = c->x;
+  (void)why, (void)why_cap;
+  if (!strcmp(k, "url") || (!strcmp(k, "listen") && !c->got_url)) {
+    char u[512];
+    snprintf(u, sizeof u, "%s", v);
+    char *comma = strchr(u, ',');
+    if (comma) *comma = 0;
+    char *p = u;
+    while (*p == ' ' || *p == '\t')
+      p++;
+    size_t n = strlen(p);
+    while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+      p[--n] = 0;
+    set(x->url, sizeof x->url, p);
+    c->got_url = 1;
+  } else if (!strcmp(k, "http")) {
+    set(x->http, sizeof x->http, v);
+  } else if (!strcmp(k, "tenant") && !c->got_tenant) {
+    /* kvstashd's NAME:TOKEN: the first one is the default (-t NAME picks another) */
+    char t[256];
+    snprintf(t, sizeof t, "%s", v);
+    char *colon = strchr(t, ':');
+    if (colon) {
+      *colon = 0;
+      if (!c->got_token) set(x->token, sizeof x->token, colon + 1);
     }
+    set(x->tenant, sizeof x->tenant, t);
+    c->got_tenant = 1;
+  } else if (!strcmp(k, "token")) {
+    set(x->token, sizeof x->token, v);
+    c->got_token = 1;
+  } else if (!strcmp(k, "admin_token")) {
+    set(x->admin_token, sizeof x->admin_token, v);
+  } else if (!strcmp(k, "model") || !strcmp(k, "model_path")) {
+    set(x->model_path, sizeof x->model_path, v);
   }
-  fclose(f);
+  return KVS_OK;
+}
+
+/* 0 ok (a missing optional file too), -1 when the file cannot be read or
+ * does not parse (the one-line reason is printed). */
+static int load_config(cli *x, const char *path, int must_exist, int *got_token) {
+  if (!must_exist && access(path, R_OK) != 0) return 0;
+  cfg_ctx c = {.x = x};
+  char err[512] = "";
+  kvs_err e = kvs_conf_parse_file(path, cfg_cb, &c, err, sizeof err);
+  if (e != KVS_OK) {
+    fprintf(stderr, "kvstash: config %s\n", err[0] ? err : kvs_strerror(e));
+    return -1;
+  }
+  *got_token = c.got_token;
   return 0;
+}
+
+/* A data-plane URL the client can dial: tcp://HOST:PORT, tls+tcp://HOST:PORT
+ * (port 1-65535) or ipc://PATH. */
+static int url_ok(const char *u, const char **why) {
+  const char *hp = NULL;
+  if (!strncmp(u, "ipc://", 6)) {
+    if (!u[6]) *why = "ipc:// needs a path";
+    return u[6] != 0;
+  }
+  if (!strncmp(u, "tcp://", 6))
+    hp = u + 6;
+  else if (!strncmp(u, "tls+tcp://", 10))
+    hp = u + 10;
+  if (!hp) {
+    *why = "tcp://HOST:PORT, tls+tcp://HOST:PORT or ipc://PATH";
+    return 0;
+  }
+  int port;
+  if (hp[0] == ':' || !hp[0] || kvs_conf_hostport(hp, &port) != KVS_OK) {
+    *why = "HOST:PORT with a port 1-65535";
+    return 0;
+  }
+  return 1;
 }
 
 typedef struct gopt {
@@ -244,16 +283,24 @@ int main(int argc, char **argv) {
   set(x.http, sizeof x.http, "127.0.0.1:7879");
   set(x.tenant, sizeof x.tenant, "default");
   const char *cfg = f_config ? f_config : getenv("KVS_CONFIG");
+  char cfg_path[1024] = "";
+  int cfg_token = 0; /* the config file set `token =` */
   if (cfg && *cfg) {
-    if (load_config(&x, cfg, 1) != 0) {
+    snprintf(cfg_path, sizeof cfg_path, "%s", cfg);
+    if (load_config(&x, cfg_path, 1, &cfg_token) != 0) {
       free(rest);
       return CLI_USAGE;
     }
   } else if (getenv("HOME")) {
-    char p[1024];
-    snprintf(p, sizeof p, "%s/.config/kvstash/cli.conf", getenv("HOME"));
-    load_config(&x, p, 0);
+    snprintf(cfg_path, sizeof cfg_path, "%s/.config/kvstash/cli.conf", getenv("HOME"));
+    if (load_config(&x, cfg_path, 0, &cfg_token) != 0) {
+      free(rest);
+      return CLI_USAGE;
+    }
+    if (access(cfg_path, R_OK) != 0) cfg_path[0] = 0;
   }
+  char cfg_tenant[64];
+  snprintf(cfg_tenant, sizeof cfg_tenant, "%s", x.tenant);
   const char *e;
   if ((e = getenv("KVS_URL")) && *e) set(x.url, sizeof x.url, e);
   if ((e = getenv("KVS_HTTP"))) set(x.http, sizeof x.http, e);
@@ -265,6 +312,42 @@ int main(int argc, char **argv) {
   if (f_tenant) set(x.tenant, sizeof x.tenant, f_tenant);
   if (f_token) set(x.token, sizeof x.token, f_token);
   if (f_admin) set(x.admin_token, sizeof x.admin_token, f_admin);
+  /* -t NAME (or $KVS_TENANT) with no token given: NAME's token from the
+     config file's `tenant = NAME:TOKEN` lines (a kvstashd.conf), never the
+     token of the file's first tenant */
+  int token_given = f_token || getenv("KVS_TOKEN");
+  if (!token_given && !cfg_token && strcmp(x.tenant, cfg_tenant)) {
+    x.token[0] = 0;
+    if (cfg_path[0]) {
+      char err[512] = "";
+      kvs_err te =
+          kvs_conf_tenant_token(cfg_path, x.tenant, x.token, sizeof x.token, err, sizeof err);
+      if (te != KVS_OK && te != KVS_ENOENT) {
+        fprintf(stderr, "kvstash: config %s\n", err);
+        free(rest);
+        return CLI_USAGE;
+      }
+      if (te == KVS_ENOENT) x.token[0] = 0;
+    }
+  }
+  /* a URL that cannot be dialed is a usage error (2), found before any
+     connection is tried (not for --help) */
+  int verb_help = 0;
+  for (int i = 1; i < nrest; i++)
+    verb_help |= !strcmp(rest[i], "-h") || !strcmp(rest[i], "--help");
+  const char *why = NULL;
+  if (!verb_help && !url_ok(x.url, &why)) {
+    int rc = cli_usage_err(NULL, "bad URL '%s': %s (--url / $KVS_URL / config url)", x.url, why);
+    free(rest);
+    return rc;
+  }
+  int hport;
+  if (!verb_help && x.http[0] && kvs_conf_hostport(x.http, &hport) != KVS_OK) {
+    int rc = cli_usage_err(NULL, "bad HTTP address '%s': HOST:PORT with a port 1-65535 (--http)",
+                           x.http);
+    free(rest);
+    return rc;
+  }
   if (f_timeout) {
     char *end;
     unsigned long t = strtoul(f_timeout, &end, 10);

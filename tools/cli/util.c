@@ -49,10 +49,10 @@ static const help helps[] = {
              "KEY is 32 hex digits or an unambiguous prefix. Uses the HTTP admin API.\n\n"
              "example:\n  kvstash show 3fa9c2 --json\n"},
     {"evict",
-     "usage: kvstash evict [KEY...] [filters] [--dry-run]\n\n"
+     "usage: kvstash evict [KEY...] [filters] [--dry-run] [--yes]\n\n"
      "Deletes the named keys, or every entry matching the filters (pinned entries are\n"
      "skipped unless --include-pinned):\n"
-     "  --all              every entry of the tenant\n"
+     "  --all              every entry of the tenant (asks for --yes)\n"
      "  --older-than DUR   last used more than DUR ago\n"
      "  --model HEX        of this model (prefix)\n"
      "  --tier N           on this tier\n"
@@ -60,9 +60,12 @@ static const help helps[] = {
      "  --min-size SIZE    at least this large\n"
      "  --to-bytes SIZE    evict the lowest-value entries (server's score: hits x tokens /\n"
      "                     bytes, halved each hour of idleness) until the tenant holds\n"
-     "                     at most SIZE\n"
+     "                     at most SIZE; when pinned (or unmatched) entries keep it\n"
+     "                     above SIZE it says so first (exit 1 unless --dry-run)\n"
      "  --include-pinned   pinned entries may go too\n"
-     "  --dry-run          print what would go, delete nothing\n\n"
+     "  --dry-run          print what would go, delete nothing\n"
+     "  --yes              confirm --all\n"
+     "SIZE: bytes, or with K, M, G, T (KiB, MiB, GiB, TiB: powers of 1024, as printed)\n\n"
      "example:\n  kvstash evict --older-than 7d --dry-run\n"
      "  kvstash evict --to-bytes 10G\n"},
     {"pin", "usage: kvstash pin KEY...\n\nPinned entries are never evicted nor demoted "
@@ -457,6 +460,15 @@ const char *cli_fmt_age(uint64_t ms, char *buf, size_t cap) {
   return buf;
 }
 
+const char *cli_profile_name(int profile) {
+  /* the names kvs_profile_from_name knows (kvstash.h, kvs_codec.h) */
+  static const char *names[] = {"raw",   "lossless", "int8",         "kivi2",
+                                "kivi4", "fp4",      "cachegen-ref", "dense"};
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+    if (kvs_profile_from_name(names[i]) == profile) return names[i];
+  return profile == 0 ? "raw" : "?";
+}
+
 const char *cli_tier_name(unsigned tier) {
   return tier == 0 ? "ram" : tier == 1 ? "disk" : tier == 2 ? "cold" : "?";
 }
@@ -468,13 +480,17 @@ void cli_progress_start(cli *x, cli_progress *p, const char *label, uint64_t tot
   p->total = total;
   p->on = x->progress;
   p->t0_ns = p->last_ns = kvs_now_ns();
+  if (getenv("KVS_PROGRESS") && !strcmp(getenv("KVS_PROGRESS"), "always")) p->on = 1;
 }
 
 static void progress_draw(cli_progress *p, int final) {
   double t = (double)(kvs_now_ns() - p->t0_ns) / 1e9;
   double rate = t > 0 ? (double)p->bytes / t : 0;
-  char rb[32];
-  cli_fmt_bytes((uint64_t)rate, rb, sizeof rb);
+  char rb[48];
+  if (p->unit)
+    snprintf(rb, sizeof rb, "%.0f %s", t > 0 ? (double)p->done / t : 0, p->unit);
+  else
+    cli_fmt_bytes((uint64_t)rate, rb, sizeof rb);
   if (p->total) {
     double f = p->done >= p->total ? 1.0 : (double)p->done / (double)p->total;
     int w = 30, fill = (int)(f * w);
