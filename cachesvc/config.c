@@ -198,6 +198,10 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     char *end;
     c->half_life_s = strtod(v, &end);
     if (end == v || *end || c->half_life_s < 0) return bad(key, v, "seconds >= 0");
+  } else if (!strcmp(key, "eviction")) {
+    if (!strcmp(v, "cost")) c->evict_lru = 0;
+    else if (!strcmp(v, "lru")) c->evict_lru = 1;
+    else return bad(key, v, "cost | lru");
   } else if (!strcmp(key, "prefill_cost")) {
     char *end;
     c->prefill_cost = strtod(v, &end);
@@ -347,6 +351,7 @@ void kvs_svc_config_usage(FILE *f) {
         "  blob_min            values >= this go to blob files    (64K)\n"
         "  default_ttl_s       idle TTL when a PUT gives none; 0 = none (0)\n"
         "  half_life_s         age half-life of the eviction score (3600)\n"
+        "  eviction            cost (recompute saved per byte) | lru (cost)\n"
         "  prefill_cost        per-token recompute cost, default  (1.0)\n"
         "  model_cost          <hex model id>:<cost>, repeated\n"
         "  flush_interval_ms   hit counters to disk every         (5000)\n"

@@ -212,6 +212,7 @@ static char *info_json(kvs__http *h) {
   cJSON_AddBoolToObject(o, "shm", c->shm);
   cJSON_AddNumberToObject(o, "default_ttl_s", c->default_ttl_s);
   cJSON_AddNumberToObject(o, "half_life_s", c->half_life_s);
+  cJSON_AddStringToObject(o, "eviction", c->evict_lru ? "lru" : "cost");
   cJSON *l = cJSON_AddArrayToObject(o, "listen");
   for (int i = 0; l && i < c->n_listen; i++)
     cJSON_AddItemToArray(l, cJSON_CreateString(c->listen[i]));

@@ -72,6 +72,8 @@ typedef struct kvs_svc_config {
   uint64_t blob_min;       /* blob_min: values at least this large go to blob files */
   uint32_t default_ttl_s;  /* default_ttl_s: applied when a PUT has ttl 0; 0 = none */
   double half_life_s;      /* half_life_s: age decay of the eviction score */
+  int evict_lru;           /* eviction: cost (0, default) | lru (1: least recently used
+                            * first, for comparison with cost-aware eviction) */
   double prefill_cost;     /* prefill_cost: default per-token cost */
   kvs_svc_model_cost model_costs[KVS_SVC_MAX_MODEL_COSTS]; /* model_cost: <hex id>:<cost> */
   int n_model_costs;

@@ -280,6 +280,7 @@ static double model_cost(kvs__store *s, const kvs_model_id *m) {
 
 /* Recompute saved per byte, decayed by time since last use. */
 static double score(kvs__store *s, const entry *e, uint64_t now_ms) {
+  if (s->cfg.evict_lru) return (double)e->last_used_ms; /* oldest first */
   double age = now_ms > e->last_used_ms ? (double)(now_ms - e->last_used_ms) * 1e-3 : 0.0;
   double decay = s->cfg.half_life_s > 0 ? exp2(-age / s->cfg.half_life_s) : 1.0;
   return ((double)e->hits + 1.0) * (double)e->n_tokens * model_cost(s, &e->model) /

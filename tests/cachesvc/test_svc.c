@@ -833,10 +833,12 @@ static void test_capacity(void) {
 
 /* Eviction keeps what saves the most recompute per byte: entries with hits
  * (and more tokens) outlive cold ones of the same size. */
-static void test_eviction_order(void) {
+/* Cost-aware (lru = 0) or plain LRU eviction over the same history. */
+static void eviction_case(int lru) {
   th_daemon d;
   memset(&d, 0, sizeof d);
-  const char *const args[] = {"--disk_bytes=2M", "--ram_bytes=0", "--cold_dir=", NULL};
+  const char *const args[] = {"--disk_bytes=2M", "--ram_bytes=0", "--cold_dir=",
+                              lru ? "--eviction=lru" : "--eviction=cost", NULL};
   CU_ASSERT_FATAL(th_daemon_start(&d, args) == 0);
   th_conn c;
   CU_ASSERT_FATAL(th_connect(&c, d.url, "t", NULL, 20000) == 0);
@@ -862,15 +864,22 @@ static void test_eviction_order(void) {
             kvs_wire_exists_resp_decode(rep, rl, &e) == KVS_OK && e.present;
     free(rep);
   }
-  CU_ASSERT(st[0] && st[1]); /* hot */
-  CU_ASSERT(st[2]);          /* many tokens for its bytes */
-  CU_ASSERT(!st[3] && !st[4] && !st[5]); /* cold, oldest */
+  if (lru) { /* the six least recently used go, hot or not, whatever they would save */
+    for (int i = 0; i < 6; i++) CU_ASSERT(!st[i]);
+  } else {
+    CU_ASSERT(st[0] && st[1]);             /* hot */
+    CU_ASSERT(st[2]);                      /* many tokens for its bytes */
+    CU_ASSERT(!st[3] && !st[4] && !st[5]); /* cold, oldest */
+  }
   CU_ASSERT(st[N - 1]);      /* just written */
   th_close(&c);
   CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   for (int i = 0; i < N; i++) th_chunk_free(&ch[i]);
   th_daemon_cleanup(&d);
 }
+
+static void test_eviction_order(void) { eviction_case(0); }
+static void test_eviction_lru(void) { eviction_case(1); }
 
 /* tls+tcp:// with a self-signed certificate made by openssl for the test. */
 static void test_tls(void) {
@@ -1351,6 +1360,7 @@ static const kvs_test_case cases[] = {
     {"corruption", test_corruption},
     {"capacity", test_capacity},
     {"eviction_order", test_eviction_order},
+    {"eviction_lru", test_eviction_lru},
     {"tls", test_tls},
     {"shm_lease", test_shm_lease},
     {"stream_get", test_stream_get},
