@@ -108,7 +108,14 @@ void kvs__cluster_usage(FILE *f) {
 }
 
 /* ----------------------------------------------------------- runtime */
-static pthread_mutex_t metrics_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t metrics_mu = PTHREAD_MUTEX_INITIALIZER; /* also guards the events */
+
+#define KVS__EV_RING 65536u
+struct ev {
+  uint64_t seq, ts_ms;
+  uint8_t type, tier, tenant[8], key[16];
+  kvs_model_id model;
+};
 struct kvs__cluster {
   const kvs_svc_config *cfg;
   kvs__cl_url u;
@@ -124,6 +131,9 @@ struct kvs__cluster {
   atomic_int registered;
   atomic_int draining; /* someone marked this node draining (kvstash cluster drain) */
   atomic_uint_fast64_t registrations, keepalive_failures, view_changes;
+  /* events, under metrics_mu: ring[seq % KVS__EV_RING] */
+  struct ev *ring;
+  uint64_t next_seq; /* seq of the next event; the first is 1 */
 };
 
 /* host:port of a tcp:// URL; a wildcard host becomes this host's name. */
@@ -301,6 +311,12 @@ kvs_err kvs__cluster_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics
     free(cl);
     return rv;
   }
+  cl->ring = calloc(KVS__EV_RING, sizeof *cl->ring);
+  if (!cl->ring) {
+    kvs__cluster_stop(cl);
+    return KVS_ENOMEM;
+  }
+  cl->next_seq = 1;
   cl->met = met;
   atomic_store(&met->cluster, cl);
   KVS_LOGI("cluster", "joining", "cluster=%s node=%s data=%s", cl->u.name, cl->self.id,
@@ -327,7 +343,76 @@ void kvs__cluster_stop(kvs__cluster *cl) {
   }
   kvs__etcd_free(cl->e);
   free(cl->record);
+  free(cl->ring);
   free(cl);
+}
+
+void kvs__event(kvs__metrics *m, int type, const uint8_t tenant_id[8], const uint8_t key[16],
+                const kvs_model_id *model, uint8_t tier) {
+  if (!atomic_load_explicit(&m->cluster, memory_order_relaxed)) return; /* not in a cluster */
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  pthread_mutex_lock(&metrics_mu);
+  kvs__cluster *cl = atomic_load(&m->cluster);
+  if (cl && cl->ring) {
+    struct ev *e = &cl->ring[cl->next_seq % KVS__EV_RING];
+    e->seq = cl->next_seq++;
+    e->ts_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    e->type = (uint8_t)type;
+    e->tier = tier;
+    memcpy(e->tenant, tenant_id, 8);
+    memcpy(e->key, key, 16);
+    e->model = *model;
+  }
+  pthread_mutex_unlock(&metrics_mu);
+}
+
+static void hex(const uint8_t *p, size_t n, char *out) {
+  static const char d[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++)
+    out[2 * i] = d[p[i] >> 4], out[2 * i + 1] = d[p[i] & 15];
+  out[2 * n] = 0;
+}
+
+char *kvs__events_json(kvs__metrics *m, const char *after_s, const char *limit_s) {
+  uint64_t after = after_s ? strtoull(after_s, NULL, 10) : 0;
+  uint64_t limit = limit_s ? strtoull(limit_s, NULL, 10) : 1000;
+  if (limit == 0 || limit > 10000) limit = 10000;
+  char *out = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&out, &len);
+  if (!f) return NULL;
+  pthread_mutex_lock(&metrics_mu);
+  kvs__cluster *cl = atomic_load(&m->cluster);
+  if (!cl || !cl->ring) {
+    pthread_mutex_unlock(&metrics_mu);
+    fclose(f);
+    free(out);
+    return NULL;
+  }
+  uint64_t oldest = cl->next_seq > KVS__EV_RING ? cl->next_seq - KVS__EV_RING : 1;
+  uint64_t from = after + 1 < oldest ? oldest : after + 1;
+  uint64_t to = from + limit < cl->next_seq ? from + limit : cl->next_seq;
+  fprintf(f, "{\"node\":\"%s\",\"dropped\":%llu,\"next\":%llu,\"more\":%s,\"events\":[",
+          cl->self.id, (unsigned long long)(from - (after + 1)), (unsigned long long)(to - 1),
+          to < cl->next_seq ? "true" : "false");
+  for (uint64_t s = from; s < to; s++) {
+    const struct ev *e = &cl->ring[s % KVS__EV_RING];
+    char t[17], k[33], md[33];
+    hex(e->tenant, 8, t);
+    hex(e->key, 16, k);
+    hex(e->model.b, 16, md);
+    fprintf(f,
+            "%s{\"seq\":%llu,\"ts_ms\":%llu,\"type\":\"%s\",\"tenant\":\"%s\","
+            "\"block_hashes\":[\"%s\"],\"model\":\"%s\",\"medium\":\"%s\"}",
+            s == from ? "" : ",", (unsigned long long)e->seq, (unsigned long long)e->ts_ms,
+            e->type == KVS__EV_STORED ? "BlockStored" : "BlockRemoved", t, k, md,
+            e->tier == 2 ? "cold" : "disk");
+  }
+  pthread_mutex_unlock(&metrics_mu);
+  fprintf(f, "]}\n");
+  fclose(f);
+  return out;
 }
 
 void kvs__cluster_metrics(kvs__metrics *met, char *out, size_t cap) {

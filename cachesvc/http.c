@@ -246,6 +246,13 @@ static void handle_v1(kvs__http *h, struct evhttp_request *req, const char *path
                         (unsigned long long)atomic_load(&h->met->bad_frames));
     RET(send_json(req, b));
   }
+  if (!strcmp(path, "/v1/events")) { /* cluster.c, docs/cluster.md */
+    char *j =
+        kvs__events_json(h->met, evhttp_find_header(q, "after"), evhttp_find_header(q, "limit"));
+    if (!j) RET(reply_err(req, 404, KVS_ENOENT, "not in a cluster: no events kept"));
+    reply(req, 200, "application/json", j);
+    RET(free(j));
+  }
   if (!strcmp(path, "/v1/entries")) {
     const char *tenant = evhttp_find_header(q, "tenant");
     const char *lim = evhttp_find_header(q, "limit");

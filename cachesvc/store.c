@@ -265,6 +265,7 @@ static void remove_entry(kvs__store *s, entry *e) { /* mu held; frees e */
       break;
     }
   s->count--;
+  if (e->meta) kvs__event(s->met, KVS__EV_REMOVED, e->sk.b, e->meta, &e->model, e->tier);
   t0_drop(s, e);
   if (!e->quarantined) s->t[e->tier].used -= e->disk_bytes;
   else s->t[e->tier].used -= e->disk_bytes - e->value_bytes;
@@ -654,6 +655,7 @@ kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m
     ne->meta_len = (uint32_t)ml;
     meta = NULL;
     insert(s, ne);
+    kvs__event(s->met, KVS__EV_STORED, ne->sk.b, ne->meta, &ne->model, 1); /* cluster.c */
     s->t[1].used += need;
     t0_put(s, ne, copy);
     ne = NULL;

@@ -221,6 +221,15 @@ kvs_err kvs__cluster_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics
                            kvs__cluster **out);
 /* Deregisters (deletes the record, revokes the lease; bounded), stops. */
 void kvs__cluster_stop(kvs__cluster *cl);
+/* Stored/removed events for KV-aware routers (docs/cluster.md, "Events"):
+ * kept in a ring while the node is in a cluster (a no-op otherwise). The
+ * store calls kvs__event with its lock held (it only copies 64 bytes). */
+enum { KVS__EV_STORED = 1, KVS__EV_REMOVED = 2 };
+void kvs__event(kvs__metrics *m, int type, const uint8_t tenant_id[8], const uint8_t key[16],
+                const kvs_model_id *model, uint8_t tier);
+/* GET /v1/events?after=SEQ&limit=N: a malloc'd JSON page; NULL when the node
+ * is not in a cluster. */
+char *kvs__events_json(kvs__metrics *m, const char *after, const char *limit);
 /* Prometheus lines of the cluster (appended to /metrics); "" when off. */
 void kvs__cluster_metrics(kvs__metrics *m, char *out, size_t cap);
 

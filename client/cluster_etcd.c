@@ -227,6 +227,39 @@ static kvs_err etcd_post(kvs__etcd *e, const char *path, cJSON *body, cJSON **re
   return rv;
 }
 
+kvs_err kvs__http_get(const char *url, const char *bearer, uint32_t timeout_ms, char **body,
+                      long *code) {
+  pthread_once(&curl_once, curl_init_once);
+  *body = NULL;
+  *code = 0;
+  CURL *h = curl_easy_init();
+  if (!h) return KVS_ENOMEM;
+  buf b = {0};
+  struct curl_slist *hd = NULL;
+  char auth[200];
+  if (bearer && *bearer) {
+    snprintf(auth, sizeof auth, "Authorization: Bearer %.150s", bearer);
+    hd = curl_slist_append(NULL, auth);
+  }
+  curl_easy_setopt(h, CURLOPT_URL, url);
+  if (hd) curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, buf_write);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+  curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(h, CURLOPT_PROXY, "");
+  CURLcode cc = curl_easy_perform(h);
+  curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, code);
+  curl_slist_free_all(hd);
+  curl_easy_cleanup(h);
+  if (cc != CURLE_OK) {
+    free(b.p);
+    return KVS_ECONN;
+  }
+  *body = b.p ? b.p : calloc(1, 1);
+  return *body ? KVS_OK : KVS_ENOMEM;
+}
+
 static int64_t json_i64(const cJSON *o, const char *name) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
   if (cJSON_IsString(v)) return strtoll(v->valuestring, NULL, 10);

@@ -59,6 +59,11 @@ kvs_err kvs__etcd_get_lease(kvs__etcd *e, const char *key, char **val, size_t *v
 kvs_err kvs__etcd_watch(kvs__etcd *e, const char *prefix, int64_t start_rev, kvs__etcd_kv_fn fn,
                         void *arg, atomic_int *stop, uint32_t max_ms, int64_t *last_rev);
 
+/* A plain HTTP GET (tests, CLI): *body malloc'd, NUL-terminated; *code the
+ * HTTP status. bearer may be NULL. KVS_ECONN when nothing answered. */
+kvs_err kvs__http_get(const char *url, const char *bearer, uint32_t timeout_ms, char **body,
+                      long *code);
+
 /* ------------------------------------------------------------ nodes */
 #define KVS__CL_ID_MAX 63
 typedef struct kvs__node {

@@ -2,7 +2,8 @@
  * etcd:// URL.
  *
  *   kvs-bench-cluster [--quick] [--seconds S] [--clients C] [--size BYTES]
- *                     [--keys N] [--nodes 1,2,3] [--etcd PATH] [--kvstashd PATH]
+ *                     [--keys N] [--timeout MS] [--nodes 1,2,3] [--etcd PATH]
+ *                     [--kvstashd PATH]
  *   kvs-bench-cluster --url etcd://HOST:2379/NAME [--tenant T --token K] ...
  *
  * Without --url it starts etcd and kvstashd nodes itself on loopback (temp
@@ -11,7 +12,9 @@
  * about BYTES: 1 layer, BYTES/8192 heads of 128, 16 tokens; R = 2, a put
  * is acknowledged by both owners); every GET's bytes are compared. Then,
  * with the largest count: the failover time (kill -9 of the preferred owner
- * of a key -> first successful get of that key) and the rebalance rate (a
+ * of a key -> first successful get of that key: immediate when the client
+ * saw the connection drop first, else bounded by the node's deadline, half of
+ * --timeout, default 2000 ms) and the rebalance rate (a
  * node joins; kvs_cluster_rebalance copies what it now owns: MB/s). With
  * --url it measures PUT/GET against that running cluster only (nothing is
  * killed; the bench's keys are deleted at the end).
@@ -298,6 +301,7 @@ static int parse_list(const char *s, int *out, int cap) {
 
 int main(int argc, char **argv) {
   double seconds = 3;
+  uint32_t timeout_ms = 2000;
   int clients = 4, n_keys = 256, nodes_list[MAX_NODES] = {1, 2, 3}, n_list = 3;
   size_t size = 64 << 10;
   const char *url = NULL, *tenant = "bench", *token = NULL, *kvd = KVS_BENCH_KVSTASHD;
@@ -316,6 +320,8 @@ int main(int argc, char **argv) {
       size = (size_t)strtoull(argv[++i], NULL, 10);
     else if (!strcmp(a, "--keys") && v)
       n_keys = atoi(argv[++i]);
+    else if (!strcmp(a, "--timeout") && v)
+      timeout_ms = (uint32_t)atoi(argv[++i]);
     else if (!strcmp(a, "--nodes") && v)
       n_list = parse_list(argv[++i], nodes_list, MAX_NODES - 1);
     else if (!strcmp(a, "--url") && v)
@@ -329,9 +335,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--kvstashd") && v)
       kvd = argv[++i];
     else {
-      fprintf(stderr, "usage: kvs-bench-cluster [--quick] [--seconds S] [--clients C] [--size B] "
-                      "[--keys N] [--nodes 1,2,3] [--etcd PATH] [--kvstashd PATH] | --url "
-                      "etcd://HOST:PORT/NAME [--tenant T] [--token K]\n");
+      fprintf(stderr,
+              "usage: kvs-bench-cluster [--quick] [--seconds S] [--clients C] [--size B] "
+              "[--keys N] [--timeout MS] [--nodes 1,2,3] [--etcd PATH] [--kvstashd PATH] | --url "
+              "etcd://HOST:PORT/NAME [--tenant T] [--token K]\n");
       return 2;
     }
   }
@@ -390,7 +397,7 @@ int main(int argc, char **argv) {
   o.tenant = tenant;
   o.token = token;
   o.flags = KVS_CLIENT_LAZY;
-  o.request_timeout_ms = 10000;
+  o.request_timeout_ms = timeout_ms; /* a member (node) gets half of it */
   kvs_client *c = NULL;
   if (kvs_client_create(&o, &c) != KVS_OK) {
     fprintf(stderr, "cluster client: %s\n", kvs_client_errmsg(c));
@@ -482,10 +489,11 @@ int main(int argc, char **argv) {
       kvs_delete(c, &w.ch[k].key);
   kvs_client_free(c);
   printf("{\"bench\":\"cluster\",\"url\":\"%s\",\"value_bytes\":%zu,\"clients\":%d,\"keys\":%d,"
-         "\"seconds\":%.1f,\"replicas\":%u,\"rows\":[%s],\"wrong_bytes\":%llu,\"failover_ms\":%.3f,"
+         "\"seconds\":%.1f,\"timeout_ms\":%u,\"replicas\":%u,\"rows\":[%s],\"wrong_bytes\":%llu,"
+         "\"failover_ms\":%.3f,"
          "\"rebalance_copies\":%llu,\"rebalance_bytes\":%llu,\"rebalance_s\":%.3f,"
          "\"rebalance_mib_per_s\":%.1f}\n",
-         own ? "own" : url, w.bytes, clients, n_keys, seconds, replicas, rows,
+         own ? "own" : url, w.bytes, clients, n_keys, seconds, timeout_ms, replicas, rows,
          (unsigned long long)wrong_total, failover_ms, reb_copied, reb_bytes, reb_s, reb_mb_s);
   free(w.tok);
   free(w.ch);

@@ -208,6 +208,63 @@ static void test_put_get(void) {
   CU_ASSERT_EQUAL(kvs_put_start(cl, &model, tok[0], &ch[0], &lay, kv[0], NULL, &op), KVS_ENOTSUP);
 }
 
+/* Events of one node (GET /v1/events): counts of BlockStored / BlockRemoved
+ * whose block hash is one of the test's keys; -1 on failure. */
+static int node_events(int i, int *stored, int *removed) {
+  char url[128], *body = NULL;
+  long code = 0;
+  *stored = *removed = 0;
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/events?limit=10000", nd[i].http_port);
+  if (kvs__http_get(url, NULL, 2000, &body, &code) != KVS_OK || code != 200) {
+    free(body);
+    return -1;
+  }
+  for (int k = 0; k < NKEY; k++) {
+    char hx[33], pat[80];
+    kvs_hash128_hex(&ch[k].key, hx);
+    for (int type = 0; type < 2; type++) {
+      snprintf(pat, sizeof pat, "\"type\":\"%s\"", type ? "BlockRemoved" : "BlockStored");
+      /* each event is one object: count objects holding both the type and the key */
+      for (const char *p = strstr(body, hx); p; p = strstr(p + 1, hx)) {
+        const char *open = p;
+        while (open > body && *open != '{')
+          open--;
+        const char *t = strstr(open, pat);
+        if (t && t < p) (type ? (*removed)++ : (*stored)++);
+      }
+    }
+  }
+  free(body);
+  return 0;
+}
+
+static void test_events(void) {
+  int stored = 0, removed = 0, all_stored = 0;
+  for (int i = 0; i < NN; i++) {
+    CU_ASSERT_EQUAL(node_events(i, &stored, &removed), 0);
+    all_stored += stored;
+    CU_ASSERT_EQUAL(removed, 0);
+  }
+  CU_ASSERT_EQUAL(all_stored, NKEY * 2); /* one BlockStored per copy */
+  /* a delete is a BlockRemoved on both owners; the key is put back */
+  CU_ASSERT_EQUAL(kvs_delete(cl, &ch[5].key), KVS_OK);
+  int all_removed = 0;
+  for (int i = 0; i < NN; i++) {
+    node_events(i, &stored, &removed);
+    all_removed += removed;
+  }
+  CU_ASSERT_EQUAL(all_removed, 2);
+  CU_ASSERT_EQUAL(kvs_put(cl, &model, tok[5], &ch[5], &lay, kv[5], NULL), KVS_OK);
+  /* a page after the last seq is empty; a bad number reads as 0 */
+  char url[128], *body = NULL;
+  long code = 0;
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/v1/events?after=999999999", nd[0].http_port);
+  CU_ASSERT_EQUAL(kvs__http_get(url, NULL, 2000, &body, &code), KVS_OK);
+  CU_ASSERT_EQUAL(code, 200);
+  CU_ASSERT_PTR_NOT_NULL(body && strstr(body, "\"events\":[]"));
+  free(body);
+}
+
 static void test_kill9(void) {
   th_daemon_kill9(&nd[1]);
   /* right away (the node is still in the view) and after its lease ran out */
@@ -453,6 +510,7 @@ int main(void) {
   }
   static const kvs_test_case cases[] = {{"view", test_view},
                                         {"put_get", test_put_get},
+                                        {"events", test_events},
                                         {"kill9", test_kill9},
                                         {"return_rebalance", test_return_rebalance},
                                         {"storm_kill9", test_storm_kill9},
