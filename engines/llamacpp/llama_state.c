@@ -182,12 +182,12 @@ kvs_err kvs_llama_state_to_canonical(const kvs_layout *l, const void *state, siz
         memcpy(v + t * row, ps->v[li] + (size_t)ps->order[b + t] * row, row);
     } else {
       /* transposed: element j of cell c at (j * cells + c) */
-      const uint16_t *src = (const uint16_t *)(const void *)ps->v[li];
-      uint16_t *dst = (uint16_t *)(void *)v;
+      /* byte copies: neither the blob nor out need be 2-byte aligned */
+      const uint8_t *src = ps->v[li];
       for (uint32_t t = 0; t < cnt; t++) {
         const size_t c = ps->order[b + t];
         for (size_t j = 0; j < width; j++)
-          dst[t * width + j] = src[j * cells + c];
+          memcpy(v + 2 * (t * width + j), src + 2 * (j * cells + c), 2);
       }
     }
   }
