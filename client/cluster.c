@@ -618,14 +618,105 @@ kvs_err kvs__cluster_lookup(kvs_client *c, const kvs_model_id *model, const int3
   return KVS_OK;
 }
 
+/* One LOOKUP per node holding any owner copy of the chunks, the nodes asked
+ * in parallel (one thread each beyond the first): a router's question costs
+ * one round trip, not R x nodes. */
+typedef struct lk_job {
+  kvs_client *m;
+  const kvs_model_id *model;
+  const int32_t *tokens;
+  size_t n_tokens, ns;
+  kvs_chunk *sub;
+  size_t *idx, *jj; /* chunk index, owner rank */
+  uint8_t *st;
+  kvs_err rv;
+} lk_job;
+
+static void *lk_main(void *arg) {
+  lk_job *j = arg;
+  j->rv = j->m ? kvs_lookup(j->m, j->model, j->tokens, j->n_tokens, j->sub, j->ns, KVS_LOOKUP_EACH,
+                            j->st, NULL)
+               : KVS_ECONN;
+  return NULL;
+}
+
 kvs_err kvs_cluster_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
                            size_t n_tokens, const kvs_chunk *chunks, size_t n_chunks,
                            kvs_cluster_where *out) {
   if (!c || !c->cluster || !model || !tokens || (n_chunks && (!chunks || !out))) return KVS_EINVAL;
-  uint8_t *st = malloc(n_chunks + 1);
-  if (!st) return KVS_ENOMEM;
-  kvs_err rv = lookup_rounds(c, model, tokens, n_tokens, chunks, n_chunks, st, out);
-  free(st);
+  struct kvs__cluster *cl = c->cluster;
+  kvs__node *nodes;
+  size_t n;
+  KVS_TRY(kvs__members_get(cl->m, &nodes, &n, NULL));
+  uint32_t r = kvs_cluster_replicas(c);
+  if (n_chunks) memset(out, 0, n_chunks * r * sizeof *out);
+  if (n == 0 || n_chunks == 0) {
+    free(nodes);
+    return n ? KVS_OK : kvs__seterr(c, KVS_ECONN, "cluster %s has no node", cl->u.name);
+  }
+  size_t k = r < n ? r : n;
+  size_t *own = malloc(n_chunks * k * sizeof *own);
+  lk_job *jobs = calloc(n, sizeof *jobs);
+  pthread_t *th = calloc(n, sizeof *th);
+  int *started = calloc(n, sizeof *started);
+  kvs_err rv = own && jobs && th && started ? KVS_OK : KVS_ENOMEM;
+  for (size_t i = 0; rv == KVS_OK && i < n_chunks; i++)
+    kvs__hrw_order(&chunks[i].key, nodes, n, &own[i * k], k);
+  for (size_t nd = 0; rv == KVS_OK && nd < n; nd++) {
+    lk_job *j = &jobs[nd];
+    *j = (lk_job){.model = model, .tokens = tokens, .n_tokens = n_tokens};
+    for (size_t i = 0; rv == KVS_OK && i < n_chunks; i++)
+      for (size_t o = 0; o < k; o++) {
+        if (own[i * k + o] != nd) continue;
+        if (!j->sub) {
+          j->sub = malloc(n_chunks * sizeof *j->sub);
+          j->idx = malloc(n_chunks * sizeof *j->idx);
+          j->jj = malloc(n_chunks * sizeof *j->jj);
+          j->st = malloc(n_chunks);
+          if (!j->sub || !j->idx || !j->jj || !j->st) {
+            rv = KVS_ENOMEM;
+            break;
+          }
+        }
+        j->sub[j->ns] = chunks[i];
+        j->idx[j->ns] = i;
+        j->jj[j->ns++] = o;
+      }
+    if (j->ns) {
+      j->m = member_of(cl, &nodes[nd]);
+      if (j->m && kvs_client_connected(j->m) <= 0) j->m = NULL;
+    }
+  }
+  size_t first = n;
+  for (size_t nd = 0; rv == KVS_OK && nd < n; nd++) {
+    if (!jobs[nd].ns) continue;
+    if (first == n) {
+      first = nd; /* runs on this thread, after the others started */
+      continue;
+    }
+    started[nd] = pthread_create(&th[nd], NULL, lk_main, &jobs[nd]) == 0;
+    if (!started[nd]) lk_main(&jobs[nd]);
+  }
+  if (rv == KVS_OK && first < n) lk_main(&jobs[first]);
+  int answered = 0;
+  for (size_t nd = 0; jobs && nd < n; nd++) {
+    lk_job *j = &jobs[nd];
+    if (started && started[nd]) pthread_join(th[nd], NULL);
+    if (rv == KVS_OK && j->ns && j->rv == KVS_OK) {
+      answered++;
+      for (size_t s = 0; s < j->ns; s++)
+        if (j->st[s]) {
+          kvs_cluster_where *w = &out[j->idx[s] * r + j->jj[s]];
+          snprintf(w->node, sizeof w->node, "%s", nodes[nd].id);
+          w->tier = j->st[s] - 1;
+        }
+    } else if (rv == KVS_OK && j->ns && j->m && !node_error(j->rv)) {
+      rv = kvs__seterr(c, j->rv, "%s", kvs_client_errmsg(j->m));
+    }
+    free(j->sub), free(j->idx), free(j->jj), free(j->st);
+  }
+  free(own), free(jobs), free(th), free(started), free(nodes);
+  if (rv == KVS_OK && !answered) rv = kvs__seterr(c, KVS_ECONN, "no owner of any chunk answered");
   return rv;
 }
 
