@@ -265,6 +265,8 @@ static void fallback(kvs__sconn *s, const char *why, int err) {
   via_nng(c, req, deadline, check, done, arg);
 }
 
+static int stream_drop_found(kvs_client *c, const char *url);
+
 /* One request on the connection's own thread: dial if needed, write, read
  * the head, then the payload into the kept buffer. */
 static void serve(kvs__sconn *s) {
@@ -273,10 +275,17 @@ static void serve(kvs__sconn *s) {
   if (s->fd < 0) {
     s->reused = 0;
     s->fd = dial(s);
-    if (s->fd < 0) { /* no listener there: the stream is not tried again for a second */
-      pthread_mutex_lock(&c->mu);
-      c->stream_retry_ns = kvs_now_ns() + 1000000000ull;
-      pthread_mutex_unlock(&c->mu);
+    if (s->fd < 0) {
+      /* no listener there. One the client found by itself (advertised, but
+       * not reachable from here: a firewall, another network) is given up
+       * until the next connection loss asks again, so that gets do not wait
+       * out a connect timeout every second; a named one is tried again a
+       * second later. */
+      if (!stream_drop_found(c, s->url)) {
+        pthread_mutex_lock(&c->mu);
+        c->stream_retry_ns = kvs_now_ns() + 1000000000ull;
+        pthread_mutex_unlock(&c->mu);
+      }
       fallback(s, "cannot reach the stream listener", KVS_ECONN);
       return;
     }
@@ -530,6 +539,27 @@ static void stream_unset(kvs_client *c) {
   }
   pthread_mutex_unlock(&c->mu);
   free(old);
+}
+
+/* The stream the client found (not a named one), when it is still url,
+ * dropped: 1 when it was. */
+static int stream_drop_found(kvs_client *c, const char *url) {
+  struct kvs__olddialer *old = malloc(sizeof *old);
+  int dropped = 0;
+  pthread_mutex_lock(&c->mu);
+  if (old && c->stream_url && !c->stream_named && !strcmp(c->stream_url, url)) {
+    *old = (struct kvs__olddialer){c->stream_url, c->old_dialers};
+    c->old_dialers = old;
+    old = NULL;
+    c->stream_url = NULL;
+    dropped = 1;
+  }
+  pthread_mutex_unlock(&c->mu);
+  free(old);
+  if (dropped)
+    KVS_LOGI("client", "the daemon's stream listener cannot be reached: gets stay on REQ/REP",
+             "url=%s", url);
+  return dropped;
 }
 
 /* PING, whose answer lists the daemon's +stream listeners (docs/protocol.md),
