@@ -6,8 +6,15 @@
  * codec profile, then reused by each strategy through kvs_blend_run. Against
  * the full prefill of the same prompt, in the same run:
  *   answer agreement (same first 16 tokens, or the same normalized answer),
+ *   answers equal after SQuAD normalisation alone (answer_equal),
  *   F1 against the gold answers, KL(full || reuse) at the first answer token,
- *   share of reused tokens recomputed, time to first token.
+ *   share of reused tokens recomputed, time to first token;
+ *   teacher-forced over the question and answer positions (the full
+ *   prefill's answer fed to both): mean KL(full || reuse) and top-1 agreement
+ *   at positions whose full-prefill top-2 margin exceeds --margin (default
+ *   1.0 logit; the positions below it are counted as dropped).
+ * "none" (no recompute) is the floor; "full" (every reused token recomputed
+ * through the same pipeline) is the noise floor: what numerics alone move.
  * Tune on items 0-99 only; 100-149 are held out for acceptance figures.
  * Last line: JSON. */
 #include <fcntl.h>
@@ -30,9 +37,9 @@ typedef struct mem_kv {
   void *kv[KVS_RAG_MAX_PASSAGES + 2];
   const kvs_rag_prompt *p;
   size_t tok_plane_bytes;
-  void *stream; /* load_mem_dev: the loader's copy stream */
+  void *stream;                     /* load_mem_dev: the loader's copy stream */
   int fd[KVS_RAG_MAX_PASSAGES + 2]; /* load_disk_dev: one file per chunk */
-  void *bounce;  /* load_disk_dev: pinned buffer of one layer's K and V */
+  void *bounce;                     /* load_disk_dev: pinned buffer of one layer's K and V */
 } mem_kv;
 
 static kvs_err load_mem(void *ctx, uint32_t seg, uint32_t layer, void *k, void *v) {
@@ -102,7 +109,8 @@ static int disk_tier(mem_kv *mk, const kvs_rag_prompt *p, size_t tb, const char 
 static double torch_ms(uint32_t n) {
   char cmd[4400];
   const char *src = getenv("KVS_SOURCE_DIR"); /* tools/gpu run sets it */
-  snprintf(cmd, sizeof cmd, "python3 %s/bench/model/torch_prefill.py --shape 8b --tokens %u 2>/dev/null",
+  snprintf(cmd, sizeof cmd,
+           "python3 %s/bench/model/torch_prefill.py --shape 8b --tokens %u 2>/dev/null",
            src ? src : ".", n);
   FILE *f = popen(cmd, "r");
   double ms = -1;
@@ -142,8 +150,9 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
   kvs_rag_prompt p = {0};
   p.tokens = malloc(n * sizeof *p.tokens);
   unsigned long long r = 7;
-  for (uint32_t i = 0; i < n; i++) r = r * 6364136223846793005ull + 1442695040888963407ull,
-                                    p.tokens[i] = (int32_t)((r >> 33) % in.n_vocab);
+  for (uint32_t i = 0; i < n; i++)
+    r = r * 6364136223846793005ull + 1442695040888963407ull,
+    p.tokens[i] = (int32_t)((r >> 33) % in.n_vocab);
   p.start[0] = 0, p.len[0] = prefix, p.n_segs = 1;
   for (uint32_t i = 0; i < n_pass; i++, p.n_segs++)
     p.start[p.n_segs] = prefix + i * pass_tok, p.len[p.n_segs] = pass_tok;
@@ -163,15 +172,27 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
          n, prefix, n_pass, pass_tok, q_tok, tb * (n - q_tok) / 1e6);
   if ((err = kvs_gpu_stream_create(&mk.stream)))
     return fprintf(stderr, "stream: %s\n", kvs_strerror(err)), 1;
-  for (int s = 0; s < KVS_RAG_MAX_PASSAGES + 2; s++) mk.fd[s] = -1;
+  for (int s = 0; s < KVS_RAG_MAX_PASSAGES + 2; s++)
+    mk.fd[s] = -1;
   if (disk && disk_tier(&mk, &p, tb, disk) != 0) return 1;
   /* rows 2-5 load through a pinned host stage (a memcpy per layer, then one
    * copy to the device); rows 6-9 load straight into device memory; rows
    * 10-13 read the chunks from files (the disk tier) into device memory */
   enum { NR = 14 };
-  const char *names[NR] = {"full", "prefix-only", "none", "epic", "cacheblend", "adaptive",
-                           "none/dev", "epic/dev", "cacheblend/dev", "adaptive/dev",
-                           "none/disk", "epic/disk", "cacheblend/disk", "adaptive/disk"};
+  const char *names[NR] = {"full",
+                           "prefix-only",
+                           "none",
+                           "epic",
+                           "cacheblend",
+                           "adaptive",
+                           "none/dev",
+                           "epic/dev",
+                           "cacheblend/dev",
+                           "adaptive/dev",
+                           "none/disk",
+                           "epic/disk",
+                           "cacheblend/disk",
+                           "adaptive/disk"};
   double med[NR] = {0}, brk[NR][3] = {{0}}; /* last run: load wait, recompute, prefill (ms) */
   double rec[NR] = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
   int nr = disk ? NR : 10;
@@ -195,7 +216,10 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
         kvs_blend_opts o = {.sel = kvs_sel_defaults(sk), .check_layer = 1, .load_device = dev};
         if (ratio >= 0 && (sk == KVS_SEL_CACHEBLEND || sk == KVS_SEL_ADAPTIVE)) o.sel.ratio = ratio;
         err = kvs_rag_answer_blend(e, NULL, &p, cached,
-                                   dsk ? load_disk_dev : dev ? load_mem_dev : load_mem, &mk, &o, 1, &a);
+                                   dsk   ? load_disk_dev
+                                   : dev ? load_mem_dev
+                                         : load_mem,
+                                   &mk, &o, 1, &a);
         rec[k] = a.blend.n_candidates ? (double)a.blend.n_recomputed / a.blend.n_candidates : 0;
       }
       if (err) return fprintf(stderr, "%s: %s\n", names[k], kvs_strerror(err)), 1;
@@ -204,30 +228,39 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
       brk[k][2] = a.blend.t_prefill_s * 1e3;
     }
     for (int i = 1; i < R; i++) /* insertion sort for the median */
-      for (int j = i; j > 0 && t[j] < t[j - 1]; j--) { double x = t[j]; t[j] = t[j - 1], t[j - 1] = x; }
+      for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+        double x = t[j];
+        t[j] = t[j - 1], t[j - 1] = x;
+      }
     med[k] = t[R / 2];
   }
-  for (uint32_t s = 0; s + 1 < p.n_segs; s++) kvs_gpu_free_host(mk.kv[s]), mk.kv[s] = NULL;
+  for (uint32_t s = 0; s + 1 < p.n_segs; s++)
+    kvs_gpu_free_host(mk.kv[s]), mk.kv[s] = NULL;
   kvs_engine_free(e), e = NULL;
   kvs_gpu_model_free(gm), gm = NULL; /* PyTorch gets the memory */
   double tms = torch_ms(n);
   printf("%-14s %10s %10s %9s %10s %10s %10s\n", "strategy", "ttft_ms", "speedup", "recompute",
          "load_wait", "recomp_ms", "prefill_ms");
   char json[2048];
-  int k2 = snprintf(json, sizeof json, "{\"bench\":\"blend-speed8b\",\"tokens\":%u,\"passages\":%u,"
-                    "\"passage_tokens\":%u,\"ttft_ms\":{", n, n_pass, pass_tok);
+  int k2 = snprintf(json, sizeof json,
+                    "{\"bench\":\"blend-speed8b\",\"tokens\":%u,\"passages\":%u,"
+                    "\"passage_tokens\":%u,\"ttft_ms\":{",
+                    n, n_pass, pass_tok);
   for (int k = 0; k < nr; k++) {
     printf("%-14s %10.2f %9.2fx %8.1f%% %10.2f %10.2f %10.2f\n", names[k], med[k] * 1e3,
            med[0] / med[k], 100 * rec[k], brk[k][0], brk[k][1], brk[k][2]);
-    k2 += snprintf(json + k2, sizeof json - (size_t)k2, "%s\"%s\":%.3f", k ? "," : "", names[k], med[k] * 1e3);
+    k2 += snprintf(json + k2, sizeof json - (size_t)k2, "%s\"%s\":%.3f", k ? "," : "", names[k],
+                   med[k] * 1e3);
   }
   printf("%-14s %10.2f  (PyTorch SDPA full prefill, same shape, same run; ours/torch %.2f)\n",
          "torch-sdpa", tms, tms > 0 ? med[0] * 1e3 / tms : 0);
-  snprintf(json + k2, sizeof json - (size_t)k2,
-           "},\"torch_sdpa_ms\":%.3f,\"speedup_adaptive\":%.3f,\"speedup_cacheblend\":%.3f,\"speedup_epic\":%.3f,"
-           "\"speedup_adaptive_dev\":%.3f,\"speedup_cacheblend_dev\":%.3f,\"speedup_epic_dev\":%.3f}",
-           tms, med[0] / med[5], med[0] / med[4], med[0] / med[3], med[0] / med[9], med[0] / med[8],
-           med[0] / med[7]);
+  snprintf(
+      json + k2, sizeof json - (size_t)k2,
+      "},\"torch_sdpa_ms\":%.3f,\"speedup_adaptive\":%.3f,\"speedup_cacheblend\":%.3f,\"speedup_"
+      "epic\":%.3f,"
+      "\"speedup_adaptive_dev\":%.3f,\"speedup_cacheblend_dev\":%.3f,\"speedup_epic_dev\":%.3f}",
+      tms, med[0] / med[5], med[0] / med[4], med[0] / med[3], med[0] / med[9], med[0] / med[8],
+      med[0] / med[7]);
   printf("%s\n", json);
   for (int s = 0; s < KVS_RAG_MAX_PASSAGES + 2; s++)
     if (mk.fd[s] >= 0) close(mk.fd[s]);
@@ -241,9 +274,70 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
 }
 
 typedef struct agg {
-  double agree, agree1, f1, kl, frac, ttft;
+  double agree, agree1, f1, kl, frac, ttft, equal;
+  double tf_kl, tf_pos, tf_checked, tf_agree, tf_dropped; /* teacher-forced sums */
   int n;
 } agg;
+
+/* Teacher-forced logits of the question and answer positions: the prompt's
+ * chunks as a full prefill (o NULL) or through kvs_blend_run over the cached
+ * chunks (o set), then the cache cut back to the question's start and the
+ * question plus ans[0..n_ans-1) prefilled with every position's logits.
+ * out: (len[last] + n_ans - 1, n_vocab) host floats; *n_pos gets the count. */
+static kvs_err tf_logits(kvs_engine *e, const kvs_rag_prompt *p, const int *cached,
+                         kvs_blend_load_fn load, void *ctx, const kvs_blend_opts *o,
+                         const int32_t *ans, uint32_t n_ans, float *out, uint32_t *n_pos) {
+  kvs_engine_info in;
+  KVS_TRY(e->ops->info(e, &in));
+  uint32_t q0 = p->start[p->n_segs - 1], nq = p->len[p->n_segs - 1];
+  uint32_t n = nq + (n_ans ? n_ans - 1 : 0);
+  int32_t *toks = malloc((size_t)n * sizeof *toks);
+  if (!toks) return KVS_ENOMEM;
+  memcpy(toks, p->tokens + q0, (size_t)nq * sizeof *toks);
+  if (n_ans > 1) memcpy(toks + nq, ans, (size_t)(n_ans - 1) * sizeof *toks);
+  size_t lbytes = (size_t)n * in.n_vocab * sizeof(float), l1 = (size_t)in.n_vocab * sizeof(float);
+  int dev = in.mem == KVS_ENGINE_MEM_DEVICE;
+  void *dl = NULL, *d1 = NULL;
+  kvs_err err = KVS_OK;
+  if (dev && !(err = kvs_gpu_buffer_alloc(lbytes, &dl))) err = kvs_gpu_buffer_alloc(l1, &d1);
+  kvs_engine_seq *s = NULL;
+  if (!err) err = e->ops->seq_create(e, p->n_tokens + n_ans + 1, &s);
+  if (!err && !o) err = e->ops->prefill(e, s, p->tokens, q0, 0, NULL);
+  if (!err && o) {
+    kvs_blend_segment segs[KVS_RAG_MAX_PASSAGES + 2];
+    for (uint32_t i = 0; i < p->n_segs; i++) {
+      segs[i].kind = i == 0 ? KVS_SEG_PREFIX : i + 1 == p->n_segs ? KVS_SEG_NEW : KVS_SEG_CONTENT;
+      segs[i].tokens = p->tokens + p->start[i];
+      segs[i].n_tokens = p->len[i];
+      segs[i].stored_pos0 = 0;
+      segs[i].cached = i + 1 < p->n_segs && cached[i];
+    }
+    kvs_blend_stats bs;
+    /* the blend's own last-token logits land in out's first row (host) or d1 */
+    err = kvs_blend_run(e, s, segs, p->n_segs, load, ctx, o, dev ? d1 : (void *)out, &bs);
+    if (!err) err = e->ops->seq_truncate(e, s, q0);
+  }
+  if (!err) err = e->ops->prefill(e, s, toks, n, 1, dev ? dl : (void *)out);
+  if (!err && dev) err = kvs_gpu_copy(out, dl, lbytes);
+  if (s) e->ops->seq_free(e, s);
+  kvs_gpu_buffer_free(dl);
+  kvs_gpu_buffer_free(d1);
+  free(toks);
+  *n_pos = n;
+  return err;
+}
+
+/* top-2 margin of a row and its argmax */
+static float row_margin(const float *r, uint32_t V, uint32_t *top) {
+  uint32_t b = 0;
+  for (uint32_t v = 1; v < V; v++)
+    if (r[v] > r[b]) b = v;
+  float m2 = -INFINITY;
+  for (uint32_t v = 0; v < V; v++)
+    if (v != b && r[v] > m2) m2 = r[v];
+  *top = b;
+  return r[b] - m2;
+}
 
 static int parse_range(const char *s, int *a, int *b) {
   if (sscanf(s, "%d-%d", a, b) == 2) return *a >= 0 && *b >= *a;
@@ -254,21 +348,35 @@ static int parse_range(const char *s, int *a, int *b) {
 int main(int argc, char **argv) {
   if (kvs_bench_version(argc, argv, "kvs-bench-blend")) return 0;
   const char *model_path = getenv("KVS_MODEL_PATH"), *data = NULL, *profile = "none";
-  char strategies[256] = "none,epic,cacheblend,adaptive";
+  char strategies[256] = "none,epic,cacheblend,adaptive,full";
   int a = 0, b = 4, passages = 0;
-  uint32_t max_new = 16, s8_pass = 8, s8_tok = 512;
+  uint32_t max_new = 32, s8_pass = 8, s8_tok = 512;
   float ratio = -1;
   int use_gpu = 0, s8 = 0, chunk_ctx = 0, style = 0;
   const char *disk_dir = NULL;
   uint32_t check_layer = 1;
-  static struct option lo[] = {{"model", 1, 0, 'm'},      {"data", 1, 0, 'd'},
-                               {"items", 1, 0, 'i'},      {"passages", 1, 0, 'p'},
-                               {"strategies", 1, 0, 's'}, {"ratio", 1, 0, 'r'},
-                               {"profile", 1, 0, 'c'},    {"max-new", 1, 0, 'n'},
-                               {"gpu", 0, 0, 'g'},        {"speed8b", 0, 0, '8'},
-                               {"passage-tokens", 1, 0, 't'}, {"n-passages", 1, 0, 'q'},
-                               {"chunk-ctx", 1, 0, 'x'}, {"style", 1, 0, 'y'}, {"disk", 1, 0, 'k'},   {"check-layer", 1, 0, 'l'},
-                               {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+  float margin_tol = 1.0f;
+  int tf = 1;
+  static struct option lo[] = {{"model", 1, 0, 'm'},
+                               {"data", 1, 0, 'd'},
+                               {"items", 1, 0, 'i'},
+                               {"passages", 1, 0, 'p'},
+                               {"strategies", 1, 0, 's'},
+                               {"ratio", 1, 0, 'r'},
+                               {"profile", 1, 0, 'c'},
+                               {"max-new", 1, 0, 'n'},
+                               {"gpu", 0, 0, 'g'},
+                               {"speed8b", 0, 0, '8'},
+                               {"passage-tokens", 1, 0, 't'},
+                               {"n-passages", 1, 0, 'q'},
+                               {"chunk-ctx", 1, 0, 'x'},
+                               {"style", 1, 0, 'y'},
+                               {"disk", 1, 0, 'k'},
+                               {"check-layer", 1, 0, 'l'},
+                               {"margin", 1, 0, 'M'},
+                               {"no-tf", 0, 0, 'T'},
+                               {"help", 0, 0, 'h'},
+                               {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     switch (c) {
     case 'm': model_path = optarg; break;
@@ -287,6 +395,8 @@ int main(int argc, char **argv) {
     case 'k': disk_dir = optarg; break;
     case 'x': chunk_ctx = atoi(optarg); break;
     case 'l': check_layer = (uint32_t)atoi(optarg); break;
+    case 'M': margin_tol = (float)atof(optarg); break;
+    case 'T': tf = 0; break;
     case 't': s8_tok = (uint32_t)atoi(optarg); break;
     case 'q': s8_pass = (uint32_t)atoi(optarg); break;
     default:
@@ -295,12 +405,15 @@ int main(int argc, char **argv) {
           "usage: kvs-bench-blend --model GGUF [--data MUSIQUE] --items A-B [--gpu]\n"
           "         [--passages N] [--strategies a[:param],b...] [--ratio R] [--profile P|none]\n"
           "         [--max-new N] [--chunk-ctx N] [--style S] [--check-layer L]\n"
+          "         [--margin LOGITS] [--no-tf]\n"
           "       kvs-bench-blend --speed8b [--n-passages N] [--passage-tokens T] [--ratio R]\n"
           "         [--disk DIR]\n"
           "  strategies: none, epic[:first tokens], cacheblend[:ratio], adaptive[:cap], full\n"
           "  --chunk-ctx N: passages prefilled after the instruction's first N tokens\n"
           "    (-1 all of it, -2 everything before them: oracle KV); --style 0-4: the\n"
-          "    question turn / few-shot instruction; --disk: add rows read from files there\n");
+          "    question turn / few-shot instruction; --disk: add rows read from files there\n"
+          "  --margin: top-1 agreement counts positions whose full-prefill top-2 margin\n"
+          "    exceeds it (default 1.0); --no-tf: skip the teacher-forced position metrics\n");
       return c == 'h' ? 0 : 2;
     }
   }
@@ -331,17 +444,20 @@ int main(int argc, char **argv) {
   kvs_gpu_model *gm = NULL;
   if (use_gpu) {
     kvs_engine_free(eng);
-    if ((e = gpu_engine(model, 16384, &gm, &eng))) return fprintf(stderr, "gpu: %s\n", kvs_strerror(e)), 1;
+    if ((e = gpu_engine(model, 16384, &gm, &eng)))
+      return fprintf(stderr, "gpu: %s\n", kvs_strerror(e)), 1;
   }
   kvs_engine_info info;
   eng->ops->info(eng, &info);
   const kvs_tok *tok = kvs_model_tok(model);
   kvs_rag_item *items;
   size_t n_items;
-  if ((e = kvs_rag_load(data, &items, &n_items))) return fprintf(stderr, "data: %s\n", kvs_strerror(e)), 1;
+  if ((e = kvs_rag_load(data, &items, &n_items)))
+    return fprintf(stderr, "data: %s\n", kvs_strerror(e)), 1;
   if ((size_t)b >= n_items) b = (int)n_items - 1;
   if (a < 100 && b >= 100)
-    fprintf(stderr, "note: items %d-%d include held-out items (100-149): report, never tune\n", a, b);
+    fprintf(stderr, "note: items %d-%d include held-out items (100-149): report, never tune\n", a,
+            b);
 
   agg full = {0}, st[MAX_STRAT];
   memset(st, 0, sizeof st);
@@ -349,19 +465,24 @@ int main(int argc, char **argv) {
   int bits_n = 0;
   float *lf = malloc(info.n_vocab * 4), *lb = malloc(info.n_vocab * 4);
   size_t tb = kvs_layout_token_bytes(&info.layout);
-  printf("kvs-bench-blend: items %d-%d, passages %s, KV %s, strategies %s, engine %s, chunk ctx %d, "
-         "check layer %u, prompt style %d\n", a, b, passages ? "limited" : "all", profile, strategies,
-         info.name, chunk_ctx, check_layer, style);
+  printf(
+      "kvs-bench-blend: items %d-%d, passages %s, KV %s, strategies %s, engine %s, chunk ctx %d, "
+      "check layer %u, prompt style %d\n",
+      a, b, passages ? "limited" : "all", profile, strategies, info.name, chunk_ctx, check_layer,
+      style);
   for (int i = a; i <= b; i++) {
     kvs_rag_item it = items[i];
     if (passages > 0 && (size_t)passages < it.n_passages) it.n_passages = (size_t)passages;
     kvs_rag_prompt p;
-    if ((e = kvs_rag_prompt_build_style(tok, &it, style, &p))) return fprintf(stderr, "prompt: %s\n", kvs_strerror(e)), 1;
+    if ((e = kvs_rag_prompt_build_style(tok, &it, style, &p)))
+      return fprintf(stderr, "prompt: %s\n", kvs_strerror(e)), 1;
     kvs_rag_answer af = {.first_logits = lf};
-    if ((e = kvs_rag_answer_full(eng, tok, &p, max_new, &af))) return fprintf(stderr, "full: %s\n", kvs_strerror(e)), 1;
+    if ((e = kvs_rag_answer_full(eng, tok, &p, max_new, &af)))
+      return fprintf(stderr, "full: %s\n", kvs_strerror(e)), 1;
     double f1_full = kvs_rag_f1(af.text, it.answers, it.n_answers);
     full.f1 += f1_full, full.ttft += af.ttft_s, full.n++;
-    mem_kv m = {.p = &p, .tok_plane_bytes = (size_t)info.layout.n_kv_heads * info.layout.head_dim * 2};
+    mem_kv m = {.p = &p,
+                .tok_plane_bytes = (size_t)info.layout.n_kv_heads * info.layout.head_dim * 2};
     int cached[KVS_RAG_MAX_PASSAGES + 2];
     uint64_t raw = 0, enc = 0;
     for (uint32_t s = 0; s + 1 < p.n_segs; s++) {
@@ -370,8 +491,10 @@ int main(int argc, char **argv) {
       /* passages after the first chunk_ctx tokens of the instruction (-1: all of it) */
       /* -2: everything before the passage in this prompt (an oracle: the KV a full
        * prefill has there, for checking the pipeline, not something a cache can hold) */
-      uint32_t nx = s == 0 ? 0 : chunk_ctx == -2 ? p.start[s]
-                    : chunk_ctx < 0 || (uint32_t)chunk_ctx > p.len[0] ? p.len[0] : (uint32_t)chunk_ctx;
+      uint32_t nx = s == 0                                            ? 0
+                    : chunk_ctx == -2                                 ? p.start[s]
+                    : chunk_ctx < 0 || (uint32_t)chunk_ctx > p.len[0] ? p.len[0]
+                                                                      : (uint32_t)chunk_ctx;
       if ((e = kvs_rag_chunk_kv_ctx(eng, p.tokens, nx, p.tokens + p.start[s], p.len[s], m.kv[s])))
         return fprintf(stderr, "chunk kv: %s\n", kvs_strerror(e)), 1;
       if (prof >= 0) { /* what a fetch would give back: encode, then decode */
@@ -391,6 +514,16 @@ int main(int argc, char **argv) {
     if (raw) bits_sum += 16.0 * enc / raw, bits_n++;
     printf("item %3d (%u tokens) full: \"%s\" F1 %.2f ttft %.2fs\n", i, p.n_tokens, af.text,
            f1_full, af.ttft_s);
+    uint32_t tf_n = 0, V = info.n_vocab;
+    float *tf_full = NULL, *tf_reuse = NULL;
+    if (tf) {
+      size_t rows = p.len[p.n_segs - 1] + af.n + 1;
+      tf_full = malloc(rows * V * sizeof(float));
+      tf_reuse = malloc(rows * V * sizeof(float));
+      if (!tf_full || !tf_reuse) return fprintf(stderr, "tf: out of memory\n"), 1;
+      if ((e = tf_logits(eng, &p, cached, load_mem, &m, NULL, af.ids, af.n, tf_full, &tf_n)))
+        return fprintf(stderr, "tf full: %s\n", kvs_strerror(e)), 1;
+    }
     for (int s = 0; s < n_strat; s++) {
       kvs_blend_opts o = {.sel = kvs_sel_defaults((uint32_t)strat[s]), .check_layer = check_layer};
       if (ratio >= 0 && (strat[s] == KVS_SEL_CACHEBLEND || strat[s] == KVS_SEL_ADAPTIVE))
@@ -402,42 +535,80 @@ int main(int argc, char **argv) {
       if ((e = kvs_rag_answer_blend(eng, tok, &p, cached, load_mem, &m, &o, max_new, &ab)))
         return fprintf(stderr, "blend: %s\n", kvs_strerror(e)), 1;
       int same16 = ab.n == af.n || (ab.n >= 16 && af.n >= 16);
-      for (uint32_t t = 0; same16 && t < ab.n && t < 16; t++) same16 = ab.ids[t] == af.ids[t];
+      for (uint32_t t = 0; same16 && t < ab.n && t < 16; t++)
+        same16 = ab.ids[t] == af.ids[t];
       int agree = same16 || kvs_rag_same_answer(ab.text, af.text);
       double f1 = kvs_rag_f1(ab.text, it.answers, it.n_answers);
       double kl = kvs_rag_kl(lf, lb, info.n_vocab);
-      double frac = ab.blend.n_candidates ? (double)ab.blend.n_recomputed / ab.blend.n_candidates : 0;
+      double frac =
+          ab.blend.n_candidates ? (double)ab.blend.n_recomputed / ab.blend.n_candidates : 0;
       st[s].agree1 += ab.n && af.n ? ab.ids[0] == af.ids[0] : ab.n == af.n;
       st[s].agree += agree, st[s].f1 += f1, st[s].kl += kl, st[s].frac += frac;
       st[s].ttft += ab.ttft_s, st[s].n++;
-      printf("   %-10s %s F1 %.2f KL %.4f recompute %4.1f%% ttft %.2fs \"%s\"\n",
-             label[s], agree ? "agree " : "DIFFER", f1, kl, 100 * frac,
-             ab.ttft_s, ab.text);
+      st[s].equal += kvs_rag_same_answer(ab.text, af.text);
+      double tkl = 0;
+      uint32_t tck = 0, tag = 0, tdr = 0, tn = 0;
+      if (tf) {
+        if ((e = tf_logits(eng, &p, cached, load_mem, &m, &o, af.ids, af.n, tf_reuse, &tn)))
+          return fprintf(stderr, "tf blend: %s\n", kvs_strerror(e)), 1;
+        for (uint32_t r = 0; r < tn && r < tf_n; r++) {
+          const float *rf = tf_full + (size_t)r * V, *rr = tf_reuse + (size_t)r * V;
+          tkl += kvs_rag_kl(rf, rr, V);
+          uint32_t tf1, tr1;
+          if (row_margin(rf, V, &tf1) > margin_tol) {
+            (void)row_margin(rr, V, &tr1);
+            tck++, tag += tf1 == tr1;
+          } else {
+            tdr++;
+          }
+        }
+        st[s].tf_kl += tkl, st[s].tf_pos += tn, st[s].tf_checked += tck, st[s].tf_agree += tag;
+        st[s].tf_dropped += tdr;
+      }
+      printf("   %-10s %s F1 %.2f KL %.4f recompute %4.1f%% ttft %.2fs tf: KL %.4f top1 %u/%u "
+             "(%u near-ties) \"%s\"\n",
+             label[s], agree ? "agree " : "DIFFER", f1, kl, 100 * frac, ab.ttft_s,
+             tn ? tkl / tn : 0.0, tag, tck, tdr, ab.text);
     }
-    for (uint32_t s = 0; s + 1 < p.n_segs; s++) free(m.kv[s]);
+    free(tf_full), free(tf_reuse);
+    for (uint32_t s = 0; s + 1 < p.n_segs; s++)
+      free(m.kv[s]);
     kvs_rag_prompt_free(&p);
     fflush(stdout);
   }
   int n = full.n ? full.n : 1;
-  printf("\n%-15s %9s %6s %6s %8s %8s %10s %8s %8s\n", "strategy", "agreement", "tok1", "F1",
-         "F1-full", "KL", "recompute", "ttft_s", "speedup");
+  printf("\nteacher-forced positions: question + answer tokens of the full prefill's answer; "
+         "top-1 where the full prefill's top-2 margin > %.2f logits\n",
+         margin_tol);
+  printf("%-15s %9s %6s %6s %8s %8s %10s %8s %8s %6s %9s %9s %8s\n", "strategy", "agreement",
+         "tok1", "F1", "F1-full", "KL", "recompute", "ttft_s", "speedup", "equal", "tf_KL",
+         "tf_top1", "dropped");
   printf("%-15s %9s %6s %6.3f %8s %8s %10s %8.3f %8s\n", "full", "-", "-", full.f1 / n, "-", "-",
          "100%", full.ttft / n, "1.00x");
-  char json[8192];
+  char json[16384];
   int k = snprintf(json, sizeof json,
                    "{\"bench\":\"blend\",\"items\":\"%d-%d\",\"n_items\":%d,\"kv\":\"%s\","
+                   "\"margin\":%.2f,"
                    "\"bits_per_elem\":%.3f,\"full\":{\"f1\":%.4f,\"ttft_s\":%.4f},\"strategies\":{",
-                   a, b, full.n, profile, bits_n ? bits_sum / bits_n : 16.0, full.f1 / n, full.ttft / n);
+                   a, b, full.n, profile, margin_tol, bits_n ? bits_sum / bits_n : 16.0,
+                   full.f1 / n, full.ttft / n);
   for (int s = 0; s < n_strat; s++) {
     agg *g = &st[s];
     double sp = g->ttft > 0 ? full.ttft / g->ttft : 0;
-    printf("%-15s %9.3f %6.3f %6.3f %+8.3f %8.4f %9.1f%% %8.3f %7.2fx\n", label[s],
-           g->agree / n, g->agree1 / n, g->f1 / n, (g->f1 - full.f1) / n, g->kl / n, 100 * g->frac / n, g->ttft / n, sp);
+    double tkl = g->tf_pos > 0 ? g->tf_kl / g->tf_pos : 0;
+    double ttop = g->tf_checked > 0 ? g->tf_agree / g->tf_checked : 0;
+    printf("%-15s %9.3f %6.3f %6.3f %+8.3f %8.4f %9.1f%% %8.3f %7.2fx %6.3f %9.5f %9.4f %8.0f\n",
+           label[s], g->agree / n, g->agree1 / n, g->f1 / n, (g->f1 - full.f1) / n, g->kl / n,
+           100 * g->frac / n, g->ttft / n, sp, g->equal / n, tkl, ttop, g->tf_dropped);
     k += snprintf(json + k, sizeof json - (size_t)k,
-                  "%s\"%s\":{\"answer_agreement\":%.4f,\"first_token_agreement\":%.4f,\"f1\":%.4f,\"f1_delta\":%.4f,\"kl\":%.5f,"
-                  "\"recompute_frac\":%.4f,\"ttft_s\":%.4f,\"speedup\":%.3f}",
+                  "%s\"%s\":{\"answer_agreement\":%.4f,\"first_token_agreement\":%.4f,\"f1\":%.4f,"
+                  "\"f1_delta\":%.4f,\"kl\":%.5f,"
+                  "\"recompute_frac\":%.4f,\"ttft_s\":%.4f,\"speedup\":%.3f,\"answer_equal\":%.4f,"
+                  "\"tf_kl\":%.6f,\"tf_top1\":%.4f,\"tf_positions\":%.0f,\"tf_checked\":%.0f,"
+                  "\"tf_dropped\":%.0f}",
                   s ? "," : "", label[s], g->agree / n, g->agree1 / n, g->f1 / n,
-                  (g->f1 - full.f1) / n, g->kl / n, g->frac / n, g->ttft / n, sp);
+                  (g->f1 - full.f1) / n, g->kl / n, g->frac / n, g->ttft / n, sp, g->equal / n, tkl,
+                  ttop, g->tf_pos, g->tf_checked, g->tf_dropped);
   }
   int ours = -1;
   for (int s = 0; s < n_strat; s++)
