@@ -4,13 +4,14 @@
  *   kvs-bench-model [--model GGUF] [--cpu-tokens 512,2048] [--decode 32]
  *                   [--gpu-tokens 1024,2048,4096,8192,16384,32768] [--no-gpu] [--no-8b]
  *                   [--llama-ref PATH] [--check-reference] [--fixtures DIR] [--torch-script PATH]
- *                   [--no-recompute]
+ *                   [--no-recompute] [--no-qwen]
  *
  * CPU: prefill tokens/s and greedy decode tokens/s of kvs_model on real text
  * (MuSiQue passages, token ids from the fixture), and llama.cpp's on the SAME
  * ids (tools/llamacpp's kvs-llama-ref, when built), 2 threads each.
  * GPU (when a device is there): prefill time at each --gpu-tokens size for
- * SmolLM2 and for the Llama-3-8B shape (seeded random weights), beside a
+ * SmolLM2, the Qwen2.5-1.5B shape (biases, NEOX; --no-qwen skips it) and the
+ * Llama-3-8B shape (seeded random weights), beside a
  * PyTorch scaled_dot_product_attention prefill of the same shape
  * (bench/model/torch_prefill.py) when torch with CUDA is importable.
  * Also (unless --no-recompute): 15% of the longest CPU prompt recomputed layer
@@ -439,7 +440,7 @@ int main(int argc, char **argv) {
   snprintf(fixdir, sizeof fixdir, "%s/tests/model/fixtures", KVS_SOURCE_DIR);
   snprintf(torch, sizeof torch, "%s/bench/model/torch_prefill.py", KVS_SOURCE_DIR);
   uint32_t cpu_sizes[16] = {512, 2048}, gpu_sizes[16] = {1024, 2048, 4096, 8192, 16384, 32768};
-  int n_cpu = 2, n_gpu = 6, no_gpu = 0, no_8b = 0, check = 0, recompute = 1;
+  int n_cpu = 2, n_gpu = 6, no_gpu = 0, no_8b = 0, no_qwen = 0, check = 0, recompute = 1;
   uint32_t n_dec = 32;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -461,6 +462,8 @@ int main(int argc, char **argv) {
       no_gpu = 1;
     else if (!strcmp(a, "--no-8b"))
       no_8b = 1;
+    else if (!strcmp(a, "--no-qwen"))
+      no_qwen = 1;
     else if (!strcmp(a, "--no-recompute"))
       recompute = 0;
     else if (!strcmp(a, "--check-reference"))
@@ -498,6 +501,25 @@ int main(int argc, char **argv) {
     jadd("\"gpu\":[");
     int first = 1;
     bench_gpu("smollm2", m, gpu_sizes, n_gpu, torch, have_torch, &first);
+    if (!no_qwen) { /* Qwen2.5-1.5B shape: biases, NEOX, untied output */
+      kvs_model_cfg qc = {.n_vocab = 151936,
+                          .n_embd = 1536,
+                          .n_layers = 28,
+                          .n_heads = 12,
+                          .n_kv_heads = 2,
+                          .head_dim = 128,
+                          .n_ff = 8960,
+                          .n_ctx_train = 32768,
+                          .rope_theta = 1e6f,
+                          .norm_eps = 1e-6f,
+                          .rope_type = KVS_ROPE_NEOX,
+                          .qkv_bias = 1};
+      kvs_model *qm;
+      if (kvs_model_create_random(&qc, 1, 0, &qm) == KVS_OK) {
+        bench_gpu("qwen1.5b", qm, gpu_sizes, n_gpu, torch, have_torch, &first);
+        kvs_model_free(qm);
+      }
+    }
     if (!no_8b) {
       kvs_model *big;
       if (kvs_model_create_random(NULL, 1, 0, &big) == KVS_OK) {

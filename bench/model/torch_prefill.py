@@ -3,7 +3,8 @@
 torch.nn.functional.scaled_dot_product_attention (causal, GQA), random weights
 of the same shape as ours (speed only). Prints {"tokens":T,"ms":x} per size.
 
-  python3 bench/model/torch_prefill.py --shape smollm2|8b --tokens 1024[,2048...]"""
+  python3 bench/model/torch_prefill.py --shape smollm2|8b|qwen1.5b --tokens 1024[,2048...]
+qwen1.5b: Qwen2.5-1.5B (biases on Q, K, V; NEOX pairs, rotate_half as transformers does)."""
 import argparse, json, sys
 
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 SHAPES = {
     "smollm2": dict(V=49152, E=576, L=30, H=9, G=3, D=64, FF=1536, theta=100000.0),
     "8b": dict(V=128256, E=4096, L=32, H=32, G=8, D=128, FF=14336, theta=500000.0),
+    "qwen1.5b": dict(V=151936, E=1536, L=28, H=12, G=2, D=128, FF=8960, theta=1e6, bias=1, neox=1),
 }
 
 ap = argparse.ArgumentParser()
@@ -29,7 +31,8 @@ def w(o, i):
 
 
 layers = [dict(an=torch.ones(E, device=dev, dtype=dt), fn=torch.ones(E, device=dev, dtype=dt),
-               qkv=w(H * D + 2 * G * D, E), o=w(E, H * D), gu=w(2 * FF, E), down=w(E, FF))
+               qkv=w(H * D + 2 * G * D, E), o=w(E, H * D), gu=w(2 * FF, E), down=w(E, FF),
+               b=(torch.rand(H * D + 2 * G * D, device=dev, dtype=dt) - 0.5) if s.get("bias") else None)
           for _ in range(L)]
 emb = torch.rand(V, E, device=dev, dtype=dt) * 2 - 1
 norm = torch.ones(E, device=dev, dtype=dt)
@@ -39,7 +42,10 @@ def rms(x, wt):
     return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-5).to(x.dtype) * wt
 
 
-def rope(x, cos, sin):  # x (1, heads, T, D), adjacent pairs
+def rope(x, cos, sin):  # x (1, heads, T, D), adjacent pairs (NEOX: halves)
+    if s.get("neox"):
+        a, b = x[..., : D // 2], x[..., D // 2:]
+        return torch.cat((a * cos - b * sin, a * sin + b * cos), -1)
     x2 = x.view(*x.shape[:-1], D // 2, 2)
     a, b = x2[..., 0], x2[..., 1]
     return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(-2)
@@ -55,6 +61,8 @@ def prefill(tok):
     x = emb[tok].unsqueeze(0)
     for ly in layers:
         h = rms(x, ly["an"]) @ ly["qkv"].T
+        if ly["b"] is not None:
+            h = h + ly["b"]
         q, k, v = h.split([H * D, G * D, G * D], -1)
         q = rope(q.view(1, T, H, D).transpose(1, 2), cos, sin)
         k = rope(k.view(1, T, G, D).transpose(1, 2), cos, sin)
