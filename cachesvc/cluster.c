@@ -129,6 +129,7 @@ struct kvs__cluster {
   pthread_t th;
   atomic_int stop;
   atomic_int registered;
+  atomic_int m_ready;  /* cl->m is set */
   atomic_int draining; /* someone marked this node draining (kvstash cluster drain) */
   atomic_uint_fast64_t registrations, keepalive_failures, view_changes;
   /* events, under metrics_mu: ring[seq % KVS__EV_RING] */
@@ -272,7 +273,8 @@ static void on_view(void *arg) {
   atomic_fetch_add(&cl->view_changes, 1);
   kvs__node *nodes = NULL;
   size_t n = 0;
-  if (!cl->m || kvs__members_get(cl->m, &nodes, &n, NULL) != KVS_OK) return;
+  /* the first calls may come before kvs__members_start has returned cl->m */
+  if (!atomic_load(&cl->m_ready) || kvs__members_get(cl->m, &nodes, &n, NULL) != KVS_OK) return;
   for (size_t i = 0; i < n; i++)
     if (!strcmp(nodes[i].id, cl->self.id) && nodes[i].draining && !atomic_load(&cl->draining)) {
       atomic_store(&cl->draining, 1);
@@ -303,6 +305,10 @@ kvs_err kvs__cluster_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics
     return KVS_ENOMEM;
   }
   kvs_err rv = kvs__members_start(&cl->u, 1000, on_view, cl, &cl->m);
+  if (rv == KVS_OK) {
+    atomic_store(&cl->m_ready, 1);
+    on_view(cl); /* a change seen before m_ready was set */
+  }
   if (rv == KVS_OK && pthread_create(&cl->th, NULL, keep_main, cl) != 0) rv = KVS_EINTERNAL;
   if (rv != KVS_OK) {
     kvs__members_stop(cl->m);
