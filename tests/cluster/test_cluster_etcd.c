@@ -265,6 +265,38 @@ static void test_events(void) {
   free(body);
 }
 
+/* A get that misses on the preferred owner and hits the other one copies
+ * the entry back to the preferred owner in the background. */
+static void test_read_repair(void) {
+  kvs_cluster_where w[2];
+  CU_ASSERT_EQUAL_FATAL(kvs_cluster_lookup(cl, &model, tok[7], T, &ch[7], 1, w), KVS_OK);
+  CU_ASSERT_FATAL(w[0].node[0] == 'n');
+  int pref = atoi(w[0].node + 1);
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = nd[pref].url;
+  o.tenant = "t1";
+  kvs_client *direct = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &direct), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_delete(direct, &ch[7].key), KVS_OK);
+  kvs_cluster_counters c0, c1;
+  CU_ASSERT_EQUAL(kvs_cluster_get_counters(cl, &c0), KVS_OK);
+  uint16_t *out = malloc(kv_bytes);
+  CU_ASSERT_EQUAL(kvs_get(cl, &model, tok[7], &ch[7], &lay, out, kv_bytes, NULL), KVS_OK);
+  CU_ASSERT(memcmp(out, kv[7], kv_bytes) == 0);
+  free(out);
+  kvs_entry_info info = {0};
+  for (int t = 0; t < 200 && !info.present; t++) { /* 10 s at most */
+    sleep_ms(50);
+    kvs_exists(direct, &model, &ch[7].key, &info);
+  }
+  CU_ASSERT_EQUAL(info.present, 1);
+  CU_ASSERT_EQUAL(kvs_cluster_get_counters(cl, &c1), KVS_OK);
+  CU_ASSERT_EQUAL(c1.get_fallbacks, c0.get_fallbacks + 1);
+  CU_ASSERT_EQUAL(c1.repairs, c0.repairs + 1);
+  kvs_client_free(direct);
+}
+
 static void test_kill9(void) {
   th_daemon_kill9(&nd[1]);
   /* right away (the node is still in the view) and after its lease ran out */
@@ -511,6 +543,7 @@ int main(void) {
   static const kvs_test_case cases[] = {{"view", test_view},
                                         {"put_get", test_put_get},
                                         {"events", test_events},
+                                        {"read_repair", test_read_repair},
                                         {"kill9", test_kill9},
                                         {"return_rebalance", test_return_rebalance},
                                         {"storm_kill9", test_storm_kill9},
