@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "svc_int.h"
 
@@ -25,14 +26,35 @@ typedef struct rctx {
   nng_aio *aio;
   int open;
   int sending;
-  nng_msg *req; /* while queued for a worker */
-  uint64_t t0;  /* when the request arrived */
+  nng_pipe pipe;   /* the connection the request came on */
+  size_t send_len; /* bytes of the answer being sent (counted in its pipe's acct) */
+  nng_msg *req;    /* while queued for a worker */
+  uint64_t t0;     /* when the request arrived */
   uint16_t op;
   struct rctx *next;
 } rctx;
 
+/* Per connection (nng pipe): requests held and answers not yet taken by the
+ * peer. A peer that does not read its answers makes them pile up here; past
+ * KVS__PIPE_MAX_UNREAD answers or KVS__PIPE_MAX_UNREAD_BYTES bytes, or when
+ * one answer is not taken within request_deadline_ms, the pipe is jammed
+ * (pipe_jam): it costs its own connection, never the contexts others need. */
+#define KVS__PIPE_MAX_UNREAD       32
+#define KVS__PIPE_MAX_UNREAD_BYTES (64ull << 20)
+#define KVS__PIPE_BUCKETS          256
+typedef struct pacct {
+  uint32_t id;
+  uint32_t held;   /* requests received, answer not yet sent out */
+  uint32_t unread; /* answers handed to nng, not yet written to the socket */
+  uint64_t unread_bytes;
+  int jammed; /* its answers are dropped: the peer does not read them */
+  struct pacct *next;
+} pacct;
+
 struct kvs__dataplane {
   kvs_svc_config cfg;
+  pthread_mutex_t pmu; /* guards pacct */
+  pacct *pacct[KVS__PIPE_BUCKETS];
   kvs__store *st;
   kvs__metrics *met;
   nng_socket sock;
@@ -472,21 +494,117 @@ static nng_msg *handle(kvs__dataplane *d, nng_msg *req, int fast, uint16_t *op_o
   return dispatch(d, &r, fast, defer);
 }
 
+static void rctx_recv(rctx *c);
+
+/* ------------------------------------------------- per-pipe accounting */
+static pacct **pacct_slot(kvs__dataplane *d, uint32_t id) {
+  pacct **pp = &d->pacct[id % KVS__PIPE_BUCKETS];
+  while (*pp && (*pp)->id != id)
+    pp = &(*pp)->next;
+  return pp;
+}
+
+/* Adds dheld / dunread / dbytes to the pipe's counts (pmu held); the record
+ * goes once nothing is held and the pipe is not jammed (a jammed pipe's
+ * record stays until nng removes the pipe: pipe_gone). NULL when there is
+ * none (or no memory: the pipe goes unaccounted). */
+static pacct *pacct_add(kvs__dataplane *d, uint32_t id, int dheld, int dunread, int64_t dbytes) {
+  pacct **pp = pacct_slot(d, id);
+  pacct *a = *pp;
+  if (!a) {
+    if (dheld <= 0 && dunread <= 0) return NULL;
+    a = calloc(1, sizeof *a);
+    if (!a) return NULL;
+    a->id = id;
+    *pp = a;
+  }
+  a->held = (uint32_t)((int64_t)a->held + dheld);
+  a->unread = (uint32_t)((int64_t)a->unread + dunread);
+  a->unread_bytes = (uint64_t)((int64_t)a->unread_bytes + dbytes);
+  if (a->held == 0 && a->unread == 0 && !a->jammed) {
+    *pp = a->next;
+    free(a);
+    return NULL;
+  }
+  return a;
+}
+
+/* nng removed a pipe: its record may go (on an nng thread). */
+static void pipe_gone(nng_pipe p, nng_pipe_ev ev, void *arg) {
+  (void)ev;
+  kvs__dataplane *d = arg;
+  pthread_mutex_lock(&d->pmu);
+  pacct **pp = pacct_slot(d, nng_pipe_id(p));
+  if (*pp) {
+    (*pp)->jammed = 0;
+    (void)pacct_add(d, (*pp)->id, 0, 0, 0);
+  }
+  pthread_mutex_unlock(&d->pmu);
+}
+
+/* The peer of pipe `a` does not take its answers: every answer of it still
+ * waiting for the pipe is cancelled (its context goes back to serving
+ * others), and from now on its requests are dropped unanswered. The pipe is
+ * not closed from here: nng 1.5.2 can deadlock its reaper when a pipe is
+ * closed locally while the peer's data is still being read (upstream
+ * nng#1543; gdb showed the stuck rep0_pipe_stop), so the connection stays
+ * until its peer closes it, costing one idle connection. pmu held. */
+static void pipe_jam(kvs__dataplane *d, pacct *a, const char *why) {
+  if (!a || a->jammed) return;
+  a->jammed = 1;
+  atomic_fetch_add_explicit(&d->met->slow_jammed, 1, memory_order_relaxed);
+  KVS_LOGW("data", "connection jammed: its answers are not read; dropping them",
+           "pipe=%u why=%s unread=%u bytes=%llu", a->id, why, a->unread,
+           (unsigned long long)a->unread_bytes);
+  for (int i = 0; i < d->nctx; i++) {
+    rctx *x = &d->ctx[i];
+    /* sending is cleared under pmu before the context moves on, so this
+     * cancels a send (to this pipe), never a later receive */
+    if (x->sending && (uint32_t)nng_pipe_id(x->pipe) == a->id) nng_aio_cancel(x->aio);
+  }
+}
+
 static void rctx_send(rctx *c, nng_msg *rep) {
   kvs__dataplane *d = c->d;
   KVS__INC(d->met, KVS_STAT_REQUESTS, 1);
-  if (!rep) { /* out of memory: no answer (the client times out), next request */
+  uint32_t pid = nng_pipe_id(c->pipe);
+  if (rep) {
+    int32_t st;
+    memcpy(&st, (uint8_t *)nng_msg_body(rep) + 12, 4);
+    if (st != 0) KVS__INC(d->met, KVS_STAT_ERRORS, 1);
+  } else { /* out of memory: no answer (the client times out), next request */
     KVS__INC(d->met, KVS_STAT_ERRORS, 1);
+  }
+  pthread_mutex_lock(&d->pmu);
+  pacct *a = pacct_add(d, pid, -1, 0, 0);
+  if (rep && a && a->jammed) { /* its answers are not read: dropped */
+    nng_msg_free(rep);
+    rep = NULL;
+  }
+  if (rep) {
+    c->send_len = nng_msg_len(rep);
+    a = pacct_add(d, pid, 0, 1, (int64_t)c->send_len);
+    if (a && (a->unread > KVS__PIPE_MAX_UNREAD || a->unread_bytes > KVS__PIPE_MAX_UNREAD_BYTES))
+      pipe_jam(d, a, "too many answers not read");
+    c->sending = 1;
+  }
+  pthread_mutex_unlock(&d->pmu);
+  if (!rep) {
     atomic_fetch_sub(&d->inflight, 1);
-    if (!atomic_load(&d->closing)) nng_ctx_recv(c->ctx, c->aio);
+    if (!atomic_load(&d->closing)) rctx_recv(c);
     return;
   }
-  int32_t st;
-  memcpy(&st, (uint8_t *)nng_msg_body(rep) + 12, 4);
-  if (st != 0) KVS__INC(d->met, KVS_STAT_ERRORS, 1);
-  c->sending = 1;
   nng_aio_set_msg(c->aio, rep);
+  /* the answer must be taken within the deadline, or the pipe is jammed */
+  nng_aio_set_timeout(c->aio, (nng_duration)d->cfg.deadline_ms);
   nng_ctx_send(c->ctx, c->aio);
+}
+
+/* A REP context that receives again without having sent abandons the
+ * request it held (how requests of a jammed pipe are dropped). */
+static void rctx_recv(rctx *c) {
+  nng_aio_set_timeout(c->aio, NNG_DURATION_INFINITE); /* waiting for a request: no limit */
+  nng_ctx_recv(c->ctx, c->aio);
 }
 
 static void rctx_cb(void *arg) {
@@ -494,20 +612,34 @@ static void rctx_cb(void *arg) {
   kvs__dataplane *d = c->d;
   int rv = nng_aio_result(c->aio);
   if (c->sending) {
-    c->sending = 0;
     if (rv != 0) nng_msg_free(nng_aio_get_msg(c->aio));
+    pthread_mutex_lock(&d->pmu);
+    c->sending = 0;
+    pacct *a = pacct_add(d, nng_pipe_id(c->pipe), 0, -1, -(int64_t)c->send_len);
+    if (rv == NNG_ETIMEDOUT) pipe_jam(d, a, "answer not taken within the deadline");
+    pthread_mutex_unlock(&d->pmu);
     uint64_t dt = kvs_now_ns() - c->t0;
     if (c->op >= 1 && c->op <= KVS__OP_MAX) kvs__hist_observe(&d->met->op_latency[c->op], dt);
     atomic_fetch_sub(&d->inflight, 1);
-    if (!atomic_load(&d->closing)) nng_ctx_recv(c->ctx, c->aio);
+    if (!atomic_load(&d->closing)) rctx_recv(c);
     return;
   }
   if (rv != 0) {
-    if (rv != NNG_ECLOSED && rv != NNG_ECANCELED && !atomic_load(&d->closing))
-      nng_ctx_recv(c->ctx, c->aio);
+    if (rv != NNG_ECLOSED && rv != NNG_ECANCELED && !atomic_load(&d->closing)) rctx_recv(c);
     return;
   }
   nng_msg *req = nng_aio_get_msg(c->aio);
+  pthread_mutex_lock(&d->pmu);
+  c->pipe = nng_msg_get_pipe(req);
+  pacct *a = pacct_add(d, nng_pipe_id(c->pipe), 1, 0, 0);
+  int drop = a && a->jammed; /* its answers are not read: nothing is run for it */
+  if (drop) (void)pacct_add(d, a->id, -1, 0, 0);
+  pthread_mutex_unlock(&d->pmu);
+  if (drop) {
+    nng_msg_free(req);
+    if (!atomic_load(&d->closing)) rctx_recv(c);
+    return;
+  }
   atomic_fetch_add(&d->inflight, 1);
   c->t0 = kvs_now_ns();
   int defer = 0;
@@ -586,6 +718,7 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
     return KVS_EINTERNAL;
   }
   d->sock_open = 1;
+  pthread_mutex_init(&d->pmu, NULL);
   nng_socket_set_size(d->sock, NNG_OPT_RECVMAXSZ, (size_t)c->max_msg);
   (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_ADD_POST, on_pipe, met);
   (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_REM_POST, on_pipe, met);
@@ -619,7 +752,8 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
   pthread_cond_init(&d->qcv, NULL);
   d->nw = c->workers > 0 ? c->workers : 1;
   d->workers = calloc((size_t)d->nw, sizeof *d->workers);
-  d->nctx = d->nw * 4 > 64 ? d->nw * 4 : 64;
+  /* one connection holds at most KVS__PIPE_MAX_UNREAD + 1 of them in sends */
+  d->nctx = d->nw * 4 > 256 ? d->nw * 4 : 256;
   d->ctx = calloc((size_t)d->nctx, sizeof *d->ctx);
   if (!d->workers || !d->ctx) {
     kvs__dataplane_stop(d);
@@ -640,19 +774,59 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
       return KVS_EINTERNAL;
     }
     x->open = 1;
-    nng_ctx_set_ms(x->ctx, NNG_OPT_SENDTIMEO, (nng_duration)c->deadline_ms);
   }
+  (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_REM_POST, pipe_gone, d);
   for (int i = 0; i < d->nctx; i++)
-    nng_ctx_recv(d->ctx[i].ctx, d->ctx[i].aio);
+    rctx_recv(&d->ctx[i]);
   *out = d;
   return KVS_OK;
+}
+
+/* nng_close on a thread of its own, waited for at most KVS__CLOSE_WAIT_MS:
+ * nng 1.5.2 can deadlock there (upstream nng#1543: a pipe closed while its
+ * peer's data is being read never finishes its reap; gdb: rep0_pipe_stop
+ * waiting on the pipe's receive). Past the bound the socket is left to the
+ * process's exit (logged) and the stop goes on: the store is still flushed
+ * and closed. The cell is the thread's: it frees it when it ever returns. */
+#define KVS__CLOSE_WAIT_MS 5000
+typedef struct closer {
+  nng_socket s;
+  atomic_int state; /* 0 closing, 1 closed, 2 abandoned by the waiter */
+} closer;
+static void *close_main(void *arg) {
+  closer *cl = arg;
+  nng_close(cl->s);
+  if (atomic_exchange(&cl->state, 1) == 2) free(cl); /* nobody waits any more */
+  return NULL;
+}
+static void close_bounded(nng_socket s) {
+  closer *cl = calloc(1, sizeof *cl);
+  pthread_t th;
+  if (!cl || (cl->s = s, pthread_create(&th, NULL, close_main, cl) != 0)) {
+    free(cl);
+    nng_close(s);
+    return;
+  }
+  for (int i = 0; i < KVS__CLOSE_WAIT_MS && atomic_load(&cl->state) == 0; i++) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  int expect = 0;
+  if (atomic_compare_exchange_strong(&cl->state, &expect, 2)) {
+    pthread_detach(th);
+    KVS_LOGE("data", "nng_close stuck (nng 1.5.2, upstream nng#1543): socket left to exit",
+             "waited_ms=%d", KVS__CLOSE_WAIT_MS);
+    return;
+  }
+  pthread_join(th, NULL);
+  free(cl);
 }
 
 void kvs__dataplane_stop(kvs__dataplane *d) {
   if (!d) return;
   kvs__drain(&d->draining, &d->inflight); /* new requests: KVS_EBUSY; those in flight finish */
   atomic_store(&d->closing, 1);
-  if (d->sock_open) nng_close(d->sock);
+  if (d->sock_open) close_bounded(d->sock);
   d->sock_open = 0;
   for (int i = 0; d->ctx && i < d->nctx; i++)
     if (d->ctx[i].aio) nng_aio_stop(d->ctx[i].aio);
@@ -671,6 +845,13 @@ void kvs__dataplane_stop(kvs__dataplane *d) {
     if (d->ctx[i].aio) nng_aio_free(d->ctx[i].aio);
   }
   if (d->tls) nng_tls_config_free(d->tls);
+  for (int i = 0; i < KVS__PIPE_BUCKETS; i++)
+    while (d->pacct[i]) {
+      pacct *a = d->pacct[i];
+      d->pacct[i] = a->next;
+      free(a);
+    }
+  pthread_mutex_destroy(&d->pmu);
   free(d->ctx);
   free(d->workers);
   free(d);

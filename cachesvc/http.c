@@ -374,6 +374,10 @@ static void on_request(struct evhttp_request *req, void *arg) {
   reply_err(req, 404, KVS_ENOENT, "no such endpoint");
 }
 
+#define KVS__HTTP_MAX_HEADERS (16u << 10) /* the whole header block, bytes */
+#define KVS__HTTP_MAX_BODY    (64u << 10)
+#define KVS__HTTP_TIMEOUT_S   10 /* a request read (or an answer written) within this */
+
 static void *http_main(void *arg) {
   kvs__http *h = arg;
   event_base_dispatch(h->base);
@@ -406,7 +410,12 @@ kvs_err kvs__http_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *m
     return KVS_ENOMEM;
   }
   evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
-  evhttp_set_max_body_size(h->http, 1 << 16);
+  /* Bounds before the admin token is even looked at: a header block or body
+   * over the limit, or a request that does not arrive whole within the
+   * timeout, closes the connection (an unbounded header was buffered whole). */
+  evhttp_set_max_headers_size(h->http, KVS__HTTP_MAX_HEADERS);
+  evhttp_set_max_body_size(h->http, KVS__HTTP_MAX_BODY);
+  evhttp_set_timeout(h->http, KVS__HTTP_TIMEOUT_S);
   evhttp_set_gencb(h->http, on_request, h);
   if (!evhttp_bind_socket_with_handle(h->http, host, (ev_uint16_t)port)) {
     KVS_LOGE("http", "cannot bind", "addr=%s", c->http);

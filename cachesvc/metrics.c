@@ -152,6 +152,20 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
       "requests refused for a wrong or missing tenant token", ld(&m->auth_failures));
   one(&b, "kvstash_bad_frames_total", "counter", "malformed frames received (answered or dropped)",
       ld(&m->bad_frames));
+  one(&b, "kvstash_nospace_refused_total", "counter",
+      "writes refused KVS_ENOSPC: the disk's free-space reserve", ld(&m->nospace_refused));
+  one(&b, "kvstash_slow_conns_total", "counter",
+      "data-plane connections whose answers are dropped (not read within the deadline or past "
+      "the per-connection cap)",
+      ld(&m->slow_jammed));
+  one(&b, "kvstash_disk_corrupt_total", "counter", "RocksDB corruption statuses on value reads",
+      ld(&m->disk_corrupt));
+  family(&b, "kvstash_tiers_recovered_total", "counter",
+         "disk tiers found corrupt at start: salvaged or repaired, or set aside");
+  sb_printf(&b, "kvstash_tiers_recovered_total{how=\"repaired\"} %llu\n",
+            (unsigned long long)ld(&m->tiers_repaired));
+  sb_printf(&b, "kvstash_tiers_recovered_total{how=\"set_aside\"} %llu\n",
+            (unsigned long long)ld(&m->tiers_reset));
   one(&b, "kvstash_timeouts_total", "counter",
       "requests answered KVS_ETIMEDOUT unrun after request_deadline_ms in the queue, and answers "
       "whose send timed out",

@@ -27,9 +27,10 @@
  * thread per listener. Plain sockets, not nng's stream API: its aio
  * completions crossed from the poller to a task thread two or three times
  * per request, which at one client cost more than the request itself
- * (bench/RESULTS.md, service). A connection that ends on its own parks its
- * thread on a list that the next accept (or stop) joins. */
+ * (bench/RESULTS.md, service). A connection that ends on its own closes its fd at
+ * once and parks its thread on a list the accepting thread joins within 1 s. */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -48,9 +49,10 @@
 
 #include "svc_int.h"
 
-#define KVS__STREAM_IDLE_MS   300000 /* an idle connection is closed after this */
-#define KVS__STREAM_MAX_CONNS 1024   /* more are accepted and closed at once */
-#define KVS__STREAM_STACK     (1u << 20) /* RocksDB reads (disk GETs) run on it too */
+#define KVS__STREAM_IDLE_MS       300000     /* an idle connection is closed after this */
+#define KVS__STREAM_MAX_CONNS     1024       /* more are accepted and closed at once */
+#define KVS__STREAM_STACK         (1u << 20) /* RocksDB reads (disk GETs) run on it too */
+#define KVS__STREAM_DRAIN_SEND_MS 1000       /* a send's progress bound once the plane drains */
 
 typedef struct sconn sconn;
 
@@ -336,21 +338,36 @@ static int on_header(sconn *c) {
 }
 
 /* ------------------------------------------------------------ sending */
-/* Writes c->iov whole; each sendmsg must progress within the request
- * deadline. 0 sent, -1 not (the connection closes). */
+/* Writes c->iov whole. It must make progress within request_deadline_ms,
+ * and within KVS__STREAM_DRAIN_SEND_MS once the plane drains: a peer that
+ * does not read would otherwise hold the stop for the whole deadline.
+ * 0 sent, -1 not (the connection closes). */
 static int send_all(sconn *c) {
+  kvs__streamplane *p = c->p;
   struct iovec *iov = c->iov;
   int n = c->niov;
+  uint64_t last = kvs_now_ns();
   while (n > 0) {
     struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-    ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL); /* a gone peer: EPIPE, not SIGPIPE */
+    /* a gone peer: EPIPE, not SIGPIPE */
+    ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
       if (errno == EINTR) continue;
-      /* EAGAIN: no progress for request_deadline_ms (SO_SNDTIMEO) */
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        uint64_t lim =
+            atomic_load(&p->draining) ? KVS__STREAM_DRAIN_SEND_MS : (uint64_t)p->cfg->deadline_ms;
+        if (kvs_now_ns() - last >= lim * 1000000ull) {
+          KVS_LOGD("stream", "answer not delivered", "err=\"%s\"", "no progress in time");
+          return -1;
+        }
+        if (wait_fd(c->fd, POLLOUT, 100) < 0) return -1;
+        continue;
+      }
       if (errno != EPIPE && errno != ECONNRESET)
         KVS_LOGD("stream", "answer not delivered", "err=\"%s\"", strerror(errno));
       return -1;
     }
+    last = kvs_now_ns();
     size_t d = (size_t)w;
     while (n > 0 && d >= iov->iov_len) d -= iov->iov_len, iov++, n--;
     if (n > 0) iov->iov_base = (uint8_t *)iov->iov_base + d, iov->iov_len -= d;
@@ -427,7 +444,8 @@ static void *conn_main(void *arg) {
     c->prev = NULL;
     c->next = p->dead;
     p->dead = c;
-    shutdown(c->fd, SHUT_RDWR);
+    close(c->fd); /* now, not when the thread is joined: the peer is gone */
+    c->fd = -1;
   }
   pthread_mutex_unlock(&p->mu);
   return NULL;
@@ -439,21 +457,25 @@ static void *accept_main(void *arg) {
   pthread_attr_t at;
   pthread_attr_init(&at);
   pthread_attr_setstacksize(&at, KVS__STREAM_STACK);
+  /* non-blocking: a connection gone between poll and accept costs no wait */
+  (void)fcntl(ls->fd, F_SETFL, fcntl(ls->fd, F_GETFL) | O_NONBLOCK);
   while (!atomic_load(&p->closing)) {
-    int fd = accept4(ls->fd, NULL, NULL, SOCK_CLOEXEC);
+    /* wakes at least once a second to join the threads of ended connections */
+    int w = wait_fd(ls->fd, POLLIN, 1000);
+    reap(p);
+    if (w == 0) continue;
+    int fd = accept4(ls->fd, NULL, NULL,
+                     SOCK_CLOEXEC); /* the new fd blocks: O_NONBLOCK is not inherited */
     if (fd < 0) {
       if (atomic_load(&p->closing)) break;
-      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) continue;
       KVS_LOGW("stream", "accept failed", "err=\"%s\"", strerror(errno));
       struct timespec ts = {0, 10000000}; /* e.g. out of descriptors: do not spin */
       nanosleep(&ts, NULL);
       continue;
     }
-    reap(p);
     int one = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails on ipc: fine */
-    struct timeval tv = {p->cfg->deadline_ms / 1000, (p->cfg->deadline_ms % 1000) * 1000};
-    (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* a send must progress */
     sconn *c = calloc(1, sizeof *c);
     int ok = c && (c->buf = malloc(4096)) != NULL;
     pthread_mutex_lock(&p->mu);

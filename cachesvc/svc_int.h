@@ -35,6 +35,10 @@ typedef struct kvs__metrics {
   atomic_uint_fast64_t promotions, demotions;
   atomic_uint_fast64_t bytes_out_tier[3]; /* GET/EXPORT bytes by the tier that served them */
   atomic_uint_fast64_t bytes_demoted, bytes_promoted;
+  atomic_uint_fast64_t nospace_refused; /* writes refused: the disk's free-space reserve */
+  atomic_uint_fast64_t slow_jammed; /* data-plane connections whose answers are dropped: not read */
+  atomic_uint_fast64_t disk_corrupt;                /* RocksDB corruption statuses on value reads */
+  atomic_uint_fast64_t tiers_repaired, tiers_reset; /* corrupt at start: repaired / set aside */
   kvs__hist op_latency[KVS__OP_MAX + 1];
   /* connections open now: nng pipes (tcp/ipc/tls) and byte-stream sockets */
   atomic_int_fast64_t clients_msg, clients_stream;

@@ -184,11 +184,15 @@ int th_daemon_stop(th_daemon *d) {
     if (r == d->pid) {
       track_pid(d->pid, 0);
       d->pid = 0;
-      return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+      int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+      if (rc != 0) th_daemon_dump_log(d); /* why it did not stop cleanly */
+      return rc;
     }
     sleep_ms(100);
   }
+  fprintf(stderr, "kvstashd %d did not stop within 30 s: killed\n", (int)d->pid);
   th_daemon_kill9(d);
+  th_daemon_dump_log(d);
   return -1;
 }
 
