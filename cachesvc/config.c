@@ -230,6 +230,10 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     memcpy(t->name, v, (size_t)(colon - v));
     t->name[colon - v] = 0;
     memcpy(t->token, colon + 1, tl + 1);
+  } else if (!strcmp(key, "stream_insecure")) {
+    if (!strcmp(v, "on")) c->stream_insecure = 1;
+    else if (!strcmp(v, "off")) c->stream_insecure = 0;
+    else return bad(key, v, "on or off");
   } else if (!strcmp(key, "shm")) {
     if (!strcmp(v, "on")) c->shm = 1;
     else if (!strcmp(v, "off")) c->shm = 0;
@@ -355,6 +359,7 @@ void kvs_svc_config_usage(FILE *f) {
         "  prefill_cost        per-token recompute cost, default  (1.0)\n"
         "  model_cost          <hex model id>:<cost>, repeated\n"
         "  flush_interval_ms   hit counters to disk every         (5000)\n"
+        "  stream_insecure     allow tcp+stream:// off loopback on|off (off)\n"
         "  shm                 same-host shared-memory fast path on|off (off)\n"
         "  shm_bytes           per-tenant segment size; 0 = ram_bytes (0)\n"
         "  lease_ms            how long a LEASE pins its range    (5000)\n"

@@ -529,10 +529,8 @@ static pacct *pacct_add(kvs__dataplane *d, uint32_t id, int dheld, int dunread, 
   return a;
 }
 
-/* nng removed a pipe: its record may go (on an nng thread). */
-static void pipe_gone(nng_pipe p, nng_pipe_ev ev, void *arg) {
-  (void)ev;
-  kvs__dataplane *d = arg;
+/* nng removed a pipe: its record may go (on an nng thread; from on_pipe). */
+static void pipe_gone(nng_pipe p, kvs__dataplane *d) {
   pthread_mutex_lock(&d->pmu);
   pacct **pp = pacct_slot(d, nng_pipe_id(p));
   if (*pp) {
@@ -616,7 +614,10 @@ static void rctx_cb(void *arg) {
     pthread_mutex_lock(&d->pmu);
     c->sending = 0;
     pacct *a = pacct_add(d, nng_pipe_id(c->pipe), 0, -1, -(int64_t)c->send_len);
-    if (rv == NNG_ETIMEDOUT) pipe_jam(d, a, "answer not taken within the deadline");
+    if (rv == NNG_ETIMEDOUT) {
+      atomic_fetch_add_explicit(&d->met->timeouts, 1, memory_order_relaxed);
+      pipe_jam(d, a, "answer not taken within the deadline");
+    }
     pthread_mutex_unlock(&d->pmu);
     uint64_t dt = kvs_now_ns() - c->t0;
     if (c->op >= 1 && c->op <= KVS__OP_MAX) kvs__hist_observe(&d->met->op_latency[c->op], dt);
@@ -699,10 +700,12 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-/* Connected clients (a gauge): nng pipes added and removed. */
+/* Connected clients (a gauge): nng pipes added and removed; a removed pipe's
+ * accounting record goes too (pipe_gone). */
 static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg) {
-  kvs__metrics *met = arg;
-  atomic_fetch_add(&met->clients_msg, ev == NNG_PIPE_EV_ADD_POST ? 1 : -1);
+  kvs__dataplane *d = arg;
+  atomic_fetch_add(&d->met->clients_msg, ev == NNG_PIPE_EV_ADD_POST ? 1 : -1);
+  if (ev == NNG_PIPE_EV_REM_POST) pipe_gone(p, d);
 }
 
 kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,
@@ -720,8 +723,8 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
   d->sock_open = 1;
   pthread_mutex_init(&d->pmu, NULL);
   nng_socket_set_size(d->sock, NNG_OPT_RECVMAXSZ, (size_t)c->max_msg);
-  (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_ADD_POST, on_pipe, met);
-  (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_REM_POST, on_pipe, met);
+  (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_ADD_POST, on_pipe, d);
+  (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_REM_POST, on_pipe, d);
   for (int i = 0; i < c->n_listen; i++) {
     if (kvs__stream_url(c->listen[i])) continue; /* stream.c's */
     nng_listener l;
@@ -775,7 +778,6 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
     }
     x->open = 1;
   }
-  (void)nng_pipe_notify(d->sock, NNG_PIPE_EV_REM_POST, pipe_gone, d);
   for (int i = 0; i < d->nctx; i++)
     rctx_recv(&d->ctx[i]);
   *out = d;
@@ -799,13 +801,13 @@ static void *close_main(void *arg) {
   if (atomic_exchange(&cl->state, 1) == 2) free(cl); /* nobody waits any more */
   return NULL;
 }
-static void close_bounded(nng_socket s) {
+static int close_bounded(nng_socket s) { /* 1 closed, 0 left to the process's exit */
   closer *cl = calloc(1, sizeof *cl);
   pthread_t th;
   if (!cl || (cl->s = s, pthread_create(&th, NULL, close_main, cl) != 0)) {
     free(cl);
     nng_close(s);
-    return;
+    return 1;
   }
   for (int i = 0; i < KVS__CLOSE_WAIT_MS && atomic_load(&cl->state) == 0; i++) {
     struct timespec ts = {0, 1000000};
@@ -816,17 +818,18 @@ static void close_bounded(nng_socket s) {
     pthread_detach(th);
     KVS_LOGE("data", "nng_close stuck (nng 1.5.2, upstream nng#1543): socket left to exit",
              "waited_ms=%d", KVS__CLOSE_WAIT_MS);
-    return;
+    return 0;
   }
   pthread_join(th, NULL);
   free(cl);
+  return 1;
 }
 
 void kvs__dataplane_stop(kvs__dataplane *d) {
   if (!d) return;
   kvs__drain(&d->draining, &d->inflight); /* new requests: KVS_EBUSY; those in flight finish */
   atomic_store(&d->closing, 1);
-  if (d->sock_open) close_bounded(d->sock);
+  int closed = !d->sock_open || close_bounded(d->sock);
   d->sock_open = 0;
   for (int i = 0; d->ctx && i < d->nctx; i++)
     if (d->ctx[i].aio) nng_aio_stop(d->ctx[i].aio);
@@ -840,6 +843,7 @@ void kvs__dataplane_stop(kvs__dataplane *d) {
     pthread_mutex_destroy(&d->qmu);
     pthread_cond_destroy(&d->qcv);
   }
+  if (!closed) return; /* nng may still call on_pipe with d: left to the process's exit */
   for (int i = 0; d->ctx && i < d->nctx; i++) {
     if (d->ctx[i].req) nng_msg_free(d->ctx[i].req);
     if (d->ctx[i].aio) nng_aio_free(d->ctx[i].aio);

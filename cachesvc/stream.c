@@ -29,6 +29,7 @@
  * per request, which at one client cost more than the request itself
  * (bench/RESULTS.md, service). A connection that ends on its own closes its fd at
  * once and parks its thread on a list the accepting thread joins within 1 s. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -514,7 +515,18 @@ int kvs__stream_url(const char *url) {
 /* A listening socket for tcp+stream://host:port ("*" or no host: every
  * address; [v6] in brackets) or ipc+stream:///path (mode 0600; a stale
  * socket file left by a dead daemon is replaced, a live one is not). */
-static kvs_err listen_on(const char *url, slisten *ls) {
+static int is_loopback(const struct sockaddr *a) {
+  if (a->sa_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24) == 127;
+  if (a->sa_family == AF_INET6) {
+    const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(x) ||
+           (IN6_IS_ADDR_V4MAPPED(x) && x->s6_addr[12] == 127); /* ::ffff:127.x.y.z */
+  }
+  return 0;
+}
+
+static kvs_err listen_on(const char *url, slisten *ls, int insecure) {
   const char *rest = url + 13;
   ls->fd = -1;
   if (!strncmp(url, "ipc", 3)) {
@@ -565,6 +577,15 @@ static kvs_err listen_on(const char *url, slisten *ls) {
   int any = hl == 0 || !strcmp(host, "*");
   if (getaddrinfo(any ? NULL : host, port, &hints, &ai) != 0 || !ai) return KVS_EINVAL;
   kvs_err rc = KVS_ECONN;
+  /* The byte stream is plaintext (the tenant token travels in the clear and
+   * answers are not encrypted): off loopback only when asked for by name. */
+  for (struct addrinfo *x = ai; x && !insecure; x = x->ai_next)
+    if (!is_loopback(x->ai_addr)) {
+      KVS_LOGE("stream", "tcp+stream:// is plaintext: refusing a non-loopback address",
+               "url=%s hint=\"set stream_insecure=on to allow it, or use tls+tcp://\"", url);
+      freeaddrinfo(ai);
+      return KVS_EPERM;
+    }
   for (struct addrinfo *x = ai; x && ls->fd < 0; x = x->ai_next) {
     int fd = socket(x->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) continue;
@@ -601,11 +622,11 @@ kvs_err kvs__stream_start(const kvs_svc_config *cfg, kvs__store *st, kvs__metric
     if (!kvs__stream_url(u)) continue;
     slisten *ls = &p->ls[p->nl];
     ls->p = p;
-    kvs_err rc = listen_on(u, ls);
+    kvs_err rc = listen_on(u, ls, cfg->stream_insecure);
     if (rc != KVS_OK) {
       KVS_LOGE("stream", "cannot listen", "url=%s err=\"%s\"", u, kvs_strerror(rc));
       kvs__stream_stop(p);
-      return rc == KVS_EBUSY ? KVS_EBUSY : KVS_ECONN;
+      return rc == KVS_EBUSY || rc == KVS_EPERM ? rc : KVS_ECONN;
     }
     p->nl++;
     KVS_LOGI("stream", "listening", "url=%s", u);

@@ -9,11 +9,13 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -404,11 +406,77 @@ static void test_bitflips(void) {
   th_daemon_cleanup(&d);
 }
 
+/* ------------------------------------------- plaintext stream off loopback */
+/* kvstashd with only listen URL `url` (and --extra when not NULL): its exit
+ * status within 30 s (-1 when it had to be killed: it kept running), its
+ * stderr in log (cap bytes). It never gets past the listen it is refused. */
+static int run_daemon_once(const char *url, const char *extra, char *log, size_t cap) {
+  char dir[] = "/tmp/kvs-harden-XXXXXX";
+  if (!mkdtemp(dir)) return -2;
+  char a_data[128], a_listen[400], path[1024], logp[160];
+  snprintf(a_data, sizeof a_data, "--data_dir=%s/data", dir);
+  snprintf(a_listen, sizeof a_listen, "--listen=%s", url);
+  snprintf(logp, sizeof logp, "%s/log", dir);
+  const char *b = getenv("KVS_BUILD_DIR");
+  snprintf(path, sizeof path, "%s/cachesvc/kvstashd", b ? b : ".");
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(logp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd >= 0) dup2(fd, 2), dup2(fd, 1), close(fd);
+    if (extra)
+      execl(path, path, a_data, a_listen, "--http=", extra, (char *)NULL);
+    else
+      execl(path, path, a_data, a_listen, "--http=", (char *)NULL);
+    _exit(127);
+  }
+  int st = 0, rc = -1;
+  for (int i = 0; i < 300; i++) { /* at most 30 s */
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+      break;
+    }
+    sleep_ms(100);
+  }
+  if (rc == -1) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+  }
+  FILE *f = fopen(logp, "r");
+  size_t n = f ? fread(log, 1, cap - 1, f) : 0;
+  log[n] = 0;
+  if (f) fclose(f);
+  char cmd[200];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+  return rc;
+}
+
+/* A tcp+stream:// listener (plaintext) on a non-loopback address is refused
+ * at start unless stream_insecure=on; nothing is ever bound off loopback
+ * here: the refusal comes before the bind. */
+static void test_stream_nonloopback(void) {
+  char log[8192];
+  int port = th_free_port();
+  char url[96];
+  const char *hosts[] = {"0.0.0.0", "*", "[::]"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(url, sizeof url, "tcp+stream://%s:%d", hosts[i], port);
+    int rc = run_daemon_once(url, NULL, log, sizeof log);
+    CU_ASSERT_EQUAL(rc, 1); /* "cannot start" */
+    CU_ASSERT(strstr(log, "refusing a non-loopback address") != NULL);
+    if (rc != 1) fprintf(stderr, "%s: exit %d\n%s\n", url, rc, log);
+  }
+  /* a bad value of the switch is refused too */
+  int rc = run_daemon_once("tcp+stream://127.0.0.1:1", "--stream_insecure=maybe", log, sizeof log);
+  CU_ASSERT_EQUAL(rc, 2);
+}
+
 static const kvs_test_case cases[] = {
     {"http_header_limit", test_http_header_limit},
     {"stream_fd_close", test_stream_fd_close},
     {"slow_reader", test_slow_reader},
     {"bitflips", test_bitflips},
+    {"stream_nonloopback", test_stream_nonloopback},
     {NULL, NULL},
 };
 
