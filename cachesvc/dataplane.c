@@ -759,6 +759,7 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
   d->nctx = d->nw * 4 > 256 ? d->nw * 4 : 256;
   d->ctx = calloc((size_t)d->nctx, sizeof *d->ctx);
   if (!d->workers || !d->ctx) {
+    d->nw = 0; /* no thread started yet: none to join */
     kvs__dataplane_stop(d);
     return KVS_ENOMEM;
   }
@@ -829,10 +830,11 @@ void kvs__dataplane_stop(kvs__dataplane *d) {
   if (!d) return;
   kvs__drain(&d->draining, &d->inflight); /* new requests: KVS_EBUSY; those in flight finish */
   atomic_store(&d->closing, 1);
-  int closed = !d->sock_open || close_bounded(d->sock);
-  d->sock_open = 0;
-  for (int i = 0; d->ctx && i < d->nctx; i++)
-    if (d->ctx[i].aio) nng_aio_stop(d->ctx[i].aio);
+  /* Workers first (what they still send goes out), then our contexts' aios
+   * (a pending receive is cancelled while its socket is alive; a callback
+   * re-arms nothing once closing), and only then the socket: nng_aio_stop
+   * after nng_close could call a cancel function into the freed socket
+   * (seen: "panic: pthread_mutex_lock: Invalid argument" at a stop). */
   if (d->workers) {
     pthread_mutex_lock(&d->qmu);
     d->qstop = 1;
@@ -843,6 +845,10 @@ void kvs__dataplane_stop(kvs__dataplane *d) {
     pthread_mutex_destroy(&d->qmu);
     pthread_cond_destroy(&d->qcv);
   }
+  for (int i = 0; d->ctx && i < d->nctx; i++)
+    if (d->ctx[i].aio) nng_aio_stop(d->ctx[i].aio);
+  int closed = !d->sock_open || close_bounded(d->sock);
+  d->sock_open = 0;
   if (!closed) return; /* nng may still call on_pipe with d: left to the process's exit */
   for (int i = 0; d->ctx && i < d->nctx; i++) {
     if (d->ctx[i].req) nng_msg_free(d->ctx[i].req);
