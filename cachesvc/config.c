@@ -230,6 +230,10 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     memcpy(t->name, v, (size_t)(colon - v));
     t->name[colon - v] = 0;
     memcpy(t->token, colon + 1, tl + 1);
+  } else if (!strcmp(key, "zero_freed")) {
+    if (!strcmp(v, "on")) c->zero_freed = 1;
+    else if (!strcmp(v, "off")) c->zero_freed = 0;
+    else return bad(key, v, "on or off");
   } else if (!strcmp(key, "stream_insecure")) {
     if (!strcmp(v, "on")) c->stream_insecure = 1;
     else if (!strcmp(v, "off")) c->stream_insecure = 0;
@@ -360,6 +364,7 @@ void kvs_svc_config_usage(FILE *f) {
         "  model_cost          <hex model id>:<cost>, repeated\n"
         "  flush_interval_ms   hit counters to disk every         (5000)\n"
         "  stream_insecure     allow tcp+stream:// off loopback on|off (off)\n"
+        "  zero_freed          zero RAM-tier and shm ranges when freed on|off (off)\n"
         "  shm                 same-host shared-memory fast path on|off (off)\n"
         "  shm_bytes           per-tenant segment size; 0 = ram_bytes (0)\n"
         "  lease_ms            how long a LEASE pins its range    (5000)\n"

@@ -82,6 +82,8 @@ typedef struct kvs_svc_config {
   uint32_t flush_interval_ms; /* flush_interval_ms: hit counters to disk */
   int stream_insecure;     /* stream_insecure: on|off; tcp+stream:// (plaintext) may listen
                               off loopback only when on */
+  int zero_freed;          /* zero_freed: on|off; a freed RAM-tier or shared-memory range is
+                              zeroed before it can be reused */
   int shm;                 /* shm: on|off, the same-host shared-memory fast path */
   uint64_t shm_bytes;      /* shm_bytes: size of each tenant's segment (0 = ram_bytes) */
   uint32_t lease_ms;       /* lease_ms: how long a LEASE holds its range */

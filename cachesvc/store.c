@@ -59,9 +59,16 @@ kvs__buf *kvs__buf_new_shm(kvs__shm *m, size_t len) {
   b->shm_off = off;
   return b;
 }
+/* zero_freed of the process's store (one store per process in kvstashd; an
+ * embedder with several gets zeroing when any of them asks for it). */
+static atomic_int g_zero_freed;
+
 void kvs__buf_ref(kvs__buf *b) { atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed); }
 void kvs__buf_unref(kvs__buf *b) {
   if (b && atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
+    /* the last ref: no reader and no lease sees these bytes any more */
+    if (atomic_load_explicit(&g_zero_freed, memory_order_relaxed) && b->len)
+      sodium_memzero(b->data, b->len);
     if (b->shm) kvs__shm_free(b->shm, b->shm_off, b->len); /* the range may be reused now */
     free(b);
   }
@@ -1667,6 +1674,7 @@ kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store *
   if (!s) return KVS_ENOMEM;
   s->cfg = *c;
   s->met = met;
+  if (c->zero_freed) atomic_store(&g_zero_freed, 1);
   pthread_mutex_init(&s->mu, NULL);
   pthread_mutex_init(&s->shm_mu, NULL);
   for (int i = 0; i < NSTRIPES; i++) pthread_rwlock_init(&s->stripe[i], NULL);

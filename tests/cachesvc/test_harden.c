@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -471,12 +472,65 @@ static void test_stream_nonloopback(void) {
   CU_ASSERT_EQUAL(rc, 2);
 }
 
+/* ----------------------------------------------------- zeroing freed RAM */
+/* With zero_freed=on, the shared-memory range of an entry is zeros once
+ * nothing holds it (lease released, entry deleted); with it off, the old
+ * bytes stay readable there, which is what the switch is for. The range is
+ * read through the daemon's segment, mapped as a client would. */
+static int freed_range_zero(int zero) {
+  th_daemon d;
+  memset(&d, 0, sizeof d);
+  const char *const args[] = {"--shm=on", "--ram_bytes=4M", "--lease_ms=60000",
+                              zero ? "--zero_freed=on" : "--zero_freed=off", NULL};
+  if (th_daemon_start(&d, args) != 0) return -1;
+  th_conn c;
+  int result = -1;
+  if (th_connect(&c, d.url, "t", NULL, 10000) == 0) {
+    th_chunk ch;
+    th_chunk_make(&ch, 9101, 32, 65536, 1);
+    kvs_wire_lease_resp lr;
+    size_t msz = 0;
+    const uint8_t *map = NULL;
+    if (th_put(&c, &ch, 0) == KVS_OK && th_lease(&c, &ch, 0, &lr) == KVS_OK &&
+        (map = th_shm_map(lr.shm_name, &msz)) != NULL && lr.offset + ch.vbytes <= msz &&
+        memcmp(map + lr.offset, ch.value, ch.vbytes) == 0 &&
+        th_release(&c, lr.lease_id) == KVS_OK &&
+        th_key_op(&c, KVS_OP_DELETE, &ch, 0, NULL, NULL) == KVS_OK) {
+      size_t nz = 0;
+      for (size_t i = 0; i < ch.vbytes; i++)
+        nz += map[lr.offset + i] != 0;
+      result = nz == 0;
+      fprintf(stderr, "zero_freed=%s: %zu of %zu bytes of the freed range not zero\n",
+              zero ? "on" : "off", nz, ch.vbytes);
+    }
+    if (map) munmap((void *)map, msz);
+    th_chunk_free(&ch);
+    th_close(&c);
+  }
+  CU_ASSERT_EQUAL(stop_daemon(&d), 0);
+  th_daemon_cleanup(&d);
+  return result;
+}
+
+static void test_zero_freed(void) {
+  int probe = shm_open("/kvstash-harden-probe", O_CREAT | O_RDWR, 0600);
+  if (probe < 0) {
+    fprintf(stderr, "no POSIX shared memory here: zero_freed skipped\n");
+    return;
+  }
+  close(probe);
+  shm_unlink("/kvstash-harden-probe");
+  CU_ASSERT_EQUAL(freed_range_zero(1), 1);
+  CU_ASSERT_EQUAL(freed_range_zero(0), 0); /* off: the bytes are still there */
+}
+
 static const kvs_test_case cases[] = {
     {"http_header_limit", test_http_header_limit},
     {"stream_fd_close", test_stream_fd_close},
     {"slow_reader", test_slow_reader},
     {"bitflips", test_bitflips},
     {"stream_nonloopback", test_stream_nonloopback},
+    {"zero_freed", test_zero_freed},
     {NULL, NULL},
 };
 
