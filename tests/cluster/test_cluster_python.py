@@ -2,6 +2,7 @@
 real kvstashd nodes on loopback, started and stopped here (every wait
 bounded); put/get/lookup/exists/delete through etcd://. Exits 77 (skip)
 when no etcd binary is installed."""
+import json
 import os
 import shutil
 import socket
@@ -97,6 +98,24 @@ def main():
             assert "ENOENT" in str(e) or e.code == -4, e
         c.close()
         print("python etcd:// put/get/lookup/delete: ok")
+        cli = os.environ.get("KVS_CLI")
+        if cli:  # the CLI's cluster verbs on the same cluster
+            def run(*args):
+                r = subprocess.run([cli, "-u", url, "-t", "pyt", "--json", "cluster", *args],
+                                   capture_output=True, text=True, timeout=60, env=env)
+                assert r.returncode == 0, (args, r.returncode, r.stderr)
+                return json.loads(r.stdout)
+            nodes = run("nodes")
+            assert sorted(n["id"] for n in nodes["nodes"]) == ["p0", "p1"], nodes
+            assert all(n["connected"] for n in nodes["nodes"]) and nodes["replicas"] == 2
+            ev = run("events")
+            types = [e["type"] for page in ev["nodes"] for e in page["events"]]
+            assert types.count("BlockStored") >= 2 and types.count("BlockRemoved") == 2, types
+            reb = run("rebalance", "--rate", "0")
+            assert reb["failed"] == 0, reb
+            st = run("status")
+            assert st["entries_total"] == 0, st
+            print("kvstash cluster nodes/events/rebalance/status: ok")
         return 0
     finally:
         for p in reversed(procs):

@@ -17,6 +17,8 @@ static const char cluster_help[] =
     "                     their new owners and delete them from it (this tenant)\n"
     "  rebalance          copy every key of this tenant to owners that lack it and drop\n"
     "                     copies no longer owned (after a join or a leave)\n"
+    "  events             every node's stored/removed events (GET /v1/events, admin\n"
+    "                     token): --after SEQ (default 0), --limit N (default 1000)\n"
     "  --rate MB          copy at most MB MiB/s (drain, rebalance; default 64, 0 = no limit)\n\n"
     "example:\n  kvstash -u etcd://10.0.0.1:2379/prod -t team-a cluster rebalance --rate 200\n";
 
@@ -145,6 +147,68 @@ static int do_move(cli *x, const char *node, uint64_t rate) {
   return st.failed ? CLI_FAIL : CLI_OK;
 }
 
+/* Every node's stored/removed events after seq `after` (GET /v1/events on
+ * each node's control plane, with the admin token): a table, or with
+ * --json {"nodes":[page, ...]}. A wildcard HTTP host is replaced by the
+ * host of the node's data URL. */
+static int do_events(cli *x, uint64_t after, uint32_t limit) {
+  kvs_cluster_node *nodes;
+  size_t n;
+  int rc = nodes_of(x, &nodes, &n);
+  if (rc) return rc;
+  char saved[sizeof x->http];
+  memcpy(saved, x->http, sizeof saved);
+  cJSON *all = x->json ? cJSON_CreateArray() : NULL;
+  int failed = 0;
+  if (!x->json)
+    printf("%-12s %8s %-13s %-32s %-8s %s\n", "NODE", "SEQ", "TYPE", "BLOCK", "MEDIUM", "TENANT");
+  for (size_t i = 0; i < n; i++) {
+    const kvs_cluster_node *nd = &nodes[i];
+    const char *colon = strrchr(nd->http, ':');
+    if (!nd->http[0] || !colon) continue;
+    if (!strncmp(nd->http, "0.0.0.0:", 8) || !strncmp(nd->http, "[::]:", 5)) {
+      const char *h = nd->data + 6, *hc = strrchr(h, ':'); /* tcp://HOST:PORT */
+      snprintf(x->http, sizeof x->http, "%.*s%s", hc ? (int)(hc - h) : 0, h, colon);
+    } else {
+      snprintf(x->http, sizeof x->http, "%s", nd->http);
+    }
+    char path[96];
+    snprintf(path, sizeof path, "/v1/events?after=%llu&limit=%u", (unsigned long long)after, limit);
+    cJSON *j = NULL;
+    kvs_err e = cli_http_json(x, "GET", path, &j);
+    if (e != KVS_OK) {
+      fprintf(stderr, "kvstash cluster events: %s (%s): %s\n", nd->id, x->http, kvs_strerror(e));
+      failed++;
+      continue;
+    }
+    if (x->json) {
+      cJSON_AddItemToArray(all, j);
+      continue;
+    }
+    const cJSON *ev;
+    cJSON_ArrayForEach(ev, cJSON_GetObjectItem(j, "events")) {
+      const cJSON *seq = cJSON_GetObjectItem(ev, "seq"), *type = cJSON_GetObjectItem(ev, "type"),
+                  *bh = cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "block_hashes"), 0),
+                  *med = cJSON_GetObjectItem(ev, "medium"),
+                  *ten = cJSON_GetObjectItem(ev, "tenant");
+      printf(
+          "%-12s %8.0f %-13s %-32s %-8s %s\n", nd->id, cJSON_IsNumber(seq) ? seq->valuedouble : 0,
+          cJSON_IsString(type) ? type->valuestring : "?",
+          cJSON_IsString(bh) ? bh->valuestring : "?", cJSON_IsString(med) ? med->valuestring : "?",
+          cJSON_IsString(ten) ? ten->valuestring : "?");
+    }
+    cJSON_Delete(j);
+  }
+  memcpy(x->http, saved, sizeof saved);
+  if (x->json) {
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddItemToObject(doc, "nodes", all);
+    cli_print_json(doc);
+  }
+  free(nodes);
+  return failed ? CLI_FAIL : CLI_OK;
+}
+
 int cmd_cluster(cli *x, int argc, char **argv) {
   for (int i = 1; i < argc; i++)
     if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -153,7 +217,8 @@ int cmd_cluster(cli *x, int argc, char **argv) {
     }
   if (argc < 2) return cli_usage_err("cluster", "a verb: status, nodes, drain NODE, rebalance");
   const char *verb = argv[1];
-  uint64_t rate = 64ull << 20;
+  uint64_t rate = 64ull << 20, after = 0;
+  uint32_t limit = 1000;
   const char *node = NULL;
   for (int i = 2; i < argc; i++) {
     if (!strcmp(argv[i], "--rate") && i + 1 < argc) {
@@ -161,6 +226,11 @@ int cmd_cluster(cli *x, int argc, char **argv) {
       double mb = strtod(argv[++i], &end);
       if (end == argv[i] || *end || mb < 0) return cli_usage_err("cluster", "--rate MB (>= 0)");
       rate = (uint64_t)(mb * 1048576.0);
+    } else if (!strcmp(argv[i], "--after") && i + 1 < argc) {
+      after = strtoull(argv[++i], NULL, 10);
+    } else if (!strcmp(argv[i], "--limit") && i + 1 < argc) {
+      limit = (uint32_t)strtoul(argv[++i], NULL, 10);
+      if (limit < 1 || limit > 10000) return cli_usage_err("cluster", "--limit 1..10000");
     } else if (!strncmp(argv[i], "--", 2)) {
       return cli_usage_err("cluster", "unknown option '%s'", argv[i]);
     } else if (!strcmp(verb, "drain") && !node) {
@@ -174,11 +244,12 @@ int cmd_cluster(cli *x, int argc, char **argv) {
                          x->url);
   if (!strcmp(verb, "drain") && !node) return cli_usage_err("cluster", "drain NODE");
   if (strcmp(verb, "status") && strcmp(verb, "nodes") && strcmp(verb, "drain") &&
-      strcmp(verb, "rebalance"))
+      strcmp(verb, "rebalance") && strcmp(verb, "events"))
     return cli_usage_err("cluster", "unknown verb '%s'", verb);
   int rc = cli_client(x, "cluster");
   if (rc) return rc;
   if (!strcmp(verb, "status")) return do_nodes(x, 1);
   if (!strcmp(verb, "nodes")) return do_nodes(x, 0);
+  if (!strcmp(verb, "events")) return do_events(x, after, limit);
   return do_move(x, node, rate);
 }
