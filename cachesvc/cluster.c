@@ -8,7 +8,6 @@
  * view; once etcd answers again the lease is renewed, or granted anew and
  * the record written again when it ran out. No secret goes through etcd:
  * tenants and tokens stay in each node's config. */
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +16,7 @@
 #include <unistd.h>
 
 #include "cluster_int.h"
+#include "kvs_conf.h"
 #include "svc_int.h"
 
 /* ------------------------------------------------------------ config */
@@ -52,32 +52,8 @@ int kvs__cluster_config_set(kvs_svc_cluster_config *c, const char *key, const ch
                : cpy(c->advertise_stream, sizeof c->advertise_stream, v);
   if (!strcmp(key, "cluster_zone")) return cpy(c->zone, sizeof c->zone, v);
   if (!strcmp(key, "cluster_host_id")) return cpy(c->host_id, sizeof c->host_id, v);
-  if (!strcmp(key, "cluster_capacity")) {
-    double x = strtod(v, &end);
-    double mul = 1;
-    switch (toupper((unsigned char)*end)) {
-    case 'K':
-      mul = 1024.0;
-      end++;
-      break;
-    case 'M':
-      mul = 1048576.0;
-      end++;
-      break;
-    case 'G':
-      mul = 1073741824.0;
-      end++;
-      break;
-    case 'T':
-      mul = 1099511627776.0;
-      end++;
-      break;
-    default: break;
-    }
-    if (errno || end == v || *end || x < 0 || x * mul > 1.8e19) return -1;
-    c->capacity = (uint64_t)(x * mul);
-    return 0;
-  }
+  if (!strcmp(key, "cluster_capacity"))
+    return kvs_conf_parse_size(v, &c->capacity) == KVS_OK ? 0 : -1;
   if (!strcmp(key, "cluster_replicas") || !strcmp(key, "cluster_lease_ttl_s")) {
     unsigned long x = strtoul(v, &end, 10);
     if (errno || end == v || *end) return -1;

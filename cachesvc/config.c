@@ -63,7 +63,8 @@ static const char *suggest_key(const char *key) {
     char *nl = strchr(line, '\n');
     size_t k = 0;
     if (line[0] == ' ' && line[1] == ' ' && line[2] != ' ')
-      while (line[2 + k] == '_' || (line[2 + k] >= 'a' && line[2 + k] <= 'z')) k++;
+      while (line[2 + k] == '_' || (line[2 + k] >= 'a' && line[2 + k] <= 'z'))
+        k++;
     if (k && (line[2 + k] == ' ' || line[2 + k] == '\n' || !line[2 + k]) &&
         used + k + 1 < sizeof names) {
       memcpy(names + used, line + 2, k);
@@ -100,25 +101,7 @@ static int url_ok(const char *u) {
 }
 
 static int parse_size(const char *v, uint64_t *out) {
-  errno = 0;
-  char *end;
-  double x = strtod(v, &end);
-  if (errno || end == v || x < 0) return -1;
-  double mul = 1;
-  switch (toupper((unsigned char)*end)) {
-  case 'K': mul = 1024.0; end++; break;
-  case 'M': mul = 1024.0 * 1024; end++; break;
-  case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
-  case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
-  default: break;
-  }
-  if (toupper((unsigned char)*end) == 'I') end++; /* KiB */
-  if (toupper((unsigned char)*end) == 'B') end++;
-  if (*end) return -1;
-  x *= mul;
-  if (x > 1.8e19) return -1;
-  *out = (uint64_t)x;
-  return 0;
+  return kvs_conf_parse_size(v, out) == KVS_OK ? 0 : -1;
 }
 
 static int parse_u32(const char *v, uint32_t *out) {
@@ -155,13 +138,16 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     /* comma-separated list; appends */
     char tmp[1024];
     if (copy_str(tmp, sizeof tmp, v)) return bad(key, v, "too long");
-    for (char *save = NULL, *tok = strtok_r(tmp, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+    for (char *save = NULL, *tok = strtok_r(tmp, ", ", &save); tok;
+         tok = strtok_r(NULL, ", ", &save)) {
       if (strncmp(tok, "tcp://", 6) && strncmp(tok, "ipc://", 6) &&
           strncmp(tok, "tls+tcp://", 10) && !kvs__stream_url(tok))
-        return bad(key, tok, "tcp://, ipc://, tls+tcp://, tcp+stream:// or ipc+stream:// URL expected");
+        return bad(key, tok,
+                   "tcp://, ipc://, tls+tcp://, tcp+stream:// or ipc+stream:// URL expected");
       if (!url_ok(tok)) return bad(key, tok, "HOST:PORT with a port of 1..65535 (or ipc://PATH)");
       if (c->n_listen >= KVS_SVC_MAX_LISTEN) return bad(key, tok, "too many listeners");
-      if (copy_str(c->listen[c->n_listen], sizeof c->listen[0], tok)) return bad(key, tok, "too long");
+      if (copy_str(c->listen[c->n_listen], sizeof c->listen[0], tok))
+        return bad(key, tok, "too long");
       c->n_listen++;
     }
   } else if (!strcmp(key, "http")) {
@@ -169,7 +155,8 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     if (*v && kvs_conf_hostport(v, NULL) != KVS_OK)
       return bad(key, v, "HOST:PORT with a port of 1..65535 expected (or empty = off)");
   } else if (!strcmp(key, "tls_cert_key_file")) {
-    if (copy_str(c->tls_cert_key_file, sizeof c->tls_cert_key_file, v)) return bad(key, v, "too long");
+    if (copy_str(c->tls_cert_key_file, sizeof c->tls_cert_key_file, v))
+      return bad(key, v, "too long");
   } else if (!strcmp(key, "admin_token")) {
     if (copy_str(c->admin_token, sizeof c->admin_token, v)) return bad(key, v, "at most 64 bytes");
   } else if (!strcmp(key, "workers")) {
@@ -181,9 +168,12 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
   } else if (!strcmp(key, "request_deadline_ms")) {
     if (parse_u32(v, &c->deadline_ms) || c->deadline_ms == 0) return bad(key, v, "ms > 0");
   } else if (!strcmp(key, "durability")) {
-    if (!strcmp(v, "sync")) c->durability_sync = 1;
-    else if (!strcmp(v, "async")) c->durability_sync = 0;
-    else return bad(key, v, "sync or async");
+    if (!strcmp(v, "sync"))
+      c->durability_sync = 1;
+    else if (!strcmp(v, "async"))
+      c->durability_sync = 0;
+    else
+      return bad(key, v, "sync or async");
   } else if (!strcmp(key, "ram_bytes")) {
     if (parse_size(v, &c->ram_bytes)) return bad(key, v, "size");
   } else if (!strcmp(key, "disk_bytes")) {
@@ -199,9 +189,12 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     c->half_life_s = strtod(v, &end);
     if (end == v || *end || c->half_life_s < 0) return bad(key, v, "seconds >= 0");
   } else if (!strcmp(key, "eviction")) {
-    if (!strcmp(v, "cost")) c->evict_lru = 0;
-    else if (!strcmp(v, "lru")) c->evict_lru = 1;
-    else return bad(key, v, "cost | lru");
+    if (!strcmp(v, "cost"))
+      c->evict_lru = 0;
+    else if (!strcmp(v, "lru"))
+      c->evict_lru = 1;
+    else
+      return bad(key, v, "cost | lru");
   } else if (!strcmp(key, "prefill_cost")) {
     char *end;
     c->prefill_cost = strtod(v, &end);
@@ -239,9 +232,12 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     else if (!strcmp(v, "off")) c->stream_insecure = 0;
     else return bad(key, v, "on or off");
   } else if (!strcmp(key, "shm")) {
-    if (!strcmp(v, "on")) c->shm = 1;
-    else if (!strcmp(v, "off")) c->shm = 0;
-    else return bad(key, v, "on or off");
+    if (!strcmp(v, "on"))
+      c->shm = 1;
+    else if (!strcmp(v, "off"))
+      c->shm = 0;
+    else
+      return bad(key, v, "on or off");
   } else if (!strcmp(key, "shm_bytes")) {
     if (parse_size(v, &c->shm_bytes)) return bad(key, v, "size");
   } else if (!strcmp(key, "lease_ms")) {
@@ -280,8 +276,10 @@ kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help)
   /* the config file first, so that flags override it */
   for (int i = 1; i < argc; i++) {
     const char *file = NULL;
-    if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc) file = argv[++i];
-    else if (!strncmp(argv[i], "--config=", 9)) file = argv[i] + 9;
+    if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
+      file = argv[++i];
+    else if (!strncmp(argv[i], "--config=", 9))
+      file = argv[i] + 9;
     if (file) KVS_TRY(kvs_svc_config_load(c, file));
   }
   for (int i = 1; i < argc; i++) {

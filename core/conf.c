@@ -1,5 +1,6 @@
 /* conf.c - the kvstashd.conf format (kvs_conf.h): tokenizer, file reading,
  * single-key lookups for the CLI, typo suggestions, port checks. */
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,6 +306,29 @@ const char *kvs_conf_suggest(const char *word, const char *const *cands, size_t 
     }
   }
   return best && bd <= limit && bd > 0 ? best : NULL;
+}
+
+kvs_err kvs_conf_parse_size(const char *s, uint64_t *out) {
+  if (!s || !out) return KVS_EINVAL;
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno == ERANGE && v != 0) return KVS_ERANGE;
+  if (errno || end == s || !(v >= 0)) return KVS_EINVAL;
+  static const char units[] = "KMGT";
+  const char *u = *end ? strchr(units, toupper((unsigned char)*end)) : NULL;
+  double mul = 1;
+  if (u) {
+    for (const char *k = units; k <= u; k++)
+      mul *= 1024.0;
+    end++;
+  }
+  if (toupper((unsigned char)*end) == 'I') end++; /* KiB */
+  if (toupper((unsigned char)*end) == 'B') end++;
+  if (*end) return KVS_EINVAL;
+  if (!(v * mul <= 1.8e19)) return KVS_ERANGE; /* also inf */
+  *out = (uint64_t)(v * mul);
+  return KVS_OK;
 }
 
 kvs_err kvs_conf_port(const char *s, int *port) {

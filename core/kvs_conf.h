@@ -19,6 +19,7 @@
 #define KVS_CONF_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kvs_err.h"
 
@@ -64,6 +65,12 @@ size_t kvs_conf_edit_distance(const char *a, const char *b);
  * most 2 edits, or a third of the word's length when longer); NULL when
  * none is. Returns one of cands. */
 const char *kvs_conf_suggest(const char *word, const char *const *cands, size_t n);
+/* A byte size: a decimal number (fractions allowed, "1.5G") with an
+ * optional K/M/G/T suffix (powers of 1024, either case), optionally followed
+ * by i and/or B ("KiB", "kb", "GB"); at most 1.8e19. KVS_EINVAL when s is not
+ * such a size, KVS_ERANGE when it is too large; *out untouched then. The one
+ * size parser of kvstashd's config, cluster_capacity and the CLI. */
+kvs_err kvs_conf_parse_size(const char *s, uint64_t *out);
 /* A TCP port in decimal digits only, 1..65535. */
 kvs_err kvs_conf_port(const char *s, int *port);
 /* "HOST:PORT" (HOST may be empty or [v6]): the port checked as above. */

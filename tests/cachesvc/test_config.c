@@ -220,6 +220,44 @@ static void test_ports(void) {
   CU_ASSERT_EQUAL(kvs_conf_port("123456", &port), KVS_EINVAL);
 }
 
+static void test_sizes(void) {
+  uint64_t v = 7;
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("0", &v), KVS_OK);
+  CU_ASSERT_EQUAL(v, 0);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("4096", &v), KVS_OK);
+  CU_ASSERT_EQUAL(v, 4096);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("64k", &v), KVS_OK);
+  CU_ASSERT_EQUAL(v, 64u << 10);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("1.5G", &v), KVS_OK);
+  CU_ASSERT_EQUAL(v, 3ull << 29);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("2MiB", &v), KVS_OK);
+  CU_ASSERT_EQUAL(v, 2u << 20);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("3tb", &v), KVS_OK);
+  CU_ASSERT_EQUAL(v, 3ull << 40);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("100B", &v), KVS_OK);
+  CU_ASSERT_EQUAL(v, 100);
+  v = 7;
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("", &v), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("G", &v), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("-1", &v), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("1X", &v), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("1GG", &v), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("1 G", &v), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("nan", &v), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("inf", &v), KVS_ERANGE);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("16777216T", &v), KVS_ERANGE);
+  CU_ASSERT_EQUAL(kvs_conf_parse_size("1e400", &v), KVS_ERANGE);
+  CU_ASSERT_EQUAL(v, 7); /* untouched on error */
+  /* its callers keep their own bounds and messages */
+  kvs_svc_config c;
+  kvs_svc_config_defaults(&c);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "ram_bytes", "2G"), KVS_OK);
+  CU_ASSERT_EQUAL(c.ram_bytes, 2ull << 30);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "max_msg", "1K"), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "disk_bytes", "0"), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&c, "ram_bytes", "lots"), KVS_EINVAL);
+}
+
 static void test_shared_parser(void) {
   /* what the CLI calls: a tenant's token and single keys from a kvstashd.conf */
   char path[64];
@@ -263,6 +301,7 @@ static const kvs_test_case cases[] = {{"defaults", test_defaults},
                                       {"quotes", test_quotes},
                                       {"file_errors", test_file_errors},
                                       {"ports", test_ports},
+                                      {"sizes", test_sizes},
                                       {"shared_parser", test_shared_parser},
                                       {"example_file", test_example_file},
                                       {"flags_override", test_flags_override},

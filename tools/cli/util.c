@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "kvs_conf.h"
 
 /* ----------------------------------------------------------------- help */
 typedef struct help {
@@ -382,35 +383,7 @@ void cli_print_json(cJSON *j) {
 
 /* ------------------------------------------------------ parse / format */
 int cli_parse_size(const char *s, uint64_t *out) {
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (errno || end == s || v < 0) return -1;
-  double mul = 1;
-  switch (toupper((unsigned char)*end)) {
-  case 'K':
-    mul = 1024.0;
-    end++;
-    break;
-  case 'M':
-    mul = 1048576.0;
-    end++;
-    break;
-  case 'G':
-    mul = 1073741824.0;
-    end++;
-    break;
-  case 'T':
-    mul = 1099511627776.0;
-    end++;
-    break;
-  default: break;
-  }
-  if (toupper((unsigned char)*end) == 'I') end++;
-  if (toupper((unsigned char)*end) == 'B') end++;
-  if (*end || v * mul > 1.8e19) return -1;
-  *out = (uint64_t)(v * mul);
-  return 0;
+  return kvs_conf_parse_size(s, out) == KVS_OK ? 0 : -1;
 }
 
 int cli_parse_duration(const char *s, uint64_t *seconds) {
