@@ -52,6 +52,7 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+KVS_API_BEGIN
 
 #define KVSTASH_VERSION_MAJOR 0
 #define KVSTASH_VERSION_MINOR 1
@@ -353,6 +354,7 @@ kvs_err kvs_put_batch(kvs_client *c, const kvs_model_id *model, const int32_t *t
                       const kvs_chunk *chunks, size_t n, const kvs_layout *layout,
                       const void *const *kvs, const kvs_put_opts *o, kvs_err *rv);
 
+KVS_API_END
 #ifdef __cplusplus
 }
 #endif

@@ -28,6 +28,7 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+KVS_API_BEGIN
 
 /* 1 when c was made from an etcd:// URL. */
 int kvs_client_is_cluster(kvs_client *c);
@@ -91,6 +92,7 @@ kvs_err kvs_cluster_rebalance(kvs_client *c, uint64_t bytes_per_s, kvs_cluster_r
 kvs_err kvs_cluster_drain(kvs_client *c, const char *node_id, uint64_t bytes_per_s,
                           kvs_cluster_rebalance_stats *st);
 
+KVS_API_END
 #ifdef __cplusplus
 }
 #endif

@@ -16,6 +16,7 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+KVS_API_BEGIN
 
 /* ---------------------------------------------------------------- version */
 /* The library's version, "MAJOR.MINOR.PATCH" (the CMake project version;
@@ -179,6 +180,7 @@ uint64_t kvs_now_ns(void);
 /* Real-time clock in milliseconds since the epoch. */
 uint64_t kvs_wall_ms(void);
 
+KVS_API_END
 #ifdef __cplusplus
 }
 #endif

@@ -9,9 +9,12 @@
 #ifndef KVS_ERR_H
 #define KVS_ERR_H
 
+#include "kvs_export.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+KVS_API_BEGIN
 
 /* X(NAME, value, message) */
 #define KVS_ERR_MAP(X)                                                        \
@@ -79,6 +82,7 @@ void kvs__err_where(int err, const char *file, int line, const char *what);
     if (kvs__rc < 0) return (kvs_err)kvs__rc;                                 \
   } while (0)
 
+KVS_API_END
 #ifdef __cplusplus
 }
 #endif
