@@ -17,6 +17,7 @@
 
 #include "cluster_int.h"
 #include "kvs_conf.h"
+#include "kvs_net.h"
 #include "svc_int.h"
 
 /* ------------------------------------------------------------ config */
@@ -117,20 +118,17 @@ struct kvs__cluster {
 static int url_host_port(const char *url, const char *scheme, char *out, size_t cap,
                          unsigned *port) {
   size_t sl = strlen(scheme);
-  if (strncmp(url, scheme, sl)) return -1;
-  const char *hp = url + sl, *colon = strrchr(hp, ':');
-  if (!colon) return -1;
-  *port = (unsigned)strtoul(colon + 1, NULL, 10);
   char host[200];
-  size_t hl = (size_t)(colon - hp);
-  if (hl >= sizeof host) return -1;
-  memcpy(host, hp, hl);
-  host[hl] = 0;
-  if (!hl || !strcmp(host, "0.0.0.0") || !strcmp(host, "*") || !strcmp(host, "[::]")) {
+  int p = 0;
+  if (strncmp(url, scheme, sl) || kvs_hostport_split(url + sl, host, sizeof host, &p) != KVS_OK)
+    return -1;
+  *port = (unsigned)p;
+  if (!host[0] || !strcmp(host, "0.0.0.0") || !strcmp(host, "*") || !strcmp(host, "::")) {
     if (gethostname(host, sizeof host) != 0) return -1;
     host[sizeof host - 1] = 0;
   }
-  snprintf(out, cap, "%s%s:%u", scheme, host, *port);
+  int v6 = strchr(host, ':') != NULL;
+  snprintf(out, cap, "%s%s%s%s:%u", scheme, v6 ? "[" : "", host, v6 ? "]" : "", *port);
   return 0;
 }
 

@@ -26,12 +26,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kvs_net.h"
 #include "svc_int.h"
 
-#define RET(x)                                                                \
-  do {                                                                        \
-    x;                                                                        \
-    return;                                                                   \
+#define RET(x)                                                                                     \
+  do {                                                                                             \
+    x;                                                                                             \
+    return;                                                                                        \
   } while (0)
 
 static void use_pthreads(void) { (void)evthread_use_pthreads(); }
@@ -58,8 +59,8 @@ static void reply(struct evhttp_request *req, int code, const char *ctype, const
 
 static void reply_err(struct evhttp_request *req, int code, kvs_err e, const char *what) {
   char body[256];
-  snprintf(body, sizeof body, "{\"error\":\"%s\",\"code\":%d,\"message\":\"%s\"}\n",
-           kvs_errname(e), (int)e, what ? what : kvs_strerror(e));
+  snprintf(body, sizeof body, "{\"error\":\"%s\",\"code\":%d,\"message\":\"%s\"}\n", kvs_errname(e),
+           (int)e, what ? what : kvs_strerror(e));
   reply(req, code, "application/json", body);
 }
 
@@ -88,8 +89,8 @@ static kvs_err entry_key(kvs__http *h, struct evkeyvalq *q, kvs__skey *sk) {
   const char *tenant = evhttp_find_header(q, "tenant");
   const char *key = evhttp_find_header(q, "key");
   kvs_key k;
-  if (!tenant || !*tenant || strlen(tenant) > KVS_WIRE_TENANT_MAX || !key ||
-      strlen(key) != 32 || kvs_hash128_from_hex(key, &k) != KVS_OK)
+  if (!tenant || !*tenant || strlen(tenant) > KVS_WIRE_TENANT_MAX || !key || strlen(key) != 32 ||
+      kvs_hash128_from_hex(key, &k) != KVS_OK)
     return KVS_EINVAL;
   kvs__store_skey(h->st, tenant, &k, sk);
   return KVS_OK;
@@ -269,7 +270,8 @@ static void handle_v1(kvs__http *h, struct evhttp_request *req, const char *path
     kvs__item *items = malloc(sizeof *items * limit);
     uint32_t n = 0;
     int more = 0;
-    if (!items || kvs__store_list(h->st, tid, cur ? c.b : NULL, limit, items, &n, &more) != KVS_OK) {
+    if (!items ||
+        kvs__store_list(h->st, tid, cur ? c.b : NULL, limit, items, &n, &more) != KVS_OK) {
       free(items);
       RET(reply_err(req, 500, KVS_ENOMEM, NULL));
     }
@@ -319,8 +321,9 @@ static void handle_v1(kvs__http *h, struct evhttp_request *req, const char *path
     for (int i = 0; i < h->cfg.n_tenants; i++) {
       uint64_t e, by, pn;
       tenant_usage(h, h->cfg.tenants[i].name, &e, &by, &pn);
-      evbuffer_add_printf(b, "%s{\"tenant\":\"%s\",\"entries\":%llu,\"bytes\":%llu,"
-                             "\"pinned\":%llu}",
+      evbuffer_add_printf(b,
+                          "%s{\"tenant\":\"%s\",\"entries\":%llu,\"bytes\":%llu,"
+                          "\"pinned\":%llu}",
                           i ? "," : "", h->cfg.tenants[i].name, (unsigned long long)e,
                           (unsigned long long)by, (unsigned long long)pn);
     }
@@ -395,14 +398,11 @@ kvs_err kvs__http_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *m
   h->met = met;
   h->ready = ready;
   char host[128];
-  snprintf(host, sizeof host, "%s", c->http);
-  char *colon = strrchr(host, ':');
-  if (!colon) {
+  int port = 0;
+  if (kvs_hostport_split(c->http, host, sizeof host, &port) != KVS_OK) { /* [v6]: no brackets */
     free(h);
     return KVS_EINVAL;
   }
-  *colon = 0;
-  int port = atoi(colon + 1);
   h->base = event_base_new();
   h->http = h->base ? evhttp_new(h->base) : NULL;
   if (!h->http) {

@@ -8,6 +8,7 @@
 
 #include "kvs_conf.h"
 #include "kvs_core.h"
+#include "kvs_net.h"
 
 static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
 
@@ -343,10 +344,4 @@ kvs_err kvs_conf_port(const char *s, int *port) {
   return KVS_OK;
 }
 
-kvs_err kvs_conf_hostport(const char *s, int *port) {
-  if (!s) return KVS_EINVAL;
-  const char *colon = strrchr(s, ':');
-  if (!colon) return KVS_EINVAL;
-  if (s[0] == '[' && (colon == s || colon[-1] != ']')) return KVS_EINVAL; /* [v6]:port */
-  return kvs_conf_port(colon + 1, port);
-}
+kvs_err kvs_conf_hostport(const char *s, int *port) { return kvs_hostport_split(s, NULL, 0, port); }

@@ -73,7 +73,8 @@ const char *kvs_conf_suggest(const char *word, const char *const *cands, size_t 
 kvs_err kvs_conf_parse_size(const char *s, uint64_t *out);
 /* A TCP port in decimal digits only, 1..65535. */
 kvs_err kvs_conf_port(const char *s, int *port);
-/* "HOST:PORT" (HOST may be empty or [v6]): the port checked as above. */
+/* "HOST:PORT" (HOST may be empty or [v6]): kvs_hostport_split (kvs_net.h)
+ * without the host. */
 kvs_err kvs_conf_hostport(const char *s, int *port);
 
 #ifdef __cplusplus

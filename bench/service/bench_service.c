@@ -69,6 +69,7 @@
 #include <unistd.h>
 
 #include "kvs_codec.h"
+#include "kvs_net.h"
 #include "kvs_synth.h"
 #include "kvs_wire.h"
 #include "kvstash.h"
@@ -335,13 +336,12 @@ static int sconnect(sconn *c, const char *url) {
     if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0) goto fail;
     return 0;
   }
-  char host[128];
-  const char *colon = strrchr(rest, ':');
-  if (!colon || (size_t)(colon - rest) >= sizeof host) return -1;
-  memcpy(host, rest, (size_t)(colon - rest));
-  host[colon - rest] = 0;
+  char host[128], port[8];
+  int p = 0;
+  if (kvs_hostport_split(rest, host, sizeof host, &p) != KVS_OK) return -1;
+  snprintf(port, sizeof port, "%d", p);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
-  if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || !ai) return -1;
+  if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai) return -1;
   c->fd = socket(ai->ai_family, SOCK_STREAM, 0);
   int one = 1, ok = c->fd >= 0 && connect(c->fd, ai->ai_addr, ai->ai_addrlen) == 0;
   freeaddrinfo(ai);
@@ -640,7 +640,8 @@ static int lib_fill(size_t size, int n, const uint8_t *value) {
   free(g_lkeys);
   g_lkeys = NULL;
   if (size % 8192 || size / 8192 < 1 || size / 8192 > KVS_MAX_KV_HEADS) return 0;
-  kvs_layout l = {1, (uint32_t)(size / 8192), 128, KVS_DTYPE_F16, KVS_ROPE_NEOX, 128, 1e4f, 1.f, 0, 0, 0, 0};
+  kvs_layout l = {
+      1, (uint32_t)(size / 8192), 128, KVS_DTYPE_F16, KVS_ROPE_NEOX, 128, 1e4f, 1.f, 0, 0, 0, 0};
   g_llay = l;
   g_lmodel = kvs_hash128_buf("bench-lib", 9);
   g_lkeys = calloc((size_t)n, sizeof *g_lkeys);

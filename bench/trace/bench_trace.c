@@ -29,9 +29,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvs_net.h"
 #include "kvs_rag.h"
 #include "serve_int.h"
-
 
 /* ------------------------------------------------------------- random */
 static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
@@ -64,8 +64,10 @@ static int zipf_init(zipf *z, uint32_t n, double s) {
   z->n = n, z->cdf = malloc(n * sizeof *z->cdf);
   if (!z->cdf) return -1;
   double t = 0;
-  for (uint32_t i = 0; i < n; i++) z->cdf[i] = t += 1 / pow(i + 1, s);
-  for (uint32_t i = 0; i < n; i++) z->cdf[i] /= t;
+  for (uint32_t i = 0; i < n; i++)
+    z->cdf[i] = t += 1 / pow(i + 1, s);
+  for (uint32_t i = 0; i < n; i++)
+    z->cdf[i] /= t;
   return 0;
 }
 static uint32_t zipf_draw(const zipf *z, uint64_t *s) { /* rank 0 most popular */
@@ -73,8 +75,10 @@ static uint32_t zipf_draw(const zipf *z, uint64_t *s) { /* rank 0 most popular *
   uint32_t lo = 0, hi = z->n - 1;
   while (lo < hi) {
     uint32_t m = (lo + hi) / 2;
-    if (z->cdf[m] < u) lo = m + 1;
-    else hi = m;
+    if (z->cdf[m] < u)
+      lo = m + 1;
+    else
+      hi = m;
   }
   return lo;
 }
@@ -106,8 +110,8 @@ typedef struct session { /* one conversation (chat) or one question (rag) */
   cJSON *msgs;           /* the conversation so far (chat) */
   uint32_t turns_left;
   uint64_t rng;
-  double due;            /* when its next request is sent */
-  struct session *next;  /* pending list, by due time */
+  double due;           /* when its next request is sent */
+  struct session *next; /* pending list, by due time */
 } session;
 
 typedef struct run {
@@ -120,7 +124,7 @@ typedef struct run {
   int reuse;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  session *pending;    /* sorted by due */
+  session *pending; /* sorted by due */
   uint32_t in_flight, sent, sessions_open;
   int stop;
   sample *s;
@@ -130,7 +134,8 @@ typedef struct run {
 
 static void pending_add(run *r, session *ss) { /* under mu */
   session **p = &r->pending;
-  while (*p && (*p)->due <= ss->due) p = &(*p)->next;
+  while (*p && (*p)->due <= ss->due)
+    p = &(*p)->next;
   ss->next = *p, *p = ss;
   pthread_cond_broadcast(&r->cv);
 }
@@ -178,8 +183,10 @@ static uint32_t jnum(const cJSON *o, const char *a, const char *b) {
 static char *cut_words(const char *s, uint32_t words) {
   size_t i = 0;
   for (uint32_t w = 0; s[i] && w < words; w++) {
-    while (s[i] == ' ') i++;
-    while (s[i] && s[i] != ' ') i++;
+    while (s[i] == ' ')
+      i++;
+    while (s[i] && s[i] != ' ')
+      i++;
   }
   char *d = malloc(i + 1);
   if (d) memcpy(d, s, i), d[i] = 0;
@@ -202,14 +209,17 @@ static char *next_request(run *r, session *ss) {
     cJSON_AddStringToObject(u, "content", it->question);
     cJSON_AddItemToArray(m, u);
     cJSON *docs = cJSON_AddArrayToObject(req, "documents");
-    uint32_t n = o->pass_min + (uint32_t)(rng_next(&ss->rng) % (o->pass_max - o->pass_min + 1)), got = 0;
+    uint32_t n = o->pass_min + (uint32_t)(rng_next(&ss->rng) % (o->pass_max - o->pass_min + 1)),
+             got = 0;
     uint32_t pick[64];
     while (got < n) { /* distinct passages by popularity */
       uint32_t p = zipf_draw(&r->pz, &ss->rng), dup = 0;
-      for (uint32_t i = 0; i < got; i++) dup |= pick[i] == p;
+      for (uint32_t i = 0; i < got; i++)
+        dup |= pick[i] == p;
       if (!dup) pick[got++] = p;
     }
-    for (uint32_t i = 0; i < n; i++) cJSON_AddItemToArray(docs, cJSON_CreateString(r->passages[pick[i]]));
+    for (uint32_t i = 0; i < n; i++)
+      cJSON_AddItemToArray(docs, cJSON_CreateString(r->passages[pick[i]]));
   } else {
     /* a user turn: a passage cut to a Zipf length in words, then a question */
     const char *p = r->passages[rng_next(&ss->rng) % r->n_passages];
@@ -241,13 +251,14 @@ static void *fire(void *arg) {
   free(jb);
   char *body = next_request(r, ss);
   sse x = {.t_send = ss->due, .ttft = -1};
-  int code = srv_http(r->o->host, r->o->port, "POST", "/v1/chat/completions", body, 600000, sse_data,
-                      &x, NULL);
+  int code = srv_http(r->o->host, r->o->port, "POST", "/v1/chat/completions", body, 600000,
+                      sse_data, &x, NULL);
   double end = now_s();
   free(body);
   sample sm = {.ttft = x.ttft, .e2e = end - ss->due, .ok = code == 200 && x.usage != NULL};
   if (x.usage) {
-    sm.prompt = jnum(x.usage, "prompt_tokens", NULL), sm.out = jnum(x.usage, "completion_tokens", NULL);
+    sm.prompt = jnum(x.usage, "prompt_tokens", NULL),
+    sm.out = jnum(x.usage, "completion_tokens", NULL);
     sm.reused = jnum(x.usage, "kvstash", "reused_tokens");
     sm.recomputed = jnum(x.usage, "kvstash", "recomputed_tokens");
     if (sm.ttft < 0) sm.ttft = sm.e2e; /* an empty answer: its first token is its end */
@@ -303,12 +314,10 @@ static double metric(const char *text, const char *name) {
 static char *scrape(const opts *o) {
   if (!o->metrics) return NULL;
   char host[256];
-  const char *c = strrchr(o->metrics, ':');
-  if (!c || (size_t)(c - o->metrics) >= sizeof host) return NULL;
-  memcpy(host, o->metrics, (size_t)(c - o->metrics));
-  host[c - o->metrics] = 0;
+  int port = 0;
+  if (kvs_hostport_split(o->metrics, host, sizeof host, &port) != KVS_OK) return NULL;
   char *b = NULL;
-  return srv_http(host, atoi(c + 1), "GET", "/metrics", NULL, 10000, NULL, NULL, &b) == 200 ? b : NULL;
+  return srv_http(host, port, "GET", "/metrics", NULL, 10000, NULL, NULL, &b) == 200 ? b : NULL;
 }
 
 static const char *METRICS[] = {"kvstash_lookup_chunks_total", "kvstash_lookup_chunks_hit_total",
@@ -333,9 +342,10 @@ static int run_mode(run *r, cJSON *out) {
       session *ss = calloc(1, sizeof *ss);
       ss->rng = rng_next(&rng);
       ss->due = next_arrival;
-      ss->turns_left = !strcmp(o->workload, "chat")
-                           ? o->turns_min + (uint32_t)(rng_next(&ss->rng) % (o->turns_max - o->turns_min + 1))
-                           : 1;
+      ss->turns_left =
+          !strcmp(o->workload, "chat")
+              ? o->turns_min + (uint32_t)(rng_next(&ss->rng) % (o->turns_max - o->turns_min + 1))
+              : 1;
       if (!strcmp(o->workload, "chat")) ss->msgs = cJSON_CreateArray();
       started++, r->sessions_open++;
       pending_add(r, ss);
@@ -382,7 +392,8 @@ static int run_mode(run *r, cJSON *out) {
   for (uint32_t i = 0; i < n; i++) {
     if (!r->s[i].ok) continue;
     tt[ok] = r->s[i].ttft, ee[ok] = r->s[i].e2e, ok++;
-    prompt += r->s[i].prompt, reused += r->s[i].reused, recomputed += r->s[i].recomputed, outt += r->s[i].out;
+    prompt += r->s[i].prompt, reused += r->s[i].reused, recomputed += r->s[i].recomputed,
+        outt += r->s[i].out;
   }
   qsort(tt, ok, sizeof *tt, cmp_d);
   qsort(ee, ok, sizeof *ee, cmp_d);
@@ -391,7 +402,8 @@ static int run_mode(run *r, cJSON *out) {
          "%.2f req/s %.0f tok/s  hit %.1f%% of %llu prompt tokens, %llu recomputed\n",
          mode, n, n - ok, 1e3 * pct(tt, ok, 50), 1e3 * pct(tt, ok, 90), 1e3 * pct(tt, ok, 99),
          1e3 * pct(ee, ok, 50), 1e3 * pct(ee, ok, 99), ok / wall, outt / wall,
-         prompt ? 100.0 * reused / prompt : 0, (unsigned long long)prompt, (unsigned long long)recomputed);
+         prompt ? 100.0 * reused / prompt : 0, (unsigned long long)prompt,
+         (unsigned long long)recomputed);
   cJSON *j = cJSON_AddObjectToObject(out, mode);
   cJSON_AddNumberToObject(j, "requests", n);
   cJSON_AddNumberToObject(j, "errors", n - ok);
@@ -413,33 +425,35 @@ static int run_mode(run *r, cJSON *out) {
     double asked = metric(m1, METRICS[0]) - metric(m0, METRICS[0]);
     double hit = metric(m1, METRICS[1]) - metric(m0, METRICS[1]);
     cJSON_AddNumberToObject(j, "chunk_hit_rate", asked > 0 ? hit / asked : 0);
-    printf("          kvstashd: chunks looked up %.0f, hit %.0f (%.1f%%), evictions %.0f, puts %.0f\n",
-           asked, hit, asked > 0 ? 100 * hit / asked : 0.0,
-           metric(m1, "kvstash_evictions_total") - metric(m0, "kvstash_evictions_total"),
-           metric(m1, "kvstash_puts_total") - metric(m0, "kvstash_puts_total"));
+    printf(
+        "          kvstashd: chunks looked up %.0f, hit %.0f (%.1f%%), evictions %.0f, puts %.0f\n",
+        asked, hit, asked > 0 ? 100 * hit / asked : 0.0,
+        metric(m1, "kvstash_evictions_total") - metric(m0, "kvstash_evictions_total"),
+        metric(m1, "kvstash_puts_total") - metric(m0, "kvstash_puts_total"));
   }
   free(m0), free(m1), free(tt), free(ee);
   return ok == n ? 0 : 1;
 }
 
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: kvs-bench-trace --serve HOST:PORT [options]\n"
-          "  --workload chat|rag   (default rag)\n"
-          "  --rate R              sessions (chat) or questions (rag) per second (default 1)\n"
-          "  --burst K             Gamma shape of inter-arrival times, < 1 is burstier (default 0.5)\n"
-          "  --requests N          sessions/questions to start (default 20)\n"
-          "  --duration S          stop starting new ones after S seconds (default: no limit)\n"
-          "  --turns A-B           chat turns per session (default 2-12)\n"
-          "  --think S             mean think time between turns, seconds (default 1)\n"
-          "  --passages A-B        rag documents per question (default 5-10)\n"
-          "  --zipf S              passage popularity / length exponent (default 1.1)\n"
-          "  --max-out N           answers up to N tokens, Zipf (default 32)\n"
-          "  --inflight N          requests in flight at most (default 64)\n"
-          "  --modes LIST          kvstash,no-reuse (default both, in that order)\n"
-          "  --metrics HOST:PORT   kvstashd's HTTP control plane, for its counters\n"
-          "  --data FILE           MuSiQue subset (default the repo's data/)\n"
-          "  --seed N              (default 1)\n");
+  fprintf(
+      f,
+      "usage: kvs-bench-trace --serve HOST:PORT [options]\n"
+      "  --workload chat|rag   (default rag)\n"
+      "  --rate R              sessions (chat) or questions (rag) per second (default 1)\n"
+      "  --burst K             Gamma shape of inter-arrival times, < 1 is burstier (default 0.5)\n"
+      "  --requests N          sessions/questions to start (default 20)\n"
+      "  --duration S          stop starting new ones after S seconds (default: no limit)\n"
+      "  --turns A-B           chat turns per session (default 2-12)\n"
+      "  --think S             mean think time between turns, seconds (default 1)\n"
+      "  --passages A-B        rag documents per question (default 5-10)\n"
+      "  --zipf S              passage popularity / length exponent (default 1.1)\n"
+      "  --max-out N           answers up to N tokens, Zipf (default 32)\n"
+      "  --inflight N          requests in flight at most (default 64)\n"
+      "  --modes LIST          kvstash,no-reuse (default both, in that order)\n"
+      "  --metrics HOST:PORT   kvstashd's HTTP control plane, for its counters\n"
+      "  --data FILE           MuSiQue subset (default the repo's data/)\n"
+      "  --seed N              (default 1)\n");
 }
 
 static int range(const char *s, uint32_t *a, uint32_t *b) {
@@ -447,16 +461,29 @@ static int range(const char *s, uint32_t *a, uint32_t *b) {
 }
 
 int main(int argc, char **argv) {
-  opts o = {.workload = "rag", .data = NULL, .modes = "kvstash,no-reuse", .rate = 1,
-            .burst = 0.5, .think = 1, .zipf_s = 1.1, .requests = 20, .turns_min = 2, .turns_max = 12,
-            .pass_min = 5, .pass_max = 10, .max_out = 32, .inflight = 64, .seed = 1};
+  opts o = {.workload = "rag",
+            .data = NULL,
+            .modes = "kvstash,no-reuse",
+            .rate = 1,
+            .burst = 0.5,
+            .think = 1,
+            .zipf_s = 1.1,
+            .requests = 20,
+            .turns_min = 2,
+            .turns_max = 12,
+            .pass_min = 5,
+            .pass_max = 10,
+            .max_out = 32,
+            .inflight = 64,
+            .seed = 1};
   const char *serve = NULL;
   static struct option lo[] = {
-      {"serve", 1, 0, 'S'},   {"workload", 1, 0, 'w'}, {"rate", 1, 0, 'r'},    {"burst", 1, 0, 'b'},
-      {"requests", 1, 0, 'n'}, {"duration", 1, 0, 'd'}, {"turns", 1, 0, 't'},   {"think", 1, 0, 'k'},
-      {"passages", 1, 0, 'p'}, {"zipf", 1, 0, 'z'},     {"max-out", 1, 0, 'o'}, {"inflight", 1, 0, 'i'},
-      {"modes", 1, 0, 'm'},   {"metrics", 1, 0, 'M'},  {"data", 1, 0, 'D'},    {"seed", 1, 0, 's'},
-      {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+      {"serve", 1, 0, 'S'}, {"workload", 1, 0, 'w'}, {"rate", 1, 0, 'r'},
+      {"burst", 1, 0, 'b'}, {"requests", 1, 0, 'n'}, {"duration", 1, 0, 'd'},
+      {"turns", 1, 0, 't'}, {"think", 1, 0, 'k'},    {"passages", 1, 0, 'p'},
+      {"zipf", 1, 0, 'z'},  {"max-out", 1, 0, 'o'},  {"inflight", 1, 0, 'i'},
+      {"modes", 1, 0, 'm'}, {"metrics", 1, 0, 'M'},  {"data", 1, 0, 'D'},
+      {"seed", 1, 0, 's'},  {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     int bad = 0;
     switch (c) {
@@ -484,14 +511,11 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  const char *c = serve ? strrchr(serve, ':') : NULL;
-  if (!c || (size_t)(c - serve) >= sizeof o.host || (o.port = atoi(c + 1)) < 1 || o.port > 65535 ||
+  if (!serve || kvs_hostport_split(serve, o.host, sizeof o.host, &o.port) != KVS_OK ||
       (strcmp(o.workload, "chat") && strcmp(o.workload, "rag"))) {
     usage(stderr);
     return 2;
   }
-  memcpy(o.host, serve, (size_t)(c - serve));
-  o.host[c - serve] = 0;
   run r = {.o = &o};
   kvs_rag_item *items = NULL;
   size_t n_items = 0;
@@ -503,11 +527,13 @@ int main(int argc, char **argv) {
   }
   /* items 0-99 only: 100-149 are held out for quality figures */
   r.items = items, r.n_items = n_items > 100 ? 100 : n_items;
-  for (size_t i = 0; i < r.n_items; i++) r.n_passages += (uint32_t)items[i].n_passages;
+  for (size_t i = 0; i < r.n_items; i++)
+    r.n_passages += (uint32_t)items[i].n_passages;
   r.passages = malloc(r.n_passages * sizeof *r.passages);
   uint32_t k = 0;
   for (size_t i = 0; i < r.n_items; i++)
-    for (size_t p = 0; p < items[i].n_passages; p++) r.passages[k++] = items[i].text[p];
+    for (size_t p = 0; p < items[i].n_passages; p++)
+      r.passages[k++] = items[i].text[p];
   uint64_t sh = o.seed ^ 0x5eed;
   for (uint32_t i = k; i > 1; i--) { /* popularity order: a seeded shuffle */
     uint32_t j = (uint32_t)(rng_next(&sh) % i);
@@ -520,8 +546,8 @@ int main(int argc, char **argv) {
   printf("kvs-bench-trace: %s workload on %s:%d, rate %.2f/s, Gamma shape %.2f, %u %s, zipf %.2f, "
          "seed %llu; %u passages from %zu items\n",
          o.workload, o.host, o.port, o.rate, o.burst, o.requests,
-         strcmp(o.workload, "chat") ? "questions" : "sessions", o.zipf_s, (unsigned long long)o.seed,
-         r.n_passages, r.n_items);
+         strcmp(o.workload, "chat") ? "questions" : "sessions", o.zipf_s,
+         (unsigned long long)o.seed, r.n_passages, r.n_items);
   cJSON *out = cJSON_CreateObject();
   cJSON_AddStringToObject(out, "bench", "trace");
   cJSON_AddStringToObject(out, "workload", o.workload);
@@ -541,11 +567,14 @@ int main(int argc, char **argv) {
   }
   cJSON *a = cJSON_GetObjectItem(out, "kvstash"), *b = cJSON_GetObjectItem(out, "no-reuse");
   if (a && b) {
-    double x = cJSON_GetObjectItem(a, "ttft_p50_ms")->valuedouble, y = cJSON_GetObjectItem(b, "ttft_p50_ms")->valuedouble;
-    double x9 = cJSON_GetObjectItem(a, "ttft_p99_ms")->valuedouble, y9 = cJSON_GetObjectItem(b, "ttft_p99_ms")->valuedouble;
+    double x = cJSON_GetObjectItem(a, "ttft_p50_ms")->valuedouble,
+           y = cJSON_GetObjectItem(b, "ttft_p50_ms")->valuedouble;
+    double x9 = cJSON_GetObjectItem(a, "ttft_p99_ms")->valuedouble,
+           y9 = cJSON_GetObjectItem(b, "ttft_p99_ms")->valuedouble;
     cJSON_AddNumberToObject(out, "ttft_p50_speedup", x > 0 ? y / x : 0);
     cJSON_AddNumberToObject(out, "ttft_p99_speedup", x9 > 0 ? y9 / x9 : 0);
-    printf("TTFT with kvstash: p50 %.2fx, p99 %.2fx lower than without\n", x > 0 ? y / x : 0, x9 > 0 ? y9 / x9 : 0);
+    printf("TTFT with kvstash: p50 %.2fx, p99 %.2fx lower than without\n", x > 0 ? y / x : 0,
+           x9 > 0 ? y9 / x9 : 0);
   }
   char *js = cJSON_PrintUnformatted(out);
   printf("%s\n", js);

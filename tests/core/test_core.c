@@ -7,6 +7,7 @@
 
 #include "kvs_core.h"
 #include "kvs_le.h"
+#include "kvs_net.h"
 #include "kvs_test.h"
 #include "kvs_wire.h"
 
@@ -316,6 +317,55 @@ static void test_wire_op_map(void) {
   CU_ASSERT_EQUAL(d.flags, KVS_WIRE_F_SYNC | KVS_WIRE_F_NX);
 }
 
+static void test_hostport(void) {
+  char h[16] = "untouched";
+  int port = -1;
+  CU_ASSERT_EQUAL(kvs_hostport_split("127.0.0.1:8080", h, sizeof h, &port), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(h, "127.0.0.1");
+  CU_ASSERT_EQUAL(port, 8080);
+  CU_ASSERT_EQUAL(kvs_hostport_split("[::1]:65535", h, sizeof h, &port), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(h, "::1");
+  CU_ASSERT_EQUAL(port, 65535);
+  CU_ASSERT_EQUAL(kvs_hostport_split(":1", h, sizeof h, &port), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(h, "");
+  CU_ASSERT_EQUAL(port, 1);
+  CU_ASSERT_EQUAL(kvs_hostport_split("[::]:9", h, sizeof h, &port), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(h, "::");
+  CU_ASSERT_EQUAL(kvs_hostport_split("localhost:80", NULL, 0, NULL), KVS_OK);
+  strcpy(h, "untouched");
+  port = -1;
+  /* bad port */
+  CU_ASSERT_EQUAL(kvs_hostport_split("h:0", h, sizeof h, &port), KVS_ERANGE);
+  CU_ASSERT_EQUAL(kvs_hostport_split("h:65536", h, sizeof h, &port), KVS_ERANGE);
+  CU_ASSERT_EQUAL(kvs_hostport_split("h:1234567", h, sizeof h, &port), KVS_ERANGE);
+  CU_ASSERT_EQUAL(kvs_hostport_split("h:+80", h, sizeof h, &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_hostport_split("h:80x", h, sizeof h, &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_hostport_split("h:", h, sizeof h, &port), KVS_EINVAL);
+  /* no port */
+  CU_ASSERT_EQUAL(kvs_hostport_split("h", h, sizeof h, &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_hostport_split("", h, sizeof h, &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_hostport_split("[::1]", h, sizeof h, &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_hostport_split(NULL, h, sizeof h, &port), KVS_EINVAL);
+  /* IPv6 written wrong */
+  CU_ASSERT_EQUAL(kvs_hostport_split("::1:80", h, sizeof h, &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_hostport_split("[::1]80", h, sizeof h, &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_hostport_split("[::1:80", h, sizeof h, &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_hostport_split("a]:80", h, sizeof h, &port), KVS_EINVAL);
+  /* too long for the caller's buffer */
+  CU_ASSERT_EQUAL(kvs_hostport_split("0123456789abcdef:80", h, sizeof h, &port), KVS_ERANGE);
+  CU_ASSERT_STRING_EQUAL(h, "untouched");
+  CU_ASSERT_EQUAL(port, -1);
+  /* URLs */
+  CU_ASSERT_EQUAL(kvs_url_hostport("tcp+stream://[::1]:7001", h, sizeof h, &port), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(h, "::1");
+  CU_ASSERT_EQUAL(port, 7001);
+  CU_ASSERT_EQUAL(kvs_url_hostport("http://node1:80/metrics", h, sizeof h, &port), KVS_OK);
+  CU_ASSERT_STRING_EQUAL(h, "node1");
+  CU_ASSERT_EQUAL(port, 80);
+  CU_ASSERT_EQUAL(kvs_url_hostport("node1:80", h, sizeof h, &port), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_url_hostport("tcp://node1", h, sizeof h, &port), KVS_EINVAL);
+}
+
 int main(void) {
   static const kvs_test_case cases[] = {{"error table", test_err_table},
                                         {"logging", test_log},
@@ -327,6 +377,7 @@ int main(void) {
                                         {"chunk keys", test_keys},
                                         {"little-endian helpers", test_le},
                                         {"wire op map + header offsets", test_wire_op_map},
+                                        {"host:port splitting", test_hostport},
                                         {NULL, NULL}};
   return kvs_test_run("core", cases);
 }

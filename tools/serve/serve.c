@@ -29,6 +29,7 @@
 #include "kvs_engines.h"
 #include "kvs_gpu_model.h"
 #include "kvs_model.h"
+#include "kvs_net.h"
 #include "model_int.h"
 #include "serve_int.h"
 
@@ -46,24 +47,24 @@ typedef struct job {
   srv_req req;
   struct evhttp_request *http; /* NULL once the client went away (loop thread only) */
   struct evhttp_connection *conn;
-  struct event *wake;          /* activated by the worker: outbox has news */
+  struct event *wake; /* activated by the worker: outbox has news */
   char id[40];
   int64_t created;
   /* outbox: written by the worker, drained by the loop, under mu */
   pthread_mutex_t mu;
-  char *text;                  /* generated text not yet sent */
+  char *text; /* generated text not yet sent */
   size_t text_n, text_cap;
   int done;
   kvs_err err;
   char errmsg[256];
-  const char *finish;          /* "stop" | "length" */
+  const char *finish; /* "stop" | "length" */
   uint32_t prompt_tokens, completion_tokens, reused_tokens, recomputed_tokens, prefilled_tokens;
   double ttft_s;
   /* loop side */
-  int started;                 /* SSE headers sent */
-  atomic_int cancelled;        /* the client closed: the worker stops early */
-} job; /* owned by the loop thread: freed there once done (the worker never
-        * touches a job after it has set done under mu and activated wake) */
+  int started;          /* SSE headers sent */
+  atomic_int cancelled; /* the client closed: the worker stops early */
+} job;                  /* owned by the loop thread: freed there once done (the worker never
+                         * touches a job after it has set done under mu and activated wake) */
 
 typedef struct server {
   struct event_base *base;
@@ -130,12 +131,13 @@ static cJSON *usage_json(const job *j) {
 }
 
 /* One response object (or stream chunk) in the OpenAI shape. */
-static cJSON *response_json(const server *sv, const job *j, int chunk, const char *text,
-                            size_t n, const char *finish, int role) {
+static cJSON *response_json(const server *sv, const job *j, int chunk, const char *text, size_t n,
+                            const char *finish, int role) {
   cJSON *o = cJSON_CreateObject();
   cJSON_AddStringToObject(o, "id", j->id);
-  cJSON_AddStringToObject(o, "object", j->req.chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
-                                                   : "text_completion");
+  cJSON_AddStringToObject(o, "object",
+                          j->req.chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
+                                      : "text_completion");
   cJSON_AddNumberToObject(o, "created", (double)j->created);
   cJSON_AddStringToObject(o, "model", sv->model_name);
   cJSON *cs = cJSON_AddArrayToObject(o, "choices"), *c = cJSON_CreateObject();
@@ -151,8 +153,10 @@ static cJSON *response_json(const server *sv, const job *j, int chunk, const cha
     cJSON_AddStringToObject(c, "text", t ? t : "");
   }
   free(t);
-  if (finish) cJSON_AddStringToObject(c, "finish_reason", finish);
-  else cJSON_AddNullToObject(c, "finish_reason");
+  if (finish)
+    cJSON_AddStringToObject(c, "finish_reason", finish);
+  else
+    cJSON_AddNullToObject(c, "finish_reason");
   if (!chunk) cJSON_AddItemToObject(o, "usage", usage_json(j));
   return o;
 }
@@ -221,8 +225,9 @@ static void job_wake(evutil_socket_t fd, short what, void *arg) {
       send_error(r, 500, "server_error", j->errmsg);
     }
   } else if (r && done) {
-    if (j->err) send_error(r, j->err == KVS_ETOOBIG ? 400 : 500,
-                           j->err == KVS_ETOOBIG ? "invalid_request_error" : "server_error", j->errmsg);
+    if (j->err)
+      send_error(r, j->err == KVS_ETOOBIG ? 400 : 500,
+                 j->err == KVS_ETOOBIG ? "invalid_request_error" : "server_error", j->errmsg);
     else {
       cJSON *o = response_json(sv, j, 0, text, n, j->finish, 0);
       send_json(r, 200, "OK", o);
@@ -242,7 +247,8 @@ static void out_text(job *j, const char *s, size_t n) {
   pthread_mutex_lock(&j->mu);
   if (j->text_n + n + 1 > j->text_cap) {
     size_t c = j->text_cap ? j->text_cap : 256;
-    while (c < j->text_n + n + 1) c *= 2;
+    while (c < j->text_n + n + 1)
+      c *= 2;
     char *t = realloc(j->text, c);
     if (!t) {
       pthread_mutex_unlock(&j->mu);
@@ -266,8 +272,9 @@ static kvs_err run_job(server *sv, job *j) {
   uint32_t max_new = j->req.max_tokens ? j->req.max_tokens : sv->default_max_tokens;
   kvs_err e = KVS_OK;
   if (p.n_tokens + max_new + 1 > sv->max_ctx) {
-    snprintf(j->errmsg, sizeof j->errmsg, "prompt (%u tokens) + max_tokens (%u) exceed the context (%u)",
-             p.n_tokens, max_new, sv->max_ctx);
+    snprintf(j->errmsg, sizeof j->errmsg,
+             "prompt (%u tokens) + max_tokens (%u) exceed the context (%u)", p.n_tokens, max_new,
+             sv->max_ctx);
     srv_prompt_free(&p);
     return KVS_ETOOBIG;
   }
@@ -307,7 +314,8 @@ static kvs_err run_job(server *sv, job *j) {
     if (kvs_tok_decode(sv->tok, &t, 1, buf, sizeof buf, &bn) == KVS_OK) piece = buf, pl = bn;
     if (gen_n + pl + 1 > gen_cap) {
       size_t c = gen_cap ? gen_cap * 2 : 1024;
-      while (c < gen_n + pl + 1) c *= 2;
+      while (c < gen_n + pl + 1)
+        c *= 2;
       char *g = realloc(gen, c);
       if (!g) {
         e = KVS_ENOMEM;
@@ -352,7 +360,8 @@ static void *worker_main(void *arg) {
   server *sv = arg;
   for (;;) {
     pthread_mutex_lock(&sv->qmu);
-    while (!sv->head && !sv->stopping) pthread_cond_wait(&sv->qcv, &sv->qmu);
+    while (!sv->head && !sv->stopping)
+      pthread_cond_wait(&sv->qcv, &sv->qmu);
     job *j = sv->head;
     if (!j) {
       pthread_mutex_unlock(&sv->qmu);
@@ -365,7 +374,8 @@ static void *worker_main(void *arg) {
     kvs_err e = atomic_load(&j->cancelled) ? KVS_ECANCELED : run_job(sv, j);
     pthread_mutex_lock(&j->mu);
     j->err = e;
-    if (e && !j->errmsg[0]) snprintf(j->errmsg, sizeof j->errmsg, "generation failed: %s", kvs_strerror(e));
+    if (e && !j->errmsg[0])
+      snprintf(j->errmsg, sizeof j->errmsg, "generation failed: %s", kvs_strerror(e));
     j->done = 1;
     /* activated under mu: the loop cannot see done, and free the job, before
      * this call has returned */
@@ -398,7 +408,8 @@ static void handle_completion(struct evhttp_request *r, server *sv, int chat) {
   char err[256];
   kvs_err e = srv_req_parse(body ? body : "", len, chat, &j->req, err, sizeof err);
   if (e) {
-    send_error(r, e == KVS_ENOMEM ? 500 : 400, "invalid_request_error", err[0] ? err : kvs_strerror(e));
+    send_error(r, e == KVS_ENOMEM ? 500 : 400, "invalid_request_error",
+               err[0] ? err : kvs_strerror(e));
     srv_req_free(&j->req);
     free(j);
     return;
@@ -413,8 +424,10 @@ static void handle_completion(struct evhttp_request *r, server *sv, int chat) {
   pthread_mutex_lock(&sv->qmu);
   int full = sv->queued >= sv->max_queue || !j->wake;
   if (!full) {
-    if (sv->tail) sv->tail->next = j;
-    else sv->head = j;
+    if (sv->tail)
+      sv->tail->next = j;
+    else
+      sv->head = j;
     sv->tail = j, sv->queued++, sv->n_requests++;
     pthread_cond_signal(&sv->qcv);
   } else {
@@ -441,7 +454,8 @@ static void handle(struct evhttp_request *r, void *arg) {
   } else if (!strcmp(path, "/v1/completions")) {
     handle_completion(r, sv, 0);
   } else if (!strcmp(path, "/v1/models")) {
-    cJSON *o = cJSON_CreateObject(), *d = cJSON_AddArrayToObject(o, "data"), *m = cJSON_CreateObject();
+    cJSON *o = cJSON_CreateObject(), *d = cJSON_AddArrayToObject(o, "data"),
+          *m = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "object", "list");
     cJSON_AddStringToObject(m, "id", sv->model_name);
     cJSON_AddStringToObject(m, "object", "model");
@@ -486,10 +500,11 @@ int main(int argc, char **argv) {
   const char *model_path = NULL, *listen = "127.0.0.1:8000", *name = NULL;
   int use_gpu = 0;
   server sv = {.max_ctx = 8192, .default_max_tokens = 256, .max_queue = 64};
-  static struct option lo[] = {{"model", 1, 0, 'm'}, {"listen", 1, 0, 'l'}, {"model-name", 1, 0, 'n'},
-                               {"gpu", 0, 0, 'g'},   {"ctx", 1, 0, 'c'},    {"max-tokens", 1, 0, 't'},
-                               {"queue", 1, 0, 'q'}, {"version", 0, 0, 'V'}, {"help", 0, 0, 'h'},
-                               {0, 0, 0, 0}};
+  static struct option lo[] = {{"model", 1, 0, 'm'},      {"listen", 1, 0, 'l'},
+                               {"model-name", 1, 0, 'n'}, {"gpu", 0, 0, 'g'},
+                               {"ctx", 1, 0, 'c'},        {"max-tokens", 1, 0, 't'},
+                               {"queue", 1, 0, 'q'},      {"version", 0, 0, 'V'},
+                               {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     char *end = NULL;
     switch (c) {
@@ -514,19 +529,17 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (sv.max_ctx < 16 || sv.default_max_tokens < 1 || sv.default_max_tokens > SRV_MAX_TOKENS_OUT) {
-    fprintf(stderr, "kvs-serve: --ctx must be >= 16 and --max-tokens in 1..%d\n", SRV_MAX_TOKENS_OUT);
+    fprintf(stderr, "kvs-serve: --ctx must be >= 16 and --max-tokens in 1..%d\n",
+            SRV_MAX_TOKENS_OUT);
     return 2;
   }
   char host[256];
-  const char *colon = strrchr(listen, ':');
-  char *pe = NULL;
-  unsigned long port = colon ? strtoul(colon + 1, &pe, 10) : 0;
-  if (!colon || (size_t)(colon - listen) >= sizeof host || !pe || *pe || port < 1 || port > 65535) {
-    fprintf(stderr, "kvs-serve: --listen wants HOST:PORT with a port in 1..65535, not '%s'\n", listen);
+  int port = 0;
+  if (kvs_hostport_split(listen, host, sizeof host, &port) != KVS_OK) {
+    fprintf(stderr, "kvs-serve: --listen wants HOST:PORT with a port in 1..65535, not '%s'\n",
+            listen);
     return 2;
   }
-  memcpy(host, listen, (size_t)(colon - listen));
-  host[colon - listen] = 0;
 
   kvs_err e = kvs_model_load(model_path, &sv.model);
   if (e) {
@@ -577,7 +590,8 @@ int main(int argc, char **argv) {
 
   pthread_mutex_lock(&sv.qmu);
   sv.stopping = 1;
-  for (job *j = sv.head; j; j = j->next) atomic_store(&j->cancelled, 1);
+  for (job *j = sv.head; j; j = j->next)
+    atomic_store(&j->cancelled, 1);
   pthread_cond_signal(&sv.qcv);
   pthread_mutex_unlock(&sv.qmu);
   pthread_join(sv.worker, NULL);
