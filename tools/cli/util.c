@@ -3,6 +3,10 @@
  * key resolution, parsing and formatting, progress bars. */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <errno.h>
 #include <netdb.h>
 #include <stdarg.h>
@@ -14,6 +18,7 @@
 
 #include "cli.h"
 #include "kvs_conf.h"
+#include "kvs_net.h"
 
 /* ----------------------------------------------------------------- help */
 typedef struct help {
@@ -198,74 +203,61 @@ int cli_client(cli *x, const char *verb) {
 }
 
 /* ----------------------------------------------------------------- HTTP */
+typedef struct {
+  int status;
+  char *body;
+  kvs_err err;
+  struct event_base *base;
+} http_res;
+
+static void http_done(struct evhttp_request *req, void *arg) {
+  http_res *r = arg;
+  event_base_loopbreak(r->base); /* the connection's own events would keep the loop going */
+  int code = req ? evhttp_request_get_response_code(req) : 0;
+  if (!code) return; /* connect failure, timeout or no valid response: r->err stays KVS_ECONN */
+  struct evbuffer *in = evhttp_request_get_input_buffer(req);
+  size_t n = evbuffer_get_length(in);
+  r->body = malloc(n + 1);
+  r->err = r->body ? KVS_OK : KVS_ENOMEM;
+  if (!r->body) return;
+  evbuffer_remove(in, r->body, n);
+  r->body[n] = 0;
+  r->status = code;
+}
+
+/* One request with libevent's HTTP client on a private event base. */
 kvs_err cli_http(cli *x, const char *method, const char *path, int *status, char **body) {
   *body = NULL;
   *status = 0;
   if (!x->http[0]) return KVS_ECONN;
-  char host[256];
-  snprintf(host, sizeof host, "%s", x->http);
-  if (!strncmp(host, "http://", 7)) memmove(host, host + 7, strlen(host + 7) + 1);
-  char *colon = strrchr(host, ':');
-  if (!colon) return KVS_EINVAL;
-  *colon = 0;
-  const char *port = colon + 1;
-  struct addrinfo hints, *ai = NULL;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai) return KVS_ECONN;
-  int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-  struct timeval tv = {(time_t)(x->timeout_ms / 1000), (suseconds_t)(x->timeout_ms % 1000) * 1000};
-  if (fd >= 0) {
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  const char *hp = strncmp(x->http, "http://", 7) ? x->http : x->http + 7;
+  char host[256], auth[300];
+  int port = 0;
+  if (kvs_hostport_split(hp, host, sizeof host, &port) != KVS_OK) return KVS_EINVAL;
+  struct event_base *base = event_base_new();
+  http_res r = {0, NULL, KVS_ECONN, base};
+  struct evhttp_connection *conn =
+      base ? evhttp_connection_base_new(base, NULL, host, (ev_uint16_t)port) : NULL;
+  struct evhttp_request *req = conn ? evhttp_request_new(http_done, &r) : NULL;
+  if (req) {
+    struct timeval tv = {(time_t)(x->timeout_ms / 1000),
+                         (suseconds_t)(x->timeout_ms % 1000) * 1000};
+    evhttp_connection_set_timeout_tv(conn, &tv);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Host", hp);
+    evhttp_add_header(h, "Connection", "close");
+    snprintf(auth, sizeof auth, "Bearer %s", x->admin_token);
+    if (x->admin_token[0]) evhttp_add_header(h, "Authorization", auth);
+    enum evhttp_cmd_type m = strcmp(method, "POST") ? EVHTTP_REQ_GET : EVHTTP_REQ_POST;
+    if (evhttp_make_request(conn, req, m, path) == 0) /* frees req either way */
+      event_base_dispatch(base);
   }
-  if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-    if (fd >= 0) close(fd);
-    freeaddrinfo(ai);
-    return KVS_ECONN;
-  }
-  freeaddrinfo(ai);
-  char req[2048];
-  int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: %s\r\n", method, path, x->http);
-  if (x->admin_token[0])
-    n += snprintf(req + n, sizeof req - (size_t)n, "Authorization: Bearer %s\r\n", x->admin_token);
-  n += snprintf(req + n, sizeof req - (size_t)n, "Content-Length: 0\r\nConnection: close\r\n\r\n");
-  if (n >= (int)sizeof req || send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
-    close(fd);
-    return KVS_ECONN;
-  }
-  size_t cap = 65536, len = 0;
-  char *buf = malloc(cap);
-  for (;;) {
-    if (!buf) break;
-    if (len + 4096 > cap) {
-      char *nb = realloc(buf, cap * 2);
-      if (!nb) {
-        free(buf);
-        buf = NULL;
-        break;
-      }
-      buf = nb, cap *= 2;
-    }
-    ssize_t r = recv(fd, buf + len, cap - len - 1, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    len += (size_t)r;
-  }
-  close(fd);
-  if (!buf) return KVS_ENOMEM;
-  buf[len] = 0;
-  int code = 0;
-  char *hdr_end = strstr(buf, "\r\n\r\n");
-  if (sscanf(buf, "HTTP/%*d.%*d %d", &code) != 1 || !hdr_end) {
-    free(buf);
-    return len ? KVS_EPROTO : KVS_ECONN;
-  }
-  memmove(buf, hdr_end + 4, len - (size_t)(hdr_end + 4 - buf) + 1);
-  *status = code;
-  *body = buf;
-  return KVS_OK;
+  if (conn) evhttp_connection_free(conn);
+  if (base) event_base_free(base);
+  if (!base || !conn || !req) return KVS_ENOMEM;
+  *status = r.status;
+  *body = r.body;
+  return r.err;
 }
 
 kvs_err cli_http_json(cli *x, const char *method, const char *path, cJSON **out) {
