@@ -34,6 +34,10 @@ kvs_err kvs_gpu_copy_d2h(void *d, const void *s, size_t n, void *st) {
   (void)d, (void)s, (void)n, (void)st;
   return KVS_ENODEV;
 }
+kvs_err kvs_gpu_copy_d2d(void *d, const void *s, size_t n, void *st) {
+  (void)d, (void)s, (void)n, (void)st;
+  return KVS_ENODEV;
+}
 kvs_err kvs_gpu_sync(void *st) { (void)st; return KVS_ENODEV; }
 kvs_err kvs_gpu_stream_create(void **st) {
   if (st) *st = NULL;

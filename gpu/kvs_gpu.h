@@ -39,6 +39,8 @@ void kvs_gpu_host_unregister(const void *hptr);
 kvs_err kvs_gpu_memset(void *dptr, int value, size_t bytes);
 kvs_err kvs_gpu_copy_h2d(void *dst, const void *src, size_t bytes, void *stream);
 kvs_err kvs_gpu_copy_d2h(void *dst, const void *src, size_t bytes, void *stream);
+/* device to device, asynchronous on stream (kvs_gpu_sync to wait) */
+kvs_err kvs_gpu_copy_d2d(void *dst, const void *src, size_t bytes, void *stream);
 kvs_err kvs_gpu_sync(void *stream); /* NULL: the whole device */
 kvs_err kvs_gpu_stream_create(void **stream);
 void kvs_gpu_stream_free(void *stream);

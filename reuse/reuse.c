@@ -1,0 +1,427 @@
+/* reuse.c - kvs_reuse: plan (LOOKUP + kvs_blend_plan on measured figures),
+ * run (kvs_blend_run with a loader over kvs_get_start), store (store.c). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvs_gpu.h"
+#include "reuse_int.h"
+
+void kvs_reuse_opts_init(kvs_reuse_opts *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->blend.sel = kvs_sel_defaults(KVS_SEL_ADAPTIVE);
+  o->blend.check_layer = 1;
+}
+
+static const double PRIOR_LAT[KVS_REUSE_TIERS] = {0.3e-3, 2e-3, 10e-3};
+static const double PRIOR_BPS[KVS_REUSE_TIERS] = {2e9, 0.5e9, 0.2e9};
+
+kvs_err kvs_reuse_create(kvs_client *c, kvs_engine *e, const kvs_reuse_opts *o, kvs_reuse **out) {
+  if (!out) return KVS_EINVAL;
+  *out = NULL;
+  if (!c || !e || !e->ops || e->ops->abi != KVS_ENGINE_ABI) return KVS_EINVAL;
+  kvs_reuse *r = calloc(1, sizeof *r);
+  if (!r) return KVS_ENOMEM;
+  r->c = c, r->e = e;
+  pthread_mutex_init(&r->mu, NULL);
+  if (o)
+    r->o = *o;
+  else
+    kvs_reuse_opts_init(&r->o);
+  if (!r->o.prefix_chunk_tokens) r->o.prefix_chunk_tokens = KVS_DEFAULT_CHUNK_TOKENS;
+  if (!r->o.layers_per_group) r->o.layers_per_group = 2;
+  if (!r->o.store_queue) r->o.store_queue = 8;
+  if (!(r->o.ewma_alpha > 0 && r->o.ewma_alpha <= 1)) r->o.ewma_alpha = 0.3;
+  kvs_err err = e->ops->info(e, &r->info);
+  if (!err && r->info.mem != KVS_ENGINE_MEM_HOST && r->info.mem != KVS_ENGINE_MEM_DEVICE)
+    err = KVS_ENOTSUP;
+  r->dev = r->info.mem == KVS_ENGINE_MEM_DEVICE;
+  for (int t = 0; t < KVS_REUSE_TIERS; t++) {
+    r->lat[t] = r->o.prior_latency_s[t] > 0 ? r->o.prior_latency_s[t] : PRIOR_LAT[t];
+    r->bps[t] = r->o.prior_bytes_per_s[t] > 0 ? r->o.prior_bytes_per_s[t] : PRIOR_BPS[t];
+  }
+  /* until measured: the strategy's nominal share (none recomputes nothing) */
+  uint32_t st = r->o.blend.sel.strategy;
+  r->rr = st == KVS_SEL_NONE         ? 0
+          : st == KVS_SEL_FULL       ? 1
+          : r->o.blend.sel.ratio > 0 ? r->o.blend.sel.ratio
+                                     : 0.15;
+  /* the engine's prefill cost, measured now (a probe when it has none yet) so
+   * that the first request does not pay for it */
+  if (!err) err = e->ops->prefill_cost(e, 0, &r->spt);
+  if (!err && r->dev) err = kvs_gpu_stream_create(&r->stream);
+  if (!err) err = kvs__store_start(r);
+  if (err) {
+    if (r->stream) kvs_gpu_stream_free(r->stream);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+    return err;
+  }
+  *out = r;
+  return KVS_OK;
+}
+
+void kvs_reuse_free(kvs_reuse *r) {
+  if (!r) return;
+  kvs__store_stop(r);
+  if (r->stream) kvs_gpu_stream_free(r->stream);
+  pthread_mutex_destroy(&r->mu);
+  free(r);
+}
+
+/* ------------------------------------------------------------ chunks */
+/* Validates the segments and cuts the chunks: PREFIX segments (leading)
+ * into a chain of chunk_tokens-token chunks (the tail included), one chunk
+ * per CONTENT segment; NEW segments (trailing) have none. mid NULL: only the
+ * boundaries (no keys). *out owned by the caller (free). */
+kvs_err kvs__cut(const kvs_reuse_request *req, const kvs_model_id *mid, uint32_t chunk_tokens,
+                 kvs__rchunk **out, uint32_t *n_out, uint32_t *n_ctx) {
+  *out = NULL, *n_out = 0;
+  if (!req || !req->tokens || !req->segs || !req->n_segs || !req->n_tokens) return KVS_EINVAL;
+  if (!chunk_tokens) chunk_tokens = KVS_DEFAULT_CHUNK_TOKENS;
+  uint64_t sum = 0;
+  uint32_t prefix = 0, n_content = 0, phase = 0; /* 0 prefix, 1 content, 2 new */
+  for (uint32_t i = 0; i < req->n_segs; i++) {
+    const kvs_reuse_segment *sg = &req->segs[i];
+    if (!sg->n_tokens || sg->kind > KVS_SEG_NEW) return KVS_EINVAL;
+    uint32_t ph = sg->kind == KVS_SEG_PREFIX ? 0 : sg->kind == KVS_SEG_CONTENT ? 1 : 2;
+    if (ph < phase) return KVS_EINVAL; /* PREFIX first, NEW last */
+    phase = ph;
+    if (ph == 0) prefix += sg->n_tokens;
+    if (ph == 1) n_content++;
+    sum += sg->n_tokens;
+  }
+  if (sum != req->n_tokens) return KVS_EINVAL;
+  size_t n_pre = prefix ? kvs_chunk_prefix_count(prefix, chunk_tokens, KVS_CHUNK_TAIL) : 0;
+  kvs__rchunk *ch = calloc(n_pre + n_content + 1, sizeof *ch);
+  if (!ch) return KVS_ENOMEM;
+  kvs_err err = KVS_OK;
+  if (n_pre && mid) {
+    kvs_chunk *tmp = calloc(n_pre, sizeof *tmp);
+    size_t got = 0;
+    err = tmp ? kvs_chunk_prefix(mid, req->tokens, prefix, chunk_tokens, KVS_CHUNK_TAIL, tmp, n_pre,
+                                 &got)
+              : KVS_ENOMEM;
+    for (size_t i = 0; !err && i < got; i++)
+      ch[i].ch = tmp[i];
+    free(tmp);
+  } else {
+    for (size_t i = 0; i < n_pre; i++) {
+      ch[i].ch.start = (uint32_t)(i * chunk_tokens);
+      ch[i].ch.n_tokens = (uint32_t)(i + 1 < n_pre ? chunk_tokens : prefix - i * chunk_tokens);
+      ch[i].ch.kind = KVS_CHUNK_PREFIX;
+    }
+  }
+  for (size_t i = 0; i < n_pre; i++)
+    ch[i].kind = KVS_SEG_PREFIX;
+  uint32_t pos = prefix, k = (uint32_t)n_pre;
+  for (uint32_t i = 0; !err && i < req->n_segs; i++) {
+    const kvs_reuse_segment *sg = &req->segs[i];
+    if (sg->kind != KVS_SEG_CONTENT) continue;
+    kvs_span sp = {.start = pos, .n_tokens = sg->n_tokens};
+    if (mid) {
+      err = kvs_chunk_spans(mid, req->tokens, req->n_tokens, &sp, 1, &ch[k].ch);
+    } else {
+      ch[k].ch.start = pos, ch[k].ch.n_tokens = sg->n_tokens, ch[k].ch.kind = KVS_CHUNK_CONTENT;
+    }
+    ch[k].kind = KVS_SEG_CONTENT;
+    pos += sg->n_tokens, k++;
+  }
+  if (err) {
+    free(ch);
+    return err;
+  }
+  *out = ch, *n_out = k;
+  if (n_ctx) *n_ctx = pos;
+  return KVS_OK;
+}
+
+kvs_err kvs_reuse_count_chunks(const kvs_reuse *r, const kvs_reuse_request *req, uint32_t *n) {
+  if (!r || !n) return KVS_EINVAL;
+  kvs__rchunk *ch;
+  KVS_TRY(kvs__cut(req, NULL, r->o.prefix_chunk_tokens, &ch, n, NULL));
+  free(ch);
+  return KVS_OK;
+}
+
+/* blend segments: one per chunk (in order), then the NEW segments */
+static kvs_err blend_segs(const kvs_reuse_request *req, const kvs__rchunk *ch, uint32_t nch,
+                          const int *cached, kvs_blend_segment **out, uint32_t *n_out) {
+  uint32_t n_new = 0;
+  for (uint32_t i = 0; i < req->n_segs; i++)
+    n_new += req->segs[i].kind == KVS_SEG_NEW;
+  kvs_blend_segment *b = calloc(nch + n_new + 1, sizeof *b);
+  if (!b) return KVS_ENOMEM;
+  uint32_t k = 0, pos = 0;
+  for (uint32_t i = 0; i < nch; i++, k++) {
+    b[k].kind = ch[i].kind;
+    b[k].tokens = req->tokens + ch[i].ch.start;
+    b[k].n_tokens = ch[i].ch.n_tokens;
+    b[k].stored_pos0 = ch[i].kind == KVS_SEG_PREFIX ? ch[i].ch.start : 0;
+    b[k].cached = cached[i] != 0;
+    pos = ch[i].ch.start + ch[i].ch.n_tokens;
+  }
+  for (uint32_t i = 0; i < req->n_segs; i++) {
+    if (req->segs[i].kind != KVS_SEG_NEW) continue;
+    b[k].kind = KVS_SEG_NEW, b[k].tokens = req->tokens + pos, b[k].n_tokens = req->segs[i].n_tokens;
+    pos += req->segs[i].n_tokens, k++;
+  }
+  *out = b, *n_out = k;
+  return KVS_OK;
+}
+
+kvs_err kvs_reuse_run_loader(kvs_engine *e, kvs_engine_seq *s, const kvs_reuse_request *req,
+                             uint32_t prefix_chunk_tokens, const int *cached,
+                             kvs_blend_load_fn load, void *ctx, const kvs_blend_opts *o,
+                             float *logits, kvs_blend_stats *stats) {
+  if (!e || !s || !req || !o) return KVS_EINVAL;
+  kvs__rchunk *ch;
+  uint32_t nch;
+  KVS_TRY(kvs__cut(req, NULL, prefix_chunk_tokens, &ch, &nch, NULL));
+  int *cz = calloc(nch + 1, sizeof *cz);
+  kvs_err err = cz ? KVS_OK : KVS_ENOMEM;
+  for (uint32_t i = 0; !err && cached && i < nch; i++)
+    cz[i] = cached[i];
+  kvs_blend_segment *b = NULL;
+  uint32_t nb = 0;
+  if (!err) err = blend_segs(req, ch, nch, cz, &b, &nb);
+  if (!err) err = kvs_blend_run(e, s, b, nb, load, ctx, o, logits, stats);
+  free(b), free(cz), free(ch);
+  return err;
+}
+
+/* ------------------------------------------------------------ the loader */
+typedef struct ldctx {
+  kvs_reuse *r;
+  kvs__rchunk *ch;
+  uint32_t nch;
+} ldctx;
+
+/* blend's loader thread: wait for layer `layer` of chunk `seg`, copy its K
+ * and V planes into blend's stage (host memcpy, or device to device) */
+static kvs_err load_layer(void *vctx, uint32_t seg, uint32_t layer, void *k, void *v) {
+  ldctx *x = vctx;
+  if (seg >= x->nch || !x->ch[seg].op) return KVS_EINTERNAL;
+  kvs__rchunk *c = &x->ch[seg];
+  kvs_err err = kvs_op_wait_layers(c->op, layer + 1);
+  uint64_t now = kvs_now_ns();
+  if (layer == 0) c->t_first = now;
+  if (layer + 1 == x->r->info.layout.n_layers) c->t_last = now;
+  if (err) {
+    c->failed = 1;
+    return err;
+  }
+  size_t plane = (size_t)kvs_layout_plane_elems(&x->r->info.layout, c->ch.n_tokens) *
+                 kvs_dtype_size(x->r->info.layout.dtype);
+  const char *src = (const char *)c->buf + 2 * (size_t)layer * plane;
+  if (!x->r->dev) {
+    memcpy(k, src, plane);
+    memcpy(v, src + plane, plane);
+    return KVS_OK;
+  }
+  KVS_TRY(kvs_gpu_copy_d2d(k, src, plane, x->r->stream));
+  KVS_TRY(kvs_gpu_copy_d2d(v, src + plane, plane, x->r->stream));
+  return kvs_gpu_sync(x->r->stream);
+}
+
+static void ewma(double *x, double v, double a) { *x = *x * (1 - a) + v * a; }
+
+static void drop_gets(kvs_reuse *r, kvs__rchunk *ch, uint32_t nch) {
+  for (uint32_t i = 0; i < nch; i++) {
+    kvs_op_free(ch[i].op), ch[i].op = NULL;
+    if (r->dev)
+      kvs_gpu_free(ch[i].buf);
+    else
+      free(ch[i].buf);
+    ch[i].buf = NULL;
+  }
+}
+
+static kvs_err start_gets(kvs_reuse *r, const kvs_reuse_request *req, kvs__rchunk *ch,
+                          uint32_t nch) {
+  kvs_get_opts go = {.flags = r->dev ? KVS_GET_DEVICE : 0};
+  for (uint32_t i = 0; i < nch; i++) {
+    kvs__rchunk *c = &ch[i];
+    c->t_first = c->t_last = 0, c->failed = 0;
+    if (c->decision != KVS_REUSE_LOAD) continue;
+    uint64_t cap = kvs_get_bound(&r->info.layout, c->ch.n_tokens, &go);
+    kvs_err err = KVS_OK;
+    if (r->dev)
+      err = kvs_gpu_alloc(&c->buf, cap);
+    else
+      c->buf = malloc(cap), err = c->buf ? KVS_OK : KVS_ENOMEM;
+    c->t_start = kvs_now_ns();
+    if (!err)
+      err = kvs_get_start(r->c, &r->info.model_id, req->tokens, &c->ch, &r->info.layout, c->buf,
+                          cap, &go, &c->op);
+    if (err) { /* this one is recomputed instead */
+      if (r->dev)
+        kvs_gpu_free(c->buf);
+      else
+        free(c->buf);
+      c->buf = NULL, c->op = NULL;
+      c->decision = KVS_REUSE_MISS, c->failed = 1;
+    }
+  }
+  return KVS_OK;
+}
+
+kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *req, float *logits,
+                      kvs_reuse_result *res, uint8_t *decisions, uint32_t cap_decisions) {
+  if (!r || !s) return KVS_EINVAL;
+  const kvs_engine_ops *ops = r->e->ops;
+  uint64_t t0 = kvs_now_ns();
+  kvs_reuse_result rz;
+  memset(&rz, 0, sizeof rz);
+  kvs__rchunk *ch;
+  uint32_t nch, n_ctx;
+  KVS_TRY(kvs__cut(req, &r->info.model_id, r->o.prefix_chunk_tokens, &ch, &nch, &n_ctx));
+  if (ops->seq_len(r->e, s) != 0) {
+    free(ch);
+    return KVS_EINVAL;
+  }
+  kvs_chunk *lk = calloc(nch + 1, sizeof *lk);
+  uint8_t *status = calloc(nch + 1, 1);
+  int *cached = calloc(nch + 1, sizeof *cached);
+  kvs_err err = lk && status && cached ? KVS_OK : KVS_ENOMEM;
+
+  /* 1. plan: one LOOKUP for every chunk */
+  for (uint32_t i = 0; i < nch; i++)
+    lk[i] = ch[i].ch;
+  if (!err && nch && r->o.policy != KVS_REUSE_PLAN_ALWAYS_RECOMPUTE)
+    err = kvs_lookup(r->c, &r->info.model_id, req->tokens, req->n_tokens, lk, nch, KVS_LOOKUP_EACH,
+                     status, NULL);
+  rz.t_lookup_s = (kvs_now_ns() - t0) / 1e9;
+  double spt = r->spt;
+  if (!err) ops->prefill_cost(r->e, 0, &spt); /* measured over the prefills so far */
+  pthread_mutex_lock(&r->mu);
+  r->spt = spt;
+  uint64_t tb = kvs_layout_token_bytes(&r->info.layout);
+  for (uint32_t i = 0; !err && i < nch; i++) {
+    kvs__rchunk *c = &ch[i];
+    c->tier = status[i] ? (uint8_t)(status[i] - 1) : 0;
+    if (c->tier >= KVS_REUSE_TIERS) c->tier = KVS_REUSE_TIERS - 1;
+    if (!status[i]) {
+      c->decision = KVS_REUSE_MISS;
+      continue;
+    }
+    uint64_t dec = tb * c->ch.n_tokens;
+    kvs_cost_model cm = {.fetch_bytes_per_s = r->bps[c->tier],
+                         .fetch_latency_s = r->lat[c->tier],
+                         .decode_bytes_per_s =
+                             r->o.decode_bytes_per_s > 0 ? r->o.decode_bytes_per_s : INFINITY,
+                         .prefill_s_per_token = spt,
+                         .recompute_ratio = c->kind == KVS_SEG_CONTENT ? r->rr : 0};
+    kvs_load_plan pl = kvs_blend_plan(&cm, dec, dec, c->ch.n_tokens);
+    c->est_load_s = pl.load_s, c->est_recompute_s = pl.recompute_s;
+    rz.est_load_s += pl.load_s, rz.est_recompute_s += pl.recompute_s;
+    int load = r->o.policy == KVS_REUSE_PLAN_ALWAYS_LOAD ? 1 : pl.load;
+    c->decision = load ? KVS_REUSE_LOAD : KVS_REUSE_RECOMPUTE;
+  }
+  pthread_mutex_unlock(&r->mu);
+
+  /* 2. run: gets in flight, blend layer by layer; a failed get -> run again
+   * with that chunk recomputed */
+  ldctx x = {.r = r, .ch = ch, .nch = nch};
+  kvs_blend_opts bo = r->o.blend;
+  bo.load_device = r->dev;
+  for (int attempt = 0; !err && attempt < 2; attempt++) {
+    err = start_gets(r, req, ch, nch);
+    for (uint32_t i = 0; i < nch; i++)
+      cached[i] = ch[i].decision == KVS_REUSE_LOAD;
+    kvs_blend_segment *b = NULL;
+    uint32_t nb = 0;
+    if (!err) err = blend_segs(req, ch, nch, cached, &b, &nb);
+    if (!err) err = kvs_blend_run(r->e, s, b, nb, load_layer, &x, &bo, logits, &rz.blend);
+    free(b);
+    int failed = 0;
+    for (uint32_t i = 0; i < nch; i++) {
+      kvs__rchunk *c = &ch[i];
+      if (c->decision != KVS_REUSE_LOAD && !c->failed) continue;
+      if (c->op && !c->failed && kvs_op_wait(c->op) != KVS_OK) c->failed = 1;
+      if (c->failed) c->decision = KVS_REUSE_MISS, failed = 1;
+    }
+    if (!err || !failed || attempt == 1) break;
+    /* a get failed (evicted after the lookup, a timeout): recompute it */
+    drop_gets(r, ch, nch);
+    rz.n_retry++;
+    err = ops->seq_truncate(r->e, s, 0);
+  }
+  rz.t_total_s = (kvs_now_ns() - t0) / 1e9;
+
+  /* measurements: fetch latency and bytes/s of the gets, per tier; the
+   * recompute share of the strategy */
+  pthread_mutex_lock(&r->mu);
+  double a = r->o.ewma_alpha;
+  for (uint32_t i = 0; !err && i < nch; i++) {
+    kvs__rchunk *c = &ch[i];
+    rz.n_chunks++;
+    rz.n_load += c->decision == KVS_REUSE_LOAD;
+    rz.n_recompute += c->decision == KVS_REUSE_RECOMPUTE;
+    rz.n_miss += c->decision == KVS_REUSE_MISS;
+    if (c->decision != KVS_REUSE_LOAD || !c->t_first || !c->t_last) continue;
+    uint64_t bytes = tb * c->ch.n_tokens;
+    rz.bytes_loaded += bytes;
+    double lat = (c->t_first - c->t_start) / 1e9, tot = (c->t_last - c->t_start) / 1e9;
+    int t = c->tier;
+    if (r->samples[t] == 0)
+      r->lat[t] = lat, r->bps[t] = tot > 0 ? bytes / tot : r->bps[t];
+    else {
+      ewma(&r->lat[t], lat, a);
+      if (tot > 0) ewma(&r->bps[t], bytes / tot, a);
+    }
+    r->samples[t]++;
+  }
+  if (!err && rz.blend.n_candidates && r->o.blend.sel.strategy != KVS_SEL_NONE) {
+    uint32_t cand = rz.blend.n_candidates - rz.blend.n_forced;
+    uint32_t rec =
+        rz.blend.n_recomputed > rz.blend.n_forced ? rz.blend.n_recomputed - rz.blend.n_forced : 0;
+    if (cand) ewma(&r->rr, (double)rec / cand, a);
+  }
+  if (!err) {
+    r->ct.requests++, r->ct.chunks += nch, r->ct.retries += rz.n_retry;
+    r->ct.loads += rz.n_load, r->ct.recomputes += rz.n_recompute, r->ct.misses += rz.n_miss;
+    r->ct.hits += rz.n_load + rz.n_recompute;
+    r->ct.bytes_loaded += rz.bytes_loaded;
+  }
+  double l0 = r->lat[0], b0 = r->bps[0], rr = r->rr;
+  pthread_mutex_unlock(&r->mu);
+  drop_gets(r, ch, nch);
+  if (!err)
+    KVS_LOGD("reuse", "request",
+             "tokens=%u chunks=%u load=%u recompute=%u miss=%u retry=%u lookup_ms=%.3f "
+             "est_load_ms=%.3f est_recompute_ms=%.3f prefill_us_per_tok=%.3f recompute_ratio=%.3f "
+             "ram_latency_ms=%.3f ram_gbps=%.3f bytes_loaded=%llu ttft_ms=%.3f",
+             req->n_tokens, rz.n_chunks, rz.n_load, rz.n_recompute, rz.n_miss, rz.n_retry,
+             rz.t_lookup_s * 1e3, rz.est_load_s * 1e3, rz.est_recompute_s * 1e3, spt * 1e6, rr,
+             l0 * 1e3, b0 / 1e9, (unsigned long long)rz.bytes_loaded, rz.t_total_s * 1e3);
+
+  /* 3. store what was computed here (off the critical path: the logits are out) */
+  if (!err && r->o.store)
+    for (uint32_t i = 0; i < nch; i++) {
+      if (ch[i].decision == KVS_REUSE_LOAD) continue;
+      kvs_err se = kvs__store_from_seq(r, s, req, &ch[i]);
+      if (se == KVS_EAGAIN)
+        rz.n_store_dropped++;
+      else if (se == KVS_OK)
+        rz.n_store_queued++;
+    }
+  for (uint32_t i = 0; decisions && i < nch && i < cap_decisions; i++)
+    decisions[i] = (uint8_t)ch[i].decision;
+  if (res) *res = rz;
+  free(lk), free(status), free(cached), free(ch);
+  return err;
+}
+
+kvs_err kvs_reuse_get_counters(kvs_reuse *r, kvs_reuse_counters *out) {
+  if (!r || !out) return KVS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  *out = r->ct;
+  for (int t = 0; t < KVS_REUSE_TIERS; t++)
+    out->latency_s[t] = r->lat[t], out->bytes_per_s[t] = r->bps[t], out->samples[t] = r->samples[t];
+  out->prefill_s_per_token = r->spt, out->recompute_ratio = r->rr;
+  pthread_mutex_unlock(&r->mu);
+  kvs__store_counters(r, out);
+  return KVS_OK;
+}

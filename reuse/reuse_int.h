@@ -1,0 +1,57 @@
+/* reuse_int.h - private to reuse/. */
+#ifndef KVS_REUSE_INT_H
+#define KVS_REUSE_INT_H
+
+#include <pthread.h>
+
+#include "kvs_reuse.h"
+
+/* one chunk of a request */
+typedef struct kvs__rchunk {
+  kvs_chunk ch;      /* key, start, n_tokens */
+  uint32_t kind;     /* KVS_SEG_PREFIX or KVS_SEG_CONTENT */
+  uint32_t decision; /* kvs_reuse_decision */
+  uint8_t tier;
+  int failed;
+  double est_load_s, est_recompute_s;
+  kvs_op *op; /* the get in flight */
+  void *buf;  /* its output (engine memory) */
+  uint64_t t_start, t_first, t_last;
+} kvs__rchunk;
+
+typedef struct kvs__store_item kvs__store_item;
+
+struct kvs_reuse {
+  kvs_client *c;
+  kvs_engine *e;
+  kvs_engine_info info;
+  kvs_reuse_opts o;
+  int dev;            /* device engine */
+  void *stream;       /* device engine: the loader's copies */
+  pthread_mutex_t mu; /* the figures and counters below */
+  double lat[KVS_REUSE_TIERS], bps[KVS_REUSE_TIERS];
+  uint64_t samples[KVS_REUSE_TIERS];
+  double spt, rr;
+  kvs_reuse_counters ct;
+  /* store queue (store.c) */
+  pthread_t worker;
+  int worker_on;
+  pthread_mutex_t qmu;
+  pthread_cond_t qcv, qidle;
+  kvs__store_item *head, *tail;
+  uint32_t n_q;
+  int busy, stop;
+  uint64_t st_queued, st_done, st_failed, st_dropped, st_bytes;
+};
+
+kvs_err kvs__cut(const kvs_reuse_request *req, const kvs_model_id *mid, uint32_t chunk_tokens,
+                 kvs__rchunk **out, uint32_t *n_out, uint32_t *n_ctx);
+kvs_err kvs__store_start(kvs_reuse *r);
+void kvs__store_stop(kvs_reuse *r);
+/* Copies chunk c's KV out of s and queues its put; KVS_EAGAIN when the queue
+ * is full (dropped, counted). */
+kvs_err kvs__store_from_seq(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *req,
+                            const kvs__rchunk *c);
+void kvs__store_counters(kvs_reuse *r, kvs_reuse_counters *out);
+
+#endif

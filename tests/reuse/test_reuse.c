@@ -1,0 +1,370 @@
+/* reuse/ through the CPU reference engine (SmolLM2) and a real kvstashd:
+ * the same logits as kvs_blend_run fed from memory (the path it replaces),
+ * oracle chunks through kvstashd still give the full prefill, what a request
+ * computed is stored and hit next time, and a full store queue drops
+ * (counted) without blocking the request. */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvs_blend.h"
+#include "kvs_engines.h"
+#include "kvs_model.h"
+#include "kvs_reuse.h"
+#include "kvs_test.h"
+#include "kvstash.h"
+#include "svc_helper.h"
+
+static th_daemon g_d;
+static int g_up;
+static kvs_model *g_model;
+static kvs_engine *g_eng;
+static kvs_engine_info g_info;
+enum { NSEG = 4 };
+static int32_t g_all[1024];
+static uint32_t g_n[NSEG], g_start[NSEG], g_total;
+static kvs_f16 *g_kv[NSEG]; /* segments 0..2 computed alone at position 0 */
+static float *g_full;       /* logits of the full prefill */
+
+static const char *texts[NSEG] = {
+    "<|im_start|>system\nAnswer the question from the passages.<|im_end|>\n<|im_start|>user\n",
+    "Exeter College is one of the constituent colleges of the University of Oxford in England, "
+    "founded in 1314 by Walter de Stapledon, Bishop of Exeter.",
+    "Hannibal and Scipio is a play written by Thomas Nabbes, an English dramatist who was educated "
+    "at Exeter College, Oxford, and who wrote for the stage in the 1630s.",
+    "Question: Where was the author of Hannibal and Scipio educated?<|im_end|>\n"
+    "<|im_start|>assistant\n"};
+static const kvs_reuse_segment g_segs[NSEG] = {
+    {KVS_SEG_PREFIX, 0}, {KVS_SEG_CONTENT, 0}, {KVS_SEG_CONTENT, 0}, {KVS_SEG_NEW, 0}};
+static kvs_reuse_segment g_rs[NSEG];
+static kvs_reuse_request g_req;
+
+static size_t W(void) { return (size_t)g_info.layout.n_kv_heads * g_info.layout.head_dim; }
+static size_t chunk_bytes(int i) { return 2 * g_info.layout.n_layers * (size_t)g_n[i] * W() * 2; }
+
+static kvs_err load_mem(void *ctx, uint32_t seg, uint32_t layer, void *k, void *v) {
+  kvs_f16 **kv = ctx;
+  size_t plane = (size_t)g_n[seg] * W();
+  memcpy(k, kv[seg] + 2 * layer * plane, plane * 2);
+  memcpy(v, kv[seg] + (2 * layer + 1) * plane, plane * 2);
+  return KVS_OK;
+}
+
+static kvs_client *client(const char *tenant, uint32_t timeout_ms) {
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = g_d.url, o.tenant = tenant, o.connect_timeout_ms = 10000;
+  if (timeout_ms) o.request_timeout_ms = timeout_ms, o.max_retries = 0;
+  kvs_client *c = NULL;
+  return kvs_client_create(&o, &c) == KVS_OK ? c : NULL;
+}
+
+static double max_diff(const float *a, const float *b) {
+  double m = 0;
+  for (uint32_t i = 0; i < g_info.n_vocab; i++)
+    m = fmax(m, fabs((double)a[i] - b[i]));
+  return m;
+}
+
+static int init(void) {
+  const char *path = kvs_test_model_path();
+  if (!path) return 1;
+  if (kvs_model_load(path, &g_model) || kvs_model_engine(g_model, &g_eng)) return 1;
+  g_eng->ops->info(g_eng, &g_info);
+  const kvs_tok *tk = kvs_model_tok(g_model);
+  for (int i = 0; i < NSEG; i++) {
+    size_t n = 0;
+    if (kvs_tok_encode(tk, texts[i], strlen(texts[i]), 1, 0, g_all + g_total, 256, &n)) return 1;
+    g_start[i] = g_total, g_n[i] = (uint32_t)n, g_total += (uint32_t)n;
+    g_rs[i] = g_segs[i], g_rs[i].n_tokens = (uint32_t)n;
+  }
+  g_req = (kvs_reuse_request){.tokens = g_all, .n_tokens = g_total, .segs = g_rs, .n_segs = NSEG};
+  for (int i = 0; i < NSEG - 1; i++) { /* alone, at position 0: what a pre-warm stores */
+    kvs_engine_seq *s;
+    if (g_eng->ops->seq_create(g_eng, 512, &s)) return 1;
+    if (g_eng->ops->prefill(g_eng, s, g_all + g_start[i], g_n[i], 0, NULL)) return 1;
+    size_t plane = (size_t)g_n[i] * W();
+    g_kv[i] = malloc(chunk_bytes(i));
+    for (uint32_t l = 0; l < g_info.layout.n_layers; l++)
+      g_eng->ops->kv_read(g_eng, s, l, 0, g_n[i], g_kv[i] + 2 * l * plane,
+                          g_kv[i] + (2 * l + 1) * plane);
+    g_eng->ops->seq_free(g_eng, s);
+  }
+  g_full = malloc(g_info.n_vocab * sizeof(float));
+  kvs_engine_seq *s;
+  if (g_eng->ops->seq_create(g_eng, 1024, &s)) return 1;
+  if (g_eng->ops->prefill(g_eng, s, g_all, g_total, 0, g_full)) return 1;
+  g_eng->ops->seq_free(g_eng, s);
+  memset(&g_d, 0, sizeof g_d);
+  if (th_daemon_start(&g_d, NULL) != 0) {
+    th_daemon_cleanup(&g_d);
+    return 1;
+  }
+  g_up = 1;
+  return 0;
+}
+
+static int clean(void) {
+  int rc = 0;
+  if (g_up) {
+    rc = th_daemon_stop(&g_d);
+    if (rc != 0) th_daemon_dump_log(&g_d);
+    th_daemon_cleanup(&g_d);
+  }
+  for (int i = 0; i < NSEG; i++)
+    free(g_kv[i]);
+  free(g_full);
+  kvs_engine_free(g_eng);
+  kvs_model_free(g_model);
+  kvs_client_lib_fini();
+  return rc == 0 ? 0 : 1;
+}
+
+/* pre-warmed chunks fetched from kvstashd = the same chunks from memory */
+static void test_same_logits(void) {
+  kvs_client *c = client("same", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  o.blend.sel = kvs_sel_defaults(KVS_SEL_CACHEBLEND);
+  o.policy = KVS_REUSE_PLAN_ALWAYS_LOAD;
+  kvs_reuse *r;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  uint32_t nch = 0;
+  CU_ASSERT_EQUAL(kvs_reuse_count_chunks(r, &g_req, &nch), KVS_OK);
+  CU_ASSERT_EQUAL(nch, 3);
+  for (uint32_t i = 0; i < 3; i++)
+    CU_ASSERT_EQUAL(kvs_reuse_store(r, &g_req, i, g_kv[i], 1), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_store(r, &g_req, 3, g_kv[0], 1), KVS_ERANGE);
+  float *a = malloc(g_info.n_vocab * 4), *b = malloc(g_info.n_vocab * 4);
+  kvs_engine_seq *s;
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  kvs_reuse_result res;
+  uint8_t dec[4] = {9, 9, 9, 9};
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, a, &res, dec, 4), KVS_OK);
+  CU_ASSERT_EQUAL(res.n_chunks, 3);
+  CU_ASSERT_EQUAL(res.n_load, 3);
+  CU_ASSERT_EQUAL(dec[0], KVS_REUSE_LOAD);
+  CU_ASSERT_EQUAL(dec[2], KVS_REUSE_LOAD);
+  CU_ASSERT_EQUAL(dec[3], 9);
+  CU_ASSERT_EQUAL(res.bytes_loaded, chunk_bytes(0) + chunk_bytes(1) + chunk_bytes(2));
+  CU_ASSERT_EQUAL(g_eng->ops->seq_len(g_eng, s), g_total);
+  g_eng->ops->seq_free(g_eng, s);
+  /* the path it replaces: kvs_blend_run fed from memory */
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  int cached[3] = {1, 1, 1};
+  kvs_blend_stats st;
+  CU_ASSERT_EQUAL_FATAL(
+      kvs_reuse_run_loader(g_eng, s, &g_req, 0, cached, load_mem, g_kv, &o.blend, b, &st), KVS_OK);
+  g_eng->ops->seq_free(g_eng, s);
+  CU_ASSERT_EQUAL(st.n_recomputed, res.blend.n_recomputed);
+  CU_ASSERT(st.n_recomputed > 0);
+  CU_ASSERT_EQUAL(memcmp(a, b, g_info.n_vocab * 4), 0); /* bit for bit */
+  printf("\n  reuse/ vs memory loader: max |dlogit| %.6f, recomputed %u of %u\n", max_diff(a, b),
+         st.n_recomputed, st.n_candidates);
+  kvs_reuse_counters ct;
+  CU_ASSERT_EQUAL(kvs_reuse_get_counters(r, &ct), KVS_OK);
+  CU_ASSERT_EQUAL(ct.requests, 1);
+  CU_ASSERT_EQUAL(ct.loads, 3);
+  CU_ASSERT_EQUAL(ct.hits, 3);
+  CU_ASSERT_EQUAL(ct.samples[0], 3); /* RAM tier measured */
+  CU_ASSERT(ct.bytes_per_s[0] > 0 && ct.latency_s[0] >= 0);
+  CU_ASSERT_EQUAL(ct.stores_done, 3);
+  CU_ASSERT(ct.prefill_s_per_token > 0);
+  /* always-recompute: no fetch, the same prompt computed in full */
+  kvs_reuse_free(r);
+  o.policy = KVS_REUSE_PLAN_ALWAYS_RECOMPUTE;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, a, &res, NULL, 0), KVS_OK);
+  g_eng->ops->seq_free(g_eng, s);
+  CU_ASSERT_EQUAL(res.n_load, 0);
+  CU_ASSERT_EQUAL(res.n_miss, 3);
+  CU_ASSERT_EQUAL(kvs_argmax(a, g_info.n_vocab), kvs_argmax(g_full, g_info.n_vocab));
+  CU_ASSERT(max_diff(a, g_full) < 0.05);
+  kvs_reuse_free(r);
+  kvs_client_free(c);
+  free(a), free(b);
+}
+
+/* Oracle chunks (each chunk's KV from a prefill of everything before it,
+ * rotated back to position 0) stored in kvstashd and reused naively through
+ * reuse/ give the full prefill's logits: fetch, position correction and the
+ * layer schedule add only fp16 rounding. */
+static void test_oracle(void) {
+  kvs_client *c = client("oracle", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  o.blend.sel = kvs_sel_defaults(KVS_SEL_NONE);
+  o.policy = KVS_REUSE_PLAN_ALWAYS_LOAD;
+  kvs_reuse *r;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  kvs_engine_seq *s;
+  for (int i = 0; i < NSEG - 1; i++) {
+    CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(g_eng->ops->prefill(g_eng, s, g_all, g_start[i] + g_n[i], 0, NULL),
+                          KVS_OK);
+    size_t plane = (size_t)g_n[i] * W();
+    kvs_f16 *kv = malloc(chunk_bytes(i));
+    for (uint32_t l = 0; l < g_info.layout.n_layers; l++)
+      CU_ASSERT_EQUAL(g_eng->ops->kv_read(g_eng, s, l, g_start[i], g_n[i], kv + 2 * l * plane,
+                                          kv + (2 * l + 1) * plane),
+                      KVS_OK);
+    g_eng->ops->seq_free(g_eng, s);
+    if (i > 0) /* content chunks are stored as if at 0; the prefix where it lies (0) */
+      CU_ASSERT_EQUAL(kvs_rope_shift_chunk(&g_info.layout, kv, g_n[i], -(int64_t)g_start[i]),
+                      KVS_OK);
+    CU_ASSERT_EQUAL(kvs_reuse_store(r, &g_req, (uint32_t)i, kv, 1), KVS_OK);
+    free(kv);
+  }
+  float *lg = malloc(g_info.n_vocab * 4);
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  kvs_reuse_result res;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
+  g_eng->ops->seq_free(g_eng, s);
+  double e = max_diff(lg, g_full);
+  printf("\n  oracle chunks through kvstashd: max |dlogit| %.4f, loaded %u\n", e, res.n_load);
+  CU_ASSERT_EQUAL(res.n_load, 3);
+  CU_ASSERT_EQUAL(res.blend.n_recomputed, 0);
+  CU_ASSERT(e < 0.05);
+  CU_ASSERT_EQUAL(kvs_argmax(lg, g_info.n_vocab), kvs_argmax(g_full, g_info.n_vocab));
+  free(lg);
+  kvs_reuse_free(r);
+  kvs_client_free(c);
+}
+
+/* A cold request computes everything and stores it; the next one hits */
+static void test_store_back(void) {
+  kvs_client *c = client("store", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  o.blend.sel = kvs_sel_defaults(KVS_SEL_NONE);
+  o.store = 1;
+  kvs_reuse *r;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  float *lg = malloc(g_info.n_vocab * 4);
+  kvs_engine_seq *s;
+  kvs_reuse_result res;
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
+  g_eng->ops->seq_free(g_eng, s);
+  CU_ASSERT_EQUAL(res.n_miss, 3);
+  CU_ASSERT_EQUAL(res.n_store_queued + res.n_store_dropped, 3);
+  CU_ASSERT_EQUAL(kvs_reuse_flush(r), KVS_OK);
+  kvs_reuse_counters ct;
+  kvs_reuse_get_counters(r, &ct);
+  CU_ASSERT_EQUAL(ct.stores_done, res.n_store_queued);
+  CU_ASSERT_EQUAL(ct.stores_failed, 0);
+  CU_ASSERT_EQUAL(ct.stores_dropped, res.n_store_dropped);
+  /* the stored chunks are the in-context KV: loading them is the oracle case */
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  kvs_reuse_free(r);
+  o.policy = KVS_REUSE_PLAN_ALWAYS_LOAD;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
+  g_eng->ops->seq_free(g_eng, s);
+  CU_ASSERT_EQUAL(res.n_load, ct.stores_done);
+  if (res.n_load == 3) {
+    printf("\n  stored then reused: max |dlogit| vs full %.4f\n", max_diff(lg, g_full));
+    CU_ASSERT(max_diff(lg, g_full) < 0.05);
+  }
+  CU_ASSERT_EQUAL(kvs_argmax(lg, g_info.n_vocab), kvs_argmax(g_full, g_info.n_vocab));
+  free(lg);
+  kvs_reuse_free(r);
+  kvs_client_free(c);
+}
+
+/* The daemon stopped (SIGSTOP): the store worker's put hangs, the queue (1)
+ * fills, further stores are dropped and counted, the request completes. */
+static void test_backpressure(void) {
+  kvs_client *c = client("bp", 60000); /* the stopped daemon holds the put */
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  o.blend.sel = kvs_sel_defaults(KVS_SEL_NONE);
+  o.policy = KVS_REUSE_PLAN_ALWAYS_RECOMPUTE; /* no LOOKUP: the request needs no daemon */
+  o.store = 1, o.store_queue = 1;
+  kvs_reuse *r;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kill(g_d.pid, SIGSTOP), 0);
+  float *lg = malloc(g_info.n_vocab * 4);
+  kvs_engine_seq *s;
+  kvs_reuse_result res;
+  uint32_t queued = 0, dropped = 0;
+  for (int rep = 0; rep < 3; rep++) {
+    CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
+    g_eng->ops->seq_free(g_eng, s);
+    CU_ASSERT_EQUAL(res.n_store_queued + res.n_store_dropped, 3);
+    queued += res.n_store_queued, dropped += res.n_store_dropped;
+  }
+  kvs_reuse_counters ct;
+  kvs_reuse_get_counters(r, &ct);
+  /* at most one put in the worker and one in the queue: the rest dropped */
+  CU_ASSERT(queued <= 2);
+  CU_ASSERT(dropped >= 7);
+  CU_ASSERT_EQUAL(ct.stores_dropped, dropped);
+  CU_ASSERT_EQUAL(ct.stores_queued, queued);
+  printf("\n  daemon stopped: 9 stores, %u queued, %u dropped, requests completed\n", queued,
+         dropped);
+  CU_ASSERT_EQUAL(kill(g_d.pid, SIGCONT), 0);
+  CU_ASSERT_EQUAL(kvs_reuse_flush(r), KVS_OK);
+  kvs_reuse_get_counters(r, &ct);
+  CU_ASSERT_EQUAL(ct.stores_done + ct.stores_failed, queued);
+  free(lg);
+  kvs_reuse_free(r);
+  kvs_client_free(c);
+}
+
+static void test_bad_calls(void) {
+  kvs_client *c = client("bad", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  kvs_reuse *r = NULL;
+  CU_ASSERT_EQUAL(kvs_reuse_create(NULL, g_eng, NULL, &r), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_reuse_create(c, NULL, NULL, &r), KVS_EINVAL);
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, NULL, &r), KVS_OK);
+  kvs_engine_seq *s;
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  kvs_reuse_segment bad[3] = {
+      {KVS_SEG_CONTENT, g_rs[0].n_tokens}, {KVS_SEG_PREFIX, 1}, {KVS_SEG_NEW, 1}};
+  kvs_reuse_request q = {
+      .tokens = g_all, .n_tokens = g_rs[0].n_tokens + 2, .segs = bad, .n_segs = 3};
+  CU_ASSERT_EQUAL(kvs_reuse_run(r, s, &q, NULL, NULL, NULL, 0),
+                  KVS_EINVAL); /* PREFIX after CONTENT */
+  bad[0].kind = KVS_SEG_PREFIX, bad[1].kind = KVS_SEG_NEW, bad[2].kind = KVS_SEG_CONTENT;
+  CU_ASSERT_EQUAL(kvs_reuse_run(r, s, &q, NULL, NULL, NULL, 0), KVS_EINVAL); /* CONTENT after NEW */
+  bad[2].kind = KVS_SEG_NEW;
+  q.n_tokens++;
+  CU_ASSERT_EQUAL(kvs_reuse_run(r, s, &q, NULL, NULL, NULL, 0), KVS_EINVAL); /* counts differ */
+  q.n_tokens--;
+  bad[1].n_tokens = 0;
+  CU_ASSERT_EQUAL(kvs_reuse_run(r, s, &q, NULL, NULL, NULL, 0), KVS_EINVAL); /* empty segment */
+  CU_ASSERT_EQUAL(g_eng->ops->seq_len(g_eng, s), 0);
+  CU_ASSERT_EQUAL(g_eng->ops->prefill(g_eng, s, g_all, 2, 0, NULL), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_run(r, s, &g_req, NULL, NULL, NULL, 0), KVS_EINVAL); /* not empty */
+  g_eng->ops->seq_free(g_eng, s);
+  CU_ASSERT_EQUAL(kvs_reuse_store(r, &g_req, 0, NULL, 1), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_reuse_flush(NULL), KVS_EINVAL);
+  kvs_reuse_free(r);
+  kvs_reuse_free(NULL);
+  kvs_client_free(c);
+}
+
+int main(void) {
+  if (!kvs_test_model_path()) {
+    printf("model not fetched (tools/fetch-model): skipped\n");
+    return KVS_TEST_SKIP;
+  }
+  static const kvs_test_case cases[] = {
+      {"reuse/ = kvs_blend_run from memory, bit for bit", test_same_logits},
+      {"oracle chunks through kvstashd = full prefill", test_oracle},
+      {"a cold request stores, the next one loads", test_store_back},
+      {"full store queue drops, never blocks", test_backpressure},
+      {"bad calls", test_bad_calls},
+      {NULL, NULL}};
+  return kvs_test_run_fixture("reuse", cases, init, clean);
+}
