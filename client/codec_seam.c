@@ -1,5 +1,6 @@
 /* codec_seam.c - encode/decode behind one small interface: the raw profile
  * (codec/raw.c) and the KV codec's profiles (codec/). */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,8 @@ static kvs_err raw_encode(uint32_t lpg_want, const kvs_layout *l, uint32_t T, co
   return KVS_OK;
 }
 
+static kvs_err seg_table(kvs_err rv, kvs__encoded *out);
+
 kvs_err kvs__encode(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
                     const kvs_layout *layout, uint32_t n_tokens, const void *kv,
                     kvs__encoded *out) {
@@ -62,6 +65,11 @@ kvs_err kvs__encode(uint32_t profile, uint32_t lpg, const struct kvs_codec_param
   out->bytes = malloc(cap);
   if (!out->bytes) return KVS_ENOMEM;
   kvs_err rv = kvs_codec_encode(&p, layout, n_tokens, kv, out->bytes, cap, &out->len);
+  return seg_table(rv, out);
+}
+
+/* The segment table of an encoding (from its header); frees out on error. */
+static kvs_err seg_table(kvs_err rv, kvs__encoded *out) {
   kvs_codec_info *info = malloc(sizeof *info);
   if (rv == KVS_OK && !info) rv = KVS_ENOMEM;
   if (rv == KVS_OK) rv = kvs_codec_parse_header(out->bytes, out->len, info);
@@ -78,6 +86,53 @@ kvs_err kvs__encode(uint32_t profile, uint32_t lpg, const struct kvs_codec_param
   free(info);
   if (rv != KVS_OK) kvs__encoded_free(out);
   return rv;
+}
+
+/* The GPU encoder's workspace and stream, kept across puts (cudaMalloc and
+ * cudaFree synchronize the device); one GPU encode at a time. */
+static pthread_mutex_t g_enc_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *g_enc_ws, *g_enc_stream;
+static size_t g_enc_ws_len;
+
+kvs_err kvs__encode_device(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
+                           const kvs_layout *layout, uint32_t n_tokens, const void *d_kv,
+                           kvs__encoded *out) {
+  memset(out, 0, sizeof *out);
+  KVS_TRY(kvs_layout_validate(layout));
+  if (n_tokens == 0 || !d_kv) return KVS_EINVAL;
+  if (profile != KVS_CODEC_DENSE || !kvs_gpu_compiled() || kvs_gpu_device_count() < 1)
+    return KVS_ENOTSUP;
+  const char *env = getenv("KVS_CLIENT_GPU_ENCODE"); /* "0": encode on the host (comparisons) */
+  if (env && !strcmp(env, "0")) return KVS_ENOTSUP;
+  kvs_codec_params p;
+  if (params) {
+    KVS_RETURN_ERROR_IF(params->profile != profile, KVS_EINVAL,
+                        "codec parameters of another profile than the put's");
+    p = *params;
+    if (!p.layers_per_group) p.layers_per_group = lpg;
+  } else {
+    KVS_TRY(kvs_codec_params_default((int)profile, layout->n_layers, &p));
+    p.layers_per_group = lpg;
+  }
+  size_t cap = kvs_codec_encode_bound(&p, layout, n_tokens);
+  size_t ws = kvs_gpu_codec_encode_workspace_bound(&p, layout, n_tokens);
+  if (!cap || !ws) return KVS_EINVAL;
+  out->bytes = malloc(cap);
+  if (!out->bytes) return KVS_ENOMEM;
+  pthread_mutex_lock(&g_enc_mu);
+  kvs_err rv = KVS_OK;
+  if (!g_enc_stream) rv = kvs_gpu_stream_create(&g_enc_stream);
+  if (!rv && g_enc_ws_len < ws) {
+    kvs_gpu_free(g_enc_ws);
+    g_enc_ws = NULL, g_enc_ws_len = 0;
+    rv = kvs_gpu_alloc(&g_enc_ws, ws);
+    if (!rv) g_enc_ws_len = ws;
+  }
+  if (!rv)
+    rv = kvs_gpu_codec_encode(&p, layout, n_tokens, d_kv, out->bytes, cap, &out->len, g_enc_ws,
+                              g_enc_ws_len, g_enc_stream);
+  pthread_mutex_unlock(&g_enc_mu);
+  return seg_table(rv, out);
 }
 
 struct kvs__decoder {

@@ -31,6 +31,14 @@ kvs_err kvs__encode(uint32_t profile, uint32_t layers_per_group,
                     const struct kvs_codec_params *params, const kvs_layout *layout,
                     uint32_t n_tokens, const void *kv, kvs__encoded *out);
 
+/* The same from device memory d_kv, encoded on the GPU (the dense profile's
+ * GPU encoder: the bytes kvs__encode writes, bit for bit); only the encoded
+ * bytes cross PCIe. KVS_ENOTSUP when the profile has no GPU encoder or no
+ * codec, CUDA or device is there (the caller copies to the host instead). */
+kvs_err kvs__encode_device(uint32_t profile, uint32_t layers_per_group,
+                           const struct kvs_codec_params *params, const kvs_layout *layout,
+                           uint32_t n_tokens, const void *d_kv, kvs__encoded *out);
+
 /* A parsed prefix: how to fetch and decode the data segments. */
 typedef struct kvs__decoder kvs__decoder;
 /* prefix = wire segment 0. Checks it against the stored meta's layout and

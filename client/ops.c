@@ -1161,23 +1161,29 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
   if (!o) o = &d;
   const void *host = kv;
   void *staged = NULL;
-  if (o->flags & KVS_PUT_DEVICE) {
+  kvs__encoded e;
+  int rv = KVS_ENOTSUP;
+  if (o->flags & KVS_PUT_DEVICE) /* a profile with a GPU encoder: only its bytes cross PCIe */
+    rv = kvs__encode_device(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens,
+                            kv, &e);
+  if (rv != KVS_ENOTSUP && rv != KVS_OK)
+    return kvs__seterr(c, rv, "encoding on the GPU with profile %u failed", o->profile);
+  if (rv == KVS_ENOTSUP && (o->flags & KVS_PUT_DEVICE)) {
     if (kvs_gpu_device_count() < 1)
       return kvs__seterr(c, KVS_ENODEV, "KVS_PUT_DEVICE without a CUDA device");
     size_t bytes = kvs_layout_token_bytes(layout) * chunk->n_tokens;
     staged = malloc(bytes);
     if (!staged) return KVS_ENOMEM;
-    int rv = kvs_gpu_copy_d2h(staged, kv, bytes, NULL);
-    if (rv == KVS_OK) rv = kvs_gpu_sync(NULL);
-    if (rv) {
+    int cr = kvs_gpu_copy_d2h(staged, kv, bytes, NULL);
+    if (cr == KVS_OK) cr = kvs_gpu_sync(NULL);
+    if (cr) {
       free(staged);
-      return kvs__seterr(c, rv, "copying the KV from the device failed");
+      return kvs__seterr(c, cr, "copying the KV from the device failed");
     }
     host = staged;
   }
-  kvs__encoded e;
-  int rv =
-      kvs__encode(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, host, &e);
+  if (rv == KVS_ENOTSUP)
+    rv = kvs__encode(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, host, &e);
   free(staged);
   if (rv)
     return kvs__seterr(c, rv, "encoding with profile %u failed%s", o->profile,

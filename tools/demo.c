@@ -4,8 +4,9 @@
  *   3. pre-warm: compute each passage's KV alone, encode it with the codec and
  *      put it into kvstashd (content keys), and the instruction (prefix key);
  *   4. answer the question twice: full prefill, then with kvstash reuse
- *      (lookup, layer-streamed get + decode, RoPE correction, selective
- *      recompute, prefill of the question only);
+ *      through reuse/ (kvs_reuse_run: lookup, per-chunk plan, layer-streamed
+ *      get + decode, RoPE correction, selective recompute, prefill of the
+ *      question only);
  *   5. print both answers, time to first token, tokens recomputed, bytes fetched.
  * Everything printed is computed in this run. */
 #include <errno.h>
@@ -24,27 +25,10 @@
 #include "kvs_engines.h"
 #include "kvs_model.h"
 #include "kvs_rag.h"
+#include "kvs_reuse.h"
 #include "kvstash.h"
 
 extern char **environ;
-
-typedef struct fetch {
-  kvs_op *op[KVS_RAG_MAX_PASSAGES + 2];
-  void *buf[KVS_RAG_MAX_PASSAGES + 2];
-  const kvs_rag_prompt *p;
-  size_t plane_bytes_per_token;
-  uint32_t n_layers;
-} fetch;
-
-/* blend's loader thread: wait for layer `layer` of segment `seg` to be decoded */
-static kvs_err load_layer(void *ctx, uint32_t seg, uint32_t layer, void *k, void *v) {
-  fetch *f = ctx;
-  KVS_TRY(kvs_op_wait_layers(f->op[seg], layer + 1));
-  size_t plane = f->plane_bytes_per_token * f->p->len[seg];
-  memcpy(k, (char *)f->buf[seg] + 2 * layer * plane, plane);
-  memcpy(v, (char *)f->buf[seg] + (2 * layer + 1) * plane, plane);
-  return KVS_OK;
-}
 
 static pid_t start_daemon(const char *bin, const char *dir, const char *url) {
   char a1[700], a2[700];
@@ -66,10 +50,9 @@ int main(int argc, char **argv) {
   const char *model_path = getenv("KVS_MODEL_PATH"), *data = NULL, *daemon = NULL;
   const char *strategy = "adaptive", *profile = "dense";
   int item_no = 0;
-  static struct option lo[] = {{"model", 1, 0, 'm'},   {"data", 1, 0, 'd'},
-                               {"kvstashd", 1, 0, 'k'}, {"item", 1, 0, 'i'},
-                               {"strategy", 1, 0, 's'}, {"profile", 1, 0, 'p'},
-                               {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+  static struct option lo[] = {
+      {"model", 1, 0, 'm'},    {"data", 1, 0, 'd'},    {"kvstashd", 1, 0, 'k'}, {"item", 1, 0, 'i'},
+      {"strategy", 1, 0, 's'}, {"profile", 1, 0, 'p'}, {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     switch (c) {
     case 'm': model_path = optarg; break;
@@ -117,7 +100,7 @@ int main(int argc, char **argv) {
   size_t n_items = 0;
   kvs_rag_prompt pr = {0};
   void *kv = NULL;
-  fetch f = {0};
+  kvs_reuse *ru = NULL;
   kvs_client_opts co;
   kvs_client_opts_init(&co);
   co.url = url, co.connect_timeout_ms = 10000;
@@ -152,33 +135,43 @@ int main(int argc, char **argv) {
   printf("  item %d: \"%s\"\n  prompt: %u tokens = instruction %u + %u passages + question %u\n",
          item_no, it->question, pr.n_tokens, pr.len[0], n_pass, pr.len[pr.n_segs - 1]);
 
-  /* 3. pre-warm: chunk KV computed alone, encoded, stored */
-  kvs_chunk ch[KVS_RAG_MAX_PASSAGES + 2];
-  size_t n_ch = 0;
-  if ((e = kvs_chunk_prefix(mid, pr.tokens, pr.len[0], pr.len[0], KVS_CHUNK_TAIL, ch, 1, &n_ch)))
+  /* 3. pre-warm: chunk KV computed alone, then stored through reuse/ (encoded
+   * with the profile by libkvstash) */
+  kvs_reuse_opts ro;
+  kvs_reuse_opts_init(&ro);
+  ro.blend.sel = kvs_sel_defaults((uint32_t)strat);
+  ro.store_profile = (uint32_t)prof;
+  ro.prefix_chunk_tokens = pr.len[0]; /* the instruction is one prefix chunk */
+  if ((e = kvs_reuse_create(cl, eng, &ro, &ru))) {
+    fprintf(stderr, "demo: reuse: %s\n", kvs_strerror(e));
     goto out;
-  kvs_span spans[KVS_RAG_MAX_PASSAGES];
-  for (uint32_t i = 0; i < n_pass; i++) spans[i].start = pr.start[i + 1], spans[i].n_tokens = pr.len[i + 1];
-  if ((e = kvs_chunk_spans(mid, pr.tokens, pr.n_tokens, spans, n_pass, ch + 1))) goto out;
+  }
+  kvs_reuse_segment rsegs[KVS_RAG_MAX_PASSAGES + 2];
+  kvs_reuse_request req;
+  if ((e = kvs_rag_request(&pr, rsegs, &req))) goto out;
   uint64_t tb = kvs_layout_token_bytes(&info.layout);
   uint32_t max_len = 0;
-  for (uint32_t i = 0; i + 1 < pr.n_segs; i++) max_len = pr.len[i] > max_len ? pr.len[i] : max_len;
+  for (uint32_t i = 0; i + 1 < pr.n_segs; i++)
+    max_len = pr.len[i] > max_len ? pr.len[i] : max_len;
   kv = malloc(tb * max_len);
   if (!kv) goto out;
-  kvs_put_opts po = {.profile = (uint32_t)prof, .layers_per_group = 2};
-  uint64_t raw = 0, stored = 0;
+  uint64_t raw = 0;
   t0 = kvs_now_ns();
   for (uint32_t i = 0; i + 1 < pr.n_segs; i++) {
     if ((e = kvs_rag_chunk_kv(eng, pr.tokens + pr.start[i], pr.len[i], kv)) ||
-        (e = kvs_put(cl, mid, pr.tokens, &ch[i], &info.layout, kv, &po))) {
+        (e = kvs_reuse_store(ru, &req, i, kv, 1))) {
       fprintf(stderr, "demo: pre-warm of chunk %u: %s (%s)\n", i, kvs_strerror(e),
               kvs_client_errmsg(cl));
       goto out;
     }
-    kvs_entry_info ei;
-    if (kvs_exists(cl, mid, &ch[i].key, &ei) == KVS_OK) stored += ei.value_bytes;
     raw += tb * pr.len[i];
   }
+  uint64_t stv[64] = {0};
+  size_t nst = 0;
+  uint64_t stored = 0;
+  if (kvs_stats(cl, stv, 64, &nst) == KVS_OK)
+    for (size_t i = 0; i < nst; i++)
+      if (!strncmp(kvs_stat_name((uint32_t)i), "bytes_t", 7)) stored += stv[i];
   printf("  pre-warm: %u chunks computed alone and stored in %.2f s: %.2f MB fp16 -> %.2f MB "
          "'%s' (%.2f bits/element)\n",
          pr.n_segs - 1, (kvs_now_ns() - t0) / 1e9, raw / 1e6, stored / 1e6, profile,
@@ -189,35 +182,14 @@ int main(int argc, char **argv) {
   uint32_t max_new = 24;
   if ((e = kvs_rag_answer_full(eng, tok, &pr, max_new, &full))) goto out;
 
-  /* 4b. with reuse: lookup, streamed gets, blend */
-  t0 = kvs_now_ns();
-  uint8_t status[KVS_RAG_MAX_PASSAGES + 2];
-  int cached[KVS_RAG_MAX_PASSAGES + 2] = {0};
-  if ((e = kvs_lookup(cl, mid, pr.tokens, pr.n_tokens, ch, pr.n_segs - 1, KVS_LOOKUP_EACH,
-                      status, NULL)))
-    goto out;
-  f.p = &pr, f.n_layers = info.layout.n_layers;
-  f.plane_bytes_per_token = (size_t)info.layout.n_kv_heads * info.layout.head_dim * 2;
-  uint64_t fetched = 0;
-  uint32_t hits = 0;
-  for (uint32_t i = 0; i + 1 < pr.n_segs; i++) {
-    if (!status[i]) continue;
-    uint64_t cap = kvs_get_bound(&info.layout, pr.len[i], NULL);
-    f.buf[i] = malloc(cap);
-    if (!f.buf[i] || (e = kvs_get_start(cl, mid, pr.tokens, &ch[i], &info.layout, f.buf[i], cap,
-                                        NULL, &f.op[i])))
-      goto out;
-    kvs_entry_info ei;
-    if (kvs_exists(cl, mid, &ch[i].key, &ei) == KVS_OK) fetched += ei.value_bytes;
-    cached[i] = 1, hits++;
-  }
-  double t_start = (kvs_now_ns() - t0) / 1e9;
-  kvs_blend_opts bo = {.sel = kvs_sel_defaults((uint32_t)strat), .check_layer = 1};
-  if ((e = kvs_rag_answer_blend(eng, tok, &pr, cached, load_layer, &f, &bo, max_new, &reuse))) {
-    fprintf(stderr, "demo: blended answer: %s (%s)\n", kvs_strerror(e), kvs_client_errmsg(cl));
+  /* 4b. with reuse: kvs_reuse_run (lookup, plan, streamed gets, blend) */
+  kvs_reuse_result rr;
+  if ((e = kvs_rag_answer_reuse(ru, eng, tok, &pr, max_new, &reuse, &rr))) {
+    fprintf(stderr, "demo: answer through reuse/: %s (%s)\n", kvs_strerror(e),
+            kvs_client_errmsg(cl));
     goto out;
   }
-  double ttft_reuse = t_start + reuse.ttft_s;
+  double ttft_reuse = reuse.ttft_s;
 
   /* 5. what happened */
   printf("\n  gold answer:        %s\n", it->answers[0]);
@@ -228,17 +200,19 @@ int main(int argc, char **argv) {
          kvs_rag_same_answer(full.text, reuse.text) ? "same as" : "differs from");
   printf("\n  time to first token: full prefill %.3f s, with reuse %.3f s (%.2fx faster)\n",
          full.ttft_s, ttft_reuse, full.ttft_s / ttft_reuse);
-  printf("    reuse: %u/%u chunks hit, %.2f MB fetched over ipc:// and decoded ('%s'), "
-         "engine waited %.3f s for KV\n",
-         hits, pr.n_segs - 1, fetched / 1e6, profile, reuse.blend.t_load_wait_s);
+  printf("    reuse: %u chunks: %u loaded, %u recomputed by the plan, %u missed; lookup %.2f ms; "
+         "%.2f MB of KV fetched over ipc:// and decoded ('%s'), engine waited %.3f s for KV\n",
+         rr.n_chunks, rr.n_load, rr.n_recompute, rr.n_miss, rr.t_lookup_s * 1e3,
+         rr.bytes_loaded / 1e6, profile, reuse.blend.t_load_wait_s);
   printf("    strategy '%s': recomputed %u of %u reused passage tokens (%.1f%%), "
          "recompute %.3f s, question prefill %u tokens %.3f s\n",
          strategy, reuse.blend.n_recomputed, reuse.blend.n_candidates,
-         100.0 * reuse.blend.n_recomputed / (reuse.blend.n_candidates ? reuse.blend.n_candidates : 1),
+         100.0 * reuse.blend.n_recomputed /
+             (reuse.blend.n_candidates ? reuse.blend.n_candidates : 1),
          reuse.blend.t_recompute_s, reuse.blend.n_prefilled, reuse.blend.t_prefill_s);
   rc = 0;
 out:
-  for (int i = 0; i < KVS_RAG_MAX_PASSAGES + 2; i++) kvs_op_free(f.op[i]), free(f.buf[i]);
+  kvs_reuse_free(ru);
   free(kv);
   kvs_rag_prompt_free(&pr);
   kvs_rag_items_free(items, n_items);

@@ -17,8 +17,14 @@
  * through the same pipeline) is the noise floor: what numerics alone move.
  * Tune on items 0-99 only; 100-149 are held out for acceptance figures.
  * Last line: JSON. */
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +38,10 @@
 #include "model_int.h" /* kvs__model_weights_get */
 #include "kvs_rag.h"
 #include "bench_version.h"
+#include "kvs_reuse.h"
+#include "kvstash.h"
+
+extern char **environ;
 
 typedef struct mem_kv {
   void *kv[KVS_RAG_MAX_PASSAGES + 2];
@@ -131,11 +141,215 @@ static kvs_err gpu_engine(kvs_model *m, uint32_t max_tokens, kvs_gpu_model **gm,
   return kvs_gpu_model_engine(*gm, kvs_model_get_id(m), e);
 }
 
+/* ---- rows through kvstashd (kvs_reuse_run) */
+typedef struct kvd {
+  pid_t pid;
+  char dir[64], ipc[160], ipcs[160], tcp[64], tcps[64];
+} kvd;
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t n = sizeof a;
+  int port = -1;
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(fd, (struct sockaddr *)&a, &n) == 0)
+    port = ntohs(a.sin_port);
+  if (fd >= 0) close(fd);
+  return port;
+}
+
+/* A kvstashd on a temporary dir: ipc:// (shared memory on), ipc+stream://,
+ * tcp:// and tcp+stream:// on loopback; ram = the RAM tier's budget. */
+static int kvd_start(kvd *d, const char *bin, const char *ram) {
+  memset(d, 0, sizeof *d);
+  snprintf(d->dir, sizeof d->dir, "/tmp/kvs-bench-blend.XXXXXX");
+  if (!mkdtemp(d->dir)) return -1;
+  snprintf(d->ipc, sizeof d->ipc, "ipc://%s/s", d->dir);
+  snprintf(d->ipcs, sizeof d->ipcs, "ipc+stream://%s/ss", d->dir);
+  snprintf(d->tcp, sizeof d->tcp, "tcp://127.0.0.1:%d", free_port());
+  snprintf(d->tcps, sizeof d->tcps, "tcp+stream://127.0.0.1:%d", free_port());
+  char a1[128], a2[700], a3[64];
+  snprintf(a1, sizeof a1, "--data-dir=%s/db", d->dir);
+  snprintf(a2, sizeof a2, "--listen=%s,%s,%s,%s", d->ipc, d->ipcs, d->tcp, d->tcps);
+  snprintf(a3, sizeof a3, "--ram-bytes=%s", ram);
+  char *argv[] = {(char *)bin, a1, a2, a3, "--http=", "--shm=on", "--max-msg=1G",
+                  "--log-level=error", NULL};
+  return posix_spawn(&d->pid, bin, NULL, NULL, argv, environ) == 0 ? 0 : -1;
+}
+
+static void kvd_stop(kvd *d) {
+  if (d->pid <= 0) return;
+  kill(d->pid, SIGTERM);
+  waitpid(d->pid, NULL, 0);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", d->dir);
+  d->pid = 0;
+}
+
+/* A client: url, flags (KVS_CLIENT_*), and a byte-stream listener (or NULL) */
+static kvs_client *kvd_client(const char *url, uint32_t flags, const char *stream,
+                              const char *tenant) {
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = url, o.flags = flags, o.tenant = tenant, o.connect_timeout_ms = 20000;
+  o.request_timeout_ms = 60000;
+  kvs_client *c = NULL;
+  if (kvs_client_create(&o, &c)) return NULL;
+  if (stream && kvs_client_stream(c, stream)) fprintf(stderr, "stream %s: not taken\n", stream);
+  return c;
+}
+
+/* Stores every chunk of p (dkv[i]: chunk i's KV in engine memory) with the
+ * dense profile through reuse/'s store queue; seconds until all are acked.
+ * gpu_encode "0": the device KV is copied to the host and CPU-encoded. */
+static double store_all(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, void *const *dkv,
+                        const char *gpu_encode, uint64_t *stored) {
+  setenv("KVS_CLIENT_GPU_ENCODE", gpu_encode, 1);
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  o.store_profile = KVS_PROFILE_DENSE, o.store_queue = 64, o.layers_per_group = 4;
+  o.prefix_chunk_tokens = p->len[0];
+  kvs_reuse *r;
+  kvs_reuse_segment segs[KVS_RAG_MAX_PASSAGES + 2];
+  kvs_reuse_request req;
+  if (kvs_reuse_create(c, e, &o, &r) || kvs_rag_request(p, segs, &req)) return -1;
+  uint64_t t0 = kvs_now_ns();
+  for (uint32_t i = 0; i + 1 < p->n_segs; i++)
+    if (kvs_reuse_store(r, &req, i, dkv[i], 0)) fprintf(stderr, "store %u refused\n", i);
+  kvs_reuse_flush(r);
+  double t = (kvs_now_ns() - t0) / 1e9;
+  kvs_reuse_counters ct;
+  kvs_reuse_get_counters(r, &ct);
+  if (ct.stores_done != p->n_segs - 1) {
+    fprintf(stderr, "store: %llu of %u done (%llu failed)\n", (unsigned long long)ct.stores_done,
+            p->n_segs - 1, (unsigned long long)ct.stores_failed);
+    t = -1;
+  }
+  if (stored) *stored = ct.store_bytes;
+  kvs_reuse_free(r);
+  unsetenv("KVS_CLIENT_GPU_ENCODE");
+  return t;
+}
+
+/* Median TTFT (s) of `reps` requests through kvs_reuse_run; *last gets the
+ * last request's figures. */
+static double reuse_row(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, uint32_t policy,
+                        uint32_t strat, float ratio, int reps, kvs_reuse_result *last) {
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  o.blend.sel = kvs_sel_defaults(strat);
+  if (ratio >= 0 && (strat == KVS_SEL_CACHEBLEND || strat == KVS_SEL_ADAPTIVE)) o.blend.sel.ratio = ratio;
+  o.policy = policy;
+  o.prefix_chunk_tokens = p->len[0];
+  kvs_reuse *r;
+  if (kvs_reuse_create(c, e, &o, &r)) return -1;
+  double t[16];
+  int R = reps > 16 ? 16 : reps;
+  for (int rep = 0; rep < R; rep++) {
+    kvs_rag_answer a = {0};
+    kvs_err err = kvs_rag_answer_reuse(r, e, NULL, p, 1, &a, last);
+    if (err) {
+      fprintf(stderr, "reuse row: %s (%s)\n", kvs_strerror(err), kvs_client_errmsg(c));
+      kvs_reuse_free(r);
+      return -1;
+    }
+    t[rep] = a.ttft_s;
+  }
+  kvs_reuse_free(r);
+  for (int i = 1; i < R; i++)
+    for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+      double x = t[j];
+      t[j] = t[j - 1], t[j - 1] = x;
+    }
+  return t[R / 2];
+}
+
+typedef struct kvrow {
+  char name[32];
+  double ms;
+  kvs_reuse_result res;
+} kvrow;
+
+/* The rows through kvstashd for prompt p on engine e: transports (RAM tier),
+ * the disk tier, and the controller (plan vs always load / recompute).
+ * dkv: chunk KV in engine memory for the pre-warm. Returns the row count. */
+static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dkv,
+                         const char *kvstashd, int reps, float ratio, kvrow *rows, int cap,
+                         double *store_gpu_s, double *store_cpu_s, uint64_t *store_bytes) {
+  kvd ram, dsk;
+  int n = 0;
+  if (kvd_start(&ram, kvstashd, "8G") || kvd_start(&dsk, kvstashd, "1M"))
+    return fprintf(stderr, "kvstashd: cannot start %s\n", kvstashd), -1;
+  kvs_client *c_shm = kvd_client(ram.ipc, 0, NULL, NULL);
+  kvs_client *c_ipcs = kvd_client(ram.ipc, KVS_CLIENT_NO_SHM, ram.ipcs, NULL);
+  kvs_client *c_tcps = kvd_client(ram.tcp, KVS_CLIENT_NO_SHM, ram.tcps, NULL);
+  kvs_client *c_dsk = kvd_client(dsk.ipc, KVS_CLIENT_NO_SHM, NULL, NULL);
+  kvs_client *c_cpu = kvd_client(ram.ipc, 0, NULL, "cpu");
+  if (!c_shm || !c_ipcs || !c_tcps || !c_dsk || !c_cpu) {
+    fprintf(stderr, "kvstashd: no answer\n");
+    n = -1;
+    goto out;
+  }
+  /* pre-warm: the GPU encoder (timed), the CPU encoder beside (another tenant) */
+  *store_gpu_s = store_all(e, c_shm, p, dkv, "1", store_bytes);
+  store_all(e, c_shm, p, dkv, "1", NULL); /* a second time: the first paid for allocations */
+  *store_gpu_s = fmin(*store_gpu_s, store_all(e, c_shm, p, dkv, "1", NULL));
+  if (store_cpu_s) *store_cpu_s = store_all(e, c_cpu, p, dkv, "0", NULL);
+  if (store_all(e, c_dsk, p, dkv, "1", NULL) < 0) {
+    n = -1;
+    goto out;
+  }
+  struct {
+    const char *name;
+    kvs_client *c;
+    uint32_t policy, strat;
+  } spec[] = {
+      {"kvs-shm/none", c_shm, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_NONE},
+      {"kvs-shm/adaptive", c_shm, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_ADAPTIVE},
+      {"kvs-ipc+stream/none", c_ipcs, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_NONE},
+      {"kvs-tcp+stream/none", c_tcps, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_NONE},
+      {"kvs-disk/none", c_dsk, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_NONE},
+      {"ram/plan", c_shm, KVS_REUSE_PLAN_AUTO, KVS_SEL_ADAPTIVE},
+      {"ram/load", c_shm, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_ADAPTIVE},
+      {"ram/recompute", c_shm, KVS_REUSE_PLAN_ALWAYS_RECOMPUTE, KVS_SEL_ADAPTIVE},
+      {"disk/plan", c_dsk, KVS_REUSE_PLAN_AUTO, KVS_SEL_ADAPTIVE},
+      {"disk/load", c_dsk, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_ADAPTIVE},
+      {"disk/recompute", c_dsk, KVS_REUSE_PLAN_ALWAYS_RECOMPUTE, KVS_SEL_ADAPTIVE},
+  };
+  for (size_t k = 0; k < sizeof spec / sizeof *spec && n < cap; k++) {
+    kvrow *w = &rows[n];
+    snprintf(w->name, sizeof w->name, "%s", spec[k].name);
+    memset(&w->res, 0, sizeof w->res);
+    double t = reuse_row(e, spec[k].c, p, spec[k].policy, spec[k].strat, ratio, reps, &w->res);
+    w->ms = t * 1e3;
+    n++;
+  }
+out:
+  kvs_client_free(c_shm), kvs_client_free(c_ipcs), kvs_client_free(c_tcps);
+  kvs_client_free(c_dsk), kvs_client_free(c_cpu);
+  kvd_stop(&ram), kvd_stop(&dsk);
+  return n;
+}
+
+static void print_kvrows(const kvrow *rows, int n, double full_ms, double ref_ms) {
+  printf("%-20s %10s %9s %8s %6s %6s %6s %9s %10s %10s\n", "through kvstashd", "ttft_ms", "speedup",
+         "vs_ref", "load", "recomp", "miss", "lookup_ms", "load_wait", "est_l/r_ms");
+  for (int k = 0; k < n; k++) {
+    const kvs_reuse_result *r = &rows[k].res;
+    printf("%-20s %10.2f %8.2fx %7.2fx %6u %6u %6u %9.3f %10.2f %5.1f/%.1f\n", rows[k].name,
+           rows[k].ms, full_ms / rows[k].ms, ref_ms > 0 ? rows[k].ms / ref_ms : 0, r->n_load,
+           r->n_recompute, r->n_miss, r->t_lookup_s * 1e3, r->blend.t_load_wait_s * 1e3,
+           r->est_load_s * 1e3, r->est_recompute_s * 1e3);
+  }
+}
+
 /* Speed at the 8B shape (seeded random weights, GPU): a prefix chunk, n_pass
  * passages of pass_tok random tokens held in host RAM (the RAM tier), and a
  * question. Times to first token are medians of `reps` runs. */
 static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps, float ratio,
-                   const char *disk) {
+                   const char *disk, const char *kvstashd) {
   kvs_model *m;
   kvs_gpu_model *gm;
   kvs_engine *e;
@@ -234,6 +448,21 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
       }
     med[k] = t[R / 2];
   }
+  /* the same prompt through kvstashd (kvs_reuse_run), chunks stored dense from device memory */
+  kvrow kr[16];
+  int nkr = 0;
+  double st_gpu = -1, st_cpu = -1;
+  uint64_t st_bytes = 0;
+  if (kvstashd) {
+    void *dkv[KVS_RAG_MAX_PASSAGES + 2] = {0};
+    for (uint32_t s = 0; s + 1 < p.n_segs; s++)
+      if (kvs_gpu_alloc(&dkv[s], tb * p.len[s]) ||
+          kvs_gpu_copy_h2d(dkv[s], mk.kv[s], tb * p.len[s], NULL) || kvs_gpu_sync(NULL))
+        return fprintf(stderr, "device copy of chunk %u failed\n", s), 1;
+    nkr = kvstashd_rows(e, &p, dkv, kvstashd, reps, ratio, kr, 16, &st_gpu, &st_cpu, &st_bytes);
+    for (uint32_t s = 0; s + 1 < p.n_segs; s++) kvs_gpu_free(dkv[s]);
+    if (nkr < 0) return 1;
+  }
   for (uint32_t s = 0; s + 1 < p.n_segs; s++)
     kvs_gpu_free_host(mk.kv[s]), mk.kv[s] = NULL;
   kvs_engine_free(e), e = NULL;
@@ -241,7 +470,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
   double tms = torch_ms(n);
   printf("%-14s %10s %10s %9s %10s %10s %10s\n", "strategy", "ttft_ms", "speedup", "recompute",
          "load_wait", "recomp_ms", "prefill_ms");
-  char json[2048];
+  char json[4096];
   int k2 = snprintf(json, sizeof json,
                     "{\"bench\":\"blend-speed8b\",\"tokens\":%u,\"passages\":%u,"
                     "\"passage_tokens\":%u,\"ttft_ms\":{",
@@ -254,6 +483,13 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
   }
   printf("%-14s %10.2f  (PyTorch SDPA full prefill, same shape, same run; ours/torch %.2f)\n",
          "torch-sdpa", tms, tms > 0 ? med[0] * 1e3 / tms : 0);
+  if (kvstashd) {
+    print_kvrows(kr, nkr, med[0] * 1e3, med[6] * 1e3);
+    printf("store: %u tokens of KV (%.1f MB fp16) from device memory, dense: GPU encode %.1f ms "
+           "(%.2f GB/s of fp16 in), CPU encode %.1f ms\n",
+           n - q_tok, tb * (n - q_tok) / 1e6, st_gpu * 1e3,
+           st_gpu > 0 ? tb * (n - q_tok) / st_gpu / 1e9 : 0, st_cpu * 1e3);
+  }
   snprintf(
       json + k2, sizeof json - (size_t)k2,
       "},\"torch_sdpa_ms\":%.3f,\"speedup_adaptive\":%.3f,\"speedup_cacheblend\":%.3f,\"speedup_"
@@ -261,6 +497,19 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
       "\"speedup_adaptive_dev\":%.3f,\"speedup_cacheblend_dev\":%.3f,\"speedup_epic_dev\":%.3f}",
       tms, med[0] / med[5], med[0] / med[4], med[0] / med[3], med[0] / med[9], med[0] / med[8],
       med[0] / med[7]);
+  if (kvstashd) { /* the kvstashd rows go into the JSON too */
+    size_t L = strlen(json);
+    if (L && json[L - 1] == '}') {
+      int k3 = (int)L - 1;
+      k3 += snprintf(json + k3, sizeof json - (size_t)k3,
+                     ",\"store_gpu_ms\":%.3f,\"store_cpu_ms\":%.3f,\"kvstashd_ms\":{", st_gpu * 1e3,
+                     st_cpu * 1e3);
+      for (int k = 0; k < nkr; k++)
+        k3 += snprintf(json + k3, sizeof json - (size_t)k3, "%s\"%s\":%.3f", k ? "," : "",
+                       kr[k].name, kr[k].ms);
+      snprintf(json + k3, sizeof json - (size_t)k3, "}}");
+    }
+  }
   printf("%s\n", json);
   for (int s = 0; s < KVS_RAG_MAX_PASSAGES + 2; s++)
     if (mk.fd[s] >= 0) close(mk.fd[s]);
@@ -353,7 +602,7 @@ int main(int argc, char **argv) {
   uint32_t max_new = 32, s8_pass = 8, s8_tok = 512;
   float ratio = -1;
   int use_gpu = 0, s8 = 0, chunk_ctx = 0, style = 0;
-  const char *disk_dir = NULL;
+  const char *disk_dir = NULL, *kvstashd = NULL;
   uint32_t check_layer = 1;
   float margin_tol = 1.0f;
   int tf = 1;
@@ -372,6 +621,7 @@ int main(int argc, char **argv) {
                                {"chunk-ctx", 1, 0, 'x'},
                                {"style", 1, 0, 'y'},
                                {"disk", 1, 0, 'k'},
+                               {"kvstashd", 1, 0, 'K'},
                                {"check-layer", 1, 0, 'l'},
                                {"margin", 1, 0, 'M'},
                                {"no-tf", 0, 0, 'T'},
@@ -393,6 +643,7 @@ int main(int argc, char **argv) {
     case '8': s8 = 1; break;
     case 'y': style = atoi(optarg); break;
     case 'k': disk_dir = optarg; break;
+    case 'K': kvstashd = optarg; break;
     case 'x': chunk_ctx = atoi(optarg); break;
     case 'l': check_layer = (uint32_t)atoi(optarg); break;
     case 'M': margin_tol = (float)atof(optarg); break;
@@ -407,17 +658,19 @@ int main(int argc, char **argv) {
           "         [--max-new N] [--chunk-ctx N] [--style S] [--check-layer L]\n"
           "         [--margin LOGITS] [--no-tf]\n"
           "       kvs-bench-blend --speed8b [--n-passages N] [--passage-tokens T] [--ratio R]\n"
-          "         [--disk DIR]\n"
+          "         [--disk DIR] [--kvstashd BIN]\n"
           "  strategies: none, epic[:first tokens], cacheblend[:ratio], adaptive[:cap], full\n"
           "  --chunk-ctx N: passages prefilled after the instruction's first N tokens\n"
           "    (-1 all of it, -2 everything before them: oracle KV); --style 0-4: the\n"
           "    question turn / few-shot instruction; --disk: add rows read from files there\n"
+          "  --kvstashd BIN: add rows through kvstashd (kvs_reuse_run: shm, ipc+stream,\n"
+          "    tcp+stream, disk tier; plan vs always load / recompute; the store timing)\n"
           "  --margin: top-1 agreement counts positions whose full-prefill top-2 margin\n"
           "    exceeds it (default 1.0); --no-tf: skip the teacher-forced position metrics\n");
       return c == 'h' ? 0 : 2;
     }
   }
-  if (s8) return speed8b(s8_pass, s8_tok, 64, 5, ratio, disk_dir);
+  if (s8) return speed8b(s8_pass, s8_tok, 64, 5, ratio, disk_dir, kvstashd);
   data = kvs_rag_data_path(data); /* default: the repo's data/rag copy */
   if (!model_path) return fprintf(stderr, "need --model\n"), 2;
   int prof = strcmp(profile, "none") ? kvs_codec_profile_from_name(profile) : -1;
@@ -571,6 +824,43 @@ int main(int argc, char **argv) {
              tn ? tkl / tn : 0.0, tag, tck, tdr, ab.text);
     }
     free(tf_full), free(tf_reuse);
+    if (kvstashd && i == a) { /* the controller on this model, first item only */
+      void *dkv[KVS_RAG_MAX_PASSAGES + 2] = {0};
+      for (uint32_t s = 0; s + 1 < p.n_segs; s++) {
+        if (use_gpu) {
+          if (kvs_gpu_alloc(&dkv[s], tb * p.len[s]) ||
+              kvs_gpu_copy_h2d(dkv[s], m.kv[s], tb * p.len[s], NULL) || kvs_gpu_sync(NULL))
+            return fprintf(stderr, "device copy failed\n"), 1;
+        } else {
+          dkv[s] = m.kv[s];
+        }
+      }
+      kvrow kr[16];
+      double sg = -1;
+      uint64_t sb = 0;
+      int nkr = kvstashd_rows(eng, &p, dkv, kvstashd, 5, ratio, kr, 16, &sg, NULL, &sb);
+      if (use_gpu)
+        for (uint32_t s = 0; s + 1 < p.n_segs; s++) kvs_gpu_free(dkv[s]);
+      if (nkr < 0) return 1;
+      kvs_rag_answer a2 = {0};
+      double fm[5];
+      for (int rep = 0; rep < 5; rep++) { /* full prefill, same conditions (max_new 1) */
+        if ((e = kvs_rag_answer_full(eng, NULL, &p, 1, &a2))) return 1;
+        fm[rep] = a2.ttft_s * 1e3;
+      }
+      for (int x = 1; x < 5; x++)
+        for (int y = x; y > 0 && fm[y] < fm[y - 1]; y--) {
+          double t = fm[y];
+          fm[y] = fm[y - 1], fm[y - 1] = t;
+        }
+      printf("item %d through kvstashd on %s (%u tokens), full prefill %.2f ms (median of 5):\n", i,
+             info.name, p.n_tokens, fm[2]);
+      print_kvrows(kr, nkr, fm[2], 0);
+      printf("{\"bench\":\"blend-controller\",\"engine\":\"%s\",\"item\":%d,\"tokens\":%u,"
+             "\"full_ms\":%.3f", info.name, i, p.n_tokens, fm[2]);
+      for (int k = 0; k < nkr; k++) printf(",\"%s\":%.3f", kr[k].name, kr[k].ms);
+      printf("}\n");
+    }
     for (uint32_t s = 0; s + 1 < p.n_segs; s++)
       free(m.kv[s]);
     kvs_rag_prompt_free(&p);

@@ -1,7 +1,8 @@
 /* kvs_rag.h - the RAG job shared by the demo, the blend benchmark and the
  * CLI's warm-up: MuSiQue items, the prompt (instruction prefix chunk, one
  * content chunk per passage, the question), chunk KV computed alone, and the
- * greedy answer by full prefill or by blending cached chunks.
+ * greedy answer by full prefill or through reuse/ (kvs_reuse.h owns the
+ * segment driver and the loader from kvstashd).
  * Internal to tools/ and bench/ (not installed). */
 #ifndef KVS_RAG_H
 #define KVS_RAG_H
@@ -10,6 +11,7 @@
 #include "kvs_core.h"
 #include "kvs_engine.h"
 #include "kvs_model.h"
+#include "kvs_reuse.h"
 
 #define KVS_RAG_MAX_PASSAGES 16
 #define KVS_RAG_MAX_ANSWER 64
@@ -73,11 +75,22 @@ typedef struct kvs_rag_answer {
 /* Greedy answer with a full prefill of the whole prompt. */
 kvs_err kvs_rag_answer_full(kvs_engine *e, const kvs_tok *tok, const kvs_rag_prompt *p,
                             uint32_t max_new, kvs_rag_answer *a);
-/* Greedy answer reusing cached chunks through kvs_blend_run: seg_cached[i]
- * says whether segment i (instruction, passages) has KV from load(). */
+/* The prompt as a reuse/ request: segment 0 PREFIX, passages CONTENT, the
+ * question NEW. segs[p->n_segs] backs req. With prefix_chunk_tokens =
+ * p->len[0], reuse/ cuts chunk i = prompt segment i (i < n_segs - 1). */
+kvs_err kvs_rag_request(const kvs_rag_prompt *p, kvs_reuse_segment *segs, kvs_reuse_request *req);
+/* Greedy answer reusing cached chunks through reuse/'s segment driver
+ * (kvs_reuse_run_loader): seg_cached[i] says whether segment i (instruction,
+ * passages) has KV from load(). */
 kvs_err kvs_rag_answer_blend(kvs_engine *e, const kvs_tok *tok, const kvs_rag_prompt *p,
                              const int *seg_cached, kvs_blend_load_fn load, void *ctx,
                              const kvs_blend_opts *o, uint32_t max_new, kvs_rag_answer *a);
+
+/* Greedy answer through kvs_reuse_run (plan, fetch from kvstashd, blend,
+ * store); res (may be NULL) gets the request's figures. */
+kvs_err kvs_rag_answer_reuse(kvs_reuse *r, kvs_engine *e, const kvs_tok *tok,
+                             const kvs_rag_prompt *p, uint32_t max_new, kvs_rag_answer *a,
+                             kvs_reuse_result *res);
 
 /* SQuAD-style answer scoring: lower case, no punctuation or articles. */
 double kvs_rag_f1(const char *pred, char *const *golds, size_t n_golds);

@@ -302,19 +302,27 @@ kvs_err kvs_rag_answer_full(kvs_engine *e, const kvs_tok *tok, const kvs_rag_pro
   return err;
 }
 
-kvs_err kvs_rag_answer_blend(kvs_engine *e, const kvs_tok *tok, const kvs_rag_prompt *p,
-                             const int *seg_cached, kvs_blend_load_fn load, void *ctx,
-                             const kvs_blend_opts *o, uint32_t max_new, kvs_rag_answer *a) {
-  kvs_engine_info in;
-  KVS_TRY(e->ops->info(e, &in));
-  kvs_blend_segment segs[KVS_RAG_MAX_PASSAGES + 2];
+kvs_err kvs_rag_request(const kvs_rag_prompt *p, kvs_reuse_segment *segs, kvs_reuse_request *req) {
+  if (!p || !segs || !req || p->n_segs < 2) return KVS_EINVAL;
   for (uint32_t i = 0; i < p->n_segs; i++) {
     segs[i].kind = i == 0 ? KVS_SEG_PREFIX : i + 1 == p->n_segs ? KVS_SEG_NEW : KVS_SEG_CONTENT;
-    segs[i].tokens = p->tokens + p->start[i];
     segs[i].n_tokens = p->len[i];
-    segs[i].stored_pos0 = 0;
-    segs[i].cached = i + 1 < p->n_segs && seg_cached[i];
   }
+  *req = (kvs_reuse_request){
+      .tokens = p->tokens, .n_tokens = p->n_tokens, .segs = segs, .n_segs = p->n_segs};
+  return KVS_OK;
+}
+
+/* the request through reuse/ (a kvs_reuse, or a loader), then greedy decoding */
+static kvs_err answer_reuse(kvs_engine *e, kvs_reuse *r, const kvs_tok *tok,
+                            const kvs_rag_prompt *p, const int *seg_cached, kvs_blend_load_fn load,
+                            void *ctx, const kvs_blend_opts *o, uint32_t max_new, kvs_rag_answer *a,
+                            kvs_reuse_result *res) {
+  kvs_engine_info in;
+  KVS_TRY(e->ops->info(e, &in));
+  kvs_reuse_segment segs[KVS_RAG_MAX_PASSAGES + 2];
+  kvs_reuse_request req;
+  KVS_TRY(kvs_rag_request(p, segs, &req));
   lbuf lb;
   kvs_err err = lbuf_init(&lb, &in);
   kvs_engine_seq *s = NULL;
@@ -325,7 +333,15 @@ kvs_err kvs_rag_answer_blend(kvs_engine *e, const kvs_tok *tok, const kvs_rag_pr
   }
   float *lg = lb.host;
   uint64_t t0 = kvs_now_ns();
-  err = kvs_blend_run(e, s, segs, p->n_segs, load, ctx, o, lb.eng, &a->blend);
+  kvs_reuse_result rz;
+  if (r) {
+    err = kvs_reuse_run(r, s, &req, lb.eng, &rz, NULL, 0);
+    a->blend = rz.blend;
+    if (res) *res = rz;
+  } else {
+    /* the instruction is one prefix chunk: chunk i is prompt segment i */
+    err = kvs_reuse_run_loader(e, s, &req, p->len[0], seg_cached, load, ctx, o, lb.eng, &a->blend);
+  }
   if (!err) err = lbuf_sync(&lb);
   a->ttft_s = (kvs_now_ns() - t0) / 1e9;
   if (!err && a->first_logits) memcpy(a->first_logits, lg, in.n_vocab * sizeof *lg);
@@ -333,6 +349,19 @@ kvs_err kvs_rag_answer_blend(kvs_engine *e, const kvs_tok *tok, const kvs_rag_pr
   e->ops->seq_free(e, s);
   lbuf_free(&lb);
   return err;
+}
+
+kvs_err kvs_rag_answer_blend(kvs_engine *e, const kvs_tok *tok, const kvs_rag_prompt *p,
+                             const int *seg_cached, kvs_blend_load_fn load, void *ctx,
+                             const kvs_blend_opts *o, uint32_t max_new, kvs_rag_answer *a) {
+  return answer_reuse(e, NULL, tok, p, seg_cached, load, ctx, o, max_new, a, NULL);
+}
+
+kvs_err kvs_rag_answer_reuse(kvs_reuse *r, kvs_engine *e, const kvs_tok *tok,
+                             const kvs_rag_prompt *p, uint32_t max_new, kvs_rag_answer *a,
+                             kvs_reuse_result *res) {
+  if (!r) return KVS_EINVAL;
+  return answer_reuse(e, r, tok, p, NULL, NULL, NULL, NULL, max_new, a, res);
 }
 
 /* ------------------------------------------------------------ scoring */
