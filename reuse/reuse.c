@@ -204,10 +204,14 @@ static kvs_err load_layer(void *vctx, uint32_t seg, uint32_t layer, void *k, voi
   ldctx *x = vctx;
   if (seg >= x->nch || !x->ch[seg].op) return KVS_EINTERNAL;
   kvs__rchunk *c = &x->ch[seg];
+  uint64_t t0 = kvs_now_ns();
   kvs_err err = kvs_op_wait_layers(c->op, layer + 1);
   uint64_t now = kvs_now_ns();
-  if (layer == 0) c->t_first = now;
-  if (layer + 1 == x->r->info.layout.n_layers) c->t_last = now;
+  /* waited: the data arrived now (fetch-bound, an exact sample); else it was
+   * there before (the sample only bounds the time from above) */
+  int waited = now - t0 > 50000;
+  if (layer == 0) c->t_first = now, c->waited_first = waited;
+  if (layer + 1 == x->r->info.layout.n_layers) c->t_last = now, c->waited_last = waited;
   if (err) {
     c->failed = 1;
     return err;
@@ -243,7 +247,7 @@ static kvs_err start_gets(kvs_reuse *r, const kvs_reuse_request *req, kvs__rchun
   kvs_get_opts go = {.flags = r->dev ? KVS_GET_DEVICE : 0};
   for (uint32_t i = 0; i < nch; i++) {
     kvs__rchunk *c = &ch[i];
-    c->t_first = c->t_last = 0, c->failed = 0;
+    c->t_first = c->t_last = 0, c->failed = 0, c->waited_first = c->waited_last = 0;
     if (c->decision != KVS_REUSE_LOAD) continue;
     uint64_t cap = kvs_get_bound(&r->info.layout, c->ch.n_tokens, &go);
     kvs_err err = KVS_OK;
@@ -365,12 +369,12 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
     rz.bytes_loaded += bytes;
     double lat = (c->t_first - c->t_start) / 1e9, tot = (c->t_last - c->t_start) / 1e9;
     int t = c->tier;
-    if (r->samples[t] == 0)
-      r->lat[t] = lat, r->bps[t] = tot > 0 ? bytes / tot : r->bps[t];
-    else {
-      ewma(&r->lat[t], lat, a);
-      if (tot > 0) ewma(&r->bps[t], bytes / tot, a);
-    }
+    double bps = tot > 0 ? bytes / tot : 0;
+    /* a loader that did not wait measured the engine, not the fetch: then
+     * the sample is a bound (latency at most, bytes/s at least) and only
+     * moves the estimate when it says the tier is faster */
+    if (c->waited_first || lat < r->lat[t]) ewma(&r->lat[t], lat, a);
+    if (bps > 0 && (c->waited_last || bps > r->bps[t])) ewma(&r->bps[t], bps, a);
     r->samples[t]++;
   }
   if (!err && rz.blend.n_candidates && r->o.blend.sel.strategy != KVS_SEL_NONE) {

@@ -17,6 +17,7 @@ typedef struct kvs__rchunk {
   kvs_op *op; /* the get in flight */
   void *buf;  /* its output (engine memory) */
   uint64_t t_start, t_first, t_last;
+  int waited_first, waited_last; /* the loader waited for the data there */
 } kvs__rchunk;
 
 typedef struct kvs__store_item kvs__store_item;
