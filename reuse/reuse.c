@@ -320,7 +320,9 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
     kvs_load_plan pl = kvs_blend_plan(&cm, dec, dec, c->ch.n_tokens);
     c->est_load_s = pl.load_s, c->est_recompute_s = pl.recompute_s;
     rz.est_load_s += pl.load_s, rz.est_recompute_s += pl.recompute_s;
-    int load = r->o.policy == KVS_REUSE_PLAN_ALWAYS_LOAD ? 1 : pl.load;
+    /* a tier this client has not fetched from yet is tried (one load
+     * measures it) rather than judged on the priors */
+    int load = r->o.policy == KVS_REUSE_PLAN_ALWAYS_LOAD || !r->samples[c->tier] ? 1 : pl.load;
     c->decision = load ? KVS_REUSE_LOAD : KVS_REUSE_RECOMPUTE;
   }
   pthread_mutex_unlock(&r->mu);
@@ -373,8 +375,13 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
     /* a loader that did not wait measured the engine, not the fetch: then
      * the sample is a bound (latency at most, bytes/s at least) and only
      * moves the estimate when it says the tier is faster */
-    if (c->waited_first || lat < r->lat[t]) ewma(&r->lat[t], lat, a);
-    if (bps > 0 && (c->waited_last || bps > r->bps[t])) ewma(&r->bps[t], bps, a);
+    if (!r->samples[t]) { /* the first measurement replaces the prior */
+      r->lat[t] = lat;
+      if (bps > 0) r->bps[t] = bps;
+    } else {
+      if (c->waited_first || lat < r->lat[t]) ewma(&r->lat[t], lat, a);
+      if (bps > 0 && (c->waited_last || bps > r->bps[t])) ewma(&r->bps[t], bps, a);
+    }
     r->samples[t]++;
   }
   if (!err && rz.blend.n_candidates && r->o.blend.sel.strategy != KVS_SEL_NONE) {
