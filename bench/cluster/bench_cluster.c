@@ -38,6 +38,7 @@
 
 #include "kvstash.h"
 #include "kvstash_cluster.h"
+#include "bench_version.h"
 
 #ifndef KVS_BENCH_KVSTASHD
 #define KVS_BENCH_KVSTASHD "kvstashd"
@@ -329,6 +330,7 @@ static int parse_list(const char *s, int *out, int cap) {
 }
 
 int main(int argc, char **argv) {
+  if (kvs_bench_version(argc, argv, "kvs-bench-cluster")) return 0;
   double seconds = 3;
   uint32_t timeout_ms = 2000;
   int clients = 4, n_keys = 256, nodes_list[MAX_NODES] = {1, 2, 3}, n_list = 3;

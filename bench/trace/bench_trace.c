@@ -32,6 +32,7 @@
 #include "kvs_net.h"
 #include "kvs_rag.h"
 #include "serve_int.h"
+#include "bench_version.h"
 
 /* ------------------------------------------------------------- random */
 static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
@@ -461,6 +462,7 @@ static int range(const char *s, uint32_t *a, uint32_t *b) {
 }
 
 int main(int argc, char **argv) {
+  if (kvs_bench_version(argc, argv, "kvs-bench-trace")) return 0;
   opts o = {.workload = "rag",
             .data = NULL,
             .modes = "kvstash,no-reuse",
