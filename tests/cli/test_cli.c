@@ -399,6 +399,7 @@ static void test_doctor(void) {
   CU_ASSERT_EQUAL(check_status(&g_env, "auth"), 0); /* on: tenant ten with a token */
   /* a kvstashd without tenants: auth off is a warning (not a failure) */
   th_daemon open;
+  memset(&open, 0, sizeof open); /* th_daemon_start reads its fields (a zeroed one is fresh) */
   CU_ASSERT_EQUAL_FATAL(th_daemon_start(&open, NULL), 0);
   char http[64];
   snprintf(http, sizeof http, "127.0.0.1:%d", open.http_port);
