@@ -260,9 +260,26 @@ static void test_store_back(void) {
   CU_ASSERT_EQUAL(ct.stores_done, res.n_store_queued);
   CU_ASSERT_EQUAL(ct.stores_failed, 0);
   CU_ASSERT_EQUAL(ct.stores_dropped, res.n_store_dropped);
+  /* the plan on a tier this client never fetched from: it loads (and so
+   * measures) instead of trusting the priors */
+  kvs_reuse_free(r);
+  o.store = 0;
+  o.prior_bytes_per_s[0] = 1.0; /* priors that say: never load */
+  o.prior_latency_s[0] = 100.0;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
+  g_eng->ops->seq_free(g_eng, s);
+  CU_ASSERT_EQUAL(res.n_load, ct.stores_done);
+  CU_ASSERT(res.est_load_s > res.est_recompute_s); /* the priors alone would have recomputed */
+  kvs_reuse_counters c2;
+  kvs_reuse_get_counters(r, &c2);
+  CU_ASSERT_EQUAL(c2.samples[0], res.n_load);
+  CU_ASSERT(c2.latency_s[0] < 100.0 && c2.bytes_per_s[0] > 1.0); /* replaced by the measurement */
+  kvs_reuse_free(r);
   /* the stored chunks are the in-context KV: loading them is the oracle case */
   CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
-  kvs_reuse_free(r);
+  o.prior_bytes_per_s[0] = 0, o.prior_latency_s[0] = 0;
   o.policy = KVS_REUSE_PLAN_ALWAYS_LOAD;
   CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
   CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
