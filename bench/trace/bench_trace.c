@@ -321,6 +321,20 @@ static char *scrape(const opts *o) {
   return srv_http(host, port, "GET", "/metrics", NULL, 10000, NULL, NULL, &b) == 200 ? b : NULL;
 }
 
+/* kvs-serve's worker busy time so far (seconds), -1 when unknown */
+static double serve_busy(const opts *o) {
+  char *b = NULL;
+  double v = -1;
+  if (srv_http(o->host, o->port, "GET", "/health", NULL, 10000, NULL, NULL, &b) == 200) {
+    cJSON *j = cJSON_Parse(b);
+    cJSON *x = cJSON_GetObjectItem(j, "busy_s");
+    if (cJSON_IsNumber(x)) v = x->valuedouble;
+    cJSON_Delete(j);
+  }
+  free(b);
+  return v;
+}
+
 static const char *METRICS[] = {"kvstash_lookup_chunks_total", "kvstash_lookup_chunks_hit_total",
                                 "kvstash_lookup_tokens_total", "kvstash_lookup_tokens_hit_total",
                                 "kvstash_evictions_total",     "kvstash_tier_bytes_out_total",
@@ -332,6 +346,7 @@ static int run_mode(run *r, cJSON *out) {
   uint64_t rng = o->seed;
   r->t0 = now_s(), r->n_s = 0, r->sent = 0, r->stop = 0;
   char *m0 = scrape(o);
+  double busy0 = serve_busy(o);
   double next_arrival = r->t0, mean_gap = 1 / o->rate;
   uint32_t started = 0;
   pthread_mutex_lock(&r->mu);
@@ -386,6 +401,7 @@ static int run_mode(run *r, cJSON *out) {
   pthread_mutex_unlock(&r->mu);
   double wall = now_s() - r->t0;
   char *m1 = scrape(o);
+  double busy1 = serve_busy(o), util = busy0 >= 0 && busy1 >= 0 ? (busy1 - busy0) / wall : -1;
 
   uint32_t n = r->n_s, ok = 0;
   double *tt = malloc((n + 1) * sizeof *tt), *ee = malloc((n + 1) * sizeof *ee);
@@ -399,6 +415,7 @@ static int run_mode(run *r, cJSON *out) {
   qsort(tt, ok, sizeof *tt, cmp_d);
   qsort(ee, ok, sizeof *ee, cmp_d);
   const char *mode = r->reuse ? "kvstash" : "no-reuse";
+  printf("%-9s server busy %.0f%%\n", r->reuse ? "kvstash" : "no-reuse", 100 * util);
   printf("%-9s %5u req %3u err  TTFT p50 %8.1f p90 %8.1f p99 %8.1f ms  e2e p50 %8.1f p99 %8.1f ms  "
          "%.2f req/s %.0f tok/s  hit %.1f%% of %llu prompt tokens, %llu recomputed\n",
          mode, n, n - ok, 1e3 * pct(tt, ok, 50), 1e3 * pct(tt, ok, 90), 1e3 * pct(tt, ok, 99),
@@ -414,6 +431,7 @@ static int run_mode(run *r, cJSON *out) {
   cJSON_AddNumberToObject(j, "e2e_p50_ms", 1e3 * pct(ee, ok, 50));
   cJSON_AddNumberToObject(j, "e2e_p99_ms", 1e3 * pct(ee, ok, 99));
   cJSON_AddNumberToObject(j, "req_per_s", ok / wall);
+  cJSON_AddNumberToObject(j, "server_busy", util);
   cJSON_AddNumberToObject(j, "out_tokens_per_s", outt / wall);
   cJSON_AddNumberToObject(j, "prompt_tokens", (double)prompt);
   cJSON_AddNumberToObject(j, "reused_tokens", (double)reused);

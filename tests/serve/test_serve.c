@@ -202,15 +202,43 @@ static int http(const char *method, const char *path, const char *json, char **b
   return srv_http("127.0.0.1", srv_port, method, path, json, 240000, NULL, NULL, body);
 }
 
-static int start_server(void) {
+static pid_t kvsd_pid = -1;
+static char kvsd_dir[64];
+
+/* A real kvstashd on a temporary RocksDB, data plane on an ipc:// socket. */
+static int start_kvstashd(char *url, size_t cap) {
+  snprintf(kvsd_dir, sizeof kvsd_dir, "/tmp/kvs-serve-test.XXXXXX");
+  if (!mkdtemp(kvsd_dir)) return -1;
+  char bin[1024], a1[128], a2[160];
+  snprintf(bin, sizeof bin, "%s", kvs_test_build_path("cachesvc/kvstashd"));
+  snprintf(url, cap, "ipc://%s/d.sock", kvsd_dir);
+  snprintf(a1, sizeof a1, "--data-dir=%s/db", kvsd_dir);
+  snprintf(a2, sizeof a2, "--listen=%s", url);
+  char *argv[] = {bin, a1, a2, "--http=", "--log-level=error", NULL};
+  return posix_spawn(&kvsd_pid, bin, NULL, NULL, argv, environ) == 0 ? 0 : -1;
+}
+
+static void stop_kvstashd(void) {
+  if (kvsd_pid <= 0) return;
+  kill(kvsd_pid, SIGTERM);
+  waitpid(kvsd_pid, NULL, 0);
+  kvsd_pid = -1;
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", kvsd_dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", kvsd_dir);
+}
+
+static int start_server_with(const char *kvstash_url) {
   const char *mp = kvs_test_model_path();
   if (!mp) return 0;
   srv_port = free_port();
-  char bin[1024], model[1100], listen[64];
+  char bin[1024], model[1100], listen[64], kv[200];
   snprintf(bin, sizeof bin, "%s", kvs_test_build_path("tools/kvs-serve"));
   snprintf(model, sizeof model, "--model=%s", mp);
   snprintf(listen, sizeof listen, "--listen=127.0.0.1:%d", srv_port);
-  char *argv[] = {bin, model, listen, "--ctx=2048", "--max-tokens=16", "--queue=8", NULL};
+  snprintf(kv, sizeof kv, "--kvstash=%s", kvstash_url ? kvstash_url : "");
+  char *argv[] = {bin, model, listen, "--ctx=2048", "--max-tokens=16", "--queue=8",
+                  kvstash_url ? kv : NULL, NULL};
   if (posix_spawn(&srv_pid, bin, NULL, NULL, argv, environ) != 0) return -1;
   for (int i = 0; i < 1200; i++) { /* up to 120 s to load the model on a busy box */
     char *b = NULL;
@@ -223,6 +251,8 @@ static int start_server(void) {
   }
   return -1;
 }
+
+static int start_server(void) { return start_server_with(NULL); }
 
 static int stop_server(void) {
   if (srv_pid <= 0) return 0;
@@ -355,6 +385,111 @@ static void test_concurrent(void) {
   CU_ASSERT_EQUAL(stop_server(), 0);
 }
 
+static cJSON *usage_of(const char *body) {
+  cJSON *j = cJSON_Parse(body);
+  cJSON *u = cJSON_DetachItemFromObject(j, "usage");
+  cJSON_Delete(j);
+  return u;
+}
+static int kvs_usage(const cJSON *u, const char *k) {
+  return cJSON_GetObjectItem(cJSON_GetObjectItem(u, "kvstash"), k)->valueint;
+}
+
+/* Through a real kvstashd: a conversation's second turn reuses the first turn
+ * (prompt and answer, stored by whole 256-token chunks), and the same
+ * documents in a second question are loaded instead of computed. */
+static void test_reuse(void) {
+  char url[128];
+  if (!kvs_test_model_path()) return;
+  CU_ASSERT_EQUAL_FATAL(start_kvstashd(url, sizeof url), 0);
+  int up = start_server_with(url);
+  CU_ASSERT_EQUAL(up, 1);
+  if (up != 1) {
+    stop_kvstashd();
+    return;
+  }
+  /* turn 1: a long user message (> 256 tokens with the answer) */
+  char text[4096] = "";
+  for (int i = 0; i < 40; i++) strcat(text, "The river flows past the old mill and the green hills. ");
+  cJSON *req = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(req, "messages");
+  cJSON *m = cJSON_CreateObject();
+  cJSON_AddStringToObject(m, "role", "user");
+  cJSON_AddStringToObject(m, "content", text);
+  cJSON_AddItemToArray(msgs, m);
+  cJSON_AddNumberToObject(req, "max_tokens", 16);
+  char *body = cJSON_PrintUnformatted(req), *b = NULL;
+  CU_ASSERT_EQUAL_FATAL(http("POST", "/v1/chat/completions", body, &b), 200);
+  free(body);
+  cJSON *u1 = usage_of(b);
+  char *answer = chat_text(b);
+  free(b);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(answer);
+  CU_ASSERT(cJSON_GetObjectItem(u1, "prompt_tokens")->valueint > 256);
+  CU_ASSERT_EQUAL(kvs_usage(u1, "reused_tokens"), 0); /* a cold store */
+  /* turn 2: the history with the answer, then a new question */
+  m = cJSON_CreateObject();
+  cJSON_AddStringToObject(m, "role", "assistant");
+  cJSON_AddStringToObject(m, "content", answer);
+  cJSON_AddItemToArray(msgs, m);
+  m = cJSON_CreateObject();
+  cJSON_AddStringToObject(m, "role", "user");
+  cJSON_AddStringToObject(m, "content", "Where does the river flow?");
+  cJSON_AddItemToArray(msgs, m);
+  body = cJSON_PrintUnformatted(req);
+  int reused = 0;
+  for (int tries = 0; tries < 50 && reused == 0; tries++) { /* stores are asynchronous */
+    CU_ASSERT_EQUAL_FATAL(http("POST", "/v1/chat/completions", body, &b), 200);
+    cJSON *u2 = usage_of(b);
+    reused = kvs_usage(u2, "reused_tokens");
+    if (reused) {
+      /* at least the history's first whole chunk (stored after turn 1's answer);
+       * a retry here may also find this request's own chain, tail included */
+      CU_ASSERT(reused >= 256);
+      CU_ASSERT(reused < cJSON_GetObjectItem(u2, "prompt_tokens")->valueint); /* the question is new */
+      CU_ASSERT(kvs_usage(u2, "prefilled_tokens") + reused == cJSON_GetObjectItem(u2, "prompt_tokens")->valueint);
+      CU_ASSERT(cJSON_GetObjectItem(cJSON_GetObjectItem(u2, "prompt_tokens_details"), "cached_tokens")->valueint == reused);
+    }
+    cJSON_Delete(u2);
+    free(b);
+    if (!reused) usleep(100000);
+  }
+  CU_ASSERT(reused > 0);
+  free(body);
+  free(answer);
+  cJSON_Delete(u1);
+  cJSON_Delete(req);
+
+  /* RAG: the same two documents, second question loads them */
+  const char *rag = "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":4,"
+                    "\"documents\":[\"The Eiffel Tower is in Paris, France. It was built in 1889.\","
+                    "\"The Colosseum is in Rome, Italy. It was built in 80 AD.\"]}";
+  char r1[1024], r2[1024];
+  snprintf(r1, sizeof r1, rag, "Where is the Eiffel Tower?");
+  snprintf(r2, sizeof r2, rag, "When was the Colosseum built?");
+  CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions", r1, &b), 200);
+  free(b);
+  reused = 0;
+  for (int tries = 0; tries < 50 && reused == 0; tries++) {
+    CU_ASSERT_EQUAL_FATAL(http("POST", "/v1/chat/completions", r2, &b), 200);
+    cJSON *u = usage_of(b);
+    reused = kvs_usage(u, "reused_tokens");
+    cJSON_Delete(u);
+    free(b);
+    if (!reused) usleep(100000);
+  }
+  CU_ASSERT(reused > 20); /* both documents' tokens (and the short prefix) */
+  /* and reuse off for one request: nothing reused */
+  char r3[1100];
+  snprintf(r3, sizeof r3, "%.*s,\"kvstash\":{\"reuse\":false}}", (int)strlen(r2) - 1, r2);
+  CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions", r3, &b), 200);
+  cJSON *u = usage_of(b);
+  CU_ASSERT_EQUAL(kvs_usage(u, "reused_tokens"), 0);
+  cJSON_Delete(u);
+  free(b);
+  CU_ASSERT_EQUAL(stop_server(), 0);
+  stop_kvstashd();
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   static const kvs_test_case cases[] = {{"parse_chat", test_parse_chat},
@@ -363,8 +498,10 @@ int main(void) {
                                         {"prompt_segments", test_prompt_segments},
                                         {"server", test_server},
                                         {"concurrent", test_concurrent},
+                                        {"reuse", test_reuse},
                                         {NULL, NULL}};
   int rc = kvs_test_run("serve", cases);
   stop_server();
+  stop_kvstashd();
   return rc;
 }

@@ -25,11 +25,14 @@
 #include <time.h>
 
 #include "kvs_engine.h"
+#include "kvs_engines.h"
 #include "kvs_gpu.h"
 #include "kvs_engines.h"
 #include "kvs_gpu_model.h"
 #include "kvs_model.h"
 #include "kvs_net.h"
+#include "kvs_reuse.h"
+#include "kvstash.h"
 #include "model_int.h"
 #include "serve_int.h"
 
@@ -74,7 +77,12 @@ typedef struct server {
   kvs_engine *eng;
   kvs_engine_info info;
   const kvs_tok *tok;
+  kvs_tok *own_tok; /* --random-8b: the tokenizer of --model, weights random */
+  kvs_gguf *tok_gguf;
   char model_name[128];
+  kvs_client *cl;   /* NULL without --kvstash */
+  kvs_reuse *ru;
+  uint32_t chunk_tokens;
   uint32_t max_ctx, default_max_tokens, max_queue;
   /* queue */
   pthread_mutex_t qmu;
@@ -84,6 +92,7 @@ typedef struct server {
   int stopping;
   pthread_t worker;
   uint64_t n_requests, n_rejected;
+  double busy_s; /* the worker's time spent on jobs (under qmu) */
 } server;
 
 static void job_free(job *j) {
@@ -263,6 +272,36 @@ static void out_text(job *j, const char *s, size_t n) {
   if (j->req.stream) event_active(j->wake, 0, 0);
 }
 
+/* Stores chunks [first, last) of the prefix chain over ids[0..n_kv), where
+ * first is the first whole chunk beyond the prompt's PREFIX segment and last
+ * the last whole chunk the sequence holds KV for. Best effort: a full store
+ * queue drops it (counted by kvs_reuse). */
+static void store_answer(server *sv, kvs_engine_seq *s, const int32_t *ids, uint32_t n_ids,
+                         uint32_t n_kv, uint32_t prefix_len) {
+  uint32_t C = sv->chunk_tokens, n = n_kv < n_ids ? n_kv : n_ids;
+  uint32_t first = (prefix_len + C - 1) / C, last = n / C;
+  if (last <= first || last * C >= n_ids) return; /* nothing new, or no token left for NEW */
+  kvs_reuse_segment rs[2] = {{.kind = KVS_SEG_PREFIX, .n_tokens = last * C},
+                             {.kind = KVS_SEG_NEW, .n_tokens = n_ids - last * C}};
+  kvs_reuse_request rq = {.tokens = ids, .n_tokens = n_ids, .segs = rs, .n_segs = 2};
+  const kvs_layout *l = &sv->info.layout;
+  size_t plane = (size_t)C * l->n_kv_heads * l->head_dim * kvs_dtype_size(l->dtype);
+  int dev = sv->info.mem == KVS_ENGINE_MEM_DEVICE;
+  void *kv = NULL;
+  kvs_err e = dev ? kvs_gpu_alloc(&kv, 2 * plane * l->n_layers)
+                  : ((kv = malloc(2 * plane * l->n_layers)) ? KVS_OK : KVS_ENOMEM);
+  for (uint32_t c = first; !e && c < last; c++) {
+    for (uint32_t y = 0; !e && y < l->n_layers; y++) /* canonical (layers, 2, C, heads, dim) */
+      e = sv->eng->ops->kv_read(sv->eng, s, y, c * C, C, (char *)kv + 2 * y * plane,
+                                (char *)kv + (2 * y + 1) * plane);
+    if (!e) e = kvs_reuse_store(sv->ru, &rq, c, kv, 0);
+    if (e == KVS_EAGAIN) e = KVS_OK; /* dropped and counted: the next chunk may fit */
+  }
+  if (e) kvs_log(KVS_LOG_WARN, "serve", "storing the conversation's chunks: %s", kvs_strerror(e));
+  if (dev) kvs_gpu_free(kv);
+  else free(kv);
+}
+
 /* Generates the answer of one job: full prefill (reuse comes through reuse/),
  * greedy decode, text handed over as whole UTF-8 characters, stop strings
  * checked on the text so far (never streamed past a stop). */
@@ -289,10 +328,32 @@ static kvs_err run_job(server *sv, job *j) {
   if (!e && dev) e = kvs_gpu_alloc((void **)&lg, V * sizeof *lg);
   if (!e) e = sv->eng->ops->seq_create(sv->eng, p.n_tokens + max_new + 1, &s);
   uint64_t t0 = kvs_now_ns();
-  if (!e) e = sv->eng->ops->prefill(sv->eng, s, p.tokens, p.n_tokens, 0, lg);
+  int reuse = sv->ru && j->req.reuse;
+  kvs_reuse_segment rs[SRV_MAX_DOCS + 2];
+  kvs_reuse_request rq = {.tokens = p.tokens, .n_tokens = p.n_tokens, .segs = rs, .n_segs = p.n_segs};
+  for (uint32_t i = 0; i < p.n_segs; i++)
+    rs[i] = (kvs_reuse_segment){.kind = p.segs[i].kind == SRV_SEG_PREFIX    ? KVS_SEG_PREFIX
+                                        : p.segs[i].kind == SRV_SEG_CONTENT ? KVS_SEG_CONTENT
+                                                                            : KVS_SEG_NEW,
+                                .n_tokens = p.segs[i].len};
+  if (!e && reuse) {
+    kvs_reuse_result res;
+    e = kvs_reuse_run(sv->ru, s, &rq, lg, &res, NULL, 0);
+    /* loaded tokens are reused; of them, blending recomputed some; the rest
+     * (missing chunks and the new tail) was prefilled in full */
+    j->reused_tokens = res.blend.n_ctx - res.blend.n_forced;
+    j->recomputed_tokens = res.blend.n_recomputed > res.blend.n_forced ? res.blend.n_recomputed - res.blend.n_forced : 0;
+    j->prefilled_tokens = res.blend.n_forced + res.blend.n_prefilled;
+  } else if (!e) {
+    e = sv->eng->ops->prefill(sv->eng, s, p.tokens, p.n_tokens, 0, lg);
+    j->prefilled_tokens = p.n_tokens;
+  }
   if (!e && dev) e = kvs_gpu_copy_d2h(host, lg, V * sizeof *host, NULL);
   j->ttft_s = (kvs_now_ns() - t0) / 1e9;
-  j->prefilled_tokens = p.n_tokens;
+  int32_t *ids = malloc((size_t)(p.n_tokens + max_new) * sizeof *ids); /* prompt + answer */
+  if (!e && !ids) e = KVS_ENOMEM;
+  if (!e) memcpy(ids, p.tokens, p.n_tokens * sizeof *ids);
+  uint32_t n_ids = p.n_tokens;
   kvs_token end = kvs_tok_find(sv->tok, "<|im_end|>"), eos = kvs_tok_eos(sv->tok);
   j->finish = "length";
   size_t hold = 0;
@@ -306,6 +367,7 @@ static kvs_err run_job(server *sv, job *j) {
       break;
     }
     j->completion_tokens++;
+    ids[n_ids++] = t;
     size_t pl = 0;
     const char *piece = kvs_tok_piece(sv->tok, t, &pl);
     char buf[256];
@@ -348,6 +410,13 @@ static kvs_err run_job(server *sv, job *j) {
     }
   }
   if (!e && gen_n > sent) out_text(j, gen + sent, gen_n - sent);
+  /* a conversation's next turn starts with this prompt and this answer: store
+   * the prefix chain's whole chunks that the answer completed (the prompt's
+   * own were stored by kvs_reuse_run), off the critical path. Not with
+   * documents: the next turn's history does not carry them. */
+  if (!e && reuse && j->req.chat && !j->req.n_docs && s)
+    store_answer(sv, s, ids, n_ids, sv->eng->ops->seq_len(sv->eng, s), p.segs[0].kind == SRV_SEG_PREFIX ? p.segs[0].len : 0);
+  free(ids);
   if (s) sv->eng->ops->seq_free(sv->eng, s);
   if (dev && lg) kvs_gpu_free(lg);
   free(host);
@@ -371,7 +440,11 @@ static void *worker_main(void *arg) {
     if (!sv->head) sv->tail = NULL;
     sv->queued--;
     pthread_mutex_unlock(&sv->qmu);
+    uint64_t t0 = kvs_now_ns();
     kvs_err e = atomic_load(&j->cancelled) ? KVS_ECANCELED : run_job(sv, j);
+    pthread_mutex_lock(&sv->qmu);
+    sv->busy_s += (kvs_now_ns() - t0) / 1e9;
+    pthread_mutex_unlock(&sv->qmu);
     pthread_mutex_lock(&j->mu);
     j->err = e;
     if (e && !j->errmsg[0])
@@ -471,6 +544,7 @@ static void handle(struct evhttp_request *r, void *arg) {
     cJSON_AddNumberToObject(o, "queued", sv->queued);
     cJSON_AddNumberToObject(o, "requests", (double)sv->n_requests);
     cJSON_AddNumberToObject(o, "rejected", (double)sv->n_rejected);
+    cJSON_AddNumberToObject(o, "busy_s", sv->busy_s);
     pthread_mutex_unlock(&sv->qmu);
     send_json(r, 200, "OK", o);
     cJSON_Delete(o);
@@ -490,6 +564,15 @@ static void usage(FILE *f) {
              "  --listen HOST:PORT    where to listen (default 127.0.0.1:8000)\n"
              "  --model-name NAME     the id /v1/models reports (default: the file's name)\n"
              "  --gpu                 run the CUDA engine (needs a device)\n"
+             "  --random-8b           Llama-3-8B-shaped seeded random weights on the GPU (speed\n"
+             "                        runs; implies --gpu); --model then gives the tokenizer\n"
+             "  --kvstash URL         reuse KV through this kvstashd (tenant and token from\n"
+             "                        KVS_TENANT / KVS_TOKEN); without it nothing is reused\n"
+             "  --strategy NAME       blend strategy for documents: none, cacheblend, epic,\n"
+             "                        adaptive (default), full\n"
+             "  --profile NAME        codec profile of stored KV (default dense)\n"
+             "  --policy NAME         auto (default: load or recompute from measured figures),\n"
+             "                        load, recompute\n"
              "  --ctx N               context tokens per request (default 8192)\n"
              "  --max-tokens N        default max_tokens (default 256)\n"
              "  --queue N             requests waiting at most (default 64; more get 503)\n"
@@ -497,14 +580,15 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-  const char *model_path = NULL, *listen = "127.0.0.1:8000", *name = NULL;
-  int use_gpu = 0;
+  const char *model_path = NULL, *listen = "127.0.0.1:8000", *name = NULL, *kvs_url = NULL;
+  const char *strategy = "adaptive", *profile = "dense", *policy = "auto";
+  int use_gpu = 0, random8b = 0;
   server sv = {.max_ctx = 8192, .default_max_tokens = 256, .max_queue = 64};
-  static struct option lo[] = {{"model", 1, 0, 'm'},      {"listen", 1, 0, 'l'},
-                               {"model-name", 1, 0, 'n'}, {"gpu", 0, 0, 'g'},
-                               {"ctx", 1, 0, 'c'},        {"max-tokens", 1, 0, 't'},
-                               {"queue", 1, 0, 'q'},      {"version", 0, 0, 'V'},
-                               {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+  static struct option lo[] = {{"model", 1, 0, 'm'}, {"listen", 1, 0, 'l'}, {"model-name", 1, 0, 'n'},
+                               {"gpu", 0, 0, 'g'},   {"ctx", 1, 0, 'c'},    {"max-tokens", 1, 0, 't'},
+                               {"queue", 1, 0, 'q'}, {"version", 0, 0, 'V'}, {"help", 0, 0, 'h'},
+                               {"kvstash", 1, 0, 'K'}, {"strategy", 1, 0, 's'}, {"profile", 1, 0, 'p'},
+                               {"policy", 1, 0, 'P'}, {"random-8b", 0, 0, 'R'}, {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     char *end = NULL;
     switch (c) {
@@ -515,6 +599,11 @@ int main(int argc, char **argv) {
     case 'c': sv.max_ctx = (uint32_t)strtoul(optarg, &end, 10); break;
     case 't': sv.default_max_tokens = (uint32_t)strtoul(optarg, &end, 10); break;
     case 'q': sv.max_queue = (uint32_t)strtoul(optarg, &end, 10); break;
+    case 'K': kvs_url = optarg; break;
+    case 'R': random8b = use_gpu = 1; break;
+    case 's': strategy = optarg; break;
+    case 'p': profile = optarg; break;
+    case 'P': policy = optarg; break;
     case 'V': printf("kvs-serve %s\n", KVS_SERVE_VERSION); return 0;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
@@ -541,12 +630,24 @@ int main(int argc, char **argv) {
     return 2;
   }
 
-  kvs_err e = kvs_model_load(model_path, &sv.model);
+  kvs_err e;
+  if (random8b) { /* the tokenizer from the file, the weights random (vocab to match) */
+    e = kvs_gguf_open(model_path, &sv.tok_gguf);
+    if (!e) e = kvs_tok_create(sv.tok_gguf, &sv.own_tok);
+    kvs_model_cfg cfg = {.n_vocab = sv.own_tok ? kvs_tok_n_vocab(sv.own_tok) : 0, .n_embd = 4096,
+                         .n_layers = 32, .n_heads = 32, .n_kv_heads = 8, .head_dim = 128,
+                         .n_ff = 14336, .n_ctx_train = 8192, .rope_theta = 500000.0f,
+                         .norm_eps = 1e-5f};
+    if (!e) e = kvs_model_create_random(&cfg, 8, 0, &sv.model);
+    sv.tok = sv.own_tok;
+  } else {
+    e = kvs_model_load(model_path, &sv.model);
+    if (sv.model) sv.tok = kvs_model_tok(sv.model);
+  }
   if (e) {
     fprintf(stderr, "kvs-serve: model %s: %s\n", model_path, kvs_strerror(e));
     return 1;
   }
-  sv.tok = kvs_model_tok(sv.model);
   if (use_gpu) {
     kvs__model_weights w;
     kvs__model_weights_get(sv.model, &w);
@@ -559,6 +660,32 @@ int main(int argc, char **argv) {
   if (e || !sv.tok) {
     fprintf(stderr, "kvs-serve: engine: %s\n", e ? kvs_strerror(e) : "the model has no tokenizer");
     return 1;
+  }
+  int strat = kvs_sel_parse(strategy), prof = kvs_profile_from_name(profile);
+  int pol = !strcmp(policy, "auto") ? KVS_REUSE_PLAN_AUTO
+            : !strcmp(policy, "load") ? KVS_REUSE_PLAN_ALWAYS_LOAD
+            : !strcmp(policy, "recompute") ? KVS_REUSE_PLAN_ALWAYS_RECOMPUTE : -1;
+  if (strat < 0 || prof < 0 || pol < 0) {
+    fprintf(stderr, "kvs-serve: unknown --strategy '%s', --profile '%s' or --policy '%s'\n", strategy,
+            profile, policy);
+    return 2;
+  }
+  if (kvs_url) {
+    kvs_client_opts co;
+    kvs_client_opts_init(&co);
+    co.url = kvs_url, co.tenant = getenv("KVS_TENANT"), co.token = getenv("KVS_TOKEN");
+    kvs_reuse_opts ro;
+    kvs_reuse_opts_init(&ro);
+    ro.blend.sel = kvs_sel_defaults((uint32_t)strat);
+    ro.policy = (uint32_t)pol, ro.store = 1, ro.store_profile = (uint32_t)prof;
+    e = kvs_client_create(&co, &sv.cl);
+    if (!e) e = kvs_reuse_create(sv.cl, sv.eng, &ro, &sv.ru);
+    if (e) {
+      fprintf(stderr, "kvs-serve: kvstash at %s: %s (%s)\n", kvs_url, kvs_strerror(e),
+              sv.cl ? kvs_client_errmsg(sv.cl) : "");
+      return 1;
+    }
+    sv.chunk_tokens = ro.prefix_chunk_tokens ? ro.prefix_chunk_tokens : KVS_DEFAULT_CHUNK_TOKENS;
   }
   const char *base = strrchr(model_path, '/');
   snprintf(sv.model_name, sizeof sv.model_name, "%s", name ? name : base ? base + 1 : model_path);
@@ -584,8 +711,9 @@ int main(int argc, char **argv) {
   struct event *st = evsignal_new(sv.base, SIGTERM, on_signal, sv.base);
   event_add(si, NULL);
   event_add(st, NULL);
-  fprintf(stderr, "kvs-serve: %s (%s, %u layers) on http://%s\n", sv.model_name, sv.info.name,
-          sv.info.layout.n_layers, listen);
+  fprintf(stderr, "kvs-serve: %s (%s, %u layers) on http://%s, reuse %s%s\n", sv.model_name,
+          sv.info.name, sv.info.layout.n_layers, listen, kvs_url ? "through " : "off",
+          kvs_url ? kvs_url : "");
   event_base_dispatch(sv.base);
 
   pthread_mutex_lock(&sv.qmu);
@@ -599,9 +727,13 @@ int main(int argc, char **argv) {
   event_free(st);
   evhttp_free(sv.http);
   event_base_free(sv.base);
+  kvs_reuse_free(sv.ru); /* waits for queued stores */
+  kvs_client_free(sv.cl);
   kvs_engine_free(sv.eng);
   kvs_gpu_model_free(sv.gm);
   kvs_model_free(sv.model);
+  kvs_tok_free(sv.own_tok);
+  kvs_gguf_free(sv.tok_gguf);
   fprintf(stderr, "kvs-serve: stopped\n");
   return 0;
 }
