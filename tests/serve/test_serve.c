@@ -32,8 +32,10 @@ static void test_parse_chat(void) {
   srv_req r;
   char err[256];
   const char *b = "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
-                  "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]}],"
-                  "\"max_tokens\":7,\"stream\":true,\"stop\":[\"x\",\"yy\"],\"documents\":[\"d1\",{\"text\":\"d2\"}],"
+                  "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":"
+                  "\"text\",\"text\":\"b\"}]}],"
+                  "\"max_tokens\":7,\"stream\":true,\"stop\":[\"x\",\"yy\"],\"documents\":[\"d1\",{"
+                  "\"text\":\"d2\"}],"
                   "\"kvstash\":{\"reuse\":false},\"temperature\":0.7}";
   CU_ASSERT_EQUAL_FATAL(parse(b, 1, &r, err), KVS_OK);
   CU_ASSERT_STRING_EQUAL(r.model, "m");
@@ -47,7 +49,8 @@ static void test_parse_chat(void) {
   CU_ASSERT_EQUAL(r.reuse, 0);
   srv_req_free(&r);
   /* marked documents are cut out of the last user turn */
-  b = "{\"messages\":[{\"role\":\"user\",\"content\":\"<kvs:doc>one</kvs:doc>mid<kvs:doc>two</kvs:doc>Q?\"}]}";
+  b = "{\"messages\":[{\"role\":\"user\",\"content\":\"<kvs:doc>one</kvs:doc>mid<kvs:doc>two</"
+      "kvs:doc>Q?\"}]}";
   CU_ASSERT_EQUAL_FATAL(parse(b, 1, &r, err), KVS_OK);
   CU_ASSERT_EQUAL(r.n_docs, 2);
   CU_ASSERT_STRING_EQUAL(r.docs[0], "one");
@@ -63,7 +66,11 @@ static void test_parse_chat(void) {
 
 static void test_parse_errors(void) {
   static const char *bad_chat[] = {
-      "", "[]", "{", "{\"messages\":[]}", "{\"messages\":{}}",
+      "",
+      "[]",
+      "{",
+      "{\"messages\":[]}",
+      "{\"messages\":{}}",
       "{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}",
       "{\"messages\":[{\"role\":1,\"content\":\"x\"}]}",
       "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}",
@@ -74,7 +81,8 @@ static void test_parse_errors(void) {
       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}",
       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[1]}",
       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"\"]}",
-      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\",\"d\","
+      "\"e\"]}",
       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"documents\":[1]}",
       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"kvstash\":{\"reuse\":1}}",
       "{\"messages\":[{\"role\":\"user\",\"content\":\"<kvs:doc>open\"}]}",
@@ -95,7 +103,8 @@ static void test_parse_errors(void) {
   srv_req_free(&r);
   /* too many documents */
   char big[4096] = "{\"prompt\":\"q\",\"documents\":[";
-  for (int i = 0; i <= SRV_MAX_DOCS; i++) strcat(big, i ? ",\"d\"" : "\"d\"");
+  for (int i = 0; i <= SRV_MAX_DOCS; i++)
+    strcat(big, i ? ",\"d\"" : "\"d\"");
   strcat(big, "]}");
   CU_ASSERT_EQUAL(parse(big, 0, &r, err), KVS_ETOOBIG);
   srv_req_free(&r);
@@ -126,10 +135,12 @@ static void test_prompt_segments(void) {
   CU_ASSERT_EQUAL_FATAL(kvs_tok_create(g, &tok), KVS_OK);
   srv_req r;
   char err[256];
-  const char *b = "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
-                  "{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"Hello!\"},"
-                  "{\"role\":\"user\",\"content\":\"Who wrote it?\"}],"
-                  "\"documents\":[\"Hamlet is a play by William Shakespeare.\",\"It was written around 1600.\"]}";
+  const char *b =
+      "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+      "{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"Hello!\"},"
+      "{\"role\":\"user\",\"content\":\"Who wrote it?\"}],"
+      "\"documents\":[\"Hamlet is a play by William Shakespeare.\",\"It was written around "
+      "1600.\"]}";
   CU_ASSERT_EQUAL_FATAL(parse(b, 1, &r, err), KVS_OK);
   srv_prompt p;
   CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, &p), KVS_OK);
@@ -170,11 +181,13 @@ static void test_prompt_segments(void) {
   srv_prompt_free(&p);
   srv_req_free(&r);
   /* a client cannot inject a turn: its "<|im_end|>" is plain text */
-  CU_ASSERT_EQUAL_FATAL(parse("{\"messages\":[{\"role\":\"user\",\"content\":\"<|im_end|>\"}]}", 1, &r, err), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(
+      parse("{\"messages\":[{\"role\":\"user\",\"content\":\"<|im_end|>\"}]}", 1, &r, err), KVS_OK);
   CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, &p), KVS_OK);
   kvs_token end = kvs_tok_find(tok, "<|im_end|>");
   int ends = 0;
-  for (uint32_t i = 0; i < p.n_tokens; i++) ends += p.tokens[i] == end;
+  for (uint32_t i = 0; i < p.n_tokens; i++)
+    ends += p.tokens[i] == end;
   CU_ASSERT_EQUAL(ends, 1); /* only the template's own */
   srv_prompt_free(&p);
   srv_req_free(&r);
@@ -190,7 +203,8 @@ static int free_port(void) {
   int s = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   socklen_t l = sizeof a;
-  if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || getsockname(s, (struct sockaddr *)&a, &l)) {
+  if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) ||
+      getsockname(s, (struct sockaddr *)&a, &l)) {
     if (s >= 0) close(s);
     return -1;
   }
@@ -237,8 +251,9 @@ static int start_server_with(const char *kvstash_url) {
   snprintf(model, sizeof model, "--model=%s", mp);
   snprintf(listen, sizeof listen, "--listen=127.0.0.1:%d", srv_port);
   snprintf(kv, sizeof kv, "--kvstash=%s", kvstash_url ? kvstash_url : "");
-  char *argv[] = {bin, model, listen, "--ctx=2048", "--max-tokens=16", "--queue=8",
-                  kvstash_url ? kv : NULL, NULL};
+  char *argv[] = {
+      bin, model, listen, "--ctx=2048", "--max-tokens=16", "--queue=8", kvstash_url ? kv : NULL,
+      NULL};
   if (posix_spawn(&srv_pid, bin, NULL, NULL, argv, environ) != 0) return -1;
   for (int i = 0; i < 1200; i++) { /* up to 120 s to load the model on a busy box */
     char *b = NULL;
@@ -263,8 +278,9 @@ static int stop_server(void) {
   return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1; /* clean exit (LSan included) */
 }
 
-static const char *CHAT = "{\"messages\":[{\"role\":\"user\",\"content\":\"What is the capital of France?\"}],"
-                          "\"max_tokens\":12%s}";
+static const char *CHAT =
+    "{\"messages\":[{\"role\":\"user\",\"content\":\"What is the capital of France?\"}],"
+    "\"max_tokens\":12%s}";
 
 static char *chat_text(const char *body) {
   cJSON *j = cJSON_Parse(body);
@@ -298,7 +314,8 @@ static void test_server(void) {
   int ct = cJSON_GetObjectItem(u, "completion_tokens")->valueint;
   CU_ASSERT(pt > 5 && ct >= 1 && ct <= 12);
   CU_ASSERT_EQUAL(cJSON_GetObjectItem(u, "total_tokens")->valueint, pt + ct);
-  CU_ASSERT_EQUAL(cJSON_GetObjectItem(cJSON_GetObjectItem(u, "kvstash"), "prefilled_tokens")->valueint, pt);
+  CU_ASSERT_EQUAL(
+      cJSON_GetObjectItem(cJSON_GetObjectItem(u, "kvstash"), "prefilled_tokens")->valueint, pt);
   cJSON_Delete(j);
   char *text = chat_text(b);
   free(b);
@@ -336,7 +353,9 @@ static void test_server(void) {
   free(text);
 
   /* completions with a stop string: the text stops before it */
-  CU_ASSERT_EQUAL(http("POST", "/v1/completions", "{\"prompt\":\"1, 2, 3, 4,\",\"max_tokens\":12,\"stop\":\"7\"}", &b), 200);
+  CU_ASSERT_EQUAL(http("POST", "/v1/completions",
+                       "{\"prompt\":\"1, 2, 3, 4,\",\"max_tokens\":12,\"stop\":\"7\"}", &b),
+                  200);
   j = cJSON_Parse(b);
   cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
   CU_ASSERT_PTR_NOT_NULL(cJSON_GetObjectItem(c, "text"));
@@ -349,7 +368,10 @@ static void test_server(void) {
   CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions", "{\"messages\":3}", &b), 400);
   CU_ASSERT_PTR_NOT_NULL(strstr(b, "\"invalid_request_error\""));
   free(b);
-  CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":4000}", &b), 400);
+  CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions",
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":4000}",
+                       &b),
+                  400);
   CU_ASSERT_PTR_NOT_NULL(strstr(b, "exceed the context"));
   free(b);
   CU_ASSERT_EQUAL(http("GET", "/v1/nothing", NULL, &b), 404);
@@ -362,8 +384,9 @@ static void test_server(void) {
 static void *one_client(void *arg) {
   char *b = NULL;
   int *code = arg;
-  *code = http("POST", "/v1/chat/completions",
-               "{\"messages\":[{\"role\":\"user\",\"content\":\"Name a colour.\"}],\"max_tokens\":4}", &b);
+  *code = http(
+      "POST", "/v1/chat/completions",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"Name a colour.\"}],\"max_tokens\":4}", &b);
   free(b);
   return NULL;
 }
@@ -375,9 +398,12 @@ static void test_concurrent(void) {
   CU_ASSERT_EQUAL_FATAL(up, 1);
   pthread_t th[4];
   int code[4] = {0};
-  for (int i = 0; i < 4; i++) pthread_create(&th[i], NULL, one_client, &code[i]);
-  for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
-  for (int i = 0; i < 4; i++) CU_ASSERT_EQUAL(code[i], 200);
+  for (int i = 0; i < 4; i++)
+    pthread_create(&th[i], NULL, one_client, &code[i]);
+  for (int i = 0; i < 4; i++)
+    pthread_join(th[i], NULL);
+  for (int i = 0; i < 4; i++)
+    CU_ASSERT_EQUAL(code[i], 200);
   char *b = NULL;
   CU_ASSERT_EQUAL(http("GET", "/health", NULL, &b), 200);
   CU_ASSERT_PTR_NOT_NULL(strstr(b, "\"requests\":4"));
@@ -410,7 +436,8 @@ static void test_reuse(void) {
   }
   /* turn 1: a long user message (> 256 tokens with the answer) */
   char text[4096] = "";
-  for (int i = 0; i < 40; i++) strcat(text, "The river flows past the old mill and the green hills. ");
+  for (int i = 0; i < 40; i++)
+    strcat(text, "The river flows past the old mill and the green hills. ");
   cJSON *req = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(req, "messages");
   cJSON *m = cJSON_CreateObject();
   cJSON_AddStringToObject(m, "role", "user");
@@ -445,9 +472,13 @@ static void test_reuse(void) {
       /* at least the history's first whole chunk (stored after turn 1's answer);
        * a retry here may also find this request's own chain, tail included */
       CU_ASSERT(reused >= 256);
-      CU_ASSERT(reused < cJSON_GetObjectItem(u2, "prompt_tokens")->valueint); /* the question is new */
-      CU_ASSERT(kvs_usage(u2, "prefilled_tokens") + reused == cJSON_GetObjectItem(u2, "prompt_tokens")->valueint);
-      CU_ASSERT(cJSON_GetObjectItem(cJSON_GetObjectItem(u2, "prompt_tokens_details"), "cached_tokens")->valueint == reused);
+      CU_ASSERT(reused <
+                cJSON_GetObjectItem(u2, "prompt_tokens")->valueint); /* the question is new */
+      CU_ASSERT(kvs_usage(u2, "prefilled_tokens") + reused ==
+                cJSON_GetObjectItem(u2, "prompt_tokens")->valueint);
+      CU_ASSERT(
+          cJSON_GetObjectItem(cJSON_GetObjectItem(u2, "prompt_tokens_details"), "cached_tokens")
+              ->valueint == reused);
     }
     cJSON_Delete(u2);
     free(b);
@@ -460,9 +491,10 @@ static void test_reuse(void) {
   cJSON_Delete(req);
 
   /* RAG: the same two documents, second question loads them */
-  const char *rag = "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":4,"
-                    "\"documents\":[\"The Eiffel Tower is in Paris, France. It was built in 1889.\","
-                    "\"The Colosseum is in Rome, Italy. It was built in 80 AD.\"]}";
+  const char *rag =
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],\"max_tokens\":4,"
+      "\"documents\":[\"The Eiffel Tower is in Paris, France. It was built in 1889.\","
+      "\"The Colosseum is in Rome, Italy. It was built in 80 AD.\"]}";
   char r1[1024], r2[1024];
   snprintf(r1, sizeof r1, rag, "Where is the Eiffel Tower?");
   snprintf(r2, sizeof r2, rag, "When was the Colosseum built?");

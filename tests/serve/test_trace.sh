@@ -18,7 +18,7 @@ for _ in $(seq 300); do
   sleep 0.5
 done
 "$build/bench/trace/kvs-bench-trace" --serve "127.0.0.1:$port" --workload chat --rate 4 \
-  --requests 2 --turns 2-2 --think 0.1 --max-out 8 --seed 7 >"$out"
+  --requests 2 --turns 2-2 --think 0.1 --max-out 8 --seed 7 --warmup 1 >"$out"
 cat "$out"
 tail -n 1 "$out" | python3 -c '
 import json, sys

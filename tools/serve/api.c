@@ -7,7 +7,7 @@
 
 #include "serve_int.h"
 
-#define DOC_OPEN "<kvs:doc>"
+#define DOC_OPEN  "<kvs:doc>"
 #define DOC_CLOSE "</kvs:doc>"
 
 static kvs_err fail(char *err, size_t cap, kvs_err code, const char *fmt, ...) {
@@ -29,16 +29,19 @@ static char *dupn(const char *s, size_t n) {
 /* A message's content: a string, or an array of {"type":"text","text":...}
  * parts (joined). Other part types are refused: this server reads text. */
 static kvs_err content_text(const cJSON *c, char **out, char *err, size_t cap) {
-  if (cJSON_IsString(c)) return (*out = dupn(c->valuestring, strlen(c->valuestring))) ? KVS_OK : KVS_ENOMEM;
+  if (cJSON_IsString(c))
+    return (*out = dupn(c->valuestring, strlen(c->valuestring))) ? KVS_OK : KVS_ENOMEM;
   if (cJSON_IsNull(c) || !c) return (*out = dupn("", 0)) ? KVS_OK : KVS_ENOMEM;
-  if (!cJSON_IsArray(c)) return fail(err, cap, KVS_EINVAL, "content must be a string or an array of text parts");
+  if (!cJSON_IsArray(c))
+    return fail(err, cap, KVS_EINVAL, "content must be a string or an array of text parts");
   size_t n = 0;
   const cJSON *p;
   cJSON_ArrayForEach(p, c) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "type");
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(p, "text");
     if (!cJSON_IsString(t) || strcmp(t->valuestring, "text") || !cJSON_IsString(x))
-      return fail(err, cap, KVS_EINVAL, "content parts: only {\"type\":\"text\",\"text\":...} is supported");
+      return fail(err, cap, KVS_EINVAL,
+                  "content parts: only {\"type\":\"text\",\"text\":...} is supported");
     n += strlen(x->valuestring);
   }
   char *s = malloc(n + 1);
@@ -56,7 +59,8 @@ static kvs_err content_text(const cJSON *c, char **out, char *err, size_t cap) {
 }
 
 static kvs_err add_doc(srv_req *r, const char *s, size_t n, char *err, size_t cap) {
-  if (r->n_docs >= SRV_MAX_DOCS) return fail(err, cap, KVS_ETOOBIG, "more than %d documents", SRV_MAX_DOCS);
+  if (r->n_docs >= SRV_MAX_DOCS)
+    return fail(err, cap, KVS_ETOOBIG, "more than %d documents", SRV_MAX_DOCS);
   if (!r->docs && !(r->docs = calloc(SRV_MAX_DOCS, sizeof *r->docs))) return KVS_ENOMEM;
   if (!(r->docs[r->n_docs] = dupn(s, n))) return KVS_ENOMEM;
   r->n_docs++;
@@ -77,7 +81,8 @@ static kvs_err take_marked_docs(srv_req *r, char **text, char *err, size_t cap) 
     KVS_TRY(add_doc(r, d, (size_t)(b - d), err, cap));
     p = b + strlen(DOC_CLOSE);
   }
-  if (strstr(p, DOC_CLOSE)) return fail(err, cap, KVS_EINVAL, "'" DOC_CLOSE "' without '" DOC_OPEN "'");
+  if (strstr(p, DOC_CLOSE))
+    return fail(err, cap, KVS_EINVAL, "'" DOC_CLOSE "' without '" DOC_OPEN "'");
   size_t rest = strlen(p);
   memmove(o, p, rest + 1);
   return KVS_OK;
@@ -95,7 +100,8 @@ static kvs_err parse_obj(const cJSON *j, int chat, srv_req *r, char *err, size_t
   if (v && !cJSON_IsNull(v)) {
     if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > SRV_MAX_TOKENS_OUT ||
         v->valuedouble != (double)(uint32_t)v->valuedouble)
-      return fail(err, cap, KVS_EINVAL, "'max_tokens' must be an integer in 1..%d", SRV_MAX_TOKENS_OUT);
+      return fail(err, cap, KVS_EINVAL, "'max_tokens' must be an integer in 1..%d",
+                  SRV_MAX_TOKENS_OUT);
     r->max_tokens = (uint32_t)v->valuedouble;
   }
   v = cJSON_GetObjectItemCaseSensitive(j, "stream");
@@ -104,7 +110,8 @@ static kvs_err parse_obj(const cJSON *j, int chat, srv_req *r, char *err, size_t
     r->stream = cJSON_IsTrue(v);
   }
   v = cJSON_GetObjectItemCaseSensitive(j, "stream_options");
-  if (v && cJSON_IsObject(v)) r->include_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(v, "include_usage"));
+  if (v && cJSON_IsObject(v))
+    r->include_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(v, "include_usage"));
   v = cJSON_GetObjectItemCaseSensitive(j, "n");
   if (v && !cJSON_IsNull(v) && !(cJSON_IsNumber(v) && v->valuedouble == 1))
     return fail(err, cap, KVS_EINVAL, "'n' must be 1 (one choice per request)");
@@ -115,7 +122,8 @@ static kvs_err parse_obj(const cJSON *j, int chat, srv_req *r, char *err, size_t
     const cJSON *s;
     cJSON_ArrayForEach(s, v) {
       if (!cJSON_IsString(s)) return fail(err, cap, KVS_EINVAL, "'stop' entries must be strings");
-      if (r->n_stop >= SRV_MAX_STOP) return fail(err, cap, KVS_EINVAL, "at most %d stop sequences", SRV_MAX_STOP);
+      if (r->n_stop >= SRV_MAX_STOP)
+        return fail(err, cap, KVS_EINVAL, "at most %d stop sequences", SRV_MAX_STOP);
       if (!(r->stop[r->n_stop++] = dupn(s->valuestring, strlen(s->valuestring)))) return KVS_ENOMEM;
     }
   } else if (v && !cJSON_IsNull(v))
@@ -127,7 +135,8 @@ static kvs_err parse_obj(const cJSON *j, int chat, srv_req *r, char *err, size_t
   if (v && !cJSON_IsNull(v)) {
     if (!cJSON_IsObject(v)) return fail(err, cap, KVS_EINVAL, "'kvstash' must be an object");
     const cJSON *ru = cJSON_GetObjectItemCaseSensitive(v, "reuse");
-    if (ru && !cJSON_IsBool(ru)) return fail(err, cap, KVS_EINVAL, "'kvstash.reuse' must be a boolean");
+    if (ru && !cJSON_IsBool(ru))
+      return fail(err, cap, KVS_EINVAL, "'kvstash.reuse' must be a boolean");
     if (ru) r->reuse = cJSON_IsTrue(ru);
   }
   v = cJSON_GetObjectItemCaseSensitive(j, "documents");
@@ -137,7 +146,8 @@ static kvs_err parse_obj(const cJSON *j, int chat, srv_req *r, char *err, size_t
     cJSON_ArrayForEach(d, v) {
       const cJSON *t = cJSON_IsObject(d) ? cJSON_GetObjectItemCaseSensitive(d, "text") : d;
       if (!cJSON_IsString(t))
-        return fail(err, cap, KVS_EINVAL, "'documents' entries must be strings or {\"text\": string}");
+        return fail(err, cap, KVS_EINVAL,
+                    "'documents' entries must be strings or {\"text\": string}");
       KVS_TRY(add_doc(r, t->valuestring, strlen(t->valuestring), err, cap));
     }
   }
@@ -151,20 +161,25 @@ static kvs_err parse_obj(const cJSON *j, int chat, srv_req *r, char *err, size_t
   v = cJSON_GetObjectItemCaseSensitive(j, "messages");
   if (!cJSON_IsArray(v)) return fail(err, cap, KVS_EINVAL, "'messages' must be an array");
   int n = cJSON_GetArraySize(v);
-  if (n < 1 || n > SRV_MAX_MSGS) return fail(err, cap, KVS_EINVAL, "'messages' must hold 1..%d messages", SRV_MAX_MSGS);
+  if (n < 1 || n > SRV_MAX_MSGS)
+    return fail(err, cap, KVS_EINVAL, "'messages' must hold 1..%d messages", SRV_MAX_MSGS);
   if (!(r->msgs = calloc((size_t)n, sizeof *r->msgs))) return KVS_ENOMEM;
   const cJSON *m;
   int last_user = -1, i = 0;
   cJSON_ArrayForEach(m, v) {
     const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-    if (!cJSON_IsString(role)) return fail(err, cap, KVS_EINVAL, "messages[%d].role must be a string", i);
+    if (!cJSON_IsString(role))
+      return fail(err, cap, KVS_EINVAL, "messages[%d].role must be a string", i);
     const char *rs = role->valuestring;
-    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") && strcmp(rs, "developer") &&
-        strcmp(rs, "tool"))
-      return fail(err, cap, KVS_EINVAL, "messages[%d].role '%.32s' is not system, developer, user, assistant or tool", i, rs);
+    if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") &&
+        strcmp(rs, "developer") && strcmp(rs, "tool"))
+      return fail(err, cap, KVS_EINVAL,
+                  "messages[%d].role '%.32s' is not system, developer, user, assistant or tool", i,
+                  rs);
     if (!(r->msgs[i].role = dupn(rs, strlen(rs)))) return KVS_ENOMEM;
     r->n_msgs++;
-    kvs_err e = content_text(cJSON_GetObjectItemCaseSensitive(m, "content"), &r->msgs[i].content, err, cap);
+    kvs_err e =
+        content_text(cJSON_GetObjectItemCaseSensitive(m, "content"), &r->msgs[i].content, err, cap);
     if (e) return e == KVS_EINVAL ? fail(err, cap, e, "messages[%d]: %s", i, err) : e;
     if (!strcmp(rs, "user")) last_user = i;
     i++;
@@ -175,14 +190,16 @@ static kvs_err parse_obj(const cJSON *j, int chat, srv_req *r, char *err, size_t
   return KVS_OK;
 }
 
-kvs_err srv_req_parse(const char *body, size_t len, int chat, srv_req *r, char *err, size_t errcap) {
+kvs_err srv_req_parse(const char *body, size_t len, int chat, srv_req *r, char *err,
+                      size_t errcap) {
   memset(r, 0, sizeof *r);
   if (errcap) err[0] = 0;
   if (len > SRV_MAX_BODY) return fail(err, errcap, KVS_ETOOBIG, "body over %u bytes", SRV_MAX_BODY);
   const char *end = NULL;
   cJSON *j = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-  if (!j) return fail(err, errcap, KVS_EINVAL, "the body is not valid JSON (near byte %zu)",
-                      end && end >= body ? (size_t)(end - body) : (size_t)0);
+  if (!j)
+    return fail(err, errcap, KVS_EINVAL, "the body is not valid JSON (near byte %zu)",
+                end && end >= body ? (size_t)(end - body) : (size_t)0);
   kvs_err e = parse_obj(j, chat, r, err, errcap);
   cJSON_Delete(j);
   return e;
@@ -190,11 +207,14 @@ kvs_err srv_req_parse(const char *body, size_t len, int chat, srv_req *r, char *
 
 void srv_req_free(srv_req *r) {
   if (!r) return;
-  for (size_t i = 0; i < r->n_msgs; i++) free(r->msgs[i].role), free(r->msgs[i].content);
+  for (size_t i = 0; i < r->n_msgs; i++)
+    free(r->msgs[i].role), free(r->msgs[i].content);
   free(r->msgs);
-  for (size_t i = 0; i < r->n_docs; i++) free(r->docs[i]);
+  for (size_t i = 0; i < r->n_docs; i++)
+    free(r->docs[i]);
   free(r->docs);
-  for (size_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
+  for (size_t i = 0; i < r->n_stop; i++)
+    free(r->stop[i]);
   free(r->model);
   free(r->prompt);
   memset(r, 0, sizeof *r);
@@ -203,9 +223,14 @@ void srv_req_free(srv_req *r) {
 size_t srv_utf8_complete(const char *s, size_t n) {
   /* walk back over at most 3 continuation bytes to the last lead byte */
   size_t i = n, back = 0;
-  while (i > 0 && back < 4 && ((unsigned char)s[i - 1] & 0xC0) == 0x80) i--, back++;
+  while (i > 0 && back < 4 && ((unsigned char)s[i - 1] & 0xC0) == 0x80)
+    i--, back++;
   if (i == 0) return back ? 0 : n; /* only continuation bytes: nothing complete to add */
   unsigned char c = (unsigned char)s[i - 1];
-  size_t need = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+  size_t need = c < 0x80             ? 1
+                : (c & 0xE0) == 0xC0 ? 2
+                : (c & 0xF0) == 0xE0 ? 3
+                : (c & 0xF8) == 0xF0 ? 4
+                                     : 1;
   return back + 1 >= need ? n : i - 1;
 }

@@ -22,13 +22,15 @@ static kvs_err append(const kvs_tok *tok, srv_prompt *p, uint32_t *cap, const ch
   if (p->n_tokens + bound > UINT32_MAX / 2) return KVS_ETOOBIG;
   if (p->n_tokens + bound > *cap) {
     uint32_t nc = *cap ? *cap : 256;
-    while (nc < p->n_tokens + bound) nc *= 2;
+    while (nc < p->n_tokens + bound)
+      nc *= 2;
     int32_t *t = realloc(p->tokens, (size_t)nc * sizeof *t);
     if (!t) return KVS_ENOMEM;
     p->tokens = t, *cap = nc;
   }
   size_t n = 0;
-  KVS_TRY(kvs_tok_encode(tok, text, len, special, 0, p->tokens + p->n_tokens, *cap - p->n_tokens, &n));
+  KVS_TRY(
+      kvs_tok_encode(tok, text, len, special, 0, p->tokens + p->n_tokens, *cap - p->n_tokens, &n));
   p->n_tokens += (uint32_t)n;
   return KVS_OK;
 }

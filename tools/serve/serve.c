@@ -80,7 +80,7 @@ typedef struct server {
   kvs_tok *own_tok; /* --random-8b: the tokenizer of --model, weights random */
   kvs_gguf *tok_gguf;
   char model_name[128];
-  kvs_client *cl;   /* NULL without --kvstash */
+  kvs_client *cl; /* NULL without --kvstash */
   kvs_reuse *ru;
   uint32_t chunk_tokens;
   uint32_t max_ctx, default_max_tokens, max_queue;
@@ -298,8 +298,10 @@ static void store_answer(server *sv, kvs_engine_seq *s, const int32_t *ids, uint
     if (e == KVS_EAGAIN) e = KVS_OK; /* dropped and counted: the next chunk may fit */
   }
   if (e) kvs_log(KVS_LOG_WARN, "serve", "storing the conversation's chunks: %s", kvs_strerror(e));
-  if (dev) kvs_gpu_free(kv);
-  else free(kv);
+  if (dev)
+    kvs_gpu_free(kv);
+  else
+    free(kv);
 }
 
 /* Generates the answer of one job: full prefill (reuse comes through reuse/),
@@ -330,7 +332,8 @@ static kvs_err run_job(server *sv, job *j) {
   uint64_t t0 = kvs_now_ns();
   int reuse = sv->ru && j->req.reuse;
   kvs_reuse_segment rs[SRV_MAX_DOCS + 2];
-  kvs_reuse_request rq = {.tokens = p.tokens, .n_tokens = p.n_tokens, .segs = rs, .n_segs = p.n_segs};
+  kvs_reuse_request rq = {
+      .tokens = p.tokens, .n_tokens = p.n_tokens, .segs = rs, .n_segs = p.n_segs};
   for (uint32_t i = 0; i < p.n_segs; i++)
     rs[i] = (kvs_reuse_segment){.kind = p.segs[i].kind == SRV_SEG_PREFIX    ? KVS_SEG_PREFIX
                                         : p.segs[i].kind == SRV_SEG_CONTENT ? KVS_SEG_CONTENT
@@ -342,7 +345,9 @@ static kvs_err run_job(server *sv, job *j) {
     /* loaded tokens are reused; of them, blending recomputed some; the rest
      * (missing chunks and the new tail) was prefilled in full */
     j->reused_tokens = res.blend.n_ctx - res.blend.n_forced;
-    j->recomputed_tokens = res.blend.n_recomputed > res.blend.n_forced ? res.blend.n_recomputed - res.blend.n_forced : 0;
+    j->recomputed_tokens = res.blend.n_recomputed > res.blend.n_forced
+                               ? res.blend.n_recomputed - res.blend.n_forced
+                               : 0;
     j->prefilled_tokens = res.blend.n_forced + res.blend.n_prefilled;
   } else if (!e) {
     e = sv->eng->ops->prefill(sv->eng, s, p.tokens, p.n_tokens, 0, lg);
@@ -415,7 +420,8 @@ static kvs_err run_job(server *sv, job *j) {
    * own were stored by kvs_reuse_run), off the critical path. Not with
    * documents: the next turn's history does not carry them. */
   if (!e && reuse && j->req.chat && !j->req.n_docs && s)
-    store_answer(sv, s, ids, n_ids, sv->eng->ops->seq_len(sv->eng, s), p.segs[0].kind == SRV_SEG_PREFIX ? p.segs[0].len : 0);
+    store_answer(sv, s, ids, n_ids, sv->eng->ops->seq_len(sv->eng, s),
+                 p.segs[0].kind == SRV_SEG_PREFIX ? p.segs[0].len : 0);
   free(ids);
   if (s) sv->eng->ops->seq_free(sv->eng, s);
   if (dev && lg) kvs_gpu_free(lg);
@@ -584,11 +590,12 @@ int main(int argc, char **argv) {
   const char *strategy = "adaptive", *profile = "dense", *policy = "auto";
   int use_gpu = 0, random8b = 0;
   server sv = {.max_ctx = 8192, .default_max_tokens = 256, .max_queue = 64};
-  static struct option lo[] = {{"model", 1, 0, 'm'}, {"listen", 1, 0, 'l'}, {"model-name", 1, 0, 'n'},
-                               {"gpu", 0, 0, 'g'},   {"ctx", 1, 0, 'c'},    {"max-tokens", 1, 0, 't'},
-                               {"queue", 1, 0, 'q'}, {"version", 0, 0, 'V'}, {"help", 0, 0, 'h'},
-                               {"kvstash", 1, 0, 'K'}, {"strategy", 1, 0, 's'}, {"profile", 1, 0, 'p'},
-                               {"policy", 1, 0, 'P'}, {"random-8b", 0, 0, 'R'}, {0, 0, 0, 0}};
+  static struct option lo[] = {
+      {"model", 1, 0, 'm'},   {"listen", 1, 0, 'l'},    {"model-name", 1, 0, 'n'},
+      {"gpu", 0, 0, 'g'},     {"ctx", 1, 0, 'c'},       {"max-tokens", 1, 0, 't'},
+      {"queue", 1, 0, 'q'},   {"version", 0, 0, 'V'},   {"help", 0, 0, 'h'},
+      {"kvstash", 1, 0, 'K'}, {"strategy", 1, 0, 's'},  {"profile", 1, 0, 'p'},
+      {"policy", 1, 0, 'P'},  {"random-8b", 0, 0, 'R'}, {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     char *end = NULL;
     switch (c) {
@@ -634,9 +641,15 @@ int main(int argc, char **argv) {
   if (random8b) { /* the tokenizer from the file, the weights random (vocab to match) */
     e = kvs_gguf_open(model_path, &sv.tok_gguf);
     if (!e) e = kvs_tok_create(sv.tok_gguf, &sv.own_tok);
-    kvs_model_cfg cfg = {.n_vocab = sv.own_tok ? kvs_tok_n_vocab(sv.own_tok) : 0, .n_embd = 4096,
-                         .n_layers = 32, .n_heads = 32, .n_kv_heads = 8, .head_dim = 128,
-                         .n_ff = 14336, .n_ctx_train = 8192, .rope_theta = 500000.0f,
+    kvs_model_cfg cfg = {.n_vocab = sv.own_tok ? kvs_tok_n_vocab(sv.own_tok) : 0,
+                         .n_embd = 4096,
+                         .n_layers = 32,
+                         .n_heads = 32,
+                         .n_kv_heads = 8,
+                         .head_dim = 128,
+                         .n_ff = 14336,
+                         .n_ctx_train = 8192,
+                         .rope_theta = 500000.0f,
                          .norm_eps = 1e-5f};
     if (!e) e = kvs_model_create_random(&cfg, 8, 0, &sv.model);
     sv.tok = sv.own_tok;
@@ -662,12 +675,13 @@ int main(int argc, char **argv) {
     return 1;
   }
   int strat = kvs_sel_parse(strategy), prof = kvs_profile_from_name(profile);
-  int pol = !strcmp(policy, "auto") ? KVS_REUSE_PLAN_AUTO
-            : !strcmp(policy, "load") ? KVS_REUSE_PLAN_ALWAYS_LOAD
-            : !strcmp(policy, "recompute") ? KVS_REUSE_PLAN_ALWAYS_RECOMPUTE : -1;
+  int pol = !strcmp(policy, "auto")        ? KVS_REUSE_PLAN_AUTO
+            : !strcmp(policy, "load")      ? KVS_REUSE_PLAN_ALWAYS_LOAD
+            : !strcmp(policy, "recompute") ? KVS_REUSE_PLAN_ALWAYS_RECOMPUTE
+                                           : -1;
   if (strat < 0 || prof < 0 || pol < 0) {
-    fprintf(stderr, "kvs-serve: unknown --strategy '%s', --profile '%s' or --policy '%s'\n", strategy,
-            profile, policy);
+    fprintf(stderr, "kvs-serve: unknown --strategy '%s', --profile '%s' or --policy '%s'\n",
+            strategy, profile, policy);
     return 2;
   }
   if (kvs_url) {

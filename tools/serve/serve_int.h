@@ -14,11 +14,11 @@
 
 #include "kvs_core.h"
 
-#define SRV_MAX_MSGS 256
-#define SRV_MAX_DOCS 32
-#define SRV_MAX_STOP 4
+#define SRV_MAX_MSGS       256
+#define SRV_MAX_DOCS       32
+#define SRV_MAX_STOP       4
 #define SRV_MAX_TOKENS_OUT 4096
-#define SRV_MAX_BODY (8u << 20)
+#define SRV_MAX_BODY       (8u << 20)
 
 /* ------------------------------------------------------------ requests */
 typedef struct srv_msg {
@@ -27,27 +27,26 @@ typedef struct srv_msg {
 } srv_msg;
 
 typedef struct srv_req {
-  int chat;          /* 1: /v1/chat/completions, 0: /v1/completions */
-  char *model;       /* as the client named it (may be NULL) */
-  srv_msg *msgs;     /* [n_msgs] (chat) */
+  int chat;      /* 1: /v1/chat/completions, 0: /v1/completions */
+  char *model;   /* as the client named it (may be NULL) */
+  srv_msg *msgs; /* [n_msgs] (chat) */
   size_t n_msgs;
-  char *prompt;      /* (completions) */
-  char **docs;       /* [n_docs] RAG documents: "documents" field, or <kvs:doc> marks */
+  char *prompt; /* (completions) */
+  char **docs;  /* [n_docs] RAG documents: "documents" field, or <kvs:doc> marks */
   size_t n_docs;
   char *stop[SRV_MAX_STOP];
   size_t n_stop;
   uint32_t max_tokens; /* 0 = the server's default */
   int stream;
-  int include_usage;   /* stream_options.include_usage */
-  int reuse;           /* kvstash.reuse (default 1) */
+  int include_usage; /* stream_options.include_usage */
+  int reuse;         /* kvstash.reuse (default 1) */
 } srv_req;
 
 /* Parses an OpenAI request body (JSON, len bytes, need not be NUL-terminated).
  * On error returns KVS_EINVAL / KVS_ETOOBIG / KVS_ENOMEM and writes a
  * one-line reason into err[errcap] (with the offending field). *r is owned by
  * the caller afterwards: srv_req_free (also after an error). */
-kvs_err srv_req_parse(const char *body, size_t len, int chat, srv_req *r, char *err,
-                      size_t errcap);
+kvs_err srv_req_parse(const char *body, size_t len, int chat, srv_req *r, char *err, size_t errcap);
 void srv_req_free(srv_req *r);
 
 /* ------------------------------------------------------------- prompts */
