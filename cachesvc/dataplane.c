@@ -138,20 +138,25 @@ static size_t stream_adv(const kvs_svc_config *c, char *out, size_t cap) {
 
 /* --------------------------------------------------------------- auth */
 /* Constant-time in the token; a missing tenant costs the same compare. */
-int kvs__auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h) {
-  if (c->n_tenants == 0) return 1;
+int kvs__auth_ok(kvs__metrics *m, const kvs_wire_hdr *h) {
+  kvs__auth *a = kvs__auth_get(&m->auth);
+  if (!a || a->n == 0) {
+    kvs__auth_put(a);
+    return 1;
+  }
   char tenant[KVS_WIRE_TENANT_MAX + 1];
   kvs_wire_hdr_tenant(h, tenant);
   uint8_t want[KVS_WIRE_TOKEN_MAX + 1], got[KVS_WIRE_TOKEN_MAX + 1];
   memset(want, 0xFF, sizeof want); /* no tenant: matches no token */
-  for (int i = 0; i < c->n_tenants; i++)
-    if (strcmp(c->tenants[i].name, tenant) == 0) {
-      size_t tl = strlen(c->tenants[i].token);
+  for (int i = 0; i < a->n; i++)
+    if (strcmp(a->t[i].name, tenant) == 0) {
+      size_t tl = strlen(a->t[i].token);
       memset(want, 0, sizeof want);
-      memcpy(want, c->tenants[i].token, tl);
+      memcpy(want, a->t[i].token, tl);
       want[KVS_WIRE_TOKEN_MAX] = (uint8_t)tl;
       break;
     }
+  kvs__auth_put(a);
   memset(got, 0, sizeof got);
   memcpy(got, h->token, h->token_len);
   got[KVS_WIRE_TOKEN_MAX] = h->token_len;
@@ -477,7 +482,7 @@ static nng_msg *handle(kvs__dataplane *d, nng_msg *req, int fast, uint16_t *op_o
   }
   *op_out = h.op;
   if (h.flags & KVS_WIRE_F_RESPONSE) return answer_err(h.op, h.req_id, KVS_EPROTO, "not a request");
-  if (!kvs__auth_ok(&d->cfg, &h)) { /* before any other work */
+  if (!kvs__auth_ok(d->met, &h)) { /* before any other work */
     atomic_fetch_add_explicit(&d->met->auth_failures, 1, memory_order_relaxed);
     char t[KVS_WIRE_TENANT_MAX + 1];
     kvs_wire_hdr_tenant(&h, t);

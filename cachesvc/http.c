@@ -208,8 +208,21 @@ static char *info_json(kvs__http *h) {
   cJSON_AddStringToObject(o, "durability", c->durability_sync ? "sync" : "async");
   cJSON_AddNumberToObject(o, "workers", c->workers);
   cJSON_AddNumberToObject(o, "max_msg", (double)c->max_msg);
-  cJSON_AddBoolToObject(o, "auth", c->n_tenants > 0);
-  cJSON_AddNumberToObject(o, "tenants", c->n_tenants);
+  kvs__auth *a = kvs__auth_get(&h->met->auth);
+  int nt = a ? a->n : 0;
+  kvs__auth_put(a);
+  cJSON_AddBoolToObject(o, "auth", nt > 0);
+  cJSON_AddNumberToObject(o, "tenants", nt);
+  cJSON *rl = cJSON_AddObjectToObject(o, "config_reloads");
+  if (rl) {
+    cJSON_AddNumberToObject(rl, "ok", (double)atomic_load(&h->met->reloads_ok));
+    cJSON_AddNumberToObject(rl, "error", (double)atomic_load(&h->met->reloads_err));
+    char why[sizeof h->met->reload_error];
+    pthread_mutex_lock(&h->met->reload_mu);
+    memcpy(why, h->met->reload_error, sizeof why);
+    pthread_mutex_unlock(&h->met->reload_mu);
+    cJSON_AddStringToObject(rl, "last_error", why);
+  }
   cJSON_AddBoolToObject(o, "shm", c->shm);
   cJSON_AddNumberToObject(o, "default_ttl_s", c->default_ttl_s);
   cJSON_AddNumberToObject(o, "half_life_s", c->half_life_s);
@@ -318,16 +331,19 @@ static void handle_v1(kvs__http *h, struct evhttp_request *req, const char *path
      * any name is a tenant and none can be enumerated (keys are salted) */
     struct evbuffer *b = evbuffer_new();
     evbuffer_add_printf(b, "{\"tenants\":[");
-    for (int i = 0; i < h->cfg.n_tenants; i++) {
+    kvs__auth *a = kvs__auth_get(&h->met->auth);
+    int nt = a ? a->n : 0;
+    for (int i = 0; i < nt; i++) {
       uint64_t e, by, pn;
-      tenant_usage(h, h->cfg.tenants[i].name, &e, &by, &pn);
+      tenant_usage(h, a->t[i].name, &e, &by, &pn);
       evbuffer_add_printf(b,
                           "%s{\"tenant\":\"%s\",\"entries\":%llu,\"bytes\":%llu,"
                           "\"pinned\":%llu}",
-                          i ? "," : "", h->cfg.tenants[i].name, (unsigned long long)e,
-                          (unsigned long long)by, (unsigned long long)pn);
+                          i ? "," : "", a->t[i].name, (unsigned long long)e, (unsigned long long)by,
+                          (unsigned long long)pn);
     }
-    evbuffer_add_printf(b, "],\"enumerable\":%s}\n", h->cfg.n_tenants ? "true" : "false");
+    kvs__auth_put(a);
+    evbuffer_add_printf(b, "],\"enumerable\":%s}\n", nt ? "true" : "false");
     RET(send_json(req, b));
   }
   if (!strcmp(path, "/v1/evict") || !strcmp(path, "/v1/pin")) {

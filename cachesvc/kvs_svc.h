@@ -120,6 +120,14 @@ kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out);
 void kvs_svc_stop(kvs_svc *s);
 /* Stops (if not yet) and frees. NULL does nothing. */
 void kvs_svc_free(kvs_svc *s);
+/* Live reload (kvstashd does it on SIGHUP): c is the config read again, or
+ * NULL when it could not be read (why says why: logged, counted in
+ * kvstash_config_reloads_total{result="error"}, shown in /v1/info, and the
+ * config in force kept). Applied at once: the tenants and their tokens (a
+ * new table swapped in whole; requests admitted before finish) and
+ * log_level. Every other option that differs is logged "needs restart" and
+ * left as it is. KVS_OK when applied, KVS_EINVAL when rejected. */
+kvs_err kvs_svc_reload(kvs_svc *s, const kvs_svc_config *c, const char *why);
 
 #ifdef __cplusplus
 }

@@ -91,7 +91,22 @@ int main(int argc, char **argv) {
   for (;;) {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
-    if (sig == SIGHUP) continue; /* no reload yet: keep running */
+    if (sig == SIGHUP) { /* reload here, on this ordinary thread (no handler runs) */
+      (void)sd_notifyf(0, "RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=%llu",
+                       (unsigned long long)(kvs_now_ns() / 1000u));
+      KVS_LOGW("svc", "SIGHUP: reloading the config", "%s", "");
+      kvs_svc_config nc;
+      kvs_svc_config_defaults(&nc);
+      if (env && kvs_log_parse_level(env) >= 0) nc.log_level = kvs_log_parse_level(env);
+      int h2 = 0;
+      if (kvs_svc_config_args(&nc, argc, argv, &h2) == KVS_OK)
+        (void)kvs_svc_reload(svc, &nc, NULL);
+      else
+        (void)kvs_svc_reload(svc, NULL, kvs_svc_config_error());
+      explicit_bzero(&nc, sizeof nc); /* tokens */
+      (void)sd_notify(0, "READY=1\nSTATUS=serving");
+      continue;
+    }
     KVS_LOGI("svc", "signal", "sig=%d", sig);
     (void)sd_notify(0, "STOPPING=1\nSTATUS=draining");
     break;

@@ -150,6 +150,12 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
             (unsigned long long)ld(&m->bytes_demoted), (unsigned long long)ld(&m->bytes_promoted));
   one(&b, "kvstash_auth_failures_total", "counter",
       "requests refused for a wrong or missing tenant token", ld(&m->auth_failures));
+  family(&b, "kvstash_config_reloads_total", "counter",
+         "config reloads (SIGHUP): applied (ok) or rejected, the config in force kept (error)");
+  sb_printf(&b, "kvstash_config_reloads_total{result=\"ok\"} %llu\n",
+            (unsigned long long)ld(&m->reloads_ok));
+  sb_printf(&b, "kvstash_config_reloads_total{result=\"error\"} %llu\n",
+            (unsigned long long)ld(&m->reloads_err));
   one(&b, "kvstash_bad_frames_total", "counter", "malformed frames received (answered or dropped)",
       ld(&m->bad_frames));
   one(&b, "kvstash_nospace_refused_total", "counter",

@@ -205,7 +205,7 @@ static void on_request(sconn *c) {
     answer_err(c, h->op, h->req_id, KVS_EPROTO, "not a request");
     return;
   }
-  if (!kvs__auth_ok(p->cfg, h)) { /* before any other work */
+  if (!kvs__auth_ok(p->met, h)) { /* before any other work */
     atomic_fetch_add_explicit(&p->met->auth_failures, 1, memory_order_relaxed);
     char t[KVS_WIRE_TENANT_MAX + 1];
     kvs_wire_hdr_tenant(h, t);

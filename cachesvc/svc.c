@@ -4,6 +4,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <sodium.h>
+
 #include "svc_int.h"
 
 struct kvs_svc {
@@ -44,6 +46,39 @@ static void *maint_main(void *arg) {
   return NULL;
 }
 
+/* ---------------------------------------------------- the auth snapshot */
+kvs__auth *kvs__auth_new(const kvs_svc_config *c) {
+  kvs__auth *a = calloc(1, sizeof *a);
+  if (!a) return NULL;
+  atomic_init(&a->refs, 1);
+  a->n = c->n_tenants;
+  memcpy(a->t, c->tenants, sizeof a->t);
+  return a;
+}
+
+kvs__auth *kvs__auth_get(kvs__authref *r) {
+  pthread_mutex_lock(&r->mu);
+  kvs__auth *a = r->cur;
+  if (a) atomic_fetch_add_explicit(&a->refs, 1, memory_order_relaxed);
+  pthread_mutex_unlock(&r->mu);
+  return a;
+}
+
+void kvs__auth_put(kvs__auth *a) {
+  if (a && atomic_fetch_sub_explicit(&a->refs, 1, memory_order_acq_rel) == 1) {
+    sodium_memzero(a, sizeof *a); /* tokens */
+    free(a);
+  }
+}
+
+void kvs__auth_swap(kvs__authref *r, kvs__auth *a) {
+  pthread_mutex_lock(&r->mu);
+  kvs__auth *old = r->cur;
+  r->cur = a;
+  pthread_mutex_unlock(&r->mu);
+  kvs__auth_put(old);
+}
+
 kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
   if (!c || !out) return KVS_EINVAL;
   kvs_svc *s = calloc(1, sizeof *s);
@@ -56,6 +91,13 @@ kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
   s->met.start_mono_ns = kvs_now_ns();
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
+  pthread_mutex_init(&s->met.auth.mu, NULL);
+  pthread_mutex_init(&s->met.reload_mu, NULL);
+  s->met.auth.cur = kvs__auth_new(&s->cfg);
+  if (!s->met.auth.cur) {
+    kvs_svc_free(s);
+    return KVS_ENOMEM;
+  }
   kvs_log_set_level(s->cfg.log_level);
   if (s->cfg.n_tenants == 0)
     KVS_LOGW("svc", "no tenant configured: auth is off, any tenant name is accepted", "%s", "");
@@ -115,7 +157,100 @@ void kvs_svc_stop(kvs_svc *s) {
 void kvs_svc_free(kvs_svc *s) {
   if (!s) return;
   kvs_svc_stop(s);
+  kvs__auth_swap(&s->met.auth, NULL);
+  pthread_mutex_destroy(&s->met.reload_mu);
+  pthread_mutex_destroy(&s->met.auth.mu);
   pthread_cond_destroy(&s->cv);
   pthread_mutex_destroy(&s->mu);
   free(s);
+}
+
+/* ------------------------------------------------------------- reload */
+static void reload_failed(kvs_svc *s, const char *why) {
+  atomic_fetch_add(&s->met.reloads_err, 1);
+  pthread_mutex_lock(&s->met.reload_mu);
+  snprintf(s->met.reload_error, sizeof s->met.reload_error, "%s", why && *why ? why : "error");
+  pthread_mutex_unlock(&s->met.reload_mu);
+  KVS_LOGE("svc", "reload rejected, the config in force is kept", "why=%s", s->met.reload_error);
+}
+
+/* Logs each option of n that differs from o and cannot change live. */
+static int needs_restart(const kvs_svc_config *o, const kvs_svc_config *n) {
+  int k = 0;
+#define KVS__NR(name, differ)                                                                      \
+  do {                                                                                             \
+    if (differ) {                                                                                  \
+      KVS_LOGW("svc", "reload: option changed, needs restart (old value kept)", "key=%s", name);   \
+      k++;                                                                                         \
+    }                                                                                              \
+  } while (0)
+#define KVS__NRS(f) KVS__NR(#f, strcmp(o->f, n->f) != 0)
+#define KVS__NRV(f) KVS__NR(#f, o->f != n->f)
+  KVS__NRS(data_dir);
+  KVS__NRS(cold_dir);
+  int ld = o->n_listen != n->n_listen;
+  for (int i = 0; !ld && i < n->n_listen; i++)
+    ld = strcmp(o->listen[i], n->listen[i]) != 0;
+  KVS__NR("listen", ld);
+  KVS__NRS(http);
+  KVS__NRS(tls_cert_key_file);
+  KVS__NRS(admin_token);
+  KVS__NRV(workers);
+  KVS__NRV(max_msg);
+  KVS__NR("request_deadline_ms", o->deadline_ms != n->deadline_ms);
+  KVS__NR("durability", o->durability_sync != n->durability_sync);
+  KVS__NRV(ram_bytes);
+  KVS__NRV(disk_bytes);
+  KVS__NRV(cold_bytes);
+  KVS__NRV(blob_min);
+  KVS__NRV(default_ttl_s);
+  KVS__NRV(half_life_s);
+  KVS__NR("eviction", o->evict_lru != n->evict_lru);
+  KVS__NRV(prefill_cost);
+  KVS__NR("model_cost", o->n_model_costs != n->n_model_costs ||
+                            memcmp(o->model_costs, n->model_costs,
+                                   sizeof o->model_costs[0] * (size_t)n->n_model_costs) != 0);
+  KVS__NRV(zero_freed);
+  KVS__NRV(stream_insecure);
+  KVS__NRV(shm);
+  KVS__NRV(shm_bytes);
+  KVS__NRV(lease_ms);
+  KVS__NRV(flush_interval_ms);
+  KVS__NR("cluster*", memcmp(&o->cluster, &n->cluster, sizeof o->cluster) != 0);
+#undef KVS__NRV
+#undef KVS__NRS
+#undef KVS__NR
+  return k;
+}
+
+kvs_err kvs_svc_reload(kvs_svc *s, const kvs_svc_config *c, const char *why) {
+  if (!s) return KVS_EINVAL;
+  if (!c) {
+    reload_failed(s, why);
+    return KVS_EINVAL;
+  }
+  kvs_svc_config n = *c;
+  if (n.n_listen == 0) n.n_listen = 2; /* as kvs_svc_create */
+  kvs__auth *a = kvs__auth_new(&n);
+  if (!a) {
+    reload_failed(s, "out of memory");
+    return KVS_ENOMEM;
+  }
+  int restart = needs_restart(&s->cfg, &n);
+  if (s->cfg.n_tenants && !n.n_tenants)
+    KVS_LOGW("svc", "reload: no tenant configured any more: auth is off", "%s", "");
+  kvs__auth_swap(&s->met.auth, a);
+  /* the planes read the auth table (or their own copies of the config),
+   * never these fields of s->cfg: only the reloading thread touches them */
+  memcpy(s->cfg.tenants, n.tenants, sizeof s->cfg.tenants);
+  s->cfg.n_tenants = n.n_tenants;
+  s->cfg.log_level = n.log_level;
+  kvs_log_set_level(n.log_level);
+  atomic_fetch_add(&s->met.reloads_ok, 1);
+  pthread_mutex_lock(&s->met.reload_mu);
+  s->met.reload_error[0] = 0;
+  pthread_mutex_unlock(&s->met.reload_mu);
+  KVS_LOGW("svc", "config reloaded", "tenants=%d log_level=%d needs_restart=%d", n.n_tenants,
+           n.log_level, restart);
+  return KVS_OK;
 }

@@ -17,6 +17,29 @@
 #include "kvs_svc.h"
 #include "kvs_wire.h"
 
+/* ---------------------------------------------------------------- auth */
+/* The tenants and tokens in force: an immutable snapshot, replaced whole on
+ * a reload (SIGHUP). Readers take a reference under a mutex held only for
+ * that (kvs__auth_get), check, and drop it; the reload swaps the pointer
+ * and drops the holder's reference, so the old table is freed by whoever
+ * holds it last. A request is checked once, at its header: one admitted
+ * before a swap finishes under the table it was admitted by. */
+typedef struct kvs__auth {
+  atomic_int refs;
+  int n; /* 0 = auth off */
+  kvs_svc_tenant t[KVS_SVC_MAX_TENANTS];
+} kvs__auth;
+typedef struct kvs__authref {
+  pthread_mutex_t mu;
+  kvs__auth *cur;
+} kvs__authref;
+/* A table of c's tenants (refs = 1); NULL on ENOMEM. */
+kvs__auth *kvs__auth_new(const kvs_svc_config *c);
+kvs__auth *kvs__auth_get(kvs__authref *r); /* a reference on the current table */
+void kvs__auth_put(kvs__auth *a);          /* drops one; NULL does nothing */
+/* Installs a (taking over its reference) and drops the old table's. */
+void kvs__auth_swap(kvs__authref *r, kvs__auth *a);
+
 /* ------------------------------------------------------------- metrics */
 #define KVS__HIST_BUCKETS 14
 extern const double kvs__hist_bounds_s[KVS__HIST_BUCKETS]; /* last is +Inf */
@@ -44,7 +67,11 @@ typedef struct kvs__metrics {
   atomic_int_fast64_t clients_msg, clients_stream;
   uint64_t start_unix_ms; /* set once at start, before any thread reads it */
   uint64_t start_mono_ns;
-  _Atomic(struct kvs__cluster *) cluster; /* set while in a cluster (cluster.c) */
+  _Atomic(struct kvs__cluster *) cluster;       /* set while in a cluster (cluster.c) */
+  kvs__authref auth;                            /* tenants + tokens in force (svc.c) */
+  atomic_uint_fast64_t reloads_ok, reloads_err; /* SIGHUP reloads applied / rejected */
+  pthread_mutex_t reload_mu;                    /* guards reload_error */
+  char reload_error[512]; /* why the last reload was rejected ("" after a good one) */
 } kvs__metrics;
 
 void kvs__hist_observe(kvs__hist *h, uint64_t ns);
@@ -192,9 +219,9 @@ kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metri
 /* Drain: stop taking requests, finish those in flight, close listeners. */
 void kvs__dataplane_stop(kvs__dataplane *d);
 
-/* Whether the frame header's tenant + token pass the configured tenants
- * (constant time in the token; always 1 with auth off). */
-int kvs__auth_ok(const kvs_svc_config *c, const kvs_wire_hdr *h);
+/* Whether the frame header's tenant + token pass the tenants in force
+ * (m->auth; constant time in the token; always 1 with auth off). */
+int kvs__auth_ok(kvs__metrics *m, const kvs_wire_hdr *h);
 /* 1 for a tcp+stream:// or ipc+stream:// listen URL (served by stream.c,
  * not by the REP socket). */
 int kvs__stream_url(const char *url);

@@ -438,22 +438,41 @@ int th_scall(th_sconn *c, uint16_t op, const void *payload, size_t n, uint8_t **
   return rc;
 }
 
-int th_sget(th_sconn *c, const th_chunk *ch, uint32_t seg_first, uint32_t seg_count,
-            uint8_t **value, size_t *len) {
-  kvs_wire_get_req g = {.key = ch->key, .model = ch->model, .flags = KVS_WIRE_GET_META,
-                        .seg_first = seg_first, .seg_count = seg_count,
-                        .n_tokens = ch->n_tokens, .tokens_le = (const uint8_t *)ch->tokens};
+int th_sget_send(th_sconn *c, const th_chunk *ch, uint32_t seg_first, uint32_t seg_count,
+                 uint64_t *id) {
+  kvs_wire_get_req g = {.key = ch->key,
+                        .model = ch->model,
+                        .flags = KVS_WIRE_GET_META,
+                        .seg_first = seg_first,
+                        .seg_count = seg_count,
+                        .n_tokens = ch->n_tokens,
+                        .tokens_le = (const uint8_t *)ch->tokens};
   size_t n = kvs_wire_get_req_size(&g);
   uint8_t *p = malloc(n);
   kvs_wire_get_req_encode(&g, p, n, NULL);
-  uint64_t id;
-  int rc = s_send_req(c, KVS_OP_GET, p, n, &id);
+  int rc = s_send_req(c, KVS_OP_GET, p, n, id);
   free(p);
+  return rc;
+}
+
+int th_sget(th_sconn *c, const th_chunk *ch, uint32_t seg_first, uint32_t seg_count,
+            uint8_t **value, size_t *len) {
+  uint64_t id;
   if (value) *value = NULL;
+  int rc = th_sget_send(c, ch, seg_first, seg_count, &id);
   if (rc) return rc;
+  return th_sget_recv(c, id, NULL, value, len);
+}
+
+int th_sget_recv(th_sconn *c, uint64_t id, const uint8_t *hdr, uint8_t **value, size_t *len) {
+  int rc;
+  if (value) *value = NULL;
   uint8_t hb[KVS_WIRE_HDR_SIZE];
   kvs_wire_hdr h;
-  if ((rc = th_sread(c, hb, sizeof hb))) return rc;
+  if (hdr)
+    memcpy(hb, hdr, sizeof hb);
+  else if ((rc = th_sread(c, hb, sizeof hb)))
+    return rc;
   if (kvs_wire_hdr_decode_head(hb, &h) != KVS_OK || h.req_id != id || h.op != KVS_OP_GET)
     return KVS_EPROTO;
   if (h.status != 0) { /* the error message */

@@ -112,6 +112,11 @@ int th_scall(th_sconn *c, uint16_t op, const void *payload, size_t n, uint8_t **
  * checked against the checksum when the whole value came). */
 int th_sget(th_sconn *c, const th_chunk *ch, uint32_t seg_first, uint32_t seg_count,
             uint8_t **value, size_t *len);
+/* th_sget in two halves: the request, then its answer (hdr: the answer's
+ * KVS_WIRE_HDR_SIZE bytes when already read by the caller, else NULL). */
+int th_sget_send(th_sconn *c, const th_chunk *ch, uint32_t seg_first, uint32_t seg_count,
+                 uint64_t *id);
+int th_sget_recv(th_sconn *c, uint64_t id, const uint8_t *hdr, uint8_t **value, size_t *len);
 
 /* A plain HTTP/1.0 GET or POST to 127.0.0.1:port; returns the status code
  * (or -1) and the body (malloc'd). */
