@@ -249,6 +249,8 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     int l = kvs_log_parse_level(v);
     if (l < 0) return bad(key, v, "error|warn|info|debug|trace");
     c->log_level = l;
+  } else if (!strcmp(key, "quota")) {
+    if (kvs__quota_config_set(c, v)) return bad(key, v, kvs__quota_config_why()); /* quota.c */
   } else if (!strncmp(key, "cluster", 7)) {
     int r = kvs__cluster_config_set(&c->cluster, key, v); /* cluster.c; -2: no such key */
     if (r) return r == -2 ? unknown(key) : bad(key, v, "see docs/cluster.md");
@@ -368,5 +370,6 @@ void kvs_svc_config_usage(FILE *f) {
         "  lease_ms            how long a LEASE pins its range    (5000)\n"
         "  log_level           error|warn|info|debug|trace        (warn)\n",
         f);
+  kvs__quota_usage(f);
   kvs__cluster_usage(f);
 }

@@ -490,6 +490,12 @@ static nng_msg *handle(kvs__dataplane *d, nng_msg *req, int fast, uint16_t *op_o
     return answer_err(h.op, h.req_id, KVS_EAUTH, NULL);
   }
   if (fast && atomic_load(&d->draining)) return answer_err(h.op, h.req_id, KVS_EBUSY, "draining");
+  if (fast && d->cfg.n_quotas) { /* the tenant's request rate (quota), once per request */
+    char t[KVS_WIRE_TENANT_MAX + 1];
+    kvs_wire_hdr_tenant(&h, t);
+    if (kvs__store_admit(d->st, t) != KVS_OK)
+      return answer_err(h.op, h.req_id, KVS_EQUOTA, "tenant request rate");
+  }
   kvs_wire_req r;
   rc = kvs_wire_req_decode(body, len, &r);
   if (rc != KVS_OK) {

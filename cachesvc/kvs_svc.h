@@ -27,6 +27,18 @@ extern "C" {
 #define KVS_SVC_MAX_LISTEN 8
 #define KVS_SVC_MAX_TENANTS 64
 #define KVS_SVC_MAX_MODEL_COSTS 32
+#define KVS_SVC_MAX_QUOTAS 64
+
+/* A tenant's quota (`quota = <tenant>:ram=1G,disk=10G,entries=100000,rate=5000,burst=10000`,
+ * parsed by cachesvc/quota.c); 0 = no limit of that kind. */
+typedef struct kvs_svc_quota {
+  char tenant[33];
+  uint64_t ram_bytes;  /* ram: the tenant's RAM-tier (T0) copies, bytes */
+  uint64_t disk_bytes; /* disk: the tenant's entries on the disk tiers (T1 + T2), bytes */
+  uint64_t entries;    /* entries: entries stored */
+  double rate;         /* rate: data-plane requests per second (token bucket) */
+  double burst;        /* burst: bucket size, requests (default: rate, at least 1) */
+} kvs_svc_quota;
 
 typedef struct kvs_svc_tenant {
   char name[33];  /* [A-Za-z0-9_.-], 1..32 */
@@ -88,6 +100,8 @@ typedef struct kvs_svc_config {
   uint64_t shm_bytes;      /* shm_bytes: size of each tenant's segment (0 = ram_bytes) */
   uint32_t lease_ms;       /* lease_ms: how long a LEASE holds its range */
   int log_level;           /* log_level: error|warn|info|debug|trace */
+  kvs_svc_quota quotas[KVS_SVC_MAX_QUOTAS]; /* quota: <tenant>:<kind>=<n>,... (repeat) */
+  int n_quotas;
   kvs_svc_cluster_config cluster; /* cluster, cluster_*: see docs/cluster.md */
 } kvs_svc_config;
 

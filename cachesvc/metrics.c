@@ -211,6 +211,42 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
       sb_printf(&b, "kvstash_rocksdb{tier=\"%s\",property=\"%s\"} %llu\n", tier_name[t],
                 props[i] + 8, (unsigned long long)kvs__store_rocksdb_prop(st, t, props[i]));
   }
+  kvs__quota_view qv;
+  if (kvs__store_quota(st, 0, &qv)) { /* tenants with a quota line */
+    static const char *ref_kind[KVS__QREF_N] = {"disk", "entries", "rate"};
+    family(&b, "kvstash_quota_limit", "gauge",
+           "tenant quotas: ram and disk in bytes, entries, rate in requests per second (set ones)");
+    for (int i = 0; kvs__store_quota(st, i, &qv); i++) {
+      const kvs_svc_quota *q = &qv.q;
+      if (q->ram_bytes)
+        sb_printf(&b, "kvstash_quota_limit{tenant=\"%s\",kind=\"ram\"} %llu\n", q->tenant,
+                  (unsigned long long)q->ram_bytes);
+      if (q->disk_bytes)
+        sb_printf(&b, "kvstash_quota_limit{tenant=\"%s\",kind=\"disk\"} %llu\n", q->tenant,
+                  (unsigned long long)q->disk_bytes);
+      if (q->entries)
+        sb_printf(&b, "kvstash_quota_limit{tenant=\"%s\",kind=\"entries\"} %llu\n", q->tenant,
+                  (unsigned long long)q->entries);
+      if (q->rate > 0)
+        sb_printf(&b, "kvstash_quota_limit{tenant=\"%s\",kind=\"rate\"} %g\n", q->tenant, q->rate);
+    }
+    family(&b, "kvstash_quota_used", "gauge",
+           "what a tenant with a quota uses: ram and disk in bytes (disk = both disk tiers), "
+           "entries");
+    for (int i = 0; kvs__store_quota(st, i, &qv); i++)
+      sb_printf(&b,
+                "kvstash_quota_used{tenant=\"%s\",kind=\"ram\"} %llu\n"
+                "kvstash_quota_used{tenant=\"%s\",kind=\"disk\"} %llu\n"
+                "kvstash_quota_used{tenant=\"%s\",kind=\"entries\"} %llu\n",
+                qv.q.tenant, (unsigned long long)qv.ram, qv.q.tenant, (unsigned long long)qv.disk,
+                qv.q.tenant, (unsigned long long)qv.entries);
+    family(&b, "kvstash_quota_refused_total", "counter",
+           "requests refused KVS_EQUOTA, by tenant and the quota they hit (disk, entries, rate)");
+    for (int i = 0; kvs__store_quota(st, i, &qv); i++)
+      for (int k = 0; k < KVS__QREF_N; k++)
+        sb_printf(&b, "kvstash_quota_refused_total{tenant=\"%s\",kind=\"%s\"} %llu\n", qv.q.tenant,
+                  ref_kind[k], (unsigned long long)qv.refused[k]);
+  }
   char cl[1024];
   kvs__cluster_metrics(m, cl, sizeof cl); /* "" when not in a cluster */
   sb_printf(&b, "%s", cl);

@@ -116,8 +116,23 @@ typedef struct lease {
   kvs__buf *b;
 } lease;
 
+/* A tenant's quota and what it uses (docs/kvstashd.md, "Tenant quotas").
+ * ram/disk/entries/pend_* are guarded by the store's mu; the bucket by rmu. */
+typedef struct tquota {
+  kvs_svc_quota q;
+  uint8_t tid[8];
+  uint64_t ram, disk, entries;      /* T0 copies, disk-tier bytes (T1 + T2), entries */
+  uint64_t pend_disk, pend_entries; /* reserved by PUTs in flight */
+  pthread_mutex_t rmu;
+  double tokens;
+  uint64_t last_ns;
+  atomic_uint_fast64_t refused[KVS__QREF_N];
+} tquota;
+
 struct kvs__store {
   kvs_svc_config cfg;
+  tquota *quota; /* cfg.n_quotas of them */
+  int nquota;
   /* same-host fast path: one segment per tenant id, leases on their ranges */
   pthread_mutex_t shm_mu;
   struct {
@@ -215,6 +230,17 @@ static kvs__buf *t0_copy(kvs__store *s, const kvs__skey *k, const uint8_t *value
 }
 
 /* ------------------------------------------------------------ the index */
+/* The quota of the tenant whose id starts sk (NULL: none). */
+static tquota *tq_of(kvs__store *s, const uint8_t *tid) {
+  for (int i = 0; i < s->nquota; i++)
+    if (memcmp(s->quota[i].tid, tid, 8) == 0) return &s->quota[i];
+  return NULL;
+}
+/* Disk-tier bytes an entry holds (a quarantined one keeps only its record). */
+static uint64_t charged(const entry *e) {
+  return e->quarantined ? e->disk_bytes - e->value_bytes : e->disk_bytes;
+}
+
 static entry *find(kvs__store *s, const kvs__skey *k) {
   for (entry *e = s->bucket[sk_hash(k) & (s->nbucket - 1)]; e; e = e->hnext)
     if (memcmp(e->sk.b, k->b, 24) == 0) return e;
@@ -245,6 +271,11 @@ static void insert(kvs__store *s, entry *e) {
   e->hnext = s->bucket[j];
   s->bucket[j] = e;
   s->count++;
+  tquota *q = tq_of(s, e->sk.b);
+  if (q) {
+    q->entries++;
+    q->disk += charged(e);
+  }
 }
 
 static void lru_unlink(kvs__store *s, entry *e) {
@@ -266,6 +297,8 @@ static void t0_drop(kvs__store *s, entry *e) {
   if (!e->t0) return;
   lru_unlink(s, e);
   s->t0_used -= e->value_bytes;
+  tquota *q = tq_of(s, e->sk.b);
+  if (q) q->ram -= e->value_bytes;
   kvs__buf_unref(e->t0);
   e->t0 = NULL;
 }
@@ -278,6 +311,11 @@ static void remove_entry(kvs__store *s, entry *e) { /* mu held; frees e */
       break;
     }
   s->count--;
+  tquota *q = tq_of(s, e->sk.b);
+  if (q) {
+    q->entries--;
+    q->disk -= charged(e);
+  }
   if (e->meta) kvs__event(s->met, KVS__EV_REMOVED, e->sk.b, e->meta, &e->model, e->tier);
   t0_drop(s, e);
   if (!e->quarantined) s->t[e->tier].used -= e->disk_bytes;
@@ -328,10 +366,21 @@ static int t0_make_room(kvs__store *s, uint64_t need, const entry *keep) {
 static void t0_put(kvs__store *s, entry *e, kvs__buf *b) {
   if (!b || e->t0 || e->quarantined || s->cfg.ram_bytes == 0) return;
   if (e->value_bytes > s->cfg.ram_bytes / 2) return; /* one entry never flushes the tier */
+  tquota *q = tq_of(s, e->sk.b);
+  if (q && q->q.ram_bytes) { /* over its RAM quota: drop the tenant's own copies, LRU first */
+    if (e->value_bytes > q->q.ram_bytes) return;
+    for (entry *x = s->lru_tail; x && q->ram + e->value_bytes > q->q.ram_bytes;) {
+      entry *prev = x->lprev;
+      if (x != e && memcmp(x->sk.b, e->sk.b, 8) == 0) t0_drop(s, x);
+      x = prev;
+    }
+    if (q->ram + e->value_bytes > q->q.ram_bytes) return;
+  }
   if (!t0_make_room(s, e->value_bytes, e)) return;
   kvs__buf_ref(b);
   e->t0 = b;
   s->t0_used += e->value_bytes;
+  if (q) q->ram += e->value_bytes;
   lru_front(s, e);
 }
 
@@ -500,8 +549,10 @@ static void quarantine(kvs__store *s, const kvs__skey *k, kvs_err why) {
   size_t rl = 0;
   int tier = 0;
   if (e && !e->quarantined) {
-    e->quarantined = 1;
     t0_drop(s, e);
+    tquota *q = tq_of(s, e->sk.b);
+    if (q) q->disk -= e->value_bytes;
+    e->quarantined = 1;
     s->t[e->tier].used -= e->value_bytes;
     tier = e->tier;
     rec = entry_record(e, e->tier, 1, &rl);
@@ -648,6 +699,67 @@ static kvs_err ensure_room(kvs__store *s, int tier, uint64_t need) {
 }
 
 /* ----------------------------------------------------------------- PUT */
+/* Checks a PUT of `need` disk bytes against its tenant's disk and entries
+ * quotas, counting what the entry it replaces frees, and reserves them
+ * (*qo set; the caller gives them back). KVS_EQUOTA (counted) when over. */
+static kvs_err quota_reserve(kvs__store *s, const kvs__skey *k, uint64_t need, tquota **qo) {
+  *qo = NULL;
+  tquota *q = tq_of(s, k->b);
+  if (!q) return KVS_OK;
+  kvs_err rc = KVS_OK;
+  pthread_mutex_lock(&s->mu);
+  entry *old = find(s, k);
+  uint64_t freed = old ? charged(old) : 0, freed_n = old ? 1 : 0;
+  if (q->q.disk_bytes && q->disk + q->pend_disk + need > q->q.disk_bytes + freed) {
+    atomic_fetch_add_explicit(&q->refused[KVS__QREF_DISK], 1, memory_order_relaxed);
+    rc = KVS_EQUOTA;
+  } else if (q->q.entries && q->entries + q->pend_entries + 1 > q->q.entries + freed_n) {
+    atomic_fetch_add_explicit(&q->refused[KVS__QREF_ENTRIES], 1, memory_order_relaxed);
+    rc = KVS_EQUOTA;
+  } else {
+    q->pend_disk += need;
+    q->pend_entries++;
+    *qo = q;
+  }
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+int kvs__store_quota(kvs__store *s, int i, kvs__quota_view *out) {
+  if (i < 0 || i >= s->nquota) return 0;
+  tquota *q = &s->quota[i];
+  pthread_mutex_lock(&s->mu);
+  out->q = q->q;
+  out->ram = q->ram;
+  out->disk = q->disk;
+  out->entries = q->entries;
+  pthread_mutex_unlock(&s->mu);
+  for (int j = 0; j < KVS__QREF_N; j++)
+    out->refused[j] = atomic_load_explicit(&q->refused[j], memory_order_relaxed);
+  return 1;
+}
+
+kvs_err kvs__store_admit(kvs__store *s, const char *tenant) {
+  for (int i = 0; i < s->nquota; i++) {
+    tquota *q = &s->quota[i];
+    if (q->q.rate <= 0 || strcmp(q->q.tenant, tenant) != 0) continue;
+    uint64_t now = kvs_now_ns();
+    pthread_mutex_lock(&q->rmu);
+    if (now > q->last_ns) {
+      q->tokens += (double)(now - q->last_ns) * 1e-9 * q->q.rate;
+      if (q->tokens > q->q.burst) q->tokens = q->q.burst;
+      q->last_ns = now;
+    }
+    int ok = q->tokens >= 1.0;
+    if (ok) q->tokens -= 1.0;
+    pthread_mutex_unlock(&q->rmu);
+    if (ok) return KVS_OK;
+    atomic_fetch_add_explicit(&q->refused[KVS__QREF_RATE], 1, memory_order_relaxed);
+    return KVS_EQUOTA;
+  }
+  return KVS_OK;
+}
+
 kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m,
                        const uint8_t *value, uint32_t flags, int keep_server_fields) {
   if (atomic_load(&s->closing)) return KVS_EBUSY;
@@ -669,14 +781,18 @@ kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m
   uint8_t *meta = malloc(ml);
   entry *ne = calloc(1, sizeof *ne);
   kvs__buf *copy = NULL;
+  tquota *q = NULL; /* set while this PUT holds a reservation in its tenant's quota */
+  uint64_t need = 0;
   kvs_err rc = KVS_ENOMEM;
   if (!rec || !meta || !ne) goto out;
   rc = kvs__record_encode(&mm, 0, rec, rl, &rl);
   if (rc != KVS_OK) goto out;
   memcpy(meta, rec + KVS__REC_HEAD, ml);
-  uint64_t need = rl + mm.value_bytes;
+  need = rl + mm.value_bytes;
   rc = KVS_ETOOBIG;
   if (need > s->t[1].cap) goto out;
+  rc = quota_reserve(s, k, need, &q); /* before ensure_room: never evicts others for it */
+  if (rc != KVS_OK) goto out;
   if (s->cfg.ram_bytes && mm.value_bytes <= s->cfg.ram_bytes / 2)
     copy = t0_copy(s, k, value, (size_t)mm.value_bytes);
   rc = ensure_room(s, 1, need);
@@ -730,6 +846,12 @@ kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m
   }
   pthread_rwlock_unlock(sl);
 out:
+  if (q) {
+    pthread_mutex_lock(&s->mu);
+    q->pend_disk -= need;
+    q->pend_entries--;
+    pthread_mutex_unlock(&s->mu);
+  }
   kvs__buf_unref(copy);
   free(rec);
   free(meta);
@@ -1697,6 +1819,19 @@ kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store *
   kvs_err rc = s->bucket ? KVS_OK : KVS_ENOMEM;
   if (rc == KVS_OK) rc = mkdirs(c->data_dir);
   if (rc == KVS_OK) rc = load_secret(s);
+  if (rc == KVS_OK && c->n_quotas > 0) { /* before the tiers load: they count usage */
+    s->quota = calloc((size_t)c->n_quotas, sizeof *s->quota);
+    if (!s->quota) rc = KVS_ENOMEM;
+    for (int i = 0; s->quota && i < c->n_quotas; i++) {
+      tquota *q = &s->quota[i];
+      q->q = c->quotas[i];
+      kvs__store_tenant_id(s, q->q.tenant, q->tid);
+      pthread_mutex_init(&q->rmu, NULL);
+      q->tokens = q->q.burst;
+      q->last_ns = kvs_now_ns();
+    }
+    if (s->quota) s->nquota = c->n_quotas;
+  }
   if (rc == KVS_OK) { /* names this daemon's segments: stable across restarts */
     uint8_t h[16];
     crypto_generichash(h, 16, (const uint8_t *)"I", 1, s->secret, sizeof s->secret);
@@ -1790,6 +1925,9 @@ void kvs__store_close(kvs__store *s) {
   for (int i = 0; i < NSTRIPES; i++) pthread_rwlock_destroy(&s->stripe[i]);
   for (int i = 0; i < 3; i++) pthread_mutex_destroy(&s->t[i].evict_mu);
   pthread_mutex_destroy(&s->mu);
+  for (int i = 0; i < s->nquota; i++)
+    pthread_mutex_destroy(&s->quota[i].rmu);
+  free(s->quota);
   sodium_memzero(s->secret, sizeof s->secret);
   free(s);
 }

@@ -218,6 +218,14 @@ static void on_request(sconn *c) {
     answer_err(c, h->op, h->req_id, KVS_EBUSY, "draining");
     return;
   }
+  if (p->cfg->n_quotas) { /* the tenant's request rate (quota) */
+    char t[KVS_WIRE_TENANT_MAX + 1];
+    kvs_wire_hdr_tenant(h, t);
+    if (kvs__store_admit(p->st, t) != KVS_OK) {
+      answer_err(c, h->op, h->req_id, KVS_EQUOTA, "tenant request rate");
+      return;
+    }
+  }
   kvs_wire_req r;
   kvs_err rc = kvs_wire_req_decode(c->buf, KVS_WIRE_HDR_SIZE + h->payload_len, &r);
   if (rc != KVS_OK) {

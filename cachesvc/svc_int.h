@@ -239,6 +239,27 @@ kvs_err kvs__stream_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics 
  * then close listeners and connections and free. NULL does nothing. */
 void kvs__stream_stop(kvs__streamplane *p);
 
+/* ------------------------------------------------------------- quotas */
+/* quota.c: `quota = <tenant>:ram=SIZE,disk=SIZE,entries=N,rate=R,burst=B`
+ * (repeated; a later line for the same tenant replaces it). 0 ok, -1 bad
+ * (kvs__quota_config_why() says why, static). */
+int kvs__quota_config_set(kvs_svc_config *c, const char *v);
+const char *kvs__quota_config_why(void);
+void kvs__quota_usage(FILE *f);
+/* Per-tenant usage and refusals (store.c); kinds of refusal: */
+enum { KVS__QREF_DISK, KVS__QREF_ENTRIES, KVS__QREF_RATE, KVS__QREF_N };
+typedef struct kvs__quota_view {
+  kvs_svc_quota q;               /* the limits */
+  uint64_t ram, disk, entries;   /* usage now */
+  uint64_t refused[KVS__QREF_N]; /* counters */
+} kvs__quota_view;
+/* The i-th configured quota; 0 when i is past the last. */
+int kvs__store_quota(kvs__store *s, int i, kvs__quota_view *out);
+/* Token bucket of the tenant's request rate: KVS_OK, or KVS_EQUOTA (counted)
+ * when the tenant has a rate quota and no token left. Cheap when no quota
+ * names this tenant. */
+kvs_err kvs__store_admit(kvs__store *s, const char *tenant);
+
 /* ------------------------------------------------------------ cluster */
 /* cluster.c: the cluster, cluster_* options, and the node's membership
  * (record + lease in etcd, the view of the others). docs/cluster.md. */

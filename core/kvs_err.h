@@ -48,13 +48,14 @@ KVS_API_BEGIN
   X(EPERM, -27, "operation not permitted")                                    \
   X(EAGAIN, -28, "resource temporarily unavailable")                          \
   X(ECANCELED, -29, "operation canceled")                                     \
-  X(EINTERNAL, -30, "internal error")
+  X(EINTERNAL, -30, "internal error")                                         \
+  X(EQUOTA, -31, "tenant quota exceeded")
 
 typedef enum {
 #define KVS__ERR_ENUM(name, val, msg) KVS_##name = (val),
   KVS_ERR_MAP(KVS__ERR_ENUM)
 #undef KVS__ERR_ENUM
-      KVS__ERR_MIN = -31
+      KVS__ERR_MIN = -32
 } kvs_err;
 
 /* Static strings, never NULL; unknown codes get "unknown error". */
