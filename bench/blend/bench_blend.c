@@ -245,7 +245,7 @@ static double reuse_row(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, u
   o.prefix_chunk_tokens = p->len[0];
   kvs_reuse *r;
   if (kvs_reuse_create(c, e, &o, &r)) return -1;
-  double t[16];
+  double t[16] = {0};
   int R = reps > 16 ? 16 : reps;
   for (int rep = 0; rep < R; rep++) {
     kvs_rag_answer a = {0};
