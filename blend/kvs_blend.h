@@ -61,12 +61,12 @@ typedef enum {
 } kvs_sel_strategy;
 
 typedef struct kvs_sel_params {
-  uint32_t strategy;      /* kvs_sel_strategy */
-  float ratio;            /* CACHEBLEND: fraction to recompute; ADAPTIVE: upper bound */
-  uint32_t epic_first;    /* EPIC / ADAPTIVE: tokens at each chunk start */
-  uint32_t sink_tokens;   /* ADAPTIVE: always keep the first tokens of the prompt */
-  float adaptive_mass;    /* ADAPTIVE: stop once the deviation left is below this share */
-  float min_ratio;        /* ADAPTIVE: never recompute fewer than this fraction */
+  uint32_t strategy;    /* kvs_sel_strategy */
+  float ratio;          /* CACHEBLEND: fraction to recompute; ADAPTIVE: upper bound */
+  uint32_t epic_first;  /* EPIC / ADAPTIVE: tokens at each chunk start */
+  uint32_t sink_tokens; /* ADAPTIVE: always keep the first tokens of the prompt */
+  float adaptive_mass;  /* ADAPTIVE: stop once the deviation left is below this share */
+  float min_ratio;      /* ADAPTIVE: never recompute fewer than this fraction */
 } kvs_sel_params;
 
 const char *kvs_sel_name(uint32_t strategy);
@@ -97,16 +97,16 @@ kvs_err kvs_blend_deviation_f16(const kvs_layout *l, uint32_t n, const kvs_f16 *
 /* ------------------------------------------------------ controller */
 /* What loading or recomputing a chunk costs, from measured rates. */
 typedef struct kvs_cost_model {
-  double fetch_bytes_per_s;    /* tier/network bandwidth for encoded bytes */
-  double fetch_latency_s;      /* per request round trip */
-  double decode_bytes_per_s;   /* codec decode, in decoded (fp16) bytes per second */
-  double prefill_s_per_token;  /* the engine's prefill cost at this context length */
-  double recompute_ratio;      /* share of a loaded chunk's tokens that blending recomputes */
+  double fetch_bytes_per_s;   /* tier/network bandwidth for encoded bytes */
+  double fetch_latency_s;     /* per request round trip */
+  double decode_bytes_per_s;  /* codec decode, in decoded (fp16) bytes per second */
+  double prefill_s_per_token; /* the engine's prefill cost at this context length */
+  double recompute_ratio;     /* share of a loaded chunk's tokens that blending recomputes */
 } kvs_cost_model;
 
 typedef struct kvs_load_plan {
-  int load;                    /* 1: fetch + decode, 0: recompute from text */
-  double load_s, recompute_s;  /* the two estimates behind the choice */
+  int load;                   /* 1: fetch + decode, 0: recompute from text */
+  double load_s, recompute_s; /* the two estimates behind the choice */
 } kvs_load_plan;
 
 /* encoded/decoded bytes and token count of one chunk -> decision. */
@@ -126,12 +126,12 @@ typedef enum {
 /* One piece of the prompt, in prompt order. Slots are assigned in order from
  * the sequence's current length; a token's slot is its RoPE position. */
 typedef struct kvs_blend_segment {
-  uint32_t kind;          /* kvs_seg_kind */
-  const int32_t *tokens;  /* [n_tokens] */
+  uint32_t kind;         /* kvs_seg_kind */
+  const int32_t *tokens; /* [n_tokens] */
   uint32_t n_tokens;
-  int64_t stored_pos0;    /* position of tokens[0] when its KV was computed */
-  int cached;             /* PREFIX/CONTENT: 1 = KV comes from load(), 0 = missing:
-                           * its tokens are recomputed in full, layer by layer */
+  int64_t stored_pos0; /* position of tokens[0] when its KV was computed */
+  int cached;          /* PREFIX/CONTENT: 1 = KV comes from load(), 0 = missing:
+                        * its tokens are recomputed in full, layer by layer */
 } kvs_blend_segment;
 
 /* Supplies one cached segment's KV for one layer at its stored positions:
@@ -144,24 +144,24 @@ typedef kvs_err (*kvs_blend_load_fn)(void *ctx, uint32_t seg, uint32_t layer, vo
 
 typedef struct kvs_blend_opts {
   kvs_sel_params sel;
-  uint32_t check_layer;   /* layer whose KV deviation picks the tokens (default 1) */
-  int no_overlap;         /* 1: load each layer on the calling thread (for comparison) */
-  int load_device;        /* device engines: 1 = load() writes k, v straight into device
-                           * memory (an H2D copy from pinned or shared memory, or the
-                           * codec's GPU decode of encoded bytes) and has finished when it
-                           * returns; saves the host staging copy and the second copy to
-                           * the device. Ignored for host engines. */
+  uint32_t check_layer; /* layer whose KV deviation picks the tokens (default 1) */
+  int no_overlap;       /* 1: load each layer on the calling thread (for comparison) */
+  int load_device;      /* device engines: 1 = load() writes k, v straight into device
+                         * memory (an H2D copy from pinned or shared memory, or the
+                         * codec's GPU decode of encoded bytes) and has finished when it
+                         * returns; saves the host staging copy and the second copy to
+                         * the device. Ignored for host engines. */
 } kvs_blend_opts;
 
 typedef struct kvs_blend_stats {
-  uint32_t n_ctx;         /* slots before the new tokens */
-  uint32_t n_candidates;  /* tokens of CONTENT segments */
-  uint32_t n_recomputed;  /* tokens run through the layers after the check layer */
-  uint32_t n_forced;      /* tokens of missing segments (always recomputed) */
-  uint32_t n_prefilled;   /* NEW tokens */
-  double t_load_wait_s;   /* time the engine waited for the loader */
-  double t_recompute_s;   /* embed + layers + selection */
-  double t_prefill_s;     /* the NEW tokens */
+  uint32_t n_ctx;        /* slots before the new tokens */
+  uint32_t n_candidates; /* tokens of CONTENT segments */
+  uint32_t n_recomputed; /* tokens run through the layers after the check layer */
+  uint32_t n_forced;     /* tokens of missing segments (always recomputed) */
+  uint32_t n_prefilled;  /* NEW tokens */
+  double t_load_wait_s;  /* time the engine waited for the loader */
+  double t_recompute_s;  /* embed + layers + selection */
+  double t_prefill_s;    /* the NEW tokens */
   double t_total_s;
 } kvs_blend_stats;
 
@@ -172,10 +172,9 @@ typedef struct kvs_blend_stats {
  * logits into logits[n_vocab] (may be NULL), in the engine's memory (host, or
  * device for a GPU engine: then hidden states, the check-layer deviation and
  * the row compaction stay on the GPU). The sequence must be empty. */
-kvs_err kvs_blend_run(struct kvs_engine *e, struct kvs_engine_seq *s,
-                      const kvs_blend_segment *segs, uint32_t n_segs, kvs_blend_load_fn load,
-                      void *load_ctx, const kvs_blend_opts *opts, float *logits,
-                      kvs_blend_stats *stats);
+kvs_err kvs_blend_run(struct kvs_engine *e, struct kvs_engine_seq *s, const kvs_blend_segment *segs,
+                      uint32_t n_segs, kvs_blend_load_fn load, void *load_ctx,
+                      const kvs_blend_opts *opts, float *logits, kvs_blend_stats *stats);
 
 #ifdef __cplusplus
 }

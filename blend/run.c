@@ -23,14 +23,16 @@ static void *emalloc(int dev, size_t n) {
   return malloc(n ? n : 1);
 }
 static void efree(int dev, void *p) {
-  if (dev) kvs_gpu_free(p);
-  else free(p);
+  if (dev)
+    kvs_gpu_free(p);
+  else
+    free(p);
 }
 
 typedef struct stage {
-  void *k, *v;          /* per cached segment, packed in segment order */
-  uint32_t layer;       /* which layer the buffer holds */
-  int full;             /* loader wrote it, engine has not consumed it */
+  void *k, *v;    /* per cached segment, packed in segment order */
+  uint32_t layer; /* which layer the buffer holds */
+  int full;       /* loader wrote it, engine has not consumed it */
   kvs_err err;
 } stage;
 
@@ -39,14 +41,14 @@ typedef struct run {
   kvs_engine_info info;
   const kvs_blend_segment *segs;
   uint32_t n_segs;
-  uint32_t *slot0;      /* [n_segs] */
-  size_t *off;          /* [n_segs] element offset of a segment in a stage buffer */
-  size_t stage_elems;   /* elements of K (or V) in one stage buffer */
+  uint32_t *slot0;    /* [n_segs] */
+  size_t *off;        /* [n_segs] element offset of a segment in a stage buffer */
+  size_t stage_elems; /* elements of K (or V) in one stage buffer */
   kvs_blend_load_fn load;
   void *ctx;
   stage st[2];
-  int gpu_shift;        /* device engine: K is re-rotated on the GPU, not here */
-  int dev_stage;        /* device engine + load_device: stage buffers are device memory */
+  int gpu_shift; /* device engine: K is re-rotated on the GPU, not here */
+  int dev_stage; /* device engine + load_device: stage buffers are device memory */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int stop;
@@ -79,7 +81,8 @@ static void *loader(void *arg) {
   for (uint32_t l = 0; l < r->info.layout.n_layers; l++) {
     stage *b = &r->st[l & 1];
     pthread_mutex_lock(&r->mu);
-    while (b->full && !r->stop) pthread_cond_wait(&r->cv, &r->mu);
+    while (b->full && !r->stop)
+      pthread_cond_wait(&r->cv, &r->mu);
     int stop = r->stop;
     pthread_mutex_unlock(&r->mu);
     if (stop) break;
@@ -104,7 +107,8 @@ static kvs_err take(run *r, uint32_t l, int threaded, double *waited) {
   }
   uint64_t t0 = kvs_now_ns();
   pthread_mutex_lock(&r->mu);
-  while (!(b->full && b->layer == l)) pthread_cond_wait(&r->cv, &r->mu);
+  while (!(b->full && b->layer == l))
+    pthread_cond_wait(&r->cv, &r->mu);
   kvs_err err = b->err;
   pthread_mutex_unlock(&r->mu);
   *waited += (kvs_now_ns() - t0) / 1e9;
@@ -203,7 +207,7 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
     r.gpu_shift = dv;
     r.dev_stage = dv && opts->load_device;
     for (int b = 0; b < 2; b++) { /* pinned for a GPU engine: one DMA per layer */
-      if (r.dev_stage) { /* load() fills device memory itself */
+      if (r.dev_stage) {          /* load() fills device memory itself */
         r.st[b].k = emalloc(dv, r.stage_elems * es + 1);
         r.st[b].v = emalloc(dv, r.stage_elems * es + 1);
       } else if (dv) {
@@ -241,7 +245,8 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
     }
   }
   uint32_t n_forced = 0;
-  for (uint32_t i = 0; i < m; i++) n_forced += forced[i];
+  for (uint32_t i = 0; i < m; i++)
+    n_forced += forced[i];
   stz.n_forced = n_forced;
   /* an engine without layer ops (a state-restore engine) reuses only what
    * needs no recompute: cached segments, strategy none, nothing missing */
@@ -254,13 +259,15 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   if (!err && !needs_dev) {
     uint32_t ns = 0;
     err = kvs_blend_select(&opts->sel, m, NULL, cstart, sel, &ns, NULL);
-    for (uint32_t i = 0; i < m; i++) sel[i] |= forced[i];
+    for (uint32_t i = 0; i < m; i++)
+      sel[i] |= forced[i];
   } else if (!err) {
     memset(sel, 1, m); /* every candidate runs the layers before the check layer */
   }
   uint64_t t_rc = kvs_now_ns();
   if (!err && m) {
-    for (uint32_t i = 0; i < m; i++) tok[n_run] = tok[i], idx[n_run] = idx[i], n_run += sel[i] != 0;
+    for (uint32_t i = 0; i < m; i++)
+      tok[n_run] = tok[i], idx[n_run] = idx[i], n_run += sel[i] != 0;
     /* keep forced[] aligned with the run set for the check layer */
     if (needs_dev) n_run = m;
     if (n_run) err = ops->embed(e, tok, n_run, hidden);
@@ -337,9 +344,10 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
         break;
       }
       err = ops->layer_kv(e, l, m, idx, hidden, kf, vf); /* positions = slots */
-      for (uint32_t a = 0; !err && a < m;) { /* read loaded KV run by run of slots */
+      for (uint32_t a = 0; !err && a < m;) {             /* read loaded KV run by run of slots */
         uint32_t b = a + 1;
-        while (b < m && idx[b] == idx[b - 1] + 1) b++;
+        while (b < m && idx[b] == idx[b - 1] + 1)
+          b++;
         err = ops->kv_read(e, s, l, idx[a], b - a, (char *)kl + (size_t)a * W * es,
                            (char *)vl + (size_t)a * W * es);
         a = b;
@@ -360,7 +368,8 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
       uint32_t ns = 0;
       if (!err) err = kvs_blend_select(&opts->sel, m, dev, cstart, sel, &ns, NULL);
       if (err) break;
-      for (uint32_t i = 0; i < m; i++) sel[i] |= forced[i];
+      for (uint32_t i = 0; i < m; i++)
+        sel[i] |= forced[i];
       if (dv) { /* gather the kept rows into the second buffer, then swap */
         uint32_t *rows = malloc((size_t)m * sizeof *rows), k = 0;
         if (!rows) {
@@ -417,9 +426,12 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
   efree(dv, hidden), efree(dv, hidden2), efree(dv, d_dev), free(dev), free(kz);
   efree(dv, kf), efree(dv, vf), efree(dv, kl), efree(dv, vl);
   for (int b = 0; b < 2; b++) {
-    if (r.dev_stage) efree(dv, r.st[b].k), efree(dv, r.st[b].v);
-    else if (dv) kvs_gpu_free_host(r.st[b].k), kvs_gpu_free_host(r.st[b].v);
-    else free(r.st[b].k), free(r.st[b].v);
+    if (r.dev_stage)
+      efree(dv, r.st[b].k), efree(dv, r.st[b].v);
+    else if (dv)
+      kvs_gpu_free_host(r.st[b].k), kvs_gpu_free_host(r.st[b].v);
+    else
+      free(r.st[b].k), free(r.st[b].v);
   }
   efree(dv, d_stk), efree(dv, d_stv), free(tables);
   return err;

@@ -48,7 +48,8 @@ static uint32_t share(float ratio, uint32_t n) {
 }
 
 static kvs_err sorted_by_deviation(uint32_t n, const float *dev, uint32_t *idx) {
-  for (uint32_t i = 0; i < n; i++) idx[i] = i;
+  for (uint32_t i = 0; i < n; i++)
+    idx[i] = i;
   qsort_r(idx, n, sizeof *idx, by_dev_desc, (void *)dev);
   return KVS_OK;
 }
@@ -86,7 +87,8 @@ kvs_err kvs_blend_select(const kvs_sel_params *p, uint32_t n, const float *dev,
     sorted_by_deviation(n, dev, idx);
     uint32_t cap = share(p->ratio, n);
     if (p->strategy == KVS_SEL_CACHEBLEND) {
-      for (uint32_t r = 0; r < cap; r++) sel[idx[r]] = 1;
+      for (uint32_t r = 0; r < cap; r++)
+        sel[idx[r]] = 1;
       count = cap;
     } else {
       /* structural picks first: the prompt's sinks and each chunk's first tokens,
@@ -101,7 +103,8 @@ kvs_err kvs_blend_select(const kvs_sel_params *p, uint32_t n, const float *dev,
       }
       /* then by deviation until the deviation left is a small share of the total */
       double total = 0, taken = 0;
-      for (uint32_t i = 0; i < n; i++) total += isfinite(dev[i]) ? dev[i] : 0;
+      for (uint32_t i = 0; i < n; i++)
+        total += isfinite(dev[i]) ? dev[i] : 0;
       for (uint32_t i = 0; i < n; i++)
         if (sel[i] && isfinite(dev[i])) taken += dev[i];
       uint32_t floor_n = share(p->min_ratio, n);

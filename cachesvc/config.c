@@ -224,13 +224,19 @@ kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
     t->name[colon - v] = 0;
     memcpy(t->token, colon + 1, tl + 1);
   } else if (!strcmp(key, "zero_freed")) {
-    if (!strcmp(v, "on")) c->zero_freed = 1;
-    else if (!strcmp(v, "off")) c->zero_freed = 0;
-    else return bad(key, v, "on or off");
+    if (!strcmp(v, "on"))
+      c->zero_freed = 1;
+    else if (!strcmp(v, "off"))
+      c->zero_freed = 0;
+    else
+      return bad(key, v, "on or off");
   } else if (!strcmp(key, "stream_insecure")) {
-    if (!strcmp(v, "on")) c->stream_insecure = 1;
-    else if (!strcmp(v, "off")) c->stream_insecure = 0;
-    else return bad(key, v, "on or off");
+    if (!strcmp(v, "on"))
+      c->stream_insecure = 1;
+    else if (!strcmp(v, "off"))
+      c->stream_insecure = 0;
+    else
+      return bad(key, v, "on or off");
   } else if (!strcmp(key, "shm")) {
     if (!strcmp(v, "on"))
       c->shm = 1;

@@ -24,10 +24,10 @@
 extern "C" {
 #endif
 
-#define KVS_SVC_MAX_LISTEN 8
-#define KVS_SVC_MAX_TENANTS 64
+#define KVS_SVC_MAX_LISTEN      8
+#define KVS_SVC_MAX_TENANTS     64
 #define KVS_SVC_MAX_MODEL_COSTS 32
-#define KVS_SVC_MAX_QUOTAS 64
+#define KVS_SVC_MAX_QUOTAS      64
 
 /* A tenant's quota (`quota = <tenant>:ram=1G,disk=10G,entries=100000,rate=5000,burst=10000`,
  * parsed by cachesvc/quota.c); 0 = no limit of that kind. */
@@ -66,40 +66,40 @@ typedef struct kvs_svc_cluster_config {
 
 /* Every option, with its config-file key (= the flag name, `--key=value`). */
 typedef struct kvs_svc_config {
-  char data_dir[512];      /* data_dir: T1 RocksDB + secret; default ./kvstash-data */
-  char cold_dir[512];      /* cold_dir: T2 RocksDB; "" = no T2 */
+  char data_dir[512];                   /* data_dir: T1 RocksDB + secret; default ./kvstash-data */
+  char cold_dir[512];                   /* cold_dir: T2 RocksDB; "" = no T2 */
   char listen[KVS_SVC_MAX_LISTEN][256]; /* listen: nng URLs (comma list or repeated) */
   int n_listen;
-  char http[128];          /* http: host:port of the control plane; "" = off */
-  char admin_token[65];    /* admin_token: bearer token for /v1/ ("" = none) */
+  char http[128];              /* http: host:port of the control plane; "" = off */
+  char admin_token[65];        /* admin_token: bearer token for /v1/ ("" = none) */
   char tls_cert_key_file[512]; /* tls_cert_key_file: PEM with certificate + key, for
                                   tls+tcp:// listeners */
-  int workers;             /* workers: data-plane threads */
-  uint64_t max_msg;        /* max_msg: largest frame accepted, bytes */
-  uint32_t deadline_ms;    /* request_deadline_ms */
-  int durability_sync;     /* durability: sync (1) | async (0) */
-  uint64_t ram_bytes;      /* ram_bytes: T0 budget */
-  uint64_t disk_bytes;     /* disk_bytes: T1 capacity (values + metadata) */
-  uint64_t cold_bytes;     /* cold_bytes: T2 capacity */
-  uint64_t blob_min;       /* blob_min: values at least this large go to blob files */
-  uint32_t default_ttl_s;  /* default_ttl_s: applied when a PUT has ttl 0; 0 = none */
-  double half_life_s;      /* half_life_s: age decay of the eviction score */
-  int evict_lru;           /* eviction: cost (0, default) | lru (1: least recently used
-                            * first, for comparison with cost-aware eviction) */
-  double prefill_cost;     /* prefill_cost: default per-token cost */
+  int workers;                 /* workers: data-plane threads */
+  uint64_t max_msg;            /* max_msg: largest frame accepted, bytes */
+  uint32_t deadline_ms;        /* request_deadline_ms */
+  int durability_sync;         /* durability: sync (1) | async (0) */
+  uint64_t ram_bytes;          /* ram_bytes: T0 budget */
+  uint64_t disk_bytes;         /* disk_bytes: T1 capacity (values + metadata) */
+  uint64_t cold_bytes;         /* cold_bytes: T2 capacity */
+  uint64_t blob_min;           /* blob_min: values at least this large go to blob files */
+  uint32_t default_ttl_s;      /* default_ttl_s: applied when a PUT has ttl 0; 0 = none */
+  double half_life_s;          /* half_life_s: age decay of the eviction score */
+  int evict_lru;               /* eviction: cost (0, default) | lru (1: least recently used
+                                * first, for comparison with cost-aware eviction) */
+  double prefill_cost;         /* prefill_cost: default per-token cost */
   kvs_svc_model_cost model_costs[KVS_SVC_MAX_MODEL_COSTS]; /* model_cost: <hex id>:<cost> */
   int n_model_costs;
   kvs_svc_tenant tenants[KVS_SVC_MAX_TENANTS]; /* tenant: <name>:<token> (repeat) */
-  int n_tenants;           /* 0 = auth off: any tenant name, no token */
-  uint32_t flush_interval_ms; /* flush_interval_ms: hit counters to disk */
-  int stream_insecure;     /* stream_insecure: on|off; tcp+stream:// (plaintext) may listen
-                              off loopback only when on */
-  int zero_freed;          /* zero_freed: on|off; a freed RAM-tier or shared-memory range is
-                              zeroed before it can be reused */
-  int shm;                 /* shm: on|off, the same-host shared-memory fast path */
-  uint64_t shm_bytes;      /* shm_bytes: size of each tenant's segment (0 = ram_bytes) */
-  uint32_t lease_ms;       /* lease_ms: how long a LEASE holds its range */
-  int log_level;           /* log_level: error|warn|info|debug|trace */
+  int n_tenants;                               /* 0 = auth off: any tenant name, no token */
+  uint32_t flush_interval_ms;                  /* flush_interval_ms: hit counters to disk */
+  int stream_insecure; /* stream_insecure: on|off; tcp+stream:// (plaintext) may listen
+                          off loopback only when on */
+  int zero_freed;      /* zero_freed: on|off; a freed RAM-tier or shared-memory range is
+                          zeroed before it can be reused */
+  int shm;             /* shm: on|off, the same-host shared-memory fast path */
+  uint64_t shm_bytes;  /* shm_bytes: size of each tenant's segment (0 = ram_bytes) */
+  uint32_t lease_ms;   /* lease_ms: how long a LEASE holds its range */
+  int log_level;       /* log_level: error|warn|info|debug|trace */
   kvs_svc_quota quotas[KVS_SVC_MAX_QUOTAS]; /* quota: <tenant>:<kind>=<n>,... (repeat) */
   int n_quotas;
   kvs_svc_cluster_config cluster; /* cluster, cluster_*: see docs/cluster.md */

@@ -33,7 +33,8 @@ kvs_err kvs__record_decode(const uint8_t *p, size_t n, kvs_wire_meta *m, uint8_t
   KVS_RETURN_ERROR_IF(kvs_wire_rd32(p, 0) != KVS__REC_MAGIC, KVS_EMAGIC, "record magic");
   KVS_RETURN_ERROR_IF((p[4] | p[5] << 8) != 1, KVS_EVERSION, "record version");
   KVS_RETURN_ERROR_IF(p[6] > 1 || p[7] != 0, KVS_ECORRUPT, "record state");
-  KVS_RETURN_ERROR_IF(kvs_wire_rd64(p + 8, 0) != kvs_checksum64(p + KVS__REC_HEAD, n - KVS__REC_HEAD),
+  KVS_RETURN_ERROR_IF(kvs_wire_rd64(p + 8, 0) !=
+                          kvs_checksum64(p + KVS__REC_HEAD, n - KVS__REC_HEAD),
                       KVS_ECHECKSUM, "record checksum");
   size_t used = 0;
   KVS_TRY(kvs_wire_meta_decode(p + KVS__REC_HEAD, n - KVS__REC_HEAD, m, &used));

@@ -117,7 +117,8 @@ void kvs__shm_free(kvs__shm *m, uint64_t off, uint64_t len) {
   uint64_t n = round_len(len ? len : 1);
   pthread_mutex_lock(&m->mu);
   size_t i = 0;
-  while (i < m->nfree && m->free[i].off < off) i++;
+  while (i < m->nfree && m->free[i].off < off)
+    i++;
   int merged = 0;
   if (i > 0 && m->free[i - 1].off + m->free[i - 1].len == off) { /* join the one before */
     m->free[i - 1].len += n;

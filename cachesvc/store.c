@@ -31,7 +31,7 @@
 #include "svc_int.h"
 
 #define NSTRIPES 256
-#define KEYLEN 25 /* 'm' or 'v' + skey */
+#define KEYLEN   25 /* 'm' or 'v' + skey */
 
 /* --------------------------------------------------------------- buffers */
 kvs__buf *kvs__buf_new(size_t len) {
@@ -107,7 +107,7 @@ typedef struct tierdb {
   atomic_int full; /* 1 while writes are refused for space (logged on change) */
 } tierdb;
 
-#define MAX_SEGS 64
+#define MAX_SEGS   64
 #define MAX_LEASES 65536
 
 typedef struct lease {
@@ -279,10 +279,14 @@ static void insert(kvs__store *s, entry *e) {
 }
 
 static void lru_unlink(kvs__store *s, entry *e) {
-  if (e->lprev) e->lprev->lnext = e->lnext;
-  else if (s->lru_head == e) s->lru_head = e->lnext;
-  if (e->lnext) e->lnext->lprev = e->lprev;
-  else if (s->lru_tail == e) s->lru_tail = e->lprev;
+  if (e->lprev)
+    e->lprev->lnext = e->lnext;
+  else if (s->lru_head == e)
+    s->lru_head = e->lnext;
+  if (e->lnext)
+    e->lnext->lprev = e->lprev;
+  else if (s->lru_tail == e)
+    s->lru_tail = e->lprev;
   e->lprev = e->lnext = NULL;
 }
 static void lru_front(kvs__store *s, entry *e) {
@@ -318,8 +322,10 @@ static void remove_entry(kvs__store *s, entry *e) { /* mu held; frees e */
   }
   if (e->meta) kvs__event(s->met, KVS__EV_REMOVED, e->sk.b, e->meta, &e->model, e->tier);
   t0_drop(s, e);
-  if (!e->quarantined) s->t[e->tier].used -= e->disk_bytes;
-  else s->t[e->tier].used -= e->disk_bytes - e->value_bytes;
+  if (!e->quarantined)
+    s->t[e->tier].used -= e->disk_bytes;
+  else
+    s->t[e->tier].used -= e->disk_bytes - e->value_bytes;
   free(e->meta);
   free(e);
 }
@@ -384,7 +390,9 @@ static void t0_put(kvs__store *s, entry *e, kvs__buf *b) {
   lru_front(s, e);
 }
 
-static int expired(const entry *e, uint64_t now_ms) { return e->expire_ms && now_ms >= e->expire_ms; }
+static int expired(const entry *e, uint64_t now_ms) {
+  return e->expire_ms && now_ms >= e->expire_ms;
+}
 
 /* The stored meta with the server fields of e. */
 static void patch_meta(const entry *e, uint8_t *meta, uint8_t tier) {
@@ -424,9 +432,9 @@ static int tokens_match(const entry *e, const uint8_t *tokens_le, uint32_t n) {
 /* ------------------------------------------------------------- rocksdb */
 static kvs_err rerr(char *err, const char *what) {
   if (!err) return KVS_OK;
-  kvs_err e = strstr(err, "Corruption") ? KVS_ECORRUPT
+  kvs_err e = strstr(err, "Corruption")                           ? KVS_ECORRUPT
               : strstr(err, "No space") || strstr(err, "NoSpace") ? KVS_ENOSPC
-                                                                 : KVS_EIO;
+                                                                  : KVS_EIO;
   KVS_LOGE("store", "rocksdb error", "op=%s err=\"%s\"", what, err);
   free(err);
   return e;
@@ -525,11 +533,14 @@ static kvs_err db_read_value(kvs__store *s, int tier, const kvs__skey *k, uint64
   size_t n = 0;
   const char *v = rocksdb_pinnableslice_value(ps, &n);
   kvs_err rc = KVS_OK;
-  if (n != len) rc = KVS_ECORRUPT;
-  else if (kvs_checksum64(v, n) != checksum) rc = KVS_ECHECKSUM;
+  if (n != len)
+    rc = KVS_ECORRUPT;
+  else if (kvs_checksum64(v, n) != checksum)
+    rc = KVS_ECHECKSUM;
   if (rc == KVS_OK) {
     kvs__buf *b = kvs__buf_new(n);
-    if (!b) rc = KVS_ENOMEM;
+    if (!b)
+      rc = KVS_ENOMEM;
     else {
       memcpy(b->data, v, n);
       *out = b;
@@ -1023,7 +1034,8 @@ int kvs__store_probe(kvs__store *s, const kvs__skey *k, const kvs_model_id *mode
   pthread_mutex_lock(&s->mu);
   entry *e = find(s, k);
   int r = 0;
-  if (check_hit(e, model, tokens_le, n_tokens, kvs_wall_ms()) == KVS_OK) r = 1 + (e->t0 ? 0 : e->tier);
+  if (check_hit(e, model, tokens_le, n_tokens, kvs_wall_ms()) == KVS_OK)
+    r = 1 + (e->t0 ? 0 : e->tier);
   pthread_mutex_unlock(&s->mu);
   return r;
 }
@@ -1139,7 +1151,8 @@ static void expire_leases(kvs__store *s, uint64_t now, int all) {
       }
     }
     pthread_mutex_unlock(&s->mu);
-    for (int i = 0; i < n; i++) kvs__buf_unref(drop[i]);
+    for (int i = 0; i < n; i++)
+      kvs__buf_unref(drop[i]);
   } while (n == B);
 }
 
@@ -1328,7 +1341,8 @@ void kvs__store_tick(kvs__store *s, int flush_counters) {
     for (entry *e = s->bucket[i]; e && n < BATCH; e = e->hnext)
       if (e->dirty) ks[n++] = e->sk;
   pthread_mutex_unlock(&s->mu);
-  for (int i = 0; i < n; i++) (void)rewrite_meta(s, &ks[i], 0);
+  for (int i = 0; i < n; i++)
+    (void)rewrite_meta(s, &ks[i], 0);
 }
 
 /* ------------------------------------------------------- open, close */
@@ -1799,8 +1813,10 @@ kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store *
   if (c->zero_freed) atomic_store(&g_zero_freed, 1);
   pthread_mutex_init(&s->mu, NULL);
   pthread_mutex_init(&s->shm_mu, NULL);
-  for (int i = 0; i < NSTRIPES; i++) pthread_rwlock_init(&s->stripe[i], NULL);
-  for (int i = 0; i < 3; i++) pthread_mutex_init(&s->t[i].evict_mu, NULL);
+  for (int i = 0; i < NSTRIPES; i++)
+    pthread_rwlock_init(&s->stripe[i], NULL);
+  for (int i = 0; i < 3; i++)
+    pthread_mutex_init(&s->t[i].evict_mu, NULL);
   s->t[1].cap = c->disk_bytes;
   s->t[2].cap = c->cold_bytes;
   s->nbucket = 1024;
@@ -1917,13 +1933,16 @@ void kvs__store_close(kvs__store *s) {
     }
     free(s->bucket);
   }
-  for (int i = 0; i < s->nsegs; i++) kvs__shm_destroy(s->segs[i].seg); /* no buffer left */
+  for (int i = 0; i < s->nsegs; i++)
+    kvs__shm_destroy(s->segs[i].seg); /* no buffer left */
   pthread_mutex_destroy(&s->shm_mu);
   if (s->wo_sync) rocksdb_writeoptions_destroy(s->wo_sync);
   if (s->wo_async) rocksdb_writeoptions_destroy(s->wo_async);
   if (s->ro) rocksdb_readoptions_destroy(s->ro);
-  for (int i = 0; i < NSTRIPES; i++) pthread_rwlock_destroy(&s->stripe[i]);
-  for (int i = 0; i < 3; i++) pthread_mutex_destroy(&s->t[i].evict_mu);
+  for (int i = 0; i < NSTRIPES; i++)
+    pthread_rwlock_destroy(&s->stripe[i]);
+  for (int i = 0; i < 3; i++)
+    pthread_mutex_destroy(&s->t[i].evict_mu);
   pthread_mutex_destroy(&s->mu);
   for (int i = 0; i < s->nquota; i++)
     pthread_mutex_destroy(&s->quota[i].rmu);

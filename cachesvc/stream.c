@@ -245,9 +245,7 @@ static void on_request(sconn *c) {
     c->niov = 1;
     tx_start(c);
     return;
-  case KVS_OP_GET:
-    do_get(c, &r);
-    return;
+  case KVS_OP_GET: do_get(c, &r); return;
   default:
     answer_err(c, h->op, h->req_id, KVS_ENOTSUP,
                "a stream listener serves GET and PING; use the nng data plane");
@@ -292,7 +290,8 @@ static int fill(sconn *c) {
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n <= 0) {
       if (n < 0 && c->have)
-        KVS_LOGD("stream", "request not completed", "have=%zu err=\"%s\"", c->have, strerror(errno));
+        KVS_LOGD("stream", "request not completed", "have=%zu err=\"%s\"", c->have,
+                 strerror(errno));
       return -1;
     }
     if (c->have == 0)
@@ -378,7 +377,8 @@ static int send_all(sconn *c) {
     }
     last = kvs_now_ns();
     size_t d = (size_t)w;
-    while (n > 0 && d >= iov->iov_len) d -= iov->iov_len, iov++, n--;
+    while (n > 0 && d >= iov->iov_len)
+      d -= iov->iov_len, iov++, n--;
     if (n > 0) iov->iov_base = (uint8_t *)iov->iov_base + d, iov->iov_len -= d;
   }
   return 0;
@@ -579,7 +579,8 @@ static kvs_err listen_on(const char *url, slisten *ls, int insecure) {
   memcpy(host, rest, hl);
   host[hl] = 0;
   snprintf(port, sizeof port, "%s", colon + 1);
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+  struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                           .ai_socktype = SOCK_STREAM,
                            .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
                   *ai = NULL;
   int any = hl == 0 || !strcmp(host, "*");

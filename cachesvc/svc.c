@@ -210,8 +210,9 @@ static int needs_restart(const kvs_svc_config *o, const kvs_svc_config *n) {
   KVS__NR("model_cost", o->n_model_costs != n->n_model_costs ||
                             memcmp(o->model_costs, n->model_costs,
                                    sizeof o->model_costs[0] * (size_t)n->n_model_costs) != 0);
-  KVS__NR("quota", o->n_quotas != n->n_quotas ||
-                       memcmp(o->quotas, n->quotas, sizeof o->quotas[0] * (size_t)n->n_quotas) != 0);
+  KVS__NR("quota",
+          o->n_quotas != n->n_quotas ||
+              memcmp(o->quotas, n->quotas, sizeof o->quotas[0] * (size_t)n->n_quotas) != 0);
   KVS__NRV(zero_freed);
   KVS__NRV(stream_insecure);
   KVS__NRV(shm);

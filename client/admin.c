@@ -168,7 +168,8 @@ kvs_err kvs_admin_import(kvs_client *c, const uint8_t *meta, size_t meta_len, co
   /* an import of the same bytes under the same key is the same entry */
   KVS_TRY(kvs__frame_roundtrip(c, f, KVS_OP_IMPORT, kvs_wire_op_idempotent(KVS_OP_IMPORT), &rep));
   kvs_wire_import_resp a;
-  rv = kvs_wire_import_resp_decode(kvs__frame_payload(rep), nng_msg_len(rep) - KVS_WIRE_HDR_SIZE, &a);
+  rv = kvs_wire_import_resp_decode(kvs__frame_payload(rep), nng_msg_len(rep) - KVS_WIRE_HDR_SIZE,
+                                   &a);
   nng_msg_free(rep);
   if (rv) return kvs__seterr(c, KVS_EPROTO, "bad IMPORT answer (%s)", kvs_errname(rv));
   if (a.n_ok != 1)

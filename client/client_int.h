@@ -137,11 +137,10 @@ kvs_err kvs__cluster_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n);
 kvs_err kvs__cluster_lookup(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
                             size_t n_tokens, const kvs_chunk *chunks, size_t n_chunks,
                             uint32_t mode, uint8_t *status, size_t *n_prefix);
-kvs_err kvs__cluster_batch(kvs_client *c, int put, const kvs_model_id *model,
-                           const int32_t *tokens, const kvs_chunk *chunks, size_t n,
-                           const kvs_layout *layout, void *const *outs, const uint64_t *caps,
-                           const void *const *kvs, const kvs_get_opts *go,
-                           const kvs_put_opts *po, kvs_err *rvs);
+kvs_err kvs__cluster_batch(kvs_client *c, int put, const kvs_model_id *model, const int32_t *tokens,
+                           const kvs_chunk *chunks, size_t n, const kvs_layout *layout,
+                           void *const *outs, const uint64_t *caps, const void *const *kvs,
+                           const kvs_get_opts *go, const kvs_put_opts *po, kvs_err *rvs);
 #define KVS__NOT_ON_CLUSTER(c)                                                                     \
   kvs__seterr((c), KVS_ENOTSUP, "not on a cluster client (etcd://): use a node's URL")
 

@@ -268,9 +268,10 @@ typedef struct kvs_put_opts {
    * above. The decoder reads every parameter from the stored header. */
   const struct kvs_codec_params *codec;
 } kvs_put_opts;
-#define KVS_PUT_NX     1u /* fail with KVS_EEXIST when the key is stored */
-#define KVS_PUT_SYNC   2u /* the server syncs its log before answering */
-#define KVS_PUT_DEVICE 4u /* kv is CUDA device memory (dense: GPU-encoded; else copied to the host) */
+#define KVS_PUT_NX   1u /* fail with KVS_EEXIST when the key is stored */
+#define KVS_PUT_SYNC 2u /* the server syncs its log before answering */
+#define KVS_PUT_DEVICE                                                                             \
+  4u /* kv is CUDA device memory (dense: GPU-encoded; else copied to the host) */
 
 /* Stores the KV of chunk (tokens[chunk->start .. +n_tokens)) under
  * chunk->key. kv: canonical layout of `layout` for chunk->n_tokens tokens,

@@ -95,7 +95,8 @@ int kvs__ping_quiet(kvs_client *c, uint32_t timeout_ms, nng_msg **rep) {
     nng_msg_free(m);
     return rv;
   }
-  kvs__call *call = kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_PING), timeout_ms ? timeout_ms : 1, check_reply, NULL, NULL);
+  kvs__call *call = kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_PING),
+                                  timeout_ms ? timeout_ms : 1, check_reply, NULL, NULL);
   if (!call) return KVS_ENOMEM;
   kvs__call_start(call);
   rv = kvs__call_wait(call);
@@ -586,7 +587,9 @@ static void send_release(kvs_client *c, uint64_t lease_id) {
     }
   }
   atomic_fetch_add(&c->bg_calls, 1);
-  kvs__call *call = m ? kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_RELEASE), 0, check_reply, release_done, c) : NULL;
+  kvs__call *call = m ? kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_RELEASE), 0, check_reply,
+                                      release_done, c)
+                      : NULL;
   if (!call) { /* the server frees it at expiry */
     atomic_fetch_add(&c->n_release_lost, 1);
     atomic_fetch_sub(&c->bg_calls, 1);
@@ -956,7 +959,8 @@ static int start_lease(kvs_op *op) {
   }
   uint64_t now = kvs_now_ns();
   uint32_t ms = op->deadline_ns > now ? (uint32_t)((op->deadline_ns - now) / 1000000) : 0;
-  kvs__call *call = kvs__call_new(op->c, m, kvs_wire_op_idempotent(KVS_OP_LEASE), ms ? ms : 1, check_reply, lease_done, op);
+  kvs__call *call = kvs__call_new(op->c, m, kvs_wire_op_idempotent(KVS_OP_LEASE), ms ? ms : 1,
+                                  check_reply, lease_done, op);
   if (!call) return KVS_ENOMEM;
   kvs__call_start(call);
   return KVS_OK;
@@ -1164,8 +1168,8 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
   kvs__encoded e;
   int rv = KVS_ENOTSUP;
   if (o->flags & KVS_PUT_DEVICE) /* a profile with a GPU encoder: only its bytes cross PCIe */
-    rv = kvs__encode_device(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens,
-                            kv, &e);
+    rv = kvs__encode_device(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, kv,
+                            &e);
   if (rv != KVS_ENOTSUP && rv != KVS_OK)
     return kvs__seterr(c, rv, "encoding on the GPU with profile %u failed", o->profile);
   if (rv == KVS_ENOTSUP && (o->flags & KVS_PUT_DEVICE)) {
@@ -1219,7 +1223,9 @@ kvs_err kvs_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *t
   }
   kvs_op *op = op_new(c, KVS__OP_PUT);
   kvs__call *call =
-      op ? kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_PUT) && !(o->flags & KVS_PUT_NX), 0, check_reply, put_done, op) : NULL;
+      op ? kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_PUT) && !(o->flags & KVS_PUT_NX), 0,
+                         check_reply, put_done, op)
+         : NULL;
   if (!call) {
     if (!op) nng_msg_free(m);
     free(op);
@@ -1249,8 +1255,8 @@ kvs_err kvs_get_batch(kvs_client *c, const kvs_model_id *model, const int32_t *t
                       kvs_err *rvs) {
   if (!c || (n && (!chunks || !outs || !out_caps))) return KVS_EINVAL;
   if (c->cluster)
-    return kvs__cluster_batch(c, 0, model, tokens, chunks, n, layout, outs, out_caps, NULL, o,
-                              NULL, rvs);
+    return kvs__cluster_batch(c, 0, model, tokens, chunks, n, layout, outs, out_caps, NULL, o, NULL,
+                              rvs);
   kvs_op **ops = calloc(n ? n : 1, sizeof *ops);
   if (!ops) return KVS_ENOMEM;
   int first = KVS_OK;

@@ -5,25 +5,21 @@
 
 const char *kvs_strerror(int err) {
   switch (err) {
-#define KVS__ERR_STR(name, val, msg)                                          \
-  case val:                                                                   \
-    return msg;
+#define KVS__ERR_STR(name, val, msg)                                                               \
+  case val: return msg;
     KVS_ERR_MAP(KVS__ERR_STR)
 #undef KVS__ERR_STR
-  default:
-    return "unknown error";
+  default: return "unknown error";
   }
 }
 
 const char *kvs_errname(int err) {
   switch (err) {
-#define KVS__ERR_NAME(name, val, msg)                                         \
-  case val:                                                                   \
-    return "KVS_" #name;
+#define KVS__ERR_NAME(name, val, msg)                                                              \
+  case val: return "KVS_" #name;
     KVS_ERR_MAP(KVS__ERR_NAME)
 #undef KVS__ERR_NAME
-  default:
-    return "KVS_EUNKNOWN";
+  default: return "KVS_EUNKNOWN";
   }
 }
 
@@ -35,15 +31,22 @@ kvs_err kvs_err_from_errno(int e) {
   case ENOENT: return KVS_ENOENT;
   case EEXIST: return KVS_EEXIST;
   case ERANGE: return KVS_ERANGE;
-  case ENOSPC: case EDQUOT: return KVS_ENOSPC;
+  case ENOSPC:
+  case EDQUOT: return KVS_ENOSPC;
   case ETIMEDOUT: return KVS_ETIMEDOUT;
-  case ECONNREFUSED: case ECONNRESET: case ENOTCONN: case EPIPE: return KVS_ECONN;
+  case ECONNREFUSED:
+  case ECONNRESET:
+  case ENOTCONN:
+  case EPIPE: return KVS_ECONN;
   case EBUSY: return KVS_EBUSY;
   case ENOTSUP: return KVS_ENOTSUP;
-  case EACCES: case EPERM: return KVS_EPERM;
+  case EACCES:
+  case EPERM: return KVS_EPERM;
   case EAGAIN: return KVS_EAGAIN;
   case ECANCELED: return KVS_ECANCELED;
-  case EFBIG: case E2BIG: case EOVERFLOW: return KVS_ETOOBIG;
+  case EFBIG:
+  case E2BIG:
+  case EOVERFLOW: return KVS_ETOOBIG;
   default: return KVS_EIO;
   }
 }

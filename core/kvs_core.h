@@ -46,14 +46,20 @@ void kvs_log(int level, const char *comp, const char *msg, const char *fmt, ...)
 #endif
     ;
 void kvs_logv(int level, const char *comp, const char *msg, const char *fmt, va_list ap);
-#define KVS_LOG_ON(level) ((level) <= kvs_log_get_level())
+#define KVS_LOG_ON(level)        ((level) <= kvs_log_get_level())
 #define KVS_LOGE(comp, msg, ...) kvs_log(KVS_LOG_ERROR, comp, msg, __VA_ARGS__)
-#define KVS_LOGW(comp, msg, ...)                                              \
-  do { if (KVS_LOG_ON(KVS_LOG_WARN)) kvs_log(KVS_LOG_WARN, comp, msg, __VA_ARGS__); } while (0)
-#define KVS_LOGI(comp, msg, ...)                                              \
-  do { if (KVS_LOG_ON(KVS_LOG_INFO)) kvs_log(KVS_LOG_INFO, comp, msg, __VA_ARGS__); } while (0)
-#define KVS_LOGD(comp, msg, ...)                                              \
-  do { if (KVS_LOG_ON(KVS_LOG_DEBUG)) kvs_log(KVS_LOG_DEBUG, comp, msg, __VA_ARGS__); } while (0)
+#define KVS_LOGW(comp, msg, ...)                                                                   \
+  do {                                                                                             \
+    if (KVS_LOG_ON(KVS_LOG_WARN)) kvs_log(KVS_LOG_WARN, comp, msg, __VA_ARGS__);                   \
+  } while (0)
+#define KVS_LOGI(comp, msg, ...)                                                                   \
+  do {                                                                                             \
+    if (KVS_LOG_ON(KVS_LOG_INFO)) kvs_log(KVS_LOG_INFO, comp, msg, __VA_ARGS__);                   \
+  } while (0)
+#define KVS_LOGD(comp, msg, ...)                                                                   \
+  do {                                                                                             \
+    if (KVS_LOG_ON(KVS_LOG_DEBUG)) kvs_log(KVS_LOG_DEBUG, comp, msg, __VA_ARGS__);                 \
+  } while (0)
 
 /* ------------------------------------------------------------- KV layout */
 typedef enum { KVS_DTYPE_F16 = 1, KVS_DTYPE_BF16 = 2, KVS_DTYPE_F32 = 3 } kvs_dtype;
@@ -65,12 +71,11 @@ typedef enum { KVS_ROPE_NORM = 0, KVS_ROPE_NEOX = 2 } kvs_rope_type;
 /* RoPE frequency scaling. Each gives frequency i (i < rope_dims/2) of base
  * b_i = theta^(-2i/rope_dims) an effective frequency f_i (blend/rope.c):
  *   NONE (linear): f_i = rope_freq_scale * b_i
- *   YARN (llama.cpp's, ext_factor 1, attn_factor 1): f_i = b_i * ((1 - r_i) * rope_freq_scale + r_i),
- *        r_i the ramp between the correction dims of beta_fast = rope_scale_a and
- *        beta_slow = rope_scale_b over rope_orig_ctx; K and Q are also multiplied by
- *        mscale = 1 + 0.1 ln(1 / rope_freq_scale)
- *   LLAMA3 (Llama 3.1 "llama3"): factor = 1 / rope_freq_scale, low_freq_factor = rope_scale_a,
- *        high_freq_factor = rope_scale_b, original_max_position_embeddings = rope_orig_ctx;
+ *   YARN (llama.cpp's, ext_factor 1, attn_factor 1): f_i = b_i * ((1 - r_i) * rope_freq_scale +
+ * r_i), r_i the ramp between the correction dims of beta_fast = rope_scale_a and beta_slow =
+ * rope_scale_b over rope_orig_ctx; K and Q are also multiplied by mscale = 1 + 0.1 ln(1 /
+ * rope_freq_scale) LLAMA3 (Llama 3.1 "llama3"): factor = 1 / rope_freq_scale, low_freq_factor =
+ * rope_scale_a, high_freq_factor = rope_scale_b, original_max_position_embeddings = rope_orig_ctx;
  *        wavelengths below orig/high keep b_i, above orig/low get b_i / factor, between
  *        a smooth mix.
  * Position p is rotated by p * f_i in every case, so moving K by delta is a
@@ -93,18 +98,18 @@ typedef struct kvs_layout {
   uint32_t n_layers;
   uint32_t n_kv_heads;
   uint32_t head_dim;
-  uint32_t dtype;       /* kvs_dtype */
-  uint32_t rope_type;   /* kvs_rope_type */
-  uint32_t rope_dims;   /* rotated dims per head, even, <= head_dim */
-  float rope_theta;     /* base frequency, e.g. 10000 or 100000 */
-  float rope_freq_scale;/* linear position scale, 1.0 when unscaled */
-  uint32_t rope_scaling;/* kvs_rope_scaling; 0 (NONE) unless a model says otherwise */
-  float rope_orig_ctx;  /* YARN / LLAMA3: the original training context */
-  float rope_scale_a;   /* YARN: beta_fast (32); LLAMA3: low_freq_factor (1) */
-  float rope_scale_b;   /* YARN: beta_slow (1); LLAMA3: high_freq_factor (4) */
+  uint32_t dtype;        /* kvs_dtype */
+  uint32_t rope_type;    /* kvs_rope_type */
+  uint32_t rope_dims;    /* rotated dims per head, even, <= head_dim */
+  float rope_theta;      /* base frequency, e.g. 10000 or 100000 */
+  float rope_freq_scale; /* linear position scale, 1.0 when unscaled */
+  uint32_t rope_scaling; /* kvs_rope_scaling; 0 (NONE) unless a model says otherwise */
+  float rope_orig_ctx;   /* YARN / LLAMA3: the original training context */
+  float rope_scale_a;    /* YARN: beta_fast (32); LLAMA3: low_freq_factor (1) */
+  float rope_scale_b;    /* YARN: beta_slow (1); LLAMA3: high_freq_factor (4) */
 } kvs_layout;
 
-#define KVS_MAX_LAYERS 1024u
+#define KVS_MAX_LAYERS   1024u
 #define KVS_MAX_KV_HEADS 1024u
 #define KVS_MAX_HEAD_DIM 1024u
 
@@ -153,11 +158,11 @@ uint64_t kvs_checksum64_copy(void *dst, const void *src, size_t n, size_t piece,
 typedef kvs_hash128 kvs_model_id;
 
 typedef struct kvs_model_desc {
-  const char *arch;     /* "llama" */
-  kvs_layout layout;    /* of the KV it produces */
+  const char *arch;  /* "llama" */
+  kvs_layout layout; /* of the KV it produces */
   uint32_t n_embd, n_heads, n_ff, n_vocab;
   float norm_eps;
-  kvs_hash128 weights;  /* content hash of the weights (and tokenizer) */
+  kvs_hash128 weights; /* content hash of the weights (and tokenizer) */
 } kvs_model_desc;
 
 kvs_err kvs_model_id_compute(const kvs_model_desc *d, kvs_model_id *out);

@@ -53,8 +53,8 @@ KVS_HD kvs_f16 kvs_f32_to_f16(float f) {
   uint32_t absu = u & 0x7fffffffu;
   if (absu > 0x7f800000u) return (kvs_f16)(sign | 0x7e00u | ((absu >> 13) & 0x3ffu)); /* NaN */
   if (absu >= 0x477ff000u) return (kvs_f16)(sign | 0x7c00u); /* overflow (rounds to Inf) */
-  if (absu < 0x38800000u) { /* result subnormal or zero */
-    if (absu < 0x33000000u) return (kvs_f16)sign; /* < half of smallest subnormal */
+  if (absu < 0x38800000u) {                                  /* result subnormal or zero */
+    if (absu < 0x33000000u) return (kvs_f16)sign;            /* < half of smallest subnormal */
     uint32_t e = absu >> 23;
     uint32_t m = (absu & 0x7fffffu) | 0x800000u;
     uint32_t shift = 126u - e; /* 14 + (112 - e) + 1... gives mantissa >> (126 - e) */

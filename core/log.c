@@ -45,9 +45,8 @@ void kvs_logv(int level, const char *comp, const char *msg, const char *fmt, va_
   gmtime_r(&ts.tv_sec, &tm);
   int n = snprintf(line, sizeof line,
                    "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s comp=%s msg=\"%s\"",
-                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                   tm.tm_sec, ts.tv_nsec / 1000000, names[level], comp ? comp : "-",
-                   msg ? msg : "");
+                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                   ts.tv_nsec / 1000000, names[level], comp ? comp : "-", msg ? msg : "");
   if (n < 0) return;
   if ((size_t)n < sizeof line - 2 && fmt && *fmt) {
     line[n++] = ' ';

@@ -5,7 +5,8 @@
 #include "kvs_wire.h"
 
 _Static_assert(sizeof(kvs_key) == 16, "keys are 16 bytes on the wire");
-_Static_assert(offsetof(kvs_layout, rope_scaling) == 32, "the wire carries the layout's first 32 bytes");
+_Static_assert(offsetof(kvs_layout, rope_scaling) == 32,
+               "the wire carries the layout's first 32 bytes");
 _Static_assert(KVS_WIRE_HDR_SIZE == 32 + KVS_WIRE_TENANT_MAX + KVS_WIRE_TOKEN_MAX, "header layout");
 /* the named header offsets tile the header, each field after the last */
 _Static_assert(KVS_WIRE_OFF_MAGIC == 0 && KVS_WIRE_OFF_VERSION == KVS_WIRE_OFF_MAGIC + 4 &&
@@ -57,12 +58,11 @@ const char *kvs_wire_op_name(uint16_t op) {
 }
 
 const char *kvs_wire_stat_name(uint32_t i) {
-  static const char *names[] = {"entries",  "bytes_t0",    "bytes_t1", "bytes_t2",
-                                "hits",     "misses",      "puts",     "evictions",
-                                "quarantines", "expired",  "bytes_in", "bytes_out",
-                                "requests", "errors",      "leases",
-                                "lookups",  "lookup_chunks", "lookup_chunks_hit",
-                                "lookup_tokens", "lookup_tokens_hit"};
+  static const char *names[] = {
+      "entries",  "bytes_t0",      "bytes_t1",          "bytes_t2",      "hits",
+      "misses",   "puts",          "evictions",         "quarantines",   "expired",
+      "bytes_in", "bytes_out",     "requests",          "errors",        "leases",
+      "lookups",  "lookup_chunks", "lookup_chunks_hit", "lookup_tokens", "lookup_tokens_hit"};
   _Static_assert(sizeof names / sizeof names[0] == KVS__STAT_COUNT, "stat names");
   return i < KVS__STAT_COUNT ? names[i] : "?";
 }

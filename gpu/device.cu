@@ -88,8 +88,10 @@ extern "C" kvs_err kvs_gpu_copy_d2d(void *d, const void *s, size_t n, void *st) 
   return KVS_OK;
 }
 extern "C" kvs_err kvs_gpu_sync(void *st) {
-  if (st) KVS_CUDA_TRY(cudaStreamSynchronize((cudaStream_t)st));
-  else KVS_CUDA_TRY(cudaDeviceSynchronize());
+  if (st)
+    KVS_CUDA_TRY(cudaStreamSynchronize((cudaStream_t)st));
+  else
+    KVS_CUDA_TRY(cudaDeviceSynchronize());
   return KVS_OK;
 }
 extern "C" kvs_err kvs_gpu_stream_create(void **st) {

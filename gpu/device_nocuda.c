@@ -25,7 +25,10 @@ kvs_err kvs_gpu_host_register(const void *p, size_t n, int read_only) {
   return KVS_ENODEV;
 }
 void kvs_gpu_host_unregister(const void *p) { (void)p; }
-kvs_err kvs_gpu_memset(void *p, int v, size_t n) { (void)p, (void)v, (void)n; return KVS_ENODEV; }
+kvs_err kvs_gpu_memset(void *p, int v, size_t n) {
+  (void)p, (void)v, (void)n;
+  return KVS_ENODEV;
+}
 kvs_err kvs_gpu_copy_h2d(void *d, const void *s, size_t n, void *st) {
   (void)d, (void)s, (void)n, (void)st;
   return KVS_ENODEV;
@@ -38,7 +41,10 @@ kvs_err kvs_gpu_copy_d2d(void *d, const void *s, size_t n, void *st) {
   (void)d, (void)s, (void)n, (void)st;
   return KVS_ENODEV;
 }
-kvs_err kvs_gpu_sync(void *st) { (void)st; return KVS_ENODEV; }
+kvs_err kvs_gpu_sync(void *st) {
+  (void)st;
+  return KVS_ENODEV;
+}
 kvs_err kvs_gpu_stream_create(void **st) {
   if (st) *st = NULL;
   return KVS_ENODEV;
@@ -48,7 +54,10 @@ kvs_err kvs_gpu_timer_create(kvs_gpu_timer **t) {
   if (t) *t = NULL;
   return KVS_ENODEV;
 }
-kvs_err kvs_gpu_timer_start(kvs_gpu_timer *t, void *st) { (void)t, (void)st; return KVS_ENODEV; }
+kvs_err kvs_gpu_timer_start(kvs_gpu_timer *t, void *st) {
+  (void)t, (void)st;
+  return KVS_ENODEV;
+}
 kvs_err kvs_gpu_timer_stop_ms(kvs_gpu_timer *t, void *st, float *ms) {
   (void)t, (void)st, (void)ms;
   return KVS_ENODEV;

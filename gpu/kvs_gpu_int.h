@@ -15,9 +15,9 @@ kvs_err kvs__cuda_err(cudaError_t e, const char *file, int line, const char *wha
 }
 #endif
 
-#define KVS_CUDA_TRY(call)                                                    \
-  do {                                                                        \
-    cudaError_t kvs__e = (call);                                              \
-    if (kvs__e != cudaSuccess) return kvs__cuda_err(kvs__e, __FILE__, __LINE__, #call); \
+#define KVS_CUDA_TRY(call)                                                                         \
+  do {                                                                                             \
+    cudaError_t kvs__e = (call);                                                                   \
+    if (kvs__e != cudaSuccess) return kvs__cuda_err(kvs__e, __FILE__, __LINE__, #call);            \
   } while (0)
 #endif

@@ -173,7 +173,7 @@ static int kvd_start(kvd *d, const char *bin, const char *ram) {
   snprintf(a1, sizeof a1, "--data-dir=%s/db", d->dir);
   snprintf(a2, sizeof a2, "--listen=%s,%s,%s,%s", d->ipc, d->ipcs, d->tcp, d->tcps);
   snprintf(a3, sizeof a3, "--ram-bytes=%s", ram);
-  char *argv[] = {(char *)bin, a1, a2, a3, "--http=", "--shm=on", "--max-msg=1G",
+  char *argv[] = {(char *)bin,         a1,  a2, a3, "--http=", "--shm=on", "--max-msg=1G",
                   "--log-level=error", NULL};
   return posix_spawn(&d->pid, bin, NULL, NULL, argv, environ) == 0 ? 0 : -1;
 }
@@ -240,7 +240,8 @@ static double reuse_row(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, u
   kvs_reuse_opts o;
   kvs_reuse_opts_init(&o);
   o.blend.sel = kvs_sel_defaults(strat);
-  if (ratio >= 0 && (strat == KVS_SEL_CACHEBLEND || strat == KVS_SEL_ADAPTIVE)) o.blend.sel.ratio = ratio;
+  if (ratio >= 0 && (strat == KVS_SEL_CACHEBLEND || strat == KVS_SEL_ADAPTIVE))
+    o.blend.sel.ratio = ratio;
   o.policy = policy;
   o.prefix_chunk_tokens = p->len[0];
   kvs_reuse *r;
@@ -460,7 +461,8 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
           kvs_gpu_copy_h2d(dkv[s], mk.kv[s], tb * p.len[s], NULL) || kvs_gpu_sync(NULL))
         return fprintf(stderr, "device copy of chunk %u failed\n", s), 1;
     nkr = kvstashd_rows(e, &p, dkv, kvstashd, reps, ratio, kr, 16, &st_gpu, &st_cpu, &st_bytes);
-    for (uint32_t s = 0; s + 1 < p.n_segs; s++) kvs_gpu_free(dkv[s]);
+    for (uint32_t s = 0; s + 1 < p.n_segs; s++)
+      kvs_gpu_free(dkv[s]);
     if (nkr < 0) return 1;
   }
   for (uint32_t s = 0; s + 1 < p.n_segs; s++)
@@ -606,27 +608,14 @@ int main(int argc, char **argv) {
   uint32_t check_layer = 1;
   float margin_tol = 1.0f;
   int tf = 1;
-  static struct option lo[] = {{"model", 1, 0, 'm'},
-                               {"data", 1, 0, 'd'},
-                               {"items", 1, 0, 'i'},
-                               {"passages", 1, 0, 'p'},
-                               {"strategies", 1, 0, 's'},
-                               {"ratio", 1, 0, 'r'},
-                               {"profile", 1, 0, 'c'},
-                               {"max-new", 1, 0, 'n'},
-                               {"gpu", 0, 0, 'g'},
-                               {"speed8b", 0, 0, '8'},
-                               {"passage-tokens", 1, 0, 't'},
-                               {"n-passages", 1, 0, 'q'},
-                               {"chunk-ctx", 1, 0, 'x'},
-                               {"style", 1, 0, 'y'},
-                               {"disk", 1, 0, 'k'},
-                               {"kvstashd", 1, 0, 'K'},
-                               {"check-layer", 1, 0, 'l'},
-                               {"margin", 1, 0, 'M'},
-                               {"no-tf", 0, 0, 'T'},
-                               {"help", 0, 0, 'h'},
-                               {0, 0, 0, 0}};
+  static struct option lo[] = {
+      {"model", 1, 0, 'm'},     {"data", 1, 0, 'd'},           {"items", 1, 0, 'i'},
+      {"passages", 1, 0, 'p'},  {"strategies", 1, 0, 's'},     {"ratio", 1, 0, 'r'},
+      {"profile", 1, 0, 'c'},   {"max-new", 1, 0, 'n'},        {"gpu", 0, 0, 'g'},
+      {"speed8b", 0, 0, '8'},   {"passage-tokens", 1, 0, 't'}, {"n-passages", 1, 0, 'q'},
+      {"chunk-ctx", 1, 0, 'x'}, {"style", 1, 0, 'y'},          {"disk", 1, 0, 'k'},
+      {"kvstashd", 1, 0, 'K'},  {"check-layer", 1, 0, 'l'},    {"margin", 1, 0, 'M'},
+      {"no-tf", 0, 0, 'T'},     {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     switch (c) {
     case 'm': model_path = optarg; break;
@@ -840,7 +829,8 @@ int main(int argc, char **argv) {
       uint64_t sb = 0;
       int nkr = kvstashd_rows(eng, &p, dkv, kvstashd, 5, ratio, kr, 16, &sg, NULL, &sb);
       if (use_gpu)
-        for (uint32_t s = 0; s + 1 < p.n_segs; s++) kvs_gpu_free(dkv[s]);
+        for (uint32_t s = 0; s + 1 < p.n_segs; s++)
+          kvs_gpu_free(dkv[s]);
       if (nkr < 0) return 1;
       kvs_rag_answer a2 = {0};
       double fm[5];
@@ -857,8 +847,10 @@ int main(int argc, char **argv) {
              info.name, p.n_tokens, fm[2]);
       print_kvrows(kr, nkr, fm[2], 0);
       printf("{\"bench\":\"blend-controller\",\"engine\":\"%s\",\"item\":%d,\"tokens\":%u,"
-             "\"full_ms\":%.3f", info.name, i, p.n_tokens, fm[2]);
-      for (int k = 0; k < nkr; k++) printf(",\"%s\":%.3f", kr[k].name, kr[k].ms);
+             "\"full_ms\":%.3f",
+             info.name, i, p.n_tokens, fm[2]);
+      for (int k = 0; k < nkr; k++)
+        printf(",\"%s\":%.3f", kr[k].name, kr[k].ms);
       printf("}\n");
     }
     for (uint32_t s = 0; s + 1 < p.n_segs; s++)

@@ -194,8 +194,9 @@ int main(int argc, char **argv) {
     }
   }
   double min_time = quick ? 0.05 : 0.3;
-  kvs_layout shapes[2] = {{30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 100000.0f, 1.0f, 0, 0, 0, 0},
-                          {32, 8, 128, KVS_DTYPE_BF16, KVS_ROPE_NORM, 128, 500000.0f, 1.0f, 0, 0, 0, 0}};
+  kvs_layout shapes[2] = {
+      {30, 3, 64, KVS_DTYPE_F16, KVS_ROPE_NORM, 64, 100000.0f, 1.0f, 0, 0, 0, 0},
+      {32, 8, 128, KVS_DTYPE_BF16, KVS_ROPE_NORM, 128, 500000.0f, 1.0f, 0, 0, 0, 0}};
   const char *shape_name[2] = {"smollm2-135m", "llama3-8b"};
   if (dense_dec) {
     for (int si = 0; si < 2; si++)

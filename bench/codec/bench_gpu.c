@@ -108,7 +108,8 @@ void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const 
                             kvs_errname(rc));
     cudaFree(db), cudaFree(ws), cudaFreeHost(hb);
   }
-  if (!getenv("KVS_BENCH_GPU_NO_ENC")) { /* dense encode: GPU (kvs_gpu_codec_encode, from device KV to host bytes) vs CPU, same run */
+  if (!getenv("KVS_BENCH_GPU_NO_ENC")) { /* dense encode: GPU (kvs_gpu_codec_encode, from device KV
+                                            to host bytes) vs CPU, same run */
     kvs_codec_params p;
     kvs_codec_params_default(KVS_PROFILE_DENSE, l->n_layers, &p);
     size_t bcap = kvs_codec_encode_bound(&p, l, T), len = 0, glen = 0;

@@ -144,8 +144,8 @@ kvs_err kvs_llama_prefill(kvs_llama *a, int32_t seq, const int32_t *tokens, size
 /* Puts the full prefix chunks of tokens[0, n) that kvstash does not hold yet,
  * read from sequence seq, which must hold exactly those tokens at positions
  * 0..n-1 (or more): the state carries no token ids, so the caller vouches
- * for them (pass what was decoded: prompt + generated tokens). Failures are logged and counted in st, never returned
- * except KVS_EINVAL for bad arguments. */
+ * for them (pass what was decoded: prompt + generated tokens). Failures are logged and counted in
+ * st, never returned except KVS_EINVAL for bad arguments. */
 kvs_err kvs_llama_store(kvs_llama *a, int32_t seq, const int32_t *tokens, size_t n,
                         kvs_llama_stats *st);
 

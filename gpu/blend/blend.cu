@@ -14,18 +14,16 @@ struct rope_args {
 /* One thread per (token, head, pair). The table is a kernel argument
  * (constant bank), shared by every thread. Rounding matches the CPU twin:
  * load to f32, rotate in f32, round once to the storage type. */
-template <typename T>
-__device__ __forceinline__ float to_f(T x);
-template <>
-__device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
-template <>
-__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 template <typename T>
 __global__ void rope_shift_kernel(T *k, uint32_t n_tokens, uint32_t heads, uint32_t head_dim,
@@ -104,17 +102,18 @@ extern "C" kvs_err kvs_gpu_blend_deviation_f16(const kvs_layout *l, uint32_t n, 
   if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
   if (n == 0) return KVS_OK;
   size_t w = (size_t)l->n_kv_heads * l->head_dim;
-  deviation_kernel<<<n, 256, 0, (cudaStream_t)stream>>>((const __half *)ka, (const __half *)va,
-                                                        (const __half *)kb, (const __half *)vb, w,
-                                                        dev);
+  deviation_kernel<<<n, 256, 0, (cudaStream_t)stream>>>(
+      (const __half *)ka, (const __half *)va, (const __half *)kb, (const __half *)vb, w, dev);
   KVS_CUDA_TRY(cudaGetLastError());
   return KVS_OK;
 }
 
-__global__ void gather_rows_kernel(float *dst, const float *src, const uint32_t *rows, size_t width) {
+__global__ void gather_rows_kernel(float *dst, const float *src, const uint32_t *rows,
+                                   size_t width) {
   const float *s = src + (size_t)rows[blockIdx.x] * width;
   float *d = dst + (size_t)blockIdx.x * width;
-  for (size_t j = threadIdx.x; j < width; j += blockDim.x) d[j] = s[j];
+  for (size_t j = threadIdx.x; j < width; j += blockDim.x)
+    d[j] = s[j];
 }
 
 extern "C" kvs_err kvs_gpu_gather_rows_f32(float *dst, const float *src, const uint32_t *rows,

@@ -58,8 +58,8 @@ __device__ __forceinline__ float raw_f(const uint8_t *p, uint32_t dtype) {
 
 /* the output row (t, h) of plane (layer, kv): the address of its element
  * 0, or NULL where a paged block is out of range (reported) */
-__device__ __forceinline__ uint8_t *out_row(const gctx &c, uint32_t layer, uint32_t kv,
-                                            uint32_t t, uint32_t h) {
+__device__ __forceinline__ uint8_t *out_row(const gctx &c, uint32_t layer, uint32_t kv, uint32_t t,
+                                            uint32_t h) {
   const gout &o = c.o;
   uint64_t row;
   uint8_t *dst;
@@ -474,10 +474,9 @@ __device__ __forceinline__ bool dense_scales_ok(float mean, float chan, float to
 
 /* Any head_dim, element by element, no rotation: element i0+32k+lane at
  * step k. (t, d) advance by 32 elements a step, so no division per element. */
-__device__ __forceinline__ void dense_elems(const gctx &c, const dense_hdr &hd,
-                                            const uint32_t *lut, uint32_t p, uint32_t h,
-                                            uint32_t bi, uint32_t lane, uint32_t *x,
-                                            rans_window *rw, bool *bad) {
+__device__ __forceinline__ void dense_elems(const gctx &c, const dense_hdr &hd, const uint32_t *lut,
+                                            uint32_t p, uint32_t h, uint32_t bi, uint32_t lane,
+                                            uint32_t *x, rans_window *rw, bool *bad) {
   uint32_t layer = p / 2, kv = p % 2, D = c.D, S = c.prm.group, lt = (1u << lane) - 1u;
   uint64_t per_head = (uint64_t)c.T * D, i0 = (uint64_t)bi * 32 * S;
   uint32_t cnt = (uint32_t)(per_head - i0 < 32ull * S ? per_head - i0 : 32ull * S);
@@ -568,7 +567,7 @@ __device__ __forceinline__ void dense_rows(const gctx &c, const dense_hdr &hd, c
           }
     }
     uint8_t *dst = out_row(c, layer, kv, t, h);
-    if (!dst) continue; /* reported */
+    if (!dst) continue;      /* reported */
     if (t == 0 && hd.sink) { /* token 0 kept exact */
 #pragma unroll
       for (int j = 0; j < DM; j++)

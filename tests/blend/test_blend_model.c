@@ -65,7 +65,8 @@ static int init(void) {
   /* the full prefill of the whole prompt */
   int32_t all[1024];
   uint32_t n = 0;
-  for (int i = 0; i < NSEG; i++) memcpy(all + n, g_tok[i], g_n[i] * 4), n += g_n[i];
+  for (int i = 0; i < NSEG; i++)
+    memcpy(all + n, g_tok[i], g_n[i] * 4), n += g_n[i];
   g_full = malloc(g_info.n_vocab * sizeof(float));
   kvs_engine_seq *s;
   if (g_eng->ops->seq_create(g_eng, 1024, &s)) return 1;
@@ -75,7 +76,8 @@ static int init(void) {
 }
 
 static int clean(void) {
-  for (int i = 0; i < NSEG; i++) free(g_kv[i]);
+  for (int i = 0; i < NSEG; i++)
+    free(g_kv[i]);
   free(g_full);
   kvs_engine_free(g_eng);
   kvs_model_free(g_model);
@@ -99,7 +101,8 @@ static double run_with(kvs_sel_params sel, int no_overlap, const int *cached, fl
   CU_ASSERT_EQUAL(e, KVS_OK);
   g_eng->ops->seq_free(g_eng, s);
   double worst = 0;
-  for (uint32_t i = 0; i < g_info.n_vocab; i++) worst = fmax(worst, fabs(logits[i] - g_full[i]));
+  for (uint32_t i = 0; i < g_info.n_vocab; i++)
+    worst = fmax(worst, fabs(logits[i] - g_full[i]));
   return worst;
 }
 
@@ -166,11 +169,13 @@ static void test_oracle_chunks(void) {
   float *lg = malloc(g_info.n_vocab * sizeof(float));
   kvs_blend_stats st;
   double e = run_with(kvs_sel_defaults(KVS_SEL_NONE), 0, NULL, lg, &st);
-  printf("\n  naive reuse of oracle chunks: max |dlogit| %.4f, recomputed %u\n", e, st.n_recomputed);
+  printf("\n  naive reuse of oracle chunks: max |dlogit| %.4f, recomputed %u\n", e,
+         st.n_recomputed);
   CU_ASSERT_EQUAL(st.n_recomputed, 0);
   CU_ASSERT(e < 0.05);
   CU_ASSERT_EQUAL(kvs_argmax(lg, g_info.n_vocab), kvs_argmax(g_full, g_info.n_vocab));
-  for (int i = 0; i < NSEG - 1; i++) free(g_kv[i]), g_kv[i] = saved[i];
+  for (int i = 0; i < NSEG - 1; i++)
+    free(g_kv[i]), g_kv[i] = saved[i];
   free(lg);
 }
 
@@ -215,10 +220,11 @@ int main(void) {
     printf("model not fetched (tools/fetch-model): skipped\n");
     return KVS_TEST_SKIP;
   }
-  static const kvs_test_case cases[] = {{"strategies vs full prefill", test_strategies},
-                                        {"oracle chunks: naive reuse = full prefill", test_oracle_chunks},
-                                        {"missing chunks are recomputed", test_missing_chunks},
-                                        {"bad calls", test_bad_calls},
-                                        {NULL, NULL}};
+  static const kvs_test_case cases[] = {
+      {"strategies vs full prefill", test_strategies},
+      {"oracle chunks: naive reuse = full prefill", test_oracle_chunks},
+      {"missing chunks are recomputed", test_missing_chunks},
+      {"bad calls", test_bad_calls},
+      {NULL, NULL}};
   return kvs_test_run_fixture("blend_model", cases, init, clean);
 }

@@ -15,8 +15,13 @@ static void test_rope_shift_bitexact(void) {
   uint32_t dts[2] = {KVS_DTYPE_F16, KVS_DTYPE_BF16}, types[2] = {KVS_ROPE_NORM, KVS_ROPE_NEOX};
   for (int a = 0; a < 2; a++)
     for (int b = 0; b < 2; b++) {
-      kvs_layout l = {.n_layers = 1, .n_kv_heads = 8, .head_dim = 128, .dtype = dts[a],
-                      .rope_type = types[b], .rope_dims = 128, .rope_theta = 500000.0f,
+      kvs_layout l = {.n_layers = 1,
+                      .n_kv_heads = 8,
+                      .head_dim = 128,
+                      .dtype = dts[a],
+                      .rope_type = types[b],
+                      .rope_dims = 128,
+                      .rope_theta = 500000.0f,
                       .rope_freq_scale = 1.0f};
       uint32_t n = 1000;
       size_t w = 8 * 128, bytes = n * w * 2;
@@ -38,8 +43,8 @@ static void test_rope_shift_bitexact(void) {
       CU_ASSERT(memcmp((char *)gpu + GUARD, cpu, bytes) == 0); /* bit for bit */
       int guards_ok = 1;
       for (size_t i = 0; i < GUARD; i++)
-        guards_ok &= ((unsigned char *)gpu)[i] == 0xA5 &&
-                     ((unsigned char *)gpu)[GUARD + bytes + i] == 0xA5;
+        guards_ok &=
+            ((unsigned char *)gpu)[i] == 0xA5 && ((unsigned char *)gpu)[GUARD + bytes + i] == 0xA5;
       CU_ASSERT(guards_ok);
       kvs_gpu_free(d);
       free(cpu), free(gpu);
@@ -47,14 +52,20 @@ static void test_rope_shift_bitexact(void) {
 }
 
 static void test_deviation(void) {
-  kvs_layout l = {.n_layers = 1, .n_kv_heads = 3, .head_dim = 64, .dtype = KVS_DTYPE_F16,
-                  .rope_type = KVS_ROPE_NORM, .rope_dims = 64, .rope_theta = 1e5f,
+  kvs_layout l = {.n_layers = 1,
+                  .n_kv_heads = 3,
+                  .head_dim = 64,
+                  .dtype = KVS_DTYPE_F16,
+                  .rope_type = KVS_ROPE_NORM,
+                  .rope_dims = 64,
+                  .rope_theta = 1e5f,
                   .rope_freq_scale = 1.0f};
   uint32_t n = 777;
   size_t w = 192, e = n * w;
   unsigned long long s = 9;
   kvs_f16 *h = malloc(4 * e * 2);
-  for (size_t i = 0; i < 4 * e; i++) h[i] = kvs_f32_to_f16(kvs_test_randf(&s));
+  for (size_t i = 0; i < 4 * e; i++)
+    h[i] = kvs_f32_to_f16(kvs_test_randf(&s));
   float *cpu = malloc(n * 4), *gpu = malloc(n * 4);
   CU_ASSERT_EQUAL(kvs_blend_deviation_f16(&l, n, h, h + e, h + 2 * e, h + 3 * e, cpu), KVS_OK);
   kvs_f16 *d = NULL;
@@ -66,7 +77,8 @@ static void test_deviation(void) {
                   KVS_OK);
   kvs_gpu_copy_d2h(gpu, dd, n * 4, NULL);
   double worst = 0;
-  for (uint32_t t = 0; t < n; t++) worst = fmax(worst, fabs(gpu[t] - cpu[t]) / fmax(cpu[t], 1e-6));
+  for (uint32_t t = 0; t < n; t++)
+    worst = fmax(worst, fabs(gpu[t] - cpu[t]) / fmax(cpu[t], 1e-6));
   printf("\n  deviation max relative error GPU vs CPU: %.2e (tolerance 1e-4)\n", worst);
   CU_ASSERT(worst < 1e-4);
   kvs_gpu_free(d), kvs_gpu_free(dd);
@@ -78,8 +90,9 @@ int main(void) {
     printf("no CUDA device: skipped\n");
     return KVS_TEST_SKIP;
   }
-  static const kvs_test_case cases[] = {{"rope shift bit-exact vs CPU twin", test_rope_shift_bitexact},
-                                        {"deviation vs CPU twin", test_deviation},
-                                        {NULL, NULL}};
+  static const kvs_test_case cases[] = {
+      {"rope shift bit-exact vs CPU twin", test_rope_shift_bitexact},
+      {"deviation vs CPU twin", test_deviation},
+      {NULL, NULL}};
   return kvs_test_run("gpu_blend", cases);
 }

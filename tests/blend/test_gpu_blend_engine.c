@@ -23,8 +23,8 @@ static kvs_gpu_model *g_gm;
 static kvs_engine *g_e;
 static kvs_engine_info g_in;
 static int32_t g_tok[NSEG * SEGN];
-static kvs_f16 *g_kv[NSEG];   /* host: per segment [layer][K|V][n][W] at position 0 */
-static float *g_full;         /* logits of the full prefill (device) */
+static kvs_f16 *g_kv[NSEG]; /* host: per segment [layer][K|V][n][W] at position 0 */
+static float *g_full;       /* logits of the full prefill (device) */
 static float *g_full_h;
 static void *g_stream;
 
@@ -46,9 +46,16 @@ static kvs_err load_dev(void *ctx, uint32_t seg, uint32_t layer, void *k, void *
 }
 
 static int init(void) {
-  kvs_model_cfg c = {.n_vocab = 512, .n_embd = 192, .n_layers = 4, .n_heads = 3,
-                     .n_kv_heads = 1, .head_dim = 64, .n_ff = 512, .n_ctx_train = 4096,
-                     .rope_theta = 100000.f, .norm_eps = 1e-5f};
+  kvs_model_cfg c = {.n_vocab = 512,
+                     .n_embd = 192,
+                     .n_layers = 4,
+                     .n_heads = 3,
+                     .n_kv_heads = 1,
+                     .head_dim = 64,
+                     .n_ff = 512,
+                     .n_ctx_train = 4096,
+                     .rope_theta = 100000.f,
+                     .norm_eps = 1e-5f};
   if (kvs_model_create_random(&c, 11, 1, &g_m)) return 1;
   kvs__model_weights w;
   kvs__model_weights_get(g_m, &w);
@@ -56,7 +63,8 @@ static int init(void) {
   if (kvs_gpu_model_engine(g_gm, kvs_model_get_id(g_m), &g_e)) return 1;
   g_e->ops->info(g_e, &g_in);
   unsigned long long r = 5;
-  for (int i = 0; i < NSEG * SEGN; i++) g_tok[i] = (int32_t)(kvs_test_rand(&r) % c.n_vocab);
+  for (int i = 0; i < NSEG * SEGN; i++)
+    g_tok[i] = (int32_t)(kvs_test_rand(&r) % c.n_vocab);
   size_t plane = (size_t)SEGN * W();
   for (int i = 0; i < NSEG - 1; i++) {
     if (kvs_gpu_alloc_host((void **)&g_kv[i], 2 * c.n_layers * plane * 2)) return 1;
@@ -80,7 +88,8 @@ static int init(void) {
 }
 
 static int clean(void) {
-  for (int i = 0; i < NSEG; i++) kvs_gpu_free_host(g_kv[i]);
+  for (int i = 0; i < NSEG; i++)
+    kvs_gpu_free_host(g_kv[i]);
   kvs_gpu_free(g_full);
   free(g_full_h);
   kvs_gpu_stream_free(g_stream);
@@ -104,8 +113,9 @@ static void run(uint32_t strategy, int dev, float *out) {
   CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc((void **)&d_logits, g_in.n_vocab * sizeof(float)), KVS_OK);
   CU_ASSERT_EQUAL_FATAL(g_e->ops->seq_create(g_e, 1024, &s), KVS_OK);
   kvs_blend_stats st;
-  CU_ASSERT_EQUAL(kvs_blend_run(g_e, s, segs, NSEG, dev ? load_dev : load_host, NULL, &o,
-                                d_logits, &st), KVS_OK);
+  CU_ASSERT_EQUAL(
+      kvs_blend_run(g_e, s, segs, NSEG, dev ? load_dev : load_host, NULL, &o, d_logits, &st),
+      KVS_OK);
   CU_ASSERT_EQUAL(kvs_gpu_copy_d2h(out, d_logits, g_in.n_vocab * sizeof(float), NULL), KVS_OK);
   g_e->ops->seq_free(g_e, s);
   kvs_gpu_free(d_logits);
@@ -134,7 +144,8 @@ static void test_device_load_same(void) {
     run(strats[k], 1, b);
     CU_ASSERT_EQUAL(memcmp(a, b, g_in.n_vocab * sizeof(float)), 0);
     double d = 0;
-    for (uint32_t i = 0; i < g_in.n_vocab; i++) d = fmax(d, fabs(a[i] - g_full_h[i]));
+    for (uint32_t i = 0; i < g_in.n_vocab; i++)
+      d = fmax(d, fabs(a[i] - g_full_h[i]));
     printf("  strategy %u: device load == host stage; max |dlogit| vs full %.4g\n", strats[k], d);
     CU_ASSERT(isfinite(d));
   }

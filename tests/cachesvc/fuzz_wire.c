@@ -11,7 +11,8 @@ static volatile uint64_t sink;
 
 static void touch(const uint8_t *p, size_t n) {
   uint64_t s = 0;
-  for (size_t i = 0; i < n; i++) s += p[i];
+  for (size_t i = 0; i < n; i++)
+    s += p[i];
   sink += s;
 }
 

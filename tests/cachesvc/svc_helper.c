@@ -72,8 +72,10 @@ static void track_pid(pid_t pid, int add) {
 static void track_dir(const char *dir, int add) {
   for (int i = 0; i < TH_MAX; i++)
     if (add ? !g_dirs[i][0] : strcmp(g_dirs[i], dir) == 0) {
-      if (add) snprintf(g_dirs[i], sizeof g_dirs[i], "%.255s", dir);
-      else g_dirs[i][0] = 0;
+      if (add)
+        snprintf(g_dirs[i], sizeof g_dirs[i], "%.255s", dir);
+      else
+        g_dirs[i][0] = 0;
       return;
     }
 }
@@ -119,7 +121,8 @@ static int daemon_start_once(th_daemon *d, const char *const *extra) {
     if (!mkdtemp(d->dir)) return -1;
   }
   int known = 0;
-  for (int i = 0; i < TH_MAX; i++) known |= strcmp(g_dirs[i], d->dir) == 0;
+  for (int i = 0; i < TH_MAX; i++)
+    known |= strcmp(g_dirs[i], d->dir) == 0;
   if (!known) track_dir(d->dir, 1);
   if (free_ports3(&d->port, &d->http_port, &d->sport)) return -1;
   snprintf(d->surl, sizeof d->surl, "tcp+stream://127.0.0.1:%d", d->sport);
@@ -138,7 +141,8 @@ static int daemon_start_once(th_daemon *d, const char *const *extra) {
   argv[n++] = a_http;
   argv[n++] = "--workers=4";
   argv[n++] = "--log_level=info";
-  for (int i = 0; extra && extra[i] && n < 62; i++) argv[n++] = extra[i];
+  for (int i = 0; extra && extra[i] && n < 62; i++)
+    argv[n++] = extra[i];
   argv[n] = NULL;
   pid_t pid = fork();
   if (pid < 0) return -1;
@@ -220,7 +224,8 @@ void th_daemon_dump_log(const th_daemon *d) {
   if (!f) return;
   char line[1024];
   fprintf(stderr, "---- kvstashd log %s ----\n", d->log);
-  while (fgets(line, sizeof line, f)) fputs(line, stderr);
+  while (fgets(line, sizeof line, f))
+    fputs(line, stderr);
   fclose(f);
 }
 
@@ -298,8 +303,8 @@ static int exchange(th_conn *c, nng_msg *m, uint64_t id, uint16_t op, int check,
   return rc;
 }
 
-int th_call(th_conn *c, uint16_t op, uint32_t flags, const void *payload, size_t n,
-            uint8_t **reply, size_t *reply_len) {
+int th_call(th_conn *c, uint16_t op, uint32_t flags, const void *payload, size_t n, uint8_t **reply,
+            size_t *reply_len) {
   kvs_wire_hdr h;
   uint64_t id = c->next_id++;
   if (kvs_wire_hdr_init(&h, op, id, c->tenant, c->token[0] ? c->token : NULL, strlen(c->token)) !=
@@ -401,8 +406,8 @@ int th_sread_answer(th_sconn *c, kvs_wire_hdr *h, uint8_t **payload) {
 static int s_send_req(th_sconn *c, uint16_t op, const void *payload, size_t n, uint64_t *id) {
   kvs_wire_hdr h;
   *id = c->next_id++;
-  if (kvs_wire_hdr_init(&h, op, *id, c->tenant, c->token[0] ? c->token : NULL,
-                        strlen(c->token)) != KVS_OK)
+  if (kvs_wire_hdr_init(&h, op, *id, c->tenant, c->token[0] ? c->token : NULL, strlen(c->token)) !=
+      KVS_OK)
     return KVS_EINVAL;
   h.payload_len = (uint32_t)n;
   uint8_t *f = malloc(KVS_WIRE_HDR_SIZE + n);
@@ -520,7 +525,8 @@ void th_chunk_make(th_chunk *c, uint64_t seed, uint32_t n_tokens, size_t vbytes,
   c->model = kvs_hash128_buf("test-model", 10);
   c->n_tokens = n_tokens;
   c->tokens = malloc(4u * n_tokens);
-  for (uint32_t i = 0; i < n_tokens; i++) c->tokens[i] = (int32_t)(mix(&st) % 49152);
+  for (uint32_t i = 0; i < n_tokens; i++)
+    c->tokens[i] = (int32_t)(mix(&st) % 49152);
   c->key = kvs_key_content(&c->model, c->tokens, n_tokens);
   c->vbytes = vbytes;
   c->value = malloc(vbytes ? vbytes : 1);
@@ -528,10 +534,12 @@ void th_chunk_make(th_chunk *c, uint64_t seed, uint32_t n_tokens, size_t vbytes,
     uint64_t r = mix(&st);
     memcpy(c->value + i, &r, 8);
   }
-  for (size_t i = vbytes & ~(size_t)7; i < vbytes; i++) c->value[i] = (uint8_t)mix(&st);
+  for (size_t i = vbytes & ~(size_t)7; i < vbytes; i++)
+    c->value[i] = (uint8_t)mix(&st);
   c->n_seg = n_seg;
   c->seg_end = malloc(8u * n_seg);
-  for (uint32_t g = 0; g < n_seg; g++) c->seg_end[g] = (uint64_t)vbytes * (g + 1) / n_seg;
+  for (uint32_t g = 0; g < n_seg; g++)
+    c->seg_end[g] = (uint64_t)vbytes * (g + 1) / n_seg;
 }
 
 void th_chunk_free(th_chunk *c) {
@@ -571,8 +579,12 @@ int th_put(th_conn *c, const th_chunk *ch, uint32_t flags) {
 }
 
 int th_get(th_conn *c, const th_chunk *ch, uint8_t **value, size_t *len) {
-  kvs_wire_get_req g = {.key = ch->key, .model = ch->model, .flags = KVS_WIRE_GET_META,
-                        .seg_first = 0, .seg_count = KVS_WIRE_SEG_ALL, .n_tokens = ch->n_tokens,
+  kvs_wire_get_req g = {.key = ch->key,
+                        .model = ch->model,
+                        .flags = KVS_WIRE_GET_META,
+                        .seg_first = 0,
+                        .seg_count = KVS_WIRE_SEG_ALL,
+                        .n_tokens = ch->n_tokens,
                         .tokens_le = (const uint8_t *)ch->tokens};
   size_t n = kvs_wire_get_req_size(&g);
   uint8_t *p = malloc(n);
@@ -613,15 +625,20 @@ int th_stats(th_conn *c, uint64_t v[KVS__STAT_COUNT]) {
   if (rc == KVS_OK) {
     kvs_wire_stats_resp s;
     rc = kvs_wire_stats_resp_decode(rep, rl, &s);
-    for (int i = 0; i < KVS__STAT_COUNT; i++) v[i] = (uint32_t)i < s.n ? s.v[i] : 0;
+    for (int i = 0; i < KVS__STAT_COUNT; i++)
+      v[i] = (uint32_t)i < s.n ? s.v[i] : 0;
   }
   free(rep);
   return rc;
 }
 
 int th_lease(th_conn *c, const th_chunk *ch, uint64_t release_id, kvs_wire_lease_resp *out) {
-  kvs_wire_get_req g = {.key = ch->key, .model = ch->model, .flags = KVS_WIRE_GET_META,
-                        .seg_first = 0, .seg_count = 0, .n_tokens = ch->n_tokens,
+  kvs_wire_get_req g = {.key = ch->key,
+                        .model = ch->model,
+                        .flags = KVS_WIRE_GET_META,
+                        .seg_first = 0,
+                        .seg_count = 0,
+                        .n_tokens = ch->n_tokens,
                         .tokens_le = (const uint8_t *)ch->tokens};
   size_t n = kvs_wire_get_req_size(&g);
   uint8_t *p = malloc(8 + n);
@@ -670,8 +687,8 @@ int th_http(int port, const char *method, const char *path, char **body) {
     return -1;
   }
   char req[1024];
-  int n = snprintf(req, sizeof req, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
-                   method, path);
+  int n = snprintf(req, sizeof req,
+                   "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n", method, path);
   if (write(fd, req, (size_t)n) != n) {
     close(fd);
     return -1;

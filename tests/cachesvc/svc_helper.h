@@ -15,10 +15,10 @@
 
 typedef struct th_daemon {
   pid_t pid;
-  char dir[256];   /* temp dir: data/, cold/, log, ipc socket */
-  char url[300];   /* tcp://127.0.0.1:PORT */
-  char ipc[300];   /* ipc://DIR/kvs.sock */
-  char surl[300];  /* tcp+stream://127.0.0.1:SPORT (byte-stream GET listener) */
+  char dir[256];  /* temp dir: data/, cold/, log, ipc socket */
+  char url[300];  /* tcp://127.0.0.1:PORT */
+  char ipc[300];  /* ipc://DIR/kvs.sock */
+  char surl[300]; /* tcp+stream://127.0.0.1:SPORT (byte-stream GET listener) */
   int port, http_port, sport;
   char log[300];
 } th_daemon;
@@ -54,8 +54,8 @@ void th_close(th_conn *c);
  * KVS_ECONN on transport failure, KVS_EPROTO when the answer is malformed or
  * does not echo the request id and op. *reply (malloc'd, may be NULL) gets the
  * answer payload. */
-int th_call(th_conn *c, uint16_t op, uint32_t flags, const void *payload, size_t n,
-            uint8_t **reply, size_t *reply_len);
+int th_call(th_conn *c, uint16_t op, uint32_t flags, const void *payload, size_t n, uint8_t **reply,
+            size_t *reply_len);
 /* Sends raw bytes as a frame; returns the status of the answer (no id check). */
 int th_send_raw(th_conn *c, const void *frame, size_t n, uint8_t **reply, size_t *reply_len);
 

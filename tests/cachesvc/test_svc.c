@@ -80,8 +80,12 @@ static void test_segments(void) {
   th_chunk ch;
   th_chunk_make(&ch, 2, 128, 70001, 7);
   CU_ASSERT_EQUAL_FATAL(th_put(&c, &ch, 0), KVS_OK);
-  kvs_wire_get_req g = {.key = ch.key, .model = ch.model, .flags = KVS_WIRE_GET_META,
-                        .seg_first = 0, .seg_count = 0, .n_tokens = ch.n_tokens,
+  kvs_wire_get_req g = {.key = ch.key,
+                        .model = ch.model,
+                        .flags = KVS_WIRE_GET_META,
+                        .seg_first = 0,
+                        .seg_count = 0,
+                        .n_tokens = ch.n_tokens,
                         .tokens_le = (const uint8_t *)ch.tokens};
   uint8_t req[4096];
   size_t rn;
@@ -123,7 +127,8 @@ static void test_lookup(void) {
   conn_alpha(&c);
   enum { CH = 4, T = 16 };
   int32_t tok[CH * T];
-  for (int i = 0; i < CH * T; i++) tok[i] = 1000 + i;
+  for (int i = 0; i < CH * T; i++)
+    tok[i] = 1000 + i;
   kvs_model_id model = kvs_hash128_buf("test-model", 10);
   kvs_wire_lookup_chunk chunks[CH];
   kvs_key parent = {{0}};
@@ -143,9 +148,9 @@ static void test_lookup(void) {
   uint8_t req[4096];
   size_t rn;
   for (uint32_t mode = 0; mode <= 1; mode++) {
-    CU_ASSERT_EQUAL(kvs_wire_lookup_req_encode(&model, mode, chunks, CH, tok, CH * T, req,
-                                               sizeof req, &rn),
-                    KVS_OK);
+    CU_ASSERT_EQUAL(
+        kvs_wire_lookup_req_encode(&model, mode, chunks, CH, tok, CH * T, req, sizeof req, &rn),
+        KVS_OK);
     uint8_t *rep;
     size_t rl;
     CU_ASSERT_EQUAL_FATAL(th_call(&c, KVS_OP_LOOKUP, 0, req, rn, &rep, &rl), KVS_OK);
@@ -166,7 +171,8 @@ static void test_lookup(void) {
   CU_ASSERT_EQUAL(kvs_wire_lookup_resp_decode(rep, rl, &a), KVS_OK);
   CU_ASSERT_EQUAL(a.n_prefix, 0);
   free(rep);
-  for (int i = 0; i < CH; i++) th_chunk_free(&ch[i]);
+  for (int i = 0; i < CH; i++)
+    th_chunk_free(&ch[i]);
   th_close(&c);
 }
 
@@ -338,8 +344,8 @@ static void test_bad_frames(void) {
     size_t off;
     uint8_t val;
     int want;
-  } muts[] = {{0, 'x', KVS_EMAGIC}, {4, 9, KVS_EVERSION}, {6, 200, KVS_ENOTSUP},
-              {8, 0x40, KVS_EPROTO}, {24, 5, KVS_ETRUNC}, {28, 0, KVS_EPROTO},
+  } muts[] = {{0, 'x', KVS_EMAGIC},  {4, 9, KVS_EVERSION}, {6, 200, KVS_ENOTSUP},
+              {8, 0x40, KVS_EPROTO}, {24, 5, KVS_ETRUNC},  {28, 0, KVS_EPROTO},
               {32, '!', KVS_EPROTO}, {12, 1, KVS_EPROTO}};
   for (size_t i = 0; i < sizeof muts / sizeof muts[0]; i++) {
     uint8_t g[KVS_WIRE_HDR_SIZE];
@@ -477,7 +483,8 @@ static void test_list_export_import(void) {
   }
   CU_ASSERT(seen >= N);
   CU_ASSERT(pages >= 4);
-  for (int j = 0; j < N; j++) CU_ASSERT_EQUAL(found[j], 1);
+  for (int j = 0; j < N; j++)
+    CU_ASSERT_EQUAL(found[j], 1);
   /* EXPORT everything, delete, IMPORT back */
   pq.has_cursor = 0;
   pq.limit = 1000;
@@ -489,7 +496,8 @@ static void test_list_export_import(void) {
   kvs_wire_page_resp pr;
   CU_ASSERT_EQUAL_FATAL(kvs_wire_page_resp_decode(KVS_OP_EXPORT, rep, rl, &pr), KVS_OK);
   CU_ASSERT_EQUAL(pr.n, (uint32_t)seen);
-  for (int j = 0; j < N; j++) CU_ASSERT_EQUAL(th_key_op(&c, KVS_OP_DELETE, &ch[j], 0, NULL, NULL), KVS_OK);
+  for (int j = 0; j < N; j++)
+    CU_ASSERT_EQUAL(th_key_op(&c, KVS_OP_DELETE, &ch[j], 0, NULL, NULL), KVS_OK);
   CU_ASSERT_EQUAL(th_get(&c, &ch[3], NULL, NULL), KVS_ENOENT);
   size_t il = 8 + pr.items_len;
   uint8_t *imp = malloc(il);
@@ -526,7 +534,8 @@ static void test_http(void) {
   CU_ASSERT(body && strstr(body, "kvstash_request_seconds_bucket{op=\"GET\""));
   CU_ASSERT(body && strstr(body, "kvstash_rocksdb{tier=\"disk\""));
   CU_ASSERT(body && strstr(body, "kvstash_tier_bytes_out_total{tier=\"ram\"} "));
-  CU_ASSERT(body && !strstr(body, "kvstash_tier_bytes_out_total{tier=\"ram\"} 0\n")); /* T0 served */
+  CU_ASSERT(body &&
+            !strstr(body, "kvstash_tier_bytes_out_total{tier=\"ram\"} 0\n")); /* T0 served */
   free(body);
   th_conn c;
   conn_alpha(&c);
@@ -627,7 +636,8 @@ static void test_restart(void) {
     CU_ASSERT_EQUAL(th_put(&c, &ch[i], 0), KVS_OK);
   }
   CU_ASSERT_EQUAL(th_key_op(&c, KVS_OP_PIN, &ch[0], 0, NULL, NULL), KVS_OK);
-  for (int k = 0; k < 3; k++) CU_ASSERT_EQUAL(th_get(&c, &ch[1], NULL, NULL), KVS_OK);
+  for (int k = 0; k < 3; k++)
+    CU_ASSERT_EQUAL(th_get(&c, &ch[1], NULL, NULL), KVS_OK);
   th_close(&c);
   CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   for (int round = 0; round < 2; round++) {
@@ -650,7 +660,8 @@ static void test_restart(void) {
     th_close(&c);
     CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   }
-  for (int i = 0; i < N; i++) th_chunk_free(&ch[i]);
+  for (int i = 0; i < N; i++)
+    th_chunk_free(&ch[i]);
   th_daemon_cleanup(&d);
 }
 
@@ -734,12 +745,14 @@ static void test_corruption(void) {
   CU_ASSERT_FATAL(th_daemon_start(&d, NULL) == 0);
   CU_ASSERT_FATAL(th_connect(&c, d.url, "t", NULL, 10000) == 0);
   int still = 0;
-  for (int i = 0; i < N; i++) still += th_get(&c, &ch[i], NULL, NULL) == KVS_EQUARANTINE;
+  for (int i = 0; i < N; i++)
+    still += th_get(&c, &ch[i], NULL, NULL) == KVS_EQUARANTINE;
   CU_ASSERT_EQUAL(still, quarantined - 1);
   th_close(&c);
   CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   (void)served;
-  for (int i = 0; i < N; i++) th_chunk_free(&ch[i]);
+  for (int i = 0; i < N; i++)
+    th_chunk_free(&ch[i]);
   th_daemon_cleanup(&d);
 }
 
@@ -752,8 +765,8 @@ static void test_capacity(void) {
   snprintf(d.dir, sizeof d.dir, "/tmp/kvs-svc-test-XXXXXX");
   CU_ASSERT_FATAL(mkdtemp(d.dir) != NULL);
   snprintf(cold, sizeof cold, "--cold_dir=%s/cold", d.dir);
-  const char *const args[] = {"--disk_bytes=3M", "--cold_bytes=3M", "--ram_bytes=1M", cold,
-                              "--blob_min=16K", NULL};
+  const char *const args[] = {
+      "--disk_bytes=3M", "--cold_bytes=3M", "--ram_bytes=1M", cold, "--blob_min=16K", NULL};
   CU_ASSERT_FATAL(th_daemon_start(&d, args) == 0);
   th_conn c;
   CU_ASSERT_FATAL(th_connect(&c, d.url, "t", NULL, 20000) == 0);
@@ -827,7 +840,8 @@ static void test_capacity(void) {
     free(body);
   }
   CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
-  for (int i = 0; i < N; i++) th_chunk_free(&ch[i]);
+  for (int i = 0; i < N; i++)
+    th_chunk_free(&ch[i]);
   th_daemon_cleanup(&d);
 }
 
@@ -837,8 +851,8 @@ static void test_capacity(void) {
 static void eviction_case(int lru) {
   th_daemon d;
   memset(&d, 0, sizeof d);
-  const char *const args[] = {"--disk_bytes=2M", "--ram_bytes=0", "--cold_dir=",
-                              lru ? "--eviction=lru" : "--eviction=cost", NULL};
+  const char *const args[] = {"--disk_bytes=2M", "--ram_bytes=0",
+                              "--cold_dir=", lru ? "--eviction=lru" : "--eviction=cost", NULL};
   CU_ASSERT_FATAL(th_daemon_start(&d, args) == 0);
   th_conn c;
   CU_ASSERT_FATAL(th_connect(&c, d.url, "t", NULL, 20000) == 0);
@@ -846,12 +860,14 @@ static void eviction_case(int lru) {
   th_chunk ch[N];
   for (int i = 0; i < N; i++) /* entry 2 has 4x the tokens of the others */
     th_chunk_make(&ch[i], 40000 + (uint64_t)i, i == 2 ? 512 : 128, 256 * 1024, 1);
-  for (int i = 0; i < 6; i++) CU_ASSERT_EQUAL(th_put(&c, &ch[i], 0), KVS_OK);
+  for (int i = 0; i < 6; i++)
+    CU_ASSERT_EQUAL(th_put(&c, &ch[i], 0), KVS_OK);
   for (int k = 0; k < 5; k++) { /* entries 0 and 1 are hot */
     CU_ASSERT_EQUAL(th_get(&c, &ch[0], NULL, NULL), KVS_OK);
     CU_ASSERT_EQUAL(th_get(&c, &ch[1], NULL, NULL), KVS_OK);
   }
-  for (int i = 6; i < N; i++) CU_ASSERT_EQUAL(th_put(&c, &ch[i], 0), KVS_OK);
+  for (int i = 6; i < N; i++)
+    CU_ASSERT_EQUAL(th_put(&c, &ch[i], 0), KVS_OK);
   uint64_t v[KVS__STAT_COUNT];
   CU_ASSERT_EQUAL(th_stats(&c, v), KVS_OK);
   CU_ASSERT(v[KVS_STAT_EVICTIONS] >= 6);
@@ -865,16 +881,18 @@ static void eviction_case(int lru) {
     free(rep);
   }
   if (lru) { /* the six least recently used go, hot or not, whatever they would save */
-    for (int i = 0; i < 6; i++) CU_ASSERT(!st[i]);
+    for (int i = 0; i < 6; i++)
+      CU_ASSERT(!st[i]);
   } else {
     CU_ASSERT(st[0] && st[1]);             /* hot */
     CU_ASSERT(st[2]);                      /* many tokens for its bytes */
     CU_ASSERT(!st[3] && !st[4] && !st[5]); /* cold, oldest */
   }
-  CU_ASSERT(st[N - 1]);      /* just written */
+  CU_ASSERT(st[N - 1]); /* just written */
   th_close(&c);
   CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
-  for (int i = 0; i < N; i++) th_chunk_free(&ch[i]);
+  for (int i = 0; i < N; i++)
+    th_chunk_free(&ch[i]);
   th_daemon_cleanup(&d);
 }
 
@@ -892,11 +910,12 @@ static void test_tls(void) {
   snprintf(d.dir, sizeof d.dir, "/tmp/kvs-svc-test-XXXXXX");
   CU_ASSERT_FATAL(mkdtemp(d.dir) != NULL);
   char cmd[1400];
-  snprintf(cmd, sizeof cmd,
-           "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-           "-keyout key.pem -out cert.pem -days 1 -subj /CN=localhost "
-           "-addext subjectAltName=DNS:localhost >/dev/null 2>&1 && cat cert.pem key.pem > both.pem",
-           d.dir);
+  snprintf(
+      cmd, sizeof cmd,
+      "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+      "-keyout key.pem -out cert.pem -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost >/dev/null 2>&1 && cat cert.pem key.pem > both.pem",
+      d.dir);
   CU_ASSERT_FATAL(system(cmd) == 0);
   int port = th_free_port();
   char listen[160], certarg[400], ca[400], url[128];
@@ -950,7 +969,7 @@ static void test_shm_lease(void) {
 
   th_daemon d;
   memset(&d, 0, sizeof d);
-  const char *const args[] = {"--shm=on", "--ram_bytes=1M", "--lease_ms=1500",
+  const char *const args[] = {"--shm=on",         "--ram_bytes=1M",   "--lease_ms=1500",
                               "--tenant=t:tok-t", "--tenant=u:tok-u", NULL};
   CU_ASSERT_FATAL(th_daemon_start(&d, args) == 0);
   th_conn c, cu;
@@ -1175,7 +1194,8 @@ static void test_stream_bad_frames(void) {
   /* garbage header */
   sconn_alpha(&s);
   uint8_t junk[KVS_WIRE_HDR_SIZE];
-  for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)(i * 37 + 11);
+  for (size_t i = 0; i < sizeof junk; i++)
+    junk[i] = (uint8_t)(i * 37 + 11);
   CU_ASSERT_EQUAL(th_swrite(&s, junk, sizeof junk), KVS_OK);
   CU_ASSERT_EQUAL(th_sread_answer(&s, &a, NULL), KVS_EMAGIC);
   CU_ASSERT_EQUAL(th_sread(&s, &one, 1), KVS_ECONN);
@@ -1229,9 +1249,13 @@ static void test_stream_killed_client(void) {
   th_chunk ch;
   th_chunk_make(&ch, 4401, 128, 6u << 20, 3);
   CU_ASSERT_EQUAL_FATAL(th_put(&c, &ch, 0), KVS_OK);
-  kvs_wire_get_req g = {.key = ch.key, .model = ch.model, .flags = KVS_WIRE_GET_META,
-                        .seg_first = 0, .seg_count = KVS_WIRE_SEG_ALL,
-                        .n_tokens = ch.n_tokens, .tokens_le = (const uint8_t *)ch.tokens};
+  kvs_wire_get_req g = {.key = ch.key,
+                        .model = ch.model,
+                        .flags = KVS_WIRE_GET_META,
+                        .seg_first = 0,
+                        .seg_count = KVS_WIRE_SEG_ALL,
+                        .n_tokens = ch.n_tokens,
+                        .tokens_le = (const uint8_t *)ch.tokens};
   size_t pl = kvs_wire_get_req_size(&g);
   uint8_t *frame = malloc(KVS_WIRE_HDR_SIZE + pl);
   kvs_wire_hdr h;
@@ -1259,7 +1283,8 @@ static void test_stream_killed_client(void) {
       }
       uint8_t b[100];
       if (read(fd, b, sizeof b) <= 0) _exit(1);
-      for (;;) pause();
+      for (;;)
+        pause();
     }
     usleep(200000);
     kill(pid, SIGKILL);
@@ -1316,8 +1341,11 @@ static void test_stream_stop(void) {
   kvs_wire_hdr_init(&h, KVS_OP_PING, 1, "t", NULL, 0);
   kvs_wire_hdr_encode(&h, f);
   CU_ASSERT_EQUAL(th_swrite(&mid, f, 60), KVS_OK);
-  kvs_wire_get_req g = {.key = ch.key, .model = ch.model, .seg_first = 0,
-                        .seg_count = KVS_WIRE_SEG_ALL, .n_tokens = ch.n_tokens,
+  kvs_wire_get_req g = {.key = ch.key,
+                        .model = ch.model,
+                        .seg_first = 0,
+                        .seg_count = KVS_WIRE_SEG_ALL,
+                        .n_tokens = ch.n_tokens,
                         .tokens_le = (const uint8_t *)ch.tokens};
   uint8_t p[KVS_WIRE_GET_REQ_FIXED + 4 * 64];
   size_t pl = kvs_wire_get_req_size(&g);
@@ -1345,31 +1373,30 @@ static void test_stream_stop(void) {
   th_daemon_cleanup(&d);
 }
 
-static const kvs_test_case cases[] = {
-    {"put_get", test_put_get},
-    {"segments", test_segments},
-    {"lookup", test_lookup},
-    {"key_ops", test_key_ops},
-    {"model_tokens", test_model_tokens},
-    {"auth", test_auth},
-    {"tenant_isolation", test_tenant_isolation},
-    {"bad_frames", test_bad_frames},
-    {"list_export_import", test_list_export_import},
-    {"http", test_http},
-    {"concurrent", test_concurrent},
-    {"restart", test_restart},
-    {"corruption", test_corruption},
-    {"capacity", test_capacity},
-    {"eviction_order", test_eviction_order},
-    {"eviction_lru", test_eviction_lru},
-    {"tls", test_tls},
-    {"shm_lease", test_shm_lease},
-    {"stream_get", test_stream_get},
-    {"stream_auth", test_stream_auth},
-    {"stream_pipelined", test_stream_pipelined},
-    {"stream_bad_frames", test_stream_bad_frames},
-    {"stream_killed_client", test_stream_killed_client},
-    {"stream_stop", test_stream_stop},
-    {NULL, NULL}};
+static const kvs_test_case cases[] = {{"put_get", test_put_get},
+                                      {"segments", test_segments},
+                                      {"lookup", test_lookup},
+                                      {"key_ops", test_key_ops},
+                                      {"model_tokens", test_model_tokens},
+                                      {"auth", test_auth},
+                                      {"tenant_isolation", test_tenant_isolation},
+                                      {"bad_frames", test_bad_frames},
+                                      {"list_export_import", test_list_export_import},
+                                      {"http", test_http},
+                                      {"concurrent", test_concurrent},
+                                      {"restart", test_restart},
+                                      {"corruption", test_corruption},
+                                      {"capacity", test_capacity},
+                                      {"eviction_order", test_eviction_order},
+                                      {"eviction_lru", test_eviction_lru},
+                                      {"tls", test_tls},
+                                      {"shm_lease", test_shm_lease},
+                                      {"stream_get", test_stream_get},
+                                      {"stream_auth", test_stream_auth},
+                                      {"stream_pipelined", test_stream_pipelined},
+                                      {"stream_bad_frames", test_stream_bad_frames},
+                                      {"stream_killed_client", test_stream_killed_client},
+                                      {"stream_stop", test_stream_stop},
+                                      {NULL, NULL}};
 
 int main(void) { return kvs_test_run_fixture("cachesvc_daemon", cases, suite_init, suite_clean); }

@@ -9,10 +9,10 @@
 #include "kvs_wire.h"
 
 static int g_cunit = 1; /* 0 while writing the corpus (no suite running) */
-#define MCHK(x)                                                               \
-  do {                                                                        \
-    int ok_ = (x);                                                            \
-    if (g_cunit) CU_ASSERT(ok_);                                              \
+#define MCHK(x)                                                                                    \
+  do {                                                                                             \
+    int ok_ = (x);                                                                                 \
+    if (g_cunit) CU_ASSERT(ok_);                                                                   \
   } while (0)
 
 static kvs_layout sample_layout(void) {
@@ -27,9 +27,12 @@ static uint8_t *make_put(uint32_t n_tok, uint32_t n_seg, size_t vbytes, size_t *
   uint64_t *seg = malloc(8u * n_seg);
   uint8_t *val = malloc(vbytes ? vbytes : 1);
   unsigned long long st = 42;
-  for (uint32_t i = 0; i < n_tok; i++) tok[i] = (int32_t)(kvs_test_rand(&st) % 50000);
-  for (size_t i = 0; i < vbytes; i++) val[i] = (uint8_t)kvs_test_rand(&st);
-  for (uint32_t g = 0; g < n_seg; g++) seg[g] = (uint64_t)vbytes * (g + 1) / n_seg;
+  for (uint32_t i = 0; i < n_tok; i++)
+    tok[i] = (int32_t)(kvs_test_rand(&st) % 50000);
+  for (size_t i = 0; i < vbytes; i++)
+    val[i] = (uint8_t)kvs_test_rand(&st);
+  for (uint32_t g = 0; g < n_seg; g++)
+    seg[g] = (uint64_t)vbytes * (g + 1) / n_seg;
   kvs_wire_meta m;
   memset(&m, 0, sizeof m);
   kvs_model_id model = kvs_hash128_buf("model", 5);
@@ -97,26 +100,26 @@ static void test_header_rejects(void) {
   kvs_wire_hdr_init(&h, KVS_OP_PING, 1, "t", NULL, 0);
   kvs_wire_hdr_encode(&h, b);
   uint8_t c[sizeof b];
-#define MUT(off, val, err)                                                    \
-  do {                                                                        \
-    memcpy(c, b, KVS_WIRE_HDR_SIZE);                                          \
-    c[off] = (uint8_t)(val);                                                  \
-    CU_ASSERT_EQUAL(kvs_wire_hdr_decode(c, KVS_WIRE_HDR_SIZE, &d), err);      \
+#define MUT(off, val, err)                                                                         \
+  do {                                                                                             \
+    memcpy(c, b, KVS_WIRE_HDR_SIZE);                                                               \
+    c[off] = (uint8_t)(val);                                                                       \
+    CU_ASSERT_EQUAL(kvs_wire_hdr_decode(c, KVS_WIRE_HDR_SIZE, &d), err);                           \
   } while (0)
   MUT(0, 'X', KVS_EMAGIC);
   MUT(4, 2, KVS_EVERSION);
   MUT(6, 0, KVS_ENOTSUP);
   MUT(6, 99, KVS_ENOTSUP);
-  MUT(8, 0x80, KVS_EPROTO);    /* unknown flag */
-  MUT(12, 1, KVS_EPROTO);      /* status in a request */
-  MUT(24, 1, KVS_ETRUNC);      /* payload_len says 1, none there */
-  MUT(28, 0, KVS_EPROTO);      /* no tenant */
-  MUT(28, 33, KVS_EPROTO);     /* tenant too long */
-  MUT(29, 65, KVS_EPROTO);     /* token too long */
-  MUT(30, 1, KVS_EPROTO);      /* reserved */
-  MUT(32, ' ', KVS_EPROTO);    /* tenant char */
-  MUT(40, 'x', KVS_EPROTO);    /* tenant padding */
-  MUT(100, 1, KVS_EPROTO);     /* token padding */
+  MUT(8, 0x80, KVS_EPROTO); /* unknown flag */
+  MUT(12, 1, KVS_EPROTO);   /* status in a request */
+  MUT(24, 1, KVS_ETRUNC);   /* payload_len says 1, none there */
+  MUT(28, 0, KVS_EPROTO);   /* no tenant */
+  MUT(28, 33, KVS_EPROTO);  /* tenant too long */
+  MUT(29, 65, KVS_EPROTO);  /* token too long */
+  MUT(30, 1, KVS_EPROTO);   /* reserved */
+  MUT(32, ' ', KVS_EPROTO); /* tenant char */
+  MUT(40, 'x', KVS_EPROTO); /* tenant padding */
+  MUT(100, 1, KVS_EPROTO);  /* token padding */
 #undef MUT
   for (size_t n = 0; n < KVS_WIRE_HDR_SIZE; n++)
     CU_ASSERT_EQUAL(kvs_wire_hdr_decode(b, n, &d), KVS_ETRUNC);
@@ -153,7 +156,8 @@ static void test_put_roundtrip(void) {
   CU_ASSERT_EQUAL(len, 2500);
   /* the key of the decoded tokens is the key that was sent */
   int32_t *tok = malloc(256 * 4);
-  for (uint32_t i = 0; i < 256; i++) tok[i] = (int32_t)kvs_wire_rd32(m->tokens_le, i);
+  for (uint32_t i = 0; i < 256; i++)
+    tok[i] = (int32_t)kvs_wire_rd32(m->tokens_le, i);
   kvs_key k = kvs_key_content(&m->model, tok, 256);
   CU_ASSERT(kvs_hash128_equal(&k, &m->key));
   CU_ASSERT(kvs_wire_tokens_equal(m->tokens_le, tok, 256));
@@ -180,21 +184,21 @@ static void test_put_rejects(void) {
   uint8_t *c = malloc(n);
   kvs_wire_req r;
   const size_t M = KVS_WIRE_HDR_SIZE;
-#define MUT32(off, val, err)                                                  \
-  do {                                                                        \
-    memcpy(c, f, n);                                                          \
-    uint32_t v_ = (val);                                                      \
-    memcpy(c + M + (off), &v_, 4);                                            \
-    CU_ASSERT_EQUAL(kvs_wire_req_decode(c, n, &r), err);                      \
+#define MUT32(off, val, err)                                                                       \
+  do {                                                                                             \
+    memcpy(c, f, n);                                                                               \
+    uint32_t v_ = (val);                                                                           \
+    memcpy(c + M + (off), &v_, 4);                                                                 \
+    CU_ASSERT_EQUAL(kvs_wire_req_decode(c, n, &r), err);                                           \
   } while (0)
-  MUT32(32, 3, KVS_EPROTO);            /* key kind 3 */
-  MUT32(36, 0, KVS_ERANGE);            /* zero tokens */
-  MUT32(36, 1u << 30, KVS_ERANGE);     /* absurd token count, before any allocation */
-  MUT32(36, 1000, KVS_ETRUNC);         /* more tokens than bytes */
-  MUT32(76, 1u << 20, KVS_ERANGE);     /* codec params too long */
-  MUT32(80, 0, KVS_ERANGE);            /* zero segments */
-  MUT32(80, 100000, KVS_ERANGE);       /* too many segments */
-  MUT32(88, 101, KVS_ECORRUPT);        /* value_bytes != last segment end */
+  MUT32(32, 3, KVS_EPROTO);        /* key kind 3 */
+  MUT32(36, 0, KVS_ERANGE);        /* zero tokens */
+  MUT32(36, 1u << 30, KVS_ERANGE); /* absurd token count, before any allocation */
+  MUT32(36, 1000, KVS_ETRUNC);     /* more tokens than bytes */
+  MUT32(76, 1u << 20, KVS_ERANGE); /* codec params too long */
+  MUT32(80, 0, KVS_ERANGE);        /* zero segments */
+  MUT32(80, 100000, KVS_ERANGE);   /* too many segments */
+  MUT32(88, 101, KVS_ECORRUPT);    /* value_bytes != last segment end */
   /* segments decreasing */
   memcpy(c, f, n);
   uint64_t bad = 90;
@@ -265,7 +269,8 @@ static void test_get_roundtrip(void) {
 
 static void test_lookup_roundtrip(void) {
   int32_t tok[10];
-  for (int i = 0; i < 10; i++) tok[i] = i * 3;
+  for (int i = 0; i < 10; i++)
+    tok[i] = i * 3;
   kvs_model_id model = kvs_hash128_buf("m", 1);
   kvs_wire_lookup_chunk ch[2];
   ch[0].key = kvs_key_prefix(&model, &(kvs_key){{0}}, tok, 5);
@@ -276,9 +281,9 @@ static void test_lookup_roundtrip(void) {
   ch[1].tok_len = 5;
   uint8_t b[256];
   size_t w;
-  CU_ASSERT_EQUAL(kvs_wire_lookup_req_encode(&model, KVS_WIRE_LOOKUP_PREFIX, ch, 2, tok, 10, b,
-                                             sizeof b, &w),
-                  KVS_OK);
+  CU_ASSERT_EQUAL(
+      kvs_wire_lookup_req_encode(&model, KVS_WIRE_LOOKUP_PREFIX, ch, 2, tok, 10, b, sizeof b, &w),
+      KVS_OK);
   CU_ASSERT_EQUAL(w, 32 + 48 + 40);
   kvs_wire_lookup_req d;
   CU_ASSERT_EQUAL_FATAL(kvs_wire_lookup_req_decode(b, w, &d), KVS_OK);
@@ -319,7 +324,8 @@ static void test_small_ops(void) {
   CU_ASSERT_EQUAL(kvs_wire_exists_resp_decode(b, w, &ed), KVS_OK);
   CU_ASSERT_EQUAL(ed.value_bytes, 12345);
   uint64_t sv[KVS__STAT_COUNT];
-  for (int i = 0; i < KVS__STAT_COUNT; i++) sv[i] = (uint64_t)i * 1000003u;
+  for (int i = 0; i < KVS__STAT_COUNT; i++)
+    sv[i] = (uint64_t)i * 1000003u;
   CU_ASSERT_EQUAL(kvs_wire_stats_resp_encode(sv, KVS__STAT_COUNT, b, sizeof b, &w), KVS_OK);
   kvs_wire_stats_resp sd;
   CU_ASSERT_EQUAL(kvs_wire_stats_resp_decode(b, w, &sd), KVS_OK);
@@ -495,9 +501,12 @@ static int write_corpus(const char *dir) {
   write_file(dir, "ping", buf, frame(buf, KVS_OP_PING, NULL, 0));
   write_file(dir, "stats", buf, frame(buf, KVS_OP_STATS, NULL, 0));
   int32_t tok[6] = {1, 2, 3, 4, 5, 6};
-  kvs_wire_get_req g = {.key = r.u.put.meta.key, .model = r.u.put.meta.model,
-                        .flags = KVS_WIRE_GET_META, .seg_first = 0,
-                        .seg_count = KVS_WIRE_SEG_ALL, .n_tokens = 6,
+  kvs_wire_get_req g = {.key = r.u.put.meta.key,
+                        .model = r.u.put.meta.model,
+                        .flags = KVS_WIRE_GET_META,
+                        .seg_first = 0,
+                        .seg_count = KVS_WIRE_SEG_ALL,
+                        .n_tokens = 6,
                         .tokens_le = (const uint8_t *)tok};
   kvs_wire_get_req_encode(&g, pl, sizeof pl, &w);
   write_file(dir, "get", buf, frame(buf, KVS_OP_GET, pl, w));
@@ -518,7 +527,10 @@ static int write_corpus(const char *dir) {
   memcpy(pl + 8 + w, r.u.put.value, 48);
   write_file(dir, "import", buf, frame(buf, KVS_OP_IMPORT, pl, 8 + rs));
   /* a GET answer with meta */
-  kvs_wire_get_resp a = {.seg_first = 0, .seg_count = 3, .byte_len = 48, .value_bytes = 48,
+  kvs_wire_get_resp a = {.seg_first = 0,
+                         .seg_count = 3,
+                         .byte_len = 48,
+                         .value_bytes = 48,
                          .checksum = r.u.put.meta.checksum};
   kvs_wire_get_resp_encode_head(&a, &r.u.put.meta, pl, sizeof pl, &w);
   memcpy(pl + w, r.u.put.value, 48);
@@ -543,18 +555,17 @@ static int write_corpus(const char *dir) {
   return 0;
 }
 
-static const kvs_test_case cases[] = {
-    {"header_roundtrip", test_header_roundtrip},
-    {"header_rejects", test_header_rejects},
-    {"put_roundtrip", test_put_roundtrip},
-    {"put_rejects", test_put_rejects},
-    {"get_roundtrip", test_get_roundtrip},
-    {"lookup_roundtrip", test_lookup_roundtrip},
-    {"small_ops", test_small_ops},
-    {"records", test_records},
-    {"mutation_sweep", test_mutation_sweep},
-    {"lease", test_lease},
-    {NULL, NULL}};
+static const kvs_test_case cases[] = {{"header_roundtrip", test_header_roundtrip},
+                                      {"header_rejects", test_header_rejects},
+                                      {"put_roundtrip", test_put_roundtrip},
+                                      {"put_rejects", test_put_rejects},
+                                      {"get_roundtrip", test_get_roundtrip},
+                                      {"lookup_roundtrip", test_lookup_roundtrip},
+                                      {"small_ops", test_small_ops},
+                                      {"records", test_records},
+                                      {"mutation_sweep", test_mutation_sweep},
+                                      {"lease", test_lease},
+                                      {NULL, NULL}};
 
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0) return write_corpus(argv[2]);

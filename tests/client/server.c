@@ -35,7 +35,8 @@ int test_free_port(void) {
   for (int tries = 0; tries < 50; tries++) {
     int p = probe_port(), seen = 0;
     if (p < 0) return -1;
-    for (int i = 0; i < 16; i++) seen |= recent[i] == p;
+    for (int i = 0; i < 16; i++)
+      seen |= recent[i] == p;
     if (seen) continue;
     recent[n++ % 16] = p;
     return p;
@@ -89,8 +90,8 @@ int test_server_restart(test_server *s) {
   if (s->pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
     /* flag: zero or more kvstashd flags separated by spaces */
-    char fl[sizeof s->flag], *argv[16] = {(char *)bin, a_listen, a_data, "--http=",
-                                           "--log_level=error"};
+    char fl[sizeof s->flag],
+        *argv[16] = {(char *)bin, a_listen, a_data, "--http=", "--log_level=error"};
     int n = 5;
     snprintf(fl, sizeof fl, "%s", flag ? flag : "");
     for (char *save = NULL, *t = strtok_r(fl, " ", &save); t && n < 15;

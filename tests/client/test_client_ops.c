@@ -376,8 +376,8 @@ static void test_codec_params(void) {
   po.codec = &fine;
   CU_ASSERT_EQUAL(kvs_put(cl, &model, tok, &ch[1], &lay, kv, &po), KVS_OK);
   kvs_codec_params other;
-  CU_ASSERT_EQUAL_FATAL(kvs_codec_params_default(kvs_profile_from_name("int8"), lay.n_layers, &other),
-                        KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(
+      kvs_codec_params_default(kvs_profile_from_name("int8"), lay.n_layers, &other), KVS_OK);
   po.codec = &other;
   CU_ASSERT_EQUAL(kvs_put(cl, &model, tok, &ch[2], &lay, kv, &po), KVS_EINVAL);
   uint8_t st[3] = {9, 9, 9};
@@ -495,7 +495,6 @@ static void test_auth(void) {
   CU_ASSERT_EQUAL(kvs_client_create(&o, &c), KVS_EINVAL);
   kvs_client_free(c);
 }
-
 
 /* ------------------------------------------------ same-host shared memory */
 static void counters(kvs_client *c, kvs_client_counters *k) {
@@ -843,7 +842,8 @@ static void test_shm_lease_expiry(void) {
   kvs_op_free(op);
   CU_ASSERT(memcmp(out, kv, nb) == 0);
   counters(shm_cl, &k);
-  CU_ASSERT_EQUAL(k.shm_regroups - k0.shm_regroups, 1); /* the first to notice; the rest go by socket */
+  CU_ASSERT_EQUAL(k.shm_regroups - k0.shm_regroups,
+                  1); /* the first to notice; the rest go by socket */
   pthread_mutex_destroy(&h.mu);
   pthread_cond_destroy(&h.cv);
   /* again, and this time the entry is deleted and its space reused after expiry */
@@ -888,11 +888,12 @@ static void test_tls_roundtrip(void) {
   }
   char dir[] = "/tmp/kvs-client-tls.XXXXXX", cmd[600];
   CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
-  snprintf(cmd, sizeof cmd,
-           "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-           "-keyout key.pem -out cert.pem -days 1 -subj /CN=localhost "
-           "-addext subjectAltName=DNS:localhost >/dev/null 2>&1 && cat cert.pem key.pem > both.pem",
-           dir);
+  snprintf(
+      cmd, sizeof cmd,
+      "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+      "-keyout key.pem -out cert.pem -days 1 -subj /CN=localhost "
+      "-addext subjectAltName=DNS:localhost >/dev/null 2>&1 && cat cert.pem key.pem > both.pem",
+      dir);
   CU_ASSERT_FATAL(system(cmd) == 0);
   int port = 20000 + (int)(getpid() % 20000);
   char url[80], flags[256], ca[128];

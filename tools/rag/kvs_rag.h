@@ -14,7 +14,7 @@
 #include "kvs_reuse.h"
 
 #define KVS_RAG_MAX_PASSAGES 16
-#define KVS_RAG_MAX_ANSWER 64
+#define KVS_RAG_MAX_ANSWER   64
 
 typedef struct kvs_rag_item {
   char *question;
@@ -61,13 +61,13 @@ kvs_err kvs_rag_chunk_kv(kvs_engine *e, const int32_t *tokens, uint32_t n, void 
  * attention sinks); only the chunk's KV is kept, K re-rotated back to position
  * 0. n_ctx 0 is kvs_rag_chunk_kv. */
 kvs_err kvs_rag_chunk_kv_ctx(kvs_engine *e, const int32_t *ctx, uint32_t n_ctx,
-                            const int32_t *tokens, uint32_t n, void *out);
+                             const int32_t *tokens, uint32_t n, void *out);
 
 typedef struct kvs_rag_answer {
   int32_t ids[KVS_RAG_MAX_ANSWER];
   uint32_t n;
   char text[1024];
-  double ttft_s;      /* prompt in -> first answer token's logits */
+  double ttft_s;       /* prompt in -> first answer token's logits */
   float *first_logits; /* [n_vocab] if the caller set it, logits of the first answer token */
   kvs_blend_stats blend;
 } kvs_rag_answer;

@@ -51,9 +51,11 @@ static char *dupstr(const char *s) {
 void kvs_rag_items_free(kvs_rag_item *it, size_t n) {
   for (size_t i = 0; it && i < n; i++) {
     free(it[i].question);
-    for (size_t j = 0; j < it[i].n_answers; j++) free(it[i].answers[j]);
+    for (size_t j = 0; j < it[i].n_answers; j++)
+      free(it[i].answers[j]);
     free(it[i].answers);
-    for (size_t j = 0; j < it[i].n_passages; j++) free(it[i].title[j]), free(it[i].text[j]);
+    for (size_t j = 0; j < it[i].n_passages; j++)
+      free(it[i].title[j]), free(it[i].text[j]);
   }
   free(it);
 }
@@ -163,8 +165,8 @@ static kvs_err append(const kvs_tok *tok, const char *text, int special, kvs_rag
     if (!t) return KVS_ENOMEM;
     p->tokens = t, *cap = nc;
   }
-  KVS_TRY(kvs_tok_encode(tok, text, len, special, 0, p->tokens + p->n_tokens, *cap - p->n_tokens,
-                         &n));
+  KVS_TRY(
+      kvs_tok_encode(tok, text, len, special, 0, p->tokens + p->n_tokens, *cap - p->n_tokens, &n));
   p->start[p->n_segs] = p->n_tokens;
   p->len[p->n_segs] = (uint32_t)n;
   p->n_tokens += (uint32_t)n;
@@ -231,7 +233,7 @@ void kvs_rag_prompt_free(kvs_rag_prompt *p) {
 }
 
 kvs_err kvs_rag_chunk_kv_ctx(kvs_engine *e, const int32_t *ctx, uint32_t n_ctx,
-                            const int32_t *tokens, uint32_t n, void *out) {
+                             const int32_t *tokens, uint32_t n, void *out) {
   kvs_engine_info in;
   KVS_TRY(e->ops->info(e, &in));
   if (n_ctx && !ctx) return KVS_EINVAL;
@@ -378,7 +380,8 @@ static size_t normalize(const char *s, char *out, size_t cap) {
       space = 1;
     } /* other punctuation dropped */
   }
-  while (k && out[k - 1] == ' ') k--;
+  while (k && out[k - 1] == ' ')
+    k--;
   out[k] = 0;
   return k;
 }
@@ -412,7 +415,8 @@ static double f1_one(const char *pred, const char *gold) {
 
 double kvs_rag_f1(const char *pred, char *const *golds, size_t n) {
   double best = 0;
-  for (size_t i = 0; i < n; i++) best = fmax(best, f1_one(pred, golds[i]));
+  for (size_t i = 0; i < n; i++)
+    best = fmax(best, f1_one(pred, golds[i]));
   return best;
 }
 
@@ -424,8 +428,10 @@ int kvs_rag_same_answer(const char *x, const char *y) {
 
 double kvs_rag_kl(const float *lp, const float *lq, uint32_t n) {
   double mp = -INFINITY, mq = -INFINITY, zp = 0, zq = 0, kl = 0;
-  for (uint32_t i = 0; i < n; i++) mp = fmax(mp, lp[i]), mq = fmax(mq, lq[i]);
-  for (uint32_t i = 0; i < n; i++) zp += exp(lp[i] - mp), zq += exp(lq[i] - mq);
+  for (uint32_t i = 0; i < n; i++)
+    mp = fmax(mp, lp[i]), mq = fmax(mq, lq[i]);
+  for (uint32_t i = 0; i < n; i++)
+    zp += exp(lp[i] - mp), zq += exp(lq[i] - mq);
   for (uint32_t i = 0; i < n; i++) {
     double p = exp(lp[i] - mp) / zp;
     if (p > 0) kl += p * ((lp[i] - mp - log(zp)) - (lq[i] - mq - log(zq)));
