@@ -16,6 +16,7 @@ tools/gpu run kvs-serve --random-8b --model "$2" --listen 127.0.0.1:18000 \
   --kvstash ipc://$D/d.sock --ctx 16384 --max-tokens 16 > $OUT/serve.log 2>&1 &
 for i in $(seq 180); do python3 -c "import urllib.request;urllib.request.urlopen('http://127.0.0.1:18000/health',timeout=2)" 2>/dev/null && break; sleep 1; done
 echo "shm=$shm" >> $OUT/env.txt
+export KVS_RAG_DATA=${KVS_RAG_DATA:-$PWD/data/rag/musique_s.json.zst} # the checkout's copy
 B="tools/gpu run kvs-bench-trace --serve 127.0.0.1:18000 --metrics 127.0.0.1:17879"
 timeout 230 $B --workload chat --rate ${CRATE:-0.4} --requests ${CN:-16} --turns 2-12 --think 1 --max-out ${MAXOUT:-16} > $OUT/trace_chat.log 2>&1
 timeout 200 $B --workload rag --rate ${RRATE:-2} --requests ${RN:-60} --passages 5-10 --max-out ${MAXOUT:-16} > $OUT/trace_rag.log 2>&1
