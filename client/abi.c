@@ -49,6 +49,7 @@ static const abi_field k_fields[] = {
     F(kvs_client_opts, tls_ca_file),
     F(kvs_client_opts, tls_server_name),
     F(kvs_client_opts, tls_cert_key_file),
+    F(kvs_client_opts, n_workers),
     F(kvs_client_counters, gets),
     F(kvs_client_counters, shm_gets),
     F(kvs_client_counters, shm_fallbacks),

@@ -62,8 +62,8 @@ kvs_err kvs__cluster_create(const kvs_client_opts *o, kvs_client **out) {
   c->token = strdup(o->token ? o->token : "");
   pthread_mutex_init(&c->mu, NULL);
   pthread_cond_init(&c->cv, NULL);
-  pthread_mutex_init(&c->shm_mu, NULL);
-  pthread_cond_init(&c->work_cv, NULL);
+  pthread_mutex_init(&c->shm.mu, NULL);
+  pthread_cond_init(&c->shm.work_cv, NULL);
   pthread_mutex_init(&cl->mu, NULL);
   cl->u = u;
   cl->o = c->o;
@@ -98,14 +98,14 @@ void kvs__cluster_free(kvs_client *c) {
   }
   kvs__members_stop(cl->m);
   for (size_t i = 0; i < cl->n_mem; i++)
-    kvs_client_free(cl->mem[i].c);
+    kvs__node_free(cl->mem[i].c);
   free(cl->mem);
   pthread_mutex_destroy(&cl->mu);
   free(cl);
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cv);
-  pthread_mutex_destroy(&c->shm_mu);
-  pthread_cond_destroy(&c->work_cv);
+  pthread_mutex_destroy(&c->shm.mu);
+  pthread_cond_destroy(&c->shm.work_cv);
   free(c->url);
   free(c->tenant);
   free(c->token);
@@ -129,8 +129,8 @@ static kvs_client *member_of(struct kvs__cluster *cl, const kvs__node *nd) {
   o.url = nd->data;
   o.flags |= KVS_CLIENT_LAZY;
   kvs_client *mc = NULL;
-  if (kvs_client_create(&o, &mc) != KVS_OK) {
-    kvs_client_free(mc);
+  if (kvs__node_create(&o, &mc) != KVS_OK) {
+    kvs__node_free(mc);
     return NULL;
   }
   /* wait briefly for a first connection, so that the caller can tell a
@@ -144,7 +144,7 @@ static kvs_client *member_of(struct kvs__cluster *cl, const kvs__node *nd) {
     if (!strcmp(cl->mem[i].id, nd->id) && !strcmp(cl->mem[i].data, nd->data)) {
       kvs_client *m = cl->mem[i].c; /* made by another thread meanwhile */
       pthread_mutex_unlock(&cl->mu);
-      kvs_client_free(mc);
+      kvs__node_free(mc);
       return m;
     }
   if (cl->n_mem == cl->cap_mem) {
@@ -152,7 +152,7 @@ static kvs_client *member_of(struct kvs__cluster *cl, const kvs__node *nd) {
     member *p = realloc(cl->mem, cap * sizeof *p);
     if (!p) {
       pthread_mutex_unlock(&cl->mu);
-      kvs_client_free(mc);
+      kvs__node_free(mc);
       return NULL;
     }
     cl->mem = p;
@@ -262,7 +262,7 @@ kvs_err kvs__cluster_put(kvs_client *c, const kvs_model_id *model, const int32_t
     size_t who[KVS__CL_MAX_R];
     if (batch > KVS__CL_MAX_R) batch = KVS__CL_MAX_R;
     for (; started < batch && next < n_cand; next++) {
-      int rv = kvs_put_start(mc[next], model, tokens, chunk, layout, kv, o, &ops[started]);
+      int rv = kvs__node_put_start(mc[next], model, tokens, chunk, layout, kv, o, &ops[started]);
       if (rv != KVS_OK) {
         last = rv;
         snprintf(why, sizeof why, "%s", kvs_client_errmsg(mc[next]));
@@ -421,7 +421,7 @@ typedef struct get_args {
 
 static int try_get(kvs_client *m, void *arg) {
   get_args *a = arg;
-  return kvs_get(m, a->model, a->tokens, a->chunk, a->layout, a->out, a->out_cap, a->o);
+  return kvs__node_get(m, a->model, a->tokens, a->chunk, a->layout, a->out, a->out_cap, a->o);
 }
 
 kvs_err kvs__cluster_get(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
@@ -452,7 +452,7 @@ typedef struct exists_args {
 
 static int try_exists(kvs_client *m, void *arg) {
   exists_args *a = arg;
-  int rv = kvs_exists(m, a->model, a->key, a->info);
+  int rv = kvs__node_exists(m, a->model, a->key, a->info);
   return rv == KVS_OK && !a->info->present ? KVS_ENOENT : rv;
 }
 
@@ -485,10 +485,10 @@ kvs_err kvs__cluster_keyop(kvs_client *c, int op, const kvs_key *key, uint32_t a
   for (size_t i = 0; i < n; i++) {
     kvs_client *m = member_of(cl, &nodes[i]);
     if (!m || kvs_client_connected(m) <= 0) continue;
-    int rv = op == 0   ? kvs_delete(m, key)
-             : op == 1 ? kvs_pin(m, key)
-             : op == 2 ? kvs_unpin(m, key)
-                       : kvs_ttl(m, key, arg);
+    int rv = op == 0   ? kvs__node_delete(m, key)
+             : op == 1 ? kvs__node_pin(m, key)
+             : op == 2 ? kvs__node_unpin(m, key)
+                       : kvs__node_ttl(m, key, arg);
     if (rv == KVS_OK)
       ok++;
     else if (rv != KVS_ENOENT)
@@ -507,7 +507,7 @@ kvs_err kvs__cluster_ping(kvs_client *c) {
   int last = KVS_ECONN;
   for (size_t i = 0; i < n && last != KVS_OK; i++) {
     kvs_client *m = member_of(cl, &nodes[i]);
-    if (m) last = kvs_ping(m);
+    if (m) last = kvs__node_ping(m);
   }
   free(nodes);
   return last == KVS_OK ? KVS_OK : kvs__seterr(c, last, "no node of %s answered", cl->u.name);
@@ -526,7 +526,7 @@ kvs_err kvs__cluster_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n_out
   for (size_t i = 0; i < n; i++) {
     kvs_client *m = member_of(cl, &nodes[i]);
     size_t k = 0;
-    if (!m || kvs_stats(m, tmp, cap < 64 ? cap : 64, &k) != KVS_OK) continue;
+    if (!m || kvs__node_stats(m, tmp, cap < 64 ? cap : 64, &k) != KVS_OK) continue;
     ok++;
     for (size_t j = 0; j < k; j++)
       v[j] += tmp[j];
@@ -580,7 +580,7 @@ static kvs_err lookup_rounds(kvs_client *c, const kvs_model_id *model, const int
       if (!ns) continue;
       kvs_client *m = member_of(cl, &nodes[nd]);
       if (!m || kvs_client_connected(m) <= 0) continue;
-      kvs_err e = kvs_lookup(m, model, tokens, n_tokens, sub, ns, KVS_LOOKUP_EACH, st, NULL);
+      kvs_err e = kvs__node_lookup(m, model, tokens, n_tokens, sub, ns, KVS_LOOKUP_EACH, st, NULL);
       if (e != KVS_OK) {
         if (!node_error(e)) rv = kvs__seterr(c, e, "%s", kvs_client_errmsg(m));
         continue;
@@ -634,8 +634,8 @@ typedef struct lk_job {
 
 static void *lk_main(void *arg) {
   lk_job *j = arg;
-  j->rv = j->m ? kvs_lookup(j->m, j->model, j->tokens, j->n_tokens, j->sub, j->ns, KVS_LOOKUP_EACH,
-                            j->st, NULL)
+  j->rv = j->m ? kvs__node_lookup(j->m, j->model, j->tokens, j->n_tokens, j->sub, j->ns,
+                                  KVS_LOOKUP_EACH, j->st, NULL)
                : KVS_ECONN;
   return NULL;
 }
@@ -835,7 +835,7 @@ kvs_err kvs_cluster_rebalance(kvs_client *c, uint64_t bytes_per_s,
           }
           kvs_client *dm = member_of(cl, &nodes[own[j]]);
           kvs_entry_info info = {0};
-          if (!dm || kvs_exists(dm, &m.model, &rec->key, &info) != KVS_OK) {
+          if (!dm || kvs__node_exists(dm, &m.model, &rec->key, &info) != KVS_OK) {
             all_have = 0;
             continue;
           }
@@ -850,7 +850,7 @@ kvs_err kvs_cluster_rebalance(kvs_client *c, uint64_t bytes_per_s,
             all_have = 0;
           }
         }
-        if (!self_owner && all_have && kvs_delete(sm, &rec->key) == KVS_OK) s.dropped++;
+        if (!self_owner && all_have && kvs__node_delete(sm, &rec->key) == KVS_OK) s.dropped++;
       }
       kvs_admin_page_free(pg);
     }

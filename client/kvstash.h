@@ -130,6 +130,10 @@ typedef struct kvs_client_opts {
   const char *tls_ca_file;
   const char *tls_server_name;
   const char *tls_cert_key_file;
+  /* Tuning (0 = the default; docs/client.md "Tuning" names the environment
+   * variables read only when these are left at 0): threads that decode
+   * same-host gets in place (one per core, 2..16; at most 256). */
+  uint32_t n_workers;
 } kvs_client_opts;
 
 /* Do not wait for a first connection in kvs_client_create: calls made while
@@ -147,6 +151,10 @@ typedef struct kvs_client_opts {
  * does the same for a program whose options cannot be changed; the flag is
  * the way to say it in code.) */
 #define KVS_CLIENT_NO_STREAM 8u
+/* A device get of a value leased whole in shared memory decodes group by
+ * group instead of all groups in one launch sequence (for comparisons;
+ * $KVS_CLIENT_BATCH=0 does the same). */
+#define KVS_CLIENT_NO_WHOLE_DECODE 16u
 
 /* Byte-stream GETs: kvstashd listening on `tcp+stream://HOST:PORT` (or
  * `ipc+stream:///path`, docs/kvstashd.md) answers GETs as plain frames on a

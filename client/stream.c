@@ -233,9 +233,9 @@ static void sconn_idle(kvs__sconn *s) {
   pthread_mutex_lock(&c->mu);
   s->req = NULL;
   s->done = NULL;
-  s->next = c->sidle;
-  c->sidle = s;
-  c->s_active--;
+  s->next = c->stream.idle;
+  c->stream.idle = s;
+  c->stream.active--;
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
 }
@@ -243,7 +243,7 @@ static void sconn_idle(kvs__sconn *s) {
 static void finish(kvs__sconn *s, int rv, const char *msg, const uint8_t *p, size_t n) {
   nng_msg *req = s->req;
   s->req = NULL;
-  if (rv == KVS_OK) atomic_fetch_add(&s->c->n_stream_gets, 1);
+  if (rv == KVS_OK) atomic_fetch_add(&s->c->ctr.stream_gets, 1);
   s->done(s->arg, rv, msg, p, n);
   nng_msg_free(req);
   sconn_idle(s);
@@ -253,7 +253,7 @@ static void finish(kvs__sconn *s, int rv, const char *msg, const uint8_t *p, siz
 static void fallback(kvs__sconn *s, const char *why, int err) {
   kvs_client *c = s->c;
   KVS_LOGD("client", "stream get goes through REQ/REP", "why=\"%s\" err=%s", why, kvs_errname(err));
-  atomic_fetch_add(&c->n_stream_fallbacks, 1);
+  atomic_fetch_add(&c->ctr.stream_fallbacks, 1);
   nng_msg *req = s->req;
   kvs__get_done_fn done = s->done;
   void *arg = s->arg;
@@ -283,7 +283,7 @@ static void serve(kvs__sconn *s) {
        * second later. */
       if (!stream_drop_found(c, s->url)) {
         pthread_mutex_lock(&c->mu);
-        c->stream_retry_ns = kvs_now_ns() + 1000000000ull;
+        c->stream.retry_ns = kvs_now_ns() + 1000000000ull;
         pthread_mutex_unlock(&c->mu);
       }
       fallback(s, "cannot reach the stream listener", KVS_ECONN);
@@ -373,19 +373,19 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
   kvs__sconn *s = NULL;
   int fresh = 0;
   pthread_mutex_lock(&c->mu);
-  if (c->stream_url && !c->closed && kvs_now_ns() >= c->stream_retry_ns) {
-    s = c->sidle;
+  if (c->stream.url && !c->closed && kvs_now_ns() >= c->stream.retry_ns) {
+    s = c->stream.idle;
     if (s) {
-      c->sidle = s->next;
-    } else if (c->n_sconns < KVS__SCONN_MAX && (s = calloc(1, sizeof *s))) {
+      c->stream.idle = s->next;
+    } else if (c->stream.n_conns < KVS__SCONN_MAX && (s = calloc(1, sizeof *s))) {
       s->c = c;
       s->fd = -1;
       pthread_cond_init(&s->cv, NULL);
       fresh = 1;
     }
     if (s) {
-      c->s_active++;
-      s->url = c->stream_url;
+      c->stream.active++;
+      s->url = c->stream.url;
       s->reused = s->fd >= 0;
       const uint8_t *h = nng_msg_body(req);
       s->req = req;
@@ -399,11 +399,11 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
         pthread_cond_destroy(&s->cv);
         free(s);
         s = NULL;
-        c->s_active--;
+        c->stream.active--;
       } else if (fresh) {
-        s->all_next = c->sall;
-        c->sall = s;
-        c->n_sconns++;
+        s->all_next = c->stream.all;
+        c->stream.all = s;
+        c->stream.n_conns++;
       }
     }
     if (s) {
@@ -485,9 +485,9 @@ static kvs_err stream_set(kvs_client *c, const char *url, int named) {
     return kvs__seterr(c, KVS_EINVAL, "stream URL %.300s: not %s", url,
                        tcp ? "tcp+stream://HOST:PORT" : "ipc+stream:///PATH");
   pthread_mutex_lock(&c->mu);
-  int busy = c->stream_named, same = c->stream_url && !strcmp(c->stream_url, url);
+  int busy = c->stream.named, same = c->stream.url && !strcmp(c->stream.url, url);
   if (same || busy) {
-    if (same && named) c->stream_named = 1;
+    if (same && named) c->stream.named = 1;
     pthread_mutex_unlock(&c->mu);
     return busy && named ? kvs__seterr(c, KVS_EBUSY, "the stream URL is set once per client")
                          : KVS_OK;
@@ -502,23 +502,23 @@ static kvs_err stream_set(kvs_client *c, const char *url, int named) {
   }
   int stale[KVS__SCONN_MAX], n_stale = 0;
   pthread_mutex_lock(&c->mu);
-  if (c->stream_named || c->closed) { /* named meanwhile on another thread */
-    int busy2 = c->stream_named && named;
+  if (c->stream.named || c->closed) { /* named meanwhile on another thread */
+    int busy2 = c->stream.named && named;
     pthread_mutex_unlock(&c->mu);
     free(copy);
     free(old);
     return busy2 ? kvs__seterr(c, KVS_EBUSY, "the stream URL is set once per client") : KVS_OK;
   }
-  if (c->stream_url) {
-    *old = (struct kvs__olddialer){c->stream_url, c->old_dialers};
-    c->old_dialers = old;
+  if (c->stream.url) {
+    *old = (struct kvs__olddialer){c->stream.url, c->stream.old};
+    c->stream.old = old;
     old = NULL;
-    for (kvs__sconn *x = c->sidle; x; x = x->next)
+    for (kvs__sconn *x = c->stream.idle; x; x = x->next)
       if (x->fd >= 0 && n_stale < KVS__SCONN_MAX) stale[n_stale++] = x->fd, x->fd = -1;
   }
-  c->stream_url = copy;
-  c->stream_retry_ns = 0;
-  if (named) c->stream_named = 1;
+  c->stream.url = copy;
+  c->stream.retry_ns = 0;
+  if (named) c->stream.named = 1;
   pthread_mutex_unlock(&c->mu);
   free(old);
   for (int i = 0; i < n_stale; i++)
@@ -531,11 +531,11 @@ static kvs_err stream_set(kvs_client *c, const char *url, int named) {
 static void stream_unset(kvs_client *c) {
   struct kvs__olddialer *old = malloc(sizeof *old);
   pthread_mutex_lock(&c->mu);
-  if (old && c->stream_url && !c->stream_named) {
-    *old = (struct kvs__olddialer){c->stream_url, c->old_dialers};
-    c->old_dialers = old;
+  if (old && c->stream.url && !c->stream.named) {
+    *old = (struct kvs__olddialer){c->stream.url, c->stream.old};
+    c->stream.old = old;
     old = NULL;
-    c->stream_url = NULL;
+    c->stream.url = NULL;
   }
   pthread_mutex_unlock(&c->mu);
   free(old);
@@ -547,11 +547,11 @@ static int stream_drop_found(kvs_client *c, const char *url) {
   struct kvs__olddialer *old = malloc(sizeof *old);
   int dropped = 0;
   pthread_mutex_lock(&c->mu);
-  if (old && c->stream_url && !c->stream_named && !strcmp(c->stream_url, url)) {
-    *old = (struct kvs__olddialer){c->stream_url, c->old_dialers};
-    c->old_dialers = old;
+  if (old && c->stream.url && !c->stream.named && !strcmp(c->stream.url, url)) {
+    *old = (struct kvs__olddialer){c->stream.url, c->stream.old};
+    c->stream.old = old;
     old = NULL;
-    c->stream_url = NULL;
+    c->stream.url = NULL;
     dropped = 1;
   }
   pthread_mutex_unlock(&c->mu);
@@ -584,11 +584,11 @@ static kvs_err stream_ask(kvs_client *c, uint32_t timeout_ms, int quiet, char *u
 
 void kvs__stream_default(kvs_client *c, uint32_t timeout_ms) {
   pthread_mutex_lock(&c->mu);
-  int ask = c->stream_auto && !c->stream_named && !c->stream_known && !c->stream_asking &&
-            !c->closed && c->pipes > 0 && kvs_now_ns() >= c->stream_ask_ns;
+  int ask = c->stream.auto_find && !c->stream.named && !c->stream.known && !c->stream.asking &&
+            !c->closed && c->pool.pipes > 0 && kvs_now_ns() >= c->stream.ask_ns;
   if (ask) {
-    c->stream_asking = 1;
-    c->stream_known = 1; /* a connection lost while asking clears it again */
+    c->stream.asking = 1;
+    c->stream.known = 1; /* a connection lost while asking clears it again */
   }
   pthread_mutex_unlock(&c->mu);
   if (!ask) return;
@@ -604,10 +604,10 @@ void kvs__stream_default(kvs_client *c, uint32_t timeout_ms) {
   KVS_LOGD("client", "asked for the stream listener", "url=%s err=%s", rv == KVS_OK ? url : "-",
            kvs_errname(rv));
   pthread_mutex_lock(&c->mu);
-  c->stream_asking = 0;
+  c->stream.asking = 0;
   if (!answered) { /* no answer (down, refused, timed out): ask again a second later */
-    c->stream_known = 0;
-    c->stream_ask_ns = kvs_now_ns() + 1000000000ull;
+    c->stream.known = 0;
+    c->stream.ask_ns = kvs_now_ns() + 1000000000ull;
   }
   pthread_mutex_unlock(&c->mu);
 }
@@ -619,7 +619,7 @@ static kvs_err stream_auto(kvs_client *c) {
     return kvs__seterr(c, KVS_ENOTSUP, "stream \"auto\": only for tcp:// and ipc:// (not %s)",
                        c->url);
   pthread_mutex_lock(&c->mu);
-  int busy = c->stream_named;
+  int busy = c->stream.named;
   pthread_mutex_unlock(&c->mu);
   if (busy) return kvs__seterr(c, KVS_EBUSY, "the stream URL is set once per client");
   kvs_err rv = stream_ask(c, 0, 0, url, sizeof url);
@@ -645,15 +645,15 @@ void kvs__stream_close(kvs_client *c) {
    * (its call ends with KVS_ECLOSED, or falls back to REQ/REP, which ends
    * at once). Wake the idle ones, join them all, then free. */
   pthread_mutex_lock(&c->mu);
-  kvs__sconn *all = c->sall;
+  kvs__sconn *all = c->stream.all;
   for (kvs__sconn *s = all; s; s = s->all_next)
     pthread_cond_signal(&s->cv);
   pthread_mutex_unlock(&c->mu);
   for (kvs__sconn *s = all; s; s = s->all_next)
     pthread_join(s->th, NULL);
   pthread_mutex_lock(&c->mu);
-  c->sall = NULL;
-  c->sidle = NULL;
+  c->stream.all = NULL;
+  c->stream.idle = NULL;
   pthread_mutex_unlock(&c->mu);
   while (all) {
     kvs__sconn *n = all->all_next;
@@ -663,11 +663,11 @@ void kvs__stream_close(kvs_client *c) {
     free(all);
     all = n;
   }
-  free(c->stream_url);
-  c->stream_url = NULL;
-  while (c->old_dialers) {
-    struct kvs__olddialer *o = c->old_dialers;
-    c->old_dialers = o->next;
+  free(c->stream.url);
+  c->stream.url = NULL;
+  while (c->stream.old) {
+    struct kvs__olddialer *o = c->stream.old;
+    c->stream.old = o->next;
     free(o->url);
     free(o);
   }

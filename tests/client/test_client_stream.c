@@ -135,11 +135,11 @@ static void test_stream_get(void) {
     CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
     CU_ASSERT(memcmp(out, k.kv, nb) == 0);
   }
-  CU_ASSERT(atomic_load(&c->n_stream_gets) >= 3 * 5); /* first answer + 4 groups, each get */
-  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 0);
+  CU_ASSERT(atomic_load(&c->ctr.stream_gets) >= 3 * 5); /* first answer + 4 groups, each get */
+  CU_ASSERT_EQUAL(atomic_load(&c->ctr.stream_fallbacks), 0);
   kvs_client_counters kc;
   CU_ASSERT_EQUAL(kvs_client_get_counters(c, &kc), KVS_OK); /* the same, through the API */
-  CU_ASSERT_EQUAL(kc.stream_gets, atomic_load(&c->n_stream_gets));
+  CU_ASSERT_EQUAL(kc.stream_gets, atomic_load(&c->ctr.stream_gets));
   CU_ASSERT_EQUAL(kc.stream_fallbacks, 0);
   /* a head range, f32 out: the same as REQ/REP gives */
   kvs_get_opts go = {.dtype = KVS_DTYPE_F32, .head_begin = 1, .head_end = 3, .window = 3};
@@ -217,8 +217,8 @@ static void test_stream_batch(void) {
     free(outs[i]);
     chunk_free(&k[i]);
   }
-  CU_ASSERT(c->n_sconns > 1);
-  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 0);
+  CU_ASSERT(c->stream.n_conns > 1);
+  CU_ASSERT_EQUAL(atomic_load(&c->ctr.stream_fallbacks), 0);
   free(tok);
   kvs_client_free(c);
 }
@@ -240,8 +240,8 @@ static void test_stream_fallback(void) {
   uint16_t *out = malloc(nb);
   CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
   CU_ASSERT(memcmp(out, k.kv, nb) == 0);
-  CU_ASSERT(atomic_load(&c->n_stream_fallbacks) >= 1);
-  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_gets), 0);
+  CU_ASSERT(atomic_load(&c->ctr.stream_fallbacks) >= 1);
+  CU_ASSERT_EQUAL(atomic_load(&c->ctr.stream_gets), 0);
   kvs_client_free(c);
   /* the daemon restarts: the pool's connections are dead */
   c = client("alpha", "tok-a", surl);
@@ -302,7 +302,7 @@ static void test_stream_pick(void) {
 static void test_stream_auto(void) {
   kvs_client *c = client("alpha", "tok-a", "auto");
   CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-  CU_ASSERT_STRING_EQUAL(c->stream_url, surl);
+  CU_ASSERT_STRING_EQUAL(c->stream.url, surl);
   CU_ASSERT_EQUAL(kvs_client_stream(c, "auto"), KVS_EBUSY);
   chunk k;
   chunk_make(&k, 64);
@@ -311,14 +311,14 @@ static void test_stream_auto(void) {
   uint16_t *out = malloc(nb);
   CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
   CU_ASSERT(memcmp(out, k.kv, nb) == 0);
-  CU_ASSERT(atomic_load(&c->n_stream_gets) >= 1);
-  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 0);
+  CU_ASSERT(atomic_load(&c->ctr.stream_gets) >= 1);
+  CU_ASSERT_EQUAL(atomic_load(&c->ctr.stream_fallbacks), 0);
   kvs_client_free(c);
   /* a bad token: the PING is refused, nothing is set */
   c = client("alpha", "wrong", NULL);
   CU_ASSERT_PTR_NOT_NULL_FATAL(c);
   CU_ASSERT_EQUAL(kvs_client_stream(c, "auto"), KVS_EAUTH);
-  CU_ASSERT_PTR_NULL(c->stream_url);
+  CU_ASSERT_PTR_NULL(c->stream.url);
   kvs_client_free(c);
   /* a daemon with no stream listener */
   test_server plain;
@@ -330,11 +330,11 @@ static void test_stream_auto(void) {
   CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &c), KVS_OK);
   CU_ASSERT_EQUAL(kvs_client_stream(c, "auto"), KVS_ENOENT);
   CU_ASSERT(strstr(kvs_client_errmsg(c), "no tcp+stream:// listener") != NULL);
-  CU_ASSERT_PTR_NULL(c->stream_url);
+  CU_ASSERT_PTR_NULL(c->stream.url);
   CU_ASSERT_EQUAL(kvs_put(c, &model, k.tok, &k.ch, &lay, k.kv, NULL), KVS_OK);
   CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
   CU_ASSERT(memcmp(out, k.kv, nb) == 0);
-  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_gets), 0);
+  CU_ASSERT_EQUAL(atomic_load(&c->ctr.stream_gets), 0);
   kvs_client_free(c);
   /* a default client there: its gets ask, find none, go by REQ/REP */
   c = default_client(plain.url, NULL, NULL);
@@ -344,9 +344,9 @@ static void test_stream_auto(void) {
     CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
     CU_ASSERT(memcmp(out, k.kv, nb) == 0);
   }
-  CU_ASSERT_PTR_NULL(c->stream_url);
+  CU_ASSERT_PTR_NULL(c->stream.url);
   CU_ASSERT_EQUAL(counter_stream_gets(c), 0);
-  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 0);
+  CU_ASSERT_EQUAL(atomic_load(&c->ctr.stream_fallbacks), 0);
   kvs_client_free(c);
   test_server_stop(&plain);
   free(out);
@@ -358,7 +358,7 @@ static void test_stream_auto(void) {
 static void test_default_stream(void) {
   kvs_client *c = default_client(srv.url, "alpha", "tok-a");
   CU_ASSERT_PTR_NOT_NULL_FATAL(c);
-  CU_ASSERT_PTR_NULL(c->stream_url); /* nothing asked at create */
+  CU_ASSERT_PTR_NULL(c->stream.url); /* nothing asked at create */
   chunk k;
   chunk_make(&k, 64);
   kvs_put_opts po = {.layers_per_group = 4};
@@ -370,8 +370,8 @@ static void test_default_stream(void) {
     CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
     CU_ASSERT(memcmp(out, k.kv, nb) == 0);
   }
-  CU_ASSERT_PTR_NOT_NULL_FATAL(c->stream_url);
-  CU_ASSERT_STRING_EQUAL(c->stream_url, surl);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c->stream.url);
+  CU_ASSERT_STRING_EQUAL(c->stream.url, surl);
   kvs_client_counters kc;
   CU_ASSERT_EQUAL(kvs_client_get_counters(c, &kc), KVS_OK);
   CU_ASSERT_EQUAL(kc.gets, 2);
@@ -397,7 +397,7 @@ static void test_default_stream(void) {
   CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
   CU_ASSERT(memcmp(out, k.kv, nb) == 0);
   CU_ASSERT_EQUAL(counter_stream_gets(c), 0);
-  CU_ASSERT_PTR_NULL(c->stream_url);
+  CU_ASSERT_PTR_NULL(c->stream.url);
   kvs_client_free(c);
   /* opted out by the environment */
   setenv("KVS_CLIENT_STREAM", "off", 1);
@@ -475,8 +475,8 @@ static void test_default_reask(void) {
   uint64_t nb = kvs_get_bound(&lay, k.T, NULL);
   uint16_t *out = malloc(nb);
   CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(c->stream_url);
-  CU_ASSERT_STRING_EQUAL(c->stream_url, su1);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c->stream.url);
+  CU_ASSERT_STRING_EQUAL(c->stream.url, su1);
   uint64_t n1 = counter_stream_gets(c);
   CU_ASSERT(n1 >= 1);
   /* the same daemon, now with the stream on another port */
@@ -491,8 +491,8 @@ static void test_default_reask(void) {
   memset(out, 0, nb);
   CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
   CU_ASSERT(memcmp(out, k.kv, nb) == 0);
-  CU_ASSERT_PTR_NOT_NULL_FATAL(c->stream_url);
-  CU_ASSERT_STRING_EQUAL(c->stream_url, su2);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c->stream.url);
+  CU_ASSERT_STRING_EQUAL(c->stream.url, su2);
   CU_ASSERT(counter_stream_gets(c) > n1);
   /* and without any stream listener */
   test_server_kill(&d);
@@ -506,7 +506,7 @@ static void test_default_reask(void) {
   memset(out, 0, nb);
   CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
   CU_ASSERT(memcmp(out, k.kv, nb) == 0);
-  CU_ASSERT_PTR_NULL(c->stream_url);
+  CU_ASSERT_PTR_NULL(c->stream.url);
   CU_ASSERT_EQUAL(counter_stream_gets(c), n2);
   kvs_client_free(c);
   free(out);
@@ -524,8 +524,8 @@ static void test_default_unreachable(void) {
   char nowhere[64];
   snprintf(nowhere, sizeof nowhere, "tcp+stream://127.0.0.1:%d", test_free_port());
   pthread_mutex_lock(&c->mu);
-  c->stream_url = strdup(nowhere);
-  c->stream_known = 1; /* as if the PING had named it */
+  c->stream.url = strdup(nowhere);
+  c->stream.known = 1; /* as if the PING had named it */
   pthread_mutex_unlock(&c->mu);
   chunk k;
   chunk_make(&k, 32);
@@ -537,9 +537,9 @@ static void test_default_unreachable(void) {
     CU_ASSERT_EQUAL(kvs_get(c, &model, k.tok, &k.ch, &lay, out, nb, NULL), KVS_OK);
     CU_ASSERT(memcmp(out, k.kv, nb) == 0);
   }
-  CU_ASSERT_PTR_NULL(c->stream_url);
-  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_fallbacks), 1); /* the first request, once */
-  CU_ASSERT_EQUAL(atomic_load(&c->n_stream_gets), 0);
+  CU_ASSERT_PTR_NULL(c->stream.url);
+  CU_ASSERT_EQUAL(atomic_load(&c->ctr.stream_fallbacks), 1); /* the first request, once */
+  CU_ASSERT_EQUAL(atomic_load(&c->ctr.stream_gets), 0);
   kvs_client_free(c);
   free(out);
   chunk_free(&k);

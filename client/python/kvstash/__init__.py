@@ -110,7 +110,8 @@ class _ClientOpts(ctypes.Structure):
                 ("n_sockets", ctypes.c_uint32), ("max_retries", ctypes.c_uint32),
                 ("retry_backoff_ms", ctypes.c_uint32), ("max_msg_bytes", ctypes.c_uint32),
                 ("flags", ctypes.c_uint32), ("tls_ca_file", ctypes.c_char_p),
-                ("tls_server_name", ctypes.c_char_p), ("tls_cert_key_file", ctypes.c_char_p)]
+                ("tls_server_name", ctypes.c_char_p), ("tls_cert_key_file", ctypes.c_char_p),
+                ("n_workers", ctypes.c_uint32)]
 
 
 class _Counters(ctypes.Structure):

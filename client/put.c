@@ -1,0 +1,110 @@
+/* put.c - the put of a node client: the KV encoded (on the GPU when the
+ * profile has a GPU encoder and the KV lies in device memory, else on the
+ * host), one PUT frame of meta + encoded bytes, sent as one call. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvs_gpu.h"
+#include "kvs_wire.h"
+#include "op_int.h"
+
+static void put_done(kvs__call *call, void *arg) {
+  kvs_op *op = arg;
+  int rv = call->rv;
+  char msg[KVS__ERRMSG_LEN];
+  snprintf(msg, sizeof msg, "%s", call->errmsg);
+  kvs__call_free(call);
+  pthread_mutex_lock(&op->mu);
+  if (rv) kvs__op_fail_locked(op, rv, msg);
+  op->pending--;
+  kvs__op_update_locked(op);
+  pthread_mutex_unlock(&op->mu);
+}
+
+kvs_err kvs__node_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
+                            const kvs_chunk *chunk, const kvs_layout *layout, const void *kv,
+                            const kvs_put_opts *o, kvs_op **opp) {
+  if (!opp) return KVS_EINVAL;
+  *opp = NULL;
+  if (!c || !model || !tokens || !chunk || !layout || !kv) return KVS_EINVAL;
+  if (kvs_layout_validate(layout)) return kvs__seterr(c, KVS_ELAYOUT, "invalid layout");
+  if (layout->dtype != KVS_DTYPE_F16 && layout->dtype != KVS_DTYPE_BF16)
+    return kvs__seterr(c, KVS_ENOTSUP, "stored KV is f16 or bf16");
+  if (!chunk->n_tokens || chunk->n_tokens > KVS_WIRE_MAX_TOKENS)
+    return kvs__seterr(c, KVS_ERANGE, "a chunk has 1..%u tokens", KVS_WIRE_MAX_TOKENS);
+  kvs_put_opts d = {0};
+  if (!o) o = &d;
+  const void *host = kv;
+  void *staged = NULL;
+  kvs__encoded e;
+  int rv = KVS_ENOTSUP;
+  if (o->flags & KVS_PUT_DEVICE) /* a profile with a GPU encoder: only its bytes cross PCIe */
+    rv = kvs__encode_device(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, kv,
+                            &e);
+  if (rv != KVS_ENOTSUP && rv != KVS_OK)
+    return kvs__seterr(c, rv, "encoding on the GPU with profile %u failed", o->profile);
+  if (rv == KVS_ENOTSUP && (o->flags & KVS_PUT_DEVICE)) {
+    if (kvs_gpu_device_count() < 1)
+      return kvs__seterr(c, KVS_ENODEV, "KVS_PUT_DEVICE without a CUDA device");
+    size_t bytes = kvs_layout_token_bytes(layout) * chunk->n_tokens;
+    staged = malloc(bytes);
+    if (!staged) return KVS_ENOMEM;
+    int cr = kvs_gpu_copy_d2h(staged, kv, bytes, NULL);
+    if (cr == KVS_OK) cr = kvs_gpu_sync(NULL);
+    if (cr) {
+      free(staged);
+      return kvs__seterr(c, cr, "copying the KV from the device failed");
+    }
+    host = staged;
+  }
+  if (rv == KVS_ENOTSUP)
+    rv = kvs__encode(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, host, &e);
+  free(staged);
+  if (rv)
+    return kvs__seterr(c, rv, "encoding with profile %u failed%s", o->profile,
+                       rv == KVS_ENOTSUP ? " (codec not built in)" : "");
+  kvs_wire_meta meta = {.key = chunk->key,
+                        .model = *model,
+                        .key_kind = (uint8_t)chunk->kind,
+                        .n_tokens = chunk->n_tokens,
+                        .layout = *layout,
+                        .codec_profile = o->profile,
+                        .n_segments = e.n_segs,
+                        .ttl_s = o->ttl_s,
+                        .value_bytes = e.len,
+                        .checksum = kvs_checksum64(e.bytes, e.len),
+                        .tokens_le = (const uint8_t *)(tokens + chunk->start),
+                        .seg_end_le = (const uint8_t *)e.seg_end};
+  size_t ms = kvs_wire_meta_size(&meta), w;
+  nng_msg *m = NULL;
+  rv = ms ? kvs__frame_new(ms + e.len, &m) : KVS_ETOOBIG;
+  if (!rv) rv = kvs_wire_meta_encode(&meta, kvs__frame_payload(m), ms, &w);
+  if (!rv) memcpy(kvs__frame_payload(m) + ms, e.bytes, e.len);
+  kvs__encoded_free(&e);
+  if (!rv) rv = kvs__frame_seal(c, m, KVS_OP_PUT);
+  if (!rv && (o->flags & KVS_PUT_SYNC)) {
+    kvs_wire_hdr_add_flags(nng_msg_body(m), KVS_WIRE_F_SYNC);
+  }
+  if (!rv && (o->flags & KVS_PUT_NX)) {
+    kvs_wire_hdr_add_flags(nng_msg_body(m), KVS_WIRE_F_NX);
+  }
+  if (rv) {
+    if (m) nng_msg_free(m);
+    return kvs__seterr(c, rv, "cannot build the PUT request");
+  }
+  kvs_op *op = kvs__op_new(c, KVS__OP_PUT);
+  kvs__call *call =
+      op ? kvs__call_new(c, m, kvs_wire_op_idempotent(KVS_OP_PUT) && !(o->flags & KVS_PUT_NX), 0,
+                         kvs__check_reply, put_done, op)
+         : NULL;
+  if (!call) {
+    if (!op) nng_msg_free(m);
+    free(op);
+    return KVS_ENOMEM;
+  }
+  op->pending = 1;
+  *opp = op;
+  kvs__call_start(call);
+  return KVS_OK;
+}
