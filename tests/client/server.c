@@ -12,7 +12,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fake_kvstashd.h"
 #include "kvstash.h"
 #include "server.h"
 
@@ -58,11 +57,9 @@ int test_server_start(test_server *s, const char *mode) {
 
 int test_server_start_flag(test_server *s, const char *mode, const char *flag) {
   memset(s, 0, sizeof *s);
-  if (!strcmp(mode, "fake")) {
-    snprintf(s->url, sizeof s->url, "ipc:///tmp/kvs-client-fake-%d.sock", (int)getpid());
-    s->fake = fake_kvstashd_start(s->url);
-    if (!s->fake) fprintf(stderr, "stand-in server did not start on %s\n", s->url);
-    return s->fake ? 0 : 1;
+  if (strcmp(mode, "real")) {
+    fprintf(stderr, "server mode %s: only \"real\" (the kvstashd binary)\n", mode);
+    return 1;
   }
   const char *bin = getenv("KVS_KVSTASHD");
   if (!bin || access(bin, X_OK)) {
@@ -139,11 +136,6 @@ void test_server_kill(test_server *s) {
 }
 
 void test_server_stop(test_server *s) {
-  if (s->fake) {
-    fake_kvstashd_stop(s->fake);
-    unlink(s->url + 6);
-    s->fake = NULL;
-  }
   test_server_kill(s);
   if (s->real) rm_rf(s->dir);
 }

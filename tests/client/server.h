@@ -1,6 +1,7 @@
 /* server.h - start the server the client tests talk to: the real kvstashd
  * binary ($KVS_KVSTASHD, set by CMake when the target exists) on a free
- * loopback port with a temporary data dir, or the in-test stand-in. */
+ * loopback port with a temporary data dir. (Replies kvstashd never sends are
+ * staged by test_client_faults.c.) */
 #ifndef KVS_TEST_SERVER_H
 #define KVS_TEST_SERVER_H
 #include <sys/types.h>
@@ -12,10 +13,9 @@ typedef struct test_server {
   char dir[256];
   char bin[512];
   char flag[256];
-  void *fake;
 } test_server;
 
-/* mode "real" or "fake". Returns 0 when up, 77 when the real binary is
+/* mode "real" (the only one). Returns 0 when up, 77 when the real binary is
  * missing (the caller skips), 1 on failure. Messages on stderr. */
 int test_server_start(test_server *s, const char *mode);
 /* A free loopback TCP port, never one this process was handed recently. */

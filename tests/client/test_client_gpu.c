@@ -186,8 +186,7 @@ int main(void) {
     fprintf(stderr, "SKIP: no CUDA device\n");
     return KVS_TEST_SKIP;
   }
-  const char *bin = getenv("KVS_KVSTASHD");
-  int rv = test_server_start(&srv, bin && *bin ? "real" : "fake");
+  int rv = test_server_start(&srv, "real");
   if (rv) return rv;
   kvs_client_opts o;
   kvs_client_opts_init(&o);

@@ -1,9 +1,8 @@
 """Starts the server the Python client tests talk to, and stops it after.
 
-KVS_CLIENT_SERVER=real runs the kvstashd binary ($KVS_KVSTASHD) on a free
-loopback port with a temporary data dir; the session exits 77 (ctest: skipped)
-when it is not built. KVS_CLIENT_SERVER=fake runs the in-test stand-in
-($KVS_FAKE_KVSTASHD, tests/client/fake_kvstashd.c)."""
+It runs the kvstashd binary ($KVS_KVSTASHD) on a free loopback port with a
+temporary data dir; the session exits 77 (ctest: skipped) when it is not
+built."""
 import os
 import shutil
 import signal
@@ -22,25 +21,18 @@ def _free_port():
 
 
 def pytest_configure(config):
-    mode = os.environ.get("KVS_CLIENT_SERVER", "fake")
-    if mode == "real":
-        b = os.environ.get("KVS_KVSTASHD", "")
-        if not b or not os.access(b, os.X_OK):
-            print("SKIP: the kvstashd binary is missing; build target kvstashd")
-            pytest.exit("kvstashd missing", returncode=77)
+    b = os.environ.get("KVS_KVSTASHD", "")
+    if not b or not os.access(b, os.X_OK):
+        print("SKIP: the kvstashd binary is missing; build target kvstashd")
+        pytest.exit("kvstashd missing", returncode=77)
 
 
 @pytest.fixture(scope="session")
 def server_url():
     import kvstash
-    mode = os.environ.get("KVS_CLIENT_SERVER", "fake")
     tmp = tempfile.mkdtemp(prefix="kvs-pyclient-")
-    if mode == "real":
-        url = f"tcp://127.0.0.1:{_free_port()}"
-        cmd = [os.environ["KVS_KVSTASHD"], f"--listen={url}", f"--data_dir={tmp}/data", "--http="]
-    else:
-        url = f"ipc://{tmp}/fake.sock"
-        cmd = [os.environ["KVS_FAKE_KVSTASHD"], url]
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    cmd = [os.environ["KVS_KVSTASHD"], f"--listen={url}", f"--data_dir={tmp}/data", "--http="]
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)  # the daemon is a plain executable
     proc = subprocess.Popen(cmd, env=env)

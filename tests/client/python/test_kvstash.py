@@ -33,7 +33,7 @@ def _free_ports(n):
 @contextlib.contextmanager
 def _own_kvstashd(tmp_path, listen, *flags):
     """A kvstashd of this test's own (real mode only), up once it answers a PING on listen[0]."""
-    if os.environ.get("KVS_CLIENT_SERVER", "fake") != "real":
+    if os.environ.get("KVS_CLIENT_SERVER", "real") != "real":
         pytest.skip("needs the real kvstashd")
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
