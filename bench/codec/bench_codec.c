@@ -207,10 +207,9 @@ int main(int argc, char **argv) {
   }
   static const int profiles[] = {KVS_PROFILE_LOSSLESS, KVS_PROFILE_INT8, KVS_PROFILE_KIVI4,
                                  KVS_PROFILE_KIVI2,    KVS_PROFILE_FP4,  KVS_PROFILE_CACHEGEN};
-  char json[65536];
-  size_t jn = 0;
-  jn += (size_t)snprintf(json + jn, sizeof json - jn, "{\"bench\":\"codec\",\"synthetic\":[");
-  int first_json = 1;
+  cJSON *root = cJSON_CreateObject(), *synth = cJSON_CreateArray();
+  cJSON_AddStringToObject(root, "bench", "codec");
+  cJSON_AddItemToObject(root, "synthetic", synth);
   /* dense vs cachegen at equal reconstruction error, on the first smol size */
   double cmp_cg_bits = 0, cmp_cg_mse = 0, cmp_dense_bits = 0, cmp_dense_mse = 0;
   float cmp_dense_step = 0;
@@ -242,14 +241,16 @@ int main(int argc, char **argv) {
         }
         printf("%-14s %8.3f %11.3e %10.4f %10.3f %10.3f\n", r->name, r->bits, r->rel_mse,
                r->max_err, r->enc_gbs, r->dec_gbs);
-        jn += (size_t)snprintf(
-            json + jn, sizeof json - jn,
-            "%s{\"shape\":\"%s\",\"tokens\":%u,\"profile\":\"%s\",\"bits_per_elem\":"
-            "%.4f,\"rel_mse\":%.4e,\"max_err\":%.4f,\"enc_gbs\":%.3f,\"dec_gbs\":%.3f}",
-            first_json ? "" : ",", shape_name[si], T, r->name, r->bits, r->rel_mse, r->max_err,
-            r->enc_gbs, r->dec_gbs);
-        first_json = 0;
-        if (jn > sizeof json - 512) jn = sizeof json - 512;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "shape", shape_name[si]);
+        cJSON_AddNumberToObject(o, "tokens", T);
+        cJSON_AddStringToObject(o, "profile", r->name);
+        bench_json_num(o, "bits_per_elem", "%.4f", r->bits);
+        bench_json_num(o, "rel_mse", "%.4e", r->rel_mse);
+        bench_json_num(o, "max_err", "%.4f", r->max_err);
+        bench_json_num(o, "enc_gbs", "%.3f", r->enc_gbs);
+        bench_json_num(o, "dec_gbs", "%.3f", r->dec_gbs);
+        cJSON_AddItemToArray(synth, o);
       }
       /* smallest dense setting at or below cachegen-ref's error */
       row *cg = NULL, *best = NULL;
@@ -270,23 +271,21 @@ int main(int argc, char **argv) {
           cmp_dense_bits = best->bits, cmp_dense_mse = best->rel_mse, cmp_dense_step = best->step;
         }
       }
-      if (gpu) bench_codec_gpu(l, T, kv, shape_name[si], json, sizeof json, &jn);
+      if (gpu) bench_codec_gpu(l, T, kv, shape_name[si], synth);
       free(kv);
     }
   }
-  jn += (size_t)snprintf(json + jn, sizeof json - jn, "]");
-  if (have_cmp)
-    jn += (size_t)snprintf(
-        json + jn, sizeof json - jn,
-        ",\"dense_vs_cachegen_synthetic\":{\"dense_step\":%.2f,\"dense_bits\":%.4f,"
-        "\"dense_rel_mse\":%.4e,\"cachegen_bits\":%.4f,\"cachegen_rel_mse\":%.4e}",
-        cmp_dense_step, cmp_dense_bits, cmp_dense_mse, cmp_cg_bits, cmp_cg_mse);
-  if (real) {
-    bench_codec_real(real, json, sizeof json, &jn);
-  } else {
-    jn += (size_t)snprintf(json + jn, sizeof json - jn, ",\"best_at_parity\":null");
+  if (have_cmp) {
+    cJSON *o = cJSON_AddObjectToObject(root, "dense_vs_cachegen_synthetic");
+    bench_json_num(o, "dense_step", "%.2f", cmp_dense_step);
+    bench_json_num(o, "dense_bits", "%.4f", cmp_dense_bits);
+    bench_json_num(o, "dense_rel_mse", "%.4e", cmp_dense_mse);
+    bench_json_num(o, "cachegen_bits", "%.4f", cmp_cg_bits);
+    bench_json_num(o, "cachegen_rel_mse", "%.4e", cmp_cg_mse);
   }
-  snprintf(json + jn, sizeof json - jn, "}");
-  printf("%s\n", json);
-  return 0;
+  if (real)
+    bench_codec_real(real, root);
+  else
+    cJSON_AddNullToObject(root, "best_at_parity");
+  return bench_json_print(root);
 }

@@ -1,17 +1,19 @@
 /* bench_codec.h - the parts of kvs-bench-codec that need optional pieces:
  * the GPU decode timing (gpu/codec) and the real-KV fidelity harness
- * (model/). Each appends its JSON fields to json[cap] at *jn. */
+ * (model/). Each adds its rows to the JSON line (cJSON, bench_json.h). */
 #ifndef KVS_BENCH_CODEC_H
 #define KVS_BENCH_CODEC_H
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bench_json.h"
 #include "kvs_core.h"
 
-/* GPU decode GB/s of fp16 output for every lossy profile on kv (T tokens of l). */
+/* GPU decode GB/s of fp16 output for every lossy profile on kv (T tokens of
+ * l): one object per profile appended to rows. */
 void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const char *shape,
-                     char *json, size_t cap, size_t *jn);
+                     cJSON *rows);
 /* Real SmolLM2 KV of n MuSiQue passages (items 0..n-1, n <= 100): KL and
  * top-1 agreement of the next-token distribution after each profile. */
-void bench_codec_real(int n, char *json, size_t cap, size_t *jn);
+void bench_codec_real(int n, cJSON *root);
 #endif

@@ -12,8 +12,8 @@
 
 #ifndef KVS_HAVE_CUDA
 void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const char *shape,
-                     char *json, size_t cap, size_t *jn) {
-  (void)l, (void)T, (void)kv, (void)shape, (void)json, (void)cap, (void)jn;
+                     cJSON *rows) {
+  (void)l, (void)T, (void)kv, (void)shape, (void)rows;
   printf("--gpu: built without CUDA\n");
 }
 #else
@@ -26,7 +26,7 @@ static double time_ms(cudaEvent_t a, cudaEvent_t b) {
 }
 
 void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const char *shape,
-                     char *json, size_t cap, size_t *jn) {
+                     cJSON *rows) {
   if (kvs_gpu_device_count() == 0) {
     printf("--gpu: no GPU device\n");
     return;
@@ -99,13 +99,16 @@ void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const 
     }
     printf("%-14s %10.3f %12.1f %14.1f %s\n", kvs_codec_profile_name(profiles[pi]),
            kvs_codec_bits_per_elem(&info), dec, both, kvs_errname(rc));
-    *jn += (size_t)snprintf(json + *jn, cap - *jn, "%s", json[*jn - 1] == '[' ? "" : ",");
-    *jn += (size_t)snprintf(json + *jn, cap - *jn,
-                            "{\"shape\":\"%s\",\"tokens\":%u,\"gpu\":\"%s\",\"profile\":\"%s\","
-                            "\"gpu_decode_gbs\":%.1f,\"gpu_copy_decode_gbs\":%.1f,"
-                            "\"pcie_raw_gbs\":%.1f,\"status\":\"%s\"}",
-                            shape, T, name, kvs_codec_profile_name(profiles[pi]), dec, both, pcie,
-                            kvs_errname(rc));
+    cJSON *row = cJSON_CreateObject();
+    cJSON_AddStringToObject(row, "shape", shape);
+    cJSON_AddNumberToObject(row, "tokens", T);
+    cJSON_AddStringToObject(row, "gpu", name);
+    cJSON_AddStringToObject(row, "profile", kvs_codec_profile_name(profiles[pi]));
+    bench_json_num(row, "gpu_decode_gbs", "%.1f", dec);
+    bench_json_num(row, "gpu_copy_decode_gbs", "%.1f", both);
+    bench_json_num(row, "pcie_raw_gbs", "%.1f", pcie);
+    cJSON_AddStringToObject(row, "status", kvs_errname(rc));
+    cJSON_AddItemToArray(rows, row);
     cudaFree(db), cudaFree(ws), cudaFreeHost(hb);
   }
   if (!getenv("KVS_BENCH_GPU_NO_ENC")) { /* dense encode: GPU (kvs_gpu_codec_encode, from device KV
@@ -134,12 +137,16 @@ void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const 
            "bytes %s, %s\n",
            rc == KVS_OK ? ob / gpu_s / 1e9 : 0.0, rc == KVS_OK ? ob / cpu_s / 1e9 : 0.0,
            same ? "identical" : "DIFFERENT", kvs_errname(rc));
-    *jn += (size_t)snprintf(json + *jn, cap - *jn,
-                            ",{\"shape\":\"%s\",\"tokens\":%u,\"gpu\":\"%s\",\"profile\":"
-                            "\"dense\",\"gpu_encode_gbs\":%.2f,\"cpu_encode_gbs\":%.3f,"
-                            "\"encode_identical\":%d,\"status\":\"%s\"}",
-                            shape, T, name, rc == KVS_OK ? ob / gpu_s / 1e9 : 0.0,
-                            rc == KVS_OK ? ob / cpu_s / 1e9 : 0.0, same, kvs_errname(rc));
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "shape", shape);
+    cJSON_AddNumberToObject(o, "tokens", T);
+    cJSON_AddStringToObject(o, "gpu", name);
+    cJSON_AddStringToObject(o, "profile", "dense");
+    bench_json_num(o, "gpu_encode_gbs", "%.2f", rc == KVS_OK ? ob / gpu_s / 1e9 : 0.0);
+    bench_json_num(o, "cpu_encode_gbs", "%.3f", rc == KVS_OK ? ob / cpu_s / 1e9 : 0.0);
+    cJSON_AddNumberToObject(o, "encode_identical", same);
+    cJSON_AddStringToObject(o, "status", kvs_errname(rc));
+    cJSON_AddItemToArray(rows, o);
     cudaFree(ws), free(ref), free(got);
   }
   cudaFreeHost(h_pinned), cudaFree(d_raw), cudaFree(d_out);

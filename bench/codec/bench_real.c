@@ -21,10 +21,10 @@
 #include "kvs_codec.h"
 
 #ifndef KVS_BENCH_HAVE_MODEL
-void bench_codec_real(int n, char *json, size_t cap, size_t *jn) {
+void bench_codec_real(int n, cJSON *root) {
   (void)n;
   printf("--real: the reference model (model/) is not in this build\n");
-  *jn += (size_t)snprintf(json + *jn, cap - *jn, ",\"best_at_parity\":null");
+  cJSON_AddNullToObject(root, "best_at_parity");
 }
 #else
 #include "kvs_model.h"
@@ -152,7 +152,7 @@ static double logprob(const float *lg, uint32_t V, int32_t tok) {
   return lg[tok] - m - log(z);
 }
 
-void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
+void bench_codec_real(int n_items, cJSON *root) {
   const char *mp = getenv("KVS_MODEL_PATH");
   char def[512];
   if (!mp) {
@@ -172,7 +172,7 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
   kvs_model *m = NULL;
   if (have < item0 + n_items || kvs_model_load(mp, &m) != KVS_OK) {
     printf("--real: model (%s) or data (%s) not available\n", mp, dp);
-    *jn += (size_t)snprintf(json + *jn, cap - *jn, ",\"best_at_parity\":null");
+    cJSON_AddNullToObject(root, "best_at_parity");
     free(items);
     return;
   }
@@ -318,27 +318,33 @@ void bench_codec_real(int n_items, char *json, size_t cap, size_t *jn) {
          "passages)\n",
          item0, item0 + n_items - 1, max_ctx);
   printf("%-28s %8s %10s %9s %10s\n", "profile", "bits/el", "KL", "top1", "ppl chg");
-  int best = -1, emitted = 0;
-  *jn += (size_t)snprintf(json + *jn, cap - *jn, ",\"real_first_item\":%d,\"real\":[", item0);
+  int best = -1;
+  cJSON_AddNumberToObject(root, "real_first_item", item0);
+  cJSON *rows = cJSON_AddArrayToObject(root, "real");
   for (int c = 0; c < nc; c++) {
     cfg *r = &cfgs[c];
     if (!r->n) continue;
     r->kl /= r->n, r->top1 /= r->n, r->dppl /= r->n, r->bits /= r->n;
     printf("%-28s %8.3f %10.5f %9.4f %+9.4f%%\n", r->name, r->bits, r->kl, r->top1, 100 * r->dppl);
-    *jn += (size_t)snprintf(json + *jn, cap - *jn,
-                            "%s{\"profile\":\"%s\",\"bits_per_elem\":%.4f,\"kl\":%.6f,"
-                            "\"top1_agreement\":%.4f,\"ppl_change\":%.5f,\"items\":%d}",
-                            emitted++ ? "," : "", r->name, r->bits, r->kl, r->top1, r->dppl, r->n);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "profile", r->name);
+    bench_json_num(o, "bits_per_elem", "%.4f", r->bits);
+    bench_json_num(o, "kl", "%.6f", r->kl);
+    bench_json_num(o, "top1_agreement", "%.4f", r->top1);
+    bench_json_num(o, "ppl_change", "%.5f", r->dppl);
+    cJSON_AddNumberToObject(o, "items", r->n);
+    cJSON_AddItemToArray(rows, o);
     if (r->kl <= 0.01 && r->top1 >= 0.99 && (best < 0 || r->bits < cfgs[best].bits)) best = c;
   }
-  *jn += (size_t)snprintf(json + *jn, cap - *jn, "]");
-  if (best >= 0)
-    *jn += (size_t)snprintf(json + *jn, cap - *jn,
-                            ",\"best_at_parity\":{\"profile\":\"%s\",\"bits_per_elem\":%.4f,"
-                            "\"kl\":%.6f,\"top1_agreement\":%.4f}",
-                            cfgs[best].name, cfgs[best].bits, cfgs[best].kl, cfgs[best].top1);
-  else
-    *jn += (size_t)snprintf(json + *jn, cap - *jn, ",\"best_at_parity\":null");
+  if (best >= 0) {
+    cJSON *o = cJSON_AddObjectToObject(root, "best_at_parity");
+    cJSON_AddStringToObject(o, "profile", cfgs[best].name);
+    bench_json_num(o, "bits_per_elem", "%.4f", cfgs[best].bits);
+    bench_json_num(o, "kl", "%.6f", cfgs[best].kl);
+    bench_json_num(o, "top1_agreement", "%.4f", cfgs[best].top1);
+  } else {
+    cJSON_AddNullToObject(root, "best_at_parity");
+  }
   for (int i = 0; i < 100; i++)
     free(items[i].passage[0]), free(items[i].passage[1]), free(items[i].question);
   free(items), free(kv), free(dec), free(ref), free(got), free(ids), free(text);
