@@ -31,6 +31,7 @@
 #include "kvs_gpu_model.h"
 #include "model_int.h" /* kvs__model_weights_get */
 #include "kvs_model.h"
+#include "bench_json.h"
 #include "bench_version.h"
 
 #ifndef KVS_SOURCE_DIR
@@ -38,15 +39,8 @@
 #endif
 #define MARGIN_TOL 0.75f
 
-static char json[16384];
-static size_t jlen;
-static void jadd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void jadd(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  if (jlen < sizeof json) jlen += (size_t)vsnprintf(json + jlen, sizeof json - jlen, fmt, ap);
-  va_end(ap);
-}
+/* The last line (bench_json.h): every figure is added to J as it is measured. */
+static cJSON *J;
 
 static uint8_t *read_file(const char *path, size_t *n) {
   *n = 0;
@@ -120,7 +114,7 @@ static void bench_cpu(kvs_model *m, const char *fixdir, const char *ref, const c
                       const uint32_t *sizes, int ns, uint32_t n_dec) {
   uint32_t V = kvs_model_config(m)->n_vocab;
   float *lg = malloc((size_t)V * 4);
-  jadd("\"cpu\":[");
+  cJSON *rows = cJSON_AddArrayToObject(J, "cpu");
   for (int si = 0; si < ns; si++) {
     uint32_t n = sizes[si];
     kvs_token *ids = real_prompt(fixdir, n);
@@ -167,13 +161,15 @@ static void bench_cpu(kvs_model *m, const char *fixdir, const char *ref, const c
            n, ours_pf, ours_dc, ll_pf, ll_dc, ll_pf > 0 ? ours_pf / ll_pf : 0,
            ll_dc > 0 ? ours_dc / ll_dc : 0, e ? " (ERROR)" : "");
     fflush(stdout);
-    jadd("%s{\"tokens\":%u,\"prefill_tok_s\":%.2f,\"decode_tok_s\":%.2f,\"llamacpp_prefill_tok_s\":"
-         "%.2f,"
-         "\"llamacpp_decode_tok_s\":%.2f}",
-         si ? "," : "", n, ours_pf, ours_dc, ll_pf, ll_dc);
+    cJSON *row = cJSON_CreateObject();
+    cJSON_AddNumberToObject(row, "tokens", n);
+    bench_json_num(row, "prefill_tok_s", "%.2f", ours_pf);
+    bench_json_num(row, "decode_tok_s", "%.2f", ours_dc);
+    bench_json_num(row, "llamacpp_prefill_tok_s", "%.2f", ll_pf);
+    bench_json_num(row, "llamacpp_decode_tok_s", "%.2f", ll_dc);
+    cJSON_AddItemToArray(rows, row);
     free(ids);
   }
-  jadd("],");
   free(lg);
 }
 
@@ -211,17 +207,19 @@ static void bench_recompute(kvs_model *m, const char *fixdir, uint32_t n, double
   printf("cpu  recompute %u of %u tokens layer by layer: %.3f s + 32 new tokens %.3f s | full "
          "prefill %.3f s | speedup %.2fx%s\n",
          ns, n, rec, suf, full, full / (rec + suf), e ? " (ERROR)" : "");
-  jadd("\"cpu_recompute\":{\"tokens\":%u,\"recomputed\":%u,\"recompute_s\":%.4f,\"suffix_s\":%.4f,"
-       "\"full_prefill_s\":%.4f},",
-       n, ns, rec, suf, full);
+  cJSON *o = cJSON_AddObjectToObject(J, "cpu_recompute");
+  cJSON_AddNumberToObject(o, "tokens", n);
+  cJSON_AddNumberToObject(o, "recomputed", ns);
+  bench_json_num(o, "recompute_s", "%.4f", rec);
+  bench_json_num(o, "suffix_s", "%.4f", suf);
+  bench_json_num(o, "full_prefill_s", "%.4f", full);
   free(idx), free(sub), free(h), free(ids);
   kvs_seq_free(a);
   kvs_seq_free(b);
 }
 
-/* JSON of the GPU recompute probes, emitted after the "gpu" array */
-static char rjson[4096];
-static size_t rlen;
+/* The GPU recompute probes, added to J after the "gpu" array */
+static cJSON *J_recompute;
 
 /* The same probe on the GPU engine path (device buffers), n tokens. */
 static void bench_gpu_recompute(const char *name, kvs_gpu_model *gm, uint32_t n) {
@@ -264,11 +262,14 @@ static void bench_gpu_recompute(const char *name, kvs_gpu_model *gm, uint32_t n)
     printf("gpu  %-8s recompute %u of %u tokens layer by layer: %.2f ms + 32 new tokens %.2f ms | "
            "full prefill %.2f ms | speedup %.2fx\n",
            name, ns, n, rec, suf, full, full / (rec + suf));
-    if (rlen < sizeof rjson)
-      rlen += (size_t)snprintf(rjson + rlen, sizeof rjson - rlen,
-                               "%s{\"model\":\"%s\",\"recompute_tokens\":%u,\"of\":%u,"
-                               "\"recompute_ms\":%.3f,\"suffix_ms\":%.3f,\"full_ms\":%.3f}",
-                               rlen ? "," : "", name, ns, n, rec, suf, full);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", name);
+    cJSON_AddNumberToObject(o, "recompute_tokens", ns);
+    cJSON_AddNumberToObject(o, "of", n);
+    bench_json_num(o, "recompute_ms", "%.3f", rec);
+    bench_json_num(o, "suffix_ms", "%.3f", suf);
+    bench_json_num(o, "full_ms", "%.3f", full);
+    cJSON_AddItemToArray(J_recompute, o);
   }
   kvs_gpu_buffer_free(kb), kvs_gpu_buffer_free(vb), kvs_gpu_buffer_free(h);
   kvs_gpu_seq_free(a);
@@ -339,12 +340,15 @@ static void check_reference(kvs_model *m, const char *fixdir) {
   if (gpu)
     printf("top1_agreement_vs_llamacpp_gpu=%.4f (gpu, max |dlogit| %.3f)\n",
            chk ? (double)agree_g / chk : 0, maxe_g);
-  jadd("\"top1_agreement_vs_llamacpp\":%.4f,\"reference_positions\":%u,\"reference_checked\":%u,"
-       "\"reference_near_ties\":%u,\"max_logit_err\":%.4f,",
-       chk ? (double)agree / chk : 0, pos, chk, ties, maxe);
-  if (gpu)
-    jadd("\"top1_agreement_vs_llamacpp_gpu\":%.4f,\"max_logit_err_gpu\":%.4f,",
-         chk ? (double)agree_g / chk : 0, maxe_g);
+  bench_json_num(J, "top1_agreement_vs_llamacpp", "%.4f", chk ? (double)agree / chk : 0);
+  cJSON_AddNumberToObject(J, "reference_positions", pos);
+  cJSON_AddNumberToObject(J, "reference_checked", chk);
+  cJSON_AddNumberToObject(J, "reference_near_ties", ties);
+  bench_json_num(J, "max_logit_err", "%.4f", maxe);
+  if (gpu) {
+    bench_json_num(J, "top1_agreement_vs_llamacpp_gpu", "%.4f", chk ? (double)agree_g / chk : 0);
+    bench_json_num(J, "max_logit_err_gpu", "%.4f", maxe_g);
+  }
   kvs_gpu_model_free(gm);
   free(l);
 }
@@ -376,7 +380,7 @@ static void torch_ms(const char *script, const char *shape, const uint32_t *size
 }
 
 static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int ns,
-                      const char *torch, int have_torch, int *first) {
+                      const char *torch, int have_torch, cJSON *rows) {
   kvs__model_weights w;
   kvs__model_weights_get(m, &w);
   uint32_t maxT = 0;
@@ -421,9 +425,12 @@ static void bench_gpu(const char *name, kvs_model *m, const uint32_t *sizes, int
     printf("gpu  %-8s %6u tokens: prefill %9.2f ms (%9.0f tok/s) | torch sdpa %9.2f ms | "
            "ours/torch %.2f\n",
            name, T, ours[i], T / ours[i] * 1e3, tms[i], tms[i] > 0 ? ours[i] / tms[i] : 0);
-    jadd("%s{\"model\":\"%s\",\"tokens\":%u,\"ms\":%.3f,\"torch_ms\":%.3f}", *first ? "" : ",",
-         name, T, ours[i], tms[i]);
-    *first = 0;
+    cJSON *row = cJSON_CreateObject();
+    cJSON_AddStringToObject(row, "model", name);
+    cJSON_AddNumberToObject(row, "tokens", T);
+    bench_json_num(row, "ms", "%.3f", ours[i]);
+    bench_json_num(row, "torch_ms", "%.3f", tms[i]);
+    cJSON_AddItemToArray(rows, row);
   }
   fflush(stdout);
 }
@@ -479,7 +486,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "cannot load %s: %s\n", model_path, kvs_strerror(e));
     return 1;
   }
-  jadd("{\"bench\":\"model\",");
+  J = cJSON_CreateObject();
+  J_recompute = cJSON_CreateArray();
+  cJSON_AddStringToObject(J, "bench", "model");
   if (check) check_reference(m, fixdir);
   int have_llama = access(ref_path, X_OK) == 0;
   printf("llama.cpp reference: %s\n",
@@ -487,20 +496,18 @@ int main(int argc, char **argv) {
   bench_cpu(m, fixdir, have_llama ? ref_path : NULL, model_path, cpu_sizes, n_cpu, n_dec);
   if (recompute) bench_recompute(m, fixdir, cpu_sizes[n_cpu - 1], 0.15);
   int gpu = !no_gpu && kvs_gpu_device_count() > 0;
-  jadd("\"gpu_device\":");
   if (gpu) {
     char name[256] = "";
     int maj = 0, mn = 0;
     kvs_gpu_device_info(0, name, sizeof name, &maj, &mn);
     printf("gpu device: %s (sm_%d%d)\n", name, maj, mn);
-    jadd("\"%s\",", name);
+    cJSON_AddStringToObject(J, "gpu_device", name);
     int have_torch =
         system("python3 -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' "
                ">/dev/null 2>&1") == 0;
     printf("pytorch: %s\n", have_torch ? "available" : "not importable (torch columns are -1)");
-    jadd("\"gpu\":[");
-    int first = 1;
-    bench_gpu("smollm2", m, gpu_sizes, n_gpu, torch, have_torch, &first);
+    cJSON *rows = cJSON_AddArrayToObject(J, "gpu");
+    bench_gpu("smollm2", m, gpu_sizes, n_gpu, torch, have_torch, rows);
     if (!no_qwen) { /* Qwen2.5-1.5B shape: biases, NEOX, untied output */
       kvs_model_cfg qc = {.n_vocab = 151936,
                           .n_embd = 1536,
@@ -516,23 +523,24 @@ int main(int argc, char **argv) {
                           .qkv_bias = 1};
       kvs_model *qm;
       if (kvs_model_create_random(&qc, 1, 0, &qm) == KVS_OK) {
-        bench_gpu("qwen1.5b", qm, gpu_sizes, n_gpu, torch, have_torch, &first);
+        bench_gpu("qwen1.5b", qm, gpu_sizes, n_gpu, torch, have_torch, rows);
         kvs_model_free(qm);
       }
     }
     if (!no_8b) {
       kvs_model *big;
       if (kvs_model_create_random(NULL, 1, 0, &big) == KVS_OK) {
-        bench_gpu("8b", big, gpu_sizes, n_gpu, torch, have_torch, &first);
+        bench_gpu("8b", big, gpu_sizes, n_gpu, torch, have_torch, rows);
         kvs_model_free(big);
       }
     }
-    jadd("],\"gpu_recompute\":[%s]}", rjson);
+    cJSON_AddItemToObject(J, "gpu_recompute", J_recompute);
   } else {
     printf("gpu: none (%s)\n", kvs_gpu_compiled() ? "no device" : "built without CUDA");
-    jadd("null,\"gpu\":[]}");
+    cJSON_AddNullToObject(J, "gpu_device");
+    cJSON_AddArrayToObject(J, "gpu");
+    cJSON_Delete(J_recompute);
   }
   kvs_model_free(m);
-  printf("%s\n", json);
-  return 0;
+  return bench_json_print(J);
 }
