@@ -40,6 +40,7 @@
 
 #include "kvs_gpu.h"
 #include "kvstash.h"
+#include "bench_json.h"
 #include "bench_version.h"
 #ifdef KVS_BENCH_HAVE_CODEC
 #include "kvs_codec.h"
@@ -107,14 +108,9 @@ static kvs_client *connect_to(const char *url, int shm) {
 
 int main(int argc, char **argv) {
   if (kvs_bench_version(argc, argv, "kvs-bench-client")) return 0;
-  /* the last line's JSON, grown as rows come (--profiles has no bound) */
-  char *json = NULL;
-  size_t json_len = 0;
-  FILE *jf = open_memstream(&json, &json_len);
-  if (!jf) {
-    fprintf(stderr, "out of memory\n");
-    return 1;
-  }
+  /* the last line's JSON (bench_json.h), grown as rows come */
+  cJSON *jf = cJSON_CreateObject();
+  char key[160];
   uint32_t T = 2048, CT = 256, L = 32, H = 8, D = 128;
   int iters = 5, device = 0, window = 4, lpg = 1, use_shm = 1;
   const char *profiles = NULL, *bin = getenv("KVS_KVSTASHD"), *urls = NULL;
@@ -307,11 +303,19 @@ int main(int argc, char **argv) {
   }
   int rc = cl[0] ? 0 : 1;
 
-  fprintf(jf,
-          "{\"bench\":\"client\",\"tokens\":%zu,\"chunk\":%u,\"layers\":%u,\"heads\":%u,"
-          "\"dim\":%u,\"bytes\":%zu,\"iters\":%d,\"device\":%d,\"window\":%d,"
-          "\"lpg\":%d,\"memcpy_ms\":%.3f,\"h2d_pinned_ms\":%.3f",
-          n_chunks * CT, CT, L, H, D, total, iters, device, window, lpg, memcpy_ms, h2d_ms);
+  cJSON_AddStringToObject(jf, "bench", "client");
+  cJSON_AddNumberToObject(jf, "tokens", (double)(n_chunks * CT));
+  cJSON_AddNumberToObject(jf, "chunk", CT);
+  cJSON_AddNumberToObject(jf, "layers", L);
+  cJSON_AddNumberToObject(jf, "heads", H);
+  cJSON_AddNumberToObject(jf, "dim", D);
+  cJSON_AddNumberToObject(jf, "bytes", (double)total);
+  cJSON_AddNumberToObject(jf, "iters", iters);
+  cJSON_AddNumberToObject(jf, "device", device);
+  cJSON_AddNumberToObject(jf, "window", window);
+  cJSON_AddNumberToObject(jf, "lpg", lpg);
+  bench_json_num(jf, "memcpy_ms", "%.3f", memcpy_ms);
+  bench_json_num(jf, "h2d_pinned_ms", "%.3f", h2d_ms);
   void **outs = malloc(n_chunks * sizeof *outs);
   uint64_t *caps = malloc(n_chunks * sizeof *caps);
   uint8_t *status = malloc(n_chunks);
@@ -371,7 +375,8 @@ int main(int argc, char **argv) {
     double bpe = stored * 8.0 / (total / 2.0);
     printf("%-28s %9.2f ms (encode + store, not the measured path), %.2f bits/elem stored\n", p,
            put_ms, bpe);
-    fprintf(jf, ",\"%s_bits_per_elem\":%.3f", p, bpe);
+    snprintf(key, sizeof key, "%s_bits_per_elem", p);
+    bench_json_num(jf, key, "%.3f", bpe);
     for (int u = 0; u < 5 && !rc; u++) {
       if (!cl[u]) continue;
       double err = 0;
@@ -422,22 +427,25 @@ int main(int argc, char **argv) {
                  (unsigned long long)sg);
       printf("%-28s %9.2f ms %8.2f GB/s  %5.2fx memcpy  rel.err %.2e%s\n", name, ms,
              total / ms / 1e6, ms / memcpy_ms, err, note);
-      fprintf(jf, ",\"%s_%s_ms\":%.3f,\"%s_%s_vs_memcpy\":%.2f,\"%s_%s_relerr\":%.3g", url_name[u],
-              p, ms, url_name[u], p, ms / memcpy_ms, url_name[u], p, err);
-      if (u == 2)
-        fprintf(jf, ",\"shm_%s_in_place\":%llu,\"shm_%s_fallbacks\":%llu", p,
-                (unsigned long long)in_place, p, (unsigned long long)fell);
-      if (u == 3)
-        fprintf(jf, ",\"stream_%s_gets\":%llu,\"stream_%s_fallbacks\":%llu", p,
-                (unsigned long long)sg, p, (unsigned long long)sf);
-      if (u == 4)
-        fprintf(jf, ",\"default_%s_in_place\":%llu,\"default_%s_stream_gets\":%llu", p,
-                (unsigned long long)in_place, p, (unsigned long long)sg);
+      snprintf(key, sizeof key, "%s_%s_ms", url_name[u], p);
+      bench_json_num(jf, key, "%.3f", ms);
+      snprintf(key, sizeof key, "%s_%s_vs_memcpy", url_name[u], p);
+      bench_json_num(jf, key, "%.2f", ms / memcpy_ms);
+      snprintf(key, sizeof key, "%s_%s_relerr", url_name[u], p);
+      bench_json_num(jf, key, "%.3g", err);
+      const char *pre = u == 2 ? "shm" : u == 3 ? "stream" : "default";
+      const char *k1n = u == 2 ? "in_place" : u == 3 ? "gets" : "in_place";
+      const char *k2n = u == 2 ? "fallbacks" : u == 3 ? "fallbacks" : "stream_gets";
+      uint64_t v1 = u == 3 ? sg : in_place, v2 = u == 2 ? fell : u == 3 ? sf : sg;
+      if (u >= 2) {
+        snprintf(key, sizeof key, "%s_%s_%s", pre, p, k1n);
+        cJSON_AddNumberToObject(jf, key, (double)v1);
+        snprintf(key, sizeof key, "%s_%s_%s", pre, p, k2n);
+        cJSON_AddNumberToObject(jf, key, (double)v2);
+      }
     }
   }
-  fclose(jf);
-  printf("%s}\n", json);
-  free(json);
+  if (bench_json_print(jf)) rc = 1;
   for (int u = 0; u < 5; u++)
     kvs_client_free(cl[u]);
   kvs_client_lib_fini();
