@@ -19,6 +19,7 @@
 #include "kvs_conf.h"
 #include "kvs_net.h"
 #include "svc_int.h"
+#include "tier.h"
 
 /* ------------------------------------------------------------ config */
 void kvs__cluster_config_defaults(kvs_svc_cluster_config *c) {
@@ -387,7 +388,7 @@ char *kvs__events_json(kvs__metrics *m, const char *after_s, const char *limit_s
             "\"block_hashes\":[\"%s\"],\"model\":\"%s\",\"medium\":\"%s\"}",
             s == from ? "" : ",", (unsigned long long)e->seq, (unsigned long long)e->ts_ms,
             e->type == KVS__EV_STORED ? "BlockStored" : "BlockRemoved", t, k, md,
-            e->tier == 2 ? "cold" : "disk");
+            kvs__tier_name(e->tier));
   }
   pthread_mutex_unlock(&metrics_mu);
   fprintf(f, "]}\n");

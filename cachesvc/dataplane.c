@@ -219,8 +219,8 @@ static nng_msg *op_get(kvs__dataplane *d, const kvs_wire_req *r, const char *ten
     nng_msg_append(m, hp, head);
     nng_msg_append(m, v.buf->data + a.byte_off, (size_t)a.byte_len);
     KVS__INC(d->met, KVS_STAT_BYTES_OUT, a.byte_len);
-    atomic_fetch_add_explicit(&d->met->bytes_out_tier[v.tier < 3 ? v.tier : 2], a.byte_len,
-                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&d->met->bytes_out_tier[v.tier < KVS__MAX_TIER_ROWS ? v.tier : 0],
+                              a.byte_len, memory_order_relaxed);
   } else if (m) {
     nng_msg_free(m);
     m = NULL;

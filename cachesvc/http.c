@@ -204,7 +204,24 @@ static char *info_json(kvs__http *h) {
   cJSON_AddNumberToObject(o, "ram_bytes", (double)c->ram_bytes);
   cJSON_AddNumberToObject(o, "disk_bytes", (double)c->disk_bytes);
   cJSON_AddNumberToObject(o, "cold_bytes", (double)c->cold_bytes);
-  cJSON_AddBoolToObject(o, "cold_tier", kvs__store_has_cold(h->st));
+  kvs__tier_row tr[KVS__MAX_TIER_ROWS];
+  int ntr = kvs__store_tier_rows(h->st, tr, KVS__MAX_TIER_ROWS);
+  int below = 0; /* a disk tier below the first one is open */
+  for (int i = 2; i < ntr; i++)
+    below |= tr[i].present;
+  cJSON_AddBoolToObject(o, "cold_tier", below);
+  cJSON *ta = cJSON_AddArrayToObject(o, "tiers");
+  for (int i = 0; ta && i < ntr; i++) {
+    cJSON *t = cJSON_CreateObject();
+    if (!t) break;
+    cJSON_AddStringToObject(t, "name", tr[i].name);
+    cJSON_AddNumberToObject(t, "tier", tr[i].wire);
+    cJSON_AddBoolToObject(t, "present", tr[i].present);
+    cJSON_AddNumberToObject(t, "used", (double)tr[i].used);
+    cJSON_AddNumberToObject(t, "capacity", (double)tr[i].capacity);
+    cJSON_AddNumberToObject(t, "entries", (double)tr[i].entries);
+    cJSON_AddItemToArray(ta, t);
+  }
   cJSON_AddStringToObject(o, "durability", c->durability_sync ? "sync" : "async");
   cJSON_AddNumberToObject(o, "workers", c->workers);
   cJSON_AddNumberToObject(o, "max_msg", (double)c->max_msg);

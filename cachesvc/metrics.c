@@ -67,9 +67,6 @@ void kvs__metrics_lookup(kvs__metrics *m, const kvs_wire_lookup_req *q, const ui
   KVS__INC(m, KVS_STAT_LOOKUP_TOKENS_HIT, tokens_hit);
 }
 
-/* The tiers by the names the CLI and the docs use. */
-static const char *const tier_name[3] = {"ram", "disk", "cold"};
-
 static void family(sbuf *b, const char *name, const char *type, const char *help) {
   sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
@@ -134,20 +131,36 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
   one(&b, "kvstash_lookup_tokens_missed_total", "counter",
       "tokens of the chunks LOOKUP did not find cached: what must be prefilled",
       v[KVS_STAT_LOOKUP_TOKENS] - v[KVS_STAT_LOOKUP_TOKENS_HIT]);
-  family(&b, "kvstash_tier_bytes", "gauge", "bytes held per tier (ram, disk, cold)");
-  for (int t = 0; t < 3; t++)
-    sb_printf(&b, "kvstash_tier_bytes{tier=\"%s\"} %llu\n", tier_name[t],
-              (unsigned long long)v[KVS_STAT_BYTES_T0 + t]);
+  /* the tiers by the names of the tier list (cachesvc/tier.h), absent ones at 0 */
+  kvs__tier_row tr[KVS__MAX_TIER_ROWS];
+  int ntr = kvs__store_tier_rows(st, tr, KVS__MAX_TIER_ROWS);
+  family(&b, "kvstash_tier_bytes", "gauge", "bytes held per tier (ram, then the disk tiers)");
+  for (int t = 0; t < ntr; t++)
+    sb_printf(&b, "kvstash_tier_bytes{tier=\"%s\"} %llu\n", tr[t].name,
+              (unsigned long long)tr[t].used);
+  family(&b, "kvstash_tier_capacity_bytes", "gauge", "byte budget per tier (0: absent)");
+  for (int t = 0; t < ntr; t++)
+    sb_printf(&b, "kvstash_tier_capacity_bytes{tier=\"%s\"} %llu\n", tr[t].name,
+              (unsigned long long)(tr[t].present ? tr[t].capacity : 0));
+  family(&b, "kvstash_tier_entries", "gauge",
+         "entries per tier (ram: those with a RAM copy, also counted in their disk tier)");
+  for (int t = 0; t < ntr; t++)
+    sb_printf(&b, "kvstash_tier_entries{tier=\"%s\"} %llu\n", tr[t].name,
+              (unsigned long long)tr[t].entries);
   family(&b, "kvstash_tier_bytes_out_total", "counter",
          "value bytes served, by the tier they came from");
-  for (int t = 0; t < 3; t++)
-    sb_printf(&b, "kvstash_tier_bytes_out_total{tier=\"%s\"} %llu\n", tier_name[t],
-              (unsigned long long)ld(&m->bytes_out_tier[t]));
+  for (int t = 0; t < ntr; t++)
+    sb_printf(&b, "kvstash_tier_bytes_out_total{tier=\"%s\"} %llu\n", tr[t].name,
+              (unsigned long long)ld(&m->bytes_out_tier[tr[t].wire]));
+  /* demotions go down the list, promotions up (totals over neighbours: with
+   * two disk tiers, exactly disk -> cold and cold -> disk) */
   family(&b, "kvstash_tier_bytes_moved_total", "counter", "bytes moved between the disk tiers");
-  sb_printf(&b,
-            "kvstash_tier_bytes_moved_total{from=\"disk\",to=\"cold\"} %llu\n"
-            "kvstash_tier_bytes_moved_total{from=\"cold\",to=\"disk\"} %llu\n",
-            (unsigned long long)ld(&m->bytes_demoted), (unsigned long long)ld(&m->bytes_promoted));
+  if (ntr > 2)
+    sb_printf(&b,
+              "kvstash_tier_bytes_moved_total{from=\"%s\",to=\"%s\"} %llu\n"
+              "kvstash_tier_bytes_moved_total{from=\"%s\",to=\"%s\"} %llu\n",
+              tr[1].name, tr[ntr - 1].name, (unsigned long long)ld(&m->bytes_demoted),
+              tr[ntr - 1].name, tr[1].name, (unsigned long long)ld(&m->bytes_promoted));
   one(&b, "kvstash_auth_failures_total", "counter",
       "requests refused for a wrong or missing tenant token", ld(&m->auth_failures));
   family(&b, "kvstash_config_reloads_total", "counter",
@@ -205,11 +218,11 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
       "rocksdb.live-blob-file-size",     "rocksdb.cur-size-all-mem-tables",
       "rocksdb.num-running-compactions", "rocksdb.background-errors"};
   family(&b, "kvstash_rocksdb", "gauge", "RocksDB properties per disk tier (disk, cold)");
-  for (int t = 1; t <= 2; t++) {
-    if (t == 2 && !kvs__store_has_cold(st)) break;
+  for (int t = 1; t < ntr; t++) {
+    if (!tr[t].present) continue;
     for (size_t i = 0; i < sizeof props / sizeof props[0]; i++)
-      sb_printf(&b, "kvstash_rocksdb{tier=\"%s\",property=\"%s\"} %llu\n", tier_name[t],
-                props[i] + 8, (unsigned long long)kvs__store_rocksdb_prop(st, t, props[i]));
+      sb_printf(&b, "kvstash_rocksdb{tier=\"%s\",property=\"%s\"} %llu\n", tr[t].name, props[i] + 8,
+                (unsigned long long)kvs__store_tier_prop(st, tr[t].wire, props[i]));
   }
   kvs__quota_view qv;
   if (kvs__store_quota(st, 0, &qv)) { /* tenants with a quota line */

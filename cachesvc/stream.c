@@ -190,8 +190,8 @@ static void do_get(sconn *c, const kvs_wire_req *r) {
   c->iov[1] = (struct iovec){v.buf->data + a.byte_off, (size_t)a.byte_len};
   c->niov = a.byte_len ? 2 : 1;
   KVS__INC(p->met, KVS_STAT_BYTES_OUT, a.byte_len);
-  atomic_fetch_add_explicit(&p->met->bytes_out_tier[v.tier < 3 ? v.tier : 2], a.byte_len,
-                            memory_order_relaxed);
+  atomic_fetch_add_explicit(&p->met->bytes_out_tier[v.tier < KVS__MAX_TIER_ROWS ? v.tier : 0],
+                            a.byte_len, memory_order_relaxed);
   tx_start(c);
 }
 

@@ -1,6 +1,8 @@
 /* svc_int.h - internals of kvstashd shared by its files (not installed).
  *
- *   store.c     index + T0 RAM tier + T1/T2 RocksDB, eviction, TTL, quarantine
+ *   store.c     put/get orchestration over the index (store_int.h has the
+ *               store's layers: store_index.c, store_shm.c)
+ *   tier.h      the tier ops table and the tier list; tier_rocksdb.c
  *   record.c    the stored metadata record (parsed from disk: fuzzed)
  *   metrics.c   counters, latency histograms, Prometheus text
  *   dataplane.c nng REP workers: decode, auth, dispatch to the store
@@ -16,6 +18,9 @@
 
 #include "kvs_svc.h"
 #include "kvs_wire.h"
+
+/* tiers a server reports: RAM + the disk tiers (cachesvc/tier.h) */
+#define KVS__MAX_TIER_ROWS (1 + KVS_WIRE_MAX_TIER)
 
 /* ---------------------------------------------------------------- auth */
 /* The tenants and tokens in force: an immutable snapshot, replaced whole on
@@ -56,7 +61,7 @@ typedef struct kvs__metrics {
   atomic_uint_fast64_t bad_frames;
   atomic_uint_fast64_t timeouts;
   atomic_uint_fast64_t promotions, demotions;
-  atomic_uint_fast64_t bytes_out_tier[3]; /* GET/EXPORT bytes by the tier that served them */
+  atomic_uint_fast64_t bytes_out_tier[KVS__MAX_TIER_ROWS]; /* GET/EXPORT bytes by wire tier */
   atomic_uint_fast64_t bytes_demoted, bytes_promoted;
   atomic_uint_fast64_t nospace_refused; /* writes refused: the disk's free-space reserve */
   atomic_uint_fast64_t slow_jammed; /* data-plane connections whose answers are dropped: not read */
@@ -196,9 +201,18 @@ kvs_err kvs__store_list(kvs__store *s, const uint8_t tenant_id[8], const uint8_t
 kvs_err kvs__store_info(kvs__store *s, const kvs__skey *k, kvs__item *out);
 /* Server-side read for EXPORT: no token check, no hit counted. */
 kvs_err kvs__store_read(kvs__store *s, const kvs__skey *k, kvs__vref *out);
-/* RocksDB property of tier 1 or 2 as a number (0 when absent). */
-uint64_t kvs__store_rocksdb_prop(kvs__store *s, int tier, const char *prop);
-int kvs__store_has_cold(const kvs__store *s);
+/* One row per tier: RAM (wire tier 0), then the disk tiers in the order of
+ * KVS__TIER_LIST (cachesvc/tier.h), absent ones included (present 0). */
+typedef struct kvs__tier_row {
+  char name[16];
+  uint8_t wire;    /* the tier's number on the wire (meta, EXISTS, LIST) */
+  uint8_t present; /* configured and open */
+  uint64_t used, capacity, entries;
+} kvs__tier_row;
+/* Fills up to max rows; returns how many. */
+int kvs__store_tier_rows(kvs__store *s, kvs__tier_row *rows, int max);
+/* A numeric property of a disk tier (tier.h's prop op; 0 when absent). */
+uint64_t kvs__store_tier_prop(kvs__store *s, unsigned wire, const char *prop);
 
 /* -------------------------------------------------------- stored record */
 /* The value of a metadata key in RocksDB:

@@ -51,6 +51,7 @@ extern "C" {
 #define KVS_WIRE_MAX_LOOKUP       4096u        /* chunks per LOOKUP */
 #define KVS_WIRE_MAX_LIST         1024u        /* items per LIST / EXPORT page */
 #define KVS_WIRE_MAX_STATS        64u          /* counters in a STATS answer */
+#define KVS_WIRE_MAX_TIER         2u /* wire tier numbers: 0 RAM, 1.. the server's disk tiers */
 
 /* The wire ops, one row each; the op enum, the name table, the data plane's
  * fast-path test and the client's retry policy are generated from it.
@@ -199,7 +200,7 @@ typedef struct kvs_wire_meta {
   const uint8_t *codec_params; /* codec_params_len bytes */
   const uint8_t *seg_end_le;   /* n_segments x u64 LE */
   /* server-maintained */
-  uint8_t tier; /* 0 RAM, 1 primary disk, 2 cold disk */
+  uint8_t tier; /* 0 RAM, 1 + the server's disk tier (1 disk, 2 cold) */
   uint8_t pinned;
   uint8_t flags; /* reserved, 0 */
   uint64_t created_ms, last_used_ms, hits;

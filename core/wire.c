@@ -246,7 +246,8 @@ kvs_err kvs_wire_meta_decode(const uint8_t *p, size_t n, kvs_wire_meta *m, size_
   m->flags = p[35];
   KVS_RETURN_ERROR_IF(m->key_kind != KVS_KEY_KIND_PREFIX && m->key_kind != KVS_KEY_KIND_CONTENT,
                       KVS_EPROTO, "key kind");
-  KVS_RETURN_ERROR_IF(m->tier > 2 || m->pinned > 1 || m->flags != 0, KVS_EPROTO, "meta bytes");
+  KVS_RETURN_ERROR_IF(m->tier > KVS_WIRE_MAX_TIER || m->pinned > 1 || m->flags != 0, KVS_EPROTO,
+                      "meta bytes");
   m->n_tokens = kvs__rd32(p + 36);
   layout_rd(p + 40, &m->layout);
   m->codec_profile = kvs__rd32(p + 72);
@@ -574,7 +575,7 @@ kvs_err kvs_wire_exists_resp_decode(const uint8_t *p, size_t n, kvs_wire_exists_
   r->tier = p[1];
   r->pinned = p[2];
   r->value_bytes = kvs__rd64(p + 8);
-  KVS_RETURN_ERROR_IF(r->present > 1 || r->tier > 2 || r->pinned > 1, KVS_EPROTO,
+  KVS_RETURN_ERROR_IF(r->present > 1 || r->tier > KVS_WIRE_MAX_TIER || r->pinned > 1, KVS_EPROTO,
                       "EXISTS answer bytes");
   return KVS_OK;
 }
