@@ -73,6 +73,7 @@
 #include "kvs_synth.h"
 #include "kvs_wire.h"
 #include "kvstash.h"
+#include "bench_json.h"
 #include "bench_version.h"
 
 #ifndef KVS_BENCH_KVSTASHD
@@ -1069,16 +1070,11 @@ int main(int argc, char **argv) {
          seconds, sysconf(_SC_NPROCESSORS_ONLN));
   printf("%-14s %-4s %7s %7s %10s %8s %9s %9s %9s %6s\n", "system", "op", "size", "clients",
          "req/s", "GB/s", "p50 us", "p99 us", "srvCPUus", "errors");
-  /* the last line's JSON, grown as rows come (a full sweep is well over 64 KiB) */
-  char *json = NULL;
-  size_t json_len = 0;
-  FILE *jf = open_memstream(&json, &json_len);
-  if (!jf) {
-    fprintf(stderr, "out of memory\n");
-    return 1;
-  }
-  fprintf(jf, "{\"bench\":\"service\",\"seconds\":%.2f,\"rows\":[", seconds);
-  int first = 1;
+  /* the last line's JSON (bench_json.h), grown as rows come */
+  cJSON *jf = cJSON_CreateObject();
+  cJSON_AddStringToObject(jf, "bench", "service");
+  bench_json_num(jf, "seconds", "%.2f", seconds);
+  cJSON *jrows = cJSON_AddArrayToObject(jf, "rows");
   /* get ratios at 1 MiB: [client index] tcp vs tcp, ipc vs unix */
   double ratio_tcp[8] = {0}, ratio_ipc[8] = {0}, p99r_tcp[8] = {0}, p99r_ipc[8] = {0};
   double bare_tcp[8] = {0}, bare_ipc[8] = {0}, shm_unix[8] = {0};
@@ -1140,20 +1136,25 @@ int main(int argc, char **argv) {
                    op ? "PUT" : "GET", size >> 10, clients[ci], r->rps, r->gbs, r->p50, r->p99,
                    r->cpu_us, r->errors);
             fflush(stdout);
-            fprintf(jf,
-                    "%s{\"system\":\"%s\",\"op\":\"%s\",\"size\":%zu,\"clients\":%ld,"
-                    "\"rps\":%.1f,\"gbs\":%.4f,\"p50_us\":%.1f,\"p99_us\":%.1f,"
-                    "\"server_cpu_us\":%.1f,\"errors\":%ld",
-                    first ? "" : ",", sys_key[sys], op ? "put" : "get", size, clients[ci], r->rps,
-                    r->gbs, r->p50, r->p99, r->cpu_us, r->errors);
-            first = 0;
+            cJSON *jr = cJSON_CreateObject();
+            cJSON_AddStringToObject(jr, "system", sys_key[sys]);
+            cJSON_AddStringToObject(jr, "op", op ? "put" : "get");
+            cJSON_AddNumberToObject(jr, "size", (double)size);
+            cJSON_AddNumberToObject(jr, "clients", (double)clients[ci]);
+            bench_json_num(jr, "rps", "%.1f", r->rps);
+            bench_json_num(jr, "gbs", "%.4f", r->gbs);
+            bench_json_num(jr, "p50_us", "%.1f", r->p50);
+            bench_json_num(jr, "p99_us", "%.1f", r->p99);
+            bench_json_num(jr, "server_cpu_us", "%.1f", r->cpu_us);
+            cJSON_AddNumberToObject(jr, "errors", (double)r->errors);
+            cJSON_AddItemToArray(jrows, jr);
             if (IS_LIB(sys)) { /* which path the gets took (counters of the clients) */
               unsigned long long a = atomic_load(&g_lib_shm), b = atomic_load(&g_lib_stream);
               printf("%-14s      (%ld gets: %llu in place, %llu requests by the byte stream)\n", "",
                      r->n, a, b);
-              fprintf(jf, ",\"shm_gets\":%llu,\"stream_requests\":%llu", a, b);
+              cJSON_AddNumberToObject(jr, "shm_gets", (double)a);
+              cJSON_AddNumberToObject(jr, "stream_requests", (double)b);
             }
-            fputs("}", jf);
           }
       if (size == (1u << 20)) {
         have_1m = 1;
@@ -1185,10 +1186,9 @@ int main(int argc, char **argv) {
     free(keys);
     free(value);
   }
-  fprintf(jf, "]");
   if (have_1m) {
     printf("\nGET at 1 MiB, kvstashd / redis:\n");
-    fprintf(jf, ",\"get_ratio_vs_redis_1MiB\":[");
+    cJSON *ja = cJSON_AddArrayToObject(jf, "get_ratio_vs_redis_1MiB");
     for (int ci = 0; ci < n_clients; ci++) {
       printf("  %3ld clients: req/s tcp %.2fx, ipc-vs-unix %.2fx; p99 tcp %.2fx, ipc-vs-unix %.2fx;"
              " kvstashd / bare nng: tcp %.2fx, ipc %.2fx; shm-lease vs unix %.2fx;"
@@ -1203,37 +1203,47 @@ int main(int argc, char **argv) {
              "%.2fx (p99 %.2fx), req/rep %.2fx (p99 %.2fx)\n",
              lib_vs_redis[0][ci], lib_p99r[0][ci], lib_vs_redis[1][ci], lib_p99r[1][ci],
              lib_vs_redis[2][ci], lib_p99r[2][ci]);
-      fprintf(jf,
-              "%s{\"clients\":%ld,\"tcp\":%.3f,\"ipc_vs_unix\":%.3f,"
-              "\"p99_ratio_tcp\":%.3f,\"p99_ratio_ipc_vs_unix\":%.3f,"
-              "\"vs_bare_nng_tcp\":%.3f,\"vs_bare_nng_ipc\":%.3f,"
-              "\"shm_vs_unix\":%.3f,\"stream_tcp\":%.3f,"
-              "\"p99_ratio_stream_tcp\":%.3f}",
-              ci ? "," : "", clients[ci], ratio_tcp[ci], ratio_ipc[ci], p99r_tcp[ci], p99r_ipc[ci],
-              bare_tcp[ci], bare_ipc[ci], shm_unix[ci], ratio_stream[ci], p99r_stream[ci]);
+      cJSON *o = cJSON_CreateObject();
+      cJSON_AddNumberToObject(o, "clients", (double)clients[ci]);
+      bench_json_num(o, "tcp", "%.3f", ratio_tcp[ci]);
+      bench_json_num(o, "ipc_vs_unix", "%.3f", ratio_ipc[ci]);
+      bench_json_num(o, "p99_ratio_tcp", "%.3f", p99r_tcp[ci]);
+      bench_json_num(o, "p99_ratio_ipc_vs_unix", "%.3f", p99r_ipc[ci]);
+      bench_json_num(o, "vs_bare_nng_tcp", "%.3f", bare_tcp[ci]);
+      bench_json_num(o, "vs_bare_nng_ipc", "%.3f", bare_ipc[ci]);
+      bench_json_num(o, "shm_vs_unix", "%.3f", shm_unix[ci]);
+      bench_json_num(o, "stream_tcp", "%.3f", ratio_stream[ci]);
+      bench_json_num(o, "p99_ratio_stream_tcp", "%.3f", p99r_stream[ci]);
+      cJSON_AddItemToArray(ja, o);
     }
-    fprintf(jf, "]");
     /* libkvstash clients (kvs_get) against Redis over TCP, by client count */
-    fprintf(jf, ",\"lib_get_ratio_vs_redis_1MiB\":[");
-    for (int ci = 0; ci < n_clients; ci++)
-      fprintf(jf,
-              "%s{\"clients\":%ld,\"default\":%.3f,\"p99_default\":%.3f,\"no_shm\":%.3f,"
-              "\"p99_no_shm\":%.3f,\"reqrep\":%.3f,\"p99_reqrep\":%.3f}",
-              ci ? "," : "", clients[ci], lib_vs_redis[0][ci], lib_p99r[0][ci], lib_vs_redis[1][ci],
-              lib_p99r[1][ci], lib_vs_redis[2][ci], lib_p99r[2][ci]);
-    fprintf(jf, "]");
+    ja = cJSON_AddArrayToObject(jf, "lib_get_ratio_vs_redis_1MiB");
+    for (int ci = 0; ci < n_clients; ci++) {
+      cJSON *o = cJSON_CreateObject();
+      cJSON_AddNumberToObject(o, "clients", (double)clients[ci]);
+      bench_json_num(o, "default", "%.3f", lib_vs_redis[0][ci]);
+      bench_json_num(o, "p99_default", "%.3f", lib_p99r[0][ci]);
+      bench_json_num(o, "no_shm", "%.3f", lib_vs_redis[1][ci]);
+      bench_json_num(o, "p99_no_shm", "%.3f", lib_p99r[1][ci]);
+      bench_json_num(o, "reqrep", "%.3f", lib_vs_redis[2][ci]);
+      bench_json_num(o, "p99_reqrep", "%.3f", lib_p99r[2][ci]);
+      cJSON_AddItemToArray(ja, o);
+    }
     /* the byte-stream GET path against Redis over TCP, by client count */
-    fprintf(jf, ",\"stream_get_ratio_vs_redis_1MiB\":[");
-    for (int ci = 0; ci < n_clients; ci++)
-      fprintf(jf,
-              "%s{\"clients\":%ld,\"get_ratio_vs_redis\":%.3f,"
-              "\"p99_ratio_vs_redis\":%.3f,\"ipc_vs_unix\":%.3f,"
-              "\"p99_ratio_ipc_vs_unix\":%.3f,\"window\":%d,"
-              "\"window_ratio_vs_redis_window\":%.3f,"
-              "\"window_p99_ratio\":%.3f,\"window_vs_redis_best\":%.3f}",
-              ci ? "," : "", clients[ci], ratio_stream[ci], p99r_stream[ci], ratio_sipc[ci],
-              p99r_sipc[ci], g_window, ratio_win[ci], p99r_win[ci], win_vs_redis_best[ci]);
-    fprintf(jf, "]");
+    ja = cJSON_AddArrayToObject(jf, "stream_get_ratio_vs_redis_1MiB");
+    for (int ci = 0; ci < n_clients; ci++) {
+      cJSON *o = cJSON_CreateObject();
+      cJSON_AddNumberToObject(o, "clients", (double)clients[ci]);
+      bench_json_num(o, "get_ratio_vs_redis", "%.3f", ratio_stream[ci]);
+      bench_json_num(o, "p99_ratio_vs_redis", "%.3f", p99r_stream[ci]);
+      bench_json_num(o, "ipc_vs_unix", "%.3f", ratio_sipc[ci]);
+      bench_json_num(o, "p99_ratio_ipc_vs_unix", "%.3f", p99r_sipc[ci]);
+      cJSON_AddNumberToObject(o, "window", g_window);
+      bench_json_num(o, "window_ratio_vs_redis_window", "%.3f", ratio_win[ci]);
+      bench_json_num(o, "window_p99_ratio", "%.3f", p99r_win[ci]);
+      bench_json_num(o, "window_vs_redis_best", "%.3f", win_vs_redis_best[ci]);
+      cJSON_AddItemToArray(ja, o);
+    }
   }
   if (do_tokens) {
     /* 256 tokens of SmolLM2-135M-shaped KV: raw fp16 in Redis, dense in kvstashd */
@@ -1268,10 +1278,11 @@ int main(int argc, char **argv) {
       printf("\nKV tokens/s: 256-token chunk, %zu B raw fp16 (redis) vs %zu B dense (kvstashd), "
              "%.2f bits/elem\n",
              raw, enc_len, 8.0 * (double)enc_len / ((double)raw / 2));
-      fprintf(jf,
-              ",\"tokens\":{\"chunk_tokens\":%u,\"raw_bytes\":%zu,\"dense_bytes\":%zu,"
-              "\"rows\":[",
-              T, raw, enc_len);
+      cJSON *jt = cJSON_AddObjectToObject(jf, "tokens");
+      cJSON_AddNumberToObject(jt, "chunk_tokens", T);
+      cJSON_AddNumberToObject(jt, "raw_bytes", (double)raw);
+      cJSON_AddNumberToObject(jt, "dense_bytes", (double)enc_len);
+      cJSON *jtr = cJSON_AddArrayToObject(jt, "rows");
       long tc[2] = {1, 4};
       for (int kv_side = 1; kv_side >= 0; kv_side--) { /* the chunks, put once on each side */
         size_t sz = kv_side ? enc_len : raw;
@@ -1331,20 +1342,26 @@ int main(int argc, char **argv) {
                "stream-vs-tcp %.2fx, stream-ipc-vs-unix %.2fx, stream-w-vs-tcp-w %.2fx "
                "(vs the better redis tcp row %.2fx)\n",
                rt, ri, rs, rst, rsi, rww, rwb);
-        fprintf(jf,
-                "%s{\"clients\":%ld,\"kvs_tcp\":%.0f,\"kvs_ipc\":%.0f,"
-                "\"kvs_shm\":%.0f,\"redis_tcp\":%.0f,\"redis_unix\":%.0f,"
-                "\"ratio_tcp\":%.3f,\"ratio_ipc_vs_unix\":%.3f,"
-                "\"ratio_shm_vs_unix\":%.3f,\"kvs_stream_tcp\":%.0f,"
-                "\"ratio_stream_vs_tcp\":%.3f,\"ratio_stream_ipc_vs_unix\":%.3f,"
-                "\"window\":%d,\"kvs_stream_tcp_window\":%.0f,"
-                "\"redis_tcp_window\":%.0f,\"ratio_window\":%.3f,"
-                "\"ratio_window_vs_redis_best\":%.3f}",
-                ci ? "," : "", tc[ci], tps[SYS_KVS_TCP], tps[SYS_KVS_IPC], tps[SYS_KVS_SHM],
-                tps[SYS_REDIS_TCP], tps[SYS_REDIS_UNIX], rt, ri, rs, tps[SYS_KVS_STREAM], rst, rsi,
-                g_window, tps[SYS_KVS_STREAM_W], tps[SYS_REDIS_TCP_W], rww, rwb);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "clients", (double)tc[ci]);
+        bench_json_num(o, "kvs_tcp", "%.0f", tps[SYS_KVS_TCP]);
+        bench_json_num(o, "kvs_ipc", "%.0f", tps[SYS_KVS_IPC]);
+        bench_json_num(o, "kvs_shm", "%.0f", tps[SYS_KVS_SHM]);
+        bench_json_num(o, "redis_tcp", "%.0f", tps[SYS_REDIS_TCP]);
+        bench_json_num(o, "redis_unix", "%.0f", tps[SYS_REDIS_UNIX]);
+        bench_json_num(o, "ratio_tcp", "%.3f", rt);
+        bench_json_num(o, "ratio_ipc_vs_unix", "%.3f", ri);
+        bench_json_num(o, "ratio_shm_vs_unix", "%.3f", rs);
+        bench_json_num(o, "kvs_stream_tcp", "%.0f", tps[SYS_KVS_STREAM]);
+        bench_json_num(o, "ratio_stream_vs_tcp", "%.3f", rst);
+        bench_json_num(o, "ratio_stream_ipc_vs_unix", "%.3f", rsi);
+        cJSON_AddNumberToObject(o, "window", g_window);
+        bench_json_num(o, "kvs_stream_tcp_window", "%.0f", tps[SYS_KVS_STREAM_W]);
+        bench_json_num(o, "redis_tcp_window", "%.0f", tps[SYS_REDIS_TCP_W]);
+        bench_json_num(o, "ratio_window", "%.3f", rww);
+        bench_json_num(o, "ratio_window_vs_redis_best", "%.3f", rwb);
+        cJSON_AddItemToArray(jtr, o);
       }
-      fprintf(jf, "]}");
       for (int k = 0; k < 16; k++)
         kentry_free(&keys[k]);
     } else {
@@ -1353,10 +1370,7 @@ int main(int argc, char **argv) {
     free(enc);
     free(kv);
   }
-  fputs("}", jf);
-  fclose(jf);
-  printf("%s\n", json);
-  free(json);
+  int rc = bench_json_print(jf);
   free(g_lkeys);
-  return 0;
+  return rc;
 }
