@@ -12,9 +12,12 @@
  * kvs_reuse_run then
  *   1. plans: one LOOKUP round trip for every chunk; per chunk LOAD,
  *      RECOMPUTE or MISS, chosen by kvs_blend_plan from measured figures: per
- *      tier an EWMA of this client's own fetch latency and bytes/s (fetch and
- *      decode together: they overlap), the engine's prefill_cost, and the
- *      recompute share of the blend strategy (EWMA of past requests);
+ *      tier an EWMA of this client's own fetch latency and bytes/s (one
+ *      sample per request and tier, fetch and decode together; a tier's
+ *      first request is a warm-up, not sampled), the engine's prefill_cost,
+ *      and the recompute share of the blend strategy (EWMA of past requests);
+ *      a tier whose hits are all recomputed gets one loaded now and then
+ *      (exploration) so that its figures stay current;
  *   2. runs kvs_blend_run: LOAD chunks fetched with kvs_get_start, layer l+1
  *      decoded while layer l recomputes (a device engine gets KVS_GET_DEVICE:
  *      lossy profiles decoded by the GPU codec kernels into device memory,
@@ -83,6 +86,31 @@ typedef struct kvs_reuse_opts {
   /* Decode rate in decoded bytes/s when decoding does not overlap the fetch;
    * 0 (default): the measured bytes/s already include it. */
   double decode_bytes_per_s;
+  /* Exploration: when the plan recomputes every hit of a tier, one hit chunk
+   * of it is loaded anyway (and so measured) when the tier's last sample is
+   * explore_every requests old (0 = 16; UINT32_MAX = never), every
+   * explore_every / 4 while the estimates are within explore_factor of each
+   * other (load < factor x recompute; 0 = 1.5), and with probability
+   * explore_epsilon per request (0 = never; a PRNG seeded by explore_seed).
+   * At most one chunk per tier and request. */
+  uint32_t explore_every;
+  double explore_factor;
+  double explore_epsilon;
+  uint64_t explore_seed;
+  /* > 0: the engine's prefill cost (s/token) used as is instead of measured
+   * (tests: decisions independent of the clock). */
+  double prefill_s_per_token;
+  /* Test seam: called once per tier and request with the figures measured
+   * over that request's gets from the tier (latency to the first layer,
+   * decoded bytes/s; *exact 0 when the loader did not wait, i.e. a bound);
+   * may replace them. NULL: the clock's figures. */
+  void (*sample_fn)(void *ctx, uint32_t tier, uint64_t bytes, double *latency_s,
+                    double *bytes_per_s, int *exact);
+  void *sample_ctx;
+  /* BENCH ONLY (off = 0): the loader sees at most this many decoded bytes/s
+   * from a tier, per request (it sleeps before handing a layer over): a
+   * slowed tier the plan measures like a real one. Never set in serving. */
+  double bench_tier_bytes_per_s[KVS_REUSE_TIERS];
 } kvs_reuse_opts;
 void kvs_reuse_opts_init(kvs_reuse_opts *o);
 
@@ -114,6 +142,8 @@ typedef struct kvs_reuse_result {
   double est_recompute_s; /*       and of recomputing them */
   uint32_t n_store_queued, n_store_dropped; /* this request's stores */
   kvs_blend_stats blend;
+  uint32_t n_explore; /* hits loaded to measure a tier the plan would recompute */
+  uint32_t n_warmup;  /* tiers whose first gets were not sampled (set-up) */
 } kvs_reuse_result;
 
 /* Runs one request on an empty sequence s (capacity >= n_tokens); writes the
@@ -146,10 +176,19 @@ typedef struct kvs_reuse_counters {
   uint64_t store_bytes; /* KV bytes handed to puts */
   /* the figures the plan uses now */
   double latency_s[KVS_REUSE_TIERS], bytes_per_s[KVS_REUSE_TIERS];
-  uint64_t samples[KVS_REUSE_TIERS]; /* gets measured per tier */
+  uint64_t samples[KVS_REUSE_TIERS];    /* requests that measured the tier */
+  uint64_t sample_age[KVS_REUSE_TIERS]; /* requests since its last sample */
   double prefill_s_per_token, recompute_ratio;
+  uint64_t explores, warmups; /* explored chunks; tiers' unsampled first requests */
 } kvs_reuse_counters;
 kvs_err kvs_reuse_get_counters(kvs_reuse *r, kvs_reuse_counters *out);
+
+/* Feeds one measurement of tier `tier` (0 RAM, 1 disk, 2 cold) into the
+ * plan's figures as if a request's gets had measured it: latency to the
+ * first layer (s), decoded bytes/s; exact 0: a bound (latency at most,
+ * bytes/s at least). Tests and engines that fetch on their own. */
+kvs_err kvs_reuse_feed(kvs_reuse *r, uint32_t tier, double latency_s, double bytes_per_s,
+                       int exact);
 
 /* ---- the segment driver without a client (benchmarks, tests, engines that
  * fetch on their own): kvs_blend_run over request segments, one blend segment

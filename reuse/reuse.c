@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kvs_gpu.h"
 #include "reuse_int.h"
@@ -33,6 +34,9 @@ kvs_err kvs_reuse_create(kvs_client *c, kvs_engine *e, const kvs_reuse_opts *o, 
   if (!r->o.layers_per_group) r->o.layers_per_group = 2;
   if (!r->o.store_queue) r->o.store_queue = 8;
   if (!(r->o.ewma_alpha > 0 && r->o.ewma_alpha <= 1)) r->o.ewma_alpha = 0.3;
+  if (!r->o.explore_every) r->o.explore_every = 16;
+  if (!(r->o.explore_factor > 0)) r->o.explore_factor = 1.5;
+  r->rng = r->o.explore_seed ? r->o.explore_seed : 0x9e3779b97f4a7c15ull;
   kvs_err err = e->ops->info(e, &r->info);
   if (!err && r->info.mem != KVS_ENGINE_MEM_HOST && r->info.mem != KVS_ENGINE_MEM_DEVICE)
     err = KVS_ENOTSUP;
@@ -49,7 +53,10 @@ kvs_err kvs_reuse_create(kvs_client *c, kvs_engine *e, const kvs_reuse_opts *o, 
                                      : 0.15;
   /* the engine's prefill cost, measured now (a probe when it has none yet) so
    * that the first request does not pay for it */
-  if (!err) err = e->ops->prefill_cost(e, 0, &r->spt);
+  if (!err && r->o.prefill_s_per_token > 0)
+    r->spt = r->o.prefill_s_per_token;
+  else if (!err)
+    err = e->ops->prefill_cost(e, 0, &r->spt);
   if (!err && r->dev) err = kvs_gpu_stream_create(&r->stream);
   if (!err) err = kvs__store_start(r);
   if (err) {
@@ -196,7 +203,17 @@ typedef struct ldctx {
   kvs_reuse *r;
   kvs__rchunk *ch;
   uint32_t nch;
+  /* bench_tier_bytes_per_s: per tier, the bytes handed over and since when */
+  uint64_t given[KVS_REUSE_TIERS], t0[KVS_REUSE_TIERS];
 } ldctx;
+
+static void sleep_until(uint64_t t_ns) {
+  for (uint64_t now = kvs_now_ns(); now < t_ns; now = kvs_now_ns()) {
+    uint64_t d = t_ns - now;
+    struct timespec ts = {.tv_sec = (time_t)(d / 1000000000u), .tv_nsec = (long)(d % 1000000000u)};
+    nanosleep(&ts, NULL);
+  }
+}
 
 /* blend's loader thread: wait for layer `layer` of chunk `seg`, copy its K
  * and V planes into blend's stage (host memcpy, or device to device) */
@@ -206,6 +223,13 @@ static kvs_err load_layer(void *vctx, uint32_t seg, uint32_t layer, void *k, voi
   kvs__rchunk *c = &x->ch[seg];
   uint64_t t0 = kvs_now_ns();
   kvs_err err = kvs_op_wait_layers(c->op, layer + 1);
+  size_t plane = (size_t)kvs_layout_plane_elems(&x->r->info.layout, c->ch.n_tokens) *
+                 kvs_dtype_size(x->r->info.layout.dtype);
+  double cap = x->r->o.bench_tier_bytes_per_s[c->tier];
+  if (!err && cap > 0) { /* bench only: a slowed tier */
+    x->given[c->tier] += 2 * plane;
+    sleep_until(x->t0[c->tier] + (uint64_t)(x->given[c->tier] / cap * 1e9));
+  }
   uint64_t now = kvs_now_ns();
   /* waited: the data arrived now (fetch-bound, an exact sample); else it was
    * there before (the sample only bounds the time from above) */
@@ -216,8 +240,6 @@ static kvs_err load_layer(void *vctx, uint32_t seg, uint32_t layer, void *k, voi
     c->failed = 1;
     return err;
   }
-  size_t plane = (size_t)kvs_layout_plane_elems(&x->r->info.layout, c->ch.n_tokens) *
-                 kvs_dtype_size(x->r->info.layout.dtype);
   const char *src = (const char *)c->buf + 2 * (size_t)layer * plane;
   if (!x->r->dev) {
     memcpy(k, src, plane);
@@ -242,9 +264,13 @@ static void drop_gets(kvs_reuse *r, kvs__rchunk *ch, uint32_t nch) {
   }
 }
 
-static kvs_err start_gets(kvs_reuse *r, const kvs_reuse_request *req, kvs__rchunk *ch,
-                          uint32_t nch) {
+static kvs_err start_gets(kvs_reuse *r, const kvs_reuse_request *req, kvs__rchunk *ch, uint32_t nch,
+                          ldctx *x) {
   kvs_get_opts go = {.flags = r->dev ? KVS_GET_DEVICE : 0};
+  memset(x->given, 0, sizeof x->given);
+  uint64_t now = kvs_now_ns();
+  for (int t = 0; t < KVS_REUSE_TIERS; t++)
+    x->t0[t] = now;
   for (uint32_t i = 0; i < nch; i++) {
     kvs__rchunk *c = &ch[i];
     c->t_first = c->t_last = 0, c->failed = 0, c->waited_first = c->waited_last = 0;
@@ -269,6 +295,140 @@ static kvs_err start_gets(kvs_reuse *r, const kvs_reuse_request *req, kvs__rchun
     }
   }
   return KVS_OK;
+}
+
+/* ------------------------------------------------------------ the plan */
+/* xorshift64*: exploration's coin (seeded: the same decisions every run) */
+static double coin(kvs_reuse *r) {
+  uint64_t x = r->rng;
+  x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
+  r->rng = x;
+  return (double)((x * 0x2545f4914f6cdd1dull) >> 11) / 9007199254740992.0;
+}
+
+/* Per chunk LOAD / RECOMPUTE / MISS. The estimates come from the tier's
+ * figures: its gets run at once, so the latency is paid once per tier and
+ * request (shared by its hits) and bytes/s is the tier's, not one get's. A
+ * tier never measured is loaded (the first request warms it up, the second
+ * measures it). When every hit of a measured tier is recomputed, one is
+ * loaded anyway if the tier's figures are old (exploration: a plan that only
+ * recomputes never learns that the tier became fast). Under r->mu. */
+static void plan(kvs_reuse *r, kvs__rchunk *ch, uint32_t nch, const uint8_t *status, double spt,
+                 kvs_reuse_result *rz) {
+  uint64_t tb = kvs_layout_token_bytes(&r->info.layout);
+  uint32_t hits[KVS_REUSE_TIERS] = {0}, loads[KVS_REUSE_TIERS] = {0};
+  double el[KVS_REUSE_TIERS] = {0}, er[KVS_REUSE_TIERS] = {0};
+  for (uint32_t i = 0; i < nch; i++) {
+    kvs__rchunk *c = &ch[i];
+    c->tier = status[i] ? (uint8_t)(status[i] - 1) : 0;
+    if (c->tier >= KVS_REUSE_TIERS) c->tier = KVS_REUSE_TIERS - 1;
+    c->decision = KVS_REUSE_MISS;
+    if (status[i]) hits[c->tier]++;
+  }
+  for (uint32_t i = 0; i < nch; i++) {
+    kvs__rchunk *c = &ch[i];
+    if (!status[i]) continue;
+    int t = c->tier;
+    uint64_t dec = tb * c->ch.n_tokens;
+    kvs_cost_model cm = {.fetch_bytes_per_s = r->bps[t],
+                         .fetch_latency_s = r->lat[t] / hits[t],
+                         .decode_bytes_per_s =
+                             r->o.decode_bytes_per_s > 0 ? r->o.decode_bytes_per_s : INFINITY,
+                         .prefill_s_per_token = spt,
+                         .recompute_ratio = c->kind == KVS_SEG_CONTENT ? r->rr : 0};
+    kvs_load_plan pl = kvs_blend_plan(&cm, dec, dec, c->ch.n_tokens);
+    c->est_load_s = pl.load_s, c->est_recompute_s = pl.recompute_s;
+    rz->est_load_s += pl.load_s, rz->est_recompute_s += pl.recompute_s;
+    el[t] += pl.load_s, er[t] += pl.recompute_s;
+    int load = r->o.policy == KVS_REUSE_PLAN_ALWAYS_LOAD || !r->samples[t] ? 1 : pl.load;
+    c->decision = load ? KVS_REUSE_LOAD : KVS_REUSE_RECOMPUTE;
+    loads[t] += load;
+  }
+  if (r->o.policy != KVS_REUSE_PLAN_AUTO) return;
+  int eps = r->o.explore_epsilon > 0 && coin(r) < r->o.explore_epsilon;
+  for (int t = 0; t < KVS_REUSE_TIERS; t++) {
+    if (!hits[t] || loads[t]) continue;
+    uint64_t age = r->req_no - r->last_sample[t], every = r->o.explore_every;
+    int close = el[t] < r->o.explore_factor * er[t];
+    if (!(eps || age >= every || (close && age >= (every + 3) / 4))) continue;
+    for (uint32_t i = 0; i < nch; i++)
+      if (ch[i].decision == KVS_REUSE_RECOMPUTE && ch[i].tier == t) {
+        ch[i].decision = KVS_REUSE_LOAD, rz->n_explore++;
+        break;
+      }
+  }
+}
+
+/* One sample into an estimate: an exact one moves it (the mean of the first
+ * samples, then an EWMA), a bound only towards `better`; one 4x better than
+ * the estimate replaces it (an estimate made too slow by a set-up or an old
+ * state; a too-fast one corrects itself: the tier is loaded, so measured). */
+static void update(double *est, double v, double a, int exact, int better_is_lower) {
+  if (!(v > 0) || !isfinite(v)) return;
+  int better = better_is_lower ? v < *est : v > *est;
+  int much = better_is_lower ? v * 4 < *est : v > *est * 4;
+  if (much)
+    *est = v;
+  else if (exact || better)
+    ewma(est, v, a);
+}
+
+static void feed_locked(kvs_reuse *r, int t, double lat, int lat_exact, double bps, int bps_exact) {
+  double a = r->o.ewma_alpha, n = (double)r->samples[t] + 1;
+  if (1 / n > a) a = 1 / n; /* the first sample replaces the prior */
+  update(&r->lat[t], lat > 1e-9 ? lat : 1e-9, a, lat_exact, 1);
+  update(&r->bps[t], bps, a, bps_exact, 0);
+  r->samples[t]++;
+  r->last_sample[t] = r->req_no;
+}
+
+kvs_err kvs_reuse_feed(kvs_reuse *r, uint32_t tier, double latency_s, double bytes_per_s,
+                       int exact) {
+  if (!r || tier >= KVS_REUSE_TIERS || !(latency_s >= 0) || !(bytes_per_s > 0) ||
+      !isfinite(latency_s) || !isfinite(bytes_per_s))
+    return KVS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  feed_locked(r, (int)tier, latency_s, exact, bytes_per_s, exact);
+  pthread_mutex_unlock(&r->mu);
+  return KVS_OK;
+}
+
+/* This request's gets, per tier, as one sample: latency from the first get's
+ * start to the first layer the loader had, bytes/s over the layers after it.
+ * Exact where the loader waited for that data (fetch-bound), else a bound.
+ * A tier's first request in this kvs_reuse is not sampled: it paid the
+ * set-up (connection, shared-memory lease and mapping, device buffers).
+ * Under r->mu. */
+static void measure(kvs_reuse *r, const kvs__rchunk *ch, uint32_t nch, uint64_t tb,
+                    kvs_reuse_result *rz) {
+  uint32_t L = r->info.layout.n_layers;
+  for (int t = 0; t < KVS_REUSE_TIERS; t++) {
+    uint64_t bytes = 0, t0 = UINT64_MAX, first = UINT64_MAX, last = 0;
+    int wf = 0, wl = 0;
+    for (uint32_t i = 0; i < nch; i++) {
+      const kvs__rchunk *c = &ch[i];
+      if (c->tier != t || c->decision != KVS_REUSE_LOAD || !c->t_first || !c->t_last) continue;
+      bytes += tb * c->ch.n_tokens;
+      if (c->t_start < t0) t0 = c->t_start;
+      if (c->t_first < first) first = c->t_first, wf = c->waited_first;
+      if (c->t_last >= last) last = c->t_last, wl = c->waited_last;
+    }
+    if (!bytes) continue;
+    if (!r->warm[t]) {
+      r->warm[t] = 1, rz->n_warmup++;
+      continue;
+    }
+    double lat = first > t0 ? (first - t0) / 1e9 : 0;
+    double bps = L > 1 && last > first ? bytes * (double)(L - 1) / L / ((last - first) / 1e9)
+                 : last > t0           ? bytes / ((last - t0) / 1e9)
+                                       : 0;
+    if (r->o.sample_fn) {
+      int exact = wf && wl;
+      r->o.sample_fn(r->o.sample_ctx, (uint32_t)t, bytes, &lat, &bps, &exact);
+      wf = wl = exact;
+    }
+    feed_locked(r, t, lat, wf, bps, wl);
+  }
 }
 
 kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *req, float *logits,
@@ -298,33 +458,15 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
                      status, NULL);
   rz.t_lookup_s = (kvs_now_ns() - t0) / 1e9;
   double spt = r->spt;
-  if (!err) ops->prefill_cost(r->e, 0, &spt); /* measured over the prefills so far */
+  if (!err && !(r->o.prefill_s_per_token > 0))
+    ops->prefill_cost(r->e, 0, &spt); /* measured over the prefills so far */
   pthread_mutex_lock(&r->mu);
-  r->spt = spt;
-  uint64_t tb = kvs_layout_token_bytes(&r->info.layout);
-  for (uint32_t i = 0; !err && i < nch; i++) {
-    kvs__rchunk *c = &ch[i];
-    c->tier = status[i] ? (uint8_t)(status[i] - 1) : 0;
-    if (c->tier >= KVS_REUSE_TIERS) c->tier = KVS_REUSE_TIERS - 1;
-    if (!status[i]) {
-      c->decision = KVS_REUSE_MISS;
-      continue;
-    }
-    uint64_t dec = tb * c->ch.n_tokens;
-    kvs_cost_model cm = {.fetch_bytes_per_s = r->bps[c->tier],
-                         .fetch_latency_s = r->lat[c->tier],
-                         .decode_bytes_per_s =
-                             r->o.decode_bytes_per_s > 0 ? r->o.decode_bytes_per_s : INFINITY,
-                         .prefill_s_per_token = spt,
-                         .recompute_ratio = c->kind == KVS_SEG_CONTENT ? r->rr : 0};
-    kvs_load_plan pl = kvs_blend_plan(&cm, dec, dec, c->ch.n_tokens);
-    c->est_load_s = pl.load_s, c->est_recompute_s = pl.recompute_s;
-    rz.est_load_s += pl.load_s, rz.est_recompute_s += pl.recompute_s;
-    /* a tier this client has not fetched from yet is tried (one load
-     * measures it) rather than judged on the priors */
-    int load = r->o.policy == KVS_REUSE_PLAN_ALWAYS_LOAD || !r->samples[c->tier] ? 1 : pl.load;
-    c->decision = load ? KVS_REUSE_LOAD : KVS_REUSE_RECOMPUTE;
-  }
+  if (r->o.prefill_s_per_token > 0)
+    spt = r->o.prefill_s_per_token;
+  else
+    r->spt = spt;
+  r->req_no++;
+  plan(r, ch, nch, status, spt, &rz);
   pthread_mutex_unlock(&r->mu);
 
   /* 2. run: gets in flight, blend layer by layer; a failed get -> run again
@@ -333,7 +475,7 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
   kvs_blend_opts bo = r->o.blend;
   bo.load_device = r->dev;
   for (int attempt = 0; !err && attempt < 2; attempt++) {
-    err = start_gets(r, req, ch, nch);
+    err = start_gets(r, req, ch, nch, &x);
     for (uint32_t i = 0; i < nch; i++)
       cached[i] = ch[i].decision == KVS_REUSE_LOAD;
     kvs_blend_segment *b = NULL;
@@ -356,8 +498,8 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
   }
   rz.t_total_s = (kvs_now_ns() - t0) / 1e9;
 
-  /* measurements: fetch latency and bytes/s of the gets, per tier; the
-   * recompute share of the strategy */
+  /* measurements: per tier, fetch latency and bytes/s of this request's gets
+   * together (they are in flight at once); the recompute share */
   pthread_mutex_lock(&r->mu);
   double a = r->o.ewma_alpha;
   for (uint32_t i = 0; !err && i < nch; i++) {
@@ -366,24 +508,10 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
     rz.n_load += c->decision == KVS_REUSE_LOAD;
     rz.n_recompute += c->decision == KVS_REUSE_RECOMPUTE;
     rz.n_miss += c->decision == KVS_REUSE_MISS;
-    if (c->decision != KVS_REUSE_LOAD || !c->t_first || !c->t_last) continue;
-    uint64_t bytes = tb * c->ch.n_tokens;
-    rz.bytes_loaded += bytes;
-    double lat = (c->t_first - c->t_start) / 1e9, tot = (c->t_last - c->t_start) / 1e9;
-    int t = c->tier;
-    double bps = tot > 0 ? bytes / tot : 0;
-    /* a loader that did not wait measured the engine, not the fetch: then
-     * the sample is a bound (latency at most, bytes/s at least) and only
-     * moves the estimate when it says the tier is faster */
-    if (!r->samples[t]) { /* the first measurement replaces the prior */
-      r->lat[t] = lat;
-      if (bps > 0) r->bps[t] = bps;
-    } else {
-      if (c->waited_first || lat < r->lat[t]) ewma(&r->lat[t], lat, a);
-      if (bps > 0 && (c->waited_last || bps > r->bps[t])) ewma(&r->bps[t], bps, a);
-    }
-    r->samples[t]++;
+    if (c->decision == KVS_REUSE_LOAD && c->t_first && c->t_last)
+      rz.bytes_loaded += kvs_layout_token_bytes(&r->info.layout) * c->ch.n_tokens;
   }
+  if (!err) measure(r, ch, nch, kvs_layout_token_bytes(&r->info.layout), &rz);
   if (!err && rz.blend.n_candidates && r->o.blend.sel.strategy != KVS_SEL_NONE) {
     uint32_t cand = rz.blend.n_candidates - rz.blend.n_forced;
     uint32_t rec =
@@ -396,22 +524,29 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
     r->ct.hits += rz.n_load + rz.n_recompute;
     r->ct.bytes_loaded += rz.bytes_loaded;
   }
-  double l0 = r->lat[0], b0 = r->bps[0], rr = r->rr;
+  if (!err) r->ct.explores += rz.n_explore, r->ct.warmups += rz.n_warmup;
+  double l0 = r->lat[0], b0 = r->bps[0], l1 = r->lat[1], b1 = r->bps[1], rr = r->rr;
+  unsigned long long n0 = r->samples[0], n1 = r->samples[1];
+  unsigned long long a0 = r->req_no - r->last_sample[0], a1 = r->req_no - r->last_sample[1];
   pthread_mutex_unlock(&r->mu);
   drop_gets(r, ch, nch);
   if (!err)
     KVS_LOGD("reuse", "request",
-             "tokens=%u chunks=%u load=%u recompute=%u miss=%u retry=%u lookup_ms=%.3f "
-             "est_load_ms=%.3f est_recompute_ms=%.3f prefill_us_per_tok=%.3f recompute_ratio=%.3f "
-             "ram_latency_ms=%.3f ram_gbps=%.3f bytes_loaded=%llu ttft_ms=%.3f",
+             "tokens=%u chunks=%u load=%u recompute=%u miss=%u retry=%u explore=%u warmup=%u "
+             "lookup_ms=%.3f est_load_ms=%.3f est_recompute_ms=%.3f prefill_us_per_tok=%.3f "
+             "recompute_ratio=%.3f ram_latency_ms=%.3f ram_gbps=%.3f ram_samples=%llu "
+             "ram_age=%llu disk_latency_ms=%.3f disk_gbps=%.3f disk_samples=%llu disk_age=%llu "
+             "bytes_loaded=%llu ttft_ms=%.3f",
              req->n_tokens, rz.n_chunks, rz.n_load, rz.n_recompute, rz.n_miss, rz.n_retry,
-             rz.t_lookup_s * 1e3, rz.est_load_s * 1e3, rz.est_recompute_s * 1e3, spt * 1e6, rr,
-             l0 * 1e3, b0 / 1e9, (unsigned long long)rz.bytes_loaded, rz.t_total_s * 1e3);
+             rz.n_explore, rz.n_warmup, rz.t_lookup_s * 1e3, rz.est_load_s * 1e3,
+             rz.est_recompute_s * 1e3, spt * 1e6, rr, l0 * 1e3, b0 / 1e9, n0, a0, l1 * 1e3,
+             b1 / 1e9, n1, a1, (unsigned long long)rz.bytes_loaded, rz.t_total_s * 1e3);
 
-  /* 3. store what was computed here (off the critical path: the logits are out) */
+  /* 3. store what was computed here (off the critical path: the logits are
+   * out); a RECOMPUTE chunk is stored already (the lookup found it) */
   if (!err && r->o.store)
     for (uint32_t i = 0; i < nch; i++) {
-      if (ch[i].decision == KVS_REUSE_LOAD) continue;
+      if (ch[i].decision != KVS_REUSE_MISS) continue;
       kvs_err se = kvs__store_from_seq(r, s, req, &ch[i]);
       if (se == KVS_EAGAIN)
         rz.n_store_dropped++;
@@ -430,7 +565,8 @@ kvs_err kvs_reuse_get_counters(kvs_reuse *r, kvs_reuse_counters *out) {
   pthread_mutex_lock(&r->mu);
   *out = r->ct;
   for (int t = 0; t < KVS_REUSE_TIERS; t++)
-    out->latency_s[t] = r->lat[t], out->bytes_per_s[t] = r->bps[t], out->samples[t] = r->samples[t];
+    out->latency_s[t] = r->lat[t], out->bytes_per_s[t] = r->bps[t], out->samples[t] = r->samples[t],
+    out->sample_age[t] = r->req_no - r->last_sample[t];
   out->prefill_s_per_token = r->spt, out->recompute_ratio = r->rr;
   pthread_mutex_unlock(&r->mu);
   kvs__store_counters(r, out);

@@ -32,6 +32,9 @@ struct kvs_reuse {
   pthread_mutex_t mu; /* the figures and counters below */
   double lat[KVS_REUSE_TIERS], bps[KVS_REUSE_TIERS];
   uint64_t samples[KVS_REUSE_TIERS];
+  int warm[KVS_REUSE_TIERS];             /* a request's gets warmed the tier up */
+  uint64_t last_sample[KVS_REUSE_TIERS]; /* request number of the last sample */
+  uint64_t req_no, rng;
   double spt, rr;
   kvs_reuse_counters ct;
   /* store queue (store.c) */

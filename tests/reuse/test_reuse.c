@@ -169,7 +169,9 @@ static void test_same_logits(void) {
   CU_ASSERT_EQUAL(ct.requests, 1);
   CU_ASSERT_EQUAL(ct.loads, 3);
   CU_ASSERT_EQUAL(ct.hits, 3);
-  CU_ASSERT_EQUAL(ct.samples[0], 3); /* RAM tier measured */
+  CU_ASSERT_EQUAL(ct.samples[0], 0); /* the first request warms the tier up: not sampled */
+  CU_ASSERT_EQUAL(ct.warmups, 1);
+  CU_ASSERT_EQUAL(res.n_warmup, 1);
   CU_ASSERT(ct.bytes_per_s[0] > 0 && ct.latency_s[0] >= 0);
   CU_ASSERT_EQUAL(ct.stores_done, 3);
   CU_ASSERT(ct.prefill_s_per_token > 0);
@@ -261,20 +263,24 @@ static void test_store_back(void) {
   CU_ASSERT_EQUAL(ct.stores_failed, 0);
   CU_ASSERT_EQUAL(ct.stores_dropped, res.n_store_dropped);
   /* the plan on a tier this client never fetched from: it loads (and so
-   * measures) instead of trusting the priors */
+   * measures) instead of trusting the priors; the first request warms up
+   * (not sampled), the second one measures */
   kvs_reuse_free(r);
   o.store = 0;
   o.prior_bytes_per_s[0] = 1.0; /* priors that say: never load */
   o.prior_latency_s[0] = 100.0;
   CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
-  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
-  CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
-  g_eng->ops->seq_free(g_eng, s);
-  CU_ASSERT_EQUAL(res.n_load, ct.stores_done);
-  CU_ASSERT(res.est_load_s > res.est_recompute_s); /* the priors alone would have recomputed */
   kvs_reuse_counters c2;
-  kvs_reuse_get_counters(r, &c2);
-  CU_ASSERT_EQUAL(c2.samples[0], res.n_load);
+  for (int rep = 0; rep < 2; rep++) {
+    CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
+    g_eng->ops->seq_free(g_eng, s);
+    CU_ASSERT_EQUAL(res.n_load, ct.stores_done);
+    CU_ASSERT(res.est_load_s > res.est_recompute_s); /* the priors alone would have recomputed */
+    kvs_reuse_get_counters(r, &c2);
+    CU_ASSERT_EQUAL(c2.samples[0], (uint64_t)rep);
+    CU_ASSERT_EQUAL(c2.warmups, 1);
+  }
   CU_ASSERT(c2.latency_s[0] < 100.0 && c2.bytes_per_s[0] > 1.0); /* replaced by the measurement */
   kvs_reuse_free(r);
   /* the stored chunks are the in-context KV: loading them is the oracle case */
@@ -337,6 +343,214 @@ static void test_backpressure(void) {
   kvs_client_free(c);
 }
 
+/* ---- the controller: decisions from injected figures (no clock involved) */
+typedef struct figs {
+  double lat, bps; /* what the tier "measures" */
+  int calls;
+} figs;
+
+static void fig_sample(void *ctx, uint32_t tier, uint64_t bytes, double *lat, double *bps,
+                       int *exact) {
+  figs *f = ctx;
+  (void)tier, (void)bytes;
+  *lat = f->lat, *bps = f->bps, *exact = 1;
+  f->calls++;
+}
+
+static const figs FAST = {1e-4, 1e10, 0}, SLOW = {1.0, 1e6, 0};
+
+/* controller options: recompute costs 1 ms per token (fixed), strategy none
+ * (nothing of a loaded chunk is recomputed), exploration every 4 requests */
+static kvs_reuse_opts ctl_opts(figs *f) {
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  o.blend.sel = kvs_sel_defaults(KVS_SEL_NONE);
+  o.prefill_s_per_token = 1e-3;
+  o.explore_every = 4;
+  o.sample_fn = fig_sample, o.sample_ctx = f;
+  return o;
+}
+
+/* one request; its decisions as a string: L load, R recompute, M miss */
+static void ctl_run(kvs_reuse *r, char out[4], kvs_reuse_result *res) {
+  float *lg = malloc(g_info.n_vocab * 4);
+  kvs_engine_seq *s;
+  uint8_t d[3] = {9, 9, 9};
+  memset(out, 0, 4);
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_run(r, s, &g_req, lg, res, d, 3), KVS_OK);
+  g_eng->ops->seq_free(g_eng, s);
+  for (int i = 0; i < 3; i++)
+    out[i] = d[i] == KVS_REUSE_LOAD ? 'L' : d[i] == KVS_REUSE_RECOMPUTE ? 'R' : 'M';
+  free(lg);
+}
+
+static void ctl_store(kvs_client *c) {
+  kvs_reuse *r;
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  for (uint32_t i = 0; i < 3; i++)
+    CU_ASSERT_EQUAL(kvs_reuse_store(r, &g_req, i, g_kv[i], 1), KVS_OK);
+  kvs_reuse_free(r);
+}
+
+/* A first sample that included the set-up (10 s, 1 KB/s) makes the plan
+ * recompute; exploration loads one hit when the sample is 4 requests old
+ * (the first explored get warms the tier up and is not sampled, the next
+ * one is), the fast sample replaces the estimate, and every hit is loaded
+ * from then on. Then the tier is made slow: one request loads and samples
+ * it, the plan recomputes, and exploration keeps sampling one chunk every
+ * 4 requests. */
+static void test_ctl_recovers(void) {
+  kvs_client *c = client("ctl", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  ctl_store(c);
+  figs f = FAST;
+  kvs_reuse_opts o = ctl_opts(&f);
+  kvs_reuse *r;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_feed(r, 0, 10.0, 1e3, 1), KVS_OK);           /* the bad first sample */
+  const char *want[] = {"RRR", "RRR", "RRR", "LRR", "LRR", "LLL", "LLL", /* fast */
+                        "LLL", "RRR", "RRR", "RRR", "LRR", "RRR"};       /* slow from the 8th */
+  const uint32_t explore[] = {0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0};
+  char got[4];
+  kvs_reuse_result res;
+  kvs_reuse_counters ct;
+  for (int i = 0; i < 13; i++) {
+    if (i == 7) f = SLOW;
+    ctl_run(r, got, &res);
+    kvs_reuse_get_counters(r, &ct);
+    printf("\n  request %2d: %s explore %u warmup %u ram %.4f ms %.3g B/s (%llu samples)", i + 1,
+           got, res.n_explore, res.n_warmup, ct.latency_s[0] * 1e3, ct.bytes_per_s[0],
+           (unsigned long long)ct.samples[0]);
+    CU_ASSERT_STRING_EQUAL(got, want[i]);
+    CU_ASSERT_EQUAL(res.n_explore, explore[i]);
+    CU_ASSERT_EQUAL(res.n_warmup, i == 3);
+    if (i == 4) { /* the explored sample replaced the set-up one */
+      CU_ASSERT_DOUBLE_EQUAL(ct.latency_s[0], FAST.lat, 1e-12);
+      CU_ASSERT_DOUBLE_EQUAL(ct.bytes_per_s[0], FAST.bps, 1);
+    }
+    if (i == 7) CU_ASSERT(res.est_load_s < res.est_recompute_s); /* planned on the fast figure */
+    if (i == 8) CU_ASSERT(res.est_load_s > res.est_recompute_s);
+  }
+  CU_ASSERT_EQUAL(ct.requests, 13);
+  CU_ASSERT_EQUAL(ct.explores, 3);
+  CU_ASSERT_EQUAL(ct.warmups, 1);
+  /* fed, explored (5), fast loads (6, 7), slow load (8), explored (12) */
+  CU_ASSERT_EQUAL(ct.samples[0], 6);
+  CU_ASSERT_EQUAL(ct.sample_age[0], 1);
+  CU_ASSERT_EQUAL(f.calls, 2); /* since f = SLOW: requests 8 and 12 */
+  kvs_reuse_free(r);
+
+  /* a fresh controller with priors that say "never load": the tier is
+   * loaded while unmeasured, the first request's figures (set-up) are
+   * dropped, the second is sampled, then the plan follows the figures */
+  f = FAST;
+  o = ctl_opts(&f);
+  o.prior_latency_s[0] = 100, o.prior_bytes_per_s[0] = 1;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  for (int i = 0; i < 3; i++) {
+    ctl_run(r, got, &res);
+    CU_ASSERT_STRING_EQUAL(got, "LLL");
+    CU_ASSERT_EQUAL(res.n_warmup, i == 0);
+  }
+  kvs_reuse_get_counters(r, &ct);
+  CU_ASSERT_EQUAL(ct.samples[0], 2);
+  CU_ASSERT_EQUAL(f.calls, 2);
+  CU_ASSERT_DOUBLE_EQUAL(ct.latency_s[0], FAST.lat, 1e-12);
+  kvs_reuse_free(r);
+  /* the same with a slow tier: two loads to measure it, then recompute */
+  f = SLOW;
+  o = ctl_opts(&f);
+  o.explore_every = 100;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  const char *want2[] = {"LLL", "LLL", "RRR", "RRR"};
+  for (int i = 0; i < 4; i++) {
+    ctl_run(r, got, &res);
+    CU_ASSERT_STRING_EQUAL(got, want2[i]);
+  }
+  kvs_reuse_free(r);
+  kvs_client_free(c);
+}
+
+/* Exploration by chance: seeded, so two controllers decide alike; the
+ * policies ALWAYS_* never explore; bad feeds are refused */
+static void test_ctl_epsilon(void) {
+  kvs_client *c = client("ctl", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  figs f = SLOW;
+  char seq[2][8][4];
+  uint32_t n_explore[2] = {0, 0};
+  for (int k = 0; k < 2; k++) {
+    kvs_reuse_opts o = ctl_opts(&f);
+    o.explore_every = UINT32_MAX, o.explore_epsilon = 0.5, o.explore_seed = 12345;
+    kvs_reuse *r;
+    CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_reuse_feed(r, 0, 1.0, 1e6, 1), KVS_OK); /* measured: slow */
+    kvs_reuse_result res;
+    for (int i = 0; i < 8; i++) {
+      ctl_run(r, seq[k][i], &res);
+      n_explore[k] += res.n_explore;
+      CU_ASSERT(res.n_load == res.n_explore && res.n_explore <= 1);
+    }
+    kvs_reuse_free(r);
+  }
+  CU_ASSERT_EQUAL(memcmp(seq[0], seq[1], sizeof seq[0]), 0);
+  CU_ASSERT_EQUAL(n_explore[0], n_explore[1]);
+  CU_ASSERT(n_explore[0] > 0 && n_explore[0] < 8);
+  printf("\n  epsilon 0.5, seed 12345: %u of 8 requests explored", n_explore[0]);
+  kvs_reuse_opts o = ctl_opts(&f);
+  o.policy = KVS_REUSE_PLAN_ALWAYS_LOAD, o.explore_every = 1;
+  kvs_reuse *r;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_feed(r, 0, 1.0, 1e6, 1), KVS_OK);
+  char got[4];
+  kvs_reuse_result res;
+  ctl_run(r, got, &res);
+  CU_ASSERT_STRING_EQUAL(got, "LLL");
+  CU_ASSERT_EQUAL(res.n_explore, 0);
+  CU_ASSERT_EQUAL(kvs_reuse_feed(r, 3, 1.0, 1e6, 1), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_reuse_feed(r, 0, -1.0, 1e6, 1), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_reuse_feed(r, 0, 1.0, 0, 1), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_reuse_feed(r, 0, NAN, 1e6, 1), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_reuse_feed(NULL, 0, 1.0, 1e6, 1), KVS_EINVAL);
+  kvs_reuse_free(r);
+  kvs_client_free(c);
+}
+
+/* The bench-only slowed tier: the loader hands over at most the set bytes/s,
+ * and the plan measures that like a real slow tier (the clock's figures) */
+static void test_ctl_slowed_tier(void) {
+  kvs_client *c = client("ctl", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  o.blend.sel = kvs_sel_defaults(KVS_SEL_NONE);
+  o.policy = KVS_REUSE_PLAN_ALWAYS_LOAD;
+  const double cap = 8e6; /* 8 MB/s: ~1 s per request here, ~30 ms per layer */
+  o.bench_tier_bytes_per_s[0] = cap;
+  kvs_reuse *r;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  char got[4];
+  kvs_reuse_result res;
+  for (int i = 0; i < 2; i++) {
+    ctl_run(r, got, &res);
+    CU_ASSERT_STRING_EQUAL(got, "LLL");
+    /* the loader handed the last layer over no sooner than bytes / cap */
+    CU_ASSERT(res.t_total_s >= (double)res.bytes_loaded / cap);
+  }
+  kvs_reuse_counters ct;
+  kvs_reuse_get_counters(r, &ct);
+  printf("\n  tier slowed to %.0f MB/s: measured %.2f MB/s, latency %.3f ms, TTFT %.0f ms",
+         cap / 1e6, ct.bytes_per_s[0] / 1e6, ct.latency_s[0] * 1e3, res.t_total_s * 1e3);
+  CU_ASSERT_EQUAL(ct.samples[0], 1);
+  CU_ASSERT_EQUAL(res.bytes_loaded, chunk_bytes(0) + chunk_bytes(1) + chunk_bytes(2));
+  CU_ASSERT(ct.bytes_per_s[0] < 2e9); /* the prior (2 GB/s) replaced by what the loader saw */
+  kvs_reuse_free(r);
+  kvs_client_free(c);
+}
+
 static void test_bad_calls(void) {
   kvs_client *c = client("bad", 0);
   CU_ASSERT_PTR_NOT_NULL_FATAL(c);
@@ -381,6 +595,9 @@ int main(void) {
       {"oracle chunks through kvstashd = full prefill", test_oracle},
       {"a cold request stores, the next one loads", test_store_back},
       {"full store queue drops, never blocks", test_backpressure},
+      {"controller: a bad first sample recovers, a slowed tier is dropped", test_ctl_recovers},
+      {"controller: seeded exploration, feeds checked", test_ctl_epsilon},
+      {"controller: the bench-only slowed tier is measured", test_ctl_slowed_tier},
       {"bad calls", test_bad_calls},
       {NULL, NULL}};
   return kvs_test_run_fixture("reuse", cases, init, clean);
