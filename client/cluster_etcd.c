@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 
+#include "kvs_net.h"
 #include "cluster_int.h"
 
 /* ------------------------------------------------------------- URL */
@@ -37,7 +38,9 @@ kvs_err kvs__cl_url_parse(const char *url, kvs__cl_url *out) {
   memcpy(hbuf, hosts, hl);
   hbuf[hl] = 0;
   for (char *save = NULL, *t = strtok_r(hbuf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-    if (out->n_ep >= KVS__CL_EP_MAX || !strchr(t, ':') || strlen(t) > 100) return KVS_EINVAL;
+    if (out->n_ep >= KVS__CL_EP_MAX || kvs_hostport_split(t, NULL, 0, NULL) != KVS_OK ||
+        strlen(t) > 100) /* HOST:PORT (core/kvs_net.h) */
+      return KVS_EINVAL;
     for (const char *p = t; *p; p++)
       if (!(isalnum((unsigned char)*p) || *p == '.' || *p == '-' || *p == ':' || *p == '[' ||
             *p == ']'))

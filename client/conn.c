@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "client_int.h"
+#include "kvs_net.h"
 
 #include <nng/supplemental/tls/tls.h>
 
@@ -85,24 +86,6 @@ int kvs_client_connected(kvs_client *c) {
   return n;
 }
 
-/* The host of a tls+tcp:// URL, the name its certificate must carry by default. */
-static void url_host(const char *url, char *out, size_t cap) {
-  const char *h = strstr(url, "://");
-  h = h ? h + 3 : url;
-  size_t n = 0;
-  if (*h == '[') { /* [v6]:port */
-    h++;
-    while (h[n] && h[n] != ']')
-      n++;
-  } else {
-    while (h[n] && h[n] != ':' && h[n] != '/')
-      n++;
-  }
-  if (n >= cap) n = cap - 1;
-  memcpy(out, h, n);
-  out[n] = 0;
-}
-
 /* The client TLS config of a tls+tcp:// client: the server is always
  * verified against tls_ca_file. */
 static int tls_setup(kvs_client *c) {
@@ -119,8 +102,8 @@ static int tls_setup(kvs_client *c) {
   char host[256];
   if (c->tls_name && *c->tls_name)
     snprintf(host, sizeof host, "%s", c->tls_name);
-  else
-    url_host(c->url, host, sizeof host);
+  else if (kvs_url_hostport(c->url, host, sizeof host, NULL) != KVS_OK) /* core/kvs_net.h */
+    return kvs__seterr(c, KVS_EINVAL, "%s: not tls+tcp://HOST:PORT", c->url);
   rv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED);
   if (rv == 0) rv = nng_tls_config_server_name(cfg, host);
   if (rv) return kvs__seterr(c, kvs__err_from_nng(rv), "TLS config: %s", nng_strerror(rv));

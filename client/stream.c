@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "client_int.h"
+#include "kvs_net.h"
 #include "kvs_wire.h"
 
 #define KVS__SCONN_MAX 64
@@ -161,17 +162,10 @@ static int stream_addr(const char *url, char *host, size_t hcap, char *port, siz
     return 0;
   }
   if (strncmp(url, "tcp+stream://", 13)) return -1;
-  const char *colon = strrchr(h, ':');
-  if (!colon || colon == h || !colon[1] || strlen(colon + 1) >= pcap ||
-      strspn(colon + 1, "0123456789") != strlen(colon + 1))
-    return -1;
-  size_t n = (size_t)(colon - h);
-  if (h[0] == '[' && n >= 2 && h[n - 1] == ']') h++, n -= 2;
-  if (!n || n >= hcap) return -1;
-  memcpy(host, h, n);
-  host[n] = 0;
-  snprintf(port, pcap, "%s", colon + 1);
-  return 0;
+  int p = 0; /* core/kvs_net.h: the one HOST:PORT splitter */
+  if (kvs_url_hostport(url, host, hcap, &p) != KVS_OK || !host[0]) return -1;
+  int w = snprintf(port, pcap, "%d", p);
+  return w > 0 && (size_t)w < pcap ? 0 : -1;
 }
 
 /* A connection to the stream URL (non-blocking, TCP_NODELAY), within the
@@ -416,23 +410,9 @@ void kvs__get_call(kvs_client *c, nng_msg *req, uint32_t timeout_ms, kvs__call_c
     via_nng(c, req, deadline, check, done, arg);
 }
 
-/* host of a "scheme://HOST:PORT" URL into out ("" when there is none);
- * -1 when it does not fit */
-static int url_host(const char *url, char *out, size_t cap) {
-  out[0] = 0;
-  const char *h = strstr(url, "://");
-  if (!h) return 0;
-  h += 3;
-  const char *colon = strrchr(h, ':');
-  size_t n = colon ? (size_t)(colon - h) : strlen(h);
-  if (n >= cap) return -1;
-  memcpy(out, h, n);
-  out[n] = 0;
-  return 0;
-}
-
+/* hosts as kvs_url_hostport gives them: IPv6 without brackets */
 static int loopback(const char *host) {
-  return !strncmp(host, "127.", 4) || !strcmp(host, "localhost") || !strcmp(host, "[::1]");
+  return !strncmp(host, "127.", 4) || !strcmp(host, "localhost") || !strcmp(host, "::1");
 }
 
 int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char *out, size_t cap) {
@@ -449,16 +429,16 @@ int kvs__stream_pick(const uint8_t *adv, size_t n, const char *client_url, char 
     if (ipc) {
       w = snprintf(out, cap, "%s", t);
     } else {
-      const char *port = strrchr(t + 13, ':');
-      if (!port || strlen(port) < 2 || strlen(port) > 6 ||
-          strspn(port + 1, "0123456789") != strlen(port + 1))
-        continue;
       char host[256], mine[256];
-      if (url_host(t, host, sizeof host) || url_host(client_url, mine, sizeof mine)) continue;
-      int wild =
-          !host[0] || !strcmp(host, "*") || !strcmp(host, "0.0.0.0") || !strcmp(host, "[::]");
+      int port = 0, mport = 0;
+      if (kvs_url_hostport(t, host, sizeof host, &port) != KVS_OK ||
+          kvs_url_hostport(client_url, mine, sizeof mine, &mport) != KVS_OK)
+        continue;
+      int wild = !host[0] || !strcmp(host, "*") || !strcmp(host, "0.0.0.0") || !strcmp(host, "::");
       if (loopback(host) && !loopback(mine)) continue; /* not reachable from where we are */
-      w = snprintf(out, cap, "tcp+stream://%s%s", wild ? mine : host, port);
+      const char *h = wild ? mine : host;
+      int v6 = strchr(h, ':') != NULL;
+      w = snprintf(out, cap, "tcp+stream://%s%s%s:%d", v6 ? "[" : "", h, v6 ? "]" : "", port);
     }
     if (w > 0 && (size_t)w < cap) return KVS_OK;
   }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "kvs_net.h"
 #include "kvstash_cluster.h"
 
 static const char cluster_help[] =
@@ -164,14 +165,15 @@ static int do_events(cli *x, uint64_t after, uint32_t limit) {
     printf("%-12s %8s %-13s %-32s %-8s %s\n", "NODE", "SEQ", "TYPE", "BLOCK", "MEDIUM", "TENANT");
   for (size_t i = 0; i < n; i++) {
     const kvs_cluster_node *nd = &nodes[i];
-    const char *colon = strrchr(nd->http, ':');
-    if (!nd->http[0] || !colon) continue;
-    if (!strncmp(nd->http, "0.0.0.0:", 8) || !strncmp(nd->http, "[::]:", 5)) {
-      const char *h = nd->data + 6, *hc = strrchr(h, ':'); /* tcp://HOST:PORT */
-      snprintf(x->http, sizeof x->http, "%.*s%s", hc ? (int)(hc - h) : 0, h, colon);
-    } else {
-      snprintf(x->http, sizeof x->http, "%s", nd->http);
+    char hh[256], dh[256]; /* core/kvs_net.h: HOST:PORT, brackets off */
+    int hp = 0, dp = 0;
+    if (!nd->http[0] || kvs_hostport_split(nd->http, hh, sizeof hh, &hp) != KVS_OK) continue;
+    const char *h = hh;
+    if (!hh[0] || !strcmp(hh, "0.0.0.0") || !strcmp(hh, "::")) { /* the data URL's host */
+      if (kvs_url_hostport(nd->data, dh, sizeof dh, &dp) != KVS_OK) continue;
+      h = dh;
     }
+    snprintf(x->http, sizeof x->http, strchr(h, ':') ? "[%s]:%d" : "%s:%d", h, hp);
     char path[96];
     snprintf(path, sizeof path, "/v1/events?after=%llu&limit=%u", (unsigned long long)after, limit);
     cJSON *j = NULL;
