@@ -445,9 +445,25 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
   case KVS_OP_STATS: {
     uint64_t v[KVS__STAT_COUNT];
     kvs__store_stats(d->st, v);
-    nng_msg *m = answer_alloc(op, id, KVS_OK, 8 + 8 * KVS__STAT_COUNT);
-    if (m)
-      kvs_wire_stats_resp_encode(v, KVS__STAT_COUNT, payload_of(m), 8 + 8 * KVS__STAT_COUNT, NULL);
+    kvs__tier_row tr[KVS__MAX_TIER_ROWS];
+    kvs_wire_tier_row wr[KVS__MAX_TIER_ROWS];
+    int nt = kvs__store_tier_rows(d->st, tr, KVS__MAX_TIER_ROWS);
+    for (int i = 0; i < nt; i++) {
+      memset(&wr[i], 0, sizeof wr[i]);
+      snprintf(wr[i].name, sizeof wr[i].name, "%s", tr[i].name);
+      wr[i].tier = tr[i].wire;
+      wr[i].present = tr[i].present;
+      wr[i].used = tr[i].used;
+      wr[i].capacity = tr[i].capacity;
+      wr[i].entries = tr[i].entries;
+    }
+    size_t sz = kvs_wire_stats_resp_size(KVS__STAT_COUNT, (uint32_t)nt);
+    nng_msg *m = answer_alloc(op, id, KVS_OK, sz);
+    if (m && kvs_wire_stats_resp_encode_tiers(v, KVS__STAT_COUNT, wr, (uint32_t)nt, payload_of(m),
+                                              sz, NULL) != KVS_OK) {
+      nng_msg_free(m);
+      return answer_err(op, id, KVS_EINTERNAL, "STATS answer");
+    }
     return m;
   }
   case KVS_OP_LIST:

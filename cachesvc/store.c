@@ -491,13 +491,9 @@ kvs_err kvs__store_ttl(kvs__store *s, const kvs__skey *k, uint32_t ttl_s) {
 void kvs__store_stats(kvs__store *s, uint64_t *v) {
   for (int i = 0; i < KVS__STAT_COUNT; i++)
     v[i] = atomic_load_explicit(&s->met->stat[i], memory_order_relaxed);
-  kvs__tier_row rows[KVS__MAX_TIER_ROWS];
-  int n = kvs__store_tier_rows(s, rows, KVS__MAX_TIER_ROWS);
   pthread_mutex_lock(&s->mu);
   v[KVS_STAT_ENTRIES] = s->count;
   pthread_mutex_unlock(&s->mu);
-  for (int i = 0; i < n && i < 3; i++) /* the v1 gauges bytes_t0..t2 */
-    v[KVS_STAT_BYTES_T0 + i] = rows[i].used;
   pthread_mutex_lock(&s->shm_mu);
   v[KVS_STAT_LEASES] = (uint64_t)s->nleases;
   pthread_mutex_unlock(&s->shm_mu);

@@ -176,3 +176,38 @@ kvs_err kvs_admin_import(kvs_client *c, const uint8_t *meta, size_t meta_len, co
     return kvs__seterr(c, KVS_EIO, "kvstashd refused the entry (full, too big or invalid)");
   return KVS_OK;
 }
+
+/* ------------------------------------------------------------- STATS */
+kvs_err kvs_stats_tiers(kvs_client *c, kvs_tier_stat *rows, size_t cap, size_t *n) {
+  if (!c || !n || (cap && !rows)) return KVS_EINVAL;
+  *n = 0;
+  if (c->cluster) return KVS__NOT_ON_CLUSTER(c);
+  nng_msg *m, *rep = NULL;
+  if (kvs__frame_new(0, &m)) return KVS_ENOMEM;
+  KVS_TRY(kvs__frame_roundtrip(c, m, KVS_OP_STATS, kvs_wire_op_idempotent(KVS_OP_STATS), &rep));
+  kvs_wire_stats_resp *r = malloc(sizeof *r);
+  if (!r) {
+    nng_msg_free(rep);
+    return KVS_ENOMEM;
+  }
+  int rv =
+      kvs_wire_stats_resp_decode(kvs__frame_payload(rep), nng_msg_len(rep) - KVS_WIRE_HDR_SIZE, r);
+  nng_msg_free(rep);
+  if (rv) {
+    free(r);
+    return kvs__seterr(c, KVS_EPROTO, "bad STATS answer (%s)", kvs_errname(rv));
+  }
+  size_t k = r->n_tiers < cap ? r->n_tiers : cap;
+  for (size_t i = 0; i < k; i++) {
+    memset(&rows[i], 0, sizeof rows[i]);
+    memcpy(rows[i].name, r->tiers[i].name, sizeof rows[i].name);
+    rows[i].tier = r->tiers[i].tier;
+    rows[i].present = r->tiers[i].present;
+    rows[i].used = r->tiers[i].used;
+    rows[i].capacity = r->tiers[i].capacity;
+    rows[i].entries = r->tiers[i].entries;
+  }
+  free(r);
+  *n = k;
+  return KVS_OK;
+}

@@ -35,6 +35,13 @@ int kvs__check_reply(kvs__call *call, nng_msg *rep) {
   size_t n = nng_msg_len(rep);
   kvs_wire_hdr h;
   int rv = kvs_wire_hdr_decode(b, n, &h);
+  if (rv == KVS_EVERSION && n >= KVS_WIRE_HDR_SIZE) { /* an older or newer kvstashd */
+    snprintf(call->errmsg, sizeof call->errmsg,
+             "kvstashd at %s speaks wire version %u, this client %u: upgrade the older side",
+             call->c->url, (unsigned)kvs__rd16(b + KVS_WIRE_OFF_VERSION),
+             (unsigned)KVS_WIRE_VERSION);
+    return KVS_EVERSION;
+  }
   if (rv) {
     snprintf(call->errmsg, sizeof call->errmsg, "malformed reply from %s (%s)", call->c->url,
              kvs_errname(rv));

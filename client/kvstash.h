@@ -221,7 +221,7 @@ kvs_err kvs_ping(kvs_client *c);
 
 typedef struct kvs_entry_info {
   int present; /* 0/1 */
-  int tier;    /* 0 RAM, 1 disk, 2 cold disk */
+  int tier;    /* 0 RAM, else the server's disk tier (kvs_stats_tiers: 1 disk, 2 cold) */
   int pinned;
   uint64_t value_bytes; /* encoded bytes */
 } kvs_entry_info;
@@ -237,7 +237,21 @@ kvs_err kvs_ttl(kvs_client *c, const kvs_key *key, uint32_t ttl_s);
 
 /* Server counters: v[0..*n) in the order of kvs_stat_name(i); at most cap. */
 kvs_err kvs_stats(kvs_client *c, uint64_t *v, size_t cap, size_t *n);
-const char *kvs_stat_name(uint32_t i); /* "entries", "bytes_t0", ... or "?" */
+const char *kvs_stat_name(uint32_t i); /* "entries", "hits", ... or "?" */
+
+/* One storage tier of the server, from the same STATS answer (wire version
+ * 2): RAM first, then the server's disk tiers hottest first. */
+typedef struct kvs_tier_stat {
+  char name[16];     /* "ram", "disk", "cold", ... (the server's tier list) */
+  unsigned tier;     /* its number in kvs_entry_info.tier and LIST items (0 = RAM) */
+  int present;       /* configured on the server (0: e.g. no cold_dir) */
+  uint64_t used;     /* bytes held */
+  uint64_t capacity; /* byte budget */
+  uint64_t entries;  /* entries held (RAM: those with a RAM copy, also counted below) */
+} kvs_tier_stat;
+/* rows[0..*n), at most cap. A client of a cluster (etcd://) gets
+ * KVS_ENOTSUP: the tiers are per node (open a client on a node's URL). */
+kvs_err kvs_stats_tiers(kvs_client *c, kvs_tier_stat *rows, size_t cap, size_t *n);
 
 /* ---------------------------------------------------------------- lookup */
 #define KVS_LOOKUP_EACH   0u /* answer every chunk (content keys) */

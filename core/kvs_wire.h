@@ -36,7 +36,7 @@ extern "C" {
 
 /* ------------------------------------------------------------ constants */
 #define KVS_WIRE_MAGIC      0x5753564Bu /* "KVSW" as bytes 4B 56 53 57 */
-#define KVS_WIRE_VERSION    1u
+#define KVS_WIRE_VERSION    2u
 #define KVS_WIRE_HDR_SIZE   128u
 #define KVS_WIRE_TENANT_MAX 32u /* tenant name bytes, [A-Za-z0-9_.-] */
 #define KVS_WIRE_TOKEN_MAX  64u /* bearer token bytes */
@@ -328,12 +328,11 @@ kvs_err kvs_wire_exists_resp_decode(const uint8_t *p, size_t n, kvs_wire_exists_
 
 /* -------------------------------------------------------------- STATS */
 /* Counters for the requesting tenant's view of the server (global where a
- * counter is not per tenant), in this order; a newer server may send more. */
+ * counter is not per tenant), in this order; a newer server may send more.
+ * Bytes per tier are in the answer's tier rows (version 2; version 1 had
+ * bytes_t0..bytes_t2 counters after entries). */
 typedef enum {
   KVS_STAT_ENTRIES = 0,
-  KVS_STAT_BYTES_T0,
-  KVS_STAT_BYTES_T1,
-  KVS_STAT_BYTES_T2,
   KVS_STAT_HITS,
   KVS_STAT_MISSES,
   KVS_STAT_PUTS,
@@ -357,12 +356,37 @@ typedef enum {
   KVS__STAT_COUNT
 } kvs_wire_stat;
 const char *kvs_wire_stat_name(uint32_t i); /* "entries", ... or "?" */
+/* One tier of the server (RAM first, then its disk tiers hottest first):
+ * 48 bytes on the wire, at the offsets below. */
+#define KVS_WIRE_MAX_TIER_ROWS     16u
+#define KVS_WIRE_TIER_NAME_MAX     15u /* [a-z0-9_-], NUL-padded to 16 bytes */
+#define KVS_WIRE_TIER_ROW_SIZE     48u
+#define KVS_WIRE_TIER_OFF_NAME     0u  /* char[16] */
+#define KVS_WIRE_TIER_OFF_TIER     16u /* u8: its number in meta/EXISTS/LIST (0 = RAM) */
+#define KVS_WIRE_TIER_OFF_PRESENT  17u /* u8: 1 configured, 0 absent */
+#define KVS_WIRE_TIER_OFF_PAD      18u /* 6 zero bytes */
+#define KVS_WIRE_TIER_OFF_USED     24u /* u64 bytes held */
+#define KVS_WIRE_TIER_OFF_CAPACITY 32u /* u64 byte budget */
+#define KVS_WIRE_TIER_OFF_ENTRIES  40u /* u64 entries (RAM: those with a RAM copy) */
+typedef struct kvs_wire_tier_row {
+  char name[KVS_WIRE_TIER_NAME_MAX + 1];
+  uint8_t tier, present;
+  uint64_t used, capacity, entries;
+} kvs_wire_tier_row;
+/* The answer: n u32 | n_tiers u32 | n x u64 counters | n_tiers x tier row. */
 typedef struct kvs_wire_stats_resp {
   uint32_t n;
   uint64_t v[KVS_WIRE_MAX_STATS];
+  uint32_t n_tiers;
+  kvs_wire_tier_row tiers[KVS_WIRE_MAX_TIER_ROWS];
 } kvs_wire_stats_resp;
+size_t kvs_wire_stats_resp_size(uint32_t n, uint32_t n_tiers);
+/* Counters only (no tier rows). */
 kvs_err kvs_wire_stats_resp_encode(const uint64_t *v, uint32_t n, uint8_t *out, size_t cap,
                                    size_t *written);
+kvs_err kvs_wire_stats_resp_encode_tiers(const uint64_t *v, uint32_t n,
+                                         const kvs_wire_tier_row *rows, uint32_t n_tiers,
+                                         uint8_t *out, size_t cap, size_t *written);
 kvs_err kvs_wire_stats_resp_decode(const uint8_t *p, size_t n, kvs_wire_stats_resp *r);
 
 /* -------------------------------------------------- LIST / EXPORT pages */

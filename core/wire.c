@@ -58,11 +58,23 @@ const char *kvs_wire_op_name(uint16_t op) {
 }
 
 const char *kvs_wire_stat_name(uint32_t i) {
-  static const char *names[] = {
-      "entries",  "bytes_t0",      "bytes_t1",          "bytes_t2",      "hits",
-      "misses",   "puts",          "evictions",         "quarantines",   "expired",
-      "bytes_in", "bytes_out",     "requests",          "errors",        "leases",
-      "lookups",  "lookup_chunks", "lookup_chunks_hit", "lookup_tokens", "lookup_tokens_hit"};
+  static const char *names[] = {"entries",
+                                "hits",
+                                "misses",
+                                "puts",
+                                "evictions",
+                                "quarantines",
+                                "expired",
+                                "bytes_in",
+                                "bytes_out",
+                                "requests",
+                                "errors",
+                                "leases",
+                                "lookups",
+                                "lookup_chunks",
+                                "lookup_chunks_hit",
+                                "lookup_tokens",
+                                "lookup_tokens_hit"};
   _Static_assert(sizeof names / sizeof names[0] == KVS__STAT_COUNT, "stat names");
   return i < KVS__STAT_COUNT ? names[i] : "?";
 }
@@ -581,17 +593,53 @@ kvs_err kvs_wire_exists_resp_decode(const uint8_t *p, size_t n, kvs_wire_exists_
 }
 
 /* ---------------------------------------------------------------- STATS */
-kvs_err kvs_wire_stats_resp_encode(const uint64_t *v, uint32_t n, uint8_t *out, size_t cap,
-                                   size_t *written) {
-  if (!v || !out || n > KVS_WIRE_MAX_STATS) return KVS_EINVAL;
-  size_t need = 8u + 8u * n;
+size_t kvs_wire_stats_resp_size(uint32_t n, uint32_t n_tiers) {
+  return 8u + 8u * (size_t)n + (size_t)KVS_WIRE_TIER_ROW_SIZE * n_tiers;
+}
+
+kvs_err kvs_wire_stats_resp_encode_tiers(const uint64_t *v, uint32_t n,
+                                         const kvs_wire_tier_row *rows, uint32_t n_tiers,
+                                         uint8_t *out, size_t cap, size_t *written) {
+  if (!v || !out || n > KVS_WIRE_MAX_STATS || n_tiers > KVS_WIRE_MAX_TIER_ROWS ||
+      (n_tiers && !rows))
+    return KVS_EINVAL;
+  size_t need = kvs_wire_stats_resp_size(n, n_tiers);
   if (cap < need) return KVS_ETOOBIG;
   kvs__wr32(out, n);
-  kvs__wr32(out + 4, 0);
+  kvs__wr32(out + 4, n_tiers);
   for (uint32_t i = 0; i < n; i++)
     kvs__wr64(out + 8 + 8 * i, v[i]);
+  for (uint32_t i = 0; i < n_tiers; i++) {
+    uint8_t *r = out + 8 + 8 * (size_t)n + (size_t)KVS_WIRE_TIER_ROW_SIZE * i;
+    memset(r, 0, KVS_WIRE_TIER_ROW_SIZE);
+    size_t nl = strnlen(rows[i].name, sizeof rows[i].name);
+    if (nl == 0 || nl > KVS_WIRE_TIER_NAME_MAX) return KVS_EINVAL;
+    memcpy(r + KVS_WIRE_TIER_OFF_NAME, rows[i].name, nl);
+    r[KVS_WIRE_TIER_OFF_TIER] = rows[i].tier;
+    r[KVS_WIRE_TIER_OFF_PRESENT] = rows[i].present ? 1 : 0;
+    kvs__wr64(r + KVS_WIRE_TIER_OFF_USED, rows[i].used);
+    kvs__wr64(r + KVS_WIRE_TIER_OFF_CAPACITY, rows[i].capacity);
+    kvs__wr64(r + KVS_WIRE_TIER_OFF_ENTRIES, rows[i].entries);
+  }
   if (written) *written = need;
   return KVS_OK;
+}
+
+kvs_err kvs_wire_stats_resp_encode(const uint64_t *v, uint32_t n, uint8_t *out, size_t cap,
+                                   size_t *written) {
+  return kvs_wire_stats_resp_encode_tiers(v, n, NULL, 0, out, cap, written);
+}
+
+static int tier_name_ok(const uint8_t *p) {
+  size_t i = 0;
+  for (; i < KVS_WIRE_TIER_NAME_MAX + 1 && p[i]; i++)
+    if (!((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= '0' && p[i] <= '9') || p[i] == '_' ||
+          p[i] == '-'))
+      return 0;
+  if (i == 0 || i > KVS_WIRE_TIER_NAME_MAX) return 0;
+  for (; i < KVS_WIRE_TIER_NAME_MAX + 1; i++) /* NUL padding */
+    if (p[i]) return 0;
+  return 1;
 }
 
 kvs_err kvs_wire_stats_resp_decode(const uint8_t *p, size_t n, kvs_wire_stats_resp *r) {
@@ -599,10 +647,27 @@ kvs_err kvs_wire_stats_resp_decode(const uint8_t *p, size_t n, kvs_wire_stats_re
   KVS_RETURN_ERROR_IF(n < 8, KVS_ETRUNC, "STATS answer");
   memset(r, 0, sizeof *r);
   r->n = kvs__rd32(p);
+  r->n_tiers = kvs__rd32(p + 4);
   KVS_RETURN_ERROR_IF(r->n > KVS_WIRE_MAX_STATS, KVS_ERANGE, "STATS count");
-  KVS_RETURN_ERROR_IF(n != 8u + 8u * r->n, KVS_ETRUNC, "STATS length");
+  KVS_RETURN_ERROR_IF(r->n_tiers > KVS_WIRE_MAX_TIER_ROWS, KVS_ERANGE, "STATS tier rows");
+  KVS_RETURN_ERROR_IF(n != kvs_wire_stats_resp_size(r->n, r->n_tiers), KVS_ETRUNC, "STATS length");
   for (uint32_t i = 0; i < r->n; i++)
     r->v[i] = kvs_wire_rd64(p + 8, i);
+  for (uint32_t i = 0; i < r->n_tiers; i++) {
+    const uint8_t *q = p + 8 + 8 * (size_t)r->n + (size_t)KVS_WIRE_TIER_ROW_SIZE * i;
+    kvs_wire_tier_row *t = &r->tiers[i];
+    KVS_RETURN_ERROR_IF(!tier_name_ok(q + KVS_WIRE_TIER_OFF_NAME), KVS_EPROTO, "STATS tier name");
+    int pad = 0;
+    for (unsigned j = 0; j < 6; j++)
+      pad |= q[KVS_WIRE_TIER_OFF_PAD + j];
+    KVS_RETURN_ERROR_IF(pad || q[KVS_WIRE_TIER_OFF_PRESENT] > 1, KVS_EPROTO, "STATS tier row");
+    memcpy(t->name, q + KVS_WIRE_TIER_OFF_NAME, KVS_WIRE_TIER_NAME_MAX + 1);
+    t->tier = q[KVS_WIRE_TIER_OFF_TIER];
+    t->present = q[KVS_WIRE_TIER_OFF_PRESENT];
+    t->used = kvs__rd64(q + KVS_WIRE_TIER_OFF_USED);
+    t->capacity = kvs__rd64(q + KVS_WIRE_TIER_OFF_CAPACITY);
+    t->entries = kvs__rd64(q + KVS_WIRE_TIER_OFF_ENTRIES);
+  }
   return KVS_OK;
 }
 

@@ -166,12 +166,12 @@ int main(int argc, char **argv) {
     }
     raw += tb * pr.len[i];
   }
-  uint64_t stv[64] = {0};
+  kvs_tier_stat tst[16];
   size_t nst = 0;
   uint64_t stored = 0;
-  if (kvs_stats(cl, stv, 64, &nst) == KVS_OK)
+  if (kvs_stats_tiers(cl, tst, 16, &nst) == KVS_OK)
     for (size_t i = 0; i < nst; i++)
-      if (!strncmp(kvs_stat_name((uint32_t)i), "bytes_t", 7)) stored += stv[i];
+      stored += tst[i].used; /* every tier, the RAM copies included */
   printf("  pre-warm: %u chunks computed alone and stored in %.2f s: %.2f MB fp16 -> %.2f MB "
          "'%s' (%.2f bits/element)\n",
          pr.n_segs - 1, (kvs_now_ns() - t0) / 1e9, raw / 1e6, stored / 1e6, profile,

@@ -618,6 +618,21 @@ int th_key_op(th_conn *c, uint16_t op, const th_chunk *ch, uint32_t arg, uint8_t
   return th_call(c, op, 0, p, sizeof p, reply, reply_len);
 }
 
+int th_stats_tiers(th_conn *c, kvs_wire_stats_resp *out) {
+  uint8_t *rep = NULL;
+  size_t rl = 0;
+  int rc = th_call(c, KVS_OP_STATS, 0, NULL, 0, &rep, &rl);
+  if (rc == KVS_OK) rc = kvs_wire_stats_resp_decode(rep, rl, out);
+  free(rep);
+  return rc;
+}
+
+const kvs_wire_tier_row *th_tier(const kvs_wire_stats_resp *s, const char *name) {
+  for (uint32_t i = 0; i < s->n_tiers; i++)
+    if (!strcmp(s->tiers[i].name, name)) return &s->tiers[i];
+  return NULL;
+}
+
 int th_stats(th_conn *c, uint64_t v[KVS__STAT_COUNT]) {
   uint8_t *rep = NULL;
   size_t rl = 0;

@@ -80,6 +80,10 @@ int th_get(th_conn *c, const th_chunk *ch, uint8_t **value, size_t *len);
 int th_key_op(th_conn *c, uint16_t op, const th_chunk *ch, uint32_t arg, uint8_t **reply,
               size_t *reply_len);
 int th_stats(th_conn *c, uint64_t v[KVS__STAT_COUNT]);
+/* The whole STATS answer (counters + tier rows); th_tier finds a row by name
+ * (NULL when absent). */
+int th_stats_tiers(th_conn *c, kvs_wire_stats_resp *out);
+const kvs_wire_tier_row *th_tier(const kvs_wire_stats_resp *s, const char *name);
 /* LEASE (releasing release_id in the same trip); *out decoded on KVS_OK. */
 int th_lease(th_conn *c, const th_chunk *ch, uint64_t release_id, kvs_wire_lease_resp *out);
 int th_release(th_conn *c, uint64_t lease_id);

@@ -782,10 +782,30 @@ static void test_capacity(void) {
   uint64_t v[KVS__STAT_COUNT];
   CU_ASSERT_EQUAL(th_stats(&c, v), KVS_OK);
   CU_ASSERT(v[KVS_STAT_EVICTIONS] > 0);
-  CU_ASSERT(v[KVS_STAT_BYTES_T1] <= 3u << 20);
-  CU_ASSERT(v[KVS_STAT_BYTES_T2] <= 3u << 20);
-  CU_ASSERT(v[KVS_STAT_BYTES_T2] > 0); /* demoted before evicted */
-  CU_ASSERT(v[KVS_STAT_BYTES_T0] <= 1u << 20);
+  /* STATS' tier rows (wire version 2): RAM first, then the tier list */
+  kvs_wire_stats_resp sr;
+  CU_ASSERT_EQUAL_FATAL(th_stats_tiers(&c, &sr), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(sr.n_tiers, 3);
+  CU_ASSERT_STRING_EQUAL(sr.tiers[0].name, "ram");
+  CU_ASSERT_STRING_EQUAL(sr.tiers[1].name, "disk");
+  CU_ASSERT_STRING_EQUAL(sr.tiers[2].name, "cold");
+  for (uint32_t t = 0; t < 3; t++) {
+    CU_ASSERT_EQUAL(sr.tiers[t].tier, t); /* the numbers meta/EXISTS/LIST carry */
+    CU_ASSERT_EQUAL(sr.tiers[t].present, 1);
+  }
+  const kvs_wire_tier_row *ram = th_tier(&sr, "ram"), *disk = th_tier(&sr, "disk"),
+                          *coldt = th_tier(&sr, "cold");
+  CU_ASSERT_FATAL(ram && disk && coldt);
+  CU_ASSERT_EQUAL(ram->capacity, 1u << 20);
+  CU_ASSERT_EQUAL(disk->capacity, 3u << 20);
+  CU_ASSERT_EQUAL(coldt->capacity, 3u << 20);
+  CU_ASSERT(disk->used <= 3u << 20 && disk->used > 0);
+  CU_ASSERT(coldt->used <= 3u << 20);
+  CU_ASSERT(coldt->used > 0); /* demoted before evicted */
+  CU_ASSERT(ram->used <= 1u << 20);
+  CU_ASSERT(disk->entries + coldt->entries == sr.v[KVS_STAT_ENTRIES]); /* each on one tier */
+  CU_ASSERT(coldt->entries > 0 && disk->entries > 0);
+  CU_ASSERT(ram->entries <= disk->entries + coldt->entries); /* copies of them */
   /* the pinned first entry and the last one are there, the bytes right */
   int idx[2] = {0, N - 1};
   for (int k = 0; k < 2; k++) {

@@ -107,7 +107,8 @@ static void test_header_rejects(void) {
     CU_ASSERT_EQUAL(kvs_wire_hdr_decode(c, KVS_WIRE_HDR_SIZE, &d), err);                           \
   } while (0)
   MUT(0, 'X', KVS_EMAGIC);
-  MUT(4, 2, KVS_EVERSION);
+  MUT(4, KVS_WIRE_VERSION + 1, KVS_EVERSION);
+  MUT(4, KVS_WIRE_VERSION - 1, KVS_EVERSION); /* an older peer: refused, not half-read */
   MUT(6, 0, KVS_ENOTSUP);
   MUT(6, 99, KVS_ENOTSUP);
   MUT(8, 0x80, KVS_EPROTO); /* unknown flag */
@@ -332,6 +333,37 @@ static void test_small_ops(void) {
   CU_ASSERT_EQUAL(sd.n, KVS__STAT_COUNT);
   CU_ASSERT_EQUAL(sd.v[KVS_STAT_HITS], sv[KVS_STAT_HITS]);
   CU_ASSERT_STRING_EQUAL(kvs_wire_stat_name(KVS_STAT_QUARANTINES), "quarantines");
+  CU_ASSERT_EQUAL(sd.n_tiers, 0);
+  /* version 2: tier rows after the counters */
+  kvs_wire_tier_row tr[2] = {{.name = "ram", .tier = 0, .present = 1, .used = 5, .capacity = 9},
+                             {.name = "cold", .tier = 2, .used = 7, .capacity = 11, .entries = 3}};
+  CU_ASSERT_EQUAL(kvs_wire_stats_resp_encode_tiers(sv, 4, tr, 2, b, sizeof b, &w), KVS_OK);
+  CU_ASSERT_EQUAL(w, kvs_wire_stats_resp_size(4, 2));
+  CU_ASSERT_EQUAL(w, 8u + 32u + 2u * KVS_WIRE_TIER_ROW_SIZE);
+  CU_ASSERT_EQUAL(b[4], 2);                                              /* n_tiers */
+  CU_ASSERT(!memcmp(b + 40 + 48 + KVS_WIRE_TIER_OFF_NAME, "cold\0", 5)); /* second row */
+  CU_ASSERT_EQUAL(b[40 + 48 + KVS_WIRE_TIER_OFF_TIER], 2);
+  CU_ASSERT_EQUAL(kvs_wire_stats_resp_decode(b, w, &sd), KVS_OK);
+  CU_ASSERT_EQUAL(sd.n, 4);
+  CU_ASSERT_EQUAL(sd.n_tiers, 2);
+  CU_ASSERT_STRING_EQUAL(sd.tiers[1].name, "cold");
+  CU_ASSERT_EQUAL(sd.tiers[1].tier, 2);
+  CU_ASSERT_EQUAL(sd.tiers[1].present, 0);
+  CU_ASSERT_EQUAL(sd.tiers[1].used, 7);
+  CU_ASSERT_EQUAL(sd.tiers[1].capacity, 11);
+  CU_ASSERT_EQUAL(sd.tiers[1].entries, 3);
+  CU_ASSERT_EQUAL(sd.tiers[0].present, 1);
+  CU_ASSERT_EQUAL(kvs_wire_stats_resp_decode(b, w - 1, &sd), KVS_ETRUNC);
+  b[40 + 48 + 1] = 'O'; /* "cOld": not a tier name */
+  CU_ASSERT_EQUAL(kvs_wire_stats_resp_decode(b, w, &sd), KVS_EPROTO);
+  b[40 + 48 + 1] = 'o';
+  b[40 + 48 + KVS_WIRE_TIER_OFF_PAD] = 1; /* padding must be zero */
+  CU_ASSERT_EQUAL(kvs_wire_stats_resp_decode(b, w, &sd), KVS_EPROTO);
+  b[40 + 48 + KVS_WIRE_TIER_OFF_PAD] = 0;
+  b[4] = KVS_WIRE_MAX_TIER_ROWS + 1;
+  CU_ASSERT_EQUAL(kvs_wire_stats_resp_decode(b, w, &sd), KVS_ERANGE);
+  kvs_wire_tier_row bad = {.name = ""};
+  CU_ASSERT_EQUAL(kvs_wire_stats_resp_encode_tiers(sv, 4, &bad, 1, b, sizeof b, &w), KVS_EINVAL);
   kvs_wire_page_req pq = {.has_cursor = 1, .limit = 10}, pd;
   memset(pq.cursor, 0xAB, 16);
   CU_ASSERT_EQUAL(kvs_wire_page_req_encode(&pq, b, sizeof b, &w), KVS_OK);

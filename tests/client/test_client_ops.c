@@ -237,8 +237,21 @@ static void test_key_ops_stats(void) {
   size_t n = 0;
   CU_ASSERT_EQUAL(kvs_stats(cl, v, 64, &n), KVS_OK);
   CU_ASSERT(n > 6);
-  CU_ASSERT(v[6] >= 1); /* puts */
+  size_t puts = n;
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(kvs_stat_name((uint32_t)i), "puts")) puts = i;
+  CU_ASSERT_FATAL(puts < n);
+  CU_ASSERT(v[puts] >= 1);
   CU_ASSERT_STRING_NOT_EQUAL(kvs_stat_name(0), "?");
+  kvs_tier_stat ts[8]; /* the tier rows of the same answer: ram, then the server's list */
+  size_t nt = 0;
+  CU_ASSERT_EQUAL(kvs_stats_tiers(cl, ts, 8, &nt), KVS_OK);
+  CU_ASSERT_FATAL(nt >= 2);
+  CU_ASSERT_STRING_EQUAL(ts[0].name, "ram");
+  CU_ASSERT_STRING_EQUAL(ts[1].name, "disk");
+  CU_ASSERT(ts[1].present && ts[1].capacity > 0 && ts[1].tier == 1);
+  CU_ASSERT_EQUAL(kvs_stats_tiers(cl, ts, 1, &nt), KVS_OK); /* cap honoured */
+  CU_ASSERT_EQUAL(nt, 1);
   free(kv), free(tok);
 }
 

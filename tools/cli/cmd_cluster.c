@@ -38,8 +38,10 @@ static int nodes_of(cli *x, kvs_cluster_node **out, size_t *n) {
   return cli_fail(x, "cluster", KVS_EAGAIN, "the view keeps changing");
 }
 
-/* Entries and bytes of one node, by its own data URL (-1 when unreachable). */
-static int node_stats(cli *x, const kvs_cluster_node *nd, uint64_t *v, size_t cap, size_t *n) {
+/* Entries (v[0]) and the bytes its disk tiers hold (*disk; the RAM tier
+ * holds copies) of one node, by its own data URL (-1 when unreachable). */
+static int node_stats(cli *x, const kvs_cluster_node *nd, uint64_t *v, size_t cap, size_t *n,
+                      uint64_t *disk) {
   kvs_client_opts o;
   kvs_client_opts_init(&o);
   o.url = nd->data;
@@ -49,6 +51,12 @@ static int node_stats(cli *x, const kvs_cluster_node *nd, uint64_t *v, size_t ca
   o.n_sockets = 1;
   kvs_client *c = NULL;
   int rc = kvs_client_create(&o, &c) == KVS_OK && kvs_stats(c, v, cap, n) == KVS_OK ? 0 : -1;
+  kvs_tier_stat t[16];
+  size_t nt = 0;
+  *disk = 0;
+  if (rc == 0 && kvs_stats_tiers(c, t, 16, &nt) != KVS_OK) rc = -1;
+  for (size_t i = 0; i < nt; i++)
+    if (t[i].tier > 0) *disk += t[i].used;
   kvs_client_free(c);
   return rc;
 }
@@ -67,8 +75,8 @@ static int do_nodes(cli *x, int with_stats) {
     const kvs_cluster_node *nd = &nodes[i];
     uint64_t v[8] = {0};
     size_t nv = 0;
-    int st = with_stats ? node_stats(x, nd, v, 8, &nv) : -1;
-    uint64_t bytes = v[2] + v[3]; /* disk tiers (T0 holds copies) */
+    uint64_t bytes = 0; /* disk tiers (the RAM tier holds copies) */
+    int st = with_stats ? node_stats(x, nd, v, 8, &nv, &bytes) : -1;
     if (st == 0) tot_entries += v[0], tot_bytes += bytes;
     char cap[32], b[32];
     if (x->json) {

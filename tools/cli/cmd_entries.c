@@ -49,6 +49,10 @@ int cmd_status(cli *x, int argc, char **argv) {
   if (e) return cli_fail(x, "status", e, "STATS: %s", kvs_client_errmsg(x->c));
   for (size_t i = n; i < KVS__STAT_COUNT; i++)
     v[i] = 0;
+  kvs_tier_stat tiers[16]; /* the server's tier list, from the same STATS answer */
+  size_t n_tiers = 0;
+  e = kvs_stats_tiers(x->c, tiers, 16, &n_tiers); /* per node: none on a cluster client */
+  if (e && e != KVS_ENOTSUP) return cli_fail(x, "status", e, "STATS: %s", kvs_client_errmsg(x->c));
   /* control plane: optional (status still reports the data plane) */
   cJSON *info = NULL, *ten = NULL, *hstats = NULL;
   kvs_err he = x->http[0] ? cli_http_json(x, "GET", "/v1/info", &info) : KVS_ENOENT;
@@ -73,7 +77,6 @@ int cmd_status(cli *x, int argc, char **argv) {
 
   uint64_t hits = v[KVS_STAT_HITS], misses = v[KVS_STAT_MISSES];
   double hit_rate = hits + misses ? (double)hits / (double)(hits + misses) : 0;
-  const char *tier_key[3] = {"ram_bytes", "disk_bytes", "cold_bytes"};
   /* top tenants: configured ones by bytes, else just this one */
   const cJSON *tl = ten ? cJSON_GetObjectItem(ten, "tenants") : NULL;
   int nt = cJSON_IsArray(tl) ? cJSON_GetArraySize(tl) : 0;
@@ -109,16 +112,15 @@ int cmd_status(cli *x, int argc, char **argv) {
     }
     cJSON_AddNumberToObject(j, "entries", (double)v[KVS_STAT_ENTRIES]);
     cJSON_AddNumberToObject(j, "hit_rate", hit_rate);
-    cJSON *tiers = cJSON_AddArrayToObject(j, "tiers");
-    for (int t = 0; t < 3; t++) {
+    cJSON *jt = cJSON_AddArrayToObject(j, "tiers");
+    for (size_t t = 0; t < n_tiers; t++) {
       cJSON *o = cJSON_CreateObject();
-      cJSON_AddStringToObject(o, "tier", cli_tier_name((unsigned)t));
-      cJSON_AddNumberToObject(o, "bytes", (double)v[KVS_STAT_BYTES_T0 + t]);
-      if (info) cJSON_AddNumberToObject(o, "capacity", (double)jnum(info, tier_key[t]));
-      if (t == 2 && info)
-        cJSON_AddBoolToObject(o, "configured",
-                              cJSON_IsTrue(cJSON_GetObjectItem(info, "cold_tier")));
-      cJSON_AddItemToArray(tiers, o);
+      cJSON_AddStringToObject(o, "tier", tiers[t].name);
+      cJSON_AddNumberToObject(o, "bytes", (double)tiers[t].used);
+      cJSON_AddNumberToObject(o, "capacity", (double)tiers[t].capacity);
+      cJSON_AddNumberToObject(o, "entries", (double)tiers[t].entries);
+      cJSON_AddBoolToObject(o, "configured", tiers[t].present);
+      cJSON_AddItemToArray(jt, o);
     }
     cJSON *tt = cJSON_AddArrayToObject(j, "top_tenants");
     for (int i = 0; i < nt && i < 10 && tops; i++)
@@ -148,21 +150,19 @@ int cmd_status(cli *x, int argc, char **argv) {
       printf("http       %s  (%s: %s)\n", x->http,
              he == KVS_EAUTH ? "admin token refused" : "unreachable", kvs_errname(he));
     printf("entries    %llu\n", (unsigned long long)v[KVS_STAT_ENTRIES]);
-    for (int t = 0; t < 3; t++) {
-      uint64_t cap = info ? jnum(info, tier_key[t]) : 0;
-      int configured = t < 2 || (info && cJSON_IsTrue(cJSON_GetObjectItem(info, "cold_tier")));
-      if (!configured) {
-        printf("tier %-5s -  (not configured)\n", cli_tier_name((unsigned)t));
+    for (size_t t = 0; t < n_tiers; t++) {
+      uint64_t cap = tiers[t].capacity, used = tiers[t].used;
+      if (!tiers[t].present) {
+        printf("tier %-5s -  (not configured)\n", tiers[t].name);
         continue;
       }
       if (cap)
-        printf("tier %-5s %s of %s (%.1f%%)\n", cli_tier_name((unsigned)t),
-               cli_fmt_bytes(v[KVS_STAT_BYTES_T0 + t], b1, sizeof b1),
-               cli_fmt_bytes(cap, b2, sizeof b2),
-               100.0 * (double)v[KVS_STAT_BYTES_T0 + t] / (double)cap);
+        printf("tier %-5s %s of %s (%.1f%%), %llu entries\n", tiers[t].name,
+               cli_fmt_bytes(used, b1, sizeof b1), cli_fmt_bytes(cap, b2, sizeof b2),
+               100.0 * (double)used / (double)cap, (unsigned long long)tiers[t].entries);
       else
-        printf("tier %-5s %s\n", cli_tier_name((unsigned)t),
-               cli_fmt_bytes(v[KVS_STAT_BYTES_T0 + t], b1, sizeof b1));
+        printf("tier %-5s %s, %llu entries\n", tiers[t].name, cli_fmt_bytes(used, b1, sizeof b1),
+               (unsigned long long)tiers[t].entries);
     }
     printf("hit rate   %.1f%%  (%llu hits, %llu misses)\n", 100 * hit_rate,
            (unsigned long long)hits, (unsigned long long)misses);

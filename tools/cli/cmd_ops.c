@@ -633,14 +633,14 @@ int cmd_doctor(cli *x, int argc, char **argv) {
         check(&c, "store", 1, "%llu of %llu requests failed",
               (unsigned long long)v[KVS_STAT_ERRORS], (unsigned long long)v[KVS_STAT_REQUESTS]),
             bad = 1;
-      const char *cap_key[3] = {"ram_bytes", "disk_bytes", "cold_bytes"};
-      for (int t = 0; t < 3 && info; t++) {
-        const cJSON *cv = cJSON_GetObjectItem(info, cap_key[t]);
-        double cap = cJSON_IsNumber(cv) ? cv->valuedouble : 0;
-        if (t == 2 && !cJSON_IsTrue(cJSON_GetObjectItem(info, "cold_tier"))) continue;
-        if (cap > 0 && (double)v[KVS_STAT_BYTES_T0 + t] > 0.95 * cap)
-          check(&c, "capacity", 1, "tier %s at %.0f%% of its capacity", cli_tier_name((unsigned)t),
-                100.0 * (double)v[KVS_STAT_BYTES_T0 + t] / cap),
+      kvs_tier_stat tiers[16]; /* the server's tier list */
+      size_t nt = 0;
+      if (kvs_stats_tiers(x->c, tiers, 16, &nt) != KVS_OK) nt = 0;
+      for (size_t t = 0; t < nt; t++) {
+        double cap = (double)tiers[t].capacity;
+        if (tiers[t].present && cap > 0 && (double)tiers[t].used > 0.95 * cap)
+          check(&c, "capacity", 1, "tier %s at %.0f%% of its capacity", tiers[t].name,
+                100.0 * (double)tiers[t].used / cap),
               bad = 1;
       }
       if (!bad)

@@ -146,6 +146,12 @@ class _EntryInfo(ctypes.Structure):
                 ("value_bytes", ctypes.c_uint64)]
 
 
+class _TierStat(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char * 16), ("tier", ctypes.c_uint), ("present", ctypes.c_int),
+                ("used", ctypes.c_uint64), ("capacity", ctypes.c_uint64),
+                ("entries", ctypes.c_uint64)]
+
+
 # The C struct each ctypes mirror stands for: checked against the library's
 # own kvs_abi_layout() when it is loaded (sizes, and every field's offset and
 # size both ways), so a field added on one side only fails at load with the
@@ -154,7 +160,7 @@ _ABI_MIRRORS = {
     "kvs_hash128": _Hash, "kvs_layout": _Layout, "kvs_chunk": _Chunk, "kvs_span": _Span,
     "kvs_client_opts": _ClientOpts, "kvs_client_counters": _Counters,
     "kvs_entry_info": _EntryInfo, "kvs_put_opts": _PutOpts, "kvs_get_opts": _GetOpts,
-    "kvs_model_desc": _ModelDesc,
+    "kvs_model_desc": _ModelDesc, "kvs_tier_stat": _TierStat,
 }
 
 
@@ -251,6 +257,7 @@ def _declare(lib):
         "kvs_ttl": (ctypes.c_int, [P, ctypes.POINTER(_Hash), u32]),
         "kvs_stats": (ctypes.c_int, [P, P, sz, ctypes.POINTER(sz)]),
         "kvs_stat_name": (ctypes.c_char_p, [u32]),
+        "kvs_stats_tiers": (ctypes.c_int, [P, ctypes.POINTER(_TierStat), sz, ctypes.POINTER(sz)]),
         "kvs_lookup": (ctypes.c_int, [P, ctypes.POINTER(_Hash), i32p, sz, P, sz, u32, P,
                                       ctypes.POINTER(sz)]),
         "kvs_profile_from_name": (ctypes.c_int, [ctypes.c_char_p]),
@@ -877,6 +884,16 @@ class Client:
         n = ctypes.c_size_t()
         self._ok(self._lib.kvs_stats(self._h, v, 64, ctypes.byref(n)))
         return {self._lib.kvs_stat_name(i).decode(): v[i] for i in range(n.value)}
+
+    def stats_tiers(self):
+        """The server's tiers, RAM first then its disk tiers hottest first: a list of
+        dicts (name, tier, present, used, capacity, entries)."""
+        rows = (_TierStat * 16)()
+        n = ctypes.c_size_t()
+        self._ok(self._lib.kvs_stats_tiers(self._h, rows, 16, ctypes.byref(n)))
+        return [{"name": r.name.decode(), "tier": r.tier, "present": bool(r.present),
+                 "used": r.used, "capacity": r.capacity, "entries": r.entries}
+                for r in rows[:n.value]]
 
 
 # The library is loaded (and its struct layouts checked against the mirrors

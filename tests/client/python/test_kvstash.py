@@ -143,6 +143,11 @@ def test_key_ops(client):
     assert not client.exists(MODEL, ch.key)["present"]
     s = client.stats()
     assert s["puts"] >= 1 and "entries" in s
+    assert "bytes_t0" not in s  # wire version 2: bytes per tier are the tier rows
+    tiers = client.stats_tiers()
+    assert [t["name"] for t in tiers[:2]] == ["ram", "disk"]
+    assert [t["tier"] for t in tiers] == list(range(len(tiers)))
+    assert tiers[1]["present"] and tiers[1]["capacity"] > 0 and tiers[1]["entries"] >= 0
 
 
 @pytest.mark.skipif(not kvstash.has_codec(), reason="codec not built in")
