@@ -197,16 +197,35 @@ size_t kvs__decoder_ws_bytes(const kvs__decoder *d) {
   return 0;
 }
 
-kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *bytes, size_t len,
-                            void *out, uint64_t out_bytes, uint32_t dtype, uint32_t hb, uint32_t he,
-                            void *ws, size_t ws_len) {
-  const kvs_layout *l = &d->layout;
-  if (g >= d->G || hb >= he || he > l->n_kv_heads) return KVS_EINVAL;
-  if (d->profile == KVS_PROFILE_RAW)
-    return kvs_codec_raw_decode_group(&d->raw, g, hb, he, bytes, len, out, out_bytes, dtype);
-  kvs_codec_out o = kvs_codec_out_contiguous(out, out_bytes, dtype);
+/* The codec's output: out[out_bytes] (canonical layout), or paged blocks. */
+static kvs_codec_out dest(void *out, uint64_t out_bytes, const kvs_paged_kv *paged, uint32_t dtype,
+                          uint32_t hb, uint32_t he) {
+  kvs_codec_out o = kvs_codec_out_contiguous(paged ? NULL : out, paged ? 0 : out_bytes, dtype);
   o.head_begin = hb;
   o.head_end = he;
+  if (paged) {
+    o.k_cache = paged->k_cache;
+    o.v_cache = paged->v_cache;
+    o.block_table = paged->block_table;
+    o.block_size = paged->block_size;
+    o.num_blocks = paged->num_blocks;
+    o.n_layers = paged->n_layers;
+  }
+  return o;
+}
+
+int kvs__decoder_paged_ok(const kvs__decoder *d) { return d->profile != KVS_PROFILE_RAW; }
+
+kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *bytes, size_t len,
+                            void *out, uint64_t out_bytes, const kvs_paged_kv *paged,
+                            uint32_t dtype, uint32_t hb, uint32_t he, void *ws, size_t ws_len) {
+  const kvs_layout *l = &d->layout;
+  if (g >= d->G || hb >= he || he > l->n_kv_heads) return KVS_EINVAL;
+  if (d->profile == KVS_PROFILE_RAW) {
+    if (paged) return KVS_ENOTSUP; /* the caller stages and scatters */
+    return kvs_codec_raw_decode_group(&d->raw, g, hb, he, bytes, len, out, out_bytes, dtype);
+  }
+  kvs_codec_out o = dest(out, out_bytes, paged, dtype, hb, he);
   return kvs_codec_decode_segment(&d->info, g, bytes, len, &o, ws, ws_len);
 }
 
@@ -288,8 +307,9 @@ static kvs_err seg_head(const uint8_t *bytes, uint64_t len, uint32_t g, uint64_t
 }
 
 kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint8_t *bytes,
-                                   size_t len, void *d_out, uint64_t out_bytes, uint32_t dtype,
-                                   uint32_t hb, uint32_t he, kvs__devslot *s) {
+                                   size_t len, void *d_out, uint64_t out_bytes,
+                                   const kvs_paged_kv *paged, uint32_t dtype, uint32_t hb,
+                                   uint32_t he, kvs__devslot *s) {
   const kvs_codec_info *info = &d->info;
   if (g >= d->G || hb >= he || he > d->layout.n_kv_heads) return KVS_EINVAL;
   /* the kernels bound their reads but do not check checksums: the host does,
@@ -300,9 +320,7 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
                       KVS_ECORRUPT, "segment size");
   uint64_t pay;
   KVS_TRY(seg_head(bytes, len, g, &pay));
-  kvs_codec_out o = kvs_codec_out_contiguous(d_out, out_bytes, dtype);
-  o.head_begin = hb;
-  o.head_end = he;
+  kvs_codec_out o = dest(d_out, out_bytes, paged, dtype, hb, he);
   kvs_err rv = KVS_OK;
   uint64_t sum;
   if (s->h_stage) { /* header, then the payload piece by piece, each DMA'd once staged */
@@ -340,16 +358,14 @@ static kvs_err check_segment(uint32_t g, const uint8_t *bytes, uint64_t len) {
 }
 
 kvs_err kvs__decoder_decode_device_all(const kvs__decoder *d, const uint8_t *value, size_t len,
-                                       void *d_out, uint64_t out_bytes, uint32_t dtype, uint32_t hb,
-                                       uint32_t he, kvs__devslot *s) {
+                                       void *d_out, uint64_t out_bytes, const kvs_paged_kv *paged,
+                                       uint32_t dtype, uint32_t hb, uint32_t he, kvs__devslot *s) {
   const kvs_codec_info *info = &d->info;
   if (hb >= he || he > d->layout.n_kv_heads || !info->n_segments) return KVS_EINVAL;
   KVS_RETURN_ERROR_IF(len != info->seg_offset[info->n_segments] ||
                           info->seg_offset[0] != info->prefix_bytes || len > s->seg_cap,
                       KVS_ECORRUPT, "value size");
-  kvs_codec_out o = kvs_codec_out_contiguous(d_out, out_bytes, dtype);
-  o.head_begin = hb;
-  o.head_end = he;
+  kvs_codec_out o = dest(d_out, out_bytes, paged, dtype, hb, he);
   kvs_err rv;
   if (s->h_stage) { /* staged mode: one host copy into pinned memory, then the DMA */
     memcpy(s->h_stage, value, len);

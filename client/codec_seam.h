@@ -54,12 +54,16 @@ void kvs__decoder_group_segs(const kvs__decoder *d, uint32_t g, uint32_t hb, uin
                              uint32_t *seg_first, uint32_t *seg_count);
 /* Scratch bytes one concurrent decode needs. */
 size_t kvs__decoder_ws_bytes(const kvs__decoder *d);
+/* 1 when d decodes straight into paged blocks (every codec profile; the
+ * raw profile decodes to a contiguous buffer, which the caller scatters). */
+int kvs__decoder_paged_ok(const kvs__decoder *d);
 /* Decodes group g from the bytes of its segment run into out: canonical
  * layout with kv_heads = he - hb, element type dtype (the stored dtype, or
- * F32). ws: kvs__decoder_ws_bytes() bytes. */
+ * F32); or, with paged (then out is ignored; kvs__decoder_paged_ok), into
+ * the caller's blocks. ws: kvs__decoder_ws_bytes() bytes. */
 kvs_err kvs__decoder_decode(const kvs__decoder *d, uint32_t g, const uint8_t *bytes, size_t len,
-                            void *out, uint64_t out_bytes, uint32_t dtype, uint32_t hb, uint32_t he,
-                            void *ws, size_t ws_len);
+                            void *out, uint64_t out_bytes, const kvs_paged_kv *paged,
+                            uint32_t dtype, uint32_t hb, uint32_t he, void *ws, size_t ws_len);
 
 /* ---- device decode (KVS_GET_DEVICE with a lossy codec profile) */
 /* 1 when group segments of d can be decoded by the GPU codec kernels
@@ -89,13 +93,14 @@ void kvs__devslot_free(kvs__devslot *s);
 int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes);
 /* Checks group g's segment header on the host, copies the segment to the
  * device and decodes it there into d_out (device memory, canonical layout
- * with heads [hb, he)); the host checks the checksum while the copy and the
- * kernels run. Returns once the kernels are done: KVS_ECHECKSUM (or
- * KVS_ECORRUPT) means the group's output was written from bad bytes and
- * must not be used. */
+ * with heads [hb, he)) or, with paged, into its device blocks; the host
+ * checks the checksum while the copy and the kernels run. Returns once the kernels are done:
+ * KVS_ECHECKSUM (or KVS_ECORRUPT) means the group's output was written from bad bytes and must not
+ * be used. */
 kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint8_t *bytes,
-                                   size_t len, void *d_out, uint64_t out_bytes, uint32_t dtype,
-                                   uint32_t hb, uint32_t he, kvs__devslot *s);
+                                   size_t len, void *d_out, uint64_t out_bytes,
+                                   const kvs_paged_kv *paged, uint32_t dtype, uint32_t hb,
+                                   uint32_t he, kvs__devslot *s);
 
 /* Every group of a value at once, when its whole encoding lies in one place
  * (a value leased in shared memory): value = the encoding from byte 0 (wire
@@ -104,7 +109,7 @@ kvs_err kvs__decoder_decode_device(const kvs__decoder *d, uint32_t g, const uint
  * the host meanwhile; same errors as kvs__decoder_decode_device. s must fit
  * len bytes (kvs__devslot_fits with max_seg_bytes = len). */
 kvs_err kvs__decoder_decode_device_all(const kvs__decoder *d, const uint8_t *value, size_t len,
-                                       void *d_out, uint64_t out_bytes, uint32_t dtype, uint32_t hb,
-                                       uint32_t he, kvs__devslot *s);
+                                       void *d_out, uint64_t out_bytes, const kvs_paged_kv *paged,
+                                       uint32_t dtype, uint32_t hb, uint32_t he, kvs__devslot *s);
 
 #endif

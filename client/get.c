@@ -200,12 +200,40 @@ static int decode_group(kvs_op *op, const kvs__sub *sub, const uint8_t *bytes, s
     int rv = devslot_take(op->c, &s, op->dec, op->max_seg);
     if (rv) return rv;
     rv = kvs__decoder_decode_device(op->dec, sub->g, bytes, len, op->dev_out, op->out_bytes,
-                                    op->dtype, op->hb, op->he, &s);
+                                    op->paged, op->dtype, op->hb, op->he, &s);
     devslot_give(op->c, &s);
     return rv;
   }
-  return kvs__decoder_decode(op->dec, sub->g, bytes, len, op->out, op->out_bytes, op->dtype, op->hb,
-                             op->he, op->ws + sub->idx * op->ws_each, op->ws_each);
+  const kvs_paged_kv *paged = op->stage_paged ? NULL : op->paged; /* host blocks, in place */
+  return kvs__decoder_decode(op->dec, sub->g, bytes, len, op->out, op->out_bytes, paged, op->dtype,
+                             op->hb, op->he, op->ws + sub->idx * op->ws_each, op->ws_each);
+}
+
+/* Layers [lb, le) of the staging buffer (canonical layout) into the paged
+ * blocks, a run of tokens per block: host copies, or copies to the device on
+ * the op's stream. */
+static kvs_err scatter_paged(const kvs_op *op, uint32_t lb, uint32_t le) {
+  const kvs_paged_kv *pg = op->paged;
+  size_t row = (size_t)(op->he - op->hb) * op->layout.head_dim * kvs_dtype_size(op->dtype);
+  size_t plane = (size_t)op->T * row;
+  kvs_err rv = KVS_OK;
+  for (uint32_t l = lb; l < le && rv == KVS_OK; l++)
+    for (uint32_t kv = 0; kv < 2 && rv == KVS_OK; kv++) {
+      const uint8_t *src = op->out + (2 * (size_t)l + kv) * plane;
+      uint8_t *cache = kv ? pg->v_cache[l] : pg->k_cache[l];
+      for (uint32_t t = 0, run; t < op->T && rv == KVS_OK; t += run) {
+        uint32_t slot = t % pg->block_size;
+        run = pg->block_size - slot < op->T - t ? pg->block_size - slot : op->T - t;
+        uint8_t *dst =
+            cache + ((size_t)op->bt_host[t / pg->block_size] * pg->block_size + slot) * row;
+        if (op->device)
+          rv = kvs_gpu_copy_h2d(dst, src + (size_t)t * row, (size_t)run * row, op->copy_stream);
+        else
+          memcpy(dst, src + (size_t)t * row, (size_t)run * row);
+      }
+    }
+  if (rv == KVS_OK && op->device) rv = kvs_gpu_sync(op->copy_stream);
+  return rv;
 }
 
 static void group_done(void *arg, int rv, const char *errmsg, const uint8_t *p, size_t pn) {
@@ -300,7 +328,7 @@ static void shm_value_job(void *arg) {
     rv = devslot_take(c, &s, op->dec, len);
     if (rv == KVS_OK) {
       rv = kvs__decoder_decode_device_all(op->dec, op->shm_val, (size_t)len, op->dev_out,
-                                          op->out_bytes, op->dtype, op->hb, op->he, &s);
+                                          op->out_bytes, op->paged, op->dtype, op->hb, op->he, &s);
       devslot_give(c, &s);
     }
     if (rv == KVS_OK && kvs__wall_ms() >= op->lease_expires_ms) rv = KVS_ETIMEDOUT;
@@ -342,7 +370,10 @@ static void group_finish(kvs__sub *sub, int rv, const char *why) {
   snprintf(msg, sizeof msg, "%s", why);
   uint32_t lb, le;
   kvs__decoder_group_layers(op->dec, sub->g, &lb, &le);
-  if (rv == KVS_OK && op->dev_out && !op->gpu_decode) {
+  if (rv == KVS_OK && op->stage_paged) {
+    rv = scatter_paged(op, lb, le);
+    if (rv) snprintf(msg, sizeof msg, "copy of group %u into the blocks failed", sub->g);
+  } else if (rv == KVS_OK && op->dev_out && !op->gpu_decode) {
     uint64_t plane = op->out_bytes / (2 * (uint64_t)op->layout.n_layers);
     /* on the op's own stream: syncing the whole device would also wait for the engine */
     rv = kvs_gpu_copy_h2d((uint8_t *)op->dev_out + 2 * lb * plane, op->out + 2 * lb * plane,
@@ -398,7 +429,7 @@ static void op_begin_groups(kvs_op *op, kvs__decoder *dec, uint64_t max_seg) {
   op->ready = calloc(G ? G : 1, 1);
   op->ws_busy = calloc(op->window, 1);
   op->ws = op->ws_each ? malloc(op->ws_each * op->window) : NULL;
-  if (op->dev_out && kvs__decoder_gpu_ok(dec)) {
+  if (op->device && kvs__decoder_gpu_ok(dec)) {
     /* one device buffer set is taken per group decode, from the client's
        pool; make sure the first can be had, else decode on the host */
     kvs__devslot s;
@@ -406,12 +437,18 @@ static void op_begin_groups(kvs_op *op, kvs__decoder *dec, uint64_t max_seg) {
     op->gpu_decode = devslot_take(op->c, &s, dec, max_seg) == KVS_OK;
     if (op->gpu_decode) devslot_give(op->c, &s);
   }
-  if (op->dev_out && !op->gpu_decode) {
+  /* decoded on the host into a staging buffer: a device get the GPU does
+     not decode, or a paged one the decoder cannot write in place (raw) */
+  int stage =
+      (op->device && !op->gpu_decode) || (op->paged && !op->device && !kvs__decoder_paged_ok(dec));
+  if (stage) {
     op->out = malloc(op->out_bytes);
-    if (kvs_gpu_stream_create(&op->copy_stream)) op->copy_stream = NULL; /* default stream */
+    op->own_out = 1;
+    op->stage_paged = op->paged != NULL;
+    if (op->device && kvs_gpu_stream_create(&op->copy_stream))
+      op->copy_stream = NULL; /* default stream */
   }
-  if (!op->ready || !op->ws_busy || (op->ws_each && !op->ws) ||
-      (op->dev_out && !op->gpu_decode && !op->out)) {
+  if (!op->ready || !op->ws_busy || (op->ws_each && !op->ws) || (stage && !op->out)) {
     rv = KVS_ENOMEM;
     kvs__decoder_free(dec);
   } else {
@@ -524,8 +561,7 @@ static void lease_done(kvs__call *call, void *arg) {
     kvs__shmmap *map = NULL;
     if (rv == KVS_OK) {
       /* direct DMA from the segment needs it registered; staged copies do not */
-      rv = kvs__shm_map(c, r.shm_name, op->dev_out != NULL && !kvs__dma_staged(), &map, msg,
-                        sizeof msg);
+      rv = kvs__shm_map(c, r.shm_name, op->device && !kvs__dma_staged(), &map, msg, sizeof msg);
       if (rv == KVS_EPERM || rv == KVS_ENOENT) { /* another user or another host: stop trying */
         KVS_LOGI("client", "shared memory not usable, gets go through the socket", "why=\"%s\"",
                  msg);
@@ -636,12 +672,48 @@ uint64_t kvs_get_bound(const kvs_layout *l, uint32_t n_tokens, const kvs_get_opt
   return 2ull * l->n_layers * n_tokens * (he - hb) * l->head_dim * kvs_dtype_size(dt);
 }
 
+/* A paged destination against the layout: its block table read (copied to
+ * the host first when it is device memory) and every entry the chunk uses
+ * checked against num_blocks. *bt gets the host copy (caller frees). */
+static kvs_err paged_check(kvs_client *c, const kvs_paged_kv *pg, const kvs_layout *layout,
+                           uint32_t T, uint32_t flags, int32_t **bt) {
+  *bt = NULL;
+  if (!pg->k_cache || !pg->v_cache || !pg->block_table || !pg->block_size || !pg->num_blocks)
+    return kvs__seterr(c, KVS_EINVAL, "paged output needs caches, a block table and sizes");
+  if (pg->n_layers != layout->n_layers)
+    return kvs__seterr(c, KVS_ELAYOUT, "paged output has %u layers, the layout %u", pg->n_layers,
+                       layout->n_layers);
+  uint32_t nb = (T + pg->block_size - 1) / pg->block_size;
+  int32_t *h = malloc((size_t)nb * sizeof *h);
+  if (!h) return KVS_ENOMEM;
+  kvs_err rv = KVS_OK;
+  if (flags & KVS_GET_DEVICE) {
+    rv = kvs_gpu_copy_d2h(h, pg->block_table, (size_t)nb * sizeof *h, NULL);
+    if (rv == KVS_OK) rv = kvs_gpu_sync(NULL);
+    if (rv) {
+      free(h);
+      return kvs__seterr(c, rv, "cannot read the device block table");
+    }
+  } else {
+    memcpy(h, pg->block_table, (size_t)nb * sizeof *h);
+  }
+  for (uint32_t i = 0; i < nb; i++)
+    if (h[i] < 0 || (uint32_t)h[i] >= pg->num_blocks) {
+      int e = h[i];
+      free(h);
+      return kvs__seterr(c, KVS_EINVAL, "block table entry %u (%d) outside 0..%u", i, e,
+                         pg->num_blocks - 1);
+    }
+  *bt = h;
+  return rv;
+}
+
 kvs_err kvs__node_get_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
                             const kvs_chunk *chunk, const kvs_layout *layout, void *out,
                             uint64_t out_cap, const kvs_get_opts *o, int sync, kvs_op **opp) {
   if (!opp) return KVS_EINVAL;
   *opp = NULL;
-  if (!c || !model || !tokens || !chunk || !layout || !out) return KVS_EINVAL;
+  if (!c || !model || !tokens || !chunk || !layout) return KVS_EINVAL;
   if (kvs_layout_validate(layout)) return kvs__seterr(c, KVS_ELAYOUT, "invalid layout");
   if (!chunk->n_tokens || chunk->n_tokens > KVS_WIRE_MAX_TOKENS)
     return kvs__seterr(c, KVS_ERANGE, "a chunk has 1..%u tokens", KVS_WIRE_MAX_TOKENS);
@@ -651,16 +723,27 @@ kvs_err kvs__node_get_start(kvs_client *c, const kvs_model_id *model, const int3
   if (!need) return kvs__seterr(c, KVS_EINVAL, "bad head range or dtype");
   if (o->dtype && o->dtype != layout->dtype && o->dtype != KVS_DTYPE_F32)
     return kvs__seterr(c, KVS_ENOTSUP, "output dtype must be the stored one or f32");
-  if (out_cap < need)
+  if (o->paged ? out != NULL || out_cap : !out) return KVS_EINVAL; /* one destination */
+  if (!o->paged && out_cap < need)
     return kvs__seterr(c, KVS_ERANGE, "output holds %llu bytes, the chunk needs %llu",
                        (unsigned long long)out_cap, (unsigned long long)need);
   if ((o->flags & KVS_GET_DEVICE) && kvs_gpu_device_count() < 1)
     return kvs__seterr(c, KVS_ENODEV, "KVS_GET_DEVICE without a CUDA device");
+  int32_t *bt = NULL;
+  if (o->paged) KVS_TRY(paged_check(c, o->paged, layout, chunk->n_tokens, o->flags, &bt));
   /* the get's deadline starts now; the stream question takes a part of it */
   uint64_t deadline = kvs_now_ns() + (uint64_t)c->o.request_timeout_ms * 1000000ull;
   kvs__stream_default(c, c->o.request_timeout_ms / 4 < 1000 ? c->o.request_timeout_ms / 4 : 1000);
   kvs_op *op = kvs__op_new(c, KVS__OP_GET);
-  if (!op) return KVS_ENOMEM;
+  if (!op) {
+    free(bt);
+    return KVS_ENOMEM;
+  }
+  op->bt_host = bt;
+  if (o->paged) {
+    op->paged_copy = *o->paged;
+    op->paged = &op->paged_copy;
+  }
   op->model = *model;
   op->key = chunk->key;
   op->T = chunk->n_tokens;
@@ -677,11 +760,11 @@ kvs_err kvs__node_get_start(kvs_client *c, const kvs_model_id *model, const int3
   op->sync = sync;
   op->tokens = malloc(op->T * sizeof *op->tokens);
   if (op->tokens) memcpy(op->tokens, tokens + chunk->start, op->T * sizeof *op->tokens);
-  if (o->flags & KVS_GET_DEVICE) {
-    op->dev_out = out; /* the host staging buffer, if needed, comes with the decoder */
-  } else {
-    op->out = out;
-  }
+  op->device = (o->flags & KVS_GET_DEVICE) != 0;
+  if (op->device)
+    op->dev_out = out; /* NULL when paged; a host staging buffer, if needed, comes later */
+  else
+    op->out = out; /* NULL when paged */
   atomic_fetch_add(&c->ctr.gets, 1);
   op->pending = 1;
   int rv = op->tokens ? KVS_OK : KVS_ENOMEM;

@@ -313,6 +313,27 @@ typedef struct kvs_op kvs_op;
  * (groups arrive in any order in kvs_get_start, in order in kvs_get). */
 typedef void (*kvs_group_fn)(void *user, uint32_t layer_begin, uint32_t layer_end);
 
+/* A paged destination for a get: an engine's block table (vLLM-style paged
+ * KV) instead of one contiguous buffer. Per layer l, K and V caches
+ * k_cache[l], v_cache[l], each (num_blocks, block_size, heads, head_dim) of
+ * the get's output dtype, heads = head_end - head_begin; token t of the chunk
+ * lands in block block_table[t / block_size], slot t % block_size (its heads
+ * one contiguous row). block_table has ceil(n_tokens / block_size) entries,
+ * each in [0, num_blocks). With KVS_GET_DEVICE the caches and block_table
+ * are device memory (k_cache / v_cache themselves are host arrays of device
+ * pointers); otherwise host memory. Lossy and lossless codec entries are
+ * decoded straight into the blocks (on the GPU for a device get of a lossy
+ * profile); raw entries are decoded to a staging buffer and copied in, block
+ * run by block run. Everything it points to must stay valid until the get
+ * ends (kvs_get returns, or kvs_op_wait for kvs_get_start). */
+typedef struct kvs_paged_kv {
+  void *const *k_cache;       /* [n_layers] */
+  void *const *v_cache;       /* [n_layers] */
+  const int32_t *block_table; /* [ceil(n_tokens / block_size)] */
+  uint32_t block_size, num_blocks;
+  uint32_t n_layers; /* entries of k_cache / v_cache: the layout's n_layers */
+} kvs_paged_kv;
+
 typedef struct kvs_get_opts {
   uint32_t dtype;      /* output element type: 0 = stored dtype, or KVS_DTYPE_F32 */
   uint32_t head_begin; /* fetch only KV heads [head_begin, head_end); */
@@ -321,6 +342,9 @@ typedef struct kvs_get_opts {
   uint32_t flags;      /* KVS_GET_* */
   kvs_group_fn on_group;
   void *user;
+  /* NULL: the output is out (contiguous, canonical layout). Else the paged
+   * destination above; out must then be NULL and out_cap 0. */
+  const kvs_paged_kv *paged;
 } kvs_get_opts;
 #define KVS_GET_DEVICE                                                                             \
   1u /* out is CUDA device memory: lossy codec profiles are decoded by                             \
@@ -333,6 +357,7 @@ uint64_t kvs_get_bound(const kvs_layout *layout, uint32_t n_tokens, const kvs_ge
 /* Fetches chunk's KV into out (out_cap >= kvs_get_bound), laid out as the
  * canonical layout with kv_heads = head_end - head_begin:
  *   (n_layers, 2 [K,V], n_tokens, heads, head_dim)
+ * or, with o->paged (out NULL), into the engine's paged blocks (kvs_paged_kv)
  * streamed by layer group: group g is decoded (and o->on_group called, on this
  * thread, in layer order) while later groups are still arriving. The server
  * checks model and token ids (KVS_EMODEL / KVS_ETOKENS), layout must equal the

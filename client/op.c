@@ -61,7 +61,8 @@ void kvs_op_free(kvs_op *op) {
   pthread_mutex_unlock(&op->mu);
   if (op->copy_stream) kvs_gpu_stream_free(op->copy_stream);
   kvs__decoder_free(op->dec);
-  if (op->dev_out) free(op->out);
+  if (op->own_out) free(op->out);
+  free(op->bt_host);
   free(op->tokens);
   free(op->ready);
   free(op->ws);

@@ -25,8 +25,14 @@ struct kvs_op {
   int32_t *tokens;
   uint32_t T;
   kvs_layout layout;
-  uint8_t *out;         /* host output (or the staging buffer of a device get) */
-  void *dev_out;        /* KVS_GET_DEVICE: the caller's device buffer */
+  uint8_t *out;              /* host output (or the staging buffer: own_out) */
+  void *dev_out;             /* KVS_GET_DEVICE, contiguous: the caller's device buffer */
+  int device;                /* KVS_GET_DEVICE */
+  int own_out;               /* out is a staging buffer allocated here */
+  const kvs_paged_kv *paged; /* a paged destination (&paged_copy), or NULL */
+  kvs_paged_kv paged_copy;
+  int32_t *bt_host;     /* the block table read at the start (device ones copied) */
+  int stage_paged;      /* decoded into out, then scattered into the blocks */
   int gpu_decode;       /* device get decoded by the GPU codec kernels */
   uint64_t max_seg;     /* largest group segment: the device staging it needs */
   void *copy_stream;    /* device get decoded on the host: its copies */

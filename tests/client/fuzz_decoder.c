@@ -39,8 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     data += 4, size -= 4;
     if (n > size) n = (uint32_t)size;
     uint32_t hb = g % 2, he = 2;
-    kvs__decoder_decode(d, g, data, n, out, out_bytes / 2, KVS_DTYPE_F16, 0, 2, ws, wsn);
-    kvs__decoder_decode(d, g, data, n, out, out_bytes, KVS_DTYPE_F32, hb, he, ws, wsn);
+    kvs__decoder_decode(d, g, data, n, out, out_bytes / 2, NULL, KVS_DTYPE_F16, 0, 2, ws, wsn);
+    kvs__decoder_decode(d, g, data, n, out, out_bytes, NULL, KVS_DTYPE_F32, hb, he, ws, wsn);
     data += n, size -= n;
   }
   free(ws);

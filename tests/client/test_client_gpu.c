@@ -1,7 +1,7 @@
 /* Device memory through libkvstash (ctest label gpu; exit 77 without a CUDA
  * device): put from device memory, get into device memory (whole and a head
- * range, raw and codec), compared with the host copy. Runs against the real
- * kvstashd when it is built, else against the in-test stand-in. */
+ * range, raw and codec; into paged device blocks), compared with the host
+ * copy. Runs against the real kvstashd (skipped when it is not built). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,17 +102,17 @@ static void test_device_checksum(void) {
   uint8_t *g1 = e.bytes + e.seg_end[1];
   size_t len1 = e.seg_end[2] - e.seg_end[1];
   g1[len1 - 3] ^= 0x40; /* a payload byte of group 1 */
-  CU_ASSERT_EQUAL(
-      kvs__decoder_decode_device(dec, 1, g1, len1, dout, nb, KVS_DTYPE_F16, 0, lay.n_kv_heads, &s),
-      KVS_ECHECKSUM);
+  CU_ASSERT_EQUAL(kvs__decoder_decode_device(dec, 1, g1, len1, dout, nb, NULL, KVS_DTYPE_F16, 0,
+                                             lay.n_kv_heads, &s),
+                  KVS_ECHECKSUM);
   g1[len1 - 3] ^= 0x40;
-  CU_ASSERT_EQUAL(
-      kvs__decoder_decode_device(dec, 1, g1, len1, dout, nb, KVS_DTYPE_F16, 0, lay.n_kv_heads, &s),
-      KVS_OK);
+  CU_ASSERT_EQUAL(kvs__decoder_decode_device(dec, 1, g1, len1, dout, nb, NULL, KVS_DTYPE_F16, 0,
+                                             lay.n_kv_heads, &s),
+                  KVS_OK);
   /* a wrong group index in the header: refused before any copy */
-  CU_ASSERT_EQUAL(
-      kvs__decoder_decode_device(dec, 0, g1, len1, dout, nb, KVS_DTYPE_F16, 0, lay.n_kv_heads, &s),
-      KVS_ECORRUPT);
+  CU_ASSERT_EQUAL(kvs__decoder_decode_device(dec, 0, g1, len1, dout, nb, NULL, KVS_DTYPE_F16, 0,
+                                             lay.n_kv_heads, &s),
+                  KVS_ECORRUPT);
   kvs__devslot_free(&s);
   kvs__decoder_free(dec);
   kvs__encoded_free(&e);
@@ -168,6 +168,79 @@ static void test_batch_device(void) {
   free(kv), free(back), free(ref);
 }
 
+/* A device get into paged device blocks (kvs_get_opts.paged with
+ * KVS_GET_DEVICE: device caches, a device block table, shuffled): int8 is
+ * decoded by the GPU kernels into the blocks, raw on the host and copied in
+ * block run by block run. Read back, it equals the host get of the same
+ * entry (int8: within the GPU/CPU twin tolerance; raw: exactly). */
+static void paged_device(const char *profile) {
+  int id = kvs_profile_from_name(profile);
+  if (id < 0) return;
+  const uint32_t T = 100, BS = 16, NB = 9;
+  unsigned long long st = 23;
+  size_t nb = kvs_layout_token_bytes(&lay) * T, row = (size_t)lay.n_kv_heads * lay.head_dim * 2;
+  uint16_t *kv = malloc(nb), *ref = malloc(nb), *back = malloc(nb);
+  for (size_t i = 0; i < nb / 2; i++)
+    kv[i] = kvs_f32_to_f16(kvs_test_randf(&st));
+  int32_t tok[100];
+  for (int i = 0; i < 100; i++)
+    tok[i] = i * 5 + id;
+  kvs_model_id m = kvs_hash128_buf("paged", 5);
+  kvs_span sp = {0, T};
+  kvs_chunk ch;
+  kvs_chunk_spans(&m, tok, T, &sp, 1, &ch);
+  kvs_put_opts po = {.profile = (uint32_t)id, .layers_per_group = 2};
+  CU_ASSERT_EQUAL_FATAL(kvs_put(cl, &m, tok, &ch, &lay, kv, &po), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_get(cl, &m, tok, &ch, &lay, ref, nb, NULL), KVS_OK);
+  int32_t bt[9] = {8, 2, 6, 0, 4, 7, 1, 3, 5}; /* 7 used of 9 */
+  void *kc[4], *vc[4], *dbt = NULL;
+  size_t cache = (size_t)NB * BS * row;
+  for (int l = 0; l < 4; l++) {
+    CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&kc[l], cache), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&vc[l], cache), KVS_OK);
+  }
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&dbt, sizeof bt), KVS_OK);
+  kvs_gpu_copy_h2d(dbt, bt, sizeof bt, NULL);
+  kvs_gpu_sync(NULL);
+  kvs_paged_kv pg = {kc, vc, dbt, BS, NB, lay.n_layers};
+  kvs_get_opts go = {.flags = KVS_GET_DEVICE, .paged = &pg};
+  int rv = kvs_get(cl, &m, tok, &ch, &lay, NULL, 0, &go);
+  CU_ASSERT_EQUAL(rv, KVS_OK);
+  if (rv) fprintf(stderr, "paged device get (%s): %s\n", profile, kvs_client_errmsg(cl));
+  uint8_t *hc = malloc(cache);
+  size_t plane = (size_t)T * row;
+  for (uint32_t l = 0; l < lay.n_layers; l++)
+    for (uint32_t k = 0; k < 2; k++) {
+      kvs_gpu_copy_d2h(hc, k ? vc[l] : kc[l], cache, NULL);
+      kvs_gpu_sync(NULL);
+      for (uint32_t t = 0; t < T; t++)
+        memcpy((uint8_t *)back + (2 * (size_t)l + k) * plane + (size_t)t * row,
+               hc + ((size_t)bt[t / BS] * BS + t % BS) * row, row);
+    }
+  if (!strcmp(profile, "raw")) {
+    CU_ASSERT(memcmp(back, ref, nb) == 0);
+  } else {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < nb / 2; i++) {
+      double a = kvs_f16_to_f32(back[i]), b = kvs_f16_to_f32(ref[i]);
+      num += (a - b) * (a - b), den += b * b;
+    }
+    CU_ASSERT(den > 0 && num / den < 1e-6);
+  }
+  /* an entry of the device block table outside num_blocks is refused */
+  bt[0] = 9;
+  kvs_gpu_copy_h2d(dbt, bt, sizeof bt, NULL);
+  kvs_gpu_sync(NULL);
+  CU_ASSERT_EQUAL(kvs_get(cl, &m, tok, &ch, &lay, NULL, 0, &go), KVS_EINVAL);
+  for (int l = 0; l < 4; l++)
+    kvs_gpu_free(kc[l]), kvs_gpu_free(vc[l]);
+  kvs_gpu_free(dbt);
+  free(hc), free(kv), free(ref), free(back);
+}
+
+static void test_paged_int8(void) { paged_device("int8"); }
+static void test_paged_raw(void) { paged_device("raw"); }
+
 static void test_raw(void) { roundtrip("raw"); }
 static void test_lossless(void) { roundtrip("lossless"); }
 static void test_int8(void) { roundtrip("int8"); }
@@ -179,6 +252,8 @@ static const kvs_test_case cases[] = {{"raw", test_raw},
                                       {"kivi4", test_kivi4},
                                       {"device_checksum", test_device_checksum},
                                       {"batch_device", test_batch_device},
+                                      {"paged_int8", test_paged_int8},
+                                      {"paged_raw", test_paged_raw},
                                       {NULL, NULL}};
 
 int main(void) {

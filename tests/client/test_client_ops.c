@@ -593,6 +593,109 @@ static void put_one(kvs_client *c, uint32_t T, uint32_t profile, int32_t **tok, 
   CU_ASSERT_EQUAL(kvs_put(c, &model, *tok, ch, &lay, *kv, &po), KVS_OK);
 }
 
+/* Paged destinations (kvs_get_opts.paged): the chunk decoded into an
+ * engine's block table - shuffled blocks, more blocks than the chunk needs -
+ * equals the contiguous get, for a raw entry (decoded to a staging buffer,
+ * then copied block run by block run), a lossy and a lossless codec entry
+ * (decoded into the blocks), with a head range and f32 output, over the
+ * socket and (when the second daemon is up) read in place. */
+static void check_paged(kvs_client *c, uint32_t profile, const char *what) {
+  const uint32_t T = 100, BS = 16, NB = 12, nblk = (T + BS - 1) / BS;
+  int32_t *tok;
+  uint16_t *kv;
+  kvs_chunk ch;
+  put_one(c, T, profile, &tok, &kv, &ch);
+  const kvs_get_opts variants[2] = {{0}, {.head_begin = 1, .head_end = 3, .dtype = KVS_DTYPE_F32}};
+  for (int v = 0; v < 2; v++) {
+    kvs_get_opts go = variants[v];
+    uint64_t nb = kvs_get_bound(&lay, T, &go);
+    uint8_t *ref = malloc(nb), *back = malloc(nb);
+    CU_ASSERT_EQUAL_FATAL(kvs_get(c, &model, tok, &ch, &lay, ref, nb, &go), KVS_OK);
+    uint32_t hs = (go.head_end ? go.head_end : lay.n_kv_heads) - go.head_begin;
+    size_t row = (size_t)hs * lay.head_dim * (go.dtype == KVS_DTYPE_F32 ? 4 : 2);
+    size_t cache = (size_t)NB * BS * row;
+    void *kc[6], *vc[6];
+    for (uint32_t l = 0; l < lay.n_layers; l++) {
+      kc[l] = malloc(cache), vc[l] = malloc(cache);
+      memset(kc[l], 0xEE, cache), memset(vc[l], 0xEE, cache);
+    }
+    int32_t perm[12], bt[12];
+    for (uint32_t i = 0; i < NB; i++)
+      perm[i] = (int32_t)i;
+    for (uint32_t i = NB - 1; i > 0; i--) { /* Fisher-Yates, the test's seed */
+      uint32_t j = (uint32_t)(kvs_test_rand(&seed) % (i + 1));
+      int32_t x = perm[i];
+      perm[i] = perm[j], perm[j] = x;
+    }
+    memcpy(bt, perm, sizeof bt);
+    kvs_paged_kv pg = {kc, vc, bt, BS, NB, lay.n_layers};
+    go.paged = &pg;
+    int rv = kvs_get(c, &model, tok, &ch, &lay, NULL, 0, &go);
+    CU_ASSERT_EQUAL(rv, KVS_OK);
+    if (rv) fprintf(stderr, "paged get (%s): %s\n", what, kvs_client_errmsg(c));
+    /* the blocks read back into the canonical layout */
+    size_t plane = (size_t)T * row;
+    for (uint32_t l = 0; l < lay.n_layers; l++)
+      for (uint32_t k = 0; k < 2; k++)
+        for (uint32_t t = 0; t < T; t++)
+          memcpy(back + (2 * (size_t)l + k) * plane + (size_t)t * row,
+                 (uint8_t *)(k ? vc[l] : kc[l]) + ((size_t)bt[t / BS] * BS + t % BS) * row, row);
+    CU_ASSERT(memcmp(back, ref, nb) == 0);
+    if (memcmp(back, ref, nb)) fprintf(stderr, "paged get (%s, variant %d) differs\n", what, v);
+    /* a block the chunk does not use stays untouched */
+    int untouched = 1;
+    for (uint32_t i = nblk; i < NB; i++)
+      for (size_t b = 0; b < (size_t)BS * row; b++)
+        if (((uint8_t *)kc[0])[(size_t)bt[i] * BS * row + b] != 0xEE) untouched = 0;
+    CU_ASSERT(untouched);
+    for (uint32_t l = 0; l < lay.n_layers; l++)
+      free(kc[l]), free(vc[l]);
+    free(ref), free(back);
+  }
+  free(tok), free(kv);
+}
+
+static void test_paged(void) {
+  check_paged(cl, KVS_PROFILE_RAW, "raw");
+  check_paged(cl, (uint32_t)kvs_profile_from_name("int8"), "int8");
+  check_paged(cl, (uint32_t)kvs_profile_from_name("lossless"), "lossless");
+  if (shm_up()) { /* read in place under a lease */
+    kvs_client_counters k0, k;
+    counters(shm_cl, &k0);
+    check_paged(shm_cl, KVS_PROFILE_RAW, "raw, shm");
+    check_paged(shm_cl, (uint32_t)kvs_profile_from_name("int8"), "int8, shm");
+    counters(shm_cl, &k);
+    CU_ASSERT(k.shm_gets > k0.shm_gets);
+  }
+  /* refused before anything moves */
+  const uint32_t T = 20;
+  int32_t *tok;
+  uint16_t *kv;
+  kvs_chunk ch;
+  put_one(cl, T, KVS_PROFILE_RAW, &tok, &kv, &ch);
+  size_t cache = (size_t)4 * 16 * lay.n_kv_heads * lay.head_dim * 2;
+  void *kc[6], *vc[6];
+  for (uint32_t l = 0; l < 6; l++)
+    kc[l] = calloc(1, cache), vc[l] = calloc(1, cache);
+  int32_t bt[2] = {3, 4}; /* 4 is outside num_blocks */
+  kvs_paged_kv pg = {kc, vc, bt, 16, 4, lay.n_layers};
+  kvs_get_opts go = {.paged = &pg};
+  CU_ASSERT_EQUAL(kvs_get(cl, &model, tok, &ch, &lay, NULL, 0, &go), KVS_EINVAL);
+  CU_ASSERT_PTR_NOT_NULL(strstr(kvs_client_errmsg(cl), "block table entry 1"));
+  bt[1] = 0;
+  uint16_t one[4];
+  CU_ASSERT_EQUAL(kvs_get(cl, &model, tok, &ch, &lay, one, sizeof one, &go), KVS_EINVAL);
+  pg.n_layers = 5;
+  CU_ASSERT_EQUAL(kvs_get(cl, &model, tok, &ch, &lay, NULL, 0, &go), KVS_ELAYOUT);
+  pg.n_layers = lay.n_layers;
+  CU_ASSERT_EQUAL(kvs_get(cl, &model, tok, &ch, &lay, NULL, 0, &go), KVS_OK);
+  CU_ASSERT(memcmp((uint8_t *)kc[0] + (size_t)3 * 16 * lay.n_kv_heads * lay.head_dim * 2, kv,
+                   (size_t)lay.n_kv_heads * lay.head_dim * 2) == 0); /* token 0, layer 0 K */
+  for (uint32_t l = 0; l < 6; l++)
+    free(kc[l]), free(vc[l]);
+  free(tok), free(kv);
+}
+
 static void test_shm_get(void) {
   if (!shm_up()) return;
   kvs_client_counters k0, k;
@@ -965,6 +1068,7 @@ static const kvs_test_case cases[] = {{"ping", test_ping},
                                       {"async_batch", test_async_batch},
                                       {"codec", test_codec},
                                       {"codec_params", test_codec_params},
+                                      {"paged", test_paged},
                                       {"auth", test_auth},
                                       {"lookup_many", test_lookup_many},
                                       {"shm_off_fallback", test_shm_off_fallback},

@@ -132,7 +132,8 @@ _GROUP_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_ui
 class _GetOpts(ctypes.Structure):
     _fields_ = [("dtype", ctypes.c_uint32), ("head_begin", ctypes.c_uint32),
                 ("head_end", ctypes.c_uint32), ("window", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("on_group", _GROUP_FN), ("user", ctypes.c_void_p)]
+                ("flags", ctypes.c_uint32), ("on_group", _GROUP_FN), ("user", ctypes.c_void_p),
+                ("paged", ctypes.c_void_p)]
 
 
 class _ModelDesc(ctypes.Structure):

@@ -58,12 +58,12 @@ def test_load_refuses_a_drifted_library(monkeypatch):
     lib = kvstash.load_library()
     good = kvstash._abi_text(lib)
     # the library as if kvs_get_opts had grown a field at its end
-    bad = "\n".join(ln.replace("kvs_get_opts 40", "kvs_get_opts 48") + " extra@40:8"
+    bad = "\n".join(ln.replace("kvs_get_opts 48", "kvs_get_opts 56") + " extra@48:8"
                     if ln.startswith("kvs_get_opts ") else ln for ln in good.splitlines())
     monkeypatch.setattr(kvstash, "_abi_text", lambda _lib: bad)
     with pytest.raises(kvstash.AbiError) as e:
         kvstash._check_abi(lib, "libkvstash.so")
-    assert "kvs_get_opts: 48 bytes in C, 40 in the binding" in str(e.value)
+    assert "kvs_get_opts: 56 bytes in C, 48 in the binding" in str(e.value)
     assert "kvs_get_opts.extra: in C" in str(e.value)
 
     class NoAbi:  # a library from before kvs_abi_layout
