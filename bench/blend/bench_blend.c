@@ -37,6 +37,7 @@
 #include "kvs_gpu_model.h"
 #include "model_int.h" /* kvs__model_weights_get */
 #include "kvs_rag.h"
+#include "bench_json.h"
 #include "bench_version.h"
 #include "kvs_reuse.h"
 #include "kvstash.h"
@@ -472,16 +473,16 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
   double tms = torch_ms(n);
   printf("%-14s %10s %10s %9s %10s %10s %10s\n", "strategy", "ttft_ms", "speedup", "recompute",
          "load_wait", "recomp_ms", "prefill_ms");
-  char json[4096];
-  int k2 = snprintf(json, sizeof json,
-                    "{\"bench\":\"blend-speed8b\",\"tokens\":%u,\"passages\":%u,"
-                    "\"passage_tokens\":%u,\"ttft_ms\":{",
-                    n, n_pass, pass_tok);
+  cJSON *json = cJSON_CreateObject(); /* the last line (bench_json.h) */
+  cJSON_AddStringToObject(json, "bench", "blend-speed8b");
+  cJSON_AddNumberToObject(json, "tokens", n);
+  cJSON_AddNumberToObject(json, "passages", n_pass);
+  cJSON_AddNumberToObject(json, "passage_tokens", pass_tok);
+  cJSON *jt = cJSON_AddObjectToObject(json, "ttft_ms");
   for (int k = 0; k < nr; k++) {
     printf("%-14s %10.2f %9.2fx %8.1f%% %10.2f %10.2f %10.2f\n", names[k], med[k] * 1e3,
            med[0] / med[k], 100 * rec[k], brk[k][0], brk[k][1], brk[k][2]);
-    k2 += snprintf(json + k2, sizeof json - (size_t)k2, "%s\"%s\":%.3f", k ? "," : "", names[k],
-                   med[k] * 1e3);
+    bench_json_num(jt, names[k], "%.3f", med[k] * 1e3);
   }
   printf("%-14s %10.2f  (PyTorch SDPA full prefill, same shape, same run; ours/torch %.2f)\n",
          "torch-sdpa", tms, tms > 0 ? med[0] * 1e3 / tms : 0);
@@ -492,27 +493,21 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
            n - q_tok, tb * (n - q_tok) / 1e6, st_gpu * 1e3,
            st_gpu > 0 ? tb * (n - q_tok) / st_gpu / 1e9 : 0, st_cpu * 1e3);
   }
-  snprintf(
-      json + k2, sizeof json - (size_t)k2,
-      "},\"torch_sdpa_ms\":%.3f,\"speedup_adaptive\":%.3f,\"speedup_cacheblend\":%.3f,\"speedup_"
-      "epic\":%.3f,"
-      "\"speedup_adaptive_dev\":%.3f,\"speedup_cacheblend_dev\":%.3f,\"speedup_epic_dev\":%.3f}",
-      tms, med[0] / med[5], med[0] / med[4], med[0] / med[3], med[0] / med[9], med[0] / med[8],
-      med[0] / med[7]);
+  bench_json_num(json, "torch_sdpa_ms", "%.3f", tms);
+  bench_json_num(json, "speedup_adaptive", "%.3f", med[0] / med[5]);
+  bench_json_num(json, "speedup_cacheblend", "%.3f", med[0] / med[4]);
+  bench_json_num(json, "speedup_epic", "%.3f", med[0] / med[3]);
+  bench_json_num(json, "speedup_adaptive_dev", "%.3f", med[0] / med[9]);
+  bench_json_num(json, "speedup_cacheblend_dev", "%.3f", med[0] / med[8]);
+  bench_json_num(json, "speedup_epic_dev", "%.3f", med[0] / med[7]);
   if (kvstashd) { /* the kvstashd rows go into the JSON too */
-    size_t L = strlen(json);
-    if (L && json[L - 1] == '}') {
-      int k3 = (int)L - 1;
-      k3 += snprintf(json + k3, sizeof json - (size_t)k3,
-                     ",\"store_gpu_ms\":%.3f,\"store_cpu_ms\":%.3f,\"kvstashd_ms\":{", st_gpu * 1e3,
-                     st_cpu * 1e3);
-      for (int k = 0; k < nkr; k++)
-        k3 += snprintf(json + k3, sizeof json - (size_t)k3, "%s\"%s\":%.3f", k ? "," : "",
-                       kr[k].name, kr[k].ms);
-      snprintf(json + k3, sizeof json - (size_t)k3, "}}");
-    }
+    bench_json_num(json, "store_gpu_ms", "%.3f", st_gpu * 1e3);
+    bench_json_num(json, "store_cpu_ms", "%.3f", st_cpu * 1e3);
+    cJSON *jk = cJSON_AddObjectToObject(json, "kvstashd_ms");
+    for (int k = 0; k < nkr; k++)
+      bench_json_num(jk, kr[k].name, "%.3f", kr[k].ms);
   }
-  printf("%s\n", json);
+  bench_json_print(json);
   for (int s = 0; s < KVS_RAG_MAX_PASSAGES + 2; s++)
     if (mk.fd[s] >= 0) close(mk.fd[s]);
   if (mk.bounce) kvs_gpu_free_host(mk.bounce);
@@ -867,13 +862,19 @@ int main(int argc, char **argv) {
          "tf_top1", "dropped");
   printf("%-15s %9s %6s %6.3f %8s %8s %10s %8.3f %8s\n", "full", "-", "-", full.f1 / n, "-", "-",
          "100%", full.ttft / n, "1.00x");
-  char json[16384];
-  int k = snprintf(json, sizeof json,
-                   "{\"bench\":\"blend\",\"items\":\"%d-%d\",\"n_items\":%d,\"kv\":\"%s\","
-                   "\"margin\":%.2f,"
-                   "\"bits_per_elem\":%.3f,\"full\":{\"f1\":%.4f,\"ttft_s\":%.4f},\"strategies\":{",
-                   a, b, full.n, profile, margin_tol, bits_n ? bits_sum / bits_n : 16.0,
-                   full.f1 / n, full.ttft / n);
+  cJSON *json = cJSON_CreateObject(); /* the last line (bench_json.h) */
+  char items_s[32];
+  snprintf(items_s, sizeof items_s, "%d-%d", a, b);
+  cJSON_AddStringToObject(json, "bench", "blend");
+  cJSON_AddStringToObject(json, "items", items_s);
+  cJSON_AddNumberToObject(json, "n_items", full.n);
+  cJSON_AddStringToObject(json, "kv", profile);
+  bench_json_num(json, "margin", "%.2f", margin_tol);
+  bench_json_num(json, "bits_per_elem", "%.3f", bits_n ? bits_sum / bits_n : 16.0);
+  cJSON *jf = cJSON_AddObjectToObject(json, "full");
+  bench_json_num(jf, "f1", "%.4f", full.f1 / n);
+  bench_json_num(jf, "ttft_s", "%.4f", full.ttft / n);
+  cJSON *jst = cJSON_AddObjectToObject(json, "strategies");
   for (int s = 0; s < n_strat; s++) {
     agg *g = &st[s];
     double sp = g->ttft > 0 ? full.ttft / g->ttft : 0;
@@ -882,26 +883,30 @@ int main(int argc, char **argv) {
     printf("%-15s %9.3f %6.3f %6.3f %+8.3f %8.4f %9.1f%% %8.3f %7.2fx %6.3f %9.5f %9.4f %8.0f\n",
            label[s], g->agree / n, g->agree1 / n, g->f1 / n, (g->f1 - full.f1) / n, g->kl / n,
            100 * g->frac / n, g->ttft / n, sp, g->equal / n, tkl, ttop, g->tf_dropped);
-    k += snprintf(json + k, sizeof json - (size_t)k,
-                  "%s\"%s\":{\"answer_agreement\":%.4f,\"first_token_agreement\":%.4f,\"f1\":%.4f,"
-                  "\"f1_delta\":%.4f,\"kl\":%.5f,"
-                  "\"recompute_frac\":%.4f,\"ttft_s\":%.4f,\"speedup\":%.3f,\"answer_equal\":%.4f,"
-                  "\"tf_kl\":%.6f,\"tf_top1\":%.4f,\"tf_positions\":%.0f,\"tf_checked\":%.0f,"
-                  "\"tf_dropped\":%.0f}",
-                  s ? "," : "", label[s], g->agree / n, g->agree1 / n, g->f1 / n,
-                  (g->f1 - full.f1) / n, g->kl / n, g->frac / n, g->ttft / n, sp, g->equal / n, tkl,
-                  ttop, g->tf_pos, g->tf_checked, g->tf_dropped);
+    cJSON *o = cJSON_AddObjectToObject(jst, label[s]);
+    bench_json_num(o, "answer_agreement", "%.4f", g->agree / n);
+    bench_json_num(o, "first_token_agreement", "%.4f", g->agree1 / n);
+    bench_json_num(o, "f1", "%.4f", g->f1 / n);
+    bench_json_num(o, "f1_delta", "%.4f", (g->f1 - full.f1) / n);
+    bench_json_num(o, "kl", "%.5f", g->kl / n);
+    bench_json_num(o, "recompute_frac", "%.4f", g->frac / n);
+    bench_json_num(o, "ttft_s", "%.4f", g->ttft / n);
+    bench_json_num(o, "speedup", "%.3f", sp);
+    bench_json_num(o, "answer_equal", "%.4f", g->equal / n);
+    bench_json_num(o, "tf_kl", "%.6f", tkl);
+    bench_json_num(o, "tf_top1", "%.4f", ttop);
+    bench_json_num(o, "tf_positions", "%.0f", g->tf_pos);
+    bench_json_num(o, "tf_checked", "%.0f", g->tf_checked);
+    bench_json_num(o, "tf_dropped", "%.0f", g->tf_dropped);
   }
   int ours = -1;
   for (int s = 0; s < n_strat; s++)
     if (strat[s] == KVS_SEL_ADAPTIVE) ours = s;
-  if (ours >= 0)
-    k += snprintf(json + k, sizeof json - (size_t)k,
-                  "},\"answer_agreement\":%.4f,\"f1_delta\":%.4f}", st[ours].agree / n,
-                  (st[ours].f1 - full.f1) / n);
-  else
-    k += snprintf(json + k, sizeof json - (size_t)k, "}}");
-  printf("%s\n", json);
+  if (ours >= 0) {
+    bench_json_num(json, "answer_agreement", "%.4f", st[ours].agree / n);
+    bench_json_num(json, "f1_delta", "%.4f", (st[ours].f1 - full.f1) / n);
+  }
+  bench_json_print(json);
   free(lf), free(lb);
   kvs_rag_items_free(items, n_items);
   kvs_engine_free(eng);
