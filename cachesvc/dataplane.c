@@ -12,7 +12,6 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/supplemental/tls/tls.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,65 +135,7 @@ static size_t stream_adv(const kvs_svc_config *c, char *out, size_t cap) {
   return n;
 }
 
-/* --------------------------------------------------------------- auth */
-/* Constant-time in the token; a missing tenant costs the same compare. */
-int kvs__auth_ok(kvs__metrics *m, const kvs_wire_hdr *h) {
-  kvs__auth *a = kvs__auth_get(&m->auth);
-  if (!a || a->n == 0) {
-    kvs__auth_put(a);
-    return 1;
-  }
-  char tenant[KVS_WIRE_TENANT_MAX + 1];
-  kvs_wire_hdr_tenant(h, tenant);
-  uint8_t want[KVS_WIRE_TOKEN_MAX + 1], got[KVS_WIRE_TOKEN_MAX + 1];
-  memset(want, 0xFF, sizeof want); /* no tenant: matches no token */
-  for (int i = 0; i < a->n; i++)
-    if (strcmp(a->t[i].name, tenant) == 0) {
-      size_t tl = strlen(a->t[i].token);
-      memset(want, 0, sizeof want);
-      memcpy(want, a->t[i].token, tl);
-      want[KVS_WIRE_TOKEN_MAX] = (uint8_t)tl;
-      break;
-    }
-  kvs__auth_put(a);
-  memset(got, 0, sizeof got);
-  memcpy(got, h->token, h->token_len);
-  got[KVS_WIRE_TOKEN_MAX] = h->token_len;
-  return h->token_len > 0 && sodium_memcmp(want, got, sizeof want) == 0;
-}
-
 /* ---------------------------------------------------------------- ops */
-kvs_err kvs__get_prepare(kvs__store *st, const char *tenant, const kvs_wire_get_req *g, int fast,
-                         kvs__vref *v, kvs_wire_get_resp *a, size_t *head, const char **why) {
-  if (why) *why = NULL;
-  kvs__skey sk;
-  kvs__store_skey(st, tenant, &g->key, &sk);
-  kvs_err rc = fast ? kvs__store_get_t0(st, &sk, &g->model, g->tokens_le, g->n_tokens, v)
-                    : kvs__store_get(st, &sk, &g->model, g->tokens_le, g->n_tokens, v);
-  if (rc != KVS_OK) return rc;
-  uint32_t nseg = v->m.n_segments;
-  memset(a, 0, sizeof *a);
-  if (g->seg_first > nseg ||
-      (g->seg_count != KVS_WIRE_SEG_ALL && g->seg_count > nseg - g->seg_first)) {
-    kvs__vref_release(v);
-    if (why) *why = "segment range";
-    return KVS_ERANGE;
-  }
-  a->seg_first = g->seg_first;
-  a->seg_count = g->seg_count == KVS_WIRE_SEG_ALL ? nseg - g->seg_first : g->seg_count;
-  if (a->seg_count) {
-    uint64_t off, len, off2, len2;
-    kvs_wire_meta_seg_range(&v->m, a->seg_first, &off, &len);
-    kvs_wire_meta_seg_range(&v->m, a->seg_first + a->seg_count - 1, &off2, &len2);
-    a->byte_off = off;
-    a->byte_len = off2 + len2 - off;
-  }
-  a->value_bytes = v->m.value_bytes;
-  a->checksum = v->m.checksum;
-  *head = KVS_WIRE_GET_RESP_FIXED + ((g->flags & KVS_WIRE_GET_META) ? v->meta_len : 0);
-  return KVS_OK;
-}
-
 static nng_msg *op_get(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant, int fast,
                        int *defer) {
   const kvs_wire_get_req *g = &r->u.get;

@@ -11,7 +11,9 @@
  *   store_shm.c    refcounted buffers, shared-memory segments per tenant,
  *                  the lease table
  *
- * and below them the tiers (tier.h: KVS__TIER_LIST, one ops table each).
+ * and below them the tiers (tier.h: KVS__TIER_LIST, one ops table each), which
+ * hand values back in store_shm.c's buffers. ctest cachesvc_layers checks that
+ * no call goes up.
  *
  * Locks: `mu` guards the index, every entry field, the tiers' `used` and the
  * lease table; the 256 striped rwlocks serialize disk work per key (readers

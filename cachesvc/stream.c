@@ -48,6 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvs_net.h"
 #include "svc_int.h"
 
 #define KVS__STREAM_IDLE_MS       300000     /* an idle connection is closed after this */
@@ -516,10 +517,6 @@ static void *accept_main(void *arg) {
 }
 
 /* ------------------------------------------------------- start / stop */
-int kvs__stream_url(const char *url) {
-  return !strncmp(url, "tcp+stream://", 13) || !strncmp(url, "ipc+stream://", 13);
-}
-
 /* A listening socket for tcp+stream://host:port ("*" or no host: every
  * address; [v6] in brackets) or ipc+stream:///path (mode 0600; a stale
  * socket file left by a dead daemon is replaced, a live one is not). */
@@ -571,19 +568,14 @@ static kvs_err listen_on(const char *url, slisten *ls, int insecure) {
     return KVS_OK;
   }
   char host[256], port[16];
-  const char *colon = strrchr(rest, ':');
-  if (!colon || strlen(colon + 1) == 0 || strlen(colon + 1) >= sizeof port) return KVS_EINVAL;
-  size_t hl = (size_t)(colon - rest);
-  if (hl >= 2 && rest[0] == '[' && rest[hl - 1] == ']') rest++, hl -= 2;
-  if (hl >= sizeof host) return KVS_EINVAL;
-  memcpy(host, rest, hl);
-  host[hl] = 0;
-  snprintf(port, sizeof port, "%s", colon + 1);
+  int portn = 0;
+  if (kvs_hostport_split(rest, host, sizeof host, &portn) != KVS_OK) return KVS_EINVAL;
+  snprintf(port, sizeof port, "%d", portn);
   struct addrinfo hints = {.ai_family = AF_UNSPEC,
                            .ai_socktype = SOCK_STREAM,
                            .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
                   *ai = NULL;
-  int any = hl == 0 || !strcmp(host, "*");
+  int any = !host[0] || !strcmp(host, "*");
   if (getaddrinfo(any ? NULL : host, port, &hints, &ai) != 0 || !ai) return KVS_EINVAL;
   kvs_err rc = KVS_ECONN;
   /* The byte stream is plaintext (the tenant token travels in the clear and

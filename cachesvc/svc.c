@@ -4,8 +4,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <sodium.h>
-
 #include "svc_int.h"
 
 struct kvs_svc {
@@ -44,39 +42,6 @@ static void *maint_main(void *arg) {
   }
   pthread_mutex_unlock(&s->mu);
   return NULL;
-}
-
-/* ---------------------------------------------------- the auth snapshot */
-kvs__auth *kvs__auth_new(const kvs_svc_config *c) {
-  kvs__auth *a = calloc(1, sizeof *a);
-  if (!a) return NULL;
-  atomic_init(&a->refs, 1);
-  a->n = c->n_tenants;
-  memcpy(a->t, c->tenants, sizeof a->t);
-  return a;
-}
-
-kvs__auth *kvs__auth_get(kvs__authref *r) {
-  pthread_mutex_lock(&r->mu);
-  kvs__auth *a = r->cur;
-  if (a) atomic_fetch_add_explicit(&a->refs, 1, memory_order_relaxed);
-  pthread_mutex_unlock(&r->mu);
-  return a;
-}
-
-void kvs__auth_put(kvs__auth *a) {
-  if (a && atomic_fetch_sub_explicit(&a->refs, 1, memory_order_acq_rel) == 1) {
-    sodium_memzero(a, sizeof *a); /* tokens */
-    free(a);
-  }
-}
-
-void kvs__auth_swap(kvs__authref *r, kvs__auth *a) {
-  pthread_mutex_lock(&r->mu);
-  kvs__auth *old = r->cur;
-  r->cur = a;
-  pthread_mutex_unlock(&r->mu);
-  kvs__auth_put(old);
 }
 
 kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
@@ -120,14 +85,6 @@ kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
            s->cfg.durability_sync ? "sync" : "async", s->cfg.workers);
   *out = s;
   return KVS_OK;
-}
-
-void kvs__drain(atomic_int *draining, atomic_int *inflight) {
-  atomic_store(draining, 1);
-  for (int i = 0; i < 10000 && atomic_load(inflight) > 0; i++) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
-  }
 }
 
 void kvs_svc_stop(kvs_svc *s) {

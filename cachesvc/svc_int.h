@@ -5,11 +5,15 @@
  *   tier.h      the tier ops table and the tier list; tier_rocksdb.c
  *   record.c    the stored metadata record (parsed from disk: fuzzed)
  *   metrics.c   counters, latency histograms, Prometheus text
+ *   request.c   below both data planes: tenants/tokens and the header check,
+ *               a GET's lookup and answer fields, listen-URL kinds, drain
  *   dataplane.c nng REP workers: decode, auth, dispatch to the store
  *   stream.c    byte-stream GET listeners (tcp+stream://, ipc+stream://)
  *   http.c      libevent control plane
  *   config.c    config file + flags
- *   svc.c       wiring: create / stop / free */
+ *   svc.c       wiring: create / stop / free
+ * Calls go down only: svc.c -> dataplane.c, stream.c, http.c -> request.c ->
+ * store.c (ctest cachesvc_layers checks there is no cycle). */
 #ifndef KVS_SVC_INT_H
 #define KVS_SVC_INT_H
 
