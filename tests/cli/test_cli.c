@@ -92,6 +92,10 @@ static void test_help_and_usage(void) {
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("frobnicate")), 2);
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("ls", "--bogus")), 2);
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("ls", "--tier", "9")), 2);
+  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("ls", "--tier", "tape")), 2);
+  /* --tier by the server's names (STATS tier rows) or numbers */
+  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("ls", "--tier", "disk", "--limit", "1")), 0);
+  CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("ls", "--tier", "1", "--limit", "1")), 0);
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("ttl", "abcd")), 2);
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("evict")), 2);
   CU_ASSERT_EQUAL(cli_run(&g_env, NULL, CLI_ARGS("show", "not-hex")), 2);

@@ -203,6 +203,7 @@ int cmd_status(cli *x, int argc, char **argv) {
 /* ------------------------------------------------------------ filters */
 typedef struct filt {
   const char *model;         /* hex prefix */
+  const char *tier_arg;      /* --tier: a name of the server's tier list, or its number */
   int tier, kind, pinned;    /* -1 = any */
   uint64_t older_s, newer_s; /* UINT64_MAX = unset */
   uint64_t min_size, max_size;
@@ -231,16 +232,37 @@ static int filt_match(const filt *f, const kvs_admin_item *it, uint64_t now_ms) 
   return 1;
 }
 
+/* --tier NAME|N against the server's tier rows (STATS): 0 ok, else the exit code. */
+static int filt_tier(cli *x, filt *f, const char *verb) {
+  if (!f->tier_arg) return 0;
+  kvs_tier_stat t[16];
+  size_t n = 0;
+  kvs_err e = kvs_stats_tiers(x->c, t, 16, &n);
+  if (e) return cli_fail(x, verb, e, "STATS: %s", kvs_client_errmsg(x->c));
+  char names[160] = "";
+  size_t w = 0;
+  for (size_t i = 0; i < n; i++) {
+    char num[8];
+    snprintf(num, sizeof num, "%u", t[i].tier);
+    if (!strcmp(f->tier_arg, t[i].name) || !strcmp(f->tier_arg, num)) {
+      f->tier = (int)t[i].tier;
+      return 0;
+    }
+    int k = snprintf(names + w, sizeof names - w, "%s%s (%u)", i ? ", " : "", t[i].name, t[i].tier);
+    if (k > 0 && (size_t)k < sizeof names - w) w += (size_t)k;
+  }
+  return cli_usage_err(verb, "--tier %s: no such tier (the server's: %s)", f->tier_arg, names);
+}
+
 /* Shared filter options of ls and evict; 1 when opt was one of them, -1 on a bad value. */
 enum { O_MODEL = 1000, O_TIER, O_KIND, O_PINNED, O_UNPINNED, O_OLDER, O_NEWER, O_MINSZ, O_MAXSZ };
 static int filt_opt(filt *f, int c, const char *arg, const char *verb) {
   uint64_t u;
   switch (c) {
   case O_MODEL: f->model = arg; return 1;
-  case O_TIER:
-    if (strlen(arg) != 1 || arg[0] < '0' || arg[0] > '2')
-      return cli_usage_err(verb, "--tier takes 0, 1 or 2"), -1;
-    f->tier = arg[0] - '0';
+  case O_TIER: /* resolved against the server's tiers once connected (filt_tier) */
+    if (!*arg) return cli_usage_err(verb, "--tier takes a tier name or number"), -1;
+    f->tier_arg = arg;
     return 1;
   case O_KIND:
     if (!strcmp(arg, "prefix"))
@@ -369,7 +391,7 @@ int cmd_ls(cli *x, int argc, char **argv) {
   }
   if (optind < argc) return cli_usage_err("ls", "unexpected argument '%s'", argv[optind]);
   int rc = cli_client(x, "ls");
-  if (rc) return rc;
+  if (rc || (rc = filt_tier(x, &f, "ls"))) return rc;
   kvs_admin_item *v;
   size_t n;
   kvs_err e = cli_list_all(x, &v, &n);
@@ -610,7 +632,7 @@ int cmd_evict(cli *x, int argc, char **argv) {
                          "(--dry-run lists them)",
                          incpin ? "" : "unpinned ", x->tenant);
   int rc = cli_client(x, "evict");
-  if (rc) return rc;
+  if (rc || (rc = filt_tier(x, &f, "evict"))) return rc;
   kvs_admin_item *v = NULL;
   size_t n = 0, m = 0;
   uint64_t now = kvs_wall_ms(), pinned_bytes = 0, left_bytes = 0;

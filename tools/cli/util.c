@@ -35,7 +35,7 @@ static const help helps[] = {
     {"ls", "usage: kvstash ls [options]\n\n"
            "Entries of the tenant (-t), newest use first.\n"
            "  --model HEX        model id (or a prefix of it)\n"
-           "  --tier N           0 RAM, 1 disk, 2 cold\n"
+           "  --tier T           ram, disk, cold (the server's tiers) or 0, 1, 2\n"
            "  --kind K           prefix | content\n"
            "  --pinned / --unpinned\n"
            "  --older-than DUR   last used more than DUR ago (30s, 15m, 2h, 7d)\n"
@@ -47,7 +47,7 @@ static const help helps[] = {
            "  --limit N          rows shown (default 50, 0 = all)\n"
            "  --offset N         skip N rows first (paging)\n"
            "  --full-keys        print whole 32-hex keys\n\n"
-           "example:\n  kvstash ls --tier 1 --min-size 1M --sort size --limit 10\n"},
+           "example:\n  kvstash ls --tier disk --min-size 1M --sort size --limit 10\n"},
     {"show", "usage: kvstash show KEY [--no-text] [--model GGUF]\n\n"
              "One entry: metadata, layout, codec profile, sizes, segments, checksum (verified now\n"
              "against the stored bytes), token ids and, when the reference model at --model /\n"
@@ -61,7 +61,7 @@ static const help helps[] = {
      "  --all              every entry of the tenant (asks for --yes)\n"
      "  --older-than DUR   last used more than DUR ago\n"
      "  --model HEX        of this model (prefix)\n"
-     "  --tier N           on this tier\n"
+     "  --tier T           on this tier (name or number)\n"
      "  --kind K           prefix | content\n"
      "  --min-size SIZE    at least this large\n"
      "  --to-bytes SIZE    evict the lowest-value entries (server's score: hits x tokens /\n"
