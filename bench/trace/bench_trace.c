@@ -98,18 +98,23 @@ typedef struct opts {
   const char *workload, *data, *modes;
   double rate, burst, think, zipf_s, duration;
   uint32_t requests, turns_min, turns_max, pass_min, pass_max, max_out, inflight, warmup;
+  uint32_t upass_min, upass_max; /* chat: passages a user turn pastes */
   uint64_t seed;
 } opts;
 
 typedef struct sample {
   double ttft, e2e;
   uint32_t prompt, out, reused, recomputed;
+  uint32_t turn;    /* 0-based turn of its session (chat) */
+  uint32_t history; /* prompt + answer tokens of the session's previous turn */
+  double queue_ms, server_ttft_ms, lookup_ms, store_ms; /* the server's usage.kvstash */
   int ok;
 } sample;
 
 typedef struct session { /* one conversation (chat) or one question (rag) */
   cJSON *msgs;           /* the conversation so far (chat) */
   uint32_t turns_left;
+  uint32_t turn, history; /* this turn (0-based); prompt + answer tokens of the last */
   uint64_t rng;
   double due;           /* when its next request is sent */
   struct session *next; /* pending list, by due time */
@@ -222,17 +227,24 @@ static char *next_request(run *r, session *ss) {
     for (uint32_t i = 0; i < n; i++)
       cJSON_AddItemToArray(docs, cJSON_CreateString(r->passages[pick[i]]));
   } else {
-    /* a user turn: a passage cut to a Zipf length in words, then a question */
-    const char *p = r->passages[rng_next(&ss->rng) % r->n_passages];
-    char *cut = cut_words(p, 16 + zipf_draw(&r->lz, &ss->rng) % 240);
-    size_t n = strlen(cut ? cut : "") + strlen(it->question) + 4;
-    char *t = malloc(n);
-    snprintf(t, n, "%s\n\n%s", cut ? cut : "", it->question);
+    /* a user turn: --user-passages passages (the last cut to a Zipf length
+     * in words), then a question */
+    uint32_t np = o->upass_min + (uint32_t)(rng_next(&ss->rng) % (o->upass_max - o->upass_min + 1));
+    size_t cap = strlen(it->question) + 4, n = 0;
+    const char *pp[32];
+    for (uint32_t i = 0; i < np; i++)
+      pp[i] = r->passages[rng_next(&ss->rng) % r->n_passages], cap += strlen(pp[i]) + 2;
+    char *cut = cut_words(pp[np - 1], 16 + zipf_draw(&r->lz, &ss->rng) % 240);
+    char *t = malloc(cap);
+    for (uint32_t i = 0; t && i + 1 < np; i++)
+      n += (size_t)snprintf(t + n, cap - n, "%s\n\n", pp[i]);
+    if (t) snprintf(t + n, cap - n, "%s\n\n%s", cut ? cut : "", it->question);
+    free(cut);
     cJSON *u = cJSON_CreateObject();
     cJSON_AddStringToObject(u, "role", "user");
-    cJSON_AddStringToObject(u, "content", t);
+    cJSON_AddStringToObject(u, "content", t ? t : "");
     cJSON_AddItemToArray(ss->msgs, u);
-    free(t), free(cut);
+    free(t);
     cJSON_AddItemReferenceToObject(req, "messages", ss->msgs);
   }
   char *body = cJSON_PrintUnformatted(req);
@@ -256,8 +268,18 @@ static void *fire(void *arg) {
                       sse_data, &x, NULL);
   double end = now_s();
   free(body);
-  sample sm = {.ttft = x.ttft, .e2e = end - ss->due, .ok = code == 200 && x.usage != NULL};
+  sample sm = {.ttft = x.ttft,
+               .e2e = end - ss->due,
+               .ok = code == 200 && x.usage != NULL,
+               .turn = ss->turn,
+               .history = ss->history};
   if (x.usage) {
+    const cJSON *k = cJSON_GetObjectItem(x.usage, "kvstash");
+    const cJSON *v;
+    if (cJSON_IsNumber(v = cJSON_GetObjectItem(k, "queue_ms"))) sm.queue_ms = v->valuedouble;
+    if (cJSON_IsNumber(v = cJSON_GetObjectItem(k, "ttft_ms"))) sm.server_ttft_ms = v->valuedouble;
+    if (cJSON_IsNumber(v = cJSON_GetObjectItem(k, "lookup_ms"))) sm.lookup_ms = v->valuedouble;
+    if (cJSON_IsNumber(v = cJSON_GetObjectItem(k, "store_ms"))) sm.store_ms = v->valuedouble;
     sm.prompt = jnum(x.usage, "prompt_tokens", NULL),
     sm.out = jnum(x.usage, "completion_tokens", NULL);
     sm.reused = jnum(x.usage, "kvstash", "reused_tokens");
@@ -278,6 +300,7 @@ static void *fire(void *arg) {
     cJSON_AddStringToObject(a, "role", "assistant");
     cJSON_AddStringToObject(a, "content", x.text ? x.text : "");
     cJSON_AddItemToArray(ss->msgs, a);
+    ss->turn++, ss->history = sm.prompt + sm.out;
     ss->due = now_s() + (r->o->think > 0 ? -log(rng_u01(&ss->rng)) * r->o->think : 0);
     pending_add(r, ss);
   } else {
@@ -321,24 +344,34 @@ static char *scrape(const opts *o) {
   return srv_http(host, port, "GET", "/metrics", NULL, 10000, NULL, NULL, &b) == 200 ? b : NULL;
 }
 
-/* kvs-serve's worker busy time so far (seconds), -1 when unknown */
-static double serve_busy(const opts *o) {
+/* kvs-serve's worker busy time so far (seconds), -1 when unknown; its
+ * reuse's stores dropped (a full store queue) and failed so far */
+static double serve_busy(const opts *o, double *dropped, double *failed) {
   char *b = NULL;
   double v = -1;
+  *dropped = *failed = 0;
   if (srv_http(o->host, o->port, "GET", "/health", NULL, 10000, NULL, NULL, &b) == 200) {
     cJSON *j = cJSON_Parse(b);
-    cJSON *x = cJSON_GetObjectItem(j, "busy_s");
+    cJSON *x = cJSON_GetObjectItem(j, "busy_s"), *ru = cJSON_GetObjectItem(j, "reuse");
     if (cJSON_IsNumber(x)) v = x->valuedouble;
+    if (cJSON_IsNumber(x = cJSON_GetObjectItem(ru, "stores_dropped"))) *dropped = x->valuedouble;
+    if (cJSON_IsNumber(x = cJSON_GetObjectItem(ru, "stores_failed"))) *failed = x->valuedouble;
     cJSON_Delete(j);
   }
   free(b);
   return v;
 }
 
-static const char *METRICS[] = {"kvstash_lookup_chunks_total", "kvstash_lookup_chunks_hit_total",
-                                "kvstash_lookup_tokens_total", "kvstash_lookup_tokens_hit_total",
-                                "kvstash_evictions_total",     "kvstash_tier_bytes_out_total",
-                                "kvstash_puts_total",          "kvstash_bytes_in_total"};
+static const char *METRICS[] = {"kvstash_lookup_chunks_total",
+                                "kvstash_lookup_chunks_hit_total",
+                                "kvstash_lookup_tokens_total",
+                                "kvstash_lookup_tokens_hit_total",
+                                "kvstash_evictions_total",
+                                "kvstash_tier_bytes_out_total",
+                                "kvstash_tier_bytes_out_total{tier=\"ram\"}",
+                                "kvstash_tier_bytes_out_total{tier=\"disk\"}",
+                                "kvstash_puts_total",
+                                "kvstash_bytes_in_total"};
 #define N_METRICS (sizeof METRICS / sizeof *METRICS)
 
 static int run_mode(run *r, cJSON *out) {
@@ -346,7 +379,8 @@ static int run_mode(run *r, cJSON *out) {
   uint64_t rng = o->seed;
   r->t0 = now_s(), r->n_s = 0, r->sent = 0, r->stop = 0;
   char *m0 = scrape(o);
-  double busy0 = serve_busy(o);
+  double dr0, fa0, dr1, fa1;
+  double busy0 = serve_busy(o, &dr0, &fa0);
   double next_arrival = r->t0, mean_gap = 1 / o->rate;
   uint32_t started = 0;
   pthread_mutex_lock(&r->mu);
@@ -401,16 +435,25 @@ static int run_mode(run *r, cJSON *out) {
   pthread_mutex_unlock(&r->mu);
   double wall = now_s() - r->t0;
   char *m1 = scrape(o);
-  double busy1 = serve_busy(o), util = busy0 >= 0 && busy1 >= 0 ? (busy1 - busy0) / wall : -1;
+  double busy1 = serve_busy(o, &dr1, &fa1),
+         util = busy0 >= 0 && busy1 >= 0 ? (busy1 - busy0) / wall : -1;
 
   uint32_t n = r->n_s, ok = 0;
   double *tt = malloc((n + 1) * sizeof *tt), *ee = malloc((n + 1) * sizeof *ee);
   uint64_t prompt = 0, reused = 0, recomputed = 0, outt = 0;
+  double q_ms = 0, st_ms = 0, lk_ms = 0, sto_ms = 0;
+  /* chat, by turn: the history the previous turn left (prompt + answer) and
+   * how much of it this turn reused */
+  enum { TURNS = 13 };
+  uint64_t bt_n[TURNS] = {0}, bt_prompt[TURNS] = {0}, bt_hist[TURNS] = {0}, bt_reused[TURNS] = {0};
   for (uint32_t i = 0; i < n; i++) {
-    if (!r->s[i].ok) continue;
-    tt[ok] = r->s[i].ttft, ee[ok] = r->s[i].e2e, ok++;
-    prompt += r->s[i].prompt, reused += r->s[i].reused, recomputed += r->s[i].recomputed,
-        outt += r->s[i].out;
+    const sample *x = &r->s[i];
+    if (!x->ok) continue;
+    tt[ok] = x->ttft, ee[ok] = x->e2e, ok++;
+    prompt += x->prompt, reused += x->reused, recomputed += x->recomputed, outt += x->out;
+    q_ms += x->queue_ms, st_ms += x->server_ttft_ms, lk_ms += x->lookup_ms, sto_ms += x->store_ms;
+    uint32_t t = x->turn < TURNS - 1 ? x->turn : TURNS - 1;
+    bt_n[t]++, bt_prompt[t] += x->prompt, bt_hist[t] += x->history, bt_reused[t] += x->reused;
   }
   qsort(tt, ok, sizeof *tt, cmp_d);
   qsort(ee, ok, sizeof *ee, cmp_d);
@@ -422,6 +465,19 @@ static int run_mode(run *r, cJSON *out) {
          1e3 * pct(ee, ok, 50), 1e3 * pct(ee, ok, 99), ok / wall, outt / wall,
          prompt ? 100.0 * reused / prompt : 0, (unsigned long long)prompt,
          (unsigned long long)recomputed);
+  if (ok)
+    printf("%-9s server side, mean per request: queue %.1f ms, TTFT in server %.1f ms (lookup "
+           "%.2f ms, stores %.2f ms); stores dropped %.0f, failed %.0f\n",
+           mode, q_ms / ok, st_ms / ok, lk_ms / ok, sto_ms / ok, dr1 - dr0, fa1 - fa0);
+  if (!strcmp(o->workload, "chat")) {
+    printf("%-9s by turn (requests, mean prompt, reused / last turn's prompt+answer):", mode);
+    for (int t = 0; t < TURNS; t++)
+      if (bt_n[t])
+        printf(" %d:%llu,%llu,%.0f%%", t + 1, (unsigned long long)bt_n[t],
+               (unsigned long long)(bt_prompt[t] / bt_n[t]),
+               bt_hist[t] ? 100.0 * bt_reused[t] / bt_hist[t] : 0.0);
+    printf("\n");
+  }
   cJSON *j = cJSON_AddObjectToObject(out, mode);
   cJSON_AddNumberToObject(j, "requests", n);
   cJSON_AddNumberToObject(j, "errors", n - ok);
@@ -437,6 +493,18 @@ static int run_mode(run *r, cJSON *out) {
   cJSON_AddNumberToObject(j, "reused_tokens", (double)reused);
   cJSON_AddNumberToObject(j, "recomputed_tokens", (double)recomputed);
   cJSON_AddNumberToObject(j, "token_hit_rate", prompt ? (double)reused / prompt : 0);
+  cJSON_AddNumberToObject(j, "queue_ms_mean", ok ? q_ms / ok : 0);
+  cJSON_AddNumberToObject(j, "server_ttft_ms_mean", ok ? st_ms / ok : 0);
+  cJSON_AddNumberToObject(j, "lookup_ms_mean", ok ? lk_ms / ok : 0);
+  cJSON_AddNumberToObject(j, "store_ms_mean", ok ? sto_ms / ok : 0);
+  cJSON_AddNumberToObject(j, "stores_dropped", dr1 - dr0);
+  cJSON_AddNumberToObject(j, "stores_failed", fa1 - fa0);
+  if (!strcmp(o->workload, "chat")) {
+    uint64_t h = 0, hr = 0; /* turns after the first: reused / history */
+    for (int t = 1; t < TURNS; t++)
+      h += bt_hist[t], hr += bt_reused[t];
+    cJSON_AddNumberToObject(j, "history_reuse", h ? (double)hr / h : 0);
+  }
   if (m0 && m1) {
     cJSON *k = cJSON_AddObjectToObject(j, "kvstashd");
     for (size_t i = 0; i < N_METRICS; i++)
@@ -444,11 +512,15 @@ static int run_mode(run *r, cJSON *out) {
     double asked = metric(m1, METRICS[0]) - metric(m0, METRICS[0]);
     double hit = metric(m1, METRICS[1]) - metric(m0, METRICS[1]);
     cJSON_AddNumberToObject(j, "chunk_hit_rate", asked > 0 ? hit / asked : 0);
+    double ram = metric(m1, METRICS[6]) - metric(m0, METRICS[6]),
+           disk = metric(m1, METRICS[7]) - metric(m0, METRICS[7]);
+    cJSON_AddNumberToObject(j, "ram_share_of_bytes_out", ram + disk > 0 ? ram / (ram + disk) : 0);
     printf(
-        "          kvstashd: chunks looked up %.0f, hit %.0f (%.1f%%), evictions %.0f, puts %.0f\n",
+        "          kvstashd: chunks looked up %.0f, hit %.0f (%.1f%%), evictions %.0f, puts %.0f, "
+        "bytes out RAM %.0f MB disk %.0f MB\n",
         asked, hit, asked > 0 ? 100 * hit / asked : 0.0,
         metric(m1, "kvstash_evictions_total") - metric(m0, "kvstash_evictions_total"),
-        metric(m1, "kvstash_puts_total") - metric(m0, "kvstash_puts_total"));
+        metric(m1, "kvstash_puts_total") - metric(m0, "kvstash_puts_total"), ram / 1e6, disk / 1e6);
   }
   free(m0), free(m1), free(tt), free(ee);
   return ok == n ? 0 : 1;
@@ -484,6 +556,8 @@ static void usage(FILE *f) {
       "  --duration S          stop starting new ones after S seconds (default: no limit)\n"
       "  --turns A-B           chat turns per session (default 2-12)\n"
       "  --think S             mean think time between turns, seconds (default 1)\n"
+      "  --user-passages A-B   chat: passages a user turn pastes, the last cut to a Zipf\n"
+      "                        length (default 1-1)\n"
       "  --passages A-B        rag documents per question (default 5-10)\n"
       "  --zipf S              passage popularity / length exponent (default 1.1)\n"
       "  --max-out N           answers up to N tokens, Zipf (default 32)\n"
@@ -513,19 +587,23 @@ int main(int argc, char **argv) {
             .turns_max = 12,
             .pass_min = 5,
             .pass_max = 10,
+            .upass_min = 1,
+            .upass_max = 1,
             .max_out = 32,
             .inflight = 64,
             .warmup = 3,
             .seed = 1};
   const char *serve = NULL;
-  static struct option lo[] = {
-      {"serve", 1, 0, 'S'}, {"workload", 1, 0, 'w'}, {"rate", 1, 0, 'r'},
-      {"burst", 1, 0, 'b'}, {"requests", 1, 0, 'n'}, {"duration", 1, 0, 'd'},
-      {"turns", 1, 0, 't'}, {"think", 1, 0, 'k'},    {"passages", 1, 0, 'p'},
-      {"zipf", 1, 0, 'z'},  {"max-out", 1, 0, 'o'},  {"inflight", 1, 0, 'i'},
-      {"modes", 1, 0, 'm'}, {"metrics", 1, 0, 'M'},  {"data", 1, 0, 'D'},
-      {"seed", 1, 0, 's'},  {"help", 0, 0, 'h'},     {"warmup", 1, 0, 'W'},
-      {0, 0, 0, 0}};
+  static struct option lo[] = {{"serve", 1, 0, 'S'},         {"workload", 1, 0, 'w'},
+                               {"rate", 1, 0, 'r'},          {"burst", 1, 0, 'b'},
+                               {"requests", 1, 0, 'n'},      {"duration", 1, 0, 'd'},
+                               {"turns", 1, 0, 't'},         {"think", 1, 0, 'k'},
+                               {"passages", 1, 0, 'p'},      {"zipf", 1, 0, 'z'},
+                               {"max-out", 1, 0, 'o'},       {"inflight", 1, 0, 'i'},
+                               {"modes", 1, 0, 'm'},         {"metrics", 1, 0, 'M'},
+                               {"data", 1, 0, 'D'},          {"seed", 1, 0, 's'},
+                               {"help", 0, 0, 'h'},          {"warmup", 1, 0, 'W'},
+                               {"user-passages", 1, 0, 'U'}, {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     int bad = 0;
     switch (c) {
@@ -546,6 +624,7 @@ int main(int argc, char **argv) {
     case 'D': o.data = optarg; break;
     case 's': o.seed = strtoull(optarg, NULL, 10); break;
     case 'W': o.warmup = (uint32_t)atoi(optarg); break;
+    case 'U': bad = range(optarg, &o.upass_min, &o.upass_max) || o.upass_max > 32; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }

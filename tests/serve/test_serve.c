@@ -143,7 +143,7 @@ static void test_prompt_segments(void) {
       "1600.\"]}";
   CU_ASSERT_EQUAL_FATAL(parse(b, 1, &r, err), KVS_OK);
   srv_prompt p;
-  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, &p), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, NULL, &p), KVS_OK);
   CU_ASSERT_EQUAL(p.n_segs, 4);
   CU_ASSERT_EQUAL(p.segs[0].kind, SRV_SEG_PREFIX);
   CU_ASSERT_EQUAL(p.segs[1].kind, SRV_SEG_CONTENT);
@@ -169,7 +169,7 @@ static void test_prompt_segments(void) {
       "{\"role\":\"user\",\"content\":\"Hi\"},{\"role\":\"assistant\",\"content\":\"Hello!\"},"
       "{\"role\":\"user\",\"content\":\"Who wrote it?\"}]}";
   CU_ASSERT_EQUAL_FATAL(parse(b, 1, &r, err), KVS_OK);
-  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, &p), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, NULL, &p), KVS_OK);
   CU_ASSERT_EQUAL(p.n_segs, 2);
   const char *text = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
                      "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n"
@@ -183,7 +183,7 @@ static void test_prompt_segments(void) {
   /* a client cannot inject a turn: its "<|im_end|>" is plain text */
   CU_ASSERT_EQUAL_FATAL(
       parse("{\"messages\":[{\"role\":\"user\",\"content\":\"<|im_end|>\"}]}", 1, &r, err), KVS_OK);
-  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, &p), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r, NULL, &p), KVS_OK);
   kvs_token end = kvs_tok_find(tok, "<|im_end|>");
   int ends = 0;
   for (uint32_t i = 0; i < p.n_tokens; i++)
@@ -191,6 +191,100 @@ static void test_prompt_segments(void) {
   CU_ASSERT_EQUAL(ends, 1); /* only the template's own */
   srv_prompt_free(&p);
   srv_req_free(&r);
+  kvs_tok_free(tok);
+  kvs_gguf_free(g);
+}
+
+/* The answers' ids by text: found by exact text only, newest first, the
+ * oldest evicted by count and by bytes, bad arguments refused. */
+static void test_answers(void) {
+  srv_answers *a = NULL;
+  CU_ASSERT_EQUAL(srv_answers_create(0, 100, &a), KVS_EINVAL);
+  CU_ASSERT_EQUAL_FATAL(srv_answers_create(3, 1000, &a), KVS_OK);
+  int32_t i1[] = {1, 2, 3}, i2[] = {4, 5}, i3[] = {6}, i4[] = {7, 8};
+  uint32_t n = 0;
+  CU_ASSERT_EQUAL(srv_answers_put(a, "one", 3, i1, 3), KVS_OK);
+  CU_ASSERT_EQUAL(srv_answers_put(a, "two", 3, i2, 2), KVS_OK);
+  const int32_t *g = srv_answers_get(a, "one", 3, &n);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+  CU_ASSERT_EQUAL(n, 3);
+  CU_ASSERT_EQUAL(memcmp(g, i1, sizeof i1), 0);
+  CU_ASSERT_PTR_NULL(srv_answers_get(a, "on", 2, &n));          /* a prefix is not the text */
+  CU_ASSERT_PTR_NULL(srv_answers_get(a, "one!", 4, &n));        /* nor a longer one */
+  CU_ASSERT_EQUAL(srv_answers_put(a, "one", 3, i3, 1), KVS_OK); /* the same text again */
+  g = srv_answers_get(a, "one", 3, &n);
+  CU_ASSERT(g && n == 1 && g[0] == 6);                           /* newest first */
+  CU_ASSERT_EQUAL(srv_answers_put(a, "four", 4, i4, 2), KVS_OK); /* 4th entry: "one"(1) goes */
+  g = srv_answers_get(a, "one", 3, &n);
+  CU_ASSERT(g && n == 1); /* the newer "one" is still there */
+  CU_ASSERT_PTR_NOT_NULL(srv_answers_get(a, "two", 3, &n));
+  CU_ASSERT_PTR_NOT_NULL(srv_answers_get(a, "four", 4, &n));
+  CU_ASSERT_EQUAL(srv_answers_put(a, "x", 1, NULL, 0), KVS_EINVAL);
+  srv_answers_free(a);
+  /* bytes: 3 + 3*4 = 15 per entry, 40 bytes hold two */
+  CU_ASSERT_EQUAL_FATAL(srv_answers_create(100, 40, &a), KVS_OK);
+  CU_ASSERT_EQUAL(srv_answers_put(a, "aaa", 3, i1, 3), KVS_OK);
+  CU_ASSERT_EQUAL(srv_answers_put(a, "bbb", 3, i1, 3), KVS_OK);
+  CU_ASSERT_EQUAL(srv_answers_put(a, "ccc", 3, i1, 3), KVS_OK);
+  CU_ASSERT_PTR_NULL(srv_answers_get(a, "aaa", 3, &n));
+  CU_ASSERT_PTR_NOT_NULL(srv_answers_get(a, "ccc", 3, &n));
+  int32_t big[16] = {0};
+  CU_ASSERT_EQUAL(srv_answers_put(a, "d", 1, big, 16), KVS_ETOOBIG); /* over the whole budget */
+  srv_answers_free(a);
+}
+
+/* A conversation's prefix chain must not change between its turns: the
+ * prompt of turn 1 (up to the assistant opening) is the start of turn 2's
+ * prompt, and an answer the server produced comes back as the ids it
+ * generated, even where they are not the tokenizer's own for that text. */
+static void test_turn_ids(void) {
+  const char *mp = kvs_test_model_path();
+  if (!mp) {
+    printf("  (no model: turn ids not checked)\n");
+    return;
+  }
+  kvs_gguf *g = NULL;
+  kvs_tok *tok = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_gguf_open(mp, &g), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(kvs_tok_create(g, &tok), KVS_OK);
+  srv_req r1, r2;
+  char err[256];
+  /* user text that starts with a space and a newline: where "user\n" and the
+   * text tokenized together and apart could differ */
+  CU_ASSERT_EQUAL_FATAL(
+      parse("{\"messages\":[{\"role\":\"user\",\"content\":\" \\n  Tell me about rivers.\"}]}", 1,
+            &r1, err),
+      KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(
+      parse("{\"messages\":[{\"role\":\"user\",\"content\":\" \\n  Tell me about rivers.\"},"
+            "{\"role\":\"assistant\",\"content\":\"Rivers flow.\"},"
+            "{\"role\":\"user\",\"content\":\"And lakes?\"}]}",
+            1, &r2, err),
+      KVS_OK);
+  srv_prompt p1, p2;
+  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r1, NULL, &p1), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r2, NULL, &p2), KVS_OK);
+  CU_ASSERT_FATAL(p2.n_tokens > p1.n_tokens);
+  CU_ASSERT_EQUAL(memcmp(p1.tokens, p2.tokens, p1.n_tokens * sizeof *p1.tokens), 0);
+  srv_prompt_free(&p2);
+  /* the answer's ids: deliberately not the tokenizer's (one id per byte) */
+  kvs_token ids[32];
+  size_t n = 0;
+  CU_ASSERT_EQUAL(kvs_tok_encode(tok, "Rivers flow.", 12, 0, 0, ids, 32, &n), KVS_OK);
+  int32_t odd[3] = {ids[n - 1], ids[0], ids[n - 1]};
+  srv_answers *a = NULL;
+  CU_ASSERT_EQUAL_FATAL(srv_answers_create(8, 1 << 16, &a), KVS_OK);
+  CU_ASSERT_EQUAL(srv_answers_put(a, "Rivers flow.", 12, odd, 3), KVS_OK);
+  CU_ASSERT_EQUAL_FATAL(srv_prompt_build(tok, &r2, a, &p2), KVS_OK);
+  CU_ASSERT_EQUAL(memcmp(p1.tokens, p2.tokens, p1.n_tokens * sizeof *p1.tokens), 0);
+  CU_ASSERT_EQUAL(memcmp(p2.tokens + p1.n_tokens, odd, sizeof odd),
+                  0); /* right after the opening */
+  CU_ASSERT_EQUAL(p2.tokens[p1.n_tokens + 3], kvs_tok_find(tok, "<|im_end|>"));
+  srv_prompt_free(&p2);
+  srv_answers_free(a);
+  srv_prompt_free(&p1);
+  srv_req_free(&r1);
+  srv_req_free(&r2);
   kvs_tok_free(tok);
   kvs_gguf_free(g);
 }
@@ -421,6 +515,28 @@ static int kvs_usage(const cJSON *u, const char *k) {
   return cJSON_GetObjectItem(cJSON_GetObjectItem(u, "kvstash"), k)->valueint;
 }
 
+/* Waits (bounded) until kvs-serve's worker is idle and its queued stores are
+ * all done or failed (/health); 1 when so. */
+static int wait_stores(void) {
+  for (int i = 0; i < 600; i++) {
+    char *b = NULL;
+    int idle = 0;
+    if (http("GET", "/health", NULL, &b) == 200) {
+      cJSON *j = cJSON_Parse(b), *ru = cJSON_GetObjectItem(j, "reuse");
+      double q = cJSON_GetNumberValue(cJSON_GetObjectItem(ru, "stores_queued"));
+      double d = cJSON_GetNumberValue(cJSON_GetObjectItem(ru, "stores_done"));
+      double f = cJSON_GetNumberValue(cJSON_GetObjectItem(ru, "stores_failed"));
+      idle = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "working")) == 0 &&
+             cJSON_GetNumberValue(cJSON_GetObjectItem(j, "queued")) == 0 && q > 0 && d + f == q;
+      cJSON_Delete(j);
+    }
+    free(b);
+    if (idle) return 1;
+    usleep(100000);
+  }
+  return 0;
+}
+
 /* Through a real kvstashd: a conversation's second turn reuses the first turn
  * (prompt and answer, stored by whole 256-token chunks), and the same
  * documents in a second question are loaded instead of computed. */
@@ -463,15 +579,18 @@ static void test_reuse(void) {
   cJSON_AddStringToObject(m, "content", "Where does the river flow?");
   cJSON_AddItemToArray(msgs, m);
   body = cJSON_PrintUnformatted(req);
+  /* turn 1's stores are asynchronous: wait until the worker is idle and every
+   * queued store is done; then turn 2, once, reuses at least the history's
+   * first whole chunk (prompt + answer: stored after the answer, although
+   * turn 1's own PREFIX was only the 3-token turn opening) */
+  CU_ASSERT_EQUAL(wait_stores(), 1);
   int reused = 0;
-  for (int tries = 0; tries < 50 && reused == 0; tries++) { /* stores are asynchronous */
+  {
     CU_ASSERT_EQUAL_FATAL(http("POST", "/v1/chat/completions", body, &b), 200);
     cJSON *u2 = usage_of(b);
     reused = kvs_usage(u2, "reused_tokens");
+    CU_ASSERT(reused >= 256);
     if (reused) {
-      /* at least the history's first whole chunk (stored after turn 1's answer);
-       * a retry here may also find this request's own chain, tail included */
-      CU_ASSERT(reused >= 256);
       CU_ASSERT(reused <
                 cJSON_GetObjectItem(u2, "prompt_tokens")->valueint); /* the question is new */
       CU_ASSERT(kvs_usage(u2, "prefilled_tokens") + reused ==
@@ -482,9 +601,7 @@ static void test_reuse(void) {
     }
     cJSON_Delete(u2);
     free(b);
-    if (!reused) usleep(100000);
   }
-  CU_ASSERT(reused > 0);
   free(body);
   free(answer);
   cJSON_Delete(u1);
@@ -500,15 +617,13 @@ static void test_reuse(void) {
   snprintf(r2, sizeof r2, rag, "When was the Colosseum built?");
   CU_ASSERT_EQUAL(http("POST", "/v1/chat/completions", r1, &b), 200);
   free(b);
-  reused = 0;
-  for (int tries = 0; tries < 50 && reused == 0; tries++) {
-    CU_ASSERT_EQUAL_FATAL(http("POST", "/v1/chat/completions", r2, &b), 200);
-    cJSON *u = usage_of(b);
-    reused = kvs_usage(u, "reused_tokens");
-    cJSON_Delete(u);
-    free(b);
-    if (!reused) usleep(100000);
-  }
+  CU_ASSERT_EQUAL(wait_stores(), 1); /* stored after the answer, asynchronously */
+  CU_ASSERT_EQUAL_FATAL(http("POST", "/v1/chat/completions", r2, &b), 200);
+  cJSON *u2 = usage_of(b);
+  reused = kvs_usage(u2, "reused_tokens");
+  CU_ASSERT_EQUAL(kvs_usage(u2, "chunks_loaded"), 3); /* the prefix and both documents */
+  cJSON_Delete(u2);
+  free(b);
   CU_ASSERT(reused > 20); /* both documents' tokens (and the short prefix) */
   /* and reuse off for one request: nothing reused */
   char r3[1100];
@@ -528,6 +643,8 @@ int main(void) {
                                         {"parse_errors", test_parse_errors},
                                         {"utf8", test_utf8},
                                         {"prompt_segments", test_prompt_segments},
+                                        {"answers", test_answers},
+                                        {"turn_ids", test_turn_ids},
                                         {"server", test_server},
                                         {"concurrent", test_concurrent},
                                         {"reuse", test_reuse},

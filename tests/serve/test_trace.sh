@@ -28,6 +28,8 @@ for mode in ("kvstash", "no-reuse"):
     m = j[mode]
     assert m["requests"] == 4 and m["errors"] == 0, (mode, m)
     assert m["prompt_tokens"] > 0 and m["ttft_p50_ms"] > 0 and m["e2e_p99_ms"] >= m["ttft_p50_ms"], (mode, m)
+    # the server-side breakdown (usage.kvstash) and the per-turn reuse are reported
+    assert m["server_ttft_ms_mean"] > 0 and m["queue_ms_mean"] >= 0 and "history_reuse" in m, (mode, m)
 print("trace replay: ok")
 '
 kill $pid

@@ -27,7 +27,7 @@
 #include "kvs_engine.h"
 #include "kvs_engines.h"
 #include "kvs_gpu.h"
-#include "kvs_engines.h"
+#include "kvs_gpu_blend.h"
 #include "kvs_gpu_model.h"
 #include "kvs_model.h"
 #include "kvs_net.h"
@@ -63,6 +63,11 @@ typedef struct job {
   const char *finish; /* "stop" | "length" */
   uint32_t prompt_tokens, completion_tokens, reused_tokens, recomputed_tokens, prefilled_tokens;
   double ttft_s;
+  /* where the time went (usage.kvstash): waiting in the queue, the LOOKUP,
+   * the stores kvs_reuse_run queued before returning (on the TTFT path) */
+  uint64_t t_enq;
+  double queue_s, lookup_s, store_s;
+  uint32_t n_chunks, n_load, n_miss;
   /* loop side */
   int started;          /* SSE headers sent */
   atomic_int cancelled; /* the client closed: the worker stops early */
@@ -80,7 +85,8 @@ typedef struct server {
   kvs_tok *own_tok; /* --random-8b: the tokenizer of --model, weights random */
   kvs_gguf *tok_gguf;
   char model_name[128];
-  kvs_client *cl; /* NULL without --kvstash */
+  kvs_client *cl;       /* NULL without --kvstash */
+  srv_answers *answers; /* the worker's: ids of recent answers by text */
   kvs_reuse *ru;
   uint32_t chunk_tokens;
   uint32_t max_ctx, default_max_tokens, max_queue;
@@ -93,6 +99,7 @@ typedef struct server {
   pthread_t worker;
   uint64_t n_requests, n_rejected;
   double busy_s; /* the worker's time spent on jobs (under qmu) */
+  int working;   /* the worker is on a job, its stores included (under qmu) */
 } server;
 
 static void job_free(job *j) {
@@ -136,6 +143,12 @@ static cJSON *usage_json(const job *j) {
   cJSON_AddNumberToObject(k, "recomputed_tokens", j->recomputed_tokens);
   cJSON_AddNumberToObject(k, "prefilled_tokens", j->prefilled_tokens);
   cJSON_AddNumberToObject(k, "ttft_ms", j->ttft_s * 1e3);
+  cJSON_AddNumberToObject(k, "queue_ms", j->queue_s * 1e3);
+  cJSON_AddNumberToObject(k, "lookup_ms", j->lookup_s * 1e3);
+  cJSON_AddNumberToObject(k, "store_ms", j->store_s * 1e3);
+  cJSON_AddNumberToObject(k, "chunks", j->n_chunks);
+  cJSON_AddNumberToObject(k, "chunks_loaded", j->n_load);
+  cJSON_AddNumberToObject(k, "chunks_missed", j->n_miss);
   return u;
 }
 
@@ -273,13 +286,15 @@ static void out_text(job *j, const char *s, size_t n) {
 }
 
 /* Stores chunks [first, last) of the prefix chain over ids[0..n_kv), where
- * first is the first whole chunk beyond the prompt's PREFIX segment and last
- * the last whole chunk the sequence holds KV for. Best effort: a full store
- * queue drops it (counted by kvs_reuse). */
+ * first is the chunk in which the prompt's PREFIX segment ends (store_computed
+ * stored the whole chunks before it, and of this one only the PREFIX's part,
+ * a tail chunk under another key) and last the last whole chunk the sequence
+ * holds KV for. Best effort: a full store queue drops it (counted by
+ * kvs_reuse). */
 static void store_answer(server *sv, kvs_engine_seq *s, const int32_t *ids, uint32_t n_ids,
                          uint32_t n_kv, uint32_t prefix_len) {
   uint32_t C = sv->chunk_tokens, n = n_kv < n_ids ? n_kv : n_ids;
-  uint32_t first = (prefix_len + C - 1) / C, last = n / C;
+  uint32_t first = prefix_len / C, last = n / C;
   if (last <= first || last * C >= n_ids) return; /* nothing new, or no token left for NEW */
   kvs_reuse_segment rs[2] = {{.kind = KVS_SEG_PREFIX, .n_tokens = last * C},
                              {.kind = KVS_SEG_NEW, .n_tokens = n_ids - last * C}};
@@ -304,20 +319,97 @@ static void store_answer(server *sv, kvs_engine_seq *s, const int32_t *ids, uint
     free(kv);
 }
 
+/* Stores the chunks kvs_reuse_run computed that kvstashd lacks (MISS in dec[nch]),
+ * cut as it cuts them (the PREFIX chain of chunk_tokens, the tail included,
+ * then one chunk per CONTENT segment), after the answer rather than before
+ * the first token: KV read from the sequence, a CONTENT chunk re-rotated as if
+ * at position 0 (what kvs_reuse stores), then queued. Best effort (a full
+ * queue drops, counted by kvs_reuse). */
+static void store_computed(server *sv, kvs_engine_seq *s, const kvs_reuse_request *rq,
+                           const uint8_t *dec, uint32_t nch) {
+  const kvs_layout *l = &sv->info.layout;
+  uint32_t C = sv->chunk_tokens, prefix = 0, big = 0;
+  for (uint32_t i = 0; i < rq->n_segs && rq->segs[i].kind == KVS_SEG_PREFIX; i++)
+    prefix += rq->segs[i].n_tokens;
+  uint32_t n_pre = prefix ? (uint32_t)kvs_chunk_prefix_count(prefix, C, KVS_CHUNK_TAIL) : 0;
+  for (uint32_t i = 0; i < rq->n_segs; i++)
+    if (rq->segs[i].kind == KVS_SEG_CONTENT && rq->segs[i].n_tokens > big)
+      big = rq->segs[i].n_tokens;
+  if (big < C) big = C;
+  size_t tb = (size_t)l->n_kv_heads * l->head_dim * kvs_dtype_size(l->dtype);
+  int dev = sv->info.mem == KVS_ENGINE_MEM_DEVICE;
+  void *kv = NULL;
+  kvs_err e = dev ? kvs_gpu_alloc(&kv, 2 * tb * big * l->n_layers)
+                  : ((kv = malloc(2 * tb * big * l->n_layers)) ? KVS_OK : KVS_ENOMEM);
+  uint32_t pos = prefix, si = 0;
+  for (uint32_t k = 0; !e && k < nch; k++) {
+    uint32_t start, n, content = k >= n_pre;
+    if (!content) {
+      start = k * C, n = k + 1 < n_pre ? C : prefix - k * C;
+    } else { /* the next CONTENT segment */
+      while (si < rq->n_segs && rq->segs[si].kind != KVS_SEG_CONTENT)
+        si++;
+      if (si == rq->n_segs) break;
+      start = pos, n = rq->segs[si].n_tokens, pos += n, si++;
+    }
+    if (dec[k] != KVS_REUSE_MISS) continue; /* loaded, or stored already (RECOMPUTE) */
+    size_t plane = tb * n;                  /* canonical (layers, 2, n, heads, dim) */
+    for (uint32_t y = 0; !e && y < l->n_layers; y++)
+      e = sv->eng->ops->kv_read(sv->eng, s, y, start, n, (char *)kv + 2 * y * plane,
+                                (char *)kv + (2 * y + 1) * plane);
+    if (!e && content && start) {
+      if (!dev) {
+        e = kvs_rope_shift_chunk(l, kv, n, -(int64_t)start);
+      } else {
+        float table[KVS_MAX_HEAD_DIM];
+        e = kvs_rope_shift_table(l, -(int64_t)start, table);
+        for (uint32_t y = 0; !e && y < l->n_layers; y++)
+          e = kvs_gpu_rope_shift(l, (char *)kv + 2 * y * plane, n,
+                                 (size_t)l->n_kv_heads * l->head_dim, table, NULL);
+        if (!e) e = kvs_gpu_sync(NULL);
+      }
+    }
+    if (!e) e = kvs_reuse_store(sv->ru, rq, k, kv, 0);
+    if (e == KVS_EAGAIN) e = KVS_OK; /* dropped and counted */
+  }
+  if (e) kvs_log(KVS_LOG_WARN, "serve", "storing the computed chunks: %s", kvs_strerror(e));
+  if (dev)
+    kvs_gpu_free(kv);
+  else
+    free(kv);
+}
+
+/* Hands the job's end to the loop thread, which then owns (and frees) it. */
+static void job_finish(job *j, kvs_err e) {
+  pthread_mutex_lock(&j->mu);
+  j->err = e;
+  if (e && !j->errmsg[0])
+    snprintf(j->errmsg, sizeof j->errmsg, "generation failed: %s", kvs_strerror(e));
+  j->done = 1;
+  /* activated under mu: the loop cannot see done, and free the job, before
+   * this call has returned */
+  event_active(j->wake, 0, 0);
+  pthread_mutex_unlock(&j->mu);
+}
+
 /* Generates the answer of one job: full prefill (reuse comes through reuse/),
  * greedy decode, text handed over as whole UTF-8 characters, stop strings
  * checked on the text so far (never streamed past a stop). */
-static kvs_err run_job(server *sv, job *j) {
+static void run_job(server *sv, job *j) {
   srv_prompt p;
-  KVS_TRY(srv_prompt_build(sv->tok, &j->req, &p));
+  kvs_err e = srv_prompt_build(sv->tok, &j->req, sv->answers, &p);
+  if (e) {
+    job_finish(j, e);
+    return;
+  }
   uint32_t max_new = j->req.max_tokens ? j->req.max_tokens : sv->default_max_tokens;
-  kvs_err e = KVS_OK;
   if (p.n_tokens + max_new + 1 > sv->max_ctx) {
     snprintf(j->errmsg, sizeof j->errmsg,
              "prompt (%u tokens) + max_tokens (%u) exceed the context (%u)", p.n_tokens, max_new,
              sv->max_ctx);
     srv_prompt_free(&p);
-    return KVS_ETOOBIG;
+    job_finish(j, KVS_ETOOBIG);
+    return;
   }
   j->prompt_tokens = p.n_tokens;
   uint32_t V = sv->info.n_vocab;
@@ -339,9 +431,17 @@ static kvs_err run_job(server *sv, job *j) {
                                         : p.segs[i].kind == SRV_SEG_CONTENT ? KVS_SEG_CONTENT
                                                                             : KVS_SEG_NEW,
                                 .n_tokens = p.segs[i].len};
+  uint8_t *dec = NULL; /* per chunk: loaded, or computed here (stored after the answer) */
+  uint32_t nch = 0;
+  if (!e && reuse) e = kvs_reuse_count_chunks(sv->ru, &rq, &nch);
+  if (!e && reuse && !(dec = calloc(nch + 1, 1))) e = KVS_ENOMEM;
   if (!e && reuse) {
     kvs_reuse_result res;
-    e = kvs_reuse_run(sv->ru, s, &rq, lg, &res, NULL, 0);
+    memset(&res, 0, sizeof res);
+    e = kvs_reuse_run(sv->ru, s, &rq, lg, &res, dec, nch);
+    j->lookup_s = res.t_lookup_s;
+    j->store_s = (kvs_now_ns() - t0) / 1e9 - res.t_total_s; /* its stores, after the logits */
+    j->n_chunks = res.n_chunks, j->n_load = res.n_load, j->n_miss = res.n_miss;
     /* loaded tokens are reused; of them, blending recomputed some; the rest
      * (missing chunks and the new tail) was prefilled in full */
     j->reused_tokens = res.blend.n_ctx - res.blend.n_forced;
@@ -362,6 +462,7 @@ static kvs_err run_job(server *sv, job *j) {
   kvs_token end = kvs_tok_find(sv->tok, "<|im_end|>"), eos = kvs_tok_eos(sv->tok);
   j->finish = "length";
   size_t hold = 0;
+  int cut = 0; /* a stop string cut the answer: its text is not all its ids */
   for (size_t i = 0; i < j->req.n_stop; i++)
     if (strlen(j->req.stop[i]) > hold) hold = strlen(j->req.stop[i]);
   for (uint32_t i = 0; !e && i < max_new; i++) {
@@ -401,7 +502,7 @@ static kvs_err run_job(server *sv, job *j) {
     if (stop_at != SIZE_MAX) {
       if (stop_at > sent) out_text(j, gen + sent, stop_at - sent);
       sent = gen_n;
-      j->finish = "stop";
+      j->finish = "stop", cut = 1;
       break;
     }
     /* send whole characters, keeping back what could still start a stop string */
@@ -415,20 +516,27 @@ static kvs_err run_job(server *sv, job *j) {
     }
   }
   if (!e && gen_n > sent) out_text(j, gen + sent, gen_n - sent);
+  /* the next turn sends this answer back as text: it gets these ids */
+  if (!e && !cut && !atomic_load(&j->cancelled) && n_ids > p.n_tokens)
+    (void)srv_answers_put(sv->answers, gen ? gen : "", gen_n, ids + p.n_tokens,
+                          n_ids - p.n_tokens); /* best effort */
   /* a conversation's next turn starts with this prompt and this answer: store
    * the prefix chain's whole chunks that the answer completed (the prompt's
-   * own were stored by kvs_reuse_run), off the critical path. Not with
-   * documents: the next turn's history does not carry them. */
-  if (!e && reuse && j->req.chat && !j->req.n_docs && s)
-    store_answer(sv, s, ids, n_ids, sv->eng->ops->seq_len(sv->eng, s),
-                 p.segs[0].kind == SRV_SEG_PREFIX ? p.segs[0].len : 0);
+   * own by store_computed), off the critical path: after the
+   * client has its answer. Not with documents: the next turn's history does
+   * not carry them. */
+  int store = !e && reuse && j->req.chat && !j->req.n_docs && s;
+  uint32_t prefix_len = p.segs[0].kind == SRV_SEG_PREFIX ? p.segs[0].len : 0;
+  job_finish(j, e); /* j is the loop's from here on */
+  if (!e && dec) store_computed(sv, s, &rq, dec, nch);
+  free(dec);
+  if (store) store_answer(sv, s, ids, n_ids, sv->eng->ops->seq_len(sv->eng, s), prefix_len);
   free(ids);
   if (s) sv->eng->ops->seq_free(sv->eng, s);
   if (dev && lg) kvs_gpu_free(lg);
   free(host);
   free(gen);
   srv_prompt_free(&p);
-  return e;
 }
 
 static void *worker_main(void *arg) {
@@ -444,22 +552,17 @@ static void *worker_main(void *arg) {
     }
     sv->head = j->next;
     if (!sv->head) sv->tail = NULL;
-    sv->queued--;
+    sv->queued--, sv->working = 1;
     pthread_mutex_unlock(&sv->qmu);
     uint64_t t0 = kvs_now_ns();
-    kvs_err e = atomic_load(&j->cancelled) ? KVS_ECANCELED : run_job(sv, j);
+    j->queue_s = (t0 - j->t_enq) / 1e9;
+    if (atomic_load(&j->cancelled))
+      job_finish(j, KVS_ECANCELED);
+    else
+      run_job(sv, j); /* finishes the job (then the loop's), maybe stores after */
     pthread_mutex_lock(&sv->qmu);
-    sv->busy_s += (kvs_now_ns() - t0) / 1e9;
+    sv->busy_s += (kvs_now_ns() - t0) / 1e9, sv->working = 0;
     pthread_mutex_unlock(&sv->qmu);
-    pthread_mutex_lock(&j->mu);
-    j->err = e;
-    if (e && !j->errmsg[0])
-      snprintf(j->errmsg, sizeof j->errmsg, "generation failed: %s", kvs_strerror(e));
-    j->done = 1;
-    /* activated under mu: the loop cannot see done, and free the job, before
-     * this call has returned */
-    event_active(j->wake, 0, 0);
-    pthread_mutex_unlock(&j->mu);
   }
 }
 
@@ -496,6 +599,7 @@ static void handle_completion(struct evhttp_request *r, server *sv, int chat) {
   pthread_mutex_init(&j->mu, NULL);
   j->sv = sv, j->http = r, j->conn = evhttp_request_get_connection(r);
   j->created = (int64_t)time(NULL);
+  j->t_enq = kvs_now_ns();
   static uint64_t seq;
   snprintf(j->id, sizeof j->id, "%s-%" PRIx64 "%06" PRIu64, chat ? "chatcmpl" : "cmpl",
            (uint64_t)j->created, ++seq);
@@ -551,7 +655,25 @@ static void handle(struct evhttp_request *r, void *arg) {
     cJSON_AddNumberToObject(o, "requests", (double)sv->n_requests);
     cJSON_AddNumberToObject(o, "rejected", (double)sv->n_rejected);
     cJSON_AddNumberToObject(o, "busy_s", sv->busy_s);
+    cJSON_AddNumberToObject(o, "working", sv->working);
     pthread_mutex_unlock(&sv->qmu);
+    kvs_reuse_counters rc;
+    if (sv->ru && kvs_reuse_get_counters(sv->ru, &rc) == KVS_OK) {
+      cJSON *k = cJSON_AddObjectToObject(o, "reuse");
+      cJSON_AddNumberToObject(k, "requests", (double)rc.requests);
+      cJSON_AddNumberToObject(k, "chunks", (double)rc.chunks);
+      cJSON_AddNumberToObject(k, "loads", (double)rc.loads);
+      cJSON_AddNumberToObject(k, "recomputes", (double)rc.recomputes);
+      cJSON_AddNumberToObject(k, "misses", (double)rc.misses);
+      cJSON_AddNumberToObject(k, "retries", (double)rc.retries);
+      cJSON_AddNumberToObject(k, "stores_queued", (double)rc.stores_queued);
+      cJSON_AddNumberToObject(k, "stores_done", (double)rc.stores_done);
+      cJSON_AddNumberToObject(k, "stores_failed", (double)rc.stores_failed);
+      cJSON_AddNumberToObject(k, "stores_dropped", (double)rc.stores_dropped);
+      cJSON_AddNumberToObject(k, "ram_latency_ms", rc.latency_s[0] * 1e3);
+      cJSON_AddNumberToObject(k, "ram_gbps", rc.bytes_per_s[0] / 1e9);
+      cJSON_AddNumberToObject(k, "prefill_us_per_token", rc.prefill_s_per_token * 1e6);
+    }
     send_json(r, 200, "OK", o);
     cJSON_Delete(o);
   } else {
@@ -579,9 +701,13 @@ static void usage(FILE *f) {
              "  --profile NAME        codec profile of stored KV (default dense)\n"
              "  --policy NAME         auto (default: load or recompute from measured figures),\n"
              "                        load, recompute\n"
+             "  --chunk-tokens N      chunk size of a conversation's prefix chain (default 256;\n"
+             "                        smaller: less of the last chunk recomputed, more gets)\n"
              "  --ctx N               context tokens per request (default 8192)\n"
              "  --max-tokens N        default max_tokens (default 256)\n"
              "  --queue N             requests waiting at most (default 64; more get 503)\n"
+             "  --store-queue N       stores of computed KV waiting at most (default 64; more\n"
+             "                        are dropped, counted in /health)\n"
              "  --version             print the version\n");
 }
 
@@ -589,13 +715,25 @@ int main(int argc, char **argv) {
   const char *model_path = NULL, *listen = "127.0.0.1:8000", *name = NULL, *kvs_url = NULL;
   const char *strategy = "adaptive", *profile = "dense", *policy = "auto";
   int use_gpu = 0, random8b = 0;
+  uint32_t store_queue = 64; /* a RAG request may compute 10+ chunks at once */
   server sv = {.max_ctx = 8192, .default_max_tokens = 256, .max_queue = 64};
-  static struct option lo[] = {
-      {"model", 1, 0, 'm'},   {"listen", 1, 0, 'l'},    {"model-name", 1, 0, 'n'},
-      {"gpu", 0, 0, 'g'},     {"ctx", 1, 0, 'c'},       {"max-tokens", 1, 0, 't'},
-      {"queue", 1, 0, 'q'},   {"version", 0, 0, 'V'},   {"help", 0, 0, 'h'},
-      {"kvstash", 1, 0, 'K'}, {"strategy", 1, 0, 's'},  {"profile", 1, 0, 'p'},
-      {"policy", 1, 0, 'P'},  {"random-8b", 0, 0, 'R'}, {0, 0, 0, 0}};
+  static struct option lo[] = {{"model", 1, 0, 'm'},
+                               {"listen", 1, 0, 'l'},
+                               {"model-name", 1, 0, 'n'},
+                               {"gpu", 0, 0, 'g'},
+                               {"ctx", 1, 0, 'c'},
+                               {"max-tokens", 1, 0, 't'},
+                               {"queue", 1, 0, 'q'},
+                               {"version", 0, 0, 'V'},
+                               {"help", 0, 0, 'h'},
+                               {"kvstash", 1, 0, 'K'},
+                               {"strategy", 1, 0, 's'},
+                               {"profile", 1, 0, 'p'},
+                               {"policy", 1, 0, 'P'},
+                               {"random-8b", 0, 0, 'R'},
+                               {"chunk-tokens", 1, 0, 'C'},
+                               {"store-queue", 1, 0, 'Q'},
+                               {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     char *end = NULL;
     switch (c) {
@@ -606,6 +744,8 @@ int main(int argc, char **argv) {
     case 'c': sv.max_ctx = (uint32_t)strtoul(optarg, &end, 10); break;
     case 't': sv.default_max_tokens = (uint32_t)strtoul(optarg, &end, 10); break;
     case 'q': sv.max_queue = (uint32_t)strtoul(optarg, &end, 10); break;
+    case 'C': sv.chunk_tokens = (uint32_t)strtoul(optarg, &end, 10); break;
+    case 'Q': store_queue = (uint32_t)strtoul(optarg, &end, 10); break;
     case 'K': kvs_url = optarg; break;
     case 'R': random8b = use_gpu = 1; break;
     case 's': strategy = optarg; break;
@@ -624,8 +764,10 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  if (sv.max_ctx < 16 || sv.default_max_tokens < 1 || sv.default_max_tokens > SRV_MAX_TOKENS_OUT) {
-    fprintf(stderr, "kvs-serve: --ctx must be >= 16 and --max-tokens in 1..%d\n",
+  if (sv.max_ctx < 16 || sv.default_max_tokens < 1 || sv.default_max_tokens > SRV_MAX_TOKENS_OUT ||
+      (sv.chunk_tokens && (sv.chunk_tokens < 16 || sv.chunk_tokens > 4096))) {
+    fprintf(stderr,
+            "kvs-serve: --ctx must be >= 16, --max-tokens in 1..%d, --chunk-tokens in 16..4096\n",
             SRV_MAX_TOKENS_OUT);
     return 2;
   }
@@ -691,7 +833,10 @@ int main(int argc, char **argv) {
     kvs_reuse_opts ro;
     kvs_reuse_opts_init(&ro);
     ro.blend.sel = kvs_sel_defaults((uint32_t)strat);
-    ro.policy = (uint32_t)pol, ro.store = 1, ro.store_profile = (uint32_t)prof;
+    /* ro.store off: kvs_reuse_run would store what it computed before it
+     * returns, i.e. before the first token; run_job stores after the answer */
+    ro.policy = (uint32_t)pol, ro.store = 0, ro.store_profile = (uint32_t)prof;
+    ro.prefix_chunk_tokens = sv.chunk_tokens, ro.store_queue = store_queue ? store_queue : 1;
     e = kvs_client_create(&co, &sv.cl);
     if (!e) e = kvs_reuse_create(sv.cl, sv.eng, &ro, &sv.ru);
     if (e) {
@@ -701,6 +846,7 @@ int main(int argc, char **argv) {
     }
     sv.chunk_tokens = ro.prefix_chunk_tokens ? ro.prefix_chunk_tokens : KVS_DEFAULT_CHUNK_TOKENS;
   }
+  if (srv_answers_create(4096, 64u << 20, &sv.answers) != KVS_OK) return 1;
   const char *base = strrchr(model_path, '/');
   snprintf(sv.model_name, sizeof sv.model_name, "%s", name ? name : base ? base + 1 : model_path);
 
@@ -747,6 +893,7 @@ int main(int argc, char **argv) {
   kvs_gpu_model_free(sv.gm);
   kvs_model_free(sv.model);
   kvs_tok_free(sv.own_tok);
+  srv_answers_free(sv.answers);
   kvs_gguf_free(sv.tok_gguf);
   fprintf(stderr, "kvs-serve: stopped\n");
   return 0;

@@ -69,9 +69,30 @@ typedef struct srv_prompt {
   uint32_t n_segs;
 } srv_prompt;
 
+/* ------------------------------------------------------------ answers
+ * The token ids of the server's recent answers, by their text (answers.c): a
+ * conversation's next turn gets back the ids the model generated, not a
+ * re-tokenization of their text (which can differ, and would break the
+ * prefix chain stored after the answer). FIFO, at most max_entries answers
+ * and max_bytes of text + ids. Not thread-safe (the worker's own). */
+typedef struct srv_answers srv_answers;
+kvs_err srv_answers_create(uint32_t max_entries, size_t max_bytes, srv_answers **out);
+void srv_answers_free(srv_answers *a);
+/* Copies text[n] and ids[n_ids]; evicts the oldest to make room. */
+kvs_err srv_answers_put(srv_answers *a, const char *text, size_t n, const int32_t *ids,
+                        uint32_t n_ids);
+/* The ids of the newest answer whose text is exactly text[n], or NULL.
+ * Valid until the next put. */
+const int32_t *srv_answers_get(const srv_answers *a, const char *text, size_t n, uint32_t *n_ids);
+
 struct kvs_tok;
-/* ChatML text of the request, tokenized segment by segment. */
-kvs_err srv_prompt_build(const struct kvs_tok *tok, const srv_req *r, srv_prompt *p);
+/* ChatML text of the request, tokenized segment by segment: every turn is
+ * "<|im_start|>" (special) + "role\n" + content (each plain text, apart) +
+ * "<|im_end|>" (special) + "\n", so a user turn has the same ids in the
+ * history of a later turn as when it was the last one. An assistant message
+ * found in answers (may be NULL) gets the ids the model generated. */
+kvs_err srv_prompt_build(const struct kvs_tok *tok, const srv_req *r, const srv_answers *answers,
+                         srv_prompt *p);
 void srv_prompt_free(srv_prompt *p);
 
 /* Of a UTF-8 byte string, the length of its longest prefix that ends on a
