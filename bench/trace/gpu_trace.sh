@@ -90,14 +90,16 @@ else:
 }
 turns_mean=$(echo "$CHAT_ARGS" | python3 -c "import sys,re; m=re.search(r'--turns (\d+)-(\d+)', sys.stdin.read()); print((int(m.group(1))+int(m.group(2)))/2 if m else 7)")
 
-# 1-2. chat
-replay chat-calibrate 90 --workload chat --modes no-reuse --rate 2 --requests 3 $CHAT_ARGS --warmup 2 --seed 11
+# 1-2. chat (SKIP_CHAT=1: straight to rag)
+if [ -z "${SKIP_CHAT:-}" ]; then
+[ -z "${CRATE:-}" ] && replay chat-calibrate 90 --workload chat --modes no-reuse --rate 2 --requests 3 $CHAT_ARGS --warmup 2 --seed 11
 CRATE=${CRATE:-$(rate_for chat-calibrate $turns_mean 0.5 2>> "$OUT/summary.txt")}
 note "chat: $CRATE sessions/s (mean $turns_mean turns) for ~$BUSY busy without kvstash"
 replay chat 150 --workload chat --modes no-reuse,kvstash --rate $CRATE --requests 10000 --duration $DUR $CHAT_ARGS --warmup 3
+fi
 # 1-2. rag
 kvsd $RAM cost
-replay rag-calibrate 60 --workload rag --modes no-reuse --rate 1 --requests 4 $RAG_ARGS --warmup 2 --seed 11
+[ -z "${RRATE:-}" ] && replay rag-calibrate 60 --workload rag --modes no-reuse --rate 1 --requests 4 $RAG_ARGS --warmup 2 --seed 11
 RRATE=${RRATE:-$(rate_for rag-calibrate 1 3 2>> "$OUT/summary.txt")}
 note "rag: $RRATE questions/s for ~$BUSY busy without kvstash"
 replay rag 120 --workload rag --modes no-reuse,kvstash --rate $RRATE --requests 10000 --duration $DUR $RAG_ARGS --warmup 3
