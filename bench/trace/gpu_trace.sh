@@ -36,7 +36,8 @@ CHUNK=${CHUNK:-256} BUDGET=${BUDGET:-400} # seconds: no new step starts after BU
 CHAT_ARGS=${CHAT_ARGS:---turns 3-8 --think 0.5 --user-passages 2-4 --max-out 8}
 RAG_ARGS=${RAG_ARGS:---passages 5-10 --max-out 8}
 export KVS_RAG_DATA=${KVS_RAG_DATA:-$PWD/data/rag/musique_s.json.zst} # the checkout's copy
-D=/tmp/kvs-gt; rm -rf $D; mkdir -p $D
+SPORT=${SPORT:-18000} MPORT=${MPORT:-17879} D=${GT_DIR:-/tmp/kvs-gt}
+rm -rf $D; mkdir -p $D
 shm=off; [ "$(df -B1G --output=avail /dev/shm | tail -1)" -gt 40 ] && shm=on
 echo "shm=$shm policy=$POLICY busy=$BUSY dur=$DUR chunk=$CHUNK" >> "$OUT/env.txt"
 KPID=
@@ -44,20 +45,20 @@ kvsd() { # kvsd RAM_BYTES EVICTION: a fresh kvstashd on the same socket
   [ -n "$KPID" ] && { kill $KPID; wait $KPID 2>/dev/null; }
   rm -rf $D/db; rm -f $D/d.sock
   echo "=== kvstashd ram=$1 eviction=$2" >> "$OUT/kvstashd.log"
-  $R $KVSD --data-dir=$D/db --listen=ipc://$D/d.sock --http=127.0.0.1:17879 --ram_bytes=$1 \
+  $R $KVSD --data-dir=$D/db --listen=ipc://$D/d.sock --http=127.0.0.1:$MPORT --ram_bytes=$1 \
     --shm=$shm --eviction=$2 --log-level=error >> "$OUT/kvstashd.log" 2>&1 &
   KPID=$!
   for _ in $(seq 50); do [ -S $D/d.sock ] && break; sleep 0.2; done
   sleep 0.5
 }
-health() { python3 -c "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:18000/health',timeout=5).read().decode())"; }
+health() { python3 -c "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:$SPORT/health',timeout=5).read().decode())"; }
 kvsd $RAM cost
-$R $SERVE "${SERVE_MODEL[@]}" --listen 127.0.0.1:18000 --kvstash ipc://$D/d.sock --ctx 16384 \
+$R $SERVE "${SERVE_MODEL[@]}" --listen 127.0.0.1:$SPORT --kvstash ipc://$D/d.sock --ctx 16384 \
   --max-tokens 16 --policy $POLICY --chunk-tokens $CHUNK > "$OUT/serve.log" 2>&1 &
 SPID=$!
 for _ in $(seq 240); do health > /dev/null 2>&1 && break; sleep 0.5; done
 note "kvs-serve up: $(health 2>&1)"
-B="$R $TRACE --serve 127.0.0.1:18000 --metrics 127.0.0.1:17879"
+B="$R $TRACE --serve 127.0.0.1:$SPORT --metrics 127.0.0.1:$MPORT"
 # replay TAG SECONDS ARGS...: one kvs-bench-trace, its log appended to trace.log, its JSON line
 # (tagged) to results.jsonl
 replay() {
@@ -106,7 +107,7 @@ replay rag 120 --workload rag --modes no-reuse,kvstash --rate $RRATE --requests 
 # 3. the RAM tier at 25% / 50% of rag's working set; cost vs lru at 25%
 WS=$(python3 -c "
 import urllib.request,re
-t=urllib.request.urlopen('http://127.0.0.1:17879/metrics',timeout=5).read().decode()
+t=urllib.request.urlopen('http://127.0.0.1:$MPORT/metrics',timeout=5).read().decode()
 m=re.search(r'^kvstash_tier_bytes\{tier=\"disk\"\} (\S+)', t, re.M)
 print(int(float(m.group(1))) if m else 0)")
 note "rag working set: $WS bytes (kvstashd's disk tier after the rag replays)"
