@@ -38,6 +38,7 @@
 
 #include "kvstash.h"
 #include "kvstash_cluster.h"
+#include "bench_json.h"
 #include "bench_version.h"
 
 #ifndef KVS_BENCH_KVSTASHD
@@ -439,17 +440,20 @@ int main(int argc, char **argv) {
          w.bytes, clients, n_keys, seconds);
   printf("%6s %10s %9s %9s %10s %9s %9s %7s %6s %10s %10s\n", "nodes", "put/s", "put p50",
          "put p99", "get/s", "get p50", "get p99", "errors", "wrong", "lookup p50", "lookup p99");
-  char rows[4096] = "";
-  size_t rl = 0;
+  cJSON *rows = cJSON_CreateArray(); /* of the last line (bench_json.h) */
   int started = 0, own = g_etcd > 0, max_n = 0;
   uint64_t wrong_total = 0;
   for (int li = 0; li < (own ? n_list : 1); li++) {
     int n = own ? nodes_list[li] : view_size(c);
     if (own) {
       while (started < n)
-        if (start_node(kvd, started++)) return 1;
+        if (start_node(kvd, started++)) {
+          cJSON_Delete(rows);
+          return 1;
+        }
       if (wait_view(c, n, 20000)) {
         fprintf(stderr, "the view did not reach %d nodes (logs in %s)\n", n, g_dir);
+        cJSON_Delete(rows);
         return 1;
       }
     }
@@ -463,14 +467,19 @@ int main(int argc, char **argv) {
     printf("%6d %10.0f %7.2fms %7.2fms %10.0f %7.2fms %7.2fms %7llu %6llu %8.3fms %8.3fms\n", n,
            pp.rps, pp.p50_ms, pp.p99_ms, pg.rps, pg.p50_ms, pg.p99_ms,
            (unsigned long long)(pp.errs + pg.errs), (unsigned long long)pg.wrong, lk50, lk99);
-    rl += (size_t)snprintf(
-        rows + rl, sizeof rows - rl,
-        "%s{\"nodes\":%d,\"put_per_s\":%.1f,\"put_p50_ms\":%.3f,\"put_p99_ms\":%.3f,"
-        "\"get_per_s\":%.1f,\"get_p50_ms\":%.3f,\"get_p99_ms\":%.3f,\"errors\":%llu,"
-        "\"lookup64_p50_ms\":%.3f,\"lookup64_p99_ms\":%.3f,\"lookups\":%d}",
-        li ? "," : "", n, pp.rps, pp.p50_ms, pp.p99_ms, pg.rps, pg.p50_ms, pg.p99_ms,
-        (unsigned long long)(pp.errs + pg.errs), lk50, lk99, lkn);
-    if (rl >= sizeof rows) rl = sizeof rows - 1;
+    cJSON *row = cJSON_CreateObject();
+    cJSON_AddNumberToObject(row, "nodes", n);
+    bench_json_num(row, "put_per_s", "%.1f", pp.rps);
+    bench_json_num(row, "put_p50_ms", "%.3f", pp.p50_ms);
+    bench_json_num(row, "put_p99_ms", "%.3f", pp.p99_ms);
+    bench_json_num(row, "get_per_s", "%.1f", pg.rps);
+    bench_json_num(row, "get_p50_ms", "%.3f", pg.p50_ms);
+    bench_json_num(row, "get_p99_ms", "%.3f", pg.p99_ms);
+    cJSON_AddNumberToObject(row, "errors", (double)(pp.errs + pg.errs));
+    bench_json_num(row, "lookup64_p50_ms", "%.3f", lk50);
+    bench_json_num(row, "lookup64_p99_ms", "%.3f", lk99);
+    cJSON_AddNumberToObject(row, "lookups", lkn);
+    cJSON_AddItemToArray(rows, row);
   }
   double failover_ms = -1, reb_mb_s = -1, reb_s = 0;
   unsigned long long reb_copied = 0, reb_bytes = 0;
@@ -523,13 +532,23 @@ int main(int argc, char **argv) {
     for (int k = 0; k < n_keys; k++)
       kvs_delete(c, &w.ch[k].key);
   kvs_client_free(c);
-  printf("{\"bench\":\"cluster\",\"url\":\"%s\",\"value_bytes\":%zu,\"clients\":%d,\"keys\":%d,"
-         "\"seconds\":%.1f,\"timeout_ms\":%u,\"replicas\":%u,\"rows\":[%s],\"wrong_bytes\":%llu,"
-         "\"failover_ms\":%.3f,"
-         "\"rebalance_copies\":%llu,\"rebalance_bytes\":%llu,\"rebalance_s\":%.3f,"
-         "\"rebalance_mib_per_s\":%.1f}\n",
-         own ? "own" : url, w.bytes, clients, n_keys, seconds, timeout_ms, replicas, rows,
-         (unsigned long long)wrong_total, failover_ms, reb_copied, reb_bytes, reb_s, reb_mb_s);
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddStringToObject(j, "bench", "cluster");
+  cJSON_AddStringToObject(j, "url", own ? "own" : url);
+  cJSON_AddNumberToObject(j, "value_bytes", (double)w.bytes);
+  cJSON_AddNumberToObject(j, "clients", clients);
+  cJSON_AddNumberToObject(j, "keys", n_keys);
+  bench_json_num(j, "seconds", "%.1f", seconds);
+  cJSON_AddNumberToObject(j, "timeout_ms", timeout_ms);
+  cJSON_AddNumberToObject(j, "replicas", replicas);
+  cJSON_AddItemToObject(j, "rows", rows);
+  cJSON_AddNumberToObject(j, "wrong_bytes", (double)wrong_total);
+  bench_json_num(j, "failover_ms", "%.3f", failover_ms);
+  cJSON_AddNumberToObject(j, "rebalance_copies", (double)reb_copied);
+  cJSON_AddNumberToObject(j, "rebalance_bytes", (double)reb_bytes);
+  bench_json_num(j, "rebalance_s", "%.3f", reb_s);
+  bench_json_num(j, "rebalance_mib_per_s", "%.1f", reb_mb_s);
+  bench_json_print(j);
   free(w.tok);
   free(w.ch);
   free(w.kv);

@@ -23,6 +23,7 @@
 #include "kvs_rag.h"
 #include "llama.h"
 #include "svc_helper.h"
+#include "bench_json.h"
 #include "bench_version.h"
 
 static const char *INSTRUCTION =
@@ -297,13 +298,23 @@ int main(int argc, char **argv) {
            "%.3f reuse %.3f recompute %.3f; prefill s/item full %.3f reuse %.3f recompute %.3f\n",
            n_rag, agree0, recompute, agreer, f_full / n_rag, f_r0 / n_rag, f_rr / n_rag,
            t_full / n_rag, t_r0 / n_rag, t_rr / n_rag);
-  printf(
-      "{\"bench\":\"llamacpp\",\"llama\":\"%s\",\"threads\":%d,\"gpu_layers\":%d,\"flash_attn\":%d,"
-      "\"turn2_tokens\":%zu,\"restored\":%u,\"ttft_alone_s\":%.4f,\"ttft_kvstash_s\":%.4f,"
-      "\"speedup\":%.3f,\"ttft_warm_slot_s\":%.4f,\"logits_exact\":%s,\"rag_items\":%d,"
-      "\"rag_same_reuse\":%d,\"rag_same_recompute\":%d}\n",
-      kvs_llama_build_version(), threads, ngl, fa, n2, restored, am, km, am / km, wm,
-      exact ? "true" : "false", n_rag, agree0, agreer);
+  cJSON *j = cJSON_CreateObject(); /* the last line (bench_json.h) */
+  cJSON_AddStringToObject(j, "bench", "llamacpp");
+  cJSON_AddStringToObject(j, "llama", kvs_llama_build_version());
+  cJSON_AddNumberToObject(j, "threads", threads);
+  cJSON_AddNumberToObject(j, "gpu_layers", ngl);
+  cJSON_AddNumberToObject(j, "flash_attn", fa);
+  cJSON_AddNumberToObject(j, "turn2_tokens", (double)n2);
+  cJSON_AddNumberToObject(j, "restored", restored);
+  bench_json_num(j, "ttft_alone_s", "%.4f", am);
+  bench_json_num(j, "ttft_kvstash_s", "%.4f", km);
+  bench_json_num(j, "speedup", "%.3f", am / km);
+  bench_json_num(j, "ttft_warm_slot_s", "%.4f", wm);
+  cJSON_AddBoolToObject(j, "logits_exact", exact);
+  cJSON_AddNumberToObject(j, "rag_items", n_rag);
+  cJSON_AddNumberToObject(j, "rag_same_reuse", agree0);
+  cJSON_AddNumberToObject(j, "rag_same_recompute", agreer);
+  bench_json_print(j);
   free(ref), free(t.v);
   kvs_llama_free(kv), kvs_llama_free(alone);
   kvs_client_free(client);
