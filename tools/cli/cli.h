@@ -95,6 +95,10 @@ int cli_parse_duration(const char *s, uint64_t *seconds);
 /* Formatting into buf: "1.5 MiB", "3m", "2h", "-". Returns buf. */
 const char *cli_fmt_bytes(uint64_t b, char *buf, size_t cap);
 const char *cli_fmt_age(uint64_t ms_ago, char *buf, size_t cap);
+/* A wire tier number's name on the server ("ram", "disk", "cold"): load the
+ * server's tier rows once connected (STATS), then look them up. */
+void cli_tier_names_load(cli *x);
+void cli_tier_names_http(cli *x); /* the same from /v1/info's tiers */
 const char *cli_tier_name(unsigned tier);
 /* A codec profile's name ("int8", "dense", ...; "?" when unknown here). */
 const char *cli_profile_name(int profile);

@@ -392,6 +392,7 @@ int cmd_ls(cli *x, int argc, char **argv) {
   if (optind < argc) return cli_usage_err("ls", "unexpected argument '%s'", argv[optind]);
   int rc = cli_client(x, "ls");
   if (rc || (rc = filt_tier(x, &f, "ls"))) return rc;
+  cli_tier_names_load(x);
   kvs_admin_item *v;
   size_t n;
   kvs_err e = cli_list_all(x, &v, &n);
@@ -481,8 +482,11 @@ int cmd_show(cli *x, int argc, char **argv) {
   int rc = CLI_OK;
   if (strlen(ks) != 32) { /* a prefix: resolved through the data plane */
     if ((rc = cli_client(x, "show")) || (rc = cli_resolve_key(x, "show", ks, &k))) return rc;
+    cli_tier_names_load(x);
   } else if (kvs_hash128_from_hex(ks, &k) != KVS_OK) {
     return cli_usage_err("show", "'%s' is not a key", ks);
+  } else {
+    cli_tier_names_http(x); /* a full key: the control plane alone */
   }
   char hex[33], path[256];
   kvs_hash128_hex(&k, hex);

@@ -434,8 +434,33 @@ const char *cli_profile_name(int profile) {
   return profile == 0 ? "raw" : "?";
 }
 
+/* The server's tier names by number, from its STATS tier rows; a number the
+ * server did not name (or before cli_tier_names_load) shows as the number. */
+static char g_tier_name[16][16];
+void cli_tier_names_load(cli *x) {
+  kvs_tier_stat t[16];
+  size_t n = 0;
+  if (kvs_stats_tiers(x->c, t, 16, &n) != KVS_OK) return;
+  for (size_t i = 0; i < n; i++)
+    if (t[i].tier < 16) snprintf(g_tier_name[t[i].tier], sizeof g_tier_name[0], "%s", t[i].name);
+}
+void cli_tier_names_http(cli *x) {
+  cJSON *info = NULL;
+  if (cli_http_json(x, "GET", "/v1/info", &info) != KVS_OK) return;
+  const cJSON *a = cJSON_GetObjectItem(info, "tiers"), *t;
+  cJSON_ArrayForEach(t, a) {
+    const cJSON *nm = cJSON_GetObjectItem(t, "name"), *no = cJSON_GetObjectItem(t, "tier");
+    if (cJSON_IsString(nm) && cJSON_IsNumber(no) && no->valuedouble >= 0 && no->valuedouble < 16)
+      snprintf(g_tier_name[(int)no->valuedouble], sizeof g_tier_name[0], "%s", nm->valuestring);
+  }
+  cJSON_Delete(info);
+}
 const char *cli_tier_name(unsigned tier) {
-  return tier == 0 ? "ram" : tier == 1 ? "disk" : tier == 2 ? "cold" : "?";
+  static char num[16][12];
+  if (tier >= 16) return "?";
+  if (g_tier_name[tier][0]) return g_tier_name[tier];
+  snprintf(num[tier], sizeof num[0], "tier%u", tier);
+  return num[tier];
 }
 
 /* ------------------------------------------------------------- progress */
