@@ -102,8 +102,6 @@ kvs_err kvs__encode_device(uint32_t profile, uint32_t lpg, const struct kvs_code
   if (n_tokens == 0 || !d_kv) return KVS_EINVAL;
   if (profile != KVS_CODEC_DENSE || !kvs_gpu_compiled() || kvs_gpu_device_count() < 1)
     return KVS_ENOTSUP;
-  const char *env = getenv("KVS_CLIENT_GPU_ENCODE"); /* "0": encode on the host (comparisons) */
-  if (env && !strcmp(env, "0")) return KVS_ENOTSUP;
   kvs_codec_params p;
   if (params) {
     KVS_RETURN_ERROR_IF(params->profile != profile, KVS_EINVAL,
@@ -240,17 +238,6 @@ int kvs__decoder_gpu_ok(const kvs__decoder *d) {
   return 1;
 }
 
-int kvs__dma_staged(void) {
-  static atomic_int mode = -1;
-  int m = atomic_load(&mode);
-  if (m < 0) {
-    const char *e = getenv("KVS_CLIENT_DMA");
-    m = e && !strcmp(e, "staged") ? 1 : 0;
-    atomic_store(&mode, m);
-  }
-  return m;
-}
-
 void kvs__devslot_free(kvs__devslot *s) {
   if (!s) return;
   if (s->h_stage) kvs_gpu_free_host(s->h_stage);
@@ -260,12 +247,12 @@ void kvs__devslot_free(kvs__devslot *s) {
   memset(s, 0, sizeof *s);
 }
 
-int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_seg) {
-  return s->d_seg && s->seg_cap >= max_seg && (s->h_stage != NULL) == kvs__dma_staged() &&
+int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_seg, int staged) {
+  return s->d_seg && s->seg_cap >= max_seg && (s->h_stage != NULL) == (staged != 0) &&
          s->ws_len >= kvs_gpu_codec_workspace_bound(&d->info);
 }
 
-kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg) {
+kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg, int staged) {
   memset(s, 0, sizeof *s);
   /* rounded up so that entries of nearby sizes share pooled buffers */
   size_t cap = 4096;
@@ -274,7 +261,7 @@ kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg
   s->seg_cap = cap;
   s->ws_len = kvs_gpu_codec_workspace_bound(&d->info);
   kvs_err rv = kvs_gpu_alloc(&s->d_seg, s->seg_cap);
-  if (!rv && kvs__dma_staged()) rv = kvs_gpu_alloc_host(&s->h_stage, s->seg_cap);
+  if (!rv && staged) rv = kvs_gpu_alloc_host(&s->h_stage, s->seg_cap);
   if (!rv) rv = kvs_gpu_alloc(&s->d_ws, s->ws_len ? s->ws_len : 1);
   if (!rv) rv = kvs_gpu_stream_create(&s->stream);
   if (rv) kvs__devslot_free(s);

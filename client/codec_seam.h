@@ -34,7 +34,8 @@ kvs_err kvs__encode(uint32_t profile, uint32_t layers_per_group,
 /* The same from device memory d_kv, encoded on the GPU (the dense profile's
  * GPU encoder: the bytes kvs__encode writes, bit for bit); only the encoded
  * bytes cross PCIe. KVS_ENOTSUP when the profile has no GPU encoder or no
- * codec, CUDA or device is there (the caller copies to the host instead). */
+ * codec, CUDA or device is there (the caller copies to the host instead;
+ * a client with KVS_CLIENT_HOST_ENCODE does not call it). */
 kvs_err kvs__encode_device(uint32_t profile, uint32_t layers_per_group,
                            const struct kvs_codec_params *params, const kvs_layout *layout,
                            uint32_t n_tokens, const void *d_kv, kvs__encoded *out);
@@ -73,24 +74,25 @@ int kvs__decoder_gpu_ok(const kvs__decoder *d);
 typedef struct kvs__devslot {
   void *d_seg;
   size_t seg_cap;
-  void *h_stage; /* pinned staging of seg_cap bytes (staged copies, kvs__dma_staged) */
+  void *h_stage; /* pinned staging of seg_cap bytes (staged copies) */
   void *d_ws;
   size_t ws_len;
   void *stream;
 } kvs__devslot;
-/* How a device decode moves a segment's bytes: staged (1) = the host copies
- * them, checksumming as it goes, into a pinned buffer in pieces, each piece
- * DMA'd as soon as it is there; direct (0) = one DMA from where they lie (a
- * registered shared-memory segment, or pageable memory through the driver),
- * checksummed beside it. $KVS_CLIENT_DMA = staged | direct, read once;
- * default direct (faster on the H100 host: bench/RESULTS.md, client). */
-int kvs__dma_staged(void);
-kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes);
+/* How a device decode moves a segment's bytes, the client's choice
+ * (KVS_CLIENT_DMA_STAGED): staged (1) = the host copies them, checksumming
+ * as it goes, into a pinned buffer in pieces, each piece DMA'd as soon as it
+ * is there; direct (0, the default: faster on the H100 host,
+ * bench/RESULTS.md, client) = one DMA from where they lie (a registered
+ * shared-memory segment, or pageable memory through the driver),
+ * checksummed beside it. */
+kvs_err kvs__devslot_init(kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes, int staged);
 void kvs__devslot_free(kvs__devslot *s);
 /* 1 when s (made by kvs__devslot_init for another entry) is large enough to
  * decode d's segments of up to max_seg_bytes: device buffers are reused
  * across gets, since cudaFree synchronizes the whole device. */
-int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes);
+int kvs__devslot_fits(const kvs__devslot *s, const kvs__decoder *d, size_t max_seg_bytes,
+                      int staged);
 /* Checks group g's segment header on the host, copies the segment to the
  * device and decodes it there into d_out (device memory, canonical layout
  * with heads [hb, he)) or, with paged, into its device blocks; the host

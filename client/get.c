@@ -140,10 +140,11 @@ struct kvs__devnode {
 
 static kvs_err devslot_take(kvs_client *c, kvs__devslot *s, const kvs__decoder *dec,
                             uint64_t max_seg) {
+  int staged = (c->o.flags & KVS_CLIENT_DMA_STAGED) != 0;
   pthread_mutex_lock(&c->shm.mu);
   for (struct kvs__devnode **pp = &c->shm.devpool; *pp; pp = &(*pp)->next) {
     struct kvs__devnode *n = *pp;
-    if (kvs__devslot_fits(&n->s, dec, (size_t)max_seg)) {
+    if (kvs__devslot_fits(&n->s, dec, (size_t)max_seg, staged)) {
       *pp = n->next;
       c->shm.n_devpool--;
       pthread_mutex_unlock(&c->shm.mu);
@@ -164,7 +165,7 @@ static kvs_err devslot_take(kvs_client *c, kvs__devslot *s, const kvs__decoder *
     kvs__devslot_free(&drop->s);
     free(drop);
   }
-  return kvs__devslot_init(s, dec, (size_t)max_seg);
+  return kvs__devslot_init(s, dec, (size_t)max_seg, staged);
 }
 
 static void devslot_give(kvs_client *c, kvs__devslot *s) {
@@ -561,7 +562,8 @@ static void lease_done(kvs__call *call, void *arg) {
     kvs__shmmap *map = NULL;
     if (rv == KVS_OK) {
       /* direct DMA from the segment needs it registered; staged copies do not */
-      rv = kvs__shm_map(c, r.shm_name, op->device && !kvs__dma_staged(), &map, msg, sizeof msg);
+      rv = kvs__shm_map(c, r.shm_name, op->device && !(c->o.flags & KVS_CLIENT_DMA_STAGED), &map,
+                        msg, sizeof msg);
       if (rv == KVS_EPERM || rv == KVS_ENOENT) { /* another user or another host: stop trying */
         KVS_LOGI("client", "shared memory not usable, gets go through the socket", "why=\"%s\"",
                  msg);

@@ -155,6 +155,13 @@ typedef struct kvs_client_opts {
  * group instead of all groups in one launch sequence (for comparisons;
  * $KVS_CLIENT_BATCH=0 does the same). */
 #define KVS_CLIENT_NO_WHOLE_DECODE 16u
+/* Device gets copy each encoded segment into a pinned buffer in 256 KiB
+ * pieces (checksummed as copied, each piece DMA'd at once) instead of one DMA
+ * from where the bytes lie ($KVS_CLIENT_DMA=staged does the same). */
+#define KVS_CLIENT_DMA_STAGED 32u
+/* Device puts copy the KV to the host and encode there even when the
+ * profile has a GPU encoder (for comparisons; $KVS_CLIENT_GPU_ENCODE=0). */
+#define KVS_CLIENT_HOST_ENCODE 64u
 
 /* Byte-stream GETs: kvstashd listening on `tcp+stream://HOST:PORT` (or
  * `ipc+stream:///path`, docs/kvstashd.md) answers GETs as plain frames on a

@@ -29,6 +29,8 @@ void kvs_client_opts_init(kvs_client_opts *o) {
  * (docs/client.md "Tuning"): for a program whose options cannot be changed.
  * $KVS_CLIENT_STREAM=off|0|no  -> KVS_CLIENT_NO_STREAM
  * $KVS_CLIENT_BATCH=0          -> KVS_CLIENT_NO_WHOLE_DECODE
+ * $KVS_CLIENT_DMA=staged       -> KVS_CLIENT_DMA_STAGED
+ * ($KVS_CLIENT_GPU_ENCODE=0 is read by each device put instead: put.c)
  * $KVS_CLIENT_WORKERS=1..256   -> n_workers, when 0 */
 static void opts_from_env(kvs_client_opts *o) {
   const char *e = getenv("KVS_CLIENT_STREAM");
@@ -36,6 +38,8 @@ static void opts_from_env(kvs_client_opts *o) {
     o->flags |= KVS_CLIENT_NO_STREAM;
   e = getenv("KVS_CLIENT_BATCH");
   if (e && !strcmp(e, "0")) o->flags |= KVS_CLIENT_NO_WHOLE_DECODE;
+  e = getenv("KVS_CLIENT_DMA");
+  if (e && !strcmp(e, "staged")) o->flags |= KVS_CLIENT_DMA_STAGED;
   e = getenv("KVS_CLIENT_WORKERS");
   if (!o->n_workers && e && atoi(e) >= 1 && atoi(e) <= 256) o->n_workers = (uint32_t)atoi(e);
   if (o->n_workers > 256) o->n_workers = 256;

@@ -22,6 +22,14 @@ static void put_done(kvs__call *call, void *arg) {
   pthread_mutex_unlock(&op->mu);
 }
 
+/* KVS_CLIENT_HOST_ENCODE, or $KVS_CLIENT_GPU_ENCODE=0 as a fallback read at
+ * each put (benches and tests switch it between puts of one client). */
+static int host_encode(const kvs_client *c) {
+  if (c->o.flags & KVS_CLIENT_HOST_ENCODE) return 1;
+  const char *e = getenv("KVS_CLIENT_GPU_ENCODE");
+  return e && !strcmp(e, "0");
+}
+
 kvs_err kvs__node_put_start(kvs_client *c, const kvs_model_id *model, const int32_t *tokens,
                             const kvs_chunk *chunk, const kvs_layout *layout, const void *kv,
                             const kvs_put_opts *o, kvs_op **opp) {
@@ -39,7 +47,8 @@ kvs_err kvs__node_put_start(kvs_client *c, const kvs_model_id *model, const int3
   void *staged = NULL;
   kvs__encoded e;
   int rv = KVS_ENOTSUP;
-  if (o->flags & KVS_PUT_DEVICE) /* a profile with a GPU encoder: only its bytes cross PCIe */
+  if ((o->flags & KVS_PUT_DEVICE) && !host_encode(c))
+    /* a profile with a GPU encoder: only its bytes cross PCIe */
     rv = kvs__encode_device(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, kv,
                             &e);
   if (rv != KVS_ENOTSUP && rv != KVS_OK)
