@@ -44,6 +44,23 @@
 
 extern char **environ;
 
+/* --kvd-strategy: the blend strategy of the kvstashd rows other than "none"
+ * (default adaptive); its parameter: epic tokens per chunk start (cacheblend
+ * and adaptive take theirs from the row's ratio) */
+static int g_kvd_strat = KVS_SEL_ADAPTIVE;
+static float g_kvd_epic = -1;
+
+static int kvd_strategy(const char *arg, float *ratio) {
+  char kb[64];
+  snprintf(kb, sizeof kb, "%s", arg);
+  char *colon = strchr(kb, ':');
+  if (colon) *colon = 0;
+  if ((g_kvd_strat = kvs_sel_parse(kb)) < 0) return -1;
+  if (colon && g_kvd_strat == KVS_SEL_EPIC) g_kvd_epic = (float)atof(colon + 1);
+  if (colon && g_kvd_strat != KVS_SEL_EPIC) *ratio = (float)atof(colon + 1);
+  return 0;
+}
+
 typedef struct mem_kv {
   void *kv[KVS_RAG_MAX_PASSAGES + 2];
   const kvs_rag_prompt *p;
@@ -243,6 +260,7 @@ static double reuse_row(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, u
   o.blend.sel = kvs_sel_defaults(strat);
   if (ratio >= 0 && (strat == KVS_SEL_CACHEBLEND || strat == KVS_SEL_ADAPTIVE))
     o.blend.sel.ratio = ratio;
+  if (g_kvd_epic >= 0 && strat == KVS_SEL_EPIC) o.blend.sel.epic_first = (uint32_t)g_kvd_epic;
   o.policy = policy;
   o.prefix_chunk_tokens = p->len[0];
   kvs_reuse *r;
@@ -309,16 +327,16 @@ static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dk
     uint32_t policy, strat;
   } spec[] = {
       {"kvs-shm/none", c_shm, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_NONE},
-      {"kvs-shm/adaptive", c_shm, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_ADAPTIVE},
+      {"kvs-shm/blend", c_shm, KVS_REUSE_PLAN_ALWAYS_LOAD, (uint32_t)g_kvd_strat},
       {"kvs-ipc+stream/none", c_ipcs, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_NONE},
       {"kvs-tcp+stream/none", c_tcps, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_NONE},
       {"kvs-disk/none", c_dsk, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_NONE},
-      {"ram/plan", c_shm, KVS_REUSE_PLAN_AUTO, KVS_SEL_ADAPTIVE},
-      {"ram/load", c_shm, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_ADAPTIVE},
-      {"ram/recompute", c_shm, KVS_REUSE_PLAN_ALWAYS_RECOMPUTE, KVS_SEL_ADAPTIVE},
-      {"disk/plan", c_dsk, KVS_REUSE_PLAN_AUTO, KVS_SEL_ADAPTIVE},
-      {"disk/load", c_dsk, KVS_REUSE_PLAN_ALWAYS_LOAD, KVS_SEL_ADAPTIVE},
-      {"disk/recompute", c_dsk, KVS_REUSE_PLAN_ALWAYS_RECOMPUTE, KVS_SEL_ADAPTIVE},
+      {"ram/plan", c_shm, KVS_REUSE_PLAN_AUTO, (uint32_t)g_kvd_strat},
+      {"ram/load", c_shm, KVS_REUSE_PLAN_ALWAYS_LOAD, (uint32_t)g_kvd_strat},
+      {"ram/recompute", c_shm, KVS_REUSE_PLAN_ALWAYS_RECOMPUTE, (uint32_t)g_kvd_strat},
+      {"disk/plan", c_dsk, KVS_REUSE_PLAN_AUTO, (uint32_t)g_kvd_strat},
+      {"disk/load", c_dsk, KVS_REUSE_PLAN_ALWAYS_LOAD, (uint32_t)g_kvd_strat},
+      {"disk/recompute", c_dsk, KVS_REUSE_PLAN_ALWAYS_RECOMPUTE, (uint32_t)g_kvd_strat},
   };
   for (size_t k = 0; k < sizeof spec / sizeof *spec && n < cap; k++) {
     kvrow *w = &rows[n];
@@ -599,18 +617,33 @@ int main(int argc, char **argv) {
   uint32_t max_new = 32, s8_pass = 8, s8_tok = 512;
   float ratio = -1;
   int use_gpu = 0, s8 = 0, chunk_ctx = 0, style = 0;
-  const char *disk_dir = NULL, *kvstashd = NULL;
+  const char *disk_dir = NULL, *kvstashd = NULL, *strategies_file = NULL;
   uint32_t check_layer = 1;
   float margin_tol = 1.0f;
   int tf = 1;
-  static struct option lo[] = {
-      {"model", 1, 0, 'm'},     {"data", 1, 0, 'd'},           {"items", 1, 0, 'i'},
-      {"passages", 1, 0, 'p'},  {"strategies", 1, 0, 's'},     {"ratio", 1, 0, 'r'},
-      {"profile", 1, 0, 'c'},   {"max-new", 1, 0, 'n'},        {"gpu", 0, 0, 'g'},
-      {"speed8b", 0, 0, '8'},   {"passage-tokens", 1, 0, 't'}, {"n-passages", 1, 0, 'q'},
-      {"chunk-ctx", 1, 0, 'x'}, {"style", 1, 0, 'y'},          {"disk", 1, 0, 'k'},
-      {"kvstashd", 1, 0, 'K'},  {"check-layer", 1, 0, 'l'},    {"margin", 1, 0, 'M'},
-      {"no-tf", 0, 0, 'T'},     {"help", 0, 0, 'h'},           {0, 0, 0, 0}};
+  static struct option lo[] = {{"model", 1, 0, 'm'},
+                               {"data", 1, 0, 'd'},
+                               {"items", 1, 0, 'i'},
+                               {"passages", 1, 0, 'p'},
+                               {"strategies", 1, 0, 's'},
+                               {"ratio", 1, 0, 'r'},
+                               {"profile", 1, 0, 'c'},
+                               {"max-new", 1, 0, 'n'},
+                               {"gpu", 0, 0, 'g'},
+                               {"speed8b", 0, 0, '8'},
+                               {"passage-tokens", 1, 0, 't'},
+                               {"n-passages", 1, 0, 'q'},
+                               {"chunk-ctx", 1, 0, 'x'},
+                               {"style", 1, 0, 'y'},
+                               {"disk", 1, 0, 'k'},
+                               {"kvstashd", 1, 0, 'K'},
+                               {"check-layer", 1, 0, 'l'},
+                               {"margin", 1, 0, 'M'},
+                               {"no-tf", 0, 0, 'T'},
+                               {"help", 0, 0, 'h'},
+                               {"kvd-strategy", 1, 0, 'S'},
+                               {"strategies-file", 1, 0, 'F'},
+                               {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     switch (c) {
     case 'm': model_path = optarg; break;
@@ -632,6 +665,10 @@ int main(int argc, char **argv) {
     case 'l': check_layer = (uint32_t)atoi(optarg); break;
     case 'M': margin_tol = (float)atof(optarg); break;
     case 'T': tf = 0; break;
+    case 'F': strategies_file = optarg; break;
+    case 'S':
+      if (kvd_strategy(optarg, &ratio)) return fprintf(stderr, "bad --kvd-strategy\n"), 2;
+      break;
     case 't': s8_tok = (uint32_t)atoi(optarg); break;
     case 'q': s8_pass = (uint32_t)atoi(optarg); break;
     default:
@@ -649,6 +686,11 @@ int main(int argc, char **argv) {
           "    question turn / few-shot instruction; --disk: add rows read from files there\n"
           "  --kvstashd BIN: add rows through kvstashd (kvs_reuse_run: shm, ipc+stream,\n"
           "    tcp+stream, disk tier; plan vs always load / recompute; the store timing)\n"
+          "  --kvd-strategy S[:P]: the strategy of those rows (default adaptive; P: epic's\n"
+          "    tokens per chunk, else the ratio, as --ratio)\n"
+          "  --strategies-file F: load the model, then wait for F and take the strategy\n"
+          "    list from its first line, --kvd-strategy from its second if there (a run\n"
+          "    that starts before its strategies are chosen)\n"
           "  --margin: top-1 agreement counts positions whose full-prefill top-2 margin\n"
           "    exceeds it (default 1.0); --no-tf: skip the teacher-forced position metrics\n");
       return c == 'h' ? 0 : 2;
@@ -659,6 +701,32 @@ int main(int argc, char **argv) {
   if (!model_path) return fprintf(stderr, "need --model\n"), 2;
   int prof = strcmp(profile, "none") ? kvs_codec_profile_from_name(profile) : -1;
   if (strcmp(profile, "none") && prof < 0) return fprintf(stderr, "unknown profile\n"), 2;
+  kvs_model *model;
+  kvs_engine *eng;
+  kvs_err e;
+  if ((e = kvs_model_load(model_path, &model)) || (e = kvs_model_engine(model, &eng)))
+    return fprintf(stderr, "model: %s\n", kvs_strerror(e)), 1;
+  kvs_gpu_model *gm = NULL;
+  if (use_gpu) {
+    kvs_engine_free(eng);
+    if ((e = gpu_engine(model, 16384, &gm, &eng)))
+      return fprintf(stderr, "gpu: %s\n", kvs_strerror(e)), 1;
+  }
+  if (strategies_file) { /* loaded ahead: wait (at most 20 min) for the strategy list */
+    FILE *sf = NULL;
+    for (int w = 0; w < 12000 && !(sf = fopen(strategies_file, "r")); w++)
+      usleep(100000);
+    if (!sf) return fprintf(stderr, "no %s\n", strategies_file), 1;
+    usleep(200000); /* let its writer finish the line */
+    char line2[64] = "";
+    if (!fgets(strategies, sizeof strategies, sf)) strategies[0] = 0;
+    if (!fgets(line2, sizeof line2, sf)) line2[0] = 0;
+    fclose(sf);
+    strategies[strcspn(strategies, "\r\n \t")] = 0;
+    line2[strcspn(line2, "\r\n \t")] = 0;
+    if (!strategies[0]) return fprintf(stderr, "empty %s\n", strategies_file), 1;
+    if (line2[0] && kvd_strategy(line2, &ratio)) return fprintf(stderr, "bad line 2\n"), 1;
+  }
   /* a strategy with an optional parameter: cacheblend:0.3 (ratio), adaptive:0.3 (cap),
    * epic:32 (tokens per chunk start) */
   enum { MAX_STRAT = 16 };
@@ -672,17 +740,6 @@ int main(int argc, char **argv) {
     if (colon) *colon = 0;
     if ((strat[n_strat] = kvs_sel_parse(t)) < 0) return fprintf(stderr, "bad strategy %s\n", t), 2;
     n_strat++;
-  }
-  kvs_model *model;
-  kvs_engine *eng;
-  kvs_err e;
-  if ((e = kvs_model_load(model_path, &model)) || (e = kvs_model_engine(model, &eng)))
-    return fprintf(stderr, "model: %s\n", kvs_strerror(e)), 1;
-  kvs_gpu_model *gm = NULL;
-  if (use_gpu) {
-    kvs_engine_free(eng);
-    if ((e = gpu_engine(model, 16384, &gm, &eng)))
-      return fprintf(stderr, "gpu: %s\n", kvs_strerror(e)), 1;
   }
   kvs_engine_info info;
   eng->ops->info(eng, &info);

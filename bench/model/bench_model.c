@@ -507,8 +507,15 @@ int main(int argc, char **argv) {
                ">/dev/null 2>&1") == 0;
     printf("pytorch: %s\n", have_torch ? "available" : "not importable (torch columns are -1)");
     cJSON *rows = cJSON_AddArrayToObject(J, "gpu");
-    bench_gpu("smollm2", m, gpu_sizes, n_gpu, torch, have_torch, rows);
-    if (!no_qwen) { /* Qwen2.5-1.5B shape: biases, NEOX, untied output */
+    /* the loaded file's row; its torch twin runs the shape of the same name */
+    kvs__model_weights lw;
+    kvs__model_weights_get(m, &lw);
+    int loaded_qwen = lw.cfg.qkv_bias && lw.cfg.n_embd == 1536;
+    const char *lname = loaded_qwen                               ? "qwen1.5b"
+                        : lw.cfg.qkv_bias && lw.cfg.n_embd == 896 ? "qwen0.5b"
+                                                                  : "smollm2";
+    bench_gpu(lname, m, gpu_sizes, n_gpu, torch, have_torch, rows);
+    if (!no_qwen && !loaded_qwen) { /* Qwen2.5-1.5B shape: biases, NEOX, untied output */
       kvs_model_cfg qc = {.n_vocab = 151936,
                           .n_embd = 1536,
                           .n_layers = 28,

@@ -3,7 +3,7 @@
 torch.nn.functional.scaled_dot_product_attention (causal, GQA), random weights
 of the same shape as ours (speed only). Prints {"tokens":T,"ms":x} per size.
 
-  python3 bench/model/torch_prefill.py --shape smollm2|8b|qwen1.5b --tokens 1024[,2048...]
+  python3 bench/model/torch_prefill.py --shape smollm2|8b|qwen1.5b|qwen0.5b --tokens 1024[,2048...]
 qwen1.5b: Qwen2.5-1.5B (biases on Q, K, V; NEOX pairs, rotate_half as transformers does)."""
 import argparse, json, sys
 
@@ -14,6 +14,7 @@ SHAPES = {
     "smollm2": dict(V=49152, E=576, L=30, H=9, G=3, D=64, FF=1536, theta=100000.0),
     "8b": dict(V=128256, E=4096, L=32, H=32, G=8, D=128, FF=14336, theta=500000.0),
     "qwen1.5b": dict(V=151936, E=1536, L=28, H=12, G=2, D=128, FF=8960, theta=1e6, bias=1, neox=1),
+    "qwen0.5b": dict(V=151936, E=896, L=24, H=14, G=2, D=64, FF=4864, theta=1e6, bias=1, neox=1),
 }
 
 ap = argparse.ArgumentParser()

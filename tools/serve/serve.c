@@ -697,7 +697,8 @@ static void usage(FILE *f) {
              "  --kvstash URL         reuse KV through this kvstashd (tenant and token from\n"
              "                        KVS_TENANT / KVS_TOKEN); without it nothing is reused\n"
              "  --strategy NAME       blend strategy for documents: none, cacheblend, epic,\n"
-             "                        adaptive (default), full\n"
+             "                        adaptive (default), full; NAME:P sets epic's tokens per\n"
+             "                        chunk start or the ratio of the others\n"
              "  --profile NAME        codec profile of stored KV (default dense)\n"
              "  --policy NAME         auto (default: load or recompute from measured figures),\n"
              "                        load, recompute\n"
@@ -816,7 +817,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "kvs-serve: engine: %s\n", e ? kvs_strerror(e) : "the model has no tokenizer");
     return 1;
   }
-  int strat = kvs_sel_parse(strategy), prof = kvs_profile_from_name(profile);
+  char sname[32]; /* NAME[:P]: P is epic's tokens per chunk start, else the ratio */
+  snprintf(sname, sizeof sname, "%s", strategy);
+  char *scolon = strchr(sname, ':');
+  if (scolon) *scolon++ = 0;
+  int strat = kvs_sel_parse(sname), prof = kvs_profile_from_name(profile);
   int pol = !strcmp(policy, "auto")        ? KVS_REUSE_PLAN_AUTO
             : !strcmp(policy, "load")      ? KVS_REUSE_PLAN_ALWAYS_LOAD
             : !strcmp(policy, "recompute") ? KVS_REUSE_PLAN_ALWAYS_RECOMPUTE
@@ -833,6 +838,8 @@ int main(int argc, char **argv) {
     kvs_reuse_opts ro;
     kvs_reuse_opts_init(&ro);
     ro.blend.sel = kvs_sel_defaults((uint32_t)strat);
+    if (scolon && strat == KVS_SEL_EPIC) ro.blend.sel.epic_first = (uint32_t)atoi(scolon);
+    if (scolon && strat != KVS_SEL_EPIC) ro.blend.sel.ratio = (float)atof(scolon);
     /* ro.store off: kvs_reuse_run would store what it computed before it
      * returns, i.e. before the first token; run_job stores after the answer */
     ro.policy = (uint32_t)pol, ro.store = 0, ro.store_profile = (uint32_t)prof;
