@@ -2,8 +2,9 @@
  * profile on synthetic KV (per-channel key outliers, token-correlated
  * values) of the SmolLM2-135M shape (30 x 3 x 64) and the Llama-3-8B shape
  * (32 x 8 x 128); with --gpu, GPU decode throughput; with --real (when the
- * reference model is built), next-token KL and top-1 agreement on real
- * SmolLM2 KV of MuSiQue passages (items 0-99 only).
+ * reference model is built), the fidelity criteria of issue 23 (KL over question +
+ * answer, margin-aware top-1, first token) on real KV of MuSiQue items (items 0-99;
+ * $KVS_MODEL_PATH picks the GGUF, default SmolLM2; bench_real.c).
  *
  *   kvs-bench-codec [--tokens 256,1024,4096] [--shape smol|8b|both] [--gpu|--gpu-only]
  *                   [--real N] [--quick] [--dense-dec]

@@ -13,7 +13,8 @@
  * l): one object per profile appended to rows. */
 void bench_codec_gpu(const kvs_layout *l, uint32_t T, const uint16_t *kv, const char *shape,
                      cJSON *rows);
-/* Real SmolLM2 KV of n MuSiQue passages (items 0..n-1, n <= 100): KL and
- * top-1 agreement of the next-token distribution after each profile. */
+/* Real KV of n MuSiQue items ($KVS_MODEL_PATH, default SmolLM2; items 0..99):
+ * KL, margin-aware top-1 and first-token agreement after each profile
+ * (bench_real.c). */
 void bench_codec_real(int n, cJSON *root);
 #endif
