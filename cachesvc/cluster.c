@@ -22,15 +22,10 @@
 #include "tier.h"
 
 /* ------------------------------------------------------------ config */
-void kvs__cluster_config_defaults(kvs_svc_cluster_config *c) {
-  memset(c, 0, sizeof *c);
-  c->replicas = 2;
-  c->lease_ttl_s = 5;
-}
-
 static int cpy(char *dst, size_t cap, const char *v) {
   size_t n = strlen(v);
   if (n >= cap) return -1;
+  memset(dst, 0, cap); /* whole field: a reload compares fields byte for byte */
   memcpy(dst, v, n + 1);
   return 0;
 }
@@ -69,20 +64,6 @@ int kvs__cluster_config_set(kvs_svc_cluster_config *c, const char *key, const ch
     return 0;
   }
   return -2;
-}
-
-void kvs__cluster_usage(FILE *f) {
-  fputs("cluster (docs/cluster.md):\n"
-        "  cluster             etcd://host:2379[,host:port]/NAME; empty = on its own ()\n"
-        "  cluster_node_id     this node's id                     (<hostname>-<port>)\n"
-        "  cluster_advertise   data URL the others dial          (the first tcp:// listen)\n"
-        "  cluster_advertise_stream  byte-stream URL             (the first tcp+stream://)\n"
-        "  cluster_zone        failure zone, informational        ()\n"
-        "  cluster_host_id     same value = same host             (/etc/machine-id)\n"
-        "  cluster_capacity    placement weight, bytes            (disk_bytes)\n"
-        "  cluster_replicas    R, copies of each key              (2)\n"
-        "  cluster_lease_ttl_s etcd lease of the node's record    (5)\n",
-        f);
 }
 
 /* ----------------------------------------------------------- runtime */

@@ -1,38 +1,21 @@
 /* config.c - kvstashd's options: a `key = value` file and the same keys as
- * flags. The file format is core/kvs_conf.h's (shared with the CLI): one
- * option per line, `#` comments, quoted values; sizes take K/M/G/T suffixes
- * (powers of 1024). Every error is one line (kvs_svc_config_error). */
+ * flags. Every option is one line of KVS_SVC_OPTION_MAP (core/kvs_conf_options.h);
+ * this file expands it into the descriptors that parse values, fill the
+ * defaults, print --help and suggest keys. The file format is core/kvs_conf.h's
+ * (shared with the CLI): one option per line, `#` comments, quoted values;
+ * sizes take K/M/G/T suffixes (powers of 1024). Every error is one line
+ * (kvs_svc_config_error). */
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kvs_conf.h"
+#include "kvs_conf_options.h"
 #include "svc_int.h"
-
-void kvs_svc_config_defaults(kvs_svc_config *c) {
-  memset(c, 0, sizeof *c);
-  snprintf(c->data_dir, sizeof c->data_dir, "./kvstash-data");
-  snprintf(c->listen[0], sizeof c->listen[0], "tcp://127.0.0.1:7878");
-  snprintf(c->listen[1], sizeof c->listen[1], "tcp+stream://127.0.0.1:7880");
-  c->n_listen = 0; /* the defaults apply only when no listen option is given */
-  snprintf(c->http, sizeof c->http, "127.0.0.1:7879");
-  c->workers = 8;
-  c->max_msg = 64ull << 20;
-  c->deadline_ms = 10000;
-  c->durability_sync = 1;
-  c->ram_bytes = 1ull << 30;
-  c->disk_bytes = 64ull << 30;
-  c->cold_bytes = 256ull << 30;
-  c->blob_min = 64ull << 10;
-  c->half_life_s = 3600;
-  c->prefill_cost = 1.0;
-  c->flush_interval_ms = 5000;
-  c->lease_ms = 5000;
-  c->log_level = KVS_LOG_WARN;
-  kvs__cluster_config_defaults(&c->cluster);
-}
 
 /* The last error of this thread, one line (kvs_svc_config_error). */
 static _Thread_local char g_err[640];
@@ -40,54 +23,19 @@ static _Thread_local char g_flag[640]; /* the same error as a flag would say it 
 
 const char *kvs_svc_config_error(void) { return g_err; }
 
-static int bad(const char *key, const char *value, const char *why) {
+static kvs_err bad(const char *key, const char *value, const char *why) {
   snprintf(g_err, sizeof g_err, "%s = \"%.200s\": %s", key, value ? value : "", why);
   snprintf(g_flag, sizeof g_flag, "--%s=%.200s: %s", key, value ? value : "", why);
   return KVS_EINVAL;
 }
 
-/* The option names, read from the usage text (so that a key documented
- * there, by whichever file adds it, is also suggested for a typo). */
-static const char *suggest_key(const char *key) {
-  static _Thread_local char names[4096];
-  const char *cand[128];
-  size_t n = 0;
-  char *text = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&text, &len);
-  if (!f) return NULL;
-  kvs_svc_config_usage(f);
-  fclose(f);
-  size_t used = 0;
-  for (char *line = text; line && *line && n < 128;) {
-    char *nl = strchr(line, '\n');
-    size_t k = 0;
-    if (line[0] == ' ' && line[1] == ' ' && line[2] != ' ')
-      while (line[2 + k] == '_' || (line[2 + k] >= 'a' && line[2 + k] <= 'z'))
-        k++;
-    if (k && (line[2 + k] == ' ' || line[2 + k] == '\n' || !line[2 + k]) &&
-        used + k + 1 < sizeof names) {
-      memcpy(names + used, line + 2, k);
-      names[used + k] = 0;
-      cand[n++] = names + used;
-      used += k + 1;
-    }
-    line = nl ? nl + 1 : NULL;
-  }
-  free(text);
-  return kvs_conf_suggest(key, cand, n);
-}
-
-static int unknown(const char *key) {
-  const char *s = suggest_key(key);
-  if (s) {
-    snprintf(g_err, sizeof g_err, "unknown option \"%.64s\" (did you mean \"%s\"?)", key, s);
-    snprintf(g_flag, sizeof g_flag, "unknown option --%.64s (did you mean --%s?)", key, s);
-  } else {
-    snprintf(g_err, sizeof g_err, "unknown option \"%.64s\" (kvstashd --help lists them)", key);
-    snprintf(g_flag, sizeof g_flag, "unknown option --%.64s (kvstashd --help lists them)", key);
-  }
-  return KVS_EINVAL;
+/* ------------------------------------------------- the FN options' setters */
+static int copy_str(char *dst, size_t cap, const char *v) {
+  size_t n = strlen(v);
+  if (n >= cap) return -1;
+  memset(dst, 0, cap); /* whole field: a reload compares fields byte for byte */
+  memcpy(dst, v, n + 1);
+  return 0;
 }
 
 /* tcp://HOST:PORT, tls+tcp://, tcp+stream://: the port 1..65535; ipc://,
@@ -100,8 +48,144 @@ static int url_ok(const char *u) {
   return *rest && kvs_conf_hostport(rest, NULL) == KVS_OK;
 }
 
-static int parse_size(const char *v, uint64_t *out) {
-  return kvs_conf_parse_size(v, out) == KVS_OK ? 0 : -1;
+static int name_ok(const char *s, size_t n) {
+  if (n == 0 || n > KVS_WIRE_TENANT_MAX) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '-' || s[i] == '.')) return 0;
+  return 1;
+}
+
+/* comma-separated list; appends */
+static kvs_err set_listen(kvs_svc_config *c, const char *key, const char *v) {
+  char tmp[1024];
+  if (strlen(v) >= sizeof tmp) return bad(key, v, "too long");
+  memcpy(tmp, v, strlen(v) + 1);
+  for (char *save = NULL, *tok = strtok_r(tmp, ", ", &save); tok;
+       tok = strtok_r(NULL, ", ", &save)) {
+    if (strncmp(tok, "tcp://", 6) && strncmp(tok, "ipc://", 6) && strncmp(tok, "tls+tcp://", 10) &&
+        !kvs__stream_url(tok))
+      return bad(key, tok,
+                 "tcp://, ipc://, tls+tcp://, tcp+stream:// or ipc+stream:// URL expected");
+    if (!url_ok(tok)) return bad(key, tok, "HOST:PORT with a port of 1..65535 (or ipc://PATH)");
+    if (c->n_listen >= KVS_SVC_MAX_LISTEN) return bad(key, tok, "too many listeners");
+    if (copy_str(c->listen[c->n_listen], sizeof c->listen[0], tok))
+      return bad(key, tok, "too long");
+    c->n_listen++;
+  }
+  return KVS_OK;
+}
+
+static kvs_err set_http(kvs_svc_config *c, const char *key, const char *v) {
+  if (strlen(v) >= sizeof c->http) return bad(key, v, "too long");
+  if (*v && kvs_conf_hostport(v, NULL) != KVS_OK)
+    return bad(key, v, "HOST:PORT with a port of 1..65535 expected (or empty = off)");
+  copy_str(c->http, sizeof c->http, v);
+  return KVS_OK;
+}
+
+static kvs_err set_tenant(kvs_svc_config *c, const char *key, const char *v) {
+  const char *colon = strchr(v, ':');
+  if (!colon || !name_ok(v, (size_t)(colon - v))) return bad(key, v, "<name>:<token>");
+  size_t tl = strlen(colon + 1);
+  if (tl == 0 || tl > KVS_WIRE_TOKEN_MAX) return bad(key, "(hidden)", "token of 1..64 bytes");
+  if (c->n_tenants >= KVS_SVC_MAX_TENANTS) return bad(key, "(hidden)", "too many tenants");
+  kvs_svc_tenant *t = &c->tenants[c->n_tenants++];
+  memset(t, 0, sizeof *t);
+  memcpy(t->name, v, (size_t)(colon - v));
+  memcpy(t->token, colon + 1, tl + 1);
+  return KVS_OK;
+}
+
+static kvs_err set_model_cost(kvs_svc_config *c, const char *key, const char *v) {
+  const char *colon = strchr(v, ':');
+  if (!colon || colon - v != 32) return bad(key, v, "<32 hex model id>:<cost>");
+  if (c->n_model_costs >= KVS_SVC_MAX_MODEL_COSTS) return bad(key, v, "too many");
+  char hex[33];
+  memcpy(hex, v, 32);
+  hex[32] = 0;
+  kvs_svc_model_cost mc;
+  char *end;
+  mc.cost = strtod(colon + 1, &end);
+  if (kvs_hash128_from_hex(hex, &mc.model) != KVS_OK || end == colon + 1 || *end || !(mc.cost > 0))
+    return bad(key, v, "<32 hex model id>:<cost>");
+  c->model_costs[c->n_model_costs++] = mc;
+  return KVS_OK;
+}
+
+static kvs_err set_log_level(kvs_svc_config *c, const char *key, const char *v) {
+  int l = kvs_log_parse_level(v);
+  if (l < 0) return bad(key, v, "error|warn|info|debug|trace");
+  c->log_level = l;
+  return KVS_OK;
+}
+
+static kvs_err set_quota(kvs_svc_config *c, const char *key, const char *v) {
+  if (kvs__quota_config_set(c, v)) return bad(key, v, kvs__quota_config_why()); /* quota.c */
+  return KVS_OK;
+}
+
+static kvs_err set_cluster(kvs_svc_config *c, const char *key, const char *v) {
+  if (kvs__cluster_config_set(&c->cluster, key, v)) /* cluster.c */
+    return bad(key, v, "see docs/cluster.md");
+  return KVS_OK;
+}
+
+/* ------------------------------------------------------------ the table */
+#define KVS__FIELD_SIZE(field) sizeof(((kvs_svc_config *)0)->field)
+/* ext: one designated initializer each (no comma: cppcheck's preprocessor wants it so) */
+#define NONE    .words = NULL
+#define W(list) .words = list
+#define F(fn)   .set = fn
+#define KVS__OPT(key_, type_, field_, def_, lo_, hi_, ext_, flags_, why_, help_)                   \
+  {.key = #key_,                                                                                   \
+   .type = KVS__OPT_##type_,                                                                       \
+   .off = offsetof(kvs_svc_config, field_),                                                        \
+   .size = KVS__FIELD_SIZE(field_),                                                                \
+   .def = def_,                                                                                    \
+   .lo = (double)(lo_),                                                                            \
+   .hi = (double)(hi_),                                                                            \
+   ext_,                                                                                           \
+   .flags = (flags_),                                                                              \
+   .why = why_,                                                                                    \
+   .help = help_},
+#define LIVE   KVS__OPT_LIVE
+#define REPEAT KVS__OPT_REPEAT
+#define GT     KVS__OPT_GT
+const kvs__opt kvs__opts[] = {KVS_SVC_OPTION_MAP(KVS__OPT)};
+#undef GT
+#undef REPEAT
+#undef LIVE
+#undef F
+#undef W
+#undef NONE
+const size_t kvs__n_opts = sizeof kvs__opts / sizeof kvs__opts[0];
+
+/* Each typed field has the size its type writes. */
+#define KVS__OPTSZ_STR  0
+#define KVS__OPTSZ_FN   0
+#define KVS__OPTSZ_U32  4
+#define KVS__OPTSZ_ENUM sizeof(int)
+#define KVS__OPTSZ_SIZE sizeof(uint64_t)
+#define KVS__OPTSZ_NUM  sizeof(double)
+#define KVS__OPT_ASSERT(key, type, field, ...)                                                     \
+  _Static_assert(KVS__OPTSZ_##type == 0 || KVS__OPTSZ_##type == KVS__FIELD_SIZE(field),            \
+                 #key ": field size does not match its type");
+KVS_SVC_OPTION_MAP(KVS__OPT_ASSERT)
+
+/* A REPEAT option's count follows its array (kvs__opt's flags; reload compares both). */
+#define KVS__COUNT_FOLLOWS(arr, n)                                                                 \
+  _Static_assert(offsetof(kvs_svc_config, n) ==                                                    \
+                     offsetof(kvs_svc_config, arr) + sizeof(((kvs_svc_config *)0)->arr),           \
+                 #n " must follow " #arr);
+KVS__COUNT_FOLLOWS(listen, n_listen)
+KVS__COUNT_FOLLOWS(tenants, n_tenants)
+KVS__COUNT_FOLLOWS(model_costs, n_model_costs)
+KVS__COUNT_FOLLOWS(quotas, n_quotas)
+
+const kvs__opt *kvs__opt_find(const char *key) {
+  for (size_t i = 0; i < kvs__n_opts; i++)
+    if (!strcmp(kvs__opts[i].key, key)) return &kvs__opts[i];
+  return NULL;
 }
 
 static int parse_u32(const char *v, uint32_t *out) {
@@ -113,157 +197,95 @@ static int parse_u32(const char *v, uint32_t *out) {
   return 0;
 }
 
-static int copy_str(char *dst, size_t cap, const char *v) {
-  size_t n = strlen(v);
-  if (n >= cap) return -1;
-  memcpy(dst, v, n + 1);
-  return 0;
+/* 0..n-1: v's index among the `|`-separated words; -1: none of them */
+static int word_index(const char *words, const char *v) {
+  size_t vl = strlen(v);
+  for (int i = 0; words && *words; i++) {
+    const char *bar = strchr(words, '|');
+    size_t wl = bar ? (size_t)(bar - words) : strlen(words);
+    if (wl == vl && !memcmp(words, v, vl)) return i;
+    if (!bar) break;
+    words = bar + 1;
+  }
+  return -1;
 }
 
-static int name_ok(const char *s, size_t n) {
-  if (n == 0 || n > KVS_WIRE_TENANT_MAX) return 0;
-  for (size_t i = 0; i < n; i++)
-    if (!(isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '-' || s[i] == '.')) return 0;
-  return 1;
+/* One option: parsed in full, then stored (a bad value leaves the field as it was). */
+static kvs_err opt_set(kvs_svc_config *c, const kvs__opt *o, const char *v) {
+  char *f = (char *)c + o->off;
+  switch (o->type) {
+  case KVS__OPT_STR:
+    if ((o->lo >= 1 && !*v) || copy_str(f, o->size, v)) return bad(o->key, v, o->why);
+    return KVS_OK;
+  case KVS__OPT_U32: {
+    uint32_t u;
+    if (parse_u32(v, &u) || u < o->lo || u > o->hi) return bad(o->key, v, o->why);
+    memcpy(f, &u, sizeof u);
+    return KVS_OK;
+  }
+  case KVS__OPT_SIZE: {
+    uint64_t u;
+    if (kvs_conf_parse_size(v, &u) != KVS_OK || (double)u < o->lo || (double)u > o->hi)
+      return bad(o->key, v, o->why);
+    memcpy(f, &u, sizeof u);
+    return KVS_OK;
+  }
+  case KVS__OPT_NUM: {
+    char *end;
+    double d = strtod(v, &end);
+    if (end == v || *end || !(o->flags & KVS__OPT_GT ? d > o->lo : d >= o->lo))
+      return bad(o->key, v, o->why);
+    memcpy(f, &d, sizeof d);
+    return KVS_OK;
+  }
+  case KVS__OPT_ENUM: {
+    int i = word_index(o->words, v);
+    if (i < 0) return bad(o->key, v, o->why);
+    memcpy(f, &i, sizeof i);
+    return KVS_OK;
+  }
+  case KVS__OPT_FN: return o->set(c, o->key, v);
+  }
+  return KVS_EINVAL;
+}
+
+void kvs_svc_config_defaults(kvs_svc_config *c) {
+  memset(c, 0, sizeof *c);
+  for (size_t i = 0; i < kvs__n_opts; i++) {
+    const kvs__opt *o = &kvs__opts[i];
+    if (!o->def) continue;
+    kvs_err rc = opt_set(c, o, o->def);
+    assert(rc == KVS_OK && "a default in KVS_SVC_OPTION_MAP does not parse");
+    (void)rc;
+    /* a repeated option's default applies only while none is given (listen) */
+    if (o->flags & KVS__OPT_REPEAT) memset((char *)c + o->off + o->size, 0, sizeof(int));
+  }
+}
+
+/* The nearest key for a typo, from the table. */
+static const char *suggest_key(const char *key) {
+  const char *cand[sizeof kvs__opts / sizeof kvs__opts[0]];
+  for (size_t i = 0; i < kvs__n_opts; i++)
+    cand[i] = kvs__opts[i].key;
+  return kvs_conf_suggest(key, cand, kvs__n_opts);
+}
+
+static kvs_err unknown(const char *key) {
+  const char *s = suggest_key(key);
+  if (s) {
+    snprintf(g_err, sizeof g_err, "unknown option \"%.64s\" (did you mean \"%s\"?)", key, s);
+    snprintf(g_flag, sizeof g_flag, "unknown option --%.64s (did you mean --%s?)", key, s);
+  } else {
+    snprintf(g_err, sizeof g_err, "unknown option \"%.64s\" (kvstashd --help lists them)", key);
+    snprintf(g_flag, sizeof g_flag, "unknown option --%.64s (kvstashd --help lists them)", key);
+  }
+  return KVS_EINVAL;
 }
 
 kvs_err kvs_svc_config_set(kvs_svc_config *c, const char *key, const char *v) {
   if (!c || !key || !v) return KVS_EINVAL;
-  uint32_t u;
-  if (!strcmp(key, "data_dir")) {
-    if (!*v || copy_str(c->data_dir, sizeof c->data_dir, v)) return bad(key, v, "path");
-  } else if (!strcmp(key, "cold_dir")) {
-    if (copy_str(c->cold_dir, sizeof c->cold_dir, v)) return bad(key, v, "path too long");
-  } else if (!strcmp(key, "listen")) {
-    /* comma-separated list; appends */
-    char tmp[1024];
-    if (copy_str(tmp, sizeof tmp, v)) return bad(key, v, "too long");
-    for (char *save = NULL, *tok = strtok_r(tmp, ", ", &save); tok;
-         tok = strtok_r(NULL, ", ", &save)) {
-      if (strncmp(tok, "tcp://", 6) && strncmp(tok, "ipc://", 6) &&
-          strncmp(tok, "tls+tcp://", 10) && !kvs__stream_url(tok))
-        return bad(key, tok,
-                   "tcp://, ipc://, tls+tcp://, tcp+stream:// or ipc+stream:// URL expected");
-      if (!url_ok(tok)) return bad(key, tok, "HOST:PORT with a port of 1..65535 (or ipc://PATH)");
-      if (c->n_listen >= KVS_SVC_MAX_LISTEN) return bad(key, tok, "too many listeners");
-      if (copy_str(c->listen[c->n_listen], sizeof c->listen[0], tok))
-        return bad(key, tok, "too long");
-      c->n_listen++;
-    }
-  } else if (!strcmp(key, "http")) {
-    if (copy_str(c->http, sizeof c->http, v)) return bad(key, v, "too long");
-    if (*v && kvs_conf_hostport(v, NULL) != KVS_OK)
-      return bad(key, v, "HOST:PORT with a port of 1..65535 expected (or empty = off)");
-  } else if (!strcmp(key, "tls_cert_key_file")) {
-    if (copy_str(c->tls_cert_key_file, sizeof c->tls_cert_key_file, v))
-      return bad(key, v, "too long");
-  } else if (!strcmp(key, "admin_token")) {
-    if (copy_str(c->admin_token, sizeof c->admin_token, v)) return bad(key, v, "at most 64 bytes");
-  } else if (!strcmp(key, "workers")) {
-    if (parse_u32(v, &u) || u < 1 || u > 256) return bad(key, v, "1..256");
-    c->workers = (int)u;
-  } else if (!strcmp(key, "max_msg")) {
-    if (parse_size(v, &c->max_msg) || c->max_msg < 4096 || c->max_msg > 0xFFFFFFFFull)
-      return bad(key, v, "4K..4G");
-  } else if (!strcmp(key, "request_deadline_ms")) {
-    if (parse_u32(v, &c->deadline_ms) || c->deadline_ms == 0) return bad(key, v, "ms > 0");
-  } else if (!strcmp(key, "durability")) {
-    if (!strcmp(v, "sync"))
-      c->durability_sync = 1;
-    else if (!strcmp(v, "async"))
-      c->durability_sync = 0;
-    else
-      return bad(key, v, "sync or async");
-  } else if (!strcmp(key, "ram_bytes")) {
-    if (parse_size(v, &c->ram_bytes)) return bad(key, v, "size");
-  } else if (!strcmp(key, "disk_bytes")) {
-    if (parse_size(v, &c->disk_bytes) || c->disk_bytes == 0) return bad(key, v, "size > 0");
-  } else if (!strcmp(key, "cold_bytes")) {
-    if (parse_size(v, &c->cold_bytes)) return bad(key, v, "size");
-  } else if (!strcmp(key, "blob_min")) {
-    if (parse_size(v, &c->blob_min)) return bad(key, v, "size");
-  } else if (!strcmp(key, "default_ttl_s")) {
-    if (parse_u32(v, &c->default_ttl_s)) return bad(key, v, "seconds");
-  } else if (!strcmp(key, "half_life_s")) {
-    char *end;
-    c->half_life_s = strtod(v, &end);
-    if (end == v || *end || c->half_life_s < 0) return bad(key, v, "seconds >= 0");
-  } else if (!strcmp(key, "eviction")) {
-    if (!strcmp(v, "cost"))
-      c->evict_lru = 0;
-    else if (!strcmp(v, "lru"))
-      c->evict_lru = 1;
-    else
-      return bad(key, v, "cost | lru");
-  } else if (!strcmp(key, "prefill_cost")) {
-    char *end;
-    c->prefill_cost = strtod(v, &end);
-    if (end == v || *end || c->prefill_cost <= 0) return bad(key, v, "number > 0");
-  } else if (!strcmp(key, "model_cost")) {
-    const char *colon = strchr(v, ':');
-    if (!colon || colon - v != 32) return bad(key, v, "<32 hex model id>:<cost>");
-    if (c->n_model_costs >= KVS_SVC_MAX_MODEL_COSTS) return bad(key, v, "too many");
-    char hex[33];
-    memcpy(hex, v, 32);
-    hex[32] = 0;
-    kvs_svc_model_cost *mc = &c->model_costs[c->n_model_costs];
-    char *end;
-    mc->cost = strtod(colon + 1, &end);
-    if (kvs_hash128_from_hex(hex, &mc->model) != KVS_OK || end == colon + 1 || *end ||
-        mc->cost <= 0)
-      return bad(key, v, "<32 hex model id>:<cost>");
-    c->n_model_costs++;
-  } else if (!strcmp(key, "tenant")) {
-    const char *colon = strchr(v, ':');
-    if (!colon || !name_ok(v, (size_t)(colon - v))) return bad(key, v, "<name>:<token>");
-    size_t tl = strlen(colon + 1);
-    if (tl == 0 || tl > KVS_WIRE_TOKEN_MAX) return bad(key, "(hidden)", "token of 1..64 bytes");
-    if (c->n_tenants >= KVS_SVC_MAX_TENANTS) return bad(key, "(hidden)", "too many tenants");
-    kvs_svc_tenant *t = &c->tenants[c->n_tenants++];
-    memcpy(t->name, v, (size_t)(colon - v));
-    t->name[colon - v] = 0;
-    memcpy(t->token, colon + 1, tl + 1);
-  } else if (!strcmp(key, "zero_freed")) {
-    if (!strcmp(v, "on"))
-      c->zero_freed = 1;
-    else if (!strcmp(v, "off"))
-      c->zero_freed = 0;
-    else
-      return bad(key, v, "on or off");
-  } else if (!strcmp(key, "stream_insecure")) {
-    if (!strcmp(v, "on"))
-      c->stream_insecure = 1;
-    else if (!strcmp(v, "off"))
-      c->stream_insecure = 0;
-    else
-      return bad(key, v, "on or off");
-  } else if (!strcmp(key, "shm")) {
-    if (!strcmp(v, "on"))
-      c->shm = 1;
-    else if (!strcmp(v, "off"))
-      c->shm = 0;
-    else
-      return bad(key, v, "on or off");
-  } else if (!strcmp(key, "shm_bytes")) {
-    if (parse_size(v, &c->shm_bytes)) return bad(key, v, "size");
-  } else if (!strcmp(key, "lease_ms")) {
-    if (parse_u32(v, &c->lease_ms) || c->lease_ms == 0 || c->lease_ms > 600000)
-      return bad(key, v, "1..600000 ms");
-  } else if (!strcmp(key, "flush_interval_ms")) {
-    if (parse_u32(v, &c->flush_interval_ms) || c->flush_interval_ms == 0) return bad(key, v, "ms");
-  } else if (!strcmp(key, "log_level")) {
-    int l = kvs_log_parse_level(v);
-    if (l < 0) return bad(key, v, "error|warn|info|debug|trace");
-    c->log_level = l;
-  } else if (!strcmp(key, "quota")) {
-    if (kvs__quota_config_set(c, v)) return bad(key, v, kvs__quota_config_why()); /* quota.c */
-  } else if (!strncmp(key, "cluster", 7)) {
-    int r = kvs__cluster_config_set(&c->cluster, key, v); /* cluster.c; -2: no such key */
-    if (r) return r == -2 ? unknown(key) : bad(key, v, "see docs/cluster.md");
-  } else {
-    return unknown(key);
-  }
-  return KVS_OK;
+  const kvs__opt *o = kvs__opt_find(key);
+  return o ? opt_set(c, o, v) : unknown(key);
 }
 
 static kvs_err load_cb(void *ctx, const char *key, const char *value, char *why, size_t cap) {
@@ -342,40 +364,23 @@ kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help)
   return KVS_OK;
 }
 
+/* Help lines: the key, the help, the default in parentheses; a `\n` in the
+ * help continues under the help column. */
 void kvs_svc_config_usage(FILE *f) {
   fputs("usage: kvstashd [-c FILE] [--key=value ...] [--check-config]   (-V/--version, -h/--help)\n"
         "--check-config: read the config and the flags, say what is wrong or OK, exit (2 or 0).\n"
-        "Every option can be given in the config file (key = value) or as a flag.\n"
-        "  data_dir            T1 store and server secret        (./kvstash-data)\n"
-        "  cold_dir            T2 store on a colder disk; empty = no T2 ()\n"
-        "  listen              nng URLs, comma list or repeated   (tcp://127.0.0.1:7878,\n"
-        "                      tcp+stream://127.0.0.1:7880)\n"
-        "                      tcp+stream:// ipc+stream://: byte-stream GET listeners\n"
-        "  http                control plane host:port; empty = off (127.0.0.1:7879)\n"
-        "  admin_token         bearer token required by /v1/      ()\n"
-        "  tls_cert_key_file   PEM cert + key for tls+tcp:// listeners ()\n"
-        "  tenant              name:token, repeated; none = auth off\n"
-        "  workers             data-plane threads                 (8)\n"
-        "  max_msg             largest frame, bytes               (64M)\n"
-        "  request_deadline_ms answer or log as late after        (10000)\n"
-        "  durability          sync | async                       (sync)\n"
-        "  ram_bytes           T0 RAM budget                      (1G)\n"
-        "  disk_bytes          T1 capacity                        (64G)\n"
-        "  cold_bytes          T2 capacity                        (256G)\n"
-        "  blob_min            values >= this go to blob files    (64K)\n"
-        "  default_ttl_s       idle TTL when a PUT gives none; 0 = none (0)\n"
-        "  half_life_s         age half-life of the eviction score (3600)\n"
-        "  eviction            cost (recompute saved per byte) | lru (cost)\n"
-        "  prefill_cost        per-token recompute cost, default  (1.0)\n"
-        "  model_cost          <hex model id>:<cost>, repeated\n"
-        "  flush_interval_ms   hit counters to disk every         (5000)\n"
-        "  stream_insecure     allow tcp+stream:// off loopback on|off (off)\n"
-        "  zero_freed          zero RAM-tier and shm ranges when freed on|off (off)\n"
-        "  shm                 same-host shared-memory fast path on|off (off)\n"
-        "  shm_bytes           per-tenant segment size; 0 = ram_bytes (0)\n"
-        "  lease_ms            how long a LEASE pins its range    (5000)\n"
-        "  log_level           error|warn|info|debug|trace        (warn)\n",
+        "Every option can be given in the config file (key = value) or as a flag.\n",
         f);
-  kvs__quota_usage(f);
-  kvs__cluster_usage(f);
+  for (size_t i = 0; i < kvs__n_opts; i++) {
+    const kvs__opt *o = &kvs__opts[i];
+    if (!strcmp(o->key, "cluster")) fputs("cluster (docs/cluster.md):\n", f);
+    fprintf(f, "  %-19s ", o->key);
+    const char *h = o->help;
+    for (const char *nl; (nl = strchr(h, '\n')) != NULL; h = nl + 1)
+      fprintf(f, "%.*s\n  %-19s ", (int)(nl - h), h, "");
+    if (o->def)
+      fprintf(f, strlen(h) < 34 ? "%-34s(%s)\n" : "%s (%s)\n", h, o->def);
+    else
+      fprintf(f, "%s\n", h);
+  }
 }

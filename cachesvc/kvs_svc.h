@@ -64,7 +64,9 @@ typedef struct kvs_svc_cluster_config {
   uint32_t lease_ttl_s;       /* cluster_lease_ttl_s: the record's etcd lease (5) */
 } kvs_svc_cluster_config;
 
-/* Every option, with its config-file key (= the flag name, `--key=value`). */
+/* Every option, with its config-file key (= the flag name, `--key=value`); the
+ * keys, defaults, checks and reload flags are KVS_SVC_OPTION_MAP's
+ * (core/kvs_conf_options.h). */
 typedef struct kvs_svc_config {
   char data_dir[512];                   /* data_dir: T1 RocksDB + secret; default ./kvstash-data */
   char cold_dir[512];                   /* cold_dir: T2 RocksDB; "" = no T2 */

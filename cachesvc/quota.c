@@ -84,9 +84,3 @@ int kvs__quota_config_set(kvs_svc_config *c, const char *v) {
   c->quotas[i] = q;
   return 0;
 }
-
-void kvs__quota_usage(FILE *f) {
-  fputs("  quota               <tenant>:ram=SIZE,disk=SIZE,entries=N,rate=PER_S[,burst=N],\n"
-        "                      repeated; a missing kind = no limit (none)\n",
-        f);
-}

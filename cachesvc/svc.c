@@ -131,55 +131,20 @@ static void reload_failed(kvs_svc *s, const char *why) {
   KVS_LOGE("svc", "reload rejected, the config in force is kept", "why=%s", s->met.reload_error);
 }
 
-/* Logs each option of n that differs from o and cannot change live. */
+/* Logs each option of n that differs from o and cannot change live (the
+ * options without LIVE in KVS_SVC_OPTION_MAP): its field, and for a repeated
+ * option the count after it, byte for byte (config.c zero-fills strings). */
 static int needs_restart(const kvs_svc_config *o, const kvs_svc_config *n) {
   int k = 0;
-#define KVS__NR(name, differ)                                                                      \
-  do {                                                                                             \
-    if (differ) {                                                                                  \
-      KVS_LOGW("svc", "reload: option changed, needs restart (old value kept)", "key=%s", name);   \
-      k++;                                                                                         \
-    }                                                                                              \
-  } while (0)
-#define KVS__NRS(f) KVS__NR(#f, strcmp(o->f, n->f) != 0)
-#define KVS__NRV(f) KVS__NR(#f, o->f != n->f)
-  KVS__NRS(data_dir);
-  KVS__NRS(cold_dir);
-  int ld = o->n_listen != n->n_listen;
-  for (int i = 0; !ld && i < n->n_listen; i++)
-    ld = strcmp(o->listen[i], n->listen[i]) != 0;
-  KVS__NR("listen", ld);
-  KVS__NRS(http);
-  KVS__NRS(tls_cert_key_file);
-  KVS__NRS(admin_token);
-  KVS__NRV(workers);
-  KVS__NRV(max_msg);
-  KVS__NR("request_deadline_ms", o->deadline_ms != n->deadline_ms);
-  KVS__NR("durability", o->durability_sync != n->durability_sync);
-  KVS__NRV(ram_bytes);
-  KVS__NRV(disk_bytes);
-  KVS__NRV(cold_bytes);
-  KVS__NRV(blob_min);
-  KVS__NRV(default_ttl_s);
-  KVS__NRV(half_life_s);
-  KVS__NR("eviction", o->evict_lru != n->evict_lru);
-  KVS__NRV(prefill_cost);
-  KVS__NR("model_cost", o->n_model_costs != n->n_model_costs ||
-                            memcmp(o->model_costs, n->model_costs,
-                                   sizeof o->model_costs[0] * (size_t)n->n_model_costs) != 0);
-  KVS__NR("quota",
-          o->n_quotas != n->n_quotas ||
-              memcmp(o->quotas, n->quotas, sizeof o->quotas[0] * (size_t)n->n_quotas) != 0);
-  KVS__NRV(zero_freed);
-  KVS__NRV(stream_insecure);
-  KVS__NRV(shm);
-  KVS__NRV(shm_bytes);
-  KVS__NRV(lease_ms);
-  KVS__NRV(flush_interval_ms);
-  KVS__NR("cluster*", memcmp(&o->cluster, &n->cluster, sizeof o->cluster) != 0);
-#undef KVS__NRV
-#undef KVS__NRS
-#undef KVS__NR
+  for (size_t i = 0; i < kvs__n_opts; i++) {
+    const kvs__opt *op = &kvs__opts[i];
+    if (op->flags & KVS__OPT_LIVE) continue;
+    size_t len = op->size + (op->flags & KVS__OPT_REPEAT ? sizeof(int) : 0);
+    if (memcmp((const char *)o + op->off, (const char *)n + op->off, len) != 0) {
+      KVS_LOGW("svc", "reload: option changed, needs restart (old value kept)", "key=%s", op->key);
+      k++;
+    }
+  }
   return k;
 }
 

@@ -257,13 +257,38 @@ kvs_err kvs__stream_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics 
  * then close listeners and connections and free. NULL does nothing. */
 void kvs__stream_stop(kvs__streamplane *p);
 
+/* ------------------------------------------------------------ options */
+/* config.c: KVS_SVC_OPTION_MAP (core/kvs_conf_options.h) expanded, one
+ * descriptor per option, in the table's order; static, read-only. */
+enum { KVS__OPT_STR, KVS__OPT_U32, KVS__OPT_SIZE, KVS__OPT_NUM, KVS__OPT_ENUM, KVS__OPT_FN };
+enum {
+  KVS__OPT_LIVE = 1u,   /* a SIGHUP reload applies it; else "needs restart" */
+  KVS__OPT_REPEAT = 2u, /* each line appends; an int count follows the field */
+  KVS__OPT_GT = 4u,     /* NUM: > lo, not >= lo */
+};
+typedef struct kvs__opt {
+  const char *key;
+  int type;          /* KVS__OPT_STR.. */
+  size_t off, size;  /* the field in kvs_svc_config */
+  const char *def;   /* default as text; NULL = zero */
+  double lo, hi;     /* range (U32, SIZE, NUM); STR: lo 1 = not empty */
+  const char *words; /* ENUM: "w0|w1|..." */
+  kvs_err (*set)(kvs_svc_config *c, const char *key, const char *v); /* FN */
+  unsigned flags;                                                    /* KVS__OPT_LIVE.. */
+  const char *why;                                                   /* a bad value's reason */
+  const char *help;                                                  /* --help text */
+} kvs__opt;
+extern const kvs__opt kvs__opts[];
+extern const size_t kvs__n_opts;
+/* The option named key, or NULL. */
+const kvs__opt *kvs__opt_find(const char *key);
+
 /* ------------------------------------------------------------- quotas */
 /* quota.c: `quota = <tenant>:ram=SIZE,disk=SIZE,entries=N,rate=R,burst=B`
  * (repeated; a later line for the same tenant replaces it). 0 ok, -1 bad
  * (kvs__quota_config_why() says why, static). */
 int kvs__quota_config_set(kvs_svc_config *c, const char *v);
 const char *kvs__quota_config_why(void);
-void kvs__quota_usage(FILE *f);
 /* Per-tenant usage and refusals (store.c); kinds of refusal: */
 enum { KVS__QREF_DISK, KVS__QREF_ENTRIES, KVS__QREF_RATE, KVS__QREF_N };
 typedef struct kvs__quota_view {
@@ -281,10 +306,9 @@ kvs_err kvs__store_admit(kvs__store *s, const char *tenant);
 /* ------------------------------------------------------------ cluster */
 /* cluster.c: the cluster, cluster_* options, and the node's membership
  * (record + lease in etcd, the view of the others). docs/cluster.md. */
-void kvs__cluster_config_defaults(kvs_svc_cluster_config *c);
-/* 0 ok, -1 bad value, -2 unknown key */
+/* One cluster_* option (its defaults are in KVS_SVC_OPTION_MAP). 0 ok, -1 bad value, -2
+ * unknown key. */
 int kvs__cluster_config_set(kvs_svc_cluster_config *c, const char *key, const char *v);
-void kvs__cluster_usage(FILE *f);
 typedef struct kvs__cluster kvs__cluster;
 /* *out NULL when c->cluster.url is empty. c must outlive it. */
 kvs_err kvs__cluster_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,

@@ -297,7 +297,101 @@ static void test_shared_parser(void) {
   CU_ASSERT_PTR_NULL(kvs_conf_suggest("durability", keys, 4));
 }
 
+/* KVS_SVC_OPTION_MAP (core/kvs_conf_options.h) against what it generates:
+ * the defaults, --help, typo suggestions, the reload flags. */
+static void test_option_table(void) {
+  kvs_svc_config d;
+  kvs_svc_config_defaults(&d);
+  /* the defaults kvstashd had when they were written by hand */
+  CU_ASSERT_STRING_EQUAL(d.data_dir, "./kvstash-data");
+  CU_ASSERT_STRING_EQUAL(d.http, "127.0.0.1:7879");
+  CU_ASSERT_STRING_EQUAL(d.cold_dir, "");
+  CU_ASSERT_EQUAL(d.workers, 8);
+  CU_ASSERT_EQUAL(d.max_msg, 64ull << 20);
+  CU_ASSERT_EQUAL(d.deadline_ms, 10000);
+  CU_ASSERT_EQUAL(d.ram_bytes, 1ull << 30);
+  CU_ASSERT_EQUAL(d.disk_bytes, 64ull << 30);
+  CU_ASSERT_EQUAL(d.cold_bytes, 256ull << 30);
+  CU_ASSERT_EQUAL(d.blob_min, 64ull << 10);
+  CU_ASSERT_EQUAL(d.default_ttl_s, 0);
+  CU_ASSERT_EQUAL(d.half_life_s, 3600);
+  CU_ASSERT_EQUAL(d.evict_lru, 0);
+  CU_ASSERT_EQUAL(d.prefill_cost, 1.0);
+  CU_ASSERT_EQUAL(d.flush_interval_ms, 5000);
+  CU_ASSERT_EQUAL(d.lease_ms, 5000);
+  CU_ASSERT_EQUAL(d.shm + d.zero_freed + d.stream_insecure, 0);
+  CU_ASSERT_EQUAL(d.log_level, KVS_LOG_WARN);
+  CU_ASSERT_EQUAL(d.cluster.replicas, 2);
+  CU_ASSERT_EQUAL(d.cluster.lease_ttl_s, 5);
+  CU_ASSERT_EQUAL(d.cluster.capacity, 0);
+  CU_ASSERT_EQUAL(d.n_model_costs + d.n_tenants + d.n_quotas, 0);
+
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  kvs_svc_config_usage(f);
+  fclose(f);
+  static kvs_svc_config z; /* large: not on the stack */
+  int live = 0;
+  for (size_t i = 0; i < kvs__n_opts; i++) {
+    const kvs__opt *o = &kvs__opts[i];
+    CU_ASSERT_PTR_EQUAL(kvs__opt_find(o->key), o);
+    /* each entry's default, set on a zeroed config, gives kvs_svc_config_defaults's field */
+    memset(&z, 0, sizeof z);
+    if (o->def) {
+      CU_ASSERT_EQUAL(kvs_svc_config_set(&z, o->key, o->def), KVS_OK);
+      if (o->flags & KVS__OPT_REPEAT) /* its count is the int after it: 1 here, 0 in d */
+        CU_ASSERT(*(int *)((char *)&z + o->off + o->size) >= 1 &&
+                  *(int *)((char *)&d + o->off + o->size) == 0);
+    }
+    if (memcmp((char *)&z + o->off, (char *)&d + o->off, o->size) != 0)
+      fprintf(stderr, "option %s: default differs from kvs_svc_config_defaults\n", o->key);
+    CU_ASSERT(memcmp((char *)&z + o->off, (char *)&d + o->off, o->size) == 0);
+    /* --help lists it, at the start of a line */
+    char line[80];
+    snprintf(line, sizeof line, "\n  %s ", o->key);
+    if (!strstr(text, line)) fprintf(stderr, "option %s: not in --help\n", o->key);
+    CU_ASSERT(strstr(text, line) != NULL);
+    /* a typo of it suggests it: a letter dropped, a letter doubled */
+    size_t kl = strlen(o->key);
+    char typo[80];
+    for (int kind = 0; kind < 2; kind++) {
+      if (kind == 0)
+        snprintf(typo, sizeof typo, "%.*s%s", (int)(kl / 2), o->key, o->key + kl / 2 + 1);
+      else
+        snprintf(typo, sizeof typo, "%.*s%s", (int)(kl / 2 + 1), o->key, o->key + kl / 2);
+      char want[120];
+      snprintf(want, sizeof want, "unknown option \"%s\" (did you mean \"%s\"?)", typo, o->key);
+      CU_ASSERT_EQUAL(kvs_svc_config_set(&z, typo, "1"), KVS_EINVAL);
+      if (strcmp(kvs_svc_config_error(), want) != 0)
+        fprintf(stderr, "typo %s: %s\n", typo, kvs_svc_config_error());
+      CU_ASSERT_STRING_EQUAL(kvs_svc_config_error(), want);
+    }
+    if (o->flags & KVS__OPT_LIVE) live++;
+  }
+  free(text);
+  /* what a SIGHUP applies (docs/kvstashd.md): tenants and log_level; the rest needs a restart */
+  CU_ASSERT_EQUAL(live, 2);
+  CU_ASSERT(kvs__opt_find("tenant")->flags & KVS__OPT_LIVE);
+  CU_ASSERT(kvs__opt_find("log_level")->flags & KVS__OPT_LIVE);
+  CU_ASSERT_PTR_NULL(kvs__opt_find("nope"));
+  /* a bad value leaves the field as it was */
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&d, "disk_bytes", "0"), KVS_EINVAL);
+  CU_ASSERT_STRING_EQUAL(kvs_svc_config_error(), "disk_bytes = \"0\": size > 0");
+  CU_ASSERT_EQUAL(d.disk_bytes, 64ull << 30);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&d, "half_life_s", "-1"), KVS_EINVAL);
+  CU_ASSERT_EQUAL(d.half_life_s, 3600);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&d, "prefill_cost", "0"), KVS_EINVAL);
+  CU_ASSERT_STRING_EQUAL(kvs_svc_config_error(), "prefill_cost = \"0\": number > 0");
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&d, "eviction", "lru"), KVS_OK);
+  CU_ASSERT_EQUAL(d.evict_lru, 1);
+  CU_ASSERT_EQUAL(kvs_svc_config_set(&d, "cluster_replicas", "0"), KVS_EINVAL);
+  CU_ASSERT_STRING_EQUAL(kvs_svc_config_error(), "cluster_replicas = \"0\": see docs/cluster.md");
+}
+
 static const kvs_test_case cases[] = {{"defaults", test_defaults},
+                                      {"option_table", test_option_table},
                                       {"quotes", test_quotes},
                                       {"file_errors", test_file_errors},
                                       {"ports", test_ports},

@@ -156,8 +156,10 @@ static void test_bad_url_and_config(void) {
   snprintf(conf, sizeof conf, "%s/kvstashd.conf", g_dir);
   FILE *f = fopen(conf, "w");
   CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-  fprintf(f, "listen = %s\nhttp = %s\ntenant = \"other:x#1\"\ntenant = ten:tok  # ours\n", g_d.url,
-          g_http);
+  fprintf(f,
+          "listen = %s\nhttp = %s\ntenant = \"other:x#1\"\ntenant = ten:tok  # ours\n"
+          "workers = 3\ncluster_zone = z1\n", /* kvstashd's keys: skipped */
+          g_d.url, g_http);
   fclose(f);
   cli_env c = {.admin_token = "adm", .model_path = "/nonexistent/model.gguf"};
   cJSON *j;
@@ -175,6 +177,15 @@ static void test_bad_url_and_config(void) {
   fputs("tenant = \"unclosed\n", f);
   fclose(f);
   CU_ASSERT_EQUAL(cli_run(&c, NULL, CLI_ARGS("-c", conf, "ls")), 2);
+  /* a key neither the CLI nor kvstashd knows: a typo, exit 2 with the nearest key */
+  f = fopen(conf, "w");
+  fputs("tenat = ten:tok\n", f);
+  fclose(f);
+  char *out = NULL, *err = NULL;
+  CU_ASSERT_EQUAL(cli_run_err(&c, &out, &err, CLI_ARGS("-c", conf, "ls")), 2);
+  CU_ASSERT(err && strstr(err, ":1: unknown key \"tenat\" (did you mean \"tenant\"?)\n") != NULL);
+  free(out);
+  free(err);
   unlink(conf);
 }
 

@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "kvs_conf.h"
+#include "kvs_conf_options.h"
 
 typedef struct verb {
   const char *name;
@@ -76,8 +77,16 @@ static void set(char *dst, size_t cap, const char *v) {
 }
 
 /* The keys the CLI takes from a `key = value` file, read with kvstashd's own
- * parser (core/conf.c: quotes, comments, one-line errors); the rest of a
- * kvstashd.conf is ignored. */
+ * parser (core/conf.c: quotes, comments, one-line errors). kvstashd's other
+ * keys (its option table, core/kvs_conf_options.h) are skipped, so a
+ * kvstashd.conf works as it is; any other key is a typo, refused with the
+ * nearest key of either list. */
+#define CLI_SVC_KEY(key, ...) #key,
+static const char *const cfg_keys[] = {"url",    "listen",     "http",
+                                       "tenant", "token",      "admin_token",
+                                       "model",  "model_path", KVS_SVC_OPTION_MAP(CLI_SVC_KEY)};
+#undef CLI_SVC_KEY
+#define CFG_N_KEYS (sizeof cfg_keys / sizeof cfg_keys[0])
 typedef struct cfg_ctx {
   cli *x;
   int got_url, got_tenant, got_token;
@@ -86,7 +95,6 @@ typedef struct cfg_ctx {
 static kvs_err cfg_cb(void *ctx, const char *k, const char *v, char *why, size_t why_cap) {
   cfg_ctx *c = ctx;
   cli *x = c->x;
-  (void)why, (void)why_cap;
   if (!strcmp(k, "url") || (!strcmp(k, "listen") && !c->got_url)) {
     char u[512];
     snprintf(u, sizeof u, "%s", v);
@@ -120,6 +128,18 @@ static kvs_err cfg_cb(void *ctx, const char *k, const char *v, char *why, size_t
     set(x->admin_token, sizeof x->admin_token, v);
   } else if (!strcmp(k, "model") || !strcmp(k, "model_path")) {
     set(x->model_path, sizeof x->model_path, v);
+  } else {
+    size_t i = 0;
+    while (i < CFG_N_KEYS && strcmp(k, cfg_keys[i]) != 0)
+      i++;
+    if (i == CFG_N_KEYS) {
+      const char *s = kvs_conf_suggest(k, cfg_keys, CFG_N_KEYS);
+      if (s)
+        snprintf(why, why_cap, "unknown key \"%.64s\" (did you mean \"%s\"?)", k, s);
+      else
+        snprintf(why, why_cap, "unknown key \"%.64s\" (neither the CLI's nor kvstashd's)", k);
+      return KVS_EINVAL;
+    }
   }
   return KVS_OK;
 }
