@@ -251,10 +251,13 @@ static double store_all(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, v
   return t;
 }
 
-/* Median TTFT (s) of `reps` requests through kvs_reuse_run; *last gets the
- * last request's figures. */
+/* Median TTFT (s) of `reps` requests through kvs_reuse_run (a fresh
+ * kvs_reuse: the plan's rows include its warm-up); *last gets the last
+ * request's figures. slow_bps > 0: the RAM tier slowed to that many decoded
+ * bytes/s (reuse/'s bench-only knob). */
 static double reuse_row(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, uint32_t policy,
-                        uint32_t strat, float ratio, int reps, kvs_reuse_result *last) {
+                        uint32_t strat, float ratio, int reps, kvs_reuse_result *last,
+                        double slow_bps) {
   kvs_reuse_opts o;
   kvs_reuse_opts_init(&o);
   o.blend.sel = kvs_sel_defaults(strat);
@@ -263,6 +266,7 @@ static double reuse_row(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, u
   if (g_kvd_epic >= 0 && strat == KVS_SEL_EPIC) o.blend.sel.epic_first = (uint32_t)g_kvd_epic;
   o.policy = policy;
   o.prefix_chunk_tokens = p->len[0];
+  o.bench_tier_bytes_per_s[0] = slow_bps;
   kvs_reuse *r;
   if (kvs_reuse_create(c, e, &o, &r)) return -1;
   double t[16] = {0};
@@ -291,6 +295,66 @@ typedef struct kvrow {
   double ms;
   kvs_reuse_result res;
 } kvrow;
+
+/* The controller on a slowed RAM tier: the loader sees at most B / (f x
+ * T_recompute) bytes/s (B the prompt's stored KV, T_recompute the
+ * ram/recompute row), so that loading everything takes about f = 0.5, 1 and
+ * 2 times recomputing it; plan vs always-load rows (always-recompute does not
+ * fetch: the ram/recompute row). */
+static int ctl_slowed_rows(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, int reps,
+                           float ratio, kvrow *rows, int n, int cap) {
+  double t_rec = 0;
+  for (int k = 0; k < n; k++)
+    if (!strcmp(rows[k].name, "ram/recompute")) t_rec = rows[k].ms / 1e3;
+  kvs_engine_info in;
+  if (!(t_rec > 0) || e->ops->info(e, &in)) return n;
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i + 1 < p->n_segs; i++)
+    bytes += kvs_layout_token_bytes(&in.layout) * p->len[i];
+  static const double f[3] = {0.5, 1, 2};
+  static const char *nm[3] = {"slow0.5x", "slow1x", "slow2x"};
+  for (int i = 0; i < 3 && n + 2 <= cap; i++) {
+    double bps = bytes / (f[i] * t_rec);
+    for (int j = 0; j < 2; j++, n++) {
+      kvrow *w = &rows[n];
+      snprintf(w->name, sizeof w->name, "%s/%s", nm[i], j ? "load" : "plan");
+      memset(&w->res, 0, sizeof w->res);
+      w->ms = 1e3 * reuse_row(e, c, p, j ? KVS_REUSE_PLAN_ALWAYS_LOAD : KVS_REUSE_PLAN_AUTO,
+                              KVS_SEL_ADAPTIVE, ratio, reps, &w->res, bps);
+    }
+  }
+  return n;
+}
+
+/* plan / min(always load, always recompute) per controller case (X/plan rows;
+ * a case without its own recompute row uses ram/recompute); the ratios into
+ * js (may be NULL) */
+static void print_ctl(const kvrow *rows, int n, cJSON *js) {
+  double rec_ram = 0;
+  for (int k = 0; k < n; k++)
+    if (!strcmp(rows[k].name, "ram/recompute")) rec_ram = rows[k].ms;
+  for (int k = 0; k < n; k++) {
+    const char *sl = strstr(rows[k].name, "/plan");
+    if (!sl || sl[5]) continue;
+    int pl = (int)(sl - rows[k].name);
+    double ld = 0, rc = rec_ram;
+    for (int j = 0; j < n; j++) {
+      if (strncmp(rows[j].name, rows[k].name, (size_t)pl) || rows[j].name[pl] != '/') continue;
+      if (!strcmp(rows[j].name + pl, "/load")) ld = rows[j].ms;
+      if (!strcmp(rows[j].name + pl, "/recompute")) rc = rows[j].ms;
+    }
+    double best = ld > 0 && rc > 0 ? fmin(ld, rc) : ld > 0 ? ld : rc;
+    double q = best > 0 ? rows[k].ms / best : 0;
+    const kvs_reuse_result *r = &rows[k].res;
+    printf("controller %-10.*s plan %9.2f ms  load %9.2f  recompute %9.2f  plan/min %.3f %s"
+           "  (last request: load %u recompute %u explore %u)\n",
+           pl, rows[k].name, rows[k].ms, ld, rc, q, q <= 1.05 ? "ok" : "OVER 1.05", r->n_load,
+           r->n_recompute, r->n_explore);
+    char key[32];
+    snprintf(key, sizeof key, "%.*s", pl, rows[k].name);
+    if (js) bench_json_num(js, key, "%.3f", q);
+  }
+}
 
 /* The rows through kvstashd for prompt p on engine e: transports (RAM tier),
  * the disk tier, and the controller (plan vs always load / recompute).
@@ -342,10 +406,11 @@ static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dk
     kvrow *w = &rows[n];
     snprintf(w->name, sizeof w->name, "%s", spec[k].name);
     memset(&w->res, 0, sizeof w->res);
-    double t = reuse_row(e, spec[k].c, p, spec[k].policy, spec[k].strat, ratio, reps, &w->res);
+    double t = reuse_row(e, spec[k].c, p, spec[k].policy, spec[k].strat, ratio, reps, &w->res, 0);
     w->ms = t * 1e3;
     n++;
   }
+  n = ctl_slowed_rows(e, c_shm, p, reps, ratio, rows, n, cap);
 out:
   kvs_client_free(c_shm), kvs_client_free(c_ipcs), kvs_client_free(c_tcps);
   kvs_client_free(c_dsk), kvs_client_free(c_cpu);
@@ -469,7 +534,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
     med[k] = t[R / 2];
   }
   /* the same prompt through kvstashd (kvs_reuse_run), chunks stored dense from device memory */
-  kvrow kr[16];
+  kvrow kr[32];
   int nkr = 0;
   double st_gpu = -1, st_cpu = -1;
   uint64_t st_bytes = 0;
@@ -479,7 +544,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
       if (kvs_gpu_alloc(&dkv[s], tb * p.len[s]) ||
           kvs_gpu_copy_h2d(dkv[s], mk.kv[s], tb * p.len[s], NULL) || kvs_gpu_sync(NULL))
         return fprintf(stderr, "device copy of chunk %u failed\n", s), 1;
-    nkr = kvstashd_rows(e, &p, dkv, kvstashd, reps, ratio, kr, 16, &st_gpu, &st_cpu, &st_bytes);
+    nkr = kvstashd_rows(e, &p, dkv, kvstashd, reps, ratio, kr, 32, &st_gpu, &st_cpu, &st_bytes);
     for (uint32_t s = 0; s + 1 < p.n_segs; s++)
       kvs_gpu_free(dkv[s]);
     if (nkr < 0) return 1;
@@ -524,6 +589,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
     cJSON *jk = cJSON_AddObjectToObject(json, "kvstashd_ms");
     for (int k = 0; k < nkr; k++)
       bench_json_num(jk, kr[k].name, "%.3f", kr[k].ms);
+    print_ctl(kr, nkr, cJSON_AddObjectToObject(json, "ctl_plan_over_min"));
   }
   bench_json_print(json);
   for (int s = 0; s < KVS_RAG_MAX_PASSAGES + 2; s++)
@@ -876,10 +942,10 @@ int main(int argc, char **argv) {
           dkv[s] = m.kv[s];
         }
       }
-      kvrow kr[16];
+      kvrow kr[32];
       double sg = -1;
       uint64_t sb = 0;
-      int nkr = kvstashd_rows(eng, &p, dkv, kvstashd, 5, ratio, kr, 16, &sg, NULL, &sb);
+      int nkr = kvstashd_rows(eng, &p, dkv, kvstashd, 5, ratio, kr, 32, &sg, NULL, &sb);
       if (use_gpu)
         for (uint32_t s = 0; s + 1 < p.n_segs; s++)
           kvs_gpu_free(dkv[s]);
@@ -898,12 +964,16 @@ int main(int argc, char **argv) {
       printf("item %d through kvstashd on %s (%u tokens), full prefill %.2f ms (median of 5):\n", i,
              info.name, p.n_tokens, fm[2]);
       print_kvrows(kr, nkr, fm[2], 0);
-      printf("{\"bench\":\"blend-controller\",\"engine\":\"%s\",\"item\":%d,\"tokens\":%u,"
-             "\"full_ms\":%.3f",
-             info.name, i, p.n_tokens, fm[2]);
+      cJSON *jc = cJSON_CreateObject();
+      cJSON_AddStringToObject(jc, "bench", "blend-controller");
+      cJSON_AddStringToObject(jc, "engine", info.name);
+      cJSON_AddNumberToObject(jc, "item", i);
+      cJSON_AddNumberToObject(jc, "tokens", p.n_tokens);
+      bench_json_num(jc, "full_ms", "%.3f", fm[2]);
       for (int k = 0; k < nkr; k++)
-        printf(",\"%s\":%.3f", kr[k].name, kr[k].ms);
-      printf("}\n");
+        bench_json_num(jc, kr[k].name, "%.3f", kr[k].ms);
+      print_ctl(kr, nkr, cJSON_AddObjectToObject(jc, "ctl_plan_over_min"));
+      bench_json_print(jc);
     }
     for (uint32_t s = 0; s + 1 < p.n_segs; s++)
       free(m.kv[s]);
