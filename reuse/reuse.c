@@ -41,6 +41,10 @@ kvs_err kvs_reuse_create(kvs_client *c, kvs_engine *e, const kvs_reuse_opts *o, 
   if (!err && r->info.mem != KVS_ENGINE_MEM_HOST && r->info.mem != KVS_ENGINE_MEM_DEVICE)
     err = KVS_ENOTSUP;
   r->dev = r->info.mem == KVS_ENGINE_MEM_DEVICE;
+  /* a state-restore engine recomputes nothing inside a reused run: strategy
+   * none, and everything after the first chunk not loaded is prefilled */
+  r->stateful = !(e->ops->embed && e->ops->layer && e->ops->layer_kv);
+  if (r->stateful) r->o.blend.sel = kvs_sel_defaults(KVS_SEL_NONE);
   for (int t = 0; t < KVS_REUSE_TIERS; t++) {
     r->lat[t] = r->o.prior_latency_s[t] > 0 ? r->o.prior_latency_s[t] : PRIOR_LAT[t];
     r->bps[t] = r->o.prior_bytes_per_s[t] > 0 ? r->o.prior_bytes_per_s[t] : PRIOR_BPS[t];
@@ -152,9 +156,12 @@ kvs_err kvs_reuse_count_chunks(const kvs_reuse *r, const kvs_reuse_request *req,
   return KVS_OK;
 }
 
-/* blend segments: one per chunk (in order), then the NEW segments */
+/* blend segments: one per chunk (in order), then the NEW segments;
+ * stateful: chunks not cached are NEW (prefilled; callers cut them to a
+ * tail) */
 static kvs_err blend_segs(const kvs_reuse_request *req, const kvs__rchunk *ch, uint32_t nch,
-                          const int *cached, kvs_blend_segment **out, uint32_t *n_out) {
+                          const int *cached, int stateful, kvs_blend_segment **out,
+                          uint32_t *n_out) {
   uint32_t n_new = 0;
   for (uint32_t i = 0; i < req->n_segs; i++)
     n_new += req->segs[i].kind == KVS_SEG_NEW;
@@ -167,6 +174,7 @@ static kvs_err blend_segs(const kvs_reuse_request *req, const kvs__rchunk *ch, u
     b[k].n_tokens = ch[i].ch.n_tokens;
     b[k].stored_pos0 = ch[i].kind == KVS_SEG_PREFIX ? ch[i].ch.start : 0;
     b[k].cached = cached[i] != 0;
+    if (stateful && !cached[i]) b[k].kind = KVS_SEG_NEW, b[k].stored_pos0 = 0;
     pos = ch[i].ch.start + ch[i].ch.n_tokens;
   }
   for (uint32_t i = 0; i < req->n_segs; i++) {
@@ -192,7 +200,10 @@ kvs_err kvs_reuse_run_loader(kvs_engine *e, kvs_engine_seq *s, const kvs_reuse_r
     cz[i] = cached[i];
   kvs_blend_segment *b = NULL;
   uint32_t nb = 0;
-  if (!err) err = blend_segs(req, ch, nch, cz, &b, &nb);
+  int stateful = !(e->ops->embed && e->ops->layer && e->ops->layer_kv);
+  for (uint32_t i = 0, cut = 0; !err && stateful && i < nch; i++) /* a cached prefix only */
+    cut |= !cz[i], cz[i] = cz[i] && !cut;
+  if (!err) err = blend_segs(req, ch, nch, cz, stateful, &b, &nb);
   if (!err) err = kvs_blend_run(e, s, b, nb, load, ctx, o, logits, stats);
   free(b), free(cz), free(ch);
   return err;
@@ -298,6 +309,16 @@ static kvs_err start_gets(kvs_reuse *r, const kvs_reuse_request *req, kvs__rchun
 }
 
 /* ------------------------------------------------------------ the plan */
+/* A state-restore engine loads a leading run of chunks only: after the first
+ * chunk not loaded, hits are recomputed (prefilled) too. */
+static void cut_tail(kvs__rchunk *ch, uint32_t nch) {
+  int cut = 0;
+  for (uint32_t i = 0; i < nch; i++) {
+    if (cut && ch[i].decision == KVS_REUSE_LOAD) ch[i].decision = KVS_REUSE_RECOMPUTE;
+    cut |= ch[i].decision != KVS_REUSE_LOAD;
+  }
+}
+
 /* xorshift64*: exploration's coin (seeded: the same decisions every run) */
 static double coin(kvs_reuse *r) {
   uint64_t x = r->rng;
@@ -475,12 +496,13 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
   kvs_blend_opts bo = r->o.blend;
   bo.load_device = r->dev;
   for (int attempt = 0; !err && attempt < 2; attempt++) {
+    if (r->stateful) cut_tail(ch, nch);
     err = start_gets(r, req, ch, nch, &x);
     for (uint32_t i = 0; i < nch; i++)
       cached[i] = ch[i].decision == KVS_REUSE_LOAD;
     kvs_blend_segment *b = NULL;
     uint32_t nb = 0;
-    if (!err) err = blend_segs(req, ch, nch, cached, &b, &nb);
+    if (!err) err = blend_segs(req, ch, nch, cached, r->stateful, &b, &nb);
     if (!err) err = kvs_blend_run(r->e, s, b, nb, load_layer, &x, &bo, logits, &rz.blend);
     free(b);
     int failed = 0;

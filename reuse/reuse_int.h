@@ -28,6 +28,7 @@ struct kvs_reuse {
   kvs_engine_info info;
   kvs_reuse_opts o;
   int dev;            /* device engine */
+  int stateful;       /* no layer ops (a state-restore engine): prefix reuse only */
   void *stream;       /* device engine: the loader's copies */
   pthread_mutex_t mu; /* the figures and counters below */
   double lat[KVS_REUSE_TIERS], bps[KVS_REUSE_TIERS];

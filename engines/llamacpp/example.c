@@ -1,21 +1,27 @@
 /* example.c - kvs-llama-chat: llama.cpp serving SmolLM2 with kvstash attached.
  * The part an engine developer copies is marked "kvstash:"; the rest is plain
- * llama.cpp. Two jobs:
+ * llama.cpp. kvstash goes through reuse/ (kvs_reuse_run) over the llama.cpp
+ * engine (kvs_llama_engine: a state-restore engine): it plans (one lookup,
+ * load or recompute per chunk), restores, decodes the rest and stores what
+ * it computed. Two jobs:
  *  - a two-turn chat (turn 1 = system + a MuSiQue context + a question; turn
- *    2 = a follow-up): turn 2 restores turn 1's prefix from kvstashd;
- *  - a MuSiQue RAG prompt: every passage's KV is a content-keyed chunk,
- *    computed alone once, restored at its offset (llama.cpp's K shift).
+ *    2 = a follow-up): turn 2 loads turn 1's prefix chunks from kvstashd;
+ *  - a MuSiQue RAG prompt: the instruction a prefix, every passage a
+ *    content-keyed chunk (stored as computed in the first prompt, re-rotated
+ *    to its offset when loaded; no token recomputed: strategy none).
  *
  *   kvs-llama-chat --model SmolLM2-135M-Instruct.Q4_1.gguf
  *                  --data musique_s.json [--item 0] [--url tcp://127.0.0.1:7878]
- *                  [--threads 2] [--recompute 8] [--passages 5]
+ *                  [--threads 2] [--passages 5]
  * Without --url (or with kvstashd down) it runs, without reuse. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvs_engine.h"
 #include "kvs_llama.h"
 #include "kvs_rag.h"
+#include "kvs_reuse.h"
 #include "llama.h"
 
 static const char *INSTRUCTION =
@@ -67,16 +73,43 @@ static void generate(struct llama_context *ctx, const struct llama_vocab *vocab,
   printf("\n");
 }
 
-static void show(const char *what, const kvs_llama_stats *s) {
-  printf("  [%s] tokens=%u restored=%u decoded=%u put=%u failed=%u  lookup %.1f ms, fetch %.1f "
-         "ms, restore %.1f ms, decode %.1f ms, put %.1f ms\n",
-         what, s->n_tokens, s->n_restored, s->n_decoded, s->n_put, s->n_failed, s->t_lookup_s * 1e3,
-         s->t_fetch_s * 1e3, s->t_restore_s * 1e3, s->t_decode_s * 1e3, s->t_put_s * 1e3);
+/* Without kvstash: the prompt decoded in one go into seq 0, from position 0. */
+static void plain(struct llama_context *ctx, const int32_t *tok, size_t n) {
+  llama_memory_clear(llama_get_memory(ctx), true);
+  struct llama_batch b = llama_batch_get_one((int32_t *)tok, (int32_t)n);
+  if (llama_decode(ctx, b) != 0) fprintf(stderr, "llama_decode failed\n");
+}
+
+static void show(const char *what, const kvs_reuse_result *s, uint32_t n) {
+  printf("  [%s] tokens=%u chunks=%u loaded=%u recomputed=%u missed=%u stored=%u dropped=%u  "
+         "lookup %.1f ms, TTFT %.1f ms\n",
+         what, n, s->n_chunks, s->n_load, s->n_recompute, s->n_miss, s->n_store_queued,
+         s->n_store_dropped, s->t_lookup_s * 1e3, s->t_total_s * 1e3);
+}
+
+/* kvstash: one request through reuse/: the sequence holds the prompt and the
+ * last token's logits are ready (llama_get_logits_ith(ctx, -1)) */
+static kvs_engine_seq *request(kvs_reuse *r, kvs_engine *e, const int32_t *tok,
+                               const kvs_reuse_segment *sg, uint32_t n_sg, uint32_t extra,
+                               kvs_reuse_result *res) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < n_sg; i++)
+    n += sg[i].n_tokens;
+  kvs_reuse_request q = {.tokens = tok, .n_tokens = n, .segs = sg, .n_segs = n_sg};
+  kvs_engine_seq *s = NULL;
+  if (e->ops->seq_create(e, n + extra, &s)) return NULL;
+  kvs_err err = kvs_reuse_run(r, s, &q, NULL, res, NULL, 0);
+  if (err) {
+    fprintf(stderr, "kvs_reuse_run: %s\n", kvs_strerror(err));
+    e->ops->seq_free(e, s);
+    return NULL;
+  }
+  return s;
 }
 
 int main(int argc, char **argv) {
   const char *model_path = NULL, *data = NULL, *url = NULL;
-  int item = 0, threads = 2, recompute = 8, max_passages = 5;
+  int item = 0, threads = 2, max_passages = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model"))
       model_path = argv[i + 1];
@@ -90,14 +123,12 @@ int main(int argc, char **argv) {
       threads = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--passages"))
       max_passages = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--recompute"))
-      recompute = atoi(argv[i + 1]);
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in a log */
   data = kvs_rag_data_path(data);   /* default: the repo's data/rag copy */
   if (!model_path) {
     fprintf(stderr, "usage: kvs-llama-chat --model GGUF [--data musique.json[.zst]] [--url URL] "
-                    "[--item N] [--threads N] [--recompute R] [--passages N]\n");
+                    "[--item N] [--threads N] [--passages N]\n");
     return 2;
   }
   kvs_rag_item *items = NULL;
@@ -117,7 +148,7 @@ int main(int argc, char **argv) {
   cp.n_ctx = 8192;
   cp.n_batch = 8192;
   cp.n_ubatch = 256; /* kvstash: chunk_tokens (256) is a multiple: exact logits */
-  cp.n_seq_max = 2;  /* kvstash: seq 1 is the RAG scratch sequence */
+  cp.n_seq_max = 1;
   cp.kv_unified = true;
   cp.n_threads = cp.n_threads_batch = threads;
   struct llama_context *ctx = llama_init_from_model(model, cp);
@@ -138,14 +169,24 @@ int main(int argc, char **argv) {
       client = NULL;
     }
   }
-  /* kvstash: attach to the context */
+  /* kvstash: attach to the context; an engine over it; reuse/ over both */
   kvs_llama_opts ao;
   kvs_llama_opts_init(&ao);
   ao.client = client;
   ao.gguf_path = model_path;
   ao.flash_attn = cp.flash_attn;
   kvs_llama *kv = NULL;
-  if (kvs_llama_create(model, ctx, &ao, &kv) != KVS_OK) return 1;
+  kvs_engine *eng = NULL;
+  if (kvs_llama_create(model, ctx, &ao, &kv) != KVS_OK || kvs_llama_engine(kv, &eng) != KVS_OK)
+    return 1;
+  kvs_reuse *ru = NULL;
+  kvs_reuse_opts ro;
+  kvs_reuse_opts_init(&ro);
+  ro.store = 1; /* store what a request computed, off the critical path */
+  if (client && kvs_reuse_create(client, eng, &ro, &ru) != KVS_OK) {
+    fprintf(stderr, "kvs_reuse_create failed: going on without kvstash\n");
+    ru = NULL;
+  }
 
   /* ---- chat: turn 1 = system + passages + question */
   toks t = {0};
@@ -157,61 +198,74 @@ int main(int argc, char **argv) {
   }
   char q[2048];
   snprintf(q, sizeof q, "Question: %s<|im_end|>\n<|im_start|>assistant\n", it->question);
+  kvs_reuse_result st;
+  memset(&st, 0, sizeof st);
+  size_t n_ctx1 = t.n;
   tok_append(vocab, &t, q, 1);
-  kvs_llama_stats st;
   printf("turn 1 (%zu tokens): ", t.n);
-  kvs_llama_prefill(kv, 0, t.v, t.n, &st); /* kvstash: lookup + restore + decode the rest */
+  /* kvstash: the system prompt and the context a PREFIX (chunk chain), the question NEW */
+  kvs_reuse_segment s1[2] = {{KVS_SEG_PREFIX, (uint32_t)n_ctx1},
+                             {KVS_SEG_NEW, (uint32_t)(t.n - n_ctx1)}};
+  kvs_engine_seq *sq = ru ? request(ru, eng, t.v, s1, 2, 64, &st) : NULL;
+  if (!sq) plain(ctx, t.v, t.n);
+  uint32_t n_prompt = (uint32_t)t.n;
   generate(ctx, vocab, &t, 24);
-  show("turn 1 prefill", &st);
-  kvs_llama_store(kv, 0, t.v, t.n, &st); /* kvstash: put new full chunks, after the reply */
-  show("turn 1 store", &st);
+  if (sq) eng->ops->seq_free(eng, sq), show("turn 1", &st, n_prompt);
   /* turn 2: the conversation so far + a follow-up; a server would land here
    * on any replica, or after the slot was reused: the prefix comes back from
-   * kvstashd */
+   * kvstashd (turn 1's whole chunks; what turn 2 computes is stored too) */
+  size_t n_hist = t.n;
   tok_append(vocab, &t,
              "<|im_end|>\n<|im_start|>user\nIn which passage did you find it? "
              "Give its title.<|im_end|>\n<|im_start|>assistant\n",
              1);
   printf("turn 2 (%zu tokens): ", t.n);
-  kvs_llama_prefill(kv, 0, t.v, t.n, &st);
-  size_t n2 = t.n;
+  kvs_reuse_segment s2[2] = {{KVS_SEG_PREFIX, (uint32_t)n_hist},
+                             {KVS_SEG_NEW, (uint32_t)(t.n - n_hist)}};
+  if (ru) kvs_reuse_flush(ru); /* turn 1's stores acknowledged (a demo: no race) */
+  sq = ru ? request(ru, eng, t.v, s2, 2, 64, &st) : NULL;
+  if (!sq) plain(ctx, t.v, t.n);
+  n_prompt = (uint32_t)t.n;
   generate(ctx, vocab, &t, 24);
-  show("turn 2 prefill", &st);
-  kvs_llama_store(kv, 0, t.v, n2, &st);
+  if (sq) eng->ops->seq_free(eng, sq), show("turn 2", &st, n_prompt);
 
-  /* ---- RAG: instruction + passages as content chunks, the question new */
+  /* ---- RAG: instruction (PREFIX) + passages (CONTENT chunks), the question NEW */
   toks r = {0};
-  kvs_span spans[KVS_RAG_MAX_PASSAGES + 1];
-  size_t ns = 0;
+  kvs_reuse_segment sr[KVS_RAG_MAX_PASSAGES + 2];
+  uint32_t ns = 0;
   tok_append(vocab, &r, INSTRUCTION, 1);
-  spans[ns++] = (kvs_span){0, (uint32_t)r.n};
+  sr[ns++] = (kvs_reuse_segment){KVS_SEG_PREFIX, (uint32_t)r.n};
   for (size_t i = 0; i < it->n_passages && (int)i < max_passages; i++) {
     char buf[8192];
     size_t s0 = r.n;
     snprintf(buf, sizeof buf, "%s\n%s\n\n", it->title[i], it->text[i]);
     tok_append(vocab, &r, buf, 0);
-    spans[ns++] = (kvs_span){(uint32_t)s0, (uint32_t)(r.n - s0)};
+    sr[ns++] = (kvs_reuse_segment){KVS_SEG_CONTENT, (uint32_t)(r.n - s0)};
   }
+  size_t nq = r.n;
   tok_append(vocab, &r, q, 1);
-  printf("RAG, full prefill (%zu tokens): ", r.n);
-  kvs_llama_prefill_rag(kv, 0, r.v, r.n, NULL, 0, NULL, &st); /* no spans: plain decode */
+  sr[ns++] = (kvs_reuse_segment){KVS_SEG_NEW, (uint32_t)(r.n - nq)};
   toks a = r;
   a.v = malloc(r.cap * sizeof *a.v);
-  memcpy(a.v, r.v, r.n * sizeof *a.v);
+  printf("RAG, full prefill (%zu tokens): ", r.n);
+  plain(ctx, r.v, r.n);
+  memcpy(a.v, r.v, r.n * sizeof *a.v), a.n = r.n;
   generate(ctx, vocab, &a, 24);
-  show("full", &st);
-  kvs_llama_rag_opts ro = {(uint32_t)recompute, -1};
-  for (int pass = 0; pass < 2; pass++) {
-    printf("RAG, chunks %s, recompute %d (%zu tokens): ", pass ? "reused" : "computed + put",
-           recompute, r.n);
-    kvs_llama_prefill_rag(kv, 0, r.v, r.n, spans, ns, &ro, &st); /* kvstash */
-    a.n = r.n;
+  for (int pass = 0; ru && pass < 2; pass++) {
+    printf("RAG through reuse/, %s (%zu tokens): ", pass ? "chunks loaded" : "first", r.n);
+    if (pass) kvs_reuse_flush(ru);
+    kvs_engine_seq *sx = request(ru, eng, r.v, sr, ns, 64, &st);
+    if (!sx) break;
+    memcpy(a.v, r.v, r.n * sizeof *a.v), a.n = r.n;
     generate(ctx, vocab, &a, 24);
-    show(pass ? "reuse" : "first", &st);
+    eng->ops->seq_free(eng, sx);
+    show(pass ? "reuse" : "first", &st, (uint32_t)r.n);
   }
   printf("gold: %s\n", it->n_answers ? it->answers[0] : "?");
 
   free(a.v), free(r.v), free(t.v);
+  kvs_reuse_free(ru);
+  kvs_engine_free(eng);
   kvs_llama_free(kv);
   kvs_client_free(client);
   llama_free(ctx);

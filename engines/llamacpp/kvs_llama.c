@@ -6,6 +6,7 @@
 
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "kvs_engine.h"
 #include "kvs_llama.h"
 #include "llama.h"
 #include "llama_int.h"
@@ -555,4 +556,246 @@ kvs_err kvs_llama_prefill_rag(kvs_llama *a, int32_t seq, const int32_t *tokens, 
   free(ch);
   free(status);
   return err;
+}
+
+/* ------------------------------------------------ the engine (kvs_engine.h) */
+/* A state-restore engine: kv_write gathers canonical KV per layer on the
+ * host; the first call that needs llama.cpp's cache (prefill, kv_read)
+ * restores it as one sequence state. No layer ops. */
+typedef struct lengine {
+  kvs_engine base;
+  kvs_llama *a;
+  uint8_t used[KVS_LLAMA_MAX_SEQS];
+  double dec_s; /* decode time and tokens of every prefill: prefill_cost */
+  uint64_t dec_tok;
+} lengine;
+
+struct kvs_engine_seq {
+  int32_t id;
+  uint32_t cap, len;
+  uint32_t staged;    /* slots [0, staged) written by kv_write, not restored yet */
+  uint32_t stage_cap; /* tokens each per-layer buffer holds */
+  uint8_t **sk, **sv; /* [n_layers] (stage_cap, H, D) f16 */
+};
+
+#define LE(e) ((lengine *)(e))
+
+static size_t row_bytes(const kvs_llama *a) {
+  return (size_t)a->layout.n_kv_heads * a->layout.head_dim * 2;
+}
+
+static kvs_err le_info(kvs_engine *e, kvs_engine_info *o) {
+  kvs_llama *a = LE(e)->a;
+  memset(o, 0, sizeof *o);
+  o->layout = a->layout;
+  o->model_id = a->id;
+  o->n_embd = (uint32_t)llama_model_n_embd(a->model);
+  o->n_vocab = (uint32_t)llama_vocab_n_tokens(llama_model_get_vocab(a->model));
+  o->max_tokens = llama_n_ctx(a->ctx);
+  o->mem = KVS_ENGINE_MEM_HOST;
+  o->name = "llama.cpp";
+  return KVS_OK;
+}
+
+static void stage_free(kvs_llama *a, kvs_engine_seq *s) {
+  for (uint32_t l = 0; s->sk && l < a->layout.n_layers; l++)
+    free(s->sk[l]), free(s->sv[l]);
+  free(s->sk), free(s->sv);
+  s->sk = s->sv = NULL, s->staged = s->stage_cap = 0;
+}
+
+static kvs_err le_seq_create(kvs_engine *e, uint32_t cap, kvs_engine_seq **out) {
+  lengine *x = LE(e);
+  if (!out || !cap) return KVS_EINVAL;
+  if (cap > llama_n_ctx(x->a->ctx)) return KVS_ETOOBIG;
+  int32_t id = -1;
+  for (uint32_t i = 0; i < x->a->n_seq_max && i < KVS_LLAMA_MAX_SEQS && id < 0; i++)
+    if (!x->used[i]) id = (int32_t)i;
+  if (id < 0) return KVS_EBUSY;
+  kvs_engine_seq *s = calloc(1, sizeof *s);
+  if (!s) return KVS_ENOMEM;
+  s->id = id, s->cap = cap;
+  x->used[id] = 1;
+  seq_clear(x->a, id);
+  *out = s;
+  return KVS_OK;
+}
+
+static void le_seq_free(kvs_engine *e, kvs_engine_seq *s) {
+  if (!s) return;
+  lengine *x = LE(e);
+  seq_clear(x->a, s->id);
+  x->used[s->id] = 0;
+  stage_free(x->a, s);
+  free(s);
+}
+
+static uint32_t le_seq_len(kvs_engine *e, const kvs_engine_seq *s) {
+  (void)e;
+  return s ? s->len : 0;
+}
+
+/* the staged KV into llama.cpp as slots [0, staged) */
+static kvs_err flush(kvs_llama *a, kvs_engine_seq *s) {
+  if (!s->staged) return KVS_OK;
+  const uint32_t L = a->layout.n_layers, n = s->staged;
+  const size_t rb = row_bytes(a);
+  uint8_t *kv = malloc((size_t)kvs_layout_token_bytes(&a->layout) * n);
+  if (!kv) return KVS_ENOMEM;
+  for (uint32_t l = 0; l < L; l++) {
+    memcpy(kv + (2 * (size_t)l) * n * rb, s->sk[l], n * rb);
+    memcpy(kv + (2 * (size_t)l + 1) * n * rb, s->sv[l], n * rb);
+  }
+  const void *parts[1] = {kv};
+  seq_clear(a, s->id);
+  kvs_err err = restore(a, s->id, parts, &n, 1, n);
+  free(kv);
+  stage_free(a, s);
+  return err;
+}
+
+static kvs_err le_seq_truncate(kvs_engine *e, kvs_engine_seq *s, uint32_t n) {
+  kvs_llama *a = LE(e)->a;
+  if (!s || n > s->len) return KVS_EINVAL;
+  if (s->staged) {
+    if (n < s->staged) s->staged = n;
+    if (!s->staged) stage_free(a, s);
+  } else if (!llama_memory_seq_rm(a->mem, s->id, (llama_pos)n, -1)) {
+    return KVS_ENOTSUP;
+  }
+  s->len = n;
+  return KVS_OK;
+}
+
+static kvs_err le_kv_write(kvs_engine *e, kvs_engine_seq *s, uint32_t layer, uint32_t start,
+                           uint32_t n, const void *k, const void *v) {
+  kvs_llama *a = LE(e)->a;
+  const uint32_t L = a->layout.n_layers;
+  if (!s || layer >= L || (n && (!k || !v)) || (uint64_t)start + n > s->cap) return KVS_EINVAL;
+  /* a state restore replaces the whole sequence: only before anything is
+   * decoded, and only from slot 0 on without holes */
+  if (s->len > s->staged || start > s->staged) return KVS_ENOTSUP;
+  const size_t rb = row_bytes(a);
+  if (!s->sk) {
+    s->sk = calloc(L, sizeof *s->sk), s->sv = calloc(L, sizeof *s->sv);
+    if (!s->sk || !s->sv) return stage_free(a, s), KVS_ENOMEM;
+  }
+  if (start + n > s->stage_cap) { /* every layer grows to the same size */
+    uint32_t nc = s->stage_cap ? s->stage_cap : 256;
+    while (nc < start + n)
+      nc *= 2;
+    if (nc > s->cap) nc = s->cap;
+    for (uint32_t l = 0; l < L; l++) {
+      uint8_t *pk = realloc(s->sk[l], nc * rb), *pv = pk ? realloc(s->sv[l], nc * rb) : NULL;
+      if (pk) s->sk[l] = pk;
+      if (pv) s->sv[l] = pv;
+      if (!pk || !pv) return KVS_ENOMEM;
+    }
+    s->stage_cap = nc;
+  }
+  memcpy(s->sk[layer] + (size_t)start * rb, k, n * rb);
+  memcpy(s->sv[layer] + (size_t)start * rb, v, n * rb);
+  if (start + n > s->staged) s->staged = start + n;
+  if (s->staged > s->len) s->len = s->staged;
+  return KVS_OK;
+}
+
+static kvs_err le_kv_read(kvs_engine *e, kvs_engine_seq *s, uint32_t layer, uint32_t start,
+                          uint32_t n, void *k, void *v) {
+  kvs_llama *a = LE(e)->a;
+  if (!s || layer >= a->layout.n_layers || (uint64_t)start + n > s->len) return KVS_EINVAL;
+  if (!n) return KVS_OK;
+  const size_t rb = row_bytes(a);
+  if (s->staged >= start + n) { /* still on the host */
+    memcpy(k, s->sk[layer] + (size_t)start * rb, n * rb);
+    memcpy(v, s->sv[layer] + (size_t)start * rb, n * rb);
+    return KVS_OK;
+  }
+  KVS_TRY(flush(a, s));
+  uint8_t *state = NULL;
+  size_t sz = 0;
+  kvs_llama_state_info in;
+  KVS_TRY(read_state(a, s->id, &state, &sz, &in));
+  size_t cb = (size_t)kvs_layout_token_bytes(&a->layout) * n;
+  uint8_t *kv = in.pos0 == 0 ? malloc(cb) : NULL;
+  kvs_err err = kv ? KVS_OK : in.pos0 ? KVS_ECORRUPT : KVS_ENOMEM;
+  if (!err) err = kvs_llama_state_to_canonical(&a->layout, state, sz, start, start + n, kv, cb);
+  if (!err) {
+    memcpy(k, kv + (2 * (size_t)layer) * n * rb, n * rb);
+    memcpy(v, kv + (2 * (size_t)layer + 1) * n * rb, n * rb);
+  }
+  free(kv), free(state);
+  return err;
+}
+
+static kvs_err le_prefill(kvs_engine *e, kvs_engine_seq *s, const int32_t *tokens, uint32_t n,
+                          int all_logits, float *logits) {
+  lengine *x = LE(e);
+  kvs_llama *a = x->a;
+  if (!s || !tokens || !n || (uint64_t)s->len + n > s->cap) return KVS_EINVAL;
+  if (all_logits && logits) return KVS_ENOTSUP; /* the last token's only */
+  KVS_TRY(flush(a, s));
+  uint64_t t0 = kvs_now_ns();
+  /* the last token's logits always: llama_get_logits_ith(ctx, -1) is then
+   * ready for generating, also when the caller passed none */
+  kvs_err err = decode(a, s->id, tokens, n, (int32_t)s->len, 1);
+  x->dec_s += secs(t0), x->dec_tok += n;
+  if (err) return err;
+  s->len += n;
+  if (logits) {
+    const float *lg = llama_get_logits_ith(a->ctx, -1);
+    if (!lg) return KVS_EINTERNAL;
+    memcpy(logits, lg, (size_t)llama_vocab_n_tokens(llama_model_get_vocab(a->model)) * 4);
+  }
+  return KVS_OK;
+}
+
+static kvs_err le_prefill_cost(kvs_engine *e, uint32_t n_probe, double *spt) {
+  lengine *x = LE(e);
+  if (!spt) return KVS_EINVAL;
+  if (!x->dec_tok) { /* a probe on a free sequence */
+    if (!n_probe) n_probe = 64;
+    uint32_t nc = llama_n_ctx(x->a->ctx);
+    if (n_probe > nc) n_probe = nc;
+    kvs_engine_seq *s;
+    KVS_TRY(le_seq_create(e, n_probe, &s));
+    int32_t *tok = calloc(n_probe, sizeof *tok);
+    int32_t nv = llama_vocab_n_tokens(llama_model_get_vocab(x->a->model));
+    kvs_err err = tok ? KVS_OK : KVS_ENOMEM;
+    for (uint32_t i = 0; !err && i < n_probe; i++)
+      tok[i] = (int32_t)((i * 7919u) % (uint32_t)nv);
+    if (!err) err = le_prefill(e, s, tok, n_probe, 0, NULL);
+    free(tok);
+    le_seq_free(e, s);
+    KVS_TRY(err);
+  }
+  *spt = x->dec_s / (double)x->dec_tok;
+  return KVS_OK;
+}
+
+static void le_destroy(kvs_engine *e) { free(e); }
+
+static const kvs_engine_ops llama_ops = {
+    .abi = KVS_ENGINE_ABI,
+    .info = le_info,
+    .seq_create = le_seq_create,
+    .seq_free = le_seq_free,
+    .seq_len = le_seq_len,
+    .seq_truncate = le_seq_truncate,
+    .kv_read = le_kv_read,
+    .kv_write = le_kv_write,
+    .prefill = le_prefill,
+    .prefill_cost = le_prefill_cost,
+    .destroy = le_destroy,
+};
+
+kvs_err kvs_llama_engine(kvs_llama *a, kvs_engine **out) {
+  if (!a || !out) return KVS_EINVAL;
+  *out = NULL;
+  if (a->disabled) return KVS_EVERSION;
+  lengine *x = calloc(1, sizeof *x);
+  if (!x) return KVS_ENOMEM;
+  x->base.ops = &llama_ops, x->a = a;
+  *out = &x->base;
+  return KVS_OK;
 }

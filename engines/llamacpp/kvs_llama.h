@@ -166,6 +166,23 @@ kvs_err kvs_llama_prefill_rag(kvs_llama *a, int32_t seq, const int32_t *tokens, 
                               const kvs_span *spans, size_t n_spans, const kvs_llama_rag_opts *o,
                               kvs_llama_stats *st);
 
+/* ------------------------------------------------ engine (blend/kvs_engine.h) */
+struct kvs_engine;
+/* An engine over a's llama.cpp context for reuse/ (kvs_reuse_run): a
+ * state-restore engine, no layer ops, so it gets prefix and no-recompute
+ * reuse (strategy none; the chunks after the first one not loaded are
+ * prefilled). kv_write gathers KV on the host, slots from 0 on, and the next
+ * prefill or kv_read restores it as one sequence state
+ * (llama_state_seq_set_data); kv_read reads the state back; prefill is
+ * llama_decode (logits of the last token, host memory, and always in the
+ * context: llama_get_logits_ith(ctx, -1) is ready to generate); prefill_cost is
+ * measured over its decodes (a probe on a free sequence first). Each
+ * kvs_engine_seq takes a free sequence id of the context (KVS_EBUSY when
+ * none). a is borrowed and must outlive the engine (kvs_engine_free).
+ * Another use of a's sequences (kvs_llama_prefill) meanwhile is the
+ * caller's to keep apart. */
+kvs_err kvs_llama_engine(kvs_llama *a, struct kvs_engine **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,5 +7,7 @@
 #define KVS_GGML_TYPE_F16 1u
 /* More streams than any context has (llama.cpp's LLAMA_MAX_SEQ is 256). */
 #define KVS_LLAMA_MAX_STREAMS 1024u
+/* Sequences the engine (kvs_llama_engine) hands out at most. */
+#define KVS_LLAMA_MAX_SEQS 256u
 
 #endif

@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvs_engine.h"
 #include "kvs_llama.h"
+#include "kvs_reuse.h"
 #include "kvs_test.h"
 #include "llama.h"
 #include "svc_helper.h"
@@ -396,19 +398,110 @@ static void test_rag(void) {
   kvs_client_free(c);
 }
 
+/* The engine (kvs_llama_engine) through reuse/: a cold request prefills and
+ * stores its prefix chunks; the next one loads them (a state restore) and
+ * decodes the rest, and its logits are the plain decode's bit for bit (the
+ * prefix is a whole number of n_ubatch). A request whose middle chunk is new
+ * loads the leading chunks only: the hit after the miss is prefilled. */
+static float *reuse_req(kvs_reuse *r, kvs_engine *e, const int32_t *tok,
+                        const kvs_reuse_segment *sg, uint32_t n_sg, kvs_reuse_result *res,
+                        uint8_t *dec) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < n_sg; i++)
+    n += sg[i].n_tokens;
+  kvs_reuse_request q = {.tokens = tok, .n_tokens = n, .segs = sg, .n_segs = n_sg};
+  float *lg = malloc((size_t)g_vocab * sizeof *lg);
+  kvs_engine_seq *s;
+  CU_ASSERT_EQUAL_FATAL(e->ops->seq_create(e, n + 8, &s), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_run(r, s, &q, lg, res, dec, 8), KVS_OK);
+  CU_ASSERT_EQUAL(e->ops->seq_len(e, s), n);
+  e->ops->seq_free(e, s);
+  return lg;
+}
+
+static void test_reuse_engine(void) {
+  if (!g_path) return;
+  kvs_client_opts co;
+  kvs_client_opts_init(&co);
+  co.url = g_d.url;
+  kvs_client *c = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_client_create(&co, &c), KVS_OK);
+  struct llama_context *ctx = new_ctx(1, 0);
+  kvs_llama *a = attach(ctx, c, "engine", 0);
+  kvs_engine *e = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_llama_engine(a, &e), KVS_OK);
+  kvs_engine_info in;
+  CU_ASSERT_EQUAL(e->ops->info(e, &in), KVS_OK);
+  CU_ASSERT_PTR_NULL(e->ops->layer);
+  kvs_reuse_opts ro;
+  kvs_reuse_opts_init(&ro); /* adaptive: a state-restore engine is held to none */
+  ro.prefix_chunk_tokens = CHUNK;
+  ro.store = 1;
+  kvs_reuse *r = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, e, &ro, &r), KVS_OK);
+  /* turn 2's prompt: a 4-chunk PREFIX, the rest NEW */
+  const uint32_t P = 4 * CHUNK;
+  CU_ASSERT_FATAL(g_n2 > P + 1);
+  kvs_reuse_segment sg[2] = {{KVS_SEG_PREFIX, P}, {KVS_SEG_NEW, (uint32_t)g_n2 - P}};
+  float *ref = plain_logits(g_t2, g_n2);
+  kvs_reuse_result res;
+  uint8_t dec[8];
+  float *l1 = reuse_req(r, e, g_t2, sg, 2, &res, dec);
+  CU_ASSERT_EQUAL(res.n_chunks, 4);
+  CU_ASSERT_EQUAL(res.n_miss, 4);
+  CU_ASSERT_EQUAL(res.n_store_queued, 4);
+  CU_ASSERT(memcmp(l1, ref, (size_t)g_vocab * 4) == 0);
+  CU_ASSERT_EQUAL(kvs_reuse_flush(r), KVS_OK);
+  kvs_reuse_counters ct;
+  kvs_reuse_get_counters(r, &ct);
+  CU_ASSERT_EQUAL(ct.stores_done, 4);
+  float *l2 = reuse_req(r, e, g_t2, sg, 2, &res, dec);
+  CU_ASSERT_EQUAL(res.n_load, 4); /* an unmeasured tier is loaded */
+  CU_ASSERT_EQUAL(res.blend.n_recomputed, 0);
+  CU_ASSERT(memcmp(l2, ref, (size_t)g_vocab * 4) == 0);
+  printf("\n  llama.cpp engine through reuse/: %u of %u prefix chunks loaded, logits bit for bit",
+         res.n_load, res.n_chunks);
+  free(l1), free(l2);
+  /* PREFIX (2 chunks) + two passages: cold, then with the first passage
+   * replaced: prefix loaded, new passage missed, the second passage (a hit)
+   * prefilled after it */
+  const uint32_t A0 = 2 * CHUNK, NA = 24, NB = 20;
+  int32_t t3[200];
+  memcpy(t3, g_t2, g_n2 * sizeof *t3);
+  kvs_reuse_segment s3[4] = {{KVS_SEG_PREFIX, A0},
+                             {KVS_SEG_CONTENT, NA},
+                             {KVS_SEG_CONTENT, NB},
+                             {KVS_SEG_NEW, (uint32_t)g_n2 - A0 - NA - NB}};
+  free(reuse_req(r, e, t3, s3, 4, &res, dec));
+  CU_ASSERT_EQUAL(kvs_reuse_flush(r), KVS_OK);
+  for (uint32_t i = A0; i < A0 + NA; i++) /* another first passage */
+    t3[i] = g_t2[(i * 7) % g_n2];
+  float *l3 = reuse_req(r, e, t3, s3, 4, &res, dec);
+  CU_ASSERT_EQUAL(res.n_chunks, 4);
+  CU_ASSERT_EQUAL(dec[0], KVS_REUSE_LOAD);
+  CU_ASSERT_EQUAL(dec[1], KVS_REUSE_LOAD);
+  CU_ASSERT_EQUAL(dec[2], KVS_REUSE_MISS);
+  CU_ASSERT_EQUAL(dec[3], KVS_REUSE_RECOMPUTE);
+  float *ref3 = plain_logits(t3, g_n2);
+  CU_ASSERT(memcmp(l3, ref3, (size_t)g_vocab * 4) == 0); /* the loaded part is a 64-token prefix */
+  free(l3), free(ref3), free(ref);
+  kvs_reuse_free(r);
+  kvs_engine_free(e);
+  kvs_llama_free(a);
+  llama_free(ctx);
+  kvs_client_free(c);
+}
+
 int main(void) {
   if (!kvs_test_model_path()) {
     fprintf(stderr, "llamacpp: model not found (KVS_MODEL_PATH or tools/fetch-model): skipped\n");
     return KVS_TEST_SKIP;
   }
-  static const kvs_test_case cases[] = {{"roundtrip_vtrans", test_roundtrip_vtrans},
-                                        {"roundtrip_flash", test_roundtrip_flash},
-                                        {"format_checks", test_format_checks},
-                                        {"prefix_exact", test_prefix_exact},
-                                        {"daemon_down", test_daemon_down},
-                                        {"wrong_model", test_wrong_model},
-                                        {"corrupt_entry", test_corrupt_entry},
-                                        {"rag", test_rag},
-                                        {NULL, NULL}};
+  static const kvs_test_case cases[] = {
+      {"roundtrip_vtrans", test_roundtrip_vtrans}, {"roundtrip_flash", test_roundtrip_flash},
+      {"format_checks", test_format_checks},       {"prefix_exact", test_prefix_exact},
+      {"daemon_down", test_daemon_down},           {"wrong_model", test_wrong_model},
+      {"corrupt_entry", test_corrupt_entry},       {"rag", test_rag},
+      {"reuse_engine", test_reuse_engine},         {NULL, NULL}};
   return kvs_test_run_fixture("llamacpp", cases, suite_init, suite_clean);
 }
