@@ -320,7 +320,7 @@ static int ctl_slowed_rows(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p
       snprintf(w->name, sizeof w->name, "%s/%s", nm[i], j ? "load" : "plan");
       memset(&w->res, 0, sizeof w->res);
       w->ms = 1e3 * reuse_row(e, c, p, j ? KVS_REUSE_PLAN_ALWAYS_LOAD : KVS_REUSE_PLAN_AUTO,
-                              KVS_SEL_ADAPTIVE, ratio, reps, &w->res, bps);
+                              (uint32_t)g_kvd_strat, ratio, reps, &w->res, bps);
     }
   }
   return n;
@@ -359,6 +359,8 @@ static void print_ctl(const kvrow *rows, int n, cJSON *js) {
 /* The rows through kvstashd for prompt p on engine e: transports (RAM tier),
  * the disk tier, and the controller (plan vs always load / recompute).
  * dkv: chunk KV in engine memory for the pre-warm. Returns the row count. */
+static int g_ctl_only; /* --ctl-only: the controller rows alone (no transports) */
+
 static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dkv,
                          const char *kvstashd, int reps, float ratio, kvrow *rows, int cap,
                          double *store_gpu_s, double *store_cpu_s, uint64_t *store_bytes) {
@@ -403,6 +405,7 @@ static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dk
       {"disk/recompute", c_dsk, KVS_REUSE_PLAN_ALWAYS_RECOMPUTE, (uint32_t)g_kvd_strat},
   };
   for (size_t k = 0; k < sizeof spec / sizeof *spec && n < cap; k++) {
+    if (g_ctl_only && !strncmp(spec[k].name, "kvs-", 4)) continue;
     kvrow *w = &rows[n];
     snprintf(w->name, sizeof w->name, "%s", spec[k].name);
     memset(&w->res, 0, sizeof w->res);
@@ -434,13 +437,13 @@ static void print_kvrows(const kvrow *rows, int n, double full_ms, double ref_ms
  * passages of pass_tok random tokens held in host RAM (the RAM tier), and a
  * question. Times to first token are medians of `reps` runs. */
 static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps, float ratio,
-                   const char *disk, const char *kvstashd) {
+                   const char *disk, const char *kvstashd, const kvs_model_cfg *cfg) {
   kvs_model *m;
   kvs_gpu_model *gm;
   kvs_engine *e;
   kvs_err err;
   uint32_t prefix = 32, n = prefix + n_pass * pass_tok + q_tok;
-  if ((err = kvs_model_create_random(NULL, 42, 0, &m)) || (err = gpu_engine(m, n + 64, &gm, &e))) {
+  if ((err = kvs_model_create_random(cfg, 42, 0, &m)) || (err = gpu_engine(m, n + 64, &gm, &e))) {
     fprintf(stderr, "speed8b: %s\n", kvs_strerror(err));
     return err == KVS_ENODEV ? 77 : 1;
   }
@@ -466,9 +469,10 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
     if (!mk.kv[s] || (err = kvs_rag_chunk_kv(e, p.tokens + p.start[s], p.len[s], mk.kv[s])))
       return fprintf(stderr, "chunk kv: %s\n", kvs_strerror(err)), 1;
   }
-  printf("kvs-bench-blend --speed8b: Llama-3-8B shape (random weights) on the GPU, %u tokens = "
+  printf("kvs-bench-blend --speed8b: %s shape (random weights) on the GPU, %u tokens = "
          "prefix %u + %u x %u passages + question %u; KV %.1f MB in pinned host RAM\n",
-         n, prefix, n_pass, pass_tok, q_tok, tb * (n - q_tok) / 1e6);
+         cfg ? "SmolLM2-135M" : "Llama-3-8B", n, prefix, n_pass, pass_tok, q_tok,
+         tb * (n - q_tok) / 1e6);
   if ((err = kvs_gpu_stream_create(&mk.stream)))
     return fprintf(stderr, "stream: %s\n", kvs_strerror(err)), 1;
   for (int s = 0; s < KVS_RAG_MAX_PASSAGES + 2; s++)
@@ -494,7 +498,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
                            "adaptive/disk"};
   double med[NR] = {0}, brk[NR][3] = {{0}}; /* last run: load wait, recompute, prefill (ms) */
   double rec[NR] = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  int nr = disk ? NR : 10;
+  int nr = g_ctl_only ? 1 : disk ? NR : 10; /* --ctl-only: the full prefill only */
   for (int k = 0; k < nr; k++) {
     double t[16] = {0};
     int R = reps > 16 ? 16 : reps;
@@ -544,7 +548,8 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
       if (kvs_gpu_alloc(&dkv[s], tb * p.len[s]) ||
           kvs_gpu_copy_h2d(dkv[s], mk.kv[s], tb * p.len[s], NULL) || kvs_gpu_sync(NULL))
         return fprintf(stderr, "device copy of chunk %u failed\n", s), 1;
-    nkr = kvstashd_rows(e, &p, dkv, kvstashd, reps, ratio, kr, 32, &st_gpu, &st_cpu, &st_bytes);
+    nkr = kvstashd_rows(e, &p, dkv, kvstashd, reps, ratio, kr, 32, &st_gpu,
+                        g_ctl_only ? NULL : &st_cpu, &st_bytes);
     for (uint32_t s = 0; s + 1 < p.n_segs; s++)
       kvs_gpu_free(dkv[s]);
     if (nkr < 0) return 1;
@@ -553,7 +558,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
     kvs_gpu_free_host(mk.kv[s]), mk.kv[s] = NULL;
   kvs_engine_free(e), e = NULL;
   kvs_gpu_model_free(gm), gm = NULL; /* PyTorch gets the memory */
-  double tms = torch_ms(n);
+  double tms = g_ctl_only ? 0 : torch_ms(n);
   printf("%-14s %10s %10s %9s %10s %10s %10s\n", "strategy", "ttft_ms", "speedup", "recompute",
          "load_wait", "recomp_ms", "prefill_ms");
   cJSON *json = cJSON_CreateObject(); /* the last line (bench_json.h) */
@@ -709,7 +714,22 @@ int main(int argc, char **argv) {
                                {"help", 0, 0, 'h'},
                                {"kvd-strategy", 1, 0, 'S'},
                                {"strategies-file", 1, 0, 'F'},
+                               {"shape", 1, 0, 'Z'},
+                               {"ctl-only", 0, 0, 'C'},
                                {0, 0, 0, 0}};
+  /* --shape smol: SmolLM2-135M's shape (random weights) for --speed8b */
+  static const kvs_model_cfg smol = {.n_vocab = 49152,
+                                     .n_embd = 576,
+                                     .n_layers = 30,
+                                     .n_heads = 9,
+                                     .n_kv_heads = 3,
+                                     .head_dim = 64,
+                                     .n_ff = 1536,
+                                     .n_ctx_train = 8192,
+                                     .rope_theta = 100000,
+                                     .norm_eps = 1e-5f,
+                                     .rope_type = KVS_ROPE_NORM};
+  const kvs_model_cfg *s8_cfg = NULL;
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     switch (c) {
     case 'm': model_path = optarg; break;
@@ -735,6 +755,12 @@ int main(int argc, char **argv) {
     case 'S':
       if (kvd_strategy(optarg, &ratio)) return fprintf(stderr, "bad --kvd-strategy\n"), 2;
       break;
+    case 'C': g_ctl_only = 1; break;
+    case 'Z':
+      if (strcmp(optarg, "smol") && strcmp(optarg, "8b"))
+        return fprintf(stderr, "bad --shape\n"), 2;
+      s8_cfg = strcmp(optarg, "smol") ? NULL : &smol;
+      break;
     case 't': s8_tok = (uint32_t)atoi(optarg); break;
     case 'q': s8_pass = (uint32_t)atoi(optarg); break;
     default:
@@ -745,13 +771,15 @@ int main(int argc, char **argv) {
           "         [--max-new N] [--chunk-ctx N] [--style S] [--check-layer L]\n"
           "         [--margin LOGITS] [--no-tf]\n"
           "       kvs-bench-blend --speed8b [--n-passages N] [--passage-tokens T] [--ratio R]\n"
-          "         [--disk DIR] [--kvstashd BIN]\n"
+          "         [--disk DIR] [--kvstashd BIN] [--shape 8b|smol] [--ctl-only]\n"
           "  strategies: none, epic[:first tokens], cacheblend[:ratio], adaptive[:cap], full\n"
           "  --chunk-ctx N: passages prefilled after the instruction's first N tokens\n"
           "    (-1 all of it, -2 everything before them: oracle KV); --style 0-4: the\n"
           "    question turn / few-shot instruction; --disk: add rows read from files there\n"
           "  --kvstashd BIN: add rows through kvstashd (kvs_reuse_run: shm, ipc+stream,\n"
-          "    tcp+stream, disk tier; plan vs always load / recompute; the store timing)\n"
+          "    tcp+stream, disk tier; plan vs always load / recompute, RAM tier slowed to\n"
+          "    3 rates; the store timing); --ctl-only: the full prefill and the controller\n"
+          "    rows only; --shape smol: SmolLM2-135M's shape instead of the 8B's\n"
           "  --kvd-strategy S[:P]: the strategy of those rows (default adaptive; P: epic's\n"
           "    tokens per chunk, else the ratio, as --ratio)\n"
           "  --strategies-file F: load the model, then wait for F and take the strategy\n"
@@ -762,7 +790,7 @@ int main(int argc, char **argv) {
       return c == 'h' ? 0 : 2;
     }
   }
-  if (s8) return speed8b(s8_pass, s8_tok, 64, 5, ratio, disk_dir, kvstashd);
+  if (s8) return speed8b(s8_pass, s8_tok, 64, 5, ratio, disk_dir, kvstashd, s8_cfg);
   data = kvs_rag_data_path(data); /* default: the repo's data/rag copy */
   if (!model_path) return fprintf(stderr, "need --model\n"), 2;
   int prof = strcmp(profile, "none") ? kvs_codec_profile_from_name(profile) : -1;
