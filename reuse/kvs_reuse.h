@@ -77,6 +77,7 @@ typedef struct kvs_reuse_opts {
   uint32_t store_profile;       /* codec profile of stores (KVS_PROFILE_RAW = 0) */
   uint32_t layers_per_group;    /* of stores (0 = 2) */
   uint32_t store_queue;         /* stores waiting at most (0 = 8); more are dropped */
+  uint32_t store_inflight;      /* puts sent and not yet answered at most (0 = 4, max 64) */
   double ewma_alpha;            /* weight of a new measurement (0 = 0.3) */
   /* Figures used until this client has measured its own (0 = built-in:
    * RAM 0.3 ms + 2 GB/s, disk 2 ms + 0.5 GB/s, cold 10 ms + 0.2 GB/s of
@@ -174,6 +175,12 @@ typedef struct kvs_reuse_counters {
   uint64_t bytes_loaded;
   uint64_t stores_queued, stores_done, stores_failed, stores_dropped;
   uint64_t store_bytes; /* KV bytes handed to puts */
+  /* where the stores' time went, summed over stores: copying the KV out of
+   * the engine into the queue (the request's thread), encoding and building
+   * the request (kvs_put_start on the worker), and from the request sent to
+   * its answer (socket and daemon; with puts in flight these overlap) */
+  double store_copy_s, store_encode_s, store_ack_s;
+  uint64_t store_pool_hits; /* device staging buffers reused instead of allocated */
   /* the figures the plan uses now */
   double latency_s[KVS_REUSE_TIERS], bytes_per_s[KVS_REUSE_TIERS];
   uint64_t samples[KVS_REUSE_TIERS];    /* requests that measured the tier */

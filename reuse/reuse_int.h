@@ -44,9 +44,16 @@ struct kvs_reuse {
   pthread_mutex_t qmu;
   pthread_cond_t qcv, qidle;
   kvs__store_item *head, *tail;
-  uint32_t n_q;
-  int busy, stop;
-  uint64_t st_queued, st_done, st_failed, st_dropped, st_bytes;
+  uint32_t n_q;      /* waiting in the queue (bounded by store_queue) */
+  uint32_t n_active; /* queued or in flight: what kvs_reuse_flush waits for */
+  int stop;
+  struct {
+    void *p;
+    size_t bytes;
+  } * pool; /* device staging buffers kept for reuse [pool_cap] */
+  uint32_t n_pool, pool_cap;
+  uint64_t st_queued, st_done, st_failed, st_dropped, st_bytes, st_pool_hits;
+  uint64_t st_copy_ns, st_encode_ns, st_ack_ns;
 };
 
 kvs_err kvs__cut(const kvs_reuse_request *req, const kvs_model_id *mid, uint32_t chunk_tokens,

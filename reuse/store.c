@@ -1,68 +1,178 @@
 /* store.c - kvs_reuse's stores: a bounded queue and one worker thread that
- * puts; a full queue drops (counted), a request never waits for a store. */
+ * puts; a full queue drops (counted), a request never waits for a store.
+ *
+ * The worker keeps up to store_inflight puts in flight (kvs_put_start
+ * encodes on the worker, then the request goes out while the next chunk
+ * encodes). Device staging buffers come from a pool kept for the life of
+ * the kvs_reuse: cudaMalloc is slow and cudaFree synchronizes the whole
+ * device (it would stall the requests running beside the store). */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kvs_gpu.h"
 #include "kvs_gpu_blend.h"
 #include "reuse_int.h"
+
+#define STORE_INFLIGHT_MAX 64u
 
 struct kvs__store_item {
   kvs__store_item *next;
   kvs_chunk ch;     /* start = 0: tokens holds the chunk's own tokens */
   int32_t *tokens;  /* [ch.n_tokens] */
   void *kv;         /* canonical layout, engine memory */
-  int dev;          /* kv is device memory */
+  size_t kv_cap;    /* bytes of kv (a pooled device buffer may be larger) */
+  int dev;          /* kv is device memory (from the pool) */
   int waiter, done; /* kvs_reuse_store(wait = 1) */
   kvs_err result;
 };
 
-static void item_free(kvs__store_item *it) {
+/* ---- device buffer pool (under qmu) */
+static void *pool_take(kvs_reuse *r, size_t bytes, size_t *cap) {
+  pthread_mutex_lock(&r->qmu);
+  uint32_t best = r->n_pool;
+  for (uint32_t i = 0; i < r->n_pool; i++)
+    if (r->pool[i].bytes >= bytes && (best == r->n_pool || r->pool[i].bytes < r->pool[best].bytes))
+      best = i;
+  void *p = NULL;
+  if (best < r->n_pool) {
+    p = r->pool[best].p, *cap = r->pool[best].bytes;
+    r->pool[best] = r->pool[--r->n_pool];
+    r->st_pool_hits++;
+  }
+  pthread_mutex_unlock(&r->qmu);
+  return p;
+}
+
+static void pool_give(kvs_reuse *r, void *p, size_t cap) {
+  if (!p) return;
+  pthread_mutex_lock(&r->qmu);
+  int kept = r->n_pool < r->pool_cap;
+  if (kept) r->pool[r->n_pool].p = p, r->pool[r->n_pool++].bytes = cap;
+  pthread_mutex_unlock(&r->qmu);
+  if (!kept) kvs_gpu_free(p); /* more than the queue can hold at once */
+}
+
+static void item_free(kvs_reuse *r, kvs__store_item *it) {
   if (!it) return;
   if (it->dev)
-    kvs_gpu_free(it->kv);
+    pool_give(r, it->kv, it->kv_cap);
   else
     free(it->kv);
   free(it->tokens);
   free(it);
 }
 
+/* The KV buffer is no longer needed once kvs_put_start returned: the put
+ * holds the encoded bytes. */
+static void item_release_kv(kvs_reuse *r, kvs__store_item *it) {
+  if (it->dev)
+    pool_give(r, it->kv, it->kv_cap);
+  else
+    free(it->kv);
+  it->kv = NULL;
+}
+
+/* under qmu: a put finished (or failed to start) */
+static void item_finish_locked(kvs_reuse *r, kvs__store_item *it, kvs_err e) {
+  if (e)
+    r->st_failed++;
+  else
+    r->st_done++, r->st_bytes += kvs_layout_token_bytes(&r->info.layout) * it->ch.n_tokens;
+  r->n_active--;
+  if (it->waiter) {
+    it->result = e, it->done = 1;
+  } else {
+    pthread_mutex_unlock(&r->qmu);
+    item_free(r, it);
+    pthread_mutex_lock(&r->qmu);
+  }
+  pthread_cond_broadcast(&r->qidle);
+}
+
+typedef struct inflight {
+  kvs__store_item *it;
+  kvs_op *op;
+  uint64_t t_sent;
+} inflight;
+
+/* Waits for the put in flight f and finishes its item (qmu held on entry
+ * and exit, released while waiting). */
+static void reap_locked(kvs_reuse *r, inflight *f) {
+  pthread_mutex_unlock(&r->qmu);
+  kvs_err e = kvs_op_wait(f->op);
+  uint64_t t = kvs_now_ns();
+  if (e)
+    KVS_LOGW("reuse", "store failed", "err=%s detail=\"%s\"", kvs_strerror(e),
+             kvs_client_errmsg(r->c));
+  kvs_op_free(f->op);
+  pthread_mutex_lock(&r->qmu);
+  r->st_ack_ns += t - f->t_sent;
+  item_finish_locked(r, f->it, e);
+}
+
 static void *worker(void *arg) {
   kvs_reuse *r = arg;
+  uint32_t W = r->o.store_inflight, nf = 0;
+  inflight fl[STORE_INFLIGHT_MAX];
   pthread_mutex_lock(&r->qmu);
   for (;;) {
-    while (!r->head && !r->stop)
-      pthread_cond_wait(&r->qcv, &r->qmu);
-    if (!r->head) break; /* stopping, drained */
+    while (nf && kvs_op_done(fl[0].op)) { /* answered puts, in order, without waiting */
+      inflight f = fl[0];
+      memmove(fl, fl + 1, --nf * sizeof *fl);
+      reap_locked(r, &f);
+    }
+    if (!r->head || nf >= W) {
+      if (!r->head && !nf) {
+        if (r->stop) break; /* stopping, drained */
+        pthread_cond_wait(&r->qcv, &r->qmu);
+      } else if (nf >= W) { /* window full: wait for the oldest */
+        inflight f = fl[0];
+        memmove(fl, fl + 1, --nf * sizeof *fl);
+        reap_locked(r, &f);
+      } else { /* puts in flight, nothing queued: a new store or an answer */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&r->qcv, &r->qmu, &ts);
+      }
+      continue;
+    }
     kvs__store_item *it = r->head;
     r->head = it->next;
     if (!r->head) r->tail = NULL;
-    r->n_q--, r->busy = 1;
+    r->n_q--;
     pthread_mutex_unlock(&r->qmu);
     kvs_put_opts po = {.profile = r->o.store_profile,
                        .layers_per_group = r->o.layers_per_group,
                        .flags = it->dev ? KVS_PUT_DEVICE : 0};
-    kvs_err e = kvs_put(r->c, &r->info.model_id, it->tokens, &it->ch, &r->info.layout, it->kv, &po);
+    kvs_op *op = NULL;
+    uint64_t t0 = kvs_now_ns();
+    kvs_err e = kvs_put_start(r->c, &r->info.model_id, it->tokens, &it->ch, &r->info.layout, it->kv,
+                              &po, &op);
+    uint64_t t1 = kvs_now_ns();
     if (e)
       KVS_LOGW("reuse", "store failed", "err=%s detail=\"%s\"", kvs_strerror(e),
                kvs_client_errmsg(r->c));
+    item_release_kv(r, it);
     pthread_mutex_lock(&r->qmu);
-    r->busy = 0;
+    r->st_encode_ns += t1 - t0;
     if (e)
-      r->st_failed++;
+      item_finish_locked(r, it, e);
     else
-      r->st_done++, r->st_bytes += kvs_layout_token_bytes(&r->info.layout) * it->ch.n_tokens;
-    if (it->waiter)
-      it->result = e, it->done = 1;
-    else
-      item_free(it);
-    pthread_cond_broadcast(&r->qidle);
+      fl[nf++] = (inflight){it, op, t1};
   }
   pthread_mutex_unlock(&r->qmu);
   return NULL;
 }
 
 kvs_err kvs__store_start(kvs_reuse *r) {
+  if (!r->o.store_inflight) r->o.store_inflight = 4;
+  if (r->o.store_inflight > STORE_INFLIGHT_MAX) r->o.store_inflight = STORE_INFLIGHT_MAX;
+  r->pool_cap = r->o.store_queue + r->o.store_inflight;
+  r->pool = calloc(r->pool_cap, sizeof *r->pool);
+  if (!r->pool) return KVS_ENOMEM;
   pthread_mutex_init(&r->qmu, NULL);
   pthread_cond_init(&r->qcv, NULL);
   pthread_cond_init(&r->qidle, NULL);
@@ -70,6 +180,8 @@ kvs_err kvs__store_start(kvs_reuse *r) {
     pthread_cond_destroy(&r->qidle);
     pthread_cond_destroy(&r->qcv);
     pthread_mutex_destroy(&r->qmu);
+    free(r->pool);
+    r->pool = NULL;
     return KVS_ENOMEM;
   }
   r->worker_on = 1;
@@ -84,6 +196,10 @@ void kvs__store_stop(kvs_reuse *r) {
   pthread_mutex_unlock(&r->qmu);
   pthread_join(r->worker, NULL);
   r->worker_on = 0;
+  for (uint32_t i = 0; i < r->n_pool; i++)
+    kvs_gpu_free(r->pool[i].p);
+  free(r->pool);
+  r->pool = NULL, r->n_pool = 0;
   pthread_cond_destroy(&r->qidle);
   pthread_cond_destroy(&r->qcv);
   pthread_mutex_destroy(&r->qmu);
@@ -91,12 +207,13 @@ void kvs__store_stop(kvs_reuse *r) {
 
 /* Queues it (owned from here on). wait: blocks until stored, returns the
  * put's result. Else KVS_EAGAIN (it freed) when the queue is full. */
-static kvs_err enqueue(kvs_reuse *r, kvs__store_item *it, int wait) {
+static kvs_err enqueue(kvs_reuse *r, kvs__store_item *it, int wait, uint64_t copy_ns) {
   pthread_mutex_lock(&r->qmu);
+  r->st_copy_ns += copy_ns;
   if (!wait && r->n_q >= r->o.store_queue) {
     r->st_dropped++;
     pthread_mutex_unlock(&r->qmu);
-    item_free(it);
+    item_free(r, it);
     return KVS_EAGAIN;
   }
   it->waiter = wait;
@@ -105,7 +222,7 @@ static kvs_err enqueue(kvs_reuse *r, kvs__store_item *it, int wait) {
   else
     r->head = it;
   r->tail = it;
-  r->n_q++, r->st_queued++;
+  r->n_q++, r->n_active++, r->st_queued++;
   pthread_cond_signal(&r->qcv);
   kvs_err e = KVS_OK;
   if (wait) {
@@ -114,7 +231,7 @@ static kvs_err enqueue(kvs_reuse *r, kvs__store_item *it, int wait) {
     e = it->result;
   }
   pthread_mutex_unlock(&r->qmu);
-  if (wait) item_free(it);
+  if (wait) item_free(r, it);
   return e;
 }
 
@@ -133,17 +250,20 @@ static kvs_err item_new(kvs_reuse *r, const kvs_reuse_request *req, const kvs__r
   it->ch = c->ch;
   it->ch.start = 0;
   it->dev = r->dev;
+  it->kv_cap = 0;
   it->tokens = malloc((size_t)c->ch.n_tokens * sizeof *it->tokens);
   size_t bytes = kvs_layout_token_bytes(&r->info.layout) * c->ch.n_tokens;
   kvs_err e = it->tokens ? KVS_OK : KVS_ENOMEM;
   if (!e)
     memcpy(it->tokens, req->tokens + c->ch.start, (size_t)c->ch.n_tokens * sizeof *it->tokens);
-  if (!e && r->dev)
-    e = kvs_gpu_alloc(&it->kv, bytes);
-  else if (!e)
+  if (!e && r->dev) {
+    it->kv = pool_take(r, bytes, &it->kv_cap);
+    if (!it->kv) e = kvs_gpu_alloc(&it->kv, bytes), it->kv_cap = bytes;
+  } else if (!e) {
     e = (it->kv = malloc(bytes)) ? KVS_OK : KVS_ENOMEM;
+  }
   if (e) {
-    item_free(it);
+    item_free(r, it);
     return e;
   }
   *out = it;
@@ -153,6 +273,7 @@ static kvs_err item_new(kvs_reuse *r, const kvs_reuse_request *req, const kvs__r
 kvs_err kvs__store_from_seq(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *req,
                             const kvs__rchunk *c) {
   if (queue_full(r)) return KVS_EAGAIN; /* before copying anything */
+  uint64_t t0 = kvs_now_ns();
   kvs__store_item *it;
   KVS_TRY(item_new(r, req, c, &it));
   const kvs_layout *l = &r->info.layout;
@@ -176,10 +297,10 @@ kvs_err kvs__store_from_seq(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_req
     }
   }
   if (e) {
-    item_free(it);
+    item_free(r, it);
     return e;
   }
-  return enqueue(r, it, 0);
+  return enqueue(r, it, 0, kvs_now_ns() - t0);
 }
 
 kvs_err kvs_reuse_store(kvs_reuse *r, const kvs_reuse_request *req, uint32_t chunk, const void *kv,
@@ -190,6 +311,7 @@ kvs_err kvs_reuse_store(kvs_reuse *r, const kvs_reuse_request *req, uint32_t chu
   KVS_TRY(kvs__cut(req, &r->info.model_id, r->o.prefix_chunk_tokens, &ch, &nch, NULL));
   kvs_err e = chunk < nch ? KVS_OK : KVS_ERANGE;
   if (!e && !wait && queue_full(r)) e = KVS_EAGAIN;
+  uint64_t t0 = kvs_now_ns();
   kvs__store_item *it = NULL;
   if (!e) e = item_new(r, req, &ch[chunk], &it);
   size_t bytes = kvs_layout_token_bytes(&r->info.layout) * (e ? 0 : ch[chunk].ch.n_tokens);
@@ -201,16 +323,16 @@ kvs_err kvs_reuse_store(kvs_reuse *r, const kvs_reuse_request *req, uint32_t chu
     memcpy(it->kv, kv, bytes);
   }
   if (e) {
-    item_free(it);
+    item_free(r, it);
     return e;
   }
-  return enqueue(r, it, wait);
+  return enqueue(r, it, wait, kvs_now_ns() - t0);
 }
 
 kvs_err kvs_reuse_flush(kvs_reuse *r) {
   if (!r) return KVS_EINVAL;
   pthread_mutex_lock(&r->qmu);
-  while (r->head || r->busy)
+  while (r->n_active)
     pthread_cond_wait(&r->qidle, &r->qmu);
   pthread_mutex_unlock(&r->qmu);
   return KVS_OK;
@@ -221,5 +343,7 @@ void kvs__store_counters(kvs_reuse *r, kvs_reuse_counters *out) {
   out->stores_queued = r->st_queued, out->stores_done = r->st_done;
   out->stores_failed = r->st_failed, out->stores_dropped = r->st_dropped;
   out->store_bytes = r->st_bytes;
+  out->store_copy_s = r->st_copy_ns / 1e9, out->store_encode_s = r->st_encode_ns / 1e9;
+  out->store_ack_s = r->st_ack_ns / 1e9, out->store_pool_hits = r->st_pool_hits;
   pthread_mutex_unlock(&r->qmu);
 }

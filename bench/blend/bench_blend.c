@@ -33,6 +33,7 @@
 
 #include "kvs_codec.h"
 #include "kvs_gpu.h"
+#include "kvs_gpu_codec.h"
 #include "kvs_engines.h"
 #include "kvs_gpu_model.h"
 #include "model_int.h" /* kvs__model_weights_get */
@@ -178,8 +179,9 @@ static int free_port(void) {
 }
 
 /* A kvstashd on a temporary dir: ipc:// (shared memory on), ipc+stream://,
- * tcp:// and tcp+stream:// on loopback; ram = the RAM tier's budget. */
-static int kvd_start(kvd *d, const char *bin, const char *ram) {
+ * tcp:// and tcp+stream:// on loopback; ram = the RAM tier's budget;
+ * durability "sync" (the daemon's default) or "async". */
+static int kvd_start(kvd *d, const char *bin, const char *ram, const char *durability) {
   memset(d, 0, sizeof *d);
   snprintf(d->dir, sizeof d->dir, "/tmp/kvs-bench-blend.XXXXXX");
   if (!mkdtemp(d->dir)) return -1;
@@ -187,11 +189,12 @@ static int kvd_start(kvd *d, const char *bin, const char *ram) {
   snprintf(d->ipcs, sizeof d->ipcs, "ipc+stream://%s/ss", d->dir);
   snprintf(d->tcp, sizeof d->tcp, "tcp://127.0.0.1:%d", free_port());
   snprintf(d->tcps, sizeof d->tcps, "tcp+stream://127.0.0.1:%d", free_port());
-  char a1[128], a2[700], a3[64];
+  char a1[128], a2[700], a3[64], a4[64];
   snprintf(a1, sizeof a1, "--data-dir=%s/db", d->dir);
   snprintf(a2, sizeof a2, "--listen=%s,%s,%s,%s", d->ipc, d->ipcs, d->tcp, d->tcps);
   snprintf(a3, sizeof a3, "--ram-bytes=%s", ram);
-  char *argv[] = {(char *)bin,         a1,  a2, a3, "--http=", "--shm=on", "--max-msg=1G",
+  snprintf(a4, sizeof a4, "--durability=%s", durability);
+  char *argv[] = {(char *)bin,         a1,  a2, a3, a4, "--http=", "--shm=on", "--max-msg=1G",
                   "--log-level=error", NULL};
   return posix_spawn(&d->pid, bin, NULL, NULL, argv, environ) == 0 ? 0 : -1;
 }
@@ -219,36 +222,188 @@ static kvs_client *kvd_client(const char *url, uint32_t flags, const char *strea
   return c;
 }
 
-/* Stores every chunk of p (dkv[i]: chunk i's KV in engine memory) with the
- * dense profile through reuse/'s store queue; seconds until all are acked.
- * gpu_encode "0": the device KV is copied to the host and CPU-encoded. */
-static double store_all(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p, void *const *dkv,
-                        const char *gpu_encode, uint64_t *stored) {
-  setenv("KVS_CLIENT_GPU_ENCODE", gpu_encode, 1);
+/* ---- store rows: every chunk of p (dkv[i]: chunk i's KV in engine memory)
+ * stored with the dense profile through reuse/'s store queue, broken down by
+ * stage with reuse/'s store counters and the GPU encoder's timers. */
+typedef struct store_fig {
+  double wall_s;                /* queued until every put was answered; < 0 failed */
+  kvs_reuse_counters ct;        /* this store's share of the counters */
+  kvs_gpu_codec_enc_timing enc; /* this store's share of the GPU encoder's timers */
+} store_fig;
+
+/* --store-only (with --speed8b --kvstashd): the full prefill and the store
+ * rows, nothing else (a short GPU call) */
+static int g_store_only;
+
+typedef struct store_rows {
+  int cpu_path, concurrent;            /* in: the CPU-encode path / the concurrent-request rows */
+  uint64_t kv_bytes;                   /* out: fp16 bytes of one store of every chunk */
+  store_fig serial, piped, cpu, async; /* async: a daemon with durability = async */
+  /* a request alone vs while a store of every chunk drains (medians, ms) */
+  double ttft_alone_ms, ttft_store_ms, full_alone_ms, full_store_ms, drain_ms;
+} store_rows;
+
+static kvs_reuse *store_ctx(kvs_engine *e, kvs_client *c, const kvs_rag_prompt *p,
+                            uint32_t inflight) {
   kvs_reuse_opts o;
   kvs_reuse_opts_init(&o);
   o.store_profile = KVS_PROFILE_DENSE, o.store_queue = 64, o.layers_per_group = 4;
+  o.store_inflight = inflight;
   o.prefix_chunk_tokens = p->len[0];
-  kvs_reuse *r;
+  kvs_reuse *r = NULL;
+  return kvs_reuse_create(c, e, &o, &r) ? NULL : r;
+}
+
+/* Queues every chunk (not waiting); *before gets the figures before. */
+static int store_begin(kvs_reuse *r, const kvs_rag_prompt *p, void *const *dkv, store_fig *before) {
   kvs_reuse_segment segs[KVS_RAG_MAX_PASSAGES + 2];
   kvs_reuse_request req;
-  if (kvs_reuse_create(c, e, &o, &r) || kvs_rag_request(p, segs, &req)) return -1;
-  uint64_t t0 = kvs_now_ns();
+  if (kvs_rag_request(p, segs, &req)) return -1;
+  kvs_reuse_get_counters(r, &before->ct);
+  kvs_gpu_codec_encode_timing(&before->enc);
+  before->wall_s = kvs_now_ns() / 1e9;
   for (uint32_t i = 0; i + 1 < p->n_segs; i++)
     if (kvs_reuse_store(r, &req, i, dkv[i], 0)) fprintf(stderr, "store %u refused\n", i);
+  return 0;
+}
+
+/* Waits for the stores queued since *b; f = the differences. */
+static void store_end(kvs_reuse *r, const kvs_rag_prompt *p, const store_fig *b, store_fig *f) {
   kvs_reuse_flush(r);
-  double t = (kvs_now_ns() - t0) / 1e9;
-  kvs_reuse_counters ct;
-  kvs_reuse_get_counters(r, &ct);
-  if (ct.stores_done != p->n_segs - 1) {
-    fprintf(stderr, "store: %llu of %u done (%llu failed)\n", (unsigned long long)ct.stores_done,
-            p->n_segs - 1, (unsigned long long)ct.stores_failed);
-    t = -1;
+  f->wall_s = kvs_now_ns() / 1e9 - b->wall_s;
+  kvs_reuse_get_counters(r, &f->ct);
+  kvs_gpu_codec_encode_timing(&f->enc);
+  f->ct.stores_done -= b->ct.stores_done, f->ct.stores_failed -= b->ct.stores_failed;
+  f->ct.store_bytes -= b->ct.store_bytes, f->ct.store_pool_hits -= b->ct.store_pool_hits;
+  f->ct.store_copy_s -= b->ct.store_copy_s, f->ct.store_encode_s -= b->ct.store_encode_s;
+  f->ct.store_ack_s -= b->ct.store_ack_s;
+  f->enc.calls -= b->enc.calls, f->enc.gpu_ns -= b->enc.gpu_ns;
+  f->enc.copy_ns -= b->enc.copy_ns, f->enc.host_ns -= b->enc.host_ns;
+  if (f->ct.stores_done != p->n_segs - 1) {
+    fprintf(stderr, "store: %llu of %u done (%llu failed)\n", (unsigned long long)f->ct.stores_done,
+            p->n_segs - 1, (unsigned long long)f->ct.stores_failed);
+    f->wall_s = -1;
   }
-  if (stored) *stored = ct.store_bytes;
-  kvs_reuse_free(r);
+}
+
+/* One store of every chunk through r, until all are acknowledged.
+ * gpu_encode "0": the device KV is copied to the host and CPU-encoded. */
+static double store_all(kvs_reuse *r, const kvs_rag_prompt *p, void *const *dkv,
+                        const char *gpu_encode, store_fig *f) {
+  store_fig b, tmp;
+  if (!f) f = &tmp;
+  setenv("KVS_CLIENT_GPU_ENCODE", gpu_encode, 1);
+  if (!r || store_begin(r, p, dkv, &b)) {
+    unsetenv("KVS_CLIENT_GPU_ENCODE");
+    return f->wall_s = -1;
+  }
+  store_end(r, p, &b, f);
   unsetenv("KVS_CLIENT_GPU_ENCODE");
-  return t;
+  return f->wall_s;
+}
+
+/* The best (shortest) of n stores after one warm-up (the warm-up fills the
+ * pool of device buffers and the encoder's workspace). */
+static double store_best(kvs_reuse *r, const kvs_rag_prompt *p, void *const *dkv,
+                         const char *gpu_encode, int n, store_fig *best) {
+  store_fig f;
+  best->wall_s = -1;
+  if (store_all(r, p, dkv, gpu_encode, &f) < 0) return -1;
+  for (int i = 0; i < n; i++) {
+    if (store_all(r, p, dkv, gpu_encode, &f) < 0) return -1;
+    if (best->wall_s < 0 || f.wall_s < best->wall_s) *best = f;
+  }
+  return best->wall_s;
+}
+
+static void print_store_fig(const char *name, const store_fig *f, uint64_t kv_bytes) {
+  uint64_t n = f->ct.stores_done ? f->ct.stores_done : 1;
+  printf("%-26s %9.1f %7.2f %9.2f %10.2f %8.2f %8.2f %8.2f %10.2f\n", name, f->wall_s * 1e3,
+         f->wall_s > 0 ? kv_bytes / f->wall_s / 1e9 : 0, f->ct.store_copy_s * 1e3 / n,
+         f->ct.store_encode_s * 1e3 / n, f->enc.calls ? f->enc.gpu_ns / 1e6 / f->enc.calls : 0,
+         f->enc.calls ? f->enc.copy_ns / 1e6 / f->enc.calls : 0,
+         f->enc.calls ? f->enc.host_ns / 1e6 / f->enc.calls : 0, f->ct.store_ack_s * 1e3 / n);
+}
+
+static void print_store_rows(const store_rows *s, uint32_t chunks, uint32_t tokens) {
+  printf("store: %u chunks, %u tokens of KV (%.1f MB fp16) from device memory, dense lpg 4, "
+         "through reuse/'s queue until every put was acknowledged (best of 2 after a warm-up); "
+         "per put: copy = into the queue, put_start = encode + request frame, gpu/d2h/host = the "
+         "GPU encoder's split of it, ack = request sent to answer\n",
+         chunks, tokens, s->kv_bytes / 1e6);
+  printf("%-26s %9s %7s %9s %10s %8s %8s %8s %10s\n", "store path", "wall_ms", "GB/s", "copy_ms",
+         "put_start", "gpu_ms", "d2h_ms", "host_ms", "ack_ms");
+  print_store_fig("gpu encode, 1 in flight", &s->serial, s->kv_bytes);
+  print_store_fig("gpu encode, 4 in flight", &s->piped, s->kv_bytes);
+  if (s->concurrent) print_store_fig("gpu, 4, durability=async", &s->async, s->kv_bytes);
+  if (s->cpu_path) print_store_fig("cpu encode, 4 in flight", &s->cpu, s->kv_bytes);
+  if (s->concurrent)
+    printf("concurrent request (median, alone vs while a store of every chunk drains, drain %.1f "
+           "ms): kvs-shm/none %.2f vs %.2f ms (%+.1f%%), full prefill %.2f vs %.2f ms (%+.1f%%)\n",
+           s->drain_ms, s->ttft_alone_ms, s->ttft_store_ms,
+           100 * (s->ttft_store_ms / s->ttft_alone_ms - 1), s->full_alone_ms, s->full_store_ms,
+           100 * (s->full_store_ms / s->full_alone_ms - 1));
+}
+
+/* The store rows into the bench's JSON line. */
+static void store_rows_json(cJSON *o, const store_rows *s) {
+  bench_json_num(o, "store_gpu_ms", "%.3f", s->piped.wall_s * 1e3);
+  bench_json_num(o, "store_gpu_serial_ms", "%.3f", s->serial.wall_s * 1e3);
+  bench_json_num(o, "store_gpu_async_ms", "%.3f", s->async.wall_s * 1e3);
+  bench_json_num(o, "store_cpu_ms", "%.3f", s->cpu.wall_s * 1e3);
+  bench_json_num(o, "store_gpu_copy_ms", "%.3f", s->piped.ct.store_copy_s * 1e3);
+  bench_json_num(o, "store_gpu_put_start_ms", "%.3f", s->piped.ct.store_encode_s * 1e3);
+  bench_json_num(o, "store_gpu_ack_ms", "%.3f", s->piped.ct.store_ack_s * 1e3);
+  bench_json_num(o, "ttft_alone_ms", "%.3f", s->ttft_alone_ms);
+  bench_json_num(o, "ttft_with_store_ms", "%.3f", s->ttft_store_ms);
+  bench_json_num(o, "full_alone_ms", "%.3f", s->full_alone_ms);
+  bench_json_num(o, "full_with_store_ms", "%.3f", s->full_store_ms);
+  bench_json_num(o, "drain_ms", "%.3f", s->drain_ms);
+}
+
+static int cmp_dbl(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* A request's TTFT (ms, median of reps) alone and while a store of every
+ * chunk drains (started just before the request, another tenant's keys so
+ * the request's own entries stay put); alternated, one warm-up each. */
+static int concurrent_rows(kvs_engine *e, kvs_client *c_req, kvs_client *c_store,
+                           const kvs_rag_prompt *p, void *const *dkv, uint32_t policy, int reps,
+                           double *alone_ms, double *with_ms, double *drain_ms) {
+  kvs_reuse_opts o;
+  kvs_reuse_opts_init(&o);
+  o.blend.sel = kvs_sel_defaults(KVS_SEL_NONE);
+  o.policy = policy;
+  o.prefix_chunk_tokens = p->len[0];
+  kvs_reuse *rq = NULL, *rs = store_ctx(e, c_store, p, 4);
+  if (!rs || kvs_reuse_create(c_req, e, &o, &rq)) return -1;
+  double ta[16], tw[16], td[16];
+  int R = reps < 1 ? 1 : reps > 16 ? 16 : reps, err = 0;
+  kvs_rag_answer a = {0};
+  if (store_all(rs, p, dkv, "1", NULL) < 0 || kvs_rag_answer_reuse(rq, e, NULL, p, 1, &a, NULL))
+    err = -1; /* warm-up of both */
+  for (int rep = 0; rep < R && !err; rep++) {
+    if (kvs_rag_answer_reuse(rq, e, NULL, p, 1, &a, NULL)) err = -1;
+    ta[rep] = a.ttft_s * 1e3;
+    store_fig b, f;
+    setenv("KVS_CLIENT_GPU_ENCODE", "1", 1);
+    if (!err && store_begin(rs, p, dkv, &b)) err = -1;
+    if (!err && kvs_rag_answer_reuse(rq, e, NULL, p, 1, &a, NULL)) err = -1;
+    tw[rep] = a.ttft_s * 1e3;
+    if (!err) store_end(rs, p, &b, &f);
+    unsetenv("KVS_CLIENT_GPU_ENCODE");
+    td[rep] = err ? -1 : f.wall_s * 1e3;
+    if (!err && f.wall_s < 0) err = -1;
+  }
+  kvs_reuse_free(rq), kvs_reuse_free(rs);
+  if (err) return -1;
+  qsort(ta, (size_t)R, sizeof *ta, cmp_dbl), qsort(tw, (size_t)R, sizeof *tw, cmp_dbl);
+  qsort(td, (size_t)R, sizeof *td, cmp_dbl);
+  *alone_ms = ta[R / 2], *with_ms = tw[R / 2];
+  if (drain_ms) *drain_ms = td[R / 2];
+  return 0;
 }
 
 /* Median TTFT (s) of `reps` requests through kvs_reuse_run (a fresh
@@ -363,10 +518,10 @@ static int g_ctl_only; /* --ctl-only: the controller rows alone (no transports) 
 
 static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dkv,
                          const char *kvstashd, int reps, float ratio, kvrow *rows, int cap,
-                         double *store_gpu_s, double *store_cpu_s, uint64_t *store_bytes) {
+                         store_rows *sr) {
   kvd ram, dsk;
   int n = 0;
-  if (kvd_start(&ram, kvstashd, "8G") || kvd_start(&dsk, kvstashd, "1M"))
+  if (kvd_start(&ram, kvstashd, "8G", "sync") || kvd_start(&dsk, kvstashd, "1M", "sync"))
     return fprintf(stderr, "kvstashd: cannot start %s\n", kvstashd), -1;
   kvs_client *c_shm = kvd_client(ram.ipc, 0, NULL, NULL);
   kvs_client *c_ipcs = kvd_client(ram.ipc, KVS_CLIENT_NO_SHM, ram.ipcs, NULL);
@@ -378,15 +533,39 @@ static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dk
     n = -1;
     goto out;
   }
-  /* pre-warm: the GPU encoder (timed), the CPU encoder beside (another tenant) */
-  *store_gpu_s = store_all(e, c_shm, p, dkv, "1", store_bytes);
-  store_all(e, c_shm, p, dkv, "1", NULL); /* a second time: the first paid for allocations */
-  *store_gpu_s = fmin(*store_gpu_s, store_all(e, c_shm, p, dkv, "1", NULL));
-  if (store_cpu_s) *store_cpu_s = store_all(e, c_cpu, p, dkv, "0", NULL);
-  if (store_all(e, c_dsk, p, dkv, "1", NULL) < 0) {
+  /* pre-warm (and the store rows): GPU encode with 1 and 4 puts in flight,
+   * the CPU-encode path beside (another tenant) */
+  kvs_reuse *rs1 = store_ctx(e, c_shm, p, 1), *rs4 = store_ctx(e, c_shm, p, 4);
+  int bad = store_best(rs1, p, dkv, "1", 2, &sr->serial) < 0 ||
+            store_best(rs4, p, dkv, "1", 2, &sr->piped) < 0;
+  kvs_reuse_free(rs1), kvs_reuse_free(rs4);
+  sr->kv_bytes = sr->piped.ct.store_bytes;
+  if (!bad && sr->concurrent) { /* the same on a daemon that does not fsync its log per put */
+    kvd asy;
+    kvs_client *c_asy = NULL;
+    if (kvd_start(&asy, kvstashd, "8G", "async") == 0 &&
+        (c_asy = kvd_client(asy.ipc, 0, NULL, NULL)) != NULL) {
+      kvs_reuse *ra = store_ctx(e, c_asy, p, 4);
+      bad = store_best(ra, p, dkv, "1", 2, &sr->async) < 0;
+      kvs_reuse_free(ra);
+    } else {
+      bad = 1;
+    }
+    kvs_client_free(c_asy);
+    kvd_stop(&asy);
+  }
+  if (!bad && sr->cpu_path) {
+    kvs_reuse *rc = store_ctx(e, c_cpu, p, 4);
+    bad = store_all(rc, p, dkv, "0", &sr->cpu) < 0;
+    kvs_reuse_free(rc);
+  }
+  kvs_reuse *rd = bad || g_store_only ? NULL : store_ctx(e, c_dsk, p, 4);
+  if (bad || (!g_store_only && store_all(rd, p, dkv, "1", NULL) < 0)) {
+    kvs_reuse_free(rd);
     n = -1;
     goto out;
   }
+  kvs_reuse_free(rd);
   struct {
     const char *name;
     kvs_client *c;
@@ -404,7 +583,7 @@ static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dk
       {"disk/load", c_dsk, KVS_REUSE_PLAN_ALWAYS_LOAD, (uint32_t)g_kvd_strat},
       {"disk/recompute", c_dsk, KVS_REUSE_PLAN_ALWAYS_RECOMPUTE, (uint32_t)g_kvd_strat},
   };
-  for (size_t k = 0; k < sizeof spec / sizeof *spec && n < cap; k++) {
+  for (size_t k = 0; !g_store_only && k < sizeof spec / sizeof *spec && n < cap; k++) {
     if (g_ctl_only && !strncmp(spec[k].name, "kvs-", 4)) continue;
     kvrow *w = &rows[n];
     snprintf(w->name, sizeof w->name, "%s", spec[k].name);
@@ -413,7 +592,12 @@ static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dk
     w->ms = t * 1e3;
     n++;
   }
-  n = ctl_slowed_rows(e, c_shm, p, reps, ratio, rows, n, cap);
+  if (!g_store_only) n = ctl_slowed_rows(e, c_shm, p, reps, ratio, rows, n, cap);
+  if (sr->concurrent && (concurrent_rows(e, c_shm, c_cpu, p, dkv, KVS_REUSE_PLAN_ALWAYS_LOAD, reps,
+                                         &sr->ttft_alone_ms, &sr->ttft_store_ms, &sr->drain_ms) ||
+                         concurrent_rows(e, c_shm, c_cpu, p, dkv, KVS_REUSE_PLAN_ALWAYS_RECOMPUTE,
+                                         reps, &sr->full_alone_ms, &sr->full_store_ms, NULL)))
+    fprintf(stderr, "concurrent request rows failed\n"), sr->concurrent = 0;
 out:
   kvs_client_free(c_shm), kvs_client_free(c_ipcs), kvs_client_free(c_tcps);
   kvs_client_free(c_dsk), kvs_client_free(c_cpu);
@@ -498,7 +682,8 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
                            "adaptive/disk"};
   double med[NR] = {0}, brk[NR][3] = {{0}}; /* last run: load wait, recompute, prefill (ms) */
   double rec[NR] = {1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  int nr = g_ctl_only ? 1 : disk ? NR : 10; /* --ctl-only: the full prefill only */
+  /* --ctl-only, --store-only: the full prefill only */
+  int nr = g_ctl_only || g_store_only ? 1 : disk ? NR : 10;
   for (int k = 0; k < nr; k++) {
     double t[16] = {0};
     int R = reps > 16 ? 16 : reps;
@@ -540,19 +725,30 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
   /* the same prompt through kvstashd (kvs_reuse_run), chunks stored dense from device memory */
   kvrow kr[32];
   int nkr = 0;
-  double st_gpu = -1, st_cpu = -1;
-  uint64_t st_bytes = 0;
+  /* --ctl-only: neither the CPU-encode store nor the concurrent-request rows */
+  store_rows sr = {.cpu_path = !g_ctl_only, .concurrent = !g_ctl_only};
   if (kvstashd) {
     void *dkv[KVS_RAG_MAX_PASSAGES + 2] = {0};
     for (uint32_t s = 0; s + 1 < p.n_segs; s++)
       if (kvs_gpu_alloc(&dkv[s], tb * p.len[s]) ||
           kvs_gpu_copy_h2d(dkv[s], mk.kv[s], tb * p.len[s], NULL) || kvs_gpu_sync(NULL))
         return fprintf(stderr, "device copy of chunk %u failed\n", s), 1;
-    nkr = kvstashd_rows(e, &p, dkv, kvstashd, reps, ratio, kr, 32, &st_gpu,
-                        g_ctl_only ? NULL : &st_cpu, &st_bytes);
+    nkr = kvstashd_rows(e, &p, dkv, kvstashd, reps, ratio, kr, 32, &sr);
     for (uint32_t s = 0; s + 1 < p.n_segs; s++)
       kvs_gpu_free(dkv[s]);
     if (nkr < 0) return 1;
+    if (g_store_only) {
+      printf("full prefill %.2f ms (median of %d)\n", med[0] * 1e3, reps);
+      print_store_rows(&sr, p.n_segs - 1, n - q_tok);
+      cJSON *js = cJSON_CreateObject();
+      cJSON_AddStringToObject(js, "bench", "blend-store8b");
+      cJSON_AddNumberToObject(js, "tokens", n - q_tok);
+      bench_json_num(js, "kv_mb", "%.1f", sr.kv_bytes / 1e6);
+      bench_json_num(js, "full_ms", "%.3f", med[0] * 1e3);
+      store_rows_json(js, &sr);
+      bench_json_print(js);
+      return 0;
+    }
   }
   for (uint32_t s = 0; s + 1 < p.n_segs; s++)
     kvs_gpu_free_host(mk.kv[s]), mk.kv[s] = NULL;
@@ -576,10 +772,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
          "torch-sdpa", tms, tms > 0 ? med[0] * 1e3 / tms : 0);
   if (kvstashd) {
     print_kvrows(kr, nkr, med[0] * 1e3, med[6] * 1e3);
-    printf("store: %u tokens of KV (%.1f MB fp16) from device memory, dense: GPU encode %.1f ms "
-           "(%.2f GB/s of fp16 in), CPU encode %.1f ms\n",
-           n - q_tok, tb * (n - q_tok) / 1e6, st_gpu * 1e3,
-           st_gpu > 0 ? tb * (n - q_tok) / st_gpu / 1e9 : 0, st_cpu * 1e3);
+    print_store_rows(&sr, p.n_segs - 1, n - q_tok);
   }
   bench_json_num(json, "torch_sdpa_ms", "%.3f", tms);
   bench_json_num(json, "speedup_adaptive", "%.3f", med[0] / med[5]);
@@ -589,8 +782,7 @@ static int speed8b(uint32_t n_pass, uint32_t pass_tok, uint32_t q_tok, int reps,
   bench_json_num(json, "speedup_cacheblend_dev", "%.3f", med[0] / med[8]);
   bench_json_num(json, "speedup_epic_dev", "%.3f", med[0] / med[7]);
   if (kvstashd) { /* the kvstashd rows go into the JSON too */
-    bench_json_num(json, "store_gpu_ms", "%.3f", st_gpu * 1e3);
-    bench_json_num(json, "store_cpu_ms", "%.3f", st_cpu * 1e3);
+    store_rows_json(json, &sr);
     cJSON *jk = cJSON_AddObjectToObject(json, "kvstashd_ms");
     for (int k = 0; k < nkr; k++)
       bench_json_num(jk, kr[k].name, "%.3f", kr[k].ms);
@@ -716,6 +908,7 @@ int main(int argc, char **argv) {
                                {"strategies-file", 1, 0, 'F'},
                                {"shape", 1, 0, 'Z'},
                                {"ctl-only", 0, 0, 'C'},
+                               {"store-only", 0, 0, 'O'},
                                {0, 0, 0, 0}};
   /* --shape smol: SmolLM2-135M's shape (random weights) for --speed8b */
   static const kvs_model_cfg smol = {.n_vocab = 49152,
@@ -761,6 +954,7 @@ int main(int argc, char **argv) {
         return fprintf(stderr, "bad --shape\n"), 2;
       s8_cfg = strcmp(optarg, "smol") ? NULL : &smol;
       break;
+    case 'O': g_store_only = 1; break;
     case 't': s8_tok = (uint32_t)atoi(optarg); break;
     case 'q': s8_pass = (uint32_t)atoi(optarg); break;
     default:
@@ -772,6 +966,7 @@ int main(int argc, char **argv) {
           "         [--margin LOGITS] [--no-tf]\n"
           "       kvs-bench-blend --speed8b [--n-passages N] [--passage-tokens T] [--ratio R]\n"
           "         [--disk DIR] [--kvstashd BIN] [--shape 8b|smol] [--ctl-only]\n"
+          "         [--store-only]\n"
           "  strategies: none, epic[:first tokens], cacheblend[:ratio], adaptive[:cap], full\n"
           "  --chunk-ctx N: passages prefilled after the instruction's first N tokens\n"
           "    (-1 all of it, -2 everything before them: oracle KV); --style 0-4: the\n"
@@ -780,6 +975,7 @@ int main(int argc, char **argv) {
           "    tcp+stream, disk tier; plan vs always load / recompute, RAM tier slowed to\n"
           "    3 rates; the store timing); --ctl-only: the full prefill and the controller\n"
           "    rows only; --shape smol: SmolLM2-135M's shape instead of the 8B's\n"
+          "    --store-only: the full prefill and the store rows only\n"
           "  --kvd-strategy S[:P]: the strategy of those rows (default adaptive; P: epic's\n"
           "    tokens per chunk, else the ratio, as --ratio)\n"
           "  --strategies-file F: load the model, then wait for F and take the strategy\n"
@@ -971,9 +1167,8 @@ int main(int argc, char **argv) {
         }
       }
       kvrow kr[32];
-      double sg = -1;
-      uint64_t sb = 0;
-      int nkr = kvstashd_rows(eng, &p, dkv, kvstashd, 5, ratio, kr, 32, &sg, NULL, &sb);
+      store_rows sr = {0};
+      int nkr = kvstashd_rows(eng, &p, dkv, kvstashd, 5, ratio, kr, 32, &sr);
       if (use_gpu)
         for (uint32_t s = 0; s + 1 < p.n_segs; s++)
           kvs_gpu_free(dkv[s]);

@@ -21,6 +21,7 @@
  * The host copies the bodies back and wraps them in the container
  * (kvs_codec_encode_planes: headers, directory, checksums). */
 #include <math.h>
+#include <atomic>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -450,6 +451,9 @@ kvs_err give_plane(void *ctx, uint32_t layer, uint32_t kv, uint8_t *out, size_t 
   return KVS_OK;
 }
 
+/* process-wide timers (kvs_gpu_codec_encode_timing) */
+std::atomic<uint64_t> g_t_calls, g_t_gpu, g_t_copy, g_t_host;
+
 unsigned grid_of(uint64_t threads, unsigned tpb) {
   return (unsigned)E_CDIV(threads, (uint64_t)tpb);
 }
@@ -480,6 +484,7 @@ kvs_err encode(const kvs_codec_params *prm, const kvs_layout *l, uint32_t T, con
   uint32_t *h_info = h_nw + blocks, *h_blk = h_info + 4ull * P;
   uint8_t *bodies = NULL;
   kvs_err rc = KVS_OK;
+  uint64_t t_start = kvs_now_ns(), t_copy = t_start, t_host = t_start;
 #define E_TRY(call)                                                                                \
   do {                                                                                             \
     cudaError_t e_ = (call);                                                                       \
@@ -583,8 +588,11 @@ kvs_err encode(const kvs_codec_params *prm, const kvs_layout *l, uint32_t T, con
       rc = KVS_ENOMEM;
       goto done;
     }
+    E_TRY(cudaStreamSynchronize(st));
+    t_copy = kvs_now_ns();
     E_TRY(cudaMemcpyAsync(bodies, ws + w.out, total, cudaMemcpyDeviceToHost, st));
     E_TRY(cudaStreamSynchronize(st));
+    t_host = kvs_now_ns();
     uint32_t *lens = h_nw; /* reuse: P <= blocks */
     for (uint32_t p = 0; p < P; p++)
       lens[p] = h_info[4 * p];
@@ -597,6 +605,13 @@ done:
   if (rc != KVS_OK) cudaStreamSynchronize(st);
   free(bodies);
   free(hs);
+  if (rc == KVS_OK) {
+    uint64_t t_end = kvs_now_ns();
+    g_t_calls++;
+    g_t_gpu += t_copy - t_start;
+    g_t_copy += t_host - t_copy;
+    g_t_host += t_end - t_host;
+  }
   return rc;
 }
 
@@ -616,4 +631,10 @@ extern "C" kvs_err kvs_gpu_codec_encode(const kvs_codec_params *p, const kvs_lay
                                         size_t *out_len, void *d_ws, size_t ws_len, void *stream) {
   if (kvs_gpu_device_count() == 0) return KVS_ENODEV;
   return encode(p, layout, n_tokens, d_kv, out, cap, out_len, d_ws, ws_len, (cudaStream_t)stream);
+}
+
+extern "C" void kvs_gpu_codec_encode_timing(kvs_gpu_codec_enc_timing *out) {
+  if (!out) return;
+  out->calls = g_t_calls.load(), out->gpu_ns = g_t_gpu.load();
+  out->copy_ns = g_t_copy.load(), out->host_ns = g_t_host.load();
 }

@@ -72,6 +72,17 @@ kvs_err kvs_gpu_codec_encode(const kvs_codec_params *p, const kvs_layout *layout
                              const void *d_kv, void *out, size_t cap, size_t *out_len, void *d_ws,
                              size_t ws_len, void *stream);
 
+/* Where the successful encodes of this process spent their time (monotonic
+ * totals, any thread): gpu = statistics, quantisation, rANS and packing on
+ * the device with the host steps between them; copy = the encoded bytes
+ * device to host; host = the container (headers, checksums) on the host.
+ * For benchmarks. */
+typedef struct kvs_gpu_codec_enc_timing {
+  uint64_t calls;
+  uint64_t gpu_ns, copy_ns, host_ns;
+} kvs_gpu_codec_enc_timing;
+void kvs_gpu_codec_encode_timing(kvs_gpu_codec_enc_timing *out);
+
 #ifdef __cplusplus
 }
 #endif
