@@ -87,6 +87,11 @@ typedef struct server {
   char model_name[128];
   kvs_client *cl;       /* NULL without --kvstash */
   srv_answers *answers; /* the worker's: ids of recent answers by text */
+  /* the worker's buffers in engine memory, kept between requests (a device
+   * cudaMalloc/cudaFree per request synchronises the whole device) */
+  void *scratch; /* KV read back for stores */
+  size_t scratch_cap;
+  float *lg_dev; /* device engine: the logits */
   kvs_reuse *ru;
   uint32_t chunk_tokens;
   uint32_t max_ctx, default_max_tokens, max_queue;
@@ -285,6 +290,21 @@ static void out_text(job *j, const char *s, size_t n) {
   if (j->req.stream) event_active(j->wake, 0, 0);
 }
 
+/* The worker's KV scratch of at least n bytes, engine memory; NULL when it
+ * cannot be had. Kept (and grown) between requests. */
+static void *scratch_get(server *sv, size_t n) {
+  if (n <= sv->scratch_cap) return sv->scratch;
+  int dev = sv->info.mem == KVS_ENGINE_MEM_DEVICE;
+  if (dev)
+    kvs_gpu_free(sv->scratch);
+  else
+    free(sv->scratch);
+  sv->scratch = NULL, sv->scratch_cap = 0;
+  if (dev ? kvs_gpu_alloc(&sv->scratch, n) != KVS_OK : !(sv->scratch = malloc(n))) return NULL;
+  sv->scratch_cap = n;
+  return sv->scratch;
+}
+
 /* Stores chunks [first, last) of the prefix chain over ids[0..n_kv), where
  * first is the chunk in which the prompt's PREFIX segment ends (store_computed
  * stored the whole chunks before it, and of this one only the PREFIX's part,
@@ -301,10 +321,8 @@ static void store_answer(server *sv, kvs_engine_seq *s, const int32_t *ids, uint
   kvs_reuse_request rq = {.tokens = ids, .n_tokens = n_ids, .segs = rs, .n_segs = 2};
   const kvs_layout *l = &sv->info.layout;
   size_t plane = (size_t)C * l->n_kv_heads * l->head_dim * kvs_dtype_size(l->dtype);
-  int dev = sv->info.mem == KVS_ENGINE_MEM_DEVICE;
-  void *kv = NULL;
-  kvs_err e = dev ? kvs_gpu_alloc(&kv, 2 * plane * l->n_layers)
-                  : ((kv = malloc(2 * plane * l->n_layers)) ? KVS_OK : KVS_ENOMEM);
+  void *kv = scratch_get(sv, 2 * plane * l->n_layers);
+  kvs_err e = kv ? KVS_OK : KVS_ENOMEM;
   for (uint32_t c = first; !e && c < last; c++) {
     for (uint32_t y = 0; !e && y < l->n_layers; y++) /* canonical (layers, 2, C, heads, dim) */
       e = sv->eng->ops->kv_read(sv->eng, s, y, c * C, C, (char *)kv + 2 * y * plane,
@@ -313,10 +331,6 @@ static void store_answer(server *sv, kvs_engine_seq *s, const int32_t *ids, uint
     if (e == KVS_EAGAIN) e = KVS_OK; /* dropped and counted: the next chunk may fit */
   }
   if (e) kvs_log(KVS_LOG_WARN, "serve", "storing the conversation's chunks: %s", kvs_strerror(e));
-  if (dev)
-    kvs_gpu_free(kv);
-  else
-    free(kv);
 }
 
 /* Stores the chunks kvs_reuse_run computed that kvstashd lacks (MISS in dec[nch]),
@@ -338,9 +352,8 @@ static void store_computed(server *sv, kvs_engine_seq *s, const kvs_reuse_reques
   if (big < C) big = C;
   size_t tb = (size_t)l->n_kv_heads * l->head_dim * kvs_dtype_size(l->dtype);
   int dev = sv->info.mem == KVS_ENGINE_MEM_DEVICE;
-  void *kv = NULL;
-  kvs_err e = dev ? kvs_gpu_alloc(&kv, 2 * tb * big * l->n_layers)
-                  : ((kv = malloc(2 * tb * big * l->n_layers)) ? KVS_OK : KVS_ENOMEM);
+  void *kv = scratch_get(sv, 2 * tb * big * l->n_layers);
+  kvs_err e = kv ? KVS_OK : KVS_ENOMEM;
   uint32_t pos = prefix, si = 0;
   for (uint32_t k = 0; !e && k < nch; k++) {
     uint32_t start, n, content = k >= n_pre;
@@ -373,10 +386,6 @@ static void store_computed(server *sv, kvs_engine_seq *s, const kvs_reuse_reques
     if (e == KVS_EAGAIN) e = KVS_OK; /* dropped and counted */
   }
   if (e) kvs_log(KVS_LOG_WARN, "serve", "storing the computed chunks: %s", kvs_strerror(e));
-  if (dev)
-    kvs_gpu_free(kv);
-  else
-    free(kv);
 }
 
 /* Hands the job's end to the loop thread, which then owns (and frees) it. */
@@ -419,7 +428,7 @@ static void run_job(server *sv, job *j) {
   kvs_engine_seq *s = NULL;
   if (!host) e = KVS_ENOMEM;
   int dev = sv->info.mem == KVS_ENGINE_MEM_DEVICE;
-  if (!e && dev) e = kvs_gpu_alloc((void **)&lg, V * sizeof *lg);
+  if (!e && dev) lg = sv->lg_dev;
   if (!e) e = sv->eng->ops->seq_create(sv->eng, p.n_tokens + max_new + 1, &s);
   uint64_t t0 = kvs_now_ns();
   int reuse = sv->ru && j->req.reuse;
@@ -533,7 +542,6 @@ static void run_job(server *sv, job *j) {
   if (store) store_answer(sv, s, ids, n_ids, sv->eng->ops->seq_len(sv->eng, s), prefix_len);
   free(ids);
   if (s) sv->eng->ops->seq_free(sv->eng, s);
-  if (dev && lg) kvs_gpu_free(lg);
   free(host);
   free(gen);
   srv_prompt_free(&p);
@@ -854,6 +862,11 @@ int main(int argc, char **argv) {
     sv.chunk_tokens = ro.prefix_chunk_tokens ? ro.prefix_chunk_tokens : KVS_DEFAULT_CHUNK_TOKENS;
   }
   if (srv_answers_create(4096, 64u << 20, &sv.answers) != KVS_OK) return 1;
+  if (sv.info.mem == KVS_ENGINE_MEM_DEVICE &&
+      kvs_gpu_alloc((void **)&sv.lg_dev, sv.info.n_vocab * sizeof *sv.lg_dev) != KVS_OK) {
+    fprintf(stderr, "kvs-serve: no device memory for the logits\n");
+    return 1;
+  }
   const char *base = strrchr(model_path, '/');
   snprintf(sv.model_name, sizeof sv.model_name, "%s", name ? name : base ? base + 1 : model_path);
 
@@ -896,6 +909,12 @@ int main(int argc, char **argv) {
   event_base_free(sv.base);
   kvs_reuse_free(sv.ru); /* waits for queued stores */
   kvs_client_free(sv.cl);
+  if (sv.info.mem == KVS_ENGINE_MEM_DEVICE) {
+    kvs_gpu_free(sv.scratch);
+    kvs_gpu_free(sv.lg_dev);
+  } else {
+    free(sv.scratch);
+  }
   kvs_engine_free(sv.eng);
   kvs_gpu_model_free(sv.gm);
   kvs_model_free(sv.model);
