@@ -393,6 +393,9 @@ kvs_err kvs_op_wait_layers(kvs_op *op, uint32_t layer_end);
 kvs_err kvs_op_wait(kvs_op *op);
 /* 1 when finished (kvs_op_wait would not block). */
 int kvs_op_done(kvs_op *op);
+/* When the op finished, on kvs_now_ns()'s clock (for a get: every group
+ * decoded into its destination); 0 while it is in flight. */
+uint64_t kvs_op_finished_ns(kvs_op *op);
 /* Waits for the op, then frees it (before kvs_client_free of its client: a
  * device get gives its device buffers back to the client). kvs_op_free(NULL)
  * does nothing. */

@@ -21,8 +21,10 @@ kvs_op *kvs__op_new(kvs_client *c, int kind) {
  * failed or has every group. */
 void kvs__op_update_locked(kvs_op *op) {
   if (op->pending == 0 &&
-      (op->failed || op->kind == KVS__OP_PUT || (op->dec && op->n_ready == op->G)))
+      (op->failed || op->kind == KVS__OP_PUT || (op->dec && op->n_ready == op->G))) {
+    if (!op->finished) op->t_done_ns = kvs_now_ns();
     op->finished = 1;
+  }
   pthread_cond_broadcast(&op->cv);
 }
 
@@ -51,6 +53,14 @@ int kvs_op_done(kvs_op *op) {
   int f = op->finished;
   pthread_mutex_unlock(&op->mu);
   return f;
+}
+
+uint64_t kvs_op_finished_ns(kvs_op *op) {
+  if (!op) return 0;
+  pthread_mutex_lock(&op->mu);
+  uint64_t t = op->finished ? op->t_done_ns : 0;
+  pthread_mutex_unlock(&op->mu);
+  return t;
 }
 
 void kvs_op_free(kvs_op *op) {

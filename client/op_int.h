@@ -17,6 +17,7 @@ struct kvs_op {
   int inflight; /* group requests issued and not yet answered (<= window) */
   int failed;
   int finished;
+  uint64_t t_done_ns; /* kvs_now_ns() when it finished (kvs_op_finished_ns) */
   int rv;
   char errmsg[KVS__ERRMSG_LEN];
   /* get */

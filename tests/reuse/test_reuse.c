@@ -283,6 +283,20 @@ static void test_store_back(void) {
   }
   CU_ASSERT(c2.latency_s[0] < 100.0 && c2.bytes_per_s[0] > 1.0); /* replaced by the measurement */
   kvs_reuse_free(r);
+  /* a prior far too fast is replaced too: the gets' own span is an exact
+   * sample even when the loader never waited (the fetch outran the engine) */
+  o.prior_bytes_per_s[0] = 1e15, o.prior_latency_s[0] = 0;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  for (int rep = 0; rep < 2; rep++) {
+    CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+    CU_ASSERT_EQUAL_FATAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
+    g_eng->ops->seq_free(g_eng, s);
+    CU_ASSERT_EQUAL(res.n_load, ct.stores_done);
+  }
+  kvs_reuse_get_counters(r, &c2);
+  CU_ASSERT_EQUAL(c2.samples[0], 1);
+  CU_ASSERT(c2.bytes_per_s[0] > 0 && c2.bytes_per_s[0] < 1e14);
+  kvs_reuse_free(r);
   /* the stored chunks are the in-context KV: loading them is the oracle case */
   CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
   o.prior_bytes_per_s[0] = 0, o.prior_latency_s[0] = 0;
