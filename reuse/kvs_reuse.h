@@ -18,6 +18,10 @@
  *      and the recompute share of the blend strategy (EWMA of past requests);
  *      a tier whose hits are all recomputed gets one loaded now and then
  *      (exploration) so that its figures stay current;
+ *      request level: when the plan loads nothing, or its estimate exceeds
+ *      a full prefill's (calibrated costs: recompute through the blend path
+ *      and full prefill, s/token, measured), the request is the engine's
+ *      plain prefill of the whole prompt (res.full_prefill);
  *   2. runs kvs_blend_run: LOAD chunks fetched with kvs_get_start, layer l+1
  *      decoded while layer l recomputes (a device engine gets KVS_GET_DEVICE:
  *      lossy profiles decoded by the GPU codec kernels into device memory,
@@ -112,6 +116,14 @@ typedef struct kvs_reuse_opts {
    * from a tier, per request (it sleeps before handing a layer over): a
    * slowed tier the plan measures like a real one. Never set in serving. */
   double bench_tier_bytes_per_s[KVS_REUSE_TIERS];
+  /* Test seam: called after each request with the seconds per token it
+   * measured, what = KVS_REUSE_COST_RECOMPUTE (the blend path: its time less
+   * the NEW tail's prefill and the load waits, per token run through the
+   * layers) or KVS_REUSE_COST_FULL (a plain full prefill); may replace it
+   * (0: no sample). NULL: the clock's figure, sampled only when
+   * prefill_s_per_token is 0 (measured). */
+  void (*cost_fn)(void *ctx, uint32_t what, uint32_t n_tokens, double *s_per_token);
+  void *cost_ctx;
 } kvs_reuse_opts;
 void kvs_reuse_opts_init(kvs_reuse_opts *o);
 
@@ -145,6 +157,13 @@ typedef struct kvs_reuse_result {
   kvs_blend_stats blend;
   uint32_t n_explore; /* hits loaded to measure a tier the plan would recompute */
   uint32_t n_warmup;  /* tiers whose first gets were not sampled (set-up) */
+  /* request level: 1 when the whole prompt was prefilled plainly (no blend
+   * path; hits count as recomputed, nothing fetched) because the plan's
+   * estimate (est_plan_s: its loads + its recomputes at the calibrated
+   * recompute cost + the NEW tail) exceeded a full prefill's (est_full_s),
+   * or because the plan loads nothing */
+  uint32_t full_prefill;
+  double est_plan_s, est_full_s;
 } kvs_reuse_result;
 
 /* Runs one request on an empty sequence s (capacity >= n_tokens); writes the
@@ -187,6 +206,11 @@ typedef struct kvs_reuse_counters {
   uint64_t sample_age[KVS_REUSE_TIERS]; /* requests since its last sample */
   double prefill_s_per_token, recompute_ratio;
   uint64_t explores, warmups; /* explored chunks; tiers' unsampled first requests */
+  uint64_t full_prefills;     /* requests run as a plain full prefill */
+  /* calibrated costs (s/token): recomputing through the blend path and a
+   * plain full prefill; the engine's prefill_s_per_token until sampled */
+  double recompute_s_per_token, full_s_per_token;
+  uint64_t recompute_samples, full_samples;
 } kvs_reuse_counters;
 kvs_err kvs_reuse_get_counters(kvs_reuse *r, kvs_reuse_counters *out);
 
@@ -196,6 +220,13 @@ kvs_err kvs_reuse_get_counters(kvs_reuse *r, kvs_reuse_counters *out);
  * bytes/s at least). Tests and engines that fetch on their own. */
 kvs_err kvs_reuse_feed(kvs_reuse *r, uint32_t tier, double latency_s, double bytes_per_s,
                        int exact);
+
+/* Feeds one measured cost (s/token) into the plan's calibration, as a
+ * request would: what KVS_REUSE_COST_RECOMPUTE (through the blend path) or
+ * KVS_REUSE_COST_FULL (a plain full prefill). */
+#define KVS_REUSE_COST_RECOMPUTE 0u
+#define KVS_REUSE_COST_FULL      1u
+kvs_err kvs_reuse_feed_cost(kvs_reuse *r, uint32_t what, double s_per_token);
 
 /* ---- the segment driver without a client (benchmarks, tests, engines that
  * fetch on their own): kvs_blend_run over request segments, one blend segment

@@ -334,8 +334,8 @@ static double coin(kvs_reuse *r) {
  * measures it). When every hit of a measured tier is recomputed, one is
  * loaded anyway if the tier's figures are old (exploration: a plan that only
  * recomputes never learns that the tier became fast). Under r->mu. */
-static void plan(kvs_reuse *r, kvs__rchunk *ch, uint32_t nch, const uint8_t *status, double spt,
-                 kvs_reuse_result *rz) {
+static int plan(kvs_reuse *r, kvs__rchunk *ch, uint32_t nch, const uint8_t *status, double spt,
+                kvs_reuse_result *rz) {
   uint64_t tb = kvs_layout_token_bytes(&r->info.layout);
   uint32_t hits[KVS_REUSE_TIERS] = {0}, loads[KVS_REUSE_TIERS] = {0};
   double el[KVS_REUSE_TIERS] = {0}, er[KVS_REUSE_TIERS] = {0};
@@ -365,7 +365,7 @@ static void plan(kvs_reuse *r, kvs__rchunk *ch, uint32_t nch, const uint8_t *sta
     c->decision = load ? KVS_REUSE_LOAD : KVS_REUSE_RECOMPUTE;
     loads[t] += load;
   }
-  if (r->o.policy != KVS_REUSE_PLAN_AUTO) return;
+  if (r->o.policy != KVS_REUSE_PLAN_AUTO) return 0;
   int eps = r->o.explore_epsilon > 0 && coin(r) < r->o.explore_epsilon;
   for (int t = 0; t < KVS_REUSE_TIERS; t++) {
     if (!hits[t] || loads[t]) continue;
@@ -378,6 +378,80 @@ static void plan(kvs_reuse *r, kvs__rchunk *ch, uint32_t nch, const uint8_t *sta
         break;
       }
   }
+  return eps;
+}
+
+/* The plan's cost (s/token): the calibrated one once sampled, else the
+ * engine's prefill cost. Under r->mu. */
+static double cost_of(const kvs_reuse *r, int what, double spt) {
+  return r->cost_samples[what] ? r->cost[what] : spt;
+}
+
+/* Request level: run a plain full prefill instead of the plan? Yes when the
+ * plan loads nothing (the blend path would only recompute, slower than the
+ * engine's own prefill), or when its estimate (loads + recomputes at the
+ * calibrated blend-path cost + the NEW tail) exceeds a full prefill's -
+ * unless the plan explores, loads a tier never measured, or a loaded tier's
+ * last sample is explore_every requests old (or the epsilon coin fell): then
+ * the plan runs so that the tier's figures stay current. Under r->mu. */
+static int want_full(kvs_reuse *r, const kvs__rchunk *ch, uint32_t nch, uint32_t n_tokens,
+                     uint32_t n_ctx, double spt, int eps, kvs_reuse_result *rz) {
+  double rc = cost_of(r, KVS_REUSE_COST_RECOMPUTE, spt),
+         full = cost_of(r, KVS_REUSE_COST_FULL, spt);
+  double est = (double)(n_tokens - n_ctx) * full;
+  uint32_t n_load = 0;
+  int due = 0;
+  for (uint32_t i = 0; i < nch; i++) {
+    const kvs__rchunk *c = &ch[i];
+    if (c->decision != KVS_REUSE_LOAD) {
+      est += (double)c->ch.n_tokens * rc;
+      continue;
+    }
+    est += c->est_load_s, n_load++;
+    uint64_t age = r->req_no - r->last_sample[c->tier];
+    if (!r->samples[c->tier] || age >= r->o.explore_every || eps) due = 1;
+  }
+  rz->est_plan_s = est, rz->est_full_s = (double)n_tokens * full;
+  if (r->o.policy == KVS_REUSE_PLAN_ALWAYS_RECOMPUTE) return 0;
+  if (!n_load) return 1;
+  if (r->o.policy != KVS_REUSE_PLAN_AUTO || rz->n_explore || due) return 0;
+  /* a full prefill never measured here is tried once when the prior says it
+   * is within 4x of the plan: the engine's prefill cost averages all its
+   * prefills (short ones cost more per token), a poor prior for a long one */
+  int clock = !(r->o.prefill_s_per_token > 0) || r->o.cost_fn;
+  if (clock && !r->cost_samples[KVS_REUSE_COST_FULL] && rz->est_full_s < 4 * rz->est_plan_s)
+    return 1;
+  return rz->est_plan_s > rz->est_full_s;
+}
+
+/* One cost sample into its estimate: the first replaces the prior, one 4x
+ * lower replaces the estimate (a path estimated too slow is not chosen, so
+ * not measured again), else an EWMA. Under r->mu. */
+static void cost_update(kvs_reuse *r, int what, double v) {
+  if (!r->cost_samples[what]++ || v * 4 < r->cost[what])
+    r->cost[what] = v;
+  else
+    ewma(&r->cost[what], v, r->o.ewma_alpha);
+}
+
+/* One measured cost into its EWMA (the first sample replaces the prior);
+ * cost_fn may replace it. Under r->mu. */
+static void feed_cost_locked(kvs_reuse *r, int what, uint32_t n, double v) {
+  if (r->o.cost_fn)
+    r->o.cost_fn(r->o.cost_ctx, (uint32_t)what, n, &v);
+  else if (r->o.prefill_s_per_token > 0)
+    return; /* a fixed cost: decisions independent of the clock */
+  if (!(v > 0) || !isfinite(v)) return;
+  cost_update(r, what, v);
+}
+
+kvs_err kvs_reuse_feed_cost(kvs_reuse *r, uint32_t what, double s_per_token) {
+  if (!r || what > KVS_REUSE_COST_FULL || !(s_per_token > 0) || !isfinite(s_per_token))
+    return KVS_EINVAL;
+  pthread_mutex_lock(&r->mu);
+  cost_update(r, (int)what, s_per_token);
+  pthread_mutex_unlock(&r->mu);
+  return KVS_OK;
 }
 
 /* One sample into an estimate: an exact one moves it (the mean of the first
@@ -496,7 +570,12 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
   else
     r->spt = spt;
   r->req_no++;
-  plan(r, ch, nch, status, spt, &rz);
+  int eps = plan(r, ch, nch, status, cost_of(r, KVS_REUSE_COST_RECOMPUTE, spt), &rz);
+  if (!err && want_full(r, ch, nch, req->n_tokens, n_ctx, spt, eps, &rz)) {
+    rz.full_prefill = 1;
+    for (uint32_t i = 0; i < nch; i++)
+      if (ch[i].decision == KVS_REUSE_LOAD) ch[i].decision = KVS_REUSE_RECOMPUTE;
+  }
   pthread_mutex_unlock(&r->mu);
 
   /* 2. run: gets in flight, blend layer by layer; a failed get -> run again
@@ -504,7 +583,13 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
   ldctx x = {.r = r, .ch = ch, .nch = nch};
   kvs_blend_opts bo = r->o.blend;
   bo.load_device = r->dev;
-  for (int attempt = 0; !err && attempt < 2; attempt++) {
+  if (!err && rz.full_prefill) { /* the engine's own prefill: nothing fetched */
+    uint64_t tp = kvs_now_ns();
+    err = ops->prefill(r->e, s, req->tokens, req->n_tokens, 0, logits);
+    rz.blend.n_prefilled = req->n_tokens;
+    rz.blend.t_prefill_s = rz.blend.t_total_s = (kvs_now_ns() - tp) / 1e9;
+  }
+  for (int attempt = 0; !err && !rz.full_prefill && attempt < 2; attempt++) {
     if (r->stateful) cut_tail(ch, nch);
     err = start_gets(r, req, ch, nch, &x);
     for (uint32_t i = 0; i < nch; i++)
@@ -543,6 +628,14 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
       rz.bytes_loaded += kvs_layout_token_bytes(&r->info.layout) * c->ch.n_tokens;
   }
   if (!err) measure(r, ch, nch, kvs_layout_token_bytes(&r->info.layout), &rz);
+  /* the costs the plan compares: a full prefill's, or the blend path's per
+   * token run through the layers (its load waits and NEW tail excluded) */
+  if (!err && rz.full_prefill) {
+    feed_cost_locked(r, KVS_REUSE_COST_FULL, req->n_tokens, rz.blend.t_prefill_s / req->n_tokens);
+  } else if (!err && rz.blend.n_recomputed) {
+    double t = rz.blend.t_total_s - rz.blend.t_prefill_s - rz.blend.t_load_wait_s;
+    feed_cost_locked(r, KVS_REUSE_COST_RECOMPUTE, rz.blend.n_recomputed, t / rz.blend.n_recomputed);
+  }
   if (!err && rz.blend.n_candidates && r->o.blend.sel.strategy != KVS_SEL_NONE) {
     uint32_t cand = rz.blend.n_candidates - rz.blend.n_forced;
     uint32_t rec =
@@ -556,6 +649,9 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
     r->ct.bytes_loaded += rz.bytes_loaded;
   }
   if (!err) r->ct.explores += rz.n_explore, r->ct.warmups += rz.n_warmup;
+  if (!err) r->ct.full_prefills += rz.full_prefill;
+  double c_rc = cost_of(r, KVS_REUSE_COST_RECOMPUTE, spt),
+         c_full = cost_of(r, KVS_REUSE_COST_FULL, spt);
   double l0 = r->lat[0], b0 = r->bps[0], l1 = r->lat[1], b1 = r->bps[1], rr = r->rr;
   unsigned long long n0 = r->samples[0], n1 = r->samples[1];
   unsigned long long a0 = r->req_no - r->last_sample[0], a1 = r->req_no - r->last_sample[1];
@@ -564,14 +660,17 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
   if (!err)
     KVS_LOGD("reuse", "request",
              "tokens=%u chunks=%u load=%u recompute=%u miss=%u retry=%u explore=%u warmup=%u "
-             "lookup_ms=%.3f est_load_ms=%.3f est_recompute_ms=%.3f prefill_us_per_tok=%.3f "
-             "recompute_ratio=%.3f ram_latency_ms=%.3f ram_gbps=%.3f ram_samples=%llu "
+             "full_prefill=%u lookup_ms=%.3f est_load_ms=%.3f est_recompute_ms=%.3f "
+             "est_plan_ms=%.3f est_full_ms=%.3f prefill_us_per_tok=%.3f "
+             "recompute_us_per_tok=%.3f full_us_per_tok=%.3f recompute_ratio=%.3f "
+             "ram_latency_ms=%.3f ram_gbps=%.3f ram_samples=%llu "
              "ram_age=%llu disk_latency_ms=%.3f disk_gbps=%.3f disk_samples=%llu disk_age=%llu "
              "bytes_loaded=%llu ttft_ms=%.3f",
              req->n_tokens, rz.n_chunks, rz.n_load, rz.n_recompute, rz.n_miss, rz.n_retry,
-             rz.n_explore, rz.n_warmup, rz.t_lookup_s * 1e3, rz.est_load_s * 1e3,
-             rz.est_recompute_s * 1e3, spt * 1e6, rr, l0 * 1e3, b0 / 1e9, n0, a0, l1 * 1e3,
-             b1 / 1e9, n1, a1, (unsigned long long)rz.bytes_loaded, rz.t_total_s * 1e3);
+             rz.n_explore, rz.n_warmup, rz.full_prefill, rz.t_lookup_s * 1e3, rz.est_load_s * 1e3,
+             rz.est_recompute_s * 1e3, rz.est_plan_s * 1e3, rz.est_full_s * 1e3, spt * 1e6,
+             c_rc * 1e6, c_full * 1e6, rr, l0 * 1e3, b0 / 1e9, n0, a0, l1 * 1e3, b1 / 1e9, n1, a1,
+             (unsigned long long)rz.bytes_loaded, rz.t_total_s * 1e3);
 
   /* 3. store what was computed here (off the critical path: the logits are
    * out); a RECOMPUTE chunk is stored already (the lookup found it) */
@@ -599,6 +698,9 @@ kvs_err kvs_reuse_get_counters(kvs_reuse *r, kvs_reuse_counters *out) {
     out->latency_s[t] = r->lat[t], out->bytes_per_s[t] = r->bps[t], out->samples[t] = r->samples[t],
     out->sample_age[t] = r->req_no - r->last_sample[t];
   out->prefill_s_per_token = r->spt, out->recompute_ratio = r->rr;
+  out->recompute_s_per_token = cost_of(r, KVS_REUSE_COST_RECOMPUTE, r->spt);
+  out->full_s_per_token = cost_of(r, KVS_REUSE_COST_FULL, r->spt);
+  out->recompute_samples = r->cost_samples[0], out->full_samples = r->cost_samples[1];
   pthread_mutex_unlock(&r->mu);
   kvs__store_counters(r, out);
   return KVS_OK;

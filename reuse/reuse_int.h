@@ -37,6 +37,8 @@ struct kvs_reuse {
   uint64_t last_sample[KVS_REUSE_TIERS]; /* request number of the last sample */
   uint64_t req_no, rng;
   double spt, rr;
+  double cost[2]; /* calibrated s/token: KVS_REUSE_COST_RECOMPUTE, _FULL */
+  uint64_t cost_samples[2];
   kvs_reuse_counters ct;
   /* store queue (store.c) */
   pthread_t worker;

@@ -184,7 +184,11 @@ static void test_same_logits(void) {
   g_eng->ops->seq_free(g_eng, s);
   CU_ASSERT_EQUAL(res.n_load, 0);
   CU_ASSERT_EQUAL(res.n_miss, 3);
-  CU_ASSERT_EQUAL(kvs_argmax(a, g_info.n_vocab), kvs_argmax(g_full, g_info.n_vocab));
+  CU_ASSERT_EQUAL(res.full_prefill, 0); /* the policy recomputes through the blend path */
+  CU_ASSERT_EQUAL(kvs_reuse_get_counters(r, &ct), KVS_OK);
+  CU_ASSERT_EQUAL(ct.recompute_samples, 1); /* its cost measured (clock: no figure asserted) */
+  CU_ASSERT(ct.recompute_s_per_token > 0);
+  CU_ASSERT_EQUAL(ct.full_prefills, 0);
   CU_ASSERT(max_diff(a, g_full) < 0.05);
   kvs_reuse_free(r);
   kvs_client_free(c);
@@ -500,6 +504,151 @@ static void test_ctl_recovers(void) {
   kvs_client_free(c);
 }
 
+/* what a cost sample measured (cost_fn), replaced by a fixed figure */
+typedef struct costs {
+  double v[2]; /* per KVS_REUSE_COST_*: the figure handed back (0: kept) */
+  uint32_t calls[2], n_tokens[2];
+} costs;
+
+static void fig_cost(void *ctx, uint32_t what, uint32_t n_tokens, double *s_per_token) {
+  costs *k = ctx;
+  if (what > KVS_REUSE_COST_FULL) return;
+  k->calls[what]++, k->n_tokens[what] = n_tokens;
+  if (k->v[what] > 0) *s_per_token = k->v[what];
+}
+
+/* Request level: a full prefill estimated faster than the plan (a fast
+ * engine, a small model) is run as a plain prefill (nothing fetched, the
+ * full prefill's logits bit for bit, counted); exploration still runs the
+ * plan when the tier's sample is explore_every requests old; a slow prefill
+ * makes the plan load again. */
+static void test_ctl_full_prefill(void) {
+  kvs_client *c = client("ctl", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  ctl_store(c);
+  figs f = FAST;
+  costs k = {{0, 0}, {0, 0}, {0, 0}};
+  kvs_reuse_opts o = ctl_opts(&f);
+  o.cost_fn = fig_cost, o.cost_ctx = &k;
+  kvs_reuse *r;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_feed(r, 0, FAST.lat, FAST.bps, 1), KVS_OK); /* last sample: request 0 */
+  /* the full prefill measured once at the engine's cost (no trial of it) */
+  CU_ASSERT_EQUAL(kvs_reuse_feed_cost(r, KVS_REUSE_COST_FULL, 1e-3), KVS_OK);
+  float *lg = malloc(g_info.n_vocab * 4);
+  char got[4];
+  kvs_reuse_result res;
+  kvs_reuse_counters ct;
+  /* 1 warms the tier up, 2 samples it (request 2), the full prefill is fed
+   * fast (what a small model measures: 4x lower, it replaces); 3-5 run it, 6 explores (the sample
+   * is 4 requests old), 7 runs it again */
+  const char *want[] = {"LLL", "LLL", "RRR", "RRR", "RRR", "LLL", "RRR"};
+  const uint32_t full[] = {0, 0, 1, 1, 1, 0, 1};
+  for (int i = 0; i < 7; i++) {
+    if (i == 2) {
+      CU_ASSERT_EQUAL(kvs_reuse_feed_cost(r, KVS_REUSE_COST_FULL, 1e-9), KVS_OK);
+      k.v[KVS_REUSE_COST_FULL] = 1e-9; /* the full prefills' own samples say the same */
+    }
+    ctl_run(r, got, &res);
+    printf("\n  request %d: %s full %u est plan %.3f ms full %.6f ms", i + 1, got, res.full_prefill,
+           res.est_plan_s * 1e3, res.est_full_s * 1e3);
+    CU_ASSERT_STRING_EQUAL(got, want[i]);
+    CU_ASSERT_EQUAL(res.full_prefill, full[i]);
+    if (full[i]) {
+      CU_ASSERT_EQUAL(res.n_load, 0);
+      CU_ASSERT_EQUAL(res.bytes_loaded, 0);
+      CU_ASSERT_EQUAL(res.blend.n_prefilled, g_total);
+      CU_ASSERT(res.est_full_s < res.est_plan_s);
+    } else {
+      CU_ASSERT_EQUAL(res.n_load, 3);
+    }
+  }
+  kvs_reuse_get_counters(r, &ct);
+  CU_ASSERT_EQUAL(ct.full_prefills, 4);
+  CU_ASSERT_EQUAL(ct.requests, 7);
+  CU_ASSERT_EQUAL(ct.loads, 9);
+  CU_ASSERT_EQUAL(ct.samples[0], 3);                /* fed, request 2, the explored request 6 */
+  CU_ASSERT_EQUAL(k.calls[KVS_REUSE_COST_FULL], 4); /* one sample per full prefill */
+  CU_ASSERT_EQUAL(k.n_tokens[KVS_REUSE_COST_FULL], g_total);
+  CU_ASSERT_EQUAL(ct.full_samples, 6);
+  CU_ASSERT_DOUBLE_EQUAL(ct.full_s_per_token, 1e-9, 1e-15);
+  /* the plain prefill is the engine's: the full prefill's logits exactly */
+  kvs_engine_seq *s;
+  CU_ASSERT_EQUAL_FATAL(g_eng->ops->seq_create(g_eng, 1024, &s), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_run(r, s, &g_req, lg, &res, NULL, 0), KVS_OK);
+  CU_ASSERT_EQUAL(res.full_prefill, 1);
+  CU_ASSERT_EQUAL(g_eng->ops->seq_len(g_eng, s), g_total);
+  CU_ASSERT_EQUAL(memcmp(lg, g_full, g_info.n_vocab * 4), 0);
+  g_eng->ops->seq_free(g_eng, s);
+  /* the prefill turns slow (a big model): the plan loads */
+  k.v[KVS_REUSE_COST_FULL] = 0;
+  CU_ASSERT_EQUAL(kvs_reuse_feed_cost(r, KVS_REUSE_COST_FULL, 1.0), KVS_OK);
+  for (int i = 0; i < 2; i++) {
+    ctl_run(r, got, &res);
+    CU_ASSERT_STRING_EQUAL(got, "LLL");
+    CU_ASSERT_EQUAL(res.full_prefill, 0);
+    CU_ASSERT(res.est_plan_s < res.est_full_s);
+  }
+  CU_ASSERT_EQUAL(kvs_reuse_feed_cost(r, 2, 1.0), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_reuse_feed_cost(r, KVS_REUSE_COST_FULL, 0), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_reuse_feed_cost(r, KVS_REUSE_COST_FULL, INFINITY), KVS_EINVAL);
+  CU_ASSERT_EQUAL(kvs_reuse_feed_cost(NULL, KVS_REUSE_COST_FULL, 1.0), KVS_EINVAL);
+  kvs_reuse_free(r);
+  /* no hit at all (another tenant's store, nothing here): a plain prefill */
+  kvs_client *c2 = client("ctl-empty", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c2);
+  o = ctl_opts(&f);
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c2, g_eng, &o, &r), KVS_OK);
+  ctl_run(r, got, &res);
+  CU_ASSERT_STRING_EQUAL(got, "MMM");
+  CU_ASSERT_EQUAL(res.full_prefill, 1);
+  kvs_reuse_free(r);
+  kvs_client_free(c2);
+  free(lg);
+  kvs_client_free(c);
+}
+
+/* The recompute cost the plan uses is calibrated: a tier whose loads cost
+ * 2 ms per token is recomputed while recomputing is thought to cost 1 ms
+ * per token (the engine's prefill), and loaded once the blend path's
+ * measured cost (4 ms per token) is fed; the full prefill is slow (1 s per
+ * token), so the plan runs. */
+static void test_ctl_calibrated(void) {
+  kvs_client *c = client("ctl", 0);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+  ctl_store(c);
+  uint64_t tb = chunk_bytes(0) / g_n[0]; /* decoded bytes per token */
+  figs f = {1e-6, (double)tb / 2e-3, 0};
+  kvs_reuse_opts o = ctl_opts(&f);
+  o.explore_every = UINT32_MAX; /* decisions from the figures alone */
+  kvs_reuse *r;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(c, g_eng, &o, &r), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_feed(r, 0, f.lat, f.bps, 1), KVS_OK);
+  CU_ASSERT_EQUAL(kvs_reuse_feed_cost(r, KVS_REUSE_COST_FULL, 1.0), KVS_OK);
+  char got[4];
+  kvs_reuse_result res;
+  ctl_run(r, got, &res);
+  CU_ASSERT_STRING_EQUAL(got, "RRR");
+  CU_ASSERT(res.est_load_s > res.est_recompute_s);
+  CU_ASSERT_EQUAL(res.full_prefill, 1); /* nothing to load: the engine's prefill */
+  kvs_reuse_counters ct;
+  kvs_reuse_get_counters(r, &ct);
+  CU_ASSERT_DOUBLE_EQUAL(ct.recompute_s_per_token, 1e-3, 1e-12); /* the prior: prefill cost */
+  CU_ASSERT_EQUAL(ct.recompute_samples, 0);
+  CU_ASSERT_EQUAL(kvs_reuse_feed_cost(r, KVS_REUSE_COST_RECOMPUTE, 4e-3), KVS_OK);
+  for (int i = 0; i < 2; i++) {
+    ctl_run(r, got, &res);
+    CU_ASSERT_STRING_EQUAL(got, "LLL");
+    CU_ASSERT(res.est_load_s < res.est_recompute_s);
+    CU_ASSERT_EQUAL(res.full_prefill, 0);
+  }
+  kvs_reuse_get_counters(r, &ct);
+  CU_ASSERT_DOUBLE_EQUAL(ct.recompute_s_per_token, 4e-3, 1e-12);
+  CU_ASSERT_EQUAL(ct.recompute_samples, 1);
+  kvs_reuse_free(r);
+  kvs_client_free(c);
+}
+
 /* Exploration by chance: seeded, so two controllers decide alike; the
  * policies ALWAYS_* never explore; bad feeds are refused */
 static void test_ctl_epsilon(void) {
@@ -649,6 +798,8 @@ int main(void) {
       {"controller: a bad first sample recovers, a slowed tier is dropped", test_ctl_recovers},
       {"controller: seeded exploration, feeds checked", test_ctl_epsilon},
       {"controller: the bench-only slowed tier is measured", test_ctl_slowed_tier},
+      {"controller: a faster full prefill is run instead of the plan", test_ctl_full_prefill},
+      {"controller: the calibrated recompute cost decides", test_ctl_calibrated},
       {"full store queue drops, puts in flight", test_backpressure_inflight},
       {"bad calls", test_bad_calls},
       {NULL, NULL}};
