@@ -391,7 +391,8 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
     int nt = kvs__store_tier_rows(d->st, tr, KVS__MAX_TIER_ROWS);
     for (int i = 0; i < nt; i++) {
       memset(&wr[i], 0, sizeof wr[i]);
-      snprintf(wr[i].name, sizeof wr[i].name, "%s", tr[i].name);
+      /* names are short (tier list); the wire field bounds them */
+      snprintf(wr[i].name, sizeof wr[i].name, "%.*s", (int)sizeof wr[i].name - 1, tr[i].name);
       wr[i].tier = tr[i].wire;
       wr[i].present = tr[i].present;
       wr[i].used = tr[i].used;

@@ -442,7 +442,9 @@ void cli_tier_names_load(cli *x) {
   size_t n = 0;
   if (kvs_stats_tiers(x->c, t, 16, &n) != KVS_OK) return;
   for (size_t i = 0; i < n; i++)
-    if (t[i].tier < 16) snprintf(g_tier_name[t[i].tier], sizeof g_tier_name[0], "%s", t[i].name);
+    if (t[i].tier < 16)
+      snprintf(g_tier_name[t[i].tier], sizeof g_tier_name[0], "%.*s",
+               (int)sizeof g_tier_name[0] - 1, t[i].name);
 }
 void cli_tier_names_http(cli *x) {
   cJSON *info = NULL;
