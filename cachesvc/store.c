@@ -228,13 +228,7 @@ static void promote(kvs__store *s, const kvs__skey *k, kvs__buf *val) {
     db = e->disk_bytes;
   }
   pthread_mutex_unlock(&s->mu);
-  unsigned wf = kvs__wflags(s, 0);
-  if (rec && to->ops->put(to, k, rec, rl, val->data, val->len, wf) == KVS_OK) {
-    (void)from->ops->del(from, k, NULL, 0, wf);
-    pthread_mutex_lock(&s->mu);
-    e = kvs__ix_find(s, k);
-    if (e) kvs__ix_move(s, e, above);
-    pthread_mutex_unlock(&s->mu);
+  if (rec && kvs__ix_relocate(s, k, from, to, above, rec, rl, val)) {
     atomic_fetch_add_explicit(&s->met->promotions, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->met->bytes_promoted, db, memory_order_relaxed);
   }

@@ -297,6 +297,18 @@ static int cand_cmp(const void *a, const void *b) {
 
 /* Frees one entry's bytes in `tier`: moves it to the next tier below when
  * there is one with room, else drops it. Returns 1 when bytes were freed. */
+int kvs__ix_relocate(kvs__store *s, const kvs__skey *k, kvs__tier *from, kvs__tier *to, unsigned tn,
+                     const uint8_t *rec, size_t rl, const kvs__buf *val) {
+  unsigned wf = kvs__wflags(s, 0);
+  if (to->ops->put(to, k, rec, rl, val->data, val->len, wf) != KVS_OK) return 0;
+  (void)from->ops->del(from, k, NULL, 0, wf);
+  pthread_mutex_lock(&s->mu);
+  kvs__entry *e = kvs__ix_find(s, k);
+  if (e) kvs__ix_move(s, e, tn);
+  pthread_mutex_unlock(&s->mu);
+  return 1;
+}
+
 static int evict_one(kvs__store *s, unsigned tier, const kvs__skey *k) {
   pthread_rwlock_t *sl = kvs__stripe_of(s, k);
   if (pthread_rwlock_trywrlock(sl) != 0) return 0; /* busy (maybe our own PUT): skip */
@@ -336,17 +348,11 @@ static int evict_one(kvs__store *s, unsigned tier, const kvs__skey *k) {
     }
     if (rc != KVS_OK) to = NULL;
   }
-  unsigned wf = kvs__wflags(s, 0);
-  if (to && to->ops->put(to, k, rec, rl, val->data, val->len, wf) == KVS_OK) {
-    (void)from->ops->del(from, k, NULL, 0, wf);
-    pthread_mutex_lock(&s->mu);
-    e = kvs__ix_find(s, k);
-    if (e) kvs__ix_move(s, e, below);
-    pthread_mutex_unlock(&s->mu);
+  if (to && kvs__ix_relocate(s, k, from, to, below, rec, rl, val)) {
     atomic_fetch_add_explicit(&s->met->demotions, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->met->bytes_demoted, db, memory_order_relaxed);
   } else {
-    (void)from->ops->del(from, k, NULL, 0, wf);
+    (void)from->ops->del(from, k, NULL, 0, kvs__wflags(s, 0));
     pthread_mutex_lock(&s->mu);
     e = kvs__ix_find(s, k);
     if (e) kvs__ix_remove(s, e);

@@ -160,6 +160,12 @@ void kvs__ix_insert(kvs__store *s, kvs__entry *e);
 void kvs__ix_remove(kvs__store *s, kvs__entry *e);
 /* Moves e to tier `to`: entries and used move with it. mu held. */
 void kvs__ix_move(kvs__store *s, kvs__entry *e, unsigned to);
+/* An entry's record and value written into tier `to` (number `tn`), then
+ * dropped from `from` and its index entry moved (demotion, promotion). The
+ * key's stripe lock held, not mu. 0 when `to` refused the put: nothing
+ * changed. */
+int kvs__ix_relocate(kvs__store *s, const kvs__skey *k, kvs__tier *from, kvs__tier *to, unsigned tn,
+                     const uint8_t *rec, size_t rl, const kvs__buf *val);
 kvs__tquota *kvs__ix_quota_of(kvs__store *s, const uint8_t *tid);
 /* Disk-tier bytes an entry holds (a quarantined one keeps only its record). */
 uint64_t kvs__ix_charged(const kvs__entry *e);
