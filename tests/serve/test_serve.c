@@ -345,9 +345,19 @@ static int start_server_with(const char *kvstash_url) {
   snprintf(model, sizeof model, "--model=%s", mp);
   snprintf(listen, sizeof listen, "--listen=127.0.0.1:%d", srv_port);
   snprintf(kv, sizeof kv, "--kvstash=%s", kvstash_url ? kvstash_url : "");
-  char *argv[] = {
-      bin, model, listen, "--ctx=2048", "--max-tokens=16", "--queue=8", kvstash_url ? kv : NULL,
-      NULL};
+  /* with kvstashd: --policy=load, so what is found is loaded whatever the
+   * clock says (under auto a busy box can make a plain prefill of these short
+   * prompts the cheaper plan, and nothing is loaded); the plan's choices are
+   * tested on injected figures in tests/reuse */
+  char *argv[] = {bin,
+                  model,
+                  listen,
+                  "--ctx=2048",
+                  "--max-tokens=16",
+                  "--queue=8",
+                  kvstash_url ? kv : NULL,
+                  kvstash_url ? "--policy=load" : NULL,
+                  NULL};
   if (posix_spawn(&srv_pid, bin, NULL, NULL, argv, environ) != 0) return -1;
   for (int i = 0; i < 1200; i++) { /* up to 120 s to load the model on a busy box */
     char *b = NULL;
