@@ -301,6 +301,34 @@ kvs_err kvs_svc_config_load(kvs_svc_config *c, const char *path) {
   return rc;
 }
 
+/* argv[*i], a `--key=value` or `--key value` flag (i past the value after):
+ * the key with dashes made underscores in key[cap], the value in *val.
+ * KVS_EINVAL with g_err set (as a flag says it) when it is none. */
+static kvs_err next_flag(int argc, char **argv, int *i, char *key, size_t cap, const char **val) {
+  const char *a = argv[*i];
+  if (strncmp(a, "--", 2) != 0) {
+    snprintf(g_err, sizeof g_err, "%.100s: options are --key=value or -c FILE", a);
+    return KVS_EINVAL;
+  }
+  const char *eq = strchr(a, '=');
+  size_t kl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+  if (kl >= cap) {
+    unknown(a + 2);
+    memcpy(g_err, g_flag, sizeof g_err);
+    return KVS_EINVAL;
+  }
+  if (!eq && *i + 1 >= argc) {
+    snprintf(g_err, sizeof g_err, "%.100s: no value (--key=value or --key value)", a);
+    return KVS_EINVAL;
+  }
+  memcpy(key, a + 2, kl);
+  key[kl] = 0;
+  *val = eq ? eq + 1 : argv[++*i];
+  for (char *p = key; *p; p++)
+    if (*p == '-') *p = '_';
+  return KVS_OK;
+}
+
 kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help) {
   *help = 0;
   /* the config file first, so that flags override it */
@@ -323,38 +351,9 @@ kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help)
       continue;
     }
     if (!strncmp(a, "--config=", 9)) continue;
-    if (strncmp(a, "--", 2) != 0) {
-      snprintf(g_err, sizeof g_err, "%.100s: options are --key=value or -c FILE", a);
-      return KVS_EINVAL;
-    }
     char key[64];
     const char *val;
-    const char *eq = strchr(a, '=');
-    if (eq) {
-      size_t kl = (size_t)(eq - a - 2);
-      if (kl >= sizeof key) {
-        unknown(a + 2);
-        memcpy(g_err, g_flag, sizeof g_err);
-        return KVS_EINVAL;
-      }
-      memcpy(key, a + 2, kl);
-      key[kl] = 0;
-      val = eq + 1;
-    } else {
-      if (strlen(a + 2) >= sizeof key) {
-        unknown(a + 2);
-        memcpy(g_err, g_flag, sizeof g_err);
-        return KVS_EINVAL;
-      }
-      if (i + 1 >= argc) {
-        snprintf(g_err, sizeof g_err, "%.100s: no value (--key=value or --key value)", a);
-        return KVS_EINVAL;
-      }
-      snprintf(key, sizeof key, "%s", a + 2);
-      val = argv[++i];
-    }
-    for (char *p = key; *p; p++)
-      if (*p == '-') *p = '_';
+    KVS_TRY(next_flag(argc, argv, &i, key, sizeof key, &val));
     kvs_err rc = kvs_svc_config_set(c, key, val);
     if (rc != KVS_OK) {
       memcpy(g_err, g_flag, sizeof g_err);
@@ -364,16 +363,100 @@ kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help)
   return KVS_OK;
 }
 
+/* The heading of the group that starts at o, or NULL. */
+static const char *group_heading(const kvs__opt *o) {
+  return strcmp(o->key, "cluster") ? NULL : "cluster (docs/cluster.md)";
+}
+
+/* v as a config value: bare when the parser reads it back unchanged, else
+ * "double-quoted" with \" and \\ escaped (core/kvs_conf.h's format). */
+static void put_value(FILE *f, const char *v) {
+  size_t n = strlen(v);
+  int bare = n > 0 && !isspace((unsigned char)v[0]) && !isspace((unsigned char)v[n - 1]) &&
+             v[0] != '"' && v[0] != '\'' && !strchr(v, '#');
+  if (bare) {
+    fputs(v, f);
+    return;
+  }
+  fputc('"', f);
+  for (const char *p = v; *p; p++) {
+    if (*p == '"' || *p == '\\') fputc('\\', f);
+    fputc(*p, f);
+  }
+  fputc('"', f);
+}
+
+kvs_err kvs_svc_config_print(FILE *f, int argc, char **argv) {
+  /* every flag checked first: nothing is written for a bad one */
+  kvs_svc_config *scratch = malloc(sizeof *scratch); /* large: not on the stack */
+  if (!scratch) return KVS_ENOMEM;
+  kvs_svc_config_defaults(scratch);
+  kvs_err rc = KVS_OK;
+  for (int i = 1; i < argc && rc == KVS_OK; i++) {
+    char key[64];
+    const char *val;
+    if (!strcmp(argv[i], "-c") || !strncmp(argv[i], "--config", 8)) {
+      snprintf(g_err, sizeof g_err, "--print-config takes --key=value flags, not a config file");
+      rc = KVS_EINVAL;
+      break;
+    }
+    rc = next_flag(argc, argv, &i, key, sizeof key, &val);
+    if (rc == KVS_OK && (rc = kvs_svc_config_set(scratch, key, val)) != KVS_OK)
+      memcpy(g_err, g_flag, sizeof g_err);
+  }
+  free(scratch);
+  if (rc != KVS_OK) return rc;
+  fputs("# kvstashd.conf: `key = value`, one per line; `#` starts a comment (docs/kvstashd.md).\n"
+        "# Every key is also a flag, --key=value. Sizes take K/M/G/T (powers of 1024).\n"
+        "# Written by `kvstashd --print-config`: every option with its help; a commented-out\n"
+        "# line shows the default. [live]: a SIGHUP applies it; other changes need a restart.\n",
+        f);
+  for (size_t k = 0; k < kvs__n_opts; k++) {
+    const kvs__opt *o = &kvs__opts[k];
+    const char *head = group_heading(o);
+    if (head) fprintf(f, "\n# ---- %s\n", head);
+    const char *h = o->help;
+    fputc('\n', f);
+    for (const char *nl; (nl = strchr(h, '\n')) != NULL; h = nl + 1)
+      fprintf(f, "# %.*s\n", (int)(nl - h), h);
+    fprintf(f, "# %s%s\n", h, o->flags & KVS__OPT_LIVE ? " [live]" : "");
+    int given = 0;
+    for (int i = 1; i < argc; i++) {
+      char key[64];
+      const char *val;
+      if (next_flag(argc, argv, &i, key, sizeof key, &val) != KVS_OK) return KVS_EINVAL;
+      if (strcmp(key, o->key)) continue;
+      fprintf(f, "%s = ", o->key);
+      put_value(f, val);
+      fputc('\n', f);
+      given = 1;
+    }
+    if (!given) {
+      fprintf(f, "# %s =", o->key);
+      if (o->def && *o->def) {
+        fputc(' ', f);
+        put_value(f, o->def);
+      }
+      fputc('\n', f);
+    }
+  }
+  return ferror(f) ? KVS_EIO : KVS_OK;
+}
+
 /* Help lines: the key, the help, the default in parentheses; a `\n` in the
  * help continues under the help column. */
 void kvs_svc_config_usage(FILE *f) {
   fputs("usage: kvstashd [-c FILE] [--key=value ...] [--check-config]   (-V/--version, -h/--help)\n"
+        "       kvstashd --print-config [--key=value ...]\n"
         "--check-config: read the config and the flags, say what is wrong or OK, exit (2 or 0).\n"
+        "--print-config: write a kvstashd.conf with every option, its help and default, the\n"
+        "flags given set (no -c), exit.\n"
         "Every option can be given in the config file (key = value) or as a flag.\n",
         f);
   for (size_t i = 0; i < kvs__n_opts; i++) {
     const kvs__opt *o = &kvs__opts[i];
-    if (!strcmp(o->key, "cluster")) fputs("cluster (docs/cluster.md):\n", f);
+    const char *head = group_heading(o);
+    if (head) fprintf(f, "%s:\n", head);
     fprintf(f, "  %-19s ", o->key);
     const char *h = o->help;
     for (const char *nl; (nl = strchr(h, '\n')) != NULL; h = nl + 1)

@@ -120,7 +120,15 @@ kvs_err kvs_svc_config_load(kvs_svc_config *c, const char *path);
  * or `--key value` over it. *help set on -h/--help. */
 kvs_err kvs_svc_config_args(kvs_svc_config *c, int argc, char **argv, int *help);
 void kvs_svc_config_usage(FILE *f);
-/* The last error of the three functions above on this thread, one line
+/* `kvstashd --print-config [--key=value ...]`: writes a kvstashd.conf to f
+ * with every option of the table in its order, its help as comments, each
+ * flag given as a `key = value` line (a repeated one once per flag, in flag
+ * order) and every other option commented out with its default. argv[1..]
+ * are only such flags (dashes read as underscores, `--key value` too); each
+ * is checked as kvstashd would, and a bad one writes nothing: KVS_EINVAL.
+ * cachesvc/kvstashd.conf.example is this output (cmake/KvsConfExample.cmake). */
+kvs_err kvs_svc_config_print(FILE *f, int argc, char **argv);
+/* The last error of the functions above on this thread, one line
  * without a newline: `PATH:LINE: key = "value": why`, `--key=value: why`,
  * `unknown option "lissten" (did you mean "listen"?)`. Static, thread-local. */
 const char *kvs_svc_config_error(void);

@@ -34,8 +34,9 @@ int main(int argc, char **argv) {
    * heap instead of an mmap + page faults + munmap each time. */
   mallopt(M_MMAP_THRESHOLD, 256 << 20);
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
-  /* --version answers at once; --check-config parses everything, says so, exits */
-  int check_only = 0, n = 1;
+  /* --version answers at once; --check-config parses everything, says so,
+   * exits; --print-config writes a config file of the other flags, exits */
+  int check_only = 0, print_only = 0, n = 1;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--version") || !strcmp(argv[i], "-V")) {
       printf("kvstashd %s\n", kvs_version());
@@ -45,12 +46,23 @@ int main(int argc, char **argv) {
       check_only = 1;
       continue;
     }
+    if (!strcmp(argv[i], "--print-config")) {
+      print_only = 1;
+      continue;
+    }
     argv[n++] = argv[i];
     if ((!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) && i + 1 < argc)
       argv[n++] = argv[++i]; /* its value */
   }
   argc = n;
   argv[argc] = NULL;
+  if (print_only) {
+    if (kvs_svc_config_print(stdout, argc, argv) != KVS_OK || fflush(stdout) != 0) {
+      fprintf(stderr, "kvstashd: %s\n", kvs_svc_config_error());
+      return 2;
+    }
+    return 0;
+  }
   kvs_svc_config cfg;
   kvs_svc_config_defaults(&cfg);
   const char *env = getenv("KVS_LOG");

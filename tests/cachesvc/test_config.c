@@ -35,6 +35,62 @@ static void test_example_file(void) {
   CU_ASSERT_EQUAL(c.log_level, KVS_LOG_INFO);
 }
 
+/* --print-config: its output, read back as a config file, gives what the
+ * same flags give; a bad flag writes nothing. */
+static void test_print_config(void) {
+  char *argv[] = {"kvstashd",          "--workers=3", "--tenant", "a:tok#1",
+                  "--tenant=b: x ",    "--ram-bytes", "1.5M",     "--listen=ipc:///tmp/k.sock",
+                  "--log_level=debug", NULL};
+  int argc = 9;
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+  CU_ASSERT_EQUAL(kvs_svc_config_print(f, argc, argv), KVS_OK);
+  fclose(f);
+  /* every option of the table has its line, set or commented out */
+  for (size_t i = 0; i < kvs__n_opts; i++) {
+    char line[80];
+    snprintf(line, sizeof line, "\n%s = ", kvs__opts[i].key);
+    char commented[80];
+    snprintf(commented, sizeof commented, "\n# %s =", kvs__opts[i].key);
+    CU_ASSERT(strstr(text, line) || strstr(text, commented));
+  }
+  CU_ASSERT_PTR_NOT_NULL(strstr(text, "\n# cluster_replicas = 2\n"));
+  char path[] = "/tmp/kvs-print-XXXXXX";
+  int fd = mkstemp(path);
+  CU_ASSERT_FATAL(fd >= 0);
+  CU_ASSERT_EQUAL(write(fd, text, len), (ssize_t)len);
+  close(fd);
+  free(text);
+  static kvs_svc_config from_file, from_flags; /* large: not on the stack */
+  kvs_svc_config_defaults(&from_file);
+  CU_ASSERT_EQUAL(kvs_svc_config_load(&from_file, path), KVS_OK);
+  unlink(path);
+  kvs_svc_config_defaults(&from_flags);
+  int help = 0;
+  CU_ASSERT_EQUAL(kvs_svc_config_args(&from_flags, argc, argv, &help), KVS_OK);
+  CU_ASSERT_EQUAL(from_file.n_tenants, 2);
+  CU_ASSERT_STRING_EQUAL(from_file.tenants[0].token, "tok#1");
+  CU_ASSERT_STRING_EQUAL(from_file.tenants[1].token, " x "); /* quoted, so kept */
+  CU_ASSERT_EQUAL(from_file.workers, 3);
+  CU_ASSERT(memcmp(&from_file, &from_flags, sizeof from_file) == 0);
+  /* a bad value, an unknown key, a config file: an error and nothing written */
+  char *bad[][3] = {{"kvstashd", "--workers=0", NULL},
+                    {"kvstashd", "--wrokers=3", NULL},
+                    {"kvstashd", "-c", "/etc/kvstash/kvstashd.conf"}};
+  for (int i = 0; i < 3; i++) {
+    text = NULL;
+    f = open_memstream(&text, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    CU_ASSERT_EQUAL(kvs_svc_config_print(f, bad[i][2] ? 3 : 2, bad[i]), KVS_EINVAL);
+    fclose(f);
+    CU_ASSERT_EQUAL(len, 0);
+    free(text);
+    if (i == 1) CU_ASSERT_PTR_NOT_NULL(strstr(kvs_svc_config_error(), "did you mean --workers?"));
+  }
+}
+
 static void test_flags_override(void) {
   char path[] = "/tmp/kvs-conf-XXXXXX";
   int fd = mkstemp(path);
@@ -399,6 +455,7 @@ static const kvs_test_case cases[] = {{"defaults", test_defaults},
                                       {"shared_parser", test_shared_parser},
                                       {"example_file", test_example_file},
                                       {"flags_override", test_flags_override},
+                                      {"print_config", test_print_config},
                                       {"rejects", test_rejects},
                                       {NULL, NULL}};
 
