@@ -467,3 +467,9 @@ void kvs_svc_config_usage(FILE *f) {
       fprintf(f, "%s\n", h);
   }
 }
+
+const char *kvs__durability_name(int durability) {
+  return durability == KVS_SVC_DUR_SYNC    ? "sync"
+         : durability == KVS_SVC_DUR_ASYNC ? "async"
+                                           : "ram";
+}

@@ -222,7 +222,7 @@ static char *info_json(kvs__http *h) {
     cJSON_AddNumberToObject(t, "entries", (double)tr[i].entries);
     cJSON_AddItemToArray(ta, t);
   }
-  cJSON_AddStringToObject(o, "durability", c->durability_sync ? "sync" : "async");
+  cJSON_AddStringToObject(o, "durability", kvs__durability_name(c->durability));
   cJSON_AddNumberToObject(o, "workers", c->workers);
   cJSON_AddNumberToObject(o, "max_msg", (double)c->max_msg);
   kvs__auth *a = kvs__auth_get(&h->met->auth);

@@ -64,6 +64,13 @@ typedef struct kvs_svc_cluster_config {
   uint32_t lease_ttl_s;       /* cluster_lease_ttl_s: the record's etcd lease (5) */
 } kvs_svc_cluster_config;
 
+/* durability (docs/kvstashd.md): when a PUT is acknowledged.
+ *   RAM    once verified and held in RAM; the disk write follows, off the
+ *          request (a bounded write-behind queue; full: written through)
+ *   ASYNC  once written to RocksDB (WAL, not fsync'ed)
+ *   SYNC   once written and the WAL fsync'ed */
+enum { KVS_SVC_DUR_RAM = 0, KVS_SVC_DUR_ASYNC = 1, KVS_SVC_DUR_SYNC = 2 };
+
 /* Every option, with its config-file key (= the flag name, `--key=value`); the
  * keys, defaults, checks and reload flags are KVS_SVC_OPTION_MAP's
  * (core/kvs_conf_options.h). */
@@ -79,7 +86,9 @@ typedef struct kvs_svc_config {
   int workers;                 /* workers: data-plane threads */
   uint64_t max_msg;            /* max_msg: largest frame accepted, bytes */
   uint32_t deadline_ms;        /* request_deadline_ms */
-  int durability_sync;         /* durability: sync (1) | async (0) */
+  int durability;              /* durability: KVS_SVC_DUR_RAM (0) | _ASYNC (1) | _SYNC (2) */
+  uint64_t wb_bytes;           /* write_behind_bytes: durability=ram's backlog bound, bytes */
+  uint32_t wb_entries;         /* write_behind_entries: ... and entries */
   uint64_t ram_bytes;          /* ram_bytes: T0 budget */
   uint64_t disk_bytes;         /* disk_bytes: T1 capacity (values + metadata) */
   uint64_t cold_bytes;         /* cold_bytes: T2 capacity */

@@ -193,6 +193,34 @@ char *kvs__metrics_text(kvs__metrics *m, kvs__store *st) {
       "entries moved from the cold tier to the disk tier", ld(&m->promotions));
   one(&b, "kvstash_demotions_total", "counter", "entries moved from the disk tier to the cold tier",
       ld(&m->demotions));
+  kvs__wb_view wv;
+  kvs__store_wb_view(st, &wv);
+  one(&b, "kvstash_writebehind_backlog_entries", "gauge",
+      "PUTs acknowledged from RAM whose disk write is still to come (durability = ram)",
+      wv.entries);
+  one(&b, "kvstash_writebehind_backlog_bytes", "gauge",
+      "value bytes acknowledged from RAM, not on disk yet", wv.bytes);
+  family(&b, "kvstash_writebehind_oldest_seconds", "gauge",
+         "age of the oldest acknowledged PUT not on disk yet (0: none)");
+  sb_printf(&b, "kvstash_writebehind_oldest_seconds %.3f\n", (double)wv.oldest_ms / 1000.0);
+  one(&b, "kvstash_writebehind_limit_entries", "gauge",
+      "write_behind_entries (0: durability is not ram)", wv.max_entries);
+  one(&b, "kvstash_writebehind_limit_bytes", "gauge",
+      "write_behind_bytes (0: durability is not ram)", wv.max_bytes);
+  family(&b, "kvstash_writebehind_writes_total", "counter",
+         "write-behind disk writes: done, failed (the entry stays in RAM only), fellback (backlog "
+         "full: the PUT wrote through), skipped (deleted, overwritten or moved first)");
+  sb_printf(&b,
+            "kvstash_writebehind_writes_total{result=\"done\"} %llu\n"
+            "kvstash_writebehind_writes_total{result=\"failed\"} %llu\n"
+            "kvstash_writebehind_writes_total{result=\"fellback\"} %llu\n"
+            "kvstash_writebehind_writes_total{result=\"skipped\"} %llu\n",
+            (unsigned long long)ld(&m->wb_written), (unsigned long long)ld(&m->wb_failed),
+            (unsigned long long)ld(&m->wb_fellback), (unsigned long long)ld(&m->wb_skipped));
+  one(&b, "kvstash_ram_only_entries", "gauge",
+      "entries whose write-behind failed (a full disk): in RAM only, lost with their RAM copy",
+      wv.ramonly);
+  one(&b, "kvstash_ram_only_bytes", "gauge", "their value bytes", wv.ramonly_b);
   family(&b, "kvstash_request_seconds", "histogram", "data-plane latency by op");
   for (int op = 1; op <= KVS__OP_MAX; op++) {
     kvs__hist *h = &m->op_latency[op];

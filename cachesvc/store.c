@@ -106,8 +106,20 @@ kvs_err kvs__store_admit(kvs__store *s, const char *tenant) {
   return KVS_OK;
 }
 
-kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m,
-                       const uint8_t *value, uint32_t flags, int keep_server_fields) {
+/* The one PUT: value's bytes, held in vbuf when the caller has them in a
+ * buffer (the store takes its own refs, never copies them), else copied
+ * into one when the store keeps a RAM copy or writes behind.
+ *
+ * durability = ram (and no KVS_WIRE_F_SYNC): once room is reserved in the
+ * write-behind backlog, the entry is indexed with its value held in RAM
+ * (e->wb) and acknowledged; store_wb.c writes it to the first tier. With
+ * the backlog full, or another durability, the record and value are written
+ * here, before the answer (write-through). Either way the first tier's
+ * capacity is charged now and its free space checked now (with what the
+ * backlog will still write), so a full disk refuses the PUT up front. */
+static kvs_err put_impl(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m,
+                        const uint8_t *value, kvs__buf *vbuf, uint32_t flags,
+                        int keep_server_fields) {
   if (atomic_load(&s->closing)) return KVS_EBUSY;
   if (kvs_checksum64(value, (size_t)m->value_bytes) != m->checksum) return KVS_ECHECKSUM;
   kvs_wire_meta mm = *m;
@@ -127,6 +139,7 @@ kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m
   uint8_t *meta = malloc(ml);
   kvs__entry *ne = calloc(1, sizeof *ne);
   kvs__buf *copy = NULL;
+  kvs__wjob *job = NULL; /* set while this PUT holds a reservation in the write-behind backlog */
   kvs__tquota *q = NULL; /* set while this PUT holds a reservation in its tenant's quota */
   uint64_t need = 0;
   kvs_err rc = KVS_ENOMEM;
@@ -140,12 +153,24 @@ kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m
   if (need > t1->capacity) goto out;
   rc = quota_reserve(s, k, need, &q); /* before ensure_room: never evicts others for it */
   if (rc != KVS_OK) goto out;
-  if (s->cfg.ram_bytes && mm.value_bytes <= s->cfg.ram_bytes / 2)
-    copy = kvs__sh_copy(s, k, value, (size_t)mm.value_bytes);
+  if (s->cfg.ram_bytes && mm.value_bytes <= s->cfg.ram_bytes / 2) {
+    if (vbuf)
+      kvs__buf_ref(copy = vbuf);
+    else
+      copy = kvs__sh_copy(s, k, value, (size_t)mm.value_bytes);
+  }
+  if (s->cfg.durability == KVS_SVC_DUR_RAM && !(flags & KVS_WIRE_F_SYNC) &&
+      kvs__wb_reserve(s, mm.value_bytes)) {
+    kvs__buf *wb = copy ? copy : vbuf;
+    kvs__buf *own = wb ? NULL : kvs__sh_copy(s, k, value, (size_t)mm.value_bytes);
+    job = kvs__wb_job_new(k, wb ? wb : own);
+    kvs__buf_unref(own);
+    if (!job) kvs__wb_unreserve(s, mm.value_bytes); /* no memory: written through */
+  }
   rc = kvs__ix_ensure_room(s, KVS__TIER_FIRST, need);
   if (rc != KVS_OK) goto out;
-  rc = KVS_ENOSPC;
-  if (!t1->ops->room(t1, need, KVS__TIER_PUT)) goto out; /* before the medium runs out */
+  rc = KVS_ENOSPC; /* before the medium runs out, the backlog's bytes counted in */
+  if (!t1->ops->room(t1, need + kvs__wb_pending(s), KVS__TIER_PUT)) goto out;
 
   pthread_rwlock_t *sl = kvs__stripe_of(s, k);
   pthread_rwlock_wrlock(sl);
@@ -160,9 +185,14 @@ kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m
   int old_tier = old ? old->tier : 0;
   pthread_mutex_unlock(&s->mu);
   unsigned wf = kvs__wflags(s, (flags & KVS_WIRE_F_SYNC) != 0);
-  rc = t1->ops->put(t1, k, rec, rl, value, (size_t)mm.value_bytes, wf);
   kvs__tier *ot = old_tier != KVS__TIER_FIRST ? kvs__tier_at(s, (unsigned)old_tier) : NULL;
-  if (rc == KVS_OK && ot) (void)ot->ops->del(ot, k, NULL, 0, wf);
+  if (job) { /* written behind; an older copy in a lower tier goes now */
+    rc = KVS_OK;
+    if (ot) (void)ot->ops->del(ot, k, NULL, 0, wf);
+  } else {
+    rc = t1->ops->put(t1, k, rec, rl, value, (size_t)mm.value_bytes, wf);
+    if (rc == KVS_OK && ot) (void)ot->ops->del(ot, k, NULL, 0, wf);
+  }
   if (rc == KVS_OK) {
     pthread_mutex_lock(&s->mu);
     old = kvs__ix_find(s, k);
@@ -189,12 +219,21 @@ kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m
                KVS__TIER_FIRST); /* cluster.c */
     t1->used += need;
     kvs__ix_t0_put(s, ne, copy);
+    if (job) {
+      ne->wb = job;
+      kvs__wb_enqueue(s, job); /* the queue owns it now */
+      job = NULL;
+    }
     ne = NULL;
     pthread_mutex_unlock(&s->mu);
     KVS__INC(s->met, KVS_STAT_PUTS, 1);
   }
   pthread_rwlock_unlock(sl);
 out:
+  if (job) {
+    kvs__wb_unreserve(s, job->bytes);
+    kvs__wb_job_free(job);
+  }
   if (q) {
     pthread_mutex_lock(&s->mu);
     q->pend_disk -= need;
@@ -206,6 +245,17 @@ out:
   free(meta);
   free(ne);
   return rc;
+}
+
+kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m,
+                       const uint8_t *value, uint32_t flags, int keep_server_fields) {
+  return put_impl(s, k, m, value, NULL, flags, keep_server_fields);
+}
+
+kvs_err kvs__store_put_buf(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m,
+                           kvs__buf *value, uint32_t flags, int keep_server_fields) {
+  if (!value || value->len != m->value_bytes) return KVS_EINVAL;
+  return put_impl(s, k, m, value->data, value, flags, keep_server_fields);
 }
 
 /* ----------------------------------------------------------------- GET */
@@ -244,13 +294,14 @@ static kvs_err get_impl(kvs__store *s, const kvs__skey *k, const kvs_model_id *m
   pthread_mutex_lock(&s->mu);
   kvs__entry *e = kvs__ix_find(s, k);
   kvs_err rc = kvs__ix_check(e, model, tokens_le, n_tokens, now);
-  if (rc == KVS_OK && e->t0) { /* T0: no disk, no stripe */
-    kvs__buf_ref(e->t0);
+  kvs__buf *rb = rc == KVS_OK ? kvs__ix_ram(e) : NULL;
+  if (rb) { /* T0 (or a value the write-behind holds): no disk, no stripe */
+    kvs__buf_ref(rb);
     if (count_hit) {
       kvs__ix_touch(e, now);
-      kvs__ix_lru_front(s, e);
+      if (e->t0) kvs__ix_lru_front(s, e);
     }
-    kvs__ix_fill_vref(e, e->t0, 0, out);
+    kvs__ix_fill_vref(e, rb, 0, out);
     pthread_mutex_unlock(&s->mu);
     return out->meta ? KVS_OK : (kvs__vref_release(out), KVS_ENOMEM);
   }
@@ -266,8 +317,8 @@ static kvs_err get_impl(kvs__store *s, const kvs__skey *k, const kvs_model_id *m
   int tier = rc == KVS_OK ? e->tier : 0;
   uint64_t vlen = rc == KVS_OK ? e->value_bytes : 0, ck = rc == KVS_OK ? e->checksum : 0;
   kvs__buf *b = NULL;
-  if (rc == KVS_OK && e->t0) { /* filled meanwhile */
-    b = e->t0;
+  if (rc == KVS_OK && kvs__ix_ram(e)) { /* filled meanwhile */
+    b = kvs__ix_ram(e);
     kvs__buf_ref(b);
     tier = 0;
   }
@@ -337,7 +388,7 @@ int kvs__store_probe(kvs__store *s, const kvs__skey *k, const kvs_model_id *mode
   kvs__entry *e = kvs__ix_find(s, k);
   int r = 0;
   if (kvs__ix_check(e, model, tokens_le, n_tokens, kvs_wall_ms()) == KVS_OK)
-    r = 1 + (e->t0 ? 0 : e->tier);
+    r = 1 + (kvs__ix_ram(e) ? 0 : e->tier);
   pthread_mutex_unlock(&s->mu);
   return r;
 }
@@ -350,7 +401,7 @@ kvs_err kvs__store_exists(kvs__store *s, const kvs__skey *k, const kvs_model_id 
   kvs_err rc = kvs__ix_check(e, model, NULL, 0, kvs_wall_ms());
   if (rc == KVS_OK) {
     out->present = 1;
-    out->tier = e->t0 ? 0 : e->tier;
+    out->tier = kvs__ix_ram(e) ? 0 : e->tier;
     out->pinned = e->pinned;
     out->value_bytes = e->value_bytes;
   }
@@ -369,8 +420,8 @@ kvs_err kvs__store_lease(kvs__store *s, const kvs__skey *k, const kvs_model_id *
     pthread_mutex_lock(&s->mu);
     kvs__entry *e = kvs__ix_find(s, k);
     kvs_err rc = kvs__ix_check(e, model, tokens_le, n_tokens, now);
-    if (rc == KVS_OK && e->t0 && e->t0->shm) {
-      kvs__buf *b = e->t0;
+    kvs__buf *b = rc == KVS_OK ? kvs__ix_ram(e) : NULL;
+    if (b && b->shm) {
       kvs__lease l;
       rc = kvs__sh_lease_add(s, k->b, b, now, &l); /* the lease's ref */
       if (rc != KVS_OK) {
@@ -442,7 +493,10 @@ static kvs_err rewrite_meta(kvs__store *s, const kvs__skey *k, int sync) {
   size_t rl = 0;
   int tier = 0;
   kvs_err rc = KVS_ENOENT;
-  if (e) {
+  if (e && !kvs__ix_on_disk(e)) { /* the write-behind writes the record as it is then */
+    e->dirty = 0;
+    rc = KVS_OK;
+  } else if (e) {
     tier = e->tier;
     rec = kvs__ix_record(e, tier, e->quarantined, &rl);
     e->dirty = 0;
@@ -452,7 +506,8 @@ static kvs_err rewrite_meta(kvs__store *s, const kvs__skey *k, int sync) {
   if (rec) {
     kvs__tier *t = kvs__tier_at(s, (unsigned)tier);
     rc = t->ops->put(t, k, rec, rl, NULL, 0,
-                     sync && s->cfg.durability_sync ? KVS__TIER_SYNC : 0); /* the record alone */
+                     sync && s->cfg.durability == KVS_SVC_DUR_SYNC ? KVS__TIER_SYNC
+                                                                   : 0); /* the record alone */
   }
   free(rec);
   pthread_rwlock_unlock(sl);
@@ -646,6 +701,9 @@ kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store *
   kvs__buf_zero_freed(c->zero_freed);
   pthread_mutex_init(&s->mu, NULL);
   pthread_mutex_init(&s->shm_mu, NULL);
+  pthread_mutex_init(&s->wb_mu, NULL);
+  pthread_cond_init(&s->wb_cv, NULL);
+  pthread_cond_init(&s->wb_idle, NULL);
   for (int i = 0; i < KVS__NSTRIPES; i++)
     pthread_rwlock_init(&s->stripe[i], NULL);
   for (int i = 0; i < KVS__NTIERS; i++)
@@ -670,6 +728,7 @@ kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store *
   }
   if (rc == KVS_OK) kvs__sh_init(s);
   if (rc == KVS_OK) rc = open_tiers(s);
+  if (rc == KVS_OK && c->durability == KVS_SVC_DUR_RAM) rc = kvs__wb_start(s);
   if (rc != KVS_OK) {
     kvs__store_close(s);
     return rc;
@@ -681,6 +740,7 @@ kvs_err kvs__store_open(const kvs_svc_config *c, kvs__metrics *met, kvs__store *
 void kvs__store_close(kvs__store *s) {
   if (!s) return;
   atomic_store(&s->closing, 1);
+  kvs__wb_stop(s); /* every acknowledged PUT written before the tiers close */
   if (s->bucket) {
     /* flush every dirty hit counter, then the WAL */
     for (;;) {
@@ -719,6 +779,9 @@ void kvs__store_close(kvs__store *s) {
   }
   kvs__sh_free(s);
   pthread_mutex_destroy(&s->shm_mu);
+  pthread_mutex_destroy(&s->wb_mu);
+  pthread_cond_destroy(&s->wb_cv);
+  pthread_cond_destroy(&s->wb_idle);
   for (int i = 0; i < KVS__NSTRIPES; i++)
     pthread_rwlock_destroy(&s->stripe[i]);
   for (int i = 0; i < KVS__NTIERS; i++)

@@ -7,7 +7,9 @@
  *   T0 (ram)   refcounted copies of hot values hung off their entries: a
  *              byte budget, LRU order, the victim among the LRU tail chosen
  *              by score. A copy, never the only one: every entry lives on
- *              exactly one tier of KVS__TIER_LIST.
+ *              exactly one tier of KVS__TIER_LIST -- or is on its way there
+ *              (e->wb: store_wb.c holds the bytes until they are written),
+ *              or its write failed (e->ramonly: dropped with its copy).
  *   eviction   a tier over its capacity frees down to 90% by ascending
  *              score; an entry moves to the next tier below when there is
  *              one with room, else it is dropped (kvs__ix_ensure_room) */
@@ -118,6 +120,10 @@ void kvs__ix_remove(kvs__store *s, kvs__entry *e) { /* mu held; frees e */
     q->disk -= kvs__ix_charged(e);
   }
   if (e->meta) kvs__event(s->met, KVS__EV_REMOVED, e->sk.b, e->meta, &e->model, e->tier);
+  if (e->ramonly) {
+    s->ramonly_n--;
+    s->ramonly_bytes -= e->value_bytes;
+  }
   kvs__ix_t0_drop(s, e);
   kvs__tier *t = kvs__tier_at(s, e->tier);
   if (t) t->used -= kvs__ix_charged(e);
@@ -208,6 +214,14 @@ static double score(kvs__store *s, const kvs__entry *e, uint64_t now_ms) {
 }
 
 /* ------------------------------------------------------------------ T0 */
+/* Drops e's RAM copy for room; an entry with no other copy goes with it. */
+static void t0_evict(kvs__store *s, kvs__entry *e) {
+  if (e->ramonly)
+    kvs__ix_remove(s, e);
+  else
+    kvs__ix_t0_drop(s, e);
+}
+
 /* Makes room in T0 for `need` bytes: among the 8 least recent, drop the one
  * that saves least per byte; repeat. mu held. */
 static int t0_make_room(kvs__store *s, uint64_t need, const kvs__entry *keep) {
@@ -226,7 +240,7 @@ static int t0_make_room(kvs__store *s, uint64_t need, const kvs__entry *keep) {
       }
     }
     if (!victim) return 0;
-    kvs__ix_t0_drop(s, victim);
+    t0_evict(s, victim);
   }
   return 1;
 }
@@ -239,7 +253,7 @@ void kvs__ix_t0_put(kvs__store *s, kvs__entry *e, kvs__buf *b) {
     if (e->value_bytes > q->q.ram_bytes) return;
     for (kvs__entry *x = s->lru_tail; x && q->ram + e->value_bytes > q->q.ram_bytes;) {
       kvs__entry *prev = x->lprev;
-      if (x != e && memcmp(x->sk.b, e->sk.b, 8) == 0) kvs__ix_t0_drop(s, x);
+      if (x != e && memcmp(x->sk.b, e->sk.b, 8) == 0) t0_evict(s, x);
       x = prev;
     }
     if (q->ram + e->value_bytes > q->q.ram_bytes) return;
@@ -304,7 +318,15 @@ int kvs__ix_relocate(kvs__store *s, const kvs__skey *k, kvs__tier *from, kvs__ti
   (void)from->ops->del(from, k, NULL, 0, wf);
   pthread_mutex_lock(&s->mu);
   kvs__entry *e = kvs__ix_find(s, k);
-  if (e) kvs__ix_move(s, e, tn);
+  if (e) {
+    kvs__ix_move(s, e, tn);
+    e->wb = NULL; /* written now (its write-behind job is skipped) */
+    if (e->ramonly) {
+      e->ramonly = 0;
+      s->ramonly_n--;
+      s->ramonly_bytes -= e->value_bytes;
+    }
+  }
   pthread_mutex_unlock(&s->mu);
   return 1;
 }
@@ -327,10 +349,8 @@ static int evict_one(kvs__store *s, unsigned tier, const kvs__skey *k) {
   uint8_t *rec = NULL;
   size_t rl = 0;
   if (to) {
-    if (e->t0) {
-      val = e->t0;
+    if ((val = kvs__ix_ram(e))) /* a value not written yet moves from RAM */
       kvs__buf_ref(val);
-    }
     rec = kvs__ix_record(e, below, 0, &rl);
     if (!rec) to = NULL;
   }
@@ -477,7 +497,7 @@ static void item_of(const kvs__entry *e, kvs__item *it) {
   it->it.model = e->model;
   it->it.n_tokens = e->n_tokens;
   it->it.key_kind = e->meta[32];
-  it->it.tier = e->t0 ? 0 : e->tier;
+  it->it.tier = kvs__ix_ram(e) ? 0 : e->tier;
   it->it.pinned = e->pinned;
   it->it.value_bytes = e->value_bytes;
   it->it.hits = e->hits;

@@ -8,6 +8,9 @@
  *                  LRU order, eviction scoring, room-making in a tier
  *                  (demotion down the tier list), quarantine, loading from a
  *                  tier's records, listing
+ *   store_wb.c     write-behind (durability = ram): the bounded queue of
+ *                  PUTs acknowledged from RAM and their writer thread,
+ *                  which writes each into the first tier
  *   store_shm.c    refcounted buffers, shared-memory segments per tenant,
  *                  the lease table
  *
@@ -18,8 +21,9 @@
  * Locks: `mu` guards the index, every entry field, the tiers' `used` and the
  * lease table; the 256 striped rwlocks serialize disk work per key (readers
  * shared, writers exclusive); evict_mu[i] serializes room-making in tier i.
- * Order: evict_mu, stripe, then mu; never two stripes except by trylock
- * (eviction skips a busy victim). The T0 fast path takes only mu. */
+ * Order: evict_mu, stripe, then mu, then wb_mu (the write-behind queue: a
+ * leaf); never two stripes except by trylock (eviction skips a busy
+ * victim). The T0 fast path takes only mu. */
 #ifndef KVS_STORE_INT_H
 #define KVS_STORE_INT_H
 
@@ -32,6 +36,17 @@
 /* The wire number of the list's first tier (where PUTs land). */
 #define KVS__TIER_FIRST 1u
 
+/* A write-behind job: one acknowledged PUT's value on its way to the first
+ * tier (store_wb.c). The queue owns it; the entry's `wb` points at it while
+ * the value is not on disk yet, for identity only: the writer skips a job
+ * whose entry was deleted, overwritten, evicted or moved meanwhile. */
+typedef struct kvs__wjob {
+  struct kvs__wjob *next;
+  kvs__skey sk;
+  kvs__buf *buf; /* a ref on the value */
+  uint64_t bytes, enq_ns;
+} kvs__wjob;
+
 typedef struct kvs__entry {
   kvs__skey sk;
   struct kvs__entry *hnext;
@@ -39,11 +54,15 @@ typedef struct kvs__entry {
   kvs_model_id model;
   uint8_t tier; /* wire number of the disk tier holding it (1..KVS__NTIERS) */
   uint8_t pinned, quarantined, dirty;
+  /* ramonly: its write-behind failed (a full disk): the entry lives in T0
+   * alone, is dropped with its RAM copy and is gone at a restart */
+  uint8_t ramonly;
   uint32_t n_tokens, ttl_s, tok_off;
   uint64_t value_bytes, disk_bytes, checksum, hits, created_ms, last_used_ms, expire_ms;
   uint8_t *meta; /* wire meta as stored; server fields patched on the way out */
   uint32_t meta_len;
   kvs__buf *t0;
+  kvs__wjob *wb; /* set while the value waits for the writer (mu guards it) */
 } kvs__entry;
 
 typedef struct kvs__lease {
@@ -93,8 +112,17 @@ struct kvs__store {
   size_t nbucket, count;
   kvs__entry *lru_head, *lru_tail;
   uint64_t t0_used;
-  size_t t0_count; /* entries with a RAM copy */
+  size_t t0_count;                   /* entries with a RAM copy */
+  uint64_t ramonly_n, ramonly_bytes; /* entries whose write-behind failed (mu) */
   atomic_int closing;
+  /* write-behind (store_wb.c): FIFO of jobs, its bounds' use, the writer */
+  pthread_mutex_t wb_mu;
+  pthread_cond_t wb_cv, wb_idle;
+  kvs__wjob *wb_head, *wb_tail;
+  uint64_t wb_n, wb_bytes; /* reserved: queued, being written, or about to be queued */
+  uint64_t wb_cur_ns;      /* enq_ns of the job being written (0: none) */
+  int wb_stop, wb_started;
+  pthread_t wb_thr;
 };
 
 /* The tier of a wire number (NULL: none, or absent). */
@@ -122,12 +150,19 @@ static inline uint64_t kvs__sk_hash(const kvs__skey *k) {
 static inline pthread_rwlock_t *kvs__stripe_of(kvs__store *s, const kvs__skey *k) {
   return &s->stripe[kvs__sk_hash(k) % KVS__NSTRIPES];
 }
+/* The bytes of e held in RAM: its T0 copy, else the value waiting for the
+ * write-behind (a GET serves both). NULL: read it from e's tier. mu held. */
+static inline kvs__buf *kvs__ix_ram(const kvs__entry *e) {
+  return e->t0 ? e->t0 : e->wb ? e->wb->buf : NULL;
+}
+/* Whether e's record and value are on its tier (not pending, not RAM-only). */
+static inline int kvs__ix_on_disk(const kvs__entry *e) { return !e->wb && !e->ramonly; }
 static inline int kvs__expired(const kvs__entry *e, uint64_t now_ms) {
   return e->expire_ms && now_ms >= e->expire_ms;
 }
 /* tier flags of a write under the configured durability (or sync) */
 static inline unsigned kvs__wflags(const kvs__store *s, int sync) {
-  return (s->cfg.durability_sync || sync) ? KVS__TIER_SYNC : 0;
+  return (s->cfg.durability == KVS_SVC_DUR_SYNC || sync) ? KVS__TIER_SYNC : 0;
 }
 
 /* ------------------------------------------------ store_shm.c (bottom) */
@@ -150,6 +185,25 @@ kvs_err kvs__sh_lease_add(kvs__store *s, const uint8_t tid[8], kvs__buf *b, uint
 void kvs__sh_expire(kvs__store *s, uint64_t now, int all);
 /* Frees the lease table and the segments (every buffer gone). */
 void kvs__sh_free(kvs__store *s);
+
+/* ------------------------------------------------ store_wb.c (middle) */
+/* Starts the writer (durability = ram). */
+kvs_err kvs__wb_start(kvs__store *s);
+/* Writes every queued job, then stops the writer. Safe when not started. */
+void kvs__wb_stop(kvs__store *s);
+/* Reserves room for one more value of `bytes` in the backlog: 1, or 0 when
+ * the backlog is at write_behind_bytes / write_behind_entries (counted: the
+ * PUT writes through). */
+int kvs__wb_reserve(kvs__store *s, uint64_t bytes);
+void kvs__wb_unreserve(kvs__store *s, uint64_t bytes);
+/* Bytes reserved in the backlog now (not on disk yet). */
+uint64_t kvs__wb_pending(kvs__store *s);
+/* A job for k's value b (takes a ref on b); NULL on ENOMEM. */
+kvs__wjob *kvs__wb_job_new(const kvs__skey *k, kvs__buf *b);
+/* Frees a job never queued (its reservation given back by the caller). */
+void kvs__wb_job_free(kvs__wjob *j);
+/* Queues j (reserved before) for the writer. mu held; takes wb_mu. */
+void kvs__wb_enqueue(kvs__store *s, kvs__wjob *j);
 
 /* --------------------------------------------- store_index.c (middle) */
 kvs__entry *kvs__ix_find(kvs__store *s, const kvs__skey *k);

@@ -82,7 +82,7 @@ kvs_err kvs_svc_create(const kvs_svc_config *c, kvs_svc **out) {
   }
   atomic_store(&s->ready, 1);
   KVS_LOGI("svc", "kvstashd ready", "data_dir=%s durability=%s workers=%d", s->cfg.data_dir,
-           s->cfg.durability_sync ? "sync" : "async", s->cfg.workers);
+           kvs__durability_name(s->cfg.durability), s->cfg.workers);
   *out = s;
   return KVS_OK;
 }

@@ -71,6 +71,11 @@ typedef struct kvs__metrics {
   atomic_uint_fast64_t slow_jammed; /* data-plane connections whose answers are dropped: not read */
   atomic_uint_fast64_t disk_corrupt;                /* RocksDB corruption statuses on value reads */
   atomic_uint_fast64_t tiers_repaired, tiers_reset; /* corrupt at start: repaired / set aside */
+  /* write-behind (durability = ram): values written to the first tier,
+   * writes that failed (the entry stays RAM-only), PUTs written through
+   * because the backlog was full, jobs skipped (entry deleted, overwritten
+   * or moved before its write) */
+  atomic_uint_fast64_t wb_written, wb_failed, wb_fellback, wb_skipped;
   kvs__hist op_latency[KVS__OP_MAX + 1];
   /* connections open now: nng pipes (tcp/ipc/tls) and byte-stream sockets */
   atomic_int_fast64_t clients_msg, clients_stream;
@@ -151,6 +156,14 @@ void kvs__store_tenant_id(const kvs__store *s, const char *tenant, uint8_t out[8
  * KVS_WIRE_F_SYNC. keep_server_fields: IMPORT restores created/hits/pin. */
 kvs_err kvs__store_put(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m,
                        const uint8_t *value, uint32_t flags, int keep_server_fields);
+/* The same for a value already held in a buffer (heap or a tenant's
+ * shared-memory segment): value->len must be m->value_bytes (else
+ * KVS_EINVAL). The store verifies the checksum, then takes its own refs on
+ * value (the RAM copy, the write-behind queue) and never copies the bytes;
+ * the caller keeps its ref and drops it after the call, whatever it returns.
+ * The bytes must not change after KVS_OK. */
+kvs_err kvs__store_put_buf(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *m,
+                           kvs__buf *value, uint32_t flags, int keep_server_fields);
 /* GET: model and tokens must match (KVS_EMODEL / KVS_ETOKENS); tokens NULL
  * skips the token check (EXPORT only). Counts a hit. */
 kvs_err kvs__store_get(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
@@ -205,6 +218,14 @@ kvs_err kvs__store_list(kvs__store *s, const uint8_t tenant_id[8], const uint8_t
 kvs_err kvs__store_info(kvs__store *s, const kvs__skey *k, kvs__item *out);
 /* Server-side read for EXPORT: no token check, no hit counted. */
 kvs_err kvs__store_read(kvs__store *s, const kvs__skey *k, kvs__vref *out);
+/* The write-behind backlog now (durability = ram; zeros otherwise). */
+typedef struct kvs__wb_view {
+  uint64_t entries, bytes;     /* acknowledged, not on disk yet */
+  uint64_t oldest_ms;          /* age of the oldest of them (0: none) */
+  uint64_t ramonly, ramonly_b; /* entries (bytes) whose write failed: RAM only */
+  uint64_t max_entries, max_bytes;
+} kvs__wb_view;
+void kvs__store_wb_view(kvs__store *s, kvs__wb_view *out);
 /* One row per tier: RAM (wire tier 0), then the disk tiers in the order of
  * KVS__TIER_LIST (cachesvc/tier.h), absent ones included (present 0). */
 typedef struct kvs__tier_row {
@@ -282,6 +303,8 @@ extern const kvs__opt kvs__opts[];
 extern const size_t kvs__n_opts;
 /* The option named key, or NULL. */
 const kvs__opt *kvs__opt_find(const char *key);
+/* "ram", "async" or "sync" (KVS_SVC_DUR_*). */
+const char *kvs__durability_name(int durability);
 
 /* ------------------------------------------------------------- quotas */
 /* quota.c: `quota = <tenant>:ram=SIZE,disk=SIZE,entries=N,rate=R,burst=B`

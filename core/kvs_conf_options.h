@@ -52,8 +52,13 @@
   X(max_msg, SIZE, max_msg, "64M", 4096, 4294967295.0, NONE, 0, "4K..4G", "largest frame, bytes")  \
   X(request_deadline_ms, U32, deadline_ms, "10000", 1, 4294967295.0, NONE, 0, "ms > 0",            \
     "answer or log as late after")                                                                 \
-  X(durability, ENUM, durability_sync, "sync", 0, 0, W("async|sync"), 0, "sync or async",          \
-    "sync | async")                                                                                \
+  X(durability, ENUM, durability, "ram", 0, 0, W("ram|async|sync"), 0, "ram, async or sync",       \
+    "ram: ack once held in RAM, disk write behind\n"                                               \
+    "async: written before the ack | sync: + fsync")                                               \
+  X(write_behind_bytes, SIZE, wb_bytes, "1G", 1, 1.8e19, NONE, 0, "size > 0",                      \
+    "durability=ram: most value bytes not yet on disk")                                            \
+  X(write_behind_entries, U32, wb_entries, "1024", 1, 1000000, NONE, 0, "1..1000000",              \
+    "durability=ram: most entries not yet on disk")                                                \
   X(ram_bytes, SIZE, ram_bytes, "1G", 0, 1.8e19, NONE, 0, "size", "T0 RAM budget")                 \
   X(disk_bytes, SIZE, disk_bytes, "64G", 1, 1.8e19, NONE, 0, "size > 0", "T1 capacity")            \
   X(cold_bytes, SIZE, cold_bytes, "256G", 0, 1.8e19, NONE, 0, "size", "T2 capacity")               \

@@ -16,7 +16,7 @@ static void test_defaults(void) {
   CU_ASSERT_STRING_EQUAL(c.listen[1], "tcp+stream://127.0.0.1:7880"); /* loopback too */
   CU_ASSERT_EQUAL(c.n_listen, 0); /* both apply until a listen option is given */
   CU_ASSERT(strncmp(c.http, "127.0.0.1:", 10) == 0);
-  CU_ASSERT_EQUAL(c.durability_sync, 1);
+  CU_ASSERT_EQUAL(c.durability, KVS_SVC_DUR_RAM);
   CU_ASSERT_EQUAL(c.n_tenants, 0);
 }
 
@@ -108,7 +108,7 @@ static void test_flags_override(void) {
   CU_ASSERT_EQUAL(kvs_svc_config_args(&c, 5, argv, &help), KVS_OK);
   CU_ASSERT_EQUAL(help, 0);
   CU_ASSERT_EQUAL(c.workers, 5); /* flag over file */
-  CU_ASSERT_EQUAL(c.durability_sync, 0);
+  CU_ASSERT_EQUAL(c.durability, KVS_SVC_DUR_ASYNC);
   CU_ASSERT_EQUAL(c.max_msg, 1u << 20);
   CU_ASSERT_EQUAL(c.ram_bytes, 1572864u);
   CU_ASSERT_EQUAL(c.n_tenants, 2);
