@@ -10,7 +10,6 @@
 set(example_flags
     --data_dir=/var/lib/kvstash
     --listen=tcp://127.0.0.1:7878,ipc:///run/kvstash/kvstash.sock,tcp+stream://127.0.0.1:7880
-    --durability=sync
     --ram_bytes=8G
     --disk_bytes=500G
     --cold_bytes=4T
