@@ -33,11 +33,12 @@
 #include "kvs_model.h"
 #include "bench_json.h"
 #include "bench_version.h"
+#include "top8_fixture.h" /* tests/model/: the fixture reader the tests use */
 
 #ifndef KVS_SOURCE_DIR
 #define KVS_SOURCE_DIR "."
 #endif
-#define MARGIN_TOL 0.75f
+#define MARGIN_TOL TOP8_MARGIN_TOL
 
 /* The last line (bench_json.h): every figure is added to J as it is measured. */
 static cJSON *J;
@@ -295,13 +296,15 @@ static void check_reference(kvs_model *m, const char *fixdir) {
   uint32_t pos = 0, chk = 0, agree = 0, agree_g = 0, ties = 0;
   float maxe = 0, maxe_g = 0;
   size_t off = 0;
-  while (off + 4 <= ln) {
-    uint32_t n;
-    memcpy(&n, l + off, 4);
-    kvs_token *ids = malloc(n * sizeof *ids);
-    memcpy(ids, l + off + 4, 4 * (size_t)n);
-    const uint8_t *top = l + off + 4 + 4 * (size_t)n;
-    off += 4 + 4 * (size_t)n + 64 * (size_t)n;
+  top8_prompt tp = {0};
+  int more;
+  while ((more = top8_next(l, ln, &off, &tp)) != 0) {
+    if (more < 0) {
+      printf("check-reference: %s is cut short\n", p);
+      exit(1);
+    }
+    uint32_t n = tp.n;
+    const kvs_token *ids = tp.ids;
     float *lg = malloc((size_t)n * V * 4), *lgg = gpu ? malloc((size_t)n * V * 4) : NULL;
     kvs_seq *s;
     if (kvs_seq_create(m, n, &s) || kvs_model_prefill(m, s, ids, n, 1, lg)) {
@@ -314,10 +317,7 @@ static void check_reference(kvs_model *m, const char *fixdir) {
     for (uint32_t i = 0; i < n; i++) {
       int32_t rid[8];
       float rv[8];
-      for (int k = 0; k < 8; k++) {
-        memcpy(&rid[k], top + ((size_t)i * 8 + k) * 8, 4);
-        memcpy(&rv[k], top + ((size_t)i * 8 + k) * 8 + 4, 4);
-      }
+      top8_at(&tp, i, rid, rv);
       for (int k = 0; k < 8; k++) {
         maxe = fmaxf(maxe, fabsf(lg[(size_t)i * V + rid[k]] - rv[k]));
         if (gpu) maxe_g = fmaxf(maxe_g, fabsf(lgg[(size_t)i * V + rid[k]] - rv[k]));
@@ -331,7 +331,7 @@ static void check_reference(kvs_model *m, const char *fixdir) {
         ties++;
       }
     }
-    free(ids), free(lg), free(lgg);
+    free(lg), free(lgg);
   }
   printf("check-reference: %u positions, %u with llama.cpp top-2 margin > %.2f, %u near-ties\n",
          pos, chk, MARGIN_TOL, ties);

@@ -12,10 +12,11 @@
 #include "kvs_engines.h"
 #include "kvs_model.h"
 #include "kvs_test.h"
+#include "top8_fixture.h"
 
 /* same tolerances as test_forward.c (CPU vs llama.cpp) */
-#define LOGIT_TOL  2.0f
-#define MARGIN_TOL 0.75f
+#define LOGIT_TOL  TOP8_LOGIT_TOL
+#define MARGIN_TOL TOP8_MARGIN_TOL
 /* GPU (fp16 weights and activations into the GEMMs) vs CPU (f32) */
 #define GPU_CPU_LOGIT_TOL 1.0f
 
@@ -143,13 +144,12 @@ static void vs_cpu_and_llamacpp(kvs_model *mdl, const char *fixture) {
   size_t off = 0;
   uint32_t positions = 0, checked = 0, agree = 0, ties = 0, cpu_agree = 0, cpu_checked = 0;
   float max_err = 0, max_cpu = 0, max_k = 0;
-  while (off + 4 <= ln) {
-    uint32_t n;
-    memcpy(&n, l + off, 4);
-    kvs_token *ids = malloc(n * sizeof *ids);
-    memcpy(ids, l + off + 4, 4 * (size_t)n);
-    const uint8_t *top = l + off + 4 + 4 * (size_t)n;
-    off += 4 + 4 * (size_t)n + 64 * (size_t)n;
+  top8_prompt tp = {0};
+  int more;
+  while ((more = top8_next(l, ln, &off, &tp)) != 0) {
+    CU_ASSERT_FATAL(more > 0);
+    uint32_t n = tp.n;
+    const kvs_token *ids = tp.ids;
     float *lg = malloc((size_t)n * V * 4), *lc = malloc((size_t)n * V * 4);
     CU_ASSERT_EQUAL_FATAL(kvs_gpu_model_reset(gm), KVS_OK);
     double ms;
@@ -169,10 +169,7 @@ static void vs_cpu_and_llamacpp(kvs_model *mdl, const char *fixture) {
     for (uint32_t p = 0; p < n; p++) {
       int32_t rid[8];
       float rv[8];
-      for (int k = 0; k < 8; k++) {
-        memcpy(&rid[k], top + ((size_t)p * 8 + k) * 8, 4);
-        memcpy(&rv[k], top + ((size_t)p * 8 + k) * 8 + 4, 4);
-      }
+      top8_at(&tp, p, rid, rv);
       const float *row_g = lg + (size_t)p * V, *row_c = lc + (size_t)p * V;
       for (int k = 0; k < 8; k++)
         max_err = fmaxf(max_err, fabsf(row_g[rid[k]] - rv[k]));
@@ -198,7 +195,7 @@ static void vs_cpu_and_llamacpp(kvs_model *mdl, const char *fixture) {
         cpu_agree += ours == cpu;
       }
     }
-    free(lg), free(lc), free(ids);
+    free(lg), free(lc);
     kvs_seq_free(s);
   }
   printf("\n  gpu: positions=%u checked(margin>%.2f)=%u agree=%u near_ties=%u "
