@@ -122,6 +122,7 @@ struct kvs__store {
   uint64_t wb_n, wb_bytes; /* reserved: queued, being written, or about to be queued */
   uint64_t wb_cur_ns;      /* enq_ns of the job being written (0: none) */
   int wb_stop, wb_started;
+  int wb_paused; /* tests (test_writebehind.c): the writer waits while set; stop overrides */
   pthread_t wb_thr;
 };
 
@@ -204,6 +205,10 @@ kvs__wjob *kvs__wb_job_new(const kvs__skey *k, kvs__buf *b);
 void kvs__wb_job_free(kvs__wjob *j);
 /* Queues j (reserved before) for the writer. mu held; takes wb_mu. */
 void kvs__wb_enqueue(kvs__store *s, kvs__wjob *j);
+/* Waits (at most timeout_ms) until the backlog is empty: 1 when it is. */
+int kvs__wb_wait_idle(kvs__store *s, int timeout_ms);
+/* Holds (1) or lets go (0) the writer: tests only. */
+void kvs__wb_pause(kvs__store *s, int on);
 
 /* --------------------------------------------- store_index.c (middle) */
 kvs__entry *kvs__ix_find(kvs__store *s, const kvs__skey *k);

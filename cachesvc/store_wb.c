@@ -18,6 +18,7 @@
  *   stop       kvs__wb_stop writes every queued job before the tiers close */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "store_int.h"
 
@@ -141,7 +142,7 @@ static void *writer_main(void *arg) {
   kvs__store *s = arg;
   pthread_mutex_lock(&s->wb_mu);
   for (;;) {
-    while (!s->wb_head && !s->wb_stop)
+    while ((!s->wb_head || s->wb_paused) && !s->wb_stop)
       pthread_cond_wait(&s->wb_cv, &s->wb_mu);
     kvs__wjob *j = s->wb_head;
     if (!j) break; /* stopping, and nothing left */
@@ -184,6 +185,31 @@ void kvs__wb_stop(kvs__store *s) {
   pthread_join(s->wb_thr, NULL); /* it leaves once the queue is empty */
   pthread_mutex_lock(&s->wb_mu);
   s->wb_started = 0;
+  pthread_mutex_unlock(&s->wb_mu);
+}
+
+int kvs__wb_wait_idle(kvs__store *s, int timeout_ms) {
+  pthread_mutex_lock(&s->wb_mu);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  int rc = 0;
+  while (s->wb_n && rc == 0)
+    rc = pthread_cond_timedwait(&s->wb_idle, &s->wb_mu, &ts);
+  int idle = s->wb_n == 0;
+  pthread_mutex_unlock(&s->wb_mu);
+  return idle;
+}
+
+void kvs__wb_pause(kvs__store *s, int on) {
+  pthread_mutex_lock(&s->wb_mu);
+  s->wb_paused = on;
+  pthread_cond_broadcast(&s->wb_cv);
   pthread_mutex_unlock(&s->wb_mu);
 }
 

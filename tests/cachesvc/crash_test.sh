@@ -3,6 +3,7 @@
 # read everything back.
 #   sync mode : no acknowledged put is lost, nothing reads back corrupt
 #   async mode: nothing reads back corrupt
+#   ram mode  : (write-behind) nothing reads back corrupt; what was not written yet is a miss
 # usage: crash_test.sh KVSTASHD STORM MODE [ROUNDS] [COUNT] [BYTES] [THREADS]
 # ctest runs a short form; run it by hand with more rounds for the long form:
 #   tests/cachesvc/crash_test.sh build/test/cachesvc/kvstashd \
