@@ -225,7 +225,8 @@ int cmd_cluster(cli *x, int argc, char **argv) {
       fputs(cluster_help, stdout);
       return CLI_OK;
     }
-  if (argc < 2) return cli_usage_err("cluster", "a verb: status, nodes, drain NODE, rebalance");
+  if (argc < 2)
+    return cli_usage_err("cluster", "a verb: status, nodes, drain NODE, rebalance, events");
   const char *verb = argv[1];
   uint64_t rate = 64ull << 20, after = 0;
   uint32_t limit = 1000;
