@@ -92,10 +92,54 @@ static void test_plain_and_bad(void) {
   CU_ASSERT_EQUAL(kvs_rag_load(path, &it, &ni), KVS_ENOENT);
 }
 
+/* The fuzz seeds (tests/tools/corpus_rag_data/) as golden vectors: what
+ * each must give through kvs_rag_parse. */
+static void test_seeds(void) {
+  static const struct {
+    const char *file;
+    kvs_err want;
+    size_t items, passages; /* of item 0 when OK */
+  } seeds[] = {{"ok.json", KVS_OK, 1, 2},
+               {"ok.json.zst", KVS_OK, 1, 2},
+               {"empty_array.json", KVS_OK, 0, 0},
+               {"many_passages.json", KVS_OK, 1, KVS_RAG_MAX_PASSAGES},
+               {"odd_types.json", KVS_OK, 1, 3},
+               {"not_array.json", KVS_ECORRUPT, 0, 0},
+               {"answers_not_array.json", KVS_ECORRUPT, 0, 0},
+               {"question_not_string.json", KVS_ECORRUPT, 0, 0},
+               {"cut.json", KVS_ECORRUPT, 0, 0},
+               {"cut.json.zst", KVS_ECORRUPT, 0, 0},
+               {"huge_size.json.zst", KVS_ECORRUPT, 0, 0},
+               {"magic_only.zst", KVS_ECORRUPT, 0, 0}};
+  for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "tests/tools/corpus_rag_data/%s", seeds[i].file);
+    size_t n;
+    uint8_t *d = kvs_test_read_file(kvs_test_src_path(rel), &n);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    kvs_rag_item *it = NULL;
+    size_t ni = 0;
+    kvs_err e = kvs_rag_parse((const char *)d, n, &it, &ni);
+    if (e != seeds[i].want) fprintf(stderr, "%s: %s\n", seeds[i].file, kvs_errname(e));
+    CU_ASSERT_EQUAL(e, seeds[i].want);
+    CU_ASSERT_EQUAL(ni, seeds[i].items);
+    if (e == KVS_OK && ni) {
+      CU_ASSERT_EQUAL(it[0].n_passages, seeds[i].passages);
+      CU_ASSERT_STRING_EQUAL(it[0].text[it[0].n_passages - 1],
+                             !strcmp(seeds[i].file, "many_passages.json") ? "p15"
+                             : !strcmp(seeds[i].file, "odd_types.json")   ? ""
+                                                                          : "z");
+    }
+    kvs_rag_items_free(it, ni);
+    free(d);
+  }
+}
+
 int main(void) {
   if (!mkdtemp(g_dir)) return 1;
   static const kvs_test_case cases[] = {{"the repo's MuSiQue copy", test_repo_copy},
                                         {"plain, truncated, missing", test_plain_and_bad},
+                                        {"fuzz seeds as golden vectors", test_seeds},
                                         {NULL, NULL}};
   int rc = kvs_test_run("rag_data", cases);
   rmdir(g_dir);

@@ -35,6 +35,11 @@ kvs_err kvs_rag_read(const char *path, char **buf, size_t *n);
 /* Reads the MuSiQue file, plain or zstd (an array of {question, answers, ctxs[{title,text}]}).
  * *items owned by the caller: kvs_rag_items_free. */
 kvs_err kvs_rag_load(const char *path, kvs_rag_item **items, size_t *n);
+/* The same from memory: data[0..len), plain JSON or a zstd frame of it
+ * (need not be NUL-terminated). KVS_ECORRUPT for anything else; a ctxs list
+ * longer than KVS_RAG_MAX_PASSAGES keeps its first ones. Fuzzed
+ * (tests/tools/fuzz_rag_data.c). */
+kvs_err kvs_rag_parse(const char *data, size_t len, kvs_rag_item **items, size_t *n);
 void kvs_rag_items_free(kvs_rag_item *items, size_t n);
 
 /* A prompt cut into segments: seg 0 the instruction (prefix chunk),

@@ -66,10 +66,37 @@ const char *kvs_rag_data_path(const char *arg) {
   return env && *env ? env : KVS_RAG_DEFAULT_DATA;
 }
 
-/* The file whole, NUL-terminated; a zstd frame (the repo's data/rag copy) is
- * decompressed on the fly, anything else is returned as it is. */
-kvs_err kvs_rag_read(const char *path, char **out, size_t *n_out) {
-  *out = NULL, *n_out = 0;
+/* data[0..n) as text: a zstd frame (the repo's data/rag copy) decompressed,
+ * anything else copied; NUL-terminated, *out owned by the caller. */
+static kvs_err unpack(const char *data, size_t n, char **out, size_t *n_out) {
+  static const unsigned char zmagic[4] = {0x28, 0xb5, 0x2f, 0xfd}; /* ZSTD_MAGICNUMBER, LE */
+  if (n < 4 || memcmp(data, zmagic, 4)) {
+    char *plain = malloc(n + 1);
+    if (!plain) return KVS_ENOMEM;
+    if (n) memcpy(plain, data, n);
+    plain[n] = 0;
+    *out = plain, *n_out = n;
+    return KVS_OK;
+  }
+  unsigned long long dn = ZSTD_getFrameContentSize(data, n);
+  /* the content size is in the frame header (zstd writes it for a file);
+     1 GiB bounds what a corrupt header can ask for */
+  if (dn == ZSTD_CONTENTSIZE_UNKNOWN || dn == ZSTD_CONTENTSIZE_ERROR || dn > (1ull << 30))
+    return KVS_ECORRUPT;
+  char *plain = malloc((size_t)dn + 1);
+  if (!plain) return KVS_ENOMEM;
+  size_t r = ZSTD_decompress(plain, (size_t)dn, data, n);
+  if (ZSTD_isError(r) || r != dn) {
+    free(plain);
+    return KVS_ECORRUPT;
+  }
+  plain[r] = 0;
+  *out = plain, *n_out = r;
+  return KVS_OK;
+}
+
+/* The file's bytes as they are (*out owned, NUL-terminated). */
+static kvs_err read_raw(const char *path, char **out, size_t *n_out) {
   FILE *f = fopen(path, "rb");
   if (!f) return KVS_ENOENT;
   fseek(f, 0, SEEK_END);
@@ -80,40 +107,26 @@ kvs_err kvs_rag_read(const char *path, char **out, size_t *n_out) {
   fclose(f);
   if (!buf) return KVS_ENOMEM;
   buf[got] = 0;
-  static const unsigned char zmagic[4] = {0x28, 0xb5, 0x2f, 0xfd}; /* ZSTD_MAGICNUMBER, LE */
-  if (got >= 4 && !memcmp(buf, zmagic, 4)) {
-    unsigned long long dn = ZSTD_getFrameContentSize(buf, got);
-    /* the content size is in the frame header (zstd writes it for a file);
-       1 GiB bounds what a corrupt header can ask for */
-    if (dn == ZSTD_CONTENTSIZE_UNKNOWN || dn == ZSTD_CONTENTSIZE_ERROR || dn > (1ull << 30)) {
-      free(buf);
-      return KVS_ECORRUPT;
-    }
-    char *plain = malloc((size_t)dn + 1);
-    if (!plain) {
-      free(buf);
-      return KVS_ENOMEM;
-    }
-    size_t r = ZSTD_decompress(plain, (size_t)dn, buf, got);
-    free(buf);
-    if (ZSTD_isError(r) || r != dn) {
-      free(plain);
-      return KVS_ECORRUPT;
-    }
-    plain[r] = 0;
-    buf = plain, got = r;
-  }
   *out = buf, *n_out = got;
   return KVS_OK;
 }
 
-kvs_err kvs_rag_load(const char *path, kvs_rag_item **out, size_t *n_out) {
+kvs_err kvs_rag_read(const char *path, char **out, size_t *n_out) {
+  *out = NULL, *n_out = 0;
+  char *raw;
+  size_t n;
+  KVS_TRY(read_raw(path, &raw, &n));
+  kvs_err err = unpack(raw, n, out, n_out);
+  free(raw);
+  return err;
+}
+
+kvs_err kvs_rag_parse(const char *data, size_t len, kvs_rag_item **out, size_t *n_out) {
   *out = NULL, *n_out = 0;
   char *buf = NULL;
   size_t got = 0;
-  kvs_err rerr = kvs_rag_read(path, &buf, &got);
-  if (rerr) return rerr;
-  cJSON *root = cJSON_Parse(buf);
+  KVS_TRY(unpack(data, len, &buf, &got));
+  cJSON *root = cJSON_ParseWithLength(buf, got);
   free(buf);
   if (!cJSON_IsArray(root)) {
     cJSON_Delete(root);
@@ -131,21 +144,28 @@ kvs_err kvs_rag_load(const char *path, kvs_rag_item **out, size_t *n_out) {
       break;
     }
     it[i].question = dupstr(q->valuestring);
-    it[i].n_answers = (size_t)cJSON_GetArraySize(a);
-    it[i].answers = calloc(it[i].n_answers ? it[i].n_answers : 1, sizeof(char *));
-    for (size_t j = 0; j < it[i].n_answers; j++) {
+    size_t na = (size_t)cJSON_GetArraySize(a);
+    it[i].answers = calloc(na ? na : 1, sizeof(char *));
+    if (!it[i].question || !it[i].answers) {
+      err = KVS_ENOMEM;
+      break;
+    }
+    it[i].n_answers = na;
+    for (size_t j = 0; !err && j < na; j++) {
       cJSON *s = cJSON_GetArrayItem(a, (int)j);
       it[i].answers[j] = dupstr(cJSON_IsString(s) ? s->valuestring : "");
+      if (!it[i].answers[j]) err = KVS_ENOMEM;
     }
     size_t np = (size_t)cJSON_GetArraySize(c);
     if (np > KVS_RAG_MAX_PASSAGES) np = KVS_RAG_MAX_PASSAGES;
-    for (size_t j = 0; j < np; j++) {
+    for (size_t j = 0; !err && j < np; j++) {
       cJSON *p = cJSON_GetArrayItem(c, (int)j);
       cJSON *t = cJSON_GetObjectItem(p, "title"), *tx = cJSON_GetObjectItem(p, "text");
       it[i].title[j] = dupstr(cJSON_IsString(t) ? t->valuestring : "");
       it[i].text[j] = dupstr(cJSON_IsString(tx) ? tx->valuestring : "");
+      it[i].n_passages = j + 1;
+      if (!it[i].title[j] || !it[i].text[j]) err = KVS_ENOMEM;
     }
-    it[i].n_passages = np;
   }
   cJSON_Delete(root);
   if (err) {
@@ -154,6 +174,16 @@ kvs_err kvs_rag_load(const char *path, kvs_rag_item **out, size_t *n_out) {
   }
   *out = it, *n_out = n;
   return KVS_OK;
+}
+
+kvs_err kvs_rag_load(const char *path, kvs_rag_item **out, size_t *n_out) {
+  *out = NULL, *n_out = 0;
+  char *raw;
+  size_t n;
+  KVS_TRY(read_raw(path, &raw, &n));
+  kvs_err err = kvs_rag_parse(raw, n, out, n_out);
+  free(raw);
+  return err;
 }
 
 static kvs_err append(const kvs_tok *tok, const char *text, int special, kvs_rag_prompt *p,
