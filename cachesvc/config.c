@@ -403,6 +403,11 @@ kvs_err kvs_svc_config_print(FILE *f, int argc, char **argv) {
     rc = next_flag(argc, argv, &i, key, sizeof key, &val);
     if (rc == KVS_OK && (rc = kvs_svc_config_set(scratch, key, val)) != KVS_OK)
       memcpy(g_err, g_flag, sizeof g_err);
+    else if (rc == KVS_OK && strpbrk(val, "\r\n")) { /* the file format has no escape for them */
+      snprintf(g_err, sizeof g_err, "--%s: a value with a line break cannot be written to a file",
+               key);
+      rc = KVS_EINVAL;
+    }
   }
   free(scratch);
   if (rc != KVS_OK) return rc;

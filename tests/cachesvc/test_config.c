@@ -75,11 +75,13 @@ static void test_print_config(void) {
   CU_ASSERT_STRING_EQUAL(from_file.tenants[1].token, " x "); /* quoted, so kept */
   CU_ASSERT_EQUAL(from_file.workers, 3);
   CU_ASSERT(memcmp(&from_file, &from_flags, sizeof from_file) == 0);
-  /* a bad value, an unknown key, a config file: an error and nothing written */
+  /* a bad value, an unknown key, a config file, a line break that would add a line: an error
+   * and nothing written */
   char *bad[][3] = {{"kvstashd", "--workers=0", NULL},
                     {"kvstashd", "--wrokers=3", NULL},
-                    {"kvstashd", "-c", "/etc/kvstash/kvstashd.conf"}};
-  for (int i = 0; i < 3; i++) {
+                    {"kvstashd", "-c", "/etc/kvstash/kvstashd.conf"},
+                    {"kvstashd", "--tenant=a:x\nlisten=tcp://0.0.0.0:1", NULL}};
+  for (int i = 0; i < 4; i++) {
     text = NULL;
     f = open_memstream(&text, &len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(f);
