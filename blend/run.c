@@ -16,15 +16,81 @@
 #include "kvs_gpu_blend.h"
 
 /* Buffers the engine reads live in its memory (host, or device for a GPU
- * engine); everything blend decides on stays on the host. */
-static void *emalloc(int dev, size_t n) {
+ * engine); everything blend decides on stays on the host.
+ *
+ * Device and pinned host buffers are kept between runs (process-wide, at
+ * most BC_FREE of them and BC_BYTES in all, smallest fit first): cudaFree and
+ * cudaFreeHost synchronise the whole device, so a run that freed its buffers
+ * waited for everything else queued on it (a server's stores in flight), and
+ * cudaMalloc of a large buffer costs milliseconds. A buffer is handed back
+ * after the run, whose work on it is done by then (the logits are out). */
+#define BC_LIVE  128
+#define BC_FREE  32
+#define BC_BYTES ((size_t)3 << 30)
+typedef struct bc_ent {
+  void *p;
+  size_t bytes;
+  int host; /* pinned host, else device */
+} bc_ent;
+static pthread_mutex_t bc_mu = PTHREAD_MUTEX_INITIALIZER;
+static bc_ent bc_live[BC_LIVE], bc_free[BC_FREE];
+static uint32_t bc_n_free;
+static size_t bc_free_bytes;
+
+static void *bc_take(int host, size_t n) {
   void *p = NULL;
-  if (dev) return kvs_gpu_alloc(&p, n ? n : 1) == KVS_OK ? p : NULL;
+  pthread_mutex_lock(&bc_mu);
+  uint32_t best = BC_FREE;
+  for (uint32_t i = 0; i < bc_n_free; i++)
+    if (bc_free[i].host == host && bc_free[i].bytes >= n &&
+        (best == BC_FREE || bc_free[i].bytes < bc_free[best].bytes))
+      best = i;
+  bc_ent got = {0};
+  if (best < BC_FREE) {
+    got = bc_free[best];
+    bc_free_bytes -= got.bytes;
+    bc_free[best] = bc_free[--bc_n_free];
+  }
+  pthread_mutex_unlock(&bc_mu);
+  if (!got.p) {
+    got.bytes = n, got.host = host;
+    if ((host ? kvs_gpu_alloc_host(&got.p, n) : kvs_gpu_alloc(&got.p, n)) != KVS_OK) return NULL;
+  }
+  p = got.p;
+  pthread_mutex_lock(&bc_mu);
+  uint32_t i = 0;
+  while (i < BC_LIVE && bc_live[i].p)
+    i++;
+  if (i < BC_LIVE) bc_live[i] = got; /* else not kept when given back */
+  pthread_mutex_unlock(&bc_mu);
+  return p;
+}
+
+static void bc_give(int host, void *p) {
+  if (!p) return;
+  pthread_mutex_lock(&bc_mu);
+  bc_ent e = {0};
+  for (uint32_t i = 0; i < BC_LIVE; i++)
+    if (bc_live[i].p == p) {
+      e = bc_live[i], bc_live[i].p = NULL;
+      break;
+    }
+  int kept = e.p && bc_n_free < BC_FREE && bc_free_bytes + e.bytes <= BC_BYTES;
+  if (kept) bc_free[bc_n_free++] = e, bc_free_bytes += e.bytes;
+  pthread_mutex_unlock(&bc_mu);
+  if (!kept && host)
+    kvs_gpu_free_host(p);
+  else if (!kept)
+    kvs_gpu_free(p);
+}
+
+static void *emalloc(int dev, size_t n) {
+  if (dev) return bc_take(0, n ? n : 1);
   return malloc(n ? n : 1);
 }
 static void efree(int dev, void *p) {
   if (dev)
-    kvs_gpu_free(p);
+    bc_give(0, p);
   else
     free(p);
 }
@@ -211,8 +277,8 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
         r.st[b].k = emalloc(dv, r.stage_elems * es + 1);
         r.st[b].v = emalloc(dv, r.stage_elems * es + 1);
       } else if (dv) {
-        kvs_gpu_alloc_host(&r.st[b].k, r.stage_elems * es + 1);
-        kvs_gpu_alloc_host(&r.st[b].v, r.stage_elems * es + 1);
+        r.st[b].k = bc_take(1, r.stage_elems * es + 1);
+        r.st[b].v = bc_take(1, r.stage_elems * es + 1);
       } else {
         r.st[b].k = malloc(r.stage_elems * es + 1);
         r.st[b].v = malloc(r.stage_elems * es + 1);
@@ -429,7 +495,7 @@ kvs_err kvs_blend_run(kvs_engine *e, kvs_engine_seq *s, const kvs_blend_segment 
     if (r.dev_stage)
       efree(dv, r.st[b].k), efree(dv, r.st[b].v);
     else if (dv)
-      kvs_gpu_free_host(r.st[b].k), kvs_gpu_free_host(r.st[b].v);
+      bc_give(1, r.st[b].k), bc_give(1, r.st[b].v);
     else
       free(r.st[b].k), free(r.st[b].v);
   }

@@ -146,6 +146,16 @@ typedef struct kvs_reuse_request {
   uint32_t n_segs;
 } kvs_reuse_request;
 
+/* Where one kvs_reuse_run's time went (s), in order: the LOOKUP round trip,
+ * the plan (figures, decisions), starting the gets (output buffers and
+ * requests sent), the run (kvs_blend_run, or the plain full prefill; blend's
+ * own t_load_wait_s / t_recompute_s / t_prefill_s split it), then waiting for
+ * the gets' ends and giving their buffers back (after the logits, inside
+ * t_total_s). */
+typedef struct kvs_reuse_stages {
+  double lookup_s, plan_s, gets_s, run_s, finish_s;
+} kvs_reuse_stages;
+
 typedef struct kvs_reuse_result {
   uint32_t n_chunks, n_load, n_recompute, n_miss, n_retry; /* n_retry: gets failed, re-run */
   uint64_t bytes_loaded;                                   /* decoded KV bytes fetched */
@@ -164,6 +174,7 @@ typedef struct kvs_reuse_result {
    * or because the plan loads nothing */
   uint32_t full_prefill;
   double est_plan_s, est_full_s;
+  kvs_reuse_stages stages; /* where t_total_s went */
 } kvs_reuse_result;
 
 /* Runs one request on an empty sequence s (capacity >= n_tokens); writes the
@@ -188,9 +199,15 @@ kvs_err kvs_reuse_store(kvs_reuse *r, const kvs_reuse_request *req, uint32_t chu
                         int wait);
 /* Blocks until every queued store is done. */
 kvs_err kvs_reuse_flush(kvs_reuse *r);
+/* The store queue now: stores waiting (*queued, bounded by store_queue) and
+ * waiting or in flight (*active). A caller that copies KV out of its engine
+ * before kvs_reuse_store checks this first, so that a store that would be
+ * dropped costs no copy. Either pointer may be NULL. */
+kvs_err kvs_reuse_store_backlog(kvs_reuse *r, uint32_t *queued, uint32_t *active);
 
 typedef struct kvs_reuse_counters {
   uint64_t requests, chunks, hits, loads, recomputes, misses, retries;
+  uint64_t hits_by_tier[KVS_REUSE_TIERS]; /* hits (loaded or recomputed) by the tier found in */
   uint64_t bytes_loaded;
   uint64_t stores_queued, stores_done, stores_failed, stores_dropped;
   uint64_t store_bytes; /* KV bytes handed to puts */
@@ -207,6 +224,7 @@ typedef struct kvs_reuse_counters {
   double prefill_s_per_token, recompute_ratio;
   uint64_t explores, warmups; /* explored chunks; tiers' unsampled first requests */
   uint64_t full_prefills;     /* requests run as a plain full prefill */
+  uint64_t get_pool_hits;     /* gets' device buffers reused instead of allocated */
   /* calibrated costs (s/token): recomputing through the blend path and a
    * plain full prefill; the engine's prefill_s_per_token until sampled */
   double recompute_s_per_token, full_s_per_token;

@@ -76,6 +76,8 @@ kvs_err kvs_reuse_create(kvs_client *c, kvs_engine *e, const kvs_reuse_opts *o, 
 void kvs_reuse_free(kvs_reuse *r) {
   if (!r) return;
   kvs__store_stop(r);
+  for (uint32_t i = 0; i < r->n_gpool; i++)
+    kvs_gpu_free(r->gpool[i].p);
   if (r->stream) kvs_gpu_stream_free(r->stream);
   pthread_mutex_destroy(&r->mu);
   free(r);
@@ -158,7 +160,13 @@ kvs_err kvs_reuse_count_chunks(const kvs_reuse *r, const kvs_reuse_request *req,
 
 /* blend segments: one per chunk (in order), then the NEW segments;
  * stateful: chunks not cached are NEW (prefilled; callers cut them to a
- * tail) */
+ * tail). Chunks after the last cached one are NEW too: nothing loaded
+ * follows them, so recomputing them is a prefill, and the engine's prefill
+ * costs less per token than blend's layer-by-layer path on a device engine
+ * (H100, session 7: 8B shape 1.3x, SmolLM2 shape 2.6x). A conversation's
+ * last, partial history chunk misses on every turn. With nothing cached at
+ * all, the chunks stay (the blend path recomputes them: ALWAYS_RECOMPUTE
+ * measures that path). */
 static kvs_err blend_segs(const kvs_reuse_request *req, const kvs__rchunk *ch, uint32_t nch,
                           const int *cached, int stateful, kvs_blend_segment **out,
                           uint32_t *n_out) {
@@ -167,14 +175,19 @@ static kvs_err blend_segs(const kvs_reuse_request *req, const kvs__rchunk *ch, u
     n_new += req->segs[i].kind == KVS_SEG_NEW;
   kvs_blend_segment *b = calloc(nch + n_new + 1, sizeof *b);
   if (!b) return KVS_ENOMEM;
-  uint32_t k = 0, pos = 0;
+  uint32_t k = 0, pos = 0, after = nch; /* chunks from `after` on: prefilled */
+  for (uint32_t i = nch; i-- > 0;)
+    if (cached[i]) {
+      after = i + 1;
+      break;
+    }
   for (uint32_t i = 0; i < nch; i++, k++) {
     b[k].kind = ch[i].kind;
     b[k].tokens = req->tokens + ch[i].ch.start;
     b[k].n_tokens = ch[i].ch.n_tokens;
     b[k].stored_pos0 = ch[i].kind == KVS_SEG_PREFIX ? ch[i].ch.start : 0;
     b[k].cached = cached[i] != 0;
-    if (stateful && !cached[i]) b[k].kind = KVS_SEG_NEW, b[k].stored_pos0 = 0;
+    if ((stateful || i >= after) && !cached[i]) b[k].kind = KVS_SEG_NEW, b[k].stored_pos0 = 0;
     pos = ch[i].ch.start + ch[i].ch.n_tokens;
   }
   for (uint32_t i = 0; i < req->n_segs; i++) {
@@ -264,14 +277,43 @@ static kvs_err load_layer(void *vctx, uint32_t seg, uint32_t layer, void *k, voi
 
 static void ewma(double *x, double v, double a) { *x = *x * (1 - a) + v * a; }
 
+/* A get's device output buffer of at least n bytes: the smallest kept one
+ * that fits, else a new one (*cap: its size). */
+static kvs_err gbuf_take(kvs_reuse *r, size_t n, void **p, size_t *cap) {
+  pthread_mutex_lock(&r->mu);
+  uint32_t best = r->n_gpool;
+  int found = 0;
+  for (uint32_t i = 0; i < r->n_gpool; i++)
+    if (r->gpool[i].bytes >= n && (best == r->n_gpool || r->gpool[i].bytes < r->gpool[best].bytes))
+      best = i;
+  if (best < r->n_gpool) {
+    *p = r->gpool[best].p, *cap = r->gpool[best].bytes, found = 1;
+    r->gpool[best] = r->gpool[--r->n_gpool];
+    r->ct.get_pool_hits++;
+  }
+  pthread_mutex_unlock(&r->mu);
+  if (found) return KVS_OK;
+  *cap = n;
+  return kvs_gpu_alloc(p, n);
+}
+
+static void gbuf_give(kvs_reuse *r, void *p, size_t cap) {
+  if (!p) return;
+  pthread_mutex_lock(&r->mu);
+  int kept = r->n_gpool < KVS__GPOOL;
+  if (kept) r->gpool[r->n_gpool].p = p, r->gpool[r->n_gpool++].bytes = cap;
+  pthread_mutex_unlock(&r->mu);
+  if (!kept) kvs_gpu_free(p);
+}
+
 static void drop_gets(kvs_reuse *r, kvs__rchunk *ch, uint32_t nch) {
   for (uint32_t i = 0; i < nch; i++) {
     kvs_op_free(ch[i].op), ch[i].op = NULL;
     if (r->dev)
-      kvs_gpu_free(ch[i].buf);
+      gbuf_give(r, ch[i].buf, ch[i].buf_cap);
     else
       free(ch[i].buf);
-    ch[i].buf = NULL;
+    ch[i].buf = NULL, ch[i].buf_cap = 0;
   }
 }
 
@@ -288,20 +330,21 @@ static kvs_err start_gets(kvs_reuse *r, const kvs_reuse_request *req, kvs__rchun
     if (c->decision != KVS_REUSE_LOAD) continue;
     uint64_t cap = kvs_get_bound(&r->info.layout, c->ch.n_tokens, &go);
     kvs_err err = KVS_OK;
+    c->buf = NULL, c->buf_cap = 0;
     if (r->dev)
-      err = kvs_gpu_alloc(&c->buf, cap);
+      err = gbuf_take(r, cap, &c->buf, &c->buf_cap);
     else
-      c->buf = malloc(cap), err = c->buf ? KVS_OK : KVS_ENOMEM;
+      c->buf = malloc(cap), c->buf_cap = cap, err = c->buf ? KVS_OK : KVS_ENOMEM;
     c->t_start = kvs_now_ns();
     if (!err)
       err = kvs_get_start(r->c, &r->info.model_id, req->tokens, &c->ch, &r->info.layout, c->buf,
                           cap, &go, &c->op);
     if (err) { /* this one is recomputed instead */
       if (r->dev)
-        kvs_gpu_free(c->buf);
+        gbuf_give(r, c->buf, c->buf_cap);
       else
         free(c->buf);
-      c->buf = NULL, c->op = NULL;
+      c->buf = NULL, c->buf_cap = 0, c->op = NULL;
       c->decision = KVS_REUSE_MISS, c->failed = 1;
     }
   }
@@ -399,12 +442,14 @@ static int want_full(kvs_reuse *r, const kvs__rchunk *ch, uint32_t nch, uint32_t
   double rc = cost_of(r, KVS_REUSE_COST_RECOMPUTE, spt),
          full = cost_of(r, KVS_REUSE_COST_FULL, spt);
   double est = (double)(n_tokens - n_ctx) * full;
-  uint32_t n_load = 0;
+  uint32_t n_load = 0, after = 0; /* chunks after the last loaded one are prefilled */
   int due = 0;
+  for (uint32_t i = 0; i < nch; i++)
+    if (ch[i].decision == KVS_REUSE_LOAD) after = i + 1;
   for (uint32_t i = 0; i < nch; i++) {
     const kvs__rchunk *c = &ch[i];
     if (c->decision != KVS_REUSE_LOAD) {
-      est += (double)c->ch.n_tokens * rc;
+      est += (double)c->ch.n_tokens * (i >= after ? full : rc);
       continue;
     }
     est += c->est_load_s, n_load++;
@@ -577,6 +622,8 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
       if (ch[i].decision == KVS_REUSE_LOAD) ch[i].decision = KVS_REUSE_RECOMPUTE;
   }
   pthread_mutex_unlock(&r->mu);
+  rz.stages.lookup_s = rz.t_lookup_s;
+  rz.stages.plan_s = (kvs_now_ns() - t0) / 1e9 - rz.t_lookup_s;
 
   /* 2. run: gets in flight, blend layer by layer; a failed get -> run again
    * with that chunk recomputed */
@@ -588,16 +635,21 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
     err = ops->prefill(r->e, s, req->tokens, req->n_tokens, 0, logits);
     rz.blend.n_prefilled = req->n_tokens;
     rz.blend.t_prefill_s = rz.blend.t_total_s = (kvs_now_ns() - tp) / 1e9;
+    rz.stages.run_s = rz.blend.t_total_s;
   }
   for (int attempt = 0; !err && !rz.full_prefill && attempt < 2; attempt++) {
     if (r->stateful) cut_tail(ch, nch);
+    uint64_t tg = kvs_now_ns();
     err = start_gets(r, req, ch, nch, &x);
+    rz.stages.gets_s += (kvs_now_ns() - tg) / 1e9;
     for (uint32_t i = 0; i < nch; i++)
       cached[i] = ch[i].decision == KVS_REUSE_LOAD;
     kvs_blend_segment *b = NULL;
     uint32_t nb = 0;
     if (!err) err = blend_segs(req, ch, nch, cached, r->stateful, &b, &nb);
+    uint64_t tb = kvs_now_ns();
     if (!err) err = kvs_blend_run(r->e, s, b, nb, load_layer, &x, &bo, logits, &rz.blend);
+    rz.stages.run_s += (kvs_now_ns() - tb) / 1e9;
     free(b);
     int failed = 0;
     for (uint32_t i = 0; i < nch; i++) {
@@ -624,6 +676,7 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
     rz.n_load += c->decision == KVS_REUSE_LOAD;
     rz.n_recompute += c->decision == KVS_REUSE_RECOMPUTE;
     rz.n_miss += c->decision == KVS_REUSE_MISS;
+    if (c->decision != KVS_REUSE_MISS) r->ct.hits_by_tier[c->tier]++;
     if (c->decision == KVS_REUSE_LOAD && c->t_first && c->t_last)
       rz.bytes_loaded += kvs_layout_token_bytes(&r->info.layout) * c->ch.n_tokens;
   }
@@ -657,6 +710,9 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
   unsigned long long a0 = r->req_no - r->last_sample[0], a1 = r->req_no - r->last_sample[1];
   pthread_mutex_unlock(&r->mu);
   drop_gets(r, ch, nch);
+  rz.stages.finish_s = (kvs_now_ns() - t0) / 1e9 - rz.stages.lookup_s - rz.stages.plan_s -
+                       rz.stages.gets_s - rz.stages.run_s;
+  if (rz.stages.finish_s < 0) rz.stages.finish_s = 0;
   if (!err)
     KVS_LOGD("reuse", "request",
              "tokens=%u chunks=%u load=%u recompute=%u miss=%u retry=%u explore=%u warmup=%u "
@@ -665,12 +721,15 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
              "recompute_us_per_tok=%.3f full_us_per_tok=%.3f recompute_ratio=%.3f "
              "ram_latency_ms=%.3f ram_gbps=%.3f ram_samples=%llu "
              "ram_age=%llu disk_latency_ms=%.3f disk_gbps=%.3f disk_samples=%llu disk_age=%llu "
-             "bytes_loaded=%llu ttft_ms=%.3f",
+             "bytes_loaded=%llu plan_ms=%.3f gets_ms=%.3f run_ms=%.3f load_wait_ms=%.3f "
+             "finish_ms=%.3f ttft_ms=%.3f",
              req->n_tokens, rz.n_chunks, rz.n_load, rz.n_recompute, rz.n_miss, rz.n_retry,
              rz.n_explore, rz.n_warmup, rz.full_prefill, rz.t_lookup_s * 1e3, rz.est_load_s * 1e3,
              rz.est_recompute_s * 1e3, rz.est_plan_s * 1e3, rz.est_full_s * 1e3, spt * 1e6,
              c_rc * 1e6, c_full * 1e6, rr, l0 * 1e3, b0 / 1e9, n0, a0, l1 * 1e3, b1 / 1e9, n1, a1,
-             (unsigned long long)rz.bytes_loaded, rz.t_total_s * 1e3);
+             (unsigned long long)rz.bytes_loaded, rz.stages.plan_s * 1e3, rz.stages.gets_s * 1e3,
+             rz.stages.run_s * 1e3, rz.blend.t_load_wait_s * 1e3, rz.stages.finish_s * 1e3,
+             rz.t_total_s * 1e3);
 
   /* 3. store what was computed here (off the critical path: the logits are
    * out); a RECOMPUTE chunk is stored already (the lookup found it) */
@@ -688,6 +747,15 @@ kvs_err kvs_reuse_run(kvs_reuse *r, kvs_engine_seq *s, const kvs_reuse_request *
   if (res) *res = rz;
   free(lk), free(status), free(cached), free(ch);
   return err;
+}
+
+kvs_err kvs_reuse_store_backlog(kvs_reuse *r, uint32_t *queued, uint32_t *active) {
+  if (!r) return KVS_EINVAL;
+  pthread_mutex_lock(&r->qmu);
+  if (queued) *queued = r->n_q;
+  if (active) *active = r->n_active;
+  pthread_mutex_unlock(&r->qmu);
+  return KVS_OK;
 }
 
 kvs_err kvs_reuse_get_counters(kvs_reuse *r, kvs_reuse_counters *out) {

@@ -16,11 +16,14 @@ typedef struct kvs__rchunk {
   double est_load_s, est_recompute_s;
   kvs_op *op; /* the get in flight */
   void *buf;  /* its output (engine memory) */
+  size_t buf_cap;
   uint64_t t_start, t_first, t_last;
   int waited_first, waited_last; /* the loader waited for the data there */
 } kvs__rchunk;
 
 typedef struct kvs__store_item kvs__store_item;
+
+#define KVS__GPOOL 64
 
 struct kvs_reuse {
   kvs_client *c;
@@ -40,6 +43,13 @@ struct kvs_reuse {
   double cost[2]; /* calibrated s/token: KVS_REUSE_COST_RECOMPUTE, _FULL */
   uint64_t cost_samples[2];
   kvs_reuse_counters ct;
+  /* gets' device buffers kept between requests (cudaFree synchronises the
+   * device: it would wait for the stores in flight); under mu */
+  struct {
+    void *p;
+    size_t bytes;
+  } gpool[KVS__GPOOL];
+  uint32_t n_gpool;
   /* store queue (store.c) */
   pthread_t worker;
   int worker_on;

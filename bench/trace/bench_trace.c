@@ -102,12 +102,19 @@ typedef struct opts {
   uint64_t seed;
 } opts;
 
+/* the server's TTFT path by stage (usage.kvstash.stages_ms), in order */
+static const char *STAGES[] = {"queue",     "seq",       "lookup",  "plan",   "gets",  "run",
+                               "load_wait", "recompute", "prefill", "finish", "logits"};
+#define N_STAGES (sizeof STAGES / sizeof *STAGES)
+
 typedef struct sample {
   double ttft, e2e;
   uint32_t prompt, out, reused, recomputed;
   uint32_t turn;    /* 0-based turn of its session (chat) */
   uint32_t history; /* prompt + answer tokens of the session's previous turn */
   double queue_ms, server_ttft_ms, lookup_ms, store_ms; /* the server's usage.kvstash */
+  double stage_ms[N_STAGES];                            /* [0]: queue_ms */
+  uint32_t full_prefill, loaded_chunks;
   int ok;
 } sample;
 
@@ -280,6 +287,12 @@ static void *fire(void *arg) {
     if (cJSON_IsNumber(v = cJSON_GetObjectItem(k, "ttft_ms"))) sm.server_ttft_ms = v->valuedouble;
     if (cJSON_IsNumber(v = cJSON_GetObjectItem(k, "lookup_ms"))) sm.lookup_ms = v->valuedouble;
     if (cJSON_IsNumber(v = cJSON_GetObjectItem(k, "store_ms"))) sm.store_ms = v->valuedouble;
+    const cJSON *st = cJSON_GetObjectItem(k, "stages_ms");
+    sm.stage_ms[0] = sm.queue_ms;
+    for (size_t i = 1; i < N_STAGES; i++)
+      if (cJSON_IsNumber(v = cJSON_GetObjectItem(st, STAGES[i]))) sm.stage_ms[i] = v->valuedouble;
+    sm.full_prefill = jnum(x.usage, "kvstash", "full_prefill");
+    sm.loaded_chunks = jnum(x.usage, "kvstash", "chunks_loaded");
     sm.prompt = jnum(x.usage, "prompt_tokens", NULL),
     sm.out = jnum(x.usage, "completion_tokens", NULL);
     sm.reused = jnum(x.usage, "kvstash", "reused_tokens");
@@ -344,22 +357,24 @@ static char *scrape(const opts *o) {
   return srv_http(host, port, "GET", "/metrics", NULL, 10000, NULL, NULL, &b) == 200 ? b : NULL;
 }
 
-/* kvs-serve's worker busy time so far (seconds), -1 when unknown; its
- * reuse's stores dropped (a full store queue) and failed so far */
-static double serve_busy(const opts *o, double *dropped, double *failed) {
+/* kvs-serve's /health figures read at a mode's start and end: the worker's
+ * busy time (seconds; -1 when unknown) and its reuse counters */
+static const char *HEALTH[] = {"busy_s",         "stores_dropped", "stores_failed",
+                               "stores_skipped", "store_after_s",  "chunks",
+                               "hits_ram",       "hits_disk",      "full_prefills"};
+#define N_HEALTH (sizeof HEALTH / sizeof *HEALTH)
+static void serve_health(const opts *o, double v[N_HEALTH]) {
   char *b = NULL;
-  double v = -1;
-  *dropped = *failed = 0;
+  for (size_t i = 0; i < N_HEALTH; i++)
+    v[i] = 0;
+  v[0] = -1;
   if (srv_http(o->host, o->port, "GET", "/health", NULL, 10000, NULL, NULL, &b) == 200) {
-    cJSON *j = cJSON_Parse(b);
-    cJSON *x = cJSON_GetObjectItem(j, "busy_s"), *ru = cJSON_GetObjectItem(j, "reuse");
-    if (cJSON_IsNumber(x)) v = x->valuedouble;
-    if (cJSON_IsNumber(x = cJSON_GetObjectItem(ru, "stores_dropped"))) *dropped = x->valuedouble;
-    if (cJSON_IsNumber(x = cJSON_GetObjectItem(ru, "stores_failed"))) *failed = x->valuedouble;
+    cJSON *j = cJSON_Parse(b), *ru = cJSON_GetObjectItem(j, "reuse"), *x;
+    for (size_t i = 0; i < N_HEALTH; i++)
+      if (cJSON_IsNumber(x = cJSON_GetObjectItem(i ? ru : j, HEALTH[i]))) v[i] = x->valuedouble;
     cJSON_Delete(j);
   }
   free(b);
-  return v;
 }
 
 static const char *METRICS[] = {"kvstash_lookup_chunks_total",
@@ -379,8 +394,8 @@ static int run_mode(run *r, cJSON *out) {
   uint64_t rng = o->seed;
   r->t0 = now_s(), r->n_s = 0, r->sent = 0, r->stop = 0;
   char *m0 = scrape(o);
-  double dr0, fa0, dr1, fa1;
-  double busy0 = serve_busy(o, &dr0, &fa0);
+  double h0[N_HEALTH], h1[N_HEALTH];
+  serve_health(o, h0);
   double next_arrival = r->t0, mean_gap = 1 / o->rate;
   uint32_t started = 0;
   pthread_mutex_lock(&r->mu);
@@ -435,8 +450,11 @@ static int run_mode(run *r, cJSON *out) {
   pthread_mutex_unlock(&r->mu);
   double wall = now_s() - r->t0;
   char *m1 = scrape(o);
-  double busy1 = serve_busy(o, &dr1, &fa1),
-         util = busy0 >= 0 && busy1 >= 0 ? (busy1 - busy0) / wall : -1;
+  serve_health(o, h1);
+  double util = h0[0] >= 0 && h1[0] >= 0 ? (h1[0] - h0[0]) / wall : -1;
+  double dh[N_HEALTH]; /* this mode's share of the counters */
+  for (size_t i = 0; i < N_HEALTH; i++)
+    dh[i] = h1[i] - h0[i];
 
   uint32_t n = r->n_s, ok = 0;
   double *tt = malloc((n + 1) * sizeof *tt), *ee = malloc((n + 1) * sizeof *ee);
@@ -467,8 +485,35 @@ static int run_mode(run *r, cJSON *out) {
          (unsigned long long)recomputed);
   if (ok)
     printf("%-9s server side, mean per request: queue %.1f ms, TTFT in server %.1f ms (lookup "
-           "%.2f ms, stores %.2f ms); stores dropped %.0f, failed %.0f\n",
-           mode, q_ms / ok, st_ms / ok, lk_ms / ok, sto_ms / ok, dr1 - dr0, fa1 - fa0);
+           "%.2f ms, stores %.2f ms); stores dropped %.0f, skipped before a copy %.0f, failed "
+           "%.0f; worker busy storing after answers %.1f%%\n",
+           mode, q_ms / ok, st_ms / ok, lk_ms / ok, sto_ms / ok, dh[1], dh[3], dh[2],
+           100 * dh[4] / wall);
+  if (ok && dh[5] > 0)
+    printf("%-9s chunks %.0f: found in RAM %.0f (%.1f%%), on disk %.0f (%.1f%%)\n", mode, dh[5],
+           dh[6], 100 * dh[6] / dh[5], dh[7], 100 * dh[7] / dh[5]);
+  /* the TTFT path by stage: mean / p50 over the answered requests */
+  cJSON *stj = cJSON_CreateObject();
+  uint32_t n_full = 0, n_loaded = 0;
+  if (ok) {
+    double *sv = malloc((ok + 1) * sizeof *sv);
+    printf("%-9s stages ms (mean/p50):", mode);
+    for (size_t k = 0; sv && k < N_STAGES; k++) {
+      uint32_t m = 0;
+      double sum = 0;
+      for (uint32_t i = 0; i < n; i++)
+        if (r->s[i].ok) sv[m++] = r->s[i].stage_ms[k], sum += r->s[i].stage_ms[k];
+      qsort(sv, m, sizeof *sv, cmp_d);
+      printf(" %s %.2f/%.2f", STAGES[k], sum / ok, pct(sv, m, 50));
+      cJSON *e = cJSON_AddObjectToObject(stj, STAGES[k]);
+      cJSON_AddNumberToObject(e, "mean", sum / ok);
+      cJSON_AddNumberToObject(e, "p50", pct(sv, m, 50));
+    }
+    for (uint32_t i = 0; i < n; i++)
+      if (r->s[i].ok) n_full += r->s[i].full_prefill, n_loaded += r->s[i].loaded_chunks > 0;
+    printf("; plain prefill %u, loaded something %u of %u\n", n_full, n_loaded, ok);
+    free(sv);
+  }
   if (!strcmp(o->workload, "chat")) {
     printf("%-9s by turn (requests, mean prompt, reused / last turn's prompt+answer):", mode);
     for (int t = 0; t < TURNS; t++)
@@ -497,8 +542,16 @@ static int run_mode(run *r, cJSON *out) {
   cJSON_AddNumberToObject(j, "server_ttft_ms_mean", ok ? st_ms / ok : 0);
   cJSON_AddNumberToObject(j, "lookup_ms_mean", ok ? lk_ms / ok : 0);
   cJSON_AddNumberToObject(j, "store_ms_mean", ok ? sto_ms / ok : 0);
-  cJSON_AddNumberToObject(j, "stores_dropped", dr1 - dr0);
-  cJSON_AddNumberToObject(j, "stores_failed", fa1 - fa0);
+  cJSON_AddNumberToObject(j, "stores_dropped", dh[1]);
+  cJSON_AddNumberToObject(j, "stores_failed", dh[2]);
+  cJSON_AddNumberToObject(j, "stores_skipped", dh[3]);
+  cJSON_AddNumberToObject(j, "store_after_busy", dh[4] / wall);
+  cJSON_AddNumberToObject(j, "reuse_chunks", dh[5]);
+  cJSON_AddNumberToObject(j, "ram_hit_rate", dh[5] > 0 ? dh[6] / dh[5] : 0);
+  cJSON_AddNumberToObject(j, "disk_hit_rate", dh[5] > 0 ? dh[7] / dh[5] : 0);
+  cJSON_AddNumberToObject(j, "full_prefill_requests", n_full);
+  cJSON_AddNumberToObject(j, "requests_that_loaded", n_loaded);
+  cJSON_AddItemToObject(j, "stages_ms", stj);
   if (!strcmp(o->workload, "chat")) {
     uint64_t h = 0, hr = 0; /* turns after the first: reused / history */
     for (int t = 1; t < TURNS; t++)

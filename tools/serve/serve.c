@@ -67,7 +67,13 @@ typedef struct job {
    * the stores kvs_reuse_run queued before returning (on the TTFT path) */
   uint64_t t_enq;
   double queue_s, lookup_s, store_s;
-  uint32_t n_chunks, n_load, n_miss;
+  uint32_t n_chunks, n_load, n_miss, n_recompute, full_prefill, n_forced;
+  /* the TTFT path by stage (s): getting the sequence ready, then
+   * kvs_reuse_run's stages (plan, starting the gets, the run: blend's load
+   * waits, recompute through the layers and the NEW tokens' prefill, or the
+   * plain prefill; then the gets' ends), then the logits to the host */
+  double st_seq, st_plan, st_gets, st_run, st_load_wait, st_recompute, st_prefill, st_finish,
+      st_logits;
   /* loop side */
   int started;          /* SSE headers sent */
   atomic_int cancelled; /* the client closed: the worker stops early */
@@ -91,6 +97,8 @@ typedef struct server {
    * cudaMalloc/cudaFree per request synchronises the whole device) */
   void *scratch; /* KV read back for stores */
   size_t scratch_cap;
+  kvs_engine_seq *seq; /* the worker's sequence, kept between requests */
+  uint32_t seq_cap;
   float *lg_dev; /* device engine: the logits */
   kvs_reuse *ru;
   uint32_t chunk_tokens;
@@ -105,6 +113,17 @@ typedef struct server {
   uint64_t n_requests, n_rejected;
   double busy_s; /* the worker's time spent on jobs (under qmu) */
   int working;   /* the worker is on a job, its stores included (under qmu) */
+  /* stores after the answers (the worker's; read under qmu): the time spent
+   * reading KV out and queueing it, and stores not even copied because the
+   * store queue held more than the tier absorbs in store_backlog_s */
+  double store_after_s;
+  uint64_t stores_skipped;
+  double store_backlog_s;
+  uint32_t store_queue;
+  double drain_per_s; /* stores the tier absorbs per second (EWMA; 0: not measured) */
+  uint64_t drain_done, drain_t;
+  uint32_t drain_active;
+  int stage_log; /* --stage-log: one line per request on stderr */
 } server;
 
 static void job_free(job *j) {
@@ -154,6 +173,19 @@ static cJSON *usage_json(const job *j) {
   cJSON_AddNumberToObject(k, "chunks", j->n_chunks);
   cJSON_AddNumberToObject(k, "chunks_loaded", j->n_load);
   cJSON_AddNumberToObject(k, "chunks_missed", j->n_miss);
+  cJSON_AddNumberToObject(k, "chunks_recomputed", j->n_recompute);
+  cJSON_AddNumberToObject(k, "full_prefill", j->full_prefill);
+  cJSON *st = cJSON_AddObjectToObject(k, "stages_ms"); /* the TTFT path by stage */
+  cJSON_AddNumberToObject(st, "seq", j->st_seq * 1e3);
+  cJSON_AddNumberToObject(st, "lookup", j->lookup_s * 1e3);
+  cJSON_AddNumberToObject(st, "plan", j->st_plan * 1e3);
+  cJSON_AddNumberToObject(st, "gets", j->st_gets * 1e3);
+  cJSON_AddNumberToObject(st, "run", j->st_run * 1e3);
+  cJSON_AddNumberToObject(st, "load_wait", j->st_load_wait * 1e3);
+  cJSON_AddNumberToObject(st, "recompute", j->st_recompute * 1e3);
+  cJSON_AddNumberToObject(st, "prefill", j->st_prefill * 1e3);
+  cJSON_AddNumberToObject(st, "finish", j->st_finish * 1e3);
+  cJSON_AddNumberToObject(st, "logits", j->st_logits * 1e3);
   return u;
 }
 
@@ -305,6 +337,35 @@ static void *scratch_get(server *sv, size_t n) {
   return sv->scratch;
 }
 
+/* Whether one more store may be copied out of the engine now: the store
+ * queue holds fewer than the tier absorbs in store_backlog_s (measured:
+ * stores finished per second over windows in which the queue never ran
+ * empty) and fewer than its own bound. A store refused here costs no copy
+ * and is counted (stores_skipped); one the tier cannot absorb would wait in
+ * the queue, its KV copied for nothing, and be dropped there or stored late. */
+static int store_room(server *sv) {
+  uint32_t q = 0, act = 0;
+  kvs_reuse_counters rc;
+  if (kvs_reuse_store_backlog(sv->ru, &q, &act) != KVS_OK ||
+      kvs_reuse_get_counters(sv->ru, &rc) != KVS_OK)
+    return 0;
+  uint64_t now = kvs_now_ns(), done = rc.stores_done + rc.stores_failed;
+  if (!sv->drain_t || now - sv->drain_t > 100000000u) { /* a window of >= 100 ms */
+    if (sv->drain_t && sv->drain_active && act && done > sv->drain_done) {
+      double rate = (double)(done - sv->drain_done) / ((now - sv->drain_t) / 1e9);
+      sv->drain_per_s = sv->drain_per_s > 0 ? 0.7 * sv->drain_per_s + 0.3 * rate : rate;
+    }
+    sv->drain_t = now, sv->drain_done = done, sv->drain_active = act;
+  }
+  double allowed = sv->drain_per_s > 0 ? sv->drain_per_s * sv->store_backlog_s : 1e9;
+  if (allowed < 2) allowed = 2;
+  if (q < sv->store_queue && act < allowed) return 1;
+  pthread_mutex_lock(&sv->qmu);
+  sv->stores_skipped++;
+  pthread_mutex_unlock(&sv->qmu);
+  return 0;
+}
+
 /* Stores chunks [first, last) of the prefix chain over ids[0..n_kv), where
  * first is the chunk in which the prompt's PREFIX segment ends (store_computed
  * stored the whole chunks before it, and of this one only the PREFIX's part,
@@ -324,6 +385,7 @@ static void store_answer(server *sv, kvs_engine_seq *s, const int32_t *ids, uint
   void *kv = scratch_get(sv, 2 * plane * l->n_layers);
   kvs_err e = kv ? KVS_OK : KVS_ENOMEM;
   for (uint32_t c = first; !e && c < last; c++) {
+    if (!store_room(sv)) continue;
     for (uint32_t y = 0; !e && y < l->n_layers; y++) /* canonical (layers, 2, C, heads, dim) */
       e = sv->eng->ops->kv_read(sv->eng, s, y, c * C, C, (char *)kv + 2 * y * plane,
                                 (char *)kv + (2 * y + 1) * plane);
@@ -340,7 +402,7 @@ static void store_answer(server *sv, kvs_engine_seq *s, const int32_t *ids, uint
  * at position 0 (what kvs_reuse stores), then queued. Best effort (a full
  * queue drops, counted by kvs_reuse). */
 static void store_computed(server *sv, kvs_engine_seq *s, const kvs_reuse_request *rq,
-                           const uint8_t *dec, uint32_t nch) {
+                           const uint8_t *dec, uint32_t nch, int skip_tail) {
   const kvs_layout *l = &sv->info.layout;
   uint32_t C = sv->chunk_tokens, prefix = 0, big = 0;
   for (uint32_t i = 0; i < rq->n_segs && rq->segs[i].kind == KVS_SEG_PREFIX; i++)
@@ -366,7 +428,12 @@ static void store_computed(server *sv, kvs_engine_seq *s, const kvs_reuse_reques
       start = pos, n = rq->segs[si].n_tokens, pos += n, si++;
     }
     if (dec[k] != KVS_REUSE_MISS) continue; /* loaded, or stored already (RECOMPUTE) */
-    size_t plane = tb * n;                  /* canonical (layers, 2, n, heads, dim) */
+    /* the PREFIX's last, partial chunk: store_answer stores it whole (the
+     * key the next turn looks up), a tail key would only serve this prompt
+     * sent again */
+    if (!content && skip_tail && k + 1 == n_pre && n < C) continue;
+    if (!store_room(sv)) continue;
+    size_t plane = tb * n; /* canonical (layers, 2, n, heads, dim) */
     for (uint32_t y = 0; !e && y < l->n_layers; y++)
       e = sv->eng->ops->kv_read(sv->eng, s, y, start, n, (char *)kv + 2 * y * plane,
                                 (char *)kv + (2 * y + 1) * plane);
@@ -386,6 +453,27 @@ static void store_computed(server *sv, kvs_engine_seq *s, const kvs_reuse_reques
     if (e == KVS_EAGAIN) e = KVS_OK; /* dropped and counted */
   }
   if (e) kvs_log(KVS_LOG_WARN, "serve", "storing the computed chunks: %s", kvs_strerror(e));
+}
+
+/* The worker's sequence, empty, for at least cap tokens: kept between
+ * requests (a device engine's sequence is cudaMalloc'd, and cudaFree
+ * synchronises the whole device: it waited for the stores in flight), grown
+ * by 4K-token steps up to --ctx. */
+static kvs_err seq_get(server *sv, uint32_t cap, kvs_engine_seq **out) {
+  *out = NULL;
+  if (sv->seq && sv->seq_cap >= cap) {
+    KVS_TRY(sv->eng->ops->seq_truncate(sv->eng, sv->seq, 0));
+    *out = sv->seq;
+    return KVS_OK;
+  }
+  if (sv->seq) sv->eng->ops->seq_free(sv->eng, sv->seq);
+  sv->seq = NULL, sv->seq_cap = 0;
+  uint32_t c = (cap + 4095) / 4096 * 4096;
+  if (c > sv->max_ctx) c = sv->max_ctx; /* run_job keeps cap <= max_ctx */
+  if (c < cap) c = cap;
+  KVS_TRY(sv->eng->ops->seq_create(sv->eng, c, &sv->seq));
+  sv->seq_cap = c, *out = sv->seq;
+  return KVS_OK;
 }
 
 /* Hands the job's end to the loop thread, which then owns (and frees) it. */
@@ -429,8 +517,9 @@ static void run_job(server *sv, job *j) {
   if (!host) e = KVS_ENOMEM;
   int dev = sv->info.mem == KVS_ENGINE_MEM_DEVICE;
   if (!e && dev) lg = sv->lg_dev;
-  if (!e) e = sv->eng->ops->seq_create(sv->eng, p.n_tokens + max_new + 1, &s);
   uint64_t t0 = kvs_now_ns();
+  if (!e) e = seq_get(sv, p.n_tokens + max_new + 1, &s);
+  j->st_seq = (kvs_now_ns() - t0) / 1e9;
   int reuse = sv->ru && j->req.reuse;
   kvs_reuse_segment rs[SRV_MAX_DOCS + 2];
   kvs_reuse_request rq = {
@@ -451,6 +540,11 @@ static void run_job(server *sv, job *j) {
     j->lookup_s = res.t_lookup_s;
     j->store_s = (kvs_now_ns() - t0) / 1e9 - res.t_total_s; /* its stores, after the logits */
     j->n_chunks = res.n_chunks, j->n_load = res.n_load, j->n_miss = res.n_miss;
+    j->n_recompute = res.n_recompute, j->full_prefill = res.full_prefill;
+    j->n_forced = res.full_prefill ? 0 : res.blend.n_forced;
+    j->st_plan = res.stages.plan_s, j->st_gets = res.stages.gets_s, j->st_run = res.stages.run_s;
+    j->st_finish = res.stages.finish_s, j->st_load_wait = res.blend.t_load_wait_s;
+    j->st_recompute = res.blend.t_recompute_s, j->st_prefill = res.blend.t_prefill_s;
     /* loaded tokens are reused; of them, blending recomputed some; the rest
      * (missing chunks and the new tail) was prefilled in full */
     j->reused_tokens = res.blend.n_ctx - res.blend.n_forced;
@@ -459,11 +553,26 @@ static void run_job(server *sv, job *j) {
                                : 0;
     j->prefilled_tokens = res.blend.n_forced + res.blend.n_prefilled;
   } else if (!e) {
+    uint64_t tp = kvs_now_ns();
     e = sv->eng->ops->prefill(sv->eng, s, p.tokens, p.n_tokens, 0, lg);
-    j->prefilled_tokens = p.n_tokens;
+    j->prefilled_tokens = p.n_tokens, j->full_prefill = 1;
+    j->st_run = j->st_prefill = (kvs_now_ns() - tp) / 1e9;
   }
+  uint64_t tl = kvs_now_ns();
   if (!e && dev) e = kvs_gpu_copy_d2h(host, lg, V * sizeof *host, NULL);
   j->ttft_s = (kvs_now_ns() - t0) / 1e9;
+  j->st_logits = (kvs_now_ns() - tl) / 1e9;
+  if (sv->stage_log && !e)
+    fprintf(stderr,
+            "kvs-serve stage: reuse=%d tokens=%u reused=%u recomputed=%u prefilled=%u forced=%u "
+            "chunks=%u load=%u recompute=%u miss=%u full_prefill=%u queue_ms=%.2f seq_ms=%.2f "
+            "lookup_ms=%.2f plan_ms=%.2f gets_ms=%.2f run_ms=%.2f load_wait_ms=%.2f "
+            "recompute_ms=%.2f prefill_ms=%.2f finish_ms=%.2f logits_ms=%.2f ttft_ms=%.2f\n",
+            reuse, p.n_tokens, j->reused_tokens, j->recomputed_tokens, j->prefilled_tokens,
+            j->n_forced, j->n_chunks, j->n_load, j->n_recompute, j->n_miss, j->full_prefill,
+            j->queue_s * 1e3, j->st_seq * 1e3, j->lookup_s * 1e3, j->st_plan * 1e3,
+            j->st_gets * 1e3, j->st_run * 1e3, j->st_load_wait * 1e3, j->st_recompute * 1e3,
+            j->st_prefill * 1e3, j->st_finish * 1e3, j->st_logits * 1e3, j->ttft_s * 1e3);
   int32_t *ids = malloc((size_t)(p.n_tokens + max_new) * sizeof *ids); /* prompt + answer */
   if (!e && !ids) e = KVS_ENOMEM;
   if (!e) memcpy(ids, p.tokens, p.n_tokens * sizeof *ids);
@@ -537,11 +646,21 @@ static void run_job(server *sv, job *j) {
   int store = !e && reuse && j->req.chat && !j->req.n_docs && s;
   uint32_t prefix_len = p.segs[0].kind == SRV_SEG_PREFIX ? p.segs[0].len : 0;
   job_finish(j, e); /* j is the loop's from here on */
-  if (!e && dec) store_computed(sv, s, &rq, dec, nch);
+  uint64_t ts = kvs_now_ns();
+  /* store_answer stores the chunk in which the PREFIX ends whole when the
+   * sequence runs past that chunk with a token left for a next turn */
+  uint32_t C = sv->chunk_tokens, n_kv = s ? sv->eng->ops->seq_len(sv->eng, s) : 0;
+  uint32_t n_end = n_kv < n_ids ? n_kv : n_ids;
+  int whole = store && n_end / C > prefix_len / C && (n_end / C) * C < n_ids;
+  if (!e && dec) store_computed(sv, s, &rq, dec, nch, whole);
   free(dec);
-  if (store) store_answer(sv, s, ids, n_ids, sv->eng->ops->seq_len(sv->eng, s), prefix_len);
+  if (store) store_answer(sv, s, ids, n_ids, n_kv, prefix_len);
+  if (reuse) {
+    pthread_mutex_lock(&sv->qmu);
+    sv->store_after_s += (kvs_now_ns() - ts) / 1e9;
+    pthread_mutex_unlock(&sv->qmu);
+  }
   free(ids);
-  if (s) sv->eng->ops->seq_free(sv->eng, s);
   free(host);
   free(gen);
   srv_prompt_free(&p);
@@ -673,11 +792,26 @@ static void handle(struct evhttp_request *r, void *arg) {
       cJSON_AddNumberToObject(k, "loads", (double)rc.loads);
       cJSON_AddNumberToObject(k, "recomputes", (double)rc.recomputes);
       cJSON_AddNumberToObject(k, "misses", (double)rc.misses);
+      cJSON_AddNumberToObject(k, "hits_ram", (double)rc.hits_by_tier[0]);
+      cJSON_AddNumberToObject(k, "hits_disk", (double)(rc.hits_by_tier[1] + rc.hits_by_tier[2]));
       cJSON_AddNumberToObject(k, "retries", (double)rc.retries);
       cJSON_AddNumberToObject(k, "stores_queued", (double)rc.stores_queued);
       cJSON_AddNumberToObject(k, "stores_done", (double)rc.stores_done);
       cJSON_AddNumberToObject(k, "stores_failed", (double)rc.stores_failed);
       cJSON_AddNumberToObject(k, "stores_dropped", (double)rc.stores_dropped);
+      pthread_mutex_lock(&sv->qmu);
+      cJSON_AddNumberToObject(k, "stores_skipped", (double)sv->stores_skipped);
+      cJSON_AddNumberToObject(k, "store_after_s", sv->store_after_s);
+      pthread_mutex_unlock(&sv->qmu);
+      cJSON_AddNumberToObject(k, "store_copy_s", rc.store_copy_s);
+      cJSON_AddNumberToObject(k, "store_encode_s", rc.store_encode_s);
+      cJSON_AddNumberToObject(k, "store_ack_s", rc.store_ack_s);
+      cJSON_AddNumberToObject(k, "store_drain_per_s", sv->drain_per_s);
+      cJSON_AddNumberToObject(k, "full_prefills", (double)rc.full_prefills);
+      cJSON_AddNumberToObject(k, "explores", (double)rc.explores);
+      cJSON_AddNumberToObject(k, "get_pool_hits", (double)rc.get_pool_hits);
+      cJSON_AddNumberToObject(k, "recompute_us_per_token", rc.recompute_s_per_token * 1e6);
+      cJSON_AddNumberToObject(k, "full_us_per_token", rc.full_s_per_token * 1e6);
       cJSON_AddNumberToObject(k, "ram_latency_ms", rc.latency_s[0] * 1e3);
       cJSON_AddNumberToObject(k, "ram_gbps", rc.bytes_per_s[0] / 1e9);
       cJSON_AddNumberToObject(k, "prefill_us_per_token", rc.prefill_s_per_token * 1e6);
@@ -717,6 +851,10 @@ static void usage(FILE *f) {
              "  --queue N             requests waiting at most (default 64; more get 503)\n"
              "  --store-queue N       stores of computed KV waiting at most (default 64; more\n"
              "                        are dropped, counted in /health)\n"
+             "  --store-backlog S     copy a store out only while the queue holds less than\n"
+             "                        the tier absorbs in S seconds (measured; default 2);\n"
+             "                        the others are skipped before any copy (stores_skipped)\n"
+             "  --stage-log           one line per request on stderr: the TTFT path by stage\n"
              "  --version             print the version\n");
 }
 
@@ -725,7 +863,7 @@ int main(int argc, char **argv) {
   const char *strategy = "adaptive", *profile = "dense", *policy = "auto";
   int use_gpu = 0, random8b = 0;
   uint32_t store_queue = 64; /* a RAG request may compute 10+ chunks at once */
-  server sv = {.max_ctx = 8192, .default_max_tokens = 256, .max_queue = 64};
+  server sv = {.max_ctx = 8192, .default_max_tokens = 256, .max_queue = 64, .store_backlog_s = 2};
   static struct option lo[] = {{"model", 1, 0, 'm'},
                                {"listen", 1, 0, 'l'},
                                {"model-name", 1, 0, 'n'},
@@ -742,6 +880,8 @@ int main(int argc, char **argv) {
                                {"random-8b", 0, 0, 'R'},
                                {"chunk-tokens", 1, 0, 'C'},
                                {"store-queue", 1, 0, 'Q'},
+                               {"store-backlog", 1, 0, 'B'},
+                               {"stage-log", 0, 0, 'G'},
                                {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", lo, NULL)) != -1;) {
     char *end = NULL;
@@ -755,6 +895,8 @@ int main(int argc, char **argv) {
     case 'q': sv.max_queue = (uint32_t)strtoul(optarg, &end, 10); break;
     case 'C': sv.chunk_tokens = (uint32_t)strtoul(optarg, &end, 10); break;
     case 'Q': store_queue = (uint32_t)strtoul(optarg, &end, 10); break;
+    case 'B': sv.store_backlog_s = strtod(optarg, &end); break;
+    case 'G': sv.stage_log = 1; break;
     case 'K': kvs_url = optarg; break;
     case 'R': random8b = use_gpu = 1; break;
     case 's': strategy = optarg; break;
@@ -852,6 +994,7 @@ int main(int argc, char **argv) {
      * returns, i.e. before the first token; run_job stores after the answer */
     ro.policy = (uint32_t)pol, ro.store = 0, ro.store_profile = (uint32_t)prof;
     ro.prefix_chunk_tokens = sv.chunk_tokens, ro.store_queue = store_queue ? store_queue : 1;
+    sv.store_queue = ro.store_queue;
     e = kvs_client_create(&co, &sv.cl);
     if (!e) e = kvs_reuse_create(sv.cl, sv.eng, &ro, &sv.ru);
     if (e) {
@@ -908,6 +1051,7 @@ int main(int argc, char **argv) {
   evhttp_free(sv.http);
   event_base_free(sv.base);
   kvs_reuse_free(sv.ru); /* waits for queued stores */
+  if (sv.seq) sv.eng->ops->seq_free(sv.eng, sv.seq);
   kvs_client_free(sv.cl);
   if (sv.info.mem == KVS_ENGINE_MEM_DEVICE) {
     kvs_gpu_free(sv.scratch);
