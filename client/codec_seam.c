@@ -16,7 +16,7 @@ _Static_assert(KVS_PROFILE_RAW == KVS_CODEC_RAW, "the raw profile is the codec's
 
 void kvs__encoded_free(kvs__encoded *e) {
   if (!e) return;
-  free(e->bytes);
+  if (!e->borrowed) free(e->bytes);
   free(e->seg_end);
   memset(e, 0, sizeof *e);
 }
@@ -94,28 +94,46 @@ static pthread_mutex_t g_enc_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *g_enc_ws, *g_enc_stream;
 static size_t g_enc_ws_len;
 
-kvs_err kvs__encode_device(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
-                           const kvs_layout *layout, uint32_t n_tokens, const void *d_kv,
-                           kvs__encoded *out) {
-  memset(out, 0, sizeof *out);
+/* The dense parameters of a device encode, or KVS_ENOTSUP (no GPU encoder
+ * for the profile, no CUDA or device, KVS_CLIENT_GPU_ENCODE=0). */
+static kvs_err device_params(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
+                             const kvs_layout *layout, uint32_t n_tokens, kvs_codec_params *p) {
   KVS_TRY(kvs_layout_validate(layout));
-  if (n_tokens == 0 || !d_kv) return KVS_EINVAL;
+  if (n_tokens == 0) return KVS_EINVAL;
   if (profile != KVS_CODEC_DENSE || !kvs_gpu_compiled() || kvs_gpu_device_count() < 1)
     return KVS_ENOTSUP;
-  kvs_codec_params p;
   if (params) {
     KVS_RETURN_ERROR_IF(params->profile != profile, KVS_EINVAL,
                         "codec parameters of another profile than the put's");
-    p = *params;
-    if (!p.layers_per_group) p.layers_per_group = lpg;
+    *p = *params;
+    if (!p->layers_per_group) p->layers_per_group = lpg;
   } else {
-    KVS_TRY(kvs_codec_params_default((int)profile, layout->n_layers, &p));
-    p.layers_per_group = lpg;
+    KVS_TRY(kvs_codec_params_default((int)profile, layout->n_layers, p));
+    p->layers_per_group = lpg;
   }
+  return KVS_OK;
+}
+
+size_t kvs__encode_device_bound(uint32_t profile, uint32_t lpg,
+                                const struct kvs_codec_params *params, const kvs_layout *layout,
+                                uint32_t n_tokens) {
+  kvs_codec_params p;
+  if (device_params(profile, lpg, params, layout, n_tokens, &p) != KVS_OK) return 0;
+  return kvs_codec_encode_bound(&p, layout, n_tokens);
+}
+
+kvs_err kvs__encode_device(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
+                           const kvs_layout *layout, uint32_t n_tokens, const void *d_kv, void *dst,
+                           size_t dst_cap, kvs__encoded *out) {
+  memset(out, 0, sizeof *out);
+  if (!d_kv) return KVS_EINVAL;
+  kvs_codec_params p;
+  KVS_TRY(device_params(profile, lpg, params, layout, n_tokens, &p));
   size_t cap = kvs_codec_encode_bound(&p, layout, n_tokens);
   size_t ws = kvs_gpu_codec_encode_workspace_bound(&p, layout, n_tokens);
-  if (!cap || !ws) return KVS_EINVAL;
-  out->bytes = malloc(cap);
+  if (!cap || !ws || (dst && dst_cap < cap)) return KVS_EINVAL;
+  out->bytes = dst ? dst : malloc(cap);
+  out->borrowed = dst != NULL;
   if (!out->bytes) return KVS_ENOMEM;
   pthread_mutex_lock(&g_enc_mu);
   kvs_err rv = KVS_OK;

@@ -18,7 +18,8 @@
 
 /* An encoded value with its segment table (seg_end[n_segs], wire form). */
 typedef struct kvs__encoded {
-  uint8_t *bytes;
+  uint8_t *bytes; /* owned unless borrowed (the caller's buffer) */
+  int borrowed;
   size_t len;
   uint64_t *seg_end;
   uint32_t n_segs;
@@ -35,10 +36,19 @@ kvs_err kvs__encode(uint32_t profile, uint32_t layers_per_group,
  * GPU encoder: the bytes kvs__encode writes, bit for bit); only the encoded
  * bytes cross PCIe. KVS_ENOTSUP when the profile has no GPU encoder or no
  * codec, CUDA or device is there (the caller copies to the host instead;
- * a client with KVS_CLIENT_HOST_ENCODE does not call it). */
+ * a client with KVS_CLIENT_HOST_ENCODE does not call it).
+ * dst (may be NULL: allocated): where the bytes go (e.g. a request frame, so
+ * they are not copied again), at least kvs__encode_device_bound() bytes;
+ * out->bytes is then dst, borrowed. */
 kvs_err kvs__encode_device(uint32_t profile, uint32_t layers_per_group,
                            const struct kvs_codec_params *params, const kvs_layout *layout,
-                           uint32_t n_tokens, const void *d_kv, kvs__encoded *out);
+                           uint32_t n_tokens, const void *d_kv, void *dst, size_t dst_cap,
+                           kvs__encoded *out);
+/* The bytes kvs__encode_device may write for these arguments; 0 when it
+ * would return KVS_ENOTSUP or an argument error. */
+size_t kvs__encode_device_bound(uint32_t profile, uint32_t layers_per_group,
+                                const struct kvs_codec_params *params, const kvs_layout *layout,
+                                uint32_t n_tokens);
 
 /* A parsed prefix: how to fetch and decode the data segments. */
 typedef struct kvs__decoder kvs__decoder;

@@ -1,6 +1,7 @@
 /* put.c - the put of a node client: the KV encoded (on the GPU when the
- * profile has a GPU encoder and the KV lies in device memory, else on the
- * host), one PUT frame of meta + encoded bytes, sent as one call. */
+ * profile has a GPU encoder and the KV lies in device memory, straight into
+ * the request frame; else on the host), one PUT frame of meta + encoded
+ * bytes, sent as one call. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,13 +47,26 @@ kvs_err kvs__node_put_start(kvs_client *c, const kvs_model_id *model, const int3
   const void *host = kv;
   void *staged = NULL;
   kvs__encoded e;
+  nng_msg *m = NULL;
+  size_t ms_max = 0;
   int rv = KVS_ENOTSUP;
-  if ((o->flags & KVS_PUT_DEVICE) && !host_encode(c))
-    /* a profile with a GPU encoder: only its bytes cross PCIe */
-    rv = kvs__encode_device(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens, kv,
-                            &e);
-  if (rv != KVS_ENOTSUP && rv != KVS_OK)
-    return kvs__seterr(c, rv, "encoding on the GPU with profile %u failed", o->profile);
+  size_t dbound = (o->flags & KVS_PUT_DEVICE) && !host_encode(c)
+                      ? kvs__encode_device_bound(o->profile, o->layers_per_group, o->codec, layout,
+                                                 chunk->n_tokens)
+                      : 0;
+  if (dbound) {
+    /* a profile with a GPU encoder: only its bytes cross PCIe, straight into
+     * the frame after room for the largest meta (trimmed below) */
+    kvs_wire_meta mx = {.n_tokens = chunk->n_tokens, .n_segments = KVS_WIRE_MAX_SEGMENTS};
+    ms_max = kvs_wire_meta_size(&mx);
+    rv = ms_max ? kvs__frame_new(ms_max + dbound, &m) : KVS_ETOOBIG;
+    if (!rv)
+      rv = kvs__encode_device(o->profile, o->layers_per_group, o->codec, layout, chunk->n_tokens,
+                              kv, kvs__frame_payload(m) + ms_max, dbound, &e);
+    if (rv && m) nng_msg_free(m), m = NULL;
+    if (rv && rv != KVS_ENOTSUP)
+      return kvs__seterr(c, rv, "encoding on the GPU with profile %u failed", o->profile);
+  }
   if (rv == KVS_ENOTSUP && (o->flags & KVS_PUT_DEVICE)) {
     if (kvs_gpu_device_count() < 1)
       return kvs__seterr(c, KVS_ENODEV, "KVS_PUT_DEVICE without a CUDA device");
@@ -86,10 +100,17 @@ kvs_err kvs__node_put_start(kvs_client *c, const kvs_model_id *model, const int3
                         .tokens_le = (const uint8_t *)(tokens + chunk->start),
                         .seg_end_le = (const uint8_t *)e.seg_end};
   size_t ms = kvs_wire_meta_size(&meta), w;
-  nng_msg *m = NULL;
-  rv = ms ? kvs__frame_new(ms + e.len, &m) : KVS_ETOOBIG;
+  if (!m) {
+    rv = ms ? kvs__frame_new(ms + e.len, &m) : KVS_ETOOBIG;
+    if (!rv) memcpy(kvs__frame_payload(m) + ms, e.bytes, e.len);
+  } else if (!ms || ms > ms_max) {
+    rv = KVS_ETOOBIG;
+  } else { /* the value lies at ms_max: the frame now starts ms_max - ms later */
+    nng_msg_chop(m, dbound - e.len);
+    nng_msg_trim(m, ms_max - ms);
+    memset(nng_msg_body(m), 0, KVS_WIRE_HDR_SIZE);
+  }
   if (!rv) rv = kvs_wire_meta_encode(&meta, kvs__frame_payload(m), ms, &w);
-  if (!rv) memcpy(kvs__frame_payload(m) + ms, e.bytes, e.len);
   kvs__encoded_free(&e);
   if (!rv) rv = kvs__frame_seal(c, m, KVS_OP_PUT);
   if (!rv && (o->flags & KVS_PUT_SYNC)) {

@@ -431,24 +431,40 @@ enc_ws ws_enc_of(const enc_geo &g) {
   w.nw = take(4 * blocks), w.states = take(4 * 32 * blocks),
   w.words = take(2 * 32ull * g.S * blocks);
   w.pl_off = take(8 * P), w.pl_info = take(16 * P), w.blk_off = take(4 * blocks);
-  w.out = take(P * g.body_cap);
+  /* the whole container: prefix, a segment header and padding per segment,
+   * the plane bodies at their final offsets */
+  w.out = take(KVS_CODEC_HEADER_BYTES + 8ull * KVS_CODEC_MAX_SEGMENTS +
+               (KVS_CODEC_SEG_HEADER_BYTES + 8ull) * KVS_CODEC_MAX_SEGMENTS + P * g.body_cap);
   w.total = o;
   return w;
 }
 
+/* The plane bodies already lie in out at their container offsets (copied
+ * from the device in one piece); the container code only checks where it
+ * expects each one and writes the headers and checksums around them. */
 struct host_planes {
-  const uint8_t *bodies;
-  const uint64_t *off; /* [P] */
+  const uint8_t *out;
+  const uint64_t *off; /* [P] from out */
   const uint32_t *len; /* [P] */
 };
 
-kvs_err give_plane(void *ctx, uint32_t layer, uint32_t kv, uint8_t *out, size_t cap, size_t *len) {
+kvs_err plane_in_place(void *ctx, uint32_t layer, uint32_t kv, uint8_t *at, size_t cap,
+                       size_t *len) {
   const host_planes *hp = (const host_planes *)ctx;
   uint32_t p = 2 * layer + kv;
-  if (hp->len[p] > cap) return KVS_ENOSPC;
-  memcpy(out, hp->bodies + hp->off[p], hp->len[p]);
+  if (hp->len[p] > cap || at != hp->out + hp->off[p]) return KVS_EINTERNAL;
   *len = hp->len[p];
   return KVS_OK;
+}
+
+/* codec.c eff_lpg: layers per segment of the container, *nseg segments */
+uint32_t seg_lpg_of(const kvs_codec_params *p, uint32_t n_layers, uint32_t *nseg) {
+  uint32_t lpg = p->layers_per_group ? p->layers_per_group : 1;
+  if (lpg > n_layers) lpg = n_layers;
+  uint32_t min_lpg = (uint32_t)E_CDIV(n_layers, KVS_CODEC_MAX_SEGMENTS);
+  lpg = lpg < min_lpg ? min_lpg : lpg;
+  *nseg = (uint32_t)E_CDIV(n_layers, lpg);
+  return lpg;
 }
 
 /* process-wide timers (kvs_gpu_codec_encode_timing) */
@@ -482,7 +498,6 @@ kvs_err encode(const kvs_codec_params *prm, const kvs_layout *l, uint32_t T, con
   uint32_t *h_freq = (uint32_t *)(h_rel + P), *h_cum = h_freq + 256ull * P;
   uint32_t *h_nw = h_cum + 256ull * P;
   uint32_t *h_info = h_nw + blocks, *h_blk = h_info + 4ull * P;
-  uint8_t *bodies = NULL;
   kvs_err rc = KVS_OK;
   uint64_t t_start = kvs_now_ns(), t_copy = t_start, t_host = t_start;
 #define E_TRY(call)                                                                                \
@@ -555,8 +570,11 @@ kvs_err encode(const kvs_codec_params *prm, const kvs_layout *l, uint32_t T, con
     E_TRY(cudaMemcpyAsync(h_nw, ws + w.nw, 4ull * blocks, cudaMemcpyDeviceToHost, st));
     E_TRY(cudaStreamSynchronize(st));
 
-    /* plane sizes and block offsets (prof_entropy.c dense_fixed) */
-    uint64_t total = 0, hd = E_PAD4(2ull * g.HD);
+    /* plane sizes and block offsets (prof_entropy.c dense_fixed); each plane
+     * placed where the container will hold it (codec.c encode_with): the
+     * prefix, then per segment its header and its planes, padded to 8 */
+    uint32_t nseg = 0, seg_lpg = seg_lpg_of(prm, l->n_layers, &nseg);
+    uint64_t total = KVS_CODEC_HEADER_BYTES + 8ull * nseg, seg_pay = 0, hd = E_PAD4(2ull * g.HD);
     for (uint32_t p = 0; p < P; p++) {
       uint32_t f = h_flags[p], n_sym = h_info[4 * p + 1], n_exc = h_info[4 * p + 2];
       uint64_t pos = 12 + E_PAD4(2ull * n_sym) + hd + ((f & KVS_DENSE_CHAN) ? hd : 0) +
@@ -573,37 +591,44 @@ kvs_err encode(const kvs_codec_params *prm, const kvs_layout *l, uint32_t T, con
         goto done;
       }
       h_info[4 * p] = (uint32_t)pos;
+      uint32_t layer = p / 2;
+      if (p % 2 == 0 && layer % seg_lpg == 0) { /* a segment starts */
+        total += KVS_CODEC_SEG_HEADER_BYTES;
+        seg_pay = 0;
+      }
       h_off[p] = total;
-      total += pos;
+      total += pos, seg_pay += pos;
+      if (p % 2 == 1 && (layer + 1 == l->n_layers || (layer + 1) % seg_lpg == 0))
+        total += ((seg_pay + 7) & ~7ull) - seg_pay; /* the segment's zero padding */
     }
     E_TRY(cudaMemcpyAsync(ws + w.pl_off, h_off, 8ull * P, cudaMemcpyHostToDevice, st));
     E_TRY(cudaMemcpyAsync(ws + w.pl_info, h_info, 16ull * P, cudaMemcpyHostToDevice, st));
     E_TRY(cudaMemcpyAsync(ws + w.blk_off, h_blk, 4ull * blocks, cudaMemcpyHostToDevice, st));
+    if (total > cap) {
+      rc = KVS_ENOSPC;
+      goto done;
+    }
     E_TRY(cudaMemsetAsync(ws + w.out, 0, total, st));
     k_pack_fixed<<<P, 256, 0, st>>>(c);
     k_pack_blocks<<<grid_of(blocks * 32, 128), 128, 0, st>>>(c);
     E_TRY(cudaGetLastError());
-    bodies = (uint8_t *)malloc(total ? total : 1);
-    if (!bodies) {
-      rc = KVS_ENOMEM;
-      goto done;
-    }
     E_TRY(cudaStreamSynchronize(st));
     t_copy = kvs_now_ns();
-    E_TRY(cudaMemcpyAsync(bodies, ws + w.out, total, cudaMemcpyDeviceToHost, st));
+    /* one copy of the whole container into out; the host adds the headers */
+    E_TRY(cudaMemcpyAsync(out, ws + w.out, total, cudaMemcpyDeviceToHost, st));
     E_TRY(cudaStreamSynchronize(st));
     t_host = kvs_now_ns();
     uint32_t *lens = h_nw; /* reuse: P <= blocks */
     for (uint32_t p = 0; p < P; p++)
       lens[p] = h_info[4 * p];
-    host_planes hp = {bodies, h_off, lens};
-    rc = kvs_codec_encode_planes(prm, l, T, give_plane, &hp, out, cap, out_len);
+    host_planes hp = {(const uint8_t *)out, h_off, lens};
+    rc = kvs_codec_encode_planes(prm, l, T, plane_in_place, &hp, out, cap, out_len);
+    if (rc == KVS_OK && *out_len != total) rc = KVS_EINTERNAL;
   }
 done:
 #undef E_TRY
   /* a failed call leaves nothing in flight that reads the host scratch */
   if (rc != KVS_OK) cudaStreamSynchronize(st);
-  free(bodies);
   free(hs);
   if (rc == KVS_OK) {
     uint64_t t_end = kvs_now_ns();

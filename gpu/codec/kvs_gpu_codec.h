@@ -60,11 +60,13 @@ kvs_err kvs_gpu_codec_status(void *d_ws, void *stream);
  * GPU encode of the dense profile (the others encode on the CPU): the same
  * bytes kvs_codec_encode writes for the same input and parameters, bit for
  * bit. d_kv is a device copy of the canonical layout (f16 or bf16); the
- * statistics, quantisation and rANS run on the GPU, the container (headers,
- * checksums) on the host. out is host memory of kvs_codec_encode_bound()
- * bytes. Synchronous: returns when out holds *out_len bytes; uses `stream`
- * and d_ws (kvs_gpu_codec_encode_workspace_bound bytes, about 8 bytes per
- * KV element), and allocates host scratch of about the encoded size.
+ * statistics, quantisation, rANS and the plane bodies at their container
+ * offsets run on the GPU; one copy brings the container to out, where the
+ * host writes the headers and checksums around the bodies. out is host
+ * memory of kvs_codec_encode_bound() bytes (pinned memory copies fastest).
+ * Synchronous: returns when out holds *out_len bytes; uses `stream` and d_ws
+ * (kvs_gpu_codec_encode_workspace_bound bytes, about 8 bytes per KV
+ * element), and a few KiB of host scratch.
  * KVS_ENOTSUP for other profiles; the CPU encoder's argument errors. */
 size_t kvs_gpu_codec_encode_workspace_bound(const kvs_codec_params *p, const kvs_layout *layout,
                                             uint32_t n_tokens);
@@ -74,9 +76,9 @@ kvs_err kvs_gpu_codec_encode(const kvs_codec_params *p, const kvs_layout *layout
 
 /* Where the successful encodes of this process spent their time (monotonic
  * totals, any thread): gpu = statistics, quantisation, rANS and packing on
- * the device with the host steps between them; copy = the encoded bytes
- * device to host; host = the container (headers, checksums) on the host.
- * For benchmarks. */
+ * the device with the host steps between them; copy = the encoded container
+ * device to host (one copy into out); host = headers and checksums around
+ * it. For benchmarks. */
 typedef struct kvs_gpu_codec_enc_timing {
   uint64_t calls;
   uint64_t gpu_ns, copy_ns, host_ns;

@@ -242,6 +242,52 @@ static void paged_device(const char *profile) {
 static void test_paged_int8(void) { paged_device("int8"); }
 static void test_paged_raw(void) { paged_device("raw"); }
 
+/* A dense put from device memory is encoded on the GPU straight into the
+ * request frame (room for the largest meta, trimmed): what the daemon stores
+ * is the CPU encoder's encoding, bit for bit (same size, same decoded KV),
+ * with one layer group or several, an uneven last group included. */
+static void test_dense_device_put(void) {
+  int id = kvs_profile_from_name("dense");
+  if (id < 0) return;
+  const uint32_t T = 200;
+  unsigned long long st = 21;
+  size_t nb = kvs_layout_token_bytes(&lay) * T;
+  uint16_t *kv = malloc(nb), *a = malloc(nb), *b = malloc(nb);
+  for (size_t i = 0; i < nb / 2; i++)
+    kv[i] = kvs_f32_to_f16(kvs_test_randf(&st));
+  int32_t tok[200];
+  for (uint32_t i = 0; i < T; i++)
+    tok[i] = (int32_t)(i * 7 + 1);
+  void *dkv = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&dkv, nb), KVS_OK);
+  kvs_gpu_copy_h2d(dkv, kv, nb, NULL);
+  kvs_gpu_sync(NULL);
+  const uint32_t lpgs[] = {1, 3, 4};
+  for (int k = 0; k < 3; k++) {
+    kvs_model_id md = kvs_hash128_buf("dense-dev", 9), mh = kvs_hash128_buf("dense-host", 10);
+    md.b[0] ^= (uint8_t)k, mh.b[0] ^= (uint8_t)k;
+    kvs_span sp = {0, T};
+    kvs_chunk cd, chh;
+    kvs_chunk_spans(&md, tok, T, &sp, 1, &cd);
+    kvs_chunk_spans(&mh, tok, T, &sp, 1, &chh);
+    kvs_put_opts pd = {
+        .profile = (uint32_t)id, .layers_per_group = lpgs[k], .flags = KVS_PUT_DEVICE};
+    kvs_put_opts ph = {.profile = (uint32_t)id, .layers_per_group = lpgs[k]};
+    CU_ASSERT_EQUAL(kvs_put(cl, &md, tok, &cd, &lay, dkv, &pd), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_put(cl, &mh, tok, &chh, &lay, kv, &ph), KVS_OK);
+    kvs_entry_info id_, ih;
+    CU_ASSERT_EQUAL(kvs_exists(cl, &md, &cd.key, &id_), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_exists(cl, &mh, &chh.key, &ih), KVS_OK);
+    CU_ASSERT(id_.present && ih.present && id_.value_bytes == ih.value_bytes);
+    memset(a, 0, nb), memset(b, 0x55, nb);
+    CU_ASSERT_EQUAL(kvs_get(cl, &md, tok, &cd, &lay, a, nb, NULL), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_get(cl, &mh, tok, &chh, &lay, b, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(a, b, nb) == 0);
+  }
+  kvs_gpu_free(dkv);
+  free(kv), free(a), free(b);
+}
+
 static void test_raw(void) { roundtrip("raw"); }
 static void test_lossless(void) { roundtrip("lossless"); }
 static void test_int8(void) { roundtrip("int8"); }
@@ -255,6 +301,7 @@ static const kvs_test_case cases[] = {{"raw", test_raw},
                                       {"batch_device", test_batch_device},
                                       {"paged_int8", test_paged_int8},
                                       {"paged_raw", test_paged_raw},
+                                      {"dense_device_put", test_dense_device_put},
                                       {NULL, NULL}};
 
 int main(void) {
