@@ -335,7 +335,83 @@ static nng_msg *op_import(kvs__dataplane *d, const kvs_wire_req *r, const char *
 
 /* fast: on an nng task thread, answer only what cannot block; set *defer for
  * the rest. */
-static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int *defer) {
+/* ------------------------------------------------ shared-memory puts */
+/* PUT_RESERVE: a range of the tenant's segment, tied to connection conn
+ * (freed when it closes). */
+static nng_msg *op_reserve(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant,
+                           uint32_t conn) {
+  const kvs_wire_put_reserve_req *q = &r->u.reserve;
+  uint16_t op = r->hdr.op;
+  if (q->bytes + KVS_WIRE_HDR_SIZE > d->cfg.max_msg) /* the same bound as a PUT's */
+    return answer_err(op, r->hdr.req_id, KVS_ETOOBIG, "value over max_msg");
+  uint8_t tid[8];
+  kvs__store_tenant_id(d->st, tenant, tid);
+  kvs__resv_out o;
+  kvs_err rc = kvs__store_reserve(d->st, tid, &q->key, &q->model, q->bytes, conn, &o);
+  if (rc != KVS_OK)
+    return answer_err(op, r->hdr.req_id, rc,
+                      rc == KVS_EAGAIN    ? "no room in shared memory: use PUT"
+                      : rc == KVS_ENOTSUP ? "shm is off: use PUT"
+                                          : NULL);
+  kvs_wire_put_reserve_resp a;
+  memset(&a, 0, sizeof a);
+  a.resv_id = o.id;
+  a.expires_ms = o.expires_ms;
+  a.offset = o.offset;
+  a.bytes = o.bytes;
+  snprintf(a.shm_name, sizeof a.shm_name, "%s", o.shm_name);
+  nng_msg *m = answer_alloc(op, r->hdr.req_id, KVS_OK, KVS_WIRE_PUT_RESERVE_RESP_SIZE);
+  if (m && kvs_wire_put_reserve_resp_encode(&a, payload_of(m), KVS_WIRE_PUT_RESERVE_RESP_SIZE,
+                                            NULL) != KVS_OK) {
+    nng_msg_free(m);
+    m = NULL;
+  }
+  if (!m) { /* no answer: the range goes back now */
+    (void)kvs__store_resv_abort(d->st, tid, o.id);
+    return answer_err(op, r->hdr.req_id, KVS_ENOMEM, NULL);
+  }
+  return m;
+}
+
+/* PUT_COMMIT: the reservation is taken out of the table first (so expiry,
+ * an abort or the connection closing cannot free it meanwhile), the meta
+ * checked against it, the value's checksum checked on the bytes in place by
+ * the store's put; whatever the outcome, the range is freed after it. */
+static nng_msg *op_commit(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant) {
+  const kvs_wire_put_commit_req *q = &r->u.commit;
+  uint16_t op = r->hdr.op;
+  uint64_t id = r->hdr.req_id;
+  uint8_t tid[8];
+  kvs__store_tenant_id(d->st, tenant, tid);
+  kvs_key key;
+  kvs_model_id model;
+  kvs__buf *b = NULL;
+  kvs_err rc = kvs__store_resv_take(d->st, tid, q->resv_id, &key, &model, &b);
+  if (rc != KVS_OK)
+    return answer_err(op, id, rc, "no such reservation (expired, aborted or another tenant's)");
+  const char *why = NULL;
+  if (q->meta.value_bytes > b->len) {
+    rc = KVS_ERANGE;
+    why = "value_bytes over the reserved range";
+  } else if (memcmp(key.b, q->meta.key.b, 16) || memcmp(model.b, q->meta.model.b, 16)) {
+    rc = KVS_EINVAL;
+    why = "key or model differs from the reservation's";
+  } else {
+    kvs__skey sk;
+    kvs__store_skey(d->st, tenant, &q->meta.key, &sk);
+    /* NOTE: kvs__store_put copies the value into its own T0 buffer; a put
+     * entry that indexes b itself (no copy) is wb's (cachesvc/store.c) */
+    rc = kvs__store_put(d->st, &sk, &q->meta, b->data,
+                        r->hdr.flags & (KVS_WIRE_F_NX | KVS_WIRE_F_SYNC), 0);
+    if (rc == KVS_ECHECKSUM) why = "the bytes in the reserved range do not match the checksum";
+    if (rc == KVS_OK) KVS__INC(d->met, KVS_STAT_BYTES_IN, q->meta.value_bytes);
+  }
+  kvs__buf_unref(b); /* the range is free again */
+  return rc == KVS_OK ? answer_alloc(op, id, KVS_OK, 0) : answer_err(op, id, rc, why);
+}
+
+static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int *defer,
+                         uint32_t conn) {
   char tenant[KVS_WIRE_TENANT_MAX + 1];
   kvs_wire_hdr_tenant(&r->hdr, tenant);
   uint16_t op = r->hdr.op;
@@ -418,6 +494,14 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
     rc = kvs__store_release(d->st, tid, r->u.release_id);
     return rc == KVS_OK ? answer_alloc(op, id, KVS_OK, 0) : answer_err(op, id, rc, NULL);
   }
+  case KVS_OP_PUT_RESERVE: return op_reserve(d, r, tenant, conn);
+  case KVS_OP_PUT_COMMIT: return op_commit(d, r, tenant);
+  case KVS_OP_PUT_ABORT: {
+    uint8_t tid[8];
+    kvs__store_tenant_id(d->st, tenant, tid);
+    rc = kvs__store_resv_abort(d->st, tid, r->u.abort_id);
+    return rc == KVS_OK ? answer_alloc(op, id, KVS_OK, 0) : answer_err(op, id, rc, NULL);
+  }
   default: return answer_err(op, id, KVS_ENOTSUP, NULL);
   }
 }
@@ -460,7 +544,8 @@ static nng_msg *handle(kvs__dataplane *d, nng_msg *req, int fast, uint16_t *op_o
     atomic_fetch_add_explicit(&d->met->bad_frames, 1, memory_order_relaxed);
     return answer_err(h.op, h.req_id, rc, "bad payload");
   }
-  return dispatch(d, &r, fast, defer);
+  int pid = nng_pipe_id(nng_msg_get_pipe(req));
+  return dispatch(d, &r, fast, defer, pid > 0 ? (uint32_t)pid : 0);
 }
 
 static void rctx_recv(rctx *c);
@@ -674,7 +759,10 @@ static void *worker_main(void *arg) {
 static void on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg) {
   kvs__dataplane *d = arg;
   atomic_fetch_add(&d->met->clients_msg, ev == NNG_PIPE_EV_ADD_POST ? 1 : -1);
-  if (ev == NNG_PIPE_EV_REM_POST) pipe_gone(p, d);
+  if (ev == NNG_PIPE_EV_REM_POST) {
+    pipe_gone(p, d);
+    kvs__store_resv_drop_conn(d->st, (uint32_t)nng_pipe_id(p)); /* its put reservations */
+  }
 }
 
 kvs_err kvs__dataplane_start(const kvs_svc_config *c, kvs__store *st, kvs__metrics *met,

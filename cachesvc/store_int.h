@@ -71,6 +71,17 @@ typedef struct kvs__lease {
   kvs__buf *b;
 } kvs__lease;
 
+/* A range of a tenant's segment reserved for a shared-memory put (PUT_RESERVE
+ * .. PUT_COMMIT / PUT_ABORT), store_shm.c. */
+typedef struct kvs__resv {
+  uint64_t id, expires_ms;
+  uint8_t tid[8];
+  uint32_t conn; /* the data-plane connection that made it (0: none) */
+  kvs_key key;
+  kvs_model_id model;
+  kvs__buf *b;
+} kvs__resv;
+
 /* A tenant's quota and what it uses (docs/kvstashd.md, "Tenant quotas").
  * ram/disk/entries/pend_* are guarded by the store's mu; the bucket by rmu. */
 typedef struct kvs__tquota {
@@ -100,6 +111,9 @@ struct kvs__store {
   kvs__lease *leases; /* guarded by mu */
   size_t nleases, capleases;
   uint64_t lease_seq;
+  kvs__resv *resv; /* shared-memory put reservations (store_shm.c), guarded by mu */
+  size_t nresv, capresv;
+  uint64_t resv_seq;
   kvs__metrics *met;
   uint8_t secret[32];
   /* the tiers of KVS__TIER_LIST by position (wire number - 1); NULL = absent */
@@ -182,7 +196,8 @@ kvs__buf *kvs__sh_copy(kvs__store *s, const kvs__skey *k, const uint8_t *value, 
  * the lease cap, KVS_ENOMEM. */
 kvs_err kvs__sh_lease_add(kvs__store *s, const uint8_t tid[8], kvs__buf *b, uint64_t now,
                           kvs__lease *out);
-/* Drops the leases expired at now (all with all), their refs outside mu. */
+/* Drops the leases and put reservations expired at now (all with all),
+ * their refs outside mu. */
 void kvs__sh_expire(kvs__store *s, uint64_t now, int all);
 /* Frees the lease table and the segments (every buffer gone). */
 void kvs__sh_free(kvs__store *s);

@@ -7,10 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "store_int.h"
 
 #define MAX_LEASES 65536
+#define MAX_RESV   4096
 
 /* --------------------------------------------------------------- buffers */
 kvs__buf *kvs__buf_new(size_t len) {
@@ -163,6 +165,14 @@ void kvs__sh_expire(kvs__store *s, uint64_t now, int all) {
         i++;
       }
     }
+    for (size_t i = 0; i < s->nresv && n < B;) {
+      if (all || s->resv[i].expires_ms <= now) {
+        drop[n++] = s->resv[i].b;
+        s->resv[i] = s->resv[--s->nresv];
+      } else {
+        i++;
+      }
+    }
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < n; i++)
       kvs__buf_unref(drop[i]);
@@ -173,7 +183,136 @@ void kvs__sh_free(kvs__store *s) {
   kvs__sh_expire(s, 0, 1);
   free(s->leases);
   s->leases = NULL;
+  free(s->resv);
+  s->resv = NULL;
   for (int i = 0; i < s->nsegs; i++)
     kvs__shm_destroy(s->segs[i].seg); /* no buffer left */
   s->nsegs = 0;
+}
+
+/* ------------------------------------------------ shared-memory puts */
+static uint64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+kvs_err kvs__store_reserve(kvs__store *s, const uint8_t tid[8], const kvs_key *key,
+                           const kvs_model_id *model, uint64_t bytes, uint32_t conn,
+                           kvs__resv_out *out) {
+  memset(out, 0, sizeof *out);
+  if (!s->cfg.shm) return KVS_ENOTSUP;
+  if (atomic_load(&s->closing)) return KVS_EBUSY;
+  if (bytes == 0 || bytes > KVS_WIRE_MAX_VALUE) return KVS_ERANGE;
+  kvs__shm *m = kvs__sh_seg_for(s, tid);
+  if (!m) return KVS_EAGAIN;
+  kvs__buf *b = kvs__buf_new_shm(m, (size_t)bytes);
+  if (!b) { /* full: ranges of expired reservations and leases may come back */
+    kvs__sh_expire(s, wall_ms(), 0);
+    b = kvs__buf_new_shm(m, (size_t)bytes);
+  }
+  if (!b) return KVS_EAGAIN;
+  kvs_err rc = KVS_OK;
+  pthread_mutex_lock(&s->mu);
+  if (s->nresv >= MAX_RESV) {
+    rc = KVS_EBUSY;
+  } else if (s->nresv == s->capresv) {
+    size_t nc = s->capresv ? 2 * s->capresv : 64;
+    kvs__resv *nr = realloc(s->resv, nc * sizeof *nr);
+    if (!nr) {
+      rc = KVS_ENOMEM;
+    } else {
+      s->resv = nr;
+      s->capresv = nc;
+    }
+  }
+  if (rc == KVS_OK) {
+    kvs__resv *r = &s->resv[s->nresv++];
+    r->id = ++s->resv_seq;
+    r->expires_ms = wall_ms() + s->cfg.lease_ms;
+    memcpy(r->tid, tid, 8);
+    r->conn = conn;
+    r->key = *key;
+    r->model = *model;
+    r->b = b; /* the reservation's ref */
+    out->id = r->id;
+    out->expires_ms = r->expires_ms;
+    out->offset = b->shm_off;
+    out->bytes = bytes;
+    snprintf(out->shm_name, sizeof out->shm_name, "%s", kvs__shm_name(m));
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (rc != KVS_OK) kvs__buf_unref(b);
+  return rc;
+}
+
+/* Removes reservation id of tid from the table (mu held): its buffer, or NULL. */
+static kvs__buf *resv_remove(kvs__store *s, const uint8_t tid[8], uint64_t id, kvs_key *key,
+                             kvs_model_id *model) {
+  for (size_t i = 0; i < s->nresv; i++)
+    if (s->resv[i].id == id && memcmp(s->resv[i].tid, tid, 8) == 0) {
+      kvs__buf *b = s->resv[i].b;
+      if (key) *key = s->resv[i].key;
+      if (model) *model = s->resv[i].model;
+      s->resv[i] = s->resv[--s->nresv];
+      return b;
+    }
+  return NULL;
+}
+
+kvs_err kvs__store_resv_take(kvs__store *s, const uint8_t tid[8], uint64_t id, kvs_key *key,
+                             kvs_model_id *model, kvs__buf **b) {
+  uint64_t now = wall_ms();
+  int expired = 0;
+  pthread_mutex_lock(&s->mu);
+  for (size_t i = 0; i < s->nresv; i++)
+    if (s->resv[i].id == id && memcmp(s->resv[i].tid, tid, 8) == 0) {
+      expired = s->resv[i].expires_ms <= now; /* not swept yet: as good as gone */
+      break;
+    }
+  *b = resv_remove(s, tid, id, key, model);
+  pthread_mutex_unlock(&s->mu);
+  if (*b && expired) {
+    kvs__buf_unref(*b);
+    *b = NULL;
+  }
+  return *b ? KVS_OK : KVS_ENOENT;
+}
+
+kvs_err kvs__store_resv_abort(kvs__store *s, const uint8_t tid[8], uint64_t id) {
+  pthread_mutex_lock(&s->mu);
+  kvs__buf *b = resv_remove(s, tid, id, NULL, NULL);
+  pthread_mutex_unlock(&s->mu);
+  if (!b) return KVS_ENOENT;
+  kvs__buf_unref(b);
+  return KVS_OK;
+}
+
+void kvs__store_resv_drop_conn(kvs__store *s, uint32_t conn) {
+  enum { B = 64 };
+  kvs__buf *drop[B];
+  int n;
+  if (!conn) return;
+  do {
+    n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->nresv && n < B;) {
+      if (s->resv[i].conn == conn) {
+        drop[n++] = s->resv[i].b;
+        s->resv[i] = s->resv[--s->nresv];
+      } else {
+        i++;
+      }
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n; i++)
+      kvs__buf_unref(drop[i]);
+  } while (n == B);
+}
+
+size_t kvs__store_resv_count(kvs__store *s) {
+  pthread_mutex_lock(&s->mu);
+  size_t n = s->nresv;
+  pthread_mutex_unlock(&s->mu);
+  return n;
 }

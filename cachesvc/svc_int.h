@@ -194,6 +194,30 @@ kvs_err kvs__store_lease(kvs__store *s, const kvs__skey *k, const kvs_model_id *
                          kvs__lease_out *out);
 /* Releases a lease of this tenant (KVS_ENOENT when unknown or expired). */
 kvs_err kvs__store_release(kvs__store *s, const uint8_t tenant_id[8], uint64_t lease_id);
+/* Shared-memory puts (store_shm.c; docs/protocol.md "PUT_RESERVE"): a range
+ * of `bytes` in tenant tid's segment, the reservation's until taken,
+ * aborted, expired (lease_ms) or dropped with its connection `conn`.
+ * KVS_ENOTSUP with shm off; KVS_EAGAIN when the segment has no room (the
+ * client puts through the socket); KVS_EBUSY at the reservation cap. */
+typedef struct kvs__resv_out {
+  uint64_t id, expires_ms, offset, bytes;
+  char shm_name[KVS_WIRE_SHM_NAME_MAX + 1];
+} kvs__resv_out;
+kvs_err kvs__store_reserve(kvs__store *s, const uint8_t tid[8], const kvs_key *key,
+                           const kvs_model_id *model, uint64_t bytes, uint32_t conn,
+                           kvs__resv_out *out);
+/* Takes reservation id of tenant tid out of the table (PUT_COMMIT): *b gets
+ * its ref (the caller's now: kvs__buf_unref frees the range), *key and
+ * *model what it was made for. KVS_ENOENT when unknown, expired or another
+ * tenant's. */
+kvs_err kvs__store_resv_take(kvs__store *s, const uint8_t tid[8], uint64_t id, kvs_key *key,
+                             kvs_model_id *model, kvs__buf **b);
+/* PUT_ABORT: frees the range now (KVS_ENOENT as above). */
+kvs_err kvs__store_resv_abort(kvs__store *s, const uint8_t tid[8], uint64_t id);
+/* The connection closed: its reservations are freed. */
+void kvs__store_resv_drop_conn(kvs__store *s, uint32_t conn);
+/* Reservations held now (all tenants). */
+size_t kvs__store_resv_count(kvs__store *s);
 /* 0 = miss, 1 + tier = cached and matching. No bytes read, no hit counted. */
 int kvs__store_probe(kvs__store *s, const kvs__skey *k, const kvs_model_id *model,
                      const uint8_t *tokens_le, uint32_t n_tokens);

@@ -80,6 +80,10 @@ typedef struct kvs__shmmap {
   const uint8_t *base;
   uint64_t size;
   int registered; /* cudaHostRegister'ed (device gets DMA from it) */
+  /* the same segment mapped read-write, for shared-memory puts (mapped on
+   * the first put that needs it) */
+  uint8_t *wbase;
+  int wregistered; /* 1 registered (device puts DMA into it), -1 failed, 0 not tried */
   struct kvs__shmmap *next;
 } kvs__shmmap;
 
@@ -125,6 +129,10 @@ struct kvs_client {
     int n_workers, work_stop;
     struct kvs__devnode *devpool; /* device decode buffers of finished gets */
     int n_devpool;
+    atomic_int put_off; /* the server has no shared-memory puts (or refused them): socket */
+    void *bounce;       /* pinned bounce buffer of device puts into an unregistered mapping */
+    size_t bounce_len;
+    pthread_mutex_t bounce_mu;
   } shm;
   /* byte-stream GETs (stream.c), under mu */
   struct kvs__stream {
@@ -142,7 +150,8 @@ struct kvs_client {
   /* kvs_client_counters, as atomics (every file counts its own) */
   struct kvs__counters {
     atomic_uint_fast64_t gets, shm_gets, shm_fallbacks, shm_regroups, shm_bytes, leases, releases,
-        release_lost, shm_maps, stream_gets, stream_fallbacks;
+        release_lost, shm_maps, stream_gets, stream_fallbacks, shm_puts, sock_puts,
+        shm_put_fallbacks;
   } ctr;
   struct kvs__cluster *cluster; /* an etcd:// client (cluster.c): every call goes there */
 };
@@ -260,6 +269,11 @@ void kvs__stream_close(kvs_client *c);
  * failure to register is not an error). */
 kvs_err kvs__shm_map(kvs_client *c, const char *name, int register_host, kvs__shmmap **out,
                      char *errbuf, size_t errlen);
+/* The same segment mapped read-write (shared-memory puts), once per client;
+ * register_host: also make that mapping DMA-able (once; m->wregistered
+ * says whether it worked). Errors as kvs__shm_map. */
+kvs_err kvs__shm_map_rw(kvs_client *c, const char *name, int register_host, kvs__shmmap **out,
+                        char *errbuf, size_t errlen);
 /* Runs fn(arg) on one of the client's worker threads (started on first use:
  * opts.n_workers of them). KVS_ECLOSED when the client is closing (fn is
  * then not run). */

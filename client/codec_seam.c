@@ -21,13 +21,15 @@ void kvs__encoded_free(kvs__encoded *e) {
   memset(e, 0, sizeof *e);
 }
 
-/* The raw profile lives in codec/raw.c (KVS_CODEC_RAW). */
+/* The raw profile lives in codec/raw.c (KVS_CODEC_RAW). dst (cap bytes) or
+ * NULL: allocated. */
 static kvs_err raw_encode(uint32_t lpg_want, const kvs_layout *l, uint32_t T, const void *kv,
-                          kvs__encoded *e) {
+                          void *dst, size_t cap, kvs__encoded *e) {
   const uint32_t lpg = kvs_codec_raw_lpg(l, lpg_want, KVS_WIRE_MAX_SEGMENTS);
   e->len = kvs_codec_raw_bytes(l, T);
-  if (!e->len) return KVS_EINVAL;
-  e->bytes = malloc(e->len);
+  if (!e->len || (dst && cap < e->len)) return KVS_EINVAL;
+  e->bytes = dst ? dst : malloc(e->len);
+  e->borrowed = dst != NULL;
   e->seg_end = malloc(KVS_WIRE_MAX_SEGMENTS * sizeof *e->seg_end);
   uint32_t n = 0;
   kvs_err rv = e->bytes && e->seg_end ? kvs_codec_raw_encode(l, T, lpg, kv, e->bytes, e->len,
@@ -43,29 +45,53 @@ static kvs_err raw_encode(uint32_t lpg_want, const kvs_layout *l, uint32_t T, co
 
 static kvs_err seg_table(kvs_err rv, kvs__encoded *out);
 
-kvs_err kvs__encode(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
-                    const kvs_layout *layout, uint32_t n_tokens, const void *kv,
-                    kvs__encoded *out) {
-  memset(out, 0, sizeof *out);
-  KVS_TRY(kvs_layout_validate(layout));
-  if (n_tokens == 0 || !kv) return KVS_EINVAL;
-  if (profile == KVS_PROFILE_RAW && !params) return raw_encode(lpg, layout, n_tokens, kv, out);
-  kvs_codec_params p;
+/* The codec parameters of a host encode (profile != raw, or params given). */
+static kvs_err host_params(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
+                           const kvs_layout *layout, kvs_codec_params *p) {
   if (params) {
     KVS_RETURN_ERROR_IF(params->profile != profile, KVS_EINVAL,
                         "codec parameters of another profile than the put's");
-    p = *params;
-    if (!p.layers_per_group) p.layers_per_group = lpg;
-  } else {
-    KVS_TRY(kvs_codec_params_default((int)profile, layout->n_layers, &p));
-    p.layers_per_group = lpg;
+    *p = *params;
+    if (!p->layers_per_group) p->layers_per_group = lpg;
+    return KVS_OK;
   }
+  KVS_TRY(kvs_codec_params_default((int)profile, layout->n_layers, p));
+  p->layers_per_group = lpg;
+  return KVS_OK;
+}
+
+size_t kvs__encode_bound(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
+                         const kvs_layout *layout, uint32_t n_tokens) {
+  if (kvs_layout_validate(layout) || !n_tokens) return 0;
+  if (profile == KVS_PROFILE_RAW && !params) return kvs_codec_raw_bytes(layout, n_tokens);
+  kvs_codec_params p;
+  if (host_params(profile, lpg, params, layout, &p) != KVS_OK) return 0;
+  return kvs_codec_encode_bound(&p, layout, n_tokens);
+}
+
+kvs_err kvs__encode_to(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
+                       const kvs_layout *layout, uint32_t n_tokens, const void *kv, void *dst,
+                       size_t dst_cap, kvs__encoded *out) {
+  memset(out, 0, sizeof *out);
+  KVS_TRY(kvs_layout_validate(layout));
+  if (n_tokens == 0 || !kv) return KVS_EINVAL;
+  if (profile == KVS_PROFILE_RAW && !params)
+    return raw_encode(lpg, layout, n_tokens, kv, dst, dst_cap, out);
+  kvs_codec_params p;
+  KVS_TRY(host_params(profile, lpg, params, layout, &p));
   size_t cap = kvs_codec_encode_bound(&p, layout, n_tokens);
-  if (!cap) return KVS_EINVAL;
-  out->bytes = malloc(cap);
+  if (!cap || (dst && dst_cap < cap)) return KVS_EINVAL;
+  out->bytes = dst ? dst : malloc(cap);
+  out->borrowed = dst != NULL;
   if (!out->bytes) return KVS_ENOMEM;
   kvs_err rv = kvs_codec_encode(&p, layout, n_tokens, kv, out->bytes, cap, &out->len);
   return seg_table(rv, out);
+}
+
+kvs_err kvs__encode(uint32_t profile, uint32_t lpg, const struct kvs_codec_params *params,
+                    const kvs_layout *layout, uint32_t n_tokens, const void *kv,
+                    kvs__encoded *out) {
+  return kvs__encode_to(profile, lpg, params, layout, n_tokens, kv, NULL, 0, out);
 }
 
 /* The segment table of an encoding (from its header); frees out on error. */

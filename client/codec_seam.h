@@ -32,6 +32,17 @@ kvs_err kvs__encode(uint32_t profile, uint32_t layers_per_group,
                     const struct kvs_codec_params *params, const kvs_layout *layout,
                     uint32_t n_tokens, const void *kv, kvs__encoded *out);
 
+/* The same into dst (dst_cap >= kvs__encode_bound(); NULL: allocated), e.g.
+ * a range of a shared-memory segment; out->bytes is then dst, borrowed. */
+kvs_err kvs__encode_to(uint32_t profile, uint32_t layers_per_group,
+                       const struct kvs_codec_params *params, const kvs_layout *layout,
+                       uint32_t n_tokens, const void *kv, void *dst, size_t dst_cap,
+                       kvs__encoded *out);
+/* The bytes kvs__encode may write for these arguments (0: an argument error). */
+size_t kvs__encode_bound(uint32_t profile, uint32_t layers_per_group,
+                         const struct kvs_codec_params *params, const kvs_layout *layout,
+                         uint32_t n_tokens);
+
 /* The same from device memory d_kv, encoded on the GPU (the dense profile's
  * GPU encoder: the bytes kvs__encode writes, bit for bit); only the encoded
  * bytes cross PCIe. KVS_ENOTSUP when the profile has no GPU encoder or no

@@ -40,6 +40,11 @@
  * the lease, the segment cannot be mapped, the entry is not in the RAM tier
  * or the lease runs out mid-read, the same get goes through the socket
  * instead. Opt out with KVS_CLIENT_NO_SHM.
+ *   Puts use the same segments where gets do: PUT_RESERVE gives a range of
+ *   it, the encoder (the GPU's, for a device put with a GPU-encodable
+ *   profile) writes the value there, PUT_COMMIT sends only the meta and the
+ *   daemon checks the bytes in place; a daemon that does not offer it sends
+ *   the put through the socket as before (KVS_CLIENT_NO_SHM_PUT: always).
  * Same API; kvs_client_get_counters() says which path was taken. */
 #ifndef KVSTASH_H
 #define KVSTASH_H
@@ -162,6 +167,11 @@ typedef struct kvs_client_opts {
 /* Device puts copy the KV to the host and encode there even when the
  * profile has a GPU encoder (for comparisons; $KVS_CLIENT_GPU_ENCODE=0). */
 #define KVS_CLIENT_HOST_ENCODE 64u
+/* Puts always send their bytes through the socket, never through the
+ * shared-memory put (PUT_RESERVE / PUT_COMMIT, used by default where gets
+ * use shared memory; for comparisons; $KVS_CLIENT_SHM_PUT=0, read at each
+ * put, does the same). */
+#define KVS_CLIENT_NO_SHM_PUT 128u
 
 /* Byte-stream GETs: kvstashd listening on `tcp+stream://HOST:PORT` (or
  * `ipc+stream:///path`, docs/kvstashd.md) answers GETs as plain frames on a
@@ -199,17 +209,20 @@ const char *kvs_client_errmsg(kvs_client *c);
 int kvs_client_connected(kvs_client *c);
 /* What a client's gets did (monotonic counters since kvs_client_create). */
 typedef struct kvs_client_counters {
-  uint64_t gets;             /* gets started */
-  uint64_t shm_gets;         /* gets served from shared memory under a lease */
-  uint64_t shm_fallbacks;    /* gets that tried a lease and went through the socket */
-  uint64_t shm_regroups;     /* groups re-fetched by socket: the lease ran out mid-read */
-  uint64_t shm_bytes;        /* encoded bytes read in place */
-  uint64_t leases;           /* leases granted */
-  uint64_t releases;         /* RELEASEs the server confirmed */
-  uint64_t release_lost;     /* RELEASEs refused (lease expired first) or not delivered */
-  uint64_t shm_maps;         /* segments mapped */
-  uint64_t stream_gets;      /* GET requests answered over the byte stream */
-  uint64_t stream_fallbacks; /* GET requests the stream could not carry (sent by REQ/REP) */
+  uint64_t gets;              /* gets started */
+  uint64_t shm_gets;          /* gets served from shared memory under a lease */
+  uint64_t shm_fallbacks;     /* gets that tried a lease and went through the socket */
+  uint64_t shm_regroups;      /* groups re-fetched by socket: the lease ran out mid-read */
+  uint64_t shm_bytes;         /* encoded bytes read in place */
+  uint64_t leases;            /* leases granted */
+  uint64_t releases;          /* RELEASEs the server confirmed */
+  uint64_t release_lost;      /* RELEASEs refused (lease expired first) or not delivered */
+  uint64_t shm_maps;          /* segments mapped */
+  uint64_t stream_gets;       /* GET requests answered over the byte stream */
+  uint64_t stream_fallbacks;  /* GET requests the stream could not carry (sent by REQ/REP) */
+  uint64_t shm_puts;          /* puts written in place into shared memory (PUT_COMMIT sent) */
+  uint64_t sock_puts;         /* puts whose bytes crossed the socket (PUT sent) */
+  uint64_t shm_put_fallbacks; /* puts that tried shared memory and went through the socket */
 } kvs_client_counters;
 kvs_err kvs_client_get_counters(kvs_client *c, kvs_client_counters *out);
 /* 1 when gets of c will try the shared-memory path (the URL or flags allow

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "client_int.h"
+#include "kvs_gpu.h"
 #include "kvs_wire.h"
 
 const char *kvs_client_version(void) { return "0.1.0"; }
@@ -98,6 +99,7 @@ kvs_err kvs__node_create(const kvs_client_opts *o, kvs_client **out) {
   pthread_mutex_init(&c->mu, NULL);
   pthread_cond_init(&c->cv, NULL);
   pthread_mutex_init(&c->shm.mu, NULL);
+  pthread_mutex_init(&c->shm.bounce_mu, NULL);
   pthread_cond_init(&c->shm.work_cv, NULL);
   opts_from_env(&c->o);
   atomic_init(&c->shm.on, shm_wanted(c->url, c->o.flags));
@@ -136,6 +138,8 @@ void kvs__node_free(kvs_client *c) {
   kvs__pool_close(c);
   kvs__shm_unmap_all(c);
   kvs__devpool_free(c);
+  if (c->shm.bounce) kvs_gpu_free_host(c->shm.bounce);
+  pthread_mutex_destroy(&c->shm.bounce_mu);
   pthread_mutex_destroy(&c->shm.mu);
   pthread_cond_destroy(&c->shm.work_cv);
   pthread_mutex_destroy(&c->mu);
@@ -163,5 +167,8 @@ kvs_err kvs_client_get_counters(kvs_client *c, kvs_client_counters *o) {
   o->shm_maps = atomic_load(&c->ctr.shm_maps);
   o->stream_gets = atomic_load(&c->ctr.stream_gets);
   o->stream_fallbacks = atomic_load(&c->ctr.stream_fallbacks);
+  o->shm_puts = atomic_load(&c->ctr.shm_puts);
+  o->sock_puts = atomic_load(&c->ctr.sock_puts);
+  o->shm_put_fallbacks = atomic_load(&c->ctr.shm_put_fallbacks);
   return KVS_OK;
 }

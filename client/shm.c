@@ -71,6 +71,33 @@ kvs_err kvs__shm_map(kvs_client *c, const char *name, int register_host, kvs__sh
   return rv;
 }
 
+kvs_err kvs__shm_map_rw(kvs_client *c, const char *name, int register_host, kvs__shmmap **out,
+                        char *errbuf, size_t errlen) {
+  kvs__shmmap *m = NULL;
+  *out = NULL;
+  KVS_TRY(kvs__shm_map(c, name, 0, &m, errbuf, errlen));
+  kvs_err rv = KVS_OK;
+  pthread_mutex_lock(&c->shm.mu);
+  if (!m->wbase) {
+    int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
+    void *p = fd < 0 ? MAP_FAILED
+                     : mmap(NULL, (size_t)m->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      snprintf(errbuf, errlen, "cannot map segment %s for writing: %s", name, strerror(e));
+      rv = e == EACCES || e == EPERM ? KVS_EPERM : e == ENOENT ? KVS_ENOENT : KVS_EIO;
+    } else {
+      m->wbase = p;
+    }
+    if (fd >= 0) close(fd);
+  }
+  if (m->wbase && register_host && !m->wregistered)
+    m->wregistered = kvs_gpu_host_register(m->wbase, (size_t)m->size, 0) == KVS_OK ? 1 : -1;
+  pthread_mutex_unlock(&c->shm.mu);
+  if (rv == KVS_OK) *out = m;
+  return rv;
+}
+
 static void *worker_main(void *arg) {
   kvs_client *c = arg;
   pthread_mutex_lock(&c->shm.mu);
@@ -137,6 +164,10 @@ void kvs__shm_unmap_all(kvs_client *c) {
     kvs__shmmap *next = m->next;
     if (m->registered) kvs_gpu_host_unregister(m->base);
     munmap((void *)(uintptr_t)m->base, (size_t)m->size);
+    if (m->wbase) {
+      if (m->wregistered == 1) kvs_gpu_host_unregister(m->wbase);
+      munmap(m->wbase, (size_t)m->size);
+    }
     free(m);
     m = next;
   }

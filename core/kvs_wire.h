@@ -80,7 +80,11 @@ extern "C" {
   X(12, EXPORT, 1, 0, "page_req", "export_resp (records)")                                         \
   X(13, IMPORT, 1, 0, "import_req (records)", "import_resp")                                       \
   X(14, LEASE, 0, 1, "lease_req", "lease_resp (same-host shared-memory read)")                     \
-  X(15, RELEASE, 1, 1, "u64 lease id", "empty")
+  X(15, RELEASE, 1, 1, "u64 lease id", "empty")                                                    \
+  X(16, PUT_RESERVE, 0, 1, "put_reserve_req",                                                      \
+    "put_reserve_resp (a range of the tenant's segment)")                                          \
+  X(17, PUT_COMMIT, 0, 0, "put_commit_req (meta of the bytes in the range)", "empty")              \
+  X(18, PUT_ABORT, 1, 1, "u64 reservation id", "empty")
 
 #define KVS__WIRE_OP_ENUM(id, name, idem, fast, rq, rs) KVS_OP_##name = id,
 #define KVS__WIRE_OP_ONE(id, name, idem, fast, rq, rs)  +1
@@ -480,6 +484,48 @@ kvs_err kvs_wire_lease_resp_encode(const kvs_wire_lease_resp *r, const kvs_wire_
                                    uint8_t *out, size_t cap, size_t *written);
 kvs_err kvs_wire_lease_resp_decode(const uint8_t *p, size_t n, kvs_wire_lease_resp *r);
 
+/* ------------------------------- PUT_RESERVE / PUT_COMMIT / PUT_ABORT (shm) */
+/* The same-host put (kvstashd `shm = on`): the client asks for a range of its
+ * tenant's shared-memory segment (PUT_RESERVE), writes the encoded value at
+ * the range's start, then PUT_COMMIT hands the meta; the server checks the
+ * meta against the reservation and the value's checksum on the bytes in
+ * place before it stores them. The range is the reservation's until it is
+ * committed, aborted, expires (expires_ms) or its connection closes.
+ * docs/protocol.md "PUT_RESERVE / PUT_COMMIT / PUT_ABORT". */
+typedef struct kvs_wire_put_reserve_req {
+  kvs_key key;
+  kvs_model_id model;
+  uint64_t bytes; /* 1..KVS_WIRE_MAX_VALUE: the most the value will take */
+} kvs_wire_put_reserve_req;
+#define KVS_WIRE_PUT_RESERVE_REQ_SIZE 48u /* key, model, bytes u64, reserved u64 */
+kvs_err kvs_wire_put_reserve_req_encode(const kvs_wire_put_reserve_req *r, uint8_t *out, size_t cap,
+                                        size_t *written);
+kvs_err kvs_wire_put_reserve_req_decode(const uint8_t *p, size_t n, kvs_wire_put_reserve_req *r);
+
+typedef struct kvs_wire_put_reserve_resp {
+  uint64_t resv_id;
+  uint64_t expires_ms;                      /* wall clock: commit before it */
+  uint64_t offset;                          /* of the range in the segment */
+  uint64_t bytes;                           /* of the range (= the request's bytes) */
+  char shm_name[KVS_WIRE_SHM_NAME_MAX + 1]; /* shm_open name, NUL-terminated */
+} kvs_wire_put_reserve_resp;
+#define KVS_WIRE_PUT_RESERVE_RESP_SIZE 96u /* 4 x u64, name[64] */
+kvs_err kvs_wire_put_reserve_resp_encode(const kvs_wire_put_reserve_resp *r, uint8_t *out,
+                                         size_t cap, size_t *written);
+kvs_err kvs_wire_put_reserve_resp_decode(const uint8_t *p, size_t n, kvs_wire_put_reserve_resp *r);
+
+/* PUT_COMMIT: resv_id u64 || reserved u64 || meta (no value: the value is
+ * the range's first meta.value_bytes bytes). */
+typedef struct kvs_wire_put_commit_req {
+  uint64_t resv_id;
+  kvs_wire_meta meta; /* views into the frame */
+} kvs_wire_put_commit_req;
+#define KVS_WIRE_PUT_COMMIT_FIXED 16u
+size_t kvs_wire_put_commit_req_size(const kvs_wire_meta *m); /* 0 when m is invalid */
+kvs_err kvs_wire_put_commit_req_encode(uint64_t resv_id, const kvs_wire_meta *m, uint8_t *out,
+                                       size_t cap, size_t *written);
+kvs_err kvs_wire_put_commit_req_decode(const uint8_t *p, size_t n, kvs_wire_put_commit_req *r);
+
 /* --------------------------------------------------------- byte streams */
 /* kvstashd's byte-stream listeners (`listen = tcp+stream://...` or
  * `ipc+stream://...`, docs/protocol.md "Byte streams") carry these same frames
@@ -535,6 +581,9 @@ typedef struct kvs_wire_req {
     } import;
     kvs_wire_lease_req lease;
     uint64_t release_id;
+    kvs_wire_put_reserve_req reserve;
+    kvs_wire_put_commit_req commit;
+    uint64_t abort_id;
   } u;
 } kvs_wire_req;
 /* Header + payload of a request frame, per op; every payload fully checked. */

@@ -910,6 +910,102 @@ kvs_err kvs_wire_lease_resp_decode(const uint8_t *p, size_t n, kvs_wire_lease_re
   return KVS_OK;
 }
 
+/* ------------------------------------ PUT_RESERVE / PUT_COMMIT / PUT_ABORT */
+kvs_err kvs_wire_put_reserve_req_encode(const kvs_wire_put_reserve_req *r, uint8_t *out, size_t cap,
+                                        size_t *written) {
+  if (!r || !out) return KVS_EINVAL;
+  if (r->bytes == 0 || r->bytes > KVS_WIRE_MAX_VALUE) return KVS_ERANGE;
+  if (cap < KVS_WIRE_PUT_RESERVE_REQ_SIZE) return KVS_ETOOBIG;
+  memcpy(out, r->key.b, 16);
+  memcpy(out + 16, r->model.b, 16);
+  kvs__wr64(out + 32, r->bytes);
+  kvs__wr64(out + 40, 0);
+  if (written) *written = KVS_WIRE_PUT_RESERVE_REQ_SIZE;
+  return KVS_OK;
+}
+
+kvs_err kvs_wire_put_reserve_req_decode(const uint8_t *p, size_t n, kvs_wire_put_reserve_req *r) {
+  KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
+  KVS_RETURN_ERROR_IF(n != KVS_WIRE_PUT_RESERVE_REQ_SIZE, KVS_ETRUNC, "PUT_RESERVE length");
+  memcpy(r->key.b, p, 16);
+  memcpy(r->model.b, p + 16, 16);
+  r->bytes = kvs__rd64(p + 32);
+  KVS_RETURN_ERROR_IF(r->bytes == 0 || r->bytes > KVS_WIRE_MAX_VALUE, KVS_ETOOBIG,
+                      "PUT_RESERVE bytes");
+  KVS_RETURN_ERROR_IF(kvs__rd64(p + 40) != 0, KVS_EPROTO, "PUT_RESERVE reserved");
+  return KVS_OK;
+}
+
+kvs_err kvs_wire_put_reserve_resp_encode(const kvs_wire_put_reserve_resp *r, uint8_t *out,
+                                         size_t cap, size_t *written) {
+  if (!r || !out) return KVS_EINVAL;
+  if (cap < KVS_WIRE_PUT_RESERVE_RESP_SIZE) return KVS_ETOOBIG;
+  size_t nl = strnlen(r->shm_name, KVS_WIRE_SHM_NAME_MAX + 1);
+  if (nl == 0 || nl > KVS_WIRE_SHM_NAME_MAX || r->shm_name[0] != '/') return KVS_EINVAL;
+  memset(out, 0, KVS_WIRE_PUT_RESERVE_RESP_SIZE);
+  kvs__wr64(out, r->resv_id);
+  kvs__wr64(out + 8, r->expires_ms);
+  kvs__wr64(out + 16, r->offset);
+  kvs__wr64(out + 24, r->bytes);
+  memcpy(out + 32, r->shm_name, nl);
+  if (written) *written = KVS_WIRE_PUT_RESERVE_RESP_SIZE;
+  return KVS_OK;
+}
+
+kvs_err kvs_wire_put_reserve_resp_decode(const uint8_t *p, size_t n, kvs_wire_put_reserve_resp *r) {
+  KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
+  KVS_RETURN_ERROR_IF(n != KVS_WIRE_PUT_RESERVE_RESP_SIZE, KVS_ETRUNC, "PUT_RESERVE answer");
+  memset(r, 0, sizeof *r);
+  r->resv_id = kvs__rd64(p);
+  r->expires_ms = kvs__rd64(p + 8);
+  r->offset = kvs__rd64(p + 16);
+  r->bytes = kvs__rd64(p + 24);
+  memcpy(r->shm_name, p + 32, KVS_WIRE_SHM_NAME_MAX);
+  r->shm_name[KVS_WIRE_SHM_NAME_MAX] = 0;
+  size_t nl = strlen(r->shm_name);
+  KVS_RETURN_ERROR_IF(nl == 0 || r->shm_name[0] != '/', KVS_EPROTO, "PUT_RESERVE segment name");
+  KVS_RETURN_ERROR_IF(!all_zero(p + 32 + nl, KVS_WIRE_SHM_NAME_MAX - nl), KVS_EPROTO,
+                      "PUT_RESERVE name padding");
+  KVS_RETURN_ERROR_IF(r->resv_id == 0, KVS_EPROTO, "PUT_RESERVE id");
+  KVS_RETURN_ERROR_IF(r->bytes == 0 || r->bytes > KVS_WIRE_MAX_VALUE ||
+                          r->offset > UINT64_MAX - r->bytes,
+                      KVS_ERANGE, "PUT_RESERVE range");
+  return KVS_OK;
+}
+
+size_t kvs_wire_put_commit_req_size(const kvs_wire_meta *m) {
+  size_t ms = m ? kvs_wire_meta_size(m) : 0;
+  return ms ? KVS_WIRE_PUT_COMMIT_FIXED + ms : 0;
+}
+
+kvs_err kvs_wire_put_commit_req_encode(uint64_t resv_id, const kvs_wire_meta *m, uint8_t *out,
+                                       size_t cap, size_t *written) {
+  if (!m || !out) return KVS_EINVAL;
+  size_t need = kvs_wire_put_commit_req_size(m);
+  if (!need) return KVS_ERANGE;
+  if (cap < need) return KVS_ETOOBIG;
+  kvs__wr64(out, resv_id);
+  kvs__wr64(out + 8, 0);
+  KVS_TRY(kvs_wire_meta_encode(m, out + KVS_WIRE_PUT_COMMIT_FIXED, need - KVS_WIRE_PUT_COMMIT_FIXED,
+                               NULL));
+  if (written) *written = need;
+  return KVS_OK;
+}
+
+kvs_err kvs_wire_put_commit_req_decode(const uint8_t *p, size_t n, kvs_wire_put_commit_req *r) {
+  KVS_RETURN_ERROR_IF(!p || !r, KVS_EINVAL, "null");
+  KVS_RETURN_ERROR_IF(n < KVS_WIRE_PUT_COMMIT_FIXED, KVS_ETRUNC, "PUT_COMMIT head");
+  r->resv_id = kvs__rd64(p);
+  KVS_RETURN_ERROR_IF(r->resv_id == 0, KVS_EPROTO, "PUT_COMMIT id");
+  KVS_RETURN_ERROR_IF(kvs__rd64(p + 8) != 0, KVS_EPROTO, "PUT_COMMIT reserved");
+  size_t used = 0;
+  KVS_TRY(kvs_wire_meta_decode(p + KVS_WIRE_PUT_COMMIT_FIXED, n - KVS_WIRE_PUT_COMMIT_FIXED,
+                               &r->meta, &used));
+  KVS_RETURN_ERROR_IF(used != n - KVS_WIRE_PUT_COMMIT_FIXED, KVS_EPROTO,
+                      "PUT_COMMIT bytes after the meta");
+  return KVS_OK;
+}
+
 /* ------------------------------------------------------- whole request */
 kvs_err kvs_wire_req_decode(const uint8_t *buf, size_t n, kvs_wire_req *r) {
   KVS_RETURN_ERROR_IF(!buf || !r, KVS_EINVAL, "null");
@@ -940,6 +1036,12 @@ kvs_err kvs_wire_req_decode(const uint8_t *buf, size_t n, kvs_wire_req *r) {
   case KVS_OP_RELEASE:
     KVS_RETURN_ERROR_IF(pn != 8, KVS_ETRUNC, "RELEASE length");
     r->u.release_id = kvs__rd64(p);
+    return KVS_OK;
+  case KVS_OP_PUT_RESERVE: return kvs_wire_put_reserve_req_decode(p, pn, &r->u.reserve);
+  case KVS_OP_PUT_COMMIT: return kvs_wire_put_commit_req_decode(p, pn, &r->u.commit);
+  case KVS_OP_PUT_ABORT:
+    KVS_RETURN_ERROR_IF(pn != 8, KVS_ETRUNC, "PUT_ABORT length");
+    r->u.abort_id = kvs__rd64(p);
     return KVS_OK;
   default: return KVS_ERR_AT(KVS_ENOTSUP, "op");
   }

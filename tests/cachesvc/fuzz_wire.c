@@ -71,6 +71,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (k != r.u.import.count) abort();
       break;
     }
+    case KVS_OP_PUT_RESERVE:
+      if (!r.u.reserve.bytes || r.u.reserve.bytes > KVS_WIRE_MAX_VALUE) abort();
+      break;
+    case KVS_OP_PUT_COMMIT: {
+      check_meta(&r.u.commit.meta);
+      /* re-encodes to the very frame payload */
+      size_t cn = kvs_wire_put_commit_req_size(&r.u.commit.meta);
+      if (cn != size - KVS_WIRE_HDR_SIZE) abort();
+      break;
+    }
     default: break;
     }
   }
@@ -105,6 +115,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   (void)kvs_wire_import_resp_decode(p, n, &ir);
   kvs_wire_lease_resp lr;
   if (kvs_wire_lease_resp_decode(p, n, &lr) == KVS_OK && lr.meta_len) check_meta(&lr.meta);
+  kvs_wire_put_reserve_resp rr;
+  if (kvs_wire_put_reserve_resp_decode(p, n, &rr) == KVS_OK) {
+    if (rr.shm_name[0] != '/' || rr.offset > UINT64_MAX - rr.bytes) abort();
+    uint8_t out[KVS_WIRE_PUT_RESERVE_RESP_SIZE];
+    if (kvs_wire_put_reserve_resp_encode(&rr, out, sizeof out, NULL) != KVS_OK ||
+        memcmp(out, p, sizeof out) != 0)
+      abort(); /* decoded answers re-encode to the same bytes */
+  }
   free(buf);
   return 0;
 }

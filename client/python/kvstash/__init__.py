@@ -117,7 +117,8 @@ class _ClientOpts(ctypes.Structure):
 class _Counters(ctypes.Structure):
     _fields_ = [(n, ctypes.c_uint64) for n in (
         "gets", "shm_gets", "shm_fallbacks", "shm_regroups", "shm_bytes", "leases", "releases",
-        "release_lost", "shm_maps", "stream_gets", "stream_fallbacks")]
+        "release_lost", "shm_maps", "stream_gets", "stream_fallbacks", "shm_puts", "sock_puts",
+        "shm_put_fallbacks")]
 
 
 class _PutOpts(ctypes.Structure):
