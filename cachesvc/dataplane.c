@@ -376,7 +376,8 @@ static nng_msg *op_reserve(kvs__dataplane *d, const kvs_wire_req *r, const char 
 /* PUT_COMMIT: the reservation is taken out of the table first (so expiry,
  * an abort or the connection closing cannot free it meanwhile), the meta
  * checked against it, the value's checksum checked on the bytes in place by
- * the store's put; whatever the outcome, the range is freed after it. */
+ * the store's put, which indexes the range itself (kvs__store_put_buf, no
+ * copy); refused, the range is freed. */
 static nng_msg *op_commit(kvs__dataplane *d, const kvs_wire_req *r, const char *tenant) {
   const kvs_wire_put_commit_req *q = &r->u.commit;
   uint16_t op = r->hdr.op;
@@ -390,23 +391,24 @@ static nng_msg *op_commit(kvs__dataplane *d, const kvs_wire_req *r, const char *
   if (rc != KVS_OK)
     return answer_err(op, id, rc, "no such reservation (expired, aborted or another tenant's)");
   const char *why = NULL;
-  if (q->meta.value_bytes > b->len) {
+  if (q->meta.value_bytes == 0 || q->meta.value_bytes > b->len) {
     rc = KVS_ERANGE;
-    why = "value_bytes over the reserved range";
+    why = "value_bytes empty or over the reserved range";
   } else if (memcmp(key.b, q->meta.key.b, 16) || memcmp(model.b, q->meta.model.b, 16)) {
     rc = KVS_EINVAL;
     why = "key or model differs from the reservation's";
   } else {
     kvs__skey sk;
     kvs__store_skey(d->st, tenant, &q->meta.key, &sk);
-    /* NOTE: kvs__store_put copies the value into its own T0 buffer; a put
-     * entry that indexes b itself (no copy) is wb's (cachesvc/store.c) */
-    rc = kvs__store_put(d->st, &sk, &q->meta, b->data,
-                        r->hdr.flags & (KVS_WIRE_F_NX | KVS_WIRE_F_SYNC), 0);
+    kvs__buf_shm_trim(b, (size_t)q->meta.value_bytes); /* the rest of the range is free now */
+    /* no copy: the store indexes b itself (its T0 copy and the disk write
+     * read these bytes), after checking the checksum on them once */
+    rc = kvs__store_put_buf(d->st, &sk, &q->meta, b,
+                            r->hdr.flags & (KVS_WIRE_F_NX | KVS_WIRE_F_SYNC), 0);
     if (rc == KVS_ECHECKSUM) why = "the bytes in the reserved range do not match the checksum";
     if (rc == KVS_OK) KVS__INC(d->met, KVS_STAT_BYTES_IN, q->meta.value_bytes);
   }
-  kvs__buf_unref(b); /* the range is free again */
+  kvs__buf_unref(b); /* the reservation's ref: on failure the range is free again */
   return rc == KVS_OK ? answer_alloc(op, id, KVS_OK, 0) : answer_err(op, id, rc, why);
 }
 

@@ -40,6 +40,16 @@ kvs__buf *kvs__buf_new_shm(kvs__shm *m, size_t len) {
   b->shm_off = off;
   return b;
 }
+void kvs__buf_shm_trim(kvs__buf *b, size_t len) {
+  if (!len || len >= b->len) return;
+  if (b->shm) { /* the allocator works in 64-byte units: free whole units past len */
+    uint64_t keep = ((uint64_t)len + 63) & ~(uint64_t)63;
+    uint64_t had = ((uint64_t)b->len + 63) & ~(uint64_t)63;
+    if (had > keep) kvs__shm_free(b->shm, b->shm_off + keep, had - keep);
+  }
+  b->len = len;
+}
+
 static atomic_int g_zero_freed;
 void kvs__buf_zero_freed(int on) {
   if (on) atomic_store(&g_zero_freed, 1);

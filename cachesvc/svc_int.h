@@ -127,6 +127,9 @@ typedef struct kvs__buf {
 } kvs__buf;
 kvs__buf *kvs__buf_new(size_t len);                  /* refs = 1; NULL on ENOMEM */
 kvs__buf *kvs__buf_new_shm(kvs__shm *m, size_t len); /* NULL when the segment is full */
+/* Shortens b to len (<= b->len, > 0) while only its creator holds it: a
+ * shared-memory range gives its tail back to the segment. */
+void kvs__buf_shm_trim(kvs__buf *b, size_t len);
 void kvs__buf_ref(kvs__buf *b);
 void kvs__buf_unref(kvs__buf *b);
 
