@@ -333,6 +333,11 @@ static nng_msg *op_import(kvs__dataplane *d, const kvs_wire_req *r, const char *
   return out;
 }
 
+/* The request frame a worker is handling: a PUT takes it over (*t_frame set
+ * to NULL), so the store holds the value where it arrived, no copy. */
+static _Thread_local nng_msg **t_frame;
+static void frame_free(void *m) { nng_msg_free(m); }
+
 /* fast: on an nng task thread, answer only what cannot block; set *defer for
  * the rest. */
 /* ------------------------------------------------ shared-memory puts */
@@ -436,9 +441,17 @@ static nng_msg *dispatch(kvs__dataplane *d, const kvs_wire_req *r, int fast, int
     if (r->u.put.meta.value_bytes + KVS_WIRE_HDR_SIZE > d->cfg.max_msg)
       return answer_err(op, id, KVS_ETOOBIG, "value over max_msg");
     kvs__store_skey(d->st, tenant, &r->u.put.meta.key, &sk);
-    rc = kvs__store_put(d->st, &sk, &r->u.put.meta, r->u.put.value,
-                        r->hdr.flags & (KVS_WIRE_F_NX | KVS_WIRE_F_SYNC), 0);
-    if (rc == KVS_OK) KVS__INC(d->met, KVS_STAT_BYTES_IN, r->u.put.meta.value_bytes);
+    uint64_t vb = r->u.put.meta.value_bytes;
+    uint32_t pf = r->hdr.flags & (KVS_WIRE_F_NX | KVS_WIRE_F_SYNC);
+    if (t_frame && *t_frame) { /* r points into the frame: used before the last unref */
+      kvs__buf *b = kvs__buf_wrap((uint8_t *)r->u.put.value, vb, frame_free, *t_frame);
+      *t_frame = NULL;
+      rc = b ? kvs__store_put_buf(d->st, &sk, &r->u.put.meta, b, pf, 0) : KVS_ENOMEM;
+      kvs__buf_unref(b);
+    } else {
+      rc = kvs__store_put(d->st, &sk, &r->u.put.meta, r->u.put.value, pf, 0);
+    }
+    if (rc == KVS_OK) KVS__INC(d->met, KVS_STAT_BYTES_IN, vb);
     return rc == KVS_OK ? answer_alloc(op, id, KVS_OK, 0) : answer_err(op, id, rc, NULL);
   }
   case KVS_OP_GET: return op_get(d, r, tenant, fast, defer);
@@ -743,9 +756,11 @@ static void *worker_main(void *arg) {
       rep = answer_err(c->op, id, KVS_ETIMEDOUT, "queued past the request deadline");
     } else {
       int defer = 0;
+      t_frame = &c->req; /* a PUT may take it over */
       rep = handle(d, c->req, 0, &c->op, &defer);
+      t_frame = NULL;
     }
-    nng_msg_free(c->req);
+    if (c->req) nng_msg_free(c->req);
     c->req = NULL;
     uint64_t dt = kvs_now_ns() - c->t0;
     if (dt > (uint64_t)d->cfg.deadline_ms * 1000000ull)

@@ -154,9 +154,9 @@ static kvs_err put_impl(kvs__store *s, const kvs__skey *k, const kvs_wire_meta *
   rc = quota_reserve(s, k, need, &q); /* before ensure_room: never evicts others for it */
   if (rc != KVS_OK) goto out;
   if (s->cfg.ram_bytes && mm.value_bytes <= s->cfg.ram_bytes / 2) {
-    if (vbuf)
+    if (vbuf && (vbuf->shm || !s->cfg.shm)) /* T0 keeps the caller's bytes */
       kvs__buf_ref(copy = vbuf);
-    else
+    else /* (with shm on, a copy in the tenant's segment: leases read it in place) */
       copy = kvs__sh_copy(s, k, value, (size_t)mm.value_bytes);
   }
   if (s->cfg.durability == KVS_SVC_DUR_RAM && !(flags & KVS_WIRE_F_SYNC) &&
@@ -505,9 +505,10 @@ static kvs_err rewrite_meta(kvs__store *s, const kvs__skey *k, int sync) {
   pthread_mutex_unlock(&s->mu);
   if (rec) {
     kvs__tier *t = kvs__tier_at(s, (unsigned)tier);
-    rc = t->ops->put(t, k, rec, rl, NULL, 0,
-                     sync && s->cfg.durability == KVS_SVC_DUR_SYNC ? KVS__TIER_SYNC
-                                                                   : 0); /* the record alone */
+    unsigned wf = s->cfg.durability == KVS_SVC_DUR_RAM ? KVS__TIER_NOWAL /* as the values */
+                  : sync && s->cfg.durability == KVS_SVC_DUR_SYNC ? KVS__TIER_SYNC
+                                                                  : 0;
+    rc = t->ops->put(t, k, rec, rl, NULL, 0, wf); /* the record alone */
   }
   free(rec);
   pthread_rwlock_unlock(sl);
@@ -675,6 +676,7 @@ static kvs_err open_tiers(kvs__store *s) {
                          .dir = path,
                          .capacity = cap,
                          .blob_min = s->cfg.blob_min,
+                         .background_low = s->cfg.durability == KVS_SVC_DUR_RAM,
                          .met = s->met,
                          .on_record = kvs__ix_load_record,
                          .on_reset = kvs__ix_unload,

@@ -23,6 +23,20 @@ kvs__buf *kvs__buf_new(size_t len) {
   b->data = b->inline_data;
   b->shm = NULL;
   b->shm_off = 0;
+  b->release = NULL;
+  b->owner = NULL;
+  return b;
+}
+kvs__buf *kvs__buf_wrap(uint8_t *data, size_t len, void (*release)(void *), void *owner) {
+  kvs__buf *b = kvs__buf_new(0);
+  if (!b) {
+    release(owner);
+    return NULL;
+  }
+  b->len = len;
+  b->data = data;
+  b->release = release;
+  b->owner = owner;
   return b;
 }
 kvs__buf *kvs__buf_new_shm(kvs__shm *m, size_t len) {
@@ -38,6 +52,8 @@ kvs__buf *kvs__buf_new_shm(kvs__shm *m, size_t len) {
   b->data = kvs__shm_base(m) + off;
   b->shm = m;
   b->shm_off = off;
+  b->release = NULL;
+  b->owner = NULL;
   return b;
 }
 void kvs__buf_shm_trim(kvs__buf *b, size_t len) {
@@ -62,6 +78,7 @@ void kvs__buf_unref(kvs__buf *b) {
     if (atomic_load_explicit(&g_zero_freed, memory_order_relaxed) && b->len)
       sodium_memzero(b->data, b->len);
     if (b->shm) kvs__shm_free(b->shm, b->shm_off, b->len); /* the range may be reused now */
+    if (b->release) b->release(b->owner);
     free(b);
   }
 }

@@ -15,10 +15,17 @@
  *   failure    (a full disk, an I/O error) the entry stays in T0 only
  *              (ramonly: dropped with its RAM copy, counted) and whatever
  *              older copy of the key the tier held is deleted
- *   stop       kvs__wb_stop writes every queued job before the tiers close */
+ *   stop       kvs__wb_stop writes every queued job before the tiers close
+ *   priority   the writer runs at nice 10 (and RocksDB's flush and
+ *              compaction threads at low CPU priority, tier_rocksdb.c), so
+ *              on a busy host the acknowledgments are not queued behind
+ *              the disk writes they were meant to skip */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "store_int.h"
 
@@ -105,7 +112,10 @@ static void write_one(kvs__store *s, kvs__wjob *j) {
     return;
   }
   kvs__tier *t = kvs__tier_at(s, tn);
-  kvs_err rc = rec ? t->ops->put(t, &j->sk, rec, rl, j->buf->data, j->buf->len, 0) : KVS_ENOMEM;
+  /* unlogged: what a crash loses before the memtable flush was only ever
+   * promised in RAM (tier.h, KVS__TIER_NOWAL) */
+  kvs_err rc = rec ? t->ops->put(t, &j->sk, rec, rl, j->buf->data, j->buf->len, KVS__TIER_NOWAL)
+                   : KVS_ENOMEM;
   free(rec);
   if (rc != KVS_OK) /* no older copy of the key may come back at a restart */
     (void)t->ops->del(t, &j->sk, NULL, 0, 0);
@@ -140,6 +150,10 @@ static void write_one(kvs__store *s, kvs__wjob *j) {
 
 static void *writer_main(void *arg) {
   kvs__store *s = arg;
+  /* below the request threads: where cores are short, the acknowledgments
+   * (checksum + index) go first and the disk write waits (nice 10 on this
+   * thread only; best effort) */
+  (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
   pthread_mutex_lock(&s->wb_mu);
   for (;;) {
     while ((!s->wb_head || s->wb_paused) && !s->wb_stop)

@@ -116,13 +116,17 @@ uint64_t kvs__shm_used(kvs__shm *m);
 
 /* Refcounted bytes of one value; the T0 tier, every reader and every lease
  * hold a ref, so eviction never frees (or lets anyone reuse) bytes under a
- * reader. The bytes are inline, or a range of a shared-memory segment. */
+ * reader. The bytes are inline, or a range of a shared-memory segment, or
+ * borrowed from an owner (a request frame) that `release` frees at the last
+ * unref. */
 typedef struct kvs__buf {
   atomic_int refs;
   size_t len;
   uint8_t *data;
   kvs__shm *shm; /* data = shm base + shm_off when set */
   uint64_t shm_off;
+  void (*release)(void *owner); /* borrowed bytes: called at the last unref */
+  void *owner;
   uint8_t inline_data[];
 } kvs__buf;
 kvs__buf *kvs__buf_new(size_t len);                  /* refs = 1; NULL on ENOMEM */
@@ -130,6 +134,9 @@ kvs__buf *kvs__buf_new_shm(kvs__shm *m, size_t len); /* NULL when the segment is
 /* Shortens b to len (<= b->len, > 0) while only its creator holds it: a
  * shared-memory range gives its tail back to the segment. */
 void kvs__buf_shm_trim(kvs__buf *b, size_t len);
+/* len bytes at data, owned by owner: release(owner) at the last unref (the
+ * buffer takes the owner over, also when it returns NULL: ENOMEM). */
+kvs__buf *kvs__buf_wrap(uint8_t *data, size_t len, void (*release)(void *), void *owner);
 void kvs__buf_ref(kvs__buf *b);
 void kvs__buf_unref(kvs__buf *b);
 

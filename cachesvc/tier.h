@@ -69,6 +69,7 @@ typedef struct kvs__tier_conf {
   const char *dir;
   uint64_t capacity;
   uint64_t blob_min;         /* values at least this large may go to blob files */
+  int background_low;        /* the implementation's own threads at low CPU priority */
   kvs__metrics *met;         /* nospace_refused, disk_corrupt, tiers_repaired, tiers_reset */
   kvs__tier_visit on_record; /* see above; may be NULL */
   /* Called before open delivers the records again (it found the store
@@ -79,9 +80,15 @@ typedef struct kvs__tier_conf {
 
 /* flags of put, del and room */
 enum {
-  KVS__TIER_SYNC = 1, /* durable before returning */
-  KVS__TIER_PUT = 2,  /* room: a client's PUT (keeps the larger reserve free) */
-  KVS__TIER_QUIET = 4 /* room: a probe, neither counted nor logged */
+  KVS__TIER_SYNC = 1,  /* durable before returning */
+  KVS__TIER_PUT = 2,   /* room: a client's PUT (keeps the larger reserve free) */
+  KVS__TIER_QUIET = 4, /* room: a probe, neither counted nor logged */
+  /* put: no write-ahead log (durability = ram's write-behind): the record
+   * and value still land together (one batch, flushed together), but a
+   * crash before the memtable flush loses them -- a miss, never half an
+   * entry. Deletes and quarantines never take it: they stay logged, so a
+   * crash never brings back what they removed. */
+  KVS__TIER_NOWAL = 8
 };
 
 struct kvs__tier_ops {

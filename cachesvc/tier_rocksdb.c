@@ -24,7 +24,7 @@ typedef struct rtier {
   kvs__tier base; /* first: a kvs__tier * is an rtier * */
   rocksdb_t *db;
   rocksdb_options_t *opt;
-  rocksdb_writeoptions_t *wo_sync, *wo_async;
+  rocksdb_writeoptions_t *wo_sync, *wo_async, *wo_nowal;
   rocksdb_readoptions_t *ro;
   kvs__metrics *met;
   uint64_t blob_min;
@@ -96,12 +96,18 @@ static int rt_room(kvs__tier *bt, uint64_t bytes, unsigned flags) {
   return ok;
 }
 
+static rocksdb_writeoptions_t *wopts(const rtier *t, unsigned flags) {
+  return (flags & KVS__TIER_SYNC)    ? t->wo_sync
+         : (flags & KVS__TIER_NOWAL) ? t->wo_nowal
+                                     : t->wo_async;
+}
+
 static kvs_err db_write(rtier *t, rocksdb_writebatch_t *wb, unsigned flags) {
   size_t n = 0;
   (void)rocksdb_writebatch_data(wb, &n);
   if (!rt_room(&t->base, n, 0)) return KVS_ENOSPC;
   char *err = NULL;
-  rocksdb_write(t->db, (flags & KVS__TIER_SYNC) ? t->wo_sync : t->wo_async, wb, &err);
+  rocksdb_write(t->db, wopts(t, flags), wb, &err);
   return rerr(err, "write");
 }
 
@@ -114,8 +120,7 @@ static kvs_err rt_put(kvs__tier *bt, const kvs__skey *k, const uint8_t *rec, siz
   if (!value) { /* the record alone (hit counters, pins, TTLs) */
     if (!rt_room(bt, rl + KEYLEN, 0)) return KVS_ENOSPC;
     char *err = NULL;
-    rocksdb_put(t->db, (flags & KVS__TIER_SYNC) ? t->wo_sync : t->wo_async, km, KEYLEN,
-                (const char *)rec, rl, &err);
+    rocksdb_put(t->db, wopts(t, flags), km, KEYLEN, (const char *)rec, rl, &err);
     return rerr(err, "put meta");
   }
   dbkey(kv, 'v', k);
@@ -139,7 +144,7 @@ static kvs_err rt_del(kvs__tier *bt, const kvs__skey *k, const uint8_t *rec, siz
   else
     rocksdb_writebatch_delete(wb, km, KEYLEN);
   rocksdb_writebatch_delete(wb, kv, KEYLEN);
-  kvs_err e = db_write(t, wb, flags);
+  kvs_err e = db_write(t, wb, flags & ~(unsigned)KVS__TIER_NOWAL); /* always logged */
   rocksdb_writebatch_destroy(wb);
   return e;
 }
@@ -596,12 +601,23 @@ static void rt_close(kvs__tier *bt) {
   close_db(t);
   if (t->wo_sync) rocksdb_writeoptions_destroy(t->wo_sync);
   if (t->wo_async) rocksdb_writeoptions_destroy(t->wo_async);
+  if (t->wo_nowal) rocksdb_writeoptions_destroy(t->wo_nowal);
   if (t->ro) rocksdb_readoptions_destroy(t->ro);
   free(t);
 }
 
 static kvs_err rt_open(const kvs__tier_conf *c, kvs__tier **out) {
   *out = NULL;
+  static atomic_int lowered;
+  if (c->background_low && atomic_exchange(&lowered, 1) == 0) {
+    /* RocksDB's flush and compaction threads (the process's default env,
+     * shared by every tier) below the request threads: under write-behind
+     * they are off the acknowledgment path, and may wait for a core */
+    rocksdb_env_t *env = rocksdb_create_default_env();
+    rocksdb_env_lower_thread_pool_cpu_priority(env);
+    rocksdb_env_lower_high_priority_thread_pool_cpu_priority(env);
+    rocksdb_env_destroy(env);
+  }
   if (strlen(c->dir) >= sizeof((rtier *)0)->dir) return KVS_EINVAL;
   rtier *t = calloc(1, sizeof *t);
   if (!t) return KVS_ENOMEM;
@@ -614,6 +630,8 @@ static kvs_err rt_open(const kvs__tier_conf *c, kvs__tier **out) {
   t->wo_sync = rocksdb_writeoptions_create();
   rocksdb_writeoptions_set_sync(t->wo_sync, 1);
   t->wo_async = rocksdb_writeoptions_create();
+  t->wo_nowal = rocksdb_writeoptions_create();
+  rocksdb_writeoptions_disable_WAL(t->wo_nowal, 1);
   t->ro = rocksdb_readoptions_create();
   /* RocksDB's block and blob checksums are verified on every read although
    * values carry our own XXH3-64 (checked in rt_get): without them a
