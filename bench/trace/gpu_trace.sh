@@ -12,9 +12,10 @@
 # settings), results.jsonl (all of them), summary.json (the goals' figures, built by
 # bench/trace/summary.py), summary.txt (the human lines), trace.log, serve.log (one stage line
 # per request), kvstashd.log, env.txt. Plot here afterwards: python3 bench/trace/plot.py $OUT.
-# CPU dry run (SmolLM2, tiny rates; the end-to-end check, ~6 min on the 2-core box):
-#   CPU=1 CRATE=0.02 RRATE=0.05 DUR=20 SDUR=15 TSCALE=4 bash bench/trace/gpu_trace.sh \
-#     build/rel $(tools/fetch-model)
+# CPU dry run (SmolLM2, tiny rates and prompts; the end-to-end check, ~8 min on the 2-core box):
+#   CPU=1 CRATE=0.02 RRATE=0.05 DUR=20 RDUR=20 SDUR=15 TSCALE=8 BUDGET=1500 \
+#     CHAT_ARGS="--turns 2-3 --think 0.3 --user-passages 1-1 --max-out 8" \
+#     RAG_ARGS="--passages 1-2 --max-out 8" bash bench/trace/gpu_trace.sh build/rel $(tools/fetch-model)
 # Knobs (env): POLICY (auto|load, default auto), BUSY (0.8), DUR / RDUR / SDUR (seconds new
 #   sessions start: chat 25 / rag 15 / sweep 12), CHAT_ARGS, RAG_ARGS (workload flags), RAM (32G),
 #   CHUNK (prefix chunk tokens, 256), CRATE / RRATE (rates: skip the calibration), BUDGET (280 s:
@@ -50,8 +51,22 @@ rm -rf $D; mkdir -p $D
 shm=off; [ "$(df -B1G --output=avail /dev/shm | tail -1)" -gt 40 ] && shm=on
 echo "shm=$shm policy=$POLICY busy=$BUSY dur=$DUR/$RDUR/$SDUR chunk=$CHUNK ctx=$CTX" >> "$OUT/env.txt"
 echo "chat: $CHAT_ARGS; rag: $RAG_ARGS; serve: ${SERVE_ARGS:-}" >> "$OUT/env.txt"
-KPID=
+KPID= SPID=
+trap '[ -n "$SPID" ] && kill $SPID 2>/dev/null; [ -n "$KPID" ] && kill $KPID 2>/dev/null' EXIT
+# kvs-serve's stores after the last answers done (at most 30 s): a restarted kvstashd would
+# otherwise receive the previous replay's late stores (hits the next replay did not earn)
+drain() {
+  [ -n "$SPID" ] || return 0
+  python3 -c "
+import json,time,urllib.request
+for _ in range(300):
+    h=json.loads(urllib.request.urlopen('http://127.0.0.1:$SPORT/health',timeout=5).read())
+    r=h.get('reuse',{})
+    if h.get('working')==0 and h.get('queued')==0 and r.get('stores_done',0)+r.get('stores_failed',0)+r.get('stores_dropped',0)>=r.get('stores_queued',0): break
+    time.sleep(0.1)" 2>/dev/null
+}
 kvsd() { # kvsd RAM_BYTES EVICTION: a fresh kvstashd on the same socket
+  drain
   [ -n "$KPID" ] && { kill $KPID; wait $KPID 2>/dev/null; }
   rm -rf $D/db; rm -f $D/d.sock
   echo "=== kvstashd ram=$1 eviction=$2" >> "$OUT/kvstashd.log"
@@ -80,7 +95,7 @@ replay() {
   timeout $((lim * ${TSCALE:-1})) $B "$@" > $D/last.log 2>&1
   local rc=$?
   { echo "=== $tag (rc $rc): $*"; cat $D/last.log; } >> "$OUT/trace.log"
-  grep -v '^{' $D/last.log | grep -E 'busy|TTFT|turn|server side|stages|kvstashd' | tee -a "$OUT/summary.txt"
+  grep -v '^{' $D/last.log | grep -E 'busy|TTFT|turn|server side|stages|found in RAM|kvstashd' | tee -a "$OUT/summary.txt"
   tail -n 1 $D/last.log | python3 -c "
 import json,sys
 j=json.load(sys.stdin); j['tag']='$tag'; j['rc']=$rc; j['args']=sys.argv[1]; j['policy']='$POLICY'
@@ -125,6 +140,7 @@ note "rag: $RRATE questions/s for ~$BUSY busy without kvstash"
 replay rag 70 "{\"ram\":\"$RAM\",\"eviction\":\"cost\"}" --workload rag --modes no-reuse,kvstash \
   --rate $RRATE --requests 10000 --duration $RDUR $RAG_ARGS --warmup 3
 # 3. the RAM tier at 25 / 50 / 100% of rag's working set; cost vs lru at 25%
+drain
 WS=$(python3 -c "
 import urllib.request,re
 t=urllib.request.urlopen('http://127.0.0.1:$MPORT/metrics',timeout=5).read().decode()
@@ -144,6 +160,7 @@ fi
 note "server: $(health 2>&1)"
 kill $SPID; wait $SPID 2>/dev/null
 kill $KPID; wait $KPID 2>/dev/null
+SPID= KPID=
 tail -3 "$OUT/serve.log" >> "$OUT/summary.txt"
 python3 "$HERE/summary.py" "$OUT" > "$OUT/summary.json" 2>> "$OUT/summary.txt"
 cat "$OUT/summary.json" | tee -a "$OUT/summary.txt"
