@@ -239,6 +239,10 @@ typedef struct store_rows {
   int cpu_path, concurrent;            /* in: the CPU-encode path / the concurrent-request rows */
   uint64_t kv_bytes;                   /* out: fp16 bytes of one store of every chunk */
   store_fig serial, piped, cpu, async; /* async: a daemon with durability = async */
+  /* a daemon with durability = ram (acknowledged once in RAM, written
+   * behind): shared-memory puts (the client's default on this host) and the
+   * same through the socket ($KVS_CLIENT_SHM_PUT=0) */
+  store_fig ram, ram_sock;
   /* a request alone vs while a store of every chunk drains (medians, ms) */
   double ttft_alone_ms, ttft_store_ms, full_alone_ms, full_store_ms, drain_ms;
 } store_rows;
@@ -336,6 +340,8 @@ static void print_store_rows(const store_rows *s, uint32_t chunks, uint32_t toke
   print_store_fig("gpu encode, 1 in flight", &s->serial, s->kv_bytes);
   print_store_fig("gpu encode, 4 in flight", &s->piped, s->kv_bytes);
   if (s->concurrent) print_store_fig("gpu, 4, durability=async", &s->async, s->kv_bytes);
+  if (s->concurrent) print_store_fig("gpu, 4, ram, shm put", &s->ram, s->kv_bytes);
+  if (s->concurrent) print_store_fig("gpu, 4, ram, socket put", &s->ram_sock, s->kv_bytes);
   if (s->cpu_path) print_store_fig("cpu encode, 4 in flight", &s->cpu, s->kv_bytes);
   if (s->concurrent)
     printf("concurrent request (median, alone vs while a store of every chunk drains, drain %.1f "
@@ -350,6 +356,8 @@ static void store_rows_json(cJSON *o, const store_rows *s) {
   bench_json_num(o, "store_gpu_ms", "%.3f", s->piped.wall_s * 1e3);
   bench_json_num(o, "store_gpu_serial_ms", "%.3f", s->serial.wall_s * 1e3);
   bench_json_num(o, "store_gpu_async_ms", "%.3f", s->async.wall_s * 1e3);
+  bench_json_num(o, "store_gpu_ram_shm_ms", "%.3f", s->ram.wall_s * 1e3);
+  bench_json_num(o, "store_gpu_ram_sock_ms", "%.3f", s->ram_sock.wall_s * 1e3);
   bench_json_num(o, "store_cpu_ms", "%.3f", s->cpu.wall_s * 1e3);
   bench_json_num(o, "store_gpu_copy_ms", "%.3f", s->piped.ct.store_copy_s * 1e3);
   bench_json_num(o, "store_gpu_put_start_ms", "%.3f", s->piped.ct.store_encode_s * 1e3);
@@ -557,6 +565,28 @@ static int kvstashd_rows(kvs_engine *e, const kvs_rag_prompt *p, void *const *dk
     }
     kvs_client_free(c_asy);
     kvd_stop(&asy);
+  }
+  if (!bad && sr->concurrent) { /* durability = ram: shm put vs socket put */
+    kvd dram;
+    kvs_client *c_ram = NULL;
+    if (kvd_start(&dram, kvstashd, "8G", "ram") == 0 &&
+        (c_ram = kvd_client(dram.ipc, 0, NULL, NULL)) != NULL) {
+      kvs_reuse *rr = store_ctx(e, c_ram, p, 4);
+      bad = store_best(rr, p, dkv, "1", 2, &sr->ram) < 0;
+      setenv("KVS_CLIENT_SHM_PUT", "0", 1);
+      if (!bad) bad = store_best(rr, p, dkv, "1", 2, &sr->ram_sock) < 0;
+      unsetenv("KVS_CLIENT_SHM_PUT");
+      kvs_reuse_free(rr);
+      kvs_client_counters kc;
+      if (kvs_client_get_counters(c_ram, &kc) == KVS_OK)
+        printf("durability=ram client: shm_puts %llu sock_puts %llu shm_put_fallbacks %llu\n",
+               (unsigned long long)kc.shm_puts, (unsigned long long)kc.sock_puts,
+               (unsigned long long)kc.shm_put_fallbacks);
+    } else {
+      bad = 1;
+    }
+    kvs_client_free(c_ram);
+    kvd_stop(&dram);
   }
   if (!bad && sr->cpu_path) {
     kvs_reuse *rc = store_ctx(e, c_cpu, p, 4);

@@ -8,6 +8,7 @@
 
 #include "kvs_gpu.h"
 #include "kvs_test.h"
+#include "client_int.h"
 #include "codec_seam.h"
 #include "kvstash.h"
 #include "server.h"
@@ -288,6 +289,93 @@ static void test_dense_device_put(void) {
   free(kv), free(a), free(b);
 }
 
+/* A dense put from device memory through shared memory (a daemon with shm =
+ * on): the GPU encoder's one device-to-host copy lands in the reserved range
+ * of the client's registered mapping; then, with the registration undone, in
+ * the pinned bounce buffer and from there the range. Each stores the CPU
+ * encoder's bytes (same size, same decode as a host put through the socket). */
+static void test_dense_device_put_shm(void) {
+  int id = kvs_profile_from_name("dense");
+  if (id < 0) return;
+  test_server ss;
+  memset(&ss, 0, sizeof ss);
+  CU_ASSERT_EQUAL_FATAL(test_server_start_flag(&ss, "real", "--shm=on --shm_bytes=64M"), 0);
+  kvs_client_opts o;
+  kvs_client_opts_init(&o);
+  o.url = ss.url;
+  o.tenant = "gpu";
+  kvs_client *c = NULL, *h = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &c), KVS_OK);
+  o.flags = KVS_CLIENT_NO_SHM_PUT;
+  CU_ASSERT_EQUAL_FATAL(kvs_client_create(&o, &h), KVS_OK);
+  const uint32_t T = 160;
+  unsigned long long st = 33;
+  size_t nb = kvs_layout_token_bytes(&lay) * T;
+  uint16_t *kv = malloc(nb), *a = malloc(nb), *b = malloc(nb);
+  for (size_t i = 0; i < nb / 2; i++)
+    kv[i] = kvs_f32_to_f16(kvs_test_randf(&st));
+  int32_t tok[160];
+  for (uint32_t i = 0; i < T; i++)
+    tok[i] = (int32_t)(i * 5 + 2);
+  void *dkv = NULL;
+  CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&dkv, nb), KVS_OK);
+  kvs_gpu_copy_h2d(dkv, kv, nb, NULL);
+  kvs_gpu_sync(NULL);
+  for (int k = 0; k < 2; k++) {
+    if (k == 1) { /* as if cudaHostRegister had failed: the bounce buffer */
+      pthread_mutex_lock(&c->shm.mu);
+      for (kvs__shmmap *m = c->shm.maps; m; m = m->next)
+        if (m->wregistered == 1) {
+          kvs_gpu_host_unregister(m->wbase);
+          m->wregistered = -1;
+        }
+      pthread_mutex_unlock(&c->shm.mu);
+    }
+    kvs_model_id md = kvs_hash128_buf("shm-dev", 7), mh = kvs_hash128_buf("shm-host", 8);
+    md.b[0] ^= (uint8_t)k, mh.b[0] ^= (uint8_t)k;
+    kvs_span sp = {0, T};
+    kvs_chunk cd, chh;
+    kvs_chunk_spans(&md, tok, T, &sp, 1, &cd);
+    kvs_chunk_spans(&mh, tok, T, &sp, 1, &chh);
+    kvs_put_opts pd = {.profile = (uint32_t)id, .layers_per_group = 3, .flags = KVS_PUT_DEVICE};
+    kvs_put_opts ph = {.profile = (uint32_t)id, .layers_per_group = 3};
+    CU_ASSERT_EQUAL(kvs_put(c, &md, tok, &cd, &lay, dkv, &pd), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_put(h, &mh, tok, &chh, &lay, kv, &ph), KVS_OK);
+    kvs_entry_info id_, ih;
+    CU_ASSERT_EQUAL(kvs_exists(c, &md, &cd.key, &id_), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_exists(h, &mh, &chh.key, &ih), KVS_OK);
+    CU_ASSERT(id_.present && ih.present && id_.value_bytes == ih.value_bytes);
+    memset(a, 0, nb), memset(b, 0x55, nb);
+    CU_ASSERT_EQUAL(kvs_get(h, &md, tok, &cd, &lay, a, nb, NULL), KVS_OK);
+    CU_ASSERT_EQUAL(kvs_get(h, &mh, tok, &chh, &lay, b, nb, NULL), KVS_OK);
+    CU_ASSERT(memcmp(a, b, nb) == 0);
+    /* and loaded back into device memory by the shm client */
+    void *dout = NULL;
+    CU_ASSERT_EQUAL_FATAL(kvs_gpu_alloc(&dout, nb), KVS_OK);
+    kvs_get_opts go = {.flags = KVS_GET_DEVICE};
+    CU_ASSERT_EQUAL(kvs_get(c, &md, tok, &cd, &lay, dout, nb, &go), KVS_OK);
+    memset(a, 0, nb);
+    kvs_gpu_copy_d2h(a, dout, nb, NULL);
+    kvs_gpu_sync(NULL);
+    double num = 0, den = 0; /* the GPU decode vs the host decode: the kernels' twin */
+    for (size_t i = 0; i < nb / 2; i++) {
+      double x = kvs_f16_to_f32(a[i]), y = kvs_f16_to_f32(b[i]);
+      num += (x - y) * (x - y), den += y * y;
+    }
+    CU_ASSERT(den > 0 && num / den < 1e-6);
+    kvs_gpu_free(dout);
+  }
+  kvs_client_counters kc;
+  CU_ASSERT_EQUAL(kvs_client_get_counters(c, &kc), KVS_OK);
+  CU_ASSERT_EQUAL(kc.shm_puts, 2);
+  CU_ASSERT_EQUAL(kc.sock_puts, 0);
+  kvs_gpu_free(dkv);
+  kvs_client_free(c);
+  kvs_client_free(h);
+  test_server_stop(&ss);
+  free(kv), free(a), free(b);
+}
+
 static void test_raw(void) { roundtrip("raw"); }
 static void test_lossless(void) { roundtrip("lossless"); }
 static void test_int8(void) { roundtrip("int8"); }
@@ -302,6 +390,7 @@ static const kvs_test_case cases[] = {{"raw", test_raw},
                                       {"paged_int8", test_paged_int8},
                                       {"paged_raw", test_paged_raw},
                                       {"dense_device_put", test_dense_device_put},
+                                      {"dense_device_put_shm", test_dense_device_put_shm},
                                       {NULL, NULL}};
 
 int main(void) {

@@ -223,6 +223,33 @@ static void test_dense_gpu_encode(void) {
   CU_ASSERT_EQUAL(kvs_exists(cc, kvs_model_get_id(g_m), &ch.key, &ec), KVS_OK);
   CU_ASSERT_EQUAL(eg.value_bytes, ec.value_bytes);
   CU_ASSERT(eg.value_bytes < cap / 2);
+  /* the daemon runs shm = on: the GPU encoder wrote straight into the
+   * reserved shared-memory range (PUT_RESERVE/PUT_COMMIT); a GPU-encoded put
+   * through the socket (another tenant) stores the same bytes */
+  kvs_client_counters kg;
+  CU_ASSERT_EQUAL(kvs_client_get_counters(cg, &kg), KVS_OK);
+  CU_ASSERT_EQUAL(kg.shm_puts, 3);
+  CU_ASSERT_EQUAL(kg.sock_puts, 0);
+  kvs_client *cs = client("sockenc");
+  CU_ASSERT_PTR_NOT_NULL_FATAL(cs);
+  kvs_reuse *rs;
+  CU_ASSERT_EQUAL_FATAL(kvs_reuse_create(cs, g_e, &o, &rs), KVS_OK);
+  setenv("KVS_CLIENT_SHM_PUT", "0", 1);
+  CU_ASSERT_EQUAL(kvs_reuse_store(rs, &g_req, 1, g_dkv[1], 1), KVS_OK);
+  unsetenv("KVS_CLIENT_SHM_PUT");
+  kvs_client_counters ks;
+  CU_ASSERT_EQUAL(kvs_client_get_counters(cs, &ks), KVS_OK);
+  CU_ASSERT_EQUAL(ks.shm_puts, 0);
+  CU_ASSERT_EQUAL(ks.sock_puts, 1);
+  memset(y, 0, cap);
+  CU_ASSERT_EQUAL(kvs_get(cs, kvs_model_get_id(g_m), g_all, &ch, &g_info.layout, y, cap, NULL),
+                  KVS_OK);
+  CU_ASSERT_EQUAL(memcmp(x, y, cap), 0);
+  kvs_entry_info es;
+  CU_ASSERT_EQUAL(kvs_exists(cs, kvs_model_get_id(g_m), &ch.key, &es), KVS_OK);
+  CU_ASSERT_EQUAL(es.value_bytes, eg.value_bytes);
+  kvs_reuse_free(rs);
+  kvs_client_free(cs);
   free(x), free(y);
   float *a = malloc(g_info.n_vocab * 4);
   kvs_reuse_result res;
