@@ -608,7 +608,25 @@ static void test_reuse(void) {
       CU_ASSERT(
           cJSON_GetObjectItem(cJSON_GetObjectItem(u2, "prompt_tokens_details"), "cached_tokens")
               ->valueint == reused);
+      /* the history's partial last chunk (a miss: it was stored whole only
+       * with the answer's tokens after it) comes after every loaded chunk:
+       * prefilled with the new tokens, not forced through blend's layers */
+      CU_ASSERT_EQUAL(kvs_usage(u2, "forced_tokens"), 0);
     }
+    /* the TTFT path by stage: every stage present, the run measured, and
+     * together no more than the TTFT in the server */
+    const cJSON *st = cJSON_GetObjectItem(cJSON_GetObjectItem(u2, "kvstash"), "stages_ms");
+    const char *names[] = {"seq", "lookup", "plan", "gets", "run", "finish", "logits"};
+    double sum = 0;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+      const cJSON *x = cJSON_GetObjectItem(st, names[i]);
+      CU_ASSERT(cJSON_IsNumber(x) && x->valuedouble >= 0);
+      sum += cJSON_GetNumberValue(x);
+    }
+    CU_ASSERT(cJSON_GetNumberValue(cJSON_GetObjectItem(st, "run")) > 0);
+    CU_ASSERT(sum <= cJSON_GetNumberValue(
+                         cJSON_GetObjectItem(cJSON_GetObjectItem(u2, "kvstash"), "ttft_ms")) +
+                         0.01);
     cJSON_Delete(u2);
     free(b);
   }

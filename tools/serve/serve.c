@@ -174,6 +174,9 @@ static cJSON *usage_json(const job *j) {
   cJSON_AddNumberToObject(k, "chunks_loaded", j->n_load);
   cJSON_AddNumberToObject(k, "chunks_missed", j->n_miss);
   cJSON_AddNumberToObject(k, "chunks_recomputed", j->n_recompute);
+  /* of prefilled_tokens: missing chunks' tokens run through blend's layer path
+   * (chunks after the last loaded one are prefilled with the new tokens) */
+  cJSON_AddNumberToObject(k, "forced_tokens", j->n_forced);
   cJSON_AddNumberToObject(k, "full_prefill", j->full_prefill);
   cJSON *st = cJSON_AddObjectToObject(k, "stages_ms"); /* the TTFT path by stage */
   cJSON_AddNumberToObject(st, "seq", j->st_seq * 1e3);
