@@ -428,14 +428,10 @@ static void test_daemon_restart(void) {
 }
 
 static const kvs_test_case cases[] = {
-    {"pending_get", test_pending_get},
-    {"restart", test_restart},
-    {"backlog_full", test_backlog_full},
-    {"del_overwrite", test_del_overwrite},
-    {"evict_pending", test_evict_pending},
-    {"full_disk", test_full_disk},
-    {"daemon_restart", test_daemon_restart},
-    {NULL, NULL},
+    {"pending_get", test_pending_get},       {"restart", test_restart},
+    {"backlog_full", test_backlog_full},     {"del_overwrite", test_del_overwrite},
+    {"evict_pending", test_evict_pending},   {"full_disk", test_full_disk},
+    {"daemon_restart", test_daemon_restart}, {NULL, NULL},
 };
 
 int main(void) {
