@@ -27,7 +27,9 @@ typedef struct th_daemon {
  * (new ones each start), starts the daemon with the extra --key=value args
  * (NULL-terminated) and waits until it answers PING. 0 on success. */
 int th_daemon_start(th_daemon *d, const char *const *extra);
-/* SIGTERM and wait (bounded); returns the exit status, -1 if it had to be killed. */
+/* SIGTERM and wait (bounded); returns the exit status, -1 if it had to be
+ * killed. When it is not 0 the daemon's log is on stderr already (callers
+ * need not dump it). */
 int th_daemon_stop(th_daemon *d);
 void th_daemon_kill9(th_daemon *d);
 /* Removes the temp dir. */

@@ -42,13 +42,6 @@ static int count_fds(pid_t pid) {
   return n;
 }
 
-/* Stops d; its log goes to stderr when it did not exit 0. */
-static int stop_daemon(th_daemon *d) {
-  int st = th_daemon_stop(d);
-  if (st != 0) th_daemon_dump_log(d);
-  return st;
-}
-
 static int tcp_dial(int port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
@@ -102,7 +95,7 @@ static void test_http_header_limit(void) {
   char *body = NULL;
   CU_ASSERT_EQUAL(th_http(d.http_port, "GET", "/health", &body), 200);
   free(body);
-  CU_ASSERT_EQUAL(stop_daemon(&d), 0);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   th_daemon_cleanup(&d);
 }
 
@@ -137,7 +130,7 @@ static void test_stream_fd_close(void) {
   fprintf(stderr, "stream_fd_close: fds %d before, %d with %d connections, %d after close\n", base,
           during, opened, now);
   CU_ASSERT(now <= base + 2);
-  CU_ASSERT_EQUAL(stop_daemon(&d), 0);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   th_daemon_cleanup(&d);
 }
 
@@ -278,7 +271,7 @@ static void test_slow_reader(void) {
   th_chunk_free(&big);
   th_chunk_free(&small);
   th_close(&c);
-  CU_ASSERT_EQUAL(stop_daemon(&d), 0);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   th_daemon_cleanup(&d);
 }
 
@@ -337,7 +330,7 @@ static void test_bitflips(void) {
     CU_ASSERT_EQUAL_FATAL(th_put(&c, &ch[i], 0), KVS_OK);
   }
   th_close(&c);
-  CU_ASSERT_EQUAL_FATAL(stop_daemon(&d), 0); /* memtables flushed: SST + blob files */
+  CU_ASSERT_EQUAL_FATAL(th_daemon_stop(&d), 0); /* memtables flushed: SST + blob files */
   char cmd[1200];
   snprintf(cmd, sizeof cmd, "cp -a '%s/data' '%s/pristine'", d.dir, d.dir);
   CU_ASSERT_FATAL(system(cmd) == 0);
@@ -383,7 +376,7 @@ static void test_bitflips(void) {
     int alive = th_call(&c, KVS_OP_PING, 0, NULL, 0, NULL, NULL) == KVS_OK;
     crashes += !alive;
     th_close(&c);
-    int st = stop_daemon(&d);
+    int st = th_daemon_stop(&d);
     crashes += st != 0;
     if (s_here < N)
       fprintf(stderr, "bitflips: trial %d (%s @%ld): %d of %d served\n", t, strrchr(victim, '/'),
@@ -507,7 +500,7 @@ static int freed_range_zero(int zero) {
     th_chunk_free(&ch);
     th_close(&c);
   }
-  CU_ASSERT_EQUAL(stop_daemon(&d), 0);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   th_daemon_cleanup(&d);
   return result;
 }

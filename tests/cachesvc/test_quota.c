@@ -27,12 +27,6 @@ static long long metric(int http_port, const char *series) {
   return v;
 }
 
-static int stop_daemon(th_daemon *d) {
-  int st = th_daemon_stop(d);
-  if (st != 0) th_daemon_dump_log(d);
-  return st;
-}
-
 /* Tenant b stores 16 entries (2 MiB). Tenant a, with a 1 MiB disk quota on
  * an 8 MiB disk tier, then tries 96 puts of 128 KiB (12 MiB: 12x its quota,
  * more than the whole tier, so without the quota the tier would evict b's
@@ -110,7 +104,7 @@ static void test_fill_past_quota(void) {
   free(bc);
   th_close(&a);
   th_close(&b);
-  CU_ASSERT_EQUAL(stop_daemon(&d), 0);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   th_daemon_cleanup(&d);
 }
 
@@ -140,7 +134,7 @@ static void test_entries_quota(void) {
   for (int i = 0; i < 6; i++)
     th_chunk_free(&ch[i]);
   th_close(&a);
-  CU_ASSERT_EQUAL(stop_daemon(&d), 0);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   th_daemon_cleanup(&d);
 }
 
@@ -184,7 +178,7 @@ static void test_rate_quota(void) {
   CU_ASSERT_EQUAL(ref, a_quota + s_quota);
   th_close(&a);
   th_close(&b);
-  CU_ASSERT_EQUAL(stop_daemon(&d), 0);
+  CU_ASSERT_EQUAL(th_daemon_stop(&d), 0);
   th_daemon_cleanup(&d);
 }
 

@@ -133,8 +133,7 @@ static int init(void) {
 static int clean(void) {
   int rc = 0;
   if (g_up) {
-    rc = th_daemon_stop(&g_d);
-    if (rc != 0) th_daemon_dump_log(&g_d);
+    rc = th_daemon_stop(&g_d); /* the log on stderr when it did not exit 0 */
     th_daemon_cleanup(&g_d);
   }
   for (int i = 0; i < NSEG; i++)
