@@ -322,7 +322,7 @@ int main(int argc, char **argv) {
     if (fscanf(f, "%lf %lf %lf", &la0[0], &la0[1], &la0[2]) != 3) la0[0] = -1;
     fclose(f);
   }
-  row rows[64 * 20];
+  static row rows[64 * 20]; /* zeroed */
   int nrows = 0, fail = 0;
   uint64_t key_base = 1;
   for (int r = 0; r < rounds; r++)
