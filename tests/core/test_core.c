@@ -270,12 +270,13 @@ static void test_le(void) {
 /* KVS_WIRE_OP_MAP: names, the client's retry policy and the data plane's
  * fast path as they were hand-written before the map (session 6). */
 static void test_wire_op_map(void) {
-  static const char *names[] = {"?",      "PING",   "PUT",   "GET",    "LOOKUP", "EXISTS",
-                                "DELETE", "PIN",    "UNPIN", "TTL",    "STATS",  "LIST",
-                                "EXPORT", "IMPORT", "LEASE", "RELEASE"};
-  static const int idem[] = {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1};
-  static const int fast[] = {0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1};
-  CU_ASSERT_EQUAL_FATAL(KVS__OP_MAX, 15);
+  static const char *names[] = {"?",       "PING",        "PUT",        "GET",      "LOOKUP",
+                                "EXISTS",  "DELETE",      "PIN",        "UNPIN",    "TTL",
+                                "STATS",   "LIST",        "EXPORT",     "IMPORT",   "LEASE",
+                                "RELEASE", "PUT_RESERVE", "PUT_COMMIT", "PUT_ABORT"};
+  static const int idem[] = {0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 0, 0, 1};
+  static const int fast[] = {0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 0, 1};
+  CU_ASSERT_EQUAL_FATAL(KVS__OP_MAX, 18);
   for (unsigned op = 0; op <= KVS__OP_MAX; op++) {
     CU_ASSERT_STRING_EQUAL(kvs_wire_op_name((uint16_t)op), names[op]);
     CU_ASSERT_EQUAL(kvs_wire_op_idempotent((uint16_t)op), idem[op]);
@@ -286,6 +287,8 @@ static void test_wire_op_map(void) {
   CU_ASSERT_EQUAL(kvs_wire_op_fast(0xFFFF), 0);
   CU_ASSERT_EQUAL(KVS_OP_LEASE, 14);
   CU_ASSERT_EQUAL(KVS_OP_RELEASE, 15);
+  CU_ASSERT_EQUAL(KVS_OP_PUT_RESERVE, 16); /* the shared-memory put (session 8) */
+  CU_ASSERT_EQUAL(KVS_OP_PUT_ABORT, 18);
 
   /* the named header offsets address the fields kvs_wire_hdr_encode writes */
   kvs_wire_hdr h;
