@@ -18,7 +18,7 @@
 #     RAG_ARGS="--passages 1-2 --max-out 8" bash bench/trace/gpu_trace.sh build/rel $(tools/fetch-model)
 # Knobs (env): POLICY (auto|load, default auto), BUSY (0.8), DUR / RDUR / SDUR (seconds new
 #   sessions start: chat 25 / rag 15 / sweep 12), CHAT_ARGS, RAG_ARGS (workload flags), RAM (32G),
-#   CHUNK (prefix chunk tokens, 256), CRATE / RRATE (rates: skip the calibration), BUDGET (280 s:
+#   CHUNK (prefix chunk tokens, 256), CRATE / RRATE (rates: skip the calibration), BUDGET (245 s:
 #   no step starts after it), TSCALE (multiplies every replay's timeout: a slow CPU), SERVE_ARGS
 #   (more kvs-serve flags), SKIP_CHAT / SKIP_SWEEP.
 set -u
@@ -42,7 +42,7 @@ else
 fi
 df -h /dev/shm /tmp >> "$OUT/env.txt" 2>&1
 POLICY=${POLICY:-auto} BUSY=${BUSY:-0.8} DUR=${DUR:-25} RDUR=${RDUR:-15} SDUR=${SDUR:-12}
-RAM=${RAM:-32G} CHUNK=${CHUNK:-256} BUDGET=${BUDGET:-280}
+RAM=${RAM:-32G} CHUNK=${CHUNK:-256} BUDGET=${BUDGET:-245}
 CHAT_ARGS=${CHAT_ARGS:---turns 2-12 --think 0.5 --user-passages 1-2 --max-out 8}
 RAG_ARGS=${RAG_ARGS:---passages 5-10 --max-out 8}
 export KVS_RAG_DATA=${KVS_RAG_DATA:-$PWD/data/rag/musique_s.json.zst} # the checkout's copy
@@ -53,6 +53,7 @@ echo "shm=$shm policy=$POLICY busy=$BUSY dur=$DUR/$RDUR/$SDUR chunk=$CHUNK ctx=$
 echo "chat: $CHAT_ARGS; rag: $RAG_ARGS; serve: ${SERVE_ARGS:-}" >> "$OUT/env.txt"
 KPID= SPID=
 trap '[ -n "$SPID" ] && kill $SPID 2>/dev/null; [ -n "$KPID" ] && kill $KPID 2>/dev/null' EXIT
+trap 'exit 143' TERM INT # the EXIT trap then stops the servers (also: their PIDs in $D/pids)
 # kvs-serve's stores after the last answers done (at most 30 s): a restarted kvstashd would
 # otherwise receive the previous replay's late stores (hits the next replay did not earn)
 drain() {
@@ -73,6 +74,7 @@ kvsd() { # kvsd RAM_BYTES EVICTION: a fresh kvstashd on the same socket
   $R $KVSD --data-dir=$D/db --listen=ipc://$D/d.sock --http=127.0.0.1:$MPORT --ram_bytes=$1 \
     --shm=$shm --eviction=$2 --log-level=error >> "$OUT/kvstashd.log" 2>&1 &
   KPID=$!
+  echo $KPID >> $D/pids
   for _ in $(seq 50); do [ -S $D/d.sock ] && break; sleep 0.2; done
   sleep 0.5
 }
@@ -83,6 +85,7 @@ $R $SERVE "${SERVE_MODEL[@]}" --listen 127.0.0.1:$SPORT --kvstash ipc://$D/d.soc
   --max-tokens 16 --policy $POLICY --chunk-tokens $CHUNK --stage-log ${SERVE_ARGS:-} \
   > "$OUT/serve.log" 2>&1 &
 SPID=$!
+echo $SPID >> $D/pids
 for _ in $(seq 240); do health > /dev/null 2>&1 && break; sleep 0.5; done
 note "kvs-serve up: $(health 2>&1)"
 B="$R $TRACE --serve 127.0.0.1:$SPORT --metrics 127.0.0.1:$MPORT"
@@ -153,7 +156,7 @@ if [ -z "${SKIP_SWEEP:-}" ]; then
     set -- $cfg
     [ "$WS" -gt 0 ] || break
     kvsd $((WS * $1 / 100)) $2
-    replay rag-ram$1-$2 45 "{\"ram_pct\":$1,\"ram_bytes\":$((WS * $1 / 100)),\"eviction\":\"$2\",\"working_set_bytes\":$WS}" \
+    replay rag-ram$1-$2 35 "{\"ram_pct\":$1,\"ram_bytes\":$((WS * $1 / 100)),\"eviction\":\"$2\",\"working_set_bytes\":$WS}" \
       --workload rag --modes kvstash --rate $RRATE --requests 10000 --duration $SDUR $RAG_ARGS --warmup 0
   done
 fi
