@@ -165,12 +165,11 @@ static void *writer_main(void *arg) {
     s->wb_cur_ns = j->enq_ns;
     pthread_mutex_unlock(&s->wb_mu);
     write_one(s, j);
+    uint64_t bytes = j->bytes;
+    kvs__wb_job_free(j); /* the value's ref goes before the backlog says empty */
     pthread_mutex_lock(&s->wb_mu);
     s->wb_cur_ns = 0;
-    unreserve_locked(s, j->bytes);
-    pthread_mutex_unlock(&s->wb_mu);
-    kvs__wb_job_free(j);
-    pthread_mutex_lock(&s->wb_mu);
+    unreserve_locked(s, bytes);
   }
   pthread_mutex_unlock(&s->wb_mu);
   return NULL;

@@ -728,3 +728,17 @@ int th_http(int port, const char *method, const char *path, char **body) {
   free(buf);
   return code;
 }
+
+int th_wait_written(const th_daemon *d) {
+  for (int i = 0; i < 400; i++) {
+    char *body = NULL;
+    const char *k = "\nkvstash_writebehind_backlog_entries ";
+    int empty = th_http(d->http_port, "GET", "/metrics", &body) == 200 && body && strstr(body, k) &&
+                strtoull(strstr(body, k) + strlen(k), NULL, 10) == 0;
+    free(body);
+    if (empty) return 1;
+    struct timespec ts = {0, 50 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+  return 0;
+}

@@ -127,5 +127,10 @@ int th_sget_recv(th_sconn *c, uint64_t id, const uint8_t *hdr, uint8_t **value, 
 /* A plain HTTP/1.0 GET or POST to 127.0.0.1:port; returns the status code
  * (or -1) and the body (malloc'd). */
 int th_http(int port, const char *method, const char *path, char **body);
+/* Waits (bounded: 20 s) until the daemon's write-behind backlog (durability =
+ * ram) is empty, read from /metrics: the writer holds a ref on a value until
+ * it is on disk, so eviction skips it and a DELETE frees its range only then.
+ * 1 when empty, 0 on timeout. */
+int th_wait_written(const th_daemon *d);
 
 #endif

@@ -484,9 +484,11 @@ static int freed_range_zero(int zero) {
     kvs_wire_lease_resp lr;
     size_t msz = 0;
     const uint8_t *map = NULL;
-    if (th_put(&c, &ch, 0) == KVS_OK && th_lease(&c, &ch, 0, &lr) == KVS_OK &&
-        (map = th_shm_map(lr.shm_name, &msz)) != NULL && lr.offset + ch.vbytes <= msz &&
-        memcmp(map + lr.offset, ch.value, ch.vbytes) == 0 &&
+    /* under durability = ram the writer holds the value until it is on
+     * disk, and only the last ref frees (and zeroes) the range: wait for it */
+    if (th_put(&c, &ch, 0) == KVS_OK && th_wait_written(&d) &&
+        th_lease(&c, &ch, 0, &lr) == KVS_OK && (map = th_shm_map(lr.shm_name, &msz)) != NULL &&
+        lr.offset + ch.vbytes <= msz && memcmp(map + lr.offset, ch.value, ch.vbytes) == 0 &&
         th_release(&c, lr.lease_id) == KVS_OK &&
         th_key_op(&c, KVS_OP_DELETE, &ch, 0, NULL, NULL) == KVS_OK) {
       size_t nz = 0;

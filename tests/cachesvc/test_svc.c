@@ -865,23 +865,6 @@ static void test_capacity(void) {
   th_daemon_cleanup(&d);
 }
 
-/* Waits (bounded: 20 s) until the daemon's write-behind backlog is empty:
- * eviction skips an entry while the writer holds it, so a test of the
- * eviction order starts from written entries. 1 when empty. */
-static int wait_written(const th_daemon *d) {
-  for (int i = 0; i < 400; i++) {
-    char *body = NULL;
-    const char *k = "\nkvstash_writebehind_backlog_entries ";
-    int empty = th_http(d->http_port, "GET", "/metrics", &body) == 200 && body && strstr(body, k) &&
-                strtoull(strstr(body, k) + strlen(k), NULL, 10) == 0;
-    free(body);
-    if (empty) return 1;
-    struct timespec ts = {0, 50 * 1000000L};
-    nanosleep(&ts, NULL);
-  }
-  return 0;
-}
-
 /* Eviction keeps what saves the most recompute per byte: entries with hits
  * (and more tokens) outlive cold ones of the same size. */
 /* Cost-aware (lru = 0) or plain LRU eviction over the same history. */
@@ -899,7 +882,7 @@ static void eviction_case(int lru) {
     th_chunk_make(&ch[i], 40000 + (uint64_t)i, i == 2 ? 512 : 128, 256 * 1024, 1);
   for (int i = 0; i < 6; i++)
     CU_ASSERT_EQUAL(th_put(&c, &ch[i], 0), KVS_OK);
-  CU_ASSERT(wait_written(&d));
+  CU_ASSERT(th_wait_written(&d));
   for (int k = 0; k < 5; k++) { /* entries 0 and 1 are hot */
     CU_ASSERT_EQUAL(th_get(&c, &ch[0], NULL, NULL), KVS_OK);
     CU_ASSERT_EQUAL(th_get(&c, &ch[1], NULL, NULL), KVS_OK);
