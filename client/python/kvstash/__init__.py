@@ -707,8 +707,9 @@ class Client:
         return bool(self._lib.kvs_client_shm_enabled(self._h))
 
     def counters(self):
-        """What this client's gets did: dict of gets, shm_gets, shm_fallbacks, shm_regroups,
-        shm_bytes, leases, releases, release_lost, shm_maps, stream_gets, stream_fallbacks."""
+        """What this client's gets and puts did: dict of gets, shm_gets, shm_fallbacks,
+        shm_regroups, shm_bytes, leases, releases, release_lost, shm_maps, stream_gets,
+        stream_fallbacks, shm_puts, sock_puts, shm_put_fallbacks."""
         c = _Counters()
         _check(self._lib.kvs_client_get_counters(self._h, ctypes.byref(c)))
         return {n: getattr(c, n) for n, _ in _Counters._fields_}

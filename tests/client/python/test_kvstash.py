@@ -181,6 +181,7 @@ def test_shm_option_and_counters(server_url):
         assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)
         k = c.counters()
         assert k["gets"] == 1 and k["leases"] == 0 and k["shm_fallbacks"] == 0
+        assert k["sock_puts"] == 1 and k["shm_puts"] == 0
     with kvstash.Client(server_url, tenant=f"py-{os.getpid()}") as c:
         assert c.shm_enabled  # loopback tcp:// or ipc://; the server has shm off
         assert np.array_equal(c.get(MODEL, toks, ch, LAYOUT), kv)
@@ -204,6 +205,8 @@ def test_shm_get_real(tmp_path):
                 time.sleep(0.01)
             assert k["shm_gets"] == 1 and k["leases"] == 1 and k["releases"] == 1
             assert k["shm_bytes"] > 0
+            # the put wrote its bytes into the segment (PUT_RESERVE / PUT_COMMIT)
+            assert k["shm_puts"] == 1 and k["sock_puts"] == 0 and k["shm_put_fallbacks"] == 0
 
 
 def test_stream_get_real(tmp_path):
