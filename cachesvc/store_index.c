@@ -105,6 +105,17 @@ void kvs__ix_t0_drop(kvs__store *s, kvs__entry *e) {
   e->t0 = NULL;
 }
 
+/* A waiting write-behind job of e will be skipped: its value goes now (a
+ * DELETE or an overwrite frees -- and with zero_freed zeroes -- the bytes
+ * at once, not when the writer gets there). The caller holds e's stripe,
+ * which the writer holds while it reads a job's bytes. mu held. */
+static void wb_detach(kvs__entry *e) {
+  if (!e->wb) return;
+  kvs__buf_unref(e->wb->buf);
+  e->wb->buf = NULL;
+  e->wb = NULL;
+}
+
 void kvs__ix_remove(kvs__store *s, kvs__entry *e) { /* mu held; frees e */
   size_t j = kvs__sk_hash(&e->sk) & (s->nbucket - 1);
   for (kvs__entry **pp = &s->bucket[j]; *pp; pp = &(*pp)->hnext)
@@ -125,6 +136,7 @@ void kvs__ix_remove(kvs__store *s, kvs__entry *e) { /* mu held; frees e */
     s->ramonly_bytes -= e->value_bytes;
   }
   kvs__ix_t0_drop(s, e);
+  wb_detach(e);
   kvs__tier *t = kvs__tier_at(s, e->tier);
   if (t) t->used -= kvs__ix_charged(e);
   free(e->meta);
@@ -320,7 +332,7 @@ int kvs__ix_relocate(kvs__store *s, const kvs__skey *k, kvs__tier *from, kvs__ti
   kvs__entry *e = kvs__ix_find(s, k);
   if (e) {
     kvs__ix_move(s, e, tn);
-    e->wb = NULL; /* written now (its write-behind job is skipped) */
+    wb_detach(e); /* written now (its write-behind job is skipped) */
     if (e->ramonly) {
       e->ramonly = 0;
       s->ramonly_n--;

@@ -200,6 +200,22 @@ static void test_backlog_full(void) {
   kvs__store_close(s);
 }
 
+static int g_released;
+static void count_release(void *owner) {
+  g_released++;
+  free(owner);
+}
+/* A put of c's bytes in a borrowed buffer (as the data plane hands over a
+ * request frame): g_released counts when the store lets them go. */
+static kvs_err put_borrowed(kvs__store *s, chunk *c) {
+  uint8_t *copy = malloc(c->m.value_bytes);
+  memcpy(copy, c->v, c->m.value_bytes);
+  kvs__buf *b = kvs__buf_wrap(copy, c->m.value_bytes, count_release, copy);
+  kvs_err rc = b ? kvs__store_put_buf(s, &c->sk, &c->m, b, 0, 0) : KVS_ENOMEM;
+  kvs__buf_unref(b);
+  return rc;
+}
+
 static void test_del_overwrite(void) {
   kvs_svc_config c;
   cfg_base(&c, "del");
@@ -213,12 +229,16 @@ static void test_del_overwrite(void) {
   CU_ASSERT_EQUAL(put(s, &a1), KVS_OK); /* a1 on disk first */
   CU_ASSERT_FATAL(kvs__wb_wait_idle(s, 20000));
   kvs__wb_pause(s, 1);
-  CU_ASSERT_EQUAL(put(s, &a2), KVS_OK); /* waiting, over a1 on disk */
+  g_released = 0;
+  CU_ASSERT_EQUAL(put_borrowed(s, &a2), KVS_OK); /* waiting, over a1 on disk */
   CU_ASSERT_EQUAL(put(s, &b), KVS_OK);
-  CU_ASSERT_EQUAL(put(s, &c1), KVS_OK);
+  CU_ASSERT_EQUAL(put_borrowed(s, &c1), KVS_OK);
+  CU_ASSERT_EQUAL(g_released, 0);       /* held: T0 and the write-behind */
   CU_ASSERT_EQUAL(put(s, &c2), KVS_OK); /* c1's job is stale now */
+  CU_ASSERT_EQUAL(g_released, 1);       /* c1's bytes let go at the overwrite, not at the writer */
   CU_ASSERT_EQUAL(get(s, &a2, NULL), KVS_OK);
   CU_ASSERT_EQUAL(kvs__store_delete(s, &a2.sk), KVS_OK);
+  CU_ASSERT_EQUAL(g_released, 2); /* a2's at the DELETE */
   CU_ASSERT_EQUAL(get(s, &a2, NULL), KVS_ENOENT);
   CU_ASSERT_EQUAL(get(s, &a1, NULL), KVS_ENOENT);
   CU_ASSERT_EQUAL(get(s, &c2, NULL), KVS_OK);
