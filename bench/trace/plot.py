@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """bench/trace/plot.py OUT_DIR [OUT.svg] - the issue 21 plot from gpu_trace.sh's results.jsonl.
 
-Three panels, written as a hand-made SVG (no plotting library needed; matplotlib is not on the
+Four panels, written as a hand-made SVG (no plotting library needed; matplotlib is not on the
 build box): (1) chat and (2) rag TTFT p50 / p99 in ms, no-reuse vs kvstash, with the speedups;
 (3) the RAM-tier sweep: the RAM tier's hit rate (chunks kvs-serve found in RAM / looked up)
-and prompt tokens reused, by RAM size (% of the working set) and eviction policy, with TTFT p50.
+and prompt tokens reused, by RAM size (% of the working set) and eviction policy, with TTFT p50;
+(4) where the time to first token went: mean ms per request of the queue wait and the server's
+stages (lookup, gets, load wait, recompute, prefill, the rest), per workload and mode.
 Default output: OUT_DIR/trace.svg."""
 import json
 import sys
 from xml.sax.saxutils import escape
 
-W, H = 1080, 400
+W, H = 1440, 400
 COL = {"no-reuse": "#9e9e9e", "kvstash": "#1f77b4", "cost": "#1f77b4", "lru": "#ff7f0e"}
 
 
@@ -118,6 +120,47 @@ def sweep_panel(g, x0, y0, w, h, rows):
         g.text(lx + k * 95 + 12, y0 + h + 44, lab, 9, "start")
 
 
+STAGE_COL = {"queue": "#d62728", "lookup": "#9467bd", "gets": "#8c564b", "load_wait": "#e377c2",
+             "recompute": "#ff7f0e", "prefill": "#1f77b4", "other": "#bcbd22"}
+
+
+def stage_panel(g, x0, y0, w, h, rows):
+    """Mean ms per request by stage (queue wait + the server's TTFT path), per workload and mode."""
+    g.text(x0 + w / 2, y0 - 22, "where the time to first token went (mean)", 12, weight="bold")
+    bars = []
+    for wl in ("chat", "rag"):
+        j = rows.get(wl) or {}
+        for m in ("no-reuse", "kvstash"):
+            st = (j.get(m) or {}).get("stages_ms")
+            if not st:
+                continue
+            v = {k: st.get(k, {}).get("mean", 0) for k in ("queue", "lookup", "gets", "load_wait",
+                                                             "recompute", "prefill")}
+            run = st.get("run", {}).get("mean", 0)
+            tot = sum(st.get(k, {}).get("mean", 0) for k in ("seq", "lookup", "plan", "gets", "run",
+                                                             "finish", "logits"))
+            v["other"] = max(0.0, tot - v["lookup"] - v["gets"] - run) + max(
+                0.0, run - v["load_wait"] - v["recompute"] - v["prefill"])
+            bars.append((wl + " " + ("kvs" if m == "kvstash" else "none"), v))
+    if not bars:
+        g.text(x0 + w / 2, y0 + h / 2, "not measured", 11)
+        return
+    vmax = nice_max(max(sum(v.values()) for _, v in bars))
+    axes(g, x0, y0, w, h, vmax, "ms")
+    bw = w / len(bars)
+    for i, (lab, v) in enumerate(bars):
+        y = y0 + h
+        for k in ("queue", "lookup", "gets", "load_wait", "recompute", "prefill", "other"):
+            bh = h * v[k] / vmax
+            g.rect(x0 + i * bw + bw * 0.2, y - bh, bw * 0.6, bh, STAGE_COL[k])
+            y -= bh
+        g.text(x0 + i * bw + bw / 2, y - 3, f"{sum(v.values()):.0f}", 9)
+        g.text(x0 + i * bw + bw / 2, y0 + h + 14, lab, 9)
+    for k, name in enumerate(STAGE_COL):
+        g.rect(x0 + (k % 4) * 72, y0 + h + 24 + (k // 4) * 12, 8, 8, STAGE_COL[name])
+        g.text(x0 + (k % 4) * 72 + 11, y0 + h + 32 + (k // 4) * 12, name, 8, "start")
+
+
 def main():
     out = sys.argv[1]
     dst = sys.argv[2] if len(sys.argv) > 2 else out + "/trace.svg"
@@ -126,6 +169,7 @@ def main():
     ttft_panel(g, 70, 60, 260, 260, rows.get("chat"), "chat: TTFT")
     ttft_panel(g, 420, 60, 260, 260, rows.get("rag"), "rag: TTFT")
     sweep_panel(g, 770, 60, 290, 260, rows)
+    stage_panel(g, 1130, 60, 290, 260, rows)
     for k, (lab, c) in enumerate([("no-reuse", COL["no-reuse"]), ("kvstash", COL["kvstash"])]):
         g.rect(70 + k * 90, 372, 9, 9, c)
         g.text(82 + k * 90, 380, lab, 9, "start")
