@@ -120,7 +120,8 @@ typedef struct server {
   uint64_t stores_skipped;
   double store_backlog_s;
   uint32_t store_queue;
-  double drain_per_s; /* stores the tier absorbs per second (EWMA; 0: not measured) */
+  double drain_per_s; /* stores the tier absorbs per second (EWMA; 0: not measured; written
+                       * by the worker under qmu) */
   uint64_t drain_done, drain_t;
   uint32_t drain_active;
   int stage_log; /* --stage-log: one line per request on stderr */
@@ -356,7 +357,9 @@ static int store_room(server *sv) {
   if (!sv->drain_t || now - sv->drain_t > 100000000u) { /* a window of >= 100 ms */
     if (sv->drain_t && sv->drain_active && act && done > sv->drain_done) {
       double rate = (double)(done - sv->drain_done) / ((now - sv->drain_t) / 1e9);
+      pthread_mutex_lock(&sv->qmu); /* /health reads it */
       sv->drain_per_s = sv->drain_per_s > 0 ? 0.7 * sv->drain_per_s + 0.3 * rate : rate;
+      pthread_mutex_unlock(&sv->qmu);
     }
     sv->drain_t = now, sv->drain_done = done, sv->drain_active = act;
   }
@@ -805,11 +808,11 @@ static void handle(struct evhttp_request *r, void *arg) {
       pthread_mutex_lock(&sv->qmu);
       cJSON_AddNumberToObject(k, "stores_skipped", (double)sv->stores_skipped);
       cJSON_AddNumberToObject(k, "store_after_s", sv->store_after_s);
+      cJSON_AddNumberToObject(k, "store_drain_per_s", sv->drain_per_s);
       pthread_mutex_unlock(&sv->qmu);
       cJSON_AddNumberToObject(k, "store_copy_s", rc.store_copy_s);
       cJSON_AddNumberToObject(k, "store_encode_s", rc.store_encode_s);
       cJSON_AddNumberToObject(k, "store_ack_s", rc.store_ack_s);
-      cJSON_AddNumberToObject(k, "store_drain_per_s", sv->drain_per_s);
       cJSON_AddNumberToObject(k, "full_prefills", (double)rc.full_prefills);
       cJSON_AddNumberToObject(k, "explores", (double)rc.explores);
       cJSON_AddNumberToObject(k, "get_pool_hits", (double)rc.get_pool_hits);
