@@ -5,6 +5,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#define XXH_INLINE_ALL /* the reference XXH3 of the checksum test, built here */
+#include <xxhash.h>
+
 #include "kvs_core.h"
 #include "kvs_le.h"
 #include "kvs_net.h"
@@ -172,6 +175,21 @@ static void test_hash_and_hex(void) {
   kvs_hasher_free(h);
   kvs_hasher_free(NULL);
   CU_ASSERT_NOT_EQUAL(kvs_checksum64(big, 1000), kvs_checksum64(big, 999));
+  /* kvs_checksum64 (its AVX2 build where the CPU has AVX2: core/hash_avx2.c)
+   * is XXH3-64 as xxHash's portable build computes it (this file's inline
+   * copy, compiled without AVX2), across every length class of XXH3 */
+  CU_ASSERT_EQUAL(kvs_checksum64("", 0), 0x2D06800538D394C2ull); /* XXH3-64 of nothing */
+  const size_t lens[] = {1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1023, 1024, 1025, 4096, 99999};
+  for (size_t i = 0; i < sizeof lens / sizeof *lens; i++)
+    for (size_t off = 0; off < 3; off++)
+      CU_ASSERT_EQUAL(kvs_checksum64(big + off, lens[i] - (off && lens[i] > 2 ? off : 0)),
+                      XXH3_64bits(big + off, lens[i] - (off && lens[i] > 2 ? off : 0)));
+  uint8_t *huge = malloc((1u << 20) + 7);
+  CU_ASSERT_PTR_NOT_NULL_FATAL(huge);
+  for (size_t i = 0; i < (1u << 20) + 7; i++)
+    huge[i] = (uint8_t)(i * 131 + (i >> 9));
+  CU_ASSERT_EQUAL(kvs_checksum64(huge, (1u << 20) + 7), XXH3_64bits(huge, (1u << 20) + 7));
+  free(huge);
   /* copy + checksum in pieces: the same checksum, the same bytes, every piece told */
   static uint8_t dst[100000];
   const size_t ns[] = {0, 1, 4095, 65536, 99999}, ps[] = {0, 1000, 4096, 65536};
