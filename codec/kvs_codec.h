@@ -68,7 +68,15 @@ typedef struct kvs_codec_params {
   float fine_scale;          /* dense: (default 0.5) */
   uint32_t k_flags, v_flags; /* dense: KVS_DENSE_ROTATED | _CHAN | _TOKEN | _SINK for K and
                                 V planes (default K: SINK, V: TOKEN | SINK) */
-  int zstd_level;            /* lossless (default 3) */
+  /* dense, encoder only (never stored: the decoder needs nothing of it): per-channel
+     error weights, [n_layers][2 (K, V)][kv_heads * head_dim] floats > 0, or NULL. On a
+     plane with KVS_DENSE_CHAN the channel scales become w^-1/2 (normalized to a
+     geometric mean of 1) instead of the channels' RMS, so the step of channel c is
+     proportional to 1/sqrt(w_c): the allocation that minimizes sum_c w_c * err_c^2.
+     A model's calibration table (kvs_codec_calib_*) gives w = E[q_c^2] for K and the
+     output projection's column energy for V. Borrowed for the encode call only. */
+  const float *chan_weight;
+  int zstd_level; /* lossless (default 3) */
   /* cachegen-ref (defaults scale LMCache's Llama-7B table to n_layers):
      K layers [0,kf) get bins[0], [kf,km) bins[1], the rest bins[2];
      V layers [0,vf) get bins[3], the rest bins[4]. */

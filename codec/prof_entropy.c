@@ -114,7 +114,22 @@ static kvs_err dense_enc(const kvs__plane *pl, const float *x, uint8_t *out, siz
     float v = x[i] - mean[i % HD];
     y[i] = isfinite(v) && i >= (uint64_t)t0 * HD ? v : 0.0f;
   }
-  if (pf & KVS_DENSE_CHAN) {
+  const float *cw =
+      pl->p->chan_weight ? pl->p->chan_weight + ((uint64_t)pl->layer * 2 + pl->kv) * HD : NULL;
+  if ((pf & KVS_DENSE_CHAN) && cw) {
+    /* calibrated: scale w^-1/2, geometric mean 1 (non-finite or <= 0 weights: 1) */
+    double lg = 0;
+    for (uint32_t c = 0; c < HD; c++) {
+      double wc = cw[c] > 0 && isfinite(cw[c]) ? cw[c] : 1.0;
+      acc[c] = (float)(-0.5 * log(wc));
+      lg += acc[c];
+    }
+    lg /= HD;
+    for (uint32_t c = 0; c < HD; c++)
+      cs[c] = f16_scale(exp(acc[c] - lg));
+    for (uint64_t i = 0; i < n; i++)
+      y[i] /= cs[i % HD];
+  } else if (pf & KVS_DENSE_CHAN) {
     for (uint64_t i = 0; i < n; i++)
       acc[i % HD] += y[i] * y[i];
     for (uint32_t c = 0; c < HD; c++)

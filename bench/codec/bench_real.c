@@ -14,7 +14,17 @@
  * KVS_BENCH_ITEM0=k starts at item k (items 0-99; 100-149 are held out and
  * reachable only with KVS_BENCH_HELDOUT=1, for the one report of a profile to
  * ship), KVS_BENCH_CTX (default 512) and KVS_BENCH_MAXNEW (answer tokens,
- * default 32), KVS_BENCH_FLIPS=1 prints every top-1 disagreement past the margin. */
+ * default 32), KVS_BENCH_FLIPS=1 prints every top-1 disagreement past the margin.
+ *
+ * Calibration (issue 23, engineer codec2): a dense setting with a suffix ":ak,av"
+ * (e.g. "10,14,0.25,0.7,0:0.5,0.5") encodes with kvs_codec_params.chan_weight =
+ * (calibrated weight)^ak on K and ^av on V planes (with KVS_DENSE_CHAN set). The
+ * weights come from KVS_BENCH_CALIB="a-b" (default 50-59; never the measured items):
+ * E[q_c^2] of the question positions' queries for K, the output projection's column
+ * energy for V (calib_weights). KVS_BENCH_SIM lists bench_sim.c's candidate
+ * quantizers ("ks,vs,kmode,vmode,ktok,vtok,one_table[,fine_layers,fine_scale]
+ * [:ak,av,bk,bv,top_frac,dpcm]"; see bench_sim.h), measured by the same KL with bits
+ * estimated from the symbols' entropy; they use the same calibration items. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,16 +42,22 @@ void bench_codec_real(int n, cJSON *root) {
 #else
 #include "kvs_model.h"
 #include "kvs_rag.h"
+#include "model_int.h"
+#include "bench_sim.h"
 
 /* ------------------------------------------------------------ harness */
 typedef struct cfg {
-  char name[40];
+  char name[64];
   int profile; /* -1: raw fp16 (the KV as computed: the noise floor, 0 by construction) */
   uint32_t k_flags, v_flags;
   float step, v_step, fine_scale;
   uint32_t fine_layers;
   uint32_t probe_lo, probe_hi, probe_kv; /* probe_kv != 0: only these planes lossy */
-  double kl, kl_q, bits, dppl;           /* sums over positions (kl, kl_q) / items */
+  float alpha_k, alpha_v;      /* >= 0: channel weights = calibration ^ alpha (K, V planes) */
+  float *cw;                   /* [L][2][G*D] (NULL: channel RMS as before) */
+  sim_cfg sim;                 /* profile -2: bench_sim.c's quantizer */
+  double kl, kl_q, bits, dppl; /* sums over positions (kl, kl_q) / items */
+  double kvb[2], kvn;          /* sim: bits of K, V planes; elements */
   uint64_t n_pos, n_pos_q, n_kept, n_agree, n_agree_all, n_first;
   int n;
 } cfg;
@@ -88,6 +104,114 @@ static float row_margin(const float *r, uint32_t V) {
 static double envf(const char *name, double def) {
   const char *s = getenv(name);
   return s && *s ? atof(s) : def;
+}
+
+/* The context (instruction + the whole passages that fit in max_ctx tokens, at
+ * least the first, cut at max_ctx) and the question (at most qmax tokens) of an
+ * item, into ids: *T context tokens, then *qn question tokens. */
+static kvs_err item_ids(const kvs_tok *tok, const kvs_rag_item *x, uint32_t max_ctx, uint32_t qmax,
+                        int32_t *ids, uint32_t *Tp, uint32_t *qnp) {
+  kvs_rag_prompt pr;
+  KVS_TRY(kvs_rag_prompt_build(tok, x, &pr));
+  uint32_t T = pr.len[0], qs = pr.n_segs - 1, qn = pr.len[qs];
+  for (uint32_t s = 1; s < qs && T + pr.len[s] <= max_ctx; s++)
+    T += pr.len[s];
+  if (T == pr.len[0]) T = pr.len[0] + pr.len[1] < max_ctx ? pr.len[0] + pr.len[1] : max_ctx;
+  if (qn > qmax) qn = qmax;
+  memcpy(ids, pr.tokens, T * sizeof(int32_t));
+  memcpy(ids + T, pr.tokens + pr.start[qs], qn * sizeof(int32_t));
+  kvs_rag_prompt_free(&pr);
+  *Tp = T, *qnp = qn;
+  return KVS_OK;
+}
+
+/* Calibration of the dense profile's channel weights (kvs_codec_params.chan_weight):
+ * w[l][0][g*D+d] = sum over the query heads h of KV head g of E[q_hd^2] (the
+ * queries, after RoPE, of the question positions of items [c0, c1): an error e on
+ * key channel d moves the score of query q by q_d * e), w[l][1][g*D+d] = sum over
+ * those heads of |W_o column h*D+d|^2 (an error on value channel d reaches the
+ * residual stream through that column). Computed once per model, from items that
+ * are not measured. */
+static kvs_err calib_weights(kvs_model *m, kvs_seq *seq, const kvs_tok *tok,
+                             const kvs_rag_item *items, int c0, int c1, uint32_t max_ctx,
+                             int32_t *ids, float *w, sim_cal *sc) {
+  const kvs_model_cfg *c = kvs_model_config(m);
+  kvs__model_weights mw;
+  kvs__model_weights_get(m, &mw);
+  if (!mw.host) return KVS_ENOTSUP;
+  uint32_t L = c->n_layers, H = c->n_heads, G = c->n_kv_heads, D = c->head_dim, E = c->n_embd;
+  uint32_t HD = H * D, GD = G * D, grp = H / G, qmax = 64;
+  float *hid = malloc((size_t)qmax * E * 4), *xn = malloc((size_t)qmax * E * 4);
+  float *q = malloc((size_t)qmax * HD * 4);
+  double *acc = calloc((size_t)L * GD, sizeof(double));
+  uint32_t *idx = malloc(qmax * 4);
+  kvs_err rc = hid && xn && q && acc && idx ? KVS_OK : KVS_ENOMEM;
+  uint64_t npos = 0;
+  for (int it = c0; it < c1 && rc == KVS_OK; it++) {
+    uint32_t T, qn;
+    if (item_ids(tok, &items[it], max_ctx, qmax, ids, &T, &qn) != KVS_OK) continue;
+    kvs_seq_truncate(seq, 0);
+    rc = kvs_model_prefill(m, seq, ids, T, 0, NULL);
+    if (rc == KVS_OK && sc) {
+      size_t pl = (size_t)T * GD;
+      uint16_t *kv = malloc(2 * L * pl * 2);
+      if (!kv) {
+        rc = KVS_ENOMEM;
+        break;
+      }
+      for (uint32_t l = 0; l < L; l++) {
+        memcpy(kv + 2 * l * pl, kvs_seq_k(seq, l), pl * 2);
+        memcpy(kv + (2 * l + 1) * pl, kvs_seq_v(seq, l), pl * 2);
+      }
+      sim_cal_add(sc, kv, T);
+      free(kv);
+    }
+    if (rc == KVS_OK) rc = kvs_model_embed(m, ids + T, qn, hid);
+    for (uint32_t i = 0; i < qn; i++)
+      idx[i] = T + i;
+    for (uint32_t l = 0; l < L && rc == KVS_OK; l++) {
+      const kvs__layer_weights *lw = &mw.layers[l];
+      kvs_model_rmsnorm_cpu(hid, lw->attn_norm, xn, qn, E, c->norm_eps);
+      for (uint32_t i = 0; i < qn; i++)
+        for (uint32_t j = 0; j < HD; j++) {
+          const float *wr = lw->wq + (size_t)j * E, *xr = xn + (size_t)i * E;
+          float a = lw->bq ? lw->bq[j] : 0.0f;
+          for (uint32_t e = 0; e < E; e++)
+            a += wr[e] * xr[e];
+          q[(size_t)i * HD + j] = a;
+        }
+      kvs_model_rope_cpu(q, qn, H, D, idx, c->rope_theta, c->rope_type == KVS_ROPE_NEOX);
+      if (sc) sim_cal_add_q(sc, l, q, qn, grp, idx);
+      for (uint32_t i = 0; i < qn; i++)
+        for (uint32_t h = 0; h < H; h++)
+          for (uint32_t d = 0; d < D; d++) {
+            double v = q[(size_t)i * HD + h * D + d];
+            acc[(size_t)l * GD + (h / grp) * D + d] += v * v;
+          }
+      rc = kvs_model_layer(m, seq, l, qn, idx, NULL, hid);
+    }
+    npos += qn;
+  }
+  for (uint32_t l = 0; l < L && rc == KVS_OK && sc; l++)
+    sim_cal_set_wo(sc, l, mw.layers[l].wo, E, grp);
+  for (uint32_t l = 0; l < L && rc == KVS_OK; l++) {
+    const float *wo = mw.layers[l].wo; /* (E, H*D) */
+    for (uint32_t j = 0; j < GD; j++)
+      w[((size_t)l * 2) * GD + j] = (float)(acc[(size_t)l * GD + j] / (npos ? npos : 1));
+    for (uint32_t j = 0; j < GD; j++)
+      w[((size_t)l * 2 + 1) * GD + j] = 0;
+    for (uint32_t e = 0; e < E; e++)
+      for (uint32_t h = 0; h < H; h++)
+        for (uint32_t d = 0; d < D; d++) {
+          float v = wo[(size_t)e * HD + h * D + d];
+          w[((size_t)l * 2 + 1) * GD + (h / grp) * D + d] += v * v;
+        }
+  }
+  fprintf(stderr, "real: calibration over items %d..%d, %llu question positions\n", c0, c1 - 1,
+          (unsigned long long)npos);
+  kvs_seq_truncate(seq, 0);
+  free(hid), free(xn), free(q), free(acc), free(idx);
+  return rc;
 }
 
 void bench_codec_real(int n_items, cJSON *root) {
@@ -149,6 +273,43 @@ void bench_codec_real(int n_items, cJSON *root) {
              fixed[i] < 0 ? "raw fp16" : kvs_codec_profile_name(fixed[i]));
     nc++;
   }
+  /* KVS_BENCH_SIM="ks,vs,kmode,vmode,ktok,vtok,one_table[,fine_layers,fine_scale][:ak,av];..."
+     (bench_sim.c) */
+  const char *sl = getenv("KVS_BENCH_SIM");
+  char sbuf[2048];
+  snprintf(sbuf, sizeof sbuf, "%s", sl ? sl : "");
+  for (char *sv = NULL, *tokn = strtok_r(sbuf, ";", &sv); tokn && nc < 64;
+       tokn = strtok_r(NULL, ";", &sv)) {
+    sim_cfg g;
+    memset(&g, 0, sizeof g);
+    g.fine_scale = 1, g.alpha_k = g.alpha_v = -1;
+    char *colon = strchr(tokn, ':');
+    if (colon) {
+      *colon = 0;
+      if (sscanf(colon + 1, "%f,%f,%f,%f,%f,%d", &g.alpha_k, &g.alpha_v, &g.beta_k, &g.beta_v,
+                 &g.top_frac, &g.dpcm) < 2)
+        g.alpha_v = g.alpha_k;
+    }
+    if (sscanf(tokn, "%f,%f,%d,%d,%d,%d,%d,%u,%f", &g.k_step, &g.v_step, &g.k_mode, &g.v_mode,
+               &g.k_tok, &g.v_tok, &g.one_table, &g.fine_layers, &g.fine_scale) < 7)
+      continue;
+    cfg *c = &cfgs[nc++];
+    c->profile = -2, c->sim = g, c->alpha_k = g.alpha_k, c->alpha_v = g.alpha_v;
+    snprintf(c->name, sizeof c->name, "sim:%d%d%d%d%d@%.3g/%.3g", g.k_mode, g.v_mode, g.k_tok,
+             g.v_tok, g.one_table, g.k_step, g.v_step);
+    if (g.fine_layers)
+      snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), "/f%u*%.3g",
+               g.fine_layers, g.fine_scale);
+    if (g.alpha_k >= 0)
+      snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " w^%.2g,%.2g",
+               g.alpha_k, g.alpha_v);
+    if (g.beta_k > 0 || g.beta_v > 0)
+      snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " p^%.2g,%.2g",
+               g.beta_k, g.beta_v);
+    if (g.top_frac > 0)
+      snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " top%.2g", g.top_frac);
+    if (g.dpcm) snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " dpcm");
+  }
   const char *dl = getenv("KVS_BENCH_DENSE");
   char dbuf[2048];
   snprintf(dbuf, sizeof dbuf, "%s",
@@ -160,16 +321,25 @@ void bench_codec_real(int n_items, cJSON *root) {
     unsigned kf, vf, fl;
     float st, vst, fs = 0.5f;
     unsigned lo = 0, hi = 0, pkv = 0;
+    float ak = -1, av = -1;
+    char *colon = strchr(tokn, ':');
+    if (colon) {
+      *colon = 0;
+      if (sscanf(colon + 1, "%f,%f", &ak, &av) < 2) av = ak;
+    }
     int got =
         sscanf(tokn, "%u,%u,%f,%f,%u,%f,%u,%u,%u", &kf, &vf, &st, &vst, &fl, &fs, &lo, &hi, &pkv);
     if (got < 5) continue;
     cfg *c = &cfgs[nc++];
+    c->alpha_k = ak, c->alpha_v = av;
     c->probe_lo = lo, c->probe_hi = hi, c->probe_kv = got == 9 ? pkv : 0;
     c->profile = KVS_PROFILE_DENSE, c->k_flags = kf, c->v_flags = vf, c->step = st;
     c->v_step = vst, c->fine_layers = fl, c->fine_scale = fs;
     snprintf(c->name, sizeof c->name, "dense:%u,%u@%.3g/%.3g", kf, vf, st, vst);
     if (fl)
       snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), "/f%u*%.3g", fl, fs);
+    if (ak >= 0)
+      snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " w^%.2g,%.2g", ak, av);
     if (c->probe_kv)
       snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " L%u-%u%s", lo, hi,
                pkv == 1   ? "K"
@@ -197,19 +367,48 @@ void bench_codec_real(int n_items, cJSON *root) {
   uint8_t *kept = malloc(qa_cap);
   kvs_token im_end = kvs_tok_find(tok, "<|im_end|>"), eos = kvs_tok_eos(tok);
   uint64_t tot_pos = 0, tot_drop = 0, tot_ctx = 0;
+  /* channel weights from calibration items (KVS_BENCH_CALIB="a-b", default 50-59:
+     never the measured items) for the settings that ask for them (":ak,av") */
+  int need_cal = 0, need_sim = 0;
+  sim_cal *sc = NULL;
+  for (int c = 0; c < nc; c++)
+    need_cal |= cfgs[c].alpha_k >= 0 || cfgs[c].profile == -2, need_sim |= cfgs[c].profile == -2;
+  if (need_sim)
+    sc = sim_cal_new(L, H, D, kvs_model_config(m)->rope_theta,
+                     kvs_model_config(m)->rope_type == KVS_ROPE_NEOX);
+  if (need_cal) {
+    size_t GD = (size_t)H * D, nw = (size_t)L * 2 * GD;
+    float *cal = malloc(nw * 4);
+    int ca = 50, cb = 59;
+    const char *cs = getenv("KVS_BENCH_CALIB");
+    if (cs) sscanf(cs, "%d-%d", &ca, &cb);
+    if (ca < 0) ca = 0;
+    if (cb >= lim || cb >= (int)have) cb = (lim < (int)have ? lim : (int)have) - 1;
+    if (!cal || calib_weights(m, seq, tok, items, ca, cb + 1, max_ctx, ids, cal, sc) != KVS_OK) {
+      fprintf(stderr, "real: calibration failed\n");
+    } else {
+      if (sc) sim_cal_finish(sc);
+      for (int c = 0; c < nc; c++) {
+        if (cfgs[c].alpha_k < 0 || !(cfgs[c].cw = malloc(nw * 4))) continue;
+        cfgs[c].sim.w = cfgs[c].cw;
+        cfgs[c].sim.alpha_k = cfgs[c].sim.alpha_v = 1; /* cw holds w^alpha already */
+        for (size_t i = 0; i < nw; i++) {
+          float a = (i / GD) % 2 ? cfgs[c].alpha_v : cfgs[c].alpha_k;
+          cfgs[c].cw[i] = cal[i] > 0 ? powf(cal[i], a) : 1.0f;
+        }
+      }
+      if (getenv("KVS_BENCH_CALDUMP")) {
+        FILE *f = fopen(getenv("KVS_BENCH_CALDUMP"), "wb");
+        if (f) fwrite(cal, 4, nw, f), fclose(f);
+      }
+    }
+    free(cal);
+  }
   double t_start = (double)kvs_now_ns() * 1e-9;
   for (int it = 0; it < n_items; it++) {
     kvs_rag_item *x = &items[item0 + it];
-    kvs_rag_prompt pr;
-    if (kvs_rag_prompt_build(tok, x, &pr) != KVS_OK) continue;
-    uint32_t T = pr.len[0], qs = pr.n_segs - 1, qn = pr.len[qs];
-    for (uint32_t s = 1; s < qs && T + pr.len[s] <= max_ctx; s++)
-      T += pr.len[s];
-    if (T == pr.len[0]) T = pr.len[0] + pr.len[1] < max_ctx ? pr.len[0] + pr.len[1] : max_ctx;
-    if (qn > qa_cap - max_new) qn = qa_cap - max_new;
-    memcpy(ids, pr.tokens, T * sizeof(int32_t));
-    memcpy(ids + T, pr.tokens + pr.start[qs], qn * sizeof(int32_t));
-    kvs_rag_prompt_free(&pr);
+    uint32_t T, qn;
+    if (item_ids(tok, x, max_ctx, qa_cap - max_new, ids, &T, &qn) != KVS_OK) continue;
     /* exact context, then the full run's greedy answer */
     kvs_seq_truncate(seq, 0);
     if (kvs_model_prefill(m, seq, ids, T, 0, NULL) != KVS_OK) continue;
@@ -238,7 +437,12 @@ void bench_codec_real(int n_items, cJSON *root) {
       size_t blen = 0;
       kvs_codec_info info;
       memset(&info, 0, sizeof info);
-      if (cfgs[c].profile < 0) {
+      double sim_bits = 0;
+      if (cfgs[c].profile == -2) {
+        if (!sc) continue;
+        sim_bits = sim_run(sc, &cfgs[c].sim, kv, dec, T, cfgs[c].kvb);
+        cfgs[c].kvn += (double)L * T * H * D;
+      } else if (cfgs[c].profile < 0) {
         memcpy(dec, kv, 2ull * L * T * H * D * 2);
       } else {
         kvs_codec_params p;
@@ -246,7 +450,7 @@ void bench_codec_real(int n_items, cJSON *root) {
         if (cfgs[c].profile == KVS_PROFILE_DENSE)
           p.k_step = cfgs[c].step, p.v_step = cfgs[c].v_step, p.fine_layers = cfgs[c].fine_layers,
           p.fine_scale = cfgs[c].fine_scale, p.k_flags = cfgs[c].k_flags,
-          p.v_flags = cfgs[c].v_flags;
+          p.v_flags = cfgs[c].v_flags, p.chan_weight = cfgs[c].cw;
         size_t bcap = kvs_codec_encode_bound(&p, &lay, T);
         uint8_t *b = malloc(bcap);
         kvs_codec_out o = kvs_codec_out_contiguous(dec, 2ull * L * T * H * D * 2, KVS_DTYPE_F16);
@@ -290,7 +494,9 @@ void bench_codec_real(int n_items, cJSON *root) {
       cfgs[c].kl += kl, cfgs[c].kl_q += klq, cfgs[c].n_pos += np, cfgs[c].n_pos_q += qn;
       cfgs[c].n_kept += nkept;
       if (an) cfgs[c].dppl += exp(-(lp_got - lp_ref) / an) - 1;
-      cfgs[c].bits += cfgs[c].profile < 0 ? 16.0 : kvs_codec_bits_per_elem(&info);
+      cfgs[c].bits += cfgs[c].profile == -2 ? sim_bits
+                      : cfgs[c].profile < 0 ? 16.0
+                                            : kvs_codec_bits_per_elem(&info);
       cfgs[c].n++;
     }
     fprintf(stderr, "real: item %d (%d/%d): context %u tokens, question %u, answer %u, %.0fs\n",
@@ -324,6 +530,8 @@ void bench_codec_real(int n_items, cJSON *root) {
     printf("%-28s %8.3f %10.5f %10.5f %6llu/%-5llu %9.4f %4llu/%-4d %+9.3f%%\n", r->name, r->bits,
            kl, klq, (unsigned long long)r->n_agree, (unsigned long long)r->n_kept, ta,
            (unsigned long long)r->n_first, r->n, 100 * r->dppl);
+    if (r->kvn > 0)
+      printf("%-28s K %.3f V %.3f bits/el\n", "", r->kvb[0] / r->kvn, r->kvb[1] / r->kvn);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "profile", r->name);
     bench_json_num(o, "bits_per_elem", "%.4f", r->bits);
@@ -345,6 +553,9 @@ void bench_codec_real(int n_items, cJSON *root) {
   } else {
     cJSON_AddNullToObject(root, "best_at_parity");
   }
+  for (int c = 0; c < nc; c++)
+    free(cfgs[c].cw);
+  sim_cal_free(sc);
   kvs_rag_items_free(items, have);
   free(kv), free(dec), free(ref), free(got), free(lg1), free(ids), free(kept);
   kvs_seq_free(seq);
