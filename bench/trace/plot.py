@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """bench/trace/plot.py OUT_DIR [OUT.svg] - the issue 21 plot from gpu_trace.sh's results.jsonl.
 
-Four panels, written as a hand-made SVG (no plotting library needed; matplotlib is not on the
-build box): (1) chat and (2) rag TTFT p50 / p99 in ms, no-reuse vs kvstash, with the speedups;
+Four panels, written as a hand-made SVG (no plotting library needed), and the same as a PNG with
+matplotlib where it is installed (on the build box: /usr/bin/python3 bench/trace/plot.py ...): (1) chat and (2) rag TTFT p50 / p99 in ms, no-reuse vs kvstash, with the speedups;
 (3) the RAM-tier sweep: the RAM tier's hit rate (chunks kvs-serve found in RAM / looked up)
 and prompt tokens reused, by RAM size (% of the working set) and eviction policy, with TTFT p50;
 (4) where the time to first token went: mean ms per request of the queue wait and the server's
@@ -178,6 +178,69 @@ def main():
     with open(dst, "w") as f:
         f.write(g.out())
     print(dst)
+    png = png_plot(rows, dst[:-4] + ".png" if dst.endswith(".svg") else dst + ".png")
+    if png:
+        print(png)
+
+
+def png_plot(rows, dst):
+    """The same four panels with matplotlib, when it is installed (here: /usr/bin/python3)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(1, 4, figsize=(17, 4.2))
+    for a, wl in zip(ax[:2], ("chat", "rag")):
+        j = rows.get(wl) or {}
+        a.set_title(f"{wl}: TTFT (ms)")
+        if "kvstash" in j and "no-reuse" in j:
+            for i, m in enumerate(("no-reuse", "kvstash")):
+                v = [j[m]["ttft_p50_ms"], j[m]["ttft_p99_ms"]]
+                a.bar([x + 0.38 * i for x in (0, 1)], v, 0.38, label=m, color=COL[m])
+            a.set_xticks([0.19, 1.19])
+            a.set_xticklabels([f"p50 {j['no-reuse']['ttft_p50_ms'] / max(j['kvstash']['ttft_p50_ms'], 1e-9):.2f}x",
+                               f"p99 {j['no-reuse']['ttft_p99_ms'] / max(j['kvstash']['ttft_p99_ms'], 1e-9):.2f}x"])
+            a.legend(fontsize=8)
+    sw = sorted(((t, j) for t, j in rows.items() if t.startswith("rag-ram") and "kvstash" in j),
+                key=lambda t: (t[1].get("ram_pct", 0), t[1].get("eviction", "")))
+    a = ax[2]
+    a.set_title("rag: RAM hit rate by RAM size / eviction")
+    if sw:
+        xs = range(len(sw))
+        a.bar([x - 0.2 for x in xs], [j["kvstash"].get("ram_hit_rate", 0) for _, j in sw], 0.4,
+              color=[COL.get(j.get("eviction"), "#555") for _, j in sw], label="RAM hit")
+        a.bar([x + 0.2 for x in xs], [j["kvstash"].get("token_hit_rate", 0) for _, j in sw], 0.4,
+              color="#2ca02c", label="tokens reused")
+        a.set_xticks(list(xs))
+        a.set_xticklabels([f"{j.get('ram_pct')}% {j.get('eviction')}\n"
+                           f"p50 {j['kvstash'].get('ttft_p50_ms', 0):.0f} ms" for _, j in sw],
+                          fontsize=8)
+        a.set_ylim(0, 1)
+        a.legend(fontsize=8)
+    a = ax[3]
+    a.set_title("time to first token by stage (mean ms)")
+    labels, bottoms = [], []
+    for wl in ("chat", "rag"):
+        for m in ("no-reuse", "kvstash"):
+            st = ((rows.get(wl) or {}).get(m) or {}).get("stages_ms")
+            if not st:
+                continue
+            x, b = len(labels), 0.0
+            labels.append(f"{wl}\n{m}")
+            for k in ("queue", "lookup", "gets", "load_wait", "recompute", "prefill"):
+                v = st.get(k, {}).get("mean", 0)
+                a.bar(x, v, 0.6, bottom=b, color=STAGE_COL[k], label=k if x == 0 else None)
+                b += v
+            bottoms.append(b)
+    if labels:
+        a.set_xticks(range(len(labels)))
+        a.set_xticklabels(labels, fontsize=8)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(dst, dpi=110)
+    return dst
 
 
 if __name__ == "__main__":
