@@ -286,8 +286,8 @@ void bench_codec_real(int n_items, cJSON *root) {
     char *colon = strchr(tokn, ':');
     if (colon) {
       *colon = 0;
-      if (sscanf(colon + 1, "%f,%f,%f,%f,%f,%d", &g.alpha_k, &g.alpha_v, &g.beta_k, &g.beta_v,
-                 &g.top_frac, &g.dpcm) < 2)
+      if (sscanf(colon + 1, "%f,%f,%f,%f,%f,%d,%d", &g.alpha_k, &g.alpha_v, &g.beta_k, &g.beta_v,
+                 &g.top_frac, &g.dpcm, &g.v_pred) < 2)
         g.alpha_v = g.alpha_k;
     }
     if (sscanf(tokn, "%f,%f,%d,%d,%d,%d,%d,%u,%f", &g.k_step, &g.v_step, &g.k_mode, &g.v_mode,
@@ -309,6 +309,7 @@ void bench_codec_real(int n_items, cJSON *root) {
     if (g.top_frac > 0)
       snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " top%.2g", g.top_frac);
     if (g.dpcm) snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " dpcm");
+    if (g.v_pred) snprintf(c->name + strlen(c->name), sizeof c->name - strlen(c->name), " V|K");
   }
   const char *dl = getenv("KVS_BENCH_DENSE");
   char dbuf[2048];
@@ -388,6 +389,7 @@ void bench_codec_real(int n_items, cJSON *root) {
       fprintf(stderr, "real: calibration failed\n");
     } else {
       if (sc) sim_cal_finish(sc);
+      if (sc && getenv("KVS_SIM_VK")) sim_vk_report(sc, atof(getenv("KVS_SIM_VK")));
       for (int c = 0; c < nc; c++) {
         if (cfgs[c].alpha_k < 0 || !(cfgs[c].cw = malloc(nw * 4))) continue;
         cfgs[c].sim.w = cfgs[c].cw;

@@ -110,7 +110,7 @@ void sim_cal_free(sim_cal *c) {
     free(c->sum[dom]), free(c->cross[dom]);
   for (int dom = 0; dom < 3; dom++)
     free(c->fwd[dom]), free(c->inv[dom]);
-  free(c->wq), free(c->qs), free(c->mv);
+  free(c->wq), free(c->qs), free(c->mv), free(c->jsum), free(c->jcross), free(c->vpa), free(c->vpb);
   free(c);
 }
 
@@ -136,6 +136,135 @@ void sim_cal_add(sim_cal *c, const uint16_t *kv, uint32_t T) {
           }
         }
   c->n += T - 1;
+  if (!getenv("KVS_SIM_VK")) return;
+  /* joint [K pre-RoPE (all heads); V (all heads)] moments per layer, for the
+     V-from-K bound of sim_vk_report */
+  uint32_t HD = H * D, J = 2 * HD;
+  if (!c->jsum) {
+    c->jsum = calloc((size_t)L * J, sizeof(double));
+    c->jcross = calloc((size_t)L * J * J, sizeof(double));
+    if (!c->jsum || !c->jcross) return;
+  }
+  float *z = malloc(sizeof(float) * J);
+  for (uint32_t l = 0; l < L; l++)
+    for (uint32_t t = 1; t < T; t++) {
+      for (uint32_t kvp = 0; kvp < 2; kvp++)
+        for (uint32_t h = 0; h < H; h++) {
+          const uint16_t *src = kv + ((size_t)(2 * l + kvp) * T + t) * HD + (size_t)h * D;
+          float *r = z + kvp * HD + h * D;
+          for (uint32_t d = 0; d < D; d++)
+            r[d] = kvs_f16_to_f32(src[d]);
+          if (!kvp) rope_row(r, D, t, c->theta, c->neox, 1);
+        }
+      double *js = c->jsum + (size_t)l * J, *jx = c->jcross + (size_t)l * J * J;
+      for (uint32_t i = 0; i < J; i++) {
+        js[i] += z[i];
+        for (uint32_t j = 0; j < J; j++)
+          jx[(size_t)i * J + j] += (double)z[i] * z[j];
+      }
+    }
+  free(z);
+}
+
+/* reverse water-filling rate (bits per component) of a covariance's eigenvalues at
+   distortion theta per component */
+static double rwf_rate(const double *ev, uint32_t n, double theta) {
+  double r = 0;
+  for (uint32_t i = 0; i < n; i++)
+    if (ev[i] > theta) r += 0.5 * log2(ev[i] / theta);
+  return r / n;
+}
+
+/* Upper bound of what predicting V from the (exact) pre-RoPE K of the same token and
+   layer would save: per layer and V head, the Gaussian reverse water-filling rate of
+   V's covariance and of its covariance given K, at the distortion of a uniform step
+   of vstep x V's RMS (step^2/12 per component). */
+void sim_vk_report(sim_cal *c, double vstep) {
+  if (!c->jsum || !c->n) return;
+  uint32_t L = c->L, H = c->H, D = c->D, HD = H * D, J = 2 * HD;
+  double *C = malloc(sizeof(double) * J * J), *Lc = malloc(sizeof(double) * HD * HD);
+  double *X = malloc(sizeof(double) * HD * D), *a = malloc(sizeof(double) * D * D);
+  double *v = malloc(sizeof(double) * D * D), *ev = malloc(sizeof(double) * D);
+  double tot_v = 0, tot_c = 0;
+  for (uint32_t l = 0; l < L; l++) {
+    const double *js = c->jsum + (size_t)l * J, *jx = c->jcross + (size_t)l * J * J;
+    double n = (double)c->n;
+    for (uint32_t i = 0; i < J; i++)
+      for (uint32_t j = 0; j < J; j++)
+        C[(size_t)i * J + j] = jx[(size_t)i * J + j] / n - js[i] / n * js[j] / n;
+    /* Cholesky of Ckk (+ 1e-6 mean diagonal) */
+    double tr = 0;
+    for (uint32_t i = 0; i < HD; i++)
+      tr += C[(size_t)i * J + i];
+    for (uint32_t i = 0; i < HD; i++)
+      for (uint32_t j = 0; j <= i; j++) {
+        double s = C[(size_t)i * J + j] + (i == j ? 1e-6 * tr / HD : 0);
+        for (uint32_t k = 0; k < j; k++)
+          s -= Lc[(size_t)i * HD + k] * Lc[(size_t)j * HD + k];
+        Lc[(size_t)i * HD + j] =
+            i == j ? sqrt(s > 1e-300 ? s : 1e-300) : s / Lc[(size_t)j * HD + j];
+      }
+    /* the predictor V ~ A k_pre + b, A = Cvk Ckk^-1 (rows: V channel), for vpred */
+    if (!c->vpa)
+      c->vpa = calloc((size_t)L * HD * HD, sizeof(float)),
+      c->vpb = calloc((size_t)L * HD, sizeof(float));
+    for (uint32_t o = 0; o < HD && c->vpa; o++) {
+      double *y = X; /* solve Ckk a = Ckv[:, o] by forward and back substitution */
+      for (uint32_t i = 0; i < HD; i++) {
+        double s = C[(size_t)i * J + HD + o];
+        for (uint32_t k = 0; k < i; k++)
+          s -= Lc[(size_t)i * HD + k] * y[k];
+        y[i] = s / Lc[(size_t)i * HD + i];
+      }
+      for (uint32_t i = HD; i-- > 0;) {
+        double s = y[i];
+        for (uint32_t k = i + 1; k < HD; k++)
+          s -= Lc[(size_t)k * HD + i] * y[k];
+        y[i] = s / Lc[(size_t)i * HD + i];
+      }
+      double bb = js[HD + o] / n;
+      for (uint32_t i = 0; i < HD; i++) {
+        c->vpa[((size_t)l * HD + o) * HD + i] = (float)y[i];
+        bb -= y[i] * js[i] / n;
+      }
+      c->vpb[(size_t)l * HD + o] = (float)bb;
+    }
+    double lv = 0, lc = 0;
+    for (uint32_t h = 0; h < H; h++) {
+      /* X = L^-1 Ckv_h (HD x D) */
+      for (uint32_t d = 0; d < D; d++)
+        for (uint32_t i = 0; i < HD; i++) {
+          double s = C[(size_t)i * J + HD + h * D + d];
+          for (uint32_t k = 0; k < i; k++)
+            s -= Lc[(size_t)i * HD + k] * X[(size_t)k * D + d];
+          X[(size_t)i * D + d] = s / Lc[(size_t)i * HD + i];
+        }
+      double vtr = 0;
+      for (uint32_t d = 0; d < D; d++)
+        vtr += C[(size_t)(HD + h * D + d) * J + HD + h * D + d];
+      double theta = vstep * vstep * (vtr / D) / 12;
+      for (uint32_t i = 0; i < D; i++)
+        for (uint32_t j = 0; j < D; j++)
+          a[i * D + j] = C[(size_t)(HD + h * D + i) * J + HD + h * D + j];
+      jacobi(a, D, ev, v);
+      lv += rwf_rate(ev, D, theta);
+      for (uint32_t i = 0; i < D; i++)
+        for (uint32_t j = 0; j < D; j++) {
+          double s = C[(size_t)(HD + h * D + i) * J + HD + h * D + j];
+          for (uint32_t k = 0; k < HD; k++)
+            s -= X[(size_t)k * D + i] * X[(size_t)k * D + j];
+          a[i * D + j] = s;
+        }
+      jacobi(a, D, ev, v);
+      lc += rwf_rate(ev, D, theta);
+    }
+    fprintf(stderr, "sim: V|K layer %u: V %.3f bits/el, V given K %.3f\n", l, lv / H, lc / H);
+    tot_v += lv / H, tot_c += lc / H;
+  }
+  fprintf(stderr,
+          "sim: V|K all layers (Gaussian bound, V step %.2g x RMS): V %.3f, given K %.3f bits/el\n",
+          vstep, tot_v / L, tot_c / L);
+  free(C), free(Lc), free(X), free(a), free(v), free(ev);
 }
 
 /* q: (n, H_q, D) post-RoPE queries of layer l at positions pos[n], grp query heads
@@ -366,12 +495,33 @@ double sim_run(const sim_cal *c, const sim_cfg *g, const uint16_t *kv, uint16_t 
     if (l < g->fine_layers) rel *= g->fine_scale;
     const uint16_t *src = kv + (size_t)pl * T * HD;
     double bits_before = bits;
+    /* V predicted from the decoded K of the same token (pre-RoPE), closed loop */
+    float *vp = NULL;
+    if (kvp && g->v_pred && c->vpa) {
+      vp = malloc(sizeof(float) * T * HD);
+      const uint16_t *kd = dec + (size_t)(2 * l) * T * HD;
+      float kr[1024];
+      for (uint32_t t = 1; t < T; t++) {
+        for (size_t i = 0; i < HD; i++)
+          kr[i] = kvs_f16_to_f32(kd[(size_t)t * HD + i]);
+        for (uint32_t h = 0; h < H; h++)
+          rope_row(kr + h * D, D, t, c->theta, c->neox, 1);
+        for (size_t o = 0; o < HD; o++) {
+          const float *A = c->vpa + ((size_t)l * HD + o) * HD;
+          float a = c->vpb[(size_t)l * HD + o];
+          for (size_t i = 0; i < HD; i++)
+            a += A[i] * kr[i];
+          vp[(size_t)t * HD + o] = a;
+        }
+      }
+    }
     /* transform */
     for (uint32_t t = 1; t < T; t++)
       for (uint32_t h = 0; h < H; h++) {
         float row[512], out[512];
         for (uint32_t d = 0; d < D; d++)
-          row[d] = kvs_f16_to_f32(src[(size_t)t * HD + h * D + d]);
+          row[d] = kvs_f16_to_f32(src[(size_t)t * HD + h * D + d]) -
+                   (vp ? vp[(size_t)t * HD + h * D + d] : 0.0f);
         if (derope) rope_row(row, D, t, c->theta, c->neox, 1);
         if (mode) {
           const float *B = c->fwd[dom] + ((size_t)pl * H + h) * D * D;
@@ -510,8 +660,10 @@ double sim_run(const sim_cal *c, const sim_cfg *g, const uint16_t *kv, uint16_t 
         }
         if (derope) rope_row(row, D, t, c->theta, c->neox, 0);
         for (uint32_t d = 0; d < D; d++)
-          dst[(size_t)t * HD + h * D + d] = kvs_f32_to_f16(row[d]);
+          dst[(size_t)t * HD + h * D + d] =
+              kvs_f32_to_f16(row[d] + (vp ? vp[(size_t)t * HD + h * D + d] : 0.0f));
       }
+    free(vp);
   }
   free(y), free(sym), free(ts), free(cw);
   return bits / ((double)2 * L * T * HD);

@@ -14,8 +14,10 @@ typedef struct sim_cal {
   /* transforms per domain (0 post-RoPE KLT, 1 pre-RoPE KLT (K), 2 weighted: K pre-RoPE
      in the queries' metric, V in the output projection's): z = fwd x, x = inv z */
   float *fwd[3], *inv[3];
-  double *wq; /* [(l, kv=0, h)][D][D]: sum of q q^T, pre-RoPE */
-  double *mv; /* [(l, kv=1, h)][D][D]: sum over the group's heads of W_o,h^T W_o,h */
+  double *wq;            /* [(l, kv=0, h)][D][D]: sum of q q^T, pre-RoPE */
+  double *mv;            /* [(l, kv=1, h)][D][D]: sum over the group's heads of W_o,h^T W_o,h */
+  double *jsum, *jcross; /* KVS_SIM_VK: per layer, moments of [K pre-RoPE; V] (2*H*D) */
+  float *vpa, *vpb;      /* V ~ vpa k_pre + vpb per layer ([L][HD][HD], [L][HD]) */
   uint32_t grp, nqs, nqs_cap; /* sample queries kept per layer: [l][nqs_cap][H*grp][D] */
   float *qs;
 } sim_cal;
@@ -32,6 +34,7 @@ typedef struct sim_cfg {
                            attention of the calibration queries on this chunk */
   float top_frac;       /* > 0: only the top_frac tokens by that weight get finer, never coarser */
   int dpcm;             /* predict each component from the previous token (closed loop) */
+  int v_pred;           /* V minus its linear prediction from the decoded K (KVS_SIM_VK) */
 } sim_cfg;
 
 sim_cal *sim_cal_new(uint32_t L, uint32_t H, uint32_t D, double theta, int neox);
@@ -42,6 +45,8 @@ void sim_cal_add_q(sim_cal *c, uint32_t l, const float *q, uint32_t n, uint32_t 
 /* wo (E, H*grp*D) of layer l */
 void sim_cal_set_wo(sim_cal *c, uint32_t l, const float *wo, uint32_t E, uint32_t grp);
 void sim_cal_finish(sim_cal *c);
+/* KVS_SIM_VK set during calibration: prints the Gaussian bound of coding V given K */
+void sim_vk_report(sim_cal *c, double vstep);
 /* returns bits per element; kv_bits[0|1] += the bits of the K | V planes */
 double sim_run(const sim_cal *c, const sim_cfg *g, const uint16_t *kv, uint16_t *dec, uint32_t T,
                double *kv_bits);
