@@ -518,7 +518,7 @@ double sim_run(const sim_cal *c, const sim_cfg *g, const uint16_t *kv, uint16_t 
     /* transform */
     for (uint32_t t = 1; t < T; t++)
       for (uint32_t h = 0; h < H; h++) {
-        float row[512], out[512];
+        float row[512], out[512] = {0}; /* cppcheck: the D loop may not run */
         for (uint32_t d = 0; d < D; d++)
           row[d] = kvs_f16_to_f32(src[(size_t)t * HD + h * D + d]) -
                    (vp ? vp[(size_t)t * HD + h * D + d] : 0.0f);
@@ -643,7 +643,7 @@ double sim_run(const sim_cal *c, const sim_cfg *g, const uint16_t *kv, uint16_t 
       dst[i] = src[i];
     for (uint32_t t = 1; t < T; t++)
       for (uint32_t h = 0; h < H; h++) {
-        float row[512], out[512];
+        float row[512], out[512] = {0}; /* cppcheck: the D loop may not run */
         for (uint32_t d = 0; d < D; d++) {
           size_t i = (size_t)h * D + d;
           row[d] = y[(size_t)t * HD + i] / cw[i] + y[i];
