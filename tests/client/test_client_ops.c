@@ -15,6 +15,7 @@
 #include "kvs_codec.h"
 #define KVS_TEST_CODEC_H 1
 #endif
+#include "client_util.h"
 #include "server.h"
 
 static test_server srv;
@@ -31,36 +32,10 @@ static const kvs_layout lay = {.n_layers = 6,
 static unsigned long long seed = 42;
 static char tenant[40];
 
-static kvs_client *connect_as(const char *t) {
-  kvs_client_opts o;
-  kvs_client_opts_init(&o);
-  o.url = srv.url;
-  o.tenant = t;
-  o.request_timeout_ms = 20000;
-  kvs_client *c = NULL;
-  if (kvs_client_create(&o, &c)) {
-    fprintf(stderr, "connect: %s\n", kvs_client_errmsg(c));
-    kvs_client_free(c);
-    return NULL;
-  }
-  return c;
-}
+static kvs_client *connect_as(const char *t) { return test_client_connect(srv.url, t, 0); }
 
-/* (L, 2, T, H, D) f16 */
-static uint16_t *make_kv(uint32_t T) {
-  size_t n = kvs_layout_token_bytes(&lay) * T / 2;
-  uint16_t *kv = malloc(n * 2);
-  for (size_t i = 0; i < n; i++)
-    kv[i] = kvs_f32_to_f16(kvs_test_randf(&seed) * 4.0f);
-  return kv;
-}
-
-static int32_t *make_tokens(size_t n) {
-  int32_t *t = malloc(n * sizeof *t);
-  for (size_t i = 0; i < n; i++)
-    t[i] = (int32_t)(kvs_test_rand(&seed) % 49152);
-  return t;
-}
+static uint16_t *make_kv(uint32_t T) { return test_make_kv(&lay, T, &seed); }
+static int32_t *make_tokens(size_t n) { return test_make_tokens(n, &seed); }
 
 static void test_ping(void) { CU_ASSERT_EQUAL(kvs_ping(cl), KVS_OK); }
 

@@ -18,6 +18,7 @@
 #include "kvs_test.h"
 #include "kvs_wire.h"
 #include "kvstash.h"
+#include "client_util.h"
 #include "server.h"
 
 /* segments of 8 MiB: two ranges of 5 MiB never fit at once, so a second
@@ -57,36 +58,11 @@ static void sleep_ms(int ms) {
 }
 
 static kvs_client *client(const char *url, const char *tenant, uint32_t flags) {
-  kvs_client_opts o;
-  kvs_client_opts_init(&o);
-  o.url = url;
-  o.tenant = tenant;
-  o.flags = flags;
-  o.request_timeout_ms = 20000;
-  kvs_client *c = NULL;
-  if (kvs_client_create(&o, &c)) {
-    fprintf(stderr, "connect: %s\n", kvs_client_errmsg(c));
-    kvs_client_free(c);
-    return NULL;
-  }
-  return c;
+  return test_client_connect(url, tenant, flags);
 }
 
-/* (L, 2, T, H, D) f16 */
-static uint16_t *make_kv(uint32_t T) {
-  size_t n = kvs_layout_token_bytes(&lay) * T / 2;
-  uint16_t *kv = malloc(n * 2);
-  for (size_t i = 0; i < n; i++)
-    kv[i] = kvs_f32_to_f16(kvs_test_randf(&seed) * 4.0f);
-  return kv;
-}
-
-static int32_t *make_tokens(size_t n) {
-  int32_t *t = malloc(n * sizeof *t);
-  for (size_t i = 0; i < n; i++)
-    t[i] = (int32_t)(kvs_test_rand(&seed) % 49152);
-  return t;
-}
+static uint16_t *make_kv(uint32_t T) { return test_make_kv(&lay, T, &seed); }
+static int32_t *make_tokens(size_t n) { return test_make_tokens(n, &seed); }
 
 static void counters(kvs_client *c, kvs_client_counters *k) {
   memset(k, 0, sizeof *k);
