@@ -185,6 +185,10 @@ typedef struct kvs_seq kvs_seq;
  * Host memory: about 6 bytes per parameter (f32 + fp16 copies).
  * *out owned by the caller. */
 kvs_err kvs_model_load(const char *gguf_path, kvs_model **out);
+/* Fills *out with the Llama-3-8B shape (4096 embd, 32 layers, 32 heads, 8 KV
+ * heads, head_dim 128, 14336 ff, vocab 128256, ctx 8192, theta 500000, eps
+ * 1e-5): the one definition of it. */
+void kvs_model_cfg_llama3_8b(kvs_model_cfg *out);
 /* A Llama-3-8B-shaped model (4096 embd, 32 layers, 32 heads, 8 KV heads,
  * 14336 ff, vocab 128256, theta 500000) with seeded random weights, or any
  * cfg given (NULL = the 8B shape). No tokenizer. With host_weights = 0 no f32

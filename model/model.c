@@ -297,23 +297,29 @@ kvs_err kvs_model_load(const char *path, kvs_model **out) {
  * weights from the same function (kvs__rand_weight in model_rand.h). */
 #include "model_rand.h"
 
+void kvs_model_cfg_llama3_8b(kvs_model_cfg *out) {
+  *out = (kvs_model_cfg){.n_vocab = 128256,
+                         .n_embd = 4096,
+                         .n_layers = 32,
+                         .n_heads = 32,
+                         .n_kv_heads = 8,
+                         .head_dim = 128,
+                         .n_ff = 14336,
+                         .n_ctx_train = 8192,
+                         .rope_theta = 500000.0f,
+                         .norm_eps = 1e-5f};
+}
+
 kvs_err kvs_model_create_random(const kvs_model_cfg *cfg, uint64_t seed, int host_weights,
                                 kvs_model **out) {
-  static const kvs_model_cfg llama3_8b = {.n_vocab = 128256,
-                                          .n_embd = 4096,
-                                          .n_layers = 32,
-                                          .n_heads = 32,
-                                          .n_kv_heads = 8,
-                                          .head_dim = 128,
-                                          .n_ff = 14336,
-                                          .n_ctx_train = 8192,
-                                          .rope_theta = 500000.0f,
-                                          .norm_eps = 1e-5f};
   if (!out) return KVS_EINVAL;
   *out = NULL;
   kvs_model *m = calloc(1, sizeof *m);
   if (!m) return KVS_ENOMEM;
-  m->cfg = cfg ? *cfg : llama3_8b;
+  if (cfg)
+    m->cfg = *cfg;
+  else
+    kvs_model_cfg_llama3_8b(&m->cfg);
   m->seed = seed;
   m->host_weights = host_weights;
   kvs_err e = check_cfg(&m->cfg);

@@ -940,16 +940,9 @@ int main(int argc, char **argv) {
   if (random8b) { /* the tokenizer from the file, the weights random (vocab to match) */
     e = kvs_gguf_open(model_path, &sv.tok_gguf);
     if (!e) e = kvs_tok_create(sv.tok_gguf, &sv.own_tok);
-    kvs_model_cfg cfg = {.n_vocab = sv.own_tok ? kvs_tok_n_vocab(sv.own_tok) : 0,
-                         .n_embd = 4096,
-                         .n_layers = 32,
-                         .n_heads = 32,
-                         .n_kv_heads = 8,
-                         .head_dim = 128,
-                         .n_ff = 14336,
-                         .n_ctx_train = 8192,
-                         .rope_theta = 500000.0f,
-                         .norm_eps = 1e-5f};
+    kvs_model_cfg cfg;
+    kvs_model_cfg_llama3_8b(&cfg);
+    cfg.n_vocab = sv.own_tok ? kvs_tok_n_vocab(sv.own_tok) : 0;
     if (!e) e = kvs_model_create_random(&cfg, 8, 0, &sv.model);
     sv.tok = sv.own_tok;
   } else {
